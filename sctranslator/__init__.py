@@ -1,0 +1,33 @@
+"""sctranslator: batch inference for scTranslator (single-cell RNA -> protein abundance).
+
+The public API is re-exported here lazily, so `import sctranslator` stays cheap and the
+command-line tool starts fast.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "TranslatorModel": "sctranslator.model",
+    "ModelConfig": "sctranslator.model",
+    "load_model": "sctranslator.model",
+    "save_model": "sctranslator.model",
+    "load_official_checkpoint": "sctranslator.model",
+    "translate": "sctranslator.engine",
+    "knockout": "sctranslator.analysis",
+    "evaluate": "sctranslator.analysis",
+    "finetune": "sctranslator.train",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sctranslator' has no attribute {name!r}")
+    return getattr(import_module(module), name)

@@ -1,0 +1,48 @@
+"""The named errors a user can cause.
+
+This module is a leaf: it imports nothing of ours, so every layer (vocab and kernels included)
+may raise these without breaking the downward-only dependency rule.
+Every message says what was wrong, where, and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class SctranslatorError(Exception):
+    """Base of every error that sctranslator raises on purpose."""
+
+
+class CheckpointError(SctranslatorError):
+    """A model file or bundle is missing, malformed, or does not describe a scTranslator model."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint's pickle names a global outside the allow-list; it was not executed."""
+
+
+class VocabularyError(SctranslatorError):
+    """Identifiers could not be mapped onto model tokens as asked."""
+
+
+class UnknownProteinError(VocabularyError):
+    """A requested protein name maps to no gene, or is outside a model's protein panel."""
+
+
+class InputDataError(SctranslatorError):
+    """The input matrix is unusable as given (NaN/Inf/negative values, empty cells, duplicates...)."""
+
+
+class CoverageError(InputDataError):
+    """Too few of the dataset's genes map onto the model's vocabulary or panel."""
+
+
+class StoreError(SctranslatorError):
+    """An input or output store is missing, truncated, corrupted, or belongs to another job."""
+
+
+class BackendError(SctranslatorError):
+    """An inference backend could not be created or failed while serving a batch."""
+
+
+class ServerError(BackendError):
+    """A remote inference server is unreachable, not ready, or serves a different model."""

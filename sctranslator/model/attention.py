@@ -1,0 +1,109 @@
+"""FAVOR+ (softmax-kernel random-feature) linear self-attention, non-causal.
+
+Numerically the Performer attention that scTranslator's checkpoints were trained with; see
+docs: per-token query maxima, per-(cell, head) key maxima, eps = 1e-4 after the exponential,
+values zeroed at padded positions and nothing else masked.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+FEATURE_EPS = 1e-4
+
+
+def orthogonal_random_features(nb_features: int, dim_head: int, *, generator: torch.Generator | None = None,
+                               device: torch.device | str | None = None) -> torch.Tensor:
+    """A (nb_features, dim_head) Gaussian orthogonal random matrix with Gaussian-norm rows.
+
+    Rows come in orthogonal blocks of dim_head (QR of a square Gaussian); each row is then
+    rescaled by the norm of an independent Gaussian vector, so rows are distributed like
+    Gaussian rows but mutually orthogonal within a block.
+    """
+    blocks = []
+    remaining = nb_features
+    while remaining > 0:
+        square = torch.randn((dim_head, dim_head), generator=generator)
+        q, _ = torch.linalg.qr(square, mode="reduced")
+        rows = q.T
+        blocks.append(rows[: min(remaining, dim_head)])
+        remaining -= dim_head
+    matrix = torch.cat(blocks)
+    norms = torch.randn((nb_features, dim_head), generator=generator).norm(dim=1)
+    return (norms[:, None] * matrix).to(device)
+
+
+def query_features(q: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    """Positive random features of queries, stabilised by each token's own maximum.
+
+    q: (..., N, d); projection: (nb, d) -> (..., N, nb).
+    """
+    normaliser = q.shape[-1] ** -0.25
+    ratio = projection.shape[0] ** -0.5
+    u = torch.matmul(normaliser * q, projection.T.to(q.dtype))
+    half_sq_norm = (q * q).sum(dim=-1, keepdim=True) * (0.5 * normaliser**2)
+    stabiliser = u.amax(dim=-1, keepdim=True).detach()
+    return ratio * (torch.exp(u - half_sq_norm - stabiliser) + FEATURE_EPS)
+
+
+def key_features(k: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    """Positive random features of keys, stabilised by one maximum per (cell, head).
+
+    k: (B, H, N, d) -> (B, H, N, nb). The maximum runs over every token and feature.
+    """
+    normaliser = k.shape[-1] ** -0.25
+    ratio = projection.shape[0] ** -0.5
+    u = torch.matmul(normaliser * k, projection.T.to(k.dtype))
+    half_sq_norm = (k * k).sum(dim=-1, keepdim=True) * (0.5 * normaliser**2)
+    stabiliser = u.amax(dim=(-1, -2), keepdim=True).detach()
+    return ratio * (torch.exp(u - half_sq_norm - stabiliser) + FEATURE_EPS)
+
+
+def linear_attention(q_feat: torch.Tensor, k_feat: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """out_n = (q'_n C) / (q'_n . sum_m k'_m) with C = sum_m k'_m (outer) v_m."""
+    key_sum = k_feat.sum(dim=-2)  # (B, H, nb)
+    context = torch.matmul(k_feat.transpose(-1, -2), v)  # (B, H, nb, d)
+    denominator = torch.matmul(q_feat, key_sum.unsqueeze(-1))  # (B, H, N, 1)
+    return torch.matmul(q_feat, context) / denominator
+
+
+class FavorSelfAttention(nn.Module):
+    """Multi-head FAVOR+ self-attention with biased q/k/v/out projections."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, nb_features: int, dropout: float = 0.0):
+        super().__init__()
+        inner = heads * dim_head
+        self.heads = heads
+        self.dim_head = dim_head
+        self.to_q = nn.Linear(dim, inner)
+        self.to_k = nn.Linear(dim, inner)
+        self.to_v = nn.Linear(dim, inner)
+        self.to_out = nn.Linear(inner, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer("projection_matrix", orthogonal_random_features(nb_features, dim_head))
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.heads, self.dim_head).transpose(1, 2)
+
+    def project(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-head q, k, v (B, H, N, d); v zeroed at padded positions (mask False)."""
+        q = self.split_heads(self.to_q(x))
+        k = self.split_heads(self.to_k(x))
+        v = self.split_heads(self.to_v(x))
+        v = v.masked_fill(~mask[:, None, :, None], 0.0)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.project(x, mask)
+        projection = self.projection_matrix
+        out = linear_attention(query_features(q, projection), key_features(k, projection), v)
+        batch, _, length, _ = out.shape
+        out = out.transpose(1, 2).reshape(batch, length, self.heads * self.dim_head)
+        return self.dropout(self.to_out(out))
+
+    @torch.no_grad()
+    def redraw_features(self, generator: torch.Generator | None = None) -> None:
+        fresh = orthogonal_random_features(self.projection_matrix.shape[0], self.dim_head, generator=generator)
+        self.projection_matrix.copy_(fresh)

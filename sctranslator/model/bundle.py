@@ -1,0 +1,137 @@
+"""The native model bundle: config.json + model.safetensors (+ panel.json, card.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from sctranslator.errors import CheckpointError
+from sctranslator.model.config import ModelConfig
+from sctranslator.model.network import TranslatorModel
+
+BUNDLE_FORMAT = "sctranslator-bundle"
+BUNDLE_FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+PANEL_FILE = "panel.json"
+CARD_FILE = "card.md"
+
+
+def _write_atomically(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same folder, then rename: no half-written files."""
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(handle)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            json.dump(data, fh, indent=2)
+            fh.write("\n")
+
+    _write_atomically(path, write)
+
+
+def save_model(model: TranslatorModel, directory: str | Path, *, card: str | None = None,
+               extra: dict[str, Any] | None = None) -> Path:
+    """Write `model` as a bundle directory; returns its path.
+
+    `model.preprocessing` (how inputs and targets were scaled) goes into config.json, the gene and
+    protein panels (`model.panel`) into panel.json, and `card` (markdown) into card.md.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+    def write_weights(tmp: str) -> None:
+        save_file(state, tmp, metadata={"format": BUNDLE_FORMAT})
+
+    _write_atomically(directory / WEIGHTS_FILE, write_weights)
+    config: dict[str, Any] = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "model": model.config.to_dict(),
+        "preprocessing": getattr(model, "preprocessing", None),
+    }
+    if extra:
+        config.update(extra)
+    _write_json(directory / CONFIG_FILE, config)
+    panel_path = directory / PANEL_FILE
+    if model.panel:
+        _write_json(panel_path, model.panel)
+    elif panel_path.exists():
+        panel_path.unlink()
+    if card is not None:
+        (directory / CARD_FILE).write_text(card)
+    return directory
+
+
+def read_bundle_config(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory} is not a model bundle: {CONFIG_FILE} is missing") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); the bundle is corrupted") from exc
+    if config.get("format") != BUNDLE_FORMAT:
+        raise CheckpointError(f"{path} does not describe a sctranslator bundle (format={config.get('format')!r})")
+    version = config.get("format_version")
+    if not isinstance(version, int) or version > BUNDLE_FORMAT_VERSION:
+        raise CheckpointError(f"{path} has bundle format version {version!r}; this sctranslator reads "
+                              f"up to {BUNDLE_FORMAT_VERSION}: upgrade sctranslator")
+    return config
+
+
+def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> TranslatorModel:
+    directory = Path(directory)
+    config = read_bundle_config(directory)
+    model = TranslatorModel(ModelConfig.from_dict(config["model"]))
+    try:
+        state = load_file(str(directory / WEIGHTS_FILE), device="cpu")
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory} is not a complete bundle: {WEIGHTS_FILE} is missing") from None
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{directory / WEIGHTS_FILE} is corrupted ({exc})") from exc
+    load_state_strictly(model, state, str(directory))
+    panel_path = directory / PANEL_FILE
+    if panel_path.exists():
+        try:
+            model.panel = json.loads(panel_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{panel_path} is not valid JSON ({exc})") from exc
+    model.preprocessing = config.get("preprocessing")
+    model.source = str(directory)
+    return model.to(device).eval()
+
+
+def load_state_strictly(model: TranslatorModel, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load weights, failing with a readable message on missing, unexpected or mis-shaped tensors."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        details = []
+        if missing:
+            details.append(f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}")
+        if unexpected:
+            details.append(f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        if wrong:
+            details.append(f"shape mismatch {[(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in wrong[:3]]}")
+        raise CheckpointError(f"weights in {where} do not fit the configured model: " + "; ".join(details))
+    with torch.no_grad():
+        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)

@@ -1,0 +1,32 @@
+"""One entry point for every model file a user may hold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sctranslator.errors import CheckpointError
+from sctranslator.model.bundle import CONFIG_FILE, load_bundle, load_state_strictly
+from sctranslator.model.network import TranslatorModel
+from sctranslator.model.official import load_official_checkpoint
+
+
+def model_from_official(path: str | Path, device: str | torch.device = "cpu") -> TranslatorModel:
+    checkpoint = load_official_checkpoint(path)
+    model = TranslatorModel(checkpoint.config)
+    load_state_strictly(model, checkpoint.state_dict, str(path))
+    model.source = str(path)
+    return model.to(device).eval()
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> TranslatorModel:
+    """Load a bundle directory or a published-format `.pt` checkpoint, in eval mode on `device`."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / CONFIG_FILE).exists():
+            raise CheckpointError(f"{path} is a directory but not a model bundle (no {CONFIG_FILE})")
+        return load_bundle(path, device)
+    if path.is_file():
+        return model_from_official(path, device)
+    raise CheckpointError(f"model not found: {path} (expected a bundle directory or an official .pt file)")

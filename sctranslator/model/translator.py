@@ -1,0 +1,48 @@
+"""The sequence-axis MLP that maps L gene positions onto P protein positions."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def dropout_rates(depth: int, initial: float) -> list[float]:
+    """Dropout after each hidden layer, as the reference schedules it (training only).
+
+    The first hidden layer uses `initial`; middle layer i uses 1.1^(i+1) * initial in the
+    first half and 1.1^(depth-1-i) * initial in the second half, falling back to `initial`
+    whenever the scaled rate would reach 1.
+    """
+    rates = [initial] if depth > 1 else []
+    for i in range(1, depth - 1):
+        if i < math.ceil(depth / 2):
+            scaled = 1.1 ** (i + 1) * initial
+        else:
+            scaled = 1.1 ** (depth - 1 - i) * initial
+        rates.append(scaled if scaled < 1 else initial)
+    return rates
+
+
+class SequenceTranslator(nn.Module):
+    """Linear layers fc0, fc1, ... along the sequence axis with ReLU between, none after the last.
+
+    Input (B, C, L) -> output (B, C, P); the same MLP is applied to every channel.
+    """
+
+    def __init__(self, widths: tuple[int, ...], initial_dropout: float = 0.1):
+        super().__init__()
+        self.depth = len(widths) - 1
+        for i in range(self.depth):
+            self.add_module(f"fc{i}", nn.Linear(widths[i], widths[i + 1]))
+        self.dropouts = nn.ModuleList(nn.Dropout(p) for p in dropout_rates(self.depth, initial_dropout))
+        self.act = nn.ReLU()
+
+    def layer(self, i: int) -> nn.Linear:
+        return getattr(self, f"fc{i}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(self.depth - 1):
+            x = self.act(self.dropouts[i](self.layer(i)(x)))
+        return self.layer(self.depth - 1)(x)
