@@ -30,6 +30,7 @@ def _write_atomically(path: Path, write: Any) -> None:
     os.close(handle)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a bundle is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -131,7 +132,8 @@ def load_state_strictly(model: TranslatorModel, state: dict[str, torch.Tensor], 
         if unexpected:
             details.append(f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
         if wrong:
-            details.append(f"shape mismatch {[(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in wrong[:3]]}")
+            shapes = [(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in wrong[:3]]
+            details.append(f"shape mismatch (name, file, model) {shapes}")
         raise CheckpointError(f"weights in {where} do not fit the configured model: " + "; ".join(details))
     with torch.no_grad():
         model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)

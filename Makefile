@@ -1,0 +1,39 @@
+# Every target creates/uses the project's virtualenv in .venv; `make test` and `make demo` set up
+# everything they need on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_PIN := torch==2.13.0
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
+
+.PHONY: install test test-all demo lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# The CPU build of torch is installed first and pinned, so no dependency pulls a multi-GB CUDA build.
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/pip install -q -e ".[dev]" "$(TORCH_PIN)"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(BIN)/pytest -q -m "not gpu"
+
+test-all: install
+	$(BIN)/pytest -q
+
+demo: install
+	$(BIN)/sctranslator demo
+
+lint: install
+	$(BIN)/ruff check sctranslator tests benchmarks scripts
+
+bench: install
+	$(BIN)/python benchmarks/bench_kernels.py
+
+clean:
+	rm -rf $(VENV) .numba_cache .pytest_cache build *.egg-info
