@@ -85,6 +85,67 @@ def _vocab(parser: argparse.ArgumentParser) -> Handler:
     return run
 
 
+@command("translate", "predict protein abundance for every cell of a dataset")
+def _translate(parser: argparse.ArgumentParser) -> Handler:
+    parser.add_argument("input", help=".h5ad, AnnData .zarr store (v2/v3), or .h5mu (rna modality)")
+    parser.add_argument("--model", required=True, help="bundle directory or official .pt checkpoint")
+    parser.add_argument("--proteins", help="comma-separated antibody or gene names, or @file "
+                        "(default: the model's protein panel, when it has one)")
+    parser.add_argument("--out", required=True, help="output AnnData Zarr store (resumable)")
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "triton"])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=8, help="cells per backend call")
+    parser.add_argument("--block-cells", type=int, default=4096, help="cells per block (unit of work and resume)")
+    parser.add_argument("--workers", type=int, help="concurrent blocks on the local scheduler")
+    parser.add_argument("--scheduler", help="address of an existing dask.distributed scheduler")
+    parser.add_argument("--normalize", choices=["none", "log1p", "total", "total_log1p"],
+                        help="library-size normalisation / log1p before per-cell scaling "
+                             "(default: as the model was trained; X as stored for published checkpoints)")
+    parser.add_argument("--target-sum", type=float, help="library size for --normalize total* (default 1e4)")
+    parser.add_argument("--gene-column", help="var column with gene identifiers (default: var index)")
+    parser.add_argument("--id-type", default="auto",
+                        choices=["auto", "symbol", "entrez", "ensembl", "mouse_symbol", "mouse_ensembl"])
+    parser.add_argument("--layer", help="read this layer instead of X")
+    parser.add_argument("--min-coverage", type=float, default=0.5, help="minimum fraction of genes that must map")
+    parser.add_argument("--allow-low-coverage", action="store_true", help="go on below --min-coverage")
+    parser.add_argument("--allow-empty-cells", action="store_true", help="predict cells with no expression")
+    parser.add_argument("--overwrite", action="store_true", help="replace an output written by another job")
+    parser.add_argument("--onnx", help="ONNX file for --backend onnxruntime (default: exported on demand)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--url", help="Triton server HOST:PORT for --backend triton")
+    parser.add_argument("--model-name", default="sctranslator", help="model name on the Triton server")
+    parser.add_argument("--protocol", default="grpc", choices=["grpc", "http"], help="Triton protocol")
+    parser.add_argument("--write-h5ad", help="also write a copy of the input with obsm['protein_expression']")
+    parser.add_argument("--write-mudata", help="also write a MuData (.h5mu) with 'rna' and 'prot' modalities")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def run(args: argparse.Namespace) -> int:
+        from sctranslator.engine import translate
+
+        options = {}
+        if args.backend == "triton":
+            if not args.url:
+                raise SctranslatorError("--backend triton needs --url HOST:PORT")
+            options = {"url": args.url, "model_name": args.model_name, "protocol": args.protocol}
+        result = translate(
+            args.input, args.model, read_name_list(args.proteins) if args.proteins else None, out=args.out,
+            backend=args.backend, device=args.device, batch_size=args.batch_size, block_cells=args.block_cells,
+            workers=args.workers, scheduler=args.scheduler, normalize=args.normalize, target_sum=args.target_sum,
+            gene_column=args.gene_column, id_type=args.id_type, layer=args.layer, min_coverage=args.min_coverage,
+            allow_low_coverage=args.allow_low_coverage, allow_empty_cells=args.allow_empty_cells,
+            overwrite=args.overwrite, onnx_path=args.onnx, precision=args.precision, backend_options=options,
+            write_h5ad=args.write_h5ad, write_mudata=args.write_mudata, quiet=args.quiet)
+        run_stats = result.uns["sctranslator"]["run"]
+        coverage = result.uns["sctranslator"]["plan"]["coverage"]
+        print(f"Wrote {result.n_obs} cells x {result.n_vars} proteins to {args.out}")
+        print(f"  computed {run_stats['cells_computed']} cells in {run_stats['seconds']:.1f} s "
+              f"({run_stats['cells_per_second']:.1f} cells/s); {run_stats['blocks_skipped']} blocks were already done")
+        print(f"  gene coverage: {float(coverage['fraction']):.1%} of {coverage['basis']}")
+        return 0
+
+    return run
+
+
 def read_name_list(spec: str) -> list[str]:
     """'A,B,C' or '@file' (one name per line, '#' comments) -> names."""
     if spec.startswith("@"):

@@ -46,3 +46,11 @@ class BackendError(SctranslatorError):
 
 class ServerError(BackendError):
     """A remote inference server is unreachable, not ready, or serves a different model."""
+
+
+class ExportError(SctranslatorError):
+    """A model could not be exported to another format (ONNX) as asked."""
+
+
+class ExportValidationError(ExportError):
+    """An exported model's predictions differ from PyTorch's by more than the stated tolerance."""

@@ -1,0 +1,151 @@
+"""The streaming job: blocks of rows -> validate -> prepare -> backend -> sink, on Dask.
+
+One Dask task per block of rows. A task reads its rows, checks them, turns them into model
+values with the Numba kernels (which release the GIL), predicts in batches through the
+worker's one backend, and commits its rows to the sink. Tasks run concurrently, so reading,
+preparing, inference and writing of different blocks overlap; memory is bounded by
+(workers x block size), never by the dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import numpy as np
+from dask.callbacks import Callback
+from tqdm import tqdm
+
+from sctranslator.engine.backends import BackendSpec, Batch, get_backend
+from sctranslator.engine.plan import Plan
+from sctranslator.engine.sink import ZarrSink
+from sctranslator.engine.sources import Source
+from sctranslator.errors import InputDataError
+from sctranslator.kernels import prepare_values, scan_block
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BlockJob:
+    """What every task needs; picklable so distributed workers can run it."""
+
+    source: Source
+    plan: Plan
+    backend: BackendSpec
+    sink: ZarrSink
+    batch_size: int
+    allow_empty_cells: bool = False
+
+
+def check_block(job: BlockJob, block: Any, start: int) -> None:
+    """Raise a named error for NaN/Inf/negative values or empty cells, naming the cell and gene."""
+    scan = scan_block(block)
+    problems = scan.problems(allow_empty_rows=job.allow_empty_cells)
+    if not problems:
+        return
+    var_names = job.source.var.index
+    obs_names = job.source.obs_names
+
+    def where(position: tuple[int, int] | None) -> str:
+        if position is None:
+            return ""
+        row, column = position
+        return f" (first: cell {obs_names[start + row]!r}, row {start + row}; gene {var_names[column]!r})"
+
+    details = []
+    if scan.n_nan:
+        details.append(f"{scan.n_nan} NaN value(s){where(scan.first_nan)}")
+    if scan.n_inf:
+        details.append(f"{scan.n_inf} infinite value(s){where(scan.first_inf)}")
+    if scan.n_negative:
+        details.append(f"{scan.n_negative} negative value(s){where(scan.first_negative)}")
+    if scan.n_empty_rows and not job.allow_empty_cells:
+        row = start + int(scan.first_empty_row)
+        details.append(f"{scan.n_empty_rows} empty cell(s) with no expression at all (first: cell "
+                       f"{obs_names[row]!r}, row {row}); remove them or pass --allow-empty-cells")
+    raise InputDataError(f"rows {start}..{start + scan.n_rows - 1} of {job.source.path or 'the input'}: "
+                         + "; ".join(details) + ". Expression must be finite and non-negative.")
+
+
+def predict_block(job: BlockJob, start: int, stop: int) -> np.ndarray:
+    """Predictions (stop - start, n_outputs) for one block of rows."""
+    block = job.source.read_block(start, stop)
+    check_block(job, block, start)
+    plan = job.plan
+    values = prepare_values(block, plan.column_slot, plan.position_real, normalize=plan.normalize,
+                            target_sum=plan.target_sum)
+    backend = get_backend(job.backend)
+    out = np.empty((stop - start, plan.output_index.shape[0]), dtype=np.float32)
+    for lo in range(0, stop - start, job.batch_size):
+        hi = min(lo + job.batch_size, stop - start)
+        batch = Batch(values[lo:hi], plan.gene_ids, plan.position_real, plan.protein_windows,
+                      plan.protein_window_mask)
+        out[lo:hi] = backend.predict(batch)[:, plan.output_index]
+    return out
+
+
+def run_block(job: BlockJob, index: int) -> int:
+    start, stop = job.sink.blocks()[index]
+    job.sink.write_block(index, predict_block(job, start, stop))
+    return stop - start
+
+
+class _Progress(Callback):
+    """Advances a progress bar as block tasks finish on the local scheduler."""
+
+    def __init__(self, bar: tqdm):
+        super().__init__()
+        self.bar = bar
+
+    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        if isinstance(result, int):
+            self.bar.update(result)
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None = None,
+            quiet: bool = False) -> dict[str, Any]:
+    """Run every pending block; returns timing and counts."""
+    sink = job.sink
+    pending = sink.pending()
+    blocks = sink.blocks()
+    done_cells = sum(stop - start for i, (start, stop) in enumerate(blocks) if i not in set(pending))
+    bar = tqdm(total=sink.n_obs, initial=done_cells, unit="cells", desc="translate", file=sys.stderr,
+               disable=quiet, dynamic_ncols=True, smoothing=0.1)
+    started = time.perf_counter()
+    try:
+        if scheduler:
+            _run_distributed(job, pending, scheduler, bar)
+        elif pending:
+            tasks = [dask.delayed(run_block, pure=False)(job, index, dask_key_name=f"block-{index}")
+                     for index in pending]
+            with _Progress(bar):
+                dask.compute(*tasks, scheduler="threads", num_workers=workers or default_workers())
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - started
+    computed = sum(blocks[i][1] - blocks[i][0] for i in pending)
+    return {"blocks_computed": len(pending), "blocks_skipped": len(blocks) - len(pending),
+            "cells_computed": computed, "seconds": elapsed,
+            "cells_per_second": computed / elapsed if elapsed > 0 else float("nan")}
+
+
+def _run_distributed(job: BlockJob, pending: list[int], address: str, bar: tqdm) -> None:
+    """Run on an existing dask.distributed cluster; the job is shipped to each worker once."""
+    from distributed import Client, as_completed
+
+    with Client(address) as client:
+        shared = client.scatter(job, broadcast=True)
+        futures = [client.submit(run_block, shared, index, key=f"sctranslator-block-{index}-{job.sink.path}",
+                                 pure=False) for index in pending]
+        for future in as_completed(futures):
+            bar.update(future.result())

@@ -1,0 +1,164 @@
+"""The `Source` contract: a read-only view of one cells x genes matrix, served in row blocks.
+
+Subclasses keep only a path and settings in their pickled state (dask.distributed ships them to
+worker processes) and open file handles lazily, once per process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from sctranslator.errors import StoreError
+
+Block = sp.csr_matrix | np.ndarray
+
+# Names are hashed in slices so that fingerprinting ten million cells never builds one giant string.
+_HASH_SLICE = 100_000
+
+
+class Source:
+    """Rows (cells) of X, or of a layer, read one block at a time."""
+
+    kind: str
+    path: str | None
+    n_obs: int
+    n_vars: int
+    matrix_format: str
+    chunk_rows: int | None
+    dtype: np.dtype
+    nnz: int | None
+
+    def __init__(self) -> None:
+        self._fingerprint: dict | None = None
+
+    # --- metadata -------------------------------------------------------------------------------
+    @property
+    def var(self) -> pd.DataFrame:
+        """The var table of the matrix (index = var_names)."""
+        raise NotImplementedError
+
+    @property
+    def obs_names(self) -> pd.Index:
+        raise NotImplementedError
+
+    def read_obs(self) -> pd.DataFrame:
+        """The full obs table, for copying into the output."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """How to name this input in a message."""
+        return self.path or f"the in-memory {self.kind} input"
+
+    # --- data -----------------------------------------------------------------------------------
+    def read_block(self, start: int, stop: int) -> Block:
+        """Rows [start, stop) as a CSR matrix (sparse inputs) or a C-ordered ndarray (dense inputs).
+
+        The returned arrays are owned by the caller: modifying them never touches the input.
+        """
+        start, stop = self._check_range(start, stop)
+        return self._read_rows(start, stop)
+
+    def _read_rows(self, start: int, stop: int) -> Block:
+        raise NotImplementedError
+
+    def _check_range(self, start: int, stop: int) -> tuple[int, int]:
+        start, stop = int(start), int(stop)
+        if not 0 <= start <= stop <= self.n_obs:
+            raise ValueError(f"row range [{start}, {stop}) is outside [0, {self.n_obs}) of {self.describe()}")
+        return start, stop
+
+    # --- identity -------------------------------------------------------------------------------
+    def fingerprint(self) -> dict[str, Any]:
+        """A JSON-able identity used to refuse resuming a job against different input data."""
+        if self._fingerprint is None:
+            self._fingerprint = {
+                "kind": self.kind,
+                "path": self.path,
+                "element": self._element_name(),
+                "n_obs": int(self.n_obs),
+                "n_vars": int(self.n_vars),
+                "matrix_format": self.matrix_format,
+                "dtype": str(np.dtype(self.dtype)),
+                "nnz": None if self.nnz is None else int(self.nnz),
+                "var_names_sha256": hash_names(self.var.index),
+                "obs_names_sha256": hash_names(self.obs_names),
+            }
+        return dict(self._fingerprint)
+
+    def _element_name(self) -> str:
+        """Which matrix inside the input is served ("X", "layers/counts", "mod/rna/X", ...)."""
+        raise NotImplementedError
+
+    # --- lifetime -------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release open file handles; the source reopens them if it is read again."""
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {self.kind} {self.describe()} {self._element_name()} "
+                f"{self.n_obs} x {self.n_vars} {self.matrix_format} {np.dtype(self.dtype)}>")
+
+
+def hash_names(names: Iterable[Any]) -> str:
+    """sha256 of the names, NUL-separated (names cannot contain NUL in any store we read)."""
+    values = np.asarray(pd.Index(names).astype(str))
+    digest = hashlib.sha256()
+    for lo in range(0, len(values), _HASH_SLICE):
+        digest.update("\0".join(values[lo:lo + _HASH_SLICE]).encode("utf-8"))
+        digest.update(b"\0")
+    digest.update(str(len(values)).encode())
+    return digest.hexdigest()
+
+
+def check_indptr(indptr: np.ndarray, nnz: int, *, where: str, first_row: int, n_obs: int) -> None:
+    """Refuse an indptr slice that cannot describe rows of a CSR matrix with `nnz` stored entries.
+
+    Checked before data/indices are read: a corrupt indptr would otherwise ask for absurd ranges, or
+    silently shift entries between rows.
+    """
+    last_row = first_row + len(indptr) - 2
+    rows = f"rows {first_row}..{last_row}"
+    steps = np.diff(indptr)
+    if steps.size and steps.min() < 0:
+        bad = first_row + int(np.argmax(steps < 0))
+        raise StoreError(f"{where}: X/indptr decreases at row {bad} ({rows} requested); the store is corrupted")
+    lo, hi = int(indptr[0]), int(indptr[-1])
+    if lo < 0 or hi > nnz:
+        raise StoreError(f"{where}: X/indptr points to entries {lo}..{hi} for {rows}, outside the {nnz} entries "
+                         "stored in X/data; the store is truncated or corrupted")
+    if first_row == 0 and lo != 0:
+        raise StoreError(f"{where}: X/indptr[0] is {lo}, not 0; the store is corrupted")
+    if last_row == n_obs - 1 and hi != nnz:
+        raise StoreError(f"{where}: X/indptr ends at {hi} but X/data holds {nnz} entries; the store is corrupted")
+
+
+def assemble_csr(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, n_vars: int, *,
+                 where: str, first_row: int) -> sp.csr_matrix:
+    """Build one CSR block from a stored slice (indptr not rebased) after checking its entries."""
+    rows = f"rows {first_row}..{first_row + len(indptr) - 2}"
+    expected = int(indptr[-1] - indptr[0])
+    if len(indices) != expected or len(data) != expected:
+        raise StoreError(f"{where}: X/indptr says {rows} hold {expected} entries but {len(data)} values and "
+                         f"{len(indices)} column indices were read; the store is truncated or corrupted")
+    if indices.size:
+        lo, hi = int(indices.min()), int(indices.max())
+        if lo < 0 or hi >= n_vars:
+            raise StoreError(f"{where}: X/indices holds column {lo if lo < 0 else hi} for {rows}, outside "
+                             f"[0, {n_vars}); the store is corrupted")
+    # One index dtype for both arrays keeps scipy from copying them to a common one.
+    index_dtype = np.int32 if max(expected, n_vars) < np.iinfo(np.int32).max else np.int64
+    return sp.csr_matrix(
+        (data, indices.astype(index_dtype, copy=False), (indptr - indptr[0]).astype(index_dtype, copy=False)),
+        shape=(len(indptr) - 1, n_vars),
+    )

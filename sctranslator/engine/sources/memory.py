@@ -1,0 +1,128 @@
+"""In-memory AnnData objects (any X: CSR, CSC or other sparse, dense, dask) and backed AnnData."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anndata
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from sctranslator.engine.sources.base import Block, Source
+from sctranslator.engine.sources.hdf5 import H5Source
+from sctranslator.errors import InputDataError
+
+
+class AnnDataSource(Source):
+    """Rows of an AnnData's X (or a layer). Pickles with its matrix, since that is where the data lives.
+
+    A backed AnnData (``anndata.read_h5ad(path, backed="r")``) is read through its file with the
+    h5py reader, which is picklable and much faster than anndata's backed slicing; its obs and var
+    come from the object, so renamed var_names are honoured.
+    """
+
+    kind = "anndata"
+
+    def __init__(self, adata: anndata.AnnData, *, layer: str | None = None) -> None:
+        super().__init__()
+        self.layer = layer
+        self._csr_cache: sp.csr_matrix | None = None
+        self._var = pd.DataFrame(adata.var).copy()
+        self._obs = pd.DataFrame(adata.obs)
+        self._file: H5Source | None = None
+        self._matrix: Any = None
+        if adata.isbacked:
+            self._open_backed(adata)
+        else:
+            self._matrix = _pick_matrix(adata, layer)
+            self.path = None
+            self.n_obs, self.n_vars = (int(n) for n in self._matrix.shape)
+            self.matrix_format = "csr" if _is_sparse(self._matrix) else "dense"
+            self.dtype = np.dtype(self._matrix.dtype)
+            self.nnz = int(self._matrix.nnz) if sp.issparse(self._matrix) else None
+            self.chunk_rows = None
+        if (self.n_obs, self.n_vars) != adata.shape:
+            raise InputDataError(f"the AnnData's matrix is {self.n_obs} x {self.n_vars} but the object is "
+                                 f"{adata.shape[0]} x {adata.shape[1]}")
+
+    def _open_backed(self, adata: anndata.AnnData) -> None:
+        if adata.is_view:
+            raise InputDataError("a view of a backed AnnData cannot be streamed: pass the file path, or "
+                                 "`adata[...].to_memory()` to load the subset")
+        self._file = H5Source(str(adata.filename), layer=self.layer, modality="rna")
+        self.path = self._file.path
+        for name in ("n_obs", "n_vars", "matrix_format", "dtype", "nnz", "chunk_rows"):
+            setattr(self, name, getattr(self._file, name))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_csr_cache"] = None  # rebuilt on demand in the receiving process
+        return state
+
+    @property
+    def var(self) -> pd.DataFrame:
+        return self._var
+
+    @property
+    def obs_names(self) -> pd.Index:
+        return self._obs.index
+
+    def read_obs(self) -> pd.DataFrame:
+        return self._obs.copy()
+
+    def _element_name(self) -> str:
+        return f"layers/{self.layer}" if self.layer is not None else "X"
+
+    def _read_rows(self, start: int, stop: int) -> Block:
+        if self._file is not None:
+            return self._file.read_block(start, stop)
+        matrix = self._matrix
+        if sp.issparse(matrix) and matrix.format != "csr":
+            # Row-slicing CSC costs a pass over all entries; convert once instead of once per block.
+            if self._csr_cache is None:
+                self._csr_cache = sp.csr_matrix(matrix)
+            matrix = self._csr_cache
+        block = matrix[start:stop]
+        return _as_block(block, fresh=block is not matrix)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def _pick_matrix(adata: anndata.AnnData, layer: str | None) -> Any:
+    # anndata >= 0.13 lists X among the layers under the key None.
+    layers = ", ".join(str(k) for k in adata.layers if k is not None) or "none"
+    if layer is not None:
+        if layer not in adata.layers:
+            raise InputDataError(f"the AnnData has no layer '{layer}' (layers: {layers})")
+        matrix = adata.layers[layer]
+    else:
+        matrix = adata.X
+    if matrix is None:
+        raise InputDataError(f"the AnnData has no X matrix; choose a layer (layers: {layers})")
+    if getattr(matrix, "ndim", 2) != 2:
+        raise InputDataError(f"the AnnData's matrix is {matrix.ndim}-D, not cells x genes")
+    if isinstance(matrix, np.matrix):
+        matrix = np.asarray(matrix)
+    return matrix
+
+
+def _is_sparse(matrix: Any) -> bool:
+    if sp.issparse(matrix) or sp.issparse(getattr(matrix, "_meta", None)):  # dask keeps a sample chunk in _meta
+        return True
+    abc = getattr(anndata, "abc", None)  # anndata >= 0.11: on-disk sparse datasets assigned as X
+    return abc is not None and isinstance(matrix, abc.CSRDataset | abc.CSCDataset)
+
+
+def _as_block(block: Any, *, fresh: bool) -> Block:
+    """Turn a row slice into a caller-owned CSR matrix or C-ordered ndarray.
+
+    `fresh` says the slice owns its arrays (scipy returns the matrix itself for a full-range slice).
+    """
+    if hasattr(block, "compute"):  # dask
+        block = block.compute()
+    if sp.issparse(block):
+        return sp.csr_matrix(block, copy=not fresh)
+    return np.array(block, order="C", copy=True)  # numpy row slices are views

@@ -1,0 +1,264 @@
+"""Shared logic of the on-disk sources: AnnData's on-disk layout, read at the array level.
+
+HDF5 (h5ad/h5mu) and zarr stores lay AnnData out the same way: X is either a 2-D array (dense) or a
+group holding data/indices/indptr (CSR). Rows are read by slicing those arrays directly, which is
+much faster than anndata's backed mode and never touches rows outside the requested range.
+Subclasses supply opening, slicing (with their own error translation) and locking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from sctranslator.engine.sources.base import Block, Source, assemble_csr, check_indptr
+from sctranslator.errors import InputDataError, StoreError
+
+try:  # anndata >= 0.11
+    from anndata.io import read_elem
+except ImportError:  # pragma: no cover - older anndata
+    from anndata.experimental import read_elem
+
+_CONVERT_HINT = ("convert it once, e.g. `adata = anndata.read_h5ad(path); adata.X = adata.X.tocsr(); "
+                 "adata.write_h5ad(new_path)` (or write_zarr)")
+
+
+class StoredSource(Source):
+    """A source backed by an h5ad/h5mu file or a zarr store, opened lazily once per process."""
+
+    # Attributes that are per-process state and never pickled.
+    _TRANSIENT = ("_handle", "_pid", "_arrays", "_var", "_obs_names", "_lock")
+
+    def __init__(self, path: str, *, layer: str | None, modality: str) -> None:
+        super().__init__()
+        self.path = path
+        self.layer = layer
+        self.modality = modality
+        self._reset_transient()
+        self._inspect()
+
+    # --- subclass hooks -------------------------------------------------------------------------
+    def _open(self) -> Any:
+        """Open the store read-only and return its root group."""
+        raise NotImplementedError
+
+    def _read_array(self, array: Any, name: str, lo: int, hi: int, rows: tuple[int, int]) -> np.ndarray:
+        """array[lo:hi], translating the backend's failures into StoreError."""
+        raise NotImplementedError
+
+    def _is_array(self, node: Any) -> bool:
+        raise NotImplementedError
+
+    def _store_kind(self) -> str:
+        raise NotImplementedError
+
+    def _close_handle(self, handle: Any) -> None:
+        """Release the handle opened by _open."""
+
+    def _locked(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    # --- pickling: path and settings only -------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in self._TRANSIENT}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_transient()
+
+    def _reset_transient(self) -> None:
+        self._handle = None
+        self._pid: int | None = None
+        self._arrays: dict[str, Any] = {}
+        self._var: pd.DataFrame | None = None
+        self._obs_names: pd.Index | None = None
+        self._lock = threading.RLock()
+
+    # --- handles --------------------------------------------------------------------------------
+    def _root(self) -> Any:
+        """The store's root group, (re)opened in this process if needed."""
+        with self._lock:
+            if self._handle is None or self._pid != os.getpid():
+                # A handle inherited through fork is unusable here; drop it without closing the parent's.
+                self._arrays = {}
+                self._handle = self._open()
+                self._pid = os.getpid()
+            return self._handle
+
+    def _group(self) -> Any:
+        """The AnnData group: the store root, or mod/<modality> of a MuData store."""
+        root = self._root()
+        return root[self._group_key] if self._group_key else root
+
+    def _array(self, name: str) -> Any:
+        array = self._arrays.get(name)
+        if array is None:
+            array = self._arrays[name] = self._group()[name]
+        return array
+
+    def close(self) -> None:
+        with self._lock:
+            if self._handle is not None and self._pid == os.getpid():
+                self._close_handle(self._handle)
+            self._handle = None
+            self._arrays = {}
+
+    @contextlib.contextmanager
+    def _reading(self, what: str) -> Iterator[None]:
+        """Translate any backend failure while reading metadata into a StoreError naming the store."""
+        try:
+            with self._locked():
+                yield
+        except (StoreError, InputDataError):
+            raise
+        except Exception as exc:
+            raise StoreError(f"{self.path}: could not read {what}: {type(exc).__name__}: {exc}; the store is "
+                             "truncated, corrupted or was not written by anndata/mudata") from exc
+
+    # --- layout ---------------------------------------------------------------------------------
+    def _inspect(self) -> None:
+        """Find the matrix and read its shape, format, dtype and chunking (metadata only)."""
+        with self._reading("the store layout"):
+            root = self._root()
+            if "mod" in root and "X" not in root and "obs" in root and not self._is_array(root["mod"]):
+                modalities = sorted(root["mod"].keys())
+                if self.modality not in modalities:
+                    raise InputDataError(f"{self.path}: MuData store has no modality '{self.modality}' "
+                                         f"(it has: {', '.join(modalities) or 'none'})")
+                self.kind = "mudata"
+                self._group_key = f"mod/{self.modality}"
+            else:
+                self.kind = self._store_kind()
+                self._group_key = ""
+            group = self._group()
+            self._element = self._find_element(group)
+            node = group[self._element]
+            if self._is_array(node):
+                self._inspect_dense(node)
+            else:
+                self._inspect_sparse(node)
+
+    def _find_element(self, group: Any) -> str:
+        if self.layer is not None:
+            layers = sorted(group["layers"].keys()) if "layers" in group else []
+            if self.layer not in layers:
+                raise InputDataError(f"{self.path}: no layer '{self.layer}' (layers: {', '.join(layers) or 'none'})")
+            return f"layers/{self.layer}"
+        if "X" not in group:
+            layers = sorted(group["layers"].keys()) if "layers" in group else []
+            raise InputDataError(f"{self.path}: the store has no X matrix; choose a layer "
+                                 f"(layers: {', '.join(layers) or 'none'})")
+        return "X"
+
+    def _inspect_dense(self, array: Any) -> None:
+        if len(array.shape) != 2:
+            raise StoreError(f"{self.path}: {self._element_name()} is a {len(array.shape)}-D array, not cells x genes")
+        self.n_obs, self.n_vars = (int(n) for n in array.shape)
+        self.matrix_format = "dense"
+        self.dtype = np.dtype(array.dtype)
+        self.nnz = None
+        chunks = array.chunks
+        self.chunk_rows = int(chunks[0]) if chunks else None
+
+    def _inspect_sparse(self, group: Any) -> None:
+        attrs = dict(group.attrs)
+        encoding = attrs.get("encoding-type")
+        if encoding is None and "h5sparse_format" in attrs:  # files written by anndata < 0.7
+            encoding = f"{_text(attrs['h5sparse_format'])}_matrix"
+        encoding = _text(encoding) if encoding is not None else None
+        if encoding == "csc_matrix":
+            raise StoreError(f"{self.path}: {self._element_name()} is stored as CSC (column-compressed); streaming "
+                             f"cells needs CSR or dense rows. {_CONVERT_HINT}")
+        if encoding != "csr_matrix":
+            raise StoreError(f"{self.path}: {self._element_name()} has encoding '{encoding}'; only csr_matrix "
+                             "and dense arrays can be streamed by rows")
+        shape = attrs.get("shape", attrs.get("h5sparse_shape"))
+        if shape is None or len(shape) != 2:
+            raise StoreError(f"{self.path}: {self._element_name()} has no valid 'shape' attribute")
+        self.n_obs, self.n_vars = (int(n) for n in shape)
+        for name in ("data", "indices", "indptr"):
+            if name not in group:
+                raise StoreError(f"{self.path}: {self._element_name()}/{name} is missing; the store is incomplete")
+        data, indices, indptr = group["data"], group["indices"], group["indptr"]
+        if indptr.shape[0] != self.n_obs + 1:
+            raise StoreError(f"{self.path}: {self._element_name()}/indptr has {indptr.shape[0]} entries, expected "
+                             f"n_obs + 1 = {self.n_obs + 1}; the store is truncated or corrupted")
+        if data.shape[0] != indices.shape[0]:
+            raise StoreError(f"{self.path}: {self._element_name()}/data and /indices differ in length "
+                             f"({data.shape[0]} vs {indices.shape[0]}); the store is truncated or corrupted")
+        self.matrix_format = "csr"
+        self.dtype = np.dtype(data.dtype)
+        self.nnz = int(data.shape[0])
+        # CSR chunks live in entry space; the rows one data chunk spans, on average, is what to align to.
+        chunks = data.chunks
+        self.chunk_rows = max(1, round(chunks[0] * self.n_obs / self.nnz)) if chunks and self.nnz else None
+
+    def _element_name(self) -> str:
+        return f"{self._group_key}/{self._element}" if self._group_key else self._element
+
+    # --- metadata tables ------------------------------------------------------------------------
+    @property
+    def var(self) -> pd.DataFrame:
+        if self._var is None:
+            with self._reading("var"):
+                self._var = _as_frame(read_elem(self._group()["var"]))
+        return self._var
+
+    @property
+    def obs_names(self) -> pd.Index:
+        if self._obs_names is None:
+            with self._reading("obs names"):
+                obs = self._group()["obs"]
+                index_key = _text(obs.attrs.get("_index", "")) if not self._is_array(obs) else ""
+                if index_key and index_key in obs:  # read only the index column, not the whole table
+                    self._obs_names = pd.Index(np.asarray(read_elem(obs[index_key])).astype(object), dtype=object)
+                else:
+                    self._obs_names = _as_frame(read_elem(obs)).index
+        return self._obs_names
+
+    def read_obs(self) -> pd.DataFrame:
+        with self._reading("obs"):
+            return _as_frame(read_elem(self._group()["obs"]))
+
+    # --- rows -----------------------------------------------------------------------------------
+    def _slice(self, name: str, lo: int, hi: int, rows: tuple[int, int]) -> np.ndarray:
+        with self._locked():
+            try:
+                array = self._array(name)
+            except Exception as exc:
+                raise StoreError(f"{self.path}: cannot open {self._where(name)}: {type(exc).__name__}: {exc}") from exc
+            return self._read_array(array, name, lo, hi, rows)
+
+    def _where(self, name: str) -> str:
+        return f"{self._group_key}/{name}" if self._group_key else name
+
+    def _read_rows(self, start: int, stop: int) -> Block:
+        rows = (start, stop)
+        if self.matrix_format == "dense":
+            return np.ascontiguousarray(self._slice(self._element, start, stop, rows))
+        if start == stop:
+            return sp.csr_matrix((0, self.n_vars), dtype=self.dtype)
+        where = f"{self.path} ({self._element_name()})"
+        indptr = self._slice(f"{self._element}/indptr", start, stop + 1, rows).astype(np.int64, copy=False)
+        check_indptr(indptr, self.nnz, where=where, first_row=start, n_obs=self.n_obs)
+        lo, hi = int(indptr[0]), int(indptr[-1])
+        indices = self._slice(f"{self._element}/indices", lo, hi, rows)
+        data = self._slice(f"{self._element}/data", lo, hi, rows)
+        return assemble_csr(indptr, indices, data, self.n_vars, where=where, first_row=start)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _as_frame(elem: Any) -> pd.DataFrame:
+    if isinstance(elem, pd.DataFrame):
+        return elem
+    return pd.DataFrame(elem)  # legacy structured-array tables

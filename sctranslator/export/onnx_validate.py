@@ -1,0 +1,166 @@
+"""Check an exported ONNX file against the PyTorch model it came from, in onnxruntime."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from sctranslator.errors import ExportError, ExportValidationError
+from sctranslator.export.onnx_format import INPUT_NAMES, TOLERANCES, check_precision
+from sctranslator.model.config import ModelConfig
+from sctranslator.model.network import TranslatorModel
+
+_INPUT_DTYPES = {"values": np.float32, "gene_ids": np.int64, "gene_mask": np.bool_,
+                 "protein_ids": np.int64, "protein_mask": np.bool_}
+BF16_ON_CPU_MESSAGE = (
+    "onnxruntime's CPU execution provider has no bfloat16 kernels (MatMul, LayerNormalization...), so a bf16 "
+    "model cannot run there; run it on a GPU execution provider (CUDAExecutionProvider or "
+    "TensorrtExecutionProvider), export fp16 or fp32 for CPU, or pass validate=False to write it unchecked"
+)
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """How far onnxruntime's predictions are from the float32 PyTorch model's on one batch."""
+
+    label: str
+    precision: str
+    batch_size: int
+    max_abs_error: float
+    max_rel_error: float  # max|onnx - torch| / max|torch|
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(np.isfinite(self.max_rel_error)) and self.max_rel_error <= self.tolerance
+
+    def __str__(self) -> str:
+        verdict = "ok" if self.passed else "FAILED"
+        return (f"{self.label} (batch {self.batch_size}, {self.precision}): max abs error {self.max_abs_error:.3g}, "
+                f"max relative error {self.max_rel_error:.3g} (tolerance {self.tolerance:g}) {verdict}")
+
+    def check(self) -> ValidationResult:
+        """Raise ExportValidationError when the error is above the tolerance; returns self otherwise."""
+        if not self.passed:
+            raise ExportValidationError(f"ONNX predictions differ from PyTorch: {self}")
+        return self
+
+
+def random_inputs(config: ModelConfig, batch_size: int, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """A realistic random batch: values in [1e-8, 1], token ids in [1, vocab), padded tails.
+
+    The first cell is unpadded; the others keep a random length of at least half of L (and P),
+    with padded positions set to id 0 and value 0 as the engine pads them.
+    """
+    rng = np.random.default_rng(seed)
+    genes, proteins = config.max_genes, config.max_proteins
+
+    def mask(length: int) -> np.ndarray:
+        kept = rng.integers(length // 2, length + 1, size=batch_size)
+        kept[0] = length
+        return np.arange(length)[None, :] < kept[:, None]
+
+    gene_mask, protein_mask = mask(genes), mask(proteins)
+    values = rng.uniform(1e-8, 1.0, size=(batch_size, genes)).astype(np.float32)
+    gene_ids = rng.integers(1, config.vocab_size, size=(batch_size, genes), dtype=np.int64)
+    protein_ids = rng.integers(1, config.vocab_size, size=(batch_size, proteins), dtype=np.int64)
+    return {"values": np.where(gene_mask, values, np.float32(0)), "gene_ids": np.where(gene_mask, gene_ids, 0),
+            "gene_mask": gene_mask, "protein_ids": np.where(protein_mask, protein_ids, 0),
+            "protein_mask": protein_mask}
+
+
+def normalize_inputs(inputs: dict[str, np.ndarray], config: ModelConfig) -> dict[str, np.ndarray]:
+    """The five graph inputs with the graph's dtypes; missing masks mean "no padding"."""
+    missing = [name for name in ("values", "gene_ids", "protein_ids") if name not in inputs]
+    if missing:
+        raise ExportError(f"validation inputs lack {missing}; expected keys {list(INPUT_NAMES)}")
+    batch = np.asarray(inputs["values"]).shape[0]
+    widths = {"values": config.max_genes, "gene_ids": config.max_genes, "gene_mask": config.max_genes,
+              "protein_ids": config.max_proteins, "protein_mask": config.max_proteins}
+    normalized = {}
+    for name in INPUT_NAMES:
+        array = inputs.get(name)
+        if array is None:  # only masks can be absent here
+            array = np.ones((batch, widths[name]), dtype=bool)
+        array = np.ascontiguousarray(np.asarray(array), dtype=_INPUT_DTYPES[name])
+        if array.shape != (batch, widths[name]):
+            raise ExportError(f"validation input {name} has shape {array.shape}; the model needs "
+                              f"({batch}, {widths[name]}) (batch, {'L' if widths[name] == config.max_genes else 'P'})")
+        normalized[name] = array
+    return normalized
+
+
+def default_providers(precision: str = "fp32") -> list[str]:
+    """CPU, except bf16 which prefers CUDA when this onnxruntime build has it."""
+    if precision == "bf16" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def create_session(path: str | Path, *, providers: list[str] | None = None,
+                   threads: int | None = None, precision: str = "fp32",
+                   display_name: str | None = None) -> ort.InferenceSession:
+    """An onnxruntime session with every graph optimisation and one intra-op thread per core.
+
+    `display_name` names the file in error messages (export validates a staged copy).
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    providers = providers or default_providers(precision)
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own pybind exception types
+        if precision == "bf16" and providers == ["CPUExecutionProvider"]:
+            raise ExportError(f"{display_name or path}: {BF16_ON_CPU_MESSAGE} ({exc})") from exc
+        raise ExportError(f"onnxruntime cannot load {display_name or path} with {providers}: {exc}") from exc
+
+
+@torch.inference_mode()
+def torch_predictions(model: TranslatorModel, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The PyTorch model's predictions (B, P) as float32 numpy, in eval mode."""
+    device = next(model.parameters()).device
+    tensors = {name: torch.from_numpy(array).to(device) for name, array in inputs.items()}
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(tensors["values"], tensors["gene_ids"], tensors["protein_ids"],
+                    tensors["gene_mask"], tensors["protein_mask"])
+    finally:
+        model.train(was_training)
+    return out.float().cpu().numpy()
+
+
+def compare(label: str, precision: str, onnx_out: np.ndarray, torch_out: np.ndarray) -> ValidationResult:
+    diff = np.abs(onnx_out.astype(np.float64) - torch_out.astype(np.float64))
+    max_abs = float(diff.max()) if diff.size else 0.0
+    if not np.all(np.isfinite(onnx_out)):
+        max_abs = float("inf")
+    scale = float(np.abs(torch_out).max()) if torch_out.size else 0.0
+    max_rel = max_abs / max(scale, np.finfo(np.float32).tiny)
+    return ValidationResult(label=label, precision=precision, batch_size=int(torch_out.shape[0]),
+                            max_abs_error=max_abs, max_rel_error=max_rel, tolerance=TOLERANCES[precision])
+
+
+def validate_onnx(path: str | Path, model: TranslatorModel, inputs: dict[str, np.ndarray], *,
+                  precision: str = "fp32", label: str = "given inputs",
+                  session: ort.InferenceSession | None = None,
+                  providers: list[str] | None = None) -> ValidationResult:
+    """Run `inputs` through the ONNX file and the float32 PyTorch `model`; return the errors.
+
+    The result is not raised on; call `.check()` for that. `precision` selects the tolerance
+    (and the bf16 session error message). Pass `session` to reuse one across several batches.
+    """
+    check_precision(precision)
+    feed = normalize_inputs(inputs, model.config)
+    session = session or create_session(path, providers=providers, precision=precision)
+    try:
+        (onnx_out,) = session.run([s.name for s in session.get_outputs()], feed)
+    except Exception as exc:  # onnxruntime's pybind errors
+        raise ExportError(f"onnxruntime failed to run {path} on {label}: {exc}") from exc
+    return compare(label, precision, onnx_out, torch_predictions(model, feed))

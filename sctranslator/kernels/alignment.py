@@ -1,0 +1,82 @@
+"""Check the engine's column->position plan and derive what the scale+align kernels need.
+
+The plan is two arrays shared by every block of a dataset:
+
+* ``column_slot`` (int64, one per input column): ``>= 0`` the model position the column is
+  written to; ``-1`` (`UNMAPPED`) the column is ignored; ``-2`` (`TRUNCATED`) a mapped gene that
+  did not fit into the L positions: it takes part in the per-cell min/max but is not written.
+* ``position_real`` (bool, one per model position): True where a gene sits (mask True).
+  A real position that no column writes to counts as expression 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+UNMAPPED = -1
+TRUNCATED = -2
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Derived, validated form of (column_slot, position_real).
+
+    `real_template` is 1.0 at real positions and 0.0 at padding, so that a kernel can fill an
+    output row with "scaled value of zero" at real positions and exact zeros at padding in one
+    vectorisable loop. `n_scaling` is the size of the per-cell scaling set (columns with slot
+    >= 0 or -2); `zero_in_set` is True when some real position has no column (a fixed-panel gene
+    missing from the dataset), which puts a 0 into every cell's min/max.
+    """
+
+    column_slot: np.ndarray  # int64[n_columns]
+    real_template: np.ndarray  # float32[L]
+    n_scaling: int
+    zero_in_set: bool
+    scaling_columns: np.ndarray  # int64, columns with slot != -1 (dense kernel)
+    written_columns: np.ndarray  # int64, columns with slot >= 0 (dense kernel)
+    written_slots: np.ndarray  # int64, their slots
+
+    @property
+    def length(self) -> int:
+        return int(self.real_template.shape[0])
+
+
+def build_alignment(column_slot: np.ndarray, position_real: np.ndarray, n_columns: int) -> Alignment:
+    """Validate the plan against a block with `n_columns` columns; O(n_columns + L).
+
+    Raises ValueError for an inconsistent plan: wrong length, slot codes other than -1/-2 or
+    a valid position, two columns writing one position, or a column writing to padding.
+    """
+    slots = np.asarray(column_slot)
+    if slots.ndim != 1 or not np.issubdtype(slots.dtype, np.integer):
+        raise ValueError("column_slot must be a 1-D integer array")
+    slots = slots.astype(np.int64, copy=False)
+    real = np.asarray(position_real)
+    if real.ndim != 1 or real.dtype != np.bool_:
+        raise ValueError("position_real must be a 1-D bool array")
+    if slots.shape[0] != n_columns:
+        raise ValueError(f"column_slot has {slots.shape[0]} entries but the block has {n_columns} columns")
+    length = real.shape[0]
+    if slots.size and (slots.min() < TRUNCATED or slots.max() >= length):
+        raise ValueError(f"column_slot values must be -2, -1 or a position in [0, {length})")
+
+    written = np.flatnonzero(slots >= 0)
+    written_slots = slots[written]
+    hits = np.bincount(written_slots, minlength=length)
+    if hits.size and hits.max() > 1:
+        raise ValueError(f"position {int(hits.argmax())} is written by more than one column")
+    if not real[written_slots].all():
+        raise ValueError("column_slot writes a column to a padding position (position_real is False)")
+
+    missing_real = real & (hits == 0)
+    return Alignment(
+        column_slot=slots,
+        real_template=real.astype(np.float32),
+        n_scaling=int(np.count_nonzero(slots != UNMAPPED)),
+        zero_in_set=bool(missing_real.any()),
+        scaling_columns=np.flatnonzero(slots != UNMAPPED).astype(np.int64),
+        written_columns=written.astype(np.int64),
+        written_slots=written_slots,
+    )

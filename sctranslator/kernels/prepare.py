@@ -1,0 +1,77 @@
+"""`prepare_values`: one block of cells -> the (n_cells, L) float32 values the model reads."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from sctranslator.kernels._preprocess_numba import scale_align_csr_kernel, scale_align_dense_kernel
+from sctranslator.kernels.alignment import build_alignment
+from sctranslator.kernels.blocks import as_csr_arrays, as_dense_array, is_sparse
+from sctranslator.kernels.normalize import NormalizeMode, normalize_flags
+
+
+def _check_out(out: np.ndarray, n_rows: int, length: int) -> np.ndarray:
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32:
+        raise ValueError("out must be a float32 numpy array")
+    if out.shape != (n_rows, length):
+        raise ValueError(f"out has shape {out.shape}; expected {(n_rows, length)}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be C-contiguous and writeable")
+    return out
+
+
+def prepare_values(
+    block: np.ndarray | sp.spmatrix | sp.sparray,
+    column_slot: np.ndarray,
+    position_real: np.ndarray,
+    *,
+    normalize: NormalizeMode = "none",
+    target_sum: float = 1e4,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Normalise (optionally), min-max scale per cell and place genes at their model positions.
+
+    Per cell, over the scaling set S (columns with ``column_slot >= 0`` or ``-2``, plus a 0 when
+    some real position has no column, plus a 0 for implicit zeros of a sparse row):
+    ``v = 1e-8 + (x - min_S) / (max_S - min_S) * (1 - 1e-8)``, computed in float64, stored as
+    float32. Column c with ``column_slot[c] = p >= 0`` lands at position p; a real position no
+    column writes to gets the scaled value of 0; padding (``position_real`` False) is exactly 0.
+
+    Constant cell (max == min, an all-zero cell included): every real position gets 1e-8, never
+    NaN (the original code divides 0 by 0 here).
+
+    `normalize` is applied before scaling, see `sctranslator.kernels.normalize`. The block must
+    hold finite values (check with `scan_block`). Dense blocks and CSR blocks give the same
+    result; other sparse formats are converted to CSR first (an O(nnz) copy per block), as are
+    CSR blocks with duplicate entries. `out`, if given, must be a C-contiguous float32 array of
+    shape (n_cells, L); it is overwritten and returned (saves allocating and page-faulting a new
+    output per block). Caller arrays are never modified.
+    """
+    do_total, do_log = normalize_flags(normalize, target_sum)
+    target = float(target_sum)
+    if is_sparse(block):
+        arrays = as_csr_arrays(block, canonical=True)
+        n_rows, n_cols = arrays.shape
+    else:
+        dense = as_dense_array(block)
+        n_rows, n_cols = dense.shape
+    plan = build_alignment(column_slot, position_real, n_cols)
+    if out is None:
+        values = np.empty((n_rows, plan.length), np.float32)
+    else:
+        values = _check_out(out, n_rows, plan.length)
+    if n_rows == 0:
+        return values
+
+    if is_sparse(block):
+        scale_align_csr_kernel(
+            arrays.data, arrays.indices, arrays.indptr, plan.column_slot, plan.real_template,
+            plan.n_scaling, plan.zero_in_set, do_total, do_log, target, values,
+        )
+    else:
+        scale_align_dense_kernel(
+            dense, plan.scaling_columns, plan.written_columns, plan.written_slots, plan.real_template,
+            plan.zero_in_set, do_total, do_log, target, values,
+        )
+    return values

@@ -1,0 +1,97 @@
+"""Spelling-insensitive keys for antibody/marker names, and the rules that recognise controls.
+
+Used both at run time and by `scripts/build_vocab.py`, so a name in a user's panel and a name in the
+HGNC tables meet on the same key ("PD-1", "pd1" and "PD 1" all become "PD1").
+"""
+
+from __future__ import annotations
+
+import re
+
+_SEPARATORS = r"[\s\-_.,/:;+|'’]+"
+_SEPARATOR_RUN = re.compile(_SEPARATORS)
+
+
+def _separator_to_key(match: re.Match[str]) -> str:
+    # Between two digits a separator carries meaning ("CD4-1" is not CD41, "TCRVa7.2" is not Va72),
+    # so it survives as one canonical '.'; anywhere else it is just spelling and disappears.
+    text = match.string
+    start, end = match.start(), match.end()
+    between_digits = start > 0 and end < len(text) and text[start - 1].isdigit() and text[end].isdigit()
+    return "." if between_digits else ""
+
+
+def name_key(name: str) -> str:
+    """The lookup key of a marker or gene name: upper case, separators dropped except between digits."""
+    return _SEPARATOR_RUN.sub(_separator_to_key, name.strip().upper())
+
+
+# Decorations that panels add around the marker name (10x, BioLegend TotalSeq, REAP-seq, ECCITE-seq).
+_PREFIXES = re.compile(
+    r"^(?:(?:adt|ab|prot|protein|cite|antibody)[\s_\-.:]+|anti[\s\-_]+(?:human[\s\-_]+)?"
+    r"|(?:hu|hums|humsrt|hurt|ms|mshu|rt)\.)",
+    re.IGNORECASE,
+)
+_SUFFIXES = re.compile(
+    r"(?:[\s_\-.]*totalseq[\s_\-]?[a-d]?"  # CD3_TotalSeqB, CD4-TotalSeqC
+    r"|[\s_\-.]+(?:adt|cite|prot|protein|antibody)"  # CD19_ADT
+    r"|[\s_\-.]+[ACGTN]{8,}"  # REAP-seq barcodes: CD11c_AAGTCTAGCCTTCGAA
+    r"|[\s_\-.]+[abcd]\d{4})$",  # TotalSeq catalogue numbers: CD3_A0034
+    re.IGNORECASE,
+)
+
+
+def strip_decorations(name: str) -> str:
+    """Remove assay prefixes/suffixes (ADT_, _TotalSeqB, barcodes) until none is left."""
+    previous = None
+    text = name.strip()
+    while text != previous:
+        previous = text
+        stripped = _SUFFIXES.sub("", _PREFIXES.sub("", text)).strip()
+        # Never strip a name down to nothing: "ADT" alone stays as it is.
+        text = stripped or text
+    return text
+
+
+_SPECIES = r"(?:MOUSE|MS|M|RAT|RT|R|HAMSTER|ARMENIANHAMSTER|AHAMSTER|SYRIANHAMSTER|RABBIT|RB|GOAT|HUMAN|HU|H)"
+_LIGHT_CHAIN = r"(?:K|KAPPA|L|LAMBDA)?"
+_CONTROL_WORDS = r"(?:ISOTYPE|ISO|CTRL|CONTROL|ISOTYPECTRL|ISOTYPECONTROL|ISOCTRL)?"
+_CONTROL_KEY = re.compile(
+    # An IgG of any subclass is an isotype control; an Ig of another class only with a species prefix
+    # ("Mouse IgM") because bare IgM / IgD / IgA are real B-cell surface proteins.
+    rf"^(?:{_SPECIES}?IGG(?:\d[ABC]?)?{_LIGHT_CHAIN}{_CONTROL_WORDS}\d*"
+    rf"|{_SPECIES}IG[MAE]\d?{_LIGHT_CHAIN}{_CONTROL_WORDS}\d*"
+    r"|.*(?:ISOTYPE|ISOCTRL).*|(?:NEG|NEGATIVE|POS|POSITIVE)?(?:CTRL|CONTROL)\d*"
+    r"|BLANK\d*|EMPTY\d*|UNMAPPED\d*|UNASSIGNED\d*|UNKNOWN\d*|NOBARCODE\d*|NONE|NAN|NA"
+    r"|(?:HASHTAG|HTO|CMO|LMO)\d*)$"
+)
+
+
+def is_control_key(key: str) -> bool:
+    """True for isotype controls, blanks/unmapped barcodes and sample hashtags: names that are no protein."""
+    return key == "" or _CONTROL_KEY.match(key) is not None
+
+
+_PARENTHESISED = re.compile(r"^(?P<outer>[^()]*?)\s*\((?P<inner>[^()]+)\)\s*(?P<rest>.*)$")
+_TRAILING_NUMBER = re.compile(r"[\s\-_.]\d{1,2}$")
+
+
+def candidate_spellings(name: str) -> list[list[str]]:
+    """Spellings to try for one panel name, most faithful first.
+
+    Each element is a group: the spellings of one group are equally faithful (the two halves of
+    "B7-H1 (PD-L1)"), and the resolver chooses between them by how trustworthy the match is.
+    """
+    text = strip_decorations(name)
+    groups: list[list[str]] = [[text]]
+    parts = _PARENTHESISED.match(text)
+    if parts:
+        halves = [strip_decorations(parts["inner"]), strip_decorations(parts["outer"] + parts["rest"])]
+        groups.append([half for half in halves if half])
+    if "_" in text:
+        # A clone or vendor tag after the marker: "CD3_UCHT1" -> "CD3".
+        groups.append([text.split("_", 1)[0]])
+    if _TRAILING_NUMBER.search(text):
+        # A replicate/clone number: "CD4-1" -> "CD4" (tried last: "PD-1" and "LOX-1" match before).
+        groups.append([_TRAILING_NUMBER.sub("", text)])
+    return groups

@@ -1,0 +1,168 @@
+"""Antibody / marker names from CITE-seq, REAP-seq and ECCITE-seq panels -> encoding gene -> token id.
+
+Resolution of one name, first hit wins:
+1. assay decorations are stripped ("ADT_", "_TotalSeqB", REAP-seq barcodes, BioLegend "Hu." ...);
+2. isotype controls, blanks, unmapped barcodes and hashtags are reported as controls, never guessed;
+3. the name, then the two halves of "Alias (Other name)", then the part before a "_clone" tag, then
+   the name without a replicate number ("CD4-1") are looked up, each in
+   the curated table (`data/curated_proteins.tsv`) > HGNC CD designations > current symbols >
+   previous symbols > aliases (HGNC 2024 before 2026 at each level);
+4. the gene's token is the one `map_genes([symbol])` gives, so RNA and protein sides agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache, lru_cache
+
+import numpy as np
+import pandas as pd
+
+from sctranslator.errors import UnknownProteinError
+from sctranslator.vocab.genes import shared_tokens
+from sctranslator.vocab.names import candidate_spellings, is_control_key, name_key
+from sctranslator.vocab.report import MappingReport
+from sctranslator.vocab.tables import data_file, gene_table, protein_name_table
+
+MAPPED, AMBIGUOUS, CONTROL, UNMAPPED = "mapped", "ambiguous", "control", "unmapped"
+CURATED = "curated"
+# Trust order of the lookup sources; between the halves of "B7-H1 (PD-L1)" the better source wins.
+_SOURCE_RANK = {name: rank for rank, name in enumerate(
+    (CURATED, "hgnc_cd", "hgnc_cd_2026", "hgnc_symbol", "hgnc_symbol_2026", "hgnc_prev", "hgnc_prev_2026",
+     "hgnc_alias", "hgnc_alias_2026"))}
+
+
+@dataclass(frozen=True)
+class ProteinMatch:
+    """How one panel name was resolved."""
+
+    status: str
+    gene: str | None = None
+    token: int = 0
+    source: str = ""
+    alternatives: tuple[str, ...] = ()
+    note: str = ""
+    matched: str = ""  # the spelling that hit
+
+
+@dataclass(frozen=True)
+class ProteinMapping:
+    """Per input name: token id (0 for controls/unmapped), HGNC symbol of the gene, and status."""
+
+    names: list[str]
+    token_ids: np.ndarray  # int64
+    genes: list[str | None]
+    status: list[str]  # "mapped" | "ambiguous" | "control" | "unmapped"
+    report: MappingReport
+
+    @property
+    def mapped(self) -> np.ndarray:
+        """Boolean mask of the names that got a token."""
+        return self.token_ids > 0
+
+
+def map_proteins(names: Iterable[str] | pd.Index | pd.Series | np.ndarray, *,
+                 strict: bool = False) -> ProteinMapping:
+    """Map antibody/marker names onto the tokens of the genes that encode them.
+
+    strict: raise `UnknownProteinError` if a name (controls aside) maps to no token.
+    """
+    texts = ["" if name is None or (isinstance(name, float) and np.isnan(name)) else str(name)
+             for name in (names.tolist() if isinstance(names, pd.Index | pd.Series | np.ndarray) else names)]
+    matches = [resolve_protein_name(text) for text in texts]
+    tokens = np.array([match.token for match in matches], dtype=np.int64)
+    report = _protein_report(texts, matches, tokens)
+    if strict and report.unmapped:
+        raise UnknownProteinError(
+            f"{len(report.unmapped)} protein name(s) map to no model token: {', '.join(report.unmapped[:10])}; "
+            "rename them to a gene symbol or CD name, or drop them")
+    return ProteinMapping(names=texts, token_ids=tokens, genes=[match.gene for match in matches],
+                          status=[match.status for match in matches], report=report)
+
+
+@lru_cache(maxsize=65536)
+def resolve_protein_name(name: str) -> ProteinMatch:
+    """Resolve one panel name (cached: panels repeat across calls)."""
+    groups = candidate_spellings(name)
+    if is_control_key(name_key(name)) or any(is_control_key(name_key(text)) for text in groups[0]):
+        return ProteinMatch(status=CONTROL, note="isotype control, blank or hashtag: not a protein")
+    for group in groups:
+        hits = [hit for hit in map(_lookup, group) if hit is not None]
+        if hits:
+            return _with_token(_best_of(hits))
+    return ProteinMatch(status=UNMAPPED, note="no gene known under this name")
+
+
+def _best_of(hits: list[ProteinMatch]) -> ProteinMatch:
+    """The most trusted of equally faithful spellings; disagreement between them is an ambiguity."""
+    best = min(hits, key=lambda hit: _SOURCE_RANK.get(hit.source, len(_SOURCE_RANK)))
+    others = tuple(dict.fromkeys(hit.gene for hit in hits if hit.gene != best.gene))
+    if not others:
+        return best
+    return ProteinMatch(status=AMBIGUOUS, gene=best.gene, source=best.source,
+                        alternatives=tuple(dict.fromkeys(best.alternatives + others)),
+                        note=f"parts of the name point to different genes; kept {best.matched!r}",
+                        matched=best.matched)
+
+
+def _lookup(spelling: str) -> ProteinMatch | None:
+    key = name_key(spelling)
+    curated = curated_proteins().get(key)
+    if curated is not None:
+        return curated
+    table = protein_name_table()
+    row = int(table.rows(np.array([key], dtype=object), fold_case=False)[0])
+    if row < 0:
+        return None
+    alternatives = tuple(filter(None, str(table.alternatives[row]).split("|")))
+    return ProteinMatch(status=AMBIGUOUS if alternatives else MAPPED, gene=str(table.values[row]),
+                        source=str(table.sources[row]), alternatives=alternatives,
+                        note="name shared by several genes at the same HGNC level" if alternatives else "",
+                        matched=spelling)
+
+
+def _with_token(match: ProteinMatch) -> ProteinMatch:
+    table = gene_table("symbol")
+    row = int(table.rows(np.array([match.gene], dtype=object), fold_case=False)[0])
+    token = int(table.values[row]) if row >= 0 else 0
+    if token == 0:
+        return ProteinMatch(status=UNMAPPED, gene=match.gene, source=match.source,
+                            alternatives=match.alternatives, matched=match.matched,
+                            note=f"gene {match.gene} is not in the model's vocabulary")
+    return ProteinMatch(status=match.status, gene=match.gene, token=token, source=match.source,
+                        alternatives=match.alternatives, note=match.note, matched=match.matched)
+
+
+@cache
+def curated_proteins() -> dict[str, ProteinMatch]:
+    """The hand-curated marker names, keyed by `name_key`."""
+    with data_file("curated_proteins.tsv").open("r", encoding="utf-8") as handle:
+        frame = pd.read_csv(handle, sep="\t", dtype=str, keep_default_na=False, comment="#")
+    out = {}
+    for row in frame.itertuples(index=False):
+        alternatives = tuple(filter(None, row.alternatives.split("|")))
+        out[name_key(row.name)] = ProteinMatch(
+            status=AMBIGUOUS if row.ambiguous == "yes" else MAPPED, gene=row.gene, source=CURATED,
+            alternatives=alternatives, note=row.note, matched=row.name)
+    return out
+
+
+def _protein_report(names: list[str], matches: list[ProteinMatch], tokens: np.ndarray) -> MappingReport:
+    unmapped = [name for name, match in zip(names, matches, strict=True) if match.status == UNMAPPED]
+    return MappingReport(
+        kind="proteins",
+        id_type="protein_name",
+        n_inputs=len(names),
+        n_mapped=int((tokens > 0).sum()),
+        unmapped=unmapped,
+        unmapped_reasons={name: match.note for name, match in zip(names, matches, strict=True)
+                          if match.status == UNMAPPED},
+        ambiguous={name: {"chosen": match.gene, "alternatives": list(match.alternatives), "note": match.note}
+                   for name, match in zip(names, matches, strict=True) if match.status == AMBIGUOUS},
+        duplicates=shared_tokens(names, tokens),
+        genes={name: match.gene for name, match in zip(names, matches, strict=True) if match.token > 0},
+        controls=[name for name, match in zip(names, matches, strict=True) if match.status == CONTROL],
+        sources=pd.Series([match.source for match in matches if match.token > 0],
+                          dtype=object).value_counts().to_dict(),
+    )

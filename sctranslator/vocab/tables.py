@@ -1,0 +1,134 @@
+"""Lazy, cached access to the identifier tables shipped in `sctranslator/vocab/data/`.
+
+The tables are made by `scripts/build_vocab.py`; each has one row per key, already resolved by the
+priority rules, so a look-up here is a single vectorised `Index.get_indexer` call.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from importlib.resources.abc import Traversable
+
+import numpy as np
+import pandas as pd
+
+from sctranslator.errors import VocabularyError
+
+TABLES_FILE = "vocab_tables.npz"
+# Guards the first load of each table when several engine threads map at once.
+_LOAD_LOCK = threading.Lock()
+
+
+def data_file(name: str) -> Traversable:
+    """A file of the package data (a Traversable; works from a wheel as well as a checkout)."""
+    return resources.files("sctranslator.vocab").joinpath("data", name)
+
+
+def read_table(name: str) -> pd.DataFrame:
+    """One table of `vocab_tables.npz` (members "<table>__<column>", text ones "...__utf8")."""
+    path = data_file(TABLES_FILE)
+    if not path.is_file():
+        raise VocabularyError(
+            f"{TABLES_FILE} is missing from the installed package; reinstall sctranslator "
+            "or rebuild the tables with scripts/build_vocab.py"
+        )
+    columns: dict[str, np.ndarray] = {}
+    with path.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:
+        for member in archive.files:
+            table, _, column = member.partition("__")
+            if table != name:
+                continue
+            column, _, encoding = column.partition("__")
+            data = archive[member]
+            # Text columns are one newline-joined UTF-8 buffer (see scripts/build_vocab.py).
+            columns[column] = (np.array(data.tobytes().decode("utf-8").split("\n"), dtype=object)
+                               if encoding == "utf8" else data)
+    if not columns:
+        raise VocabularyError(f"{TABLES_FILE} has no table {name!r}; rebuild it with scripts/build_vocab.py")
+    return pd.DataFrame(columns)
+
+
+@dataclass(frozen=True)
+class KeyTable:
+    """One resolved lookup table: key -> value (token id or gene symbol), source, alternatives."""
+
+    keys: pd.Index
+    values: np.ndarray
+    sources: np.ndarray
+    alternatives: np.ndarray
+    folded_keys: pd.Index  # case-folded keys, best-ranked row first, for a case-insensitive retry
+    folded_rows: np.ndarray
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, values: np.ndarray) -> KeyTable:
+        # Rows are stored best source first, so keeping the first of each folded key keeps priority.
+        folded = frame["key"].str.upper()
+        unique_rows = np.flatnonzero(~folded.duplicated(keep="first").to_numpy())
+        return cls(
+            keys=pd.Index(frame["key"].to_numpy(dtype=object)),
+            values=values,
+            sources=frame["source"].to_numpy(dtype=object),
+            alternatives=frame["alternatives"].to_numpy(dtype=object),
+            folded_keys=pd.Index(folded.to_numpy(dtype=object)[unique_rows]),
+            folded_rows=unique_rows,
+        )
+
+    def rows(self, keys: np.ndarray, *, fold_case: bool = True) -> np.ndarray:
+        """Row of each key (-1 where absent): exact match first, then, if asked, ignoring case."""
+        rows = self.keys.get_indexer(keys)
+        missing = np.flatnonzero(rows < 0)
+        if fold_case and missing.size:
+            folded = pd.Index(keys[missing].astype(object)).str.upper()
+            found = self.folded_keys.get_indexer(folded)
+            rows[missing[found >= 0]] = self.folded_rows[found[found >= 0]]
+        return rows
+
+
+@cache
+def _gene_table(name: str) -> KeyTable:
+    with _LOAD_LOCK:
+        frame = read_table(name)
+        return KeyTable.from_frame(frame, frame["value"].to_numpy(dtype=np.int64))
+
+
+def gene_table(id_type: str) -> KeyTable:
+    """The key -> token table of one identifier type ("symbol", "ensembl", "mouse_symbol", ...)."""
+    names = {"symbol": "human_symbol", "ensembl": "human_ensembl", "mouse_symbol": "mouse_symbol",
+             "mouse_ensembl": "mouse_ensembl"}
+    return _gene_table(names[id_type])
+
+
+@cache
+def protein_name_table() -> KeyTable:
+    """Marker-name key -> HGNC symbol, from HGNC (CD designations, symbols, previous, aliases)."""
+    with _LOAD_LOCK:
+        frame = read_table("protein_name")
+        return KeyTable.from_frame(frame, frame["value"].to_numpy(dtype=object))
+
+
+@dataclass(frozen=True)
+class TokenTable:
+    """Token id -> Entrez ID and display symbol; position i describes token i (0 = padding)."""
+
+    entrez_ids: np.ndarray
+    symbols: np.ndarray
+    token_of_entrez: pd.Index  # position + 1 is the token of that Entrez ID
+
+    @property
+    def size(self) -> int:
+        return len(self.entrez_ids) - 1
+
+
+@cache
+def token_table() -> TokenTable:
+    with _LOAD_LOCK:
+        frame = read_table("tokens")
+    entrez = frame["entrez_id"].to_numpy(dtype=np.int64)
+    return TokenTable(
+        entrez_ids=np.concatenate([[0], entrez]),
+        symbols=np.concatenate([[""], frame["symbol"].to_numpy(dtype=object)]).astype(str),
+        token_of_entrez=pd.Index(entrez),
+    )

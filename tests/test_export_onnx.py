@@ -1,0 +1,301 @@
+"""ONNX export: graph contract, agreement with PyTorch and the reference fixtures, precisions, metadata."""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx.reference import ReferenceEvaluator
+
+import sctranslator
+from sctranslator.errors import CheckpointError, ExportError, ExportValidationError
+from sctranslator.export import (
+    INPUT_NAMES,
+    OUTPUT_NAME,
+    TOLERANCES,
+    create_session,
+    export_onnx,
+    random_inputs,
+    read_onnx_metadata,
+    validate_onnx,
+)
+from sctranslator.export import onnx as onnx_export
+from sctranslator.export.onnx_validate import BF16_ON_CPU_MESSAGE, normalize_inputs, torch_predictions
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+FIXTURES = SHARED / "fixtures" / "reference_model"
+PANEL = {"protein_ids": [5, 7, 11], "gene_ids": [1, 2, 3]}
+
+
+def fixture_file(name: str) -> Path:
+    path = FIXTURES / name
+    if not path.exists():
+        pytest.skip(f"shared fixture not available: {path}")
+    return path
+
+
+def load_tiny(name: str) -> tuple[sctranslator.TranslatorModel, dict[str, np.ndarray]]:
+    model = sctranslator.load_model(fixture_file(f"tiny_{name}_official.pt"))
+    case = dict(np.load(fixture_file(f"tiny_{name}_case.npz")))
+    return model, case
+
+
+def rel_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max|actual - expected| / max|expected|, the measure the exporter's tolerances use."""
+    return float(np.abs(actual.astype(np.float64) - expected).max() / np.abs(expected).max())
+
+
+def run_onnx(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    session = create_session(path)
+    return session.run([OUTPUT_NAME], {name: inputs[name] for name in INPUT_NAMES})[0]
+
+
+def take_rows(case: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """A batch of `batch` cells cycling through the fixture's three (differently padded) cells."""
+    rows = np.arange(batch) % case["values"].shape[0]
+    return {name: case[name][rows] for name in INPUT_NAMES}
+
+
+@pytest.fixture(scope="module", params=["a", "b"])
+def fp32_export(request, tmp_path_factory):
+    model, case = load_tiny(request.param)
+    if request.param == "b":
+        model.panel = PANEL  # exercises the panel metadata round trip
+    path = tmp_path_factory.mktemp(f"onnx_{request.param}") / f"tiny_{request.param}.onnx"
+    report = export_onnx(model, path, validation_inputs=case)
+    return model, case, path, report
+
+
+@pytest.fixture(scope="module")
+def tiny_a():
+    return load_tiny("a")
+
+
+def test_fp32_export_passes_checker_and_validation(fp32_export):
+    model, _, path, report = fp32_export
+    onnx.checker.check_model(str(path), full_check=True)
+    assert report.path == path and path.is_file()
+    assert report.precision == "fp32" and not report.external_data and report.opset >= 18
+    labels = [v.label for v in report.validations]
+    assert labels == ["random inputs seed 0", "random inputs seed 1", "given inputs"]
+    assert all(v.passed and v.max_rel_error <= TOLERANCES["fp32"] for v in report.validations)
+    assert not list(path.parent.glob(".*")), "the staging folder must be gone"
+
+
+def test_fp32_predictions_match_pytorch_and_reference_fixture(fp32_export):
+    model, case, path, _ = fp32_export
+    predictions = run_onnx(path, case)
+    assert predictions.dtype == np.float32
+    assert rel_error(predictions, case["expected_predictions"]) <= 1e-5
+    assert rel_error(predictions, torch_predictions(model, take_rows(case, 3))) <= 1e-5
+
+
+@pytest.mark.parametrize("batch", [1, 3, 7])
+def test_fp32_runs_at_any_batch_size(fp32_export, batch):
+    model, case, path, _ = fp32_export
+    inputs = take_rows(case, batch)
+    predictions = run_onnx(path, inputs)
+    assert predictions.shape == (batch, model.config.max_proteins)
+    expected = case["expected_predictions"][np.arange(batch) % 3]
+    assert rel_error(predictions, expected) <= 1e-5
+    assert rel_error(predictions, torch_predictions(model, inputs)) <= 1e-5
+
+
+def test_graph_signature(fp32_export):
+    model, _, path, _ = fp32_export
+    graph = onnx.load(str(path), load_external_data=False).graph
+    L, P = model.config.max_genes, model.config.max_proteins
+    expected = {"values": (onnx.TensorProto.FLOAT, L), "gene_ids": (onnx.TensorProto.INT64, L),
+                "gene_mask": (onnx.TensorProto.BOOL, L), "protein_ids": (onnx.TensorProto.INT64, P),
+                "protein_mask": (onnx.TensorProto.BOOL, P)}
+    assert [i.name for i in graph.input] == list(INPUT_NAMES)
+    assert [o.name for o in graph.output] == [OUTPUT_NAME]
+    for value in [*graph.input, *graph.output]:
+        dtype, width = expected.get(value.name, (onnx.TensorProto.FLOAT, P))
+        tensor = value.type.tensor_type
+        assert tensor.elem_type == dtype, value.name
+        batch_dim, width_dim = tensor.shape.dim
+        assert batch_dim.dim_param == "batch" and not batch_dim.HasField("dim_value"), value.name
+        assert width_dim.dim_value == width, value.name
+
+
+def test_metadata_round_trips(fp32_export):
+    model, _, path, _ = fp32_export
+    metadata = read_onnx_metadata(path)
+    assert metadata["config"] == model.config.to_dict()
+    assert sctranslator.ModelConfig.from_dict(metadata["config"]) == model.config
+    assert metadata["panel"] == model.panel
+    assert metadata["version"] == sctranslator.__version__
+    assert metadata["precision"] == "fp32"
+    assert metadata["format_version"] == "1"
+    assert metadata["inputs"] == list(INPUT_NAMES) and metadata["output"] == OUTPUT_NAME
+    assert len(metadata["fingerprint"]) == 64
+
+
+def test_read_metadata_rejects_foreign_files(tmp_path):
+    node = onnx.helper.make_node("Identity", ["x"], ["y"])
+    value = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([node], "g", [value], [onnx.helper.make_tensor_value_info("y", 1, [1])])
+    onnx.save(onnx.helper.make_model(graph), tmp_path / "foreign.onnx")
+    with pytest.raises(CheckpointError, match="no sctranslator metadata"):
+        read_onnx_metadata(tmp_path / "foreign.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not a protobuf at all")
+    with pytest.raises(CheckpointError):
+        read_onnx_metadata(tmp_path / "junk.onnx")
+    with pytest.raises(CheckpointError, match="not found"):
+        read_onnx_metadata(tmp_path / "missing.onnx")
+
+
+def initializer_types(path: Path) -> set[int]:
+    model = onnx.load(str(path))
+    return {init.data_type for init in model.graph.initializer if len(init.dims) == 2}
+
+
+def test_fp16_export_within_tolerance(tiny_a, tmp_path):
+    model, case = tiny_a
+    before = torch_predictions(model, take_rows(case, 3))
+    path = tmp_path / "tiny_a_fp16.onnx"
+    report = export_onnx(model, path, precision="fp16", validation_inputs=case)
+    assert all(v.passed for v in report.validations)
+    predictions = run_onnx(path, case)
+    assert predictions.dtype == np.float32
+    error = rel_error(predictions, case["expected_predictions"])
+    print(f"tiny_a fp16 relative error {error:.3g} (tolerance {TOLERANCES['fp16']})")
+    assert error <= TOLERANCES["fp16"]
+    assert error > 1e-6, "fp16 compute should not reproduce fp32 bit for bit"
+    assert initializer_types(path) == {onnx.TensorProto.FLOAT16}  # weights really are half precision
+    assert read_onnx_metadata(path)["precision"] == "fp16"
+    np.testing.assert_array_equal(torch_predictions(model, take_rows(case, 3)), before)  # model untouched
+    assert run_onnx(path, take_rows(case, 7)).shape == (7, model.config.max_proteins)
+
+
+@pytest.fixture(scope="module")
+def bf16_export(tiny_a, tmp_path_factory):
+    model, _ = tiny_a
+    path = tmp_path_factory.mktemp("onnx_bf16") / "tiny_a_bf16.onnx"
+    return path, export_onnx(model, path, precision="bf16", validate=False)
+
+
+def test_bf16_export_graph_and_numerics(tiny_a, bf16_export):
+    model, case = tiny_a
+    path, report = bf16_export
+    assert report.validations == () and report.max_rel_error is None
+    onnx.checker.check_model(str(path), full_check=True)
+    assert initializer_types(path) == {onnx.TensorProto.BFLOAT16}
+    assert read_onnx_metadata(path)["precision"] == "bf16"
+    # onnxruntime CPU has no bf16 kernels; onnx's reference runtime does, so check the numerics there.
+    evaluator = ReferenceEvaluator(str(path))
+    predictions = evaluator.run([OUTPUT_NAME], {name: case[name] for name in INPUT_NAMES})[0]
+    assert predictions.dtype == np.float32 and predictions.shape == case["expected_predictions"].shape
+    error = rel_error(predictions, case["expected_predictions"])
+    print(f"tiny_a bf16 relative error {error:.3g} (tolerance {TOLERANCES['bf16']}, onnx reference runtime)")
+    assert 1e-6 < error <= TOLERANCES["bf16"]
+
+
+def test_bf16_in_onnxruntime_cpu(tiny_a, bf16_export):
+    model, case = tiny_a
+    path, _ = bf16_export
+    try:
+        result = validate_onnx(path, model, case, precision="bf16")
+    except ExportError as exc:
+        assert BF16_ON_CPU_MESSAGE in str(exc)
+        pytest.skip(f"onnxruntime CPU cannot run bf16, as the named error says: {exc}")
+    assert result.passed, str(result)  # a future onnxruntime with CPU bf16 kernels
+
+
+def test_bf16_export_with_cpu_validation_raises_named_error(tiny_a, tmp_path):
+    model, _ = tiny_a
+    path = tmp_path / "tiny_a_bf16.onnx"
+    if "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: bf16 validates there")
+    with pytest.raises(ExportError, match="CPU execution provider has no bfloat16 kernels") as caught:
+        export_onnx(model, path, precision="bf16", validation_batch_sizes=(1,))
+    assert str(path) in str(caught.value) and "validate=False" in str(caught.value)
+    assert not path.exists() and not list(tmp_path.iterdir())
+
+
+def test_corrupted_graph_fails_validation_and_writes_nothing(tiny_a, tmp_path, monkeypatch):
+    model, case = tiny_a
+    real_save = onnx_export._save_program
+
+    def save_then_corrupt(program, destination, external_data):
+        real_save(program, destination, external_data)
+        proto = onnx.load(str(destination))
+        biggest = max(proto.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+        weights = onnx.numpy_helper.to_array(biggest)
+        biggest.CopyFrom(onnx.numpy_helper.from_array(weights * np.float32(1.01), biggest.name))
+        onnx.save(proto, str(destination))
+
+    monkeypatch.setattr(onnx_export, "_save_program", save_then_corrupt)
+    path = tmp_path / "broken.onnx"
+    with pytest.raises(ExportValidationError, match="does not reproduce PyTorch"):
+        export_onnx(model, path, validation_inputs=case)
+    assert not path.exists() and not list(tmp_path.iterdir())
+
+
+def test_validation_against_another_model_fails(fp32_export):
+    model, case, path, _ = fp32_export
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.translator.fc0.weight.mul_(1.001)
+    result = validate_onnx(path, other, case)
+    assert not result.passed and result.max_rel_error > TOLERANCES["fp32"]
+    with pytest.raises(ExportValidationError, match="differ from PyTorch"):
+        result.check()
+    assert validate_onnx(path, model, case).check().passed
+
+
+def test_user_errors_are_named(tiny_a, tmp_path):
+    model, case = tiny_a
+    with pytest.raises(ExportError, match="unknown precision"):
+        export_onnx(model, tmp_path / "x.onnx", precision="int8")
+    with pytest.raises(ExportError, match="needs a TranslatorModel"):
+        export_onnx(torch.nn.Linear(2, 2), tmp_path / "x.onnx")
+    with pytest.raises(ExportError, match="shape"):
+        normalize_inputs({**case, "values": case["values"][:, :10]}, model.config)
+    with pytest.raises(ExportError, match="lack"):
+        normalize_inputs({"values": case["values"]}, model.config)
+    filled = normalize_inputs({k: case[k] for k in ("values", "gene_ids", "protein_ids")}, model.config)
+    assert filled["gene_mask"].all() and filled["protein_mask"].dtype == np.bool_
+
+
+def test_random_inputs_are_realistic(tiny_a):
+    model, _ = tiny_a
+    inputs = random_inputs(model.config, 5, seed=3)
+    L, P = model.config.max_genes, model.config.max_proteins
+    assert inputs["values"].shape == (5, L) and inputs["protein_ids"].shape == (5, P)
+    kept = inputs["gene_mask"]
+    assert kept[0].all() and kept.sum(axis=1).min() >= L // 2
+    assert inputs["values"][kept].min() >= 1e-8 and inputs["values"].max() <= 1
+    assert (inputs["gene_ids"][kept] >= 1).all() and (inputs["gene_ids"] < model.config.vocab_size).all()
+    assert (inputs["gene_ids"][~kept] == 0).all() and (inputs["values"][~kept] == 0).all()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("SCTRANSLATOR_SLOW_TESTS") != "1",
+                    reason="full-size export (~1 min, 2 GB RAM): set SCTRANSLATOR_SLOW_TESTS=1")
+def test_full_size_export_and_speed(tmp_path):
+    torch.manual_seed(0)
+    model = sctranslator.TranslatorModel(sctranslator.ModelConfig())
+    path = tmp_path / "full.onnx"
+    report = export_onnx(model, path, validation_batch_sizes=(1,))
+    assert report.max_rel_error <= TOLERANCES["fp32"] and not report.external_data
+    inputs = random_inputs(model.config, 1, seed=5)
+    session = create_session(path)
+    seconds_ort, seconds_torch = [], []
+    for _ in range(3):  # interleaved, so a busy machine slows both alike; best of 3
+        started = time.perf_counter()
+        session.run([OUTPUT_NAME], inputs)
+        seconds_ort.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        torch_predictions(model, inputs)
+        seconds_torch.append(time.perf_counter() - started)
+    seconds_ort, seconds_torch = min(seconds_ort), min(seconds_torch)
+    print(f"full-size, 1 cell, {os.cpu_count()} cores: torch {seconds_torch:.2f} s, onnxruntime {seconds_ort:.2f} s")
+    assert seconds_ort < 1.5 * seconds_torch, "the ONNX graph should not be much slower than eager PyTorch"
