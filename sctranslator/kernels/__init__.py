@@ -13,6 +13,7 @@ from sctranslator.kernels.metrics import pearson_columns, pearson_rows
 from sctranslator.kernels.normalize import NORMALIZE_MODES, NormalizeMode, normalize_block
 from sctranslator.kernels.prepare import prepare_values
 from sctranslator.kernels.scan import BlockScan, scan_block
+from sctranslator.kernels.targets import TARGET_SCALINGS, TargetScaling, minmax_rows, scale_targets
 
 __all__ = [
     "NORMALIZE_MODES",
@@ -27,4 +28,8 @@ __all__ = [
     "pearson_rows",
     "prepare_values",
     "scan_block",
+    "TARGET_SCALINGS",
+    "TargetScaling",
+    "minmax_rows",
+    "scale_targets",
 ]

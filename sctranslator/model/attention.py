@@ -7,6 +7,8 @@ values zeroed at padded positions and nothing else masked.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -34,30 +36,35 @@ def orthogonal_random_features(nb_features: int, dim_head: int, *, generator: to
     return (norms[:, None] * matrix).to(device)
 
 
-def query_features(q: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
-    """Positive random features of queries, stabilised by each token's own maximum.
+def _positive_features(x: torch.Tensor, projection: torch.Tensor, max_dims: tuple[int, ...]) -> torch.Tensor:
+    """r * (exp(u - |x|^2 c^2 / 2 - max u) + eps) with u = (c x) R^T, c = d^-1/4, r = nb^-1/2.
 
-    q: (..., N, d); projection: (nb, d) -> (..., N, nb).
+    Written to touch the large (..., N, nb) tensor as few times as possible: the data scaling is
+    folded into the small projection, and r into the exponent (r * exp(a) = exp(a + ln r)).
+    Without autograd the remaining element-wise steps run in place.
     """
-    normaliser = q.shape[-1] ** -0.25
-    ratio = projection.shape[0] ** -0.5
-    u = torch.matmul(normaliser * q, projection.T.to(q.dtype))
-    half_sq_norm = (q * q).sum(dim=-1, keepdim=True) * (0.5 * normaliser**2)
-    stabiliser = u.amax(dim=-1, keepdim=True).detach()
-    return ratio * (torch.exp(u - half_sq_norm - stabiliser) + FEATURE_EPS)
+    normaliser = x.shape[-1] ** -0.25
+    nb = projection.shape[0]
+    u = torch.matmul(x, (projection * normaliser).T.to(x.dtype))
+    half_sq_norm = (x * x).sum(dim=-1, keepdim=True) * (0.5 * normaliser**2)
+    offset = half_sq_norm + u.amax(dim=max_dims, keepdim=True).detach() + 0.5 * math.log(nb)
+    floor = FEATURE_EPS * nb**-0.5
+    if torch.is_grad_enabled():
+        return torch.exp(u - offset) + floor
+    return u.sub_(offset).exp_().add_(floor)
+
+
+def query_features(q: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    """Positive random features of queries (..., N, d) -> (..., N, nb), stabilised per token."""
+    return _positive_features(q, projection, (-1,))
 
 
 def key_features(k: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
-    """Positive random features of keys, stabilised by one maximum per (cell, head).
+    """Positive random features of keys (B, H, N, d) -> (B, H, N, nb).
 
-    k: (B, H, N, d) -> (B, H, N, nb). The maximum runs over every token and feature.
+    The stabilising maximum runs over every token and feature of a (cell, head).
     """
-    normaliser = k.shape[-1] ** -0.25
-    ratio = projection.shape[0] ** -0.5
-    u = torch.matmul(normaliser * k, projection.T.to(k.dtype))
-    half_sq_norm = (k * k).sum(dim=-1, keepdim=True) * (0.5 * normaliser**2)
-    stabiliser = u.amax(dim=(-1, -2), keepdim=True).detach()
-    return ratio * (torch.exp(u - half_sq_norm - stabiliser) + FEATURE_EPS)
+    return _positive_features(k, projection, (-1, -2))
 
 
 def linear_attention(q_feat: torch.Tensor, k_feat: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
