@@ -117,6 +117,8 @@ def _translate(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument("--protocol", default="grpc", choices=["grpc", "http"], help="Triton protocol")
     parser.add_argument("--write-h5ad", help="also write a copy of the input with obsm['protein_expression']")
     parser.add_argument("--write-mudata", help="also write a MuData (.h5mu) with 'rna' and 'prot' modalities")
+    parser.add_argument("--embeddings", action="store_true",
+                        help="also write obsm['X_sctranslator']: mean encoder output over the cell's genes")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def run(args: argparse.Namespace) -> int:
@@ -134,7 +136,8 @@ def _translate(parser: argparse.ArgumentParser) -> Handler:
             gene_column=args.gene_column, id_type=args.id_type, layer=args.layer, min_coverage=args.min_coverage,
             allow_low_coverage=args.allow_low_coverage, allow_empty_cells=args.allow_empty_cells,
             overwrite=args.overwrite, onnx_path=args.onnx, precision=args.precision, backend_options=options,
-            write_h5ad=args.write_h5ad, write_mudata=args.write_mudata, quiet=args.quiet)
+            write_h5ad=args.write_h5ad, write_mudata=args.write_mudata, embeddings=args.embeddings,
+            quiet=args.quiet)
         run_stats = result.uns["sctranslator"]["run"]
         coverage = result.uns["sctranslator"]["plan"]["coverage"]
         print(f"Wrote {result.n_obs} cells x {result.n_vars} proteins to {args.out}")

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 import torch
 
 import sctranslator
+import sctranslator.errors
 from sctranslator.engine.plan import build_plan
 from sctranslator.errors import CoverageError, InputDataError, StoreError, UnknownProteinError
 from sctranslator.model import ModelConfig, TranslatorModel, save_model
@@ -245,3 +246,24 @@ def test_bad_inputs_raise_named_errors(rna: ad.AnnData, tiny_model: TranslatorMo
     shutil.rmtree(store / "X" / "data") if (store / "X" / "data").is_dir() else None
     with pytest.raises(StoreError):
         run(store)
+
+
+def test_embeddings_are_the_mean_encoding_over_real_genes(rna_path: Path, rna: ad.AnnData,
+                                                          tiny_model: TranslatorModel, tmp_path: Path,
+                                                          baseline: ad.AnnData) -> None:
+    result = sctranslator.translate(rna_path, tiny_model, PROTEINS, out=tmp_path / "emb.zarr", block_cells=50,
+                                    embeddings=True)
+    embedding = result.obsm["X_sctranslator"]
+    assert embedding.shape == (N_CELLS, tiny_model.config.dim)
+    np.testing.assert_array_equal(result.X, baseline.X)
+    # Brute force for a few cells: encode the plainly prepared input, average over real tokens.
+    tokens = map_genes(rna.var_names).token_ids
+    keep = np.flatnonzero(tokens > 0)[:64]
+    mapped = rna.X[:5][:, np.flatnonzero(tokens > 0)].toarray().astype(np.float64)
+    lo, hi = mapped.min(1, keepdims=True), mapped.max(1, keepdims=True)
+    values = (1e-8 + (mapped - lo) / (hi - lo) * (1 - 1e-8))[:, :64].astype(np.float32)
+    with torch.no_grad():
+        encodings = tiny_model.encode(torch.from_numpy(values), torch.from_numpy(tokens[keep]).expand(5, -1))
+    np.testing.assert_allclose(embedding[:5], encodings.mean(dim=1).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(sctranslator.errors.BackendError, match="torch backend"):
+        sctranslator.translate(rna_path, tiny_model, PROTEINS, backend="onnxruntime", embeddings=True)

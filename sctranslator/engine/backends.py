@@ -86,6 +86,12 @@ class BackendSpec:
         return load_model(self.model, device="cpu")
 
 
+def cell_embedding(encodings: torch.Tensor, gene_mask: torch.Tensor) -> torch.Tensor:
+    """A cell's embedding: the mean of its encoder outputs over real gene tokens, (B, L, dim) -> (B, dim)."""
+    weights = gene_mask.to(encodings.dtype).unsqueeze(-1)
+    return (encodings * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
 class TorchBackend:
     """PyTorch in eval mode without autograd, on CPU or CUDA.
 
@@ -101,20 +107,27 @@ class TorchBackend:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
 
-    @torch.inference_mode()
     def predict(self, batch: Batch) -> np.ndarray:
+        return self.predict_with_embeddings(batch, embeddings=False)[0]
+
+    @torch.inference_mode()
+    def predict_with_embeddings(self, batch: Batch, embeddings: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions (B, W * P) and, if asked, cell embeddings (B, dim): see `cell_embedding`."""
         device = self.device
         values = torch.from_numpy(np.ascontiguousarray(batch.values, dtype=np.float32)).to(device)
         size = values.shape[0]
         genes = torch.from_numpy(batch.gene_ids).to(device).expand(size, -1)
         gene_mask = torch.from_numpy(batch.gene_mask).to(device).expand(size, -1)
-        translated = self.model.translate_sequence(self.model.encode(values, genes, gene_mask))
+        encodings = self.model.encode(values, genes, gene_mask)
+        translated = self.model.translate_sequence(encodings)
         outputs = []
         for window in range(batch.protein_ids.shape[0]):
             proteins = torch.from_numpy(batch.protein_ids[window]).to(device).expand(size, -1)
             protein_mask = torch.from_numpy(batch.protein_mask[window]).to(device).expand(size, -1)
             outputs.append(self.model.decode(translated, proteins, protein_mask))
-        return torch.cat(outputs, dim=1).float().cpu().numpy()
+        predictions = torch.cat(outputs, dim=1).float().cpu().numpy()
+        embedding = cell_embedding(encodings, gene_mask).float().cpu().numpy() if embeddings else None
+        return predictions, embedding
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

@@ -41,6 +41,7 @@ class BlockJob:
     sink: ZarrSink
     batch_size: int
     allow_empty_cells: bool = False
+    embeddings: bool = False  # also write obsm['X_sctranslator'] (torch backend)
 
 
 def check_block(job: BlockJob, block: Any, start: int) -> None:
@@ -73,8 +74,8 @@ def check_block(job: BlockJob, block: Any, start: int) -> None:
                          + "; ".join(details) + ". Expression must be finite and non-negative.")
 
 
-def predict_block(job: BlockJob, start: int, stop: int) -> np.ndarray:
-    """Predictions (stop - start, n_outputs) for one block of rows."""
+def predict_block(job: BlockJob, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predictions (stop - start, n_outputs), and embeddings (stop - start, dim) if asked, for one block."""
     block = job.source.read_block(start, stop)
     check_block(job, block, start)
     plan = job.plan
@@ -82,17 +83,24 @@ def predict_block(job: BlockJob, start: int, stop: int) -> np.ndarray:
                             target_sum=plan.target_sum)
     backend = get_backend(job.backend)
     out = np.empty((stop - start, plan.output_index.shape[0]), dtype=np.float32)
+    embedded: list[np.ndarray] = []
     for lo in range(0, stop - start, job.batch_size):
         hi = min(lo + job.batch_size, stop - start)
         batch = Batch(values[lo:hi], plan.gene_ids, plan.position_real, plan.protein_windows,
                       plan.protein_window_mask)
-        out[lo:hi] = backend.predict(batch)[:, plan.output_index]
-    return out
+        if job.embeddings:
+            predictions, embedding = backend.predict_with_embeddings(batch)  # type: ignore[attr-defined]
+            embedded.append(embedding)
+        else:
+            predictions = backend.predict(batch)
+        out[lo:hi] = predictions[:, plan.output_index]
+    return out, (np.concatenate(embedded) if embedded else None)
 
 
 def run_block(job: BlockJob, index: int) -> int:
     start, stop = job.sink.blocks()[index]
-    job.sink.write_block(index, predict_block(job, start, stop))
+    predictions, embeddings = predict_block(job, start, stop)
+    job.sink.write_block(index, predictions, embeddings)
     return stop - start
 
 

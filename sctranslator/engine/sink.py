@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 JOB_DIR = ".sctranslator-job"
 JOB_FILE = "job.json"
+EMBEDDING_KEY = "X_sctranslator"
 
 
 def block_ranges(n_obs: int, block_rows: int) -> list[tuple[int, int]]:
@@ -48,6 +49,7 @@ class ZarrSink:
     n_obs: int
     n_outputs: int
     block_rows: int
+    embedding_dim: int = 0  # > 0: obsm['X_sctranslator'] is written block by block beside X
 
     @property
     def job_dir(self) -> Path:
@@ -56,14 +58,14 @@ class ZarrSink:
     # -- creation and resume -------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | Path, *, identity: dict[str, Any], obs: pd.DataFrame, var: pd.DataFrame,
-             uns: dict[str, Any], block_rows: int, overwrite: bool = False) -> ZarrSink:
+             uns: dict[str, Any], block_rows: int, overwrite: bool = False, embedding_dim: int = 0) -> ZarrSink:
         """Create the store, or reopen it for resume when it was made by the same job."""
         path = Path(path)
         if path.exists():
             recorded = cls.read_identity(path)
             if recorded is not None and recorded.get("identity") == identity and not overwrite:
                 block_rows = int(recorded["block_rows"])
-                sink = cls(str(path), len(obs), var.shape[0], block_rows)
+                sink = cls(str(path), len(obs), var.shape[0], block_rows, embedding_dim)
                 log.info("resuming %s: %d of %d blocks already committed", path, len(sink.committed()),
                          len(sink.blocks()))
                 return sink
@@ -73,7 +75,7 @@ class ZarrSink:
                 raise StoreError(f"{path} {what}; refusing to mix results. Choose another --out, or pass "
                                  "--overwrite to replace it.")
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-        sink = cls(str(path), len(obs), var.shape[0], block_rows)
+        sink = cls(str(path), len(obs), var.shape[0], block_rows, embedding_dim)
         sink._create(identity, obs, var, uns)
         return sink
 
@@ -101,6 +103,11 @@ class ZarrSink:
         x = root.create_array("X", shape=(self.n_obs, self.n_outputs), chunks=(self.block_rows, self.n_outputs),
                               dtype="float32", fill_value=np.nan)
         x.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+        if self.embedding_dim:
+            emb = root["obsm"].create_array(EMBEDDING_KEY, shape=(self.n_obs, self.embedding_dim),
+                                            chunks=(self.block_rows, self.embedding_dim), dtype="float32",
+                                            fill_value=np.nan)
+            emb.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
         zarr.consolidate_metadata(str(staging))
         (staging / JOB_DIR / "blocks").mkdir(parents=True)
         record = {"identity": identity, "block_rows": self.block_rows, "n_obs": self.n_obs,
@@ -123,12 +130,17 @@ class ZarrSink:
         done = self.committed()
         return [i for i in range(len(self.blocks())) if i not in done]
 
-    def write_block(self, index: int, predictions: np.ndarray) -> None:
+    def write_block(self, index: int, predictions: np.ndarray, embeddings: np.ndarray | None = None) -> None:
         start, stop = self.blocks()[index]
         if predictions.shape != (stop - start, self.n_outputs):
             raise StoreError(f"block {index} has shape {predictions.shape}, expected {(stop - start, self.n_outputs)}")
         x = zarr.open_array(str(Path(self.path) / "X"), mode="r+")
         x[start:stop] = predictions.astype(np.float32, copy=False)
+        if self.embedding_dim:
+            if embeddings is None or embeddings.shape != (stop - start, self.embedding_dim):
+                raise StoreError(f"block {index}: embeddings missing or mis-shaped")
+            emb = zarr.open_array(str(Path(self.path) / "obsm" / EMBEDDING_KEY), mode="r+")
+            emb[start:stop] = embeddings.astype(np.float32, copy=False)
         # The marker is created only after the rows are written: a kill in between means redo.
         _atomic_write_text(self._marker(index), f"{start} {stop}\n")
 

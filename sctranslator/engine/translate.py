@@ -79,15 +79,20 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
               allow_low_coverage: bool = False, allow_empty_cells: bool = False, overwrite: bool = False,
               onnx_path: str | None = None, precision: str = "fp32", backend_options: dict[str, Any] | None = None,
               write_h5ad: str | Path | None = None, write_mudata: str | Path | None = None,
-              quiet: bool = True) -> ad.AnnData:
+              embeddings: bool = False, quiet: bool = True) -> ad.AnnData:
     """Predict protein abundance for every cell of `data` with `model`.
 
     Returns an AnnData (cells x proteins; X float32) whose `uns['sctranslator']` records the
     model, settings, plan and coverage. With `out`, the result is an AnnData-layout Zarr store
     there, written block by block: re-running the same call after an interruption resumes.
+    With `embeddings`, obsm['X_sctranslator'] holds each cell's embedding: the mean of the encoder's
+    outputs over the cell's real gene tokens (torch backend).
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if embeddings and backend != "torch":
+        raise BackendError("embeddings come from the encoder's outputs, which only the torch backend exposes; "
+                           "use --backend torch with --embeddings")
     if batch_size < 1 or block_cells < 1:
         raise InputDataError("batch_size and block_cells must be >= 1")
     source = open_source(data, layer=layer)
@@ -101,7 +106,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     spec_model: str | TranslatorModel = model_source if (model_source and scheduler) else loaded
     spec = BackendSpec(kind=backend, model=spec_model, device=device, onnx_path=onnx_path, precision=precision,
                        threads=threads, options=dict(backend_options or {}))
-    identity = {"model": model_fingerprint(loaded), "input": source.fingerprint(), "plan": plan.fingerprint()}
+    identity = {"model": model_fingerprint(loaded), "input": source.fingerprint(), "plan": plan.fingerprint(),
+                "embeddings": bool(embeddings)}
     uns = {"sctranslator": {
         "version": __version__,
         "model": {"source": model_source or "in-memory", "fingerprint": identity["model"],
@@ -110,7 +116,7 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
         "plan": plan.summary(),
         "settings": {"backend": backend, "device": device, "precision": precision, "batch_size": batch_size,
                      "normalize": plan.normalize, "target_sum": plan.target_sum, "id_type": id_type,
-                     "gene_column": gene_column or "", "layer": layer or ""},
+                     "gene_column": gene_column or "", "layer": layer or "", "embeddings": bool(embeddings)},
         "versions": _versions(),
     }}
     temporary = None
@@ -120,9 +126,10 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     rows = max(1, min(block_cells, source.n_obs or 1))
     try:
         sink = ZarrSink.open(out, identity=identity, obs=source.read_obs(), var=_output_var(plan), uns=uns,
-                             block_rows=rows, overwrite=overwrite)
+                             block_rows=rows, overwrite=overwrite,
+                             embedding_dim=loaded.config.dim if embeddings else 0)
         job = BlockJob(source=source, plan=plan, backend=spec, sink=sink, batch_size=batch_size,
-                       allow_empty_cells=allow_empty_cells)
+                       allow_empty_cells=allow_empty_cells, embeddings=embeddings)
         stats = run_job(job, workers=n_workers, scheduler=scheduler, quiet=quiet)
         sink.finish({"last_run": stats})
         result = sink.read()

@@ -1,0 +1,139 @@
+"""Panels and model inputs for training, made by the engine's own plan and kernels.
+
+Training and `translate` must see identical numbers for the same cell, so the trainer attaches its
+panels to the model, asks `build_plan` for the alignment, and calls `prepare_values` on CSR blocks,
+exactly as the engine does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sctranslator.engine.plan import Plan, build_plan, gene_identifiers
+from sctranslator.errors import InputDataError, UnknownProteinError
+from sctranslator.kernels import prepare_values, scale_targets, scan_block
+from sctranslator.model import TranslatorModel
+from sctranslator.train.paired import PairedData
+from sctranslator.vocab import map_genes, map_proteins, token_symbols
+
+log = logging.getLogger(__name__)
+
+PREPARE_BLOCK_CELLS = 1024
+
+
+@dataclass
+class TrainingArrays:
+    """Everything the loop feeds the model, for all paired cells (held out ones included)."""
+
+    values: np.ndarray  # float32 (n_cells, K): prepared values of the K panel genes (positions 0..K-1)
+    targets: np.ndarray  # float32 (n_cells, n_proteins): scaled per cell
+    gene_ids: np.ndarray  # int64 (L,)
+    gene_mask: np.ndarray  # bool (L,)
+    protein_ids: np.ndarray  # int64 (P,)
+    protein_mask: np.ndarray  # bool (P,)
+    plan: Plan
+
+
+def data_gene_tokens(var: pd.DataFrame, *, gene_column: str | None = None, id_type: str = "auto") -> np.ndarray:
+    """Token id of each input column (0 = unmapped)."""
+    genes = map_genes(gene_identifiers(var, gene_column), id_type=id_type)
+    return np.asarray(genes.token_ids, dtype=np.int64)
+
+
+def gene_panel_from_data(tokens: np.ndarray, max_genes: int | None = None) -> dict[str, list]:
+    """The mapped genes in the dataset's order, each once, the first `max_genes` kept."""
+    mapped = tokens[tokens > 0]
+    unique = pd.unique(mapped)[:max_genes] if max_genes else pd.unique(mapped)
+    if unique.size == 0:
+        raise InputDataError("none of the RNA genes map onto the model's vocabulary: check the gene identifiers "
+                             "(gene_column / id_type)")
+    unique = np.asarray(unique, dtype=np.int64)
+    return {"token_ids": unique.tolist(), "symbols": [str(s) for s in token_symbols(unique)]}
+
+
+def protein_panel(names: Sequence[str], wanted: Sequence[str] | None = None) -> tuple[dict[str, list], np.ndarray]:
+    """(panel, column index of each panel protein in the measured table).
+
+    Isotype controls / blanks are left out (they are not proteins to predict); any other name that
+    maps to no gene is an error, unless `wanted` selects the proteins to train on.
+    """
+    names = [str(n) for n in names]
+    if wanted is not None:
+        wanted = [str(w) for w in wanted]
+        missing = [w for w in wanted if w not in names]
+        if missing:
+            raise UnknownProteinError(f"{missing} are not in the protein table; it has {names}")
+        columns = [names.index(w) for w in wanted]
+    else:
+        columns = list(range(len(names)))
+    mapping = map_proteins([names[c] for c in columns])
+    controls = [names[c] for c, s in zip(columns, mapping.status, strict=True) if s == "control"]
+    unmapped = [names[c] for c, s in zip(columns, mapping.status, strict=True) if s == "unmapped"]
+    if unmapped:
+        raise UnknownProteinError(
+            f"{len(unmapped)} protein name(s) map to no gene: {unmapped}. Rename them to the gene that encodes "
+            "the protein (e.g. PTPRC for CD45), or choose the proteins to train on (proteins=[...])."
+        )
+    if controls:
+        log.warning("leaving out isotype controls / blanks: %s", controls)
+    keep = [i for i, s in enumerate(mapping.status) if s != "control"]
+    if not keep:
+        raise UnknownProteinError("no protein left to train on after removing isotype controls")
+    panel = {"names": [names[columns[i]] for i in keep],
+             "token_ids": [int(mapping.token_ids[i]) for i in keep],
+             "genes": [str(mapping.genes[i]) for i in keep]}
+    return panel, np.asarray([columns[i] for i in keep], dtype=np.int64)
+
+
+def attach_panels(model: TranslatorModel, genes: dict[str, list], proteins: dict[str, list],
+                  preprocessing: dict[str, Any]) -> None:
+    """Record the panels and preprocessing on the model: the bundle persists them, the plan reads them."""
+    if len(genes["token_ids"]) > model.config.max_genes:
+        raise InputDataError(f"the gene panel has {len(genes['token_ids'])} genes but the model takes "
+                             f"L={model.config.max_genes}")
+    if len(proteins["names"]) > model.config.max_proteins:
+        raise InputDataError(f"{len(proteins['names'])} proteins to train on but the model's decoder takes "
+                             f"P={model.config.max_proteins}; choose fewer proteins or a larger max_proteins")
+    model.panel = {"genes": genes, "proteins": proteins}
+    model.preprocessing = dict(preprocessing)
+
+
+def _check_block(block: Any, start: int, where: str) -> None:
+    problems = scan_block(block).problems(allow_empty_rows=True)
+    if problems:
+        raise InputDataError(f"RNA rows {start}.. of {where}: " + "; ".join(problems)
+                             + ". Expression must be finite and non-negative.")
+
+
+def prepare_arrays(data: PairedData, model: TranslatorModel, protein_columns: np.ndarray, *,
+                   gene_column: str | None = None, id_type: str = "auto", target_scaling: str = "minmax",
+                   allow_low_coverage: bool = False) -> TrainingArrays:
+    """Model values and scaled targets of every paired cell, through the engine's plan and kernels."""
+    plan = build_plan(data.source.var, model, gene_column=gene_column, id_type=id_type,
+                      allow_low_coverage=allow_low_coverage)
+    n_panel = int(plan.position_real.sum())
+    values = np.empty((data.n_cells, n_panel), dtype=np.float32)
+    rows = data.rows
+    done = 0
+    first, last = (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 0)
+    for start in range(first, last, PREPARE_BLOCK_CELLS):
+        stop = min(start + PREPARE_BLOCK_CELLS, last)
+        lo, hi = np.searchsorted(rows, [start, stop])
+        if lo == hi:
+            continue
+        block = data.source.read_block(start, stop)[rows[lo:hi] - start]
+        _check_block(block, start, data.source.describe())
+        prepared = prepare_values(block, plan.column_slot, plan.position_real, normalize=plan.normalize,
+                                  target_sum=plan.target_sum)
+        values[lo:hi] = prepared[:, :n_panel]
+        done += hi - lo
+    targets = scale_targets(data.proteins[:, protein_columns], target_scaling)
+    window = plan.protein_windows[0]
+    return TrainingArrays(values=values, targets=targets, gene_ids=plan.gene_ids, gene_mask=plan.position_real,
+                          protein_ids=window, protein_mask=plan.protein_window_mask[0], plan=plan)
