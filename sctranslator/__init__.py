@@ -18,8 +18,9 @@ _EXPORTS = {
     "save_model": "sctranslator.model",
     "load_official_checkpoint": "sctranslator.model",
     "translate": "sctranslator.engine",
-    "knockout": "sctranslator.analysis",
-    "evaluate": "sctranslator.analysis",
+    "knockout": "sctranslator.analysis.knockout",
+    "interactions": "sctranslator.analysis.attention",
+    "evaluate": "sctranslator.analysis.evaluate",
     "finetune": "sctranslator.train",
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -160,7 +161,21 @@ def read_name_list(spec: str) -> list[str]:
     return [name.strip() for name in spec.split(",") if name.strip()]
 
 
+# Sub-commands whose definitions live beside the API they wrap: (name, help, module, definer).
+_EXTERNAL_COMMANDS = [
+    ("evaluate", "score predictions against measured proteins (JSON report + plots)",
+     "sctranslator.analysis.command", "define_evaluate"),
+]
+
+
+def _register_external() -> None:
+    for name, help_text, module, definer in _EXTERNAL_COMMANDS:
+        if name not in _COMMANDS:
+            _COMMANDS[name] = (help_text, getattr(importlib.import_module(module), definer))
+
+
 def build_parser() -> argparse.ArgumentParser:
+    _register_external()
     parser = argparse.ArgumentParser(prog="sctranslator", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -444,3 +444,13 @@ def test_pearson_edge_cases():
     np.testing.assert_allclose(pearson_rows(np.array([[1.0, 2.0, 3.0]]), np.array([[2.0, 4.0, 6.0]])), [1.0])
     with pytest.raises(ValueError, match="same shape"):
         pearson_rows(np.ones((2, 3)), np.ones((3, 2)))
+
+
+def test_pearson_with_nan_in_data_is_nan_not_minus_one() -> None:
+    from sctranslator.kernels import pearson_columns, pearson_rows
+
+    a = np.array([[1.0, 2.0], [2.0, np.nan], [3.0, 1.0]])
+    b = np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+    columns = pearson_columns(a, b)
+    assert columns[0] == pytest.approx(1.0) and np.isnan(columns[1])
+    assert np.isnan(pearson_rows(a, b)[1])

@@ -20,6 +20,8 @@ def _finish(sxy: float, sxx: float, syy: float, constant: bool) -> float:
     if constant:
         return np.nan
     r = sxy / np.sqrt(sxx * syy)
+    if r != r:  # NaN in the data stays NaN (min/max would turn it into -1)
+        return np.nan
     return min(1.0, max(-1.0, r))
 
 

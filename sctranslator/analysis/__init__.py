@@ -1,0 +1,30 @@
+"""Analyses of predictions: accuracy against measured proteins (`evaluate`) and a PCA + ridge baseline.
+
+Exports are resolved lazily so that importing this package (or `sctranslator`) loads neither
+matplotlib nor the heavier analysis modules until they are used.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+# Bound eagerly, not through __getattr__: importing the submodule `analysis.evaluate` would set the
+# package attribute `evaluate` to the module and shadow a lazily resolved function. The module
+# itself defers its heavy imports, so this costs only numpy.
+from sctranslator.analysis.evaluate import evaluate
+
+_EXPORTS = {
+    "compute_metrics": "sctranslator.analysis.metrics",
+    "RidgeBaseline": "sctranslator.analysis.baseline",
+    "heldout_split": "sctranslator.analysis.baseline",
+}
+
+__all__ = ["evaluate", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sctranslator.analysis' has no attribute {name!r}")
+    return getattr(import_module(module), name)

@@ -1,0 +1,190 @@
+"""`interactions`: encoder, decoder and gene-to-protein attention, accumulated over cells.
+
+See `sctranslator.analysis.attention_passes` for the exact definitions. Cells stream through the
+engine's source -> plan -> prepare path block by block; per cell the memory is O(L x (H1 + nb)),
+never L x L, so the full-size model (L = 20,000) runs on a laptop.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from sctranslator.analysis.attention_groups import add_by_group, group_codes
+from sctranslator.analysis.attention_output import (
+    interaction_anndata,
+    minmax_columns_then_rows,
+    top_genes,
+    write_interaction_files,
+)
+from sctranslator.analysis.attention_passes import decoder_pass, encoder_pass, gene_to_protein_block, translate_rows
+from sctranslator.engine.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
+from sctranslator.engine.sources import open_source
+from sctranslator.errors import InputDataError
+from sctranslator.kernels import prepare_values, scan_block
+from sctranslator.model import TranslatorModel, load_model
+from sctranslator.vocab import token_symbols
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BLOCK_CELLS = 256
+
+
+@dataclass
+class InteractionResult:
+    """Means over cells; per-group tables have one column per group ('all' first)."""
+
+    gene_to_protein: pd.DataFrame  # genes x proteins: mean G[i, j]
+    scaled: pd.DataFrame  # the same, min-max scaled per column then per row (the original's normalisation)
+    gene_attention: pd.DataFrame  # genes x groups: mean encoder attention received
+    protein_attention: pd.DataFrame  # proteins x groups: mean decoder attention received
+    top_genes: pd.DataFrame  # protein, rank, gene, score, scaled
+    group_gene_to_protein: dict[str, pd.DataFrame]  # per obs group (groupby only)
+    n_cells: dict[str, int]
+    adata: ad.AnnData
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def position_names(plan: Plan, var_names: pd.Index) -> tuple[np.ndarray, list[str]]:
+    """Real model positions and a name for each: the input column that feeds it, else the token's symbol."""
+    positions = np.flatnonzero(plan.position_real)
+    names = np.asarray(token_symbols(plan.gene_ids[positions]), dtype=object)
+    fed = plan.column_slot >= 0
+    lookup = pd.Series(np.asarray(var_names.astype(str))[fed], index=plan.column_slot[fed])
+    lookup = lookup[~lookup.index.duplicated()]
+    found = lookup.reindex(positions)
+    names = np.where(found.notna().to_numpy(), found.to_numpy(dtype=object), names)
+    return positions, [str(n) for n in names]
+
+
+class _Accumulator:
+    """Sums over cells, slot 0 = all cells, slots 1.. = obs groups (float64)."""
+
+    def __init__(self, n_slots: int, n_genes: int, n_proteins: int):
+        self.count = np.zeros(n_slots, dtype=np.int64)
+        self.gene_received = np.zeros((n_slots, n_genes))
+        self.protein_received = np.zeros((n_slots, n_proteins))
+        self.gene_to_protein = np.zeros((n_slots, n_genes, n_proteins))
+
+    def means(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            n = self.count.astype(np.float64)
+            return (self.gene_received / n[:, None], self.protein_received / n[:, None],
+                    self.gene_to_protein / n[:, None, None])
+
+
+def _batch_interactions(model: TranslatorModel, values: np.ndarray, plan: Plan, rows: torch.Tensor,
+                        codes: np.ndarray, acc: _Accumulator, *, row_block: int, as_published: bool) -> None:
+    """One batch of cells: trace encoder and decoder windows, then gene rows block by block."""
+    batch = values.shape[0]
+    tensor = torch.from_numpy(values)
+    gene_ids = torch.from_numpy(plan.gene_ids).expand(batch, -1)
+    gene_mask = torch.from_numpy(plan.position_real).expand(batch, -1)
+    enc = encoder_pass(model, tensor, gene_ids, gene_mask, rows, row_block=row_block, as_published=as_published)
+    translated = model.translate_sequence(enc.encodings)
+    del enc.encodings
+    decoders = [decoder_pass(model, translated, torch.from_numpy(ids).expand(batch, -1),
+                             torch.from_numpy(mask).expand(batch, -1), as_published=as_published)
+                for ids, mask in zip(plan.protein_windows, plan.protein_window_mask, strict=True)]
+    index = torch.from_numpy(plan.output_index)
+    protein_received = torch.cat([d.protein_received for d in decoders], dim=1)[:, index]
+    acc.count[0] += batch
+    for code in np.unique(codes[codes > 0]):
+        acc.count[code] += int((codes == code).sum())
+    add_by_group(acc.gene_received, enc.gene_received.double().numpy(), codes)
+    add_by_group(acc.protein_received, protein_received.double().numpy(), codes)
+    for lo in range(0, rows.shape[0], row_block):
+        translated_rows = translate_rows(model, enc.first_layer[:, lo:lo + row_block])
+        block = gene_to_protein_block(translated_rows, decoders)[:, :, index]
+        add_by_group(acc.gene_to_protein[:, lo:lo + block.shape[1]], block.double().numpy(), codes)
+
+
+def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Sequence[str] | None = None, *,
+                 out: str | Path | None = None, top_k: int = 20, groupby: str | None = None,
+                 block_cells: int = DEFAULT_BLOCK_CELLS, batch_size: int = 1, row_block: int = 2048,
+                 normalize: str | None = None, target_sum: float | None = None, gene_column: str | None = None,
+                 id_type: str = "auto", layer: str | None = None, min_coverage: float = DEFAULT_MIN_COVERAGE,
+                 allow_low_coverage: bool = False, allow_empty_cells: bool = False, as_published: bool = False,
+                 quiet: bool = True) -> InteractionResult:
+    """Gene-to-protein interaction scores and received attention, averaged over the cells of `data`.
+
+    Returns an `InteractionResult`; with `out` (a directory) also writes interactions.h5ad (genes x
+    proteins; X = mean score, layers 'scaled' and 'mean:<group>', obs/var 'received:<group>'),
+    gene_to_protein.csv, top_genes.csv (the `top_k` genes per protein), gene_attention.csv,
+    protein_attention.csv and gene_to_protein.png. `batch_size` cells are traced together (each
+    costs about L x (H1 + nb) floats); `row_block` genes at a time go through the translator.
+    `as_published` reproduces the original script's choice of hidden state for each layer's
+    attention (see `trace_stack`). Torch on CPU; the model runs in eval mode without autograd.
+    """
+    if batch_size < 1 or block_cells < 1 or row_block < 1 or top_k < 1:
+        raise InputDataError("batch_size, block_cells, row_block and top_k must be >= 1")
+    loaded = model if isinstance(model, TranslatorModel) else load_model(model)
+    loaded.eval()
+    source = open_source(data, layer=layer)
+    try:
+        plan = build_plan(source.var, loaded, proteins, gene_column=gene_column, id_type=id_type,
+                          normalize=normalize, target_sum=target_sum, min_coverage=min_coverage,
+                          allow_low_coverage=allow_low_coverage)
+        codes, group_names = group_codes(source.read_obs(), groupby)
+        positions, gene_names = position_names(plan, source.var.index)
+        protein_names = plan.proteins["name"].astype(str).tolist()
+        acc = _Accumulator(len(group_names), positions.shape[0], len(protein_names))
+        rows = torch.from_numpy(positions)
+        bar = tqdm(total=source.n_obs, unit="cells", desc="attention", file=sys.stderr, disable=quiet)
+        with torch.inference_mode():
+            for start in range(0, source.n_obs, block_cells):
+                stop = min(start + block_cells, source.n_obs)
+                block = source.read_block(start, stop)
+                scan_block(block).raise_if_invalid(what=f"rows {start}..{stop - 1} of {source.describe()}",
+                                                   allow_empty_rows=allow_empty_cells)
+                values = prepare_values(block, plan.column_slot, plan.position_real, normalize=plan.normalize,
+                                        target_sum=plan.target_sum)
+                for lo in range(0, stop - start, batch_size):
+                    hi = min(lo + batch_size, stop - start)
+                    _batch_interactions(loaded, values[lo:hi], plan, rows, codes[start + lo:start + hi], acc,
+                                        row_block=row_block, as_published=as_published)
+                    bar.update(hi - lo)
+        bar.close()
+    finally:
+        source.close()
+    return _result(acc, gene_names, positions, plan, group_names, top_k, out, groupby, as_published)
+
+
+def _result(acc: _Accumulator, gene_names: list[str], positions: np.ndarray, plan: Plan, group_names: list[str],
+            top_k: int, out: str | Path | None, groupby: str | None, as_published: bool) -> InteractionResult:
+    gene_mean, protein_mean, matrix_mean = acc.means()
+    # Gene names can repeat (two columns, one symbol in panel mode): make the table index unique.
+    gene_index = pd.Index(gene_names, name="gene")
+    if gene_index.has_duplicates:
+        gene_index = pd.Index(ad.utils.make_index_unique(pd.Index(gene_names)), name="gene")
+    protein_index = pd.Index(plan.proteins["name"].astype(str), name="protein")
+    matrix = pd.DataFrame(matrix_mean[0], index=gene_index, columns=protein_index)
+    scaled = minmax_columns_then_rows(matrix)
+    gene_received = pd.DataFrame(gene_mean.T, index=gene_index, columns=group_names)
+    protein_received = pd.DataFrame(protein_mean.T, index=protein_index, columns=group_names)
+    groups = {name: pd.DataFrame(matrix_mean[i], index=gene_index, columns=protein_index)
+              for i, name in enumerate(group_names) if i > 0}
+    top = top_genes(matrix, scaled, top_k)
+    n_cells = {name: int(acc.count[i]) for i, name in enumerate(group_names)}
+    gene_obs = pd.DataFrame({"position": positions, "token_id": plan.gene_ids[positions]}, index=gene_index)
+    protein_var = pd.DataFrame({"gene": plan.proteins["gene"].astype(str).to_numpy(),
+                                "token_id": plan.proteins["token_id"].to_numpy()}, index=protein_index)
+    uns = {"sctranslator_attention": {"n_cells": n_cells, "groupby": groupby or "", "as_published": as_published,
+                                      "plan": plan.summary(),
+                                      "definition": "see sctranslator.analysis.attention_passes"}}
+    adata = interaction_anndata(matrix, scaled, gene_received, protein_received,
+                                {name: frame.to_numpy() for name, frame in groups.items()}, gene_obs, protein_var, uns)
+    result = InteractionResult(matrix, scaled, gene_received, protein_received, top, groups, n_cells, adata)
+    if out is not None:
+        result.files = write_interaction_files(out, adata, matrix, top, gene_received, protein_received, top_k)
+    return result

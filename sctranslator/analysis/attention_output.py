@@ -1,0 +1,78 @@
+"""Tables, AnnData and figures for the attention / interaction analysis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from sctranslator.analysis.attention_plot import save_heatmap
+
+
+def minmax_columns_then_rows(matrix: pd.DataFrame) -> pd.DataFrame:
+    """The original's `attention_normalize`: min-max scale each column, then each row (constant -> 0)."""
+    values = matrix.to_numpy(dtype=np.float64)
+
+    def scale(x: np.ndarray, axis: int) -> np.ndarray:
+        lo, hi = x.min(axis=axis, keepdims=True), x.max(axis=axis, keepdims=True)
+        span = np.where(hi > lo, hi - lo, 1.0)
+        return (x - lo) / span
+
+    return pd.DataFrame(scale(scale(values, 0), 1), index=matrix.index, columns=matrix.columns)
+
+
+def top_genes(matrix: pd.DataFrame, scaled: pd.DataFrame, top_k: int) -> pd.DataFrame:
+    """Long table: for each protein, its `top_k` genes by gene-to-protein score (highest first)."""
+    rows = []
+    k = min(top_k, matrix.shape[0])
+    for protein in matrix.columns:
+        column = matrix[protein]
+        order = np.argsort(-column.to_numpy(), kind="stable")[:k]
+        for rank, i in enumerate(order, start=1):
+            gene = matrix.index[i]
+            rows.append({"protein": protein, "rank": rank, "gene": gene, "score": float(column.iloc[i]),
+                         "scaled": float(scaled.at[gene, protein])})
+    return pd.DataFrame(rows, columns=["protein", "rank", "gene", "score", "scaled"])
+
+
+def interaction_anndata(matrix: pd.DataFrame, scaled: pd.DataFrame, gene_received: pd.DataFrame,
+                        protein_received: pd.DataFrame, group_matrices: dict[str, np.ndarray],
+                        gene_obs: pd.DataFrame, protein_var: pd.DataFrame, uns: dict) -> ad.AnnData:
+    """Genes x proteins: X = mean gene-to-protein score, layers 'scaled' and 'mean:<group>'."""
+    obs = gene_obs.copy()
+    for column in gene_received.columns:
+        obs[f"received:{column}"] = gene_received[column].to_numpy()
+    var = protein_var.copy()
+    for column in protein_received.columns:
+        var[f"received:{column}"] = protein_received[column].to_numpy()
+    layers = {"scaled": scaled.to_numpy(dtype=np.float32)}
+    layers.update({f"mean:{name}": m.astype(np.float32) for name, m in group_matrices.items()})
+    return ad.AnnData(X=matrix.to_numpy(dtype=np.float32), obs=obs, var=var, layers=layers, uns=uns)
+
+
+def write_interaction_files(directory: str | Path, adata: ad.AnnData, matrix: pd.DataFrame, top: pd.DataFrame,
+                            gene_received: pd.DataFrame, protein_received: pd.DataFrame,
+                            top_k: int) -> dict[str, Path]:
+    """interactions.h5ad, gene_to_protein.csv, top_genes.csv, gene_attention.csv, protein_attention.csv, PNG."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {
+        "anndata": directory / "interactions.h5ad",
+        "gene_to_protein": directory / "gene_to_protein.csv",
+        "top_genes": directory / "top_genes.csv",
+        "gene_attention": directory / "gene_attention.csv",
+        "protein_attention": directory / "protein_attention.csv",
+        "heatmap": directory / "gene_to_protein.png",
+    }
+    adata.write_h5ad(files["anndata"])
+    matrix.to_csv(files["gene_to_protein"], index_label="gene")
+    top.to_csv(files["top_genes"], index=False)
+    gene_received.to_csv(files["gene_attention"], index_label="gene")
+    protein_received.to_csv(files["protein_attention"], index_label="protein")
+    # Show the union of every protein's few best genes: a full L x P heatmap is unreadable.
+    shown = list(dict.fromkeys(top.loc[top["rank"] <= min(top_k, 5), "gene"]))[:60]
+    save_heatmap(minmax_columns_then_rows(matrix).loc[shown], files["heatmap"],
+                 title="gene-to-protein attention (min-max scaled)", colorbar="scaled score")
+    return files

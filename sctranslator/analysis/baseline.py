@@ -1,0 +1,251 @@
+"""An honest reference point for protein prediction: PCA of log-normalised RNA + ridge regression.
+
+Any model worth running should beat this. It takes seconds on a laptop, needs no GPU and no
+vocabulary (genes are matched by name between training and prediction data).
+
+Steps, all fitted on the training cells only:
+1. align the input's columns to the training gene list by name (genes missing at predict time
+   are 0), then library-size normalise over that gene panel and log1p (`normalize_block`,
+   "total_log1p"). Totals are taken over the training panel, not the input's full width, so a
+   whole-transcriptome input is scaled like the HVG-only data the model was trained on;
+2. centre the genes and keep the top `n_components` principal axes (randomized SVD, seeded);
+3. ridge regression, closed form, from the PC scores to the (already scaled) protein targets;
+   the intercept is not penalised. Because PC scores are uncorrelated, the normal equations are
+   diagonal: coef = s_k / (s_k^2 + alpha) * U_k^T Y.
+
+Alpha is chosen by k-fold cross-validation on the training cells among `cv_alphas` (lowest mean
+squared error over all proteins; PCA is fitted once on all training cells, which is unsupervised
+and never sees the targets). Pass `cv_alphas=None` to use `alpha` as given.
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from sctranslator.errors import InputDataError, StoreError
+from sctranslator.kernels import normalize_block
+
+DEFAULT_CV_ALPHAS: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
+FORMAT_VERSION = 1
+
+
+def heldout_split(n_obs: int, n_heldout: int = 500, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, test_idx): `n_heldout` cells drawn at random with a seeded generator, both sorted.
+
+    Same draw as `sctranslator.train.split.split_cells(obs, val_count=n_heldout, seed=seed)`, so the
+    baseline and the trained model are scored on the same cells.
+    """
+    if not 0 < n_heldout < n_obs:
+        raise InputDataError(f"cannot hold out {n_heldout} of {n_obs} cells")
+    held = np.zeros(n_obs, dtype=bool)
+    held[np.random.default_rng(seed).choice(n_obs, size=n_heldout, replace=False)] = True
+    return np.flatnonzero(~held).astype(np.int64), np.flatnonzero(held).astype(np.int64)
+
+
+def _as_float_matrix(x: np.ndarray | sp.spmatrix | sp.sparray) -> np.ndarray | sp.csr_matrix:
+    if sp.issparse(x):
+        return sp.csr_matrix(x, dtype=np.float32)
+    return np.asarray(x, dtype=np.float32)
+
+
+def align_genes(counts: np.ndarray | sp.spmatrix | sp.sparray, genes: Sequence[str],
+                panel: Sequence[str]) -> np.ndarray | sp.csr_matrix:
+    """Columns of `counts` reordered to `panel` by name; panel genes absent from `genes` are 0.
+
+    A duplicated input gene name uses its first column.
+    """
+    counts = _as_float_matrix(counts)
+    names = pd.Index([str(g) for g in genes])
+    if counts.ndim != 2 or counts.shape[1] != len(names):
+        raise InputDataError(f"RNA matrix has shape {counts.shape} but {len(names)} gene names were given")
+    first = ~names.duplicated()
+    lookup = pd.Index(names[first]).get_indexer(pd.Index(panel))
+    columns = np.flatnonzero(first)[np.maximum(lookup, 0)]
+    present = lookup >= 0
+    if sp.issparse(counts):
+        selector = sp.csr_matrix((np.ones(int(present.sum()), np.float32),
+                                  (columns[present], np.flatnonzero(present))), shape=(counts.shape[1], len(panel)))
+        return sp.csr_matrix(counts @ selector)
+    aligned = np.zeros((counts.shape[0], len(panel)), dtype=np.float32)
+    aligned[:, present] = counts[:, columns[present]]
+    return aligned
+
+
+def _centered_product(x: np.ndarray | sp.csr_matrix, mean: np.ndarray, m: np.ndarray) -> np.ndarray:
+    # (X - 1 mean) @ m without densifying a sparse X.
+    return np.asarray(x @ m) - np.outer(np.ones(x.shape[0]), mean @ m)
+
+
+def _centered_rproduct(x: np.ndarray | sp.csr_matrix, mean: np.ndarray, m: np.ndarray) -> np.ndarray:
+    # (X - 1 mean)^T @ m
+    return np.asarray(x.T @ m) - np.outer(mean, m.sum(axis=0))
+
+
+def randomized_pca(x: np.ndarray | sp.csr_matrix, n_components: int, *, seed: int = 0, n_iter: int = 5,
+                   oversample: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, components k x g, singular values k, scores n x k) of the column-centred X (Halko et al.)."""
+    n, g = x.shape
+    k = min(n_components, n - 1, g)
+    if k < 1:
+        raise InputDataError(f"cannot fit {n_components} principal components on {n} cells x {g} genes")
+    mean = np.asarray(x.mean(axis=0), dtype=np.float64).ravel()
+    rng = np.random.default_rng(seed)
+    q = np.linalg.qr(_centered_product(x, mean, rng.standard_normal((g, min(k + oversample, g)))))[0]
+    for _ in range(n_iter):  # power iterations sharpen the spectrum; QR each time keeps them stable
+        q = np.linalg.qr(_centered_rproduct(x, mean, q))[0]
+        q = np.linalg.qr(_centered_product(x, mean, q))[0]
+    small = _centered_rproduct(x, mean, q).T  # (k + p) x g
+    u_small, s, vt = np.linalg.svd(small, full_matrices=False)
+    u = q @ u_small
+    # Sign convention (largest loading positive) so a refit gives the same axes.
+    signs = np.sign(vt[np.arange(len(s)), np.abs(vt).argmax(axis=1)])
+    vt, u = vt * signs[:, None], u * signs[None, :]
+    return mean, vt[:k], s[:k], u[:, :k] * s[:k]
+
+
+def _ridge_coef(scores: np.ndarray, targets: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """(coef k x p, intercept p) for centred-intercept ridge; scores need not be orthogonal."""
+    z_mean = scores.mean(axis=0)
+    y_mean = targets.mean(axis=0)
+    z = scores - z_mean
+    gram = z.T @ z + alpha * np.eye(z.shape[1])
+    coef = np.linalg.solve(gram, z.T @ (targets - y_mean))
+    return coef, y_mean - z_mean @ coef
+
+
+def cv_alpha(scores: np.ndarray, targets: np.ndarray, alphas: Sequence[float], *, folds: int = 5,
+             seed: int = 0) -> tuple[float, dict[float, float]]:
+    """The alpha with the lowest k-fold mean squared error (ties: the larger alpha), and all errors."""
+    n = scores.shape[0]
+    folds = max(2, min(folds, n))
+    fold_of = np.random.default_rng(seed).permutation(n) % folds
+    errors: dict[float, float] = {}
+    for alpha in alphas:
+        total = 0.0
+        for fold in range(folds):
+            test = fold_of == fold
+            coef, intercept = _ridge_coef(scores[~test], targets[~test], float(alpha))
+            total += float(np.sum((scores[test] @ coef + intercept - targets[test]) ** 2))
+        errors[float(alpha)] = total / targets.size
+    best = min(errors.items(), key=lambda item: (item[1], -item[0]))[0]
+    return best, errors
+
+
+class RidgeBaseline:
+    """PCA + ridge regression from RNA counts to per-cell scaled protein targets (see module doc)."""
+
+    def __init__(self, n_components: int = 50, alpha: float = 1.0, target_sum: float = 1e4, *,
+                 cv_alphas: Sequence[float] | None = DEFAULT_CV_ALPHAS, cv_folds: int = 5, seed: int = 0) -> None:
+        self.n_components = int(n_components)
+        self.alpha = float(alpha)
+        self.target_sum = float(target_sum)
+        self.cv_alphas = tuple(float(a) for a in cv_alphas) if cv_alphas else None
+        self.cv_folds = int(cv_folds)
+        self.seed = int(seed)
+        self.genes_: np.ndarray | None = None
+        self.proteins_: np.ndarray | None = None
+        self.cv_errors_: dict[float, float] = {}
+
+    # -- fitting ------------------------------------------------------------------------------------
+    def _log_normalised(self, counts: np.ndarray | sp.spmatrix | sp.sparray, genes: Sequence[str]
+                        ) -> np.ndarray | sp.csr_matrix:
+        aligned = align_genes(counts, genes, self.genes_)
+        values = aligned.data if sp.issparse(aligned) else aligned
+        if values.size and values.min() < 0:
+            raise InputDataError("RNA counts must be non-negative: raw counts are expected (normalised here)")
+        return normalize_block(aligned, "total_log1p", target_sum=self.target_sum)
+
+    def fit(self, rna_counts: np.ndarray | sp.spmatrix | sp.sparray, targets: np.ndarray, genes: Sequence[str],
+            proteins: Sequence[str] | None = None) -> RidgeBaseline:
+        """Fit on raw RNA counts (cells x genes, names `genes`) and scaled targets (cells x proteins)."""
+        targets = np.asarray(targets, dtype=np.float64)
+        if targets.ndim != 2 or targets.shape[0] != rna_counts.shape[0]:
+            raise InputDataError(f"targets {targets.shape} do not match the RNA's {rna_counts.shape[0]} cells")
+        if not np.isfinite(targets).all():
+            raise InputDataError("targets contain NaN or Inf")
+        names = pd.Index([str(g) for g in genes])
+        self.genes_ = np.asarray(names[~names.duplicated()], dtype=str)
+        self.proteins_ = np.asarray([str(p) for p in proteins] if proteins is not None
+                                    else [f"protein_{j}" for j in range(targets.shape[1])], dtype=str)
+        if len(self.proteins_) != targets.shape[1]:
+            raise InputDataError(f"{len(self.proteins_)} protein names for {targets.shape[1]} target columns")
+        x = self._log_normalised(rna_counts, genes)
+        self.mean_, self.components_, _, scores = randomized_pca(x, self.n_components, seed=self.seed)
+        if self.cv_alphas:
+            self.alpha_, self.cv_errors_ = cv_alpha(scores, targets, self.cv_alphas, folds=self.cv_folds,
+                                                    seed=self.seed)
+        else:
+            self.alpha_ = self.alpha
+        self.coef_, self.intercept_ = _ridge_coef(scores, targets, self.alpha_)
+        return self
+
+    # -- prediction ---------------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if self.genes_ is None:
+            raise InputDataError("this RidgeBaseline is not fitted; call fit() or RidgeBaseline.load() first")
+
+    def transform(self, rna_counts: np.ndarray | sp.spmatrix | sp.sparray, genes: Sequence[str]) -> np.ndarray:
+        """PC scores (cells x n_components) of new cells, genes aligned by name."""
+        self._check_fitted()
+        x = self._log_normalised(rna_counts, genes)
+        return _centered_product(x, self.mean_, self.components_.T)
+
+    def predict(self, rna_counts: np.ndarray | sp.spmatrix | sp.sparray, genes: Sequence[str]) -> np.ndarray:
+        """Predicted targets (cells x proteins, float32) for raw RNA counts with gene names `genes`."""
+        return (self.transform(rna_counts, genes) @ self.coef_ + self.intercept_).astype(np.float32)
+
+    def gene_coverage(self, genes: Sequence[str]) -> float:
+        """Fraction of the training genes present in `genes` (missing ones are predicted from 0)."""
+        self._check_fitted()
+        return float(np.isin(self.genes_, np.asarray([str(g) for g in genes])).mean())
+
+    # -- persistence (plain .npz, no pickle) --------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted model to an .npz (arrays and strings only; loads with allow_pickle=False)."""
+        self._check_fitted()
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_suffix(".npz")
+        alphas = np.asarray(list(self.cv_errors_), dtype=np.float64)
+        np.savez(path, format_version=FORMAT_VERSION, n_components=self.n_components, alpha=self.alpha,
+                 target_sum=self.target_sum, cv_folds=self.cv_folds, seed=self.seed,
+                 cv_alphas=np.asarray(self.cv_alphas or (), dtype=np.float64), alpha_=self.alpha_,
+                 cv_error_alphas=alphas, cv_errors=np.asarray([self.cv_errors_[a] for a in alphas.tolist()]),
+                 genes=self.genes_, proteins=self.proteins_, mean=self.mean_, components=self.components_,
+                 coef=self.coef_, intercept=self.intercept_)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> RidgeBaseline:
+        """Read a model written by `save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise StoreError(f"baseline model {path} does not exist")
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                data = {key: stored[key] for key in stored.files}
+        except (OSError, ValueError, KeyError, AttributeError, zipfile.BadZipFile) as error:
+            raise StoreError(f"{path} is not a readable RidgeBaseline .npz: {error}") from error
+        if int(data.get("format_version", -1)) != FORMAT_VERSION:
+            raise StoreError(f"{path} is not a RidgeBaseline file of format {FORMAT_VERSION}")
+        model = cls(int(data["n_components"]), float(data["alpha"]), float(data["target_sum"]),
+                    cv_alphas=data["cv_alphas"].tolist() or None, cv_folds=int(data["cv_folds"]),
+                    seed=int(data["seed"]))
+        model.alpha_ = float(data["alpha_"])
+        model.cv_errors_ = dict(zip(data["cv_error_alphas"].tolist(), data["cv_errors"].tolist(), strict=True))
+        model.genes_, model.proteins_ = data["genes"], data["proteins"]
+        model.mean_, model.components_ = data["mean"], data["components"]
+        model.coef_, model.intercept_ = data["coef"], data["intercept"]
+        return model
+
+    def __repr__(self) -> str:
+        fitted = "unfitted" if self.genes_ is None else f"{len(self.genes_)} genes -> {len(self.proteins_)} proteins"
+        alpha = getattr(self, "alpha_", math.nan)
+        return f"RidgeBaseline(n_components={self.n_components}, alpha={alpha:g}, {fitted})"

@@ -1,0 +1,191 @@
+"""`evaluate`: score predicted protein abundance against measured protein counts.
+
+The measured counts are scaled per cell with `scale_targets(..., scaling)` over the truth's FULL
+protein panel (isotype controls and proteins the prediction lacks included) before the shared
+proteins are picked out: that is what a model trained on this panel was trained against
+("minmax" is the original's target), and it keeps a cell's scaled values independent of which
+proteins a particular prediction happens to cover. Predictions are compared as they are, without
+rescaling: Pearson / Spearman per protein do not care (affine / monotone per protein), while
+RMSE, the cosine score and per-cell Pearson do, so those are only meaningful when the model
+predicts on the same scale as `scaling`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sctranslator.errors import InputDataError, StoreError
+
+if TYPE_CHECKING:
+    import anndata as ad
+
+# This module must stay cheap to import: the package binds `evaluate` eagerly (a submodule of the
+# same name would otherwise shadow the function), so anndata, numba kernels and the vocabulary
+# are imported inside the functions.
+
+log = logging.getLogger(__name__)
+
+TARGET_SCALINGS = ("minmax", "clr", "log1p")  # as sctranslator.kernels.TARGET_SCALINGS, without importing numba
+
+
+def read_table(source: str | Path | ad.AnnData, what: str) -> ad.AnnData:
+    """An AnnData from an object, a Zarr store (.zarr directory) or an .h5ad file."""
+    import anndata as ad
+
+    if isinstance(source, ad.AnnData):
+        return source
+    path = Path(source)
+    if not path.exists():
+        raise StoreError(f"{what} {path} does not exist")
+    try:
+        if path.is_dir() or path.suffix == ".zarr":
+            return ad.read_zarr(path)
+        return ad.read_h5ad(path)
+    except Exception as error:  # anndata/zarr/h5py raise many types for a malformed store
+        raise StoreError(f"cannot read {what} {path} as AnnData: {type(error).__name__}: {error}") from error
+
+
+def _dense(matrix: Any) -> np.ndarray:
+    return np.asarray(matrix.toarray() if hasattr(matrix, "toarray") else matrix, dtype=np.float64)
+
+
+def _as_baseline_table(baseline: str | Path | ad.AnnData | np.ndarray, pred: ad.AnnData) -> ad.AnnData:
+    """A baseline given as an array is taken to be in the prediction's cell and protein order."""
+    import anndata as ad
+    import pandas as pd
+
+    if not isinstance(baseline, np.ndarray):
+        return read_table(baseline, "baseline predictions")
+    if baseline.shape != pred.shape:
+        raise InputDataError(f"a baseline array must have the prediction's shape {pred.shape} (same cells and "
+                             f"proteins, same order); got {baseline.shape}. Pass an AnnData to match by name.")
+    return ad.AnnData(X=np.asarray(baseline, dtype=np.float32), obs=pd.DataFrame(index=pred.obs_names.copy()),
+                      var=pd.DataFrame(index=pred.var_names.copy()))
+
+
+def _no_shared_proteins(pred: ad.AnnData, truth: ad.AnnData) -> InputDataError:
+    return InputDataError(
+        f"no protein of the predictions ({pred.var_names[:8].tolist()}...) matches one of the truth "
+        f"({truth.var_names[:8].tolist()}...), by name or by encoding gene; rename them or check the files")
+
+
+def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, out: str | Path | None = None,
+             scaling: str = "minmax", plots: bool = True, baseline: str | Path | ad.AnnData | np.ndarray | None = None,
+             cosine_batch_size: int | None = None) -> dict[str, Any]:
+    """Compare predictions with measured proteins; return (and with `out`, write) the report.
+
+    pred: a predictions Zarr store written by `translate` (or any AnnData / .h5ad, cells x proteins).
+    truth: measured protein counts (cells x proteins, raw counts) as .h5ad or AnnData.
+    Cells are matched by obs_names, proteins by name, spelling, or unique encoding gene (see
+    `sctranslator.analysis.matching`). With `baseline` (AnnData/path matched by name, or an array
+    in the prediction's order) both are scored on the cells and proteins they share with the truth,
+    side by side. With `out`, writes `report.json` and, if `plots`, `scatter.png` and `pearson.png`.
+    """
+    from sctranslator.analysis.matching import match_cells, match_proteins
+    from sctranslator.kernels import scale_targets
+
+    if scaling not in TARGET_SCALINGS:
+        raise InputDataError(f"unknown scaling {scaling!r}; choose one of {TARGET_SCALINGS}")
+    pred_table = read_table(pred, "predictions")
+    truth_table = read_table(truth, "protein truth")
+    cells = match_cells(pred_table.obs_names, truth_table.obs_names)
+    proteins = match_proteins(pred_table.var_names, truth_table.var_names)
+    if not proteins.pairs:
+        raise _no_shared_proteins(pred_table, truth_table)
+
+    pred_rows = cells.pred
+    truth_rows = cells.truth
+    truth_cols = np.array([p.truth_index for p in proteins.pairs])
+    pred_cols = np.array([p.pred_index for p in proteins.pairs])
+    names = [p.pred for p in proteins.pairs]
+    baseline_report: dict[str, Any] | None = None
+    baseline_values = None
+    if baseline is not None:
+        base_table = _as_baseline_table(baseline, pred_table)
+        # Keep only what all three share, so model and baseline are scored on identical values.
+        base_cells = match_cells(base_table.obs_names, pred_table.obs_names[pred_rows])
+        base_proteins = match_proteins(base_table.var_names, names)
+        if not base_proteins.pairs:
+            raise InputDataError(f"no baseline protein ({base_table.var_names[:8].tolist()}) matches the "
+                                 f"proteins being evaluated ({names[:8]})")
+        keep_cells = base_cells.truth  # positions within the matched cells, in the prediction's order
+        order = np.argsort(keep_cells)
+        keep_cells, base_rows = keep_cells[order], base_cells.pred[order]
+        base_pairs = sorted(base_proteins.pairs, key=lambda p: p.truth_index)  # the model's protein order
+        keep_proteins = np.array([p.truth_index for p in base_pairs])
+        base_cols = np.array([p.pred_index for p in base_pairs])
+        pred_rows, truth_rows = pred_rows[keep_cells], truth_rows[keep_cells]
+        pred_cols, truth_cols = pred_cols[keep_proteins], truth_cols[keep_proteins]
+        names = [names[k] for k in keep_proteins]
+        baseline_values = _dense(base_table.X[base_rows][:, base_cols])
+        baseline_report = {"cells": base_table.n_obs, "proteins": base_proteins.report()}
+
+    truth_scaled = scale_targets(truth_table.X[truth_rows], scaling)[:, truth_cols].astype(np.float64)
+    pred_values = _dense(pred_table.X[pred_rows][:, pred_cols])
+    by_name = {p.pred: p for p in proteins.pairs}
+    report: dict[str, Any] = {
+        "scaling": scaling,
+        "cells": {"pred": cells.n_pred, "truth": cells.n_truth, "matched": cells.n_matched,
+                  "evaluated": int(len(pred_rows))},
+        "proteins": proteins.report(),
+        "model": _scored(pred_values, truth_scaled, names, by_name, cosine_batch_size),
+    }
+    if baseline_values is not None:
+        report["baseline"] = _scored(baseline_values, truth_scaled, names, by_name, cosine_batch_size)
+        report["baseline"]["matching"] = baseline_report
+        report["comparison"] = _comparison(report["model"], report["baseline"])
+    log.info("evaluated %d cells (%d of %d prediction cells matched) x %d proteins", len(pred_rows),
+             cells.n_matched, cells.n_pred, len(names))
+    if out is not None:
+        report["files"] = _write(Path(out), report, truth_scaled, pred_values, baseline_values, names, plots)
+    return report
+
+
+def _scored(values: np.ndarray, truth: np.ndarray, names: list[str], pairs: dict[str, Any],
+            cosine_batch_size: int | None) -> dict[str, Any]:
+    from sctranslator.analysis.metrics import compute_metrics
+
+    metrics = compute_metrics(values, truth, names, cosine_batch_size=cosine_batch_size)
+    for row in metrics["per_protein"]:
+        row["truth_name"] = pairs[row["protein"]].truth
+        row["gene"] = pairs[row["protein"]].gene
+    return metrics
+
+
+def _comparison(model: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    """Model minus baseline, per summary and per protein (positive: the model is better, RMSE aside)."""
+    def delta(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a - b
+
+    keys = ("mean_protein_pearson", "median_protein_pearson", "mean_protein_spearman", "mean_cell_pearson",
+            "cosine", "rmse")
+    return {
+        "summary_delta": {k: delta(model["summary"][k], baseline["summary"][k]) for k in keys},
+        "pearson_delta": {m["protein"]: delta(m["pearson"], b["pearson"])
+                          for m, b in zip(model["per_protein"], baseline["per_protein"], strict=True)},
+        "proteins_model_better": sum(1 for m, b in zip(model["per_protein"], baseline["per_protein"], strict=True)
+                                     if m["pearson"] is not None and b["pearson"] is not None
+                                     and m["pearson"] > b["pearson"]),
+    }
+
+
+def _write(out: Path, report: dict[str, Any], truth: np.ndarray, pred: np.ndarray, baseline: np.ndarray | None,
+           names: list[str], plots: bool) -> list[str]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = [str(out / "report.json")]
+    if plots:
+        from sctranslator.analysis import plots as figures  # matplotlib only when figures are asked for
+
+        panels = [("model", pred, [row["pearson"] for row in report["model"]["per_protein"]])]
+        if baseline is not None:
+            panels.append(("baseline", baseline, [row["pearson"] for row in report["baseline"]["per_protein"]]))
+        written.append(str(figures.scatter_grid(out / "scatter.png", truth, panels, names)))
+        written.append(str(figures.correlation_bars(out / "pearson.png", names,
+                                                    [(label, r) for label, _, r in panels])))
+    (out / "report.json").write_text(json.dumps({**report, "files": written}, indent=2, allow_nan=False))
+    return written

@@ -1,0 +1,71 @@
+"""Knockout results as an AnnData (genes x proteins), CSV tables, a heatmap and per-cell effects."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from sctranslator.analysis.attention_plot import save_heatmap
+from sctranslator.errors import InputDataError
+
+OUTPUT_SUFFIXES = (".h5ad", ".zarr")
+
+
+def check_out_path(out: str | Path) -> Path:
+    path = Path(out)
+    if path.suffix not in OUTPUT_SUFFIXES:
+        raise InputDataError(f"knockout output {path} must end in .h5ad or .zarr")
+    return path
+
+
+def sibling(out: Path, tag: str, suffix: str) -> Path:
+    """out = effects.h5ad -> effects_<tag><suffix> beside it."""
+    return out.with_name(f"{out.stem}_{tag}{suffix}")
+
+
+def write_anndata_atomically(adata: ad.AnnData, path: Path) -> None:
+    """Write under a temporary name and rename, replacing any previous output only once complete."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    if path.suffix == ".zarr":
+        shutil.rmtree(tmp, ignore_errors=True)
+        adata.write_zarr(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+    else:
+        adata.write_h5ad(tmp)
+    os.replace(tmp, path)
+
+
+def effects_table(genes: list[str], proteins: list[str], groups: list[str], counts: np.ndarray,
+                  means: np.ndarray, stds: np.ndarray) -> pd.DataFrame:
+    """Long table: gene, protein, group, n_cells, mean, std (means/stds: (groups, genes, proteins))."""
+    n_groups, n_genes, n_proteins = means.shape
+    return pd.DataFrame({
+        "gene": np.tile(np.repeat(genes, n_proteins), n_groups),
+        "protein": np.tile(proteins, n_groups * n_genes),
+        "group": np.repeat(groups, n_genes * n_proteins),
+        "n_cells": np.repeat(counts, n_genes * n_proteins),
+        "mean": means.reshape(-1),
+        "std": stds.reshape(-1),
+    })
+
+
+def write_knockout_files(out: Path, adata: ad.AnnData, effects: pd.DataFrame, mean: pd.DataFrame,
+                         per_cell: ad.AnnData | None, semantics: str) -> dict[str, Path]:
+    files = {"anndata": out, "effects": sibling(out, "effects", ".csv"), "mean": sibling(out, "mean", ".csv"),
+             "heatmap": sibling(out, "heatmap", ".png")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_anndata_atomically(adata, out)
+    effects.to_csv(files["effects"], index=False)
+    mean.to_csv(files["mean"], index_label="gene")
+    save_heatmap(mean, files["heatmap"], diverging=True, colorbar="mean change in prediction",
+                 title=f"pseudo-knockout ({semantics}): knocked-out minus unperturbed")
+    if per_cell is not None:
+        files["per_cell"] = sibling(out, "per_cell", out.suffix)
+        write_anndata_atomically(per_cell, files["per_cell"])
+    return files

@@ -1,0 +1,97 @@
+"""Which input column each knocked-out gene is, and the model inputs' alignment without it.
+
+Two semantics:
+- "drop" (the original pseudo_knockout_gene.py): the column is removed from the data, so the
+  gene leaves the per-cell min/max and, for published checkpoints, every later gene moves up one
+  position (and the first truncated gene, if any, moves in at the end). The alignment is rebuilt
+  by plan.py's own alignment functions with that column unmapped.
+- "zero": the gene's expression is set to 0 in place; the alignment is the plan's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from sctranslator.engine.plan import (
+    UNMAPPED_SLOT,
+    Plan,
+    _panel_alignment,
+    _reference_alignment,
+    gene_identifiers,
+)
+from sctranslator.errors import InputDataError, VocabularyError
+from sctranslator.model import TranslatorModel
+from sctranslator.vocab import map_genes
+
+SEMANTICS = ("drop", "zero")
+
+
+@dataclass(frozen=True)
+class KnockoutVariant:
+    """One knocked-out gene: its input column and the alignment its perturbed cells are prepared with."""
+
+    gene: str
+    column: int
+    column_slot: np.ndarray
+    position_real: np.ndarray
+    gene_ids: np.ndarray
+    zero_column: bool  # "zero": the column's values are set to 0 before preparing
+
+
+def default_semantics(plan: Plan) -> str:
+    """Published checkpoints: the original's drop; fixed-panel models: zero (a dropped panel gene reads 0 anyway)."""
+    return "drop" if plan.mode == "reference" else "zero"
+
+
+def resolve_columns(var: pd.DataFrame, genes: Sequence[str], plan: Plan, gene_column: str | None) -> list[int]:
+    """The input column of each gene (matched on the identifier column, then on var_names)."""
+    if not genes:
+        raise InputDataError("no genes to knock out: pass gene names (--genes TP53,CD4 or @file)")
+    duplicated = sorted({g for g in genes if list(genes).count(g) > 1})
+    if duplicated:
+        raise InputDataError(f"genes listed more than once: {duplicated}")
+    identifiers = pd.Index(gene_identifiers(var, gene_column).astype(str))
+    names = pd.Index(var.index.astype(str))
+    columns, missing = [], []
+    for gene in genes:
+        where = identifiers.get_indexer([str(gene)])[0]
+        if where < 0:
+            where = names.get_indexer([str(gene)])[0]
+        (missing if where < 0 else columns).append(gene if where < 0 else int(where))
+    if missing:
+        raise InputDataError(f"{len(missing)} gene(s) to knock out are not in the data: {missing[:10]}. "
+                             "Use the data's gene identifiers (var_names or --gene-column).")
+    unmapped = [g for g, c in zip(genes, columns, strict=True) if plan.column_slot[c] == UNMAPPED_SLOT]
+    if unmapped:
+        where = "the model's gene panel" if plan.mode == "panel" else "the model's vocabulary"
+        raise VocabularyError(f"{unmapped[:10]} are in the data but not in {where}: the model never reads them, "
+                              "so knocking them out changes nothing.")
+    return columns
+
+
+def knockout_variants(var: pd.DataFrame, model: TranslatorModel, plan: Plan, genes: Sequence[str], semantics: str,
+                      *, gene_column: str | None = None, id_type: str = "auto") -> list[KnockoutVariant]:
+    """One variant per gene, in the order asked."""
+    if semantics not in SEMANTICS:
+        raise InputDataError(f"unknown knockout semantics {semantics!r}; choose one of {SEMANTICS}")
+    columns = resolve_columns(var, genes, plan, gene_column)
+    if semantics == "zero":
+        return [KnockoutVariant(str(g), c, plan.column_slot, plan.position_real, plan.gene_ids, True)
+                for g, c in zip(genes, columns, strict=True)]
+    tokens = np.asarray(map_genes(gene_identifiers(var, gene_column), id_type=id_type).token_ids, dtype=np.int64)
+    length = model.config.max_genes
+    variants = []
+    for gene, column in zip(genes, columns, strict=True):
+        without = tokens.copy()
+        without[column] = 0  # an unmapped column is exactly a removed one for the alignment
+        if plan.mode == "panel":
+            panel_tokens = np.asarray(model.panel["genes"]["token_ids"], dtype=np.int64)
+            slot, real, ids = _panel_alignment(without, panel_tokens, length)
+        else:
+            slot, real, ids = _reference_alignment(without, length)
+        variants.append(KnockoutVariant(str(gene), column, slot, real, ids, False))
+    return variants

@@ -1,0 +1,369 @@
+"""The `triton` backend: predictions from a Triton Inference Server over gRPC or HTTP.
+
+Built once per worker process from a BackendSpec (see backends.get_backend) and shared by the
+worker's threads, so it is thread-safe: a gRPC client is shared (one HTTP/2 channel), HTTP
+clients (gevent-based, not thread-safe) are one per thread. Requests go through a pool of
+`max_in_flight` threads. Each request is retried with exponential back-off while the server is
+unavailable (restarting, model loading, connection reset) until `retry_timeout_s` has passed.
+
+Before the first batch the backend waits for the server and model to be ready and checks that
+the served model is the one the plan was built for (tensor names, dtypes, L and P, weights'
+fingerprint), raising ServerError on any mismatch.
+
+Options (BackendSpec.options): url (required), model_name ("sctranslator"), model_version (""),
+protocol ("grpc" or "http"), max_in_flight (4), max_batch (cells per request; default the
+server's max_batch_size), timeout_s (per request, 60), ready_timeout_s (60), retry_timeout_s
+(120), backoff_s (0.25), max_backoff_s (5), check_fingerprint (True).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+import numpy as np
+
+from sctranslator.engine.backends import BackendSpec, Batch
+from sctranslator.errors import ServerError
+from sctranslator.export.onnx_format import INPUT_NAMES, OUTPUT_NAME
+from sctranslator.export.triton_config import (
+    METADATA_TYPES,
+    PARAM_CONFIG,
+    PARAM_FINGERPRINT,
+    PARAM_MAX_GENES,
+    PARAM_MAX_PROTEINS,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+PROTOCOLS = ("grpc", "http")
+# Message fragments of failures that pass once the server is back (gRPC status names included).
+_TRANSIENT = ("unavailable", "connection", "connect", "reset", "refused", "broken pipe", "socket closed",
+              "not ready", "unknown model", "is not found", "stopping", "shutting down", "deadline", "timed out",
+              "timeout", "resource_exhausted", "goaway")
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    url: str
+    model_name: str = "sctranslator"
+    model_version: str = ""
+    protocol: str = "grpc"
+    max_in_flight: int = 4
+    max_batch: int | None = None
+    timeout_s: float = 60.0
+    ready_timeout_s: float = 60.0
+    retry_timeout_s: float = 120.0
+    backoff_s: float = 0.25
+    max_backoff_s: float = 5.0
+    check_fingerprint: bool = True
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any]) -> TritonOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ServerError(f"unknown triton backend option(s) {unknown}; known: {sorted(known)}")
+        if not options.get("url"):
+            raise ServerError("the triton backend needs a server address: --url HOST:PORT "
+                              "(gRPC 8001 or HTTP 8000 by default)")
+        values = {key: value for key, value in options.items() if value is not None}
+        made = cls(**values)
+        if made.protocol not in PROTOCOLS:
+            raise ServerError(f"unknown Triton protocol {made.protocol!r}; choose one of {PROTOCOLS}")
+        if made.max_in_flight < 1:
+            raise ServerError(f"max_in_flight must be >= 1, got {made.max_in_flight}")
+        return made
+
+    @property
+    def address(self) -> str:
+        # tritonclient wants HOST:PORT without a scheme.
+        for scheme in ("grpc://", "http://", "https://"):
+            if self.url.startswith(scheme):
+                return self.url[len(scheme):].rstrip("/")
+        return self.url.rstrip("/")
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a failed request may pass if retried once the server is back."""
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(error, ConnectionError | TimeoutError):
+        return True
+    if isinstance(error, InferenceServerException):
+        text = f"{error.status()} {error.message()}".lower()
+        return any(fragment in text for fragment in _TRANSIENT)
+    # geventhttpclient / gevent raise OSError subclasses and their own errors on a dropped socket.
+    module = type(error).__module__
+    return isinstance(error, OSError) or module.startswith(("geventhttpclient", "gevent"))
+
+
+def _grpc_channel_args() -> list[tuple[str, Any]]:
+    """tritonclient's defaults plus a short reconnect back-off.
+
+    gRPC's own reconnect back-off grows to 120 s: after a server restart the channel could stay
+    in TRANSIENT_FAILURE long after the server is back. Our retry loop does the backing off.
+    """
+    from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
+
+    keepalive = KeepAliveOptions()
+    return [("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 1000)]
+
+
+def _describe(error: BaseException) -> str:
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(error, InferenceServerException):
+        return f"{error.status() or 'error'}: {error.message()}"
+    return f"{type(error).__name__}: {error}"
+
+
+class TritonBackend:
+    """Implements the Backend protocol against a Triton server."""
+
+    name = "triton"
+
+    def __init__(self, options: TritonOptions, expected_genes: int | None = None,
+                 expected_proteins: int | None = None, expected_fingerprint: str | None = None):
+        self.options = options
+        self._local = threading.local()
+        self._shared_client: Any = None
+        self._clients: list[Any] = []
+        self._clients_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=options.max_in_flight, thread_name_prefix="triton-request")
+        self.retries = 0  # requests retried, for logs and tests
+        self.wait_until_ready()
+        self.max_batch, self.genes, self.proteins = self.check_model(expected_genes, expected_proteins,
+                                                                      expected_fingerprint)
+
+    @classmethod
+    def from_spec(cls, spec: BackendSpec) -> TritonBackend:
+        options = TritonOptions.from_dict(spec.options)
+        if spec.model is None:
+            return cls(options)
+        from sctranslator.model.identity import model_fingerprint
+
+        model = spec.load_model()
+        fingerprint = model_fingerprint(model) if options.check_fingerprint else None
+        return cls(options, model.config.max_genes, model.config.max_proteins, fingerprint)
+
+    # -- clients ---------------------------------------------------------------------------------------
+    def _new_client(self) -> Any:
+        if self.options.protocol == "grpc":
+            import tritonclient.grpc as grpc_module
+
+            return grpc_module.InferenceServerClient(self.options.address, channel_args=_grpc_channel_args())
+        import tritonclient.http as http_module
+
+        return http_module.InferenceServerClient(self.options.address, connection_timeout=self.options.timeout_s,
+                                                 network_timeout=self.options.timeout_s)
+
+    def client(self) -> Any:
+        """This thread's client (gRPC: one client shared by all threads)."""
+        if self.options.protocol == "grpc":
+            with self._clients_lock:
+                if self._shared_client is None:
+                    self._shared_client = self._new_client()
+                    self._clients.append(self._shared_client)
+                return self._shared_client
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self._new_client()
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
+
+    def _drop_client(self) -> None:
+        """Forget this thread's HTTP client after a connection error; the next call opens a fresh one."""
+        if self.options.protocol == "http" and getattr(self._local, "client", None) is not None:
+            client, self._local.client = self._local.client, None
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - the socket is already broken
+                log.debug("closing a broken HTTP client failed", exc_info=True)
+
+    def _with_retries(self, what: str, call: Callable[[], T]) -> T:
+        """Run `call`, retrying transient failures with exponential back-off until retry_timeout_s."""
+        deadline = time.monotonic() + self.options.retry_timeout_s
+        delay = self.options.backoff_s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return call()
+            except ServerError:
+                raise
+            except Exception as exc:  # tritonclient, grpc and gevent raise many types
+                if not is_transient(exc):
+                    raise ServerError(f"Triton server {self.options.address} failed {what}: {_describe(exc)}") from exc
+                if time.monotonic() + delay > deadline:
+                    raise ServerError(f"Triton server {self.options.address} still unavailable after {attempt} "
+                                      f"attempts over {self.options.retry_timeout_s:.0f} s ({what}): "
+                                      f"{_describe(exc)}") from exc
+                self.retries += 1
+                log.warning("Triton %s failed (%s); retry %d in %.2f s", what, _describe(exc), attempt, delay)
+                self._drop_client()
+                time.sleep(delay)
+                delay = min(delay * 2, self.options.max_backoff_s)
+
+    # -- start-up checks -------------------------------------------------------------------------------
+    def wait_until_ready(self) -> None:
+        """Wait (up to ready_timeout_s) for the server and the model to report ready."""
+        options = self.options
+        deadline = time.monotonic() + options.ready_timeout_s
+        last = "no answer"
+        while True:
+            try:
+                client = self.client()
+                if not client.is_server_ready():
+                    last = "server not ready"
+                elif not client.is_model_ready(options.model_name, options.model_version):
+                    last = f"model {options.model_name!r} not ready (is it in the server's repository?)"
+                else:
+                    return
+            except Exception as exc:  # connection refused and friends while the server starts
+                last = _describe(exc)
+                self._drop_client()
+            if time.monotonic() >= deadline:
+                raise ServerError(f"Triton server {options.address} ({options.protocol}) not ready after "
+                                  f"{options.ready_timeout_s:.0f} s: {last}. Start it (sctranslator serve MODEL) "
+                                  "or check --url, --protocol and --model-name.")
+            time.sleep(0.5)
+
+    def _metadata_and_config(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        client, name, version = self.client(), self.options.model_name, self.options.model_version
+        if self.options.protocol == "grpc":
+            metadata = client.get_model_metadata(name, version, as_json=True)
+            config = client.get_model_config(name, version, as_json=True).get("config", {})
+        else:
+            metadata = client.get_model_metadata(name, version)
+            config = client.get_model_config(name, version)
+        return metadata, config
+
+    def check_model(self, genes: int | None, proteins: int | None,
+                    fingerprint: str | None) -> tuple[int, int, int]:
+        """ServerError unless the served model takes (B, L) genes and (B, P) proteins as the plan's model.
+
+        Returns (max cells per request, L, P).
+        """
+        metadata, config = self._with_retries("reading the model metadata", self._metadata_and_config)
+        where = f"model {self.options.model_name!r} on {self.options.address}"
+        tensors = {t["name"]: t for t in [*metadata.get("inputs", []), *metadata.get("outputs", [])]}
+        problems = []
+        for name in [*INPUT_NAMES, OUTPUT_NAME]:
+            tensor = tensors.get(name)
+            if tensor is None:
+                problems.append(f"no tensor {name!r}")
+            elif tensor["datatype"] != METADATA_TYPES[name]:
+                problems.append(f"{name} is {tensor['datatype']}, expected {METADATA_TYPES[name]}")
+            elif len(tensor["shape"]) != 2 or int(tensor["shape"][0]) != -1:
+                problems.append(f"{name} has shape {tensor['shape']}, expected [-1, width] (a batch axis)")
+        if problems:
+            raise ServerError(f"{where} is not an sctranslator model: " + "; ".join(problems)
+                              + f". Served tensors: {sorted(tensors)}")
+        served_genes = int(tensors["values"]["shape"][1])
+        served_proteins = int(tensors["protein_ids"]["shape"][1])
+        parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+        for key, label, served in ((PARAM_MAX_GENES, "L", served_genes), (PARAM_MAX_PROTEINS, "P", served_proteins)):
+            if parameters.get(key) and int(parameters[key]) != served:
+                problems.append(f"its config parameters say {label}={parameters[key]} but its tensors take {served}")
+        if genes is not None and served_genes != genes:
+            problems.append(f"it takes L={served_genes} genes per cell, the plan's model takes {genes}")
+        if proteins is not None and served_proteins != proteins:
+            problems.append(f"it predicts P={served_proteins} proteins per window, the plan's model {proteins}")
+        served_fingerprint = parameters.get(PARAM_FINGERPRINT)
+        if fingerprint and served_fingerprint and served_fingerprint != fingerprint:
+            problems.append(f"its weights differ from the plan's model (fingerprint {served_fingerprint[:12]} vs "
+                            f"{fingerprint[:12]})")
+        if problems:
+            raise ServerError(f"{where} does not match the model of this job: " + "; ".join(problems)
+                              + ". Serve the same model (sctranslator export triton MODEL) or pass that model.")
+        if not parameters.get(PARAM_CONFIG):
+            log.warning("%s carries no sctranslator parameters; only tensor shapes were checked", where)
+        else:
+            log.info("Triton %s: L=%d, P=%d, config %s", where, served_genes, served_proteins,
+                     json.loads(parameters[PARAM_CONFIG]).get("dim", "?"))
+        server_max = int(config.get("max_batch_size") or 0)
+        max_batch = self.options.max_batch or server_max or 64
+        if server_max:
+            max_batch = min(max_batch, server_max)
+        return max_batch, served_genes, served_proteins
+
+    # -- inference -------------------------------------------------------------------------------------
+    def _infer_once(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        options = self.options
+        client = self.client()
+        if options.protocol == "grpc":
+            import tritonclient.grpc as module
+        else:
+            import tritonclient.http as module
+        request = []
+        for name in INPUT_NAMES:
+            array = inputs[name]
+            tensor = module.InferInput(name, list(array.shape), METADATA_TYPES[name])
+            if options.protocol == "http":
+                tensor.set_data_from_numpy(array, binary_data=True)
+            else:
+                tensor.set_data_from_numpy(array)
+            request.append(tensor)
+        if options.protocol == "grpc":
+            outputs = [module.InferRequestedOutput(OUTPUT_NAME)]
+            result = client.infer(options.model_name, request, options.model_version, outputs=outputs,
+                                  client_timeout=options.timeout_s)
+        else:
+            outputs = [module.InferRequestedOutput(OUTPUT_NAME, binary_data=True)]
+            result = client.infer(options.model_name, request, options.model_version, outputs=outputs)
+        predictions = result.as_numpy(OUTPUT_NAME)
+        expected = (inputs["values"].shape[0], self.proteins)
+        if predictions is None or predictions.shape != expected:
+            shape = None if predictions is None else predictions.shape
+            raise ServerError(f"Triton model {options.model_name!r} returned {OUTPUT_NAME} of shape {shape}, "
+                              f"expected {expected}")
+        return predictions.astype(np.float32, copy=False)
+
+    def _infer(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self._with_retries(f"inference on {inputs['values'].shape[0]} cells",
+                                  lambda: self._infer_once(inputs))
+
+    def predict(self, batch: Batch) -> np.ndarray:
+        """(B, W * P) predictions; one request per protein window and chunk of max_batch cells."""
+        cells, genes = batch.values.shape
+        if genes != self.genes or batch.protein_ids.shape[1] != self.proteins:
+            raise ServerError(f"the batch has L={genes}, P={batch.protein_ids.shape[1]}; the served model takes "
+                              f"L={self.genes}, P={self.proteins}")
+        windows = batch.protein_ids.shape[0]
+        futures = []
+        for window in range(windows):
+            expanded = batch.expanded(window)
+            for lo in range(0, cells, self.max_batch):
+                chunk = {name: array[lo:lo + self.max_batch] for name, array in expanded.items()}
+                futures.append(self._pool.submit(self._infer, chunk))
+        parts = [future.result() for future in futures]
+        per_window = len(parts) // windows
+        columns = [np.concatenate(parts[w * per_window:(w + 1) * per_window], axis=0) for w in range(windows)]
+        return np.concatenate(columns, axis=1)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        with self._clients_lock:
+            for client in self._clients:
+                try:
+                    client.close()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    log.debug("closing a Triton client failed", exc_info=True)
+            self._clients.clear()
+            self._shared_client = None

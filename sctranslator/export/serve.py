@@ -1,0 +1,102 @@
+"""`sctranslator serve`: export a model repository and serve it with a local tritonserver.
+
+Where no tritonserver binary is available, the repository is still written and the `docker run`
+line that serves it with NVIDIA's image is printed instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sctranslator.errors import ServerError
+from sctranslator.export.triton import export_triton
+from sctranslator.export.triton_config import DEFAULT_MODEL_NAME, ServingSettings
+from sctranslator.export.triton_server import TritonInstall, TritonServer, docker_command, find_tritonserver
+from sctranslator.model import TranslatorModel, load_model
+
+log = logging.getLogger(__name__)
+DEFAULT_REPO = Path("sctranslator-triton-repo")
+
+
+@dataclass(frozen=True)
+class ServeRequest:
+    """What `sctranslator serve` was asked for."""
+
+    model: str | Path | TranslatorModel
+    repo: Path = DEFAULT_REPO
+    name: str = DEFAULT_MODEL_NAME
+    backend: str | None = None  # None: python for the pytriton build, onnxruntime otherwise
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    max_batch_size: int = 64
+    instances: int = 1
+    ready_timeout_s: float = 120.0
+
+
+def has_backend(install: TritonInstall, backend: str) -> bool:
+    """Whether the server has a backend (onnxruntime serves the tensorrt variant too)."""
+    if install.backend_dir is None:  # NVIDIA's images: every backend under /opt/tritonserver/backends
+        return True
+    directory = "onnxruntime" if backend == "tensorrt" else backend
+    return (install.backend_dir / directory).is_dir()
+
+
+def choose_backend(requested: str | None, install: TritonInstall | None) -> str:
+    if requested:
+        return requested
+    if install is not None and not has_backend(install, "onnxruntime"):
+        return "python"
+    return "onnxruntime"
+
+
+def serve(request: ServeRequest, *, echo: Callable[[str], None] = print,
+          block: bool = True) -> TritonServer | None:
+    """Write the repository, then start tritonserver on it (None when there is no binary here).
+
+    With `block`, wait until interrupted and stop the server; otherwise return it running.
+    """
+    install = find_tritonserver()
+    backend = choose_backend(request.backend, install)
+    model = request.model if isinstance(request.model, TranslatorModel) else load_model(request.model)
+    settings = ServingSettings(name=request.name, backend=backend, max_batch_size=request.max_batch_size,
+                               instances=request.instances, kind="cpu" if backend == "python" else None,
+                               dynamic_batching=True, max_queue_delay_us=100)
+    exported = export_triton(model, request.repo, settings)
+    echo(str(exported))
+    if install is None:
+        echo("No tritonserver binary here (scripts/install_tritonserver.sh installs one for the Python backend). "
+             "Serve the repository with NVIDIA's Triton image:")
+        echo("  " + docker_command(request.repo, http_port=request.http_port, grpc_port=request.grpc_port,
+                                   metrics_port=request.metrics_port))
+        return None
+    if not has_backend(install, backend):
+        raise ServerError(f"{install.binary} has no {backend} backend in {install.backend_dir}; pass --backend python "
+                          f"or serve with Docker:\n  {docker_command(request.repo)}")
+    server = TritonServer(request.repo, http_port=request.http_port, grpc_port=request.grpc_port,
+                          metrics_port=request.metrics_port, host=request.host, install=install)
+    server.start()
+    try:
+        server.wait_ready(request.ready_timeout_s)
+    except BaseException:
+        server.stop()
+        raise
+    echo(f"tritonserver ready (log: {server.log_path}):\n  HTTP    {server.http_url}\n  gRPC    {server.grpc_url}\n"
+         f"  metrics {request.host}:{request.metrics_port}/metrics")
+    echo(f"Translate with: sctranslator translate DATA --model MODEL --out OUT --backend triton "
+         f"--url {server.grpc_url} --model-name {request.name} --protocol grpc")
+    if not block:
+        return server
+    try:
+        assert server.process is not None
+        code = server.process.wait()
+        raise ServerError(f"tritonserver exited with status {code}; its log ends:\n{server.log_tail()}")
+    except KeyboardInterrupt:
+        echo("stopping tritonserver")
+        return server
+    finally:
+        server.stop()

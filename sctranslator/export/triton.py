@@ -1,0 +1,116 @@
+"""Write a Triton model repository for a TranslatorModel: `<repo>/<name>/config.pbtxt` + `1/model.onnx`.
+
+Backends: `onnxruntime` (Triton's ONNX Runtime backend), `tensorrt` (the same backend with its
+TensorRT GPU execution accelerator) and `python` (Triton's Python backend running the same
+ONNX file with onnxruntime, for Triton builds without the ONNX Runtime backend).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sctranslator.errors import ExportError
+from sctranslator.export.onnx import ExportReport, export_onnx
+from sctranslator.export.onnx_format import read_onnx_metadata
+from sctranslator.export.triton_config import (
+    ONNX_FILE,
+    PYTHON_FILE,
+    ServingSettings,
+    build_config,
+    model_parameters,
+    render_config,
+)
+from sctranslator.model.network import TranslatorModel
+
+MODEL_VERSION = "1"
+PYTHON_MODEL_SOURCE = Path(__file__).with_name("triton_python_model.py")
+
+
+@dataclass(frozen=True)
+class TritonExport:
+    """What export_triton wrote."""
+
+    model_dir: Path
+    config_path: Path
+    onnx_path: Path
+    settings: ServingSettings
+    onnx_report: ExportReport | None  # None when an existing ONNX file was reused
+
+    def __str__(self) -> str:
+        files = [self.config_path, self.onnx_path]
+        if self.settings.backend == "python":
+            files.append(self.onnx_path.with_name(PYTHON_FILE))
+        listing = "\n".join(f"  {path}" for path in files)
+        return f"Triton model {self.settings.name!r} ({self.settings.backend} backend) in {self.model_dir}:\n{listing}"
+
+
+def _install(staging: Path, destination: Path) -> None:
+    """Replace `destination` by `staging` so a reader never sees a half-written model directory."""
+    old = destination.with_name(f".{destination.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if destination.exists():
+        os.replace(destination, old)
+    os.replace(staging, destination)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _can_validate(precision: str) -> bool:
+    # onnxruntime's CPU provider has no bf16 kernels: a bf16 graph is checked only where CUDA is.
+    import onnxruntime as ort
+
+    return precision != "bf16" or "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def write_model_dir(model_dir: Path, onnx_file: Path, settings: ServingSettings) -> Path:
+    """Fill `model_dir` from an exported ONNX file: config.pbtxt, 1/model.onnx (and 1/model.py)."""
+    metadata = read_onnx_metadata(onnx_file)
+    if metadata["precision"] != settings.precision:
+        raise ExportError(f"{onnx_file} was exported at {metadata['precision']}, the settings ask for "
+                          f"{settings.precision}")
+    config = metadata["config"]
+    message = build_config(settings, int(config["max_genes"]), int(config["max_proteins"]),
+                           model_parameters(metadata))
+    version_dir = model_dir / MODEL_VERSION
+    version_dir.mkdir(parents=True, exist_ok=True)
+    if onnx_file.resolve() != (version_dir / ONNX_FILE).resolve():
+        shutil.copyfile(onnx_file, version_dir / ONNX_FILE)
+    if settings.backend == "python":
+        shutil.copyfile(PYTHON_MODEL_SOURCE, version_dir / PYTHON_FILE)
+    config_path = model_dir / "config.pbtxt"
+    config_path.write_text(render_config(message))
+    return config_path
+
+
+def export_triton(model: TranslatorModel, repo: str | Path, settings: ServingSettings | None = None, *,
+                  onnx_path: str | Path | None = None, validate: bool = True) -> TritonExport:
+    """Export `model` as a Triton model `settings.name` inside repository `repo`.
+
+    The model's directory is written aside and moved into place whole, replacing an earlier
+    export of the same name. `onnx_path` reuses an ONNX file from `export_onnx` instead of
+    exporting again. `validate` checks the fresh ONNX file against PyTorch (see export_onnx).
+    """
+    settings = settings or ServingSettings()
+    settings.check()
+    repo = Path(repo)
+    repo.mkdir(parents=True, exist_ok=True)
+    model_dir = repo / settings.name
+    with tempfile.TemporaryDirectory(dir=repo, prefix=f".{settings.name}.") as staging_root:
+        staging = Path(staging_root) / settings.name
+        report = None
+        version_dir = staging / MODEL_VERSION
+        version_dir.mkdir(parents=True)
+        if onnx_path is None:
+            report = export_onnx(model, version_dir / ONNX_FILE, precision=settings.precision,
+                                 validate=validate and _can_validate(settings.precision))
+            source = version_dir / ONNX_FILE
+        else:
+            source = Path(onnx_path)
+        write_model_dir(staging, source, settings)
+        _install(staging, model_dir)
+    return TritonExport(model_dir=model_dir, config_path=model_dir / "config.pbtxt",
+                        onnx_path=model_dir / MODEL_VERSION / ONNX_FILE, settings=settings, onnx_report=report)

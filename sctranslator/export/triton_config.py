@@ -1,0 +1,156 @@
+"""A Triton model configuration (config.pbtxt) for an exported sctranslator ONNX graph.
+
+The configuration is built as Triton's own protobuf message (tritonclient ships
+`model_config_pb2`) and printed with protobuf's text format, so every field name and enum is
+checked by the definitions Triton itself parses, rather than by a hand-written template.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from sctranslator.errors import ExportError
+from sctranslator.export.onnx_format import INPUT_NAMES, OUTPUT_NAME, PRECISIONS
+
+SERVING_BACKENDS = ("onnxruntime", "tensorrt", "python")
+INSTANCE_KINDS = ("gpu", "cpu")
+DEFAULT_MODEL_NAME = "sctranslator"
+ONNX_FILE = "model.onnx"
+PYTHON_FILE = "model.py"
+
+# Config parameters the client reads back through Triton's model-config API (the same facts
+# as the ONNX metadata, which the ONNX Runtime backend does not expose).
+PARAM_PREFIX = "sctranslator."
+PARAM_CONFIG = PARAM_PREFIX + "config"
+PARAM_PANEL = PARAM_PREFIX + "panel"
+PARAM_FINGERPRINT = PARAM_PREFIX + "fingerprint"
+PARAM_PRECISION = PARAM_PREFIX + "precision"
+PARAM_VERSION = PARAM_PREFIX + "version"
+PARAM_MAX_GENES = PARAM_PREFIX + "max_genes"
+PARAM_MAX_PROTEINS = PARAM_PREFIX + "max_proteins"
+# Read by the Python-backend model.py.
+PARAM_ONNX_FILE = "onnx_file"
+PARAM_INTRA_OP_THREADS = "intra_op_threads"
+
+_TYPES = {"values": mc.TYPE_FP32, "gene_ids": mc.TYPE_INT64, "gene_mask": mc.TYPE_BOOL,
+          "protein_ids": mc.TYPE_INT64, "protein_mask": mc.TYPE_BOOL}
+# Triton's datatype strings (model metadata API) for the same tensors.
+METADATA_TYPES = {"values": "FP32", "gene_ids": "INT64", "gene_mask": "BOOL", "protein_ids": "INT64",
+                  "protein_mask": "BOOL", OUTPUT_NAME: "FP32"}
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """How Triton should serve the model: backend, batching and instances."""
+
+    name: str = DEFAULT_MODEL_NAME
+    backend: str = "onnxruntime"
+    max_batch_size: int = 64
+    instances: int = 1
+    kind: str | None = None  # None: gpu for onnxruntime/tensorrt, cpu for python
+    dynamic_batching: bool = False
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int | None = None
+    precision: str = "fp32"
+    intra_op_threads: int | None = None  # python backend: onnxruntime threads per instance
+
+    @property
+    def instance_kind(self) -> str:
+        return self.kind or ("cpu" if self.backend == "python" else "gpu")
+
+    def check(self) -> None:
+        """ExportError for settings Triton would reject or that cannot work."""
+        if self.backend not in SERVING_BACKENDS:
+            raise ExportError(f"unknown Triton backend {self.backend!r}; choose one of {SERVING_BACKENDS}")
+        if self.instance_kind not in INSTANCE_KINDS:
+            raise ExportError(f"unknown instance kind {self.kind!r}; choose one of {INSTANCE_KINDS}")
+        if self.precision not in PRECISIONS:
+            raise ExportError(f"unknown precision {self.precision!r}; choose one of {sorted(PRECISIONS)}")
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ExportError(f"model name {self.name!r} is not a valid directory name for a Triton repository")
+        if self.max_batch_size < 1:
+            raise ExportError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")
+        if self.instances < 1:
+            raise ExportError(f"--instances must be >= 1, got {self.instances}")
+        if self.backend == "tensorrt" and self.instance_kind != "gpu":
+            raise ExportError("--backend tensorrt runs on the GPU only; use --kind gpu (or --backend onnxruntime)")
+        too_big = [size for size in self.preferred_batch_sizes if size < 1 or size > self.max_batch_size]
+        if too_big:
+            raise ExportError(f"preferred batch sizes {too_big} must lie in 1..max_batch_size "
+                              f"({self.max_batch_size})")
+        if (self.preferred_batch_sizes or self.max_queue_delay_us is not None) and not self.dynamic_batching:
+            raise ExportError("--preferred-batch-sizes and --max-queue-delay-us need --dynamic-batching")
+        if self.max_queue_delay_us is not None and self.max_queue_delay_us < 0:
+            raise ExportError(f"--max-queue-delay-us must be >= 0, got {self.max_queue_delay_us}")
+
+
+def model_parameters(metadata: dict[str, Any]) -> dict[str, str]:
+    """Config parameters from the ONNX file's sctranslator metadata (read_onnx_metadata's dict)."""
+    config = metadata["config"]
+    return {
+        PARAM_CONFIG: json.dumps(config, sort_keys=True),
+        PARAM_PANEL: json.dumps(metadata.get("panel"), sort_keys=True),
+        PARAM_FINGERPRINT: str(metadata.get("fingerprint", "")),
+        PARAM_PRECISION: str(metadata["precision"]),
+        PARAM_VERSION: str(metadata["version"]),
+        PARAM_MAX_GENES: str(config["max_genes"]),
+        PARAM_MAX_PROTEINS: str(config["max_proteins"]),
+    }
+
+
+def build_config(settings: ServingSettings, max_genes: int, max_proteins: int,
+                 parameters: dict[str, str]) -> mc.ModelConfig:
+    """The ModelConfig message for `settings` and a graph of width L = max_genes, P = max_proteins."""
+    settings.check()
+    config = mc.ModelConfig(name=settings.name, max_batch_size=settings.max_batch_size)
+    if settings.backend == "python":
+        config.backend = "python"
+    else:  # the ONNX Runtime backend serves both plain and TensorRT-accelerated graphs
+        config.platform = "onnxruntime_onnx"
+        config.backend = "onnxruntime"
+        config.default_model_filename = ONNX_FILE
+    widths = {"values": max_genes, "gene_ids": max_genes, "gene_mask": max_genes,
+              "protein_ids": max_proteins, "protein_mask": max_proteins}
+    # dims exclude the batch axis: Triton adds it because max_batch_size > 0.
+    for name in INPUT_NAMES:
+        config.input.add(name=name, data_type=_TYPES[name], dims=[widths[name]])
+    config.output.add(name=OUTPUT_NAME, data_type=mc.TYPE_FP32, dims=[max_proteins])
+    kind = mc.ModelInstanceGroup.KIND_GPU if settings.instance_kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU
+    config.instance_group.add(count=settings.instances, kind=kind)
+    if settings.dynamic_batching:
+        batching = config.dynamic_batching
+        batching.SetInParent()  # an empty `dynamic_batching {}` block still turns it on
+        batching.preferred_batch_size.extend(settings.preferred_batch_sizes)
+        if settings.max_queue_delay_us is not None:
+            batching.max_queue_delay_microseconds = settings.max_queue_delay_us
+    if settings.backend == "tensorrt":
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        # TensorRT builds fp16 kernels itself; bf16 graphs keep TensorRT at FP32 (no bf16 mode there).
+        accelerator.parameters["precision_mode"] = "FP16" if settings.precision == "fp16" else "FP32"
+        accelerator.parameters["max_workspace_size_bytes"] = str(1 << 30)
+    all_parameters = dict(parameters)
+    if settings.backend == "python":
+        all_parameters[PARAM_ONNX_FILE] = ONNX_FILE
+        if settings.intra_op_threads:
+            all_parameters[PARAM_INTRA_OP_THREADS] = str(settings.intra_op_threads)
+    for key, value in sorted(all_parameters.items()):
+        config.parameters[key].string_value = value
+    return config
+
+
+def render_config(config: mc.ModelConfig) -> str:
+    """config.pbtxt text for a ModelConfig message."""
+    return text_format.MessageToString(config)
+
+
+def parse_config(text: str) -> mc.ModelConfig:
+    """A config.pbtxt parsed back with Triton's definitions (ExportError when it does not parse)."""
+    try:
+        return text_format.Parse(text, mc.ModelConfig())
+    except text_format.ParseError as exc:
+        raise ExportError(f"not a valid Triton model configuration: {exc}") from exc

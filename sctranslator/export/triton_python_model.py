@@ -1,0 +1,115 @@
+"""Triton Python-backend model: an sctranslator model.onnx run by onnxruntime inside Triton.
+
+`sctranslator export triton --backend python` copies this file as `<repo>/<name>/1/model.py`, for
+Triton builds without the ONNX Runtime backend (such as the one bundled with nvidia-pytriton).
+It is self-contained: the Python environment of Triton's stub needs only numpy and onnxruntime
+(onnxruntime-gpu for KIND_GPU instances).
+
+Tensors cross the stub boundary through DLPack: the stub's `Tensor(name, ndarray)` and
+`as_numpy()` are compiled against numpy 1 and give empty outputs under numpy 2, while
+`np.from_dlpack` and `Tensor.from_dlpack` work with either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+try:
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # imported outside Triton: tests and linters
+    pb_utils = None
+
+INPUT_NAMES = ("values", "gene_ids", "gene_mask", "protein_ids", "protein_mask")
+OUTPUT_NAME = "predictions"
+_DTYPES = {"values": np.float32, "gene_ids": np.int64, "gene_mask": np.bool_, "protein_ids": np.int64,
+           "protein_mask": np.bool_}
+
+
+def to_numpy(tensor: Any) -> np.ndarray:
+    """A pb_utils input tensor as numpy, zero-copy through DLPack when the stub supports it."""
+    try:
+        return np.from_dlpack(tensor)
+    except (AttributeError, TypeError, BufferError, RuntimeError):
+        return tensor.as_numpy()
+
+
+def to_tensor(name: str, array: np.ndarray) -> Any:
+    array = np.ascontiguousarray(array)
+    if hasattr(pb_utils.Tensor, "from_dlpack"):
+        return pb_utils.Tensor.from_dlpack(name, array)
+    return pb_utils.Tensor(name, array)
+
+
+def error_response(message: str) -> Any:
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+
+
+def _providers(kind: str, device_id: int) -> list[Any]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if kind == "GPU" and "CUDAExecutionProvider" in available:
+        return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class TritonPythonModel:
+    """Concatenates the requests Triton hands over at once, runs them as one batch, splits the result."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        import onnxruntime as ort
+
+        config = json.loads(args["model_config"])
+        parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+        path = os.path.join(args["model_repository"], args["model_version"], parameters.get("onnx_file", "model.onnx"))
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        threads = int(parameters.get("intra_op_threads") or 0)
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = _providers(args.get("model_instance_kind", "CPU"), int(args.get("model_instance_device_id", 0)))
+        self.session = ort.InferenceSession(path, options, providers=providers)
+        self.max_batch_size = int(config.get("max_batch_size") or 0)
+
+    def read_request(self, request: Any) -> dict[str, np.ndarray]:
+        feed = {}
+        for name in INPUT_NAMES:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                raise ValueError(f"request has no input {name!r}")
+            feed[name] = np.asarray(to_numpy(tensor), dtype=_DTYPES[name])
+        sizes = {array.shape[0] for array in feed.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"inputs disagree on the batch size: {sorted(sizes)}")
+        return feed
+
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run([OUTPUT_NAME], feed)[0].astype(np.float32, copy=False)
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses: list[Any] = [None] * len(requests)
+        batch: list[tuple[int, dict[str, np.ndarray]]] = []
+        for index, request in enumerate(requests):
+            try:
+                batch.append((index, self.read_request(request)))
+            except Exception as exc:  # one bad request must not fail the others
+                responses[index] = error_response(f"sctranslator: bad request: {exc}")
+        if batch:
+            try:
+                feed = {name: np.concatenate([inputs[name] for _, inputs in batch]) for name in INPUT_NAMES}
+                predictions = self.run(feed)
+                bounds = np.cumsum([0] + [inputs["values"].shape[0] for _, inputs in batch])
+                for (index, _), lo, hi in zip(batch, bounds[:-1], bounds[1:], strict=True):
+                    outputs = [to_tensor(OUTPUT_NAME, predictions[lo:hi])]
+                    responses[index] = pb_utils.InferenceResponse(output_tensors=outputs)
+            except Exception as exc:  # onnxruntime errors, shape mismatches between requests
+                for index, _ in batch:
+                    responses[index] = error_response(f"sctranslator: inference failed: {exc}")
+        return responses
+
+    def finalize(self) -> None:
+        self.session = None

@@ -1,0 +1,58 @@
+"""Training checkpoints: everything needed to continue a run as if it had never stopped.
+
+Model, optimizer and scheduler states, every process's random-number state, the step, the
+position in the seeded data order, the random-feature redraw counters, and the best weights so
+far. Written atomically; read with `weights_only=True` (no pickled code).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sctranslator.errors import CheckpointError
+
+STATE_FILE = "state.pt"
+FORMAT = "sctranslator-training-state"
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_state(directory: Path, state: dict[str, Any]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / STATE_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"format": FORMAT, **state}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_state(directory: Path, fingerprint: str) -> dict[str, Any]:
+    """The saved state of a run; refuses a state written for other data or settings."""
+    path = directory / STATE_FILE
+    if not path.exists():
+        raise CheckpointError(f"nothing to resume: {path} does not exist (start without resume)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged files
+        raise CheckpointError(f"{path} cannot be read ({exc}); the training state is damaged") from exc
+    if state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a sctranslator training state")
+    if state.get("fingerprint") != fingerprint:
+        raise CheckpointError(f"{path} was written for other data or settings; resume with the same arguments, "
+                              "or start afresh in another directory")
+    return state

@@ -1,0 +1,194 @@
+"""`finetune`: paired RNA + protein data in, a trained model bundle out."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sctranslator.errors import InputDataError
+from sctranslator.model import ModelConfig, TranslatorModel, load_model, save_model
+from sctranslator.model.identity import model_fingerprint
+from sctranslator.train import distributed
+from sctranslator.train.card import model_card
+from sctranslator.train.inputs import (
+    attach_panels,
+    data_gene_tokens,
+    gene_panel_from_data,
+    prepare_arrays,
+    protein_panel,
+)
+from sctranslator.train.loop import Outcome, Trainer, TrainOptions, apply_freeze
+from sctranslator.train.metrics_log import MetricsLog
+from sctranslator.train.paired import DEFAULT_PROTEIN_KEY, PairedData, load_paired
+from sctranslator.train.presets import preset_config
+from sctranslator.train.split import Split, split_cells
+
+log = logging.getLogger(__name__)
+
+KEEP = "model"  # feature_redraw_interval: keep the starting model's setting
+
+
+@dataclass
+class DataOptions:
+    """Which data, how it is split, and how inputs and targets are scaled."""
+
+    proteins: Sequence[str] | None = None  # train on these protein columns only (default: all but controls)
+    protein_key: str = DEFAULT_PROTEIN_KEY
+    layer: str | None = None
+    gene_column: str | None = None
+    id_type: str = "auto"
+    normalize: str = "total_log1p"
+    target_sum: float = 1e4
+    target_scaling: str = "minmax"
+    val_fraction: float = 0.1
+    val_count: int | None = None
+    split_column: str | None = None
+    val_values: Sequence[str] | None = None
+    allow_low_coverage: bool = False
+
+
+@dataclass
+class Validation:
+    """The trainer's own held-out predictions for the returned weights (attached to the model)."""
+
+    obs_names: list[str]
+    predictions: np.ndarray  # (n_val, n_proteins), on the target scale
+    targets: np.ndarray
+    metrics: dict[str, Any]
+
+
+def _split_options(options: dict[str, Any]) -> tuple[DataOptions, TrainOptions]:
+    data_fields = {f.name for f in dataclasses.fields(DataOptions)}
+    train_fields = {f.name for f in dataclasses.fields(TrainOptions)}
+    unknown = sorted(set(options) - data_fields - train_fields)
+    if unknown:
+        raise TypeError(f"finetune() got unknown options {unknown}")
+    data = DataOptions(**{k: v for k, v in options.items() if k in data_fields})
+    train = TrainOptions(**{k: v for k, v in options.items() if k in train_fields})
+    train.freeze = tuple(train.freeze or ())
+    train.check()
+    return data, train
+
+
+def _starting_model(init: str | os.PathLike | TranslatorModel | None, config: str | ModelConfig | None,
+                    overrides: dict[str, Any], gene_tokens: np.ndarray, n_proteins: int,
+                    seed: int) -> tuple[TranslatorModel, dict[str, list], str]:
+    """(model, gene panel, description of the start) from a checkpoint/bundle or a configuration."""
+    if init is not None and config is not None:
+        raise InputDataError("pass either init (a model to start from) or config (train from scratch), not both")
+    if init is not None:
+        model = copy.deepcopy(init) if isinstance(init, TranslatorModel) else load_model(init)
+        described = getattr(model, "source", None) or "an in-memory model"
+        existing = (model.panel or {}).get("genes")
+        genes = existing or gene_panel_from_data(gene_tokens, model.config.max_genes)
+        return model, genes, described
+    if config is None:
+        raise InputDataError("say where to start: init=MODEL (checkpoint or bundle) or config=NAME (from scratch)")
+    torch.manual_seed(seed)  # the initial weights and random features follow the seed
+    if isinstance(config, ModelConfig):
+        settings = dataclasses.replace(config, **overrides) if overrides else config
+        genes = gene_panel_from_data(gene_tokens, settings.max_genes)
+        return TranslatorModel(settings), genes, "scratch (a given configuration)"
+    genes = gene_panel_from_data(gene_tokens, overrides.get("max_genes"))
+    settings = preset_config(config, n_genes=len(genes["token_ids"]), n_proteins=n_proteins, **overrides)
+    genes = gene_panel_from_data(gene_tokens, settings.max_genes)
+    return TranslatorModel(settings), genes, f"scratch (configuration {config!r})"
+
+
+def _fingerprint(model: TranslatorModel, data: PairedData, split: Split, data_options: DataOptions,
+                 options: TrainOptions, world: int) -> str:
+    """Identity of a run, so that resuming refuses other data or settings."""
+    settings = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("quiet", "stop_after", "device")}
+    digest = hashlib.sha256(json.dumps({"train": settings, "data": dataclasses.asdict(data_options),
+                                        "panel": model.panel, "world": world, "origin": data.origin},
+                                       sort_keys=True, default=str).encode())
+    digest.update(split.train.tobytes())
+    digest.update(split.val.tobytes())
+    digest.update(model_fingerprint(model).encode())
+    return digest.hexdigest()
+
+
+def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | TranslatorModel | None = None,
+             config: str | ModelConfig | None = None, out: str | os.PathLike,
+             config_overrides: dict[str, Any] | None = None, feature_redraw_interval: int | None | str = KEEP,
+             work_dir: str | os.PathLike | None = None, metrics_log: str | os.PathLike | None = None,
+             resume: bool = False, workers: int | None = None, **options: Any) -> TranslatorModel:
+    """Train a model on paired RNA + protein data and save it as a bundle at `out`.
+
+    Start from `init` (a published .pt checkpoint, a bundle, or a TranslatorModel) or from scratch
+    with `config` (a preset name: "published", "small", "tiny"; or a ModelConfig) plus
+    `config_overrides`. Data options (see DataOptions): proteins, protein_key, layer, gene_column,
+    id_type, normalize, target_sum, target_scaling ("minmax" | "clr" | "log1p"), val_fraction,
+    val_count, split_column + val_values, allow_low_coverage. Training options (see TrainOptions):
+    steps or epochs, batch_size (per process), accumulation, lr, weight_decay, warmup_steps, decay,
+    clip_norm, precision ("fp32" | "bf16"), freeze, seed, val_every, patience, keep_best,
+    checkpoint_every, stop_after, device, quiet.
+
+    Checkpoints and the metrics log go to `work_dir` (default: `<out>.training`); `resume=True`
+    continues a stopped run exactly. Under `torchrun` each process runs this same call (DDP).
+    Returns the trained model (eval mode, on CPU) with its held-out predictions in `.validation`.
+    """
+    data_options, train_options = _split_options(options)
+    processes = distributed.start(train_options.device)
+    try:
+        if workers:
+            torch.set_num_threads(int(workers))
+        paired = load_paired(rna, protein, protein_key=data_options.protein_key, layer=data_options.layer)
+        split = split_cells(paired.obs, val_fraction=data_options.val_fraction, val_count=data_options.val_count,
+                            split_column=data_options.split_column, val_values=data_options.val_values,
+                            seed=train_options.seed)
+        proteins, protein_columns = protein_panel(paired.protein_names, data_options.proteins)
+        tokens = data_gene_tokens(paired.source.var, gene_column=data_options.gene_column,
+                                  id_type=data_options.id_type)
+        model, genes, start = _starting_model(init, config, dict(config_overrides or {}), tokens,
+                                              len(proteins["names"]), train_options.seed)
+        if feature_redraw_interval != KEEP:
+            model.config = dataclasses.replace(model.config, feature_redraw_interval=feature_redraw_interval)
+        attach_panels(model, genes, proteins, {"normalize": data_options.normalize,
+                                               "target_sum": float(data_options.target_sum),
+                                               "target_scaling": data_options.target_scaling})
+        apply_freeze(model, train_options.freeze)
+        arrays = prepare_arrays(paired, model, protein_columns, gene_column=data_options.gene_column,
+                                id_type=data_options.id_type, target_scaling=data_options.target_scaling,
+                                allow_low_coverage=data_options.allow_low_coverage)
+        out = Path(out)
+        work = Path(work_dir) if work_dir else out.with_name(out.name + ".training")
+        fingerprint = _fingerprint(model, paired, split, data_options, train_options, processes.world)
+        metrics = MetricsLog((metrics_log or work / "metrics.jsonl") if processes.is_main else None, append=resume)
+        trainer = Trainer(model, arrays, split.train, split.val, train_options, processes, work, metrics, fingerprint)
+        outcome = trainer.run(resume=resume)
+        model = trainer.model.to("cpu").eval()
+        if outcome.interrupted:
+            log.info("stopped after step %d as asked; resume=True continues the run", outcome.steps_done)
+        elif processes.is_main:
+            card = model_card(model, init=start, data=paired.origin, split=split.description,
+                              n_train=int(split.train.size), n_val=int(split.val.size), options=train_options,
+                              outcome=outcome, world=processes.world)
+            save_model(model, out, card=card)
+        _attach_validation(model, paired, split, arrays.targets, outcome)
+        model.training_outcome = outcome
+        distributed.barrier(processes)
+        return model
+    finally:
+        distributed.stop(processes)
+
+
+def _attach_validation(model: TranslatorModel, paired: PairedData, split: Split, targets: np.ndarray,
+                       outcome: Outcome) -> None:
+    if outcome.val_predictions is None:
+        model.validation = None
+        return
+    model.validation = Validation(obs_names=[str(n) for n in paired.obs.index[split.val]],
+                                  predictions=outcome.val_predictions, targets=targets[split.val],
+                                  metrics=outcome.val_metrics)

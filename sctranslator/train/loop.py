@@ -1,0 +1,355 @@
+"""The training loop: seeded data order, accumulation, mixed precision, DDP, validation, resume."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from sctranslator.errors import InputDataError
+from sctranslator.kernels import pearson_columns
+from sctranslator.model import TranslatorModel
+from sctranslator.train import checkpoint
+from sctranslator.train.distributed import Processes, any_process, barrier, gather_objects
+from sctranslator.train.inputs import TrainingArrays
+from sctranslator.train.metrics_log import MetricsLog
+from sctranslator.train.schedule import lr_factor
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16")
+FREEZABLE = ("embeddings", "encoder", "translator", "decoder")
+
+
+@dataclass
+class TrainOptions:
+    """How to train. `steps` (optimizer steps) or `epochs` sets the length; batch_size is per process."""
+
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 16
+    accumulation: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int | None = None  # default: 5% of the steps
+    decay: str = "cosine"
+    min_lr_ratio: float = 0.0
+    clip_norm: float | None = 1.0
+    precision: str = "fp32"
+    freeze: tuple[str, ...] = ()
+    seed: int = 0
+    val_every: int | None = None  # default: about 10 validations per run
+    patience: int | None = None  # validations without improvement before stopping early
+    val_batch_size: int = 64
+    checkpoint_every: int | None = None  # default: at each validation
+    keep_best: bool = True  # the bundle gets the weights of the best validation
+    stop_after: int | None = None  # stop (resumably) after this many steps, as if interrupted
+    device: str = "cpu"
+    quiet: bool = False
+
+    def check(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise InputDataError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        unknown = sorted(set(self.freeze) - set(FREEZABLE))
+        if unknown:
+            raise InputDataError(f"cannot freeze {unknown}; choose from {FREEZABLE}")
+        if self.batch_size < 1 or self.accumulation < 1:
+            raise InputDataError("batch_size and accumulation must be >= 1")
+        if self.steps is None and self.epochs is None:
+            raise InputDataError("say how long to train: steps=... or epochs=...")
+
+
+@dataclass
+class Outcome:
+    """What a finished run leaves behind (besides the weights)."""
+
+    steps_done: int
+    stopped_early: bool
+    interrupted: bool  # stopped by stop_after; resume to finish
+    best_step: int | None
+    val_metrics: dict[str, Any] = field(default_factory=dict)  # of the weights returned
+    val_predictions: np.ndarray | None = None  # (n_val, n_proteins) of the weights returned
+    seconds: float = 0.0
+
+
+def total_steps(options: TrainOptions, n_train: int, world: int) -> int:
+    if options.steps is not None:
+        return int(options.steps)
+    per_step = options.batch_size * options.accumulation * world
+    return max(1, math.ceil(float(options.epochs) * n_train / per_step))
+
+
+def apply_freeze(model: TranslatorModel, freeze: tuple[str, ...]) -> None:
+    """Stop gradients to the chosen parts; the unused value/output heads are never trained."""
+    parts = {
+        "embeddings": [model.enc.pos_emb, model.dec.pos_emb],
+        "encoder": [model.enc],
+        "translator": [model.translator],
+        "decoder": [model.dec],
+    }
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for name in freeze:
+        for module in parts[name]:
+            for p in module.parameters():
+                p.requires_grad_(False)
+    # The encoder's to_out and the decoder's to_vector take no part in the forward pass (DDP
+    # would otherwise wait for their gradients).
+    for p in [*model.enc.to_out.parameters(), *model.dec.to_vector.parameters()]:
+        p.requires_grad_(False)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over real protein positions (the reference's loss)."""
+    weight = mask.to(pred.dtype)
+    return ((pred - target) ** 2 * weight).sum() / weight.sum().clamp_min(1)
+
+
+class Trainer:
+    def __init__(self, model: TranslatorModel, arrays: TrainingArrays, train_rows: np.ndarray, val_rows: np.ndarray,
+                 options: TrainOptions, processes: Processes, work_dir: Path, metrics: MetricsLog, fingerprint: str):
+        self.model = model.to(processes.device)
+        self.arrays = arrays
+        self.train_rows = train_rows
+        self.val_rows = val_rows
+        self.options = options
+        self.processes = processes
+        self.work_dir = work_dir
+        self.metrics = metrics
+        self.fingerprint = fingerprint
+        self.device = processes.device
+        self.n_proteins = int(arrays.targets.shape[1])
+        self.micro_cells = options.batch_size * processes.world  # cells per micro-batch, all processes
+        if train_rows.shape[0] < self.micro_cells:
+            raise InputDataError(f"{train_rows.shape[0]} training cells are fewer than one batch "
+                                 f"({options.batch_size} x {processes.world} processes)")
+        self.total = total_steps(options, train_rows.shape[0], processes.world)
+        self.val_every = options.val_every or max(1, self.total // 10)
+        self.checkpoint_every = options.checkpoint_every or self.val_every
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
+        warmup = options.warmup_steps if options.warmup_steps is not None else max(1, self.total // 20)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_factor(self.total, warmup, options.decay, options.min_lr_ratio))
+        self.wrapped: nn.Module = model
+        if processes.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.wrapped = DistributedDataParallel(model, device_ids=ids)
+        # Position in the data order and early-stopping state (all saved in checkpoints).
+        self.step = 0
+        self.epoch = 0
+        self.offset = 0
+        self.best_metric = -math.inf
+        self.best_step: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_validations = 0
+        self.train_loss_sum = 0.0
+        self.train_loss_count = 0
+
+    # --- data order --------------------------------------------------------------------------
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The training cells of `epoch` in a seeded order: the same for every process and every resume."""
+        rng = np.random.default_rng([self.options.seed, epoch])
+        return self.train_rows[rng.permutation(self.train_rows.shape[0])]
+
+    def next_micro_batch(self) -> np.ndarray:
+        """This process's share of the next micro-batch (the partial tail of an epoch is skipped)."""
+        if self.offset + self.micro_cells > self.train_rows.shape[0]:
+            self.epoch += 1
+            self.offset = 0
+        order = self.epoch_order(self.epoch)
+        lo = self.offset + self.processes.rank * self.options.batch_size
+        self.offset += self.micro_cells
+        return order[lo:lo + self.options.batch_size]
+
+    def batch_tensors(self, rows: np.ndarray) -> tuple[torch.Tensor, ...]:
+        arrays = self.arrays
+        size, length = rows.shape[0], arrays.gene_ids.shape[0]
+        values = np.zeros((size, length), dtype=np.float32)
+        values[:, :arrays.values.shape[1]] = arrays.values[rows]
+        targets = np.zeros((size, arrays.protein_ids.shape[0]), dtype=np.float32)
+        targets[:, :self.n_proteins] = arrays.targets[rows]
+        device = self.device
+        return (torch.from_numpy(values).to(device),
+                torch.from_numpy(arrays.gene_ids).to(device).expand(size, -1),
+                torch.from_numpy(arrays.protein_ids).to(device).expand(size, -1),
+                torch.from_numpy(arrays.gene_mask).to(device).expand(size, -1),
+                torch.from_numpy(arrays.protein_mask).to(device).expand(size, -1),
+                torch.from_numpy(targets).to(device))
+
+    # --- steps -------------------------------------------------------------------------------
+    def autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.options.precision == "bf16")
+
+    def train_step(self) -> float:
+        self.wrapped.train()
+        accumulation = self.options.accumulation
+        total = 0.0
+        for micro in range(accumulation):
+            values, genes, proteins, gene_mask, protein_mask, targets = self.batch_tensors(self.next_micro_batch())
+            sync = micro == accumulation - 1 or not self.processes.active
+            context = self.wrapped.no_sync() if not sync else contextlib.nullcontext()
+            with context:
+                with self.autocast():
+                    pred = self.wrapped(values, genes, proteins, gene_mask, protein_mask)
+                loss = masked_mse(pred.float(), targets, protein_mask) / accumulation
+                loss.backward()
+            total += float(loss.detach())
+        if self.options.clip_norm:
+            nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.options.clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return total
+
+    @torch.no_grad()
+    def predict_val(self) -> np.ndarray:
+        """Held-out predictions in fp32 eval mode, as `translate` computes them."""
+        self.model.eval()
+        out = np.empty((self.val_rows.shape[0], self.n_proteins), dtype=np.float32)
+        size = self.options.val_batch_size
+        for lo in range(0, self.val_rows.shape[0], size):
+            rows = self.val_rows[lo:lo + size]
+            values, genes, proteins, gene_mask, protein_mask, _ = self.batch_tensors(rows)
+            pred = self.model(values, genes, proteins, gene_mask, protein_mask)
+            out[lo:lo + rows.shape[0]] = pred[:, :self.n_proteins].float().cpu().numpy()
+        return out
+
+    def validate(self) -> tuple[dict[str, Any], np.ndarray]:
+        pred = self.predict_val()
+        truth = self.arrays.targets[self.val_rows]
+        per_protein = pearson_columns(pred, truth)
+        metrics = {"val_loss": float(np.mean((pred - truth) ** 2)),
+                   "val_pearson": float(np.nanmean(per_protein)) if np.isfinite(per_protein).any() else math.nan,
+                   "val_pearson_per_protein": [float(r) for r in per_protein]}
+        return metrics, pred
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": gather_objects(self.processes, checkpoint.rng_state()),
+            "step": self.step, "epoch": self.epoch, "offset": self.offset,
+            "forward_calls": {"enc": self.model.enc.forward_calls, "dec": self.model.dec.forward_calls},
+            "best_metric": self.best_metric, "best_step": self.best_step, "best_state": self.best_state,
+            "bad_validations": self.bad_validations,
+            "train_loss": [self.train_loss_sum, self.train_loss_count],
+        }
+
+    def save(self) -> None:
+        state = self.state()  # every process takes part (RNG states are gathered)
+        if self.processes.is_main:
+            checkpoint.save_state(self.work_dir, state)
+        barrier(self.processes)
+
+    def restore(self) -> None:
+        state = checkpoint.load_state(self.work_dir, self.fingerprint)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        rngs = state["rng"]
+        if len(rngs) != self.processes.world:
+            log.warning("resuming %d processes from a run of %d: random streams differ", self.processes.world,
+                        len(rngs))
+        checkpoint.set_rng_state(rngs[min(self.processes.rank, len(rngs) - 1)])
+        self.step, self.epoch, self.offset = int(state["step"]), int(state["epoch"]), int(state["offset"])
+        self.model.enc.forward_calls = int(state["forward_calls"]["enc"])
+        self.model.dec.forward_calls = int(state["forward_calls"]["dec"])
+        self.best_metric, self.best_step = float(state["best_metric"]), state["best_step"]
+        self.best_state = state["best_state"]
+        self.bad_validations = int(state["bad_validations"])
+        self.train_loss_sum, self.train_loss_count = float(state["train_loss"][0]), int(state["train_loss"][1])
+        log.info("resumed at step %d of %d", self.step, self.total)
+
+    # --- the run -----------------------------------------------------------------------------
+    def run(self, *, resume: bool = False) -> Outcome:
+        options = self.options
+        torch.manual_seed(options.seed * 1000 + 17 + self.processes.rank)  # dropout streams; restored on resume
+        if resume:
+            self.restore()
+        started = time.perf_counter()
+        bar = tqdm(total=self.total, initial=self.step, desc="finetune", unit="step", file=sys.stderr,
+                   disable=options.quiet or not self.processes.is_main, dynamic_ncols=True)
+        stopped_early = interrupted = False
+        last_val: tuple[dict[str, Any], np.ndarray] | None = None
+        try:
+            while self.step < self.total:
+                if options.stop_after is not None and self.step >= options.stop_after:
+                    interrupted = True
+                    break
+                loss = self.train_step()
+                self.train_loss_sum += loss
+                self.train_loss_count += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if self.step % self.val_every == 0 or self.step == self.total:
+                    last_val = self.after_validation(started)
+                    stopped_early = any_process(self.processes, self.should_stop())
+                if self.step % self.checkpoint_every == 0 or self.step == self.total or stopped_early:
+                    self.save()
+                if stopped_early:
+                    break
+        finally:
+            bar.close()
+        if interrupted:
+            self.save()
+        return self.finish(stopped_early, interrupted, last_val, time.perf_counter() - started)
+
+    def after_validation(self, started: float) -> tuple[dict[str, Any], np.ndarray]:
+        if self.val_rows.size:
+            metrics, pred = self.validate()
+        else:
+            metrics, pred = {"val_loss": math.nan, "val_pearson": math.nan}, None
+        record = {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
+                  "train_loss": self.train_loss_sum / max(1, self.train_loss_count),
+                  "val_loss": metrics["val_loss"], "val_pearson": metrics["val_pearson"],
+                  "seconds": round(time.perf_counter() - started, 3)}
+        self.train_loss_sum, self.train_loss_count = 0.0, 0
+        if self.processes.is_main:
+            self.metrics.write(record)
+            log.info("step %d: train loss %.5f, held-out loss %.5f, mean per-protein r %.4f", self.step,
+                     record["train_loss"], record["val_loss"], record["val_pearson"])
+        score = metrics["val_pearson"]
+        if np.isfinite(score) and score > self.best_metric:
+            self.best_metric, self.best_step, self.bad_validations = float(score), self.step, 0
+            if self.options.keep_best:
+                self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        else:
+            self.bad_validations += 1
+        return metrics, pred
+
+    def should_stop(self) -> bool:
+        return self.options.patience is not None and self.bad_validations > self.options.patience
+
+    def finish(self, stopped_early: bool, interrupted: bool, last_val: tuple[dict[str, Any], np.ndarray] | None,
+               seconds: float) -> Outcome:
+        outcome = Outcome(steps_done=self.step, stopped_early=stopped_early, interrupted=interrupted,
+                          best_step=self.best_step, seconds=seconds)
+        if interrupted:
+            return outcome
+        if self.options.keep_best and self.best_state is not None and self.best_step != self.step:
+            self.model.load_state_dict(copy.deepcopy(self.best_state))
+            last_val = None
+        if self.val_rows.size:
+            metrics, pred = last_val if last_val is not None and last_val[1] is not None else self.validate()
+            outcome.val_metrics, outcome.val_predictions = metrics, pred
+        self.model.eval()
+        return outcome
+

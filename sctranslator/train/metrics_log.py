@@ -1,0 +1,42 @@
+"""The training metrics log: one record per logged step, as JSON lines or CSV (by file suffix)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+CSV_FIELDS = ("step", "epoch", "lr", "train_loss", "val_loss", "val_pearson", "seconds")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLog:
+    """Appends records to `path` (.csv -> CSV with fixed columns; anything else -> JSON lines)."""
+
+    def __init__(self, path: str | Path | None, *, append: bool = False):
+        self.path = Path(path) if path else None
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not append or not self.path.exists():
+            self.path.write_text(",".join(CSV_FIELDS) + "\n" if self.is_csv else "")
+
+    @property
+    def is_csv(self) -> bool:
+        return self.path is not None and self.path.suffix.lower() == ".csv"
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        with self.path.open("a", newline="") as fh:
+            if self.is_csv:
+                csv.writer(fh).writerow(["" if _clean(record.get(k)) is None else record[k] for k in CSV_FIELDS])
+            else:
+                fh.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")

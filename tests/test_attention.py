@@ -1,0 +1,171 @@
+"""Attention / interaction analysis: against dense N x N attention, bounded memory, outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import sctranslator
+from sctranslator.analysis.attention import interactions
+from sctranslator.analysis.attention_math import received_attention
+from sctranslator.analysis.attention_trace import embed_genes, trace_stack
+from sctranslator.engine.plan import build_plan
+from sctranslator.kernels import prepare_values
+from sctranslator.model import ModelConfig, TranslatorModel
+from sctranslator.model.attention import key_features, query_features
+
+PROTEINS = ["CD3", "CD4", "CD8a", "CD14", "CD16", "CD19", "CD45RA", "HLA-DR", "CD11c", "CD56",
+            "CD25", "CD127", "CD38", "CD34", "CD69", "CD86", "CD2", "CD7"]  # 18 > P = 16: two windows
+
+
+@pytest.fixture(scope="module")
+def bmmc(data_dir: Path) -> ad.AnnData:
+    rna = ad.read_h5ad(data_dir / "bmmc_cite_neurips2021" / "rna.h5ad")
+    cells = np.r_[0:12, 300:312]  # two batches of cell types
+    return rna[cells].copy()
+
+
+@pytest.fixture(scope="module")
+def tiny(fixtures_dir: Path) -> TranslatorModel:
+    return sctranslator.load_model(fixtures_dir / "tiny_a_official.pt")
+
+
+class _Recorder:
+    """Forward hooks that record each attention layer's dense (head-mean) attention matrix."""
+
+    def __init__(self, stack: torch.nn.Module):
+        self.matrices: list[torch.Tensor] = []
+        self.handles = [block.attn.register_forward_hook(self._hook) for block in stack.layers]
+
+    def _hook(self, module, inputs, _output) -> None:
+        x, mask = inputs
+        q, k, _ = module.project(x, mask)
+        q_feat = query_features(q, module.projection_matrix)
+        k_feat = key_features(k, module.projection_matrix)
+        scores = q_feat @ k_feat.transpose(-1, -2)  # explicit (B, H, N, N) softmax-kernel attention
+        dense = scores / scores.sum(dim=-1, keepdim=True)
+        self.matrices.append(dense.mean(dim=1).double())
+
+    def mean(self) -> torch.Tensor:
+        for handle in self.handles:
+            handle.remove()
+        return torch.stack(self.matrices).mean(dim=0)
+
+
+def dense_reference(model: TranslatorModel, rna: ad.AnnData, proteins: list[str]) -> dict[str, np.ndarray]:
+    """The original script's quantities from explicit N x N matrices, summed over cells."""
+    plan = build_plan(rna.var, model, proteins)
+    values = torch.from_numpy(prepare_values(rna.X, plan.column_slot, plan.position_real))
+    n = values.shape[0]
+    genes = torch.from_numpy(plan.gene_ids).expand(n, -1)
+    gene_mask = torch.from_numpy(plan.position_real).expand(n, -1)
+    real = np.flatnonzero(plan.position_real)
+    with torch.no_grad():
+        recorder = _Recorder(model.enc)
+        encodings = model.encode(values, genes, gene_mask)
+        enc_attention = recorder.mean()  # (B, L, L)
+        translated = model.translate_sequence(encodings)
+        g2p, dec_received = [], []
+        for ids, mask in zip(plan.protein_windows, plan.protein_window_mask, strict=True):
+            recorder = _Recorder(model.dec)
+            model.decode(translated, torch.from_numpy(ids).expand(n, -1), torch.from_numpy(mask).expand(n, -1))
+            dec_attention = recorder.mean()  # (B, P, P)
+            dec_received.append(dec_attention[:, torch.from_numpy(mask)].sum(dim=1))
+            # The original: einsum('...ik,...kj->...ij', translator(enc_weights), dec_weights)
+            g2p.append(torch.einsum("bik,bkj->bij", model.translator(enc_attention.float()).double(), dec_attention))
+    received = enc_attention[:, torch.from_numpy(plan.position_real)].sum(dim=1)
+    g2p_all = torch.cat(g2p, dim=2)[:, :, torch.from_numpy(plan.output_index)]
+    return {"gene_received": received[:, real].sum(0).numpy(),
+            "protein_received": torch.cat(dec_received, dim=1)[:, plan.output_index].sum(0).numpy(),
+            "gene_to_protein": g2p_all[:, real].sum(0).numpy()}
+
+
+def test_received_attention_equals_column_sums_of_dense_matrix() -> None:
+    generator = torch.Generator().manual_seed(0)
+    q_feat = torch.rand(2, 3, 50, 7, generator=generator) + 0.01
+    k_feat = torch.rand(2, 3, 50, 7, generator=generator) + 0.01
+    weights = (torch.arange(50) < 41).float().expand(2, 1, -1)
+    scores = q_feat @ k_feat.transpose(-1, -2)
+    dense = scores / scores.sum(dim=-1, keepdim=True)
+    expected = (dense * weights.unsqueeze(-1)).sum(dim=-2)
+    torch.testing.assert_close(received_attention(q_feat, k_feat, weights), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_trace_reproduces_the_encoder(tiny: TranslatorModel, bmmc: ad.AnnData) -> None:
+    plan = build_plan(bmmc.var, tiny, PROTEINS)
+    values = torch.from_numpy(prepare_values(bmmc.X[:4], plan.column_slot, plan.position_real))
+    genes = torch.from_numpy(plan.gene_ids).expand(4, -1)
+    mask = torch.from_numpy(plan.position_real).expand(4, -1)
+    with torch.no_grad():
+        traced = trace_stack(tiny.enc, embed_genes(tiny.enc, values, genes), mask, lambda *_: None)
+        torch.testing.assert_close(traced, tiny.encode(values, genes, mask))
+
+
+def test_interactions_match_dense_attention(tiny: TranslatorModel, bmmc: ad.AnnData, tmp_path: Path) -> None:
+    expected = dense_reference(tiny, bmmc, PROTEINS)
+    result = interactions(bmmc, tiny, PROTEINS, out=tmp_path / "att", top_k=5, groupby="cell_type",
+                          block_cells=10, batch_size=3, row_block=7)
+    n = bmmc.n_obs
+    assert result.n_cells["all"] == n
+    np.testing.assert_allclose(result.gene_attention["all"].to_numpy(), expected["gene_received"] / n, rtol=1e-5)
+    np.testing.assert_allclose(result.protein_attention["all"].to_numpy(), expected["protein_received"] / n,
+                               rtol=1e-5)
+    np.testing.assert_allclose(result.gene_to_protein.to_numpy(), expected["gene_to_protein"] / n,
+                               rtol=1e-4, atol=1e-7)
+    # Per-group means recombine into the overall mean.
+    counts = pd.Series({g: c for g, c in result.n_cells.items() if g != "all"})
+    weighted = sum(result.group_gene_to_protein[g].to_numpy() * c for g, c in counts.items()) / counts.sum()
+    np.testing.assert_allclose(weighted, result.gene_to_protein.to_numpy(), rtol=1e-6)
+    assert list(result.gene_to_protein.columns) == PROTEINS
+    assert result.gene_to_protein.shape[0] == tiny.config.max_genes  # bmmc has > L mapped genes
+    # Top genes are the column maxima, and every file is written.
+    first = result.top_genes[(result.top_genes["protein"] == "CD4") & (result.top_genes["rank"] == 1)]
+    assert first["gene"].item() == result.gene_to_protein["CD4"].idxmax()
+    for path in result.files.values():
+        assert path.exists() and path.stat().st_size > 0
+    written = ad.read_h5ad(result.files["anndata"])
+    np.testing.assert_allclose(written.X, result.gene_to_protein.to_numpy(), rtol=1e-6)
+    assert {f"mean:{g}" for g in counts.index} <= set(written.layers)
+
+
+def test_as_published_uses_post_residual_state(tiny: TranslatorModel, bmmc: ad.AnnData) -> None:
+    default = interactions(bmmc[:3], tiny, PROTEINS[:4])
+    quirk = interactions(bmmc[:3], tiny, PROTEINS[:4], as_published=True)
+    assert not np.allclose(default.gene_attention.to_numpy(), quirk.gene_attention.to_numpy())
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any torch operation produces."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for item in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(item, torch.Tensor):
+                self.largest = max(self.largest, item.numel())
+        return out
+
+
+def test_memory_never_reaches_l_by_l(data_dir: Path) -> None:
+    length = 2000
+    config = ModelConfig.sized(dim=16, enc_heads=2, enc_dim_head=8, dec_heads=2, dec_dim_head=8,
+                               max_genes=length, max_proteins=16)
+    torch.manual_seed(0)
+    model = TranslatorModel(config)
+    rna = ad.read_h5ad(data_dir / "pbmc10k_cite_10x" / "rna.h5ad")[:2].copy()
+    with _LargestTensor() as guard:
+        result = interactions(rna, model, PROTEINS[:8], batch_size=2, row_block=256)
+    assert result.gene_to_protein.shape == (length, 8)
+    # The largest intermediate is the translator's first layer for the batch's gene rows, (B, L, H1):
+    # linear in L, far from the (L, L) of a dense attention matrix.
+    hidden = config.translator_hidden[0]
+    assert 0 < guard.largest <= 2 * length * hidden < length * length // 4, guard.largest

@@ -1,0 +1,215 @@
+"""The triton backend against a real tritonserver (Python backend running the exported ONNX graph).
+
+Same predictions as in-process onnxruntime over gRPC and HTTP, a job that survives a server
+restart in its middle, and clear errors for a server that serves another model or is not there.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+from triton_server import running_server
+
+import sctranslator
+from sctranslator.engine.backends import BackendSpec, Batch, release_backends
+from sctranslator.engine.sink import JOB_DIR
+from sctranslator.engine.triton_backend import TritonBackend
+from sctranslator.errors import ServerError
+from sctranslator.export.triton import export_triton
+from sctranslator.export.triton_config import ServingSettings
+from sctranslator.export.triton_server import TritonServer, free_port
+from sctranslator.model import TranslatorModel
+
+pytestmark = pytest.mark.triton
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+FIXTURES = SHARED / "fixtures" / "reference_model"
+RNA = SHARED / "data" / "pbmc10k_cite_10x" / "rna.h5ad"
+# 20 proteins: two windows of the tiny models' P=16, the second one padded.
+PROTEINS = ["CD3", "CD4", "CD8a", "CD14", "CD16", "CD19", "CD45RA", "PD-1", "TIGIT", "CD127", "CD25", "CD56",
+            "CD45RO", "CD28", "CD27", "CD11c", "HLA-DR", "CD15", "CD34", "CD86"]
+N_CELLS = 300
+
+
+def shared(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared material not available: {path}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_a() -> TranslatorModel:
+    return sctranslator.load_model(shared(FIXTURES / "tiny_a_official.pt"))
+
+
+@pytest.fixture(scope="module")
+def tiny_b() -> TranslatorModel:
+    return sctranslator.load_model(shared(FIXTURES / "tiny_b_official.pt"))
+
+
+@pytest.fixture(scope="module")
+def rna_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rna = ad.read_h5ad(shared(RNA))[:N_CELLS].copy()
+    path = tmp_path_factory.mktemp("rna") / "rna.h5ad"
+    rna.write_h5ad(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def repo(tiny_a: TranslatorModel, tiny_b: TranslatorModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny_a and tiny_b served by the Python backend, with dynamic batching so requests get merged."""
+    path = tmp_path_factory.mktemp("triton-repo")
+    for name, model in (("tiny_a", tiny_a), ("tiny_b", tiny_b)):
+        export_triton(model, path, ServingSettings(name=name, backend="python", max_batch_size=32,
+                                                   dynamic_batching=True, max_queue_delay_us=200,
+                                                   intra_op_threads=1))
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[TritonServer]:
+    with running_server(repo) as running:
+        yield running
+    release_backends()
+
+
+@pytest.fixture(scope="module")
+def reference(rna_path: Path, tiny_a: TranslatorModel) -> ad.AnnData:
+    """In-process onnxruntime predictions, the numbers the server must reproduce."""
+    return sctranslator.translate(rna_path, tiny_a, PROTEINS, backend="onnxruntime", block_cells=100, batch_size=16)
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.abs(actual.astype(np.float64) - expected).max() / np.abs(expected).max())
+
+
+def options(url: str, protocol: str = "grpc", **extra: object) -> dict[str, object]:
+    return {"url": url, "model_name": "tiny_a", "protocol": protocol, **extra}
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_translate_through_triton_matches_onnxruntime(protocol: str, server: TritonServer, rna_path: Path,
+                                                      tiny_a: TranslatorModel, reference: ad.AnnData,
+                                                      tmp_path: Path) -> None:
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    result = sctranslator.translate(rna_path, tiny_a, PROTEINS, out=tmp_path / "triton.zarr", backend="triton",
+                                    backend_options=options(url, protocol, max_in_flight=4), block_cells=100,
+                                    batch_size=16)
+    assert result.shape == (N_CELLS, len(PROTEINS))
+    assert list(result.var_names) == list(reference.var_names)
+    assert np.isfinite(result.X).all()
+    assert relative_error(result.X, reference.X) <= 1e-5
+    assert result.uns["sctranslator"]["settings"]["backend"] == "triton"
+
+
+def test_many_requests_in_flight_are_batched_and_split_back_in_order(server: TritonServer,
+                                                                     tiny_a: TranslatorModel) -> None:
+    """Small requests, 8 in flight: the dynamic batcher merges them and model.py must split them back."""
+    rng = np.random.default_rng(0)
+    L, P = tiny_a.config.max_genes, tiny_a.config.max_proteins
+    batch = Batch(values=rng.uniform(0, 1, (37, L)).astype(np.float32), gene_ids=rng.integers(1, 500, L),
+                  gene_mask=np.arange(L) < 50, protein_ids=rng.integers(1, 500, (3, P)),
+                  protein_mask=np.ones((3, P), dtype=bool))
+    spec = BackendSpec(kind="triton", model=tiny_a, options=options(server.grpc_url, max_in_flight=8, max_batch=3))
+    backend = TritonBackend.from_spec(spec)
+    try:
+        served = backend.predict(batch)
+    finally:
+        backend.close()
+    local = sctranslator.engine.backends.TorchBackend(tiny_a).predict(batch)
+    assert served.shape == (37, 3 * P)
+    assert relative_error(served, local) <= 1e-5
+
+
+def test_serving_another_model_is_a_server_error(server: TritonServer, rna_path: Path, tiny_a: TranslatorModel,
+                                                 tmp_path: Path) -> None:
+    with pytest.raises(ServerError, match=r"L=100 genes per cell.*takes 64.*P=10"):
+        sctranslator.translate(rna_path, tiny_a, PROTEINS, out=tmp_path / "x.zarr", backend="triton",
+                               backend_options={"url": server.grpc_url, "model_name": "tiny_b"})
+
+
+def test_same_shapes_but_other_weights_is_a_server_error(server: TritonServer, tiny_a: TranslatorModel) -> None:
+    other = sctranslator.load_model(shared(FIXTURES / "tiny_a_official.pt"))
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    spec = BackendSpec(kind="triton", model=other, options=options(server.http_url, "http"))
+    with pytest.raises(ServerError, match="weights differ"):
+        TritonBackend.from_spec(spec)
+
+
+def test_unknown_model_name_and_absent_server_are_server_errors(server: TritonServer,
+                                                                tiny_a: TranslatorModel) -> None:
+    spec = BackendSpec(kind="triton", model=tiny_a,
+                       options={"url": server.grpc_url, "model_name": "nope", "ready_timeout_s": 1})
+    with pytest.raises(ServerError, match="model 'nope' not ready"):
+        TritonBackend.from_spec(spec)
+    nobody = f"127.0.0.1:{free_port()}"
+    spec = BackendSpec(kind="triton", model=tiny_a, options=options(nobody, "http", ready_timeout_s=1))
+    started = time.monotonic()
+    with pytest.raises(ServerError, match="not ready after 1 s"):
+        TritonBackend.from_spec(spec)
+    assert time.monotonic() - started < 10
+
+
+class Restarter(threading.Thread):
+    """Stops the server once the job has committed a block, and starts it again on the same ports."""
+
+    def __init__(self, server: TritonServer, out: Path, down_s: float):
+        super().__init__(daemon=True)
+        self.server, self.blocks_dir, self.down_s = server, out / JOB_DIR / "blocks", down_s
+        self.committed_at_stop: int | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                if self.blocks_dir.is_dir() and any(self.blocks_dir.iterdir()):
+                    break
+                time.sleep(0.005)
+            self.server.stop()
+            self.committed_at_stop = len(list(self.blocks_dir.iterdir()))  # counted once it is down
+            time.sleep(self.down_s)
+            self.server.start()
+            self.server.wait_ready(120)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_server_restart_in_the_middle_of_a_job_is_retried(protocol: str, repo: Path, rna_path: Path,
+                                                          tiny_a: TranslatorModel, reference: ad.AnnData,
+                                                          tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "restart.zarr"
+    # Small blocks and requests, one worker, one request in flight: the job is still running when
+    # the server goes, and every request holds the same cells in both runs (bit-identical output).
+    settings = {"backend": "triton", "workers": 1, "block_cells": 10, "batch_size": 2}
+    # exit_timeout_s=0: stop at once; the default grace period lets a busy client finish the job first.
+    with running_server(repo, exit_timeout_s=0) as server:
+        url = server.grpc_url if protocol == "grpc" else server.http_url
+        job_options = options(url, protocol, max_in_flight=1, backoff_s=0.1, max_backoff_s=1.0)
+        restarter = Restarter(server, out, down_s=3.0)
+        restarter.start()
+        with caplog.at_level(logging.WARNING, logger="sctranslator.engine.triton_backend"):
+            interrupted = sctranslator.translate(rna_path, tiny_a, PROTEINS, out=out, backend_options=job_options,
+                                                 **settings)
+        restarter.join(timeout=150)
+        assert restarter.error is None, restarter.error
+        uninterrupted = sctranslator.translate(rna_path, tiny_a, PROTEINS, out=tmp_path / "plain.zarr",
+                                               backend_options=job_options, **settings)
+    release_backends()
+    n_blocks = N_CELLS // 10
+    assert restarter.committed_at_stop is not None and 1 <= restarter.committed_at_stop < n_blocks, \
+        f"the server must go down mid-job; it went down with {restarter.committed_at_stop}/{n_blocks} blocks done"
+    assert any("retry" in record.getMessage() for record in caplog.records), "no request was retried"
+    assert interrupted.uns["sctranslator"]["run"]["blocks_computed"] == n_blocks
+    np.testing.assert_array_equal(interrupted.X, uninterrupted.X)
+    assert relative_error(interrupted.X, reference.X) <= 1e-5
