@@ -95,8 +95,10 @@ def _translate(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument("--out", required=True, help="output AnnData Zarr store (resumable)")
     parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "triton"])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--batch-size", type=int, default=8, help="cells per backend call")
-    parser.add_argument("--block-cells", type=int, default=4096, help="cells per block (unit of work and resume)")
+    parser.add_argument("--batch-size", type=int,
+                        help="cells per backend call (default: from the model size; 1 for the full model on CPU)")
+    parser.add_argument("--block-cells", type=int,
+                        help="cells per block, the unit of work and resume (default: from the model size)")
     parser.add_argument("--workers", type=int, help="concurrent blocks on the local scheduler")
     parser.add_argument("--scheduler", help="address of an existing dask.distributed scheduler")
     parser.add_argument("--normalize", choices=["none", "log1p", "total", "total_log1p"],

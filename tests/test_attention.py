@@ -131,7 +131,7 @@ def test_interactions_match_dense_attention(tiny: TranslatorModel, bmmc: ad.AnnD
         assert path.exists() and path.stat().st_size > 0
     written = ad.read_h5ad(result.files["anndata"])
     np.testing.assert_allclose(written.X, result.gene_to_protein.to_numpy(), rtol=1e-6)
-    assert {f"mean:{g}" for g in counts.index} <= set(written.layers)
+    assert {f"mean:{g}".replace("/", "_") for g in counts.index} <= set(written.layers)
 
 
 def test_as_published_uses_post_residual_state(tiny: TranslatorModel, bmmc: ad.AnnData) -> None:
@@ -169,3 +169,21 @@ def test_memory_never_reaches_l_by_l(data_dir: Path) -> None:
     # linear in L, far from the (L, L) of a dense attention matrix.
     hidden = config.translator_hidden[0]
     assert 0 < guard.largest <= 2 * length * hidden < length * length // 4, guard.largest
+
+
+def test_command_line_handler(bmmc: ad.AnnData, tmp_path: Path, fixtures_dir: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from sctranslator.analysis.analysis_command import define_attention
+
+    data = tmp_path / "rna.h5ad"
+    bmmc[:4].copy().write_h5ad(data)
+    parser = argparse.ArgumentParser()
+    handler = define_attention(parser)
+    args = parser.parse_args([str(data), "--model", str(fixtures_dir / "tiny_a_official.pt"), "--proteins",
+                              "CD3,CD4,CD19", "--out", str(tmp_path / "att"), "--top-k", "3", "--quiet"])
+    assert handler(args) == 0
+    assert "Attention over 4 cells: 64 genes x 3 proteins" in capsys.readouterr().out
+    top = pd.read_csv(tmp_path / "att" / "top_genes.csv")
+    assert len(top) == 9 and set(top["protein"]) == {"CD3", "CD4", "CD19"}

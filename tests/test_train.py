@@ -219,3 +219,36 @@ def test_ddp_two_gloo_processes(pair, tmp_path):
     assert records[-1]["val_loss"] < records[0]["val_loss"] and np.isfinite(records[-1]["val_pearson"])
     assert "processes: 2" in (tmp_path / "ddp" / "card.md").read_text()
     assert model.panel["proteins"]["names"] == list(pair["protein"].var_names)
+
+
+def test_finetune_command_line(pair, tmp_path, capsys):
+    import argparse
+
+    from sctranslator.train.command import define_finetune
+
+    parser = argparse.ArgumentParser()
+    handler = define_finetune(parser)
+    args = parser.parse_args(["--rna", str(pair["rna_path"]), "--protein", str(pair["protein_path"]),
+                              "--init", str(TINY_A), "--out", str(tmp_path / "cli"), "--steps", "2",
+                              "--batch-size", "8", "--val-count", "40", "--freeze", "embeddings",
+                              "--redraw-interval", "none", "--metrics-log", str(tmp_path / "m.csv"), "--quiet"])
+    assert handler(args) == 0
+    assert "held-out mean per-protein Pearson r" in capsys.readouterr().out
+    from sctranslator.model import load_model
+
+    assert load_model(tmp_path / "cli").config.feature_redraw_interval is None
+
+
+def test_packaged_demo_runs_end_to_end(tmp_path):
+    from sctranslator.train.demo import demo_root, format_table, run_demo
+
+    try:
+        with demo_root() as root:
+            recorded = json.loads((root / "demo.json").read_text())
+    except Exception:  # the demo artefacts are made by scripts/train_demo.py
+        pytest.skip("packaged demo data not present")
+    report = run_demo(tmp_path / "demo", workers=1)
+    assert report["n_cells"] == 500 and (tmp_path / "demo" / "demo_predictions.zarr").exists()
+    assert report["model_mean_r"] == pytest.approx(recorded["heldout"]["model_mean_r"], abs=1e-3)
+    assert report["baseline_mean_r"] == pytest.approx(recorded["heldout"]["baseline_mean_r"], abs=1e-3)
+    assert "mean" in format_table(report)

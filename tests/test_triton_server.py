@@ -16,13 +16,14 @@ import anndata as ad
 import numpy as np
 import pytest
 import torch
-from triton_server import running_server
+from triton_server import require_tritonserver, running_server
 
 import sctranslator
 from sctranslator.engine.backends import BackendSpec, Batch, release_backends
 from sctranslator.engine.sink import JOB_DIR
 from sctranslator.engine.triton_backend import TritonBackend
 from sctranslator.errors import ServerError
+from sctranslator.export.serve import ServeRequest, serve
 from sctranslator.export.triton import export_triton
 from sctranslator.export.triton_config import ServingSettings
 from sctranslator.export.triton_server import TritonServer, free_port
@@ -92,7 +93,7 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
 
 
 def options(url: str, protocol: str = "grpc", **extra: object) -> dict[str, object]:
-    return {"url": url, "model_name": "tiny_a", "protocol": protocol, **extra}
+    return {"url": url, "model_name": "tiny_a", "protocol": protocol} | extra
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -213,3 +214,25 @@ def test_server_restart_in_the_middle_of_a_job_is_retried(protocol: str, repo: P
     assert interrupted.uns["sctranslator"]["run"]["blocks_computed"] == n_blocks
     np.testing.assert_array_equal(interrupted.X, uninterrupted.X)
     assert relative_error(interrupted.X, reference.X) <= 1e-5
+
+
+def test_serve_starts_a_local_server_and_prints_its_urls(repo: Path, tiny_a: TranslatorModel,
+                                                         tmp_path: Path) -> None:
+    require_tritonserver()
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    lines: list[str] = []
+    request = ServeRequest(model=tiny_a, repo=tmp_path / "served", onnx_path=repo / "tiny_a" / "1" / "model.onnx",
+                           **ports)
+    server = serve(request, echo=lines.append, block=False)
+    assert server is not None
+    try:
+        assert server.is_ready()
+        text = "\n".join(lines)
+        assert f"HTTP    127.0.0.1:{ports['http_port']}" in text and f"gRPC    127.0.0.1:{ports['grpc_port']}" in text
+        assert "(python backend)" in text  # the pytriton build has no ONNX Runtime backend
+        backend = TritonBackend.from_spec(BackendSpec(kind="triton", model=tiny_a, options=options(
+            server.grpc_url, model_name="sctranslator")))
+        assert (backend.genes, backend.proteins) == (64, 16)
+        backend.close()
+    finally:
+        server.stop()

@@ -39,3 +39,8 @@ def add_by_group(target: np.ndarray, values: np.ndarray, codes: np.ndarray) -> N
     target[0] += values.sum(axis=0)
     for code in np.unique(codes[codes > 0]):
         target[code] += values[codes == code].sum(axis=0)
+
+
+def layer_key(prefix: str, group: str) -> str:
+    """An AnnData layer / column name for a group; '/' would be read as a path inside h5ad and zarr stores."""
+    return f"{prefix}:{group.replace('/', '_')}"

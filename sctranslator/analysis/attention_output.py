@@ -8,6 +8,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from sctranslator.analysis.attention_groups import layer_key
 from sctranslator.analysis.attention_plot import save_heatmap
 
 
@@ -43,12 +44,12 @@ def interaction_anndata(matrix: pd.DataFrame, scaled: pd.DataFrame, gene_receive
     """Genes x proteins: X = mean gene-to-protein score, layers 'scaled' and 'mean:<group>'."""
     obs = gene_obs.copy()
     for column in gene_received.columns:
-        obs[f"received:{column}"] = gene_received[column].to_numpy()
+        obs[layer_key("received", column)] = gene_received[column].to_numpy()
     var = protein_var.copy()
     for column in protein_received.columns:
-        var[f"received:{column}"] = protein_received[column].to_numpy()
+        var[layer_key("received", column)] = protein_received[column].to_numpy()
     layers = {"scaled": scaled.to_numpy(dtype=np.float32)}
-    layers.update({f"mean:{name}": m.astype(np.float32) for name, m in group_matrices.items()})
+    layers.update({layer_key("mean", name): m.astype(np.float32) for name, m in group_matrices.items()})
     return ad.AnnData(X=matrix.to_numpy(dtype=np.float32), obs=obs, var=var, layers=layers, uns=uns)
 
 

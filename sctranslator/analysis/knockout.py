@@ -26,7 +26,7 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm import tqdm
 
-from sctranslator.analysis.attention_groups import group_codes
+from sctranslator.analysis.attention_groups import group_codes, layer_key
 from sctranslator.analysis.knockout_output import check_out_path, effects_table, write_knockout_files
 from sctranslator.analysis.knockout_plan import KnockoutVariant, default_semantics, knockout_variants
 from sctranslator.analysis.knockout_stats import block_stats, merge_stats, std_from
@@ -205,7 +205,7 @@ def _assemble(job: _Job, store: KnockoutStore, obs: pd.DataFrame, group_names: l
     std = pd.DataFrame(stds[0], index=gene_index, columns=protein_index)
     layers = {"mean": means[0], "std": stds[0]}
     for slot, name in enumerate(group_names[1:], start=1):
-        layers[f"mean:{name}"], layers[f"std:{name}"] = means[slot], stds[slot]
+        layers[layer_key("mean", name)], layers[layer_key("std", name)] = means[slot], stds[slot]
     var = pd.DataFrame({"gene": job.plan.proteins["gene"].astype(str).to_numpy(),
                         "baseline_mean": baseline["mean"][0]}, index=protein_index)
     var_names = job.source.var.index.astype(str)
@@ -214,7 +214,8 @@ def _assemble(job: _Job, store: KnockoutStore, obs: pd.DataFrame, group_names: l
                              "position": [int(job.plan.column_slot[v.column]) for v in job.variants]},
                             index=gene_index)
     n_cells = {name: int(delta["count"][i]) for i, name in enumerate(group_names)}
-    uns = {"sctranslator_knockout": {"semantics": semantics, "groupby": groupby or "", "n_cells": n_cells,
+    uns = {"sctranslator_knockout": {"semantics": semantics, "groupby": groupby or "", "groups": list(n_cells),
+                                     "n_cells": list(n_cells.values()),
                                      "plan": job.plan.summary(), "change": "knocked-out minus unperturbed"}}
     adata = ad.AnnData(X=means[0].astype(np.float32), obs=gene_obs, var=var, uns=uns,
                        layers={k: v.astype(np.float32) for k, v in layers.items()})

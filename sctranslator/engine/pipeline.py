@@ -13,12 +13,12 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import dask
 import numpy as np
-from dask.callbacks import Callback
 from tqdm import tqdm
 
 from sctranslator.engine.backends import BackendSpec, Batch, get_backend
@@ -74,7 +74,8 @@ def check_block(job: BlockJob, block: Any, start: int) -> None:
                          + "; ".join(details) + ". Expression must be finite and non-negative.")
 
 
-def predict_block(job: BlockJob, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
+def predict_block(job: BlockJob, start: int, stop: int,
+                  progress: Callable[[int], object] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Predictions (stop - start, n_outputs), and embeddings (stop - start, dim) if asked, for one block."""
     block = job.source.read_block(start, stop)
     check_block(job, block, start)
@@ -94,26 +95,17 @@ def predict_block(job: BlockJob, start: int, stop: int) -> tuple[np.ndarray, np.
         else:
             predictions = backend.predict(batch)
         out[lo:hi] = predictions[:, plan.output_index]
+        if progress is not None:
+            progress(hi - lo)
     return out, (np.concatenate(embedded) if embedded else None)
 
 
-def run_block(job: BlockJob, index: int) -> int:
+def run_block(job: BlockJob, index: int, progress: Callable[[int], object] | None = None) -> int:
+    """Predict and commit one block; `progress` (local runs) is told about every finished batch."""
     start, stop = job.sink.blocks()[index]
-    predictions, embeddings = predict_block(job, start, stop)
+    predictions, embeddings = predict_block(job, start, stop, progress)
     job.sink.write_block(index, predictions, embeddings)
     return stop - start
-
-
-class _Progress(Callback):
-    """Advances a progress bar as block tasks finish on the local scheduler."""
-
-    def __init__(self, bar: tqdm):
-        super().__init__()
-        self.bar = bar
-
-    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-        if isinstance(result, int):
-            self.bar.update(result)
 
 
 def default_workers() -> int:
@@ -134,10 +126,10 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
         if scheduler:
             _run_distributed(job, pending, scheduler, bar)
         elif pending:
-            tasks = [dask.delayed(run_block, pure=False)(job, index, dask_key_name=f"block-{index}")
+            # Local threads share the progress bar, so it advances batch by batch, not block by block.
+            tasks = [dask.delayed(run_block, pure=False)(job, index, bar.update, dask_key_name=f"block-{index}")
                      for index in pending]
-            with _Progress(bar):
-                dask.compute(*tasks, scheduler="threads", num_workers=workers or default_workers())
+            dask.compute(*tasks, scheduler="threads", num_workers=workers or default_workers())
     finally:
         bar.close()
     elapsed = time.perf_counter() - started

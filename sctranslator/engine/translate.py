@@ -29,7 +29,10 @@ from sctranslator.model.identity import model_fingerprint
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BLOCK_CELLS = 4096
+def default_block_cells(model: TranslatorModel) -> int:
+    """Cells per block (the unit of work, commit and resume): about 4 M model values per block, so a
+    block of the full-size model (L = 20,000) is 209 cells and one of a tiny model up to 8,192."""
+    return max(16, min(8192, 4_194_304 // model.config.max_genes))
 RAW_COUNT_MAX = 50.0
 
 
@@ -56,6 +59,13 @@ def _warn_if_raw_counts(source: Source, plan: Plan) -> None:
                     float(data.max()))
 
 
+def default_batch_size(model: TranslatorModel, device: str) -> int:
+    """Cells per backend call: small models amortise call overhead over many cells; on CPU the
+    full-size model (L = 20,000) is fastest one cell at a time; GPUs like bigger batches."""
+    budget = 32_768 if device == "cpu" else 262_144
+    return max(1, min(512, budget // model.config.max_genes))
+
+
 def _output_var(plan: Plan) -> pd.DataFrame:
     table = plan.proteins
     var = pd.DataFrame({"gene": table["gene"].astype(str).to_numpy(), "token_id": table["token_id"].to_numpy(),
@@ -72,7 +82,7 @@ def _resolve_model(model: str | Path | TranslatorModel) -> tuple[TranslatorModel
 
 def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel,
               proteins: Sequence[str] | None = None, *, out: str | Path | None = None, backend: str = "torch",
-              device: str = "cpu", batch_size: int = 8, block_cells: int = DEFAULT_BLOCK_CELLS,
+              device: str = "cpu", batch_size: int | None = None, block_cells: int | None = None,
               workers: int | None = None, scheduler: str | None = None, normalize: str | None = None,
               target_sum: float | None = None, gene_column: str | None = None, id_type: str = "auto",
               layer: str | None = None, min_coverage: float = DEFAULT_MIN_COVERAGE,
@@ -93,14 +103,17 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     if embeddings and backend != "torch":
         raise BackendError("embeddings come from the encoder's outputs, which only the torch backend exposes; "
                            "use --backend torch with --embeddings")
-    if batch_size < 1 or block_cells < 1:
+    if (batch_size is not None and batch_size < 1) or (block_cells is not None and block_cells < 1):
         raise InputDataError("batch_size and block_cells must be >= 1")
     source = open_source(data, layer=layer)
     loaded, model_source = _resolve_model(model)
+    batch_size = batch_size or default_batch_size(loaded, device)
+    n_workers = workers or default_workers()
+    if block_cells is None:  # also keep every worker busy on small datasets
+        block_cells = min(default_block_cells(loaded), max(16, -(-source.n_obs // (4 * n_workers))))
     plan = build_plan(source.var, loaded, proteins, gene_column=gene_column, id_type=id_type, normalize=normalize,
                       target_sum=target_sum, min_coverage=min_coverage, allow_low_coverage=allow_low_coverage)
     _warn_if_raw_counts(source, plan)
-    n_workers = workers or default_workers()
     threads = max(1, (os.cpu_count() or 1) // n_workers)
     # A model path travels to workers as a path (each loads it once); in-memory models go as objects.
     spec_model: str | TranslatorModel = model_source if (model_source and scheduler) else loaded

@@ -36,6 +36,7 @@ class ServeRequest:
     max_batch_size: int = 64
     instances: int = 1
     ready_timeout_s: float = 120.0
+    onnx_path: Path | None = None  # reuse a file from `export onnx` instead of exporting again
 
 
 def has_backend(install: TritonInstall, backend: str) -> bool:
@@ -66,7 +67,7 @@ def serve(request: ServeRequest, *, echo: Callable[[str], None] = print,
     settings = ServingSettings(name=request.name, backend=backend, max_batch_size=request.max_batch_size,
                                instances=request.instances, kind="cpu" if backend == "python" else None,
                                dynamic_batching=True, max_queue_delay_us=100)
-    exported = export_triton(model, request.repo, settings)
+    exported = export_triton(model, request.repo, settings, onnx_path=request.onnx_path)
     echo(str(exported))
     if install is None:
         echo("No tritonserver binary here (scripts/install_tritonserver.sh installs one for the Python backend). "

@@ -44,6 +44,7 @@ class DataOptions:
     """Which data, how it is split, and how inputs and targets are scaled."""
 
     proteins: Sequence[str] | None = None  # train on these protein columns only (default: all but controls)
+    genes: Sequence[str] | None = None  # gene panel from these genes only (default: every mapped gene)
     protein_key: str = DEFAULT_PROTEIN_KEY
     layer: str | None = None
     gene_column: str | None = None
@@ -129,7 +130,7 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
     Start from `init` (a published .pt checkpoint, a bundle, or a TranslatorModel) or from scratch
     with `config` (a preset name: "published", "small", "tiny"; or a ModelConfig) plus
     `config_overrides`. Data options (see DataOptions): proteins, protein_key, layer, gene_column,
-    id_type, normalize, target_sum, target_scaling ("minmax" | "clr" | "log1p"), val_fraction,
+    id_type, genes, normalize, target_sum, target_scaling ("minmax" | "clr" | "log1p"), val_fraction,
     val_count, split_column + val_values, allow_low_coverage. Training options (see TrainOptions):
     steps or epochs, batch_size (per process), accumulation, lr, weight_decay, warmup_steps, decay,
     clip_norm, precision ("fp32" | "bf16"), freeze, seed, val_every, patience, keep_best,
@@ -150,7 +151,7 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
                             seed=train_options.seed)
         proteins, protein_columns = protein_panel(paired.protein_names, data_options.proteins)
         tokens = data_gene_tokens(paired.source.var, gene_column=data_options.gene_column,
-                                  id_type=data_options.id_type)
+                                  id_type=data_options.id_type, only=data_options.genes)
         model, genes, start = _starting_model(init, config, dict(config_overrides or {}), tokens,
                                               len(proteins["names"]), train_options.seed)
         if feature_redraw_interval != KEEP:

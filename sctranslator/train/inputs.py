@@ -40,10 +40,19 @@ class TrainingArrays:
     plan: Plan
 
 
-def data_gene_tokens(var: pd.DataFrame, *, gene_column: str | None = None, id_type: str = "auto") -> np.ndarray:
-    """Token id of each input column (0 = unmapped)."""
-    genes = map_genes(gene_identifiers(var, gene_column), id_type=id_type)
-    return np.asarray(genes.token_ids, dtype=np.int64)
+def data_gene_tokens(var: pd.DataFrame, *, gene_column: str | None = None, id_type: str = "auto",
+                     only: Sequence[str] | None = None) -> np.ndarray:
+    """Token id of each input column (0 = unmapped, or not among the genes in `only`)."""
+    identifiers = gene_identifiers(var, gene_column)
+    tokens = np.asarray(map_genes(identifiers, id_type=id_type).token_ids, dtype=np.int64)
+    if only is not None:
+        wanted = pd.Index([str(g) for g in only])
+        missing = wanted.difference(identifiers)
+        if len(missing):
+            raise InputDataError(f"{len(missing)} of the genes chosen for the panel are not in the RNA data "
+                                 f"(e.g. {list(missing[:5])})")
+        tokens = np.where(identifiers.isin(wanted), tokens, 0)
+    return tokens
 
 
 def gene_panel_from_data(tokens: np.ndarray, max_genes: int | None = None) -> dict[str, list]:

@@ -1,0 +1,121 @@
+"""Command-line definitions for `sctranslator export {onnx,triton}` and `sctranslator serve`.
+
+Each `define_*` fills an argparse parser and returns the handler, as cli.py's sub-commands do;
+the handlers are thin wrappers over export_onnx, export_triton and serve.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from sctranslator.export.onnx_format import PRECISIONS
+from sctranslator.export.triton_config import DEFAULT_MODEL_NAME, INSTANCE_KINDS, SERVING_BACKENDS
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _run_onnx(args: argparse.Namespace) -> int:
+    from sctranslator.export.onnx import export_onnx
+    from sctranslator.model import load_model
+
+    report = export_onnx(load_model(args.model), args.out, precision=args.precision, opset=args.opset,
+                         validate=not args.no_validate)
+    print(report)
+    if report.validations:
+        worst_abs = max(v.max_abs_error for v in report.validations)
+        print(f"max abs error {worst_abs:.3g}, max rel error {report.max_rel_error:.3g} against PyTorch float32 "
+              f"(tolerance {report.validations[0].tolerance:g} for {args.precision})")
+    return 0
+
+
+def _run_triton(args: argparse.Namespace) -> int:
+    from sctranslator.export.triton import export_triton
+    from sctranslator.export.triton_config import ServingSettings
+    from sctranslator.model import load_model
+
+    settings = ServingSettings(name=args.name, backend=args.backend, max_batch_size=args.max_batch_size,
+                               instances=args.instances, kind=args.kind, dynamic_batching=args.dynamic_batching,
+                               preferred_batch_sizes=tuple(args.preferred_batch_sizes or ()),
+                               max_queue_delay_us=args.max_queue_delay_us, precision=args.precision,
+                               intra_op_threads=args.threads)
+    settings.check()  # before the (slow) export
+    exported = export_triton(load_model(args.model), args.repo, settings, onnx_path=args.onnx,
+                             validate=not args.no_validate)
+    print(exported)
+    if exported.onnx_report is not None:
+        for validation in exported.onnx_report.validations:
+            print(f"  {validation}")
+    return 0
+
+
+def define_export(parser: argparse.ArgumentParser) -> Handler:
+    """`export onnx MODEL OUT` and `export triton MODEL --repo DIR`."""
+    formats = parser.add_subparsers(dest="export_format", required=True, metavar="FORMAT")
+
+    onnx = formats.add_parser("onnx", help="export an ONNX graph and check it against PyTorch",
+                              description="Export MODEL as an ONNX file and report its error against PyTorch.")
+    onnx.add_argument("model", help="bundle directory or official .pt checkpoint")
+    onnx.add_argument("out", type=Path, help="output .onnx file")
+    onnx.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS), help="internal compute dtype")
+    onnx.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    onnx.add_argument("--no-validate", action="store_true", help="skip the comparison with PyTorch")
+    onnx.set_defaults(export_handler=_run_onnx)
+
+    triton = formats.add_parser("triton", help="write a Triton Inference Server model repository",
+                                description="Write REPO/NAME/config.pbtxt and REPO/NAME/1/model.onnx "
+                                            "(and model.py for the Python backend).")
+    triton.add_argument("model", help="bundle directory or official .pt checkpoint")
+    triton.add_argument("--repo", type=Path, required=True, help="model repository directory (created if needed)")
+    triton.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name on the server")
+    triton.add_argument("--backend", default="onnxruntime", choices=SERVING_BACKENDS,
+                        help="onnxruntime; tensorrt (its TensorRT GPU accelerator); python (onnxruntime inside "
+                             "Triton's Python backend, for builds without the ONNX Runtime backend)")
+    triton.add_argument("--max-batch-size", type=int, default=64, help="most cells per batch the server runs")
+    triton.add_argument("--instances", type=int, default=1, help="model instances (per GPU for --kind gpu)")
+    triton.add_argument("--kind", choices=INSTANCE_KINDS,
+                        help="instance kind (default: gpu; cpu for --backend python)")
+    triton.add_argument("--dynamic-batching", action="store_true", help="let Triton merge concurrent requests")
+    triton.add_argument("--preferred-batch-sizes", type=int, nargs="+", metavar="N",
+                        help="batch sizes the dynamic batcher aims for")
+    triton.add_argument("--max-queue-delay-us", type=int, help="longest wait to fill a dynamic batch (microseconds)")
+    triton.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS), help="internal compute dtype")
+    triton.add_argument("--threads", type=int, help="onnxruntime threads per instance (Python backend)")
+    triton.add_argument("--onnx", type=Path, help="reuse this file from `export onnx` instead of exporting again")
+    triton.add_argument("--no-validate", action="store_true", help="skip the comparison with PyTorch")
+    triton.set_defaults(export_handler=_run_triton)
+
+    def run(args: argparse.Namespace) -> int:
+        return int(args.export_handler(args))
+
+    return run
+
+
+def define_serve(parser: argparse.ArgumentParser) -> Handler:
+    """`serve MODEL`: export a repository and run tritonserver on it (or print the docker command)."""
+    from sctranslator.export.serve import DEFAULT_REPO
+
+    parser.add_argument("model", help="bundle directory or official .pt checkpoint")
+    parser.add_argument("--repo", type=Path, default=DEFAULT_REPO, help=f"model repository (default {DEFAULT_REPO})")
+    parser.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name on the server")
+    parser.add_argument("--backend", choices=["python", "onnxruntime"],
+                        help="default: python for the pytriton tritonserver build, else onnxruntime")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--instances", type=int, default=1)
+    parser.add_argument("--onnx", type=Path, help="reuse this file from `export onnx` instead of exporting again")
+
+    def run(args: argparse.Namespace) -> int:
+        from sctranslator.export.serve import ServeRequest, serve
+
+        serve(ServeRequest(model=args.model, repo=args.repo, name=args.name, backend=args.backend, host=args.host,
+                           http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+                           max_batch_size=args.max_batch_size, instances=args.instances,
+                           onnx_path=args.onnx))
+        return 0
+
+    return run
