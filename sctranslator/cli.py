@@ -167,6 +167,10 @@ def read_name_list(spec: str) -> list[str]:
 _EXTERNAL_COMMANDS = [
     ("evaluate", "score predictions against measured proteins (JSON report + plots)",
      "sctranslator.analysis.command", "define_evaluate"),
+    ("knockout", "in-silico gene knockout: change of each protein per knocked-out gene",
+     "sctranslator.analysis.analysis_command", "define_knockout"),
+    ("attention", "attention-derived gene-gene, protein-protein and gene-protein interaction scores",
+     "sctranslator.analysis.analysis_command", "define_attention"),
 ]
 
 

@@ -179,7 +179,8 @@ def _result(acc: _Accumulator, gene_names: list[str], positions: np.ndarray, pla
     gene_obs = pd.DataFrame({"position": positions, "token_id": plan.gene_ids[positions]}, index=gene_index)
     protein_var = pd.DataFrame({"gene": plan.proteins["gene"].astype(str).to_numpy(),
                                 "token_id": plan.proteins["token_id"].to_numpy()}, index=protein_index)
-    uns = {"sctranslator_attention": {"groups": list(n_cells), "n_cells": list(n_cells.values()), "groupby": groupby or "", "as_published": as_published,
+    uns = {"sctranslator_attention": {"groups": list(n_cells), "n_cells": list(n_cells.values()),
+                                      "groupby": groupby or "", "as_published": as_published,
                                       "plan": plan.summary(),
                                       "definition": "see sctranslator.analysis.attention_passes"}}
     adata = interaction_anndata(matrix, scaled, gene_received, protein_received,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -33,7 +34,9 @@ def write_anndata_atomically(adata: ad.AnnData, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
     if path.suffix == ".zarr":
         shutil.rmtree(tmp, ignore_errors=True)
-        adata.write_zarr(tmp)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # anndata's note about the zarr v2 default
+            adata.write_zarr(tmp)
         if path.exists():
             shutil.rmtree(path)
     else:
