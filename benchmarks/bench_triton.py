@@ -49,13 +49,13 @@ class Result:
 
 
 def mid_model() -> TranslatorModel:
-    """A random model between the tiny fixtures and the published size (L=2048, P=128, dim 64)."""
+    """A random model between the tiny fixtures and the published size (L=1024, P=64, dim 32)."""
     import torch
 
     torch.manual_seed(0)
-    config = ModelConfig.sized(dim=64, enc_depth=2, dec_depth=2, enc_heads=4, dec_heads=4, enc_dim_head=16,
-                               dec_dim_head=16, enc_nb_features=64, dec_nb_features=64, max_genes=2048,
-                               max_proteins=128)
+    config = ModelConfig.sized(dim=32, enc_depth=2, dec_depth=2, enc_heads=4, dec_heads=4, enc_dim_head=8,
+                               dec_dim_head=8, enc_nb_features=32, dec_nb_features=32, max_genes=1024,
+                               max_proteins=64)
     return TranslatorModel(config).eval()
 
 

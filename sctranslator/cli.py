@@ -171,6 +171,10 @@ _EXTERNAL_COMMANDS = [
      "sctranslator.analysis.analysis_command", "define_knockout"),
     ("attention", "attention-derived gene-gene, protein-protein and gene-protein interaction scores",
      "sctranslator.analysis.analysis_command", "define_attention"),
+    ("finetune", "train or fine-tune a model on paired RNA + protein data into a bundle",
+     "sctranslator.train.command", "define_finetune"),
+    ("demo", "translate the bundled 500 held-out PBMCs and compare with the measured protein and a baseline",
+     "sctranslator.train.command", "define_demo"),
 ]
 
 

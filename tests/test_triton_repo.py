@@ -20,7 +20,7 @@ import sctranslator
 from sctranslator.errors import CheckpointError, ExportError
 from sctranslator.export import create_session, export_onnx, random_inputs, read_onnx_metadata
 from sctranslator.export import serve as serve_module
-from sctranslator.export.command import define_export
+from sctranslator.export.command import define_export, define_serve
 from sctranslator.export.triton import PYTHON_MODEL_SOURCE, export_triton
 from sctranslator.export.triton_config import ServingSettings, build_config, model_parameters
 from sctranslator.model import TranslatorModel
@@ -247,6 +247,16 @@ def test_export_onnx_command_reports_the_error(tiny_a: TranslatorModel, tmp_path
     assert read_onnx_metadata(tmp_path / "m.onnx")["precision"] == "fp32"
 
 
+def test_command_choices_mirror_the_export_modules() -> None:
+    from sctranslator.export import PRECISIONS, command, serve, triton_config
+
+    assert sorted(command.PRECISIONS) == sorted(PRECISIONS)
+    assert command.SERVING_BACKENDS == triton_config.SERVING_BACKENDS
+    assert command.INSTANCE_KINDS == triton_config.INSTANCE_KINDS
+    assert command.DEFAULT_MODEL_NAME == triton_config.DEFAULT_MODEL_NAME
+    assert command.DEFAULT_REPO == serve.DEFAULT_REPO
+
+
 def test_export_command_rejects_bad_options_before_exporting(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="need --dynamic-batching"):
         cli(["triton", str(TINY_A), "--repo", str(tmp_path), "--preferred-batch-sizes", "4"])
@@ -265,3 +275,14 @@ def test_serve_without_a_binary_prints_the_docker_command(tiny_a: TranslatorMode
             "/models nvcr.io/nvidia/tritonserver:24.10-py3 tritonserver --model-repository=/models") in text
     # No local server: the repository is for NVIDIA's image, which has the ONNX Runtime backend.
     assert parse(tmp_path / "repo" / "sctranslator" / "config.pbtxt").backend == "onnxruntime"
+
+
+def test_serve_command_without_a_binary(onnx_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(serve_module, "find_tritonserver", lambda: None)
+    parser = argparse.ArgumentParser(prog="sctranslator serve")
+    handler = define_serve(parser)
+    args = parser.parse_args([str(TINY_A), "--repo", str(tmp_path), "--onnx", str(onnx_file), "--grpc-port", "9101"])
+    assert handler(args) == 0
+    assert "-p9101:8001" in capsys.readouterr().out
+    assert (tmp_path / "sctranslator" / "1" / "model.onnx").exists()

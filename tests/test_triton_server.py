@@ -192,7 +192,7 @@ def test_server_restart_in_the_middle_of_a_job_is_retried(protocol: str, repo: P
     out = tmp_path / "restart.zarr"
     # Small blocks and requests, one worker, one request in flight: the job is still running when
     # the server goes, and every request holds the same cells in both runs (bit-identical output).
-    settings = {"backend": "triton", "workers": 1, "block_cells": 10, "batch_size": 2}
+    settings = {"backend": "triton", "workers": 1, "block_cells": 10, "batch_size": 1}
     # exit_timeout_s=0: stop at once; the default grace period lets a busy client finish the job first.
     with running_server(repo, exit_timeout_s=0) as server:
         url = server.grpc_url if protocol == "grpc" else server.http_url

@@ -10,10 +10,15 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from sctranslator.export.onnx_format import PRECISIONS
-from sctranslator.export.triton_config import DEFAULT_MODEL_NAME, INSTANCE_KINDS, SERVING_BACKENDS
-
 Handler = Callable[[argparse.Namespace], int]
+
+# Mirrors of onnx_format.PRECISIONS and triton_config's choices (a test keeps them equal): importing
+# those modules loads torch and onnx, which would cost every `sctranslator` invocation seconds.
+PRECISIONS = ("bf16", "fp16", "fp32")
+SERVING_BACKENDS = ("onnxruntime", "tensorrt", "python")
+INSTANCE_KINDS = ("gpu", "cpu")
+DEFAULT_MODEL_NAME = "sctranslator"
+DEFAULT_REPO = Path("sctranslator-triton-repo")
 
 
 def _run_onnx(args: argparse.Namespace) -> int:
@@ -94,8 +99,6 @@ def define_export(parser: argparse.ArgumentParser) -> Handler:
 
 def define_serve(parser: argparse.ArgumentParser) -> Handler:
     """`serve MODEL`: export a repository and run tritonserver on it (or print the docker command)."""
-    from sctranslator.export.serve import DEFAULT_REPO
-
     parser.add_argument("model", help="bundle directory or official .pt checkpoint")
     parser.add_argument("--repo", type=Path, default=DEFAULT_REPO, help=f"model repository (default {DEFAULT_REPO})")
     parser.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name on the server")
