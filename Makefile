@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: install test test-all demo lint bench clean
+.PHONY: install tritonserver test test-all demo lint bench bench-triton clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,14 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install
+# A real tritonserver (Python backend only) from the nvidia-pytriton wheel, for the Triton tests.
+tritonserver: install
+	VENV=$(VENV) scripts/install_tritonserver.sh
+
+test: install tritonserver
 	$(BIN)/pytest -q -m "not gpu"
 
-test-all: install
+test-all: install tritonserver
 	$(BIN)/pytest -q
 
 demo: install
@@ -34,6 +38,10 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_kernels.py
+	$(BIN)/python benchmarks/bench_engine.py
+
+bench-triton: install tritonserver
+	$(BIN)/python benchmarks/bench_triton.py
 
 clean:
 	rm -rf $(VENV) .numba_cache .pytest_cache build *.egg-info

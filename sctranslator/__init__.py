@@ -21,7 +21,7 @@ _EXPORTS = {
     "knockout": "sctranslator.analysis.knockout",
     "interactions": "sctranslator.analysis.attention",
     "evaluate": "sctranslator.analysis.evaluate",
-    "finetune": "sctranslator.train",
+    "finetune": "sctranslator.train.api",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -26,7 +26,7 @@ from sctranslator.errors import ServerError
 from sctranslator.export.serve import ServeRequest, serve
 from sctranslator.export.triton import export_triton
 from sctranslator.export.triton_config import ServingSettings
-from sctranslator.export.triton_server import TritonServer, free_port
+from sctranslator.export.triton_server import TritonServer, _group_members, free_port
 from sctranslator.model import TranslatorModel
 
 pytestmark = pytest.mark.triton
@@ -167,6 +167,7 @@ class Restarter(threading.Thread):
         super().__init__(daemon=True)
         self.server, self.blocks_dir, self.down_s = server, out / JOB_DIR / "blocks", down_s
         self.committed_at_stop: int | None = None
+        self.pids: list[int] = []
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -176,10 +177,14 @@ class Restarter(threading.Thread):
                 if self.blocks_dir.is_dir() and any(self.blocks_dir.iterdir()):
                     break
                 time.sleep(0.005)
+            assert self.server.process is not None
+            self.pids.append(self.server.process.pid)
             self.server.stop()
             self.committed_at_stop = len(list(self.blocks_dir.iterdir()))  # counted once it is down
             time.sleep(self.down_s)
             self.server.start()
+            assert self.server.process is not None
+            self.pids.append(self.server.process.pid)
             self.server.wait_ready(120)
         except BaseException as exc:  # reported by the test
             self.error = exc
@@ -213,6 +218,8 @@ def test_server_restart_in_the_middle_of_a_job_is_retried(protocol: str, repo: P
     assert any("retry" in record.getMessage() for record in caplog.records), "no request was retried"
     assert interrupted.uns["sctranslator"]["run"]["blocks_computed"] == n_blocks
     np.testing.assert_array_equal(interrupted.X, uninterrupted.X)
+    # Neither server left a Python-backend stub running (stubs ignore SIGTERM and outlive a quick exit).
+    assert [_group_members(pid) for pid in restarter.pids] == [[], []]
     assert relative_error(interrupted.X, reference.X) <= 1e-5
 
 

@@ -1,9 +1,35 @@
-"""Export models to other runtimes (ONNX for onnxruntime and Triton)."""
+"""Export models to other runtimes: ONNX (onnxruntime) and Triton model repositories.
 
-from sctranslator.export.onnx import ExportReport, OnnxAdapter, export_onnx
-from sctranslator.export.onnx_format import INPUT_NAMES, OUTPUT_NAME, PRECISIONS, TOLERANCES, read_onnx_metadata
-from sctranslator.export.onnx_validate import ValidationResult, create_session, random_inputs, validate_onnx
+Names are resolved lazily so that the command line (which imports `export.command`) does not pay
+for importing torch and onnx until an export actually runs.
+"""
 
-__all__ = ["INPUT_NAMES", "OUTPUT_NAME", "PRECISIONS", "TOLERANCES", "ExportReport", "OnnxAdapter",
-           "ValidationResult", "create_session", "export_onnx", "random_inputs", "read_onnx_metadata",
-           "validate_onnx"]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "ExportReport": "sctranslator.export.onnx",
+    "OnnxAdapter": "sctranslator.export.onnx",
+    "export_onnx": "sctranslator.export.onnx",
+    "INPUT_NAMES": "sctranslator.export.onnx_format",
+    "OUTPUT_NAME": "sctranslator.export.onnx_format",
+    "PRECISIONS": "sctranslator.export.onnx_format",
+    "TOLERANCES": "sctranslator.export.onnx_format",
+    "read_onnx_metadata": "sctranslator.export.onnx_format",
+    "ValidationResult": "sctranslator.export.onnx_validate",
+    "create_session": "sctranslator.export.onnx_validate",
+    "random_inputs": "sctranslator.export.onnx_validate",
+    "validate_onnx": "sctranslator.export.onnx_validate",
+    "export_triton": "sctranslator.export.triton",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sctranslator.export' has no attribute {name!r}")
+    return getattr(import_module(module), name)

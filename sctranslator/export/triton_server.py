@@ -236,7 +236,46 @@ class TritonServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)  # our own session: server and its stubs
                 process.wait()
+        _end_orphaned_stubs(process.pid)
         self.process = None
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live processes of process group `pgid` (Linux /proc; zombies excluded)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def _end_orphaned_stubs(pgid: int) -> None:
+    """Kill Python-backend stubs the server left behind, and free their shared memory.
+
+    When the server exits quickly (--exit-timeout-secs=0, or killed), a stub can outlive it: it
+    ignores SIGTERM and keeps its /dev/shm region. They are in the server's own process group.
+    """
+    for pid in _group_members(pgid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        regions = [arg.decode(errors="replace") for arg in argv if arg.startswith(b"triton_python_backend_shm_region")]
+        for region in regions:
+            with contextlib.suppress(OSError):
+                (Path("/dev/shm") / region).unlink()
+    deadline = time.monotonic() + 5  # SIGKILL is asynchronous: wait until they are gone
+    while _group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
     def __enter__(self) -> TritonServer:
         self.start()

@@ -1,9 +1,29 @@
-"""The slim trainer: paired RNA + protein data -> a fine-tuned (or from-scratch) model bundle."""
+"""The slim trainer: paired RNA + protein data -> a fine-tuned (or from-scratch) model bundle.
 
-from sctranslator.train.finetune import DataOptions, Validation, finetune
-from sctranslator.train.loop import TrainOptions
-from sctranslator.train.paired import PairedData, load_paired
-from sctranslator.train.split import Split, split_cells
+Names are resolved lazily, so the command line can import `train.command` without loading torch.
+"""
 
-__all__ = ["DataOptions", "PairedData", "Split", "TrainOptions", "Validation", "finetune", "load_paired",
-           "split_cells"]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "DataOptions": "sctranslator.train.api",
+    "Validation": "sctranslator.train.api",
+    "finetune": "sctranslator.train.api",
+    "TrainOptions": "sctranslator.train.loop",
+    "PairedData": "sctranslator.train.paired",
+    "load_paired": "sctranslator.train.paired",
+    "Split": "sctranslator.train.split",
+    "split_cells": "sctranslator.train.split",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sctranslator.train' has no attribute {name!r}")
+    return getattr(import_module(module), name)
