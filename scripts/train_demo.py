@@ -95,15 +95,20 @@ def main() -> None:
     genes = select_genes(rna, split.train, args.n_genes)
     args.out.mkdir(parents=True, exist_ok=True)
     bundle = args.out / "model"
+    held = rna.obs_names[split.val]
+    # The 500 demo cells are never seen in training or model selection: the trainer gets only the
+    # training cells and holds out its own validation cells from them for early stopping.
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    rna[split.train].write_h5ad(args.work_dir / "train_rna.h5ad")
+    protein[split.train].write_h5ad(args.work_dir / "train_protein.h5ad")
     started = time.perf_counter()
-    model = finetune(TRAIN_DATA / "rna.h5ad", TRAIN_DATA / "protein.h5ad", config=args.config,
+    model = finetune(args.work_dir / "train_rna.h5ad", args.work_dir / "train_protein.h5ad", config=args.config,
                      config_overrides=overrides, out=bundle, genes=genes, val_count=HELD_OUT, seed=args.seed,
                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, normalize=args.normalize,
                      target_scaling=args.target_scaling, val_every=50, workers=args.workers,
-                     work_dir=args.work_dir, metrics_log=args.work_dir / "metrics.csv")
+                     work_dir=args.work_dir / "training", metrics_log=args.work_dir / "metrics.csv")
     train_seconds = time.perf_counter() - started
-    held = rna.obs_names[split.val]
-    assert model.validation.obs_names == list(held), "finetune held out other cells than the script"
+    assert not set(model.validation.obs_names) & set(held), "the demo cells leaked into model selection"
     panel = model.panel["proteins"]["names"]
 
     started = time.perf_counter()
@@ -125,7 +130,8 @@ def main() -> None:
         "seed": args.seed, "config": args.config, "overrides": overrides,
         "n_genes": len(model.panel["genes"]["symbols"]),
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "normalize": args.normalize,
-        "target_scaling": args.target_scaling, "train_cells": int(split.train.size), "heldout_cells": HELD_OUT,
+        "target_scaling": args.target_scaling, "train_cells": int(split.train.size),
+        "validation_cells_within_train": HELD_OUT, "heldout_cells": HELD_OUT,
         "train_seconds": round(train_seconds, 1), "baseline_seconds": round(baseline_seconds, 1),
         "steps": model.training_outcome.steps_done, "best_step": model.training_outcome.best_step,
         "parameters": model.n_parameters(), "demo_bytes": size,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,6 +75,18 @@ def check_block(job: BlockJob, block: Any, start: int) -> None:
                          + "; ".join(details) + ". Expression must be finite and non-negative.")
 
 
+_THREAD_STATE = threading.local()
+
+
+def _values_buffer(rows: int, length: int) -> np.ndarray:
+    """A per-thread (rows, L) float32 buffer, reused across blocks: filling fresh pages of a new
+    array costs more than the preparation itself."""
+    buffer = getattr(_THREAD_STATE, "values", None)
+    if buffer is None or buffer.shape[1] != length or buffer.shape[0] < rows:
+        buffer = _THREAD_STATE.values = np.empty((rows, length), dtype=np.float32)
+    return buffer[:rows]
+
+
 def predict_block(job: BlockJob, start: int, stop: int,
                   progress: Callable[[int], object] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Predictions (stop - start, n_outputs), and embeddings (stop - start, dim) if asked, for one block."""
@@ -81,7 +94,7 @@ def predict_block(job: BlockJob, start: int, stop: int,
     check_block(job, block, start)
     plan = job.plan
     values = prepare_values(block, plan.column_slot, plan.position_real, normalize=plan.normalize,
-                            target_sum=plan.target_sum)
+                            target_sum=plan.target_sum, out=_values_buffer(stop - start, plan.max_genes))
     backend = get_backend(job.backend)
     out = np.empty((stop - start, plan.output_index.shape[0]), dtype=np.float32)
     embedded: list[np.ndarray] = []

@@ -46,7 +46,9 @@ PROTOCOLS = ("grpc", "http")
 # Message fragments of failures that pass once the server is back (gRPC status names included).
 _TRANSIENT = ("unavailable", "connection", "connect", "reset", "refused", "broken pipe", "socket closed",
               "not ready", "unknown model", "is not found", "stopping", "shutting down", "deadline", "timed out",
-              "timeout", "resource_exhausted", "goaway")
+              "timeout", "resource_exhausted", "goaway",
+              # A stopping server cancels what is in flight, and its backend stub dies with it.
+              "cancelled", "not healthy", "stub process")
 
 
 @dataclass(frozen=True)
