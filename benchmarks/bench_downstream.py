@@ -52,27 +52,6 @@ def requested_proteins(model, protein_names: list[str]) -> list[str] | None:
     return [n for n, s in zip(protein_names, mapping.status, strict=True) if s in ("mapped", "ambiguous")]
 
 
-def cell_embeddings(rna: ad.AnnData, model, proteins: list[str] | None, batch_size: int = 16) -> np.ndarray:
-    """Mean encoder output over each cell's real gene tokens (the definition `translate --embeddings` uses)."""
-    from sctranslator.engine.plan import build_plan
-    from sctranslator.kernels import prepare_values
-
-    plan = build_plan(rna.var, model, proteins)
-    values = prepare_values(rna.X, plan.column_slot, plan.position_real, normalize=plan.normalize,
-                            target_sum=plan.target_sum)
-    mask = torch.from_numpy(plan.position_real)
-    genes = torch.from_numpy(plan.gene_ids)
-    out = []
-    with torch.inference_mode():
-        for lo in range(0, values.shape[0], batch_size):
-            batch = torch.from_numpy(values[lo:lo + batch_size])
-            n = batch.shape[0]
-            encodings = model.encode(batch, genes.expand(n, -1), mask.expand(n, -1))
-            weights = mask.to(encodings.dtype)[None, :, None]
-            out.append(((encodings * weights).sum(dim=1) / weights.sum(dim=1)).numpy())
-    return np.concatenate(out)
-
-
 def pcs(matrix: np.ndarray, n_components: int, *, standardize: bool) -> np.ndarray:
     """PCA of a dense block, scaled so the block's total variance is 1 (equal weight when concatenated)."""
     from sklearn.decomposition import PCA
@@ -166,8 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     model_path = args.model or default_model()
     model = sctranslator.load_model(model_path)
     proteins = requested_proteins(model, list(protein.var_names))
-    predicted = sctranslator.translate(rna, model, proteins, block_cells=rna.n_obs, batch_size=16)
-    embedding = cell_embeddings(rna, model, proteins)
+    # The bundled demo model's gene panel (pbmc10k HVGs) overlaps these 1,000 bone-marrow genes only
+    # partly; go on and report the coverage beside the numbers.
+    predicted = sctranslator.translate(rna, model, proteins, batch_size=16, embeddings=True, allow_low_coverage=True)
+    embedding = np.asarray(predicted.obsm["X_sctranslator"])
+    coverage = predicted.uns["sctranslator"]["plan"]["coverage"]
+    print(f"model {model_path}: gene coverage {float(coverage['fraction']):.1%} of {coverage['basis']}")
     base = rna_pcs(rna)
     measured = protein.X.toarray() if sp.issparse(protein.X) else np.asarray(protein.X)
     representations = {

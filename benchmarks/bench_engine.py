@@ -119,6 +119,31 @@ def full_size(cells: int, repeats: int, workdir: Path) -> None:
         print(f"| {backend} | {batch} | {seconds:.1f} | {cells / seconds:.3f} | {seconds / cells:.2f} |")
 
 
+def backend_only(repeats: int) -> None:
+    """Pure inference per cell of the full-size model: one prepared batch through each backend."""
+    from sctranslator.engine.backends import BackendSpec, Batch, OnnxRuntimeBackend, TorchBackend, onnx_file_for
+
+    torch.manual_seed(0)
+    model = TranslatorModel(ModelConfig())
+    length, width = model.config.max_genes, model.config.max_proteins
+    rng = np.random.default_rng(0)
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    backends = {"torch": TorchBackend(model),
+                "onnxruntime": OnnxRuntimeBackend(onnx_file_for(BackendSpec(kind="onnxruntime"), model),
+                                                  threads=threads)}
+    print(f"\n### Full-size model, inference only (prepared batch -> predictions), {threads} cores\n")
+    print("| backend | batch | median s/cell |")
+    print("| --- | ---: | ---: |")
+    for name, backend in backends.items():
+        for size in (1, 2):
+            batch = Batch(rng.random((size, length), dtype=np.float32), rng.integers(1, 75_000, length),
+                          np.ones(length, bool), rng.integers(1, 75_000, (1, width)), np.ones((1, width), bool))
+            backend.predict(batch)
+            seconds = timed(lambda backend=backend, batch=batch: backend.predict(batch), repeats)
+            print(f"| {name} | {size} | {seconds / size:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cells", type=int, default=50_000)
@@ -130,6 +155,7 @@ def main() -> None:
         engine_overhead(args.cells, args.repeats, Path(tmp))
         if not args.skip_full:
             full_size(args.full_cells, max(1, args.repeats - 1), Path(tmp))
+            backend_only(args.repeats)
 
 
 if __name__ == "__main__":

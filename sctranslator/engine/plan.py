@@ -102,8 +102,10 @@ def _coverage_table(coverage: dict[str, Any]) -> str:
 def _enforce_coverage(coverage: dict[str, Any], min_coverage: float, allow_low: bool) -> None:
     fraction = coverage["fraction"]
     if fraction < min_coverage and not allow_low:
+        what = ("of the model's gene panel is present in the data" if coverage["basis"] == "the model's gene panel"
+                else "of the dataset's genes map onto the model's vocabulary")
         raise CoverageError(
-            f"only {fraction:.1%} of {coverage['basis']} map onto the model (minimum {min_coverage:.0%}):\n"
+            f"only {fraction:.1%} {what} (minimum {min_coverage:.0%}):\n"
             f"{_coverage_table(coverage)}\n"
             "Check the identifier type (--id-type / --gene-column), or pass --allow-low-coverage to go on."
         )
