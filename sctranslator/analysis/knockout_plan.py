@@ -19,9 +19,9 @@ import pandas as pd
 from sctranslator.engine.plan import (
     UNMAPPED_SLOT,
     Plan,
-    _panel_alignment,
-    _reference_alignment,
     gene_identifiers,
+    panel_alignment,
+    reference_alignment,
 )
 from sctranslator.errors import InputDataError, VocabularyError
 from sctranslator.model import TranslatorModel
@@ -90,8 +90,8 @@ def knockout_variants(var: pd.DataFrame, model: TranslatorModel, plan: Plan, gen
         without[column] = 0  # an unmapped column is exactly a removed one for the alignment
         if plan.mode == "panel":
             panel_tokens = np.asarray(model.panel["genes"]["token_ids"], dtype=np.int64)
-            slot, real, ids = _panel_alignment(without, panel_tokens, length)
+            slot, real, ids = panel_alignment(without, panel_tokens, length)
         else:
-            slot, real, ids = _reference_alignment(without, length)
+            slot, real, ids = reference_alignment(without, length)
         variants.append(KnockoutVariant(str(gene), column, slot, real, ids, False))
     return variants

@@ -113,7 +113,7 @@ def _enforce_coverage(coverage: dict[str, Any], min_coverage: float, allow_low: 
         log.warning("low gene coverage (%.1f%%), continuing as asked", 100 * fraction)
 
 
-def _reference_alignment(tokens: np.ndarray, max_genes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def reference_alignment(tokens: np.ndarray, max_genes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Published checkpoints: mapped genes in the dataset's order, unmapped dropped, first L kept."""
     mapped_columns = np.flatnonzero(tokens > 0)
     kept = mapped_columns[:max_genes]
@@ -127,7 +127,7 @@ def _reference_alignment(tokens: np.ndarray, max_genes: int) -> tuple[np.ndarray
     return column_slot, position_real, gene_ids
 
 
-def _panel_alignment(tokens: np.ndarray, panel_tokens: np.ndarray,
+def panel_alignment(tokens: np.ndarray, panel_tokens: np.ndarray,
                      max_genes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fixed-panel bundles: each input column goes to its gene's panel position (first occurrence)."""
     lookup = pd.Series(np.arange(panel_tokens.shape[0]), index=panel_tokens)
@@ -230,7 +230,7 @@ def build_plan(var: pd.DataFrame, model: TranslatorModel, proteins: Sequence[str
     gene_panel = panel.get("genes")
     if gene_panel:
         panel_tokens = np.asarray(gene_panel["token_ids"], dtype=np.int64)
-        column_slot, position_real, gene_ids = _panel_alignment(tokens, panel_tokens, config.max_genes)
+        column_slot, position_real, gene_ids = panel_alignment(tokens, panel_tokens, config.max_genes)
         present = int((column_slot >= 0).sum())
         coverage = {"basis": "the model's gene panel", "panel_genes": int(panel_tokens.shape[0]),
                     "panel_genes_in_data": present, "fraction": present / max(1, panel_tokens.shape[0]),
@@ -238,7 +238,7 @@ def build_plan(var: pd.DataFrame, model: TranslatorModel, proteins: Sequence[str
                     "id_type": genes.id_type}
         mode = "panel"
     else:
-        column_slot, position_real, gene_ids = _reference_alignment(tokens, config.max_genes)
+        column_slot, position_real, gene_ids = reference_alignment(tokens, config.max_genes)
         mapped = int((tokens > 0).sum())
         coverage = {"basis": "the dataset's genes", "input_genes": int(tokens.shape[0]), "mapped": mapped,
                     "fraction": mapped / max(1, tokens.shape[0]), "used_positions": int(position_real.sum()),
