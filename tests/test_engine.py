@@ -267,3 +267,16 @@ def test_embeddings_are_the_mean_encoding_over_real_genes(rna_path: Path, rna: a
     np.testing.assert_allclose(embedding[:5], encodings.mean(dim=1).numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(sctranslator.errors.BackendError, match="torch backend"):
         sctranslator.translate(rna_path, tiny_model, PROTEINS, backend="onnxruntime", embeddings=True)
+
+
+def test_runs_on_an_existing_dask_distributed_cluster(rna_path: Path, fixtures_dir: Path, baseline: ad.AnnData,
+                                                      tmp_path: Path) -> None:
+    from distributed import LocalCluster
+
+    # A separate worker process: the job, the source and the model path travel to it by pickle.
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        result = sctranslator.translate(rna_path, fixtures_dir / "tiny_a_official.pt", PROTEINS,
+                                        scheduler=cluster.scheduler_address, block_cells=60,
+                                        out=tmp_path / "distributed.zarr")
+    assert result.uns["sctranslator"]["run"]["blocks_computed"] == 4
+    np.testing.assert_allclose(result.X, baseline.X, rtol=1e-5, atol=1e-6)
