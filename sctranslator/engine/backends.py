@@ -184,11 +184,9 @@ def onnx_file_for(spec: BackendSpec, model: TranslatorModel) -> str:
     cache = Path(spec.onnx_cache_dir or os.environ.get("SCTRANSLATOR_CACHE", Path.home() / ".cache" / "sctranslator"))
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"model-{model_fingerprint(model)[:16]}-{spec.precision}.onnx"
-    if not path.exists():
+    if not path.exists():  # export_onnx validates, then moves the file into place atomically
         log.info("exporting the model to ONNX (%s), cached at %s", spec.precision, path)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        export_onnx(model, tmp, precision=spec.precision)
-        os.replace(tmp, path)
+        export_onnx(model, path, precision=spec.precision)
     return str(path)
 
 
