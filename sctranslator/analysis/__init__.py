@@ -6,8 +6,7 @@ matplotlib nor the heavier analysis modules until they are used.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from sctranslator._lazy import lazy_getattr
 
 # Bound eagerly, not through __getattr__: importing the submodule `analysis.evaluate` would set the
 # package attribute `evaluate` to the module and shadow a lazily resolved function. The module
@@ -23,8 +22,4 @@ _EXPORTS = {
 __all__ = ["evaluate", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sctranslator.analysis' has no attribute {name!r}")
-    return getattr(import_module(module), name)
+__getattr__ = lazy_getattr("sctranslator.analysis", _EXPORTS)

@@ -6,8 +6,7 @@ for importing torch and onnx until an export actually runs.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from sctranslator._lazy import lazy_getattr
 
 _EXPORTS = {
     "ExportReport": "sctranslator.export.onnx",
@@ -28,8 +27,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sctranslator.export' has no attribute {name!r}")
-    return getattr(import_module(module), name)
+__getattr__ = lazy_getattr("sctranslator.export", _EXPORTS)

@@ -5,8 +5,7 @@ Names are resolved lazily, so the command line can import `train.command` withou
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from sctranslator._lazy import lazy_getattr
 
 _EXPORTS = {
     "DataOptions": "sctranslator.train.api",
@@ -22,8 +21,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sctranslator.train' has no attribute {name!r}")
-    return getattr(import_module(module), name)
+__getattr__ = lazy_getattr("sctranslator.train", _EXPORTS)
