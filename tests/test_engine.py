@@ -280,3 +280,18 @@ def test_runs_on_an_existing_dask_distributed_cluster(rna_path: Path, fixtures_d
                                         out=tmp_path / "distributed.zarr")
     assert result.uns["sctranslator"]["run"]["blocks_computed"] == 4
     np.testing.assert_allclose(result.X, baseline.X, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_cuda_backends_agree_with_cpu(rna_path: Path, tiny_model: TranslatorModel, baseline: ad.AnnData,
+                                      backend: str) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible to PyTorch")
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            pytest.skip("onnxruntime has no CUDA execution provider (install onnxruntime-gpu)")
+    result = sctranslator.translate(rna_path, tiny_model, PROTEINS, backend=backend, device="cuda")
+    assert relative_error(result.X, baseline.X) <= 1e-4

@@ -6,6 +6,7 @@ The pipeline does not know which backend it drives. Backends are created from a 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -105,7 +106,9 @@ class TorchBackend:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError(f"--device {device} asked for, but PyTorch sees no CUDA device")
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        current = next(model.parameters()).device
+        # nn.Module.to moves in place: never move the caller's model, move a copy.
+        self.model = (model if current == self.device else copy.deepcopy(model).to(self.device)).eval()
 
     def predict(self, batch: Batch) -> np.ndarray:
         return self.predict_with_embeddings(batch, embeddings=False)[0]
