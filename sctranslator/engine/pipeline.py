@@ -131,7 +131,8 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
     sink = job.sink
     pending = sink.pending()
     blocks = sink.blocks()
-    done_cells = sum(stop - start for i, (start, stop) in enumerate(blocks) if i not in set(pending))
+    todo = set(pending)  # built once: atlases have thousands of blocks
+    done_cells = sum(stop - start for i, (start, stop) in enumerate(blocks) if i not in todo)
     bar = tqdm(total=sink.n_obs, initial=done_cells, unit="cells", desc="translate", file=sys.stderr,
                disable=quiet, dynamic_ncols=True, smoothing=0.1)
     started = time.perf_counter()
