@@ -15,7 +15,7 @@ import sctranslator
 from sctranslator.analysis.attention import interactions
 from sctranslator.analysis.attention_math import received_attention
 from sctranslator.analysis.attention_trace import embed_genes, trace_stack
-from sctranslator.engine.plan import build_plan
+from sctranslator.plan import build_plan
 from sctranslator.kernels import prepare_values
 from sctranslator.model import ModelConfig, TranslatorModel
 from sctranslator.model.attention import key_features, query_features

@@ -14,7 +14,7 @@ import torch
 
 import sctranslator
 import sctranslator.errors
-from sctranslator.engine.plan import build_plan
+from sctranslator.plan import build_plan
 from sctranslator.errors import CoverageError, InputDataError, StoreError, UnknownProteinError
 from sctranslator.model import ModelConfig, TranslatorModel, save_model
 from sctranslator.vocab import map_genes, map_proteins

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 import sctranslator
 import sctranslator.analysis.knockout as knockout_module
 from sctranslator.analysis.knockout import knockout
-from sctranslator.engine.plan import build_plan
+from sctranslator.plan import build_plan
 from sctranslator.errors import InputDataError, StoreError, VocabularyError
 from sctranslator.model import TranslatorModel
 from sctranslator.vocab import map_genes

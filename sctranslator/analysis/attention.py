@@ -28,7 +28,7 @@ from sctranslator.analysis.attention_output import (
     write_interaction_files,
 )
 from sctranslator.analysis.attention_passes import decoder_pass, encoder_pass, gene_to_protein_block, translate_rows
-from sctranslator.engine.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
+from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 from sctranslator.engine.sources import open_source
 from sctranslator.errors import InputDataError
 from sctranslator.kernels import prepare_values, scan_block

@@ -32,7 +32,7 @@ from sctranslator.analysis.knockout_plan import KnockoutVariant, default_semanti
 from sctranslator.analysis.knockout_stats import block_stats, merge_stats, std_from
 from sctranslator.analysis.knockout_store import KnockoutStore
 from sctranslator.engine.backends import Batch, TorchBackend
-from sctranslator.engine.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
+from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 from sctranslator.engine.sources import Source, open_source
 from sctranslator.errors import InputDataError
 from sctranslator.kernels import prepare_values, scan_block

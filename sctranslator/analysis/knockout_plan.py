@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from sctranslator.engine.plan import (
+from sctranslator.plan import (
     UNMAPPED_SLOT,
     Plan,
     gene_identifiers,

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sctranslator.engine.backends import BackendSpec, Batch, get_backend
-from sctranslator.engine.plan import Plan
+from sctranslator.plan import Plan
 from sctranslator.engine.sink import ZarrSink
 from sctranslator.engine.sources import Source
 from sctranslator.errors import InputDataError

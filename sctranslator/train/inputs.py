@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sctranslator.engine.plan import Plan, build_plan, gene_identifiers
+from sctranslator.plan import Plan, build_plan, gene_identifiers
 from sctranslator.errors import InputDataError, UnknownProteinError
 from sctranslator.kernels import prepare_values, scale_targets, scan_block
 from sctranslator.model import TranslatorModel
