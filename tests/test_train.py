@@ -240,7 +240,7 @@ def test_finetune_command_line(pair, tmp_path, capsys):
 
 
 def test_packaged_demo_runs_end_to_end(tmp_path):
-    from sctranslator.train.demo import demo_root, format_table, run_demo
+    from sctranslator.demo import demo_root, format_table, run_demo
 
     try:
         with demo_root() as root:

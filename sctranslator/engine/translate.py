@@ -19,13 +19,13 @@ import pandas as pd
 from sctranslator import __version__
 from sctranslator.engine.backends import BACKENDS, BackendSpec
 from sctranslator.engine.pipeline import BlockJob, default_workers, run_job
-from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 from sctranslator.engine.sink import ZarrSink
 from sctranslator.engine.sources import Source, open_source
 from sctranslator.engine.writeback import write_h5ad_with_proteins, write_mudata_with_proteins
 from sctranslator.errors import BackendError, InputDataError
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
+from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 
 log = logging.getLogger(__name__)
 

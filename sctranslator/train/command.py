@@ -144,7 +144,7 @@ def define_demo(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument("--workers", type=int, help="concurrent blocks for translate")
 
     def handle(args: argparse.Namespace) -> int:
-        from sctranslator.train.demo import format_table, run_demo
+        from sctranslator.demo import format_table, run_demo
 
         report = run_demo(args.out, workers=args.workers)
         print(format_table(report))

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sctranslator.plan import Plan, build_plan, gene_identifiers
 from sctranslator.errors import InputDataError, UnknownProteinError
 from sctranslator.kernels import prepare_values, scale_targets, scan_block
 from sctranslator.model import TranslatorModel
+from sctranslator.plan import Plan, build_plan, gene_identifiers
 from sctranslator.train.paired import PairedData
 from sctranslator.vocab import map_genes, map_proteins, token_symbols
 

@@ -1,6 +1,6 @@
 """`interactions`: encoder, decoder and gene-to-protein attention, accumulated over cells.
 
-See `sctranslator.analysis.attention_passes` for the exact definitions. Cells stream through the
+See `sctranslator.analysis.attention.passes` for the exact definitions. Cells stream through the
 engine's source -> plan -> prepare path block by block; per cell the memory is O(L x (H1 + nb)),
 never L x L, so the full-size model (L = 20,000) runs on a laptop.
 """
@@ -20,19 +20,19 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from sctranslator.analysis.attention_groups import add_by_group, group_codes
-from sctranslator.analysis.attention_output import (
+from sctranslator.analysis.attention.groups import add_by_group, group_codes
+from sctranslator.analysis.attention.output import (
     interaction_anndata,
     minmax_columns_then_rows,
     top_genes,
     write_interaction_files,
 )
-from sctranslator.analysis.attention_passes import decoder_pass, encoder_pass, gene_to_protein_block, translate_rows
-from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
+from sctranslator.analysis.attention.passes import decoder_pass, encoder_pass, gene_to_protein_block, translate_rows
 from sctranslator.engine.sources import open_source
 from sctranslator.errors import InputDataError
 from sctranslator.kernels import prepare_values, scan_block
 from sctranslator.model import TranslatorModel, load_model
+from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 from sctranslator.vocab import token_symbols
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def _result(acc: _Accumulator, gene_names: list[str], positions: np.ndarray, pla
     uns = {"sctranslator_attention": {"groups": list(n_cells), "n_cells": list(n_cells.values()),
                                       "groupby": groupby or "", "as_published": as_published,
                                       "plan": plan.summary(),
-                                      "definition": "see sctranslator.analysis.attention_passes"}}
+                                      "definition": "see sctranslator.analysis.attention.passes"}}
     adata = interaction_anndata(matrix, scaled, gene_received, protein_received,
                                 {name: frame.to_numpy() for name, frame in groups.items()}, gene_obs, protein_var, uns)
     result = InteractionResult(matrix, scaled, gene_received, protein_received, top, groups, n_cells, adata)

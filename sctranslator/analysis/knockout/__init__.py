@@ -26,18 +26,18 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm import tqdm
 
-from sctranslator.analysis.attention_groups import group_codes, layer_key
-from sctranslator.analysis.knockout_output import check_out_path, effects_table, write_knockout_files
-from sctranslator.analysis.knockout_plan import KnockoutVariant, default_semantics, knockout_variants
-from sctranslator.analysis.knockout_stats import block_stats, merge_stats, std_from
-from sctranslator.analysis.knockout_store import KnockoutStore
+from sctranslator.analysis.attention.groups import group_codes, layer_key
+from sctranslator.analysis.knockout.output import check_out_path, effects_table, write_knockout_files
+from sctranslator.analysis.knockout.plan import KnockoutVariant, default_semantics, knockout_variants
+from sctranslator.analysis.knockout.stats import block_stats, merge_stats, std_from
+from sctranslator.analysis.knockout.store import KnockoutStore
 from sctranslator.engine.backends import Batch, TorchBackend
-from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 from sctranslator.engine.sources import Source, open_source
 from sctranslator.errors import InputDataError
 from sctranslator.kernels import prepare_values, scan_block
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
+from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from sctranslator.analysis.attention_groups import layer_key
-from sctranslator.analysis.attention_plot import save_heatmap
+from sctranslator.analysis.attention.groups import layer_key
+from sctranslator.analysis.attention.plot import save_heatmap
 
 
 def minmax_columns_then_rows(matrix: pd.DataFrame) -> pd.DataFrame:

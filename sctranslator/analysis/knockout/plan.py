@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from sctranslator.errors import InputDataError, VocabularyError
+from sctranslator.model import TranslatorModel
 from sctranslator.plan import (
     UNMAPPED_SLOT,
     Plan,
@@ -23,8 +25,6 @@ from sctranslator.plan import (
     panel_alignment,
     reference_alignment,
 )
-from sctranslator.errors import InputDataError, VocabularyError
-from sctranslator.model import TranslatorModel
 from sctranslator.vocab import map_genes
 
 SEMANTICS = ("drop", "zero")

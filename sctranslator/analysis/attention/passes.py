@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from sctranslator.analysis.attention_math import concat_heads, normalised_queries, received_attention
-from sctranslator.analysis.attention_trace import embed_genes, trace_stack
+from sctranslator.analysis.attention.math import concat_heads, normalised_queries, received_attention
+from sctranslator.analysis.attention.trace import embed_genes, trace_stack
 from sctranslator.model import TranslatorModel
 
 
