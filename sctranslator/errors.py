@@ -54,3 +54,7 @@ class ExportError(SctranslatorError):
 
 class ExportValidationError(ExportError):
     """An exported model's predictions differ from PyTorch's by more than the stated tolerance."""
+
+
+class MissingExtraError(SctranslatorError, ImportError):
+    """An optional dependency (a pip extra such as `triton` or `distributed`) is not installed."""
