@@ -77,7 +77,8 @@ def _output_var(plan: Plan) -> pd.DataFrame:
 def _resolve_model(model: str | Path | TranslatorModel) -> tuple[TranslatorModel, str | None]:
     if isinstance(model, TranslatorModel):
         return model, getattr(model, "source", None)
-    return load_model(model), str(Path(model).resolve())
+    loaded = load_model(model)  # a path, or a model name such as "demo"
+    return loaded, str(Path(loaded.source).resolve())
 
 
 def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel,

@@ -10,6 +10,7 @@ from sctranslator.errors import CheckpointError
 from sctranslator.model.bundle import CONFIG_FILE, load_bundle, load_state_strictly
 from sctranslator.model.network import TranslatorModel
 from sctranslator.model.official import load_official_checkpoint
+from sctranslator.model.registry import resolve_model
 
 
 def model_from_official(path: str | Path, device: str | torch.device = "cpu") -> TranslatorModel:
@@ -21,8 +22,14 @@ def model_from_official(path: str | Path, device: str | torch.device = "cpu") ->
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> TranslatorModel:
-    """Load a bundle directory or a published-format `.pt` checkpoint, in eval mode on `device`."""
-    path = Path(path)
+    """Load a bundle directory, a published-format `.pt` checkpoint or a named model, in eval mode.
+
+    `path` is a file or bundle directory, or a model name (`demo`, or one added by `sctranslator
+    convert --name`) when nothing exists at that path. `device` is a torch device ("cpu", "cuda:0").
+    Raises CheckpointError (missing, unreadable or mis-shaped model) and UnsafeCheckpointError (a
+    pickle naming a global outside the allow-list; never executed).
+    """
+    path = resolve_model(path)
     if path.is_dir():
         if not (path / CONFIG_FILE).exists():
             raise CheckpointError(f"{path} is a directory but not a model bundle (no {CONFIG_FILE})")

@@ -1,0 +1,145 @@
+"""Models by name: the bundled demo model and bundles a user converted into the model home.
+
+`--model NAME` works wherever a model path does. A name is looked up only when no file or
+directory of that name exists, so a path always means the path.
+
+The model home is `$SCTRANSLATOR_MODELS` when set, else `$XDG_DATA_HOME/sctranslator/models`
+(`~/.local/share/sctranslator/models`). `sctranslator convert CHECKPOINT --name NAME` writes a
+bundle there; `sctranslator models` lists what is available.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sctranslator.errors import CheckpointError
+
+BUNDLED = {"demo": "tiny demo model trained on 10x PBMC CITE-seq (4,000 HVGs); 14 surface proteins, CLR scale"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def model_home() -> Path:
+    """Where converted models are kept (not created until something is written there)."""
+    explicit = os.environ.get("SCTRANSLATOR_MODELS")
+    if explicit:
+        return Path(explicit).expanduser()
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home).expanduser() / "sctranslator" / "models"
+
+
+def bundled_model_path(name: str) -> Path:
+    """The directory of a model shipped inside the package."""
+    root = resources.files("sctranslator") / "data" / name / "model"
+    return Path(str(root))
+
+
+def check_model_name(name: str) -> str:
+    """`name` if it is usable as a model name (letters, digits, '.', '_', '-'); CheckpointError otherwise."""
+    if not _NAME.match(name) or name in (".", ".."):
+        raise CheckpointError(f"{name!r} is not a valid model name: use letters, digits, '.', '_' or '-' "
+                              "(at most 64 characters, starting with a letter or digit)")
+    return name
+
+
+def resolve_model(spec: str | Path) -> Path:
+    """The file or bundle directory that `spec` (a path or a model name) stands for.
+
+    Raises CheckpointError naming the known models when `spec` is neither an existing path nor a
+    known name.
+    """
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path.absolute()
+    name = str(spec)
+    if _NAME.match(name):
+        if name in BUNDLED:
+            return bundled_model_path(name)
+        converted = model_home() / name
+        if converted.is_dir():
+            return converted
+    known = ", ".join(entry.name for entry in list_models()) or "none"
+    raise CheckpointError(f"model not found: {spec} is neither a file, a bundle directory, nor a known model "
+                          f"name (known: {known}; `sctranslator models` lists them, `sctranslator convert "
+                          "CHECKPOINT --name NAME` adds one)")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One named model, as `sctranslator models` shows it."""
+
+    name: str
+    origin: str  # "bundled" or "converted"
+    path: Path
+    parameters: int | None
+    max_genes: int | None
+    genes_in_panel: int | None  # None: a published vocabulary model (no gene panel)
+    proteins_in_panel: int | None  # None: queries any protein
+    size_bytes: int
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "origin": self.origin, "path": str(self.path), "parameters": self.parameters,
+                "max_genes": self.max_genes, "genes_in_panel": self.genes_in_panel,
+                "proteins_in_panel": self.proteins_in_panel, "size_bytes": self.size_bytes, "note": self.note}
+
+
+def _describe(name: str, origin: str, path: Path, note: str = "") -> ModelEntry | None:
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # not a bundle: ignored (the home may hold other things)
+    if config.get("format") != "sctranslator-bundle":
+        return None
+    model = config.get("model", {})
+    panel: dict[str, Any] = {}
+    if (path / "panel.json").exists():
+        try:
+            panel = json.loads((path / "panel.json").read_text())
+        except json.JSONDecodeError:
+            panel = {}
+    genes = panel.get("genes", {}).get("token_ids") if isinstance(panel.get("genes"), dict) else None
+    proteins = panel.get("proteins", {}).get("names") if isinstance(panel.get("proteins"), dict) else None
+    weights = path / "model.safetensors"
+    size = weights.stat().st_size if weights.exists() else 0
+    return ModelEntry(name=name, origin=origin, path=path, parameters=_count_parameters(weights),
+                      max_genes=model.get("max_genes"), genes_in_panel=len(genes) if genes else None,
+                      proteins_in_panel=len(proteins) if proteins else None, size_bytes=size, note=note)
+
+
+def _count_parameters(weights: Path) -> int | None:
+    """Parameter count from the safetensors header (no weights read)."""
+    try:
+        with open(weights, "rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(header_size))
+    except (OSError, ValueError):
+        return None
+    total = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        count = 1
+        for extent in entry.get("shape", []):
+            count *= int(extent)
+        total += count
+    return total
+
+
+def list_models() -> list[ModelEntry]:
+    """The bundled models, then the converted ones in the model home (sorted by name)."""
+    entries = [entry for name, note in BUNDLED.items()
+               if (entry := _describe(name, "bundled", bundled_model_path(name), note)) is not None]
+    home = model_home()
+    if home.is_dir():
+        for child in sorted(home.iterdir()):
+            if child.is_dir() and _NAME.match(child.name) and child.name not in BUNDLED:
+                entry = _describe(child.name, "converted", child)
+                if entry is not None:
+                    entries.append(entry)
+    return entries
