@@ -7,6 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 
+def cap_names(names: list[str], limit: int = 20) -> str:
+    from sctranslator.analysis.predictions import cap_names as cap
+
+    return cap(names, limit)
+
+
 def _number(value: float | None, width: int = 8) -> str:
     return f"{value:{width}.3f}" if value is not None else f"{'n/a':>{width}}"
 
@@ -29,7 +35,10 @@ def format_report(report: dict[str, Any]) -> str:
     cells = report["cells"]
     lines.append("")
     lines.append(f"cells: {cells['matched']} matched of {cells['pred']} predicted / {cells['truth']} measured; "
-                 f"{cells['evaluated']} evaluated; targets scaled per cell by {report['scaling']}")
+                 f"{cells['evaluated']} evaluated; measured counts scaled per cell by {report['scaling']} "
+                 f"({report.get('scaling_source', 'asked')})")
+    if report.get("predictions_from"):
+        lines.append(f"predictions read from {report['predictions_from']}")
     for label, metrics in (("model", model), ("baseline", base)):
         if not metrics:
             continue
@@ -41,13 +50,13 @@ def format_report(report: dict[str, Any]) -> str:
                      f"rmse {_number(s['rmse'], 0)}")
         if s["undefined_proteins"]:
             lines.append(f"          undefined (constant) proteins, left out of the means: "
-                         f"{', '.join(s['undefined_proteins'])}")
+                         f"{cap_names(list(s['undefined_proteins']))}")
     skipped = report["proteins"]
     if skipped["ambiguous"]:
         lines.append("ambiguous (several antibodies for one gene, not compared): "
                      + "; ".join(f"{a['pred']} vs {a['truth']}" for a in skipped["ambiguous"]))
     if skipped["unmatched_pred"]:
-        lines.append(f"predicted but not measured: {', '.join(skipped['unmatched_pred'])}")
+        lines.append(f"predicted but not measured: {cap_names(list(skipped['unmatched_pred']))}")
     return "\n".join(lines)
 
 
@@ -56,8 +65,9 @@ def define_evaluate(parser: argparse.ArgumentParser) -> Callable[[argparse.Names
     parser.add_argument("--pred", required=True, help="predictions: Zarr store written by translate (or .h5ad)")
     parser.add_argument("--truth", required=True, help="measured proteins .h5ad (cells x proteins, raw counts)")
     parser.add_argument("--out", help="directory for report.json and the PNG figures")
-    parser.add_argument("--scaling", default="minmax", choices=["minmax", "clr", "log1p"],
-                        help="per-cell scaling of the measured counts (default: minmax, the original's target)")
+    parser.add_argument("--scaling", default=None, choices=["minmax", "clr", "log1p"],
+                        help="per-cell scaling of the measured counts (default: the scale translate recorded for "
+                             "the model's outputs, else minmax, the original's target)")
     parser.add_argument("--baseline", help="a second predictions store to score side by side (e.g. the ridge baseline)")
     parser.add_argument("--cosine-batch", type=int, help="cells per batch for the cosine score (default: all)")
     parser.add_argument("--no-plots", action="store_true", help="write report.json only")

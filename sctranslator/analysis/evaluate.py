@@ -75,12 +75,16 @@ def _no_shared_proteins(pred: ad.AnnData, truth: ad.AnnData) -> InputDataError:
 
 
 def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, out: str | Path | None = None,
-             scaling: str = "minmax", plots: bool = True, baseline: str | Path | ad.AnnData | np.ndarray | None = None,
+             scaling: str | None = None, plots: bool = True, baseline: str | Path | ad.AnnData | np.ndarray | None = None,
              cosine_batch_size: int | None = None) -> dict[str, Any]:
     """Compare predictions with measured proteins; return (and with `out`, write) the report.
 
-    pred: a predictions Zarr store written by `translate` (or any AnnData / .h5ad, cells x proteins).
+    pred: translate's output: its Zarr store, the `--write-h5ad` file (obsm['protein_expression']), the
+        `--write-mudata` file (modality 'prot'); or any cells x proteins AnnData / MuData. A gene
+        expression matrix given here is refused (InputDataError).
     truth: measured protein counts (cells x proteins, raw counts) as .h5ad or AnnData.
+    scaling: per-cell scaling of the measured counts ("minmax", "clr", "log1p"); None (default) takes
+        the scale translate recorded for the model's outputs, else "minmax" (the original's target).
     Cells are matched by obs_names, proteins by name, spelling, or unique encoding gene (see
     `sctranslator.analysis.matching`). With `baseline` (AnnData/path matched by name, or an array
     in the prediction's order) both are scored on the cells and proteins they share with the truth,
@@ -89,10 +93,15 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
     from sctranslator.analysis.matching import match_cells, match_proteins
     from sctranslator.kernels import scale_targets
 
-    if scaling not in TARGET_SCALINGS:
+    from sctranslator.analysis.predictions import read_predictions
+
+    if scaling is not None and scaling not in TARGET_SCALINGS:
         raise InputDataError(f"unknown scaling {scaling!r}; choose one of {TARGET_SCALINGS}")
-    pred_table = read_table(pred, "predictions")
     truth_table = read_table(truth, "protein truth")
+    found = read_predictions(pred, truth_table.var_names)
+    pred_table = found.table
+    scaling, scaling_source = _choose_scaling(scaling, found.scaling)
+    log.info("predictions from %s; measured counts scaled by %s (%s)", found.found_in, scaling, scaling_source)
     cells = match_cells(pred_table.obs_names, truth_table.obs_names)
     proteins = match_proteins(pred_table.var_names, truth_table.var_names)
     if not proteins.pairs:
@@ -130,6 +139,8 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
     by_name = {p.pred: p for p in proteins.pairs}
     report: dict[str, Any] = {
         "scaling": scaling,
+        "scaling_source": scaling_source,
+        "predictions_from": found.found_in,
         "cells": {"pred": cells.n_pred, "truth": cells.n_truth, "matched": cells.n_matched,
                   "evaluated": int(len(pred_rows))},
         "proteins": proteins.report(),
@@ -144,6 +155,21 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
     if out is not None:
         report["files"] = _write(Path(out), report, truth_scaled, pred_values, baseline_values, names, plots)
     return report
+
+
+def _choose_scaling(asked: str | None, recorded: str | None) -> tuple[str, str]:
+    """The scaling to put the measured counts on, and why: asked > recorded by translate > minmax."""
+    if asked is not None:
+        if recorded is not None and recorded != asked:
+            log.warning("the model's outputs are on the %s scale (recorded by translate) but --scaling %s was "
+                        "asked; RMSE, cosine and per-cell r compare values on different scales", recorded, asked)
+        return asked, "asked"
+    if recorded is not None:
+        if recorded not in TARGET_SCALINGS:
+            raise InputDataError(f"the predictions record an unknown output scaling {recorded!r}; pass --scaling "
+                                 f"one of {TARGET_SCALINGS}")
+        return recorded, "recorded by translate (the model's training targets)"
+    return "minmax", "default (the original scTranslator's targets; no scale recorded with the predictions)"
 
 
 def _scored(values: np.ndarray, truth: np.ndarray, names: list[str], pairs: dict[str, Any],
@@ -184,8 +210,10 @@ def _write(out: Path, report: dict[str, Any], truth: np.ndarray, pred: np.ndarra
         panels = [("model", pred, [row["pearson"] for row in report["model"]["per_protein"]])]
         if baseline is not None:
             panels.append(("baseline", baseline, [row["pearson"] for row in report["baseline"]["per_protein"]]))
-        written.append(str(figures.scatter_grid(out / "scatter.png", truth, panels, names)))
+        written.append(str(figures.scatter_grid(out / "scatter.png", truth, panels, names,
+                                                scaling=report["scaling"])))
         written.append(str(figures.correlation_bars(out / "pearson.png", names,
-                                                    [(label, r) for label, _, r in panels])))
+                                                    [(label, r) for label, _, r in panels],
+                                                    scaling=report["scaling"])))
     (out / "report.json").write_text(json.dumps({**report, "files": written}, indent=2, allow_nan=False))
     return written

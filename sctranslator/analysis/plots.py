@@ -40,10 +40,11 @@ def _panel(axes, pred: np.ndarray, truth: np.ndarray, title: str, seed: int) -> 
 
 
 def scatter_grid(path: Path, truth: np.ndarray, panels: Sequence[tuple[str, np.ndarray, Sequence[float | None]]],
-                 proteins: Sequence[str], columns: int = 4) -> Path:
+                 proteins: Sequence[str], columns: int = 4, scaling: str = "minmax") -> Path:
     """One panel per (protein, predictor): measured on x, predicted on y; a predictor's panels sit side by side.
 
-    `panels`: (label, predictions cells x proteins, per-protein Pearson) per predictor.
+    `panels`: (label, predictions cells x proteins, per-protein Pearson) per predictor. `scaling`
+    names the per-cell scaling of the measured values in the axis labels.
     """
     n_panels = len(proteins) * len(panels)
     per_row = max(len(panels), columns - columns % len(panels))
@@ -60,14 +61,14 @@ def scatter_grid(path: Path, truth: np.ndarray, panels: Sequence[tuple[str, np.n
             slot += 1
     for axes in list(grid.flat)[slot:]:
         axes.set_axis_off()
-    figure.supxlabel("measured (scaled)", fontsize=9)
-    figure.supylabel("predicted", fontsize=9)
+    figure.supxlabel(f"measured ({scaling}-scaled per cell)", fontsize=9)
+    figure.supylabel(f"predicted (model output; compared on the {scaling} scale)", fontsize=9)
     figure.tight_layout()
     return _save(figure, path)
 
 
 def correlation_bars(path: Path, proteins: Sequence[str], series: Sequence[tuple[str, Sequence[float | None]]],
-                     metric: str = "Pearson r") -> Path:
+                     metric: str = "Pearson r", scaling: str | None = None) -> Path:
     """Per-protein correlation bars, sorted by the first series (best first); series side by side."""
     first = np.array([np.nan if v is None else v for v in series[0][1]], dtype=float)
     order = np.argsort(-np.nan_to_num(first, nan=-np.inf), kind="stable")
@@ -80,6 +81,8 @@ def correlation_bars(path: Path, proteins: Sequence[str], series: Sequence[tuple
         axes.bar(positions + (k - (len(series) - 1) / 2) * width, np.nan_to_num(heights), width, label=label)
     axes.set_xticks(positions, [proteins[i] for i in order], rotation=90, fontsize=7)
     axes.set_ylabel(metric)
+    if scaling:
+        axes.set_title(f"{metric} per protein (measured: {scaling}-scaled per cell)", fontsize=8)
     axes.axhline(0, color="black", linewidth=0.6)
     axes.set_ylim(min(0.0, float(np.nanmin([np.nan_to_num(np.array(v, dtype=float)) for _, v in series])) - 0.05), 1.0)
     if len(series) > 1:

@@ -74,6 +74,16 @@ def _output_var(plan: Plan) -> pd.DataFrame:
     return var
 
 
+def output_scaling(model: TranslatorModel) -> str:
+    """The per-cell scale the model's predictions are on: its training targets' scaling.
+
+    Bundles record it (`preprocessing.target_scaling`); published checkpoints were trained on
+    per-cell min-max scaled proteins.
+    """
+    preprocessing = getattr(model, "preprocessing", None) or {}
+    return str(preprocessing.get("target_scaling") or "minmax")
+
+
 def _resolve_model(model: str | Path | TranslatorModel) -> tuple[TranslatorModel, str | None]:
     if isinstance(model, TranslatorModel):
         return model, getattr(model, "source", None)
@@ -130,7 +140,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
         "plan": plan.summary(),
         "settings": {"backend": backend, "device": device, "precision": precision, "batch_size": batch_size,
                      "normalize": plan.normalize, "target_sum": plan.target_sum, "id_type": id_type,
-                     "gene_column": gene_column or "", "layer": layer or "", "embeddings": bool(embeddings)},
+                     "gene_column": gene_column or "", "layer": layer or "", "embeddings": bool(embeddings),
+                     "output_scaling": output_scaling(loaded)},
         "versions": _versions(),
     }}
     temporary = None

@@ -1,0 +1,130 @@
+"""Find the predicted proteins in whatever a user hands to `evaluate`, and refuse what is not one.
+
+Accepted: translate's Zarr output (X = predictions), an AnnData / .h5ad with
+`obsm['protein_expression']` (translate's `--write-h5ad`, totalVI's convention), a MuData / .h5mu
+with a `prot` modality (translate's `--write-mudata`), or a plain cells x proteins AnnData (the
+ridge baseline, another tool's output). A gene-expression matrix given as predictions is refused
+with a named error instead of being scored as if its genes were proteins.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sctranslator.errors import InputDataError, StoreError
+
+if TYPE_CHECKING:
+    import anndata as ad
+
+log = logging.getLogger(__name__)
+
+PROTEIN_KEY = "protein_expression"
+PROTEIN_MODALITY = "prot"
+# More columns than any antibody panel in use (TotalSeq-A's largest is ~280; scTranslator queries
+# go to a few thousand), yet far fewer than a transcriptome.
+_MAX_UNMATCHED_COLUMNS = 5000
+
+
+@dataclass
+class Predictions:
+    """A cells x proteins AnnData, where it was found, and the scale its values are on (if recorded)."""
+
+    table: ad.AnnData
+    found_in: str
+    scaling: str | None
+
+
+def _read_file(path: Path, what: str) -> Any:
+    import anndata as ad
+
+    if not path.exists():
+        raise StoreError(f"{what} {path} does not exist")
+    try:
+        if path.suffix == ".h5mu":
+            import mudata
+
+            return mudata.read_h5mu(path)
+        if path.is_dir() or path.suffix == ".zarr":
+            return ad.read_zarr(path)
+        return ad.read_h5ad(path)
+    except Exception as error:  # anndata/zarr/h5py/mudata raise many types for a malformed store
+        raise StoreError(f"cannot read {what} {path}: {type(error).__name__}: {error}") from error
+
+
+def _recorded_scaling(uns: Any) -> str | None:
+    record = uns.get("sctranslator") if hasattr(uns, "get") else None
+    if not isinstance(record, dict):
+        return None
+    scaling = record.get("output_scaling") or record.get("settings", {}).get("output_scaling")
+    return str(scaling) if scaling else None
+
+
+def _from_obsm(table: ad.AnnData, where: str) -> ad.AnnData:
+    import anndata as ad
+    import pandas as pd
+
+    frame = table.obsm[PROTEIN_KEY]
+    if isinstance(frame, pd.DataFrame):
+        values, names = frame.to_numpy(dtype=np.float32), frame.columns.astype(str)
+    else:
+        raise InputDataError(f"{where}: obsm['{PROTEIN_KEY}'] is a {type(frame).__name__} without protein names; "
+                             "store it as a pandas DataFrame with proteins as columns")
+    return ad.AnnData(X=values, obs=pd.DataFrame(index=table.obs_names.copy()), var=pd.DataFrame(index=names),
+                      uns={"sctranslator": table.uns.get("sctranslator", {})})
+
+
+def read_predictions(source: Any, truth_names: Any = None, what: str = "predictions") -> Predictions:
+    """The predictions inside `source` (path, AnnData or MuData); see the module docstring.
+
+    `truth_names` (the measured proteins' names) lets a plain AnnData be recognised as gene
+    expression: most of its columns match no measured protein and there are far more of them than
+    proteins. Raises StoreError (unreadable) and InputDataError (no predictions found, or gene
+    expression given as predictions).
+    """
+    import anndata as ad
+
+    label = str(source) if isinstance(source, str | Path) else f"the in-memory {what}"
+    obj = _read_file(Path(source), what) if isinstance(source, str | Path) else source
+    if hasattr(obj, "mod"):  # a MuData
+        if PROTEIN_MODALITY not in obj.mod:
+            raise InputDataError(f"{label} is a MuData without a '{PROTEIN_MODALITY}' modality (it has "
+                                 f"{sorted(obj.mod)}); give the predictions' modality as an AnnData")
+        prot = obj.mod[PROTEIN_MODALITY]
+        scaling = _recorded_scaling(prot.uns) or _recorded_scaling(obj.uns)
+        return Predictions(prot, f"{label} (modality '{PROTEIN_MODALITY}')", scaling)
+    if not isinstance(obj, ad.AnnData):
+        raise InputDataError(f"{label} is a {type(obj).__name__}; expected an AnnData, a MuData or a path")
+    scaling = _recorded_scaling(obj.uns)
+    if PROTEIN_KEY in obj.obsm:
+        return Predictions(_from_obsm(obj, label), f"{label} (obsm['{PROTEIN_KEY}'])", scaling)
+    if scaling is None and "sctranslator" not in obj.uns:
+        _refuse_gene_expression(obj, truth_names, label)
+    return Predictions(obj, f"{label} (X)", scaling)
+
+
+def _refuse_gene_expression(table: ad.AnnData, truth_names: Any, label: str) -> None:
+    if truth_names is None:
+        return
+    from sctranslator.analysis.matching import match_proteins
+
+    matched = len(match_proteins(table.var_names, truth_names).pairs)
+    unmatched = table.n_vars - matched
+    # A transcriptome has thousands of columns, nearly none named like a measured protein.
+    if unmatched > _MAX_UNMATCHED_COLUMNS or (unmatched > 500 and matched < table.n_vars / 2):
+        raise InputDataError(
+            f"{label} looks like gene expression, not predicted proteins: X has {table.n_vars:,} columns and only "
+            f"{matched} of them match a measured protein, and it has no obsm['{PROTEIN_KEY}'] nor sctranslator "
+            "provenance. Give translate's output (the --out Zarr store, or the --write-h5ad / --write-mudata "
+            "file), or an AnnData whose X holds the predicted proteins")
+
+
+def cap_names(names: list[str], limit: int = 20) -> str:
+    """'A, B, C' for short lists; the first `limit` names and '... and N more' for long ones."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{', '.join(names[:limit])} ... and {len(names) - limit:,} more"
