@@ -75,8 +75,8 @@ def _no_shared_proteins(pred: ad.AnnData, truth: ad.AnnData) -> InputDataError:
 
 
 def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, out: str | Path | None = None,
-             scaling: str | None = None, plots: bool = True, baseline: str | Path | ad.AnnData | np.ndarray | None = None,
-             cosine_batch_size: int | None = None) -> dict[str, Any]:
+             scaling: str | None = None, plots: bool = True,
+             baseline: str | Path | ad.AnnData | np.ndarray | None = None, cosine_batch_size: int | None = None) -> dict[str, Any]:
     """Compare predictions with measured proteins; return (and with `out`, write) the report.
 
     pred: translate's output: its Zarr store, the `--write-h5ad` file (obsm['protein_expression']), the
@@ -91,9 +91,8 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
     side by side. With `out`, writes `report.json` and, if `plots`, `scatter.png` and `pearson.png`.
     """
     from sctranslator.analysis.matching import match_cells, match_proteins
-    from sctranslator.kernels import scale_targets
-
     from sctranslator.analysis.predictions import read_predictions
+    from sctranslator.kernels import scale_targets
 
     if scaling is not None and scaling not in TARGET_SCALINGS:
         raise InputDataError(f"unknown scaling {scaling!r}; choose one of {TARGET_SCALINGS}")
