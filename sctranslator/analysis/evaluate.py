@@ -76,7 +76,8 @@ def _no_shared_proteins(pred: ad.AnnData, truth: ad.AnnData) -> InputDataError:
 
 def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, out: str | Path | None = None,
              scaling: str | None = None, plots: bool = True,
-             baseline: str | Path | ad.AnnData | np.ndarray | None = None, cosine_batch_size: int | None = None) -> dict[str, Any]:
+             baseline: str | Path | ad.AnnData | np.ndarray | None = None,
+             cosine_batch_size: int | None = None) -> dict[str, Any]:
     """Compare predictions with measured proteins; return (and with `out`, write) the report.
 
     pred: translate's output: its Zarr store, the `--write-h5ad` file (obsm['protein_expression']), the
