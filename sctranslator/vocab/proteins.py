@@ -12,6 +12,7 @@ Resolution of one name, first hit wins:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -85,13 +86,32 @@ def map_proteins(names: Iterable[str] | pd.Index | pd.Series | np.ndarray, *,
 def resolve_protein_name(name: str) -> ProteinMatch:
     """Resolve one panel name (cached: panels repeat across calls)."""
     groups = candidate_spellings(name)
-    if is_control_key(name_key(name)) or any(is_control_key(name_key(text)) for text in groups[0]):
+    looks_like_control = is_control_key(name_key(name)) or any(is_control_key(name_key(text)) for text in groups[0])
+    if looks_like_control and not _is_current_symbol_without_control_word(name, groups[0]):
         return ProteinMatch(status=CONTROL, note="isotype control, blank or hashtag: not a protein")
     for group in groups:
         hits = [hit for hit in map(_lookup, group) if hit is not None]
         if hits:
             return _with_token(_best_of(hits))
     return ProteinMatch(status=UNMAPPED, note="no gene known under this name")
+
+
+# Words that make a name a control even when the rest of it is a gene symbol ("LMO4" is a LIM-domain
+# transcription factor; "Hashtag 4", "HTO_4", "Mouse IgG1 isotype" and "Blank-2" are not proteins).
+_EXPLICIT_CONTROL_WORD = re.compile(
+    r"ISOTYPE|ISO[\s_\-.]?CTRL|CONTROL|\bCTRL\b.*\S|\S.*\bCTRL\b|BLANK|EMPTY|HASHTAG|\bHTO|\bCMO\d"
+    r"|(?:MOUSE|RAT|HAMSTER|GOAT|RABBIT|\bMS|\bRT)[\s_\-.]*IG[GMAE]", re.IGNORECASE)
+
+
+def _is_current_symbol_without_control_word(name: str, spellings: list[str]) -> bool:
+    """True when a control-shaped name is exactly a current HGNC symbol and carries no control word."""
+    if _EXPLICIT_CONTROL_WORD.search(name):
+        return False
+    for spelling in spellings:
+        hit = _lookup(spelling)
+        if hit is not None and hit.source.startswith("hgnc_symbol") and name_key(spelling) == name_key(hit.gene):
+            return True
+    return False
 
 
 def _best_of(hits: list[ProteinMatch]) -> ProteinMatch:
