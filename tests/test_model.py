@@ -207,7 +207,7 @@ def test_global_outside_allow_list_is_named_even_if_harmless(tmp_path: Path) -> 
 
 def test_non_checkpoint_files_raise_checkpoint_error(tmp_path: Path) -> None:
     (tmp_path / "notes.pt").write_text("hello")
-    with pytest.raises(CheckpointError, match="not a torch zip checkpoint"):
+    with pytest.raises(CheckpointError, match="not a torch checkpoint"):
         load_model(tmp_path / "notes.pt")
     torch.save({"weight": torch.zeros(3)}, tmp_path / "small.pt")
     with pytest.raises(CheckpointError, match="lacks"):

@@ -12,6 +12,7 @@ import collections
 import pickle
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,10 +156,7 @@ def _unpickle_archive(path: Path) -> Any:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
-        raise CheckpointError(
-            f"{path} is not a torch zip checkpoint (the pre-1.6 legacy format and plain pickles are not "
-            "read: they cannot be opened without executing them)"
-        ) from None
+        raise _not_a_zip(path) from None
     with archive:
         pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
         if len(pickles) != 1:
@@ -172,6 +170,31 @@ def _unpickle_archive(path: Path) -> Any:
                 return _SafeUnpickler(handle, _StorageReader(archive, prefix)).load()
             except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
                 raise CheckpointError(f"{path}: the checkpoint's pickle is corrupted ({exc})") from exc
+            except (zipfile.BadZipFile, zlib.error) as exc:  # a CRC mismatch or a damaged entry
+                raise CheckpointError(f"{path} is corrupted ({exc}); download or copy it again") from exc
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTOCOL_2 = b"\x80\x02"
+
+
+def _not_a_zip(path: Path) -> CheckpointError:
+    """Why a file zipfile cannot open is not a checkpoint: empty, truncated, legacy format, or other."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if size == 0:
+        return CheckpointError(f"{path} is empty (0 bytes); the download or copy did not complete")
+    if head == _ZIP_MAGIC:
+        return CheckpointError(f"{path} is truncated or corrupted: it starts as a torch zip checkpoint but its "
+                               f"end ({size:,} bytes read) is missing or damaged; download or copy it again "
+                               "(compare its size / checksum with the original)")
+    if head[:2] == _PICKLE_PROTOCOL_2:
+        return CheckpointError(f"{path} is a pre-1.6 legacy torch checkpoint or a plain pickle: these cannot be "
+                               "read without executing them; re-save it with torch >= 1.6 (torch.save) in a "
+                               "trusted environment")
+    return CheckpointError(f"{path} is not a torch checkpoint (no zip or pickle header); expected an official "
+                           "scTranslator .pt file or a bundle directory")
 
 
 def _module_state(obj: _Placeholder) -> dict[str, Any]:
