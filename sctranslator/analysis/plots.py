@@ -1,4 +1,4 @@
-"""PNG figures of an evaluation: predicted vs measured per protein, and per-protein correlation bars.
+"""PNG figures: predicted vs measured per protein, per-protein correlation bars, labelled heatmaps.
 
 Uses matplotlib's object API (`Figure` + Agg canvas), not pyplot, so no GUI backend or global
 figure state is touched; import this module only when plots are wanted (matplotlib is slow to load).
@@ -7,10 +7,12 @@ figure state is touched; import this module only when plots are wanted (matplotl
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -19,10 +21,59 @@ HEXBIN_ABOVE = 2000
 PANEL_INCHES = 2.6
 
 
-def _save(figure: Figure, path: Path) -> Path:
+def _save(figure: Figure, path: Path, dpi: int = 110) -> Path:
     FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=110, bbox_inches="tight")
+    figure.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.1)
     return path
+
+
+def texts_outside(figure: Figure) -> list[str]:
+    """What a PNG of `figure` would clip: [] when every drawn artist (texts included) lies on the canvas.
+
+    Uses the same extent matplotlib computes for `bbox_inches="tight"`, so ticks outside the view
+    and invisible artists do not count. Otherwise, one line per side that overflows, and the texts
+    found there.
+    """
+    canvas = FigureCanvasAgg(figure)
+    renderer = canvas.get_renderer()
+    figure.draw(renderer)  # runs the layout engine, so positions are final
+    inches = figure.get_tightbbox(renderer)
+    width, height = figure.get_size_inches()
+    tolerance = 0.01
+    sides = {"left": -inches.x0, "bottom": -inches.y0, "right": inches.x1 - width, "top": inches.y1 - height}
+    over = {side: amount for side, amount in sides.items() if amount > tolerance}
+    if not over:
+        return []
+    dpi = figure.dpi
+    texts = []
+    for text in figure.findobj(lambda artist: hasattr(artist, "get_text") and hasattr(artist, "get_window_extent")):
+        if text.get_visible() and text.get_text().strip():
+            box = text.get_window_extent(renderer)
+            if box.x0 < 0 or box.y0 < 0 or box.x1 > width * dpi or box.y1 > height * dpi:
+                texts.append(text.get_text())
+    return [f"{side}: {amount:.2f} in beyond the canvas" for side, amount in over.items()] + texts[:5]
+
+
+def fit_to_text(figure: Figure, attempts: int = 6) -> Figure:
+    """Grow `figure` until nothing reaches outside its canvas (the layout engine reflows each time)."""
+    canvas = FigureCanvasAgg(figure)
+    for _ in range(attempts):
+        renderer = canvas.get_renderer()
+        figure.draw(renderer)
+        inches = figure.get_tightbbox(renderer)
+        width, height = figure.get_size_inches()
+        grow_x = max(0.0, -inches.x0) + max(0.0, inches.x1 - width)
+        grow_y = max(0.0, -inches.y0) + max(0.0, inches.y1 - height)
+        if grow_x <= 0.01 and grow_y <= 0.01:
+            break
+        figure.set_size_inches(width + 2 * grow_x + 0.1 * (grow_x > 0), height + 2 * grow_y + 0.1 * (grow_y > 0))
+    return figure
+
+
+def _wrap(text: str, inches: float, fontsize: float) -> str:
+    """`text` wrapped to about `inches` at `fontsize` points (average glyph ~0.55 em wide)."""
+    chars = max(12, int(inches * 72 / (0.55 * fontsize)))
+    return "\n".join(textwrap.wrap(text, chars)) if len(text) > chars else text
 
 
 def _panel(axes, pred: np.ndarray, truth: np.ndarray, title: str, seed: int) -> None:
@@ -49,7 +100,7 @@ def scatter_grid(path: Path, truth: np.ndarray, panels: Sequence[tuple[str, np.n
     n_panels = len(proteins) * len(panels)
     per_row = max(len(panels), columns - columns % len(panels))
     rows = max(1, math.ceil(n_panels / per_row))
-    figure = Figure(figsize=(PANEL_INCHES * per_row, PANEL_INCHES * rows))
+    figure = Figure(figsize=(PANEL_INCHES * per_row, PANEL_INCHES * rows), layout="constrained")
     grid = figure.subplots(rows, per_row, squeeze=False)
     slot = 0
     for j, protein in enumerate(proteins):
@@ -62,9 +113,8 @@ def scatter_grid(path: Path, truth: np.ndarray, panels: Sequence[tuple[str, np.n
     for axes in list(grid.flat)[slot:]:
         axes.set_axis_off()
     figure.supxlabel(f"measured ({scaling}-scaled per cell)", fontsize=9)
-    figure.supylabel(f"predicted (model output; compared on the {scaling} scale)", fontsize=9)
-    figure.tight_layout()
-    return _save(figure, path)
+    figure.supylabel(_wrap(f"predicted (compared on the {scaling} scale)", PANEL_INCHES * rows - 0.3, 9), fontsize=9)
+    return _save(fit_to_text(figure), path)
 
 
 def correlation_bars(path: Path, proteins: Sequence[str], series: Sequence[tuple[str, Sequence[float | None]]],
@@ -73,7 +123,7 @@ def correlation_bars(path: Path, proteins: Sequence[str], series: Sequence[tuple
     first = np.array([np.nan if v is None else v for v in series[0][1]], dtype=float)
     order = np.argsort(-np.nan_to_num(first, nan=-np.inf), kind="stable")
     width = 0.8 / len(series)
-    figure = Figure(figsize=(max(4.0, 0.35 * len(proteins) * len(series) + 1.5), 3.6))
+    figure = Figure(figsize=(max(4.0, 0.35 * len(proteins) * len(series) + 1.5), 3.6), layout="constrained")
     axes = figure.subplots()
     positions = np.arange(len(proteins))
     for k, (label, values) in enumerate(series):
@@ -82,10 +132,41 @@ def correlation_bars(path: Path, proteins: Sequence[str], series: Sequence[tuple
     axes.set_xticks(positions, [proteins[i] for i in order], rotation=90, fontsize=7)
     axes.set_ylabel(metric)
     if scaling:
-        axes.set_title(f"{metric} per protein (measured: {scaling}-scaled per cell)", fontsize=8)
+        width = figure.get_size_inches()[0]
+        axes.set_title(_wrap(f"{metric} per protein (measured: {scaling}-scaled per cell)", width - 1.0, 8), fontsize=8)
     axes.axhline(0, color="black", linewidth=0.6)
     axes.set_ylim(min(0.0, float(np.nanmin([np.nan_to_num(np.array(v, dtype=float)) for _, v in series])) - 0.05), 1.0)
     if len(series) > 1:
         axes.legend(fontsize=7)
-    figure.tight_layout()
-    return _save(figure, path)
+    return _save(fit_to_text(figure), path)
+
+
+def heatmap_figure(matrix: pd.DataFrame, *, title: str, colorbar: str, diverging: bool = False) -> Figure:
+    """Rows x columns heatmap with every label inside the canvas; `diverging` centres red-blue on 0."""
+    values = matrix.to_numpy(dtype=np.float64)
+    n_rows, n_cols = values.shape
+    longest_row = max((len(str(r)) for r in matrix.index), default=1)
+    longest_col = max((len(str(c)) for c in matrix.columns), default=1)
+    # Room for the tick labels (7 pt, ~0.055 in per character) around a cell grid of fixed pitch.
+    width = min(30.0, max(5.0, 1.6 + 0.055 * longest_row + 0.28 * n_cols + 1.4))
+    height = min(30.0, max(3.5, 1.2 + 0.055 * longest_col + 0.25 * n_rows + 0.6))
+    figure = Figure(figsize=(width, height), layout="constrained")
+    axes = figure.subplots()
+    if diverging:
+        limit = float(np.nanmax(np.abs(values))) if values.size else 1.0
+        image = axes.imshow(values, cmap="RdBu_r", vmin=-limit or -1, vmax=limit or 1, aspect="auto")
+    else:
+        image = axes.imshow(values, cmap="viridis", aspect="auto")
+    axes.set_xticks(range(n_cols), [str(c) for c in matrix.columns], rotation=90, fontsize=7)
+    axes.set_yticks(range(n_rows), [str(r) for r in matrix.index], fontsize=7)
+    figure.suptitle(_wrap(title, width - 0.4, 10), fontsize=10)
+    bar = figure.colorbar(image, ax=axes, shrink=0.8)
+    bar.set_label(_wrap(colorbar, max(1.5, 0.6 * height - 0.055 * longest_col), 8), fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    return fit_to_text(figure)
+
+
+def save_heatmap(matrix: pd.DataFrame, path: str | Path, *, title: str, colorbar: str,
+                 diverging: bool = False) -> Path:
+    """Write `heatmap_figure(...)` as a PNG at `path`; returns the path."""
+    return _save(heatmap_figure(matrix, title=title, colorbar=colorbar, diverging=diverging), Path(path), dpi=120)

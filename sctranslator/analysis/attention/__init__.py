@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from sctranslator.analysis.attention.groups import add_by_group, group_codes
 from sctranslator.analysis.attention.output import (
+    MIN_RELATIVE_SPREAD,
     interaction_anndata,
     minmax_columns_then_rows,
     top_genes,
@@ -48,7 +49,7 @@ class InteractionResult:
     scaled: pd.DataFrame  # the same, min-max scaled per column then per row (the original's normalisation)
     gene_attention: pd.DataFrame  # genes x groups: mean encoder attention received
     protein_attention: pd.DataFrame  # proteins x groups: mean decoder attention received
-    top_genes: pd.DataFrame  # protein, rank, gene, score, scaled
+    top_genes: pd.DataFrame  # protein, rank, gene, score, fold_over_mean, scaled, separates_genes
     group_gene_to_protein: dict[str, pd.DataFrame]  # per obs group (groupby only)
     n_cells: dict[str, int]
     adata: ad.AnnData
@@ -175,6 +176,11 @@ def _result(acc: _Accumulator, gene_names: list[str], positions: np.ndarray, pla
     groups = {name: pd.DataFrame(matrix_mean[i], index=gene_index, columns=protein_index)
               for i, name in enumerate(group_names) if i > 0}
     top = top_genes(matrix, scaled, top_k)
+    near_ties = sorted(set(top.loc[~top["separates_genes"], "protein"]))
+    if near_ties:
+        log.warning("attention does not separate genes for %d protein(s) (%s): their top-%d gene scores differ by "
+                    "less than %.1g relative; the ranking in top_genes.csv is an ordering of near-ties",
+                    len(near_ties), ", ".join(near_ties[:10]), top_k, MIN_RELATIVE_SPREAD)
     n_cells = {name: int(acc.count[i]) for i, name in enumerate(group_names)}
     gene_obs = pd.DataFrame({"position": positions, "token_id": plan.gene_ids[positions]}, index=gene_index)
     protein_var = pd.DataFrame({"gene": plan.proteins["gene"].astype(str).to_numpy(),

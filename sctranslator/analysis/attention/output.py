@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from sctranslator.analysis.attention.groups import layer_key
-from sctranslator.analysis.attention.plot import save_heatmap
+from sctranslator.analysis.plots import save_heatmap
 
 
 def minmax_columns_then_rows(matrix: pd.DataFrame) -> pd.DataFrame:
@@ -24,18 +24,35 @@ def minmax_columns_then_rows(matrix: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(scale(scale(values, 0), 1), index=matrix.index, columns=matrix.columns)
 
 
+# Below this relative gap between a protein's best and k-th gene, the ranking says nothing a
+# biologist could use (the scores differ in the fourth significant figure or later).
+MIN_RELATIVE_SPREAD = 1e-3
+
+
 def top_genes(matrix: pd.DataFrame, scaled: pd.DataFrame, top_k: int) -> pd.DataFrame:
-    """Long table: for each protein, its `top_k` genes by gene-to-protein score (highest first)."""
+    """Long table: for each protein, its `top_k` genes by gene-to-protein score (highest first).
+
+    Besides the raw `score` and the original's min-max `scaled` value, `fold_over_mean` is the score
+    relative to the protein's mean score over all genes (1.0 = an average gene), and
+    `separates_genes` is False for every row of a protein whose top-k scores lie within
+    MIN_RELATIVE_SPREAD of each other: such a ranking is an ordering of near-ties.
+    """
     rows = []
     k = min(top_k, matrix.shape[0])
     for protein in matrix.columns:
-        column = matrix[protein]
-        order = np.argsort(-column.to_numpy(), kind="stable")[:k]
+        values = matrix[protein].to_numpy(dtype=np.float64)
+        mean = float(np.mean(values)) if values.size else 0.0
+        order = np.argsort(-values, kind="stable")[:k]
+        best, worst = values[order[0]], values[order[-1]]
+        spread = abs(best - worst) / max(abs(mean), np.finfo(np.float64).tiny)
+        separates = bool(spread >= MIN_RELATIVE_SPREAD)
         for rank, i in enumerate(order, start=1):
             gene = matrix.index[i]
-            rows.append({"protein": protein, "rank": rank, "gene": gene, "score": float(column.iloc[i]),
-                         "scaled": float(scaled.at[gene, protein])})
-    return pd.DataFrame(rows, columns=["protein", "rank", "gene", "score", "scaled"])
+            rows.append({"protein": protein, "rank": rank, "gene": gene, "score": float(values[i]),
+                         "fold_over_mean": float(values[i] / mean) if mean else float("nan"),
+                         "scaled": float(scaled.at[gene, protein]), "separates_genes": separates})
+    return pd.DataFrame(rows, columns=["protein", "rank", "gene", "score", "fold_over_mean", "scaled",
+                                       "separates_genes"])
 
 
 def interaction_anndata(matrix: pd.DataFrame, scaled: pd.DataFrame, gene_received: pd.DataFrame,

@@ -11,7 +11,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from sctranslator.analysis.attention.plot import save_heatmap
+from sctranslator.analysis.plots import save_heatmap
 from sctranslator.errors import InputDataError
 
 OUTPUT_SUFFIXES = (".h5ad", ".zarr")
