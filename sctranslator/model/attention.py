@@ -67,9 +67,18 @@ def key_features(k: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
     return _positive_features(k, projection, (-1, -2))
 
 
-def linear_attention(q_feat: torch.Tensor, k_feat: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """out_n = (q'_n C) / (q'_n . sum_m k'_m) with C = sum_m k'_m (outer) v_m."""
-    key_sum = k_feat.sum(dim=-2)  # (B, H, nb)
+def linear_attention(q_feat: torch.Tensor, k_feat: torch.Tensor, v: torch.Tensor,
+                     key_counts: torch.Tensor | None = None) -> torch.Tensor:
+    """out_n = (q'_n C) / (q'_n . sum_m k'_m) with C = sum_m k'_m (outer) v_m.
+
+    `key_counts` (N,): how many identical tokens each position stands for (padding collapse, see
+    sctranslator.model.collapse). They weight the key sum only: a collapsed position is always a
+    padded one, whose value vector is zero, so it adds nothing to C however often it counts.
+    """
+    if key_counts is None:
+        key_sum = k_feat.sum(dim=-2)  # (B, H, nb)
+    else:
+        key_sum = torch.matmul(key_counts.to(k_feat.dtype), k_feat)  # (N,) @ (B, H, N, nb) -> (B, H, nb)
     context = torch.matmul(k_feat.transpose(-1, -2), v)  # (B, H, nb, d)
     denominator = torch.matmul(q_feat, key_sum.unsqueeze(-1))  # (B, H, N, 1)
     return torch.matmul(q_feat, context) / denominator
@@ -102,10 +111,10 @@ class FavorSelfAttention(nn.Module):
         v = v.masked_fill(~mask[:, None, :, None], 0.0)
         return q, k, v
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, key_counts: torch.Tensor | None = None) -> torch.Tensor:
         q, k, v = self.project(x, mask)
         projection = self.projection_matrix
-        out = linear_attention(query_features(q, projection), key_features(k, projection), v)
+        out = linear_attention(query_features(q, projection), key_features(k, projection), v, key_counts)
         batch, _, length, _ = out.shape
         out = out.transpose(1, 2).reshape(batch, length, self.heads * self.dim_head)
         return self.dropout(self.to_out(out))

@@ -32,8 +32,8 @@ class PerformerBlock(nn.Module):
         self.ff_norm = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, ff_mult)
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = h + self.attn(self.attn_norm(h), mask)
+    def forward(self, h: torch.Tensor, mask: torch.Tensor, key_counts: torch.Tensor | None = None) -> torch.Tensor:
+        h = h + self.attn(self.attn_norm(h), mask, key_counts)
         return h + self.ff(self.ff_norm(h))
 
 
@@ -59,7 +59,8 @@ class PerformerStack(nn.Module):
     def attention_layers(self) -> list[FavorSelfAttention]:
         return [block.attn for block in self.layers]
 
-    def run_blocks(self, h: torch.Tensor, mask: torch.Tensor, redraw_interval: int | None) -> torch.Tensor:
+    def run_blocks(self, h: torch.Tensor, mask: torch.Tensor, redraw_interval: int | None,
+                   key_counts: torch.Tensor | None = None) -> torch.Tensor:
         if self.training and redraw_interval is not None:
             # The reference counts forward calls in training mode and redraws all random
             # features of the stack once the count reaches the interval.
@@ -70,5 +71,5 @@ class PerformerStack(nn.Module):
             else:
                 self.forward_calls += 1
         for block in self.layers:
-            h = block(h, mask)
+            h = block(h, mask, key_counts)
         return h

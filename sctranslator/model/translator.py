@@ -42,7 +42,12 @@ class SequenceTranslator(nn.Module):
     def layer(self, i: int) -> nn.Linear:
         return getattr(self, f"fc{i}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i in range(self.depth - 1):
-            x = self.act(self.dropouts[i](self.layer(i)(x)))
-        return self.layer(self.depth - 1)(x)
+    def forward(self, x: torch.Tensor, first_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """`first_weight` replaces fc0's weight (same output width, any input width): the padding
+        collapse passes fc0 with its padded positions' columns summed into one."""
+        for i in range(self.depth):
+            layer = self.layer(i)
+            x = layer(x) if i or first_weight is None else nn.functional.linear(x, first_weight, layer.bias)
+            if i < self.depth - 1:
+                x = self.act(self.dropouts[i](x))
+        return x

@@ -1,0 +1,92 @@
+"""Exact padding collapse: the L - n padded gene positions computed once, as one token.
+
+In the published pipeline every padded position holds value 0, gene id 0 and mask False, so its
+encoder input is the same vector (to_vector's bias plus the all-zero padding embedding), and it
+stays the same through every block: LayerNorm, the feed-forward and the query features act per
+token; its value vector is zeroed, so it adds nothing to the attention context; its key features
+enter only the key sum (which counts each of the L - n copies) and the per-(cell, head) key
+maximum (a maximum does not depend on how often a value repeats). So the encoder can run on n + 1
+tokens, the last one standing for L - n, and the translator's first layer, linear in its input
+positions, takes the sum of its weight columns over the padded positions as that token's column.
+
+The result equals the uncollapsed model up to float reassociation. A fine-tuned panel bundle's
+missing genes are real zero-valued tokens (mask True, a gene id): they are never collapsed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sctranslator.model.network import TranslatorModel
+
+
+@dataclass(frozen=True)
+class PaddingCollapse:
+    """The collapse for one gene layout (one plan): which positions stay, how many pads, fc0's columns."""
+
+    real_positions: torch.Tensor  # (n,) int64: the positions that are not padding, in order
+    gene_ids: torch.Tensor  # (n,) int64: their token ids
+    pad_count: int  # L - n: how many padded positions the last token stands for
+    first_weight: torch.Tensor  # (fc0 out, n + 1): fc0's columns of the real positions, then the pads' sum
+    key_counts: torch.Tensor  # (n + 1,): 1 per real token, L - n for the pad token
+
+    @property
+    def tokens(self) -> int:
+        return int(self.real_positions.numel()) + 1
+
+    @classmethod
+    def for_layout(cls, model: TranslatorModel, gene_ids: np.ndarray, gene_mask: np.ndarray,
+                   values: np.ndarray | None = None) -> PaddingCollapse | None:
+        """The collapse of a gene layout (gene_ids (L,), gene_mask (L,)), or None when it has no padding.
+
+        Padding = mask False and gene id 0; with `values` (B, L) given, those positions must also
+        be 0 in every cell (else None: the tokens would differ and nothing may be collapsed).
+        """
+        gene_ids = np.asarray(gene_ids)
+        gene_mask = np.asarray(gene_mask, dtype=bool)
+        if gene_ids.shape[0] != model.config.max_genes:
+            return None  # a shortened sequence: the translator needs exactly L positions anyway
+        padded = ~gene_mask & (gene_ids == 0)
+        pad_count = int(padded.sum())
+        if pad_count < 2:
+            return None  # nothing to gain
+        if values is not None and np.any(np.asarray(values)[:, padded]):
+            return None
+        device = model.translator.layer(0).weight.device
+        real = torch.from_numpy(np.flatnonzero(~padded)).to(device)
+        pads = torch.from_numpy(np.flatnonzero(padded)).to(device)
+        with torch.no_grad():
+            weight = model.translator.layer(0).weight
+            first = torch.cat([weight.index_select(1, real),
+                               weight.index_select(1, pads).sum(dim=1, keepdim=True)], dim=1)
+        counts = torch.ones(real.numel() + 1, dtype=torch.float32, device=device)
+        counts[-1] = pad_count
+        return cls(real_positions=real, gene_ids=torch.from_numpy(gene_ids[~padded].astype(np.int64)).to(device),
+                   pad_count=pad_count, first_weight=first.contiguous(), key_counts=counts)
+
+    def encode(self, model: TranslatorModel, values: torch.Tensor) -> torch.Tensor:
+        """Encoder output (B, n + 1, dim) from full-width values (B, L): real tokens, then the pad token."""
+        real_values = values.index_select(1, self.real_positions)
+        return self.encode_real(model, real_values)
+
+    def encode_real(self, model: TranslatorModel, real_values: torch.Tensor) -> torch.Tensor:
+        """Encoder output (B, n + 1, dim) from the real positions' values (B, n) only."""
+        batch = real_values.shape[0]
+        dtype = model.enc.to_vector.weight.dtype
+        h_real = model.enc.to_vector(real_values.to(dtype).unsqueeze(-1)) + model.enc.pos_emb(self.gene_ids)
+        pad_token = model.enc.to_vector.bias + model.enc.pos_emb.weight[0]  # value 0, token id 0
+        h = torch.cat([h_real, pad_token.to(h_real.dtype).expand(batch, 1, -1)], dim=1)
+        mask = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
+        mask[:, -1] = False
+        return model.enc.run_blocks(h, mask, model.config.feature_redraw_interval, self.key_counts)
+
+    def translate(self, model: TranslatorModel, encodings: torch.Tensor) -> torch.Tensor:
+        """(B, n + 1, dim) collapsed encodings -> (B, P, dim), as the full translator would give."""
+        return model.translator(encodings.transpose(1, 2), first_weight=self.first_weight).transpose(1, 2)
+
+    def real_encodings(self, encodings: torch.Tensor) -> torch.Tensor:
+        """The real tokens' rows (B, n, dim) of collapsed encodings (for cell embeddings)."""
+        return encodings[:, :-1]
