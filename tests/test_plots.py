@@ -14,7 +14,8 @@ LONG = "Mouse_IgG2a_kappa_isotype_Ctrl_TotalSeqB_0923"
 
 def _matrix(rows: int, cols: int) -> pd.DataFrame:
     values = np.random.default_rng(0).normal(size=(rows, cols))
-    return pd.DataFrame(values, index=[f"{LONG}_{i}" for i in range(rows)], columns=[f"CD{i}-{LONG}" for i in range(cols)])
+    return pd.DataFrame(values, index=[f"{LONG}_{i}" for i in range(rows)],
+                        columns=[f"CD{i}-{LONG}" for i in range(cols)])
 
 
 @pytest.mark.parametrize(("rows", "cols"), [(1, 1), (3, 40), (60, 14)])
