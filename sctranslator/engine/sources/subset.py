@@ -1,0 +1,134 @@
+"""A subset of a source's cells (`--max-cells`, `--cells`, `--obs-query`), read without copying the input.
+
+Rows keep the input's order. A block of the subset is read as the runs of consecutive input rows
+it covers, so a contiguous selection (the first N cells) costs one read per block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from sctranslator.engine.sources.base import Block, Source
+from sctranslator.errors import InputDataError
+
+# Input rows this close together are read in one slice (and the gap dropped) rather than two reads.
+_MERGE_GAP = 32
+
+
+class RowSubset(Source):
+    """The rows `rows` (sorted, unique) of `base`, served as rows 0..len(rows)-1."""
+
+    def __init__(self, base: Source, rows: np.ndarray, description: str) -> None:
+        super().__init__()
+        self.base = base
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.selection = description
+        self.kind = base.kind
+        self.path = base.path
+        self.n_obs = int(self.rows.size)
+        self.n_vars = base.n_vars
+        self.matrix_format = base.matrix_format
+        self.chunk_rows = None
+        self.dtype = base.dtype
+        self.nnz = None
+
+    @property
+    def var(self) -> pd.DataFrame:
+        return self.base.var
+
+    @property
+    def obs_names(self) -> pd.Index:
+        return self.base.obs_names[self.rows]
+
+    def read_obs(self) -> pd.DataFrame:
+        return self.base.read_obs().iloc[self.rows]
+
+    def describe(self) -> str:
+        return f"{self.base.describe()} ({self.selection})"
+
+    def _element_name(self) -> str:
+        return self.base._element_name()
+
+    def fingerprint(self) -> dict[str, Any]:
+        if self._fingerprint is None:
+            identity = self.base.fingerprint()
+            identity.update({"n_obs": self.n_obs, "nnz": None, "selection": self.selection,
+                             "obs_names_sha256": _hash_rows(self.rows)})
+            self._fingerprint = identity
+        return dict(self._fingerprint)
+
+    def _read_rows(self, start: int, stop: int) -> Block:
+        wanted = self.rows[start:stop]
+        if wanted.size == 0:
+            return self.base.read_block(0, 0)
+        pieces = []
+        breaks = np.flatnonzero(np.diff(wanted) > _MERGE_GAP) + 1
+        for run in np.split(wanted, breaks):
+            first, last = int(run[0]), int(run[-1]) + 1
+            block = self.base.read_block(first, last)
+            pieces.append(block if run.size == last - first else block[run - first])
+        if len(pieces) == 1:
+            return pieces[0]
+        if sp.issparse(pieces[0]):
+            return sp.vstack(pieces, format="csr")
+        return np.ascontiguousarray(np.concatenate(pieces, axis=0))
+
+    def close(self) -> None:
+        self.base.close()
+
+
+def _hash_rows(rows: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(rows, dtype="<i8").tobytes()).hexdigest()
+
+
+def select_cells(source: Source, *, cells: Sequence[str] | None = None, obs_query: str | None = None,
+                 max_cells: int | None = None) -> Source:
+    """`source` restricted to the named `cells`, then to the obs rows where `obs_query` holds, then to
+    the first `max_cells` of what is left; `source` itself when nothing is asked.
+
+    cells: obs names (any order; the input's order is kept). obs_query: a pandas `DataFrame.query`
+    expression over the obs columns, e.g. "cell_type == 'B cell' and n_genes > 500".
+    Raises InputDataError for unknown cell names, a query that fails or selects nothing, or
+    max_cells < 1.
+    """
+    if cells is None and obs_query is None and max_cells is None:
+        return source
+    rows = np.arange(source.n_obs, dtype=np.int64)
+    parts = []
+    if cells is not None:
+        names = pd.Index([str(name) for name in cells])
+        found = source.obs_names.get_indexer(names)
+        missing = names[found < 0]
+        if len(missing):
+            raise InputDataError(f"{len(missing)} of the {len(names)} cells asked for are not in "
+                                 f"{source.describe()}: {', '.join(missing[:5].tolist())}"
+                                 f"{' ...' if len(missing) > 5 else ''}; check the names against its obs_names")
+        rows = np.unique(found)
+        parts.append(f"{rows.size} named cells")
+    if obs_query is not None:
+        obs = source.read_obs().iloc[rows]
+        try:
+            keep = obs.eval(obs_query)
+        except Exception as error:  # pandas raises many types for a bad expression
+            raise InputDataError(f"--obs-query {obs_query!r} cannot be evaluated on the obs table "
+                                 f"(columns: {', '.join(map(str, obs.columns[:12]))}): {error}") from error
+        keep = np.asarray(keep)
+        if keep.dtype != bool or keep.shape != (len(obs),):
+            raise InputDataError(f"--obs-query {obs_query!r} must give one True/False per cell")
+        rows = rows[keep]
+        parts.append(f"obs query {obs_query!r}")
+    if max_cells is not None:
+        if max_cells < 1:
+            raise InputDataError(f"--max-cells must be >= 1, got {max_cells}")
+        rows = rows[:max_cells]
+        parts.append(f"first {max_cells} cells")
+    if rows.size == 0:
+        raise InputDataError(f"the cell selection ({'; '.join(parts)}) leaves no cell of {source.describe()}")
+    return RowSubset(source, rows, f"{rows.size} of {source.n_obs} cells: {'; '.join(parts)}")

@@ -1,0 +1,64 @@
+"""Cell selections read exactly the chosen rows of the input, in the input's order."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from sctranslator.engine.sources import open_source
+from sctranslator.engine.sources.subset import select_cells
+from sctranslator.errors import InputDataError
+
+RNA = Path(str(resources.files("sctranslator") / "data" / "demo" / "rna.h5ad"))
+
+
+@pytest.fixture(scope="module")
+def adata() -> ad.AnnData:
+    data = ad.read_h5ad(RNA)
+    data.obs["group"] = np.where(np.arange(data.n_obs) % 3 == 0, "a", "b")
+    return data
+
+
+def _dense(block) -> np.ndarray:
+    return block.toarray() if hasattr(block, "toarray") else np.asarray(block)
+
+
+@pytest.mark.parametrize("where", ["memory", "file"])
+def test_named_cells_query_and_max_cells(adata, where) -> None:
+    source = open_source(adata if where == "memory" else str(RNA))
+    names = list(adata.obs_names[[400, 7, 8, 9, 250, 3]])  # any order asked; input order served
+    subset = select_cells(source, cells=names, max_cells=5)
+    expected_rows = [3, 7, 8, 9, 250]
+    assert list(subset.obs_names) == list(adata.obs_names[expected_rows])
+    np.testing.assert_array_equal(_dense(subset.read_block(0, 5)), _dense(adata.X[expected_rows]))
+    np.testing.assert_array_equal(_dense(subset.read_block(1, 3)), _dense(adata.X[[7, 8]]))
+    assert subset.fingerprint()["obs_names_sha256"] != source.fingerprint()["obs_names_sha256"]
+
+
+def test_obs_query(adata) -> None:
+    subset = select_cells(open_source(adata), obs_query="group == 'a'")
+    rows = np.flatnonzero(adata.obs["group"].to_numpy() == "a")
+    assert subset.n_obs == rows.size
+    np.testing.assert_array_equal(_dense(subset.read_block(0, subset.n_obs)), _dense(adata.X[rows]))
+    assert list(subset.read_obs().index) == list(adata.obs_names[rows])
+
+
+def test_nothing_asked_is_the_source_itself(adata) -> None:
+    source = open_source(adata)
+    assert select_cells(source) is source
+
+
+def test_bad_selections_are_named(adata) -> None:
+    source = open_source(adata)
+    with pytest.raises(InputDataError, match="not in"):
+        select_cells(source, cells=["no-such-cell"])
+    with pytest.raises(InputDataError, match="cannot be evaluated"):
+        select_cells(source, obs_query="no_such_column > 3")
+    with pytest.raises(InputDataError, match="leaves no cell"):
+        select_cells(source, obs_query="group == 'zzz'")
+    with pytest.raises(InputDataError, match=">= 1"):
+        select_cells(source, max_cells=0)
