@@ -1,6 +1,6 @@
 """The `triton` backend: predictions from a Triton Inference Server over gRPC or HTTP.
 
-Built once per worker process from a BackendSpec (see backends.get_backend) and shared by the
+Built once per worker process from a BackendSpec (see registry.get_backend) and shared by the
 worker's threads, so it is thread-safe: a gRPC client is shared (one HTTP/2 channel), HTTP
 clients (gevent-based, not thread-safe) are one per thread. Requests go through a pool of
 `max_in_flight` threads. Each request is retried with exponential back-off while the server is
@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from sctranslator.engine.backends import BackendSpec, Batch
+from sctranslator.engine.backends.base import BackendSpec, Batch, no_embeddings
 from sctranslator.errors import ServerError
 from sctranslator.export.onnx_format import INPUT_NAMES, OUTPUT_NAME
 from sctranslator.export.triton_config import (
@@ -138,6 +138,7 @@ class TritonBackend:
     """Implements the Backend protocol against a Triton server."""
 
     name = "triton"
+    supports_embeddings = False  # the served graph ends at the predictions
 
     def __init__(self, options: TritonOptions, expected_genes: int | None = None,
                  expected_proteins: int | None = None, expected_fingerprint: str | None = None):
@@ -358,6 +359,9 @@ class TritonBackend:
         per_window = len(parts) // windows
         columns = [np.concatenate(parts[w * per_window:(w + 1) * per_window], axis=0) for w in range(windows)]
         return np.concatenate(columns, axis=1)
+
+    def predict_with_embeddings(self, batch: Batch, embeddings: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        return no_embeddings(self, batch, embeddings)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

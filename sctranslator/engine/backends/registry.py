@@ -1,0 +1,53 @@
+"""Backend names -> implementations, and the per-process cache of built backends.
+
+Backend modules are imported by name on first use, so a Triton-only client never imports torch
+or onnxruntime.
+"""
+
+from __future__ import annotations
+
+import threading
+from importlib import import_module
+
+from sctranslator.engine.backends.base import Backend, BackendSpec
+from sctranslator.errors import BackendError
+
+# name -> (module, class); each class has `from_spec(spec) -> Backend`.
+_IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
+    "torch": ("sctranslator.engine.backends.torch_backend", "TorchBackend"),
+    "onnxruntime": ("sctranslator.engine.backends.onnxruntime_backend", "OnnxRuntimeBackend"),
+    "triton": ("sctranslator.engine.backends.triton", "TritonBackend"),
+}
+BACKENDS = tuple(_IMPLEMENTATIONS)
+
+
+def create_backend(spec: BackendSpec) -> Backend:
+    """A new backend of kind `spec.kind`; BackendError for an unknown kind (and whatever building it raises)."""
+    try:
+        module, cls = _IMPLEMENTATIONS[spec.kind]
+    except KeyError:
+        raise BackendError(f"unknown backend {spec.kind!r}; choose one of {BACKENDS}") from None
+    backend: Backend = getattr(import_module(module), cls).from_spec(spec)
+    return backend
+
+
+_BACKENDS: dict[str, Backend] = {}
+_BACKENDS_LOCK = threading.Lock()
+
+
+def get_backend(spec: BackendSpec) -> Backend:
+    """The backend for `spec` in this process: built on first use, then shared by every block."""
+    key = spec.key()
+    with _BACKENDS_LOCK:
+        backend = _BACKENDS.get(key)
+        if backend is None:
+            backend = _BACKENDS[key] = create_backend(spec)
+        return backend
+
+
+def release_backends() -> None:
+    """Close and forget every backend this process built (the next get_backend builds afresh)."""
+    with _BACKENDS_LOCK:
+        for backend in _BACKENDS.values():
+            backend.close()
+        _BACKENDS.clear()
