@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from sctranslator.errors import BackendError
+from sctranslator.export.contract import INPUTS, PROTEINS
 
 if TYPE_CHECKING:
     from sctranslator.model import TranslatorModel
@@ -29,17 +30,18 @@ class Batch:
     protein_mask: np.ndarray  # bool (W, P)
 
     def expanded(self, window: int) -> dict[str, np.ndarray]:
-        """Batch-shaped arrays for one protein window, as ONNX and Triton models take them."""
-        batch = self.values.shape[0]
-        return {
-            "values": np.ascontiguousarray(self.values, dtype=np.float32),
-            "gene_ids": np.ascontiguousarray(np.broadcast_to(self.gene_ids, (batch, self.gene_ids.shape[0]))),
-            "gene_mask": np.ascontiguousarray(np.broadcast_to(self.gene_mask, (batch, self.gene_mask.shape[0]))),
-            "protein_ids": np.ascontiguousarray(np.broadcast_to(self.protein_ids[window],
-                                                                (batch, self.protein_ids.shape[1]))),
-            "protein_mask": np.ascontiguousarray(np.broadcast_to(self.protein_mask[window],
-                                                                 (batch, self.protein_mask.shape[1]))),
-        }
+        """The graph's inputs for one protein window (export/contract.py): (B, L) and (B, P) arrays of
+        the contract's dtypes, C-contiguous, as ONNX and Triton models take them."""
+        batch, genes = self.values.shape
+        proteins = self.protein_ids.shape[1]
+        arrays = {}
+        for tensor in INPUTS:  # Batch's fields are named after the graph inputs
+            row = getattr(self, tensor.name)
+            if tensor.axis == PROTEINS:
+                row = row[window]
+            shape = tensor.shape(batch, genes, proteins)
+            arrays[tensor.name] = np.ascontiguousarray(np.broadcast_to(row, shape), dtype=tensor.dtype)
+        return arrays
 
 
 class Backend(Protocol):

@@ -9,6 +9,7 @@ import numpy as np
 from sctranslator.engine.backends.base import BackendSpec, Batch, no_embeddings
 from sctranslator.engine.backends.onnx_cache import onnx_file_for
 from sctranslator.errors import BackendError
+from sctranslator.export.contract import OUTPUT_NAME
 
 
 class OnnxRuntimeBackend:
@@ -47,7 +48,7 @@ class OnnxRuntimeBackend:
         return cls(onnx_file_for(spec, spec.load_model()), spec.device, spec.threads)
 
     def predict(self, batch: Batch) -> np.ndarray:
-        outputs = [self.session.run(["predictions"], batch.expanded(w))[0]
+        outputs = [self.session.run([OUTPUT_NAME], batch.expanded(w))[0]
                    for w in range(batch.protein_ids.shape[0])]
         return np.concatenate(outputs, axis=1).astype(np.float32, copy=False)
 
