@@ -9,13 +9,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from tritonclient.grpc import model_config_pb2 as mc
-from tritonclient.utils import triton_to_np_dtype
 
 import sctranslator.engine.backends as backends
 from sctranslator.engine.backends import BACKENDS, BackendSpec, Batch, create_backend
 from sctranslator.engine.backends.base import no_embeddings
-from sctranslator.errors import BackendError
+from sctranslator.errors import BackendError, MissingExtraError
 from sctranslator.export.contract import GENES, INPUT_NAMES, INPUTS, OUTPUT, OUTPUT_NAME, PRECISION_NAMES, TENSORS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +38,7 @@ def test_base_registry_and_contract_do_not_import_torch_or_runtimes(statement: s
 
 
 def test_a_triton_client_does_not_import_torch() -> None:
+    pytest.importorskip("tritonclient.grpc", reason="the triton extra is not installed")
     assert imports_without("import sctranslator.engine.backends.triton", ("torch", "onnx", "onnxruntime")) == []
 
 
@@ -53,6 +52,7 @@ def test_lazy_names_resolve_to_their_modules() -> None:
 
 
 def test_every_backend_declares_its_embedding_capability() -> None:
+    pytest.importorskip("tritonclient.grpc", reason="the triton extra is not installed")
     assert BACKENDS == ("torch", "onnxruntime", "triton")
     capabilities = {name: getattr(backends, cls).supports_embeddings for name, cls in
                     [("torch", "TorchBackend"), ("onnxruntime", "OnnxRuntimeBackend"), ("triton", "TritonBackend")]}
@@ -64,6 +64,12 @@ def test_every_backend_declares_its_embedding_capability() -> None:
 def test_unknown_backend_kind_is_a_named_error() -> None:
     with pytest.raises(BackendError, match=r"unknown backend 'tpu'; choose one of \('torch', 'onnxruntime'"):
         create_backend(BackendSpec(kind="tpu"))
+
+
+def test_triton_without_its_extra_is_a_named_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tritonclient.grpc", None)  # as if tritonclient were not installed
+    with pytest.raises(MissingExtraError, match=r"pip install 'sctranslator\[triton\]'"):
+        create_backend(BackendSpec(kind="triton", options={"url": "localhost:8001"}))
 
 
 def test_a_backend_without_embeddings_predicts_but_refuses_embeddings() -> None:
@@ -111,6 +117,8 @@ def test_expanded_batch_follows_the_contract() -> None:
 
 def test_contract_spellings_agree_with_each_runtime() -> None:
     """numpy, ONNX and Triton names of each element type denote the same type, by those libraries' own tables."""
+    mc = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="the triton extra is not installed")
+    triton_to_np_dtype = pytest.importorskip("tritonclient.utils").triton_to_np_dtype
     assert INPUT_NAMES == ("values", "gene_ids", "gene_mask", "protein_ids", "protein_mask")
     assert OUTPUT_NAME == "predictions" and list(TENSORS) == [*INPUT_NAMES, OUTPUT_NAME]
     for tensor in TENSORS.values():

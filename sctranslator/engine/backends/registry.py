@@ -9,24 +9,32 @@ from __future__ import annotations
 import threading
 from importlib import import_module
 
+from sctranslator._optional import import_optional
 from sctranslator.engine.backends.base import Backend, BackendSpec
 from sctranslator.errors import BackendError
 
-# name -> (module, class); each class has `from_spec(spec) -> Backend`.
-_IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
-    "torch": ("sctranslator.engine.backends.torch_backend", "TorchBackend"),
-    "onnxruntime": ("sctranslator.engine.backends.onnxruntime_backend", "OnnxRuntimeBackend"),
-    "triton": ("sctranslator.engine.backends.triton", "TritonBackend"),
+# name -> (module, class, optional dependency as (module, pip extra) or None); each class has
+# `from_spec(spec) -> Backend`.
+_IMPLEMENTATIONS: dict[str, tuple[str, str, tuple[str, str] | None]] = {
+    "torch": ("sctranslator.engine.backends.torch_backend", "TorchBackend", None),
+    "onnxruntime": ("sctranslator.engine.backends.onnxruntime_backend", "OnnxRuntimeBackend", None),
+    "triton": ("sctranslator.engine.backends.triton", "TritonBackend", ("tritonclient.grpc", "triton")),
 }
 BACKENDS = tuple(_IMPLEMENTATIONS)
 
 
 def create_backend(spec: BackendSpec) -> Backend:
-    """A new backend of kind `spec.kind`; BackendError for an unknown kind (and whatever building it raises)."""
+    """A new backend of kind `spec.kind` (whatever building it raises passes through).
+
+    BackendError for an unknown kind; MissingExtraError when the backend's optional dependency
+    (tritonclient for triton) is not installed.
+    """
     try:
-        module, cls = _IMPLEMENTATIONS[spec.kind]
+        module, cls, requirement = _IMPLEMENTATIONS[spec.kind]
     except KeyError:
         raise BackendError(f"unknown backend {spec.kind!r}; choose one of {BACKENDS}") from None
+    if requirement is not None:
+        import_optional(*requirement, f"the {spec.kind} backend")
     backend: Backend = getattr(import_module(module), cls).from_spec(spec)
     return backend
 
