@@ -135,3 +135,49 @@ def test_precision_names_are_the_exporters() -> None:
     from sctranslator.export.onnx_format import PRECISIONS
 
     assert tuple(PRECISIONS) == PRECISION_NAMES
+
+
+def contract_graph(path: Path, genes: int, proteins: int, output_type: str = "FLOAT") -> str:
+    """A tiny ONNX graph with the contract's tensors whose predictions are the protein ids, as float."""
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info(t.name, TensorProto.DataType.Value(t.onnx_type),
+                                            ["batch", t.width(genes, proteins)]) for t in INPUTS]
+    output = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.DataType.Value(output_type), ["batch", proteins])
+    cast = helper.make_node("Cast", ["protein_ids"], [OUTPUT_NAME], to=TensorProto.DataType.Value(output_type))
+    model = helper.make_model(helper.make_graph([cast], "contract", inputs, [output]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_onnxruntime_backend_runs_a_contract_graph_window_by_window(tmp_path: Path) -> None:
+    from sctranslator.engine.backends import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(contract_graph(tmp_path / "ok.onnx", 6, 4), genes=6, proteins=4)
+    batch = small_batch(cells=3, genes=6, proteins=4, windows=2)
+    predictions = backend.predict(batch)
+    # Window 0's protein ids, then window 1's, for every cell.
+    np.testing.assert_array_equal(predictions, np.tile(batch.protein_ids.reshape(-1), (3, 1)).astype(np.float32))
+    with pytest.raises(BackendError, match="onnxruntime backend cannot return cell embeddings"):
+        backend.predict_with_embeddings(batch)
+
+
+def test_onnxruntime_backend_refuses_graphs_that_break_the_contract(tmp_path: Path) -> None:
+    from sctranslator.engine.backends import OnnxRuntimeBackend
+
+    with pytest.raises(BackendError, match="it takes L=6, the model takes L=64; it takes P=4, the model takes P=16"):
+        OnnxRuntimeBackend(contract_graph(tmp_path / "narrow.onnx", 6, 4), genes=64, proteins=16)
+    with pytest.raises(BackendError, match=r"predictions is tensor\(double\), expected tensor\(float\)"):
+        OnnxRuntimeBackend(contract_graph(tmp_path / "double.onnx", 6, 4, output_type="DOUBLE"))
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])
+    foreign = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "foreign", [x],
+                                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])]),
+                                opset_imports=[helper.make_opsetid("", 17)])
+    foreign.ir_version = 8
+    onnx.save(foreign, str(tmp_path / "foreign.onnx"))
+    with pytest.raises(BackendError, match=r"not an sctranslator graph.*no tensor 'values'.*Its tensors: \['x', 'y'\]"):
+        OnnxRuntimeBackend(str(tmp_path / "foreign.onnx"))
