@@ -26,8 +26,7 @@ os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / "sctr
 import numpy as np  # noqa: E402
 
 import sctranslator  # noqa: E402
-from sctranslator.engine.backends import BackendSpec, Batch, OnnxRuntimeBackend  # noqa: E402
-from sctranslator.engine.triton_backend import TritonBackend  # noqa: E402
+from sctranslator.engine.backends import BackendSpec, Batch, OnnxRuntimeBackend, TritonBackend  # noqa: E402
 from sctranslator.export.triton import export_triton  # noqa: E402
 from sctranslator.export.triton_config import ServingSettings  # noqa: E402
 from sctranslator.export.triton_server import TritonServer  # noqa: E402

@@ -16,7 +16,7 @@ _EXPORTS = {
     "load_model": "sctranslator.model",
     "save_model": "sctranslator.model",
     "load_official_checkpoint": "sctranslator.model",
-    "translate": "sctranslator.engine",
+    "translate": "sctranslator.engine.translate",
     "knockout": "sctranslator.analysis.knockout",
     "interactions": "sctranslator.analysis.attention",
     "evaluate": "sctranslator.analysis.evaluate",

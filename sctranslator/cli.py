@@ -125,7 +125,7 @@ def _translate(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def run(args: argparse.Namespace) -> int:
-        from sctranslator.engine import translate
+        from sctranslator.engine.translate import translate
 
         options = {}
         if args.backend == "triton":

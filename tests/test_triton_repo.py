@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 import sctranslator
@@ -172,21 +172,45 @@ def fake_pb_utils() -> types.ModuleType:
     return module
 
 
+def triton_json_config(settings: ServingSettings, model: TranslatorModel) -> dict[str, Any]:
+    """The model configuration as Triton hands it to a Python-backend model: config.pbtxt as JSON."""
+    message = build_config(settings, model.config.max_genes, model.config.max_proteins, {})
+    return json.loads(json_format.MessageToJson(message, preserving_proto_field_name=True))
+
+
 @pytest.fixture()
-def python_model(onnx_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+def python_model(onnx_file: Path, tiny_a: TranslatorModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils())
     module = importlib.import_module("sctranslator.export.triton_python_model")
     module = importlib.reload(module)  # picks the stand-in up as pb_utils
     (tmp_path / "1").mkdir()
     (tmp_path / "1" / "model.onnx").write_bytes(onnx_file.read_bytes())
     model = module.TritonPythonModel()
-    config = {"max_batch_size": 16, "parameters": {"onnx_file": {"string_value": "model.onnx"},
-                                                   "intra_op_threads": {"string_value": "1"}}}
+    config = triton_json_config(ServingSettings(backend="python", max_batch_size=16, intra_op_threads=1), tiny_a)
     model.initialize({"model_config": json.dumps(config), "model_repository": str(tmp_path), "model_version": "1",
                       "model_instance_kind": "CPU", "model_instance_device_id": "0"})
     yield model
     monkeypatch.delitem(sys.modules, "triton_python_backend_utils")
     importlib.reload(module)
+
+
+def test_python_model_reads_the_graph_contract_from_the_written_config(tiny_a: TranslatorModel, onnx_file: Path,
+                                                                        tmp_path: Path) -> None:
+    """model.py cannot import sctranslator inside Triton: what it reads from config.pbtxt must be the contract."""
+    from sctranslator.export import triton_python_model
+    from sctranslator.export.contract import INPUTS, OUTPUT
+
+    exported = export_triton(tiny_a, tmp_path, ServingSettings(name="py", backend="python"), onnx_path=onnx_file)
+    config = json.loads(json_format.MessageToJson(parse(exported.config_path), preserving_proto_field_name=True))
+    inputs, output = triton_python_model.graph_io(config)
+    assert list(inputs.items()) == [(tensor.name, tensor.dtype) for tensor in INPUTS]
+    assert output == OUTPUT.name
+    for tensor in (*INPUTS, OUTPUT):
+        assert triton_python_model.CONFIG_DTYPES[tensor.triton_config_type] == tensor.dtype
+    with pytest.raises(ValueError, match="must declare the graph's inputs and one output"):
+        triton_python_model.graph_io({"input": config["input"]})
+    with pytest.raises(ValueError, match=r"data types \['TYPE_STRING'\]"):
+        triton_python_model.graph_io({**config, "input": [{"name": "values", "data_type": "TYPE_STRING"}]})
 
 
 def request_of(inputs: dict[str, np.ndarray]) -> dict[str, FakeTensor]:

@@ -19,9 +19,8 @@ import torch
 from triton_server import require_tritonserver, running_server
 
 import sctranslator
-from sctranslator.engine.backends import BackendSpec, Batch, release_backends
+from sctranslator.engine.backends import BackendSpec, Batch, TritonBackend, release_backends
 from sctranslator.engine.sink import JOB_DIR
-from sctranslator.engine.triton_backend import TritonBackend
 from sctranslator.errors import ServerError
 from sctranslator.export.serve import ServeRequest, serve
 from sctranslator.export.triton import export_triton
@@ -204,7 +203,7 @@ def test_server_restart_in_the_middle_of_a_job_is_retried(protocol: str, repo: P
         job_options = options(url, protocol, max_in_flight=1, backoff_s=0.1, max_backoff_s=1.0)
         restarter = Restarter(server, out, down_s=3.0)
         restarter.start()
-        with caplog.at_level(logging.WARNING, logger="sctranslator.engine.triton_backend"):
+        with caplog.at_level(logging.WARNING, logger="sctranslator.engine.backends.triton"):
             interrupted = sctranslator.translate(rna_path, tiny_a, PROTEINS, out=out, backend_options=job_options,
                                                  **settings)
         restarter.join(timeout=150)

@@ -1,5 +1,6 @@
-"""The engine: sources -> plan -> streaming pipeline -> backends -> sinks."""
+"""The engine: sources -> plan -> streaming pipeline -> backends -> sinks.
 
-from sctranslator.engine.translate import translate
-
-__all__ = ["translate"]
+Nothing is imported here, so a torch-free part of the engine (`engine.backends.base` for a
+Triton client) can be imported without the model and torch. The job itself is
+`sctranslator.engine.translate.translate` (also `sctranslator.translate`).
+"""

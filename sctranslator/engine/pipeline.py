@@ -22,7 +22,8 @@ import dask
 import numpy as np
 from tqdm import tqdm
 
-from sctranslator.engine.backends import BackendSpec, Batch, get_backend
+from sctranslator.engine.backends.base import BackendSpec, Batch
+from sctranslator.engine.backends.registry import get_backend
 from sctranslator.engine.sink import ZarrSink
 from sctranslator.engine.sources import Source
 from sctranslator.errors import InputDataError
@@ -103,7 +104,7 @@ def predict_block(job: BlockJob, start: int, stop: int,
         batch = Batch(values[lo:hi], plan.gene_ids, plan.position_real, plan.protein_windows,
                       plan.protein_window_mask)
         if job.embeddings:
-            predictions, embedding = backend.predict_with_embeddings(batch)  # type: ignore[attr-defined]
+            predictions, embedding = backend.predict_with_embeddings(batch)
             embedded.append(embedding)
         else:
             predictions = backend.predict(batch)

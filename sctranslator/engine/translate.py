@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from sctranslator import __version__
-from sctranslator.engine.backends import BACKENDS, BackendSpec
+from sctranslator.engine.backends.base import BackendSpec
+from sctranslator.engine.backends.registry import BACKENDS
 from sctranslator.engine.pipeline import BlockJob, default_workers, run_job
 from sctranslator.engine.sink import ZarrSink
 from sctranslator.engine.sources import Source, open_source

@@ -10,11 +10,12 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from sctranslator.export.contract import PRECISION_NAMES as PRECISIONS
+
 Handler = Callable[[argparse.Namespace], int]
 
-# Mirrors of onnx_format.PRECISIONS and triton_config's choices (a test keeps them equal): importing
-# those modules loads torch and onnx, which would cost every `sctranslator` invocation seconds.
-PRECISIONS = ("bf16", "fp16", "fp32")
+# Mirrors of triton_config's choices (a test keeps them equal): importing it loads tritonclient's
+# protobuf definitions, which would cost every `sctranslator` invocation time. The contract is cheap.
 SERVING_BACKENDS = ("onnxruntime", "tensorrt", "python")
 INSTANCE_KINDS = ("gpu", "cpu")
 DEFAULT_MODEL_NAME = "sctranslator"

@@ -33,10 +33,9 @@ from torch import nn
 
 import sctranslator
 from sctranslator.errors import ExportError, ExportValidationError
+from sctranslator.export.contract import BATCH_AXIS, INPUT_NAMES, INPUTS, OUTPUT, OUTPUT_NAME
 from sctranslator.export.onnx_format import (
-    BATCH_AXIS,
     FORMAT_VERSION,
-    INPUT_NAMES,
     META_CONFIG,
     META_FINGERPRINT,
     META_FORMAT_VERSION,
@@ -46,7 +45,6 @@ from sctranslator.export.onnx_format import (
     META_PRECISION,
     META_PREPROCESSING,
     META_VERSION,
-    OUTPUT_NAME,
     check_precision,
 )
 from sctranslator.export.onnx_validate import (
@@ -164,15 +162,13 @@ def _export_program(model: TranslatorModel, dtype: torch.dtype, opset: int | Non
 
 
 def _check_graph_signature(program: torch.onnx.ONNXProgram, model: TranslatorModel) -> None:
-    """Names, dtypes and shapes the engine relies on: (batch, L) / (batch, P), batch symbolic."""
+    """The graph contract (export/contract.py): names, dtypes, (batch, L) / (batch, P), batch symbolic."""
     L, P = model.config.max_genes, model.config.max_proteins
-    expected = [("values", "FLOAT", L), ("gene_ids", "INT64", L), ("gene_mask", "BOOL", L),
-                ("protein_ids", "INT64", P), ("protein_mask", "BOOL", P), (OUTPUT_NAME, "FLOAT", P)]
     graph = program.model.graph
     found = [(v.name, v.dtype.name if v.dtype is not None else None,
               [d if isinstance(d, int) else str(d) for d in (v.shape or [])])
              for v in [*graph.inputs, *graph.outputs]]
-    wanted = [(name, dtype, [BATCH_AXIS, width]) for name, dtype, width in expected]
+    wanted = [(t.name, t.onnx_type, [BATCH_AXIS, t.width(L, P)]) for t in (*INPUTS, OUTPUT)]
     if found != wanted:
         raise ExportError(f"exported graph signature is {found}, expected {wanted}; the model's forward may "
                           "have changed in a way the exporter cannot keep batch-dynamic")
@@ -204,8 +200,8 @@ def export_onnx(model: TranslatorModel, path: str | Path, *, precision: str = "f
                 providers: list[str] | None = None) -> ExportReport:
     """Write `model` as an ONNX file at `path` and (by default) check it against PyTorch.
 
-    Graph: values f32 (batch, L), gene_ids i64, gene_mask bool, protein_ids i64 (batch, P),
-    protein_mask bool -> predictions f32 (batch, P). `precision` ("fp32", "fp16", "bf16") sets the
+    Graph (export/contract.py): values f32 (batch, L), gene_ids i64, gene_mask bool, protein_ids i64
+    (batch, P), protein_mask bool -> predictions f32 (batch, P). `precision` ("fp32", "fp16", "bf16") sets the
     internal compute dtype. Validation runs random batches of `validation_batch_sizes` cells and
     `validation_inputs` (a dict of those arrays; masks optional) through onnxruntime and the float32
     model; above the precision's tolerance it raises ExportValidationError and writes nothing.

@@ -1,7 +1,7 @@
-"""What an sctranslator ONNX file promises: graph IO names, precisions, tolerances, metadata keys.
+"""What an sctranslator ONNX file promises beyond its tensors: precisions, tolerances, metadata keys.
 
-Kept apart from the exporter so readers (the engine's onnxruntime backend, a Triton config
-writer) can use it without importing torch's exporter machinery.
+The tensors themselves (names, dtypes, shapes) are the graph contract in export/contract.py.
+Kept apart from the exporter so readers can use it without importing torch's exporter machinery.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ import onnx
 import torch
 
 from sctranslator.errors import CheckpointError, ExportError
+from sctranslator.export.contract import PRECISION_NAMES
 
-INPUT_NAMES = ("values", "gene_ids", "gene_mask", "protein_ids", "protein_mask")
-OUTPUT_NAME = "predictions"
-BATCH_AXIS = "batch"
 FORMAT_VERSION = "1"
 
 # Internal compute dtype per precision; graph IO stays float32 for every precision.
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS: dict[str, torch.dtype] = dict(zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16),
+                                              strict=True))
 
 # Largest accepted max-relative error against the float32 PyTorch model, where the relative
 # error is max|onnx - torch| / max|torch| over a batch (scale-relative: element-wise ratios blow

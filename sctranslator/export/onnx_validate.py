@@ -11,12 +11,11 @@ import onnxruntime as ort
 import torch
 
 from sctranslator.errors import ExportError, ExportValidationError
-from sctranslator.export.onnx_format import INPUT_NAMES, TOLERANCES, check_precision
+from sctranslator.export.contract import INPUT_NAMES, INPUTS
+from sctranslator.export.onnx_format import TOLERANCES, check_precision
 from sctranslator.model.config import ModelConfig
 from sctranslator.model.network import TranslatorModel
 
-_INPUT_DTYPES = {"values": np.float32, "gene_ids": np.int64, "gene_mask": np.bool_,
-                 "protein_ids": np.int64, "protein_mask": np.bool_}
 BF16_ON_CPU_MESSAGE = (
     "onnxruntime's CPU execution provider has no bfloat16 kernels (MatMul, LayerNormalization...), so a bf16 "
     "model cannot run there; run it on a GPU execution provider (CUDAExecutionProvider or "
@@ -80,18 +79,17 @@ def normalize_inputs(inputs: dict[str, np.ndarray], config: ModelConfig) -> dict
     if missing:
         raise ExportError(f"validation inputs lack {missing}; expected keys {list(INPUT_NAMES)}")
     batch = np.asarray(inputs["values"]).shape[0]
-    widths = {"values": config.max_genes, "gene_ids": config.max_genes, "gene_mask": config.max_genes,
-              "protein_ids": config.max_proteins, "protein_mask": config.max_proteins}
     normalized = {}
-    for name in INPUT_NAMES:
-        array = inputs.get(name)
+    for tensor in INPUTS:
+        shape = tensor.shape(batch, config.max_genes, config.max_proteins)
+        array = inputs.get(tensor.name)
         if array is None:  # only masks can be absent here
-            array = np.ones((batch, widths[name]), dtype=bool)
-        array = np.ascontiguousarray(np.asarray(array), dtype=_INPUT_DTYPES[name])
-        if array.shape != (batch, widths[name]):
-            raise ExportError(f"validation input {name} has shape {array.shape}; the model needs "
-                              f"({batch}, {widths[name]}) (batch, {'L' if widths[name] == config.max_genes else 'P'})")
-        normalized[name] = array
+            array = np.ones(shape, dtype=bool)
+        array = np.ascontiguousarray(np.asarray(array), dtype=tensor.dtype)
+        if array.shape != shape:
+            raise ExportError(f"validation input {tensor.name} has shape {array.shape}; the model needs "
+                              f"{shape} (batch, {tensor.axis})")
+        normalized[tensor.name] = array
     return normalized
 
 

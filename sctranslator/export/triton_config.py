@@ -15,7 +15,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from sctranslator.errors import ExportError
-from sctranslator.export.onnx_format import INPUT_NAMES, OUTPUT_NAME, PRECISIONS
+from sctranslator.export.contract import INPUTS, OUTPUT, PRECISION_NAMES
 
 SERVING_BACKENDS = ("onnxruntime", "tensorrt", "python")
 INSTANCE_KINDS = ("gpu", "cpu")
@@ -37,11 +37,6 @@ PARAM_MAX_PROTEINS = PARAM_PREFIX + "max_proteins"
 PARAM_ONNX_FILE = "onnx_file"
 PARAM_INTRA_OP_THREADS = "intra_op_threads"
 
-_TYPES = {"values": mc.TYPE_FP32, "gene_ids": mc.TYPE_INT64, "gene_mask": mc.TYPE_BOOL,
-          "protein_ids": mc.TYPE_INT64, "protein_mask": mc.TYPE_BOOL}
-# Triton's datatype strings (model metadata API) for the same tensors.
-METADATA_TYPES = {"values": "FP32", "gene_ids": "INT64", "gene_mask": "BOOL", "protein_ids": "INT64",
-                  "protein_mask": "BOOL", OUTPUT_NAME: "FP32"}
 
 
 @dataclass(frozen=True)
@@ -69,8 +64,8 @@ class ServingSettings:
             raise ExportError(f"unknown Triton backend {self.backend!r}; choose one of {SERVING_BACKENDS}")
         if self.instance_kind not in INSTANCE_KINDS:
             raise ExportError(f"unknown instance kind {self.kind!r}; choose one of {INSTANCE_KINDS}")
-        if self.precision not in PRECISIONS:
-            raise ExportError(f"unknown precision {self.precision!r}; choose one of {sorted(PRECISIONS)}")
+        if self.precision not in PRECISION_NAMES:
+            raise ExportError(f"unknown precision {self.precision!r}; choose one of {sorted(PRECISION_NAMES)}")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ExportError(f"model name {self.name!r} is not a valid directory name for a Triton repository")
         if self.max_batch_size < 1:
@@ -114,12 +109,13 @@ def build_config(settings: ServingSettings, max_genes: int, max_proteins: int,
         config.platform = "onnxruntime_onnx"
         config.backend = "onnxruntime"
         config.default_model_filename = ONNX_FILE
-    widths = {"values": max_genes, "gene_ids": max_genes, "gene_mask": max_genes,
-              "protein_ids": max_proteins, "protein_mask": max_proteins}
-    # dims exclude the batch axis: Triton adds it because max_batch_size > 0.
-    for name in INPUT_NAMES:
-        config.input.add(name=name, data_type=_TYPES[name], dims=[widths[name]])
-    config.output.add(name=OUTPUT_NAME, data_type=mc.TYPE_FP32, dims=[max_proteins])
+    # The graph contract (export/contract.py); dims exclude the batch axis: Triton adds it because
+    # max_batch_size > 0.
+    for tensor in INPUTS:
+        config.input.add(name=tensor.name, data_type=mc.DataType.Value(tensor.triton_config_type),
+                         dims=[tensor.width(max_genes, max_proteins)])
+    config.output.add(name=OUTPUT.name, data_type=mc.DataType.Value(OUTPUT.triton_config_type),
+                      dims=[OUTPUT.width(max_genes, max_proteins)])
     kind = mc.ModelInstanceGroup.KIND_GPU if settings.instance_kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(count=settings.instances, kind=kind)
     if settings.dynamic_batching:

@@ -8,6 +8,11 @@ It is self-contained: the Python environment of Triton's stub needs only numpy a
 Tensors cross the stub boundary through DLPack: the stub's `Tensor(name, ndarray)` and
 `as_numpy()` are compiled against numpy 1 and give empty outputs under numpy 2, while
 `np.from_dlpack` and `Tensor.from_dlpack` work with either.
+
+The tensor names and dtypes are not written here: they come from the model configuration Triton
+hands to `initialize`, which export/triton_config.py writes from the graph contract
+(export/contract.py); this file cannot import sctranslator inside Triton. A test checks that
+what `graph_io` reads from a written configuration equals the contract.
 """
 
 from __future__ import annotations
@@ -23,10 +28,23 @@ try:
 except ImportError:  # imported outside Triton: tests and linters
     pb_utils = None
 
-INPUT_NAMES = ("values", "gene_ids", "gene_mask", "protein_ids", "protein_mask")
-OUTPUT_NAME = "predictions"
-_DTYPES = {"values": np.float32, "gene_ids": np.int64, "gene_mask": np.bool_, "protein_ids": np.int64,
-           "protein_mask": np.bool_}
+# Triton configuration data types -> numpy (the subset of Triton's table an sctranslator graph uses).
+CONFIG_DTYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_INT64": np.int64, "TYPE_INT32": np.int32,
+                 "TYPE_BOOL": np.bool_}
+
+
+def graph_io(config: dict[str, Any]) -> tuple[dict[str, type[np.generic]], str]:
+    """The model's inputs (name -> numpy dtype, in config order) and its one output name, from the
+    model configuration as Triton passes it (JSON of config.pbtxt)."""
+    inputs, outputs = config.get("input") or [], config.get("output") or []
+    if not inputs or len(outputs) != 1:
+        raise ValueError(f"the model configuration must declare the graph's inputs and one output; it declares "
+                         f"{len(inputs)} input(s) and {len(outputs)} output(s). Re-export the repository with "
+                         "`sctranslator export triton`.")
+    unknown = sorted({tensor.get("data_type") for tensor in inputs} - set(CONFIG_DTYPES))
+    if unknown:
+        raise ValueError(f"the model configuration uses data types {unknown}; known: {sorted(CONFIG_DTYPES)}")
+    return {tensor["name"]: CONFIG_DTYPES[tensor["data_type"]] for tensor in inputs}, outputs[0]["name"]
 
 
 def to_numpy(tensor: Any) -> np.ndarray:
@@ -74,21 +92,22 @@ class TritonPythonModel:
         providers = _providers(args.get("model_instance_kind", "CPU"), int(args.get("model_instance_device_id", 0)))
         self.session = ort.InferenceSession(path, options, providers=providers)
         self.max_batch_size = int(config.get("max_batch_size") or 0)
+        self.inputs, self.output = graph_io(config)
 
     def read_request(self, request: Any) -> dict[str, np.ndarray]:
         feed = {}
-        for name in INPUT_NAMES:
+        for name, dtype in self.inputs.items():
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
                 raise ValueError(f"request has no input {name!r}")
-            feed[name] = np.asarray(to_numpy(tensor), dtype=_DTYPES[name])
+            feed[name] = np.asarray(to_numpy(tensor), dtype=dtype)
         sizes = {array.shape[0] for array in feed.values()}
         if len(sizes) != 1:
             raise ValueError(f"inputs disagree on the batch size: {sorted(sizes)}")
         return feed
 
     def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], feed)[0].astype(np.float32, copy=False)
+        return self.session.run([self.output], feed)[0].astype(np.float32, copy=False)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
@@ -100,11 +119,11 @@ class TritonPythonModel:
                 responses[index] = error_response(f"sctranslator: bad request: {exc}")
         if batch:
             try:
-                feed = {name: np.concatenate([inputs[name] for _, inputs in batch]) for name in INPUT_NAMES}
+                feed = {name: np.concatenate([inputs[name] for _, inputs in batch]) for name in self.inputs}
                 predictions = self.run(feed)
-                bounds = np.cumsum([0] + [inputs["values"].shape[0] for _, inputs in batch])
+                bounds = np.cumsum([0] + [next(iter(inputs.values())).shape[0] for _, inputs in batch])
                 for (index, _), lo, hi in zip(batch, bounds[:-1], bounds[1:], strict=True):
-                    outputs = [to_tensor(OUTPUT_NAME, predictions[lo:hi])]
+                    outputs = [to_tensor(self.output, predictions[lo:hi])]
                     responses[index] = pb_utils.InferenceResponse(output_tensors=outputs)
             except Exception as exc:  # onnxruntime errors, shape mismatches between requests
                 for index, _ in batch:

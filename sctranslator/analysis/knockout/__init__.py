@@ -31,7 +31,8 @@ from sctranslator.analysis.knockout.output import check_out_path, effects_table,
 from sctranslator.analysis.knockout.plan import KnockoutVariant, default_semantics, knockout_variants
 from sctranslator.analysis.knockout.stats import block_stats, merge_stats, std_from
 from sctranslator.analysis.knockout.store import KnockoutStore
-from sctranslator.engine.backends import Batch, TorchBackend
+from sctranslator.engine.backends.base import Batch
+from sctranslator.engine.backends.torch_backend import TorchBackend
 from sctranslator.engine.sources import Source, open_source
 from sctranslator.errors import InputDataError
 from sctranslator.kernels import prepare_values, scan_block

@@ -1,6 +1,6 @@
 """The `triton` backend: predictions from a Triton Inference Server over gRPC or HTTP.
 
-Built once per worker process from a BackendSpec (see backends.get_backend) and shared by the
+Built once per worker process from a BackendSpec (see registry.get_backend) and shared by the
 worker's threads, so it is thread-safe: a gRPC client is shared (one HTTP/2 channel), HTTP
 clients (gevent-based, not thread-safe) are one per thread. Requests go through a pool of
 `max_in_flight` threads. Each request is retried with exponential back-off while the server is
@@ -29,11 +29,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from sctranslator.engine.backends import BackendSpec, Batch
+from sctranslator.engine.backends.base import BackendSpec, Batch, no_embeddings
 from sctranslator.errors import ServerError
-from sctranslator.export.onnx_format import INPUT_NAMES, OUTPUT_NAME
+from sctranslator.export.contract import GENES, INPUTS, OUTPUT, OUTPUT_NAME, PROTEINS
 from sctranslator.export.triton_config import (
-    METADATA_TYPES,
     PARAM_CONFIG,
     PARAM_FINGERPRINT,
     PARAM_MAX_GENES,
@@ -138,6 +137,7 @@ class TritonBackend:
     """Implements the Backend protocol against a Triton server."""
 
     name = "triton"
+    supports_embeddings = False  # the served graph ends at the predictions
 
     def __init__(self, options: TritonOptions, expected_genes: int | None = None,
                  expected_proteins: int | None = None, expected_fingerprint: str | None = None):
@@ -266,19 +266,25 @@ class TritonBackend:
         where = f"model {self.options.model_name!r} on {self.options.address}"
         tensors = {t["name"]: t for t in [*metadata.get("inputs", []), *metadata.get("outputs", [])]}
         problems = []
-        for name in [*INPUT_NAMES, OUTPUT_NAME]:
-            tensor = tensors.get(name)
+        widths: dict[str, dict[str, int]] = {GENES: {}, PROTEINS: {}}  # axis -> tensor -> served width
+        for spec in (*INPUTS, OUTPUT):  # the graph contract, export/contract.py
+            tensor = tensors.get(spec.name)
             if tensor is None:
-                problems.append(f"no tensor {name!r}")
-            elif tensor["datatype"] != METADATA_TYPES[name]:
-                problems.append(f"{name} is {tensor['datatype']}, expected {METADATA_TYPES[name]}")
+                problems.append(f"no tensor {spec.name!r}")
+            elif tensor["datatype"] != spec.triton_type:
+                problems.append(f"{spec.name} is {tensor['datatype']}, expected {spec.triton_type}")
             elif len(tensor["shape"]) != 2 or int(tensor["shape"][0]) != -1:
-                problems.append(f"{name} has shape {tensor['shape']}, expected [-1, width] (a batch axis)")
+                problems.append(f"{spec.name} has shape {tensor['shape']}, expected [-1, {spec.axis}] (a batch axis)")
+            else:
+                widths[spec.axis][spec.name] = int(tensor["shape"][1])
+        for axis, by_name in widths.items():
+            if len(set(by_name.values())) > 1:
+                problems.append(f"its tensors disagree on {axis}: {by_name}")
         if problems:
             raise ServerError(f"{where} is not an sctranslator model: " + "; ".join(problems)
                               + f". Served tensors: {sorted(tensors)}")
-        served_genes = int(tensors["values"]["shape"][1])
-        served_proteins = int(tensors["protein_ids"]["shape"][1])
+        served_genes = next(iter(widths[GENES].values()))
+        served_proteins = next(iter(widths[PROTEINS].values()))
         parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
         for key, label, served in ((PARAM_MAX_GENES, "L", served_genes), (PARAM_MAX_PROTEINS, "P", served_proteins)):
             if parameters.get(key) and int(parameters[key]) != served:
@@ -314,9 +320,9 @@ class TritonBackend:
         else:
             import tritonclient.http as module
         request = []
-        for name in INPUT_NAMES:
-            array = inputs[name]
-            tensor = module.InferInput(name, list(array.shape), METADATA_TYPES[name])
+        for spec in INPUTS:
+            array = inputs[spec.name]
+            tensor = module.InferInput(spec.name, list(array.shape), spec.triton_type)
             if options.protocol == "http":
                 tensor.set_data_from_numpy(array, binary_data=True)
             else:
@@ -358,6 +364,9 @@ class TritonBackend:
         per_window = len(parts) // windows
         columns = [np.concatenate(parts[w * per_window:(w + 1) * per_window], axis=0) for w in range(windows)]
         return np.concatenate(columns, axis=1)
+
+    def predict_with_embeddings(self, batch: Batch, embeddings: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        return no_embeddings(self, batch, embeddings)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -1,0 +1,104 @@
+"""What every backend shares, without torch: the Batch, the picklable BackendSpec, the Backend protocol.
+
+This module must stay importable without torch (a Triton-only client never needs it): the model
+type is named for type checkers only and the model is loaded lazily by `BackendSpec.load_model`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from sctranslator.errors import BackendError
+from sctranslator.export.contract import INPUTS, PROTEINS
+
+if TYPE_CHECKING:
+    from sctranslator.model import TranslatorModel
+
+
+@dataclass
+class Batch:
+    """Model inputs for a batch of B cells; the gene and protein rows are shared by every cell."""
+
+    values: np.ndarray  # float32 (B, L)
+    gene_ids: np.ndarray  # int64 (L,)
+    gene_mask: np.ndarray  # bool (L,)
+    protein_ids: np.ndarray  # int64 (W, P): one row per protein window
+    protein_mask: np.ndarray  # bool (W, P)
+
+    def expanded(self, window: int) -> dict[str, np.ndarray]:
+        """The graph's inputs for one protein window (export/contract.py): (B, L) and (B, P) arrays of
+        the contract's dtypes, C-contiguous, as ONNX and Triton models take them."""
+        batch, genes = self.values.shape
+        proteins = self.protein_ids.shape[1]
+        arrays = {}
+        for tensor in INPUTS:  # Batch's fields are named after the graph inputs
+            row = getattr(self, tensor.name)
+            if tensor.axis == PROTEINS:
+                row = row[window]
+            shape = tensor.shape(batch, genes, proteins)
+            arrays[tensor.name] = np.ascontiguousarray(np.broadcast_to(row, shape), dtype=tensor.dtype)
+        return arrays
+
+
+class Backend(Protocol):
+    """One inference runtime. Built once per worker process from a BackendSpec, shared by its threads."""
+
+    name: str
+    # Whether predict_with_embeddings can return cell embeddings (only the torch backend sees the
+    # encoder's outputs; exported graphs end at the predictions).
+    supports_embeddings: bool
+
+    def predict(self, batch: Batch) -> np.ndarray:
+        """(B, W * P) float32 predictions, windows concatenated in order."""
+        ...
+
+    def predict_with_embeddings(self, batch: Batch, embeddings: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions (B, W * P) and, with `embeddings`, cell embeddings (B, dim) (else None).
+
+        Raises BackendError when `embeddings` is asked of a backend whose `supports_embeddings` is False.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+def no_embeddings(backend: Backend, batch: Batch, embeddings: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """predict_with_embeddings for backends without embeddings: predictions only, BackendError if asked for them."""
+    if embeddings:
+        raise BackendError(f"the {backend.name} backend cannot return cell embeddings: they come from the encoder's "
+                           "outputs, which only the torch backend exposes; use --backend torch with --embeddings")
+    return backend.predict(batch), None
+
+
+@dataclass
+class BackendSpec:
+    """Everything needed to build a backend in any process (picklable)."""
+
+    kind: str = "torch"
+    model: str | TranslatorModel | None = None  # a path, or an in-memory model (local runs)
+    device: str = "cpu"
+    onnx_path: str | None = None  # onnxruntime: use this file instead of exporting
+    onnx_cache_dir: str | None = None
+    precision: str = "fp32"
+    threads: int | None = None  # intra-op threads per backend
+    options: dict[str, Any] = field(default_factory=dict)  # backend-specific (triton url, ...)
+
+    def key(self) -> str:
+        model_key = self.model if isinstance(self.model, str) else f"memory:{id(self.model)}"
+        text = repr((self.kind, model_key, self.device, self.onnx_path, self.precision, self.threads,
+                     sorted(self.options.items())))
+        return hashlib.sha1(text.encode()).hexdigest()
+
+    def load_model(self) -> TranslatorModel:
+        """The model: the in-memory one as is, or loaded on CPU from its path (this imports torch)."""
+        if self.model is None:
+            raise BackendError("no model given to the backend")
+        from sctranslator.model import TranslatorModel, load_model
+
+        if isinstance(self.model, TranslatorModel):
+            return self.model
+        return load_model(self.model, device="cpu")

@@ -1,0 +1,39 @@
+"""The ONNX file the onnxruntime backend runs: the user's, or the model exported once and cached."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sctranslator.engine.backends.base import BackendSpec
+from sctranslator.errors import BackendError
+
+if TYPE_CHECKING:
+    from sctranslator.model import TranslatorModel
+
+log = logging.getLogger(__name__)
+
+
+def onnx_file_for(spec: BackendSpec, model: TranslatorModel) -> str:
+    """The ONNX file to run: `spec.onnx_path`, or one exported from `model` (cached by weights' hash).
+
+    The cache lives in `spec.onnx_cache_dir`, else $SCTRANSLATOR_CACHE, else ~/.cache/sctranslator;
+    files are named by the model's fingerprint and the precision. BackendError when a given
+    `onnx_path` does not exist.
+    """
+    if spec.onnx_path:
+        if not Path(spec.onnx_path).is_file():
+            raise BackendError(f"ONNX file not found: {spec.onnx_path}")
+        return spec.onnx_path
+    from sctranslator.export import export_onnx
+    from sctranslator.model.identity import model_fingerprint
+
+    cache = Path(spec.onnx_cache_dir or os.environ.get("SCTRANSLATOR_CACHE", Path.home() / ".cache" / "sctranslator"))
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"model-{model_fingerprint(model)[:16]}-{spec.precision}.onnx"
+    if not path.exists():  # export_onnx validates, then moves the file into place atomically
+        log.info("exporting the model to ONNX (%s), cached at %s", spec.precision, path)
+        export_onnx(model, path, precision=spec.precision)
+    return str(path)

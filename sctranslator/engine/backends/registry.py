@@ -1,0 +1,61 @@
+"""Backend names -> implementations, and the per-process cache of built backends.
+
+Backend modules are imported by name on first use, so a Triton-only client never imports torch
+or onnxruntime.
+"""
+
+from __future__ import annotations
+
+import threading
+from importlib import import_module
+
+from sctranslator._optional import import_optional
+from sctranslator.engine.backends.base import Backend, BackendSpec
+from sctranslator.errors import BackendError
+
+# name -> (module, class, optional dependency as (module, pip extra) or None); each class has
+# `from_spec(spec) -> Backend`.
+_IMPLEMENTATIONS: dict[str, tuple[str, str, tuple[str, str] | None]] = {
+    "torch": ("sctranslator.engine.backends.torch_backend", "TorchBackend", None),
+    "onnxruntime": ("sctranslator.engine.backends.onnxruntime_backend", "OnnxRuntimeBackend", None),
+    "triton": ("sctranslator.engine.backends.triton", "TritonBackend", ("tritonclient.grpc", "triton")),
+}
+BACKENDS = tuple(_IMPLEMENTATIONS)
+
+
+def create_backend(spec: BackendSpec) -> Backend:
+    """A new backend of kind `spec.kind` (whatever building it raises passes through).
+
+    BackendError for an unknown kind; MissingExtraError when the backend's optional dependency
+    (tritonclient for triton) is not installed.
+    """
+    try:
+        module, cls, requirement = _IMPLEMENTATIONS[spec.kind]
+    except KeyError:
+        raise BackendError(f"unknown backend {spec.kind!r}; choose one of {BACKENDS}") from None
+    if requirement is not None:
+        import_optional(*requirement, f"the {spec.kind} backend")
+    backend: Backend = getattr(import_module(module), cls).from_spec(spec)
+    return backend
+
+
+_BACKENDS: dict[str, Backend] = {}
+_BACKENDS_LOCK = threading.Lock()
+
+
+def get_backend(spec: BackendSpec) -> Backend:
+    """The backend for `spec` in this process: built on first use, then shared by every block."""
+    key = spec.key()
+    with _BACKENDS_LOCK:
+        backend = _BACKENDS.get(key)
+        if backend is None:
+            backend = _BACKENDS[key] = create_backend(spec)
+        return backend
+
+
+def release_backends() -> None:
+    """Close and forget every backend this process built (the next get_backend builds afresh)."""
+    with _BACKENDS_LOCK:
+        for backend in _BACKENDS.values():
+            backend.close()
+        _BACKENDS.clear()

@@ -1,0 +1,71 @@
+"""The `torch` backend: the PyTorch model in eval mode without autograd, on CPU or CUDA.
+
+The only backend with cell embeddings: it sees the encoder's outputs, exported graphs do not.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from sctranslator.engine.backends.base import BackendSpec, Batch
+from sctranslator.errors import BackendError
+from sctranslator.model import TranslatorModel
+
+
+def cell_embedding(encodings: torch.Tensor, gene_mask: torch.Tensor) -> torch.Tensor:
+    """A cell's embedding: the mean of its encoder outputs over real gene tokens, (B, L, dim) -> (B, dim)."""
+    weights = gene_mask.to(encodings.dtype).unsqueeze(-1)
+    return (encodings * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+class TorchBackend:
+    """PyTorch in eval mode without autograd, on CPU or CUDA.
+
+    The encoder and translator do not depend on the proteins, so they run once per batch and
+    only the decoder runs once per protein window.
+    """
+
+    name = "torch"
+    supports_embeddings = True
+
+    def __init__(self, model: TranslatorModel, device: str = "cpu"):
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendError(f"--device {device} asked for, but PyTorch sees no CUDA device")
+        self.device = torch.device(device)
+        current = next(model.parameters()).device
+        # nn.Module.to moves in place: never move the caller's model, move a copy.
+        self.model = (model if current == self.device else copy.deepcopy(model).to(self.device)).eval()
+
+    @classmethod
+    def from_spec(cls, spec: BackendSpec) -> TorchBackend:
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        return cls(spec.load_model(), spec.device)
+
+    def predict(self, batch: Batch) -> np.ndarray:
+        return self.predict_with_embeddings(batch, embeddings=False)[0]
+
+    @torch.inference_mode()
+    def predict_with_embeddings(self, batch: Batch, embeddings: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions (B, W * P) and, if asked, cell embeddings (B, dim): see `cell_embedding`."""
+        device = self.device
+        values = torch.from_numpy(np.ascontiguousarray(batch.values, dtype=np.float32)).to(device)
+        size = values.shape[0]
+        genes = torch.from_numpy(batch.gene_ids).to(device).expand(size, -1)
+        gene_mask = torch.from_numpy(batch.gene_mask).to(device).expand(size, -1)
+        encodings = self.model.encode(values, genes, gene_mask)
+        translated = self.model.translate_sequence(encodings)
+        outputs = []
+        for window in range(batch.protein_ids.shape[0]):
+            proteins = torch.from_numpy(batch.protein_ids[window]).to(device).expand(size, -1)
+            protein_mask = torch.from_numpy(batch.protein_mask[window]).to(device).expand(size, -1)
+            outputs.append(self.model.decode(translated, proteins, protein_mask))
+        predictions = torch.cat(outputs, dim=1).float().cpu().numpy()
+        embedding = cell_embedding(encodings, gene_mask).float().cpu().numpy() if embeddings else None
+        return predictions, embedding
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
