@@ -32,6 +32,11 @@ class PaddingCollapse:
     pad_count: int  # L - n: how many padded positions the last token stands for
     first_weight: torch.Tensor  # (fc0 out, n + 1): fc0's columns of the real positions, then the pads' sum
     key_counts: torch.Tensor  # (n + 1,): 1 per real token, L - n for the pad token
+    pad_positions: np.ndarray  # (L - n,) int64: the collapsed positions
+
+    def values_fit(self, values: np.ndarray) -> bool:
+        """True when every cell of `values` (B, L) is 0 at the collapsed positions (they are padding)."""
+        return not np.any(np.asarray(values)[:, self.pad_positions])
 
     @property
     def tokens(self) -> int:
@@ -65,7 +70,8 @@ class PaddingCollapse:
         counts = torch.ones(real.numel() + 1, dtype=torch.float32, device=device)
         counts[-1] = pad_count
         return cls(real_positions=real, gene_ids=torch.from_numpy(gene_ids[~padded].astype(np.int64)).to(device),
-                   pad_count=pad_count, first_weight=first.contiguous(), key_counts=counts)
+                   pad_count=pad_count, first_weight=first.contiguous(), key_counts=counts,
+                   pad_positions=np.flatnonzero(padded))
 
     def encode(self, model: TranslatorModel, values: torch.Tensor) -> torch.Tensor:
         """Encoder output (B, n + 1, dim) from full-width values (B, L): real tokens, then the pad token."""

@@ -6,6 +6,7 @@ The only backend with cell embeddings: it sees the encoder's outputs, exported g
 from __future__ import annotations
 
 import copy
+import hashlib
 
 import numpy as np
 import torch
@@ -13,6 +14,7 @@ import torch
 from sctranslator.engine.backends.base import BackendSpec, Batch
 from sctranslator.errors import BackendError
 from sctranslator.model import TranslatorModel
+from sctranslator.model.collapse import PaddingCollapse
 
 
 def cell_embedding(encodings: torch.Tensor, gene_mask: torch.Tensor) -> torch.Tensor:
@@ -31,19 +33,34 @@ class TorchBackend:
     name = "torch"
     supports_embeddings = True
 
-    def __init__(self, model: TranslatorModel, device: str = "cpu"):
+    def __init__(self, model: TranslatorModel, device: str = "cpu", *, collapse_padding: bool = True):
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError(f"--device {device} asked for, but PyTorch sees no CUDA device")
         self.device = torch.device(device)
         current = next(model.parameters()).device
         # nn.Module.to moves in place: never move the caller's model, move a copy.
         self.model = (model if current == self.device else copy.deepcopy(model).to(self.device)).eval()
+        self.collapse_padding = collapse_padding
+        self._collapses: dict[bytes, PaddingCollapse | None] = {}
 
     @classmethod
     def from_spec(cls, spec: BackendSpec) -> TorchBackend:
         if spec.threads:
             torch.set_num_threads(spec.threads)
-        return cls(spec.load_model(), spec.device)
+        return cls(spec.load_model(), spec.device, collapse_padding=bool(spec.options.get("collapse_padding", True)))
+
+    def _collapse_for(self, batch: Batch) -> PaddingCollapse | None:
+        """The padding collapse of the batch's gene layout (built once per layout), if it applies."""
+        if not self.collapse_padding:
+            return None
+        key = hashlib.sha1(np.ascontiguousarray(batch.gene_ids).tobytes()
+                           + np.ascontiguousarray(batch.gene_mask).tobytes()).digest()
+        if key not in self._collapses:
+            if len(self._collapses) > 8:  # a process serves few plans; never grow without bound
+                self._collapses.clear()
+            self._collapses[key] = PaddingCollapse.for_layout(self.model, batch.gene_ids, batch.gene_mask)
+        collapse = self._collapses[key]
+        return collapse if collapse is not None and collapse.values_fit(batch.values) else None
 
     def predict(self, batch: Batch) -> np.ndarray:
         return self.predict_with_embeddings(batch, embeddings=False)[0]
@@ -52,12 +69,22 @@ class TorchBackend:
     def predict_with_embeddings(self, batch: Batch, embeddings: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Predictions (B, W * P) and, if asked, cell embeddings (B, dim): see `cell_embedding`."""
         device = self.device
-        values = torch.from_numpy(np.ascontiguousarray(batch.values, dtype=np.float32)).to(device)
-        size = values.shape[0]
-        genes = torch.from_numpy(batch.gene_ids).to(device).expand(size, -1)
-        gene_mask = torch.from_numpy(batch.gene_mask).to(device).expand(size, -1)
-        encodings = self.model.encode(values, genes, gene_mask)
-        translated = self.model.translate_sequence(encodings)
+        collapse = self._collapse_for(batch)
+        if collapse is not None:  # padded positions computed once (exact; see model.collapse)
+            positions = collapse.real_positions.cpu().numpy()
+            values = torch.from_numpy(np.ascontiguousarray(batch.values[:, positions], dtype=np.float32)).to(device)
+            size = values.shape[0]
+            encodings = collapse.encode_real(self.model, values)
+            translated = collapse.translate(self.model, encodings)
+            encodings = collapse.real_encodings(encodings)
+            gene_mask = torch.from_numpy(np.ascontiguousarray(batch.gene_mask[positions])).to(device).expand(size, -1)
+        else:
+            values = torch.from_numpy(np.ascontiguousarray(batch.values, dtype=np.float32)).to(device)
+            size = values.shape[0]
+            genes = torch.from_numpy(batch.gene_ids).to(device).expand(size, -1)
+            gene_mask = torch.from_numpy(batch.gene_mask).to(device).expand(size, -1)
+            encodings = self.model.encode(values, genes, gene_mask)
+            translated = self.model.translate_sequence(encodings)
         outputs = []
         for window in range(batch.protein_ids.shape[0]):
             proteins = torch.from_numpy(batch.protein_ids[window]).to(device).expand(size, -1)
