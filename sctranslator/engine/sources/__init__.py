@@ -13,4 +13,5 @@ from sctranslator.engine.sources.modality import pick_modality
 from sctranslator.engine.sources.open import SUPPORTED, open_source
 from sctranslator.engine.sources.zarr_store import MISSING_CHUNK_POLICIES, ZarrSource
 
-__all__ = ["MISSING_CHUNK_POLICIES", "SUPPORTED", "AnnDataSource", "H5Source", "Source", "ZarrSource", "open_source", "pick_modality"]
+__all__ = ["MISSING_CHUNK_POLICIES", "SUPPORTED", "AnnDataSource", "H5Source", "Source", "ZarrSource", "open_source",
+           "pick_modality"]

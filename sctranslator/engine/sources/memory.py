@@ -48,9 +48,10 @@ class AnnDataSource(Source):
             self.dtype = np.dtype(self._matrix.dtype)
             self.nnz = int(self._matrix.nnz) if sp.issparse(self._matrix) else None
             self.chunk_rows = None
-        if (self.n_obs, self.n_vars) != adata.shape:
+        expected = (adata.n_obs, adata.raw.n_vars) if use_raw else adata.shape
+        if (self.n_obs, self.n_vars) != expected:
             raise InputDataError(f"the AnnData's matrix is {self.n_obs} x {self.n_vars} but the object is "
-                                 f"{adata.shape[0]} x {adata.shape[1]}")
+                                 f"{expected[0]} x {expected[1]}")
 
     def _open_backed(self, adata: anndata.AnnData) -> None:
         if adata.is_view:
