@@ -496,15 +496,22 @@ def _small_annotated(n_obs: int = 12, n_vars: int = 6) -> anndata.AnnData:
     return adata
 
 
-def _legacy_h5ad(path: Path, adata: anndata.AnnData) -> Path:
-    """The pre-0.7 layout: obs/var as structured arrays with byte strings, X as an h5sparse group."""
+def _legacy_h5ad(path: Path, adata: anndata.AnnData, raw: anndata.AnnData | None = None) -> Path:
+    """The pre-0.7 layout: obs/var as structured arrays with byte strings, X as an h5sparse group,
+    and `raw` (if given) as top-level raw.X / raw.var."""
     with h5py.File(path, "w") as handle:
-        x = handle.create_group("X")
-        x.attrs["h5sparse_format"] = "csr"
-        x.attrs["h5sparse_shape"] = np.array(adata.shape)
-        for name in ("data", "indices", "indptr"):
-            x.create_dataset(name, data=getattr(adata.X, name))
-        for key, frame in (("obs", adata.obs), ("var", adata.var)):
+        tables = [("obs", adata.obs), ("var", adata.var)]
+        for key, matrix in (("X", adata.X), ("raw.X", None if raw is None else raw.X)):
+            if matrix is None:
+                continue
+            x = handle.create_group(key)
+            x.attrs["h5sparse_format"] = "csr"
+            x.attrs["h5sparse_shape"] = np.array(matrix.shape)
+            for name in ("data", "indices", "indptr"):
+                x.create_dataset(name, data=getattr(matrix, name))
+        if raw is not None:
+            tables.append(("raw.var", raw.var))
+        for key, frame in tables:
             fields = {"index": np.array(frame.index, dtype="S")}
             for column in frame.columns:
                 if frame[column].dtype.kind in "iuf":
@@ -540,6 +547,18 @@ def test_names_and_values_read_as_anndata_reads_them(tmp_path, layout):
     else:
         assert var["symbol"].isna().sum() == 2 and isinstance(var["symbol"].dtype, pd.CategoricalDtype)
     np.testing.assert_array_equal(source.read_block(0, 12).toarray(), expected.X.toarray())
+
+
+def test_legacy_raw_layout_is_read_as_anndata_reads_it(tmp_path):
+    adata = _with_raw()
+    path = _legacy_h5ad(tmp_path / "old_raw.h5ad", adata, raw=adata.raw.to_adata())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = anndata.read_h5ad(path)
+        source = open_source(path, use_raw=True)
+        pd.testing.assert_frame_equal(source.var, expected.raw.var)
+    assert source.fingerprint()["element"] == "raw.X"
+    np.testing.assert_array_equal(source.read_block(0, 30).toarray(), expected.raw.X.toarray())
 
 
 # ---------------------------------------------------------------- missing gene names are not duplicates
