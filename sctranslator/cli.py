@@ -88,7 +88,7 @@ def _vocab(parser: argparse.ArgumentParser) -> Handler:
 
 @command("translate", "predict protein abundance for every cell of a dataset")
 def _translate(parser: argparse.ArgumentParser) -> Handler:
-    parser.add_argument("input", help=".h5ad, AnnData .zarr store (v2/v3), or .h5mu (rna modality)")
+    parser.add_argument("input", help=".h5ad, AnnData .zarr store (v2/v3), or .h5mu (see --modality)")
     parser.add_argument("--model", required=True, help="bundle directory or official .pt checkpoint")
     parser.add_argument("--proteins", help="comma-separated antibody or gene names, or @file "
                         "(default: the model's protein panel, when it has one)")
@@ -109,6 +109,12 @@ def _translate(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument("--id-type", default="auto",
                         choices=["auto", "symbol", "entrez", "ensembl", "mouse_symbol", "mouse_ensembl"])
     parser.add_argument("--layer", help="read this layer instead of X")
+    parser.add_argument("--use-raw", action="store_true", help="read .raw.X with .raw.var instead of X")
+    parser.add_argument("--modality", help="MuData modality holding the RNA (default: 'rna', else the one "
+                        "RNA-like modality such as RNA, gex or 'Gene Expression')")
+    parser.add_argument("--missing-chunks", default="error", choices=["error", "zeros"],
+                        help="an absent chunk of a dense zarr X: error (default), or read it as zeros "
+                             "(stores written with write_empty_chunks=False)")
     parser.add_argument("--min-coverage", type=float, default=0.5, help="minimum fraction of genes that must map")
     parser.add_argument("--allow-low-coverage", action="store_true", help="go on below --min-coverage")
     parser.add_argument("--allow-empty-cells", action="store_true", help="predict cells with no expression")
@@ -136,7 +142,8 @@ def _translate(parser: argparse.ArgumentParser) -> Handler:
             args.input, args.model, read_name_list(args.proteins) if args.proteins else None, out=args.out,
             backend=args.backend, device=args.device, batch_size=args.batch_size, block_cells=args.block_cells,
             workers=args.workers, scheduler=args.scheduler, normalize=args.normalize, target_sum=args.target_sum,
-            gene_column=args.gene_column, id_type=args.id_type, layer=args.layer, min_coverage=args.min_coverage,
+            gene_column=args.gene_column, id_type=args.id_type, layer=args.layer, use_raw=args.use_raw,
+            modality=args.modality, missing_chunks=args.missing_chunks, min_coverage=args.min_coverage,
             allow_low_coverage=args.allow_low_coverage, allow_empty_cells=args.allow_empty_cells,
             overwrite=args.overwrite, onnx_path=args.onnx, precision=args.precision, backend_options=options,
             write_h5ad=args.write_h5ad, write_mudata=args.write_mudata, embeddings=args.embeddings,

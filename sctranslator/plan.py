@@ -78,11 +78,31 @@ class Plan:
 
 
 def gene_identifiers(var: pd.DataFrame, column: str | None) -> pd.Index:
+    """The gene identifiers as strings; InputDataError when some are missing (NaN, None or empty)."""
     if column is None:
+        _check_present(var.index, "var_names", var.index)
         return pd.Index(var.index.astype(str))
     if column not in var.columns:
         raise InputDataError(f"var has no column {column!r}; available: {list(var.columns)}")
+    _check_present(var[column], f"var[{column!r}]", var.index)
     return pd.Index(var[column].astype(str))
+
+
+def _check_present(values: pd.Index | pd.Series, what: str, labels: pd.Index) -> None:
+    """Refuse missing identifiers before they are turned into the string 'nan' (and then duplicates)."""
+    array = pd.Series(np.asarray(values, dtype=object))
+    missing = array.isna().to_numpy() | (array.astype(str).str.strip() == "").to_numpy()
+    if not missing.any():
+        return
+    rows = np.flatnonzero(missing)
+    shown = ", ".join(f"{int(r)} ({labels[r]})" if what != "var_names" else str(int(r)) for r in rows[:10])
+    more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
+    raise InputDataError(
+        f"{len(rows)} of {len(array)} genes have no identifier in {what} (NaN or empty): var rows {shown}{more}. "
+        "A gene without a name cannot be mapped to the model's vocabulary. Fill them in, drop those genes "
+        f"(e.g. adata = adata[:, ~mask] with the mask of missing names), or choose another var column "
+        "with --gene-column."
+    )
 
 
 def _check_unique(identifiers: pd.Index) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import anndata
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 import zarr
@@ -338,10 +339,11 @@ def test_reads_only_the_requested_rows(stores, pbmc, monkeypatch):
         block = source.read_block(0, 10)
         monkeypatch.setattr(cls, "__getitem__", original)
         np.testing.assert_array_equal(block.toarray(), pbmc.X[:10].toarray())
-        sizes = {}
+        reads: dict[str, list[int]] = {}
         for array, size in requested:
-            sizes[array.rsplit("/", 1)[-1]] = sizes.get(array.rsplit("/", 1)[-1], 0) + size
-        assert sizes == {"indptr": 11, "indices": ten_rows, "data": ten_rows}, (name, requested)
+            reads.setdefault(array.rsplit("/", 1)[-1], []).append(size)
+        # indptr[0:11] is read by our check and again by anndata's slicing; entries exactly once.
+        assert reads == {"indptr": [11, 11], "indices": [ten_rows], "data": [ten_rows]}, (name, requested)
 
 
 # ---------------------------------------------------------------- damaged and unsupported inputs
@@ -398,13 +400,20 @@ def test_zarr_deleted_dense_and_shard_chunks(stores, tmp_path, bmmc):
     dense = tmp_path / "dense.zarr"
     shutil.copytree(stores["zarr3_dense_17rows"], dense)
     (dense / "X" / "c" / "2" / "0").unlink()  # rows 34..50
-    # By default a dense X may lack all-zero chunks (zarr skips writing them), so they read as 0 ...
-    assert not open_source(dense).read_block(34, 51).any()
-    # ... and the strict policy reports them.
-    source = open_source(dense, missing_chunks="error")
-    source.read_block(0, 34)
-    with pytest.raises(StoreError, match=r"X is missing chunk\(s\) c/2/0.*missing_chunks='zeros'"):
+    # By default a missing chunk of a dense X is an error naming the array, chunk, rows and the option ...
+    source = open_source(dense)
+    np.testing.assert_array_equal(source.read_block(0, 34), bmmc.X[:34].toarray())  # other chunks still read
+    with pytest.raises(StoreError, match=r"X is missing chunk\(s\) c/2/0 covering rows 30\.\.39.*"
+                                         r"--missing-chunks zeros") as err:
         source.read_block(30, 40)
+    assert str(dense) in str(err.value)
+    # ... and an explicit "zeros" reads the absent chunk as zeros (and the rest as stored).
+    zeros = open_source(dense, missing_chunks="zeros").read_block(30, 55)
+    assert not zeros[4:21].any()
+    np.testing.assert_array_equal(zeros[:4], bmmc.X[30:34].toarray())
+    np.testing.assert_array_equal(zeros[21:], bmmc.X[51:55].toarray())
+    with pytest.raises(InputDataError, match="missing_chunks must be one of error, zeros"):
+        open_source(dense, missing_chunks="auto")
 
     sharded = tmp_path / "sharded.zarr"
     shutil.copytree(stores["zarr3_sharded"], sharded)
@@ -466,3 +475,239 @@ def test_corrupt_csr_structure(tmp_path, bmmc):
         handle["X/indptr"][-1] = bmmc.X.nnz + 5
     with pytest.raises(StoreError, match="outside the 200809 entries"):
         open_source(path).read_block(590, 600)
+
+
+# ---------------------------------------------------------------- names and values as anndata reads them
+
+
+def _small_annotated(n_obs: int = 12, n_vars: int = 6) -> anndata.AnnData:
+    """A small AnnData with categorical, string, bool, numeric and NaN-holding columns."""
+    rng = np.random.default_rng(0)
+    x = sp.random(n_obs, n_vars, density=0.5, format="csr", dtype=np.float32, random_state=rng)
+    adata = anndata.AnnData(x)
+    adata.obs_names = [f"cell-{i}" for i in range(n_obs)]
+    adata.var_names = [f"G{i}" for i in range(n_vars)]
+    adata.obs["cluster"] = pd.Categorical(rng.choice(["T", "B", "NK"], n_obs))
+    adata.obs["depth"] = rng.integers(1, 100, n_obs)
+    adata.var["symbol"] = pd.Categorical(["CD3E", "CD4", np.nan, "CD8A", np.nan, "MS4A1"])
+    adata.var["note"] = ["a", "", "b", "c", "d", "e"]
+    adata.var["highly_variable"] = [True, False, True, True, False, True]
+    adata.var["mean"] = np.linspace(0, 1, n_vars)
+    return adata
+
+
+def _legacy_h5ad(path: Path, adata: anndata.AnnData, raw: anndata.AnnData | None = None) -> Path:
+    """The pre-0.7 layout: obs/var as structured arrays with byte strings, X as an h5sparse group,
+    and `raw` (if given) as top-level raw.X / raw.var."""
+    with h5py.File(path, "w") as handle:
+        tables = [("obs", adata.obs), ("var", adata.var)]
+        for key, matrix in (("X", adata.X), ("raw.X", None if raw is None else raw.X)):
+            if matrix is None:
+                continue
+            x = handle.create_group(key)
+            x.attrs["h5sparse_format"] = "csr"
+            x.attrs["h5sparse_shape"] = np.array(matrix.shape)
+            for name in ("data", "indices", "indptr"):
+                x.create_dataset(name, data=getattr(matrix, name))
+        if raw is not None:
+            tables.append(("raw.var", raw.var))
+        for key, frame in tables:
+            fields = {"index": np.array(frame.index, dtype="S")}
+            for column in frame.columns:
+                if frame[column].dtype.kind in "iuf":
+                    fields[column] = frame[column].to_numpy()
+            dtype = [(name, values.dtype) for name, values in fields.items()]
+            table = np.empty(len(frame), dtype=dtype)
+            for name, values in fields.items():
+                table[name] = values
+            handle.create_dataset(key, data=table)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["h5ad", "zarr2", "zarr3", "legacy_h5ad"])
+def test_names_and_values_read_as_anndata_reads_them(tmp_path, layout):
+    adata = _small_annotated()
+    if layout == "h5ad":
+        path = tmp_path / "a.h5ad"
+        adata.write_h5ad(path)
+    elif layout == "legacy_h5ad":
+        path = _legacy_h5ad(tmp_path / "old.h5ad", adata)
+    else:
+        path = _write_zarr(adata, tmp_path / "a.zarr", fmt=int(layout[-1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = anndata.read_zarr(path) if path.is_dir() else anndata.read_h5ad(path)
+        source = open_source(path)
+        var, obs_names, obs = source.var, source.obs_names, source.read_obs()
+    pd.testing.assert_frame_equal(var, expected.var)
+    pd.testing.assert_frame_equal(obs, expected.obs)
+    pd.testing.assert_index_equal(pd.Index(obs_names), expected.obs_names)
+    if layout == "legacy_h5ad":
+        assert list(obs_names)[:2] == ["cell-0", "cell-1"]  # byte strings decoded, as anndata does
+    else:
+        assert var["symbol"].isna().sum() == 2 and isinstance(var["symbol"].dtype, pd.CategoricalDtype)
+    np.testing.assert_array_equal(source.read_block(0, 12).toarray(), expected.X.toarray())
+
+
+def test_legacy_raw_layout_is_read_as_anndata_reads_it(tmp_path):
+    adata = _with_raw()
+    path = _legacy_h5ad(tmp_path / "old_raw.h5ad", adata, raw=adata.raw.to_adata())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = anndata.read_h5ad(path)
+        source = open_source(path, use_raw=True)
+        pd.testing.assert_frame_equal(source.var, expected.raw.var)
+    assert source.fingerprint()["element"] == "raw.X"
+    np.testing.assert_array_equal(source.read_block(0, 30).toarray(), expected.raw.X.toarray())
+
+
+# ---------------------------------------------------------------- missing gene names are not duplicates
+
+
+def test_missing_gene_names_are_reported_as_missing_not_duplicates(tmp_path):
+    from sctranslator.plan import gene_identifiers
+
+    adata = _small_annotated()
+    path = tmp_path / "a.h5ad"
+    adata.write_h5ad(path)
+    var = open_source(path).var  # the categorical column with NaN, as stored
+    with pytest.raises(InputDataError) as err:
+        gene_identifiers(var, "symbol")
+    message = str(err.value)
+    assert "2 of 6 genes have no identifier in var['symbol']" in message
+    assert "var rows 2 (G2), 4 (G4)" in message
+    assert "make_unique" not in message and "more than once" not in message
+    with pytest.raises(InputDataError, match=r"1 of 6 genes have no identifier in var\['note'\].*var rows 1 \(G1\)"):
+        gene_identifiers(var, "note")  # an empty string is no name either
+    assert list(gene_identifiers(var, "highly_variable")) == [str(v) for v in var["highly_variable"]]
+
+    named = adata.copy()
+    named.var.index = pd.CategoricalIndex(["A", np.nan, "C", "D", "E", "F"])  # NaN var_names survive a round trip
+    named.write_h5ad(tmp_path / "b.h5ad")
+    with pytest.raises(InputDataError, match=r"1 of 6 genes have no identifier in var_names .*var rows 1\b"):
+        gene_identifiers(open_source(tmp_path / "b.h5ad").var, None)
+
+
+# ---------------------------------------------------------------- .raw
+
+
+def _with_raw() -> anndata.AnnData:
+    """Counts in .raw (all genes), a normalised subset of the genes in X, as scanpy leaves it."""
+    counts = _small_annotated(n_obs=30, n_vars=6)
+    counts.X = counts.X.multiply(10).tocsr().astype(np.float32)
+    counts.X.data = np.round(counts.X.data)
+    adata = counts.copy()
+    adata.raw = counts
+    adata = adata[:, [0, 2, 3]].copy()
+    adata.X = sp.csr_matrix(np.log1p(adata.X.toarray()))
+    return adata
+
+
+def test_use_raw_reads_raw_x_with_raw_var(tmp_path):
+    adata = _with_raw()
+    h5ad = tmp_path / "raw.h5ad"
+    adata.write_h5ad(h5ad)
+    inputs = {"memory": adata, "h5ad": h5ad, "zarr2": _write_zarr(adata, tmp_path / "r2.zarr", fmt=2),
+              "zarr3": _write_zarr(adata, tmp_path / "r3.zarr", fmt=3),
+              "backed": anndata.read_h5ad(h5ad, backed="r")}
+    for name, data in inputs.items():
+        source = open_source(data, use_raw=True)
+        assert (source.n_obs, source.n_vars) == (30, 6), name
+        assert list(source.var.index) == list(adata.raw.var_names), name
+        assert list(source.obs_names) == list(adata.obs_names), name
+        stacked = sp.vstack([b for _, _, b in _blocks(source, (7, 11))]).toarray()
+        np.testing.assert_array_equal(stacked, adata.raw.X.toarray(), err_msg=name)
+        assert source.fingerprint()["element"] == "raw/X", name
+        plain = open_source(data)
+        assert plain.n_vars == 3 and plain.fingerprint() != source.fingerprint(), name
+    inputs["backed"].file.close()
+    with pytest.raises(InputDataError, match="either a layer .* or the raw matrix"):
+        open_source(h5ad, use_raw=True, layer="counts")
+    bare = _small_annotated()
+    bare.write_h5ad(tmp_path / "bare.h5ad")
+    for data in (bare, tmp_path / "bare.h5ad", _write_zarr(bare, tmp_path / "bare.zarr", fmt=3)):
+        with pytest.raises(InputDataError, match=r"has no \.raw"):
+            open_source(data, use_raw=True)
+
+
+# ---------------------------------------------------------------- MuData modality
+
+
+@pytest.mark.parametrize("rna_name", ["rna", "RNA", "gex", "GEX", "Gene Expression"])
+def test_mudata_modality_defaults_to_the_rna_like_one(tmp_path, rna_name):
+    import mudata
+
+    rna = _small_annotated()
+    prot = anndata.AnnData(np.ones((rna.n_obs, 2), dtype=np.float32), obs=rna.obs[[]])
+    prot.var_names = ["CD3", "CD4"]
+    mdata = mudata.MuData({rna_name: rna, "prot": prot})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mdata.write(tmp_path / "m.h5mu")
+        mdata.write_zarr(tmp_path / "m.zarr")
+    for data in (mdata, tmp_path / "m.h5mu", tmp_path / "m.zarr"):
+        source = open_source(data)
+        assert list(source.var.index) == list(rna.var_names)
+        np.testing.assert_array_equal(source.read_block(0, rna.n_obs).toarray(), rna.X.toarray())
+        assert open_source(data, modality="prot").n_vars == 2
+
+
+def test_mudata_modality_ambiguous_or_absent_is_a_clear_error(tmp_path):
+    import mudata
+
+    rna = _small_annotated()
+    other = rna[:, :3].copy()
+    for mods, match in (({"RNA": rna, "gex": other}, r"several RNA-like modalities \(it has: RNA, gex\).*--modality"),
+                        ({"atac": rna, "prot": other}, r"no RNA-like modality.*\(it has: atac, prot\).*--modality")):
+        mdata = mudata.MuData(mods)
+        path = tmp_path / f"{'_'.join(mods)}.h5mu"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mdata.write(path)
+        for data in (mdata, path):
+            with pytest.raises(InputDataError, match=match):
+                open_source(data)
+        assert open_source(path, modality=next(iter(mods))).n_vars == rna.n_vars
+        with pytest.raises(InputDataError, match=r"no modality 'rna' \(it has: "):
+            open_source(path, modality="rna")
+
+
+# ---------------------------------------------------------------- the CLI options
+
+
+def test_translate_cli_missing_chunks_modality_and_raw(tmp_path, capsys):
+    from sctranslator.cli import main
+
+    model = SHARED / "fixtures" / "reference_model" / "tiny_a_official.pt"
+    pbmc = anndata.read_h5ad(_require(PBMC))[:40].copy()
+    dense = pbmc.copy()
+    dense.X = pbmc.X.toarray()
+    store = _write_zarr(dense, tmp_path / "dense.zarr", fmt=3, chunks=(10, dense.n_vars))
+    (store / "X" / "c" / "1" / "0").unlink()  # rows 10..19
+    common = ["--model", str(_require(model)), "--proteins", "CD3,CD4", "--quiet", "--block-cells", "16"]
+    assert main(["translate", str(store), "--out", str(tmp_path / "a.zarr"), *common]) == 2
+    message = capsys.readouterr().err
+    assert "StoreError" in message and "X is missing chunk(s) c/1/0 covering rows" in message
+    assert "--missing-chunks zeros" in message and not (tmp_path / "a.zarr" / "X").exists()
+    assert main(["translate", str(store), "--out", str(tmp_path / "b.zarr"), "--missing-chunks", "zeros",
+                 "--allow-empty-cells", *common]) == 0
+    assert anndata.read_zarr(tmp_path / "b.zarr").n_obs == 40
+
+    import mudata
+
+    with_raw = pbmc.copy()
+    with_raw.raw = pbmc
+    with_raw.X = sp.csr_matrix(np.log1p(pbmc.X.toarray()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mudata.MuData({"GEX": with_raw}).write(tmp_path / "m.h5mu")
+    assert main(["translate", str(tmp_path / "m.h5mu"), "--out", str(tmp_path / "c.zarr"), "--modality", "GEX",
+                 "--use-raw", *common]) == 0
+    settings = anndata.read_zarr(tmp_path / "c.zarr").uns["sctranslator"]["settings"]
+    assert settings["use_raw"] and settings["modality"] == "GEX"
+    import sctranslator
+
+    direct = sctranslator.translate(tmp_path / "m.h5mu", model, ["CD3", "CD4"], use_raw=True)
+    from_counts = sctranslator.translate(pbmc, model, ["CD3", "CD4"])
+    np.testing.assert_allclose(direct.X, from_counts.X, rtol=1e-6)
+    np.testing.assert_allclose(anndata.read_zarr(tmp_path / "c.zarr").X, from_counts.X, rtol=1e-6)

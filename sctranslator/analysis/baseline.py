@@ -1,21 +1,26 @@
 """An honest reference point for protein prediction: PCA of log-normalised RNA + ridge regression.
 
 Any model worth running should beat this. It takes seconds on a laptop, needs no GPU and no
-vocabulary (genes are matched by name between training and prediction data).
+vocabulary (genes are matched by name between training and prediction data). The statistics are
+scikit-learn's (an optional dependency, in the `analysis` and `dev` extras, imported only here).
 
 Steps, all fitted on the training cells only:
 1. align the input's columns to the training gene list by name (genes missing at predict time
    are 0), then library-size normalise over that gene panel and log1p (`normalize_block`,
    "total_log1p"). Totals are taken over the training panel, not the input's full width, so a
    whole-transcriptome input is scaled like the HVG-only data the model was trained on;
-2. centre the genes and keep the top `n_components` principal axes (randomized SVD, seeded);
-3. ridge regression, closed form, from the PC scores to the (already scaled) protein targets;
-   the intercept is not penalised. Because PC scores are uncorrelated, the normal equations are
-   diagonal: coef = s_k / (s_k^2 + alpha) * U_k^T Y.
+2. centre the genes and keep the top `n_components` principal axes: `sklearn.decomposition.PCA`
+   with the ARPACK solver, which centres a sparse matrix implicitly (never densifies it) and gives
+   the exact top axes (seeded start vector); the full solver when all axes are kept;
+3. `sklearn.linear_model.Ridge` from the PC scores to the (already scaled) protein targets; the
+   intercept is not penalised.
 
-Alpha is chosen by k-fold cross-validation on the training cells among `cv_alphas` (lowest mean
-squared error over all proteins; PCA is fitted once on all training cells, which is unsupervised
-and never sees the targets). Pass `cv_alphas=None` to use `alpha` as given.
+Alpha is chosen by k-fold cross-validation on the training cells among `cv_alphas`
+(`sklearn.model_selection.GridSearchCV` over a seeded, shuffled `KFold`, scored by mean squared
+error over all proteins; ties go to the larger alpha). PCA is fitted once on all training cells,
+which is unsupervised and never sees the targets. Pass `cv_alphas=None` to use `alpha` as given.
+The fitted model is kept as plain arrays (mean, components, coefficients), so predicting and
+loading a saved model need no scikit-learn.
 """
 
 from __future__ import annotations
@@ -83,57 +88,65 @@ def _centered_product(x: np.ndarray | sp.csr_matrix, mean: np.ndarray, m: np.nda
     return np.asarray(x @ m) - np.outer(np.ones(x.shape[0]), mean @ m)
 
 
-def _centered_rproduct(x: np.ndarray | sp.csr_matrix, mean: np.ndarray, m: np.ndarray) -> np.ndarray:
-    # (X - 1 mean)^T @ m
-    return np.asarray(x.T @ m) - np.outer(mean, m.sum(axis=0))
+def _sklearn(module: str):  # noqa: ANN202 - a module
+    """Import a scikit-learn module, or say which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"sklearn.{module}")
+    except ImportError as exc:  # pragma: no cover - sklearn is in the analysis/dev extras
+        raise InputDataError("the ridge baseline needs scikit-learn: pip install 'sctranslator[analysis]'") from exc
 
 
-def randomized_pca(x: np.ndarray | sp.csr_matrix, n_components: int, *, seed: int = 0, n_iter: int = 5,
-                   oversample: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(mean, components k x g, singular values k, scores n x k) of the column-centred X (Halko et al.)."""
+def fit_pca(x: np.ndarray | sp.csr_matrix, n_components: int, *, seed: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(mean g, components k x g, singular values k, scores n x k) of the column-centred X.
+
+    `sklearn.decomposition.PCA`: ARPACK (seeded) for k < min(n, g), which accepts sparse X without
+    densifying it, else the full SVD. Signs follow the largest loading of each axis (positive), so a
+    refit gives the same axes. Raises InputDataError when no component can be fitted.
+    """
     n, g = x.shape
     k = min(n_components, n - 1, g)
     if k < 1:
         raise InputDataError(f"cannot fit {n_components} principal components on {n} cells x {g} genes")
-    mean = np.asarray(x.mean(axis=0), dtype=np.float64).ravel()
-    rng = np.random.default_rng(seed)
-    q = np.linalg.qr(_centered_product(x, mean, rng.standard_normal((g, min(k + oversample, g)))))[0]
-    for _ in range(n_iter):  # power iterations sharpen the spectrum; QR each time keeps them stable
-        q = np.linalg.qr(_centered_rproduct(x, mean, q))[0]
-        q = np.linalg.qr(_centered_product(x, mean, q))[0]
-    small = _centered_rproduct(x, mean, q).T  # (k + p) x g
-    u_small, s, vt = np.linalg.svd(small, full_matrices=False)
-    u = q @ u_small
-    # Sign convention (largest loading positive) so a refit gives the same axes.
-    signs = np.sign(vt[np.arange(len(s)), np.abs(vt).argmax(axis=1)])
-    vt, u = vt * signs[:, None], u * signs[None, :]
-    return mean, vt[:k], s[:k], u[:, :k] * s[:k]
+    x = x.astype(np.float64) if sp.issparse(x) else np.asarray(x, dtype=np.float64)
+    if k < min(n, g):
+        solver = "arpack"
+    else:
+        solver = "full"
+        x = x.toarray() if sp.issparse(x) else x
+    pca = _sklearn("decomposition").PCA(n_components=k, svd_solver=solver, random_state=seed)
+    scores = pca.fit_transform(x)
+    components = pca.components_
+    signs = np.sign(components[np.arange(k), np.abs(components).argmax(axis=1)])
+    return pca.mean_, components * signs[:, None], pca.singular_values_, scores * signs[None, :]
 
 
 def _ridge_coef(scores: np.ndarray, targets: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """(coef k x p, intercept p) for centred-intercept ridge; scores need not be orthogonal."""
-    z_mean = scores.mean(axis=0)
-    y_mean = targets.mean(axis=0)
-    z = scores - z_mean
-    gram = z.T @ z + alpha * np.eye(z.shape[1])
-    coef = np.linalg.solve(gram, z.T @ (targets - y_mean))
-    return coef, y_mean - z_mean @ coef
+    """(coef k x p, intercept p) of `sklearn.linear_model.Ridge` (intercept not penalised)."""
+    ridge = _sklearn("linear_model").Ridge(alpha=alpha).fit(scores, targets)
+    coef = np.asarray(ridge.coef_, dtype=np.float64).reshape(targets.shape[1], -1).T
+    return coef, np.asarray(ridge.intercept_, dtype=np.float64).reshape(-1)
 
 
 def cv_alpha(scores: np.ndarray, targets: np.ndarray, alphas: Sequence[float], *, folds: int = 5,
              seed: int = 0) -> tuple[float, dict[float, float]]:
-    """The alpha with the lowest k-fold mean squared error (ties: the larger alpha), and all errors."""
+    """The alpha with the lowest k-fold mean squared error (ties: the larger alpha), and all errors.
+
+    `GridSearchCV(Ridge(), alphas, cv=KFold(folds, shuffle=True, random_state=seed))`; the error of an
+    alpha is the mean over folds of the mean squared error over all cells and proteins of the fold.
+    """
     n = scores.shape[0]
     folds = max(2, min(folds, n))
-    fold_of = np.random.default_rng(seed).permutation(n) % folds
-    errors: dict[float, float] = {}
-    for alpha in alphas:
-        total = 0.0
-        for fold in range(folds):
-            test = fold_of == fold
-            coef, intercept = _ridge_coef(scores[~test], targets[~test], float(alpha))
-            total += float(np.sum((scores[test] @ coef + intercept - targets[test]) ** 2))
-        errors[float(alpha)] = total / targets.size
+    selection = _sklearn("model_selection")
+    search = selection.GridSearchCV(
+        _sklearn("linear_model").Ridge(), {"alpha": [float(a) for a in alphas]},
+        cv=selection.KFold(n_splits=folds, shuffle=True, random_state=seed),
+        scoring="neg_mean_squared_error", refit=False,
+    ).fit(scores, targets)
+    tried = [float(a) for a in search.cv_results_["param_alpha"]]
+    errors = dict(zip(tried, (-search.cv_results_["mean_test_score"]).tolist(), strict=True))
     best = min(errors.items(), key=lambda item: (item[1], -item[0]))[0]
     return best, errors
 
@@ -177,7 +190,7 @@ class RidgeBaseline:
         if len(self.proteins_) != targets.shape[1]:
             raise InputDataError(f"{len(self.proteins_)} protein names for {targets.shape[1]} target columns")
         x = self._log_normalised(rna_counts, genes)
-        self.mean_, self.components_, _, scores = randomized_pca(x, self.n_components, seed=self.seed)
+        self.mean_, self.components_, _, scores = fit_pca(x, self.n_components, seed=self.seed)
         if self.cv_alphas:
             self.alpha_, self.cv_errors_ = cv_alpha(scores, targets, self.cv_alphas, folds=self.cv_folds,
                                                     seed=self.seed)

@@ -97,7 +97,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
               device: str = "cpu", batch_size: int | None = None, block_cells: int | None = None,
               workers: int | None = None, scheduler: str | None = None, normalize: str | None = None,
               target_sum: float | None = None, gene_column: str | None = None, id_type: str = "auto",
-              layer: str | None = None, min_coverage: float = DEFAULT_MIN_COVERAGE,
+              layer: str | None = None, use_raw: bool = False, modality: str | None = None,
+              missing_chunks: str = "error", min_coverage: float = DEFAULT_MIN_COVERAGE,
               allow_low_coverage: bool = False, allow_empty_cells: bool = False, overwrite: bool = False,
               onnx_path: str | None = None, precision: str = "fp32", backend_options: dict[str, Any] | None = None,
               write_h5ad: str | Path | None = None, write_mudata: str | Path | None = None,
@@ -109,6 +110,12 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     there, written block by block: re-running the same call after an interruption resumes.
     With `embeddings`, obsm['X_sctranslator'] holds each cell's embedding: the mean of the encoder's
     outputs over the cell's real gene tokens (torch backend).
+
+    Which matrix is read: X, or ``layers[layer]``, or with `use_raw` ``.raw.X`` with ``.raw.var``
+    (InputDataError when absent). `modality` names the MuData modality (None: `rna`, else the one
+    RNA-like modality; InputDataError listing them otherwise). `missing_chunks` ("error" or "zeros")
+    says what an absent chunk of a dense zarr X means: "error" raises a StoreError naming the array,
+    chunk and rows; "zeros" reads it as zeros.
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
@@ -117,7 +124,7 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
                            "use --backend torch with --embeddings")
     if (batch_size is not None and batch_size < 1) or (block_cells is not None and block_cells < 1):
         raise InputDataError("batch_size and block_cells must be >= 1")
-    source = open_source(data, layer=layer)
+    source = open_source(data, layer=layer, use_raw=use_raw, modality=modality, missing_chunks=missing_chunks)
     loaded, model_source = _resolve_model(model)
     batch_size = batch_size or default_batch_size(loaded, device)
     n_workers = workers or default_workers()
@@ -141,8 +148,9 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
         "plan": plan.summary(),
         "settings": {"backend": backend, "device": device, "precision": precision, "batch_size": batch_size,
                      "normalize": plan.normalize, "target_sum": plan.target_sum, "id_type": id_type,
-                     "gene_column": gene_column or "", "layer": layer or "", "embeddings": bool(embeddings),
-                     "output_scaling": output_scaling(loaded)},
+                     "gene_column": gene_column or "", "layer": layer or "", "use_raw": bool(use_raw),
+                     "modality": getattr(source, "modality", None) or "", "missing_chunks": missing_chunks,
+                     "embeddings": bool(embeddings), "output_scaling": output_scaling(loaded)},
         "versions": _versions(),
     }}
     temporary = None

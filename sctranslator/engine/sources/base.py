@@ -143,22 +143,19 @@ def check_indptr(indptr: np.ndarray, nnz: int, *, where: str, first_row: int, n_
         raise StoreError(f"{where}: X/indptr ends at {hi} but X/data holds {nnz} entries; the store is corrupted")
 
 
-def assemble_csr(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, n_vars: int, *,
-                 where: str, first_row: int) -> sp.csr_matrix:
-    """Build one CSR block from a stored slice (indptr not rebased) after checking its entries."""
-    rows = f"rows {first_row}..{first_row + len(indptr) - 2}"
-    expected = int(indptr[-1] - indptr[0])
-    if len(indices) != expected or len(data) != expected:
-        raise StoreError(f"{where}: X/indptr says {rows} hold {expected} entries but {len(data)} values and "
-                         f"{len(indices)} column indices were read; the store is truncated or corrupted")
-    if indices.size:
-        lo, hi = int(indices.min()), int(indices.max())
+def check_csr_block(block: Any, expected: int, n_vars: int, *, where: str, first_row: int) -> sp.csr_matrix:
+    """Check a CSR row block read by anndata against its indptr slice; return it as a csr_matrix.
+
+    `expected` is the number of entries the (already checked) indptr slice gives these rows.
+    """
+    block = block if isinstance(block, sp.csr_matrix) else sp.csr_matrix(block)
+    rows = f"rows {first_row}..{first_row + block.shape[0] - 1}"
+    if len(block.indices) != expected or len(block.data) != expected:
+        raise StoreError(f"{where}: X/indptr says {rows} hold {expected} entries but {len(block.data)} values and "
+                         f"{len(block.indices)} column indices were read; the store is truncated or corrupted")
+    if block.indices.size:
+        lo, hi = int(block.indices.min()), int(block.indices.max())
         if lo < 0 or hi >= n_vars:
             raise StoreError(f"{where}: X/indices holds column {lo if lo < 0 else hi} for {rows}, outside "
                              f"[0, {n_vars}); the store is corrupted")
-    # One index dtype for both arrays keeps scipy from copying them to a common one.
-    index_dtype = np.int32 if max(expected, n_vars) < np.iinfo(np.int32).max else np.int64
-    return sp.csr_matrix(
-        (data, indices.astype(index_dtype, copy=False), (indptr - indptr[0]).astype(index_dtype, copy=False)),
-        shape=(len(indptr) - 1, n_vars),
-    )
+    return block

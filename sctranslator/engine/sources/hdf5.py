@@ -1,4 +1,4 @@
-"""h5ad and h5mu files, read with h5py at the array level."""
+"""h5ad and h5mu files, opened with h5py; CSR rows sliced by anndata, dense rows by h5py."""
 
 from __future__ import annotations
 

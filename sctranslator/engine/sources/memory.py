@@ -24,33 +24,40 @@ class AnnDataSource(Source):
 
     kind = "anndata"
 
-    def __init__(self, adata: anndata.AnnData, *, layer: str | None = None) -> None:
+    def __init__(self, adata: anndata.AnnData, *, layer: str | None = None, use_raw: bool = False) -> None:
         super().__init__()
+        if use_raw and layer is not None:
+            raise InputDataError(f"choose either a layer ('{layer}') or the raw matrix (use_raw), not both")
+        if use_raw and adata.raw is None:
+            layers = ", ".join(str(k) for k in adata.layers if k is not None) or "none"
+            raise InputDataError(f"the AnnData has no .raw; read X or a layer instead (layers: {layers})")
         self.layer = layer
+        self.use_raw = bool(use_raw)
         self._csr_cache: sp.csr_matrix | None = None
-        self._var = pd.DataFrame(adata.var).copy()
+        self._var = pd.DataFrame(adata.raw.var if use_raw else adata.var).copy()
         self._obs = pd.DataFrame(adata.obs)
         self._file: H5Source | None = None
         self._matrix: Any = None
         if adata.isbacked:
             self._open_backed(adata)
         else:
-            self._matrix = _pick_matrix(adata, layer)
+            self._matrix = _pick_matrix(adata, layer, use_raw)
             self.path = None
             self.n_obs, self.n_vars = (int(n) for n in self._matrix.shape)
             self.matrix_format = "csr" if _is_sparse(self._matrix) else "dense"
             self.dtype = np.dtype(self._matrix.dtype)
             self.nnz = int(self._matrix.nnz) if sp.issparse(self._matrix) else None
             self.chunk_rows = None
-        if (self.n_obs, self.n_vars) != adata.shape:
+        expected = (adata.n_obs, adata.raw.n_vars) if use_raw else adata.shape
+        if (self.n_obs, self.n_vars) != expected:
             raise InputDataError(f"the AnnData's matrix is {self.n_obs} x {self.n_vars} but the object is "
-                                 f"{adata.shape[0]} x {adata.shape[1]}")
+                                 f"{expected[0]} x {expected[1]}")
 
     def _open_backed(self, adata: anndata.AnnData) -> None:
         if adata.is_view:
             raise InputDataError("a view of a backed AnnData cannot be streamed: pass the file path, or "
                                  "`adata[...].to_memory()` to load the subset")
-        self._file = H5Source(str(adata.filename), layer=self.layer, modality="rna")
+        self._file = H5Source(str(adata.filename), layer=self.layer, use_raw=self.use_raw)
         self.path = self._file.path
         for name in ("n_obs", "n_vars", "matrix_format", "dtype", "nnz", "chunk_rows"):
             setattr(self, name, getattr(self._file, name))
@@ -72,6 +79,8 @@ class AnnDataSource(Source):
         return self._obs.copy()
 
     def _element_name(self) -> str:
+        if self.use_raw:
+            return "raw/X"
         return f"layers/{self.layer}" if self.layer is not None else "X"
 
     def _read_rows(self, start: int, stop: int) -> Block:
@@ -91,10 +100,12 @@ class AnnDataSource(Source):
             self._file.close()
 
 
-def _pick_matrix(adata: anndata.AnnData, layer: str | None) -> Any:
+def _pick_matrix(adata: anndata.AnnData, layer: str | None, use_raw: bool = False) -> Any:
     # anndata >= 0.13 lists X among the layers under the key None.
     layers = ", ".join(str(k) for k in adata.layers if k is not None) or "none"
-    if layer is not None:
+    if use_raw:
+        matrix = adata.raw.X
+    elif layer is not None:
         if layer not in adata.layers:
             raise InputDataError(f"the AnnData has no layer '{layer}' (layers: {layers})")
         matrix = adata.layers[layer]

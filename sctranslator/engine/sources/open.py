@@ -12,7 +12,8 @@ import h5py
 from sctranslator.engine.sources.base import Source
 from sctranslator.engine.sources.hdf5 import H5Source
 from sctranslator.engine.sources.memory import AnnDataSource
-from sctranslator.engine.sources.zarr_store import ZarrSource
+from sctranslator.engine.sources.modality import pick_modality
+from sctranslator.engine.sources.zarr_store import MISSING_CHUNK_POLICIES, ZarrSource
 from sctranslator.errors import InputDataError, StoreError
 
 SUPPORTED = ("an .h5ad file, an .h5mu file (MuData), an AnnData or MuData zarr store directory (zarr format 2 or "
@@ -20,23 +21,33 @@ SUPPORTED = ("an .h5ad file, an .h5mu file (MuData), an AnnData or MuData zarr s
 _ZARR_MARKERS = (".zgroup", "zarr.json")
 
 
-def open_source(data: Any, *, layer: str | None = None, modality: str = "rna",
-                missing_chunks: str = "auto") -> Source:
+def open_source(data: Any, *, layer: str | None = None, modality: str | None = None, use_raw: bool = False,
+                missing_chunks: str = "error") -> Source:
     """Open `data` for streaming its rows (cells).
 
-    `layer` serves ``layers[layer]`` instead of X; `modality` picks the MuData modality (ignored for
-    AnnData inputs). `missing_chunks` says what an absent zarr chunk means: "auto" (default) refuses a
-    missing chunk of a CSR matrix as a damaged store but reads absent chunks of a dense X as zeros
-    (zarr omits all-zero chunks unless told otherwise); "error" refuses both; "zeros" accepts both.
+    Parameters
+    ----------
+    data: a path (.h5ad, .h5mu, AnnData/MuData zarr store), an AnnData or MuData, or a Source (returned as is).
+    layer: serve ``layers[layer]`` instead of X.
+    modality: the MuData modality (ignored for AnnData inputs); None picks `rna`, else the one
+        RNA-like modality (rna, RNA, gex, GEX, 'Gene Expression'), else raises InputDataError listing them.
+    use_raw: serve ``.raw.X`` with ``.raw.var`` (obs stays the AnnData's).
+    missing_chunks: what an absent chunk of a dense zarr X means: "error" (default) raises a StoreError
+        naming the array, chunk and rows; "zeros" reads it as zeros (zarr omits all-zero chunks when
+        written with write_empty_chunks=False). A missing chunk of a CSR component is always an error.
+
+    Raises StoreError for unreadable/damaged inputs and InputDataError for a missing layer, raw or modality.
     """
+    if missing_chunks not in MISSING_CHUNK_POLICIES:
+        raise InputDataError(f"missing_chunks must be one of {', '.join(MISSING_CHUNK_POLICIES)}, "
+                             f"not {missing_chunks!r}")
     if isinstance(data, Source):
         return data
     if isinstance(data, anndata.AnnData):
-        return AnnDataSource(data, layer=layer)
+        return AnnDataSource(data, layer=layer, use_raw=use_raw)
     if type(data).__name__ == "MuData" and hasattr(data, "mod"):  # no mudata import just to check
-        if modality not in data.mod:
-            raise InputDataError(f"the MuData has no modality '{modality}' (it has: {', '.join(data.mod)})")
-        return AnnDataSource(data.mod[modality], layer=layer)
+        chosen = pick_modality(data.mod.keys(), modality, where="the MuData")
+        return AnnDataSource(data.mod[chosen], layer=layer, use_raw=use_raw)
     if not isinstance(data, str | os.PathLike):
         raise InputDataError(f"cannot read a {type(data).__name__}: pass {SUPPORTED}")
     path = Path(data).expanduser().absolute()
@@ -46,7 +57,7 @@ def open_source(data: Any, *, layer: str | None = None, modality: str = "rna",
         if not any((path / marker).exists() for marker in _ZARR_MARKERS):
             raise StoreError(f"{path}: a directory but not a zarr store (no .zgroup or zarr.json at its top); "
                              f"expected {SUPPORTED}")
-        return ZarrSource(str(path), layer=layer, modality=modality, missing_chunks=missing_chunks)
+        return ZarrSource(str(path), layer=layer, modality=modality, use_raw=use_raw, missing_chunks=missing_chunks)
     if path.stat().st_size == 0:
         raise StoreError(f"{path}: the file is empty (truncated?)")
     try:
@@ -57,4 +68,4 @@ def open_source(data: Any, *, layer: str | None = None, modality: str = "rna",
         if path.suffix.lower() == ".zip":
             raise StoreError(f"{path}: zipped zarr stores are not supported; unzip it to a directory first")
         raise StoreError(f"{path}: not an HDF5 file (corrupted, or of an unsupported kind); expected {SUPPORTED}")
-    return H5Source(str(path), layer=layer, modality=modality)
+    return H5Source(str(path), layer=layer, modality=modality, use_raw=use_raw)

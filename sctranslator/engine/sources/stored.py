@@ -1,9 +1,14 @@
-"""Shared logic of the on-disk sources: AnnData's on-disk layout, read at the array level.
+"""Shared logic of the on-disk sources: AnnData's on-disk layout, read with anndata's own readers.
 
 HDF5 (h5ad/h5mu) and zarr stores lay AnnData out the same way: X is either a 2-D array (dense) or a
-group holding data/indices/indptr (CSR). Rows are read by slicing those arrays directly, which is
-much faster than anndata's backed mode and never touches rows outside the requested range.
-Subclasses supply opening, slicing (with their own error translation) and locking.
+CSR group (data/indices/indptr). CSR rows are sliced by anndata (`sparse_dataset(group)[a:b]`), dense
+rows by the array library (which is what anndata's backed mode does too); obs and var are read with
+anndata's element readers. What this module adds is a thin layer of checks anndata does not make:
+the indptr slice is validated before any entry is read (a corrupt indptr would otherwise ask for
+absurd ranges or shift entries between rows), subclasses check that the storage covering the
+requested entries exists (zarr reads an absent chunk as its fill value), and every backend failure
+becomes a StoreError naming the store, the array and the rows. Subclasses supply opening, slicing of
+dense arrays (with their own error translation) and locking.
 """
 
 from __future__ import annotations
@@ -18,29 +23,35 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sctranslator.engine.sources.base import Block, Source, assemble_csr, check_indptr
+from sctranslator.engine.sources.anndata_io import read_dataframe, read_elem, sparse_dataset
+from sctranslator.engine.sources.base import Block, Source, check_csr_block, check_indptr
+from sctranslator.engine.sources.modality import pick_modality
 from sctranslator.errors import InputDataError, StoreError
-
-try:  # anndata >= 0.11
-    from anndata.io import read_elem
-except ImportError:  # pragma: no cover - older anndata
-    from anndata.experimental import read_elem
 
 _CONVERT_HINT = ("convert it once, e.g. `adata = anndata.read_h5ad(path); adata.X = adata.X.tocsr(); "
                  "adata.write_h5ad(new_path)` (or write_zarr)")
 
 
 class StoredSource(Source):
-    """A source backed by an h5ad/h5mu file or a zarr store, opened lazily once per process."""
+    """A source backed by an h5ad/h5mu file or a zarr store, opened lazily once per process.
+
+    Parameters: `path` of the file or store; `layer` serves ``layers[layer]`` instead of X;
+    `modality` names the MuData modality (None: `rna`, else the one RNA-like modality); `use_raw`
+    serves ``raw/X`` with ``raw/var`` (and the main obs). Raises StoreError for damaged stores and
+    InputDataError for a missing layer/modality/raw.
+    """
 
     # Attributes that are per-process state and never pickled.
     _TRANSIENT = ("_handle", "_pid", "_arrays", "_var", "_obs_names", "_lock")
 
-    def __init__(self, path: str, *, layer: str | None, modality: str) -> None:
+    def __init__(self, path: str, *, layer: str | None, modality: str | None = None, use_raw: bool = False) -> None:
         super().__init__()
+        if use_raw and layer is not None:
+            raise InputDataError(f"choose either a layer ('{layer}') or the raw matrix (use_raw), not both")
         self.path = path
         self.layer = layer
         self.modality = modality
+        self.use_raw = bool(use_raw)
         self._reset_transient()
         self._inspect()
 
@@ -52,6 +63,9 @@ class StoredSource(Source):
     def _read_array(self, array: Any, name: str, lo: int, hi: int, rows: tuple[int, int]) -> np.ndarray:
         """array[lo:hi], translating the backend's failures into StoreError."""
         raise NotImplementedError
+
+    def _require_present(self, array: Any, name: str, lo: int, hi: int, rows: tuple[int, int]) -> None:
+        """Refuse reading entries [lo, hi) of `array` when the storage holding them is absent."""
 
     def _is_array(self, node: Any) -> bool:
         raise NotImplementedError
@@ -103,6 +117,13 @@ class StoredSource(Source):
             array = self._arrays[name] = self._group()[name]
         return array
 
+    def _dataset(self) -> Any:
+        """anndata's CSR dataset over the served element (indptr not cached: blocks read only their slice)."""
+        dataset = self._arrays.get("")
+        if dataset is None:
+            dataset = self._arrays[""] = sparse_dataset(self._group()[self._element], should_cache_indptr=False)
+        return dataset
+
     def close(self) -> None:
         with self._lock:
             if self._handle is not None and self._pid == os.getpid():
@@ -128,34 +149,39 @@ class StoredSource(Source):
         with self._reading("the store layout"):
             root = self._root()
             if "mod" in root and "X" not in root and "obs" in root and not self._is_array(root["mod"]):
-                modalities = sorted(root["mod"].keys())
-                if self.modality not in modalities:
-                    raise InputDataError(f"{self.path}: MuData store has no modality '{self.modality}' "
-                                         f"(it has: {', '.join(modalities) or 'none'})")
+                chosen = pick_modality(root["mod"].keys(), self.modality, where=f"{self.path}: the MuData store")
+                self.modality = chosen  # pickled: workers read the modality chosen here
                 self.kind = "mudata"
-                self._group_key = f"mod/{self.modality}"
+                self._group_key = f"mod/{chosen}"
             else:
                 self.kind = self._store_kind()
                 self._group_key = ""
             group = self._group()
-            self._element = self._find_element(group)
+            self._element, self._var_key = self._find_element(group)
             node = group[self._element]
             if self._is_array(node):
                 self._inspect_dense(node)
             else:
                 self._inspect_sparse(node)
 
-    def _find_element(self, group: Any) -> str:
+    def _find_element(self, group: Any) -> tuple[str, str]:
+        """(matrix key, var key) inside the AnnData group."""
+        layers = sorted(group["layers"].keys()) if "layers" in group else []
+        if self.use_raw:
+            # anndata >= 0.7 writes raw/{X,var}; older files raw.X / raw.var at the top.
+            for matrix, var in (("raw/X", "raw/var"), ("raw.X", "raw.var")):
+                if matrix in group and var in group:
+                    return matrix, var
+            raise InputDataError(f"{self.path}: the AnnData has no .raw (raw/X with raw/var); read X or a "
+                                 f"layer instead (layers: {', '.join(layers) or 'none'})")
         if self.layer is not None:
-            layers = sorted(group["layers"].keys()) if "layers" in group else []
             if self.layer not in layers:
                 raise InputDataError(f"{self.path}: no layer '{self.layer}' (layers: {', '.join(layers) or 'none'})")
-            return f"layers/{self.layer}"
+            return f"layers/{self.layer}", "var"
         if "X" not in group:
-            layers = sorted(group["layers"].keys()) if "layers" in group else []
             raise InputDataError(f"{self.path}: the store has no X matrix; choose a layer "
                                  f"(layers: {', '.join(layers) or 'none'})")
-        return "X"
+        return "X", "var"
 
     def _inspect_dense(self, array: Any) -> None:
         if len(array.shape) != 2:
@@ -203,12 +229,13 @@ class StoredSource(Source):
     def _element_name(self) -> str:
         return f"{self._group_key}/{self._element}" if self._group_key else self._element
 
-    # --- metadata tables ------------------------------------------------------------------------
+    # --- metadata tables (anndata's readers) ----------------------------------------------------
     @property
     def var(self) -> pd.DataFrame:
         if self._var is None:
-            with self._reading("var"):
-                self._var = _as_frame(read_elem(self._group()["var"]))
+            with self._reading(self._where(self._var_key)):
+                node = self._group()[self._var_key]
+                self._var = read_dataframe(node, is_array=self._is_array(node))
         return self._var
 
     @property
@@ -218,23 +245,28 @@ class StoredSource(Source):
                 obs = self._group()["obs"]
                 index_key = _text(obs.attrs.get("_index", "")) if not self._is_array(obs) else ""
                 if index_key and index_key in obs:  # read only the index column, not the whole table
-                    self._obs_names = pd.Index(np.asarray(read_elem(obs[index_key])).astype(object), dtype=object)
+                    self._obs_names = pd.Index(read_elem(obs[index_key]))
                 else:
-                    self._obs_names = _as_frame(read_elem(obs)).index
+                    self._obs_names = read_dataframe(obs, is_array=self._is_array(obs)).index
         return self._obs_names
 
     def read_obs(self) -> pd.DataFrame:
         with self._reading("obs"):
-            return _as_frame(read_elem(self._group()["obs"]))
+            obs = self._group()["obs"]
+            return read_dataframe(obs, is_array=self._is_array(obs))
 
     # --- rows -----------------------------------------------------------------------------------
     def _slice(self, name: str, lo: int, hi: int, rows: tuple[int, int]) -> np.ndarray:
         with self._locked():
-            try:
-                array = self._array(name)
-            except Exception as exc:
-                raise StoreError(f"{self.path}: cannot open {self._where(name)}: {type(exc).__name__}: {exc}") from exc
+            array = self._open_array(name)
+            self._require_present(array, name, lo, hi, rows)
             return self._read_array(array, name, lo, hi, rows)
+
+    def _open_array(self, name: str) -> Any:
+        try:
+            return self._array(name)
+        except Exception as exc:
+            raise StoreError(f"{self.path}: cannot open {self._where(name)}: {type(exc).__name__}: {exc}") from exc
 
     def _where(self, name: str) -> str:
         return f"{self._group_key}/{name}" if self._group_key else name
@@ -245,20 +277,24 @@ class StoredSource(Source):
             return np.ascontiguousarray(self._slice(self._element, start, stop, rows))
         if start == stop:
             return sp.csr_matrix((0, self.n_vars), dtype=self.dtype)
+        element = self._element
         where = f"{self.path} ({self._element_name()})"
-        indptr = self._slice(f"{self._element}/indptr", start, stop + 1, rows).astype(np.int64, copy=False)
+        # Our layer: the indptr slice is checked, and the storage under its entries found, before anndata reads.
+        indptr = self._slice(f"{element}/indptr", start, stop + 1, rows).astype(np.int64, copy=False)
         check_indptr(indptr, self.nnz, where=where, first_row=start, n_obs=self.n_obs)
         lo, hi = int(indptr[0]), int(indptr[-1])
-        indices = self._slice(f"{self._element}/indices", lo, hi, rows)
-        data = self._slice(f"{self._element}/data", lo, hi, rows)
-        return assemble_csr(indptr, indices, data, self.n_vars, where=where, first_row=start)
+        with self._locked():
+            for name in (f"{element}/indices", f"{element}/data"):
+                self._require_present(self._open_array(name), name, lo, hi, rows)
+            try:
+                block = self._dataset()[start:stop]
+            except Exception as exc:
+                raise StoreError(
+                    f"{self.path}: reading {self._where(element)}/indices and {self._where(element)}/data[{lo}:{hi}] "
+                    f"for rows {start}..{stop - 1} failed ({type(exc).__name__}: {exc}); the store is truncated "
+                    "or corrupted") from exc
+        return check_csr_block(block, hi - lo, self.n_vars, where=where, first_row=start)
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _as_frame(elem: Any) -> pd.DataFrame:
-    if isinstance(elem, pd.DataFrame):
-        return elem
-    return pd.DataFrame(elem)  # legacy structured-array tables

@@ -1,8 +1,8 @@
 """AnnData (and MuData) zarr stores, zarr format 2 or 3, read with zarr at the array level.
 
 zarr returns the fill value for a chunk that is absent from the store, so a deleted chunk file would
-silently read as zeros. Before slicing, we therefore check that every storage object (chunk, or
-shard for sharded v3 arrays) covering the requested range exists.
+silently read as zeros. Before slicing (and before anndata slices CSR rows), we therefore check that
+every storage object (chunk, or shard for sharded v3 arrays) covering the requested range exists.
 """
 
 from __future__ import annotations
@@ -17,21 +17,29 @@ import zarr
 from sctranslator.engine.sources.stored import StoredSource
 from sctranslator.errors import StoreError
 
-# "auto": a missing chunk of a CSR component is an error (it cannot be absent legitimately), while a
-# dense X may lack chunks on purpose (zarr skips writing all-zero chunks by default), so it reads as 0.
-MISSING_CHUNK_POLICIES = ("auto", "error", "zeros")
+# What an absent chunk of a dense X means. zarr omits a chunk whose values all equal the fill value
+# (write_empty_chunks=False, zarr's default) and also loses chunks in interrupted copies; its metadata
+# cannot tell the two apart (fill_value 0 is also zarr's default), so by default a missing chunk is an
+# error and "zeros" is an explicit choice. CSR components (data/indices/indptr) are never legitimately
+# absent and are refused under either policy.
+MISSING_CHUNK_POLICIES = ("error", "zeros")
 
 
 class ZarrSource(StoredSource):
-    """An AnnData zarr store directory, or the modality of a MuData zarr store."""
+    """An AnnData zarr store directory, or the modality of a MuData zarr store.
+
+    `missing_chunks` ("error" or "zeros") says what an absent chunk of a dense X means; see
+    MISSING_CHUNK_POLICIES. Other parameters as StoredSource.
+    """
 
     _TRANSIENT = (*StoredSource._TRANSIENT, "_present")
 
-    def __init__(self, path: str, *, layer: str | None, modality: str, missing_chunks: str = "auto") -> None:
+    def __init__(self, path: str, *, layer: str | None, modality: str | None = None, use_raw: bool = False,
+                 missing_chunks: str = "error") -> None:
         if missing_chunks not in MISSING_CHUNK_POLICIES:
             raise ValueError(f"missing_chunks must be one of {MISSING_CHUNK_POLICIES}, not {missing_chunks!r}")
         self.missing_chunks = missing_chunks
-        super().__init__(path, layer=layer, modality=modality)
+        super().__init__(path, layer=layer, modality=modality, use_raw=use_raw)
 
     def _reset_transient(self) -> None:
         super()._reset_transient()
@@ -51,16 +59,15 @@ class ZarrSource(StoredSource):
         return "zarr"
 
     def _read_array(self, array: Any, name: str, lo: int, hi: int, rows: tuple[int, int]) -> np.ndarray:
-        strict = self.missing_chunks == "error" or (self.missing_chunks == "auto" and self.matrix_format == "csr")
-        if strict:
-            self._require_chunks(array, name, lo, hi, rows)
         try:
             return np.asarray(array[lo:hi])
         except Exception as exc:
             raise StoreError(f"{self.path}: reading {self._where(name)}[{lo}:{hi}] for rows {rows[0]}..{rows[1] - 1} "
                              f"failed ({type(exc).__name__}: {exc}); a chunk of that array is corrupted") from exc
 
-    def _require_chunks(self, array: Any, name: str, lo: int, hi: int, rows: tuple[int, int]) -> None:
+    def _require_present(self, array: Any, name: str, lo: int, hi: int, rows: tuple[int, int]) -> None:
+        if self.matrix_format == "dense" and self.missing_chunks == "zeros":
+            return
         missing = []
         for key in chunk_keys(array, lo, hi):
             if (name, key) in self._present:
@@ -76,8 +83,8 @@ class ZarrSource(StoredSource):
                    f"{rows[0]}..{rows[1] - 1}; zarr would silently read them as zeros. The store is incomplete "
                    "(deleted chunk files or an interrupted copy)")
         if self.matrix_format == "dense":
-            message += (". If it was written with zarr's write_empty_chunks=False, all-zero chunks are absent on "
-                        "purpose: store X as CSR instead, or open it with missing_chunks='zeros'")
+            message += (". If the store was written with zarr's write_empty_chunks=False, all-zero chunks are "
+                        "absent on purpose: then read it with --missing-chunks zeros (missing_chunks='zeros')")
         raise StoreError(message)
 
 
