@@ -15,10 +15,10 @@ import sctranslator
 from sctranslator.analysis.attention import interactions
 from sctranslator.analysis.attention_math import received_attention
 from sctranslator.analysis.attention_trace import embed_genes, trace_stack
-from sctranslator.plan import build_plan
 from sctranslator.kernels import prepare_values
 from sctranslator.model import ModelConfig, TranslatorModel
 from sctranslator.model.attention import key_features, query_features
+from sctranslator.plan import build_plan
 
 PROTEINS = ["CD3", "CD4", "CD8a", "CD14", "CD16", "CD19", "CD45RA", "HLA-DR", "CD11c", "CD56",
             "CD25", "CD127", "CD38", "CD34", "CD69", "CD86", "CD2", "CD7"]  # 18 > P = 16: two windows

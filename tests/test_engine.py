@@ -14,9 +14,9 @@ import torch
 
 import sctranslator
 import sctranslator.errors
-from sctranslator.plan import build_plan
 from sctranslator.errors import CoverageError, InputDataError, StoreError, UnknownProteinError
 from sctranslator.model import ModelConfig, TranslatorModel, save_model
+from sctranslator.plan import build_plan
 from sctranslator.vocab import map_genes, map_proteins
 
 PROTEINS = ["CD3", "CD4", "CD8a", "CD14", "CD16", "CD19", "CD45RA", "PD-1", "TIGIT", "CD127"]

@@ -12,9 +12,9 @@ import scipy.sparse as sp
 import sctranslator
 import sctranslator.analysis.knockout as knockout_module
 from sctranslator.analysis.knockout import knockout
-from sctranslator.plan import build_plan
 from sctranslator.errors import InputDataError, StoreError, VocabularyError
 from sctranslator.model import TranslatorModel
+from sctranslator.plan import build_plan
 from sctranslator.vocab import map_genes
 
 PROTEINS = ["CD3", "CD4", "CD8a", "CD14", "CD19", "CD45RA", "HLA-DR", "CD11c"]

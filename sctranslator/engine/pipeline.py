@@ -23,11 +23,11 @@ import numpy as np
 from tqdm import tqdm
 
 from sctranslator.engine.backends import BackendSpec, Batch, get_backend
-from sctranslator.plan import Plan
 from sctranslator.engine.sink import ZarrSink
 from sctranslator.engine.sources import Source
 from sctranslator.errors import InputDataError
 from sctranslator.kernels import prepare_values, scan_block
+from sctranslator.plan import Plan
 
 log = logging.getLogger(__name__)
 

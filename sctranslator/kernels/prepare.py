@@ -45,9 +45,9 @@ def prepare_values(
     hold finite values (check with `scan_block`). Dense blocks and CSR blocks give the same
     result; other sparse formats are converted to CSR first (an O(nnz) copy per block), as are
     CSR blocks with duplicate entries. Columns that share a slot are added up first (one gene under
-    several names; an O(nnz) sparse product, only when there are such columns). `out`, if given, must be a C-contiguous float32 array of
-    shape (n_cells, L); it is overwritten and returned (saves allocating and page-faulting a new
-    output per block). Caller arrays are never modified.
+    several names; an O(nnz) sparse product, only when there are such columns). `out`, if given,
+    must be a C-contiguous float32 array of shape (n_cells, L); it is overwritten and returned
+    (saves allocating and page-faulting a new output per block). Caller arrays are never modified.
     """
     do_total, do_log = normalize_flags(normalize, target_sum)
     target = float(target_sum)

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from sctranslator.errors import VocabularyError
 from sctranslator.vocab.detect import detect_with_evidence
 from sctranslator.vocab.identifiers import as_identifier_strings, check_id_type, lookup_keys
 from sctranslator.vocab.report import MappingReport
-from sctranslator.errors import VocabularyError
 from sctranslator.vocab.tables import gene_table, symbol_table, token_table
 from sctranslator.vocab.tokens import token_symbols
 
