@@ -275,7 +275,10 @@ def test_merged_alignment_gives_one_position_per_token():
 
 
 def test_prepare_values_adds_shared_columns_before_scaling():
-    from sctranslator.kernels import prepare_values
+    from sctranslator.kernels import build_alignment, prepare_values
+
+    with pytest.raises(ValueError, match="more than one column"):  # the kernels' own check, after merging
+        build_alignment(np.array([0, 0, 1]), np.array([True, True]), 3)
 
     block = np.array([[1, 2, 3, 9], [0, 5, 0, 1]], dtype=np.float32)
     real = np.array([True, True, False])
