@@ -321,3 +321,25 @@ def test_cli_takes_gene_mapping(tmp_path, bmmc, fixtures_dir):
     assert code == 0
     record = ad.read_zarr(out).uns["sctranslator"]
     assert record["plan"]["gene_mapping"] == "extended" and record["settings"]["gene_mapping"] == "extended"
+
+
+@pytest.mark.parametrize("semantics", ["drop", "zero"])
+def test_knockout_removes_every_column_added_up_into_the_gene(bmmc, wide_model, semantics, tmp_path):
+    from sctranslator.analysis.knockout import knockout
+
+    column = int(np.flatnonzero(bmmc.var_names == "CD74")[0])
+    split = split_gene(bmmc, column, "CD74-1")
+    result = knockout(split, wide_model, ["CD74"], PROTEINS, out=tmp_path / "ko.h5ad", semantics=semantics,
+                      gene_mapping="extended")
+    if semantics == "drop":
+        edited = split[:, ~split.var_names.isin(["CD74", "CD74-1"])].copy()
+    else:
+        x = split.X.toarray()
+        x[:, [column, split.n_vars - 1]] = 0
+        edited = ad.AnnData(X=sp.csr_matrix(x), obs=split.obs, var=split.var)
+    before = np.asarray(predict(split, wide_model, PROTEINS, gene_mapping="extended").X, dtype=np.float64)
+    after = np.asarray(predict(edited, wide_model, PROTEINS, gene_mapping="extended").X, dtype=np.float64)
+    expected = (after - before).mean(axis=0)
+    assert np.abs(expected).max() > 1e-4  # the knockout changes something
+    np.testing.assert_allclose(result.mean.loc["CD74"].to_numpy(), expected, rtol=0,
+                               atol=1e-5 * np.abs(before).max())

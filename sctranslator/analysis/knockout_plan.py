@@ -78,12 +78,13 @@ def knockout_variants(var: pd.DataFrame, model: TranslatorModel, plan: Plan, gen
     if semantics not in SEMANTICS:
         raise InputDataError(f"unknown knockout semantics {semantics!r}; choose one of {SEMANTICS}")
     columns = resolve_columns(var, genes, plan, gene_column)
-    if semantics == "zero":
-        return [KnockoutVariant(str(g), c, plan.column_slot, plan.position_real, plan.gene_ids, True)
-                for g, c in zip(genes, columns, strict=True)]
     tokens = np.asarray(plan.column_tokens, dtype=np.int64)
     # The original mapping keeps every column of one token as its own position; otherwise they are added up.
     merge = plan.mode == "panel" or plan.gene_mapping != "original"
+    if semantics == "zero":
+        return [KnockoutVariant(str(g), c, _without_siblings(plan.column_slot, tokens, c) if merge else
+                                plan.column_slot, plan.position_real, plan.gene_ids, True)
+                for g, c in zip(genes, columns, strict=True)]
     length = model.config.max_genes
     variants = []
     for gene, column in zip(genes, columns, strict=True):
@@ -99,3 +100,12 @@ def knockout_variants(var: pd.DataFrame, model: TranslatorModel, plan: Plan, gen
             slot, real, ids = reference_alignment(without, length, merge=merge)
         variants.append(KnockoutVariant(str(gene), column, slot, real, ids, False))
     return variants
+
+
+def _without_siblings(column_slot: np.ndarray, tokens: np.ndarray, column: int) -> np.ndarray:
+    """The alignment with the other columns added up into `column`'s gene left out: with `column`
+    zeroed, the gene's summed expression is then 0, as "zero" means."""
+    slots = column_slot.copy()
+    siblings = (tokens == tokens[column]) & (np.arange(tokens.shape[0]) != column)
+    slots[siblings] = UNMAPPED_SLOT
+    return slots
