@@ -310,6 +310,19 @@ def test_vocab_report_names_the_mapping_and_the_collisions(tmp_path, pbmc):
     assert "extended gene mapping" in mapping_report_for_file(tmp_path / "rna.h5ad", gene_mapping="extended")
 
 
+def test_vocab_command_takes_gene_mapping(tmp_path, capsys):
+    from sctranslator.cli import main
+
+    rna = ad.AnnData(X=sp.csr_matrix((2, 3), dtype=np.float32),
+                     var=pd.DataFrame(index=["CD4", "C1ORF162", "CD4-1"]))
+    rna.write_h5ad(tmp_path / "rna.h5ad")
+    assert main(["vocab", str(tmp_path / "rna.h5ad")]) == 0
+    text = capsys.readouterr().out
+    assert "original gene mapping" in text and "only the extended mapping knows it" in text and "CD4-1 (of CD4)" in text
+    assert main(["vocab", str(tmp_path / "rna.h5ad"), "--gene-mapping", "extended"]) == 0
+    assert "mapped                            2" in capsys.readouterr().out
+
+
 def test_cli_takes_gene_mapping(tmp_path, bmmc, fixtures_dir):
     from sctranslator.cli import main
 
@@ -343,3 +356,23 @@ def test_knockout_removes_every_column_added_up_into_the_gene(bmmc, wide_model, 
     assert np.abs(expected).max() > 1e-4  # the knockout changes something
     np.testing.assert_allclose(result.mean.loc["CD74"].to_numpy(), expected, rtol=0,
                                atol=1e-5 * np.abs(before).max())
+
+
+def test_finetuned_bundles_record_and_reuse_the_mapping_they_were_trained_with(pbmc, tmp_path):
+    from sctranslator.train import finetune
+
+    rng = np.random.default_rng(0)
+    protein = ad.AnnData(X=sp.csr_matrix(rng.poisson(20, (pbmc.n_obs, 4)).astype(np.float32)), obs=pbmc.obs,
+                         var=pd.DataFrame(index=["CD3", "CD4", "CD14", "CD19"]))
+    options = {"steps": 1, "batch_size": 8, "val_count": 4, "quiet": True, "workers": 1}
+    first = finetune(pbmc, protein, config="tiny", out=tmp_path / "a", gene_mapping="original", **options)
+    original = map_genes(pbmc.var_names, mapping="original").token_ids
+    assert first.panel["genes"]["mapping"] == "original"
+    assert first.panel["genes"]["token_ids"] == pd.unique(original[original > 0]).tolist()
+    second = finetune(pbmc, protein, init=tmp_path / "a", out=tmp_path / "b", **options)
+    assert second.panel["genes"]["mapping"] == "original"  # reused from the init bundle
+    saved = json.loads((tmp_path / "b" / "panel.json").read_text())
+    assert saved["genes"]["mapping"] == "original"
+    assert predict(pbmc, tmp_path / "b", None).uns["sctranslator"]["plan"]["gene_mapping"] == "original"
+    scratch = finetune(pbmc, protein, config="tiny", out=tmp_path / "c", **options)
+    assert scratch.panel["genes"]["mapping"] == "extended"  # the default from scratch
