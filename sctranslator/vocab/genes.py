@@ -41,12 +41,13 @@ NOT_IN_VOCABULARY = "known gene, not in the model's vocabulary"
 EMPTY = "empty identifier"
 NOT_IN_ORIGINAL_TABLE = "not in scTranslator's own symbol table (only the extended mapping knows it)"
 SYMBOL_NOT_IN_ORIGINAL_TABLE = "its gene's symbol is not in scTranslator's own symbol table"
-COPY = "a make_unique copy of another input (name + '-N')"
+COPY = "a make_unique copy of another input (name + '-N' or '.N')"
 
 GENE_MAPPINGS = ("original", "extended")
 _ID_TO_SYMBOL = {"entrez": "entrez_symbol", "ensembl": "ensembl_symbol", "mouse_symbol": "mouse_symbol_human",
                  "mouse_ensembl": "mouse_ensembl_human"}
-_COPY_SUFFIX = r"^(?P<base>.+)-(?P<number>\d+)$"
+# anndata's var_names_make_unique appends "-1", "-2", ...; R's make.unique (Seurat) ".1", ".2", ...
+_COPY_SUFFIX = r"^(?P<base>.+)[-.](?P<number>\d+)$"
 
 
 def check_gene_mapping(mapping: str) -> str:
@@ -87,7 +88,7 @@ def map_genes(identifiers: Iterable[str | int] | pd.Index | pd.Series | np.ndarr
     mapping: "original" (what published checkpoints were trained with, see the module docstring)
     or "extended" (symbols matched exactly first, then ignoring case, HGNC and MGI as well).
     Two inputs landing on one token get that token both and are listed in `report.duplicates`;
-    an unmapped input named like a make_unique copy of another input (``CD4-1`` next to ``CD4``)
+    an unmapped input named like a make_unique copy of another input (``CD4-1`` or ``CD4.1`` next to ``CD4``)
     is listed in `report.copies` and `copy_of` (what happens to either is the plan's choice).
     Raises VocabularyError for an unknown id_type or mapping.
     """
