@@ -157,6 +157,11 @@ def test_mt_co2_is_one_token_whatever_names_it(original_dicts):
         assert map_genes(ids, id_type=id_type, mapping="original").token_ids.tolist() == [expected], ids
 
 
+def test_mt_co2_is_one_token_in_the_extended_mapping_too():
+    tokens = [map_genes(ids, mapping="extended").token_ids[0] for ids in (["MT-CO2"], [4513], ["ENSG00000198712.3"])]
+    assert tokens[0] == tokens[1] == tokens[2] > 0
+
+
 # ------------------------------------------------------------- one dataset, three identifier types
 
 
@@ -190,6 +195,21 @@ def test_symbols_ensembl_and_entrez_give_identical_predictions(bmmc, hgnc, wide_
     for name in ("ensembl", "ensembl.version"):
         np.testing.assert_array_equal(results[name].X, results["symbol"].X, err_msg=name)
     np.testing.assert_array_equal(results["entrez"].X, results["symbol, entrez genes"].X)
+
+
+def test_the_demo_bundle_gives_symbols_and_ensembl_ids_identical_predictions(bmmc, hgnc):
+    demo = sctranslator.load_model(REPO / "sctranslator" / "data" / "demo" / "model")
+    same = bmmc[:, same_gene_columns(bmmc, hgnc)].copy()
+    # bmmc has no MT-CO2 (a gene of the demo panel, under the token scTranslator's table gives the
+    # symbol): add it, with MT-CO3's counts.
+    counts = same.X[:, [int(np.flatnonzero(same.var_names == "MT-CO3")[0])]]
+    symbols = [*same.var_names, "MT-CO2"]
+    ensembl = [*same.var["gene_ids"].astype(str), "ENSG00000198712"]
+    data = ad.AnnData(X=sp.hstack([same.X, counts]).tocsr(), obs=same.obs, var=pd.DataFrame(index=symbols))
+    by_symbol = predict(data, demo, None, allow_low_coverage=True)
+    by_ensembl = predict(as_identifiers(data, np.array(ensembl)), demo, None, allow_low_coverage=True)
+    assert by_ensembl.uns["sctranslator"]["plan"]["gene_mapping"] == "extended"
+    np.testing.assert_array_equal(by_ensembl.X, by_symbol.X)
 
 
 def test_whole_bmmc_differs_between_symbols_and_ensembl_only_where_names_are_outdated(bmmc, hgnc):

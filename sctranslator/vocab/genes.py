@@ -16,8 +16,9 @@ Two mappings (`GENE_MAPPINGS`):
   table gives the symbol (a pseudogene's), not Entrez 4513's; a renamed gene whose current symbol is
   not in that table gets no token.
 * ``extended``: wider coverage, for models trained here: scTranslator's table first, then HGNC
-  current / previous symbols / aliases (case-insensitive retry), Ensembl IDs through HGNC, mouse
-  identifiers through MGI homology as well. Maps more genes than the published checkpoints saw, so
+  current / previous symbols / aliases (case-insensitive retry), mouse identifiers through MGI
+  homology as well; an Entrez / Ensembl ID gets what its gene's current symbol gets (so MT-CO2 is
+  one token here too), else the token of its own Entrez ID. Maps more genes than the published checkpoints saw, so
   it shifts their input positions: never the default for a published checkpoint.
 """
 
@@ -119,11 +120,26 @@ def map_genes(identifiers: Iterable[str | int] | pd.Index | pd.Series | np.ndarr
         tokens = np.where(known, table.values[rows], 0).astype(np.int64)
         sources = np.where(known, table.sources[rows], "")
         alternatives = np.where(known, table.alternatives[rows], "")
+    if id_type in ("entrez", "ensembl"):
+        tokens = _as_current_symbol(values, id_type, tokens, alternatives)
 
     copy_of = _copies(values, tokens)
     report = _gene_report(values, tokens, known, sources, alternatives, id_type, notes, None, copy_of)
     return GeneMapping(identifiers=values, token_ids=tokens, id_type=id_type, report=report, mapping=mapping,
                        copy_of=copy_of)
+
+
+def _as_current_symbol(values: np.ndarray, id_type: str, tokens: np.ndarray, alternatives: np.ndarray) -> np.ndarray:
+    """Extended mapping of human Entrez / Ensembl IDs: the token the gene's current symbol gets, so that
+    an ID and its gene's symbol agree also where scTranslator's table sends that symbol elsewhere
+    (MT-CO2, HBD); the ID's own token where the symbol gets none or the ID names several genes."""
+    table = symbol_table(_ID_TO_SYMBOL[id_type])
+    rows = table.rows(lookup_keys(values, id_type).astype(object))
+    symbols = np.where(rows >= 0, table.values[np.maximum(rows, 0)], "").astype(object)
+    symbol_rows = gene_table("symbol").rows(symbols)
+    by_symbol = np.where(symbol_rows >= 0, gene_table("symbol").values[np.maximum(symbol_rows, 0)], 0)
+    use = (rows >= 0) & (by_symbol > 0) & (alternatives == "")
+    return np.where(use, by_symbol, tokens).astype(np.int64)
 
 
 def original_symbol_tokens(symbols: np.ndarray) -> np.ndarray:
