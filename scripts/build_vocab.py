@@ -16,6 +16,10 @@ package only does exact (vectorised) look-ups at run time:
 * a key whose gene is known but has no model token keeps token 0, so that a lower-ranked source
   cannot remap it to some other gene and the report can say "not in the model's vocabulary".
 
+The `original` gene mapping (published checkpoints) needs no priority rules: it looks symbols up
+exactly in scTranslator's own table, and the tables `entrez_symbol`, `ensembl_symbol`,
+`mouse_symbol_human` and `mouse_ensembl_human` only say which symbol an identifier stands for.
+
 All tables go into one compressed `vocab_tables.npz` (numpy only, no pickles); `manifest.json`
 beside it records the sha256 of every input and the row counts.
 """
@@ -250,6 +254,54 @@ def build_tokens(sources: Sources) -> pd.DataFrame:
     return tokens[["entrez_id", "symbol"]]
 
 
+def symbol_rows(keys: pd.Series, symbols: pd.Series, source: str) -> pd.DataFrame:
+    """(key, value = symbol, source, alternatives) rows, empty keys and symbols left out."""
+    frame = pd.DataFrame({"key": keys.to_numpy(), "value": symbols.to_numpy(), "source": source,
+                          "alternatives": ""})
+    return frame[(frame["key"] != "") & (frame["value"] != "")]
+
+
+def first_symbol_per_key(pieces: list[pd.DataFrame]) -> pd.DataFrame:
+    """One row per key, the first piece (best source) winning; other symbols of a key at the same
+    source become its alternatives."""
+    frame = pd.concat(pieces, ignore_index=True)
+    best = frame.groupby("key", sort=False)["source"].transform("first")
+    frame = frame[frame["source"] == best].drop_duplicates(["key", "value"])
+    others = frame[frame.duplicated("key")].groupby("key", sort=False)["value"].agg("|".join)
+    chosen = frame.drop_duplicates("key").set_index("key")
+    chosen["alternatives"] = others.reindex(chosen.index).fillna("")
+    return chosen.rename_axis("key").reset_index()[["key", "value", "source", "alternatives"]]
+
+
+def build_current_symbols(sources: Sources) -> dict[str, pd.DataFrame]:
+    """Tables of the `original` gene mapping: identifier -> the human symbol that is then looked up,
+    exactly, in scTranslator's own symbol table.
+
+    * `entrez_symbol`: Entrez ID -> HGNC's current symbol (2024 set, else 2026); an Entrez ID HGNC does
+      not know -> the first symbol scTranslator's own table gives that Entrez ID (a name that leads
+      back to it).
+    * `ensembl_symbol`: human Ensembl gene ID -> HGNC's current symbol (2024 set, else 2026).
+    * `mouse_symbol_human`, `mouse_ensembl_human`: scTranslator's own mouse maps, as they are.
+    """
+    entrez, ensembl = [], []
+    for release in ("2024", "2026"):
+        hgnc = sources.hgnc[release]
+        source = "hgnc" if release == "2024" else "hgnc_2026"
+        entrez.append(symbol_rows(hgnc["entrez_id"], hgnc["symbol"], source))
+        ensembl.append(symbol_rows(hgnc["ensembl_gene_id"], hgnc["symbol"], source))
+    sct = sources.sct_symbols
+    entrez.append(symbol_rows(sct["entrez_id"], sct["symbol"], "sctranslator").drop_duplicates("key"))
+    mouse_symbols, mouse_ensembl = sources.sct_mouse_symbols, sources.sct_mouse_ensembl
+    return {
+        "entrez_symbol": first_symbol_per_key(entrez),
+        "ensembl_symbol": first_symbol_per_key(ensembl),
+        "mouse_symbol_human": symbol_rows(mouse_symbols["mouse_symbol"], mouse_symbols["human_symbol"],
+                                          "sctranslator").drop_duplicates("key").reset_index(drop=True),
+        "mouse_ensembl_human": symbol_rows(mouse_ensembl["mouse_ensembl_id"], mouse_ensembl["human_symbol"],
+                                           "sctranslator").drop_duplicates("key").reset_index(drop=True),
+    }
+
+
 def build_protein_names(sources: Sources) -> pd.DataFrame:
     """Marker name key -> HGNC symbol: CD designations > current > previous symbols > aliases."""
     pieces = []
@@ -311,6 +363,7 @@ def main(argv: list[str] | None = None) -> None:
         "mouse_symbol": mouse_symbols,
         "mouse_ensembl": build_mouse_ensembl(sources, human_symbols, mouse_symbols),
         "protein_name": build_protein_names(sources),
+        **build_current_symbols(sources),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     members: dict[str, np.ndarray] = {}

@@ -72,6 +72,8 @@ def _vocab(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument("--column", help="var column holding the gene identifiers (default: var index)")
     parser.add_argument("--id-type", default="auto",
                         choices=["auto", "symbol", "entrez", "ensembl", "mouse_symbol", "mouse_ensembl"])
+    parser.add_argument("--gene-mapping", default="original", choices=["original", "extended"],
+                        help="original: scTranslator's own table, as published checkpoints see it; extended: wider")
     parser.add_argument("--proteins", help="protein .h5ad, or comma-separated antibody names, or @file")
 
     def run(args: argparse.Namespace) -> int:
@@ -80,7 +82,8 @@ def _vocab(parser: argparse.ArgumentParser) -> Handler:
         proteins = args.proteins
         if proteins and not proteins.endswith(".h5ad"):
             proteins = read_name_list(proteins)
-        print(mapping_report_for_file(args.input, column=args.column, id_type=args.id_type, proteins=proteins))
+        print(mapping_report_for_file(args.input, column=args.column, id_type=args.id_type, proteins=proteins,
+                                      gene_mapping=args.gene_mapping))
         return 0
 
     return run
@@ -108,6 +111,9 @@ def _translate(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument("--gene-column", help="var column with gene identifiers (default: var index)")
     parser.add_argument("--id-type", default="auto",
                         choices=["auto", "symbol", "entrez", "ensembl", "mouse_symbol", "mouse_ensembl"])
+    parser.add_argument("--gene-mapping", choices=["original", "extended"],
+                        help="original: exactly the published pipeline's gene mapping (default for published "
+                             "checkpoints); extended: also HGNC/MGI names (default: as the model was trained)")
     parser.add_argument("--layer", help="read this layer instead of X")
     parser.add_argument("--use-raw", action="store_true", help="read .raw.X with .raw.var instead of X")
     parser.add_argument("--modality", help="MuData modality holding the RNA (default: 'rna', else the one "
@@ -147,7 +153,7 @@ def _translate(parser: argparse.ArgumentParser) -> Handler:
             allow_low_coverage=args.allow_low_coverage, allow_empty_cells=args.allow_empty_cells,
             overwrite=args.overwrite, onnx_path=args.onnx, precision=args.precision, backend_options=options,
             write_h5ad=args.write_h5ad, write_mudata=args.write_mudata, embeddings=args.embeddings,
-            quiet=args.quiet)
+            quiet=args.quiet, gene_mapping=args.gene_mapping)
         run_stats = result.uns["sctranslator"]["run"]
         coverage = result.uns["sctranslator"]["plan"]["coverage"]
         print(f"Wrote {result.n_obs} cells x {result.n_vars} proteins to {args.out}")

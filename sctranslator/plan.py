@@ -20,12 +20,14 @@ import pandas as pd
 from sctranslator.errors import CoverageError, InputDataError, UnknownProteinError
 from sctranslator.model import TranslatorModel
 from sctranslator.vocab import map_genes, map_proteins, token_symbols
+from sctranslator.vocab.genes import GeneMapping, check_gene_mapping
 
 log = logging.getLogger(__name__)
 
 UNMAPPED_SLOT = -1  # column ignored
 TRUNCATED_SLOT = -2  # mapped gene beyond L: enters the per-cell min/max only
 DEFAULT_MIN_COVERAGE = 0.5
+COLLISION_EXAMPLES = 20  # examples of input columns sharing a token kept in the provenance
 
 
 @dataclass
@@ -41,6 +43,9 @@ class Plan:
     normalize: str = "none"
     target_sum: float = 1e4
     coverage: dict[str, Any] = field(default_factory=dict)
+    gene_mapping: str = "original"  # "original" | "extended", see sctranslator.vocab.genes
+    column_tokens: np.ndarray | None = None  # int64 (n_vars,): the token each input column was given
+    collisions: dict[str, Any] = field(default_factory=dict)  # input columns sharing a token, and the rule
 
     @property
     def max_genes(self) -> int:
@@ -58,13 +63,14 @@ class Plan:
             digest.update(np.ascontiguousarray(array).tobytes())
             digest.update(str(array.shape).encode())
         digest.update(json.dumps([self.mode, self.normalize, float(self.target_sum),
-                                  list(self.proteins["name"])]).encode())
+                                  list(self.proteins["name"]), self.gene_mapping]).encode())
         return digest.hexdigest()
 
     def summary(self) -> dict[str, Any]:
         """JSON-able record for the output's provenance."""
         return {
             "mode": self.mode,
+            "gene_mapping": self.gene_mapping,
             "normalize": self.normalize,
             "target_sum": float(self.target_sum),
             "max_genes": self.max_genes,
@@ -73,6 +79,7 @@ class Plan:
             "window_size": int(self.protein_windows.shape[1]),
             "protein_windows": self.protein_windows.tolist(),
             "coverage": self.coverage,
+            "collisions": self.collisions,
             "fingerprint": self.fingerprint(),
         }
 
@@ -110,9 +117,67 @@ def _check_unique(identifiers: pd.Index) -> None:
     if len(duplicated):
         raise InputDataError(
             f"{len(duplicated)} gene identifiers occur more than once in var (e.g. {list(duplicated[:5])}); "
-            "the model cannot tell them apart. Make them unique (adata.var_names_make_unique()) "
-            "or choose another var column with --gene-column."
+            "the original pipeline cannot take them (its gene mapping fails on repeated names). Choose another "
+            "var column with --gene-column, or --gene-mapping extended, which adds up the columns of one gene. "
+            "(adata.var_names_make_unique() would rename the copies to NAME-1, ..., which the original mapping "
+            "then drops.)"
         )
+
+
+def default_gene_mapping(model: TranslatorModel) -> str:
+    """The mapping a model was trained with: a bundle's gene panel records it (bundles made before it was
+    recorded used the extended mapping); a model without a gene panel is a published checkpoint."""
+    genes = (model.panel or {}).get("genes")
+    if genes:
+        return str(genes.get("mapping", "extended"))
+    return "original"
+
+
+def resolve_gene_mapping(model: TranslatorModel, requested: str | None) -> str:
+    """`requested` if given (a warning if the model was trained with the other one), else the model's own."""
+    recorded = default_gene_mapping(model)
+    if requested is None:
+        return recorded
+    check_gene_mapping(requested)
+    if requested != recorded:
+        log.warning("the model was trained with the %s gene mapping but %s was asked: input positions differ "
+                    "from training", recorded, requested)
+    return requested
+
+
+def column_tokens(genes: GeneMapping, merge_copies: bool) -> np.ndarray:
+    """Token of each input column; with `merge_copies`, a make_unique copy ("CD4-1") takes its original's."""
+    tokens = np.asarray(genes.token_ids, dtype=np.int64).copy()
+    if merge_copies and genes.copy_of is not None:
+        copies = np.flatnonzero(genes.copy_of >= 0)
+        tokens[copies] = tokens[genes.copy_of[copies]]
+    return tokens
+
+
+def collision_report(identifiers: pd.Index, genes: GeneMapping, tokens: np.ndarray, rule: str) -> dict[str, Any]:
+    """Input columns that share one token, and make_unique copies: counts, the rule applied, examples."""
+    frame = pd.DataFrame({"token": tokens, "input": np.asarray(identifiers, dtype=object)})
+    shared = frame[(frame["token"] > 0) & frame["token"].duplicated(keep=False)]
+    groups = shared.groupby("token", sort=False)["input"].agg(list)
+    labels = token_symbols(groups.index.to_numpy(dtype=np.int64)) if len(groups) else []
+    copies = genes.report.copies
+    return {
+        "rule": rule,
+        "tokens_shared": int(len(groups)),
+        "columns_sharing": int(len(shared)),
+        "examples": {str(symbol): names for symbol, names in
+                     zip(labels[:COLLISION_EXAMPLES], groups.tolist()[:COLLISION_EXAMPLES], strict=False)},
+        "make_unique_copies": int(len(copies)),
+        "copy_examples": dict(list(copies.items())[:COLLISION_EXAMPLES]),
+    }
+
+
+def _log_collisions(collisions: dict[str, Any]) -> None:
+    if collisions["tokens_shared"] or collisions["make_unique_copies"]:
+        log.warning("%d input columns share %d gene tokens (e.g. %s) and %d look like make_unique copies "
+                    "(e.g. %s): %s", collisions["columns_sharing"], collisions["tokens_shared"],
+                    list(collisions["examples"].values())[:3], collisions["make_unique_copies"],
+                    list(collisions["copy_examples"])[:3], collisions["rule"])
 
 
 def _coverage_table(coverage: dict[str, Any]) -> str:
@@ -133,30 +198,46 @@ def _enforce_coverage(coverage: dict[str, Any], min_coverage: float, allow_low: 
         log.warning("low gene coverage (%.1f%%), continuing as asked", 100 * fraction)
 
 
-def reference_alignment(tokens: np.ndarray, max_genes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Published checkpoints: mapped genes in the dataset's order, unmapped dropped, first L kept."""
+def reference_alignment(tokens: np.ndarray, max_genes: int,
+                        merge: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Published checkpoints: mapped genes in the dataset's order, unmapped dropped, first L kept.
+
+    Without `merge` (the original pipeline) every mapped column is one position, also when several
+    columns share a token. With `merge` the columns of one token share the position of its first
+    column (the kernels add them up); a token beyond the first L gives all its columns TRUNCATED_SLOT.
+    """
     mapped_columns = np.flatnonzero(tokens > 0)
-    kept = mapped_columns[:max_genes]
     column_slot = np.full(tokens.shape[0], UNMAPPED_SLOT, dtype=np.int64)
-    column_slot[mapped_columns[max_genes:]] = TRUNCATED_SLOT
-    column_slot[kept] = np.arange(kept.shape[0])
+    if merge:
+        unique, first_column = np.unique(tokens[mapped_columns], return_index=True)
+        order = np.argsort(first_column, kind="stable")  # tokens in order of their first column
+        rank = np.empty(unique.shape[0], dtype=np.int64)
+        rank[order] = np.arange(unique.shape[0])
+        slot = rank[np.searchsorted(unique, tokens[mapped_columns])]
+        column_slot[mapped_columns] = np.where(slot < max_genes, slot, TRUNCATED_SLOT)
+        kept_tokens = unique[order][:max_genes]
+    else:
+        kept = mapped_columns[:max_genes]
+        column_slot[mapped_columns[max_genes:]] = TRUNCATED_SLOT
+        column_slot[kept] = np.arange(kept.shape[0])
+        kept_tokens = tokens[kept]
     gene_ids = np.zeros(max_genes, dtype=np.int64)
-    gene_ids[: kept.shape[0]] = tokens[kept]
+    gene_ids[: kept_tokens.shape[0]] = kept_tokens
     position_real = np.zeros(max_genes, dtype=bool)
-    position_real[: kept.shape[0]] = True
+    position_real[: kept_tokens.shape[0]] = True
     return column_slot, position_real, gene_ids
 
 
 def panel_alignment(tokens: np.ndarray, panel_tokens: np.ndarray,
                      max_genes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fixed-panel bundles: each input column goes to its gene's panel position (first occurrence)."""
+    """Fixed-panel bundles: each input column goes to its gene's panel position.
+
+    Several input columns on one panel gene all get its position: the kernels add them up.
+    """
     lookup = pd.Series(np.arange(panel_tokens.shape[0]), index=panel_tokens)
     lookup = lookup[~lookup.index.duplicated()]
     column_slot = lookup.reindex(tokens).fillna(UNMAPPED_SLOT).to_numpy(dtype=np.int64)
     column_slot[tokens == 0] = UNMAPPED_SLOT
-    # Two input columns on one panel gene: the first one feeds the position, the rest are ignored.
-    repeated = pd.Series(column_slot).duplicated().to_numpy() & (column_slot >= 0)
-    column_slot[repeated] = UNMAPPED_SLOT
     gene_ids = np.zeros(max_genes, dtype=np.int64)
     gene_ids[: panel_tokens.shape[0]] = panel_tokens
     position_real = np.zeros(max_genes, dtype=bool)
@@ -239,31 +320,47 @@ def _panel_proteins(proteins: Sequence[str] | None, panel: dict[str, Any],
 def build_plan(var: pd.DataFrame, model: TranslatorModel, proteins: Sequence[str] | None = None, *,
                gene_column: str | None = None, id_type: str = "auto", normalize: str | None = None,
                target_sum: float | None = None, min_coverage: float = DEFAULT_MIN_COVERAGE,
-               allow_low_coverage: bool = False) -> Plan:
-    """Align a dataset's genes and a protein request to `model`."""
+               allow_low_coverage: bool = False, gene_mapping: str | None = None) -> Plan:
+    """Align a dataset's genes and a protein request to `model`.
+
+    gene_mapping: "original" or "extended" (see `sctranslator.vocab.genes`); None = the model's own
+    (published checkpoints: original; bundles: the one recorded in their gene panel).
+    Input columns that share a token: with the original mapping on a published checkpoint each stays
+    its own position (as the original pipeline), make_unique copies ("CD4-1") are dropped (the
+    original's table does not know them) and identical identifiers are refused; otherwise (extended
+    mapping, or a model with a gene panel) the columns of one gene, copies included, are added up.
+    Either way they are counted in `Plan.collisions` and logged.
+    """
     config = model.config
-    identifiers = gene_identifiers(var, gene_column)
-    _check_unique(identifiers)
-    genes = map_genes(identifiers, id_type=id_type)
-    tokens = np.asarray(genes.token_ids, dtype=np.int64)
     panel = model.panel or {}
     gene_panel = panel.get("genes")
+    mapping = resolve_gene_mapping(model, gene_mapping)
+    faithful = mapping == "original" and not gene_panel
+    identifiers = gene_identifiers(var, gene_column)
+    if faithful:
+        _check_unique(identifiers)
+    genes = map_genes(identifiers, id_type=id_type, mapping=mapping)
+    tokens = column_tokens(genes, merge_copies=not faithful)
+    rule = ("each column its own position, as the original pipeline; make_unique copies dropped, as the original"
+            if faithful else "the columns of one gene are added up (make_unique copies included)")
+    collisions = collision_report(identifiers, genes, tokens, rule)
+    _log_collisions(collisions)
     if gene_panel:
         panel_tokens = np.asarray(gene_panel["token_ids"], dtype=np.int64)
         column_slot, position_real, gene_ids = panel_alignment(tokens, panel_tokens, config.max_genes)
-        present = int((column_slot >= 0).sum())
+        present = int(np.unique(column_slot[column_slot >= 0]).shape[0])
         coverage = {"basis": "the model's gene panel", "panel_genes": int(panel_tokens.shape[0]),
                     "panel_genes_in_data": present, "fraction": present / max(1, panel_tokens.shape[0]),
                     "input_genes": int(tokens.shape[0]), "input_genes_mapped": int((tokens > 0).sum()),
-                    "id_type": genes.id_type}
+                    "id_type": genes.id_type, "gene_mapping": mapping}
         mode = "panel"
     else:
-        column_slot, position_real, gene_ids = reference_alignment(tokens, config.max_genes)
+        column_slot, position_real, gene_ids = reference_alignment(tokens, config.max_genes, merge=not faithful)
         mapped = int((tokens > 0).sum())
         coverage = {"basis": "the dataset's genes", "input_genes": int(tokens.shape[0]), "mapped": mapped,
                     "fraction": mapped / max(1, tokens.shape[0]), "used_positions": int(position_real.sum()),
                     "truncated": int((column_slot == TRUNCATED_SLOT).sum()), "max_genes": config.max_genes,
-                    "id_type": genes.id_type}
+                    "id_type": genes.id_type, "gene_mapping": mapping}
         mode = "reference"
     _enforce_coverage(coverage, min_coverage, allow_low_coverage)
     if panel.get("proteins"):
@@ -277,4 +374,5 @@ def build_plan(var: pd.DataFrame, model: TranslatorModel, proteins: Sequence[str
     return Plan(mode=mode, column_slot=column_slot, position_real=position_real, gene_ids=gene_ids,
                 protein_windows=windows, protein_window_mask=window_mask, output_index=output_index,
                 proteins=table, normalize=chosen_normalize,
-                target_sum=float(target_sum or recorded.get("target_sum") or 1e4), coverage=coverage)
+                target_sum=float(target_sum or recorded.get("target_sum") or 1e4), coverage=coverage,
+                gene_mapping=mapping, column_tokens=tokens, collisions=collisions)

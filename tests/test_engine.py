@@ -43,7 +43,7 @@ def tiny_model(fixtures_dir: Path) -> TranslatorModel:
 
 def reference_predictions(rna: ad.AnnData, model: TranslatorModel, proteins: list[str]) -> np.ndarray:
     """The original pipeline written plainly: map, keep order, min-max per cell, first L, pad, predict."""
-    tokens = map_genes(rna.var_names).token_ids
+    tokens = map_genes(rna.var_names, mapping="original").token_ids
     keep = np.flatnonzero(tokens > 0)
     x = rna.X[:, keep].toarray().astype(np.float64)
     lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
@@ -257,7 +257,7 @@ def test_embeddings_are_the_mean_encoding_over_real_genes(rna_path: Path, rna: a
     assert embedding.shape == (N_CELLS, tiny_model.config.dim)
     np.testing.assert_array_equal(result.X, baseline.X)
     # Brute force for a few cells: encode the plainly prepared input, average over real tokens.
-    tokens = map_genes(rna.var_names).token_ids
+    tokens = map_genes(rna.var_names, mapping="original").token_ids
     keep = np.flatnonzero(tokens > 0)[:64]
     mapped = rna.X[:5][:, np.flatnonzero(tokens > 0)].toarray().astype(np.float64)
     lo, hi = mapped.min(1, keepdims=True), mapped.max(1, keepdims=True)

@@ -30,6 +30,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gene-column", help="var column with gene identifiers (default: var index)")
     parser.add_argument("--id-type", default="auto",
                         choices=["auto", "symbol", "entrez", "ensembl", "mouse_symbol", "mouse_ensembl"])
+    parser.add_argument("--gene-mapping", choices=["original", "extended"],
+                        help="gene mapping (default: as the model was trained; original for published checkpoints)")
     parser.add_argument("--layer", help="read this layer instead of X")
     parser.add_argument("--allow-low-coverage", action="store_true", help="go on when few genes map")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -58,7 +60,7 @@ def define_knockout(parser: argparse.ArgumentParser) -> Handler:
                           groupby=args.groupby, per_cell=args.per_cell, normalize=args.normalize,
                           gene_column=args.gene_column, id_type=args.id_type, layer=args.layer,
                           allow_low_coverage=args.allow_low_coverage, device=args.device,
-                          overwrite=args.overwrite, quiet=args.quiet)
+                          overwrite=args.overwrite, quiet=args.quiet, gene_mapping=args.gene_mapping)
         print(f"Knocked out {result.mean.shape[0]} gene(s) ({result.semantics}) in {result.n_cells['all']} cells; "
               f"{result.mean.shape[1]} proteins")
         strongest = result.mean.abs().stack().sort_values(ascending=False).head(5)
@@ -88,7 +90,7 @@ def define_attention(parser: argparse.ArgumentParser) -> Handler:
                               groupby=args.groupby, block_cells=args.block_cells, batch_size=args.batch_size,
                               normalize=args.normalize, gene_column=args.gene_column, id_type=args.id_type,
                               layer=args.layer, allow_low_coverage=args.allow_low_coverage,
-                              as_published=args.as_published, quiet=args.quiet)
+                              as_published=args.as_published, quiet=args.quiet, gene_mapping=args.gene_mapping)
         print(f"Attention over {result.n_cells['all']} cells: {result.gene_to_protein.shape[0]} genes x "
               f"{result.gene_to_protein.shape[1]} proteins")
         best = result.top_genes[result.top_genes["rank"] == 1].head(10)

@@ -102,7 +102,7 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
               allow_low_coverage: bool = False, allow_empty_cells: bool = False, overwrite: bool = False,
               onnx_path: str | None = None, precision: str = "fp32", backend_options: dict[str, Any] | None = None,
               write_h5ad: str | Path | None = None, write_mudata: str | Path | None = None,
-              embeddings: bool = False, quiet: bool = True) -> ad.AnnData:
+              embeddings: bool = False, quiet: bool = True, gene_mapping: str | None = None) -> ad.AnnData:
     """Predict protein abundance for every cell of `data` with `model`.
 
     Returns an AnnData (cells x proteins; X float32) whose `uns['sctranslator']` records the
@@ -116,6 +116,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     RNA-like modality; InputDataError listing them otherwise). `missing_chunks` ("error" or "zeros")
     says what an absent chunk of a dense zarr X means: "error" raises a StoreError naming the array,
     chunk and rows; "zeros" reads it as zeros.
+    `gene_mapping`: "original" (the published pipeline's, default for published checkpoints) or
+    "extended" (wider; see `sctranslator.vocab.genes`); default: the one the model was trained with.
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
@@ -131,7 +133,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     if block_cells is None:  # also keep every worker busy on small datasets
         block_cells = min(default_block_cells(loaded), max(16, -(-source.n_obs // (4 * n_workers))))
     plan = build_plan(source.var, loaded, proteins, gene_column=gene_column, id_type=id_type, normalize=normalize,
-                      target_sum=target_sum, min_coverage=min_coverage, allow_low_coverage=allow_low_coverage)
+                      target_sum=target_sum, min_coverage=min_coverage, allow_low_coverage=allow_low_coverage,
+                      gene_mapping=gene_mapping)
     _warn_if_raw_counts(source, plan)
     threads = max(1, (os.cpu_count() or 1) // n_workers)
     # A model path travels to workers as a path (each loads it once); in-memory models go as objects.
@@ -148,6 +151,7 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
         "plan": plan.summary(),
         "settings": {"backend": backend, "device": device, "precision": precision, "batch_size": batch_size,
                      "normalize": plan.normalize, "target_sum": plan.target_sum, "id_type": id_type,
+                     "gene_mapping": plan.gene_mapping,
                      "gene_column": gene_column or "", "layer": layer or "", "use_raw": bool(use_raw),
                      "modality": getattr(source, "modality", None) or "", "missing_chunks": missing_chunks,
                      "embeddings": bool(embeddings), "output_scaling": output_scaling(loaded)},

@@ -7,6 +7,9 @@ The plan is two arrays shared by every block of a dataset:
   did not fit into the L positions: it takes part in the per-cell min/max but is not written.
 * ``position_real`` (bool, one per model position): True where a gene sits (mask True).
   A real position that no column writes to counts as expression 0.
+
+Several columns with one slot ``>= 0`` (one gene under several names) are added up into one
+column before anything else (`merge_shared_slots`): their counts add.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 UNMAPPED = -1
 TRUNCATED = -2
@@ -80,3 +84,28 @@ def build_alignment(column_slot: np.ndarray, position_real: np.ndarray, n_column
         written_columns=written.astype(np.int64),
         written_slots=written_slots,
     )
+
+
+def shares_slots(column_slot: np.ndarray) -> bool:
+    """True when two or more columns write one position (they are to be added up)."""
+    written = np.asarray(column_slot)[np.asarray(column_slot) >= 0]
+    return bool(written.size) and np.unique(written).size < written.size
+
+
+def merge_matrix(column_slot: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+    """(M, slots) such that `block @ M` adds up the columns that share a slot >= 0.
+
+    M is (n_columns, n_kept) with one 1 per row: every column goes to the first column of its slot
+    (or stays itself), so row totals are unchanged. `slots` is the column_slot of the kept columns.
+    """
+    slots = np.asarray(column_slot, dtype=np.int64)
+    target = np.arange(slots.shape[0])
+    written = np.flatnonzero(slots >= 0)
+    unique, first = np.unique(slots[written], return_index=True)
+    target[written] = written[first][np.searchsorted(unique, slots[written])]
+    kept = np.flatnonzero(target == np.arange(slots.shape[0]))
+    new_index = np.full(slots.shape[0], -1, dtype=np.int64)
+    new_index[kept] = np.arange(kept.shape[0])
+    matrix = sp.csr_matrix((np.ones(slots.shape[0]), (np.arange(slots.shape[0]), new_index[target])),
+                           shape=(slots.shape[0], kept.shape[0]))
+    return matrix, slots[kept]

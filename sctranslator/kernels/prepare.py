@@ -6,7 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sctranslator.kernels._preprocess_numba import scale_align_csr_kernel, scale_align_dense_kernel
-from sctranslator.kernels.alignment import build_alignment
+from sctranslator.kernels.alignment import build_alignment, merge_matrix, shares_slots
 from sctranslator.kernels.blocks import as_csr_arrays, as_dense_array, is_sparse
 from sctranslator.kernels.normalize import NormalizeMode, normalize_flags
 
@@ -44,12 +44,15 @@ def prepare_values(
     `normalize` is applied before scaling, see `sctranslator.kernels.normalize`. The block must
     hold finite values (check with `scan_block`). Dense blocks and CSR blocks give the same
     result; other sparse formats are converted to CSR first (an O(nnz) copy per block), as are
-    CSR blocks with duplicate entries. `out`, if given, must be a C-contiguous float32 array of
-    shape (n_cells, L); it is overwritten and returned (saves allocating and page-faulting a new
-    output per block). Caller arrays are never modified.
+    CSR blocks with duplicate entries. Columns that share a slot are added up first (one gene under
+    several names; an O(nnz) sparse product, only when there are such columns). `out`, if given,
+    must be a C-contiguous float32 array of shape (n_cells, L); it is overwritten and returned
+    (saves allocating and page-faulting a new output per block). Caller arrays are never modified.
     """
     do_total, do_log = normalize_flags(normalize, target_sum)
     target = float(target_sum)
+    if shares_slots(column_slot):
+        block, column_slot = _merged(block, column_slot)
     if is_sparse(block):
         arrays = as_csr_arrays(block, canonical=True)
         n_rows, n_cols = arrays.shape
@@ -75,3 +78,16 @@ def prepare_values(
             plan.zero_in_set, do_total, do_log, target, values,
         )
     return values
+
+
+def _merged(block: np.ndarray | sp.spmatrix | sp.sparray,
+            column_slot: np.ndarray) -> tuple[np.ndarray | sp.csr_matrix, np.ndarray]:
+    """The block with the columns of each shared slot added up, and the kept columns' slots."""
+    matrix, slots = merge_matrix(column_slot)
+    if block.shape[1] != matrix.shape[0]:
+        raise ValueError(f"column_slot has {matrix.shape[0]} entries but the block has {block.shape[1]} columns")
+    dtype = block.dtype if np.issubdtype(block.dtype, np.floating) else np.float64
+    matrix = matrix.astype(dtype)
+    if is_sparse(block):
+        return sp.csr_matrix(sp.csr_matrix(block) @ matrix), slots
+    return np.asarray((matrix.T @ np.asarray(block).T).T), slots

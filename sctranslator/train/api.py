@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from sctranslator.train.metrics_log import MetricsLog
 from sctranslator.train.paired import DEFAULT_PROTEIN_KEY, PairedData, load_paired
 from sctranslator.train.presets import preset_config
 from sctranslator.train.split import Split, split_cells
+from sctranslator.vocab.genes import check_gene_mapping
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class DataOptions:
     layer: str | None = None
     gene_column: str | None = None
     id_type: str = "auto"
+    gene_mapping: str | None = None  # "original" | "extended"; default: the init bundle's, else extended
     normalize: str = "total_log1p"
     target_sum: float = 1e4
     target_scaling: str = "minmax"
@@ -82,28 +84,43 @@ def _split_options(options: dict[str, Any]) -> tuple[DataOptions, TrainOptions]:
     return data, train
 
 
+def _gene_mapping(init: TranslatorModel | None, requested: str | None) -> str:
+    """The requested gene mapping, else the one an init bundle's panel records, else extended."""
+    if requested is not None:
+        return check_gene_mapping(requested)
+    genes = ((init.panel if init is not None else None) or {}).get("genes")
+    return str(genes.get("mapping", "extended")) if genes else "extended"
+
+
 def _starting_model(init: str | os.PathLike | TranslatorModel | None, config: str | ModelConfig | None,
-                    overrides: dict[str, Any], gene_tokens: np.ndarray, n_proteins: int,
-                    seed: int) -> tuple[TranslatorModel, dict[str, list], str]:
-    """(model, gene panel, description of the start) from a checkpoint/bundle or a configuration."""
+                    overrides: dict[str, Any], tokens_of: Callable[[str], np.ndarray], n_proteins: int,
+                    seed: int, requested_mapping: str | None) -> tuple[TranslatorModel, dict[str, Any], str]:
+    """(model, gene panel, description of the start) from a checkpoint/bundle or a configuration.
+
+    `tokens_of(mapping)` maps the data's genes with that gene mapping; the panel records the mapping.
+    """
     if init is not None and config is not None:
         raise InputDataError("pass either init (a model to start from) or config (train from scratch), not both")
     if init is not None:
         model = copy.deepcopy(init) if isinstance(init, TranslatorModel) else load_model(init)
         described = getattr(model, "source", None) or "an in-memory model"
+        mapping = _gene_mapping(model, requested_mapping)
         existing = (model.panel or {}).get("genes")
-        genes = existing or gene_panel_from_data(gene_tokens, model.config.max_genes)
+        genes = ({**existing, "mapping": mapping} if existing
+                 else gene_panel_from_data(tokens_of(mapping), model.config.max_genes, mapping))
         return model, genes, described
+    mapping = _gene_mapping(None, requested_mapping)
+    gene_tokens = tokens_of(mapping)
     if config is None:
         raise InputDataError("say where to start: init=MODEL (checkpoint or bundle) or config=NAME (from scratch)")
     torch.manual_seed(seed)  # the initial weights and random features follow the seed
     if isinstance(config, ModelConfig):
         settings = dataclasses.replace(config, **overrides) if overrides else config
-        genes = gene_panel_from_data(gene_tokens, settings.max_genes)
+        genes = gene_panel_from_data(gene_tokens, settings.max_genes, mapping)
         return TranslatorModel(settings), genes, "scratch (a given configuration)"
-    genes = gene_panel_from_data(gene_tokens, overrides.get("max_genes"))
+    genes = gene_panel_from_data(gene_tokens, overrides.get("max_genes"), mapping)
     settings = preset_config(config, n_genes=len(genes["token_ids"]), n_proteins=n_proteins, **overrides)
-    genes = gene_panel_from_data(gene_tokens, settings.max_genes)
+    genes = gene_panel_from_data(gene_tokens, settings.max_genes, mapping)
     return TranslatorModel(settings), genes, f"scratch (configuration {config!r})"
 
 
@@ -130,7 +147,8 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
     Start from `init` (a published .pt checkpoint, a bundle, or a TranslatorModel) or from scratch
     with `config` (a preset name: "published", "small", "tiny"; or a ModelConfig) plus
     `config_overrides`. Data options (see DataOptions): proteins, protein_key, layer, gene_column,
-    id_type, genes, normalize, target_sum, target_scaling ("minmax" | "clr" | "log1p"), val_fraction,
+    id_type, gene_mapping ("original" | "extended"; default: the init bundle's, else "extended"; the
+    bundle records it), genes, normalize, target_sum, target_scaling ("minmax" | "clr" | "log1p"), val_fraction,
     val_count, split_column + val_values, allow_low_coverage. Training options (see TrainOptions):
     steps or epochs, batch_size (per process), accumulation, lr, weight_decay, warmup_steps, decay,
     clip_norm, precision ("fp32" | "bf16"), freeze, seed, val_every, patience, keep_best,
@@ -150,10 +168,12 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
                             split_column=data_options.split_column, val_values=data_options.val_values,
                             seed=train_options.seed)
         proteins, protein_columns = protein_panel(paired.protein_names, data_options.proteins)
-        tokens = data_gene_tokens(paired.source.var, gene_column=data_options.gene_column,
-                                  id_type=data_options.id_type, only=data_options.genes)
-        model, genes, start = _starting_model(init, config, dict(config_overrides or {}), tokens,
-                                              len(proteins["names"]), train_options.seed)
+        def tokens_of(mapping: str) -> np.ndarray:
+            return data_gene_tokens(paired.source.var, gene_column=data_options.gene_column,
+                                    id_type=data_options.id_type, only=data_options.genes, gene_mapping=mapping)
+
+        model, genes, start = _starting_model(init, config, dict(config_overrides or {}), tokens_of,
+                                              len(proteins["names"]), train_options.seed, data_options.gene_mapping)
         if feature_redraw_interval != KEEP:
             model.config = dataclasses.replace(model.config, feature_redraw_interval=feature_redraw_interval)
         attach_panels(model, genes, proteins, {"normalize": data_options.normalize,
@@ -162,6 +182,7 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
         apply_freeze(model, train_options.freeze)
         arrays = prepare_arrays(paired, model, protein_columns, gene_column=data_options.gene_column,
                                 id_type=data_options.id_type, target_scaling=data_options.target_scaling,
+                                gene_mapping=genes["mapping"],
                                 allow_low_coverage=data_options.allow_low_coverage)
         out = Path(out)
         work = Path(work_dir) if work_dir else out.with_name(out.name + ".training")

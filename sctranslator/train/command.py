@@ -57,6 +57,8 @@ def define_finetune(parser: argparse.ArgumentParser) -> Handler:
     data.add_argument("--layer", help="RNA layer to read instead of X")
     data.add_argument("--gene-column", help="var column holding gene identifiers (default: var index)")
     data.add_argument("--id-type", default="auto")
+    data.add_argument("--gene-mapping", choices=["original", "extended"],
+                      help="gene mapping (default: the --init bundle's, else extended); the bundle records it")
     data.add_argument("--normalize", default="total_log1p", choices=["none", "log1p", "total", "total_log1p"])
     data.add_argument("--target-sum", type=float, default=1e4)
     data.add_argument("--target-scaling", default="minmax", choices=["minmax", "clr", "log1p"])
@@ -107,7 +109,8 @@ def define_finetune(parser: argparse.ArgumentParser) -> Handler:
 
         options: dict[str, Any] = {
             "proteins": _names(args.proteins), "protein_key": args.protein_key, "layer": args.layer,
-            "gene_column": args.gene_column, "id_type": args.id_type, "normalize": args.normalize,
+            "gene_column": args.gene_column, "id_type": args.id_type, "gene_mapping": args.gene_mapping,
+            "normalize": args.normalize,
             "target_sum": args.target_sum, "target_scaling": args.target_scaling,
             "allow_low_coverage": args.allow_low_coverage, "val_fraction": args.val_fraction,
             "val_count": args.val_count, "split_column": args.split_column, "val_values": _names(args.val_values),

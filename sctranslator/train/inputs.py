@@ -18,7 +18,7 @@ import pandas as pd
 from sctranslator.errors import InputDataError, UnknownProteinError
 from sctranslator.kernels import prepare_values, scale_targets, scan_block
 from sctranslator.model import TranslatorModel
-from sctranslator.plan import Plan, build_plan, gene_identifiers
+from sctranslator.plan import Plan, build_plan, column_tokens, gene_identifiers
 from sctranslator.train.paired import PairedData
 from sctranslator.vocab import map_genes, map_proteins, token_symbols
 
@@ -41,10 +41,13 @@ class TrainingArrays:
 
 
 def data_gene_tokens(var: pd.DataFrame, *, gene_column: str | None = None, id_type: str = "auto",
-                     only: Sequence[str] | None = None) -> np.ndarray:
-    """Token id of each input column (0 = unmapped, or not among the genes in `only`)."""
+                     only: Sequence[str] | None = None, gene_mapping: str = "extended") -> np.ndarray:
+    """Token id of each input column (0 = unmapped, or not among the genes in `only`).
+
+    make_unique copies ("CD4-1") take their gene's token: the plan adds them up into it.
+    """
     identifiers = gene_identifiers(var, gene_column)
-    tokens = np.asarray(map_genes(identifiers, id_type=id_type).token_ids, dtype=np.int64)
+    tokens = column_tokens(map_genes(identifiers, id_type=id_type, mapping=gene_mapping), merge_copies=True)
     if only is not None:
         wanted = pd.Index([str(g) for g in only])
         missing = wanted.difference(identifiers)
@@ -55,15 +58,18 @@ def data_gene_tokens(var: pd.DataFrame, *, gene_column: str | None = None, id_ty
     return tokens
 
 
-def gene_panel_from_data(tokens: np.ndarray, max_genes: int | None = None) -> dict[str, list]:
-    """The mapped genes in the dataset's order, each once, the first `max_genes` kept."""
+def gene_panel_from_data(tokens: np.ndarray, max_genes: int | None = None,
+                         gene_mapping: str = "extended") -> dict[str, Any]:
+    """The mapped genes in the dataset's order, each once, the first `max_genes` kept; records the
+    gene mapping that gave the tokens (a bundle's translate runs reuse it)."""
     mapped = tokens[tokens > 0]
     unique = pd.unique(mapped)[:max_genes] if max_genes else pd.unique(mapped)
     if unique.size == 0:
         raise InputDataError("none of the RNA genes map onto the model's vocabulary: check the gene identifiers "
                              "(gene_column / id_type)")
     unique = np.asarray(unique, dtype=np.int64)
-    return {"token_ids": unique.tolist(), "symbols": [str(s) for s in token_symbols(unique)]}
+    return {"token_ids": unique.tolist(), "symbols": [str(s) for s in token_symbols(unique)],
+            "mapping": gene_mapping}
 
 
 def protein_panel(names: Sequence[str], wanted: Sequence[str] | None = None) -> tuple[dict[str, list], np.ndarray]:
@@ -122,10 +128,10 @@ def _check_block(block: Any, start: int, where: str) -> None:
 
 def prepare_arrays(data: PairedData, model: TranslatorModel, protein_columns: np.ndarray, *,
                    gene_column: str | None = None, id_type: str = "auto", target_scaling: str = "minmax",
-                   allow_low_coverage: bool = False) -> TrainingArrays:
+                   allow_low_coverage: bool = False, gene_mapping: str | None = None) -> TrainingArrays:
     """Model values and scaled targets of every paired cell, through the engine's plan and kernels."""
     plan = build_plan(data.source.var, model, gene_column=gene_column, id_type=id_type,
-                      allow_low_coverage=allow_low_coverage)
+                      allow_low_coverage=allow_low_coverage, gene_mapping=gene_mapping)
     n_panel = int(plan.position_real.sum())
     values = np.empty((data.n_cells, n_panel), dtype=np.float32)
     rows = data.rows

@@ -35,15 +35,17 @@ def _var_names(path: str | Path, column: str | None = None) -> np.ndarray:
 
 
 def mapping_report_for_file(path: str | Path, *, column: str | None = None, id_type: str = "auto",
-                            proteins: str | Path | Sequence[str] | None = None) -> str:
+                            proteins: str | Path | Sequence[str] | None = None,
+                            gene_mapping: str = "original") -> str:
     """Map an RNA .h5ad's genes (var index, or var[column]) and optionally a protein panel.
 
     proteins: a protein .h5ad (its var names are the panel) or a list of panel names.
+    gene_mapping: "original" (what published checkpoints see, the default) or "extended".
     Returns the printable report.
     """
     where = f"var[{column!r}]" if column else "var index"
-    genes = map_genes(_var_names(path, column), id_type=id_type)
-    sections = [f"# {path} ({where})", genes.report.to_text()]
+    genes = map_genes(_var_names(path, column), id_type=id_type, mapping=gene_mapping)
+    sections = [f"# {path} ({where}, {gene_mapping} gene mapping)", genes.report.to_text()]
     if proteins is not None:
         if isinstance(proteins, str | Path):
             names, label = _var_names(proteins), str(proteins)

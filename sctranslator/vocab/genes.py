@@ -1,4 +1,26 @@
-"""Gene identifiers (human/mouse symbols, Entrez, Ensembl) -> scTranslator token ids."""
+"""Gene identifiers (human/mouse symbols, Entrez, Ensembl) -> scTranslator token ids.
+
+Two mappings (`GENE_MAPPINGS`):
+
+* ``original``: exactly the published scTranslator pipeline (its `data_preprocessing_ID_convert.py`:
+  ``EntrezID_to_myID[hgs_to_EntrezID[symbol]]``, plain dictionary look-ups). A human symbol gets the
+  token that scTranslator's own symbol table (155,349 symbols, aliases and previous symbols included)
+  gives it, matched exactly (case-sensitive, as a Python dict); a symbol that table does not know
+  gets no token, even when HGNC knows it. Every other identifier is first resolved to the human
+  symbol it stands for and then looked up in that same table, so one gene gets one token whatever
+  identifier names it: Entrez ID -> HGNC's current symbol (2024 set, else 2026; for an Entrez ID HGNC
+  does not know, a symbol scTranslator's table gives that Entrez ID); human Ensembl ID (version and
+  ``_PAR_Y`` ignored) -> HGNC's current symbol; mouse symbol / mouse Ensembl ID -> the human symbol of
+  scTranslator's own mouse maps (as the original's ``mouse_name_to_myID`` / ``mouse_id_to_myID``).
+  Consequences kept on purpose: ``MT-CO2`` (and its Entrez/Ensembl IDs) gets the token scTranslator's
+  table gives the symbol (a pseudogene's), not Entrez 4513's; a renamed gene whose current symbol is
+  not in that table gets no token.
+* ``extended``: wider coverage, for models trained here: scTranslator's table first, then HGNC
+  current / previous symbols / aliases (case-insensitive retry), mouse identifiers through MGI
+  homology as well; an Entrez / Ensembl ID gets what its gene's current symbol gets (so MT-CO2 is
+  one token here too), else the token of its own Entrez ID. Maps more genes than the published checkpoints saw, so
+  it shifts their input positions: never the default for a published checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +30,32 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from sctranslator.errors import VocabularyError
 from sctranslator.vocab.detect import detect_with_evidence
 from sctranslator.vocab.identifiers import as_identifier_strings, check_id_type, lookup_keys
 from sctranslator.vocab.report import MappingReport
-from sctranslator.vocab.tables import gene_table, token_table
+from sctranslator.vocab.tables import gene_table, symbol_table, token_table
 from sctranslator.vocab.tokens import token_symbols
 
 UNKNOWN = "unknown identifier"
 NOT_IN_VOCABULARY = "known gene, not in the model's vocabulary"
 EMPTY = "empty identifier"
+NOT_IN_ORIGINAL_TABLE = "not in scTranslator's own symbol table (only the extended mapping knows it)"
+SYMBOL_NOT_IN_ORIGINAL_TABLE = "its gene's symbol is not in scTranslator's own symbol table"
+COPY = "a make_unique copy of another input (name + '-N' or '.N')"
+
+GENE_MAPPINGS = ("original", "extended")
+_ID_TO_SYMBOL = {"entrez": "entrez_symbol", "ensembl": "ensembl_symbol", "mouse_symbol": "mouse_symbol_human",
+                 "mouse_ensembl": "mouse_ensembl_human"}
+# anndata's var_names_make_unique appends "-1", "-2", ...; R's make.unique (Seurat) ".1", ".2", ...
+_COPY_SUFFIX = r"^(?P<base>.+)[-.](?P<number>\d+)$"
+
+
+def check_gene_mapping(mapping: str) -> str:
+    """`mapping` if it names a gene mapping, else a VocabularyError listing them."""
+    if mapping not in GENE_MAPPINGS:
+        raise VocabularyError(f"unknown gene mapping {mapping!r}; use one of {', '.join(GENE_MAPPINGS)}")
+    return mapping
 
 
 @dataclass(frozen=True)
@@ -27,6 +66,8 @@ class GeneMapping:
     token_ids: np.ndarray  # int64
     id_type: str
     report: MappingReport
+    mapping: str = "extended"
+    copy_of: np.ndarray | None = None  # int64: the input a make_unique copy repeats (-1: none)
 
     @property
     def mapped(self) -> np.ndarray:
@@ -40,19 +81,35 @@ class GeneMapping:
 
 
 def map_genes(identifiers: Iterable[str | int] | pd.Index | pd.Series | np.ndarray,
-              id_type: str = "auto") -> GeneMapping:
+              id_type: str = "auto", mapping: str = "extended") -> GeneMapping:
     """Map gene identifiers onto model tokens.
 
     id_type: "auto" (detected, see `detect_id_type`) or one of "symbol", "entrez", "ensembl",
-    "mouse_symbol", "mouse_ensembl". Symbols are matched exactly first, then ignoring case.
-    Two inputs landing on one token are both kept and listed in `report.duplicates`.
+    "mouse_symbol", "mouse_ensembl".
+    mapping: "original" (what published checkpoints were trained with, see the module docstring)
+    or "extended" (symbols matched exactly first, then ignoring case, HGNC and MGI as well).
+    Two inputs landing on one token get that token both and are listed in `report.duplicates`;
+    an unmapped input named like a make_unique copy of another input (``CD4-1`` or ``CD4.1`` next to ``CD4``)
+    is listed in `report.copies` and `copy_of` (what happens to either is the plan's choice).
+    Raises VocabularyError for an unknown id_type or mapping.
     """
+    check_gene_mapping(mapping)
     values = as_identifier_strings(identifiers)
     notes: list[str] = []
     if id_type == "auto":
         id_type, evidence = detect_with_evidence(values)
         notes.append(f"identifier type detected automatically ({evidence})")
     check_id_type(id_type)
+
+    if mapping == "original":
+        tokens, known, sources, reasons = _map_original(values, id_type)
+        notes.append("original mapping: scTranslator's own symbol table only, exact match (as the published "
+                     "pipeline)" + ("" if id_type == "symbol" else ", through each identifier's current symbol"))
+        copy_of = _copies(values, tokens)
+        report = _gene_report(values, tokens, known, sources, np.full(len(values), "", dtype=object), id_type,
+                              notes, reasons, copy_of)
+        return GeneMapping(identifiers=values, token_ids=tokens, id_type=id_type, report=report,
+                           mapping=mapping, copy_of=copy_of)
 
     if id_type == "entrez":
         tokens, known, sources, alternatives = _map_entrez(values)
@@ -63,9 +120,70 @@ def map_genes(identifiers: Iterable[str | int] | pd.Index | pd.Series | np.ndarr
         tokens = np.where(known, table.values[rows], 0).astype(np.int64)
         sources = np.where(known, table.sources[rows], "")
         alternatives = np.where(known, table.alternatives[rows], "")
+    if id_type in ("entrez", "ensembl"):
+        tokens = _as_current_symbol(values, id_type, tokens, alternatives)
 
-    report = _gene_report(values, tokens, known, sources, alternatives, id_type, notes)
-    return GeneMapping(identifiers=values, token_ids=tokens, id_type=id_type, report=report)
+    copy_of = _copies(values, tokens)
+    report = _gene_report(values, tokens, known, sources, alternatives, id_type, notes, None, copy_of)
+    return GeneMapping(identifiers=values, token_ids=tokens, id_type=id_type, report=report, mapping=mapping,
+                       copy_of=copy_of)
+
+
+def _as_current_symbol(values: np.ndarray, id_type: str, tokens: np.ndarray, alternatives: np.ndarray) -> np.ndarray:
+    """Extended mapping of human Entrez / Ensembl IDs: the token the gene's current symbol gets, so that
+    an ID and its gene's symbol agree also where scTranslator's table sends that symbol elsewhere
+    (MT-CO2, HBD); the ID's own token where the symbol gets none or the ID names several genes."""
+    table = symbol_table(_ID_TO_SYMBOL[id_type])
+    rows = table.rows(lookup_keys(values, id_type).astype(object))
+    symbols = np.where(rows >= 0, table.values[np.maximum(rows, 0)], "").astype(object)
+    symbol_rows = gene_table("symbol").rows(symbols)
+    by_symbol = np.where(symbol_rows >= 0, gene_table("symbol").values[np.maximum(symbol_rows, 0)], 0)
+    use = (rows >= 0) & (by_symbol > 0) & (alternatives == "")
+    return np.where(use, by_symbol, tokens).astype(np.int64)
+
+
+def original_symbol_tokens(symbols: np.ndarray) -> np.ndarray:
+    """Token of each human symbol in scTranslator's own symbol table, exact match (0 where absent)."""
+    table = gene_table("symbol")
+    rows = table.rows(symbols.astype(object), fold_case=False)
+    # The first rows of the symbol table are scTranslator's own (rank 0, see scripts/build_vocab.py).
+    own = (rows >= 0) & (table.sources[np.maximum(rows, 0)] == "sctranslator")
+    return np.where(own, table.values[np.maximum(rows, 0)], 0).astype(np.int64)
+
+
+def _map_original(values: np.ndarray, id_type: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens, known, sources, reasons for no token) of the original mapping."""
+    if id_type == "symbol":
+        symbols = values
+        sources = np.full(len(values), "sctranslator", dtype=object)
+        known = np.ones(len(values), dtype=bool)
+    else:
+        table = symbol_table(_ID_TO_SYMBOL[id_type])
+        keys = lookup_keys(values, id_type)
+        if id_type == "entrez":  # "7157" only: as for the extended mapping, no other spelling is an Entrez ID
+            keys = np.where(pd.Series(keys, dtype=object).str.fullmatch(r"\d+").to_numpy(), keys, "")
+        rows = table.rows(keys.astype(object), fold_case=id_type != "mouse_symbol")
+        known = rows >= 0
+        symbols = np.where(known, table.values[np.maximum(rows, 0)], "").astype(object)
+        sources = np.where(known, table.sources[np.maximum(rows, 0)], "").astype(object)
+    tokens = np.where(known, original_symbol_tokens(symbols), 0).astype(np.int64)
+    if id_type == "symbol":
+        # Why a symbol has no token: unknown anywhere, or known only to the extended mapping's HGNC tables.
+        wider = gene_table("symbol").rows(values.astype(object)) >= 0
+        known = wider | (tokens > 0)
+        reasons = np.where(wider, NOT_IN_ORIGINAL_TABLE, UNKNOWN)
+    else:
+        reasons = np.where(known, SYMBOL_NOT_IN_ORIGINAL_TABLE, UNKNOWN)
+    sources = np.where(tokens > 0, sources, "")
+    return tokens, known, sources, reasons.astype(object)
+
+
+def _copies(values: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Index of the input that each unmapped ``NAME-N`` input copies (``NAME`` present), else -1."""
+    parts = pd.Series(values, dtype=object).str.extract(_COPY_SUFFIX)
+    first = pd.Series(np.arange(len(values)), index=values).groupby(level=0).first()
+    base = first.reindex(parts["base"].fillna("").to_numpy()).fillna(-1).to_numpy(dtype=np.int64)
+    return np.where((tokens == 0) & parts["base"].notna().to_numpy(), base, -1)
 
 
 def _map_entrez(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -81,10 +199,13 @@ def _map_entrez(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 
 
 def _gene_report(values: np.ndarray, tokens: np.ndarray, known: np.ndarray, sources: np.ndarray,
-                 alternatives: np.ndarray, id_type: str, notes: list[str]) -> MappingReport:
+                 alternatives: np.ndarray, id_type: str, notes: list[str], why: np.ndarray | None,
+                 copy_of: np.ndarray) -> MappingReport:
     mapped = tokens > 0
     unmapped = np.flatnonzero(~mapped)
-    reasons = np.where(values[unmapped] == "", EMPTY, np.where(known[unmapped], NOT_IN_VOCABULARY, UNKNOWN))
+    why = np.where(known, NOT_IN_VOCABULARY, UNKNOWN) if why is None else why
+    reasons = np.where(values[unmapped] == "", EMPTY, np.where(copy_of[unmapped] >= 0, COPY, why[unmapped]))
+    copies = np.flatnonzero(copy_of >= 0)
     return MappingReport(
         kind="genes",
         id_type=id_type,
@@ -94,6 +215,7 @@ def _gene_report(values: np.ndarray, tokens: np.ndarray, known: np.ndarray, sour
         unmapped_reasons=dict(zip(values[unmapped].tolist(), reasons.tolist(), strict=True)),
         ambiguous=_ambiguous(values, tokens, alternatives),
         duplicates=shared_tokens(values, tokens),
+        copies=dict(zip(values[copies].tolist(), values[copy_of[copies]].tolist(), strict=True)),
         sources=pd.Series(sources[mapped]).value_counts().to_dict(),
         notes=notes,
     )

@@ -27,6 +27,7 @@ class MappingReport:
     unmapped_reasons: dict[str, str] = field(default_factory=dict)
     ambiguous: dict[str, dict[str, Any]] = field(default_factory=dict)  # input -> chosen, alternatives, note
     duplicates: dict[int, list[str]] = field(default_factory=dict)  # token -> inputs that share it
+    copies: dict[str, str] = field(default_factory=dict)  # unmapped make_unique copy "X-1" -> "X"
     controls: list[str] = field(default_factory=list)
     sources: dict[str, int] = field(default_factory=dict)  # mapped inputs per lookup source
     genes: dict[str, str] = field(default_factory=dict)  # proteins only: panel name -> encoding gene
@@ -69,6 +70,7 @@ class MappingReport:
             "ambiguous": {name: dict(info) for name, info in self.ambiguous.items()},
             "duplicates": {str(token): {"symbol": labels[token], "inputs": list(self.duplicates[token])}
                            for token in labels},
+            "copies": dict(self.copies),
             "controls": list(self.controls),
             "sources": dict(self.sources),
             "genes": dict(self.genes),
@@ -89,6 +91,8 @@ class MappingReport:
                  ("ambiguous", f"{len(self.ambiguous):,}", "mapped to a chosen gene; see below"),
                  ("shared tokens", f"{len(self.duplicates):,}",
                   f"{sum(map(len, self.duplicates.values())):,} inputs land on a token with another")]
+        if self.kind == "genes":
+            rows.append(("make_unique copies", f"{len(self.copies):,}", "'X-1' beside 'X', no token of its own"))
         width = max(len(name) for name, _, _ in rows)
         lines += [f"  {name:<{width}}  {value:>15}  {comment}".rstrip() for name, value, comment in rows]
         if self.sources:
@@ -115,6 +119,9 @@ class MappingReport:
             lines.append(f"Shared tokens ({_shown(len(self.duplicates), max_items)}): token symbol <- inputs")
             for token, symbol in zip(tokens.tolist(), token_symbols(tokens).tolist(), strict=True):
                 lines.append(f"  {token} {symbol} <- {_clip(self.duplicates[token], max_items)}")
+        if self.copies:
+            copies = [f"{copy} (of {base})" for copy, base in self.copies.items()]
+            lines.append(f"make_unique copies ({_shown(len(copies), max_items)}): {_clip(copies, max_items)}")
         return "\n".join(lines)
 
 

@@ -102,6 +102,15 @@ def gene_table(id_type: str) -> KeyTable:
 
 
 @cache
+def symbol_table(name: str) -> KeyTable:
+    """An identifier -> human symbol table of the `original` mapping: "entrez_symbol",
+    "ensembl_symbol", "mouse_symbol_human" or "mouse_ensembl_human" (see scripts/build_vocab.py)."""
+    with _LOAD_LOCK:
+        frame = read_table(name)
+        return KeyTable.from_frame(frame, frame["value"].to_numpy(dtype=object))
+
+
+@cache
 def protein_name_table() -> KeyTable:
     """Marker-name key -> HGNC symbol, from HGNC (CD designations, symbols, previous, aliases)."""
     with _LOAD_LOCK:

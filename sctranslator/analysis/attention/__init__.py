@@ -116,7 +116,7 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
                  normalize: str | None = None, target_sum: float | None = None, gene_column: str | None = None,
                  id_type: str = "auto", layer: str | None = None, min_coverage: float = DEFAULT_MIN_COVERAGE,
                  allow_low_coverage: bool = False, allow_empty_cells: bool = False, as_published: bool = False,
-                 quiet: bool = True) -> InteractionResult:
+                 quiet: bool = True, gene_mapping: str | None = None) -> InteractionResult:
     """Gene-to-protein interaction scores and received attention, averaged over the cells of `data`.
 
     Returns an `InteractionResult`; with `out` (a directory) also writes interactions.h5ad (genes x
@@ -126,6 +126,7 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
     costs about L x (H1 + nb) floats); `row_block` genes at a time go through the translator.
     `as_published` reproduces the original script's choice of hidden state for each layer's
     attention (see `trace_stack`). Torch on CPU; the model runs in eval mode without autograd.
+    `gene_mapping`: "original" | "extended" (default: the model's own, see `build_plan`).
     """
     if batch_size < 1 or block_cells < 1 or row_block < 1 or top_k < 1:
         raise InputDataError("batch_size, block_cells, row_block and top_k must be >= 1")
@@ -135,7 +136,7 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
     try:
         plan = build_plan(source.var, loaded, proteins, gene_column=gene_column, id_type=id_type,
                           normalize=normalize, target_sum=target_sum, min_coverage=min_coverage,
-                          allow_low_coverage=allow_low_coverage)
+                          allow_low_coverage=allow_low_coverage, gene_mapping=gene_mapping)
         codes, group_names = group_codes(source.read_obs(), groupby)
         positions, gene_names = position_names(plan, source.var.index)
         protein_names = plan.proteins["name"].astype(str).tolist()

@@ -130,7 +130,7 @@ def knockout(data: Any, model: str | Path | TranslatorModel, genes: Sequence[str
              gene_column: str | None = None, id_type: str = "auto", layer: str | None = None,
              min_coverage: float = DEFAULT_MIN_COVERAGE, allow_low_coverage: bool = False,
              allow_empty_cells: bool = False, device: str = "cpu", overwrite: bool = False,
-             quiet: bool = True) -> KnockoutResult:
+             quiet: bool = True, gene_mapping: str | None = None) -> KnockoutResult:
     """Pseudo-knockout of `genes` on the predicted `proteins` of every cell of `data`.
 
     `semantics`: "drop" (default for published checkpoints, the original's) or "zero" (default for
@@ -140,6 +140,7 @@ def knockout(data: Any, model: str | Path | TranslatorModel, genes: Sequence[str
     `<stem>_effects.csv` (long table), `<stem>_mean.csv`, `<stem>_heatmap.png`, and with `per_cell`
     `<stem>_per_cell<suffix>` (cells x gene|protein changes, obsm['baseline'] = unperturbed predictions).
     Interrupted runs resume from the committed blocks; other settings need `overwrite`.
+    `gene_mapping`: "original" | "extended" (default: the model's own, see `build_plan`).
     """
     out_path = check_out_path(out)
     if batch_size < 1 or block_cells < 1:
@@ -150,10 +151,10 @@ def knockout(data: Any, model: str | Path | TranslatorModel, genes: Sequence[str
         if source.n_obs == 0:
             raise InputDataError(f"{source.describe()} has no cells to knock genes out in")
         plan = build_plan(source.var, loaded, proteins, gene_column=gene_column, id_type=id_type, normalize=normalize,
-                          target_sum=target_sum, min_coverage=min_coverage, allow_low_coverage=allow_low_coverage)
+                          target_sum=target_sum, min_coverage=min_coverage, allow_low_coverage=allow_low_coverage,
+                          gene_mapping=gene_mapping)
         chosen = semantics or default_semantics(plan)
-        variants = knockout_variants(source.var, loaded, plan, list(genes), chosen, gene_column=gene_column,
-                                     id_type=id_type)
+        variants = knockout_variants(source.var, loaded, plan, list(genes), chosen, gene_column=gene_column)
         obs = source.read_obs()
         codes, group_names = group_codes(obs, groupby)
         identity = _identity(loaded, source, plan, variants, chosen, groupby, per_cell)

@@ -25,7 +25,6 @@ from sctranslator.plan import (
     panel_alignment,
     reference_alignment,
 )
-from sctranslator.vocab import map_genes
 
 SEMANTICS = ("drop", "zero")
 
@@ -74,24 +73,39 @@ def resolve_columns(var: pd.DataFrame, genes: Sequence[str], plan: Plan, gene_co
 
 
 def knockout_variants(var: pd.DataFrame, model: TranslatorModel, plan: Plan, genes: Sequence[str], semantics: str,
-                      *, gene_column: str | None = None, id_type: str = "auto") -> list[KnockoutVariant]:
-    """One variant per gene, in the order asked."""
+                      *, gene_column: str | None = None) -> list[KnockoutVariant]:
+    """One variant per gene, in the order asked (the plan's own column tokens, so its gene mapping)."""
     if semantics not in SEMANTICS:
         raise InputDataError(f"unknown knockout semantics {semantics!r}; choose one of {SEMANTICS}")
     columns = resolve_columns(var, genes, plan, gene_column)
+    tokens = np.asarray(plan.column_tokens, dtype=np.int64)
+    # The original mapping keeps every column of one token as its own position; otherwise they are added up.
+    merge = plan.mode == "panel" or plan.gene_mapping != "original"
     if semantics == "zero":
-        return [KnockoutVariant(str(g), c, plan.column_slot, plan.position_real, plan.gene_ids, True)
+        return [KnockoutVariant(str(g), c, _without_siblings(plan.column_slot, tokens, c) if merge else
+                                plan.column_slot, plan.position_real, plan.gene_ids, True)
                 for g, c in zip(genes, columns, strict=True)]
-    tokens = np.asarray(map_genes(gene_identifiers(var, gene_column), id_type=id_type).token_ids, dtype=np.int64)
     length = model.config.max_genes
     variants = []
     for gene, column in zip(genes, columns, strict=True):
         without = tokens.copy()
         without[column] = 0  # an unmapped column is exactly a removed one for the alignment
+        # Knocking out a gene removes all the columns that were added up into it.
+        if merge:
+            without[tokens == tokens[column]] = 0
         if plan.mode == "panel":
             panel_tokens = np.asarray(model.panel["genes"]["token_ids"], dtype=np.int64)
             slot, real, ids = panel_alignment(without, panel_tokens, length)
         else:
-            slot, real, ids = reference_alignment(without, length)
+            slot, real, ids = reference_alignment(without, length, merge=merge)
         variants.append(KnockoutVariant(str(gene), column, slot, real, ids, False))
     return variants
+
+
+def _without_siblings(column_slot: np.ndarray, tokens: np.ndarray, column: int) -> np.ndarray:
+    """The alignment with the other columns added up into `column`'s gene left out: with `column`
+    zeroed, the gene's summed expression is then 0, as "zero" means."""
+    slots = column_slot.copy()
+    siblings = (tokens == tokens[column]) & (np.arange(tokens.shape[0]) != column)
+    slots[siblings] = UNMAPPED_SLOT
+    return slots
