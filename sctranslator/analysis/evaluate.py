@@ -80,19 +80,24 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
     """Compare predictions with measured proteins; return (and with `out`, write) the report.
 
     pred: a predictions Zarr store written by `translate` (or any AnnData / .h5ad, cells x proteins).
-    truth: measured protein counts (cells x proteins, raw counts) as .h5ad or AnnData.
+    truth: measured protein counts (cells x proteins, raw counts) as .h5ad or AnnData; a truth that
+    looks already normalised / log-transformed (non-integer values) is warned about (logging).
     Cells are matched by obs_names, proteins by name, spelling, or unique encoding gene (see
     `sctranslator.analysis.matching`). With `baseline` (AnnData/path matched by name, or an array
     in the prediction's order) both are scored on the cells and proteins they share with the truth,
     side by side. With `out`, writes `report.json` and, if `plots`, `scatter.png` and `pearson.png`.
     """
     from sctranslator.analysis.matching import match_cells, match_proteins
+    from sctranslator.engine.input_checks import check_counts_table
     from sctranslator.kernels import scale_targets
 
     if scaling not in TARGET_SCALINGS:
         raise InputDataError(f"unknown scaling {scaling!r}; choose one of {TARGET_SCALINGS}")
     pred_table = read_table(pred, "predictions")
     truth_table = read_table(truth, "protein truth")
+    check_counts_table(truth_table.X, what="the protein truth",
+                       advice=f"evaluate scales measured counts itself (--scaling {scaling}); give the raw "
+                              "protein counts (e.g. the protein .h5ad as read from the count matrix)")
     cells = match_cells(pred_table.obs_names, truth_table.obs_names)
     proteins = match_proteins(pred_table.var_names, truth_table.var_names)
     if not proteins.pairs:
