@@ -264,3 +264,25 @@ def test_scale_warning_on_evaluate(pbmc, tiny, caplog):
             evaluate(predictions, truth, plots=False)
         found = scale_warnings(caplog)
         assert found == [] if expected is None else (len(found) == 1 and expected in found[0]), found
+
+
+@pytest.mark.parametrize("command", ["translate", "knockout", "attention", "finetune"])
+def test_allow_empty_cells_on_the_command_line(pbmc, tiny, tiny_path, tmp_path, capsys, command):
+    from sctranslator.cli import main
+
+    rna, protein = pbmc
+    silent = with_values(rna[:24].copy(), [5], used_columns(rna, tiny), 0.0)
+    silent.write_h5ad(tmp_path / "rna.h5ad")
+    protein[:24].copy().write_h5ad(tmp_path / "protein.h5ad")
+    data, model, out = str(tmp_path / "rna.h5ad"), str(tiny_path), str(tmp_path / "out")
+    args = {
+        "translate": [data, "--model", model, "--proteins", "CD3,CD4", "--out", out + ".zarr", "--overwrite"],
+        "knockout": [data, "--model", model, "--proteins", "CD3,CD4", "--genes", knocked_out(rna, tiny),
+                     "--out", out + ".h5ad", "--overwrite"],
+        "attention": [data, "--model", model, "--proteins", "CD3,CD4", "--out", out],
+        "finetune": ["--rna", data, "--protein", str(tmp_path / "protein.h5ad"), "--init", model, "--out", out,
+                     "--steps", "1", "--batch-size", "8", "--val-count", "8"],
+    }[command]
+    assert main([command, *args, "--quiet"]) == 2
+    assert "BadCellsError" in capsys.readouterr().err
+    assert main([command, *args, "--quiet", "--allow-empty-cells"]) == 0
