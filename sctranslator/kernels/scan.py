@@ -42,8 +42,7 @@ def _scan_csr_kernel(data, indices, indptr, used, counts, first_column, empty):
         total = 0.0
         for k in range(indptr[i], indptr[i + 1]):
             x = data[k]
-            if used[indices[k]]:
-                total += x
+            total += x * used[indices[k]]  # used: 1.0 / 0.0 weights, no branch
             _classify(x, i, indices[k], counts, first_column)  # min column: indices may be unsorted
         empty[i] = total == 0.0
 
@@ -55,8 +54,7 @@ def _scan_dense_kernel(x, used, counts, first_column, empty):
         total = 0.0
         for j in range(n_cols):
             value = x[i, j]
-            if used[j]:
-                total += value
+            total += value * used[j]
             _classify(value, i, j, counts, first_column)
         empty[i] = total == 0.0
 
@@ -131,9 +129,9 @@ def scan_block(block: np.ndarray | sp.spmatrix | sp.sparray, used_columns: np.nd
         dense = as_dense_array(block)
         n_rows, n_cols = dense.shape
     if used_columns is None:
-        used = np.ones(n_cols, np.bool_)
+        used = np.ones(n_cols, np.float64)
     else:
-        used = np.ascontiguousarray(used_columns, dtype=np.bool_)
+        used = np.asarray(used_columns, dtype=np.bool_).astype(np.float64)
         if used.shape != (n_cols,):
             raise ValueError(f"used_columns has shape {used.shape}; the block has {n_cols} columns")
     counts = np.zeros((n_rows, 3), np.int64)
