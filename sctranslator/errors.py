@@ -32,6 +32,22 @@ class InputDataError(SctranslatorError):
     """The input matrix is unusable as given (NaN/Inf/negative values, empty cells, duplicates...)."""
 
 
+class BadCellsError(InputDataError):
+    """Cells hold NaN/Inf/negative values, or no counts in any gene the model uses (empty cells).
+
+    `first_row` is the input row of the first bad cell named in the message, so that a job whose
+    blocks run concurrently can report the lowest one whichever block failed first.
+    """
+
+    def __init__(self, message: str, first_row: int):
+        super().__init__(message, first_row)
+        self.message = message
+        self.first_row = int(first_row)
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class CoverageError(InputDataError):
     """Too few of the dataset's genes map onto the model's vocabulary or panel."""
 

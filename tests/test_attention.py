@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import sctranslator
 from sctranslator.analysis.attention import interactions
 from sctranslator.analysis.attention.math import received_attention
-from sctranslator.analysis.attention.trace import embed_genes, trace_stack
+from sctranslator.analysis.attention.trace import capture_features
 from sctranslator.kernels import prepare_values
 from sctranslator.model import ModelConfig, TranslatorModel
 from sctranslator.model.attention import key_features, query_features
@@ -44,7 +44,7 @@ class _Recorder:
         self.handles = [block.attn.register_forward_hook(self._hook) for block in stack.layers]
 
     def _hook(self, module, inputs, _output) -> None:
-        x, mask = inputs
+        x, mask = inputs[:2]
         q, k, _ = module.project(x, mask)
         q_feat = query_features(q, module.projection_matrix)
         k_feat = key_features(k, module.projection_matrix)
@@ -97,14 +97,56 @@ def test_received_attention_equals_column_sums_of_dense_matrix() -> None:
     torch.testing.assert_close(received_attention(q_feat, k_feat, weights), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_trace_reproduces_the_encoder(tiny: TranslatorModel, bmmc: ad.AnnData) -> None:
+def reference_features(stack: torch.nn.Module, h: torch.Tensor, mask: torch.Tensor,
+                       as_published: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's (q', k'), from the Performer blocks written out plainly (eval: no dropout)."""
+    found = []
+    for block in stack.layers:
+        attn = block.attn
+        attended = h + attn(block.attn_norm(h), mask)
+        state = attended if as_published else h  # the original script's quirk: the post-residual state
+        q, k, _ = attn.project(block.attn_norm(state), mask)
+        found.append((query_features(q, attn.projection_matrix), key_features(k, attn.projection_matrix)))
+        h = attended + block.ff(block.ff_norm(attended))
+    return found
+
+
+@pytest.mark.parametrize("as_published", [False, True])
+def test_capture_gives_the_features_of_a_plain_forward(tiny: TranslatorModel, bmmc: ad.AnnData,
+                                                       as_published: bool) -> None:
     plan = build_plan(bmmc.var, tiny, PROTEINS)
     values = torch.from_numpy(prepare_values(bmmc.X[:4], plan.column_slot, plan.position_real))
     genes = torch.from_numpy(plan.gene_ids).expand(4, -1)
     mask = torch.from_numpy(plan.position_real).expand(4, -1)
+    proteins = torch.from_numpy(plan.protein_windows[0]).expand(4, -1)
+    protein_mask = torch.from_numpy(plan.protein_window_mask[0]).expand(4, -1)
     with torch.no_grad():
-        traced = trace_stack(tiny.enc, embed_genes(tiny.enc, values, genes), mask, lambda *_: None)
-        torch.testing.assert_close(traced, tiny.encode(values, genes, mask))
+        plain_encodings = tiny.encode(values, genes, mask)
+        translated = tiny.translate_sequence(plain_encodings)
+        plain_decoded = tiny.decode(translated, proteins, protein_mask)
+        h = tiny.enc.to_vector(values.unsqueeze(-1)) + tiny.enc.pos_emb(genes)
+        expected_enc = reference_features(tiny.enc, h, mask, as_published)
+        expected_dec = reference_features(tiny.dec, translated + tiny.dec.pos_emb(proteins), protein_mask,
+                                          as_published)
+        captured: dict[str, list] = {"enc": [], "dec": []}
+        with capture_features(tiny.enc, lambda i, q, k: captured["enc"].append((i, q.clone(), k.clone())),
+                              as_published=as_published):
+            encodings = tiny.encode(values, genes, mask)
+        with capture_features(tiny.dec, lambda i, q, k: captured["dec"].append((i, q.clone(), k.clone())),
+                              as_published=as_published):
+            decoded = tiny.decode(translated, proteins, protein_mask)
+    # Capturing does not change the model's numbers, and every layer is seen once, in order.
+    torch.testing.assert_close(encodings, plain_encodings, rtol=0, atol=0)
+    torch.testing.assert_close(decoded, plain_decoded, rtol=0, atol=0)
+    for side, expected in (("enc", expected_enc), ("dec", expected_dec)):
+        assert [i for i, _, _ in captured[side]] == list(range(len(expected)))
+        for (_, q, k), (q_ref, k_ref) in zip(captured[side], expected, strict=True):
+            torch.testing.assert_close(q, q_ref, rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(k, k_ref, rtol=1e-6, atol=1e-7)
+    # Nothing is left attached once the context closes.
+    for block in list(tiny.enc.layers) + list(tiny.dec.layers):
+        assert block.attn.capture is None
+        assert not block._forward_pre_hooks and not block.attn._forward_hooks
 
 
 def test_interactions_match_dense_attention(tiny: TranslatorModel, bmmc: ad.AnnData, tmp_path: Path) -> None:

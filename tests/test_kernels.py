@@ -398,14 +398,30 @@ def test_scan_reports_lowest_column_with_unsorted_indices():
     _check_dirty_scan(scan_block(csr))
 
 
+@pytest.mark.parametrize("layout", ["dense", "csr"])
+def test_scan_empty_rows_count_only_used_columns(layout):
+    dense = np.random.default_rng(5).poisson(1.0, size=(10, 8)).astype(np.float64) + 1.0
+    used = np.zeros(8, bool)
+    used[[1, 4, 6]] = True
+    dense[2, used] = 0.0  # counts only in columns the caller does not use
+    dense[7] = 0.0  # no counts at all
+    dense[5, 0] = np.nan  # bad values are found in every column, used or not
+    block = sp.csr_matrix(dense) if layout == "csr" else dense
+    scan = scan_block(block, used)
+    assert scan.n_empty_rows == 2 and scan.first_empty_row == 2 and scan.empty_rows.tolist() == [2, 7]
+    assert scan.n_nan == 1 and scan.first_nan == (5, 0)
+    everything = scan_block(block)
+    assert everything.empty_rows.tolist() == [7]
+    with pytest.raises(ValueError, match="used_columns"):
+        scan_block(block, used[:5])
+
+
 def test_scan_clean_block_and_error_message():
     clean = scan_block(sp.csr_matrix(np.ones((4, 3))))
     assert clean.is_clean and clean.problems() == []
-    clean.raise_if_invalid()
 
     scan = scan_block(_dirty_block())
-    with pytest.raises(InputDataError, match=r"first at \(row 3, column 7\)"):
-        scan.raise_if_invalid()
+    assert "3 NaN value(s), first at (row 3, column 7)" in scan.problems()
     assert len(scan.problems(allow_negative=True, allow_empty_rows=True)) == 2
 
 

@@ -57,6 +57,7 @@ def tiny_b() -> TranslatorModel:
 
 @pytest.fixture(scope="module")
 def rna_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Cell 159 has no counts in any of the tiny model's 64 genes: translate runs allow empty cells.
     rna = ad.read_h5ad(shared(RNA))[:N_CELLS].copy()
     path = tmp_path_factory.mktemp("rna") / "rna.h5ad"
     rna.write_h5ad(path)
@@ -84,7 +85,8 @@ def server(repo: Path) -> Iterator[TritonServer]:
 @pytest.fixture(scope="module")
 def reference(rna_path: Path, tiny_a: TranslatorModel) -> ad.AnnData:
     """In-process onnxruntime predictions, the numbers the server must reproduce."""
-    return sctranslator.translate(rna_path, tiny_a, PROTEINS, backend="onnxruntime", block_cells=100, batch_size=16)
+    return sctranslator.translate(rna_path, tiny_a, PROTEINS, allow_empty_cells=True,
+                                  backend="onnxruntime", block_cells=100, batch_size=16)
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -100,7 +102,8 @@ def test_translate_through_triton_matches_onnxruntime(protocol: str, server: Tri
                                                       tiny_a: TranslatorModel, reference: ad.AnnData,
                                                       tmp_path: Path) -> None:
     url = server.grpc_url if protocol == "grpc" else server.http_url
-    result = sctranslator.translate(rna_path, tiny_a, PROTEINS, out=tmp_path / "triton.zarr", backend="triton",
+    result = sctranslator.translate(rna_path, tiny_a, PROTEINS, allow_empty_cells=True,
+                                    out=tmp_path / "triton.zarr", backend="triton",
                                     backend_options=options(url, protocol, max_in_flight=4), block_cells=100,
                                     batch_size=16)
     assert result.shape == (N_CELLS, len(PROTEINS))
@@ -132,7 +135,8 @@ def test_many_requests_in_flight_are_batched_and_split_back_in_order(server: Tri
 def test_serving_another_model_is_a_server_error(server: TritonServer, rna_path: Path, tiny_a: TranslatorModel,
                                                  tmp_path: Path) -> None:
     with pytest.raises(ServerError, match=r"L=100 genes per cell.*takes 64.*P=10"):
-        sctranslator.translate(rna_path, tiny_a, PROTEINS, out=tmp_path / "x.zarr", backend="triton",
+        sctranslator.translate(rna_path, tiny_a, PROTEINS, allow_empty_cells=True,
+                               out=tmp_path / "x.zarr", backend="triton",
                                backend_options={"url": server.grpc_url, "model_name": "tiny_b"})
 
 
@@ -204,11 +208,13 @@ def test_server_restart_in_the_middle_of_a_job_is_retried(protocol: str, repo: P
         restarter = Restarter(server, out, down_s=3.0)
         restarter.start()
         with caplog.at_level(logging.WARNING, logger="sctranslator.engine.backends.triton"):
-            interrupted = sctranslator.translate(rna_path, tiny_a, PROTEINS, out=out, backend_options=job_options,
+            interrupted = sctranslator.translate(rna_path, tiny_a, PROTEINS, allow_empty_cells=True,
+                                                 out=out, backend_options=job_options,
                                                  **settings)
         restarter.join(timeout=150)
         assert restarter.error is None, restarter.error
-        uninterrupted = sctranslator.translate(rna_path, tiny_a, PROTEINS, out=tmp_path / "plain.zarr",
+        uninterrupted = sctranslator.translate(rna_path, tiny_a, PROTEINS, allow_empty_cells=True,
+                                               out=tmp_path / "plain.zarr",
                                                backend_options=job_options, **settings)
     release_backends()
     n_blocks = N_CELLS // 10

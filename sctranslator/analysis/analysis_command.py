@@ -34,6 +34,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="gene mapping (default: as the model was trained; original for published checkpoints)")
     parser.add_argument("--layer", help="read this layer instead of X")
     parser.add_argument("--allow-low-coverage", action="store_true", help="go on when few genes map")
+    parser.add_argument("--allow-empty-cells", action="store_true",
+                        help="include cells with no counts in any gene the model reads (as constant cells)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -59,8 +61,9 @@ def define_knockout(parser: argparse.ArgumentParser) -> Handler:
                           semantics=args.semantics, block_cells=args.block_cells, batch_size=args.batch_size,
                           groupby=args.groupby, per_cell=args.per_cell, normalize=args.normalize,
                           gene_column=args.gene_column, id_type=args.id_type, layer=args.layer,
-                          allow_low_coverage=args.allow_low_coverage, device=args.device,
-                          overwrite=args.overwrite, quiet=args.quiet, gene_mapping=args.gene_mapping)
+                          allow_low_coverage=args.allow_low_coverage, allow_empty_cells=args.allow_empty_cells,
+                          device=args.device, overwrite=args.overwrite, quiet=args.quiet,
+                          gene_mapping=args.gene_mapping)
         print(f"Knocked out {result.mean.shape[0]} gene(s) ({result.semantics}) in {result.n_cells['all']} cells; "
               f"{result.mean.shape[1]} proteins")
         strongest = result.mean.abs().stack().sort_values(ascending=False).head(5)
@@ -90,7 +93,8 @@ def define_attention(parser: argparse.ArgumentParser) -> Handler:
                               groupby=args.groupby, block_cells=args.block_cells, batch_size=args.batch_size,
                               normalize=args.normalize, gene_column=args.gene_column, id_type=args.id_type,
                               layer=args.layer, allow_low_coverage=args.allow_low_coverage,
-                              as_published=args.as_published, quiet=args.quiet, gene_mapping=args.gene_mapping)
+                              allow_empty_cells=args.allow_empty_cells, as_published=args.as_published,
+                              quiet=args.quiet, gene_mapping=args.gene_mapping)
         print(f"Attention over {result.n_cells['all']} cells: {result.gene_to_protein.shape[0]} genes x "
               f"{result.gene_to_protein.shape[1]} proteins")
         best = result.top_genes[result.top_genes["rank"] == 1].head(10)

@@ -86,6 +86,7 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
     truth: measured protein counts (cells x proteins, raw counts) as .h5ad or AnnData.
     scaling: per-cell scaling of the measured counts ("minmax", "clr", "log1p"); None (default) takes
         the scale translate recorded for the model's outputs, else "minmax" (the original's target).
+        A truth that looks already normalised / log-transformed (non-integer values) is warned about.
     Cells are matched by obs_names, proteins by name, spelling, or unique encoding gene (see
     `sctranslator.analysis.matching`). With `baseline` (AnnData/path matched by name, or an array
     in the prediction's order) both are scored on the cells and proteins they share with the truth,
@@ -93,6 +94,7 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
     """
     from sctranslator.analysis.matching import match_cells, match_proteins
     from sctranslator.analysis.predictions import read_predictions
+    from sctranslator.engine.input_checks import check_counts_table
     from sctranslator.kernels import scale_targets
 
     if scaling is not None and scaling not in TARGET_SCALINGS:
@@ -102,6 +104,9 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
     pred_table = found.table
     scaling, scaling_source = _choose_scaling(scaling, found.scaling)
     log.info("predictions from %s; measured counts scaled by %s (%s)", found.found_in, scaling, scaling_source)
+    check_counts_table(truth_table.X, what="the protein truth",
+                       advice=f"evaluate scales measured counts itself (--scaling {scaling}); give the raw "
+                              "protein counts (e.g. the protein .h5ad as read from the count matrix)")
     cells = match_cells(pred_table.obs_names, truth_table.obs_names)
     proteins = match_proteins(pred_table.var_names, truth_table.var_names)
     if not proteins.pairs:

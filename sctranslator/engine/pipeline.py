@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask
@@ -24,10 +24,10 @@ from tqdm import tqdm
 
 from sctranslator.engine.backends.base import BackendSpec, Batch
 from sctranslator.engine.backends.registry import get_backend
+from sctranslator.engine.blocks import BlockRunner
 from sctranslator.engine.sink import ZarrSink
 from sctranslator.engine.sources import Source
-from sctranslator.errors import InputDataError
-from sctranslator.kernels import prepare_values, scan_block
+from sctranslator.errors import BadCellsError
 from sctranslator.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -44,36 +44,10 @@ class BlockJob:
     batch_size: int
     allow_empty_cells: bool = False
     embeddings: bool = False  # also write obsm['X_sctranslator'] (torch backend)
+    runner: BlockRunner = field(init=False, repr=False)
 
-
-def check_block(job: BlockJob, block: Any, start: int) -> None:
-    """Raise a named error for NaN/Inf/negative values or empty cells, naming the cell and gene."""
-    scan = scan_block(block)
-    problems = scan.problems(allow_empty_rows=job.allow_empty_cells)
-    if not problems:
-        return
-    var_names = job.source.var.index
-    obs_names = job.source.obs_names
-
-    def where(position: tuple[int, int] | None) -> str:
-        if position is None:
-            return ""
-        row, column = position
-        return f" (first: cell {obs_names[start + row]!r}, row {start + row}; gene {var_names[column]!r})"
-
-    details = []
-    if scan.n_nan:
-        details.append(f"{scan.n_nan} NaN value(s){where(scan.first_nan)}")
-    if scan.n_inf:
-        details.append(f"{scan.n_inf} infinite value(s){where(scan.first_inf)}")
-    if scan.n_negative:
-        details.append(f"{scan.n_negative} negative value(s){where(scan.first_negative)}")
-    if scan.n_empty_rows and not job.allow_empty_cells:
-        row = start + int(scan.first_empty_row)
-        details.append(f"{scan.n_empty_rows} empty cell(s) with no expression at all (first: cell "
-                       f"{obs_names[row]!r}, row {row}); remove them or pass --allow-empty-cells")
-    raise InputDataError(f"rows {start}..{start + scan.n_rows - 1} of {job.source.path or 'the input'}: "
-                         + "; ".join(details) + ". Expression must be finite and non-negative.")
+    def __post_init__(self) -> None:
+        self.runner = BlockRunner(self.source, self.plan, allow_empty_cells=self.allow_empty_cells)
 
 
 _THREAD_STATE = threading.local()
@@ -88,14 +62,12 @@ def _values_buffer(rows: int, length: int) -> np.ndarray:
     return buffer[:rows]
 
 
-def predict_block(job: BlockJob, start: int, stop: int,
-                  progress: Callable[[int], object] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predictions (stop - start, n_outputs), and embeddings (stop - start, dim) if asked, for one block."""
-    block = job.source.read_block(start, stop)
-    check_block(job, block, start)
+def predict_block(job: BlockJob, start: int, stop: int, progress: Callable[[int], object] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """(predictions (stop - start, n_outputs), embeddings (stop - start, dim) if asked, empty cells)
+    for one block; bad cells raise `BadCellsError`."""
     plan = job.plan
-    values = prepare_values(block, plan.column_slot, plan.position_real, normalize=plan.normalize,
-                            target_sum=plan.target_sum, out=_values_buffer(stop - start, plan.max_genes))
+    block, values = job.runner.read_prepared(start, stop, out=_values_buffer(stop - start, plan.max_genes))
     backend = get_backend(job.backend)
     out = np.empty((stop - start, plan.output_index.shape[0]), dtype=np.float32)
     embedded: list[np.ndarray] = []
@@ -111,15 +83,16 @@ def predict_block(job: BlockJob, start: int, stop: int,
         out[lo:hi] = predictions[:, plan.output_index]
         if progress is not None:
             progress(hi - lo)
-    return out, (np.concatenate(embedded) if embedded else None)
+    return out, (np.concatenate(embedded) if embedded else None), block.n_empty
 
 
-def run_block(job: BlockJob, index: int, progress: Callable[[int], object] | None = None) -> int:
-    """Predict and commit one block; `progress` (local runs) is told about every finished batch."""
+def run_block(job: BlockJob, index: int, progress: Callable[[int], object] | None = None) -> tuple[int, int]:
+    """Predict and commit one block: (cells, empty cells among them); `progress` (local runs) is told
+    about every finished batch."""
     start, stop = job.sink.blocks()[index]
-    predictions, embeddings = predict_block(job, start, stop, progress)
+    predictions, embeddings, n_empty = predict_block(job, start, stop, progress)
     job.sink.write_block(index, predictions, embeddings)
-    return stop - start
+    return stop - start, n_empty
 
 
 def default_workers() -> int:
@@ -128,7 +101,9 @@ def default_workers() -> int:
 
 def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None = None,
             quiet: bool = False) -> dict[str, Any]:
-    """Run every pending block; returns timing and counts."""
+    """Run every pending block; returns timing and counts (`empty_cells`: empty cells predicted, when
+    allowed). Bad cells raise the `BadCellsError` of the lowest bad row among the pending blocks,
+    whichever block failed first."""
     sink = job.sink
     pending = sink.pending()
     blocks = sink.blocks()
@@ -137,30 +112,42 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
     bar = tqdm(total=sink.n_obs, initial=done_cells, unit="cells", desc="translate", file=sys.stderr,
                disable=quiet, dynamic_ncols=True, smoothing=0.1)
     started = time.perf_counter()
+    outcomes: list[tuple[int, int]] = []
     try:
         if scheduler:
-            _run_distributed(job, pending, scheduler, bar)
+            outcomes = _run_distributed(job, pending, scheduler, bar)
         elif pending:
             # Local threads share the progress bar, so it advances batch by batch, not block by block.
             tasks = [dask.delayed(run_block, pure=False)(job, index, bar.update, dask_key_name=f"block-{index}")
                      for index in pending]
-            dask.compute(*tasks, scheduler="threads", num_workers=workers or default_workers())
+            outcomes = list(dask.compute(*tasks, scheduler="threads", num_workers=workers or default_workers()))
+    except BadCellsError as error:
+        # Blocks run concurrently: re-check the uncommitted blocks below the failed one, in order.
+        unchecked = [blocks[i] for i in sink.pending()]
+        raise job.runner.lowest_error(error, unchecked) from None
     finally:
         bar.close()
     elapsed = time.perf_counter() - started
     computed = sum(blocks[i][1] - blocks[i][0] for i in pending)
+    empty = sum(n_empty for _, n_empty in outcomes)
+    if empty:
+        log.warning("%d empty cell(s) (no counts in any gene the model reads) were predicted as constant cells, "
+                    "as allowed", empty)
     return {"blocks_computed": len(pending), "blocks_skipped": len(blocks) - len(pending),
-            "cells_computed": computed, "seconds": elapsed,
+            "cells_computed": computed, "empty_cells": empty, "seconds": elapsed,
             "cells_per_second": computed / elapsed if elapsed > 0 else float("nan")}
 
 
-def _run_distributed(job: BlockJob, pending: list[int], address: str, bar: tqdm) -> None:
+def _run_distributed(job: BlockJob, pending: list[int], address: str, bar: tqdm) -> list[tuple[int, int]]:
     """Run on an existing dask.distributed cluster; the job is shipped to each worker once."""
     from distributed import Client, as_completed
 
+    outcomes = []
     with Client(address) as client:
         shared = client.scatter(job, broadcast=True)
         futures = [client.submit(run_block, shared, index, key=f"sctranslator-block-{index}-{job.sink.path}",
                                  pure=False) for index in pending]
         for future in as_completed(futures):
-            bar.update(future.result())
+            outcomes.append(future.result())
+            bar.update(outcomes[-1][0])
+    return outcomes

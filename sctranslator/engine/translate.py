@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import anndata as ad
-import numpy as np
 import pandas as pd
 
 from sctranslator import __version__
 from sctranslator.engine.backends.base import BackendSpec
 from sctranslator.engine.backends.registry import BACKENDS
+from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.pipeline import BlockJob, default_workers, run_job
 from sctranslator.engine.sink import ZarrSink
-from sctranslator.engine.sources import Source, open_source
+from sctranslator.engine.sources import open_source
 from sctranslator.engine.writeback import write_h5ad_with_proteins, write_mudata_with_proteins
 from sctranslator.errors import BackendError, InputDataError
 from sctranslator.model import TranslatorModel, load_model
@@ -34,7 +34,6 @@ def default_block_cells(model: TranslatorModel) -> int:
     """Cells per block (the unit of work, commit and resume): about 4 M model values per block, so a
     block of the full-size model (L = 20,000) is 209 cells and one of a tiny model up to 8,192."""
     return max(16, min(8192, 4_194_304 // model.config.max_genes))
-RAW_COUNT_MAX = 50.0
 
 
 def _versions() -> dict[str, str]:
@@ -45,19 +44,6 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return found
-
-
-def _warn_if_raw_counts(source: Source, plan: Plan) -> None:
-    """Published checkpoints take X as stored; raw counts are allowed but worth a warning."""
-    if plan.normalize != "none" or source.n_obs == 0:
-        return
-    sample = source.read_block(0, min(source.n_obs, 256))
-    data = sample.data if hasattr(sample, "data") and not isinstance(sample, np.ndarray) else np.asarray(sample)
-    data = data[np.isfinite(data)]  # bad values are reported by the block checks, not here
-    if data.size and np.all(np.mod(data, 1) == 0) and float(data.max()) > RAW_COUNT_MAX:
-        log.warning("X looks like raw counts (integers up to %.0f). The model takes X as stored; pass "
-                    "--normalize total_log1p if you want library-size normalisation and log1p first.",
-                    float(data.max()))
 
 
 def default_batch_size(model: TranslatorModel, device: str) -> int:
@@ -118,6 +104,9 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     chunk and rows; "zeros" reads it as zeros.
     `gene_mapping`: "original" (the published pipeline's, default for published checkpoints) or
     "extended" (wider; see `sctranslator.vocab.genes`); default: the one the model was trained with.
+    Cells with NaN/Inf/negative values raise `BadCellsError` naming the lowest bad row; so do empty
+    cells (no counts in any gene the model reads) unless `allow_empty_cells`, which predicts them as
+    constant cells and records their number in `uns['sctranslator']['run']['empty_cells']`.
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
@@ -135,7 +124,7 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     plan = build_plan(source.var, loaded, proteins, gene_column=gene_column, id_type=id_type, normalize=normalize,
                       target_sum=target_sum, min_coverage=min_coverage, allow_low_coverage=allow_low_coverage,
                       gene_mapping=gene_mapping)
-    _warn_if_raw_counts(source, plan)
+    check_expression_scale(source, plan)
     threads = max(1, (os.cpu_count() or 1) // n_workers)
     # A model path travels to workers as a path (each loads it once); in-memory models go as objects.
     spec_model: str | TranslatorModel = model_source if (model_source and scheduler) else loaded
@@ -154,7 +143,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
                      "gene_mapping": plan.gene_mapping,
                      "gene_column": gene_column or "", "layer": layer or "", "use_raw": bool(use_raw),
                      "modality": getattr(source, "modality", None) or "", "missing_chunks": missing_chunks,
-                     "embeddings": bool(embeddings), "output_scaling": output_scaling(loaded)},
+                     "embeddings": bool(embeddings), "output_scaling": output_scaling(loaded),
+                     "allow_empty_cells": bool(allow_empty_cells)},
         "versions": _versions(),
     }}
     temporary = None

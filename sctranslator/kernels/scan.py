@@ -1,18 +1,18 @@
 """One-pass validation scan of a block: NaN, +/-Inf, negative values and empty cells, with where.
 
-The scan only reports; the engine decides what is fatal and raises a named error. Row numbers
-are local to the block (add the block's offset for dataset-wide positions).
+The scan only reports; the engine's block runner (`sctranslator.engine.blocks`) decides what is
+fatal and raises the named error. Row numbers are local to the block (add the block's offset for
+dataset-wide positions).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 from numba import njit, prange
 
-from sctranslator.errors import InputDataError
 from sctranslator.kernels.blocks import as_csr_arrays, as_dense_array, is_sparse
 
 # Per-row result columns.
@@ -36,25 +36,25 @@ def _classify(x, i, column, counts, first_column) -> None:
 
 
 @njit(nogil=True, cache=True, parallel=True)
-def _scan_csr_kernel(data, indices, indptr, counts, first_column, empty):
+def _scan_csr_kernel(data, indices, indptr, used, counts, first_column, empty):
     n_rows = indptr.shape[0] - 1
     for i in prange(n_rows):
         total = 0.0
         for k in range(indptr[i], indptr[i + 1]):
             x = data[k]
-            total += x
+            total += x * used[indices[k]]  # used: 1.0 / 0.0 weights, no branch
             _classify(x, i, indices[k], counts, first_column)  # min column: indices may be unsorted
         empty[i] = total == 0.0
 
 
 @njit(nogil=True, cache=True, parallel=True)
-def _scan_dense_kernel(x, counts, first_column, empty):
+def _scan_dense_kernel(x, used, counts, first_column, empty):
     n_rows, n_cols = x.shape
     for i in prange(n_rows):
         total = 0.0
         for j in range(n_cols):
             value = x[i, j]
-            total += value
+            total += value * used[j]
             _classify(value, i, j, counts, first_column)
         empty[i] = total == 0.0
 
@@ -63,7 +63,8 @@ def _scan_dense_kernel(x, counts, first_column, empty):
 class BlockScan:
     """What a scan found. ``first_*`` are (row, column) within the block, or None if none found.
 
-    An empty row is one whose total over all input columns is exactly 0 (a NaN total is not).
+    An empty row is one whose total over the scanned columns (all, or the `used_columns` given to
+    `scan_block`) is exactly 0 (a NaN total is not); `empty_rows` lists them all, ascending.
     `n_negative` counts finite negative values; -Inf is counted in `n_inf` only.
     """
 
@@ -77,6 +78,7 @@ class BlockScan:
     first_inf: tuple[int, int] | None
     first_negative: tuple[int, int] | None
     first_empty_row: int | None
+    empty_rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64), compare=False)
 
     @property
     def is_clean(self) -> bool:
@@ -98,17 +100,6 @@ class BlockScan:
             )
         return found
 
-    def raise_if_invalid(
-        self, *, what: str = "block", allow_negative: bool = False, allow_empty_rows: bool = False
-    ) -> None:
-        """Raise InputDataError listing every problem (rows are local to the block)."""
-        found = self.problems(allow_negative=allow_negative, allow_empty_rows=allow_empty_rows)
-        if found:
-            raise InputDataError(
-                f"{what} is unusable: " + "; ".join(found)
-                + ". Clean or filter these cells/values before translating."
-            )
-
 
 def _where(position: tuple[int, int] | None) -> str:
     return f"(row {position[0]}, column {position[1]})" if position else "(unknown)"
@@ -122,11 +113,14 @@ def _first(counts: np.ndarray, first_column: np.ndarray, kind: int) -> tuple[int
     return row, int(first_column[row, kind])
 
 
-def scan_block(block: np.ndarray | sp.spmatrix | sp.sparray) -> BlockScan:
+def scan_block(block: np.ndarray | sp.spmatrix | sp.sparray, used_columns: np.ndarray | None = None) -> BlockScan:
     """Scan a CSR/dense block (other sparse formats are converted to CSR: one O(nnz) copy).
 
     One parallel pass over the stored values; for CSR only stored entries can be NaN/Inf/negative,
-    so implicit zeros cost nothing.
+    so implicit zeros cost nothing. NaN/Inf/negative values are found in every column; a row is
+    empty when its values in `used_columns` (a bool mask over the columns; default all) sum to 0:
+    the engine passes the columns the model reads, so a cell whose counts all fall in genes the
+    model does not use is as empty as an all-zero cell.
     """
     if is_sparse(block):
         arrays = as_csr_arrays(block, canonical=False)
@@ -134,14 +128,20 @@ def scan_block(block: np.ndarray | sp.spmatrix | sp.sparray) -> BlockScan:
     else:
         dense = as_dense_array(block)
         n_rows, n_cols = dense.shape
+    if used_columns is None:
+        used = np.ones(n_cols, np.float64)
+    else:
+        used = np.asarray(used_columns, dtype=np.bool_).astype(np.float64)
+        if used.shape != (n_cols,):
+            raise ValueError(f"used_columns has shape {used.shape}; the block has {n_cols} columns")
     counts = np.zeros((n_rows, 3), np.int64)
     first_column = np.full((n_rows, 3), -1, np.int64)
     empty = np.zeros(n_rows, np.bool_)
     if n_rows:
         if is_sparse(block):
-            _scan_csr_kernel(arrays.data, arrays.indices, arrays.indptr, counts, first_column, empty)
+            _scan_csr_kernel(arrays.data, arrays.indices, arrays.indptr, used, counts, first_column, empty)
         else:
-            _scan_dense_kernel(dense, counts, first_column, empty)
+            _scan_dense_kernel(dense, used, counts, first_column, empty)
 
     empty_rows = np.flatnonzero(empty)
     totals = counts.sum(axis=0)
@@ -156,4 +156,5 @@ def scan_block(block: np.ndarray | sp.spmatrix | sp.sparray) -> BlockScan:
         first_inf=_first(counts, first_column, _INF),
         first_negative=_first(counts, first_column, _NEG),
         first_empty_row=int(empty_rows[0]) if empty_rows.size else None,
+        empty_rows=empty_rows.astype(np.int64, copy=False),
     )

@@ -8,6 +8,7 @@ values zeroed at padded positions and nothing else masked.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -98,6 +99,10 @@ class FavorSelfAttention(nn.Module):
         self.to_out = nn.Linear(inner, dim)
         self.dropout = nn.Dropout(dropout)
         self.register_buffer("projection_matrix", orthogonal_random_features(nb_features, dim_head))
+        # Analysis hook, None in normal use: when set, every forward call hands it the query and key
+        # features (B, H, N, nb) it computed, so tracing attention shares the model's own forward
+        # pass (see sctranslator.analysis.attention.trace). The callback must not modify them.
+        self.capture: Callable[[torch.Tensor, torch.Tensor], None] | None = None
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -114,7 +119,10 @@ class FavorSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor, key_counts: torch.Tensor | None = None) -> torch.Tensor:
         q, k, v = self.project(x, mask)
         projection = self.projection_matrix
-        out = linear_attention(query_features(q, projection), key_features(k, projection), v, key_counts)
+        q_feat, k_feat = query_features(q, projection), key_features(k, projection)
+        if self.capture is not None:
+            self.capture(q_feat, k_feat)
+        out = linear_attention(q_feat, k_feat, v, key_counts)
         batch, _, length, _ = out.shape
         out = out.transpose(1, 2).reshape(batch, length, self.heads * self.dim_head)
         return self.dropout(self.to_out(out))

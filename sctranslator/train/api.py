@@ -59,6 +59,7 @@ class DataOptions:
     split_column: str | None = None
     val_values: Sequence[str] | None = None
     allow_low_coverage: bool = False
+    allow_empty_cells: bool = False  # train on cells with no counts in any panel gene (as constant cells)
 
 
 @dataclass
@@ -149,7 +150,9 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
     `config_overrides`. Data options (see DataOptions): proteins, protein_key, layer, gene_column,
     id_type, gene_mapping ("original" | "extended"; default: the init bundle's, else "extended"; the
     bundle records it), genes, normalize, target_sum, target_scaling ("minmax" | "clr" | "log1p"), val_fraction,
-    val_count, split_column + val_values, allow_low_coverage. Training options (see TrainOptions):
+    val_count, split_column + val_values, allow_low_coverage, allow_empty_cells (paired cells with no
+    counts in any panel gene raise `BadCellsError` unless allowed; their number goes in the card).
+    Training options (see TrainOptions):
     steps or epochs, batch_size (per process), accumulation, lr, weight_decay, warmup_steps, decay,
     clip_norm, precision ("fp32" | "bf16"), freeze, seed, val_every, patience, keep_best,
     checkpoint_every, stop_after, device, quiet.
@@ -183,7 +186,8 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
         arrays = prepare_arrays(paired, model, protein_columns, gene_column=data_options.gene_column,
                                 id_type=data_options.id_type, target_scaling=data_options.target_scaling,
                                 gene_mapping=genes["mapping"],
-                                allow_low_coverage=data_options.allow_low_coverage)
+                                allow_low_coverage=data_options.allow_low_coverage,
+                                allow_empty_cells=data_options.allow_empty_cells)
         out = Path(out)
         work = Path(work_dir) if work_dir else out.with_name(out.name + ".training")
         fingerprint = _fingerprint(model, paired, split, data_options, train_options, processes.world)
@@ -194,7 +198,8 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
         if outcome.interrupted:
             log.info("stopped after step %d as asked; resume=True continues the run", outcome.steps_done)
         elif processes.is_main:
-            card = model_card(model, init=start, data=paired.origin, split=split.description,
+            data = {**paired.origin, "empty_cells": arrays.n_empty_cells}
+            card = model_card(model, init=start, data=data, split=split.description,
                               n_train=int(split.train.size), n_val=int(split.val.size), options=train_options,
                               outcome=outcome, world=processes.world)
             save_model(model, out, card=card)

@@ -29,7 +29,8 @@ def model_card(model: TranslatorModel, *, init: str, data: dict[str, Any], split
         "## Data",
         f"- RNA: {data.get('rna')} ({data.get('rna_cells')} cells x {data.get('genes')} genes)",
         f"- proteins: {data.get('protein')} ({data.get('proteins')} measured)",
-        f"- paired cells: {data.get('paired_cells')}; training {n_train}, held out {n_val} ({split})",
+        f"- paired cells: {data.get('paired_cells')}; training {n_train}, held out {n_val} ({split}); "
+        f"empty cells (no counts in any panel gene, trained on as constant cells): {data.get('empty_cells', 0)}",
         f"- gene panel: {len(genes.get('token_ids', []))} genes at positions 0.. of L={model.config.max_genes}",
         f"- protein panel ({len(proteins.get('names', []))}, in trained order): {', '.join(proteins.get('names', []))}",
         "",

@@ -63,6 +63,8 @@ def define_finetune(parser: argparse.ArgumentParser) -> Handler:
     data.add_argument("--target-sum", type=float, default=1e4)
     data.add_argument("--target-scaling", default="minmax", choices=["minmax", "clr", "log1p"])
     data.add_argument("--allow-low-coverage", action="store_true")
+    data.add_argument("--allow-empty-cells", action="store_true",
+                      help="train on cells with no counts in any panel gene (as constant cells)")
     split = parser.add_argument_group("held-out split")
     split.add_argument("--val-fraction", type=float, default=0.1, help="fraction of cells held out (seeded)")
     split.add_argument("--val-count", type=int, help="number of cells held out (seeded; overrides the fraction)")
@@ -112,7 +114,8 @@ def define_finetune(parser: argparse.ArgumentParser) -> Handler:
             "gene_column": args.gene_column, "id_type": args.id_type, "gene_mapping": args.gene_mapping,
             "normalize": args.normalize,
             "target_sum": args.target_sum, "target_scaling": args.target_scaling,
-            "allow_low_coverage": args.allow_low_coverage, "val_fraction": args.val_fraction,
+            "allow_low_coverage": args.allow_low_coverage, "allow_empty_cells": args.allow_empty_cells,
+            "val_fraction": args.val_fraction,
             "val_count": args.val_count, "split_column": args.split_column, "val_values": _names(args.val_values),
             "steps": args.steps, "epochs": args.epochs if args.steps is None else None, "lr": args.lr,
             "weight_decay": args.weight_decay, "warmup_steps": args.warmup_steps, "decay": args.decay,

@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sctranslator.engine.blocks import BlockRunner
+from sctranslator.engine.input_checks import check_counts_table, check_expression_scale
 from sctranslator.errors import InputDataError, UnknownProteinError
-from sctranslator.kernels import prepare_values, scale_targets, scan_block
+from sctranslator.kernels import scale_targets
 from sctranslator.model import TranslatorModel
 from sctranslator.plan import Plan, build_plan, column_tokens, gene_identifiers
 from sctranslator.train.paired import PairedData
@@ -38,6 +40,7 @@ class TrainingArrays:
     protein_ids: np.ndarray  # int64 (P,)
     protein_mask: np.ndarray  # bool (P,)
     plan: Plan
+    n_empty_cells: int = 0  # paired cells with no counts in any panel gene (trained on when allowed)
 
 
 def data_gene_tokens(var: pd.DataFrame, *, gene_column: str | None = None, id_type: str = "auto",
@@ -119,36 +122,40 @@ def attach_panels(model: TranslatorModel, genes: dict[str, list], proteins: dict
     model.preprocessing = dict(preprocessing)
 
 
-def _check_block(block: Any, start: int, where: str) -> None:
-    problems = scan_block(block).problems(allow_empty_rows=True)
-    if problems:
-        raise InputDataError(f"RNA rows {start}.. of {where}: " + "; ".join(problems)
-                             + ". Expression must be finite and non-negative.")
-
-
 def prepare_arrays(data: PairedData, model: TranslatorModel, protein_columns: np.ndarray, *,
                    gene_column: str | None = None, id_type: str = "auto", target_scaling: str = "minmax",
-                   allow_low_coverage: bool = False, gene_mapping: str | None = None) -> TrainingArrays:
-    """Model values and scaled targets of every paired cell, through the engine's plan and kernels."""
+                   allow_low_coverage: bool = False, allow_empty_cells: bool = False,
+                   gene_mapping: str | None = None) -> TrainingArrays:
+    """Model values and scaled targets of every paired cell, through the engine's plan and block runner.
+
+    Raises `BadCellsError` for NaN/Inf/negative RNA values and, unless `allow_empty_cells`, for
+    paired cells with no counts in any panel gene; warns when the RNA or protein values do not look
+    like the counts the preprocessing expects.
+    """
     plan = build_plan(data.source.var, model, gene_column=gene_column, id_type=id_type,
                       allow_low_coverage=allow_low_coverage, gene_mapping=gene_mapping)
+    check_expression_scale(data.source, plan, what="the RNA")
+    check_counts_table(data.proteins, what="the protein table",
+                       advice=f"targets are scaled from counts ({target_scaling}); give raw protein counts")
+    runner = BlockRunner(data.source, plan, allow_empty_cells=allow_empty_cells)
     n_panel = int(plan.position_real.sum())
     values = np.empty((data.n_cells, n_panel), dtype=np.float32)
     rows = data.rows
-    done = 0
+    n_empty = 0
     first, last = (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 0)
     for start in range(first, last, PREPARE_BLOCK_CELLS):
         stop = min(start + PREPARE_BLOCK_CELLS, last)
         lo, hi = np.searchsorted(rows, [start, stop])
         if lo == hi:
             continue
-        block = data.source.read_block(start, stop)[rows[lo:hi] - start]
-        _check_block(block, start, data.source.describe())
-        prepared = prepare_values(block, plan.column_slot, plan.position_real, normalize=plan.normalize,
-                                  target_sum=plan.target_sum)
+        block, prepared = runner.read_prepared(start, stop, rows[lo:hi])
         values[lo:hi] = prepared[:, :n_panel]
-        done += hi - lo
+        n_empty += block.n_empty
+    if n_empty:
+        log.warning("%d paired cell(s) have no counts in any panel gene; trained on as constant cells, as allowed",
+                    n_empty)
     targets = scale_targets(data.proteins[:, protein_columns], target_scaling)
     window = plan.protein_windows[0]
     return TrainingArrays(values=values, targets=targets, gene_ids=plan.gene_ids, gene_mask=plan.position_real,
-                          protein_ids=window, protein_mask=plan.protein_window_mask[0], plan=plan)
+                          protein_ids=window, protein_mask=plan.protein_window_mask[0], plan=plan,
+                          n_empty_cells=n_empty)

@@ -29,9 +29,10 @@ from sctranslator.analysis.attention.output import (
     write_interaction_files,
 )
 from sctranslator.analysis.attention.passes import decoder_pass, encoder_pass, gene_to_protein_block, translate_rows
+from sctranslator.engine.blocks import BlockRunner
+from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.sources import open_source
 from sctranslator.errors import InputDataError
-from sctranslator.kernels import prepare_values, scan_block
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 from sctranslator.vocab import token_symbols
@@ -125,7 +126,9 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
     protein_attention.csv and gene_to_protein.png. `batch_size` cells are traced together (each
     costs about L x (H1 + nb) floats); `row_block` genes at a time go through the translator.
     `as_published` reproduces the original script's choice of hidden state for each layer's
-    attention (see `trace_stack`). Torch on CPU; the model runs in eval mode without autograd.
+    attention (see `capture_features`). Torch on CPU; the model runs in eval mode without autograd.
+    Bad cells raise `BadCellsError`; empty cells (no counts in any gene the model reads) too, unless
+    `allow_empty_cells` (then their number is in uns['sctranslator_attention']['empty_cells']).
     `gene_mapping`: "original" | "extended" (default: the model's own, see `build_plan`).
     """
     if batch_size < 1 or block_cells < 1 or row_block < 1 or top_k < 1:
@@ -137,20 +140,20 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
         plan = build_plan(source.var, loaded, proteins, gene_column=gene_column, id_type=id_type,
                           normalize=normalize, target_sum=target_sum, min_coverage=min_coverage,
                           allow_low_coverage=allow_low_coverage, gene_mapping=gene_mapping)
+        check_expression_scale(source, plan)
+        runner = BlockRunner(source, plan, allow_empty_cells=allow_empty_cells)
         codes, group_names = group_codes(source.read_obs(), groupby)
         positions, gene_names = position_names(plan, source.var.index)
         protein_names = plan.proteins["name"].astype(str).tolist()
         acc = _Accumulator(len(group_names), positions.shape[0], len(protein_names))
         rows = torch.from_numpy(positions)
         bar = tqdm(total=source.n_obs, unit="cells", desc="attention", file=sys.stderr, disable=quiet)
+        n_empty = 0
         with torch.inference_mode():
             for start in range(0, source.n_obs, block_cells):
                 stop = min(start + block_cells, source.n_obs)
-                block = source.read_block(start, stop)
-                scan_block(block).raise_if_invalid(what=f"rows {start}..{stop - 1} of {source.describe()}",
-                                                   allow_empty_rows=allow_empty_cells)
-                values = prepare_values(block, plan.column_slot, plan.position_real, normalize=plan.normalize,
-                                        target_sum=plan.target_sum)
+                block, values = runner.read_prepared(start, stop)
+                n_empty += block.n_empty
                 for lo in range(0, stop - start, batch_size):
                     hi = min(lo + batch_size, stop - start)
                     _batch_interactions(loaded, values[lo:hi], plan, rows, codes[start + lo:start + hi], acc,
@@ -159,11 +162,15 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
         bar.close()
     finally:
         source.close()
-    return _result(acc, gene_names, positions, plan, group_names, top_k, out, groupby, as_published)
+    if n_empty:
+        log.warning("%d empty cell(s) (no counts in any gene the model reads) were included as constant cells, "
+                    "as allowed", n_empty)
+    return _result(acc, gene_names, positions, plan, group_names, top_k, out, groupby, as_published, n_empty)
 
 
 def _result(acc: _Accumulator, gene_names: list[str], positions: np.ndarray, plan: Plan, group_names: list[str],
-            top_k: int, out: str | Path | None, groupby: str | None, as_published: bool) -> InteractionResult:
+            top_k: int, out: str | Path | None, groupby: str | None, as_published: bool,
+            n_empty: int) -> InteractionResult:
     gene_mean, protein_mean, matrix_mean = acc.means()
     # Gene names can repeat (two columns, one symbol in panel mode): make the table index unique.
     gene_index = pd.Index(gene_names, name="gene")
@@ -188,6 +195,7 @@ def _result(acc: _Accumulator, gene_names: list[str], positions: np.ndarray, pla
                                 "token_id": plan.proteins["token_id"].to_numpy()}, index=protein_index)
     uns = {"sctranslator_attention": {"groups": list(n_cells), "n_cells": list(n_cells.values()),
                                       "groupby": groupby or "", "as_published": as_published,
+                                      "empty_cells": n_empty,
                                       "plan": plan.summary(),
                                       "definition": "see sctranslator.analysis.attention.passes"}}
     adata = interaction_anndata(matrix, scaled, gene_received, protein_received,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from sctranslator.analysis.attention.math import concat_heads, normalised_queries, received_attention
-from sctranslator.analysis.attention.trace import embed_genes, trace_stack
+from sctranslator.analysis.attention.trace import capture_features
 from sctranslator.model import TranslatorModel
 
 
@@ -62,8 +62,8 @@ def encoder_pass(model: TranslatorModel, values: torch.Tensor, gene_ids: torch.T
             queries = normalised_queries(q_feat[:, :, chunk], k_feat)
             first[:, lo:lo + chunk.shape[0]].add_(torch.matmul(concat_heads(queries), projected))
 
-    h = embed_genes(stack, values, gene_ids)
-    encodings = trace_stack(stack, h, gene_mask, on_layer, as_published=as_published)
+    with capture_features(stack, on_layer, as_published=as_published):
+        encodings = model.encode(values, gene_ids, gene_mask)
     scale = 1.0 / (n_heads * max(1, len(stack.layers)))
     return EncoderPass(encodings, received.mul_(scale), first.mul_(scale))
 
@@ -81,7 +81,8 @@ def decoder_pass(model: TranslatorModel, translated: torch.Tensor, protein_ids: 
         queries.append(concat_heads(normalised_queries(q_feat, k_feat)))
         keys.append(concat_heads(k_feat))
 
-    trace_stack(stack, translated + stack.pos_emb(protein_ids), protein_mask, on_layer, as_published=as_published)
+    with capture_features(stack, on_layer, as_published=as_published):
+        model.decode(translated, protein_ids, protein_mask)
     n_terms = stack.layers[0].attn.heads * len(stack.layers)
     return DecoderPass(received / n_terms, torch.cat(queries, dim=-1) / n_terms, torch.cat(keys, dim=-1))
 

@@ -1,54 +1,66 @@
-"""Run the encoder or decoder block by block and hand each layer's FAVOR+ features to a callback.
+"""Capture each attention layer's FAVOR+ features while the model's own forward pass runs.
 
-The blocks are evaluated exactly as `PerformerBlock.forward` does (eval mode: dropout is the
-identity), but the attention's query/key features are computed once and shared between the
-forward pass and the analysis, so tracing costs about one forward pass.
+No copy of the forward pass: inside `capture_features(stack, on_layer)`, every call of the
+model's encoder or decoder (`TranslatorModel.encode` / `decode`) hands each layer's query and key
+features to `on_layer`, through the attention module's `capture` hook, which receives the very
+tensors the layer attends with. Tracing therefore costs about one forward pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from typing import Any
 
 import torch
 
-from sctranslator.model.attention import key_features, linear_attention, query_features
+from sctranslator.model.attention import key_features, query_features
 from sctranslator.model.blocks import PerformerBlock, PerformerStack
 
-# (layer index, q' (B, H, N, nb), k' (B, H, N, nb)) -> None
+# (layer index, q' (B, H, N, nb), k' (B, H, N, nb)) -> None; must not modify the tensors.
 LayerCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
-def _features(block: PerformerBlock, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    attn = block.attn
-    q, k, v = attn.project(block.attn_norm(h), mask)
-    projection = attn.projection_matrix
-    return query_features(q, projection), key_features(k, projection), v
-
-
-def trace_stack(stack: PerformerStack, h: torch.Tensor, mask: torch.Tensor, on_layer: LayerCallback, *,
-                as_published: bool = False) -> torch.Tensor:
-    """Run `stack`'s blocks on the embedded tokens `h` (B, N, dim); returns the stack's output.
+@contextmanager
+def capture_features(stack: PerformerStack, on_layer: LayerCallback, *, as_published: bool = False) -> Iterator[None]:
+    """While active, each forward pass through `stack` calls `on_layer(index, q', k')` per layer.
 
     `as_published` reproduces a quirk of the original attention script: it records each layer's
     attention from a second call made on the hidden state *after* that layer's attention residual,
-    LN(h + Attn(LN(h))), rather than from the attention's actual input LN(h).
+    LN(h + Attn(LN(h))), rather than from the attention's actual input LN(h). Those features are
+    computed from the block's input and the attention's output, captured by forward hooks.
     """
-    mask = mask.to(dtype=torch.bool, device=h.device)
-    for index, block in enumerate(stack.layers):
-        attn = block.attn
-        q_feat, k_feat, v = _features(block, h, mask)
-        out = linear_attention(q_feat, k_feat, v)
-        batch, _, length, _ = out.shape
-        h = h + attn.to_out(out.transpose(1, 2).reshape(batch, length, attn.heads * attn.dim_head))
-        if as_published:
-            q_feat, k_feat, _ = _features(block, h, mask)
-        on_layer(index, q_feat, k_feat)
-        del q_feat, k_feat, v, out  # the callback keeps what it needs; free the (B, H, N, nb) tensors now
-        h = h + block.ff(block.ff_norm(h))
-    return h
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    layers = list(stack.layers)
+    if any(block.attn.capture is not None for block in layers):
+        raise RuntimeError("attention features of this stack are already being captured")
+    try:
+        for index, block in enumerate(layers):
+            if as_published:
+                handles += _post_residual_hooks(index, block, on_layer)
+            else:
+                block.attn.capture = partial(on_layer, index)
+        yield
+    finally:
+        for block in layers:
+            block.attn.capture = None
+        for handle in handles:
+            handle.remove()
 
 
-def embed_genes(stack: PerformerStack, values: torch.Tensor, gene_ids: torch.Tensor) -> torch.Tensor:
-    """The encoder's input tokens, as `TranslatorModel.encode` builds them."""
-    h = stack.to_vector(values.to(stack.to_vector.weight.dtype).unsqueeze(-1))
-    return h + stack.pos_emb(gene_ids)
+def _post_residual_hooks(index: int, block: PerformerBlock,
+                         on_layer: LayerCallback) -> list[torch.utils.hooks.RemovableHandle]:
+    """Hooks that hand `on_layer` the features of LN(h + Attn(LN(h))) for block `index`."""
+    inputs: dict[str, torch.Tensor] = {}
+
+    def keep_block_input(_: Any, args: tuple[Any, ...]) -> None:  # the block is called as block(h, mask)
+        inputs["h"] = args[0]
+
+    def after_attention(attn: Any, args: tuple[Any, ...], output: torch.Tensor) -> None:
+        mask = args[1]  # called as attn(LN(h), mask, key_counts); output = Attn(LN(h)) (eval: no dropout)
+        q, k, _ = attn.project(block.attn_norm(inputs.pop("h") + output), mask)
+        projection = attn.projection_matrix
+        on_layer(index, query_features(q, projection), key_features(k, projection))
+
+    return [block.register_forward_pre_hook(keep_block_input), block.attn.register_forward_hook(after_attention)]

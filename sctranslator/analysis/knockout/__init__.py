@@ -33,9 +33,10 @@ from sctranslator.analysis.knockout.stats import block_stats, merge_stats, std_f
 from sctranslator.analysis.knockout.store import KnockoutStore
 from sctranslator.engine.backends.base import Batch
 from sctranslator.engine.backends.torch_backend import TorchBackend
+from sctranslator.engine.blocks import BlockRunner
+from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.sources import Source, open_source
 from sctranslator.errors import InputDataError
-from sctranslator.kernels import prepare_values, scan_block
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
@@ -61,15 +62,21 @@ class KnockoutResult:
 
 @dataclass
 class _Job:
-    source: Source
-    plan: Plan
+    runner: BlockRunner
     variants: list[KnockoutVariant]
     backend: TorchBackend
     codes: np.ndarray
     n_slots: int
     batch_size: int
     per_cell: bool
-    allow_empty_cells: bool
+
+    @property
+    def source(self) -> Source:
+        return self.runner.source
+
+    @property
+    def plan(self) -> Plan:
+        return self.runner.plan
 
 
 def _zeroed(block: Any, column: int) -> Any:
@@ -95,21 +102,18 @@ def _predict(job: _Job, values: np.ndarray, gene_ids: np.ndarray, gene_mask: np.
 
 def _compute_block(job: _Job, start: int, stop: int) -> dict[str, np.ndarray]:
     """Unperturbed and every gene's knocked-out predictions for rows [start, stop) -> block statistics."""
-    plan = job.plan
-    block = job.source.read_block(start, stop)
-    scan_block(block).raise_if_invalid(what=f"rows {start}..{stop - 1} of {job.source.describe()}",
-                                       allow_empty_rows=job.allow_empty_cells)
-    settings = {"normalize": plan.normalize, "target_sum": plan.target_sum}
-    values = prepare_values(block, plan.column_slot, plan.position_real, **settings)
+    plan, runner = job.plan, job.runner
+    block, values = runner.read_prepared(start, stop)
     baseline = _predict(job, values, plan.gene_ids, plan.position_real)
     deltas = np.empty((stop - start, len(job.variants), baseline.shape[1]), dtype=np.float64)
     for g, variant in enumerate(job.variants):
-        source_block = _zeroed(block, variant.column) if variant.zero_column else block
-        prepare_values(source_block, variant.column_slot, variant.position_real, out=values, **settings)
+        data = _zeroed(block.data, variant.column) if variant.zero_column else block.data
+        runner.prepare(data, column_slot=variant.column_slot, position_real=variant.position_real, out=values)
         deltas[:, g] = _predict(job, values, variant.gene_ids, variant.position_real) - baseline
     codes = job.codes[start:stop]
     arrays = {f"delta_{k}": v for k, v in block_stats(deltas, codes, job.n_slots).items()}
     arrays.update({f"baseline_{k}": v for k, v in block_stats(baseline, codes, job.n_slots).items()})
+    arrays["empty_cells"] = np.asarray(block.n_empty, dtype=np.int64)
     if job.per_cell:
         arrays["per_cell_delta"] = deltas.astype(np.float32)
         arrays["per_cell_baseline"] = baseline.astype(np.float32)
@@ -141,6 +145,8 @@ def knockout(data: Any, model: str | Path | TranslatorModel, genes: Sequence[str
     `<stem>_per_cell<suffix>` (cells x gene|protein changes, obsm['baseline'] = unperturbed predictions).
     Interrupted runs resume from the committed blocks; other settings need `overwrite`.
     `gene_mapping`: "original" | "extended" (default: the model's own, see `build_plan`).
+    Bad cells raise `BadCellsError`; empty cells (no counts in any gene the model reads) too, unless
+    `allow_empty_cells` (then their number is in uns['sctranslator_knockout']['empty_cells']).
     """
     out_path = check_out_path(out)
     if batch_size < 1 or block_cells < 1:
@@ -155,13 +161,14 @@ def knockout(data: Any, model: str | Path | TranslatorModel, genes: Sequence[str
                           gene_mapping=gene_mapping)
         chosen = semantics or default_semantics(plan)
         variants = knockout_variants(source.var, loaded, plan, list(genes), chosen, gene_column=gene_column)
+        check_expression_scale(source, plan)
         obs = source.read_obs()
         codes, group_names = group_codes(obs, groupby)
         identity = _identity(loaded, source, plan, variants, chosen, groupby, per_cell)
         store = KnockoutStore.open(out_path, identity=identity, n_obs=source.n_obs,
                                    block_rows=max(1, min(block_cells, source.n_obs or 1)), overwrite=overwrite)
-        job = _Job(source, plan, variants, TorchBackend(loaded, device), codes, len(group_names), batch_size,
-                   per_cell, allow_empty_cells)
+        runner = BlockRunner(source, plan, allow_empty_cells=allow_empty_cells)
+        job = _Job(runner, variants, TorchBackend(loaded, device), codes, len(group_names), batch_size, per_cell)
         _run(job, store, quiet)
         result = _assemble(job, store, obs, group_names, chosen, groupby)
     finally:
@@ -216,8 +223,12 @@ def _assemble(job: _Job, store: KnockoutStore, obs: pd.DataFrame, group_names: l
                              "position": [int(job.plan.column_slot[v.column]) for v in job.variants]},
                             index=gene_index)
     n_cells = {name: int(delta["count"][i]) for i, name in enumerate(group_names)}
+    empty = sum(int(part.get("empty_cells", 0)) for part in parts)
+    if empty:
+        log.warning("%d empty cell(s) (no counts in any gene the model reads) were included as constant cells, "
+                    "as allowed", empty)
     uns = {"sctranslator_knockout": {"semantics": semantics, "groupby": groupby or "", "groups": list(n_cells),
-                                     "n_cells": list(n_cells.values()),
+                                     "n_cells": list(n_cells.values()), "empty_cells": empty,
                                      "plan": job.plan.summary(), "change": "knocked-out minus unperturbed"}}
     adata = ad.AnnData(X=means[0].astype(np.float32), obs=gene_obs, var=var, uns=uns,
                        layers={k: v.astype(np.float32) for k, v in layers.items()})
