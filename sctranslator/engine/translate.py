@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 
 from sctranslator import __version__
+from sctranslator._atomic import atomic_write_path
 from sctranslator.engine.backends import BACKENDS, BackendSpec
 from sctranslator.engine.pipeline import BlockJob, default_workers, run_job
 from sctranslator.engine.sink import OUTPUT_KIND, ZarrSink
 from sctranslator.engine.sources import Source, open_source
 from sctranslator.engine.writeback import write_h5ad_with_proteins, write_mudata_with_proteins
-from sctranslator._atomic import atomic_write_path
 from sctranslator.errors import BackendError, InputDataError, OutputConflictError
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint

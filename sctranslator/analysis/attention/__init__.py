@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from sctranslator.analysis.attention.groups import add_by_group, group_codes
 from sctranslator.analysis.attention.output import (
+    OUTPUT_KIND,
     interaction_anndata,
     minmax_columns_then_rows,
     top_genes,
@@ -32,6 +33,7 @@ from sctranslator.engine.sources import open_source
 from sctranslator.errors import InputDataError
 from sctranslator.kernels import prepare_values, scan_block
 from sctranslator.model import TranslatorModel, load_model
+from sctranslator.outputs import claim_output
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 from sctranslator.vocab import token_symbols
 
@@ -115,7 +117,7 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
                  normalize: str | None = None, target_sum: float | None = None, gene_column: str | None = None,
                  id_type: str = "auto", layer: str | None = None, min_coverage: float = DEFAULT_MIN_COVERAGE,
                  allow_low_coverage: bool = False, allow_empty_cells: bool = False, as_published: bool = False,
-                 quiet: bool = True) -> InteractionResult:
+                 overwrite: bool = False, quiet: bool = True) -> InteractionResult:
     """Gene-to-protein interaction scores and received attention, averaged over the cells of `data`.
 
     Returns an `InteractionResult`; with `out` (a directory) also writes interactions.h5ad (genes x
@@ -125,9 +127,13 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
     costs about L x (H1 + nb) floats); `row_block` genes at a time go through the translator.
     `as_published` reproduces the original script's choice of hidden state for each layer's
     attention (see `trace_stack`). Torch on CPU; the model runs in eval mode without autograd.
+    `overwrite` replaces an earlier attention output at `out`; anything else there, and an `out`
+    that is or overlaps an input, is refused before any work (OutputConflictError).
     """
     if batch_size < 1 or block_cells < 1 or row_block < 1 or top_k < 1:
         raise InputDataError("batch_size, block_cells, row_block and top_k must be >= 1")
+    if out is not None:
+        claim_output(out, OUTPUT_KIND, inputs=(data, model), overwrite=overwrite)
     loaded = model if isinstance(model, TranslatorModel) else load_model(model)
     loaded.eval()
     source = open_source(data, layer=layer)
