@@ -40,27 +40,6 @@ def _fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Write `path` through `write(handle)` on a binary file handle, then rename it into place.
-
-    A handle (not a name) is given so that writers such as numpy add no suffix of their own.
-    On any exception the temporary file is removed and `path` is left as it was.
-    """
-    path = Path(path)
-    tmp = temporary_sibling(path)
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    return path
-
-
 def atomic_write_path(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Like `atomic_write`, for writers that want a file name (safetensors, anndata, h5py).
 
@@ -77,6 +56,19 @@ def atomic_write_path(path: str | Path, write: Callable[[Path], None]) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     return path
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write `path` through `write(handle)` on a binary file handle, then rename it into place.
+
+    A handle (not a name) is given so that writers such as numpy add no suffix of their own.
+    On any exception the temporary file is removed and `path` is left as it was.
+    """
+    def by_name(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            write(handle)
+
+    return atomic_write_path(path, by_name)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
