@@ -140,10 +140,15 @@ def _overlap(output: Path, candidate: Path) -> str | None:
 
 
 def check_not_input(path: str | Path, inputs: Iterable[Any]) -> None:
-    """OutputConflictError when `path` is, lies inside, or contains one of `inputs` (paths; others ignored)."""
+    """OutputConflictError when `path` is, lies inside, or contains one of `inputs`.
+
+    inputs: paths, or objects with a `source` path (a loaded TranslatorModel); others are ignored.
+    """
     output = _real(path)
     for item in inputs:
-        if not isinstance(item, (str, Path)) or str(item) == "":
+        if not isinstance(item, (str, Path)):
+            item = getattr(item, "source", None)  # a loaded model remembers the file it came from
+        if not isinstance(item, (str, Path)) or str(item) in ("", "in-memory"):
             continue  # in-memory data or models have no path to protect
         relation = _overlap(output, _real(item))
         if relation is not None:

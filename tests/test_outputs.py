@@ -244,6 +244,15 @@ def test_identity_records_of_each_output_shape(world: dict[str, Path], tmp_path:
         claim_output(link, "attention", overwrite=True)
 
 
+def test_a_loaded_model_protects_the_folder_it_came_from(world: dict[str, Path]) -> None:
+    from sctranslator.model import load_model
+
+    model = load_model(world["model"])
+    with pytest.raises(OutputConflictError, match="lies inside the input"):
+        claim_output(world["model"] / "model.onnx", "export-onnx", inputs=[model], overwrite=True)
+    assert claim_output(world["root"] / "elsewhere.onnx", "export-onnx", inputs=[model, None]) is False
+
+
 def test_claim_checks_siblings_of_a_missing_output(tmp_path: Path) -> None:
     (tmp_path / "effects_mean.csv").write_text("mine")
     with pytest.raises(OutputConflictError, match="effects_mean.csv exists"):

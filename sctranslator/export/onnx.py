@@ -220,7 +220,7 @@ def export_onnx(model: TranslatorModel, path: str | Path, *, precision: str = "f
         raise ExportError(f"export_onnx needs a TranslatorModel, got {type(model).__name__}")
     dtype = check_precision(precision)
     path = Path(path)
-    ours = claim_output(path, OUTPUT_KIND, inputs=(getattr(model, "source", None),), overwrite=overwrite)
+    ours = claim_output(path, OUTPUT_KIND, inputs=(model,), overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     was_training = model.training

@@ -91,7 +91,7 @@ def export_triton(model: TranslatorModel, repo: str | Path, settings: ServingSet
     settings.check()
     repo = Path(repo)
     model_dir = repo / settings.name
-    claim_output(model_dir, OUTPUT_KIND, inputs=(getattr(model, "source", None), onnx_path), overwrite=overwrite)
+    claim_output(model_dir, OUTPUT_KIND, inputs=(model, onnx_path), overwrite=overwrite)
     repo.mkdir(parents=True, exist_ok=True)
     with staging_dir(model_dir) as staging:
         report = None
