@@ -124,7 +124,8 @@ def _translate(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument("--min-coverage", type=float, default=0.5, help="minimum fraction of genes that must map")
     parser.add_argument("--allow-low-coverage", action="store_true", help="go on below --min-coverage")
     parser.add_argument("--allow-empty-cells", action="store_true", help="predict cells with no expression")
-    parser.add_argument("--overwrite", action="store_true", help="replace an output written by another job")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier translate output at --out (never anything else)")
     parser.add_argument("--onnx", help="ONNX file for --backend onnxruntime (default: exported on demand)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--url", help="Triton server HOST:PORT for --backend triton")

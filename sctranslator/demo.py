@@ -19,11 +19,16 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from sctranslator._atomic import install_dir, staging_dir
 from sctranslator.errors import StoreError
 from sctranslator.kernels import scale_targets
+from sctranslator.outputs import claim_output, write_identity
 
 DEMO_FILES = ("rna.h5ad", "protein.h5ad", "baseline.npz", "demo.json")
 MODEL_DIR = "model"
+PREDICTIONS = "demo_predictions.zarr"
+METRICS = "demo_metrics.csv"
+OUTPUT_KIND = "demo"
 
 
 @contextlib.contextmanager
@@ -57,35 +62,43 @@ def _baseline_predictions(root: Path, rna: ad.AnnData, proteins: list[str]) -> n
     return pred[:, columns]
 
 
-def run_demo(out: str | Path, *, workers: int | None = None) -> dict[str, Any]:
-    """Translate the demo cells into `out`/demo_predictions.zarr and score model and baseline."""
+def run_demo(out: str | Path, *, workers: int | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Translate the demo cells into `out`/demo_predictions.zarr and score model and baseline.
+
+    `out` is written aside and renamed into place whole; `overwrite` replaces an earlier demo
+    output there, nothing else (OutputConflictError, see `sctranslator.outputs`).
+    """
     import sctranslator
     from sctranslator.analysis.metrics import pearson_per_protein
     from sctranslator.model import load_model
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     with demo_root() as root:
-        predictions_path = out / "demo_predictions.zarr"
-        predicted = sctranslator.translate(root / "rna.h5ad", root / MODEL_DIR, out=predictions_path,
-                                           overwrite=True, workers=workers)
-        scaling = (load_model(root / MODEL_DIR).preprocessing or {}).get("target_scaling", "minmax")
-        rna = ad.read_h5ad(root / "rna.h5ad")
-        protein = ad.read_h5ad(root / "protein.h5ad")
-        proteins = [str(p) for p in predicted.var_names]
-        # The targets are scaled per cell over the model's protein panel, as in training.
-        truth = scale_targets(protein[predicted.obs_names, proteins].X, scaling)
-        model_r = pearson_per_protein(np.asarray(predicted.X), truth)
-        baseline = _baseline_predictions(root, rna[predicted.obs_names], proteins)
-        baseline_r = pearson_per_protein(baseline, truth) if baseline is not None else np.full(len(proteins), np.nan)
-        provenance = json.loads((root / "demo.json").read_text()) if (root / "demo.json").exists() else {}
-    table = pd.DataFrame({"protein": proteins, "model_r": model_r, "baseline_r": baseline_r})
-    metrics_file = out / "demo_metrics.csv"
-    table.to_csv(metrics_file, index=False)
-    return {"table": table, "n_cells": int(predicted.n_obs), "target_scaling": scaling,
+        claim_output(out, OUTPUT_KIND, inputs=(root,), overwrite=overwrite)
+        with staging_dir(out) as staging:
+            predicted = sctranslator.translate(root / "rna.h5ad", root / MODEL_DIR,
+                                               out=staging / PREDICTIONS, workers=workers)
+            scaling = (load_model(root / MODEL_DIR).preprocessing or {}).get("target_scaling", "minmax")
+            rna = ad.read_h5ad(root / "rna.h5ad")
+            protein = ad.read_h5ad(root / "protein.h5ad")
+            proteins = [str(p) for p in predicted.var_names]
+            # The targets are scaled per cell over the model's protein panel, as in training.
+            truth = scale_targets(protein[predicted.obs_names, proteins].X, scaling)
+            model_r = pearson_per_protein(np.asarray(predicted.X), truth)
+            baseline = _baseline_predictions(root, rna[predicted.obs_names], proteins)
+            baseline_r = (pearson_per_protein(baseline, truth) if baseline is not None
+                          else np.full(len(proteins), np.nan))
+            provenance = json.loads((root / "demo.json").read_text()) if (root / "demo.json").exists() else {}
+            n_cells = int(predicted.n_obs)
+            del predicted  # its X may read from the staged store, which moves below
+            table = pd.DataFrame({"protein": proteins, "model_r": model_r, "baseline_r": baseline_r})
+            table.to_csv(staging / METRICS, index=False)
+            write_identity(staging, OUTPUT_KIND)
+            install_dir(staging, out)
+    return {"table": table, "n_cells": n_cells, "target_scaling": scaling,
             "model_mean_r": float(np.nanmean(model_r)), "baseline_mean_r": float(np.nanmean(baseline_r))
-            if baseline is not None else float("nan"), "predictions": str(predictions_path),
-            "metrics_file": str(metrics_file), "provenance": provenance}
+            if baseline is not None else float("nan"), "predictions": str(out / PREDICTIONS),
+            "metrics_file": str(out / METRICS), "provenance": provenance}
 
 
 def format_table(report: dict[str, Any]) -> str:

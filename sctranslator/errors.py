@@ -56,6 +56,11 @@ class StoreError(SctranslatorError):
     """An input or output store is missing, truncated, corrupted, or belongs to another job."""
 
 
+class OutputConflictError(StoreError):
+    """An output path is an input, lies inside or around one, or holds something that is not a
+    sctranslator output of the same kind; nothing was written or deleted."""
+
+
 class BackendError(SctranslatorError):
     """An inference backend could not be created or failed while serving a batch."""
 

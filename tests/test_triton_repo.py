@@ -128,9 +128,10 @@ def test_bad_settings_are_export_errors(settings: ServingSettings, message: str,
 
 def test_reexport_replaces_the_model_directory(tiny_a: TranslatorModel, onnx_file: Path, tmp_path: Path) -> None:
     export_triton(tiny_a, tmp_path, ServingSettings(name="m", backend="python"), onnx_path=onnx_file)
-    export_triton(tiny_a, tmp_path, ServingSettings(name="m", backend="onnxruntime"), onnx_path=onnx_file)
+    export_triton(tiny_a, tmp_path, ServingSettings(name="m", backend="onnxruntime"), onnx_path=onnx_file,
+                  overwrite=True)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
-        "m", "m/1", "m/1/model.onnx", "m/config.pbtxt"]
+        "m", "m/.sctranslator-output.json", "m/1", "m/1/model.onnx", "m/config.pbtxt"]
     assert parse(tmp_path / "m" / "config.pbtxt").backend == "onnxruntime"
 
 

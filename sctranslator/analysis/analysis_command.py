@@ -85,6 +85,7 @@ def define_attention(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument("--batch-size", type=int, default=1, help="cells traced together (memory grows with it)")
     parser.add_argument("--as-published", action="store_true",
                         help="take each layer's attention from the post-residual state, as the original script did")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier attention output at --out")
 
     def run(args: argparse.Namespace) -> int:
         from sctranslator.analysis.attention import interactions
@@ -94,7 +95,7 @@ def define_attention(parser: argparse.ArgumentParser) -> Handler:
                               normalize=args.normalize, gene_column=args.gene_column, id_type=args.id_type,
                               layer=args.layer, allow_low_coverage=args.allow_low_coverage,
                               allow_empty_cells=args.allow_empty_cells, as_published=args.as_published,
-                              quiet=args.quiet, gene_mapping=args.gene_mapping)
+                              overwrite=args.overwrite, quiet=args.quiet, gene_mapping=args.gene_mapping)
         print(f"Attention over {result.n_cells['all']} cells: {result.gene_to_protein.shape[0]} genes x "
               f"{result.gene_to_protein.shape[1]} proteins")
         best = result.top_genes[result.top_genes["rank"] == 1].head(10)

@@ -71,12 +71,13 @@ def define_evaluate(parser: argparse.ArgumentParser) -> Callable[[argparse.Names
     parser.add_argument("--baseline", help="a second predictions store to score side by side (e.g. the ridge baseline)")
     parser.add_argument("--cosine-batch", type=int, help="cells per batch for the cosine score (default: all)")
     parser.add_argument("--no-plots", action="store_true", help="write report.json only")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluate report at --out")
 
     def run(args: argparse.Namespace) -> int:
         from sctranslator.analysis.evaluate import evaluate
 
         report = evaluate(args.pred, args.truth, out=args.out, scaling=args.scaling, plots=not args.no_plots,
-                          baseline=args.baseline, cosine_batch_size=args.cosine_batch)
+                          baseline=args.baseline, cosine_batch_size=args.cosine_batch, overwrite=args.overwrite)
         print(format_report(report))
         for path in report.get("files", []):
             print(f"wrote {path}")

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sctranslator._atomic import install_dir, staging_dir
 from sctranslator.errors import InputDataError, StoreError
+from sctranslator.outputs import claim_output, write_identity
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+OUTPUT_KIND = "evaluate"
 TARGET_SCALINGS = ("minmax", "clr", "log1p")  # as sctranslator.kernels.TARGET_SCALINGS, without importing numba
 
 
@@ -77,7 +80,7 @@ def _no_shared_proteins(pred: ad.AnnData, truth: ad.AnnData) -> InputDataError:
 def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, out: str | Path | None = None,
              scaling: str | None = None, plots: bool = True,
              baseline: str | Path | ad.AnnData | np.ndarray | None = None,
-             cosine_batch_size: int | None = None) -> dict[str, Any]:
+             cosine_batch_size: int | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Compare predictions with measured proteins; return (and with `out`, write) the report.
 
     pred: translate's output: its Zarr store, the `--write-h5ad` file (obsm['protein_expression']), the
@@ -90,7 +93,9 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
     Cells are matched by obs_names, proteins by name, spelling, or unique encoding gene (see
     `sctranslator.analysis.matching`). With `baseline` (AnnData/path matched by name, or an array
     in the prediction's order) both are scored on the cells and proteins they share with the truth,
-    side by side. With `out`, writes `report.json` and, if `plots`, `scatter.png` and `pearson.png`.
+    side by side. With `out`, writes `report.json` and, if `plots`, `scatter.png` and `pearson.png`;
+    `overwrite` replaces an earlier evaluate report there, nothing else (OutputConflictError, see
+    `sctranslator.outputs`; also when `out` is or overlaps an input).
     """
     from sctranslator.analysis.matching import match_cells, match_proteins
     from sctranslator.analysis.predictions import read_predictions
@@ -99,6 +104,8 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
 
     if scaling is not None and scaling not in TARGET_SCALINGS:
         raise InputDataError(f"unknown scaling {scaling!r}; choose one of {TARGET_SCALINGS}")
+    if out is not None:
+        claim_output(out, OUTPUT_KIND, inputs=(pred, truth, baseline), overwrite=overwrite)
     truth_table = read_table(truth, "protein truth")
     found = read_predictions(pred, truth_table.var_names)
     pred_table = found.table
@@ -207,18 +214,20 @@ def _comparison(model: dict[str, Any], baseline: dict[str, Any]) -> dict[str, An
 
 def _write(out: Path, report: dict[str, Any], truth: np.ndarray, pred: np.ndarray, baseline: np.ndarray | None,
            names: list[str], plots: bool) -> list[str]:
-    out.mkdir(parents=True, exist_ok=True)
+    """Write the report folder aside, mark it as ours, and rename it into place whole."""
     written = [str(out / "report.json")]
-    if plots:
-        from sctranslator.analysis import plots as figures  # matplotlib only when figures are asked for
+    with staging_dir(out) as staging:
+        if plots:
+            from sctranslator.analysis import plots as figures  # matplotlib only when figures are asked for
 
-        panels = [("model", pred, [row["pearson"] for row in report["model"]["per_protein"]])]
-        if baseline is not None:
-            panels.append(("baseline", baseline, [row["pearson"] for row in report["baseline"]["per_protein"]]))
-        written.append(str(figures.scatter_grid(out / "scatter.png", truth, panels, names,
-                                                scaling=report["scaling"])))
-        written.append(str(figures.correlation_bars(out / "pearson.png", names,
-                                                    [(label, r) for label, _, r in panels],
-                                                    scaling=report["scaling"])))
-    (out / "report.json").write_text(json.dumps({**report, "files": written}, indent=2, allow_nan=False))
+            panels = [("model", pred, [row["pearson"] for row in report["model"]["per_protein"]])]
+            if baseline is not None:
+                panels.append(("baseline", baseline, [row["pearson"] for row in report["baseline"]["per_protein"]]))
+            figures.scatter_grid(staging / "scatter.png", truth, panels, names, scaling=report["scaling"])
+            figures.correlation_bars(staging / "pearson.png", names, [(label, r) for label, _, r in panels],
+                                     scaling=report["scaling"])
+            written += [str(out / "scatter.png"), str(out / "pearson.png")]
+        (staging / "report.json").write_text(json.dumps({**report, "files": written}, indent=2, allow_nan=False))
+        write_identity(staging, OUTPUT_KIND)
+        install_dir(staging, out)
     return written

@@ -7,7 +7,7 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -16,19 +16,23 @@ import anndata as ad
 import pandas as pd
 
 from sctranslator import __version__
+from sctranslator._atomic import atomic_write_path
 from sctranslator.engine.backends.base import BackendSpec
 from sctranslator.engine.backends.registry import BACKENDS
 from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.pipeline import BlockJob, default_workers, run_job
-from sctranslator.engine.sink import ZarrSink
+from sctranslator.engine.sink import OUTPUT_KIND, ZarrSink
 from sctranslator.engine.sources import open_source
 from sctranslator.engine.writeback import write_h5ad_with_proteins, write_mudata_with_proteins
-from sctranslator.errors import BackendError, InputDataError
+from sctranslator.errors import BackendError, InputDataError, OutputConflictError
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
+from sctranslator.outputs import claim_output, write_identity
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 
 log = logging.getLogger(__name__)
+
+WRITEBACK_KIND = "translate-writeback"
 
 def default_block_cells(model: TranslatorModel) -> int:
     """Cells per block (the unit of work, commit and resume): about 4 M model values per block, so a
@@ -78,6 +82,29 @@ def _resolve_model(model: str | Path | TranslatorModel) -> tuple[TranslatorModel
     return loaded, str(Path(loaded.source).resolve())
 
 
+def _claim_outputs(out: str | Path | None, write_h5ad: str | Path | None, write_mudata: str | Path | None,
+                   inputs: tuple[Any, ...], overwrite: bool) -> None:
+    """Refuse, before anything is read or written, outputs that are inputs or are not ours to replace."""
+    named = [Path(p) for p in (out, write_h5ad, write_mudata) if p is not None]
+    if len({p.expanduser().resolve() for p in named}) < len(named):
+        raise OutputConflictError(f"the outputs {[str(p) for p in named]} name the same path twice; give each "
+                                  "its own path")
+    if out is not None:
+        claim_output(out, OUTPUT_KIND, inputs=inputs, overwrite=overwrite, resumable=True)
+    for path in (write_h5ad, write_mudata):
+        if path is not None:
+            claim_output(path, WRITEBACK_KIND, inputs=(*inputs, out), overwrite=overwrite)
+
+
+def _write_back(path: str | Path, write: Callable[[Path], Any]) -> None:
+    """Write a write-back file aside, mark it as ours, then rename it into place."""
+    def write_marked(tmp: Path) -> None:
+        write(tmp)
+        write_identity(tmp, WRITEBACK_KIND)
+
+    atomic_write_path(path, write_marked)
+
+
 def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel,
               proteins: Sequence[str] | None = None, *, out: str | Path | None = None, backend: str = "torch",
               device: str = "cpu", batch_size: int | None = None, block_cells: int | None = None,
@@ -107,6 +134,9 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     Cells with NaN/Inf/negative values raise `BadCellsError` naming the lowest bad row; so do empty
     cells (no counts in any gene the model reads) unless `allow_empty_cells`, which predicts them as
     constant cells and records their number in `uns['sctranslator']['run']['empty_cells']`.
+    `overwrite` replaces an earlier translate store (or write-back file) at the same path; nothing
+    else is ever replaced, and an output that is or overlaps an input is refused (OutputConflictError,
+    see `sctranslator.outputs`).
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
@@ -115,6 +145,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
                            "use --backend torch with --embeddings")
     if (batch_size is not None and batch_size < 1) or (block_cells is not None and block_cells < 1):
         raise InputDataError("batch_size and block_cells must be >= 1")
+    inputs = (data, model, onnx_path)
+    _claim_outputs(out, write_h5ad, write_mudata, inputs, overwrite)
     source = open_source(data, layer=layer, use_raw=use_raw, modality=modality, missing_chunks=missing_chunks)
     loaded, model_source = _resolve_model(model)
     batch_size = batch_size or default_batch_size(loaded, device)
@@ -154,7 +186,7 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     rows = max(1, min(block_cells, source.n_obs or 1))
     try:
         sink = ZarrSink.open(out, identity=identity, obs=source.read_obs(), var=_output_var(plan), uns=uns,
-                             block_rows=rows, overwrite=overwrite,
+                             block_rows=rows, overwrite=overwrite, inputs=inputs,
                              embedding_dim=loaded.config.dim if embeddings else 0)
         job = BlockJob(source=source, plan=plan, backend=spec, sink=sink, batch_size=batch_size,
                        allow_empty_cells=allow_empty_cells, embeddings=embeddings)
@@ -163,9 +195,9 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
         result = sink.read()
         result.uns["sctranslator"]["run"] = stats
         if write_h5ad:
-            write_h5ad_with_proteins(data, source, result, write_h5ad)
+            _write_back(write_h5ad, lambda tmp: write_h5ad_with_proteins(data, source, result, tmp))
         if write_mudata:
-            write_mudata_with_proteins(data, source, result, write_mudata)
+            _write_back(write_mudata, lambda tmp: write_mudata_with_proteins(data, source, result, tmp))
         return result
     finally:
         source.close()

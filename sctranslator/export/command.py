@@ -27,7 +27,7 @@ def _run_onnx(args: argparse.Namespace) -> int:
     from sctranslator.model import load_model
 
     report = export_onnx(load_model(args.model), args.out, precision=args.precision, opset=args.opset,
-                         validate=not args.no_validate)
+                         validate=not args.no_validate, overwrite=args.overwrite)
     print(report)
     if report.validations:
         worst_abs = max(v.max_abs_error for v in report.validations)
@@ -48,7 +48,7 @@ def _run_triton(args: argparse.Namespace) -> int:
                                intra_op_threads=args.threads)
     settings.check()  # before the (slow) export
     exported = export_triton(load_model(args.model), args.repo, settings, onnx_path=args.onnx,
-                             validate=not args.no_validate)
+                             validate=not args.no_validate, overwrite=args.overwrite)
     print(exported)
     if exported.onnx_report is not None:
         for validation in exported.onnx_report.validations:
@@ -67,6 +67,7 @@ def define_export(parser: argparse.ArgumentParser) -> Handler:
     onnx.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS), help="internal compute dtype")
     onnx.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     onnx.add_argument("--no-validate", action="store_true", help="skip the comparison with PyTorch")
+    onnx.add_argument("--overwrite", action="store_true", help="replace an earlier export at OUT (nothing else)")
     onnx.set_defaults(export_handler=_run_onnx)
 
     triton = formats.add_parser("triton", help="write a Triton Inference Server model repository",
@@ -90,6 +91,8 @@ def define_export(parser: argparse.ArgumentParser) -> Handler:
     triton.add_argument("--threads", type=int, help="onnxruntime threads per instance (Python backend)")
     triton.add_argument("--onnx", type=Path, help="reuse this file from `export onnx` instead of exporting again")
     triton.add_argument("--no-validate", action="store_true", help="skip the comparison with PyTorch")
+    triton.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier export of model NAME in REPO (nothing else)")
     triton.set_defaults(export_handler=_run_triton)
 
     def run(args: argparse.Namespace) -> int:

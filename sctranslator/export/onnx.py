@@ -17,7 +17,6 @@ import contextlib
 import copy
 import json
 import logging
-import os
 import tempfile
 import time
 import warnings
@@ -32,7 +31,8 @@ import torch
 from torch import nn
 
 import sctranslator
-from sctranslator.errors import ExportError, ExportValidationError
+from sctranslator._atomic import install_file
+from sctranslator.errors import ExportError, ExportValidationError, OutputConflictError
 from sctranslator.export.contract import BATCH_AXIS, INPUT_NAMES, INPUTS, OUTPUT, OUTPUT_NAME
 from sctranslator.export.onnx_format import (
     FORMAT_VERSION,
@@ -56,8 +56,11 @@ from sctranslator.export.onnx_validate import (
 )
 from sctranslator.model.identity import model_fingerprint
 from sctranslator.model.network import TranslatorModel
+from sctranslator.outputs import IDENTITY_KEY, claim_output, identity_json
 
 log = logging.getLogger(__name__)
+
+OUTPUT_KIND = "export-onnx"
 
 # Above this many weight bytes, weights go to a side file (protobuf caps a single file at 2 GiB).
 EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -197,7 +200,7 @@ def _validate(path: Path, model: TranslatorModel, precision: str, batch_sizes: S
 def export_onnx(model: TranslatorModel, path: str | Path, *, precision: str = "fp32", opset: int | None = None,
                 validate: bool = True, validation_inputs: dict[str, np.ndarray] | None = None,
                 validation_batch_sizes: Sequence[int] = (1, 3),
-                providers: list[str] | None = None) -> ExportReport:
+                providers: list[str] | None = None, overwrite: bool = False) -> ExportReport:
     """Write `model` as an ONNX file at `path` and (by default) check it against PyTorch.
 
     Graph (export/contract.py): values f32 (batch, L), gene_ids i64, gene_mask bool, protein_ids i64
@@ -206,11 +209,14 @@ def export_onnx(model: TranslatorModel, path: str | Path, *, precision: str = "f
     `validation_inputs` (a dict of those arrays; masks optional) through onnxruntime and the float32
     model; above the precision's tolerance it raises ExportValidationError and writes nothing.
     bf16 cannot run on onnxruntime's CPU provider: validate it on a GPU provider or pass validate=False.
+    The file carries its output identity in its metadata; `overwrite` replaces an earlier export
+    at `path`, and nothing else is ever replaced (OutputConflictError, see `sctranslator.outputs`).
     """
     if not isinstance(model, TranslatorModel):
         raise ExportError(f"export_onnx needs a TranslatorModel, got {type(model).__name__}")
     dtype = check_precision(precision)
     path = Path(path)
+    ours = claim_output(path, OUTPUT_KIND, inputs=(model,), overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     was_training = model.training
@@ -224,6 +230,7 @@ def export_onnx(model: TranslatorModel, path: str | Path, *, precision: str = "f
         model.train(was_training)
     _check_graph_signature(program, model)
     program.model.metadata_props.update(onnx_metadata(model, precision))
+    program.model.metadata_props[IDENTITY_KEY] = identity_json(OUTPUT_KIND)
     external_data = model.n_parameters() * dtype.itemsize > EXTERNAL_DATA_BYTES
     opset_written = int(program.model.opset_imports.get("", 0))
 
@@ -247,8 +254,13 @@ def export_onnx(model: TranslatorModel, path: str | Path, *, precision: str = "f
                 raise ExportValidationError(f"ONNX export of {path.name} does not reproduce PyTorch "
                                             f"(nothing written):\n  {details}")
         file_bytes = sum(f.stat().st_size for f in Path(staging).iterdir())
-        for item in Path(staging).iterdir():  # the .onnx file and any external-data file
-            os.replace(item, path.parent / item.name)
+        items = sorted(Path(staging).iterdir(), key=lambda item: item.name == path.name)  # the .onnx last
+        for item in items:  # any external-data file beside the .onnx: ours only if the .onnx was
+            target = path.parent / item.name
+            if item.name != path.name and not ours and (target.exists() or target.is_symlink()):
+                raise OutputConflictError(f"{target} exists and was not written by an earlier export to {path}; "
+                                          "it is left untouched. Choose another output path, or remove it yourself")
+            install_file(item, target)
     report = ExportReport(path=path, precision=precision, opset=opset_written, exporter=EXPORTER,
                           external_data=external_data, file_bytes=file_bytes,
                           export_seconds=time.perf_counter() - started, validations=validations)

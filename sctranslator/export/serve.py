@@ -67,7 +67,8 @@ def serve(request: ServeRequest, *, echo: Callable[[str], None] = print,
     settings = ServingSettings(name=request.name, backend=backend, max_batch_size=request.max_batch_size,
                                instances=request.instances, kind="cpu" if backend == "python" else None,
                                dynamic_batching=True, max_queue_delay_us=100)
-    exported = export_triton(model, request.repo, settings, onnx_path=request.onnx_path)
+    # serve re-exports on every start: it replaces its own earlier export (never anything else).
+    exported = export_triton(model, request.repo, settings, onnx_path=request.onnx_path, overwrite=True)
     echo(str(exported))
     if install is None:
         echo("No tritonserver binary here (scripts/install_tritonserver.sh installs one for the Python backend). "

@@ -7,12 +7,11 @@ ONNX file with onnxruntime, for Triton builds without the ONNX Runtime backend).
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sctranslator._atomic import install_dir, staging_dir
 from sctranslator.errors import ExportError
 from sctranslator.export.onnx import ExportReport, export_onnx
 from sctranslator.export.onnx_format import read_onnx_metadata
@@ -25,8 +24,10 @@ from sctranslator.export.triton_config import (
     render_config,
 )
 from sctranslator.model.network import TranslatorModel
+from sctranslator.outputs import claim_output, write_identity
 
 MODEL_VERSION = "1"
+OUTPUT_KIND = "export-triton"
 PYTHON_MODEL_SOURCE = Path(__file__).with_name("triton_python_model.py")
 
 
@@ -46,17 +47,6 @@ class TritonExport:
             files.append(self.onnx_path.with_name(PYTHON_FILE))
         listing = "\n".join(f"  {path}" for path in files)
         return f"Triton model {self.settings.name!r} ({self.settings.backend} backend) in {self.model_dir}:\n{listing}"
-
-
-def _install(staging: Path, destination: Path) -> None:
-    """Replace `destination` by `staging` so a reader never sees a half-written model directory."""
-    old = destination.with_name(f".{destination.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if destination.exists():
-        os.replace(destination, old)
-    os.replace(staging, destination)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _can_validate(precision: str) -> bool:
@@ -87,20 +77,23 @@ def write_model_dir(model_dir: Path, onnx_file: Path, settings: ServingSettings)
 
 
 def export_triton(model: TranslatorModel, repo: str | Path, settings: ServingSettings | None = None, *,
-                  onnx_path: str | Path | None = None, validate: bool = True) -> TritonExport:
+                  onnx_path: str | Path | None = None, validate: bool = True,
+                  overwrite: bool = False) -> TritonExport:
     """Export `model` as a Triton model `settings.name` inside repository `repo`.
 
-    The model's directory is written aside and moved into place whole, replacing an earlier
-    export of the same name. `onnx_path` reuses an ONNX file from `export_onnx` instead of
+    The model's directory is written aside and moved into place whole. `overwrite` replaces an
+    earlier export of the same name; the repository's other models are never touched, and a
+    directory of that name that sctranslator did not write is refused (OutputConflictError, see
+    `sctranslator.outputs`). `onnx_path` reuses an ONNX file from `export_onnx` instead of
     exporting again. `validate` checks the fresh ONNX file against PyTorch (see export_onnx).
     """
     settings = settings or ServingSettings()
     settings.check()
     repo = Path(repo)
-    repo.mkdir(parents=True, exist_ok=True)
     model_dir = repo / settings.name
-    with tempfile.TemporaryDirectory(dir=repo, prefix=f".{settings.name}.") as staging_root:
-        staging = Path(staging_root) / settings.name
+    claim_output(model_dir, OUTPUT_KIND, inputs=(model, onnx_path), overwrite=overwrite)
+    repo.mkdir(parents=True, exist_ok=True)
+    with staging_dir(model_dir) as staging:
         report = None
         version_dir = staging / MODEL_VERSION
         version_dir.mkdir(parents=True)
@@ -111,6 +104,7 @@ def export_triton(model: TranslatorModel, repo: str | Path, settings: ServingSet
         else:
             source = Path(onnx_path)
         write_model_dir(staging, source, settings)
-        _install(staging, model_dir)
+        write_identity(staging, OUTPUT_KIND)
+        install_dir(staging, model_dir)
     return TritonExport(model_dir=model_dir, config_path=model_dir / "config.pbtxt",
                         onnx_path=model_dir / MODEL_VERSION / ONNX_FILE, settings=settings, onnx_report=report)

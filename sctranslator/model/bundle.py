@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from sctranslator._atomic import atomic_write_path, atomic_write_text
 from sctranslator.errors import CheckpointError
 from sctranslator.model.config import ModelConfig
 from sctranslator.model.network import TranslatorModel
@@ -24,26 +23,8 @@ PANEL_FILE = "panel.json"
 CARD_FILE = "card.md"
 
 
-def _write_atomically(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, then rename: no half-written files."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(handle)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a bundle is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _write_json(path: Path, data: Any) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-
-    _write_atomically(path, write)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def save_model(model: TranslatorModel, directory: str | Path, *, card: str | None = None,
@@ -57,10 +38,10 @@ def save_model(model: TranslatorModel, directory: str | Path, *, card: str | Non
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
-    def write_weights(tmp: str) -> None:
-        save_file(state, tmp, metadata={"format": BUNDLE_FORMAT})
+    def write_weights(tmp: Path) -> None:
+        save_file(state, str(tmp), metadata={"format": BUNDLE_FORMAT})
 
-    _write_atomically(directory / WEIGHTS_FILE, write_weights)
+    atomic_write_path(directory / WEIGHTS_FILE, write_weights)
     config: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_FORMAT_VERSION,
@@ -76,7 +57,7 @@ def save_model(model: TranslatorModel, directory: str | Path, *, card: str | Non
     elif panel_path.exists():
         panel_path.unlink()
     if card is not None:
-        (directory / CARD_FILE).write_text(card)
+        atomic_write_text(directory / CARD_FILE, card)
     return directory
 
 

@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from sctranslator.errors import InputDataError
+from sctranslator._atomic import install_dir, remove_path, staging_dir
+from sctranslator.errors import InputDataError, OutputConflictError
 from sctranslator.model import ModelConfig, TranslatorModel, load_model, save_model
 from sctranslator.model.identity import model_fingerprint
+from sctranslator.outputs import claim_output, write_identity
 from sctranslator.train import distributed
 from sctranslator.train.card import model_card
 from sctranslator.train.inputs import (
@@ -37,6 +39,8 @@ from sctranslator.vocab.genes import check_gene_mapping
 
 log = logging.getLogger(__name__)
 
+OUTPUT_KIND = "finetune"
+WORK_KIND = "finetune-work"
 KEEP = "model"  # feature_redraw_interval: keep the starting model's setting
 
 
@@ -142,7 +146,8 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
              config: str | ModelConfig | None = None, out: str | os.PathLike,
              config_overrides: dict[str, Any] | None = None, feature_redraw_interval: int | None | str = KEEP,
              work_dir: str | os.PathLike | None = None, metrics_log: str | os.PathLike | None = None,
-             resume: bool = False, workers: int | None = None, **options: Any) -> TranslatorModel:
+             resume: bool = False, workers: int | None = None, overwrite: bool = False,
+             **options: Any) -> TranslatorModel:
     """Train a model on paired RNA + protein data and save it as a bundle at `out`.
 
     Start from `init` (a published .pt checkpoint, a bundle, or a TranslatorModel) or from scratch
@@ -160,8 +165,15 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
     Checkpoints and the metrics log go to `work_dir` (default: `<out>.training`); `resume=True`
     continues a stopped run exactly. Under `torchrun` each process runs this same call (DDP).
     Returns the trained model (eval mode, on CPU) with its held-out predictions in `.validation`.
+    `overwrite` replaces an earlier finetune bundle at `out` and checkpoint folder at `work_dir`
+    (`resume` continues them); anything else there, and an `out` or `work_dir` that is or overlaps
+    an input, is refused before training starts (OutputConflictError, see `sctranslator.outputs`).
     """
     data_options, train_options = _split_options(options)
+    out = Path(out)
+    work = Path(work_dir) if work_dir else out.with_name(out.name + ".training")
+    # Every process checks before any writes: the process group's start is the barrier after it.
+    work_is_ours = _claim_outputs(out, work, (rna, protein, init), overwrite=overwrite, resume=resume)
     processes = distributed.start(train_options.device)
     try:
         if workers:
@@ -188,8 +200,9 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
                                 gene_mapping=genes["mapping"],
                                 allow_low_coverage=data_options.allow_low_coverage,
                                 allow_empty_cells=data_options.allow_empty_cells)
-        out = Path(out)
-        work = Path(work_dir) if work_dir else out.with_name(out.name + ".training")
+        if processes.is_main:
+            _prepare_work_dir(work, replace=work_is_ours and not resume)
+        distributed.barrier(processes)
         fingerprint = _fingerprint(model, paired, split, data_options, train_options, processes.world)
         metrics = MetricsLog((metrics_log or work / "metrics.jsonl") if processes.is_main else None, append=resume)
         trainer = Trainer(model, arrays, split.train, split.val, train_options, processes, work, metrics, fingerprint)
@@ -202,13 +215,38 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
             card = model_card(model, init=start, data=data, split=split.description,
                               n_train=int(split.train.size), n_val=int(split.val.size), options=train_options,
                               outcome=outcome, world=processes.world)
-            save_model(model, out, card=card)
+            _save_bundle(model, out, card)
         _attach_validation(model, paired, split, arrays.targets, outcome)
         model.training_outcome = outcome
         distributed.barrier(processes)
         return model
     finally:
         distributed.stop(processes)
+
+
+def _claim_outputs(out: Path, work: Path, inputs: tuple[Any, ...], *, overwrite: bool, resume: bool) -> bool:
+    """Check the bundle and checkpoint folders may be written; True when the folder is ours already."""
+    if out.expanduser().resolve() == work.expanduser().resolve():
+        raise OutputConflictError(f"the bundle {out} and the checkpoint folder {work} are the same path; "
+                                  "give --work-dir another path")
+    claim_output(out, OUTPUT_KIND, inputs=(*inputs, work), overwrite=overwrite, resumable=resume)
+    return claim_output(work, WORK_KIND, inputs=inputs, overwrite=overwrite, resumable=resume)
+
+
+def _prepare_work_dir(work: Path, *, replace: bool) -> None:
+    """A fresh checkpoint folder (an earlier one of ours is removed first), marked as ours."""
+    if replace:
+        remove_path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_identity(work, WORK_KIND)
+
+
+def _save_bundle(model: TranslatorModel, out: Path, card: str) -> None:
+    """Write the bundle aside, mark it as a finetune output, and rename it into place whole."""
+    with staging_dir(out) as staging:
+        save_model(model, staging, card=card)
+        write_identity(staging, OUTPUT_KIND)
+        install_dir(staging, out)
 
 
 def _attach_validation(model: TranslatorModel, paired: PairedData, split: Split, targets: np.ndarray,

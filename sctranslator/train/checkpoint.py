@@ -7,12 +7,12 @@ far. Written atomically; read with `weights_only=True` (no pickled code).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sctranslator._atomic import atomic_write
 from sctranslator.errors import CheckpointError
 
 STATE_FILE = "state.pt"
@@ -35,9 +35,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_state(directory: Path, state: dict[str, Any]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / STATE_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"format": FORMAT, **state}, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: torch.save({"format": FORMAT, **state}, handle))
     return path
 
 

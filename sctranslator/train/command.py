@@ -104,6 +104,8 @@ def define_finetune(parser: argparse.ArgumentParser) -> Handler:
     run.add_argument("--metrics-log", type=Path, help="metrics log (.csv or .jsonl; default WORK_DIR/metrics.jsonl)")
     run.add_argument("--checkpoint-every", type=int, help="default: at each validation")
     run.add_argument("--resume", action="store_true", help="continue the run saved in the work directory")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace an earlier finetune bundle at --out and its checkpoint folder (nothing else)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def handle(args: argparse.Namespace) -> int:
@@ -129,7 +131,7 @@ def define_finetune(parser: argparse.ArgumentParser) -> Handler:
         model = finetune(args.rna, args.protein, init=args.init, config=args.config, out=args.out,
                          config_overrides=_overrides(args.set), feature_redraw_interval=args.redraw_interval,
                          work_dir=args.work_dir, metrics_log=args.metrics_log, resume=args.resume,
-                         workers=args.workers, **options)
+                         workers=args.workers, overwrite=args.overwrite, **options)
         outcome = model.training_outcome
         if outcome.interrupted:
             print(f"stopped at step {outcome.steps_done}; run again with --resume to finish")
@@ -148,11 +150,12 @@ def define_demo(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument("--out", type=Path, default=Path("sctranslator-demo"),
                         help="where predictions and the metrics table go (default: ./sctranslator-demo)")
     parser.add_argument("--workers", type=int, help="concurrent blocks for translate")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo output at --out")
 
     def handle(args: argparse.Namespace) -> int:
         from sctranslator.demo import format_table, run_demo
 
-        report = run_demo(args.out, workers=args.workers)
+        report = run_demo(args.out, workers=args.workers, overwrite=args.overwrite)
         print(format_table(report))
         print(f"predictions: {report['predictions']}\nmetrics: {report['metrics_file']}")
         return 0

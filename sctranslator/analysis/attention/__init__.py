@@ -23,6 +23,7 @@ from tqdm import tqdm
 from sctranslator.analysis.attention.groups import add_by_group, group_codes
 from sctranslator.analysis.attention.output import (
     MIN_RELATIVE_SPREAD,
+    OUTPUT_KIND,
     interaction_anndata,
     minmax_columns_then_rows,
     top_genes,
@@ -34,6 +35,7 @@ from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.sources import open_source
 from sctranslator.errors import InputDataError
 from sctranslator.model import TranslatorModel, load_model
+from sctranslator.outputs import claim_output
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 from sctranslator.vocab import token_symbols
 
@@ -117,7 +119,7 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
                  normalize: str | None = None, target_sum: float | None = None, gene_column: str | None = None,
                  id_type: str = "auto", layer: str | None = None, min_coverage: float = DEFAULT_MIN_COVERAGE,
                  allow_low_coverage: bool = False, allow_empty_cells: bool = False, as_published: bool = False,
-                 quiet: bool = True, gene_mapping: str | None = None) -> InteractionResult:
+                 overwrite: bool = False, quiet: bool = True, gene_mapping: str | None = None) -> InteractionResult:
     """Gene-to-protein interaction scores and received attention, averaged over the cells of `data`.
 
     Returns an `InteractionResult`; with `out` (a directory) also writes interactions.h5ad (genes x
@@ -130,9 +132,13 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
     Bad cells raise `BadCellsError`; empty cells (no counts in any gene the model reads) too, unless
     `allow_empty_cells` (then their number is in uns['sctranslator_attention']['empty_cells']).
     `gene_mapping`: "original" | "extended" (default: the model's own, see `build_plan`).
+    `overwrite` replaces an earlier attention output at `out`; anything else there, and an `out`
+    that is or overlaps an input, is refused before any work (OutputConflictError).
     """
     if batch_size < 1 or block_cells < 1 or row_block < 1 or top_k < 1:
         raise InputDataError("batch_size, block_cells, row_block and top_k must be >= 1")
+    if out is not None:
+        claim_output(out, OUTPUT_KIND, inputs=(data, model), overwrite=overwrite)
     loaded = model if isinstance(model, TranslatorModel) else load_model(model)
     loaded.eval()
     source = open_source(data, layer=layer)

@@ -8,8 +8,12 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from sctranslator._atomic import install_dir, staging_dir
 from sctranslator.analysis.attention.groups import layer_key
 from sctranslator.analysis.plots import save_heatmap
+from sctranslator.outputs import write_identity
+
+OUTPUT_KIND = "attention"
 
 
 def minmax_columns_then_rows(matrix: pd.DataFrame) -> pd.DataFrame:
@@ -73,24 +77,31 @@ def interaction_anndata(matrix: pd.DataFrame, scaled: pd.DataFrame, gene_receive
 def write_interaction_files(directory: str | Path, adata: ad.AnnData, matrix: pd.DataFrame, top: pd.DataFrame,
                             gene_received: pd.DataFrame, protein_received: pd.DataFrame,
                             top_k: int) -> dict[str, Path]:
-    """interactions.h5ad, gene_to_protein.csv, top_genes.csv, gene_attention.csv, protein_attention.csv, PNG."""
+    """interactions.h5ad, gene_to_protein.csv, top_genes.csv, gene_attention.csv, protein_attention.csv, PNG.
+
+    The folder is written aside, marked as an attention output and renamed into place whole (over
+    an earlier attention output the caller has claimed, see `sctranslator.outputs`).
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    files = {
-        "anndata": directory / "interactions.h5ad",
-        "gene_to_protein": directory / "gene_to_protein.csv",
-        "top_genes": directory / "top_genes.csv",
-        "gene_attention": directory / "gene_attention.csv",
-        "protein_attention": directory / "protein_attention.csv",
-        "heatmap": directory / "gene_to_protein.png",
+    names = {
+        "anndata": "interactions.h5ad",
+        "gene_to_protein": "gene_to_protein.csv",
+        "top_genes": "top_genes.csv",
+        "gene_attention": "gene_attention.csv",
+        "protein_attention": "protein_attention.csv",
+        "heatmap": "gene_to_protein.png",
     }
-    adata.write_h5ad(files["anndata"])
-    matrix.to_csv(files["gene_to_protein"], index_label="gene")
-    top.to_csv(files["top_genes"], index=False)
-    gene_received.to_csv(files["gene_attention"], index_label="gene")
-    protein_received.to_csv(files["protein_attention"], index_label="protein")
-    # Show the union of every protein's few best genes: a full L x P heatmap is unreadable.
-    shown = list(dict.fromkeys(top.loc[top["rank"] <= min(top_k, 5), "gene"]))[:60]
-    save_heatmap(minmax_columns_then_rows(matrix).loc[shown], files["heatmap"],
-                 title="gene-to-protein attention (min-max scaled)", colorbar="scaled score")
-    return files
+    with staging_dir(directory) as staging:
+        files = {key: staging / name for key, name in names.items()}
+        adata.write_h5ad(files["anndata"])
+        matrix.to_csv(files["gene_to_protein"], index_label="gene")
+        top.to_csv(files["top_genes"], index=False)
+        gene_received.to_csv(files["gene_attention"], index_label="gene")
+        protein_received.to_csv(files["protein_attention"], index_label="protein")
+        # Show the union of every protein's few best genes: a full L x P heatmap is unreadable.
+        shown = list(dict.fromkeys(top.loc[top["rank"] <= min(top_k, 5), "gene"]))[:60]
+        save_heatmap(minmax_columns_then_rows(matrix).loc[shown], files["heatmap"],
+                     title="gene-to-protein attention (min-max scaled)", colorbar="scaled score")
+        write_identity(staging, OUTPUT_KIND)
+        install_dir(staging, directory)
+    return {key: directory / name for key, name in names.items()}

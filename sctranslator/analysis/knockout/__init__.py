@@ -27,7 +27,13 @@ import scipy.sparse as sp
 from tqdm import tqdm
 
 from sctranslator.analysis.attention.groups import group_codes, layer_key
-from sctranslator.analysis.knockout.output import check_out_path, effects_table, write_knockout_files
+from sctranslator.analysis.knockout.output import (
+    OUTPUT_KIND,
+    check_out_path,
+    effects_table,
+    output_siblings,
+    write_knockout_files,
+)
 from sctranslator.analysis.knockout.plan import KnockoutVariant, default_semantics, knockout_variants
 from sctranslator.analysis.knockout.stats import block_stats, merge_stats, std_from
 from sctranslator.analysis.knockout.store import KnockoutStore
@@ -39,6 +45,7 @@ from sctranslator.engine.sources import Source, open_source
 from sctranslator.errors import InputDataError
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
+from sctranslator.outputs import claim_output
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 
 log = logging.getLogger(__name__)
@@ -143,7 +150,9 @@ def knockout(data: Any, model: str | Path | TranslatorModel, genes: Sequence[str
     'std:<group>' per obs group; var 'baseline_mean': the mean unperturbed prediction), beside it
     `<stem>_effects.csv` (long table), `<stem>_mean.csv`, `<stem>_heatmap.png`, and with `per_cell`
     `<stem>_per_cell<suffix>` (cells x gene|protein changes, obsm['baseline'] = unperturbed predictions).
-    Interrupted runs resume from the committed blocks; other settings need `overwrite`.
+    Interrupted runs resume from the committed blocks; other settings need `overwrite`, which
+    replaces only an earlier knockout output (see `sctranslator.outputs`: anything else at `out`,
+    and an `out` that is or overlaps an input, is refused with OutputConflictError).
     `gene_mapping`: "original" | "extended" (default: the model's own, see `build_plan`).
     Bad cells raise `BadCellsError`; empty cells (no counts in any gene the model reads) too, unless
     `allow_empty_cells` (then their number is in uns['sctranslator_knockout']['empty_cells']).
@@ -151,6 +160,8 @@ def knockout(data: Any, model: str | Path | TranslatorModel, genes: Sequence[str
     out_path = check_out_path(out)
     if batch_size < 1 or block_cells < 1:
         raise InputDataError("batch_size and block_cells must be >= 1")
+    claim_output(out_path, OUTPUT_KIND, inputs=(data, model), overwrite=overwrite, resumable=True,
+                 siblings=output_siblings(out_path))
     loaded = model if isinstance(model, TranslatorModel) else load_model(model)
     source = open_source(data, layer=layer)
     try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -11,8 +9,12 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from sctranslator._atomic import atomic_write_path, install_dir, staging_dir
 from sctranslator.analysis.plots import save_heatmap
 from sctranslator.errors import InputDataError
+from sctranslator.outputs import write_identity
+
+OUTPUT_KIND = "knockout"
 
 OUTPUT_SUFFIXES = (".h5ad", ".zarr")
 
@@ -29,19 +31,28 @@ def sibling(out: Path, tag: str, suffix: str) -> Path:
     return out.with_name(f"{out.stem}_{tag}{suffix}")
 
 
+def output_siblings(out: Path) -> list[Path]:
+    """The files written beside `out`: they belong to the knockout output at `out`."""
+    return [sibling(out, "effects", ".csv"), sibling(out, "mean", ".csv"), sibling(out, "heatmap", ".png"),
+            sibling(out, "per_cell", out.suffix)]
+
+
 def write_anndata_atomically(adata: ad.AnnData, path: Path) -> None:
-    """Write under a temporary name and rename, replacing any previous output only once complete."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    """Write under a temporary name, mark as a knockout output, and rename over any previous output."""
     if path.suffix == ".zarr":
-        shutil.rmtree(tmp, ignore_errors=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # anndata's note about the zarr v2 default
-            adata.write_zarr(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-    else:
+        with staging_dir(path) as staging:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # anndata's note about the zarr v2 default
+                adata.write_zarr(staging)
+            write_identity(staging, OUTPUT_KIND)
+            install_dir(staging, path)
+        return
+
+    def write(tmp: Path) -> None:
         adata.write_h5ad(tmp)
-    os.replace(tmp, path)
+        write_identity(tmp, OUTPUT_KIND)
+
+    atomic_write_path(path, write)
 
 
 def effects_table(genes: list[str], proteins: list[str], groups: list[str], counts: np.ndarray,
@@ -64,10 +75,11 @@ def write_knockout_files(out: Path, adata: ad.AnnData, effects: pd.DataFrame, me
              "heatmap": sibling(out, "heatmap", ".png")}
     out.parent.mkdir(parents=True, exist_ok=True)
     write_anndata_atomically(adata, out)
-    effects.to_csv(files["effects"], index=False)
-    mean.to_csv(files["mean"], index_label="gene")
-    save_heatmap(mean, files["heatmap"], diverging=True, colorbar="mean change in prediction",
-                 title=f"pseudo-knockout ({semantics}): knocked-out minus unperturbed")
+    atomic_write_path(files["effects"], lambda tmp: effects.to_csv(tmp, index=False))
+    atomic_write_path(files["mean"], lambda tmp: mean.to_csv(tmp, index_label="gene"))
+    atomic_write_path(files["heatmap"], lambda tmp: save_heatmap(
+        mean, tmp, diverging=True, colorbar="mean change in prediction",
+        title=f"pseudo-knockout ({semantics}): knocked-out minus unperturbed"))
     if per_cell is not None:
         files["per_cell"] = sibling(out, "per_cell", out.suffix)
         write_anndata_atomically(per_cell, files["per_cell"])

@@ -1,27 +1,25 @@
 """Resumable partial results of a knockout job: one atomically written file per block of cells.
 
-The job directory sits beside the output (`.<name>.knockout-job`). It records the job's identity
-(model, input, plan, genes, semantics, grouping); a re-run with the same identity skips the blocks
-already committed, a different one is refused unless `overwrite`. A block's file is written under a
-temporary name and renamed into place, so it either exists complete or not at all (kill -9 safe).
+The job directory sits beside the output (`.<name>.knockout-job`) and is a block ledger
+(`engine.ledger`): it records the job's identity (model, input, plan, genes, semantics, grouping);
+a re-run with the same identity skips the blocks already committed, a different one is refused
+unless `overwrite`. Each block's statistics are its ledger file (.npz), written under a temporary
+name and renamed into place, so it exists complete or not at all (kill -9 safe).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
-from sctranslator.engine.sink import block_ranges
+from sctranslator.engine.ledger import Ledger, read_record
 from sctranslator.errors import StoreError
+from sctranslator.outputs import foreign_output_error
 
-JOB_FILE = "job.json"
+BLOCK_SUFFIX = ".npz"
 
 
 def job_dir_for(out: Path) -> Path:
@@ -30,57 +28,45 @@ def job_dir_for(out: Path) -> Path:
 
 @dataclass
 class KnockoutStore:
-    path: Path
-    n_obs: int
-    block_rows: int
+    ledger: Ledger
+
+    @property
+    def path(self) -> Path:
+        return self.ledger.path
+
+    @property
+    def n_obs(self) -> int:
+        return self.ledger.n_obs
 
     @classmethod
     def open(cls, out: Path, *, identity: dict[str, Any], n_obs: int, block_rows: int,
              overwrite: bool) -> KnockoutStore:
-        """Create the job directory, or reopen it for resume when it belongs to the same job."""
+        """Create the job directory, or reopen it for resume when it belongs to the same job.
+
+        The caller has claimed `out` (see `sctranslator.outputs`): an existing `out` is a
+        knockout output of ours.
+        """
         path = job_dir_for(out)
-        recorded = cls._read(path)
-        if recorded is not None and recorded["identity"] == identity and not overwrite:
-            return cls(path, n_obs, int(recorded["block_rows"]))
-        if not overwrite and (recorded is not None or out.exists()):
+        recorded = read_record(path)
+        if recorded is None and (path.exists() or path.is_symlink()):
+            raise foreign_output_error(path, "exists but holds no knockout job record")
+        if not overwrite and (recorded is not None or out.exists()) and (
+                recorded is None or recorded.get("identity") != identity):
             what = "was written by a different model, input or settings" if recorded is not None else "exists"
             raise StoreError(f"{out} {what}; refusing to mix results. Choose another --out, or pass --overwrite.")
-        if path.exists():
-            shutil.rmtree(path)
-        (path / "blocks").mkdir(parents=True)
-        record = {"identity": identity, "block_rows": block_rows, "n_obs": n_obs}
-        _atomic_write(path / JOB_FILE, lambda f: f.write(json.dumps(record, indent=2, default=str).encode()))
-        return cls(path, n_obs, block_rows)
-
-    @staticmethod
-    def _read(path: Path) -> dict[str, Any] | None:
-        try:
-            return json.loads((path / JOB_FILE).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        ledger, _ = Ledger.open(path, identity=identity, n_obs=n_obs, block_rows=block_rows, suffix=BLOCK_SUFFIX,
+                                replace=overwrite)
+        return cls(ledger)
 
     def blocks(self) -> list[tuple[int, int]]:
-        return block_ranges(self.n_obs, self.block_rows)
-
-    def _block_file(self, index: int) -> Path:
-        return self.path / "blocks" / f"{index:09d}.npz"
+        return self.ledger.blocks()
 
     def pending(self) -> list[int]:
-        return [i for i in range(len(self.blocks())) if not self._block_file(i).exists()]
+        return self.ledger.pending()
 
     def commit(self, index: int, arrays: dict[str, np.ndarray]) -> None:
-        _atomic_write(self._block_file(index), lambda f: np.savez(f, **arrays))
+        self.ledger.commit(index, lambda handle: np.savez(handle, **arrays))
 
     def load(self, index: int) -> dict[str, np.ndarray]:
-        with np.load(self._block_file(index)) as data:
+        with np.load(self.ledger.block_file(index)) as data:
             return {key: data[key] for key in data.files}
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through a temporary file in the same directory, then rename: readers see all or nothing."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:  # a handle, so numpy adds no ".npz" to the name
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

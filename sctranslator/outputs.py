@@ -1,0 +1,204 @@
+"""Never delete what is not ours: which output paths a command may write, and how it marks its own.
+
+The rule, for every command that writes (translate, knockout, attention, evaluate, finetune,
+export onnx/triton, demo):
+
+1. The output may not be an input, lie inside an input, or contain an input (real paths compared,
+   symbolic links resolved). Refused before anything is touched, `overwrite` or not.
+2. A free path is written.
+3. A path that holds an output of the same kind, marked by our identity record, is replaced only
+   with `overwrite` (or resumed, for resumable jobs whose job record matches).
+4. Anything else is refused and left untouched, `overwrite` or not: a path holding something
+   sctranslator did not write, a symbolic link, or a sctranslator output of another kind.
+
+The identity record of an output:
+- a directory (Zarr store, bundle, report folder, Triton model directory): the file
+  `.sctranslator-output.json` inside it, `{"format": "sctranslator-output", "kind": ..., ...}`;
+- an HDF5 file (.h5ad, .h5mu): the same JSON text in the root attribute `sctranslator-output`;
+- an ONNX file: the same JSON text in the model's metadata_props under `sctranslator-output`.
+Records are written into the staged output before it is renamed into place, so an output carries
+its record from the moment it exists (see `sctranslator._atomic`).
+
+This module sits just above `errors`: every layer may use it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sctranslator.errors import OutputConflictError
+
+IDENTITY_FILE = ".sctranslator-output.json"
+IDENTITY_KEY = "sctranslator-output"  # HDF5 root attribute / ONNX metadata key
+FORMAT = "sctranslator-output"
+HDF5_SUFFIXES = (".h5ad", ".h5mu", ".h5")
+ONNX_SUFFIXES = (".onnx",)
+
+# Kind -> what it is, for messages.
+KINDS: dict[str, str] = {
+    "translate": "translate prediction store",
+    "translate-writeback": "translate write-back file (--write-h5ad / --write-mudata)",
+    "knockout": "knockout output",
+    "attention": "attention output folder",
+    "evaluate": "evaluate report folder",
+    "finetune": "finetune model bundle",
+    "finetune-work": "finetune checkpoint folder",
+    "export-onnx": "exported ONNX file",
+    "export-triton": "exported Triton model directory",
+    "demo": "demo output folder",
+}
+
+
+def identity_record(kind: str, **extra: Any) -> dict[str, Any]:
+    """The record that marks an output of `kind` (one of KINDS) as ours; `extra` adds JSON fields."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown output kind {kind!r}; one of {sorted(KINDS)}")
+    from sctranslator import __version__
+
+    return {"format": FORMAT, "kind": kind, "sctranslator": __version__, **extra}
+
+
+def identity_json(kind: str, **extra: Any) -> str:
+    """The record as JSON text (for ONNX metadata_props and HDF5 attributes)."""
+    return json.dumps(identity_record(kind, **extra), default=str)
+
+
+def write_identity(path: str | Path, kind: str, **extra: Any) -> None:
+    """Mark the (staged) output at `path` as a sctranslator output of `kind`.
+
+    Directories get `.sctranslator-output.json`; HDF5 files a root attribute. ONNX files carry
+    the record in their metadata: exporters add `{IDENTITY_KEY: identity_json(kind)}` themselves.
+    """
+    from sctranslator._atomic import atomic_write_text
+
+    path = Path(path)
+    if path.is_dir():
+        atomic_write_text(path / IDENTITY_FILE, json.dumps(identity_record(kind, **extra), indent=2, default=str))
+    elif path.suffix in HDF5_SUFFIXES:
+        import h5py
+
+        with h5py.File(path, "a") as handle:
+            handle.attrs[IDENTITY_KEY] = identity_json(kind, **extra)
+    else:
+        raise ValueError(f"cannot mark {path}: not a directory, HDF5 or ONNX file")
+
+
+def _decoded(text: Any) -> dict[str, Any] | None:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    try:
+        record = json.loads(text)
+    except (TypeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) and record.get("format") == FORMAT else None
+
+
+def read_identity(path: str | Path) -> dict[str, Any] | None:
+    """Our identity record of the output at `path`, or None when it has none (it is not ours)."""
+    path = Path(path)
+    if path.is_symlink() or not path.exists():
+        return None
+    if path.is_dir():
+        try:
+            return _decoded((path / IDENTITY_FILE).read_text())
+        except (OSError, UnicodeDecodeError):
+            return None
+    if path.suffix in HDF5_SUFFIXES:
+        try:
+            import h5py
+
+            with h5py.File(path, "r") as handle:
+                return _decoded(handle.attrs.get(IDENTITY_KEY))
+        except OSError:  # not an HDF5 file
+            return None
+    if path.suffix in ONNX_SUFFIXES:
+        try:
+            import onnx
+
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception:  # noqa: BLE001 - onnx raises many types for files that are not ONNX
+            return None
+        return _decoded({p.key: p.value for p in proto.metadata_props}.get(IDENTITY_KEY))
+    return None
+
+
+def _real(path: str | Path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _overlap(output: Path, candidate: Path) -> str | None:
+    if output == candidate:
+        return "is"
+    if candidate in output.parents:
+        return "lies inside"
+    if output in candidate.parents:
+        return "contains"
+    return None
+
+
+def check_not_input(path: str | Path, inputs: Iterable[Any]) -> None:
+    """OutputConflictError when `path` is, lies inside, or contains one of `inputs`.
+
+    inputs: paths, or objects with a `source` path (a loaded TranslatorModel); others are ignored.
+    """
+    output = _real(path)
+    for item in inputs:
+        if not isinstance(item, (str, Path)):
+            item = getattr(item, "source", None)  # a loaded model remembers the file it came from
+        if not isinstance(item, (str, Path)) or str(item) in ("", "in-memory"):
+            continue  # in-memory data or models have no path to protect
+        relation = _overlap(output, _real(item))
+        if relation is not None:
+            raise OutputConflictError(
+                f"the output {path} {relation} the input {item}; writing there could destroy the input. "
+                "Choose an output path outside every input (nothing was changed)")
+
+
+def foreign_output_error(path: Path, why: str) -> OutputConflictError:
+    return OutputConflictError(
+        f"{path} {why}: it holds something sctranslator did not write, so it is left untouched. "
+        "Choose another output path, or remove it yourself if you no longer need it")
+
+
+def claim_output(path: str | Path, kind: str, *, inputs: Iterable[Any] = (), overwrite: bool = False,
+                 resumable: bool = False, siblings: Iterable[str | Path] = ()) -> bool:
+    """Check that a command may write its output of `kind` at `path`; touches nothing.
+
+    inputs: the command's input paths (non-path items, e.g. an in-memory AnnData, are skipped).
+    overwrite: the user asked to replace an earlier output of the same kind.
+    resumable: the command resumes its own earlier output when its job record matches, so an
+        existing output of this kind is allowed without `overwrite` (the job checks the rest).
+    siblings: further files the command writes beside `path` (e.g. knockout's CSV tables); they
+        belong to the output when it is ours, and must not exist when `path` does not.
+    Returns True when an output of ours is there (to resume or replace), False when the path is free.
+    Raises OutputConflictError (a StoreError) in every other case, as the module docstring says.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown output kind {kind!r}; one of {sorted(KINDS)}")
+    path = Path(path)
+    siblings = [Path(s) for s in siblings]
+    for target in (path, *siblings):
+        check_not_input(target, inputs)
+    if path.is_symlink():
+        raise foreign_output_error(path, "is a symbolic link")
+    if not path.exists():
+        present = [s for s in siblings if s.exists() or s.is_symlink()]
+        if present:
+            raise foreign_output_error(present[0], f"exists, but {path} (the output it would belong to) does not")
+        return False
+    record = read_identity(path)
+    if record is None:
+        raise foreign_output_error(path, "exists and carries no sctranslator identity record")
+    found = str(record.get("kind"))
+    if found != kind:
+        raise OutputConflictError(
+            f"{path} is a sctranslator {KINDS.get(found, found)}, not a {KINDS[kind]}; it is left untouched. "
+            "Choose another output path")
+    if not (overwrite or resumable):
+        raise OutputConflictError(
+            f"{path} already holds a {KINDS[kind]} from an earlier run. Pass --overwrite (overwrite=True) "
+            "to replace it, or choose another output path")
+    return True
