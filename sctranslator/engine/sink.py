@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from sctranslator.engine.predictions import TemporaryStore, open_predictions
 from sctranslator.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -153,5 +154,6 @@ class ZarrSink:
         record.update(extra or {})
         _atomic_write_text(self.job_dir / JOB_FILE, json.dumps(record, indent=2, default=str))
 
-    def read(self) -> ad.AnnData:
-        return ad.read_zarr(self.path)
+    def read(self, owner: TemporaryStore | None = None) -> ad.AnnData:
+        """The finished store as an AnnData whose X stays on disk (see `open_predictions`)."""
+        return open_predictions(self.path, owner=owner)
