@@ -28,9 +28,10 @@ N_GENES = 32
 N_PROTEINS = 128  # 1M cells x 128 proteins = 512 MB of predictions: loading them would show
 NNZ_PER_CELL = 3
 CHUNK_CELLS = 65_536
-# What may scale with cells: obs names (read by the source, the sink and the returned AnnData),
-# indptr reads and the block ledger: well under 200 bytes a cell, plus allocator noise.
-PER_CELL_ALLOWANCE = 200
+# What may scale with cells: the obs names (a short Python string is ~70 bytes; the source, the
+# store's creation and the returned AnnData each hold a copy, at most three at once) and the
+# indptr: under 250 bytes a cell, plus allocator noise. Loading the predictions would add 512.
+PER_CELL_ALLOWANCE = 250
 NOISE = 64 << 20
 
 

@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover - anndata 0.10
     from anndata.experimental import read_elem, write_elem
 
 SLAB_BYTES = 64 << 20
+CHUNK_BYTES = 1 << 20
 ARRAY_ATTRS = {"encoding-type": "array", "encoding-version": "0.2.0"}
 ANNDATA_ATTRS = {"encoding-type": "anndata", "encoding-version": "0.1.0"}
 _SPARSE = ("csr_matrix", "csc_matrix")
@@ -59,7 +60,10 @@ def copy_rows(source: Any, parent: h5py.Group, key: str, attrs: dict[str, Any] |
     dtype = np.dtype(source.dtype)
     align = int(source.chunks[0]) if getattr(source, "chunks", None) and isinstance(source.chunks[0], int) else 1
     rows = slab_rows(shape, dtype.itemsize, align)
-    target = create_rows_dataset(parent, key, shape, dtype, rows)
+    # Chunks of about 1 MiB keep later row reads (backed mode) cheap; slabs hold whole chunks.
+    chunk = max(1, min(rows, CHUNK_BYTES // max(1, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)))
+    rows = max(chunk, rows // chunk * chunk)
+    target = create_rows_dataset(parent, key, shape, dtype, chunk)
     if attrs is not None:
         target.attrs.update(attrs)
     for start, stop in slabs(shape[0], rows):
