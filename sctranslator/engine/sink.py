@@ -22,6 +22,7 @@ import zarr
 
 from sctranslator._atomic import install_dir, staging_dir
 from sctranslator.engine.ledger import Ledger, block_ranges, read_record
+from sctranslator.engine.predictions import TemporaryStore, open_predictions
 from sctranslator.errors import StoreError
 from sctranslator.outputs import claim_output, write_identity
 
@@ -131,5 +132,6 @@ class ZarrSink:
         ledger.require_complete(str(self.path))
         ledger.update_record({"complete": True, **(extra or {})})
 
-    def read(self) -> ad.AnnData:
-        return ad.read_zarr(self.path)
+    def read(self, owner: TemporaryStore | None = None) -> ad.AnnData:
+        """The finished store as an AnnData whose X stays on disk (see `open_predictions`)."""
+        return open_predictions(self.path, owner=owner)

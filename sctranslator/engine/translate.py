@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -21,10 +20,17 @@ from sctranslator.engine.backends.base import BackendSpec
 from sctranslator.engine.backends.registry import BACKENDS
 from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.pipeline import BlockJob, default_workers, run_job
-from sctranslator.engine.sink import OUTPUT_KIND, ZarrSink
+from sctranslator.engine.predictions import TemporaryStore
+from sctranslator.engine.sink import EMBEDDING_KEY, OUTPUT_KIND, ZarrSink
 from sctranslator.engine.sources import open_source
-from sctranslator.engine.writeback import write_h5ad_with_proteins, write_mudata_with_proteins
-from sctranslator.errors import BackendError, InputDataError, OutputConflictError
+from sctranslator.engine.writeback import (
+    PROTEIN_KEY,
+    PROVENANCE_KEY,
+    protein_frame,
+    write_h5ad_with_proteins,
+    write_mudata_with_proteins,
+)
+from sctranslator.errors import BackendError, InputDataError, OutputConflictError, StoreError
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
 from sctranslator.outputs import claim_output, write_identity
@@ -115,14 +121,26 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
               allow_low_coverage: bool = False, allow_empty_cells: bool = False, overwrite: bool = False,
               onnx_path: str | None = None, precision: str = "fp32", backend_options: dict[str, Any] | None = None,
               write_h5ad: str | Path | None = None, write_mudata: str | Path | None = None,
-              embeddings: bool = False, quiet: bool = True, gene_mapping: str | None = None) -> ad.AnnData:
+              embeddings: bool = False, quiet: bool = True, gene_mapping: str | None = None,
+              inplace: bool = False) -> ad.AnnData | None:
     """Predict protein abundance for every cell of `data` with `model`.
 
-    Returns an AnnData (cells x proteins; X float32) whose `uns['sctranslator']` records the
-    model, settings, plan and coverage. With `out`, the result is an AnnData-layout Zarr store
-    there, written block by block: re-running the same call after an interruption resumes.
-    With `embeddings`, obsm['X_sctranslator'] holds each cell's embedding: the mean of the encoder's
-    outputs over the cell's real gene tokens (torch backend).
+    Returns an AnnData (cells x proteins) read lazily from the output store: `X` is a float32
+    `dask.array.Array` over the store's chunks, so the predictions are never all in memory; obs, var
+    and uns are in memory. For a numpy array use `result.X.compute()` (or `np.asarray(result.X)`,
+    `result.X[:100].compute()` for some rows); `result.to_memory()` gives an in-memory AnnData (for
+    results that fit). `uns['sctranslator']` records the model, settings, plan, coverage and run.
+    With `out`, the result is an AnnData-layout Zarr store there, written block by block:
+    re-running the same call after an interruption resumes. Without `out` the store is a temporary
+    directory, removed when no view of the returned object is left (or at exit).
+    With `embeddings`, obsm['X_sctranslator'] (a dask array likewise, cells x model dim) holds each
+    cell's embedding: the mean of the encoder's outputs over the cell's real gene tokens (torch backend).
+    `write_h5ad` / `write_mudata` also write the input with the predictions (obsm['protein_expression'],
+    or a 'prot' modality; see `engine.writeback`), streamed element by element.
+    With `inplace=True` (`data` an AnnData or MuData object) the predictions are also set on it, as
+    scvi-tools' totalVI does: `obsm['protein_expression']` (an in-memory DataFrame, proteins as
+    columns), `obsm['X_sctranslator']` with `embeddings`, and `uns['sctranslator']`; nothing is
+    returned then.
 
     Which matrix is read: X, or ``layers[layer]``, or with `use_raw` ``.raw.X`` with ``.raw.var``
     (InputDataError when absent). `modality` names the MuData modality (None: `rna`, else the one
@@ -137,6 +155,10 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     `overwrite` replaces an earlier translate store (or write-back file) at the same path; nothing
     else is ever replaced, and an output that is or overlaps an input is refused (OutputConflictError,
     see `sctranslator.outputs`).
+
+    Raises BackendError (unknown backend, embeddings off torch), InputDataError (bad sizes or input,
+    `inplace` without an AnnData), StoreError (an `out` that names an HDF5 file, or belongs to
+    another job), and the input, vocabulary and coverage errors of the plan.
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
@@ -145,6 +167,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
                            "use --backend torch with --embeddings")
     if (batch_size is not None and batch_size < 1) or (block_cells is not None and block_cells < 1):
         raise InputDataError("batch_size and block_cells must be >= 1")
+    _check_out(out)
+    target = _inplace_target(data) if inplace else None
     inputs = (data, model, onnx_path)
     _claim_outputs(out, write_h5ad, write_mudata, inputs, overwrite)
     source = open_source(data, layer=layer, use_raw=use_raw, modality=modality, missing_chunks=missing_chunks)
@@ -179,10 +203,10 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
                      "allow_empty_cells": bool(allow_empty_cells)},
         "versions": _versions(),
     }}
-    temporary = None
+    owner = None
     if out is None:
-        temporary = tempfile.mkdtemp(prefix="sctranslator-")
-        out = Path(temporary) / "predictions.zarr"
+        owner = TemporaryStore(tempfile.mkdtemp(prefix="sctranslator-"))
+        out = Path(owner.path) / "predictions.zarr"
     rows = max(1, min(block_cells, source.n_obs or 1))
     try:
         sink = ZarrSink.open(out, identity=identity, obs=source.read_obs(), var=_output_var(plan), uns=uns,
@@ -192,14 +216,51 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
                        allow_empty_cells=allow_empty_cells, embeddings=embeddings)
         stats = run_job(job, workers=n_workers, scheduler=scheduler, quiet=quiet)
         sink.finish({"last_run": stats})
-        result = sink.read()
+        result = sink.read(owner)  # lazy: X stays in the store
         result.uns["sctranslator"]["run"] = stats
         if write_h5ad:
             _write_back(write_h5ad, lambda tmp: write_h5ad_with_proteins(data, source, result, tmp))
         if write_mudata:
             _write_back(write_mudata, lambda tmp: write_mudata_with_proteins(data, source, result, tmp))
+        if target is not None:
+            _set_inplace(target, result)
+            return None
+        owner = None  # the returned arrays own the temporary store now
         return result
     finally:
         source.close()
-        if temporary:
-            shutil.rmtree(temporary, ignore_errors=True)
+        if owner is not None:
+            owner.remove()
+
+
+_HDF5_SUFFIXES = (".h5ad", ".h5mu", ".h5", ".hdf5", ".loom")
+
+
+def _check_out(out: str | Path | None) -> None:
+    """`out` is a resumable Zarr directory; refuse a name that promises an HDF5 file."""
+    if out is None or Path(out).suffix.lower() not in _HDF5_SUFFIXES:
+        return
+    stem = Path(out).with_suffix(".zarr")
+    raise StoreError(f"--out {out}: the output of translate is a resumable AnnData Zarr store (a directory), not "
+                     f"an HDF5 file. Use --out {stem}, and add --write-h5ad {out} for a copy of the input with "
+                     f"obsm['protein_expression'] (or --write-mudata for a .h5mu); the Zarr store itself reads with "
+                     f"anndata.read_zarr('{stem}').")
+
+
+def _inplace_target(data: Any) -> ad.AnnData:
+    if isinstance(data, ad.AnnData):
+        return data
+    if type(data).__name__ == "MuData" and hasattr(data, "mod") and "rna" in data.mod:
+        return data.mod["rna"]
+    raise InputDataError(f"inplace=True needs an AnnData (or a MuData with an 'rna' modality) to write into, "
+                         f"not a {type(data).__name__}; pass the object, or use the returned AnnData")
+
+
+def _set_inplace(adata: ad.AnnData, result: ad.AnnData) -> None:
+    """What totalVI users look for: obsm['protein_expression'] (a DataFrame) and the provenance."""
+    frame = protein_frame(result)
+    frame.index = adata.obs_names
+    adata.obsm[PROTEIN_KEY] = frame
+    if EMBEDDING_KEY in result.obsm:
+        adata.obsm[EMBEDDING_KEY] = result.obsm[EMBEDDING_KEY].compute()
+    adata.uns[PROVENANCE_KEY] = result.uns["sctranslator"]

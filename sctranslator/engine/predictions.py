@@ -1,0 +1,119 @@
+"""A finished output store opened as an AnnData whose matrices stay on disk.
+
+`translate` returns this instead of reading the store into memory: obs, var and uns are read (they
+are small per cell), while X and the arrays in obsm are dask arrays over the Zarr chunks, so a
+10-million-cell result costs its obs table, not its 40 GB of predictions.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+import weakref
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import dask.array as da
+import numpy as np
+import pandas as pd
+import zarr
+
+from sctranslator.errors import StoreError
+
+try:  # anndata >= 0.11
+    from anndata.io import read_elem
+except ImportError:  # pragma: no cover - anndata 0.10
+    from anndata.experimental import read_elem
+
+# Rows per dask chunk: a whole number of store chunks holding about 64 MiB, so computing all of X
+# is a few hundred tasks even when the store was written in blocks of a few hundred cells.
+_DASK_CHUNK_BYTES = 64 << 20
+
+
+class TemporaryStore:
+    """Owns a temporary output directory and removes it once nothing refers to this object.
+
+    Every lazy array over the store holds a reference (through its dask graph), so the directory
+    lives exactly as long as some view of the result does, or until the interpreter exits.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.path, True)
+
+    def remove(self) -> None:
+        self._finalizer()
+
+
+class _StoreArray:
+    """One array of the store as dask sees it (shape, dtype, slicing), keeping a temporary store alive."""
+
+    def __init__(self, path: str, name: str, owner: TemporaryStore | None = None) -> None:
+        self.path, self.name, self._owner = path, name, owner
+        self._array = zarr.open_group(path, mode="r")[name]
+        self.shape = tuple(int(n) for n in self._array.shape)
+        self.dtype = np.dtype(self._array.dtype)
+        self.ndim = len(self.shape)
+        self.chunk_rows = int(self._array.chunks[0]) or 1
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self._array[key])
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # A copy shipped to another process reads the same store but owns nothing: only the
+        # process that made a temporary store removes it.
+        return _StoreArray, (self.path, self.name)
+
+
+def _lazy(path: str, name: str, owner: TemporaryStore | None) -> da.Array:
+    array = _StoreArray(path, name, owner)
+    row_bytes = max(1, int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize)
+    rows = max(array.chunk_rows, (_DASK_CHUNK_BYTES // row_bytes) // array.chunk_rows * array.chunk_rows)
+    chunks = (min(rows, max(1, array.shape[0])), *array.shape[1:])
+    return da.from_array(array, chunks=chunks, name=f"sctranslator-{name.replace('/', '-')}-{uuid.uuid4().hex}",
+                         asarray=True, fancy=False, inline_array=False)
+
+
+def open_predictions(path: str | Path, *, owner: TemporaryStore | None = None) -> ad.AnnData:
+    """The AnnData of a translate output store, with X (and obsm arrays) read lazily.
+
+    Parameters
+    ----------
+    path
+        An output store written by `translate` (an AnnData-layout Zarr directory).
+    owner
+        For a temporary store: the object that removes it; the returned arrays keep it alive.
+
+    Returns
+    -------
+    AnnData (cells x proteins) whose `X` is a float32 `dask.array.Array` over the store's chunks
+    (`result.X.compute()` or `np.asarray(result.X)` gives a numpy array; `result.to_memory()` an
+    in-memory AnnData), whose `obsm` arrays are dask arrays likewise, and whose obs, var and uns are
+    in memory.
+
+    Raises
+    ------
+    StoreError
+        The store cannot be opened or lacks X, obs or var.
+    """
+    path = str(path)
+    try:
+        root = zarr.open_group(path, mode="r")
+        obs, var = read_elem(root["obs"]), read_elem(root["var"])
+        uns = read_elem(root["uns"]) if "uns" in root else {}
+        x = _lazy(path, "X", owner)
+        obsm = {}
+        if "obsm" in root:
+            for key in root["obsm"]:
+                member = root["obsm"][key]
+                obsm[key] = (_lazy(path, f"obsm/{key}", owner) if isinstance(member, zarr.Array)
+                             else read_elem(member))
+    except (KeyError, OSError, ValueError) as exc:
+        raise StoreError(f"{path}: cannot open as a translate output ({type(exc).__name__}: {exc}); "
+                         "re-run translate into a new --out") from exc
+    return ad.AnnData(X=x, obs=_frame(obs), var=_frame(var), uns=uns, obsm=obsm)
+
+
+def _frame(table: Any) -> pd.DataFrame:
+    return table if isinstance(table, pd.DataFrame) else pd.DataFrame(table)
