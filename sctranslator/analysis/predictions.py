@@ -48,7 +48,8 @@ def _read_file(path: Path, what: str) -> Any:
         if path.suffix == ".h5mu":
             import mudata
 
-            return mudata.read_h5mu(path)
+            with mudata.set_options(pull_on_update=False):  # mudata 0.3 warns on every read otherwise
+                return mudata.read_h5mu(path)
         if path.is_dir() or path.suffix == ".zarr":
             return ad.read_zarr(path)
         return ad.read_h5ad(path)
@@ -95,6 +96,10 @@ def read_predictions(source: Any, truth_names: Any = None, what: str = "predicti
             raise InputDataError(f"{label} is a MuData without a '{PROTEIN_MODALITY}' modality (it has "
                                  f"{sorted(obj.mod)}); give the predictions' modality as an AnnData")
         prot = obj.mod[PROTEIN_MODALITY]
+        if "name" in prot.var and all(str(n).startswith(f"{PROTEIN_MODALITY}:") for n in prot.var_names):
+            # translate's MuData keeps names unique across modalities ("prot:CD4"); the bare names are in var.
+            prot = prot.copy()
+            prot.var_names = prot.var["name"].astype(str).to_numpy()
         scaling = _recorded_scaling(prot.uns) or _recorded_scaling(obj.uns)
         return Predictions(prot, f"{label} (modality '{PROTEIN_MODALITY}')", scaling)
     if not isinstance(obj, ad.AnnData):
