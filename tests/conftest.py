@@ -1,4 +1,4 @@
-"""Shared test set-up: a writable Numba cache, paths to the shared fixtures and data."""
+"""Shared test set-up: caches in temporary folders, paths to the committed test data (tests/data)."""
 
 from __future__ import annotations
 
@@ -6,26 +6,30 @@ import os
 import tempfile
 from pathlib import Path
 
+# Before anything imports numba or matplotlib: both cache on first use, matplotlib under $HOME.
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / "sctranslator-numba-cache"))
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="sctranslator-tests-"))
+os.environ["MPLCONFIGDIR"] = str(_SESSION_TMP / "matplotlib")
+# The ONNX export cache (default ~/.cache/sctranslator): tests never write into the user's.
+os.environ["SCTRANSLATOR_CACHE"] = str(_SESSION_TMP / "sctranslator-cache")
+
+import shutil  # noqa: E402
 
 import pytest  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = SHARED / "fixtures" / "reference_model"
-DATA = SHARED / "data"
+from datafiles import DATASETS, FIXTURES, data_file  # noqa: E402
 
 
-def require(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared material not available: {path}")
-    return path
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    return require(FIXTURES)
+    """The original implementation's reference fixtures (checkpoints trimmed; see tests/data/README.md)."""
+    return data_file(FIXTURES)
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    return require(DATA)
+    """Real paired RNA + protein datasets, cut to a few hundred cells."""
+    return data_file(DATASETS)

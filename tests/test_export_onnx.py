@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from datafiles import FIXTURES, data_file
 from onnx.reference import ReferenceEvaluator
 
 import sctranslator
@@ -28,16 +29,11 @@ from sctranslator.export import (
 from sctranslator.export import onnx as onnx_export
 from sctranslator.export.onnx_validate import BF16_ON_CPU_MESSAGE, normalize_inputs, torch_predictions
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = SHARED / "fixtures" / "reference_model"
 PANEL = {"protein_ids": [5, 7, 11], "gene_ids": [1, 2, 3]}
 
 
 def fixture_file(name: str) -> Path:
-    path = FIXTURES / name
-    if not path.exists():
-        pytest.skip(f"shared fixture not available: {path}")
-    return path
+    return data_file(FIXTURES / name)
 
 
 def load_tiny(name: str) -> tuple[sctranslator.TranslatorModel, dict[str, np.ndarray]]:

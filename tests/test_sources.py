@@ -14,6 +14,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import anndata
+import datafiles
 import h5py
 import numpy as np
 import pytest
@@ -28,9 +29,8 @@ try:
 except ImportError:  # anndata < 0.11
     from anndata.experimental import write_elem
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-PBMC = SHARED / "data" / "pbmc10k_cite_10x" / "rna.h5ad"
-BMMC = SHARED / "data" / "bmmc_cite_neurips2021" / "rna.h5ad"
+PBMC = datafiles.PBMC / "rna.h5ad"
+BMMC = datafiles.BMMC / "rna.h5ad"
 # Block sizes cycled over the rows: single rows, odd sizes, large blocks, and a partial last one.
 BLOCK_SIZES = (1, 7, 53, 1000)
 
@@ -38,9 +38,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWa
 
 
 def _require(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared data not available: {path}")
-    return path
+    return datafiles.data_file(path)
 
 
 # ---------------------------------------------------------------- writing stores
