@@ -195,13 +195,18 @@ def test_bf16_export_graph_and_numerics(tiny_a, bf16_export):
 
 
 def test_bf16_in_onnxruntime_cpu(tiny_a, bf16_export):
+    """onnxruntime's CPU provider validates the bf16 graph, or refuses it with the named error.
+
+    Today's onnxruntime has no CPU bf16 kernels, so the named error is what is checked here; the bf16
+    numerics themselves are checked with the onnx reference runtime above.
+    """
     model, case = tiny_a
     path, _ = bf16_export
     try:
         result = validate_onnx(path, model, case, precision="bf16")
     except ExportError as exc:
         assert BF16_ON_CPU_MESSAGE in str(exc)
-        pytest.skip(f"onnxruntime CPU cannot run bf16, as the named error says: {exc}")
+        return
     assert result.passed, str(result)  # a future onnxruntime with CPU bf16 kernels
 
 
@@ -274,8 +279,7 @@ def test_random_inputs_are_realistic(tiny_a):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("SCTRANSLATOR_SLOW_TESTS") != "1",
-                    reason="full-size export (~1 min, 2 GB RAM): set SCTRANSLATOR_SLOW_TESTS=1")
+@pytest.mark.fullsize  # ~1 min and several GB of RAM: deselected unless SCTRANSLATOR_SLOW_TESTS=1 (conftest)
 def test_full_size_export_and_speed(tmp_path):
     torch.manual_seed(0)
     model = sctranslator.TranslatorModel(sctranslator.ModelConfig())
