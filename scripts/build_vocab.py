@@ -1,6 +1,7 @@
 """Build the identifier tables shipped in `sctranslator/vocab/data/` from the raw public tables.
 
     python scripts/build_vocab.py [--source /work/shared/vocab] [--out sctranslator/vocab/data]
+    python scripts/build_vocab.py --check   # rebuild into a temporary folder, compare with --out
 
 Inputs (see the source folder's README): scTranslator's own maps (entrez -> token, human symbol ->
 entrez, mouse symbol/Ensembl -> human symbol), the HGNC complete sets of 2024-10-18 (full) and
@@ -30,6 +31,7 @@ import argparse
 import hashlib
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -346,11 +348,29 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def main(argv: list[str] | None = None) -> None:
+def check(source: Path, shipped: Path) -> int:
+    """Rebuild from `source` into a temporary folder; every npz member must equal the shipped one.
+
+    Compared member by member rather than byte for byte: another zlib may compress differently.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        main(["--source", str(source), "--out", tmp])
+        with np.load(shipped / TABLES_FILE) as expected, np.load(Path(tmp) / TABLES_FILE) as rebuilt:
+            different = sorted(set(expected.files) ^ set(rebuilt.files))
+            different += [m for m in sorted(set(expected.files) & set(rebuilt.files))
+                          if not np.array_equal(expected[m], rebuilt[m])]
+    print("\n".join(f"differs: {m}" for m in different) or f"{shipped / TABLES_FILE} matches a rebuild from {source}")
+    return 1 if different else 0
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", type=Path, default=REPO.parent / "shared" / "vocab")
     parser.add_argument("--out", type=Path, default=REPO / "sctranslator" / "vocab" / "data")
+    parser.add_argument("--check", action="store_true", help="rebuild into a temporary folder and compare with --out")
     args = parser.parse_args(argv)
+    if args.check:
+        return check(args.source, args.out)
     sources = Sources(args.source)
 
     tokens = build_tokens(sources)
@@ -384,6 +404,8 @@ def main(argv: list[str] | None = None) -> None:
     manifest["bytes"] = path.stat().st_size
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"{path}: {path.stat().st_size / 1e6:.2f} MB")
+    return 0
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

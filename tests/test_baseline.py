@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from datafiles import PBMC, data_file
 
 from sctranslator.analysis import RidgeBaseline, heldout_split
 from sctranslator.analysis.baseline import _ridge_coef, align_genes, cv_alpha, fit_pca
 from sctranslator.analysis.metrics import compute_metrics
 from sctranslator.errors import InputDataError, StoreError
 from sctranslator.kernels import scale_targets
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-PBMC = SHARED / "data" / "pbmc10k_cite_10x"
 
 
 def test_heldout_split_is_seeded_disjoint_and_matches_the_trainer():
@@ -94,9 +90,7 @@ def test_align_genes_reorders_by_name_and_zero_fills():
 
 @pytest.fixture(scope="module")
 def pbmc() -> tuple[ad.AnnData, ad.AnnData]:
-    if not PBMC.exists():
-        pytest.skip(f"shared data not available: {PBMC}")
-    return ad.read_h5ad(PBMC / "rna.h5ad"), ad.read_h5ad(PBMC / "protein.h5ad")
+    return ad.read_h5ad(data_file(PBMC / "rna.h5ad")), ad.read_h5ad(data_file(PBMC / "protein.h5ad"))
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +103,12 @@ def fitted(pbmc) -> tuple[RidgeBaseline, np.ndarray, np.ndarray]:
 
 
 def test_accuracy_on_the_real_heldout_split(pbmc, fitted):
-    # Measured: 0.735 mean per-protein Pearson (min-max targets, 50 PCs, CV alpha 100; 0.732 before scikit-learn).
+    # Measured (scikit-learn): 0.669 mean per-protein Pearson on the committed 1,000 cells (500 held out;
+    # 0.735 with all 6,855 cells), min-max targets, 50 PCs, CV alpha. The floor catches a baseline that stops learning.
     rna, protein = pbmc
     model, test, targets = fitted
     report = compute_metrics(model.predict(rna.X[test], rna.var_names), targets[test], protein.var_names)
-    assert report["summary"]["mean_protein_pearson"] >= 0.65
+    assert report["summary"]["mean_protein_pearson"] >= 0.62
     assert model.alpha_ in model.cv_alphas and len(model.cv_errors_) == len(model.cv_alphas)
 
 

@@ -11,6 +11,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from datafiles import PBMC, TINY_A, data_file
 from scipy import stats
 
 from sctranslator.analysis import evaluate
@@ -27,9 +28,7 @@ from sctranslator.analysis.metrics import (
 from sctranslator.errors import InputDataError, StoreError
 from sctranslator.kernels import scale_targets
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-PBMC = SHARED / "data" / "pbmc10k_cite_10x"
-TINY_MODEL = SHARED / "fixtures" / "reference_model" / "tiny_a_official.pt"
+TINY_MODEL = TINY_A
 PANEL = ["CD3", "CD4", "CD8a", "CD14", "CD19", "CD45RA"]
 
 
@@ -119,19 +118,15 @@ def test_cells_match_by_name_and_none_shared_is_an_error():
 # -- evaluate on a predictions store written by translate ---------------------------------------------
 @pytest.fixture(scope="module")
 def pbmc_protein() -> ad.AnnData:
-    if not PBMC.exists():
-        pytest.skip(f"shared data not available: {PBMC}")
-    return ad.read_h5ad(PBMC / "protein.h5ad")
+    return ad.read_h5ad(data_file(PBMC / "protein.h5ad"))
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, pbmc_protein) -> Path:
     """A real predictions Zarr store: the tiny reference model on 100 pbmc10k cells."""
-    if not TINY_MODEL.exists():
-        pytest.skip(f"shared fixture not available: {TINY_MODEL}")
     from sctranslator import translate
 
-    rna = ad.read_h5ad(PBMC / "rna.h5ad")[:100].copy()
+    rna = ad.read_h5ad(data_file(PBMC / "rna.h5ad"))[:100].copy()
     out = tmp_path_factory.mktemp("pred") / "pred.zarr"
     translate(rna, TINY_MODEL, PANEL, out=out, workers=1)
     return out

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from datafiles import FIXTURES, data_file
 from onnx.reference import ReferenceEvaluator
 
 import sctranslator
@@ -28,16 +29,11 @@ from sctranslator.export import (
 from sctranslator.export import onnx as onnx_export
 from sctranslator.export.onnx_validate import BF16_ON_CPU_MESSAGE, normalize_inputs, torch_predictions
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = SHARED / "fixtures" / "reference_model"
 PANEL = {"protein_ids": [5, 7, 11], "gene_ids": [1, 2, 3]}
 
 
 def fixture_file(name: str) -> Path:
-    path = FIXTURES / name
-    if not path.exists():
-        pytest.skip(f"shared fixture not available: {path}")
-    return path
+    return data_file(FIXTURES / name)
 
 
 def load_tiny(name: str) -> tuple[sctranslator.TranslatorModel, dict[str, np.ndarray]]:
@@ -199,13 +195,18 @@ def test_bf16_export_graph_and_numerics(tiny_a, bf16_export):
 
 
 def test_bf16_in_onnxruntime_cpu(tiny_a, bf16_export):
+    """onnxruntime's CPU provider validates the bf16 graph, or refuses it with the named error.
+
+    Today's onnxruntime has no CPU bf16 kernels, so the named error is what is checked here; the bf16
+    numerics themselves are checked with the onnx reference runtime above.
+    """
     model, case = tiny_a
     path, _ = bf16_export
     try:
         result = validate_onnx(path, model, case, precision="bf16")
     except ExportError as exc:
         assert BF16_ON_CPU_MESSAGE in str(exc)
-        pytest.skip(f"onnxruntime CPU cannot run bf16, as the named error says: {exc}")
+        return
     assert result.passed, str(result)  # a future onnxruntime with CPU bf16 kernels
 
 
@@ -278,8 +279,7 @@ def test_random_inputs_are_realistic(tiny_a):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("SCTRANSLATOR_SLOW_TESTS") != "1",
-                    reason="full-size export (~1 min, 2 GB RAM): set SCTRANSLATOR_SLOW_TESTS=1")
+@pytest.mark.fullsize  # ~1 min and several GB of RAM: deselected unless SCTRANSLATOR_SLOW_TESTS=1 (conftest)
 def test_full_size_export_and_speed(tmp_path):
     torch.manual_seed(0)
     model = sctranslator.TranslatorModel(sctranslator.ModelConfig())

@@ -9,12 +9,12 @@ import tempfile
 # numba reads NUMBA_CACHE_DIR when it is first imported, so set it before anything imports it.
 os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "sctranslator-numba-cache"))
 
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 import scipy.stats  # noqa: E402
+from datafiles import FIXTURES, PBMC, data_file  # noqa: E402
 
 from sctranslator.errors import InputDataError  # noqa: E402
 from sctranslator.kernels import (  # noqa: E402
@@ -29,14 +29,6 @@ from sctranslator.kernels import (  # noqa: E402
 
 EPS = 1e-8
 MODES = ("none", "log1p", "total", "total_log1p")
-
-
-def _shared(relative: str) -> Path:
-    """A shared input: a copy under tests/data wins over the read-only /work/shared tree."""
-    for root in (Path(__file__).parent / "data", Path("/work/shared")):
-        if (root / relative).exists():
-            return root / relative
-    pytest.skip(f"shared input {relative} is not available")
 
 
 # ---------------------------------------------------------------- numpy reference
@@ -100,7 +92,7 @@ def random_counts(rng, n_rows, n_cols, density=0.3):
 @pytest.mark.parametrize("case", ["pad", "truncate", "exact"])
 @pytest.mark.parametrize("layout", ["dense", "csr"])
 def test_reproduces_reference_preprocessing(case, layout):
-    fixture = np.load(_shared("fixtures/reference_model/preprocess_cases.npz"))
+    fixture = np.load(data_file(FIXTURES / "preprocess_cases.npz"))
     x = fixture[f"{case}__X"]
     length = int(fixture[f"{case}__length"])
     n_cols = x.shape[1]
@@ -301,7 +293,7 @@ def test_concurrent_calls_from_threads_agree():
 @pytest.fixture(scope="module")
 def pbmc_block():
     anndata = pytest.importorskip("anndata")
-    adata = anndata.read_h5ad(_shared("data/pbmc10k_cite_10x/rna.h5ad"))
+    adata = anndata.read_h5ad(data_file(PBMC / "rna.h5ad"))
     return adata[:300].copy()
 
 

@@ -32,8 +32,11 @@ def test_kill_9_then_rerun_completes_identically(data_dir: Path, tmp_path: Path)
                                               enc_dim_head=16, dec_dim_head=8, max_genes=1024, max_proteins=16))
     bundle = save_model(model, tmp_path / "model")
     data = tmp_path / "rna.h5ad"
-    ad.read_h5ad(data_dir / "pbmc10k_cite_10x" / "rna.h5ad")[:1600].copy().write_h5ad(data)
-    n_obs = 1600
+    real = ad.read_h5ad(data_dir / "pbmc10k_cite_10x" / "rna.h5ad")
+    n_obs = 1600  # the committed real cells, repeated (with new names) up to this many
+    cells = ad.concat([real] * -(-n_obs // real.n_obs))[:n_obs].copy()
+    cells.obs_names = [f"cell{i}" for i in range(n_obs)]
+    cells.write_h5ad(data)
     common = ["--model", str(bundle), "--proteins", PROTEINS, "--block-cells", "32", "--batch-size", "16",
               "--workers", "1", "--quiet"]
     out = tmp_path / "interrupted.zarr"

@@ -14,6 +14,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import anndata
+import datafiles
 import h5py
 import numpy as np
 import pandas as pd
@@ -29,9 +30,8 @@ try:
 except ImportError:  # anndata < 0.11
     from anndata.experimental import write_elem
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-PBMC = SHARED / "data" / "pbmc10k_cite_10x" / "rna.h5ad"
-BMMC = SHARED / "data" / "bmmc_cite_neurips2021" / "rna.h5ad"
+PBMC = datafiles.PBMC / "rna.h5ad"
+BMMC = datafiles.BMMC / "rna.h5ad"
 # Block sizes cycled over the rows: single rows, odd sizes, large blocks, and a partial last one.
 BLOCK_SIZES = (1, 7, 53, 1000)
 
@@ -39,9 +39,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWa
 
 
 def _require(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared data not available: {path}")
-    return path
+    return datafiles.data_file(path)
 
 
 # ---------------------------------------------------------------- writing stores
@@ -678,7 +676,7 @@ def test_mudata_modality_ambiguous_or_absent_is_a_clear_error(tmp_path):
 def test_translate_cli_missing_chunks_modality_and_raw(tmp_path, capsys):
     from sctranslator.cli import main
 
-    model = SHARED / "fixtures" / "reference_model" / "tiny_a_official.pt"
+    model = datafiles.TINY_A
     pbmc = anndata.read_h5ad(_require(PBMC))[:40].copy()
     dense = pbmc.copy()
     dense.X = pbmc.X.toarray()

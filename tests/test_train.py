@@ -12,19 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from datafiles import PBMC, TINY_A, data_file
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-PBMC = SHARED / "data" / "pbmc10k_cite_10x"
-TINY_A = SHARED / "fixtures" / "reference_model" / "tiny_a_official.pt"
 N_CELLS = 240
 
-pytestmark = pytest.mark.skipif(not (PBMC.exists() and TINY_A.exists()), reason="shared data not available")
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A few hundred real PBMC cells as two h5ad files (and in memory)."""
-    rna = ad.read_h5ad(PBMC / "rna.h5ad")[:N_CELLS].copy()
+    rna = ad.read_h5ad(data_file(PBMC / "rna.h5ad"))[:N_CELLS].copy()
     protein = ad.read_h5ad(PBMC / "protein.h5ad")[:N_CELLS].copy()
     folder = tmp_path_factory.mktemp("pair")
     rna.write_h5ad(folder / "rna.h5ad")
@@ -242,11 +239,8 @@ def test_finetune_command_line(pair, tmp_path, capsys):
 def test_packaged_demo_runs_end_to_end(tmp_path):
     from sctranslator.demo import demo_root, format_table, run_demo
 
-    try:
-        with demo_root() as root:
-            recorded = json.loads((root / "demo.json").read_text())
-    except Exception:  # the demo artefacts are made by scripts/train_demo.py
-        pytest.skip("packaged demo data not present")
+    with demo_root() as root:  # the package's demo data (made by scripts/train_demo.py) is in the repository
+        recorded = json.loads((root / "demo.json").read_text())
     report = run_demo(tmp_path / "demo", workers=1)
     assert report["n_cells"] == 500 and (tmp_path / "demo" / "demo_predictions.zarr").exists()
     assert report["model_mean_r"] == pytest.approx(recorded["heldout"]["model_mean_r"], abs=1e-3)

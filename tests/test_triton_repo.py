@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from datafiles import TINY_A, data_file
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -26,16 +27,12 @@ from sctranslator.export.triton_config import ServingSettings, build_config, mod
 from sctranslator.model import TranslatorModel
 from sctranslator.model.identity import model_fingerprint
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-TINY_A = SHARED / "fixtures" / "reference_model" / "tiny_a_official.pt"
 INPUTS = ["values", "gene_ids", "gene_mask", "protein_ids", "protein_mask"]
 
 
 @pytest.fixture(scope="module")
 def tiny_a() -> TranslatorModel:
-    if not TINY_A.exists():
-        pytest.skip(f"shared fixture not available: {TINY_A}")
-    return sctranslator.load_model(TINY_A)
+    return sctranslator.load_model(data_file(TINY_A))
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import anndata as ad
 import numpy as np
 import pytest
 import torch
+from datafiles import FIXTURES, PBMC, data_file
 from triton_server import require_tritonserver, running_server
 
 import sctranslator
@@ -30,9 +31,7 @@ from sctranslator.model import TranslatorModel
 
 pytestmark = pytest.mark.triton
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = SHARED / "fixtures" / "reference_model"
-RNA = SHARED / "data" / "pbmc10k_cite_10x" / "rna.h5ad"
+RNA = PBMC / "rna.h5ad"
 # 20 proteins: two windows of the tiny models' P=16, the second one padded.
 PROTEINS = ["CD3", "CD4", "CD8a", "CD14", "CD16", "CD19", "CD45RA", "PD-1", "TIGIT", "CD127", "CD25", "CD56",
             "CD45RO", "CD28", "CD27", "CD11c", "HLA-DR", "CD15", "CD34", "CD86"]
@@ -40,9 +39,7 @@ N_CELLS = 300
 
 
 def shared(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared material not available: {path}")
-    return path
+    return data_file(path)
 
 
 @pytest.fixture(scope="module")
