@@ -32,6 +32,10 @@ class InputDataError(SctranslatorError):
     """The input matrix is unusable as given (NaN/Inf/negative values, empty cells, duplicates...)."""
 
 
+class OptionError(InputDataError):
+    """An option was given a value outside its choices (the message lists them)."""
+
+
 class CoverageError(InputDataError):
     """Too few of the dataset's genes map onto the model's vocabulary or panel."""
 

@@ -18,12 +18,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from sctranslator import options
 from sctranslator.errors import BackendError
 from sctranslator.model import TranslatorModel, load_model
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime", "triton")
+BACKENDS = options.BACKENDS
 
 
 @dataclass

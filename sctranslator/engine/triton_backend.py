@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from sctranslator import options
 from sctranslator.engine.backends import BackendSpec, Batch
 from sctranslator.errors import ServerError
 from sctranslator.export.onnx_format import INPUT_NAMES, OUTPUT_NAME
@@ -42,7 +43,7 @@ from sctranslator.export.triton_config import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-PROTOCOLS = ("grpc", "http")
+PROTOCOLS = options.TRITON_PROTOCOLS
 # Message fragments of failures that pass once the server is back (gRPC status names included).
 _TRANSIENT = ("unavailable", "connection", "connect", "reset", "refused", "broken pipe", "socket closed",
               "not ready", "unknown model", "is not found", "stopping", "shutting down", "deadline", "timed out",

@@ -18,6 +18,7 @@ import pandas as pd
 
 from sctranslator.errors import InputDataError, VocabularyError
 from sctranslator.model import TranslatorModel
+from sctranslator.options import KNOCKOUT_SEMANTICS
 from sctranslator.plan import (
     UNMAPPED_SLOT,
     Plan,
@@ -27,7 +28,7 @@ from sctranslator.plan import (
 )
 from sctranslator.vocab import map_genes
 
-SEMANTICS = ("drop", "zero")
+SEMANTICS = KNOCKOUT_SEMANTICS
 
 
 @dataclass(frozen=True)
