@@ -88,6 +88,14 @@ def parse_names(spec: str) -> list[str]:
     return [name.strip() for name in spec.split(",") if name.strip()]
 
 
+def add_data_and_model_args(parser: argparse.ArgumentParser) -> None:
+    """INPUT, --model and --proteins, as translate, knockout and attention take them."""
+    parser.add_argument("input", help=".h5ad, AnnData .zarr store (v2/v3), or .h5mu (rna modality)")
+    parser.add_argument("--model", required=True, help="bundle directory or official .pt checkpoint")
+    parser.add_argument("--proteins", help="comma-separated antibody or gene names, or @file "
+                        "(default: the model's protein panel, when it has one)")
+
+
 # -- declarations --------------------------------------------------------------------------------------
 
 def option(default: Any = None, help: str = "", *, none_means: str | None = None, flag: str | None = None,
@@ -285,7 +293,7 @@ class EngineOptions(OptionGroup):
                                  none_means="the number of CPUs, at most 8")
     scheduler: str | None = option(None, "address of an existing dask.distributed scheduler",
                                    none_means="a local scheduler")
-    onnx_path: str | None = option(None, "ONNX file for --backend onnxruntime", flag="--onnx",
+    onnx_path: str | None = option(None, "ONNX file for --backend onnxruntime", flag="--onnx", metavar="FILE",
                                    none_means="exported on demand and cached")
 
 

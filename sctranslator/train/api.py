@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from sctranslator.errors import InputDataError
 from sctranslator.model import ModelConfig, TranslatorModel, load_model, save_model
 from sctranslator.model.identity import model_fingerprint
+from sctranslator.options import TrainDataOptions
 from sctranslator.train import distributed
 from sctranslator.train.card import model_card
 from sctranslator.train.inputs import (
@@ -30,7 +30,7 @@ from sctranslator.train.inputs import (
 )
 from sctranslator.train.loop import Outcome, Trainer, TrainOptions, apply_freeze
 from sctranslator.train.metrics_log import MetricsLog
-from sctranslator.train.paired import DEFAULT_PROTEIN_KEY, PairedData, load_paired
+from sctranslator.train.paired import PairedData, load_paired
 from sctranslator.train.presets import preset_config
 from sctranslator.train.split import Split, split_cells
 
@@ -39,24 +39,7 @@ log = logging.getLogger(__name__)
 KEEP = "model"  # feature_redraw_interval: keep the starting model's setting
 
 
-@dataclass
-class DataOptions:
-    """Which data, how it is split, and how inputs and targets are scaled."""
-
-    proteins: Sequence[str] | None = None  # train on these protein columns only (default: all but controls)
-    genes: Sequence[str] | None = None  # gene panel from these genes only (default: every mapped gene)
-    protein_key: str = DEFAULT_PROTEIN_KEY
-    layer: str | None = None
-    gene_column: str | None = None
-    id_type: str = "auto"
-    normalize: str = "total_log1p"
-    target_sum: float = 1e4
-    target_scaling: str = "minmax"
-    val_fraction: float = 0.1
-    val_count: int | None = None
-    split_column: str | None = None
-    val_values: Sequence[str] | None = None
-    allow_low_coverage: bool = False
+DataOptions = TrainDataOptions  # the data options of finetune, declared in sctranslator.options
 
 
 @dataclass
@@ -77,7 +60,7 @@ def _split_options(options: dict[str, Any]) -> tuple[DataOptions, TrainOptions]:
         raise TypeError(f"finetune() got unknown options {unknown}")
     data = DataOptions(**{k: v for k, v in options.items() if k in data_fields})
     train = TrainOptions(**{k: v for k, v in options.items() if k in train_fields})
-    train.freeze = tuple(train.freeze or ())
+    data.check()
     train.check()
     return data, train
 
