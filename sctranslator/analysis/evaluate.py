@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sctranslator.errors import InputDataError, StoreError
+from sctranslator.options import TARGET_SCALINGS, TargetScaling, check_choices  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TARGET_SCALINGS = ("minmax", "clr", "log1p")  # as sctranslator.kernels.TARGET_SCALINGS, without importing numba
 
 
 def read_table(source: str | Path | ad.AnnData, what: str) -> ad.AnnData:
@@ -75,22 +75,34 @@ def _no_shared_proteins(pred: ad.AnnData, truth: ad.AnnData) -> InputDataError:
 
 
 def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, out: str | Path | None = None,
-             scaling: str = "minmax", plots: bool = True, baseline: str | Path | ad.AnnData | np.ndarray | None = None,
+             scaling: TargetScaling = "minmax", plots: bool = True,
+             baseline: str | Path | ad.AnnData | np.ndarray | None = None,
              cosine_batch_size: int | None = None) -> dict[str, Any]:
     """Compare predictions with measured proteins; return (and with `out`, write) the report.
 
-    pred: a predictions Zarr store written by `translate` (or any AnnData / .h5ad, cells x proteins).
-    truth: measured protein counts (cells x proteins, raw counts) as .h5ad or AnnData.
+    Parameters:
+        pred: a predictions Zarr store written by `translate` (or any AnnData / .h5ad, cells x proteins).
+        truth: measured protein counts (cells x proteins, raw counts) as .h5ad or AnnData.
+        out: a directory for `report.json` and, if `plots`, `scatter.png` and `pearson.png`.
+        scaling: per-cell scaling applied to the truth before scoring, one of TARGET_SCALINGS
+            (minmax: the original's training target; clr; log1p).
+        baseline: a second prediction to score side by side (AnnData/path matched by name, or an
+            array of the prediction's shape, cells x proteins in its order).
+        cosine_batch_size: cells per batch for the cosine score (default: all at once).
     Cells are matched by obs_names, proteins by name, spelling, or unique encoding gene (see
-    `sctranslator.analysis.matching`). With `baseline` (AnnData/path matched by name, or an array
-    in the prediction's order) both are scored on the cells and proteins they share with the truth,
-    side by side. With `out`, writes `report.json` and, if `plots`, `scatter.png` and `pearson.png`.
+    `sctranslator.analysis.matching`); model and baseline are scored on the cells and proteins
+    all three share. Returns the report (per-protein Pearson, Spearman, RMSE; summaries; cells and
+    proteins matched or left out).
+
+    Raises:
+        OptionError: `scaling` outside its choices.
+        InputDataError: no shared cells or proteins; a baseline array of the wrong shape.
+        StoreError: an input that cannot be read.
     """
     from sctranslator.analysis.matching import match_cells, match_proteins
     from sctranslator.kernels import scale_targets
 
-    if scaling not in TARGET_SCALINGS:
-        raise InputDataError(f"unknown scaling {scaling!r}; choose one of {TARGET_SCALINGS}")
+    check_choices(scaling=scaling)
     pred_table = read_table(pred, "predictions")
     truth_table = read_table(truth, "protein truth")
     cells = match_cells(pred_table.obs_names, truth_table.obs_names)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from sctranslator import __version__
-from sctranslator.engine.backends import BACKENDS, BackendSpec
+from sctranslator.engine.backends import BackendSpec
 from sctranslator.engine.pipeline import BlockJob, default_workers, run_job
 from sctranslator.engine.sink import ZarrSink
 from sctranslator.engine.sources import Source, open_source
@@ -25,6 +25,7 @@ from sctranslator.engine.writeback import write_h5ad_with_proteins, write_mudata
 from sctranslator.errors import BackendError, InputDataError
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
+from sctranslator.options import Backend, IdType, Normalize, Precision, check_choices
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 
 log = logging.getLogger(__name__)
@@ -81,25 +82,46 @@ def _resolve_model(model: str | Path | TranslatorModel) -> tuple[TranslatorModel
 
 
 def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel,
-              proteins: Sequence[str] | None = None, *, out: str | Path | None = None, backend: str = "torch",
+              proteins: Sequence[str] | None = None, *, out: str | Path | None = None, backend: Backend = "torch",
               device: str = "cpu", batch_size: int | None = None, block_cells: int | None = None,
-              workers: int | None = None, scheduler: str | None = None, normalize: str | None = None,
-              target_sum: float | None = None, gene_column: str | None = None, id_type: str = "auto",
+              workers: int | None = None, scheduler: str | None = None, normalize: Normalize | None = None,
+              target_sum: float | None = None, gene_column: str | None = None, id_type: IdType = "auto",
               layer: str | None = None, min_coverage: float = DEFAULT_MIN_COVERAGE,
               allow_low_coverage: bool = False, allow_empty_cells: bool = False, overwrite: bool = False,
-              onnx_path: str | None = None, precision: str = "fp32", backend_options: dict[str, Any] | None = None,
-              write_h5ad: str | Path | None = None, write_mudata: str | Path | None = None,
-              embeddings: bool = False, quiet: bool = True) -> ad.AnnData:
+              onnx_path: str | None = None, precision: Precision = "fp32",
+              backend_options: dict[str, Any] | None = None, write_h5ad: str | Path | None = None,
+              write_mudata: str | Path | None = None, embeddings: bool = False, quiet: bool = True) -> ad.AnnData:
     """Predict protein abundance for every cell of `data` with `model`.
 
-    Returns an AnnData (cells x proteins; X float32) whose `uns['sctranslator']` records the
-    model, settings, plan and coverage. With `out`, the result is an AnnData-layout Zarr store
-    there, written block by block: re-running the same call after an interruption resumes.
-    With `embeddings`, obsm['X_sctranslator'] holds each cell's embedding: the mean of the encoder's
-    outputs over the cell's real gene tokens (torch backend).
+    Parameters (the option groups of `sctranslator.options` document each one and its choices):
+        data: .h5ad, AnnData .zarr store (v2/v3), .h5mu (its 'rna' modality) or an in-memory AnnData;
+            cells x genes, read block by block.
+        model: a bundle directory, an official .pt checkpoint (read without executing it) or a model.
+        proteins: antibody or gene names to predict (default: the model's protein panel).
+        out: the output Zarr store (default: a temporary one, removed after reading).
+        backend, device, precision, batch_size (cells per model call), block_cells (cells per block,
+            the unit of work and resume), workers (concurrent blocks), scheduler (a dask.distributed
+            address), onnx_path, backend_options (triton: url, model_name, protocol): EngineOptions.
+        normalize, target_sum, gene_column, id_type, layer, min_coverage (a fraction, 0.5 = 50%),
+            allow_low_coverage, allow_empty_cells: InputOptions.
+        overwrite, write_h5ad, write_mudata, embeddings, quiet: OutputOptions.
+
+    Returns an AnnData (cells x proteins; X float32, on the model's target scale) whose
+    `uns['sctranslator']` records the model, settings, plan and coverage. With `out`, the result is
+    an AnnData-layout Zarr store there, written block by block: re-running the same call after an
+    interruption resumes. With `embeddings`, obsm['X_sctranslator'] (cells x dim, float32) holds each
+    cell's embedding: the mean of the encoder's outputs over the cell's real gene tokens (torch backend).
+
+    Raises:
+        OptionError: a choice option (backend, normalize, id_type, precision) outside its choices.
+        BackendError: embeddings without the torch backend; a backend that cannot start or fails.
+        InputDataError: batch_size or block_cells < 1; NaN/Inf/negative values; empty cells.
+        CoverageError: fewer than `min_coverage` of the genes map (without allow_low_coverage).
+        VocabularyError / UnknownProteinError: identifiers or proteins that do not map.
+        CheckpointError: an unreadable model. StoreError: an unreadable input, or an output written by
+            another job (without overwrite).
     """
-    if backend not in BACKENDS:
-        raise BackendError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    check_choices(backend=backend, normalize=normalize, id_type=id_type, precision=precision)
     if embeddings and backend != "torch":
         raise BackendError("embeddings come from the encoder's outputs, which only the torch backend exposes; "
                            "use --backend torch with --embeddings")

@@ -21,7 +21,18 @@ def model_from_official(path: str | Path, device: str | torch.device = "cpu") ->
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> TranslatorModel:
-    """Load a bundle directory or a published-format `.pt` checkpoint, in eval mode on `device`."""
+    """Load a bundle directory or a published-format `.pt` checkpoint, in eval mode on `device`.
+
+    path: a bundle directory (config.json + safetensors weights) or an official `.pt` file, whose
+        pickle is read by an allow-list reader and never executed.
+    device: where the weights go ("cpu", "cuda", "cuda:N" or a torch.device).
+    Returns a TranslatorModel; `model.source` is the path it came from.
+
+    Raises:
+        CheckpointError: the path is missing, a directory without config.json, or a file that does
+            not hold a scTranslator model (wrong or missing tensors).
+        UnsafeCheckpointError: the pickle names a global outside the allow-list (nothing executed).
+    """
     path = Path(path)
     if path.is_dir():
         if not (path / CONFIG_FILE).exists():

@@ -18,7 +18,7 @@ import torch
 from sctranslator.errors import InputDataError
 from sctranslator.model import ModelConfig, TranslatorModel, load_model, save_model
 from sctranslator.model.identity import model_fingerprint
-from sctranslator.options import TrainDataOptions
+from sctranslator.options import Preset, TrainDataOptions
 from sctranslator.train import distributed
 from sctranslator.train.card import model_card
 from sctranslator.train.inputs import (
@@ -104,24 +104,41 @@ def _fingerprint(model: TranslatorModel, data: PairedData, split: Split, data_op
 
 
 def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | TranslatorModel | None = None,
-             config: str | ModelConfig | None = None, out: str | os.PathLike,
+             config: Preset | ModelConfig | None = None, out: str | os.PathLike,
              config_overrides: dict[str, Any] | None = None, feature_redraw_interval: int | None | str = KEEP,
              work_dir: str | os.PathLike | None = None, metrics_log: str | os.PathLike | None = None,
              resume: bool = False, workers: int | None = None, **options: Any) -> TranslatorModel:
     """Train a model on paired RNA + protein data and save it as a bundle at `out`.
 
+    rna: .h5ad, .h5mu (MuData with 'rna' and 'prot') or zarr store, or an AnnData (cells x genes).
+    protein: protein counts for the same cells (cells x proteins; default: inside `rna`, as a MuData
+        'prot' modality or obsm[protein_key]).
     Start from `init` (a published .pt checkpoint, a bundle, or a TranslatorModel) or from scratch
     with `config` (a preset name: "published", "small", "tiny"; or a ModelConfig) plus
-    `config_overrides`. Data options (see DataOptions): proteins, protein_key, layer, gene_column,
-    id_type, genes, normalize, target_sum, target_scaling ("minmax" | "clr" | "log1p"), val_fraction,
-    val_count, split_column + val_values, allow_low_coverage. Training options (see TrainOptions):
-    steps or epochs, batch_size (per process), accumulation, lr, weight_decay, warmup_steps, decay,
-    clip_norm, precision ("fp32" | "bf16"), freeze, seed, val_every, patience, keep_best,
-    checkpoint_every, stop_after, device, quiet.
+    `config_overrides` (ModelConfig fields). `feature_redraw_interval`: random-feature redraw every N
+    training forward calls, None = fixed, "model" = the starting model's setting. `workers`: CPU
+    threads per process.
+
+    `options` are the fields of `sctranslator.options.TrainDataOptions` (proteins, genes, protein_key,
+    layer, gene_column, id_type, normalize, target_sum, target_scaling, val_fraction, val_count,
+    split_column + val_values, allow_low_coverage) and `TrainOptions` (steps or epochs, batch_size
+    (cells per process per micro-batch), accumulation, lr, weight_decay, warmup_steps, decay,
+    min_lr_ratio, clip_norm, precision, freeze, seed, val_every, patience, val_batch_size, keep_best,
+    checkpoint_every, stop_after, device, quiet); each documents its default and choices.
 
     Checkpoints and the metrics log go to `work_dir` (default: `<out>.training`); `resume=True`
     continues a stopped run exactly. Under `torchrun` each process runs this same call (DDP).
-    Returns the trained model (eval mode, on CPU) with its held-out predictions in `.validation`.
+    Returns the trained model (eval mode, on CPU) with its held-out predictions in `.validation`
+    (predictions and targets: n_val x n_proteins, on the target scale).
+
+    Raises:
+        TypeError: an unknown keyword option.
+        OptionError: a choice option (id_type, normalize, target_scaling, decay, precision, freeze)
+            outside its choices.
+        InputDataError: no length (steps/epochs), sizes < 1, both or neither of init and config, unusable
+            data (unpaired cells, bad values, too few cells to split).
+        CheckpointError: an unreadable `init`, an unknown preset, or `resume` with no saved run or one
+            saved with other data or settings.
     """
     data_options, train_options = _split_options(options)
     processes = distributed.start(train_options.device)
