@@ -256,8 +256,9 @@ class InputOptions(OptionGroup):
         none_means="as the model was trained (recorded in a bundle); X as stored for published checkpoints")
     target_sum: float | None = option(None, "library size for --normalize total / total_log1p",
                                       none_means="the model's recorded value, else 10000")
-    min_coverage: float = option(DEFAULT_MIN_COVERAGE, "minimum fraction of the model's genes (reference "
-                                 "checkpoints: of the dataset's genes) that must map, 0.5 = 50%%")
+    min_coverage: float = option(DEFAULT_MIN_COVERAGE, "minimum gene coverage, 0.5 = 50%%: the fraction of the "
+                                 "model's gene panel found in the data (published checkpoints: of the dataset's "
+                                 "genes that map onto the vocabulary)")
     allow_low_coverage: bool = option(False, "go on (with a warning) below --min-coverage")
     allow_empty_cells: bool = option(False, "predict cells with no expression instead of refusing them")
     # Declared for the readers being added on other branches; no API accepts them yet (see FUTURE_INPUTS).

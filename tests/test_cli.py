@@ -181,3 +181,15 @@ def test_export_onnx_needs_one_output(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "--out FILE.onnx" in capsys.readouterr().err
     assert main(["export", "onnx", str(DEMO_MODEL), str(tmp_path / "a.onnx"), "--out", str(tmp_path / "b.onnx")]) == 2
     assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "b.onnx").exists()
+
+
+def test_readme_reference_lists_every_option() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start, stop = readme.index("<!-- cli-reference -->"), readme.index("<!-- /cli-reference -->")
+    reference = readme[start:stop]
+    for where, _, action in _actions():
+        if where == "sctranslator" or where == "sctranslator export":
+            continue
+        assert f"<code>{where}</code>" in reference, f"README's CLI reference lacks {where}"
+        for flag in action.option_strings:
+            assert f"`{flag}" in reference or f", {flag}" in reference, f"README's CLI reference lacks {where} {flag}"
