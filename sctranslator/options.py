@@ -135,10 +135,10 @@ def _help(text: str, default: Any, choices: tuple[str, ...] | None, none_means: 
     if choices:
         notes.append("one of %(choices)s")
     if not is_flag:
-        if default is None:
+        if default is None or default == [] or default == ():
             if none_means:
                 notes.append(f"default: {none_means}")
-        elif default != [] and default != ():
+        else:
             notes.append("default: %(default)s")
     return f"{text} ({'; '.join(notes)})" if notes else text
 
@@ -284,8 +284,8 @@ class EngineOptions(OptionGroup):
     backend: Backend = option("torch", "inference backend: torch (in process), onnxruntime (an exported ONNX "
                               "graph), triton (a Triton server at --url)")
     device: str = option("cpu", "cpu, cuda or cuda:N")
-    precision: Precision = option("fp32", "compute dtype of the ONNX graph (onnxruntime and triton backends; "
-                                  "torch computes in fp32)")
+    precision: Precision = option("fp32", "compute dtype of the ONNX graph that --backend onnxruntime exports "
+                                  "(torch computes in fp32; a Triton server runs the graph it was given)")
     batch_size: int | None = option(None, "cells per model call",
                                     none_means="from the model size; 1 for the full-size model on CPU")
     block_cells: int | None = option(None, "cells per block, the unit of work and resume",
