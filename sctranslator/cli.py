@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sctranslator.errors import SctranslatorError
 from sctranslator.options import (
-    CURRENT_INPUTS,
+    TRANSLATE_INPUTS,
     EngineOptions,
     InputOptions,
     OutputOptions,
@@ -101,7 +101,7 @@ def _translate(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument("--out", required=True, help="output AnnData Zarr store (resumable)")
     EngineOptions.add_cli_args(parser.add_argument_group("engine"))
     TritonOptions.add_cli_args(parser.add_argument_group("triton backend"))
-    InputOptions.add_cli_args(parser.add_argument_group("input"), only=CURRENT_INPUTS)
+    InputOptions.add_cli_args(parser.add_argument_group("input"), only=TRANSLATE_INPUTS)
     OutputOptions.add_cli_args(parser.add_argument_group("output"))
 
     def run(args: argparse.Namespace) -> int:
@@ -116,7 +116,7 @@ def _translate(parser: argparse.ArgumentParser) -> Handler:
         result = translate(
             args.input, args.model, read_name_list(args.proteins) if args.proteins else None, out=args.out,
             backend_options=options, **EngineOptions.from_cli_args(args).as_kwargs(),
-            **InputOptions.from_cli_args(args).as_kwargs(CURRENT_INPUTS),
+            **InputOptions.from_cli_args(args).as_kwargs(TRANSLATE_INPUTS),
             **OutputOptions.from_cli_args(args).as_kwargs())
         run_stats = result.uns["sctranslator"]["run"]
         coverage = result.uns["sctranslator"]["plan"]["coverage"]

@@ -275,6 +275,10 @@ class InputOptions(OptionGroup):
 # InputOptions fields that no API function accepts yet: kept off the command line until they are wired.
 FUTURE_INPUTS = ("use_raw", "modality", "missing_chunks", "gene_mapping")
 CURRENT_INPUTS = tuple(f.name for f in dataclasses.fields(InputOptions) if f.name not in FUTURE_INPUTS)
+# The input options each command offers (and passes to its API function): add a name here once the
+# function accepts it.
+TRANSLATE_INPUTS = CURRENT_INPUTS
+ANALYSIS_INPUTS = CURRENT_INPUTS  # knockout and attention
 
 
 @dataclass

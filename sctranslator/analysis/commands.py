@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sctranslator.options import (
-    CURRENT_INPUTS,
+    ANALYSIS_INPUTS,
     AnalysisOptions,
     EngineOptions,
     EvaluateOptions,
@@ -94,7 +94,7 @@ def _names(spec: str | None) -> list[str] | None:
 def _common(parser: argparse.ArgumentParser) -> None:
     add_data_and_model_args(parser)
     AnalysisOptions.add_cli_args(parser, only=("groupby",))
-    InputOptions.add_cli_args(parser.add_argument_group("input"), only=CURRENT_INPUTS)
+    InputOptions.add_cli_args(parser.add_argument_group("input"), only=ANALYSIS_INPUTS)
     OutputOptions.add_cli_args(parser, only=("quiet",))
 
 
@@ -115,7 +115,7 @@ def define_knockout(parser: argparse.ArgumentParser) -> Handler:
         result = knockout(args.input, args.model, _names(args.genes) or [], _names(args.proteins), out=args.out,
                           **AnalysisOptions.from_cli_args(args).as_kwargs(("semantics", "groupby", "per_cell")),
                           **EngineOptions.from_cli_args(args).as_kwargs(("block_cells", "batch_size", "device")),
-                          **InputOptions.from_cli_args(args).as_kwargs(CURRENT_INPUTS),
+                          **InputOptions.from_cli_args(args).as_kwargs(ANALYSIS_INPUTS),
                           **OutputOptions.from_cli_args(args).as_kwargs(("overwrite", "quiet")))
         print(f"Knocked out {result.mean.shape[0]} gene(s) ({result.semantics}) in {result.n_cells['all']} cells; "
               f"{result.mean.shape[1]} proteins")
@@ -146,7 +146,7 @@ def define_attention(parser: argparse.ArgumentParser) -> Handler:
         result = interactions(args.input, args.model, _names(args.proteins), out=args.out,
                               **AnalysisOptions.from_cli_args(args).as_kwargs(("top_k", "groupby", "as_published")),
                               **EngineOptions.from_cli_args(args).as_kwargs(("block_cells", "batch_size")),
-                              **InputOptions.from_cli_args(args).as_kwargs(CURRENT_INPUTS),
+                              **InputOptions.from_cli_args(args).as_kwargs(ANALYSIS_INPUTS),
                               **OutputOptions.from_cli_args(args).as_kwargs(("quiet",)))
         print(f"Attention over {result.n_cells['all']} cells: {result.gene_to_protein.shape[0]} genes x "
               f"{result.gene_to_protein.shape[1]} proteins")
