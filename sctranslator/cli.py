@@ -11,6 +11,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sctranslator.errors import SctranslatorError
+from sctranslator.options import (
+    TRANSLATE_INPUTS,
+    EngineOptions,
+    InputOptions,
+    OutputOptions,
+    TritonOptions,
+    add_data_and_model_args,
+    parse_names,
+)
 
 Handler = Callable[[argparse.Namespace], int]
 Definer = Callable[[argparse.ArgumentParser], Handler]
@@ -69,12 +78,10 @@ def _convert(parser: argparse.ArgumentParser) -> Handler:
 @command("vocab", "report how a dataset's genes (and proteins) map onto model tokens")
 def _vocab(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument("input", type=Path, help="RNA .h5ad (genes in var)")
-    parser.add_argument("--column", help="var column holding the gene identifiers (default: var index)")
-    parser.add_argument("--id-type", default="auto",
-                        choices=["auto", "symbol", "entrez", "ensembl", "mouse_symbol", "mouse_ensembl"])
-    parser.add_argument("--gene-mapping", default="original", choices=["original", "extended"],
-                        help="original: scTranslator's own table, as published checkpoints see it; extended: wider")
-    parser.add_argument("--proteins", help="protein .h5ad, or comma-separated antibody names, or @file")
+    InputOptions.add_cli_args(parser, only=("gene_column", "id_type", "gene_mapping"))
+    parser.add_argument("--column", dest="gene_column", help="the older spelling of --gene-column")
+    parser.add_argument("--proteins", help="protein .h5ad, or comma-separated antibody names, or @file "
+                        "(default: genes only)")
 
     def run(args: argparse.Namespace) -> int:
         from sctranslator.vocab import mapping_report_for_file
@@ -82,8 +89,8 @@ def _vocab(parser: argparse.ArgumentParser) -> Handler:
         proteins = args.proteins
         if proteins and not proteins.endswith(".h5ad"):
             proteins = read_name_list(proteins)
-        print(mapping_report_for_file(args.input, column=args.column, id_type=args.id_type, proteins=proteins,
-                                      gene_mapping=args.gene_mapping))
+        print(mapping_report_for_file(args.input, column=args.gene_column, id_type=args.id_type, proteins=proteins,
+                                      gene_mapping=args.gene_mapping or "original"))
         return 0
 
     return run
@@ -91,70 +98,27 @@ def _vocab(parser: argparse.ArgumentParser) -> Handler:
 
 @command("translate", "predict protein abundance for every cell of a dataset")
 def _translate(parser: argparse.ArgumentParser) -> Handler:
-    parser.add_argument("input", help=".h5ad, AnnData .zarr store (v2/v3), or .h5mu (see --modality)")
-    parser.add_argument("--model", required=True, help="bundle directory or official .pt checkpoint")
-    parser.add_argument("--proteins", help="comma-separated antibody or gene names, or @file "
-                        "(default: the model's protein panel, when it has one)")
+    add_data_and_model_args(parser)
     parser.add_argument("--out", required=True, help="output AnnData Zarr store (resumable)")
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "triton"])
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--batch-size", type=int,
-                        help="cells per backend call (default: from the model size; 1 for the full model on CPU)")
-    parser.add_argument("--block-cells", type=int,
-                        help="cells per block, the unit of work and resume (default: from the model size)")
-    parser.add_argument("--workers", type=int, help="concurrent blocks on the local scheduler")
-    parser.add_argument("--scheduler", help="address of an existing dask.distributed scheduler")
-    parser.add_argument("--normalize", choices=["none", "log1p", "total", "total_log1p"],
-                        help="library-size normalisation / log1p before per-cell scaling "
-                             "(default: as the model was trained; X as stored for published checkpoints)")
-    parser.add_argument("--target-sum", type=float, help="library size for --normalize total* (default 1e4)")
-    parser.add_argument("--gene-column", help="var column with gene identifiers (default: var index)")
-    parser.add_argument("--id-type", default="auto",
-                        choices=["auto", "symbol", "entrez", "ensembl", "mouse_symbol", "mouse_ensembl"])
-    parser.add_argument("--gene-mapping", choices=["original", "extended"],
-                        help="original: exactly the published pipeline's gene mapping (default for published "
-                             "checkpoints); extended: also HGNC/MGI names (default: as the model was trained)")
-    parser.add_argument("--layer", help="read this layer instead of X")
-    parser.add_argument("--use-raw", action="store_true", help="read .raw.X with .raw.var instead of X")
-    parser.add_argument("--modality", help="MuData modality holding the RNA (default: 'rna', else the one "
-                        "RNA-like modality such as RNA, gex or 'Gene Expression')")
-    parser.add_argument("--missing-chunks", default="error", choices=["error", "zeros"],
-                        help="an absent chunk of a dense zarr X: error (default), or read it as zeros "
-                             "(stores written with write_empty_chunks=False)")
-    parser.add_argument("--min-coverage", type=float, default=0.5, help="minimum fraction of genes that must map")
-    parser.add_argument("--allow-low-coverage", action="store_true", help="go on below --min-coverage")
-    parser.add_argument("--allow-empty-cells", action="store_true", help="predict cells with no expression")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an earlier translate output at --out (never anything else)")
-    parser.add_argument("--onnx", help="ONNX file for --backend onnxruntime (default: exported on demand)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    parser.add_argument("--url", help="Triton server HOST:PORT for --backend triton")
-    parser.add_argument("--model-name", default="sctranslator", help="model name on the Triton server")
-    parser.add_argument("--protocol", default="grpc", choices=["grpc", "http"], help="Triton protocol")
-    parser.add_argument("--write-h5ad", help="also write a copy of the input with obsm['protein_expression']")
-    parser.add_argument("--write-mudata", help="also write a MuData (.h5mu) with 'rna' and 'prot' modalities")
-    parser.add_argument("--embeddings", action="store_true",
-                        help="also write obsm['X_sctranslator']: mean encoder output over the cell's genes")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    EngineOptions.add_cli_args(parser.add_argument_group("engine"))
+    TritonOptions.add_cli_args(parser.add_argument_group("triton backend"))
+    InputOptions.add_cli_args(parser.add_argument_group("input"), only=TRANSLATE_INPUTS)
+    OutputOptions.add_cli_args(parser.add_argument_group("output"))
 
     def run(args: argparse.Namespace) -> int:
         from sctranslator.engine.translate import translate
 
+        triton = TritonOptions.from_cli_args(args)
         options = {}
         if args.backend == "triton":
-            if not args.url:
+            if not triton.url:
                 raise SctranslatorError("--backend triton needs --url HOST:PORT")
-            options = {"url": args.url, "model_name": args.model_name, "protocol": args.protocol}
+            options = triton.as_kwargs()
         result = translate(
             args.input, args.model, read_name_list(args.proteins) if args.proteins else None, out=args.out,
-            backend=args.backend, device=args.device, batch_size=args.batch_size, block_cells=args.block_cells,
-            workers=args.workers, scheduler=args.scheduler, normalize=args.normalize, target_sum=args.target_sum,
-            gene_column=args.gene_column, id_type=args.id_type, layer=args.layer, use_raw=args.use_raw,
-            modality=args.modality, missing_chunks=args.missing_chunks, min_coverage=args.min_coverage,
-            allow_low_coverage=args.allow_low_coverage, allow_empty_cells=args.allow_empty_cells,
-            overwrite=args.overwrite, onnx_path=args.onnx, precision=args.precision, backend_options=options,
-            write_h5ad=args.write_h5ad, write_mudata=args.write_mudata, embeddings=args.embeddings,
-            quiet=args.quiet, gene_mapping=args.gene_mapping)
+            backend_options=options, **EngineOptions.from_cli_args(args).as_kwargs(),
+            **InputOptions.from_cli_args(args).as_kwargs(TRANSLATE_INPUTS),
+            **OutputOptions.from_cli_args(args).as_kwargs())
         run_stats = result.uns["sctranslator"]["run"]
         coverage = result.uns["sctranslator"]["plan"]["coverage"]
         print(f"Wrote {result.n_obs} cells x {result.n_vars} proteins to {args.out}")
@@ -166,25 +130,37 @@ def _translate(parser: argparse.ArgumentParser) -> Handler:
     return run
 
 
-def read_name_list(spec: str) -> list[str]:
-    """'A,B,C' or '@file' (one name per line, '#' comments) -> names."""
-    if spec.startswith("@"):
-        path = Path(spec[1:])
-        if not path.is_file():
-            raise SctranslatorError(f"name list file not found: {path}")
-        lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
-        return [line for line in lines if line]
-    return [name.strip() for name in spec.split(",") if name.strip()]
+def define_demo(parser: argparse.ArgumentParser) -> Handler:
+    """`sctranslator demo [--out DIR]`: the bundled model on 500 held-out PBMCs, against the baseline."""
+    parser.add_argument("--out", type=Path, default=Path("sctranslator-demo"),
+                        help="where predictions and the metrics table go (default: %(default)s)")
+    parser.add_argument("--workers", type=int, help="concurrent blocks for translate (default: the number of "
+                        "CPUs, at most 8)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier demo output at --out (nothing else; default: off)")
+
+    def run(args: argparse.Namespace) -> int:
+        from sctranslator.demo import format_table, run_demo
+
+        report = run_demo(args.out, workers=args.workers, overwrite=args.overwrite)
+        print(format_table(report))
+        print(f"predictions: {report['predictions']}\nmetrics: {report['metrics_file']}")
+        return 0
+
+    return run
+
+
+read_name_list = parse_names  # 'A,B,C' or '@file' -> names (the one parser of name lists)
 
 
 # Sub-commands whose definitions live beside the API they wrap: (name, help, module, definer).
 _EXTERNAL_COMMANDS = [
     ("evaluate", "score predictions against measured proteins (JSON report + plots)",
-     "sctranslator.analysis.command", "define_evaluate"),
+     "sctranslator.analysis.commands", "define_evaluate"),
     ("knockout", "in-silico gene knockout: change of each protein per knocked-out gene",
-     "sctranslator.analysis.analysis_command", "define_knockout"),
+     "sctranslator.analysis.commands", "define_knockout"),
     ("attention", "attention-derived gene-gene, protein-protein and gene-protein interaction scores",
-     "sctranslator.analysis.analysis_command", "define_attention"),
+     "sctranslator.analysis.commands", "define_attention"),
     ("export", "export a model to ONNX or a Triton model repository",
      "sctranslator.export.command", "define_export"),
     ("serve", "serve a model with a local Triton server (or print the container command)",
@@ -192,7 +168,7 @@ _EXTERNAL_COMMANDS = [
     ("finetune", "train or fine-tune a model on paired RNA + protein data into a bundle",
      "sctranslator.train.command", "define_finetune"),
     ("demo", "translate the bundled 500 held-out PBMCs and compare with the measured protein and a baseline",
-     "sctranslator.train.command", "define_demo"),
+     "sctranslator.cli", "define_demo"),
 ]
 
 

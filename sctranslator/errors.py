@@ -48,6 +48,10 @@ class BadCellsError(InputDataError):
         return self.message
 
 
+class OptionError(InputDataError):
+    """An option was given a value outside its choices (the message lists them)."""
+
+
 class CoverageError(InputDataError):
     """Too few of the dataset's genes map onto the model's vocabulary or panel."""
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sctranslator import options
 from sctranslator.errors import CoverageError, InputDataError, UnknownProteinError
 from sctranslator.model import TranslatorModel
 from sctranslator.vocab import map_genes, map_proteins, token_symbols
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 UNMAPPED_SLOT = -1  # column ignored
 TRUNCATED_SLOT = -2  # mapped gene beyond L: enters the per-cell min/max only
-DEFAULT_MIN_COVERAGE = 0.5
+DEFAULT_MIN_COVERAGE = options.DEFAULT_MIN_COVERAGE
 COLLISION_EXAMPLES = 20  # examples of input columns sharing a token kept in the provenance
 
 

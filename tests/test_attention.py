@@ -217,7 +217,7 @@ def test_command_line_handler(bmmc: ad.AnnData, tmp_path: Path, fixtures_dir: Pa
                               capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from sctranslator.analysis.analysis_command import define_attention
+    from sctranslator.analysis.commands import define_attention
 
     data = tmp_path / "rna.h5ad"
     bmmc[:4].copy().write_h5ad(data)

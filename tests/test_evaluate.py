@@ -15,7 +15,7 @@ from datafiles import PBMC, TINY_A, data_file
 from scipy import stats
 
 from sctranslator.analysis import evaluate
-from sctranslator.analysis.command import define_evaluate
+from sctranslator.analysis.commands import define_evaluate
 from sctranslator.analysis.matching import match_cells, match_proteins
 from sctranslator.analysis.metrics import (
     compute_metrics,

@@ -21,6 +21,7 @@ import numpy as np
 
 from sctranslator._atomic import install_dir, staging_dir
 from sctranslator.errors import InputDataError, StoreError
+from sctranslator.options import TARGET_SCALINGS, TargetScaling, check_choices  # noqa: F401  (re-exported)
 from sctranslator.outputs import claim_output, write_identity
 
 if TYPE_CHECKING:
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OUTPUT_KIND = "evaluate"
-TARGET_SCALINGS = ("minmax", "clr", "log1p")  # as sctranslator.kernels.TARGET_SCALINGS, without importing numba
 
 
 def read_table(source: str | Path | ad.AnnData, what: str) -> ad.AnnData:
@@ -78,32 +78,43 @@ def _no_shared_proteins(pred: ad.AnnData, truth: ad.AnnData) -> InputDataError:
 
 
 def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, out: str | Path | None = None,
-             scaling: str | None = None, plots: bool = True,
+             scaling: TargetScaling | None = None, plots: bool = True,
              baseline: str | Path | ad.AnnData | np.ndarray | None = None,
              cosine_batch_size: int | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Compare predictions with measured proteins; return (and with `out`, write) the report.
 
-    pred: translate's output: its Zarr store, the `--write-h5ad` file (obsm['protein_expression']), the
-        `--write-mudata` file (modality 'prot'); or any cells x proteins AnnData / MuData. A gene
-        expression matrix given here is refused (InputDataError).
-    truth: measured protein counts (cells x proteins, raw counts) as .h5ad or AnnData.
-    scaling: per-cell scaling of the measured counts ("minmax", "clr", "log1p"); None (default) takes
-        the scale translate recorded for the model's outputs, else "minmax" (the original's target).
-        A truth that looks already normalised / log-transformed (non-integer values) is warned about.
+    Parameters:
+        pred: translate's output: its Zarr store, the `--write-h5ad` file (obsm['protein_expression']),
+            the `--write-mudata` file (modality 'prot'); or any cells x proteins AnnData / MuData.
+            A gene expression matrix given here is refused (InputDataError).
+        truth: measured protein counts (cells x proteins, raw counts) as .h5ad or AnnData; one that
+            looks already normalised / log-transformed (non-integer values) is warned about.
+        out: a directory for `report.json` and, if `plots`, `scatter.png` and `pearson.png`.
+        scaling: per-cell scaling applied to the truth before scoring, one of TARGET_SCALINGS
+            (minmax: the original's training target; clr; log1p); None (default): the scale
+            translate recorded for the model's outputs, else minmax.
+        baseline: a second prediction to score side by side (AnnData/path matched by name, or an
+            array of the prediction's shape, cells x proteins in its order).
+        cosine_batch_size: cells per batch for the cosine score (default: all at once).
+        overwrite: replace an earlier evaluate report at `out` (nothing else is ever replaced).
     Cells are matched by obs_names, proteins by name, spelling, or unique encoding gene (see
-    `sctranslator.analysis.matching`). With `baseline` (AnnData/path matched by name, or an array
-    in the prediction's order) both are scored on the cells and proteins they share with the truth,
-    side by side. With `out`, writes `report.json` and, if `plots`, `scatter.png` and `pearson.png`;
-    `overwrite` replaces an earlier evaluate report there, nothing else (OutputConflictError, see
-    `sctranslator.outputs`; also when `out` is or overlaps an input).
+    `sctranslator.analysis.matching`); model and baseline are scored on the cells and proteins
+    all three share. Returns the report (per-protein Pearson, Spearman, RMSE; summaries; cells and
+    proteins matched or left out; the scaling and where it came from).
+
+    Raises:
+        OptionError: `scaling` outside its choices.
+        InputDataError: no shared cells or proteins; a baseline array of the wrong shape; gene
+            expression given as predictions.
+        StoreError: an input that cannot be read.
+        OutputConflictError: `out` holds something else, or is or overlaps an input.
     """
     from sctranslator.analysis.matching import match_cells, match_proteins
     from sctranslator.analysis.predictions import read_predictions
     from sctranslator.engine.input_checks import check_counts_table
     from sctranslator.kernels import scale_targets
 
-    if scaling is not None and scaling not in TARGET_SCALINGS:
-        raise InputDataError(f"unknown scaling {scaling!r}; choose one of {TARGET_SCALINGS}")
+    check_choices(scaling=scaling)
     if out is not None:
         claim_output(out, OUTPUT_KIND, inputs=(pred, truth, baseline), overwrite=overwrite)
     truth_table = read_table(truth, "protein truth")

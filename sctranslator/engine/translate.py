@@ -17,7 +17,6 @@ import pandas as pd
 from sctranslator import __version__
 from sctranslator._atomic import atomic_write_path
 from sctranslator.engine.backends.base import BackendSpec
-from sctranslator.engine.backends.registry import BACKENDS
 from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.pipeline import BlockJob, default_workers, run_job
 from sctranslator.engine.predictions import TemporaryStore
@@ -33,6 +32,7 @@ from sctranslator.engine.writeback import (
 from sctranslator.errors import BackendError, InputDataError, OutputConflictError, StoreError
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
+from sctranslator.options import Backend, GeneMapping, IdType, MissingChunks, Normalize, Precision, check_choices
 from sctranslator.outputs import claim_output, write_identity
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 
@@ -112,56 +112,72 @@ def _write_back(path: str | Path, write: Callable[[Path], Any]) -> None:
 
 
 def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel,
-              proteins: Sequence[str] | None = None, *, out: str | Path | None = None, backend: str = "torch",
+              proteins: Sequence[str] | None = None, *, out: str | Path | None = None, backend: Backend = "torch",
               device: str = "cpu", batch_size: int | None = None, block_cells: int | None = None,
-              workers: int | None = None, scheduler: str | None = None, normalize: str | None = None,
-              target_sum: float | None = None, gene_column: str | None = None, id_type: str = "auto",
+              workers: int | None = None, scheduler: str | None = None, normalize: Normalize | None = None,
+              target_sum: float | None = None, gene_column: str | None = None, id_type: IdType = "auto",
               layer: str | None = None, use_raw: bool = False, modality: str | None = None,
-              missing_chunks: str = "error", min_coverage: float = DEFAULT_MIN_COVERAGE,
+              missing_chunks: MissingChunks = "error", min_coverage: float = DEFAULT_MIN_COVERAGE,
               allow_low_coverage: bool = False, allow_empty_cells: bool = False, overwrite: bool = False,
-              onnx_path: str | None = None, precision: str = "fp32", backend_options: dict[str, Any] | None = None,
-              write_h5ad: str | Path | None = None, write_mudata: str | Path | None = None,
-              embeddings: bool = False, quiet: bool = True, gene_mapping: str | None = None,
-              inplace: bool = False) -> ad.AnnData | None:
+              onnx_path: str | None = None, precision: Precision = "fp32",
+              backend_options: dict[str, Any] | None = None, write_h5ad: str | Path | None = None,
+              write_mudata: str | Path | None = None, embeddings: bool = False, quiet: bool = True,
+              gene_mapping: GeneMapping | None = None, inplace: bool = False) -> ad.AnnData | None:
     """Predict protein abundance for every cell of `data` with `model`.
 
-    Returns an AnnData (cells x proteins) read lazily from the output store: `X` is a float32
-    `dask.array.Array` over the store's chunks, so the predictions are never all in memory; obs, var
-    and uns are in memory. For a numpy array use `result.X.compute()` (or `np.asarray(result.X)`,
-    `result.X[:100].compute()` for some rows); `result.to_memory()` gives an in-memory AnnData (for
-    results that fit). `uns['sctranslator']` records the model, settings, plan, coverage and run.
-    With `out`, the result is an AnnData-layout Zarr store there, written block by block:
-    re-running the same call after an interruption resumes. Without `out` the store is a temporary
-    directory, removed when no view of the returned object is left (or at exit).
-    With `embeddings`, obsm['X_sctranslator'] (a dask array likewise, cells x model dim) holds each
-    cell's embedding: the mean of the encoder's outputs over the cell's real gene tokens (torch backend).
-    `write_h5ad` / `write_mudata` also write the input with the predictions (obsm['protein_expression'],
-    or a 'prot' modality; see `engine.writeback`), streamed element by element.
-    With `inplace=True` (`data` an AnnData or MuData object) the predictions are also set on it, as
-    scvi-tools' totalVI does: `obsm['protein_expression']` (an in-memory DataFrame, proteins as
-    columns), `obsm['X_sctranslator']` with `embeddings`, and `uns['sctranslator']`; nothing is
-    returned then.
+    Parameters (the option groups of `sctranslator.options` document each one and its choices):
+        data: .h5ad, AnnData .zarr store (v2/v3), .h5mu (see `modality`) or an in-memory AnnData /
+            MuData; cells x genes, read block by block.
+        model: a bundle directory, an official .pt checkpoint (read without executing it), a model
+            name (`demo`, or one added by `sctranslator convert --name`) or a TranslatorModel.
+        proteins: antibody or gene names to predict (default: the model's protein panel).
+        out: the output Zarr store (default: a temporary one, removed once the result is dropped).
+        backend, device, precision, batch_size (cells per model call), block_cells (cells per block,
+            the unit of work and resume), workers (concurrent blocks), scheduler (a dask.distributed
+            address), onnx_path, backend_options (triton: url, model_name, protocol): EngineOptions.
+        normalize, target_sum, gene_column, id_type, layer, use_raw, modality, missing_chunks,
+            min_coverage (a fraction, 0.5 = 50%), allow_low_coverage, allow_empty_cells,
+            gene_mapping: InputOptions.
+        overwrite, write_h5ad, write_mudata, embeddings, quiet: OutputOptions.
+        inplace: also set the predictions on `data` (an AnnData / MuData object) and return None.
 
-    Which matrix is read: X, or ``layers[layer]``, or with `use_raw` ``.raw.X`` with ``.raw.var``
-    (InputDataError when absent). `modality` names the MuData modality (None: `rna`, else the one
-    RNA-like modality; InputDataError listing them otherwise). `missing_chunks` ("error" or "zeros")
-    says what an absent chunk of a dense zarr X means: "error" raises a StoreError naming the array,
-    chunk and rows; "zeros" reads it as zeros.
+    Returns an AnnData (cells x proteins) read lazily from the output store: `X` is a float32
+    `dask.array.Array` over the store's chunks (on the model's target scale), so the predictions are
+    never all in memory; obs, var and uns are in memory. For a numpy array use `result.X.compute()`
+    (or `np.asarray(result.X)`, `result.X[:100].compute()` for some rows); `result.to_memory()` gives
+    an in-memory AnnData (for results that fit). `uns['sctranslator']` records the model, settings
+    (the output scaling among them), plan, coverage and run. With `out`, the result is an
+    AnnData-layout Zarr store there, written block by block: re-running the same call after an
+    interruption resumes. With `embeddings`, obsm['X_sctranslator'] (a dask array likewise, cells x
+    model dim) holds each cell's embedding: the mean of the encoder's outputs over the cell's real
+    gene tokens (torch backend). `write_h5ad` / `write_mudata` also write the input with the
+    predictions (obsm['protein_expression'], or a 'prot' modality; see `engine.writeback`), streamed
+    element by element. With `inplace=True` the predictions are set on `data` as scvi-tools' totalVI
+    does: `obsm['protein_expression']` (an in-memory DataFrame, proteins as columns),
+    `obsm['X_sctranslator']` with `embeddings`, and `uns['sctranslator']`; nothing is returned then.
+
+    Which matrix is read: X, or ``layers[layer]``, or with `use_raw` ``.raw.X`` with ``.raw.var``.
+    `modality` names the MuData modality (None: `rna`, else the one RNA-like modality).
+    `missing_chunks` ("error" or "zeros") says what an absent chunk of a dense zarr X means.
     `gene_mapping`: "original" (the published pipeline's, default for published checkpoints) or
     "extended" (wider; see `sctranslator.vocab.genes`); default: the one the model was trained with.
-    Cells with NaN/Inf/negative values raise `BadCellsError` naming the lowest bad row; so do empty
-    cells (no counts in any gene the model reads) unless `allow_empty_cells`, which predicts them as
-    constant cells and records their number in `uns['sctranslator']['run']['empty_cells']`.
     `overwrite` replaces an earlier translate store (or write-back file) at the same path; nothing
-    else is ever replaced, and an output that is or overlaps an input is refused (OutputConflictError,
-    see `sctranslator.outputs`).
+    else is ever replaced.
 
-    Raises BackendError (unknown backend, embeddings off torch), InputDataError (bad sizes or input,
-    `inplace` without an AnnData), StoreError (an `out` that names an HDF5 file, or belongs to
-    another job), and the input, vocabulary and coverage errors of the plan.
+    Raises:
+        OptionError: a choice option (backend, normalize, id_type, precision, ...) outside its choices.
+        BackendError: embeddings without the torch backend; a backend that cannot start or fails.
+        InputDataError: batch_size or block_cells < 1; no `.raw`, layer or modality as asked;
+            `inplace` without an AnnData. BadCellsError: NaN/Inf/negative values (naming the lowest
+            bad row); empty cells (no counts in any gene the model reads) unless `allow_empty_cells`.
+        CoverageError: fewer than `min_coverage` of the genes map (without allow_low_coverage).
+        VocabularyError / UnknownProteinError: identifiers or proteins that do not map.
+        CheckpointError: an unreadable model. StoreError: an unreadable input, a missing zarr chunk
+            (with missing_chunks="error"), an `out` naming an HDF5 file, or an output written by
+            another job (without overwrite). OutputConflictError: an output path that holds something
+            sctranslator did not write, or that is or overlaps an input.
     """
-    if backend not in BACKENDS:
-        raise BackendError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    check_choices(backend=backend, normalize=normalize, id_type=id_type, precision=precision)
     if embeddings and backend != "torch":
         raise BackendError("embeddings come from the encoder's outputs, which only the torch backend exposes; "
                            "use --backend torch with --embeddings")

@@ -10,23 +10,32 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from sctranslator.export.contract import PRECISION_NAMES as PRECISIONS
+from sctranslator.errors import SctranslatorError
+from sctranslator.options import INSTANCE_KINDS, PRECISIONS, SERVING_BACKENDS
 
 Handler = Callable[[argparse.Namespace], int]
 
-# Mirrors of triton_config's choices (a test keeps them equal): importing it loads tritonclient's
-# protobuf definitions, which would cost every `sctranslator` invocation time. The contract is cheap.
-SERVING_BACKENDS = ("onnxruntime", "tensorrt", "python")
-INSTANCE_KINDS = ("gpu", "cpu")
+# The choices come from sctranslator.options (cheap to import; onnx_format would load torch and onnx).
 DEFAULT_MODEL_NAME = "sctranslator"
 DEFAULT_REPO = Path("sctranslator-triton-repo")
+
+
+def _onnx_out(args: argparse.Namespace) -> Path:
+    """The output file, given as `export onnx MODEL OUT` or `export onnx MODEL --out OUT`."""
+    given = [path for path in (args.out, args.out_option) if path is not None]
+    if not given:
+        raise SctranslatorError("say where the ONNX file goes: sctranslator export onnx MODEL --out FILE.onnx")
+    if len(given) == 2 and given[0] != given[1]:
+        raise SctranslatorError(f"two output files given ({given[0]} and --out {given[1]}); give one")
+    return given[0]
 
 
 def _run_onnx(args: argparse.Namespace) -> int:
     from sctranslator.export.onnx import export_onnx
     from sctranslator.model import load_model
 
-    report = export_onnx(load_model(args.model), args.out, precision=args.precision, opset=args.opset,
+    out = _onnx_out(args)  # before the (slow) model load
+    report = export_onnx(load_model(args.model), out, precision=args.precision, opset=args.opset,
                          validate=not args.no_validate, overwrite=args.overwrite)
     print(report)
     if report.validations:
@@ -57,14 +66,17 @@ def _run_triton(args: argparse.Namespace) -> int:
 
 
 def define_export(parser: argparse.ArgumentParser) -> Handler:
-    """`export onnx MODEL OUT` and `export triton MODEL --repo DIR`."""
+    """`export onnx MODEL --out FILE` (or `MODEL FILE`) and `export triton MODEL --repo DIR`."""
     formats = parser.add_subparsers(dest="export_format", required=True, metavar="FORMAT")
 
     onnx = formats.add_parser("onnx", help="export an ONNX graph and check it against PyTorch",
                               description="Export MODEL as an ONNX file and report its error against PyTorch.")
     onnx.add_argument("model", help="bundle directory or official .pt checkpoint")
-    onnx.add_argument("out", type=Path, help="output .onnx file")
-    onnx.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS), help="internal compute dtype")
+    onnx.add_argument("out", type=Path, nargs="?", help="output .onnx file (or give it as --out)")
+    onnx.add_argument("--out", dest="out_option", type=Path, metavar="FILE", help="output .onnx file")
+    onnx.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                      help="internal compute dtype; graph inputs and outputs stay float32 (one of %(choices)s; "
+                      "default: %(default)s)")
     onnx.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     onnx.add_argument("--no-validate", action="store_true", help="skip the comparison with PyTorch")
     onnx.add_argument("--overwrite", action="store_true", help="replace an earlier export at OUT (nothing else)")
@@ -75,20 +87,26 @@ def define_export(parser: argparse.ArgumentParser) -> Handler:
                                             "(and model.py for the Python backend).")
     triton.add_argument("model", help="bundle directory or official .pt checkpoint")
     triton.add_argument("--repo", type=Path, required=True, help="model repository directory (created if needed)")
-    triton.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name on the server")
+    triton.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name on the server (default: %(default)s)")
     triton.add_argument("--backend", default="onnxruntime", choices=SERVING_BACKENDS,
                         help="onnxruntime; tensorrt (its TensorRT GPU accelerator); python (onnxruntime inside "
-                             "Triton's Python backend, for builds without the ONNX Runtime backend)")
-    triton.add_argument("--max-batch-size", type=int, default=64, help="most cells per batch the server runs")
-    triton.add_argument("--instances", type=int, default=1, help="model instances (per GPU for --kind gpu)")
+                             "Triton's Python backend, for builds without the ONNX Runtime backend) "
+                             "(one of %(choices)s; default: %(default)s)")
+    triton.add_argument("--max-batch-size", type=int, default=64,
+                        help="most cells per batch the server runs (default: %(default)s)")
+    triton.add_argument("--instances", type=int, default=1,
+                        help="model instances (per GPU for --kind gpu) (default: %(default)s)")
     triton.add_argument("--kind", choices=INSTANCE_KINDS,
-                        help="instance kind (default: gpu; cpu for --backend python)")
+                        help="instance kind (one of %(choices)s; default: gpu, cpu for --backend python)")
     triton.add_argument("--dynamic-batching", action="store_true", help="let Triton merge concurrent requests")
     triton.add_argument("--preferred-batch-sizes", type=int, nargs="+", metavar="N",
                         help="batch sizes the dynamic batcher aims for")
-    triton.add_argument("--max-queue-delay-us", type=int, help="longest wait to fill a dynamic batch (microseconds)")
-    triton.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS), help="internal compute dtype")
-    triton.add_argument("--threads", type=int, help="onnxruntime threads per instance (Python backend)")
+    triton.add_argument("--max-queue-delay-us", type=int,
+                        help="longest wait to fill a dynamic batch (microseconds; default: Triton's)")
+    triton.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="internal compute dtype (one of %(choices)s; default: %(default)s)")
+    triton.add_argument("--threads", type=int,
+                        help="onnxruntime threads per instance (Python backend; default: onnxruntime's)")
     triton.add_argument("--onnx", type=Path, help="reuse this file from `export onnx` instead of exporting again")
     triton.add_argument("--no-validate", action="store_true", help="skip the comparison with PyTorch")
     triton.add_argument("--overwrite", action="store_true",
@@ -104,16 +122,19 @@ def define_export(parser: argparse.ArgumentParser) -> Handler:
 def define_serve(parser: argparse.ArgumentParser) -> Handler:
     """`serve MODEL`: export a repository and run tritonserver on it (or print the docker command)."""
     parser.add_argument("model", help="bundle directory or official .pt checkpoint")
-    parser.add_argument("--repo", type=Path, default=DEFAULT_REPO, help=f"model repository (default {DEFAULT_REPO})")
-    parser.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name on the server")
+    parser.add_argument("--repo", type=Path, default=DEFAULT_REPO, help="model repository (default: %(default)s)")
+    parser.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name on the server (default: %(default)s)")
     parser.add_argument("--backend", choices=["python", "onnxruntime"],
-                        help="default: python for the pytriton tritonserver build, else onnxruntime")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--metrics-port", type=int, default=8002)
-    parser.add_argument("--max-batch-size", type=int, default=64)
-    parser.add_argument("--instances", type=int, default=1)
+                        help="Triton backend (one of %(choices)s; default: python for the pytriton tritonserver "
+                        "build, else onnxruntime)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on; 0.0.0.0: every interface (default: %(default)s)")
+    parser.add_argument("--http-port", type=int, default=8000, help="HTTP port (default: %(default)s)")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default: %(default)s)")
+    parser.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (default: %(default)s)")
+    parser.add_argument("--max-batch-size", type=int, default=64,
+                        help="most cells per batch the server runs (default: %(default)s)")
+    parser.add_argument("--instances", type=int, default=1, help="model instances (default: %(default)s)")
     parser.add_argument("--onnx", type=Path, help="reuse this file from `export onnx` instead of exporting again")
 
     def run(args: argparse.Namespace) -> int:

@@ -203,12 +203,18 @@ def export_onnx(model: TranslatorModel, path: str | Path, *, precision: str = "f
                 providers: list[str] | None = None, overwrite: bool = False) -> ExportReport:
     """Write `model` as an ONNX file at `path` and (by default) check it against PyTorch.
 
-    Graph (export/contract.py): values f32 (batch, L), gene_ids i64, gene_mask bool, protein_ids i64
-    (batch, P), protein_mask bool -> predictions f32 (batch, P). `precision` ("fp32", "fp16", "bf16") sets the
-    internal compute dtype. Validation runs random batches of `validation_batch_sizes` cells and
-    `validation_inputs` (a dict of those arrays; masks optional) through onnxruntime and the float32
-    model; above the precision's tolerance it raises ExportValidationError and writes nothing.
-    bf16 cannot run on onnxruntime's CPU provider: validate it on a GPU provider or pass validate=False.
+    Graph (export/contract.py): values f32 (batch, L), gene_ids i64, gene_mask bool, protein_ids i64 (batch, P),
+    protein_mask bool -> predictions f32 (batch, P). `precision` ("fp32", "fp16", "bf16") sets the
+    internal compute dtype. `opset`: the ONNX opset (default: the exporter's). Validation runs random
+    batches of `validation_batch_sizes` cells and `validation_inputs` (a dict of those arrays; masks
+    optional) through onnxruntime (`providers`, default: CPU) and the float32 model; above the
+    precision's tolerance it raises ExportValidationError and writes nothing. bf16 cannot run on
+    onnxruntime's CPU provider: validate it on a GPU provider or pass validate=False.
+    Returns an ExportReport (path, size, seconds, each validation's max absolute / relative error).
+
+    Raises:
+        ExportError: not a TranslatorModel, an unknown precision, or torch.onnx failing to export.
+        ExportValidationError: the exported graph differs from PyTorch beyond the tolerance.
     The file carries its output identity in its metadata; `overwrite` replaces an earlier export
     at `path`, and nothing else is ever replaced (OutputConflictError, see `sctranslator.outputs`).
     """

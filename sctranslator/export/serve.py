@@ -60,6 +60,13 @@ def serve(request: ServeRequest, *, echo: Callable[[str], None] = print,
     """Write the repository, then start tritonserver on it (None when there is no binary here).
 
     With `block`, wait until interrupted and stop the server; otherwise return it running.
+    request: the model (path or TranslatorModel), repository, model name, Triton backend (None: python
+        for the pytriton build, else onnxruntime), host and ports, max_batch_size (cells), instances.
+    echo: where progress lines and the docker command go.
+
+    Raises:
+        CheckpointError: an unreadable model. ExportError / ExportValidationError: as export_triton.
+        ServerError: the server lacks the backend, fails to start, or is not ready in time.
     """
     install = find_tritonserver()
     backend = choose_backend(request.backend, install)

@@ -86,6 +86,13 @@ def export_triton(model: TranslatorModel, repo: str | Path, settings: ServingSet
     directory of that name that sctranslator did not write is refused (OutputConflictError, see
     `sctranslator.outputs`). `onnx_path` reuses an ONNX file from `export_onnx` instead of
     exporting again. `validate` checks the fresh ONNX file against PyTorch (see export_onnx).
+    settings: name, backend (onnxruntime | tensorrt | python), max_batch_size (cells), instances,
+        kind (gpu | cpu), dynamic batching, precision (default: ServingSettings()).
+    Returns a TritonExport (model directory, config.pbtxt and model.onnx paths, the ONNX report).
+
+    Raises:
+        ExportError: inconsistent settings (checked before exporting), or an export failure.
+        ExportValidationError: the fresh ONNX graph differs from PyTorch beyond the tolerance.
     """
     settings = settings or ServingSettings()
     settings.check()

@@ -16,9 +16,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from sctranslator.errors import ExportError
 from sctranslator.export.contract import INPUTS, OUTPUT, PRECISION_NAMES
+from sctranslator.options import INSTANCE_KINDS, SERVING_BACKENDS  # the one list of choices
 
-SERVING_BACKENDS = ("onnxruntime", "tensorrt", "python")
-INSTANCE_KINDS = ("gpu", "cpu")
 DEFAULT_MODEL_NAME = "sctranslator"
 ONNX_FILE = "model.onnx"
 PYTHON_FILE = "model.py"

@@ -14,16 +14,13 @@ A row whose total is 0 is left as it is (divided by 1), as scanpy does.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import scipy.sparse as sp
 
 from sctranslator.kernels._preprocess_numba import normalize_csr_kernel, normalize_dense_kernel
 from sctranslator.kernels.blocks import as_csr_arrays, as_dense_array, is_sparse
-
-NormalizeMode = Literal["none", "log1p", "total", "total_log1p"]
-NORMALIZE_MODES: tuple[str, ...] = ("none", "log1p", "total", "total_log1p")
+from sctranslator.options import NORMALIZE_MODES  # the one list of choices
+from sctranslator.options import Normalize as NormalizeMode
 
 
 def normalize_flags(normalize: str, target_sum: float) -> tuple[bool, bool]:

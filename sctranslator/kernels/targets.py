@@ -5,15 +5,12 @@ Protein panels are small (tens to a thousand columns), so plain vectorised numpy
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import scipy.sparse as sp
 
 from sctranslator.errors import InputDataError
+from sctranslator.options import TARGET_SCALINGS, TargetScaling  # the one list of choices
 
-TargetScaling = Literal["minmax", "clr", "log1p"]
-TARGET_SCALINGS: tuple[str, ...] = ("minmax", "clr", "log1p")
 FLOOR = 1e-8
 
 

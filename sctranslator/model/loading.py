@@ -24,10 +24,17 @@ def model_from_official(path: str | Path, device: str | torch.device = "cpu") ->
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> TranslatorModel:
     """Load a bundle directory, a published-format `.pt` checkpoint or a named model, in eval mode.
 
-    `path` is a file or bundle directory, or a model name (`demo`, or one added by `sctranslator
-    convert --name`) when nothing exists at that path. `device` is a torch device ("cpu", "cuda:0").
-    Raises CheckpointError (missing, unreadable or mis-shaped model) and UnsafeCheckpointError (a
-    pickle naming a global outside the allow-list; never executed).
+    path: a bundle directory (config.json + safetensors weights), an official `.pt` file (its pickle
+        is read by an allow-list reader and never executed), or a model name (`demo`, or one added
+        by `sctranslator convert --name`) when nothing exists at that path.
+    device: where the weights go ("cpu", "cuda", "cuda:N" or a torch.device).
+    Returns a TranslatorModel; `model.source` is the path it came from.
+
+    Raises:
+        CheckpointError: the path is missing and no model has that name, a directory without
+            config.json, or a file that does not hold a scTranslator model (wrong or missing
+            tensors; empty, truncated or corrupted files say which).
+        UnsafeCheckpointError: the pickle names a global outside the allow-list (nothing executed).
     """
     path = resolve_model(path)
     if path.is_dir():

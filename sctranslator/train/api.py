@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from sctranslator._atomic import install_dir, remove_path, staging_dir
 from sctranslator.errors import InputDataError, OutputConflictError
 from sctranslator.model import ModelConfig, TranslatorModel, load_model, save_model
 from sctranslator.model.identity import model_fingerprint
+from sctranslator.options import Preset, TrainDataOptions
 from sctranslator.outputs import claim_output, write_identity
 from sctranslator.train import distributed
 from sctranslator.train.card import model_card
@@ -32,7 +33,7 @@ from sctranslator.train.inputs import (
 )
 from sctranslator.train.loop import Outcome, Trainer, TrainOptions, apply_freeze
 from sctranslator.train.metrics_log import MetricsLog
-from sctranslator.train.paired import DEFAULT_PROTEIN_KEY, PairedData, load_paired
+from sctranslator.train.paired import PairedData, load_paired
 from sctranslator.train.presets import preset_config
 from sctranslator.train.split import Split, split_cells
 from sctranslator.vocab.genes import check_gene_mapping
@@ -44,26 +45,7 @@ WORK_KIND = "finetune-work"
 KEEP = "model"  # feature_redraw_interval: keep the starting model's setting
 
 
-@dataclass
-class DataOptions:
-    """Which data, how it is split, and how inputs and targets are scaled."""
-
-    proteins: Sequence[str] | None = None  # train on these protein columns only (default: all but controls)
-    genes: Sequence[str] | None = None  # gene panel from these genes only (default: every mapped gene)
-    protein_key: str = DEFAULT_PROTEIN_KEY
-    layer: str | None = None
-    gene_column: str | None = None
-    id_type: str = "auto"
-    gene_mapping: str | None = None  # "original" | "extended"; default: the init bundle's, else extended
-    normalize: str = "total_log1p"
-    target_sum: float = 1e4
-    target_scaling: str = "minmax"
-    val_fraction: float = 0.1
-    val_count: int | None = None
-    split_column: str | None = None
-    val_values: Sequence[str] | None = None
-    allow_low_coverage: bool = False
-    allow_empty_cells: bool = False  # train on cells with no counts in any panel gene (as constant cells)
+DataOptions = TrainDataOptions  # the data options of finetune, declared in sctranslator.options
 
 
 @dataclass
@@ -84,7 +66,7 @@ def _split_options(options: dict[str, Any]) -> tuple[DataOptions, TrainOptions]:
         raise TypeError(f"finetune() got unknown options {unknown}")
     data = DataOptions(**{k: v for k, v in options.items() if k in data_fields})
     train = TrainOptions(**{k: v for k, v in options.items() if k in train_fields})
-    train.freeze = tuple(train.freeze or ())
+    data.check()
     train.check()
     return data, train
 
@@ -143,31 +125,47 @@ def _fingerprint(model: TranslatorModel, data: PairedData, split: Split, data_op
 
 
 def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | TranslatorModel | None = None,
-             config: str | ModelConfig | None = None, out: str | os.PathLike,
+             config: Preset | ModelConfig | None = None, out: str | os.PathLike,
              config_overrides: dict[str, Any] | None = None, feature_redraw_interval: int | None | str = KEEP,
              work_dir: str | os.PathLike | None = None, metrics_log: str | os.PathLike | None = None,
              resume: bool = False, workers: int | None = None, overwrite: bool = False,
              **options: Any) -> TranslatorModel:
     """Train a model on paired RNA + protein data and save it as a bundle at `out`.
 
+    rna: .h5ad, .h5mu (MuData with 'rna' and 'prot') or zarr store, or an AnnData (cells x genes).
+    protein: protein counts for the same cells (cells x proteins; default: inside `rna`, as a MuData
+        'prot' modality or obsm[protein_key]).
     Start from `init` (a published .pt checkpoint, a bundle, or a TranslatorModel) or from scratch
     with `config` (a preset name: "published", "small", "tiny"; or a ModelConfig) plus
-    `config_overrides`. Data options (see DataOptions): proteins, protein_key, layer, gene_column,
-    id_type, gene_mapping ("original" | "extended"; default: the init bundle's, else "extended"; the
-    bundle records it), genes, normalize, target_sum, target_scaling ("minmax" | "clr" | "log1p"), val_fraction,
-    val_count, split_column + val_values, allow_low_coverage, allow_empty_cells (paired cells with no
-    counts in any panel gene raise `BadCellsError` unless allowed; their number goes in the card).
-    Training options (see TrainOptions):
-    steps or epochs, batch_size (per process), accumulation, lr, weight_decay, warmup_steps, decay,
-    clip_norm, precision ("fp32" | "bf16"), freeze, seed, val_every, patience, keep_best,
-    checkpoint_every, stop_after, device, quiet.
+    `config_overrides` (ModelConfig fields). `feature_redraw_interval`: random-feature redraw every N
+    training forward calls, None = fixed, "model" = the starting model's setting. `workers`: CPU
+    threads per process.
+
+    `options` are the fields of `sctranslator.options.TrainDataOptions` (proteins, genes, protein_key,
+    layer, gene_column, id_type, gene_mapping, normalize, target_sum, target_scaling, val_fraction,
+    val_count, split_column + val_values, allow_low_coverage, allow_empty_cells) and `TrainOptions`
+    (steps or epochs, batch_size (cells per process per micro-batch), accumulation, lr, weight_decay,
+    warmup_steps, decay, min_lr_ratio, clip_norm, precision, freeze, seed, val_every, patience, val_batch_size, keep_best,
+    checkpoint_every, stop_after, device, quiet); each documents its default and choices.
 
     Checkpoints and the metrics log go to `work_dir` (default: `<out>.training`); `resume=True`
     continues a stopped run exactly. Under `torchrun` each process runs this same call (DDP).
-    Returns the trained model (eval mode, on CPU) with its held-out predictions in `.validation`.
+    Returns the trained model (eval mode, on CPU) with its held-out predictions in `.validation`
+    (predictions and targets: n_val x n_proteins, on the target scale). The bundle records its gene
+    mapping (default: the init bundle's, else "extended"). Paired cells with no counts in any panel
+    gene raise `BadCellsError` unless `allow_empty_cells` (their number then goes in the card).
     `overwrite` replaces an earlier finetune bundle at `out` and checkpoint folder at `work_dir`
     (`resume` continues them); anything else there, and an `out` or `work_dir` that is or overlaps
     an input, is refused before training starts (OutputConflictError, see `sctranslator.outputs`).
+
+    Raises:
+        TypeError: an unknown keyword option.
+        OptionError: a choice option (id_type, normalize, target_scaling, decay, precision, freeze)
+            outside its choices.
+        InputDataError: no length (steps/epochs), sizes < 1, both or neither of init and config, unusable
+            data (unpaired cells, bad values, too few cells to split).
+        CheckpointError: an unreadable `init`, an unknown preset, or `resume` with no saved run or one
+            saved with other data or settings.
     """
     data_options, train_options = _split_options(options)
     out = Path(out)

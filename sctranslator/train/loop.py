@@ -20,6 +20,7 @@ from tqdm import tqdm
 from sctranslator.errors import InputDataError
 from sctranslator.kernels import pearson_columns
 from sctranslator.model import TranslatorModel
+from sctranslator.options import TrainOptions  # declared there with its command-line help
 from sctranslator.train import checkpoint
 from sctranslator.train.distributed import Processes, any_process, barrier, gather_objects
 from sctranslator.train.inputs import TrainingArrays
@@ -27,48 +28,6 @@ from sctranslator.train.metrics_log import MetricsLog
 from sctranslator.train.schedule import lr_factor
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("fp32", "bf16")
-FREEZABLE = ("embeddings", "encoder", "translator", "decoder")
-
-
-@dataclass
-class TrainOptions:
-    """How to train. `steps` (optimizer steps) or `epochs` sets the length; batch_size is per process."""
-
-    steps: int | None = None
-    epochs: float | None = None
-    batch_size: int = 16
-    accumulation: int = 1
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int | None = None  # default: 5% of the steps
-    decay: str = "cosine"
-    min_lr_ratio: float = 0.0
-    clip_norm: float | None = 1.0
-    precision: str = "fp32"
-    freeze: tuple[str, ...] = ()
-    seed: int = 0
-    val_every: int | None = None  # default: about 10 validations per run
-    patience: int | None = None  # validations without improvement before stopping early
-    val_batch_size: int = 64
-    checkpoint_every: int | None = None  # default: at each validation
-    keep_best: bool = True  # the bundle gets the weights of the best validation
-    stop_after: int | None = None  # stop (resumably) after this many steps, as if interrupted
-    device: str = "cpu"
-    quiet: bool = False
-
-    def check(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise InputDataError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        unknown = sorted(set(self.freeze) - set(FREEZABLE))
-        if unknown:
-            raise InputDataError(f"cannot freeze {unknown}; choose from {FREEZABLE}")
-        if self.batch_size < 1 or self.accumulation < 1:
-            raise InputDataError("batch_size and accumulation must be >= 1")
-        if self.steps is None and self.epochs is None:
-            raise InputDataError("say how long to train: steps=... or epochs=...")
-
 
 @dataclass
 class Outcome:

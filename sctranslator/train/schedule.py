@@ -6,8 +6,7 @@ import math
 from collections.abc import Callable
 
 from sctranslator.errors import InputDataError
-
-DECAYS = ("cosine", "linear", "constant")
+from sctranslator.options import DECAYS
 
 
 def lr_factor(total_steps: int, warmup_steps: int, decay: str = "cosine",

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 
 from sctranslator.errors import VocabularyError
+from sctranslator.options import ID_TYPES as _OPTION_ID_TYPES
 
-ID_TYPES = ("symbol", "entrez", "ensembl", "mouse_symbol", "mouse_ensembl")
+ID_TYPES = tuple(kind for kind in _OPTION_ID_TYPES if kind != "auto")  # the concrete kinds
 
 # "ENSG00000141510.17" and GENCODE's "ENSG00000182378.14_PAR_Y" both name ENSG00000182378.
 _ENSEMBL_DECORATION = r"(?:\.\d+)?(?:_PAR_Y)?$"

@@ -35,6 +35,7 @@ from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.sources import open_source
 from sctranslator.errors import InputDataError
 from sctranslator.model import TranslatorModel, load_model
+from sctranslator.options import IdType, Normalize, check_choices
 from sctranslator.outputs import claim_output
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 from sctranslator.vocab import token_symbols
@@ -116,8 +117,9 @@ def _batch_interactions(model: TranslatorModel, values: np.ndarray, plan: Plan, 
 def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Sequence[str] | None = None, *,
                  out: str | Path | None = None, top_k: int = 20, groupby: str | None = None,
                  block_cells: int = DEFAULT_BLOCK_CELLS, batch_size: int = 1, row_block: int = 2048,
-                 normalize: str | None = None, target_sum: float | None = None, gene_column: str | None = None,
-                 id_type: str = "auto", layer: str | None = None, min_coverage: float = DEFAULT_MIN_COVERAGE,
+                 normalize: Normalize | None = None, target_sum: float | None = None,
+                 gene_column: str | None = None, id_type: IdType = "auto", layer: str | None = None,
+                 min_coverage: float = DEFAULT_MIN_COVERAGE,
                  allow_low_coverage: bool = False, allow_empty_cells: bool = False, as_published: bool = False,
                  overwrite: bool = False, quiet: bool = True, gene_mapping: str | None = None) -> InteractionResult:
     """Gene-to-protein interaction scores and received attention, averaged over the cells of `data`.
@@ -129,12 +131,23 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
     costs about L x (H1 + nb) floats); `row_block` genes at a time go through the translator.
     `as_published` reproduces the original script's choice of hidden state for each layer's
     attention (see `capture_features`). Torch on CPU; the model runs in eval mode without autograd.
-    Bad cells raise `BadCellsError`; empty cells (no counts in any gene the model reads) too, unless
-    `allow_empty_cells` (then their number is in uns['sctranslator_attention']['empty_cells']).
-    `gene_mapping`: "original" | "extended" (default: the model's own, see `build_plan`).
-    `overwrite` replaces an earlier attention output at `out`; anything else there, and an `out`
-    that is or overlaps an input, is refused before any work (OutputConflictError).
+
+    Parameters: `data`, `model` and `proteins` as for `translate`; `top_k`: genes listed per protein;
+    `groupby`: an obs column whose groups are also averaged; `block_cells`: cells read and prepared at
+    a time. The input options (normalize, target_sum, gene_column, id_type, layer, min_coverage,
+    allow_low_coverage, allow_empty_cells, gene_mapping) are those of `sctranslator.options.InputOptions`.
+    Empty cells (no counts in any gene the model reads) are refused unless `allow_empty_cells` (then
+    their number is in uns['sctranslator_attention']['empty_cells']). `overwrite` replaces an earlier
+    attention output at `out`; anything else there, and an `out` that is or overlaps an input, is
+    refused before any work.
+
+    Raises:
+        OptionError: normalize or id_type outside its choices.
+        InputDataError: sizes < 1; BadCellsError: bad values in the matrix, or empty cells.
+        OutputConflictError: `out` holds something else, or is or overlaps an input.
+        CoverageError, VocabularyError, UnknownProteinError, CheckpointError: as for `translate`.
     """
+    check_choices(normalize=normalize, id_type=id_type)
     if batch_size < 1 or block_cells < 1 or row_block < 1 or top_k < 1:
         raise InputDataError("batch_size, block_cells, row_block and top_k must be >= 1")
     if out is not None:

@@ -45,6 +45,7 @@ from sctranslator.engine.sources import Source, open_source
 from sctranslator.errors import InputDataError
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
+from sctranslator.options import IdType, KnockoutSemantics, Normalize, check_choices
 from sctranslator.outputs import claim_output
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 
@@ -135,10 +136,10 @@ def _identity(model: TranslatorModel, source: Source, plan: Plan, variants: list
 
 
 def knockout(data: Any, model: str | Path | TranslatorModel, genes: Sequence[str],
-             proteins: Sequence[str] | None = None, *, out: str | Path, semantics: str | None = None,
+             proteins: Sequence[str] | None = None, *, out: str | Path, semantics: KnockoutSemantics | None = None,
              block_cells: int = DEFAULT_BLOCK_CELLS, batch_size: int = 8, groupby: str | None = None,
-             per_cell: bool = False, normalize: str | None = None, target_sum: float | None = None,
-             gene_column: str | None = None, id_type: str = "auto", layer: str | None = None,
+             per_cell: bool = False, normalize: Normalize | None = None, target_sum: float | None = None,
+             gene_column: str | None = None, id_type: IdType = "auto", layer: str | None = None,
              min_coverage: float = DEFAULT_MIN_COVERAGE, allow_low_coverage: bool = False,
              allow_empty_cells: bool = False, device: str = "cpu", overwrite: bool = False,
              quiet: bool = True, gene_mapping: str | None = None) -> KnockoutResult:
@@ -150,13 +151,30 @@ def knockout(data: Any, model: str | Path | TranslatorModel, genes: Sequence[str
     'std:<group>' per obs group; var 'baseline_mean': the mean unperturbed prediction), beside it
     `<stem>_effects.csv` (long table), `<stem>_mean.csv`, `<stem>_heatmap.png`, and with `per_cell`
     `<stem>_per_cell<suffix>` (cells x gene|protein changes, obsm['baseline'] = unperturbed predictions).
-    Interrupted runs resume from the committed blocks; other settings need `overwrite`, which
-    replaces only an earlier knockout output (see `sctranslator.outputs`: anything else at `out`,
-    and an `out` that is or overlaps an input, is refused with OutputConflictError).
-    `gene_mapping`: "original" | "extended" (default: the model's own, see `build_plan`).
-    Bad cells raise `BadCellsError`; empty cells (no counts in any gene the model reads) too, unless
-    `allow_empty_cells` (then their number is in uns['sctranslator_knockout']['empty_cells']).
+    Interrupted runs resume from the committed blocks; other settings need `overwrite`.
+
+    Parameters: `data` and `model` as for `translate`; `genes`: names (as in the data's gene column)
+    to knock out; `proteins`: as for `translate`. `block_cells`: cells per block (the unit of work
+    and resume); `batch_size`: cells per model call (each gene adds one call per batch); `groupby`:
+    an obs column whose groups are also summarised; `device`: cpu, cuda or cuda:N (torch). The input
+    options (normalize, target_sum, gene_column, id_type, layer, min_coverage, allow_low_coverage,
+    allow_empty_cells, gene_mapping) are those of `sctranslator.options.InputOptions`; empty cells
+    are refused unless `allow_empty_cells` (their number then goes in
+    uns['sctranslator_knockout']['empty_cells']). `overwrite` replaces only an earlier knockout
+    output (anything else at `out`, and an `out` that is or overlaps an input, is refused).
+
+    Returns a KnockoutResult (changes on the model's target scale; `files`: what was written).
+
+    Raises:
+        OptionError: semantics, normalize or id_type outside its choices.
+        InputDataError: an unusable `out` suffix, sizes < 1, no cells, a gene absent from the data
+            or outside the model's panel, bad values in the matrix.
+        CoverageError, VocabularyError, UnknownProteinError, CheckpointError: as for `translate`.
+        BadCellsError: NaN/Inf/negative values, or empty cells (see above).
+        StoreError: an output written with other settings (without `overwrite`).
+        OutputConflictError: `out` holds something sctranslator did not write, or overlaps an input.
     """
+    check_choices(semantics=semantics, normalize=normalize, id_type=id_type)
     out_path = check_out_path(out)
     if batch_size < 1 or block_cells < 1:
         raise InputDataError("batch_size and block_cells must be >= 1")

@@ -18,6 +18,7 @@ import pandas as pd
 
 from sctranslator.errors import InputDataError, VocabularyError
 from sctranslator.model import TranslatorModel
+from sctranslator.options import KNOCKOUT_SEMANTICS
 from sctranslator.plan import (
     UNMAPPED_SLOT,
     Plan,
@@ -26,7 +27,7 @@ from sctranslator.plan import (
     reference_alignment,
 )
 
-SEMANTICS = ("drop", "zero")
+SEMANTICS = KNOCKOUT_SEMANTICS
 
 
 @dataclass(frozen=True)

@@ -38,10 +38,11 @@ from sctranslator.export.triton_config import (
     PARAM_MAX_GENES,
     PARAM_MAX_PROTEINS,
 )
+from sctranslator.options import TRITON_PROTOCOLS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-PROTOCOLS = ("grpc", "http")
+PROTOCOLS = TRITON_PROTOCOLS
 # Message fragments of failures that pass once the server is back (gRPC status names included).
 _TRANSIENT = ("unavailable", "connection", "connect", "reset", "refused", "broken pipe", "socket closed",
               "not ready", "unknown model", "is not found", "stopping", "shutting down", "deadline", "timed out",

@@ -1,0 +1,174 @@
+"""The analysis sub-commands: `evaluate`, `knockout` and `attention`.
+
+Each `define_*` fills a sub-command parser from the option groups of `sctranslator.options` and
+returns its handler; `sctranslator.cli` registers them. Heavy modules load inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from sctranslator.options import (
+    ANALYSIS_INPUTS,
+    AnalysisOptions,
+    EngineOptions,
+    EvaluateOptions,
+    InputOptions,
+    OutputOptions,
+    add_data_and_model_args,
+    parse_names,
+)
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def cap_names(names: list[str], limit: int = 20) -> str:
+    """'A, B' for short lists; the first `limit` names and a count of the rest for long ones."""
+    from sctranslator.analysis.predictions import cap_names as cap
+
+    return cap(names, limit)
+
+
+def _number(value: float | None, width: int = 8) -> str:
+    return f"{value:{width}.3f}" if value is not None else f"{'n/a':>{width}}"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A per-protein table and the summary lines, as printed by the command."""
+    model = report["model"]
+    base = report.get("baseline")
+    header = f"{'protein':16s} {'truth name':18s} {'gene':9s} {'pearson':>8s} {'spearman':>8s} {'rmse':>8s}"
+    if base:
+        header += f" {'base r':>8s}"
+    lines = [header, "-" * len(header)]
+    base_rows = {row["protein"]: row for row in base["per_protein"]} if base else {}
+    for row in model["per_protein"]:
+        line = (f"{row['protein'][:16]:16s} {row['truth_name'][:18]:18s} {str(row['gene'] or '')[:9]:9s} "
+                f"{_number(row['pearson'])} {_number(row['spearman'])} {_number(row['rmse'])}")
+        if base:
+            line += f" {_number(base_rows[row['protein']]['pearson'])}"
+        lines.append(line)
+    cells = report["cells"]
+    lines.append("")
+    lines.append(f"cells: {cells['matched']} matched of {cells['pred']} predicted / {cells['truth']} measured; "
+                 f"{cells['evaluated']} evaluated; measured counts scaled per cell by {report['scaling']} "
+                 f"({report.get('scaling_source', 'asked')})")
+    if report.get("predictions_from"):
+        lines.append(f"predictions read from {report['predictions_from']}")
+    for label, metrics in (("model", model), ("baseline", base)):
+        if not metrics:
+            continue
+        s = metrics["summary"]
+        lines.append(f"{label:9s} mean protein r {_number(s['mean_protein_pearson'], 0)}, "
+                     f"median {_number(s['median_protein_pearson'], 0)}, "
+                     f"mean spearman {_number(s['mean_protein_spearman'], 0)}, "
+                     f"mean cell r {_number(s['mean_cell_pearson'], 0)}, cosine {_number(s['cosine'], 0)}, "
+                     f"rmse {_number(s['rmse'], 0)}")
+        if s["undefined_proteins"]:
+            lines.append(f"          undefined (constant) proteins, left out of the means: "
+                         f"{cap_names(list(s['undefined_proteins']))}")
+    skipped = report["proteins"]
+    if skipped["ambiguous"]:
+        lines.append("ambiguous (several antibodies for one gene, not compared): "
+                     + "; ".join(f"{a['pred']} vs {a['truth']}" for a in skipped["ambiguous"]))
+    if skipped["unmatched_pred"]:
+        lines.append(f"predicted but not measured: {cap_names(list(skipped['unmatched_pred']))}")
+    return "\n".join(lines)
+
+
+def define_evaluate(parser: argparse.ArgumentParser) -> Handler:
+    """`sctranslator evaluate --pred P --truth T [--out DIR] [--scaling S] [--baseline B]`."""
+    parser.add_argument("--pred", required=True, help="predictions: translate's Zarr store, its --write-h5ad / "
+                        "--write-mudata file, or any cells x proteins .h5ad")
+    parser.add_argument("--truth", required=True, help="measured proteins .h5ad (cells x proteins, raw counts)")
+    parser.add_argument("--out", help="directory for report.json and the PNG figures (default: print only)")
+    EvaluateOptions.add_cli_args(parser)
+    OutputOptions.add_cli_args(parser, only=("overwrite",))
+
+    def run(args: argparse.Namespace) -> int:
+        from sctranslator.analysis.evaluate import evaluate
+
+        report = evaluate(args.pred, args.truth, out=args.out, **EvaluateOptions.from_cli_args(args).as_kwargs(),
+                          **OutputOptions.from_cli_args(args).as_kwargs(("overwrite",)))
+        print(format_report(report))
+        for path in report.get("files", []):
+            print(f"wrote {path}")
+        return 0
+
+    return run
+
+
+def _names(spec: str | None) -> list[str] | None:
+    return parse_names(spec) if spec else None
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    add_data_and_model_args(parser)
+    AnalysisOptions.add_cli_args(parser, only=("groupby",))
+    InputOptions.add_cli_args(parser.add_argument_group("input"), only=ANALYSIS_INPUTS)
+    OutputOptions.add_cli_args(parser, only=("quiet",))
+
+
+def define_knockout(parser: argparse.ArgumentParser) -> Handler:
+    """`sctranslator knockout INPUT --model M --genes TP53,CD4 --out OUT.h5ad [...]`."""
+    _common(parser)
+    parser.add_argument("--genes", required=True, help="genes to knock out: comma-separated names or @file")
+    parser.add_argument("--out", required=True, help="output .h5ad or .zarr (genes x proteins); CSVs and a PNG "
+                        "are written beside it; re-running the same command resumes")
+    AnalysisOptions.add_cli_args(parser, only=("semantics", "per_cell"))
+    EngineOptions.add_cli_args(parser, only=("block_cells", "batch_size", "device"),
+                               defaults={"block_cells": 1024, "batch_size": 8})
+    OutputOptions.add_cli_args(parser, only=("overwrite",))
+
+    def run(args: argparse.Namespace) -> int:
+        from sctranslator.analysis.knockout import knockout
+
+        result = knockout(args.input, args.model, _names(args.genes) or [], _names(args.proteins), out=args.out,
+                          **AnalysisOptions.from_cli_args(args).as_kwargs(("semantics", "groupby", "per_cell")),
+                          **EngineOptions.from_cli_args(args).as_kwargs(("block_cells", "batch_size", "device")),
+                          **InputOptions.from_cli_args(args).as_kwargs(ANALYSIS_INPUTS),
+                          **OutputOptions.from_cli_args(args).as_kwargs(("overwrite", "quiet")))
+        print(f"Knocked out {result.mean.shape[0]} gene(s) ({result.semantics}) in {result.n_cells['all']} cells; "
+              f"{result.mean.shape[1]} proteins")
+        strongest = result.mean.abs().stack().sort_values(ascending=False).head(5)
+        for gene, protein in strongest.index:
+            print(f"  {gene:>12s} -> {protein:<12s} mean change {result.mean.at[gene, protein]:+.4g}")
+        for name, path in result.files.items():
+            print(f"  {name:10s} {path}")
+        return 0
+
+    return run
+
+
+def define_attention(parser: argparse.ArgumentParser) -> Handler:
+    """`sctranslator attention INPUT --model M --proteins ... --out DIR [--top-k K] [--groupby COL]`."""
+    _common(parser)
+    parser.add_argument("--out", required=True, help="output directory (h5ad, CSV tables, PNG)")
+    AnalysisOptions.add_cli_args(parser, only=("top_k",))
+    EngineOptions.add_cli_args(parser, only=("block_cells", "batch_size"), defaults={"block_cells": 256,
+                               "batch_size": 1}, helps={"block_cells": "cells read and prepared at a time",
+                                                        "batch_size": "cells traced together (memory grows "
+                                                                      "with it)"})
+    AnalysisOptions.add_cli_args(parser, only=("as_published",))
+    OutputOptions.add_cli_args(parser, only=("overwrite",))
+
+    def run(args: argparse.Namespace) -> int:
+        from sctranslator.analysis.attention import interactions
+
+        result = interactions(args.input, args.model, _names(args.proteins), out=args.out,
+                              **AnalysisOptions.from_cli_args(args).as_kwargs(("top_k", "groupby", "as_published")),
+                              **EngineOptions.from_cli_args(args).as_kwargs(("block_cells", "batch_size")),
+                              **InputOptions.from_cli_args(args).as_kwargs(ANALYSIS_INPUTS),
+                              **OutputOptions.from_cli_args(args).as_kwargs(("overwrite", "quiet")))
+        print(f"Attention over {result.n_cells['all']} cells: {result.gene_to_protein.shape[0]} genes x "
+              f"{result.gene_to_protein.shape[1]} proteins")
+        best = result.top_genes[result.top_genes["rank"] == 1].head(10)
+        for row in best.itertuples():
+            print(f"  {row.protein:<12s} top gene {row.gene:<12s} score {row.score:.4g}")
+        for name, path in result.files.items():
+            print(f"  {name:18s} {path}")
+        return 0
+
+    return run

@@ -1,0 +1,436 @@
+"""Typed options shared by the Python API and the command line, each declared once.
+
+Every choice is a `Literal` type; its tuple of values (`typing.get_args`) is the one list that the
+API checks and the CLI offers. Options come in groups (dataclasses); each field carries its type,
+default, choices and help text, and `add_cli_args` / `from_cli_args` turn a group into argparse
+arguments and back, as vLLM's EngineArgs does. A command picks the fields it supports (`only`) and
+may give its own default for a field (`defaults`).
+
+This module is a leaf (standard library and `sctranslator.errors` only): the CLI imports it at
+start-up, so it must not load torch, anndata or numba.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from sctranslator.errors import InputDataError, OptionError, SctranslatorError
+
+# -- choices -------------------------------------------------------------------------------------------
+
+Normalize = Literal["none", "log1p", "total", "total_log1p"]
+IdType = Literal["auto", "symbol", "entrez", "ensembl", "mouse_symbol", "mouse_ensembl"]
+Backend = Literal["torch", "onnxruntime", "triton"]
+Precision = Literal["fp32", "fp16", "bf16"]
+TrainPrecision = Literal["fp32", "bf16"]
+TritonProtocol = Literal["grpc", "http"]
+TargetScaling = Literal["minmax", "clr", "log1p"]
+KnockoutSemantics = Literal["drop", "zero"]
+Decay = Literal["cosine", "linear", "constant"]
+Freezable = Literal["embeddings", "encoder", "translator", "decoder"]
+MissingChunks = Literal["error", "zeros"]
+GeneMapping = Literal["original", "extended"]
+Preset = Literal["published", "small", "tiny"]
+ServingBackend = Literal["onnxruntime", "tensorrt", "python"]
+InstanceKind = Literal["gpu", "cpu"]
+
+NORMALIZE_MODES: tuple[str, ...] = get_args(Normalize)
+ID_TYPES: tuple[str, ...] = get_args(IdType)  # "auto" first: detect the kind from the identifiers
+BACKENDS: tuple[str, ...] = get_args(Backend)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+TRAIN_PRECISIONS: tuple[str, ...] = get_args(TrainPrecision)
+TRITON_PROTOCOLS: tuple[str, ...] = get_args(TritonProtocol)
+TARGET_SCALINGS: tuple[str, ...] = get_args(TargetScaling)
+KNOCKOUT_SEMANTICS: tuple[str, ...] = get_args(KnockoutSemantics)
+DECAYS: tuple[str, ...] = get_args(Decay)
+FREEZABLE: tuple[str, ...] = get_args(Freezable)
+MISSING_CHUNKS: tuple[str, ...] = get_args(MissingChunks)
+GENE_MAPPINGS: tuple[str, ...] = get_args(GeneMapping)
+PRESETS: tuple[str, ...] = get_args(Preset)
+SERVING_BACKENDS: tuple[str, ...] = get_args(ServingBackend)
+INSTANCE_KINDS: tuple[str, ...] = get_args(InstanceKind)
+
+DEFAULT_MIN_COVERAGE = 0.5
+DEFAULT_TARGET_SUM = 1e4
+
+
+def check_choice(name: str, value: Any, choices: Any, *, optional: bool = False,
+                 error: type[SctranslatorError] = OptionError) -> None:
+    """Raise `error` naming `name`, the value and the choices when `value` is not one of them.
+
+    `choices` is a Literal type or a tuple of values; with `optional`, None is accepted too.
+    """
+    allowed = get_args(choices) if get_origin(choices) is Literal else tuple(choices)
+    if value is None and optional:
+        return
+    if value not in allowed:
+        raise error(f"unknown {name} {value!r}; choose one of {', '.join(map(str, allowed))}")
+
+
+def parse_names(spec: str) -> list[str]:
+    """'A,B,C' or '@file' (one name per line, '#' comments) -> names.
+
+    Raises SctranslatorError when the '@file' does not exist.
+    """
+    if spec.startswith("@"):
+        path = Path(spec[1:])
+        if not path.is_file():
+            raise SctranslatorError(f"name list file not found: {path}")
+        lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+        return [line for line in lines if line]
+    return [name.strip() for name in spec.split(",") if name.strip()]
+
+
+def add_data_and_model_args(parser: argparse.ArgumentParser) -> None:
+    """INPUT, --model and --proteins, as translate, knockout and attention take them."""
+    parser.add_argument("input", help=".h5ad, AnnData .zarr store (v2/v3), or .h5mu (rna modality)")
+    parser.add_argument("--model", required=True, help="bundle directory or official .pt checkpoint")
+    parser.add_argument("--proteins", help="comma-separated antibody or gene names, or @file "
+                        "(default: the model's protein panel, when it has one)")
+
+
+# -- declarations --------------------------------------------------------------------------------------
+
+def option(default: Any = None, help: str = "", *, none_means: str | None = None, flag: str | None = None,
+           aliases: tuple[str, ...] = (), metavar: str | None = None, cli: bool = True,
+           parse: Callable[[str], Any] | None = None) -> Any:
+    """A dataclass field with its command-line declaration.
+
+    help: what the option does (the default and choices are appended to it on the command line).
+    none_means: what a None default stands for ("the model's own setting"), shown as the default.
+    flag / aliases: the option strings (default `--field-name`); a True boolean needs a `--no-...` flag.
+    parse: converts the command-line string (e.g. a name list) into the API's value.
+    cli: False keeps the option in the API only.
+    """
+    metadata = {"help": help, "none_means": none_means, "flag": flag, "aliases": aliases, "metavar": metavar,
+                "cli": cli, "parse": parse}
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _names_tuple(spec: str) -> tuple[str, ...]:
+    return tuple(parse_names(spec))
+
+
+def _unwrap(hint: Any) -> tuple[Any, bool]:
+    """(the type inside Optional[...], whether None is allowed)."""
+    origin = get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        return (args[0] if len(args) == 1 else hint), len(args) < len(get_args(hint))
+    return hint, False
+
+
+def _help(text: str, default: Any, choices: tuple[str, ...] | None, none_means: str | None,
+          is_flag: bool) -> str:
+    notes = []
+    if choices:
+        notes.append("one of %(choices)s")
+    if not is_flag:
+        if default is None or default == [] or default == ():
+            if none_means:
+                notes.append(f"default: {none_means}")
+        else:
+            notes.append("default: %(default)s")
+    return f"{text} ({'; '.join(notes)})" if notes else text
+
+
+G = TypeVar("G", bound="OptionGroup")
+
+
+class OptionGroup:
+    """Base of the option groups: command-line arguments from the fields, values back from a namespace."""
+
+    @classmethod
+    def _hints(cls) -> dict[str, Any]:
+        return typing.get_type_hints(cls)
+
+    @classmethod
+    def cli_fields(cls, only: Iterable[str] | None = None) -> list[dataclasses.Field]:
+        """The fields offered on the command line (`only`: these, in this order)."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        names = list(only) if only is not None else [n for n, f in fields.items() if f.metadata.get("cli", True)]
+        unknown = [n for n in names if n not in fields]
+        if unknown:
+            raise KeyError(f"{cls.__name__} has no option {unknown}")
+        return [fields[n] for n in names]
+
+    @classmethod
+    def add_cli_args(cls, parser: argparse.ArgumentParser | Any, *, only: Iterable[str] | None = None,
+                     defaults: Mapping[str, Any] | None = None, helps: Mapping[str, str] | None = None) -> None:
+        """Add one argument per field to `parser` (or an argument group).
+
+        only: the fields to add (default: every field declared for the CLI). defaults: this command's
+        default for some fields. helps: this command's help text for some fields.
+        """
+        hints = cls._hints()
+        for f in cls.cli_fields(only):
+            meta = f.metadata
+            default = (defaults or {}).get(f.name, _field_default(f))
+            inner, _ = _unwrap(hints[f.name])
+            choices = get_args(inner) if get_origin(inner) is Literal else None
+            flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+            kwargs: dict[str, Any] = {"dest": f.name, "default": default}
+            is_flag = inner is bool
+            if is_flag:
+                kwargs["action"] = "store_false" if default else "store_true"
+            else:
+                kwargs["type"] = meta.get("parse") or _scalar_type(inner)
+                if choices:
+                    kwargs["choices"] = choices
+                if meta.get("metavar"):
+                    kwargs["metavar"] = meta["metavar"]
+            text = (helps or {}).get(f.name, meta.get("help", ""))
+            kwargs["help"] = _help(text, default, choices, meta.get("none_means"), is_flag)
+            parser.add_argument(flag, *meta.get("aliases", ()), **kwargs)
+
+    @classmethod
+    def from_cli_args(cls: type[G], namespace: argparse.Namespace, **extra: Any) -> G:
+        """The group from a parsed namespace: fields the command did not offer keep their defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        values = {n: getattr(namespace, n) for n in names if hasattr(namespace, n)}
+        values.update(extra)
+        return cls(**values)
+
+    def check(self) -> None:
+        """Raise OptionError for any Literal-typed field whose value is not one of its choices."""
+        for name, hint in self._hints().items():
+            inner, optional = _unwrap(hint)
+            if get_origin(inner) is Literal:
+                check_choice(name, getattr(self, name), inner, optional=optional)
+
+    def as_kwargs(self, only: Iterable[str] | None = None, skip: Iterable[str] = ()) -> dict[str, Any]:
+        """The fields as keyword arguments (`only` / `skip` select them)."""
+        names = list(only) if only is not None else [f.name for f in dataclasses.fields(self)]  # type: ignore
+        return {n: getattr(self, n) for n in names if n not in set(skip)}
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def _scalar_type(hint: Any) -> Callable[[str], Any]:
+    if get_origin(hint) is Literal:
+        return str
+    if hint in (int, float, str):
+        return hint
+    if hint is Path:
+        return Path
+    return str
+
+
+def check_choices(**values: Any) -> None:
+    """Check keyword values against the declared choices of options of the same name.
+
+    e.g. `check_choices(backend=backend, normalize=normalize)`; raises OptionError listing the choices.
+    """
+    for name, value in values.items():
+        hint = _CHOICE_HINTS[name]
+        inner, optional = _unwrap(hint)
+        check_choice(name, value, inner, optional=optional)
+
+
+# -- groups --------------------------------------------------------------------------------------------
+
+@dataclass
+class InputOptions(OptionGroup):
+    """How the input matrix is read and aligned to the model (translate, knockout, attention)."""
+
+    layer: str | None = option(None, "read this layer instead of X", none_means="X")
+    gene_column: str | None = option(None, "var column holding the gene identifiers", none_means="the var index")
+    id_type: IdType = option("auto", "kind of gene identifier; auto detects it from the identifiers")
+    normalize: Normalize | None = option(
+        None, "library-size normalisation and/or log1p before the per-cell scaling",
+        none_means="as the model was trained (recorded in a bundle); X as stored for published checkpoints")
+    target_sum: float | None = option(None, "library size for --normalize total / total_log1p",
+                                      none_means="the model's recorded value, else 10000")
+    min_coverage: float = option(DEFAULT_MIN_COVERAGE, "minimum gene coverage, 0.5 = 50%%: the fraction of the "
+                                 "model's gene panel found in the data (published checkpoints: of the dataset's "
+                                 "genes that map onto the vocabulary)")
+    allow_low_coverage: bool = option(False, "go on (with a warning) below --min-coverage")
+    allow_empty_cells: bool = option(False, "predict cells with no counts in any gene the model reads (all-zero "
+                                     "cells included) instead of refusing them; their number is recorded")
+    use_raw: bool = option(False, "read adata.raw (its X and var) instead of X")
+    modality: str | None = option(None, "MuData (.h5mu) modality holding the RNA", none_means="'rna'")
+    missing_chunks: MissingChunks = option(
+        "error", "a chunk of X absent from a Zarr store: error refuses; zeros reads it as zeros (stores written "
+        "with write_empty_chunks=False)")
+    gene_mapping: GeneMapping | None = option(
+        None, "how gene identifiers become model tokens: original = the published scTranslator tables only; "
+        "extended = also through the wider identifier tables", none_means="the model's own setting")
+
+
+# The input options each command offers (and passes to its API function).
+TRANSLATE_INPUTS = tuple(f.name for f in dataclasses.fields(InputOptions))
+_SOURCE_ONLY = ("use_raw", "modality", "missing_chunks")  # translate's reader settings
+ANALYSIS_INPUTS = tuple(name for name in TRANSLATE_INPUTS if name not in _SOURCE_ONLY)  # knockout and attention
+
+
+@dataclass
+class EngineOptions(OptionGroup):
+    """Where and how the model runs (translate; knockout and attention take device and sizes)."""
+
+    backend: Backend = option("torch", "inference backend: torch (in process), onnxruntime (an exported ONNX "
+                              "graph), triton (a Triton server at --url)")
+    device: str = option("cpu", "cpu, cuda or cuda:N")
+    precision: Precision = option("fp32", "compute dtype of the ONNX graph that --backend onnxruntime exports "
+                                  "(torch computes in fp32; a Triton server runs the graph it was given)")
+    batch_size: int | None = option(None, "cells per model call",
+                                    none_means="from the model size; 1 for the full-size model on CPU")
+    block_cells: int | None = option(None, "cells per block, the unit of work and resume",
+                                     none_means="from the model size and the number of cells")
+    workers: int | None = option(None, "concurrent blocks on the local scheduler",
+                                 none_means="the number of CPUs, at most 8")
+    scheduler: str | None = option(None, "address of an existing dask.distributed scheduler",
+                                   none_means="a local scheduler")
+    onnx_path: str | None = option(None, "ONNX file for --backend onnxruntime", flag="--onnx", metavar="FILE",
+                                   none_means="exported on demand and cached")
+
+
+@dataclass
+class TritonOptions(OptionGroup):
+    """The Triton server used by `--backend triton` (passed to translate as `backend_options`)."""
+
+    url: str | None = option(None, "Triton server HOST:PORT (needed for --backend triton)", none_means="none")
+    model_name: str = option("sctranslator", "model name on the Triton server")
+    protocol: TritonProtocol = option("grpc", "Triton protocol")
+
+
+@dataclass
+class OutputOptions(OptionGroup):
+    """What is written besides the predictions, and how the run reports."""
+
+    write_h5ad: str | None = option(None, "also write a copy of the input with obsm['protein_expression']",
+                                    metavar="PATH")
+    write_mudata: str | None = option(None, "also write a MuData (.h5mu) with 'rna' and 'prot' modalities",
+                                      metavar="PATH")
+    embeddings: bool = option(False, "also write obsm['X_sctranslator']: the mean encoder output over the "
+                              "cell's genes (torch backend)")
+    overwrite: bool = option(False, "replace an earlier sctranslator output of the same kind at the output path "
+                             "(never anything else, never an input)")
+    quiet: bool = option(False, "no progress bar")
+
+
+@dataclass
+class AnalysisOptions(OptionGroup):
+    """Knockout and attention settings."""
+
+    groupby: str | None = option(None, "obs column: also report each group of cells separately",
+                                 none_means="all cells together")
+    semantics: KnockoutSemantics | None = option(
+        None, "knockout: drop removes the gene's column as the original does; zero sets its expression to 0",
+        none_means="drop for published checkpoints, zero for fixed-panel models")
+    per_cell: bool = option(False, "knockout: also write every cell's changes")
+    top_k: int = option(20, "attention: genes listed per protein")
+    as_published: bool = option(False, "attention: take each layer's attention from the post-residual state, "
+                                "as the original script did")
+    row_block: int = option(2048, "attention: genes at a time through the translator", cli=False)
+
+
+@dataclass
+class EvaluateOptions(OptionGroup):
+    """How predictions are scored."""
+
+    scaling: TargetScaling | None = option(None, "per-cell scaling of the measured counts",
+                                           none_means="the scale translate recorded for the model's outputs, else "
+                                           "minmax (the original's training target)")
+    baseline: str | None = option(None, "a second predictions store to score side by side (e.g. the ridge "
+                                  "baseline)", none_means="none")
+    cosine_batch_size: int | None = option(None, "cells per batch for the cosine score", flag="--cosine-batch",
+                                           none_means="all cells at once")
+    plots: bool = option(True, "write report.json only, no figures", flag="--no-plots")
+
+
+@dataclass
+class TrainDataOptions(OptionGroup):
+    """finetune: which data, how it is split, and how inputs and targets are scaled."""
+
+    proteins: tuple[str, ...] | None = option(None, "train on these protein columns only (A,B or @file)",
+                                              none_means="all but isotype controls", parse=_names_tuple)
+    genes: tuple[str, ...] | None = option(None, "gene panel from these genes only", cli=False)
+    protein_key: str = option("protein_expression", "obsm key of an embedded protein table")
+    layer: str | None = option(None, "RNA layer to read instead of X", none_means="X")
+    gene_column: str | None = option(None, "var column holding the gene identifiers", none_means="the var index")
+    id_type: IdType = option("auto", "kind of gene identifier; auto detects it from the identifiers")
+    gene_mapping: GeneMapping | None = option(
+        None, "how gene identifiers become model tokens (recorded in the bundle): original = the published "
+        "scTranslator tables only; extended = also through the wider identifier tables",
+        none_means="the --init bundle's, else extended")
+    normalize: Normalize = option("total_log1p", "library-size normalisation and/or log1p of the RNA (recorded "
+                                  "in the bundle, so translate repeats it)")
+    target_sum: float = option(DEFAULT_TARGET_SUM, "library size for --normalize total / total_log1p")
+    target_scaling: TargetScaling = option("minmax", "per-cell scaling of the protein targets (recorded in the "
+                                           "bundle)")
+    val_fraction: float = option(0.1, "fraction of cells held out for validation (seeded)")
+    val_count: int | None = option(None, "number of cells held out (seeded; overrides the fraction)",
+                                   none_means="from --val-fraction")
+    split_column: str | None = option(None, "obs column to split by (e.g. donor, batch)",
+                                      none_means="random cells")
+    val_values: tuple[str, ...] | None = option(None, "values of --split-column held out (A,B)",
+                                                none_means="none", parse=_names_tuple)
+    allow_low_coverage: bool = option(False, "go on (with a warning) when few genes map")
+    allow_empty_cells: bool = option(False, "train on paired cells with no counts in any panel gene (as constant "
+                                     "cells; their number goes in the model card)")
+
+
+@dataclass
+class TrainOptions(OptionGroup):
+    """finetune: how to train. `steps` (optimizer steps) or `epochs` sets the length; batch_size is per process."""
+
+    steps: int | None = option(None, "optimizer steps", none_means="from --epochs")
+    epochs: float | None = option(None, "passes over the training cells", none_means="1 when --steps is not given")
+    batch_size: int = option(16, "cells per process per micro-batch")
+    accumulation: int = option(1, "micro-batches per optimizer step")
+    lr: float = option(1e-3, "peak learning rate (AdamW)")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    warmup_steps: int | None = option(None, "linear warm-up steps", none_means="5%% of the steps")
+    decay: Decay = option("cosine", "learning-rate decay after the warm-up")
+    min_lr_ratio: float = option(0.0, "final learning rate as a fraction of the peak", cli=False)
+    clip_norm: float | None = option(1.0, "gradient clipping norm (0 = off)")
+    precision: TrainPrecision = option("fp32", "training compute dtype (bf16: autocast on CUDA)")
+    freeze: tuple[str, ...] = option((), "parts to freeze: embeddings,encoder,translator,decoder",
+                                     none_means="none", parse=_names_tuple)
+    seed: int = option(0, "seed of the split, the data order and new weights")
+    val_every: int | None = option(None, "validate every N steps", none_means="10 times per run")
+    patience: int | None = option(None, "stop after N validations without improvement", none_means="never")
+    val_batch_size: int = option(64, "cells per validation batch", cli=False)
+    checkpoint_every: int | None = option(None, "checkpoint every N steps", none_means="at each validation")
+    keep_best: bool = option(True, "save the last weights, not the best validated", flag="--last-weights")
+    stop_after: int | None = option(None, "stop (resumably) after this many steps, as if interrupted", cli=False)
+    device: str = option("cpu", "cpu, cuda, cuda:1 (under torchrun: each rank's GPU)")
+    quiet: bool = option(False, "no progress bar")
+
+    def check(self) -> None:
+        """Raise InputDataError (OptionError for a bad choice) when the settings cannot train."""
+        super().check()
+        self.freeze = tuple(self.freeze or ())
+        for part in self.freeze:
+            check_choice("part to freeze", part, Freezable)
+        if self.batch_size < 1 or self.accumulation < 1:
+            raise InputDataError("batch_size and accumulation must be >= 1")
+        if self.steps is None and self.epochs is None:
+            raise InputDataError("say how long to train: steps=... or epochs=...")
+
+
+# Option name -> type, for check_choices() in API functions (one table, built from the groups).
+_CHOICE_HINTS: dict[str, Any] = {}
+for _group in (InputOptions, EngineOptions, TritonOptions, AnalysisOptions, EvaluateOptions):
+    _CHOICE_HINTS.update(typing.get_type_hints(_group))
+_CHOICE_HINTS["target_scaling"] = TargetScaling
+_CHOICE_HINTS["decay"] = Decay
+del _group
+
+GROUPS: tuple[type[OptionGroup], ...] = (InputOptions, EngineOptions, TritonOptions, OutputOptions, AnalysisOptions,
+                                         EvaluateOptions, TrainDataOptions, TrainOptions)
