@@ -145,7 +145,8 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
     layer, gene_column, id_type, gene_mapping, normalize, target_sum, target_scaling, val_fraction,
     val_count, split_column + val_values, allow_low_coverage, allow_empty_cells) and `TrainOptions`
     (steps or epochs, batch_size (cells per process per micro-batch), accumulation, lr, weight_decay,
-    warmup_steps, decay, min_lr_ratio, clip_norm, precision, freeze, seed, val_every, patience, val_batch_size, keep_best,
+    warmup_steps, decay, min_lr_ratio, clip_norm, precision, freeze, seed, val_every, patience, val_batch_size,
+    keep_best,
     checkpoint_every, stop_after, device, quiet); each documents its default and choices.
 
     Checkpoints and the metrics log go to `work_dir` (default: `<out>.training`); `resume=True`
