@@ -47,13 +47,35 @@ def _format_size(n_bytes: int) -> str:
 @command("convert", "convert a published scTranslator .pt checkpoint into a safe model bundle")
 def _convert(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument("checkpoint", type=Path, help="official .pt file (read without executing it)")
-    parser.add_argument("bundle", type=Path, help="output bundle directory")
+    parser.add_argument("bundle", type=Path, nargs="?", help="output bundle directory (default: none; give it "
+                        "or --name)")
+    parser.add_argument("--name", help="also a model name: the bundle goes into the model home "
+                        "($SCTRANSLATOR_MODELS, default ~/.local/share/sctranslator/models) and --model NAME "
+                        "finds it (default: none)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier converted bundle at the output (nothing else; default: off)")
 
     def run(args: argparse.Namespace) -> int:
+        from sctranslator._atomic import install_dir, staging_dir
         from sctranslator.model import load_model, save_model
+        from sctranslator.model.registry import BUNDLED, check_model_name, model_home
+        from sctranslator.outputs import claim_output, write_identity
 
+        if (args.bundle is None) == (args.name is None):
+            raise SctranslatorError("say where the bundle goes: a BUNDLE directory or --name NAME (one of them)")
+        if args.name is not None:
+            if check_model_name(args.name) in BUNDLED:
+                raise SctranslatorError(f"{args.name!r} is the name of a bundled model; choose another name")
+            target = model_home() / args.name
+        else:
+            target = args.bundle
+        claim_output(target, "bundle", inputs=(args.checkpoint,), overwrite=args.overwrite)
         model = load_model(args.checkpoint)
-        save_model(model, args.bundle)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with staging_dir(target) as staging:
+            save_model(model, staging)
+            write_identity(staging, "bundle")
+            install_dir(staging, target)
         config = model.config.to_dict()
         print(f"Read {args.checkpoint} ({_format_size(args.checkpoint.stat().st_size)}) without executing it.")
         print("Inferred configuration:")
@@ -68,8 +90,36 @@ def _convert(parser: argparse.ArgumentParser) -> Handler:
         for part, n in counts.items():
             print(f"  {part:24s} {n:,}")
         print(f"  {'total':24s} {model.n_parameters():,}")
-        size = sum(f.stat().st_size for f in args.bundle.iterdir() if f.is_file())
-        print(f"Wrote bundle {args.bundle} ({_format_size(size)})")
+        size = sum(f.stat().st_size for f in target.iterdir() if f.is_file())
+        print(f"Wrote bundle {target} ({_format_size(size)})" + (f"; use it as --model {args.name}" if args.name
+                                                                   else ""))
+        return 0
+
+    return run
+
+
+@command("models", "list the models available by name: the bundled demo and converted bundles")
+def _models(parser: argparse.ArgumentParser) -> Handler:
+    parser.add_argument("--json", action="store_true", help="print the list as JSON (default: a table)")
+
+    def run(args: argparse.Namespace) -> int:
+        from sctranslator.model.registry import list_models, model_home
+
+        entries = list_models()
+        if args.json:
+            print(json.dumps([entry.as_dict() for entry in entries], indent=2))
+            return 0
+        print(f"{'name':20s} {'origin':9s} {'parameters':>12s} {'L':>6s} {'gene panel':>10s} {'proteins':>9s} "
+              f"{'size':>9s}  path")
+        for entry in entries:
+            def count(value: int | None, open_text: str) -> str:
+                return f"{value:,}" if value is not None else open_text
+            print(f"{entry.name:20s} {entry.origin:9s} {count(entry.parameters, '?'):>12s} "
+                  f"{count(entry.max_genes, '?'):>6s} {count(entry.genes_in_panel, 'any'):>10s} "
+                  f"{count(entry.proteins_in_panel, 'any'):>9s} {_format_size(entry.size_bytes):>9s}  {entry.path}")
+            if entry.note:
+                print(f"{'':20s} {entry.note}")
+        print(f"converted models live in {model_home()} (sctranslator convert CHECKPOINT --name NAME)")
         return 0
 
     return run

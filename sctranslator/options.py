@@ -270,11 +270,18 @@ class InputOptions(OptionGroup):
     gene_mapping: GeneMapping | None = option(
         None, "how gene identifiers become model tokens: original = the published scTranslator tables only; "
         "extended = also through the wider identifier tables", none_means="the model's own setting")
+    cells: tuple[str, ...] | None = option(None, "only these cells (obs names: A,B or @file), in the input's "
+                                           "order", none_means="all cells", parse=_names_tuple)
+    obs_query: str | None = option(None, "only the cells where this pandas expression over obs holds, e.g. "
+                                   "\"cell_type == 'B cell'\"", none_means="all cells")
+    max_cells: int | None = option(None, "only the first N cells (of the selection): try a model on a few cells",
+                                   none_means="all cells")
 
 
 # The input options each command offers (and passes to its API function).
 TRANSLATE_INPUTS = tuple(f.name for f in dataclasses.fields(InputOptions))
-_SOURCE_ONLY = ("use_raw", "modality", "missing_chunks")  # translate's reader settings
+# translate's reader settings and cell selection
+_SOURCE_ONLY = ("use_raw", "modality", "missing_chunks", "cells", "obs_query", "max_cells")
 ANALYSIS_INPUTS = tuple(name for name in TRANSLATE_INPUTS if name not in _SOURCE_ONLY)  # knockout and attention
 
 

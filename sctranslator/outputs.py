@@ -1,7 +1,7 @@
 """Never delete what is not ours: which output paths a command may write, and how it marks its own.
 
 The rule, for every command that writes (translate, knockout, attention, evaluate, finetune,
-export onnx/triton, demo):
+export onnx/triton, demo, convert):
 
 1. The output may not be an input, lie inside an input, or contain an input (real paths compared,
    symbolic links resolved). Refused before anything is touched, `overwrite` or not.
@@ -49,6 +49,7 @@ KINDS: dict[str, str] = {
     "export-onnx": "exported ONNX file",
     "export-triton": "exported Triton model directory",
     "demo": "demo output folder",
+    "bundle": "converted model bundle",
 }
 
 

@@ -42,7 +42,7 @@ def test_converted_models_are_listed_with_their_sizes(home) -> None:
     assert set(entries) == {"demo", "my-model"}
     mine = entries["my-model"]
     assert mine.origin == "converted" and mine.proteins_in_panel == 14
-    assert mine.parameters == sum(t.numel() for t in demo.state_dict().values())
+    assert mine.parameters == demo.n_parameters()
     assert mine.genes_in_panel == len(demo.panel["genes"]["token_ids"])
     loaded = load_model("my-model")
     for key, value in demo.state_dict().items():
@@ -65,3 +65,23 @@ def test_model_home_follows_xdg(monkeypatch, tmp_path) -> None:
 def test_bad_names_are_refused(bad) -> None:
     with pytest.raises(CheckpointError, match="not a valid model name"):
         check_model_name(bad)
+
+
+def test_convert_by_name_then_models_lists_it(home, capsys) -> None:
+    from datafiles import TINY_B
+
+    from sctranslator.cli import main
+
+    assert main(["convert", str(TINY_B), "--name", "tiny-b"]) == 0
+    assert "use it as --model tiny-b" in capsys.readouterr().out
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert "tiny-b" in listing and "converted" in listing and "demo" in listing
+    assert main(["models", "--json"]) == 0
+    entries = {entry["name"]: entry for entry in json.loads(capsys.readouterr().out)}
+    assert entries["tiny-b"]["parameters"] == load_model("tiny-b").n_parameters()
+    # A second conversion into the same name needs --overwrite; a bundled name is refused.
+    assert main(["convert", str(TINY_B), "--name", "tiny-b"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["convert", str(TINY_B), "--name", "tiny-b", "--overwrite"]) == 0
+    assert main(["convert", str(TINY_B), "--name", "demo"]) == 2

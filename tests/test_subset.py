@@ -62,3 +62,23 @@ def test_bad_selections_are_named(adata) -> None:
         select_cells(source, obs_query="group == 'zzz'")
     with pytest.raises(InputDataError, match=">= 1"):
         select_cells(source, max_cells=0)
+
+
+def test_translate_a_few_cells(adata, tmp_path) -> None:
+    from sctranslator import translate
+    from sctranslator.cli import main
+
+    full = translate(adata[:12].copy(), "demo", workers=1)
+    first = translate(RNA, "demo", max_cells=5, workers=1, out=tmp_path / "five.zarr")
+    assert first.n_obs == 5 and list(first.obs_names) == list(adata.obs_names[:5])
+    np.testing.assert_allclose(np.asarray(first.X), np.asarray(full.X)[:5], rtol=1e-6, atol=1e-6)
+    assert "first 5 cells" in first.uns["sctranslator"]["settings"]["cell_selection"]
+    names = ",".join(adata.obs_names[[9, 2]])
+    code = main(["translate", str(RNA), "--model", "demo", "--cells", names, "--out", str(tmp_path / "two.zarr"),
+                 "--quiet", "--workers", "1"])
+    assert code == 0
+    two = ad.read_zarr(tmp_path / "two.zarr")
+    assert list(two.obs_names) == list(adata.obs_names[[2, 9]])
+    np.testing.assert_allclose(two.X, np.asarray(full.X)[[2, 9]], rtol=1e-6, atol=1e-6)
+    with pytest.raises(InputDataError, match="whole input"):
+        translate(RNA, "demo", max_cells=5, write_h5ad=tmp_path / "w.h5ad")

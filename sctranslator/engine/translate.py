@@ -22,6 +22,7 @@ from sctranslator.engine.pipeline import BlockJob, default_workers, run_job
 from sctranslator.engine.predictions import TemporaryStore
 from sctranslator.engine.sink import EMBEDDING_KEY, OUTPUT_KIND, ZarrSink
 from sctranslator.engine.sources import open_source
+from sctranslator.engine.sources.subset import select_cells
 from sctranslator.engine.writeback import (
     PROTEIN_KEY,
     PROVENANCE_KEY,
@@ -122,7 +123,9 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
               onnx_path: str | None = None, precision: Precision = "fp32",
               backend_options: dict[str, Any] | None = None, write_h5ad: str | Path | None = None,
               write_mudata: str | Path | None = None, embeddings: bool = False, quiet: bool = True,
-              gene_mapping: GeneMapping | None = None, inplace: bool = False) -> ad.AnnData | None:
+              gene_mapping: GeneMapping | None = None, inplace: bool = False,
+              cells: Sequence[str] | None = None, obs_query: str | None = None,
+              max_cells: int | None = None) -> ad.AnnData | None:
     """Predict protein abundance for every cell of `data` with `model`.
 
     Parameters (the option groups of `sctranslator.options` document each one and its choices):
@@ -140,6 +143,9 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
             gene_mapping: InputOptions.
         overwrite, write_h5ad, write_mudata, embeddings, quiet: OutputOptions.
         inplace: also set the predictions on `data` (an AnnData / MuData object) and return None.
+        cells, obs_query, max_cells: translate only the named cells, the cells where a pandas
+            expression over obs holds, and/or the first N of them (in the input's order; recorded in
+            provenance). Not with write_h5ad / write_mudata / inplace, which write the whole input.
 
     Returns an AnnData (cells x proteins) read lazily from the output store: `X` is a float32
     `dask.array.Array` over the store's chunks (on the model's target scale), so the predictions are
@@ -187,7 +193,14 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     target = _inplace_target(data) if inplace else None
     inputs = (data, model, onnx_path)
     _claim_outputs(out, write_h5ad, write_mudata, inputs, overwrite)
-    source = open_source(data, layer=layer, use_raw=use_raw, modality=modality, missing_chunks=missing_chunks)
+    selecting = cells is not None or obs_query is not None or max_cells is not None
+    if selecting and (write_h5ad or write_mudata or inplace):
+        raise InputDataError("a cell selection (cells / obs_query / max_cells) cannot be combined with "
+                             "write_h5ad, write_mudata or inplace: those write the whole input; translate the "
+                             "selection into `out` and join it yourself, or translate every cell")
+    source = select_cells(open_source(data, layer=layer, use_raw=use_raw, modality=modality,
+                                      missing_chunks=missing_chunks),
+                          cells=cells, obs_query=obs_query, max_cells=max_cells)
     loaded, model_source = _resolve_model(model)
     batch_size = batch_size or default_batch_size(loaded, device)
     n_workers = workers or default_workers()
@@ -216,7 +229,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
                      "gene_column": gene_column or "", "layer": layer or "", "use_raw": bool(use_raw),
                      "modality": getattr(source, "modality", None) or "", "missing_chunks": missing_chunks,
                      "embeddings": bool(embeddings), "output_scaling": output_scaling(loaded),
-                     "allow_empty_cells": bool(allow_empty_cells)},
+                     "allow_empty_cells": bool(allow_empty_cells),
+                     "cell_selection": getattr(source, "selection", "") or ""},
         "versions": _versions(),
     }}
     owner = None

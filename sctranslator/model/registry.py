@@ -113,7 +113,7 @@ def _describe(name: str, origin: str, path: Path, note: str = "") -> ModelEntry 
 
 
 def _count_parameters(weights: Path) -> int | None:
-    """Parameter count from the safetensors header (no weights read)."""
+    """Trainable parameter count from the safetensors header (no weights read; buffers left out)."""
     try:
         with open(weights, "rb") as handle:
             header_size = int.from_bytes(handle.read(8), "little")
@@ -122,7 +122,7 @@ def _count_parameters(weights: Path) -> int | None:
         return None
     total = 0
     for key, entry in header.items():
-        if key == "__metadata__":
+        if key == "__metadata__" or key.endswith("projection_matrix"):  # metadata; random-feature buffers
             continue
         count = 1
         for extent in entry.get("shape", []):

@@ -36,6 +36,7 @@ class RowSubset(Source):
         self.chunk_rows = None
         self.dtype = base.dtype
         self.nnz = None
+        self.modality = getattr(base, "modality", None)
 
     @property
     def var(self) -> pd.DataFrame:
