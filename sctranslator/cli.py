@@ -7,8 +7,10 @@ import importlib
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from sctranslator.errors import SctranslatorError
 from sctranslator.options import (
@@ -228,21 +230,53 @@ def _register_external() -> None:
             _COMMANDS[name] = (help_text, getattr(importlib.import_module(module), definer))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one error format of the command line: `error: ...` on stderr, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: UsageError: {message} (see `{self.prog} --help`)\n")
+
+
+class _TqdmHandler(logging.Handler):
+    """Log records written around a progress bar (tqdm.write), never through the middle of it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # logging must never raise
+            self.handleError(record)
+
+
+def _configure_output(args: argparse.Namespace) -> None:
+    """INFO logs (DEBUG with -v) routed around progress bars; with --quiet only our warnings and errors,
+    and no library warnings (anndata's 'storing as categorical', mudata's, numba's ...)."""
+    quiet = bool(getattr(args, "quiet", False))
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    level = logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    if quiet:
+        warnings.simplefilter("ignore")  # the package reports through logging, not the warnings module
+        logging.captureWarnings(False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     _register_external()
-    parser = argparse.ArgumentParser(prog="sctranslator", description=__doc__)
+    parser = _Parser(prog="sctranslator", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, define) in _COMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)  # inherits _Parser
         sub_parser.set_defaults(handler=define(sub_parser))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    _configure_output(args)
     try:
         return int(args.handler(args) or 0)
     except SctranslatorError as exc:

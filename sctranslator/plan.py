@@ -174,11 +174,16 @@ def collision_report(identifiers: pd.Index, genes: GeneMapping, tokens: np.ndarr
 
 
 def _log_collisions(collisions: dict[str, Any]) -> None:
-    if collisions["tokens_shared"] or collisions["make_unique_copies"]:
-        log.warning("%d input columns share %d gene tokens (e.g. %s) and %d look like make_unique copies "
-                    "(e.g. %s): %s", collisions["columns_sharing"], collisions["tokens_shared"],
-                    list(collisions["examples"].values())[:3], collisions["make_unique_copies"],
-                    list(collisions["copy_examples"])[:3], collisions["rule"])
+    parts = []
+    if collisions["tokens_shared"]:
+        examples = ", ".join("+".join(map(str, names)) for names in list(collisions["examples"].values())[:3])
+        parts.append(f"{collisions['columns_sharing']} input columns share {collisions['tokens_shared']} gene "
+                     f"tokens (e.g. {examples})")
+    if collisions["make_unique_copies"]:
+        parts.append(f"{collisions['make_unique_copies']} look like make_unique copies "
+                     f"(e.g. {', '.join(map(str, list(collisions['copy_examples'])[:3]))})")
+    if parts:
+        log.warning("%s: %s", "; ".join(parts), collisions["rule"])
 
 
 def _coverage_table(coverage: dict[str, Any]) -> str:

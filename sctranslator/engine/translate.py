@@ -17,6 +17,7 @@ import pandas as pd
 from sctranslator import __version__
 from sctranslator._atomic import atomic_write_path
 from sctranslator.engine.backends.base import BackendSpec
+from sctranslator.engine.backends.onnx_cache import onnx_file_for
 from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.pipeline import BlockJob, default_workers, run_job
 from sctranslator.engine.predictions import TemporaryStore
@@ -215,6 +216,9 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     spec_model: str | TranslatorModel = model_source if (model_source and scheduler) else loaded
     spec = BackendSpec(kind=backend, model=spec_model, device=device, onnx_path=onnx_path, precision=precision,
                        threads=threads, options=dict(backend_options or {}))
+    if backend == "onnxruntime" and onnx_path is None:
+        # Export (once, cached) here, announced with its cost, rather than inside the progress bar.
+        spec.onnx_path = onnx_file_for(spec, loaded)
     identity = {"model": model_fingerprint(loaded), "input": source.fingerprint(), "plan": plan.fingerprint(),
                 "embeddings": bool(embeddings)}
     uns = {"sctranslator": {
