@@ -125,7 +125,7 @@ def test_a_bad_choice_is_a_named_error_listing_the_choices() -> None:
 def test_api_functions_refuse_a_bad_choice_before_reading_anything(call: str, tmp_path: Path) -> None:
     missing = tmp_path / "missing.h5ad"  # never opened: the option check comes first
     if call == "translate":
-        from sctranslator.engine import translate
+        from sctranslator import translate
         run = lambda: translate(missing, DEMO_MODEL, normalize="cpm")  # noqa: E731
     elif call == "knockout":
         from sctranslator.analysis.knockout import knockout

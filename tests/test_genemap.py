@@ -87,7 +87,8 @@ def original_predictions(rna: ad.AnnData, model: TranslatorModel, proteins: list
 
 
 def predict(rna: ad.AnnData, model: TranslatorModel, proteins: list[str], **options) -> ad.AnnData:
-    return sctranslator.translate(rna, model, proteins, block_cells=64, batch_size=8, **options)
+    """translate's result in memory (it returns X as a lazy dask array over the store)."""
+    return sctranslator.translate(rna, model, proteins, block_cells=64, batch_size=8, **options).to_memory()
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from importlib import import_module
 
+from sctranslator import options
 from sctranslator._optional import import_optional
 from sctranslator.engine.backends.base import Backend, BackendSpec
 from sctranslator.errors import BackendError
@@ -20,7 +21,9 @@ _IMPLEMENTATIONS: dict[str, tuple[str, str, tuple[str, str] | None]] = {
     "onnxruntime": ("sctranslator.engine.backends.onnxruntime_backend", "OnnxRuntimeBackend", None),
     "triton": ("sctranslator.engine.backends.triton", "TritonBackend", ("tritonclient.grpc", "triton")),
 }
-BACKENDS = tuple(_IMPLEMENTATIONS)
+BACKENDS = options.BACKENDS  # the one list of choices (sctranslator.options)
+if set(BACKENDS) != set(_IMPLEMENTATIONS):  # a choice without an implementation is a bug, caught at import
+    raise ImportError(f"backends offered {BACKENDS} differ from those implemented {tuple(_IMPLEMENTATIONS)}")
 
 
 def create_backend(spec: BackendSpec) -> Backend:
