@@ -190,6 +190,8 @@ def define_demo(parser: argparse.ArgumentParser) -> Handler:
                         "CPUs, at most 8)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier demo output at --out (nothing else; default: off)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, no INFO messages, no library "
+                        "warnings (default: off)")
 
     def run(args: argparse.Namespace) -> int:
         from sctranslator.demo import format_table, run_demo
@@ -256,11 +258,31 @@ def _configure_output(args: argparse.Namespace) -> None:
     quiet = bool(getattr(args, "quiet", False))
     handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    # Libraries speak at WARNING and above only (mudata and matplotlib log INFO chatter); the package
+    # at INFO (DEBUG with -v, WARNING with --quiet).
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, handlers=[handler], force=True)
     level = logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.getLogger("sctranslator").setLevel(level)
     if quiet:
         warnings.simplefilter("ignore")  # the package reports through logging, not the warnings module
         logging.captureWarnings(False)
+
+
+def _state_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option's help says its default: on/off flags "(default: off)", unset values "(default: none)"."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _state_defaults(sub)
+            continue
+        if not action.option_strings or action.help in (None, argparse.SUPPRESS) or "default" in action.help:
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            action.help += " (default: off)"
+        elif isinstance(action, argparse._StoreFalseAction):
+            action.help += " (default: on)"
+        elif action.nargs != 0 and action.default is None and not action.required:
+            action.help += " (default: none)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, define) in _COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)  # inherits _Parser
         sub_parser.set_defaults(handler=define(sub_parser))
+    _state_defaults(parser)
     return parser
 
 

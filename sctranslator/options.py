@@ -90,8 +90,10 @@ def parse_names(spec: str) -> list[str]:
 
 def add_data_and_model_args(parser: argparse.ArgumentParser) -> None:
     """INPUT, --model and --proteins, as translate, knockout and attention take them."""
-    parser.add_argument("input", help=".h5ad, AnnData .zarr store (v2/v3), or .h5mu (rna modality)")
-    parser.add_argument("--model", required=True, help="bundle directory or official .pt checkpoint")
+    parser.add_argument("input", help=".h5ad, AnnData .zarr store (v2/v3), or .h5mu / MuData zarr (the RNA "
+                        "modality)")
+    parser.add_argument("--model", required=True, help="bundle directory, official .pt checkpoint, or a model name "
+                        "(demo, or one added by `sctranslator convert --name`; `sctranslator models` lists them)")
     parser.add_argument("--proteins", help="comma-separated antibody or gene names, or @file "
                         "(default: the model's protein panel, when it has one)")
 

@@ -71,3 +71,22 @@ def test_long_name_lists_are_capped() -> None:
     text = cap_names(names)
     assert text.startswith("G0, G1") and text.endswith("... and 18,980 more") and "G25" not in text
     assert cap_names(["A", "B"]) == "A, B"
+
+
+def test_measured_counts_in_obsm_are_not_taken_for_predictions(tmp_path) -> None:
+    # scvi-tools' convention: a CITE-seq file with the MEASURED proteins in obsm['protein_expression'].
+    import pandas as pd
+
+    rna = ad.read_h5ad(DEMO / "rna.h5ad")
+    truth = ad.read_h5ad(DEMO / "protein.h5ad")
+    counts = truth.X.toarray() if hasattr(truth.X, "toarray") else np.asarray(truth.X)
+    rna.obsm["protein_expression"] = pd.DataFrame(counts, index=rna.obs_names, columns=truth.var_names)
+    rna.write_h5ad(tmp_path / "cite.h5ad")
+    with pytest.raises(InputDataError, match="MEASURED protein counts"):
+        evaluate(tmp_path / "cite.h5ad", truth, plots=False)
+
+
+def test_a_small_gene_matrix_is_refused_too() -> None:
+    rna = ad.read_h5ad(DEMO / "rna.h5ad")[:, :300].copy()  # 300 genes, hardly any named like a protein
+    with pytest.raises(InputDataError, match="looks like gene expression"):
+        evaluate(rna, DEMO / "protein.h5ad", plots=False)

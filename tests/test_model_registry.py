@@ -30,7 +30,7 @@ def test_a_path_wins_over_a_name(home, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "demo").mkdir()  # a user's own folder named like the bundled model
     assert resolve_model("demo") == tmp_path / "demo"
-    with pytest.raises(CheckpointError, match="not a model bundle"):
+    with pytest.raises(CheckpointError, match="a model named 'demo' exists"):
         load_model("demo")
 
 

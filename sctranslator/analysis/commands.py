@@ -85,7 +85,7 @@ def define_evaluate(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument("--truth", required=True, help="measured proteins .h5ad (cells x proteins, raw counts)")
     parser.add_argument("--out", help="directory for report.json and the PNG figures (default: print only)")
     EvaluateOptions.add_cli_args(parser)
-    OutputOptions.add_cli_args(parser, only=("overwrite",))
+    OutputOptions.add_cli_args(parser, only=("overwrite", "quiet"))
 
     def run(args: argparse.Namespace) -> int:
         from sctranslator.analysis.evaluate import evaluate

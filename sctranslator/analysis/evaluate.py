@@ -57,13 +57,21 @@ def _dense(matrix: Any) -> np.ndarray:
     return np.asarray(matrix.toarray() if hasattr(matrix, "toarray") else matrix, dtype=np.float64)
 
 
-def _as_baseline_table(baseline: str | Path | ad.AnnData | np.ndarray, pred: ad.AnnData) -> ad.AnnData:
-    """A baseline given as an array is taken to be in the prediction's cell and protein order."""
+def _as_baseline_table(baseline: str | Path | ad.AnnData | np.ndarray, pred: ad.AnnData, truth_names: Any,
+                       scaling: str) -> ad.AnnData:
+    """The baseline's predictions, found as `pred`'s are; an array is taken in the prediction's order."""
     import anndata as ad
     import pandas as pd
 
+    from sctranslator.analysis.predictions import read_predictions
+
     if not isinstance(baseline, np.ndarray):
-        return read_table(baseline, "baseline predictions")
+        found = read_predictions(baseline, truth_names, what="baseline predictions")
+        if found.scaling is not None and found.scaling != scaling:
+            log.warning("the baseline's outputs are on the %s scale (recorded by translate) but the measured counts "
+                        "are scaled by %s; its RMSE, cosine and per-cell r compare values on different scales",
+                        found.scaling, scaling)
+        return found.table
     if baseline.shape != pred.shape:
         raise InputDataError(f"a baseline array must have the prediction's shape {pred.shape} (same cells and "
                              f"proteins, same order); got {baseline.shape}. Pass an AnnData to match by name.")
@@ -138,7 +146,7 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
     baseline_report: dict[str, Any] | None = None
     baseline_values = None
     if baseline is not None:
-        base_table = _as_baseline_table(baseline, pred_table)
+        base_table = _as_baseline_table(baseline, pred_table, truth_table.var_names, scaling)
         # Keep only what all three share, so model and baseline are scored on identical values.
         base_cells = match_cells(base_table.obs_names, pred_table.obs_names[pred_rows])
         base_proteins = match_proteins(base_table.var_names, names)
@@ -191,7 +199,7 @@ def _choose_scaling(asked: str | None, recorded: str | None) -> tuple[str, str]:
         if recorded not in TARGET_SCALINGS:
             raise InputDataError(f"the predictions record an unknown output scaling {recorded!r}; pass --scaling "
                                  f"one of {TARGET_SCALINGS}")
-        return recorded, "recorded by translate (the model's training targets)"
+        return recorded, "recorded by translate: the model's training targets"
     return "minmax", "default (the original scTranslator's targets; no scale recorded with the predictions)"
 
 

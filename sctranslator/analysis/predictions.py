@@ -28,6 +28,13 @@ PROTEIN_MODALITY = "prot"
 # More columns than any antibody panel in use (TotalSeq-A's largest is ~280; scTranslator queries
 # go to a few thousand), yet far fewer than a transcriptome.
 _MAX_UNMATCHED_COLUMNS = 5000
+_MIN_UNMATCHED_GENES = 100
+
+
+def _looks_like_counts(values: Any) -> bool:
+    """True when every value is a whole non-negative number (sampled: the first 2,000 cells)."""
+    sample = np.asarray(values[:2000].toarray() if hasattr(values, "toarray") else values[:2000], dtype=np.float64)
+    return bool(sample.size) and bool(np.all(sample >= 0)) and bool(np.all(sample == np.round(sample)))
 
 
 @dataclass
@@ -106,7 +113,14 @@ def read_predictions(source: Any, truth_names: Any = None, what: str = "predicti
         raise InputDataError(f"{label} is a {type(obj).__name__}; expected an AnnData, a MuData or a path")
     scaling = _recorded_scaling(obj.uns)
     if PROTEIN_KEY in obj.obsm:
-        return Predictions(_from_obsm(obj, label), f"{label} (obsm['{PROTEIN_KEY}'])", scaling)
+        table = _from_obsm(obj, label)
+        if "sctranslator" not in obj.uns and _looks_like_counts(table.X):
+            raise InputDataError(
+                f"{label}: obsm['{PROTEIN_KEY}'] holds whole non-negative numbers and there is no sctranslator "
+                "provenance: in CITE-seq files (scvi-tools' totalVI convention) this key holds the MEASURED "
+                "protein counts, not predictions. Give translate's output as --pred (its --out store, or the "
+                "--write-h5ad / --write-mudata file), and these measured counts as --truth")
+        return Predictions(table, f"{label} (obsm['{PROTEIN_KEY}'])", scaling)
     if scaling is None and "sctranslator" not in obj.uns:
         _refuse_gene_expression(obj, truth_names, label)
     return Predictions(obj, f"{label} (X)", scaling)
@@ -119,8 +133,9 @@ def _refuse_gene_expression(table: ad.AnnData, truth_names: Any, label: str) -> 
 
     matched = len(match_proteins(table.var_names, truth_names).pairs)
     unmatched = table.n_vars - matched
-    # A transcriptome has thousands of columns, nearly none named like a measured protein.
-    if unmatched > _MAX_UNMATCHED_COLUMNS or (unmatched > 500 and matched < table.n_vars / 2):
+    # Gene expression: many columns, few of them named like a measured protein (a protein table
+    # from another tool has about as many matches as the measured panel allows).
+    if unmatched > _MAX_UNMATCHED_COLUMNS or (unmatched > max(_MIN_UNMATCHED_GENES, 4 * matched)):
         raise InputDataError(
             f"{label} looks like gene expression, not predicted proteins: X has {table.n_vars:,} columns and only "
             f"{matched} of them match a measured protein, and it has no obsm['{PROTEIN_KEY}'] nor sctranslator "

@@ -85,6 +85,7 @@ class ZarrSink:
         """Build the whole empty store aside, then rename it over `path` (which the caller may replace)."""
         with staging_dir(self.path) as staging:
             skeleton = ad.AnnData(obs=obs, var=var, uns=uns)
+            skeleton.strings_to_categoricals()  # what writing does anyway, without anndata's note about it
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # anndata's note about the zarr v2 default
                 skeleton.write_zarr(staging)

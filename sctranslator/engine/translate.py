@@ -196,9 +196,9 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     _claim_outputs(out, write_h5ad, write_mudata, inputs, overwrite)
     selecting = cells is not None or obs_query is not None or max_cells is not None
     if selecting and (write_h5ad or write_mudata or inplace):
-        raise InputDataError("a cell selection (cells / obs_query / max_cells) cannot be combined with "
-                             "write_h5ad, write_mudata or inplace: those write the whole input; translate the "
-                             "selection into `out` and join it yourself, or translate every cell")
+        raise InputDataError("a cell selection (--cells / --obs-query / --max-cells) cannot be combined with "
+                             "--write-h5ad, --write-mudata or inplace=True: those write the whole input; translate "
+                             "the selection into --out and join it yourself, or translate every cell")
     source = select_cells(open_source(data, layer=layer, use_raw=use_raw, modality=modality,
                                       missing_chunks=missing_chunks),
                           cells=cells, obs_query=obs_query, max_cells=max_cells)
@@ -275,9 +275,12 @@ def _check_out(out: str | Path | None) -> None:
     if out is None or Path(out).suffix.lower() not in _HDF5_SUFFIXES:
         return
     stem = Path(out).with_suffix(".zarr")
+    if Path(out).suffix.lower() == ".h5mu":
+        also = f"--write-mudata {out} for a MuData with the input as 'rna' and the predictions as 'prot'"
+    else:
+        also = f"--write-h5ad {out} for a copy of the input with obsm['protein_expression']"
     raise StoreError(f"--out {out}: the output of translate is a resumable AnnData Zarr store (a directory), not "
-                     f"an HDF5 file. Use --out {stem}, and add --write-h5ad {out} for a copy of the input with "
-                     f"obsm['protein_expression'] (or --write-mudata for a .h5mu); the Zarr store itself reads with "
+                     f"an HDF5 file. Use --out {stem}, and add {also}; the Zarr store itself reads with "
                      f"anndata.read_zarr('{stem}').")
 
 

@@ -79,7 +79,9 @@ def define_export(parser: argparse.ArgumentParser) -> Handler:
                       "default: %(default)s)")
     onnx.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     onnx.add_argument("--no-validate", action="store_true", help="skip the comparison with PyTorch")
-    onnx.add_argument("--overwrite", action="store_true", help="replace an earlier export at OUT (nothing else)")
+    onnx.add_argument("--overwrite", action="store_true", help="replace an earlier export at OUT (nothing else; "
+                      "default: off)")
+    onnx.add_argument("--quiet", action="store_true", help="no INFO messages, no library warnings (default: off)")
     onnx.set_defaults(export_handler=_run_onnx)
 
     triton = formats.add_parser("triton", help="write a Triton Inference Server model repository",
@@ -110,7 +112,8 @@ def define_export(parser: argparse.ArgumentParser) -> Handler:
     triton.add_argument("--onnx", type=Path, help="reuse this file from `export onnx` instead of exporting again")
     triton.add_argument("--no-validate", action="store_true", help="skip the comparison with PyTorch")
     triton.add_argument("--overwrite", action="store_true",
-                        help="replace an earlier export of model NAME in REPO (nothing else)")
+                        help="replace an earlier export of model NAME in REPO (nothing else; default: off)")
+    triton.add_argument("--quiet", action="store_true", help="no INFO messages, no library warnings (default: off)")
     triton.set_defaults(export_handler=_run_triton)
 
     def run(args: argparse.Namespace) -> int:

@@ -192,7 +192,7 @@ def _validate(path: Path, model: TranslatorModel, precision: str, batch_sizes: S
     results = []
     for label, inputs in batches:
         result = validate_onnx(path, model, inputs, precision=precision, label=label, session=session)
-        log.info("ONNX validation: %s", result)
+        log.debug("ONNX validation: %s", result)  # the command prints the report
         results.append(result)
     return tuple(results)
 
@@ -270,5 +270,5 @@ def export_onnx(model: TranslatorModel, path: str | Path, *, precision: str = "f
     report = ExportReport(path=path, precision=precision, opset=opset_written, exporter=EXPORTER,
                           external_data=external_data, file_bytes=file_bytes,
                           export_seconds=time.perf_counter() - started, validations=validations)
-    log.info("ONNX export: %s", report)
+    log.debug("ONNX export: %s", report)
     return report

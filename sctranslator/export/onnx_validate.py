@@ -7,14 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
+from sctranslator._optional import import_optional
 from sctranslator.errors import ExportError, ExportValidationError
 from sctranslator.export.contract import INPUT_NAMES, INPUTS
 from sctranslator.export.onnx_format import TOLERANCES, check_precision
 from sctranslator.model.config import ModelConfig
 from sctranslator.model.network import TranslatorModel
+
+# Validation runs the graph in onnxruntime: either wheel (CPU or GPU) provides the module.
+ort = import_optional("onnxruntime", "cpu", "validating ONNX exports (or sctranslator[gpu] on CUDA)")
 
 BF16_ON_CPU_MESSAGE = (
     "onnxruntime's CPU execution provider has no bfloat16 kernels (MatMul, LayerNormalization...), so a bf16 "

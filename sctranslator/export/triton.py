@@ -51,7 +51,9 @@ class TritonExport:
 
 def _can_validate(precision: str) -> bool:
     # onnxruntime's CPU provider has no bf16 kernels: a bf16 graph is checked only where CUDA is.
-    import onnxruntime as ort
+    from sctranslator._optional import import_optional
+
+    ort = import_optional("onnxruntime", "cpu", "validating ONNX exports (or sctranslator[gpu] on CUDA)")
 
     return precision != "bf16" or "CUDAExecutionProvider" in ort.get_available_providers()
 

@@ -10,7 +10,7 @@ from sctranslator.errors import CheckpointError
 from sctranslator.model.bundle import CONFIG_FILE, load_bundle, load_state_strictly
 from sctranslator.model.network import TranslatorModel
 from sctranslator.model.official import load_official_checkpoint
-from sctranslator.model.registry import resolve_model
+from sctranslator.model.registry import known_model_name, resolve_model, resolve_model_name
 
 
 def model_from_official(path: str | Path, device: str | torch.device = "cpu") -> TranslatorModel:
@@ -36,10 +36,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Translat
             tensors; empty, truncated or corrupted files say which).
         UnsafeCheckpointError: the pickle names a global outside the allow-list (nothing executed).
     """
+    given = str(path)
     path = resolve_model(path)
     if path.is_dir():
         if not (path / CONFIG_FILE).exists():
-            raise CheckpointError(f"{path} is a directory but not a model bundle (no {CONFIG_FILE})")
+            hint = ""
+            if known_model_name(given):
+                hint = (f"; a model named {given!r} exists, but a path always wins over a name: run from another "
+                        f"folder or give the model's path ({resolve_model_name(given)})")
+            raise CheckpointError(f"{path} is a directory but not a model bundle (no {CONFIG_FILE}){hint}")
         return load_bundle(path, device)
     if path.is_file():
         return model_from_official(path, device)

@@ -47,6 +47,20 @@ def check_model_name(name: str) -> str:
     return name
 
 
+def resolve_model_name(name: str) -> Path | None:
+    """The bundle directory of a model name (bundled first, then converted); None for an unknown name."""
+    if not _NAME.match(name):
+        return None
+    if name in BUNDLED:
+        return bundled_model_path(name)
+    converted = model_home() / name
+    return converted if converted.is_dir() else None
+
+
+def known_model_name(name: str) -> bool:
+    return resolve_model_name(name) is not None
+
+
 def resolve_model(spec: str | Path) -> Path:
     """The file or bundle directory that `spec` (a path or a model name) stands for.
 
@@ -56,13 +70,9 @@ def resolve_model(spec: str | Path) -> Path:
     path = Path(spec).expanduser()
     if path.exists():
         return path.absolute()
-    name = str(spec)
-    if _NAME.match(name):
-        if name in BUNDLED:
-            return bundled_model_path(name)
-        converted = model_home() / name
-        if converted.is_dir():
-            return converted
+    named = resolve_model_name(str(spec))
+    if named is not None:
+        return named
     known = ", ".join(entry.name for entry in list_models()) or "none"
     raise CheckpointError(f"model not found: {spec} is neither a file, a bundle directory, nor a known model "
                           f"name (known: {known}; `sctranslator models` lists them, `sctranslator convert "

@@ -37,7 +37,8 @@ def top_genes(matrix: pd.DataFrame, scaled: pd.DataFrame, top_k: int) -> pd.Data
     """Long table: for each protein, its `top_k` genes by gene-to-protein score (highest first).
 
     Besides the raw `score` and the original's min-max `scaled` value, `fold_over_mean` is the score
-    relative to the protein's mean score over all genes (1.0 = an average gene), and
+    relative to the protein's mean score over all genes (1.0 = an average gene; NaN where that mean
+    is not positive), and
     `separates_genes` is False for every row of a protein whose top-k scores lie within
     MIN_RELATIVE_SPREAD of each other: such a ranking is an ordering of near-ties.
     """
@@ -53,7 +54,8 @@ def top_genes(matrix: pd.DataFrame, scaled: pd.DataFrame, top_k: int) -> pd.Data
         for rank, i in enumerate(order, start=1):
             gene = matrix.index[i]
             rows.append({"protein": protein, "rank": rank, "gene": gene, "score": float(values[i]),
-                         "fold_over_mean": float(values[i] / mean) if mean else float("nan"),
+                         # A ratio to the mean means something only for a positive mean.
+                         "fold_over_mean": float(values[i] / mean) if mean > 0 else float("nan"),
                          "scaled": float(scaled.at[gene, protein]), "separates_genes": separates})
     return pd.DataFrame(rows, columns=["protein", "rank", "gene", "score", "fold_over_mean", "scaled",
                                        "separates_genes"])

@@ -52,8 +52,9 @@ class OnnxRuntimeBackend:
                  genes: int | None = None, proteins: int | None = None):
         """Load `onnx_path`; BackendError if it cannot be loaded, if `device` is CUDA without a CUDA
         provider, or if its graph breaks the contract (`check_graph`, with the model's L=`genes`, P=`proteins`)."""
-        import onnxruntime as ort
+        from sctranslator._optional import import_optional
 
+        ort = import_optional("onnxruntime", "cpu", "the onnxruntime backend (or sctranslator[gpu] on CUDA)")
         available = ort.get_available_providers()
         providers: list[Any] = []
         if device.startswith("cuda"):
