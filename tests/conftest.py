@@ -23,24 +23,7 @@ from datafiles import DATASETS, FIXTURES, data_file  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "fullsize: the full-size model (minutes, GBs of RAM); runs only with "
-                            "SCTRANSLATOR_SLOW_TESTS=1, deselected otherwise")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Full-size tests are opt-in, like the GPU ones: deselected (and said so), not skipped."""
-    if os.environ.get("SCTRANSLATOR_SLOW_TESTS") == "1":
-        return
-    fullsize = [item for item in items if item.get_closest_marker("fullsize")]
-    if fullsize:
-        config.hook.pytest_deselected(items=fullsize)
-        items[:] = [item for item in items if not item.get_closest_marker("fullsize")]
-
-
-def pytest_report_header(config: pytest.Config) -> str | None:
-    if os.environ.get("SCTRANSLATOR_SLOW_TESTS") == "1":
-        return None
-    return "full-size model tests (marker fullsize) are deselected: set SCTRANSLATOR_SLOW_TESTS=1 to run them"
+    config.addinivalue_line("markers", "fullsize: the full-size model (a minute, GBs of RAM); part of the suite")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -279,8 +277,8 @@ def test_random_inputs_are_realistic(tiny_a):
 
 
 @pytest.mark.slow
-@pytest.mark.fullsize  # ~1 min and several GB of RAM: deselected unless SCTRANSLATOR_SLOW_TESTS=1 (conftest)
-def test_full_size_export_and_speed(tmp_path):
+@pytest.mark.fullsize  # ~1 min and ~6 GB of RAM; speed is measured by benchmarks/bench_fullsize.py, not here
+def test_full_size_export(tmp_path):
     torch.manual_seed(0)
     model = sctranslator.TranslatorModel(sctranslator.ModelConfig())
     path = tmp_path / "full.onnx"
@@ -288,14 +286,7 @@ def test_full_size_export_and_speed(tmp_path):
     assert report.max_rel_error <= TOLERANCES["fp32"] and not report.external_data
     inputs = random_inputs(model.config, 1, seed=5)
     session = create_session(path)
-    seconds_ort, seconds_torch = [], []
-    for _ in range(3):  # interleaved, so a busy machine slows both alike; best of 3
-        started = time.perf_counter()
-        session.run([OUTPUT_NAME], inputs)
-        seconds_ort.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        torch_predictions(model, inputs)
-        seconds_torch.append(time.perf_counter() - started)
-    seconds_ort, seconds_torch = min(seconds_ort), min(seconds_torch)
-    print(f"full-size, 1 cell, {os.cpu_count()} cores: torch {seconds_torch:.2f} s, onnxruntime {seconds_ort:.2f} s")
-    assert seconds_ort < 1.5 * seconds_torch, "the ONNX graph should not be much slower than eager PyTorch"
+    got = session.run([OUTPUT_NAME], inputs)[0]
+    want = torch_predictions(model, inputs)
+    assert got.shape == want.shape == (1, model.config.max_proteins)
+    assert float(np.abs(got - want).max() / np.abs(want).max()) <= TOLERANCES["fp32"]
