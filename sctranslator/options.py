@@ -282,8 +282,8 @@ class InputOptions(OptionGroup):
 
 # The input options each command offers (and passes to its API function).
 TRANSLATE_INPUTS = tuple(f.name for f in dataclasses.fields(InputOptions))
-# translate's reader settings and cell selection
-_SOURCE_ONLY = ("use_raw", "modality", "missing_chunks", "cells", "obs_query", "max_cells")
+# translate's cell selection (knockout and attention summarise over all cells, or --groupby)
+_SOURCE_ONLY = ("cells", "obs_query", "max_cells")
 ANALYSIS_INPUTS = tuple(name for name in TRANSLATE_INPUTS if name not in _SOURCE_ONLY)  # knockout and attention
 
 
@@ -371,6 +371,11 @@ class TrainDataOptions(OptionGroup):
     genes: tuple[str, ...] | None = option(None, "gene panel from these genes only", cli=False)
     protein_key: str = option("protein_expression", "obsm key of an embedded protein table")
     layer: str | None = option(None, "RNA layer to read instead of X", none_means="X")
+    use_raw: bool = option(False, "read the RNA from adata.raw (its X and var) instead of X")
+    modality: str | None = option(None, "MuData modality holding the RNA", none_means="'rna', else the one "
+                                  "RNA-like modality")
+    missing_chunks: MissingChunks = option(
+        "error", "a chunk of X absent from a Zarr store: error refuses; zeros reads it as zeros")
     gene_column: str | None = option(None, "var column holding the gene identifiers", none_means="the var index")
     id_type: IdType = option("auto", "kind of gene identifier; auto detects it from the identifiers")
     gene_mapping: GeneMapping | None = option(

@@ -97,8 +97,8 @@ def test_input_options_are_offered_where_the_api_takes_them() -> None:
     assert {"--allow-empty-cells", "--use-raw", "--modality", "--missing-chunks", "--gene-mapping"} <= translate_flags
     for command in ("knockout", "attention"):
         flags = {s for a in parsers[f"sctranslator {command}"]._actions for s in a.option_strings}
-        assert {"--gene-mapping", "--allow-empty-cells"} <= flags
-        assert not {"--use-raw", "--modality", "--missing-chunks"} & flags
+        assert {"--gene-mapping", "--allow-empty-cells", "--use-raw", "--modality", "--missing-chunks"} <= flags
+        assert not {"--max-cells", "--cells", "--obs-query"} & flags
     assert options.InputOptions().missing_chunks == "error"
     assert options.InputOptions().gene_mapping is None
 

@@ -82,3 +82,29 @@ def test_translate_a_few_cells(adata, tmp_path) -> None:
     np.testing.assert_allclose(two.X, np.asarray(full.X)[[2, 9]], rtol=1e-6, atol=1e-6)
     with pytest.raises(InputDataError, match="whole input"):
         translate(RNA, "demo", max_cells=5, write_h5ad=tmp_path / "w.h5ad")
+
+
+def test_run_statistics_travel_with_the_store_and_unfinished_stores_are_refused(adata, tmp_path) -> None:
+    from sctranslator import translate
+    from sctranslator.engine.predictions import open_predictions
+    from sctranslator.errors import BadCellsError, StoreError
+
+    cells = adata[:20].copy()
+    dense = cells.X.toarray()
+    dense[7] = 0.0  # an empty cell
+    cells.X = dense
+    out = tmp_path / "e.zarr"
+    translate(cells, "demo", out=out, allow_empty_cells=True, workers=1)
+    stored = ad.read_zarr(out).uns["sctranslator"]["run"]
+    assert int(stored["empty_cells"]) == 1 and int(stored["cells_computed"]) == 20
+    # A job that stops part-way leaves a resumable store, which is not read as if it were finished.
+    bad = adata[:40].copy()
+    values = bad.X.toarray()
+    values[30, 0] = np.nan
+    bad.X = values
+    with pytest.raises(BadCellsError):
+        translate(bad, "demo", out=tmp_path / "w.zarr", block_cells=10, workers=1)
+    with pytest.raises(StoreError, match="unfinished translate output"):
+        open_predictions(tmp_path / "w.zarr")
+    partial = open_predictions(tmp_path / "w.zarr", allow_incomplete=True)
+    assert np.isnan(np.asarray(partial.X)[30:]).all()

@@ -75,7 +75,24 @@ def _lazy(path: str, name: str, owner: TemporaryStore | None) -> da.Array:
                          asarray=True, fancy=False, inline_array=False)
 
 
-def open_predictions(path: str | Path, *, owner: TemporaryStore | None = None) -> ad.AnnData:
+def _refuse_unfinished(path: Path, allow_incomplete: bool) -> None:
+    """StoreError for a translate store whose job record says it is not finished (blocks still NaN)."""
+    import json
+
+    try:
+        record = json.loads((path / ".sctranslator-job" / "job.json").read_text())
+    except (OSError, ValueError):
+        return  # no job record: not a resumable translate store (or written by hand)
+    if record.get("complete") is False and not allow_incomplete:
+        blocks = path / ".sctranslator-job" / "blocks"
+        done = sum(1 for entry in blocks.iterdir() if not entry.name.startswith(".")) if blocks.is_dir() else 0
+        raise StoreError(f"{path} is an unfinished translate output ({done} block(s) written; the rest of X is "
+                         "NaN): re-run the same translate command to finish it (it resumes), or pass "
+                         "allow_incomplete=True to read what is there")
+
+
+def open_predictions(path: str | Path, *, owner: TemporaryStore | None = None,
+                     allow_incomplete: bool = False) -> ad.AnnData:
     """The AnnData of a translate output store, with X (and obsm arrays) read lazily.
 
     Parameters
@@ -84,6 +101,8 @@ def open_predictions(path: str | Path, *, owner: TemporaryStore | None = None) -
         An output store written by `translate` (an AnnData-layout Zarr directory).
     owner
         For a temporary store: the object that removes it; the returned arrays keep it alive.
+    allow_incomplete
+        Read a store whose translate job did not finish (unwritten blocks are NaN); refused otherwise.
 
     Returns
     -------
@@ -95,9 +114,10 @@ def open_predictions(path: str | Path, *, owner: TemporaryStore | None = None) -
     Raises
     ------
     StoreError
-        The store cannot be opened or lacks X, obs or var.
+        The store cannot be opened, lacks X, obs or var, or is unfinished (without allow_incomplete).
     """
     path = str(path)
+    _refuse_unfinished(Path(path), allow_incomplete)
     try:
         root = zarr.open_group(path, mode="r")
         obs, var = read_elem(root["obs"]), read_elem(root["var"])

@@ -128,11 +128,36 @@ class ZarrSink:
         # The marker is created only after the rows are written: a kill in between means redo.
         self.ledger.commit(index)
 
-    def finish(self, extra: dict[str, Any] | None = None) -> None:
+    def finish(self, extra: dict[str, Any] | None = None, run: dict[str, Any] | None = None) -> None:
+        """Mark the store complete; `run` (this run's statistics: blocks, cells, empty cells, speed) also
+        goes into the store's uns['sctranslator']['run'], so that it travels with the predictions."""
         ledger = self.ledger
         ledger.require_complete(str(self.path))
+        if run is not None:
+            _write_uns_entry(self.path, "run", run)
         ledger.update_record({"complete": True, **(extra or {})})
 
     def read(self, owner: TemporaryStore | None = None) -> ad.AnnData:
         """The finished store as an AnnData whose X stays on disk (see `open_predictions`)."""
         return open_predictions(self.path, owner=owner)
+
+
+def _write_uns_entry(path: str | Path, key: str, value: dict[str, Any]) -> None:
+    """uns['sctranslator'][key] = value in the store, written as anndata writes it (metadata re-consolidated)."""
+    try:
+        from anndata.io import write_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import write_elem
+
+    try:  # anndata refuses to edit through consolidated metadata; it is rebuilt below
+        root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    except TypeError:  # zarr 2: consolidated metadata is only used when asked for
+        root = zarr.open_group(str(path), mode="r+")
+    record = root["uns"]["sctranslator"]
+    clean = {name: (float(v) if isinstance(v, float | np.floating) else v) for name, v in value.items()}
+    with warnings.catch_warnings():
+        # anndata's note about the zarr v2 default; zarr's about our own files beside the arrays
+        # (the identity record, the job ledger), which are not zarr nodes on purpose.
+        warnings.simplefilter("ignore", UserWarning)
+        write_elem(record, key, clean)
+        zarr.consolidate_metadata(str(path))

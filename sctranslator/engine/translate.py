@@ -249,7 +249,7 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
         job = BlockJob(source=source, plan=plan, backend=spec, sink=sink, batch_size=batch_size,
                        allow_empty_cells=allow_empty_cells, embeddings=embeddings)
         stats = run_job(job, workers=n_workers, scheduler=scheduler, quiet=quiet)
-        sink.finish({"last_run": stats})
+        sink.finish({"last_run": stats}, run=stats)
         result = sink.read(owner)  # lazy: X stays in the store
         result.uns["sctranslator"]["run"] = stats
         if write_h5ad:

@@ -177,7 +177,9 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
     try:
         if workers:
             torch.set_num_threads(int(workers))
-        paired = load_paired(rna, protein, protein_key=data_options.protein_key, layer=data_options.layer)
+        paired = load_paired(rna, protein, protein_key=data_options.protein_key, layer=data_options.layer,
+                             use_raw=data_options.use_raw, modality=data_options.modality,
+                             missing_chunks=data_options.missing_chunks)
         split = split_cells(paired.obs, val_fraction=data_options.val_fraction, val_count=data_options.val_count,
                             split_column=data_options.split_column, val_values=data_options.val_values,
                             seed=train_options.seed)

@@ -152,16 +152,18 @@ def _match_cells(rna_names: pd.Index, protein_names: pd.Index) -> tuple[np.ndarr
 
 
 def load_paired(rna: Data, protein: Data | None = None, *, protein_key: str = DEFAULT_PROTEIN_KEY,
-                layer: str | None = None) -> PairedData:
+                layer: str | None = None, use_raw: bool = False, modality: str | None = None,
+                missing_chunks: str = "error") -> PairedData:
     """Pair RNA with protein measurements.
 
     `rna`: an .h5ad/.h5mu path, an AnnData or MuData zarr store, or an in-memory AnnData/MuData.
     `protein`: a second .h5ad/zarr path or AnnData with the same cells; omitted when the proteins
     travel with the RNA (MuData 'prot' modality, or obsm[`protein_key`] as a DataFrame or an array
     with names in uns[f'{protein_key}_names']). Cells are paired by obs_names (identical lists
-    pair row by row); cells measured in only one table are left out.
+    pair row by row); cells measured in only one table are left out. `layer`, `use_raw`, `modality`
+    and `missing_chunks` choose the RNA matrix as for `translate`.
     """
-    source = open_source(rna, layer=layer)
+    source = open_source(rna, layer=layer, use_raw=use_raw, modality=modality, missing_chunks=missing_chunks)
     if protein is None:
         matrix, names, protein_obs, where = _embedded_protein(rna, source, protein_key)
     elif isinstance(protein, ad.AnnData):

@@ -121,7 +121,8 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
                  gene_column: str | None = None, id_type: IdType = "auto", layer: str | None = None,
                  min_coverage: float = DEFAULT_MIN_COVERAGE,
                  allow_low_coverage: bool = False, allow_empty_cells: bool = False, as_published: bool = False,
-                 overwrite: bool = False, quiet: bool = True, gene_mapping: str | None = None) -> InteractionResult:
+                 overwrite: bool = False, quiet: bool = True, gene_mapping: str | None = None,
+             use_raw: bool = False, modality: str | None = None, missing_chunks: str = "error") -> InteractionResult:
     """Gene-to-protein interaction scores and received attention, averaged over the cells of `data`.
 
     Returns an `InteractionResult`; with `out` (a directory) also writes interactions.h5ad (genes x
@@ -154,7 +155,7 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
         claim_output(out, OUTPUT_KIND, inputs=(data, model), overwrite=overwrite)
     loaded = model if isinstance(model, TranslatorModel) else load_model(model)
     loaded.eval()
-    source = open_source(data, layer=layer)
+    source = open_source(data, layer=layer, use_raw=use_raw, modality=modality, missing_chunks=missing_chunks)
     try:
         plan = build_plan(source.var, loaded, proteins, gene_column=gene_column, id_type=id_type,
                           normalize=normalize, target_sum=target_sum, min_coverage=min_coverage,

@@ -142,7 +142,8 @@ def knockout(data: Any, model: str | Path | TranslatorModel, genes: Sequence[str
              gene_column: str | None = None, id_type: IdType = "auto", layer: str | None = None,
              min_coverage: float = DEFAULT_MIN_COVERAGE, allow_low_coverage: bool = False,
              allow_empty_cells: bool = False, device: str = "cpu", overwrite: bool = False,
-             quiet: bool = True, gene_mapping: str | None = None) -> KnockoutResult:
+             quiet: bool = True, gene_mapping: str | None = None,
+             use_raw: bool = False, modality: str | None = None, missing_chunks: str = "error") -> KnockoutResult:
     """Pseudo-knockout of `genes` on the predicted `proteins` of every cell of `data`.
 
     `semantics`: "drop" (default for published checkpoints, the original's) or "zero" (default for
@@ -181,7 +182,7 @@ def knockout(data: Any, model: str | Path | TranslatorModel, genes: Sequence[str
     claim_output(out_path, OUTPUT_KIND, inputs=(data, model), overwrite=overwrite, resumable=True,
                  siblings=output_siblings(out_path))
     loaded = model if isinstance(model, TranslatorModel) else load_model(model)
-    source = open_source(data, layer=layer)
+    source = open_source(data, layer=layer, use_raw=use_raw, modality=modality, missing_chunks=missing_chunks)
     try:
         if source.n_obs == 0:
             raise InputDataError(f"{source.describe()} has no cells to knock genes out in")
