@@ -53,6 +53,10 @@ KINDS: dict[str, str] = {
 }
 
 
+def _article(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 def identity_record(kind: str, **extra: Any) -> dict[str, Any]:
     """The record that marks an output of `kind` (one of KINDS) as ours; `extra` adds JSON fields."""
     if kind not in KINDS:
@@ -196,10 +200,10 @@ def claim_output(path: str | Path, kind: str, *, inputs: Iterable[Any] = (), ove
     found = str(record.get("kind"))
     if found != kind:
         raise OutputConflictError(
-            f"{path} is a sctranslator {KINDS.get(found, found)}, not a {KINDS[kind]}; it is left untouched. "
+            f"{path} is a sctranslator {KINDS.get(found, found)}, not {_article(KINDS[kind])}; it is left untouched. "
             "Choose another output path")
     if not (overwrite or resumable):
         raise OutputConflictError(
-            f"{path} already holds a {KINDS[kind]} from an earlier run. Pass --overwrite (overwrite=True) "
+            f"{path} already holds {_article(KINDS[kind])} from an earlier run. Pass --overwrite (overwrite=True) "
             "to replace it, or choose another output path")
     return True

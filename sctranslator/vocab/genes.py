@@ -105,6 +105,9 @@ def map_genes(identifiers: Iterable[str | int] | pd.Index | pd.Series | np.ndarr
         tokens, known, sources, reasons = _map_original(values, id_type)
         notes.append("original mapping: scTranslator's own symbol table only, exact match (as the published "
                      "pipeline)" + ("" if id_type == "symbol" else ", through each identifier's current symbol"))
+        notes.append("what translate does here: inputs sharing a token keep a position each (as the original "
+                     "does); identical names are refused (--gene-mapping extended adds them up); make_unique "
+                     "copies are dropped")
         copy_of = _copies(values, tokens)
         report = _gene_report(values, tokens, known, sources, np.full(len(values), "", dtype=object), id_type,
                               notes, reasons, copy_of)
@@ -124,6 +127,8 @@ def map_genes(identifiers: Iterable[str | int] | pd.Index | pd.Series | np.ndarr
         tokens = _as_current_symbol(values, id_type, tokens, alternatives)
 
     copy_of = _copies(values, tokens)
+    notes.append("what translate does here: inputs sharing a token (identical names, an old and a current "
+                 "symbol) and make_unique copies ('X-1' beside 'X') are added up into one column")
     report = _gene_report(values, tokens, known, sources, alternatives, id_type, notes, None, copy_of)
     return GeneMapping(identifiers=values, token_ids=tokens, id_type=id_type, report=report, mapping=mapping,
                        copy_of=copy_of)

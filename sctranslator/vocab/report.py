@@ -92,7 +92,8 @@ class MappingReport:
                  ("shared tokens", f"{len(self.duplicates):,}",
                   f"{sum(map(len, self.duplicates.values())):,} inputs land on a token with another")]
         if self.kind == "genes":
-            rows.append(("make_unique copies", f"{len(self.copies):,}", "'X-1' beside 'X', no token of its own"))
+            rows.append(("make_unique copies", f"{len(self.copies):,}", "'X-1' beside 'X' (see the notes for what "
+                         "translate does with them)"))
         width = max(len(name) for name, _, _ in rows)
         lines += [f"  {name:<{width}}  {value:>15}  {comment}".rstrip() for name, value, comment in rows]
         if self.sources:
