@@ -87,7 +87,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = TranslatorModel(ModelConfig()).eval()
     data = args.shared / "data"
-    candidates = [s for s in token_symbols()[1:4000] if s]
+    candidates = [str(s) for s in token_symbols(np.arange(1, 4000)) if s]
     mapped = map_proteins(candidates, strict=False)
     all_proteins = [n for n, status in zip(candidates, mapped.status, strict=True) if status == "mapped"][:2500]
     cases = [("ECCITE PBMC, 10 proteins", data / "pbmc_eccite_mimitou2019" / "rna.h5ad", TEN),
