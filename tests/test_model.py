@@ -234,7 +234,9 @@ proteins = torch.randint(1, 75522, (1, 1000))
 with torch.inference_mode():
     out = model(values, genes, proteins)
 assert out.shape == (1, 1000) and torch.isfinite(out).all()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM is this process's own peak: ru_maxrss would also count the parent's peak, inherited at exec.
+peak = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+print(int(peak[0].split()[1]) if peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
