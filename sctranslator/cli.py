@@ -265,7 +265,6 @@ def _configure_output(args: argparse.Namespace) -> None:
     logging.getLogger("sctranslator").setLevel(level)
     if quiet:
         warnings.simplefilter("ignore")  # the package reports through logging, not the warnings module
-        logging.captureWarnings(False)
 
 
 def _state_defaults(parser: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from sctranslator.analysis.predictions import cap_names  # numpy only: cheap for the CLI
 from sctranslator.options import (
     ANALYSIS_INPUTS,
     AnalysisOptions,
@@ -22,13 +23,6 @@ from sctranslator.options import (
 )
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def cap_names(names: list[str], limit: int = 20) -> str:
-    """'A, B' for short lists; the first `limit` names and a count of the rest for long ones."""
-    from sctranslator.analysis.predictions import cap_names as cap
-
-    return cap(names, limit)
 
 
 def _number(value: float | None, width: int = 8) -> str:
