@@ -45,9 +45,12 @@ class SequenceTranslator(nn.Module):
     def forward(self, x: torch.Tensor, first_weight: torch.Tensor | None = None) -> torch.Tensor:
         """`first_weight` replaces fc0's weight (same output width, any input width): the padding
         collapse passes fc0 with its padded positions' columns summed into one."""
-        for i in range(self.depth):
-            layer = self.layer(i)
-            x = layer(x) if i or first_weight is None else nn.functional.linear(x, first_weight, layer.bias)
-            if i < self.depth - 1:
-                x = self.act(self.dropouts[i](x))
+        first = self.layer(0)
+        x = first(x) if first_weight is None else nn.functional.linear(x, first_weight, first.bias)
+        return self.after_first(x)
+
+    def after_first(self, x: torch.Tensor) -> torch.Tensor:
+        """Every step after fc0's affine map: (B, C, fc0 out) -> (B, C, P)."""
+        for i in range(1, self.depth):
+            x = self.layer(i)(self.act(self.dropouts[i - 1](x)))
         return x

@@ -1,0 +1,59 @@
+"""The model as the two graphs an export serves: encoder + translator, and decoder.
+
+The encoder and translator do not depend on the proteins, so a runtime computes them once per
+cell and runs only the decoder once per window of P proteins. The encoder side takes a collapsed
+token layout (sctranslator.token_layout): padding computed once, counted by `token_counts`, and
+the translator's first layer built from the tokens' columns (the last token takes the sum of the
+columns of every position not listed), so padded and unpadded layouts run the same graph.
+
+    EncoderGraph: values (B, N) f32, gene_ids (B, N) i64, gene_mask (B, N) bool,
+                  token_counts (N,) f32, token_positions (N,) i64  ->  translated (B, P, dim) f32
+    DecoderGraph: translated (B, P, dim) f32, protein_ids (B, P) i64, protein_mask (B, P) bool
+                  ->  predictions (B, P) f32
+
+Inputs and outputs stay float32 whatever the weights' dtype (fp16/bf16 graphs cast inside).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sctranslator.model.network import TranslatorModel
+
+
+class EncoderGraph(nn.Module):
+    """Encoder blocks over a collapsed token layout, then the sequence-axis translator."""
+
+    def __init__(self, model: TranslatorModel):
+        super().__init__()
+        self.model = model
+        weight = model.translator.layer(0).weight
+        with torch.no_grad():  # summed in float64 once: the last token's column is this minus the listed ones
+            sums = weight.detach().double().sum(dim=1).to(weight.dtype)
+        self.register_buffer("fc0_column_sums", sums, persistent=False)
+
+    def forward(self, values: torch.Tensor, gene_ids: torch.Tensor, gene_mask: torch.Tensor,
+                token_counts: torch.Tensor, token_positions: torch.Tensor) -> torch.Tensor:
+        enc = self.model.enc
+        dtype = enc.to_vector.weight.dtype
+        h = enc.to_vector(values.to(dtype).unsqueeze(-1)) + enc.pos_emb(gene_ids)
+        h = enc.run_blocks(h, gene_mask, None, token_counts)  # (B, N, dim)
+        channels = h.transpose(1, 2)  # (B, dim, N)
+        first = self.model.translator.layer(0)
+        listed = first.weight.index_select(1, token_positions[:-1])  # (fc0 out, N - 1)
+        last_column = self.fc0_column_sums - listed.sum(dim=1)  # the positions the last token stands for
+        x = torch.matmul(channels[..., :-1], listed.T) + channels[..., -1:] * last_column + first.bias
+        return self.model.translator.after_first(x).transpose(1, 2).float()
+
+
+class DecoderGraph(nn.Module):
+    """Protein embeddings added to the translated sequence, decoder blocks, one value per protein."""
+
+    def __init__(self, model: TranslatorModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, translated: torch.Tensor, protein_ids: torch.Tensor, protein_mask: torch.Tensor) -> torch.Tensor:
+        dtype = self.model.dec.pos_emb.weight.dtype
+        return self.model.decode(translated.to(dtype), protein_ids, protein_mask).float()

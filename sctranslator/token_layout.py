@@ -1,0 +1,63 @@
+"""The collapsed token layout of one gene layout: the tokens an encoder actually has to compute.
+
+In the published pipeline every padded position (value 0, gene id 0, mask False) is the same token,
+so the encoder computes it once and counts it L - n times (see sctranslator.model.collapse for why
+that is exact). A layout lists the positions computed as tokens of their own, in order, then one
+last token that stands for every position not listed before it:
+
+- with padding: the n real positions, then the first padded position (value 0, id 0, mask False),
+  standing for all L - n padded positions;
+- without padding: the L positions, the last one standing for itself.
+
+The exported encoder graph takes the gathered inputs plus `token_counts` (how many positions each
+token stands for) and `token_positions` (each token's position, whose translator column it uses;
+the last token takes the sum of the columns of every position not listed). numpy only: the
+onnxruntime and Triton clients build layouts without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Which positions of an L-wide layout are computed, and how many positions each stands for."""
+
+    positions: np.ndarray  # int64 (N,): position of each token; the last one is a representative
+    counts: np.ndarray  # float32 (N,): 1 for every token but the last; the last: L - (N - 1)
+    length: int  # L
+
+    @property
+    def tokens(self) -> int:
+        return int(self.positions.shape[0])
+
+    @property
+    def collapsed(self) -> bool:
+        """True when the last token stands for more than one position."""
+        return bool(self.counts[-1] > 1)
+
+    def gather(self, row_or_rows: np.ndarray) -> np.ndarray:
+        """The tokens' entries of an (L,) or (B, L) array (values, gene ids, masks), as (N,) or (B, N)."""
+        return np.ascontiguousarray(np.take(row_or_rows, self.positions, axis=-1))
+
+    @classmethod
+    def for_layout(cls, gene_ids: np.ndarray, gene_mask: np.ndarray, values: np.ndarray | None = None) -> TokenLayout:
+        """The layout of gene_ids (L,), gene_mask (L,): padding is mask False and id 0 (and, with
+        `values` (B, L) given, value 0 in every cell; a padded-looking position holding a value is
+        computed as its own token). Without padding, every position is its own token.
+        """
+        gene_ids = np.asarray(gene_ids)
+        gene_mask = np.asarray(gene_mask, dtype=bool)
+        length = int(gene_ids.shape[0])
+        padded = ~gene_mask & (gene_ids == 0)
+        if values is not None:
+            padded &= ~np.any(np.asarray(values) != 0, axis=0)
+        real = np.flatnonzero(~padded)
+        pads = np.flatnonzero(padded)
+        positions = np.concatenate([real, pads[:1]]).astype(np.int64)
+        counts = np.ones(positions.shape[0], dtype=np.float32)
+        counts[-1] = length - (positions.shape[0] - 1)
+        return cls(positions=positions, counts=counts, length=length)
