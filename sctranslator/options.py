@@ -27,7 +27,7 @@ from sctranslator.errors import InputDataError, OptionError, SctranslatorError
 
 Normalize = Literal["none", "log1p", "total", "total_log1p"]
 IdType = Literal["auto", "symbol", "entrez", "ensembl", "mouse_symbol", "mouse_ensembl"]
-Backend = Literal["torch", "onnxruntime", "triton"]
+Backend = Literal["auto", "torch", "onnxruntime", "triton"]
 Precision = Literal["fp32", "fp16", "bf16"]
 TrainPrecision = Literal["fp32", "bf16"]
 TritonProtocol = Literal["grpc", "http"]
@@ -291,11 +291,14 @@ ANALYSIS_INPUTS = tuple(name for name in TRANSLATE_INPUTS if name not in _SOURCE
 class EngineOptions(OptionGroup):
     """Where and how the model runs (translate; knockout and attention take device and sizes)."""
 
-    backend: Backend = option("torch", "inference backend: torch (in process), onnxruntime (an exported ONNX "
-                              "graph), triton (a Triton server at --url)")
+    backend: Backend = option("auto", "inference backend: auto (the fastest exact path for the device and model; "
+                              "the choice and its reason go into the provenance), torch (in process), onnxruntime "
+                              "(exported ONNX graphs), triton (a Triton server at --url)")
     device: str = option("cpu", "cpu, cuda or cuda:N")
-    precision: Precision = option("fp32", "compute dtype of the ONNX graph that --backend onnxruntime exports "
-                                  "(torch computes in fp32; a Triton server runs the graph it was given)")
+    precision: Precision = option("fp32", "compute dtype: fp32 is exact; bf16 / fp16 (opt-in) run the dense layers in "
+                                  "that dtype and keep the attention features, maxima and sums in fp32 (torch on "
+                                  "CPUs with native bf16/fp16 and on CUDA; the graphs onnxruntime exports); a "
+                                  "Triton server runs the graph it was given")
     batch_size: int | None = option(None, "cells per model call",
                                     none_means="from the model size; 1 for the full-size model on CPU")
     block_cells: int | None = option(None, "cells per block, the unit of work and resume",

@@ -53,7 +53,7 @@ def test_lazy_names_resolve_to_their_modules() -> None:
 
 def test_every_backend_declares_its_embedding_capability() -> None:
     pytest.importorskip("tritonclient.grpc", reason="the triton extra is not installed")
-    assert BACKENDS == ("torch", "onnxruntime", "triton")
+    assert BACKENDS == ("auto", "torch", "onnxruntime", "triton")
     capabilities = {name: getattr(backends, cls).supports_embeddings for name, cls in
                     [("torch", "TorchBackend"), ("onnxruntime", "OnnxRuntimeBackend"), ("triton", "TritonBackend")]}
     assert capabilities == {"torch": True, "onnxruntime": False, "triton": False}
@@ -62,7 +62,7 @@ def test_every_backend_declares_its_embedding_capability() -> None:
 
 
 def test_unknown_backend_kind_is_a_named_error() -> None:
-    with pytest.raises(BackendError, match=r"unknown backend 'tpu'; choose one of \('torch', 'onnxruntime'"):
+    with pytest.raises(BackendError, match=r"unknown backend 'tpu'; choose one of \('auto', 'torch', 'onnxruntime'"):
         create_backend(BackendSpec(kind="tpu"))
 
 

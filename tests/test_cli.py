@@ -114,7 +114,8 @@ def test_from_cli_args_round_trips_a_group() -> None:
 
 
 def test_a_bad_choice_is_a_named_error_listing_the_choices() -> None:
-    with pytest.raises(OptionError, match="unknown backend 'tensorflow'; choose one of torch, onnxruntime, triton"):
+    with pytest.raises(OptionError,
+                       match="unknown backend 'tensorflow'; choose one of auto, torch, onnxruntime, triton"):
         options.check_choices(backend="tensorflow")
     with pytest.raises(OptionError, match="total_log1p"):  # a group checks its fields the same way
         options.InputOptions(normalize="total-log1p").check()

@@ -78,7 +78,7 @@ def test_the_pad_count_matters(model) -> None:
     ids, mask, values = _layout(20, rng)
     proteins = torch.from_numpy(rng.integers(1, 500, (5, P)))
     collapse = PaddingCollapse.for_layout(model, ids, mask, values)
-    wrong = PaddingCollapse(collapse.real_positions, collapse.gene_ids, 1, collapse.first_weight,
+    wrong = PaddingCollapse(collapse.real_positions, collapse.gene_ids, collapse.gene_mask, 1, collapse.first_weight,
                             torch.ones_like(collapse.key_counts), collapse.pad_positions)
     want, _ = _full(model, ids, mask, values, proteins)
     got, _ = _collapsed(model, wrong, values, proteins)

@@ -304,3 +304,14 @@ def test_cuda_backends_agree_with_cpu(rna_path: Path, tiny_model: TranslatorMode
             pytest.skip("onnxruntime has no CUDA execution provider (install onnxruntime-gpu)")
     result = translate(rna_path, tiny_model, PROTEINS, backend=backend, device="cuda")
     assert relative_error(result.X, baseline.X) <= 1e-4
+
+
+def test_auto_backend_is_resolved_and_recorded_with_the_path_it_took(baseline: ad.AnnData,
+                                                                      tiny_model: TranslatorModel) -> None:
+    settings = baseline.uns["sctranslator"]["settings"]
+    assert (settings["backend"], settings["backend_requested"]) == ("torch", "auto")
+    assert "padding collapse" in settings["backend_choice"]
+    used = int(baseline.uns["sctranslator"]["plan"]["n_positions_used"])
+    # The encoder computes the real positions plus one shared padding token, unless nothing is padded.
+    expected = used + 1 if used < tiny_model.config.max_genes else used
+    assert int(settings["encoder_tokens"]) == expected

@@ -18,6 +18,7 @@ from sctranslator import __version__
 from sctranslator._atomic import atomic_write_path
 from sctranslator.engine.backends.base import BackendSpec
 from sctranslator.engine.backends.onnx_cache import onnx_file_for
+from sctranslator.engine.backends.registry import choose_backend
 from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.pipeline import BlockJob, default_workers, run_job
 from sctranslator.engine.predictions import TemporaryStore
@@ -37,6 +38,7 @@ from sctranslator.model.identity import model_fingerprint
 from sctranslator.options import Backend, GeneMapping, IdType, MissingChunks, Normalize, Precision, check_choices
 from sctranslator.outputs import claim_output, write_identity
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
+from sctranslator.token_layout import TokenLayout
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,15 @@ def default_batch_size(model: TranslatorModel, device: str) -> int:
     full-size model (L = 20,000) is fastest one cell at a time; GPUs like bigger batches."""
     budget = 32_768 if device == "cpu" else 262_144
     return max(1, min(512, budget // model.config.max_genes))
+
+
+def encoder_tokens(plan: Plan, backend: str, spec: BackendSpec) -> int:
+    """How many gene tokens the encoder computes per cell: L, or with the padding collapse the
+    real positions plus one shared padding token (recorded so a run says which path it took)."""
+    collapsing = backend != "torch" or spec.options.get("collapse_padding", True)
+    if not collapsing:
+        return plan.max_genes
+    return TokenLayout.for_layout(plan.gene_ids, plan.position_real).tokens
 
 
 def _output_var(plan: Plan) -> pd.DataFrame:
@@ -114,7 +125,7 @@ def _write_back(path: str | Path, write: Callable[[Path], Any]) -> None:
 
 
 def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel,
-              proteins: Sequence[str] | None = None, *, out: str | Path | None = None, backend: Backend = "torch",
+              proteins: Sequence[str] | None = None, *, out: str | Path | None = None, backend: Backend = "auto",
               device: str = "cpu", batch_size: int | None = None, block_cells: int | None = None,
               workers: int | None = None, scheduler: str | None = None, normalize: Normalize | None = None,
               target_sum: float | None = None, gene_column: str | None = None, id_type: IdType = "auto",
@@ -185,6 +196,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
             sctranslator did not write, or that is or overlaps an input.
     """
     check_choices(backend=backend, normalize=normalize, id_type=id_type, precision=precision)
+    requested_backend = backend
+    backend, backend_reason = choose_backend(backend)
     if embeddings and backend != "torch":
         raise BackendError("embeddings come from the encoder's outputs, which only the torch backend exposes; "
                            "use --backend torch with --embeddings")
@@ -227,7 +240,9 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
                   "config": loaded.config.to_dict()},
         "input": {k: v for k, v in source.fingerprint().items() if v is not None},
         "plan": plan.summary(),
-        "settings": {"backend": backend, "device": device, "precision": precision, "batch_size": batch_size,
+        "settings": {"backend": backend, "backend_requested": requested_backend, "backend_choice": backend_reason,
+                     "encoder_tokens": encoder_tokens(plan, backend, spec),
+                     "device": device, "precision": precision, "batch_size": batch_size,
                      "normalize": plan.normalize, "target_sum": plan.target_sum, "id_type": id_type,
                      "gene_mapping": plan.gene_mapping,
                      "gene_column": gene_column or "", "layer": layer or "", "use_raw": bool(use_raw),

@@ -46,7 +46,7 @@ def _positive_features(x: torch.Tensor, projection: torch.Tensor, max_dims: tupl
     """
     normaliser = x.shape[-1] ** -0.25
     nb = projection.shape[0]
-    u = torch.matmul(x, (projection * normaliser).T.to(x.dtype))
+    u = torch.matmul(x, (projection * normaliser).T)
     half_sq_norm = (x * x).sum(dim=-1, keepdim=True) * (0.5 * normaliser**2)
     offset = half_sq_norm + u.amax(dim=max_dims, keepdim=True).detach() + 0.5 * math.log(nb)
     floor = FEATURE_EPS * nb**-0.5
@@ -116,8 +116,21 @@ class FavorSelfAttention(nn.Module):
         v = v.masked_fill(~mask[:, None, :, None], 0.0)
         return q, k, v
 
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # The random features stay float32 whatever dtype the model is cast to: a bf16/fp16 copy of
+        # R would be a different (rounded) feature map, not the same one computed faster.
+        kept = self.projection_matrix
+        super()._apply(fn, recurse)
+        if self.projection_matrix.dtype != torch.float32 and kept.dtype == torch.float32:
+            self.projection_matrix = kept.to(self.projection_matrix.device)
+        return self
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor, key_counts: torch.Tensor | None = None) -> torch.Tensor:
         q, k, v = self.project(x, mask)
+        # A bf16/fp16 model runs its projections in that dtype, but the feature maps, their maxima
+        # and the key and context sums over all (up to 20,000) tokens in float32: exp() of a
+        # rounded argument and long low-precision sums are where reduced precision goes wrong.
+        q, k, v = q.float(), k.float(), v.float()
         projection = self.projection_matrix
         q_feat, k_feat = query_features(q, projection), key_features(k, projection)
         if self.capture is not None:
@@ -125,7 +138,7 @@ class FavorSelfAttention(nn.Module):
         out = linear_attention(q_feat, k_feat, v, key_counts)
         batch, _, length, _ = out.shape
         out = out.transpose(1, 2).reshape(batch, length, self.heads * self.dim_head)
-        return self.dropout(self.to_out(out))
+        return self.dropout(self.to_out(out.to(x.dtype)))
 
     @torch.no_grad()
     def redraw_features(self, generator: torch.Generator | None = None) -> None:

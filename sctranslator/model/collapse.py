@@ -15,12 +15,14 @@ missing genes are real zero-valued tokens (mask True, a gene id): they are never
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 
 from sctranslator.model.network import TranslatorModel
+from sctranslator.model.precision import DeltaLinear
 
 
 @dataclass(frozen=True)
@@ -29,10 +31,15 @@ class PaddingCollapse:
 
     real_positions: torch.Tensor  # (n,) int64: the positions that are not padding, in order
     gene_ids: torch.Tensor  # (n,) int64: their token ids
-    pad_count: int  # L - n: how many padded positions the last token stands for
-    first_weight: torch.Tensor  # (fc0 out, n + 1): fc0's columns of the real positions, then the pads' sum
-    key_counts: torch.Tensor  # (n + 1,): 1 per real token, L - n for the pad token
+    gene_mask: torch.Tensor  # (n,) bool: their mask (False only for valued "padding", reduced precision)
+    pad_count: int  # L - n: how many padded positions the last token stands for (0: no pad token)
+    first_weight: torch.Tensor  # (fc0 out, tokens): fc0's columns of the real positions, then the pads' sum
+    key_counts: torch.Tensor  # (tokens,): 1 per real token, L - n for the pad token
     pad_positions: np.ndarray  # (L - n,) int64: the collapsed positions
+    # A reduced-precision model's fc0 over this layout (sctranslator.model.precision.DeltaLinear); None: fp32
+    first_layer: DeltaLinear | None = None
+    # Its reference cell's layer values (DeltaLinear -> (x_ref, y_ref)), filled by the backend
+    references: dict = field(default_factory=dict)
 
     def values_fit(self, values: np.ndarray) -> bool:
         """True when every cell of `values` (B, L) is 0 at the collapsed positions (they are padding)."""
@@ -40,59 +47,76 @@ class PaddingCollapse:
 
     @property
     def tokens(self) -> int:
-        return int(self.real_positions.numel()) + 1
+        return int(self.real_positions.numel()) + (1 if self.pad_count else 0)
 
     @classmethod
     def for_layout(cls, model: TranslatorModel, gene_ids: np.ndarray, gene_mask: np.ndarray,
-                   values: np.ndarray | None = None) -> PaddingCollapse | None:
+                   values: np.ndarray | None = None, *, dtype: torch.dtype | None = None) -> PaddingCollapse | None:
         """The collapse of a gene layout (gene_ids (L,), gene_mask (L,)), or None when it has no padding.
 
         Padding = mask False and gene id 0; with `values` (B, L) given, those positions must also
         be 0 in every cell (else None: the tokens would differ and nothing may be collapsed).
+        With a reduced `dtype` (bf16 / fp16) a layout is always returned, with or without padding,
+        and its fc0 computes in that dtype around a reference cell (sctranslator.model.precision).
         """
         gene_ids = np.asarray(gene_ids)
         gene_mask = np.asarray(gene_mask, dtype=bool)
         if gene_ids.shape[0] != model.config.max_genes:
             return None  # a shortened sequence: the translator needs exactly L positions anyway
+        reduced = dtype is not None and dtype != torch.float32
         padded = ~gene_mask & (gene_ids == 0)
-        pad_count = int(padded.sum())
-        if pad_count < 2:
-            return None  # nothing to gain
         if values is not None and np.any(np.asarray(values)[:, padded]):
-            return None
+            if not reduced:
+                return None
+            padded[:] = False  # valued "padding": every position is its own token
+        pad_count = int(padded.sum())
+        if pad_count < 2 and not reduced:
+            return None  # nothing to gain
         device = model.translator.layer(0).weight.device
         real = torch.from_numpy(np.flatnonzero(~padded)).to(device)
         pads = torch.from_numpy(np.flatnonzero(padded)).to(device)
+        fc0 = model.translator.layer(0)
         with torch.no_grad():
-            weight = model.translator.layer(0).weight
-            first = torch.cat([weight.index_select(1, real),
-                               weight.index_select(1, pads).sum(dim=1, keepdim=True)], dim=1)
-        counts = torch.ones(real.numel() + 1, dtype=torch.float32, device=device)
-        counts[-1] = pad_count
+            if pad_count:
+                first = torch.cat([fc0.weight.index_select(1, real),
+                                   fc0.weight.index_select(1, pads).sum(dim=1, keepdim=True)], dim=1).contiguous()
+            else:
+                first = fc0.weight
+        counts = torch.ones(first.shape[1], dtype=torch.float32, device=device)
+        if pad_count:
+            counts[-1] = pad_count
+        first_layer = DeltaLinear(first, fc0.bias, dtype) if reduced else None
         return cls(real_positions=real, gene_ids=torch.from_numpy(gene_ids[~padded].astype(np.int64)).to(device),
-                   pad_count=pad_count, first_weight=first.contiguous(), key_counts=counts,
-                   pad_positions=np.flatnonzero(padded))
+                   gene_mask=torch.from_numpy(gene_mask[~padded]).to(device),
+                   pad_count=pad_count, first_weight=first, key_counts=counts,
+                   pad_positions=np.flatnonzero(padded), first_layer=first_layer)
 
     def encode(self, model: TranslatorModel, values: torch.Tensor) -> torch.Tensor:
-        """Encoder output (B, n + 1, dim) from full-width values (B, L): real tokens, then the pad token."""
+        """Encoder output (B, tokens, dim) from full-width values (B, L): real tokens, then the pad token."""
         real_values = values.index_select(1, self.real_positions)
         return self.encode_real(model, real_values)
 
     def encode_real(self, model: TranslatorModel, real_values: torch.Tensor) -> torch.Tensor:
-        """Encoder output (B, n + 1, dim) from the real positions' values (B, n) only."""
+        """Encoder output (B, tokens, dim) from the real positions' values (B, n) only."""
         batch = real_values.shape[0]
         dtype = model.enc.to_vector.weight.dtype
-        h_real = model.enc.to_vector(real_values.to(dtype).unsqueeze(-1)) + model.enc.pos_emb(self.gene_ids)
-        pad_token = model.enc.to_vector.bias + model.enc.pos_emb.weight[0]  # value 0, token id 0
-        h = torch.cat([h_real, pad_token.to(h_real.dtype).expand(batch, 1, -1)], dim=1)
-        mask = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
-        mask[:, -1] = False
+        h = model.enc.to_vector(real_values.to(dtype).unsqueeze(-1)) + model.enc.pos_emb(self.gene_ids)
+        mask = self.gene_mask.expand(batch, -1)
+        if self.pad_count:
+            pad_token = model.enc.to_vector.bias + model.enc.pos_emb.weight[0]  # value 0, token id 0
+            h = torch.cat([h, pad_token.to(h.dtype).expand(batch, 1, -1)], dim=1)
+            mask = torch.cat([mask, torch.zeros(batch, 1, dtype=torch.bool, device=h.device)], dim=1)
         return model.enc.run_blocks(h, mask, model.config.feature_redraw_interval, self.key_counts)
 
     def translate(self, model: TranslatorModel, encodings: torch.Tensor) -> torch.Tensor:
-        """(B, n + 1, dim) collapsed encodings -> (B, P, dim), as the full translator would give."""
-        return model.translator(encodings.transpose(1, 2), first_weight=self.first_weight).transpose(1, 2)
+        """(B, tokens, dim) collapsed encodings -> (B, P, dim), as the full translator would give."""
+        channels = encodings.transpose(1, 2)
+        if self.first_layer is not None:
+            first = self.first_layer(channels)
+        else:
+            first = nn.functional.linear(channels, self.first_weight, model.translator.layer(0).bias)
+        return model.translator.after_first(first).transpose(1, 2)
 
     def real_encodings(self, encodings: torch.Tensor) -> torch.Tensor:
         """The real tokens' rows (B, n, dim) of collapsed encodings (for cell embeddings)."""
-        return encodings[:, :-1]
+        return encodings[:, : self.real_positions.numel()]

@@ -43,7 +43,8 @@ class EncoderGraph(nn.Module):
         first = self.model.translator.layer(0)
         listed = first.weight.index_select(1, token_positions[:-1])  # (fc0 out, N - 1)
         last_column = self.fc0_column_sums - listed.sum(dim=1)  # the positions the last token stands for
-        x = torch.matmul(channels[..., :-1], listed.T) + channels[..., -1:] * last_column + first.bias
+        listed_part = torch.matmul(channels[..., :-1].to(listed.dtype), listed.T).to(channels.dtype)
+        x = listed_part + channels[..., -1:] * last_column.to(channels.dtype) + first.bias.to(channels.dtype)
         return self.model.translator.after_first(x).transpose(1, 2).float()
 
 

@@ -42,12 +42,8 @@ class SequenceTranslator(nn.Module):
     def layer(self, i: int) -> nn.Linear:
         return getattr(self, f"fc{i}")
 
-    def forward(self, x: torch.Tensor, first_weight: torch.Tensor | None = None) -> torch.Tensor:
-        """`first_weight` replaces fc0's weight (same output width, any input width): the padding
-        collapse passes fc0 with its padded positions' columns summed into one."""
-        first = self.layer(0)
-        x = first(x) if first_weight is None else nn.functional.linear(x, first_weight, first.bias)
-        return self.after_first(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.after_first(self.layer(0)(x))
 
     def after_first(self, x: torch.Tensor) -> torch.Tensor:
         """Every step after fc0's affine map: (B, C, fc0 out) -> (B, C, P)."""

@@ -22,8 +22,23 @@ _IMPLEMENTATIONS: dict[str, tuple[str, str, tuple[str, str] | None]] = {
     "triton": ("sctranslator.engine.backends.triton", "TritonBackend", ("tritonclient.grpc", "triton")),
 }
 BACKENDS = options.BACKENDS  # the one list of choices (sctranslator.options)
-if set(BACKENDS) != set(_IMPLEMENTATIONS):  # a choice without an implementation is a bug, caught at import
+AUTO = "auto"  # a choice resolved by choose_backend, not an implementation
+if set(BACKENDS) != {AUTO, *_IMPLEMENTATIONS}:  # a choice without an implementation is a bug, caught at import
     raise ImportError(f"backends offered {BACKENDS} differ from those implemented {tuple(_IMPLEMENTATIONS)}")
+
+
+def choose_backend(requested: str) -> tuple[str, str]:
+    """The backend to run and why: `requested` itself, or for "auto" the fastest exact path.
+
+    On every device that is the torch backend with its padding collapse: measured on the full-size
+    model (benchmarks/bench_fullsize.py, README "Performance") it is faster than onnxruntime at
+    every gene count on CPU, needs no export (no fixed cost of tens of seconds per new model),
+    and is the one backend with cell embeddings. Triton is never chosen: it needs a server.
+    """
+    if requested != AUTO:
+        return requested, "asked for"
+    return "torch", ("auto: torch with the exact padding collapse, the fastest exact path measured "
+                     "(benchmarks/bench_fullsize.py); no export needed")
 
 
 def create_backend(spec: BackendSpec) -> Backend:

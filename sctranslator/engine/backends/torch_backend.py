@@ -5,8 +5,8 @@ The only backend with cell embeddings: it sees the encoder's outputs, exported g
 
 from __future__ import annotations
 
-import copy
 import hashlib
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from sctranslator.engine.backends.base import BackendSpec, Batch
 from sctranslator.errors import BackendError
 from sctranslator.model import TranslatorModel
 from sctranslator.model.collapse import PaddingCollapse
+from sctranslator.model.precision import compute_dtype, reduced_precision_copy, reference_values
 
 
 def cell_embedding(encodings: torch.Tensor, gene_mask: torch.Tensor) -> torch.Tensor:
@@ -33,13 +34,23 @@ class TorchBackend:
     name = "torch"
     supports_embeddings = True
 
-    def __init__(self, model: TranslatorModel, device: str = "cpu", *, collapse_padding: bool = True):
+    def __init__(self, model: TranslatorModel, device: str = "cpu", *, collapse_padding: bool = True,
+                 precision: str = "fp32"):
+        """`precision`: fp32 (exact), or bf16 / fp16 (see sctranslator.model.precision; BackendError
+        where the device has no native arithmetic for it)."""
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError(f"--device {device} asked for, but PyTorch sees no CUDA device")
         self.device = torch.device(device)
-        current = next(model.parameters()).device
-        # nn.Module.to moves in place: never move the caller's model, move a copy.
-        self.model = (model if current == self.device else copy.deepcopy(model).to(self.device)).eval()
+        self.precision = precision
+        dtype = compute_dtype(precision, self.device)
+        current = next(model.parameters())
+        # nn.Module.to converts in place: never move or cast the caller's model, convert a copy.
+        self.dtype = dtype
+        self.reduced = dtype != torch.float32
+        if current.device == self.device and not self.reduced:
+            self.model = model.eval()
+        else:
+            self.model = reduced_precision_copy(model, dtype).to(self.device).eval()
         self.collapse_padding = collapse_padding
         self._collapses: dict[bytes, PaddingCollapse | None] = {}
 
@@ -47,20 +58,43 @@ class TorchBackend:
     def from_spec(cls, spec: BackendSpec) -> TorchBackend:
         if spec.threads:
             torch.set_num_threads(spec.threads)
-        return cls(spec.load_model(), spec.device, collapse_padding=bool(spec.options.get("collapse_padding", True)))
+        return cls(spec.load_model(), spec.device, collapse_padding=bool(spec.options.get("collapse_padding", True)),
+                   precision=spec.precision)
 
     def _collapse_for(self, batch: Batch) -> PaddingCollapse | None:
-        """The padding collapse of the batch's gene layout (built once per layout), if it applies."""
-        if not self.collapse_padding:
+        """The padding collapse of the batch's gene layout (built once per layout), if it applies.
+
+        In reduced precision every layout gets one (with or without padding), with the reference
+        cell's layer values for it (sctranslator.model.precision).
+        """
+        if not self.collapse_padding and not self.reduced:
             return None
         key = hashlib.sha1(np.ascontiguousarray(batch.gene_ids).tobytes()
                            + np.ascontiguousarray(batch.gene_mask).tobytes()).digest()
         if key not in self._collapses:
-            if len(self._collapses) > 8:  # a process serves few plans; never grow without bound
+            # A process serves few plans; never grow without bound (a reduced-precision layout
+            # holds its reference cell's layer values: hundreds of MB at L = 20,000).
+            if len(self._collapses) >= (2 if self.reduced else 8):
                 self._collapses.clear()
-            self._collapses[key] = PaddingCollapse.for_layout(self.model, batch.gene_ids, batch.gene_mask)
+            self._collapses[key] = self._prepare(PaddingCollapse.for_layout(
+                self.model, batch.gene_ids, batch.gene_mask, dtype=self.dtype))
         collapse = self._collapses[key]
-        return collapse if collapse is not None and collapse.values_fit(batch.values) else None
+        if collapse is not None and collapse.values_fit(batch.values):
+            return collapse
+        if not self.reduced:
+            return None
+        # Values at padded positions (not from our engine): every position is its own token.
+        return self._prepare(PaddingCollapse.for_layout(self.model, batch.gene_ids, batch.gene_mask,
+                                                        batch.values, dtype=self.dtype))
+
+    def _prepare(self, collapse: PaddingCollapse | None) -> PaddingCollapse | None:
+        """Record a reduced-precision layout's reference cell (every gene at 1e-8, an all-zero cell scaled)."""
+        if collapse is None or not self.reduced:
+            return collapse
+        reference = torch.full((1, collapse.real_positions.numel()), 1e-8, device=self.device)
+        with torch.inference_mode(), reference_values(collapse.references, recording=True):
+            collapse.translate(self.model, collapse.encode_real(self.model, reference))
+        return collapse
 
     def predict(self, batch: Batch) -> np.ndarray:
         return self.predict_with_embeddings(batch, embeddings=False)[0]
@@ -74,8 +108,9 @@ class TorchBackend:
             positions = collapse.real_positions.cpu().numpy()
             values = torch.from_numpy(np.ascontiguousarray(batch.values[:, positions], dtype=np.float32)).to(device)
             size = values.shape[0]
-            encodings = collapse.encode_real(self.model, values)
-            translated = collapse.translate(self.model, encodings)
+            with reference_values(collapse.references) if self.reduced else nullcontext():
+                encodings = collapse.encode_real(self.model, values)
+                translated = collapse.translate(self.model, encodings)
             encodings = collapse.real_encodings(encodings)
             gene_mask = torch.from_numpy(np.ascontiguousarray(batch.gene_mask[positions])).to(device).expand(size, -1)
         else:
