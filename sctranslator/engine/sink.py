@@ -86,10 +86,14 @@ class ZarrSink:
         with staging_dir(self.path) as staging:
             skeleton = ad.AnnData(obs=obs, var=var, uns=uns)
             skeleton.strings_to_categoricals()  # what writing does anyway, without anndata's note about it
+            # Built in memory and written out as files at the end: zarr's per-element round trips to
+            # disk made creating the (small) skeleton cost about a second per translate call.
+            files: dict[str, Any] = {}
+            store = zarr.storage.MemoryStore(files)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # anndata's note about the zarr v2 default
-                skeleton.write_zarr(staging)
-            root = zarr.open_group(str(staging), mode="a")
+                skeleton.write_zarr(store)
+            root = zarr.open_group(store, mode="a")
             x = root.create_array("X", shape=(self.n_obs, self.n_outputs), chunks=(self.block_rows, self.n_outputs),
                                   dtype="float32", fill_value=np.nan)
             x.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
@@ -98,7 +102,11 @@ class ZarrSink:
                                                 chunks=(self.block_rows, self.embedding_dim), dtype="float32",
                                                 fill_value=np.nan)
                 emb.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
-            zarr.consolidate_metadata(str(staging))
+            zarr.consolidate_metadata(store)
+            for key, data in files.items():
+                target = staging / key
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data.to_bytes())
             Ledger.create(staging / JOB_DIR, identity=identity, n_obs=self.n_obs, block_rows=self.block_rows,
                           extra={"n_outputs": self.n_outputs, "complete": False})
             write_identity(staging, OUTPUT_KIND)
