@@ -46,7 +46,7 @@ def device_values(batch: Batch, device: torch.device, columns: torch.Tensor | No
     its copy, without blocking the host; anything else is copied from the host here.
     """
     staged = getattr(batch, "device_values", None)
-    if staged is not None and _same_device(staged.device, device):
+    if staged is not None and staged.device.type == "cuda" and _same_device(staged.device, device):
         stream = torch.cuda.current_stream(device)
         stream.wait_event(batch.ready)
         staged.record_stream(stream)  # allocated on the copy stream: keep it until this stream is done
