@@ -300,15 +300,19 @@ class EngineOptions(OptionGroup):
                                   "CPUs with native bf16/fp16 and on CUDA; the graphs onnxruntime exports); a "
                                   "Triton server runs the graph it was given")
     batch_size: int | None = option(None, "cells per model call",
-                                    none_means="from the model size; 1 for the full-size model on CPU")
+                                    none_means="on CUDA (torch) from free device memory; else from the model "
+                                    "size, 1 for the full-size model on CPU")
     block_cells: int | None = option(None, "cells per block, the unit of work and resume",
                                      none_means="from the model size and the number of cells")
     workers: int | None = option(None, "concurrent blocks on the local scheduler",
                                  none_means="the number of CPUs, at most 8")
     scheduler: str | None = option(None, "address of an existing dask.distributed scheduler",
-                                   none_means="a local scheduler")
+                                   none_means="a local scheduler; with --device cuda and several GPUs, a local "
+                                   "cluster of one worker per GPU")
     onnx_path: str | None = option(None, "ONNX file for --backend onnxruntime", flag="--onnx", metavar="FILE",
                                    none_means="exported on demand and cached")
+    compile: bool = option(False, "torch backend: run the model's blocks through torch.compile (the first "
+                           "batches are slower while it compiles)")
 
 
 @dataclass

@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from tqdm import tqdm
 from sctranslator.engine.backends.base import BackendSpec, Batch
 from sctranslator.engine.backends.registry import get_backend
 from sctranslator.engine.blocks import BlockRunner
+from sctranslator.engine.gpus import gpu_cluster, threads_per_gpu
 from sctranslator.engine.sink import ZarrSink
 from sctranslator.engine.sources import Source
 from sctranslator.errors import BadCellsError
@@ -44,6 +45,9 @@ class BlockJob:
     batch_size: int
     allow_empty_cells: bool = False
     embeddings: bool = False  # also write obsm['X_sctranslator'] (torch backend)
+    # Let the backend size its calls from free device memory (`cells_per_call`, torch on CUDA); batch_size
+    # is the fallback for backends that cannot.
+    auto_batch_size: bool = False
     runner: BlockRunner = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -71,15 +75,24 @@ def predict_block(job: BlockJob, start: int, stop: int, progress: Callable[[int]
     backend = get_backend(job.backend)
     out = np.empty((stop - start, plan.output_index.shape[0]), dtype=np.float32)
     embedded: list[np.ndarray] = []
-    for lo in range(0, stop - start, job.batch_size):
-        hi = min(lo + job.batch_size, stop - start)
-        batch = Batch(values[lo:hi], plan.gene_ids, plan.position_real, plan.protein_windows,
-                      plan.protein_window_mask)
-        if job.embeddings:
-            predictions, embedding = backend.predict_with_embeddings(batch)
+
+    def batch_of(lo: int, hi: int) -> Batch:
+        return Batch(values[lo:hi], plan.gene_ids, plan.position_real, plan.protein_windows, plan.protein_window_mask)
+
+    size = job.batch_size
+    if job.auto_batch_size and hasattr(backend, "cells_per_call"):
+        size = backend.cells_per_call(batch_of(0, 1)) or size
+    ranges = [(lo, min(lo + size, stop - start)) for lo in range(0, stop - start, size)]
+    batches = (batch_of(lo, hi) for lo, hi in ranges)
+    if hasattr(backend, "predict_batches"):  # the torch backend pipelines a block's batches (copies overlap)
+        results = backend.predict_batches(batches, job.embeddings)
+    elif job.embeddings:
+        results = (backend.predict_with_embeddings(batch) for batch in batches)
+    else:
+        results = ((backend.predict(batch), None) for batch in batches)
+    for (lo, hi), (predictions, embedding) in zip(ranges, results, strict=True):
+        if embedding is not None:
             embedded.append(embedding)
-        else:
-            predictions = backend.predict(batch)
         out[lo:hi] = predictions[:, plan.output_index]
         if progress is not None:
             progress(hi - lo)
@@ -100,10 +113,12 @@ def default_workers() -> int:
 
 
 def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None = None,
-            quiet: bool = False) -> dict[str, Any]:
+            quiet: bool = False, gpus: Sequence[str] = ()) -> dict[str, Any]:
     """Run every pending block; returns timing and counts (`empty_cells`: empty cells predicted, when
     allowed). Bad cells raise the `BadCellsError` of the lowest bad row among the pending blocks,
-    whichever block failed first."""
+    whichever block failed first. With 2+ `gpus` (CUDA_VISIBLE_DEVICES entries; engine.gpus) and
+    no scheduler, blocks run on a local cluster of one worker per GPU (`blocks_per_worker` says
+    where they ran)."""
     sink = job.sink
     pending = sink.pending()
     blocks = sink.blocks()
@@ -113,9 +128,13 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
                disable=quiet, dynamic_ncols=True, smoothing=0.1)
     started = time.perf_counter()
     outcomes: list[tuple[int, int]] = []
+    placement: dict[str, int] = {}
     try:
         if scheduler:
-            outcomes = _run_distributed(job, pending, scheduler, bar)
+            outcomes, placement = _run_distributed(job, pending, scheduler, bar)
+        elif pending and len(gpus) > 1:
+            with gpu_cluster(gpus, threads_per_gpu(len(gpus), workers)) as cluster:
+                outcomes, placement = _run_distributed(job, pending, cluster, bar)
         elif pending:
             # Local threads share the progress bar, so it advances batch by batch, not block by block.
             tasks = [dask.delayed(run_block, pure=False)(job, index, bar.update, dask_key_name=f"block-{index}")
@@ -133,21 +152,37 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
     if empty:
         log.warning("%d empty cell(s) (no counts in any gene the model reads) were predicted as constant cells, "
                     "as allowed", empty)
-    return {"blocks_computed": len(pending), "blocks_skipped": len(blocks) - len(pending),
-            "cells_computed": computed, "empty_cells": empty, "seconds": elapsed,
-            "cells_per_second": computed / elapsed if elapsed > 0 else float("nan")}
+    stats = {"blocks_computed": len(pending), "blocks_skipped": len(blocks) - len(pending),
+             "cells_computed": computed, "empty_cells": empty, "seconds": elapsed,
+             "cells_per_second": computed / elapsed if elapsed > 0 else float("nan")}
+    if placement:
+        stats["blocks_per_worker"] = placement
+    return stats
 
 
-def _run_distributed(job: BlockJob, pending: list[int], address: str, bar: tqdm) -> list[tuple[int, int]]:
-    """Run on an existing dask.distributed cluster; the job is shipped to each worker once."""
+def _run_block_on_worker(job: BlockJob, index: int) -> tuple[int, int, str]:
+    """run_block on a dask.distributed worker, also naming the worker."""
+    from distributed import get_worker
+
+    cells, n_empty = run_block(job, index)
+    return cells, n_empty, str(get_worker().name)
+
+
+def _run_distributed(job: BlockJob, pending: list[int], cluster: Any, bar: tqdm
+                     ) -> tuple[list[tuple[int, int]], dict[str, int]]:
+    """Run on a dask.distributed cluster (an address or a cluster object); the job is shipped to each
+    worker once. Returns the outcomes and the number of blocks each worker ran."""
     from distributed import Client, as_completed
 
     outcomes = []
-    with Client(address) as client:
+    placement: dict[str, int] = {}
+    with Client(cluster) as client:
         shared = client.scatter(job, broadcast=True)
-        futures = [client.submit(run_block, shared, index, key=f"sctranslator-block-{index}-{job.sink.path}",
-                                 pure=False) for index in pending]
+        futures = [client.submit(_run_block_on_worker, shared, index,
+                                 key=f"sctranslator-block-{index}-{job.sink.path}", pure=False) for index in pending]
         for future in as_completed(futures):
-            outcomes.append(future.result())
-            bar.update(outcomes[-1][0])
-    return outcomes
+            cells, n_empty, worker = future.result()
+            outcomes.append((cells, n_empty))
+            placement[worker] = placement.get(worker, 0) + 1
+            bar.update(cells)
+    return outcomes, placement

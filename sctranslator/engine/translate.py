@@ -19,6 +19,7 @@ from sctranslator._atomic import atomic_write_path
 from sctranslator.engine.backends.base import BackendSpec
 from sctranslator.engine.backends.onnx_cache import onnx_file_for
 from sctranslator.engine.backends.registry import choose_backend
+from sctranslator.engine.gpus import visible_gpus
 from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.pipeline import BlockJob, default_workers, run_job
 from sctranslator.engine.predictions import TemporaryStore
@@ -132,7 +133,7 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
               layer: str | None = None, use_raw: bool = False, modality: str | None = None,
               missing_chunks: MissingChunks = "error", min_coverage: float = DEFAULT_MIN_COVERAGE,
               allow_low_coverage: bool = False, allow_empty_cells: bool = False, overwrite: bool = False,
-              onnx_path: str | None = None, precision: Precision = "fp32",
+              onnx_path: str | None = None, precision: Precision = "fp32", compile: bool = False,
               backend_options: dict[str, Any] | None = None, write_h5ad: str | Path | None = None,
               write_mudata: str | Path | None = None, embeddings: bool = False, quiet: bool = True,
               gene_mapping: GeneMapping | None = None, inplace: bool = False,
@@ -149,7 +150,10 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
         out: the output Zarr store (default: a temporary one, removed once the result is dropped).
         backend, device, precision, batch_size (cells per model call), block_cells (cells per block,
             the unit of work and resume), workers (concurrent blocks), scheduler (a dask.distributed
-            address), onnx_path, backend_options (triton: url, model_name, protocol): EngineOptions.
+            address), onnx_path, compile (torch.compile the torch backend's blocks), backend_options
+            (triton: url, model_name, protocol): EngineOptions. On CUDA the torch backend sizes its
+            calls from free device memory unless batch_size is given, and `device="cuda"` with several
+            GPUs visible (and no scheduler) runs one worker process per GPU (engine.gpus).
         normalize, target_sum, gene_column, id_type, layer, use_raw, modality, missing_chunks,
             min_coverage (a fraction, 0.5 = 50%), allow_low_coverage, allow_empty_cells,
             gene_mapping: InputOptions.
@@ -201,6 +205,9 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     if embeddings and backend != "torch":
         raise BackendError("embeddings come from the encoder's outputs, which only the torch backend exposes; "
                            "use --backend torch with --embeddings")
+    if compile and backend != "torch":
+        raise BackendError(f"--compile applies to the torch backend, not {backend}; drop --compile or use "
+                           "--backend torch")
     if (batch_size is not None and batch_size < 1) or (block_cells is not None and block_cells < 1):
         raise InputDataError("batch_size and block_cells must be >= 1")
     _check_out(out)
@@ -216,7 +223,9 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
                                       missing_chunks=missing_chunks),
                           cells=cells, obs_query=obs_query, max_cells=max_cells)
     loaded, model_source = _resolve_model(model)
+    auto_batch = batch_size is None and backend == "torch" and device.startswith("cuda")  # from device memory
     batch_size = batch_size or default_batch_size(loaded, device)
+    gpus = visible_gpus(device) if (scheduler is None and backend != "triton") else []
     n_workers = workers or default_workers()
     if block_cells is None:  # also keep every worker busy on small datasets
         block_cells = min(default_block_cells(loaded), max(16, -(-source.n_obs // (4 * n_workers))))
@@ -226,9 +235,11 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     check_expression_scale(source, plan)
     threads = max(1, (os.cpu_count() or 1) // n_workers)
     # A model path travels to workers as a path (each loads it once); in-memory models go as objects.
-    spec_model: str | TranslatorModel = model_source if (model_source and scheduler) else loaded
+    spec_model: str | TranslatorModel = model_source if (model_source and (scheduler or gpus)) else loaded
     spec = BackendSpec(kind=backend, model=spec_model, device=device, onnx_path=onnx_path, precision=precision,
                        threads=threads, options=dict(backend_options or {}))
+    if compile:
+        spec.options["compile"] = True
     if backend == "onnxruntime" and onnx_path is None:
         # Export (once, cached) here, announced with its cost, rather than inside the progress bar.
         spec.onnx_path = onnx_file_for(spec, loaded)
@@ -242,7 +253,9 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
         "plan": plan.summary(),
         "settings": {"backend": backend, "backend_requested": requested_backend, "backend_choice": backend_reason,
                      "encoder_tokens": encoder_tokens(plan, backend, spec),
-                     "device": device, "precision": precision, "batch_size": batch_size,
+                     "device": device, "precision": precision,
+                     "batch_size": "auto (free device memory)" if auto_batch else batch_size,
+                     "compile": bool(compile), "gpus": ",".join(gpus),
                      "normalize": plan.normalize, "target_sum": plan.target_sum, "id_type": id_type,
                      "gene_mapping": plan.gene_mapping,
                      "gene_column": gene_column or "", "layer": layer or "", "use_raw": bool(use_raw),
@@ -262,8 +275,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
                              block_rows=rows, overwrite=overwrite, inputs=inputs,
                              embedding_dim=loaded.config.dim if embeddings else 0)
         job = BlockJob(source=source, plan=plan, backend=spec, sink=sink, batch_size=batch_size,
-                       allow_empty_cells=allow_empty_cells, embeddings=embeddings)
-        stats = run_job(job, workers=n_workers, scheduler=scheduler, quiet=quiet)
+                       allow_empty_cells=allow_empty_cells, embeddings=embeddings, auto_batch_size=auto_batch)
+        stats = run_job(job, workers=workers, scheduler=scheduler, quiet=quiet, gpus=gpus)
         sink.finish({"last_run": stats}, run=stats)
         result = sink.read(owner)  # lazy: X stays in the store
         result.uns["sctranslator"]["run"] = stats

@@ -6,12 +6,16 @@ The only backend with cell embeddings: it sees the encoder's outputs, exported g
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 
 import numpy as np
 import torch
 
 from sctranslator.engine.backends.base import BackendSpec, Batch
+from sctranslator.engine.backends.compiled import compiled_model
+from sctranslator.engine.backends.cuda_staging import device_values, pipelined, stager_for
+from sctranslator.engine.backends.device_memory import batch_cells_for_device
 from sctranslator.errors import BackendError
 from sctranslator.model import TranslatorModel
 from sctranslator.model.collapse import PaddingCollapse
@@ -35,9 +39,9 @@ class TorchBackend:
     supports_embeddings = True
 
     def __init__(self, model: TranslatorModel, device: str = "cpu", *, collapse_padding: bool = True,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", compile: bool = False):
         """`precision`: fp32 (exact), or bf16 / fp16 (see sctranslator.model.precision; BackendError
-        where the device has no native arithmetic for it)."""
+        where the device has no native arithmetic for it). `compile`: torch.compile the blocks."""
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError(f"--device {device} asked for, but PyTorch sees no CUDA device")
         self.device = torch.device(device)
@@ -53,13 +57,17 @@ class TorchBackend:
             self.model = reduced_precision_copy(model, dtype).to(self.device).eval()
         self.collapse_padding = collapse_padding
         self._collapses: dict[bytes, PaddingCollapse | None] = {}
+        # -- GPU hooks (cuda_staging.py, compiled.py, device_memory.py) --
+        self.stager = stager_for(self.device)
+        if compile:
+            self.model = compiled_model(self.model, owned=self.model is not model)
 
     @classmethod
     def from_spec(cls, spec: BackendSpec) -> TorchBackend:
         if spec.threads:
             torch.set_num_threads(spec.threads)
         return cls(spec.load_model(), spec.device, collapse_padding=bool(spec.options.get("collapse_padding", True)),
-                   precision=spec.precision)
+                   precision=spec.precision, compile=bool(spec.options.get("compile", False)))
 
     def _collapse_for(self, batch: Batch) -> PaddingCollapse | None:
         """The padding collapse of the batch's gene layout (built once per layout), if it applies.
@@ -102,19 +110,38 @@ class TorchBackend:
     @torch.inference_mode()
     def predict_with_embeddings(self, batch: Batch, embeddings: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Predictions (B, W * P) and, if asked, cell embeddings (B, dim): see `cell_embedding`."""
+        return self.stager.fetch(self.forward(batch, embeddings)).result()
+
+    # -- GPU hooks: a block's batches pipelined (cuda_staging.py); cells per call from device memory --
+    @torch.inference_mode()
+    def predict_batches(self, batches: Iterable[Batch], embeddings: bool = False
+                        ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """predict_with_embeddings for each batch, in order; on CUDA batch k+1 is copied while batch k runs.
+        (The decorator enters inference mode at each resumption of the generator only.)"""
+        yield from pipelined(self.forward, batches, embeddings, self.stager)
+
+    def cells_per_call(self, batch: Batch) -> int | None:
+        """Cells per call that fit the device's free memory (CUDA), None elsewhere."""
+        if self.device.type != "cuda":
+            return None
+        return batch_cells_for_device(self.model, batch, self.device, collapsed=self._collapse_for(batch) is not None,
+                                      precision=self.precision)
+
+    @torch.inference_mode()
+    def forward(self, batch: Batch, embeddings: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Launch one batch: predictions (B, W * P) and embeddings (B, dim) or None, as device tensors."""
         device = self.device
         collapse = self._collapse_for(batch)
         if collapse is not None:  # padded positions computed once (exact; see model.collapse)
-            positions = collapse.real_positions.cpu().numpy()
-            values = torch.from_numpy(np.ascontiguousarray(batch.values[:, positions], dtype=np.float32)).to(device)
+            values = device_values(batch, device, collapse.real_positions)
             size = values.shape[0]
             with reference_values(collapse.references) if self.reduced else nullcontext():
                 encodings = collapse.encode_real(self.model, values)
                 translated = collapse.translate(self.model, encodings)
             encodings = collapse.real_encodings(encodings)
-            gene_mask = torch.from_numpy(np.ascontiguousarray(batch.gene_mask[positions])).to(device).expand(size, -1)
+            gene_mask = collapse.gene_mask.expand(size, -1)  # already on the device: no copy, no sync
         else:
-            values = torch.from_numpy(np.ascontiguousarray(batch.values, dtype=np.float32)).to(device)
+            values = device_values(batch, device)
             size = values.shape[0]
             genes = torch.from_numpy(batch.gene_ids).to(device).expand(size, -1)
             gene_mask = torch.from_numpy(batch.gene_mask).to(device).expand(size, -1)
@@ -125,8 +152,8 @@ class TorchBackend:
             proteins = torch.from_numpy(batch.protein_ids[window]).to(device).expand(size, -1)
             protein_mask = torch.from_numpy(batch.protein_mask[window]).to(device).expand(size, -1)
             outputs.append(self.model.decode(translated, proteins, protein_mask))
-        predictions = torch.cat(outputs, dim=1).float().cpu().numpy()
-        embedding = cell_embedding(encodings, gene_mask).float().cpu().numpy() if embeddings else None
+        predictions = torch.cat(outputs, dim=1)
+        embedding = cell_embedding(encodings, gene_mask) if embeddings else None
         return predictions, embedding
 
     def close(self) -> None:

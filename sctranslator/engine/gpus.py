@@ -1,0 +1,75 @@
+"""Several GPUs on one machine: a local dask.distributed cluster of one worker per GPU.
+
+With `--device cuda` (no index) and no `--scheduler`, a run over 2+ visible GPUs starts one worker
+process per GPU, each started with CUDA_VISIBLE_DEVICES naming its GPU alone, so that worker's
+backend ("cuda") lands on its own GPU and nothing else in it needs to know. Blocks are
+independent (the ledger and the sink commit them one by one), so the scheduler hands them to
+whichever worker is free. `cuda:N` pins one GPU and runs locally as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+WORKER_PREFIX = "gpu-"
+
+
+def visible_gpus(device: str, *, count: int | None = None, visible: str | None = None) -> list[str]:
+    """The GPUs a run on `device` spreads over, as CUDA_VISIBLE_DEVICES names them; [] for one GPU or none.
+
+    Only `device == "cuda"` spreads (`cuda:N` names one GPU). count: devices PyTorch sees (default:
+    torch.cuda.device_count()); visible: the CUDA_VISIBLE_DEVICES to honour (default: this
+    process's), whose entries (indices or UUIDs) are handed on as they are written.
+    """
+    if device != "cuda":
+        return []
+    if count is None:
+        try:
+            import torch
+        except ImportError:
+            return []
+        count = torch.cuda.device_count()
+    if visible is None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [entry.strip() for entry in visible.split(",") if entry.strip()]
+    else:
+        ids = [str(i) for i in range(count)]
+    ids = ids[:count]
+    return ids if len(ids) > 1 else []
+
+
+def threads_per_gpu(gpus: int, workers: int | None, cpus: int | None = None) -> int:
+    """Threads (concurrent blocks) per GPU worker: `workers` (or the CPUs) shared out, at least 2 so
+    one block is read and prepared while another computes."""
+    total = workers or cpus or os.cpu_count() or 1
+    return max(2, total // max(1, gpus))
+
+
+def worker_specs(gpu_ids: Sequence[str], threads: int) -> dict[str, dict[str, Any]]:
+    """SpecCluster worker specs: one Nanny per GPU, its worker process started with
+    CUDA_VISIBLE_DEVICES=<that GPU>, named `gpu-<id>`."""
+    from distributed import Nanny
+
+    return {f"{WORKER_PREFIX}{gpu}": {"cls": Nanny, "options": {
+        "nthreads": threads, "env": {"CUDA_VISIBLE_DEVICES": str(gpu)}, "name": f"{WORKER_PREFIX}{gpu}",
+        "memory_limit": 0,  # host memory is bounded by blocks x workers, not by Dask's spilling
+    }} for gpu in gpu_ids}
+
+
+@contextlib.contextmanager
+def gpu_cluster(gpu_ids: Sequence[str], threads: int) -> Iterator[Any]:
+    """A local SpecCluster with one worker per GPU (see `worker_specs`), closed on exit."""
+    from distributed import Scheduler, SpecCluster
+
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
+    cluster = SpecCluster(workers=worker_specs(gpu_ids, threads), scheduler=scheduler,
+                          silence_logs=logging.WARNING, name="sctranslator-gpus")
+    try:
+        yield cluster
+    finally:
+        cluster.close()
