@@ -18,6 +18,7 @@ onnxruntime and Triton clients build layouts without torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -38,6 +39,18 @@ class TokenLayout:
     def collapsed(self) -> bool:
         """True when the last token stands for more than one position."""
         return bool(self.counts[-1] > 1)
+
+    @cached_property
+    def represented(self) -> np.ndarray:
+        """(L - N + 1,) int64: the positions the last token stands for (padding, when collapsed)."""
+        keep = np.ones(self.length, dtype=bool)
+        keep[self.positions[:-1]] = False
+        return np.flatnonzero(keep)
+
+    def fits(self, values: np.ndarray) -> bool:
+        """True when every cell of `values` (B, L) is 0 wherever the last token stands for several
+        positions (they are all padding); a padded-looking position holding a value does not fit."""
+        return not self.collapsed or not np.any(np.asarray(values)[:, self.represented])
 
     def gather(self, row_or_rows: np.ndarray) -> np.ndarray:
         """The tokens' entries of an (L,) or (B, L) array (values, gene ids, masks), as (N,) or (B, N)."""

@@ -44,6 +44,11 @@ GENES = "L"
 PROTEINS = "P"
 DIM = "dim"  # the model width, the translated sequence's last axis
 
+# The encoder file's metadata key naming its decoder file beside it (onnx_format.py holds the other
+# keys; this one is here so that runtimes find the decoder without importing torch or onnx).
+DECODER_FILE_KEY = "sctranslator.decoder_file"
+REEXPORT_HINT = "re-export it with this sctranslator: sctranslator export onnx MODEL --out FILE"
+
 # Compute precisions an export may use; graph IO stays as in the table for each of them.
 PRECISION_NAMES = ("fp32", "fp16", "bf16")
 

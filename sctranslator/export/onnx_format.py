@@ -14,7 +14,7 @@ import onnx
 import torch
 
 from sctranslator.errors import CheckpointError, ExportError
-from sctranslator.export.contract import PRECISION_NAMES
+from sctranslator.export.contract import DECODER_FILE_KEY, PRECISION_NAMES, REEXPORT_HINT
 
 # Format 2: two graphs, the encoder + translator (the file the user names, carrying the metadata)
 # and the decoder (a sibling file named in that metadata). Format 1 was one whole-model graph.
@@ -43,10 +43,8 @@ META_INPUTS = META_PREFIX + "inputs"
 META_OUTPUT = META_PREFIX + "output"
 META_FINGERPRINT = META_PREFIX + "fingerprint"
 META_GRAPH = META_PREFIX + "graph"  # "encoder" or "decoder" (export/contract.py GRAPHS)
-META_DECODER_FILE = META_PREFIX + "decoder_file"  # in the encoder file: the decoder's file name beside it
+META_DECODER_FILE = DECODER_FILE_KEY  # in the encoder file: the decoder's file name beside it
 META_ENCODER_FILE = META_PREFIX + "encoder_file"  # in the decoder file: the encoder's file name beside it
-
-REEXPORT_HINT = "re-export it with this sctranslator: sctranslator export onnx MODEL --out FILE"
 
 # Values stored as JSON text (the rest are plain strings).
 _JSON_KEYS = (META_CONFIG, META_PANEL, META_PREPROCESSING, META_INPUTS)

@@ -12,8 +12,7 @@ from typing import Any
 import numpy as np
 
 from sctranslator.errors import BackendError
-from sctranslator.export.contract import DECODER, ENCODER, GraphSpec
-from sctranslator.export.onnx_format import REEXPORT_HINT
+from sctranslator.export.contract import DECODER, ENCODER, REEXPORT_HINT, GraphSpec
 from sctranslator.token_layout import TokenLayout
 
 _LEGACY_INPUTS = {"values", "gene_ids", "gene_mask", "protein_ids", "protein_mask"}
@@ -27,7 +26,7 @@ def check_graph(session: Any, spec: GraphSpec, path: str, proteins: int | None =
     the likely cause: an old single-graph export, or the other graph of the pair.
     """
     found = {arg.name: arg for arg in [*session.get_inputs(), *session.get_outputs()]}
-    if spec is ENCODER and _LEGACY_INPUTS <= set(found) and "token_counts" not in found:
+    if spec is ENCODER and set(found) >= _LEGACY_INPUTS and "token_counts" not in found:
         raise BackendError(f"{path} is a single-graph export from an earlier sctranslator version (it takes the "
                            f"five whole-model inputs); this version runs an encoder and a decoder graph: "
                            f"{REEXPORT_HINT}")

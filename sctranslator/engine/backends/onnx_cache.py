@@ -17,11 +17,13 @@ log = logging.getLogger(__name__)
 
 
 def onnx_file_for(spec: BackendSpec, model: TranslatorModel) -> str:
-    """The ONNX file to run: `spec.onnx_path`, or one exported from `model` (cached by weights' hash).
+    """The export to run (its encoder file): `spec.onnx_path`, or one exported from `model` (cached by
+    weights' hash).
 
     The cache lives in `spec.onnx_cache_dir`, else $SCTRANSLATOR_CACHE, else ~/.cache/sctranslator;
-    files are named by the model's fingerprint and the precision. BackendError when a given
-    `onnx_path` does not exist.
+    files are named by the model's fingerprint, the precision and the export format, each export
+    two files (model-....onnx and model-....decoder.onnx). BackendError when a given `onnx_path`
+    does not exist.
     """
     if spec.onnx_path:
         if not Path(spec.onnx_path).is_file():
@@ -30,15 +32,19 @@ def onnx_file_for(spec: BackendSpec, model: TranslatorModel) -> str:
     from sctranslator.export import export_onnx
     from sctranslator.model.identity import model_fingerprint
 
+    from sctranslator.export.onnx_format import FORMAT_VERSION, decoder_file_name
+
     cache = Path(spec.onnx_cache_dir or os.environ.get("SCTRANSLATOR_CACHE", Path.home() / ".cache" / "sctranslator"))
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"model-{model_fingerprint(model)[:16]}-{spec.precision}.onnx"
-    if not path.exists():  # export_onnx validates, then moves the file into place atomically
+    # The format version in the name: a cache written by a version with another layout is not reused.
+    path = cache / f"model-{model_fingerprint(model)[:16]}-{spec.precision}-v{FORMAT_VERSION}.onnx"
+    # export_onnx validates, then moves the decoder and then the encoder file into place.
+    if not (path.exists() and (cache / decoder_file_name(path)).exists()):
         seconds, gigabytes = export_cost(model)
         log.info("exporting the model to ONNX (%s) once, before the run: roughly %.0f s and %.1f GB of memory "
                     "for its %s parameters; cached at %s for later runs", spec.precision, seconds, gigabytes,
                     f"{model.n_parameters():,}", path)
-        export_onnx(model, path, precision=spec.precision)
+        export_onnx(model, path, precision=spec.precision, overwrite=path.exists())
     return str(path)
 
 
