@@ -106,12 +106,15 @@ def default_providers(precision: str = "fp32") -> list[str]:
 
 def create_session(path: str | Path, *, providers: list[str] | None = None,
                    threads: int | None = None, precision: str = "fp32",
-                   display_name: str | None = None) -> ort.InferenceSession:
+                   display_name: str | None = None, arena: bool = True) -> ort.InferenceSession:
     """An onnxruntime session with every graph optimisation and one intra-op thread per core.
 
-    `display_name` names the file in error messages (export validates a staged copy).
+    `display_name` names the file in error messages (export validates a staged copy). `arena`:
+    onnxruntime's CPU memory arena, which keeps its largest run's memory for later runs (the
+    export's validation turns it off: it runs each size once and must stay within its memory budget).
     """
     options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = arena
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     providers = providers or default_providers(precision)
@@ -124,14 +127,15 @@ def create_session(path: str | Path, *, providers: list[str] | None = None,
 
 
 def create_graphs(path: str | Path, *, providers: list[str] | None = None, threads: int | None = None,
-                  precision: str = "fp32", display_name: str | None = None) -> SplitGraphs:
+                  precision: str = "fp32", display_name: str | None = None, arena: bool = True) -> SplitGraphs:
     """Sessions for an export's encoder (`path`) and decoder (named in `path`'s metadata, beside it).
 
     ExportError when either cannot be loaded, or when `path` is not an encoder graph of this format
     (an old single-graph export says so).
     """
     name = display_name or str(path)
-    encoder = create_session(path, providers=providers, threads=threads, precision=precision, display_name=name)
+    encoder = create_session(path, providers=providers, threads=threads, precision=precision, display_name=name,
+                             arena=arena)
     meta = encoder.get_modelmeta().custom_metadata_map  # read from the session: no second parse of the file
     decoder_file = meta.get(META_DECODER_FILE)
     if not decoder_file:
@@ -145,7 +149,7 @@ def create_graphs(path: str | Path, *, providers: list[str] | None = None, threa
         raise ExportError(f"{name} names its decoder graph {decoder_file}, which is not beside it; {REEXPORT_HINT}")
     decoder_name = str(Path(name).parent / decoder_file)
     decoder = create_session(decoder_path, providers=providers, threads=threads, precision=precision,
-                             display_name=decoder_name)
+                             display_name=decoder_name, arena=arena)
     try:
         check_graph(encoder, ENCODER, name)
         check_graph(decoder, DECODER, decoder_name)
@@ -201,12 +205,13 @@ def compare(label: str, precision: str, onnx_out: np.ndarray, torch_out: np.ndar
 def validate_onnx(path: str | Path, model: TranslatorModel, inputs: dict[str, np.ndarray], *,
                   precision: str = "fp32", label: str = "given inputs",
                   graphs: SplitGraphs | None = None,
-                  providers: list[str] | None = None) -> ValidationResult:
+                  providers: list[str] | None = None, expected: np.ndarray | None = None) -> ValidationResult:
     """Run `inputs` through the export's two graphs and the float32 PyTorch `model`; return the errors.
 
     `path`: the export's encoder file (its decoder beside it). The result is not raised on; call
     `.check()` for that. `precision` selects the tolerance (and the bf16 session error message).
-    Pass `graphs` (create_graphs) to reuse the sessions across several batches.
+    Pass `graphs` (create_graphs) to reuse the sessions across several batches, and `expected`
+    (torch_predictions of the same inputs) to compare with predictions computed beforehand.
     """
     check_precision(precision)
     feed = normalize_inputs(inputs, model.config)
@@ -215,4 +220,4 @@ def validate_onnx(path: str | Path, model: TranslatorModel, inputs: dict[str, np
         onnx_out = onnx_predictions(graphs, feed)
     except Exception as exc:  # onnxruntime's pybind errors
         raise ExportError(f"onnxruntime failed to run {path} on {label}: {exc}") from exc
-    return compare(label, precision, onnx_out, torch_predictions(model, feed))
+    return compare(label, precision, onnx_out, torch_predictions(model, feed) if expected is None else expected)
