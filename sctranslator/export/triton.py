@@ -62,8 +62,9 @@ class TritonExport:
         files = sorted(str(path) for directory in self.model_dirs for path in directory.rglob("*") if path.is_file()
                        and not path.name.startswith("."))
         listing = "\n".join(f"  {path}" for path in files)
-        return (f"Triton model {self.settings.name!r} (BLS over {self.settings.backend} backend encoder and decoder "
-                f"models) in {self.model_dir.parent}:\n{listing}")
+        graphs = " and ".join(repr(d.name) for d in self.model_dirs[1:])
+        return (f"Triton model {self.settings.name!r} ({self.settings.backend} backend): a BLS model calling {graphs}, "
+                f"in {self.model_dir.parent}:\n{listing}")
 
 
 def _can_validate(precision: str) -> bool:
