@@ -343,3 +343,26 @@ def test_full_size_export_fits_in_2_5_gb(tmp_path):
         want = torch_predictions(model, inputs)
         assert got.shape == want.shape == (1, model.config.max_proteins), name
         assert float(np.abs(got - want).max() / np.abs(want).max()) <= TOLERANCES["fp32"], name
+
+
+def test_both_files_are_owned_by_the_export_and_nothing_else(tiny_a, tmp_path):
+    from sctranslator.errors import OutputConflictError
+
+    model, _ = tiny_a
+    path, decoder = tmp_path / "m.onnx", tmp_path / "m.decoder.onnx"
+    decoder.write_text("a user's file")  # where the decoder would go, with no export at m.onnx
+    with pytest.raises(OutputConflictError, match="m.decoder.onnx exists, but"):
+        export_onnx(model, path, validate=False)
+    assert decoder.read_text() == "a user's file" and not path.exists()
+    decoder.unlink()
+    first = export_onnx(model, path, validate=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.decoder.onnx", "m.onnx"]
+    with pytest.raises(OutputConflictError, match="--overwrite"):
+        export_onnx(model, path, validate=False)
+    export_onnx(model, path, validate=False, overwrite=True)  # replaces both files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.decoder.onnx", "m.onnx"]
+    assert first.decoder_path == decoder
+    decoder.write_text("replaced by the user")  # the pair's decoder is no longer an export's
+    with pytest.raises(OutputConflictError, match="not written by an export"):
+        export_onnx(model, path, validate=False, overwrite=True)
+    assert decoder.read_text() == "replaced by the user"

@@ -360,7 +360,8 @@ def test_bls_model_runs_the_encoder_once_and_the_decoder_per_window(served: Any,
     cases = [two_windows(tiny_a, 4, seed=2), one_window]
     broken = request_of(one_window)
     del broken["gene_mask"]
-    odd = {**one_window, "protein_ids": one_window["protein_ids"][:, :10], "protein_mask": one_window["protein_mask"][:, :10]}
+    odd = {**one_window, "protein_ids": one_window["protein_ids"][:, :10],
+           "protein_mask": one_window["protein_mask"][:, :10]}
     responses = bls.execute([request_of(cases[0]), broken, request_of(odd), request_of(cases[1])])
     assert "no input 'gene_mask'" in responses[1].error and responses[1].outputs == []
     assert "k * 16" in responses[2].error

@@ -57,6 +57,8 @@ def to_numpy(tensor: Any) -> np.ndarray:
 
 def to_tensor(name: str, array: np.ndarray) -> Any:
     array = np.ascontiguousarray(array)
+    if not array.flags.writeable:  # views of request tensors: DLPack (before 1.0) cannot export read-only arrays
+        array = array.copy()
     if hasattr(pb_utils.Tensor, "from_dlpack"):
         return pb_utils.Tensor.from_dlpack(name, array)
     return pb_utils.Tensor(name, array)
