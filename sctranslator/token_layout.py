@@ -18,6 +18,7 @@ onnxruntime and Triton clients build layouts without torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -39,9 +40,56 @@ class TokenLayout:
         """True when the last token stands for more than one position."""
         return bool(self.counts[-1] > 1)
 
+    @cached_property
+    def represented(self) -> np.ndarray:
+        """(L - N + 1,) int64: the positions the last token stands for (padding, when collapsed)."""
+        keep = np.ones(self.length, dtype=bool)
+        keep[self.positions[:-1]] = False
+        return np.flatnonzero(keep)
+
+    def fits(self, values: np.ndarray) -> bool:
+        """True when every cell of `values` (B, L) is 0 wherever the last token stands for several
+        positions (they are all padding); a padded-looking position holding a value does not fit."""
+        return not self.collapsed or not np.any(np.asarray(values)[:, self.represented])
+
     def gather(self, row_or_rows: np.ndarray) -> np.ndarray:
         """The tokens' entries of an (L,) or (B, L) array (values, gene ids, masks), as (N,) or (B, N)."""
         return np.ascontiguousarray(np.take(row_or_rows, self.positions, axis=-1))
+
+    def encoder_inputs(self, values: np.ndarray, gene_ids: np.ndarray, gene_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """The encoder graph's five inputs (export/contract.py ENCODER) for values (B, L) and gene_ids,
+        gene_mask of shape (L,) (shared by the batch) or (B, L): (B, N) arrays plus counts and positions."""
+        values = np.asarray(values)
+        batch = values.shape[0]
+        tokens = self.tokens
+
+        def rows(array: np.ndarray, dtype: type[np.generic]) -> np.ndarray:
+            taken = self.gather(np.asarray(array))
+            return np.ascontiguousarray(np.broadcast_to(taken, (batch, tokens)), dtype=dtype)
+
+        return {"values": rows(values, np.float32), "gene_ids": rows(gene_ids, np.int64),
+                "gene_mask": rows(gene_mask, np.bool_), "token_counts": self.counts,
+                "token_positions": self.positions}
+
+    @classmethod
+    def full(cls, length: int) -> TokenLayout:
+        """Every position its own token (no collapse)."""
+        return cls(positions=np.arange(length, dtype=np.int64), counts=np.ones(length, dtype=np.float32),
+                   length=length)
+
+    @classmethod
+    def for_batch(cls, gene_ids: np.ndarray, gene_mask: np.ndarray, values: np.ndarray) -> TokenLayout:
+        """The layout of a batch whose gene_ids, gene_mask are (B, L) (or (L,)): `for_layout` when every
+        cell has the same ids and mask, else the full layout (cells padded differently share no pad token)."""
+        gene_ids = np.asarray(gene_ids)
+        gene_mask = np.asarray(gene_mask, dtype=bool)
+        if gene_ids.ndim == 1 and gene_mask.ndim == 1:
+            return cls.for_layout(gene_ids, gene_mask, values)
+        ids = np.atleast_2d(gene_ids)
+        mask = np.atleast_2d(gene_mask)
+        if (ids == ids[:1]).all() and (mask == mask[:1]).all():
+            return cls.for_layout(ids[0], mask[0], values)
+        return cls.full(int(ids.shape[-1]))
 
     @classmethod
     def for_layout(cls, gene_ids: np.ndarray, gene_mask: np.ndarray, values: np.ndarray | None = None) -> TokenLayout:

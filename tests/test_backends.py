@@ -152,25 +152,12 @@ def contract_graph(path: Path, genes: int, proteins: int, output_type: str = "FL
     return str(path)
 
 
-def test_onnxruntime_backend_runs_a_contract_graph_window_by_window(tmp_path: Path) -> None:
-    from sctranslator.engine.backends import OnnxRuntimeBackend
-
-    backend = OnnxRuntimeBackend(contract_graph(tmp_path / "ok.onnx", 6, 4), genes=6, proteins=4)
-    batch = small_batch(cells=3, genes=6, proteins=4, windows=2)
-    predictions = backend.predict(batch)
-    # Window 0's protein ids, then window 1's, for every cell.
-    np.testing.assert_array_equal(predictions, np.tile(batch.protein_ids.reshape(-1), (3, 1)).astype(np.float32))
-    with pytest.raises(BackendError, match="onnxruntime backend cannot return cell embeddings"):
-        backend.predict_with_embeddings(batch)
-
-
 def test_onnxruntime_backend_refuses_graphs_that_break_the_contract(tmp_path: Path) -> None:
     from sctranslator.engine.backends import OnnxRuntimeBackend
 
-    with pytest.raises(BackendError, match="it takes L=6, the model takes L=64; it takes P=4, the model takes P=16"):
-        OnnxRuntimeBackend(contract_graph(tmp_path / "narrow.onnx", 6, 4), genes=64, proteins=16)
-    with pytest.raises(BackendError, match=r"predictions is tensor\(double\), expected tensor\(float\)"):
-        OnnxRuntimeBackend(contract_graph(tmp_path / "double.onnx", 6, 4, output_type="DOUBLE"))
+    # A file with the five whole-model inputs: the single-graph export of earlier versions.
+    with pytest.raises(BackendError, match=r"single-graph export from an earlier sctranslator version.*re-export"):
+        OnnxRuntimeBackend(contract_graph(tmp_path / "old.onnx", 6, 4), genes=6, proteins=4)
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])
@@ -179,5 +166,5 @@ def test_onnxruntime_backend_refuses_graphs_that_break_the_contract(tmp_path: Pa
                                 opset_imports=[helper.make_opsetid("", 17)])
     foreign.ir_version = 8
     onnx.save(foreign, str(tmp_path / "foreign.onnx"))
-    with pytest.raises(BackendError, match=r"not an sctranslator graph.*no tensor 'values'.*Its tensors: \['x', 'y'\]"):
+    with pytest.raises(BackendError, match=r"not the encoder graph.*no tensor 'values'.*Its tensors: \['x', 'y'\]"):
         OnnxRuntimeBackend(str(tmp_path / "foreign.onnx"))

@@ -172,7 +172,11 @@ def test_export_onnx_takes_out_as_an_option(tmp_path: Path, capsys: pytest.Captu
     assert main(["export", "onnx", str(DEMO_MODEL), "--out", str(out)]) == 0
     assert "max abs error" in capsys.readouterr().out
     graph = onnx.load(str(out))
-    assert [i.name for i in graph.graph.input] == ["values", "gene_ids", "gene_mask", "protein_ids", "protein_mask"]
+    assert [i.name for i in graph.graph.input] == ["values", "gene_ids", "gene_mask", "token_counts",
+                                                   "token_positions"]
+    decoder = onnx.load(str(tmp_path / "model.decoder.onnx"))  # the decoder graph beside it
+    assert [i.name for i in decoder.graph.input] == ["translated", "protein_ids", "protein_mask"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.decoder.onnx", "model.onnx"]
 
 
 def test_export_onnx_needs_one_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

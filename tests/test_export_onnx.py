@@ -1,4 +1,5 @@
-"""ONNX export: graph contract, agreement with PyTorch and the reference fixtures, precisions, metadata."""
+"""ONNX export: the two graphs' contracts, their composition against PyTorch and the reference fixtures,
+precisions, metadata, the memory of a full-size export."""
 
 from __future__ import annotations
 
@@ -18,14 +19,22 @@ from sctranslator.export import (
     INPUT_NAMES,
     OUTPUT_NAME,
     TOLERANCES,
-    create_session,
     export_onnx,
     random_inputs,
     read_onnx_metadata,
     validate_onnx,
 )
 from sctranslator.export import onnx as onnx_export
-from sctranslator.export.onnx_validate import BF16_ON_CPU_MESSAGE, normalize_inputs, torch_predictions
+from sctranslator.export.contract import DECODER, ENCODER
+from sctranslator.export.onnx_format import graph_files
+from sctranslator.export.onnx_validate import (
+    BF16_ON_CPU_MESSAGE,
+    create_graphs,
+    normalize_inputs,
+    onnx_predictions,
+    torch_predictions,
+)
+from sctranslator.token_layout import TokenLayout
 
 PANEL = {"protein_ids": [5, 7, 11], "gene_ids": [1, 2, 3]}
 
@@ -46,8 +55,8 @@ def rel_error(actual: np.ndarray, expected: np.ndarray) -> float:
 
 
 def run_onnx(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    session = create_session(path)
-    return session.run([OUTPUT_NAME], {name: inputs[name] for name in INPUT_NAMES})[0]
+    """The export's two graphs composed in onnxruntime (encoder once, decoder per window)."""
+    return onnx_predictions(create_graphs(path), {name: inputs[name] for name in INPUT_NAMES})
 
 
 def take_rows(case: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
@@ -73,11 +82,16 @@ def tiny_a():
 
 def test_fp32_export_passes_checker_and_validation(fp32_export):
     model, _, path, report = fp32_export
-    onnx.checker.check_model(str(path), full_check=True)
-    assert report.path == path and path.is_file()
+    decoder = path.with_name(path.stem + ".decoder.onnx")
+    assert report.path == path and report.decoder_path == decoder and report.files == (path, decoder)
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, decoder.name])
+    for written in report.files:
+        onnx.checker.check_model(str(written), full_check=True)
+    assert graph_files(path) == (path, decoder)
     assert report.precision == "fp32" and not report.external_data and report.opset >= 18
     labels = [v.label for v in report.validations]
-    assert labels == ["random inputs seed 0", "random inputs seed 1", "given inputs"]
+    assert labels == ["padded seed 0", "unpadded seed 0", "padded seed 1", "unpadded seed 1",
+                      "partly padded seed 1", "given inputs"]
     assert all(v.passed and v.max_rel_error <= TOLERANCES["fp32"] for v in report.validations)
     assert not list(path.parent.glob(".*")), "the staging folder must be gone"
 
@@ -101,22 +115,21 @@ def test_fp32_runs_at_any_batch_size(fp32_export, batch):
     assert rel_error(predictions, torch_predictions(model, inputs)) <= 1e-5
 
 
-def test_graph_signature(fp32_export):
+@pytest.mark.parametrize("spec", [ENCODER, DECODER], ids=lambda spec: spec.role)
+def test_graph_signature(fp32_export, spec):
     model, _, path, _ = fp32_export
-    graph = onnx.load(str(path), load_external_data=False).graph
-    L, P = model.config.max_genes, model.config.max_proteins
-    expected = {"values": (onnx.TensorProto.FLOAT, L), "gene_ids": (onnx.TensorProto.INT64, L),
-                "gene_mask": (onnx.TensorProto.BOOL, L), "protein_ids": (onnx.TensorProto.INT64, P),
-                "protein_mask": (onnx.TensorProto.BOOL, P)}
-    assert [i.name for i in graph.input] == list(INPUT_NAMES)
-    assert [o.name for o in graph.output] == [OUTPUT_NAME]
-    for value in [*graph.input, *graph.output]:
-        dtype, width = expected.get(value.name, (onnx.TensorProto.FLOAT, P))
-        tensor = value.type.tensor_type
-        assert tensor.elem_type == dtype, value.name
-        batch_dim, width_dim = tensor.shape.dim
-        assert batch_dim.dim_param == "batch" and not batch_dim.HasField("dim_value"), value.name
-        assert width_dim.dim_value == width, value.name
+    graph = onnx.load(str(graph_files(path)[spec is DECODER]), load_external_data=False).graph
+    P, dim = model.config.max_proteins, model.config.dim
+    types = {"FLOAT": onnx.TensorProto.FLOAT, "INT64": onnx.TensorProto.INT64, "BOOL": onnx.TensorProto.BOOL}
+    assert [i.name for i in graph.input] == list(spec.input_names)
+    assert [o.name for o in graph.output] == list(spec.output_names)
+    for value, tensor in zip([*graph.input, *graph.output], [*spec.inputs, *spec.outputs], strict=True):
+        found = value.type.tensor_type
+        assert found.elem_type == types[tensor.onnx_type], value.name
+        dims = [d.dim_param if d.dim_param else d.dim_value for d in found.shape.dim]
+        assert dims == tensor.dims(P, dim), value.name  # batch and tokens by name, P and dim fixed
+    if spec is ENCODER:
+        assert [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim] == ["batch", "tokens"]
 
 
 def test_metadata_round_trips(fp32_export):
@@ -127,9 +140,14 @@ def test_metadata_round_trips(fp32_export):
     assert metadata["panel"] == model.panel
     assert metadata["version"] == sctranslator.__version__
     assert metadata["precision"] == "fp32"
-    assert metadata["format_version"] == "1"
-    assert metadata["inputs"] == list(INPUT_NAMES) and metadata["output"] == OUTPUT_NAME
+    assert metadata["format_version"] == "2"
+    assert metadata["graph"] == "encoder" and metadata["decoder_file"] == path.stem + ".decoder.onnx"
+    assert metadata["inputs"] == list(ENCODER.input_names) and metadata["output"] == "translated"
     assert len(metadata["fingerprint"]) == 64
+    decoder = read_onnx_metadata(graph_files(path)[1])
+    assert decoder["graph"] == "decoder" and decoder["encoder_file"] == path.name
+    assert decoder["inputs"] == list(DECODER.input_names) and decoder["output"] == OUTPUT_NAME
+    assert decoder["fingerprint"] == metadata["fingerprint"] and decoder["config"] == metadata["config"]
 
 
 def test_read_metadata_rejects_foreign_files(tmp_path):
@@ -147,8 +165,12 @@ def test_read_metadata_rejects_foreign_files(tmp_path):
 
 
 def initializer_types(path: Path) -> set[int]:
-    model = onnx.load(str(path))
-    return {init.data_type for init in model.graph.initializer if len(init.dims) == 2}
+    """The element types of both graphs' weight matrices."""
+    types = set()
+    for graph_file in graph_files(path):
+        model = onnx.load(str(graph_file))
+        types |= {init.data_type for init in model.graph.initializer if len(init.dims) == 2}
+    return types
 
 
 def test_fp16_export_within_tolerance(tiny_a, tmp_path):
@@ -183,9 +205,14 @@ def test_bf16_export_graph_and_numerics(tiny_a, bf16_export):
     onnx.checker.check_model(str(path), full_check=True)
     assert initializer_types(path) == {onnx.TensorProto.BFLOAT16}
     assert read_onnx_metadata(path)["precision"] == "bf16"
-    # onnxruntime CPU has no bf16 kernels; onnx's reference runtime does, so check the numerics there.
-    evaluator = ReferenceEvaluator(str(path))
-    predictions = evaluator.run([OUTPUT_NAME], {name: case[name] for name in INPUT_NAMES})[0]
+    # onnxruntime CPU has no bf16 kernels; onnx's reference runtime does, so check the numerics there,
+    # the encoder once and the decoder on its translation, as the runtimes compose them.
+    encoder, decoder = (ReferenceEvaluator(str(graph_file)) for graph_file in graph_files(path))
+    layout = TokenLayout.for_batch(case["gene_ids"], case["gene_mask"], case["values"])
+    translated = encoder.run(["translated"], layout.encoder_inputs(case["values"], case["gene_ids"],
+                                                                    case["gene_mask"]))[0]
+    predictions = decoder.run([OUTPUT_NAME], {"translated": translated, "protein_ids": case["protein_ids"],
+                                              "protein_mask": case["protein_mask"]})[0]
     assert predictions.dtype == np.float32 and predictions.shape == case["expected_predictions"].shape
     error = rel_error(predictions, case["expected_predictions"])
     print(f"tiny_a bf16 relative error {error:.3g} (tolerance {TOLERANCES['bf16']}, onnx reference runtime)")
@@ -276,17 +303,66 @@ def test_random_inputs_are_realistic(tiny_a):
     assert (inputs["gene_ids"][~kept] == 0).all() and (inputs["values"][~kept] == 0).all()
 
 
+FULL_SIZE_EXPORT = """
+import json, sys, time, torch
+import sctranslator
+from sctranslator.export import export_onnx
+torch.manual_seed(0)
+model = sctranslator.TranslatorModel(sctranslator.ModelConfig())
+started = time.perf_counter()
+report = export_onnx(model, sys.argv[1], validation_batch_sizes=(1,))
+seconds = time.perf_counter() - started
+# VmHWM is this process's own peak: ru_maxrss would also count the parent's peak, inherited at exec.
+peak = [int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+print(json.dumps({"peak_kib": peak, "seconds": seconds, "max_rel_error": report.max_rel_error,
+                  "external_data": report.external_data, "labels": [v.label for v in report.validations]}))
+"""
+
+
 @pytest.mark.slow
-@pytest.mark.fullsize  # ~1 min and ~6 GB of RAM; speed is measured by benchmarks/bench_fullsize.py, not here
-def test_full_size_export(tmp_path):
+@pytest.mark.fullsize  # ~1 min and ~2.5 GB of RAM; speed is measured by benchmarks/bench_fullsize.py, not here
+def test_full_size_export_fits_in_2_5_gb(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "full.onnx"
+    done = subprocess.run([sys.executable, "-c", FULL_SIZE_EXPORT, str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"full-size export: peak {result['peak_kib'] / 1024**2:.2f} GiB, {result['seconds']:.0f} s")
+    assert result["peak_kib"] * 1024 <= 2.5e9, f"peak {result['peak_kib'] / 1024**2:.2f} GiB"
+    assert result["max_rel_error"] <= TOLERANCES["fp32"] and not result["external_data"]
+    assert result["labels"] == ["padded seed 0", "unpadded seed 0"]
+    # The written pair, run again here: a padded cell and an unpadded one against the float32 model.
     torch.manual_seed(0)
     model = sctranslator.TranslatorModel(sctranslator.ModelConfig())
-    path = tmp_path / "full.onnx"
-    report = export_onnx(model, path, validation_batch_sizes=(1,))
-    assert report.max_rel_error <= TOLERANCES["fp32"] and not report.external_data
-    inputs = random_inputs(model.config, 1, seed=5)
-    session = create_session(path)
-    got = session.run([OUTPUT_NAME], inputs)[0]
-    want = torch_predictions(model, inputs)
-    assert got.shape == want.shape == (1, model.config.max_proteins)
-    assert float(np.abs(got - want).max() / np.abs(want).max()) <= TOLERANCES["fp32"]
+    graphs = create_graphs(path)
+    for name, inputs in onnx_export.validation_cases(model.config, (1,)):
+        got = onnx_predictions(graphs, inputs)
+        want = torch_predictions(model, inputs)
+        assert got.shape == want.shape == (1, model.config.max_proteins), name
+        assert float(np.abs(got - want).max() / np.abs(want).max()) <= TOLERANCES["fp32"], name
+
+
+def test_both_files_are_owned_by_the_export_and_nothing_else(tiny_a, tmp_path):
+    from sctranslator.errors import OutputConflictError
+
+    model, _ = tiny_a
+    path, decoder = tmp_path / "m.onnx", tmp_path / "m.decoder.onnx"
+    decoder.write_text("a user's file")  # where the decoder would go, with no export at m.onnx
+    with pytest.raises(OutputConflictError, match="m.decoder.onnx exists, but"):
+        export_onnx(model, path, validate=False)
+    assert decoder.read_text() == "a user's file" and not path.exists()
+    decoder.unlink()
+    first = export_onnx(model, path, validate=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.decoder.onnx", "m.onnx"]
+    with pytest.raises(OutputConflictError, match="--overwrite"):
+        export_onnx(model, path, validate=False)
+    export_onnx(model, path, validate=False, overwrite=True)  # replaces both files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.decoder.onnx", "m.onnx"]
+    assert first.decoder_path == decoder
+    decoder.write_text("replaced by the user")  # the pair's decoder is no longer an export's
+    with pytest.raises(OutputConflictError, match="not written by an export"):
+        export_onnx(model, path, validate=False, overwrite=True)
+    assert decoder.read_text() == "replaced by the user"

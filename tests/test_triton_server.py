@@ -1,7 +1,9 @@
-"""The triton backend against a real tritonserver (Python backend running the exported ONNX graph).
+"""The triton backend against a real tritonserver (the BLS model over the encoder and decoder models,
+Python backend running the exported ONNX graphs).
 
-Same predictions as in-process onnxruntime over gRPC and HTTP, a job that survives a server
-restart in its middle, and clear errors for a server that serves another model or is not there.
+Same predictions as in-process onnxruntime over gRPC and HTTP with two protein windows, the encoder
+model run once per request whatever the windows (the server's own statistics), a job that survives a
+server restart in its middle, and clear errors for a server that serves another model or is not there.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sctranslator
 from sctranslator.engine.backends import BackendSpec, Batch, TritonBackend, release_backends
 from sctranslator.engine.sink import JOB_DIR
 from sctranslator.errors import ServerError
+from sctranslator.export.onnx import export_onnx
 from sctranslator.export.serve import ServeRequest, serve
 from sctranslator.export.triton import export_triton
 from sctranslator.export.triton_config import ServingSettings
@@ -62,13 +65,21 @@ def rna_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def repo(tiny_a: TranslatorModel, tiny_b: TranslatorModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def onnx_a(tiny_a: TranslatorModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("onnx") / "tiny_a.onnx"
+    export_onnx(tiny_a, path, validation_batch_sizes=(1,))
+    return path
+
+
+@pytest.fixture(scope="module")
+def repo(tiny_a: TranslatorModel, tiny_b: TranslatorModel, onnx_a: Path,
+         tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny_a and tiny_b served by the Python backend, with dynamic batching so requests get merged."""
     path = tmp_path_factory.mktemp("triton-repo")
-    for name, model in (("tiny_a", tiny_a), ("tiny_b", tiny_b)):
+    for name, model, onnx_path in (("tiny_a", tiny_a, onnx_a), ("tiny_b", tiny_b, None)):
         export_triton(model, path, ServingSettings(name=name, backend="python", max_batch_size=32,
                                                    dynamic_batching=True, max_queue_delay_us=200,
-                                                   intra_op_threads=1))
+                                                   intra_op_threads=1), onnx_path=onnx_path)
     return path
 
 
@@ -110,9 +121,22 @@ def test_translate_through_triton_matches_onnxruntime(protocol: str, server: Tri
     assert result.uns["sctranslator"]["settings"]["backend"] == "triton"
 
 
+def inference_counts(url: str, model: str) -> tuple[int, int]:
+    """(requests answered, executions) of `model`, from the server's own statistics."""
+    import tritonclient.grpc as grpc_client
+
+    client = grpc_client.InferenceServerClient(url)
+    try:
+        (stats,) = client.get_inference_statistics(model, as_json=True)["model_stats"]
+    finally:
+        client.close()
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
 def test_many_requests_in_flight_are_batched_and_split_back_in_order(server: TritonServer,
                                                                      tiny_a: TranslatorModel) -> None:
-    """Small requests, 8 in flight: the dynamic batcher merges them and model.py must split them back."""
+    """Small requests, 8 in flight, 3 windows each: every request carries all windows, the BLS model runs the
+    encoder once per request and the decoder once per window, and the answers come back in order."""
     rng = np.random.default_rng(0)
     L, P = tiny_a.config.max_genes, tiny_a.config.max_proteins
     batch = Batch(values=rng.uniform(0, 1, (37, L)).astype(np.float32), gene_ids=rng.integers(1, 500, L),
@@ -120,13 +144,23 @@ def test_many_requests_in_flight_are_batched_and_split_back_in_order(server: Tri
                   protein_mask=np.ones((3, P), dtype=bool))
     spec = BackendSpec(kind="triton", model=tiny_a, options=options(server.grpc_url, max_in_flight=8, max_batch=3))
     backend = TritonBackend.from_spec(spec)
+    before = {role: inference_counts(server.grpc_url, f"tiny_a{role}") for role in ("", "_encoder", "_decoder")}
     try:
+        assert backend.windows_at_once
         served = backend.predict(batch)
     finally:
         backend.close()
+    after = {role: inference_counts(server.grpc_url, f"tiny_a{role}") for role in ("", "_encoder", "_decoder")}
     local = sctranslator.engine.backends.TorchBackend(tiny_a).predict(batch)
     assert served.shape == (37, 3 * P)
     assert relative_error(served, local) <= 1e-5
+    requests = -(-37 // 3)  # chunks of max_batch=3 cells, all windows in each
+    cells = {role: after[role][0] - before[role][0] for role in after}
+    executions = {role: after[role][1] - before[role][1] for role in after}
+    assert cells[""] == 37
+    # The encoder (max_batch_size 0: Triton counts calls) once per request, the decoder once per window.
+    assert cells["_encoder"] == executions["_encoder"] == requests
+    assert cells["_decoder"] == 3 * 37 and executions["_decoder"] == 3 * requests
 
 
 def test_serving_another_model_is_a_server_error(server: TritonServer, rna_path: Path, tiny_a: TranslatorModel,
@@ -225,13 +259,12 @@ def test_server_restart_in_the_middle_of_a_job_is_retried(protocol: str, repo: P
     assert relative_error(interrupted.X, reference.X) <= 1e-5
 
 
-def test_serve_starts_a_local_server_and_prints_its_urls(repo: Path, tiny_a: TranslatorModel,
+def test_serve_starts_a_local_server_and_prints_its_urls(onnx_a: Path, tiny_a: TranslatorModel,
                                                          tmp_path: Path) -> None:
     require_tritonserver()
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
     lines: list[str] = []
-    request = ServeRequest(model=tiny_a, repo=tmp_path / "served", onnx_path=repo / "tiny_a" / "1" / "model.onnx",
-                           **ports)
+    request = ServeRequest(model=tiny_a, repo=tmp_path / "served", onnx_path=onnx_a, **ports)
     server = serve(request, echo=lines.append, block=False)
     assert server is not None
     try:

@@ -10,7 +10,6 @@ from sctranslator._lazy import lazy_getattr
 
 _EXPORTS = {
     "ExportReport": "sctranslator.export.onnx",
-    "OnnxAdapter": "sctranslator.export.onnx",
     "export_onnx": "sctranslator.export.onnx",
     "INPUT_NAMES": "sctranslator.export.contract",
     "INPUTS": "sctranslator.export.contract",

@@ -69,8 +69,9 @@ def define_export(parser: argparse.ArgumentParser) -> Handler:
     """`export onnx MODEL --out FILE` (or `MODEL FILE`) and `export triton MODEL --repo DIR`."""
     formats = parser.add_subparsers(dest="export_format", required=True, metavar="FORMAT")
 
-    onnx = formats.add_parser("onnx", help="export an ONNX graph and check it against PyTorch",
-                              description="Export MODEL as an ONNX file and report its error against PyTorch.")
+    onnx = formats.add_parser("onnx", help="export the encoder and decoder ONNX graphs and check them against PyTorch",
+                              description="Export MODEL as two ONNX files (OUT: encoder + translator; OUT's stem + "
+                                          ".decoder.onnx beside it: decoder) and report their error against PyTorch.")
     onnx.add_argument("model", help="bundle directory or official .pt checkpoint")
     onnx.add_argument("out", type=Path, nargs="?", help="output .onnx file (or give it as --out)")
     onnx.add_argument("--out", dest="out_option", type=Path, metavar="FILE", help="output .onnx file")
@@ -85,14 +86,15 @@ def define_export(parser: argparse.ArgumentParser) -> Handler:
     onnx.set_defaults(export_handler=_run_onnx)
 
     triton = formats.add_parser("triton", help="write a Triton Inference Server model repository",
-                                description="Write REPO/NAME/config.pbtxt and REPO/NAME/1/model.onnx "
-                                            "(and model.py for the Python backend).")
+                                description="Write models NAME (the client-facing BLS model), NAME_encoder and "
+                                            "NAME_decoder (the two ONNX graphs) into REPO.")
     triton.add_argument("model", help="bundle directory or official .pt checkpoint")
     triton.add_argument("--repo", type=Path, required=True, help="model repository directory (created if needed)")
     triton.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name on the server (default: %(default)s)")
     triton.add_argument("--backend", default="onnxruntime", choices=SERVING_BACKENDS,
-                        help="onnxruntime; tensorrt (its TensorRT GPU accelerator); python (onnxruntime inside "
-                             "Triton's Python backend, for builds without the ONNX Runtime backend) "
+                        help="backend of the encoder and decoder models: onnxruntime; tensorrt (its TensorRT GPU "
+                             "accelerator); python (onnxruntime inside Triton's Python backend, for builds without "
+                             "the ONNX Runtime backend) "
                              "(one of %(choices)s; default: %(default)s)")
     triton.add_argument("--max-batch-size", type=int, default=64,
                         help="most cells per batch the server runs (default: %(default)s)")

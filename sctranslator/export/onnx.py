@@ -1,4 +1,9 @@
-"""Export a TranslatorModel to a self-describing ONNX file (fp32, fp16 or bf16 compute; float32 IO).
+"""Export a TranslatorModel as two self-describing ONNX graphs (fp32, fp16 or bf16 compute; float32 IO).
+
+The encoder + translator graph (the file asked for) and the decoder graph (a file beside it,
+named in the first one's metadata): see model/graphs.py and export/contract.py. ONNX Runtime
+cannot run one file holding two disjoint graphs without feeding both graphs' inputs on every
+call, so they are two files.
 
 Exporter choice (torch 2.13): the dynamo exporter (`torch.onnx.export(..., dynamo=True)`, the
 default since 2.9). The TorchScript exporter (`dynamo=False`) is deprecated (DeprecationWarning on
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import json
 import logging
 import tempfile
@@ -33,12 +39,15 @@ from torch import nn
 import sctranslator
 from sctranslator._atomic import install_file
 from sctranslator.errors import ExportError, ExportValidationError, OutputConflictError
-from sctranslator.export.contract import BATCH_AXIS, INPUT_NAMES, INPUTS, OUTPUT, OUTPUT_NAME
+from sctranslator.export.contract import DECODER, ENCODER, GraphSpec
 from sctranslator.export.onnx_format import (
     FORMAT_VERSION,
     META_CONFIG,
+    META_DECODER_FILE,
+    META_ENCODER_FILE,
     META_FINGERPRINT,
     META_FORMAT_VERSION,
+    META_GRAPH,
     META_INPUTS,
     META_OUTPUT,
     META_PANEL,
@@ -46,17 +55,21 @@ from sctranslator.export.onnx_format import (
     META_PREPROCESSING,
     META_VERSION,
     check_precision,
+    decoder_file_name,
 )
 from sctranslator.export.onnx_validate import (
     ValidationResult,
-    create_session,
+    create_graphs,
     normalize_inputs,
     random_inputs,
+    torch_predictions,
     validate_onnx,
 )
+from sctranslator.model.config import ModelConfig
+from sctranslator.model.graphs import DecoderGraph, EncoderGraph
 from sctranslator.model.identity import model_fingerprint
 from sctranslator.model.network import TranslatorModel
-from sctranslator.outputs import IDENTITY_KEY, claim_output, identity_json
+from sctranslator.outputs import IDENTITY_KEY, claim_output, foreign_output_error, identity_json, read_identity
 
 log = logging.getLogger(__name__)
 
@@ -71,40 +84,30 @@ EXPORTER = f"torch.onnx dynamo (torch {torch.__version__})"
 class ExportReport:
     """What export_onnx wrote and how well it matched PyTorch."""
 
-    path: Path
+    path: Path  # the encoder + translator graph (the file asked for; its metadata names the decoder)
     precision: str
     opset: int
     exporter: str
     external_data: bool
-    file_bytes: int
+    file_bytes: int  # both graphs together
     export_seconds: float
     validations: tuple[ValidationResult, ...]
+    decoder_path: Path | None = None  # the decoder graph beside `path`
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return (self.path,) if self.decoder_path is None else (self.path, self.decoder_path)
 
     @property
     def max_rel_error(self) -> float | None:
         return max((v.max_rel_error for v in self.validations), default=None)
 
     def __str__(self) -> str:
-        lines = [f"{self.path} ({self.precision}, opset {self.opset}, {self.file_bytes / 1e6:.1f} MB, "
+        decoder = f" + {self.decoder_path.name}" if self.decoder_path is not None else ""
+        lines = [f"{self.path}{decoder} ({self.precision}, opset {self.opset}, {self.file_bytes / 1e6:.1f} MB, "
                  f"exported in {self.export_seconds:.1f} s)"]
         lines += [f"  {v}" for v in self.validations] or ["  not validated"]
         return "\n".join(lines)
-
-
-class OnnxAdapter(nn.Module):
-    """The graph's calling convention: the five inputs positionally, float32 predictions out.
-
-    The model casts `values` to its own weight dtype on entry, so only the output needs a cast
-    back for fp16/bf16 (a no-op for fp32).
-    """
-
-    def __init__(self, model: TranslatorModel):
-        super().__init__()
-        self.model = model
-
-    def forward(self, values: torch.Tensor, gene_ids: torch.Tensor, gene_mask: torch.Tensor,
-                protein_ids: torch.Tensor, protein_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(values, gene_ids, protein_ids, gene_mask, protein_mask).float()
 
 
 @contextlib.contextmanager
@@ -131,144 +134,224 @@ def _json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
 
 
-def onnx_metadata(model: TranslatorModel, precision: str) -> dict[str, str]:
-    """The metadata_props an export writes (read back by read_onnx_metadata)."""
-    return {
+def onnx_metadata(model: TranslatorModel, precision: str, graph: GraphSpec | None = None,
+                  other_file: str | None = None) -> dict[str, str]:
+    """The metadata_props an export writes into a graph (read back by read_onnx_metadata).
+
+    `graph`: ENCODER or DECODER (default ENCODER); `other_file`: the other graph's file name beside it.
+    """
+    graph = graph or ENCODER
+    metadata = {
         META_CONFIG: _json(model.config.to_dict()),
         META_PANEL: _json(model.panel),
         META_PREPROCESSING: _json(getattr(model, "preprocessing", None)),
         META_VERSION: sctranslator.__version__,
         META_PRECISION: precision,
         META_FORMAT_VERSION: FORMAT_VERSION,
-        META_INPUTS: _json(list(INPUT_NAMES)),
-        META_OUTPUT: OUTPUT_NAME,
+        META_INPUTS: _json(list(graph.input_names)),
+        META_OUTPUT: graph.output_names[0],
         META_FINGERPRINT: model_fingerprint(model),
+        META_GRAPH: graph.role,
     }
+    if other_file is not None:
+        metadata[META_DECODER_FILE if graph is ENCODER else META_ENCODER_FILE] = other_file
+    return metadata
 
 
-def _export_program(model: TranslatorModel, dtype: torch.dtype, opset: int | None) -> torch.onnx.ONNXProgram:
-    # Lower precisions export a converted copy so the caller's float32 weights stay untouched.
-    compute_model = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
-    adapter = OnnxAdapter(compute_model).eval()
-    device = next(model.parameters()).device
-    example = random_inputs(model.config, batch_size=2, seed=1234)
-    args = tuple(torch.from_numpy(example[name]).to(device) for name in INPUT_NAMES)
-    # The batch axis is the only dynamic one: L and P are fixed by the translator's weights.
-    dynamic_shapes = tuple({0: BATCH_AXIS} for _ in INPUT_NAMES)
-    with _quiet_exporter():
-        program = torch.onnx.export(adapter, args, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                                    opset_version=opset, dynamo=True, dynamic_shapes=dynamic_shapes,
-                                    verbose=False, optimize=True)
+def _example_args(spec: GraphSpec, config: ModelConfig, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Tracing inputs for one graph: batch 2 and 7 tokens (sizes 0 and 1 would be specialised)."""
+    batch, tokens = 2, min(7, config.max_genes)
+    generator = torch.Generator().manual_seed(1234)
+    if spec is ENCODER:
+        positions = torch.randperm(config.max_genes, generator=generator)[:tokens].sort().values
+        args = (torch.rand(batch, tokens, generator=generator),
+                torch.randint(1, config.vocab_size, (batch, tokens), generator=generator),
+                torch.ones(batch, tokens, dtype=torch.bool), torch.ones(tokens), positions)
+    else:
+        args = (torch.randn(batch, config.max_proteins, config.dim, generator=generator),
+                torch.randint(1, config.vocab_size, (batch, config.max_proteins), generator=generator),
+                torch.ones(batch, config.max_proteins, dtype=torch.bool))
+    return tuple(arg.to(device) for arg in args)
+
+
+def _export_graph(module: nn.Module, spec: GraphSpec, config: ModelConfig,
+                  opset: int | None) -> torch.onnx.ONNXProgram:
+    device = next(module.parameters()).device
+    args = _example_args(spec, config, device)
+    dynamic_shapes = tuple(tensor.dynamic_axes() for tensor in spec.inputs)
+    with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
+        program = torch.onnx.export(module.eval(), args, input_names=list(spec.input_names),
+                                    output_names=list(spec.output_names), opset_version=opset, dynamo=True,
+                                    dynamic_shapes=dynamic_shapes, verbose=False, optimize=True)
     if program is None:  # only the TorchScript path returns None
         raise ExportError("torch.onnx.export returned no ONNX program")
     return program
 
 
-def _check_graph_signature(program: torch.onnx.ONNXProgram, model: TranslatorModel) -> None:
-    """The graph contract (export/contract.py): names, dtypes, (batch, L) / (batch, P), batch symbolic."""
-    L, P = model.config.max_genes, model.config.max_proteins
+def _check_graph_signature(program: torch.onnx.ONNXProgram, spec: GraphSpec, model: TranslatorModel) -> None:
+    """The graph contract (export/contract.py ENCODER / DECODER): names, dtypes, shapes, dynamic axes named."""
     graph = program.model.graph
     found = [(v.name, v.dtype.name if v.dtype is not None else None,
               [d if isinstance(d, int) else str(d) for d in (v.shape or [])])
              for v in [*graph.inputs, *graph.outputs]]
-    wanted = [(t.name, t.onnx_type, [BATCH_AXIS, t.width(L, P)]) for t in (*INPUTS, OUTPUT)]
+    wanted = [(t.name, t.onnx_type, t.dims(model.config.max_proteins, model.config.dim))
+              for t in (*spec.inputs, *spec.outputs)]
     if found != wanted:
-        raise ExportError(f"exported graph signature is {found}, expected {wanted}; the model's forward may "
-                          "have changed in a way the exporter cannot keep batch-dynamic")
+        raise ExportError(f"exported {spec.role} graph signature is {found}, expected {wanted}; the model's forward "
+                          "may have changed in a way the exporter cannot keep batch- and token-dynamic")
 
 
 def _save_program(program: torch.onnx.ONNXProgram, destination: Path, external_data: bool) -> None:
     program.save(destination, external_data=external_data)
 
 
+def validation_cases(config: ModelConfig, batch_sizes: Sequence[int]) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Random batches for each size: padded (one shared layout, half of L padding: the collapsed path),
+    unpadded (every position real) and partly padded (cells padded differently: the full layout)."""
+    cases = []
+    for seed, size in enumerate(batch_sizes):
+        mixed = random_inputs(config, size, seed=seed)  # its first cell is unpadded, the others not
+        shared = random_inputs(config, 1, seed=seed + 100)  # one unpadded cell: the layout every cell shares
+        unpadded = {name: np.repeat(array, size, axis=0) for name, array in shared.items()}
+        unpadded["values"] = np.random.default_rng(seed + 200).uniform(
+            1e-8, 1.0, unpadded["values"].shape).astype(np.float32)
+        padded = dict(unpadded)
+        kept = np.arange(config.max_genes) < max(1, config.max_genes // 2)
+        padded["gene_mask"] = np.broadcast_to(kept, (size, config.max_genes)).copy()
+        padded["gene_ids"] = np.where(kept, unpadded["gene_ids"], 0)
+        padded["values"] = np.where(kept, unpadded["values"], np.float32(0))
+        cases += [(f"padded seed {seed}", padded), (f"unpadded seed {seed}", unpadded)]
+        if size > 1:  # one cell alone is unpadded: the case above
+            cases.append((f"partly padded seed {seed}", mixed))
+    return cases
+
+
 def _validate(path: Path, model: TranslatorModel, precision: str, batch_sizes: Sequence[int],
               validation_inputs: dict[str, np.ndarray] | None,
               providers: list[str] | None, display_name: str) -> tuple[ValidationResult, ...]:
-    session = create_session(path, providers=providers, precision=precision, display_name=display_name)
-    batches = [(f"random inputs seed {i}", random_inputs(model.config, size, seed=i))
-               for i, size in enumerate(batch_sizes)]
+    batches = validation_cases(model.config, batch_sizes)
     if validation_inputs is not None:
         batches.append(("given inputs", normalize_inputs(validation_inputs, model.config)))
+    # Memory (the full-size model): the PyTorch references first, cell by cell, before the sessions
+    # load; the sessions without onnxruntime's memory arena, so each run gives its memory back.
+    expected = [torch_predictions(model, inputs) for _, inputs in batches]
+    gc.collect()
+    graphs = create_graphs(path, providers=providers, precision=precision, display_name=display_name, arena=False)
     results = []
-    for label, inputs in batches:
-        result = validate_onnx(path, model, inputs, precision=precision, label=label, session=session)
+    for (label, inputs), reference in zip(batches, expected, strict=True):
+        result = validate_onnx(path, model, inputs, precision=precision, label=label, graphs=graphs,
+                               expected=reference)
         log.debug("ONNX validation: %s", result)  # the command prints the report
         results.append(result)
     return tuple(results)
+
+
+def _compute_model(model: TranslatorModel, dtype: torch.dtype) -> TranslatorModel:
+    # Lower precisions export a converted copy so the caller's float32 weights stay untouched.
+    return model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
 
 
 def export_onnx(model: TranslatorModel, path: str | Path, *, precision: str = "fp32", opset: int | None = None,
                 validate: bool = True, validation_inputs: dict[str, np.ndarray] | None = None,
                 validation_batch_sizes: Sequence[int] = (1, 3),
                 providers: list[str] | None = None, overwrite: bool = False) -> ExportReport:
-    """Write `model` as an ONNX file at `path` and (by default) check it against PyTorch.
+    """Write `model` as two ONNX graphs, `path` and a decoder beside it, and (by default) check them.
 
-    Graph (export/contract.py): values f32 (batch, L), gene_ids i64, gene_mask bool, protein_ids i64 (batch, P),
-    protein_mask bool -> predictions f32 (batch, P). `precision` ("fp32", "fp16", "bf16") sets the
-    internal compute dtype. `opset`: the ONNX opset (default: the exporter's). Validation runs random
-    batches of `validation_batch_sizes` cells and `validation_inputs` (a dict of those arrays; masks
-    optional) through onnxruntime (`providers`, default: CPU) and the float32 model; above the
-    precision's tolerance it raises ExportValidationError and writes nothing. bf16 cannot run on
-    onnxruntime's CPU provider: validate it on a GPU provider or pass validate=False.
-    Returns an ExportReport (path, size, seconds, each validation's max absolute / relative error).
+    Graphs (export/contract.py ENCODER, DECODER; model/graphs.py): `path` holds the encoder +
+    translator over a collapsed token layout -> translated (B, P, dim); the decoder graph, written
+    beside it as `decoder_file_name(path)` (model.onnx -> model.decoder.onnx) and named in `path`'s
+    metadata, maps translated, protein ids and mask to predictions (B, P). Runtimes run the
+    encoder once per batch and the decoder once per window of P proteins. `precision` ("fp32",
+    "fp16", "bf16") sets the internal compute dtype; inputs and outputs stay float32. `opset`: the
+    ONNX opset (default: the exporter's). Validation runs the two graphs composed, in onnxruntime
+    (`providers`, default: CPU), against the float32 PyTorch model on padded, unpadded and partly
+    padded random batches of each of `validation_batch_sizes` cells, and on `validation_inputs`
+    (a dict of the five client-contract arrays; masks optional); above the precision's tolerance
+    it raises ExportValidationError and writes nothing. bf16 cannot run on onnxruntime's CPU
+    provider: validate it on a GPU provider or pass validate=False.
+    Returns an ExportReport (paths, size, seconds, each validation's max absolute / relative error).
 
     Raises:
         ExportError: not a TranslatorModel, an unknown precision, or torch.onnx failing to export.
-        ExportValidationError: the exported graph differs from PyTorch beyond the tolerance.
-    The file carries its output identity in its metadata; `overwrite` replaces an earlier export
-    at `path`, and nothing else is ever replaced (OutputConflictError, see `sctranslator.outputs`).
+        ExportValidationError: the exported graphs differ from PyTorch beyond the tolerance.
+    Both files carry their output identity in their metadata; `overwrite` replaces an earlier export
+    at `path` (both of its files), and nothing else is ever replaced (OutputConflictError, see
+    `sctranslator.outputs`).
     """
     if not isinstance(model, TranslatorModel):
         raise ExportError(f"export_onnx needs a TranslatorModel, got {type(model).__name__}")
     dtype = check_precision(precision)
     path = Path(path)
-    ours = claim_output(path, OUTPUT_KIND, inputs=(model,), overwrite=overwrite)
+    decoder_name = decoder_file_name(path)
+    decoder_path = path.parent / decoder_name
+    ours = claim_output(path, OUTPUT_KIND, inputs=(model,), overwrite=overwrite, siblings=(decoder_path,))
+    if ours and (decoder_path.exists() or decoder_path.is_symlink()):
+        record = read_identity(decoder_path)  # the sibling must be our decoder too, not a user's file
+        if record is None or record.get("kind") != OUTPUT_KIND:
+            raise foreign_output_error(decoder_path, f"is where the export to {path.name} writes its decoder graph, "
+                                                     "but it was not written by an export")
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     was_training = model.training
-    try:
-        program = _export_program(model, dtype, opset)
-    except ExportError:
-        raise
-    except Exception as exc:  # the exporter raises many internal error types
-        raise ExportError(f"torch.onnx could not export the model ({precision}, opset {opset}): {exc}") from exc
-    finally:
-        model.train(was_training)
-    _check_graph_signature(program, model)
-    program.model.metadata_props.update(onnx_metadata(model, precision))
-    program.model.metadata_props[IDENTITY_KEY] = identity_json(OUTPUT_KIND)
     external_data = model.n_parameters() * dtype.itemsize > EXTERNAL_DATA_BYTES
-    opset_written = int(program.model.opset_imports.get("", 0))
-
     # Write into a private folder next to `path`, then move into place: a failed export never
     # leaves a half-written or unvalidated file where the engine would pick it up.
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as staging:
         staged = Path(staging) / path.name
-        _save_program(program, staged, external_data)
-        del program
-        try:
-            onnx.checker.check_model(str(staged))  # by path: works with external data and > 2 GB
-        except onnx.checker.ValidationError as exc:
-            raise ExportError(f"the exported graph fails onnx.checker: {exc}") from exc
+        opset_written = _export_both(model, dtype, precision, opset, staged, Path(staging) / decoder_name,
+                                     external_data)
+        model.train(was_training)
         validations: tuple[ValidationResult, ...] = ()
         if validate:
             validations = _validate(staged, model, precision, validation_batch_sizes, validation_inputs, providers,
-                                      display_name=str(path))
+                                    display_name=str(path))
             failed = [v for v in validations if not v.passed]
             if failed:
                 details = "\n  ".join(str(v) for v in validations)
                 raise ExportValidationError(f"ONNX export of {path.name} does not reproduce PyTorch "
                                             f"(nothing written):\n  {details}")
         file_bytes = sum(f.stat().st_size for f in Path(staging).iterdir())
-        items = sorted(Path(staging).iterdir(), key=lambda item: item.name == path.name)  # the .onnx last
-        for item in items:  # any external-data file beside the .onnx: ours only if the .onnx was
+        # The encoder file (the one the user named, the one that names the rest) goes last.
+        items = sorted(Path(staging).iterdir(), key=lambda item: item.name == path.name)
+        for item in items:  # the decoder and any external-data file: ours only if the .onnx was
             target = path.parent / item.name
-            if item.name != path.name and not ours and (target.exists() or target.is_symlink()):
+            if item.name not in (path.name, decoder_name) and not ours and (target.exists() or target.is_symlink()):
                 raise OutputConflictError(f"{target} exists and was not written by an earlier export to {path}; "
                                           "it is left untouched. Choose another output path, or remove it yourself")
             install_file(item, target)
     report = ExportReport(path=path, precision=precision, opset=opset_written, exporter=EXPORTER,
                           external_data=external_data, file_bytes=file_bytes,
-                          export_seconds=time.perf_counter() - started, validations=validations)
+                          export_seconds=time.perf_counter() - started, validations=validations,
+                          decoder_path=decoder_path)
     log.debug("ONNX export: %s", report)
     return report
+
+
+def _export_both(model: TranslatorModel, dtype: torch.dtype, precision: str, opset: int | None,
+                 encoder_path: Path, decoder_path: Path, external_data: bool) -> int:
+    """Export, check and save the encoder then the decoder graph, one at a time (one program in memory)."""
+    compute_model = _compute_model(model, dtype)
+    files = [encoder_path.name, decoder_path.name]
+    opset_written = 0
+    for spec, build, destination, other, identity in (
+            (ENCODER, EncoderGraph, encoder_path, decoder_path.name, {"files": files}),
+            (DECODER, DecoderGraph, decoder_path, encoder_path.name, {"graph": "decoder", "files": files})):
+        try:
+            program = _export_graph(build(compute_model), spec, model.config, opset)
+        except ExportError:
+            raise
+        except Exception as exc:  # the exporter raises many internal error types
+            raise ExportError(f"torch.onnx could not export the model's {spec.role} graph ({precision}, opset "
+                              f"{opset}): {exc}") from exc
+        _check_graph_signature(program, spec, model)
+        program.model.metadata_props.update(onnx_metadata(model, precision, spec, other))
+        program.model.metadata_props[IDENTITY_KEY] = identity_json(OUTPUT_KIND, **identity)
+        opset_written = int(program.model.opset_imports.get("", 0))
+        _save_program(program, destination, external_data)
+        del program
+        gc.collect()  # the program's graph and tracing state before the next graph is traced
+        try:
+            onnx.checker.check_model(str(destination))  # by path: works with external data and > 2 GB
+        except onnx.checker.ValidationError as exc:
+            raise ExportError(f"the exported {spec.role} graph fails onnx.checker: {exc}") from exc
+    return opset_written

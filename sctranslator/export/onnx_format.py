@@ -14,9 +14,11 @@ import onnx
 import torch
 
 from sctranslator.errors import CheckpointError, ExportError
-from sctranslator.export.contract import PRECISION_NAMES
+from sctranslator.export.contract import DECODER_FILE_KEY, PRECISION_NAMES, REEXPORT_HINT
 
-FORMAT_VERSION = "1"
+# Format 2: two graphs, the encoder + translator (the file the user names, carrying the metadata)
+# and the decoder (a sibling file named in that metadata). Format 1 was one whole-model graph.
+FORMAT_VERSION = "2"
 
 # Internal compute dtype per precision; graph IO stays float32 for every precision.
 PRECISIONS: dict[str, torch.dtype] = dict(zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16),
@@ -40,6 +42,9 @@ META_FORMAT_VERSION = META_PREFIX + "format_version"
 META_INPUTS = META_PREFIX + "inputs"
 META_OUTPUT = META_PREFIX + "output"
 META_FINGERPRINT = META_PREFIX + "fingerprint"
+META_GRAPH = META_PREFIX + "graph"  # "encoder" or "decoder" (export/contract.py GRAPHS)
+META_DECODER_FILE = DECODER_FILE_KEY  # in the encoder file: the decoder's file name beside it
+META_ENCODER_FILE = META_PREFIX + "encoder_file"  # in the decoder file: the encoder's file name beside it
 
 # Values stored as JSON text (the rest are plain strings).
 _JSON_KEYS = (META_CONFIG, META_PANEL, META_PREPROCESSING, META_INPUTS)
@@ -54,11 +59,43 @@ def check_precision(precision: str) -> torch.dtype:
         raise ExportError(f"unknown precision {precision!r}; choose one of {sorted(PRECISIONS)}") from None
 
 
+def format_version_problem(path: str, found: str) -> str:
+    """The message for a file of another format version (format 1: the single whole-model graph)."""
+    what = " (one whole-model graph, from an earlier sctranslator)" if found == "1" else ""
+    return (f"{path} uses sctranslator ONNX format {found}{what}; this version reads format {FORMAT_VERSION} "
+            f"(an encoder graph and a decoder graph); {REEXPORT_HINT}")
+
+
+def decoder_file_name(path: str | Path) -> str:
+    """The decoder graph's file name an export to `path` writes beside it: model.onnx -> model.decoder.onnx."""
+    path = Path(path)
+    suffix = path.suffix or ".onnx"
+    return f"{path.stem if path.suffix else path.name}.decoder{suffix}"
+
+
+def graph_files(path: str | Path) -> tuple[Path, Path]:
+    """(encoder file, decoder file) of an export at `path`, the decoder named by the encoder's metadata.
+
+    Raises CheckpointError when `path` is not an encoder file of this format, or its decoder is missing.
+    """
+    path = Path(path)
+    metadata = read_onnx_metadata(path)
+    if metadata.get("graph") != "encoder" or not metadata.get("decoder_file"):
+        raise CheckpointError(f"{path} is the {metadata.get('graph') or 'unknown'} graph of an sctranslator "
+                              "export; give the file `sctranslator export onnx` was asked to write (the encoder's)")
+    decoder = path.parent / str(metadata["decoder_file"])
+    if not decoder.is_file():
+        raise CheckpointError(f"{path} names its decoder graph {decoder.name}, which is not beside it; both files "
+                              f"of an export belong together: copy them together, or {REEXPORT_HINT}")
+    return path, decoder
+
+
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     """The sctranslator metadata of an exported ONNX file, JSON values decoded.
 
     Keys: config, panel, preprocessing, version, precision, format_version, inputs, output,
-    fingerprint (the `sctranslator.` prefix dropped). Weights are not read.
+    fingerprint, graph ("encoder" or "decoder"), decoder_file / encoder_file (the other graph's
+    file name) (the `sctranslator.` prefix dropped). Weights are not read.
     """
     path = Path(path)
     if not path.is_file():
@@ -74,8 +111,7 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} has no sctranslator metadata ({', '.join(missing)} missing); "
                               "was it exported with sctranslator.export.export_onnx?")
     if raw[META_FORMAT_VERSION] != FORMAT_VERSION:
-        raise CheckpointError(f"{path} uses sctranslator ONNX format {raw[META_FORMAT_VERSION]}, this version reads "
-                              f"format {FORMAT_VERSION}; re-export it with this sctranslator")
+        raise CheckpointError(format_version_problem(str(path), raw[META_FORMAT_VERSION]))
     metadata: dict[str, Any] = {}
     for key, value in raw.items():
         name = key[len(META_PREFIX):]

@@ -1,4 +1,4 @@
-"""Check an exported ONNX file against the PyTorch model it came from, in onnxruntime."""
+"""Check an export's two ONNX graphs, composed, against the PyTorch model they came from, in onnxruntime."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 from sctranslator._optional import import_optional
-from sctranslator.errors import ExportError, ExportValidationError
-from sctranslator.export.contract import INPUT_NAMES, INPUTS
-from sctranslator.export.onnx_format import TOLERANCES, check_precision
+from sctranslator.errors import BackendError, ExportError, ExportValidationError
+from sctranslator.export.contract import DECODER, ENCODER, INPUT_NAMES, INPUTS
+from sctranslator.export.onnx_format import META_DECODER_FILE, REEXPORT_HINT, TOLERANCES, check_precision
+from sctranslator.export.onnx_graphs import SplitGraphs, check_graph
 from sctranslator.model.config import ModelConfig
 from sctranslator.model.network import TranslatorModel
 
@@ -105,12 +106,15 @@ def default_providers(precision: str = "fp32") -> list[str]:
 
 def create_session(path: str | Path, *, providers: list[str] | None = None,
                    threads: int | None = None, precision: str = "fp32",
-                   display_name: str | None = None) -> ort.InferenceSession:
+                   display_name: str | None = None, arena: bool = True) -> ort.InferenceSession:
     """An onnxruntime session with every graph optimisation and one intra-op thread per core.
 
-    `display_name` names the file in error messages (export validates a staged copy).
+    `display_name` names the file in error messages (export validates a staged copy). `arena`:
+    onnxruntime's CPU memory arena, which keeps its largest run's memory for later runs (the
+    export's validation turns it off: it runs each size once and must stay within its memory budget).
     """
     options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = arena
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     providers = providers or default_providers(precision)
@@ -122,19 +126,69 @@ def create_session(path: str | Path, *, providers: list[str] | None = None,
         raise ExportError(f"onnxruntime cannot load {display_name or path} with {providers}: {exc}") from exc
 
 
+def create_graphs(path: str | Path, *, providers: list[str] | None = None, threads: int | None = None,
+                  precision: str = "fp32", display_name: str | None = None, arena: bool = True) -> SplitGraphs:
+    """Sessions for an export's encoder (`path`) and decoder (named in `path`'s metadata, beside it).
+
+    ExportError when either cannot be loaded, or when `path` is not an encoder graph of this format
+    (an old single-graph export says so).
+    """
+    name = display_name or str(path)
+    encoder = create_session(path, providers=providers, threads=threads, precision=precision, display_name=name,
+                             arena=arena)
+    meta = encoder.get_modelmeta().custom_metadata_map  # read from the session: no second parse of the file
+    decoder_file = meta.get(META_DECODER_FILE)
+    if not decoder_file:
+        try:
+            check_graph(encoder, ENCODER, name)
+        except BackendError as exc:  # names the old single-graph format
+            raise ExportError(str(exc)) from exc
+        raise ExportError(f"{name} names no decoder graph in its metadata; {REEXPORT_HINT}")
+    decoder_path = Path(path).parent / decoder_file
+    if not decoder_path.is_file():
+        raise ExportError(f"{name} names its decoder graph {decoder_file}, which is not beside it; {REEXPORT_HINT}")
+    decoder_name = str(Path(name).parent / decoder_file)
+    decoder = create_session(decoder_path, providers=providers, threads=threads, precision=precision,
+                             display_name=decoder_name, arena=arena)
+    try:
+        check_graph(encoder, ENCODER, name)
+        check_graph(decoder, DECODER, decoder_name)
+    except BackendError as exc:
+        raise ExportError(str(exc)) from exc
+    return SplitGraphs(encoder, decoder)
+
+
 @torch.inference_mode()
 def torch_predictions(model: TranslatorModel, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """The PyTorch model's predictions (B, P) as float32 numpy, in eval mode."""
+    """The PyTorch model's predictions (B, P) as float32 numpy, in eval mode, uncollapsed.
+
+    Runs cell by cell: the reference's memory stays one cell's (a full-size cell's attention
+    features are ~0.2 GB per tensor), and the model's output does not depend on the batch.
+    """
     device = next(model.parameters()).device
-    tensors = {name: torch.from_numpy(array).to(device) for name, array in inputs.items()}
     was_training = model.training
     model.eval()
+    rows = []
     try:
-        out = model(tensors["values"], tensors["gene_ids"], tensors["protein_ids"],
-                    tensors["gene_mask"], tensors["protein_mask"])
+        for cell in range(inputs["values"].shape[0]):
+            tensors = {name: torch.from_numpy(array[cell:cell + 1]).to(device) for name, array in inputs.items()}
+            rows.append(model(tensors["values"], tensors["gene_ids"], tensors["protein_ids"],
+                              tensors["gene_mask"], tensors["protein_mask"]).float().cpu().numpy())
     finally:
         model.train(was_training)
-    return out.float().cpu().numpy()
+    return np.concatenate(rows, axis=0)
+
+
+def onnx_predictions(graphs: SplitGraphs, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The two graphs' predictions (B, W * P) for client-contract inputs (export/contract.py INPUTS).
+
+    The token layout is collapsed when every cell shares one gene layout, the full layout otherwise.
+    """
+    from sctranslator.token_layout import TokenLayout
+
+    layout = TokenLayout.for_batch(inputs["gene_ids"], inputs["gene_mask"], inputs["values"])
+    return graphs.predict(layout, inputs["values"], inputs["gene_ids"], inputs["gene_mask"], inputs["protein_ids"],
+                          inputs["protein_mask"])
 
 
 def compare(label: str, precision: str, onnx_out: np.ndarray, torch_out: np.ndarray) -> ValidationResult:
@@ -150,18 +204,20 @@ def compare(label: str, precision: str, onnx_out: np.ndarray, torch_out: np.ndar
 
 def validate_onnx(path: str | Path, model: TranslatorModel, inputs: dict[str, np.ndarray], *,
                   precision: str = "fp32", label: str = "given inputs",
-                  session: ort.InferenceSession | None = None,
-                  providers: list[str] | None = None) -> ValidationResult:
-    """Run `inputs` through the ONNX file and the float32 PyTorch `model`; return the errors.
+                  graphs: SplitGraphs | None = None,
+                  providers: list[str] | None = None, expected: np.ndarray | None = None) -> ValidationResult:
+    """Run `inputs` through the export's two graphs and the float32 PyTorch `model`; return the errors.
 
-    The result is not raised on; call `.check()` for that. `precision` selects the tolerance
-    (and the bf16 session error message). Pass `session` to reuse one across several batches.
+    `path`: the export's encoder file (its decoder beside it). The result is not raised on; call
+    `.check()` for that. `precision` selects the tolerance (and the bf16 session error message).
+    Pass `graphs` (create_graphs) to reuse the sessions across several batches, and `expected`
+    (torch_predictions of the same inputs) to compare with predictions computed beforehand.
     """
     check_precision(precision)
     feed = normalize_inputs(inputs, model.config)
-    session = session or create_session(path, providers=providers, precision=precision)
+    graphs = graphs or create_graphs(path, providers=providers, precision=precision)
     try:
-        (onnx_out,) = session.run([s.name for s in session.get_outputs()], feed)
+        onnx_out = onnx_predictions(graphs, feed)
     except Exception as exc:  # onnxruntime's pybind errors
         raise ExportError(f"onnxruntime failed to run {path} on {label}: {exc}") from exc
-    return compare(label, precision, onnx_out, torch_predictions(model, feed))
+    return compare(label, precision, onnx_out, torch_predictions(model, feed) if expected is None else expected)

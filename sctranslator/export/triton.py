@@ -1,8 +1,13 @@
-"""Write a Triton model repository for a TranslatorModel: `<repo>/<name>/config.pbtxt` + `1/model.onnx`.
+"""Write a Triton model repository for a TranslatorModel: three models (see triton_config.py).
 
-Backends: `onnxruntime` (Triton's ONNX Runtime backend), `tensorrt` (the same backend with its
-TensorRT GPU execution accelerator) and `python` (Triton's Python backend running the same
-ONNX file with onnxruntime, for Triton builds without the ONNX Runtime backend).
+    <repo>/<name>/config.pbtxt, 1/model.py, 1/token_layout.py     the client-facing BLS model
+    <repo>/<name>_encoder/config.pbtxt, 1/model.onnx (+ model.py)  the encoder + translator graph
+    <repo>/<name>_decoder/config.pbtxt, 1/model.onnx (+ model.py)  the decoder graph
+
+Backends for the two graphs: `onnxruntime` (Triton's ONNX Runtime backend), `tensorrt` (the same
+backend with its TensorRT GPU execution accelerator) and `python` (Triton's Python backend running
+the same ONNX file with onnxruntime, for Triton builds without the ONNX Runtime backend). The
+client-facing model is always a Python-backend model (numpy and two BLS calls).
 """
 
 from __future__ import annotations
@@ -13,40 +18,53 @@ from pathlib import Path
 
 from sctranslator._atomic import install_dir, staging_dir
 from sctranslator.errors import ExportError
+from sctranslator.export.contract import DECODER, ENCODER
 from sctranslator.export.onnx import ExportReport, export_onnx
-from sctranslator.export.onnx_format import read_onnx_metadata
+from sctranslator.export.onnx_format import graph_files, read_onnx_metadata
 from sctranslator.export.triton_config import (
+    LAYOUT_FILE,
     ONNX_FILE,
     PYTHON_FILE,
     ServingSettings,
-    build_config,
+    client_config,
+    graph_config,
+    graph_model_names,
     model_parameters,
     render_config,
 )
 from sctranslator.model.network import TranslatorModel
-from sctranslator.outputs import claim_output, write_identity
+from sctranslator.outputs import claim_output, foreign_output_error, read_identity, write_identity
 
 MODEL_VERSION = "1"
 OUTPUT_KIND = "export-triton"
-PYTHON_MODEL_SOURCE = Path(__file__).with_name("triton_python_model.py")
+PYTHON_MODEL_SOURCE = Path(__file__).with_name("triton_python_model.py")  # one graph in onnxruntime
+BLS_MODEL_SOURCE = Path(__file__).with_name("triton_bls_model.py")  # the client-facing model
+LAYOUT_SOURCE = Path(__file__).resolve().parents[1] / "token_layout.py"
 
 
 @dataclass(frozen=True)
 class TritonExport:
     """What export_triton wrote."""
 
-    model_dir: Path
+    model_dir: Path  # the client-facing model's directory
     config_path: Path
-    onnx_path: Path
+    onnx_path: Path  # the encoder model's model.onnx
     settings: ServingSettings
-    onnx_report: ExportReport | None  # None when an existing ONNX file was reused
+    onnx_report: ExportReport | None  # None when an existing ONNX export was reused
+    encoder_dir: Path | None = None
+    decoder_dir: Path | None = None
+
+    @property
+    def model_dirs(self) -> tuple[Path, ...]:
+        return tuple(d for d in (self.model_dir, self.encoder_dir, self.decoder_dir) if d is not None)
 
     def __str__(self) -> str:
-        files = [self.config_path, self.onnx_path]
-        if self.settings.backend == "python":
-            files.append(self.onnx_path.with_name(PYTHON_FILE))
+        files = sorted(str(path) for directory in self.model_dirs for path in directory.rglob("*") if path.is_file()
+                       and not path.name.startswith("."))
         listing = "\n".join(f"  {path}" for path in files)
-        return f"Triton model {self.settings.name!r} ({self.settings.backend} backend) in {self.model_dir}:\n{listing}"
+        graphs = " and ".join(repr(d.name) for d in self.model_dirs[1:])
+        return (f"Triton model {self.settings.name!r} ({self.settings.backend} backend): a BLS model calling {graphs}, "
+                f"in {self.model_dir.parent}:\n{listing}")
 
 
 def _can_validate(precision: str) -> bool:
@@ -58,62 +76,98 @@ def _can_validate(precision: str) -> bool:
     return precision != "bf16" or "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-def write_model_dir(model_dir: Path, onnx_file: Path, settings: ServingSettings) -> Path:
-    """Fill `model_dir` from an exported ONNX file: config.pbtxt, 1/model.onnx (and 1/model.py)."""
-    metadata = read_onnx_metadata(onnx_file)
+def _write(config_dir: Path, text: str, files: dict[str, Path]) -> Path:
+    version_dir = config_dir / MODEL_VERSION
+    version_dir.mkdir(parents=True, exist_ok=True)
+    for name, source in files.items():
+        if source.resolve() != (version_dir / name).resolve():
+            shutil.copyfile(source, version_dir / name)
+    config_path = config_dir / "config.pbtxt"
+    config_path.write_text(text)
+    return config_path
+
+
+def write_model_dirs(staging: dict[str, Path], onnx_file: Path, settings: ServingSettings) -> Path:
+    """Fill the three (staged) model directories, {model name: directory}, from an export at `onnx_file`.
+
+    Returns the client-facing model's config.pbtxt path.
+    """
+    encoder_file, decoder_file = graph_files(onnx_file)
+    metadata = read_onnx_metadata(decoder_file)  # the small file: the same model facts as the encoder's
     if metadata["precision"] != settings.precision:
         raise ExportError(f"{onnx_file} was exported at {metadata['precision']}, the settings ask for "
                           f"{settings.precision}")
     config = metadata["config"]
-    message = build_config(settings, int(config["max_genes"]), int(config["max_proteins"]),
-                           model_parameters(metadata))
-    version_dir = model_dir / MODEL_VERSION
-    version_dir.mkdir(parents=True, exist_ok=True)
-    if onnx_file.resolve() != (version_dir / ONNX_FILE).resolve():
-        shutil.copyfile(onnx_file, version_dir / ONNX_FILE)
-    if settings.backend == "python":
-        shutil.copyfile(PYTHON_MODEL_SOURCE, version_dir / PYTHON_FILE)
-    config_path = model_dir / "config.pbtxt"
-    config_path.write_text(render_config(message))
-    return config_path
+    genes, proteins, dim = int(config["max_genes"]), int(config["max_proteins"]), int(config["dim"])
+    parameters = model_parameters(metadata)
+    names = graph_model_names(settings.name)
+    client = client_config(settings, genes, proteins, parameters)
+    path = _write(staging[settings.name], render_config(client),
+                  {PYTHON_FILE: BLS_MODEL_SOURCE, LAYOUT_FILE: LAYOUT_SOURCE})
+    for spec, source in ((ENCODER, encoder_file), (DECODER, decoder_file)):
+        files = {ONNX_FILE: source}
+        if settings.backend == "python":
+            files[PYTHON_FILE] = PYTHON_MODEL_SOURCE
+        _write(staging[names[spec.role]], render_config(graph_config(settings, spec, proteins, dim, parameters)),
+               files)
+    return path
 
 
 def export_triton(model: TranslatorModel, repo: str | Path, settings: ServingSettings | None = None, *,
                   onnx_path: str | Path | None = None, validate: bool = True,
                   overwrite: bool = False) -> TritonExport:
-    """Export `model` as a Triton model `settings.name` inside repository `repo`.
+    """Export `model` as Triton models `settings.name`, `<name>_encoder` and `<name>_decoder` in `repo`.
 
-    The model's directory is written aside and moved into place whole. `overwrite` replaces an
-    earlier export of the same name; the repository's other models are never touched, and a
-    directory of that name that sctranslator did not write is refused (OutputConflictError, see
-    `sctranslator.outputs`). `onnx_path` reuses an ONNX file from `export_onnx` instead of
-    exporting again. `validate` checks the fresh ONNX file against PyTorch (see export_onnx).
-    settings: name, backend (onnxruntime | tensorrt | python), max_batch_size (cells), instances,
-        kind (gpu | cpu), dynamic batching, precision (default: ServingSettings()).
-    Returns a TritonExport (model directory, config.pbtxt and model.onnx paths, the ONNX report).
+    Each model directory is written aside and moved into place whole. `overwrite` replaces an
+    earlier export of the same name (its three directories); the repository's other models are
+    never touched, and a directory of those names that sctranslator did not write is refused
+    (OutputConflictError, see `sctranslator.outputs`). `onnx_path` reuses an export from
+    `export_onnx` (its encoder file; the decoder beside it) instead of exporting again. `validate`
+    checks a fresh export against PyTorch (see export_onnx).
+    settings: name, backend (onnxruntime | tensorrt | python, for the two graph models), max_batch_size
+        (cells), instances, kind (gpu | cpu), dynamic batching, precision (default: ServingSettings()).
+    Returns a TritonExport (model directories, the client model's config.pbtxt, the encoder's
+    model.onnx, the ONNX report).
 
     Raises:
         ExportError: inconsistent settings (checked before exporting), or an export failure.
-        ExportValidationError: the fresh ONNX graph differs from PyTorch beyond the tolerance.
+        ExportValidationError: the fresh ONNX graphs differ from PyTorch beyond the tolerance.
     """
     settings = settings or ServingSettings()
     settings.check()
     repo = Path(repo)
-    model_dir = repo / settings.name
-    claim_output(model_dir, OUTPUT_KIND, inputs=(model, onnx_path), overwrite=overwrite)
+    names = [settings.name, *graph_model_names(settings.name).values()]
+    dirs = {name: repo / name for name in names}
+    claim_output(dirs[settings.name], OUTPUT_KIND, inputs=(model, onnx_path), overwrite=overwrite,
+                 siblings=[dirs[name] for name in names[1:]])
+    for name in names[1:]:  # the graph models' directories: absent, or ours as well
+        if dirs[name].exists() or dirs[name].is_symlink():
+            record = read_identity(dirs[name])
+            if record is None or record.get("kind") != OUTPUT_KIND:
+                raise foreign_output_error(dirs[name], f"is where the export of Triton model {settings.name!r} puts "
+                                                       "a graph model, but it was not written by an export")
     repo.mkdir(parents=True, exist_ok=True)
-    with staging_dir(model_dir) as staging:
+    with staging_dir(dirs[names[0]]) as first, staging_dir(dirs[names[1]]) as second, \
+            staging_dir(dirs[names[2]]) as third:
+        staging = dict(zip(names, (first, second, third), strict=True))
         report = None
-        version_dir = staging / MODEL_VERSION
-        version_dir.mkdir(parents=True)
         if onnx_path is None:
-            report = export_onnx(model, version_dir / ONNX_FILE, precision=settings.precision,
+            export_dir = first / ".onnx"  # removed before the directory is installed
+            export_dir.mkdir()
+            report = export_onnx(model, export_dir / ONNX_FILE, precision=settings.precision,
                                  validate=validate and _can_validate(settings.precision))
-            source = version_dir / ONNX_FILE
+            source = export_dir / ONNX_FILE
         else:
             source = Path(onnx_path)
-        write_model_dir(staging, source, settings)
-        write_identity(staging, OUTPUT_KIND)
-        install_dir(staging, model_dir)
-    return TritonExport(model_dir=model_dir, config_path=model_dir / "config.pbtxt",
-                        onnx_path=model_dir / MODEL_VERSION / ONNX_FILE, settings=settings, onnx_report=report)
+        config_path = write_model_dirs(staging, source, settings)
+        if onnx_path is None:
+            shutil.rmtree(first / ".onnx")
+        for name in names:
+            write_identity(staging[name], OUTPUT_KIND)
+        for name in reversed(names):  # the client-facing model last: it needs the other two
+            install_dir(staging[name], dirs[name])
+    names_by_role = graph_model_names(settings.name)
+    return TritonExport(model_dir=dirs[settings.name], config_path=dirs[settings.name] / config_path.name,
+                        onnx_path=dirs[names_by_role["encoder"]] / MODEL_VERSION / ONNX_FILE, settings=settings,
+                        onnx_report=report, encoder_dir=dirs[names_by_role["encoder"]],
+                        decoder_dir=dirs[names_by_role["decoder"]])

@@ -1,4 +1,12 @@
-"""A Triton model configuration (config.pbtxt) for an exported sctranslator ONNX graph.
+"""Triton model configurations (config.pbtxt) for an exported sctranslator model: three models.
+
+- `<name>_encoder`: the encoder + translator graph (onnxruntime backend; python backend running
+  the same ONNX for Triton builds without it), explicit shapes, no batching across requests;
+- `<name>_decoder`: the decoder graph, batchable;
+- `<name>`: the client-facing model with the contract's five inputs and one output (export/
+  contract.py INPUTS, OUTPUT), a Python-backend BLS model (triton_bls_model.py) that builds the
+  token layout, calls the encoder once per request and the decoder once per protein window. Its
+  protein axis takes any multiple of P, so a client sends all windows of a cell in one request.
 
 The configuration is built as Triton's own protobuf message (tritonclient ships
 `model_config_pb2`) and printed with protobuf's text format, so every field name and enum is
@@ -15,12 +23,15 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from sctranslator.errors import ExportError
-from sctranslator.export.contract import INPUTS, OUTPUT, PRECISION_NAMES
+from sctranslator.export.contract import DECODER, ENCODER, GENES, INPUTS, OUTPUT, PRECISION_NAMES, GraphSpec
 from sctranslator.options import INSTANCE_KINDS, SERVING_BACKENDS  # the one list of choices
 
 DEFAULT_MODEL_NAME = "sctranslator"
 ONNX_FILE = "model.onnx"
 PYTHON_FILE = "model.py"
+LAYOUT_FILE = "token_layout.py"  # copied beside the BLS model.py (which cannot import sctranslator)
+ENCODER_SUFFIX = "_encoder"
+DECODER_SUFFIX = "_decoder"
 
 # Config parameters the client reads back through Triton's model-config API (the same facts
 # as the ONNX metadata, which the ONNX Runtime backend does not expose).
@@ -35,6 +46,9 @@ PARAM_MAX_PROTEINS = PARAM_PREFIX + "max_proteins"
 # Read by the Python-backend model.py.
 PARAM_ONNX_FILE = "onnx_file"
 PARAM_INTRA_OP_THREADS = "intra_op_threads"
+# Read by the BLS model.py: the models it calls.
+PARAM_ENCODER_MODEL = "encoder_model"
+PARAM_DECODER_MODEL = "decoder_model"
 
 
 
@@ -97,32 +111,80 @@ def model_parameters(metadata: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def build_config(settings: ServingSettings, max_genes: int, max_proteins: int,
-                 parameters: dict[str, str]) -> mc.ModelConfig:
-    """The ModelConfig message for `settings` and a graph of width L = max_genes, P = max_proteins."""
-    settings.check()
-    config = mc.ModelConfig(name=settings.name, max_batch_size=settings.max_batch_size)
-    if settings.backend == "python":
-        config.backend = "python"
-    else:  # the ONNX Runtime backend serves both plain and TensorRT-accelerated graphs
-        config.platform = "onnxruntime_onnx"
-        config.backend = "onnxruntime"
-        config.default_model_filename = ONNX_FILE
-    # The graph contract (export/contract.py); dims exclude the batch axis: Triton adds it because
-    # max_batch_size > 0.
-    for tensor in INPUTS:
-        config.input.add(name=tensor.name, data_type=mc.DataType.Value(tensor.triton_config_type),
-                         dims=[tensor.width(max_genes, max_proteins)])
-    config.output.add(name=OUTPUT.name, data_type=mc.DataType.Value(OUTPUT.triton_config_type),
-                      dims=[OUTPUT.width(max_genes, max_proteins)])
-    kind = mc.ModelInstanceGroup.KIND_GPU if settings.instance_kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU
-    config.instance_group.add(count=settings.instances, kind=kind)
+def graph_model_names(name: str) -> dict[str, str]:
+    """{role: Triton model name} of the encoder and decoder models behind client-facing model `name`."""
+    return {"encoder": name + ENCODER_SUFFIX, "decoder": name + DECODER_SUFFIX}
+
+
+def _instances(config: mc.ModelConfig, settings: ServingSettings, kind: str) -> None:
+    group = mc.ModelInstanceGroup.KIND_GPU if kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU
+    config.instance_group.add(count=settings.instances, kind=group)
+
+
+def _dynamic_batching(config: mc.ModelConfig, settings: ServingSettings) -> None:
     if settings.dynamic_batching:
         batching = config.dynamic_batching
         batching.SetInParent()  # an empty `dynamic_batching {}` block still turns it on
         batching.preferred_batch_size.extend(settings.preferred_batch_sizes)
         if settings.max_queue_delay_us is not None:
             batching.max_queue_delay_microseconds = settings.max_queue_delay_us
+
+
+def _parameters(config: mc.ModelConfig, parameters: dict[str, str]) -> None:
+    for key, value in sorted(parameters.items()):
+        config.parameters[key].string_value = value
+
+
+def client_config(settings: ServingSettings, max_genes: int, max_proteins: int,
+                  parameters: dict[str, str]) -> mc.ModelConfig:
+    """The client-facing BLS model `settings.name`: the contract's tensors (export/contract.py INPUTS,
+    OUTPUT), genes (B, L), proteins (B, k * P) for any k >= 1 (all windows of a cell at once)."""
+    settings.check()
+    config = mc.ModelConfig(name=settings.name, max_batch_size=settings.max_batch_size, backend="python")
+    # dims exclude the batch axis: Triton adds it because max_batch_size > 0.
+    for tensor in INPUTS:
+        width = max_genes if tensor.axis == GENES else -1
+        config.input.add(name=tensor.name, data_type=mc.DataType.Value(tensor.triton_config_type), dims=[width])
+    config.output.add(name=OUTPUT.name, data_type=mc.DataType.Value(OUTPUT.triton_config_type), dims=[-1])
+    # The BLS step is numpy and two calls: CPU instances whatever serves the graphs.
+    _instances(config, settings, "cpu")
+    _dynamic_batching(config, settings)
+    names = graph_model_names(settings.name)
+    _parameters(config, {**parameters, PARAM_ENCODER_MODEL: names["encoder"], PARAM_DECODER_MODEL: names["decoder"],
+                         PARAM_MAX_GENES: str(max_genes), PARAM_MAX_PROTEINS: str(max_proteins)})
+    return config
+
+
+def graph_config(settings: ServingSettings, spec: GraphSpec, max_proteins: int, dim: int,
+                 parameters: dict[str, str]) -> mc.ModelConfig:
+    """The model serving one graph (ENCODER or DECODER, export/contract.py), named as graph_model_names says."""
+    settings.check()
+    name = graph_model_names(settings.name)[spec.role]
+    config = mc.ModelConfig(name=name)
+    if settings.backend == "python":
+        config.backend = "python"
+    else:  # the ONNX Runtime backend serves both plain and TensorRT-accelerated graphs
+        config.platform = "onnxruntime_onnx"
+        config.backend = "onnxruntime"
+        config.default_model_filename = ONNX_FILE
+    if spec is ENCODER:
+        # Not batched across requests: token_counts and token_positions describe the one token layout
+        # every cell of a call shares; Triton batching would stack two requests' layouts into one call.
+        # max_batch_size 0 declares every axis explicitly (batch and tokens dynamic).
+        config.max_batch_size = 0
+        drop = 0
+    else:
+        # Every cell is independent in the decoder: Triton may batch requests (the batch axis is implicit).
+        config.max_batch_size = settings.max_batch_size
+        drop = 1
+        _dynamic_batching(config, settings)
+    for tensor in spec.inputs:
+        config.input.add(name=tensor.name, data_type=mc.DataType.Value(tensor.triton_config_type),
+                         dims=[d if isinstance(d, int) else -1 for d in tensor.dims(max_proteins, dim)][drop:])
+    for tensor in spec.outputs:
+        config.output.add(name=tensor.name, data_type=mc.DataType.Value(tensor.triton_config_type),
+                          dims=[d if isinstance(d, int) else -1 for d in tensor.dims(max_proteins, dim)][drop:])
+    _instances(config, settings, settings.instance_kind)
     if settings.backend == "tensorrt":
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
         # TensorRT builds fp16 kernels itself; bf16 graphs keep TensorRT at FP32 (no bf16 mode there).
@@ -133,9 +195,17 @@ def build_config(settings: ServingSettings, max_genes: int, max_proteins: int,
         all_parameters[PARAM_ONNX_FILE] = ONNX_FILE
         if settings.intra_op_threads:
             all_parameters[PARAM_INTRA_OP_THREADS] = str(settings.intra_op_threads)
-    for key, value in sorted(all_parameters.items()):
-        config.parameters[key].string_value = value
+    _parameters(config, all_parameters)
     return config
+
+
+def build_configs(settings: ServingSettings, max_genes: int, max_proteins: int, dim: int,
+                  parameters: dict[str, str]) -> dict[str, mc.ModelConfig]:
+    """{model name: config} of the three models a repository serves for `settings.name` (module docstring)."""
+    configs = [client_config(settings, max_genes, max_proteins, parameters),
+               graph_config(settings, ENCODER, max_proteins, dim, parameters),
+               graph_config(settings, DECODER, max_proteins, dim, parameters)]
+    return {config.name: config for config in configs}
 
 
 def render_config(config: mc.ModelConfig) -> str:

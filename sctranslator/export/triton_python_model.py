@@ -1,7 +1,8 @@
-"""Triton Python-backend model: an sctranslator model.onnx run by onnxruntime inside Triton.
+"""Triton Python-backend model: one sctranslator graph (encoder or decoder model.onnx) run by onnxruntime.
 
-`sctranslator export triton --backend python` copies this file as `<repo>/<name>/1/model.py`, for
-Triton builds without the ONNX Runtime backend (such as the one bundled with nvidia-pytriton).
+`sctranslator export triton --backend python` copies this file as `<repo>/<name>_encoder/1/model.py`
+and `<repo>/<name>_decoder/1/model.py`, for Triton builds without the ONNX Runtime backend (such
+as the one bundled with nvidia-pytriton). The client-facing model calling them is triton_bls_model.py.
 It is self-contained: the Python environment of Triton's stub needs only numpy and onnxruntime
 (onnxruntime-gpu for KIND_GPU instances).
 
@@ -11,7 +12,7 @@ Tensors cross the stub boundary through DLPack: the stub's `Tensor(name, ndarray
 
 The tensor names and dtypes are not written here: they come from the model configuration Triton
 hands to `initialize`, which export/triton_config.py writes from the graph contract
-(export/contract.py); this file cannot import sctranslator inside Triton. A test checks that
+(export/contract.py ENCODER, DECODER); this file cannot import sctranslator inside Triton. A test checks that
 what `graph_io` reads from a written configuration equals the contract.
 """
 
@@ -57,6 +58,8 @@ def to_numpy(tensor: Any) -> np.ndarray:
 
 def to_tensor(name: str, array: np.ndarray) -> Any:
     array = np.ascontiguousarray(array)
+    if not array.flags.writeable:  # views of request tensors: DLPack (before 1.0) cannot export read-only arrays
+        array = array.copy()
     if hasattr(pb_utils.Tensor, "from_dlpack"):
         return pb_utils.Tensor.from_dlpack(name, array)
     return pb_utils.Tensor(name, array)
@@ -76,7 +79,8 @@ def _providers(kind: str, device_id: int) -> list[Any]:
 
 
 class TritonPythonModel:
-    """Concatenates the requests Triton hands over at once, runs them as one batch, splits the result."""
+    """Runs requests through the graph: with max_batch_size 0 (the encoder: a call's cells share one
+    token layout) one request at a time; else concatenated into one batch and split back."""
 
     def initialize(self, args: dict[str, str]) -> None:
         import onnxruntime as ort
@@ -101,7 +105,7 @@ class TritonPythonModel:
             if tensor is None:
                 raise ValueError(f"request has no input {name!r}")
             feed[name] = np.asarray(to_numpy(tensor), dtype=dtype)
-        sizes = {array.shape[0] for array in feed.values()}
+        sizes = {array.shape[0] for array in feed.values() if array.ndim > 1}  # token_counts etc. are 1-D
         if len(sizes) != 1:
             raise ValueError(f"inputs disagree on the batch size: {sorted(sizes)}")
         return feed
@@ -110,6 +114,11 @@ class TritonPythonModel:
         return self.session.run([self.output], feed)[0].astype(np.float32, copy=False)
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        if self.max_batch_size == 0:  # explicit shapes: requests are never merged
+            return [self.execute_batch([request])[0] for request in requests]
+        return self.execute_batch(requests)
+
+    def execute_batch(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
         batch: list[tuple[int, dict[str, np.ndarray]]] = []
         for index, request in enumerate(requests):
@@ -121,7 +130,7 @@ class TritonPythonModel:
             try:
                 feed = {name: np.concatenate([inputs[name] for _, inputs in batch]) for name in self.inputs}
                 predictions = self.run(feed)
-                bounds = np.cumsum([0] + [next(iter(inputs.values())).shape[0] for _, inputs in batch])
+                bounds = np.cumsum([0] + [len(next(iter(inputs.values()))) for _, inputs in batch])
                 for (index, _), lo, hi in zip(batch, bounds[:-1], bounds[1:], strict=True):
                     outputs = [to_tensor(self.output, predictions[lo:hi])]
                     responses[index] = pb_utils.InferenceResponse(output_tensors=outputs)

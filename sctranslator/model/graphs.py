@@ -29,8 +29,11 @@ class EncoderGraph(nn.Module):
         super().__init__()
         self.model = model
         weight = model.translator.layer(0).weight
-        with torch.no_grad():  # summed in float64 once: the last token's column is this minus the listed ones
-            sums = weight.detach().double().sum(dim=1).to(weight.dtype)
+        # Summed in float64 once and kept in float32 whatever the weights' dtype: the last token's
+        # column is this minus the listed columns' sum, a difference of two sums over up to L columns
+        # that fp16/bf16 would cancel badly.
+        with torch.no_grad():
+            sums = weight.detach().double().sum(dim=1).float()
         self.register_buffer("fc0_column_sums", sums, persistent=False)
 
     def forward(self, values: torch.Tensor, gene_ids: torch.Tensor, gene_mask: torch.Tensor,
@@ -42,9 +45,9 @@ class EncoderGraph(nn.Module):
         channels = h.transpose(1, 2)  # (B, dim, N)
         first = self.model.translator.layer(0)
         listed = first.weight.index_select(1, token_positions[:-1])  # (fc0 out, N - 1)
-        last_column = self.fc0_column_sums - listed.sum(dim=1)  # the positions the last token stands for
-        listed_part = torch.matmul(channels[..., :-1].to(listed.dtype), listed.T).to(channels.dtype)
-        x = listed_part + channels[..., -1:] * last_column.to(channels.dtype) + first.bias.to(channels.dtype)
+        # The positions the last token stands for; the sums in float32 (see __init__).
+        last_column = (self.fc0_column_sums - listed.float().sum(dim=1)).to(listed.dtype)
+        x = torch.matmul(channels[..., :-1], listed.T) + channels[..., -1:] * last_column + first.bias
         return self.model.translator.after_first(x).transpose(1, 2).float()
 
 

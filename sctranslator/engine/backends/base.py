@@ -44,6 +44,17 @@ class Batch:
         return arrays
 
 
+    def all_windows(self) -> dict[str, np.ndarray]:
+        """The contract's inputs with every protein window side by side: proteins (B, W * P), genes (B, L)
+        (the Triton `sctranslator` model takes a protein axis of any multiple of P)."""
+        arrays = self.expanded(0)
+        batch = self.values.shape[0]
+        for name in ("protein_ids", "protein_mask"):
+            row = getattr(self, name).reshape(-1)
+            arrays[name] = np.ascontiguousarray(np.broadcast_to(row, (batch, row.shape[0])), dtype=arrays[name].dtype)
+        return arrays
+
+
 class Backend(Protocol):
     """One inference runtime. Built once per worker process from a BackendSpec, shared by its threads."""
 

@@ -1,7 +1,13 @@
-"""The `onnxruntime` backend: the exported ONNX graph on CPU, or with the CUDA / TensorRT providers."""
+"""The `onnxruntime` backend: an export's encoder and decoder graphs on CPU, or with the CUDA / TensorRT providers.
+
+Per batch: the token layout of its gene layout (padding collapsed; built once per layout), the
+encoder graph once, then the decoder graph once per protein window on that one translation.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -9,49 +15,25 @@ import numpy as np
 from sctranslator.engine.backends.base import BackendSpec, Batch, no_embeddings
 from sctranslator.engine.backends.onnx_cache import onnx_file_for
 from sctranslator.errors import BackendError
-from sctranslator.export.contract import GENES, INPUTS, OUTPUT, OUTPUT_NAME, PROTEINS
+from sctranslator.export.contract import DECODER, DECODER_FILE_KEY, ENCODER, REEXPORT_HINT
+from sctranslator.export.onnx_graphs import SplitGraphs, check_graph
+from sctranslator.token_layout import TokenLayout
 
-
-def check_graph(session: Any, path: str, genes: int | None = None, proteins: int | None = None) -> None:
-    """BackendError unless the session's graph takes and returns the contract's tensors (export/contract.py).
-
-    Checks names, element types and that the second axes agree on one L and one P (and equal
-    `genes` / `proteins` when given: the model's). A file from `sctranslator export onnx` passes.
-    """
-    found = {arg.name: arg for arg in [*session.get_inputs(), *session.get_outputs()]}
-    problems = []
-    widths: dict[str, set[int]] = {GENES: set(), PROTEINS: set()}
-    for tensor in (*INPUTS, OUTPUT):
-        arg = found.get(tensor.name)
-        expected_type = f"tensor({tensor.onnx_type.lower()})"  # onnxruntime's spelling, e.g. tensor(float)
-        if arg is None:
-            problems.append(f"no tensor {tensor.name!r}")
-        elif arg.type != expected_type:
-            problems.append(f"{tensor.name} is {arg.type}, expected {expected_type}")
-        elif len(arg.shape) != 2:
-            problems.append(f"{tensor.name} has shape {arg.shape}, expected (batch, {tensor.axis})")
-        elif isinstance(arg.shape[1], int):
-            widths[tensor.axis].add(arg.shape[1])
-    for axis, expected in ((GENES, genes), (PROTEINS, proteins)):
-        if len(widths[axis]) > 1:
-            problems.append(f"its tensors disagree on {axis}: {sorted(widths[axis])}")
-        elif expected is not None and widths[axis] and widths[axis] != {expected}:
-            problems.append(f"it takes {axis}={widths[axis].pop()}, the model takes {axis}={expected}")
-    if problems:
-        raise BackendError(f"{path} is not an sctranslator graph for this model: " + "; ".join(problems)
-                           + f". Its tensors: {sorted(found)}. Export it with `sctranslator export onnx MODEL`.")
+__all__ = ["OnnxRuntimeBackend", "check_graph"]
 
 
 class OnnxRuntimeBackend:
     """ONNX Runtime on CPU, or with the CUDA / TensorRT execution providers when present."""
 
     name = "onnxruntime"
-    supports_embeddings = False  # the graph ends at the predictions
+    supports_embeddings = False  # the graphs end at the translation and the predictions
 
     def __init__(self, onnx_path: str, device: str = "cpu", threads: int | None = None,
                  genes: int | None = None, proteins: int | None = None):
-        """Load `onnx_path`; BackendError if it cannot be loaded, if `device` is CUDA without a CUDA
-        provider, or if its graph breaks the contract (`check_graph`, with the model's L=`genes`, P=`proteins`)."""
+        """Load the export at `onnx_path` (the encoder graph; its decoder graph is named in its metadata
+        and lies beside it). BackendError if either cannot be loaded, if `device` is CUDA without a
+        CUDA provider, or if a graph breaks the contract (`check_graph`, with the model's P=`proteins`);
+        an old single-graph export is named as such. `genes`: the model's L, checked against batches."""
         from sctranslator._optional import import_optional
 
         ort = import_optional("onnxruntime", "cpu", "the onnxruntime backend (or sctranslator[gpu] on CUDA)")
@@ -71,12 +53,30 @@ class OnnxRuntimeBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(onnx_path, sess_options=options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise BackendError(f"onnxruntime could not load {onnx_path}: {exc}") from exc
-        self.providers = self.session.get_providers()
-        check_graph(self.session, onnx_path, genes, proteins)
+
+        def session(path: str) -> Any:
+            try:
+                return ort.InferenceSession(path, sess_options=options, providers=providers)
+            except Exception as exc:  # onnxruntime raises its own exception types
+                raise BackendError(f"onnxruntime could not load {path}: {exc}") from exc
+
+        encoder = session(onnx_path)
+        decoder_file = encoder.get_modelmeta().custom_metadata_map.get(DECODER_FILE_KEY)
+        if not decoder_file:
+            check_graph(encoder, ENCODER, onnx_path, proteins)  # names an old single-graph export
+            raise BackendError(f"{onnx_path} is not the encoder graph of an sctranslator export (its metadata names "
+                               f"no decoder graph); {REEXPORT_HINT}")
+        decoder_path = Path(onnx_path).parent / decoder_file
+        if not decoder_path.is_file():
+            raise BackendError(f"{onnx_path} names its decoder graph {decoder_file}, which is not beside it: the "
+                               f"two files of an export belong together; {REEXPORT_HINT}")
+        decoder = session(str(decoder_path))
+        check_graph(encoder, ENCODER, onnx_path, proteins)
+        check_graph(decoder, DECODER, str(decoder_path), proteins)
+        self.graphs = SplitGraphs(encoder, decoder)
+        self.genes = genes
+        self.providers = encoder.get_providers()
+        self._layouts: dict[bytes, TokenLayout] = {}
 
     @classmethod
     def from_spec(cls, spec: BackendSpec) -> OnnxRuntimeBackend:
@@ -84,13 +84,31 @@ class OnnxRuntimeBackend:
         return cls(onnx_file_for(spec, model), spec.device, spec.threads, model.config.max_genes,
                    model.config.max_proteins)
 
+    def layout_for(self, batch: Batch) -> TokenLayout:
+        """The batch's token layout: built once per gene layout, checked against the batch's values
+        (a padded-looking position holding a value in some cell is a token of its own)."""
+        key = hashlib.sha1(np.ascontiguousarray(batch.gene_ids).tobytes()
+                           + np.ascontiguousarray(batch.gene_mask).tobytes()).digest()
+        layout = self._layouts.get(key)
+        if layout is None:
+            if len(self._layouts) > 8:  # a process serves few plans; never grow without bound
+                self._layouts.clear()
+            layout = self._layouts[key] = TokenLayout.for_layout(batch.gene_ids, batch.gene_mask)
+        if not layout.fits(batch.values):
+            return TokenLayout.for_layout(batch.gene_ids, batch.gene_mask, batch.values)  # this batch only
+        return layout
+
     def predict(self, batch: Batch) -> np.ndarray:
-        outputs = [self.session.run([OUTPUT_NAME], batch.expanded(w))[0]
-                   for w in range(batch.protein_ids.shape[0])]
-        return np.concatenate(outputs, axis=1).astype(np.float32, copy=False)
+        """(B, W * P): the encoder once for the batch, the decoder once per protein window."""
+        if self.genes is not None and batch.values.shape[1] != self.genes:
+            raise BackendError(f"the batch has L={batch.values.shape[1]} genes per cell; the graph takes "
+                               f"L={self.genes}")
+        layout = self.layout_for(batch)
+        return self.graphs.predict(layout, batch.values, batch.gene_ids, batch.gene_mask,
+                                   batch.protein_ids.reshape(1, -1), batch.protein_mask.reshape(1, -1))
 
     def predict_with_embeddings(self, batch: Batch, embeddings: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         return no_embeddings(self, batch, embeddings)
 
     def close(self) -> None:
-        self.session = None
+        self.graphs = None  # type: ignore[assignment]

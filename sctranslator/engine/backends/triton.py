@@ -149,6 +149,7 @@ class TritonBackend:
         self._clients_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=options.max_in_flight, thread_name_prefix="triton-request")
         self.retries = 0  # requests retried, for logs and tests
+        self.windows_at_once = False  # set by check_model: the model takes all protein windows in one request
         self.wait_until_ready()
         self.max_batch, self.genes, self.proteins = self.check_model(expected_genes, expected_proteins,
                                                                       expected_fingerprint)
@@ -276,7 +277,10 @@ class TritonBackend:
                 problems.append(f"{spec.name} is {tensor['datatype']}, expected {spec.triton_type}")
             elif len(tensor["shape"]) != 2 or int(tensor["shape"][0]) != -1:
                 problems.append(f"{spec.name} has shape {tensor['shape']}, expected [-1, {spec.axis}] (a batch axis)")
+            elif int(tensor["shape"][1]) == -1 and spec.axis == GENES:
+                problems.append(f"{spec.name} has shape {tensor['shape']}, expected a fixed L")
             else:
+                # -1 on the protein axis: the model takes any multiple of P (all windows at once).
                 widths[spec.axis][spec.name] = int(tensor["shape"][1])
         for axis, by_name in widths.items():
             if len(set(by_name.values())) > 1:
@@ -287,6 +291,12 @@ class TritonBackend:
         served_genes = next(iter(widths[GENES].values()))
         served_proteins = next(iter(widths[PROTEINS].values()))
         parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+        windows_at_once = served_proteins == -1
+        if windows_at_once:
+            if not parameters.get(PARAM_MAX_PROTEINS):
+                raise ServerError(f"{where} takes a protein axis of any width but does not say its P "
+                                  f"({PARAM_MAX_PROTEINS} parameter); re-export it with sctranslator export triton")
+            served_proteins = int(parameters[PARAM_MAX_PROTEINS])
         for key, label, served in ((PARAM_MAX_GENES, "L", served_genes), (PARAM_MAX_PROTEINS, "P", served_proteins)):
             if parameters.get(key) and int(parameters[key]) != served:
                 problems.append(f"its config parameters say {label}={parameters[key]} but its tensors take {served}")
@@ -310,6 +320,7 @@ class TritonBackend:
         max_batch = self.options.max_batch or server_max or 64
         if server_max:
             max_batch = min(max_batch, server_max)
+        self.windows_at_once = windows_at_once
         return max_batch, served_genes, served_proteins
 
     # -- inference -------------------------------------------------------------------------------------
@@ -337,7 +348,7 @@ class TritonBackend:
             outputs = [module.InferRequestedOutput(OUTPUT_NAME, binary_data=True)]
             result = client.infer(options.model_name, request, options.model_version, outputs=outputs)
         predictions = result.as_numpy(OUTPUT_NAME)
-        expected = (inputs["values"].shape[0], self.proteins)
+        expected = (inputs["values"].shape[0], inputs["protein_ids"].shape[1])
         if predictions is None or predictions.shape != expected:
             shape = None if predictions is None else predictions.shape
             raise ServerError(f"Triton model {options.model_name!r} returned {OUTPUT_NAME} of shape {shape}, "
@@ -349,21 +360,23 @@ class TritonBackend:
                                   lambda: self._infer_once(inputs))
 
     def predict(self, batch: Batch) -> np.ndarray:
-        """(B, W * P) predictions; one request per protein window and chunk of max_batch cells."""
+        """(B, W * P) predictions; one request per chunk of max_batch cells carrying all W protein windows
+        (the served model runs the encoder once per request), or, for a model that takes one window of
+        P proteins (an export from an earlier version), one request per window and chunk."""
         cells, genes = batch.values.shape
         if genes != self.genes or batch.protein_ids.shape[1] != self.proteins:
             raise ServerError(f"the batch has L={genes}, P={batch.protein_ids.shape[1]}; the served model takes "
                               f"L={self.genes}, P={self.proteins}")
         windows = batch.protein_ids.shape[0]
+        requests = [batch.all_windows()] if self.windows_at_once else [batch.expanded(w) for w in range(windows)]
         futures = []
-        for window in range(windows):
-            expanded = batch.expanded(window)
+        for inputs in requests:
             for lo in range(0, cells, self.max_batch):
-                chunk = {name: array[lo:lo + self.max_batch] for name, array in expanded.items()}
+                chunk = {name: array[lo:lo + self.max_batch] for name, array in inputs.items()}
                 futures.append(self._pool.submit(self._infer, chunk))
         parts = [future.result() for future in futures]
-        per_window = len(parts) // windows
-        columns = [np.concatenate(parts[w * per_window:(w + 1) * per_window], axis=0) for w in range(windows)]
+        per_request = len(parts) // len(requests)
+        columns = [np.concatenate(parts[r * per_request:(r + 1) * per_request], axis=0) for r in range(len(requests))]
         return np.concatenate(columns, axis=1)
 
     def predict_with_embeddings(self, batch: Batch, embeddings: bool = True) -> tuple[np.ndarray, np.ndarray | None]:

@@ -1,0 +1,91 @@
+"""Run an export's two graphs the way every runtime does: the encoder once per batch, the decoder per window.
+
+Shared by the export's validation, the onnxruntime backend and (in spirit; it cannot import this
+package) the Triton BLS model. numpy only, no torch and no onnx: the sessions are passed in
+(onnxruntime.InferenceSession or anything with the same `run`, `get_inputs`, `get_outputs`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sctranslator.errors import BackendError
+from sctranslator.export.contract import DECODER, ENCODER, REEXPORT_HINT, GraphSpec
+from sctranslator.token_layout import TokenLayout
+
+_LEGACY_INPUTS = {"values", "gene_ids", "gene_mask", "protein_ids", "protein_mask"}
+
+
+def check_graph(session: Any, spec: GraphSpec, path: str, proteins: int | None = None,
+                dim: int | None = None) -> None:
+    """BackendError unless `session`'s graph has `spec`'s tensors (export/contract.py ENCODER / DECODER).
+
+    Checks names, element types, ranks and the fixed axes P and dim (when given: the model's). Names
+    the likely cause: an old single-graph export, or the other graph of the pair.
+    """
+    found = {arg.name: arg for arg in [*session.get_inputs(), *session.get_outputs()]}
+    if spec is ENCODER and set(found) >= _LEGACY_INPUTS and "token_counts" not in found:
+        raise BackendError(f"{path} is a single-graph export from an earlier sctranslator version (it takes the "
+                           f"five whole-model inputs); this version runs an encoder and a decoder graph: "
+                           f"{REEXPORT_HINT}")
+    problems = []
+    for tensor in (*spec.inputs, *spec.outputs):
+        arg = found.get(tensor.name)
+        expected_type = f"tensor({tensor.onnx_type.lower()})"  # onnxruntime's spelling, e.g. tensor(float)
+        if arg is None:
+            problems.append(f"no tensor {tensor.name!r}")
+            continue
+        if arg.type != expected_type:
+            problems.append(f"{tensor.name} is {arg.type}, expected {expected_type}")
+        if len(arg.shape) != len(tensor.axes):
+            problems.append(f"{tensor.name} has shape {arg.shape}, expected ({', '.join(tensor.axes)})")
+            continue
+        for size, wanted, axis in zip(arg.shape, tensor.dims(proteins or -1, dim or -1), tensor.axes, strict=True):
+            if isinstance(wanted, int) and wanted > 0 and isinstance(size, int) and size != wanted:
+                problems.append(f"{tensor.name} has {axis}={size}, the model has {axis}={wanted}")
+    if problems:
+        raise BackendError(f"{path} is not the {spec.role} graph of an sctranslator export for this model: "
+                           + "; ".join(problems) + f". Its tensors: {sorted(found)}. {REEXPORT_HINT[0].upper()}"
+                           + REEXPORT_HINT[1:] + ".")
+
+
+class SplitGraphs:
+    """An export's encoder and decoder sessions, and how a batch runs through them."""
+
+    def __init__(self, encoder: Any, decoder: Any):
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def encode(self, layout: TokenLayout, values: np.ndarray, gene_ids: np.ndarray,
+               gene_mask: np.ndarray) -> np.ndarray:
+        """translated (B, P, dim) float32: values (B, L), gene_ids / gene_mask (L,) or (B, L), one layout."""
+        feed = layout.encoder_inputs(values, gene_ids, gene_mask)
+        return self.encoder.run([ENCODER.output_names[0]], feed)[0]
+
+    def decode(self, translated: np.ndarray, protein_ids: np.ndarray, protein_mask: np.ndarray) -> np.ndarray:
+        """predictions (B, P) float32 for one window: protein_ids, protein_mask (P,) or (B, P)."""
+        batch, proteins = translated.shape[0], translated.shape[1]
+        feed = {"translated": translated,
+                "protein_ids": np.ascontiguousarray(np.broadcast_to(protein_ids, (batch, proteins)), dtype=np.int64),
+                "protein_mask": np.ascontiguousarray(np.broadcast_to(protein_mask, (batch, proteins)), dtype=np.bool_)}
+        return self.decoder.run([DECODER.output_names[0]], feed)[0]
+
+    def predict(self, layout: TokenLayout, values: np.ndarray, gene_ids: np.ndarray, gene_mask: np.ndarray,
+                protein_ids: np.ndarray, protein_mask: np.ndarray) -> np.ndarray:
+        """(B, W * P) float32: the encoder once, then the decoder per window of P proteins.
+
+        protein_ids, protein_mask: (B, W * P) per cell, or (1, W * P) shared by the batch (a (W, P)
+        table of windows reshaped to one row).
+        """
+        translated = self.encode(layout, values, gene_ids, gene_mask)
+        proteins = translated.shape[1]
+        protein_ids = np.atleast_2d(protein_ids)
+        protein_mask = np.atleast_2d(protein_mask)
+        if protein_ids.shape[-1] % proteins or protein_ids.shape != protein_mask.shape:
+            raise BackendError(f"protein_ids {protein_ids.shape} and protein_mask {protein_mask.shape} must agree "
+                               f"and hold a multiple of P={proteins} proteins per row")
+        outputs = [self.decode(translated, protein_ids[:, lo:lo + proteins], protein_mask[:, lo:lo + proteins])
+                   for lo in range(0, protein_ids.shape[1], proteins)]
+        return np.concatenate(outputs, axis=1).astype(np.float32, copy=False)
