@@ -14,7 +14,7 @@ Inputs (pass --shared): ECCITE-seq PBMCs (19.5k genes, 16.1k map), 10x PBMC 4k H
 16.3k of the 20k positions are padding).
 
 Run: python benchmarks/bench_fullsize.py [--cells 3] [--error-cells 12] [--shared ../shared]
-     [--backends torch,onnxruntime] [--precisions fp32,bf16,fp16]
+     [--backends torch,onnxruntime] [--precisions fp32,bf16,fp16] [--triton]
 """
 
 from __future__ import annotations
@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--backends", default="torch,onnxruntime")
     parser.add_argument("--precisions", default="fp32,bf16,fp16")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--triton", action="store_true", help="also time a local tritonserver (needs one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -180,7 +181,30 @@ def main() -> None:
         a, _ = timed(run, few, args.cells)
         b, _ = timed(run, lots, args.cells)
         print(f"| {name} | {a:.2f} | {b:.2f} | {b / a:.2f}x |", flush=True)
+    if args.triton:
+        triton_scaling(model, few, lots, args)
     print(f"\npeak RSS of the whole run: {peak_rss_gb():.2f} GB")
+
+
+def triton_scaling(model: TranslatorModel, few: Batch, lots: Batch, args: argparse.Namespace) -> None:
+    """The same rows through a local tritonserver (Python backend running the two graphs with
+    onnxruntime, and the BLS model calling them: the encoder once per request)."""
+    from sctranslator.engine.backends import TritonBackend
+    from sctranslator.export.triton import export_triton
+    from sctranslator.export.triton_config import ServingSettings
+    from sctranslator.export.triton_server import TritonServer
+
+    with tempfile.TemporaryDirectory() as folder:
+        repo = Path(folder) / "repo"
+        export_triton(model, repo, ServingSettings(name="full", backend="python", intra_op_threads=args.threads),
+                      validate=False)
+        with TritonServer(repo) as server:
+            spec = BackendSpec(kind="triton", model=model, options={"url": server.grpc_url, "model_name": "full"})
+            remote = TritonBackend.from_spec(spec)
+            a, _ = timed(remote.predict, few, args.cells)
+            b, _ = timed(remote.predict, lots, args.cells)
+            print(f"| triton (local server, python backend) fp32 | {a:.2f} | {b:.2f} | {b / a:.2f}x |", flush=True)
+            remote.close()
 
 
 if __name__ == "__main__":

@@ -164,13 +164,24 @@ def test_read_metadata_rejects_foreign_files(tmp_path):
         read_onnx_metadata(tmp_path / "missing.onnx")
 
 
-def initializer_types(path: Path) -> set[int]:
-    """The element types of both graphs' weight matrices."""
-    types = set()
-    for graph_file in graph_files(path):
-        model = onnx.load(str(graph_file))
-        types |= {init.data_type for init in model.graph.initializer if len(init.dims) == 2}
-    return types
+def _feature_matrix(init: onnx.TensorProto, config) -> bool:
+    """An attention layer's random feature matrix (or its transpose, as the exporter folds it)."""
+    shapes = {(config.enc_nb_features, config.enc_dim_head), (config.dec_nb_features, config.dec_dim_head)}
+    dims = tuple(init.dims)
+    return init.data_type == onnx.TensorProto.FLOAT and (dims in shapes or dims[::-1] in shapes)
+
+
+def initializer_types(path: Path, config) -> set[int]:
+    """The element types of both graphs' weight matrices, leaving out the attention layers' random
+    feature matrices, which stay float32 at every precision (FavorSelfAttention._apply)."""
+    return {init.data_type for graph_file in graph_files(path) for init in onnx.load(str(graph_file)).graph.initializer
+            if len(init.dims) == 2 and not _feature_matrix(init, config)}
+
+
+def float32_feature_matrices(path: Path, config) -> int:
+    """How many float32 random-feature matrices both graphs hold."""
+    return sum(_feature_matrix(init, config) for graph_file in graph_files(path)
+               for init in onnx.load(str(graph_file)).graph.initializer)
 
 
 def test_fp16_export_within_tolerance(tiny_a, tmp_path):
@@ -185,7 +196,8 @@ def test_fp16_export_within_tolerance(tiny_a, tmp_path):
     print(f"tiny_a fp16 relative error {error:.3g} (tolerance {TOLERANCES['fp16']})")
     assert error <= TOLERANCES["fp16"]
     assert error > 1e-6, "fp16 compute should not reproduce fp32 bit for bit"
-    assert initializer_types(path) == {onnx.TensorProto.FLOAT16}  # weights really are half precision
+    assert initializer_types(path, model.config) == {onnx.TensorProto.FLOAT16}  # weights really are half precision
+    assert float32_feature_matrices(path, model.config) >= 2
     assert read_onnx_metadata(path)["precision"] == "fp16"
     np.testing.assert_array_equal(torch_predictions(model, take_rows(case, 3)), before)  # model untouched
     assert run_onnx(path, take_rows(case, 7)).shape == (7, model.config.max_proteins)
@@ -203,7 +215,7 @@ def test_bf16_export_graph_and_numerics(tiny_a, bf16_export):
     path, report = bf16_export
     assert report.validations == () and report.max_rel_error is None
     onnx.checker.check_model(str(path), full_check=True)
-    assert initializer_types(path) == {onnx.TensorProto.BFLOAT16}
+    assert initializer_types(path, model.config) == {onnx.TensorProto.BFLOAT16}
     assert read_onnx_metadata(path)["precision"] == "bf16"
     # onnxruntime CPU has no bf16 kernels; onnx's reference runtime does, so check the numerics there,
     # the encoder once and the decoder on its translation, as the runtimes compose them.

@@ -245,3 +245,22 @@ def test_full_size_forward_of_one_cell_fits_in_3_gib() -> None:
     result = subprocess.run([sys.executable, "-c", FULL_SIZE_PEAK], capture_output=True, text=True, check=True)
     peak_kib = int(result.stdout.strip().splitlines()[-1])
     assert peak_kib < 3 * 1024 * 1024, f"peak {peak_kib / 1024:.0f} MiB"
+
+
+def test_fingerprint_is_cached_per_state_and_follows_in_place_updates() -> None:
+    from sctranslator.model.identity import model_fingerprint
+
+    torch.manual_seed(0)
+    model = TranslatorModel(ModelConfig.sized(dim=16, enc_depth=1, enc_heads=2, enc_dim_head=8, dec_depth=1,
+                                              dec_heads=2, dec_dim_head=8, max_genes=32, max_proteins=4,
+                                              translator_depth=2, vocab_size=100))
+    first = model_fingerprint(model)
+    assert model._fingerprint_cache[1] == first and model_fingerprint(model) == first
+    kept = model.dec.to_out.bias.detach().clone()
+    with torch.no_grad():
+        model.dec.to_out.bias.add_(1.0)  # an in-place update, as an optimiser step makes
+    changed = model_fingerprint(model)
+    assert changed != first
+    with torch.no_grad():
+        model.dec.to_out.bias.copy_(kept)
+    assert model_fingerprint(model) == first  # same bytes, same fingerprint
