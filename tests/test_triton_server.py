@@ -278,3 +278,9 @@ def test_serve_starts_a_local_server_and_prints_its_urls(onnx_a: Path, tiny_a: T
         backend.close()
     finally:
         server.stop()
+
+
+def test_server_as_a_context_manager_is_ready_inside_and_gone_after(repo: Path) -> None:
+    with TritonServer(repo, install=require_tritonserver()) as server:
+        assert server.running and server.is_ready()
+    assert not server.running and not server.is_ready()

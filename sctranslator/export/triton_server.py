@@ -239,6 +239,19 @@ class TritonServer:
         _end_orphaned_stubs(process.pid)
         self.process = None
 
+    def __enter__(self) -> TritonServer:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.stop()
+
 
 def _group_members(pgid: int) -> list[int]:
     """Live processes of process group `pgid` (Linux /proc; zombies excluded)."""
@@ -276,16 +289,3 @@ def _end_orphaned_stubs(pgid: int) -> None:
     deadline = time.monotonic() + 5  # SIGKILL is asynchronous: wait until they are gone
     while _group_members(pgid) and time.monotonic() < deadline:
         time.sleep(0.05)
-
-    def __enter__(self) -> TritonServer:
-        self.start()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
-        self.stop()
