@@ -12,6 +12,7 @@ PY=${PYTHON:-python3}
 BUDGET=${SCT_GPU_CHECK_BUDGET:-420}  # seconds for the measurements; the whole script stays under 8 minutes
 export PYTHONUNBUFFERED=1 ORT_DISABLE_TELEMETRY=1
 TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT  # the temporary folder goes, however the check ends
 export NUMBA_CACHE_DIR="$TMP/numba" SCTRANSLATOR_CACHE="$TMP/cache" MPLCONFIGDIR="$TMP/mpl" XDG_CACHE_HOME="$TMP/xdg"
 
 echo "== environment"

@@ -282,6 +282,11 @@ def export_onnx(model: TranslatorModel, path: str | Path, *, precision: str = "f
         raise ExportError(f"export_onnx needs a TranslatorModel, got {type(model).__name__}")
     dtype = check_precision(precision)
     path = Path(path)
+    if path.name.endswith(".decoder" + (path.suffix or ".onnx")):
+        # That is the name of another export's second file: writing an export there would replace
+        # that export's decoder graph with an encoder graph and break the pair.
+        raise ExportError(f"{path.name}: names ending in .decoder.onnx are where an export writes its decoder graph; "
+                          "give the encoder's file name (for example model.onnx)")
     decoder_name = decoder_file_name(path)
     decoder_path = path.parent / decoder_name
     ours = claim_output(path, OUTPUT_KIND, inputs=(model,), overwrite=overwrite, siblings=(decoder_path,))

@@ -7,6 +7,8 @@ line that serves it with NVIDIA's image is printed instead.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +102,10 @@ def serve(request: ServeRequest, *, echo: Callable[[str], None] = print,
          f"--url {server.grpc_url} --model-name {request.name} --protocol grpc")
     if not block:
         return server
+    # Service managers (Docker, Kubernetes, systemd) stop a service with SIGTERM: treat it like
+    # Ctrl-C, so the server and its Python-backend stubs go down with us.
+    main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
     try:
         assert server.process is not None
         code = server.process.wait()
@@ -108,4 +114,10 @@ def serve(request: ServeRequest, *, echo: Callable[[str], None] = print,
         echo("stopping tritonserver")
         return server
     finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
         server.stop()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,7 +19,30 @@ from sctranslator.export.contract import DECODER, DECODER_FILE_KEY, ENCODER, REE
 from sctranslator.export.onnx_graphs import SplitGraphs, check_graph
 from sctranslator.token_layout import TokenLayout
 
+if TYPE_CHECKING:
+    from sctranslator.model import TranslatorModel
+
 __all__ = ["OnnxRuntimeBackend", "check_graph"]
+
+# Export metadata keys (export/onnx_format.py, which imports onnx and torch: not needed here)
+META_FINGERPRINT, META_PRECISION = "sctranslator.fingerprint", "sctranslator.precision"
+
+
+def check_export_matches(metadata: dict[str, str], path: str, model: TranslatorModel, precision: str) -> None:
+    """BackendError unless the export whose encoder metadata is `metadata` was made from `model` (same
+    weights fingerprint) at `precision`: another model's graphs would run without complaint and give
+    that model's numbers."""
+    from sctranslator.model.identity import model_fingerprint
+
+    recorded, expected = metadata.get(META_FINGERPRINT), model_fingerprint(model)
+    if recorded != expected:
+        raise BackendError(f"{path} was exported from another model (weights fingerprint {str(recorded)[:12]}; the "
+                           f"model given has {expected[:12]}): export this model with `sctranslator export onnx "
+                           "MODEL --out FILE`, or give the model the file was exported from")
+    exported = metadata.get(META_PRECISION)
+    if exported != precision:
+        raise BackendError(f"{path} computes in {exported}, but --precision {precision} was asked for: pass "
+                           f"--precision {exported}, or export the model at {precision}")
 
 
 class OnnxRuntimeBackend:
@@ -74,6 +97,7 @@ class OnnxRuntimeBackend:
         check_graph(encoder, ENCODER, onnx_path, proteins)
         check_graph(decoder, DECODER, str(decoder_path), proteins)
         self.graphs = SplitGraphs(encoder, decoder)
+        self.metadata: dict[str, str] = dict(encoder.get_modelmeta().custom_metadata_map)
         self.genes = genes
         self.providers = encoder.get_providers()
         self._layouts: dict[bytes, TokenLayout] = {}
@@ -81,8 +105,10 @@ class OnnxRuntimeBackend:
     @classmethod
     def from_spec(cls, spec: BackendSpec) -> OnnxRuntimeBackend:
         model = spec.load_model()
-        return cls(onnx_file_for(spec, model), spec.device, spec.threads, model.config.max_genes,
-                   model.config.max_proteins)
+        path = onnx_file_for(spec, model)
+        backend = cls(path, spec.device, spec.threads, model.config.max_genes, model.config.max_proteins)
+        check_export_matches(backend.metadata, path, model, spec.precision)
+        return backend
 
     def layout_for(self, batch: Batch) -> TokenLayout:
         """The batch's token layout: built once per gene layout, checked against the batch's values

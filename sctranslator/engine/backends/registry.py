@@ -27,18 +27,23 @@ if set(BACKENDS) != {AUTO, *_IMPLEMENTATIONS}:  # a choice without an implementa
     raise ImportError(f"backends offered {BACKENDS} differ from those implemented {tuple(_IMPLEMENTATIONS)}")
 
 
-def choose_backend(requested: str) -> tuple[str, str]:
+def choose_backend(requested: str, *, device: str = "cpu", onnx_path: str | None = None) -> tuple[str, str]:
     """The backend to run and why: `requested` itself, or for "auto" the fastest exact path.
 
-    On every device that is the torch backend with its padding collapse: measured on the full-size
-    model (benchmarks/bench_fullsize.py, README "Performance") it is faster than onnxruntime at
-    every gene count on CPU, needs no export (no fixed cost of tens of seconds per new model),
-    and is the one backend with cell embeddings. Triton is never chosen: it needs a server.
+    auto: onnxruntime when an ONNX export is given (`onnx_path`: the user chose that graph);
+    otherwise the torch backend, on CPU and CUDA alike: measured on the full-size model
+    (benchmarks/bench_fullsize.py, README "Performance") it is the fastest exact path at every gene
+    count on CPU, it needs no export (tens of seconds for a new model), it is the one with cell
+    embeddings and the CUDA pipeline (memory-sized batches, overlapped copies). Triton is never
+    chosen: it needs a server.
     """
     if requested != AUTO:
         return requested, "asked for"
-    return "torch", ("auto: torch with the exact padding collapse, the fastest exact path measured "
-                     "(benchmarks/bench_fullsize.py); no export needed")
+    if onnx_path is not None:
+        return "onnxruntime", "auto: an ONNX export was given (--onnx)"
+    where = "CUDA (the GPU pipeline)" if device.startswith("cuda") else "CPU"
+    return "torch", (f"auto: torch on {where}, the fastest exact path measured (benchmarks/bench_fullsize.py); "
+                     "no export needed")
 
 
 def create_backend(spec: BackendSpec) -> Backend:
