@@ -61,7 +61,8 @@ def test_onnxruntime_repository_serves_the_graphs_behind_a_bls_model(tiny_a: Tra
     exported = export_triton(tiny_a, tmp_path, ServingSettings(name="tiny"), onnx_path=onnx_file)
     assert exported.config_path == tmp_path / "tiny" / "config.pbtxt"
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == [
-        "tiny/.sctranslator-output.json", "tiny/1/model.py", "tiny/1/token_layout.py", "tiny/config.pbtxt",
+        "tiny/.sctranslator-output.json", "tiny/1/graph_model.py", "tiny/1/model.py", "tiny/1/token_layout.py",
+        "tiny/config.pbtxt",
         "tiny_decoder/.sctranslator-output.json", "tiny_decoder/1/model.onnx", "tiny_decoder/config.pbtxt",
         "tiny_encoder/.sctranslator-output.json", "tiny_encoder/1/model.onnx", "tiny_encoder/config.pbtxt"]
     encoder_file, decoder_file = graph_files(onnx_file)
@@ -69,6 +70,7 @@ def test_onnxruntime_repository_serves_the_graphs_behind_a_bls_model(tiny_a: Tra
     assert (tmp_path / "tiny_decoder" / "1" / "model.onnx").read_bytes() == decoder_file.read_bytes()
     assert (tmp_path / "tiny" / "1" / "model.py").read_text() == BLS_MODEL_SOURCE.read_text()
     assert (tmp_path / "tiny" / "1" / "token_layout.py").read_text() == LAYOUT_SOURCE.read_text()
+    assert (tmp_path / "tiny" / "1" / "graph_model.py").read_text() == PYTHON_MODEL_SOURCE.read_text()
 
     # The client-facing model: today's five inputs and one output, proteins any multiple of P.
     config = parse(exported.config_path)
@@ -172,7 +174,7 @@ def test_reexport_replaces_the_model_directory(tiny_a: TranslatorModel, onnx_fil
     export_triton(tiny_a, tmp_path, ServingSettings(name="m", backend="onnxruntime"), onnx_path=onnx_file,
                   overwrite=True)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == [
-        "m/.sctranslator-output.json", "m/1/model.py", "m/1/token_layout.py", "m/config.pbtxt",
+        "m/.sctranslator-output.json", "m/1/graph_model.py", "m/1/model.py", "m/1/token_layout.py", "m/config.pbtxt",
         "m_decoder/.sctranslator-output.json", "m_decoder/1/model.onnx", "m_decoder/config.pbtxt",
         "m_encoder/.sctranslator-output.json", "m_encoder/1/model.onnx", "m_encoder/config.pbtxt"]
     assert parse(tmp_path / "m_encoder" / "config.pbtxt").backend == "onnxruntime"

@@ -1,6 +1,7 @@
 """Write a Triton model repository for a TranslatorModel: three models (see triton_config.py).
 
-    <repo>/<name>/config.pbtxt, 1/model.py, 1/token_layout.py     the client-facing BLS model
+    <repo>/<name>/config.pbtxt, 1/model.py, 1/token_layout.py,
+                                  1/graph_model.py              the client-facing BLS model
     <repo>/<name>_encoder/config.pbtxt, 1/model.onnx (+ model.py)  the encoder + translator graph
     <repo>/<name>_decoder/config.pbtxt, 1/model.onnx (+ model.py)  the decoder graph
 
@@ -40,6 +41,7 @@ OUTPUT_KIND = "export-triton"
 PYTHON_MODEL_SOURCE = Path(__file__).with_name("triton_python_model.py")  # one graph in onnxruntime
 BLS_MODEL_SOURCE = Path(__file__).with_name("triton_bls_model.py")  # the client-facing model
 LAYOUT_SOURCE = Path(__file__).resolve().parents[1] / "token_layout.py"
+BLS_HELPERS_FILE = "graph_model.py"  # triton_python_model.py beside the BLS model: its stub-boundary helpers
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,8 @@ def write_model_dirs(staging: dict[str, Path], onnx_file: Path, settings: Servin
     names = graph_model_names(settings.name)
     client = client_config(settings, genes, proteins, parameters)
     path = _write(staging[settings.name], render_config(client),
-                  {PYTHON_FILE: BLS_MODEL_SOURCE, LAYOUT_FILE: LAYOUT_SOURCE})
+                  {PYTHON_FILE: BLS_MODEL_SOURCE, LAYOUT_FILE: LAYOUT_SOURCE,
+                   BLS_HELPERS_FILE: PYTHON_MODEL_SOURCE})
     for spec, source in ((ENCODER, encoder_file), (DECODER, decoder_file)):
         files = {ONNX_FILE: source}
         if settings.backend == "python":

@@ -1,8 +1,10 @@
 """Triton Python-backend BLS model: the client-facing `sctranslator` model over the encoder and decoder models.
 
 `sctranslator export triton` copies this file as `<repo>/<name>/1/model.py`, with
-sctranslator/token_layout.py beside it (numpy only), because inside Triton the package cannot be
-imported. Per request: values (B, L), gene_ids (B, L), gene_mask (B, L), protein_ids (B, k * P),
+sctranslator/token_layout.py (numpy only) and triton_python_model.py (as graph_model.py, for its
+stub-boundary helpers) beside it, because inside Triton the package cannot be imported.
+
+Per request: values (B, L), gene_ids (B, L), gene_mask (B, L), protein_ids (B, k * P),
 protein_mask (B, k * P) for any k >= 1 -> predictions (B, k * P). It builds the token layout
 (padding collapsed when every cell shares one gene layout), calls the encoder model once and the
 decoder model once per window of P proteins, all on the same translation.
@@ -13,6 +15,7 @@ The names of the two models and of every tensor come from the model configuratio
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -26,46 +29,24 @@ try:
 except ImportError:  # imported outside Triton: tests and linters
     pb_utils = None
 
-CONFIG_DTYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_INT64": np.int64, "TYPE_INT32": np.int32,
-                 "TYPE_BOOL": np.bool_}
+def _sibling(file_name: str, package_module: str) -> Any:
+    """The module of `file_name` copied beside this file (inside Triton), else the installed package's."""
+    beside = os.path.join(os.path.dirname(os.path.abspath(__file__)), file_name)
+    if not os.path.exists(beside):
+        return importlib.import_module(package_module)
+    spec = importlib.util.spec_from_file_location(f"sctranslator_bls_{file_name[:-3]}", beside)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]  # dataclasses look the module up
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
 
 
-def _token_layout_class() -> Any:
-    """TokenLayout from the token_layout.py copied beside this file, else from the installed package."""
-    beside = os.path.join(os.path.dirname(os.path.abspath(__file__)), "token_layout.py")
-    if os.path.exists(beside):
-        spec = importlib.util.spec_from_file_location("sctranslator_bls_token_layout", beside)
-        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        sys.modules[spec.name] = module  # type: ignore[union-attr]  # dataclasses look the module up
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-        return module.TokenLayout
-    from sctranslator.token_layout import TokenLayout
-
-    return TokenLayout
-
-
-TokenLayout = _token_layout_class()
-
-
-def to_numpy(tensor: Any) -> np.ndarray:
-    """A pb_utils tensor as numpy, zero-copy through DLPack when the stub supports it (see triton_python_model)."""
-    try:
-        return np.from_dlpack(tensor)
-    except (AttributeError, TypeError, BufferError, RuntimeError):
-        return tensor.as_numpy()
-
-
-def to_tensor(name: str, array: np.ndarray) -> Any:
-    array = np.ascontiguousarray(array)
-    if not array.flags.writeable:  # views of request tensors: DLPack (before 1.0) cannot export read-only arrays
-        array = array.copy()
-    if hasattr(pb_utils.Tensor, "from_dlpack"):
-        return pb_utils.Tensor.from_dlpack(name, array)
-    return pb_utils.Tensor(name, array)
-
-
-def error_response(message: str) -> Any:
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+TokenLayout = _sibling("token_layout.py", "sctranslator.token_layout").TokenLayout
+# The stub-boundary helpers (DLPack in and out, error responses, configuration dtypes) are the
+# graph model's, whose file is copied beside this one as graph_model.py.
+_graph_model = _sibling("graph_model.py", "sctranslator.export.triton_python_model")
+CONFIG_DTYPES = _graph_model.CONFIG_DTYPES
+to_numpy, to_tensor, error_response = _graph_model.to_numpy, _graph_model.to_tensor, _graph_model.error_response
 
 
 class TritonPythonModel:
