@@ -27,6 +27,15 @@ def _native(precision: str) -> bool:
 
 
 @pytest.fixture(scope="module")
+def precision() -> str:
+    """A reduced precision this processor runs natively (the tests that need one skip without)."""
+    found = next((p for p in ("bf16", "fp16") if _native(p)), None)
+    if found is None:
+        pytest.skip("this processor has neither native bf16 nor fp16")
+    return found
+
+
+@pytest.fixture(scope="module")
 def rna_path(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("rna") / "rna.h5ad"
     ad.read_h5ad(data_dir / "pbmc10k_cite_10x" / "rna.h5ad")[:200].copy().write_h5ad(path)
@@ -57,12 +66,10 @@ def test_reduced_precision_on_real_cells_stays_within_the_error_budget(precision
     assert per_protein_pearson(a, b).min() >= 0.999  # the issue's budget, across these real cells
 
 
-def test_the_callers_model_is_never_cast_and_random_features_stay_float32(fixtures_dir: Path) -> None:
+def test_the_callers_model_is_never_cast_and_random_features_stay_float32(fixtures_dir: Path,
+                                                                           precision: str) -> None:
     model = sctranslator.load_model(fixtures_dir / "tiny_a_official.pt")
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    precision = next((p for p in ("bf16", "fp16") if _native(p)), None)
-    if precision is None:
-        pytest.skip("this processor has neither native bf16 nor fp16")
     backend = TorchBackend(model, precision=precision)
     dense = [m for m in backend.model.modules() if isinstance(m, DeltaLinear)]
     assert len(dense) == 6 * model.config.enc_depth  # q, k, v, out, and the two feed-forward layers per block
@@ -84,10 +91,8 @@ def test_half_precision_model_keeps_its_feature_map_exactly() -> None:
     assert model.enc.layers[0].attn.to_q.weight.dtype == torch.bfloat16
 
 
-def test_reduced_precision_backend_takes_float32_batches_and_returns_float32(fixtures_dir: Path) -> None:
-    precision = next((p for p in ("bf16", "fp16") if _native(p)), None)
-    if precision is None:
-        pytest.skip("this processor has neither native bf16 nor fp16")
+def test_reduced_precision_backend_takes_float32_batches_and_returns_float32(fixtures_dir: Path,
+                                                                            precision: str) -> None:
     model = sctranslator.load_model(fixtures_dir / "tiny_a_official.pt")
     L, P = model.config.max_genes, model.config.max_proteins
     rng = np.random.default_rng(0)
@@ -123,11 +128,8 @@ def rounded_directly(model: TranslatorModel, dtype: torch.dtype) -> TranslatorMo
 
 
 @pytest.mark.parametrize("padded", [True, False, "valued"])
-def test_reference_cell_keeps_the_cell_to_cell_signal_that_direct_rounding_loses(padded: object,
-                                                                               fixtures_dir: Path) -> None:
-    precision = next((p for p in ("bf16", "fp16") if _native(p)), None)
-    if precision is None:
-        pytest.skip("this processor has neither native bf16 nor fp16")
+def test_reference_cell_keeps_the_cell_to_cell_signal_that_direct_rounding_loses(padded: object, fixtures_dir: Path,
+                                                                               precision: str) -> None:
     model = sctranslator.load_model(fixtures_dir / "tiny_a_official.pt")
     L, P = model.config.max_genes, model.config.max_proteins
     rng = np.random.default_rng(1)

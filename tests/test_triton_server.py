@@ -41,24 +41,20 @@ PROTEINS = ["CD3", "CD4", "CD8a", "CD14", "CD16", "CD19", "CD45RA", "PD-1", "TIG
 N_CELLS = 300
 
 
-def shared(path: Path) -> Path:
-    return data_file(path)
-
-
 @pytest.fixture(scope="module")
 def tiny_a() -> TranslatorModel:
-    return sctranslator.load_model(shared(FIXTURES / "tiny_a_official.pt"))
+    return sctranslator.load_model(data_file(FIXTURES / "tiny_a_official.pt"))
 
 
 @pytest.fixture(scope="module")
 def tiny_b() -> TranslatorModel:
-    return sctranslator.load_model(shared(FIXTURES / "tiny_b_official.pt"))
+    return sctranslator.load_model(data_file(FIXTURES / "tiny_b_official.pt"))
 
 
 @pytest.fixture(scope="module")
 def rna_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Cell 159 has no counts in any of the tiny model's 64 genes: translate runs allow empty cells.
-    rna = ad.read_h5ad(shared(RNA))[:N_CELLS].copy()
+    rna = ad.read_h5ad(data_file(RNA))[:N_CELLS].copy()
     path = tmp_path_factory.mktemp("rna") / "rna.h5ad"
     rna.write_h5ad(path)
     return path
@@ -172,7 +168,7 @@ def test_serving_another_model_is_a_server_error(server: TritonServer, rna_path:
 
 
 def test_same_shapes_but_other_weights_is_a_server_error(server: TritonServer, tiny_a: TranslatorModel) -> None:
-    other = sctranslator.load_model(shared(FIXTURES / "tiny_a_official.pt"))
+    other = sctranslator.load_model(data_file(FIXTURES / "tiny_a_official.pt"))
     with torch.no_grad():
         next(other.parameters()).add_(1.0)
     spec = BackendSpec(kind="triton", model=other, options=options(server.http_url, "http"))
