@@ -367,6 +367,12 @@ class EvaluateOptions(OptionGroup):
     cosine_batch_size: int | None = option(None, "cells per batch for the cosine score", flag="--cosine-batch",
                                            none_means="all cells at once")
     plots: bool = option(True, "write report.json only, no figures", flag="--no-plots")
+    min_matched: float = option(0.5, "least fraction of the smaller side's cells (predicted or measured) that "
+                                "must match by name; fewer is refused as a mix-up of datasets (0 accepts any)")
+    truth_modality: str | None = option(None, "MuData modality of --truth holding the measured proteins",
+                                        none_means="'prot', else the one modality not named like RNA")
+    model: str | None = option(None, "the model bundle that made the predictions, to tell training cells from "
+                               "held-out ones", none_means="the bundle translate recorded, if it is still there")
 
 
 @dataclass
@@ -389,11 +395,13 @@ class TrainDataOptions(OptionGroup):
         None, "how gene identifiers become model tokens (recorded in the bundle): original = the published "
         "scTranslator tables only; extended = also through the wider identifier tables",
         none_means="the --init bundle's, else extended")
-    normalize: Normalize = option("total_log1p", "library-size normalisation and/or log1p of the RNA (recorded "
-                                  "in the bundle, so translate repeats it)")
-    target_sum: float = option(DEFAULT_TARGET_SUM, "library size for --normalize total / total_log1p")
-    target_scaling: TargetScaling = option("minmax", "per-cell scaling of the protein targets (recorded in the "
-                                           "bundle)")
+    normalize: Normalize | None = option(None, "library-size normalisation and/or log1p of the RNA (recorded "
+                                         "in the bundle, so translate repeats it)",
+                                         none_means="the --init bundle's, else total_log1p")
+    target_sum: float | None = option(None, "library size for --normalize total / total_log1p",
+                                      none_means=f"the --init bundle's, else {DEFAULT_TARGET_SUM:g}")
+    target_scaling: TargetScaling | None = option(None, "per-cell scaling of the protein targets (recorded in the "
+                                                  "bundle)", none_means="the --init bundle's, else minmax")
     val_fraction: float = option(0.1, "fraction of cells held out for validation (seeded)")
     val_count: int | None = option(None, "number of cells held out (seeded; overrides the fraction)",
                                    none_means="from --val-fraction")

@@ -111,7 +111,7 @@ def test_cells_match_by_name_and_none_shared_is_an_error():
     assert cells.pred.tolist() == [0, 1] and cells.truth.tolist() == [2, 0] and cells.n_matched == 2
     with pytest.raises(InputDataError, match="no cell names are shared"):
         match_cells(["x", "y"], ["a", "b"])
-    with pytest.raises(InputDataError, match="duplicated"):
+    with pytest.raises(InputDataError, match=r"repeat 1 name.*the same way in both files"):
         match_cells(["a", "a"], ["a"])
 
 

@@ -37,6 +37,8 @@ def format_report(report: dict[str, Any]) -> str:
     if base:
         header += f" {'base r':>8s}"
     lines = [header, "-" * len(header)]
+    if (report.get("training_cells") or {}).get("in_training"):
+        lines.insert(0, f"*** {report['training_cells']['label']} ***")
     base_rows = {row["protein"]: row for row in base["per_protein"]} if base else {}
     for row in model["per_protein"]:
         line = (f"{row['protein'][:16]:16s} {row['truth_name'][:18]:18s} {str(row['gene'] or '')[:9]:9s} "
@@ -51,6 +53,12 @@ def format_report(report: dict[str, Any]) -> str:
                  f"({report.get('scaling_source', 'asked')})")
     if report.get("predictions_from"):
         lines.append(f"predictions read from {report['predictions_from']}")
+    seen = report.get("training_cells") or {}
+    if seen.get("checked"):
+        lines.append(f"training cells: {seen['label']} ({seen['in_training']} in training, {seen['in_validation']} "
+                     f"held out in validation, {seen['unseen']} never seen; bundle {seen['bundle']})")
+    elif seen.get("note"):
+        lines.append(f"training cells: {seen['note']}")
     for label, metrics in (("model", model), ("baseline", base)):
         if not metrics:
             continue
@@ -76,7 +84,8 @@ def define_evaluate(parser: argparse.ArgumentParser) -> Handler:
     """`sctranslator evaluate --pred P --truth T [--out DIR] [--scaling S] [--baseline B]`."""
     parser.add_argument("--pred", required=True, help="predictions: translate's Zarr store, its --write-h5ad / "
                         "--write-mudata file, or any cells x proteins .h5ad")
-    parser.add_argument("--truth", required=True, help="measured proteins .h5ad (cells x proteins, raw counts)")
+    parser.add_argument("--truth", required=True, help="measured proteins (cells x proteins, raw counts): .h5ad, "
+                        ".zarr, or a CITE-seq .h5mu (see --truth-modality)")
     parser.add_argument("--out", help="directory for report.json and the PNG figures (default: print only)")
     EvaluateOptions.add_cli_args(parser)
     OutputOptions.add_cli_args(parser, only=("overwrite", "quiet"))

@@ -36,21 +36,57 @@ log = logging.getLogger(__name__)
 OUTPUT_KIND = "evaluate"
 
 
-def read_table(source: str | Path | ad.AnnData, what: str) -> ad.AnnData:
-    """An AnnData from an object, a Zarr store (.zarr directory) or an .h5ad file."""
+# Modality names under which CITE-seq MuData files keep the measured proteins (lower case).
+_PROTEIN_MODALITIES = ("prot", "protein", "proteins", "adt", "cite", "antibody", "antibodies")
+
+
+def read_table(source: str | Path | ad.AnnData, what: str, modality: str | None = None) -> ad.AnnData:
+    """An AnnData from an object, a Zarr store (.zarr directory), an .h5ad file, or a MuData / .h5mu
+    (its `modality`, default 'prot', else the one protein-named modality)."""
     import anndata as ad
 
     if isinstance(source, ad.AnnData):
+        if modality is not None:
+            raise InputDataError(f"{what} is an AnnData, not a MuData: it has no modality {modality!r}; "
+                                 "leave out the modality option")
         return source
+    if hasattr(source, "mod"):
+        return _protein_modality(source, what, modality)
     path = Path(source)
     if not path.exists():
         raise StoreError(f"{what} {path} does not exist")
     try:
-        if path.is_dir() or path.suffix == ".zarr":
-            return ad.read_zarr(path)
-        return ad.read_h5ad(path)
+        if path.suffix == ".h5mu":
+            import mudata
+
+            with mudata.set_options(pull_on_update=False):  # mudata 0.3 warns on every read otherwise
+                table = mudata.read_h5mu(path)
+        elif path.is_dir() or path.suffix == ".zarr":
+            table = ad.read_zarr(path)
+        else:
+            table = ad.read_h5ad(path)
     except Exception as error:  # anndata/zarr/h5py raise many types for a malformed store
         raise StoreError(f"cannot read {what} {path} as AnnData: {type(error).__name__}: {error}") from error
+    return read_table(table, f"{what} {path}", modality)
+
+
+def _protein_modality(data: Any, what: str, modality: str | None) -> ad.AnnData:
+    """The modality of a MuData holding measured proteins: the one asked, else 'prot', else the only
+    modality named like proteins; anything else is refused with the modalities listed."""
+    names = [str(name) for name in data.mod]
+    if modality is None:
+        candidates = [name for name in names if name.lower() in _PROTEIN_MODALITIES]
+        if len(candidates) != 1:
+            raise InputDataError(f"{what} is a MuData with modalities {names}; say which one holds the measured "
+                                 "proteins with --truth-modality (truth_modality=)")
+        modality = candidates[0]
+    if modality not in data.mod:
+        raise InputDataError(f"{what} has no modality {modality!r}; its modalities are {names}")
+    table = data.mod[modality]
+    if table.var_names.str.startswith(f"{modality}:").all() and "name" in table.var:
+        table = table.copy()  # names kept unique across modalities ("prot:CD4"); the bare ones are in var
+        table.var_names = table.var["name"].astype(str).to_numpy()
+    return table
 
 
 def _dense(matrix: Any) -> np.ndarray:
@@ -88,15 +124,17 @@ def _no_shared_proteins(pred: ad.AnnData, truth: ad.AnnData) -> InputDataError:
 def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, out: str | Path | None = None,
              scaling: TargetScaling | None = None, plots: bool = True,
              baseline: str | Path | ad.AnnData | np.ndarray | None = None,
-             cosine_batch_size: int | None = None, overwrite: bool = False) -> dict[str, Any]:
+             cosine_batch_size: int | None = None, overwrite: bool = False, min_matched: float = 0.5,
+             truth_modality: str | None = None, model: str | Path | None = None) -> dict[str, Any]:
     """Compare predictions with measured proteins; return (and with `out`, write) the report.
 
     Parameters:
         pred: translate's output: its Zarr store, the `--write-h5ad` file (obsm['protein_expression']),
             the `--write-mudata` file (modality 'prot'); or any cells x proteins AnnData / MuData.
             A gene expression matrix given here is refused (InputDataError).
-        truth: measured protein counts (cells x proteins, raw counts) as .h5ad or AnnData; one that
-            looks already normalised / log-transformed (non-integer values) is warned about.
+        truth: measured protein counts (cells x proteins, raw counts) as .h5ad, .zarr or AnnData, or
+            a CITE-seq MuData / .h5mu (its `truth_modality`); one that looks already normalised /
+            log-transformed (non-integer values) is warned about.
         out: a directory for `report.json` and, if `plots`, `scatter.png` and `pearson.png`.
         scaling: per-cell scaling applied to the truth before scoring, one of TARGET_SCALINGS
             (minmax: the original's training target; clr; log1p); None (default): the scale
@@ -105,6 +143,16 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
             array of the prediction's shape, cells x proteins in its order).
         cosine_batch_size: cells per batch for the cosine score (default: all at once).
         overwrite: replace an earlier evaluate report at `out` (nothing else is ever replaced).
+        min_matched: refuse (InputDataError, both counts named) when fewer than this fraction of the
+            smaller side's cells (predicted or measured) match by name: predictions of one dataset
+            scored against the measurements of another share only the barcodes that repeat by chance.
+            0 accepts any overlap.
+        truth_modality: the modality of a MuData `truth` holding the measured proteins (default:
+            'prot', else the one modality named like proteins).
+        model: the bundle that made the predictions (default: the one translate recorded, when it is
+            still at that path). A bundle made by `finetune` records which cells it was trained and
+            validated on; scored cells among its training cells are counted, warned about, and the
+            report is labelled (`report['training_cells']`).
     Cells are matched by obs_names, proteins by name, spelling, or unique encoding gene (see
     `sctranslator.analysis.matching`); model and baseline are scored on the cells and proteins
     all three share. Returns the report (per-protein Pearson, Spearman, RMSE; summaries; cells and
@@ -112,8 +160,9 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
 
     Raises:
         OptionError: `scaling` outside its choices.
-        InputDataError: no shared cells or proteins; a baseline array of the wrong shape; gene
-            expression given as predictions.
+        InputDataError: no shared cells or proteins, or too few shared cells (`min_matched`);
+            duplicated obs names; a baseline array of the wrong shape; gene expression given as
+            predictions; a MuData truth whose protein modality is not clear.
         StoreError: an input that cannot be read.
         OutputConflictError: `out` holds something else, or is or overlaps an input.
     """
@@ -125,7 +174,9 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
     check_choices(scaling=scaling)
     if out is not None:
         claim_output(out, OUTPUT_KIND, inputs=(pred, truth, baseline), overwrite=overwrite)
-    truth_table = read_table(truth, "protein truth")
+    if not 0.0 <= float(min_matched) <= 1.0:
+        raise InputDataError(f"min_matched must be a fraction between 0 and 1; got {min_matched}")
+    truth_table = read_table(truth, "protein truth", truth_modality)
     found = read_predictions(pred, truth_table.var_names)
     pred_table = found.table
     scaling, scaling_source = _choose_scaling(scaling, found.scaling)
@@ -134,6 +185,7 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
                        advice=f"evaluate scales measured counts itself (--scaling {scaling}); give the raw "
                               "protein counts (e.g. the protein .h5ad as read from the count matrix)")
     cells = match_cells(pred_table.obs_names, truth_table.obs_names)
+    _enough_cells(cells, float(min_matched))
     proteins = match_proteins(pred_table.var_names, truth_table.var_names)
     if not proteins.pairs:
         raise _no_shared_proteins(pred_table, truth_table)
@@ -177,6 +229,7 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
         "proteins": proteins.report(),
         "model": _scored(pred_values, truth_scaled, names, by_name, cosine_batch_size),
     }
+    report["training_cells"] = training_overlap(pred_table.obs_names[pred_rows], model, found.record)
     if baseline_values is not None:
         report["baseline"] = _scored(baseline_values, truth_scaled, names, by_name, cosine_batch_size)
         report["baseline"]["matching"] = baseline_report
@@ -186,6 +239,56 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
     if out is not None:
         report["files"] = _write(Path(out), report, truth_scaled, pred_values, baseline_values, names, plots)
     return report
+
+
+def _enough_cells(cells: Any, min_matched: float) -> None:
+    """Refuse a cell overlap too small to be the same cells (see `evaluate`'s `min_matched`)."""
+    smaller = min(cells.n_pred, cells.n_truth)
+    if cells.n_matched >= min_matched * smaller:
+        return
+    raise InputDataError(
+        f"only {cells.n_matched} cell names are shared between the {cells.n_pred} predicted and the "
+        f"{cells.n_truth} measured cells, fewer than {min_matched:.0%} of the smaller side ({smaller}): these look "
+        "like different datasets whose barcodes repeat by chance. Give the measurements of the cells that were "
+        "translated (barcodes often need a sample prefix or suffix to match), or --min-matched 0 to score the "
+        "overlap anyway")
+
+
+def training_overlap(names: Any, model: str | Path | None, record: dict[str, Any] | None) -> dict[str, Any]:
+    """How many of the scored cells (`names`) the model was trained or validated on, from its bundle.
+
+    The bundle is `model`, else the one translate recorded in the predictions (`record`, their
+    uns['sctranslator']) if it is still there. Warns when scored cells were training cells.
+    """
+    from sctranslator.model.bundle import CONFIG_FILE
+    from sctranslator.model.cells import read_cells, seen_in
+
+    recorded = ((record or {}).get("model") or {}).get("source")
+    source = model if model is not None else recorded
+    result: dict[str, Any] = {"checked": False, "bundle": str(source) if source else None}
+    if source is None or not (Path(source) / CONFIG_FILE).is_file():
+        if model is not None:
+            raise InputDataError(f"--model {model} is not a model bundle directory (no {CONFIG_FILE}); give the "
+                                 "bundle finetune wrote")
+        result["note"] = ("not checked: the predictions name no model bundle that is still on disk; pass --model "
+                          "BUNDLE to check whether scored cells were used in training")
+        return result
+    splits = read_cells(source)
+    if splits is None:
+        result["note"] = ("not checked: this model records no training cells (published checkpoints, the demo "
+                          "model and bundles made before sctranslator recorded them)")
+        return result
+    trained = seen_in(names, splits.get("train", np.zeros(0, dtype=np.uint64)))
+    held = seen_in(names, splits.get("val", np.zeros(0, dtype=np.uint64))) & ~trained
+    result.update(checked=True, scored=int(len(trained)), in_training=int(trained.sum()),
+                  in_validation=int(held.sum()), unseen=int(len(trained) - trained.sum() - held.sum()))
+    if result["in_training"]:
+        result["label"] = (f"NOT A HELD-OUT SCORE: {result['in_training']} of the {result['scored']} scored cells "
+                           "were used to train the model")
+        log.warning("%s (bundle %s); evaluate held-out cells only for an honest estimate", result["label"], source)
+    else:
+        result["label"] = "held-out: no scored cell was used to train the model"
+    return result
 
 
 def _choose_scaling(asked: str | None, recorded: str | None) -> tuple[str, str]:

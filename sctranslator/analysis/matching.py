@@ -66,17 +66,23 @@ class ProteinMatch:
         }
 
 
-def _unique_names(names: pd.Index, what: str) -> None:
+def _unique_names(names: pd.Index, what: str, fix: str = "make them unique") -> None:
     if not names.is_unique:
-        duplicated = names[names.duplicated()].unique().tolist()[:5]
-        raise InputDataError(f"{what} has duplicated names {duplicated}; make them unique (e.g. obs_names_make_unique)")
+        repeated = names[names.duplicated()].unique()
+        raise InputDataError(f"{what} repeat {len(repeated)} name(s) (e.g. {repeated[:5].tolist()}), so those entries "
+                             f"cannot be paired by name; {fix}")
+
+
+# Renaming one side on its own (obs_names_make_unique) would pair different cells, so the fix names both.
+_CELL_FIX = ("give every cell a unique name the same way in both files, e.g. prefix each sample's barcodes with "
+             "its sample (obs_names = sample + '_' + barcode), then translate again")
 
 
 def match_cells(pred_names: Sequence[str], truth_names: Sequence[str]) -> CellMatch:
     """Cells present on both sides, by name; raises InputDataError if there are none."""
     pred_index, truth_index = pd.Index(pred_names).astype(str), pd.Index(truth_names).astype(str)
-    _unique_names(pred_index, "the prediction's obs_names")
-    _unique_names(truth_index, "the truth's obs_names")
+    _unique_names(pred_index, "the prediction's obs_names", _CELL_FIX)
+    _unique_names(truth_index, "the truth's obs_names", _CELL_FIX)
     where = truth_index.get_indexer(pred_index)
     shared = np.flatnonzero(where >= 0)
     if shared.size == 0:
@@ -111,8 +117,8 @@ def _pair_unique(left: dict[int, str], right: dict[int, str], key_of: dict[str, 
 def match_proteins(pred_names: Sequence[str], truth_names: Sequence[str]) -> ProteinMatch:
     """Pair prediction and truth proteins by name, then spelling key, then unique encoding gene."""
     pred_names, truth_names = [str(n) for n in pred_names], [str(n) for n in truth_names]
-    _unique_names(pd.Index(pred_names), "the prediction's protein names")
-    _unique_names(pd.Index(truth_names), "the truth's protein names")
+    _unique_names(pd.Index(pred_names), "the prediction's protein names", "rename or drop the repeated columns")
+    _unique_names(pd.Index(truth_names), "the truth's protein names", "rename or drop the repeated columns")
     genes = dict(zip(pred_names + truth_names, map_proteins(pred_names + truth_names).genes, strict=True))
     left = dict(enumerate(pred_names))
     right = dict(enumerate(truth_names))

@@ -44,6 +44,7 @@ class Predictions:
     table: ad.AnnData
     found_in: str
     scaling: str | None
+    record: dict[str, Any] | None = None  # translate's provenance (uns['sctranslator']), if any
 
 
 def _read_file(path: Path, what: str) -> Any:
@@ -108,7 +109,8 @@ def read_predictions(source: Any, truth_names: Any = None, what: str = "predicti
             prot = prot.copy()
             prot.var_names = prot.var["name"].astype(str).to_numpy()
         scaling = _recorded_scaling(prot.uns) or _recorded_scaling(obj.uns)
-        return Predictions(prot, f"{label} (modality '{PROTEIN_MODALITY}')", scaling)
+        return Predictions(prot, f"{label} (modality '{PROTEIN_MODALITY}')", scaling,
+                           _record(prot.uns) or _record(obj.uns))
     if not isinstance(obj, ad.AnnData):
         raise InputDataError(f"{label} is a {type(obj).__name__}; expected an AnnData, a MuData or a path")
     scaling = _recorded_scaling(obj.uns)
@@ -120,10 +122,15 @@ def read_predictions(source: Any, truth_names: Any = None, what: str = "predicti
                 "provenance: in CITE-seq files (scvi-tools' totalVI convention) this key holds the MEASURED "
                 "protein counts, not predictions. Give translate's output as --pred (its --out store, or the "
                 "--write-h5ad / --write-mudata file), and these measured counts as --truth")
-        return Predictions(table, f"{label} (obsm['{PROTEIN_KEY}'])", scaling)
+        return Predictions(table, f"{label} (obsm['{PROTEIN_KEY}'])", scaling, _record(obj.uns))
     if scaling is None and "sctranslator" not in obj.uns:
         _refuse_gene_expression(obj, truth_names, label)
-    return Predictions(obj, f"{label} (X)", scaling)
+    return Predictions(obj, f"{label} (X)", scaling, _record(obj.uns))
+
+
+def _record(uns: Any) -> dict[str, Any] | None:
+    record = uns.get("sctranslator") if hasattr(uns, "get") else None
+    return record if isinstance(record, dict) and record else None
 
 
 def _refuse_gene_expression(table: ad.AnnData, truth_names: Any, label: str) -> None:

@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from sctranslator._atomic import install_dir, remove_path, staging_dir
 from sctranslator.errors import InputDataError, OutputConflictError
 from sctranslator.model import ModelConfig, TranslatorModel, load_model, save_model
+from sctranslator.model.cells import write_cells
 from sctranslator.model.identity import model_fingerprint
-from sctranslator.options import Preset, TrainDataOptions
+from sctranslator.options import DEFAULT_TARGET_SUM, Preset, TrainDataOptions
 from sctranslator.outputs import claim_output, write_identity
 from sctranslator.train import distributed
 from sctranslator.train.card import model_card
@@ -111,6 +113,41 @@ def _starting_model(init: str | os.PathLike | TranslatorModel | None, config: st
     return TranslatorModel(settings), genes, f"scratch (configuration {config!r})"
 
 
+# What finetune uses when neither the options nor the starting model say otherwise.
+PREPROCESSING_DEFAULTS = {"normalize": "total_log1p", "target_sum": DEFAULT_TARGET_SUM, "target_scaling": "minmax"}
+
+
+def inherit_preprocessing(options: DataOptions, init: TranslatorModel | None
+                          ) -> tuple[DataOptions, dict[str, str]]:
+    """Fill the preprocessing options left unset (None) from the starting model, else the defaults.
+
+    A model keeps the input normalisation and target scaling it was trained with unless the user
+    asks for others: a fine-tuned model otherwise predicts on another scale than its start without a
+    word. Returns the completed options and, per setting, where its value came from.
+    """
+    recorded = (getattr(init, "preprocessing", None) or {}) if init is not None else {}
+    chosen: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for name, default in PREPROCESSING_DEFAULTS.items():
+        asked = getattr(options, name)
+        if asked is not None:
+            chosen[name], origin[name] = asked, "asked"
+        elif recorded.get(name) is not None:
+            chosen[name], origin[name] = recorded[name], "the --init model"
+        else:
+            chosen[name], origin[name] = default, "default"
+    chosen["target_sum"] = float(chosen["target_sum"])
+    for name, value in chosen.items():
+        if origin[name] == "asked" and recorded.get(name) is not None and recorded[name] != value:
+            log.warning("the starting model was trained with %s=%s; %s=%s was asked, so the new model's "
+                        "%s differ from its start", name, recorded[name], name, value,
+                        "predictions are on another scale" if name == "target_scaling" else "inputs are prepared")
+    completed = dataclasses.replace(options, **chosen)
+    completed.check()
+    log.info("preprocessing: %s", ", ".join(f"{k}={chosen[k]} ({origin[k]})" for k in chosen))
+    return completed, {k: v for k, v in origin.items() if v != "asked"}
+
+
 def _fingerprint(model: TranslatorModel, data: PairedData, split: Split, data_options: DataOptions,
                  options: TrainOptions, world: int) -> str:
     """Identity of a run, so that resuming refuses other data or settings."""
@@ -192,6 +229,7 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
                                               len(proteins["names"]), train_options.seed, data_options.gene_mapping)
         if feature_redraw_interval != KEEP:
             model.config = dataclasses.replace(model.config, feature_redraw_interval=feature_redraw_interval)
+        data_options, inherited = inherit_preprocessing(data_options, model if init is not None else None)
         attach_panels(model, genes, proteins, {"normalize": data_options.normalize,
                                                "target_sum": float(data_options.target_sum),
                                                "target_scaling": data_options.target_scaling})
@@ -215,8 +253,10 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
             data = {**paired.origin, "empty_cells": arrays.n_empty_cells}
             card = model_card(model, init=start, data=data, split=split.description,
                               n_train=int(split.train.size), n_val=int(split.val.size), options=train_options,
-                              outcome=outcome, world=processes.world)
-            _save_bundle(model, out, card)
+                              outcome=outcome, world=processes.world, inherited=inherited)
+            _save_bundle(model, out, card, {"train": paired.obs.index[split.train],
+                                            "val": paired.obs.index[split.val]},
+                         {"preprocessing_from": {k: inherited.get(k, "asked") for k in PREPROCESSING_DEFAULTS}})
         _attach_validation(model, paired, split, arrays.targets, outcome)
         model.training_outcome = outcome
         distributed.barrier(processes)
@@ -242,10 +282,16 @@ def _prepare_work_dir(work: Path, *, replace: bool) -> None:
     write_identity(work, WORK_KIND)
 
 
-def _save_bundle(model: TranslatorModel, out: Path, card: str) -> None:
-    """Write the bundle aside, mark it as a finetune output, and rename it into place whole."""
+def _save_bundle(model: TranslatorModel, out: Path, card: str, cells: dict[str, pd.Index],
+                 extra: dict[str, Any]) -> None:
+    """Write the bundle aside, mark it as a finetune output, and rename it into place whole.
+
+    `cells` (obs names of the training and held-out cells) are kept as hashes with a summary in
+    config.json, so that `evaluate` can tell scores on training cells from held-out ones.
+    """
     with staging_dir(out) as staging:
-        save_model(model, staging, card=card)
+        summary = write_cells(staging, cells)
+        save_model(model, staging, card=card, extra={**extra, "cells": summary})
         write_identity(staging, OUTPUT_KIND)
         install_dir(staging, out)
 

@@ -18,7 +18,8 @@ def _number(value: Any) -> str:
 
 
 def model_card(model: TranslatorModel, *, init: str, data: dict[str, Any], split: str, n_train: int, n_val: int,
-               options: TrainOptions, outcome: Outcome, world: int) -> str:
+               options: TrainOptions, outcome: Outcome, world: int, inherited: dict[str, str] | None = None) -> str:
+    """The card's markdown; `inherited` names the preprocessing settings not asked for and where they came from."""
     panel = model.panel or {}
     proteins = panel.get("proteins", {})
     genes = panel.get("genes", {})
@@ -39,6 +40,8 @@ def model_card(model: TranslatorModel, *, init: str, data: dict[str, Any], split
         "over the panel genes (the engine's prepare step)",
         f"- targets: per-cell {pre.get('target_scaling')} scaling of the measured counts "
         "(predictions are on that scale)",
+        *([f"- not asked for, so taken from {', '.join(sorted({v for v in inherited.values()}))}: "
+           + ", ".join(f"{k} ({v})" for k, v in inherited.items())] if inherited else []),
         "",
         "## Training",
         f"- processes: {world}; steps done: {outcome.steps_done}; stopped early: {outcome.stopped_early}; "

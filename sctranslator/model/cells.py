@@ -1,0 +1,75 @@
+"""Which cells a bundle was trained and validated on, kept as hashes of their obs names.
+
+A bundle made by `finetune` carries `cells.npz`: the sorted 64-bit hashes of the obs names of its
+training cells and of its held-out (validation) cells, and config.json carries a summary (counts
+and a digest of each sorted name list). `evaluate` hashes the cells it scores the same way, so it
+can say how many of them the model saw in training without the bundle storing the names
+themselves. Hashes are pandas' fixed-key SipHash of the name as text (vectorised, stable across
+runs and machines); a collision between two different names is negligible at 64 bits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sctranslator._atomic import atomic_write_path
+from sctranslator.errors import CheckpointError
+
+CELLS_FILE = "cells.npz"
+SPLITS = ("train", "val")
+
+
+def name_hashes(names: Sequence[str] | pd.Index | np.ndarray) -> np.ndarray:
+    """64-bit hash of each obs name (as text), in input order."""
+    values = pd.Index(names).astype(str).to_numpy(dtype=object)
+    return pd.util.hash_array(values, categorize=False).astype(np.uint64)
+
+
+def split_summary(names: Sequence[str] | pd.Index | np.ndarray) -> dict[str, Any]:
+    """{'cells': count, 'sha256': digest of the sorted, newline-joined names}: the split's fingerprint."""
+    ordered = np.sort(pd.Index(names).astype(str).to_numpy(dtype=object))
+    digest = hashlib.sha256("\n".join(ordered.tolist()).encode("utf-8")).hexdigest()
+    return {"cells": int(len(ordered)), "sha256": digest}
+
+
+def write_cells(directory: str | Path, splits: dict[str, Sequence[str] | pd.Index]) -> dict[str, Any]:
+    """Write `cells.npz` (sorted name hashes per split) into a bundle; return config.json's summary."""
+    arrays = {split: np.unique(name_hashes(names)) for split, names in splits.items()}
+
+    def write(tmp: Path) -> None:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        tmp.write_bytes(buffer.getvalue())
+
+    atomic_write_path(Path(directory) / CELLS_FILE, write)
+    return {split: split_summary(names) for split, names in splits.items()} | {"file": CELLS_FILE,
+                                                                               "hash": "pandas-siphash64"}
+
+
+def read_cells(directory: str | Path) -> dict[str, np.ndarray] | None:
+    """The sorted name hashes per split of a bundle, or None when it records none (older bundles,
+    published checkpoints, the demo model)."""
+    path = Path(directory) / CELLS_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {split: archive[split].astype(np.uint64) for split in archive.files}
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path} is unreadable ({error}); the bundle is corrupted") from error
+
+
+def seen_in(names: Sequence[str] | pd.Index | np.ndarray, hashes: np.ndarray) -> np.ndarray:
+    """Boolean mask: which of `names` hash to one of the sorted `hashes`."""
+    mine = name_hashes(names)
+    if hashes.size == 0:
+        return np.zeros(len(mine), dtype=bool)
+    where = np.minimum(np.searchsorted(hashes, mine), hashes.size - 1)
+    return hashes[where] == mine
