@@ -22,6 +22,7 @@ from sctranslator.errors import CoverageError, InputDataError, UnknownProteinErr
 from sctranslator.model import TranslatorModel
 from sctranslator.vocab import map_genes, map_proteins, token_symbols
 from sctranslator.vocab.genes import GeneMapping, check_gene_mapping
+from sctranslator.vocab.proteins import check_protein_list
 
 log = logging.getLogger(__name__)
 
@@ -255,9 +256,7 @@ def _protein_request(proteins: Sequence[str]) -> tuple[list[str], np.ndarray, li
     names = [str(p) for p in proteins]
     if not names:
         raise UnknownProteinError("no proteins requested: pass antibody or gene names (--proteins CD3,CD19 or @file)")
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    if duplicated:
-        raise UnknownProteinError(f"proteins requested more than once: {duplicated}")
+    check_protein_list(names)
     mapping = map_proteins(names)
     problems = [(n, s) for n, s in zip(names, mapping.status, strict=True) if s in ("control", "unmapped")]
     if problems:
@@ -305,7 +304,7 @@ def _panel_proteins(proteins: Sequence[str] | None, panel: dict[str, Any],
     else:
         by_name = {n: i for i, n in enumerate(panel_names)}
         by_token = {int(t): i for i, t in reversed(list(enumerate(panel_tokens)))}
-        requested = [str(p) for p in proteins]
+        requested = check_protein_list(proteins)
         mapped = map_proteins(requested)
         selected, missing = [], []
         for name, token in zip(requested, mapped.token_ids, strict=True):

@@ -23,6 +23,7 @@ from sctranslator.model import TranslatorModel
 from sctranslator.plan import Plan, build_plan, column_tokens, gene_identifiers
 from sctranslator.train.paired import PairedData
 from sctranslator.vocab import map_genes, map_proteins, token_symbols
+from sctranslator.vocab.proteins import check_protein_list
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,9 @@ def protein_panel(names: Sequence[str], wanted: Sequence[str] | None = None) -> 
     Isotype controls / blanks are left out (they are not proteins to predict); any other name that
     maps to no gene is an error, unless `wanted` selects the proteins to train on.
     """
-    names = [str(n) for n in names]
+    names = check_protein_list(names, "the measured protein table's columns")
     if wanted is not None:
-        wanted = [str(w) for w in wanted]
+        wanted = check_protein_list(wanted, "the proteins to train on")
         missing = [w for w in wanted if w not in names]
         if missing:
             raise UnknownProteinError(f"{missing} are not in the protein table; it has {names}")

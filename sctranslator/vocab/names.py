@@ -7,6 +7,57 @@ HGNC tables meet on the same key ("PD-1", "pd1" and "PD 1" all become "PD1").
 from __future__ import annotations
 
 import re
+import unicodedata
+
+# Greek letters as antibody panels use them (TCR Vδ2, IFN-γ, CD8α, IL-1β) -> the Latin letter the same
+# marker is spelled with in ASCII panels and in HGNC ("TCR_Vd2", "IFNg", "CD8a", "IL1b").
+_GREEK = {"α": "a", "β": "b", "γ": "g", "δ": "d", "ε": "e", "ζ": "z", "η": "h", "θ": "q", "ι": "i", "κ": "k",
+          "λ": "l", "ν": "n", "ξ": "x", "π": "p", "ρ": "r", "σ": "s", "ς": "s", "τ": "t", "φ": "f", "ϕ": "f",
+          "χ": "c", "ψ": "y", "ω": "w", "ϵ": "e"}
+# μ is written "m" (Igμ = IgM) or "u" (µ-opioid, micro): both are tried, see `ascii_spellings`.
+_MU = ("m", "u")
+# Dashes, minus signs and hyphens NFKC leaves alone, and other punctuation look-alikes.
+_LOOK_ALIKES = {**dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2043\u2212\u2e3a\u2e3b\ufe58\ufe63"
+                                "\u02d7\u1680", "-"),
+                "\u00ad": "", "\u200b": "", "\u200c": "", "\u200d": "", "\u2060": "", "\ufeff": "",
+                "\u2044": "/", "\u2215": "/", "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u2032": "'",
+                "\u00b7": ".", "\u2024": ".", "\u2219": "."}
+
+
+def ascii_spellings(name: str) -> tuple[list[str], str]:
+    """ASCII spellings of a name written with Unicode look-alikes, and what could not be spelled.
+
+    NFKC first (fullwidth "ＣＤ４" -> "CD4", the micro sign -> μ, superscripts), then dashes and
+    minus signs -> "-", Greek letters -> their Latin letter (either case), accents dropped. μ gives two
+    spellings ("m" and "u"); every other name one. The second element holds the characters left
+    without an ASCII equivalent ("" when none): such a name must not be matched by its ASCII part
+    alone. An ASCII name comes back unchanged.
+    """
+    if name.isascii():
+        return [name], ""
+    text = unicodedata.normalize("NFKC", name)
+    text = "".join(_LOOK_ALIKES.get(char, char) for char in text)
+    spellings = [""]
+    for char in text:
+        lower = char.lower()
+        if lower == "μ":
+            spellings = [spelling + letter for spelling in spellings for letter in _MU]
+            continue
+        letter = _GREEK.get(lower)
+        if letter is not None:
+            char = letter.upper() if char != lower else letter
+        spellings = [spelling + char for spelling in spellings]
+    # Accents and other combining marks: "é" -> "e".
+    spellings = ["".join(c for c in unicodedata.normalize("NFKD", spelling) if not unicodedata.combining(c))
+                 for spelling in spellings]
+    left = "".join(dict.fromkeys(c for c in spellings[0] if not c.isascii()))
+    return list(dict.fromkeys(spellings)), left
+
+
+def ascii_name(name: str) -> str:
+    """The first ASCII spelling of `name` (see `ascii_spellings`); characters without one are kept."""
+    return ascii_spellings(name)[0][0]
+
 
 _SEPARATORS = r"[\s\-_.,/:;+|'’]+"
 _SEPARATOR_RUN = re.compile(_SEPARATORS)
@@ -22,8 +73,9 @@ def _separator_to_key(match: re.Match[str]) -> str:
 
 
 def name_key(name: str) -> str:
-    """The lookup key of a marker or gene name: upper case, separators dropped except between digits."""
-    return _SEPARATOR_RUN.sub(_separator_to_key, name.strip().upper())
+    """The lookup key of a marker or gene name: Unicode look-alikes spelled in ASCII (see
+    `ascii_spellings`), upper case, separators dropped except between digits."""
+    return _SEPARATOR_RUN.sub(_separator_to_key, ascii_name(name).strip().upper())
 
 
 # Decorations that panels add around the marker name (10x, BioLegend TotalSeq, REAP-seq, ECCITE-seq).

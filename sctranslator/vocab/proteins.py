@@ -22,7 +22,7 @@ import pandas as pd
 
 from sctranslator.errors import UnknownProteinError
 from sctranslator.vocab.genes import shared_tokens
-from sctranslator.vocab.names import candidate_spellings, is_control_key, name_key
+from sctranslator.vocab.names import ascii_name, ascii_spellings, candidate_spellings, is_control_key, name_key
 from sctranslator.vocab.report import MappingReport
 from sctranslator.vocab.tables import data_file, gene_table, protein_name_table
 
@@ -63,6 +63,24 @@ class ProteinMapping:
         return self.token_ids > 0
 
 
+def check_protein_list(names: Iterable[str], what: str = "the requested proteins") -> list[str]:
+    """The names as text, or `UnknownProteinError` when one protein is listed twice.
+
+    Twice means the same name once Unicode look-alikes are spelled in ASCII and surrounding spaces
+    dropped ("CD8α" and "CD8a", "CD4" and "CD4 "): both would be one output column under one name.
+    Names spelled differently stay distinct ("PD-1 (CD279)" and "PD1 (CD279)" are two anti-PD-1
+    clones in ECCITE-seq panels), as do antibodies for one gene (CD45RA, CD45RO).
+    """
+    texts = [str(name) for name in names]
+    keys = pd.Series([ascii_name(text).strip() for text in texts], dtype=object)
+    repeated = keys[keys.duplicated(keep=False) & (keys != "")]
+    if repeated.empty:
+        return texts
+    groups = [" = ".join(repr(texts[i]) for i in rows) for rows in repeated.groupby(repeated).indices.values()]
+    raise UnknownProteinError(f"{what} list one protein more than once ({'; '.join(groups)}); list each "
+                              "protein once")
+
+
 def map_proteins(names: Iterable[str] | pd.Index | pd.Series | np.ndarray, *,
                  strict: bool = False) -> ProteinMapping:
     """Map antibody/marker names onto the tokens of the genes that encode them.
@@ -84,7 +102,15 @@ def map_proteins(names: Iterable[str] | pd.Index | pd.Series | np.ndarray, *,
 
 @lru_cache(maxsize=65536)
 def resolve_protein_name(name: str) -> ProteinMatch:
-    """Resolve one panel name (cached: panels repeat across calls)."""
+    """Resolve one panel name (cached: panels repeat across calls).
+
+    A name written with Greek letters or other Unicode look-alikes ("TCR_Vδ2", "PD‐1" with a Unicode
+    hyphen, fullwidth "ＣＤ４") resolves exactly as its ASCII spelling does ("TCR_Vd2", "PD-1", "CD4").
+    Where it has two spellings (μ: "m" or "u") that reach different genes, or characters with no ASCII
+    equivalent, it is left unmapped with the reason: never matched by a part of it to a third gene.
+    """
+    if not name.isascii():
+        return _resolve_unicode(name)
     groups = candidate_spellings(name)
     looks_like_control = is_control_key(name_key(name)) or any(is_control_key(name_key(text)) for text in groups[0])
     if looks_like_control and not _is_current_symbol_without_control_word(name, groups[0]):
@@ -94,6 +120,24 @@ def resolve_protein_name(name: str) -> ProteinMatch:
         if hits:
             return _with_token(_best_of(hits))
     return ProteinMatch(status=UNMAPPED, note="no gene known under this name")
+
+
+def _resolve_unicode(name: str) -> ProteinMatch:
+    spellings, left = ascii_spellings(name)
+    if left:
+        return ProteinMatch(status=UNMAPPED, note=f"characters without an ASCII spelling ({left}); rename it as "
+                                                  "an ASCII panel would spell it")
+    matches = {spelling: resolve_protein_name(spelling) for spelling in spellings}
+    found = {spelling: match for spelling, match in matches.items() if match.status != UNMAPPED}
+    genes = {(match.status, match.gene) for match in found.values()}
+    if len(genes) > 1:
+        readings = ", ".join(f"{spelling!r} -> {match.gene or match.status}" for spelling, match in found.items())
+        return ProteinMatch(status=UNMAPPED, alternatives=tuple(str(m.gene) for m in found.values() if m.gene),
+                            note=f"ambiguous Unicode spelling ({readings}); write it in ASCII")
+    spelling, match = next(iter(found.items())) if found else (spellings[0], matches[spellings[0]])
+    note = f"read as {spelling!r}" + (f"; {match.note}" if match.note else "")
+    return ProteinMatch(status=match.status, gene=match.gene, token=match.token, source=match.source,
+                        alternatives=match.alternatives, note=note, matched=match.matched)
 
 
 # Words that make a name a control even when the rest of it is a gene symbol ("LMO4" is a LIM-domain
