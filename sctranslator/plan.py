@@ -171,6 +171,9 @@ def collision_report(identifiers: pd.Index, genes: GeneMapping, tokens: np.ndarr
                      zip(labels[:COLLISION_EXAMPLES], groups.tolist()[:COLLISION_EXAMPLES], strict=False)},
         "make_unique_copies": int(len(copies)),
         "copy_examples": dict(list(copies.items())[:COLLISION_EXAMPLES]),
+        "not_merged": int(len(genes.report.not_merged)),
+        "not_merged_examples": {name: info["why"] for name, info in
+                                list(genes.report.not_merged.items())[:COLLISION_EXAMPLES]},
     }
 
 
@@ -185,6 +188,11 @@ def _log_collisions(collisions: dict[str, Any]) -> None:
                      f"(e.g. {', '.join(map(str, list(collisions['copy_examples'])[:3]))})")
     if parts:
         log.warning("%s: %s", "; ".join(parts), collisions["rule"])
+    if collisions.get("not_merged"):
+        examples = "; ".join(f"{name} ({why})" for name, why in list(collisions["not_merged_examples"].items())[:3])
+        log.warning("%d input columns were left unmapped instead of being added into another column's gene: each "
+                    "is an old symbol or alias that does not surely name that gene (e.g. %s); `sctranslator vocab` "
+                    "lists them", collisions["not_merged"], examples)
 
 
 def _coverage_table(coverage: dict[str, Any]) -> str:

@@ -398,3 +398,46 @@ def test_finetuned_bundles_record_and_reuse_the_mapping_they_were_trained_with(p
     assert predict(pbmc, tmp_path / "b", None).uns["sctranslator"]["plan"]["gene_mapping"] == "original"
     scratch = finetune(pbmc, protein, config="tiny", out=tmp_path / "c", **options)
     assert scratch.panel["genes"]["mapping"] == "extended"  # the default from scratch
+
+
+# ------------------------------------------------------------- ambiguous names are never added up
+def test_extended_merges_only_names_that_surely_name_the_same_gene():
+    names = ["SARS", "SARS2", "GARS", "GART", "DHLAG", "CD74", "C2ORF48", "RRM2"]
+    genes = map_genes(names, id_type="symbol", mapping="extended")
+    by_name = dict(zip(names, genes.token_ids.tolist(), strict=True))
+    # scTranslator's own table sends SARS to SARS2's token and GARS to GART's, but HGNC reads them as
+    # previous symbols of SARS1 and GARS1: never added into another gene's column.
+    assert by_name["SARS"] == 0 and by_name["GARS"] == 0 and by_name["SARS2"] > 0 and by_name["GART"] > 0
+    assert genes.report.not_merged["SARS"]["token_symbol"] == "SARS2"
+    assert genes.report.not_merged["SARS"]["hgnc"] == ["SARS1"]
+    assert genes.report.not_merged["GARS"]["shares_token_with"] == ["GART"]
+    assert set(genes.report.not_merged) == {"SARS", "GARS"}
+    # Previous symbols HGNC gives to the very gene they share a token with are still added up.
+    assert by_name["DHLAG"] == by_name["CD74"] > 0 and by_name["C2ORF48"] == by_name["RRM2"] > 0
+    assert genes.report.to_dict()["not_merged"]["GARS"]["hgnc"] == ["GARS1"]
+    assert "Not merged (2)" in genes.report.to_text()
+    # The original mapping keeps scTranslator's table as it is (each column its own position).
+    original = map_genes(names, id_type="symbol", mapping="original")
+    assert original.token_ids[0] == original.token_ids[1] > 0 and not original.report.not_merged
+
+
+def test_an_ambiguous_column_is_left_out_of_predictions_and_reported(bmmc, wide_model, tmp_path):
+    x = bmmc.X.toarray()
+    rng = np.random.default_rng(0)
+    extra = rng.poisson(2.0, size=(bmmc.n_obs, 2)).astype(np.float32)
+    names = [*bmmc.var_names.astype(str)]
+    with_sars2 = ad.AnnData(X=sp.csr_matrix(np.column_stack([x, extra[:, 0]])), obs=bmmc.obs,
+                            var=pd.DataFrame(index=[*names, "SARS2"]))
+    both = ad.AnnData(X=sp.csr_matrix(np.column_stack([x, extra])), obs=bmmc.obs,
+                      var=pd.DataFrame(index=[*names, "SARS2", "SARS"]))
+    summed = ad.AnnData(X=sp.csr_matrix(np.column_stack([x, extra.sum(axis=1)])), obs=bmmc.obs,
+                        var=pd.DataFrame(index=[*names, "SARS2"]))
+    expected = predict(with_sars2, wide_model, PROTEINS, gene_mapping="extended")
+    result = predict(both, wide_model, PROTEINS, gene_mapping="extended")
+    np.testing.assert_allclose(result.X, expected.X, rtol=0, atol=1e-6 * np.abs(expected.X).max())
+    assert not np.allclose(predict(summed, wide_model, PROTEINS, gene_mapping="extended").X, expected.X)
+    collisions = result.uns["sctranslator"]["plan"]["collisions"]
+    assert collisions["not_merged"] == 1 and "SARS1" in collisions["not_merged_examples"]["SARS"]
+    both.write_h5ad(tmp_path / "rna.h5ad")
+    text = mapping_report_for_file(tmp_path / "rna.h5ad", gene_mapping="extended")
+    assert "Not merged (1)" in text and "SARS (not into SARS2 with SARS2)" in text

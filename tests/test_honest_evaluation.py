@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import anndata as ad
-import numpy as np
 import pytest
 from datafiles import PBMC, TINY_A, data_file
 

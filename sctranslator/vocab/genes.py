@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,8 +34,9 @@ import pandas as pd
 from sctranslator.errors import VocabularyError
 from sctranslator.vocab.detect import detect_with_evidence
 from sctranslator.vocab.identifiers import as_identifier_strings, check_id_type, lookup_keys
+from sctranslator.vocab.names import name_key
 from sctranslator.vocab.report import MappingReport
-from sctranslator.vocab.tables import gene_table, symbol_table, token_table
+from sctranslator.vocab.tables import gene_table, protein_name_table, symbol_table, token_table
 from sctranslator.vocab.tokens import token_symbols
 
 UNKNOWN = "unknown identifier"
@@ -43,6 +45,7 @@ EMPTY = "empty identifier"
 NOT_IN_ORIGINAL_TABLE = "not in scTranslator's own symbol table (only the extended mapping knows it)"
 SYMBOL_NOT_IN_ORIGINAL_TABLE = "its gene's symbol is not in scTranslator's own symbol table"
 COPY = "a make_unique copy of another input (name + '-N' or '.N')"
+NOT_MERGED = "ambiguous name sharing a gene with another input: not added up"
 
 GENE_MAPPINGS = ("original", "extended")
 _ID_TO_SYMBOL = {"entrez": "entrez_symbol", "ensembl": "ensembl_symbol", "mouse_symbol": "mouse_symbol_human",
@@ -126,10 +129,17 @@ def map_genes(identifiers: Iterable[str | int] | pd.Index | pd.Series | np.ndarr
     if id_type in ("entrez", "ensembl"):
         tokens = _as_current_symbol(values, id_type, tokens, alternatives)
 
+    not_merged: dict[str, dict[str, Any]] = {}
+    if id_type == "symbol":
+        tokens, not_merged = _unmerge_ambiguous(values, tokens, alternatives)
     copy_of = _copies(values, tokens)
     notes.append("what translate does here: inputs sharing a token (identical names, an old and a current "
-                 "symbol) and make_unique copies ('X-1' beside 'X') are added up into one column")
+                 "symbol) and make_unique copies ('X-1' beside 'X') are added up into one column; a name that "
+                 "does not resolve unambiguously to that gene is not added in (see 'not merged')")
     report = _gene_report(values, tokens, known, sources, alternatives, id_type, notes, None, copy_of)
+    report.not_merged = not_merged
+    for name in not_merged:
+        report.unmapped_reasons[name] = NOT_MERGED
     return GeneMapping(identifiers=values, token_ids=tokens, id_type=id_type, report=report, mapping=mapping,
                        copy_of=copy_of)
 
@@ -145,6 +155,62 @@ def _as_current_symbol(values: np.ndarray, id_type: str, tokens: np.ndarray, alt
     by_symbol = np.where(symbol_rows >= 0, gene_table("symbol").values[np.maximum(symbol_rows, 0)], 0)
     use = (rows >= 0) & (by_symbol > 0) & (alternatives == "")
     return np.where(use, by_symbol, tokens).astype(np.int64)
+
+
+def _hgnc_readings(names: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """HGNC's reading of each symbol: (gene symbol or '', its level, the other genes at that level)."""
+    table = protein_name_table()  # HGNC symbols, CD names, previous symbols, aliases; best level first
+    keys = np.array([name_key(str(name)) for name in names], dtype=object)
+    rows = table.rows(keys, fold_case=False)
+    found = rows >= 0
+    safe = np.maximum(rows, 0)
+    return (np.where(found, table.values[safe], "").astype(object),
+            np.where(found, table.sources[safe], "").astype(object),
+            np.where(found, table.alternatives[safe], "").astype(object))
+
+
+def _unmerge_ambiguous(values: np.ndarray, tokens: np.ndarray, alternatives: np.ndarray
+                       ) -> tuple[np.ndarray, dict[str, dict[str, Any]]]:
+    """Unmap the inputs that would be added into another input's gene without resolving to it surely.
+
+    Only inputs that share a token with a differently named input are looked at. Such an input
+    resolves unambiguously when it is that token's symbol, or when the symbol tables give it one
+    gene only (no alternatives) and HGNC, if it knows the name, reads it as a gene with that same
+    token (no other gene at its level). A previous symbol or alias that HGNC gives to another gene
+    (SARS: scTranslator's table -> SARS2, HGNC -> SARS1; GARS -> GART vs GARS1), that is another
+    gene's current symbol, or that several genes share is left unmapped, never added up.
+    """
+    frame = pd.DataFrame({"token": tokens, "name": pd.Series(values, dtype=object).str.upper()})
+    mapped = frame[frame["token"] > 0]
+    distinct = mapped.groupby("token")["name"].nunique()
+    shared = np.flatnonzero(frame["token"].isin(distinct.index[distinct > 1]).to_numpy())
+    if shared.size == 0:
+        return tokens, {}
+    symbols = token_symbols(tokens[shared])
+    hgnc, level, others = _hgnc_readings(values[shared])
+    symbol_table_rows = gene_table("symbol").rows(hgnc.astype(object), fold_case=False)
+    hgnc_tokens = np.where((hgnc != "") & (symbol_table_rows >= 0),
+                           gene_table("symbol").values[np.maximum(symbol_table_rows, 0)], 0)
+    is_symbol = frame["name"].to_numpy()[shared] == pd.Series(symbols, dtype=object).str.upper().to_numpy()
+    hgnc_agrees = (hgnc == "") | ((others == "") & (hgnc_tokens == tokens[shared]))
+    sure = is_symbol | ((alternatives[shared] == "") & hgnc_agrees)
+    if sure.all():
+        return tokens, {}
+    tokens = tokens.copy()
+    not_merged: dict[str, dict[str, Any]] = {}
+    for k in np.flatnonzero(~sure).tolist():
+        position = int(shared[k])
+        token = int(tokens[position])
+        name = str(values[position])
+        partners = [str(v) for v in values[shared][(tokens[shared] == token)] if str(v).upper() != name.upper()]
+        readings = [str(hgnc[k])] + [o for o in str(others[k]).split("|") if o] if hgnc[k] else []
+        if str(alternatives[position]):
+            readings += token_symbols(np.array(str(alternatives[position]).split("|"), dtype=np.int64)).tolist()
+        why = (f"symbol tables: {symbols[k]}; HGNC ({level[k] or 'unknown'}): {', '.join(readings) or '-'}")
+        not_merged[name] = {"token_symbol": str(symbols[k]), "hgnc": readings, "hgnc_level": str(level[k]),
+                            "shares_token_with": partners, "why": why}
+        tokens[position] = 0
+    return tokens, not_merged
 
 
 def original_symbol_tokens(symbols: np.ndarray) -> np.ndarray:

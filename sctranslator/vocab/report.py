@@ -31,6 +31,8 @@ class MappingReport:
     controls: list[str] = field(default_factory=list)
     sources: dict[str, int] = field(default_factory=dict)  # mapped inputs per lookup source
     genes: dict[str, str] = field(default_factory=dict)  # proteins only: panel name -> encoding gene
+    # extended gene mapping: input -> why it was not added into the gene another input names
+    not_merged: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -74,6 +76,7 @@ class MappingReport:
             "controls": list(self.controls),
             "sources": dict(self.sources),
             "genes": dict(self.genes),
+            "not_merged": {name: dict(info) for name, info in self.not_merged.items()},
             "notes": list(self.notes),
         }
 
@@ -99,6 +102,12 @@ class MappingReport:
         if self.sources:
             lines.append("  by source: " + ", ".join(f"{name} {count:,}" for name, count in self.sources.items()))
         lines += [f"  note: {note}" for note in self.notes]
+        if self.not_merged:
+            lines.append(f"Not merged ({_shown(len(self.not_merged), max_items)}): an old symbol or alias that does "
+                         "not surely name the gene it shares with another input; left unmapped, not added up")
+            for name, info in list(self.not_merged.items())[:max_items]:
+                lines.append(f"  {name} (not into {info['token_symbol']} with "
+                             f"{', '.join(info['shares_token_with'])}): {info['why']}")
         if self.genes:
             lines.append(f"Mapped ({len(self.genes)}): name -> gene")
             lines += _wrapped([f"{name} -> {gene}" for name, gene in self.genes.items()])
