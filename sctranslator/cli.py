@@ -129,23 +129,67 @@ def _models(parser: argparse.ArgumentParser) -> Handler:
 
 @command("vocab", "report how a dataset's genes (and proteins) map onto model tokens")
 def _vocab(parser: argparse.ArgumentParser) -> Handler:
-    parser.add_argument("input", type=Path, help="RNA .h5ad (genes in var)")
-    InputOptions.add_cli_args(parser, only=("gene_column", "id_type", "gene_mapping"))
+    parser.add_argument("input", type=Path, help="RNA data, any input translate reads: .h5ad, AnnData .zarr store, "
+                        ".h5mu (its RNA modality, see --modality)")
+    InputOptions.add_cli_args(parser, only=("gene_column", "id_type", "gene_mapping", "modality", "layer",
+                                            "use_raw"))
     parser.add_argument("--column", dest="gene_column", help="the older spelling of --gene-column")
-    parser.add_argument("--proteins", help="protein .h5ad, or comma-separated antibody names, or @file "
-                        "(default: genes only)")
+    parser.add_argument("--proteins", help="protein names: comma-separated, @file, or a data file whose var names "
+                        "are the panel (.h5ad, .zarr, or an .h5mu's protein modality) (default: genes only)")
 
     def run(args: argparse.Namespace) -> int:
+        from types import SimpleNamespace
+
+        from sctranslator.engine.sources import open_source
         from sctranslator.vocab import mapping_report_for_file
 
+        source = open_source(args.input, modality=args.modality, layer=args.layer, use_raw=args.use_raw)
+        modality = getattr(source, "modality", None)
+        data = SimpleNamespace(var=source.var, label=f"{args.input}" + (f" (modality '{modality}')"
+                                                                       if modality else ""))
         proteins = args.proteins
-        if proteins and not proteins.endswith(".h5ad"):
+        if proteins and _is_data_path(proteins):
+            proteins = _protein_table(Path(proteins))
+        elif proteins:
             proteins = read_name_list(proteins)
-        print(mapping_report_for_file(args.input, column=args.gene_column, id_type=args.id_type, proteins=proteins,
+        print(mapping_report_for_file(data, column=args.gene_column, id_type=args.id_type, proteins=proteins,
                                       gene_mapping=args.gene_mapping or "original"))
         return 0
 
     return run
+
+
+def _is_data_path(spec: str) -> bool:
+    return spec.endswith((".h5ad", ".h5mu", ".zarr", ".zarr/")) or Path(spec).is_dir()
+
+
+def _protein_table(path: Path) -> object:
+    """The var table of a protein data file (an AnnData's, or a MuData's protein modality's), read
+    without its matrix."""
+    from types import SimpleNamespace
+
+    from sctranslator.analysis.evaluate import pick_protein_modality
+    from sctranslator.engine.sources import open_source
+
+    modalities = _modalities(path)
+    modality = pick_protein_modality(modalities, None, str(path), "a protein list") if modalities else None
+    source = open_source(path, modality=modality)
+    return SimpleNamespace(var=source.var, label=f"{path}" + (f" (modality '{modality}')" if modality else ""))
+
+
+def _modalities(path: Path) -> list[str]:
+    """The modality names of a MuData file or store ([] for an AnnData or anything unreadable here)."""
+    import h5py
+    import zarr
+
+    try:
+        if path.is_dir():
+            group = zarr.open_group(str(path), mode="r")
+            return sorted(group["mod"].group_keys()) if "mod" in group else []
+        with h5py.File(path, "r") as handle:
+            return sorted(handle["mod"].keys()) if "mod" in handle else []
+    except (OSError, KeyError, ValueError, zarr.errors.GroupNotFoundError):
+        return []  # open_source names what is wrong with the file
 
 
 @command("translate", "predict protein abundance for every cell of a dataset")

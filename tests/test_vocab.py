@@ -462,3 +462,96 @@ def test_mapping_report_for_file():
         mapping_report_for_file(rna, column="no_such_column")
     with pytest.raises(InputDataError):
         mapping_report_for_file(DATA / "missing.h5ad")
+
+
+# ---------------------------------------------------------------- Unicode look-alikes and repeated proteins
+# Unicode spelling -> its ASCII twin (Greek letters, Unicode hyphens / minus / dashes, fullwidth forms).
+UNICODE_TWINS = {"TCR_γδ": "TCR_gd", "TCR_Vδ2": "TCR_Vd2", "TCR_Vγ9": "TCR_Vg9", "TCR_αβ": "TCR_ab",
+                 "TCR_Vα7.2": "TCR_Va7.2", "TCR Vα24-Jα18": "TCR Va24-Ja18", "CD8α": "CD8a", "CD8β": "CD8b",
+                 "IFN-γ": "IFN-g", "TNF-α": "TNF-a", "IL-1β": "IL-1b", "CD3ε": "CD3e", "IL-2Rα": "IL-2Ra",
+                 "Integrin β7": "Integrin b7", "FcεRIα": "FceRIa", "PD\u20101": "PD-1", "PD\u22121": "PD-1",
+                 "HLA\u2013DR": "HLA-DR", "B7\u2011H1 (PD\u2011L1)": "B7-H1 (PD-L1)", "ＣＤ４": "CD4",
+                 "CD45RA\u00a0": "CD45RA ", "Mouse IgG1κ isotype": "Mouse IgG1k isotype", "Igμ": "IgM"}
+
+
+@pytest.mark.parametrize("unicode_name", list(UNICODE_TWINS))
+def test_a_unicode_name_maps_exactly_like_its_ascii_twin(unicode_name):
+    twin = UNICODE_TWINS[unicode_name]
+    got = map_proteins([unicode_name])
+    want = map_proteins([twin])
+    assert (got.token_ids[0], got.genes[0], got.status[0]) == (want.token_ids[0], want.genes[0], want.status[0])
+    assert got.status[0] != "unmapped" and name_key(unicode_name) == name_key(twin)
+
+
+def test_greek_tcr_names_are_not_read_as_tcr_alpha():
+    genes = dict(zip(["TCR_γδ", "TCR_Vδ2", "TCR_Vγ9"], map_proteins(["TCR_γδ", "TCR_Vδ2", "TCR_Vγ9"]).genes,
+                     strict=True))
+    assert genes == {"TCR_γδ": "TRDC", "TCR_Vδ2": "TRDV2", "TCR_Vγ9": "TRGV9"}
+
+
+def test_a_unicode_name_without_one_ascii_reading_is_refused_not_guessed():
+    from sctranslator.vocab.names import ascii_spellings
+
+    # Characters with no ASCII spelling: never matched by the ASCII part alone ("TCR_漢" is not TCR).
+    refused = map_proteins(["TCR_漢", "CD4"])
+    assert refused.status == ["unmapped", "mapped"] and refused.token_ids[0] == 0
+    assert "without an ASCII spelling" in refused.report.unmapped_reasons["TCR_漢"]
+    # μ reads as m or u: both spellings are tried, and only agreeing readings map.
+    assert ascii_spellings("Igμ") == (["Igm", "Igu"], "")
+    assert ascii_spellings("CD4") == (["CD4"], "")
+
+
+def test_evaluate_pairs_a_unicode_name_with_its_ascii_twin():
+    from sctranslator.analysis.matching import match_proteins
+
+    match = match_proteins(["TCR_Vδ2", "CD8α", "PD\u20101"], ["PD-1", "TCR_Vd2", "CD8a"])
+    assert {(p.pred, p.truth, p.by) for p in match.pairs} == {("TCR_Vδ2", "TCR_Vd2", "key"),
+                                                              ("CD8α", "CD8a", "key"), ("PD\u20101", "PD-1", "key")}
+
+
+@pytest.mark.parametrize("names", [["CD3", "CD3"], ["CD4", "CD4 "], ["CD8α", "CD8a"], ["PD\u20101", "PD-1"]])
+def test_a_protein_listed_twice_is_refused_everywhere(names):
+    from sctranslator.model import load_model
+    from sctranslator.plan import build_plan
+    from sctranslator.train.inputs import protein_panel
+    from sctranslator.vocab.proteins import check_protein_list
+
+    with pytest.raises(UnknownProteinError, match="more than once"):
+        check_protein_list(names)
+    var = pd.DataFrame(index=["CD3E", "CD4", "CD8A", "PDCD1", "ACTB"])
+    for model in (load_model(datafiles.TINY_A), load_model("demo")):  # a reference model and a panel bundle
+        with pytest.raises(UnknownProteinError, match="list each protein once"):
+            build_plan(var, model, names, allow_low_coverage=True)
+    with pytest.raises(UnknownProteinError, match="more than once"):
+        protein_panel(["CD3", "CD4", "CD8a", "PD-1"], names)
+    # Two clones spelled differently stay two proteins (ECCITE-seq has two anti-PD-1 antibodies).
+    assert check_protein_list(["PD-1 (CD279)", "PD1 (CD279)"]) == ["PD-1 (CD279)", "PD1 (CD279)"]
+
+
+def test_vocab_reads_every_input_kind(tmp_path, capsys):
+    import anndata as ad
+    import mudata
+
+    from sctranslator.cli import main
+
+    rna = ad.read_h5ad(DATA / "bmmc_cite_neurips2021" / "rna.h5ad")
+    prot = ad.read_h5ad(DATA / "bmmc_cite_neurips2021" / "protein.h5ad")
+    rna.write_zarr(tmp_path / "rna.zarr")
+    prot.write_zarr(tmp_path / "prot.zarr")
+    with mudata.set_options(pull_on_update=False):
+        cite = mudata.MuData({"rna": rna, "ADT": prot})
+        cite.write_h5mu(tmp_path / "cite.h5mu")
+        cite.write_zarr(tmp_path / "cite.zarr")
+    assert main(["vocab", str(DATA / "bmmc_cite_neurips2021" / "rna.h5ad")]) == 0
+    want = capsys.readouterr().out.split("\n", 1)[1]  # the report without its title line
+    for path in ("rna.zarr", "cite.h5mu", "cite.zarr"):
+        assert main(["vocab", str(tmp_path / path)]) == 0
+        printed = capsys.readouterr().out
+        assert printed.split("\n", 1)[1] == want, path  # the RNA's genes, never the protein names
+    assert main(["vocab", str(tmp_path / "cite.h5mu"), "--proteins", str(tmp_path / "cite.h5mu")]) == 0
+    printed = capsys.readouterr().out
+    assert "# proteins:" in printed and "(modality 'ADT')" in printed and "inputs                              134" in printed
+    assert main(["vocab", str(tmp_path / "rna.zarr"), "--proteins", str(tmp_path / "prot.zarr")]) == 0
+    assert "inputs                              134" in capsys.readouterr().out
+    assert main(["vocab", str(tmp_path / "cite.h5mu"), "--modality", "nope"]) == 2
+    assert "no modality 'nope'" in capsys.readouterr().err

@@ -70,18 +70,26 @@ def read_table(source: str | Path | ad.AnnData, what: str, modality: str | None 
     return read_table(table, f"{what} {path}", modality)
 
 
+def pick_protein_modality(names: Any, requested: str | None, what: str,
+                          option: str = "--truth-modality (truth_modality=)") -> str:
+    """The MuData modality holding proteins: `requested`, else the one named like proteins (prot,
+    protein, adt, cite, antibody...); InputDataError listing the modalities otherwise."""
+    names = [str(name) for name in names]
+    if requested is not None:
+        if requested not in names:
+            raise InputDataError(f"{what} has no modality {requested!r}; its modalities are {names}")
+        return requested
+    candidates = [name for name in names if name.strip().lower() in _PROTEIN_MODALITIES]
+    if len(candidates) != 1:
+        raise InputDataError(f"{what} is a MuData with modalities {names}; say which one holds the proteins with "
+                             f"{option}")
+    return candidates[0]
+
+
 def _protein_modality(data: Any, what: str, modality: str | None) -> ad.AnnData:
     """The modality of a MuData holding measured proteins: the one asked, else 'prot', else the only
     modality named like proteins; anything else is refused with the modalities listed."""
-    names = [str(name) for name in data.mod]
-    if modality is None:
-        candidates = [name for name in names if name.lower() in _PROTEIN_MODALITIES]
-        if len(candidates) != 1:
-            raise InputDataError(f"{what} is a MuData with modalities {names}; say which one holds the measured "
-                                 "proteins with --truth-modality (truth_modality=)")
-        modality = candidates[0]
-    if modality not in data.mod:
-        raise InputDataError(f"{what} has no modality {modality!r}; its modalities are {names}")
+    modality = pick_protein_modality(data.mod, modality, what)
     table = data.mod[modality]
     if table.var_names.str.startswith(f"{modality}:").all() and "name" in table.var:
         table = table.copy()  # names kept unique across modalities ("prot:CD4"); the bare ones are in var
