@@ -146,8 +146,13 @@ def test_sctranslator_symbol_table_comes_first(raw):
     sample = raw["sct_symbols"].sample(2000, random_state=0)
     expected = sample["entrez_id"].map(raw["token_of_entrez"]).to_numpy()
     mapping = map_genes(sample["symbol"].tolist(), id_type="symbol")
-    np.testing.assert_array_equal(mapping.token_ids, expected)
-    assert mapping.report.sources == {"sctranslator": 2000}
+    # Names that share a token with another name of the sample without surely naming that gene
+    # (aliases several genes share, e.g. "Hed", "p29") are left unmapped rather than added up.
+    aside = sample["symbol"].isin(list(mapping.report.not_merged)).to_numpy()
+    assert aside.sum() < 10 and (mapping.token_ids[aside] == 0).all()
+    assert all(pd.Series(expected).duplicated(keep=False).to_numpy()[aside])
+    np.testing.assert_array_equal(mapping.token_ids[~aside], expected[~aside])
+    assert mapping.report.sources == {"sctranslator": 2000 - int(aside.sum())}
 
 
 def test_sctranslator_choice_wins_where_hgnc_disagrees(raw):
@@ -550,7 +555,8 @@ def test_vocab_reads_every_input_kind(tmp_path, capsys):
         assert printed.split("\n", 1)[1] == want, path  # the RNA's genes, never the protein names
     assert main(["vocab", str(tmp_path / "cite.h5mu"), "--proteins", str(tmp_path / "cite.h5mu")]) == 0
     printed = capsys.readouterr().out
-    assert "# proteins:" in printed and "(modality 'ADT')" in printed and "inputs                              134" in printed
+    assert "# proteins:" in printed and "(modality 'ADT')" in printed
+    assert "inputs                              134" in printed
     assert main(["vocab", str(tmp_path / "rna.zarr"), "--proteins", str(tmp_path / "prot.zarr")]) == 0
     assert "inputs                              134" in capsys.readouterr().out
     assert main(["vocab", str(tmp_path / "cite.h5mu"), "--modality", "nope"]) == 2

@@ -196,13 +196,13 @@ def _unmerge_ambiguous(values: np.ndarray, tokens: np.ndarray, alternatives: np.
     sure = is_symbol | ((alternatives[shared] == "") & hgnc_agrees)
     if sure.all():
         return tokens, {}
-    tokens = tokens.copy()
+    before, tokens = tokens, tokens.copy()
     not_merged: dict[str, dict[str, Any]] = {}
     for k in np.flatnonzero(~sure).tolist():
         position = int(shared[k])
-        token = int(tokens[position])
+        token = int(before[position])
         name = str(values[position])
-        partners = [str(v) for v in values[shared][(tokens[shared] == token)] if str(v).upper() != name.upper()]
+        partners = [str(v) for v in values[shared][(before[shared] == token)] if str(v).upper() != name.upper()]
         readings = [str(hgnc[k])] + [o for o in str(others[k]).split("|") if o] if hgnc[k] else []
         if str(alternatives[position]):
             readings += token_symbols(np.array(str(alternatives[position]).split("|"), dtype=np.int64)).tolist()
