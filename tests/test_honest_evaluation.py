@@ -158,3 +158,17 @@ def test_scratch_training_uses_the_documented_defaults(data, tmp_path):
                      batch_size=8, val_count=40, quiet=True, workers=1, out=tmp_path / "scratch")
     assert model.preprocessing == {"normalize": "total_log1p", "target_sum": 1e4, "target_scaling": "minmax"}
     assert Path(tmp_path / "scratch" / "cells.npz").is_file()
+
+
+def test_finetune_pairs_cells_by_name_only_when_they_are_the_same_cells(data):
+    from sctranslator.train.paired import load_paired
+
+    stranger = data["protein"].copy()
+    stranger.obs_names = [name if i < 11 else f"other-{i}" for i, name in enumerate(stranger.obs_names)]
+    with pytest.raises(InputDataError, match=r"only 11 cell names .* 200 RNA .* 200 protein"):
+        load_paired(data["rna"], stranger)
+    twice = ad.concat([data["protein"][:50], data["protein"][:50]])
+    with pytest.raises(InputDataError, match=r"repeat 50 name.*alone would pair different cells"):
+        load_paired(data["rna"], twice)
+    # A protein table for a subset of the cells pairs that subset.
+    assert load_paired(data["rna"], data["protein"][60:140].copy()).n_cells == 80

@@ -138,8 +138,12 @@ def _match_cells(rna_names: pd.Index, protein_names: pd.Index) -> tuple[np.ndarr
         return rows, rows
     for what, names in (("RNA", rna_names), ("protein", protein_names)):
         if names.has_duplicates:
-            raise InputDataError(f"the {what} cell names (obs_names) are not unique, so cells cannot be matched "
-                                 "by name; make them unique (obs_names_make_unique) or give both in the same order")
+            repeated = names[names.duplicated()].unique()
+            raise InputDataError(
+                f"the {what} cell names (obs_names) repeat {len(repeated)} name(s) (e.g. {repeated[:5].tolist()}), "
+                "so cells cannot be matched by name; give every cell a unique name the same way in both tables "
+                "(e.g. prefix each sample's barcodes with its sample): obs_names_make_unique on one table alone "
+                "would pair different cells")
     positions = protein_names.get_indexer(rna_names)
     rna_rows = np.flatnonzero(positions >= 0).astype(np.int64)
     if rna_rows.size == 0:
@@ -148,6 +152,14 @@ def _match_cells(rna_names: pd.Index, protein_names: pd.Index) -> tuple[np.ndarr
             f"cells, e.g. {list(protein_names[:3])}) tables share no cell names: pair the same cells "
             "(same obs_names, or the same cells in the same order with identical obs_names)"
         )
+    smaller = min(len(rna_names), len(protein_names))
+    if rna_rows.size < 0.5 * smaller:
+        # As in evaluate: barcodes of two different datasets repeat by chance.
+        raise InputDataError(
+            f"only {rna_rows.size} cell names are shared between the {len(rna_names)} RNA and the "
+            f"{len(protein_names)} protein cells, fewer than half of the smaller table: these look like different "
+            "datasets whose barcodes repeat by chance. Pair the measurements of the same cells (select the shared "
+            "cells first if this is meant)")
     return rna_rows, positions[rna_rows].astype(np.int64)
 
 
