@@ -74,6 +74,24 @@ def test_scoring_training_cells_is_warned_about_and_labelled(data, caplog):
     assert report["training_cells"]["label"].startswith("held-out") and "train the model" not in caplog.text
 
 
+def test_another_model_at_the_recorded_path_is_not_trusted(data, tmp_path):
+    import shutil
+
+    from sctranslator import translate
+    from sctranslator.train import finetune
+
+    finetune(data["folder"] / "rna.h5ad", data["folder"] / "protein.h5ad", init=TINY_A, out=tmp_path / "bundle",
+             steps=1, batch_size=8, val_count=40, quiet=True, workers=1)
+    pred = tmp_path / "pred.zarr"
+    translate(data["rna"][:50].copy(), tmp_path / "bundle", PANEL, out=pred, workers=1)
+    assert evaluate(pred, data["protein"], plots=False)["training_cells"]["checked"]
+    # The same path now holds another training run's bundle (other weights, other split).
+    shutil.rmtree(tmp_path / "bundle")
+    shutil.copytree(data["folder"] / "bundle", tmp_path / "bundle")
+    seen = evaluate(pred, data["protein"], plots=False)["training_cells"]
+    assert not seen["checked"] and "not the model that made these predictions" in seen["note"]
+
+
 def test_a_model_without_a_record_is_said_to_be_unchecked(data):
     report = evaluate(data["pred"], data["protein"], plots=False, model=data["folder"] / "bundle")
     assert report["training_cells"]["checked"]

@@ -282,6 +282,12 @@ def training_overlap(names: Any, model: str | Path | None, record: dict[str, Any
                           "BUNDLE to check whether scored cells were used in training")
         return result
     splits = read_cells(source)
+    recorded_fingerprint = ((record or {}).get("model") or {}).get("fingerprint")
+    if splits is not None and recorded_fingerprint and not _same_model(source, recorded_fingerprint):
+        result["note"] = (f"not checked: the bundle at {source} is not the model that made these predictions (its "
+                          "weights differ from the fingerprint translate recorded); pass --model with that bundle")
+        log.warning("training cells %s", result["note"])
+        return result
     if splits is None:
         result["note"] = ("not checked: this model records no training cells (published checkpoints, the demo "
                           "model and bundles made before sctranslator recorded them)")
@@ -297,6 +303,14 @@ def training_overlap(names: Any, model: str | Path | None, record: dict[str, Any
     else:
         result["label"] = "held-out: no scored cell was used to train the model"
     return result
+
+
+def _same_model(bundle: str | Path, fingerprint: str) -> bool:
+    """True when the bundle's weights and configuration are those translate fingerprinted."""
+    from sctranslator.model import load_model
+    from sctranslator.model.identity import model_fingerprint
+
+    return model_fingerprint(load_model(bundle)) == fingerprint
 
 
 def _choose_scaling(asked: str | None, recorded: str | None) -> tuple[str, str]:
