@@ -190,3 +190,22 @@ def test_finetune_pairs_cells_by_name_only_when_they_are_the_same_cells(data):
         load_paired(data["rna"], twice)
     # A protein table for a subset of the cells pairs that subset.
     assert load_paired(data["rna"], data["protein"][60:140].copy()).n_cells == 80
+
+
+def test_the_demo_model_knows_its_training_cells(tmp_path):
+    from sctranslator import translate
+    from sctranslator.demo import demo_root
+
+    # The first pbmc10k cells of the test data include cells the demo model was trained on.
+    rna = ad.read_h5ad(data_file(PBMC / "rna.h5ad"))[:60].copy()
+    protein = ad.read_h5ad(PBMC / "protein.h5ad")
+    translate(rna, "demo", out=tmp_path / "pbmc.zarr", workers=1)
+    seen = evaluate(tmp_path / "pbmc.zarr", protein, plots=False)["training_cells"]
+    assert seen["checked"] and seen["in_training"] > 0
+    assert seen["in_training"] + seen["in_validation"] + seen["unseen"] == 60
+    # The packaged demo cells are the 500 held out before training: never seen.
+    with demo_root() as root:
+        cells = ad.read_h5ad(root / "rna.h5ad")[:40].copy()
+        translate(cells, "demo", out=tmp_path / "demo.zarr", workers=1)
+        seen = evaluate(tmp_path / "demo.zarr", root / "protein.h5ad", plots=False)["training_cells"]
+    assert seen["checked"] and seen["unseen"] == 40 and seen["in_training"] == seen["in_validation"] == 0

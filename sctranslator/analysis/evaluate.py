@@ -289,8 +289,8 @@ def training_overlap(names: Any, model: str | Path | None, record: dict[str, Any
         log.warning("training cells %s", result["note"])
         return result
     if splits is None:
-        result["note"] = ("not checked: this model records no training cells (published checkpoints, the demo "
-                          "model and bundles made before sctranslator recorded them)")
+        result["note"] = ("not checked: this model records no training cells (published checkpoints and bundles "
+                          "made before sctranslator recorded them)")
         return result
     trained = seen_in(names, splits.get("train", np.zeros(0, dtype=np.uint64)))
     held = seen_in(names, splits.get("val", np.zeros(0, dtype=np.uint64))) & ~trained
