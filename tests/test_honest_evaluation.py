@@ -157,7 +157,7 @@ def test_finetune_from_a_bundle_keeps_its_scaling_unless_asked(data, tmp_path):
     assert config["preprocessing"]["target_scaling"] == "clr"
     assert config["preprocessing_from"] == {"normalize": "the --init model", "target_sum": "the --init model",
                                             "target_scaling": "the --init model"}
-    assert "taken from the --init model" in (tmp_path / "kept" / "card.md").read_text()
+    assert "target_scaling taken from the --init model" in (tmp_path / "kept" / "card.md").read_text()
     asked = finetune(data["folder"] / "rna.h5ad", data["folder"] / "protein.h5ad", init=data["folder"] / "bundle",
                      out=tmp_path / "asked", target_scaling="log1p", **options)
     assert asked.preprocessing["target_scaling"] == "log1p"

@@ -258,8 +258,8 @@ def _enough_cells(cells: Any, min_matched: float) -> None:
         f"only {cells.n_matched} cell names are shared between the {cells.n_pred} predicted and the "
         f"{cells.n_truth} measured cells, fewer than {min_matched:.0%} of the smaller side ({smaller}): these look "
         "like different datasets whose barcodes repeat by chance. Give the measurements of the cells that were "
-        "translated (barcodes often need a sample prefix or suffix to match), or --min-matched 0 to score the "
-        "overlap anyway")
+        "translated (barcodes often need a sample prefix or suffix to match), or --min-matched 0 (min_matched=0) to "
+        "score the overlap anyway")
 
 
 def training_overlap(names: Any, model: str | Path | None, record: dict[str, Any] | None) -> dict[str, Any]:

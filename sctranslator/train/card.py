@@ -40,8 +40,8 @@ def model_card(model: TranslatorModel, *, init: str, data: dict[str, Any], split
         "over the panel genes (the engine's prepare step)",
         f"- targets: per-cell {pre.get('target_scaling')} scaling of the measured counts "
         "(predictions are on that scale)",
-        *([f"- not asked for, so taken from {', '.join(sorted({v for v in inherited.values()}))}: "
-           + ", ".join(f"{k} ({v})" for k, v in inherited.items())] if inherited else []),
+        *(["- not asked for: " + ", ".join(f"{k} taken from {v}" for k, v in inherited.items())]
+          if inherited else []),
         "",
         "## Training",
         f"- processes: {world}; steps done: {outcome.steps_done}; stopped early: {outcome.stopped_early}; "
