@@ -136,7 +136,11 @@ def _help(text: str, default: Any, choices: tuple[str, ...] | None, none_means: 
     notes = []
     if choices:
         notes.append("one of %(choices)s")
-    if not is_flag:
+    if is_flag:
+        # add_cli_args always makes the flag the departure from the default, so leaving it out is "off"
+        # (also for a `--no-...` flag that turns a True field off).
+        notes.append("default: off")
+    else:
         if default is None or default == [] or default == ():
             if none_means:
                 notes.append(f"default: {none_means}")
@@ -183,6 +187,10 @@ class OptionGroup:
             kwargs: dict[str, Any] = {"dest": f.name, "default": default}
             is_flag = inner is bool
             if is_flag:
+                if meta.get("flag") and bool(default) != bool(_field_default(f)):
+                    # a declared flag such as --no-plots names one direction; flipping its default would
+                    # make it do the opposite of its name
+                    raise ValueError(f"{cls.__name__}.{f.name}: {meta['flag']} cannot take the default {default!r}")
                 kwargs["action"] = "store_false" if default else "store_true"
             else:
                 kwargs["type"] = meta.get("parse") or _scalar_type(inner)

@@ -18,6 +18,11 @@ from sctranslator.errors import StoreError
 
 Block = sp.csr_matrix | np.ndarray
 
+# The value types scipy.sparse can hold; blocks of any other numeric type (float16: AnnData stores
+# written by memory-saving pipelines) are widened on read, see `block_dtype`.
+SPARSE_DTYPES = frozenset(np.dtype(t) for t in (np.bool_, np.int8, np.uint8, np.int16, np.uint16, np.int32,
+                                                np.uint32, np.int64, np.uint64, np.float32, np.float64))
+
 # Names are hashed in slices so that fingerprinting ten million cells never builds one giant string.
 _HASH_SLICE = 100_000
 
@@ -62,7 +67,11 @@ class Source:
         The returned arrays are owned by the caller: modifying them never touches the input.
         """
         start, stop = self._check_range(start, stop)
-        return self._read_rows(start, stop)
+        block = self._read_rows(start, stop)
+        wide = block_dtype(block.dtype)
+        # One place for every source and every job (translate, knockout, attention, finetune): float16
+        # values become float32 here, once per block (dense blocks are fresh copies already).
+        return block if wide == block.dtype else block.astype(wide)
 
     def _read_rows(self, start: int, stop: int) -> Block:
         raise NotImplementedError
@@ -108,6 +117,13 @@ class Source:
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self.kind} {self.describe()} {self._element_name()} "
                 f"{self.n_obs} x {self.n_vars} {self.matrix_format} {np.dtype(self.dtype)}>")
+
+
+def block_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype a block of stored `dtype` is served in: float32 for float16 (exact: every float16 value
+    is a float32 value), the stored dtype otherwise."""
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
 
 
 def hash_names(names: Iterable[Any]) -> str:
