@@ -196,7 +196,7 @@ def define_demo(parser: argparse.ArgumentParser) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from sctranslator.demo import format_table, run_demo
 
-        report = run_demo(args.out, workers=args.workers, overwrite=args.overwrite)
+        report = run_demo(args.out, workers=args.workers, overwrite=args.overwrite, quiet=args.quiet)
         print(format_table(report))
         print(f"predictions: {report['predictions']}\nmetrics: {report['metrics_file']}")
         return 0
@@ -328,7 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        # option values are converted while parsing (e.g. `--cells @names.txt` reads the file)
+        args = build_parser().parse_args(argv)
+    except SctranslatorError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     _configure_output(args)
     try:
         return int(args.handler(args) or 0)

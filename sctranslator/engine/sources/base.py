@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sctranslator.errors import StoreError
+from sctranslator.errors import InputDataError, StoreError
 
 Block = sp.csr_matrix | np.ndarray
 
@@ -117,6 +117,27 @@ class Source:
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self.kind} {self.describe()} {self._element_name()} "
                 f"{self.n_obs} x {self.n_vars} {self.matrix_format} {np.dtype(self.dtype)}>")
+
+
+def require_unique_cell_names(names: pd.Index, where: str, why: str) -> None:
+    """Raise InputDataError when `names` (obs_names) repeat a name: cells are about to be matched by name.
+
+    Parameters
+    ----------
+    names
+        The cell names (obs_names) of the input.
+    where
+        How to name the input in the message.
+    why
+        What matches cells by name here (e.g. "--cells picks cells by name").
+    """
+    if names.is_unique:
+        return
+    repeated = pd.Index(names[names.duplicated()]).unique()
+    shown = ", ".join(repr(str(name)) for name in repeated[:3]) + (" ..." if len(repeated) > 3 else "")
+    raise InputDataError(f"{len(repeated)} cell name(s) occur more than once in the obs_names of {where} ({shown}) "
+                         f"and {why}; make them unique first: `adata.obs_names_make_unique()` (or "
+                         "`mdata.obs_names_make_unique()`), then save the input again")
 
 
 def block_dtype(dtype: np.dtype) -> np.dtype:
