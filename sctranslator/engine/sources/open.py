@@ -42,6 +42,9 @@ def open_source(data: Any, *, layer: str | None = None, modality: str | None = N
     Raises StoreError for unreadable/damaged inputs and InputDataError for a missing layer, raw or modality.
     """
     source = _open(data, layer=layer, modality=modality, use_raw=use_raw, missing_chunks=missing_chunks)
+    if source.n_vars == 0:
+        raise InputDataError(f"{source.describe()}: its matrix ({source._element_name()}) has no genes (var is "
+                             "empty); give the RNA with its genes (a layer, .raw or another modality?)")
     log.debug("input: %r (blocks served as %s)", source, block_dtype(source.dtype))
     return source
 

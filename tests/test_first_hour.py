@@ -1,0 +1,205 @@
+"""What a new user meets in the first hour: unusual but valid inputs, name lists, duplicate cell names,
+progress bars. Real files (h5ad, zarr, backed AnnData) and the bundled demo model; no mocks."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import zarr
+from datafiles import PBMC, TINY_A, data_file
+
+import sctranslator
+from sctranslator.cli import main
+from sctranslator.engine.sources import open_source
+from sctranslator.errors import InputDataError
+
+N_CELLS = 12
+KNOCKOUT_PROTEINS = ["CD3", "CD4", "CD14", "CD19"]
+
+
+@pytest.fixture(scope="module")
+def rna() -> ad.AnnData:
+    adata = ad.read_h5ad(data_file(PBMC / "rna.h5ad"))[:N_CELLS].copy()
+    adata.X = sp.csr_matrix(adata.X)
+    return adata
+
+
+@pytest.fixture(scope="module")
+def half(rna: ad.AnnData) -> ad.AnnData:
+    """The cells with their counts stored as float16 (dense): what memory-saving pipelines write."""
+    out = rna.copy()
+    out.X = rna.X.toarray().astype(np.float16)
+    return out
+
+
+@pytest.fixture(scope="module")
+def expected(half: ad.AnnData, tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    """Predictions for the same values given as float32 (float16 -> float32 is exact)."""
+    ref = half.copy()
+    ref.X = sp.csr_matrix(half.X.astype(np.float32))
+    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    return np.asarray(sctranslator.translate(ref, "demo", out=out, quiet=True).X)
+
+
+def _sparse_float16_store(adata: ad.AnnData, path: Path) -> Path:
+    """An AnnData file whose CSR X/data is float16 (scipy.sparse cannot hold float16, so it is written
+    with h5py / zarr directly, as other tools do)."""
+    data = adata.X.data.astype(np.float16)
+    if path.suffix == ".h5ad":
+        adata.write_h5ad(path)
+        with h5py.File(path, "r+") as f:
+            del f["X/data"]
+            f.create_dataset("X/data", data=data)
+    else:
+        adata.write_zarr(path)
+        group = zarr.open_group(path, mode="r+")
+        del group["X"]["data"]
+        group["X"].create_array("data", data=data, chunks=data.shape)
+        zarr.consolidate_metadata(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["dense-memory", "dense-h5ad", "dense-zarr", "csr-h5ad", "csr-zarr", "csr-backed"])
+def test_float16_x_translates_like_its_float32_values(kind: str, rna: ad.AnnData, half: ad.AnnData,
+                                                      expected: np.ndarray, tmp_path: Path) -> None:
+    layout, where = kind.split("-")
+    if layout == "dense":
+        data = {"memory": half, "h5ad": tmp_path / "x.h5ad", "zarr": tmp_path / "x.zarr"}[where]
+        if where == "h5ad":
+            half.write_h5ad(data)
+        elif where == "zarr":
+            half.write_zarr(data)
+    else:
+        path = _sparse_float16_store(half_as_csr32(half), tmp_path / ("x.zarr" if where == "zarr" else "x.h5ad"))
+        data = ad.read_h5ad(path, backed="r") if where == "backed" else path
+    with open_source(data) as source:
+        assert source.dtype == np.float16  # the stored type is reported (and fingerprinted) as it is
+        block = source.read_block(0, 4)
+    assert block.dtype == np.float32
+    dense = block.toarray() if sp.issparse(block) else block
+    np.testing.assert_array_equal(dense, half.X[:4].astype(np.float32))
+    got = sctranslator.translate(data, "demo", out=tmp_path / "pred.zarr", quiet=True)
+    np.testing.assert_array_equal(np.asarray(got.X), expected)
+
+
+def half_as_csr32(half: ad.AnnData) -> ad.AnnData:
+    out = half.copy()
+    out.X = sp.csr_matrix(half.X.astype(np.float32))
+    return out
+
+
+def test_a_matrix_without_genes_is_a_named_error(rna: ad.AnnData, tmp_path: Path) -> None:
+    with pytest.raises(InputDataError, match="has no genes"):
+        sctranslator.translate(rna[:, :0].copy(), "demo", out=tmp_path / "p.zarr", quiet=True)
+    assert not (tmp_path / "p.zarr").exists()
+
+
+# -- name lists -----------------------------------------------------------------------------------------
+
+def _not_text(kind: str, tmp_path: Path) -> Path:
+    if kind == "h5ad":
+        return data_file(PBMC / "protein.h5ad")
+    if kind == "zarr":
+        path = tmp_path / "protein.zarr"
+        ad.read_h5ad(data_file(PBMC / "protein.h5ad"))[:3].copy().write_zarr(path)
+        return path
+    if kind == "gzip":
+        path = tmp_path / "names.txt.gz"
+        path.write_bytes(gzip.compress(b"CD3\nCD4\n"))
+        return path
+    path = tmp_path / "empty.txt"
+    path.write_text("# nothing but a comment\n\n")
+    return path
+
+
+@pytest.mark.parametrize("option", ["--proteins", "--cells"])
+@pytest.mark.parametrize("kind", ["h5ad", "zarr", "gzip", "empty"])
+def test_an_at_file_that_is_not_a_text_list_is_a_one_line_named_error(
+        kind: str, option: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    listing = _not_text(kind, tmp_path)
+    out = tmp_path / "pred.zarr"
+    code = main(["translate", str(data_file(PBMC / "rna.h5ad")), "--model", "demo", "--out", str(out), "--quiet",
+                 option, f"@{listing}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: OptionError: ") and "\n" not in err, err
+    assert ("lists no names" in err) if kind == "empty" else ("one name per line" in err), err
+    assert not out.exists()
+
+
+def test_a_text_list_with_comments_and_a_bom_is_read(tmp_path: Path) -> None:
+    from sctranslator.options import parse_names
+
+    listing = tmp_path / "names.txt"
+    listing.write_bytes("\ufeffCD3\n# controls below\nCD4  # helper\n\n".encode())
+    assert parse_names(f"@{listing}") == ["CD3", "CD4"]
+
+
+# -- duplicate cell names ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def duplicated(rna: ad.AnnData, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    adata = rna.copy()
+    names = list(adata.obs_names)
+    names[5] = names[2]
+    adata.obs_names = names
+    path = tmp_path_factory.mktemp("dup") / "dup.h5ad"
+    adata.write_h5ad(path)
+    return path
+
+
+def test_cells_by_name_refuses_duplicate_obs_names(duplicated: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    names = ad.read_h5ad(duplicated).obs_names
+    out = tmp_path / "pred.zarr"
+    code = main(["translate", str(duplicated), "--model", "demo", "--out", str(out), "--quiet",
+                 "--cells", f"{names[2]},{names[0]}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert err.startswith("error: InputDataError: ") and "obs_names_make_unique()" in err and names[2] in err
+    assert not out.exists()
+
+
+def test_mudata_write_back_refuses_duplicate_obs_names(duplicated: Path, tmp_path: Path) -> None:
+    """A MuData pairs its modalities by cell name: with a repeated name it would pair the wrong cells."""
+    pytest.importorskip("mudata")
+    out, mudata_path = tmp_path / "pred.zarr", tmp_path / "both.h5mu"
+    with pytest.raises(InputDataError, match=r"obs_names_make_unique\(\)"):
+        sctranslator.translate(duplicated, "demo", out=out, write_mudata=mudata_path, quiet=True)
+    assert not out.exists() and not mudata_path.exists()
+
+
+def test_duplicate_obs_names_are_fine_where_cells_are_matched_by_position(duplicated: Path, tmp_path: Path) -> None:
+    got = sctranslator.translate(duplicated, "demo", out=tmp_path / "pred.zarr", quiet=True)
+    assert list(got.obs_names) == list(ad.read_h5ad(duplicated).obs_names)
+
+
+# -- progress bars in the Python API ---------------------------------------------------------------------
+
+def _run_api(command: str, rna: ad.AnnData, tmp_path: Path, **kwargs: object) -> None:
+    if command == "translate":
+        sctranslator.translate(rna, "demo", out=tmp_path / "p.zarr", **kwargs)
+    elif command == "knockout":
+        model = sctranslator.load_model(data_file(TINY_A))
+        sctranslator.knockout(rna, model, ["LYZ"], KNOCKOUT_PROTEINS, out=tmp_path / "k.h5ad",
+                              block_cells=6, **kwargs)
+    else:
+        model = sctranslator.load_model(data_file(TINY_A))
+        sctranslator.interactions(rna[:4].copy(), model, KNOCKOUT_PROTEINS, **kwargs)
+
+
+@pytest.mark.parametrize("command,desc,cells", [("translate", "translate", N_CELLS),
+                                                 ("knockout", "knockout", N_CELLS), ("attention", "attention", 4)])
+def test_the_api_shows_progress_unless_quiet(command: str, desc: str, cells: int, rna: ad.AnnData, tmp_path: Path,
+                                             capfd: pytest.CaptureFixture[str]) -> None:
+    _run_api(command, rna, tmp_path / "default")
+    err = capfd.readouterr().err
+    assert desc in err and f"{cells}/{cells}" in err, err
+    _run_api(command, rna, tmp_path / "quiet", quiet=True)
+    assert f"{cells}/{cells}" not in capfd.readouterr().err
