@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from sctranslator.errors import SctranslatorError
+from sctranslator.errors import InputDataError, SctranslatorError
 from sctranslator.options import (
     TRANSLATE_INPUTS,
     EngineOptions,
@@ -129,20 +129,35 @@ def _models(parser: argparse.ArgumentParser) -> Handler:
 
 @command("vocab", "report how a dataset's genes (and proteins) map onto model tokens")
 def _vocab(parser: argparse.ArgumentParser) -> Handler:
-    parser.add_argument("input", type=Path, help="RNA .h5ad (genes in var)")
-    InputOptions.add_cli_args(parser, only=("gene_column", "id_type", "gene_mapping"))
+    parser.add_argument("input", type=Path, help="the RNA, as translate reads it: .h5ad, AnnData .zarr store, or "
+                        ".h5mu / MuData zarr (the RNA modality, see --modality)")
+    InputOptions.add_cli_args(parser, only=("gene_column", "id_type", "gene_mapping", "modality", "use_raw"))
     parser.add_argument("--column", dest="gene_column", help="the older spelling of --gene-column")
-    parser.add_argument("--proteins", help="protein .h5ad, or comma-separated antibody names, or @file "
-                        "(default: genes only)")
+    parser.add_argument("--proteins", help="a protein table (.h5ad, AnnData .zarr: its var names; .h5mu / MuData "
+                        "zarr: those of its 'prot', 'protein' or 'adt' modality), or comma-separated antibody "
+                        "names, or @file (default: genes only)")
 
     def run(args: argparse.Namespace) -> int:
-        from sctranslator.vocab import mapping_report_for_file
+        from sctranslator.engine.sources import open_source
+        from sctranslator.vocab import mapping_report
 
-        proteins = args.proteins
-        if proteins and not proteins.endswith(".h5ad"):
-            proteins = read_name_list(proteins)
-        print(mapping_report_for_file(args.input, column=args.gene_column, id_type=args.id_type, proteins=proteins,
-                                      gene_mapping=args.gene_mapping or "original"))
+        # the genes the way translate reads them: the same readers, modality and raw choice
+        with open_source(args.input, modality=args.modality, use_raw=args.use_raw) as source:
+            var = source.var
+            label = f"{args.input}" + (f" modality {source.modality!r}" if getattr(source, "modality", None) else "")
+        if args.gene_column is not None and args.gene_column not in var.columns:
+            raise InputDataError(f"{args.input}: var has no column {args.gene_column!r}; columns are: "
+                                 f"{', '.join(map(str, var.columns)) or 'none'}")
+        genes = var.index if args.gene_column is None else var[args.gene_column]
+        where = f"var[{args.gene_column!r}]" if args.gene_column else "var index"
+        proteins, protein_label = None, "given list"
+        if args.proteins:
+            if Path(args.proteins).expanduser().exists():
+                proteins, protein_label = _protein_table_names(Path(args.proteins).expanduser())
+            else:
+                proteins = read_name_list(args.proteins)
+        print(mapping_report(genes.to_numpy(), f"{label} ({where}", id_type=args.id_type, proteins=proteins,
+                             protein_label=protein_label, gene_mapping=args.gene_mapping or "original"))
         return 0
 
     return run
@@ -180,6 +195,41 @@ def _translate(parser: argparse.ArgumentParser) -> Handler:
         return 0
 
     return run
+
+
+_PROTEIN_MODALITIES = ("prot", "protein", "adt")
+
+
+def _protein_table_names(path: Path) -> tuple[list[str], str]:
+    """The protein names of an AnnData (its var names) or of a MuData's protein modality, and a label."""
+    import h5py
+    import zarr
+
+    from sctranslator.engine.sources import open_source
+
+    if path.is_dir():
+        root = zarr.open_group(str(path), mode="r")
+    elif h5py.is_hdf5(path):
+        root = h5py.File(path, "r")
+    else:
+        raise InputDataError(f"--proteins {path}: not an AnnData / MuData file or store; give an .h5ad, .h5mu or "
+                             ".zarr, comma-separated names, or @file (one name per line)")
+    try:
+        modalities = [str(name) for name in root["mod"]] if "mod" in root else None
+    finally:
+        if isinstance(root, h5py.File):
+            root.close()
+    modality = None
+    if modalities is not None:
+        found = [name for name in modalities if name.lower() in _PROTEIN_MODALITIES]
+        if len(found) != 1:
+            raise InputDataError(f"--proteins {path}: a MuData with {'several' if found else 'no'} protein "
+                                 f"modalities ({', '.join(_PROTEIN_MODALITIES)}; it has: {', '.join(modalities)}); "
+                                 "give the protein names as a list or @file")
+        modality = found[0]
+    with open_source(path, modality=modality) as source:
+        names = [str(name) for name in source.var.index]
+    return names, f"{path}" + (f" modality {modality!r}" if modality else "")
 
 
 def define_demo(parser: argparse.ArgumentParser) -> Handler:

@@ -4,6 +4,7 @@ progress bars. Real files (h5ad, zarr, backed AnnData) and the bundled demo mode
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 import anndata as ad
@@ -203,3 +204,32 @@ def test_the_api_shows_progress_unless_quiet(command: str, desc: str, cells: int
     assert desc in err and f"{cells}/{cells}" in err, err
     _run_api(command, rna, tmp_path / "quiet", quiet=True)
     assert f"{cells}/{cells}" not in capfd.readouterr().err
+
+
+# -- vocab on every input kind ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cite_inputs(rna: ad.AnnData, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    mudata = pytest.importorskip("mudata")
+    root = tmp_path_factory.mktemp("cite")
+    protein = ad.read_h5ad(data_file(PBMC / "protein.h5ad"))[rna.obs_names].copy()
+    both = mudata.MuData({"rna": rna, "prot": protein})
+    paths = {"h5ad": data_file(PBMC / "rna.h5ad"), "zarr": root / "rna.zarr", "h5mu": root / "cite.h5mu",
+             "mudata-zarr": root / "cite.zarr"}
+    rna.write_zarr(paths["zarr"])
+    both.write_h5mu(paths["h5mu"])
+    both.write_zarr(paths["mudata-zarr"])
+    return paths
+
+
+@pytest.mark.parametrize("kind", ["h5ad", "zarr", "h5mu", "mudata-zarr"])
+def test_vocab_reads_every_input_kind_like_translate(kind: str, cite_inputs: dict[str, Path], rna: ad.AnnData,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The genes are the RNA's (a MuData's 'rna' modality, never its protein names); --proteins takes a
+    MuData's 'prot' modality."""
+    assert main(["vocab", str(cite_inputs[kind]), "--proteins", str(cite_inputs["h5mu"])]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"inputs\s+" + f"{rna.n_vars:,}", out), out  # the 4,000 genes, not 4,000 + 14 proteins
+    assert "modality 'prot'" in out
+    protein_names = ad.read_h5ad(data_file(PBMC / "protein.h5ad")).var_names
+    assert re.search(r"inputs\s+" + str(len(protein_names)) + r"\b", out.split("# proteins")[1]), out

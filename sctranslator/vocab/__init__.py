@@ -6,7 +6,7 @@ Tables are package data made by `scripts/build_vocab.py` and loaded lazily on fi
 from __future__ import annotations
 
 from sctranslator.vocab.detect import detect_id_type
-from sctranslator.vocab.file_report import mapping_report_for_file
+from sctranslator.vocab.file_report import mapping_report, mapping_report_for_file
 from sctranslator.vocab.genes import GeneMapping, map_genes
 from sctranslator.vocab.identifiers import ID_TYPES
 from sctranslator.vocab.proteins import ProteinMapping, map_proteins, resolve_protein_name
@@ -21,6 +21,7 @@ __all__ = [
     "detect_id_type",
     "map_genes",
     "map_proteins",
+    "mapping_report",
     "mapping_report_for_file",
     "resolve_protein_name",
     "token_entrez_ids",

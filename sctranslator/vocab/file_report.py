@@ -44,12 +44,32 @@ def mapping_report_for_file(path: str | Path, *, column: str | None = None, id_t
     Returns the printable report.
     """
     where = f"var[{column!r}]" if column else "var index"
-    genes = map_genes(_var_names(path, column), id_type=id_type, mapping=gene_mapping)
-    sections = [f"# {path} ({where}, {gene_mapping} gene mapping)", genes.report.to_text()]
+    if isinstance(proteins, str | Path):
+        proteins, protein_label = list(_var_names(proteins)), str(proteins)
+    else:
+        protein_label = "given list"
+    return mapping_report(_var_names(path, column), f"{path} ({where}", id_type=id_type, proteins=proteins,
+                          protein_label=protein_label, gene_mapping=gene_mapping)
+
+
+def mapping_report(genes: Sequence[str] | np.ndarray, label: str, *, id_type: str = "auto",
+                   proteins: Sequence[str] | None = None, protein_label: str = "given list",
+                   gene_mapping: str = "original") -> str:
+    """The printable report of how gene identifiers (and protein names) map onto model tokens.
+
+    Parameters
+    ----------
+    genes
+        The gene identifiers (a var index or var column).
+    label
+        Where they come from, for the heading.
+    id_type, gene_mapping
+        As for `map_genes`.
+    proteins, protein_label
+        Protein names to map too, and where they come from.
+    """
+    mapped = map_genes(np.asarray(genes), id_type=id_type, mapping=gene_mapping)
+    sections = [f"# {label}, {gene_mapping} gene mapping)", mapped.report.to_text()]
     if proteins is not None:
-        if isinstance(proteins, str | Path):
-            names, label = _var_names(proteins), str(proteins)
-        else:
-            names, label = list(proteins), "given list"
-        sections += [f"# proteins: {label}", map_proteins(names).report.to_text()]
+        sections += [f"# proteins: {protein_label}", map_proteins(list(proteins)).report.to_text()]
     return "\n\n".join(sections)
