@@ -233,3 +233,19 @@ def test_vocab_reads_every_input_kind_like_translate(kind: str, cite_inputs: dic
     assert "modality 'prot'" in out
     protein_names = ad.read_h5ad(data_file(PBMC / "protein.h5ad")).var_names
     assert re.search(r"inputs\s+" + str(len(protein_names)) + r"\b", out.split("# proteins")[1]), out
+
+
+def test_an_obs_column_with_a_slash_is_stored_under_a_storable_name(rna: ad.AnnData, tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """anndata holds 'a/b' in memory (and reads it from older files) but no store can hold it."""
+    adata = rna.copy()
+    adata.obs["sample/lane"] = np.arange(adata.n_obs)
+    adata.obs["sample_lane"] = "taken"
+    with caplog.at_level("WARNING", logger="sctranslator"):
+        got = sctranslator.translate(adata, "demo", out=tmp_path / "pred.zarr", quiet=True)
+    stored = ad.read_zarr(tmp_path / "pred.zarr").obs
+    assert list(stored.columns) == ["sample_lane_2", "sample_lane"]
+    np.testing.assert_array_equal(stored["sample_lane_2"].to_numpy(), np.arange(adata.n_obs))
+    assert list(got.obs.columns) == list(stored.columns)
+    assert "'sample/lane' -> 'sample_lane_2'" in caplog.text
+    assert "sample/lane" in adata.obs.columns  # the input is untouched

@@ -26,7 +26,7 @@ from sctranslator.engine.pipeline import BlockJob, default_workers, run_job
 from sctranslator.engine.predictions import TemporaryStore
 from sctranslator.engine.sink import EMBEDDING_KEY, OUTPUT_KIND, ZarrSink
 from sctranslator.engine.sources import open_source
-from sctranslator.engine.sources.base import require_unique_cell_names
+from sctranslator.engine.sources.base import require_unique_cell_names, storable_obs
 from sctranslator.engine.sources.subset import select_cells
 from sctranslator.engine.writeback import (
     PROTEIN_KEY,
@@ -298,8 +298,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
         out = Path(owner.path) / "predictions.zarr"
     rows = max(1, min(block_cells, source.n_obs or 1))
     try:
-        sink = ZarrSink.open(out, identity=identity, obs=source.read_obs(), var=_output_var(plan), uns=uns,
-                             block_rows=rows, overwrite=overwrite, inputs=inputs,
+        sink = ZarrSink.open(out, identity=identity, obs=storable_obs(source.read_obs()), var=_output_var(plan),
+                             uns=uns, block_rows=rows, overwrite=overwrite, inputs=inputs,
                              embedding_dim=loaded.config.dim if embeddings else 0)
         job = BlockJob(source=source, plan=plan, backend=spec, sink=sink, batch_size=batch_size,
                        allow_empty_cells=allow_empty_cells, embeddings=embeddings, auto_batch_size=auto_batch)

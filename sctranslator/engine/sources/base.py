@@ -7,6 +7,7 @@ worker processes) and open file handles lazily, once per process.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -138,6 +139,32 @@ def require_unique_cell_names(names: pd.Index, where: str, why: str) -> None:
     raise InputDataError(f"{len(repeated)} cell name(s) occur more than once in the obs_names of {where} ({shown}) "
                          f"and {why}; make them unique first: `adata.obs_names_make_unique()` (or "
                          "`mdata.obs_names_make_unique()`), then save the input again")
+
+
+def storable_obs(obs: pd.DataFrame) -> pd.DataFrame:
+    """`obs` with column names that anndata can write: a '/' (which anndata accepts in memory and older
+    files hold, but no store can, since it separates groups) becomes '_' (then '_2', '_3' ... if taken).
+
+    Returns `obs` itself when nothing needs renaming; logs each renamed column at WARNING.
+    """
+    names = [str(name) for name in obs.columns]
+    if not any("/" in name for name in names):
+        return obs
+    taken, renamed = set(names), {}
+    for name in names:
+        if "/" in name:
+            new = candidate = name.replace("/", "_")
+            n = 2
+            while new in taken:
+                new, n = f"{candidate}_{n}", n + 1
+            taken.add(new)
+            renamed[name] = new
+    logging.getLogger(__name__).warning(
+        "obs column(s) renamed in the output, as '/' cannot be stored in a name: %s",
+        ", ".join(f"{old!r} -> {new!r}" for old, new in renamed.items()))
+    out = obs.copy(deep=False)
+    out.columns = [renamed.get(name, name) for name in names]
+    return out
 
 
 def block_dtype(dtype: np.dtype) -> np.dtype:
