@@ -249,3 +249,20 @@ def test_an_obs_column_with_a_slash_is_stored_under_a_storable_name(rna: ad.AnnD
     assert list(got.obs.columns) == list(stored.columns)
     assert "'sample/lane' -> 'sample_lane_2'" in caplog.text
     assert "sample/lane" in adata.obs.columns  # the input is untouched
+
+
+@pytest.mark.parametrize("where", ["h5mu", "memory"])
+def test_write_back_copies_the_modality_that_was_read(where: str, rna: ad.AnnData, tmp_path: Path) -> None:
+    """`--modality RNA --write-h5ad` on a MuData whose RNA is not called 'rna' (a KeyError before)."""
+    mudata = pytest.importorskip("mudata")
+    protein = ad.read_h5ad(data_file(PBMC / "protein.h5ad"))[rna.obs_names].copy()
+    both = mudata.MuData({"RNA": rna, "ADT": protein})
+    data: object = both
+    if where == "h5mu":
+        data = tmp_path / "cite.h5mu"
+        both.write_h5mu(data)
+    copy = tmp_path / "with_proteins.h5ad"
+    sctranslator.translate(data, "demo", out=tmp_path / "pred.zarr", modality="RNA", write_h5ad=copy, quiet=True)
+    written = ad.read_h5ad(copy)
+    assert list(written.var_names) == list(rna.var_names)
+    np.testing.assert_array_equal(written.X.toarray(), rna.X.toarray())

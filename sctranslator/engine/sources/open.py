@@ -59,7 +59,9 @@ def _open(data: Any, *, layer: str | None, modality: str | None, use_raw: bool, 
         return AnnDataSource(data, layer=layer, use_raw=use_raw)
     if type(data).__name__ == "MuData" and hasattr(data, "mod"):  # no mudata import just to check
         chosen = pick_modality(data.mod.keys(), modality, where="the MuData")
-        return AnnDataSource(data.mod[chosen], layer=layer, use_raw=use_raw)
+        source = AnnDataSource(data.mod[chosen], layer=layer, use_raw=use_raw)
+        source.modality = chosen  # what the write-backs copy, as for stored MuData
+        return source
     if not isinstance(data, str | os.PathLike):
         raise InputDataError(f"cannot read a {type(data).__name__}: pass {SUPPORTED}")
     path = Path(data).expanduser().absolute()
