@@ -266,3 +266,17 @@ def test_write_back_copies_the_modality_that_was_read(where: str, rna: ad.AnnDat
     written = ad.read_h5ad(copy)
     assert list(written.var_names) == list(rna.var_names)
     np.testing.assert_array_equal(written.X.toarray(), rna.X.toarray())
+
+
+@pytest.mark.parametrize("proteins,repeated", [("CD4,CD3,CD4", "'CD4', 'CD4' -> panel protein 'CD4'"),
+                                               ("CD8a,CD14,CD8", "'CD8a', 'CD8' -> panel protein 'CD8a'")])
+def test_a_protein_requested_twice_from_a_panel_model_is_refused_up_front(
+        proteins: str, repeated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same protein twice (by name or by two names) would give two output columns of one protein."""
+    out = tmp_path / "pred.zarr"
+    code = main(["translate", str(data_file(PBMC / "rna.h5ad")), "--model", "demo", "--out", str(out), "--quiet",
+                 "--proteins", proteins])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err.startswith("error: UnknownProteinError: proteins requested more than once"), err
+    assert repeated in err
+    assert not out.exists()
