@@ -102,7 +102,7 @@ def _convert(parser: argparse.ArgumentParser) -> Handler:
 
 @command("models", "list the models available by name: the bundled demo and converted bundles")
 def _models(parser: argparse.ArgumentParser) -> Handler:
-    parser.add_argument("--json", action="store_true", help="print the list as JSON (default: a table)")
+    parser.add_argument("--json", action="store_true", help="print the list as JSON instead of a table (default: off)")
 
     def run(args: argparse.Namespace) -> int:
         from sctranslator.model.registry import list_models, model_home
@@ -240,7 +240,7 @@ def define_demo(parser: argparse.ArgumentParser) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from sctranslator.demo import format_table, run_demo
 
-        report = run_demo(args.out, workers=args.workers, overwrite=args.overwrite)
+        report = run_demo(args.out, workers=args.workers, overwrite=args.overwrite, quiet=args.quiet)
         print(format_table(report))
         print(f"predictions: {report['predictions']}\nmetrics: {report['metrics_file']}")
         return 0
@@ -300,12 +300,13 @@ def _configure_output(args: argparse.Namespace) -> None:
     """INFO logs (DEBUG with -v) routed around progress bars; with --quiet only our warnings and errors,
     and no library warnings (anndata's 'storing as categorical', mudata's, numba's ...)."""
     quiet = bool(getattr(args, "quiet", False))
+    verbose = _verbosity(args)
     handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    # Libraries speak at WARNING and above only (mudata and matplotlib log INFO chatter); the package
-    # at INFO (DEBUG with -v, WARNING with --quiet).
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, handlers=[handler], force=True)
-    level = logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO
+    # Libraries speak at WARNING and above (zarr, numcodecs, fsspec and asyncio log hundreds of DEBUG lines,
+    # mudata and matplotlib INFO chatter) unless -vv; the package at INFO (DEBUG with -v, WARNING with --quiet).
+    logging.basicConfig(level=logging.DEBUG if verbose >= 2 else logging.WARNING, handlers=[handler], force=True)
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.getLogger("sctranslator").setLevel(level)
     if quiet:
         warnings.simplefilter("ignore")  # the package reports through logging, not the warnings module
@@ -318,30 +319,65 @@ def _state_defaults(parser: argparse.ArgumentParser) -> None:
             for sub in action.choices.values():
                 _state_defaults(sub)
             continue
-        if not action.option_strings or action.help in (None, argparse.SUPPRESS) or "default" in action.help:
+        optional_positional = not action.option_strings and action.nargs in ("?", "*")
+        if ((not action.option_strings and not optional_positional) or action.help in (None, argparse.SUPPRESS)
+                or "default" in action.help or action.default == argparse.SUPPRESS):  # --help, --version: not settings
             continue
-        if isinstance(action, argparse._StoreTrueAction):
-            action.help += " (default: off)"
-        elif isinstance(action, argparse._StoreFalseAction):
-            action.help += " (default: on)"
-        elif action.nargs != 0 and action.default is None and not action.required:
+        if action.nargs == 0:
+            # A flag's help says what giving it does, so its default is "on" only when leaving it out already
+            # gives that value (never, for store_true / store_false / count): a `--no-...` flag is off too.
+            on = action.const is not None and action.default == action.const
+            action.help += f" (default: {'on' if on else 'off'})"
+        elif action.default is None and not action.required:
             action.help += " (default: none)"
+
+
+_VERBOSE_HELP = ("-v: sctranslator's own debug messages; -vv: also the libraries' (zarr, numcodecs, fsspec, "
+                 "asyncio, numba ...), which otherwise stay at warnings")
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    """`-v` after the sub-command too (its own dest: a sub-parser's namespace would replace the top-level count),
+    also on nested sub-commands such as `export onnx`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _add_verbose(sub)
+    if "-v" not in parser._option_string_actions:
+        parser.add_argument("-v", "--verbose", action="count", default=0,
+                            dest="verbose_" + parser.prog.replace(" ", "_"), help=_VERBOSE_HELP)
+
+
+def _verbosity(args: argparse.Namespace) -> int:
+    """The number of -v given before and after the sub-command(s)."""
+    return sum(value for key, value in vars(args).items()
+               if (key == "verbose" or key.startswith("verbose_")) and isinstance(value, int))
 
 
 def build_parser() -> argparse.ArgumentParser:
     _register_external()
+    from sctranslator import __version__
+
     parser = _Parser(prog="sctranslator", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"sctranslator {__version__}",
+                        help="print the package version and exit")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, define) in _COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)  # inherits _Parser
         sub_parser.set_defaults(handler=define(sub_parser))
+        _add_verbose(sub_parser)
     _state_defaults(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        # option values are converted while parsing (e.g. `--cells @names.txt` reads the file)
+        args = build_parser().parse_args(argv)
+    except SctranslatorError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     _configure_output(args)
     try:
         return int(args.handler(args) or 0)

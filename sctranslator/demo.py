@@ -62,11 +62,12 @@ def _baseline_predictions(root: Path, rna: ad.AnnData, proteins: list[str]) -> n
     return pred[:, columns]
 
 
-def run_demo(out: str | Path, *, workers: int | None = None, overwrite: bool = False) -> dict[str, Any]:
+def run_demo(out: str | Path, *, workers: int | None = None, overwrite: bool = False,
+             quiet: bool = False) -> dict[str, Any]:
     """Translate the demo cells into `out`/demo_predictions.zarr and score model and baseline.
 
     `out` is written aside and renamed into place whole; `overwrite` replaces an earlier demo
-    output there, nothing else (OutputConflictError, see `sctranslator.outputs`).
+    output there, nothing else (OutputConflictError, see `sctranslator.outputs`). `quiet`: no progress bar.
     """
     import sctranslator
     from sctranslator.analysis.metrics import pearson_per_protein
@@ -77,7 +78,7 @@ def run_demo(out: str | Path, *, workers: int | None = None, overwrite: bool = F
         claim_output(out, OUTPUT_KIND, inputs=(root,), overwrite=overwrite)
         with staging_dir(out) as staging:
             predicted = sctranslator.translate(root / "rna.h5ad", root / MODEL_DIR,
-                                               out=staging / PREDICTIONS, workers=workers)
+                                               out=staging / PREDICTIONS, workers=workers, quiet=quiet)
             scaling = (load_model(root / MODEL_DIR).preprocessing or {}).get("target_scaling", "minmax")
             rna = ad.read_h5ad(root / "rna.h5ad")
             protein = ad.read_h5ad(root / "protein.h5ad")

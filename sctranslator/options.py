@@ -74,18 +74,39 @@ def check_choice(name: str, value: Any, choices: Any, *, optional: bool = False,
         raise error(f"unknown {name} {value!r}; choose one of {', '.join(map(str, allowed))}")
 
 
-def parse_names(spec: str) -> list[str]:
-    """'A,B,C' or '@file' (one name per line, '#' comments) -> names.
+# The first bytes of the binary files people point @FILE at by mistake: HDF5 (.h5ad, .h5mu, .h5), zip, gzip.
+_BINARY_SIGNATURES = (b"\x89HDF\r\n\x1a\n", b"PK\x03\x04", b"\x1f\x8b")
 
-    Raises SctranslatorError when the '@file' does not exist.
+
+def parse_names(spec: str) -> list[str]:
+    """'A,B,C' or '@file' (a UTF-8 text file: one name per line, '#' comments) -> names.
+
+    Raises OptionError when the '@file' does not exist, is a directory (a Zarr store), is not UTF-8
+    text (an .h5ad / .h5mu, a zip or gzip file) or lists no name.
     """
-    if spec.startswith("@"):
-        path = Path(spec[1:])
-        if not path.is_file():
-            raise SctranslatorError(f"name list file not found: {path}")
-        lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
-        return [line for line in lines if line]
-    return [name.strip() for name in spec.split(",") if name.strip()]
+    if not spec.startswith("@"):
+        return [name.strip() for name in spec.split(",") if name.strip()]
+    path = Path(spec[1:]).expanduser()
+    fix = ("@FILE takes a text file with one name per line; for the names of an AnnData's var, write them out "
+           "first, e.g. `python -c \"import anndata; print(*anndata.read_h5ad('protein.h5ad').var_names, "
+           "sep='\\n')\" > names.txt`, or give them comma-separated")
+    if path.is_dir():
+        raise OptionError(f"{spec}: {path} is a directory (a Zarr store?), not a text file; {fix}")
+    if not path.is_file():
+        raise OptionError(f"{spec}: name list file not found: {path}")
+    raw = path.read_bytes()
+    try:
+        if raw.startswith(_BINARY_SIGNATURES) or b"\0" in raw[:65536]:
+            raise UnicodeDecodeError("utf-8", raw[:1], 0, 1, "binary data")
+        text = raw.decode("utf-8-sig")  # a BOM from Windows editors is not part of the first name
+    except UnicodeDecodeError:
+        raise OptionError(f"{spec}: {path} is not a text file (an .h5ad / .h5mu or other binary file?); "
+                          f"{fix}") from None
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    names = [line for line in lines if line]
+    if not names:
+        raise OptionError(f"{spec}: {path} lists no names (one name per line; '#' starts a comment)")
+    return names
 
 
 def add_data_and_model_args(parser: argparse.ArgumentParser) -> None:
@@ -136,7 +157,11 @@ def _help(text: str, default: Any, choices: tuple[str, ...] | None, none_means: 
     notes = []
     if choices:
         notes.append("one of %(choices)s")
-    if not is_flag:
+    if is_flag:
+        # add_cli_args always makes the flag the departure from the default, so leaving it out is "off"
+        # (also for a `--no-...` flag that turns a True field off).
+        notes.append("default: off")
+    else:
         if default is None or default == [] or default == ():
             if none_means:
                 notes.append(f"default: {none_means}")
@@ -183,6 +208,10 @@ class OptionGroup:
             kwargs: dict[str, Any] = {"dest": f.name, "default": default}
             is_flag = inner is bool
             if is_flag:
+                if meta.get("flag") and bool(default) != bool(_field_default(f)):
+                    # a declared flag such as --no-plots names one direction; flipping its default would
+                    # make it do the opposite of its name
+                    raise ValueError(f"{cls.__name__}.{f.name}: {meta['flag']} cannot take the default {default!r}")
                 kwargs["action"] = "store_false" if default else "store_true"
             else:
                 kwargs["type"] = meta.get("parse") or _scalar_type(inner)

@@ -322,6 +322,14 @@ def _panel_proteins(proteins: Sequence[str] | None, panel: dict[str, Any],
             raise UnknownProteinError(
                 f"{missing} are not in this model's protein panel; it predicts only: {panel_names}"
             )
+        # one output column per panel protein: a repeat (the same name, or two names for one protein)
+        # is refused as the published path refuses it, not written as two columns of one name
+        repeats = {panel_names[i]: [n for n, j in zip(requested, selected, strict=True) if j == i]
+                   for i in sorted(set(selected)) if selected.count(i) > 1}
+        if repeats:
+            raise UnknownProteinError("proteins requested more than once: " + "; ".join(
+                f"{', '.join(map(repr, names))} -> panel protein {name!r}" for name, names in repeats.items())
+                + "; list each protein once")
     chosen = np.asarray(selected, dtype=np.int64)
     table = pd.DataFrame({
         "name": [panel_names[i] for i in chosen], "gene": [panel_genes[i] or "" for i in chosen],

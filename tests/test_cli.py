@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import logging
+import re
 import subprocess
 import sys
 import typing
 from pathlib import Path
 
 import pytest
+from datafiles import PBMC, data_file
 
 from sctranslator import options
 from sctranslator.cli import build_parser, main
@@ -196,3 +200,103 @@ def test_readme_reference_lists_every_option() -> None:
         assert f"<code>{where}</code>" in reference, f"README's CLI reference lacks {where}"
         for flag in action.option_strings:
             assert f"`{flag}" in reference or f", {flag}" in reference, f"README's CLI reference lacks {where} {flag}"
+
+
+_STATED_DEFAULT = re.compile(r"default:\s*([^;)]*)")
+
+
+def _settings():
+    """Every option a user sets (not --help / --version, not required ones, positionals only when optional)."""
+    for where, parser, action in _actions():
+        if action.default == argparse.SUPPRESS or action.required:
+            continue
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            continue
+        yield where, parser, action
+
+
+@pytest.mark.parametrize("where,parser,action", list(_settings()), ids=lambda x: x if isinstance(x, str) else "")
+def test_every_stated_default_is_the_real_one(where: str, parser: argparse.ArgumentParser,
+                                              action: argparse.Action) -> None:
+    label = f"{where} {'/'.join(action.option_strings) or action.dest}"
+    text = re.sub(r"\s+", " ", _expanded_help(parser, action))
+    stated = _STATED_DEFAULT.findall(text)
+    assert stated, f"{label}: help states no default: {text}"
+    said = stated[-1].strip()
+    if action.nargs == 0:  # a flag: "on" only if leaving it out already gives what giving it gives
+        real = "on" if action.const is not None and action.default == action.const else "off"
+        assert said == real, f"{label}: help says default {said!r}, argparse's default means {real!r}"
+    elif action.default in (None, [], ()):
+        # an unset option may describe what happens; it must not claim a value it does not have
+        literal = (said in ("on", "off") or said in (action.choices or ())
+                   or re.fullmatch(r"[-+]?[\d.]+(e[-+]?\d+)?", said))
+        assert not literal, f"{label}: help says default {said!r}, argparse's default is {action.default!r}"
+    else:
+        assert said == str(action.default), f"{label}: help says default {said!r}, argparse's is {action.default!r}"
+
+
+def test_negative_flags_say_off_in_the_printed_help() -> None:
+    """The real --help output: `--no-plots` (a store_false flag) is off unless given."""
+    out = subprocess.run([sys.executable, "-m", "sctranslator", "evaluate", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    flat = re.sub(r"\s+", " ", out)
+    assert re.search(r"--no-plots write report\.json only, no figures \(default: off\)", flat), flat
+    args = build_parser().parse_args(["evaluate", "--pred", "p", "--truth", "t"])
+    assert args.plots is True
+
+
+def test_a_declared_negative_flag_cannot_be_given_the_opposite_default() -> None:
+    parser = argparse.ArgumentParser()
+    with pytest.raises(ValueError, match="--no-plots"):
+        options.EvaluateOptions.add_cli_args(parser, only=("plots",), defaults={"plots": False})
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"sctranslator {importlib.metadata.version('sctranslator')}"
+
+
+@pytest.fixture
+def _restore_logging():
+    root = logging.getLogger()
+    saved = root.level, list(root.handlers), logging.getLogger("sctranslator").level
+    yield
+    root.setLevel(saved[0])
+    root.handlers[:] = saved[1]
+    logging.getLogger("sctranslator").setLevel(saved[2])
+
+
+@pytest.mark.parametrize("argv,ours,libraries", [
+    (["models"], logging.INFO, logging.WARNING),
+    (["-v", "models"], logging.DEBUG, logging.WARNING),
+    (["models", "-v"], logging.DEBUG, logging.WARNING),
+    (["models", "-vv"], logging.DEBUG, logging.DEBUG),
+    (["-v", "models", "-v"], logging.DEBUG, logging.DEBUG),
+    (["export", "onnx", "-v", "--help"], None, None),
+])
+def test_verbose_before_or_after_the_command_raises_our_loggers_only(
+        argv: list[str], ours: int | None, libraries: int | None, _restore_logging: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    if ours is None:  # a nested sub-command accepts -v as well
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0
+        return
+    assert main(argv) == 0
+    assert logging.getLogger("sctranslator.engine.pipeline").getEffectiveLevel() == ours
+    for name in ("zarr", "numcodecs", "fsspec", "asyncio", "urllib3", "numba"):
+        assert logging.getLogger(name).getEffectiveLevel() == libraries, name
+
+
+def test_verbose_after_the_command_logs_our_debug_lines_and_no_zarr_chatter(tmp_path: Path) -> None:
+    """A real run: `translate ... -v` prints sctranslator DEBUG records and no DEBUG records of libraries."""
+    out = tmp_path / "pred.zarr"
+    result = subprocess.run([sys.executable, "-m", "sctranslator", "translate", str(data_file(PBMC / "rna.h5ad")),
+                             "--model", "demo", "--out", str(out), "--max-cells", "8", "--quiet", "-v"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    debug = [line for line in result.stderr.splitlines() if line.startswith("DEBUG ")]
+    assert any(line.startswith("DEBUG sctranslator") for line in debug), result.stderr
+    assert all(line.startswith("DEBUG sctranslator") for line in debug), debug

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ import dask
 import numpy as np
 from tqdm import tqdm
 
+from sctranslator._progress import progress_bar
 from sctranslator.engine.backends.base import BackendSpec, Batch
 from sctranslator.engine.backends.registry import get_backend
 from sctranslator.engine.blocks import BlockRunner
@@ -124,8 +124,8 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
     blocks = sink.blocks()
     todo = set(pending)  # built once: atlases have thousands of blocks
     done_cells = sum(stop - start for i, (start, stop) in enumerate(blocks) if i not in todo)
-    bar = tqdm(total=sink.n_obs, initial=done_cells, unit="cells", desc="translate", file=sys.stderr,
-               disable=quiet, dynamic_ncols=True, smoothing=0.1)
+    bar = progress_bar(total=sink.n_obs, initial=done_cells, unit="cells", desc="translate", disable=quiet,
+                       dynamic_ncols=True, smoothing=0.1)
     started = time.perf_counter()
     outcomes: list[tuple[int, int]] = []
     placement: dict[str, int] = {}

@@ -26,6 +26,7 @@ from sctranslator.engine.pipeline import BlockJob, default_workers, run_job
 from sctranslator.engine.predictions import TemporaryStore
 from sctranslator.engine.sink import EMBEDDING_KEY, OUTPUT_KIND, ZarrSink
 from sctranslator.engine.sources import open_source
+from sctranslator.engine.sources.base import require_unique_cell_names, storable_obs
 from sctranslator.engine.sources.subset import select_cells
 from sctranslator.engine.writeback import (
     PROTEIN_KEY,
@@ -142,7 +143,7 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
               allow_low_coverage: bool = False, allow_empty_cells: bool = False, overwrite: bool = False,
               onnx_path: str | None = None, precision: Precision = "fp32", compile: bool = False,
               backend_options: dict[str, Any] | None = None, write_h5ad: str | Path | None = None,
-              write_mudata: str | Path | None = None, embeddings: bool = False, quiet: bool = True,
+              write_mudata: str | Path | None = None, embeddings: bool = False, quiet: bool = False,
               gene_mapping: GeneMapping | None = None, inplace: bool = False,
               cells: Sequence[str] | None = None, obs_query: str | None = None,
               max_cells: int | None = None) -> ad.AnnData | None:
@@ -241,6 +242,9 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     source = select_cells(open_source(data, layer=layer, use_raw=use_raw, modality=modality,
                                       missing_chunks=missing_chunks),
                           cells=cells, obs_query=obs_query, max_cells=max_cells)
+    if write_mudata is not None or (inplace and not isinstance(data, ad.AnnData)):
+        # MuData pairs its modalities by cell name: a repeated name would pair the wrong cells
+        require_unique_cell_names(source.obs_names, source.describe(), "a MuData pairs modalities by cell name")
     loaded, model_source = _resolve_model(model)
     auto_batch = batch_size is None and backend == "torch" and device.startswith("cuda")  # from device memory
     batch_size = batch_size or default_batch_size(loaded, device)
@@ -294,8 +298,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
         out = Path(owner.path) / "predictions.zarr"
     rows = max(1, min(block_cells, source.n_obs or 1))
     try:
-        sink = ZarrSink.open(out, identity=identity, obs=source.read_obs(), var=_output_var(plan), uns=uns,
-                             block_rows=rows, overwrite=overwrite, inputs=inputs,
+        sink = ZarrSink.open(out, identity=identity, obs=storable_obs(source.read_obs()), var=_output_var(plan),
+                             uns=uns, block_rows=rows, overwrite=overwrite, inputs=inputs,
                              embedding_dim=loaded.config.dim if embeddings else 0)
         job = BlockJob(source=source, plan=plan, backend=spec, sink=sink, batch_size=batch_size,
                        allow_empty_cells=allow_empty_cells, embeddings=embeddings, auto_batch_size=auto_batch)

@@ -48,8 +48,10 @@ def _rna_input(data: Any, source: Source) -> Iterator[Any]:
     if isinstance(data, ad.AnnData):
         yield data
         return
+    # the modality translate read (--modality, or the one RNA-like name), not always 'rna'
+    modality = getattr(source, "modality", None) or "rna"
     if type(data).__name__ == "MuData" and hasattr(data, "mod"):
-        yield data.mod["rna"]
+        yield data.mod[modality]
         return
     if source.path is None:
         raise StoreError("cannot write back: the input has no path")
@@ -57,10 +59,10 @@ def _rna_input(data: Any, source: Source) -> Iterator[Any]:
         import zarr
 
         root = zarr.open_group(source.path, mode="r")
-        yield root["mod"]["rna"] if "mod" in root else root
+        yield root["mod"][modality] if "mod" in root else root
         return
     with h5py.File(source.path, "r") as root:
-        yield root["mod"]["rna"] if "mod" in root else root
+        yield root["mod"][modality] if "mod" in root else root
 
 
 def _table(rna: Any, key: str) -> pd.DataFrame:

@@ -28,7 +28,7 @@ class CsrArrays:
     shape: tuple[int, int]
 
 
-def _kernel_float_dtype(dtype: np.dtype) -> np.dtype:
+def kernel_float_dtype(dtype: np.dtype) -> np.dtype:
     """The float dtype the kernels will see for input of `dtype` (raises for non-numeric data)."""
     if dtype in _NATIVE_FLOATS:
         return dtype
@@ -59,7 +59,7 @@ def as_csr_arrays(block: sp.spmatrix | sp.sparray, *, canonical: bool) -> CsrArr
         csr = csr.copy()
         csr.sum_duplicates()
     data = csr.data
-    kernel_dtype = _kernel_float_dtype(data.dtype)
+    kernel_dtype = kernel_float_dtype(data.dtype)
     if data.dtype != kernel_dtype:
         data = data.astype(kernel_dtype)
     indices, indptr = csr.indices, csr.indptr
@@ -80,7 +80,7 @@ def as_dense_array(block: np.ndarray) -> np.ndarray:
     array = np.asarray(block)
     if array.ndim != 2:
         raise InputDataError(f"expected a 2-D (cells x genes) matrix, got {array.ndim} dimensions")
-    kernel_dtype = _kernel_float_dtype(array.dtype)
+    kernel_dtype = kernel_float_dtype(array.dtype)
     return np.ascontiguousarray(array, dtype=kernel_dtype)
 
 

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 
 from sctranslator.kernels._preprocess_numba import scale_align_csr_kernel, scale_align_dense_kernel
 from sctranslator.kernels.alignment import build_alignment, merge_matrix, shares_slots
-from sctranslator.kernels.blocks import as_csr_arrays, as_dense_array, is_sparse
+from sctranslator.kernels.blocks import as_csr_arrays, as_dense_array, is_sparse, kernel_float_dtype
 from sctranslator.kernels.normalize import NormalizeMode, normalize_flags
 
 
@@ -86,8 +86,8 @@ def _merged(block: np.ndarray | sp.spmatrix | sp.sparray,
     matrix, slots = merge_matrix(column_slot)
     if block.shape[1] != matrix.shape[0]:
         raise ValueError(f"column_slot has {matrix.shape[0]} entries but the block has {block.shape[1]} columns")
-    dtype = block.dtype if np.issubdtype(block.dtype, np.floating) else np.float64
-    matrix = matrix.astype(dtype)
+    # the kernels' dtype (float16 -> float32: scipy.sparse cannot hold float16; integers -> float64)
+    matrix = matrix.astype(kernel_float_dtype(np.dtype(block.dtype)))
     if is_sparse(block):
         return sp.csr_matrix(sp.csr_matrix(block) @ matrix), slots
     return np.asarray((matrix.T @ np.asarray(block).T).T), slots

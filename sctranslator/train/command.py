@@ -70,7 +70,7 @@ def define_finetune(parser: argparse.ArgumentParser) -> Handler:
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, type=Path, help="output bundle directory")
     run.add_argument("--work-dir", type=Path, help="checkpoints (default: OUT.training)")
-    run.add_argument("--metrics-log", type=Path, help="metrics log (.csv or .jsonl; default WORK_DIR/metrics.jsonl)")
+    run.add_argument("--metrics-log", type=Path, help="metrics log (.csv or .jsonl; default: WORK_DIR/metrics.jsonl)")
     TrainOptions.add_cli_args(run, only=("checkpoint_every",))
     run.add_argument("--resume", action="store_true", help="continue the run saved in the work directory")
     run.add_argument("--overwrite", action="store_true",

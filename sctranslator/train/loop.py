@@ -6,7 +6,6 @@ import contextlib
 import copy
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from sctranslator._progress import progress_bar
 from sctranslator.errors import InputDataError
 from sctranslator.kernels import pearson_columns
 from sctranslator.model import TranslatorModel
@@ -244,8 +243,8 @@ class Trainer:
         if resume:
             self.restore()
         started = time.perf_counter()
-        bar = tqdm(total=self.total, initial=self.step, desc="finetune", unit="step", file=sys.stderr,
-                   disable=options.quiet or not self.processes.is_main, dynamic_ncols=True)
+        bar = progress_bar(total=self.total, initial=self.step, desc="finetune", unit="step",
+                           disable=options.quiet or not self.processes.is_main, dynamic_ncols=True)
         stopped_early = interrupted = False
         last_val: tuple[dict[str, Any], np.ndarray] | None = None
         try:

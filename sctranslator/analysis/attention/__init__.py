@@ -8,7 +8,6 @@ never L x L, so the full-size model (L = 20,000) runs on a laptop.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
+from sctranslator._progress import progress_bar
 from sctranslator.analysis.attention.groups import add_by_group, group_codes
 from sctranslator.analysis.attention.output import (
     MIN_RELATIVE_SPREAD,
@@ -121,7 +120,7 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
                  gene_column: str | None = None, id_type: IdType = "auto", layer: str | None = None,
                  min_coverage: float = DEFAULT_MIN_COVERAGE,
                  allow_low_coverage: bool = False, allow_empty_cells: bool = False, as_published: bool = False,
-                 overwrite: bool = False, quiet: bool = True, gene_mapping: str | None = None,
+                 overwrite: bool = False, quiet: bool = False, gene_mapping: str | None = None,
              use_raw: bool = False, modality: str | None = None, missing_chunks: str = "error") -> InteractionResult:
     """Gene-to-protein interaction scores and received attention, averaged over the cells of `data`.
 
@@ -167,7 +166,7 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
         protein_names = plan.proteins["name"].astype(str).tolist()
         acc = _Accumulator(len(group_names), positions.shape[0], len(protein_names))
         rows = torch.from_numpy(positions)
-        bar = tqdm(total=source.n_obs, unit="cells", desc="attention", file=sys.stderr, disable=quiet)
+        bar = progress_bar(total=source.n_obs, unit="cells", desc="attention", disable=quiet)
         n_empty = 0
         with torch.inference_mode():
             for start in range(0, source.n_obs, block_cells):

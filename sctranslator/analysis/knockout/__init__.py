@@ -14,7 +14,6 @@ backend. Each finished block's statistics are committed atomically, so a re-run 
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +23,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from tqdm import tqdm
 
+from sctranslator._progress import progress_bar
 from sctranslator.analysis.attention.groups import group_codes, layer_key
 from sctranslator.analysis.knockout.output import (
     OUTPUT_KIND,
@@ -142,7 +141,7 @@ def knockout(data: Any, model: str | Path | TranslatorModel, genes: Sequence[str
              gene_column: str | None = None, id_type: IdType = "auto", layer: str | None = None,
              min_coverage: float = DEFAULT_MIN_COVERAGE, allow_low_coverage: bool = False,
              allow_empty_cells: bool = False, device: str = "cpu", overwrite: bool = False,
-             quiet: bool = True, gene_mapping: str | None = None,
+             quiet: bool = False, gene_mapping: str | None = None,
              use_raw: bool = False, modality: str | None = None, missing_chunks: str = "error") -> KnockoutResult:
     """Pseudo-knockout of `genes` on the predicted `proteins` of every cell of `data`.
 
@@ -213,8 +212,8 @@ def _run(job: _Job, store: KnockoutStore, quiet: bool) -> None:
     done = sum(stop - start for i, (start, stop) in enumerate(blocks) if i not in set(pending))
     if done:
         log.info("resuming knockout: %d of %d blocks already committed", len(blocks) - len(pending), len(blocks))
-    bar = tqdm(total=store.n_obs, initial=done, unit="cells", desc=f"knockout x{len(job.variants)}", file=sys.stderr,
-               disable=quiet)
+    bar = progress_bar(total=store.n_obs, initial=done, unit="cells", desc=f"knockout x{len(job.variants)}",
+                       disable=quiet)
     for index in pending:
         start, stop = blocks[index]
         store.commit(index, _compute_block(job, start, stop))

@@ -7,6 +7,7 @@ worker processes) and open file handles lazily, once per process.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,9 +15,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sctranslator.errors import StoreError
+from sctranslator.errors import InputDataError, StoreError
 
 Block = sp.csr_matrix | np.ndarray
+
+# The value types scipy.sparse can hold; blocks of any other numeric type (float16: AnnData stores
+# written by memory-saving pipelines) are widened on read, see `block_dtype`.
+SPARSE_DTYPES = frozenset(np.dtype(t) for t in (np.bool_, np.int8, np.uint8, np.int16, np.uint16, np.int32,
+                                                np.uint32, np.int64, np.uint64, np.float32, np.float64))
 
 # Names are hashed in slices so that fingerprinting ten million cells never builds one giant string.
 _HASH_SLICE = 100_000
@@ -62,7 +68,11 @@ class Source:
         The returned arrays are owned by the caller: modifying them never touches the input.
         """
         start, stop = self._check_range(start, stop)
-        return self._read_rows(start, stop)
+        block = self._read_rows(start, stop)
+        wide = block_dtype(block.dtype)
+        # One place for every source and every job (translate, knockout, attention, finetune): float16
+        # values become float32 here, once per block (dense blocks are fresh copies already).
+        return block if wide == block.dtype else block.astype(wide)
 
     def _read_rows(self, start: int, stop: int) -> Block:
         raise NotImplementedError
@@ -108,6 +118,60 @@ class Source:
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self.kind} {self.describe()} {self._element_name()} "
                 f"{self.n_obs} x {self.n_vars} {self.matrix_format} {np.dtype(self.dtype)}>")
+
+
+def require_unique_cell_names(names: pd.Index, where: str, why: str) -> None:
+    """Raise InputDataError when `names` (obs_names) repeat a name: cells are about to be matched by name.
+
+    Parameters
+    ----------
+    names
+        The cell names (obs_names) of the input.
+    where
+        How to name the input in the message.
+    why
+        What matches cells by name here (e.g. "--cells picks cells by name").
+    """
+    if names.is_unique:
+        return
+    repeated = pd.Index(names[names.duplicated()]).unique()
+    shown = ", ".join(repr(str(name)) for name in repeated[:3]) + (" ..." if len(repeated) > 3 else "")
+    raise InputDataError(f"{len(repeated)} cell name(s) occur more than once in the obs_names of {where} ({shown}) "
+                         f"and {why}; make them unique first: `adata.obs_names_make_unique()` (or "
+                         "`mdata.obs_names_make_unique()`), then save the input again")
+
+
+def storable_obs(obs: pd.DataFrame) -> pd.DataFrame:
+    """`obs` with column names that anndata can write: a '/' (which anndata accepts in memory and older
+    files hold, but no store can, since it separates groups) becomes '_' (then '_2', '_3' ... if taken).
+
+    Returns `obs` itself when nothing needs renaming; logs each renamed column at WARNING.
+    """
+    names = [str(name) for name in obs.columns]
+    if not any("/" in name for name in names):
+        return obs
+    taken, renamed = set(names), {}
+    for name in names:
+        if "/" in name:
+            new = candidate = name.replace("/", "_")
+            n = 2
+            while new in taken:
+                new, n = f"{candidate}_{n}", n + 1
+            taken.add(new)
+            renamed[name] = new
+    logging.getLogger(__name__).warning(
+        "obs column(s) renamed in the output, as '/' cannot be stored in a name: %s",
+        ", ".join(f"{old!r} -> {new!r}" for old, new in renamed.items()))
+    out = obs.copy(deep=False)
+    out.columns = [renamed.get(name, name) for name in names]
+    return out
+
+
+def block_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype a block of stored `dtype` is served in: float32 for float16 (exact: every float16 value
+    is a float32 value), the stored dtype otherwise."""
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
 
 
 def hash_names(names: Iterable[Any]) -> str:

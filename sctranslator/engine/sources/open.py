@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import anndata
 import h5py
 
-from sctranslator.engine.sources.base import Source
+from sctranslator.engine.sources.base import Source, block_dtype
 from sctranslator.engine.sources.hdf5 import H5Source
 from sctranslator.engine.sources.memory import AnnDataSource
 from sctranslator.engine.sources.modality import pick_modality
@@ -19,6 +20,8 @@ from sctranslator.errors import InputDataError, StoreError
 SUPPORTED = ("an .h5ad file, an .h5mu file (MuData), an AnnData or MuData zarr store directory (zarr format 2 or "
              "3), or an in-memory AnnData/MuData")
 _ZARR_MARKERS = (".zgroup", "zarr.json")
+
+log = logging.getLogger(__name__)
 
 
 def open_source(data: Any, *, layer: str | None = None, modality: str | None = None, use_raw: bool = False,
@@ -38,6 +41,15 @@ def open_source(data: Any, *, layer: str | None = None, modality: str | None = N
 
     Raises StoreError for unreadable/damaged inputs and InputDataError for a missing layer, raw or modality.
     """
+    source = _open(data, layer=layer, modality=modality, use_raw=use_raw, missing_chunks=missing_chunks)
+    if source.n_vars == 0:
+        raise InputDataError(f"{source.describe()}: its matrix ({source._element_name()}) has no genes (var is "
+                             "empty); give the RNA with its genes (a layer, .raw or another modality?)")
+    log.debug("input: %r (blocks served as %s)", source, block_dtype(source.dtype))
+    return source
+
+
+def _open(data: Any, *, layer: str | None, modality: str | None, use_raw: bool, missing_chunks: str) -> Source:
     if missing_chunks not in MISSING_CHUNK_POLICIES:
         raise InputDataError(f"missing_chunks must be one of {', '.join(MISSING_CHUNK_POLICIES)}, "
                              f"not {missing_chunks!r}")
@@ -47,7 +59,9 @@ def open_source(data: Any, *, layer: str | None = None, modality: str | None = N
         return AnnDataSource(data, layer=layer, use_raw=use_raw)
     if type(data).__name__ == "MuData" and hasattr(data, "mod"):  # no mudata import just to check
         chosen = pick_modality(data.mod.keys(), modality, where="the MuData")
-        return AnnDataSource(data.mod[chosen], layer=layer, use_raw=use_raw)
+        source = AnnDataSource(data.mod[chosen], layer=layer, use_raw=use_raw)
+        source.modality = chosen  # what the write-backs copy, as for stored MuData
+        return source
     if not isinstance(data, str | os.PathLike):
         raise InputDataError(f"cannot read a {type(data).__name__}: pass {SUPPORTED}")
     path = Path(data).expanduser().absolute()

@@ -24,7 +24,14 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sctranslator.engine.sources.anndata_io import read_dataframe, read_elem, sparse_dataset
-from sctranslator.engine.sources.base import Block, Source, check_csr_block, check_indptr
+from sctranslator.engine.sources.base import (
+    SPARSE_DTYPES,
+    Block,
+    Source,
+    block_dtype,
+    check_csr_block,
+    check_indptr,
+)
 from sctranslator.engine.sources.modality import pick_modality
 from sctranslator.errors import InputDataError, StoreError
 
@@ -276,13 +283,20 @@ class StoredSource(Source):
         if self.matrix_format == "dense":
             return np.ascontiguousarray(self._slice(self._element, start, stop, rows))
         if start == stop:
-            return sp.csr_matrix((0, self.n_vars), dtype=self.dtype)
+            return sp.csr_matrix((0, self.n_vars), dtype=block_dtype(self.dtype))
         element = self._element
         where = f"{self.path} ({self._element_name()})"
         # Our layer: the indptr slice is checked, and the storage under its entries found, before anndata reads.
         indptr = self._slice(f"{element}/indptr", start, stop + 1, rows).astype(np.int64, copy=False)
         check_indptr(indptr, self.nnz, where=where, first_row=start, n_obs=self.n_obs)
         lo, hi = int(indptr[0]), int(indptr[-1])
+        if self.dtype not in SPARSE_DTYPES:
+            # scipy.sparse holds no float16 (and anndata's reader builds scipy matrices): read the arrays
+            # ourselves and widen the values (block_dtype), exactly for float16 -> float32.
+            indices = self._slice(f"{element}/indices", lo, hi, rows)
+            data = self._slice(f"{element}/data", lo, hi, rows).astype(block_dtype(self.dtype))
+            block = sp.csr_matrix((data, indices, indptr - lo), shape=(stop - start, self.n_vars))
+            return check_csr_block(block, hi - lo, self.n_vars, where=where, first_row=start)
         with self._locked():
             for name in (f"{element}/indices", f"{element}/data"):
                 self._require_present(self._open_array(name), name, lo, hi, rows)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sctranslator.engine.sources.base import Block, Source
+from sctranslator.engine.sources.base import Block, Source, require_unique_cell_names
 from sctranslator.errors import InputDataError
 
 # Input rows this close together are read in one slice (and the gap dropped) rather than two reads.
@@ -104,6 +104,7 @@ def select_cells(source: Source, *, cells: Sequence[str] | None = None, obs_quer
     rows = np.arange(source.n_obs, dtype=np.int64)
     parts = []
     if cells is not None:
+        require_unique_cell_names(source.obs_names, source.describe(), "--cells / cells= picks cells by name")
         names = pd.Index([str(name) for name in cells])
         found = source.obs_names.get_indexer(names)
         missing = names[found < 0]

@@ -1,0 +1,8 @@
+"""`python -m sctranslator ...`: the same command line as `sctranslator ...`."""
+
+import sys
+
+from sctranslator.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

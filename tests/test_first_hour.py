@@ -1,0 +1,282 @@
+"""What a new user meets in the first hour: unusual but valid inputs, name lists, duplicate cell names,
+progress bars. Real files (h5ad, zarr, backed AnnData) and the bundled demo model; no mocks."""
+
+from __future__ import annotations
+
+import gzip
+import re
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import zarr
+from datafiles import PBMC, TINY_A, data_file
+
+import sctranslator
+from sctranslator.cli import main
+from sctranslator.engine.sources import open_source
+from sctranslator.errors import InputDataError
+
+N_CELLS = 12
+KNOCKOUT_PROTEINS = ["CD3", "CD4", "CD14", "CD19"]
+
+
+@pytest.fixture(scope="module")
+def rna() -> ad.AnnData:
+    adata = ad.read_h5ad(data_file(PBMC / "rna.h5ad"))[:N_CELLS].copy()
+    adata.X = sp.csr_matrix(adata.X)
+    return adata
+
+
+@pytest.fixture(scope="module")
+def half(rna: ad.AnnData) -> ad.AnnData:
+    """The cells with their counts stored as float16 (dense): what memory-saving pipelines write."""
+    out = rna.copy()
+    out.X = rna.X.toarray().astype(np.float16)
+    return out
+
+
+@pytest.fixture(scope="module")
+def expected(half: ad.AnnData, tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    """Predictions for the same values given as float32 (float16 -> float32 is exact)."""
+    ref = half.copy()
+    ref.X = sp.csr_matrix(half.X.astype(np.float32))
+    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    return np.asarray(sctranslator.translate(ref, "demo", out=out, quiet=True).X)
+
+
+def _sparse_float16_store(adata: ad.AnnData, path: Path) -> Path:
+    """An AnnData file whose CSR X/data is float16 (scipy.sparse cannot hold float16, so it is written
+    with h5py / zarr directly, as other tools do)."""
+    data = adata.X.data.astype(np.float16)
+    if path.suffix == ".h5ad":
+        adata.write_h5ad(path)
+        with h5py.File(path, "r+") as f:
+            del f["X/data"]
+            f.create_dataset("X/data", data=data)
+    else:
+        adata.write_zarr(path)
+        group = zarr.open_group(path, mode="r+")
+        del group["X"]["data"]
+        group["X"].create_array("data", data=data, chunks=data.shape)
+        zarr.consolidate_metadata(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["dense-memory", "dense-h5ad", "dense-zarr", "csr-h5ad", "csr-zarr", "csr-backed"])
+def test_float16_x_translates_like_its_float32_values(kind: str, rna: ad.AnnData, half: ad.AnnData,
+                                                      expected: np.ndarray, tmp_path: Path) -> None:
+    layout, where = kind.split("-")
+    if layout == "dense":
+        data = {"memory": half, "h5ad": tmp_path / "x.h5ad", "zarr": tmp_path / "x.zarr"}[where]
+        if where == "h5ad":
+            half.write_h5ad(data)
+        elif where == "zarr":
+            half.write_zarr(data)
+    else:
+        path = _sparse_float16_store(half_as_csr32(half), tmp_path / ("x.zarr" if where == "zarr" else "x.h5ad"))
+        data = ad.read_h5ad(path, backed="r") if where == "backed" else path
+    with open_source(data) as source:
+        assert source.dtype == np.float16  # the stored type is reported (and fingerprinted) as it is
+        block = source.read_block(0, 4)
+    assert block.dtype == np.float32
+    dense = block.toarray() if sp.issparse(block) else block
+    np.testing.assert_array_equal(dense, half.X[:4].astype(np.float32))
+    got = sctranslator.translate(data, "demo", out=tmp_path / "pred.zarr", quiet=True)
+    np.testing.assert_array_equal(np.asarray(got.X), expected)
+
+
+def half_as_csr32(half: ad.AnnData) -> ad.AnnData:
+    out = half.copy()
+    out.X = sp.csr_matrix(half.X.astype(np.float32))
+    return out
+
+
+def test_a_matrix_without_genes_is_a_named_error(rna: ad.AnnData, tmp_path: Path) -> None:
+    with pytest.raises(InputDataError, match="has no genes"):
+        sctranslator.translate(rna[:, :0].copy(), "demo", out=tmp_path / "p.zarr", quiet=True)
+    assert not (tmp_path / "p.zarr").exists()
+
+
+# -- name lists -----------------------------------------------------------------------------------------
+
+def _not_text(kind: str, tmp_path: Path) -> Path:
+    if kind == "h5ad":
+        return data_file(PBMC / "protein.h5ad")
+    if kind == "zarr":
+        path = tmp_path / "protein.zarr"
+        ad.read_h5ad(data_file(PBMC / "protein.h5ad"))[:3].copy().write_zarr(path)
+        return path
+    if kind == "gzip":
+        path = tmp_path / "names.txt.gz"
+        path.write_bytes(gzip.compress(b"CD3\nCD4\n"))
+        return path
+    path = tmp_path / "empty.txt"
+    path.write_text("# nothing but a comment\n\n")
+    return path
+
+
+@pytest.mark.parametrize("option", ["--proteins", "--cells"])
+@pytest.mark.parametrize("kind", ["h5ad", "zarr", "gzip", "empty"])
+def test_an_at_file_that_is_not_a_text_list_is_a_one_line_named_error(
+        kind: str, option: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    listing = _not_text(kind, tmp_path)
+    out = tmp_path / "pred.zarr"
+    code = main(["translate", str(data_file(PBMC / "rna.h5ad")), "--model", "demo", "--out", str(out), "--quiet",
+                 option, f"@{listing}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: OptionError: ") and "\n" not in err, err
+    assert ("lists no names" in err) if kind == "empty" else ("one name per line" in err), err
+    assert not out.exists()
+
+
+def test_a_text_list_with_comments_and_a_bom_is_read(tmp_path: Path) -> None:
+    from sctranslator.options import parse_names
+
+    listing = tmp_path / "names.txt"
+    listing.write_bytes("\ufeffCD3\n# controls below\nCD4  # helper\n\n".encode())
+    assert parse_names(f"@{listing}") == ["CD3", "CD4"]
+
+
+# -- duplicate cell names ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def duplicated(rna: ad.AnnData, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    adata = rna.copy()
+    names = list(adata.obs_names)
+    names[5] = names[2]
+    adata.obs_names = names
+    path = tmp_path_factory.mktemp("dup") / "dup.h5ad"
+    adata.write_h5ad(path)
+    return path
+
+
+def test_cells_by_name_refuses_duplicate_obs_names(duplicated: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    names = ad.read_h5ad(duplicated).obs_names
+    out = tmp_path / "pred.zarr"
+    code = main(["translate", str(duplicated), "--model", "demo", "--out", str(out), "--quiet",
+                 "--cells", f"{names[2]},{names[0]}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert err.startswith("error: InputDataError: ") and "obs_names_make_unique()" in err and names[2] in err
+    assert not out.exists()
+
+
+def test_mudata_write_back_refuses_duplicate_obs_names(duplicated: Path, tmp_path: Path) -> None:
+    """A MuData pairs its modalities by cell name: with a repeated name it would pair the wrong cells."""
+    pytest.importorskip("mudata")
+    out, mudata_path = tmp_path / "pred.zarr", tmp_path / "both.h5mu"
+    with pytest.raises(InputDataError, match=r"obs_names_make_unique\(\)"):
+        sctranslator.translate(duplicated, "demo", out=out, write_mudata=mudata_path, quiet=True)
+    assert not out.exists() and not mudata_path.exists()
+
+
+def test_duplicate_obs_names_are_fine_where_cells_are_matched_by_position(duplicated: Path, tmp_path: Path) -> None:
+    got = sctranslator.translate(duplicated, "demo", out=tmp_path / "pred.zarr", quiet=True)
+    assert list(got.obs_names) == list(ad.read_h5ad(duplicated).obs_names)
+
+
+# -- progress bars in the Python API ---------------------------------------------------------------------
+
+def _run_api(command: str, rna: ad.AnnData, tmp_path: Path, **kwargs: object) -> None:
+    if command == "translate":
+        sctranslator.translate(rna, "demo", out=tmp_path / "p.zarr", **kwargs)
+    elif command == "knockout":
+        model = sctranslator.load_model(data_file(TINY_A))
+        sctranslator.knockout(rna, model, ["LYZ"], KNOCKOUT_PROTEINS, out=tmp_path / "k.h5ad",
+                              block_cells=6, **kwargs)
+    else:
+        model = sctranslator.load_model(data_file(TINY_A))
+        sctranslator.interactions(rna[:4].copy(), model, KNOCKOUT_PROTEINS, **kwargs)
+
+
+@pytest.mark.parametrize("command,desc,cells", [("translate", "translate", N_CELLS),
+                                                 ("knockout", "knockout", N_CELLS), ("attention", "attention", 4)])
+def test_the_api_shows_progress_unless_quiet(command: str, desc: str, cells: int, rna: ad.AnnData, tmp_path: Path,
+                                             capfd: pytest.CaptureFixture[str]) -> None:
+    _run_api(command, rna, tmp_path / "default")
+    err = capfd.readouterr().err
+    assert desc in err and f"{cells}/{cells}" in err, err
+    _run_api(command, rna, tmp_path / "quiet", quiet=True)
+    assert f"{cells}/{cells}" not in capfd.readouterr().err
+
+
+# -- vocab on every input kind ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cite_inputs(rna: ad.AnnData, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    mudata = pytest.importorskip("mudata")
+    root = tmp_path_factory.mktemp("cite")
+    protein = ad.read_h5ad(data_file(PBMC / "protein.h5ad"))[rna.obs_names].copy()
+    both = mudata.MuData({"rna": rna, "prot": protein})
+    paths = {"h5ad": data_file(PBMC / "rna.h5ad"), "zarr": root / "rna.zarr", "h5mu": root / "cite.h5mu",
+             "mudata-zarr": root / "cite.zarr"}
+    rna.write_zarr(paths["zarr"])
+    both.write_h5mu(paths["h5mu"])
+    both.write_zarr(paths["mudata-zarr"])
+    return paths
+
+
+@pytest.mark.parametrize("kind", ["h5ad", "zarr", "h5mu", "mudata-zarr"])
+def test_vocab_reads_every_input_kind_like_translate(kind: str, cite_inputs: dict[str, Path], rna: ad.AnnData,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The genes are the RNA's (a MuData's 'rna' modality, never its protein names); --proteins takes a
+    MuData's 'prot' modality."""
+    assert main(["vocab", str(cite_inputs[kind]), "--proteins", str(cite_inputs["h5mu"])]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"inputs\s+" + f"{rna.n_vars:,}", out), out  # the 4,000 genes, not 4,000 + 14 proteins
+    assert "modality 'prot'" in out
+    protein_names = ad.read_h5ad(data_file(PBMC / "protein.h5ad")).var_names
+    assert re.search(r"inputs\s+" + str(len(protein_names)) + r"\b", out.split("# proteins")[1]), out
+
+
+def test_an_obs_column_with_a_slash_is_stored_under_a_storable_name(rna: ad.AnnData, tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """anndata holds 'a/b' in memory (and reads it from older files) but no store can hold it."""
+    adata = rna.copy()
+    adata.obs["sample/lane"] = np.arange(adata.n_obs)
+    adata.obs["sample_lane"] = "taken"
+    with caplog.at_level("WARNING", logger="sctranslator"):
+        got = sctranslator.translate(adata, "demo", out=tmp_path / "pred.zarr", quiet=True)
+    stored = ad.read_zarr(tmp_path / "pred.zarr").obs
+    assert list(stored.columns) == ["sample_lane_2", "sample_lane"]
+    np.testing.assert_array_equal(stored["sample_lane_2"].to_numpy(), np.arange(adata.n_obs))
+    assert list(got.obs.columns) == list(stored.columns)
+    assert "'sample/lane' -> 'sample_lane_2'" in caplog.text
+    assert "sample/lane" in adata.obs.columns  # the input is untouched
+
+
+@pytest.mark.parametrize("where", ["h5mu", "memory"])
+def test_write_back_copies_the_modality_that_was_read(where: str, rna: ad.AnnData, tmp_path: Path) -> None:
+    """`--modality RNA --write-h5ad` on a MuData whose RNA is not called 'rna' (a KeyError before)."""
+    mudata = pytest.importorskip("mudata")
+    protein = ad.read_h5ad(data_file(PBMC / "protein.h5ad"))[rna.obs_names].copy()
+    both = mudata.MuData({"RNA": rna, "ADT": protein})
+    data: object = both
+    if where == "h5mu":
+        data = tmp_path / "cite.h5mu"
+        both.write_h5mu(data)
+    copy = tmp_path / "with_proteins.h5ad"
+    sctranslator.translate(data, "demo", out=tmp_path / "pred.zarr", modality="RNA", write_h5ad=copy, quiet=True)
+    written = ad.read_h5ad(copy)
+    assert list(written.var_names) == list(rna.var_names)
+    np.testing.assert_array_equal(written.X.toarray(), rna.X.toarray())
+
+
+@pytest.mark.parametrize("proteins,repeated", [("CD4,CD3,CD4", "'CD4', 'CD4' -> panel protein 'CD4'"),
+                                               ("CD8a,CD14,CD8", "'CD8a', 'CD8' -> panel protein 'CD8a'")])
+def test_a_protein_requested_twice_from_a_panel_model_is_refused_up_front(
+        proteins: str, repeated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same protein twice (by name or by two names) would give two output columns of one protein."""
+    out = tmp_path / "pred.zarr"
+    code = main(["translate", str(data_file(PBMC / "rna.h5ad")), "--model", "demo", "--out", str(out), "--quiet",
+                 "--proteins", proteins])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err.startswith("error: UnknownProteinError: proteins requested more than once"), err
+    assert repeated in err
+    assert not out.exists()
