@@ -51,6 +51,11 @@ class Source:
         """The full obs table, for copying into the output."""
         raise NotImplementedError
 
+    def obsm_arrays(self) -> dict[str, Any]:
+        """The input's numeric, dense obsm arrays with one row per cell (`spatial`, `X_pca`, ...), as
+        row-sliceable array-likes (numpy, h5py, zarr) read on demand; others (sparse, tables) are left out."""
+        return {}
+
     def describe(self) -> str:
         """How to name this input in a message."""
         return self.path or f"the in-memory {self.kind} input"
@@ -108,6 +113,21 @@ class Source:
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self.kind} {self.describe()} {self._element_name()} "
                 f"{self.n_obs} x {self.n_vars} {self.matrix_format} {np.dtype(self.dtype)}>")
+
+
+def carried_obsm(group: Any, n_obs: int) -> dict[str, Any]:
+    """The members of an obsm mapping or group that travel into the output: numeric dense arrays
+    with `n_obs` rows (scipy matrices, DataFrames and groups such as sparse matrices stay behind)."""
+    found = {}
+    for key in list(group.keys()) if group is not None else []:
+        member = group[key]
+        shape, dtype = getattr(member, "shape", None), getattr(member, "dtype", None)
+        if (shape is None or dtype is None or isinstance(member, pd.DataFrame) or sp.issparse(member)
+                or not hasattr(member, "__getitem__")):
+            continue
+        if len(shape) in (1, 2) and int(shape[0]) == n_obs and np.dtype(dtype).kind in "biuf":
+            found[str(key)] = member
+    return found
 
 
 def hash_names(names: Iterable[Any]) -> str:
