@@ -148,6 +148,10 @@ def read_predictions(source: Any, truth_names: Any = None, what: str = "predicti
     if not isinstance(obj, ad.AnnData):
         raise InputDataError(f"{label} is a {type(obj).__name__}; expected an AnnData, a MuData or a path")
     scaling = _recorded_scaling(obj.uns)
+    if _is_provenance(obj.uns.get("sctranslator")) and {"token_id", "window"} <= set(obj.var.columns):
+        # translate's own output (store or returned AnnData): X is the predictions, whatever obsm
+        # entries the input carried into it (measured proteins, an earlier run's predictions).
+        return Predictions(obj, f"{label} (X)", scaling)
     key = _predicted_obsm_key(obj, label)
     if key is not None:
         provenance = obj.uns.get(key) if key != PROTEIN_KEY else obj.uns.get("sctranslator")
