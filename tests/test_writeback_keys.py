@@ -216,7 +216,7 @@ def test_missing_obs_values_stay_missing_in_the_store_and_every_write_back(cite:
             missing = pd.isna(pd.Series(column, dtype=object)).to_numpy()
             assert (got.isna().to_numpy() == missing).all(), (where, name, list(got[:3]))
             assert "None" not in set(got.dropna().astype(str)), (where, name)
-        assert list(obs["mixed"][1:3].astype(str)) == ["1", "a"] and obs["numbers"][1] == 1.5
+        assert list(obs["mixed"].iloc[1:3].astype(str)) == ["1", "a"] and obs["numbers"].iloc[1] == 1.5
         assert list(obs["words"].dropna()[:2]) == ["x", "w0"]
 
 
