@@ -252,3 +252,14 @@ def test_numeric_obsm_arrays_travel_into_the_store(cite: dict, tmp_path: Path, k
     # A cell selection carries the selected rows.
     picked = _translate(data, tmp_path / "sel", max_cells=7, obs_query=None, **extra)
     np.testing.assert_array_equal(picked.obsm["spatial"].compute(), cite["rna"].obsm["spatial"][:7])
+
+
+def test_knockout_per_cell_output_keeps_missing_obs_values(cite: dict, tmp_path: Path) -> None:
+    adata = cite["rna"][:12].copy()
+    adata.obs["mixed"] = pd.Series([None, 1, "a"] + ["b"] * 9, index=adata.obs_names, dtype=object)
+    adata.obs["plate/well"] = np.arange(12)
+    sctranslator.knockout(adata, "demo", ["CD2"], out=tmp_path / "ko.h5ad", per_cell=True)
+    obs = ad.read_h5ad(tmp_path / "ko_per_cell.h5ad").obs
+    assert obs["mixed"].isna().tolist() == [True] + [False] * 11
+    assert list(obs["plate%2Fwell"]) == list(range(12))
+    assert "mixed" in adata.obs and adata.obs["mixed"].dtype == object  # the caller's object as it was

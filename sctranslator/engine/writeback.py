@@ -325,7 +325,6 @@ def write_mudata_with_proteins(data: Any, source: Source, predictions: ad.AnnDat
         with _input_root(data, source) as root:
             members = _modalities(root) or {"rna": root}
             members = {name: member for name, member in members.items() if name != key}  # replaced (asked)
-            rna = members[rna_modality(root, modality) or "rna"]
             tables = {}
             for name, member in members.items():
                 obs = writable_obs(_table(member, "obs"))[0]
@@ -351,7 +350,6 @@ def write_mudata_with_proteins(data: Any, source: Source, predictions: ad.AnnDat
                 copy_rows(predictions.X, target, "X")
                 if EMBEDDING_KEY in predictions.obsm:
                     copy_rows(predictions.obsm[EMBEDDING_KEY], target["obsm"], EMBEDDING_KEY)
-            del rna
         os.replace(staging, path)
     finally:
         staging.unlink(missing_ok=True)
