@@ -182,7 +182,8 @@ def test_inplace_adds_a_mudata_modality_and_refuses_to_replace_unasked(cite: dic
     with pytest.raises(KeyConflictError, match="prot_predicted"):
         sctranslator.translate(both, "demo", workers=1, modality="RNA", inplace=True)
     adata = cite["rna"].copy()
-    sctranslator.translate(adata, "demo", workers=1, inplace=True)
+    sctranslator.translate(adata, "demo", workers=1, inplace=True, embeddings=True, backend="torch")
+    assert "X_protein_predicted" in adata.obsm
     with pytest.raises(KeyConflictError):
         sctranslator.translate(adata, "demo", workers=1, inplace=True, proteins=["CD3"])
     with pytest.raises(OptionError):
@@ -190,6 +191,7 @@ def test_inplace_adds_a_mudata_modality_and_refuses_to_replace_unasked(cite: dic
     sctranslator.translate(adata, "demo", workers=1, inplace=True, proteins=["CD3"], key="protein_predicted",
                            replace_key=True)
     assert list(adata.obsm["protein_predicted"].columns) == ["CD3"]
+    assert "X_protein_predicted" not in adata.obsm  # the replaced run's embeddings went with it
     np.testing.assert_array_equal(adata.obsm["protein_expression"], cite["rna"].obsm["protein_expression"])
 
 

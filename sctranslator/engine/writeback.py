@@ -211,11 +211,13 @@ def write_h5ad_with_proteins(data: Any, source: Source, predictions: ad.AnnData,
     path = Path(path)
     key = key or DEFAULT_KEY
     embeddings = EMBEDDING_KEY in predictions.obsm
-    ours = set(anndata_targets(key, embeddings))
     staging = _staging(path)
     try:
         with _input_root(data, source) as root, h5py.File(staging, "w") as out:
             rna = _rna(root, modality)
+            # Replacing (granted by check_keys) also drops the replaced run's embeddings, which
+            # would otherwise sit beside predictions they do not belong to.
+            ours = set(anndata_targets(key, embeddings or _has(rna, f"obsm/{key}")))
             renamed = None
             if isinstance(rna, ad.AnnData):
                 renamed = write_anndata_elements(rna, out, ours)
@@ -371,6 +373,8 @@ def set_inplace(data: Any, predictions: ad.AnnData, *, key: str | None = None, m
     key = key or DEFAULT_KEY
     frame = protein_frame(predictions)
     frame.index = data.obs_names
+    if key in data.obsm:  # replacing (granted by check_keys): the old run's embeddings go with it
+        data.obsm.pop(embedding_key(key), None)
     data.obsm[key] = frame
     if EMBEDDING_KEY in predictions.obsm:
         data.obsm[embedding_key(key)] = predictions.obsm[EMBEDDING_KEY].compute()
