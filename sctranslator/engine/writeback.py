@@ -102,7 +102,10 @@ def _modalities(root: Any) -> dict[str, Any]:
     if _is_mudata(root):
         return dict(root.mod)
     if not isinstance(root, ad.AnnData) and _is_mudata_group(root):
-        return {str(name): root["mod"][name] for name in root["mod"]}
+        names = [str(n) for n in root["mod"]]
+        order = [n.decode() if isinstance(n, bytes) else str(n) for n in root["mod"].attrs.get("mod-order", [])]
+        names = [n for n in order if n in names] + [n for n in names if n not in order]  # mudata's order
+        return {name: root["mod"][name] for name in names}
     return {}
 
 

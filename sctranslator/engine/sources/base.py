@@ -123,9 +123,9 @@ def carried_obsm(group: Any, n_obs: int) -> dict[str, Any]:
         member = group[key]
         shape, dtype = getattr(member, "shape", None), getattr(member, "dtype", None)
         if (shape is None or dtype is None or isinstance(member, pd.DataFrame) or sp.issparse(member)
-                or not hasattr(member, "__getitem__")):
+                or not hasattr(member, "__getitem__") or "/" in str(key)):  # '/' cannot name a zarr array
             continue
-        if len(shape) in (1, 2) and int(shape[0]) == n_obs and np.dtype(dtype).kind in "biuf":
+        if len(shape) == 2 and int(shape[0]) == n_obs and np.dtype(dtype).kind in "biuf":
             found[str(key)] = member
     return found
 
