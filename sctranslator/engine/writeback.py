@@ -167,7 +167,8 @@ def check_keys(data: Any, source: Source, *, modality: str | None, key: str | No
                 continue
             group, _, name = path.partition("/")
             what = {"obsm": f"obsm['{name}']", "uns": f"uns['{name}']", "mod": f"the modality '{name}'"}[group]
-            measured = " (scvi-tools keeps MEASURED protein counts there)" if name == MEASURED_KEY else ""
+            measured = {(f"obsm/{MEASURED_KEY}"): " (scvi-tools keeps MEASURED protein counts there)",
+                        "mod/prot": " (CITE-seq MuData files keep the MEASURED proteins there)"}.get(path, "")
             if key is None:
                 fix = "choose another key with --key NAME (key=...)"
             else:
