@@ -199,7 +199,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     else is ever replaced.
 
     Raises:
-        OptionError: a choice option (backend, normalize, id_type, precision, ...) outside its choices.
+        OptionError: a choice option (backend, normalize, id_type, precision, ...) outside its choices;
+            `replace_key` without `key`, `key` without a write-back, a `key` with '/'.
         BackendError: embeddings without the torch backend; a backend that cannot start or fails.
         InputDataError: batch_size or block_cells < 1; no `.raw`, layer or modality as asked;
             `inplace` without an AnnData. KeyConflictError: a write-back target that exists (without
