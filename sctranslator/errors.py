@@ -83,3 +83,8 @@ class ExportValidationError(ExportError):
 
 class MissingExtraError(SctranslatorError, ImportError):
     """An optional dependency (a pip extra such as `triton` or `distributed`) is not installed."""
+
+
+class KeyConflictError(SctranslatorError):
+    """A write-back would replace an entry the data already holds (an obsm key, a uns entry, a MuData
+    modality): refused unless that key is named explicitly together with the replace flag."""

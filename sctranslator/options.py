@@ -357,10 +357,15 @@ class TritonOptions(OptionGroup):
 class OutputOptions(OptionGroup):
     """What is written besides the predictions, and how the run reports."""
 
-    write_h5ad: str | None = option(None, "also write a copy of the input with obsm['protein_expression']",
-                                    metavar="PATH")
-    write_mudata: str | None = option(None, "also write a MuData (.h5mu) with 'rna' and 'prot' modalities",
-                                      metavar="PATH")
+    write_h5ad: str | None = option(None, "also write a copy of the input with the predictions in obsm[KEY] "
+                                    "(a DataFrame), provenance in uns[KEY]", metavar="PATH")
+    write_mudata: str | None = option(None, "also write a MuData (.h5mu): the input's modalities (an AnnData as "
+                                      "'rna') and the predictions as a new modality KEY", metavar="PATH")
+    key: str | None = option(None, "where --write-h5ad / --write-mudata (inplace=True) put the predictions: the "
+                             "obsm key of an AnnData, the modality of a MuData; an existing one is refused",
+                             metavar="KEY", none_means="protein_predicted (AnnData), prot_predicted (MuData)")
+    replace_key: bool = option(False, "replace what the input already holds under --key KEY (needs --key; "
+                               "e.g. an earlier prediction). Without it nothing there is ever replaced")
     embeddings: bool = option(False, "also write obsm['X_sctranslator']: the mean encoder output over the "
                               "cell's genes (torch backend)")
     overwrite: bool = option(False, "replace an earlier sctranslator output of the same kind at the output path "

@@ -163,14 +163,14 @@ def test_writes_an_anndata_zarr_store_with_provenance(rna_path: Path, tiny_model
     assert info["model"]["config"]["max_genes"] == 64
     assert 0.9 < float(info["plan"]["coverage"]["fraction"]) <= 1.0
     back = ad.read_h5ad(tmp_path / "with_prot.h5ad")
-    frame = back.obsm["protein_expression"]
+    frame = back.obsm["protein_predicted"]
     assert isinstance(frame, pd.DataFrame) and list(frame.columns) == PROTEINS
     np.testing.assert_array_equal(frame.to_numpy(), baseline.X)
     import mudata
 
     both = mudata.read_h5mu(tmp_path / "both.h5mu")
-    assert set(both.mod) == {"rna", "prot"}
-    np.testing.assert_array_equal(both["prot"].X, baseline.X)
+    assert set(both.mod) == {"rna", "prot_predicted"}
+    np.testing.assert_array_equal(both["prot_predicted"].X, baseline.X)
 
 
 def test_rerun_into_same_output_skips_work_and_other_settings_refuse(rna_path: Path, tiny_model: TranslatorModel,

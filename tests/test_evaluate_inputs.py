@@ -35,8 +35,8 @@ def test_every_translate_output_gives_the_same_scores(outputs) -> None:
     assert zarr["cells"]["evaluated"] == N_CELLS and len(zarr["model"]["per_protein"]) == 14
     for kind in ("h5ad", "h5mu"):
         assert reports[kind]["model"]["summary"] == zarr["model"]["summary"], kind
-    assert "obsm['protein_expression']" in reports["h5ad"]["predictions_from"]
-    assert "modality 'prot'" in reports["h5mu"]["predictions_from"]
+    assert "obsm['protein_predicted']" in reports["h5ad"]["predictions_from"]
+    assert "modality 'prot_predicted'" in reports["h5mu"]["predictions_from"]
 
 
 def test_the_recorded_scale_is_the_default(outputs) -> None:

@@ -235,22 +235,6 @@ def test_vocab_reads_every_input_kind_like_translate(kind: str, cite_inputs: dic
     assert re.search(r"inputs\s+" + str(len(protein_names)) + r"\b", out.split("# proteins")[1]), out
 
 
-def test_an_obs_column_with_a_slash_is_stored_under_a_storable_name(rna: ad.AnnData, tmp_path: Path,
-                                                                    caplog: pytest.LogCaptureFixture) -> None:
-    """anndata holds 'a/b' in memory (and reads it from older files) but no store can hold it."""
-    adata = rna.copy()
-    adata.obs["sample/lane"] = np.arange(adata.n_obs)
-    adata.obs["sample_lane"] = "taken"
-    with caplog.at_level("WARNING", logger="sctranslator"):
-        got = sctranslator.translate(adata, "demo", out=tmp_path / "pred.zarr", quiet=True)
-    stored = ad.read_zarr(tmp_path / "pred.zarr").obs
-    assert list(stored.columns) == ["sample_lane_2", "sample_lane"]
-    np.testing.assert_array_equal(stored["sample_lane_2"].to_numpy(), np.arange(adata.n_obs))
-    assert list(got.obs.columns) == list(stored.columns)
-    assert "'sample/lane' -> 'sample_lane_2'" in caplog.text
-    assert "sample/lane" in adata.obs.columns  # the input is untouched
-
-
 @pytest.mark.parametrize("where", ["h5mu", "memory"])
 def test_write_back_copies_the_modality_that_was_read(where: str, rna: ad.AnnData, tmp_path: Path) -> None:
     """`--modality RNA --write-h5ad` on a MuData whose RNA is not called 'rna' (a KeyError before)."""
@@ -268,7 +252,7 @@ def test_write_back_copies_the_modality_that_was_read(where: str, rna: ad.AnnDat
     np.testing.assert_array_equal(written.X.toarray(), rna.X.toarray())
 
 
-@pytest.mark.parametrize("proteins,repeated", [("CD4,CD3,CD4", "'CD4', 'CD4' -> panel protein 'CD4'"),
+@pytest.mark.parametrize("proteins,repeated", [("CD4,CD3,CD4", "'CD4' = 'CD4'"),
                                                ("CD8a,CD14,CD8", "'CD8a', 'CD8' -> panel protein 'CD8a'")])
 def test_a_protein_requested_twice_from_a_panel_model_is_refused_up_front(
         proteins: str, repeated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -277,6 +261,6 @@ def test_a_protein_requested_twice_from_a_panel_model_is_refused_up_front(
     code = main(["translate", str(data_file(PBMC / "rna.h5ad")), "--model", "demo", "--out", str(out), "--quiet",
                  "--proteins", proteins])
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert code == 2 and err.startswith("error: UnknownProteinError: proteins requested more than once"), err
+    assert code == 2 and err.startswith("error: UnknownProteinError: ") and "more than once" in err, err
     assert repeated in err
     assert not out.exists()

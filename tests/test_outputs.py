@@ -210,7 +210,7 @@ def test_translate_write_back_file_carries_its_identity(world: dict[str, Path], 
     copy = tmp_path / "copy.h5ad"
     sctranslator.translate(world["rna"], world["model"], out=tmp_path / "p.zarr", write_h5ad=copy, workers=1)
     assert read_identity(copy)["kind"] == "translate-writeback"
-    assert ad.read_h5ad(copy).obsm["protein_expression"].shape == (N_CELLS, 14)
+    assert ad.read_h5ad(copy).obsm["protein_predicted"].shape == (N_CELLS, 14)
     with pytest.raises(OutputConflictError, match="--overwrite"):
         claim_output(copy, "translate-writeback")
 

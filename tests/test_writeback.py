@@ -45,7 +45,7 @@ def rna() -> ad.AnnData:
                        var=pd.DataFrame({"highly_variable": np.arange(N_GENES) % 2 == 0}, index=genes))
     adata.layers["counts"] = x.copy()
     adata.obsm["X_pca"] = rng.normal(size=(N_CELLS, 4)).astype(np.float32)
-    adata.obsm["protein_expression"] = np.zeros((N_CELLS, 2))  # an old entry: replaced
+    adata.obsm["protein_expression"] = rng.poisson(3, size=(N_CELLS, 2)).astype(np.float64)  # measured: kept
     adata.uns["note"] = {"kept": 1}
     return adata
 
@@ -113,12 +113,13 @@ def test_h5ad_write_back_keeps_the_input_and_adds_proteins_and_embeddings(kind: 
         sctranslator.translate(inputs[kind], model, PROTEINS, embeddings=True, block_cells=40, write_h5ad=path)
     assert [str(w.message) for w in caught] == []
     back = ad.read_h5ad(path)
-    frame = back.obsm["protein_expression"]
+    frame = back.obsm["protein_predicted"]
     assert isinstance(frame, pd.DataFrame) and list(frame.columns) == PROTEINS
     assert list(frame.index) == list(rna.obs_names)
     np.testing.assert_array_equal(frame.to_numpy(), expected.X)
-    np.testing.assert_array_equal(back.obsm["X_sctranslator"], expected.obsm["X_sctranslator"])
-    assert back.uns["sctranslator"]["settings"]["embeddings"]
+    np.testing.assert_array_equal(back.obsm["X_protein_predicted"], expected.obsm["X_sctranslator"])
+    assert back.uns["protein_predicted"]["settings"]["embeddings"]
+    np.testing.assert_array_equal(back.obsm["protein_expression"], rna.obsm["protein_expression"])  # measured
     # The RNA is the input, untouched: matrix, layer, tables, other obsm/uns entries.
     assert (back.X != rna.X).nnz == 0 and (back.layers["counts"] != rna.layers["counts"]).nnz == 0
     pd.testing.assert_frame_equal(back.obs, rna.obs)
@@ -139,9 +140,9 @@ def test_mudata_write_back_follows_mudata_conventions_without_warnings(kind: str
         with mudata.set_options(pull_on_update=False):  # mudata's coming default; without it mudata
             both = mudata.read_h5mu(path)               # itself warns about that on any read
     assert [str(w.message) for w in caught] == []
-    assert set(both.mod) == {"rna", "prot"} and both.var_names.is_unique
-    prot = both["prot"]
-    assert list(prot.var_names) == [f"prot:{p}" for p in PROTEINS]
+    assert set(both.mod) == {"rna", "prot_predicted"} and both.var_names.is_unique
+    prot = both["prot_predicted"]
+    assert list(prot.var_names) == [f"prot_predicted:{p}" for p in PROTEINS]
     assert list(prot.var["name"]) == PROTEINS
     np.testing.assert_array_equal(prot.X, expected.X)
     np.testing.assert_array_equal(prot.obsm["X_sctranslator"], expected.obsm["X_sctranslator"])
@@ -152,19 +153,20 @@ def test_mudata_write_back_follows_mudata_conventions_without_warnings(kind: str
     np.testing.assert_array_equal(both["rna"].obsm["X_pca"], rna.obsm["X_pca"])
 
 
-def test_inplace_sets_protein_expression_and_provenance_like_totalvi(rna: ad.AnnData, model,  # noqa: ANN001
+def test_inplace_sets_predictions_and_provenance_under_their_own_key(rna: ad.AnnData, model,  # noqa: ANN001
                                                                      expected: ad.AnnData) -> None:
     adata = rna.copy()
     assert sctranslator.translate(adata, model, PROTEINS, embeddings=True, block_cells=40, inplace=True) is None
-    frame = adata.obsm["protein_expression"]
+    frame = adata.obsm["protein_predicted"]
     assert isinstance(frame, pd.DataFrame) and list(frame.columns) == PROTEINS
     assert frame.index.equals(adata.obs_names)
     np.testing.assert_array_equal(frame.to_numpy(), expected.X)
-    np.testing.assert_array_equal(adata.obsm["X_sctranslator"], expected.obsm["X_sctranslator"])
-    info = adata.uns["sctranslator"]
+    np.testing.assert_array_equal(adata.obsm["X_protein_predicted"], expected.obsm["X_sctranslator"])
+    np.testing.assert_array_equal(adata.obsm["protein_expression"], rna.obsm["protein_expression"])  # measured
+    info = adata.uns["protein_predicted"]
     assert info["model"]["fingerprint"] and info["settings"]["embeddings"] and info["run"]["cells_computed"] == 150
     assert (adata.X != rna.X).nnz == 0  # nothing else changed
-    with pytest.raises(InputDataError, match="inplace=True needs an AnnData"):
+    with pytest.raises(InputDataError, match="inplace=True needs an AnnData or a MuData"):
         sctranslator.translate("rna.h5ad", model, PROTEINS, inplace=True)
 
 

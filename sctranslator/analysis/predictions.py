@@ -1,10 +1,14 @@
 """Find the predicted proteins in whatever a user hands to `evaluate`, and refuse what is not one.
 
-Accepted: translate's Zarr output (X = predictions), an AnnData / .h5ad with
-`obsm['protein_expression']` (translate's `--write-h5ad`, totalVI's convention), a MuData / .h5mu
-with a `prot` modality (translate's `--write-mudata`), or a plain cells x proteins AnnData (the
-ridge baseline, another tool's output). A gene-expression matrix given as predictions is refused
-with a named error instead of being scored as if its genes were proteins.
+Accepted: translate's Zarr output (X = predictions), an AnnData / .h5ad with the predictions in
+`obsm[key]` (translate's `--write-h5ad` / `inplace=True`: `obsm['protein_predicted']` by default,
+or any key whose `uns[key]` holds translate's provenance), a MuData / .h5mu with the predictions'
+modality (`prot_predicted` by default, or any modality carrying translate's provenance), or a plain
+cells x proteins AnnData (the ridge baseline, another tool's output). `obsm['protein_expression']`
+and a `prot` modality hold MEASURED proteins by convention (scvi-tools, CITE-seq files); they are
+read as predictions only when they carry translate's provenance (files written by sctranslator
+before the keys of their own). A gene-expression matrix given as predictions is refused with a
+named error instead of being scored as if its genes were proteins.
 """
 
 from __future__ import annotations
@@ -23,18 +27,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROTEIN_KEY = "protein_expression"
-PROTEIN_MODALITY = "prot"
+PREDICTED_KEY = "protein_predicted"  # translate's default obsm key (engine.writeback.DEFAULT_KEY)
+PREDICTED_MODALITY = "prot_predicted"  # translate's default MuData modality
+PROTEIN_KEY = "protein_expression"  # MEASURED counts (scvi-tools); predictions only in older write-backs
+PROTEIN_MODALITY = "prot"  # MEASURED proteins in CITE-seq MuData; predictions only in older write-backs
 # More columns than any antibody panel in use (TotalSeq-A's largest is ~280; scTranslator queries
 # go to a few thousand), yet far fewer than a transcriptome.
 _MAX_UNMATCHED_COLUMNS = 5000
 _MIN_UNMATCHED_GENES = 100
-
-
-def _looks_like_counts(values: Any) -> bool:
-    """True when every value is a whole non-negative number (sampled: the first 2,000 cells)."""
-    sample = np.asarray(values[:2000].toarray() if hasattr(values, "toarray") else values[:2000], dtype=np.float64)
-    return bool(sample.size) and bool(np.all(sample >= 0)) and bool(np.all(sample == np.round(sample)))
 
 
 @dataclass
@@ -73,18 +73,56 @@ def _recorded_scaling(uns: Any) -> str | None:
     return str(scaling) if scaling else None
 
 
-def _from_obsm(table: ad.AnnData, where: str) -> ad.AnnData:
+def _is_provenance(record: Any) -> bool:
+    """Whether `record` is translate's provenance (what it writes to uns['sctranslator'] / uns[key])."""
+    return isinstance(record, dict) and "settings" in record and "model" in record
+
+
+def _from_obsm(table: ad.AnnData, where: str, key: str, provenance: Any) -> ad.AnnData:
     import anndata as ad
     import pandas as pd
 
-    frame = table.obsm[PROTEIN_KEY]
+    frame = table.obsm[key]
     if isinstance(frame, pd.DataFrame):
         values, names = frame.to_numpy(dtype=np.float32), frame.columns.astype(str)
     else:
-        raise InputDataError(f"{where}: obsm['{PROTEIN_KEY}'] is a {type(frame).__name__} without protein names; "
+        raise InputDataError(f"{where}: obsm['{key}'] is a {type(frame).__name__} without protein names; "
                              "store it as a pandas DataFrame with proteins as columns")
     return ad.AnnData(X=values, obs=pd.DataFrame(index=table.obs_names.copy()), var=pd.DataFrame(index=names),
-                      uns={"sctranslator": table.uns.get("sctranslator", {})})
+                      uns={"sctranslator": provenance if isinstance(provenance, dict) else {}})
+
+
+def _predicted_obsm_key(obj: ad.AnnData, label: str) -> str | None:
+    """The obsm key holding translate's predictions: the default, else the one key whose uns[key] is
+    translate's provenance, else (older write-backs) 'protein_expression' beside uns['sctranslator']."""
+    if PREDICTED_KEY in obj.obsm:
+        return PREDICTED_KEY
+    marked = sorted(k for k in obj.obsm if _is_provenance(obj.uns.get(k)))
+    if len(marked) > 1:
+        raise InputDataError(f"{label} holds several translate predictions (obsm {marked}); give the one to score "
+                             "as an AnnData, e.g. anndata.AnnData(adata.obsm[KEY])")
+    if marked:
+        return marked[0]
+    if PROTEIN_KEY in obj.obsm and _is_provenance(obj.uns.get("sctranslator")):
+        return PROTEIN_KEY
+    return None
+
+
+def _predicted_modality(obj: Any, label: str) -> str:
+    """The MuData modality holding translate's predictions (never a measured 'prot')."""
+    names = list(obj.mod)
+    if PREDICTED_MODALITY in obj.mod:
+        return PREDICTED_MODALITY
+    marked = sorted(n for n in names if _is_provenance(obj.mod[n].uns.get("sctranslator")))
+    if len(marked) == 1:
+        return marked[0]
+    if marked:
+        raise InputDataError(f"{label} holds several translate predictions (modalities {marked}); give the one "
+                             "to score as an AnnData (mdata['NAME'])")
+    raise InputDataError(f"{label} is a MuData without translate's predictions (no '{PREDICTED_MODALITY}' "
+                         f"modality, none with translate's provenance; it has {sorted(names)}); a '{PROTEIN_MODALITY}' "
+                         "modality holds MEASURED proteins: give it as --truth, and the predictions' modality "
+                         "as an AnnData")
 
 
 def read_predictions(source: Any, truth_names: Any = None, what: str = "predictions") -> Predictions:
@@ -100,29 +138,34 @@ def read_predictions(source: Any, truth_names: Any = None, what: str = "predicti
     label = str(source) if isinstance(source, str | Path) else f"the in-memory {what}"
     obj = _read_file(Path(source), what) if isinstance(source, str | Path) else source
     if hasattr(obj, "mod"):  # a MuData
-        if PROTEIN_MODALITY not in obj.mod:
-            raise InputDataError(f"{label} is a MuData without a '{PROTEIN_MODALITY}' modality (it has "
-                                 f"{sorted(obj.mod)}); give the predictions' modality as an AnnData")
-        prot = obj.mod[PROTEIN_MODALITY]
-        if "name" in prot.var and all(str(n).startswith(f"{PROTEIN_MODALITY}:") for n in prot.var_names):
-            # translate's MuData keeps names unique across modalities ("prot:CD4"); the bare names are in var.
+        name = _predicted_modality(obj, label)
+        prot = obj.mod[name]
+        if "name" in prot.var and all(str(n).startswith(f"{name}:") for n in prot.var_names):
+            # translate's MuData keeps names unique across modalities ("prot_predicted:CD4"); bare names in var.
             prot = prot.copy()
             prot.var_names = prot.var["name"].astype(str).to_numpy()
         scaling = _recorded_scaling(prot.uns) or _recorded_scaling(obj.uns)
-        return Predictions(prot, f"{label} (modality '{PROTEIN_MODALITY}')", scaling,
-                           _record(prot.uns) or _record(obj.uns))
+        return Predictions(prot, f"{label} (modality '{name}')", scaling, _record(prot.uns) or _record(obj.uns))
     if not isinstance(obj, ad.AnnData):
         raise InputDataError(f"{label} is a {type(obj).__name__}; expected an AnnData, a MuData or a path")
     scaling = _recorded_scaling(obj.uns)
-    if PROTEIN_KEY in obj.obsm:
-        table = _from_obsm(obj, label)
-        if "sctranslator" not in obj.uns and _looks_like_counts(table.X):
-            raise InputDataError(
-                f"{label}: obsm['{PROTEIN_KEY}'] holds whole non-negative numbers and there is no sctranslator "
-                "provenance: in CITE-seq files (scvi-tools' totalVI convention) this key holds the MEASURED "
-                "protein counts, not predictions. Give translate's output as --pred (its --out store, or the "
-                "--write-h5ad / --write-mudata file), and these measured counts as --truth")
-        return Predictions(table, f"{label} (obsm['{PROTEIN_KEY}'])", scaling, _record(obj.uns))
+    if _is_provenance(obj.uns.get("sctranslator")) and {"token_id", "window"} <= set(obj.var.columns):
+        # translate's own output (store or returned AnnData): X is the predictions, whatever obsm
+        # entries the input carried into it (measured proteins, an earlier run's predictions).
+        return Predictions(obj, f"{label} (X)", scaling, _record(obj.uns))
+    key = _predicted_obsm_key(obj, label)
+    if key is not None:
+        provenance = obj.uns.get(key) if key != PROTEIN_KEY else obj.uns.get("sctranslator")
+        table = _from_obsm(obj, label, key, provenance)
+        wrapped = {"sctranslator": provenance} if isinstance(provenance, dict) else {}
+        return Predictions(table, f"{label} (obsm['{key}'])", _recorded_scaling(wrapped), _record(wrapped))
+    if PROTEIN_KEY in obj.obsm and "sctranslator" not in obj.uns:
+        raise InputDataError(
+            f"{label}: obsm['{PROTEIN_KEY}'] without sctranslator provenance holds MEASURED protein counts "
+            f"(scvi-tools' totalVI convention), not predictions; translate writes its predictions to "
+            f"obsm['{PREDICTED_KEY}']. "
+            "Give translate's output as --pred (its --out store, or the --write-h5ad / --write-mudata file), and "
+            "these measured counts as --truth")
     if scaling is None and "sctranslator" not in obj.uns:
         _refuse_gene_expression(obj, truth_names, label)
     return Predictions(obj, f"{label} (X)", scaling, _record(obj.uns))
@@ -145,7 +188,7 @@ def _refuse_gene_expression(table: ad.AnnData, truth_names: Any, label: str) -> 
     if unmatched > _MAX_UNMATCHED_COLUMNS or (unmatched > max(_MIN_UNMATCHED_GENES, 4 * matched)):
         raise InputDataError(
             f"{label} looks like gene expression, not predicted proteins: X has {table.n_vars:,} columns and only "
-            f"{matched} of them match a measured protein, and it has no obsm['{PROTEIN_KEY}'] nor sctranslator "
+            f"{matched} of them match a measured protein, and it has no obsm['{PREDICTED_KEY}'] nor sctranslator "
             "provenance. Give translate's output (the --out Zarr store, or the --write-h5ad / --write-mudata "
             "file), or an AnnData whose X holds the predicted proteins")
 

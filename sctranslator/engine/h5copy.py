@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from sctranslator.engine.tables import writable_obs
 from sctranslator.errors import StoreError
 
 try:  # anndata >= 0.11
@@ -119,16 +120,21 @@ def _copy_zarr(member: Any, target: h5py.Group, key: str) -> None:
         write_elem(target, key, read_elem(member))
 
 
-def write_anndata_elements(adata: ad.AnnData, target: h5py.Group, skip: set[str] = frozenset()) -> None:
+def write_anndata_elements(adata: ad.AnnData, target: h5py.Group, skip: set[str] = frozenset()) -> dict[str, str]:
     """Write an in-memory (or backed) AnnData's elements into `target` without copying the object.
 
-    X of a backed AnnData is copied from its file by HDF5; everything else comes from memory.
+    X of a backed AnnData is copied from its file by HDF5; everything else comes from memory. obs
+    goes through `tables.writable_obs` (missing values kept, '/' in column names escaped); returns
+    its {stored name: column name} for the renamed columns.
     """
     _set_attrs(target, ANNDATA_ATTRS)
+    renamed: dict[str, str] = {}
     for key in ("obs", "var", "obsm", "varm", "obsp", "varp", "layers", "uns"):
         if key in skip:
             continue
         value = getattr(adata, key)
+        if key == "obs":
+            value, renamed = writable_obs(value)
         below = _skip_below(skip, key)
         if below or key not in ("obs", "var"):
             value = {name: item for name, item in dict(value).items() if name not in below}
@@ -142,6 +148,7 @@ def write_anndata_elements(adata: ad.AnnData, target: h5py.Group, skip: set[str]
             write_elem(target, "X", adata.X)
     if "raw" not in skip and adata.raw is not None:
         write_elem(target, "raw", adata.raw)
+    return renamed
 
 
 def write_frame_columns(parent: h5py.Group, key: str, matrix: Any, index: pd.Index,

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from sctranslator.engine.tables import RENAMED_KEY, restore_names
 from sctranslator.errors import StoreError
 
 try:  # anndata >= 0.11
@@ -132,7 +133,9 @@ def open_predictions(path: str | Path, *, owner: TemporaryStore | None = None,
     except (KeyError, OSError, ValueError) as exc:
         raise StoreError(f"{path}: cannot open as a translate output ({type(exc).__name__}: {exc}); "
                          "re-run translate into a new --out") from exc
-    return ad.AnnData(X=x, obs=_frame(obs), var=_frame(var), uns=uns, obsm=obsm)
+    record = uns.get("sctranslator") if isinstance(uns, dict) else None
+    renamed = record.get(RENAMED_KEY) if isinstance(record, dict) else None
+    return ad.AnnData(X=x, obs=restore_names(_frame(obs), renamed), var=_frame(var), uns=uns, obsm=obsm)
 
 
 def _frame(table: Any) -> pd.DataFrame:

@@ -21,8 +21,10 @@ import pandas as pd
 import zarr
 
 from sctranslator._atomic import install_dir, staging_dir
+from sctranslator.engine.h5copy import slab_rows, slabs
 from sctranslator.engine.ledger import Ledger, block_ranges, read_record
 from sctranslator.engine.predictions import TemporaryStore, open_predictions
+from sctranslator.engine.tables import RENAMED_KEY, writable_obs
 from sctranslator.errors import StoreError
 from sctranslator.outputs import claim_output, write_identity
 
@@ -58,10 +60,12 @@ class ZarrSink:
     @classmethod
     def open(cls, path: str | Path, *, identity: dict[str, Any], obs: pd.DataFrame, var: pd.DataFrame,
              uns: dict[str, Any], block_rows: int, overwrite: bool = False, embedding_dim: int = 0,
-             inputs: tuple[Any, ...] = ()) -> ZarrSink:
+             inputs: tuple[Any, ...] = (), obsm: dict[str, Any] | None = None) -> ZarrSink:
         """Create the store, or reopen it for resume when it was made by the same job.
 
         `inputs`: the job's input paths; the store may not be one, lie inside one or contain one.
+        `obsm`: the input's obsm arrays to carry into the store (row-sliceable, one row per cell;
+        see `Source.obsm_arrays`), copied in row slabs; `X_sctranslator` is ours and never carried.
         Raises OutputConflictError for a path that is not a translate store of ours (see
         `sctranslator.outputs`), StoreError for one of another job unless `overwrite`.
         """
@@ -78,11 +82,15 @@ class ZarrSink:
                 raise StoreError(f"{path} was written by a different model, input or settings; refusing to mix "
                                  "results. Choose another --out, or pass --overwrite to replace it.")
         sink = cls(str(path), len(obs), var.shape[0], block_rows, embedding_dim)
-        sink._create(identity, obs, var, uns)
+        sink._create(identity, obs, var, uns, obsm or {})
         return sink
 
-    def _create(self, identity: dict[str, Any], obs: pd.DataFrame, var: pd.DataFrame, uns: dict[str, Any]) -> None:
+    def _create(self, identity: dict[str, Any], obs: pd.DataFrame, var: pd.DataFrame, uns: dict[str, Any],
+                obsm: dict[str, Any]) -> None:
         """Build the whole empty store aside, then rename it over `path` (which the caller may replace)."""
+        obs, renamed = writable_obs(obs)
+        if renamed:
+            uns = {**uns, "sctranslator": {**uns["sctranslator"], RENAMED_KEY: renamed}}
         with staging_dir(self.path) as staging:
             skeleton = ad.AnnData(obs=obs, var=var, uns=uns)
             skeleton.strings_to_categoricals()  # what writing does anyway, without anndata's note about it
@@ -107,6 +115,9 @@ class ZarrSink:
                 target = staging / key
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data.to_bytes())
+            carried = {key: array for key, array in obsm.items() if key != EMBEDDING_KEY}
+            if carried:
+                _copy_obsm(staging, carried, self.block_rows)
             Ledger.create(staging / JOB_DIR, identity=identity, n_obs=self.n_obs, block_rows=self.block_rows,
                           extra={"n_outputs": self.n_outputs, "complete": False})
             write_identity(staging, OUTPUT_KIND)
@@ -148,6 +159,24 @@ class ZarrSink:
     def read(self, owner: TemporaryStore | None = None) -> ad.AnnData:
         """The finished store as an AnnData whose X stays on disk (see `open_predictions`)."""
         return open_predictions(self.path, owner=owner)
+
+
+def _copy_obsm(store: Path, arrays: dict[str, Any], block_rows: int) -> None:
+    """The input's obsm arrays into the (staged) store's obsm, in row slabs, chunked like X."""
+    try:
+        root = zarr.open_group(str(store), mode="r+", use_consolidated=False)
+    except TypeError:  # zarr 2: consolidated metadata is only used when asked for
+        root = zarr.open_group(str(store), mode="r+")
+    for key, source in arrays.items():
+        shape = tuple(int(n) for n in source.shape)
+        dtype = np.dtype(source.dtype)
+        target = root["obsm"].create_array(key, shape=shape, chunks=(max(1, block_rows), *shape[1:]), dtype=dtype)
+        target.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+        rows = slab_rows(shape, dtype.itemsize, max(1, block_rows))
+        for start, stop in slabs(shape[0], rows):
+            target[start:stop] = np.asarray(source[start:stop], dtype=dtype)
+    zarr.consolidate_metadata(str(store))
+    log.debug("carried obsm %s into %s", sorted(arrays), store)
 
 
 def _write_uns_entry(path: str | Path, key: str, value: dict[str, Any]) -> None:

@@ -24,14 +24,13 @@ from sctranslator.engine.gpus import visible_gpus
 from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.pipeline import BlockJob, default_workers, run_job
 from sctranslator.engine.predictions import TemporaryStore
-from sctranslator.engine.sink import EMBEDDING_KEY, OUTPUT_KIND, ZarrSink
+from sctranslator.engine.sink import OUTPUT_KIND, ZarrSink
 from sctranslator.engine.sources import open_source
-from sctranslator.engine.sources.base import require_unique_cell_names, storable_obs
+from sctranslator.engine.sources.base import require_unique_cell_names
 from sctranslator.engine.sources.subset import select_cells
 from sctranslator.engine.writeback import (
-    PROTEIN_KEY,
-    PROVENANCE_KEY,
-    protein_frame,
+    check_keys,
+    set_inplace,
     write_h5ad_with_proteins,
     write_mudata_with_proteins,
 )
@@ -146,7 +145,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
               write_mudata: str | Path | None = None, embeddings: bool = False, quiet: bool = False,
               gene_mapping: GeneMapping | None = None, inplace: bool = False,
               cells: Sequence[str] | None = None, obs_query: str | None = None,
-              max_cells: int | None = None) -> ad.AnnData | None:
+              max_cells: int | None = None, key: str | None = None,
+              replace_key: bool = False) -> ad.AnnData | None:
     """Predict protein abundance for every cell of `data` with `model`.
 
     Parameters (the option groups of `sctranslator.options` document each one and its choices):
@@ -167,6 +167,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
             gene_mapping: InputOptions.
         overwrite, write_h5ad, write_mudata, embeddings, quiet: OutputOptions.
         inplace: also set the predictions on `data` (an AnnData / MuData object) and return None.
+        key, replace_key: where write_h5ad / write_mudata / inplace put the predictions (below);
+            an existing entry there is replaced only with an explicit `key` and `replace_key=True`.
         cells, obs_query, max_cells: translate only the named cells, the cells where a pandas
             expression over obs holds, and/or the first N of them (in the input's order; recorded in
             provenance). Not with write_h5ad / write_mudata / inplace, which write the whole input.
@@ -181,10 +183,13 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     interruption resumes. With `embeddings`, obsm['X_sctranslator'] (a dask array likewise, cells x
     model dim) holds each cell's embedding: the mean of the encoder's outputs over the cell's real
     gene tokens (torch backend). `write_h5ad` / `write_mudata` also write the input with the
-    predictions (obsm['protein_expression'], or a 'prot' modality; see `engine.writeback`), streamed
-    element by element. With `inplace=True` the predictions are set on `data` as scvi-tools' totalVI
-    does: `obsm['protein_expression']` (an in-memory DataFrame, proteins as columns),
-    `obsm['X_sctranslator']` with `embeddings`, and `uns['sctranslator']`; nothing is returned then.
+    predictions under keys of their own (see `engine.writeback`), streamed element by element:
+    `obsm[key]` (a DataFrame, proteins as columns; default key 'protein_predicted'), `uns[key]`
+    (provenance) and `obsm['X_' + key]` (embeddings) in an AnnData; a new modality `key` (default
+    'prot_predicted') in a MuData, beside every modality of a MuData input. With `inplace=True`
+    the same go onto `data` (an AnnData; a MuData gets the new modality); nothing is returned then.
+    `obsm['protein_expression']` and a `prot` modality, where scvi-tools and CITE-seq files keep
+    MEASURED proteins, are never written unless named as `key` with `replace_key=True`.
 
     Which matrix is read: X, or ``layers[layer]``, or with `use_raw` ``.raw.X`` with ``.raw.var``.
     `modality` names the MuData modality (None: `rna`, else the one RNA-like modality).
@@ -195,10 +200,12 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     else is ever replaced.
 
     Raises:
-        OptionError: a choice option (backend, normalize, id_type, precision, ...) outside its choices.
+        OptionError: a choice option (backend, normalize, id_type, precision, ...) outside its choices;
+            `replace_key` without `key`, `key` without a write-back, a `key` with '/'.
         BackendError: embeddings without the torch backend; a backend that cannot start or fails.
         InputDataError: batch_size or block_cells < 1; no `.raw`, layer or modality as asked;
-            `inplace` without an AnnData. BadCellsError: NaN/Inf/negative values (naming the lowest
+            `inplace` without an AnnData. KeyConflictError: a write-back target that exists (without
+            an explicit `key` and `replace_key`). BadCellsError: NaN/Inf/negative values (naming the lowest
             bad row); empty cells (no counts in any gene the model reads) unless `allow_empty_cells`.
         CoverageError: fewer than `min_coverage` of the genes map (without allow_low_coverage).
         VocabularyError / UnknownProteinError: identifiers or proteins that do not map.
@@ -245,6 +252,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     if write_mudata is not None or (inplace and not isinstance(data, ad.AnnData)):
         # MuData pairs its modalities by cell name: a repeated name would pair the wrong cells
         require_unique_cell_names(source.obs_names, source.describe(), "a MuData pairs modalities by cell name")
+    check_keys(data, source, modality=modality, key=key, replace=replace_key, embeddings=embeddings,
+               h5ad=write_h5ad is not None, mudata=write_mudata is not None, inplace=inplace)
     loaded, model_source = _resolve_model(model)
     auto_batch = batch_size is None and backend == "torch" and device.startswith("cuda")  # from device memory
     batch_size = batch_size or default_batch_size(loaded, device)
@@ -298,9 +307,9 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
         out = Path(owner.path) / "predictions.zarr"
     rows = max(1, min(block_cells, source.n_obs or 1))
     try:
-        sink = ZarrSink.open(out, identity=identity, obs=storable_obs(source.read_obs()), var=_output_var(plan),
-                             uns=uns, block_rows=rows, overwrite=overwrite, inputs=inputs,
-                             embedding_dim=loaded.config.dim if embeddings else 0)
+        sink = ZarrSink.open(out, identity=identity, obs=source.read_obs(), var=_output_var(plan), uns=uns,
+                             block_rows=rows, overwrite=overwrite, inputs=inputs,
+                             embedding_dim=loaded.config.dim if embeddings else 0, obsm=source.obsm_arrays())
         job = BlockJob(source=source, plan=plan, backend=spec, sink=sink, batch_size=batch_size,
                        allow_empty_cells=allow_empty_cells, embeddings=embeddings, auto_batch_size=auto_batch)
         stats = run_job(job, workers=workers, scheduler=scheduler, quiet=quiet, gpus=gpus)
@@ -308,11 +317,13 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
         result = sink.read(owner)  # lazy: X stays in the store
         result.uns["sctranslator"]["run"] = stats
         if write_h5ad:
-            _write_back(write_h5ad, lambda tmp: write_h5ad_with_proteins(data, source, result, tmp))
+            _write_back(write_h5ad, lambda tmp: write_h5ad_with_proteins(data, source, result, tmp, key=key,
+                                                                          modality=modality))
         if write_mudata:
-            _write_back(write_mudata, lambda tmp: write_mudata_with_proteins(data, source, result, tmp))
+            _write_back(write_mudata, lambda tmp: write_mudata_with_proteins(data, source, result, tmp, key=key,
+                                                                              modality=modality))
         if target is not None:
-            _set_inplace(target, result)
+            set_inplace(target, result, key=key, modality=modality)
             return None
         owner = None  # the returned arrays own the temporary store now
         return result
@@ -331,28 +342,16 @@ def _check_out(out: str | Path | None) -> None:
         return
     stem = Path(out).with_suffix(".zarr")
     if Path(out).suffix.lower() == ".h5mu":
-        also = f"--write-mudata {out} for a MuData with the input as 'rna' and the predictions as 'prot'"
+        also = f"--write-mudata {out} for a MuData with the predictions as a modality 'prot_predicted'"
     else:
-        also = f"--write-h5ad {out} for a copy of the input with obsm['protein_expression']"
+        also = f"--write-h5ad {out} for a copy of the input with the predictions in obsm['protein_predicted']"
     raise StoreError(f"--out {out}: the output of translate is a resumable AnnData Zarr store (a directory), not "
                      f"an HDF5 file. Use --out {stem}, and add {also}; the Zarr store itself reads with "
                      f"anndata.read_zarr('{stem}').")
 
 
-def _inplace_target(data: Any) -> ad.AnnData:
-    if isinstance(data, ad.AnnData):
+def _inplace_target(data: Any) -> Any:
+    if isinstance(data, ad.AnnData) or (type(data).__name__ == "MuData" and hasattr(data, "mod")):
         return data
-    if type(data).__name__ == "MuData" and hasattr(data, "mod") and "rna" in data.mod:
-        return data.mod["rna"]
-    raise InputDataError(f"inplace=True needs an AnnData (or a MuData with an 'rna' modality) to write into, "
-                         f"not a {type(data).__name__}; pass the object, or use the returned AnnData")
-
-
-def _set_inplace(adata: ad.AnnData, result: ad.AnnData) -> None:
-    """What totalVI users look for: obsm['protein_expression'] (a DataFrame) and the provenance."""
-    frame = protein_frame(result)
-    frame.index = adata.obs_names
-    adata.obsm[PROTEIN_KEY] = frame
-    if EMBEDDING_KEY in result.obsm:
-        adata.obsm[EMBEDDING_KEY] = result.obsm[EMBEDDING_KEY].compute()
-    adata.uns[PROVENANCE_KEY] = result.uns["sctranslator"]
+    raise InputDataError(f"inplace=True needs an AnnData or a MuData object to write into, not a "
+                         f"{type(data).__name__}; pass the object, or use the returned AnnData")

@@ -76,7 +76,9 @@ def check_protein_list(names: Iterable[str], what: str = "the requested proteins
     repeated = keys[keys.duplicated(keep=False) & (keys != "")]
     if repeated.empty:
         return texts
-    groups = [" = ".join(repr(texts[i]) for i in rows) for rows in repeated.groupby(repeated).indices.values()]
+    # groupby positions count within `repeated`; its index holds the positions in `texts`
+    groups = [" = ".join(repr(texts[i]) for i in repeated.index[rows])
+              for rows in repeated.groupby(repeated).indices.values()]
     raise UnknownProteinError(f"{what} list one protein more than once ({'; '.join(groups)}); list each "
                               "protein once")
 

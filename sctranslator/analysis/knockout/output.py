@@ -11,6 +11,7 @@ import pandas as pd
 
 from sctranslator._atomic import atomic_write_path, install_dir, staging_dir
 from sctranslator.analysis.plots import save_heatmap
+from sctranslator.engine.tables import RENAMED_KEY, writable_obs
 from sctranslator.errors import InputDataError
 from sctranslator.outputs import write_identity
 
@@ -38,7 +39,16 @@ def output_siblings(out: Path) -> list[Path]:
 
 
 def write_anndata_atomically(adata: ad.AnnData, path: Path) -> None:
-    """Write under a temporary name, mark as a knockout output, and rename over any previous output."""
+    """Write under a temporary name, mark as a knockout output, and rename over any previous output.
+
+    obs goes through `writable_obs` (missing values kept, '/' in column names escaped and recorded
+    in uns['obs_columns_renamed']); the caller's object is not changed.
+    """
+    obs, renamed = writable_obs(adata.obs)
+    if obs is not adata.obs:  # a new AnnData over the same arrays, nothing copied
+        uns = {**adata.uns, RENAMED_KEY: renamed} if renamed else adata.uns
+        adata = ad.AnnData(X=adata.X, obs=obs, var=adata.var, uns=uns, obsm=adata.obsm, varm=adata.varm,
+                           layers=adata.layers)
     if path.suffix == ".zarr":
         with staging_dir(path) as staging:
             with warnings.catch_warnings():

@@ -7,7 +7,6 @@ worker processes) and open file handles lazily, once per process.
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -56,6 +55,11 @@ class Source:
     def read_obs(self) -> pd.DataFrame:
         """The full obs table, for copying into the output."""
         raise NotImplementedError
+
+    def obsm_arrays(self) -> dict[str, Any]:
+        """The input's numeric, dense obsm arrays with one row per cell (`spatial`, `X_pca`, ...), as
+        row-sliceable array-likes (numpy, h5py, zarr) read on demand; others (sparse, tables) are left out."""
+        return {}
 
     def describe(self) -> str:
         """How to name this input in a message."""
@@ -141,37 +145,26 @@ def require_unique_cell_names(names: pd.Index, where: str, why: str) -> None:
                          "`mdata.obs_names_make_unique()`), then save the input again")
 
 
-def storable_obs(obs: pd.DataFrame) -> pd.DataFrame:
-    """`obs` with column names that anndata can write: a '/' (which anndata accepts in memory and older
-    files hold, but no store can, since it separates groups) becomes '_' (then '_2', '_3' ... if taken).
-
-    Returns `obs` itself when nothing needs renaming; logs each renamed column at WARNING.
-    """
-    names = [str(name) for name in obs.columns]
-    if not any("/" in name for name in names):
-        return obs
-    taken, renamed = set(names), {}
-    for name in names:
-        if "/" in name:
-            new = candidate = name.replace("/", "_")
-            n = 2
-            while new in taken:
-                new, n = f"{candidate}_{n}", n + 1
-            taken.add(new)
-            renamed[name] = new
-    logging.getLogger(__name__).warning(
-        "obs column(s) renamed in the output, as '/' cannot be stored in a name: %s",
-        ", ".join(f"{old!r} -> {new!r}" for old, new in renamed.items()))
-    out = obs.copy(deep=False)
-    out.columns = [renamed.get(name, name) for name in names]
-    return out
-
-
 def block_dtype(dtype: np.dtype) -> np.dtype:
     """The dtype a block of stored `dtype` is served in: float32 for float16 (exact: every float16 value
     is a float32 value), the stored dtype otherwise."""
     dtype = np.dtype(dtype)
     return np.dtype(np.float32) if dtype == np.float16 else dtype
+
+
+def carried_obsm(group: Any, n_obs: int) -> dict[str, Any]:
+    """The members of an obsm mapping or group that travel into the output: numeric dense arrays
+    with `n_obs` rows (scipy matrices, DataFrames and groups such as sparse matrices stay behind)."""
+    found = {}
+    for key in list(group.keys()) if group is not None else []:
+        member = group[key]
+        shape, dtype = getattr(member, "shape", None), getattr(member, "dtype", None)
+        if (shape is None or dtype is None or isinstance(member, pd.DataFrame) or sp.issparse(member)
+                or not hasattr(member, "__getitem__") or "/" in str(key)):  # '/' cannot name a zarr array
+            continue
+        if len(shape) == 2 and int(shape[0]) == n_obs and np.dtype(dtype).kind in "biuf":
+            found[str(key)] = member
+    return found
 
 
 def hash_names(names: Iterable[Any]) -> str:

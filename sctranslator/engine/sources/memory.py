@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sctranslator.engine.sources.base import Block, Source
+from sctranslator.engine.sources.base import Block, Source, carried_obsm
 from sctranslator.engine.sources.hdf5 import H5Source
 from sctranslator.errors import InputDataError
 
@@ -36,6 +36,7 @@ class AnnDataSource(Source):
         self._csr_cache: sp.csr_matrix | None = None
         self._var = pd.DataFrame(adata.raw.var if use_raw else adata.var).copy()
         self._obs = pd.DataFrame(adata.obs)
+        self._obsm = carried_obsm(adata.obsm, adata.n_obs)
         self._file: H5Source | None = None
         self._matrix: Any = None
         if adata.isbacked:
@@ -65,6 +66,7 @@ class AnnDataSource(Source):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_csr_cache"] = None  # rebuilt on demand in the receiving process
+        state["_obsm"] = {}  # copied into the store by the process that creates it, never by workers
         return state
 
     @property
@@ -77,6 +79,9 @@ class AnnDataSource(Source):
 
     def read_obs(self) -> pd.DataFrame:
         return self._obs.copy()
+
+    def obsm_arrays(self) -> dict[str, Any]:
+        return dict(self._obsm)
 
     def _element_name(self) -> str:
         if self.use_raw:

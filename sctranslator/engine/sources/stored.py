@@ -29,6 +29,7 @@ from sctranslator.engine.sources.base import (
     Block,
     Source,
     block_dtype,
+    carried_obsm,
     check_csr_block,
     check_indptr,
 )
@@ -261,6 +262,12 @@ class StoredSource(Source):
         with self._reading("obs"):
             obs = self._group()["obs"]
             return read_dataframe(obs, is_array=self._is_array(obs))
+
+    def obsm_arrays(self) -> dict[str, Any]:
+        with self._reading("obsm"):
+            group = self._group()
+            obsm = group["obsm"] if "obsm" in group and not self._is_array(group["obsm"]) else None
+            return carried_obsm(obsm, self.n_obs)
 
     # --- rows -----------------------------------------------------------------------------------
     def _slice(self, name: str, lo: int, hi: int, rows: tuple[int, int]) -> np.ndarray:

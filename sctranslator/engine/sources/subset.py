@@ -49,6 +49,9 @@ class RowSubset(Source):
     def read_obs(self) -> pd.DataFrame:
         return self.base.read_obs().iloc[self.rows]
 
+    def obsm_arrays(self) -> dict[str, Any]:
+        return {key: _SelectedRows(array, self.rows) for key, array in self.base.obsm_arrays().items()}
+
     def describe(self) -> str:
         return f"{self.base.describe()} ({self.selection})"
 
@@ -81,6 +84,24 @@ class RowSubset(Source):
 
     def close(self) -> None:
         self.base.close()
+
+
+class _SelectedRows:
+    """Rows `rows` (sorted) of a row-sliceable array, itself sliceable by row ranges."""
+
+    def __init__(self, array: Any, rows: np.ndarray) -> None:
+        self.array, self.rows = array, rows
+        self.shape = (int(rows.size), *(int(n) for n in array.shape[1:]))
+        self.dtype = np.dtype(array.dtype)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        wanted = self.rows[key]
+        if not wanted.size:
+            return np.empty((0, *self.shape[1:]), self.dtype)
+        # Contiguous runs of wanted rows are read as slices: one read per run, never the gaps.
+        breaks = np.flatnonzero(np.diff(wanted) != 1) + 1
+        runs = np.split(wanted, breaks)
+        return np.concatenate([np.asarray(self.array[int(run[0]):int(run[-1]) + 1]) for run in runs])
 
 
 def _hash_rows(rows: np.ndarray) -> str:
