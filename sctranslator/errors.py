@@ -83,3 +83,8 @@ class ExportValidationError(ExportError):
 
 class MissingExtraError(SctranslatorError, ImportError):
     """An optional dependency (a pip extra such as `triton` or `distributed`) is not installed."""
+
+
+class ClusterError(SctranslatorError):
+    """A dask.distributed cluster could not run the job: its scheduler is unreachable or was lost, it has
+    no workers, or workers died running the same block; committed blocks are kept and the same command resumes."""
