@@ -329,41 +329,42 @@ def _run_distributed(job: BlockJob, pending: list[int], cluster: Any, bar: tqdm
             for index in pending:
                 running.add(client.submit(_run_block_on_worker, shared, index,
                                           key=f"sctranslator-block-{index}-{job.sink.path}", pure=False))
-            del shared  # the futures hold it; the client need not
-            healthy = last_check = time.monotonic()
-            while not running.is_empty():
-                if not running.has_ready():
-                    time.sleep(_POLL_S)
-                    now = time.monotonic()
-                    if now - last_check >= _HEALTH_S:
-                        last_check = now
-                        if _has_workers(client):
-                            healthy = now
-                        elif now - healthy > timeout:
-                            raise ClusterError(f"the dask cluster at {where} has had no workers for {timeout:g} s "
-                                               f"with {running.count()} block(s) left; committed blocks are kept: "
-                                               "start workers and run the same command again to resume")
-                    continue
-                for future in running.next_batch(block=False):
-                    cells, n_empty, computed, worker, used = _result(future, where)
-                    future.release()  # recorded: the scheduler may forget it
-                    del future
-                    outcomes.append((cells, n_empty, computed))
-                    placement[worker] = placement.get(worker, 0) + int(computed)
-                    threads[worker] = used
-                    bar.update(cells)
-        except ClusterError:
-            raise
         except (OSError, TimeoutError, CancelledError) as exc:
             raise _lost(where, exc) from None
+        del shared  # the futures hold it; the client need not
+        healthy = last_check = time.monotonic()
+        while not running.is_empty():
+            if not running.has_ready():
+                time.sleep(_POLL_S)
+                now = time.monotonic()
+                if now - last_check >= _HEALTH_S:
+                    last_check = now
+                    if _has_workers(client, where):
+                        healthy = now
+                    elif now - healthy > timeout:
+                        raise ClusterError(f"the dask cluster at {where} has had no workers for {timeout:g} s "
+                                           f"with {running.count()} block(s) left; committed blocks are kept: "
+                                           "start workers and run the same command again to resume")
+                continue
+            for future in running.next_batch(block=False):
+                cells, n_empty, computed, worker, used = _result(future, where)
+                future.release()  # recorded: the scheduler may forget it
+                del future
+                outcomes.append((cells, n_empty, computed))
+                placement[worker] = placement.get(worker, 0) + int(computed)
+                threads[worker] = used
+                bar.update(cells)
     return outcomes, placement, threads
 
 
-def _has_workers(client: Any) -> bool:
-    """Whether the scheduler has a worker; OSError (raised as ClusterError by the caller) when it is gone."""
-    if client.status not in ("running", "connecting"):
-        raise OSError(f"client status {client.status}")
-    return bool(client.nthreads())
+def _has_workers(client: Any, where: Any) -> bool:
+    """Whether the scheduler has a worker; ClusterError when the scheduler is gone."""
+    try:
+        if client.status not in ("running", "connecting"):
+            raise OSError(f"client status {client.status}")
+        return bool(client.nthreads())
+    except (OSError, TimeoutError, CancelledError) as exc:
+        raise _lost(where, exc) from None
 
 
 def _lost(where: Any, exc: BaseException) -> ClusterError:
@@ -372,12 +373,18 @@ def _lost(where: Any, exc: BaseException) -> ClusterError:
 
 
 def _result(future: Any, where: Any) -> tuple[int, int, bool, str, int]:
-    """A finished block's result; a block whose workers kept dying becomes a ClusterError."""
+    """A finished block's result. Its task's own errors (bad cells, a full disk) pass through as
+    raised on the worker; a block whose workers kept dying, or a future cancelled because the
+    scheduler went away, becomes a ClusterError."""
     from distributed.scheduler import KilledWorker
 
+    if future.status == "cancelled":
+        raise _lost(where, CancelledError())
     try:
         return future.result()
     except KilledWorker:
         raise ClusterError(f"workers of the dask cluster at {where} kept dying while running {future.key} (out of "
                            "memory, or killed); committed blocks are kept: give workers more memory (or lower "
                            "--block-cells) and run the same command again to resume") from None
+    except CancelledError as exc:
+        raise _lost(where, exc) from None
