@@ -205,6 +205,7 @@ def _assert_same(store: Path, local: np.ndarray) -> None:
     np.testing.assert_allclose(np.asarray(ad.read_zarr(store).X), local, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_relative_out_and_a_worker_killed_mid_job(cluster: Cluster, rna_path: Path, local: np.ndarray,
                                                   tmp_path: Path) -> None:
     cluster.start_scheduler()
@@ -239,6 +240,7 @@ def test_no_workers_or_no_scheduler_is_a_named_error_and_writes_nothing(cluster:
     assert not (tmp_path / "client" / "out.zarr").exists()
 
 
+@pytest.mark.slow
 def test_lost_scheduler_then_the_same_command_resumes(cluster: Cluster, rna_path: Path, local: np.ndarray,
                                                       tmp_path: Path) -> None:
     cluster.start_scheduler()
@@ -262,6 +264,7 @@ def test_lost_scheduler_then_the_same_command_resumes(cluster: Cluster, rna_path
     assert _chunk_times(store, before) == times
 
 
+@pytest.mark.slow
 def test_a_worker_dying_on_a_block_is_a_named_error_then_the_same_command_resumes(
         cluster: Cluster, rna_path: Path, local: np.ndarray, tmp_path: Path) -> None:
     # No retries: one death of the worker running a block is KilledWorker for that block.

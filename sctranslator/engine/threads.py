@@ -172,10 +172,12 @@ def choose_parallelism(*, backend: str, device: str = "cpu", flop_per_cell: floa
         return Parallelism(cpus, count, 1, None, f"triton computes on the server; {count} blocks read, prepare and "
                            f"send with 1 thread each on {where}")
     if device.startswith("cuda"):
-        count = workers or concurrent or 2
+        # One block at a time on the GPU (one stream; memory-sized batches assume the device is theirs),
+        # the others read and prepare on the CPU cores.
+        count = workers or concurrent or max(2, min(cpus, MAX_LOCAL_WORKERS))
         threads = max(1, cpus // count)
-        return Parallelism(cpus, count, threads, None, f"the GPU computes; {count} blocks so one is read and prepared "
-                           f"while another computes, {threads} CPU thread(s) each on {where}")
+        return Parallelism(cpus, count, threads, 1, f"the GPU computes one block at a time while {count - 1} more "
+                           f"are read and prepared, {threads} CPU thread(s) each on {where}")
     if workers:
         threads = max(1, cpus // workers)
         note = "" if workers * threads <= cpus else f"; {workers} workers asked for exceed the cores"

@@ -279,7 +279,7 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
         block_cells = min(default_block_cells(loaded), max(16, -(-source.n_obs // (4 * rule.workers))))
     if backend == "onnxruntime" and onnx_path is None:
         # Export (once, cached) here, announced with its cost, rather than inside the progress bar.
-        spec.onnx_path = onnx_file_for(spec, loaded)
+        spec.onnx_path = str(Path(onnx_file_for(spec, loaded)).absolute())
     if scheduler is None and not gpus:
         # Built here, before the output store exists: a device, file or server that cannot serve
         # fails without leaving an unfinished store behind. The run's workers reuse this backend.
