@@ -137,11 +137,11 @@ def local(rna_path: Path) -> np.ndarray:
     return np.asarray(sctranslator.translate(rna_path, TINY_A, PROTEINS, block_cells=BLOCK, allow_empty_cells=True).X)
 
 
-def _command(rna_path: Path, scheduler: str) -> list[str]:
+def _command(rna_path: Path, scheduler: str, allow_empty: bool = True) -> list[str]:
     """The same translate command every time, with a RELATIVE --out (resolved in the client's directory)."""
     return [sys.executable, "-m", "sctranslator.cli", "translate", str(rna_path), "--model", str(TINY_A),
             "--proteins", ",".join(PROTEINS), "--out", "out.zarr", "--block-cells", str(BLOCK), "--scheduler",
-            scheduler, "--allow-empty-cells", "--quiet"]
+            scheduler, *(["--allow-empty-cells"] if allow_empty else []), "--quiet"]
 
 
 def _client_dir(tmp_path: Path) -> Path:
@@ -154,9 +154,9 @@ def _env() -> dict[str, str]:
     return {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": CONNECT}
 
 
-def _run(rna_path: Path, scheduler: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(_command(rna_path, scheduler), cwd=_client_dir(tmp_path), capture_output=True, text=True,
-                          env=_env(), timeout=300)
+def _run(rna_path: Path, scheduler: str, tmp_path: Path, allow_empty: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(_command(rna_path, scheduler, allow_empty), cwd=_client_dir(tmp_path), capture_output=True,
+                          text=True, env=_env(), timeout=300)
 
 
 def _start(rna_path: Path, scheduler: str, tmp_path: Path) -> subprocess.Popen:
@@ -227,8 +227,8 @@ def test_relative_out_and_a_worker_killed_mid_job(cluster: Cluster, rna_path: Pa
         assert not (directory / "out.zarr").exists()  # the workers wrote where the client named, not beside them
 
 
-def test_no_workers_or_no_scheduler_is_a_named_error_and_writes_nothing(cluster: Cluster, rna_path: Path,
-                                                                         tmp_path: Path) -> None:
+def test_cluster_faults_are_named_errors_that_write_nothing_and_block_errors_stay_themselves(
+        cluster: Cluster, rna_path: Path, tmp_path: Path) -> None:
     cluster.start_scheduler()
     result = _run(rna_path, cluster.address, tmp_path)
     assert result.returncode == 2
@@ -238,6 +238,12 @@ def test_no_workers_or_no_scheduler_is_a_named_error_and_writes_nothing(cluster:
     assert unreachable.returncode == 2
     assert "cannot reach" in _one_line_error(unreachable, "ClusterError")
     assert not (tmp_path / "client" / "out.zarr").exists()
+    # A block's own error (cell 159 has no counts in the model's genes) comes back as itself, not as a
+    # cluster fault.
+    cluster.start_worker()
+    bad = _run(rna_path, cluster.address, tmp_path, allow_empty=False)
+    assert bad.returncode == 2
+    assert "row 159" in _one_line_error(bad, "BadCellsError")
 
 
 @pytest.mark.slow
