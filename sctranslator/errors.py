@@ -88,3 +88,8 @@ class MissingExtraError(SctranslatorError, ImportError):
 class KeyConflictError(SctranslatorError):
     """A write-back would replace an entry the data already holds (an obsm key, a uns entry, a MuData
     modality): refused unless that key is named explicitly together with the replace flag."""
+
+
+class ClusterError(SctranslatorError):
+    """A dask.distributed cluster could not run the job: its scheduler is unreachable or was lost, it has
+    no workers, or workers died running the same block; committed blocks are kept and the same command resumes."""

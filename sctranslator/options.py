@@ -334,7 +334,9 @@ class EngineOptions(OptionGroup):
     block_cells: int | None = option(None, "cells per block, the unit of work and resume",
                                      none_means="from the model size and the number of cells")
     workers: int | None = option(None, "concurrent blocks on the local scheduler",
-                                 none_means="the number of CPUs, at most 8")
+                                 none_means="from the cores this process may use (affinity, cgroup quota) and the "
+                                 "model size, so that blocks x intra-op threads never exceed them; recorded in "
+                                 "the provenance")
     scheduler: str | None = option(None, "address of an existing dask.distributed scheduler",
                                    none_means="a local scheduler; with --device cuda and several GPUs, a local "
                                    "cluster of one worker per GPU")

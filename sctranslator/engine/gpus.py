@@ -15,6 +15,8 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from sctranslator.engine.threads import available_cpus
+
 WORKER_PREFIX = "gpu-"
 
 
@@ -46,7 +48,7 @@ def visible_gpus(device: str, *, count: int | None = None, visible: str | None =
 def threads_per_gpu(gpus: int, workers: int | None, cpus: int | None = None) -> int:
     """Threads (concurrent blocks) per GPU worker: `workers` (or the CPUs) shared out, at least 2 so
     one block is read and prepared while another computes."""
-    total = workers or cpus or os.cpu_count() or 1
+    total = workers or cpus or available_cpus()[0]
     return max(2, total // max(1, gpus))
 
 

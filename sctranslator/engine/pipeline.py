@@ -9,11 +9,14 @@ preparing, inference and writing of different blocks overlap; memory is bounded 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +31,8 @@ from sctranslator.engine.blocks import BlockRunner
 from sctranslator.engine.gpus import gpu_cluster, threads_per_gpu
 from sctranslator.engine.sink import ZarrSink
 from sctranslator.engine.sources import Source
-from sctranslator.errors import BadCellsError
+from sctranslator.engine.threads import Parallelism, available_cpus, choose_parallelism, compute_gate
+from sctranslator.errors import BadCellsError, ClusterError
 from sctranslator.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,10 @@ class BlockJob:
     # Let the backend size its calls from free device memory (`cells_per_call`, torch on CUDA); batch_size
     # is the fallback for backends that cannot.
     auto_batch_size: bool = False
+    # The arithmetic of one cell's forward (engine.threads.cell_flop) and how many blocks may compute
+    # at once in a process (None: all): the threads rule, applied again inside each dask worker.
+    flop_per_cell: float = 0.0
+    compute_slots: int | None = None
     runner: BlockRunner = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -66,13 +74,21 @@ def _values_buffer(rows: int, length: int) -> np.ndarray:
     return buffer[:rows]
 
 
-def predict_block(job: BlockJob, start: int, stop: int, progress: Callable[[int], object] | None = None
+def predict_block(job: BlockJob, start: int, stop: int, progress: Callable[[int], object] | None = None,
+                  *, threads: int | None = None, compute_slots: int | None = None
                   ) -> tuple[np.ndarray, np.ndarray | None, int]:
     """(predictions (stop - start, n_outputs), embeddings (stop - start, dim) if asked, empty cells)
-    for one block; bad cells raise `BadCellsError`."""
+    for one block; bad cells raise `BadCellsError`.
+
+    `threads` / `compute_slots` override the job's (a dask worker applies the rule to its own cores):
+    the block is read and prepared freely, then computes only while it holds a compute slot.
+    """
     plan = job.plan
     block, values = job.runner.read_prepared(start, stop, out=_values_buffer(stop - start, plan.max_genes))
-    backend = get_backend(job.backend)
+    spec = job.backend
+    if threads is not None and threads != spec.threads:
+        spec = dataclasses.replace(spec, threads=threads)
+    backend = get_backend(spec)
     out = np.empty((stop - start, plan.output_index.shape[0]), dtype=np.float32)
     embedded: list[np.ndarray] = []
 
@@ -90,35 +106,47 @@ def predict_block(job: BlockJob, start: int, stop: int, progress: Callable[[int]
         results = (backend.predict_with_embeddings(batch) for batch in batches)
     else:
         results = ((backend.predict(batch), None) for batch in batches)
-    for (lo, hi), (predictions, embedding) in zip(ranges, results, strict=True):
-        if embedding is not None:
-            embedded.append(embedding)
-        out[lo:hi] = predictions[:, plan.output_index]
-        if progress is not None:
-            progress(hi - lo)
+    # The results are lazy: the arithmetic happens inside the gate.
+    with compute_gate(job.compute_slots if compute_slots is None else compute_slots):
+        for (lo, hi), (predictions, embedding) in zip(ranges, results, strict=True):
+            if embedding is not None:
+                embedded.append(embedding)
+            out[lo:hi] = predictions[:, plan.output_index]
+            if progress is not None:
+                progress(hi - lo)
     return out, (np.concatenate(embedded) if embedded else None), block.n_empty
 
 
-def run_block(job: BlockJob, index: int, progress: Callable[[int], object] | None = None) -> tuple[int, int]:
-    """Predict and commit one block: (cells, empty cells among them); `progress` (local runs) is told
-    about every finished batch."""
+def run_block(job: BlockJob, index: int, progress: Callable[[int], object] | None = None, *,
+              threads: int | None = None, compute_slots: int | None = None) -> tuple[int, int, bool]:
+    """Predict and commit one block: (cells, empty cells among them, computed); `progress` (local runs)
+    is told about every finished batch.
+
+    A block the ledger already holds returns at once, computed False: a task that Dask runs again
+    (its worker died after the commit, or the result never reached the client) never rewrites
+    committed rows.
+    """
     start, stop = job.sink.blocks()[index]
-    predictions, embeddings, n_empty = predict_block(job, start, stop, progress)
+    if job.sink.ledger.block_file(index).exists():
+        if progress is not None:
+            progress(stop - start)
+        return stop - start, 0, False
+    predictions, embeddings, n_empty = predict_block(job, start, stop, progress, threads=threads,
+                                                     compute_slots=compute_slots)
     job.sink.write_block(index, predictions, embeddings)
-    return stop - start, n_empty
-
-
-def default_workers() -> int:
-    return max(1, min(os.cpu_count() or 1, 8))
+    return stop - start, n_empty, True
 
 
 def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None = None,
             quiet: bool = False, gpus: Sequence[str] = ()) -> dict[str, Any]:
     """Run every pending block; returns timing and counts (`empty_cells`: empty cells predicted, when
     allowed). Bad cells raise the `BadCellsError` of the lowest bad row among the pending blocks,
-    whichever block failed first. With 2+ `gpus` (CUDA_VISIBLE_DEVICES entries; engine.gpus) and
-    no scheduler, blocks run on a local cluster of one worker per GPU (`blocks_per_worker` says
-    where they ran)."""
+    whichever block failed first. `workers`: concurrent local blocks (default: the
+    `engine.threads` rule for the job's model). With 2+ `gpus` (CUDA_VISIBLE_DEVICES entries;
+    engine.gpus) and no scheduler, blocks run on a local cluster of one worker per GPU
+    (`blocks_per_worker` says where they ran). On a cluster, a lost scheduler, no workers or a
+    block whose workers keep dying raise `ClusterError`; committed blocks are kept for a re-run.
+    """
     sink = job.sink
     pending = sink.pending()
     blocks = sink.blocks()
@@ -127,19 +155,23 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
     bar = progress_bar(total=sink.n_obs, initial=done_cells, unit="cells", desc="translate", disable=quiet,
                        dynamic_ncols=True, smoothing=0.1)
     started = time.perf_counter()
-    outcomes: list[tuple[int, int]] = []
+    outcomes: list[tuple[int, int, bool]] = []
     placement: dict[str, int] = {}
+    worker_threads: dict[str, int] = {}
     try:
         if scheduler:
-            outcomes, placement = _run_distributed(job, pending, scheduler, bar)
+            outcomes, placement, worker_threads = _run_distributed(job, pending, scheduler, bar)
         elif pending and len(gpus) > 1:
             with gpu_cluster(gpus, threads_per_gpu(len(gpus), workers)) as cluster:
-                outcomes, placement = _run_distributed(job, pending, cluster, bar)
+                outcomes, placement, worker_threads = _run_distributed(job, pending, cluster, bar)
         elif pending:
+            if workers is None:
+                workers = choose_parallelism(backend=job.backend.kind, device=job.backend.device,
+                                             flop_per_cell=job.flop_per_cell).workers
             # Local threads share the progress bar, so it advances batch by batch, not block by block.
             tasks = [dask.delayed(run_block, pure=False)(job, index, bar.update, dask_key_name=f"block-{index}")
                      for index in pending]
-            outcomes = list(dask.compute(*tasks, scheduler="threads", num_workers=workers or default_workers()))
+            outcomes = list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
     except BadCellsError as error:
         # Blocks run concurrently: re-check the uncommitted blocks below the failed one, in order.
         unchecked = [blocks[i] for i in sink.pending()]
@@ -147,42 +179,212 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
     finally:
         bar.close()
     elapsed = time.perf_counter() - started
-    computed = sum(blocks[i][1] - blocks[i][0] for i in pending)
-    empty = sum(n_empty for _, n_empty in outcomes)
+    n_computed = sum(1 for outcome in outcomes if outcome[2])
+    computed = sum(cells for cells, _, did in outcomes if did)
+    empty = sum(n_empty for _, n_empty, _ in outcomes)
     if empty:
         log.warning("%d empty cell(s) (no counts in any gene the model reads) were predicted as constant cells, "
                     "as allowed", empty)
-    stats = {"blocks_computed": len(pending), "blocks_skipped": len(blocks) - len(pending),
+    stats = {"blocks_computed": n_computed, "blocks_skipped": len(blocks) - n_computed,
              "cells_computed": computed, "empty_cells": empty, "seconds": elapsed,
              "cells_per_second": computed / elapsed if elapsed > 0 else float("nan")}
     if placement:
         stats["blocks_per_worker"] = placement
+    if worker_threads:
+        stats["threads_per_worker"] = worker_threads
     return stats
 
 
-def _run_block_on_worker(job: BlockJob, index: int) -> tuple[int, int, str]:
-    """run_block on a dask.distributed worker, also naming the worker."""
+# -- dask.distributed ---------------------------------------------------------------------------
+
+def cluster_timeout() -> float:
+    """Seconds to wait for a scheduler to answer or a worker to join: dask's
+    `distributed.comm.timeouts.connect` (default 30 s; DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT)."""
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect", "30s"), default="s"))
+
+
+@contextlib.contextmanager
+def _quiet_distributed() -> Iterator[None]:
+    """Keep distributed's own logging of a lost connection (an ERROR with a traceback) off the terminal:
+    it becomes our one-line ClusterError. Shown again when our logger is at DEBUG (-v)."""
+    # dask's logging config gives some (distributed.client) levels of their own: set each one.
+    names = ["distributed", *(n for n in logging.root.manager.loggerDict if n.startswith("distributed."))]
+    before = {name: logging.getLogger(name).level for name in names}
+    if not log.isEnabledFor(logging.DEBUG):
+        for name in names:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    yield  # on an error the levels stay: the client's loop thread goes on logging its reconnects
+    for name, level in before.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def _connect(cluster: Any) -> Any:
+    """A Client of `cluster` (an address or a cluster object); ClusterError when it cannot be reached."""
+    from distributed import Client
+
+    timeout = cluster_timeout()
+    try:
+        return Client(cluster, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise ClusterError(f"cannot reach the dask scheduler at {cluster} within {timeout:g} s "
+                           f"({type(exc).__name__}); start it (`dask scheduler`) or fix --scheduler; nothing was "
+                           "written") from None
+
+
+def check_cluster(scheduler: str) -> dict[str, int]:
+    """The workers of the scheduler at `scheduler` (address -> nthreads), waiting up to
+    `cluster_timeout()` for one to join; ClusterError when the scheduler cannot be reached or no worker
+    joins. Called before the output store is created, so a cluster that cannot run leaves nothing."""
+    timeout = cluster_timeout()
+    with _quiet_distributed():
+        client = _connect(scheduler)
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+            return dict(client.nthreads())
+        except (TimeoutError, OSError) as exc:
+            raise ClusterError(f"the dask scheduler at {scheduler} has no workers (waited {timeout:g} s; "
+                               f"{type(exc).__name__}); start some with `dask worker {scheduler}` and run the same "
+                               "command again; nothing was written") from None
+        finally:
+            client.close()
+
+
+def worker_paths(job: BlockJob) -> dict[str, str]:
+    """Every filesystem path a worker opens for `job` (output store, input, model, ONNX file)."""
+    paths = {"output store": job.sink.path}
+    if getattr(job.source, "path", None):
+        paths["input"] = str(job.source.path)
+    if isinstance(job.backend.model, str | os.PathLike):
+        paths["model"] = str(job.backend.model)
+    for name in ("onnx_path", "onnx_cache_dir"):
+        if getattr(job.backend, name, None):
+            paths[name] = str(getattr(job.backend, name))
+    return paths
+
+
+def _check_absolute(job: BlockJob) -> None:
+    """Workers run in their own directories: a relative path would name another file there."""
+    relative = {what: path for what, path in worker_paths(job).items()
+                if "://" not in path and not os.path.isabs(path)}
+    if relative:
+        raise ClusterError(f"paths {relative} are relative; workers resolve them in their own directories. Give "
+                           "absolute paths (translate() makes its own absolute)")
+
+
+_WORKER_RULES: dict[tuple[Any, ...], Parallelism] = {}
+
+
+def _worker_parallelism(job: BlockJob, nthreads: int) -> Parallelism:
+    """The `engine.threads` rule applied inside a worker process to its own nthreads and cores (once)."""
+    key = (job.backend.kind, job.backend.device, job.flop_per_cell, nthreads)
+    if key not in _WORKER_RULES:
+        cpus, source = available_cpus()
+        _WORKER_RULES[key] = choose_parallelism(backend=job.backend.kind, device=job.backend.device,
+                                                flop_per_cell=job.flop_per_cell, cpus=cpus, cpu_source=source,
+                                                concurrent=nthreads)
+        log.info("worker parallelism: %s", _WORKER_RULES[key].why)
+    return _WORKER_RULES[key]
+
+
+def _run_block_on_worker(job: BlockJob, index: int) -> tuple[int, int, bool, str, int]:
+    """run_block on a dask.distributed worker with the threads rule for that worker; also names the
+    worker and the threads it used."""
     from distributed import get_worker
 
-    cells, n_empty = run_block(job, index)
-    return cells, n_empty, str(get_worker().name)
+    worker = get_worker()
+    rule = _worker_parallelism(job, int(worker.state.nthreads))
+    cells, n_empty, computed = run_block(job, index, threads=rule.threads, compute_slots=rule.compute_slots)
+    # Unnamed `dask worker`s are named by address; '/' cannot be a key in the store's uns.
+    name = str(worker.name).split("://")[-1].replace("/", "_")
+    return cells, n_empty, computed, name, rule.threads
+
+
+_POLL_S = 0.05  # how often the client looks for finished blocks (it sleeps in between)
+_HEALTH_S = 1.0  # how often it asks the scheduler for its workers while nothing finishes
 
 
 def _run_distributed(job: BlockJob, pending: list[int], cluster: Any, bar: tqdm
-                     ) -> tuple[list[tuple[int, int]], dict[str, int]]:
+                     ) -> tuple[list[tuple[int, int, bool]], dict[str, int], dict[str, int]]:
     """Run on a dask.distributed cluster (an address or a cluster object); the job is shipped to each
-    worker once. Returns the outcomes and the number of blocks each worker ran."""
-    from distributed import Client, as_completed
+    worker once. Returns the outcomes, the blocks each worker ran and the threads each used.
 
-    outcomes = []
+    Each future is released as soon as its result is recorded: a finished block's result is then
+    nobody's, so when a worker dies the scheduler has nothing of it to recompute (a block it still
+    recomputes finds its commit in the ledger and returns at once, see `run_block`).
+    """
+    from distributed import as_completed
+
+    _check_absolute(job)
+    timeout = cluster_timeout()
+    outcomes: list[tuple[int, int, bool]] = []
     placement: dict[str, int] = {}
-    with Client(cluster) as client:
-        shared = client.scatter(job, broadcast=True)
-        futures = [client.submit(_run_block_on_worker, shared, index,
-                                 key=f"sctranslator-block-{index}-{job.sink.path}", pure=False) for index in pending]
-        for future in as_completed(futures):
-            cells, n_empty, worker = future.result()
-            outcomes.append((cells, n_empty))
-            placement[worker] = placement.get(worker, 0) + 1
-            bar.update(cells)
-    return outcomes, placement
+    threads: dict[str, int] = {}
+    where = getattr(cluster, "scheduler_address", cluster)
+    with _quiet_distributed(), _connect(cluster) as client:
+        try:
+            shared = client.scatter(job, broadcast=True)
+            running = as_completed(loop=client.loop)
+            for index in pending:
+                running.add(client.submit(_run_block_on_worker, shared, index,
+                                          key=f"sctranslator-block-{index}-{job.sink.path}", pure=False))
+        except (OSError, TimeoutError, CancelledError) as exc:
+            raise _lost(where, exc) from None
+        del shared  # the futures hold it; the client need not
+        healthy = last_check = time.monotonic()
+        while not running.is_empty():
+            if not running.has_ready():
+                time.sleep(_POLL_S)
+                now = time.monotonic()
+                if now - last_check >= _HEALTH_S:
+                    last_check = now
+                    if _has_workers(client, where):
+                        healthy = now
+                    elif now - healthy > timeout:
+                        raise ClusterError(f"the dask cluster at {where} has had no workers for {timeout:g} s "
+                                           f"with {running.count()} block(s) left; committed blocks are kept: "
+                                           "start workers and run the same command again to resume")
+                continue
+            for future in running.next_batch(block=False):
+                cells, n_empty, computed, worker, used = _result(future, where)
+                future.release()  # recorded: the scheduler may forget it
+                del future
+                outcomes.append((cells, n_empty, computed))
+                placement[worker] = placement.get(worker, 0) + int(computed)
+                threads[worker] = used
+                bar.update(cells)
+    return outcomes, placement, threads
+
+
+def _has_workers(client: Any, where: Any) -> bool:
+    """Whether the scheduler has a worker; ClusterError when the scheduler is gone."""
+    try:
+        if client.status not in ("running", "connecting"):
+            raise OSError(f"client status {client.status}")
+        return bool(client.nthreads())
+    except (OSError, TimeoutError, CancelledError) as exc:
+        raise _lost(where, exc) from None
+
+
+def _lost(where: Any, exc: BaseException) -> ClusterError:
+    return ClusterError(f"lost the dask scheduler at {where} ({type(exc).__name__}); committed blocks are kept: "
+                        "restart the scheduler and workers, then run the same command again to resume")
+
+
+def _result(future: Any, where: Any) -> tuple[int, int, bool, str, int]:
+    """A finished block's result. Its task's own errors (bad cells, a full disk) pass through as
+    raised on the worker; a block whose workers kept dying, or a future cancelled because the
+    scheduler went away, becomes a ClusterError."""
+    from distributed.scheduler import KilledWorker
+
+    if future.status == "cancelled":
+        raise _lost(where, CancelledError())
+    try:
+        return future.result()
+    except KilledWorker:
+        raise ClusterError(f"workers of the dask cluster at {where} kept dying while running {future.key} (out of "
+                           "memory, or killed); committed blocks are kept: give workers more memory (or lower "
+                           "--block-cells) and run the same command again to resume") from None
+    except CancelledError as exc:
+        raise _lost(where, exc) from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import re
 import tempfile
@@ -22,12 +21,13 @@ from sctranslator.engine.backends.onnx_cache import onnx_file_for
 from sctranslator.engine.backends.registry import choose_backend, get_backend
 from sctranslator.engine.gpus import visible_gpus
 from sctranslator.engine.input_checks import check_expression_scale
-from sctranslator.engine.pipeline import BlockJob, default_workers, run_job
+from sctranslator.engine.pipeline import BlockJob, check_cluster, run_job
 from sctranslator.engine.predictions import TemporaryStore
 from sctranslator.engine.sink import OUTPUT_KIND, ZarrSink
 from sctranslator.engine.sources import open_source
 from sctranslator.engine.sources.base import require_unique_cell_names
 from sctranslator.engine.sources.subset import select_cells
+from sctranslator.engine.threads import available_cpus, cell_flop, choose_parallelism
 from sctranslator.engine.writeback import (
     check_keys,
     set_inplace,
@@ -238,9 +238,13 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     if (batch_size is not None and batch_size < 1) or (block_cells is not None and block_cells < 1):
         raise InputDataError("batch_size and block_cells must be >= 1")
     _check_out(out)
+    # Workers (dask processes) resolve paths in their own directories: every path is absolute from here on.
+    out = _absolute(out)
+    onnx_path = None if onnx_path is None else str(_absolute(onnx_path))
     target = _inplace_target(data) if inplace else None
     inputs = (data, model, onnx_path)
     _claim_outputs(out, write_h5ad, write_mudata, inputs, overwrite)
+    cluster_workers = check_cluster(scheduler) if scheduler else {}  # before any store exists
     selecting = cells is not None or obs_query is not None or max_cells is not None
     if selecting and (write_h5ad or write_mudata or inplace):
         raise InputDataError("a cell selection (--cells / --obs-query / --max-cells) cannot be combined with "
@@ -258,23 +262,37 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     auto_batch = batch_size is None and backend == "torch" and device.startswith("cuda")  # from device memory
     batch_size = batch_size or default_batch_size(loaded, device)
     gpus = visible_gpus(device) if (scheduler is None and backend != "triton") else []
-    n_workers = workers or default_workers()
-    if block_cells is None:  # also keep every worker busy on small datasets
-        block_cells = min(default_block_cells(loaded), max(16, -(-source.n_obs // (4 * n_workers))))
     plan = build_plan(source.var, loaded, proteins, gene_column=gene_column, id_type=id_type, normalize=normalize,
                       target_sum=target_sum, min_coverage=min_coverage, allow_low_coverage=allow_low_coverage,
                       gene_mapping=gene_mapping)
     check_expression_scale(source, plan)
-    threads = max(1, (os.cpu_count() or 1) // n_workers)
     # A model path travels to workers as a path (each loads it once); in-memory models go as objects.
     spec_model: str | TranslatorModel = model_source if (model_source and (scheduler or gpus)) else loaded
     spec = BackendSpec(kind=backend, model=spec_model, device=device, onnx_path=onnx_path, precision=precision,
-                       threads=threads, options=dict(backend_options or {}))
+                       options=dict(backend_options or {}))
     if compile:
         spec.options["compile"] = True
+    # Concurrent blocks x intra-op threads never exceed the cores this process may use (engine.threads).
+    tokens = encoder_tokens(plan, backend, spec)
+    flop = cell_flop(loaded.config, tokens)
+    cpus, cpu_source = available_cpus()
+    rule = choose_parallelism(backend=backend, device=device, flop_per_cell=flop, cpus=cpus, cpu_source=cpu_source,
+                              workers=workers)
+    spec.threads = rule.threads
+    parallelism = rule.record("auto (free device memory)" if auto_batch else batch_size)
+    if scheduler or gpus:
+        where = f"the {len(cluster_workers)} worker(s) of {scheduler}" if scheduler else f"{len(gpus)} GPU workers"
+        parallelism.update(workers=sum(cluster_workers.values()) or None, threads=None, compute_slots=None,
+                           why=f"on {where}: each worker applies the rule to its own --nthreads and cores "
+                               "(run['threads_per_worker'] records what each used)")
+        log.info("parallelism: %s", parallelism["why"])
+    else:
+        log.info("parallelism: %s", rule.why)
+    if block_cells is None:  # also keep every worker busy on small datasets
+        block_cells = min(default_block_cells(loaded), max(16, -(-source.n_obs // (4 * rule.workers))))
     if backend == "onnxruntime" and onnx_path is None:
         # Export (once, cached) here, announced with its cost, rather than inside the progress bar.
-        spec.onnx_path = onnx_file_for(spec, loaded)
+        spec.onnx_path = str(Path(onnx_file_for(spec, loaded)).absolute())
     if scheduler is None and not gpus:
         # Built here, before the output store exists: a device, file or server that cannot serve
         # fails without leaving an unfinished store behind. The run's workers reuse this backend.
@@ -288,7 +306,7 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
         "input": {k: v for k, v in source.fingerprint().items() if v is not None},
         "plan": plan.summary(),
         "settings": {"backend": backend, "backend_requested": requested_backend, "backend_choice": backend_reason,
-                     "encoder_tokens": encoder_tokens(plan, backend, spec),
+                     "encoder_tokens": tokens, "parallelism": parallelism,
                      "device": device, "precision": precision,
                      "batch_size": "auto (free device memory)" if auto_batch else batch_size,
                      "compile": bool(compile), "gpus": ",".join(gpus),
@@ -311,8 +329,9 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
                              block_rows=rows, overwrite=overwrite, inputs=inputs,
                              embedding_dim=loaded.config.dim if embeddings else 0, obsm=source.obsm_arrays())
         job = BlockJob(source=source, plan=plan, backend=spec, sink=sink, batch_size=batch_size,
-                       allow_empty_cells=allow_empty_cells, embeddings=embeddings, auto_batch_size=auto_batch)
-        stats = run_job(job, workers=workers, scheduler=scheduler, quiet=quiet, gpus=gpus)
+                       allow_empty_cells=allow_empty_cells, embeddings=embeddings, auto_batch_size=auto_batch,
+                       flop_per_cell=flop, compute_slots=rule.compute_slots)
+        stats = run_job(job, workers=workers if gpus else rule.workers, scheduler=scheduler, quiet=quiet, gpus=gpus)
         sink.finish({"last_run": stats}, run=stats)
         result = sink.read(owner)  # lazy: X stays in the store
         result.uns["sctranslator"]["run"] = stats
@@ -331,6 +350,13 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
         source.close()
         if owner is not None:
             owner.remove()
+
+
+def _absolute(path: str | Path | None) -> str | Path | None:
+    """`path` made absolute (with ~ expanded), kept as given when None or a URL."""
+    if path is None or "://" in str(path):
+        return path
+    return Path(path).expanduser().absolute()
 
 
 _HDF5_SUFFIXES = (".h5ad", ".h5mu", ".h5", ".hdf5", ".loom")
