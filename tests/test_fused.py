@@ -59,5 +59,9 @@ def test_block_forward_takes_the_chunked_path_only_in_inference_mode() -> None:
         block.attn.capture = lambda q, k: None  # analysis needs the eager features
         assert not fused.applies(block, h)
         block.attn.capture = None
+        handle = block.attn.register_forward_hook(lambda *_: None)  # hooks see only eager calls
+        assert not fused.applies(block, h)
+        handle.remove()
+        assert fused.applies(block, h)
         block.train()
         assert not fused.applies(block, h)

@@ -17,9 +17,9 @@ features are still in cache:
 - the feed-forward half of the block runs on the same chunk right after its attention output.
 
 Used only in inference mode (`torch.inference_mode()`, as the backends run), in eval mode, on
-float32 weights held in plain nn.Linear layers, with no attention capture hook, and never while
-tracing or compiling; everything else (training, autograd, exports, reduced precision, analysis)
-runs the eager block. `eager_blocks()` turns it off, for comparisons.
+float32 weights held in plain nn.Linear layers, with no attention capture hook and no module hooks
+on the block's parts, never while tracing or compiling; everything else (training, autograd,
+exports, reduced precision, attention analysis) runs the eager block. `eager_blocks()` turns it off, for comparisons.
 """
 
 from __future__ import annotations
@@ -62,6 +62,11 @@ def applies(block: PerformerBlock, h: torch.Tensor) -> bool:
     if getattr(_state, "disabled", False) or block.training or not torch.is_inference_mode_enabled():
         return False
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    # Hooks on the block's parts (attention tracing) need the eager calls to see them.
+    if any(m._forward_hooks or m._forward_pre_hooks for m in block.modules() if m is not block):
+        return False
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
         return False
     attn = block.attn
     linears = (attn.to_q, attn.to_k, attn.to_v, attn.to_out, block.ff.w1, block.ff.w2)
