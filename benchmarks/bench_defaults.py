@@ -24,6 +24,7 @@ Run: python benchmarks/bench_defaults.py [--cells 4] [--repeats 3] [--shared ../
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import subprocess
@@ -47,6 +48,7 @@ from sctranslator.model import ModelConfig, TranslatorModel  # noqa: E402
 from sctranslator.model.bundle import save_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+RUNS = itertools.count()  # a fresh output store per run
 
 
 def settings_of(result: ad.AnnData) -> dict:
@@ -61,11 +63,8 @@ def chosen(settings: dict) -> str:
 def api_runner(model: TranslatorModel, path: Path, folder: Path, device: str,
                options: dict) -> Callable[[], tuple[float, np.ndarray, dict]]:
     """The whole call `translate(path, model, TEN, **options)`: seconds, predictions, recorded settings."""
-    count = [0]
-
     def run() -> tuple[float, np.ndarray, dict]:
-        count[0] += 1
-        out = folder / f"api{count[0]}.zarr"
+        out = folder / f"api{next(RUNS)}.zarr"
         extra = {} if device == "cpu" else {"device": device}
         start = time.perf_counter()
         result = sctranslator.translate(str(path), model, TEN, out=out, **extra, **options)
@@ -75,11 +74,8 @@ def api_runner(model: TranslatorModel, path: Path, folder: Path, device: str,
 
 
 def cli_runner(bundle: Path, path: Path, folder: Path, device: str) -> Callable[[], tuple[float, np.ndarray, dict]]:
-    count = [0]
-
     def run() -> tuple[float, np.ndarray, dict]:
-        count[0] += 1
-        out = folder / f"cli{count[0]}.zarr"
+        out = folder / f"cli{next(RUNS)}.zarr"
         command = [sys.executable, "-m", "sctranslator.cli", "translate", str(path), "--model", str(bundle),
                    "--proteins", ",".join(TEN), "--out", str(out)]
         if device != "cpu":
