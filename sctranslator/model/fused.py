@@ -43,6 +43,10 @@ if TYPE_CHECKING:
 # stay in cache between the product that makes them, the exponential and the product that uses them.
 CHUNK_TOKENS = 512
 
+# Below this many tokens a block's features fit in cache anyway and chunking gains nothing: such
+# blocks (small models, the decoder) keep the eager arithmetic and its rounding.
+MIN_TOKENS = 2048
+
 _state = threading.local()
 
 
@@ -61,7 +65,7 @@ def applies(block: PerformerBlock, h: torch.Tensor) -> bool:
     """True when `block` may run chunked on `h` (see the module docstring for the conditions)."""
     if getattr(_state, "disabled", False) or block.training or not torch.is_inference_mode_enabled():
         return False
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or h.dim() != 3 or h.shape[1] < MIN_TOKENS:
         return False
     # Hooks on the block's parts (attention tracing) need the eager calls to see them.
     if any(m._forward_hooks or m._forward_pre_hooks for m in block.modules() if m is not block):
