@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sctranslator.model import fused
 from sctranslator.model.attention import FavorSelfAttention
 
 
@@ -33,6 +34,8 @@ class PerformerBlock(nn.Module):
         self.ff = FeedForward(dim, ff_mult)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor, key_counts: torch.Tensor | None = None) -> torch.Tensor:
+        if fused.applies(self, h):  # inference: the same block computed chunk by chunk (model.fused)
+            return fused.fused_block(self, h, mask, key_counts)
         h = h + self.attn(self.attn_norm(h), mask, key_counts)
         return h + self.ff(self.ff_norm(h))
 

@@ -56,6 +56,8 @@ class TorchBackend:
         else:
             self.model = reduced_precision_copy(model, dtype).to(self.device).eval()
         self.collapse_padding = collapse_padding
+        # Intra-op threads this backend was given (from_spec); None: whatever the process has.
+        self.threads: int | None = None
         self._collapses: dict[bytes, PaddingCollapse | None] = {}
         # -- GPU hooks (cuda_staging.py, compiled.py, device_memory.py) --
         self.stager = stager_for(self.device)
@@ -66,8 +68,10 @@ class TorchBackend:
     def from_spec(cls, spec: BackendSpec) -> TorchBackend:
         if spec.threads:
             torch.set_num_threads(spec.threads)
-        return cls(spec.load_model(), spec.device, collapse_padding=bool(spec.options.get("collapse_padding", True)),
-                   precision=spec.precision, compile=bool(spec.options.get("compile", False)))
+        backend = cls(spec.load_model(), spec.device, collapse_padding=bool(spec.options.get("collapse_padding", True)),
+                      precision=spec.precision, compile=bool(spec.options.get("compile", False)))
+        backend.threads = spec.threads or None
+        return backend
 
     def _collapse_for(self, batch: Batch) -> PaddingCollapse | None:
         """The padding collapse of the batch's gene layout (built once per layout), if it applies.
@@ -130,6 +134,10 @@ class TorchBackend:
     @torch.inference_mode()
     def forward(self, batch: Batch, embeddings: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Launch one batch: predictions (B, W * P) and embeddings (B, dim) or None, as device tensors."""
+        if self.threads and torch.get_num_threads() != self.threads:
+            # Numba's OpenMP kernels (prepare) share PyTorch's OpenMP runtime and reset its thread
+            # count to every core: re-assert ours, or the blocks oversubscribe the cores.
+            torch.set_num_threads(self.threads)
         device = self.device
         collapse = self._collapse_for(batch)
         if collapse is not None:  # padded positions computed once (exact; see model.collapse)
