@@ -38,7 +38,7 @@ from sctranslator.errors import BackendError, InputDataError, OptionError, Outpu
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
 from sctranslator.options import Backend, GeneMapping, IdType, MissingChunks, Normalize, Precision, check_choices
-from sctranslator.outputs import claim_output, write_identity
+from sctranslator.outputs import claim_output, one_writer, write_identity
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 from sctranslator.token_layout import TokenLayout
 
@@ -123,15 +123,34 @@ def _claim_outputs(out: str | Path | None, write_h5ad: str | Path | None, write_
             claim_output(path, WRITEBACK_KIND, inputs=(*inputs, out), overwrite=overwrite)
 
 
-def _write_back(path: str | Path, write: Callable[[Path], Any]) -> None:
-    """Write a write-back file aside, mark it as ours, then rename it into place."""
+def _write_back(path: str | Path, write: Callable[[Path], Any], needed: int | None = None) -> None:
+    """Write a write-back file aside, mark it as ours, then rename it into place.
+
+    `needed`: the file's estimated size, named in the error when the disk fills up.
+    """
     def write_marked(tmp: Path) -> None:
         write(tmp)
         write_identity(tmp, WRITEBACK_KIND)
 
-    atomic_write_path(path, write_marked)
+    atomic_write_path(path, write_marked, needed)
 
 
+def _writeback_bytes(source: Any, result: ad.AnnData) -> int | None:
+    """About how large a write-back file gets: the input file (its elements are copied as stored)
+    plus the predictions and embeddings (float32)."""
+    size = 4 * result.n_obs * (result.n_vars + sum(int(v.shape[1]) for v in result.obsm.values()))
+    path = getattr(source, "path", None)
+    try:
+        if path is not None and Path(path).is_file():
+            size += Path(path).stat().st_size
+        elif path is not None and Path(path).is_dir():
+            size += sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    except OSError:
+        return None
+    return size
+
+
+@one_writer
 def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel,
               proteins: Sequence[str] | None = None, *, out: str | Path | None = None, backend: Backend = "auto",
               device: str = "cpu", batch_size: int | None = None, block_cells: int | None = None,
@@ -145,7 +164,7 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
               write_mudata: str | Path | None = None, embeddings: bool = False, quiet: bool = True,
               gene_mapping: GeneMapping | None = None, inplace: bool = False,
               cells: Sequence[str] | None = None, obs_query: str | None = None,
-              max_cells: int | None = None) -> ad.AnnData | None:
+              max_cells: int | None = None, wait: bool = False) -> ad.AnnData | None:
     """Predict protein abundance for every cell of `data` with `model`.
 
     Parameters (the option groups of `sctranslator.options` document each one and its choices):
@@ -165,6 +184,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
             min_coverage (a fraction, 0.5 = 50%), allow_low_coverage, allow_empty_cells,
             gene_mapping: InputOptions.
         overwrite, write_h5ad, write_mudata, embeddings, quiet: OutputOptions.
+        wait: when another job is writing one of the outputs, wait for it to end instead of
+            refusing (OutputLockedError); the outputs are then checked afresh (see README, Outputs).
         inplace: also set the predictions on `data` (an AnnData / MuData object) and return None.
         cells, obs_query, max_cells: translate only the named cells, the cells where a pandas
             expression over obs holds, and/or the first N of them (in the input's order; recorded in
@@ -304,9 +325,11 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
         result = sink.read(owner)  # lazy: X stays in the store
         result.uns["sctranslator"]["run"] = stats
         if write_h5ad:
-            _write_back(write_h5ad, lambda tmp: write_h5ad_with_proteins(data, source, result, tmp))
+            _write_back(write_h5ad, lambda tmp: write_h5ad_with_proteins(data, source, result, tmp),
+                        _writeback_bytes(source, result))
         if write_mudata:
-            _write_back(write_mudata, lambda tmp: write_mudata_with_proteins(data, source, result, tmp))
+            _write_back(write_mudata, lambda tmp: write_mudata_with_proteins(data, source, result, tmp),
+                        _writeback_bytes(source, result))
         if target is not None:
             _set_inplace(target, result)
             return None

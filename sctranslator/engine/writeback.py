@@ -74,7 +74,11 @@ def protein_frame(predictions: ad.AnnData) -> pd.DataFrame:
 
 
 def _staging(path: Path) -> Path:
-    """Write next to the target and rename at the end: a failed write-back leaves no half file."""
+    """Write next to the target and rename at the end: a failed write-back leaves no half file.
+
+    The files are opened without HDF5's chunk cache (rdcc_nbytes=0; every write is a whole slab of
+    chunks anyway): a write the disk refuses then fails at once as OSError, where a cached chunk
+    would fail later, when flushed, and leave the HDF5 library to crash the process at exit."""
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.with_name(f".{path.name}.partial-{os.getpid()}")
 
@@ -91,7 +95,7 @@ def write_h5ad_with_proteins(data: Any, source: Source, predictions: ad.AnnData,
     ours = {f"obsm/{PROTEIN_KEY}", f"uns/{PROVENANCE_KEY}"} | ({f"obsm/{EMBEDDING_KEY}"} if embeddings else set())
     staging = _staging(path)
     try:
-        with _rna_input(data, source) as rna, h5py.File(staging, "w") as out:
+        with _rna_input(data, source) as rna, h5py.File(staging, "w", rdcc_nbytes=0) as out:
             if isinstance(rna, ad.AnnData):
                 write_anndata_elements(rna, out, ours)
             else:
@@ -147,7 +151,7 @@ def write_mudata_with_proteins(data: Any, source: Source, predictions: ad.AnnDat
                 skeleton = mudata.MuData({"rna": ad.AnnData(obs=obs, var=var), PROTEIN_MODALITY: prot})
                 skeleton.write_h5mu(str(staging))
             del skeleton, prot
-            with h5py.File(staging, "r+") as out:
+            with h5py.File(staging, "r+", rdcc_nbytes=0) as out:
                 target = out["mod"]["rna"]
                 for key in list(target):  # the skeleton's empty elements make way for the input's
                     if key not in ("obs", "var"):

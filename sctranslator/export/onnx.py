@@ -69,7 +69,14 @@ from sctranslator.model.config import ModelConfig
 from sctranslator.model.graphs import DecoderGraph, EncoderGraph
 from sctranslator.model.identity import model_fingerprint
 from sctranslator.model.network import TranslatorModel
-from sctranslator.outputs import IDENTITY_KEY, claim_output, foreign_output_error, identity_json, read_identity
+from sctranslator.outputs import (
+    IDENTITY_KEY,
+    claim_output,
+    foreign_output_error,
+    identity_json,
+    one_writer,
+    read_identity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +258,7 @@ def _compute_model(model: TranslatorModel, dtype: torch.dtype) -> TranslatorMode
     return model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
 
 
+@one_writer
 def export_onnx(model: TranslatorModel, path: str | Path, *, precision: str = "fp32", opset: int | None = None,
                 validate: bool = True, validation_inputs: dict[str, np.ndarray] | None = None,
                 validation_batch_sizes: Sequence[int] = (1, 3),
