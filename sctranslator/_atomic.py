@@ -96,11 +96,31 @@ def write_error(exc: BaseException, path: str | Path, needed: Needed = None) -> 
         "its permissions, and run the same command again; nothing incomplete was committed")
 
 
+def require_space(path: str | Path, needed: int | None, margin: float = 0.1) -> None:
+    """DiskFullError before writing `path` when its file system has less free space than `needed`
+    bytes plus `margin` (a fraction, at least 1 MiB). For writers that cannot fail cleanly part-way:
+    the HDF5 library can crash the process when the disk fills up during an object copy."""
+    if not needed:
+        return
+    free = free_bytes(path)
+    wanted = int(needed * (1 + margin)) + (1 << 20)
+    if free is not None and free < wanted:
+        raise DiskFullError(
+            f"not enough free space to write {path}: {format_bytes(free)} free there, about {format_bytes(wanted)} "
+            "needed. Nothing was written: free space (or choose an output on another disk) and run the same command "
+            "again; what was completed is kept")
+
+
 @contextlib.contextmanager
 def write_errors(path: str | Path, needed: Needed = None) -> Iterator[None]:
     """Turn OS write failures inside the block into OutputWriteError / DiskFullError naming `path`."""
     try:
         yield
+    except DiskFullError as exc:
+        if needed is None or exc.__cause__ is None:
+            raise
+        # An inner writer (a ledger marker, a temporary file) failed: name what this one writes and needs.
+        raise write_error(exc.__cause__, path, needed) or exc from exc.__cause__
     except (OSError, RuntimeError) as exc:  # h5py reports some write failures as RuntimeError
         error = write_error(exc, path, needed)
         if error is None:

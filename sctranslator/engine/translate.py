@@ -16,7 +16,7 @@ import anndata as ad
 import pandas as pd
 
 from sctranslator import __version__
-from sctranslator._atomic import atomic_write_path
+from sctranslator._atomic import atomic_write_path, require_space
 from sctranslator.engine.backends.base import BackendSpec
 from sctranslator.engine.backends.onnx_cache import onnx_file_for
 from sctranslator.engine.backends.registry import choose_backend, get_backend
@@ -132,19 +132,24 @@ def _write_back(path: str | Path, write: Callable[[Path], Any], needed: int | No
         write(tmp)
         write_identity(tmp, WRITEBACK_KIND)
 
+    require_space(path, needed)  # HDF5's object copy may crash the process on a full disk
     atomic_write_path(path, write_marked, needed)
 
 
-def _writeback_bytes(source: Any, result: ad.AnnData) -> int | None:
+def _writeback_bytes(data: Any, source: Any, result: ad.AnnData) -> int | None:
     """About how large a write-back file gets: the input file (its elements are copied as stored)
     plus the predictions and embeddings (float32)."""
     size = 4 * result.n_obs * (result.n_vars + sum(int(v.shape[1]) for v in result.obsm.values()))
     path = getattr(source, "path", None)
+    if isinstance(data, ad.AnnData) and not data.isbacked:  # written from memory
+        matrix = data.X
+        parts = (matrix.data, matrix.indices, matrix.indptr) if hasattr(matrix, "indptr") else (matrix,)
+        return size + sum(int(getattr(p, "nbytes", 0)) for p in parts) + int(data.obs.memory_usage().sum())
     try:
         if path is not None and Path(path).is_file():
             size += Path(path).stat().st_size
-        elif path is not None and Path(path).is_dir():
-            size += sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+        elif path is not None and Path(path).is_dir():  # a Zarr store: compressed, copied as stored or larger
+            size += 2 * sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
     except OSError:
         return None
     return size
@@ -326,10 +331,10 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
         result.uns["sctranslator"]["run"] = stats
         if write_h5ad:
             _write_back(write_h5ad, lambda tmp: write_h5ad_with_proteins(data, source, result, tmp),
-                        _writeback_bytes(source, result))
+                        _writeback_bytes(data, source, result))
         if write_mudata:
             _write_back(write_mudata, lambda tmp: write_mudata_with_proteins(data, source, result, tmp),
-                        _writeback_bytes(source, result))
+                        _writeback_bytes(data, source, result))
         if target is not None:
             _set_inplace(target, result)
             return None
