@@ -170,6 +170,9 @@ class OutputLock:
             held, mtime = _read(path)
             if mtime is None:
                 continue  # released between our attempt and the read: try again at once
+            if held is None and time.time() - mtime < 1.0:
+                time.sleep(POLL_S / 8)  # its holder is between creating and filling it: read it again
+                continue
             reason = why_stale(held, mtime)
             if reason is not None:
                 _take_over(path, held, reason)

@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 from datafiles import PBMC, TINY_A, data_file
 
+from sctranslator._atomic import temporary_sibling
+from sctranslator.engine import writeback
+
 PAGE = 4096
 
 
@@ -79,6 +82,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_disk_full_during_block_writes_then_resume_is_identical(tmpfs: Path, reference: Path) -> None:
     chunks = [f for f in (reference / "X").iterdir() if f.name[0].isdigit()]
     markers = list((reference / ".sctranslator-job" / "blocks").iterdir())
@@ -130,10 +134,10 @@ def test_disk_full_during_write_h5ad_is_a_named_error_and_leaves_nothing(tmpfs: 
 
 def test_leftovers_of_a_killed_write_back_are_removed_by_the_next_run(tmp_path: Path) -> None:
     out, written = tmp_path / "out.zarr", tmp_path / "with_proteins.h5ad"
-    # What kill -9 leaves part-way through a write-back: the staged file and the HDF5 writer's own.
-    leftovers = [tmp_path / ".with_proteins.h5ad.tmp-4242-abcd.h5ad",
-                 tmp_path / "..with_proteins.h5ad.tmp-4242-abcd.h5ad.partial-4242",
-                 tmp_path / ".out.zarr.partial-4242-efgh"]
+    # What kill -9 leaves part-way through a write-back (named by the writers' own functions): the staged
+    # file, the HDF5 writer's own staging file inside it, and a store's staging folder.
+    staged = temporary_sibling(written)
+    leftovers = [staged, writeback._staging(staged), temporary_sibling(out, "partial")]
     for path in leftovers:
         path.write_bytes(b"\0" * 1000)
     unrelated = tmp_path / ".with_proteins.h5ad.notes"

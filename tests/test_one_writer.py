@@ -48,6 +48,7 @@ def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 120) -> No
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_two_translates_on_one_out_give_exactly_one_success(rna: Path, tmp_path: Path) -> None:
     out = tmp_path / "shared.zarr"
     settings = {"a": "CD3,CD4", "b": "CD8a,CD14,CD19"}
@@ -72,6 +73,7 @@ def test_two_translates_on_one_out_give_exactly_one_success(rna: Path, tmp_path:
     assert not lock_path(out).exists(), "the winner's lock is released when it ends"
 
 
+@pytest.mark.slow
 def test_wait_runs_the_second_job_after_the_first(rna: Path, tmp_path: Path) -> None:
     out = tmp_path / "shared.zarr"
     model = data_file(TINY_A)
@@ -214,3 +216,19 @@ def test_a_scope_releases_its_locks_and_a_thread_reuses_its_own(tmp_path: Path) 
         assert claim_output(output, "evaluate") is False  # the same job claiming twice
         assert lock_path(output).exists()
     assert not lock_path(output).exists()
+
+
+def test_every_writing_api_function_takes_wait() -> None:
+    import inspect
+
+    from sctranslator.analysis.attention import interactions
+    from sctranslator.analysis.evaluate import evaluate
+    from sctranslator.analysis.knockout import knockout
+    from sctranslator.demo import run_demo
+    from sctranslator.engine.translate import translate
+    from sctranslator.export.onnx import export_onnx
+    from sctranslator.export.triton import export_triton
+    from sctranslator.train.api import finetune
+
+    for function in (translate, knockout, interactions, evaluate, finetune, export_onnx, export_triton, run_demo):
+        assert inspect.signature(function).parameters["wait"].default is False, function.__name__
