@@ -68,7 +68,8 @@ def _boot_id() -> str:
 
 def process_start(pid: int) -> str | None:
     """The start time of process `pid` in clock ticks since boot (/proc/PID/stat field 22), or None
-    when there is no such process; "" where /proc is not available (then only liveness is known)."""
+    when there is no such process or it has exited (a zombie its parent has not reaped yet); ""
+    where /proc is not available (then only liveness is known)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
@@ -76,7 +77,8 @@ def process_start(pid: int) -> str | None:
     except OSError:
         return ""
     # The command name (field 2) may hold spaces and parentheses: fields count from the last ')'.
-    return stat[stat.rindex(")") + 2:].split()[19]
+    fields = stat[stat.rindex(")") + 2:].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def _alive(pid: int) -> bool:

@@ -135,11 +135,18 @@ def test_a_live_holder_refuses_with_its_host_pid_and_start(tmp_path: Path) -> No
     assert not lock.path.exists()
 
 
-@pytest.mark.parametrize("case", ["dead pid", "reused pid", "silent other host", "never filled"])
+@pytest.mark.parametrize("case", ["dead pid", "exited, not reaped", "reused pid", "silent other host",
+                                  "never filled"])
 def test_stale_locks_are_taken_over(tmp_path: Path, case: str) -> None:
     output = tmp_path / "out.zarr"
+    zombie = None
     if case == "dead pid":
         path = _plant(output, pid=_dead_pid())
+    elif case == "exited, not reaped":  # a zombie: its PID still answers kill(pid, 0)
+        zombie = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+        path = _plant(output, pid=zombie.pid, process_start=process_start(zombie.pid))
+        while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            time.sleep(0.05)
     elif case == "reused pid":  # a live PID, but not the process that took the lock
         path = _plant(output, pid=os.getppid(), process_start="1")
     elif case == "never filled":
@@ -154,6 +161,8 @@ def test_stale_locks_are_taken_over(tmp_path: Path, case: str) -> None:
     lock = OutputLock.acquire(output)
     assert json.loads(path.read_text())["token"] == lock.record["token"]
     lock.release()
+    if zombie is not None:
+        zombie.wait()
 
 
 def test_another_hosts_lock_with_a_fresh_heartbeat_is_respected(tmp_path: Path) -> None:
@@ -232,3 +241,38 @@ def test_every_writing_api_function_takes_wait() -> None:
 
     for function in (translate, knockout, interactions, evaluate, finetune, export_onnx, export_triton, run_demo):
         assert inspect.signature(function).parameters["wait"].default is False, function.__name__
+
+
+def _holder(output: Path) -> subprocess.Popen:
+    """A real process that takes the lock on `output` and then sleeps (until killed)."""
+    code = ("import sys, time; from sctranslator._lock import OutputLock; OutputLock.acquire(sys.argv[1]); "
+            "print('held', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(output)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_other_commands_refuse_a_locked_output_and_wait_takes_over_when_its_holder_dies(tmp_path: Path) -> None:
+    from sctranslator.cli import main
+    from sctranslator.export.onnx import export_onnx
+    from sctranslator.model import load_model
+
+    bundle, graph = tmp_path / "bundle", tmp_path / "model.onnx"
+    holders = [_holder(bundle), _holder(graph)]
+    try:
+        # The command line (convert writes a bundle) and the Python API (export_onnx) alike.
+        assert main(["convert", str(data_file(TINY_A)), str(bundle)]) == 2
+        assert not bundle.exists()
+        with pytest.raises(OutputLockedError, match=f"PID {holders[1].pid}"):
+            export_onnx(load_model(data_file(TINY_A)), graph, validate=False)
+        # With wait=True the export waits; once its holder is killed the stale lock is taken over.
+        threading_timer = __import__("threading").Timer(1.0, holders[1].kill)
+        threading_timer.start()
+        started = time.monotonic()
+        export_onnx(load_model(data_file(TINY_A)), graph, validate=False, wait=True)
+        assert time.monotonic() - started >= 1.0
+        assert graph.is_file() and not lock_path(graph).exists()
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
