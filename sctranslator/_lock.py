@@ -122,7 +122,7 @@ def why_stale(record: dict[str, Any] | None, mtime: float) -> str | None:
     same_host = record.get("host") == socket.gethostname() and record.get("boot_id", "") == _boot_id()
     if same_host:
         pid = int(record.get("pid", -1))
-        if pid == os.getpid():
+        if pid == os.getpid() and str(record.get("process_start", "")) == (process_start(pid) or ""):
             return None  # this process: another thread of ours holds it
         started = process_start(pid)
         if started is None or not _alive(pid):

@@ -32,6 +32,7 @@ This module sits just above `errors`: every layer may use it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import inspect
@@ -301,8 +302,6 @@ def lock_output(path: str | Path) -> None:
 def _release_ambient() -> None:
     _release(_AMBIENT.locks)
 
-
-import atexit  # noqa: E402 - kept beside the one thing it registers
 
 atexit.register(_release_ambient)
 
