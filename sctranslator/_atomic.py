@@ -5,21 +5,147 @@ the previous complete version or the new complete one, never a half-written file
 kill -9. Files are written under a hidden temporary name in the same directory (same file system,
 so the final `os.replace` is atomic) and flushed to disk before the rename.
 
-This module is a leaf: it imports nothing of ours, so every layer (model, export, engine,
-analysis, train) may use it.
+Write errors the operating system reports (full disk or quota, read-only file system, no
+permission) become one named error, `OutputWriteError` / `DiskFullError`, naming the path, the
+free space there and, where the writer can estimate it, the space still needed (`write_errors`).
+
+This module imports only `errors`, so every layer (model, export, engine, analysis, train) may use it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from sctranslator.errors import DiskFullError, OutputWriteError
+
 FILE_MODE = 0o644  # mkstemp creates 0600; outputs are meant to be shared
+TEMPORARY_TAGS = ("tmp", "partial", "old")  # the tags of `temporary_sibling` names
+FULL = (errno.ENOSPC, errno.EDQUOT)
+REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM)
+Needed = int | Callable[[], int] | None
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    """The errno of an OS write failure, also when a library wrapped it (h5py's 'errno = 28' text)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        code = getattr(exc, "errno", None)
+        if isinstance(code, int) and code in (*FULL, *REFUSED):
+            return code
+        found = re.search(r"errno = (\d+)", str(exc))
+        if found and int(found.group(1)) in (*FULL, *REFUSED):
+            return int(found.group(1))
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Free bytes on the file system of `path` (its nearest existing parent), or None if unknown."""
+    path = Path(os.path.abspath(path))
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            try:
+                return shutil.disk_usage(candidate).free
+            except OSError:
+                return None
+    return None
+
+
+def write_error(exc: BaseException, path: str | Path, needed: Needed = None) -> OutputWriteError | None:
+    """The named error for an OS write failure `exc` while writing `path`, or None for other errors.
+
+    needed: bytes the write still needs (or a function giving them), for the full-disk message.
+    """
+    code = _errno_of(exc)
+    if code is None:
+        return None
+    if code in FULL:
+        try:
+            estimate = needed() if callable(needed) else needed
+        except Exception:  # noqa: BLE001 - an estimate must never hide the real error
+            estimate = None
+        free = free_bytes(path)
+        what = "no space left on the device" if code == errno.ENOSPC else "the disk quota is exhausted"
+        room = f"{format_bytes(free)} free there" if free is not None else "free space unknown"
+        more = f", about {format_bytes(estimate)} more needed" if estimate else ""
+        return DiskFullError(
+            f"{what} while writing {path} ({room}{more}). Temporary files were removed and nothing incomplete "
+            "was committed: free space (or choose an output on another disk) and run the same command again; "
+            "what was completed is kept and the rest resumes")
+    reason = "the file system is read-only" if code == errno.EROFS else "permission denied"
+    return OutputWriteError(
+        f"cannot write {path}: {reason} ({os.strerror(code)}). Choose an output path you can write to, or fix "
+        "its permissions, and run the same command again; nothing incomplete was committed")
+
+
+def require_space(path: str | Path, needed: int | None, margin: float = 0.1) -> None:
+    """DiskFullError before writing `path` when its file system has less free space than `needed`
+    bytes plus `margin` (a fraction, at least 1 MiB). For writers that cannot fail cleanly part-way:
+    the HDF5 library can crash the process when the disk fills up during an object copy."""
+    if not needed:
+        return
+    free = free_bytes(path)
+    wanted = int(needed * (1 + margin)) + (1 << 20)
+    if free is not None and free < wanted:
+        raise DiskFullError(
+            f"not enough free space to write {path}: {format_bytes(free)} free there, about {format_bytes(wanted)} "
+            "needed. Nothing was written: free space (or choose an output on another disk) and run the same command "
+            "again; what was completed is kept")
+
+
+@contextlib.contextmanager
+def write_errors(path: str | Path, needed: Needed = None) -> Iterator[None]:
+    """Turn OS write failures inside the block into OutputWriteError / DiskFullError naming `path`."""
+    try:
+        yield
+    except DiskFullError as exc:
+        if needed is None or exc.__cause__ is None:
+            raise
+        # An inner writer (a ledger marker, a temporary file) failed: name what this one writes and needs.
+        raise write_error(exc.__cause__, path, needed) or exc from exc.__cause__
+    except (OSError, RuntimeError) as exc:  # h5py reports some write failures as RuntimeError
+        error = write_error(exc, path, needed)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def remove_leftovers(path: str | Path) -> list[Path]:
+    """Remove the hidden temporaries (`.NAME.tmp-*`, `.NAME.partial-*`, `.NAME.old-*`, and those of
+    writers that stage inside a temporary: `..NAME.tmp-*...`) that a killed writer of `path` left
+    beside it. Only the holder of `path`'s lock may call this (no live writer then uses them)."""
+    path = Path(os.path.abspath(path))
+    pattern = re.compile(r"^\.+" + re.escape(path.name) + r"\.(" + "|".join(TEMPORARY_TAGS) + r")-\d+-?")
+    removed = []
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return removed
+    for name in names:
+        if pattern.match(name):
+            leftover = path.parent / name
+            with contextlib.suppress(OSError):
+                remove_path(leftover)
+                removed.append(leftover)
+    return removed
 
 
 def temporary_sibling(path: str | Path, tag: str = "tmp") -> Path:
@@ -40,21 +166,26 @@ def _fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def atomic_write_path(path: str | Path, write: Callable[[Path], None]) -> Path:
+def atomic_write_path(path: str | Path, write: Callable[[Path], None], needed: Needed = None) -> Path:
     """Like `atomic_write`, for writers that want a file name (safetensors, anndata, h5py).
 
-    `write(tmp)` must create the file `tmp` (same suffix as `path`).
+    `write(tmp)` must create the file `tmp` (same suffix as `path`). An OS write failure (full disk,
+    read-only file system, no permission) raises OutputWriteError naming `path` (with `needed`, the
+    bytes the whole file needs, in a full-disk message); the temporary file is removed either way.
     """
     path = Path(path)
-    tmp = temporary_sibling(path)
+    tmp = None
     try:
-        write(tmp)
-        _fsync_file(tmp)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
+        with write_errors(path, needed):
+            tmp = temporary_sibling(path)
+            write(tmp)
+            _fsync_file(tmp)
+            os.chmod(tmp, FILE_MODE)
+            os.replace(tmp, path)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                remove_path(tmp)  # a writer may have left a file, or a directory of its own
     return path
 
 
@@ -107,13 +238,15 @@ def staging_dir(final: str | Path) -> Iterator[Path]:
     The caller installs it with `install_dir(staging, final)` before leaving the block.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = temporary_sibling(final, "partial")
-    staging.mkdir()
+    staging = None
     try:
-        yield staging
+        with write_errors(final):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            staging = temporary_sibling(final, "partial")
+            staging.mkdir()
+            yield staging
     finally:
-        if staging.exists():
+        if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
 
 

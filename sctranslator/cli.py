@@ -22,6 +22,7 @@ from sctranslator.options import (
     add_data_and_model_args,
     parse_names,
 )
+from sctranslator.outputs import writing
 
 Handler = Callable[[argparse.Namespace], int]
 Definer = Callable[[argparse.ArgumentParser], Handler]
@@ -354,6 +355,21 @@ def _verbosity(args: argparse.Namespace) -> int:
                if (key == "verbose" or key.startswith("verbose_")) and isinstance(value, int))
 
 
+WAIT_HELP = ("when another job is writing the same output, wait for it to finish (then the output is checked "
+             "afresh) instead of refusing (default: off)")
+
+
+def _add_wait(parser: argparse.ArgumentParser) -> None:
+    """Every sub-command that writes an output (it has --overwrite) also takes --wait."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _add_wait(sub)
+    options = {flag for action in parser._actions for flag in action.option_strings}
+    if "--overwrite" in options and "--wait" not in options:
+        parser.add_argument("--wait", action="store_true", help=WAIT_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     _register_external()
     from sctranslator import __version__
@@ -367,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)  # inherits _Parser
         sub_parser.set_defaults(handler=define(sub_parser))
         _add_verbose(sub_parser)
+    _add_wait(parser)
     _state_defaults(parser)
     return parser
 
@@ -380,7 +397,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _configure_output(args)
     try:
-        return int(args.handler(args) or 0)
+        # One scope per command: every output it claims stays locked until it ends (sctranslator.outputs).
+        with writing(bool(getattr(args, "wait", False))):
+            return int(args.handler(args) or 0)
     except SctranslatorError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ import pandas as pd
 from sctranslator._atomic import install_dir, staging_dir
 from sctranslator.errors import StoreError
 from sctranslator.kernels import scale_targets
-from sctranslator.outputs import claim_output, write_identity
+from sctranslator.outputs import claim_output, one_writer, write_identity
 
 DEMO_FILES = ("rna.h5ad", "protein.h5ad", "baseline.npz", "demo.json")
 MODEL_DIR = "model"
@@ -62,6 +62,7 @@ def _baseline_predictions(root: Path, rna: ad.AnnData, proteins: list[str]) -> n
     return pred[:, columns]
 
 
+@one_writer
 def run_demo(out: str | Path, *, workers: int | None = None, overwrite: bool = False,
              quiet: bool = False) -> dict[str, Any]:
     """Translate the demo cells into `out`/demo_predictions.zarr and score model and baseline.

@@ -65,6 +65,21 @@ class OutputConflictError(StoreError):
     sctranslator output of the same kind; nothing was written or deleted."""
 
 
+class OutputLockedError(StoreError):
+    """Another live sctranslator job is writing the same output (the message names its host, PID and
+    start time); wait for it with --wait / wait=True, or choose another output path."""
+
+
+class OutputWriteError(StoreError):
+    """The operating system refused a write (full disk or quota, read-only file system, no permission);
+    the message names the path and, for a full disk, about how much more space is needed. Temporary
+    files were removed and nothing incomplete was committed: re-run once the cause is fixed."""
+
+
+class DiskFullError(OutputWriteError):
+    """No space left on the device, or the disk quota is exhausted (ENOSPC, EDQUOT)."""
+
+
 class BackendError(SctranslatorError):
     """An inference backend could not be created or failed while serving a batch."""
 

@@ -372,6 +372,8 @@ class OutputOptions(OptionGroup):
                               "cell's genes (torch backend)")
     overwrite: bool = option(False, "replace an earlier sctranslator output of the same kind at the output path "
                              "(never anything else, never an input)")
+    wait: bool = option(False, "when another job is writing the same output, wait for it to finish (then the "
+                        "output is checked afresh) instead of refusing")
     quiet: bool = option(False, "no progress bar")
 
 

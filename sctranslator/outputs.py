@@ -19,17 +19,35 @@ The identity record of an output:
 Records are written into the staged output before it is renamed into place, so an output carries
 its record from the moment it exists (see `sctranslator._atomic`).
 
+One writer per output: `claim_output` first locks the output (`sctranslator._lock`: a hidden
+`.NAME.sctranslator-lock` file beside it), then checks it, so no two jobs can both find a path free
+or both resume the same store. The lock is held until the enclosing `writing()` scope ends (every
+public API function that writes is wrapped by `one_writer`, and the command line wraps each
+sub-command), and another job on the same output refuses with OutputLockedError or, with
+`wait=True` / `--wait`, waits for it and then checks the output afresh. Under the lock, hidden
+temporaries that an earlier, killed writer of the same output left beside it are removed.
+
 This module sits just above `errors`: every layer may use it.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import functools
+import inspect
 import json
-from collections.abc import Iterable
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sctranslator.errors import OutputConflictError
+from sctranslator._atomic import remove_leftovers, write_errors
+from sctranslator._lock import OutputLock
+from sctranslator.errors import OutputConflictError, OutputLockedError
 
 IDENTITY_FILE = ".sctranslator-output.json"
 IDENTITY_KEY = "sctranslator-output"  # HDF5 root attribute / ONNX metadata key
@@ -187,6 +205,7 @@ def claim_output(path: str | Path, kind: str, *, inputs: Iterable[Any] = (), ove
     siblings = [Path(s) for s in siblings]
     for target in (path, *siblings):
         check_not_input(target, inputs)
+    lock_output(path)  # before looking: what is seen stays true until this job's scope ends
     if path.is_symlink():
         raise foreign_output_error(path, "is a symbolic link")
     if not path.exists():
@@ -207,3 +226,107 @@ def claim_output(path: str | Path, kind: str, *, inputs: Iterable[Any] = (), ove
             f"{path} already holds {_article(KINDS[kind])} from an earlier run. Pass --overwrite (overwrite=True) "
             "to replace it, or choose another output path")
     return True
+
+
+# -- one writer per output ---------------------------------------------------------------------
+@dataclass
+class _Scope:
+    wait: bool
+    locks: list[OutputLock] = field(default_factory=list)
+
+
+_SCOPE: ContextVar[_Scope | None] = ContextVar("sctranslator_output_scope", default=None)
+# Locks this process holds, by output path: a second claim of the same output by the same thread
+# (translate claims its store, then the sink claims it again) reuses the lock.
+_HELD: dict[Path, tuple[OutputLock, int]] = {}
+_HELD_GUARD = threading.Lock()
+_AMBIENT = _Scope(wait=False)  # claims made outside any scope: held until the process ends
+
+
+@contextlib.contextmanager
+def writing(wait: bool | None = None) -> Iterator[None]:
+    """A job's scope: the outputs it claims (`claim_output`) stay locked until the scope ends.
+
+    wait: when another job holds an output, wait for it (True) or refuse with OutputLockedError
+        (False); None inherits the enclosing scope's choice (False at the top).
+    Raises OutputLockedError at the end when a lock was taken over meanwhile (this job's holder
+    was judged dead), so that the job does not report success for an output another one changed.
+    """
+    outer = _SCOPE.get()
+    scope = _Scope(wait=bool(outer.wait if (wait is None and outer is not None) else wait))
+    token = _SCOPE.set(scope)
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        _SCOPE.reset(token)
+        lost = _release(scope.locks)
+        if lost is not None and not failed:
+            raise lost
+
+
+def _release(locks: list[OutputLock]) -> Exception | None:
+    lost = None
+    for lock in reversed(locks):
+        with _HELD_GUARD:
+            _HELD.pop(lock.output, None)
+        try:
+            lock.release()
+        except OutputLockedError as error:
+            lost = lost or error
+    locks.clear()
+    return lost
+
+
+def lock_output(path: str | Path) -> None:
+    """Lock `path` for the current scope (see `writing`); a no-op when this thread holds it already.
+
+    Raises OutputLockedError (another live job writes it) or OutputWriteError (the lock file cannot
+    be created: read-only file system, no permission, full disk).
+    """
+    scope = _SCOPE.get() or _AMBIENT
+    output = Path(os.path.abspath(Path(path).expanduser()))
+    with _HELD_GUARD:
+        held = _HELD.get(output)
+    if held is not None and held[1] == threading.get_ident() and held[0].still_held():
+        return
+    with write_errors(output.parent):
+        lock = OutputLock.acquire(output, wait=scope.wait)
+    with _HELD_GUARD:
+        _HELD[output] = (lock, threading.get_ident())
+    scope.locks.append(lock)
+    remove_leftovers(output)  # only the lock holder may: no live writer of ours is using them
+
+
+def _release_ambient() -> None:
+    _release(_AMBIENT.locks)
+
+
+atexit.register(_release_ambient)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_writer(func: F) -> F:
+    """Give an API function that writes outputs a keyword `wait` and run it in its own `writing` scope.
+
+    wait: when another job is writing the same output, wait for it to finish (True) and then check
+    the output afresh, or refuse at once with OutputLockedError (False, the default).
+    """
+    signature = inspect.signature(func)
+    has_wait = "wait" in signature.parameters
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        wait = kwargs.get("wait") if has_wait else kwargs.pop("wait", None)
+        with writing(wait):
+            return func(*args, **kwargs)
+
+    if not has_wait:
+        parameters = list(signature.parameters.values())
+        extra = inspect.Parameter("wait", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool)
+        at = next((i for i, p in enumerate(parameters) if p.kind is inspect.Parameter.VAR_KEYWORD), len(parameters))
+        parameters.insert(at, extra)
+        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]

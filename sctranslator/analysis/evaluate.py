@@ -22,7 +22,7 @@ import numpy as np
 from sctranslator._atomic import install_dir, staging_dir
 from sctranslator.errors import InputDataError, StoreError
 from sctranslator.options import TARGET_SCALINGS, TargetScaling, check_choices  # noqa: F401  (re-exported)
-from sctranslator.outputs import claim_output, write_identity
+from sctranslator.outputs import claim_output, one_writer, write_identity
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -129,6 +129,7 @@ def _no_shared_proteins(pred: ad.AnnData, truth: ad.AnnData) -> InputDataError:
         f"({truth.var_names[:8].tolist()}...), by name or by encoding gene; rename them or check the files")
 
 
+@one_writer
 def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, out: str | Path | None = None,
              scaling: TargetScaling | None = None, plots: bool = True,
              baseline: str | Path | ad.AnnData | np.ndarray | None = None,

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from sctranslator._atomic import install_dir, staging_dir
+from sctranslator._atomic import install_dir, staging_dir, write_errors
 from sctranslator.engine.h5copy import slab_rows, slabs
 from sctranslator.engine.ledger import Ledger, block_ranges, read_record
 from sctranslator.engine.predictions import TemporaryStore, open_predictions
@@ -137,24 +137,33 @@ class ZarrSink:
         start, stop = self.blocks()[index]
         if predictions.shape != (stop - start, self.n_outputs):
             raise StoreError(f"block {index} has shape {predictions.shape}, expected {(stop - start, self.n_outputs)}")
-        x = zarr.open_array(str(Path(self.path) / "X"), mode="r+")
-        x[start:stop] = predictions.astype(np.float32, copy=False)
-        if self.embedding_dim:
-            if embeddings is None or embeddings.shape != (stop - start, self.embedding_dim):
-                raise StoreError(f"block {index}: embeddings missing or mis-shaped")
-            emb = zarr.open_array(str(Path(self.path) / "obsm" / EMBEDDING_KEY), mode="r+")
-            emb[start:stop] = embeddings.astype(np.float32, copy=False)
-        # The marker is created only after the rows are written: a kill in between means redo.
-        self.ledger.commit(index)
+        if self.embedding_dim and (embeddings is None or embeddings.shape != (stop - start, self.embedding_dim)):
+            raise StoreError(f"block {index}: embeddings missing or mis-shaped")
+        # zarr writes each chunk to a temporary file and renames it, so a failed write leaves the
+        # chunk as it was; the marker is created only after the rows are written (a kill means redo).
+        with write_errors(self.path, self.bytes_pending):
+            x = zarr.open_array(str(Path(self.path) / "X"), mode="r+")
+            x[start:stop] = predictions.astype(np.float32, copy=False)
+            if self.embedding_dim:
+                emb = zarr.open_array(str(Path(self.path) / "obsm" / EMBEDDING_KEY), mode="r+")
+                emb[start:stop] = embeddings.astype(np.float32, copy=False)
+            self.ledger.commit(index)
+
+    def bytes_pending(self) -> int:
+        """Uncompressed bytes of the blocks not yet committed (an upper bound of the space they need)."""
+        row_bytes = 4 * (self.n_outputs + self.embedding_dim)
+        blocks = self.blocks()
+        return sum((blocks[i][1] - blocks[i][0]) * row_bytes for i in self.pending())
 
     def finish(self, extra: dict[str, Any] | None = None, run: dict[str, Any] | None = None) -> None:
         """Mark the store complete; `run` (this run's statistics: blocks, cells, empty cells, speed) also
         goes into the store's uns['sctranslator']['run'], so that it travels with the predictions."""
         ledger = self.ledger
         ledger.require_complete(str(self.path))
-        if run is not None:
-            _write_uns_entry(self.path, "run", run)
-        ledger.update_record({"complete": True, **(extra or {})})
+        with write_errors(self.path, 1 << 20):
+            if run is not None:
+                _write_uns_entry(self.path, "run", run)
+            ledger.update_record({"complete": True, **(extra or {})})
 
     def read(self, owner: TemporaryStore | None = None) -> ad.AnnData:
         """The finished store as an AnnData whose X stays on disk (see `open_predictions`)."""

@@ -15,7 +15,7 @@ import anndata as ad
 import pandas as pd
 
 from sctranslator import __version__
-from sctranslator._atomic import atomic_write_path
+from sctranslator._atomic import atomic_write_path, require_space
 from sctranslator.engine.backends.base import BackendSpec
 from sctranslator.engine.backends.onnx_cache import onnx_file_for
 from sctranslator.engine.backends.registry import choose_backend, get_backend
@@ -38,7 +38,7 @@ from sctranslator.errors import BackendError, InputDataError, OptionError, Outpu
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
 from sctranslator.options import Backend, GeneMapping, IdType, MissingChunks, Normalize, Precision, check_choices
-from sctranslator.outputs import claim_output, write_identity
+from sctranslator.outputs import claim_output, one_writer, write_identity
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 from sctranslator.token_layout import TokenLayout
 
@@ -123,15 +123,39 @@ def _claim_outputs(out: str | Path | None, write_h5ad: str | Path | None, write_
             claim_output(path, WRITEBACK_KIND, inputs=(*inputs, out), overwrite=overwrite)
 
 
-def _write_back(path: str | Path, write: Callable[[Path], Any]) -> None:
-    """Write a write-back file aside, mark it as ours, then rename it into place."""
+def _write_back(path: str | Path, write: Callable[[Path], Any], needed: int | None = None) -> None:
+    """Write a write-back file aside, mark it as ours, then rename it into place.
+
+    `needed`: the file's estimated size, named in the error when the disk fills up.
+    """
     def write_marked(tmp: Path) -> None:
         write(tmp)
         write_identity(tmp, WRITEBACK_KIND)
 
-    atomic_write_path(path, write_marked)
+    require_space(path, needed)  # HDF5's object copy may crash the process on a full disk
+    atomic_write_path(path, write_marked, needed)
 
 
+def _writeback_bytes(data: Any, source: Any, result: ad.AnnData) -> int | None:
+    """About how large a write-back file gets: the input file (its elements are copied as stored)
+    plus the predictions and embeddings (float32)."""
+    size = 4 * result.n_obs * (result.n_vars + sum(int(v.shape[1]) for v in result.obsm.values()))
+    path = getattr(source, "path", None)
+    if isinstance(data, ad.AnnData) and not data.isbacked:  # written from memory
+        matrix = data.X
+        parts = (matrix.data, matrix.indices, matrix.indptr) if hasattr(matrix, "indptr") else (matrix,)
+        return size + sum(int(getattr(p, "nbytes", 0)) for p in parts) + int(data.obs.memory_usage().sum())
+    try:
+        if path is not None and Path(path).is_file():
+            size += Path(path).stat().st_size
+        elif path is not None and Path(path).is_dir():  # a Zarr store: compressed, copied as stored or larger
+            size += 2 * sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    except OSError:
+        return None
+    return size
+
+
+@one_writer
 def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel,
               proteins: Sequence[str] | None = None, *, out: str | Path | None = None, backend: Backend = "auto",
               device: str = "cpu", batch_size: int | None = None, block_cells: int | None = None,
@@ -146,7 +170,7 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
               gene_mapping: GeneMapping | None = None, inplace: bool = False,
               cells: Sequence[str] | None = None, obs_query: str | None = None,
               max_cells: int | None = None, key: str | None = None,
-              replace_key: bool = False) -> ad.AnnData | None:
+              replace_key: bool = False, wait: bool = False) -> ad.AnnData | None:
     """Predict protein abundance for every cell of `data` with `model`.
 
     Parameters (the option groups of `sctranslator.options` document each one and its choices):
@@ -166,6 +190,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
             min_coverage (a fraction, 0.5 = 50%), allow_low_coverage, allow_empty_cells,
             gene_mapping: InputOptions.
         overwrite, write_h5ad, write_mudata, embeddings, quiet: OutputOptions.
+        wait: when another job is writing one of the outputs, wait for it to end instead of
+            refusing (OutputLockedError); the outputs are then checked afresh (see README, Outputs).
         inplace: also set the predictions on `data` (an AnnData / MuData object) and return None.
         key, replace_key: where write_h5ad / write_mudata / inplace put the predictions (below);
             an existing entry there is replaced only with an explicit `key` and `replace_key=True`.
@@ -337,10 +363,12 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
         result.uns["sctranslator"]["run"] = stats
         if write_h5ad:
             _write_back(write_h5ad, lambda tmp: write_h5ad_with_proteins(data, source, result, tmp, key=key,
-                                                                          modality=modality))
+                                                                          modality=modality),
+                        _writeback_bytes(data, source, result))
         if write_mudata:
             _write_back(write_mudata, lambda tmp: write_mudata_with_proteins(data, source, result, tmp, key=key,
-                                                                              modality=modality))
+                                                                              modality=modality),
+                        _writeback_bytes(data, source, result))
         if target is not None:
             set_inplace(target, result, key=key, modality=modality)
             return None

@@ -189,7 +189,11 @@ def protein_frame(predictions: ad.AnnData) -> pd.DataFrame:
 
 
 def _staging(path: Path) -> Path:
-    """Write next to the target and rename at the end: a failed write-back leaves no half file."""
+    """Write next to the target and rename at the end: a failed write-back leaves no half file.
+
+    The files are opened without HDF5's chunk cache (rdcc_nbytes=0; every write is a whole slab of
+    chunks anyway): a write the disk refuses then fails at once as OSError, where a cached chunk
+    would fail later, when flushed, and leave the HDF5 library to crash the process at exit."""
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.with_name(f".{path.name}.partial-{os.getpid()}")
 
@@ -217,7 +221,7 @@ def write_h5ad_with_proteins(data: Any, source: Source, predictions: ad.AnnData,
     embeddings = EMBEDDING_KEY in predictions.obsm
     staging = _staging(path)
     try:
-        with _input_root(data, source) as root, h5py.File(staging, "w") as out:
+        with _input_root(data, source) as root, h5py.File(staging, "w", rdcc_nbytes=0) as out:
             rna = _rna(root, modality)
             # Replacing (granted by check_keys) also drops the replaced run's embeddings, which
             # would otherwise sit beside predictions they do not belong to.
@@ -342,7 +346,7 @@ def write_mudata_with_proteins(data: Any, source: Source, predictions: ad.AnnDat
                 skeleton.write_h5mu(str(staging))
                 obs_index = skeleton.obs_names.copy()
             del skeleton, prot, tables
-            with h5py.File(staging, "r+") as out:
+            with h5py.File(staging, "r+", rdcc_nbytes=0) as out:
                 for name, member in members.items():
                     target = out["mod"][name]
                     _clear(target, ("obs", "var"))

@@ -23,6 +23,7 @@ import copy
 import gc
 import json
 import logging
+import os
 import tempfile
 import time
 import warnings
@@ -37,7 +38,7 @@ import torch
 from torch import nn
 
 import sctranslator
-from sctranslator._atomic import install_file
+from sctranslator._atomic import install_file, write_errors
 from sctranslator.errors import ExportError, ExportValidationError, OutputConflictError
 from sctranslator.export.contract import DECODER, ENCODER, GraphSpec
 from sctranslator.export.onnx_format import (
@@ -69,7 +70,14 @@ from sctranslator.model.config import ModelConfig
 from sctranslator.model.graphs import DecoderGraph, EncoderGraph
 from sctranslator.model.identity import model_fingerprint
 from sctranslator.model.network import TranslatorModel
-from sctranslator.outputs import IDENTITY_KEY, claim_output, foreign_output_error, identity_json, read_identity
+from sctranslator.outputs import (
+    IDENTITY_KEY,
+    claim_output,
+    foreign_output_error,
+    identity_json,
+    one_writer,
+    read_identity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +259,7 @@ def _compute_model(model: TranslatorModel, dtype: torch.dtype) -> TranslatorMode
     return model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
 
 
+@one_writer
 def export_onnx(model: TranslatorModel, path: str | Path, *, precision: str = "fp32", opset: int | None = None,
                 validate: bool = True, validation_inputs: dict[str, np.ndarray] | None = None,
                 validation_batch_sizes: Sequence[int] = (1, 3),
@@ -301,7 +310,11 @@ def export_onnx(model: TranslatorModel, path: str | Path, *, precision: str = "f
     external_data = model.n_parameters() * dtype.itemsize > EXTERNAL_DATA_BYTES
     # Write into a private folder next to `path`, then move into place: a failed export never
     # leaves a half-written or unvalidated file where the engine would pick it up.
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as staging:
+    # Named as `sctranslator._atomic` names temporaries, so a run after a kill -9 removes the leftover;
+    # a full or read-only disk is a named error with the size of the graphs as the space needed.
+    needed = 2 * model.n_parameters() * dtype.itemsize
+    with write_errors(path, needed), tempfile.TemporaryDirectory(
+            dir=path.parent, prefix=f".{path.name}.partial-{os.getpid()}-") as staging:
         staged = Path(staging) / path.name
         opset_written = _export_both(model, dtype, precision, opset, staged, Path(staging) / decoder_name,
                                      external_data)

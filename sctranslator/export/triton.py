@@ -34,7 +34,7 @@ from sctranslator.export.triton_config import (
     render_config,
 )
 from sctranslator.model.network import TranslatorModel
-from sctranslator.outputs import claim_output, foreign_output_error, read_identity, write_identity
+from sctranslator.outputs import claim_output, foreign_output_error, one_writer, read_identity, write_identity
 
 MODEL_VERSION = "1"
 OUTPUT_KIND = "export-triton"
@@ -116,6 +116,7 @@ def write_model_dirs(staging: dict[str, Path], onnx_file: Path, settings: Servin
     return path
 
 
+@one_writer
 def export_triton(model: TranslatorModel, repo: str | Path, settings: ServingSettings | None = None, *,
                   onnx_path: str | Path | None = None, validate: bool = True,
                   overwrite: bool = False) -> TritonExport:

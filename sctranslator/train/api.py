@@ -23,7 +23,7 @@ from sctranslator.model import ModelConfig, TranslatorModel, load_model, save_mo
 from sctranslator.model.cells import write_cells
 from sctranslator.model.identity import model_fingerprint
 from sctranslator.options import DEFAULT_TARGET_SUM, Preset, TrainDataOptions
-from sctranslator.outputs import claim_output, write_identity
+from sctranslator.outputs import claim_output, one_writer, write_identity
 from sctranslator.train import distributed
 from sctranslator.train.card import model_card
 from sctranslator.train.inputs import (
@@ -161,6 +161,7 @@ def _fingerprint(model: TranslatorModel, data: PairedData, split: Split, data_op
     return digest.hexdigest()
 
 
+@one_writer
 def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | TranslatorModel | None = None,
              config: Preset | ModelConfig | None = None, out: str | os.PathLike,
              config_overrides: dict[str, Any] | None = None, feature_redraw_interval: int | None | str = KEEP,

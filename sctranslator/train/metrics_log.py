@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from sctranslator._atomic import write_errors
+
 CSV_FIELDS = ("step", "epoch", "lr", "train_loss", "val_loss", "val_pearson", "seconds")
 
 
@@ -24,9 +26,10 @@ class MetricsLog:
         self.path = Path(path) if path else None
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not append or not self.path.exists():
-            self.path.write_text(",".join(CSV_FIELDS) + "\n" if self.is_csv else "")
+        with write_errors(self.path):  # a full or read-only disk: a named error, not a traceback
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not append or not self.path.exists():
+                self.path.write_text(",".join(CSV_FIELDS) + "\n" if self.is_csv else "")
 
     @property
     def is_csv(self) -> bool:
@@ -35,7 +38,7 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if self.path is None:
             return
-        with self.path.open("a", newline="") as fh:
+        with write_errors(self.path), self.path.open("a", newline="") as fh:
             if self.is_csv:
                 csv.writer(fh).writerow(["" if _clean(record.get(k)) is None else record[k] for k in CSV_FIELDS])
             else:

@@ -35,7 +35,7 @@ from sctranslator.engine.sources import open_source
 from sctranslator.errors import InputDataError
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.options import IdType, Normalize, check_choices
-from sctranslator.outputs import claim_output
+from sctranslator.outputs import claim_output, one_writer
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 from sctranslator.vocab import token_symbols
 
@@ -113,6 +113,7 @@ def _batch_interactions(model: TranslatorModel, values: np.ndarray, plan: Plan, 
         add_by_group(acc.gene_to_protein[:, lo:lo + block.shape[1]], block.double().numpy(), codes)
 
 
+@one_writer
 def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Sequence[str] | None = None, *,
                  out: str | Path | None = None, top_k: int = 20, groupby: str | None = None,
                  block_cells: int = DEFAULT_BLOCK_CELLS, batch_size: int = 1, row_block: int = 2048,

@@ -45,7 +45,7 @@ from sctranslator.errors import InputDataError
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
 from sctranslator.options import IdType, KnockoutSemantics, Normalize, check_choices
-from sctranslator.outputs import claim_output
+from sctranslator.outputs import claim_output, one_writer
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ def _identity(model: TranslatorModel, source: Source, plan: Plan, variants: list
             "per_cell": per_cell}
 
 
+@one_writer
 def knockout(data: Any, model: str | Path | TranslatorModel, genes: Sequence[str],
              proteins: Sequence[str] | None = None, *, out: str | Path, semantics: KnockoutSemantics | None = None,
              block_cells: int = DEFAULT_BLOCK_CELLS, batch_size: int = 8, groupby: str | None = None,
