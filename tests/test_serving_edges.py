@@ -4,20 +4,29 @@ the owner of a busy port read from /proc, and backend options refused where the 
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from datafiles import PBMC, TINY_A, data_file
 from tritonclient.grpc import service_pb2
 
+import sctranslator
+from sctranslator import options
+from sctranslator.cli import main
 from sctranslator.engine.backends import BackendSpec, TritonBackend
-from sctranslator.errors import ServerError
+from sctranslator.engine.backends.triton import TritonOptions as TritonBackendOptions
+from sctranslator.errors import BackendOptionError, ServerError
+from sctranslator.options import BACKEND_OPTIONS
 
 
 class SilentServer(threading.Thread):
@@ -165,3 +174,55 @@ def test_a_request_the_server_never_answers_fails_within_the_request_timeouts(pr
         server.close()
     assert len(server.calls) >= 3, server.calls  # readiness answered, then metadata asked (and retried)
     assert elapsed < 10, f"{protocol}: timeouts of 1 s per request and 3 s in all took {elapsed:.1f} s"
+
+
+# -- backend options refused where the backend does not use them --------------------------------------
+
+REFUSED = [
+    (["--backend", "torch", "--url", "127.0.0.1:8001"], r"--url applies to --backend triton, not torch"),
+    (["--url", "127.0.0.1:8001"], r"--url applies to --backend triton, not torch \(chosen by --backend auto\)"),
+    (["--backend", "onnxruntime", "--protocol", "http"], r"--protocol applies to --backend triton, not onnxruntime"),
+    (["--backend", "torch", "--model-name", "m"], r"--model-name applies to --backend triton"),
+    (["--backend", "torch", "--timeout", "5"], r"--timeout applies to --backend triton"),
+    (["--backend", "torch", "--ready-timeout", "5"], r"--ready-timeout applies to --backend triton"),
+    (["--backend", "torch", "--onnx", "x.onnx"], r"--onnx applies to --backend onnxruntime, not torch"),
+    (["--backend", "onnxruntime", "--compile"], r"--compile applies to --backend torch, not onnxruntime"),
+    (["--backend", "triton", "--url", "127.0.0.1:1", "--precision", "fp16"],
+     r"--precision fp16 applies to --backend torch or onnxruntime, not triton"),
+    (["--backend", "triton", "--url", "127.0.0.1:1", "--device", "cuda"],
+     r"--device cuda applies to --backend torch or onnxruntime, not triton"),
+]
+
+
+@pytest.mark.parametrize(("flags", "message"), REFUSED, ids=[" ".join(flags) for flags, _ in REFUSED])
+def test_an_option_the_backend_does_not_use_is_refused_before_anything_is_written(
+        flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.zarr"
+    code = main(["translate", str(data_file(PBMC / "rna.h5ad")), "--model", str(data_file(TINY_A)),
+                 "--proteins", "CD3,CD4", "--out", str(out), *flags])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert re.search(r"^error: BackendOptionError: " + message, err, re.MULTILINE), err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_the_api_refuses_backend_options_of_another_backend(tmp_path: Path) -> None:
+    rna = data_file(PBMC / "rna.h5ad")
+    with pytest.raises(BackendOptionError, match=r"--url applies to --backend triton, not torch"):
+        sctranslator.translate(rna, data_file(TINY_A), ["CD3"], backend="torch", out=tmp_path / "a.zarr",
+                               backend_options={"url": "127.0.0.1:8001"})
+    with pytest.raises(BackendOptionError, match=r"backend option 'max_in_flight' applies to --backend triton"):
+        sctranslator.translate(rna, data_file(TINY_A), ["CD3"], backend="onnxruntime", out=tmp_path / "b.zarr",
+                               backend_options={"max_in_flight": 2})
+    with pytest.raises(BackendOptionError, match=r"unknown backend option 'urll'"):
+        sctranslator.translate(rna, data_file(TINY_A), ["CD3"], backend="triton", out=tmp_path / "c.zarr",
+                               backend_options={"urll": "127.0.0.1:8001"})
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_table_of_backend_options_is_what_the_backends_read() -> None:
+    assert set(BACKEND_OPTIONS) == set(options.BACKENDS) - {"auto"}
+    assert set(BACKEND_OPTIONS["triton"]) == {f.name for f in dataclasses.fields(TritonBackendOptions)}
+    # Every triton option offered on the command line is one the backend reads.
+    assert {f.name for f in dataclasses.fields(options.TritonOptions)} <= set(BACKEND_OPTIONS["triton"])
