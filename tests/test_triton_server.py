@@ -38,6 +38,7 @@ from sctranslator.export.triton_server import (
     TritonServer,
     _group_members,
     check_ports_free,
+    clear_leftover,
     free_port,
     pid_file_for,
 )
@@ -393,3 +394,32 @@ def test_serve_names_the_process_holding_its_port_and_writes_nothing(server: Tri
                                                  rf"{os.getpid()} \(\S*python"):
             serve(request, echo=lambda line: None)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_server_whose_owner_died_unwatched_is_cleaned_up_from_its_pid_file(repo: Path, tmp_path: Path) -> None:
+    """Without the watchdog and the death signal (started from a thread that ended), a server outlives its
+    owner's kill -9, as every server did before; its pid file lets the next serve remove it."""
+    require_tritonserver()
+    pid_file, ports = tmp_path / "serve.json", {"http_port": free_port(), "grpc_port": free_port()}
+    code = (f"import threading, time\nfrom pathlib import Path\nfrom sctranslator.export.triton_server import "
+            f"TritonServer\nserver = TritonServer(Path({str(repo)!r}), pid_file=Path({str(pid_file)!r}), "
+            f"watchdog=False, http_port={ports['http_port']}, grpc_port={ports['grpc_port']})\n"
+            "starter = threading.Thread(target=lambda: (server.start(), server.wait_ready(180)))\n"
+            "starter.start(); starter.join(); print('ready', flush=True); time.sleep(600)\n")
+    log = tmp_path / "owner.log"
+    with open(log, "wb") as out:
+        owner = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_text(log, "ready", owner)
+    finally:
+        owner.kill()
+        owner.wait()
+    server = int(json.loads(pid_file.read_text())["server_pid"])
+    time.sleep(1)
+    assert server in _group_members(server), "the unwatched server died with its owner: nothing left to clean"
+    with pytest.raises(PortInUseError, match=rf"in use by PID {server} "):
+        check_ports_free("127.0.0.1", {"--http-port": ports["http_port"]})
+    message = clear_leftover(pid_file)
+    assert message is not None and f"earlier serve (PID {owner.pid}, gone)" in message and str(server) in message
+    assert _group_members(server) == [] and not pid_file.exists()
+    check_ports_free("127.0.0.1", {"--http-port": ports["http_port"], "--grpc-port": ports["grpc_port"]})

@@ -430,8 +430,8 @@ def _end_orphaned_stubs(pgid: int) -> None:
 
 
 def pid_file_for(repo: str | Path) -> Path:
-    """Where `serve` records the server that serves `repo`."""
-    return Path(repo) / PID_FILE_NAME
+    """Where `serve` records the server that serves `repo` (absolute: the watchdog may remove it)."""
+    return Path(repo).resolve() / PID_FILE_NAME
 
 
 def clear_leftover(pid_file: Path) -> str | None:
@@ -451,7 +451,7 @@ def clear_leftover(pid_file: Path) -> str | None:
         return None
     leader_alive = is_alive(server, record.get("server_start"))
     members = [pid for pid in group_members(server) if server_watchdog.is_triton_process(pid)]
-    if (leader_alive or members) and is_alive(owner, record.get("owner_start")) and owner != os.getpid():
+    if (leader_alive or members) and is_alive(owner, record.get("owner_start")):
         raise ServerError(f"{pid_file.parent} is already served by PID {owner} ({record.get('owner_command', '?')}; "
                           f"tritonserver PID {server}, ports {record.get('ports')}); stop it (kill {owner}) or "
                           "serve another --repo")
