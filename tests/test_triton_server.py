@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -346,8 +347,11 @@ def wait_for_text(log: Path, text: str, process: subprocess.Popen[bytes], timeou
     pytest.fail(f"serve never printed {text!r}; its output:\n{log.read_text(errors='replace')}")
 
 
-def test_serve_killed_with_sigkill_leaves_no_server_or_stub_behind(onnx_a: Path, tiny_a: TranslatorModel,
-                                                                   tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGHUP], ids=["SIGKILL", "SIGHUP"])
+def test_serve_stopped_by_a_signal_leaves_no_server_or_stub_behind(stop_signal: signal.Signals, onnx_a: Path,
+                                                                   tiny_a: TranslatorModel, tmp_path: Path) -> None:
+    """SIGKILL: serve cannot act, its server dies with it (death signal, watchdog). SIGHUP (a closed
+    terminal), like SIGTERM and Ctrl-C: serve stops the server and its stubs itself and exits 0."""
     require_tritonserver()
     repo, log = tmp_path / "repo", tmp_path / "serve.log"
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
@@ -365,12 +369,14 @@ def test_serve_killed_with_sigkill_leaves_no_server_or_stub_behind(onnx_a: Path,
                                grpc_port=free_port(), metrics_port=free_port()), echo=lambda line: None)
         assert _group_members(server) == members
     finally:
-        process.kill()  # SIGKILL: serve gets no chance to stop anything itself
-        process.wait()
+        process.send_signal(stop_signal)
+        code = process.wait(60)
+    if stop_signal == signal.SIGHUP:
+        assert code == 0 and "stopping tritonserver" in log.read_text(), log.read_text()
     deadline = time.monotonic() + 20
     while _group_members(server) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _group_members(server) == [], "tritonserver or a stub outlived serve killed with SIGKILL"
+    assert _group_members(server) == [], f"tritonserver or a stub outlived serve stopped by {stop_signal.name}"
     assert not pid_file_for(repo).exists()
     check_ports_free("127.0.0.1", ports)  # the ports are free for the next serve
 
