@@ -13,7 +13,8 @@ fingerprint), raising ServerError on any mismatch.
 Options (BackendSpec.options): url (required), model_name ("sctranslator"), model_version (""),
 protocol ("grpc" or "http"), max_in_flight (4), max_batch (cells per request; default the
 server's max_batch_size), timeout_s (per request, 60), ready_timeout_s (60), retry_timeout_s
-(120), backoff_s (0.25), max_backoff_s (5), check_fingerprint (True).
+(120), backoff_s (0.25), max_backoff_s (5), check_fingerprint (True). Both timeouts hold on gRPC
+as on HTTP: every gRPC call carries a deadline, and readiness probes end by the ready deadline.
 """
 
 from __future__ import annotations
