@@ -5,10 +5,10 @@ Python-backend stubs. The stubs ignore SIGTERM and keep their /dev/shm regions w
 exits quickly, so ending a server means killing its whole group and freeing those regions.
 
 The watchdog covers the one exit its owner cannot observe, kill -9: run as a script
-(`python server_watchdog.py OWNER OWNER_START SERVER SERVER_START [PID_FILE]`) in a session of its
+(`python server_watchdog.py OWNER OWNER_START SERVER [PID_FILE]`) in a session of its
 own, it waits for the owner to die and then ends the server's group (and removes the pid file that
-records it). It exits by itself once the server is gone. Standard library only, so it starts fast
-and needs nothing of ours on its path.
+records it); an owner that stops the server itself terminates the watchdog. Standard library only,
+so it starts fast and needs nothing of ours on its path.
 """
 
 from __future__ import annotations
@@ -104,32 +104,33 @@ def remove_pid_file(pid_file: Path, server: int) -> None:
             pid_file.unlink()
 
 
-def watch(owner: int, owner_start: int, server: int, server_start: int, pid_file: Path | None) -> None:
-    """Return once the server is gone; end its group first if the owner dies before it."""
+def watch(owner: int, owner_start: int, server: int, pid_file: Path | None) -> None:
+    """Return once the owner is gone, after ending the server's group and removing the pid file.
+
+    The server going first is no reason to return: a dying owner's death signal kills the server
+    before the owner itself is gone, and the stubs and the pid file are still to be removed. An
+    owner that stops the server normally terminates this watchdog itself.
+    """
     try:
         handle: int | None = os.pidfd_open(owner)  # readable once the owner exits: no polling delay
     except (AttributeError, OSError):
         handle = None
-    while True:
-        if not is_alive(owner, owner_start):
-            end_group(server, only_triton=True)
-            if pid_file is not None:
-                remove_pid_file(pid_file, server)
-            return
-        if not is_alive(server, server_start):
-            return  # stopped by its owner, which also ends the stubs
+    while is_alive(owner, owner_start):
         if handle is not None:
             select.select([handle], [], [], POLL_S)
         else:
             time.sleep(POLL_S)
+    end_group(server, only_triton=True)
+    if pid_file is not None:
+        remove_pid_file(pid_file, server)
 
 
 def main(argv: list[str]) -> int:
-    owner, owner_start, server, server_start = (int(arg) for arg in argv[:4])
-    pid_file = Path(argv[4]) if len(argv) > 4 and argv[4] else None
+    owner, owner_start, server = (int(arg) for arg in argv[:3])
+    pid_file = Path(argv[3]) if len(argv) > 3 and argv[3] else None
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is for the owner, which stops the server
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    watch(owner, owner_start, server, server_start, pid_file)
+    watch(owner, owner_start, server, pid_file)
     return 0
 
 

@@ -314,7 +314,7 @@ class TritonServer:
                 me = os.getpid()
                 self._watchdog = subprocess.Popen(
                     [sys.executable, "-I", server_watchdog.__file__, str(me), str(start_time(me)),
-                     str(self.process.pid), str(server_start), str(self.pid_file or "")],
+                     str(self.process.pid), str(self.pid_file or "")],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     start_new_session=True)  # outside our group: a signal to us must not end it first
             if self.pid_file is not None:
