@@ -239,7 +239,7 @@ class TritonServer:
     log_path: Path | None = None
     exit_timeout_s: int = 5
     extra_args: tuple[str, ...] = ()
-    pid_file: Path | None = None  # written on start, removed on stop (see read_pid_file)
+    pid_file: Path | None = None  # written on start, removed on stop (see clear_leftover)
     watchdog: bool = True  # a watchdog process ends the server if this process dies (kill -9 included)
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _watchdog: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
