@@ -373,8 +373,9 @@ def test_serve_stopped_by_a_signal_leaves_no_server_or_stub_behind(stop_signal: 
         code = process.wait(60)
     if stop_signal == signal.SIGHUP:
         assert code == 0 and "stopping tritonserver" in log.read_text(), log.read_text()
+    # Bounded waits: after SIGKILL the watchdog acts once serve is gone, and removes the pid file last.
     deadline = time.monotonic() + 20
-    while _group_members(server) and time.monotonic() < deadline:
+    while (_group_members(server) or pid_file_for(repo).exists()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _group_members(server) == [], f"tritonserver or a stub outlived serve stopped by {stop_signal.name}"
     assert not pid_file_for(repo).exists()
