@@ -205,12 +205,9 @@ def _translate(parser: argparse.ArgumentParser) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from sctranslator.engine.translate import translate
 
-        triton = TritonOptions.from_cli_args(args)
-        options = {}
-        if args.backend == "triton":
-            if not triton.url:
-                raise SctranslatorError("--backend triton needs --url HOST:PORT")
-            options = triton.as_kwargs()
+        options = TritonOptions.from_cli_args(args).given()  # translate refuses them with another backend
+        if args.backend == "triton" and "url" not in options:
+            raise SctranslatorError("--backend triton needs --url HOST:PORT")
         result = translate(
             args.input, args.model, read_name_list(args.proteins) if args.proteins else None, out=args.out,
             backend_options=options, **EngineOptions.from_cli_args(args).as_kwargs(),

@@ -84,8 +84,16 @@ class BackendError(SctranslatorError):
     """An inference backend could not be created or failed while serving a batch."""
 
 
+class BackendOptionError(OptionError, BackendError):
+    """An option was given that the chosen backend does not use (e.g. --url without --backend triton)."""
+
+
 class ServerError(BackendError):
     """A remote inference server is unreachable, not ready, or serves a different model."""
+
+
+class PortInUseError(ServerError):
+    """A port `serve` was asked to listen on is held by another process (the message names it)."""
 
 
 class ExportError(SctranslatorError):

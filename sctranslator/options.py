@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-from sctranslator.errors import InputDataError, OptionError, SctranslatorError
+from sctranslator.errors import BackendOptionError, InputDataError, OptionError, SctranslatorError
 
 # -- choices -------------------------------------------------------------------------------------------
 
@@ -326,8 +326,8 @@ class EngineOptions(OptionGroup):
     device: str = option("cpu", "cpu, cuda or cuda:N")
     precision: Precision = option("fp32", "compute dtype: fp32 is exact; bf16 / fp16 (opt-in) run the dense layers in "
                                   "that dtype and keep the attention features, maxima and sums in fp32 (torch on "
-                                  "CPUs with native bf16/fp16 and on CUDA; the graphs onnxruntime exports); a "
-                                  "Triton server runs the graph it was given")
+                                  "CPUs with native bf16/fp16 and on CUDA; the graphs onnxruntime exports); not "
+                                  "with triton: a server runs the graph it was exported with")
     batch_size: int | None = option(None, "cells per model call",
                                     none_means="on CUDA (torch) from free device memory; else from the model "
                                     "size, 1 for the full-size model on CPU")
@@ -348,11 +348,80 @@ class EngineOptions(OptionGroup):
 
 @dataclass
 class TritonOptions(OptionGroup):
-    """The Triton server used by `--backend triton` (passed to translate as `backend_options`)."""
+    """The Triton server used by `--backend triton` (passed to translate as `backend_options`).
+
+    Every default is None, so that what the user gave can be told from what was left alone: a
+    given option is refused with a backend that does not use it (check_backend_options).
+    """
 
     url: str | None = option(None, "Triton server HOST:PORT (needed for --backend triton)", none_means="none")
-    model_name: str = option("sctranslator", "model name on the Triton server")
-    protocol: TritonProtocol = option("grpc", "Triton protocol")
+    model_name: str | None = option(None, "model name on the Triton server", none_means="sctranslator")
+    protocol: TritonProtocol | None = option(None, "Triton protocol", none_means="grpc")
+    timeout_s: float | None = option(None, "seconds one request to the server may take before it is retried",
+                                     flag="--timeout", metavar="SECONDS", none_means="60")
+    ready_timeout_s: float | None = option(None, "seconds to wait for the server and model to report ready",
+                                           flag="--ready-timeout", metavar="SECONDS", none_means="60")
+
+    def given(self) -> dict[str, Any]:
+        """The options the user set (the backend_options to pass on)."""
+        return {name: value for name, value in self.as_kwargs().items() if value is not None}
+
+
+# The backend_options each backend reads; translate refuses any other (tests check the table against
+# the implementations).
+BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {
+    "torch": ("collapse_padding", "compile"),
+    "onnxruntime": (),
+    "triton": ("url", "model_name", "model_version", "protocol", "max_in_flight", "max_batch", "timeout_s",
+               "ready_timeout_s", "retry_timeout_s", "backoff_s", "max_backoff_s", "check_fingerprint"),
+}
+# backend option -> its command-line flag, for messages
+_BACKEND_FLAGS = {"url": "--url", "model_name": "--model-name", "protocol": "--protocol", "timeout_s": "--timeout",
+                  "ready_timeout_s": "--ready-timeout", "compile": "--compile"}
+
+
+def check_backend_options(backend: str, *, requested: str | None = None,
+                          backend_options: Mapping[str, Any] | None = None, onnx_path: str | None = None,
+                          compile: bool = False, precision: str = "fp32", device: str = "cpu") -> None:
+    """Refuse every option given for a backend that does not use it, in one place.
+
+    backend: the backend that will run (after "auto" is resolved); requested: what the user asked
+    for ("auto" is named in the message). backend_options: the per-backend options (BACKEND_OPTIONS).
+    onnx_path: onnxruntime only. compile: torch only. precision and device: not triton (the server
+    runs the graph it was exported with, on the devices its repository names).
+
+    Raises:
+        BackendOptionError: naming the option, the backend chosen and the backends that use it.
+    """
+    chosen = backend if requested in (None, backend) else f"{backend} (chosen by --backend {requested})"
+
+    def refuse(option: str, users: str, fix: str) -> None:
+        raise BackendOptionError(f"{option} applies to --backend {users}, not {chosen}; {fix}")
+
+    given = dict(backend_options or {})
+    if given.get("compile") is False:  # the default, stated
+        given.pop("compile")
+    for name in given:
+        if name in BACKEND_OPTIONS.get(backend, ()):
+            continue
+        users = [kind for kind, names in BACKEND_OPTIONS.items() if name in names]
+        if not users:
+            known = sorted({n for names in BACKEND_OPTIONS.values() for n in names})
+            raise BackendOptionError(f"unknown backend option {name!r}; known: {', '.join(known)}")
+        refuse(_BACKEND_FLAGS.get(name, f"backend option {name!r}"), " or ".join(users),
+               f"drop it, or use --backend {users[0]}")
+    if onnx_path is not None and backend != "onnxruntime":
+        refuse("--onnx", "onnxruntime", "drop --onnx, or use --backend onnxruntime (or auto)")
+    if compile and backend != "torch":
+        refuse("--compile", "torch", "drop --compile or use --backend torch")
+    if backend == "triton" and precision != "fp32":
+        refuse(f"--precision {precision}", "torch or onnxruntime",
+               "a Triton server runs the graph it was exported with: export it with "
+               "`sctranslator export triton --precision`, and drop --precision here")
+    if backend == "triton" and device != "cpu":
+        refuse(f"--device {device}", "torch or onnxruntime",
+               "a Triton server runs on the devices its repository names (`export triton --kind gpu`); "
+               "drop --device here")
 
 
 @dataclass

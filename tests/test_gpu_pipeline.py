@@ -220,7 +220,7 @@ def test_compiled_backend_agrees_with_eager_and_leaves_the_callers_model_alone(f
 
 
 def test_compile_is_a_torch_option(data_dir: Path, fixtures_dir: Path) -> None:
-    with pytest.raises(BackendError, match="--compile applies to the torch backend"):
+    with pytest.raises(BackendError, match="--compile applies to --backend torch, not onnxruntime"):
         sctranslator.translate(data_dir / "pbmc10k_cite_10x" / "rna.h5ad", fixtures_dir / "tiny_a_official.pt",
                                PROTEINS, backend="onnxruntime", compile=True)
 

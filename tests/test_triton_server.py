@@ -8,10 +8,16 @@ server restart in its middle, and clear errors for a server that serves another 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anndata as ad
@@ -24,12 +30,19 @@ from triton_server import require_tritonserver, running_server
 import sctranslator
 from sctranslator.engine.backends import BackendSpec, Batch, TritonBackend, release_backends
 from sctranslator.engine.sink import JOB_DIR
-from sctranslator.errors import ServerError
+from sctranslator.errors import PortInUseError, ServerError
 from sctranslator.export.onnx import export_onnx
 from sctranslator.export.serve import ServeRequest, serve
 from sctranslator.export.triton import export_triton
 from sctranslator.export.triton_config import ServingSettings
-from sctranslator.export.triton_server import TritonServer, _group_members, free_port
+from sctranslator.export.triton_server import (
+    TritonServer,
+    _group_members,
+    check_ports_free,
+    clear_leftover,
+    free_port,
+    pid_file_for,
+)
 from sctranslator.model import TranslatorModel
 
 pytestmark = pytest.mark.triton
@@ -118,7 +131,7 @@ def test_translate_through_triton_matches_onnxruntime(protocol: str, server: Tri
 
 
 def inference_counts(url: str, model: str) -> tuple[int, int]:
-    """(requests answered, executions) of `model`, from the server's own statistics."""
+    """(requests answered, executions) of `model`, from the server's own statistics (as they stand now)."""
     import tritonclient.grpc as grpc_client
 
     client = grpc_client.InferenceServerClient(url)
@@ -127,6 +140,28 @@ def inference_counts(url: str, model: str) -> tuple[int, int]:
     finally:
         client.close()
     return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
+def settled_counts(url: str, models: list[str], reached: Callable[[dict[str, tuple[int, int]]], bool],
+                   quiet_s: float = 1.0, timeout_s: float = 60.0) -> dict[str, tuple[int, int]]:
+    """The models' statistics once `reached(counts)` holds and no count has changed for `quiet_s`.
+
+    Triton updates a model's statistics after it has sent the response, so a client that reads them
+    the moment its answers are in can see some requests not yet counted (under load: 33 of 37
+    cells). Waiting for the counts to reach what the test expects *and* stop moving reads them
+    settled; a count that never gets there is returned after `timeout_s` for the test to report.
+    """
+    deadline = time.monotonic() + timeout_s
+    counts = {model: inference_counts(url, model) for model in models}
+    stable_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = {model: inference_counts(url, model) for model in models}
+        if now != counts:
+            counts, stable_since = now, time.monotonic()
+        elif reached(counts) and time.monotonic() - stable_since >= quiet_s:
+            break
+    return counts
 
 
 def test_many_requests_in_flight_are_batched_and_split_back_in_order(server: TritonServer,
@@ -140,17 +175,25 @@ def test_many_requests_in_flight_are_batched_and_split_back_in_order(server: Tri
                   protein_mask=np.ones((3, P), dtype=bool))
     spec = BackendSpec(kind="triton", model=tiny_a, options=options(server.grpc_url, max_in_flight=8, max_batch=3))
     backend = TritonBackend.from_spec(spec)
-    before = {role: inference_counts(server.grpc_url, f"tiny_a{role}") for role in ("", "_encoder", "_decoder")}
+    models = [f"tiny_a{role}" for role in ("", "_encoder", "_decoder")]
+    requests = -(-37 // 3)  # chunks of max_batch=3 cells, all windows in each
+    # Settled before too: an earlier test's last requests may still be being counted.
+    before = settled_counts(server.grpc_url, models, reached=lambda counts: True)
     try:
         assert backend.windows_at_once
         served = backend.predict(batch)
     finally:
         backend.close()
-    after = {role: inference_counts(server.grpc_url, f"tiny_a{role}") for role in ("", "_encoder", "_decoder")}
+    # Every count the assertions below expect, reached and no longer moving.
+    after = settled_counts(server.grpc_url, models, reached=lambda counts: (
+        counts["tiny_a"][0] - before["tiny_a"][0] >= 37
+        and counts["tiny_a_encoder"][1] - before["tiny_a_encoder"][1] >= requests
+        and counts["tiny_a_decoder"][1] - before["tiny_a_decoder"][1] >= 3 * requests))
+    after = {model.removeprefix("tiny_a"): value for model, value in after.items()}
+    before = {model.removeprefix("tiny_a"): value for model, value in before.items()}
     local = sctranslator.engine.backends.TorchBackend(tiny_a).predict(batch)
     assert served.shape == (37, 3 * P)
     assert relative_error(served, local) <= 1e-5
-    requests = -(-37 // 3)  # chunks of max_batch=3 cells, all windows in each
     cells = {role: after[role][0] - before[role][0] for role in after}
     executions = {role: after[role][1] - before[role][1] for role in after}
     assert cells[""] == 37
@@ -280,3 +323,110 @@ def test_server_as_a_context_manager_is_ready_inside_and_gone_after(repo: Path) 
     with TritonServer(repo, install=require_tritonserver()) as server:
         assert server.running and server.is_ready()
     assert not server.running and not server.is_ready()
+
+
+# -- serve's process lifetime and ports ---------------------------------------------------------------
+
+def serve_process(repo: Path, onnx_path: Path, ports: dict[str, int], log: Path) -> subprocess.Popen[bytes]:
+    """`sctranslator serve` as a user runs it, in a process of its own (its output in `log`)."""
+    flags = [f"--{name.replace('_', '-')}={port}" for name, port in ports.items()]
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "sctranslator.cli", "serve", str(data_file(FIXTURES /
+                                "tiny_a_official.pt")), "--repo", str(repo), "--onnx", str(onnx_path), *flags],
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_for_text(log: Path, text: str, process: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if text in log.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    pytest.fail(f"serve never printed {text!r}; its output:\n{log.read_text(errors='replace')}")
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGHUP], ids=["SIGKILL", "SIGHUP"])
+def test_serve_stopped_by_a_signal_leaves_no_server_or_stub_behind(stop_signal: signal.Signals, onnx_a: Path,
+                                                                   tiny_a: TranslatorModel, tmp_path: Path) -> None:
+    """SIGKILL: serve cannot act, its server dies with it (death signal, watchdog). SIGHUP (a closed
+    terminal), like SIGTERM and Ctrl-C: serve stops the server and its stubs itself and exits 0."""
+    require_tritonserver()
+    repo, log = tmp_path / "repo", tmp_path / "serve.log"
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    process = serve_process(repo, onnx_a, ports, log)
+    try:
+        wait_for_text(log, "tritonserver ready", process)
+        record = json.loads(pid_file_for(repo).read_text())
+        server = int(record["server_pid"])
+        assert record["owner_pid"] == process.pid
+        members = _group_members(server)
+        assert server in members and len(members) == 4, members  # the server and a stub per model (3)
+        # A second serve of the same repository, while the first lives, is refused and touches nothing.
+        with pytest.raises(ServerError, match=rf"already served by PID {process.pid}"):
+            serve(ServeRequest(model=tiny_a, repo=repo, onnx_path=onnx_a, http_port=free_port(),
+                               grpc_port=free_port(), metrics_port=free_port()), echo=lambda line: None)
+        assert _group_members(server) == members
+    finally:
+        process.send_signal(stop_signal)
+        code = process.wait(60)
+    if stop_signal == signal.SIGHUP:
+        assert code == 0 and "stopping tritonserver" in log.read_text(), log.read_text()
+    # Bounded waits: after SIGKILL the watchdog acts once serve is gone, and removes the pid file last.
+    deadline = time.monotonic() + 20
+    while (_group_members(server) or pid_file_for(repo).exists()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _group_members(server) == [], f"tritonserver or a stub outlived serve stopped by {stop_signal.name}"
+    assert not pid_file_for(repo).exists()
+    check_ports_free("127.0.0.1", ports)  # the ports are free for the next serve
+
+
+def test_serve_names_the_process_holding_its_port_and_writes_nothing(server: TritonServer, tiny_a: TranslatorModel,
+                                                                      tmp_path: Path) -> None:
+    require_tritonserver()
+    # An old tritonserver on the port (it would answer "ready" for the new one).
+    request = ServeRequest(model=tiny_a, repo=tmp_path / "a", http_port=server.http_port, grpc_port=free_port(),
+                           metrics_port=free_port())
+    assert server.process is not None
+    with pytest.raises(PortInUseError, match=rf"port {server.http_port} on 127.0.0.1 \(--http-port\) is in use by "
+                                             rf"PID {server.process.pid} \(\S*tritonserver "):
+        serve(request, echo=lambda line: None)
+    # Any other process: here this test's own listening socket.
+    with socket.create_server(("127.0.0.1", 0)) as held:
+        port = held.getsockname()[1]
+        request = ServeRequest(model=tiny_a, repo=tmp_path / "b", http_port=free_port(), grpc_port=port,
+                               metrics_port=free_port())
+        with pytest.raises(PortInUseError, match=rf"port {port} on 127.0.0.1 \(--grpc-port\) is in use by PID "
+                                                 rf"{os.getpid()} \(\S*python"):
+            serve(request, echo=lambda line: None)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_server_whose_owner_died_unwatched_is_cleaned_up_from_its_pid_file(repo: Path, tmp_path: Path) -> None:
+    """Without the watchdog and the death signal (started from a thread that ended), a server outlives its
+    owner's kill -9, as every server did before; its pid file lets the next serve remove it."""
+    require_tritonserver()
+    pid_file, ports = tmp_path / "serve.json", {"http_port": free_port(), "grpc_port": free_port()}
+    code = (f"import threading, time\nfrom pathlib import Path\nfrom sctranslator.export.triton_server import "
+            f"TritonServer\nserver = TritonServer(Path({str(repo)!r}), pid_file=Path({str(pid_file)!r}), "
+            f"watchdog=False, http_port={ports['http_port']}, grpc_port={ports['grpc_port']})\n"
+            "starter = threading.Thread(target=lambda: (server.start(), server.wait_ready(180)))\n"
+            "starter.start(); starter.join(); print('ready', flush=True); time.sleep(600)\n")
+    log = tmp_path / "owner.log"
+    with open(log, "wb") as out:
+        owner = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_text(log, "ready", owner)
+    finally:
+        owner.kill()
+        owner.wait()
+    server = int(json.loads(pid_file.read_text())["server_pid"])
+    time.sleep(1)
+    assert server in _group_members(server), "the unwatched server died with its owner: nothing left to clean"
+    with pytest.raises(PortInUseError, match=rf"in use by PID {server} "):
+        check_ports_free("127.0.0.1", {"--http-port": ports["http_port"]})
+    message = clear_leftover(pid_file)
+    assert message is not None and f"earlier serve (PID {owner.pid}, gone)" in message and str(server) in message
+    assert _group_members(server) == [] and not pid_file.exists()
+    check_ports_free("127.0.0.1", {"--http-port": ports["http_port"], "--grpc-port": ports["grpc_port"]})

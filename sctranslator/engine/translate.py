@@ -37,7 +37,16 @@ from sctranslator.engine.writeback import (
 from sctranslator.errors import BackendError, InputDataError, OptionError, OutputConflictError, StoreError
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
-from sctranslator.options import Backend, GeneMapping, IdType, MissingChunks, Normalize, Precision, check_choices
+from sctranslator.options import (
+    Backend,
+    GeneMapping,
+    IdType,
+    MissingChunks,
+    Normalize,
+    Precision,
+    check_backend_options,
+    check_choices,
+)
 from sctranslator.outputs import claim_output, one_writer, write_identity
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 from sctranslator.token_layout import TokenLayout
@@ -228,6 +237,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     Raises:
         OptionError: a choice option (backend, normalize, id_type, precision, ...) outside its choices;
             `replace_key` without `key`, `key` without a write-back, a `key` with '/'.
+        BackendOptionError: an option the chosen backend does not use (backend_options such as url,
+            onnx_path, compile, a precision or device with triton); see options.check_backend_options.
         BackendError: embeddings without the torch backend; a backend that cannot start or fails.
         InputDataError: batch_size or block_cells < 1; no `.raw`, layer or modality as asked;
             `inplace` without an AnnData. KeyConflictError: a write-back target that exists (without
@@ -244,9 +255,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     check_device(device)
     requested_backend = backend
     backend, backend_reason = choose_backend(backend, device=device, onnx_path=onnx_path)
-    if onnx_path is not None and backend != "onnxruntime":
-        raise OptionError(f"--onnx applies to --backend onnxruntime, not {backend}; drop --onnx, or use "
-                          "--backend onnxruntime (or auto)")
+    check_backend_options(backend, requested=requested_backend, backend_options=backend_options,
+                          onnx_path=onnx_path, compile=compile, precision=precision, device=device)
     if backend == "onnxruntime" and precision == "bf16" and not device.startswith("cuda"):
         raise BackendError("onnxruntime's CPU execution provider has no bf16 kernels; use --precision fp32 or fp16 "
                            "with onnxruntime on CPU, --backend torch --precision bf16, or --device cuda")
@@ -258,9 +268,6 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     if embeddings and backend != "torch":
         raise BackendError("embeddings come from the encoder's outputs, which only the torch backend exposes; "
                            "use --backend torch with --embeddings")
-    if compile and backend != "torch":
-        raise BackendError(f"--compile applies to the torch backend, not {backend}; drop --compile or use "
-                           "--backend torch")
     if (batch_size is not None and batch_size < 1) or (block_cells is not None and block_cells < 1):
         raise InputDataError("batch_size and block_cells must be >= 1")
     _check_out(out)

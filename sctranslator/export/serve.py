@@ -16,7 +16,15 @@ from pathlib import Path
 from sctranslator.errors import ServerError
 from sctranslator.export.triton import export_triton
 from sctranslator.export.triton_config import DEFAULT_MODEL_NAME, ServingSettings
-from sctranslator.export.triton_server import TritonInstall, TritonServer, docker_command, find_tritonserver
+from sctranslator.export.triton_server import (
+    TritonInstall,
+    TritonServer,
+    check_ports_free,
+    clear_leftover,
+    docker_command,
+    find_tritonserver,
+    pid_file_for,
+)
 from sctranslator.model import TranslatorModel, load_model
 
 log = logging.getLogger(__name__)
@@ -66,12 +74,27 @@ def serve(request: ServeRequest, *, echo: Callable[[str], None] = print,
         for the pytriton build, else onnxruntime), host and ports, max_batch_size (cells), instances.
     echo: where progress lines and the docker command go.
 
+    The server runs in a process group of its own; on any exit of serve that it can observe (return,
+    exception, SIGINT, SIGTERM, SIGHUP) the server and every Python-backend stub are killed, and a
+    watchdog process does the same if serve is killed with SIGKILL. The server is recorded in
+    REPO/.sctranslator-serve.json; a later serve of the same repository refuses while that serve
+    lives, and otherwise kills what it left behind.
+
     Raises:
         CheckpointError: an unreadable model. ExportError / ExportValidationError: as export_triton.
-        ServerError: the server lacks the backend, fails to start, or is not ready in time.
+        PortInUseError: a port is held by another process (named, with its command line).
+        ServerError: the repository is served by another live serve; the server lacks the backend,
+            fails to start, or is not ready in time.
     """
     install = find_tritonserver()
     backend = choose_backend(request.backend, install)
+    ports = {"--http-port": request.http_port, "--grpc-port": request.grpc_port,
+             "--metrics-port": request.metrics_port}
+    if install is not None:  # before the (slow) export: a busy port or a live server fails at once
+        leftover = clear_leftover(pid_file_for(request.repo))
+        if leftover:
+            echo(leftover)
+        check_ports_free(request.host, ports)
     model = request.model if isinstance(request.model, TranslatorModel) else load_model(request.model)
     settings = ServingSettings(name=request.name, backend=backend, max_batch_size=request.max_batch_size,
                                instances=request.instances, kind="cpu" if backend == "python" else None,
@@ -89,9 +112,10 @@ def serve(request: ServeRequest, *, echo: Callable[[str], None] = print,
         raise ServerError(f"{install.binary} has no {backend} backend in {install.backend_dir}; pass --backend python "
                           f"or serve with Docker:\n  {docker_command(request.repo)}")
     server = TritonServer(request.repo, http_port=request.http_port, grpc_port=request.grpc_port,
-                          metrics_port=request.metrics_port, host=request.host, install=install)
-    server.start()
+                          metrics_port=request.metrics_port, host=request.host, install=install,
+                          pid_file=pid_file_for(request.repo))
     try:
+        server.start()
         server.wait_ready(request.ready_timeout_s)
     except BaseException:
         server.stop()
@@ -102,10 +126,10 @@ def serve(request: ServeRequest, *, echo: Callable[[str], None] = print,
          f"--url {server.grpc_url} --model-name {request.name} --protocol grpc")
     if not block:
         return server
-    # Service managers (Docker, Kubernetes, systemd) stop a service with SIGTERM: treat it like
-    # Ctrl-C, so the server and its Python-backend stubs go down with us.
+    # Service managers (Docker, Kubernetes, systemd) stop a service with SIGTERM, a closed terminal
+    # sends SIGHUP: treat them like Ctrl-C, so the server and its Python-backend stubs go down with us.
     main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
-    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
+    previous = {number: signal.signal(number, _interrupt) for number in STOP_SIGNALS} if main else {}
     try:
         assert server.process is not None
         code = server.process.wait()
@@ -114,9 +138,14 @@ def serve(request: ServeRequest, *, echo: Callable[[str], None] = print,
         echo("stopping tritonserver")
         return server
     finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
-        server.stop()
+        try:
+            server.stop()
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _interrupt(signum: int, frame: object) -> None:

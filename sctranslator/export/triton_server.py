@@ -10,6 +10,9 @@ Python version; running it outside pytriton needs the environment set up in `ser
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import json
 import os
 import shutil
 import signal
@@ -18,19 +21,26 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
-from sctranslator.errors import ServerError
+from sctranslator.errors import PortInUseError, ServerError
+from sctranslator.export import server_watchdog
+from sctranslator.export.server_watchdog import command_line, end_group, group_members, is_alive, start_time
 
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51, the pytriton 0.7 server's version
 ENV_BINARY = "SCTRANSLATOR_TRITONSERVER"
 INSTALL_DIR_NAME = "tritonserver"  # under the virtualenv: <venv>/tritonserver/pkg/pytriton/...
-STUB_NAME = "triton_python_backend_stub"
+STUB_NAME = server_watchdog.STUB_NAME
+PID_FILE_NAME = ".sctranslator-serve.json"  # in the model repository: the server serving it, and who started it
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,91 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class PortOwner:
+    """The process listening on a port (pid None: a socket whose process this user cannot see)."""
+
+    port: int
+    pid: int | None
+    command: str
+
+    def describe(self) -> str:
+        if self.pid is None:
+            return "a process this user cannot see (another user's, or another container's)"
+        return f"PID {self.pid} ({self.command or 'command line unreadable'})"
+
+
+def port_owner(port: int) -> PortOwner | None:
+    """Who listens on TCP `port` (any address), from /proc/net/tcp{,6} and /proc/*/fd; None: nobody."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            columns = row.split()  # sl local_address rem_address st ... inode
+            if len(columns) > 9 and columns[3] == "0A" and int(columns[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{columns[9]}]")
+    if not inodes:
+        return None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            descriptors = os.listdir(entry / "fd")
+        except OSError:
+            continue
+        for descriptor in descriptors:
+            with contextlib.suppress(OSError):
+                if os.readlink(entry / "fd" / descriptor) in inodes:
+                    pid = int(entry.name)
+                    return PortOwner(port, pid, " ".join(command_line(pid))[:300])
+    return PortOwner(port, None, "")
+
+
+def check_ports_free(host: str, ports: dict[str, int]) -> None:
+    """PortInUseError naming the process that holds any of `ports` (flag -> port) on `host`.
+
+    Checked before a server starts: otherwise an old server still answering on the port would
+    look like the new one being ready.
+    """
+    seen: dict[int, str] = {}
+    for flag, port in ports.items():
+        if port in seen:
+            raise PortInUseError(f"{seen[port]} and {flag} are both {port}; give each its own port")
+        seen[port] = flag
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is free
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise ServerError(f"cannot listen on {host}:{port} ({flag}): {exc.strerror}") from exc
+                owner = port_owner(port)
+                who = owner.describe() if owner is not None else "another process"
+                raise PortInUseError(f"port {port} on {host} ({flag}) is in use by {who}; stop it, or choose "
+                                     f"another {flag}") from None
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A preexec_fn that makes the child get SIGKILL when the thread that started it dies (Linux prctl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)  # looked up before the fork, not in the child
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+
+    def set_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: no signal will come
+            os._exit(1)
+
+    return set_death_signal
+
+
 def docker_command(repo: str | Path, *, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
                    image: str = TRITON_IMAGE) -> str:
     """The `docker run` line that serves `repo` with NVIDIA's Triton image on a GPU."""
@@ -144,7 +239,10 @@ class TritonServer:
     log_path: Path | None = None
     exit_timeout_s: int = 5
     extra_args: tuple[str, ...] = ()
+    pid_file: Path | None = None  # written on start, removed on stop (see clear_leftover)
+    watchdog: bool = True  # a watchdog process ends the server if this process dies (kill -9 included)
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _watchdog: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.repo = Path(self.repo)
@@ -181,21 +279,77 @@ class TritonServer:
             args.append(f"--backend-directory={self.install.backend_dir}")
         return args + list(self.extra_args)
 
+    def ports(self) -> dict[str, int]:
+        """The ports this server listens on, by the `serve` flag that sets each."""
+        ports = {"--http-port": self.http_port, "--grpc-port": self.grpc_port}
+        if self.metrics_port is not None:
+            ports["--metrics-port"] = self.metrics_port
+        return ports
+
     def start(self) -> None:
-        """Launch the process (returns at once; see wait_ready)."""
+        """Launch the process (returns at once; see wait_ready).
+
+        The server runs in a process group of its own with its stubs; it is killed if the thread
+        that started it dies (PR_SET_PDEATHSIG; only when started from the main thread, whose end is
+        the process's), and a watchdog process ends the whole group if this process dies.
+
+        Raises:
+            PortInUseError: a port is held by another process (named in the message).
+        """
         if self.running:
             return
         assert self.install is not None and self.log_path is not None
+        check_ports_free(self.host, self.ports())
         self.install.check_python_stub()
+        main = threading.current_thread() is threading.main_thread()
         with open(self.log_path, "ab") as log:
             # A session of its own, so stop() can end the stubs with the server (and ^C in a
             # terminal reaches the server only through us).
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                            env=server_env(self.install), start_new_session=True)
+                                            env=server_env(self.install), start_new_session=True,
+                                            preexec_fn=_die_with_parent(os.getpid()) if main else None)
+        try:
+            server_start = start_time(self.process.pid)
+            if self.watchdog and server_start is not None:
+                me = os.getpid()
+                self._watchdog = subprocess.Popen(
+                    [sys.executable, "-I", server_watchdog.__file__, str(me), str(start_time(me)),
+                     str(self.process.pid), str(self.pid_file or "")],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    start_new_session=True)  # outside our group: a signal to us must not end it first
+            if self.pid_file is not None:
+                self._write_pid_file(server_start)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _write_pid_file(self, server_start: int | None) -> None:
+        assert self.process is not None and self.pid_file is not None
+        me = os.getpid()
+        record = {"server_pid": self.process.pid, "server_start": server_start, "owner_pid": me,
+                  "owner_start": start_time(me), "owner_command": " ".join(command_line(me))[:300],
+                  "watchdog_pid": self._watchdog.pid if self._watchdog is not None else None,
+                  "host": self.host, "ports": self.ports(), "log": str(self.log_path),
+                  "started": datetime.now(UTC).isoformat(timespec="seconds")}
+        temporary = self.pid_file.with_name(self.pid_file.name + f".{me}.tmp")
+        temporary.write_text(json.dumps(record, indent=1) + "\n")
+        os.replace(temporary, self.pid_file)
 
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def check_own_ports(self) -> None:
+        """PortInUseError if another process (not this server's group) listens on our ports."""
+        assert self.process is not None
+        for flag, port in self.ports().items():
+            owner = port_owner(port)
+            if owner is None or owner.pid is None:
+                continue
+            fields = server_watchdog._stat_fields(owner.pid)
+            if fields is not None and int(fields[2]) != self.process.pid:
+                raise PortInUseError(f"port {port} on {self.host} ({flag}) is held by {owner.describe()}, not by "
+                                     f"the tritonserver just started; stop it, or choose another {flag}")
 
     def is_ready(self) -> bool:
         try:
@@ -218,26 +372,36 @@ class TritonServer:
                 raise ServerError(f"tritonserver exited (status {code}) before it was ready; its log "
                                   f"({self.log_path}) ends:\n{self.log_tail()}")
             if self.is_ready():
+                self.check_own_ports()  # the answer came from this server, not an old one on the port
                 return
             time.sleep(0.25)
         raise ServerError(f"tritonserver was not ready within {timeout_s:.0f} s; its log ({self.log_path}) "
                           f"ends:\n{self.log_tail()}")
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Terminate (graceful: in-flight requests finish), then kill after `timeout_s`."""
+        """Terminate (graceful: in-flight requests finish), then kill after `timeout_s`; end the stubs,
+        the watchdog and the pid file."""
         process = self.process
         if process is None:
             return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)  # our own session: server and its stubs
-                process.wait()
-        _end_orphaned_stubs(process.pid)
-        self.process = None
+        try:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)  # our own session: server and its stubs
+                    process.wait()
+        finally:  # also when interrupted while waiting: nothing of the server's group survives
+            _end_orphaned_stubs(process.pid)
+            if self._watchdog is not None:
+                self._watchdog.terminate()
+                self._watchdog.wait()
+                self._watchdog = None
+            if self.pid_file is not None:
+                server_watchdog.remove_pid_file(self.pid_file, process.pid)
+            self.process = None
 
     def __enter__(self) -> TritonServer:
         self.start()
@@ -253,20 +417,7 @@ class TritonServer:
         self.stop()
 
 
-def _group_members(pgid: int) -> list[int]:
-    """Live processes of process group `pgid` (Linux /proc; zombies excluded)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
+_group_members = group_members  # the name tests and benchmarks use
 
 
 def _end_orphaned_stubs(pgid: int) -> None:
@@ -275,17 +426,38 @@ def _end_orphaned_stubs(pgid: int) -> None:
     When the server exits quickly (--exit-timeout-secs=0, or killed), a stub can outlive it: it
     ignores SIGTERM and keeps its /dev/shm region. They are in the server's own process group.
     """
-    for pid in _group_members(pgid):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        regions = [arg.decode(errors="replace") for arg in argv if arg.startswith(b"triton_python_backend_shm_region")]
-        for region in regions:
-            with contextlib.suppress(OSError):
-                (Path("/dev/shm") / region).unlink()
-    deadline = time.monotonic() + 5  # SIGKILL is asynchronous: wait until they are gone
-    while _group_members(pgid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    end_group(pgid)
+
+
+def pid_file_for(repo: str | Path) -> Path:
+    """Where `serve` records the server that serves `repo` (absolute: the watchdog may remove it)."""
+    return Path(repo).resolve() / PID_FILE_NAME
+
+
+def clear_leftover(pid_file: Path) -> str | None:
+    """Deal with the server an earlier `serve` recorded in `pid_file`, before serving again.
+
+    Still served by a live `serve`: ServerError naming it. Left behind by one that died (kill -9
+    before its watchdog could act, or the watchdog killed too): its tritonserver and stubs are
+    killed and the file removed; returns a line saying so. Nothing recorded: None.
+    """
+    try:
+        record = json.loads(pid_file.read_text())
+        server, owner = int(record["server_pid"]), int(record["owner_pid"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        pid_file.unlink(missing_ok=True)  # unreadable: nothing in it can be acted on
+        return None
+    leader_alive = is_alive(server, record.get("server_start"))
+    members = [pid for pid in group_members(server) if server_watchdog.is_triton_process(pid)]
+    if (leader_alive or members) and is_alive(owner, record.get("owner_start")):
+        raise ServerError(f"{pid_file.parent} is already served by PID {owner} ({record.get('owner_command', '?')}; "
+                          f"tritonserver PID {server}, ports {record.get('ports')}); stop it (kill {owner}) or "
+                          "serve another --repo")
+    killed = end_group(server, only_triton=True) if (leader_alive or members) else []
+    pid_file.unlink(missing_ok=True)
+    if not killed:
+        return None
+    return (f"removed a tritonserver left by an earlier serve (PID {owner}, gone): killed PIDs "
+            f"{', '.join(map(str, killed))}")

@@ -13,7 +13,8 @@ fingerprint), raising ServerError on any mismatch.
 Options (BackendSpec.options): url (required), model_name ("sctranslator"), model_version (""),
 protocol ("grpc" or "http"), max_in_flight (4), max_batch (cells per request; default the
 server's max_batch_size), timeout_s (per request, 60), ready_timeout_s (60), retry_timeout_s
-(120), backoff_s (0.25), max_backoff_s (5), check_fingerprint (True).
+(120), backoff_s (0.25), max_backoff_s (5), check_fingerprint (True). Both timeouts hold on gRPC
+as on HTTP: every gRPC call carries a deadline, and readiness probes end by the ready deadline.
 """
 
 from __future__ import annotations
@@ -126,6 +127,13 @@ def _grpc_channel_args() -> list[tuple[str, Any]]:
             ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
+def _close_quietly(client: Any) -> None:
+    try:
+        client.close()
+    except Exception:  # noqa: BLE001 - the socket may already be broken; closing is best effort
+        log.debug("closing a Triton client failed", exc_info=True)
+
+
 def _describe(error: BaseException) -> str:
     from tritonclient.utils import InferenceServerException
 
@@ -166,15 +174,24 @@ class TritonBackend:
         return cls(options, model.config.max_genes, model.config.max_proteins, fingerprint)
 
     # -- clients ---------------------------------------------------------------------------------------
-    def _new_client(self) -> Any:
+    def _new_client(self, timeout_s: float | None = None) -> Any:
+        """A client; HTTP clients carry their timeout (`timeout_s`, default the per-request timeout_s)."""
         if self.options.protocol == "grpc":
             import tritonclient.grpc as grpc_module
 
             return grpc_module.InferenceServerClient(self.options.address, channel_args=_grpc_channel_args())
         import tritonclient.http as http_module
 
-        return http_module.InferenceServerClient(self.options.address, connection_timeout=self.options.timeout_s,
-                                                 network_timeout=self.options.timeout_s)
+        timeout_s = self.options.timeout_s if timeout_s is None else timeout_s
+        return http_module.InferenceServerClient(self.options.address, connection_timeout=timeout_s,
+                                                 network_timeout=timeout_s)
+
+    def _timeout(self) -> dict[str, float]:
+        """The per-call deadline keyword: gRPC calls take it per call (HTTP clients carry their own).
+
+        Without it a gRPC call to a server that accepts the connection and never answers waits forever.
+        """
+        return {"client_timeout": self.options.timeout_s} if self.options.protocol == "grpc" else {}
 
     def client(self) -> Any:
         """This thread's client (gRPC: one client shared by all threads)."""
@@ -195,10 +212,7 @@ class TritonBackend:
         """Forget this thread's HTTP client after a connection error; the next call opens a fresh one."""
         if self.options.protocol == "http" and getattr(self._local, "client", None) is not None:
             client, self._local.client = self._local.client, None
-            try:
-                client.close()
-            except Exception:  # noqa: BLE001 - the socket is already broken
-                log.debug("closing a broken HTTP client failed", exc_info=True)
+            _close_quietly(client)
 
     def _with_retries(self, what: str, call: Callable[[], T]) -> T:
         """Run `call`, retrying transient failures with exponential back-off until retry_timeout_s."""
@@ -231,17 +245,26 @@ class TritonBackend:
         deadline = time.monotonic() + options.ready_timeout_s
         last = "no answer"
         while True:
+            # Every probe ends by the deadline, also against a server that accepts and never answers.
+            remaining = max(0.1, min(options.timeout_s, deadline - time.monotonic()))
+            probe = None
             try:
-                client = self.client()
-                if not client.is_server_ready():
+                if options.protocol == "grpc":
+                    client, timeout = self.client(), {"client_timeout": remaining}
+                else:  # a short-lived client with the remaining time as its timeout
+                    client = probe = self._new_client(remaining)
+                    timeout = {}
+                if not client.is_server_ready(**timeout):
                     last = "server not ready"
-                elif not client.is_model_ready(options.model_name, options.model_version):
+                elif not client.is_model_ready(options.model_name, options.model_version, **timeout):
                     last = f"model {options.model_name!r} not ready (is it in the server's repository?)"
                 else:
                     return
             except Exception as exc:  # connection refused and friends while the server starts
                 last = _describe(exc)
-                self._drop_client()
+            finally:
+                if probe is not None:
+                    _close_quietly(probe)
             if time.monotonic() >= deadline:
                 raise ServerError(f"Triton server {options.address} ({options.protocol}) not ready after "
                                   f"{options.ready_timeout_s:.0f} s: {last}. Start it (sctranslator serve MODEL) "
@@ -251,8 +274,8 @@ class TritonBackend:
     def _metadata_and_config(self) -> tuple[dict[str, Any], dict[str, Any]]:
         client, name, version = self.client(), self.options.model_name, self.options.model_version
         if self.options.protocol == "grpc":
-            metadata = client.get_model_metadata(name, version, as_json=True)
-            config = client.get_model_config(name, version, as_json=True).get("config", {})
+            metadata = client.get_model_metadata(name, version, as_json=True, **self._timeout())
+            config = client.get_model_config(name, version, as_json=True, **self._timeout()).get("config", {})
         else:
             metadata = client.get_model_metadata(name, version)
             config = client.get_model_config(name, version)
@@ -343,7 +366,7 @@ class TritonBackend:
         if options.protocol == "grpc":
             outputs = [module.InferRequestedOutput(OUTPUT_NAME)]
             result = client.infer(options.model_name, request, options.model_version, outputs=outputs,
-                                  client_timeout=options.timeout_s)
+                                  **self._timeout())
         else:
             outputs = [module.InferRequestedOutput(OUTPUT_NAME, binary_data=True)]
             result = client.infer(options.model_name, request, options.model_version, outputs=outputs)
