@@ -285,6 +285,10 @@ def lock_output(path: str | Path) -> None:
     Raises OutputLockedError (another live job writes it) or OutputWriteError (the lock file cannot
     be created: read-only file system, no permission, full disk).
     """
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        # A torch.distributed process other than rank 0 is part of rank 0's job, which holds the
+        # lock; only rank 0 writes the outputs.
+        return
     scope = _SCOPE.get() or _AMBIENT
     output = Path(os.path.abspath(Path(path).expanduser()))
     with _HELD_GUARD:

@@ -256,7 +256,7 @@ def test_lost_scheduler_then_the_same_command_resumes(cluster: Cluster, rna_path
     _wait_committed(store, 3, job)
     cluster.scheduler.send_signal(signal.SIGKILL)
     output = job.communicate(timeout=120)
-    assert job.returncode == 2
+    assert job.returncode == 2, output[1][-3000:]
     assert "lost the dask scheduler" in _one_line_error(output, "ClusterError")
     cluster.stop()
     before = _committed(store)
@@ -281,7 +281,7 @@ def test_a_worker_dying_on_a_block_is_a_named_error_then_the_same_command_resume
     _wait_committed(store, 2, job)
     worker.send_signal(signal.SIGKILL)
     output = job.communicate(timeout=120)
-    assert job.returncode == 2
+    assert job.returncode == 2, output[1][-3000:]
     assert "kept dying" in _one_line_error(output, "ClusterError")
     before = _committed(store)
     times = _chunk_times(store, before)

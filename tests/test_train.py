@@ -176,7 +176,7 @@ def test_bad_inputs_raise_named_errors(pair, tmp_path):
     with pytest.raises(InputDataError, match="share no cell names"):
         finetune(pair["rna"], other, init=TINY_A, out=tmp_path / "a", steps=1)
     odd = pair["protein"].copy()
-    odd.var_names = ["CD3", "not-a-protein-xyz", *odd.var_names[2:]]
+    odd.var_names = [odd.var_names[0], "not-a-protein-xyz", *odd.var_names[2:]]
     with pytest.raises(UnknownProteinError, match="not-a-protein-xyz"):
         finetune(pair["rna"], odd, init=TINY_A, out=tmp_path / "b", steps=1)
     with pytest.raises(InputDataError, match="no column 'nope'"):

@@ -347,7 +347,7 @@ def _run_distributed(job: BlockJob, pending: list[int], cluster: Any, bar: tqdm
                                            "start workers and run the same command again to resume")
                 continue
             for future in running.next_batch(block=False):
-                cells, n_empty, computed, worker, used = _result(future, where)
+                cells, n_empty, computed, worker, used = _result(future, where, client)
                 future.release()  # recorded: the scheduler may forget it
                 del future
                 outcomes.append((cells, n_empty, computed))
@@ -372,19 +372,40 @@ def _lost(where: Any, exc: BaseException) -> ClusterError:
                         "restart the scheduler and workers, then run the same command again to resume")
 
 
-def _result(future: Any, where: Any) -> tuple[int, int, bool, str, int]:
+def _result(future: Any, where: Any, client: Any) -> tuple[int, int, bool, str, int]:
     """A finished block's result. Its task's own errors (bad cells, a full disk) pass through as
-    raised on the worker; a block whose workers kept dying, or a future cancelled because the
-    scheduler went away, becomes a ClusterError."""
+    raised on the worker; a block whose workers kept dying, or a future cancelled or cut off because
+    the scheduler went away, becomes a ClusterError."""
+    from distributed.comm.core import CommClosedError
     from distributed.scheduler import KilledWorker
 
-    if future.status == "cancelled":
-        raise _lost(where, CancelledError())
     try:
+        if future.status == "cancelled":
+            raise CancelledError(future.key)
         return future.result()
     except KilledWorker:
-        raise ClusterError(f"workers of the dask cluster at {where} kept dying while running {future.key} (out of "
-                           "memory, or killed); committed blocks are kept: give workers more memory (or lower "
-                           "--block-cells) and run the same command again to resume") from None
-    except CancelledError as exc:
+        raise _kept_dying(where, future.key) from None
+    except CommClosedError as exc:
         raise _lost(where, exc) from None
+    except CancelledError as exc:
+        # Cancelled with the scheduler still answering: the job's shared data (scattered to the
+        # workers) died with them, which Dask reports as a cancellation of the blocks needing it.
+        if _scheduler_answers(client):
+            raise _kept_dying(where, future.key) from None
+        raise _lost(where, exc) from None
+
+
+def _kept_dying(where: Any, key: Any) -> ClusterError:
+    return ClusterError(f"workers of the dask cluster at {where} kept dying while running {key} (out of memory, "
+                        "or killed); committed blocks are kept: give workers more memory (or lower "
+                        "--block-cells) and run the same command again to resume")
+
+
+def _scheduler_answers(client: Any) -> bool:
+    try:
+        if client.status not in ("running", "connecting"):
+            return False
+        client.nthreads()
+        return True
+    except (OSError, TimeoutError, CancelledError):
+        return False
