@@ -355,12 +355,14 @@ class TritonOptions(OptionGroup):
     """
 
     url: str | None = option(None, "Triton server HOST:PORT (needed for --backend triton)", none_means="none")
-    model_name: str | None = option(None, "model name on the Triton server", none_means="sctranslator")
-    protocol: TritonProtocol | None = option(None, "Triton protocol", none_means="grpc")
+    model_name: str | None = option(None, "model name on the Triton server",
+                                     none_means="sctranslator with --backend triton")
+    protocol: TritonProtocol | None = option(None, "Triton protocol", none_means="grpc with --backend triton")
     timeout_s: float | None = option(None, "seconds one request to the server may take before it is retried",
-                                     flag="--timeout", metavar="SECONDS", none_means="60")
+                                     flag="--timeout", metavar="SECONDS", none_means="60 s with --backend triton")
     ready_timeout_s: float | None = option(None, "seconds to wait for the server and model to report ready",
-                                           flag="--ready-timeout", metavar="SECONDS", none_means="60")
+                                           flag="--ready-timeout", metavar="SECONDS",
+                                           none_means="60 s with --backend triton")
 
     def given(self) -> dict[str, Any]:
         """The options the user set (the backend_options to pass on)."""
