@@ -260,6 +260,9 @@ def panel_alignment(tokens: np.ndarray, panel_tokens: np.ndarray,
     return column_slot, position_real, gene_ids
 
 
+CONTROL_REASON = "an isotype control / blank, not a protein"
+
+
 def _protein_request(proteins: Sequence[str]) -> tuple[list[str], np.ndarray, list[str | None]]:
     names = [str(p) for p in proteins]
     if not names:
@@ -268,7 +271,8 @@ def _protein_request(proteins: Sequence[str]) -> tuple[list[str], np.ndarray, li
     mapping = map_proteins(names)
     problems = [(n, s) for n, s in zip(names, mapping.status, strict=True) if s in ("control", "unmapped")]
     if problems:
-        details = ", ".join(f"{n!r} ({'an isotype control / blank, not a protein' if s == 'control' else 'no gene'})"
+        reasons = mapping.report.unmapped_reasons
+        details = ", ".join(f"{n!r} ({CONTROL_REASON if s == 'control' else reasons.get(n) or 'no gene'})"
                             for n, s in problems)
         raise UnknownProteinError(
             f"{len(problems)} requested protein(s) cannot be predicted: {details}. Remove them, or name the gene "

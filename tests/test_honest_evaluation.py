@@ -209,3 +209,40 @@ def test_the_demo_model_knows_its_training_cells(tmp_path):
         translate(cells, "demo", out=tmp_path / "demo.zarr", workers=1)
         seen = evaluate(tmp_path / "demo.zarr", root / "protein.h5ad", plots=False)["training_cells"]
     assert seen["checked"] and seen["unseen"] == 40 and seen["in_training"] == seen["in_validation"] == 0
+
+
+def test_a_bundle_finetuned_from_the_demo_knows_the_demo_training_cells(tmp_path):
+    from sctranslator import translate
+    from sctranslator.demo import demo_root
+    from sctranslator.model.cells import read_cells
+    from sctranslator.train import finetune
+
+    # Fine-tuned on the packaged demo cells (held out from the demo's training) ...
+    with demo_root() as root:
+        rna = ad.read_h5ad(root / "rna.h5ad")[:120].copy()
+        protein = ad.read_h5ad(root / "protein.h5ad")[:120].copy()
+    rna.write_h5ad(tmp_path / "rna.h5ad")
+    protein.write_h5ad(tmp_path / "protein.h5ad")
+    finetune(tmp_path / "rna.h5ad", tmp_path / "protein.h5ad", init="demo", out=tmp_path / "child", steps=1,
+             batch_size=8, val_count=20, quiet=True, workers=1)
+    splits = read_cells(tmp_path / "child")
+    assert {"train", "val", "ancestor_train", "ancestor_val"} <= set(splits)
+    config = json.loads((tmp_path / "child" / "config.json").read_text())
+    assert config["cells"]["ancestors"]["train"]["cells"] == splits["ancestor_train"].size > 0
+    # ... its predictions for cells the demo model was trained on are not a held-out score.
+    pbmc = ad.read_h5ad(data_file(PBMC / "rna.h5ad"))[:60].copy()
+    truth = ad.read_h5ad(PBMC / "protein.h5ad")
+    translate(pbmc.copy(), "demo", out=tmp_path / "demo.zarr", workers=1)
+    parent = evaluate(tmp_path / "demo.zarr", truth, plots=False)["training_cells"]
+    translate(pbmc, tmp_path / "child", out=tmp_path / "child.zarr", workers=1)
+    seen = evaluate(tmp_path / "child.zarr", truth, plots=False)["training_cells"]
+    assert seen["checked"] and parent["in_training"] > 0
+    # (barcodes repeat across 10x runs: some of the child's own training cells may share these names)
+    assert seen["in_training"] >= parent["in_training"]
+    assert seen["in_training"] + seen["in_validation"] >= parent["in_training"] + parent["in_validation"]
+    assert seen["label"].startswith("NOT A HELD-OUT SCORE")
+    # A grandchild inherits the whole lineage.
+    finetune(tmp_path / "rna.h5ad", tmp_path / "protein.h5ad", init=tmp_path / "child", out=tmp_path / "grand",
+             steps=1, batch_size=8, val_count=20, quiet=True, workers=1)
+    grand = read_cells(tmp_path / "grand")
+    assert set(splits["ancestor_train"]) | set(splits["train"]) == set(grand["ancestor_train"])

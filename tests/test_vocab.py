@@ -561,3 +561,37 @@ def test_vocab_reads_every_input_kind(tmp_path, capsys):
     assert "inputs                              134" in capsys.readouterr().out
     assert main(["vocab", str(tmp_path / "cite.h5mu"), "--modality", "nope"]) == 2
     assert "no modality 'nope'" in capsys.readouterr().err
+
+
+CONSTANT_REGIONS = {"TRAC", "TRBC1", "TRBC2", "TRDC", "TRGC1", "TRGC2"}
+UNKNOWN_V_REGIONS = ["TCR_Vδ3", "TCR_Vγ", "TCR_Vd3", "TCR_Vd", "TCR_Vg", "TCR_Va24", "TCR_Vb2", "TCR_Vb13.1",
+                     "TCR_Vbeta", "TCR_Vβ_11", "TCR Vβ13.1", "TCR-Vb13.1", "TCRVb13.1", "TRB_Vbeta2"]
+
+
+@pytest.mark.parametrize("name", UNKNOWN_V_REGIONS)
+@pytest.mark.parametrize("separator", ["_", " ", "-"])
+def test_unknown_tcr_v_regions_are_unmapped_never_a_constant_region(name, separator):
+    spelled = name.replace("_", separator).replace(" ", separator).replace("-", separator)
+    mapping = map_proteins([spelled])
+    assert mapping.status == ["unmapped"] and mapping.genes == [None] and mapping.token_ids.tolist() == [0]
+    assert "V-" in mapping.report.unmapped_reasons[spelled] and "region" in mapping.report.unmapped_reasons[spelled]
+    with pytest.raises(UnknownProteinError, match="map to no model token"):
+        map_proteins([spelled, "CD4"], strict=True)
+
+
+@pytest.mark.parametrize(("name", "gene"), [
+    ("TCR_Vd2", "TRDV2"), ("TCR Vd2", "TRDV2"), ("TCR-Vd2", "TRDV2"), ("TCR_Vδ2", "TRDV2"), ("TCR_Vg9", "TRGV9"),
+    ("TCR Vγ9", "TRGV9"), ("TCR_Va7.2", "TRAV1-2"), ("TCR Vα7.2", "TRAV1-2"), ("TCR_Vd1", "TRDV1"),
+    ("ADT_TCR_Vd2_TotalSeqB", "TRDV2"), ("TCR_gd", "TRDC"), ("TCR_γδ", "TRDC"), ("TCR gd", "TRDC"),
+    ("TCR", "TRAC"), ("TRBV13", "TRBV13"),
+])
+def test_known_tcr_names_keep_their_gene(name, gene):
+    mapping = map_proteins([name])
+    assert mapping.genes == [gene] and mapping.token_ids[0] > 0
+
+
+def test_the_review_panel_is_refused_rather_than_predicted_as_trac():
+    mapping = map_proteins(["TCR_Vδ3", "TCR_Vγ", "CD4"])
+    assert mapping.status[:2] == ["unmapped", "unmapped"] and not CONSTANT_REGIONS & set(mapping.genes)
+    with pytest.raises(UnknownProteinError, match="TCR_Vδ3, TCR_Vγ"):
+        map_proteins(["TCR_Vδ3", "TCR_Vγ", "CD4"], strict=True)

@@ -293,8 +293,10 @@ def training_overlap(names: Any, model: str | Path | None, record: dict[str, Any
         result["note"] = ("not checked: this model records no training cells (published checkpoints and bundles "
                           "made before sctranslator recorded them)")
         return result
-    trained = seen_in(names, splits.get("train", np.zeros(0, dtype=np.uint64)))
-    held = seen_in(names, splits.get("val", np.zeros(0, dtype=np.uint64))) & ~trained
+    # Cells that trained or validated a model it was fine-tuned from (`ancestor_*`) count as this one's.
+    empty = np.zeros(0, dtype=np.uint64)
+    trained = seen_in(names, splits.get("train", empty)) | seen_in(names, splits.get("ancestor_train", empty))
+    held = (seen_in(names, splits.get("val", empty)) | seen_in(names, splits.get("ancestor_val", empty))) & ~trained
     result.update(checked=True, scored=int(len(trained)), in_training=int(trained.sum()),
                   in_validation=int(held.sum()), unseen=int(len(trained) - trained.sum() - held.sum()))
     if result["in_training"]:

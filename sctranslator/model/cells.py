@@ -6,6 +6,10 @@ and a digest of each sorted name list). `evaluate` hashes the cells it scores th
 can say how many of them the model saw in training without the bundle storing the names
 themselves. Hashes are pandas' fixed-key SipHash of the name as text (vectorised, stable across
 runs and machines); a collision between two different names is negligible at 64 bits.
+
+A bundle fine-tuned from another (`finetune --init BUNDLE`, `--init demo`) also keeps its ancestors'
+cells: `ancestor_train` and `ancestor_val` are the unions of the init bundle's own splits and of
+what it inherited in turn, so a cell that trained any model in the lineage counts as training.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from sctranslator.errors import CheckpointError
 
 CELLS_FILE = "cells.npz"
 SPLITS = ("train", "val")
+ANCESTOR = "ancestor_"  # prefix of the inherited splits in cells.npz
 
 
 def name_hashes(names: Sequence[str] | pd.Index | np.ndarray) -> np.ndarray:
@@ -39,9 +44,15 @@ def split_summary(names: Sequence[str] | pd.Index | np.ndarray) -> dict[str, Any
     return {"cells": int(len(ordered)), "sha256": digest}
 
 
-def write_cells(directory: str | Path, splits: dict[str, Sequence[str] | pd.Index]) -> dict[str, Any]:
-    """Write `cells.npz` (sorted name hashes per split) into a bundle; return config.json's summary."""
+def write_cells(directory: str | Path, splits: dict[str, Sequence[str] | pd.Index],
+                ancestors: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Write `cells.npz` (sorted name hashes per split) into a bundle; return config.json's summary.
+
+    ancestors: the inherited hashes `ancestor_cells` gives for the init bundle (kept as they are).
+    """
     arrays = {split: np.unique(name_hashes(names)) for split, names in splits.items()}
+    inherited = {name: np.unique(hashes.astype(np.uint64)) for name, hashes in (ancestors or {}).items()}
+    arrays |= inherited
 
     def write(tmp: Path) -> None:
         buffer = io.BytesIO()
@@ -49,8 +60,25 @@ def write_cells(directory: str | Path, splits: dict[str, Sequence[str] | pd.Inde
         tmp.write_bytes(buffer.getvalue())
 
     atomic_write_path(Path(directory) / CELLS_FILE, write)
-    return {split: split_summary(names) for split, names in splits.items()} | {"file": CELLS_FILE,
-                                                                               "hash": "pandas-siphash64"}
+    summary = {split: split_summary(names) for split, names in splits.items()} | {"file": CELLS_FILE,
+                                                                                  "hash": "pandas-siphash64"}
+    if inherited:
+        summary["ancestors"] = {name.removeprefix(ANCESTOR): {"cells": int(hashes.size)}
+                                for name, hashes in inherited.items()}
+    return summary
+
+
+def ancestor_cells(source: str | Path | None) -> dict[str, np.ndarray] | None:
+    """What a bundle fine-tuned from the bundle at `source` inherits: {'ancestor_train', 'ancestor_val'},
+    each the union of that bundle's own split and of its own ancestors'; None when it records none."""
+    if source is None or not Path(source).is_dir():
+        return None
+    splits = read_cells(source)
+    if splits is None:
+        return None
+    empty = np.zeros(0, dtype=np.uint64)
+    return {ANCESTOR + split: np.union1d(splits.get(split, empty), splits.get(ANCESTOR + split, empty))
+            .astype(np.uint64) for split in SPLITS}
 
 
 def read_cells(directory: str | Path) -> dict[str, np.ndarray] | None:

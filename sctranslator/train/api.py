@@ -20,7 +20,7 @@ import torch
 from sctranslator._atomic import install_dir, remove_path, staging_dir
 from sctranslator.errors import InputDataError, OutputConflictError
 from sctranslator.model import ModelConfig, TranslatorModel, load_model, save_model
-from sctranslator.model.cells import write_cells
+from sctranslator.model.cells import ancestor_cells, write_cells
 from sctranslator.model.identity import model_fingerprint
 from sctranslator.options import DEFAULT_TARGET_SUM, Preset, TrainDataOptions
 from sctranslator.outputs import claim_output, one_writer, write_identity
@@ -228,6 +228,8 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
 
         model, genes, start = _starting_model(init, config, dict(config_overrides or {}), tokens_of,
                                               len(proteins["names"]), train_options.seed, data_options.gene_mapping)
+        # A cell that trained the init bundle (or its own init) trained this model too: keep its record.
+        ancestors = ancestor_cells(getattr(model, "source", None)) if init is not None else None
         if feature_redraw_interval != KEEP:
             model.config = dataclasses.replace(model.config, feature_redraw_interval=feature_redraw_interval)
         data_options, inherited = inherit_preprocessing(data_options, model if init is not None else None)
@@ -257,7 +259,8 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
                               outcome=outcome, world=processes.world, inherited=inherited)
             _save_bundle(model, out, card, {"train": paired.obs.index[split.train],
                                             "val": paired.obs.index[split.val]},
-                         {"preprocessing_from": {k: inherited.get(k, "asked") for k in PREPROCESSING_DEFAULTS}})
+                         {"preprocessing_from": {k: inherited.get(k, "asked") for k in PREPROCESSING_DEFAULTS}},
+                         ancestors)
         _attach_validation(model, paired, split, arrays.targets, outcome)
         model.training_outcome = outcome
         distributed.barrier(processes)
@@ -284,14 +287,15 @@ def _prepare_work_dir(work: Path, *, replace: bool) -> None:
 
 
 def _save_bundle(model: TranslatorModel, out: Path, card: str, cells: dict[str, pd.Index],
-                 extra: dict[str, Any]) -> None:
+                 extra: dict[str, Any], ancestors: dict[str, np.ndarray] | None = None) -> None:
     """Write the bundle aside, mark it as a finetune output, and rename it into place whole.
 
     `cells` (obs names of the training and held-out cells) are kept as hashes with a summary in
-    config.json, so that `evaluate` can tell scores on training cells from held-out ones.
+    config.json, so that `evaluate` can tell scores on training cells from held-out ones; `ancestors`
+    (the init bundle's cells, its own ancestors' included) are kept with them.
     """
     with staging_dir(out) as staging:
-        summary = write_cells(staging, cells)
+        summary = write_cells(staging, cells, ancestors)
         save_model(model, staging, card=card, extra={**extra, "cells": summary})
         write_identity(staging, OUTPUT_KIND)
         install_dir(staging, out)

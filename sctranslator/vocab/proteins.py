@@ -6,7 +6,9 @@ Resolution of one name, first hit wins:
 3. the name, then the two halves of "Alias (Other name)", then the part before a "_clone" tag, then
    the name without a replicate number ("CD4-1") are looked up, each in
    the curated table (`data/curated_proteins.tsv`) > HGNC CD designations > current symbols >
-   previous symbols > aliases (HGNC 2024 before 2026 at each level);
+   previous symbols > aliases (HGNC 2024 before 2026 at each level); a T-cell receptor V-region
+   antibody ("TCR_Vd2", "TCR Vβ13.1") is looked up under its whole name only, and maps to a V gene
+   of its chain or to nothing (never to a constant region such as TRAC);
 4. the gene's token is the one `map_genes([symbol])` gives, so RNA and protein sides agree.
 """
 
@@ -117,6 +119,9 @@ def resolve_protein_name(name: str) -> ProteinMatch:
     looks_like_control = is_control_key(name_key(name)) or any(is_control_key(name_key(text)) for text in groups[0])
     if looks_like_control and not _is_current_symbol_without_control_word(name, groups[0]):
         return ProteinMatch(status=CONTROL, note="isotype control, blank or hashtag: not a protein")
+    chain = _v_region_chain(name, groups[0])
+    if chain is not None:
+        return _resolve_v_region(name, chain, groups[0])
     for group in groups:
         hits = [hit for hit in map(_lookup, group) if hit is not None]
         if hits:
@@ -140,6 +145,39 @@ def _resolve_unicode(name: str) -> ProteinMatch:
     note = f"read as {spelling!r}" + (f"; {match.note}" if match.note else "")
     return ProteinMatch(status=match.status, gene=match.gene, token=match.token, source=match.source,
                         alternatives=match.alternatives, note=note, matched=match.matched)
+
+
+# "TCR_Vd2", "TCR Vβ13.1", "TRB-Vbeta", "TCRVa24-Ja18": an antibody for one T-cell receptor V region.
+_V_REGION = re.compile(r"^(?:TCR|TR[ABDG]?)[\s_\-.]*V[\s_\-.]*(ALPHA|BETA|GAMMA|DELTA|[ABDG])(?![A-Z])",
+                       re.IGNORECASE)
+_CHAINS = {"ALPHA": "A", "BETA": "B", "GAMMA": "G", "DELTA": "D"}
+
+
+def _v_region_chain(name: str, spellings: list[str]) -> str | None:
+    """The chain letter (A, B, G, D) when the name designates a T-cell receptor V region, else None."""
+    for text in (name, *spellings):
+        found = _V_REGION.match(text.strip())
+        if found:
+            letter = found.group(1).upper()
+            return _CHAINS.get(letter, letter)
+    return None
+
+
+def _resolve_v_region(name: str, chain: str, spellings: list[str]) -> ProteinMatch:
+    """A V-region antibody maps to the V gene the tables know under its exact name, or to nothing.
+
+    Never by a part of the name ("TCR" is the alpha/beta constant regions), without its subfamily
+    number ("Vb13.1" is not "Vb13"), to a constant region or to a V gene of another chain.
+    """
+    hits = [hit for hit in map(_lookup, spellings) if hit is not None and
+            str(hit.gene).upper().startswith(f"TR{chain}V") and
+            all(str(gene).upper().startswith((f"TR{chain}V", f"TR{chain}J")) for gene in hit.alternatives)]
+    if hits:
+        return _with_token(_best_of(hits))
+    word = next(word for word, letter in _CHAINS.items() if letter == chain).lower()
+    return ProteinMatch(status=UNMAPPED, note=f"a T-cell receptor V-{word} region antibody that no table knows under "
+                                              "this name; not guessed from the constant region or another V gene: "
+                                              f"rename it to the V gene's symbol (TR{chain}V...)")
 
 
 # Words that make a name a control even when the rest of it is a gene symbol ("LMO4" is a LIM-domain
