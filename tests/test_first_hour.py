@@ -264,3 +264,25 @@ def test_a_protein_requested_twice_from_a_panel_model_is_refused_up_front(
     assert code == 2 and err.startswith("error: UnknownProteinError: ") and "more than once" in err, err
     assert repeated in err
     assert not out.exists()
+
+
+# --- papercuts ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("address", ["notaurl", "tcp://host", "http://host:8786", "host:port"])
+def test_bad_scheduler_address_is_an_option_error_before_any_work(tmp_path: Path, capsys, address: str) -> None:
+    out = tmp_path / "out.zarr"
+    code = main(["translate", str(data_file(PBMC / "rna.h5ad")), "--model", "demo", "--out", str(out),
+                 "--scheduler", address])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "OptionError" in err and "--scheduler" in err and "tcp://host:8786" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("address", ["tcp://10.0.0.1:8786", "host:8786", "tls://host:8786", "ucx://host:1",
+                                     "inproc://10.0.0.1/1/2", "tcp://[::1]:8786"])
+def test_dask_scheduler_addresses_are_accepted(address: str) -> None:
+    from sctranslator.engine.pipeline import check_scheduler_address
+
+    check_scheduler_address(address)
