@@ -286,3 +286,22 @@ def test_dask_scheduler_addresses_are_accepted(address: str) -> None:
     from sctranslator.engine.pipeline import check_scheduler_address
 
     check_scheduler_address(address)
+
+
+def test_nullable_string_columns_are_written_back_with_missing_values_kept(rna: ad.AnnData, tmp_path: Path) -> None:
+    import mudata
+    import pandas as pd
+
+    adata = rna.copy()
+    adata.obs["donor"] = pd.array(["a", None, "b"] * (adata.n_obs // 3), dtype="string")
+    adata.var["note"] = pd.array([None, "x"] * (adata.n_vars // 2), dtype="string")
+    sctranslator.translate(adata, "demo", out=tmp_path / "out.zarr", write_h5ad=tmp_path / "w.h5ad",
+                           write_mudata=tmp_path / "w.h5mu", quiet=True)
+    back = ad.read_h5ad(tmp_path / "w.h5ad")
+    assert back.obs["donor"].iloc[0] == "a" and back.obs["donor"].iloc[2] == "b"
+    assert pd.isna(back.obs["donor"].iloc[1]) and pd.isna(back.var["note"].iloc[0])
+    assert back.var["note"].iloc[1] == "x"
+    with mudata.set_options(pull_on_update=False):
+        mod = mudata.read_h5mu(tmp_path / "w.h5mu")["rna"]
+    assert pd.isna(mod.obs["donor"].iloc[1]) and mod.obs["donor"].iloc[0] == "a"
+    assert adata.obs["donor"].dtype == "string"  # the caller's object is untouched
