@@ -305,3 +305,34 @@ def test_nullable_string_columns_are_written_back_with_missing_values_kept(rna: 
         mod = mudata.read_h5mu(tmp_path / "w.h5mu")["rna"]
     assert pd.isna(mod.obs["donor"].iloc[1]) and mod.obs["donor"].iloc[0] == "a"
     assert adata.obs["donor"].dtype == "string"  # the caller's object is untouched
+
+
+@pytest.mark.parametrize("name", ["ADT", "Antibody Capture", "Protein"])
+def test_finetune_finds_the_protein_modality_by_any_usual_name(tmp_path: Path, name: str) -> None:
+    import mudata
+
+    from sctranslator.train import load_paired
+
+    rna = ad.read_h5ad(data_file(PBMC / "rna.h5ad"))[:40].copy()
+    protein = ad.read_h5ad(data_file(PBMC / "protein.h5ad"))[:40].copy()
+    with mudata.set_options(pull_on_update=False):
+        mdata = mudata.MuData({"rna": rna, name: protein})
+        mdata.write(tmp_path / "pair.h5mu")
+    for source in (mdata, tmp_path / "pair.h5mu"):
+        assert load_paired(source).protein_names == list(protein.var_names)
+
+
+def test_finetune_protein_key_names_the_modality(tmp_path: Path) -> None:
+    import mudata
+
+    from sctranslator.errors import InputDataError
+    from sctranslator.train import load_paired
+
+    rna = ad.read_h5ad(data_file(PBMC / "rna.h5ad"))[:40].copy()
+    protein = ad.read_h5ad(data_file(PBMC / "protein.h5ad"))[:40].copy()
+    with mudata.set_options(pull_on_update=False):
+        mdata = mudata.MuData({"rna": rna, "surface": protein, "adt": protein[:, :3].copy()})
+        both = mudata.MuData({"rna": rna, "prot": protein, "adt": protein[:, :3].copy()})
+    assert load_paired(mdata, protein_key="surface").protein_names == list(protein.var_names)
+    with pytest.raises(InputDataError, match="--protein-key"):
+        load_paired(both)

@@ -21,6 +21,7 @@ import numpy as np
 
 from sctranslator._atomic import install_dir, staging_dir
 from sctranslator.errors import InputDataError, StoreError
+from sctranslator.modalities import pick_protein_modality
 from sctranslator.options import TARGET_SCALINGS, TargetScaling, check_choices  # noqa: F401  (re-exported)
 from sctranslator.outputs import claim_output, one_writer, write_identity
 
@@ -37,7 +38,6 @@ OUTPUT_KIND = "evaluate"
 
 
 # Modality names under which CITE-seq MuData files keep the measured proteins (lower case).
-_PROTEIN_MODALITIES = ("prot", "protein", "proteins", "adt", "cite", "antibody", "antibodies")
 
 
 def read_table(source: str | Path | ad.AnnData, what: str, modality: str | None = None) -> ad.AnnData:
@@ -68,22 +68,6 @@ def read_table(source: str | Path | ad.AnnData, what: str, modality: str | None 
     except Exception as error:  # anndata/zarr/h5py raise many types for a malformed store
         raise StoreError(f"cannot read {what} {path} as AnnData: {type(error).__name__}: {error}") from error
     return read_table(table, f"{what} {path}", modality)
-
-
-def pick_protein_modality(names: Any, requested: str | None, what: str,
-                          option: str = "--truth-modality (truth_modality=)") -> str:
-    """The MuData modality holding proteins: `requested`, else the one named like proteins (prot,
-    protein, adt, cite, antibody...); InputDataError listing the modalities otherwise."""
-    names = [str(name) for name in names]
-    if requested is not None:
-        if requested not in names:
-            raise InputDataError(f"{what} has no modality {requested!r}; its modalities are {names}")
-        return requested
-    candidates = [name for name in names if name.strip().lower() in _PROTEIN_MODALITIES]
-    if len(candidates) != 1:
-        raise InputDataError(f"{what} is a MuData with modalities {names}; say which one holds the proteins with "
-                             f"{option}")
-    return candidates[0]
 
 
 def _protein_modality(data: Any, what: str, modality: str | None) -> ad.AnnData:
