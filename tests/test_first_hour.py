@@ -336,3 +336,18 @@ def test_finetune_protein_key_names_the_modality(tmp_path: Path) -> None:
     assert load_paired(mdata, protein_key="surface").protein_names == list(protein.var_names)
     with pytest.raises(InputDataError, match="--protein-key"):
         load_paired(both)
+
+
+def test_evaluate_reads_a_mudata_zarr_truth(tmp_path: Path) -> None:
+    import mudata
+
+    from sctranslator.analysis.evaluate import read_table
+
+    rna = ad.read_h5ad(data_file(PBMC / "rna.h5ad"))[:20].copy()
+    protein = ad.read_h5ad(data_file(PBMC / "protein.h5ad"))[:20].copy()
+    with mudata.set_options(pull_on_update=False):
+        mudata.MuData({"rna": rna, "ADT": protein}).write_zarr(str(tmp_path / "truth.zarr"))
+    table = read_table(tmp_path / "truth.zarr", "truth")
+    assert list(table.var_names) == list(protein.var_names) and table.n_obs == 20
+    protein.write_zarr(tmp_path / "plain.zarr")  # a plain AnnData store still reads as one
+    assert read_table(tmp_path / "plain.zarr", "truth").n_vars == protein.n_vars

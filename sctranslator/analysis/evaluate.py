@@ -37,12 +37,17 @@ log = logging.getLogger(__name__)
 OUTPUT_KIND = "evaluate"
 
 
-# Modality names under which CITE-seq MuData files keep the measured proteins (lower case).
+def _is_mudata_zarr(path: Path) -> bool:
+    """Whether the Zarr store at `path` is a MuData (mudata.write_zarr), not an AnnData."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r")
+    return root.attrs.get("encoding-type") == "MuData" or ("mod" in root and "X" not in root)
 
 
 def read_table(source: str | Path | ad.AnnData, what: str, modality: str | None = None) -> ad.AnnData:
-    """An AnnData from an object, a Zarr store (.zarr directory), an .h5ad file, or a MuData / .h5mu
-    (its `modality`, default 'prot', else the one protein-named modality)."""
+    """An AnnData from an object, a Zarr store (.zarr directory), an .h5ad file, or a MuData (object,
+    .h5mu file or MuData Zarr store; its `modality`, default 'prot', else the one protein-named modality)."""
     import anndata as ad
 
     if isinstance(source, ad.AnnData):
@@ -62,7 +67,13 @@ def read_table(source: str | Path | ad.AnnData, what: str, modality: str | None 
             with mudata.set_options(pull_on_update=False):  # mudata 0.3 warns on every read otherwise
                 table = mudata.read_h5mu(path)
         elif path.is_dir() or path.suffix == ".zarr":
-            table = ad.read_zarr(path)
+            if _is_mudata_zarr(path):
+                import mudata
+
+                with mudata.set_options(pull_on_update=False):
+                    table = mudata.read_zarr(str(path))
+            else:
+                table = ad.read_zarr(path)
         else:
             table = ad.read_h5ad(path)
     except Exception as error:  # anndata/zarr/h5py raise many types for a malformed store
