@@ -294,7 +294,8 @@ class InputOptions(OptionGroup):
     allow_empty_cells: bool = option(False, "predict cells with no counts in any gene the model reads (all-zero "
                                      "cells included) instead of refusing them; their number is recorded")
     use_raw: bool = option(False, "read adata.raw (its X and var) instead of X")
-    modality: str | None = option(None, "MuData (.h5mu) modality holding the RNA", none_means="'rna'")
+    modality: str | None = option(None, "MuData (.h5mu) modality holding the RNA",
+                                  none_means="'rna', else the one RNA-like modality (RNA, gex, 'Gene Expression')")
     missing_chunks: MissingChunks = option(
         "error", "a chunk of X absent from a Zarr store: error refuses; zeros reads it as zeros (stores written "
         "with write_empty_chunks=False)")

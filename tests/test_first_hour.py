@@ -351,3 +351,17 @@ def test_evaluate_reads_a_mudata_zarr_truth(tmp_path: Path) -> None:
     assert list(table.var_names) == list(protein.var_names) and table.n_obs == 20
     protein.write_zarr(tmp_path / "plain.zarr")  # a plain AnnData store still reads as one
     assert read_table(tmp_path / "plain.zarr", "truth").n_vars == protein.n_vars
+
+
+def test_help_says_what_the_defaults_do(capsys) -> None:
+    for command in ("translate", "vocab", "knockout", "attention"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "'rna', else the one RNA-like modality" in text, command
+        if command == "vocab":
+            assert "default: original" in text and "model's own setting" not in text
+    import importlib
+
+    doc = importlib.import_module("sctranslator.analysis.evaluate").evaluate.__doc__
+    assert "obsm['protein_predicted']" in doc and "'prot_predicted'" in doc and "obsm['protein_expression']" not in doc

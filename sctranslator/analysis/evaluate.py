@@ -133,12 +133,13 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
     """Compare predictions with measured proteins; return (and with `out`, write) the report.
 
     Parameters:
-        pred: translate's output: its Zarr store, the `--write-h5ad` file (obsm['protein_expression']),
-            the `--write-mudata` file (modality 'prot'); or any cells x proteins AnnData / MuData.
+        pred: translate's output: its Zarr store, the `--write-h5ad` file (obsm['protein_predicted'],
+            or the --key it was given), the `--write-mudata` file (modality 'prot_predicted', or the
+            --key); or any cells x proteins AnnData / MuData.
             A gene expression matrix given here is refused (InputDataError).
         truth: measured protein counts (cells x proteins, raw counts) as .h5ad, .zarr or AnnData, or
-            a CITE-seq MuData / .h5mu (its `truth_modality`); one that looks already normalised /
-            log-transformed (non-integer values) is warned about.
+            a CITE-seq MuData (object, .h5mu or MuData Zarr store; its `truth_modality`); one that looks
+            already normalised / log-transformed (non-integer values) is warned about.
         out: a directory for `report.json` and, if `plots`, `scatter.png` and `pearson.png`.
         scaling: per-cell scaling applied to the truth before scoring, one of TARGET_SCALINGS
             (minmax: the original's training target; clr; log1p); None (default): the scale
