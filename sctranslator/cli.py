@@ -133,7 +133,8 @@ def _vocab(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument("input", type=Path, help="RNA data, any input translate reads: .h5ad, AnnData .zarr store, "
                         ".h5mu (its RNA modality, see --modality)")
     InputOptions.add_cli_args(parser, only=("gene_column", "id_type", "gene_mapping", "modality", "layer",
-                                            "use_raw"))
+                                            "use_raw"),
+                              defaults={"gene_mapping": "original"})  # no model here: the published tables
     parser.add_argument("--column", dest="gene_column", help="the older spelling of --gene-column")
     parser.add_argument("--proteins", help="protein names: comma-separated, @file, or a data file whose var names "
                         "are the panel (.h5ad, .zarr, or an .h5mu's protein modality) (default: genes only)")

@@ -294,7 +294,8 @@ class InputOptions(OptionGroup):
     allow_empty_cells: bool = option(False, "predict cells with no counts in any gene the model reads (all-zero "
                                      "cells included) instead of refusing them; their number is recorded")
     use_raw: bool = option(False, "read adata.raw (its X and var) instead of X")
-    modality: str | None = option(None, "MuData (.h5mu) modality holding the RNA", none_means="'rna'")
+    modality: str | None = option(None, "MuData (.h5mu) modality holding the RNA",
+                                  none_means="'rna', else the one RNA-like modality (RNA, gex, 'Gene Expression')")
     missing_chunks: MissingChunks = option(
         "error", "a chunk of X absent from a Zarr store: error refuses; zeros reads it as zeros (stores written "
         "with write_empty_chunks=False)")
@@ -492,7 +493,9 @@ class TrainDataOptions(OptionGroup):
     proteins: tuple[str, ...] | None = option(None, "train on these protein columns only (A,B or @file)",
                                               none_means="all but isotype controls", parse=_names_tuple)
     genes: tuple[str, ...] | None = option(None, "gene panel from these genes only", cli=False)
-    protein_key: str = option("protein_expression", "obsm key of an embedded protein table")
+    protein_key: str = option("protein_expression", "obsm key of an embedded protein table, or the MuData "
+                              "modality holding the proteins (by default the one named like proteins: prot, "
+                              "protein, ADT, Antibody Capture..., any case)")
     layer: str | None = option(None, "RNA layer to read instead of X", none_means="X")
     use_raw: bool = option(False, "read the RNA from adata.raw (its X and var) instead of X")
     modality: str | None = option(None, "MuData modality holding the RNA", none_means="'rna', else the one "

@@ -264,3 +264,104 @@ def test_a_protein_requested_twice_from_a_panel_model_is_refused_up_front(
     assert code == 2 and err.startswith("error: UnknownProteinError: ") and "more than once" in err, err
     assert repeated in err
     assert not out.exists()
+
+
+# --- papercuts ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("address", ["notaurl", "tcp://host", "http://host:8786", "host:port"])
+def test_bad_scheduler_address_is_an_option_error_before_any_work(tmp_path: Path, capsys, address: str) -> None:
+    out = tmp_path / "out.zarr"
+    code = main(["translate", str(data_file(PBMC / "rna.h5ad")), "--model", "demo", "--out", str(out),
+                 "--scheduler", address])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "OptionError" in err and "--scheduler" in err and "tcp://host:8786" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("address", ["tcp://10.0.0.1:8786", "host:8786", "tls://host:8786", "ucx://host:1",
+                                     "inproc://10.0.0.1/1/2", "tcp://[::1]:8786"])
+def test_dask_scheduler_addresses_are_accepted(address: str) -> None:
+    from sctranslator.engine.pipeline import check_scheduler_address
+
+    check_scheduler_address(address)
+
+
+def test_nullable_string_columns_are_written_back_with_missing_values_kept(rna: ad.AnnData, tmp_path: Path) -> None:
+    import mudata
+    import pandas as pd
+
+    adata = rna.copy()
+    adata.obs["donor"] = pd.array(["a", None, "b"] * (adata.n_obs // 3), dtype="string")
+    adata.var["note"] = pd.array([None, "x"] * (adata.n_vars // 2), dtype="string")
+    sctranslator.translate(adata, "demo", out=tmp_path / "out.zarr", write_h5ad=tmp_path / "w.h5ad",
+                           write_mudata=tmp_path / "w.h5mu", quiet=True)
+    back = ad.read_h5ad(tmp_path / "w.h5ad")
+    assert back.obs["donor"].iloc[0] == "a" and back.obs["donor"].iloc[2] == "b"
+    assert pd.isna(back.obs["donor"].iloc[1]) and pd.isna(back.var["note"].iloc[0])
+    assert back.var["note"].iloc[1] == "x"
+    with mudata.set_options(pull_on_update=False):
+        mod = mudata.read_h5mu(tmp_path / "w.h5mu")["rna"]
+    assert pd.isna(mod.obs["donor"].iloc[1]) and mod.obs["donor"].iloc[0] == "a"
+    assert adata.obs["donor"].dtype == "string"  # the caller's object is untouched
+
+
+@pytest.mark.parametrize("name", ["ADT", "Antibody Capture", "Protein"])
+def test_finetune_finds_the_protein_modality_by_any_usual_name(tmp_path: Path, name: str) -> None:
+    import mudata
+
+    from sctranslator.train import load_paired
+
+    rna = ad.read_h5ad(data_file(PBMC / "rna.h5ad"))[:40].copy()
+    protein = ad.read_h5ad(data_file(PBMC / "protein.h5ad"))[:40].copy()
+    with mudata.set_options(pull_on_update=False):
+        mdata = mudata.MuData({"rna": rna, name: protein})
+        mdata.write(tmp_path / "pair.h5mu")
+    for source in (mdata, tmp_path / "pair.h5mu"):
+        assert load_paired(source).protein_names == list(protein.var_names)
+
+
+def test_finetune_protein_key_names_the_modality(tmp_path: Path) -> None:
+    import mudata
+
+    from sctranslator.errors import InputDataError
+    from sctranslator.train import load_paired
+
+    rna = ad.read_h5ad(data_file(PBMC / "rna.h5ad"))[:40].copy()
+    protein = ad.read_h5ad(data_file(PBMC / "protein.h5ad"))[:40].copy()
+    with mudata.set_options(pull_on_update=False):
+        mdata = mudata.MuData({"rna": rna, "surface": protein, "adt": protein[:, :3].copy()})
+        both = mudata.MuData({"rna": rna, "prot": protein, "adt": protein[:, :3].copy()})
+    assert load_paired(mdata, protein_key="surface").protein_names == list(protein.var_names)
+    with pytest.raises(InputDataError, match="--protein-key"):
+        load_paired(both)
+
+
+def test_evaluate_reads_a_mudata_zarr_truth(tmp_path: Path) -> None:
+    import mudata
+
+    from sctranslator.analysis.evaluate import read_table
+
+    rna = ad.read_h5ad(data_file(PBMC / "rna.h5ad"))[:20].copy()
+    protein = ad.read_h5ad(data_file(PBMC / "protein.h5ad"))[:20].copy()
+    with mudata.set_options(pull_on_update=False):
+        mudata.MuData({"rna": rna, "ADT": protein}).write_zarr(str(tmp_path / "truth.zarr"))
+    table = read_table(tmp_path / "truth.zarr", "truth")
+    assert list(table.var_names) == list(protein.var_names) and table.n_obs == 20
+    protein.write_zarr(tmp_path / "plain.zarr")  # a plain AnnData store still reads as one
+    assert read_table(tmp_path / "plain.zarr", "truth").n_vars == protein.n_vars
+
+
+def test_help_says_what_the_defaults_do(capsys) -> None:
+    for command in ("translate", "vocab", "knockout", "attention"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "'rna', else the one RNA-like modality" in text, command
+        if command == "vocab":
+            assert "default: original" in text and "model's own setting" not in text
+    import importlib
+
+    doc = importlib.import_module("sctranslator.analysis.evaluate").evaluate.__doc__
+    assert "obsm['protein_predicted']" in doc and "'prot_predicted'" in doc and "obsm['protein_expression']" not in doc

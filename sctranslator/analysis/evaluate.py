@@ -21,6 +21,7 @@ import numpy as np
 
 from sctranslator._atomic import install_dir, staging_dir
 from sctranslator.errors import InputDataError, StoreError
+from sctranslator.modalities import pick_protein_modality
 from sctranslator.options import TARGET_SCALINGS, TargetScaling, check_choices  # noqa: F401  (re-exported)
 from sctranslator.outputs import claim_output, one_writer, write_identity
 
@@ -36,13 +37,17 @@ log = logging.getLogger(__name__)
 OUTPUT_KIND = "evaluate"
 
 
-# Modality names under which CITE-seq MuData files keep the measured proteins (lower case).
-_PROTEIN_MODALITIES = ("prot", "protein", "proteins", "adt", "cite", "antibody", "antibodies")
+def _is_mudata_zarr(path: Path) -> bool:
+    """Whether the Zarr store at `path` is a MuData (mudata.write_zarr), not an AnnData."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r")
+    return root.attrs.get("encoding-type") == "MuData" or ("mod" in root and "X" not in root)
 
 
 def read_table(source: str | Path | ad.AnnData, what: str, modality: str | None = None) -> ad.AnnData:
-    """An AnnData from an object, a Zarr store (.zarr directory), an .h5ad file, or a MuData / .h5mu
-    (its `modality`, default 'prot', else the one protein-named modality)."""
+    """An AnnData from an object, a Zarr store (.zarr directory), an .h5ad file, or a MuData (object,
+    .h5mu file or MuData Zarr store; its `modality`, default 'prot', else the one protein-named modality)."""
     import anndata as ad
 
     if isinstance(source, ad.AnnData):
@@ -62,28 +67,18 @@ def read_table(source: str | Path | ad.AnnData, what: str, modality: str | None 
             with mudata.set_options(pull_on_update=False):  # mudata 0.3 warns on every read otherwise
                 table = mudata.read_h5mu(path)
         elif path.is_dir() or path.suffix == ".zarr":
-            table = ad.read_zarr(path)
+            if _is_mudata_zarr(path):
+                import mudata
+
+                with mudata.set_options(pull_on_update=False):
+                    table = mudata.read_zarr(str(path))
+            else:
+                table = ad.read_zarr(path)
         else:
             table = ad.read_h5ad(path)
     except Exception as error:  # anndata/zarr/h5py raise many types for a malformed store
         raise StoreError(f"cannot read {what} {path} as AnnData: {type(error).__name__}: {error}") from error
     return read_table(table, f"{what} {path}", modality)
-
-
-def pick_protein_modality(names: Any, requested: str | None, what: str,
-                          option: str = "--truth-modality (truth_modality=)") -> str:
-    """The MuData modality holding proteins: `requested`, else the one named like proteins (prot,
-    protein, adt, cite, antibody...); InputDataError listing the modalities otherwise."""
-    names = [str(name) for name in names]
-    if requested is not None:
-        if requested not in names:
-            raise InputDataError(f"{what} has no modality {requested!r}; its modalities are {names}")
-        return requested
-    candidates = [name for name in names if name.strip().lower() in _PROTEIN_MODALITIES]
-    if len(candidates) != 1:
-        raise InputDataError(f"{what} is a MuData with modalities {names}; say which one holds the proteins with "
-                             f"{option}")
-    return candidates[0]
 
 
 def _protein_modality(data: Any, what: str, modality: str | None) -> ad.AnnData:
@@ -138,12 +133,13 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
     """Compare predictions with measured proteins; return (and with `out`, write) the report.
 
     Parameters:
-        pred: translate's output: its Zarr store, the `--write-h5ad` file (obsm['protein_expression']),
-            the `--write-mudata` file (modality 'prot'); or any cells x proteins AnnData / MuData.
+        pred: translate's output: its Zarr store, the `--write-h5ad` file (obsm['protein_predicted'],
+            or the --key it was given), the `--write-mudata` file (modality 'prot_predicted', or the
+            --key); or any cells x proteins AnnData / MuData.
             A gene expression matrix given here is refused (InputDataError).
         truth: measured protein counts (cells x proteins, raw counts) as .h5ad, .zarr or AnnData, or
-            a CITE-seq MuData / .h5mu (its `truth_modality`); one that looks already normalised /
-            log-transformed (non-integer values) is warned about.
+            a CITE-seq MuData (object, .h5mu or MuData Zarr store; its `truth_modality`); one that looks
+            already normalised / log-transformed (non-integer values) is warned about.
         out: a directory for `report.json` and, if `plots`, `scatter.png` and `pearson.png`.
         scaling: per-cell scaling applied to the truth before scoring, one of TARGET_SCALINGS
             (minmax: the original's training target; clr; log1p); None (default): the scale

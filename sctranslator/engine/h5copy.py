@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from sctranslator.engine.tables import writable_obs
+from sctranslator.engine.tables import writable_obs, writable_var
 from sctranslator.errors import StoreError
 
 try:  # anndata >= 0.11
@@ -135,6 +135,8 @@ def write_anndata_elements(adata: ad.AnnData, target: h5py.Group, skip: set[str]
         value = getattr(adata, key)
         if key == "obs":
             value, renamed = writable_obs(value)
+        elif key == "var":
+            value = writable_var(value)
         below = _skip_below(skip, key)
         if below or key not in ("obs", "var"):
             value = {name: item for name, item in dict(value).items() if name not in below}

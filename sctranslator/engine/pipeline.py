@@ -32,7 +32,7 @@ from sctranslator.engine.gpus import gpu_cluster, threads_per_gpu
 from sctranslator.engine.sink import ZarrSink
 from sctranslator.engine.sources import Source
 from sctranslator.engine.threads import Parallelism, available_cpus, choose_parallelism, compute_gate
-from sctranslator.errors import BadCellsError, ClusterError
+from sctranslator.errors import BadCellsError, ClusterError, OptionError
 from sctranslator.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -220,6 +220,37 @@ def _quiet_distributed() -> Iterator[None]:
         logging.getLogger(name).setLevel(level)
 
 
+_SCHEDULER_PROTOCOLS = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
+
+
+def check_scheduler_address(scheduler: str | None) -> None:
+    """OptionError unless `scheduler` reads as a dask.distributed address (`tcp://host:port`,
+    `host:port`, `tls://`, `ucx://`, `ws(s)://` with a port, or `inproc://...`): checked before any
+    work, so a typo fails at once instead of after the data and model are read."""
+    if scheduler is None:
+        return
+    expected = ("expected a dask.distributed scheduler address such as tcp://host:8786 or host:8786 "
+                f"(protocols: {', '.join(_SCHEDULER_PROTOCOLS)})")
+    if not isinstance(scheduler, str) or not scheduler.strip():
+        raise OptionError(f"--scheduler {scheduler!r} is not an address; {expected}")
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        protocol, location = parse_address(scheduler)
+        if protocol not in _SCHEDULER_PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}")
+        if protocol == "inproc":
+            if not location:
+                raise ValueError("empty inproc address")
+            return
+        host, _ = parse_host_port(location)
+        if not host:
+            raise ValueError("missing host")
+    except (ValueError, TypeError) as exc:
+        raise OptionError(f"--scheduler {scheduler!r} is not a scheduler address ({exc}); "
+                                 f"{expected}") from None
+
+
 def _connect(cluster: Any) -> Any:
     """A Client of `cluster` (an address or a cluster object); ClusterError when it cannot be reached."""
     from distributed import Client
@@ -237,6 +268,7 @@ def check_cluster(scheduler: str) -> dict[str, int]:
     """The workers of the scheduler at `scheduler` (address -> nthreads), waiting up to
     `cluster_timeout()` for one to join; ClusterError when the scheduler cannot be reached or no worker
     joins. Called before the output store is created, so a cluster that cannot run leaves nothing."""
+    check_scheduler_address(scheduler)
     timeout = cluster_timeout()
     with _quiet_distributed():
         client = _connect(scheduler)

@@ -6,6 +6,9 @@ Two things anndata accepts in memory but cannot store faithfully:
   with None, mixed kinds): anndata's Zarr writer stores `str(value)`, so None becomes the string
   'None', and its HDF5 writer refuses them. Such columns become a nullable dtype (numbers,
   booleans) or a categorical (anything else), where the missing values stay missing.
+* pandas' nullable `string` columns, which anndata refuses to write unless
+  `allow_write_nullable_strings` is set (files older anndata cannot read): they are stored as
+  categoricals, what anndata does with string columns, and missing values stay missing.
 * column names containing '/': a key separator in HDF5 and Zarr, refused by both writers. The
   column is stored under the name with '/' written as '%2F' ('%' as '%25'), and the renaming is
   recorded (uns['sctranslator']['obs_columns_renamed']) so that our readers restore the name.
@@ -47,6 +50,26 @@ def _with_missing_kept(column: pd.Series) -> pd.Series:
     return pd.Series(pd.Categorical(text), index=column.index)
 
 
+def _is_nullable_string(column: pd.Series) -> bool:
+    return isinstance(column.dtype, pd.StringDtype)
+
+
+def writable_var(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` (obs or var) with its columns of missing-value objects and nullable strings in dtypes
+    anndata writes with the missing values kept (a copy when anything changed); names untouched."""
+    changed = table
+    for name in table.columns:
+        column = table[name]
+        nullable_string = _is_nullable_string(column)
+        if nullable_string or (column.dtype == object and column.isna().any()):
+            if changed is table:
+                changed = table.copy()
+            changed[name] = (pd.Series(pd.Categorical(column.astype(object).where(column.notna(), np.nan)),
+                                       index=column.index)
+                             if nullable_string else _with_missing_kept(column))
+    return changed
+
+
 def writable_obs(obs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
     """`obs` as anndata can write it to HDF5 and Zarr with every value and name kept.
 
@@ -54,13 +77,7 @@ def writable_obs(obs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
     the columns renamed because their names hold '/'. Raises nothing: every table anndata holds in
     memory has a writable form.
     """
-    changed = obs
-    for name in obs.columns:
-        column = obs[name]
-        if column.dtype == object and column.isna().any():
-            if changed is obs:
-                changed = obs.copy()
-            changed[name] = _with_missing_kept(column)
+    changed = writable_var(obs)
     taken = {str(n) for n in obs.columns}
     renamed: dict[str, str] = {}
     for name in obs.columns:

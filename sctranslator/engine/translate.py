@@ -21,7 +21,7 @@ from sctranslator.engine.backends.onnx_cache import onnx_file_for
 from sctranslator.engine.backends.registry import choose_backend, get_backend
 from sctranslator.engine.gpus import visible_gpus
 from sctranslator.engine.input_checks import check_expression_scale
-from sctranslator.engine.pipeline import BlockJob, check_cluster, run_job
+from sctranslator.engine.pipeline import BlockJob, check_cluster, check_scheduler_address, run_job
 from sctranslator.engine.predictions import TemporaryStore
 from sctranslator.engine.sink import OUTPUT_KIND, ZarrSink
 from sctranslator.engine.sources import open_source
@@ -253,6 +253,7 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     """
     check_choices(backend=backend, normalize=normalize, id_type=id_type, precision=precision)
     check_device(device)
+    check_scheduler_address(scheduler)
     requested_backend = backend
     backend, backend_reason = choose_backend(backend, device=device, onnx_path=onnx_path)
     check_backend_options(backend, requested=requested_backend, backend_options=backend_options,

@@ -41,7 +41,7 @@ from sctranslator.engine.h5copy import (
 )
 from sctranslator.engine.sink import EMBEDDING_KEY
 from sctranslator.engine.sources import Source, pick_modality
-from sctranslator.engine.tables import RENAMED_KEY, writable_obs
+from sctranslator.engine.tables import RENAMED_KEY, writable_obs, writable_var
 from sctranslator.errors import KeyConflictError, OptionError, StoreError
 
 log = logging.getLogger(__name__)
@@ -338,7 +338,7 @@ def write_mudata_with_proteins(data: Any, source: Source, predictions: ad.AnnDat
             tables = {}
             for name, member in members.items():
                 obs = writable_obs(_table(member, "obs"))[0]
-                tables[name] = ad.AnnData(obs=obs, var=_table(member, "var"))
+                tables[name] = ad.AnnData(obs=obs, var=writable_var(_table(member, "var")))
             prot = predictions_modality(predictions, tables[rna_modality(root, modality) or "rna"].obs_names, key,
                                         with_values=False)
             with mudata.set_options(pull_on_update=False):

@@ -44,7 +44,8 @@ def define_finetune(parser: argparse.ArgumentParser) -> Handler:
     data = parser.add_argument_group("data")
     data.add_argument("--rna", required=True, help="RNA: .h5ad, .h5mu (MuData with 'rna' + 'prot') or zarr store")
     data.add_argument("--protein", help="protein counts (.h5ad or zarr) for the same cells (default: in the RNA "
-                      "file, as a MuData 'prot' modality or obsm[--protein-key])")
+                      "file, as a MuData protein modality (prot, ADT, Antibody Capture..., or --protein-key) or "
+                      "obsm[--protein-key])")
     TrainDataOptions.add_cli_args(data, only=("protein_key", "proteins", "layer", "use_raw", "modality",
                                               "missing_chunks", "gene_column", "id_type",
                                               "gene_mapping", "normalize", "target_sum", "target_scaling",

@@ -19,9 +19,9 @@ import scipy.sparse as sp
 
 from sctranslator.engine.sources import Source, open_source
 from sctranslator.errors import InputDataError, StoreError
+from sctranslator.modalities import pick_protein_modality
 
 DEFAULT_PROTEIN_KEY = "protein_expression"
-PROTEIN_MODALITIES = ("prot", "protein", "adt")
 
 Data = str | os.PathLike | ad.AnnData | Any  # Any: a MuData (no mudata import needed to accept one)
 
@@ -99,14 +99,18 @@ def _protein_from_path(path: Path) -> tuple[np.ndarray, list[str], pd.Index]:
     return _table_from_anndata(ad.read_h5ad(path))
 
 
+def _protein_modality(names: list[str], key: str, what: str) -> str:
+    """The modality of a MuData holding the proteins: the one `--protein-key` names, else the one
+    named like proteins (prot, protein, ADT, Antibody Capture..., any case; sctranslator.modalities)."""
+    return pick_protein_modality(names, key if key in names else None, what,
+                                 "--protein-key (protein_key=) naming the modality")
+
+
 def _embedded_protein(rna: Data, source: Source, key: str) -> tuple[np.ndarray, list[str], pd.Index, str]:
     """The protein table stored with the RNA: a MuData modality, or an AnnData obsm entry."""
     if _is_mudata(rna):
-        for name in PROTEIN_MODALITIES:
-            if name in rna.mod:
-                return (*_table_from_anndata(rna.mod[name]), f"MuData modality {name!r}")
-        raise InputDataError(f"the MuData has no protein modality ({'/'.join(PROTEIN_MODALITIES)}); "
-                             f"it has {list(rna.mod)}")
+        name = _protein_modality(list(rna.mod), key, "the MuData")
+        return (*_table_from_anndata(rna.mod[name]), f"MuData modality {name!r}")
     if isinstance(rna, ad.AnnData):
         if key not in rna.obsm:
             raise InputDataError(f"no protein table given: pass protein=..., or keep it in obsm[{key!r}] "
@@ -116,10 +120,8 @@ def _embedded_protein(rna: Data, source: Source, key: str) -> tuple[np.ndarray, 
     group = _open_group(path)
     try:
         if "mod" in group:
-            for name in PROTEIN_MODALITIES:
-                if name in group["mod"]:
-                    return (*_table_from_anndata(_read_elem(group, f"mod/{name}")), f"modality {name!r} of {path}")
-            raise InputDataError(f"{path} has no protein modality ({'/'.join(PROTEIN_MODALITIES)})")
+            name = _protein_modality(list(group["mod"]), key, str(path))
+            return (*_table_from_anndata(_read_elem(group, f"mod/{name}")), f"modality {name!r} of {path}")
         if "obsm" in group and key in group["obsm"]:
             uns = _read_elem(group, "uns") if "uns" in group else {}
             table = _table_from_obsm(_read_elem(group, f"obsm/{key}"), uns, key, source.obs_names)
