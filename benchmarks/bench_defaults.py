@@ -57,7 +57,9 @@ def settings_of(result: ad.AnnData) -> dict:
 
 def chosen(settings: dict) -> str:
     """threads / workers / batch size as the run recorded them ("?" where it recorded none)."""
-    return " / ".join(str(settings.get(key, "?")) for key in ("threads", "workers", "batch_size"))
+    chosen_by_rule = dict(settings.get("parallelism") or {})  # the defaults rule's record (engine/threads.py)
+    keys = ("threads", "workers", "batch_size")
+    return " / ".join(str(chosen_by_rule.get(key, settings.get(key, "?"))) for key in keys)
 
 
 def api_runner(model: TranslatorModel, path: Path, folder: Path, device: str,
