@@ -126,7 +126,7 @@ def test_disk_full_during_write_h5ad_is_a_named_error_and_leaves_nothing(tmpfs: 
     _resize(tmpfs, 8 << 20)
     again = _translate(out, "--write-h5ad", str(written))
     assert again.returncode == 0, again.stderr
-    assert "0 cells" not in again.stdout or "blocks were already done" in again.stdout
+    assert "blocks were already done" in again.stdout, again.stdout
     back = ad.read_h5ad(written)
     np.testing.assert_array_equal(back.obsm["protein_predicted"].to_numpy(), ad.read_zarr(reference).X)
     assert os.listdir(tmpfs) == ["with_proteins.h5ad"]

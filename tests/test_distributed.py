@@ -113,7 +113,7 @@ class Cluster:
         for process in self.processes:
             if process.poll() is None:
                 process.kill()
-            process.wait()
+            process.wait(timeout=60)
 
 
 @pytest.fixture
@@ -176,7 +176,8 @@ def _wait_committed(store: Path, count: int, job: subprocess.Popen) -> set[int]:
         if len(done) >= count:
             return done
         if job.poll() is not None:
-            raise AssertionError(f"the job ended (exit {job.returncode}) before {count} blocks: {job.communicate()}")
+            output = job.communicate(timeout=60)
+            raise AssertionError(f"the job ended (exit {job.returncode}) before {count} blocks: {output}")
         time.sleep(0.02)
     raise AssertionError(f"fewer than {count} blocks committed in 120 s")
 

@@ -3,6 +3,7 @@ stale-lock rules (dead PID, reused PID, silent other host) with real processes."
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import multiprocessing
 import os
@@ -80,6 +81,7 @@ def test_wait_runs_the_second_job_after_the_first(rna: Path, tmp_path: Path) -> 
     first = subprocess.Popen(cli("translate", str(rna), "--out", str(out), "--proteins", "CD3,CD4", *_common(model)),
                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lock_path(out), first)
+    assert lock_path(out).exists(), "the first job never locked its output"
     assert first.poll() is None, "the first job ended before the second could meet its lock; make it bigger"
     # Same settings would resume; other settings without --overwrite are refused after the wait ...
     refused = subprocess.Popen(cli("translate", str(rna), "--out", str(out), "--proteins", "CD8a", "--wait",
@@ -90,13 +92,11 @@ def test_wait_runs_the_second_job_after_the_first(rna: Path, tmp_path: Path) -> 
                                   "--overwrite", *_common(model)), env=_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     assert first.wait(timeout=600) == 0, first.communicate()[1]
-    first_done = time.time()
     assert second.wait(timeout=600) == 0, second.communicate()[1]
     assert refused.wait(timeout=600) == 2
     refusal = refused.communicate()[1].strip().splitlines()[-1]
     assert "StoreError" in refusal or "OutputConflictError" in refusal, refusal
     assert "waiting for" in second.communicate()[1]
-    assert time.time() >= first_done
     store = ad.read_zarr(out)
     assert list(store.var_names) == ["CD8a", "CD14"]
     assert not np.isnan(store.X).any()
@@ -145,7 +145,9 @@ def test_stale_locks_are_taken_over(tmp_path: Path, case: str) -> None:
     elif case == "exited, not reaped":  # a zombie: its PID still answers kill(pid, 0)
         zombie = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
         path = _plant(output, pid=zombie.pid, process_start=process_start(zombie.pid))
+        deadline = time.monotonic() + 30
         while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child never became a zombie"
             time.sleep(0.05)
     elif case == "reused pid":  # a live PID, but not the process that took the lock
         path = _plant(output, pid=os.getppid(), process_start="1")
@@ -182,15 +184,15 @@ def test_the_holder_refreshes_its_heartbeat(tmp_path: Path, monkeypatch: pytest.
 
 
 def _contend(output: str, barrier: multiprocessing.synchronize.Barrier, results: multiprocessing.Queue) -> None:
-    barrier.wait()
+    barrier.wait(timeout=60)
     try:
         lock = OutputLock.acquire(output)
     except OutputLockedError:
         results.put("refused")
-        barrier.wait()
+        barrier.wait(timeout=60)
         return
     results.put(lock.record["token"])
-    barrier.wait()  # hold it until every contender has tried
+    barrier.wait(timeout=60)  # hold it until every contender has tried
     lock.release()
 
 
@@ -206,6 +208,9 @@ def test_concurrent_takeover_of_a_stale_lock_has_one_winner(tmp_path: Path) -> N
         outcomes = [results.get(timeout=60) for _ in workers]
         for worker in workers:
             worker.join(timeout=60)
+            if worker.is_alive():
+                worker.terminate()
+            assert worker.exitcode == 0, worker.exitcode
         winners = [o for o in outcomes if o != "refused"]
         assert len(winners) == 1, (attempt, outcomes)
         assert not lock_path(output).exists()
@@ -269,7 +274,9 @@ def test_other_commands_refuse_a_locked_output_and_wait_takes_over_when_its_hold
         threading_timer = __import__("threading").Timer(1.0, holders[1].kill)
         threading_timer.start()
         started = time.monotonic()
-        export_onnx(load_model(data_file(TINY_A)), graph, validate=False, wait=True)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # bounded: a broken take-over fails, not hangs
+            pool.submit(export_onnx, load_model(data_file(TINY_A)), graph, validate=False, wait=True).result(
+                timeout=120)
         assert time.monotonic() - started >= 1.0
         assert graph.is_file() and not lock_path(graph).exists()
     finally:
