@@ -71,9 +71,7 @@ class RowSubset(Source):
         if wanted.size == 0:
             return self.base.read_block(0, 0)
         pieces = []
-        breaks = np.flatnonzero(np.diff(wanted) > _MERGE_GAP) + 1
-        for run in np.split(wanted, breaks):
-            first, last = int(run[0]), int(run[-1]) + 1
+        for first, last, run in _read_runs(wanted):
             block = self.base.read_block(first, last)
             pieces.append(block if run.size == last - first else block[run - first])
         if len(pieces) == 1:
@@ -98,10 +96,16 @@ class _SelectedRows:
         wanted = self.rows[key]
         if not wanted.size:
             return np.empty((0, *self.shape[1:]), self.dtype)
-        # Contiguous runs of wanted rows are read as slices: one read per run, never the gaps.
-        breaks = np.flatnonzero(np.diff(wanted) != 1) + 1
-        runs = np.split(wanted, breaks)
-        return np.concatenate([np.asarray(self.array[int(run[0]):int(run[-1]) + 1]) for run in runs])
+        # As RowSubset reads X: runs separated by small gaps are one slice read, then picked from.
+        return np.concatenate([np.asarray(self.array[first:last])[run - first]
+                               for first, last, run in _read_runs(wanted)])
+
+
+def _read_runs(wanted: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+    """(first, stop, rows) of each slice to read for the sorted rows `wanted`: rows closer than
+    _MERGE_GAP share one read (reading a few unwanted rows beats one read per row)."""
+    breaks = np.flatnonzero(np.diff(wanted) > _MERGE_GAP) + 1
+    return [(int(run[0]), int(run[-1]) + 1, run) for run in np.split(wanted, breaks)]
 
 
 def _hash_rows(rows: np.ndarray) -> str:
