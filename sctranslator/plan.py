@@ -48,6 +48,8 @@ class Plan:
     gene_mapping: str = "original"  # "original" | "extended", see sctranslator.vocab.genes
     column_tokens: np.ndarray | None = None  # int64 (n_vars,): the token each input column was given
     collisions: dict[str, Any] = field(default_factory=dict)  # input columns sharing a token, and the rule
+    # Proteins asked of a panel-trained model that are not in its panel (answered by the decoder anyway).
+    untrained_proteins: list[str] = field(default_factory=list)
 
     @property
     def max_genes(self) -> int:
@@ -82,6 +84,7 @@ class Plan:
             "protein_windows": self.protein_windows.tolist(),
             "coverage": self.coverage,
             "collisions": self.collisions,
+            "untrained_proteins": list(self.untrained_proteins),
             "fingerprint": self.fingerprint(),
         }
 
@@ -303,8 +306,14 @@ def _reference_proteins(proteins: Sequence[str] | None, window_size: int) -> tup
 
 
 def _panel_proteins(proteins: Sequence[str] | None, panel: dict[str, Any],
-                    window_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame]:
-    """Models trained on a protein panel always run the whole panel in trained order; requests select."""
+                    window_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame, list[str]]:
+    """Models trained on a protein panel run the whole panel in trained order in window 0; requests select.
+
+    Requested proteins outside the panel are answered as the original answers any protein: the
+    decoder takes their tokens, in windows of their own after the panel's (so the panel's own
+    predictions do not change). Their names come back as the last element, for the warning and
+    the provenance.
+    """
     panel_names = [str(n) for n in panel["names"]]
     panel_tokens = np.asarray(panel["token_ids"], dtype=np.int64)
     panel_genes = list(panel.get("genes") or token_symbols(panel_tokens))
@@ -312,23 +321,24 @@ def _panel_proteins(proteins: Sequence[str] | None, panel: dict[str, Any],
         raise UnknownProteinError(f"the model's protein panel has {len(panel_names)} proteins but P={window_size}")
     windows, mask = _windows(panel_tokens, window_size)
     if proteins is None:
-        selected = list(range(len(panel_names)))
+        selected: list[int] = list(range(len(panel_names)))
+        outside: list[str] = []
     else:
         by_name = {n: i for i, n in enumerate(panel_names)}
         by_token = {int(t): i for i, t in reversed(list(enumerate(panel_tokens)))}
         requested = check_protein_list(proteins)
         mapped = map_proteins(requested)
-        selected, missing = [], []
+        selected, outside = [], []
         for name, token in zip(requested, mapped.token_ids, strict=True):
             index = by_name.get(name, by_token.get(int(token)) if token else None)
-            (selected if index is not None else missing).append(index if index is not None else name)
-        if missing:
-            raise UnknownProteinError(
-                f"{missing} are not in this model's protein panel; it predicts only: {panel_names}"
-            )
+            if index is None:
+                outside.append(name)
+            else:
+                selected.append(index)
         # one output column per panel protein: a repeat (the same name, or two names for one protein)
         # is refused as the published path refuses it, not written as two columns of one name
-        repeats = {panel_names[i]: [n for n, j in zip(requested, selected, strict=True) if j == i]
+        picked = [n for n in requested if n not in outside]
+        repeats = {panel_names[i]: [n for n, j in zip(picked, selected, strict=True) if j == i]
                    for i in sorted(set(selected)) if selected.count(i) > 1}
         if repeats:
             raise UnknownProteinError("proteins requested more than once: " + "; ".join(
@@ -339,7 +349,18 @@ def _panel_proteins(proteins: Sequence[str] | None, panel: dict[str, Any],
         "name": [panel_names[i] for i in chosen], "gene": [panel_genes[i] or "" for i in chosen],
         "token_id": panel_tokens[chosen], "window": np.zeros(len(chosen), dtype=np.int64), "position": chosen,
     })
-    return windows, mask, chosen, table
+    if not outside:
+        return windows, mask, chosen, table, []
+    # Outside the panel: the reference path's request checks (unmapped names, controls), own windows.
+    extra_windows, extra_mask, extra_order, extra = _reference_proteins(outside, window_size)
+    extra["window"] += windows.shape[0]
+    ordered = pd.concat([table, extra], ignore_index=True)
+    # Keep the request's order in the output columns.
+    order = {name: i for i, name in enumerate(requested)}
+    index = np.r_[chosen, windows.size + extra_order]
+    rank = np.argsort([order[n] for n in ordered["name"]], kind="stable")
+    return (np.concatenate([windows, extra_windows]), np.concatenate([mask, extra_mask]), index[rank],
+            ordered.iloc[rank].reset_index(drop=True), list(outside))
 
 
 def build_plan(var: pd.DataFrame, model: TranslatorModel, proteins: Sequence[str] | None = None, *,
@@ -389,9 +410,14 @@ def build_plan(var: pd.DataFrame, model: TranslatorModel, proteins: Sequence[str
         mode = "reference"
     _enforce_coverage(coverage, min_coverage, allow_low_coverage)
     if panel.get("proteins"):
-        windows, window_mask, output_index, table = _panel_proteins(proteins, panel["proteins"], config.max_proteins)
+        windows, window_mask, output_index, table, untrained = _panel_proteins(proteins, panel["proteins"],
+                                                                               config.max_proteins)
+        if untrained:
+            log.warning("%d protein(s) not in this model's trained panel, predicted by its decoder as the original "
+                        "does (untrained, less accurate): %s", len(untrained), ", ".join(untrained))
     else:
         windows, window_mask, output_index, table = _reference_proteins(proteins, config.max_proteins)
+        untrained = []
     recorded = getattr(model, "preprocessing", None) or {}
     chosen_normalize = normalize or recorded.get("normalize") or "none"
     if normalize and recorded.get("normalize") and normalize != recorded["normalize"]:
@@ -400,4 +426,4 @@ def build_plan(var: pd.DataFrame, model: TranslatorModel, proteins: Sequence[str
                 protein_windows=windows, protein_window_mask=window_mask, output_index=output_index,
                 proteins=table, normalize=chosen_normalize,
                 target_sum=float(target_sum or recorded.get("target_sum") or 1e4), coverage=coverage,
-                gene_mapping=mapping, column_tokens=tokens, collisions=collisions)
+                gene_mapping=mapping, column_tokens=tokens, collisions=collisions, untrained_proteins=untrained)
