@@ -229,3 +229,110 @@ def test_command_line_handler(bmmc: ad.AnnData, tmp_path: Path, fixtures_dir: Pa
     assert "Attention over 4 cells: 64 genes x 3 proteins" in capsys.readouterr().out
     top = pd.read_csv(tmp_path / "att" / "top_genes.csv")
     assert len(top) == 9 and set(top["protein"]) == {"CD3", "CD4", "CD19"}
+
+
+def dense_pairs(model: TranslatorModel, rna: ad.AnnData, proteins: list[str]) -> dict[str, np.ndarray]:
+    """Gene-gene (real x real) and per-window protein-protein means over cells, from explicit matrices."""
+    plan = build_plan(rna.var, model, proteins)
+    values = torch.from_numpy(prepare_values(rna.X, plan.column_slot, plan.position_real))
+    n = values.shape[0]
+    real = torch.from_numpy(np.flatnonzero(plan.position_real))
+    with torch.no_grad():
+        recorder = _Recorder(model.enc)
+        encodings = model.encode(values, torch.from_numpy(plan.gene_ids).expand(n, -1),
+                                 torch.from_numpy(plan.position_real).expand(n, -1))
+        enc_attention = recorder.mean()  # (B, L, L), mean over layers and heads
+        translated = model.translate_sequence(encodings)
+        windows = []
+        for ids, mask in zip(plan.protein_windows, plan.protein_window_mask, strict=True):
+            recorder = _Recorder(model.dec)
+            model.decode(translated, torch.from_numpy(ids).expand(n, -1), torch.from_numpy(mask).expand(n, -1))
+            windows.append(recorder.mean().mean(dim=0).numpy())  # (P, P)
+    size = plan.protein_windows.shape[1]
+    w, p = plan.output_index // size, plan.output_index % size
+    proteins_matrix = np.stack(windows)[w[:, None], p[:, None], p[None, :]]
+    proteins_matrix[w[:, None] != w[None, :]] = np.nan
+    return {"gene_gene": enc_attention[:, real][:, :, real].mean(dim=0).numpy(), "protein_protein": proteins_matrix}
+
+
+def _original_tables(matrix: pd.DataFrame, top_k: int) -> pd.DataFrame:
+    """The original: attention_normalize (columns, then rows), then per row the top k others (fig5)."""
+    values = matrix.to_numpy(dtype=np.float64)
+    lo, hi = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
+    values = (values - lo) / np.where(hi > lo, hi - lo, 1.0)
+    lo, hi = np.nanmin(values, axis=1, keepdims=True), np.nanmax(values, axis=1, keepdims=True)
+    scaled = pd.DataFrame((values - lo) / np.where(hi > lo, hi - lo, 1.0), index=matrix.index, columns=matrix.columns)
+    rows = []
+    for name in matrix.index:
+        others = scaled.loc[name].drop(index=name).dropna()
+        for rank, (partner, value) in enumerate(others.nlargest(top_k).items(), start=1):
+            rows.append((name, partner, rank, value))
+    return pd.DataFrame(rows, columns=["name", "partner", "rank", "scaled"])
+
+
+def test_three_kinds_match_dense_attention(tiny: TranslatorModel, bmmc: ad.AnnData, tmp_path: Path) -> None:
+    cells = bmmc[:6].copy()
+    expected = dense_pairs(tiny, cells, PROTEINS)
+    every = interactions(cells, tiny, PROTEINS, kinds="gene-gene,protein-protein,gene-protein", top_k=4,
+                         batch_size=2, row_block=5, out=tmp_path / "all")
+    gene_names = list(every.gene_attention.index)
+    dense_genes = pd.DataFrame(expected["gene_gene"], index=gene_names, columns=gene_names)
+    dense_proteins = pd.DataFrame(expected["protein_protein"], index=PROTEINS, columns=PROTEINS)
+    np.testing.assert_allclose(every.pairs.protein_to_protein.to_numpy(), dense_proteins.to_numpy(), rtol=1e-4,
+                               atol=1e-7)
+    assert np.isnan(every.pairs.protein_to_protein.loc["CD3", "CD7"])  # windows 0 and 1 never meet
+    # The top-partner tables over all genes (blocked, row_block=5) equal the dense ones the original makes.
+    for table, dense, label in ((every.pairs.gene_pairs, dense_genes, "gene"),
+                                (every.pairs.protein_pairs, dense_proteins, "protein")):
+        reference = _original_tables(dense, 4)
+        assert table[label].tolist() == reference["name"].tolist()
+        assert table["rank"].tolist() == reference["rank"].tolist()
+        # Same partners up to near-ties (float32 here, float64 there): each pick scores what the dense
+        # ranking has at that rank, and its raw score is the dense mean attention.
+        np.testing.assert_allclose(table["scaled"].to_numpy(), reference["scaled"].to_numpy(), atol=2e-4)
+        raw = dense.to_numpy()[dense.index.get_indexer(table[label]), dense.columns.get_indexer(table["partner"])]
+        np.testing.assert_allclose(table["score"].to_numpy(), raw, rtol=1e-4, atol=1e-8)
+        agree = (table["partner"].to_numpy() == reference["partner"].to_numpy()).mean()
+        assert agree > 0.9, agree
+    # A gene list: those rows of the same matrix, and the written outputs.
+    chosen = gene_names[3:6]
+    listed = interactions(cells, tiny, PROTEINS[:4], genes=chosen, top_k=4, batch_size=2, row_block=2,
+                          kinds="gene-protein", out=tmp_path / "listed")
+    np.testing.assert_allclose(listed.pairs.gene_to_gene.to_numpy(), dense_genes.loc[chosen].to_numpy(),
+                               rtol=1e-4, atol=1e-8)
+    assert listed.kinds == ("gene-protein", "gene-gene") and listed.pairs.protein_to_protein is None
+    written = ad.read_h5ad(listed.files["anndata"])
+    np.testing.assert_allclose(written.obsm["gene_to_gene"][chosen[0]].to_numpy(),
+                               dense_genes.loc[chosen[0]].to_numpy(), rtol=1e-4, atol=1e-8)
+    for key in ("gene_to_gene", "top_gene_pairs", "gene_to_gene_heatmap"):
+        assert listed.files[key].stat().st_size > 0
+    assert set(pd.read_csv(listed.files["top_gene_pairs"])["gene"]) == set(chosen)
+    assert {"protein_to_protein", "top_protein_pairs", "protein_to_protein_heatmap"} <= set(every.files)
+    assert "protein_to_protein" in ad.read_h5ad(every.files["anndata"]).varp
+
+
+def test_blocked_top_partners_equal_dense(tmp_path: Path) -> None:
+    from sctranslator.analysis.attention.pairs import top_partners
+
+    rng = np.random.default_rng(0)
+    values = rng.random((23, 23))
+    values[4, 9] = values[4, 10]  # a tie, broken the same way
+    names = [f"g{i}" for i in range(23)]
+    stored = np.lib.format.open_memmap(tmp_path / "m.npy", mode="w+", dtype=np.float64, shape=values.shape)
+    stored[:] = values
+    blocked = top_partners(stored, names, names, np.arange(23), 5, block_rows=4)
+    dense = top_partners(values, names, names, np.arange(23), 5, block_rows=23)
+    pd.testing.assert_frame_equal(blocked, dense)
+    reference = _original_tables(pd.DataFrame(values, index=names, columns=names), 5)
+    assert blocked["partner"].tolist() == reference["partner"].tolist()
+
+
+def test_kind_option_errors(tiny: TranslatorModel, bmmc: ad.AnnData) -> None:
+    from sctranslator.errors import OptionError, VocabularyError
+
+    with pytest.raises(OptionError, match="gene-gene"):
+        interactions(bmmc[:2], tiny, PROTEINS[:2], kinds="gene-genes")
+    with pytest.raises(VocabularyError, match="NOT_A_GENE"):
+        interactions(bmmc[:2], tiny, PROTEINS[:2], genes=["NOT_A_GENE"])
+    only = interactions(bmmc[:2], tiny, PROTEINS[:2], kinds="protein-protein")
+    assert only.gene_to_protein is None and only.adata.X is None and only.pairs.protein_pairs is not None

@@ -1,6 +1,7 @@
-"""`interactions`: encoder, decoder and gene-to-protein attention, accumulated over cells.
+"""`interactions`: gene-protein, gene-gene and protein-protein attention, accumulated over cells.
 
-See `sctranslator.analysis.attention.passes` for the exact definitions. Cells stream through the
+See `sctranslator.analysis.attention.passes` (gene-protein, received attention) and
+`sctranslator.analysis.attention.pairs` (gene-gene, protein-protein) for the exact definitions. Cells stream through the
 engine's source -> plan -> prepare path block by block; per cell the memory is O(L x (H1 + nb)),
 never L x L, so the full-size model (L = 20,000) runs on a laptop.
 """
@@ -20,6 +21,16 @@ import torch
 
 from sctranslator._progress import progress_bar
 from sctranslator.analysis.attention.groups import add_by_group, group_codes
+from sctranslator.analysis.attention.kinds import (
+    GENE_PROTEIN,
+    PairSums,
+    PairTables,
+    annotate,
+    pair_tables,
+    parse_kinds,
+    query_rows,
+    write_pair_files,
+)
 from sctranslator.analysis.attention.output import (
     MIN_RELATIVE_SPREAD,
     OUTPUT_KIND,
@@ -48,15 +59,17 @@ DEFAULT_BLOCK_CELLS = 256
 class InteractionResult:
     """Means over cells; per-group tables have one column per group ('all' first)."""
 
-    gene_to_protein: pd.DataFrame  # genes x proteins: mean G[i, j]
-    scaled: pd.DataFrame  # the same, min-max scaled per column then per row (the original's normalisation)
+    gene_to_protein: pd.DataFrame | None  # genes x proteins: mean G[i, j] (None: gene-protein not asked for)
+    scaled: pd.DataFrame | None  # the same, min-max scaled per column then per row (the original's normalisation)
     gene_attention: pd.DataFrame  # genes x groups: mean encoder attention received
     protein_attention: pd.DataFrame  # proteins x groups: mean decoder attention received
-    top_genes: pd.DataFrame  # protein, rank, gene, score, fold_over_mean, scaled, separates_genes
+    top_genes: pd.DataFrame | None  # protein, rank, gene, score, fold_over_mean, scaled, separates_genes
     group_gene_to_protein: dict[str, pd.DataFrame]  # per obs group (groupby only)
     n_cells: dict[str, int]
     adata: ad.AnnData
     files: dict[str, Path] = field(default_factory=dict)
+    kinds: tuple[str, ...] = ()
+    pairs: PairTables | None = None  # gene-gene and protein-protein means and top-partner tables
 
 
 def position_names(plan: Plan, var_names: pd.Index) -> tuple[np.ndarray, list[str]]:
@@ -88,18 +101,23 @@ class _Accumulator:
 
 
 def _batch_interactions(model: TranslatorModel, values: np.ndarray, plan: Plan, rows: torch.Tensor,
-                        codes: np.ndarray, acc: _Accumulator, *, row_block: int, as_published: bool) -> None:
+                        codes: np.ndarray, acc: _Accumulator, *, row_block: int, as_published: bool,
+                        pairs: PairSums) -> None:
     """One batch of cells: trace encoder and decoder windows, then gene rows block by block."""
     batch = values.shape[0]
     tensor = torch.from_numpy(values)
     gene_ids = torch.from_numpy(plan.gene_ids).expand(batch, -1)
     gene_mask = torch.from_numpy(plan.position_real).expand(batch, -1)
-    enc = encoder_pass(model, tensor, gene_ids, gene_mask, rows, row_block=row_block, as_published=as_published)
+    heads = model.enc.layers[0].attn.heads if len(model.enc.layers) else 1
+    enc = encoder_pass(model, tensor, gene_ids, gene_mask, rows, row_block=row_block, as_published=as_published,
+                       also=pairs.encoder_callback(heads, len(model.enc.layers)))
+    pairs.count += batch
     translated = model.translate_sequence(enc.encodings)
     del enc.encodings
     decoders = [decoder_pass(model, translated, torch.from_numpy(ids).expand(batch, -1),
                              torch.from_numpy(mask).expand(batch, -1), as_published=as_published)
                 for ids, mask in zip(plan.protein_windows, plan.protein_window_mask, strict=True)]
+    pairs.add_decoders([d.queries for d in decoders], [d.keys for d in decoders])
     index = torch.from_numpy(plan.output_index)
     protein_received = torch.cat([d.protein_received for d in decoders], dim=1)[:, index]
     acc.count[0] += batch
@@ -107,7 +125,8 @@ def _batch_interactions(model: TranslatorModel, values: np.ndarray, plan: Plan, 
         acc.count[code] += int((codes == code).sum())
     add_by_group(acc.gene_received, enc.gene_received.double().numpy(), codes)
     add_by_group(acc.protein_received, protein_received.double().numpy(), codes)
-    for lo in range(0, rows.shape[0], row_block):
+    gene_protein_rows = rows.shape[0] if GENE_PROTEIN in pairs.kinds else 0  # else skip the translator rows
+    for lo in range(0, gene_protein_rows, row_block):
         translated_rows = translate_rows(model, enc.first_layer[:, lo:lo + row_block])
         block = gene_to_protein_block(translated_rows, decoders)[:, :, index]
         add_by_group(acc.gene_to_protein[:, lo:lo + block.shape[1]], block.double().numpy(), codes)
@@ -122,8 +141,17 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
                  min_coverage: float = DEFAULT_MIN_COVERAGE,
                  allow_low_coverage: bool = False, allow_empty_cells: bool = False, as_published: bool = False,
                  overwrite: bool = False, quiet: bool = False, gene_mapping: str | None = None,
-             use_raw: bool = False, modality: str | None = None, missing_chunks: str = "error") -> InteractionResult:
+             use_raw: bool = False, modality: str | None = None, missing_chunks: str = "error",
+             kinds: str | Sequence[str] | None = None, genes: Sequence[str] | None = None) -> InteractionResult:
     """Gene-to-protein interaction scores and received attention, averaged over the cells of `data`.
+
+    `kinds`: which matrices, any of "gene-protein", "gene-gene", "protein-protein" (a list or a
+    comma-separated string; default gene-protein and protein-protein). `genes`: the query genes of
+    gene-gene attention (implies it); without them gene-gene runs over every gene the model reads
+    and keeps each gene's `top_k` partners (O(L^2) work per cell, as the original's dense matrix;
+    sums over 256 MiB go to a temporary file). With `out`, gene-gene adds top_gene_pairs.csv (and,
+    with `genes`, gene_to_gene.csv / .png and obsm['gene_to_gene']); protein-protein adds
+    protein_to_protein.csv / .png, top_protein_pairs.csv and varp['protein_to_protein'(_scaled)].
 
     Returns an `InteractionResult`; with `out` (a directory) also writes interactions.h5ad (genes x
     proteins; X = mean score, layers 'scaled' and 'mean:<group>', obs/var 'received:<group>'),
@@ -149,6 +177,7 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
         CoverageError, VocabularyError, UnknownProteinError, CheckpointError: as for `translate`.
     """
     check_choices(normalize=normalize, id_type=id_type)
+    chosen = parse_kinds(kinds, genes)
     if batch_size < 1 or block_cells < 1 or row_block < 1 or top_k < 1:
         raise InputDataError("batch_size, block_cells, row_block and top_k must be >= 1")
     if out is not None:
@@ -166,6 +195,9 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
         positions, gene_names = position_names(plan, source.var.index)
         protein_names = plan.proteins["name"].astype(str).tolist()
         acc = _Accumulator(len(group_names), positions.shape[0], len(protein_names))
+        query = query_rows(genes, _unique_genes(gene_names))
+        pairs = PairSums(chosen, positions, query, all_genes=not genes, windows=plan.n_windows,
+                         window_size=int(plan.protein_windows.shape[1]), row_block=row_block)
         rows = torch.from_numpy(positions)
         bar = progress_bar(total=source.n_obs, unit="cells", desc="attention", disable=quiet)
         n_empty = 0
@@ -177,7 +209,7 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
                 for lo in range(0, stop - start, batch_size):
                     hi = min(lo + batch_size, stop - start)
                     _batch_interactions(loaded, values[lo:hi], plan, rows, codes[start + lo:start + hi], acc,
-                                        row_block=row_block, as_published=as_published)
+                                        row_block=row_block, as_published=as_published, pairs=pairs)
                     bar.update(hi - lo)
         bar.close()
     finally:
@@ -185,30 +217,43 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
     if n_empty:
         log.warning("%d empty cell(s) (no counts in any gene the model reads) were included as constant cells, "
                     "as allowed", n_empty)
-    return _result(acc, gene_names, positions, plan, group_names, top_k, out, groupby, as_published, n_empty)
+    try:
+        return _result(acc, gene_names, positions, plan, group_names, top_k, out, groupby, as_published, n_empty,
+                       pairs)
+    finally:
+        pairs.close()
+
+
+def _unique_genes(gene_names: list[str]) -> pd.Index:
+    """Gene names can repeat (two columns, one symbol in panel mode): the tables' unique index."""
+    gene_index = pd.Index(gene_names, name="gene")
+    if gene_index.has_duplicates:
+        gene_index = pd.Index(ad.utils.make_index_unique(pd.Index(gene_names)), name="gene")
+    return gene_index
 
 
 def _result(acc: _Accumulator, gene_names: list[str], positions: np.ndarray, plan: Plan, group_names: list[str],
             top_k: int, out: str | Path | None, groupby: str | None, as_published: bool,
-            n_empty: int) -> InteractionResult:
+            n_empty: int, pairs: PairSums) -> InteractionResult:
     gene_mean, protein_mean, matrix_mean = acc.means()
-    # Gene names can repeat (two columns, one symbol in panel mode): make the table index unique.
-    gene_index = pd.Index(gene_names, name="gene")
-    if gene_index.has_duplicates:
-        gene_index = pd.Index(ad.utils.make_index_unique(pd.Index(gene_names)), name="gene")
+    gene_index = _unique_genes(gene_names)
     protein_index = pd.Index(plan.proteins["name"].astype(str), name="protein")
-    matrix = pd.DataFrame(matrix_mean[0], index=gene_index, columns=protein_index)
-    scaled = minmax_columns_then_rows(matrix)
+    tables = pair_tables(pairs, gene_index, protein_index, plan.output_index, top_k)
     gene_received = pd.DataFrame(gene_mean.T, index=gene_index, columns=group_names)
     protein_received = pd.DataFrame(protein_mean.T, index=protein_index, columns=group_names)
-    groups = {name: pd.DataFrame(matrix_mean[i], index=gene_index, columns=protein_index)
-              for i, name in enumerate(group_names) if i > 0}
-    top = top_genes(matrix, scaled, top_k)
-    near_ties = sorted(set(top.loc[~top["separates_genes"], "protein"]))
-    if near_ties:
-        log.warning("attention does not separate genes for %d protein(s) (%s): their top-%d gene scores differ by "
-                    "less than %.1g relative; the ranking in top_genes.csv is an ordering of near-ties",
-                    len(near_ties), ", ".join(near_ties[:10]), top_k, MIN_RELATIVE_SPREAD)
+    matrix = scaled = top = None
+    groups: dict[str, pd.DataFrame] = {}
+    if GENE_PROTEIN in pairs.kinds:
+        matrix = pd.DataFrame(matrix_mean[0], index=gene_index, columns=protein_index)
+        scaled = minmax_columns_then_rows(matrix)
+        groups = {name: pd.DataFrame(matrix_mean[i], index=gene_index, columns=protein_index)
+                  for i, name in enumerate(group_names) if i > 0}
+        top = top_genes(matrix, scaled, top_k)
+        near_ties = sorted(set(top.loc[~top["separates_genes"], "protein"]))
+        if near_ties:
+            log.warning("attention does not separate genes for %d protein(s) (%s): their top-%d gene scores differ "
+                        "by less than %.1g relative; the ranking in top_genes.csv is an ordering of near-ties",
+                        len(near_ties), ", ".join(near_ties[:10]), top_k, MIN_RELATIVE_SPREAD)
     n_cells = {name: int(acc.count[i]) for i, name in enumerate(group_names)}
     gene_obs = pd.DataFrame({"position": positions, "token_id": plan.gene_ids[positions]}, index=gene_index)
     protein_var = pd.DataFrame({"gene": plan.proteins["gene"].astype(str).to_numpy(),
@@ -217,10 +262,13 @@ def _result(acc: _Accumulator, gene_names: list[str], positions: np.ndarray, pla
                                       "groupby": groupby or "", "as_published": as_published,
                                       "empty_cells": n_empty,
                                       "plan": plan.summary(),
-                                      "definition": "see sctranslator.analysis.attention.passes"}}
+                                      "definition": "see sctranslator.analysis.attention.passes and .pairs"}}
     adata = interaction_anndata(matrix, scaled, gene_received, protein_received,
                                 {name: frame.to_numpy() for name, frame in groups.items()}, gene_obs, protein_var, uns)
-    result = InteractionResult(matrix, scaled, gene_received, protein_received, top, groups, n_cells, adata)
+    annotate(adata, tables, pairs.kinds)
+    result = InteractionResult(matrix, scaled, gene_received, protein_received, top, groups, n_cells, adata,
+                               kinds=pairs.kinds, pairs=tables)
     if out is not None:
-        result.files = write_interaction_files(out, adata, matrix, top, gene_received, protein_received, top_k)
+        result.files = write_interaction_files(out, adata, matrix, top, gene_received, protein_received, top_k,
+                                               extra=lambda staging: write_pair_files(staging, tables, top_k))
     return result

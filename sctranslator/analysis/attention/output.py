@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import anndata as ad
@@ -61,25 +62,30 @@ def top_genes(matrix: pd.DataFrame, scaled: pd.DataFrame, top_k: int) -> pd.Data
                                        "separates_genes"])
 
 
-def interaction_anndata(matrix: pd.DataFrame, scaled: pd.DataFrame, gene_received: pd.DataFrame,
+def interaction_anndata(matrix: pd.DataFrame | None, scaled: pd.DataFrame | None, gene_received: pd.DataFrame,
                         protein_received: pd.DataFrame, group_matrices: dict[str, np.ndarray],
                         gene_obs: pd.DataFrame, protein_var: pd.DataFrame, uns: dict) -> ad.AnnData:
-    """Genes x proteins: X = mean gene-to-protein score, layers 'scaled' and 'mean:<group>'."""
+    """Genes x proteins: X = mean gene-to-protein score, layers 'scaled' and 'mean:<group>' (no X without it)."""
     obs = gene_obs.copy()
     for column in gene_received.columns:
         obs[layer_key("received", column)] = gene_received[column].to_numpy()
     var = protein_var.copy()
     for column in protein_received.columns:
         var[layer_key("received", column)] = protein_received[column].to_numpy()
+    if matrix is None or scaled is None:  # gene-protein not asked for
+        return ad.AnnData(obs=obs, var=var, uns=uns)
     layers = {"scaled": scaled.to_numpy(dtype=np.float32)}
     layers.update({layer_key("mean", name): m.astype(np.float32) for name, m in group_matrices.items()})
     return ad.AnnData(X=matrix.to_numpy(dtype=np.float32), obs=obs, var=var, layers=layers, uns=uns)
 
 
-def write_interaction_files(directory: str | Path, adata: ad.AnnData, matrix: pd.DataFrame, top: pd.DataFrame,
-                            gene_received: pd.DataFrame, protein_received: pd.DataFrame,
-                            top_k: int) -> dict[str, Path]:
+def write_interaction_files(directory: str | Path, adata: ad.AnnData, matrix: pd.DataFrame | None,
+                            top: pd.DataFrame | None, gene_received: pd.DataFrame, protein_received: pd.DataFrame,
+                            top_k: int, extra: Callable[[Path], dict[str, str]] | None = None) -> dict[str, Path]:
     """interactions.h5ad, gene_to_protein.csv, top_genes.csv, gene_attention.csv, protein_attention.csv, PNG.
+
+    Without a gene-protein `matrix` its three files are left out; `extra(staging)` writes more files
+    into the folder before it is installed and returns their names by key.
 
     The folder is written aside, marked as an attention output and renamed into place whole (over
     an earlier attention output the caller has claimed, see `sctranslator.outputs`).
@@ -93,17 +99,23 @@ def write_interaction_files(directory: str | Path, adata: ad.AnnData, matrix: pd
         "protein_attention": "protein_attention.csv",
         "heatmap": "gene_to_protein.png",
     }
+    if matrix is None or top is None:
+        for key in ("gene_to_protein", "top_genes", "heatmap"):
+            del names[key]
     with staging_dir(directory) as staging:
         files = {key: staging / name for key, name in names.items()}
         adata.write_h5ad(files["anndata"])
-        matrix.to_csv(files["gene_to_protein"], index_label="gene")
-        top.to_csv(files["top_genes"], index=False)
         gene_received.to_csv(files["gene_attention"], index_label="gene")
         protein_received.to_csv(files["protein_attention"], index_label="protein")
-        # Show the union of every protein's few best genes: a full L x P heatmap is unreadable.
-        shown = list(dict.fromkeys(top.loc[top["rank"] <= min(top_k, 5), "gene"]))[:60]
-        save_heatmap(minmax_columns_then_rows(matrix).loc[shown], files["heatmap"],
-                     title="gene-to-protein attention (min-max scaled)", colorbar="scaled score")
+        if matrix is not None and top is not None:
+            matrix.to_csv(files["gene_to_protein"], index_label="gene")
+            top.to_csv(files["top_genes"], index=False)
+            # Show the union of every protein's few best genes: a full L x P heatmap is unreadable.
+            shown = list(dict.fromkeys(top.loc[top["rank"] <= min(top_k, 5), "gene"]))[:60]
+            save_heatmap(minmax_columns_then_rows(matrix).loc[shown], files["heatmap"],
+                         title="gene-to-protein attention (min-max scaled)", colorbar="scaled score")
+        if extra is not None:
+            names.update(extra(staging))
         write_identity(staging, OUTPUT_KIND)
         install_dir(staging, directory)
     return {key: directory / name for key, name in names.items()}

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from sctranslator.analysis.attention.math import concat_heads, normalised_queries, received_attention
-from sctranslator.analysis.attention.trace import capture_features
+from sctranslator.analysis.attention.trace import LayerCallback, capture_features
 from sctranslator.model import TranslatorModel
 
 
@@ -43,8 +43,12 @@ class DecoderPass:
 
 
 def encoder_pass(model: TranslatorModel, values: torch.Tensor, gene_ids: torch.Tensor, gene_mask: torch.Tensor,
-                 rows: torch.Tensor, *, row_block: int = 2048, as_published: bool = False) -> EncoderPass:
-    """Run the encoder, accumulating received attention and the translator's first layer for `rows`."""
+                 rows: torch.Tensor, *, row_block: int = 2048, as_published: bool = False,
+                 also: LayerCallback | None = None) -> EncoderPass:
+    """Run the encoder, accumulating received attention and the translator's first layer for `rows`.
+
+    `also(layer, q', k')`, when given, sees each layer's features too (e.g. for gene-gene rows).
+    """
     stack = model.enc
     weight = model.translator.layer(0).weight  # (H1, L)
     batch = values.shape[0]
@@ -53,7 +57,7 @@ def encoder_pass(model: TranslatorModel, values: torch.Tensor, gene_ids: torch.T
     query_weights = gene_mask.to(torch.float32)[:, None, :]
     n_heads = stack.layers[0].attn.heads if len(stack.layers) else 1
 
-    def on_layer(_: int, q_feat: torch.Tensor, k_feat: torch.Tensor) -> None:
+    def on_layer(index: int, q_feat: torch.Tensor, k_feat: torch.Tensor) -> None:
         received.add_(received_attention(q_feat, k_feat, query_weights).sum(dim=1)[:, rows])
         # (B, H, nb, H1) -> (B, H * nb, H1), heads-major like concat_heads
         projected = torch.matmul(k_feat.transpose(-1, -2), weight.T).reshape(batch, -1, weight.shape[0])
@@ -61,6 +65,8 @@ def encoder_pass(model: TranslatorModel, values: torch.Tensor, gene_ids: torch.T
             chunk = rows[lo:lo + row_block]
             queries = normalised_queries(q_feat[:, :, chunk], k_feat)
             first[:, lo:lo + chunk.shape[0]].add_(torch.matmul(concat_heads(queries), projected))
+        if also is not None:
+            also(index, q_feat, k_feat)
 
     with capture_features(stack, on_layer, as_published=as_published):
         encodings = model.encode(values, gene_ids, gene_mask)

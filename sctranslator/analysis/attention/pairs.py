@@ -1,0 +1,118 @@
+"""Gene-gene and protein-protein attention, as the original `attention_matrix.py` defines them.
+
+The original (`scPerformerEncDec.forward` with `output_attentions=True`) returns, per cell, the
+encoder attention `enc_weights` (L x L) and the decoder attention `dec_weights` (P x P): for each
+layer the Performer's implied row-normalised attention A_lh = diag(1 / D) q' k'^T (all keys,
+padding included, in the normaliser), averaged over heads, then over layers. It sums them over
+cells, keeps the real genes (proteins) and min-max scales every column, then every row
+(`attention_normalize`). Its tutorial (fig5) then lists, per gene (protein), the `k` partners with
+the highest scaled score, itself excluded: the gene regulatory network and protein-interaction
+tables.
+
+Here the row i of the encoder matrix is formed for a block of query genes at a time,
+mean_lh (q'_i / D_i) k'^T, from the features the model computed anyway: memory is O(block x L)
+per cell. Pure functions of tensors and arrays, so they can move onto any pipeline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sctranslator.analysis.attention.math import concat_heads, normalised_queries
+
+
+def attention_rows(q_feat: torch.Tensor, k_feat: torch.Tensor, rows: torch.Tensor,
+                   columns: torch.Tensor) -> torch.Tensor:
+    """sum_h A_h[rows, columns] for one layer: (B, H, N, nb) features -> (B, len(rows), len(columns)).
+
+    The normaliser D runs over all N keys, as in the model. Divide by H (and the number of layers)
+    for the original's mean.
+    """
+    queries = concat_heads(normalised_queries(q_feat[:, :, rows], k_feat))
+    keys = concat_heads(k_feat[:, :, columns])
+    return torch.matmul(queries, keys.transpose(1, 2))
+
+
+def window_attention(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """The decoder's mean attention (B, P, P) from concatenated, pre-scaled features (see `DecoderPass`)."""
+    return torch.matmul(queries, keys.transpose(1, 2))
+
+
+def protein_pair_matrix(window_sums: np.ndarray, output_index: np.ndarray, window_size: int) -> np.ndarray:
+    """(W, P, P) per-window sums -> (n_out, n_out) over the output proteins; NaN across windows.
+
+    Proteins in different decoder windows never attend to each other, so their entry is undefined.
+    """
+    window = output_index // window_size
+    position = output_index % window_size
+    matrix = window_sums[window[:, None], position[:, None], position[None, :]].astype(np.float64)
+    matrix[window[:, None] != window[None, :]] = np.nan
+    return matrix
+
+
+def column_ranges(blocks: list[np.ndarray] | np.ndarray, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column (nan)min and (nan)max of a matrix read `block_rows` rows at a time."""
+    lo = np.full(blocks.shape[1], np.inf)
+    hi = np.full(blocks.shape[1], -np.inf)
+    for start in range(0, blocks.shape[0], block_rows):
+        block = np.asarray(blocks[start:start + block_rows], dtype=np.float64)
+        with np.errstate(all="ignore"):
+            np.fmin(lo, np.nanmin(block, axis=0, initial=np.inf), out=lo)
+            np.fmax(hi, np.nanmax(block, axis=0, initial=-np.inf), out=hi)
+    return lo, hi
+
+
+def scale_block(block: np.ndarray, column_lo: np.ndarray | None, column_hi: np.ndarray | None) -> np.ndarray:
+    """The original's `attention_normalize` on a block of rows: columns by the given ranges, then rows.
+
+    Constant columns or rows scale to 0 (the original divides by zero there). NaN stays NaN.
+    `column_lo=None` skips the column step (a subset of rows cannot know a column's range).
+    """
+    values = np.asarray(block, dtype=np.float64)
+    if column_lo is not None and column_hi is not None:
+        span = np.where(column_hi > column_lo, column_hi - column_lo, 1.0)
+        values = (values - column_lo) / span
+    with np.errstate(all="ignore"):
+        lo = np.nanmin(values, axis=1, keepdims=True, initial=np.inf)
+        hi = np.nanmax(values, axis=1, keepdims=True, initial=-np.inf)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return (values - np.where(np.isfinite(lo), lo, 0.0)) / span
+
+
+def top_partners(matrix: np.ndarray, row_names: list[str], column_names: list[str], self_column: np.ndarray,
+                 top_k: int, *, scale_columns: bool = True, block_rows: int = 1024,
+                 label: str = "gene") -> pd.DataFrame:
+    """Each row's `top_k` partners by the original's scaled score, itself excluded, block by block.
+
+    `matrix` (rows x columns; an array or a np.memmap) holds the mean attention; `self_column[i]`
+    is row i's own column (-1: none). Ranked by `scaled` (ties: the first column first), as the
+    original's fig5 tables are. Returns columns `label`, partner, rank, score, scaled. Memory: one block.
+    """
+    lo, hi = column_ranges(matrix, block_rows) if scale_columns else (None, None)
+    k = max(0, min(top_k, matrix.shape[1] - 1))
+    frames = []
+    for start in range(0, matrix.shape[0], block_rows):
+        raw = np.asarray(matrix[start:start + block_rows], dtype=np.float64)
+        scaled = scale_block(raw, lo, hi)
+        rows = np.arange(raw.shape[0])
+        own = self_column[start:start + raw.shape[0]]
+        key = np.where(np.isnan(scaled), -np.inf, scaled)
+        key[rows[own >= 0], own[own >= 0]] = -np.inf  # a gene is not its own partner
+        # Descending; ties keep column order, as pandas' nlargest in the original's tutorial does.
+        order = np.argsort(-key, axis=1, kind="stable")[:, :k]
+        picked = np.take_along_axis(key, order, axis=1)
+        keep = np.isfinite(picked)  # fewer real partners than k (e.g. a protein alone in its window)
+        row_index = np.repeat(rows, order.shape[1]).reshape(order.shape)[keep]
+        columns = order[keep]
+        frames.append(pd.DataFrame({
+            label: np.asarray(row_names, dtype=object)[start + row_index],
+            "partner": np.asarray(column_names, dtype=object)[columns],
+            "rank": (np.cumsum(keep, axis=1)[keep]).astype(np.int64),
+            "score": raw[row_index, columns],
+            "scaled": scaled[row_index, columns],
+        }))
+    if not frames:
+        return pd.DataFrame(columns=[label, "partner", "rank", "score", "scaled"])
+    return pd.concat(frames, ignore_index=True)
