@@ -336,3 +336,28 @@ def test_kind_option_errors(tiny: TranslatorModel, bmmc: ad.AnnData) -> None:
         interactions(bmmc[:2], tiny, PROTEINS[:2], genes=["NOT_A_GENE"])
     only = interactions(bmmc[:2], tiny, PROTEINS[:2], kinds="protein-protein")
     assert only.gene_to_protein is None and only.adata.X is None and only.pairs.protein_pairs is not None
+
+
+def test_command_line_kinds_and_genes(bmmc: ad.AnnData, tmp_path: Path, fixtures_dir: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from sctranslator.analysis.commands import define_attention
+
+    data = tmp_path / "rna.h5ad"
+    bmmc[:3].copy().write_h5ad(data)
+    parser = argparse.ArgumentParser()
+    handler = define_attention(parser)
+    first = interactions(bmmc[:1], sctranslator.load_model(fixtures_dir / "tiny_a_official.pt"), ["CD3"],
+                         kinds="protein-protein")
+    genes = ",".join(first.gene_attention.index[:2])
+    args = parser.parse_args([str(data), "--model", str(fixtures_dir / "tiny_a_official.pt"), "--proteins",
+                              "CD3,CD4,CD19", "--out", str(tmp_path / "att"), "--top-k", "3", "--quiet",
+                              "--kind", "protein-protein", "--genes", genes])
+    assert handler(args) == 0
+    assert "(gene-gene, protein-protein)" in capsys.readouterr().out
+    written = {p.name for p in (tmp_path / "att").iterdir()}
+    assert {"top_gene_pairs.csv", "gene_to_gene.csv", "protein_to_protein.csv", "top_protein_pairs.csv"} <= written
+    assert "gene_to_protein.csv" not in written
+    pairs = pd.read_csv(tmp_path / "att" / "top_protein_pairs.csv")
+    assert set(pairs["protein"]) == {"CD3", "CD4", "CD19"} and (pairs["rank"] <= 2).all()

@@ -146,9 +146,17 @@ def define_knockout(parser: argparse.ArgumentParser) -> Handler:
 
 
 def define_attention(parser: argparse.ArgumentParser) -> Handler:
-    """`sctranslator attention INPUT --model M --proteins ... --out DIR [--top-k K] [--groupby COL]`."""
+    """`sctranslator attention INPUT --model M --proteins ... --out DIR [--kind K,...] [--genes G,...] [--top-k K]`."""
     _common(parser)
     parser.add_argument("--out", required=True, help="output directory (h5ad, CSV tables, PNG)")
+    parser.add_argument("--kind", default="gene-protein,protein-protein",
+                        help="which attention, comma-separated: gene-protein (translated encoder attention times "
+                             "decoder attention), protein-protein (decoder self-attention, per window of P), "
+                             "gene-gene (encoder self-attention; slow over all genes: O(L^2) per cell) "
+                             "(default: %(default)s)")
+    parser.add_argument("--genes", default=None,
+                        help="gene-gene attention for these query genes only (comma-separated or @file; implies "
+                             "gene-gene); without it gene-gene keeps every gene's --top-k partners")
     AnalysisOptions.add_cli_args(parser, only=("top_k",))
     EngineOptions.add_cli_args(parser, only=("block_cells", "batch_size"), defaults={"block_cells": 256,
                                "batch_size": 1}, helps={"block_cells": "cells read and prepared at a time",
@@ -164,12 +172,14 @@ def define_attention(parser: argparse.ArgumentParser) -> Handler:
                               **AnalysisOptions.from_cli_args(args).as_kwargs(("top_k", "groupby", "as_published")),
                               **EngineOptions.from_cli_args(args).as_kwargs(("block_cells", "batch_size")),
                               **InputOptions.from_cli_args(args).as_kwargs(ANALYSIS_INPUTS),
-                              **OutputOptions.from_cli_args(args).as_kwargs(("overwrite", "quiet")))
-        print(f"Attention over {result.n_cells['all']} cells: {result.gene_to_protein.shape[0]} genes x "
-              f"{result.gene_to_protein.shape[1]} proteins")
-        best = result.top_genes[result.top_genes["rank"] == 1].head(10)
-        for row in best.itertuples():
-            print(f"  {row.protein:<12s} top gene {row.gene:<12s} score {row.score:.4g}")
+                              **OutputOptions.from_cli_args(args).as_kwargs(("overwrite", "quiet")),
+                              kinds=args.kind, genes=_names(args.genes))
+        print(f"Attention over {result.n_cells['all']} cells: {result.gene_attention.shape[0]} genes x "
+              f"{result.protein_attention.shape[0]} proteins ({', '.join(result.kinds)})")
+        if result.top_genes is not None:
+            best = result.top_genes[result.top_genes["rank"] == 1].head(10)
+            for row in best.itertuples():
+                print(f"  {row.protein:<12s} top gene {row.gene:<12s} score {row.score:.4g}")
         for name, path in result.files.items():
             print(f"  {name:18s} {path}")
         return 0
