@@ -13,6 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import sctranslator
 from sctranslator.analysis.attention import interactions
+from sctranslator.analysis.attention.kinds import PairSums
 from sctranslator.analysis.attention.math import received_attention
 from sctranslator.analysis.attention.trace import capture_features
 from sctranslator.kernels import prepare_values
@@ -361,3 +362,25 @@ def test_command_line_kinds_and_genes(bmmc: ad.AnnData, tmp_path: Path, fixtures
     assert "gene_to_protein.csv" not in written
     pairs = pd.read_csv(tmp_path / "att" / "top_protein_pairs.csv")
     assert set(pairs["protein"]) == {"CD3", "CD4", "CD19"} and (pairs["rank"] <= 2).all()
+
+
+def test_gene_gene_sums_spilled_to_disk_give_the_same_table(tiny: TranslatorModel, bmmc: ad.AnnData,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from sctranslator.analysis.attention import kinds
+
+    in_memory = interactions(bmmc[:2], tiny, PROTEINS[:2], kinds="gene-gene", top_k=3, row_block=16)
+    monkeypatch.setattr(kinds, "IN_MEMORY_BYTES", 0)  # every gene-gene sum goes to a temporary np.memmap
+    spills: list[Path] = []
+    original_init = kinds.PairSums.__post_init__
+
+    def record(self: PairSums) -> None:
+        original_init(self)
+        assert isinstance(self.gene_sums, np.memmap)
+        spills.append(Path(self.gene_sums.filename))
+
+    monkeypatch.setattr(kinds.PairSums, "__post_init__", record)
+    spilled = interactions(bmmc[:2], tiny, PROTEINS[:2], kinds="gene-gene", top_k=3, row_block=16)
+    assert len(spills) == 1 and not spills[0].exists()  # the temporary file is removed at the end
+    pd.testing.assert_frame_equal(spilled.pairs.gene_pairs[["gene", "partner", "rank"]],
+                                  in_memory.pairs.gene_pairs[["gene", "partner", "rank"]])
+    np.testing.assert_allclose(spilled.pairs.gene_pairs["score"], in_memory.pairs.gene_pairs["score"], rtol=1e-5)
