@@ -25,6 +25,7 @@ from sctranslator.analysis.attention.pairs import (
     top_partners,
     window_attention,
 )
+from sctranslator.analysis.attention.trace import LayerCallback
 from sctranslator.errors import OptionError, VocabularyError
 
 GENE_PROTEIN = "gene-protein"
@@ -100,7 +101,7 @@ class PairSums:
         if PROTEIN_PROTEIN in self.kinds:
             self.protein_sums = np.zeros((self.windows, self.window_size, self.window_size))
 
-    def encoder_callback(self, n_heads: int, n_layers: int):  # noqa: ANN201 - a LayerCallback
+    def encoder_callback(self, n_heads: int, n_layers: int) -> LayerCallback | None:
         """The per-layer hook for `encoder_pass(also=...)`, or None when gene-gene is not wanted."""
         if self.gene_sums is None:
             return None
