@@ -212,6 +212,12 @@ def test_memory_never_reaches_l_by_l(data_dir: Path) -> None:
     # linear in L, far from the (L, L) of a dense attention matrix.
     hidden = config.translator_hidden[0]
     assert 0 < guard.largest <= 2 * length * hidden < length * length // 4, guard.largest
+    # Gene-gene over every gene and protein-protein: torch never holds more than a block of rows.
+    with _LargestTensor() as guard:
+        every = interactions(rna, model, PROTEINS[:8], batch_size=2, row_block=128,
+                             kinds="gene-gene,protein-protein,gene-protein", top_k=3)
+    assert every.pairs.gene_pairs.shape[0] == 3 * length
+    assert 0 < guard.largest <= max(2 * length * hidden, 2 * 128 * length) < length * length // 4, guard.largest
 
 
 def test_command_line_handler(bmmc: ad.AnnData, tmp_path: Path, fixtures_dir: Path,
