@@ -22,6 +22,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -155,9 +156,9 @@ def expand_inputs(data: Any) -> list[Any]:
             if not matches:
                 raise OptionError(f"the pattern {str(item)!r} matches no files; check the path (quote it so that "
                                   "sctranslator expands it, or let the shell do it)")
-            inputs.extend(Path(match).absolute() for match in matches)
+            inputs.extend(Path(os.path.abspath(match)) for match in matches)
         elif isinstance(item, (str, Path)):
-            inputs.append(Path(item).expanduser().absolute())
+            inputs.append(Path(os.path.abspath(Path(item).expanduser())))  # '..' resolved
         else:
             inputs.append(item)
     if not inputs:
@@ -212,9 +213,10 @@ def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
         before, after = old.get("inputs") or [], new["inputs"]
         added = [p for p in after if p not in before]
         dropped = [p for p in before if p not in after]
-        if added or dropped:
-            return (f"its input list differs ({len(added)} added, e.g. {added[:1]}; {len(dropped)} dropped, e.g. "
-                    f"{dropped[:1]})")
+        parts = [f"{len(found)} {what} (first: {found[0]})" for found, what in ((added, "added"), (dropped, "dropped"))
+                 if found]
+        if parts:
+            return f"its input list differs: {', '.join(parts)}"
         return "its inputs are in another order"
     if old.get("model") != new.get("model"):
         return "it was made with another model"
@@ -376,8 +378,8 @@ def translate_collection(translate_one: Callable[..., Any], data: Any, model: An
         first = failed[0]
         raise CollectionError(
             f"{len(failed)} of {len(inputs)} inputs failed (the others are complete in {out}); first: "
-            f"{first['input']}: {first['error']['type']}: {first['error']['message']} -- every error is in {collection.record_path}; "
-            "fix the inputs (or drop them from the list) and re-run the same command to finish",
+            f"{first['input']}: {first['error']['type']}: {first['error']['message']} -- every error is in "
+            f"{collection.record_path}; fix the inputs (or drop them from the list) and re-run the same command",
             entries=collection.entries, record=collection.record_path)
     return [open_predictions(out / entry["store"]) for entry in collection.entries]
 
