@@ -212,7 +212,7 @@ def test_killed_collection_resumes_where_it_stopped(real: ad.AnnData, tmp_path: 
     bundle = save_model(model, tmp_path / "model")
     small, big = tmp_path / "small.h5ad", tmp_path / "big.h5ad"
     real[:64, :3000].copy().write_h5ad(small)
-    many = ad.concat([real[:, 500:]] * 2)
+    many = ad.concat([real[:, 500:]] * 2, index_unique="-")
     many.obs_names = [f"cell{i}" for i in range(many.n_obs)]
     many.write_h5ad(big)
     out = tmp_path / "out"
