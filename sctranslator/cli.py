@@ -232,10 +232,11 @@ def _translate(parser: argparse.ArgumentParser) -> Handler:
 def _translate_inputs(args: argparse.Namespace) -> str | list[str]:
     """translate's input: one path, or a list (several paths, a glob, --inputs @list.txt) for a collection."""
     from sctranslator.engine.collection import is_collection, read_input_list
+    from sctranslator.errors import OptionError
 
     given = list(args.input) + (read_input_list(args.inputs) if args.inputs else [])
     if not given:
-        raise SctranslatorError("translate needs an INPUT (one or more paths, or a quoted glob) or --inputs @LIST")
+        raise OptionError("translate needs an INPUT (one or more paths, or a quoted glob) or --inputs @LIST")
     if len(given) == 1 and not args.inputs and not is_collection(given[0]):
         return given[0]
     return given
