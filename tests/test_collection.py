@@ -189,7 +189,8 @@ def test_other_inputs_or_settings_refused_unless_overwrite(inputs: list[Path], m
 
 
 
-def test_refusals_before_any_work(inputs: list[Path], model_path: Path, tmp_path: Path) -> None:
+def test_refusals_before_any_work(inputs: list[Path], model_path: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(OptionError, match="write one input back"):
         sctranslator.translate(inputs, model_path, PROTEINS, out=tmp_path / "o", write_h5ad=tmp_path / "w.h5ad")
     with pytest.raises(OptionError, match="matches no files"):
@@ -200,6 +201,12 @@ def test_refusals_before_any_work(inputs: list[Path], model_path: Path, tmp_path
 
     with pytest.raises(OptionError, match="pass the files"):
         sctranslator.translate([AnnCollection([ad.read_h5ad(inputs[0])])], model_path, PROTEINS, out=tmp_path / "o")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing yet\n\n")
+    assert main(["translate", "--model", str(model_path), "--out", str(tmp_path / "o")]) == 2
+    assert main(["translate", "--inputs", f"@{empty}", "--model", str(model_path), "--out", str(tmp_path / "o")]) == 2
+    errors = capsys.readouterr().err
+    assert "error: OptionError: translate needs an INPUT" in errors and "lists no inputs" in errors
     assert not (tmp_path / "o").exists()
 
 
