@@ -19,6 +19,7 @@ its store's ledger, failed ones are tried again. Another input list or other set
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import logging
@@ -37,6 +38,7 @@ from sctranslator.engine.ledger import read_record
 from sctranslator.engine.predictions import open_predictions
 from sctranslator.engine.sink import JOB_DIR, OUTPUT_KIND
 from sctranslator.engine.sources import open_source
+from sctranslator.engine.threads import Parallelism
 from sctranslator.errors import (
     BackendError,
     CheckpointError,
@@ -86,15 +88,20 @@ class CollectionRun:
     plan: str | None = None
     cells: int | None = None
 
-    def started(self, plan: Any, source: Any, spec: Any) -> None:
-        """Called by `translate` once an input's plan and backend spec are made, before any block runs."""
+    def started(self, plan: Any, source: Any, spec: Any, rule: Parallelism) -> Parallelism:
+        """Called by `translate` once an input's plan and backend spec are made, before any block runs;
+        returns the parallelism rule to record (with the collection's thread count)."""
         if self.threads is None:
             self.threads = spec.threads
-        spec.threads = self.threads  # the same backend (registry cache key) for every input
+        if spec.threads != self.threads:  # the same backend (registry cache key) for every input
+            spec.threads = self.threads
+            rule = dataclasses.replace(rule, threads=self.threads, why=f"{rule.why}; {self.threads} thread(s) "
+                                       "per call as for the collection's first input (one backend serves all)")
         self.plan, self.cells = plan.fingerprint(), int(source.n_obs)
         self.bar.total = (self.bar.total or 0) + self.cells - self.expected
         self.expected = self.cells
         self.bar.refresh()
+        return rule
 
 
 _ACTIVE: ContextVar[CollectionRun | None] = ContextVar("sctranslator_collection", default=None)

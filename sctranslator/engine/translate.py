@@ -321,7 +321,7 @@ def translate(data: str | Path | ad.AnnData | Sequence[Any], model: str | Path |
     spec.threads = rule.threads
     shared = active_collection()
     if shared is not None:  # an input of a collection: one backend and one progress bar for all
-        shared.started(plan, source, spec)
+        rule = shared.started(plan, source, spec, rule)
     parallelism = rule.record("auto (free device memory)" if auto_batch else batch_size)
     if scheduler or gpus:
         where = f"the {len(cluster_workers)} worker(s) of {scheduler}" if scheduler else f"{len(gpus)} GPU workers"
