@@ -36,3 +36,15 @@ def progress_bar(*, total: int | None, desc: str, unit: str, disable: bool = Fal
             # A Jupyter kernel without ipywidgets: tqdm's widget cannot be built, a text bar still shows progress.
             pass
     return text_tqdm(file=sys.stderr, **settings)
+
+
+def count_done(bar: text_tqdm, cells: int) -> None:
+    """Show `cells` finished before this run as done on `bar`, without counting them as speed (so the
+    rate and ETA reflect only what this run computes)."""
+    if not cells:
+        return
+    bar.n += cells
+    if hasattr(bar, "last_print_n"):  # a disabled bar keeps no rate state
+        bar.last_print_n += cells
+        bar.initial += cells
+        bar.refresh()

@@ -196,8 +196,9 @@ def _modalities(path: Path) -> list[str]:
 
 @command("translate", "predict protein abundance for every cell of a dataset")
 def _translate(parser: argparse.ArgumentParser) -> Handler:
-    add_data_and_model_args(parser)
-    parser.add_argument("--out", required=True, help="output AnnData Zarr store (resumable)")
+    add_data_and_model_args(parser, several=True)
+    parser.add_argument("--out", required=True, help="output AnnData Zarr store (resumable); with several inputs, "
+                        "a directory of one store per input plus collection.json")
     EngineOptions.add_cli_args(parser.add_argument_group("engine"))
     TritonOptions.add_cli_args(parser.add_argument_group("triton backend"))
     InputOptions.add_cli_args(parser.add_argument_group("input"), only=TRANSLATE_INPUTS)
@@ -209,11 +210,14 @@ def _translate(parser: argparse.ArgumentParser) -> Handler:
         options = TritonOptions.from_cli_args(args).given()  # translate refuses them with another backend
         if args.backend == "triton" and "url" not in options:
             raise SctranslatorError("--backend triton needs --url HOST:PORT")
-        result = translate(
-            args.input, args.model, read_name_list(args.proteins) if args.proteins else None, out=args.out,
-            backend_options=options, **EngineOptions.from_cli_args(args).as_kwargs(),
-            **InputOptions.from_cli_args(args).as_kwargs(TRANSLATE_INPUTS),
-            **OutputOptions.from_cli_args(args).as_kwargs())
+        data = _translate_inputs(args)
+        kwargs = dict(backend_options=options, **EngineOptions.from_cli_args(args).as_kwargs(),
+                      **InputOptions.from_cli_args(args).as_kwargs(TRANSLATE_INPUTS),
+                      **OutputOptions.from_cli_args(args).as_kwargs())
+        proteins = read_name_list(args.proteins) if args.proteins else None
+        if isinstance(data, list):
+            return _translate_collection(translate, data, args, proteins, kwargs)
+        result = translate(data, args.model, proteins, out=args.out, **kwargs)
         run_stats = result.uns["sctranslator"]["run"]
         coverage = result.uns["sctranslator"]["plan"]["coverage"]
         print(f"Wrote {result.n_obs} cells x {result.n_vars} proteins to {args.out}")
@@ -223,6 +227,36 @@ def _translate(parser: argparse.ArgumentParser) -> Handler:
         return 0
 
     return run
+
+
+def _translate_inputs(args: argparse.Namespace) -> str | list[str]:
+    """translate's input: one path, or a list (several paths, a glob, --inputs @list.txt) for a collection."""
+    from sctranslator.engine.collection import is_collection, read_input_list
+    from sctranslator.errors import OptionError
+
+    given = list(args.input) + (read_input_list(args.inputs) if args.inputs else [])
+    if not given:
+        raise OptionError("translate needs an INPUT (one or more paths, or a quoted glob) or --inputs @LIST")
+    if len(given) == 1 and not args.inputs and not is_collection(given[0]):
+        return given[0]
+    return given
+
+
+def _translate_collection(translate: Callable[..., object], data: list[str], args: argparse.Namespace,
+                          proteins: list[str] | None, kwargs: dict[str, object]) -> int:
+    """Run a collection and print one line per input; CollectionError (exit 2) when some failed."""
+    from sctranslator.engine.collection import read_collection, summary_lines
+    from sctranslator.errors import CollectionError
+
+    try:
+        translate(data, args.model, proteins, out=args.out, **kwargs)
+    except CollectionError as error:
+        print("\n".join(summary_lines(error.entries)))
+        raise
+    entries = (read_collection(Path(args.out)) or {}).get("inputs", [])
+    print(f"Wrote {len(entries)} stores ({sum(int(e['cells']) for e in entries)} cells) to {args.out}:")
+    print("\n".join(summary_lines(entries)))
+    return 0
 
 
 def define_demo(parser: argparse.ArgumentParser) -> Handler:

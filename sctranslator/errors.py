@@ -116,3 +116,18 @@ class KeyConflictError(SctranslatorError):
 class ClusterError(SctranslatorError):
     """A dask.distributed cluster could not run the job: its scheduler is unreachable or was lost, it has
     no workers, or workers died running the same block; committed blocks are kept and the same command resumes."""
+
+
+class CollectionMismatchError(StoreError):
+    """A collection's output directory holds the collection of another input list, model or settings;
+    nothing was written: re-run the command that made it, choose another --out, or pass --overwrite."""
+
+
+class CollectionError(SctranslatorError):
+    """Some inputs of a collection failed (each with its named error in DIR/collection.json); the others
+    are complete. `entries`: every input's record; `record`: the path of collection.json."""
+
+    def __init__(self, message: str, entries: list | None = None, record: object = None):
+        super().__init__(message)
+        self.entries = list(entries or [])
+        self.record = record

@@ -109,10 +109,18 @@ def parse_names(spec: str) -> list[str]:
     return names
 
 
-def add_data_and_model_args(parser: argparse.ArgumentParser) -> None:
-    """INPUT, --model and --proteins, as translate, knockout and attention take them."""
-    parser.add_argument("input", help=".h5ad, AnnData .zarr store (v2/v3), or .h5mu / MuData zarr (the RNA "
-                        "modality)")
+def add_data_and_model_args(parser: argparse.ArgumentParser, *, several: bool = False) -> None:
+    """INPUT, --model and --proteins, as translate, knockout and attention take them; `several`: INPUT
+    may be repeated or a glob, and --inputs @list.txt names more (translate's collections)."""
+    if several:
+        parser.add_argument("input", nargs="*", help=".h5ad, AnnData .zarr store (v2/v3), or .h5mu / MuData zarr "
+                            "(the RNA modality); several, or a quoted glob, translate each into its own store in "
+                            "--out DIR (a collection)")
+        parser.add_argument("--inputs", metavar="@LIST", help="a text file of inputs, one path per line (blank "
+                            "lines and '#' comments ignored), translated as a collection into --out DIR")
+    else:
+        parser.add_argument("input", help=".h5ad, AnnData .zarr store (v2/v3), or .h5mu / MuData zarr (the RNA "
+                            "modality)")
     parser.add_argument("--model", required=True, help="bundle directory, official .pt checkpoint, or a model name "
                         "(demo, or one added by `sctranslator convert --name`; `sctranslator models` lists them)")
     parser.add_argument("--proteins", help="comma-separated antibody or gene names, or @file "

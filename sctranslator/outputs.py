@@ -68,6 +68,7 @@ KINDS: dict[str, str] = {
     "export-triton": "exported Triton model directory",
     "demo": "demo output folder",
     "bundle": "converted model bundle",
+    "translate-collection": "translate collection folder (several inputs, one store each)",
 }
 
 

@@ -24,7 +24,7 @@ import dask
 import numpy as np
 from tqdm import tqdm
 
-from sctranslator._progress import progress_bar
+from sctranslator._progress import count_done, progress_bar
 from sctranslator.engine.backends.base import BackendSpec, Batch
 from sctranslator.engine.backends.registry import get_backend
 from sctranslator.engine.blocks import BlockRunner
@@ -138,7 +138,7 @@ def run_block(job: BlockJob, index: int, progress: Callable[[int], object] | Non
 
 
 def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None = None,
-            quiet: bool = False, gpus: Sequence[str] = ()) -> dict[str, Any]:
+            quiet: bool = False, gpus: Sequence[str] = (), bar: tqdm | None = None) -> dict[str, Any]:
     """Run every pending block; returns timing and counts (`empty_cells`: empty cells predicted, when
     allowed). Bad cells raise the `BadCellsError` of the lowest bad row among the pending blocks,
     whichever block failed first. `workers`: concurrent local blocks (default: the
@@ -146,14 +146,19 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
     engine.gpus) and no scheduler, blocks run on a local cluster of one worker per GPU
     (`blocks_per_worker` says where they ran). On a cluster, a lost scheduler, no workers or a
     block whose workers keep dying raise `ClusterError`; committed blocks are kept for a re-run.
+    `bar`: a progress bar to advance (a collection's, over all its inputs; left open) instead of a new one.
     """
     sink = job.sink
     pending = sink.pending()
     blocks = sink.blocks()
     todo = set(pending)  # built once: atlases have thousands of blocks
     done_cells = sum(stop - start for i, (start, stop) in enumerate(blocks) if i not in todo)
-    bar = progress_bar(total=sink.n_obs, initial=done_cells, unit="cells", desc="translate", disable=quiet,
-                       dynamic_ncols=True, smoothing=0.1)
+    own_bar = bar is None
+    if bar is None:
+        bar = progress_bar(total=sink.n_obs, initial=done_cells, unit="cells", desc="translate", disable=quiet,
+                           dynamic_ncols=True, smoothing=0.1)
+    else:
+        count_done(bar, done_cells)
     started = time.perf_counter()
     outcomes: list[tuple[int, int, bool]] = []
     placement: dict[str, int] = {}
@@ -177,7 +182,8 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
         unchecked = [blocks[i] for i in sink.pending()]
         raise job.runner.lowest_error(error, unchecked) from None
     finally:
-        bar.close()
+        if own_bar:
+            bar.close()
     elapsed = time.perf_counter() - started
     n_computed = sum(1 for outcome in outcomes if outcome[2])
     computed = sum(cells for cells, _, did in outcomes if did)

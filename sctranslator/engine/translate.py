@@ -19,6 +19,7 @@ from sctranslator._atomic import atomic_write_path, require_space
 from sctranslator.engine.backends.base import BackendSpec
 from sctranslator.engine.backends.onnx_cache import onnx_file_for
 from sctranslator.engine.backends.registry import choose_backend, get_backend
+from sctranslator.engine.collection import active_collection, is_collection, translate_collection
 from sctranslator.engine.gpus import visible_gpus
 from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.pipeline import BlockJob, check_cluster, check_scheduler_address, run_job
@@ -165,7 +166,7 @@ def _writeback_bytes(data: Any, source: Any, result: ad.AnnData) -> int | None:
 
 
 @one_writer
-def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel,
+def translate(data: str | Path | ad.AnnData | Sequence[Any], model: str | Path | TranslatorModel,
               proteins: Sequence[str] | None = None, *, out: str | Path | None = None, backend: Backend = "auto",
               device: str = "cpu", batch_size: int | None = None, block_cells: int | None = None,
               workers: int | None = None, scheduler: str | None = None, normalize: Normalize | None = None,
@@ -179,12 +180,15 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
               gene_mapping: GeneMapping | None = None, inplace: bool = False,
               cells: Sequence[str] | None = None, obs_query: str | None = None,
               max_cells: int | None = None, key: str | None = None,
-              replace_key: bool = False, wait: bool = False) -> ad.AnnData | None:
+              replace_key: bool = False, wait: bool = False) -> ad.AnnData | list[ad.AnnData] | None:
     """Predict protein abundance for every cell of `data` with `model`.
 
     Parameters (the option groups of `sctranslator.options` document each one and its choices):
         data: .h5ad, AnnData .zarr store (v2/v3), .h5mu (see `modality`) or an in-memory AnnData /
-            MuData; cells x genes, read block by block.
+            MuData; cells x genes, read block by block. A list of them (or a glob such as
+            "atlas/*.h5ad") is a collection: each input is translated as if alone into its own store
+            in `out` (a directory, with collection.json); a list of AnnData is returned, and
+            CollectionError is raised at the end when some inputs failed (engine.collection).
         model: a bundle directory, an official .pt checkpoint (read without executing it), a model
             name (`demo`, or one added by `sctranslator convert --name`) or a TranslatorModel.
         proteins: antibody or gene names to predict (default: the model's protein panel).
@@ -251,6 +255,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
             another job (without overwrite). OutputConflictError: an output path that holds something
             sctranslator did not write, or that is or overlaps an input.
     """
+    if is_collection(data):  # several inputs: one store each in `out` (engine.collection)
+        return translate_collection(translate, **locals())
     check_choices(backend=backend, normalize=normalize, id_type=id_type, precision=precision)
     check_device(device)
     check_scheduler_address(scheduler)
@@ -313,6 +319,9 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     rule = choose_parallelism(backend=backend, device=device, flop_per_cell=flop, cpus=cpus, cpu_source=cpu_source,
                               workers=workers)
     spec.threads = rule.threads
+    shared = active_collection()
+    if shared is not None:  # an input of a collection: one backend and one progress bar for all
+        rule = shared.started(plan, source, spec, rule)
     parallelism = rule.record("auto (free device memory)" if auto_batch else batch_size)
     if scheduler or gpus:
         where = f"the {len(cluster_workers)} worker(s) of {scheduler}" if scheduler else f"{len(gpus)} GPU workers"
@@ -365,7 +374,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
         job = BlockJob(source=source, plan=plan, backend=spec, sink=sink, batch_size=batch_size,
                        allow_empty_cells=allow_empty_cells, embeddings=embeddings, auto_batch_size=auto_batch,
                        flop_per_cell=flop, compute_slots=rule.compute_slots)
-        stats = run_job(job, workers=workers if gpus else rule.workers, scheduler=scheduler, quiet=quiet, gpus=gpus)
+        stats = run_job(job, workers=workers if gpus else rule.workers, scheduler=scheduler, quiet=quiet, gpus=gpus,
+                        bar=shared.bar if shared is not None else None)
         sink.finish({"last_run": stats}, run=stats)
         result = sink.read(owner)  # lazy: X stays in the store
         result.uns["sctranslator"]["run"] = stats

@@ -1,0 +1,440 @@
+"""Collections: several inputs translated in one job, each exactly as if it were translated alone.
+
+`translate([a, b, ...], model, out=DIR)` (and `sctranslator translate A B ... --out DIR`, a glob,
+`--inputs @list.txt`) gives every input its own plan (its own gene layout: inputs are never
+joined, the model is positional) and its own output store `DIR/<stem>.zarr`, and keeps
+`DIR/collection.json`, rewritten atomically as inputs start and finish: each input, its store, its
+cells, its plan fingerprint, its status and, for a failed input, its named error.
+
+The model is loaded once; `translate` is called once per input with the loaded model and consults
+the `CollectionRun` of this module (a context variable) to share what a collection shares: one
+progress bar over all cells, and the intra-op thread count of the first input, so the per-process
+backend cache (engine.backends.registry) serves every input with the one backend it built.
+The backend takes each input's gene layout with every batch, so one backend serves every plan.
+
+Re-running the same job resumes: finished inputs are skipped, the interrupted one resumes through
+its store's ledger, failed ones are tried again. Another input list or other settings are refused
+(CollectionMismatchError) unless `overwrite`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+
+from sctranslator._atomic import atomic_write_text, install_dir, remove_path, staging_dir
+from sctranslator._progress import count_done, progress_bar
+from sctranslator.engine.ledger import read_record
+from sctranslator.engine.predictions import open_predictions
+from sctranslator.engine.sink import JOB_DIR, OUTPUT_KIND
+from sctranslator.engine.sources import open_source
+from sctranslator.engine.threads import Parallelism
+from sctranslator.errors import (
+    BackendError,
+    CheckpointError,
+    ClusterError,
+    CollectionError,
+    CollectionMismatchError,
+    MissingExtraError,
+    OptionError,
+    OutputLockedError,
+    OutputWriteError,
+    SctranslatorError,
+)
+from sctranslator.model import TranslatorModel, load_model
+from sctranslator.model.identity import model_fingerprint
+from sctranslator.outputs import claim_output, read_identity, write_identity
+
+log = logging.getLogger(__name__)
+
+COLLECTION_KIND = "translate-collection"
+RECORD_NAME = "collection.json"
+FORMAT = 1
+# Errors that would fail every input alike (a setting, the model, the backend, the cluster, the disk,
+# another job): they end the collection at once instead of being recorded against one input.
+JOB_ERRORS = (OptionError, BackendError, CheckpointError, MissingExtraError, ClusterError, OutputWriteError,
+              OutputLockedError)
+# Settings that decide the numbers written: another value is another collection. Engine settings
+# (workers, batch size, device, backend, scheduler) change speed, not predictions, as for one input.
+IDENTITY_SETTINGS = ("normalize", "target_sum", "gene_column", "id_type", "layer", "use_raw", "modality",
+                     "missing_chunks", "min_coverage", "allow_low_coverage", "allow_empty_cells", "precision",
+                     "embeddings", "gene_mapping", "cells", "obs_query", "max_cells")
+_GLOB_CHARACTERS = frozenset("*?[")
+
+
+@dataclass
+class CollectionRun:
+    """What the inputs of one collection share inside `translate` (see the module docstring).
+
+    bar: the one progress bar over every input's cells.
+    threads: intra-op threads, fixed by the first input that starts (None until then).
+    expected: the cells of the current input already counted in `bar.total`.
+    plan, cells: the current input's plan fingerprint and cell count, set by `started`.
+    """
+
+    bar: Any
+    threads: int | None = None
+    expected: int = 0
+    plan: str | None = None
+    cells: int | None = None
+
+    def started(self, plan: Any, source: Any, spec: Any, rule: Parallelism) -> Parallelism:
+        """Called by `translate` once an input's plan and backend spec are made, before any block runs;
+        returns the parallelism rule to record (with the collection's thread count)."""
+        if self.threads is None:
+            self.threads = spec.threads
+        if spec.threads != self.threads:  # the same backend (registry cache key) for every input
+            spec.threads = self.threads
+            rule = dataclasses.replace(rule, threads=self.threads, why=f"{rule.why}; {self.threads} thread(s) "
+                                       "per call as for the collection's first input (one backend serves all)")
+        self.plan, self.cells = plan.fingerprint(), int(source.n_obs)
+        self.bar.total = (self.bar.total or 0) + self.cells - self.expected
+        self.expected = self.cells
+        self.bar.refresh()
+        return rule
+
+
+_ACTIVE: ContextVar[CollectionRun | None] = ContextVar("sctranslator_collection", default=None)
+
+
+def active_collection() -> CollectionRun | None:
+    """The collection whose input `translate` is running in this context, or None."""
+    return _ACTIVE.get()
+
+
+def is_collection(data: Any) -> bool:
+    """Whether `data` names several inputs: a list or tuple, or a path pattern with glob characters
+    that is not itself an existing path."""
+    if isinstance(data, (list, tuple)):
+        return True
+    if isinstance(data, (str, Path)) and "://" not in str(data):
+        return bool(_GLOB_CHARACTERS & set(str(data))) and not Path(data).expanduser().exists()
+    return False
+
+
+def read_input_list(spec: str | Path) -> list[str]:
+    """The paths listed in a text file (`@list.txt` or `list.txt`): one per line, blank lines and text
+    after `#` ignored; relative paths are relative to the current directory.
+
+    Raises OptionError for a missing, binary or empty list.
+    """
+    path = Path(str(spec)[1:] if str(spec).startswith("@") else spec).expanduser()
+    try:
+        raw = path.read_bytes()
+        if b"\0" in raw:
+            raise UnicodeDecodeError("utf-8", raw[:1], 0, 1, "binary data")
+        text = raw.decode("utf-8-sig")
+    except FileNotFoundError:
+        raise OptionError(f"--inputs {spec}: {path} does not exist; give a text file with one input path per "
+                          "line") from None
+    except (UnicodeDecodeError, IsADirectoryError):
+        raise OptionError(f"--inputs {spec}: {path} is not a text file; give a text file with one input path per "
+                          "line ('#' starts a comment)") from None
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    paths = [line for line in lines if line]
+    if not paths:
+        raise OptionError(f"--inputs {spec}: {path} lists no inputs (one path per line; '#' starts a comment)")
+    return paths
+
+
+def expand_inputs(data: Any) -> list[Any]:
+    """The inputs of a collection in order: globs expanded (sorted), paths made absolute, AnnData
+    objects kept. OptionError for an empty list, a glob that matches nothing, a path listed twice or
+    an AnnCollection."""
+    items = list(data) if isinstance(data, (list, tuple)) else [data]
+    inputs: list[Any] = []
+    for item in items:
+        if type(item).__name__ == "AnnCollection":
+            raise OptionError("an AnnCollection is not translated as one input (its files may have different genes, "
+                              "and each needs its own plan); pass the files themselves: translate([path1, path2, "
+                              "...], model, out=DIR)")
+        if isinstance(item, (str, Path)) and is_collection(item):
+            matches = sorted(glob.glob(str(Path(item).expanduser()), recursive=True))
+            if not matches:
+                raise OptionError(f"the pattern {str(item)!r} matches no files; check the path (quote it so that "
+                                  "sctranslator expands it, or let the shell do it)")
+            inputs.extend(Path(os.path.abspath(match)) for match in matches)
+        elif isinstance(item, (str, Path)):
+            inputs.append(Path(os.path.abspath(Path(item).expanduser())))  # '..' resolved
+        else:
+            inputs.append(item)
+    if not inputs:
+        raise OptionError("no inputs given; name one or more files, a glob, or --inputs @list.txt")
+    paths = [str(item) for item in inputs if isinstance(item, Path)]
+    repeated = sorted({p for p in paths if paths.count(p) > 1})
+    if repeated:
+        raise OptionError(f"{repeated[0]} is listed more than once; give each input once")
+    return inputs
+
+
+def _stem(item: Any, index: int) -> str:
+    if not isinstance(item, Path):
+        return f"anndata-{index + 1}"
+    name = item.name.rstrip("/") or "input"
+    for suffix in (".h5ad", ".h5mu", ".zarr", ".h5", ".hdf5", ".loom"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem or name
+
+
+def store_names(inputs: Sequence[Any]) -> list[str]:
+    """One store name per input, in order: `<stem>.zarr`, and for a stem seen before (compared without
+    case, as case-insensitive file systems do) `<stem>-2.zarr`, `<stem>-3.zarr`, ..."""
+    used: set[str] = set()
+    names = []
+    for index, item in enumerate(inputs):
+        stem = candidate = _stem(item, index)
+        number = 2
+        while candidate.lower() in used:
+            candidate = f"{stem}-{number}"
+            number += 1
+        used.add(candidate.lower())
+        names.append(f"{candidate}.zarr")
+    return names
+
+
+def _label(item: Any, index: int) -> str:
+    return str(item) if isinstance(item, Path) else f"<in-memory {type(item).__name__} #{index + 1}>"
+
+
+def _identity(inputs: Sequence[Any], model: TranslatorModel, proteins: Sequence[str] | None,
+              settings: dict[str, Any]) -> dict[str, Any]:
+    chosen = {name: settings.get(name) for name in IDENTITY_SETTINGS}
+    record = {"inputs": [_label(item, i) for i, item in enumerate(inputs)], "model": model_fingerprint(model),
+              "proteins": None if proteins is None else list(proteins), "settings": chosen}
+    return json.loads(json.dumps(record, default=str))  # as it reads back from the record
+
+
+def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    if old.get("inputs") != new.get("inputs"):
+        before, after = old.get("inputs") or [], new["inputs"]
+        added = [p for p in after if p not in before]
+        dropped = [p for p in before if p not in after]
+        parts = [f"{len(found)} {what} (first: {found[0]})" for found, what in ((added, "added"), (dropped, "dropped"))
+                 if found]
+        if parts:
+            return f"its input list differs: {', '.join(parts)}"
+        return "its inputs are in another order"
+    if old.get("model") != new.get("model"):
+        return "it was made with another model"
+    if old.get("proteins") != new.get("proteins"):
+        return "it was made for other proteins"
+    changed = sorted(k for k in new["settings"] if (old.get("settings") or {}).get(k) != new["settings"][k])
+    return f"its settings differ ({', '.join(changed) or 'format'})"
+
+
+@dataclass
+class _Collection:
+    """DIR and its record: the entries, rewritten atomically after every change."""
+
+    path: Path
+    identity: dict[str, Any]
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def record_path(self) -> Path:
+        return self.path / RECORD_NAME
+
+    def save(self) -> None:
+        counts = {status: sum(e["status"] == status for e in self.entries)
+                  for status in ("done", "failed", "pending", "running")}
+        record = {"format": FORMAT, "kind": COLLECTION_KIND, "identity": self.identity, "counts": counts,
+                  "inputs": self.entries}
+        atomic_write_text(self.record_path, json.dumps(record, indent=2, default=str))
+
+
+def read_collection(path: str | Path) -> dict[str, Any] | None:
+    """The record `DIR/collection.json` of a collection, or None when there is none (or it is unreadable)."""
+    try:
+        return json.loads((Path(path) / RECORD_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _open_collection(out: Path, identity: dict[str, Any], names: list[str], labels: list[str],
+                     overwrite: bool, inputs: Sequence[Any]) -> _Collection:
+    """Claim DIR (a collection of ours, or free) and return its record: resumed, or new."""
+    paths = [item for item in inputs if isinstance(item, Path)]
+    ours = claim_output(out, COLLECTION_KIND, inputs=paths, overwrite=overwrite, resumable=True)
+    fresh = [{"input": label, "store": name, "cells": None, "plan": None, "status": "pending", "error": None}
+             for label, name in zip(labels, names, strict=True)]
+    if not ours:
+        # DIR appears whole, with its identity and its record, or not at all.
+        with staging_dir(out) as staging:
+            write_identity(staging, COLLECTION_KIND)
+            _Collection(staging, identity, fresh).save()
+            install_dir(staging, out)
+        return _Collection(out, identity, fresh)
+    record = read_collection(out)
+    if record is not None and record.get("identity") == identity and not overwrite:
+        log.info("resuming the collection in %s", out)
+        return _Collection(out, identity, list(record["inputs"]))
+    if record is not None and not overwrite:
+        raise CollectionMismatchError(
+            f"{out} holds a collection of another job: {_difference(record.get('identity') or {}, identity)}. "
+            "Re-run the command that made it to resume it, choose another --out, or pass --overwrite to replace it")
+    # --overwrite: stores of the old record that the new one does not name are removed (each is a
+    # translate store of ours, checked by its identity record); the others are replaced by translate.
+    for entry in (record or {}).get("inputs", []):
+        store = out / str(entry.get("store", ""))
+        if entry.get("store") not in names and store.parent == out and (read_identity(store) or {}).get(
+                "kind") == OUTPUT_KIND:
+            remove_path(store)
+    collection = _Collection(out, identity, fresh)
+    collection.save()
+    return collection
+
+
+def _finished(store: Path) -> bool:
+    record = read_record(store / JOB_DIR)
+    return bool(record and record.get("complete"))
+
+
+def _estimate(item: Any, options: dict[str, Any]) -> int:
+    """An input's cells for the progress bar's total, before its plan is made (0 when unreadable:
+    translate then reports why)."""
+    try:
+        source = open_source(item, **options)
+    except SctranslatorError:
+        return 0
+    try:
+        return int(source.n_obs)
+    finally:
+        source.close()
+
+
+def translate_collection(translate_one: Callable[..., Any], data: Any, model: Any,
+                         proteins: Sequence[str] | None = None, *, out: str | Path | None = None,
+                         overwrite: bool = False, quiet: bool = False, write_h5ad: str | Path | None = None,
+                         write_mudata: str | Path | None = None, inplace: bool = False, key: str | None = None,
+                         replace_key: bool = False, **settings: Any) -> list[ad.AnnData]:
+    """Translate every input of a collection into its own store in `out` (see the module docstring).
+
+    Parameters
+    ----------
+    translate_one
+        `sctranslator.translate` itself (passed in, so that this module does not import it).
+    data
+        A list of inputs (paths, globs, AnnData objects) or one glob pattern.
+    model, proteins, overwrite, quiet, **settings
+        As for `translate`; the settings apply to every input as if it were translated alone.
+    out
+        The collection's directory (required).
+    write_h5ad, write_mudata, inplace, key, replace_key
+        Not for collections (OptionError): translate each input on its own to write it back.
+
+    Returns
+    -------
+    list of AnnData
+        One per input, in order, read lazily from its store.
+
+    Raises
+    ------
+    OptionError
+        No `out`, a write-back asked for, no inputs, a glob matching nothing, an input listed twice.
+    CollectionMismatchError
+        `out` holds a collection of other inputs or settings (without `overwrite`).
+    CollectionError
+        At the end, when some inputs failed; the others are complete (`error.entries` lists all).
+    """
+    if write_h5ad or write_mudata or inplace or key or replace_key:
+        raise OptionError("--write-h5ad, --write-mudata, --key and inplace=True write one input back; with several "
+                          "inputs, translate into --out DIR (one store per input) or run each input on its own to "
+                          "write it back")
+    if out is None:
+        raise OptionError("several inputs need --out DIR (out=DIR): a directory that gets one store per input and "
+                          "collection.json")
+    out = Path(out).expanduser().absolute()
+    if out.suffix.lower() in (".h5ad", ".h5mu", ".zarr", ".h5"):
+        raise OptionError(f"--out {out}: several inputs are written to a directory of stores, one per input; give a "
+                          f"directory name without a file suffix, e.g. --out {out.with_suffix('')}")
+    inputs = expand_inputs(data)
+    loaded = model if isinstance(model, TranslatorModel) else load_model(model)  # loaded once for every input
+    names, labels = store_names(inputs), [_label(item, i) for i, item in enumerate(inputs)]
+    collection = _open_collection(out, _identity(inputs, loaded, proteins, settings), names, labels, overwrite,
+                                  inputs)
+    source_options = {k: settings[k] for k in ("layer", "use_raw", "modality", "missing_chunks") if k in settings}
+    skip = [entry["status"] == "done" and isinstance(item, Path) and _finished(out / entry["store"]) and
+            not overwrite for entry, item in zip(collection.entries, inputs, strict=True)]
+    estimates = [int(entry["cells"] or 0) if done else _estimate(item, source_options)
+                 for entry, item, done in zip(collection.entries, inputs, skip, strict=True)]
+    bar = progress_bar(total=sum(estimates), unit="cells", desc=f"translate {len(inputs)} inputs", disable=quiet,
+                       dynamic_ncols=True, smoothing=0.1)
+    run = CollectionRun(bar)
+    try:
+        for index, (entry, item) in enumerate(zip(collection.entries, inputs, strict=True)):
+            if skip[index]:
+                count_done(bar, estimates[index])
+                continue
+            _translate_entry(translate_one, collection, entry, item, run, estimates[index], loaded, proteins,
+                             overwrite=overwrite, settings=settings)
+    finally:
+        bar.close()
+    failed = [entry for entry in collection.entries if entry["status"] == "failed"]
+    if failed:
+        first = failed[0]
+        raise CollectionError(
+            f"{len(failed)} of {len(inputs)} inputs failed (the others are complete in {out}); first: "
+            f"{first['input']}: {first['error']['type']}: {first['error']['message']} -- every error is in "
+            f"{collection.record_path}; fix the inputs (or drop them from the list) and re-run the same command",
+            entries=collection.entries, record=collection.record_path)
+    return [open_predictions(out / entry["store"]) for entry in collection.entries]
+
+
+def _translate_entry(translate_one: Callable[..., Any], collection: _Collection, entry: dict[str, Any], item: Any,
+                     run: CollectionRun, estimate: int, model: TranslatorModel, proteins: Sequence[str] | None,
+                     *, overwrite: bool, settings: dict[str, Any]) -> None:
+    """Translate one input into its store, recording its outcome; job-wide errors pass through."""
+    entry.update(status="running", error=None)
+    collection.save()
+    run.expected, run.plan, run.cells = estimate, None, None
+    progressed = run.bar.n
+    token = _ACTIVE.set(run)
+    try:
+        result = translate_one(item, model, proteins, out=collection.path / entry["store"], overwrite=overwrite,
+                               **settings)
+    except JOB_ERRORS:
+        entry.update(status="pending", plan=run.plan, cells=run.cells)
+        collection.save()
+        raise
+    except SctranslatorError as error:
+        _failed(collection, entry, run, error, progressed)
+    else:
+        entry.update(status="done", cells=int(result.n_obs), plan=run.plan)
+        collection.save()
+    finally:
+        _ACTIVE.reset(token)
+
+
+def _failed(collection: _Collection, entry: dict[str, Any], run: CollectionRun, error: SctranslatorError,
+            progressed: int) -> None:
+    entry.update(status="failed", plan=run.plan, cells=run.cells,
+                 error={"type": type(error).__name__, "message": str(error)})
+    collection.save()
+    # The input's cells that will not be computed leave the bar's total, so the ETA stays honest.
+    remaining = run.expected - (run.bar.n - progressed)
+    run.bar.total = max(run.bar.n, (run.bar.total or 0) - max(0, remaining))
+    run.bar.refresh()
+    log.error("%s: %s: %s (the other inputs go on)", entry["input"], type(error).__name__, error)
+
+
+def summary_lines(entries: Iterable[dict[str, Any]]) -> list[str]:
+    """One line per input for the command line: status, cells, store (and the error of a failed one)."""
+    lines = []
+    for entry in entries:
+        cells = "?" if entry.get("cells") is None else str(entry["cells"])
+        line = f"  {entry['status']:<7} {cells:>9} cells  {entry['store']}  <- {entry['input']}"
+        if entry.get("error"):
+            line += f"\n          {entry['error']['type']}: {entry['error']['message']}"
+        lines.append(line)
+    return lines
