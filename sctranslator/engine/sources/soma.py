@@ -59,7 +59,10 @@ def soma_uri(data: Any) -> str | None:
 
 
 def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0].strip().strip("'\"")
+    """The message of a tiledbsoma error without its C++ trace ("At: ...") and type prefix."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0].strip()
+    line = line.removeprefix("SOMAError:").strip()
+    return line.strip("'\"").strip() or type(exc).__name__
 
 
 class SomaSource(Source):
