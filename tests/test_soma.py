@@ -219,3 +219,12 @@ def test_knockout_reads_a_soma_experiment_like_the_h5ad(experiment: str, h5ad: a
     from_soma = knockout(exp_rows, tiny, genes, PROTEINS, out=tmp_path / "soma.h5ad", block_cells=10,
                          measurement="RNA")
     np.testing.assert_allclose(from_soma.adata.layers["mean"], from_file.adata.layers["mean"], atol=1e-6, rtol=0)
+
+
+def test_obs_columns_also_choose_a_files_obs(cells: Path, tiny: TranslatorModel, tmp_path: Path) -> None:
+    out = tmp_path / "file.zarr"
+    sctranslator.translate(cells, tiny, PROTEINS, obs_columns=["batch", "cell_type"], max_cells=20, out=out,
+                           **COMMON)
+    assert list(ad.read_zarr(out).obs.columns) == ["batch", "cell_type"]
+    with pytest.raises(InputDataError, match="'tissue'.*cell_type"):
+        sctranslator.translate(cells, tiny, PROTEINS, obs_columns=["tissue"], max_cells=20, **COMMON)
