@@ -228,3 +228,13 @@ def test_obs_columns_also_choose_a_files_obs(cells: Path, tiny: TranslatorModel,
     assert list(ad.read_zarr(out).obs.columns) == ["batch", "cell_type"]
     with pytest.raises(InputDataError, match="'tissue'.*cell_type"):
         sctranslator.translate(cells, tiny, PROTEINS, obs_columns=["tissue"], max_cells=20, **COMMON)
+
+
+def test_uris_members_and_finetune_pairing(experiment: str, data_dir: Path) -> None:
+    assert open_source("file://" + experiment).n_obs == 600
+    with pytest.raises(StoreError, match="not a SOMAExperiment.*experiment's URI"):
+        open_source(Path(experiment) / "ms")  # a TileDB group inside the experiment, not the experiment
+    from sctranslator.train.paired import load_paired
+
+    paired = load_paired(experiment, data_dir / "bmmc_cite_neurips2021" / "protein.h5ad")
+    assert isinstance(paired.source, SomaSource) and paired.origin["paired_cells"] == 600
