@@ -84,6 +84,19 @@ def test_query_is_pushed_down_and_selects_the_cells_pandas_selects(experiment: s
     assert chosen.read_obs().index.tolist() == h5ad.obs_names[expected].tolist()
 
 
+def test_named_cells_with_a_pushed_down_query_select_what_a_file_selects(experiment: str, cells: Path,
+                                                                         h5ad: ad.AnnData) -> None:
+    inside = np.flatnonzero(h5ad.obs.eval(PANDAS_QUERY).to_numpy())
+    names = [*h5ad.obs_names[[inside[5], 0, inside[1], 1, inside[9]]]]  # two outside the query
+    from_file = select_cells(open_source(cells), cells=names, obs_query=PANDAS_QUERY, max_cells=2)
+    from_soma = select_cells(open_source(experiment), cells=names, obs_query=QUERY, max_cells=2)
+    assert from_soma.obs_names.tolist() == from_file.obs_names.tolist() == list(h5ad.obs_names[inside[[1, 5]]])
+    assert (from_soma.read_block(0, 2) != from_file.read_block(0, 2)).nnz == 0
+    assert QUERY in from_soma.selection
+    with pytest.raises(InputDataError, match="not in the SOMA experiment.*NOT_A_CELL"):
+        select_cells(open_source(experiment), cells=["NOT_A_CELL"], obs_query=QUERY)
+
+
 def test_translate_uri_and_open_experiment_equal_the_h5ad(experiment: str, h5ad: ad.AnnData,
                                                           tiny: TranslatorModel, tmp_path: Path) -> None:
     rows = np.flatnonzero(h5ad.obs.eval(PANDAS_QUERY).to_numpy())

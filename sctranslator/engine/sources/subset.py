@@ -130,11 +130,22 @@ def select_cells(source: Source, *, cells: Sequence[str] | None = None, obs_quer
     """
     if obs_query is not None and hasattr(source, "filtered"):
         # Sources with a query engine of their own (SOMA: TileDB value filters) evaluate it where the data is.
-        source, obs_query = source.filtered(obs_query), None
+        if cells is not None:
+            select_cells(source, cells=cells)  # names unknown to the whole input are an error, as for files
+        filtered = source.filtered(obs_query)
+        if cells is not None:  # named cells outside the query are left out, as for files
+            kept = [str(name) for name in cells if str(name) in set(filtered.obs_names.astype(str))]
+            if not kept:
+                raise InputDataError(f"none of the {len(cells)} named cells is selected by the obs query "
+                                     f"{obs_query!r} of {source.describe()}")
+            cells = kept
+        source, pushed, obs_query = filtered, obs_query, None
+    else:
+        pushed = None
     if cells is None and obs_query is None and max_cells is None:
         return source
     rows = np.arange(source.n_obs, dtype=np.int64)
-    parts = []
+    parts = [] if pushed is None else [f"obs query {pushed!r} (evaluated by the source)"]
     if cells is not None:
         require_unique_cell_names(source.obs_names, source.describe(), "--cells / cells= picks cells by name")
         names = pd.Index([str(name) for name in cells])
