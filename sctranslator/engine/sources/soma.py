@@ -102,10 +102,21 @@ class SomaSource(Source):
         self._reset_transient()
         if is_soma_experiment_object(experiment):
             self._experiment, self._owned = experiment, False
-            self.path = str(experiment.uri)
+            uri = str(experiment.uri)
+            # Worker processes reopen it by this URI from their own directories: a local path goes absolute.
+            self.path = uri if "://" in uri else os.path.abspath(uri)
         else:
             self.path = str(experiment)
             self._experiment = self._open_experiment(soma)
+        try:
+            self._inspect(soma, measurement, layer, gene_column, obs_query)
+        except BaseException:
+            self.close()  # an experiment this source opened is not left open by a refused input
+            raise
+
+    def _inspect(self, soma: Any, measurement: str | None, layer: str | None, gene_column: str | None,
+                 obs_query: str | None) -> None:
+        """Find the measurement, layer and genes, and select the cells (metadata and joinids only)."""
         self.measurement = DEFAULT_MEASUREMENT if measurement is None else str(measurement)
         self.obs_query = obs_query
         experiment = self._experiment
