@@ -287,8 +287,10 @@ def check_choices(**values: Any) -> None:
 class InputOptions(OptionGroup):
     """How the input matrix is read and aligned to the model (translate, knockout, attention)."""
 
-    layer: str | None = option(None, "read this layer instead of X", none_means="X")
-    gene_column: str | None = option(None, "var column holding the gene identifiers", none_means="the var index")
+    layer: str | None = option(None, "read this layer instead of X (a SOMA experiment: the X layer)",
+                               none_means="X; a SOMA experiment: raw when present, else its only layer")
+    gene_column: str | None = option(None, "var column holding the gene identifiers",
+                                     none_means="the var index; a SOMA experiment: feature_name")
     id_type: IdType = option("auto", "kind of gene identifier; auto detects it from the identifiers")
     normalize: Normalize | None = option(
         None, "library-size normalisation and/or log1p before the per-cell scaling",
@@ -304,6 +306,8 @@ class InputOptions(OptionGroup):
     use_raw: bool = option(False, "read adata.raw (its X and var) instead of X")
     modality: str | None = option(None, "MuData (.h5mu) modality holding the RNA",
                                   none_means="'rna', else the one RNA-like modality (RNA, gex, 'Gene Expression')")
+    measurement: str | None = option(None, "TileDB-SOMA experiment: the measurement holding the RNA",
+                                     none_means="RNA")
     missing_chunks: MissingChunks = option(
         "error", "a chunk of X absent from a Zarr store: error refuses; zeros reads it as zeros (stores written "
         "with write_empty_chunks=False)")
@@ -313,7 +317,11 @@ class InputOptions(OptionGroup):
     cells: tuple[str, ...] | None = option(None, "only these cells (obs names: A,B or @file), in the input's "
                                            "order", none_means="all cells", parse=_names_tuple)
     obs_query: str | None = option(None, "only the cells where this pandas expression over obs holds, e.g. "
-                                   "\"cell_type == 'B cell'\"", none_means="all cells")
+                                   "\"cell_type == 'B cell'\" (a SOMA experiment: a SOMA value_filter, evaluated "
+                                   "by TileDB)", none_means="all cells")
+    obs_columns: tuple[str, ...] | None = option(None, "only these obs columns travel into the output's obs (A,B or "
+                                                 "@file; a SOMA experiment's soma_joinid always does)",
+                                                 none_means="all of them", parse=_names_tuple)
     max_cells: int | None = option(None, "only the first N cells (of the selection): try a model on a few cells",
                                    none_means="all cells")
 
@@ -321,7 +329,7 @@ class InputOptions(OptionGroup):
 # The input options each command offers (and passes to its API function).
 TRANSLATE_INPUTS = tuple(f.name for f in dataclasses.fields(InputOptions))
 # translate's cell selection (knockout and attention summarise over all cells, or --groupby)
-_SOURCE_ONLY = ("cells", "obs_query", "max_cells")
+_SOURCE_ONLY = ("cells", "obs_query", "max_cells", "obs_columns")
 ANALYSIS_INPUTS = tuple(name for name in TRANSLATE_INPUTS if name not in _SOURCE_ONLY)  # knockout and attention
 
 

@@ -27,6 +27,7 @@ from sctranslator.engine.predictions import TemporaryStore
 from sctranslator.engine.sink import OUTPUT_KIND, ZarrSink
 from sctranslator.engine.sources import open_source
 from sctranslator.engine.sources.base import require_unique_cell_names
+from sctranslator.engine.sources.soma import refuse_writeback
 from sctranslator.engine.sources.subset import select_cells
 from sctranslator.engine.threads import available_cpus, cell_flop, choose_parallelism
 from sctranslator.engine.writeback import (
@@ -180,11 +181,13 @@ def translate(data: str | Path | ad.AnnData | Sequence[Any], model: str | Path |
               gene_mapping: GeneMapping | None = None, inplace: bool = False,
               cells: Sequence[str] | None = None, obs_query: str | None = None,
               max_cells: int | None = None, key: str | None = None,
-              replace_key: bool = False, wait: bool = False) -> ad.AnnData | list[ad.AnnData] | None:
+              replace_key: bool = False, wait: bool = False, measurement: str | None = None,
+              obs_columns: Sequence[str] | None = None) -> ad.AnnData | list[ad.AnnData] | None:
     """Predict protein abundance for every cell of `data` with `model`.
 
     Parameters (the option groups of `sctranslator.options` document each one and its choices):
-        data: .h5ad, AnnData .zarr store (v2/v3), .h5mu (see `modality`) or an in-memory AnnData /
+        data: .h5ad, AnnData .zarr store (v2/v3), .h5mu (see `modality`), a TileDB-SOMA experiment
+            (its URI or an open `tiledbsoma.Experiment`; see `measurement`) or an in-memory AnnData /
             MuData; cells x genes, read block by block. A list of them (or a glob such as
             "atlas/*.h5ad") is a collection: each input is translated as if alone into its own store
             in `out` (a directory, with collection.json); a list of AnnData is returned, and
@@ -211,6 +214,11 @@ def translate(data: str | Path | ad.AnnData | Sequence[Any], model: str | Path |
         cells, obs_query, max_cells: translate only the named cells, the cells where a pandas
             expression over obs holds, and/or the first N of them (in the input's order; recorded in
             provenance). Not with write_h5ad / write_mudata / inplace, which write the whole input.
+            For a SOMA experiment `obs_query` is a SOMA value_filter, evaluated by TileDB.
+        measurement: the SOMA experiment's measurement (default RNA); `layer` is its X layer (default
+            raw, else the only one) and `gene_column` its var column (default feature_name).
+        obs_columns: only these obs columns go into the output's obs (default all; a SOMA
+            experiment's soma_joinid always does).
 
     Returns an AnnData (cells x proteins) read lazily from the output store: `X` is a float32
     `dask.array.Array` over the store's chunks (on the model's target scale), so the predictions are
@@ -291,8 +299,10 @@ def translate(data: str | Path | ad.AnnData | Sequence[Any], model: str | Path |
                              "--write-h5ad, --write-mudata or inplace=True: those write the whole input; translate "
                              "the selection into --out and join it yourself, or translate every cell")
     source = select_cells(open_source(data, layer=layer, use_raw=use_raw, modality=modality,
-                                      missing_chunks=missing_chunks),
+                                      missing_chunks=missing_chunks, measurement=measurement,
+                                      gene_column=gene_column),
                           cells=cells, obs_query=obs_query, max_cells=max_cells)
+    refuse_writeback(source, write_h5ad=write_h5ad, write_mudata=write_mudata)
     if write_mudata is not None or (inplace and not isinstance(data, ad.AnnData)):
         # MuData pairs its modalities by cell name: a repeated name would pair the wrong cells
         require_unique_cell_names(source.obs_names, source.describe(), "a MuData pairs modalities by cell name")
@@ -342,6 +352,8 @@ def translate(data: str | Path | ad.AnnData | Sequence[Any], model: str | Path |
         get_backend(spec)
     identity = {"model": model_fingerprint(loaded), "input": source.fingerprint(), "plan": plan.fingerprint(),
                 "embeddings": bool(embeddings)}
+    if obs_columns is not None:  # the output's obs differs: a resume must not keep another choice's
+        identity["obs_columns"] = list(obs_columns)
     uns = {"sctranslator": {
         "version": __version__,
         "model": {"source": model_source or "in-memory", "fingerprint": identity["model"],
@@ -357,6 +369,7 @@ def translate(data: str | Path | ad.AnnData | Sequence[Any], model: str | Path |
                      "gene_mapping": plan.gene_mapping,
                      "gene_column": gene_column or "", "layer": layer or "", "use_raw": bool(use_raw),
                      "modality": getattr(source, "modality", None) or "", "missing_chunks": missing_chunks,
+                     "measurement": getattr(source, "measurement", None) or "",
                      "embeddings": bool(embeddings), "output_scaling": output_scaling(loaded),
                      "allow_empty_cells": bool(allow_empty_cells),
                      "cell_selection": getattr(source, "selection", "") or ""},
@@ -368,7 +381,7 @@ def translate(data: str | Path | ad.AnnData | Sequence[Any], model: str | Path |
         out = Path(owner.path) / "predictions.zarr"
     rows = max(1, min(block_cells, source.n_obs or 1))
     try:
-        sink = ZarrSink.open(out, identity=identity, obs=source.read_obs(), var=_output_var(plan), uns=uns,
+        sink = ZarrSink.open(out, identity=identity, obs=source.obs_table(obs_columns), var=_output_var(plan), uns=uns,
                              block_rows=rows, overwrite=overwrite, inputs=inputs,
                              embedding_dim=loaded.config.dim if embeddings else 0, obsm=source.obsm_arrays())
         job = BlockJob(source=source, plan=plan, backend=spec, sink=sink, batch_size=batch_size,

@@ -142,7 +142,8 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
                  allow_low_coverage: bool = False, allow_empty_cells: bool = False, as_published: bool = False,
                  overwrite: bool = False, quiet: bool = False, gene_mapping: str | None = None,
              use_raw: bool = False, modality: str | None = None, missing_chunks: str = "error",
-             kinds: str | Sequence[str] | None = None, genes: Sequence[str] | None = None) -> InteractionResult:
+             kinds: str | Sequence[str] | None = None, genes: Sequence[str] | None = None,
+             measurement: str | None = None) -> InteractionResult:
     """Gene-to-protein interaction scores and received attention, averaged over the cells of `data`.
 
     `kinds`: which matrices, any of "gene-protein", "gene-gene", "protein-protein" (a list or a
@@ -164,7 +165,7 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
     Parameters: `data`, `model` and `proteins` as for `translate`; `top_k`: genes listed per protein;
     `groupby`: an obs column whose groups are also averaged; `block_cells`: cells read and prepared at
     a time. The input options (normalize, target_sum, gene_column, id_type, layer, min_coverage,
-    allow_low_coverage, allow_empty_cells, gene_mapping) are those of `sctranslator.options.InputOptions`.
+    allow_low_coverage, allow_empty_cells, gene_mapping, measurement) are those of `sctranslator.options.InputOptions`.
     Empty cells (no counts in any gene the model reads) are refused unless `allow_empty_cells` (then
     their number is in uns['sctranslator_attention']['empty_cells']). `overwrite` replaces an earlier
     attention output at `out`; anything else there, and an `out` that is or overlaps an input, is
@@ -184,7 +185,8 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
         claim_output(out, OUTPUT_KIND, inputs=(data, model), overwrite=overwrite)
     loaded = model if isinstance(model, TranslatorModel) else load_model(model)
     loaded.eval()
-    source = open_source(data, layer=layer, use_raw=use_raw, modality=modality, missing_chunks=missing_chunks)
+    source = open_source(data, layer=layer, use_raw=use_raw, modality=modality, missing_chunks=missing_chunks,
+                         measurement=measurement, gene_column=gene_column)
     try:
         plan = build_plan(source.var, loaded, proteins, gene_column=gene_column, id_type=id_type,
                           normalize=normalize, target_sum=target_sum, min_coverage=min_coverage,

@@ -143,7 +143,8 @@ def knockout(data: Any, model: str | Path | TranslatorModel, genes: Sequence[str
              min_coverage: float = DEFAULT_MIN_COVERAGE, allow_low_coverage: bool = False,
              allow_empty_cells: bool = False, device: str = "cpu", overwrite: bool = False,
              quiet: bool = False, gene_mapping: str | None = None,
-             use_raw: bool = False, modality: str | None = None, missing_chunks: str = "error") -> KnockoutResult:
+             use_raw: bool = False, modality: str | None = None, missing_chunks: str = "error",
+             measurement: str | None = None) -> KnockoutResult:
     """Pseudo-knockout of `genes` on the predicted `proteins` of every cell of `data`.
 
     `semantics`: "drop" (default for published checkpoints, the original's) or "zero" (default for
@@ -159,7 +160,7 @@ def knockout(data: Any, model: str | Path | TranslatorModel, genes: Sequence[str
     and resume); `batch_size`: cells per model call (each gene adds one call per batch); `groupby`:
     an obs column whose groups are also summarised; `device`: cpu, cuda or cuda:N (torch). The input
     options (normalize, target_sum, gene_column, id_type, layer, min_coverage, allow_low_coverage,
-    allow_empty_cells, gene_mapping) are those of `sctranslator.options.InputOptions`; empty cells
+    allow_empty_cells, gene_mapping, measurement) are those of `sctranslator.options.InputOptions`; empty cells
     are refused unless `allow_empty_cells` (their number then goes in
     uns['sctranslator_knockout']['empty_cells']). `overwrite` replaces only an earlier knockout
     output (anything else at `out`, and an `out` that is or overlaps an input, is refused).
@@ -182,7 +183,8 @@ def knockout(data: Any, model: str | Path | TranslatorModel, genes: Sequence[str
     claim_output(out_path, OUTPUT_KIND, inputs=(data, model), overwrite=overwrite, resumable=True,
                  siblings=output_siblings(out_path))
     loaded = model if isinstance(model, TranslatorModel) else load_model(model)
-    source = open_source(data, layer=layer, use_raw=use_raw, modality=modality, missing_chunks=missing_chunks)
+    source = open_source(data, layer=layer, use_raw=use_raw, modality=modality, missing_chunks=missing_chunks,
+                         measurement=measurement, gene_column=gene_column)
     try:
         if source.n_obs == 0:
             raise InputDataError(f"{source.describe()} has no cells to knock genes out in")

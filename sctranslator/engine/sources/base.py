@@ -7,7 +7,7 @@ worker processes) and open file handles lazily, once per process.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,11 @@ class Source:
     def read_obs(self) -> pd.DataFrame:
         """The full obs table, for copying into the output."""
         raise NotImplementedError
+
+    def obs_table(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """obs with only `columns` (None: all), for the output's obs (`--obs-columns`); sources that
+        can read single columns (SOMA) override it. Raises InputDataError naming unknown columns."""
+        return pick_obs_columns(self.read_obs(), columns, self.describe())
 
     def obsm_arrays(self) -> dict[str, Any]:
         """The input's numeric, dense obsm arrays with one row per cell (`spatial`, `X_pca`, ...), as
@@ -143,6 +148,17 @@ def require_unique_cell_names(names: pd.Index, where: str, why: str) -> None:
     raise InputDataError(f"{len(repeated)} cell name(s) occur more than once in the obs_names of {where} ({shown}) "
                          f"and {why}; make them unique first: `adata.obs_names_make_unique()` (or "
                          "`mdata.obs_names_make_unique()`), then save the input again")
+
+
+def pick_obs_columns(obs: pd.DataFrame, columns: Sequence[str] | None, where: str) -> pd.DataFrame:
+    """`obs` restricted to `columns` (None: all of them); InputDataError listing obs's columns for unknown ones."""
+    if columns is None:
+        return obs
+    unknown = [str(c) for c in columns if c not in obs.columns]
+    if unknown:
+        raise InputDataError(f"--obs-columns: {', '.join(map(repr, unknown))} not in the obs of {where} "
+                             f"(columns: {', '.join(map(str, obs.columns)) or 'none'})")
+    return obs[list(dict.fromkeys(columns))]
 
 
 def block_dtype(dtype: np.dtype) -> np.dtype:

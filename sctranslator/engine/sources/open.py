@@ -14,18 +14,21 @@ from sctranslator.engine.sources.base import Source, block_dtype
 from sctranslator.engine.sources.hdf5 import H5Source
 from sctranslator.engine.sources.memory import AnnDataSource
 from sctranslator.engine.sources.modality import pick_modality
+from sctranslator.engine.sources.soma import is_soma_experiment_object, open_soma, soma_uri
 from sctranslator.engine.sources.zarr_store import MISSING_CHUNK_POLICIES, ZarrSource
-from sctranslator.errors import InputDataError, StoreError
+from sctranslator.errors import InputDataError, OptionError, StoreError
 
 SUPPORTED = ("an .h5ad file, an .h5mu file (MuData), an AnnData or MuData zarr store directory (zarr format 2 or "
-             "3), or an in-memory AnnData/MuData")
+             "3), a TileDB-SOMA experiment (its URI or an open tiledbsoma.Experiment), or an in-memory "
+             "AnnData/MuData")
 _ZARR_MARKERS = (".zgroup", "zarr.json")
 
 log = logging.getLogger(__name__)
 
 
 def open_source(data: Any, *, layer: str | None = None, modality: str | None = None, use_raw: bool = False,
-                missing_chunks: str = "error") -> Source:
+                missing_chunks: str = "error", measurement: str | None = None,
+                gene_column: str | None = None) -> Source:
     """Open `data` for streaming its rows (cells).
 
     Parameters
@@ -38,10 +41,22 @@ def open_source(data: Any, *, layer: str | None = None, modality: str | None = N
     missing_chunks: what an absent chunk of a dense zarr X means: "error" (default) raises a StoreError
         naming the array, chunk and rows; "zeros" reads it as zeros (zarr omits all-zero chunks when
         written with write_empty_chunks=False). A missing chunk of a CSR component is always an error.
+    measurement, gene_column: for a TileDB-SOMA experiment (a URI, or an open tiledbsoma.Experiment), the
+        measurement (None: RNA) and the var column naming the genes (None: feature_name when present);
+        `layer` is then the X layer (None: raw when present, else the only one). See `sources.soma`.
 
     Raises StoreError for unreadable/damaged inputs and InputDataError for a missing layer, raw or modality.
     """
-    source = _open(data, layer=layer, modality=modality, use_raw=use_raw, missing_chunks=missing_chunks)
+    uri = data if is_soma_experiment_object(data) else soma_uri(data)
+    if uri is not None:
+        source: Source = open_soma(uri, measurement=measurement, layer=layer, gene_column=gene_column,
+                                   obs_query=None, use_raw=use_raw, modality=modality)
+    elif measurement is not None:
+        raise OptionError(f"--measurement {measurement!r} chooses the measurement of a TileDB-SOMA experiment; "
+                          f"{data if isinstance(data, str | os.PathLike) else 'this input'} is not one "
+                          "(for a MuData use --modality)")
+    else:
+        source = _open(data, layer=layer, modality=modality, use_raw=use_raw, missing_chunks=missing_chunks)
     if source.n_vars == 0:
         raise InputDataError(f"{source.describe()}: its matrix ({source._element_name()}) has no genes (var is "
                              "empty); give the RNA with its genes (a layer, .raw or another modality?)")

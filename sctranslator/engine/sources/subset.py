@@ -49,6 +49,9 @@ class RowSubset(Source):
     def read_obs(self) -> pd.DataFrame:
         return self.base.read_obs().iloc[self.rows]
 
+    def obs_table(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        return self.base.obs_table(columns).iloc[self.rows]
+
     def obsm_arrays(self) -> dict[str, Any]:
         return {key: _SelectedRows(array, self.rows) for key, array in self.base.obsm_arrays().items()}
 
@@ -122,12 +125,27 @@ def select_cells(source: Source, *, cells: Sequence[str] | None = None, obs_quer
     cells: obs names (any order; the input's order is kept). obs_query: a pandas `DataFrame.query`
     expression over the obs columns, e.g. "cell_type == 'B cell' and n_genes > 500".
     Raises InputDataError for unknown cell names, a query that fails or selects nothing, or
-    max_cells < 1.
+    max_cells < 1. A source with a `filtered(obs_query)` method (SomaSource) applies `obs_query`
+    itself, as a pushed-down value filter in its own syntax, before `cells` and `max_cells`.
     """
+    if obs_query is not None and hasattr(source, "filtered"):
+        # Sources with a query engine of their own (SOMA: TileDB value filters) evaluate it where the data is.
+        if cells is not None:
+            select_cells(source, cells=cells)  # names unknown to the whole input are an error, as for files
+        filtered = source.filtered(obs_query)
+        if cells is not None:  # named cells outside the query are left out, as for files
+            kept = [str(name) for name in cells if str(name) in set(filtered.obs_names.astype(str))]
+            if not kept:
+                raise InputDataError(f"none of the {len(cells)} named cells is selected by the obs query "
+                                     f"{obs_query!r} of {source.describe()}")
+            cells = kept
+        source, pushed, obs_query = filtered, obs_query, None
+    else:
+        pushed = None
     if cells is None and obs_query is None and max_cells is None:
         return source
     rows = np.arange(source.n_obs, dtype=np.int64)
-    parts = []
+    parts = [] if pushed is None else [f"obs query {pushed!r} (evaluated by the source)"]
     if cells is not None:
         require_unique_cell_names(source.obs_names, source.describe(), "--cells / cells= picks cells by name")
         names = pd.Index([str(name) for name in cells])
