@@ -124,6 +124,8 @@ def test_python_backend_repository_with_dynamic_batching(tiny_a: TranslatorModel
     assert config.dynamic_batching.max_queue_delay_microseconds == 250
     decoder = parse(tmp_path / "py_decoder" / "config.pbtxt")
     assert decoder.max_batch_size == 16 and list(decoder.dynamic_batching.preferred_batch_size) == [4, 8]
+    # The decoder's callers wait on it: it merges what is queued but never waits for more.
+    assert decoder.dynamic_batching.max_queue_delay_microseconds == 0
 
 
 def test_dynamic_batching_without_options_is_an_empty_block(tiny_a: TranslatorModel, onnx_file: Path) -> None:
