@@ -1,30 +1,40 @@
-"""Batching across requests in a real tritonserver, read from the server's own statistics.
+"""Batching across requests in a real tritonserver, read from the server's own statistics, and Triton's
+perf_analyzer running on the repository with the --input-data JSON of real prepared cells.
 
 Requests that arrive together and share a gene layout (the same genes in every cell, as every
 request of one dataset does) run as one encoder call and one decoder call per protein window of
-the client-facing model: fewer executions than requests at 8 requests in flight. The model is
-served under a name only this module calls, so no other test's requests move its counters.
+the client-facing model: fewer executions than requests at 8 requests in flight. Each test calls a
+model served under a name only it calls, so no other test's requests move its counters.
+
+perf_analyzer comes from scripts/install_perf_analyzer.sh (`make test` runs it first). Where it
+cannot be installed the smoke test is skipped with the reason, except under CI=true, where the
+install is part of .ci/run and a missing binary fails the test.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from datafiles import PBMC, TINY_A, data_file
-from triton_server import running_server
+from triton_server import ROOT, _in_ci, running_server
 
 import sctranslator
 from sctranslator.engine.backends import Batch, OnnxRuntimeBackend
 from sctranslator.export.contract import INPUTS
 from sctranslator.export.onnx import export_onnx
-from sctranslator.export.perf_data import PreparedCells, prepare_cells
+from sctranslator.export.perf_data import PreparedCells, client_input_data, prepare_cells, write_input_data
 from sctranslator.export.triton import export_triton
 from sctranslator.export.triton_config import ServingSettings
 from sctranslator.export.triton_server import TritonServer
@@ -32,6 +42,7 @@ from sctranslator.export.triton_server import TritonServer
 pytestmark = pytest.mark.triton
 
 NAME = "batching"
+PERF_NAME = "perf"  # the model the perf_analyzer smoke test calls
 # 20 proteins: two windows of the tiny model's P=16.
 PROTEINS = ["CD3", "CD4", "CD8a", "CD14", "CD16", "CD19", "CD45RA", "PD-1", "TIGIT", "CD127", "CD25", "CD56",
             "CD45RO", "CD28", "CD27", "CD11c", "HLA-DR", "CD15", "CD34", "CD86"]
@@ -62,7 +73,9 @@ def server(workdir: Path, onnx_file: Path) -> Iterator[TritonServer]:
     # A queue delay long enough that requests sent together are seen together on a busy machine.
     settings = ServingSettings(name=NAME, backend="python", max_batch_size=64, dynamic_batching=True,
                                max_queue_delay_us=20_000, intra_op_threads=1)
-    export_triton(sctranslator.load_model(data_file(TINY_A)), workdir / "repo", settings, onnx_path=onnx_file)
+    model = sctranslator.load_model(data_file(TINY_A))
+    for name in (NAME, PERF_NAME):
+        export_triton(model, workdir / "repo", replace(settings, name=name), onnx_path=onnx_file)
     with running_server(workdir / "repo") as running:
         yield running
 
@@ -162,3 +175,50 @@ def test_requests_in_flight_that_share_a_layout_run_as_fewer_executions(server: 
     assert 1 <= bls_executions < requests, delta
     assert delta["_encoder"] == (bls_executions, bls_executions), delta  # max_batch_size 0: calls
     assert delta["_decoder"] == (2 * cells, 2 * bls_executions), delta
+
+
+def require_perf_analyzer() -> Path:
+    """The perf_analyzer wrapper, installed with scripts/install_perf_analyzer.sh when missing; skipped
+    (failed under CI=true) when it cannot be had."""
+    folder = Path(os.environ.get("PERF_ANALYZER_DIR") or Path(sys.prefix) / "perf_analyzer")
+    binary = folder / "bin" / "perf_analyzer"
+    if binary.exists():
+        return binary
+    output = ""
+    if sys.prefix != sys.base_prefix or os.environ.get("PERF_ANALYZER_DIR"):
+        env = dict(os.environ, VENV=sys.prefix, PERF_ANALYZER_DIR=str(folder))
+        try:
+            done = subprocess.run(["bash", str(ROOT / "scripts" / "install_perf_analyzer.sh")], env=env,
+                                  capture_output=True, text=True, timeout=300)
+            output = (done.stdout + done.stderr).strip()[-2000:]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            output = str(exc)
+    if binary.exists():
+        return binary
+    reason = f"no perf_analyzer at {binary}, even after scripts/install_perf_analyzer.sh: {output}"
+    if _in_ci():
+        pytest.fail(f"CI=true but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def test_perf_analyzer_runs_on_real_prepared_cells(server: TritonServer, prepared: PreparedCells,
+                                                   tmp_path: Path) -> None:
+    """perf_analyzer 2.51 with the JSON of real cells: requests of 4 cells at concurrency 2, no errors,
+    and the server counts the cells it sent."""
+    binary = require_perf_analyzer()
+    data = client_input_data(prepared)
+    assert len(data["data"]) == prepared.cells and set(data["data"][0]) == {tensor.name for tensor in INPUTS}
+    json_file = write_input_data(tmp_path / "cells.json", data)
+    report = tmp_path / "report.csv"
+    before = settled_stats(server.http_url, [PERF_NAME], {})[PERF_NAME]
+    done = subprocess.run([str(binary), "-m", PERF_NAME, "-u", server.grpc_url, "-i", "grpc", "-b", "4",
+                           "--input-data", str(json_file), "--concurrency-range", "2:2",
+                           "--measurement-mode", "count_windows", "--measurement-request-count", "10",
+                           "--stability-percentage", "100", "--max-trials", "3", "-f", str(report)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    (row,) = list(csv.DictReader(report.open()))
+    assert float(row["Inferences/Second"]) > 0 and float(row["p99 latency"]) > 0
+    after = settled_stats(server.http_url, [PERF_NAME], {PERF_NAME: before[0] + 40})[PERF_NAME]
+    # At least the measured requests' cells (perf_analyzer also sends warm-up requests).
+    assert after[0] - before[0] >= 40 and (after[0] - before[0]) % 4 == 0
