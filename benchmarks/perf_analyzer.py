@@ -46,6 +46,7 @@ from sctranslator.export.perf_data import (  # noqa: E402
 from sctranslator.export.triton import export_triton  # noqa: E402
 from sctranslator.export.triton_config import ServingSettings  # noqa: E402
 from sctranslator.export.triton_server import TritonServer  # noqa: E402
+from sctranslator.model import ModelConfig, TranslatorModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / "tests" / "data" / "datasets" / "pbmc10k_cite_10x" / "rna.h5ad"
@@ -69,13 +70,16 @@ class Row:
 
 
 def run_perf_analyzer(binary: Path, model: str, url: str, input_json: Path, cells_per_request: int,
-                      concurrency: int, interval_ms: int, workdir: Path) -> Row:
+                      concurrency: int, interval_ms: int, requests: int, workdir: Path) -> Row:
     """One perf_analyzer measurement; its CSV (-f) read back. Raises RuntimeError with its output."""
     report = workdir / f"{model}-c{concurrency}.csv"
     command = [str(binary), "-m", model, "-u", url, "-i", "grpc", "-b", str(cells_per_request),
                "--input-data", str(input_json), "--concurrency-range", f"{concurrency}:{concurrency}",
-               "--measurement-interval", str(interval_ms), "--stability-percentage", "50", "--max-trials", "6",
-               "-f", str(report), "--verbose-csv"]
+               "--stability-percentage", "50", "--max-trials", "6", "-f", str(report), "--verbose-csv"]
+    if requests:  # slow models: windows of a request count rather than of a time
+        command += ["--measurement-mode", "count_windows", "--measurement-request-count", str(requests)]
+    else:
+        command += ["--measurement-interval", str(interval_ms)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if done.returncode != 0 or not report.exists():
         raise RuntimeError(f"perf_analyzer failed ({done.returncode}): {' '.join(command)}\n"
@@ -90,8 +94,9 @@ def run_perf_analyzer(binary: Path, model: str, url: str, input_json: Path, cell
 
 
 def in_process(backend: OnnxRuntimeBackend, prepared: PreparedCells, cells_per_request: int, concurrency: int,
-               seconds: float, label: str) -> Row:
-    """In-process onnxruntime from `concurrency` threads, each request the next `cells_per_request` cells."""
+               seconds: float) -> tuple[list[float], float]:
+    """In-process onnxruntime from `concurrency` threads, each request the next `cells_per_request` cells:
+    (latencies in seconds, wall seconds)."""
     batch = prepared.batch
     starts = list(range(0, prepared.cells - cells_per_request + 1, cells_per_request)) or [0]
 
@@ -121,9 +126,15 @@ def in_process(backend: OnnxRuntimeBackend, prepared: PreparedCells, cells_per_r
         thread.start()
     for thread in threads:
         thread.join()
-    wall = time.perf_counter() - started
+    return latencies, time.perf_counter() - started
+
+
+def in_process_row(runs: list[tuple[list[float], float]], cells_per_request: int, concurrency: int) -> Row:
+    """One row from in-process runs made before and after the Triton runs (the load drifts meanwhile)."""
+    latencies = [latency for run, _ in runs for latency in run]
+    wall = sum(seconds for _, seconds in runs)
     ms = np.array(latencies) * 1e3
-    return Row(label, "onnxruntime in-process", concurrency, len(latencies) * cells_per_request / wall,
+    return Row("(same graphs)", "onnxruntime in-process", concurrency, len(latencies) * cells_per_request / wall,
                float(np.percentile(ms, 50)), float(np.percentile(ms, 99)))
 
 
@@ -152,6 +163,17 @@ def check_served(server: TritonServer, name: str, prepared: PreparedCells, local
     return float(np.abs(served - expected).max() / max(np.abs(expected).max(), 1e-30))
 
 
+def load(name: str) -> TranslatorModel:
+    """`demo`, a checkpoint / bundle path, or `fullsize-random`: the published architecture (117M parameters)
+    with random weights (its throughput is the published checkpoint's; its predictions mean nothing)."""
+    if name == "fullsize-random":
+        import torch
+
+        torch.manual_seed(0)
+        return TranslatorModel(ModelConfig()).eval()
+    return sctranslator.load_model(name)
+
+
 def table(rows: list[Row]) -> str:
     lines = ["| model | path | concurrency | cells/s | p50 ms | p99 ms | % of in-process | server cells / executions |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -165,7 +187,7 @@ def table(rows: list[Row]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="demo, or a checkpoint / bundle path")
+    parser.add_argument("model", help="demo, a checkpoint / bundle path, or fullsize-random")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="AnnData of real cells (default: tests/data PBMC)")
     parser.add_argument("--cells", type=int, default=64, help="cells prepared (requests cycle through them)")
     parser.add_argument("--cells-per-request", type=int, default=8)
@@ -174,7 +196,10 @@ def main() -> None:
                         help="onnxruntime intra-op threads, in process and in each Triton graph model")
     parser.add_argument("--queue-delay-us", type=int, default=2000, help="Triton dynamic batcher delay")
     parser.add_argument("--interval-ms", type=int, default=3000, help="perf_analyzer measurement window")
-    parser.add_argument("--seconds", type=float, default=4.0, help="in-process measuring time per concurrency")
+    parser.add_argument("--requests", type=int, default=0,
+                        help="perf_analyzer windows of this many requests instead of --interval-ms (slow models)")
+    parser.add_argument("--seconds", type=float, default=6.0,
+                        help="in-process measuring time per concurrency (half before, half after the Triton runs)")
     parser.add_argument("--name", default="sctranslator", help="the Triton model name")
     parser.add_argument("--workdir", help="keep the repository and JSON here (default: a temporary folder)")
     args = parser.parse_args()
@@ -183,7 +208,7 @@ def main() -> None:
     if not binary.exists():
         sys.exit(f"no perf_analyzer at {binary}: run scripts/install_perf_analyzer.sh (benchmarks/perf_analyzer.sh "
                  "does) or set PERF_ANALYZER_DIR")
-    model = sctranslator.load_model(args.model)
+    model = load(args.model)
     print(f"{args.model}: L={model.config.max_genes}, P={model.config.max_proteins}, "
           f"{model.n_parameters():,} parameters; load average before {os.getloadavg()}", flush=True)
     prepared = prepare_cells(args.data, model, args.cells)
@@ -219,13 +244,14 @@ def main() -> None:
             if error > 1e-5:
                 sys.exit(f"the served model disagrees with onnxruntime ({error:.1e} > 1e-5)")
             for concurrency in args.concurrency:
-                rows.append(in_process(local, prepared, args.cells_per_request, concurrency, args.seconds,
-                                       "in-process"))
-                print(f"  {rows[-1]}", flush=True)
-                for name, json_path in inputs.items():
-                    rows.append(run_perf_analyzer(binary, name, server.grpc_url, json_path,
-                                                  args.cells_per_request, concurrency, args.interval_ms, workdir))
-                    print(f"  {rows[-1]}", flush=True)
+                runs = [in_process(local, prepared, args.cells_per_request, concurrency, args.seconds / 2)]
+                served = [run_perf_analyzer(binary, name, server.grpc_url, json_path, args.cells_per_request,
+                                            concurrency, args.interval_ms, args.requests, workdir)
+                          for name, json_path in inputs.items()]
+                runs.append(in_process(local, prepared, args.cells_per_request, concurrency, args.seconds / 2))
+                rows += [in_process_row(runs, args.cells_per_request, concurrency), *served]
+                for row in rows[-1 - len(served):]:
+                    print(f"  {row}", flush=True)
     finally:
         local.close()
         if workdir_context is not None:
