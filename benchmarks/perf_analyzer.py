@@ -9,10 +9,12 @@ runs this. MODEL is `demo` or a checkpoint / bundle path. Steps:
   3. start a local tritonserver, check one request against in-process onnxruntime (<= 1e-5);
   4. for each concurrency (1, 2, 4, 8): perf_analyzer at --cells-per-request cells per request,
      and in-process onnxruntime (OnnxRuntimeBackend from as many threads, the same cells and cells
-     per request); print throughput (cells/s), p50 and p99 per request and Triton's share of the
-     in-process throughput, with the machine's load average before and after.
+     per request, half its time before and half after the Triton runs, as the machine's load
+     drifts); print throughput (cells/s), p50 and p99 per request, Triton's share of the
+     in-process throughput and the server's cells / executions, with the load average before and after.
 
 Run: benchmarks/perf_analyzer.sh demo [--cells-per-request 8] [--concurrency 1 2 4 8] [--threads N]
+     benchmarks/perf_analyzer.sh fullsize-random --cells-per-request 2 --requests 4
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def run_perf_analyzer(binary: Path, model: str, url: str, input_json: Path, cell
     report = workdir / f"{model}-c{concurrency}.csv"
     command = [str(binary), "-m", model, "-u", url, "-i", "grpc", "-b", str(cells_per_request),
                "--input-data", str(input_json), "--concurrency-range", f"{concurrency}:{concurrency}",
-               "--stability-percentage", "50", "--max-trials", "6", "-f", str(report), "--verbose-csv"]
+               "--stability-percentage", "100", "--max-trials", "8", "-f", str(report), "--verbose-csv"]
     if requests:  # slow models: windows of a request count rather than of a time
         command += ["--measurement-mode", "count_windows", "--measurement-request-count", str(requests)]
     else:
@@ -129,12 +131,14 @@ def in_process(backend: OnnxRuntimeBackend, prepared: PreparedCells, cells_per_r
     return latencies, time.perf_counter() - started
 
 
-def in_process_row(runs: list[tuple[list[float], float]], cells_per_request: int, concurrency: int) -> Row:
+def in_process_row(runs: list[tuple[list[float], float]], cells_per_request: int, concurrency: int,
+                   label: str) -> Row:
     """One row from in-process runs made before and after the Triton runs (the load drifts meanwhile)."""
     latencies = [latency for run, _ in runs for latency in run]
     wall = sum(seconds for _, seconds in runs)
     ms = np.array(latencies) * 1e3
-    return Row("(same graphs)", "onnxruntime in-process", concurrency, len(latencies) * cells_per_request / wall,
+    return Row("(same graphs)", f"onnxruntime in-process ({label})", concurrency,
+               len(latencies) * cells_per_request / wall,
                float(np.percentile(ms, 50)), float(np.percentile(ms, 99)))
 
 
@@ -175,11 +179,17 @@ def load(name: str) -> TranslatorModel:
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| model | path | concurrency | cells/s | p50 ms | p99 ms | % of in-process | server cells / executions |",
+    lines = ["| model | path | concurrency | cells/s | p50 ms | p99 ms | % of in-process (default / no spinning) "
+             "| server cells / executions |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
-    local = {(r.concurrency): r.cells_per_s for r in rows if r.path.startswith("onnxruntime")}
+    # Triton's share of each in-process variant at the same concurrency: default / no spinning.
+    local: dict[int, list[float]] = {}
     for r in rows:
-        share = f"{100 * r.cells_per_s / local[r.concurrency]:.0f}%" if r.concurrency in local else ""
+        if r.path.startswith("onnxruntime"):
+            local.setdefault(r.concurrency, []).append(r.cells_per_s)
+    for r in rows:
+        share = "" if r.path.startswith("onnxruntime") else " / ".join(
+            f"{100 * r.cells_per_s / rate:.0f}%" for rate in local.get(r.concurrency, []))
         lines.append(f"| {r.model} | {r.path} | {r.concurrency} | {r.cells_per_s:,.0f} | {r.p50_ms:.1f} | "
                      f"{r.p99_ms:.1f} | {share} | {r.executions} |")
     return "\n".join(lines)
@@ -227,6 +237,8 @@ def main() -> None:
     inputs = {args.name: write_input_data(workdir / "prepared.json", client_input_data(prepared))}
     counts_dir = repo / f"{args.name}_counts"
     local = OnnxRuntimeBackend(str(onnx_file), threads=args.threads)
+    # The same graphs with idle intra-op threads not spinning, as the server's graph models run them.
+    quiet = OnnxRuntimeBackend(str(onnx_file), threads=args.threads, spinning=False)
     rows: list[Row] = []
     try:
         with TritonServer(repo) as server:
@@ -244,16 +256,22 @@ def main() -> None:
             if error > 1e-5:
                 sys.exit(f"the served model disagrees with onnxruntime ({error:.1e} > 1e-5)")
             for concurrency in args.concurrency:
-                runs = [in_process(local, prepared, args.cells_per_request, concurrency, args.seconds / 2)]
+                half = args.seconds / 2
+                runs = {label: [in_process(backend, prepared, args.cells_per_request, concurrency, half)]
+                        for label, backend in (("default", local), ("no spinning", quiet))}
                 served = [run_perf_analyzer(binary, name, server.grpc_url, json_path, args.cells_per_request,
                                             concurrency, args.interval_ms, args.requests, workdir)
                           for name, json_path in inputs.items()]
-                runs.append(in_process(local, prepared, args.cells_per_request, concurrency, args.seconds / 2))
-                rows += [in_process_row(runs, args.cells_per_request, concurrency), *served]
-                for row in rows[-1 - len(served):]:
+                for label, backend in (("no spinning", quiet), ("default", local)):
+                    runs[label].append(in_process(backend, prepared, args.cells_per_request, concurrency, half))
+                added = [in_process_row(runs[label], args.cells_per_request, concurrency, label)
+                         for label in ("default", "no spinning")] + served
+                rows += added
+                for row in added:
                     print(f"  {row}", flush=True)
     finally:
         local.close()
+        quiet.close()
         if workdir_context is not None:
             workdir_context.cleanup()
     print(f"\n{os.cpu_count()} CPU cores, load average after {os.getloadavg()}; {args.cells_per_request} cells per "
