@@ -51,6 +51,8 @@ from sctranslator.export.triton_server import TritonServer  # noqa: E402
 from sctranslator.model import ModelConfig, TranslatorModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+PBMC_PROTEINS = ["CD3", "CD4", "CD8a", "CD14", "CD15", "CD16", "CD19", "CD25", "CD45RA", "CD45RO", "CD56", "CD127",
+                 "PD-1", "TIGIT"]
 DEFAULT_DATA = ROOT / "tests" / "data" / "datasets" / "pbmc10k_cite_10x" / "rna.h5ad"
 
 
@@ -199,6 +201,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="demo, a checkpoint / bundle path, or fullsize-random")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="AnnData of real cells (default: tests/data PBMC)")
+    parser.add_argument("--proteins", nargs="+", help="proteins to predict (default: the model's panel; for "
+                        "fullsize-random the 14 PBMC antibodies)")
     parser.add_argument("--cells", type=int, default=64, help="cells prepared (requests cycle through them)")
     parser.add_argument("--cells-per-request", type=int, default=8)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
@@ -221,7 +225,8 @@ def main() -> None:
     model = load(args.model)
     print(f"{args.model}: L={model.config.max_genes}, P={model.config.max_proteins}, "
           f"{model.n_parameters():,} parameters; load average before {os.getloadavg()}", flush=True)
-    prepared = prepare_cells(args.data, model, args.cells)
+    proteins = args.proteins or (PBMC_PROTEINS if args.model == "fullsize-random" else None)
+    prepared = prepare_cells(args.data, model, args.cells, proteins)
     workdir_context = tempfile.TemporaryDirectory(prefix="perf-analyzer-") if not args.workdir else None
     workdir = Path(args.workdir or workdir_context.name)  # type: ignore[union-attr]
     workdir.mkdir(parents=True, exist_ok=True)
