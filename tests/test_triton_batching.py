@@ -222,3 +222,20 @@ def test_perf_analyzer_runs_on_real_prepared_cells(server: TritonServer, prepare
     after = settled_stats(server.http_url, [PERF_NAME], {PERF_NAME: before[0] + 40})[PERF_NAME]
     # At least the measured requests' cells (perf_analyzer also sends warm-up requests).
     assert after[0] - before[0] >= 40 and (after[0] - before[0]) % 4 == 0
+
+
+def test_in_process_onnxruntime_without_spinning_gives_the_same_predictions(onnx_file: Path,
+                                                                            prepared: PreparedCells) -> None:
+    """The perf_analyzer benchmark's second in-process baseline (idle threads not spinning, as the server's
+    graph models run) computes the same numbers as the engine's default sessions."""
+    batch = prepared.batch
+    cells = Batch(batch.values[:8], batch.gene_ids, batch.gene_mask, batch.protein_ids, batch.protein_mask)
+    default = OnnxRuntimeBackend(str(onnx_file), threads=2)
+    quiet = OnnxRuntimeBackend(str(onnx_file), threads=2, spinning=False)
+    try:
+        expected, got = default.predict(cells), quiet.predict(cells)
+    finally:
+        default.close()
+        quiet.close()
+    assert got.shape == (8, 32) and np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
