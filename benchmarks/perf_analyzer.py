@@ -192,7 +192,8 @@ def table(rows: list[Row]) -> str:
     for r in rows:
         share = "" if r.path.startswith("onnxruntime") else " / ".join(
             f"{100 * r.cells_per_s / rate:.0f}%" for rate in local.get(r.concurrency, []))
-        lines.append(f"| {r.model} | {r.path} | {r.concurrency} | {r.cells_per_s:,.0f} | {r.p50_ms:.1f} | "
+        rate = f"{r.cells_per_s:,.0f}" if r.cells_per_s >= 100 else f"{r.cells_per_s:.3g}"
+        lines.append(f"| {r.model} | {r.path} | {r.concurrency} | {rate} | {r.p50_ms:.1f} | "
                      f"{r.p99_ms:.1f} | {share} | {r.executions} |")
     return "\n".join(lines)
 
