@@ -239,3 +239,28 @@ def test_in_process_onnxruntime_without_spinning_gives_the_same_predictions(onnx
         quiet.close()
     assert got.shape == (8, 32) and np.isfinite(got).all()
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_names_in_model_json_follows_its_config() -> None:
+    """perf_analyzer JSON for a `<name>_counts` model: raw counts and names, shaped as its config says
+    (one entry of all cells without batching, one per cell with it); an input it cannot fill is named."""
+    from sctranslator.export.perf_data import counts_input_data
+
+    counts = np.arange(6, dtype=np.float32).reshape(2, 3)
+    batch = Batch(values=counts, gene_ids=np.arange(3), gene_mask=np.ones(3, bool),
+                  protein_ids=np.ones((1, 2), np.int64), protein_mask=np.ones((1, 2), bool))
+    cells = PreparedCells(batch=batch, counts=counts, gene_names=["CD3E", "MS4A1", "LYZ"],
+                          protein_names=["CD3", "CD19"])
+    inputs = [{"name": "counts", "dims": ["-1", "-1"]}, {"name": "gene_names", "dims": ["-1"]},
+              {"name": "protein_names", "dims": ["-1"]}]
+    (whole,) = counts_input_data(cells, {"max_batch_size": 0, "input": inputs})["data"]
+    assert whole["counts"] == {"content": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "shape": [2, 3]}
+    assert whole["gene_names"] == {"content": ["CD3E", "MS4A1", "LYZ"], "shape": [3]}
+    assert whole["protein_names"] == {"content": ["CD3", "CD19"], "shape": [2]}
+    per_cell = counts_input_data(cells, {"max_batch_size": 8, "input": [{"name": "counts", "dims": ["-1"]},
+                                                                        *inputs[1:]]})["data"]
+    assert [entry["counts"] for entry in per_cell] == [{"content": [0.0, 1.0, 2.0], "shape": [3]},
+                                                       {"content": [3.0, 4.0, 5.0], "shape": [3]}]
+    assert all(entry["gene_names"]["content"] == ["CD3E", "MS4A1", "LYZ"] for entry in per_cell)
+    with pytest.raises(ValueError, match=r"\['scale'\]"):
+        counts_input_data(cells, {"input": [*inputs, {"name": "scale", "dims": ["1"]}]})
