@@ -214,7 +214,9 @@ def test_perf_analyzer_runs_on_real_prepared_cells(server: TritonServer, prepare
     done = subprocess.run([str(binary), "-m", PERF_NAME, "-u", server.grpc_url, "-i", "grpc", "-b", "4",
                            "--input-data", str(json_file), "--concurrency-range", "2:2",
                            "--measurement-mode", "count_windows", "--measurement-request-count", "10",
-                           "--stability-percentage", "100", "--max-trials", "3", "-f", str(report)],
+                           # A smoke test, not a timing: any 3 windows within 11x of each other will do
+                           # on a loaded machine (max / min within 1000%).
+                           "--stability-percentage", "1000", "--max-trials", "10", "-f", str(report)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     (row,) = list(csv.DictReader(report.open()))
