@@ -2,7 +2,7 @@
 Python backend running the exported ONNX graphs).
 
 Same predictions as in-process onnxruntime over gRPC and HTTP with two protein windows, the encoder
-model run once per request whatever the windows (the server's own statistics), a job that survives a
+model run at most once per request whatever the windows (the server's own statistics), a job that survives a
 server restart in its middle, and clear errors for a server that serves another model or is not there.
 """
 

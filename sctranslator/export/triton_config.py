@@ -5,7 +5,8 @@
 - `<name>_decoder`: the decoder graph, batchable;
 - `<name>`: the client-facing model with the contract's five inputs and one output (export/
   contract.py INPUTS, OUTPUT), a Python-backend BLS model (triton_bls_model.py) that builds the
-  token layout, calls the encoder once per request and the decoder once per protein window. Its
+  token layout, calls the encoder once per execution and gene layout (requests Triton merged that
+  share a layout run as one batch) and the decoder once per protein window. Its
   protein axis takes any multiple of P, so a client sends all windows of a cell in one request.
 
 The configuration is built as Triton's own protobuf message (tritonclient ships
