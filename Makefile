@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: install tritonserver test test-all demo lint bench bench-triton clean
+.PHONY: install tritonserver perf-analyzer test test-all demo lint bench bench-triton clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,15 @@ install: $(VENV)/.installed
 tritonserver: install
 	VENV=$(VENV) scripts/install_tritonserver.sh
 
-test: install tritonserver
+# Triton's perf_analyzer (from the tritonclient 2.51.0 wheel, beside the venv's tritonclient), for its smoke
+# test and benchmarks/perf_analyzer.sh.
+perf-analyzer: install
+	VENV=$(VENV) scripts/install_perf_analyzer.sh
+
+test: install tritonserver perf-analyzer
 	$(BIN)/pytest -q -m "not gpu"
 
-test-all: install tritonserver
+test-all: install tritonserver perf-analyzer
 	$(BIN)/pytest -q
 
 demo: install

@@ -124,6 +124,8 @@ def test_python_backend_repository_with_dynamic_batching(tiny_a: TranslatorModel
     assert config.dynamic_batching.max_queue_delay_microseconds == 250
     decoder = parse(tmp_path / "py_decoder" / "config.pbtxt")
     assert decoder.max_batch_size == 16 and list(decoder.dynamic_batching.preferred_batch_size) == [4, 8]
+    # The decoder's callers wait on it: it merges what is queued but never waits for more.
+    assert decoder.dynamic_batching.max_queue_delay_microseconds == 0
 
 
 def test_dynamic_batching_without_options_is_an_empty_block(tiny_a: TranslatorModel, onnx_file: Path) -> None:
@@ -373,9 +375,47 @@ def test_bls_model_runs_the_encoder_once_and_the_decoder_per_window(served: Any,
         assert output.name == "predictions" and output.array.shape == case["protein_ids"].shape
         np.testing.assert_allclose(output.array, onnx_predictions(graphs, case), rtol=1e-5, atol=1e-6)
     P, dim = tiny_a.config.max_proteins, tiny_a.config.dim
-    assert pb.calls == [("sctranslator_encoder", (4, 64)), ("sctranslator_decoder", (4, P, dim)),
-                        ("sctranslator_decoder", (4, P, dim)),
-                        ("sctranslator_encoder", (3, 64)), ("sctranslator_decoder", (3, P, dim))]
+    # Both good requests have cells of differing layouts: merged on the full layout, one encoder call for
+    # their 7 cells, the first window for all 7, the second only for the 4 cells that asked two windows.
+    assert pb.calls == [("sctranslator_encoder", (7, 64)), ("sctranslator_decoder", (7, P, dim)),
+                        ("sctranslator_decoder", (4, P, dim))]
+
+
+def shared_layout(tiny_a: TranslatorModel, cells: int, genes: int, seed: int) -> dict[str, np.ndarray]:
+    """Client-contract inputs whose `cells` cells share one gene layout: the first `genes` genes, then padding."""
+    inputs = random_inputs(tiny_a.config, 1, seed=seed)
+    kept = np.arange(tiny_a.config.max_genes) < genes
+    shared = {name: np.repeat(array, cells, axis=0) for name, array in inputs.items()}
+    values = np.random.default_rng(seed).uniform(0, 1, (cells, tiny_a.config.max_genes))
+    shared["values"] = np.where(kept, values, 0).astype(np.float32)
+    shared["gene_ids"] = np.broadcast_to(np.where(kept, np.arange(1, tiny_a.config.max_genes + 1) * 3, 0),
+                                         shared["values"].shape).copy()
+    shared["gene_mask"] = np.broadcast_to(kept, shared["values"].shape).copy()
+    shared["protein_ids"] = np.random.default_rng(seed + 1).integers(1, 500, shared["protein_ids"].shape)
+    return shared
+
+
+def test_bls_model_runs_merged_requests_of_one_layout_as_one_batch(served: Any, tiny_a: TranslatorModel,
+                                                                   onnx_file: Path) -> None:
+    """Requests Triton merged into one execute: those sharing a gene layout (whatever their proteins and
+    windows) go through one encoder call and one decoder call per window; another layout runs apart."""
+    bls, _, pb = served
+    graphs = create_graphs(onnx_file)
+    P, dim = tiny_a.config.max_proteins, tiny_a.config.dim
+    first, second, third = (shared_layout(tiny_a, 2, 20, seed=1), shared_layout(tiny_a, 3, 20, seed=2),
+                            shared_layout(tiny_a, 1, 30, seed=3))
+    two = two_windows(tiny_a, 3, seed=6)  # another request's two protein windows on `second`'s cells
+    second = {**second, "protein_ids": two["protein_ids"], "protein_mask": two["protein_mask"]}
+    cases = [first, third, second]
+    responses = bls.execute([request_of(case) for case in cases])
+    for response, case in zip(responses, cases, strict=True):
+        assert response.error is None
+        np.testing.assert_allclose(response.outputs[0].array, onnx_predictions(graphs, case), rtol=1e-5, atol=1e-6)
+    # 20 genes + one pad token for the 5 cells of `first` and `second`; the second window only for
+    # `second`'s 3 cells; `third` (30 genes) on its own.
+    assert pb.calls == [("sctranslator_encoder", (5, 21)), ("sctranslator_decoder", (5, P, dim)),
+                        ("sctranslator_decoder", (3, P, dim)),
+                        ("sctranslator_encoder", (1, 31)), ("sctranslator_decoder", (1, P, dim))]
 
 
 def test_bls_model_collapses_padding_shared_by_the_request(served: Any, tiny_a: TranslatorModel,

@@ -2,7 +2,7 @@
 Python backend running the exported ONNX graphs).
 
 Same predictions as in-process onnxruntime over gRPC and HTTP with two protein windows, the encoder
-model run once per request whatever the windows (the server's own statistics), a job that survives a
+model run at most once per request whatever the windows (the server's own statistics), a job that survives a
 server restart in its middle, and clear errors for a server that serves another model or is not there.
 """
 
@@ -167,7 +167,7 @@ def settled_counts(url: str, models: list[str], reached: Callable[[dict[str, tup
 def test_many_requests_in_flight_are_batched_and_split_back_in_order(server: TritonServer,
                                                                      tiny_a: TranslatorModel) -> None:
     """Small requests, 8 in flight, 3 windows each: every request carries all windows, the BLS model runs the
-    encoder once per request and the decoder once per window, and the answers come back in order."""
+    encoder once per call and the decoder once per window, and the answers come back in order."""
     rng = np.random.default_rng(0)
     L, P = tiny_a.config.max_genes, tiny_a.config.max_proteins
     batch = Batch(values=rng.uniform(0, 1, (37, L)).astype(np.float32), gene_ids=rng.integers(1, 500, L),
@@ -187,8 +187,7 @@ def test_many_requests_in_flight_are_batched_and_split_back_in_order(server: Tri
     # Every count the assertions below expect, reached and no longer moving.
     after = settled_counts(server.grpc_url, models, reached=lambda counts: (
         counts["tiny_a"][0] - before["tiny_a"][0] >= 37
-        and counts["tiny_a_encoder"][1] - before["tiny_a_encoder"][1] >= requests
-        and counts["tiny_a_decoder"][1] - before["tiny_a_decoder"][1] >= 3 * requests))
+        and counts["tiny_a_decoder"][0] - before["tiny_a_decoder"][0] >= 3 * 37))
     after = {model.removeprefix("tiny_a"): value for model, value in after.items()}
     before = {model.removeprefix("tiny_a"): value for model, value in before.items()}
     local = sctranslator.engine.backends.TorchBackend(tiny_a).predict(batch)
@@ -197,9 +196,10 @@ def test_many_requests_in_flight_are_batched_and_split_back_in_order(server: Tri
     cells = {role: after[role][0] - before[role][0] for role in after}
     executions = {role: after[role][1] - before[role][1] for role in after}
     assert cells[""] == 37
-    # The encoder (max_batch_size 0: Triton counts calls) once per request, the decoder once per window.
-    assert cells["_encoder"] == executions["_encoder"] == requests
-    assert cells["_decoder"] == 3 * 37 and executions["_decoder"] == 3 * requests
+    # The encoder (max_batch_size 0: Triton counts calls) at most once per request (requests Triton merged
+    # share one call: they share a gene layout), the decoder once per window of each encoder call.
+    assert 1 <= cells["_encoder"] == executions["_encoder"] <= requests
+    assert cells["_decoder"] == 3 * 37 and executions["_decoder"] == 3 * executions["_encoder"]
 
 
 def test_serving_another_model_is_a_server_error(server: TritonServer, rna_path: Path, tiny_a: TranslatorModel,

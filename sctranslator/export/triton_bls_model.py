@@ -5,9 +5,12 @@ sctranslator/token_layout.py (numpy only) and triton_python_model.py (as graph_m
 stub-boundary helpers) beside it, because inside Triton the package cannot be imported.
 
 Per request: values (B, L), gene_ids (B, L), gene_mask (B, L), protein_ids (B, k * P),
-protein_mask (B, k * P) for any k >= 1 -> predictions (B, k * P). It builds the token layout
-(padding collapsed when every cell shares one gene layout), calls the encoder model once and the
-decoder model once per window of P proteins, all on the same translation.
+protein_mask (B, k * P) for any k >= 1 -> predictions (B, k * P). The requests Triton's dynamic
+batcher merges into one `execute` are grouped by gene layout (the same gene ids and mask in every
+cell); each group's cells are concatenated, the token layout built (padding collapsed), the encoder
+model called once and the decoder model once per window of P proteins, and the predictions split
+back per request. Requests of different layouts form different groups; requests whose own cells
+differ in layout run together on the full (uncollapsed) layout.
 
 The names of the two models and of every tensor come from the model configuration Triton hands to
 `initialize` (written by export/triton_config.py from the graph contract, export/contract.py).
@@ -49,8 +52,18 @@ CONFIG_DTYPES = _graph_model.CONFIG_DTYPES
 to_numpy, to_tensor, error_response = _graph_model.to_numpy, _graph_model.to_tensor, _graph_model.error_response
 
 
+def layout_key(gene_ids: np.ndarray, gene_mask: np.ndarray) -> bytes | None:
+    """What requests must share to run as one batch: the bytes of their one gene layout (ids and mask of
+    every cell alike), or None for a request whose cells differ (it runs on the full layout, uncollapsed,
+    with every other such request)."""
+    ids, mask = np.asarray(gene_ids), np.asarray(gene_mask, dtype=bool)
+    if ids.shape[0] == 0 or not ((ids == ids[:1]).all() and (mask == mask[:1]).all()):
+        return None
+    return ids[0].astype(np.int64).tobytes() + np.packbits(mask[0]).tobytes()
+
+
 class TritonPythonModel:
-    """Encoder once per request, decoder once per protein window."""
+    """Per call (the requests Triton merged): encoder once per gene layout, decoder once per protein window."""
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
@@ -92,31 +105,64 @@ class TritonPythonModel:
 
     def run(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         """predictions (B, k * P) float32 for one request's arrays."""
-        values, gene_ids, gene_mask = arrays["values"], arrays["gene_ids"], arrays["gene_mask"]
+        return self.run_group([arrays])[0]
+
+    def run_group(self, group: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        """predictions (B_i, k_i * P) float32 of each request of `group`, requests that share one gene
+        layout (or all take the full layout): their cells go through ONE encoder call and ONE decoder
+        call per window, and the outputs are split back per request."""
+        sizes = [arrays["values"].shape[0] for arrays in group]
+        widths = [arrays["protein_ids"].shape[1] for arrays in group]
+
+        def joined(name: str) -> np.ndarray:
+            return group[0][name] if len(group) == 1 else np.concatenate([arrays[name] for arrays in group])
+
+        values, gene_ids, gene_mask = joined("values"), joined("gene_ids"), joined("gene_mask")
         layout = TokenLayout.for_batch(gene_ids, gene_mask, values)
         translated = self.infer(self.encoder_model, layout.encoder_inputs(values, gene_ids, gene_mask),
                                 "translated")
-        outputs = []
-        for lo in range(0, arrays["protein_ids"].shape[1], self.proteins):
-            feed = {"translated": translated,
-                    "protein_ids": np.ascontiguousarray(arrays["protein_ids"][:, lo:lo + self.proteins]),
-                    "protein_mask": np.ascontiguousarray(arrays["protein_mask"][:, lo:lo + self.proteins])}
-            outputs.append(self.infer(self.decoder_model, feed, self.output))
-        return np.concatenate(outputs, axis=1).astype(np.float32, copy=False)
+        bounds = np.cumsum([0, *sizes])
+        outputs: list[list[np.ndarray]] = [[] for _ in group]
+        for lo in range(0, max(widths), self.proteins):
+            # Requests asking fewer windows than others sit this window out (their rows are left out).
+            taking = [i for i, width in enumerate(widths) if width > lo]
+            if len(taking) == len(group):
+                rows, window_translated = None, translated
+            else:
+                rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in taking])
+                window_translated = np.ascontiguousarray(translated[rows])
+            feed = {"translated": window_translated,
+                    "protein_ids": np.concatenate([group[i]["protein_ids"][:, lo:lo + self.proteins]
+                                                   for i in taking]),
+                    "protein_mask": np.concatenate([group[i]["protein_mask"][:, lo:lo + self.proteins]
+                                                    for i in taking])}
+            predicted = self.infer(self.decoder_model, feed, self.output)
+            start = 0
+            for i in taking:
+                outputs[i].append(predicted[start:start + sizes[i]])
+                start += sizes[i]
+        return [np.concatenate(parts, axis=1).astype(np.float32, copy=False) for parts in outputs]
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        responses = []
-        for request in requests:  # each request its own layout; one bad request must not fail the others
-            try:
+        """Answer the requests Triton merged into this call: grouped by gene layout, one group at a time."""
+        responses: list[Any] = [None] * len(requests)
+        groups: dict[bytes | None, list[tuple[int, dict[str, np.ndarray]]]] = {}
+        for index, request in enumerate(requests):
+            try:  # one bad request must not fail the others
                 arrays = self.read_request(request)
             except Exception as exc:
-                responses.append(error_response(f"sctranslator: bad request: {exc}"))
+                responses[index] = error_response(f"sctranslator: bad request: {exc}")
                 continue
+            groups.setdefault(layout_key(arrays["gene_ids"], arrays["gene_mask"]), []).append((index, arrays))
+        for members in groups.values():
             try:
-                responses.append(pb_utils.InferenceResponse(output_tensors=[to_tensor(self.output,
-                                                                                      self.run(arrays))]))
-            except Exception as exc:  # the encoder or decoder model failed
-                responses.append(error_response(f"sctranslator: inference failed: {exc}"))
+                predictions = self.run_group([arrays for _, arrays in members])
+            except Exception as exc:  # the encoder or decoder model failed: this group's requests fail
+                for index, _ in members:
+                    responses[index] = error_response(f"sctranslator: inference failed: {exc}")
+                continue
+            for (index, _), predicted in zip(members, predictions, strict=True):
+                responses[index] = pb_utils.InferenceResponse(output_tensors=[to_tensor(self.output, predicted)])
         return responses
 
     def finalize(self) -> None:

@@ -5,7 +5,8 @@
 - `<name>_decoder`: the decoder graph, batchable;
 - `<name>`: the client-facing model with the contract's five inputs and one output (export/
   contract.py INPUTS, OUTPUT), a Python-backend BLS model (triton_bls_model.py) that builds the
-  token layout, calls the encoder once per request and the decoder once per protein window. Its
+  token layout, calls the encoder once per execution and gene layout (requests Triton merged that
+  share a layout run as one batch) and the decoder once per protein window. Its
   protein axis takes any multiple of P, so a client sends all windows of a cell in one request.
 
 The configuration is built as Triton's own protobuf message (tritonclient ships
@@ -16,7 +17,7 @@ checked by the definitions Triton itself parses, rather than by a hand-written t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from google.protobuf import text_format
@@ -177,7 +178,9 @@ def graph_config(settings: ServingSettings, spec: GraphSpec, max_proteins: int, 
         # Every cell is independent in the decoder: Triton may batch requests (the batch axis is implicit).
         config.max_batch_size = settings.max_batch_size
         drop = 1
-        _dynamic_batching(config, settings)
+        # Its callers are the client-facing model's instances, each waiting for its answer: calls that
+        # are queued together are merged, but waiting for more (the queue delay) only delays a call.
+        _dynamic_batching(config, replace(settings, max_queue_delay_us=None))
     for tensor in spec.inputs:
         config.input.add(name=tensor.name, data_type=mc.DataType.Value(tensor.triton_config_type),
                          dims=[d if isinstance(d, int) else -1 for d in tensor.dims(max_proteins, dim)][drop:])

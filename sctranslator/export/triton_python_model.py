@@ -93,6 +93,9 @@ class TritonPythonModel:
         threads = int(parameters.get("intra_op_threads") or 0)
         if threads:
             options.intra_op_num_threads = threads
+        # The stubs of the encoder, decoder and client-facing models share the cores: idle intra-op
+        # threads that spin waiting for work take them from the model that has work.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = _providers(args.get("model_instance_kind", "CPU"), int(args.get("model_instance_device_id", 0)))
         self.session = ort.InferenceSession(path, options, providers=providers)
         self.max_batch_size = int(config.get("max_batch_size") or 0)

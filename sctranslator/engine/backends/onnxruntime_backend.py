@@ -52,11 +52,13 @@ class OnnxRuntimeBackend:
     supports_embeddings = False  # the graphs end at the translation and the predictions
 
     def __init__(self, onnx_path: str, device: str = "cpu", threads: int | None = None,
-                 genes: int | None = None, proteins: int | None = None):
+                 genes: int | None = None, proteins: int | None = None, spinning: bool = True):
         """Load the export at `onnx_path` (the encoder graph; its decoder graph is named in its metadata
         and lies beside it). BackendError if either cannot be loaded, if `device` is CUDA without a
         CUDA provider, or if a graph breaks the contract (`check_graph`, with the model's P=`proteins`);
-        an old single-graph export is named as such. `genes`: the model's L, checked against batches."""
+        an old single-graph export is named as such. `genes`: the model's L, checked against batches.
+        `spinning`: False stops idle intra-op threads from spinning (they take the cores from other
+        processes; benchmarks/perf_analyzer.py measures both)."""
         from sctranslator._optional import import_optional
 
         ort = import_optional("onnxruntime", "cpu", "the onnxruntime backend (or sctranslator[gpu] on CUDA)")
@@ -76,6 +78,8 @@ class OnnxRuntimeBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
         def session(path: str) -> Any:
             try:

@@ -384,7 +384,7 @@ class TritonBackend:
 
     def predict(self, batch: Batch) -> np.ndarray:
         """(B, W * P) predictions; one request per chunk of max_batch cells carrying all W protein windows
-        (the served model runs the encoder once per request), or, for a model that takes one window of
+        (the served model runs the encoder at most once per request), or, for a model that takes one window of
         P proteins (an export from an earlier version), one request per window and chunk."""
         cells, genes = batch.values.shape
         if genes != self.genes or batch.protein_ids.shape[1] != self.proteins:
