@@ -176,9 +176,15 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
              **options: Any) -> TranslatorModel:
     """Train a model on paired RNA + protein data and save it as a bundle at `out`.
 
-    rna: .h5ad, .h5mu (MuData with 'rna' and 'prot') or zarr store, or an AnnData (cells x genes).
+    rna: .h5ad, .h5mu (MuData with 'rna' and 'prot') or zarr store, or an AnnData (cells x genes);
+        or a list of them: several paired datasets, each with its own genes and proteins, trained on
+        together (the model's panels are their unions; see `sctranslator.train.datasets`).
     protein: protein counts for the same cells (cells x proteins; default: inside `rna`, as a MuData
-        'prot' modality or obsm[protein_key]).
+        'prot' modality or obsm[protein_key]); with several `rna`, a list in the same order.
+    The cells are streamed: read in blocks of `block_cells` through the engine's sources, in a
+    seeded random block order shuffled within windows of `shuffle_blocks` blocks, prepared per
+    micro-batch (`sctranslator.train.stream`); `gene_subset` trains each cell on that many panel
+    genes drawn at random.
     Start from `init` (a published .pt checkpoint, a bundle, or a TranslatorModel) or from scratch
     with `config` (a preset name: "published", "small", "tiny"; or a ModelConfig) plus
     `config_overrides` (ModelConfig fields). `feature_redraw_interval`: random-feature redraw every N
@@ -189,8 +195,8 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
     layer, gene_column, id_type, gene_mapping, normalize, target_sum, target_scaling, val_fraction,
     val_count, split_column + val_values, allow_low_coverage, allow_empty_cells) and `TrainOptions`
     (steps or epochs, batch_size (cells per process per micro-batch), accumulation, lr, weight_decay,
-    warmup_steps, decay, min_lr_ratio, clip_norm, precision, freeze, seed, val_every, patience, val_batch_size,
-    keep_best,
+    warmup_steps, decay, min_lr_ratio, clip_norm, precision, freeze, seed, block_cells, shuffle_blocks,
+    gene_subset, val_every, patience, val_batch_size, keep_best,
     checkpoint_every, stop_after, device, quiet); each documents its default and choices.
 
     Checkpoints and the metrics log go to `work_dir` (default: `<out>.training`); `resume=True`
@@ -216,7 +222,8 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
     out = Path(out)
     work = Path(work_dir) if work_dir else out.with_name(out.name + ".training")
     # Every process checks before any writes: the process group's start is the barrier after it.
-    work_is_ours = _claim_outputs(out, work, (rna, protein, init), overwrite=overwrite, resume=resume)
+    inputs = (*_as_list(rna), *(_as_list(protein) if protein is not None else []), init)
+    work_is_ours = _claim_outputs(out, work, inputs, overwrite=overwrite, resume=resume)
     processes = distributed.start(train_options.device)
     try:
         if workers:
