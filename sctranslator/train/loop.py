@@ -133,7 +133,7 @@ class Trainer:
         device = self.device
         if batch.gene_ids is not None:  # a random gene subset per cell
             genes = torch.from_numpy(batch.gene_ids).to(device)
-            gene_mask = torch.ones(genes.shape, dtype=torch.bool, device=device)
+            gene_mask = torch.from_numpy(batch.gene_mask).to(device)
         else:
             genes = torch.from_numpy(stream.gene_ids).to(device).expand(size, -1)
             gene_mask = torch.from_numpy(stream.gene_mask).to(device).expand(size, -1)

@@ -45,12 +45,13 @@ class StreamSet:
 
 @dataclass
 class Batch:
-    """Model inputs of some cells: values (n, L) float32, targets / protein_mask (n, P), gene_ids (n, G) or None."""
+    """Model inputs of some cells: values (n, L) float32, targets / protein_mask (n, P)."""
 
     values: np.ndarray
     targets: np.ndarray
     protein_mask: np.ndarray
-    gene_ids: np.ndarray | None = None  # per-cell gene tokens after a random gene subset
+    gene_ids: np.ndarray | None = None  # (n, L) per-cell gene tokens after a random gene subset
+    gene_mask: np.ndarray | None = None  # (n, L) with them
 
 
 class _Window:
@@ -190,7 +191,8 @@ class TrainStream:
 
     def _subset_genes(self, batch: Batch, rng: np.random.Generator | None) -> Batch:
         """Each cell keeps `gene_subset` panel genes drawn at random without replacement (as the
-        original's training set draws `enc_max_seq_len` of a cell's genes), in the drawn order."""
+        original's training set draws genes of a cell), in the drawn order at positions 0..N-1; the
+        other positions are padding (token 0, masked), as the original pads a short cell."""
         rng = rng if rng is not None else np.random.default_rng()
         n, k = batch.values.shape[0], int(self.gene_subset or 0)
         real = self.real_positions
@@ -198,8 +200,14 @@ class TrainStream:
             return batch
         # argsort of uniform keys: a random k-subset per row, vectorised (no per-cell Python).
         picks = real[np.argsort(rng.random((n, real.size)), axis=1)[:, :k]]
-        values = np.take_along_axis(batch.values, picks, axis=1)
-        return Batch(values, batch.targets, batch.protein_mask, self.gene_ids[picks])
+        length = self.gene_ids.shape[0]
+        values = np.zeros((n, length), dtype=np.float32)
+        values[:, :k] = np.take_along_axis(batch.values, picks, axis=1)
+        gene_ids = np.zeros((n, length), dtype=self.gene_ids.dtype)
+        gene_ids[:, :k] = self.gene_ids[picks]
+        gene_mask = np.zeros((n, length), dtype=bool)
+        gene_mask[:, :k] = True
+        return Batch(values, batch.targets, batch.protein_mask, gene_ids, gene_mask)
 
     # --- held-out cells ------------------------------------------------------------------------
     def val_batches(self, size: int) -> Iterator[Batch]:
