@@ -8,7 +8,8 @@ runs of that cell stream (a batch may span two windows); an epoch's partial last
 The position in the order is (epoch, offset): everything else is derived from the seed, so a
 checkpoint of those two numbers resumes the exact order. At most two windows of raw (unprepared)
 blocks are held; values are prepared per micro-batch by the engine's Numba kernels, exactly as
-`translate` prepares them.
+`translate` prepares them. Under DDP every process reads the same windows and prepares only its
+share of each micro-batch.
 """
 
 from __future__ import annotations
