@@ -166,30 +166,29 @@ class TrainStream:
         first = self.offset + lo
         self.offset += count
         order, starts = self._epoch_windows(self.epoch)
-        pieces: list[tuple[int, object, np.ndarray, np.ndarray]] = []
+        n = hi - lo
+        values = np.empty((n, self.gene_ids.shape[0]), dtype=np.float32)
+        targets = np.empty((n, self.protein_ids.shape[0]), dtype=np.float32)
+        mask = np.empty(targets.shape, dtype=bool)
         position = first
-        while position < first + (hi - lo):
+        while position < first + n:
             w = int(np.searchsorted(starts, position, side="right") - 1)
             window = self._window(self.epoch, w, order)
-            end = min(first + (hi - lo), int(starts[w + 1]))
+            end = min(first + n, int(starts[w + 1]))
             cells = window.order[position - starts[w]:end - starts[w]]
-            pieces.extend(self._gather(window, cells))
+            base = position - first
+            # One read-out and one kernel call per block present in the batch, not per cell.
+            part_of = np.searchsorted(window.starts, cells, side="right") - 1
+            for p in np.unique(part_of):
+                chosen = np.flatnonzero(part_of == p)
+                set_index, data, block_targets, block_mask = window.parts[p]
+                local = cells[chosen] - window.starts[p]
+                values[base + chosen] = self._prepare(set_index, data[local])
+                targets[base + chosen] = block_targets[local]
+                mask[base + chosen] = block_mask[local]
             position = end
-        values = np.concatenate([self._prepare(s, d) for s, d, _, _ in pieces])
-        batch = Batch(values, np.concatenate([p[2] for p in pieces]), np.concatenate([p[3] for p in pieces]))
+        batch = Batch(values, targets, mask)
         return self._subset_genes(batch, rng) if self.gene_subset else batch
-
-    def _gather(self, window: _Window, cells: np.ndarray) -> list[tuple[int, object, np.ndarray, np.ndarray]]:
-        """The window's `cells` (in that order) grouped into runs of one block each."""
-        part_of = np.searchsorted(window.starts, cells, side="right") - 1
-        runs = np.flatnonzero(np.diff(part_of)) + 1
-        out = []
-        for run in np.split(np.arange(cells.size), runs):
-            p = int(part_of[run[0]])
-            set_index, data, targets, mask = window.parts[p]
-            local = cells[run] - window.starts[p]
-            out.append((set_index, data[local], targets[local], mask[local]))
-        return out
 
     def _subset_genes(self, batch: Batch, rng: np.random.Generator | None) -> Batch:
         """Each cell keeps `gene_subset` panel genes drawn at random without replacement (as the
