@@ -140,7 +140,8 @@ def test_streaming_equals_in_memory_training_on_the_same_order(pair, tmp_path):
     streamed, a = _train(parts["model"], stream, options, tmp_path / "a")
     held, b = _train(parts["model"], memory, options, tmp_path / "b")
     assert _same_weights(streamed, held)
-    np.testing.assert_array_equal(a.val_predictions, b.val_predictions)
+    # Held-out cells are batched by block when streamed (other batch sizes: float rounding only).
+    np.testing.assert_allclose(a.val_predictions, b.val_predictions, rtol=1e-5, atol=1e-5)
     assert not _same_weights(streamed, parts["model"])  # it did train
 
 

@@ -214,8 +214,12 @@ class TrainStream:
     def val_batches(self, size: int) -> Iterator[Batch]:
         """The held-out cells of every dataset, in dataset then cell order, `size` cells at a time."""
         for index, item in enumerate(self.sets):
-            for start in range(0, item.val.size, self.block_cells):
-                positions = item.val[start:start + self.block_cells]
+            # Block by block of paired cells, as training reads: a read spans at most one block.
+            for first in range(0, item.paired.n_cells, self.block_cells):
+                lo, hi = np.searchsorted(item.val, [first, first + self.block_cells])
+                if lo == hi:
+                    continue
+                positions = item.val[lo:hi]
                 data, targets, mask = self._read(item, positions)
                 for lo in range(0, positions.size, size):
                     part = data[lo:lo + size]
