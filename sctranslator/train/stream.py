@@ -214,9 +214,10 @@ class TrainStream:
     def val_batches(self, size: int) -> Iterator[Batch]:
         """The held-out cells of every dataset, in dataset then cell order, `size` cells at a time."""
         for index, item in enumerate(self.sets):
-            # Block by block of paired cells, as training reads: a read spans at most one block.
-            for first in range(0, item.paired.n_cells, self.block_cells):
-                lo, hi = np.searchsorted(item.val, [first, first + self.block_cells])
+            # A read spans a bounded range of paired cells (held-out cells are sparse among them).
+            step = self._span(item)
+            for first in range(0, item.paired.n_cells, step):
+                lo, hi = np.searchsorted(item.val, [first, first + step])
                 if lo == hi:
                     continue
                 positions = item.val[lo:hi]
@@ -237,15 +238,20 @@ class TrainStream:
                                advice=f"targets are scaled from counts ({item.target_scaling}); give raw "
                                "protein counts")
             rows = item.paired.rows
-            source = item.paired.source
-            step = self.block_cells * 4
-            if source.matrix_format == "csr" and source.chunk_rows:
-                # Whole stored chunks where they are small enough: a read never decodes a chunk twice.
-                step = max(step, min(int(source.chunk_rows), _SCAN_CELLS))
+            step = self._span(item)
             for start in range(0, rows.size, step):
                 chunk = rows[start:start + step]
                 empty += item.runner.read(int(chunk[0]), int(chunk[-1]) + 1, chunk).n_empty
         return empty
+
+    def _span(self, item: StreamSet) -> int:
+        """Paired cells one read of the checking pass or of the held-out cells covers: a few blocks,
+        or a stored CSR chunk when small enough (so that a chunk is not decoded again and again)."""
+        source = item.paired.source
+        step = self.block_cells * 4
+        if source.matrix_format == "csr" and source.chunk_rows:
+            step = max(step, min(int(source.chunk_rows), _SCAN_CELLS))
+        return step
 
     def state(self) -> dict[str, int]:
         """The position in the data order (all a checkpoint needs: the rest follows from the seed)."""
