@@ -561,6 +561,11 @@ class TrainOptions(OptionGroup):
     freeze: tuple[str, ...] = option((), "parts to freeze: embeddings,encoder,translator,decoder",
                                      none_means="none", parse=_names_tuple)
     seed: int = option(0, "seed of the split, the data order and new weights")
+    block_cells: int = option(1024, "paired cells per block read from each dataset (the unit of the shuffled order)")
+    shuffle_blocks: int = option(16, "blocks per shuffle window: cells are shuffled within a window; at most two "
+                                 "windows of raw blocks are held")
+    gene_subset: int | None = option(None, "train each cell on N panel genes drawn at random (the original's "
+                                     "random gene sampling)", none_means="all panel genes")
     val_every: int | None = option(None, "validate every N steps", none_means="10 times per run")
     patience: int | None = option(None, "stop after N validations without improvement", none_means="never")
     val_batch_size: int = option(64, "cells per validation batch", cli=False)
@@ -578,6 +583,8 @@ class TrainOptions(OptionGroup):
             check_choice("part to freeze", part, Freezable)
         if self.batch_size < 1 or self.accumulation < 1:
             raise InputDataError("batch_size and accumulation must be >= 1")
+        if self.block_cells < 1 or self.shuffle_blocks < 1 or (self.gene_subset is not None and self.gene_subset < 1):
+            raise InputDataError("block_cells, shuffle_blocks and gene_subset must be >= 1")
         if self.steps is None and self.epochs is None:
             raise InputDataError("say how long to train: steps=... or epochs=...")
 

@@ -26,13 +26,17 @@ from sctranslator.options import DEFAULT_TARGET_SUM, Preset, TrainDataOptions
 from sctranslator.outputs import claim_output, one_writer, write_identity
 from sctranslator.train import distributed
 from sctranslator.train.card import model_card
-from sctranslator.train.inputs import (
-    attach_panels,
-    data_gene_tokens,
-    gene_panel_from_data,
-    prepare_arrays,
-    protein_panel,
+from sctranslator.train.datasets import (
+    as_list as _as_list,
 )
+from sctranslator.train.datasets import (
+    build_stream,
+    cell_names,
+    combined_origin,
+    training_record,
+    union_protein_panel,
+)
+from sctranslator.train.inputs import attach_panels, data_gene_tokens, gene_panel_from_data
 from sctranslator.train.loop import Outcome, Trainer, TrainOptions, apply_freeze
 from sctranslator.train.metrics_log import MetricsLog
 from sctranslator.train.paired import PairedData, load_paired
@@ -148,15 +152,17 @@ def inherit_preprocessing(options: DataOptions, init: TranslatorModel | None
     return completed, {k: v for k, v in origin.items() if v != "asked"}
 
 
-def _fingerprint(model: TranslatorModel, data: PairedData, split: Split, data_options: DataOptions,
+def _fingerprint(model: TranslatorModel, pairs: list[PairedData], splits: list[Split], data_options: DataOptions,
                  options: TrainOptions, world: int) -> str:
     """Identity of a run, so that resuming refuses other data or settings."""
     settings = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("quiet", "stop_after", "device")}
     digest = hashlib.sha256(json.dumps({"train": settings, "data": dataclasses.asdict(data_options),
-                                        "panel": model.panel, "world": world, "origin": data.origin},
+                                        "panel": model.panel, "world": world,
+                                        "origin": [paired.origin for paired in pairs]},
                                        sort_keys=True, default=str).encode())
-    digest.update(split.train.tobytes())
-    digest.update(split.val.tobytes())
+    for split in splits:
+        digest.update(split.train.tobytes())
+        digest.update(split.val.tobytes())
     digest.update(model_fingerprint(model).encode())
     return digest.hexdigest()
 
@@ -170,9 +176,15 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
              **options: Any) -> TranslatorModel:
     """Train a model on paired RNA + protein data and save it as a bundle at `out`.
 
-    rna: .h5ad, .h5mu (MuData with 'rna' and 'prot') or zarr store, or an AnnData (cells x genes).
+    rna: .h5ad, .h5mu (MuData with 'rna' and 'prot') or zarr store, or an AnnData (cells x genes);
+        or a list of them: several paired datasets, each with its own genes and proteins, trained on
+        together (the model's panels are their unions; see `sctranslator.train.datasets`).
     protein: protein counts for the same cells (cells x proteins; default: inside `rna`, as a MuData
-        'prot' modality or obsm[protein_key]).
+        'prot' modality or obsm[protein_key]); with several `rna`, a list in the same order.
+    The cells are streamed: read in blocks of `block_cells` through the engine's sources, in a
+    seeded random block order shuffled within windows of `shuffle_blocks` blocks, prepared per
+    micro-batch (`sctranslator.train.stream`); `gene_subset` trains each cell on that many panel
+    genes drawn at random.
     Start from `init` (a published .pt checkpoint, a bundle, or a TranslatorModel) or from scratch
     with `config` (a preset name: "published", "small", "tiny"; or a ModelConfig) plus
     `config_overrides` (ModelConfig fields). `feature_redraw_interval`: random-feature redraw every N
@@ -183,8 +195,8 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
     layer, gene_column, id_type, gene_mapping, normalize, target_sum, target_scaling, val_fraction,
     val_count, split_column + val_values, allow_low_coverage, allow_empty_cells) and `TrainOptions`
     (steps or epochs, batch_size (cells per process per micro-batch), accumulation, lr, weight_decay,
-    warmup_steps, decay, min_lr_ratio, clip_norm, precision, freeze, seed, val_every, patience, val_batch_size,
-    keep_best,
+    warmup_steps, decay, min_lr_ratio, clip_norm, precision, freeze, seed, block_cells, shuffle_blocks,
+    gene_subset, val_every, patience, val_batch_size, keep_best,
     checkpoint_every, stop_after, device, quiet); each documents its default and choices.
 
     Checkpoints and the metrics log go to `work_dir` (default: `<out>.training`); `resume=True`
@@ -210,21 +222,32 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
     out = Path(out)
     work = Path(work_dir) if work_dir else out.with_name(out.name + ".training")
     # Every process checks before any writes: the process group's start is the barrier after it.
-    work_is_ours = _claim_outputs(out, work, (rna, protein, init), overwrite=overwrite, resume=resume)
+    inputs = (*_as_list(rna), *(_as_list(protein) if protein is not None else []), init)
+    work_is_ours = _claim_outputs(out, work, inputs, overwrite=overwrite, resume=resume)
     processes = distributed.start(train_options.device)
     try:
         if workers:
             torch.set_num_threads(int(workers))
-        paired = load_paired(rna, protein, protein_key=data_options.protein_key, layer=data_options.layer,
+        datasets = _as_list(rna)
+        proteins_in = _as_list(protein) if protein is not None else [None] * len(datasets)
+        if len(proteins_in) != len(datasets):
+            raise InputDataError(f"{len(datasets)} RNA inputs but {len(proteins_in)} protein inputs: give one "
+                                 "protein input per RNA input, in the same order (or none when each RNA file holds "
+                                 "its proteins)")
+        pairs = [load_paired(r, p, protein_key=data_options.protein_key, layer=data_options.layer,
                              use_raw=data_options.use_raw, modality=data_options.modality,
-                             missing_chunks=data_options.missing_chunks)
-        split = split_cells(paired.obs, val_fraction=data_options.val_fraction, val_count=data_options.val_count,
-                            split_column=data_options.split_column, val_values=data_options.val_values,
-                            seed=train_options.seed)
-        proteins, protein_columns = protein_panel(paired.protein_names, data_options.proteins)
+                             missing_chunks=data_options.missing_chunks) for r, p in zip(datasets, proteins_in,
+                                                                                         strict=True)]
+        splits = [split_cells(paired.obs, val_fraction=data_options.val_fraction, val_count=data_options.val_count,
+                              split_column=data_options.split_column, val_values=data_options.val_values,
+                              seed=train_options.seed) for paired in pairs]
+        proteins, protein_columns, protein_slots = union_protein_panel([p.protein_names for p in pairs],
+                                                                       data_options.proteins)
+
         def tokens_of(mapping: str) -> np.ndarray:
-            return data_gene_tokens(paired.source.var, gene_column=data_options.gene_column,
-                                    id_type=data_options.id_type, only=data_options.genes, gene_mapping=mapping)
+            return np.concatenate([data_gene_tokens(paired.source.var, gene_column=data_options.gene_column,
+                                                    id_type=data_options.id_type, only=data_options.genes,
+                                                    gene_mapping=mapping) for paired in pairs])
 
         model, genes, start = _starting_model(init, config, dict(config_overrides or {}), tokens_of,
                                               len(proteins["names"]), train_options.seed, data_options.gene_mapping)
@@ -237,31 +260,34 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
                                                "target_sum": float(data_options.target_sum),
                                                "target_scaling": data_options.target_scaling})
         apply_freeze(model, train_options.freeze)
-        arrays = prepare_arrays(paired, model, protein_columns, gene_column=data_options.gene_column,
-                                id_type=data_options.id_type, target_scaling=data_options.target_scaling,
-                                gene_mapping=genes["mapping"],
-                                allow_low_coverage=data_options.allow_low_coverage,
-                                allow_empty_cells=data_options.allow_empty_cells)
+        stream = build_stream(pairs, splits, model, protein_columns, protein_slots, data_options, train_options,
+                              gene_mapping=genes["mapping"])
+        n_empty = stream.scan()
+        if n_empty:
+            log.warning("%d paired cell(s) have no counts in any panel gene; trained on as constant cells, as "
+                        "allowed", n_empty)
         if processes.is_main:
             _prepare_work_dir(work, replace=work_is_ours and not resume)
         distributed.barrier(processes)
-        fingerprint = _fingerprint(model, paired, split, data_options, train_options, processes.world)
+        fingerprint = _fingerprint(model, pairs, splits, data_options, train_options, processes.world)
         metrics = MetricsLog((metrics_log or work / "metrics.jsonl") if processes.is_main else None, append=resume)
-        trainer = Trainer(model, arrays, split.train, split.val, train_options, processes, work, metrics, fingerprint)
+        trainer = Trainer(model, stream, train_options, processes, work, metrics, fingerprint)
         outcome = trainer.run(resume=resume)
         model = trainer.model.to("cpu").eval()
         if outcome.interrupted:
             log.info("stopped after step %d as asked; resume=True continues the run", outcome.steps_done)
         elif processes.is_main:
-            data = {**paired.origin, "empty_cells": arrays.n_empty_cells}
-            card = model_card(model, init=start, data=data, split=split.description,
-                              n_train=int(split.train.size), n_val=int(split.val.size), options=train_options,
+            data = {**combined_origin(pairs), "empty_cells": n_empty}
+            split_text = "; ".join(dict.fromkeys(split.description for split in splits))
+            card = model_card(model, init=start, data=data, split=split_text,
+                              n_train=stream.n_train, n_val=stream.n_val, options=train_options,
                               outcome=outcome, world=processes.world, inherited=inherited)
-            _save_bundle(model, out, card, {"train": paired.obs.index[split.train],
-                                            "val": paired.obs.index[split.val]},
-                         {"preprocessing_from": {k: inherited.get(k, "asked") for k in PREPROCESSING_DEFAULTS}},
+            _save_bundle(model, out, card, {"train": cell_names(pairs, splits, "train"),
+                                            "val": cell_names(pairs, splits, "val")},
+                         {"preprocessing_from": {k: inherited.get(k, "asked") for k in PREPROCESSING_DEFAULTS},
+                          "training_data": training_record(pairs, train_options)},
                          ancestors)
-        _attach_validation(model, paired, split, arrays.targets, outcome)
+        _attach_validation(model, pairs, splits, outcome)
         model.training_outcome = outcome
         distributed.barrier(processes)
         return model
@@ -301,11 +327,11 @@ def _save_bundle(model: TranslatorModel, out: Path, card: str, cells: dict[str, 
         install_dir(staging, out)
 
 
-def _attach_validation(model: TranslatorModel, paired: PairedData, split: Split, targets: np.ndarray,
+def _attach_validation(model: TranslatorModel, pairs: list[PairedData], splits: list[Split],
                        outcome: Outcome) -> None:
     if outcome.val_predictions is None:
         model.validation = None
         return
-    model.validation = Validation(obs_names=[str(n) for n in paired.obs.index[split.val]],
-                                  predictions=outcome.val_predictions, targets=targets[split.val],
+    model.validation = Validation(obs_names=[str(n) for n in cell_names(pairs, splits, "val")],
+                                  predictions=outcome.val_predictions, targets=outcome.val_targets,
                                   metrics=outcome.val_metrics)

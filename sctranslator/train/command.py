@@ -42,10 +42,13 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 def define_finetune(parser: argparse.ArgumentParser) -> Handler:
     """`sctranslator finetune --rna R [--protein P] (--init MODEL | --config NAME) --out BUNDLE ...`."""
     data = parser.add_argument_group("data")
-    data.add_argument("--rna", required=True, help="RNA: .h5ad, .h5mu (MuData with 'rna' + 'prot') or zarr store")
-    data.add_argument("--protein", help="protein counts (.h5ad or zarr) for the same cells (default: in the RNA "
-                      "file, as a MuData protein modality (prot, ADT, Antibody Capture..., or --protein-key) or "
-                      "obsm[--protein-key])")
+    data.add_argument("--rna", required=True, nargs="+", metavar="RNA",
+                      help="RNA: .h5ad, .h5mu (MuData with 'rna' + 'prot') or zarr store; several datasets (each "
+                      "with its own genes and proteins) are trained on together, their blocks mixed at random")
+    data.add_argument("--protein", nargs="+", metavar="PROTEIN",
+                      help="protein counts (.h5ad or zarr) for the same cells, one per --rna input in its order "
+                      "(default: in the RNA file, as a MuData protein modality (prot, ADT, Antibody Capture..., or "
+                      "--protein-key) or obsm[--protein-key])")
     TrainDataOptions.add_cli_args(data, only=("protein_key", "proteins", "layer", "use_raw", "modality",
                                               "missing_chunks", "gene_column", "id_type",
                                               "gene_mapping", "normalize", "target_sum", "target_scaling",
@@ -66,7 +69,7 @@ def define_finetune(parser: argparse.ArgumentParser) -> Handler:
     TrainOptions.add_cli_args(loop.add_mutually_exclusive_group(), only=("steps", "epochs"))
     TrainOptions.add_cli_args(loop, only=("lr", "weight_decay", "warmup_steps", "decay", "batch_size",
                                           "accumulation", "clip_norm", "precision", "seed", "val_every", "patience",
-                                          "keep_best", "device"))
+                                          "keep_best", "device", "gene_subset", "block_cells", "shuffle_blocks"))
     loop.add_argument("--workers", type=int, help="CPU threads per process (default: PyTorch's)")
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, type=Path, help="output bundle directory")
@@ -86,7 +89,9 @@ def define_finetune(parser: argparse.ArgumentParser) -> Handler:
         if train.steps is None and train.epochs is None:
             train.epochs = 1.0
         options = {**TrainDataOptions.from_cli_args(args).as_kwargs(), **train.as_kwargs()}
-        model = finetune(args.rna, args.protein, init=args.init, config=args.config, out=args.out,
+        rna = args.rna[0] if len(args.rna) == 1 else args.rna
+        protein = args.protein[0] if args.protein and len(args.protein) == 1 else args.protein
+        model = finetune(rna, protein, init=args.init, config=args.config, out=args.out,
                          config_overrides=_overrides(args.set), feature_redraw_interval=args.redraw_interval,
                          work_dir=args.work_dir, metrics_log=args.metrics_log, resume=args.resume,
                          workers=args.workers, overwrite=args.overwrite, **options)

@@ -32,7 +32,11 @@ PREPARE_BLOCK_CELLS = 1024
 
 @dataclass
 class TrainingArrays:
-    """Everything the loop feeds the model, for all paired cells (held out ones included)."""
+    """Prepared values and targets of all paired cells, held in memory (held out ones included).
+
+    The trainer streams (`sctranslator.train.stream`); this whole-data form is the in-memory
+    reference the tests compare the stream with, and a convenience for small data.
+    """
 
     values: np.ndarray  # float32 (n_cells, K): prepared values of the K panel genes (positions 0..K-1)
     targets: np.ndarray  # float32 (n_cells, n_proteins): scaled per cell

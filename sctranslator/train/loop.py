@@ -22,9 +22,9 @@ from sctranslator.model import TranslatorModel
 from sctranslator.options import TrainOptions  # declared there with its command-line help
 from sctranslator.train import checkpoint
 from sctranslator.train.distributed import Processes, any_process, barrier, gather_objects
-from sctranslator.train.inputs import TrainingArrays
 from sctranslator.train.metrics_log import MetricsLog
 from sctranslator.train.schedule import lr_factor
+from sctranslator.train.stream import Batch, TrainStream
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class Outcome:
     best_step: int | None
     val_metrics: dict[str, Any] = field(default_factory=dict)  # of the weights returned
     val_predictions: np.ndarray | None = None  # (n_val, n_proteins) of the weights returned
+    val_targets: np.ndarray | None = None  # (n_val, n_proteins); NaN where the cell's dataset did not measure
     seconds: float = 0.0
 
 
@@ -75,24 +76,22 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 
 
 class Trainer:
-    def __init__(self, model: TranslatorModel, arrays: TrainingArrays, train_rows: np.ndarray, val_rows: np.ndarray,
-                 options: TrainOptions, processes: Processes, work_dir: Path, metrics: MetricsLog, fingerprint: str):
+    def __init__(self, model: TranslatorModel, stream: TrainStream, options: TrainOptions, processes: Processes,
+                 work_dir: Path, metrics: MetricsLog, fingerprint: str):
         self.model = model.to(processes.device)
-        self.arrays = arrays
-        self.train_rows = train_rows
-        self.val_rows = val_rows
+        self.stream = stream
         self.options = options
         self.processes = processes
         self.work_dir = work_dir
         self.metrics = metrics
         self.fingerprint = fingerprint
         self.device = processes.device
-        self.n_proteins = int(arrays.targets.shape[1])
+        self.n_proteins = stream.n_proteins
         self.micro_cells = options.batch_size * processes.world  # cells per micro-batch, all processes
-        if train_rows.shape[0] < self.micro_cells:
-            raise InputDataError(f"{train_rows.shape[0]} training cells are fewer than one batch "
+        if stream.n_train < self.micro_cells:
+            raise InputDataError(f"{stream.n_train} training cells are fewer than one batch "
                                  f"({options.batch_size} x {processes.world} processes)")
-        self.total = total_steps(options, train_rows.shape[0], processes.world)
+        self.total = total_steps(options, stream.n_train, processes.world)
         self.val_every = options.val_every or max(1, self.total // 10)
         self.checkpoint_every = options.checkpoint_every or self.val_every
         params = [p for p in model.parameters() if p.requires_grad]
@@ -106,47 +105,43 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.wrapped = DistributedDataParallel(model, device_ids=ids)
-        # Position in the data order and early-stopping state (all saved in checkpoints).
+        # Early-stopping state (saved in checkpoints with the stream's position in the data order).
         self.step = 0
-        self.epoch = 0
-        self.offset = 0
         self.best_metric = -math.inf
         self.best_step: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.bad_validations = 0
         self.train_loss_sum = 0.0
         self.train_loss_count = 0
+        self.val_truth: np.ndarray | None = None
+
+    @property
+    def epoch(self) -> int:
+        return self.stream.epoch
 
     # --- data order --------------------------------------------------------------------------
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        """The training cells of `epoch` in a seeded order: the same for every process and every resume."""
-        rng = np.random.default_rng([self.options.seed, epoch])
-        return self.train_rows[rng.permutation(self.train_rows.shape[0])]
-
-    def next_micro_batch(self) -> np.ndarray:
+    def next_micro_batch(self, micro: int) -> Batch:
         """This process's share of the next micro-batch (the partial tail of an epoch is skipped)."""
-        if self.offset + self.micro_cells > self.train_rows.shape[0]:
-            self.epoch += 1
-            self.offset = 0
-        order = self.epoch_order(self.epoch)
-        lo = self.offset + self.processes.rank * self.options.batch_size
-        self.offset += self.micro_cells
-        return order[lo:lo + self.options.batch_size]
+        lo = self.processes.rank * self.options.batch_size
+        # Gene subsets follow (seed, step, micro-batch, rank): the same on resume.
+        rng = np.random.default_rng([self.options.seed, self.step, micro, self.processes.rank, 7])
+        return self.stream.take(self.micro_cells, lo, lo + self.options.batch_size, rng)
 
-    def batch_tensors(self, rows: np.ndarray) -> tuple[torch.Tensor, ...]:
-        arrays = self.arrays
-        size, length = rows.shape[0], arrays.gene_ids.shape[0]
-        values = np.zeros((size, length), dtype=np.float32)
-        values[:, :arrays.values.shape[1]] = arrays.values[rows]
-        targets = np.zeros((size, arrays.protein_ids.shape[0]), dtype=np.float32)
-        targets[:, :self.n_proteins] = arrays.targets[rows]
+    def batch_tensors(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        stream = self.stream
+        size = batch.values.shape[0]
         device = self.device
-        return (torch.from_numpy(values).to(device),
-                torch.from_numpy(arrays.gene_ids).to(device).expand(size, -1),
-                torch.from_numpy(arrays.protein_ids).to(device).expand(size, -1),
-                torch.from_numpy(arrays.gene_mask).to(device).expand(size, -1),
-                torch.from_numpy(arrays.protein_mask).to(device).expand(size, -1),
-                torch.from_numpy(targets).to(device))
+        if batch.gene_ids is not None:  # a random gene subset per cell
+            genes = torch.from_numpy(batch.gene_ids).to(device)
+            gene_mask = torch.from_numpy(batch.gene_mask).to(device)
+        else:
+            genes = torch.from_numpy(stream.gene_ids).to(device).expand(size, -1)
+            gene_mask = torch.from_numpy(stream.gene_mask).to(device).expand(size, -1)
+        protein_mask = (torch.from_numpy(stream.protein_mask).to(device)
+                        & torch.from_numpy(batch.protein_mask).to(device))
+        return (torch.from_numpy(np.ascontiguousarray(batch.values)).to(device), genes,
+                torch.from_numpy(stream.protein_ids).to(device).expand(size, -1), gene_mask, protein_mask,
+                torch.from_numpy(batch.targets).to(device))
 
     # --- steps -------------------------------------------------------------------------------
     def autocast(self) -> Any:
@@ -157,7 +152,8 @@ class Trainer:
         accumulation = self.options.accumulation
         total = 0.0
         for micro in range(accumulation):
-            values, genes, proteins, gene_mask, protein_mask, targets = self.batch_tensors(self.next_micro_batch())
+            values, genes, proteins, gene_mask, protein_mask, targets = self.batch_tensors(
+                self.next_micro_batch(micro))
             sync = micro == accumulation - 1 or not self.processes.active
             context = self.wrapped.no_sync() if not sync else contextlib.nullcontext()
             with context:
@@ -175,26 +171,36 @@ class Trainer:
         return total
 
     @torch.no_grad()
-    def predict_val(self) -> np.ndarray:
-        """Held-out predictions in fp32 eval mode, as `translate` computes them."""
+    def predict_val(self) -> tuple[np.ndarray, np.ndarray]:
+        """Held-out (predictions, targets) in fp32 eval mode, as `translate` computes them; targets of
+        proteins a cell's dataset did not measure are NaN."""
         self.model.eval()
-        out = np.empty((self.val_rows.shape[0], self.n_proteins), dtype=np.float32)
-        size = self.options.val_batch_size
-        for lo in range(0, self.val_rows.shape[0], size):
-            rows = self.val_rows[lo:lo + size]
-            values, genes, proteins, gene_mask, protein_mask, _ = self.batch_tensors(rows)
+        n, p = self.stream.n_val, self.n_proteins
+        out = np.empty((n, p), dtype=np.float32)
+        truth = np.empty((n, p), dtype=np.float32)
+        lo = 0
+        for batch in self.stream.val_batches(self.options.val_batch_size):
+            values, genes, proteins, gene_mask, _, _ = self.batch_tensors(batch)
+            protein_mask = torch.from_numpy(self.stream.protein_mask).to(self.device).expand(values.shape[0], -1)
             pred = self.model(values, genes, proteins, gene_mask, protein_mask)
-            out[lo:lo + rows.shape[0]] = pred[:, :self.n_proteins].float().cpu().numpy()
-        return out
+            hi = lo + values.shape[0]
+            out[lo:hi] = pred[:, :p].float().cpu().numpy()
+            truth[lo:hi] = np.where(batch.protein_mask[:, :p], batch.targets[:, :p], np.nan)
+            lo = hi
+        return out, truth
 
-    def validate(self) -> tuple[dict[str, Any], np.ndarray]:
-        pred = self.predict_val()
-        truth = self.arrays.targets[self.val_rows]
-        per_protein = pearson_columns(pred, truth)
-        metrics = {"val_loss": float(np.mean((pred - truth) ** 2)),
+    def validate(self) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+        pred, truth = self.predict_val()
+        measured = np.isfinite(truth)
+        if measured.all():
+            per_protein = pearson_columns(pred, truth)
+        else:  # several datasets with other panels: each protein over the cells that measured it
+            per_protein = np.array([pearson_columns(pred[measured[:, j], j:j + 1], truth[measured[:, j], j:j + 1])[0]
+                                    for j in range(truth.shape[1])])
+        metrics = {"val_loss": float(np.mean((pred[measured] - truth[measured]) ** 2)),
                    "val_pearson": float(np.nanmean(per_protein)) if np.isfinite(per_protein).any() else math.nan,
                    "val_pearson_per_protein": [float(r) for r in per_protein]}
-        return metrics, pred
+        return metrics, pred, truth
 
     # --- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -204,7 +210,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": gather_objects(self.processes, checkpoint.rng_state()),
-            "step": self.step, "epoch": self.epoch, "offset": self.offset,
+            "step": self.step, "data_order": self.stream.state(),
             "forward_calls": {"enc": self.model.enc.forward_calls, "dec": self.model.dec.forward_calls},
             "best_metric": self.best_metric, "best_step": self.best_step, "best_state": self.best_state,
             "bad_validations": self.bad_validations,
@@ -227,7 +233,8 @@ class Trainer:
             log.warning("resuming %d processes from a run of %d: random streams differ", self.processes.world,
                         len(rngs))
         checkpoint.set_rng_state(rngs[min(self.processes.rank, len(rngs) - 1)])
-        self.step, self.epoch, self.offset = int(state["step"]), int(state["epoch"]), int(state["offset"])
+        self.step = int(state["step"])
+        self.stream.restore(state["data_order"])
         self.model.enc.forward_calls = int(state["forward_calls"]["enc"])
         self.model.dec.forward_calls = int(state["forward_calls"]["dec"])
         self.best_metric, self.best_step = float(state["best_metric"]), state["best_step"]
@@ -271,8 +278,8 @@ class Trainer:
         return self.finish(stopped_early, interrupted, last_val, time.perf_counter() - started)
 
     def after_validation(self, started: float) -> tuple[dict[str, Any], np.ndarray]:
-        if self.val_rows.size:
-            metrics, pred = self.validate()
+        if self.stream.n_val:
+            metrics, pred, self.val_truth = self.validate()
         else:
             metrics, pred = {"val_loss": math.nan, "val_pearson": math.nan}, None
         record = {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
@@ -305,9 +312,12 @@ class Trainer:
         if self.options.keep_best and self.best_state is not None and self.best_step != self.step:
             self.model.load_state_dict(copy.deepcopy(self.best_state))
             last_val = None
-        if self.val_rows.size:
-            metrics, pred = last_val if last_val is not None and last_val[1] is not None else self.validate()
-            outcome.val_metrics, outcome.val_predictions = metrics, pred
+        if self.stream.n_val:
+            if last_val is not None and last_val[1] is not None:
+                metrics, pred = last_val
+            else:
+                metrics, pred, self.val_truth = self.validate()
+            outcome.val_metrics, outcome.val_predictions, outcome.val_targets = metrics, pred, self.val_truth
         self.model.eval()
         return outcome
 

@@ -1,7 +1,9 @@
 """Paired RNA + protein training data: where the two matrices come from and which cells pair up.
 
-The RNA stays behind an engine `Source` (read in row blocks, never sliced per cell); the protein
-table is small (cells x tens of antibodies) and is held in memory.
+The RNA stays behind an engine `Source` (read in row blocks, never sliced per cell). A protein
+table stored as a matrix of its own (a separate .h5ad/zarr, or a MuData modality on disk) stays
+behind a `Source` too and is read in the same blocks; one kept in obsm or given in memory is held
+(cells x proteins, small next to the RNA).
 """
 
 from __future__ import annotations
@@ -33,13 +35,59 @@ class PairedData:
     source: Source  # the RNA matrix, served in row blocks
     rows: np.ndarray  # int64 (n_cells,): RNA source row of each paired cell, increasing
     obs: pd.DataFrame  # obs of the paired cells (index = cell names)
-    proteins: np.ndarray  # float64 (n_cells, n_proteins): measured counts as stored
+    protein_table: np.ndarray | None  # float64 (n_cells, n_proteins) held in memory, or None (read from below)
     protein_names: list[str]
     origin: dict[str, Any] = field(default_factory=dict)  # where each part came from (for the card)
+    protein_source: Source | None = None  # the protein matrix, read in row blocks
+    protein_rows: np.ndarray | None = None  # int64 (n_cells,): protein_source row of each paired cell
 
     @property
     def n_cells(self) -> int:
         return int(self.rows.shape[0])
+
+    @property
+    def proteins(self) -> np.ndarray:
+        """All paired cells' measured protein counts (float64, n_cells x n_proteins): reads them whole."""
+        return self.read_proteins(np.arange(self.n_cells, dtype=np.int64))
+
+    def read_proteins(self, positions: np.ndarray) -> np.ndarray:
+        """Measured protein counts (float64) of the paired cells at `positions` (increasing)."""
+        if self.protein_table is not None:
+            return self.protein_table[positions]
+        assert self.protein_source is not None and self.protein_rows is not None
+        return _gather_rows(self.protein_source, self.protein_rows[positions])
+
+
+_GATHER_SPAN = 65_536  # rows read in one range when gathering scattered rows
+
+
+def _gather_rows(source: Source, rows: np.ndarray) -> np.ndarray:
+    """Rows `rows` (any order) of `source` as float64 dense, read in ranges of bounded span."""
+    out = np.empty((rows.shape[0], source.n_vars), dtype=np.float64)
+    if rows.size == 0:
+        return out
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    lo = 0
+    while lo < ordered.size:
+        # One read per run of rows within _GATHER_SPAN of its first: paired tables in another
+        # order never make one read span the whole table.
+        hi = int(np.searchsorted(ordered, ordered[lo] + _GATHER_SPAN))
+        first, last = int(ordered[lo]), int(ordered[hi - 1]) + 1
+        block = source.read_block(first, last)
+        picked = block[ordered[lo:hi] - first]
+        out[order[lo:hi]] = _as_dense(picked)
+        lo = hi
+    return out
+
+
+def _check_protein_source(source: Source, where: str) -> None:
+    """Finite, non-negative counts throughout, checked block by block (never whole in memory)."""
+    for start in range(0, source.n_obs, _GATHER_SPAN):
+        block = source.read_block(start, min(start + _GATHER_SPAN, source.n_obs))
+        values = block.data if sp.issparse(block) else block
+        if not np.isfinite(values).all() or (values < 0).any():
+            raise InputDataError(f"protein counts from {where} must be finite and non-negative")
 
 
 def _is_mudata(data: Any) -> bool:
@@ -91,14 +139,6 @@ def _table_from_obsm(value: Any, uns: dict[str, Any], key: str,
     return matrix, [str(n) for n in names], obs_names
 
 
-def _protein_from_path(path: Path) -> tuple[np.ndarray, list[str], pd.Index]:
-    if path.is_dir():
-        return _table_from_anndata(ad.read_zarr(path))
-    if not path.exists():
-        raise StoreError(f"{path}: no such protein file")
-    return _table_from_anndata(ad.read_h5ad(path))
-
-
 def _protein_modality(names: list[str], key: str, what: str) -> str:
     """The modality of a MuData holding the proteins: the one `--protein-key` names, else the one
     named like proteins (prot, protein, ADT, Antibody Capture..., any case; sctranslator.modalities)."""
@@ -131,6 +171,22 @@ def _embedded_protein(rna: Data, source: Source, key: str) -> tuple[np.ndarray, 
     finally:
         if isinstance(group, h5py.File):
             group.close()
+
+
+def _stored_protein_modality(rna: Data, key: str, missing_chunks: str) -> tuple[Source | None, str]:
+    """The protein modality of a MuData file or store, opened for block reads (None: not a stored MuData)."""
+    if not isinstance(rna, str | os.PathLike):
+        return None, ""
+    path = Path(rna)
+    group = _open_group(path)
+    try:
+        if "mod" not in group:
+            return None, ""
+        name = _protein_modality(list(group["mod"]), key, str(path))
+    finally:
+        if isinstance(group, h5py.File):
+            group.close()
+    return open_source(path, modality=name, missing_chunks=missing_chunks), f"modality {name!r} of {path}"
 
 
 def _match_cells(rna_names: pd.Index, protein_names: pd.Index) -> tuple[np.ndarray, np.ndarray]:
@@ -178,24 +234,41 @@ def load_paired(rna: Data, protein: Data | None = None, *, protein_key: str = DE
     and `missing_chunks` choose the RNA matrix as for `translate`.
     """
     source = open_source(rna, layer=layer, use_raw=use_raw, modality=modality, missing_chunks=missing_chunks)
+    protein_source: Source | None = None
+    matrix: np.ndarray | None = None
     if protein is None:
-        matrix, names, protein_obs, where = _embedded_protein(rna, source, protein_key)
+        protein_source, where = _stored_protein_modality(rna, protein_key, missing_chunks)
+        if protein_source is None:
+            matrix, names, protein_obs, where = _embedded_protein(rna, source, protein_key)
     elif isinstance(protein, ad.AnnData):
         matrix, names, protein_obs = _table_from_anndata(protein)
         where = "in-memory AnnData"
     elif isinstance(protein, str | os.PathLike):
-        matrix, names, protein_obs = _protein_from_path(Path(protein))
+        if not Path(protein).exists():
+            raise StoreError(f"{protein}: no such protein file")
+        protein_source = open_source(protein, missing_chunks=missing_chunks)
         where = str(protein)
     else:
         raise InputDataError(f"cannot read proteins from a {type(protein).__name__}: pass a path or an AnnData")
-    if not np.isfinite(matrix).all() or (matrix < 0).any():
-        raise InputDataError(f"protein counts from {where} must be finite and non-negative")
+    if protein_source is not None:
+        names = [str(n) for n in protein_source.var.index]
+        protein_obs = protein_source.obs_names
+        _check_protein_source(protein_source, where)
+        n_protein_cells = int(protein_source.n_obs)
+    else:
+        assert matrix is not None
+        if not np.isfinite(matrix).all() or (matrix < 0).any():
+            raise InputDataError(f"protein counts from {where} must be finite and non-negative")
+        n_protein_cells = int(matrix.shape[0])
     rna_names = pd.Index(source.obs_names.astype(str))
     rna_rows, protein_rows = _match_cells(rna_names, pd.Index(protein_obs.astype(str)))
     obs = source.read_obs().iloc[rna_rows]
     obs.index = rna_names[rna_rows]
     origin = {"rna": _describe(rna), "protein": where, "rna_cells": int(source.n_obs),
-              "protein_cells": int(matrix.shape[0]), "paired_cells": int(rna_rows.size),
+              "protein_cells": n_protein_cells, "paired_cells": int(rna_rows.size),
               "genes": int(source.n_vars), "proteins": len(names)}
-    return PairedData(source=source, rows=rna_rows, obs=obs, proteins=matrix[protein_rows], protein_names=names,
-                      origin=origin)
+    if protein_source is not None:
+        return PairedData(source=source, rows=rna_rows, obs=obs, protein_table=None, protein_names=names,
+                          origin=origin, protein_source=protein_source, protein_rows=protein_rows)
+    return PairedData(source=source, rows=rna_rows, obs=obs, protein_table=matrix[protein_rows],
+                      protein_names=names, origin=origin)
