@@ -18,6 +18,7 @@ from sctranslator.options import (
     EngineOptions,
     InputOptions,
     OutputOptions,
+    TranslateOptions,
     TritonOptions,
     add_data_and_model_args,
     parse_names,
@@ -204,16 +205,10 @@ def _translate(parser: argparse.ArgumentParser) -> Handler:
     OutputOptions.add_cli_args(parser.add_argument_group("output"))
 
     def run(args: argparse.Namespace) -> int:
-        from sctranslator.engine.translate import translate
+        from sctranslator.engine.translate import run_translate
 
-        options = TritonOptions.from_cli_args(args).given()  # translate refuses them with another backend
-        if args.backend == "triton" and "url" not in options:
-            raise SctranslatorError("--backend triton needs --url HOST:PORT")
-        result = translate(
-            args.input, args.model, read_name_list(args.proteins) if args.proteins else None, out=args.out,
-            backend_options=options, **EngineOptions.from_cli_args(args).as_kwargs(),
-            **InputOptions.from_cli_args(args).as_kwargs(TRANSLATE_INPUTS),
-            **OutputOptions.from_cli_args(args).as_kwargs())
+        # The same options object translate() builds from its keywords, on the same path.
+        result = run_translate(args.input, args.model, TranslateOptions.from_cli_args(args))
         run_stats = result.uns["sctranslator"]["run"]
         coverage = result.uns["sctranslator"]["plan"]["coverage"]
         print(f"Wrote {result.n_obs} cells x {result.n_vars} proteins to {args.out}")
