@@ -19,7 +19,7 @@ from sctranslator._atomic import atomic_write_path, require_space
 from sctranslator.engine.backends.base import BackendSpec
 from sctranslator.engine.backends.capabilities import BackendCapabilities
 from sctranslator.engine.backends.onnx_cache import onnx_file_for
-from sctranslator.engine.backends.registry import get_backend, resolve_backend
+from sctranslator.engine.backends.registry import ChosenBackend, get_backend, resolve_backend
 from sctranslator.engine.gpus import visible_gpus
 from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.pipeline import BlockJob, check_cluster, check_scheduler_address, run_job
@@ -264,7 +264,7 @@ def run_translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorM
     with writing(options.output.wait):
         options.check()
         check_scheduler_address(options.engine.scheduler)
-        backend = choose_and_check_backend(options)
+        backend = resolve_backend(options.engine, options.backend_options, embeddings=options.output.embeddings)
         options = with_absolute_paths(options)  # dask workers resolve paths in their own directories
         target = _inplace_target(data) if options.inplace else None
         inputs = (data, model, options.engine.onnx_path)
@@ -282,22 +282,6 @@ def run_translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorM
                                   target)
         finally:
             source.close()
-
-
-@dataclass
-class ChosenBackend:
-    """The backend that runs, why it was chosen, and what it declares it can do."""
-
-    kind: str
-    reason: str
-    capabilities: BackendCapabilities
-
-
-def choose_and_check_backend(options: TranslateOptions) -> ChosenBackend:
-    """Resolve `--backend auto` and check every engine setting against the chosen backend's capabilities."""
-    kind, reason, capabilities = resolve_backend(options.engine, options.backend_options,
-                                                 embeddings=options.output.embeddings)
-    return ChosenBackend(kind, reason, capabilities)
 
 
 def with_absolute_paths(options: TranslateOptions) -> TranslateOptions:

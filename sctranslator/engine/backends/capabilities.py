@@ -120,10 +120,11 @@ def check_backend_settings(kind: str, capabilities: BackendCapabilities, *, requ
         advice = f"{', '.join(fixes[:-1])}, or {fixes[-1]}" if len(fixes) > 1 else fixes[0]
         raise BackendError(f"the {kind} backend has no {precision} kernels on {where.upper()}; use {advice}")
     if embeddings and not capabilities.embeddings:
-        takers = users(lambda caps: caps.embeddings) or ["torch"]
+        takers = users(lambda caps: caps.embeddings)
+        fix = (f"which only the {' or '.join(takers)} backend exposes; use --backend {takers[0]} with --embeddings"
+               if takers else "which no installed backend exposes; drop --embeddings")
         raise BackendError(f"the {kind} backend cannot return cell embeddings: they come from the encoder's "
-                           f"outputs, which only the {' or '.join(takers)} backend exposes; use --backend "
-                           f"{takers[0]} with --embeddings")
+                           f"outputs, {fix}")
     missing = [name for name in capabilities.required_options if not given.get(name)]
     if missing:
         raise BackendOptionError(f"--backend {kind} needs {', '.join(cli_flag(name) for name in missing)} (see "

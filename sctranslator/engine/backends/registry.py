@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
 
@@ -86,8 +87,17 @@ def all_capabilities() -> dict[str, BackendCapabilities]:
     return found
 
 
+@dataclass(frozen=True)
+class ChosenBackend:
+    """The backend that runs (`kind`), why it was chosen (`reason`), and what it declares it can do."""
+
+    kind: str
+    reason: str
+    capabilities: BackendCapabilities
+
+
 def resolve_backend(engine: EngineOptions, backend_options: Mapping[str, Any] | None = None, *,
-                    embeddings: bool = False) -> tuple[str, str, BackendCapabilities]:
+                    embeddings: bool = False) -> ChosenBackend:
     """The backend to run, why it was chosen and what it declares, with every setting checked against it.
 
     Raises BackendOptionError / BackendError as `capabilities.check_backend_settings`; MissingExtraError
@@ -100,7 +110,7 @@ def resolve_backend(engine: EngineOptions, backend_options: Mapping[str, Any] | 
                            device=engine.device, embeddings=embeddings, others=all_capabilities)
     if engine.precision != "fp32" and capabilities.reduced_precision_warning:
         log.warning(capabilities.reduced_precision_warning.format(precision=engine.precision))
-    return kind, reason, capabilities
+    return ChosenBackend(kind, reason, capabilities)
 
 
 def create_backend(spec: BackendSpec) -> Backend:
