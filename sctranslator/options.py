@@ -20,7 +20,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 from sctranslator.errors import InputDataError, OptionError, SctranslatorError, StoreError
 
@@ -556,11 +556,75 @@ def check_out_path(out: str | Path | None) -> None:
 
 # -- one options object per job kind -------------------------------------------------------------------
 
-_TRANSLATE_OWN = ("proteins", "out", "backend_options", "inplace")
+class JobOptions:
+    """Base of the per-job options objects: option groups (fields typed as an OptionGroup) plus the
+    job's own fields, built from the API's keywords or from the command's parsed arguments alike.
+
+    A subclass names the API function (`job`), the fields of each group the job takes (`takes`;
+    absent: all) and the job's own defaults for some of them (`defaults`).
+    """
+
+    job: ClassVar[str] = "job"
+    takes: ClassVar[dict[str, tuple[str, ...]]] = {}
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def groups(cls) -> dict[str, type[OptionGroup]]:
+        """Attribute -> option group class, for the fields that are option groups."""
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints[f.name] for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                if isinstance(hints[f.name], type) and issubclass(hints[f.name], OptionGroup)}
+
+    @classmethod
+    def taken(cls, attribute: str) -> tuple[str, ...]:
+        """The fields of the group at `attribute` that this job takes."""
+        group = cls.groups()[attribute]
+        return cls.takes.get(attribute) or tuple(f.name for f in dataclasses.fields(group))  # type: ignore[arg-type]
+
+    @classmethod
+    def from_kwargs(cls: type[J], **kwargs: Any) -> J:
+        """The options from the API function's keyword arguments (any subset; the rest keep their defaults).
+
+        Raises TypeError for a keyword the job does not take, as a Python call would.
+        """
+        groups = cls.groups()
+        values = {attribute: dict(cls.defaults.get(attribute, {})) for attribute in groups}
+        own_names = {f.name for f in dataclasses.fields(cls)} - set(groups)  # type: ignore[arg-type]
+        own: dict[str, Any] = {}
+        for name, value in kwargs.items():
+            where = next((attribute for attribute in groups if name in cls.taken(attribute)), None)
+            if where is not None:
+                values[where][name] = value
+            elif name in own_names:
+                own[name] = value
+            else:
+                raise TypeError(f"{cls.job}() got an unexpected keyword argument {name!r}")
+        return cls(**{a: group(**values[a]) for a, group in groups.items()}, **own)
+
+    @classmethod
+    def from_cli_args(cls: type[J], namespace: argparse.Namespace, **own: Any) -> J:
+        """The options from the command's parsed arguments: the same object the API builds.
+
+        Each group takes its fields from `namespace`; `own` gives the job's own fields (default: the
+        namespace's attributes of the same names, a name list such as --proteins parsed).
+        """
+        groups = cls.groups()
+        values = {attribute: {**cls.defaults.get(attribute, {}),
+                              **{n: getattr(namespace, n) for n in cls.taken(attribute) if hasattr(namespace, n)}}
+                  for attribute in groups}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name not in groups and f.name not in own and hasattr(namespace, f.name):
+                value = getattr(namespace, f.name)
+                own[f.name] = parse_names(value) if f.name in _NAME_LISTS and isinstance(value, str) else value
+        return cls(**{a: group(**values[a]) for a, group in groups.items()}, **own)
+
+
+J = TypeVar("J", bound=JobOptions)
+_NAME_LISTS = ("proteins", "genes")  # a job's own fields given as 'A,B' or @file on the command line
 
 
 @dataclass
-class TranslateOptions:
+class TranslateOptions(JobOptions):
     """Everything `translate` takes besides the data and the model: built once, checked once, passed down.
 
     Built from `translate()`'s keywords (`from_kwargs`) or from the `translate` command's parsed
@@ -579,6 +643,8 @@ class TranslateOptions:
     inplace : also set the predictions on the input object.
     """
 
+    job: ClassVar[str] = "translate"
+
     engine: EngineOptions = field(default_factory=EngineOptions)
     input: InputOptions = field(default_factory=InputOptions)
     output: OutputOptions = field(default_factory=OutputOptions)
@@ -587,38 +653,15 @@ class TranslateOptions:
     backend_options: dict[str, Any] = field(default_factory=dict)
     inplace: bool = False
 
-    @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> TranslateOptions:
-        """The options from `translate()`'s keyword arguments (any subset; the rest keep their defaults).
-
-        Raises TypeError for a keyword translate does not take, as a Python call would.
-        """
-        groups: dict[str, dict[str, Any]] = {"engine": {}, "input": {}, "output": {}}
-        own: dict[str, Any] = {}
-        fields_of = {name: {f.name for f in dataclasses.fields(group)}  # type: ignore[arg-type]
-                     for name, group in (("engine", EngineOptions), ("input", InputOptions),
-                                         ("output", OutputOptions))}
-        for name, value in kwargs.items():
-            where = next((group for group, names in fields_of.items() if name in names), None)
-            if where is not None:
-                groups[where][name] = value
-            elif name in _TRANSLATE_OWN:
-                own[name] = value
-            else:
-                raise TypeError(f"translate() got an unexpected keyword argument {name!r}")
-        own["backend_options"] = dict(own.get("backend_options") or {})
-        return cls(engine=EngineOptions(**groups["engine"]), input=InputOptions(**groups["input"]),
-                   output=OutputOptions(**groups["output"]), **own)
+    def __post_init__(self) -> None:
+        self.backend_options = dict(self.backend_options or {})
 
     @classmethod
-    def from_cli_args(cls, namespace: argparse.Namespace) -> TranslateOptions:
-        """The options from the `translate` command's parsed arguments (the same object the API builds)."""
-        proteins = getattr(namespace, "proteins", None)
-        return cls(engine=EngineOptions.from_cli_args(namespace), input=InputOptions.from_cli_args(namespace),
-                   output=OutputOptions.from_cli_args(namespace),
-                   proteins=parse_names(proteins) if isinstance(proteins, str) else proteins,
-                   out=getattr(namespace, "out", None),
-                   backend_options=TritonOptions.from_cli_args(namespace).given())
+    def from_cli_args(cls, namespace: argparse.Namespace, **own: Any) -> TranslateOptions:
+        """The options from the `translate` command's parsed arguments (the same object the API builds);
+        the Triton flags become `backend_options`."""
+        own.setdefault("backend_options", TritonOptions.from_cli_args(namespace).given())
+        return super().from_cli_args(namespace, **own)
 
     def check(self) -> None:
         """Refuse, before anything is read, what is wrong in the values alone.
@@ -656,3 +699,62 @@ class TranslateOptions:
     def writes_back(self) -> bool:
         """Whether the input is also written with the predictions (a write-back file or inplace)."""
         return bool(self.output.write_h5ad or self.output.write_mudata or self.inplace)
+
+
+@dataclass
+class KnockoutOptions(JobOptions):
+    """Everything `knockout` takes besides the data and the model, from its keywords or its command.
+
+    Attributes: genes (to knock out), proteins, out; the groups engine (block_cells, batch_size,
+    device), input (as translate's, without a cell selection), analysis (semantics, groupby,
+    per_cell) and output (overwrite, quiet).
+    """
+
+    job: ClassVar[str] = "knockout"
+    takes: ClassVar[dict[str, tuple[str, ...]]] = {
+        "engine": ("block_cells", "batch_size", "device"), "input": ANALYSIS_INPUTS,
+        "analysis": ("semantics", "groupby", "per_cell"), "output": ("overwrite", "quiet")}
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {"engine": {"block_cells": 1024, "batch_size": 8}}
+
+    genes: Sequence[str] = ()
+    proteins: Sequence[str] | None = None
+    out: str | Path | None = None
+    engine: EngineOptions = field(default_factory=lambda: EngineOptions(block_cells=1024, batch_size=8))
+    input: InputOptions = field(default_factory=InputOptions)
+    analysis: AnalysisOptions = field(default_factory=AnalysisOptions)
+    output: OutputOptions = field(default_factory=OutputOptions)
+
+    def check(self) -> None:
+        """OptionError for semantics, normalize or id_type outside its choices; InputDataError for sizes < 1."""
+        check_choices(semantics=self.analysis.semantics, normalize=self.input.normalize, id_type=self.input.id_type)
+        if (self.engine.batch_size or 0) < 1 or (self.engine.block_cells or 0) < 1:
+            raise InputDataError("batch_size and block_cells must be >= 1")
+
+
+@dataclass
+class AttentionOptions(JobOptions):
+    """Everything `interactions` (the attention command) takes besides the data and the model.
+
+    Attributes: proteins, out; the groups engine (block_cells, batch_size), input (as knockout's),
+    analysis (top_k, groupby, as_published, row_block) and output (overwrite, quiet).
+    """
+
+    job: ClassVar[str] = "interactions"
+    takes: ClassVar[dict[str, tuple[str, ...]]] = {
+        "engine": ("block_cells", "batch_size"), "input": ANALYSIS_INPUTS,
+        "analysis": ("top_k", "groupby", "as_published", "row_block"), "output": ("overwrite", "quiet")}
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {"engine": {"block_cells": 256, "batch_size": 1}}
+
+    proteins: Sequence[str] | None = None
+    out: str | Path | None = None
+    engine: EngineOptions = field(default_factory=lambda: EngineOptions(block_cells=256, batch_size=1))
+    input: InputOptions = field(default_factory=InputOptions)
+    analysis: AnalysisOptions = field(default_factory=AnalysisOptions)
+    output: OutputOptions = field(default_factory=OutputOptions)
+
+    def check(self) -> None:
+        """OptionError for normalize or id_type outside its choices; InputDataError for sizes < 1."""
+        check_choices(normalize=self.input.normalize, id_type=self.input.id_type)
+        sizes = (self.engine.batch_size, self.engine.block_cells, self.analysis.row_block, self.analysis.top_k)
+        if any((size or 0) < 1 for size in sizes):
+            raise InputDataError("batch_size, block_cells, row_block and top_k must be >= 1")

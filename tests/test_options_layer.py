@@ -162,3 +162,46 @@ def test_declared_capabilities_drive_the_engine(rna_path: Path, fixtures_dir: Pa
     local = sctranslator.translate(rna_path, model, PROTEINS, out=tmp_path / "l.zarr", backend="torch",
                                    allow_empty_cells=True, quiet=True)
     assert "the server computes" not in local.uns["sctranslator"]["settings"]["parallelism"]["why"]
+
+
+def _defaults_of(options: object, names: set[str]) -> dict[str, object]:
+    """The value `options` holds for each keyword name (in a group or as its own field)."""
+    found = {}
+    for name in names:
+        holders = [options, *(getattr(options, a) for a in type(options).groups())]  # type: ignore[attr-defined]
+        found[name] = next(getattr(h, name) for h in holders if name in {f.name for f in dataclasses.fields(h)})
+    return found
+
+
+@pytest.mark.parametrize("job", ["translate", "knockout", "interactions"])
+def test_each_jobs_options_object_takes_its_keywords_with_the_same_defaults(job: str) -> None:
+    from sctranslator.analysis.attention import interactions
+    from sctranslator.analysis.knockout import knockout
+    from sctranslator.options import AttentionOptions, KnockoutOptions
+
+    function, cls = {"translate": (sctranslator.translate, TranslateOptions), "knockout": (knockout, KnockoutOptions),
+                     "interactions": (interactions, AttentionOptions)}[job]
+    parameters = {name: p for name, p in inspect.signature(function).parameters.items()
+                  if name not in ("data", "model", "wait")}
+    built = cls.from_kwargs()
+    expected = {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    if job == "translate":
+        expected["backend_options"] = {}  # None in the signature: no options, held as an empty dict
+    assert _defaults_of(built, set(expected)) == expected
+    with pytest.raises(TypeError, match=rf"{job}\(\) got an unexpected keyword argument 'nope'"):
+        cls.from_kwargs(nope=1)
+
+
+def test_knockout_and_attention_options_check_as_their_functions_do() -> None:
+    from sctranslator.options import AttentionOptions, KnockoutOptions
+
+    with pytest.raises(OptionError, match="unknown semantics 'remove'"):
+        KnockoutOptions.from_kwargs(genes=["CD4"], semantics="remove").check()
+    with pytest.raises(InputDataError, match="batch_size and block_cells must be >= 1"):
+        KnockoutOptions.from_kwargs(genes=["CD4"], batch_size=0).check()
+    with pytest.raises(InputDataError, match="row_block and top_k must be >= 1"):
+        AttentionOptions.from_kwargs(top_k=0).check()
+    args = cli.build_parser().parse_args(["knockout", "in.h5ad", "--model", "demo", "--genes", "CD4,CD8A", "--out",
+                                          "k.h5ad", "--semantics", "zero", "--block-cells", "64"])
+    assert KnockoutOptions.from_cli_args(args) == KnockoutOptions.from_kwargs(
+        genes=["CD4", "CD8A"], out="k.h5ad", semantics="zero", block_cells=64)
