@@ -18,6 +18,7 @@ from sctranslator.options import (
     EngineOptions,
     InputOptions,
     OutputOptions,
+    TranslateOptions,
     TritonOptions,
     add_data_and_model_args,
     parse_names,
@@ -205,19 +206,14 @@ def _translate(parser: argparse.ArgumentParser) -> Handler:
     OutputOptions.add_cli_args(parser.add_argument_group("output"))
 
     def run(args: argparse.Namespace) -> int:
-        from sctranslator.engine.translate import translate
+        from sctranslator.engine.translate import run_translate
 
-        options = TritonOptions.from_cli_args(args).given()  # translate refuses them with another backend
-        if args.backend == "triton" and "url" not in options:
-            raise SctranslatorError("--backend triton needs --url HOST:PORT")
+        # The same options object translate() builds from its keywords, on the same path.
+        options = TranslateOptions.from_cli_args(args)
         data = _translate_inputs(args)
-        kwargs = dict(backend_options=options, **EngineOptions.from_cli_args(args).as_kwargs(),
-                      **InputOptions.from_cli_args(args).as_kwargs(TRANSLATE_INPUTS),
-                      **OutputOptions.from_cli_args(args).as_kwargs())
-        proteins = read_name_list(args.proteins) if args.proteins else None
         if isinstance(data, list):
-            return _translate_collection(translate, data, args, proteins, kwargs)
-        result = translate(data, args.model, proteins, out=args.out, **kwargs)
+            return _translate_collection(data, args, options)
+        result = run_translate(data, args.model, options)
         run_stats = result.uns["sctranslator"]["run"]
         coverage = result.uns["sctranslator"]["plan"]["coverage"]
         print(f"Wrote {result.n_obs} cells x {result.n_vars} proteins to {args.out}")
@@ -242,14 +238,14 @@ def _translate_inputs(args: argparse.Namespace) -> str | list[str]:
     return given
 
 
-def _translate_collection(translate: Callable[..., object], data: list[str], args: argparse.Namespace,
-                          proteins: list[str] | None, kwargs: dict[str, object]) -> int:
+def _translate_collection(data: list[str], args: argparse.Namespace, options: TranslateOptions) -> int:
     """Run a collection and print one line per input; CollectionError (exit 2) when some failed."""
     from sctranslator.engine.collection import read_collection, summary_lines
+    from sctranslator.engine.translate import translate
     from sctranslator.errors import CollectionError
 
     try:
-        translate(data, args.model, proteins, out=args.out, **kwargs)
+        translate(data, args.model, **options.as_kwargs())
     except CollectionError as error:
         print("\n".join(summary_lines(error.entries)))
         raise

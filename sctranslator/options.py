@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
-from sctranslator.errors import BackendOptionError, InputDataError, OptionError, SctranslatorError
+from sctranslator.errors import InputDataError, OptionError, SctranslatorError, StoreError
 
 # -- choices -------------------------------------------------------------------------------------------
 
@@ -368,7 +369,7 @@ class TritonOptions(OptionGroup):
     """The Triton server used by `--backend triton` (passed to translate as `backend_options`).
 
     Every default is None, so that what the user gave can be told from what was left alone: a
-    given option is refused with a backend that does not use it (check_backend_options).
+    given option is refused with a backend that does not use it (engine.backends.capabilities).
     """
 
     url: str | None = option(None, "Triton server HOST:PORT (needed for --backend triton)", none_means="none")
@@ -384,63 +385,6 @@ class TritonOptions(OptionGroup):
     def given(self) -> dict[str, Any]:
         """The options the user set (the backend_options to pass on)."""
         return {name: value for name, value in self.as_kwargs().items() if value is not None}
-
-
-# The backend_options each backend reads; translate refuses any other (tests check the table against
-# the implementations).
-BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {
-    "torch": ("collapse_padding", "compile"),
-    "onnxruntime": (),
-    "triton": ("url", "model_name", "model_version", "protocol", "max_in_flight", "max_batch", "timeout_s",
-               "ready_timeout_s", "retry_timeout_s", "backoff_s", "max_backoff_s", "check_fingerprint"),
-}
-# backend option -> its command-line flag, for messages
-_BACKEND_FLAGS = {"url": "--url", "model_name": "--model-name", "protocol": "--protocol", "timeout_s": "--timeout",
-                  "ready_timeout_s": "--ready-timeout", "compile": "--compile"}
-
-
-def check_backend_options(backend: str, *, requested: str | None = None,
-                          backend_options: Mapping[str, Any] | None = None, onnx_path: str | None = None,
-                          compile: bool = False, precision: str = "fp32", device: str = "cpu") -> None:
-    """Refuse every option given for a backend that does not use it, in one place.
-
-    backend: the backend that will run (after "auto" is resolved); requested: what the user asked
-    for ("auto" is named in the message). backend_options: the per-backend options (BACKEND_OPTIONS).
-    onnx_path: onnxruntime only. compile: torch only. precision and device: not triton (the server
-    runs the graph it was exported with, on the devices its repository names).
-
-    Raises:
-        BackendOptionError: naming the option, the backend chosen and the backends that use it.
-    """
-    chosen = backend if requested in (None, backend) else f"{backend} (chosen by --backend {requested})"
-
-    def refuse(option: str, users: str, fix: str) -> None:
-        raise BackendOptionError(f"{option} applies to --backend {users}, not {chosen}; {fix}")
-
-    given = dict(backend_options or {})
-    if given.get("compile") is False:  # the default, stated
-        given.pop("compile")
-    for name in given:
-        if name in BACKEND_OPTIONS.get(backend, ()):
-            continue
-        users = [kind for kind, names in BACKEND_OPTIONS.items() if name in names]
-        if not users:
-            known = sorted({n for names in BACKEND_OPTIONS.values() for n in names})
-            raise BackendOptionError(f"unknown backend option {name!r}; known: {', '.join(known)}")
-        refuse(_BACKEND_FLAGS.get(name, f"backend option {name!r}"), " or ".join(users),
-               f"drop it, or use --backend {users[0]}")
-    if onnx_path is not None and backend != "onnxruntime":
-        refuse("--onnx", "onnxruntime", "drop --onnx, or use --backend onnxruntime (or auto)")
-    if compile and backend != "torch":
-        refuse("--compile", "torch", "drop --compile or use --backend torch")
-    if backend == "triton" and precision != "fp32":
-        refuse(f"--precision {precision}", "torch or onnxruntime",
-               "a Triton server runs the graph it was exported with: export it with "
-               "`sctranslator export triton --precision`, and drop --precision here")
-    if backend == "triton" and device != "cpu":
-        refuse(f"--device {device}", "torch or onnxruntime",
-               "a Triton server runs on the devices its repository names (`export triton --kind gpu`); "
-               "drop --device here")
 
 
 @dataclass
@@ -599,3 +543,250 @@ del _group
 
 GROUPS: tuple[type[OptionGroup], ...] = (InputOptions, EngineOptions, TritonOptions, OutputOptions, AnalysisOptions,
                                          EvaluateOptions, TrainDataOptions, TrainOptions)
+
+
+def cli_flag(name: str) -> str:
+    """The command-line spelling of the option `name` (e.g. timeout_s -> --timeout), for messages."""
+    for group in GROUPS:
+        for f in dataclasses.fields(group):  # type: ignore[arg-type]
+            if f.name == name and f.metadata.get("cli", True):
+                return f.metadata.get("flag") or "--" + name.replace("_", "-")
+    return f"backend option {name!r}"
+
+
+def check_device(device: str) -> None:
+    """OptionError unless `device` is cpu, cuda or cuda:N."""
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise OptionError(f"unknown device {device!r}; use cpu, cuda or cuda:N (for example cuda:1)")
+
+
+_HDF5_SUFFIXES = (".h5ad", ".h5mu", ".h5", ".hdf5", ".loom")
+
+
+def check_out_path(out: str | Path | None) -> None:
+    """StoreError when translate's `out` names an HDF5 file: it is a resumable Zarr directory."""
+    if out is None or Path(out).suffix.lower() not in _HDF5_SUFFIXES:
+        return
+    stem = Path(out).with_suffix(".zarr")
+    if Path(out).suffix.lower() == ".h5mu":
+        also = f"--write-mudata {out} for a MuData with the predictions as a modality 'prot_predicted'"
+    else:
+        also = f"--write-h5ad {out} for a copy of the input with the predictions in obsm['protein_predicted']"
+    raise StoreError(f"--out {out}: the output of translate is a resumable AnnData Zarr store (a directory), not "
+                     f"an HDF5 file. Use --out {stem}, and add {also}; the Zarr store itself reads with "
+                     f"anndata.read_zarr('{stem}').")
+
+
+# -- one options object per job kind -------------------------------------------------------------------
+
+class JobOptions:
+    """Base of the per-job options objects: option groups (fields typed as an OptionGroup) plus the
+    job's own fields, built from the API's keywords or from the command's parsed arguments alike.
+
+    A subclass names the API function (`job`), the fields of each group the job takes (`takes`;
+    absent: all) and the job's own defaults for some of them (`defaults`).
+    """
+
+    job: ClassVar[str] = "job"
+    takes: ClassVar[dict[str, tuple[str, ...]]] = {}
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def groups(cls) -> dict[str, type[OptionGroup]]:
+        """Attribute -> option group class, for the fields that are option groups."""
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints[f.name] for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                if isinstance(hints[f.name], type) and issubclass(hints[f.name], OptionGroup)}
+
+    @classmethod
+    def taken(cls, attribute: str) -> tuple[str, ...]:
+        """The fields of the group at `attribute` that this job takes."""
+        group = cls.groups()[attribute]
+        return cls.takes.get(attribute) or tuple(f.name for f in dataclasses.fields(group))  # type: ignore[arg-type]
+
+    @classmethod
+    def from_kwargs(cls: type[J], **kwargs: Any) -> J:
+        """The options from the API function's keyword arguments (any subset; the rest keep their defaults).
+
+        Raises TypeError for a keyword the job does not take, as a Python call would.
+        """
+        groups = cls.groups()
+        values = {attribute: dict(cls.defaults.get(attribute, {})) for attribute in groups}
+        own_names = {f.name for f in dataclasses.fields(cls)} - set(groups)  # type: ignore[arg-type]
+        own: dict[str, Any] = {}
+        for name, value in kwargs.items():
+            where = next((attribute for attribute in groups if name in cls.taken(attribute)), None)
+            if where is not None:
+                values[where][name] = value
+            elif name in own_names:
+                own[name] = value
+            else:
+                raise TypeError(f"{cls.job}() got an unexpected keyword argument {name!r}")
+        return cls(**{a: group(**values[a]) for a, group in groups.items()}, **own)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The API function's keywords that build this object again (``from_kwargs(**o.as_kwargs()) == o``)."""
+        groups = self.groups()
+        kwargs = {name: getattr(getattr(self, attribute), name)
+                  for attribute in groups for name in self.taken(attribute)}
+        kwargs.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)  # type: ignore[arg-type]
+                       if f.name not in groups})
+        return kwargs
+
+    @classmethod
+    def from_cli_args(cls: type[J], namespace: argparse.Namespace, **own: Any) -> J:
+        """The options from the command's parsed arguments: the same object the API builds.
+
+        Each group takes its fields from `namespace`; `own` gives the job's own fields (default: the
+        namespace's attributes of the same names, a name list such as --proteins parsed).
+        """
+        groups = cls.groups()
+        values = {attribute: {**cls.defaults.get(attribute, {}),
+                              **{n: getattr(namespace, n) for n in cls.taken(attribute) if hasattr(namespace, n)}}
+                  for attribute in groups}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name not in groups and f.name not in own and hasattr(namespace, f.name):
+                value = getattr(namespace, f.name)
+                own[f.name] = parse_names(value) if f.name in _NAME_LISTS and isinstance(value, str) else value
+        return cls(**{a: group(**values[a]) for a, group in groups.items()}, **own)
+
+
+J = TypeVar("J", bound=JobOptions)
+_NAME_LISTS = ("proteins", "genes")  # a job's own fields given as 'A,B' or @file on the command line
+
+
+@dataclass
+class TranslateOptions(JobOptions):
+    """Everything `translate` takes besides the data and the model: built once, checked once, passed down.
+
+    Built from `translate()`'s keywords (`from_kwargs`) or from the `translate` command's parsed
+    arguments (`from_cli_args`); both then run the same path (`engine.translate.run_translate`), so a
+    bad value gives the same named error from Python and from the command line. As vLLM's
+    `EngineArgs -> config`: this object holds what the user said, `check` refuses what can be told
+    wrong from the values alone, and the engine resolves the rest (the backend and its declared
+    capabilities) once.
+
+    Attributes
+    ----------
+    engine, input, output : the option groups (EngineOptions, InputOptions, OutputOptions).
+    proteins : names to predict (None: the model's panel).
+    out : the output Zarr store (None: a temporary one).
+    backend_options : per-backend settings (triton: url, model_name, protocol ...).
+    inplace : also set the predictions on the input object.
+    """
+
+    job: ClassVar[str] = "translate"
+
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    input: InputOptions = field(default_factory=InputOptions)
+    output: OutputOptions = field(default_factory=OutputOptions)
+    proteins: Sequence[str] | None = None
+    out: str | Path | None = None
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    inplace: bool = False
+
+    def __post_init__(self) -> None:
+        self.backend_options = dict(self.backend_options or {})
+
+    @classmethod
+    def from_cli_args(cls, namespace: argparse.Namespace, **own: Any) -> TranslateOptions:
+        """The options from the `translate` command's parsed arguments (the same object the API builds);
+        the Triton flags become `backend_options`."""
+        own.setdefault("backend_options", TritonOptions.from_cli_args(namespace).given())
+        return super().from_cli_args(namespace, **own)
+
+    def check(self) -> None:
+        """Refuse, before anything is read, what is wrong in the values alone.
+
+        Raises
+        ------
+        OptionError
+            A choice (backend, normalize, id_type, precision) outside its choices; a device that is
+            not cpu, cuda or cuda:N.
+        InputDataError
+            batch_size or block_cells < 1; a cell selection with a write-back or inplace.
+        StoreError
+            `out` names an HDF5 file.
+        """
+        engine, given = self.engine, self.input
+        check_choices(backend=engine.backend, normalize=given.normalize, id_type=given.id_type,
+                      precision=engine.precision)
+        check_device(engine.device)
+        if ((engine.batch_size is not None and engine.batch_size < 1)
+                or (engine.block_cells is not None and engine.block_cells < 1)):
+            raise InputDataError("batch_size and block_cells must be >= 1")
+        check_out_path(self.out)
+        if self.selecting and self.writes_back:
+            raise InputDataError("a cell selection (--cells / --obs-query / --max-cells) cannot be combined with "
+                                 "--write-h5ad, --write-mudata or inplace=True: those write the whole input; "
+                                 "translate the selection into --out and join it yourself, or translate every cell")
+
+    @property
+    def selecting(self) -> bool:
+        """Whether only some cells are translated (cells, obs_query or max_cells)."""
+        given = self.input
+        return given.cells is not None or given.obs_query is not None or given.max_cells is not None
+
+    @property
+    def writes_back(self) -> bool:
+        """Whether the input is also written with the predictions (a write-back file or inplace)."""
+        return bool(self.output.write_h5ad or self.output.write_mudata or self.inplace)
+
+
+@dataclass
+class KnockoutOptions(JobOptions):
+    """Everything `knockout` takes besides the data and the model, from its keywords or its command.
+
+    Attributes: genes (to knock out), proteins, out; the groups engine (block_cells, batch_size,
+    device), input (as translate's, without a cell selection), analysis (semantics, groupby,
+    per_cell) and output (overwrite, quiet).
+    """
+
+    job: ClassVar[str] = "knockout"
+    takes: ClassVar[dict[str, tuple[str, ...]]] = {
+        "engine": ("block_cells", "batch_size", "device"), "input": ANALYSIS_INPUTS,
+        "analysis": ("semantics", "groupby", "per_cell"), "output": ("overwrite", "quiet")}
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {"engine": {"block_cells": 1024, "batch_size": 8}}
+
+    genes: Sequence[str] = ()
+    proteins: Sequence[str] | None = None
+    out: str | Path | None = None
+    engine: EngineOptions = field(default_factory=lambda: EngineOptions(block_cells=1024, batch_size=8))
+    input: InputOptions = field(default_factory=InputOptions)
+    analysis: AnalysisOptions = field(default_factory=AnalysisOptions)
+    output: OutputOptions = field(default_factory=OutputOptions)
+
+    def check(self) -> None:
+        """OptionError for semantics, normalize or id_type outside its choices; InputDataError for sizes < 1."""
+        check_choices(semantics=self.analysis.semantics, normalize=self.input.normalize, id_type=self.input.id_type)
+        if (self.engine.batch_size or 0) < 1 or (self.engine.block_cells or 0) < 1:
+            raise InputDataError("batch_size and block_cells must be >= 1")
+
+
+@dataclass
+class AttentionOptions(JobOptions):
+    """Everything `interactions` (the attention command) takes besides the data and the model.
+
+    Attributes: proteins, out; the groups engine (block_cells, batch_size), input (as knockout's),
+    analysis (top_k, groupby, as_published, row_block) and output (overwrite, quiet).
+    """
+
+    job: ClassVar[str] = "interactions"
+    takes: ClassVar[dict[str, tuple[str, ...]]] = {
+        "engine": ("block_cells", "batch_size"), "input": ANALYSIS_INPUTS,
+        "analysis": ("top_k", "groupby", "as_published", "row_block"), "output": ("overwrite", "quiet")}
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {"engine": {"block_cells": 256, "batch_size": 1}}
+
+    proteins: Sequence[str] | None = None
+    out: str | Path | None = None
+    engine: EngineOptions = field(default_factory=lambda: EngineOptions(block_cells=256, batch_size=1))
+    input: InputOptions = field(default_factory=InputOptions)
+    analysis: AnalysisOptions = field(default_factory=AnalysisOptions)
+    output: OutputOptions = field(default_factory=OutputOptions)
+
+    def check(self) -> None:
+        """OptionError for normalize or id_type outside its choices; InputDataError for sizes < 1."""
+        check_choices(normalize=self.input.normalize, id_type=self.input.id_type)
+        sizes = (self.engine.batch_size, self.engine.block_cells, self.analysis.row_block, self.analysis.top_k)
+        if any((size or 0) < 1 for size in sizes):
+            raise InputDataError("batch_size, block_cells, row_block and top_k must be >= 1")

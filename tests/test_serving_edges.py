@@ -24,9 +24,9 @@ import sctranslator
 from sctranslator import options
 from sctranslator.cli import main
 from sctranslator.engine.backends import BackendSpec, TritonBackend
+from sctranslator.engine.backends.registry import all_capabilities
 from sctranslator.engine.backends.triton import TritonOptions as TritonBackendOptions
 from sctranslator.errors import BackendOptionError, ServerError
-from sctranslator.options import BACKEND_OPTIONS
 
 
 class SilentServer(threading.Thread):
@@ -221,8 +221,9 @@ def test_the_api_refuses_backend_options_of_another_backend(tmp_path: Path) -> N
     assert not any(tmp_path.iterdir())
 
 
-def test_the_table_of_backend_options_is_what_the_backends_read() -> None:
-    assert set(BACKEND_OPTIONS) == set(options.BACKENDS) - {"auto"}
-    assert set(BACKEND_OPTIONS["triton"]) == {f.name for f in dataclasses.fields(TritonBackendOptions)}
+def test_the_declared_backend_options_are_what_the_backends_read() -> None:
+    declared = {kind: caps.options for kind, caps in all_capabilities().items()}
+    assert set(declared) == set(options.BACKENDS) - {"auto"}
+    assert set(declared["triton"]) == {f.name for f in dataclasses.fields(TritonBackendOptions)}
     # Every triton option offered on the command line is one the backend reads.
-    assert {f.name for f in dataclasses.fields(options.TritonOptions)} <= set(BACKEND_OPTIONS["triton"])
+    assert {f.name for f in dataclasses.fields(options.TritonOptions)} <= set(declared["triton"])

@@ -66,13 +66,13 @@ TINY = ModelConfig.sized(dim=16, enc_heads=2, enc_dim_head=8, dec_heads=2, dec_d
 def test_computing_blocks_times_threads_never_exceed_the_cores(cpus: int) -> None:
     for config, tokens in [(FULL, 16_200), (FULL, 4_000), (TINY, 64)]:
         flop = cell_flop(config, tokens)
-        for backend, device in [("torch", "cpu"), ("onnxruntime", "cpu"), ("torch", "cuda"), ("triton", "cpu")]:
+        for remote, device in [(False, "cpu"), (False, "cuda"), (True, "cpu")]:  # here, a GPU, a server (triton)
             for concurrent in (None, 1, 2, 4, 32):
-                rule = choose_parallelism(backend=backend, device=device, flop_per_cell=flop, cpus=cpus,
+                rule = choose_parallelism(remote=remote, device=device, flop_per_cell=flop, cpus=cpus,
                                           concurrent=concurrent)
                 computing = rule.compute_slots or rule.workers
-                if device == "cpu" and backend != "triton":
-                    assert computing * rule.threads <= cpus, (config, backend, concurrent, rule)
+                if device == "cpu" and not remote:
+                    assert computing * rule.threads <= cpus, (config, remote, concurrent, rule)
                 else:  # the arithmetic runs on the GPU or the server: one CPU thread per block at most
                     assert rule.threads == 1 or rule.workers * rule.threads <= cpus, rule
                 assert rule.cpus == cpus and rule.why
@@ -81,18 +81,18 @@ def test_computing_blocks_times_threads_never_exceed_the_cores(cpus: int) -> Non
 def test_the_full_size_model_computes_one_block_with_every_core_while_the_next_is_prepared() -> None:
     flop = cell_flop(FULL, 16_200)
     assert 50e9 < flop < 150e9  # ~84 GFLOP measured by hand for a collapsed 16k-gene cell (issue 22)
-    rule = choose_parallelism(backend="torch", flop_per_cell=flop, cpus=2)
+    rule = choose_parallelism(flop_per_cell=flop, cpus=2)
     assert (rule.workers, rule.threads, rule.compute_slots) == (2, 2, 1)
     assert "while the next is read and prepared" in rule.why
     # A dask worker with --nthreads 4 on 8 cores: 4 tasks read and prepare, one computes on all 8.
-    worker = choose_parallelism(backend="torch", flop_per_cell=flop, cpus=8, concurrent=4)
+    worker = choose_parallelism(flop_per_cell=flop, cpus=8, concurrent=4)
     assert (worker.workers, worker.threads, worker.compute_slots) == (4, 8, 1)
     # A tiny model: one thread per block, a block per core; on a worker every task computes.
-    tiny = choose_parallelism(backend="onnxruntime", flop_per_cell=cell_flop(TINY, 64), cpus=4)
+    tiny = choose_parallelism(flop_per_cell=cell_flop(TINY, 64), cpus=4)
     assert (tiny.workers, tiny.threads, tiny.compute_slots) == (4, 1, None)
-    assert choose_parallelism(backend="torch", flop_per_cell=cell_flop(TINY, 64), cpus=4,
+    assert choose_parallelism(flop_per_cell=cell_flop(TINY, 64), cpus=4,
                               concurrent=4).compute_slots is None
-    asked = choose_parallelism(backend="torch", flop_per_cell=flop, cpus=8, workers=3)
+    asked = choose_parallelism(flop_per_cell=flop, cpus=8, workers=3)
     assert (asked.workers, asked.threads) == (3, 2)
 
 

@@ -88,7 +88,7 @@ class CollectionRun:
     plan: str | None = None
     cells: int | None = None
 
-    def started(self, plan: Any, source: Any, spec: Any, rule: Parallelism) -> Parallelism:
+    def started(self, plan: Any, cells: int, spec: Any, rule: Parallelism) -> Parallelism:
         """Called by `translate` once an input's plan and backend spec are made, before any block runs;
         returns the parallelism rule to record (with the collection's thread count)."""
         if self.threads is None:
@@ -97,7 +97,7 @@ class CollectionRun:
             spec.threads = self.threads
             rule = dataclasses.replace(rule, threads=self.threads, why=f"{rule.why}; {self.threads} thread(s) "
                                        "per call as for the collection's first input (one backend serves all)")
-        self.plan, self.cells = plan.fingerprint(), int(source.n_obs)
+        self.plan, self.cells = plan.fingerprint(), int(cells)
         self.bar.total = (self.bar.total or 0) + self.cells - self.expected
         self.expected = self.cells
         self.bar.refresh()

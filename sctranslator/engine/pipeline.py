@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from sctranslator._progress import count_done, progress_bar
 from sctranslator.engine.backends.base import BackendSpec, Batch
-from sctranslator.engine.backends.registry import get_backend
+from sctranslator.engine.backends.registry import backend_capabilities, get_backend
 from sctranslator.engine.blocks import BlockRunner
 from sctranslator.engine.gpus import gpu_cluster, threads_per_gpu
 from sctranslator.engine.sink import ZarrSink
@@ -171,7 +171,8 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
                 outcomes, placement, worker_threads = _run_distributed(job, pending, cluster, bar)
         elif pending:
             if workers is None:
-                workers = choose_parallelism(backend=job.backend.kind, device=job.backend.device,
+                workers = choose_parallelism(remote=backend_capabilities(job.backend.kind).remote,
+                                             device=job.backend.device,
                                              flop_per_cell=job.flop_per_cell).workers
             # Local threads share the progress bar, so it advances batch by batch, not block by block.
             tasks = [dask.delayed(run_block, pure=False)(job, index, bar.update, dask_key_name=f"block-{index}")
@@ -319,7 +320,8 @@ def _worker_parallelism(job: BlockJob, nthreads: int) -> Parallelism:
     key = (job.backend.kind, job.backend.device, job.flop_per_cell, nthreads)
     if key not in _WORKER_RULES:
         cpus, source = available_cpus()
-        _WORKER_RULES[key] = choose_parallelism(backend=job.backend.kind, device=job.backend.device,
+        _WORKER_RULES[key] = choose_parallelism(remote=backend_capabilities(job.backend.kind).remote,
+                                                device=job.backend.device,
                                                 flop_per_cell=job.flop_per_cell, cpus=cpus, cpu_source=source,
                                                 concurrent=nthreads)
         log.info("worker parallelism: %s", _WORKER_RULES[key].why)

@@ -144,13 +144,15 @@ def cell_flop(config: Any, tokens: int) -> float:
     return float(encoder + translator + decoder)
 
 
-def choose_parallelism(*, backend: str, device: str = "cpu", flop_per_cell: float = 0.0, cpus: int | None = None,
-                       workers: int | None = None, concurrent: int | None = None, cpu_source: str = "") -> Parallelism:
+def choose_parallelism(*, remote: bool = False, device: str = "cpu", flop_per_cell: float = 0.0,
+                       cpus: int | None = None, workers: int | None = None, concurrent: int | None = None,
+                       cpu_source: str = "") -> Parallelism:
     """The rule: concurrent computing blocks x intra-op threads <= `cpus` (see the module docstring).
 
     Parameters
     ----------
-    backend, device: where the arithmetic runs (triton: on the server; cuda: on the GPU; else here).
+    remote, device: where the arithmetic runs: `remote` (a backend whose capabilities say it computes on a
+        server, e.g. triton) there, else on `device` (cuda: the GPU; cpu: here).
     flop_per_cell: the arithmetic of one cell's forward (`cell_flop`), which sets the threads a call deserves.
     cpus: cores this process may use (default: `available_cpus()`).
     workers: concurrent blocks the user asked for (threads then share the cores among them).
@@ -166,10 +168,10 @@ def choose_parallelism(*, backend: str, device: str = "cpu", flop_per_cell: floa
         cpus, cpu_source = available_cpus()
     cpus = max(1, int(cpus))
     where = f"{cpus} core(s) ({cpu_source})" if cpu_source else f"{cpus} core(s)"
-    if backend == "triton":
+    if remote:
         # The server computes; blocks here read, prepare and wait on requests, one thread each.
         count = workers or concurrent or max(2, min(cpus, MAX_LOCAL_WORKERS))
-        return Parallelism(cpus, count, 1, None, f"triton computes on the server; {count} blocks read, prepare and "
+        return Parallelism(cpus, count, 1, None, f"the server computes; {count} blocks read, prepare and "
                            f"send with 1 thread each on {where}")
     if device.startswith("cuda"):
         # One block at a time on the GPU (one stream; memory-sized batches assume the device is theirs),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import platform
-import re
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,9 @@ import pandas as pd
 from sctranslator import __version__
 from sctranslator._atomic import atomic_write_path, require_space
 from sctranslator.engine.backends.base import BackendSpec
+from sctranslator.engine.backends.capabilities import BackendCapabilities
 from sctranslator.engine.backends.onnx_cache import onnx_file_for
-from sctranslator.engine.backends.registry import choose_backend, get_backend
+from sctranslator.engine.backends.registry import ChosenBackend, get_backend, resolve_backend
 from sctranslator.engine.collection import active_collection, is_collection, translate_collection
 from sctranslator.engine.gpus import visible_gpus
 from sctranslator.engine.input_checks import check_expression_scale
@@ -26,30 +27,31 @@ from sctranslator.engine.pipeline import BlockJob, check_cluster, check_schedule
 from sctranslator.engine.predictions import TemporaryStore
 from sctranslator.engine.sink import OUTPUT_KIND, ZarrSink
 from sctranslator.engine.sources import open_source
-from sctranslator.engine.sources.base import require_unique_cell_names
+from sctranslator.engine.sources.base import Source, require_unique_cell_names
 from sctranslator.engine.sources.soma import refuse_writeback
 from sctranslator.engine.sources.subset import select_cells
-from sctranslator.engine.threads import available_cpus, cell_flop, choose_parallelism
+from sctranslator.engine.threads import Parallelism, available_cpus, cell_flop, choose_parallelism
 from sctranslator.engine.writeback import (
     check_keys,
     set_inplace,
     write_h5ad_with_proteins,
     write_mudata_with_proteins,
 )
-from sctranslator.errors import BackendError, InputDataError, OptionError, OutputConflictError, StoreError
+from sctranslator.errors import InputDataError, OutputConflictError
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
 from sctranslator.options import (
     Backend,
     GeneMapping,
     IdType,
+    InputOptions,
     MissingChunks,
     Normalize,
     Precision,
-    check_backend_options,
-    check_choices,
+    TranslateOptions,
+    check_device,  # noqa: F401  (re-exported: it lived here)
 )
-from sctranslator.outputs import claim_output, one_writer, write_identity
+from sctranslator.outputs import claim_output, write_identity, writing
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 from sctranslator.token_layout import TokenLayout
 
@@ -80,16 +82,11 @@ def default_batch_size(model: TranslatorModel, device: str) -> int:
     return max(1, min(512, budget // model.config.max_genes))
 
 
-def check_device(device: str) -> None:
-    """OptionError unless `device` is cpu, cuda or cuda:N."""
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise OptionError(f"unknown device {device!r}; use cpu, cuda or cuda:N (for example cuda:1)")
-
-
-def encoder_tokens(plan: Plan, backend: str, spec: BackendSpec) -> int:
+def encoder_tokens(plan: Plan, capabilities: BackendCapabilities, spec: BackendSpec) -> int:
     """How many gene tokens the encoder computes per cell: L, or with the padding collapse the
     real positions plus one shared padding token (recorded so a run says which path it took)."""
-    collapsing = backend != "torch" or spec.options.get("collapse_padding", True)
+    # A backend that cannot turn the collapse off always collapses.
+    collapsing = not capabilities.optional_padding_collapse or spec.options.get("collapse_padding", True)
     if not collapsing:
         return plan.max_genes
     return TokenLayout.for_layout(plan.gene_ids, plan.position_real).tokens
@@ -166,7 +163,6 @@ def _writeback_bytes(data: Any, source: Any, result: ad.AnnData) -> int | None:
     return size
 
 
-@one_writer
 def translate(data: str | Path | ad.AnnData | Sequence[Any], model: str | Path | TranslatorModel,
               proteins: Sequence[str] | None = None, *, out: str | Path | None = None, backend: Backend = "auto",
               device: str = "cpu", batch_size: int | None = None, block_cells: int | None = None,
@@ -192,6 +188,11 @@ def translate(data: str | Path | ad.AnnData | Sequence[Any], model: str | Path |
             "atlas/*.h5ad") is a collection: each input is translated as if alone into its own store
             in `out` (a directory, with collection.json); a list of AnnData is returned, and
             CollectionError is raised at the end when some inputs failed (engine.collection).
+            For a SOMA experiment `obs_query` is a SOMA value_filter, evaluated by TileDB.
+        measurement: the SOMA experiment's measurement (default RNA); `layer` is its X layer (default
+            raw, else the only one) and `gene_column` its var column (default feature_name).
+        obs_columns: only these obs columns go into the output's obs (default all; a SOMA
+            experiment's soma_joinid always does).
         model: a bundle directory, an official .pt checkpoint (read without executing it), a model
             name (`demo`, or one added by `sctranslator convert --name`) or a TranslatorModel.
         proteins: antibody or gene names to predict (default: the model's protein panel).
@@ -214,11 +215,6 @@ def translate(data: str | Path | ad.AnnData | Sequence[Any], model: str | Path |
         cells, obs_query, max_cells: translate only the named cells, the cells where a pandas
             expression over obs holds, and/or the first N of them (in the input's order; recorded in
             provenance). Not with write_h5ad / write_mudata / inplace, which write the whole input.
-            For a SOMA experiment `obs_query` is a SOMA value_filter, evaluated by TileDB.
-        measurement: the SOMA experiment's measurement (default RNA); `layer` is its X layer (default
-            raw, else the only one) and `gene_column` its var column (default feature_name).
-        obs_columns: only these obs columns go into the output's obs (default all; a SOMA
-            experiment's soma_joinid always does).
 
     Returns an AnnData (cells x proteins) read lazily from the output store: `X` is a float32
     `dask.array.Array` over the store's chunks (on the model's target scale), so the predictions are
@@ -250,8 +246,10 @@ def translate(data: str | Path | ad.AnnData | Sequence[Any], model: str | Path |
         OptionError: a choice option (backend, normalize, id_type, precision, ...) outside its choices;
             `replace_key` without `key`, `key` without a write-back, a `key` with '/'.
         BackendOptionError: an option the chosen backend does not use (backend_options such as url,
-            onnx_path, compile, a precision or device with triton); see options.check_backend_options.
-        BackendError: embeddings without the torch backend; a backend that cannot start or fails.
+            onnx_path, compile, a precision or device with triton), or one it needs and lacks (triton's
+            url); asked of the backend's declared capabilities (engine.backends.capabilities).
+        BackendError: embeddings from a backend that declares none (only torch has them); a precision
+            the backend has no kernels for on the device; a backend that cannot start or fails.
         InputDataError: batch_size or block_cells < 1; no `.raw`, layer or modality as asked;
             `inplace` without an AnnData. KeyConflictError: a write-back target that exists (without
             an explicit `key` and `replace_key`). BadCellsError: NaN/Inf/negative values (naming the lowest
@@ -265,150 +263,221 @@ def translate(data: str | Path | ad.AnnData | Sequence[Any], model: str | Path |
     """
     if is_collection(data):  # several inputs: one store each in `out` (engine.collection)
         return translate_collection(translate, **locals())
-    check_choices(backend=backend, normalize=normalize, id_type=id_type, precision=precision)
-    check_device(device)
-    check_scheduler_address(scheduler)
-    requested_backend = backend
-    backend, backend_reason = choose_backend(backend, device=device, onnx_path=onnx_path)
-    check_backend_options(backend, requested=requested_backend, backend_options=backend_options,
-                          onnx_path=onnx_path, compile=compile, precision=precision, device=device)
-    if backend == "onnxruntime" and precision == "bf16" and not device.startswith("cuda"):
-        raise BackendError("onnxruntime's CPU execution provider has no bf16 kernels; use --precision fp32 or fp16 "
-                           "with onnxruntime on CPU, --backend torch --precision bf16, or --device cuda")
-    if backend == "onnxruntime" and precision != "fp32":
-        log.warning("the %s ONNX graphs round every activation to %s (a graph has no reference cell, unlike the "
-                    "torch backend): per-protein r against fp32 measured 0.997 (tiny_a, real cells) down to 0.92 "
-                    "(full-size random weights), below the 0.999 the torch backend keeps; see README "
-                    "'Reduced precision'", precision, precision)
-    if embeddings and backend != "torch":
-        raise BackendError("embeddings come from the encoder's outputs, which only the torch backend exposes; "
-                           "use --backend torch with --embeddings")
-    if (batch_size is not None and batch_size < 1) or (block_cells is not None and block_cells < 1):
-        raise InputDataError("batch_size and block_cells must be >= 1")
-    _check_out(out)
-    # Workers (dask processes) resolve paths in their own directories: every path is absolute from here on.
-    out = _absolute(out)
-    onnx_path = None if onnx_path is None else str(_absolute(onnx_path))
-    target = _inplace_target(data) if inplace else None
-    inputs = (data, model, onnx_path)
-    _claim_outputs(out, write_h5ad, write_mudata, inputs, overwrite)
-    cluster_workers = check_cluster(scheduler) if scheduler else {}  # before any store exists
-    selecting = cells is not None or obs_query is not None or max_cells is not None
-    if selecting and (write_h5ad or write_mudata or inplace):
-        raise InputDataError("a cell selection (--cells / --obs-query / --max-cells) cannot be combined with "
-                             "--write-h5ad, --write-mudata or inplace=True: those write the whole input; translate "
-                             "the selection into --out and join it yourself, or translate every cell")
-    source = select_cells(open_source(data, layer=layer, use_raw=use_raw, modality=modality,
-                                      missing_chunks=missing_chunks, measurement=measurement,
-                                      gene_column=gene_column),
-                          cells=cells, obs_query=obs_query, max_cells=max_cells)
-    refuse_writeback(source, write_h5ad=write_h5ad, write_mudata=write_mudata)
-    if write_mudata is not None or (inplace and not isinstance(data, ad.AnnData)):
+    # Every keyword goes into one options object, checked once; the command line builds the same object.
+    given = dict(locals())  # exactly the parameters
+    del given["data"], given["model"]
+    return run_translate(data, model, TranslateOptions.from_kwargs(**given))
+
+
+def run_translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel,
+                  options: TranslateOptions) -> ad.AnnData | None:
+    """`translate` from its options object: options -> claim outputs -> plan -> backend -> job -> outputs.
+
+    The one path of the Python API and the `translate` command (errors and result as `translate`).
+    """
+    with writing(options.output.wait):
+        options.check()
+        check_scheduler_address(options.engine.scheduler)
+        backend = resolve_backend(options.engine, options.backend_options, embeddings=options.output.embeddings)
+        options = with_absolute_paths(options)  # dask workers resolve paths in their own directories
+        target = _inplace_target(data) if options.inplace else None
+        inputs = (data, model, options.engine.onnx_path)
+        _claim_outputs(options.out, options.output.write_h5ad, options.output.write_mudata, inputs,
+                       options.output.overwrite)
+        scheduler = options.engine.scheduler
+        cluster_workers = check_cluster(scheduler) if scheduler else {}  # before any store exists
+        source = open_input(data, options.input)
+        try:
+            check_write_targets(data, source, options)
+            loaded, model_source = _resolve_model(model)
+            plan = make_plan(source, loaded, options)
+            execution = plan_execution(options, backend, loaded, model_source, plan, source.n_obs, cluster_workers)
+            return _run_and_write(data, source, options, backend, loaded, model_source, plan, execution, inputs,
+                                  target)
+        finally:
+            source.close()
+
+
+def with_absolute_paths(options: TranslateOptions) -> TranslateOptions:
+    """The options with `out` and `onnx_path` absolute (~ expanded; URLs kept)."""
+    onnx_path = options.engine.onnx_path
+    engine = replace(options.engine, onnx_path=None if onnx_path is None else str(_absolute(onnx_path)))
+    return replace(options, out=_absolute(options.out), engine=engine)
+
+
+def open_input(data: Any, given: InputOptions) -> Source:
+    """The input as a Source, restricted to the selected cells: the one place an input is opened."""
+    return select_cells(open_source(data, layer=given.layer, use_raw=given.use_raw, modality=given.modality,
+                                    missing_chunks=given.missing_chunks, measurement=given.measurement,
+                                    gene_column=given.gene_column),
+                        cells=given.cells, obs_query=given.obs_query, max_cells=given.max_cells)
+
+
+def check_write_targets(data: Any, source: Source, options: TranslateOptions) -> None:
+    """Refuse write-backs that would pair the wrong cells or replace what the input holds (writeback.check_keys)."""
+    output = options.output
+    refuse_writeback(source, write_h5ad=output.write_h5ad, write_mudata=output.write_mudata)
+    if output.write_mudata is not None or (options.inplace and not isinstance(data, ad.AnnData)):
         # MuData pairs its modalities by cell name: a repeated name would pair the wrong cells
         require_unique_cell_names(source.obs_names, source.describe(), "a MuData pairs modalities by cell name")
-    check_keys(data, source, modality=modality, key=key, replace=replace_key, embeddings=embeddings,
-               h5ad=write_h5ad is not None, mudata=write_mudata is not None, inplace=inplace)
-    loaded, model_source = _resolve_model(model)
-    auto_batch = batch_size is None and backend == "torch" and device.startswith("cuda")  # from device memory
-    batch_size = batch_size or default_batch_size(loaded, device)
-    gpus = visible_gpus(device) if (scheduler is None and backend != "triton") else []
-    plan = build_plan(source.var, loaded, proteins, gene_column=gene_column, id_type=id_type, normalize=normalize,
-                      target_sum=target_sum, min_coverage=min_coverage, allow_low_coverage=allow_low_coverage,
-                      gene_mapping=gene_mapping)
+    check_keys(data, source, modality=options.input.modality, key=output.key, replace=output.replace_key,
+               embeddings=output.embeddings, h5ad=output.write_h5ad is not None,
+               mudata=output.write_mudata is not None, inplace=options.inplace)
+
+
+def make_plan(source: Source, model: TranslatorModel, options: TranslateOptions) -> Plan:
+    """The plan of (input, model), its coverage and expression scale checked."""
+    given = options.input
+    plan = build_plan(source.var, model, options.proteins, gene_column=given.gene_column, id_type=given.id_type,
+                      normalize=given.normalize, target_sum=given.target_sum, min_coverage=given.min_coverage,
+                      allow_low_coverage=given.allow_low_coverage, gene_mapping=given.gene_mapping)
     check_expression_scale(source, plan)
+    return plan
+
+
+@dataclass
+class Execution:
+    """How the job runs: the backend spec, call and block sizes, parallelism, GPUs and cluster workers."""
+
+    spec: BackendSpec
+    batch_size: int
+    auto_batch: bool  # sized from free device memory by the backend
+    block_cells: int
+    gpus: list[str]
+    rule: Parallelism
+    parallelism: dict[str, Any]  # the record that goes into the provenance
+    tokens: int
+    flop: float
+    cluster_workers: dict[str, int]
+
+
+def plan_execution(options: TranslateOptions, backend: ChosenBackend, loaded: TranslatorModel,
+                   model_source: str | None, plan: Plan, n_obs: int, cluster_workers: dict[str, int]) -> Execution:
+    """The backend spec, sizes and parallelism of the run; the backend is built here when it runs in this process."""
+    engine, caps = options.engine, backend.capabilities
+    auto_batch = engine.batch_size is None and caps.memory_sized_batches and engine.device.startswith("cuda")
+    batch_size = engine.batch_size or default_batch_size(loaded, engine.device)
+    gpus = visible_gpus(engine.device) if (engine.scheduler is None and not caps.remote) else []
     # A model path travels to workers as a path (each loads it once); in-memory models go as objects.
-    spec_model: str | TranslatorModel = model_source if (model_source and (scheduler or gpus)) else loaded
-    spec = BackendSpec(kind=backend, model=spec_model, device=device, onnx_path=onnx_path, precision=precision,
-                       options=dict(backend_options or {}))
-    if compile:
+    spec_model: str | TranslatorModel = model_source if (model_source and (engine.scheduler or gpus)) else loaded
+    spec = BackendSpec(kind=backend.kind, model=spec_model, device=engine.device, onnx_path=engine.onnx_path,
+                       precision=engine.precision, options=dict(options.backend_options))
+    if engine.compile:
         spec.options["compile"] = True
     # Concurrent blocks x intra-op threads never exceed the cores this process may use (engine.threads).
-    tokens = encoder_tokens(plan, backend, spec)
+    tokens = encoder_tokens(plan, caps, spec)
     flop = cell_flop(loaded.config, tokens)
     cpus, cpu_source = available_cpus()
-    rule = choose_parallelism(backend=backend, device=device, flop_per_cell=flop, cpus=cpus, cpu_source=cpu_source,
-                              workers=workers)
+    rule = choose_parallelism(remote=caps.remote, device=engine.device, flop_per_cell=flop, cpus=cpus,
+                              cpu_source=cpu_source, workers=engine.workers)
     spec.threads = rule.threads
     shared = active_collection()
     if shared is not None:  # an input of a collection: one backend and one progress bar for all
-        rule = shared.started(plan, source, spec, rule)
+        rule = shared.started(plan, n_obs, spec, rule)
     parallelism = rule.record("auto (free device memory)" if auto_batch else batch_size)
-    if scheduler or gpus:
-        where = f"the {len(cluster_workers)} worker(s) of {scheduler}" if scheduler else f"{len(gpus)} GPU workers"
+    if engine.scheduler or gpus:
+        where = (f"the {len(cluster_workers)} worker(s) of {engine.scheduler}" if engine.scheduler
+                 else f"{len(gpus)} GPU workers")
         parallelism.update(workers=sum(cluster_workers.values()) or None, threads=None, compute_slots=None,
                            why=f"on {where}: each worker applies the rule to its own --nthreads and cores "
                                "(run['threads_per_worker'] records what each used)")
         log.info("parallelism: %s", parallelism["why"])
     else:
         log.info("parallelism: %s", rule.why)
+    block_cells = engine.block_cells
     if block_cells is None:  # also keep every worker busy on small datasets
-        block_cells = min(default_block_cells(loaded), max(16, -(-source.n_obs // (4 * rule.workers))))
-    if backend == "onnxruntime" and onnx_path is None:
+        block_cells = min(default_block_cells(loaded), max(16, -(-n_obs // (4 * rule.workers))))
+    if caps.onnx_file and engine.onnx_path is None:
         # Export (once, cached) here, announced with its cost, rather than inside the progress bar.
         spec.onnx_path = str(Path(onnx_file_for(spec, loaded)).absolute())
-    if scheduler is None and not gpus:
+    if engine.scheduler is None and not gpus:
         # Built here, before the output store exists: a device, file or server that cannot serve
         # fails without leaving an unfinished store behind. The run's workers reuse this backend.
         get_backend(spec)
-    identity = {"model": model_fingerprint(loaded), "input": source.fingerprint(), "plan": plan.fingerprint(),
-                "embeddings": bool(embeddings)}
-    if obs_columns is not None:  # the output's obs differs: a resume must not keep another choice's
-        identity["obs_columns"] = list(obs_columns)
-    uns = {"sctranslator": {
+    return Execution(spec=spec, batch_size=batch_size, auto_batch=auto_batch, block_cells=block_cells, gpus=gpus,
+                     rule=rule, parallelism=parallelism, tokens=tokens, flop=flop, cluster_workers=cluster_workers)
+
+
+def provenance(options: TranslateOptions, backend: ChosenBackend, loaded: TranslatorModel, model_source: str | None,
+               source: Source, plan: Plan, execution: Execution) -> dict[str, Any]:
+    """uns['sctranslator']: the model, input, plan and settings of the run (the run's statistics come later)."""
+    engine, given = options.engine, options.input
+    return {"sctranslator": {
         "version": __version__,
-        "model": {"source": model_source or "in-memory", "fingerprint": identity["model"],
+        "model": {"source": model_source or "in-memory", "fingerprint": model_fingerprint(loaded),
                   "config": loaded.config.to_dict()},
         "input": {k: v for k, v in source.fingerprint().items() if v is not None},
         "plan": plan.summary(),
-        "settings": {"backend": backend, "backend_requested": requested_backend, "backend_choice": backend_reason,
-                     "encoder_tokens": tokens, "parallelism": parallelism,
-                     "device": device, "precision": precision,
-                     "batch_size": "auto (free device memory)" if auto_batch else batch_size,
-                     "compile": bool(compile), "gpus": ",".join(gpus),
-                     "normalize": plan.normalize, "target_sum": plan.target_sum, "id_type": id_type,
+        "settings": {"backend": backend.kind, "backend_requested": engine.backend, "backend_choice": backend.reason,
+                     "encoder_tokens": execution.tokens, "parallelism": execution.parallelism,
+                     "device": engine.device, "precision": engine.precision,
+                     "batch_size": "auto (free device memory)" if execution.auto_batch else execution.batch_size,
+                     "compile": bool(engine.compile), "gpus": ",".join(execution.gpus),
+                     "normalize": plan.normalize, "target_sum": plan.target_sum, "id_type": given.id_type,
                      "gene_mapping": plan.gene_mapping,
-                     "gene_column": gene_column or "", "layer": layer or "", "use_raw": bool(use_raw),
-                     "modality": getattr(source, "modality", None) or "", "missing_chunks": missing_chunks,
+                     "gene_column": given.gene_column or "", "layer": given.layer or "", "use_raw": bool(given.use_raw),
+                     "modality": getattr(source, "modality", None) or "", "missing_chunks": given.missing_chunks,
                      "measurement": getattr(source, "measurement", None) or "",
-                     "embeddings": bool(embeddings), "output_scaling": output_scaling(loaded),
-                     "allow_empty_cells": bool(allow_empty_cells),
+                     "embeddings": bool(options.output.embeddings), "output_scaling": output_scaling(loaded),
+                     "allow_empty_cells": bool(given.allow_empty_cells),
                      "cell_selection": getattr(source, "selection", "") or ""},
         "versions": _versions(),
     }}
-    owner = None
+
+
+def _run_and_write(data: Any, source: Source, options: TranslateOptions, backend: ChosenBackend,
+                   loaded: TranslatorModel, model_source: str | None, plan: Plan, execution: Execution,
+                   inputs: tuple[Any, ...], target: Any) -> ad.AnnData | None:
+    """The job into the output store (a temporary one without `out`), then the write-backs / in-place result."""
+    output, engine = options.output, options.engine
+    identity = {"model": model_fingerprint(loaded), "input": source.fingerprint(), "plan": plan.fingerprint(),
+                "embeddings": bool(output.embeddings)}
+    if options.input.obs_columns is not None:  # the output's obs differs: a resume must not keep another choice's
+        identity["obs_columns"] = list(options.input.obs_columns)
+    uns = provenance(options, backend, loaded, model_source, source, plan, execution)
+    out, owner = options.out, None
     if out is None:
         owner = TemporaryStore(tempfile.mkdtemp(prefix="sctranslator-"))
         out = Path(owner.path) / "predictions.zarr"
-    rows = max(1, min(block_cells, source.n_obs or 1))
     try:
-        sink = ZarrSink.open(out, identity=identity, obs=source.obs_table(obs_columns), var=_output_var(plan), uns=uns,
-                             block_rows=rows, overwrite=overwrite, inputs=inputs,
-                             embedding_dim=loaded.config.dim if embeddings else 0, obsm=source.obsm_arrays())
-        job = BlockJob(source=source, plan=plan, backend=spec, sink=sink, batch_size=batch_size,
-                       allow_empty_cells=allow_empty_cells, embeddings=embeddings, auto_batch_size=auto_batch,
-                       flop_per_cell=flop, compute_slots=rule.compute_slots)
-        stats = run_job(job, workers=workers if gpus else rule.workers, scheduler=scheduler, quiet=quiet, gpus=gpus,
+        sink = ZarrSink.open(out, identity=identity, obs=source.obs_table(options.input.obs_columns),
+                             var=_output_var(plan), uns=uns,
+                             block_rows=max(1, min(execution.block_cells, source.n_obs or 1)),
+                             overwrite=output.overwrite, inputs=inputs,
+                             embedding_dim=loaded.config.dim if output.embeddings else 0, obsm=source.obsm_arrays())
+        job = BlockJob(source=source, plan=plan, backend=execution.spec, sink=sink, batch_size=execution.batch_size,
+                       allow_empty_cells=options.input.allow_empty_cells, embeddings=output.embeddings,
+                       auto_batch_size=execution.auto_batch, flop_per_cell=execution.flop,
+                       compute_slots=execution.rule.compute_slots)
+        workers = engine.workers if execution.gpus else execution.rule.workers
+        shared = active_collection()
+        stats = run_job(job, workers=workers, scheduler=engine.scheduler, quiet=output.quiet, gpus=execution.gpus,
                         bar=shared.bar if shared is not None else None)
         sink.finish({"last_run": stats}, run=stats)
         result = sink.read(owner)  # lazy: X stays in the store
         result.uns["sctranslator"]["run"] = stats
-        if write_h5ad:
-            _write_back(write_h5ad, lambda tmp: write_h5ad_with_proteins(data, source, result, tmp, key=key,
-                                                                          modality=modality),
-                        _writeback_bytes(data, source, result))
-        if write_mudata:
-            _write_back(write_mudata, lambda tmp: write_mudata_with_proteins(data, source, result, tmp, key=key,
-                                                                              modality=modality),
-                        _writeback_bytes(data, source, result))
+        write_outputs(data, source, result, options)
         if target is not None:
-            set_inplace(target, result, key=key, modality=modality)
+            set_inplace(target, result, key=output.key, modality=options.input.modality)
             return None
         owner = None  # the returned arrays own the temporary store now
         return result
     finally:
-        source.close()
         if owner is not None:
             owner.remove()
+
+
+def write_outputs(data: Any, source: Source, result: ad.AnnData, options: TranslateOptions) -> None:
+    """The write-back files (--write-h5ad / --write-mudata): the input with the predictions under keys of their own."""
+    output, modality = options.output, options.input.modality
+    if output.write_h5ad:
+        _write_back(output.write_h5ad, lambda tmp: write_h5ad_with_proteins(data, source, result, tmp, key=output.key,
+                                                                             modality=modality),
+                    _writeback_bytes(data, source, result))
+    if output.write_mudata:
+        _write_back(output.write_mudata, lambda tmp: write_mudata_with_proteins(data, source, result, tmp,
+                                                                                key=output.key, modality=modality),
+                    _writeback_bytes(data, source, result))
 
 
 def _absolute(path: str | Path | None) -> str | Path | None:
@@ -416,23 +485,6 @@ def _absolute(path: str | Path | None) -> str | Path | None:
     if path is None or "://" in str(path):
         return path
     return Path(path).expanduser().absolute()
-
-
-_HDF5_SUFFIXES = (".h5ad", ".h5mu", ".h5", ".hdf5", ".loom")
-
-
-def _check_out(out: str | Path | None) -> None:
-    """`out` is a resumable Zarr directory; refuse a name that promises an HDF5 file."""
-    if out is None or Path(out).suffix.lower() not in _HDF5_SUFFIXES:
-        return
-    stem = Path(out).with_suffix(".zarr")
-    if Path(out).suffix.lower() == ".h5mu":
-        also = f"--write-mudata {out} for a MuData with the predictions as a modality 'prot_predicted'"
-    else:
-        also = f"--write-h5ad {out} for a copy of the input with the predictions in obsm['protein_predicted']"
-    raise StoreError(f"--out {out}: the output of translate is a resumable AnnData Zarr store (a directory), not "
-                     f"an HDF5 file. Use --out {stem}, and add {also}; the Zarr store itself reads with "
-                     f"anndata.read_zarr('{stem}').")
 
 
 def _inplace_target(data: Any) -> Any:

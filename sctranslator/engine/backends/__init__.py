@@ -2,7 +2,8 @@
 
 The pipeline does not know which backend it drives. Backends are created from a picklable
 `BackendSpec` once per worker process (`get_backend`) and reused for every block. Modules:
-`base` (Batch, BackendSpec, the Backend protocol; no torch), one module per backend
+`base` (Batch, BackendSpec, the Backend protocol; no torch), `capabilities` (what each backend class
+declares it can do, and the settings checked against it), one module per backend
 (`torch_backend`, `onnxruntime_backend` with `onnx_cache`, `triton`) and `registry` (names ->
 backends, the per-process cache). Names are resolved lazily, so importing this package imports
 neither torch nor onnxruntime nor tritonclient.
@@ -16,6 +17,9 @@ _EXPORTS = {
     "Backend": "sctranslator.engine.backends.base",
     "BackendSpec": "sctranslator.engine.backends.base",
     "Batch": "sctranslator.engine.backends.base",
+    "BackendCapabilities": "sctranslator.engine.backends.capabilities",
+    "backend_capabilities": "sctranslator.engine.backends.registry",
+    "resolve_backend": "sctranslator.engine.backends.registry",
     "BACKENDS": "sctranslator.engine.backends.registry",
     "create_backend": "sctranslator.engine.backends.registry",
     "get_backend": "sctranslator.engine.backends.registry",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from sctranslator.engine.backends.capabilities import BackendCapabilities
 from sctranslator.errors import BackendError
 from sctranslator.export.contract import INPUTS, PROTEINS
 
@@ -59,8 +60,9 @@ class Backend(Protocol):
     """One inference runtime. Built once per worker process from a BackendSpec, shared by its threads."""
 
     name: str
-    # Whether predict_with_embeddings can return cell embeddings (only the torch backend sees the
-    # encoder's outputs; exported graphs end at the predictions).
+    # What it can do (embeddings, devices, precisions, options ...), asked by the engine before it is built.
+    capabilities: BackendCapabilities
+    # capabilities.embeddings: whether predict_with_embeddings can return cell embeddings.
     supports_embeddings: bool
 
     def predict(self, batch: Batch) -> np.ndarray:

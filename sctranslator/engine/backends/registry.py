@@ -1,4 +1,4 @@
-"""Backend names -> implementations, and the per-process cache of built backends.
+"""Backend names -> implementations and their declared capabilities, and the per-process cache of built backends.
 
 Backend modules are imported by name on first use, so a Triton-only client never imports torch
 or onnxruntime.
@@ -6,13 +6,21 @@ or onnxruntime.
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import import_module
+from typing import Any
 
 from sctranslator import options
 from sctranslator._optional import import_optional
 from sctranslator.engine.backends.base import Backend, BackendSpec
-from sctranslator.errors import BackendError
+from sctranslator.engine.backends.capabilities import BackendCapabilities, check_backend_settings
+from sctranslator.errors import BackendError, MissingExtraError
+from sctranslator.options import EngineOptions
+
+log = logging.getLogger(__name__)
 
 # name -> (module, class, optional dependency as (module, pip extra) or None); each class has
 # `from_spec(spec) -> Backend`.
@@ -46,19 +54,72 @@ def choose_backend(requested: str, *, device: str = "cpu", onnx_path: str | None
                      "no export needed")
 
 
+def backend_class(kind: str) -> type:
+    """The class implementing backend `kind` (its module imported on first use).
+
+    Raises BackendError for an unknown kind; MissingExtraError when the backend's optional dependency
+    (tritonclient for triton) is not installed.
+    """
+    try:
+        module, cls, requirement = _IMPLEMENTATIONS[kind]
+    except KeyError:
+        raise BackendError(f"unknown backend {kind!r}; choose one of {BACKENDS}") from None
+    if requirement is not None:
+        import_optional(*requirement, f"the {kind} backend")
+    found: type = getattr(import_module(module), cls)
+    return found
+
+
+def backend_capabilities(kind: str) -> BackendCapabilities:
+    """What backend `kind` declares it can do (its class's `capabilities`); errors as `backend_class`."""
+    capabilities: BackendCapabilities = backend_class(kind).capabilities  # type: ignore[attr-defined]
+    return capabilities
+
+
+def all_capabilities() -> dict[str, BackendCapabilities]:
+    """Every installed backend's capabilities, by name (a backend whose extra is missing is left out)."""
+    found = {}
+    for kind in _IMPLEMENTATIONS:
+        try:
+            found[kind] = backend_capabilities(kind)
+        except MissingExtraError:
+            continue
+    return found
+
+
+@dataclass(frozen=True)
+class ChosenBackend:
+    """The backend that runs (`kind`), why it was chosen (`reason`), and what it declares it can do."""
+
+    kind: str
+    reason: str
+    capabilities: BackendCapabilities
+
+
+def resolve_backend(engine: EngineOptions, backend_options: Mapping[str, Any] | None = None, *,
+                    embeddings: bool = False) -> ChosenBackend:
+    """The backend to run, why it was chosen and what it declares, with every setting checked against it.
+
+    Raises BackendOptionError / BackendError as `capabilities.check_backend_settings`; MissingExtraError
+    when the chosen backend's extra is not installed.
+    """
+    kind, reason = choose_backend(engine.backend, device=engine.device, onnx_path=engine.onnx_path)
+    capabilities = backend_capabilities(kind)
+    check_backend_settings(kind, capabilities, requested=engine.backend, backend_options=backend_options,
+                           onnx_path=engine.onnx_path, compile=engine.compile, precision=engine.precision,
+                           device=engine.device, embeddings=embeddings, others=all_capabilities)
+    if engine.precision != "fp32" and capabilities.reduced_precision_warning:
+        log.warning(capabilities.reduced_precision_warning.format(precision=engine.precision))
+    return ChosenBackend(kind, reason, capabilities)
+
+
 def create_backend(spec: BackendSpec) -> Backend:
     """A new backend of kind `spec.kind` (whatever building it raises passes through).
 
     BackendError for an unknown kind; MissingExtraError when the backend's optional dependency
     (tritonclient for triton) is not installed.
     """
-    try:
-        module, cls, requirement = _IMPLEMENTATIONS[spec.kind]
-    except KeyError:
-        raise BackendError(f"unknown backend {spec.kind!r}; choose one of {BACKENDS}") from None
-    if requirement is not None:
-        import_optional(*requirement, f"the {spec.kind} backend")
-    backend: Backend = getattr(import_module(module), cls).from_spec(spec)
+    backend: Backend = backend_class(spec.kind).from_spec(spec)  # type: ignore[attr-defined]
     return backend
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from sctranslator.engine.backends.base import BackendSpec, Batch
+from sctranslator.engine.backends.capabilities import BackendCapabilities
 from sctranslator.engine.backends.compiled import compiled_model
 from sctranslator.engine.backends.cuda_staging import device_values, pipelined, stager_for
 from sctranslator.engine.backends.device_memory import batch_cells_for_device
@@ -20,6 +21,7 @@ from sctranslator.errors import BackendError
 from sctranslator.model import TranslatorModel
 from sctranslator.model.collapse import PaddingCollapse
 from sctranslator.model.precision import compute_dtype, reduced_precision_copy, reference_values
+from sctranslator.options import PRECISIONS
 
 
 def cell_embedding(encodings: torch.Tensor, gene_mask: torch.Tensor) -> torch.Tensor:
@@ -36,7 +38,10 @@ class TorchBackend:
     """
 
     name = "torch"
-    supports_embeddings = True
+    capabilities = BackendCapabilities(
+        embeddings=True, precisions={"cpu": PRECISIONS, "cuda": PRECISIONS},
+        options=("collapse_padding", "compile"), optional_padding_collapse=True, memory_sized_batches=True)
+    supports_embeddings = capabilities.embeddings
 
     def __init__(self, model: TranslatorModel, device: str = "cpu", *, collapse_padding: bool = True,
                  precision: str = "fp32", compile: bool = False):

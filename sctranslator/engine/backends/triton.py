@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from sctranslator.engine.backends.base import BackendSpec, Batch, no_embeddings
+from sctranslator.engine.backends.capabilities import BackendCapabilities
 from sctranslator.errors import ServerError
 from sctranslator.export.contract import GENES, INPUTS, OUTPUT, OUTPUT_NAME, PROTEINS
 from sctranslator.export.triton_config import (
@@ -146,7 +147,15 @@ class TritonBackend:
     """Implements the Backend protocol against a Triton server."""
 
     name = "triton"
-    supports_embeddings = False  # the served graph ends at the predictions
+    capabilities = BackendCapabilities(
+        embeddings=False,  # the served graph ends at the predictions
+        windows_at_once=True,  # when the served model takes a protein axis of any multiple of P (check_model)
+        precisions={"cpu": ("fp32",)},  # "cpu": no device here; the server runs its graph on its own devices
+        options=tuple(f.name for f in fields(TritonOptions)), required_options=("url",), remote=True,
+        settings_hint="a Triton server runs the graph it was exported with, on the devices its repository names: "
+                      "export it with `sctranslator export triton --precision / --kind gpu`, and drop --precision "
+                      "and --device here")
+    supports_embeddings = capabilities.embeddings
 
     def __init__(self, options: TritonOptions, expected_genes: int | None = None,
                  expected_proteins: int | None = None, expected_fingerprint: str | None = None):
