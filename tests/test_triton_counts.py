@@ -21,6 +21,7 @@ from triton_server import running_server
 from tritonclient.grpc import model_config_pb2 as mc
 
 import sctranslator
+from sctranslator.errors import CoverageError, UnknownProteinError
 from sctranslator.export.onnx import export_onnx
 from sctranslator.export.triton import export_triton
 from sctranslator.export.triton_config import ServingSettings, parse_config
@@ -86,12 +87,12 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
 def test_export_writes_a_self_describing_names_in_model(repo: Path) -> None:
     directory = repo / f"{NAME}_counts"
     config = parse_config((directory / "config.pbtxt").read_text())
-    assert config.backend == "python" and config.max_batch_size == 0
+    assert config.backend == "python" and config.max_batch_size == 64
     assert [(t.name, list(t.dims)) for t in config.input] == [("counts", [-1, -1]), ("gene_names", [-1]),
                                                                ("protein_names", [-1])]
     assert [t.data_type for t in config.input] == [mc.TYPE_FP32, mc.TYPE_STRING, mc.TYPE_STRING]
     assert [(t.name, list(t.dims)) for t in config.output] == [("predictions", [-1, -1])]
-    assert config.HasField("dynamic_batching")
+    assert config.HasField("dynamic_batching") and all(t.allow_ragged_batch for t in config.input)
     for tensor, text in DESCRIPTIONS.items():
         key = f"output.{tensor}" if tensor == "predictions" else f"input.{tensor}"
         assert config.parameters[key].string_value == text
@@ -114,9 +115,9 @@ def test_readme_request_over_plain_http_matches_translate(server: TritonServer, 
         answer = json.load(response)
     (output,) = answer["outputs"]
     assert output["name"] == "predictions" and output["datatype"] == "FP32"
-    predictions = np.asarray(output["data"], dtype=np.float64).reshape(output["shape"])
+    predictions = np.asarray(output["data"], dtype=np.float64).reshape(output["shape"])[0]
     inputs = {tensor["name"]: tensor for tensor in body["inputs"]}
-    counts = np.asarray(inputs["counts"]["data"], dtype=np.float32).reshape(inputs["counts"]["shape"])
+    counts = np.asarray(inputs["counts"]["data"], dtype=np.float32).reshape(inputs["counts"]["shape"])[0]
     proteins = inputs["protein_names"]["data"]
     expected = translated(tiny_a, counts, inputs["gene_names"]["data"], proteins)
     assert predictions.shape == (counts.shape[0], len(proteins))
@@ -126,7 +127,8 @@ def test_readme_request_over_plain_http_matches_translate(server: TritonServer, 
 def _inputs(counts: np.ndarray, genes: list[str], proteins: list[str]) -> list:
     import tritonclient.http as httpclient
 
-    arrays = (np.asarray(counts, dtype=np.float32), np.asarray(genes, dtype=object), np.asarray(proteins, dtype=object))
+    arrays = (np.asarray(counts, dtype=np.float32)[np.newaxis], np.asarray(genes, dtype=object)[np.newaxis],
+              np.asarray(proteins, dtype=object)[np.newaxis])  # one request = one batch item
     tensors = [httpclient.InferInput(name, list(array.shape), kind) for name, array, kind in
                zip(("counts", "gene_names", "protein_names"), arrays, ("FP32", "BYTES", "BYTES"), strict=True)]
     for tensor, array in zip(tensors, arrays, strict=True):
@@ -145,7 +147,7 @@ def _send_together(server: TritonServer, requests: list[list]) -> list[np.ndarra
         answers: list[np.ndarray | str] = []
         for handle in pending:
             try:
-                answers.append(handle.get_result().as_numpy("predictions"))
+                answers.append(handle.get_result().as_numpy("predictions")[0])
             except InferenceServerException as exc:
                 answers.append(str(exc))
         return answers
@@ -175,7 +177,7 @@ def test_bad_requests_get_translates_error_and_the_others_are_answered(server: T
     negative[2, 5] = -1.0
     requests = {
         "good": _inputs(good, genes, PROTEINS),
-        "unknown protein": _inputs(good, genes, ["CD3", "NOT_A_PROTEIN_XYZ"]),
+        "unknown protein": _inputs(good, genes, ["CD3", "FOOBARPROTEIN"]),
         "nan": _inputs(nan, genes, PROTEINS),
         "negative": _inputs(negative, genes, PROTEINS),
         "shape": _inputs(good[:, :-1], genes, PROTEINS),
@@ -185,12 +187,17 @@ def test_bad_requests_get_translates_error_and_the_others_are_answered(server: T
     answers = dict(zip(requests, _send_together(server, list(requests.values())), strict=True))
     assert relative_error(answers["good"], translated(tiny_a, good, genes, PROTEINS)) <= 1e-5
     assert relative_error(answers["good again"], translated(tiny_a, rna.X[6:9], genes, PROTEINS[:3])) <= 1e-5
-    expected_errors = {"unknown protein": "UnknownProteinError: 1 requested protein(s) cannot be predicted",
+    # The names translate refuses: the same error type and text.
+    with pytest.raises(UnknownProteinError) as unknown:
+        translated(tiny_a, good, genes, ["CD3", "FOOBARPROTEIN"])
+    with pytest.raises(CoverageError) as coverage:
+        translated(tiny_a, good[:, :20], [f"nonsense{i}" for i in range(15)] + genes[:5], PROTEINS)
+    expected_errors = {"unknown protein": f"UnknownProteinError: {unknown.value}",
+                       "coverage": f"CoverageError: {coverage.value}",
                        "nan": "BadCellsError: the request's counts, rows 0..5: 1 NaN value(s)",
                        "negative": "BadCellsError: the request's counts, rows 0..5: 1 negative value(s)",
-                       "shape": f"InputDataError: counts has shape [6, {len(genes) - 1}]; expected [cells, "
-                                f"{len(genes)}]",
-                       "coverage": "CoverageError: only 25.0% of the dataset's genes map"}
+                       "shape": f"InputDataError: counts has shape [1, 6, {len(genes) - 1}]; expected [1, cells, "
+                                f"{len(genes)}]"}
     for name, text in expected_errors.items():
         assert isinstance(answers[name], str) and text in answers[name], (name, answers[name])
     # The stub survived: a later request is answered.

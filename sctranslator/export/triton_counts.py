@@ -8,10 +8,14 @@ Any KServe-v2 client (curl, tritonclient, perf_analyzer) can call it with what a
 - `protein_names` BYTES [proteins]: antibody or gene names, any number, mapped as `--proteins`;
 - output `predictions` FP32 [cells, proteins], in the order asked.
 
-`max_batch_size` is 0: the three inputs of a request have different first axes (cells, genes,
-proteins), so there is no batch axis for Triton to stack. Dynamic batching still delivers the
-requests that arrive together to one `execute` call, where the model groups them by gene layout
-(triton_counts_model.py): one encoder call per layout and one decoder call per protein window.
+One request is one item of Triton's batch axis: every tensor carries a leading axis of size 1
+(counts [1, cells, genes], gene_names [1, genes], protein_names [1, proteins], predictions [1,
+cells, proteins]), since the three inputs have different lengths (cells, genes, proteins) and
+Triton batches along one shared first axis. `max_batch_size` bounds the requests one execution
+takes, and `allow_ragged_batch` lets the dynamic batcher hand requests of different shapes to one
+`execute` call, where the model groups them by gene layout (triton_counts_model.py): one encoder
+call per layout and one decoder call per protein window. (With `max_batch_size: 0` Triton runs
+every request on its own.)
 
 Written at export beside the model's `model.py` (triton_counts_model.py): `model_facts.json`
 (model configuration, panels, preprocessing, gene mapping, fingerprint, precision) and a copy of
@@ -47,10 +51,10 @@ MODEL_SOURCE = Path(__file__).with_name("triton_counts_model.py")
 COUNTS_INPUT, GENES_INPUT, PROTEINS_INPUT, OUTPUT_NAME = "counts", "gene_names", "protein_names", "predictions"
 # What each tensor means, as config parameters a client reads through the model-config API.
 DESCRIPTIONS = {
-    COUNTS_INPUT: "FP32 [cells, genes]: raw counts, one row per cell, columns in gene_names order; finite, >= 0",
-    GENES_INPUT: "BYTES [genes]: gene symbols, Ensembl or Entrez IDs of the counts' columns (detected)",
-    PROTEINS_INPUT: "BYTES [proteins]: antibody or gene names to predict (any number, order kept)",
-    OUTPUT_NAME: "FP32 [cells, proteins]: predicted protein abundance, columns in protein_names order",
+    COUNTS_INPUT: "FP32 [1, cells, genes]: raw counts, one row per cell, columns in gene_names order; finite, >= 0",
+    GENES_INPUT: "BYTES [1, genes]: gene symbols, Ensembl or Entrez IDs of the counts' columns (detected)",
+    PROTEINS_INPUT: "BYTES [1, proteins]: antibody or gene names to predict (any number, order kept)",
+    OUTPUT_NAME: "FP32 [1, cells, proteins]: predicted protein abundance, columns in protein_names order",
 }
 PARAM_FACTS_FILE = "facts_file"
 PARAM_PACKAGE_DIR = "package_dir"
@@ -77,12 +81,15 @@ def model_facts(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 def counts_config(settings: ServingSettings, parameters: dict[str, str]) -> mc.ModelConfig:
-    """config.pbtxt of `<name>_counts` (module docstring): Python backend, explicit shapes, dynamic batching."""
+    """config.pbtxt of `<name>_counts` (module docstring): Python backend, one request per batch item,
+    ragged dynamic batching."""
     settings.check()
-    config = mc.ModelConfig(name=counts_model_name(settings.name), backend="python", max_batch_size=0)
-    config.input.add(name=COUNTS_INPUT, data_type=mc.TYPE_FP32, dims=[-1, -1])
-    config.input.add(name=GENES_INPUT, data_type=mc.TYPE_STRING, dims=[-1])
-    config.input.add(name=PROTEINS_INPUT, data_type=mc.TYPE_STRING, dims=[-1])
+    config = mc.ModelConfig(name=counts_model_name(settings.name), backend="python",
+                            max_batch_size=settings.max_batch_size)
+    # dims exclude the batch axis (one request per item); ragged: requests of any shapes batch together.
+    config.input.add(name=COUNTS_INPUT, data_type=mc.TYPE_FP32, dims=[-1, -1], allow_ragged_batch=True)
+    config.input.add(name=GENES_INPUT, data_type=mc.TYPE_STRING, dims=[-1], allow_ragged_batch=True)
+    config.input.add(name=PROTEINS_INPUT, data_type=mc.TYPE_STRING, dims=[-1], allow_ragged_batch=True)
     config.output.add(name=OUTPUT_NAME, data_type=mc.TYPE_FP32, dims=[-1, -1])
     config.instance_group.add(count=settings.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
     # Requests arriving together reach one execute() call, which groups them by gene layout.

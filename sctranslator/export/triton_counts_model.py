@@ -122,15 +122,20 @@ class TritonPythonModel:
             if tensor is None:
                 raise ValueError(f"the request has no input {name!r}")
             arrays[name] = tensor.as_numpy() if name != "counts" else np.asarray(self.to_numpy(tensor))
-        counts = np.asarray(arrays["counts"], dtype=np.float32)
-        genes, proteins = _strings(arrays["gene_names"]), _strings(arrays["protein_names"])
         from sctranslator.errors import InputDataError
 
+        items = {name: array.shape[0] if array.ndim else 0 for name, array in arrays.items()}
+        if set(items.values()) != {1}:
+            raise InputDataError(f"each request is one batch item: the first axis of every input must be 1, got "
+                                 f"{items}; send counts [1, cells, genes], gene_names [1, genes], protein_names "
+                                 "[1, proteins]")
+        counts = np.asarray(arrays["counts"], dtype=np.float32)[0]
+        genes, proteins = _strings(arrays["gene_names"]), _strings(arrays["protein_names"])
         if counts.ndim != 2 or counts.shape[1] != len(genes):
-            raise InputDataError(f"counts has shape {list(counts.shape)}; expected [cells, {len(genes)}]: one row "
-                                 "per cell and one column per entry of gene_names")
+            raise InputDataError(f"counts has shape {[1, *counts.shape]}; expected [1, cells, {len(genes)}]: one "
+                                 "row per cell and one column per entry of gene_names")
         if counts.shape[0] == 0:
-            raise InputDataError("counts has no cells (shape [0, genes]); send at least one row")
+            raise InputDataError("counts has no cells (shape [1, 0, genes]); send at least one row")
         plan = self.plan_for(genes, proteins)
         runner = self.BlockRunner(_RequestSource(counts, genes), plan)
         block = runner.read(0, counts.shape[0])
@@ -196,7 +201,7 @@ class TritonPythonModel:
                 continue
             for item, array in zip(group, predictions, strict=True):
                 responses[item.index] = pb_utils.InferenceResponse(
-                    output_tensors=[self.to_tensor("predictions", array)])
+                    output_tensors=[self.to_tensor("predictions", array[np.newaxis])])
         return responses
 
     def finalize(self) -> None:
