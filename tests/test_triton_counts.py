@@ -9,24 +9,28 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pytest
 from datafiles import FIXTURES, PBMC, data_file
-from triton_server import running_server
+from triton_server import require_tritonserver, running_server
 from tritonclient.grpc import model_config_pb2 as mc
 
 import sctranslator
 from sctranslator.errors import CoverageError, UnknownProteinError
 from sctranslator.export.onnx import export_onnx
+from sctranslator.export.serve import ServeRequest, serve
 from sctranslator.export.triton import export_triton
 from sctranslator.export.triton_config import ServingSettings, parse_config
 from sctranslator.export.triton_counts import DESCRIPTIONS, FACTS_FILE, PACKAGE_DIR
-from sctranslator.export.triton_server import TritonServer
+from sctranslator.export.triton_reuse import export_mismatch
+from sctranslator.export.triton_server import TritonServer, free_port
 from sctranslator.model import TranslatorModel
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -223,3 +227,42 @@ def test_requests_sharing_a_gene_layout_run_together(server: TritonServer, rna: 
     assert requests == n_requests
     assert executions < n_requests, (executions, n_requests)
     assert encoder_calls == executions  # one gene layout: one encoder call per execution
+
+
+def test_an_export_is_reusable_only_for_the_same_model_precision_and_options(repo: Path, tiny_a: TranslatorModel,
+                                                                              tmp_path: Path) -> None:
+    settings = ServingSettings(name=NAME, backend="python", dynamic_batching=True, max_queue_delay_us=50_000,
+                               intra_op_threads=1)
+    assert export_mismatch(tiny_a, repo, settings) is None
+    assert "config.pbtxt differs" in str(export_mismatch(tiny_a, repo, replace(settings, instances=2)))
+    assert "fp16 is asked for" in str(export_mismatch(tiny_a, repo, replace(settings, precision="fp16")))
+    other = sctranslator.load_model(data_file(FIXTURES / "tiny_b_official.pt"))
+    assert "other weights" in str(export_mismatch(other, repo, settings))
+    assert "no earlier export" in str(export_mismatch(tiny_a, tmp_path, settings))
+    copy = tmp_path / "copy"
+    shutil.copytree(repo, copy)
+    (copy / f"{NAME}_counts" / "1" / PACKAGE_DIR / "plan.py").write_text("# edited\n")
+    assert "plan.py differs" in str(export_mismatch(tiny_a, copy, settings))
+
+
+@pytest.mark.triton
+def test_serve_reuses_its_export_and_starts_without_exporting(tiny_a: TranslatorModel, tmp_path: Path) -> None:
+    require_tritonserver()
+    repo = tmp_path / "served"
+    for start in ("first", "second"):
+        lines: list[str] = []
+        ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+        server = serve(ServeRequest(model=tiny_a, repo=repo, **ports), echo=lines.append, block=False)
+        assert server is not None
+        try:
+            assert server.is_ready()
+        finally:
+            server.stop()
+        text = "\n".join(lines)
+        if start == "first":
+            assert "exporting to" in text and "no earlier export" in text
+            encoder = repo / f"{NAME}_encoder" / "1" / "model.onnx"
+            written = encoder.stat().st_mtime_ns
+        else:
+            assert "reusing the Triton repository" in text and "exporting to" not in text
+            assert encoder.stat().st_mtime_ns == written
