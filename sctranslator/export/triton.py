@@ -1,9 +1,11 @@
-"""Write a Triton model repository for a TranslatorModel: three models (see triton_config.py).
+"""Write a Triton model repository for a TranslatorModel: four models (see triton_config.py, triton_counts.py).
 
     <repo>/<name>/config.pbtxt, 1/model.py, 1/token_layout.py,
                                   1/graph_model.py              the client-facing BLS model
     <repo>/<name>_encoder/config.pbtxt, 1/model.onnx (+ model.py)  the encoder + translator graph
     <repo>/<name>_decoder/config.pbtxt, 1/model.onnx (+ model.py)  the decoder graph
+    <repo>/<name>_counts/config.pbtxt, 1/model.py, 1/model_facts.json,
+                                  1/sctranslator/           the names-in model (triton_counts.py)
 
 Backends for the two graphs: `onnxruntime` (Triton's ONNX Runtime backend), `tensorrt` (the same
 backend with its TensorRT GPU execution accelerator) and `python` (Triton's Python backend running
