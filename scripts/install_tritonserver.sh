@@ -18,7 +18,28 @@ if [ "$(uname -s)-$(uname -m)" != "Linux-x86_64" ]; then
     echo "install_tritonserver: the pytriton tritonserver build is for Linux x86_64 only; skipped" >&2
     exit 0
 fi
+# The stub is compiled against numpy 1: under numpy 2 its BYTES inputs (the names-in model's gene and
+# protein names) arrive as copies of their first byte. stub-env is a virtualenv layout whose python is
+# this venv's, with numpy<2 in its own site-packages and this venv's site-packages after it;
+# sctranslator.export.triton_server.server_env puts its bin/ first on the stubs' PATH.
+install_stub_env() {
+    local env="$1/stub-env"
+    if [ -d "$env/site/numpy" ]; then return; fi
+    rm -rf "$env"
+    local site_rel
+    site_rel="$("$PYTHON" -c 'import sys; print(f"lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages")')"
+    mkdir -p "$env/bin" "$env/$site_rel"
+    ln -s "$(cd "$VENV" && pwd)/bin/python" "$env/bin/python"
+    ln -s python "$env/bin/python3"
+    sed -e '/^command/d' "$VENV/pyvenv.cfg" > "$env/pyvenv.cfg"
+    "$PYTHON" -m pip install -q --no-deps --no-compile --target "$env/site.partial" "numpy>=1.26,<2"
+    mv "$env/site.partial" "$env/site"
+    # numpy<2 first, then this venv's site-packages with its .pth files (editable installs).
+    printf '%s\nimport site; site.addsitedir(%s)\n' "$(cd "$env/site" && pwd)" \
+        "'$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')'" > "$env/$site_rel/stub.pth"
+}
 if [ -x "$DEST/pkg/pytriton/tritonserver/bin/tritonserver" ] && [ "$(cat "$DEST/VERSION" 2>/dev/null)" = "$VERSION" ]; then
+    install_stub_env "$DEST"
     echo "tritonserver from nvidia-pytriton $VERSION already installed in $DEST"
     exit 0
 fi
@@ -36,6 +57,7 @@ fi
 cp "$STUB" "$SERVER/backends/python/triton_python_backend_stub"
 chmod +x "$SERVER/bin/tritonserver" "$SERVER/backends/python/triton_python_backend_stub"
 echo "$VERSION" > "$STAGING/VERSION"
+install_stub_env "$STAGING"
 rm -rf "$DEST"
 mv "$STAGING" "$DEST"
 echo "installed tritonserver (nvidia-pytriton $VERSION) in $DEST"

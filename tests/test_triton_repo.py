@@ -56,13 +56,21 @@ def parse(path: Path) -> mc.ModelConfig:
     return text_format.Parse(path.read_text(), mc.ModelConfig())
 
 
+def listing(repo: Path) -> list[str]:
+    """The repository's files, without the names-in model's copy of the package (tests/test_triton_counts.py)."""
+    return sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file()
+                  and "sctranslator" not in p.relative_to(repo).parts[2:3])
+
+
 def test_onnxruntime_repository_serves_the_graphs_behind_a_bls_model(tiny_a: TranslatorModel, onnx_file: Path,
                                                                      tmp_path: Path) -> None:
     exported = export_triton(tiny_a, tmp_path, ServingSettings(name="tiny"), onnx_path=onnx_file)
     assert exported.config_path == tmp_path / "tiny" / "config.pbtxt"
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == [
+    assert listing(tmp_path) == [
         "tiny/.sctranslator-output.json", "tiny/1/graph_model.py", "tiny/1/model.py", "tiny/1/token_layout.py",
         "tiny/config.pbtxt",
+        "tiny_counts/.sctranslator-output.json", "tiny_counts/1/model.py", "tiny_counts/1/model_facts.json",
+        "tiny_counts/config.pbtxt",
         "tiny_decoder/.sctranslator-output.json", "tiny_decoder/1/model.onnx", "tiny_decoder/config.pbtxt",
         "tiny_encoder/.sctranslator-output.json", "tiny_encoder/1/model.onnx", "tiny_encoder/config.pbtxt"]
     encoder_file, decoder_file = graph_files(onnx_file)
@@ -175,8 +183,10 @@ def test_reexport_replaces_the_model_directory(tiny_a: TranslatorModel, onnx_fil
     export_triton(tiny_a, tmp_path, ServingSettings(name="m", backend="python"), onnx_path=onnx_file)
     export_triton(tiny_a, tmp_path, ServingSettings(name="m", backend="onnxruntime"), onnx_path=onnx_file,
                   overwrite=True)
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == [
+    assert listing(tmp_path) == [
         "m/.sctranslator-output.json", "m/1/graph_model.py", "m/1/model.py", "m/1/token_layout.py", "m/config.pbtxt",
+        "m_counts/.sctranslator-output.json", "m_counts/1/model.py", "m_counts/1/model_facts.json",
+        "m_counts/config.pbtxt",
         "m_decoder/.sctranslator-output.json", "m_decoder/1/model.onnx", "m_decoder/config.pbtxt",
         "m_encoder/.sctranslator-output.json", "m_encoder/1/model.onnx", "m_encoder/config.pbtxt"]
     assert parse(tmp_path / "m_encoder" / "config.pbtxt").backend == "onnxruntime"

@@ -362,7 +362,7 @@ def test_serve_stopped_by_a_signal_leaves_no_server_or_stub_behind(stop_signal: 
         server = int(record["server_pid"])
         assert record["owner_pid"] == process.pid
         members = _group_members(server)
-        assert server in members and len(members) == 4, members  # the server and a stub per model (3)
+        assert server in members and len(members) == 5, members  # the server and a stub per model (4)
         # A second serve of the same repository, while the first lives, is refused and touches nothing.
         with pytest.raises(ServerError, match=rf"already served by PID {process.pid}"):
             serve(ServeRequest(model=tiny_a, repo=repo, onnx_path=onnx_a, http_port=free_port(),

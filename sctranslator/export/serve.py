@@ -16,6 +16,7 @@ from pathlib import Path
 from sctranslator.errors import ServerError
 from sctranslator.export.triton import export_triton
 from sctranslator.export.triton_config import DEFAULT_MODEL_NAME, ServingSettings
+from sctranslator.export.triton_reuse import export_mismatch
 from sctranslator.export.triton_server import (
     TritonInstall,
     TritonServer,
@@ -67,7 +68,8 @@ def choose_backend(requested: str | None, install: TritonInstall | None) -> str:
 
 def serve(request: ServeRequest, *, echo: Callable[[str], None] = print,
           block: bool = True) -> TritonServer | None:
-    """Write the repository, then start tritonserver on it (None when there is no binary here).
+    """Write the repository (or reuse it: see `triton_reuse.export_mismatch`), then start tritonserver on it
+    (None when there is no binary here).
 
     With `block`, wait until interrupted and stop the server; otherwise return it running.
     request: the model (path or TranslatorModel), repository, model name, Triton backend (None: python
@@ -99,9 +101,14 @@ def serve(request: ServeRequest, *, echo: Callable[[str], None] = print,
     settings = ServingSettings(name=request.name, backend=backend, max_batch_size=request.max_batch_size,
                                instances=request.instances, kind="cpu" if backend == "python" else None,
                                dynamic_batching=True, max_queue_delay_us=100)
-    # serve re-exports on every start: it replaces its own earlier export (never anything else).
-    exported = export_triton(model, request.repo, settings, onnx_path=request.onnx_path, overwrite=True)
-    echo(str(exported))
+    # An earlier export of this model with these options is served as it is (the full-size model's
+    # export takes minutes); otherwise serve replaces its own earlier export (never anything else).
+    mismatch = export_mismatch(model, request.repo, settings)
+    if mismatch is None:
+        echo(f"reusing the Triton repository {request.repo}: same model fingerprint, precision and options")
+    else:
+        echo(f"exporting to {request.repo} ({mismatch})")
+        echo(str(export_triton(model, request.repo, settings, onnx_path=request.onnx_path, overwrite=True)))
     if install is None:
         echo("No tritonserver binary here (scripts/install_tritonserver.sh installs one for the Python backend). "
              "Serve the repository with NVIDIA's Triton image:")

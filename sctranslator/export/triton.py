@@ -1,9 +1,11 @@
-"""Write a Triton model repository for a TranslatorModel: three models (see triton_config.py).
+"""Write a Triton model repository for a TranslatorModel: four models (see triton_config.py, triton_counts.py).
 
     <repo>/<name>/config.pbtxt, 1/model.py, 1/token_layout.py,
                                   1/graph_model.py              the client-facing BLS model
     <repo>/<name>_encoder/config.pbtxt, 1/model.onnx (+ model.py)  the encoder + translator graph
     <repo>/<name>_decoder/config.pbtxt, 1/model.onnx (+ model.py)  the decoder graph
+    <repo>/<name>_counts/config.pbtxt, 1/model.py, 1/model_facts.json,
+                                  1/sctranslator/           the names-in model (triton_counts.py)
 
 Backends for the two graphs: `onnxruntime` (Triton's ONNX Runtime backend), `tensorrt` (the same
 backend with its TensorRT GPU execution accelerator) and `python` (Triton's Python backend running
@@ -33,6 +35,7 @@ from sctranslator.export.triton_config import (
     model_parameters,
     render_config,
 )
+from sctranslator.export.triton_counts import counts_config, counts_model_name, write_counts_files
 from sctranslator.model.network import TranslatorModel
 from sctranslator.outputs import claim_output, foreign_output_error, one_writer, read_identity, write_identity
 
@@ -55,18 +58,21 @@ class TritonExport:
     onnx_report: ExportReport | None  # None when an existing ONNX export was reused
     encoder_dir: Path | None = None
     decoder_dir: Path | None = None
+    counts_dir: Path | None = None  # the names-in model <name>_counts
 
     @property
     def model_dirs(self) -> tuple[Path, ...]:
-        return tuple(d for d in (self.model_dir, self.encoder_dir, self.decoder_dir) if d is not None)
+        return tuple(d for d in (self.model_dir, self.encoder_dir, self.decoder_dir, self.counts_dir)
+                     if d is not None)
 
     def __str__(self) -> str:
         files = sorted(str(path) for directory in self.model_dirs for path in directory.rglob("*") if path.is_file()
                        and not path.name.startswith("."))
         listing = "\n".join(f"  {path}" for path in files)
-        graphs = " and ".join(repr(d.name) for d in self.model_dirs[1:])
-        return (f"Triton model {self.settings.name!r} ({self.settings.backend} backend): a BLS model calling {graphs}, "
-                f"in {self.model_dir.parent}:\n{listing}")
+        graphs = " and ".join(repr(d.name) for d in self.model_dirs[1:3])
+        counts = f", and the names-in model {self.counts_dir.name!r}" if self.counts_dir else ""
+        return (f"Triton model {self.settings.name!r} ({self.settings.backend} backend): a BLS model calling {graphs}"
+                f"{counts}, in {self.model_dir.parent}:\n{listing}")
 
 
 def _can_validate(precision: str) -> bool:
@@ -90,7 +96,9 @@ def _write(config_dir: Path, text: str, files: dict[str, Path]) -> Path:
 
 
 def write_model_dirs(staging: dict[str, Path], onnx_file: Path, settings: ServingSettings) -> Path:
-    """Fill the three (staged) model directories, {model name: directory}, from an export at `onnx_file`.
+    """Fill the (staged) model directories, {model name: directory}, from an export at `onnx_file`: the
+    client-facing model, its encoder and decoder models, and the names-in model `<name>_counts` when
+    `staging` has its directory.
 
     Returns the client-facing model's config.pbtxt path.
     """
@@ -113,6 +121,10 @@ def write_model_dirs(staging: dict[str, Path], onnx_file: Path, settings: Servin
             files[PYTHON_FILE] = PYTHON_MODEL_SOURCE
         _write(staging[names[spec.role]], render_config(graph_config(settings, spec, proteins, dim, parameters)),
                files)
+    counts_dir = staging.get(counts_model_name(settings.name))
+    if counts_dir is not None:
+        write_counts_files(counts_dir / MODEL_VERSION, metadata)
+        _write(counts_dir, render_config(counts_config(settings, parameters)), {})
     return path
 
 
@@ -140,7 +152,7 @@ def export_triton(model: TranslatorModel, repo: str | Path, settings: ServingSet
     settings = settings or ServingSettings()
     settings.check()
     repo = Path(repo)
-    names = [settings.name, *graph_model_names(settings.name).values()]
+    names = [settings.name, *graph_model_names(settings.name).values(), counts_model_name(settings.name)]
     dirs = {name: repo / name for name in names}
     claim_output(dirs[settings.name], OUTPUT_KIND, inputs=(model, onnx_path), overwrite=overwrite,
                  siblings=[dirs[name] for name in names[1:]])
@@ -152,8 +164,8 @@ def export_triton(model: TranslatorModel, repo: str | Path, settings: ServingSet
                                                        "a graph model, but it was not written by an export")
     repo.mkdir(parents=True, exist_ok=True)
     with staging_dir(dirs[names[0]]) as first, staging_dir(dirs[names[1]]) as second, \
-            staging_dir(dirs[names[2]]) as third:
-        staging = dict(zip(names, (first, second, third), strict=True))
+            staging_dir(dirs[names[2]]) as third, staging_dir(dirs[names[3]]) as fourth:
+        staging = dict(zip(names, (first, second, third, fourth), strict=True))
         report = None
         if onnx_path is None:
             export_dir = first / ".onnx"  # removed before the directory is installed
@@ -168,10 +180,10 @@ def export_triton(model: TranslatorModel, repo: str | Path, settings: ServingSet
             shutil.rmtree(first / ".onnx")
         for name in names:
             write_identity(staging[name], OUTPUT_KIND)
-        for name in reversed(names):  # the client-facing model last: it needs the other two
+        for name in (names[1], names[2], names[3], names[0]):  # the graphs first: the others call them
             install_dir(staging[name], dirs[name])
     names_by_role = graph_model_names(settings.name)
     return TritonExport(model_dir=dirs[settings.name], config_path=dirs[settings.name] / config_path.name,
                         onnx_path=dirs[names_by_role["encoder"]] / MODEL_VERSION / ONNX_FILE, settings=settings,
                         onnx_report=report, encoder_dir=dirs[names_by_role["encoder"]],
-                        decoder_dir=dirs[names_by_role["decoder"]])
+                        decoder_dir=dirs[names_by_role["decoder"]], counts_dir=dirs[names[3]])

@@ -6,9 +6,10 @@ as the one bundled with nvidia-pytriton). The client-facing model calling them i
 It is self-contained: the Python environment of Triton's stub needs only numpy and onnxruntime
 (onnxruntime-gpu for KIND_GPU instances).
 
-Tensors cross the stub boundary through DLPack: the stub's `Tensor(name, ndarray)` and
-`as_numpy()` are compiled against numpy 1 and give empty outputs under numpy 2, while
-`np.from_dlpack` and `Tensor.from_dlpack` work with either.
+Under numpy 2 tensors cross the stub boundary through DLPack: the stub's `Tensor(name, ndarray)`
+and `as_numpy()` are compiled against numpy 1 and give empty outputs under numpy 2, while
+`np.from_dlpack` and `Tensor.from_dlpack` work. Under numpy 1 (the stub environment that
+scripts/install_tritonserver.sh sets up, needed for BYTES inputs) the stub's own calls are used.
 
 The tensor names and dtypes are not written here: they come from the model configuration Triton
 hands to `initialize`, which export/triton_config.py writes from the graph contract
@@ -29,6 +30,8 @@ try:
 except ImportError:  # imported outside Triton: tests and linters
     pb_utils = None
 
+# The pytriton stub is compiled against numpy 1 (install_tritonserver.sh gives its stubs numpy<2).
+NUMPY_1 = int(np.__version__.split(".")[0]) < 2
 # Triton configuration data types -> numpy (the subset of Triton's table an sctranslator graph uses).
 CONFIG_DTYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_INT64": np.int64, "TYPE_INT32": np.int32,
                  "TYPE_BOOL": np.bool_}
@@ -50,6 +53,8 @@ def graph_io(config: dict[str, Any]) -> tuple[dict[str, type[np.generic]], str]:
 
 def to_numpy(tensor: Any) -> np.ndarray:
     """A pb_utils input tensor as numpy, zero-copy through DLPack when the stub supports it."""
+    if NUMPY_1:  # the stub's own conversion works with the numpy it was compiled against
+        return tensor.as_numpy()
     try:
         return np.from_dlpack(tensor)
     except (AttributeError, TypeError, BufferError, RuntimeError):
@@ -60,7 +65,7 @@ def to_tensor(name: str, array: np.ndarray) -> Any:
     array = np.ascontiguousarray(array)
     if not array.flags.writeable:  # views of request tensors: DLPack (before 1.0) cannot export read-only arrays
         array = array.copy()
-    if hasattr(pb_utils.Tensor, "from_dlpack"):
+    if not NUMPY_1 and hasattr(pb_utils.Tensor, "from_dlpack"):  # numpy 1: DLPack capsules are refused
         return pb_utils.Tensor.from_dlpack(name, array)
     return pb_utils.Tensor(name, array)
 

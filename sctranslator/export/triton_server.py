@@ -38,6 +38,7 @@ from sctranslator.export.server_watchdog import command_line, end_group, group_m
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51, the pytriton 0.7 server's version
 ENV_BINARY = "SCTRANSLATOR_TRITONSERVER"
 INSTALL_DIR_NAME = "tritonserver"  # under the virtualenv: <venv>/tritonserver/pkg/pytriton/...
+STUB_ENV_NAME = "stub-env"  # <venv>/tritonserver/stub-env: numpy<2 for the stubs (install_tritonserver.sh)
 STUB_NAME = server_watchdog.STUB_NAME
 PID_FILE_NAME = ".sctranslator-serve.json"  # in the model repository: the server serving it, and who started it
 _PR_SET_PDEATHSIG = 1
@@ -50,14 +51,20 @@ class TritonInstall:
     binary: Path
     backend_dir: Path | None = None  # None: the binary's built-in default (/opt/tritonserver/backends)
     lib_dirs: tuple[Path, ...] = ()
+    # A virtualenv layout for the Python-backend stubs with numpy<2 before this venv's packages: the
+    # pytriton build's stub is compiled against numpy 1 and under numpy 2 turns every BYTES input into
+    # copies of its first byte (scripts/install_tritonserver.sh makes it).
+    stub_env: Path | None = None
 
     @classmethod
     def from_pytriton_dir(cls, package_dir: Path) -> TritonInstall:
         """The layout inside the nvidia-pytriton wheel: pytriton/tritonserver/{bin,backends}."""
         root = package_dir / "tritonserver"
         libs = package_dir.parent / "nvidia_pytriton.libs"
+        env = package_dir.parent.parent / STUB_ENV_NAME  # <venv>/tritonserver/stub-env
         return cls(binary=root / "bin" / "tritonserver", backend_dir=root / "backends",
-                   lib_dirs=(libs,) if libs.is_dir() else ())
+                   lib_dirs=(libs,) if libs.is_dir() else (),
+                   stub_env=env if (env / "bin" / "python").exists() else None)
 
     def check_python_stub(self) -> None:
         """Put the Python-backend stub for this interpreter's version where the backend looks for it."""
@@ -123,7 +130,10 @@ def server_env(install: TritonInstall) -> dict[str, str]:
     if env.get("LD_LIBRARY_PATH"):
         libs.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(libs)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    bins = [str(Path(sys.executable).parent), env.get("PATH", "")]
+    if install.stub_env is not None:
+        bins.insert(0, str(install.stub_env / "bin"))
+    env["PATH"] = os.pathsep.join(bins)
     return env
 
 

@@ -1,0 +1,208 @@
+"""Triton Python-backend model `<name>_counts`: raw counts + gene names + protein names -> predictions.
+
+`sctranslator export triton` copies this file as `<repo>/<name>_counts/1/model.py`, with
+`model_facts.json` and a copy of the exporting `sctranslator` package beside it
+(export/triton_counts.py). It does what `translate` does,
+with the same code: the plan (identifier detection and mapping with the model's own mapping mode,
+protein mapping, coverage check), the block checks (NaN, infinite, negative values, empty cells),
+`prepare_values` (normalisation and per-cell scaling), the token layout (padding collapse), then
+BLS calls to `<name>_encoder` (once per gene layout) and `<name>_decoder` (once per protein window).
+It imports that package copy (put first on sys.path), so the identifier tables and the code are
+those of the export; the package's dependencies (numpy, pandas, scipy, numba, torch) must be in
+the Python environment of Triton's stub, as they are where `sctranslator serve` runs it.
+
+Requests that arrive together (dynamic batching) and share a gene layout run as one encoder call
+and one decoder call per window. A bad request gets its own error response, `TYPE: message` with
+the text `translate` raises, and the other requests of the call still succeed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+try:
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # imported outside Triton: tests and linters
+    pb_utils = None
+
+PLAN_CACHE = 16  # plans kept per instance: a service sees few (gene names, proteins) pairs
+
+
+@dataclass
+class Prepared:
+    """One request, checked and prepared: model values and the plan's layout and windows."""
+
+    index: int  # position in execute()'s request list
+    values: np.ndarray  # float32 (B, L)
+    plan: Any  # sctranslator.plan.Plan
+
+
+class _RequestSource:
+    """The smallest Source the block runner needs, so bad values are reported in translate's words."""
+
+    def __init__(self, counts: np.ndarray, genes: Any) -> None:
+        import pandas as pd
+
+        self.counts = counts
+        self.obs_names = pd.Index([f"cell{i}" for i in range(counts.shape[0])])
+        self.var = pd.DataFrame(index=genes)
+
+    def read_block(self, start: int, stop: int) -> np.ndarray:
+        return self.counts[start:stop]
+
+    def describe(self) -> str:
+        return "the request's counts"
+
+
+def _strings(array: np.ndarray) -> list[str]:
+    return [item.decode("utf-8") if isinstance(item, bytes) else str(item) for item in np.ravel(array)]
+
+
+class TritonPythonModel:
+    """Plans, checks and prepares each request; encoder once per gene layout, decoder once per window."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+        here = os.path.join(args["model_repository"], args["model_version"])
+        # The package copy written at export, before any installed sctranslator.
+        package = os.path.join(here, parameters.get("package_dir", "sctranslator"))
+        if os.path.isdir(package) and os.path.dirname(package) not in sys.path:
+            sys.path.insert(0, os.path.dirname(package))
+        with open(os.path.join(here, parameters.get("facts_file", "model_facts.json")), encoding="utf-8") as handle:
+            facts = json.load(handle)
+        from sctranslator import plan as plan_module
+        from sctranslator.engine.blocks import BlockRunner
+        from sctranslator.export import triton_python_model as graph_model
+        from sctranslator.token_layout import TokenLayout
+
+        self.plan_module, self.BlockRunner, self.TokenLayout = plan_module, BlockRunner, TokenLayout
+        self.to_numpy, self.to_tensor = graph_model.to_numpy, graph_model.to_tensor
+        self.error_response = graph_model.error_response
+        self.model = SimpleNamespace(config=SimpleNamespace(**facts["config"]), panel=facts.get("panel"),
+                                     preprocessing=facts.get("preprocessing"))
+        self.facts = facts
+        self.proteins = int(facts["config"]["max_proteins"])
+        self.encoder_model = parameters["encoder_model"]
+        self.decoder_model = parameters["decoder_model"]
+        self.plans: OrderedDict[tuple, Any] = OrderedDict()
+
+    # --- one request -------------------------------------------------------------------------------
+    def plan_for(self, genes: list[str], proteins: list[str]) -> Any:
+        """The plan of (gene names, protein names), as translate builds it; cached per pair."""
+        key = (tuple(genes), tuple(proteins))
+        plan = self.plans.get(key)
+        if plan is None:
+            import pandas as pd
+
+            plan = self.plan_module.build_plan(pd.DataFrame(index=pd.Index(genes)), self.model, proteins,
+                                               gene_mapping=self.facts["gene_mapping"],
+                                               min_coverage=float(self.facts["min_coverage"]))
+            self.plans[key] = plan
+            if len(self.plans) > PLAN_CACHE:
+                self.plans.popitem(last=False)
+        else:
+            self.plans.move_to_end(key)
+        return plan
+
+    def prepare(self, request: Any, index: int) -> Prepared:
+        """Read, plan, check and prepare one request (an SctranslatorError / ValueError when it is bad)."""
+        arrays = {}
+        for name in ("counts", "gene_names", "protein_names"):
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                raise ValueError(f"the request has no input {name!r}")
+            arrays[name] = tensor.as_numpy() if name != "counts" else np.asarray(self.to_numpy(tensor))
+        from sctranslator.errors import InputDataError
+
+        items = {name: array.shape[0] if array.ndim else 0 for name, array in arrays.items()}
+        if set(items.values()) != {1}:
+            raise InputDataError(f"each request is one batch item: the first axis of every input must be 1, got "
+                                 f"{items}; send counts [1, cells, genes], gene_names [1, genes], protein_names "
+                                 "[1, proteins]")
+        counts = np.asarray(arrays["counts"], dtype=np.float32)[0]
+        genes, proteins = _strings(arrays["gene_names"]), _strings(arrays["protein_names"])
+        if counts.ndim != 2 or counts.shape[1] != len(genes):
+            raise InputDataError(f"counts has shape {[1, *counts.shape]}; expected [1, cells, {len(genes)}]: one "
+                                 "row per cell and one column per entry of gene_names")
+        if counts.shape[0] == 0:
+            raise InputDataError("counts has no cells (shape [1, 0, genes]); send at least one row")
+        plan = self.plan_for(genes, proteins)
+        runner = self.BlockRunner(_RequestSource(counts, genes), plan)
+        block = runner.read(0, counts.shape[0])
+        return Prepared(index, runner.prepare(block.data), plan)
+
+    # --- the graphs --------------------------------------------------------------------------------
+    def infer(self, model: str, feed: dict[str, np.ndarray], output: str) -> np.ndarray:
+        """One BLS call to `model`; RuntimeError with the callee's message when it fails."""
+        request = pb_utils.InferenceRequest(model_name=model, requested_output_names=[output],
+                                            inputs=[self.to_tensor(name, array) for name, array in feed.items()])
+        response = request.exec()
+        if response.has_error():
+            raise RuntimeError(f"{model}: {response.error().message()}")
+        return np.array(self.to_numpy(pb_utils.get_output_tensor_by_name(response, output)))
+
+    def run_group(self, group: list[Prepared]) -> list[np.ndarray]:
+        """Predictions of requests sharing one gene layout: the encoder once, the decoder once per window."""
+        plan = group[0].plan
+        values = np.concatenate([item.values for item in group]) if len(group) > 1 else group[0].values
+        layout = self.TokenLayout.for_layout(plan.gene_ids, plan.position_real)
+        if not layout.fits(values):  # a padded-looking position holds a value: compute it as a token
+            layout = self.TokenLayout.for_layout(plan.gene_ids, plan.position_real, values)
+        translated = self.infer(self.encoder_model,
+                                layout.encoder_inputs(values, plan.gene_ids, plan.position_real), "translated")
+        sizes = [item.values.shape[0] for item in group]
+        bounds = np.cumsum([0, *sizes])
+        windows = [item.plan.n_windows for item in group]
+        outputs: list[list[np.ndarray]] = [[] for _ in group]
+        for window in range(max(windows)):
+            members = [k for k, count in enumerate(windows) if count > window]  # requests with this window
+            rows = np.concatenate([np.arange(bounds[k], bounds[k + 1]) for k in members])
+            ids = np.concatenate([np.broadcast_to(group[k].plan.protein_windows[window], (sizes[k], self.proteins))
+                                  for k in members])
+            mask = np.concatenate([np.broadcast_to(group[k].plan.protein_window_mask[window],
+                                                   (sizes[k], self.proteins)) for k in members])
+            feed = {"translated": translated if len(members) == len(group) else translated[rows],
+                    "protein_ids": np.ascontiguousarray(ids, dtype=np.int64),
+                    "protein_mask": np.ascontiguousarray(mask, dtype=np.bool_)}
+            predicted = self.infer(self.decoder_model, feed, "predictions")
+            offsets = np.cumsum([0, *(sizes[k] for k in members)])
+            for j, k in enumerate(members):
+                outputs[k].append(predicted[offsets[j]:offsets[j + 1]])
+        return [np.concatenate(parts, axis=1)[:, item.plan.output_index].astype(np.float32, copy=False)
+                for parts, item in zip(outputs, group, strict=True)]
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses: list[Any] = [None] * len(requests)
+        groups: dict[bytes, list[Prepared]] = {}
+        for index, request in enumerate(requests):
+            try:
+                item = self.prepare(request, index)
+            except Exception as exc:  # one bad request must not fail the others
+                responses[index] = self.error_response(f"{type(exc).__name__}: {exc}")
+                continue
+            key = hashlib.sha1(item.plan.gene_ids.tobytes() + item.plan.position_real.tobytes()).digest()
+            groups.setdefault(key, []).append(item)
+        for group in groups.values():
+            try:
+                predictions = self.run_group(group)
+            except Exception as exc:  # the encoder or decoder model failed
+                for item in group:
+                    responses[item.index] = self.error_response(f"ServerError: inference failed: {exc}")
+                continue
+            for item, array in zip(group, predictions, strict=True):
+                responses[item.index] = pb_utils.InferenceResponse(
+                    output_tensors=[self.to_tensor("predictions", array[np.newaxis])])
+        return responses
+
+    def finalize(self) -> None:
+        self.plans.clear()
