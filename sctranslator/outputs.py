@@ -47,7 +47,8 @@ from typing import Any, TypeVar
 
 from sctranslator._atomic import remove_leftovers, write_errors
 from sctranslator._lock import OutputLock
-from sctranslator.errors import OutputConflictError, OutputLockedError
+from sctranslator.errors import OutputConflictError, OutputLockedError, UnsupportedStorageError
+from sctranslator.storage import RemoteLock, is_url
 
 IDENTITY_FILE = ".sctranslator-output.json"
 IDENTITY_KEY = "sctranslator-output"  # HDF5 root attribute / ONNX metadata key
@@ -148,6 +149,10 @@ def read_identity(path: str | Path) -> dict[str, Any] | None:
     return None
 
 
+# Kinds of output that may live in object storage (s3://, gs://); see `sctranslator.storage`.
+REMOTE_KINDS = ("translate", "translate-writeback")
+
+
 def _real(path: str | Path) -> Path:
     return Path(path).expanduser().resolve()
 
@@ -167,13 +172,16 @@ def check_not_input(path: str | Path, inputs: Iterable[Any]) -> None:
 
     inputs: paths, or objects with a `source` path (a loaded TranslatorModel); others are ignored.
     """
-    output = _real(path)
+    remote = is_url(path)
+    output = Path(str(path).rstrip("/")) if remote else _real(path)
     for item in inputs:
         if not isinstance(item, (str, Path)):
             item = getattr(item, "source", None)  # a loaded model remembers the file it came from
         if not isinstance(item, (str, Path)) or str(item) in ("", "in-memory"):
             continue  # in-memory data or models have no path to protect
-        relation = _overlap(output, _real(item))
+        if is_url(item) != remote:
+            continue  # a URL and a local path never overlap
+        relation = _overlap(output, Path(str(item).rstrip("/")) if remote else _real(item))
         if relation is not None:
             raise OutputConflictError(
                 f"the output {path} {relation} the input {item}; writing there could destroy the input. "
@@ -187,7 +195,8 @@ def foreign_output_error(path: Path, why: str) -> OutputConflictError:
 
 
 def claim_output(path: str | Path, kind: str, *, inputs: Iterable[Any] = (), overwrite: bool = False,
-                 resumable: bool = False, siblings: Iterable[str | Path] = ()) -> bool:
+                 resumable: bool = False, siblings: Iterable[str | Path] = (),
+                 storage_options: dict[str, Any] | None = None) -> bool:
     """Check that a command may write its output of `kind` at `path`; touches nothing.
 
     inputs: the command's input paths (non-path items, e.g. an in-memory AnnData, are skipped).
@@ -196,11 +205,25 @@ def claim_output(path: str | Path, kind: str, *, inputs: Iterable[Any] = (), ove
         existing output of this kind is allowed without `overwrite` (the job checks the rest).
     siblings: further files the command writes beside `path` (e.g. knockout's CSV tables); they
         belong to the output when it is ours, and must not exist when `path` does not.
+    storage_options: for an object-storage output (s3://, gs://; translate's outputs only), the
+        fsspec options; see `sctranslator.storage`.
     Returns True when an output of ours is there (to resume or replace), False when the path is free.
-    Raises OutputConflictError (a StoreError) in every other case, as the module docstring says.
+    Raises OutputConflictError (a StoreError) in every other case, as the module docstring says;
+    UnsupportedStorageError for a URL this kind of output cannot be written to.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown output kind {kind!r}; one of {sorted(KINDS)}")
+    for target in (path, *siblings):
+        if is_url(target):
+            if kind not in REMOTE_KINDS:
+                raise UnsupportedStorageError(
+                    f"{target}: {_article(KINDS[kind])} is written to a local path only; object storage (s3://, "
+                    "gs://) is supported for translate's --out, --write-h5ad and --write-mudata. Write it locally "
+                    "and copy it (nothing was written)")
+            from sctranslator.remote_outputs import claim_remote_output
+
+            return claim_remote_output(str(path), kind, inputs=inputs, overwrite=overwrite, resumable=resumable,
+                                       storage_options=storage_options)
     path = Path(path)
     siblings = [Path(s) for s in siblings]
     for target in (path, *siblings):
@@ -238,7 +261,7 @@ class _Scope:
 _SCOPE: ContextVar[_Scope | None] = ContextVar("sctranslator_output_scope", default=None)
 # Locks this process holds, by output path: a second claim of the same output by the same thread
 # (translate claims its store, then the sink claims it again) reuses the lock.
-_HELD: dict[Path, tuple[OutputLock, int]] = {}
+_HELD: dict[Any, tuple[Any, int]] = {}  # Path (local) or URL str -> (OutputLock or RemoteLock, thread)
 _HELD_GUARD = threading.Lock()
 _AMBIENT = _Scope(wait=False)  # claims made outside any scope: held until the process ends
 
@@ -279,7 +302,7 @@ def _release(locks: list[OutputLock]) -> Exception | None:
     return lost
 
 
-def lock_output(path: str | Path) -> None:
+def lock_output(path: str | Path, storage_options: dict[str, Any] | None = None) -> None:
     """Lock `path` for the current scope (see `writing`); a no-op when this thread holds it already.
 
     Raises OutputLockedError (another live job writes it) or OutputWriteError (the lock file cannot
@@ -290,11 +313,18 @@ def lock_output(path: str | Path) -> None:
         # lock; only rank 0 writes the outputs.
         return
     scope = _SCOPE.get() or _AMBIENT
-    output = Path(os.path.abspath(Path(path).expanduser()))
+    remote = is_url(path)
+    output: Any = str(path).rstrip("/") if remote else Path(os.path.abspath(Path(path).expanduser()))
     with _HELD_GUARD:
         held = _HELD.get(output)
     if held is not None and held[1] == threading.get_ident() and held[0].still_held():
         return
+    if remote:
+        lock: Any = RemoteLock.acquire(output, wait=scope.wait, storage_options=storage_options)
+        with _HELD_GUARD:
+            _HELD[output] = (lock, threading.get_ident())
+        scope.locks.append(lock)
+        return  # an object store has no hidden temporaries: every object is written by one PUT
     with write_errors(output.parent):
         lock = OutputLock.acquire(output, wait=scope.wait)
     with _HELD_GUARD:

@@ -127,7 +127,7 @@ def run_block(job: BlockJob, index: int, progress: Callable[[int], object] | Non
     committed rows.
     """
     start, stop = job.sink.blocks()[index]
-    if job.sink.ledger.block_file(index).exists():
+    if job.sink.block_done(index):
         if progress is not None:
             progress(stop - start)
         return stop - start, 0, False

@@ -23,6 +23,7 @@ from sctranslator.engine.gpus import visible_gpus
 from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.pipeline import BlockJob, check_cluster, check_scheduler_address, run_job
 from sctranslator.engine.predictions import TemporaryStore
+from sctranslator.engine.remote_writeback import check_locations, upload_write_back
 from sctranslator.engine.sink import OUTPUT_KIND, ZarrSink
 from sctranslator.engine.sources import open_source
 from sctranslator.engine.sources.base import require_unique_cell_names
@@ -49,6 +50,7 @@ from sctranslator.options import (
 )
 from sctranslator.outputs import claim_output, one_writer, write_identity
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
+from sctranslator.storage import is_url
 from sctranslator.token_layout import TokenLayout
 
 log = logging.getLogger(__name__)
@@ -119,27 +121,35 @@ def _resolve_model(model: str | Path | TranslatorModel) -> tuple[TranslatorModel
 
 
 def _claim_outputs(out: str | Path | None, write_h5ad: str | Path | None, write_mudata: str | Path | None,
-                   inputs: tuple[Any, ...], overwrite: bool) -> None:
+                   inputs: tuple[Any, ...], overwrite: bool, storage_options: dict[str, Any] | None = None) -> None:
     """Refuse, before anything is read or written, outputs that are inputs or are not ours to replace."""
     named = [Path(p) for p in (out, write_h5ad, write_mudata) if p is not None]
     if len({p.expanduser().resolve() for p in named}) < len(named):
         raise OutputConflictError(f"the outputs {[str(p) for p in named]} name the same path twice; give each "
                                   "its own path")
     if out is not None:
-        claim_output(out, OUTPUT_KIND, inputs=inputs, overwrite=overwrite, resumable=True)
+        claim_output(out, OUTPUT_KIND, inputs=inputs, overwrite=overwrite, resumable=True,
+                     storage_options=storage_options)
     for path in (write_h5ad, write_mudata):
         if path is not None:
-            claim_output(path, WRITEBACK_KIND, inputs=(*inputs, out), overwrite=overwrite)
+            claim_output(path, WRITEBACK_KIND, inputs=(*inputs, out), overwrite=overwrite,
+                         storage_options=storage_options)
 
 
-def _write_back(path: str | Path, write: Callable[[Path], Any], needed: int | None = None) -> None:
-    """Write a write-back file aside, mark it as ours, then rename it into place.
+def _write_back(path: str | Path, write: Callable[[Path], Any], needed: int | None = None,
+                storage_options: dict[str, Any] | None = None) -> None:
+    """Write a write-back file aside, mark it as ours, then rename it into place (or, for a URL,
+    upload it as one object: see `engine.remote_writeback`).
 
     `needed`: the file's estimated size, named in the error when the disk fills up.
     """
     def write_marked(tmp: Path) -> None:
         write(tmp)
         write_identity(tmp, WRITEBACK_KIND)
+
+    if is_url(path):
+        upload_write_back(str(path), write_marked, needed, storage_options)
+        return
 
     require_space(path, needed)  # HDF5's object copy may crash the process on a full disk
     atomic_write_path(path, write_marked, needed)
@@ -179,7 +189,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
               gene_mapping: GeneMapping | None = None, inplace: bool = False,
               cells: Sequence[str] | None = None, obs_query: str | None = None,
               max_cells: int | None = None, key: str | None = None,
-              replace_key: bool = False, wait: bool = False) -> ad.AnnData | None:
+              replace_key: bool = False, wait: bool = False,
+              storage_options: dict[str, Any] | None = None) -> ad.AnnData | None:
     """Predict protein abundance for every cell of `data` with `model`.
 
     Parameters (the option groups of `sctranslator.options` document each one and its choices):
@@ -199,6 +210,10 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
             min_coverage (a fraction, 0.5 = 50%), allow_low_coverage, allow_empty_cells,
             gene_mapping: InputOptions.
         overwrite, write_h5ad, write_mudata, embeddings, quiet: OutputOptions.
+        storage_options: fsspec options (credentials, endpoint) for inputs and outputs in object
+            storage: `data`, `out`, `write_h5ad`, `write_mudata` may be s3:// or gs:// URLs (inputs
+            also http(s)://); by default each file system reads its standard environment
+            (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...). See README, "Object storage".
         wait: when another job is writing one of the outputs, wait for it to end instead of
             refusing (OutputLockedError); the outputs are then checked afresh (see README, Outputs).
         inplace: also set the predictions on `data` (an AnnData / MuData object) and return None.
@@ -252,6 +267,7 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
             sctranslator did not write, or that is or overlaps an input.
     """
     check_choices(backend=backend, normalize=normalize, id_type=id_type, precision=precision)
+    storage_options = check_locations(data, out, write_h5ad, write_mudata, storage_options)
     check_device(device)
     check_scheduler_address(scheduler)
     requested_backend = backend
@@ -277,7 +293,7 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     onnx_path = None if onnx_path is None else str(_absolute(onnx_path))
     target = _inplace_target(data) if inplace else None
     inputs = (data, model, onnx_path)
-    _claim_outputs(out, write_h5ad, write_mudata, inputs, overwrite)
+    _claim_outputs(out, write_h5ad, write_mudata, inputs, overwrite, storage_options)
     cluster_workers = check_cluster(scheduler) if scheduler else {}  # before any store exists
     selecting = cells is not None or obs_query is not None or max_cells is not None
     if selecting and (write_h5ad or write_mudata or inplace):
@@ -285,7 +301,7 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
                              "--write-h5ad, --write-mudata or inplace=True: those write the whole input; translate "
                              "the selection into --out and join it yourself, or translate every cell")
     source = select_cells(open_source(data, layer=layer, use_raw=use_raw, modality=modality,
-                                      missing_chunks=missing_chunks),
+                                      missing_chunks=missing_chunks, storage_options=storage_options),
                           cells=cells, obs_query=obs_query, max_cells=max_cells)
     if write_mudata is not None or (inplace and not isinstance(data, ad.AnnData)):
         # MuData pairs its modalities by cell name: a repeated name would pair the wrong cells
@@ -361,7 +377,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
     try:
         sink = ZarrSink.open(out, identity=identity, obs=source.read_obs(), var=_output_var(plan), uns=uns,
                              block_rows=rows, overwrite=overwrite, inputs=inputs,
-                             embedding_dim=loaded.config.dim if embeddings else 0, obsm=source.obsm_arrays())
+                             embedding_dim=loaded.config.dim if embeddings else 0, obsm=source.obsm_arrays(),
+                             storage_options=storage_options)
         job = BlockJob(source=source, plan=plan, backend=spec, sink=sink, batch_size=batch_size,
                        allow_empty_cells=allow_empty_cells, embeddings=embeddings, auto_batch_size=auto_batch,
                        flop_per_cell=flop, compute_slots=rule.compute_slots)
@@ -372,11 +389,11 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
         if write_h5ad:
             _write_back(write_h5ad, lambda tmp: write_h5ad_with_proteins(data, source, result, tmp, key=key,
                                                                           modality=modality),
-                        _writeback_bytes(data, source, result))
+                        _writeback_bytes(data, source, result), storage_options)
         if write_mudata:
             _write_back(write_mudata, lambda tmp: write_mudata_with_proteins(data, source, result, tmp, key=key,
                                                                               modality=modality),
-                        _writeback_bytes(data, source, result))
+                        _writeback_bytes(data, source, result), storage_options)
         if target is not None:
             set_inplace(target, result, key=key, modality=modality)
             return None

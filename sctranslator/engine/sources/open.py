@@ -16,6 +16,7 @@ from sctranslator.engine.sources.memory import AnnDataSource
 from sctranslator.engine.sources.modality import pick_modality
 from sctranslator.engine.sources.zarr_store import MISSING_CHUNK_POLICIES, ZarrSource
 from sctranslator.errors import InputDataError, StoreError
+from sctranslator.storage import is_url
 
 SUPPORTED = ("an .h5ad file, an .h5mu file (MuData), an AnnData or MuData zarr store directory (zarr format 2 or "
              "3), or an in-memory AnnData/MuData")
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def open_source(data: Any, *, layer: str | None = None, modality: str | None = None, use_raw: bool = False,
-                missing_chunks: str = "error") -> Source:
+                missing_chunks: str = "error", storage_options: dict[str, Any] | None = None) -> Source:
     """Open `data` for streaming its rows (cells).
 
     Parameters
@@ -38,10 +39,17 @@ def open_source(data: Any, *, layer: str | None = None, modality: str | None = N
     missing_chunks: what an absent chunk of a dense zarr X means: "error" (default) raises a StoreError
         naming the array, chunk and rows; "zeros" reads it as zeros (zarr omits all-zero chunks when
         written with write_empty_chunks=False). A missing chunk of a CSR component is always an error.
+    storage_options: fsspec options for a URL input (s3://, gs://, http(s)://; `engine.sources.remote`).
 
     Raises StoreError for unreadable/damaged inputs and InputDataError for a missing layer, raw or modality.
     """
-    source = _open(data, layer=layer, modality=modality, use_raw=use_raw, missing_chunks=missing_chunks)
+    if is_url(data):
+        from sctranslator.engine.sources.remote import open_remote
+
+        source = open_remote(str(data), storage_options=storage_options, layer=layer, modality=modality,
+                             use_raw=use_raw, missing_chunks=missing_chunks)
+    else:
+        source = _open(data, layer=layer, modality=modality, use_raw=use_raw, missing_chunks=missing_chunks)
     if source.n_vars == 0:
         raise InputDataError(f"{source.describe()}: its matrix ({source._element_name()}) has no genes (var is "
                              "empty); give the RNA with its genes (a layer, .raw or another modality?)")
