@@ -38,6 +38,7 @@ import functools
 import inspect
 import json
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
@@ -151,6 +152,9 @@ def read_identity(path: str | Path) -> dict[str, Any] | None:
 
 # Kinds of output that may live in object storage (s3://, gs://); see `sctranslator.storage`.
 REMOTE_KINDS = ("translate", "translate-writeback")
+# A URL that went through pathlib ("s3://b/k" -> "s3:/b/k"): written as given it would become a local
+# folder named "s3:"; refused like any URL a command cannot write.
+_MANGLED_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:/(?!/)")
 
 
 def _real(path: str | Path) -> Path:
@@ -214,8 +218,8 @@ def claim_output(path: str | Path, kind: str, *, inputs: Iterable[Any] = (), ove
     if kind not in KINDS:
         raise ValueError(f"unknown output kind {kind!r}; one of {sorted(KINDS)}")
     for target in (path, *siblings):
-        if is_url(target):
-            if kind not in REMOTE_KINDS:
+        if is_url(target) or _MANGLED_URL.match(str(target)):
+            if kind not in REMOTE_KINDS or not is_url(target):
                 raise UnsupportedStorageError(
                     f"{target}: {_article(KINDS[kind])} is written to a local path only; object storage (s3://, "
                     "gs://) is supported for translate's --out, --write-h5ad and --write-mudata. Write it locally "

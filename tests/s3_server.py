@@ -69,8 +69,7 @@ class S3Server:
     def filesystem(self):  # noqa: ANN201 - s3fs.S3FileSystem
         import s3fs
 
-        return s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=self.endpoint,
-                                 client_kwargs={"region_name": "us-east-1"}, skip_instance_cache=True)
+        return s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=self.endpoint, skip_instance_cache=True)
 
     def bucket(self, name: str) -> str:
         """Create the bucket `name` (once); returns 's3://name'."""

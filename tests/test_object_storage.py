@@ -190,7 +190,7 @@ def test_unsupported_locations_are_named_errors_before_any_work(s3_server, local
         (["translate", data, "--out", "https://host/pred.zarr", *model], "UnsupportedStorageError", "read-only"),
         (["translate", data, "--out", "pred.zarr", "--write-h5ad", "memory://x.h5ad", *model],
          "UnsupportedStorageError", "memory://"),
-        (["knockout", data, "--out", "s3://bucket/ko", "--genes", "CD3E", *model], "UnsupportedStorageError",
+        (["knockout", data, "--out", "s3://bucket/ko.zarr", "--genes", "CD3E", *model], "UnsupportedStorageError",
          "local path only"),
         (["translate", data, "--out", "s3://atlas/p.zarr", "--storage-options", "[1]", *model], "OptionError",
          "JSON object"),
