@@ -42,11 +42,19 @@ from sctranslator.engine.sink import (
     skeleton_files,
 )
 from sctranslator.errors import StoreError
-from sctranslator.outputs import IDENTITY_FILE, claim_output
-from sctranslator.remote_outputs import exists, identity_bytes
-from sctranslator.storage import filesystem, join, remote_error, zarr_store
+from sctranslator.outputs import IDENTITY_FILE, claim_output, exists, identity_bytes
+from sctranslator.storage import filesystem, is_url, join, remote_error, zarr_store
 
 log = logging.getLogger(__name__)
+
+
+def open_sink(path: str | Any, **kwargs: Any) -> ZarrSink:
+    """`ZarrSink.open` for a local path, `RemoteZarrSink.open_remote` for an s3:// or gs:// URL (same keywords,
+    plus `storage_options`)."""
+    if is_url(path):
+        return RemoteZarrSink.open_remote(str(path), **kwargs)
+    kwargs.pop("storage_options", None)
+    return ZarrSink.open(path, **kwargs)
 
 
 @dataclass

@@ -27,7 +27,6 @@ from sctranslator.engine.predictions import TemporaryStore, open_predictions
 from sctranslator.engine.tables import RENAMED_KEY, writable_obs
 from sctranslator.errors import StoreError
 from sctranslator.outputs import claim_output, write_identity
-from sctranslator.storage import is_url
 
 log = logging.getLogger(__name__)
 
@@ -61,24 +60,16 @@ class ZarrSink:
     @classmethod
     def open(cls, path: str | Path, *, identity: dict[str, Any], obs: pd.DataFrame, var: pd.DataFrame,
              uns: dict[str, Any], block_rows: int, overwrite: bool = False, embedding_dim: int = 0,
-             inputs: tuple[Any, ...] = (), obsm: dict[str, Any] | None = None,
-             storage_options: dict[str, Any] | None = None) -> ZarrSink:
+             inputs: tuple[Any, ...] = (), obsm: dict[str, Any] | None = None) -> ZarrSink:
         """Create the store, or reopen it for resume when it was made by the same job.
 
         `inputs`: the job's input paths; the store may not be one, lie inside one or contain one.
         `obsm`: the input's obsm arrays to carry into the store (row-sliceable, one row per cell;
         see `Source.obsm_arrays`), copied in row slabs; `X_sctranslator` is ours and never carried.
-        `storage_options`: fsspec options for a store in object storage (s3://, gs://), which
-        `engine.remote_sink.RemoteZarrSink` writes.
+        (A store in object storage: `engine.remote_sink.open_sink`.)
         Raises OutputConflictError for a path that is not a translate store of ours (see
         `sctranslator.outputs`), StoreError for one of another job unless `overwrite`.
         """
-        if is_url(path):
-            from sctranslator.engine.remote_sink import RemoteZarrSink
-
-            return RemoteZarrSink.open_remote(
-                str(path), identity=identity, obs=obs, var=var, uns=uns, block_rows=block_rows, overwrite=overwrite,
-                embedding_dim=embedding_dim, inputs=inputs, obsm=obsm, storage_options=storage_options)
         path = Path(path)
         ours = claim_output(path, OUTPUT_KIND, inputs=inputs, overwrite=overwrite, resumable=True)
         if ours:

@@ -23,8 +23,9 @@ from sctranslator.engine.gpus import visible_gpus
 from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.pipeline import BlockJob, check_cluster, check_scheduler_address, run_job
 from sctranslator.engine.predictions import TemporaryStore
+from sctranslator.engine.remote_sink import open_sink
 from sctranslator.engine.remote_writeback import check_locations, upload_write_back
-from sctranslator.engine.sink import OUTPUT_KIND, ZarrSink
+from sctranslator.engine.sink import OUTPUT_KIND
 from sctranslator.engine.sources import open_source
 from sctranslator.engine.sources.base import require_unique_cell_names
 from sctranslator.engine.sources.subset import select_cells
@@ -375,7 +376,7 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
         out = Path(owner.path) / "predictions.zarr"
     rows = max(1, min(block_cells, source.n_obs or 1))
     try:
-        sink = ZarrSink.open(out, identity=identity, obs=source.read_obs(), var=_output_var(plan), uns=uns,
+        sink = open_sink(out, identity=identity, obs=source.read_obs(), var=_output_var(plan), uns=uns,
                              block_rows=rows, overwrite=overwrite, inputs=inputs,
                              embedding_dim=loaded.config.dim if embeddings else 0, obsm=source.obsm_arrays(),
                              storage_options=storage_options)
