@@ -213,13 +213,13 @@ def _sources_table(data: Path, root: Path, n_cells: int, repeats: int) -> None:
         server.terminate()
         server.wait()
     zarr_rate = rates["AnnData Zarr (local)"]
-    print(f"\n| source ({n_cells:,} cells, tiny_a, {repeats} runs, median) | cells/s | vs local Zarr |")
+    print(f"\n| source ({n_cells:,} cells, tiny_a, {repeats} runs, median) | cells/s | time / local Zarr's |")
     print("| --- | ---: | ---: |")
     for name, rate in rates.items():
         if isinstance(rate, str):
             print(f"| {name} | {rate} | |")
         else:
-            ratio = f"{zarr_rate / rate:.2f}x slower" if isinstance(zarr_rate, float) else ""
+            ratio = f"{zarr_rate / rate:.2f}" if isinstance(zarr_rate, float) else ""
             print(f"| {name} | {rate:,.0f} | {ratio} |")
 
 
