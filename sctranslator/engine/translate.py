@@ -266,6 +266,8 @@ def translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel
             (with missing_chunks="error"), an `out` naming an HDF5 file, or an output written by
             another job (without overwrite). OutputConflictError: an output path that holds something
             sctranslator did not write, or that is or overlaps an input.
+        UnsupportedStorageError: a URL scheme other than s3://, gs:// (and http(s):// for the input),
+            before any work. MissingExtraError: the extra (s3, gcs, http) such a URL needs.
     """
     check_choices(backend=backend, normalize=normalize, id_type=id_type, precision=precision)
     storage_options = check_locations(data, out, write_h5ad, write_mudata, storage_options)
