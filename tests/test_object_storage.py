@@ -222,3 +222,36 @@ def test_missing_extra_and_storage_options(s3_server, local_inputs: dict[str, Pa
     fs = s3_server.filesystem()
     fs.invalidate_cache()
     assert json.loads(fs.cat_file(f"{bucket}/p.zarr/.sctranslator-job/job.json"))["complete"] is True
+
+
+def test_http_input_read_only(local_inputs: dict[str, Path], tmp_path: Path) -> None:
+    """http(s):// inputs (a Zarr store and an h5ad on a real web server on 127.0.0.1) equal the local run."""
+    import shutil
+
+    from s3_server import free_port
+
+    served = tmp_path / "www"
+    served.mkdir()
+    shutil.copy(local_inputs["h5ad"], served / "rna.h5ad")
+    shutil.copytree(local_inputs["zarr"], served / "rna.zarr")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port), "-d", str(served)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import urllib.request
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/rna.h5ad", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the web server did not start"
+                time.sleep(0.2)
+        expected = np.asarray(sctranslator.translate(local_inputs["h5ad"], TINY_A, PROTEINS, **COMMON).X)
+        for name in ("rna.zarr", "rna.h5ad"):
+            result = sctranslator.translate(f"http://127.0.0.1:{port}/{name}", TINY_A, PROTEINS, **COMMON)
+            np.testing.assert_array_equal(np.asarray(result.X), expected)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
