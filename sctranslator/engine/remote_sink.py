@@ -64,6 +64,12 @@ class RemoteZarrSink(ZarrSink):
     storage_options: dict[str, Any] | None = None
 
     # -- locations -----------------------------------------------------------------------------
+    @property
+    def ledger(self) -> Any:
+        # The local Ledger would read and write a folder named like the URL on this machine.
+        raise StoreError(f"{self.path}: a store in object storage keeps its ledger as objects; use the sink's "
+                         "blocks(), committed(), block_done() and write_block()")
+
     def _fs(self) -> tuple[Any, str]:
         return filesystem(self.path, self.storage_options, write=True, what="the output")
 
