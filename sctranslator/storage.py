@@ -126,6 +126,9 @@ def zarr_store(location: str, storage_options: dict[str, Any] | None = None, *, 
 
     options = dict(storage_options or {})
     options.setdefault("asynchronous", True)
+    # fsspec keeps one file system per set of options in each process; its cached listings would show
+    # a store as it was before another call of ours replaced it (--overwrite): list afresh every time.
+    options.setdefault("use_listings_cache", False)
     try:
         return FsspecStore.from_url(str(location), storage_options=options, read_only=read_only)
     except (TypeError, ValueError) as exc:

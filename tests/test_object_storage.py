@@ -255,3 +255,27 @@ def test_http_input_read_only(local_inputs: dict[str, Path], tmp_path: Path) -> 
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_interrupted_creation_is_rebuilt_and_overwrite_replaces(s3_server, local_inputs: dict[str, Path]) -> None:  # noqa: ANN001
+    from sctranslator.errors import StoreError
+    from sctranslator.outputs import identity_record
+
+    bucket = s3_server.bucket("rebuild")
+    fs = s3_server.filesystem()
+    out = f"{bucket}/half.zarr"
+    # What a job killed during creation leaves: our identity record, some objects, no job record.
+    fs.pipe_file(f"{out}/.sctranslator-output.json", json.dumps(identity_record("translate")).encode())
+    fs.pipe_file(f"{out}/X/0.0", b"half-written")
+    first = sctranslator.translate(local_inputs["h5ad"], TINY_A, PROTEINS[:2], out=out, **COMMON)
+    fs.invalidate_cache()
+    assert not fs.exists(f"{out}/X/0.0") or fs.cat_file(f"{out}/X/0.0") != b"half-written"
+    assert json.loads(fs.cat_file(f"{out}/.sctranslator-job/job.json"))["complete"] is True
+    assert first.n_vars == 2
+    # Other settings: refused without --overwrite, replaced with it.
+    with pytest.raises(StoreError, match="different model, input or settings"):
+        sctranslator.translate(local_inputs["h5ad"], TINY_A, PROTEINS, out=out, **COMMON)
+    replaced = sctranslator.translate(local_inputs["h5ad"], TINY_A, PROTEINS, out=out, overwrite=True, **COMMON)
+    expected = sctranslator.translate(local_inputs["h5ad"], TINY_A, PROTEINS, **COMMON)
+    np.testing.assert_array_equal(np.asarray(replaced.X), np.asarray(expected.X))
+    assert list(replaced.var_names) == list(expected.var_names)
