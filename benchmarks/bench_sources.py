@@ -12,13 +12,20 @@ alternating; the table gives the median seconds per block and the ratio.
 A second table puts the difference in context: `translate` end to end (tiny fixture model, tiled
 pbmc10k h5ad, default blocks) reading through `open_source` vs through a Source that uses the plain
 reader. Prints markdown tables.
+
+A third table (`--sources-cells`, 0 skips it) is cells/s of `translate` with the tiny model on the same
+cells from every kind of source: an h5ad, an AnnData Zarr store, the Zarr store and the h5ad on a
+local S3 API server (moto_server on 127.0.0.1), a local TileDB-SOMA experiment and a collection of 4
+files. Sources whose support is not on this branch print "n/a" with the reason.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 import warnings
@@ -34,6 +41,7 @@ import zarr  # noqa: E402
 from scipy import __version__ as sp_version  # noqa: E402
 
 import sctranslator  # noqa: E402
+import sctranslator.errors  # noqa: E402
 from sctranslator.engine.sources import Source, open_source  # noqa: E402
 from sctranslator.engine.sources.anndata_io import read_elem  # noqa: E402
 
@@ -116,6 +124,105 @@ def _end_to_end(data: Path, root: Path, n_cells: int, repeats: int) -> None:
         print(f"| {label} | {median:.2f} | {n_cells / median:,.0f} |")
 
 
+def _moto_server() -> tuple[subprocess.Popen, str]:
+    """A local S3 API server (moto_server, the dev extra) on a free loopback port: (process, endpoint)."""
+    import socket
+    import sys
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    program = Path(sys.executable).parent / "moto_server"
+    process = subprocess.Popen([str(program), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            with urllib.request.urlopen(endpoint + "/moto-api/", timeout=2):
+                break
+        except OSError:
+            time.sleep(0.2)
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                      AWS_DEFAULT_REGION="us-east-1")
+    return process, endpoint
+
+
+def _sources_table(data: Path, root: Path, n_cells: int, repeats: int) -> None:
+    """cells/s of translate (tiny_a, all cells) from every kind of source holding the same cells."""
+    model = data.parent / "fixtures" / "reference_model" / "tiny_a_official.pt"
+    base = ad.read_h5ad(data / "pbmc10k_cite_10x" / "rna.h5ad")
+    cells = ad.AnnData(sp.vstack([base.X] * -(-n_cells // base.n_obs)).tocsr()[:n_cells], var=base.var)
+    cells.obs_names = [f"c{i}" for i in range(n_cells)]
+    h5ad, store = root / "cells.h5ad", root / "cells.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cells.write_h5ad(h5ad)
+        cells.write_zarr(store)
+    quarter = -(-n_cells // 4)
+    parts = []
+    for i in range(4):
+        part = root / f"part{i}.h5ad"
+        cells[i * quarter:(i + 1) * quarter].write_h5ad(part)
+        parts.append(part)
+    loaded = sctranslator.load_model(model)
+    proteins = ["CD3", "CD4", "CD8a", "CD14", "CD19"]
+    options = {"normalize": "total_log1p", "allow_empty_cells": True, "quiet": True}
+    server, endpoint = _moto_server()
+    try:
+        import s3fs
+
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        fs.mkdir("bench")
+        fs.put(str(store), "bench/cells.zarr", recursive=True)
+        fs.put_file(str(h5ad), "bench/cells.h5ad")
+
+        def soma() -> str:
+            import tiledbsoma.io
+
+            uri = str(root / "cells.soma")
+            if not Path(uri).exists():
+                tiledbsoma.io.from_h5ad(uri, str(h5ad), measurement_name="RNA")
+            return uri
+
+        sources = {"h5ad (local)": lambda: str(h5ad), "AnnData Zarr (local)": lambda: str(store),
+                   "TileDB-SOMA experiment (local)": soma,
+                   "collection of 4 h5ad files": lambda: [str(p) for p in parts],
+                   "Zarr on S3 (local moto_server)": lambda: "s3://bench/cells.zarr",
+                   "h5ad on S3 (local moto_server)": lambda: "s3://bench/cells.h5ad"}
+        rates: dict[str, float | str] = {}
+        reference = None
+        for name, make in sources.items():
+            times = []
+            try:
+                for repeat in range(repeats):
+                    out = root / f"out-{len(rates)}-{repeat}"
+                    t0 = time.perf_counter()
+                    result = sctranslator.translate(make(), loaded, proteins, out=out, **options)
+                    times.append(time.perf_counter() - t0)
+                    shutil.rmtree(out, ignore_errors=True)
+            except (ImportError, TypeError, sctranslator.errors.SctranslatorError) as exc:
+                rates[name] = f"n/a ({type(exc).__name__}: {str(exc)[:60]})"
+                continue
+            if isinstance(result, ad.AnnData) and name.startswith("h5ad (local)"):
+                reference = np.asarray(result.X)
+            elif isinstance(result, ad.AnnData) and reference is not None and result.n_obs == n_cells:
+                np.testing.assert_array_equal(np.asarray(result.X), reference)
+            rates[name] = n_cells / statistics.median(times)
+    finally:
+        server.terminate()
+        server.wait()
+    zarr_rate = rates["AnnData Zarr (local)"]
+    print(f"\n| source ({n_cells:,} cells, tiny_a, {repeats} runs, median) | cells/s | time / local Zarr's |")
+    print("| --- | ---: | ---: |")
+    for name, rate in rates.items():
+        if isinstance(rate, str):
+            print(f"| {name} | {rate} | |")
+        else:
+            ratio = f"{zarr_rate / rate:.2f}" if isinstance(zarr_rate, float) else ""
+            print(f"| {name} | {rate:,.0f} | {ratio} |")
+
+
 def _time_blocks(read, n_obs: int, rows: int) -> list[float]:
     times = []
     for start in range(0, n_obs, rows):
@@ -156,7 +263,14 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=5)
     parser.add_argument("--cells", type=int, default=50_000, help="cells for the end-to-end table (0: skip)")
     parser.add_argument("--repeats", type=int, default=3, help="end-to-end repeats")
+    parser.add_argument("--sources-cells", type=int, default=20_000,
+                        help="cells for the table of every source kind (0: skip)")
+    parser.add_argument("--only-sources", action="store_true", help="print only the table of every source kind")
     args = parser.parse_args()
+    if args.only_sources:
+        with tempfile.TemporaryDirectory() as tmp:
+            _sources_table(args.data, Path(tmp), args.sources_cells, args.repeats)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         stores = _stores(args.data, Path(tmp))
         print("| store | cells x genes | rows/block | median s/block plain | median s/block sctranslator | ratio |")
@@ -179,6 +293,8 @@ def main() -> None:
             source.close()
         if args.cells:
             _end_to_end(args.data, Path(tmp), args.cells, args.repeats)
+        if args.sources_cells:
+            _sources_table(args.data, Path(tmp), args.sources_cells, args.repeats)
     print(f"\n{args.passes} passes over every block, anndata {ad.__version__}, scipy {sp_version}, "
           f"zarr {zarr.__version__}, h5py {h5py.__version__}")
 

@@ -80,6 +80,11 @@ class DiskFullError(OutputWriteError):
     """No space left on the device, or the disk quota is exhausted (ENOSPC, EDQUOT)."""
 
 
+class UnsupportedStorageError(StoreError):
+    """A location names a URL scheme that sctranslator cannot read or write (or a read-only one, such as
+    http(s)://, as an output); the message lists the supported ones. Refused before any work."""
+
+
 class BackendError(SctranslatorError):
     """An inference backend could not be created or failed while serving a batch."""
 

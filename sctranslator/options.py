@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 from sctranslator.errors import InputDataError, OptionError, SctranslatorError, StoreError
+from sctranslator.storage import parse_storage_options
 
 # -- choices -------------------------------------------------------------------------------------------
 
@@ -407,6 +408,10 @@ class OutputOptions(OptionGroup):
     wait: bool = option(False, "when another job is writing the same output, wait for it to finish (then the "
                         "output is checked afresh) instead of refusing")
     quiet: bool = option(False, "no progress bar")
+    storage_options: dict[str, Any] | None = option(
+        None, "fsspec options for s3://, gs:// and http(s):// inputs and outputs, as a JSON object (credentials, "
+        "endpoint_url, anon, ...)", metavar="JSON", parse=parse_storage_options,
+        none_means="the standard environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)")
 
 
 @dataclass

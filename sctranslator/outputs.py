@@ -38,6 +38,7 @@ import functools
 import inspect
 import json
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
@@ -47,7 +48,8 @@ from typing import Any, TypeVar
 
 from sctranslator._atomic import remove_leftovers, write_errors
 from sctranslator._lock import OutputLock
-from sctranslator.errors import OutputConflictError, OutputLockedError
+from sctranslator.errors import OutputConflictError, OutputLockedError, StoreError, UnsupportedStorageError
+from sctranslator.storage import RemoteLock, filesystem, is_url, join, remote_error
 
 IDENTITY_FILE = ".sctranslator-output.json"
 IDENTITY_KEY = "sctranslator-output"  # HDF5 root attribute / ONNX metadata key
@@ -149,6 +151,13 @@ def read_identity(path: str | Path) -> dict[str, Any] | None:
     return None
 
 
+# Kinds of output that may live in object storage (s3://, gs://); see `sctranslator.storage`.
+REMOTE_KINDS = ("translate", "translate-writeback")
+# A URL that went through pathlib ("s3://b/k" -> "s3:/b/k"): written as given it would become a local
+# folder named "s3:"; refused like any URL a command cannot write.
+_MANGLED_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:/(?!/)")
+
+
 def _real(path: str | Path) -> Path:
     return Path(path).expanduser().resolve()
 
@@ -168,13 +177,16 @@ def check_not_input(path: str | Path, inputs: Iterable[Any]) -> None:
 
     inputs: paths, or objects with a `source` path (a loaded TranslatorModel); others are ignored.
     """
-    output = _real(path)
+    remote = is_url(path)
+    output = Path(str(path).rstrip("/")) if remote else _real(path)
     for item in inputs:
         if not isinstance(item, (str, Path)):
             item = getattr(item, "source", None)  # a loaded model remembers the file it came from
         if not isinstance(item, (str, Path)) or str(item) in ("", "in-memory"):
             continue  # in-memory data or models have no path to protect
-        relation = _overlap(output, _real(item))
+        if is_url(item) != remote:
+            continue  # a URL and a local path never overlap
+        relation = _overlap(output, Path(str(item).rstrip("/")) if remote else _real(item))
         if relation is not None:
             raise OutputConflictError(
                 f"the output {path} {relation} the input {item}; writing there could destroy the input. "
@@ -188,7 +200,8 @@ def foreign_output_error(path: Path, why: str) -> OutputConflictError:
 
 
 def claim_output(path: str | Path, kind: str, *, inputs: Iterable[Any] = (), overwrite: bool = False,
-                 resumable: bool = False, siblings: Iterable[str | Path] = ()) -> bool:
+                 resumable: bool = False, siblings: Iterable[str | Path] = (),
+                 storage_options: dict[str, Any] | None = None) -> bool:
     """Check that a command may write its output of `kind` at `path`; touches nothing.
 
     inputs: the command's input paths (non-path items, e.g. an in-memory AnnData, are skipped).
@@ -197,11 +210,23 @@ def claim_output(path: str | Path, kind: str, *, inputs: Iterable[Any] = (), ove
         existing output of this kind is allowed without `overwrite` (the job checks the rest).
     siblings: further files the command writes beside `path` (e.g. knockout's CSV tables); they
         belong to the output when it is ours, and must not exist when `path` does not.
+    storage_options: for an object-storage output (s3://, gs://; translate's outputs only), the
+        fsspec options; see `sctranslator.storage`.
     Returns True when an output of ours is there (to resume or replace), False when the path is free.
-    Raises OutputConflictError (a StoreError) in every other case, as the module docstring says.
+    Raises OutputConflictError (a StoreError) in every other case, as the module docstring says;
+    UnsupportedStorageError for a URL this kind of output cannot be written to.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown output kind {kind!r}; one of {sorted(KINDS)}")
+    for target in (path, *siblings):
+        if is_url(target) or _MANGLED_URL.match(str(target)):
+            if kind not in REMOTE_KINDS or not is_url(target):
+                raise UnsupportedStorageError(
+                    f"{target}: {_article(KINDS[kind])} is written to a local path only; object storage (s3://, "
+                    "gs://) is supported for translate's --out, --write-h5ad and --write-mudata. Write it locally "
+                    "and copy it (nothing was written)")
+            return claim_remote_output(str(path), kind, inputs=inputs, overwrite=overwrite, resumable=resumable,
+                                       storage_options=storage_options)
     path = Path(path)
     siblings = [Path(s) for s in siblings]
     for target in (path, *siblings):
@@ -239,7 +264,7 @@ class _Scope:
 _SCOPE: ContextVar[_Scope | None] = ContextVar("sctranslator_output_scope", default=None)
 # Locks this process holds, by output path: a second claim of the same output by the same thread
 # (translate claims its store, then the sink claims it again) reuses the lock.
-_HELD: dict[Path, tuple[OutputLock, int]] = {}
+_HELD: dict[Any, tuple[Any, int]] = {}  # Path (local) or URL str -> (OutputLock or RemoteLock, thread)
 _HELD_GUARD = threading.Lock()
 _AMBIENT = _Scope(wait=False)  # claims made outside any scope: held until the process ends
 
@@ -280,7 +305,7 @@ def _release(locks: list[OutputLock]) -> Exception | None:
     return lost
 
 
-def lock_output(path: str | Path) -> None:
+def lock_output(path: str | Path, storage_options: dict[str, Any] | None = None) -> None:
     """Lock `path` for the current scope (see `writing`); a no-op when this thread holds it already.
 
     Raises OutputLockedError (another live job writes it) or OutputWriteError (the lock file cannot
@@ -291,11 +316,18 @@ def lock_output(path: str | Path) -> None:
         # lock; only rank 0 writes the outputs.
         return
     scope = _SCOPE.get() or _AMBIENT
-    output = Path(os.path.abspath(Path(path).expanduser()))
+    remote = is_url(path)
+    output: Any = str(path).rstrip("/") if remote else Path(os.path.abspath(Path(path).expanduser()))
     with _HELD_GUARD:
         held = _HELD.get(output)
     if held is not None and held[1] == threading.get_ident() and held[0].still_held():
         return
+    if remote:
+        lock: Any = RemoteLock.acquire(output, wait=scope.wait, storage_options=storage_options)
+        with _HELD_GUARD:
+            _HELD[output] = (lock, threading.get_ident())
+        scope.locks.append(lock)
+        return  # an object store has no hidden temporaries: every object is written by one PUT
     with write_errors(output.parent):
         lock = OutputLock.acquire(output, wait=scope.wait)
     with _HELD_GUARD:
@@ -335,3 +367,72 @@ def one_writer(func: F) -> F:
         parameters.insert(at, extra)
         wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
+
+
+# -- outputs in object storage (s3://, gs://) ----------------------------------------------------
+# The same four rules, checked on objects: a store's identity record is the object
+# URL/.sctranslator-output.json, a write-back file's its HDF5 root attribute read through fsspec;
+# the location is locked first (`storage.RemoteLock`). See README, "Object storage".
+
+def exists(fs: Any, path: str) -> bool:
+    """Whether an object, or any object under the prefix `path`, exists (listing caches dropped first)."""
+    fs.invalidate_cache(path)
+    return bool(fs.exists(path))
+
+
+def read_remote_identity(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Our identity record of the object-storage output at `url`, or None when it carries none."""
+    fs, path = filesystem(url, storage_options, what="the output")
+    try:
+        if fs.isfile(path):
+            if not path.endswith(HDF5_SUFFIXES):
+                return None
+            import h5py
+
+            with fs.open(path, "rb") as handle, contextlib.suppress(OSError), h5py.File(handle, "r") as h5:
+                return _decoded(h5.attrs.get(IDENTITY_KEY))
+            return None
+        record = join(path, IDENTITY_FILE)
+        return _decoded(fs.cat_file(record)) if exists(fs, record) else None
+    except FileNotFoundError:
+        return None
+
+
+def claim_remote_output(url: str, kind: str, *, inputs: Iterable[Any] = (), overwrite: bool = False,
+                        resumable: bool = False, storage_options: dict[str, Any] | None = None) -> bool:
+    """`claim_output` for a URL: True when an output of ours is there, False when the location is free."""
+    check_not_input(url, inputs)
+    fs, path = filesystem(url, storage_options, write=True, what="the output")
+    bucket = path.split("/", 1)[0]
+    try:
+        found_bucket = exists(fs, bucket)
+    except Exception as exc:  # noqa: BLE001 - credentials, endpoint: reported as one named error
+        raise remote_error(url, exc, "checking the bucket of") from exc
+    if not found_bucket:
+        raise StoreError(f"the output {url}: the bucket '{bucket}' does not exist (or these credentials cannot see "
+                         "it); create it first, or check AWS_ENDPOINT_URL / --storage-options. Nothing was written")
+    lock_output(url, storage_options)  # before looking: what is seen stays true until the job's scope ends
+    try:
+        present = exists(fs, path)
+    except Exception as exc:  # noqa: BLE001
+        raise remote_error(url, exc, "checking the output") from exc
+    if not present:
+        return False
+    record = read_remote_identity(url, storage_options)
+    if record is None:
+        raise foreign_output_error(url, "exists and carries no sctranslator identity record")  # type: ignore[arg-type]
+    found = str(record.get("kind"))
+    if found != kind:
+        raise OutputConflictError(
+            f"{url} is a sctranslator {KINDS.get(found, found)}, not {_article(KINDS[kind])}; it is left untouched. "
+            "Choose another output path")
+    if not (overwrite or resumable):
+        raise OutputConflictError(
+            f"{url} already holds {_article(KINDS[kind])} from an earlier run. Pass --overwrite (overwrite=True) "
+            "to replace it, or choose another output path")
+    return True
+
+
+def identity_bytes(kind: str) -> bytes:
+    """The identity record object of a store of `kind`."""
+    return json.dumps(identity_record(kind), indent=2, default=str).encode()

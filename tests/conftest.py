@@ -40,3 +40,20 @@ def fixtures_dir() -> Path:
 def data_dir() -> Path:
     """Real paired RNA + protein datasets, cut to a few hundred cells."""
     return data_file(DATASETS)
+
+
+@pytest.fixture(scope="session")
+def s3_server():  # noqa: ANN201 - s3_server.S3Server
+    """A real S3 API server (moto_server) on 127.0.0.1 for this session, with this process's AWS_* pointed at it.
+
+    Subprocesses get the same endpoint through `s3_server.env`. See tests/s3_server.py.
+    """
+    from s3_server import S3Server, restore_environment, set_environment
+
+    server = S3Server.start()
+    previous = set_environment(server)
+    try:
+        yield server
+    finally:
+        restore_environment(previous)
+        server.stop()

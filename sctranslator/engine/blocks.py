@@ -62,13 +62,24 @@ class BlockRunner:
         self.plan = plan
         self.allow_empty_cells = bool(allow_empty_cells)
         self.used_columns = np.asarray(plan.column_slot) >= 0  # columns that land at a model position
+        self.prefetcher: Any = None  # set by engine.prefetch.prefetching for local runs; never pickled
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "prefetcher": None}
 
     def read(self, start: int, stop: int, rows: np.ndarray | None = None) -> CheckedBlock:
         """Read and check input rows [start, stop), or only `rows` (sorted input rows within it).
 
         Raises `BadCellsError` for NaN/Inf/negative values anywhere in the rows read, and for empty
-        cells unless allowed; the source's own errors (`StoreError`, ...) pass through.
+        cells unless allowed; the source's own errors (`StoreError`, ...) pass through. Whole blocks
+        come from the read-ahead thread when one runs (`engine.prefetch`).
         """
+        if self.prefetcher is not None and rows is None:
+            return self.prefetcher.take(start, stop)
+        return self.read_unprefetched(start, stop, rows)
+
+    def read_unprefetched(self, start: int, stop: int, rows: np.ndarray | None = None) -> CheckedBlock:
+        """`read`, always from the source in this thread."""
         data = self.source.read_block(start, stop)
         if rows is not None:
             rows = np.asarray(rows, dtype=np.int64)

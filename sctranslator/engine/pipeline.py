@@ -29,6 +29,7 @@ from sctranslator.engine.backends.base import BackendSpec, Batch
 from sctranslator.engine.backends.registry import backend_capabilities, get_backend
 from sctranslator.engine.blocks import BlockRunner
 from sctranslator.engine.gpus import gpu_cluster, threads_per_gpu
+from sctranslator.engine.prefetch import prefetching
 from sctranslator.engine.sink import ZarrSink
 from sctranslator.engine.sources import Source
 from sctranslator.engine.threads import Parallelism, available_cpus, choose_parallelism, compute_gate
@@ -127,7 +128,7 @@ def run_block(job: BlockJob, index: int, progress: Callable[[int], object] | Non
     committed rows.
     """
     start, stop = job.sink.blocks()[index]
-    if job.sink.ledger.block_file(index).exists():
+    if job.sink.block_done(index):
         if progress is not None:
             progress(stop - start)
         return stop - start, 0, False
@@ -177,7 +178,9 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
             # Local threads share the progress bar, so it advances batch by batch, not block by block.
             tasks = [dask.delayed(run_block, pure=False)(job, index, bar.update, dask_key_name=f"block-{index}")
                      for index in pending]
-            outcomes = list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
+            # The next block is read while the current ones compute (one block ahead: memory stays bounded).
+            with prefetching(job.runner, [blocks[i] for i in pending]):
+                outcomes = list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
     except BadCellsError as error:
         # Blocks run concurrently: re-check the uncommitted blocks below the failed one, in order.
         unchecked = [blocks[i] for i in sink.pending()]

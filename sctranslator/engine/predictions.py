@@ -21,6 +21,7 @@ import zarr
 
 from sctranslator.engine.tables import RENAMED_KEY, restore_names
 from sctranslator.errors import StoreError
+from sctranslator.storage import filesystem, is_url, zarr_store
 
 try:  # anndata >= 0.11
     from anndata.io import read_elem
@@ -47,12 +48,20 @@ class TemporaryStore:
         self._finalizer()
 
 
+def _open_root(path: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """The store's root group: a local directory, or a URL in object storage (`sctranslator.storage`)."""
+    if is_url(path):
+        return zarr.open_group(zarr_store(path, storage_options), mode="r")
+    return zarr.open_group(path, mode="r")
+
+
 class _StoreArray:
     """One array of the store as dask sees it (shape, dtype, slicing), keeping a temporary store alive."""
 
-    def __init__(self, path: str, name: str, owner: TemporaryStore | None = None) -> None:
-        self.path, self.name, self._owner = path, name, owner
-        self._array = zarr.open_group(path, mode="r")[name]
+    def __init__(self, path: str, name: str, owner: TemporaryStore | None = None,
+                 storage_options: dict[str, Any] | None = None) -> None:
+        self.path, self.name, self._owner, self.storage_options = path, name, owner, storage_options
+        self._array = _open_root(path, storage_options)[name]
         self.shape = tuple(int(n) for n in self._array.shape)
         self.dtype = np.dtype(self._array.dtype)
         self.ndim = len(self.shape)
@@ -64,11 +73,12 @@ class _StoreArray:
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # A copy shipped to another process reads the same store but owns nothing: only the
         # process that made a temporary store removes it.
-        return _StoreArray, (self.path, self.name)
+        return _StoreArray, (self.path, self.name, None, self.storage_options)
 
 
-def _lazy(path: str, name: str, owner: TemporaryStore | None) -> da.Array:
-    array = _StoreArray(path, name, owner)
+def _lazy(path: str, name: str, owner: TemporaryStore | None,
+          storage_options: dict[str, Any] | None = None) -> da.Array:
+    array = _StoreArray(path, name, owner, storage_options)
     row_bytes = max(1, int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize)
     rows = max(array.chunk_rows, (_DASK_CHUNK_BYTES // row_bytes) // array.chunk_rows * array.chunk_rows)
     chunks = (min(rows, max(1, array.shape[0])), *array.shape[1:])
@@ -76,10 +86,26 @@ def _lazy(path: str, name: str, owner: TemporaryStore | None) -> da.Array:
                          asarray=True, fancy=False, inline_array=False)
 
 
-def _refuse_unfinished(path: Path, allow_incomplete: bool) -> None:
+def _refuse_unfinished(path: Path | str, allow_incomplete: bool, storage_options: dict[str, Any] | None = None) -> None:
     """StoreError for a translate store whose job record says it is not finished (blocks still NaN)."""
     import json
 
+    if is_url(path):
+        fs, where = filesystem(str(path), storage_options)
+        try:
+            record = json.loads(fs.cat_file(f"{where}/.sctranslator-job/job.json"))
+        except (OSError, ValueError):
+            return
+        if record.get("complete") is False and not allow_incomplete:
+            try:
+                done = len(fs.ls(f"{where}/.sctranslator-job/blocks", detail=False))
+            except FileNotFoundError:
+                done = 0
+            raise StoreError(f"{path} is an unfinished translate output ({done} block(s) written; the rest of X is "
+                             "NaN): re-run the same translate command to finish it (it resumes), or pass "
+                             "allow_incomplete=True to read what is there")
+        return
+    path = Path(path)
     try:
         record = json.loads((path / ".sctranslator-job" / "job.json").read_text())
     except (OSError, ValueError):
@@ -93,7 +119,7 @@ def _refuse_unfinished(path: Path, allow_incomplete: bool) -> None:
 
 
 def open_predictions(path: str | Path, *, owner: TemporaryStore | None = None,
-                     allow_incomplete: bool = False) -> ad.AnnData:
+                     allow_incomplete: bool = False, storage_options: dict[str, Any] | None = None) -> ad.AnnData:
     """The AnnData of a translate output store, with X (and obsm arrays) read lazily.
 
     Parameters
@@ -104,6 +130,8 @@ def open_predictions(path: str | Path, *, owner: TemporaryStore | None = None,
         For a temporary store: the object that removes it; the returned arrays keep it alive.
     allow_incomplete
         Read a store whose translate job did not finish (unwritten blocks are NaN); refused otherwise.
+    storage_options
+        fsspec options for a store in object storage (`path` an s3:// or gs:// URL).
 
     Returns
     -------
@@ -118,17 +146,17 @@ def open_predictions(path: str | Path, *, owner: TemporaryStore | None = None,
         The store cannot be opened, lacks X, obs or var, or is unfinished (without allow_incomplete).
     """
     path = str(path)
-    _refuse_unfinished(Path(path), allow_incomplete)
+    _refuse_unfinished(path, allow_incomplete, storage_options)
     try:
-        root = zarr.open_group(path, mode="r")
+        root = _open_root(path, storage_options)
         obs, var = read_elem(root["obs"]), read_elem(root["var"])
         uns = read_elem(root["uns"]) if "uns" in root else {}
-        x = _lazy(path, "X", owner)
+        x = _lazy(path, "X", owner, storage_options)
         obsm = {}
         if "obsm" in root:
             for key in root["obsm"]:
                 member = root["obsm"][key]
-                obsm[key] = (_lazy(path, f"obsm/{key}", owner) if isinstance(member, zarr.Array)
+                obsm[key] = (_lazy(path, f"obsm/{key}", owner, storage_options) if isinstance(member, zarr.Array)
                              else read_elem(member))
     except (KeyError, OSError, ValueError) as exc:
         raise StoreError(f"{path}: cannot open as a translate output ({type(exc).__name__}: {exc}); "

@@ -66,6 +66,7 @@ class ZarrSink:
         `inputs`: the job's input paths; the store may not be one, lie inside one or contain one.
         `obsm`: the input's obsm arrays to carry into the store (row-sliceable, one row per cell;
         see `Source.obsm_arrays`), copied in row slabs; `X_sctranslator` is ours and never carried.
+        (A store in object storage: `engine.remote_sink.open_sink`.)
         Raises OutputConflictError for a path that is not a translate store of ours (see
         `sctranslator.outputs`), StoreError for one of another job unless `overwrite`.
         """
@@ -88,33 +89,12 @@ class ZarrSink:
     def _create(self, identity: dict[str, Any], obs: pd.DataFrame, var: pd.DataFrame, uns: dict[str, Any],
                 obsm: dict[str, Any]) -> None:
         """Build the whole empty store aside, then rename it over `path` (which the caller may replace)."""
-        obs, renamed = writable_obs(obs)
-        if renamed:
-            uns = {**uns, "sctranslator": {**uns["sctranslator"], RENAMED_KEY: renamed}}
         with staging_dir(self.path) as staging:
-            skeleton = ad.AnnData(obs=obs, var=var, uns=uns)
-            skeleton.strings_to_categoricals()  # what writing does anyway, without anndata's note about it
-            # Built in memory and written out as files at the end: zarr's per-element round trips to
-            # disk made creating the (small) skeleton cost about a second per translate call.
-            files: dict[str, Any] = {}
-            store = zarr.storage.MemoryStore(files)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # anndata's note about the zarr v2 default
-                skeleton.write_zarr(store)
-            root = zarr.open_group(store, mode="a")
-            x = root.create_array("X", shape=(self.n_obs, self.n_outputs), chunks=(self.block_rows, self.n_outputs),
-                                  dtype="float32", fill_value=np.nan)
-            x.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
-            if self.embedding_dim:
-                emb = root["obsm"].create_array(EMBEDDING_KEY, shape=(self.n_obs, self.embedding_dim),
-                                                chunks=(self.block_rows, self.embedding_dim), dtype="float32",
-                                                fill_value=np.nan)
-                emb.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
-            zarr.consolidate_metadata(store)
-            for key, data in files.items():
+            for key, data in skeleton_files(obs, var, uns, self.n_obs, self.n_outputs, self.block_rows,
+                                            self.embedding_dim).items():
                 target = staging / key
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data.to_bytes())
+                target.write_bytes(data)
             carried = {key: array for key, array in obsm.items() if key != EMBEDDING_KEY}
             if carried:
                 _copy_obsm(staging, carried, self.block_rows)
@@ -132,6 +112,10 @@ class ZarrSink:
 
     def pending(self) -> list[int]:
         return self.ledger.pending()
+
+    def block_done(self, index: int) -> bool:
+        """Whether block `index` is committed (a re-run task skips it)."""
+        return self.ledger.block_file(index).exists()
 
     def write_block(self, index: int, predictions: np.ndarray, embeddings: np.ndarray | None = None) -> None:
         start, stop = self.blocks()[index]
@@ -170,12 +154,47 @@ class ZarrSink:
         return open_predictions(self.path, owner=owner)
 
 
-def _copy_obsm(store: Path, arrays: dict[str, Any], block_rows: int) -> None:
+def skeleton_files(obs: pd.DataFrame, var: pd.DataFrame, uns: dict[str, Any], n_obs: int, n_outputs: int,
+                   block_rows: int, embedding_dim: int = 0) -> dict[str, bytes]:
+    """The empty output store as {key: bytes}: obs, var, uns, an unwritten X (NaN fill, one chunk row
+    per block) and obsm['X_sctranslator'] when `embedding_dim`, with consolidated metadata.
+
+    Built in memory: zarr's per-element round trips to disk (or to an object store) made creating
+    the (small) skeleton cost about a second per translate call.
+    """
+    obs, renamed = writable_obs(obs)
+    if renamed:
+        uns = {**uns, "sctranslator": {**uns["sctranslator"], RENAMED_KEY: renamed}}
+    skeleton = ad.AnnData(obs=obs, var=var, uns=uns)
+    skeleton.strings_to_categoricals()  # what writing does anyway, without anndata's note about it
+    files: dict[str, Any] = {}
+    store = zarr.storage.MemoryStore(files)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # anndata's note about the zarr v2 default
+        skeleton.write_zarr(store)
+    root = zarr.open_group(store, mode="a")
+    x = root.create_array("X", shape=(n_obs, n_outputs), chunks=(block_rows, n_outputs), dtype="float32",
+                          fill_value=np.nan)
+    x.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+    if embedding_dim:
+        emb = root["obsm"].create_array(EMBEDDING_KEY, shape=(n_obs, embedding_dim),
+                                        chunks=(block_rows, embedding_dim), dtype="float32", fill_value=np.nan)
+        emb.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+    zarr.consolidate_metadata(store)
+    return {key: data.to_bytes() for key, data in files.items()}
+
+
+def _store_like(store: Any) -> Any:
+    """What zarr opens: a local path as a string, a store object (object storage) as it is."""
+    return str(store) if isinstance(store, str | Path) else store
+
+
+def _copy_obsm(store: Path | Any, arrays: dict[str, Any], block_rows: int) -> None:
     """The input's obsm arrays into the (staged) store's obsm, in row slabs, chunked like X."""
     try:
-        root = zarr.open_group(str(store), mode="r+", use_consolidated=False)
+        root = zarr.open_group(_store_like(store), mode="r+", use_consolidated=False)
     except TypeError:  # zarr 2: consolidated metadata is only used when asked for
-        root = zarr.open_group(str(store), mode="r+")
+        root = zarr.open_group(_store_like(store), mode="r+")
     for key, source in arrays.items():
         shape = tuple(int(n) for n in source.shape)
         dtype = np.dtype(source.dtype)
@@ -184,11 +203,11 @@ def _copy_obsm(store: Path, arrays: dict[str, Any], block_rows: int) -> None:
         rows = slab_rows(shape, dtype.itemsize, max(1, block_rows))
         for start, stop in slabs(shape[0], rows):
             target[start:stop] = np.asarray(source[start:stop], dtype=dtype)
-    zarr.consolidate_metadata(str(store))
+    zarr.consolidate_metadata(_store_like(store))
     log.debug("carried obsm %s into %s", sorted(arrays), store)
 
 
-def _write_uns_entry(path: str | Path, key: str, value: dict[str, Any]) -> None:
+def _write_uns_entry(path: str | Path | Any, key: str, value: dict[str, Any]) -> None:
     """uns['sctranslator'][key] = value in the store, written as anndata writes it (metadata re-consolidated)."""
     try:
         from anndata.io import write_elem
@@ -196,9 +215,9 @@ def _write_uns_entry(path: str | Path, key: str, value: dict[str, Any]) -> None:
         from anndata.experimental import write_elem
 
     try:  # anndata refuses to edit through consolidated metadata; it is rebuilt below
-        root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+        root = zarr.open_group(_store_like(path), mode="r+", use_consolidated=False)
     except TypeError:  # zarr 2: consolidated metadata is only used when asked for
-        root = zarr.open_group(str(path), mode="r+")
+        root = zarr.open_group(_store_like(path), mode="r+")
     record = root["uns"]["sctranslator"]
     clean = {name: (float(v) if isinstance(v, float | np.floating) else v) for name, v in value.items()}
     with warnings.catch_warnings():
@@ -206,4 +225,4 @@ def _write_uns_entry(path: str | Path, key: str, value: dict[str, Any]) -> None:
         # (the identity record, the job ledger), which are not zarr nodes on purpose.
         warnings.simplefilter("ignore", UserWarning)
         write_elem(record, key, clean)
-        zarr.consolidate_metadata(str(path))
+        zarr.consolidate_metadata(_store_like(path))

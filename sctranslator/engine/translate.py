@@ -25,7 +25,9 @@ from sctranslator.engine.gpus import visible_gpus
 from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.pipeline import BlockJob, check_cluster, check_scheduler_address, run_job
 from sctranslator.engine.predictions import TemporaryStore
-from sctranslator.engine.sink import OUTPUT_KIND, ZarrSink
+from sctranslator.engine.remote_sink import open_sink
+from sctranslator.engine.remote_writeback import check_locations, upload_write_back
+from sctranslator.engine.sink import OUTPUT_KIND
 from sctranslator.engine.sources import open_source
 from sctranslator.engine.sources.base import Source, require_unique_cell_names
 from sctranslator.engine.sources.soma import refuse_writeback
@@ -53,6 +55,7 @@ from sctranslator.options import (
 )
 from sctranslator.outputs import claim_output, write_identity, writing
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
+from sctranslator.storage import is_url
 from sctranslator.token_layout import TokenLayout
 
 log = logging.getLogger(__name__)
@@ -118,21 +121,25 @@ def _resolve_model(model: str | Path | TranslatorModel) -> tuple[TranslatorModel
 
 
 def _claim_outputs(out: str | Path | None, write_h5ad: str | Path | None, write_mudata: str | Path | None,
-                   inputs: tuple[Any, ...], overwrite: bool) -> None:
+                   inputs: tuple[Any, ...], overwrite: bool, storage_options: dict[str, Any] | None = None) -> None:
     """Refuse, before anything is read or written, outputs that are inputs or are not ours to replace."""
     named = [Path(p) for p in (out, write_h5ad, write_mudata) if p is not None]
     if len({p.expanduser().resolve() for p in named}) < len(named):
         raise OutputConflictError(f"the outputs {[str(p) for p in named]} name the same path twice; give each "
                                   "its own path")
     if out is not None:
-        claim_output(out, OUTPUT_KIND, inputs=inputs, overwrite=overwrite, resumable=True)
+        claim_output(out, OUTPUT_KIND, inputs=inputs, overwrite=overwrite, resumable=True,
+                     storage_options=storage_options)
     for path in (write_h5ad, write_mudata):
         if path is not None:
-            claim_output(path, WRITEBACK_KIND, inputs=(*inputs, out), overwrite=overwrite)
+            claim_output(path, WRITEBACK_KIND, inputs=(*inputs, out), overwrite=overwrite,
+                         storage_options=storage_options)
 
 
-def _write_back(path: str | Path, write: Callable[[Path], Any], needed: int | None = None) -> None:
-    """Write a write-back file aside, mark it as ours, then rename it into place.
+def _write_back(path: str | Path, write: Callable[[Path], Any], needed: int | None = None,
+                storage_options: dict[str, Any] | None = None) -> None:
+    """Write a write-back file aside, mark it as ours, then rename it into place (or, for a URL,
+    upload it as one object: see `engine.remote_writeback`).
 
     `needed`: the file's estimated size, named in the error when the disk fills up.
     """
@@ -140,6 +147,9 @@ def _write_back(path: str | Path, write: Callable[[Path], Any], needed: int | No
         write(tmp)
         write_identity(tmp, WRITEBACK_KIND)
 
+    if is_url(path):
+        upload_write_back(str(path), write_marked, needed, storage_options)
+        return
     require_space(path, needed)  # HDF5's object copy may crash the process on a full disk
     atomic_write_path(path, write_marked, needed)
 
@@ -178,7 +188,8 @@ def translate(data: str | Path | ad.AnnData | Sequence[Any], model: str | Path |
               cells: Sequence[str] | None = None, obs_query: str | None = None,
               max_cells: int | None = None, key: str | None = None,
               replace_key: bool = False, wait: bool = False, measurement: str | None = None,
-              obs_columns: Sequence[str] | None = None) -> ad.AnnData | list[ad.AnnData] | None:
+              obs_columns: Sequence[str] | None = None,
+              storage_options: dict[str, Any] | None = None) -> ad.AnnData | list[ad.AnnData] | None:
     """Predict protein abundance for every cell of `data` with `model`.
 
     Parameters (the option groups of `sctranslator.options` document each one and its choices):
@@ -193,6 +204,10 @@ def translate(data: str | Path | ad.AnnData | Sequence[Any], model: str | Path |
             raw, else the only one) and `gene_column` its var column (default feature_name).
         obs_columns: only these obs columns go into the output's obs (default all; a SOMA
             experiment's soma_joinid always does).
+        storage_options: fsspec options (credentials, endpoint) for inputs and outputs in object
+            storage: `data`, `out`, `write_h5ad`, `write_mudata` may be s3:// or gs:// URLs (inputs
+            also http(s)://); by default each file system reads its standard environment
+            (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...). See README, "Object storage".
         model: a bundle directory, an official .pt checkpoint (read without executing it), a model
             name (`demo`, or one added by `sctranslator convert --name`) or a TranslatorModel.
         proteins: antibody or gene names to predict (default: the model's protein panel).
@@ -277,16 +292,20 @@ def run_translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorM
     """
     with writing(options.output.wait):
         options.check()
+        output = options.output
+        # URLs: a supported scheme and its extra, before any work; the options every file system then uses.
+        storage = check_locations(data, options.out, output.write_h5ad, output.write_mudata, output.storage_options)
+        options = replace(options, output=replace(output, storage_options=storage))
         check_scheduler_address(options.engine.scheduler)
         backend = resolve_backend(options.engine, options.backend_options, embeddings=options.output.embeddings)
         options = with_absolute_paths(options)  # dask workers resolve paths in their own directories
         target = _inplace_target(data) if options.inplace else None
         inputs = (data, model, options.engine.onnx_path)
         _claim_outputs(options.out, options.output.write_h5ad, options.output.write_mudata, inputs,
-                       options.output.overwrite)
+                       options.output.overwrite, storage)
         scheduler = options.engine.scheduler
         cluster_workers = check_cluster(scheduler) if scheduler else {}  # before any store exists
-        source = open_input(data, options.input)
+        source = open_input(data, options.input, storage)
         try:
             check_write_targets(data, source, options)
             loaded, model_source = _resolve_model(model)
@@ -305,11 +324,11 @@ def with_absolute_paths(options: TranslateOptions) -> TranslateOptions:
     return replace(options, out=_absolute(options.out), engine=engine)
 
 
-def open_input(data: Any, given: InputOptions) -> Source:
+def open_input(data: Any, given: InputOptions, storage_options: dict[str, Any] | None = None) -> Source:
     """The input as a Source, restricted to the selected cells: the one place an input is opened."""
     return select_cells(open_source(data, layer=given.layer, use_raw=given.use_raw, modality=given.modality,
                                     missing_chunks=given.missing_chunks, measurement=given.measurement,
-                                    gene_column=given.gene_column),
+                                    gene_column=given.gene_column, storage_options=storage_options),
                         cells=given.cells, obs_query=given.obs_query, max_cells=given.max_cells)
 
 
@@ -440,11 +459,12 @@ def _run_and_write(data: Any, source: Source, options: TranslateOptions, backend
         owner = TemporaryStore(tempfile.mkdtemp(prefix="sctranslator-"))
         out = Path(owner.path) / "predictions.zarr"
     try:
-        sink = ZarrSink.open(out, identity=identity, obs=source.obs_table(options.input.obs_columns),
-                             var=_output_var(plan), uns=uns,
-                             block_rows=max(1, min(execution.block_cells, source.n_obs or 1)),
-                             overwrite=output.overwrite, inputs=inputs,
-                             embedding_dim=loaded.config.dim if output.embeddings else 0, obsm=source.obsm_arrays())
+        sink = open_sink(out, identity=identity, obs=source.obs_table(options.input.obs_columns),
+                         var=_output_var(plan), uns=uns,
+                         block_rows=max(1, min(execution.block_cells, source.n_obs or 1)),
+                         overwrite=output.overwrite, inputs=inputs,
+                         embedding_dim=loaded.config.dim if output.embeddings else 0, obsm=source.obsm_arrays(),
+                         storage_options=output.storage_options)
         job = BlockJob(source=source, plan=plan, backend=execution.spec, sink=sink, batch_size=execution.batch_size,
                        allow_empty_cells=options.input.allow_empty_cells, embeddings=output.embeddings,
                        auto_batch_size=execution.auto_batch, flop_per_cell=execution.flop,
@@ -473,11 +493,11 @@ def write_outputs(data: Any, source: Source, result: ad.AnnData, options: Transl
     if output.write_h5ad:
         _write_back(output.write_h5ad, lambda tmp: write_h5ad_with_proteins(data, source, result, tmp, key=output.key,
                                                                              modality=modality),
-                    _writeback_bytes(data, source, result))
+                    _writeback_bytes(data, source, result), output.storage_options)
     if output.write_mudata:
         _write_back(output.write_mudata, lambda tmp: write_mudata_with_proteins(data, source, result, tmp,
                                                                                 key=output.key, modality=modality),
-                    _writeback_bytes(data, source, result))
+                    _writeback_bytes(data, source, result), output.storage_options)
 
 
 def _absolute(path: str | Path | None) -> str | Path | None:

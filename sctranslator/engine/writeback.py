@@ -88,6 +88,9 @@ def _input_root(data: Any, source: Source) -> Iterator[Any]:
         return
     if source.path is None:
         raise StoreError("cannot write back: the input has no path")
+    if hasattr(source, "storage_options"):  # in object storage: the source's own (fsspec) root group
+        yield source._root()
+        return
     if Path(source.path).is_dir():
         import zarr
 

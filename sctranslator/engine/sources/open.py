@@ -17,6 +17,7 @@ from sctranslator.engine.sources.modality import pick_modality
 from sctranslator.engine.sources.soma import is_soma_experiment_object, open_soma, soma_uri
 from sctranslator.engine.sources.zarr_store import MISSING_CHUNK_POLICIES, ZarrSource
 from sctranslator.errors import InputDataError, OptionError, StoreError
+from sctranslator.storage import is_url
 
 SUPPORTED = ("an .h5ad file, an .h5mu file (MuData), an AnnData or MuData zarr store directory (zarr format 2 or "
              "3), a TileDB-SOMA experiment (its URI or an open tiledbsoma.Experiment), or an in-memory "
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def open_source(data: Any, *, layer: str | None = None, modality: str | None = None, use_raw: bool = False,
                 missing_chunks: str = "error", measurement: str | None = None,
-                gene_column: str | None = None) -> Source:
+                gene_column: str | None = None, storage_options: dict[str, Any] | None = None) -> Source:
     """Open `data` for streaming its rows (cells).
 
     Parameters
@@ -44,6 +45,7 @@ def open_source(data: Any, *, layer: str | None = None, modality: str | None = N
     measurement, gene_column: for a TileDB-SOMA experiment (a URI, or an open tiledbsoma.Experiment), the
         measurement (None: RNA) and the var column naming the genes (None: feature_name when present);
         `layer` is then the X layer (None: raw when present, else the only one). See `sources.soma`.
+    storage_options: fsspec options for a URL input (s3://, gs://, http(s)://; `engine.sources.remote`).
 
     Raises StoreError for unreadable/damaged inputs and InputDataError for a missing layer, raw or modality.
     """
@@ -55,6 +57,11 @@ def open_source(data: Any, *, layer: str | None = None, modality: str | None = N
         raise OptionError(f"--measurement {measurement!r} chooses the measurement of a TileDB-SOMA experiment; "
                           f"{data if isinstance(data, str | os.PathLike) else 'this input'} is not one "
                           "(for a MuData use --modality)")
+    elif is_url(data):
+        from sctranslator.engine.sources.remote import open_remote
+
+        source = open_remote(str(data), storage_options=storage_options, layer=layer, modality=modality,
+                             use_raw=use_raw, missing_chunks=missing_chunks)
     else:
         source = _open(data, layer=layer, modality=modality, use_raw=use_raw, missing_chunks=missing_chunks)
     if source.n_vars == 0:

@@ -1,0 +1,289 @@
+"""Object storage (S3, Google Cloud Storage, HTTP) for inputs and outputs, through fsspec.
+
+Which locations are accepted, and how:
+
+- ``s3://bucket/key`` (extra ``s3``: s3fs) and ``gs://bucket/key`` / ``gcs://`` (extra ``gcs``:
+  gcsfs): read and write;
+- ``http://`` and ``https://`` (fsspec's HTTP file system, aiohttp): read only;
+- any other ``scheme://`` is refused with `UnsupportedStorageError`, and a location whose extra
+  is not installed with `MissingExtraError`, both before any work (`check_location`).
+
+Credentials and the endpoint come from the standard environment of each file system
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``;
+``GOOGLE_APPLICATION_CREDENTIALS``, ...) or from `storage_options` (``--storage-options JSON``),
+passed to fsspec as given.
+
+Object stores have no rename, so outputs there keep their guarantees another way (README,
+"Object storage"): every object is written by one PUT, which is all-or-nothing; a store's identity
+record is its first object and its job record its last at creation; a block's chunks are written
+before the block's marker object; the one-writer lock is an object created with a conditional put
+(``If-None-Match: *``), which fails when the object exists (`RemoteLock`).
+
+This module imports only `errors`, `_optional` and `_lock` (for the lock record and staleness
+rule), so every layer may use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from pathlib import PurePosixPath
+from typing import Any
+
+from sctranslator._lock import HEARTBEAT_S, POLL_S, TAKEOVER_STALE_S, _record, describe, why_stale
+from sctranslator._optional import import_optional
+from sctranslator.errors import OptionError, OutputLockedError, StoreError, UnsupportedStorageError
+
+log = logging.getLogger(__name__)
+
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+# scheme -> (module, pip extra); writable schemes first
+WRITABLE = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs")}
+READ_ONLY = {"http": ("aiohttp", "http"), "https": ("aiohttp", "http")}
+SUPPORTED_TEXT = "s3:// and gs:// (read and write), http(s):// (read only), or a local path"
+
+
+def scheme_of(location: Any) -> str | None:
+    """The lower-case URL scheme of `location` ('s3', 'gs', ...), or None for a local path or an object."""
+    if not isinstance(location, str | os.PathLike):
+        return None
+    found = _URL.match(os.fspath(location)) if isinstance(os.fspath(location), str) else None
+    return found.group(1).lower() if found else None
+
+
+def is_url(location: Any) -> bool:
+    """True when `location` is a ``scheme://...`` string (object storage or any other URL)."""
+    return scheme_of(location) is not None
+
+
+def check_location(location: Any, *, write: bool = False, what: str = "the input") -> None:
+    """Refuse, before any work, a URL this package cannot serve; a no-op for local paths.
+
+    Raises UnsupportedStorageError for another scheme (or writing to http), MissingExtraError when
+    the scheme's file system package (a pip extra) is not installed.
+    """
+    scheme = scheme_of(location)
+    if scheme is None:
+        return
+    known = {**WRITABLE, **READ_ONLY}
+    if scheme not in known:
+        raise UnsupportedStorageError(
+            f"{what} {location}: the scheme '{scheme}://' is not supported; use {SUPPORTED_TEXT}")
+    if write and scheme not in WRITABLE:
+        raise UnsupportedStorageError(
+            f"{what} {location}: {scheme}:// is read-only here; write to s3://, gs:// or a local path")
+    module, extra = known[scheme]
+    import_optional(module, extra, f"{scheme}:// locations")
+
+
+def parse_storage_options(text: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    """--storage-options JSON -> a dict (passed to fsspec); OptionError for anything but a JSON object."""
+    if text is None or isinstance(text, dict):
+        return text
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise OptionError(f"--storage-options {text!r} is not valid JSON ({exc.msg}); give a JSON object such as "
+                          "'{\"anon\": true}' or "
+                          "'{\"client_kwargs\": {\"endpoint_url\": \"http://host:9000\"}}'") from None
+    if not isinstance(value, dict):
+        raise OptionError(f"--storage-options must be a JSON object ({{...}}), not {type(value).__name__}")
+    return value
+
+
+def filesystem(location: str, storage_options: dict[str, Any] | None = None, *, write: bool = False,
+               what: str = "the input") -> tuple[Any, str]:
+    """(fsspec file system, path inside it) for the URL `location`, after `check_location`."""
+    check_location(location, write=write, what=what)
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(str(location), **(storage_options or {}))
+    except (TypeError, ValueError) as exc:
+        raise OptionError(f"{what} {location}: the storage options were refused ({exc})") from exc
+    return fs, path.rstrip("/")
+
+
+def join(location: str, *parts: str) -> str:
+    """`location`/part/part (URLs always use '/')."""
+    return "/".join([str(location).rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def name_of(location: str) -> str:
+    """The last path element of a URL."""
+    return PurePosixPath(str(location).rstrip("/")).name
+
+
+def zarr_store(location: str, storage_options: dict[str, Any] | None = None, *, read_only: bool = True) -> Any:
+    """zarr's FsspecStore over the URL `location` (asynchronous file systems: s3fs, gcsfs, http)."""
+    check_location(location, write=not read_only)
+    from zarr.storage import FsspecStore
+
+    options = dict(storage_options or {})
+    options.setdefault("asynchronous", True)
+    # fsspec keeps one file system per set of options in each process; its cached listings would show
+    # a store as it was before another call of ours replaced it (--overwrite): list afresh every time.
+    options.setdefault("use_listings_cache", False)
+    try:
+        return FsspecStore.from_url(str(location), storage_options=options, read_only=read_only)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{location}: cannot be opened as a Zarr store ({type(exc).__name__}: {exc})") from exc
+
+
+def remote_error(location: str, exc: BaseException, doing: str) -> StoreError:
+    """One named error for a failed object-storage call (permissions, missing bucket, unreachable endpoint)."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") if scheme_of(location) in ("s3", "s3a") else None
+    where = f" (endpoint {endpoint})" if endpoint else ""
+    return StoreError(f"{doing} {location}{where} failed: {type(exc).__name__}: {exc}. Check the bucket exists, the "
+                      "credentials (environment or --storage-options) and that the endpoint is reachable")
+
+
+# -- one writer per output, on an object store ----------------------------------------------------
+class RemoteLock:
+    """The lock on one object-storage output: the object ``PARENT/.NAME.sctranslator-lock``.
+
+    Created with a conditional put (``If-None-Match: *``: S3, and GCS's ``ifGenerationMatch=0``),
+    so of two jobs exactly one creates it. Its record and staleness rule are those of local locks
+    (`sctranslator._lock`): the holder rewrites it every HEARTBEAT_S seconds, and a lock not rewritten
+    for `stale_after_s()` (or whose same-host PID is gone) is taken over through a second
+    conditionally-created object, ``...sctranslator-lock.takeover``. Same interface as `OutputLock`.
+    """
+
+    def __init__(self, output: str, fs: Any, path: str, record: dict[str, Any]) -> None:
+        self.output = output
+        self.fs = fs
+        self.path = path
+        self.record = record
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat, name=f"lock {name_of(output)}", daemon=True)
+        self._beat.start()
+
+    @staticmethod
+    def lock_location(output: str) -> str:
+        parent, _, name = str(output).rstrip("/").rpartition("/")
+        return f"{parent}/.{name}.sctranslator-lock"
+
+    @classmethod
+    def acquire(cls, output: str, *, wait: bool = False, timeout_s: float | None = None,
+                storage_options: dict[str, Any] | None = None) -> RemoteLock:
+        """Lock `output` for this process (see the class); OutputLockedError while another live job holds it."""
+        url = cls.lock_location(output)
+        fs, path = filesystem(url, storage_options, write=True, what="the output")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        said = False
+        while True:
+            record = _record()
+            if _create(fs, path, record, url):
+                return cls(str(output), fs, path, record)
+            held, mtime = _read(fs, path)
+            if mtime is None:
+                continue  # released meanwhile: try again
+            reason = why_stale(held, mtime)
+            if reason is not None:
+                _take_over(fs, path, held, reason)
+                continue
+            if not wait or (deadline is not None and time.monotonic() > deadline):
+                raise OutputLockedError(
+                    f"{output} is being written by another sctranslator job ({describe(held)}); lock object "
+                    f"{url}. Wait for it with --wait (wait=True), or choose another output. A lock whose job has "
+                    "died is taken over automatically")
+            if not said:
+                log.warning("waiting for %s: it is being written by %s", output, describe(held))
+                said = True
+            time.sleep(POLL_S)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            held, _ = _read(self.fs, self.path)
+            if held is not None and held.get("token") != self.record["token"]:
+                self.lost = describe(held)
+                return
+            if held is not None:
+                # Rewriting refreshes LastModified, the age other hosts judge. Between the read and the
+                # write another job could only take over a lock 120 s without heartbeat, so this is safe
+                # unless this process stalls for that long between the two calls.
+                with contextlib.suppress(Exception):
+                    self.fs.pipe_file(self.path, json.dumps(self.record).encode())
+
+    def still_held(self) -> bool:
+        held, _ = _read(self.fs, self.path)
+        return held is not None and held.get("token") == self.record["token"]
+
+    def release(self) -> None:
+        """Stop the heartbeat and delete the lock object if it is still ours (else OutputLockedError)."""
+        self._stop.set()
+        held, mtime = _read(self.fs, self.path)
+        if held is not None and held.get("token") == self.record["token"]:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(self.path)
+            return
+        if self.lost is None and mtime is None:
+            return
+        raise OutputLockedError(
+            f"the lock on {self.output} was taken over by another job ({self.lost or describe(held)}) while this "
+            "one wrote it; its results may be mixed with that job's. Re-run once that job has finished")
+
+
+def _create(fs: Any, path: str, record: dict[str, Any], url: str) -> bool:
+    """Create the object `path` holding `record` only if it does not exist; False if it does."""
+    try:
+        fs.pipe_file(path, json.dumps(record).encode(), mode="create")
+    except FileExistsError:
+        return False
+    except Exception as exc:  # noqa: BLE001 - every file system reports its own errors
+        if "precondition" in str(exc).lower():
+            return False
+        raise remote_error(url, exc, "creating the lock object") from exc
+    return True
+
+
+def _read(fs: Any, path: str) -> tuple[dict[str, Any] | None, float | None]:
+    """(record, modification time) of a lock object; (None, None) when there is none."""
+    try:
+        fs.invalidate_cache(path)
+        info = fs.info(path)
+        text = fs.cat_file(path)
+    except FileNotFoundError:
+        return None, None
+    modified = info.get("LastModified") or info.get("mtime") or info.get("updated")
+    mtime = modified.timestamp() if hasattr(modified, "timestamp") else time.time()
+    if isinstance(modified, str):
+        import datetime as _dt
+
+        with contextlib.suppress(ValueError):
+            mtime = _dt.datetime.fromisoformat(modified.replace("Z", "+00:00")).timestamp()
+    try:
+        record = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        return None, mtime
+    return (record if isinstance(record, dict) and "token" in record else None), mtime
+
+
+def _take_over(fs: Any, path: str, judged: dict[str, Any] | None, reason: str) -> None:
+    guard = path + ".takeover"
+    try:
+        fs.pipe_file(guard, b"{}", mode="create")
+    except Exception:  # noqa: BLE001 - exists (or a transient failure): retry from the top
+        _, mtime = _read(fs, guard)
+        if mtime is not None and time.time() - mtime > TAKEOVER_STALE_S:
+            with contextlib.suppress(Exception):
+                fs.rm_file(guard)
+        time.sleep(POLL_S / 4)
+        return
+    try:
+        current, mtime = _read(fs, path)
+        same = (current is None and judged is None) or (
+            current is not None and judged is not None and current.get("token") == judged.get("token"))
+        if same and mtime is not None:
+            log.warning("taking over the lock %s: %s (%s)", path, reason, describe(judged))
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm_file(path)
+    finally:
+        with contextlib.suppress(Exception):
+            fs.rm_file(guard)
