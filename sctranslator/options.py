@@ -772,8 +772,8 @@ class KnockoutOptions(JobOptions):
 class AttentionOptions(JobOptions):
     """Everything `interactions` (the attention command) takes besides the data and the model.
 
-    Attributes: proteins, out; the groups engine (block_cells, batch_size), input (as knockout's),
-    analysis (top_k, groupby, as_published, row_block) and output (overwrite, quiet).
+    Attributes: proteins, out, kinds, genes; the groups engine (block_cells, batch_size), input (as
+    knockout's), analysis (top_k, groupby, as_published, row_block) and output (overwrite, quiet).
     """
 
     job: ClassVar[str] = "interactions"
@@ -788,6 +788,8 @@ class AttentionOptions(JobOptions):
     input: InputOptions = field(default_factory=InputOptions)
     analysis: AnalysisOptions = field(default_factory=AnalysisOptions)
     output: OutputOptions = field(default_factory=OutputOptions)
+    kinds: str | Sequence[str] | None = None  # gene-protein, gene-gene, protein-protein (analysis.attention.kinds)
+    genes: Sequence[str] | None = None  # the query genes of gene-gene attention
 
     def check(self) -> None:
         """OptionError for normalize or id_type outside its choices; InputDataError for sizes < 1."""
