@@ -40,6 +40,7 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check sctranslator tests benchmarks scripts
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python benchmarks/bench_kernels.py

@@ -26,7 +26,7 @@ from datafiles import DATASETS  # noqa: E402
 
 import sctranslator  # noqa: E402
 from sctranslator.engine.backends import Batch, TorchBackend  # noqa: E402
-from sctranslator.engine.blocks import BlockRunner  # noqa: E402
+from sctranslator.engine.block_runner import BlockRunner  # noqa: E402
 from sctranslator.engine.sources import open_source  # noqa: E402
 from sctranslator.plan import build_plan  # noqa: E402
 

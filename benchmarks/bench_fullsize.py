@@ -38,8 +38,8 @@ from plain_reference import plain_forward  # noqa: E402
 
 from sctranslator.engine.backends import Batch, TorchBackend  # noqa: E402
 from sctranslator.engine.backends.base import BackendSpec  # noqa: E402
-from sctranslator.engine.backends.registry import create_backend  # noqa: E402
-from sctranslator.engine.blocks import BlockRunner  # noqa: E402
+from sctranslator.engine.backends.selection import create_backend  # noqa: E402
+from sctranslator.engine.block_runner import BlockRunner  # noqa: E402
 from sctranslator.engine.sources import open_source  # noqa: E402
 from sctranslator.errors import BackendError  # noqa: E402
 from sctranslator.model import ModelConfig, TranslatorModel  # noqa: E402

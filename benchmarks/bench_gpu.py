@@ -36,13 +36,13 @@ import torch  # noqa: E402
 
 from sctranslator.engine.backends.base import BackendSpec, Batch  # noqa: E402
 from sctranslator.engine.backends.device_memory import forward_memory  # noqa: E402
-from sctranslator.engine.backends.registry import create_backend  # noqa: E402
+from sctranslator.engine.backends.selection import create_backend  # noqa: E402
 from sctranslator.engine.backends.torch_backend import TorchBackend  # noqa: E402
-from sctranslator.engine.blocks import BlockRunner  # noqa: E402
+from sctranslator.engine.block_runner import BlockRunner  # noqa: E402
 from sctranslator.engine.sources import open_source  # noqa: E402
+from sctranslator.graph.token_layout import TokenLayout  # noqa: E402
 from sctranslator.model import ModelConfig, TranslatorModel  # noqa: E402
 from sctranslator.plan import build_plan  # noqa: E402
-from sctranslator.token_layout import TokenLayout  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "datasets"

@@ -149,7 +149,7 @@ def check_served(server: TritonServer, name: str, prepared: PreparedCells, local
     """Relative error of one request through the served model against in-process onnxruntime."""
     import tritonclient.http as http_client
 
-    from sctranslator.export.contract import INPUTS
+    from sctranslator.graph.contract import INPUTS
 
     inputs = {key: np.ascontiguousarray(value[:cells]) for key, value in prepared.client_inputs().items()}
     client = http_client.InferenceServerClient(server.http_url)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional
 
-from sctranslator.model.blocks import PerformerStack
 from sctranslator.model.network import TranslatorModel
+from sctranslator.model.performer_blocks import PerformerStack
 
 EPS = 1e-4
 

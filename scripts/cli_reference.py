@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from sctranslator.cli import build_parser
+from sctranslator.cli.entry import build_parser
 
 
 def _commands(parser: argparse.ArgumentParser, prefix: str = "sctranslator"):

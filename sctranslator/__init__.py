@@ -6,7 +6,7 @@ command-line tool starts fast.
 
 from __future__ import annotations
 
-from sctranslator._lazy import lazy_getattr
+from sctranslator.util.lazy import lazy_getattr
 
 __version__ = "0.1.0"
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from sctranslator.cli import main
+from sctranslator.cli.entry import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 from sctranslator.errors import InputDataError, OptionError, SctranslatorError, StoreError
-from sctranslator.storage import parse_storage_options
+from sctranslator.util.storage import parse_storage_options
 
 # -- choices -------------------------------------------------------------------------------------------
 
 Normalize = Literal["none", "log1p", "total", "total_log1p"]
 IdType = Literal["auto", "symbol", "entrez", "ensembl", "mouse_symbol", "mouse_ensembl"]
-Backend = Literal["auto", "torch", "onnxruntime", "triton"]
+BackendName = Literal["auto", "torch", "onnxruntime", "triton"]
 Precision = Literal["fp32", "fp16", "bf16"]
 TrainPrecision = Literal["fp32", "bf16"]
 TritonProtocol = Literal["grpc", "http"]
@@ -38,14 +38,14 @@ KnockoutSemantics = Literal["drop", "zero"]
 Decay = Literal["cosine", "linear", "constant"]
 Freezable = Literal["embeddings", "encoder", "translator", "decoder"]
 MissingChunks = Literal["error", "zeros"]
-GeneMapping = Literal["original", "extended"]
+GeneMappingMode = Literal["original", "extended"]
 Preset = Literal["published", "small", "tiny"]
 ServingBackend = Literal["onnxruntime", "tensorrt", "python"]
 InstanceKind = Literal["gpu", "cpu"]
 
 NORMALIZE_MODES: tuple[str, ...] = get_args(Normalize)
 ID_TYPES: tuple[str, ...] = get_args(IdType)  # "auto" first: detect the kind from the identifiers
-BACKENDS: tuple[str, ...] = get_args(Backend)
+BACKENDS: tuple[str, ...] = get_args(BackendName)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 TRAIN_PRECISIONS: tuple[str, ...] = get_args(TrainPrecision)
 TRITON_PROTOCOLS: tuple[str, ...] = get_args(TritonProtocol)
@@ -54,7 +54,7 @@ KNOCKOUT_SEMANTICS: tuple[str, ...] = get_args(KnockoutSemantics)
 DECAYS: tuple[str, ...] = get_args(Decay)
 FREEZABLE: tuple[str, ...] = get_args(Freezable)
 MISSING_CHUNKS: tuple[str, ...] = get_args(MissingChunks)
-GENE_MAPPINGS: tuple[str, ...] = get_args(GeneMapping)
+GENE_MAPPINGS: tuple[str, ...] = get_args(GeneMappingMode)
 PRESETS: tuple[str, ...] = get_args(Preset)
 SERVING_BACKENDS: tuple[str, ...] = get_args(ServingBackend)
 INSTANCE_KINDS: tuple[str, ...] = get_args(InstanceKind)
@@ -313,7 +313,7 @@ class InputOptions(OptionGroup):
     missing_chunks: MissingChunks = option(
         "error", "a chunk of X absent from a Zarr store: error refuses; zeros reads it as zeros (stores written "
         "with write_empty_chunks=False)")
-    gene_mapping: GeneMapping | None = option(
+    gene_mapping: GeneMappingMode | None = option(
         None, "how gene identifiers become model tokens: original = the published scTranslator tables only; "
         "extended = also through the wider identifier tables", none_means="the model's own setting")
     cells: tuple[str, ...] | None = option(None, "only these cells (obs names: A,B or @file), in the input's "
@@ -339,7 +339,7 @@ ANALYSIS_INPUTS = tuple(name for name in TRANSLATE_INPUTS if name not in _SOURCE
 class EngineOptions(OptionGroup):
     """Where and how the model runs (translate; knockout and attention take device and sizes)."""
 
-    backend: Backend = option("auto", "inference backend: auto (the fastest exact path for the device and model; "
+    backend: BackendName = option("auto", "inference backend: auto (the fastest exact path for the device and model; "
                               "the choice and its reason go into the provenance), torch (in process), onnxruntime "
                               "(exported ONNX graphs), triton (a Triton server at --url)")
     device: str = option("cpu", "cpu, cuda or cuda:N")
@@ -469,7 +469,7 @@ class TrainDataOptions(OptionGroup):
         "error", "a chunk of X absent from a Zarr store: error refuses; zeros reads it as zeros")
     gene_column: str | None = option(None, "var column holding the gene identifiers", none_means="the var index")
     id_type: IdType = option("auto", "kind of gene identifier; auto detects it from the identifiers")
-    gene_mapping: GeneMapping | None = option(
+    gene_mapping: GeneMappingMode | None = option(
         None, "how gene identifiers become model tokens (recorded in the bundle): original = the published "
         "scTranslator tables only; extended = also through the wider identifier tables",
         none_means="the --init bundle's, else extended")

@@ -17,9 +17,9 @@ The identity record of an output:
 - an HDF5 file (.h5ad, .h5mu): the same JSON text in the root attribute `sctranslator-output`;
 - an ONNX file: the same JSON text in the model's metadata_props under `sctranslator-output`.
 Records are written into the staged output before it is renamed into place, so an output carries
-its record from the moment it exists (see `sctranslator._atomic`).
+its record from the moment it exists (see `sctranslator.util.atomic`).
 
-One writer per output: `claim_output` first locks the output (`sctranslator._lock`: a hidden
+One writer per output: `claim_output` first locks the output (`sctranslator.util.output_lock`: a hidden
 `.NAME.sctranslator-lock` file beside it), then checks it, so no two jobs can both find a path free
 or both resume the same store. The lock is held until the enclosing `writing()` scope ends (every
 public API function that writes is wrapped by `one_writer`, and the command line wraps each
@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sctranslator._atomic import remove_leftovers, write_errors
-from sctranslator._lock import OutputLock
 from sctranslator.errors import OutputConflictError, OutputLockedError, StoreError, UnsupportedStorageError
-from sctranslator.storage import RemoteLock, filesystem, is_url, join, remote_error
+from sctranslator.util.atomic import remove_leftovers, write_errors
+from sctranslator.util.output_lock import OutputLock
+from sctranslator.util.storage import RemoteLock, filesystem, is_url, join, remote_error
 
 IDENTITY_FILE = ".sctranslator-output.json"
 IDENTITY_KEY = "sctranslator-output"  # HDF5 root attribute / ONNX metadata key
@@ -98,7 +98,7 @@ def write_identity(path: str | Path, kind: str, **extra: Any) -> None:
     Directories get `.sctranslator-output.json`; HDF5 files a root attribute. ONNX files carry
     the record in their metadata: exporters add `{IDENTITY_KEY: identity_json(kind)}` themselves.
     """
-    from sctranslator._atomic import atomic_write_text
+    from sctranslator.util.atomic import atomic_write_text
 
     path = Path(path)
     if path.is_dir():
@@ -151,7 +151,7 @@ def read_identity(path: str | Path) -> dict[str, Any] | None:
     return None
 
 
-# Kinds of output that may live in object storage (s3://, gs://); see `sctranslator.storage`.
+# Kinds of output that may live in object storage (s3://, gs://); see `sctranslator.util.storage`.
 REMOTE_KINDS = ("translate", "translate-writeback")
 # A URL that went through pathlib ("s3://b/k" -> "s3:/b/k"): written as given it would become a local
 # folder named "s3:"; refused like any URL a command cannot write.
@@ -211,7 +211,7 @@ def claim_output(path: str | Path, kind: str, *, inputs: Iterable[Any] = (), ove
     siblings: further files the command writes beside `path` (e.g. knockout's CSV tables); they
         belong to the output when it is ours, and must not exist when `path` does not.
     storage_options: for an object-storage output (s3://, gs://; translate's outputs only), the
-        fsspec options; see `sctranslator.storage`.
+        fsspec options; see `sctranslator.util.storage`.
     Returns True when an output of ours is there (to resume or replace), False when the path is free.
     Raises OutputConflictError (a StoreError) in every other case, as the module docstring says;
     UnsupportedStorageError for a URL this kind of output cannot be written to.

@@ -14,7 +14,7 @@ import sctranslator.engine.backends as backends
 from sctranslator.engine.backends import BACKENDS, BackendSpec, Batch, create_backend
 from sctranslator.engine.backends.base import no_embeddings
 from sctranslator.errors import BackendError, MissingExtraError
-from sctranslator.export.contract import GENES, INPUT_NAMES, INPUTS, OUTPUT, OUTPUT_NAME, PRECISION_NAMES, TENSORS
+from sctranslator.graph.contract import GENES, INPUT_NAMES, INPUTS, OUTPUT, OUTPUT_NAME, PRECISION_NAMES, TENSORS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,9 +29,9 @@ def imports_without(statement: str, forbidden: tuple[str, ...]) -> list[str]:
 
 @pytest.mark.parametrize("statement", [
     "import sctranslator.engine.backends.base",
-    "import sctranslator.engine.backends.registry",
+    "import sctranslator.engine.backends.selection",
     "from sctranslator.engine.backends import BackendSpec, Batch, get_backend, BACKENDS",
-    "import sctranslator.export.contract",
+    "import sctranslator.graph.contract",
 ])
 def test_base_registry_and_contract_do_not_import_torch_or_runtimes(statement: str) -> None:
     assert imports_without(statement, ("torch", "onnx", "onnxruntime", "tritonclient")) == []
@@ -39,13 +39,13 @@ def test_base_registry_and_contract_do_not_import_torch_or_runtimes(statement: s
 
 def test_a_triton_client_does_not_import_torch() -> None:
     pytest.importorskip("tritonclient.grpc", reason="the triton extra is not installed")
-    assert imports_without("import sctranslator.engine.backends.triton", ("torch", "onnx", "onnxruntime")) == []
+    assert imports_without("import sctranslator.engine.backends.triton_backend", ("torch", "onnx", "onnxruntime")) == []
 
 
 def test_lazy_names_resolve_to_their_modules() -> None:
     assert backends.TorchBackend.__module__ == "sctranslator.engine.backends.torch_backend"
     assert backends.OnnxRuntimeBackend.__module__ == "sctranslator.engine.backends.onnxruntime_backend"
-    assert backends.TritonBackend.__module__ == "sctranslator.engine.backends.triton"
+    assert backends.TritonBackend.__module__ == "sctranslator.engine.backends.triton_backend"
     assert backends.onnx_file_for.__module__ == "sctranslator.engine.backends.onnx_cache"
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         backends.nothing  # noqa: B018

@@ -268,7 +268,7 @@ def test_scale_warning_on_evaluate(pbmc, tiny, caplog):
 
 @pytest.mark.parametrize("command", ["translate", "knockout", "attention", "finetune"])
 def test_allow_empty_cells_on_the_command_line(pbmc, tiny, tiny_path, tmp_path, capsys, command):
-    from sctranslator.cli import main
+    from sctranslator.cli.entry import main
 
     rna, protein = pbmc
     silent = with_values(rna[:24].copy(), [5], used_columns(rna, tiny), 0.0)

@@ -15,7 +15,7 @@ import pytest
 from datafiles import PBMC, data_file
 
 from sctranslator import options
-from sctranslator.cli import build_parser, main
+from sctranslator.cli.entry import build_parser, main
 from sctranslator.errors import OptionError
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "sctranslator" / "data" / "demo" / "model"
@@ -162,7 +162,7 @@ def test_presets_need_no_dummy_arguments() -> None:
 
 
 def test_options_import_is_light() -> None:
-    code = ("import sys, sctranslator.options, sctranslator.cli; "
+    code = ("import sys, sctranslator.options, sctranslator.cli.entry; "
             "heavy = [m for m in ('torch', 'anndata', 'numba', 'onnx') if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

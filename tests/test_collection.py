@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import sctranslator
-from sctranslator.cli import main
+from sctranslator.cli.entry import main
 from sctranslator.engine import collection as collection_module
 from sctranslator.engine.backends import registry
 from sctranslator.engine.collection import read_collection, store_names
@@ -223,7 +223,7 @@ def test_killed_collection_resumes_where_it_stopped(real: ad.AnnData, tmp_path: 
     many.obs_names = [f"cell{i}" for i in range(many.n_obs)]
     many.write_h5ad(big)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "sctranslator.cli", "translate", str(small), str(big), "--out", str(out),
+    command = [sys.executable, "-m", "sctranslator.cli.entry", "translate", str(small), str(big), "--out", str(out),
                "--model", str(bundle), *CLI_OPTIONS[:2], "--allow-empty-cells", "--block-cells", "32",
                "--batch-size", "16", "--workers", "1", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

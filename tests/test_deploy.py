@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from datafiles import data_file
 
-from sctranslator.cli import build_parser
+from sctranslator.cli.entry import build_parser
 from sctranslator.export.command import define_export
 from sctranslator.export.triton_server import TRITON_IMAGE
 

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 from datafiles import PBMC, TINY_A, data_file
 
-from sctranslator._atomic import temporary_sibling
 from sctranslator.engine import writeback
+from sctranslator.util.atomic import temporary_sibling
 
 PAGE = 4096
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sctranslator.cli", *args]
+    return [sys.executable, "-m", "sctranslator.cli.entry", *args]
 
 
 def _translate(out: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ import pytest
 
 from sctranslator import translate
 from sctranslator.analysis import evaluate
-from sctranslator.analysis.predictions import cap_names, read_predictions
+from sctranslator.analysis.find_predictions import cap_names, read_predictions
 from sctranslator.errors import InputDataError
 
 DEMO = Path(str(resources.files("sctranslator") / "data" / "demo"))

@@ -25,7 +25,6 @@ from sctranslator.export import (
     validate_onnx,
 )
 from sctranslator.export import onnx as onnx_export
-from sctranslator.export.contract import DECODER, ENCODER
 from sctranslator.export.onnx_format import graph_files
 from sctranslator.export.onnx_validate import (
     BF16_ON_CPU_MESSAGE,
@@ -34,7 +33,8 @@ from sctranslator.export.onnx_validate import (
     onnx_predictions,
     torch_predictions,
 )
-from sctranslator.token_layout import TokenLayout
+from sctranslator.graph.contract import DECODER, ENCODER
+from sctranslator.graph.token_layout import TokenLayout
 
 PANEL = {"protein_ids": [5, 7, 11], "gene_ids": [1, 2, 3]}
 

@@ -16,7 +16,7 @@ import zarr
 from datafiles import PBMC, TINY_A, data_file
 
 import sctranslator
-from sctranslator.cli import main
+from sctranslator.cli.entry import main
 from sctranslator.engine.sources import open_source
 from sctranslator.errors import InputDataError
 

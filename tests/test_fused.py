@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sctranslator.model import fused
-from sctranslator.model.blocks import PerformerBlock
+from sctranslator.model.performer_blocks import PerformerBlock
 
 
 def _block(seed: int = 0) -> PerformerBlock:

@@ -332,7 +332,7 @@ def test_vocab_report_names_the_mapping_and_the_collisions(tmp_path, pbmc):
 
 
 def test_vocab_command_takes_gene_mapping(tmp_path, capsys):
-    from sctranslator.cli import main
+    from sctranslator.cli.entry import main
 
     rna = ad.AnnData(X=sp.csr_matrix((2, 5), dtype=np.float32),
                      var=pd.DataFrame(index=["CD4", "C1ORF162", "CD4-1", "CD4.2", "AC008957.1"]))
@@ -346,7 +346,7 @@ def test_vocab_command_takes_gene_mapping(tmp_path, capsys):
 
 
 def test_cli_takes_gene_mapping(tmp_path, bmmc, fixtures_dir):
-    from sctranslator.cli import main
+    from sctranslator.cli.entry import main
 
     path = tmp_path / "bmmc.h5ad"
     bmmc.write_h5ad(path)

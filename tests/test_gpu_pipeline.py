@@ -326,7 +326,7 @@ def test_cuda_batch_size_from_free_memory_holds_its_memory_model() -> None:
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_cuda_half_precision_keeps_per_protein_pearson(data_dir: Path, precision: str) -> None:
     """--precision fp16 / bf16 against fp32 on CUDA, on real cells with the trained demo model."""
-    from sctranslator.engine.blocks import BlockRunner
+    from sctranslator.engine.block_runner import BlockRunner
     from sctranslator.engine.sources import open_source
     from sctranslator.plan import build_plan
 

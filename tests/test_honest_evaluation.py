@@ -194,7 +194,7 @@ def test_finetune_pairs_cells_by_name_only_when_they_are_the_same_cells(data):
 
 def test_the_demo_model_knows_its_training_cells(tmp_path):
     from sctranslator import translate
-    from sctranslator.demo import demo_root
+    from sctranslator.cli.demo import demo_root
 
     # The first pbmc10k cells of the test data include cells the demo model was trained on.
     rna = ad.read_h5ad(data_file(PBMC / "rna.h5ad"))[:60].copy()
@@ -213,7 +213,7 @@ def test_the_demo_model_knows_its_training_cells(tmp_path):
 
 def test_a_bundle_finetuned_from_the_demo_knows_the_demo_training_cells(tmp_path):
     from sctranslator import translate
-    from sctranslator.demo import demo_root
+    from sctranslator.cli.demo import demo_root
     from sctranslator.model.cells import read_cells
     from sctranslator.train import finetune
 

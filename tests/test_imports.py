@@ -134,8 +134,8 @@ def test_the_graph_sees_function_level_and_lazy_imports() -> None:
     # A function-level import (registry builds backends by module path, but onnx_cache imports the exporter inside
     # its function), and `from sctranslator.export import export_onnx` resolved through export's lazy table.
     assert "sctranslator.export.onnx" in graph["sctranslator.engine.backends.onnx_cache"]
-    assert graph["sctranslator.engine.backends"] == {"sctranslator._lazy"}  # lazy re-exports only
-    assert "sctranslator.export.contract" in graph["sctranslator.engine.backends.base"]
+    assert graph["sctranslator.engine.backends"] == {"sctranslator.util.lazy"}  # lazy re-exports only
+    assert "sctranslator.graph.contract" in graph["sctranslator.engine.backends.base"]
     visitor = Imports("sctranslator.a.b", is_package=False)
     visitor.visit(ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import sctranslator.x\n"
                             "else:\n    import sctranslator.y\ndef f():\n    from . import z\n    from ..c import d\n"))
@@ -151,3 +151,33 @@ def test_cycle_finder_finds_a_cycle() -> None:
 def test_no_import_cycles_in_the_package() -> None:
     found = cycles(import_graph())
     assert found == [], "import cycles: " + "; ".join(" <-> ".join(component) for component in found)
+
+
+# A basename may repeat only where it names the same role in each package that has it.
+SHARED_ROLES = {
+    "__init__.py": "a package",
+    "base.py": "the package's contract (Source for sources, Backend for backends)",
+    "command.py": "the package's command-line definition, registered by cli/entry.py",
+}
+
+
+def test_no_module_name_is_used_for_two_jobs():
+    seen: dict[str, list[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        seen.setdefault(path.name, []).append(str(path.relative_to(PACKAGE)))
+    reused = {name: sorted(paths) for name, paths in seen.items() if len(paths) > 1 and name not in SHARED_ROLES}
+    assert not reused, f"module names used for more than one job: {reused}"
+
+
+def test_no_public_name_is_both_a_type_alias_and_a_class():
+    """`options` holds the Literal aliases; no class elsewhere in the package may share one of their names."""
+    from sctranslator import options
+
+    aliases = {name for name, value in vars(options).items()
+               if getattr(value, "__origin__", None) is not None and not name.startswith("_")}
+    classes = set()
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        classes |= {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+    assert aliases, "options defines no Literal aliases: the check would prove nothing"
+    assert not aliases & classes, f"names both an alias in options.py and a class: {sorted(aliases & classes)}"

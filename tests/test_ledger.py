@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sctranslator._atomic import atomic_write, atomic_write_path, atomic_write_text, install_dir, staging_dir
 from sctranslator.analysis.knockout.store import KnockoutStore, job_dir_for
 from sctranslator.engine.ledger import JOB_FILE, Ledger, block_ranges, read_record
 from sctranslator.errors import OutputConflictError, StoreError
+from sctranslator.util.atomic import atomic_write, atomic_write_path, atomic_write_text, install_dir, staging_dir
 
 IDENTITY = {"model": "m1", "input": {"path": "x.h5ad", "n_obs": 10}}
 

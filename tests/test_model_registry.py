@@ -70,7 +70,7 @@ def test_bad_names_are_refused(bad) -> None:
 def test_convert_by_name_then_models_lists_it(home, capsys) -> None:
     from datafiles import TINY_B
 
-    from sctranslator.cli import main
+    from sctranslator.cli.entry import main
 
     assert main(["convert", str(TINY_B), "--name", "tiny-b"]) == 0
     assert "use it as --model tiny-b" in capsys.readouterr().out

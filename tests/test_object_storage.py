@@ -28,7 +28,7 @@ COMMON = {"normalize": "total_log1p", "allow_empty_cells": True, "quiet": True}
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sctranslator.cli", *args]
+    return [sys.executable, "-m", "sctranslator.cli.entry", *args]
 
 
 def run_cli(args: list[str], env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:  # noqa: ANN003
@@ -118,7 +118,7 @@ def test_foreign_objects_and_held_locks_are_respected(s3_server, local_inputs: d
     # A lock left by a dead process of this host is taken over, and released at the end.
     import socket
 
-    from sctranslator._lock import _boot_id
+    from sctranslator.util.output_lock import _boot_id
 
     fs.pipe_file(lock, json.dumps({"host": socket.gethostname(), "boot_id": _boot_id(), "pid": 2 ** 22 + 7,
                                    "token": "dead"}).encode())
@@ -172,7 +172,7 @@ def test_kill_9_on_s3_then_rerun_completes_identically(s3_server, cells: ad.AnnD
     assert record["complete"] is True
     assert record["last_run"]["blocks_skipped"] == len(committed)
     assert record["last_run"]["blocks_computed"] == n_blocks - len(committed)
-    resumed = sctranslator.engine.predictions.open_predictions(out)
+    resumed = sctranslator.engine.output_reader.open_predictions(out)
     uninterrupted = sctranslator.translate(local, bundle, PROTEINS, out=tmp_path / "clean.zarr", block_cells=30,
                                            batch_size=15, **COMMON)
     assert not np.isnan(np.asarray(resumed.X)).any()
@@ -207,7 +207,8 @@ def test_missing_extra_and_storage_options(s3_server, local_inputs: dict[str, Pa
     bucket = s3_server.bucket("options")
     args = ["translate", str(local_inputs["h5ad"]), "--out", f"{bucket}/p.zarr", "--model", str(TINY_A),
             "--proteins", "CD3", "--normalize", "total_log1p", "--allow-empty-cells", "--quiet"]
-    blocked = "import sys; sys.modules['s3fs'] = None; from sctranslator.cli import main; sys.exit(main(sys.argv[1:]))"
+    blocked = ("import sys; sys.modules['s3fs'] = None; from sctranslator.cli.entry import main; "
+               "sys.exit(main(sys.argv[1:]))")
     done = subprocess.run([sys.executable, "-c", blocked, *args], env={**os.environ, **s3_server.env}, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr

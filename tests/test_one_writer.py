@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 from datafiles import PBMC, TINY_A, data_file
 
-from sctranslator import _lock
-from sctranslator._lock import OutputLock, lock_path, process_start
 from sctranslator.errors import OutputLockedError
 from sctranslator.outputs import claim_output, writing
+from sctranslator.util import output_lock as _lock
+from sctranslator.util.output_lock import OutputLock, lock_path, process_start
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sctranslator.cli", *args]
+    return [sys.executable, "-m", "sctranslator.cli.entry", *args]
 
 
 def _common(model: Path) -> list[str]:
@@ -238,7 +238,7 @@ def test_every_writing_api_function_takes_wait() -> None:
     from sctranslator.analysis.attention import interactions
     from sctranslator.analysis.evaluate import evaluate
     from sctranslator.analysis.knockout import knockout
-    from sctranslator.demo import run_demo
+    from sctranslator.cli.demo import run_demo
     from sctranslator.engine.translate import translate
     from sctranslator.export.onnx import export_onnx
     from sctranslator.export.triton import export_triton
@@ -250,7 +250,7 @@ def test_every_writing_api_function_takes_wait() -> None:
 
 def _holder(output: Path) -> subprocess.Popen:
     """A real process that takes the lock on `output` and then sleeps (until killed)."""
-    code = ("import sys, time; from sctranslator._lock import OutputLock; OutputLock.acquire(sys.argv[1]); "
+    code = ("import sys, time; from sctranslator.util.output_lock import OutputLock; OutputLock.acquire(sys.argv[1]); "
             "print('held', flush=True); time.sleep(600)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(output)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -258,7 +258,7 @@ def _holder(output: Path) -> subprocess.Popen:
 
 
 def test_other_commands_refuse_a_locked_output_and_wait_takes_over_when_its_holder_dies(tmp_path: Path) -> None:
-    from sctranslator.cli import main
+    from sctranslator.cli.entry import main
     from sctranslator.export.onnx import export_onnx
     from sctranslator.model import load_model
 

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from sctranslator._optional import import_optional
 from sctranslator.errors import MissingExtraError
+from sctranslator.util.optional import import_optional
 
 
 def test_missing_module_names_the_extra() -> None:

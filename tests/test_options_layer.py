@@ -16,8 +16,8 @@ import sctranslator
 from sctranslator import cli
 from sctranslator.engine.backends import OnnxRuntimeBackend, TorchBackend, TritonBackend
 from sctranslator.engine.backends.capabilities import BackendCapabilities
-from sctranslator.engine.backends.registry import BACKENDS, all_capabilities, backend_capabilities
-from sctranslator.engine.backends.triton import TritonOptions as TritonClientOptions
+from sctranslator.engine.backends.selection import BACKENDS, all_capabilities, backend_capabilities
+from sctranslator.engine.backends.triton_backend import TritonConnection as TritonClientOptions
 from sctranslator.errors import BackendError, BackendOptionError, InputDataError, OptionError, StoreError
 from sctranslator.options import TranslateOptions
 

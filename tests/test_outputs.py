@@ -20,7 +20,7 @@ import h5py
 import pytest
 
 import sctranslator
-from sctranslator.cli import main
+from sctranslator.cli.entry import main
 from sctranslator.errors import OutputConflictError
 from sctranslator.outputs import IDENTITY_FILE, IDENTITY_KEY, claim_output, read_identity, write_identity
 
@@ -101,7 +101,7 @@ IDS = [c.name for c in COMMANDS]
 @pytest.fixture(autouse=True)
 def demo_copy(world: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """The demo reads a copy of its package data, so a failure here can never damage the package."""
-    import sctranslator.demo as demo_module
+    import sctranslator.cli.demo as demo_module
 
     @contextlib.contextmanager
     def root() -> Iterator[Path]:

@@ -52,7 +52,7 @@ def test_scatter_and_bars_text_fits(n_proteins, tmp_path, monkeypatch) -> None:
 
 
 def test_top_genes_say_when_they_do_not_separate_genes() -> None:
-    from sctranslator.analysis.attention.output import minmax_columns_then_rows, top_genes
+    from sctranslator.analysis.attention.attention_output import minmax_columns_then_rows, top_genes
 
     genes = [f"G{i}" for i in range(6)]
     matrix = pd.DataFrame({"CD4": [6.0, 3.0, 2.0, 1.0, 1.0, 1.0],  # a clear winner

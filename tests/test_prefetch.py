@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from datafiles import PBMC, TINY_A, data_file
 
-from sctranslator.engine.blocks import BlockRunner
+from sctranslator.engine.block_runner import BlockRunner
 from sctranslator.engine.prefetch import prefetching
 from sctranslator.engine.sources import open_source
 from sctranslator.model import load_model

@@ -22,10 +22,10 @@ from tritonclient.grpc import service_pb2
 
 import sctranslator
 from sctranslator import options
-from sctranslator.cli import main
+from sctranslator.cli.entry import main
 from sctranslator.engine.backends import BackendSpec, TritonBackend
-from sctranslator.engine.backends.registry import all_capabilities
-from sctranslator.engine.backends.triton import TritonOptions as TritonBackendOptions
+from sctranslator.engine.backends.selection import all_capabilities
+from sctranslator.engine.backends.triton_backend import TritonConnection as TritonBackendOptions
 from sctranslator.errors import BackendOptionError, ServerError
 
 

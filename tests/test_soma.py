@@ -14,7 +14,7 @@ import tiledbsoma.io as soma_io
 
 import sctranslator
 from sctranslator.analysis.knockout import knockout
-from sctranslator.cli import main
+from sctranslator.cli.entry import main
 from sctranslator.engine.sources import open_source
 from sctranslator.engine.sources.soma import SomaSource
 from sctranslator.engine.sources.subset import select_cells

@@ -674,7 +674,7 @@ def test_mudata_modality_ambiguous_or_absent_is_a_clear_error(tmp_path):
 
 
 def test_translate_cli_missing_chunks_modality_and_raw(tmp_path, capsys):
-    from sctranslator.cli import main
+    from sctranslator.cli.entry import main
 
     model = datafiles.TINY_A
     pbmc = anndata.read_h5ad(_require(PBMC))[:40].copy()

@@ -19,8 +19,8 @@ from sctranslator.engine.backends import Batch, OnnxRuntimeBackend, TorchBackend
 from sctranslator.errors import BackendError
 from sctranslator.export import export_onnx
 from sctranslator.export.onnx_format import graph_files
+from sctranslator.graph.token_layout import TokenLayout
 from sctranslator.model import TranslatorModel
-from sctranslator.token_layout import TokenLayout
 
 PROTEINS = ["CD3", "CD4", "CD8a", "CD14", "CD16", "CD19", "CD45RA", "PD-1", "TIGIT", "CD127", "CD25", "CD56",
             "CD45RO", "CD28", "CD27", "CD11c", "HLA-DR", "CD15", "CD34", "CD86"]  # two windows of P=16

@@ -66,7 +66,7 @@ def test_bad_selections_are_named(adata) -> None:
 
 def test_translate_a_few_cells(adata, tmp_path) -> None:
     from sctranslator import translate
-    from sctranslator.cli import main
+    from sctranslator.cli.entry import main
 
     full = translate(adata[:12].copy(), "demo", workers=1)
     first = translate(RNA, "demo", max_cells=5, workers=1, out=tmp_path / "five.zarr")
@@ -86,7 +86,7 @@ def test_translate_a_few_cells(adata, tmp_path) -> None:
 
 def test_run_statistics_travel_with_the_store_and_unfinished_stores_are_refused(adata, tmp_path) -> None:
     from sctranslator import translate
-    from sctranslator.engine.predictions import open_predictions
+    from sctranslator.engine.output_reader import open_predictions
     from sctranslator.errors import BadCellsError, StoreError
 
     cells = adata[:20].copy()

@@ -7,7 +7,7 @@ from datafiles import PBMC, data_file
 
 from sctranslator.engine.backends.base import BackendSpec, Batch
 from sctranslator.engine.backends.torch_backend import TorchBackend
-from sctranslator.engine.blocks import BlockRunner
+from sctranslator.engine.block_runner import BlockRunner
 from sctranslator.engine.sources import open_source
 from sctranslator.model import load_model
 from sctranslator.plan import build_plan

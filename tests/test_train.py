@@ -237,7 +237,7 @@ def test_finetune_command_line(pair, tmp_path, capsys):
 
 
 def test_packaged_demo_runs_end_to_end(tmp_path):
-    from sctranslator.demo import demo_root, format_table, run_demo
+    from sctranslator.cli.demo import demo_root, format_table, run_demo
 
     with demo_root() as root:  # the package's demo data (made by scripts/train_demo.py) is in the repository
         recorded = json.loads((root / "demo.json").read_text())

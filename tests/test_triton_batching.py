@@ -32,12 +32,12 @@ from triton_server import ROOT, _in_ci, running_server
 
 import sctranslator
 from sctranslator.engine.backends import Batch, OnnxRuntimeBackend
-from sctranslator.export.contract import INPUTS
 from sctranslator.export.onnx import export_onnx
 from sctranslator.export.perf_data import PreparedCells, client_input_data, prepare_cells, write_input_data
 from sctranslator.export.triton import export_triton
 from sctranslator.export.triton_config import ServingSettings
 from sctranslator.export.triton_server import TritonServer
+from sctranslator.graph.contract import INPUTS
 
 pytestmark = pytest.mark.triton
 

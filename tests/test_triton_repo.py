@@ -23,7 +23,6 @@ from sctranslator.errors import CheckpointError, ExportError, OutputConflictErro
 from sctranslator.export import export_onnx, random_inputs, read_onnx_metadata
 from sctranslator.export import serve as serve_module
 from sctranslator.export.command import define_export, define_serve
-from sctranslator.export.contract import DECODER, ENCODER
 from sctranslator.export.onnx_format import graph_files
 from sctranslator.export.onnx_validate import create_graphs, onnx_predictions
 from sctranslator.export.triton import BLS_MODEL_SOURCE, LAYOUT_SOURCE, PYTHON_MODEL_SOURCE, export_triton
@@ -34,6 +33,7 @@ from sctranslator.export.triton_config import (
     graph_config,
     model_parameters,
 )
+from sctranslator.graph.contract import DECODER, ENCODER
 from sctranslator.model import TranslatorModel
 from sctranslator.model.identity import model_fingerprint
 
@@ -336,7 +336,7 @@ def test_python_models_read_the_graph_contract_from_the_written_configs(tiny_a: 
                                                                         tmp_path: Path) -> None:
     """model.py cannot import sctranslator inside Triton: what it reads from config.pbtxt must be the contract."""
     from sctranslator.export import triton_python_model
-    from sctranslator.export.contract import INPUTS, OUTPUT
+    from sctranslator.graph.contract import INPUTS, OUTPUT
 
     export_triton(tiny_a, tmp_path, ServingSettings(name="py", backend="python"), onnx_path=onnx_file)
     for spec in (ENCODER, DECODER):
@@ -460,7 +460,7 @@ def test_decoder_model_batches_requests_and_encoder_model_does_not(served: Any, 
     for response, request in zip(responses, requests, strict=True):
         np.testing.assert_allclose(response.outputs[0].array, graphs.decoder.run(["predictions"], request)[0],
                                    rtol=1e-5, atol=1e-6)
-    from sctranslator.token_layout import TokenLayout
+    from sctranslator.graph.token_layout import TokenLayout
 
     feeds = []
     for real in (5, 9):  # two layouts of different token counts in one execute: never merged

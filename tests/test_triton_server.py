@@ -277,7 +277,7 @@ def test_server_restart_in_the_middle_of_a_job_is_retried(protocol: str, repo: P
         job_options = options(url, protocol, max_in_flight=1, backoff_s=0.1, max_backoff_s=1.0)
         restarter = Restarter(server, out, down_s=3.0)
         restarter.start()
-        with caplog.at_level(logging.WARNING, logger="sctranslator.engine.backends.triton"):
+        with caplog.at_level(logging.WARNING, logger="sctranslator.engine.backends.triton_backend"):
             interrupted = sctranslator.translate(rna_path, tiny_a, PROTEINS, allow_empty_cells=True,
                                                  out=out, backend_options=job_options,
                                                  **settings)
@@ -331,7 +331,7 @@ def serve_process(repo: Path, onnx_path: Path, ports: dict[str, int], log: Path)
     """`sctranslator serve` as a user runs it, in a process of its own (its output in `log`)."""
     flags = [f"--{name.replace('_', '-')}={port}" for name, port in ports.items()]
     with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "sctranslator.cli", "serve", str(data_file(FIXTURES /
+        return subprocess.Popen([sys.executable, "-m", "sctranslator.cli.entry", "serve", str(data_file(FIXTURES /
                                 "tiny_a_official.pt")), "--repo", str(repo), "--onnx", str(onnx_path), *flags],
                                 stdout=out, stderr=subprocess.STDOUT)
 

@@ -537,7 +537,7 @@ def test_vocab_reads_every_input_kind(tmp_path, capsys):
     import anndata as ad
     import mudata
 
-    from sctranslator.cli import main
+    from sctranslator.cli.entry import main
 
     rna = ad.read_h5ad(DATA / "bmmc_cite_neurips2021" / "rna.h5ad")
     prot = ad.read_h5ad(DATA / "bmmc_cite_neurips2021" / "protein.h5ad")

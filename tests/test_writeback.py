@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from memory_probe import gene_symbols, tiny_model
 
 import sctranslator
-from sctranslator.cli import main as cli_main
+from sctranslator.cli.entry import main as cli_main
 from sctranslator.errors import InputDataError, StoreError
 
 N_CELLS, N_GENES = 150, 40

@@ -18,8 +18,8 @@ import scipy.sparse as sp
 from datafiles import PBMC, data_file
 
 import sctranslator
-from sctranslator.cli import main
-from sctranslator.engine.predictions import open_predictions
+from sctranslator.cli.entry import main
+from sctranslator.engine.output_reader import open_predictions
 from sctranslator.errors import KeyConflictError, OptionError
 
 N = 40

@@ -6,12 +6,11 @@ matplotlib nor the heavier analysis modules until they are used.
 
 from __future__ import annotations
 
-from sctranslator._lazy import lazy_getattr
-
 # Bound eagerly, not through __getattr__: importing the submodule `analysis.evaluate` would set the
 # package attribute `evaluate` to the module and shadow a lazily resolved function. The module
 # itself defers its heavy imports, so this costs only numpy.
 from sctranslator.analysis.evaluate import evaluate
+from sctranslator.util.lazy import lazy_getattr
 
 _EXPORTS = {
     "compute_metrics": "sctranslator.analysis.metrics",

@@ -1,7 +1,7 @@
 """The analysis sub-commands: `evaluate`, `knockout` and `attention`.
 
 Each `define_*` fills a sub-command parser from the option groups of `sctranslator.options` and
-returns its handler; `sctranslator.cli` registers them. Heavy modules load inside the handlers.
+returns its handler; `sctranslator.cli.entry` registers them. Heavy modules load inside the handlers.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from sctranslator.analysis.predictions import cap_names  # numpy only: cheap for the CLI
+from sctranslator.analysis.find_predictions import cap_names  # numpy only: cheap for the CLI
 from sctranslator.options import (
     ANALYSIS_INPUTS,
     AnalysisOptions,

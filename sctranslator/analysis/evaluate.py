@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sctranslator._atomic import install_dir, staging_dir
 from sctranslator.errors import InputDataError, StoreError
 from sctranslator.modalities import pick_protein_modality
 from sctranslator.options import TARGET_SCALINGS, TargetScaling, check_choices  # noqa: F401  (re-exported)
 from sctranslator.outputs import claim_output, one_writer, write_identity
+from sctranslator.util.atomic import install_dir, staging_dir
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -102,7 +102,7 @@ def _as_baseline_table(baseline: str | Path | ad.AnnData | np.ndarray, pred: ad.
     import anndata as ad
     import pandas as pd
 
-    from sctranslator.analysis.predictions import read_predictions
+    from sctranslator.analysis.find_predictions import read_predictions
 
     if not isinstance(baseline, np.ndarray):
         found = read_predictions(baseline, truth_names, what="baseline predictions")
@@ -171,8 +171,8 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
         StoreError: an input that cannot be read.
         OutputConflictError: `out` holds something else, or is or overlaps an input.
     """
+    from sctranslator.analysis.find_predictions import read_predictions
     from sctranslator.analysis.matching import match_cells, match_proteins
-    from sctranslator.analysis.predictions import read_predictions
     from sctranslator.engine.input_checks import check_counts_table
     from sctranslator.kernels import scale_targets
 

@@ -32,10 +32,8 @@ from typing import Any
 
 import anndata as ad
 
-from sctranslator._atomic import atomic_write_text, install_dir, remove_path, staging_dir
-from sctranslator._progress import count_done, progress_bar
 from sctranslator.engine.ledger import read_record
-from sctranslator.engine.predictions import open_predictions
+from sctranslator.engine.output_reader import open_predictions
 from sctranslator.engine.sink import JOB_DIR, OUTPUT_KIND
 from sctranslator.engine.sources import open_source
 from sctranslator.engine.threads import Parallelism
@@ -54,6 +52,8 @@ from sctranslator.errors import (
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
 from sctranslator.outputs import claim_output, read_identity, write_identity
+from sctranslator.util.atomic import atomic_write_text, install_dir, remove_path, staging_dir
+from sctranslator.util.progress import count_done, progress_bar
 
 log = logging.getLogger(__name__)
 

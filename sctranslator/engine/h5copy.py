@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from sctranslator.engine.tables import writable_obs, writable_var
+from sctranslator.engine.obs_tables import writable_obs, writable_var
 from sctranslator.errors import StoreError
 
 try:  # anndata >= 0.11

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sctranslator._atomic import atomic_write, atomic_write_text, install_dir, staging_dir
 from sctranslator.errors import StoreError
+from sctranslator.util.atomic import atomic_write, atomic_write_text, install_dir, staging_dir
 
 JOB_FILE = "job.json"
 BLOCKS_DIR = "blocks"

@@ -24,10 +24,9 @@ import dask
 import numpy as np
 from tqdm import tqdm
 
-from sctranslator._progress import count_done, progress_bar
 from sctranslator.engine.backends.base import BackendSpec, Batch
-from sctranslator.engine.backends.registry import backend_capabilities, get_backend
-from sctranslator.engine.blocks import BlockRunner
+from sctranslator.engine.backends.selection import backend_capabilities, get_backend
+from sctranslator.engine.block_runner import BlockRunner
 from sctranslator.engine.gpus import gpu_cluster, threads_per_gpu
 from sctranslator.engine.prefetch import prefetching
 from sctranslator.engine.sink import ZarrSink
@@ -35,6 +34,7 @@ from sctranslator.engine.sources import Source
 from sctranslator.engine.threads import Parallelism, available_cpus, choose_parallelism, compute_gate
 from sctranslator.errors import BadCellsError, ClusterError, OptionError
 from sctranslator.plan import Plan
+from sctranslator.util.progress import count_done, progress_bar
 
 log = logging.getLogger(__name__)
 

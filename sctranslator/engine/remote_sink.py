@@ -31,7 +31,7 @@ import pandas as pd
 import zarr
 
 from sctranslator.engine.ledger import BLOCKS_DIR, JOB_FILE, block_ranges
-from sctranslator.engine.predictions import TemporaryStore, open_predictions
+from sctranslator.engine.output_reader import TemporaryStore, open_predictions
 from sctranslator.engine.sink import (
     EMBEDDING_KEY,
     JOB_DIR,
@@ -43,7 +43,7 @@ from sctranslator.engine.sink import (
 )
 from sctranslator.errors import StoreError
 from sctranslator.outputs import IDENTITY_FILE, claim_output, exists, identity_bytes
-from sctranslator.storage import filesystem, is_url, join, remote_error, zarr_store
+from sctranslator.util.storage import filesystem, is_url, join, remote_error, zarr_store
 
 log = logging.getLogger(__name__)
 

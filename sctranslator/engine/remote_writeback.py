@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sctranslator._atomic import require_space
-from sctranslator.storage import check_location, filesystem, is_url, parse_storage_options, remote_error
+from sctranslator.util.atomic import require_space
+from sctranslator.util.storage import check_location, filesystem, is_url, parse_storage_options, remote_error
 
 
 def check_locations(data: Any, out: Any, write_h5ad: Any, write_mudata: Any,

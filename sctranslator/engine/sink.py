@@ -20,13 +20,13 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from sctranslator._atomic import install_dir, staging_dir, write_errors
 from sctranslator.engine.h5copy import slab_rows, slabs
 from sctranslator.engine.ledger import Ledger, block_ranges, read_record
-from sctranslator.engine.predictions import TemporaryStore, open_predictions
-from sctranslator.engine.tables import RENAMED_KEY, writable_obs
+from sctranslator.engine.obs_tables import RENAMED_KEY, writable_obs
+from sctranslator.engine.output_reader import TemporaryStore, open_predictions
 from sctranslator.errors import StoreError
 from sctranslator.outputs import claim_output, write_identity
+from sctranslator.util.atomic import install_dir, staging_dir, write_errors
 
 log = logging.getLogger(__name__)
 

@@ -15,16 +15,15 @@ import anndata as ad
 import pandas as pd
 
 from sctranslator import __version__
-from sctranslator._atomic import atomic_write_path, require_space
 from sctranslator.engine.backends.base import BackendSpec
 from sctranslator.engine.backends.capabilities import BackendCapabilities
 from sctranslator.engine.backends.onnx_cache import onnx_file_for
-from sctranslator.engine.backends.registry import ChosenBackend, get_backend, resolve_backend
+from sctranslator.engine.backends.selection import ChosenBackend, get_backend, resolve_backend
 from sctranslator.engine.collection import active_collection, is_collection, translate_collection
 from sctranslator.engine.gpus import visible_gpus
 from sctranslator.engine.input_checks import check_expression_scale
+from sctranslator.engine.output_reader import TemporaryStore
 from sctranslator.engine.pipeline import BlockJob, check_cluster, check_scheduler_address, run_job
-from sctranslator.engine.predictions import TemporaryStore
 from sctranslator.engine.remote_sink import open_sink
 from sctranslator.engine.remote_writeback import check_locations, upload_write_back
 from sctranslator.engine.sink import OUTPUT_KIND
@@ -40,11 +39,12 @@ from sctranslator.engine.writeback import (
     write_mudata_with_proteins,
 )
 from sctranslator.errors import InputDataError, OutputConflictError
+from sctranslator.graph.token_layout import TokenLayout
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
 from sctranslator.options import (
-    Backend,
-    GeneMapping,
+    BackendName,
+    GeneMappingMode,
     IdType,
     InputOptions,
     MissingChunks,
@@ -55,8 +55,8 @@ from sctranslator.options import (
 )
 from sctranslator.outputs import claim_output, write_identity, writing
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
-from sctranslator.storage import is_url
-from sctranslator.token_layout import TokenLayout
+from sctranslator.util.atomic import atomic_write_path, require_space
+from sctranslator.util.storage import is_url
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def _writeback_bytes(data: Any, source: Any, result: ad.AnnData) -> int | None:
 
 
 def translate(data: str | Path | ad.AnnData | Sequence[Any], model: str | Path | TranslatorModel,
-              proteins: Sequence[str] | None = None, *, out: str | Path | None = None, backend: Backend = "auto",
+              proteins: Sequence[str] | None = None, *, out: str | Path | None = None, backend: BackendName = "auto",
               device: str = "cpu", batch_size: int | None = None, block_cells: int | None = None,
               workers: int | None = None, scheduler: str | None = None, normalize: Normalize | None = None,
               target_sum: float | None = None, gene_column: str | None = None, id_type: IdType = "auto",
@@ -184,7 +184,7 @@ def translate(data: str | Path | ad.AnnData | Sequence[Any], model: str | Path |
               onnx_path: str | None = None, precision: Precision = "fp32", compile: bool = False,
               backend_options: dict[str, Any] | None = None, write_h5ad: str | Path | None = None,
               write_mudata: str | Path | None = None, embeddings: bool = False, quiet: bool = False,
-              gene_mapping: GeneMapping | None = None, inplace: bool = False,
+              gene_mapping: GeneMappingMode | None = None, inplace: bool = False,
               cells: Sequence[str] | None = None, obs_query: str | None = None,
               max_cells: int | None = None, key: str | None = None,
               replace_key: bool = False, wait: bool = False, measurement: str | None = None,

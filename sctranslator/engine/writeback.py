@@ -39,9 +39,9 @@ from sctranslator.engine.h5copy import (
     write_elem,
     write_frame_columns,
 )
+from sctranslator.engine.obs_tables import RENAMED_KEY, writable_obs, writable_var
 from sctranslator.engine.sink import EMBEDDING_KEY
 from sctranslator.engine.sources import Source, pick_modality
-from sctranslator.engine.tables import RENAMED_KEY, writable_obs, writable_var
 from sctranslator.errors import KeyConflictError, OptionError, StoreError
 
 log = logging.getLogger(__name__)

@@ -6,17 +6,17 @@ for importing torch and onnx until an export actually runs.
 
 from __future__ import annotations
 
-from sctranslator._lazy import lazy_getattr
+from sctranslator.util.lazy import lazy_getattr
 
 _EXPORTS = {
     "ExportReport": "sctranslator.export.onnx",
     "export_onnx": "sctranslator.export.onnx",
-    "INPUT_NAMES": "sctranslator.export.contract",
-    "INPUTS": "sctranslator.export.contract",
-    "OUTPUT": "sctranslator.export.contract",
-    "OUTPUT_NAME": "sctranslator.export.contract",
-    "TENSORS": "sctranslator.export.contract",
-    "TensorSpec": "sctranslator.export.contract",
+    "INPUT_NAMES": "sctranslator.graph.contract",
+    "INPUTS": "sctranslator.graph.contract",
+    "OUTPUT": "sctranslator.graph.contract",
+    "OUTPUT_NAME": "sctranslator.graph.contract",
+    "TENSORS": "sctranslator.graph.contract",
+    "TensorSpec": "sctranslator.graph.contract",
     "PRECISIONS": "sctranslator.export.onnx_format",
     "TOLERANCES": "sctranslator.export.onnx_format",
     "read_onnx_metadata": "sctranslator.export.onnx_format",

@@ -1,7 +1,7 @@
 """Export a TranslatorModel as two self-describing ONNX graphs (fp32, fp16 or bf16 compute; float32 IO).
 
 The encoder + translator graph (the file asked for) and the decoder graph (a file beside it,
-named in the first one's metadata): see model/graphs.py and export/contract.py. ONNX Runtime
+named in the first one's metadata): see model/graphs.py and graph/contract.py. ONNX Runtime
 cannot run one file holding two disjoint graphs without feeding both graphs' inputs on every
 call, so they are two files.
 
@@ -38,9 +38,7 @@ import torch
 from torch import nn
 
 import sctranslator
-from sctranslator._atomic import install_file, write_errors
 from sctranslator.errors import ExportError, ExportValidationError, OutputConflictError
-from sctranslator.export.contract import DECODER, ENCODER, GraphSpec
 from sctranslator.export.onnx_format import (
     FORMAT_VERSION,
     META_CONFIG,
@@ -66,6 +64,7 @@ from sctranslator.export.onnx_validate import (
     torch_predictions,
     validate_onnx,
 )
+from sctranslator.graph.contract import DECODER, ENCODER, GraphSpec
 from sctranslator.model.config import ModelConfig
 from sctranslator.model.graphs import DecoderGraph, EncoderGraph
 from sctranslator.model.identity import model_fingerprint
@@ -78,6 +77,7 @@ from sctranslator.outputs import (
     one_writer,
     read_identity,
 )
+from sctranslator.util.atomic import install_file, write_errors
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def _export_graph(module: nn.Module, spec: GraphSpec, config: ModelConfig,
 
 
 def _check_graph_signature(program: torch.onnx.ONNXProgram, spec: GraphSpec, model: TranslatorModel) -> None:
-    """The graph contract (export/contract.py ENCODER / DECODER): names, dtypes, shapes, dynamic axes named."""
+    """The graph contract (graph/contract.py ENCODER / DECODER): names, dtypes, shapes, dynamic axes named."""
     graph = program.model.graph
     found = [(v.name, v.dtype.name if v.dtype is not None else None,
               [d if isinstance(d, int) else str(d) for d in (v.shape or [])])
@@ -266,7 +266,7 @@ def export_onnx(model: TranslatorModel, path: str | Path, *, precision: str = "f
                 providers: list[str] | None = None, overwrite: bool = False) -> ExportReport:
     """Write `model` as two ONNX graphs, `path` and a decoder beside it, and (by default) check them.
 
-    Graphs (export/contract.py ENCODER, DECODER; model/graphs.py): `path` holds the encoder +
+    Graphs (graph/contract.py ENCODER, DECODER; model/graphs.py): `path` holds the encoder +
     translator over a collapsed token layout -> translated (B, P, dim); the decoder graph, written
     beside it as `decoder_file_name(path)` (model.onnx -> model.decoder.onnx) and named in `path`'s
     metadata, maps translated, protein ids and mask to predictions (B, P). Runtimes run the
@@ -310,7 +310,7 @@ def export_onnx(model: TranslatorModel, path: str | Path, *, precision: str = "f
     external_data = model.n_parameters() * dtype.itemsize > EXTERNAL_DATA_BYTES
     # Write into a private folder next to `path`, then move into place: a failed export never
     # leaves a half-written or unvalidated file where the engine would pick it up.
-    # Named as `sctranslator._atomic` names temporaries, so a run after a kill -9 removes the leftover;
+    # Named as `sctranslator.util.atomic` names temporaries, so a run after a kill -9 removes the leftover;
     # a full or read-only disk is a named error with the size of the graphs as the space needed.
     needed = 2 * model.n_parameters() * dtype.itemsize
     with write_errors(path, needed), tempfile.TemporaryDirectory(

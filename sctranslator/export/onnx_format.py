@@ -1,6 +1,6 @@
 """What an sctranslator ONNX file promises beyond its tensors: precisions, tolerances, metadata keys.
 
-The tensors themselves (names, dtypes, shapes) are the graph contract in export/contract.py.
+The tensors themselves (names, dtypes, shapes) are the graph contract in graph/contract.py.
 Kept apart from the exporter so readers can use it without importing torch's exporter machinery.
 """
 
@@ -14,7 +14,7 @@ import onnx
 import torch
 
 from sctranslator.errors import CheckpointError, ExportError
-from sctranslator.export.contract import DECODER_FILE_KEY, PRECISION_NAMES, REEXPORT_HINT
+from sctranslator.graph.contract import DECODER_FILE_KEY, PRECISION_NAMES, REEXPORT_HINT
 
 # Format 2: two graphs, the encoder + translator (the file the user names, carrying the metadata)
 # and the decoder (a sibling file named in that metadata). Format 1 was one whole-model graph.
@@ -42,7 +42,7 @@ META_FORMAT_VERSION = META_PREFIX + "format_version"
 META_INPUTS = META_PREFIX + "inputs"
 META_OUTPUT = META_PREFIX + "output"
 META_FINGERPRINT = META_PREFIX + "fingerprint"
-META_GRAPH = META_PREFIX + "graph"  # "encoder" or "decoder" (export/contract.py GRAPHS)
+META_GRAPH = META_PREFIX + "graph"  # "encoder" or "decoder" (graph/contract.py GRAPHS)
 META_DECODER_FILE = DECODER_FILE_KEY  # in the encoder file: the decoder's file name beside it
 META_ENCODER_FILE = META_PREFIX + "encoder_file"  # in the decoder file: the encoder's file name beside it
 

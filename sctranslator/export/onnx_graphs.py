@@ -12,15 +12,15 @@ from typing import Any
 import numpy as np
 
 from sctranslator.errors import BackendError
-from sctranslator.export.contract import DECODER, ENCODER, REEXPORT_HINT, GraphSpec
-from sctranslator.token_layout import TokenLayout
+from sctranslator.graph.contract import DECODER, ENCODER, REEXPORT_HINT, GraphSpec
+from sctranslator.graph.token_layout import TokenLayout
 
 _LEGACY_INPUTS = {"values", "gene_ids", "gene_mask", "protein_ids", "protein_mask"}
 
 
 def check_graph(session: Any, spec: GraphSpec, path: str, proteins: int | None = None,
                 dim: int | None = None) -> None:
-    """BackendError unless `session`'s graph has `spec`'s tensors (export/contract.py ENCODER / DECODER).
+    """BackendError unless `session`'s graph has `spec`'s tensors (graph/contract.py ENCODER / DECODER).
 
     Checks names, element types, ranks and the fixed axes P and dim (when given: the model's). Names
     the likely cause: an old single-graph export, or the other graph of the pair.

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sctranslator._optional import import_optional
 from sctranslator.errors import BackendError, ExportError, ExportValidationError
-from sctranslator.export.contract import DECODER, ENCODER, INPUT_NAMES, INPUTS
 from sctranslator.export.onnx_format import META_DECODER_FILE, REEXPORT_HINT, TOLERANCES, check_precision
 from sctranslator.export.onnx_graphs import SplitGraphs, check_graph
+from sctranslator.graph.contract import DECODER, ENCODER, INPUT_NAMES, INPUTS
 from sctranslator.model.config import ModelConfig
 from sctranslator.model.network import TranslatorModel
+from sctranslator.util.optional import import_optional
 
 # Validation runs the graph in onnxruntime: either wheel (CPU or GPU) provides the module.
 ort = import_optional("onnxruntime", "cpu", "validating ONNX exports (or sctranslator[gpu] on CUDA)")
@@ -180,11 +180,11 @@ def torch_predictions(model: TranslatorModel, inputs: dict[str, np.ndarray]) -> 
 
 
 def onnx_predictions(graphs: SplitGraphs, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """The two graphs' predictions (B, W * P) for client-contract inputs (export/contract.py INPUTS).
+    """The two graphs' predictions (B, W * P) for client-contract inputs (graph/contract.py INPUTS).
 
     The token layout is collapsed when every cell shares one gene layout, the full layout otherwise.
     """
-    from sctranslator.token_layout import TokenLayout
+    from sctranslator.graph.token_layout import TokenLayout
 
     layout = TokenLayout.for_batch(inputs["gene_ids"], inputs["gene_mask"], inputs["values"])
     return graphs.predict(layout, inputs["values"], inputs["gene_ids"], inputs["gene_mask"], inputs["protein_ids"],

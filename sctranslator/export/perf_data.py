@@ -51,7 +51,7 @@ def prepare_cells(data: str | Path, model: TranslatorModel, cells: int,
     """The first `cells` cells of the AnnData at `data`, prepared for `model` as `translate` prepares them
     (its gene mapping, normalisation, scaling and protein windows; cells without counts in the model's
     genes are kept)."""
-    from sctranslator.engine.blocks import BlockRunner
+    from sctranslator.engine.block_runner import BlockRunner
     from sctranslator.engine.sources import open_source
     from sctranslator.plan import build_plan
 

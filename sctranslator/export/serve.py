@@ -58,7 +58,7 @@ def has_backend(install: TritonInstall, backend: str) -> bool:
     return (install.backend_dir / directory).is_dir()
 
 
-def choose_backend(requested: str | None, install: TritonInstall | None) -> str:
+def choose_server_backend(requested: str | None, install: TritonInstall | None) -> str:
     if requested:
         return requested
     if install is not None and not has_backend(install, "onnxruntime"):
@@ -89,7 +89,7 @@ def serve(request: ServeRequest, *, echo: Callable[[str], None] = print,
             fails to start, or is not ready in time.
     """
     install = find_tritonserver()
-    backend = choose_backend(request.backend, install)
+    backend = choose_server_backend(request.backend, install)
     ports = {"--http-port": request.http_port, "--grpc-port": request.grpc_port,
              "--metrics-port": request.metrics_port}
     if install is not None:  # before the (slow) export: a busy port or a live server fails at once

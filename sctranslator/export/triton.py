@@ -19,9 +19,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from sctranslator._atomic import install_dir, staging_dir
 from sctranslator.errors import ExportError
-from sctranslator.export.contract import DECODER, ENCODER
 from sctranslator.export.onnx import ExportReport, export_onnx
 from sctranslator.export.onnx_format import graph_files, read_onnx_metadata
 from sctranslator.export.triton_config import (
@@ -36,14 +34,16 @@ from sctranslator.export.triton_config import (
     render_config,
 )
 from sctranslator.export.triton_counts import counts_config, counts_model_name, write_counts_files
+from sctranslator.graph.contract import DECODER, ENCODER
 from sctranslator.model.network import TranslatorModel
 from sctranslator.outputs import claim_output, foreign_output_error, one_writer, read_identity, write_identity
+from sctranslator.util.atomic import install_dir, staging_dir
 
 MODEL_VERSION = "1"
 OUTPUT_KIND = "export-triton"
 PYTHON_MODEL_SOURCE = Path(__file__).with_name("triton_python_model.py")  # one graph in onnxruntime
 BLS_MODEL_SOURCE = Path(__file__).with_name("triton_bls_model.py")  # the client-facing model
-LAYOUT_SOURCE = Path(__file__).resolve().parents[1] / "token_layout.py"
+LAYOUT_SOURCE = Path(__file__).resolve().parents[1] / "graph" / "token_layout.py"
 BLS_HELPERS_FILE = "graph_model.py"  # triton_python_model.py beside the BLS model: its stub-boundary helpers
 
 
@@ -77,7 +77,7 @@ class TritonExport:
 
 def _can_validate(precision: str) -> bool:
     # onnxruntime's CPU provider has no bf16 kernels: a bf16 graph is checked only where CUDA is.
-    from sctranslator._optional import import_optional
+    from sctranslator.util.optional import import_optional
 
     ort = import_optional("onnxruntime", "cpu", "validating ONNX exports (or sctranslator[gpu] on CUDA)")
 

@@ -1,7 +1,7 @@
 """Triton Python-backend BLS model: the client-facing `sctranslator` model over the encoder and decoder models.
 
 `sctranslator export triton` copies this file as `<repo>/<name>/1/model.py`, with
-sctranslator/token_layout.py (numpy only) and triton_python_model.py (as graph_model.py, for its
+sctranslator/graph/token_layout.py (numpy only) and triton_python_model.py (as graph_model.py, for its
 stub-boundary helpers) beside it, because inside Triton the package cannot be imported.
 
 Per request: values (B, L), gene_ids (B, L), gene_mask (B, L), protein_ids (B, k * P),
@@ -13,7 +13,7 @@ back per request. Requests of different layouts form different groups; requests 
 differ in layout run together on the full (uncollapsed) layout.
 
 The names of the two models and of every tensor come from the model configuration Triton hands to
-`initialize` (written by export/triton_config.py from the graph contract, export/contract.py).
+`initialize` (written by export/triton_config.py from the graph contract, graph/contract.py).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _sibling(file_name: str, package_module: str) -> Any:
     return module
 
 
-TokenLayout = _sibling("token_layout.py", "sctranslator.token_layout").TokenLayout
+TokenLayout = _sibling("token_layout.py", "sctranslator.graph.token_layout").TokenLayout
 # The stub-boundary helpers (DLPack in and out, error responses, configuration dtypes) are the
 # graph model's, whose file is copied beside this one as graph_model.py.
 _graph_model = _sibling("graph_model.py", "sctranslator.export.triton_python_model")

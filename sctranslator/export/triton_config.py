@@ -24,7 +24,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from sctranslator.errors import ExportError
-from sctranslator.export.contract import DECODER, ENCODER, GENES, INPUTS, OUTPUT, PRECISION_NAMES, GraphSpec
+from sctranslator.graph.contract import DECODER, ENCODER, GENES, INPUTS, OUTPUT, PRECISION_NAMES, GraphSpec
 from sctranslator.options import INSTANCE_KINDS, SERVING_BACKENDS  # the one list of choices
 
 DEFAULT_MODEL_NAME = "sctranslator"
@@ -138,7 +138,7 @@ def _parameters(config: mc.ModelConfig, parameters: dict[str, str]) -> None:
 
 def client_config(settings: ServingSettings, max_genes: int, max_proteins: int,
                   parameters: dict[str, str]) -> mc.ModelConfig:
-    """The client-facing BLS model `settings.name`: the contract's tensors (export/contract.py INPUTS,
+    """The client-facing BLS model `settings.name`: the contract's tensors (graph/contract.py INPUTS,
     OUTPUT), genes (B, L), proteins (B, k * P) for any k >= 1 (all windows of a cell at once)."""
     settings.check()
     config = mc.ModelConfig(name=settings.name, max_batch_size=settings.max_batch_size, backend="python")
@@ -158,7 +158,7 @@ def client_config(settings: ServingSettings, max_genes: int, max_proteins: int,
 
 def graph_config(settings: ServingSettings, spec: GraphSpec, max_proteins: int, dim: int,
                  parameters: dict[str, str]) -> mc.ModelConfig:
-    """The model serving one graph (ENCODER or DECODER, export/contract.py), named as graph_model_names says."""
+    """The model serving one graph (ENCODER or DECODER, graph/contract.py), named as graph_model_names says."""
     settings.check()
     name = graph_model_names(settings.name)[spec.role]
     config = mc.ModelConfig(name=name)

@@ -81,9 +81,9 @@ class TritonPythonModel:
         with open(os.path.join(here, parameters.get("facts_file", "model_facts.json")), encoding="utf-8") as handle:
             facts = json.load(handle)
         from sctranslator import plan as plan_module
-        from sctranslator.engine.blocks import BlockRunner
+        from sctranslator.engine.block_runner import BlockRunner
         from sctranslator.export import triton_python_model as graph_model
-        from sctranslator.token_layout import TokenLayout
+        from sctranslator.graph.token_layout import TokenLayout
 
         self.plan_module, self.BlockRunner, self.TokenLayout = plan_module, BlockRunner, TokenLayout
         self.to_numpy, self.to_tensor = graph_model.to_numpy, graph_model.to_tensor

@@ -13,7 +13,7 @@ scripts/install_tritonserver.sh sets up, needed for BYTES inputs) the stub's own
 
 The tensor names and dtypes are not written here: they come from the model configuration Triton
 hands to `initialize`, which export/triton_config.py writes from the graph contract
-(export/contract.py ENCODER, DECODER); this file cannot import sctranslator inside Triton. A test checks that
+(graph/contract.py ENCODER, DECODER); this file cannot import sctranslator inside Triton. A test checks that
 what `graph_io` reads from a written configuration equals the contract.
 """
 

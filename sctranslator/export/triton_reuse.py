@@ -12,7 +12,6 @@ import filecmp
 from pathlib import Path
 
 from sctranslator import __version__
-from sctranslator.export.contract import DECODER, ENCODER
 from sctranslator.export.onnx_format import read_onnx_metadata
 from sctranslator.export.triton import (
     BLS_HELPERS_FILE,
@@ -35,6 +34,7 @@ from sctranslator.export.triton_config import (
 )
 from sctranslator.export.triton_counts import MODEL_SOURCE as COUNTS_MODEL_SOURCE
 from sctranslator.export.triton_counts import PACKAGE_DIR, PACKAGE_SOURCE, counts_config, counts_model_name
+from sctranslator.graph.contract import DECODER, ENCODER
 from sctranslator.model.identity import model_fingerprint
 from sctranslator.model.network import TranslatorModel
 from sctranslator.outputs import read_identity

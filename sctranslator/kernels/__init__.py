@@ -9,7 +9,7 @@ imports nothing of ours except `sctranslator.errors`.
 from __future__ import annotations
 
 from sctranslator.kernels.alignment import TRUNCATED, UNMAPPED, Alignment, build_alignment
-from sctranslator.kernels.metrics import pearson_columns, pearson_rows
+from sctranslator.kernels.correlation import pearson_columns, pearson_rows
 from sctranslator.kernels.normalize import NORMALIZE_MODES, NormalizeMode, normalize_block
 from sctranslator.kernels.prepare import prepare_values
 from sctranslator.kernels.scan import BlockScan, scan_block

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sctranslator.kernels._preprocess_numba import normalize_csr_kernel, normalize_dense_kernel
-from sctranslator.kernels.blocks import as_csr_arrays, as_dense_array, is_sparse
+from sctranslator.kernels.coerce import as_csr_arrays, as_dense_array, is_sparse
 from sctranslator.options import NORMALIZE_MODES  # the one list of choices
 from sctranslator.options import Normalize as NormalizeMode
 

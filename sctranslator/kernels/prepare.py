@@ -7,7 +7,7 @@ import scipy.sparse as sp
 
 from sctranslator.kernels._preprocess_numba import scale_align_csr_kernel, scale_align_dense_kernel
 from sctranslator.kernels.alignment import build_alignment, merge_matrix, shares_slots
-from sctranslator.kernels.blocks import as_csr_arrays, as_dense_array, is_sparse, kernel_float_dtype
+from sctranslator.kernels.coerce import as_csr_arrays, as_dense_array, is_sparse, kernel_float_dtype
 from sctranslator.kernels.normalize import NormalizeMode, normalize_flags
 
 

@@ -1,6 +1,6 @@
 """One-pass validation scan of a block: NaN, +/-Inf, negative values and empty cells, with where.
 
-The scan only reports; the engine's block runner (`sctranslator.engine.blocks`) decides what is
+The scan only reports; the engine's block runner (`sctranslator.engine.block_runner`) decides what is
 fatal and raises the named error. Row numbers are local to the block (add the block's offset for
 dataset-wide positions).
 """
@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 from numba import njit, prange
 
-from sctranslator.kernels.blocks import as_csr_arrays, as_dense_array, is_sparse
+from sctranslator.kernels.coerce import as_csr_arrays, as_dense_array, is_sparse
 
 # Per-row result columns.
 _NAN, _INF, _NEG = 0, 1, 2

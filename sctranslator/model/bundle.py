@@ -10,10 +10,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from sctranslator._atomic import atomic_write_path, atomic_write_text
 from sctranslator.errors import CheckpointError
 from sctranslator.model.config import ModelConfig
 from sctranslator.model.network import TranslatorModel
+from sctranslator.util.atomic import atomic_write_path, atomic_write_text
 
 BUNDLE_FORMAT = "sctranslator-bundle"
 BUNDLE_FORMAT_VERSION = 1

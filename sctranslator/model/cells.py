@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sctranslator._atomic import atomic_write_path
 from sctranslator.errors import CheckpointError
+from sctranslator.util.atomic import atomic_write_path
 
 CELLS_FILE = "cells.npz"
 SPLITS = ("train", "val")

@@ -1,6 +1,6 @@
 """An inference-only Performer block that computes FAVOR+ attention in cache-sized token chunks.
 
-Numerically the block of sctranslator.model.blocks (the same formulas, summed in another order);
+Numerically the block of sctranslator.model.performer_blocks (the same formulas, summed in another order);
 it exists for speed. The eager block materialises the (B, H, N, nb) query and key features (about
 140 MB each for a 16k-gene cell), walks them several times, and runs its small per-head products
 (inner width 64) on head-major copies. Here a chunk of tokens goes through every step while its
@@ -37,7 +37,7 @@ from torch.nn import functional
 from sctranslator.model.attention import FEATURE_EPS
 
 if TYPE_CHECKING:
-    from sctranslator.model.blocks import PerformerBlock
+    from sctranslator.model.performer_blocks import PerformerBlock
 
 # Tokens per chunk: 512 tokens x 8 heads x 266 features x 4 bytes = 4.4 MB of features, which
 # stay in cache between the product that makes them, the exponential and the product that uses them.

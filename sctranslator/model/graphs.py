@@ -2,7 +2,7 @@
 
 The encoder and translator do not depend on the proteins, so a runtime computes them once per
 cell and runs only the decoder once per window of P proteins. The encoder side takes a collapsed
-token layout (sctranslator.token_layout): padding computed once, counted by `token_counts`, and
+token layout (sctranslator.graph.token_layout): padding computed once, counted by `token_counts`, and
 the translator's first layer built from the tokens' columns (the last token takes the sum of the
 columns of every position not listed), so padded and unpadded layouts run the same graph.
 

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sctranslator.model.blocks import PerformerStack
 from sctranslator.model.config import ModelConfig
+from sctranslator.model.performer_blocks import PerformerStack
 from sctranslator.model.translator import SequenceTranslator
 
 

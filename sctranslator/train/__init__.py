@@ -5,7 +5,7 @@ Names are resolved lazily, so the command line can import `train.command` withou
 
 from __future__ import annotations
 
-from sctranslator._lazy import lazy_getattr
+from sctranslator.util.lazy import lazy_getattr
 
 _EXPORTS = {
     "DataOptions": "sctranslator.train.api",

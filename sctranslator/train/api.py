@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sctranslator._atomic import install_dir, remove_path, staging_dir
 from sctranslator.errors import InputDataError, OutputConflictError
 from sctranslator.model import ModelConfig, TranslatorModel, load_model, save_model
 from sctranslator.model.cells import ancestor_cells, write_cells
@@ -42,6 +41,7 @@ from sctranslator.train.metrics_log import MetricsLog
 from sctranslator.train.paired import PairedData, load_paired
 from sctranslator.train.presets import preset_config
 from sctranslator.train.split import Split, split_cells
+from sctranslator.util.atomic import install_dir, remove_path, staging_dir
 from sctranslator.vocab.genes import check_gene_mapping
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from sctranslator._atomic import atomic_write
 from sctranslator.errors import CheckpointError
+from sctranslator.util.atomic import atomic_write
 
 STATE_FILE = "state.pt"
 FORMAT = "sctranslator-training-state"

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sctranslator.engine.blocks import BlockRunner
+from sctranslator.engine.block_runner import BlockRunner
 from sctranslator.errors import InputDataError, UnknownProteinError
 from sctranslator.model import TranslatorModel
 from sctranslator.options import TrainDataOptions, TrainOptions

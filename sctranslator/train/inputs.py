@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sctranslator.engine.blocks import BlockRunner
+from sctranslator.engine.block_runner import BlockRunner
 from sctranslator.engine.input_checks import check_counts_table, check_expression_scale
 from sctranslator.errors import InputDataError, UnknownProteinError
 from sctranslator.kernels import scale_targets

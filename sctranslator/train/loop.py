@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from sctranslator._progress import progress_bar
 from sctranslator.errors import InputDataError
 from sctranslator.kernels import pearson_columns
 from sctranslator.model import TranslatorModel
@@ -25,6 +24,7 @@ from sctranslator.train.distributed import Processes, any_process, barrier, gath
 from sctranslator.train.metrics_log import MetricsLog
 from sctranslator.train.schedule import lr_factor
 from sctranslator.train.stream import Batch, TrainStream
+from sctranslator.util.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sctranslator._atomic import write_errors
+from sctranslator.util.atomic import write_errors
 
 CSV_FIELDS = ("step", "epoch", "lr", "train_loss", "val_loss", "val_pearson", "seconds")
 

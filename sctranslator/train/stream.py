@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sctranslator.engine.blocks import BlockRunner
+from sctranslator.engine.block_runner import BlockRunner
 from sctranslator.engine.input_checks import SAMPLE_CELLS, check_counts_table, check_expression_scale
 from sctranslator.kernels import scale_targets
 from sctranslator.train.paired import PairedData

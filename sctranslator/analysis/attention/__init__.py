@@ -19,7 +19,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sctranslator._progress import progress_bar
+from sctranslator.analysis.attention.attention_output import (
+    MIN_RELATIVE_SPREAD,
+    OUTPUT_KIND,
+    interaction_anndata,
+    minmax_columns_then_rows,
+    top_genes,
+    write_interaction_files,
+)
 from sctranslator.analysis.attention.groups import add_by_group, group_codes
 from sctranslator.analysis.attention.kinds import (
     GENE_PROTEIN,
@@ -31,16 +38,8 @@ from sctranslator.analysis.attention.kinds import (
     query_rows,
     write_pair_files,
 )
-from sctranslator.analysis.attention.output import (
-    MIN_RELATIVE_SPREAD,
-    OUTPUT_KIND,
-    interaction_anndata,
-    minmax_columns_then_rows,
-    top_genes,
-    write_interaction_files,
-)
 from sctranslator.analysis.attention.passes import decoder_pass, encoder_pass, gene_to_protein_block, translate_rows
-from sctranslator.engine.blocks import BlockRunner
+from sctranslator.engine.block_runner import BlockRunner
 from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.sources import open_source
 from sctranslator.errors import InputDataError
@@ -48,6 +47,7 @@ from sctranslator.model import TranslatorModel, load_model
 from sctranslator.options import IdType, Normalize, check_choices
 from sctranslator.outputs import claim_output, one_writer
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
+from sctranslator.util.progress import progress_bar
 from sctranslator.vocab import token_symbols
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from sctranslator.model.attention import key_features, query_features
-from sctranslator.model.blocks import PerformerBlock, PerformerStack
+from sctranslator.model.performer_blocks import PerformerBlock, PerformerStack
 
 # (layer index, q' (B, H, N, nb), k' (B, H, N, nb)) -> None; must not modify the tensors.
 LayerCallback = Callable[[int, torch.Tensor, torch.Tensor], None]

@@ -24,21 +24,20 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sctranslator._progress import progress_bar
 from sctranslator.analysis.attention.groups import group_codes, layer_key
-from sctranslator.analysis.knockout.output import (
+from sctranslator.analysis.knockout.gene_columns import KnockoutVariant, default_semantics, knockout_variants
+from sctranslator.analysis.knockout.knockout_output import (
     OUTPUT_KIND,
     check_out_path,
     effects_table,
     output_siblings,
     write_knockout_files,
 )
-from sctranslator.analysis.knockout.plan import KnockoutVariant, default_semantics, knockout_variants
 from sctranslator.analysis.knockout.stats import block_stats, merge_stats, std_from
 from sctranslator.analysis.knockout.store import KnockoutStore
 from sctranslator.engine.backends.base import Batch
 from sctranslator.engine.backends.torch_backend import TorchBackend
-from sctranslator.engine.blocks import BlockRunner
+from sctranslator.engine.block_runner import BlockRunner
 from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.sources import Source, open_source
 from sctranslator.errors import InputDataError
@@ -47,6 +46,7 @@ from sctranslator.model.identity import model_fingerprint
 from sctranslator.options import IdType, KnockoutSemantics, Normalize, check_choices
 from sctranslator.outputs import claim_output, one_writer
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
+from sctranslator.util.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

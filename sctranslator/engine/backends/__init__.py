@@ -11,25 +11,25 @@ neither torch nor onnxruntime nor tritonclient.
 
 from __future__ import annotations
 
-from sctranslator._lazy import lazy_getattr
+from sctranslator.util.lazy import lazy_getattr
 
 _EXPORTS = {
     "Backend": "sctranslator.engine.backends.base",
     "BackendSpec": "sctranslator.engine.backends.base",
     "Batch": "sctranslator.engine.backends.base",
     "BackendCapabilities": "sctranslator.engine.backends.capabilities",
-    "backend_capabilities": "sctranslator.engine.backends.registry",
-    "resolve_backend": "sctranslator.engine.backends.registry",
-    "BACKENDS": "sctranslator.engine.backends.registry",
-    "create_backend": "sctranslator.engine.backends.registry",
-    "get_backend": "sctranslator.engine.backends.registry",
-    "release_backends": "sctranslator.engine.backends.registry",
+    "backend_capabilities": "sctranslator.engine.backends.selection",
+    "resolve_backend": "sctranslator.engine.backends.selection",
+    "BACKENDS": "sctranslator.engine.backends.selection",
+    "create_backend": "sctranslator.engine.backends.selection",
+    "get_backend": "sctranslator.engine.backends.selection",
+    "release_backends": "sctranslator.engine.backends.selection",
     "TorchBackend": "sctranslator.engine.backends.torch_backend",
     "cell_embedding": "sctranslator.engine.backends.torch_backend",
     "OnnxRuntimeBackend": "sctranslator.engine.backends.onnxruntime_backend",
     "onnx_file_for": "sctranslator.engine.backends.onnx_cache",
-    "TritonBackend": "sctranslator.engine.backends.triton",
-    "TritonOptions": "sctranslator.engine.backends.triton",
+    "TritonBackend": "sctranslator.engine.backends.triton_backend",
+    "TritonConnection": "sctranslator.engine.backends.triton_backend",
 }
 
 __all__ = list(_EXPORTS)

@@ -14,7 +14,7 @@ import numpy as np
 
 from sctranslator.engine.backends.capabilities import BackendCapabilities
 from sctranslator.errors import BackendError
-from sctranslator.export.contract import INPUTS, PROTEINS
+from sctranslator.graph.contract import INPUTS, PROTEINS
 
 if TYPE_CHECKING:
     from sctranslator.model import TranslatorModel
@@ -31,7 +31,7 @@ class Batch:
     protein_mask: np.ndarray  # bool (W, P)
 
     def expanded(self, window: int) -> dict[str, np.ndarray]:
-        """The graph's inputs for one protein window (export/contract.py): (B, L) and (B, P) arrays of
+        """The graph's inputs for one protein window (graph/contract.py): (B, L) and (B, P) arrays of
         the contract's dtypes, C-contiguous, as ONNX and Triton models take them."""
         batch, genes = self.values.shape
         proteins = self.protein_ids.shape[1]

@@ -2,8 +2,8 @@
 
 The model counts, per cell, the activation elements that are alive at once at the peak of each
 stage of `TorchBackend`'s forward (encoder input, encoder block, translator, decoder block), read
-off the code in model/blocks.py, model/attention.py and model/translator.py. With N encoder
-tokens (the padding collapse computes n real tokens + 1; sctranslator.token_layout), D = dim,
+off the code in model/performer_blocks.py, model/attention.py and model/translator.py. With N encoder
+tokens (the padding collapse computes n real tokens + 1; sctranslator.graph.token_layout), D = dim,
 I = heads x dim_head, F = random features per head, M = ff_mult x D:
 
 - attention, at its peak (the output division): the block input and its LayerNorm (2 ND), the
@@ -122,7 +122,7 @@ def batch_cells_for_device(model: Any, batch: Any, device: Any, *, collapsed: bo
     collapsed: whether the backend computes the padding once (then N = the layout's tokens, else L).
     precision: the backend's compute precision.
     """
-    from sctranslator.token_layout import TokenLayout
+    from sctranslator.graph.token_layout import TokenLayout
 
     config = model.config
     tokens = TokenLayout.for_layout(batch.gene_ids, batch.gene_mask).tokens if collapsed else config.max_genes

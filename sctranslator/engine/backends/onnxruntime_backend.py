@@ -16,10 +16,10 @@ from sctranslator.engine.backends.base import BackendSpec, Batch, no_embeddings
 from sctranslator.engine.backends.capabilities import BackendCapabilities
 from sctranslator.engine.backends.onnx_cache import onnx_file_for
 from sctranslator.errors import BackendError
-from sctranslator.export.contract import DECODER, DECODER_FILE_KEY, ENCODER, REEXPORT_HINT
 from sctranslator.export.onnx_graphs import SplitGraphs, check_graph
+from sctranslator.graph.contract import DECODER, DECODER_FILE_KEY, ENCODER, REEXPORT_HINT
+from sctranslator.graph.token_layout import TokenLayout
 from sctranslator.options import PRECISIONS
-from sctranslator.token_layout import TokenLayout
 
 if TYPE_CHECKING:
     from sctranslator.model import TranslatorModel
@@ -70,7 +70,7 @@ class OnnxRuntimeBackend:
         an old single-graph export is named as such. `genes`: the model's L, checked against batches.
         `spinning`: False stops idle intra-op threads from spinning (they take the cores from other
         processes; benchmarks/perf_analyzer.py measures both)."""
-        from sctranslator._optional import import_optional
+        from sctranslator.util.optional import import_optional
 
         ort = import_optional("onnxruntime", "cpu", "the onnxruntime backend (or sctranslator[gpu] on CUDA)")
         available = ort.get_available_providers()

@@ -17,7 +17,7 @@ from sctranslator.engine.sources.modality import pick_modality
 from sctranslator.engine.sources.soma import is_soma_experiment_object, open_soma, soma_uri
 from sctranslator.engine.sources.zarr_store import MISSING_CHUNK_POLICIES, ZarrSource
 from sctranslator.errors import InputDataError, OptionError, StoreError
-from sctranslator.storage import is_url
+from sctranslator.util.storage import is_url
 
 SUPPORTED = ("an .h5ad file, an .h5mu file (MuData), an AnnData or MuData zarr store directory (zarr format 2 or "
              "3), a TileDB-SOMA experiment (its URI or an open tiledbsoma.Experiment), or an in-memory "

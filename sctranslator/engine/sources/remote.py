@@ -16,7 +16,7 @@ import h5py
 from sctranslator.engine.sources.hdf5 import _CHUNK_CACHE_BYTES, H5Source
 from sctranslator.engine.sources.zarr_store import ZarrSource
 from sctranslator.errors import StoreError
-from sctranslator.storage import filesystem, join, remote_error, zarr_store
+from sctranslator.util.storage import filesystem, join, remote_error, zarr_store
 
 BLOCK_BYTES = 4 << 20  # bytes per ranged read of a remote HDF5 file
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"

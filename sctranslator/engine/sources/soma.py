@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sctranslator._optional import import_optional
 from sctranslator.engine.sources.base import Block, Source, hash_names
 from sctranslator.errors import InputDataError, OptionError, StoreError
+from sctranslator.util.optional import import_optional
 
 DEFAULT_MEASUREMENT = "RNA"
 # Census keeps raw counts in X['raw']; gene symbols in var['feature_name'], Ensembl IDs in var['feature_id'].

@@ -14,11 +14,11 @@ from importlib import import_module
 from typing import Any
 
 from sctranslator import options
-from sctranslator._optional import import_optional
 from sctranslator.engine.backends.base import Backend, BackendSpec
 from sctranslator.engine.backends.capabilities import BackendCapabilities, check_backend_settings
 from sctranslator.errors import BackendError, MissingExtraError
 from sctranslator.options import EngineOptions
+from sctranslator.util.optional import import_optional
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 _IMPLEMENTATIONS: dict[str, tuple[str, str, tuple[str, str] | None]] = {
     "torch": ("sctranslator.engine.backends.torch_backend", "TorchBackend", None),
     "onnxruntime": ("sctranslator.engine.backends.onnxruntime_backend", "OnnxRuntimeBackend", None),
-    "triton": ("sctranslator.engine.backends.triton", "TritonBackend", ("tritonclient.grpc", "triton")),
+    "triton": ("sctranslator.engine.backends.triton_backend", "TritonBackend", ("tritonclient.grpc", "triton")),
 }
 BACKENDS = options.BACKENDS  # the one list of choices (sctranslator.options)
 AUTO = "auto"  # a choice resolved by choose_backend, not an implementation

@@ -19,7 +19,7 @@ record is its first object and its job record its last at creation; a block's ch
 before the block's marker object; the one-writer lock is an object created with a conditional put
 (``If-None-Match: *``), which fails when the object exists (`RemoteLock`).
 
-This module imports only `errors`, `_optional` and `_lock` (for the lock record and staleness
+This module imports only `errors`, `util.optional` and `util.output_lock` (for the lock record and staleness
 rule), so every layer may use it.
 """
 
@@ -35,9 +35,9 @@ import time
 from pathlib import PurePosixPath
 from typing import Any
 
-from sctranslator._lock import HEARTBEAT_S, POLL_S, TAKEOVER_STALE_S, _record, describe, why_stale
-from sctranslator._optional import import_optional
 from sctranslator.errors import OptionError, OutputLockedError, StoreError, UnsupportedStorageError
+from sctranslator.util.optional import import_optional
+from sctranslator.util.output_lock import HEARTBEAT_S, POLL_S, TAKEOVER_STALE_S, _record, describe, why_stale
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class RemoteLock:
 
     Created with a conditional put (``If-None-Match: *``: S3, and GCS's ``ifGenerationMatch=0``),
     so of two jobs exactly one creates it. Its record and staleness rule are those of local locks
-    (`sctranslator._lock`): the holder rewrites it every HEARTBEAT_S seconds, and a lock not rewritten
+    (`sctranslator.util.output_lock`): the holder rewrites it every HEARTBEAT_S seconds, and a lock not rewritten
     for `stale_after_s()` (or whose same-host PID is gone) is taken over through a second
     conditionally-created object, ``...sctranslator-lock.takeover``. Same interface as `OutputLock`.
     """

@@ -33,13 +33,13 @@ import numpy as np
 from sctranslator.engine.backends.base import BackendSpec, Batch, no_embeddings
 from sctranslator.engine.backends.capabilities import BackendCapabilities
 from sctranslator.errors import ServerError
-from sctranslator.export.contract import GENES, INPUTS, OUTPUT, OUTPUT_NAME, PROTEINS
 from sctranslator.export.triton_config import (
     PARAM_CONFIG,
     PARAM_FINGERPRINT,
     PARAM_MAX_GENES,
     PARAM_MAX_PROTEINS,
 )
+from sctranslator.graph.contract import GENES, INPUTS, OUTPUT, OUTPUT_NAME, PROTEINS
 from sctranslator.options import TRITON_PROTOCOLS
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ _TRANSIENT = ("unavailable", "connection", "connect", "reset", "refused", "broke
 
 
 @dataclass(frozen=True)
-class TritonOptions:
+class TritonConnection:
     url: str
     model_name: str = "sctranslator"
     model_version: str = ""
@@ -69,7 +69,7 @@ class TritonOptions:
     check_fingerprint: bool = True
 
     @classmethod
-    def from_dict(cls, options: dict[str, Any]) -> TritonOptions:
+    def from_dict(cls, options: dict[str, Any]) -> TritonConnection:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
@@ -151,13 +151,13 @@ class TritonBackend:
         embeddings=False,  # the served graph ends at the predictions
         windows_at_once=True,  # when the served model takes a protein axis of any multiple of P (check_model)
         precisions={"cpu": ("fp32",)},  # "cpu": no device here; the server runs its graph on its own devices
-        options=tuple(f.name for f in fields(TritonOptions)), required_options=("url",), remote=True,
+        options=tuple(f.name for f in fields(TritonConnection)), required_options=("url",), remote=True,
         settings_hint="a Triton server runs the graph it was exported with, on the devices its repository names: "
                       "export it with `sctranslator export triton --precision / --kind gpu`, and drop --precision "
                       "and --device here")
     supports_embeddings = capabilities.embeddings
 
-    def __init__(self, options: TritonOptions, expected_genes: int | None = None,
+    def __init__(self, options: TritonConnection, expected_genes: int | None = None,
                  expected_proteins: int | None = None, expected_fingerprint: str | None = None):
         self.options = options
         self._local = threading.local()
@@ -173,7 +173,7 @@ class TritonBackend:
 
     @classmethod
     def from_spec(cls, spec: BackendSpec) -> TritonBackend:
-        options = TritonOptions.from_dict(spec.options)
+        options = TritonConnection.from_dict(spec.options)
         if spec.model is None:
             return cls(options)
         from sctranslator.model.identity import model_fingerprint
@@ -301,7 +301,7 @@ class TritonBackend:
         tensors = {t["name"]: t for t in [*metadata.get("inputs", []), *metadata.get("outputs", [])]}
         problems = []
         widths: dict[str, dict[str, int]] = {GENES: {}, PROTEINS: {}}  # axis -> tensor -> served width
-        for spec in (*INPUTS, OUTPUT):  # the graph contract, export/contract.py
+        for spec in (*INPUTS, OUTPUT):  # the graph contract, graph/contract.py
             tensor = tensors.get(spec.name)
             if tensor is None:
                 problems.append(f"no tensor {spec.name!r}")

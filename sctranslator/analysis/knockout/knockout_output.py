@@ -9,11 +9,11 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from sctranslator._atomic import atomic_write_path, install_dir, staging_dir
 from sctranslator.analysis.plots import save_heatmap
-from sctranslator.engine.tables import RENAMED_KEY, writable_obs
+from sctranslator.engine.obs_tables import RENAMED_KEY, writable_obs
 from sctranslator.errors import InputDataError
 from sctranslator.outputs import write_identity
+from sctranslator.util.atomic import atomic_write_path, install_dir, staging_dir
 
 OUTPUT_KIND = "knockout"
 

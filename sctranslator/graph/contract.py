@@ -14,7 +14,7 @@ several windows at once, a protein axis of any multiple of P):
     predictions   float32  FLOAT   FP32    (B, P)  output, float32 for every compute precision
 
 An export writes two graphs behind that contract (ENCODER, DECODER below; see model/graphs.py):
-the encoder + translator over a collapsed token layout of N tokens (sctranslator.token_layout),
+the encoder + translator over a collapsed token layout of N tokens (sctranslator.graph.token_layout),
 run once per cell, and the decoder, run once per protein window on the encoder's translation:
 
     encoder  values (B, N) f32, gene_ids (B, N) i64, gene_mask (B, N) bool, token_counts (N,) f32,

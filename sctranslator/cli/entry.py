@@ -60,10 +60,10 @@ def _convert(parser: argparse.ArgumentParser) -> Handler:
                         help="replace an earlier converted bundle at the output (nothing else; default: off)")
 
     def run(args: argparse.Namespace) -> int:
-        from sctranslator._atomic import install_dir, staging_dir
         from sctranslator.model import load_model, save_model
         from sctranslator.model.registry import BUNDLED, check_model_name, model_home
         from sctranslator.outputs import claim_output, write_identity
+        from sctranslator.util.atomic import install_dir, staging_dir
 
         if (args.bundle is None) == (args.name is None):
             raise SctranslatorError("say where the bundle goes: a BUNDLE directory or --name NAME (one of them)")
@@ -267,7 +267,7 @@ def define_demo(parser: argparse.ArgumentParser) -> Handler:
                         "warnings (default: off)")
 
     def run(args: argparse.Namespace) -> int:
-        from sctranslator.demo import format_table, run_demo
+        from sctranslator.cli.demo import format_table, run_demo
 
         report = run_demo(args.out, workers=args.workers, overwrite=args.overwrite, quiet=args.quiet)
         print(format_table(report))
@@ -295,7 +295,7 @@ _EXTERNAL_COMMANDS = [
     ("finetune", "train or fine-tune a model on paired RNA + protein data into a bundle",
      "sctranslator.train.command", "define_finetune"),
     ("demo", "translate the bundled 500 held-out PBMCs and compare with the measured protein and a baseline",
-     "sctranslator.cli", "define_demo"),
+     "sctranslator.cli.entry", "define_demo"),
 ]
 
 

@@ -19,10 +19,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from sctranslator._atomic import install_dir, staging_dir
 from sctranslator.errors import StoreError
 from sctranslator.kernels import scale_targets
 from sctranslator.outputs import claim_output, one_writer, write_identity
+from sctranslator.util.atomic import install_dir, staging_dir
 
 DEMO_FILES = ("rna.h5ad", "protein.h5ad", "baseline.npz", "demo.json")
 MODEL_DIR = "model"

@@ -9,10 +9,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from sctranslator._atomic import install_dir, staging_dir
 from sctranslator.analysis.attention.groups import layer_key
 from sctranslator.analysis.plots import save_heatmap
 from sctranslator.outputs import write_identity
+from sctranslator.util.atomic import install_dir, staging_dir
 
 OUTPUT_KIND = "attention"
 

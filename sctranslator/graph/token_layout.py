@@ -57,7 +57,7 @@ class TokenLayout:
         return np.ascontiguousarray(np.take(row_or_rows, self.positions, axis=-1))
 
     def encoder_inputs(self, values: np.ndarray, gene_ids: np.ndarray, gene_mask: np.ndarray) -> dict[str, np.ndarray]:
-        """The encoder graph's five inputs (export/contract.py ENCODER) for values (B, L) and gene_ids,
+        """The encoder graph's five inputs (graph/contract.py ENCODER) for values (B, L) and gene_ids,
         gene_mask of shape (L,) (shared by the batch) or (B, L): (B, N) arrays plus counts and positions."""
         values = np.asarray(values)
         batch = values.shape[0]

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from sctranslator.engine.tables import RENAMED_KEY, restore_names
+from sctranslator.engine.obs_tables import RENAMED_KEY, restore_names
 from sctranslator.errors import StoreError
-from sctranslator.storage import filesystem, is_url, zarr_store
+from sctranslator.util.storage import filesystem, is_url, zarr_store
 
 try:  # anndata >= 0.11
     from anndata.io import read_elem
@@ -49,7 +49,7 @@ class TemporaryStore:
 
 
 def _open_root(path: str, storage_options: dict[str, Any] | None = None) -> Any:
-    """The store's root group: a local directory, or a URL in object storage (`sctranslator.storage`)."""
+    """The store's root group: a local directory, or a URL in object storage (`sctranslator.util.storage`)."""
     if is_url(path):
         return zarr.open_group(zarr_store(path, storage_options), mode="r")
     return zarr.open_group(path, mode="r")
