@@ -42,7 +42,9 @@ STEPS = 2
 def _anndata_group(root: zarr.Group, name: str, names: np.ndarray, var: list[str]) -> zarr.Group:
     group = root.create_group(name)
     group.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
-    write_elem(group, "obs", pd.DataFrame(index=pd.Index(names)))
+    # Names chunked like the matrix: training reads them a chunk at a time, so the chunk (not the
+    # cell count) bounds what a read decodes.
+    write_elem(group, "obs", pd.DataFrame(index=pd.Index(names)), dataset_kwargs={"chunks": (CHUNK_CELLS,)})
     write_elem(group, "var", pd.DataFrame(index=pd.Index(var)))
     return group
 

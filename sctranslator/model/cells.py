@@ -45,7 +45,7 @@ def split_summary(names: Sequence[str] | pd.Index | np.ndarray) -> dict[str, Any
 def hash_summary(hashes: np.ndarray) -> dict[str, Any]:
     """`split_summary` from the names' hashes (`name_hashes`), so that no name list is needed."""
     ordered = np.sort(np.asarray(hashes, dtype="<u8"))
-    return {"cells": int(ordered.size), "sha256": hashlib.sha256(ordered.tobytes()).hexdigest()}
+    return {"cells": int(ordered.size), "sha256": hashlib.sha256(memoryview(ordered)).hexdigest()}
 
 
 def write_cells(directory: str | Path, splits: dict[str, Sequence[str] | pd.Index],
@@ -59,16 +59,16 @@ def write_cells(directory: str | Path, splits: dict[str, Sequence[str] | pd.Inde
 
 def write_cell_hashes(directory: str | Path, splits: dict[str, np.ndarray],
                       ancestors: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """`write_cells` from the names' hashes (uint64 per cell, `name_hashes`): what finetune uses, since it
-    keeps no names of its cells."""
+    """`write_cells` from the names' hashes (uint64 per cell, `name_hashes`; sorted in place): what finetune
+    uses, since it keeps no names of its cells."""
     summary, arrays = {}, {}
     for split, hashes in splits.items():
-        ordered = np.sort(np.asarray(hashes, dtype="<u8"))
-        summary[split] = {"cells": int(ordered.size), "sha256": hashlib.sha256(ordered.tobytes()).hexdigest()}
-        first = np.ones(ordered.size, dtype=bool)
-        np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
-        arrays[split] = ordered[first]  # np.unique of the sorted hashes, without sorting again
-        del ordered, first
+        ordered = np.asarray(hashes, dtype="<u8")
+        ordered.sort()  # in place (the caller's uint64 array): no copy of a million-cell split
+        summary[split] = {"cells": int(ordered.size), "sha256": hashlib.sha256(memoryview(ordered)).hexdigest()}
+        repeated = ordered[1:] == ordered[:-1]
+        arrays[split] = ordered[np.concatenate([[True], ~repeated])] if repeated.any() else ordered
+        del ordered, repeated
     inherited = {name: np.unique(hashes.astype(np.uint64)) for name, hashes in (ancestors or {}).items()}
     arrays |= inherited
 

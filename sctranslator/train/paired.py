@@ -3,7 +3,8 @@
 The RNA stays behind an engine `Source` (read in row blocks, never sliced per cell). A protein
 table stored as a matrix of its own (a separate .h5ad/zarr, or a MuData modality on disk) stays
 behind a `Source` too and is read in the same blocks; one kept in obsm or given in memory is held
-(cells x proteins, small next to the RNA).
+(cells x proteins, small next to the RNA). Cell names are read in blocks to pair the cells and are
+not kept (`sctranslator.train.cellnames`): a pairing holds integer rows only.
 """
 
 from __future__ import annotations
@@ -67,7 +68,11 @@ class PairedData:
 
     def cell_hashes(self, positions: np.ndarray) -> np.ndarray:
         """uint64 name hashes of the paired cells at `positions` (increasing), read block by block."""
-        return hashes_at(self.source, self.rows[positions])
+        out = np.empty(positions.size, dtype=np.uint64)
+        step = cellnames.NAME_BLOCK
+        for lo in range(0, positions.size, step):  # rows mapped a block at a time: no per-cell temporary
+            out[lo:lo + step] = hashes_at(self.source, self.rows[positions[lo:lo + step]])
+        return out
 
     @property
     def proteins(self) -> np.ndarray:
