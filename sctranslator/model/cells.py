@@ -2,7 +2,7 @@
 
 A bundle made by `finetune` carries `cells.npz`: the sorted 64-bit hashes of the obs names of its
 training cells and of its held-out (validation) cells, and config.json carries a summary (counts
-and a digest of each sorted name list). `evaluate` hashes the cells it scores the same way, so it
+and a digest of each split's sorted name hashes). `evaluate` hashes the cells it scores the same way, so it
 can say how many of them the model saw in training without the bundle storing the names
 themselves. Hashes are pandas' fixed-key SipHash of the name as text (vectorised, stable across
 runs and machines); a collision between two different names is negligible at 64 bits.
@@ -38,10 +38,14 @@ def name_hashes(names: Sequence[str] | pd.Index | np.ndarray) -> np.ndarray:
 
 
 def split_summary(names: Sequence[str] | pd.Index | np.ndarray) -> dict[str, Any]:
-    """{'cells': count, 'sha256': digest of the sorted, newline-joined names}: the split's fingerprint."""
-    ordered = np.sort(pd.Index(names).astype(str).to_numpy(dtype=object))
-    digest = hashlib.sha256("\n".join(ordered.tolist()).encode("utf-8")).hexdigest()
-    return {"cells": int(len(ordered)), "sha256": digest}
+    """{'cells': count, 'sha256': digest of the sorted name hashes}: the split's fingerprint."""
+    return hash_summary(name_hashes(names))
+
+
+def hash_summary(hashes: np.ndarray) -> dict[str, Any]:
+    """`split_summary` from the names' hashes (`name_hashes`), so that no name list is needed."""
+    ordered = np.sort(np.asarray(hashes, dtype="<u8"))
+    return {"cells": int(ordered.size), "sha256": hashlib.sha256(memoryview(ordered)).hexdigest()}
 
 
 def write_cells(directory: str | Path, splits: dict[str, Sequence[str] | pd.Index],
@@ -50,7 +54,21 @@ def write_cells(directory: str | Path, splits: dict[str, Sequence[str] | pd.Inde
 
     ancestors: the inherited hashes `ancestor_cells` gives for the init bundle (kept as they are).
     """
-    arrays = {split: np.unique(name_hashes(names)) for split, names in splits.items()}
+    return write_cell_hashes(directory, {split: name_hashes(names) for split, names in splits.items()}, ancestors)
+
+
+def write_cell_hashes(directory: str | Path, splits: dict[str, np.ndarray],
+                      ancestors: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """`write_cells` from the names' hashes (uint64 per cell, `name_hashes`; sorted in place): what finetune
+    uses, since it keeps no names of its cells."""
+    summary, arrays = {}, {}
+    for split, hashes in splits.items():
+        ordered = np.asarray(hashes, dtype="<u8")
+        ordered.sort()  # in place (the caller's uint64 array): no copy of a million-cell split
+        summary[split] = {"cells": int(ordered.size), "sha256": hashlib.sha256(memoryview(ordered)).hexdigest()}
+        repeated = ordered[1:] == ordered[:-1]
+        arrays[split] = ordered[np.concatenate([[True], ~repeated])] if repeated.any() else ordered
+        del ordered, repeated
     inherited = {name: np.unique(hashes.astype(np.uint64)) for name, hashes in (ancestors or {}).items()}
     arrays |= inherited
 
@@ -60,8 +78,7 @@ def write_cells(directory: str | Path, splits: dict[str, Sequence[str] | pd.Inde
         tmp.write_bytes(buffer.getvalue())
 
     atomic_write_path(Path(directory) / CELLS_FILE, write)
-    summary = {split: split_summary(names) for split, names in splits.items()} | {"file": CELLS_FILE,
-                                                                                  "hash": "pandas-siphash64"}
+    summary |= {"file": CELLS_FILE, "hash": "pandas-siphash64"}
     if inherited:
         summary["ancestors"] = {name.removeprefix(ANCESTOR): {"cells": int(hashes.size)}
                                 for name, hashes in inherited.items()}

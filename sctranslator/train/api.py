@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from sctranslator.errors import InputDataError, OutputConflictError
 from sctranslator.model import ModelConfig, TranslatorModel, load_model, save_model
-from sctranslator.model.cells import ancestor_cells, write_cells
+from sctranslator.model.cells import ancestor_cells, write_cell_hashes
 from sctranslator.model.identity import model_fingerprint
 from sctranslator.options import DEFAULT_TARGET_SUM, Preset, TrainDataOptions
 from sctranslator.outputs import claim_output, one_writer, write_identity
@@ -30,6 +29,7 @@ from sctranslator.train.datasets import (
 )
 from sctranslator.train.datasets import (
     build_stream,
+    cell_hashes,
     cell_names,
     combined_origin,
     training_record,
@@ -238,7 +238,8 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
                              use_raw=data_options.use_raw, modality=data_options.modality,
                              missing_chunks=data_options.missing_chunks) for r, p in zip(datasets, proteins_in,
                                                                                          strict=True)]
-        splits = [split_cells(paired.obs, val_fraction=data_options.val_fraction, val_count=data_options.val_count,
+        splits = [split_cells(paired.split_table(data_options.split_column),
+                              val_fraction=data_options.val_fraction, val_count=data_options.val_count,
                               split_column=data_options.split_column, val_values=data_options.val_values,
                               seed=train_options.seed) for paired in pairs]
         proteins, protein_columns, protein_slots = union_protein_panel([p.protein_names for p in pairs],
@@ -282,8 +283,8 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
             card = model_card(model, init=start, data=data, split=split_text,
                               n_train=stream.n_train, n_val=stream.n_val, options=train_options,
                               outcome=outcome, world=processes.world, inherited=inherited)
-            _save_bundle(model, out, card, {"train": cell_names(pairs, splits, "train"),
-                                            "val": cell_names(pairs, splits, "val")},
+            _save_bundle(model, out, card, {"train": cell_hashes(pairs, splits, "train"),
+                                            "val": cell_hashes(pairs, splits, "val")},
                          {"preprocessing_from": {k: inherited.get(k, "asked") for k in PREPROCESSING_DEFAULTS},
                           "training_data": training_record(pairs, train_options)},
                          ancestors)
@@ -312,16 +313,16 @@ def _prepare_work_dir(work: Path, *, replace: bool) -> None:
     write_identity(work, WORK_KIND)
 
 
-def _save_bundle(model: TranslatorModel, out: Path, card: str, cells: dict[str, pd.Index],
+def _save_bundle(model: TranslatorModel, out: Path, card: str, cells: dict[str, np.ndarray],
                  extra: dict[str, Any], ancestors: dict[str, np.ndarray] | None = None) -> None:
     """Write the bundle aside, mark it as a finetune output, and rename it into place whole.
 
-    `cells` (obs names of the training and held-out cells) are kept as hashes with a summary in
+    `cells` (obs name hashes of the training and held-out cells) are kept with a summary in
     config.json, so that `evaluate` can tell scores on training cells from held-out ones; `ancestors`
     (the init bundle's cells, its own ancestors' included) are kept with them.
     """
     with staging_dir(out) as staging:
-        summary = write_cells(staging, cells, ancestors)
+        summary = write_cell_hashes(staging, cells, ancestors)
         save_model(model, staging, card=card, extra={**extra, "cells": summary})
         write_identity(staging, OUTPUT_KIND)
         install_dir(staging, out)

@@ -84,9 +84,14 @@ def build_stream(pairs: list[PairedData], splits: list[Split], model: Translator
 
 
 def cell_names(pairs: list[PairedData], splits: list[Split], part: str) -> pd.Index:
-    """Obs names of the training or held-out cells of all datasets, in dataset then cell order."""
-    return pd.Index(np.concatenate([np.asarray(p.obs.index[getattr(s, part)], dtype=object)
-                                    for p, s in zip(pairs, splits, strict=True)]))
+    """Obs names of the training or held-out cells of all datasets, in dataset then cell order (read by row)."""
+    return pd.Index(np.concatenate([p.cell_names(getattr(s, part)) for p, s in zip(pairs, splits, strict=True)]))
+
+
+def cell_hashes(pairs: list[PairedData], splits: list[Split], part: str) -> np.ndarray:
+    """uint64 name hashes of the training or held-out cells of all datasets (8 bytes a cell, no names kept)."""
+    parts = [p.cell_hashes(getattr(s, part)) for p, s in zip(pairs, splits, strict=True)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def combined_origin(pairs: list[PairedData]) -> dict[str, Any]:

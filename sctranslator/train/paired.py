@@ -3,7 +3,8 @@
 The RNA stays behind an engine `Source` (read in row blocks, never sliced per cell). A protein
 table stored as a matrix of its own (a separate .h5ad/zarr, or a MuData modality on disk) stays
 behind a `Source` too and is read in the same blocks; one kept in obsm or given in memory is held
-(cells x proteins, small next to the RNA).
+(cells x proteins, small next to the RNA). Cell names are read in blocks to pair the cells and are
+not kept (`sctranslator.train.cellnames`): a pairing holds integer rows only.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import scipy.sparse as sp
 from sctranslator.engine.sources import Source, open_source
 from sctranslator.errors import InputDataError, StoreError
 from sctranslator.modalities import pick_protein_modality
+from sctranslator.model.cells import name_hashes
+from sctranslator.train import cellnames
+from sctranslator.train.cellnames import hashes_at, name_blocks, names_at, same_names, source_hashes
 
 DEFAULT_PROTEIN_KEY = "protein_expression"
 
@@ -34,7 +38,6 @@ class PairedData:
 
     source: Source  # the RNA matrix, served in row blocks
     rows: np.ndarray  # int64 (n_cells,): RNA source row of each paired cell, increasing
-    obs: pd.DataFrame  # obs of the paired cells (index = cell names)
     protein_table: np.ndarray | None  # float64 (n_cells, n_proteins) held in memory, or None (read from below)
     protein_names: list[str]
     origin: dict[str, Any] = field(default_factory=dict)  # where each part came from (for the card)
@@ -44,6 +47,32 @@ class PairedData:
     @property
     def n_cells(self) -> int:
         return int(self.rows.shape[0])
+
+    @property
+    def obs(self) -> pd.DataFrame:
+        """obs of the paired cells (index = cell names), read from the source on each call (not kept)."""
+        obs = self.source.read_obs().iloc[self.rows]
+        obs.index = pd.Index(names_at(self.source, self.rows))
+        return obs
+
+    def split_table(self, column: str | None) -> pd.DataFrame:
+        """What the split needs: obs[`column`] of the paired cells without their names, or no column."""
+        if column is None:
+            return pd.DataFrame(index=pd.RangeIndex(self.n_cells))
+        # The whole table is read once (stored obs are read whole) and its names dropped at once.
+        return self.source.read_obs().iloc[self.rows].reset_index(drop=True)
+
+    def cell_names(self, positions: np.ndarray) -> np.ndarray:
+        """Names (object array) of the paired cells at `positions` (increasing), read by row."""
+        return names_at(self.source, self.rows[positions])
+
+    def cell_hashes(self, positions: np.ndarray) -> np.ndarray:
+        """uint64 name hashes of the paired cells at `positions` (increasing), read block by block."""
+        out = np.empty(positions.size, dtype=np.uint64)
+        step = cellnames.NAME_BLOCK
+        for lo in range(0, positions.size, step):  # rows mapped a block at a time: no per-cell temporary
+            out[lo:lo + step] = hashes_at(self.source, self.rows[positions[lo:lo + step]])
+        return out
 
     @property
     def proteins(self) -> np.ndarray:
@@ -189,36 +218,94 @@ def _stored_protein_modality(rna: Data, key: str, missing_chunks: str) -> tuple[
     return open_source(path, modality=name, missing_chunks=missing_chunks), f"modality {name!r} of {path}"
 
 
-def _match_cells(rna_names: pd.Index, protein_names: pd.Index) -> tuple[np.ndarray, np.ndarray]:
-    """(RNA rows, protein rows) of the shared cells, in RNA order."""
-    if len(rna_names) == len(protein_names) and rna_names.equals(protein_names):
-        rows = np.arange(len(rna_names), dtype=np.int64)
-        return rows, rows
-    for what, names in (("RNA", rna_names), ("protein", protein_names)):
-        if names.has_duplicates:
-            repeated = names[names.duplicated()].unique()
-            raise InputDataError(
-                f"the {what} cell names (obs_names) repeat {len(repeated)} name(s) (e.g. {repeated[:5].tolist()}), "
-                "so cells cannot be matched by name; give every cell a unique name the same way in both tables "
-                "(e.g. prefix each sample's barcodes with its sample): obs_names_make_unique on one table alone "
-                "would pair different cells")
-    positions = protein_names.get_indexer(rna_names)
-    rna_rows = np.flatnonzero(positions >= 0).astype(np.int64)
+def _names(source: Source | None, table_names: pd.Index | None, rows: np.ndarray) -> np.ndarray:
+    """Names at `rows` (any order) of the protein source, or of the in-memory protein table."""
+    if source is None:
+        assert table_names is not None
+        return np.asarray(table_names[rows].astype(str), dtype=object)
+    order = np.argsort(rows, kind="stable")
+    out = np.empty(rows.size, dtype=object)
+    out[order] = names_at(source, rows[order])
+    return out
+
+
+def _repeated(hashes: np.ndarray, names_of: Any, what: str) -> None:
+    """The named error for repeated cell names (found by hash, confirmed on the names themselves)."""
+    order = np.argsort(hashes, kind="stable")
+    ordered = hashes[order]
+    same = np.flatnonzero(ordered[1:] == ordered[:-1])
+    if same.size == 0:
+        return
+    rows = np.unique(np.concatenate([order[same], order[same + 1]]))
+    names = pd.Index(names_of(rows))
+    if not names.has_duplicates:
+        return  # a 64-bit hash collision between different names: nothing repeats
+    repeated = names[names.duplicated()].unique()
+    raise InputDataError(
+        f"the {what} cell names (obs_names) repeat {len(repeated)} name(s) (e.g. {repeated[:5].tolist()}), "
+        "so cells cannot be matched by name; give every cell a unique name the same way in both tables "
+        "(e.g. prefix each sample's barcodes with its sample): obs_names_make_unique on one table alone "
+        "would pair different cells")
+
+
+def _match_cells(source: Source, protein_source: Source | None,
+                 protein_obs: pd.Index | None) -> tuple[np.ndarray, np.ndarray]:
+    """(RNA rows, protein rows) of the shared cells, in RNA order.
+
+    Names are read in blocks and matched by their 64-bit hashes (sort + searchsorted); the matched
+    candidates are then compared name by name, so a hash collision never pairs different cells.
+    Same-order tables are recognised by comparing names block by block. No name list is kept.
+    """
+    n_rna = int(source.n_obs)
+    n_protein = int(protein_source.n_obs) if protein_source is not None else len(protein_obs)
+    if protein_source is not None:
+        if same_names(source, protein_source):
+            rows = np.arange(n_rna, dtype=np.int64)
+            return rows, rows
+        protein_hashes = source_hashes(protein_source)
+    else:
+        assert protein_obs is not None
+        protein_obs = pd.Index(protein_obs.astype(str))
+        if n_protein == n_rna and all(np.array_equal(names, np.asarray(protein_obs[start:start + names.size],
+                                                                        dtype=object))
+                                      for start, names in name_blocks(source)):
+            rows = np.arange(n_rna, dtype=np.int64)
+            return rows, rows
+        protein_hashes = name_hashes(protein_obs)
+    rna_hashes = source_hashes(source)
+    _repeated(rna_hashes, lambda rows: names_at(source, rows), "RNA")
+    _repeated(protein_hashes, lambda rows: _names(protein_source, protein_obs, rows), "protein")
+    order = np.argsort(protein_hashes, kind="stable")
+    ordered = protein_hashes[order]
+    del protein_hashes
+    found = np.minimum(np.searchsorted(ordered, rna_hashes), max(n_protein - 1, 0))
+    hit = ordered[found] == rna_hashes if n_protein else np.zeros(n_rna, dtype=bool)
+    del rna_hashes, ordered
+    rna_rows = np.flatnonzero(hit).astype(np.int64)
+    protein_rows = order[found[rna_rows]].astype(np.int64)
+    del order, found, hit
+    # Exact comparison of the candidates, a block of RNA rows at a time.
+    keep = np.ones(rna_rows.size, dtype=bool)
+    for lo in range(0, rna_rows.size, cellnames.NAME_BLOCK):
+        hi = min(lo + cellnames.NAME_BLOCK, rna_rows.size)
+        keep[lo:hi] = names_at(source, rna_rows[lo:hi]) == _names(protein_source, protein_obs, protein_rows[lo:hi])
+    rna_rows, protein_rows = rna_rows[keep], protein_rows[keep]
     if rna_rows.size == 0:
         raise InputDataError(
-            f"the RNA ({len(rna_names)} cells, e.g. {list(rna_names[:3])}) and protein ({len(protein_names)} "
-            f"cells, e.g. {list(protein_names[:3])}) tables share no cell names: pair the same cells "
+            f"the RNA ({n_rna} cells, e.g. {names_at(source, np.arange(min(3, n_rna))).tolist()}) and protein "
+            f"({n_protein} cells, e.g. {_names(protein_source, protein_obs, np.arange(min(3, n_protein))).tolist()}) "
+            "tables share no cell names: pair the same cells "
             "(same obs_names, or the same cells in the same order with identical obs_names)"
         )
-    smaller = min(len(rna_names), len(protein_names))
+    smaller = min(n_rna, n_protein)
     if rna_rows.size < 0.5 * smaller:
         # As in evaluate: barcodes of two different datasets repeat by chance.
         raise InputDataError(
-            f"only {rna_rows.size} cell names are shared between the {len(rna_names)} RNA and the "
-            f"{len(protein_names)} protein cells, fewer than half of the smaller table: these look like different "
+            f"only {rna_rows.size} cell names are shared between the {n_rna} RNA and the "
+            f"{n_protein} protein cells, fewer than half of the smaller table: these look like different "
             "datasets whose barcodes repeat by chance. Pair the measurements of the same cells (select the shared "
             "cells first if this is meant)")
-    return rna_rows, positions[rna_rows].astype(np.int64)
+    return rna_rows, protein_rows
 
 
 def load_paired(rna: Data, protein: Data | None = None, *, protein_key: str = DEFAULT_PROTEIN_KEY,
@@ -252,7 +339,7 @@ def load_paired(rna: Data, protein: Data | None = None, *, protein_key: str = DE
         raise InputDataError(f"cannot read proteins from a {type(protein).__name__}: pass a path or an AnnData")
     if protein_source is not None:
         names = [str(n) for n in protein_source.var.index]
-        protein_obs = protein_source.obs_names
+        protein_obs = None
         _check_protein_source(protein_source, where)
         n_protein_cells = int(protein_source.n_obs)
     else:
@@ -260,15 +347,16 @@ def load_paired(rna: Data, protein: Data | None = None, *, protein_key: str = DE
         if not np.isfinite(matrix).all() or (matrix < 0).any():
             raise InputDataError(f"protein counts from {where} must be finite and non-negative")
         n_protein_cells = int(matrix.shape[0])
-    rna_names = pd.Index(source.obs_names.astype(str))
-    rna_rows, protein_rows = _match_cells(rna_names, pd.Index(protein_obs.astype(str)))
-    obs = source.read_obs().iloc[rna_rows]
-    obs.index = rna_names[rna_rows]
+    rna_rows, protein_rows = _match_cells(source, protein_source, None if protein_source is not None else protein_obs)
+    # Pairing is done: keep no name index (stored sources cache theirs when asked for obs_names).
+    source.release_obs_names()
+    if protein_source is not None:
+        protein_source.release_obs_names()
     origin = {"rna": _describe(rna), "protein": where, "rna_cells": int(source.n_obs),
               "protein_cells": n_protein_cells, "paired_cells": int(rna_rows.size),
               "genes": int(source.n_vars), "proteins": len(names)}
     if protein_source is not None:
-        return PairedData(source=source, rows=rna_rows, obs=obs, protein_table=None, protein_names=names,
+        return PairedData(source=source, rows=rna_rows, protein_table=None, protein_names=names,
                           origin=origin, protein_source=protein_source, protein_rows=protein_rows)
-    return PairedData(source=source, rows=rna_rows, obs=obs, protein_table=matrix[protein_rows],
+    return PairedData(source=source, rows=rna_rows, protein_table=matrix[protein_rows],
                       protein_names=names, origin=origin)

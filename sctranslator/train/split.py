@@ -51,4 +51,5 @@ def split_cells(obs: pd.DataFrame, *, val_fraction: float = 0.1, val_count: int 
     train, val = np.flatnonzero(~held), np.flatnonzero(held)
     if train.size == 0:
         raise InputDataError("the split leaves no training cells")
-    return Split(train=train.astype(np.int64), val=val.astype(np.int64), description=description)
+    return Split(train=train.astype(np.int64, copy=False), val=val.astype(np.int64, copy=False),
+                 description=description)

@@ -52,6 +52,16 @@ class Source:
     def obs_names(self) -> pd.Index:
         raise NotImplementedError
 
+    def obs_names_block(self, start: int, stop: int) -> np.ndarray:
+        """Names (str, object array) of rows start..stop; stored sources read only that slice of the
+        obs index, so that a pass over all names in blocks never holds them all (training)."""
+        return np.asarray(self.obs_names[start:stop].astype(str), dtype=object)
+
+    def release_obs_names(self) -> None:
+        """Drop cached obs names (a no-op for sources that do not cache them)."""
+        if hasattr(self, "_obs_names"):
+            self._obs_names = None
+
     def read_obs(self) -> pd.DataFrame:
         """The full obs table, for copying into the output."""
         raise NotImplementedError

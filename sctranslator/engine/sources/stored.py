@@ -258,6 +258,19 @@ class StoredSource(Source):
                     self._obs_names = read_dataframe(obs, is_array=self._is_array(obs)).index
         return self._obs_names
 
+    def obs_names_block(self, start: int, stop: int) -> np.ndarray:
+        if self._obs_names is None:
+            with self._reading("obs names"):
+                obs = self._group()["obs"]
+                index_key = _text(obs.attrs.get("_index", "")) if not self._is_array(obs) else ""
+                node = obs[index_key] if index_key and index_key in obs else None
+                if node is not None and hasattr(node, "shape") and len(node.shape) == 1:
+                    # A plain string array: read the slice only (h5py gives bytes, zarr gives str).
+                    values = node.asstr()[start:stop] if hasattr(node, "asstr") else node[start:stop]
+                    values = np.asarray(values)
+                    return (np.char.decode(values, "utf-8") if values.dtype.kind == "S" else values).astype(object)
+        return super().obs_names_block(start, stop)
+
     def read_obs(self) -> pd.DataFrame:
         with self._reading("obs"):
             obs = self._group()["obs"]
