@@ -306,6 +306,7 @@ def test_knockout_and_attention_select_cells_as_translate_does(experiment: str, 
                      "--out", str(out) + (".h5ad" if command == "knockout" else ""), "--quiet"])
         err = capsys.readouterr().err
         assert code == 2 and "error: InputDataError:" in err and len(err.strip().splitlines()) == 1, err
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith("bad_")]  # refused before any output
     code = main(["attention", str(tmp_path / "subset.h5ad"), "--model", model, "--max-cells", "0", "--out",
                  str(tmp_path / "att0"), "--quiet"])
     err = capsys.readouterr().err
