@@ -330,8 +330,9 @@ class InputOptions(OptionGroup):
 
 # The input options each command offers (and passes to its API function).
 TRANSLATE_INPUTS = tuple(f.name for f in dataclasses.fields(InputOptions))
-# translate's cell selection (knockout and attention summarise over all cells, or --groupby)
-_SOURCE_ONLY = ("cells", "obs_query", "max_cells", "obs_columns")
+# Only translate writes obs into its output; knockout and attention take the cell selection
+# (--cells / --obs-query / --max-cells) too, and summarise over the selected cells.
+_SOURCE_ONLY = ("obs_columns",)
 ANALYSIS_INPUTS = tuple(name for name in TRANSLATE_INPUTS if name not in _SOURCE_ONLY)  # knockout and attention
 
 
@@ -743,8 +744,8 @@ class KnockoutOptions(JobOptions):
     """Everything `knockout` takes besides the data and the model, from its keywords or its command.
 
     Attributes: genes (to knock out), proteins, out; the groups engine (block_cells, batch_size,
-    device), input (as translate's, without a cell selection), analysis (semantics, groupby,
-    per_cell) and output (overwrite, quiet).
+    device), input (as translate's, cell selection included, without obs_columns), analysis
+    (semantics, groupby, per_cell) and output (overwrite, quiet).
     """
 
     job: ClassVar[str] = "knockout"
