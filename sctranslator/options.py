@@ -111,18 +111,21 @@ def parse_names(spec: str) -> list[str]:
     return names
 
 
+_INPUT_KINDS = (".h5ad, AnnData .zarr store (v2/v3), .h5mu / MuData zarr (the RNA modality), a TileDB-SOMA "
+                "experiment (see --measurement), or one of these files or stores at an s3://, gs:// or "
+                "http(s):// URL")
+
+
 def add_data_and_model_args(parser: argparse.ArgumentParser, *, several: bool = False) -> None:
     """INPUT, --model and --proteins, as translate, knockout and attention take them; `several`: INPUT
     may be repeated or a glob, and --inputs @list.txt names more (translate's collections)."""
     if several:
-        parser.add_argument("input", nargs="*", help=".h5ad, AnnData .zarr store (v2/v3), or .h5mu / MuData zarr "
-                            "(the RNA modality); several, or a quoted glob, translate each into its own store in "
-                            "--out DIR (a collection)")
+        parser.add_argument("input", nargs="*", help=f"{_INPUT_KINDS}; several, or a quoted glob, translate each "
+                            "into its own store in --out DIR (a collection)")
         parser.add_argument("--inputs", metavar="@LIST", help="a text file of inputs, one path per line (blank "
                             "lines and '#' comments ignored), translated as a collection into --out DIR")
     else:
-        parser.add_argument("input", help=".h5ad, AnnData .zarr store (v2/v3), or .h5mu / MuData zarr (the RNA "
-                            "modality)")
+        parser.add_argument("input", help=_INPUT_KINDS)
     parser.add_argument("--model", required=True, help="bundle directory, official .pt checkpoint, or a model name "
                         "(demo, or one added by `sctranslator convert --name`; `sctranslator models` lists them)")
     parser.add_argument("--proteins", help="comma-separated antibody or gene names, or @file "

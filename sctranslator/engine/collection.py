@@ -40,6 +40,7 @@ from sctranslator.engine.ledger import read_record
 from sctranslator.engine.predictions import open_predictions
 from sctranslator.engine.sink import JOB_DIR, OUTPUT_KIND
 from sctranslator.engine.sources import open_source
+from sctranslator.engine.sources.soma import is_soma_experiment_object
 from sctranslator.engine.threads import Parallelism
 from sctranslator.errors import (
     BackendError,
@@ -184,6 +185,9 @@ def expand_inputs(data: Any) -> list[Any]:
 
 
 def _stem(item: Any, index: int) -> str:
+    uri = getattr(item, "uri", None) if is_soma_experiment_object(item) else None
+    if uri:  # an open experiment is named after its URI, as its path would be
+        item = Path(str(uri).removeprefix("file://").rstrip("/"))
     if not isinstance(item, Path):
         return f"anndata-{index + 1}"
     name = item.name.rstrip("/") or "input"
