@@ -311,3 +311,15 @@ def test_knockout_and_attention_select_cells_as_translate_does(experiment: str, 
                  str(tmp_path / "att0"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "--max-cells must be >= 1" in err
+
+
+def test_an_open_experiment_in_a_collection_is_named_after_its_uri(experiment: str, cells: Path) -> None:
+    import tiledbsoma
+
+    from sctranslator.engine.collection import store_names
+
+    with tiledbsoma.Experiment.open(experiment) as opened:
+        names = store_names([opened, Path(experiment), cells])
+    stem = Path(experiment).name
+    # The open experiment and its path share a stem: the second gets the collision suffix.
+    assert names == [f"{stem}.zarr", f"{stem}-2.zarr", f"{cells.stem}.zarr"]
