@@ -111,18 +111,21 @@ def parse_names(spec: str) -> list[str]:
     return names
 
 
+_INPUT_KINDS = (".h5ad, AnnData .zarr store (v2/v3), .h5mu / MuData zarr (the RNA modality), a TileDB-SOMA "
+                "experiment (see --measurement), or one of these files or stores at an s3://, gs:// or "
+                "http(s):// URL")
+
+
 def add_data_and_model_args(parser: argparse.ArgumentParser, *, several: bool = False) -> None:
     """INPUT, --model and --proteins, as translate, knockout and attention take them; `several`: INPUT
     may be repeated or a glob, and --inputs @list.txt names more (translate's collections)."""
     if several:
-        parser.add_argument("input", nargs="*", help=".h5ad, AnnData .zarr store (v2/v3), or .h5mu / MuData zarr "
-                            "(the RNA modality); several, or a quoted glob, translate each into its own store in "
-                            "--out DIR (a collection)")
+        parser.add_argument("input", nargs="*", help=f"{_INPUT_KINDS}; several, or a quoted glob, translate each "
+                            "into its own store in --out DIR (a collection)")
         parser.add_argument("--inputs", metavar="@LIST", help="a text file of inputs, one path per line (blank "
                             "lines and '#' comments ignored), translated as a collection into --out DIR")
     else:
-        parser.add_argument("input", help=".h5ad, AnnData .zarr store (v2/v3), or .h5mu / MuData zarr (the RNA "
-                            "modality)")
+        parser.add_argument("input", help=_INPUT_KINDS)
     parser.add_argument("--model", required=True, help="bundle directory, official .pt checkpoint, or a model name "
                         "(demo, or one added by `sctranslator convert --name`; `sctranslator models` lists them)")
     parser.add_argument("--proteins", help="comma-separated antibody or gene names, or @file "
@@ -330,8 +333,9 @@ class InputOptions(OptionGroup):
 
 # The input options each command offers (and passes to its API function).
 TRANSLATE_INPUTS = tuple(f.name for f in dataclasses.fields(InputOptions))
-# translate's cell selection (knockout and attention summarise over all cells, or --groupby)
-_SOURCE_ONLY = ("cells", "obs_query", "max_cells", "obs_columns")
+# Only translate writes obs into its output; knockout and attention take the cell selection
+# (--cells / --obs-query / --max-cells) too, and summarise over the selected cells.
+_SOURCE_ONLY = ("obs_columns",)
 ANALYSIS_INPUTS = tuple(name for name in TRANSLATE_INPUTS if name not in _SOURCE_ONLY)  # knockout and attention
 
 
@@ -743,8 +747,8 @@ class KnockoutOptions(JobOptions):
     """Everything `knockout` takes besides the data and the model, from its keywords or its command.
 
     Attributes: genes (to knock out), proteins, out; the groups engine (block_cells, batch_size,
-    device), input (as translate's, without a cell selection), analysis (semantics, groupby,
-    per_cell) and output (overwrite, quiet).
+    device), input (as translate's, cell selection included, without obs_columns), analysis
+    (semantics, groupby, per_cell) and output (overwrite, quiet).
     """
 
     job: ClassVar[str] = "knockout"

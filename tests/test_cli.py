@@ -102,7 +102,8 @@ def test_input_options_are_offered_where_the_api_takes_them() -> None:
     for command in ("knockout", "attention"):
         flags = {s for a in parsers[f"sctranslator {command}"]._actions for s in a.option_strings}
         assert {"--gene-mapping", "--allow-empty-cells", "--use-raw", "--modality", "--missing-chunks"} <= flags
-        assert not {"--max-cells", "--cells", "--obs-query"} & flags
+        assert {"--max-cells", "--cells", "--obs-query"} <= flags  # they choose cells as translate does
+        assert "--obs-columns" not in flags  # only translate writes obs
     assert options.InputOptions().missing_chunks == "error"
     assert options.InputOptions().gene_mapping is None
 

@@ -172,6 +172,40 @@ def test_failed_inputs_are_recorded_and_the_others_complete(real: ad.AnnData, in
     np.testing.assert_allclose(_store(out, "broken.zarr").X, alone[1], rtol=0, atol=1e-6)
 
 
+def test_a_permission_retries_the_refused_input_and_keeps_the_finished_ones(
+        real: ad.AnnData, inputs: list[Path], model_path: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    low = tmp_path / "low.h5ad"
+    few = real[:20, :400].copy()
+    few.var_names = [name if i < 100 else f"NOT_A_GENE_{i}" for i, name in enumerate(few.var_names)]
+    few.write_h5ad(low)  # a quarter of its genes map: refused at the default --min-coverage
+    out = tmp_path / "out"
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{inputs[0]}\n{low}\n")
+    args = ["translate", "--inputs", f"@{listing}", "--out", str(out), "--model", str(model_path), *CLI_OPTIONS,
+            "--quiet"]
+    assert main(args) == 2
+    assert [(e["status"], (e["error"] or {}).get("type")) for e in read_collection(out)["inputs"]] == [
+        ("done", None), ("failed", "CoverageError")]
+    finished = (out / "x.zarr" / ".sctranslator-job" / "job.json").stat().st_mtime_ns
+    capsys.readouterr()
+    # --min-coverage and --allow-low-coverage only let the refused input through: the same collection
+    for extra in (["--min-coverage", "0.9"], ["--allow-low-coverage"]):
+        code = main([*args, *extra])
+        assert "CollectionMismatchError" not in capsys.readouterr().err
+        if extra == ["--allow-low-coverage"]:
+            assert code == 0
+    record = read_collection(out)
+    assert [e["status"] for e in record["inputs"]] == ["done", "done"]
+    assert record["inputs"][1]["permissions"]["allow_low_coverage"] is True
+    assert (out / "x.zarr" / ".sctranslator-job" / "job.json").stat().st_mtime_ns == finished  # kept, not redone
+    reference = sctranslator.translate(low, model_path, PROTEINS, allow_low_coverage=True, **OPTIONS)
+    np.testing.assert_allclose(_store(out, "low.zarr").X, np.asarray(reference.X), rtol=0, atol=1e-6)
+    with pytest.raises(CollectionMismatchError, match="normalize"):  # a setting that changes numbers still refuses
+        sctranslator.translate([inputs[0], low], model_path, PROTEINS, out=out, normalize="total_log1p",
+                               allow_low_coverage=True, **OPTIONS)
+
+
 def test_other_inputs_or_settings_refused_unless_overwrite(inputs: list[Path], model_path: Path,
                                                            tmp_path: Path) -> None:
     out = tmp_path / "out"

@@ -251,3 +251,75 @@ def test_uris_members_and_finetune_pairing(experiment: str, data_dir: Path) -> N
 
     paired = load_paired(experiment, data_dir / "bmmc_cite_neurips2021" / "protein.h5ad")
     assert isinstance(paired.source, SomaSource) and paired.origin["paired_cells"] == 600
+
+
+def test_knockout_and_attention_select_cells_as_translate_does(experiment: str, h5ad: ad.AnnData,
+                                                               tiny: TranslatorModel, fixtures_dir: Path,
+                                                               tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from sctranslator.analysis.attention import interactions
+
+    query = "cell_type == 'NK' and n_genes_by_counts > 1500"
+    rows = np.flatnonzero(h5ad.obs.eval(query).to_numpy())
+    assert 0 < rows.size < 60
+    subset = h5ad[rows].copy()
+    plan = build_plan(subset.var, tiny, PROTEINS)
+    gene = str(subset.var_names[int(np.flatnonzero(plan.column_slot == 3)[0])])  # a gene the model reads
+    model = str(fixtures_dir / "tiny_a_official.pt")
+    code = main(["knockout", experiment, "--model", model, "--genes", gene, "--proteins", ",".join(PROTEINS),
+                 "--obs-query", query, "--block-cells", "16", "--out", str(tmp_path / "ko.h5ad"), "--quiet"])
+    assert code == 0
+    from_file = knockout(subset, tiny, [gene], PROTEINS, out=tmp_path / "file.h5ad", block_cells=16, quiet=True)
+    from_soma = ad.read_h5ad(tmp_path / "ko.h5ad")
+    np.testing.assert_allclose(from_soma.layers["mean"], from_file.adata.layers["mean"], atol=1e-6, rtol=0)
+    recorded = from_soma.uns["sctranslator_knockout"]
+    assert query in recorded["cell_selection"] and list(recorded["n_cells"]) == [rows.size]
+
+    soma_attention = interactions(experiment, tiny, PROTEINS, obs_query=query, block_cells=16, batch_size=4, quiet=True)
+    file_attention = interactions(subset, tiny, PROTEINS, block_cells=16, batch_size=4, quiet=True)
+    assert soma_attention.n_cells["all"] == rows.size
+    np.testing.assert_allclose(soma_attention.gene_to_protein.to_numpy(), file_attention.gene_to_protein.to_numpy(),
+                               atol=1e-6, rtol=1e-5)
+    assert query in soma_attention.adata.uns["sctranslator_attention"]["cell_selection"]
+
+    # --max-cells and --cells on a file input: the first N cells / the named cells, as an h5ad of them
+    first = knockout(h5ad, tiny, [gene], PROTEINS, out=tmp_path / "first.h5ad", block_cells=16, max_cells=12,
+                     quiet=True)
+    expected = knockout(h5ad[:12].copy(), tiny, [gene], PROTEINS, out=tmp_path / "first_ref.h5ad", block_cells=16,
+                        quiet=True)
+    assert first.n_cells["all"] == 12
+    np.testing.assert_allclose(first.adata.layers["mean"], expected.adata.layers["mean"], atol=1e-6, rtol=0)
+    named = list(h5ad.obs_names[[5, 3]])
+    picked = interactions(h5ad, tiny, PROTEINS, cells=named, block_cells=16, batch_size=2, quiet=True)
+    reference = interactions(h5ad[[3, 5]].copy(), tiny, PROTEINS, block_cells=16, batch_size=2, quiet=True)
+    np.testing.assert_allclose(picked.gene_to_protein.to_numpy(), reference.gene_to_protein.to_numpy(), atol=1e-6,
+                               rtol=1e-5)
+
+    # a bad query, from a file (pandas) and from the experiment (TileDB), is a one-line named error, exit 2
+    capsys.readouterr()
+    for data, command in [(experiment, "knockout"), (experiment, "attention"), (str(tmp_path / "subset.h5ad"),
+                                                                                "knockout")]:
+        subset.write_h5ad(tmp_path / "subset.h5ad")
+        out = tmp_path / f"bad_{command}_{Path(data).suffix or 'soma'}"
+        extra = ["--genes", gene] if command == "knockout" else []
+        code = main([command, data, "--model", model, *extra, "--obs-query", "no_such_column >",
+                     "--out", str(out) + (".h5ad" if command == "knockout" else ""), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and "error: InputDataError:" in err and len(err.strip().splitlines()) == 1, err
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith("bad_")]  # refused before any output
+    code = main(["attention", str(tmp_path / "subset.h5ad"), "--model", model, "--max-cells", "0", "--out",
+                 str(tmp_path / "att0"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--max-cells must be >= 1" in err
+
+
+def test_an_open_experiment_in_a_collection_is_named_after_its_uri(experiment: str, cells: Path) -> None:
+    import tiledbsoma
+
+    from sctranslator.engine.collection import store_names
+
+    with tiledbsoma.Experiment.open(experiment) as opened:
+        names = store_names([opened, Path(experiment), cells])
+    stem = Path(experiment).name
+    # The open experiment and its path share a stem: the second gets the collision suffix.
+    assert names == [f"{stem}.zarr", f"{stem}-2.zarr", f"{cells.stem}.zarr"]

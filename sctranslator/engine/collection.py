@@ -14,7 +14,9 @@ The backend takes each input's gene layout with every batch, so one backend serv
 
 Re-running the same job resumes: finished inputs are skipped, the interrupted one resumes through
 its store's ledger, failed ones are tried again. Another input list or other settings are refused
-(CollectionMismatchError) unless `overwrite`.
+(CollectionMismatchError) unless `overwrite`; the permissions (PERMISSIONS: --min-coverage,
+--allow-low-coverage, --allow-empty-cells, --missing-chunks) are not settings of the collection, so
+re-running with one retries the inputs it refused and keeps the finished ones.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from sctranslator.engine.ledger import read_record
 from sctranslator.engine.output_reader import open_predictions
 from sctranslator.engine.sink import JOB_DIR, OUTPUT_KIND
 from sctranslator.engine.sources import open_source
+from sctranslator.engine.sources.soma import is_soma_experiment_object
 from sctranslator.engine.threads import Parallelism
 from sctranslator.errors import (
     BackendError,
@@ -67,8 +70,12 @@ JOB_ERRORS = (OptionError, BackendError, CheckpointError, MissingExtraError, Clu
 # Settings that decide the numbers written: another value is another collection. Engine settings
 # (workers, batch size, device, backend, scheduler) change speed, not predictions, as for one input.
 IDENTITY_SETTINGS = ("normalize", "target_sum", "gene_column", "id_type", "layer", "use_raw", "modality",
-                     "missing_chunks", "min_coverage", "allow_low_coverage", "allow_empty_cells", "precision",
-                     "embeddings", "gene_mapping", "cells", "obs_query", "max_cells")
+                     "precision", "embeddings", "gene_mapping", "cells", "obs_query", "max_cells")
+# Settings that only decide whether an input is refused (low coverage, empty cells, an absent Zarr
+# chunk), never the numbers of an input that completes: not part of the identity, so re-running
+# with a permission retries the failed inputs and keeps the finished ones. Each entry records the
+# values it completed under.
+PERMISSIONS = ("min_coverage", "allow_low_coverage", "allow_empty_cells", "missing_chunks")
 _GLOB_CHARACTERS = frozenset("*?[")
 
 
@@ -178,6 +185,9 @@ def expand_inputs(data: Any) -> list[Any]:
 
 
 def _stem(item: Any, index: int) -> str:
+    uri = getattr(item, "uri", None) if is_soma_experiment_object(item) else None
+    if uri:  # an open experiment is named after its URI, as its path would be
+        item = Path(str(uri).removeprefix("file://").rstrip("/"))
     if not isinstance(item, Path):
         return f"anndata-{index + 1}"
     name = item.name.rstrip("/") or "input"
@@ -213,6 +223,13 @@ def _identity(inputs: Sequence[Any], model: TranslatorModel, proteins: Sequence[
     record = {"inputs": [_label(item, i) for i, item in enumerate(inputs)], "model": model_fingerprint(model),
               "proteins": None if proteins is None else list(proteins), "settings": chosen}
     return json.loads(json.dumps(record, default=str))  # as it reads back from the record
+
+
+def _comparable(identity: Any) -> Any:
+    """A recorded identity without the permissions (collections recorded before they left the identity)."""
+    if not isinstance(identity, dict) or not isinstance(identity.get("settings"), dict):
+        return identity
+    return {**identity, "settings": {k: v for k, v in identity["settings"].items() if k not in PERMISSIONS}}
 
 
 def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -276,7 +293,7 @@ def _open_collection(out: Path, identity: dict[str, Any], names: list[str], labe
             install_dir(staging, out)
         return _Collection(out, identity, fresh)
     record = read_collection(out)
-    if record is not None and record.get("identity") == identity and not overwrite:
+    if record is not None and _comparable(record.get("identity")) == identity and not overwrite:
         log.info("resuming the collection in %s", out)
         return _Collection(out, identity, list(record["inputs"]))
     if record is not None and not overwrite:
@@ -410,7 +427,8 @@ def _translate_entry(translate_one: Callable[..., Any], collection: _Collection,
     except SctranslatorError as error:
         _failed(collection, entry, run, error, progressed)
     else:
-        entry.update(status="done", cells=int(result.n_obs), plan=run.plan)
+        permitted = json.loads(json.dumps({k: settings.get(k) for k in PERMISSIONS if k in settings}, default=str))
+        entry.update(status="done", cells=int(result.n_obs), plan=run.plan, permissions=permitted)
         collection.save()
     finally:
         _ACTIVE.reset(token)

@@ -42,6 +42,7 @@ from sctranslator.analysis.attention.passes import decoder_pass, encoder_pass, g
 from sctranslator.engine.block_runner import BlockRunner
 from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.sources import open_source
+from sctranslator.engine.sources.subset import select_cells
 from sctranslator.errors import InputDataError
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.options import IdType, Normalize, check_choices
@@ -143,7 +144,8 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
                  overwrite: bool = False, quiet: bool = False, gene_mapping: str | None = None,
              use_raw: bool = False, modality: str | None = None, missing_chunks: str = "error",
              kinds: str | Sequence[str] | None = None, genes: Sequence[str] | None = None,
-             measurement: str | None = None) -> InteractionResult:
+             measurement: str | None = None, cells: Sequence[str] | None = None, obs_query: str | None = None,
+             max_cells: int | None = None) -> InteractionResult:
     """Gene-to-protein interaction scores and received attention, averaged over the cells of `data`.
 
     `kinds`: which matrices, any of "gene-protein", "gene-gene", "protein-protein" (a list or a
@@ -165,7 +167,9 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
     Parameters: `data`, `model` and `proteins` as for `translate`; `top_k`: genes listed per protein;
     `groupby`: an obs column whose groups are also averaged; `block_cells`: cells read and prepared at
     a time. The input options (normalize, target_sum, gene_column, id_type, layer, min_coverage,
-    allow_low_coverage, allow_empty_cells, gene_mapping, measurement) are those of `sctranslator.options.InputOptions`.
+    allow_low_coverage, allow_empty_cells, gene_mapping, measurement) and the cell selection (cells,
+    obs_query, max_cells: as for `translate`, recorded in uns['sctranslator_attention']['cell_selection'])
+    are those of `sctranslator.options.InputOptions`.
     Empty cells (no counts in any gene the model reads) are refused unless `allow_empty_cells` (then
     their number is in uns['sctranslator_attention']['empty_cells']). `overwrite` replaces an earlier
     attention output at `out`; anything else there, and an `out` that is or overlaps an input, is
@@ -187,6 +191,12 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
     loaded.eval()
     source = open_source(data, layer=layer, use_raw=use_raw, modality=modality, missing_chunks=missing_chunks,
                          measurement=measurement, gene_column=gene_column)
+    try:
+        source = select_cells(source, cells=cells, obs_query=obs_query, max_cells=max_cells)
+    except BaseException:
+        source.close()
+        raise
+    selection = getattr(source, "selection", "") or ""
     try:
         plan = build_plan(source.var, loaded, proteins, gene_column=gene_column, id_type=id_type,
                           normalize=normalize, target_sum=target_sum, min_coverage=min_coverage,
@@ -221,7 +231,7 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
                     "as allowed", n_empty)
     try:
         return _result(acc, gene_names, positions, plan, group_names, top_k, out, groupby, as_published, n_empty,
-                       pairs)
+                       pairs, selection)
     finally:
         pairs.close()
 
@@ -236,7 +246,7 @@ def _unique_genes(gene_names: list[str]) -> pd.Index:
 
 def _result(acc: _Accumulator, gene_names: list[str], positions: np.ndarray, plan: Plan, group_names: list[str],
             top_k: int, out: str | Path | None, groupby: str | None, as_published: bool,
-            n_empty: int, pairs: PairSums) -> InteractionResult:
+            n_empty: int, pairs: PairSums, selection: str = "") -> InteractionResult:
     gene_mean, protein_mean, matrix_mean = acc.means()
     gene_index = _unique_genes(gene_names)
     protein_index = pd.Index(plan.proteins["name"].astype(str), name="protein")
@@ -262,7 +272,7 @@ def _result(acc: _Accumulator, gene_names: list[str], positions: np.ndarray, pla
                                 "token_id": plan.proteins["token_id"].to_numpy()}, index=protein_index)
     uns = {"sctranslator_attention": {"groups": list(n_cells), "n_cells": list(n_cells.values()),
                                       "groupby": groupby or "", "as_published": as_published,
-                                      "empty_cells": n_empty,
+                                      "empty_cells": n_empty, "cell_selection": selection,
                                       "plan": plan.summary(),
                                       "definition": "see sctranslator.analysis.attention.passes and .pairs"}}
     adata = interaction_anndata(matrix, scaled, gene_received, protein_received,

@@ -40,6 +40,7 @@ from sctranslator.engine.backends.torch_backend import TorchBackend
 from sctranslator.engine.block_runner import BlockRunner
 from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.sources import Source, open_source
+from sctranslator.engine.sources.subset import select_cells
 from sctranslator.errors import InputDataError
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
@@ -144,7 +145,8 @@ def knockout(data: Any, model: str | Path | TranslatorModel, genes: Sequence[str
              allow_empty_cells: bool = False, device: str = "cpu", overwrite: bool = False,
              quiet: bool = False, gene_mapping: str | None = None,
              use_raw: bool = False, modality: str | None = None, missing_chunks: str = "error",
-             measurement: str | None = None) -> KnockoutResult:
+             measurement: str | None = None, cells: Sequence[str] | None = None, obs_query: str | None = None,
+             max_cells: int | None = None) -> KnockoutResult:
     """Pseudo-knockout of `genes` on the predicted `proteins` of every cell of `data`.
 
     `semantics`: "drop" (default for published checkpoints, the original's) or "zero" (default for
@@ -160,7 +162,9 @@ def knockout(data: Any, model: str | Path | TranslatorModel, genes: Sequence[str
     and resume); `batch_size`: cells per model call (each gene adds one call per batch); `groupby`:
     an obs column whose groups are also summarised; `device`: cpu, cuda or cuda:N (torch). The input
     options (normalize, target_sum, gene_column, id_type, layer, min_coverage, allow_low_coverage,
-    allow_empty_cells, gene_mapping, measurement) are those of `sctranslator.options.InputOptions`; empty cells
+    allow_empty_cells, gene_mapping, measurement) and the cell selection (cells, obs_query, max_cells: as for
+    `translate`, recorded in uns['sctranslator_knockout']['cell_selection']) are those of
+    `sctranslator.options.InputOptions`; empty cells
     are refused unless `allow_empty_cells` (their number then goes in
     uns['sctranslator_knockout']['empty_cells']). `overwrite` replaces only an earlier knockout
     output (anything else at `out`, and an `out` that is or overlaps an input, is refused).
@@ -185,6 +189,11 @@ def knockout(data: Any, model: str | Path | TranslatorModel, genes: Sequence[str
     loaded = model if isinstance(model, TranslatorModel) else load_model(model)
     source = open_source(data, layer=layer, use_raw=use_raw, modality=modality, missing_chunks=missing_chunks,
                          measurement=measurement, gene_column=gene_column)
+    try:
+        source = select_cells(source, cells=cells, obs_query=obs_query, max_cells=max_cells)
+    except BaseException:
+        source.close()
+        raise
     try:
         if source.n_obs == 0:
             raise InputDataError(f"{source.describe()} has no cells to knock genes out in")
@@ -261,7 +270,8 @@ def _assemble(job: _Job, store: KnockoutStore, obs: pd.DataFrame, group_names: l
                     "as allowed", empty)
     uns = {"sctranslator_knockout": {"semantics": semantics, "groupby": groupby or "", "groups": list(n_cells),
                                      "n_cells": list(n_cells.values()), "empty_cells": empty,
-                                     "plan": job.plan.summary(), "change": "knocked-out minus unperturbed"}}
+                                     "plan": job.plan.summary(), "change": "knocked-out minus unperturbed",
+                                     "cell_selection": getattr(job.source, "selection", "") or ""}}
     adata = ad.AnnData(X=means[0].astype(np.float32), obs=gene_obs, var=var, uns=uns,
                        layers={k: v.astype(np.float32) for k, v in layers.items()})
     effects = effects_table(genes, proteins, group_names, delta["count"], means, stds)
