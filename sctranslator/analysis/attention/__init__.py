@@ -43,9 +43,8 @@ from sctranslator.analysis.attention.passes import decoder_pass, encoder_pass, g
 from sctranslator.engine.blocks import BlockRunner
 from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.sources import open_source
-from sctranslator.errors import InputDataError
 from sctranslator.model import TranslatorModel, load_model
-from sctranslator.options import IdType, Normalize, check_choices
+from sctranslator.options import IdType, Normalize, check_choices, check_sizes
 from sctranslator.outputs import claim_output, one_writer
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 from sctranslator.vocab import token_symbols
@@ -173,14 +172,13 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
 
     Raises:
         OptionError: normalize or id_type outside its choices.
-        InputDataError: sizes < 1; BadCellsError: bad values in the matrix, or empty cells.
+        OptionError: a size < 1 (named). BadCellsError: bad values in the matrix, or empty cells.
         OutputConflictError: `out` holds something else, or is or overlaps an input.
         CoverageError, VocabularyError, UnknownProteinError, CheckpointError: as for `translate`.
     """
     check_choices(normalize=normalize, id_type=id_type)
     chosen = parse_kinds(kinds, genes)
-    if batch_size < 1 or block_cells < 1 or row_block < 1 or top_k < 1:
-        raise InputDataError("batch_size, block_cells, row_block and top_k must be >= 1")
+    check_sizes(batch_size=batch_size, block_cells=block_cells, row_block=row_block, top_k=top_k)
     if out is not None:
         claim_output(out, OUTPUT_KIND, inputs=(data, model), overwrite=overwrite)
     loaded = model if isinstance(model, TranslatorModel) else load_model(model)
@@ -240,7 +238,7 @@ def _result(acc: _Accumulator, gene_names: list[str], positions: np.ndarray, pla
     gene_mean, protein_mean, matrix_mean = acc.means()
     gene_index = _unique_genes(gene_names)
     protein_index = pd.Index(plan.proteins["name"].astype(str), name="protein")
-    tables = pair_tables(pairs, gene_index, protein_index, plan.output_index, top_k)
+    tables = pair_tables(pairs, gene_index, protein_index, plan.output_index, top_k, plan.protein_window_mask)
     gene_received = pd.DataFrame(gene_mean.T, index=gene_index, columns=group_names)
     protein_received = pd.DataFrame(protein_mean.T, index=protein_index, columns=group_names)
     matrix = scaled = top = None
