@@ -289,8 +289,13 @@ def test_three_kinds_match_dense_attention(tiny: TranslatorModel, bmmc: ad.AnnDa
                                atol=1e-7)
     assert np.isnan(every.pairs.protein_to_protein.loc["CD3", "CD7"])  # windows 0 and 1 never meet
     # The top-partner tables over all genes (blocked, row_block=5) equal the dense ones the original makes.
+    # Window 1 holds CD2 and CD7 only: min-max scaling is undefined there (NaN), so they are in no pair.
+    window0 = PROTEINS[:16]
+    assert every.pairs.protein_scaled.loc[["CD2", "CD7"]].isna().all().all()
+    assert every.pairs.unscaled_proteins == ["CD2", "CD7"]
+    assert not set(every.pairs.protein_pairs["protein"]) & {"CD2", "CD7"}
     for table, dense, label in ((every.pairs.gene_pairs, dense_genes, "gene"),
-                                (every.pairs.protein_pairs, dense_proteins, "protein")):
+                                (every.pairs.protein_pairs, dense_proteins.loc[window0, window0], "protein")):
         reference = _original_tables(dense, 4)
         assert table[label].tolist() == reference["name"].tolist()
         assert table["rank"].tolist() == reference["rank"].tolist()
@@ -315,6 +320,19 @@ def test_three_kinds_match_dense_attention(tiny: TranslatorModel, bmmc: ad.AnnDa
         assert listed.files[key].stat().st_size > 0
     assert set(pd.read_csv(listed.files["top_gene_pairs"])["gene"]) == set(chosen)
     assert {"protein_to_protein", "top_protein_pairs", "protein_to_protein_heatmap"} <= set(every.files)
+    # Over all genes the figure is of the table's strongest edges, each at its scaled score.
+    from sctranslator.analysis.attention.kinds import PLOTTED_EDGES, top_edge_matrix
+
+    assert every.files["top_gene_pairs_heatmap"].stat().st_size > 0
+    table = pd.read_csv(every.files["top_gene_pairs"])
+    shown = top_edge_matrix(table)
+    edges = shown.stack().dropna()
+    assert len(edges) == min(PLOTTED_EDGES, len(table))
+    listed_scaled = table.set_index(["gene", "partner"])["scaled"]
+    np.testing.assert_allclose(edges.to_numpy(), listed_scaled.loc[edges.index].to_numpy())
+    # ... and no edge left out is stronger than the weakest shown.
+    rest = listed_scaled.drop(index=edges.index)
+    assert rest.max() <= edges.min()
     assert "protein_to_protein" in ad.read_h5ad(every.files["anndata"]).varp
 
 
@@ -390,3 +408,19 @@ def test_gene_gene_sums_spilled_to_disk_give_the_same_table(tiny: TranslatorMode
     pd.testing.assert_frame_equal(spilled.pairs.gene_pairs[["gene", "partner", "rank"]],
                                   in_memory.pairs.gene_pairs[["gene", "partner", "rank"]])
     np.testing.assert_allclose(spilled.pairs.gene_pairs["score"], in_memory.pairs.gene_pairs["score"], rtol=1e-5)
+
+
+def test_too_small_a_window_leaves_scaling_undefined(tiny: TranslatorModel, bmmc: ad.AnnData, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="sctranslator.analysis.attention.kinds"):
+        two = interactions(bmmc[:2], tiny, ["CD3", "CD4"], kinds="protein-protein", out=tmp_path / "two")
+    warnings = [r.getMessage() for r in caplog.records if "scaling is undefined" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0] and "CD3, CD4" in warnings[0]
+    assert two.pairs.protein_scaled.isna().all().all()  # NaN, not a flat 0
+    assert np.isfinite(two.pairs.protein_to_protein.to_numpy()).all()  # the raw means are kept
+    assert two.pairs.protein_pairs.empty and pd.read_csv(two.files["top_protein_pairs"]).empty
+    written = ad.read_h5ad(two.files["anndata"])
+    assert np.isnan(written.varp["protein_to_protein_scaled"]).all()
+    assert two.files["protein_to_protein_heatmap"].stat().st_size > 0
