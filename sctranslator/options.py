@@ -424,7 +424,8 @@ class AnalysisOptions(OptionGroup):
         None, "knockout: drop removes the gene's column as the original does; zero sets its expression to 0",
         none_means="drop for published checkpoints, zero for fixed-panel models")
     per_cell: bool = option(False, "knockout: also write every cell's changes")
-    top_k: int = option(20, "attention: genes listed per protein")
+    top_k: int = option(20, "attention: genes listed per protein in top_genes.csv, and partners listed per "
+                        "gene / protein in top_gene_pairs.csv / top_protein_pairs.csv")
     as_published: bool = option(False, "attention: take each layer's attention from the post-residual state, "
                                 "as the original script did")
     row_block: int = option(2048, "attention: genes at a time through the translator", cli=False)

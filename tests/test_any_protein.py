@@ -101,3 +101,9 @@ def test_protein_pair_scaling_is_over_the_window_the_model_ran(bundle: dict) -> 
     # Two requested proteins still rank, since the scaling ran over the whole panel window.
     ranked = few.pairs.protein_pairs.set_index(["protein", "partner"])["scaled"]
     np.testing.assert_allclose(ranked.loc[(first, second)], many.pairs.protein_scaled.loc[first, second], rtol=1e-6)
+
+
+def test_card_says_outside_panel_proteins_are_untrained(bundle: dict) -> None:
+    card = (bundle["path"] / "card.md").read_text()
+    line = next(line for line in card.splitlines() if "outside this panel" in line)
+    assert "untrained" in line and "accuracy below does not cover them" in line and str(TINY_A) in line

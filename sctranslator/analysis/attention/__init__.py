@@ -150,8 +150,8 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
     gene-gene attention (implies it); without them gene-gene runs over every gene the model reads
     and keeps each gene's `top_k` partners (O(L^2) work per cell, as the original's dense matrix;
     sums over 256 MiB go to a temporary file). With `out`, gene-gene adds top_gene_pairs.csv (and,
-    with `genes`, gene_to_gene.csv / .png and obsm['gene_to_gene']); protein-protein adds
-    protein_to_protein.csv / .png, top_protein_pairs.csv and varp['protein_to_protein'(_scaled)].
+    with `genes`, gene_to_gene.csv / .png and obsm['gene_to_gene']; without, top_gene_pairs.png);
+    protein-protein adds protein_to_protein.csv / .png, top_protein_pairs.csv and varp['protein_to_protein'(_scaled)].
 
     Returns an `InteractionResult`; with `out` (a directory) also writes interactions.h5ad (genes x
     proteins; X = mean score, layers 'scaled' and 'mean:<group>', obs/var 'received:<group>'),
@@ -161,7 +161,8 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
     `as_published` reproduces the original script's choice of hidden state for each layer's
     attention (see `capture_features`). Torch on CPU; the model runs in eval mode without autograd.
 
-    Parameters: `data`, `model` and `proteins` as for `translate`; `top_k`: genes listed per protein;
+    Parameters: `data`, `model` and `proteins` as for `translate`; `top_k`: genes listed per protein
+    (and partners per gene / protein in the pair tables);
     `groupby`: an obs column whose groups are also averaged; `block_cells`: cells read and prepared at
     a time. The input options (normalize, target_sum, gene_column, id_type, layer, min_coverage,
     allow_low_coverage, allow_empty_cells, gene_mapping, measurement) are those of `sctranslator.options.InputOptions`.
