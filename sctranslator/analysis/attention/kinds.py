@@ -205,17 +205,18 @@ def annotate(adata: ad.AnnData, tables: PairTables, kinds: tuple[str, ...]) -> N
 
 
 def top_edge_matrix(gene_pairs: pd.DataFrame, n_edges: int = PLOTTED_EDGES) -> pd.DataFrame:
-    """The `n_edges` strongest rows of top_gene_pairs (by scaled, then raw score) as a gene x partner matrix.
+    """The `n_edges` rows of top_gene_pairs with the highest raw score, as a gene x partner matrix.
 
-    Rows and columns are the genes those edges involve; an entry is the edge's scaled score, NaN
-    where the table lists no such edge.
+    Rows and columns are the genes those edges involve; an entry is the edge's mean attention
+    (`score`), NaN where the table lists no such edge. Ranked by raw score, not `scaled`: every
+    gene's first partner scales to 1, so the scaled score cannot order edges across genes.
     """
-    edges = gene_pairs.dropna(subset=["scaled"]).sort_values(["scaled", "score"], ascending=False, kind="stable")
+    edges = gene_pairs.dropna(subset=["score"]).sort_values(["score", "scaled"], ascending=False, kind="stable")
     edges = edges.head(n_edges)
     genes = list(dict.fromkeys(np.column_stack([edges["gene"], edges["partner"]]).ravel().tolist()))
     matrix = pd.DataFrame(np.nan, index=pd.Index(genes, name="gene"), columns=pd.Index(genes, name="partner"))
     matrix.values[matrix.index.get_indexer(edges["gene"]), matrix.columns.get_indexer(edges["partner"])] = (
-        edges["scaled"].to_numpy(dtype=np.float64))
+        edges["score"].to_numpy(dtype=np.float64))
     return matrix
 
 
@@ -237,12 +238,12 @@ def write_pair_files(staging: Path, tables: PairTables, top_k: int) -> dict[str,
             scaled = pd.DataFrame(scale_block(rows.to_numpy(), None, None), index=rows.index, columns=rows.columns)
             save_heatmap(scaled[shown[:60]], staging / names["gene_to_gene_heatmap"],
                          title="gene-gene attention (row min-max scaled)", colorbar="scaled score")
-    elif tables.gene_pairs is not None and tables.gene_pairs["scaled"].notna().any():
+    elif tables.gene_pairs is not None and tables.gene_pairs["score"].notna().any():
         # Over all genes there is no matrix to show: plot the table's strongest edges among their genes.
         names["top_gene_pairs_heatmap"] = "top_gene_pairs.png"
         save_heatmap(top_edge_matrix(tables.gene_pairs), staging / names["top_gene_pairs_heatmap"],
                      title=f"gene-gene attention: the {PLOTTED_EDGES} strongest edges of top_gene_pairs.csv "
-                           "(row gene -> partner; blank: not among them)", colorbar="scaled score")
+                           "(row gene -> partner; blank: not among them)", colorbar="mean attention (score)")
     if tables.protein_to_protein is not None:
         names["protein_to_protein"] = "protein_to_protein.csv"
         names["top_protein_pairs"] = "top_protein_pairs.csv"
