@@ -353,13 +353,22 @@ def test_blocked_top_partners_equal_dense(tmp_path: Path) -> None:
     assert blocked["partner"].tolist() == reference["partner"].tolist()
 
 
-def test_kind_option_errors(tiny: TranslatorModel, bmmc: ad.AnnData) -> None:
+def test_kind_option_errors(tiny: TranslatorModel, bmmc: ad.AnnData, tmp_path: Path) -> None:
     from sctranslator.errors import OptionError, VocabularyError
 
     with pytest.raises(OptionError, match="gene-gene"):
         interactions(bmmc[:2], tiny, PROTEINS[:2], kinds="gene-genes")
     with pytest.raises(VocabularyError, match="NOT_A_GENE"):
         interactions(bmmc[:2], tiny, PROTEINS[:2], genes=["NOT_A_GENE"])
+    for sizes, named in (({"top_k": 0}, "--top-k"), ({"batch_size": -1}, "--batch-size"),
+                         ({"row_block": 0}, "row_block=")):
+        with pytest.raises(OptionError, match=f"^{named} must be >= 1"):
+            interactions(bmmc[:2], tiny, PROTEINS[:2], **sizes)
+    from sctranslator.analysis.knockout import knockout
+
+    with pytest.raises(OptionError, match="^--block-cells must be >= 1, got 0"):
+        knockout(bmmc[:2], tiny, ["CD3E"], out=tmp_path / "k.h5ad", block_cells=0)
+    assert not (tmp_path / "k.h5ad").exists()
     only = interactions(bmmc[:2], tiny, PROTEINS[:2], kinds="protein-protein")
     assert only.gene_to_protein is None and only.adata.X is None and only.pairs.protein_pairs is not None
 
