@@ -44,7 +44,6 @@ from sctranslator.engine.blocks import BlockRunner
 from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.sources import open_source
 from sctranslator.engine.sources.subset import select_cells
-from sctranslator.errors import InputDataError
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.options import IdType, Normalize, check_choices, check_sizes
 from sctranslator.outputs import claim_output, one_writer
