@@ -428,7 +428,8 @@ class AnalysisOptions(OptionGroup):
         None, "knockout: drop removes the gene's column as the original does; zero sets its expression to 0",
         none_means="drop for published checkpoints, zero for fixed-panel models")
     per_cell: bool = option(False, "knockout: also write every cell's changes")
-    top_k: int = option(20, "attention: genes listed per protein")
+    top_k: int = option(20, "attention: genes listed per protein in top_genes.csv, and partners listed per "
+                        "gene / protein in top_gene_pairs.csv / top_protein_pairs.csv")
     as_published: bool = option(False, "attention: take each layer's attention from the post-residual state, "
                                 "as the original script did")
     row_block: int = option(2048, "attention: genes at a time through the translator", cli=False)
@@ -534,10 +535,8 @@ class TrainOptions(OptionGroup):
         self.freeze = tuple(self.freeze or ())
         for part in self.freeze:
             check_choice("part to freeze", part, Freezable)
-        if self.batch_size < 1 or self.accumulation < 1:
-            raise InputDataError("batch_size and accumulation must be >= 1")
-        if self.block_cells < 1 or self.shuffle_blocks < 1 or (self.gene_subset is not None and self.gene_subset < 1):
-            raise InputDataError("block_cells, shuffle_blocks and gene_subset must be >= 1")
+        check_sizes(batch_size=self.batch_size, accumulation=self.accumulation, block_cells=self.block_cells,
+                    shuffle_blocks=self.shuffle_blocks, gene_subset=self.gene_subset)
         if self.steps is None and self.epochs is None:
             raise InputDataError("say how long to train: steps=... or epochs=...")
 
@@ -561,6 +560,19 @@ def cli_flag(name: str) -> str:
             if f.name == name and f.metadata.get("cli", True):
                 return f.metadata.get("flag") or "--" + name.replace("_", "-")
     return f"backend option {name!r}"
+
+
+def check_sizes(**sizes: int | None) -> None:
+    """OptionError naming the first size below 1, e.g. `check_sizes(batch_size=0)` -> "--batch-size must be >= 1".
+
+    None means not given (a default applies). Options without a command-line flag are named by keyword.
+    """
+    for name, value in sizes.items():
+        if value is not None and value < 1:
+            flag = cli_flag(name)
+            spelled = flag if flag.startswith("--") else f"{name}="
+            raise OptionError(f"{spelled} must be >= 1, got {value}: give a positive whole number "
+                              f"(or leave {spelled.rstrip('=')} out for its default)")
 
 
 def check_device(device: str) -> None:
@@ -711,9 +723,9 @@ class TranslateOptions(JobOptions):
         ------
         OptionError
             A choice (backend, normalize, id_type, precision) outside its choices; a device that is
-            not cpu, cuda or cuda:N.
+            not cpu, cuda or cuda:N; batch_size or block_cells < 1 (named).
         InputDataError
-            batch_size or block_cells < 1; a cell selection with a write-back or inplace.
+            A cell selection with a write-back or inplace.
         StoreError
             `out` names an HDF5 file.
         """
@@ -721,9 +733,7 @@ class TranslateOptions(JobOptions):
         check_choices(backend=engine.backend, normalize=given.normalize, id_type=given.id_type,
                       precision=engine.precision)
         check_device(engine.device)
-        if ((engine.batch_size is not None and engine.batch_size < 1)
-                or (engine.block_cells is not None and engine.block_cells < 1)):
-            raise InputDataError("batch_size and block_cells must be >= 1")
+        check_sizes(batch_size=engine.batch_size, block_cells=engine.block_cells)
         check_out_path(self.out)
         if self.selecting and self.writes_back:
             raise InputDataError("a cell selection (--cells / --obs-query / --max-cells) cannot be combined with "
@@ -766,10 +776,9 @@ class KnockoutOptions(JobOptions):
     output: OutputOptions = field(default_factory=OutputOptions)
 
     def check(self) -> None:
-        """OptionError for semantics, normalize or id_type outside its choices; InputDataError for sizes < 1."""
+        """OptionError for semantics, normalize or id_type outside its choices, or a size < 1 (named)."""
         check_choices(semantics=self.analysis.semantics, normalize=self.input.normalize, id_type=self.input.id_type)
-        if (self.engine.batch_size or 0) < 1 or (self.engine.block_cells or 0) < 1:
-            raise InputDataError("batch_size and block_cells must be >= 1")
+        check_sizes(batch_size=self.engine.batch_size or 0, block_cells=self.engine.block_cells or 0)
 
 
 @dataclass
@@ -796,8 +805,7 @@ class AttentionOptions(JobOptions):
     genes: Sequence[str] | None = None  # the query genes of gene-gene attention
 
     def check(self) -> None:
-        """OptionError for normalize or id_type outside its choices; InputDataError for sizes < 1."""
+        """OptionError for normalize or id_type outside its choices, or a size < 1 (named)."""
         check_choices(normalize=self.input.normalize, id_type=self.input.id_type)
-        sizes = (self.engine.batch_size, self.engine.block_cells, self.analysis.row_block, self.analysis.top_k)
-        if any((size or 0) < 1 for size in sizes):
-            raise InputDataError("batch_size, block_cells, row_block and top_k must be >= 1")
+        check_sizes(batch_size=self.engine.batch_size or 0, block_cells=self.engine.block_cells or 0,
+                    row_block=self.analysis.row_block or 0, top_k=self.analysis.top_k or 0)

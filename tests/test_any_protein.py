@@ -81,3 +81,29 @@ def test_knockout_and_attention_accept_outside_proteins(bundle: dict, tmp_path: 
     attention = interactions(rna, bundle["path"], ["CD4", OUTSIDE], quiet=True)
     assert list(attention.gene_to_protein.columns) == ["CD4", OUTSIDE]
     assert attention.adata.uns["sctranslator_attention"]["plan"]["untrained_proteins"] == [OUTSIDE]
+
+
+def test_protein_pair_scaling_is_over_the_window_the_model_ran(bundle: dict) -> None:
+    """A panel model runs its whole panel window: a pair's scaled score does not depend on what else is asked."""
+    from sctranslator.analysis.attention import interactions
+
+    panel = bundle["panel"]
+    first, second = panel[0], panel[1]
+    few = interactions(bundle["rna"][:4], bundle["path"], [first, second], kinds="protein-protein")
+    many = interactions(bundle["rna"][:4], bundle["path"], [first, second, *panel[2:6], OUTSIDE],
+                        kinds="protein-protein")
+    for pair in ((first, second), (second, first)):
+        assert np.isfinite(few.pairs.protein_scaled.loc[pair])
+        np.testing.assert_allclose(few.pairs.protein_scaled.loc[pair], many.pairs.protein_scaled.loc[pair],
+                                   rtol=1e-6)
+        np.testing.assert_allclose(few.pairs.protein_to_protein.loc[pair], many.pairs.protein_to_protein.loc[pair],
+                                   rtol=1e-6)
+    # Two requested proteins still rank, since the scaling ran over the whole panel window.
+    ranked = few.pairs.protein_pairs.set_index(["protein", "partner"])["scaled"]
+    np.testing.assert_allclose(ranked.loc[(first, second)], many.pairs.protein_scaled.loc[first, second], rtol=1e-6)
+
+
+def test_card_says_outside_panel_proteins_are_untrained(bundle: dict) -> None:
+    card = (bundle["path"] / "card.md").read_text()
+    line = next(line for line in card.splitlines() if "outside this panel" in line)
+    assert "untrained" in line and "accuracy below does not cover them" in line and str(TINY_A) in line

@@ -289,8 +289,13 @@ def test_three_kinds_match_dense_attention(tiny: TranslatorModel, bmmc: ad.AnnDa
                                atol=1e-7)
     assert np.isnan(every.pairs.protein_to_protein.loc["CD3", "CD7"])  # windows 0 and 1 never meet
     # The top-partner tables over all genes (blocked, row_block=5) equal the dense ones the original makes.
+    # Window 1 holds CD2 and CD7 only: min-max scaling is undefined there (NaN), so they are in no pair.
+    window0 = PROTEINS[:16]
+    assert every.pairs.protein_scaled.loc[["CD2", "CD7"]].isna().all().all()
+    assert every.pairs.unscaled_proteins == ["CD2", "CD7"]
+    assert not set(every.pairs.protein_pairs["protein"]) & {"CD2", "CD7"}
     for table, dense, label in ((every.pairs.gene_pairs, dense_genes, "gene"),
-                                (every.pairs.protein_pairs, dense_proteins, "protein")):
+                                (every.pairs.protein_pairs, dense_proteins.loc[window0, window0], "protein")):
         reference = _original_tables(dense, 4)
         assert table[label].tolist() == reference["name"].tolist()
         assert table["rank"].tolist() == reference["rank"].tolist()
@@ -315,6 +320,20 @@ def test_three_kinds_match_dense_attention(tiny: TranslatorModel, bmmc: ad.AnnDa
         assert listed.files[key].stat().st_size > 0
     assert set(pd.read_csv(listed.files["top_gene_pairs"])["gene"]) == set(chosen)
     assert {"protein_to_protein", "top_protein_pairs", "protein_to_protein_heatmap"} <= set(every.files)
+    # Over all genes the figure is of the table's strongest edges, each at its mean attention (score).
+    from sctranslator.analysis.attention.kinds import PLOTTED_EDGES, top_edge_matrix
+
+    assert every.files["top_gene_pairs_heatmap"].stat().st_size > 0
+    table = pd.read_csv(every.files["top_gene_pairs"])
+    shown = top_edge_matrix(table)
+    edges = shown.stack().dropna()
+    assert len(edges) == min(PLOTTED_EDGES, len(table))
+    listed_score = table.set_index(["gene", "partner"])["score"]
+    np.testing.assert_allclose(edges.to_numpy(), listed_score.loc[edges.index].to_numpy())
+    assert edges.nunique() > 1  # not a flat colour
+    # ... and no edge left out is stronger than the weakest shown.
+    rest = listed_score.drop(index=edges.index)
+    assert rest.max() <= edges.min()
     assert "protein_to_protein" in ad.read_h5ad(every.files["anndata"]).varp
 
 
@@ -334,13 +353,22 @@ def test_blocked_top_partners_equal_dense(tmp_path: Path) -> None:
     assert blocked["partner"].tolist() == reference["partner"].tolist()
 
 
-def test_kind_option_errors(tiny: TranslatorModel, bmmc: ad.AnnData) -> None:
+def test_kind_option_errors(tiny: TranslatorModel, bmmc: ad.AnnData, tmp_path: Path) -> None:
     from sctranslator.errors import OptionError, VocabularyError
 
     with pytest.raises(OptionError, match="gene-gene"):
         interactions(bmmc[:2], tiny, PROTEINS[:2], kinds="gene-genes")
     with pytest.raises(VocabularyError, match="NOT_A_GENE"):
         interactions(bmmc[:2], tiny, PROTEINS[:2], genes=["NOT_A_GENE"])
+    for sizes, named in (({"top_k": 0}, "--top-k"), ({"batch_size": -1}, "--batch-size"),
+                         ({"row_block": 0}, "row_block=")):
+        with pytest.raises(OptionError, match=f"^{named} must be >= 1"):
+            interactions(bmmc[:2], tiny, PROTEINS[:2], **sizes)
+    from sctranslator.analysis.knockout import knockout
+
+    with pytest.raises(OptionError, match="^--block-cells must be >= 1, got 0"):
+        knockout(bmmc[:2], tiny, ["CD3E"], out=tmp_path / "k.h5ad", block_cells=0)
+    assert not (tmp_path / "k.h5ad").exists()
     only = interactions(bmmc[:2], tiny, PROTEINS[:2], kinds="protein-protein")
     assert only.gene_to_protein is None and only.adata.X is None and only.pairs.protein_pairs is not None
 
@@ -390,3 +418,19 @@ def test_gene_gene_sums_spilled_to_disk_give_the_same_table(tiny: TranslatorMode
     pd.testing.assert_frame_equal(spilled.pairs.gene_pairs[["gene", "partner", "rank"]],
                                   in_memory.pairs.gene_pairs[["gene", "partner", "rank"]])
     np.testing.assert_allclose(spilled.pairs.gene_pairs["score"], in_memory.pairs.gene_pairs["score"], rtol=1e-5)
+
+
+def test_too_small_a_window_leaves_scaling_undefined(tiny: TranslatorModel, bmmc: ad.AnnData, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="sctranslator.analysis.attention.kinds"):
+        two = interactions(bmmc[:2], tiny, ["CD3", "CD4"], kinds="protein-protein", out=tmp_path / "two")
+    warnings = [r.getMessage() for r in caplog.records if "scaling is undefined" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0] and "CD3, CD4" in warnings[0]
+    assert two.pairs.protein_scaled.isna().all().all()  # NaN, not a flat 0
+    assert np.isfinite(two.pairs.protein_to_protein.to_numpy()).all()  # the raw means are kept
+    assert two.pairs.protein_pairs.empty and pd.read_csv(two.files["top_protein_pairs"]).empty
+    written = ad.read_h5ad(two.files["anndata"])
+    assert np.isnan(written.varp["protein_to_protein_scaled"]).all()
+    assert two.files["protein_to_protein_heatmap"].stat().st_size > 0

@@ -76,7 +76,7 @@ def test_the_options_object_is_checked_once_per_run(rna_path: Path, fixtures_dir
 # (translate keywords, the same on the command line, the named error, its message)
 BAD_VALUES = [
     ({"device": "gpu"}, ["--device", "gpu"], OptionError, r"unknown device 'gpu'"),
-    ({"batch_size": 0}, ["--batch-size", "0"], InputDataError, r"batch_size and block_cells must be >= 1"),
+    ({"batch_size": 0}, ["--batch-size", "0"], OptionError, r"--batch-size must be >= 1, got 0:"),
     ({"max_cells": 3, "write_h5ad": "w.h5ad"}, ["--max-cells", "3", "--write-h5ad", "w.h5ad"], InputDataError,
      r"a cell selection .* cannot be combined with --write-h5ad"),
     ({"backend": "onnxruntime", "compile": True}, ["--backend", "onnxruntime", "--compile"], BackendOptionError,
@@ -197,10 +197,15 @@ def test_knockout_and_attention_options_check_as_their_functions_do() -> None:
 
     with pytest.raises(OptionError, match="unknown semantics 'remove'"):
         KnockoutOptions.from_kwargs(genes=["CD4"], semantics="remove").check()
-    with pytest.raises(InputDataError, match="batch_size and block_cells must be >= 1"):
+    with pytest.raises(OptionError, match="^--batch-size must be >= 1, got 0"):
         KnockoutOptions.from_kwargs(genes=["CD4"], batch_size=0).check()
-    with pytest.raises(InputDataError, match="row_block and top_k must be >= 1"):
-        AttentionOptions.from_kwargs(top_k=0).check()
+    # Each size is named alone, with its command-line spelling (or keyword when it has none).
+    for given, named in (({"top_k": 0}, "--top-k"), ({"top_k": -3}, "--top-k"), ({"block_cells": 0}, "--block-cells"),
+                         ({"batch_size": -1}, "--batch-size"), ({"row_block": 0}, "row_block=")):
+        with pytest.raises(OptionError, match=rf"^{named} must be >= 1, got {list(given.values())[0]}:") as caught:
+            AttentionOptions.from_kwargs(**given).check()
+        others = {"--top-k", "--block-cells", "--batch-size", "row_block"} - {named.rstrip("=")}
+        assert not any(other in str(caught.value) for other in others)
     args = cli.build_parser().parse_args(["knockout", "in.h5ad", "--model", "demo", "--genes", "CD4,CD8A", "--out",
                                           "k.h5ad", "--semantics", "zero", "--block-cells", "64"])
     assert KnockoutOptions.from_cli_args(args) == KnockoutOptions.from_kwargs(

@@ -230,12 +230,12 @@ def test_several_datasets_validation_skips_unmeasured_proteins(pair, tmp_path):
 
 
 def test_unmatched_inputs_and_bad_stream_settings_are_named_errors(pair, tmp_path):
-    from sctranslator.errors import InputDataError
+    from sctranslator.errors import InputDataError, OptionError
     from sctranslator.train import finetune
 
     with pytest.raises(InputDataError, match="2 RNA inputs but 1 protein inputs"):
         finetune([pair["rna_path"], pair["rna_path"]], [pair["protein_path"]], init=TINY_A, out=tmp_path / "x",
                  steps=1)
-    with pytest.raises(InputDataError, match="block_cells, shuffle_blocks and gene_subset"):
+    with pytest.raises(OptionError, match="^--gene-subset must be >= 1, got 0"):
         finetune(pair["rna_path"], pair["protein_path"], init=TINY_A, out=tmp_path / "y", steps=1, gene_subset=0)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

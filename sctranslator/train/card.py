@@ -34,6 +34,9 @@ def model_card(model: TranslatorModel, *, init: str, data: dict[str, Any], split
         f"empty cells (no counts in any panel gene, trained on as constant cells): {data.get('empty_cells', 0)}",
         f"- gene panel: {len(genes.get('token_ids', []))} genes at positions 0.. of L={model.config.max_genes}",
         f"- protein panel ({len(proteins.get('names', []))}, in trained order): {', '.join(proteins.get('names', []))}",
+        "- proteins outside this panel are answered untrained, as the original does (the decoder takes any "
+        "protein token; a warning names them and provenance records them): those predictions come from the "
+        f"starting weights ({init}) through a model not tuned on them, and the accuracy below does not cover them",
         "",
         "## Preprocessing",
         f"- input: normalize={pre.get('normalize')}, target_sum={pre.get('target_sum')}, then per-cell min-max "

@@ -43,9 +43,8 @@ from sctranslator.engine.block_runner import BlockRunner
 from sctranslator.engine.input_checks import check_expression_scale
 from sctranslator.engine.sources import open_source
 from sctranslator.engine.sources.subset import select_cells
-from sctranslator.errors import InputDataError
 from sctranslator.model import TranslatorModel, load_model
-from sctranslator.options import IdType, Normalize, check_choices
+from sctranslator.options import IdType, Normalize, check_choices, check_sizes
 from sctranslator.outputs import claim_output, one_writer
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 from sctranslator.util.progress import progress_bar
@@ -153,8 +152,8 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
     gene-gene attention (implies it); without them gene-gene runs over every gene the model reads
     and keeps each gene's `top_k` partners (O(L^2) work per cell, as the original's dense matrix;
     sums over 256 MiB go to a temporary file). With `out`, gene-gene adds top_gene_pairs.csv (and,
-    with `genes`, gene_to_gene.csv / .png and obsm['gene_to_gene']); protein-protein adds
-    protein_to_protein.csv / .png, top_protein_pairs.csv and varp['protein_to_protein'(_scaled)].
+    with `genes`, gene_to_gene.csv / .png and obsm['gene_to_gene']; without, top_gene_pairs.png);
+    protein-protein adds protein_to_protein.csv / .png, top_protein_pairs.csv and varp['protein_to_protein'(_scaled)].
 
     Returns an `InteractionResult`; with `out` (a directory) also writes interactions.h5ad (genes x
     proteins; X = mean score, layers 'scaled' and 'mean:<group>', obs/var 'received:<group>'),
@@ -164,7 +163,8 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
     `as_published` reproduces the original script's choice of hidden state for each layer's
     attention (see `capture_features`). Torch on CPU; the model runs in eval mode without autograd.
 
-    Parameters: `data`, `model` and `proteins` as for `translate`; `top_k`: genes listed per protein;
+    Parameters: `data`, `model` and `proteins` as for `translate`; `top_k`: genes listed per protein
+    (and partners per gene / protein in the pair tables);
     `groupby`: an obs column whose groups are also averaged; `block_cells`: cells read and prepared at
     a time. The input options (normalize, target_sum, gene_column, id_type, layer, min_coverage,
     allow_low_coverage, allow_empty_cells, gene_mapping, measurement) and the cell selection (cells,
@@ -177,14 +177,13 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
 
     Raises:
         OptionError: normalize or id_type outside its choices.
-        InputDataError: sizes < 1; BadCellsError: bad values in the matrix, or empty cells.
+        OptionError: a size < 1 (named). BadCellsError: bad values in the matrix, or empty cells.
         OutputConflictError: `out` holds something else, or is or overlaps an input.
         CoverageError, VocabularyError, UnknownProteinError, CheckpointError: as for `translate`.
     """
     check_choices(normalize=normalize, id_type=id_type)
     chosen = parse_kinds(kinds, genes)
-    if batch_size < 1 or block_cells < 1 or row_block < 1 or top_k < 1:
-        raise InputDataError("batch_size, block_cells, row_block and top_k must be >= 1")
+    check_sizes(batch_size=batch_size, block_cells=block_cells, row_block=row_block, top_k=top_k)
     if out is not None:
         claim_output(out, OUTPUT_KIND, inputs=(data, model), overwrite=overwrite)
     loaded = model if isinstance(model, TranslatorModel) else load_model(model)
@@ -250,7 +249,7 @@ def _result(acc: _Accumulator, gene_names: list[str], positions: np.ndarray, pla
     gene_mean, protein_mean, matrix_mean = acc.means()
     gene_index = _unique_genes(gene_names)
     protein_index = pd.Index(plan.proteins["name"].astype(str), name="protein")
-    tables = pair_tables(pairs, gene_index, protein_index, plan.output_index, top_k)
+    tables = pair_tables(pairs, gene_index, protein_index, plan.output_index, top_k, plan.protein_window_mask)
     gene_received = pd.DataFrame(gene_mean.T, index=gene_index, columns=group_names)
     protein_received = pd.DataFrame(protein_mean.T, index=protein_index, columns=group_names)
     matrix = scaled = top = None

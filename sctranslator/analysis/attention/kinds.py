@@ -7,6 +7,7 @@ layer's features (gene-gene rows, a block at a time), the decoder passes their w
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,15 +19,18 @@ import pandas as pd
 import torch
 
 from sctranslator.analysis.attention.pairs import (
+    MIN_SCALED_WINDOW,
     attention_rows,
-    column_ranges,
     protein_pair_matrix,
     scale_block,
+    scale_windows,
     top_partners,
     window_attention,
 )
 from sctranslator.analysis.attention.trace import LayerCallback
 from sctranslator.errors import OptionError, VocabularyError
+
+log = logging.getLogger(__name__)
 
 GENE_PROTEIN = "gene-protein"
 GENE_GENE = "gene-gene"
@@ -34,6 +38,8 @@ PROTEIN_PROTEIN = "protein-protein"
 KINDS = (GENE_PROTEIN, GENE_GENE, PROTEIN_PROTEIN)
 # gene-gene over every gene costs O(L^2) per cell (as the original's dense matrix): asked for only.
 DEFAULT_KINDS = (GENE_PROTEIN, PROTEIN_PROTEIN)
+# The all-genes gene-gene figure shows this many of the strongest edges (at most 2x as many genes).
+PLOTTED_EDGES = 40
 # Gene-gene sums larger than this live in a temporary file (np.memmap), so RAM holds one block.
 IN_MEMORY_BYTES = 256 * 2**20
 
@@ -140,13 +146,19 @@ class PairTables:
     protein_to_protein: pd.DataFrame | None  # proteins x proteins, NaN across decoder windows
     protein_scaled: pd.DataFrame | None
     protein_pairs: pd.DataFrame | None  # protein, partner, rank, score, scaled (the original's PPI table)
+    unscaled_proteins: list[str] = field(default_factory=list)  # in windows too small to scale (NaN)
 
 
 def pair_tables(sums: PairSums, gene_index: pd.Index, protein_index: pd.Index, output_index: np.ndarray,
-                top_k: int) -> PairTables:
-    """Means over the `sums.count` cells, scaled and ranked as the original does."""
+                top_k: int, window_mask: np.ndarray | None = None) -> PairTables:
+    """Means over the `sums.count` cells, scaled and ranked as the original does.
+
+    Protein-protein scores are scaled over each decoder window the model ran (`window_mask`, the
+    plan's `protein_window_mask`; None: every position real), then the requested proteins reported.
+    """
     n = max(1, sums.count)
     gene_frame = gene_pairs = protein_frame = protein_scaled = protein_pairs = None
+    unscaled: list[str] = []
     if sums.gene_sums is not None:
         matrix = sums.gene_sums
         for lo in range(0, matrix.shape[0], sums.row_block):  # in place, a block at a time (may be on disk)
@@ -159,13 +171,23 @@ def pair_tables(sums: PairSums, gene_index: pd.Index, protein_index: pd.Index, o
             gene_frame = pd.DataFrame(np.asarray(matrix, dtype=np.float64), index=pd.Index(query_names, name="gene"),
                                       columns=gene_index)
     if sums.protein_sums is not None:
-        values = protein_pair_matrix(sums.protein_sums / n, output_index, sums.window_size)
+        means = sums.protein_sums / n
+        mask = np.ones(means.shape[:2], dtype=bool) if window_mask is None else np.asarray(window_mask, dtype=bool)
+        window_scaled, degenerate = scale_windows(means, mask)
+        values = protein_pair_matrix(means, output_index, sums.window_size)
+        scaled = protein_pair_matrix(window_scaled, output_index, sums.window_size)
         protein_frame = pd.DataFrame(values, index=protein_index, columns=protein_index)
+        protein_scaled = pd.DataFrame(scaled, index=protein_index, columns=protein_index)
         names = [str(p) for p in protein_index]
-        protein_pairs = top_partners(values, names, names, np.arange(len(names)), top_k, label="protein")
-        lo, hi = column_ranges(values, max(1, len(names)))
-        protein_scaled = pd.DataFrame(scale_block(values, lo, hi), index=protein_index, columns=protein_index)
-    return PairTables(gene_frame, gene_pairs, protein_frame, protein_scaled, protein_pairs)
+        protein_pairs = top_partners(values, names, names, np.arange(len(names)), top_k, label="protein",
+                                     scaled_matrix=scaled)
+        unscaled = [names[i] for i in np.flatnonzero(np.isin(output_index // sums.window_size, degenerate))]
+        if unscaled:
+            log.warning("protein-protein: %d protein(s) (%s) sit in a decoder window of fewer than %d proteins, where "
+                        "min-max scaling is undefined: their scaled scores are NaN and they are left out of "
+                        "top_protein_pairs.csv; ask for more proteins (or use the raw protein_to_protein.csv)",
+                        len(unscaled), ", ".join(unscaled[:10]), MIN_SCALED_WINDOW)
+    return PairTables(gene_frame, gene_pairs, protein_frame, protein_scaled, protein_pairs, unscaled)
 
 
 def annotate(adata: ad.AnnData, tables: PairTables, kinds: tuple[str, ...]) -> None:
@@ -180,6 +202,22 @@ def annotate(adata: ad.AnnData, tables: PairTables, kinds: tuple[str, ...]) -> N
         frame.columns = [str(c) for c in frame.columns]
         adata.obsm["gene_to_gene"] = frame
     adata.uns["sctranslator_attention"]["kinds"] = list(kinds)
+
+
+def top_edge_matrix(gene_pairs: pd.DataFrame, n_edges: int = PLOTTED_EDGES) -> pd.DataFrame:
+    """The `n_edges` rows of top_gene_pairs with the highest raw score, as a gene x partner matrix.
+
+    Rows and columns are the genes those edges involve; an entry is the edge's mean attention
+    (`score`), NaN where the table lists no such edge. Ranked by raw score, not `scaled`: every
+    gene's first partner scales to 1, so the scaled score cannot order edges across genes.
+    """
+    edges = gene_pairs.dropna(subset=["score"]).sort_values(["score", "scaled"], ascending=False, kind="stable")
+    edges = edges.head(n_edges)
+    genes = list(dict.fromkeys(np.column_stack([edges["gene"], edges["partner"]]).ravel().tolist()))
+    matrix = pd.DataFrame(np.nan, index=pd.Index(genes, name="gene"), columns=pd.Index(genes, name="partner"))
+    matrix.values[matrix.index.get_indexer(edges["gene"]), matrix.columns.get_indexer(edges["partner"])] = (
+        edges["score"].to_numpy(dtype=np.float64))
+    return matrix
 
 
 def write_pair_files(staging: Path, tables: PairTables, top_k: int) -> dict[str, str]:
@@ -200,14 +238,24 @@ def write_pair_files(staging: Path, tables: PairTables, top_k: int) -> dict[str,
             scaled = pd.DataFrame(scale_block(rows.to_numpy(), None, None), index=rows.index, columns=rows.columns)
             save_heatmap(scaled[shown[:60]], staging / names["gene_to_gene_heatmap"],
                          title="gene-gene attention (row min-max scaled)", colorbar="scaled score")
+    elif tables.gene_pairs is not None and tables.gene_pairs["score"].notna().any():
+        # Over all genes there is no matrix to show: plot the table's strongest edges among their genes.
+        names["top_gene_pairs_heatmap"] = "top_gene_pairs.png"
+        save_heatmap(top_edge_matrix(tables.gene_pairs), staging / names["top_gene_pairs_heatmap"],
+                     title=f"gene-gene attention: the {PLOTTED_EDGES} strongest edges of top_gene_pairs.csv "
+                           "(row gene -> partner; blank: not among them)", colorbar="mean attention (score)")
     if tables.protein_to_protein is not None:
         names["protein_to_protein"] = "protein_to_protein.csv"
         names["top_protein_pairs"] = "top_protein_pairs.csv"
         names["protein_to_protein_heatmap"] = "protein_to_protein.png"
         tables.protein_to_protein.to_csv(staging / names["protein_to_protein"], index_label="protein")
         tables.protein_pairs.to_csv(staging / names["top_protein_pairs"], index=False)
-        shown = tables.protein_scaled.iloc[:60, :60]
-        save_heatmap(shown, staging / names["protein_to_protein_heatmap"],
-                     title="protein-protein attention (min-max scaled; blank: other decoder window)",
-                     colorbar="scaled score")
+        if tables.protein_scaled.notna().to_numpy().any():
+            save_heatmap(tables.protein_scaled.iloc[:60, :60], staging / names["protein_to_protein_heatmap"],
+                         title="protein-protein attention (min-max scaled per decoder window; blank: other window "
+                               "or scaling undefined)", colorbar="scaled score")
+        else:  # nothing could be scaled: show the raw means and say why, not a flat colour
+            save_heatmap(tables.protein_to_protein.iloc[:60, :60], staging / names["protein_to_protein_heatmap"],
+                         title=f"protein-protein mean attention, unscaled: min-max scaling is undefined in a "
+                               f"window of fewer than {MIN_SCALED_WINDOW} proteins", colorbar="mean attention")
     return names

@@ -52,6 +52,37 @@ def protein_pair_matrix(window_sums: np.ndarray, output_index: np.ndarray, windo
     return matrix
 
 
+# Min-max scaling over one or two proteins leaves nothing but their order (every value 0 or 1), and a
+# single protein's column has no range at all: below this many proteins a window's scaling is undefined.
+MIN_SCALED_WINDOW = 3
+
+
+def scale_windows(window_means: np.ndarray, window_mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """The original's `attention_normalize` over each decoder window's real proteins, as the model ran them.
+
+    `window_means` (W, P, P) and `window_mask` (W, P). The scaling uses every protein in the window
+    (for a panel model its whole panel window), so a pair's scaled value does not depend on which
+    proteins were asked for. NaN where it is undefined: padding, a constant column or row, and whole
+    windows of fewer than MIN_SCALED_WINDOW proteins, whose indices are returned.
+    """
+    scaled = np.full(window_means.shape, np.nan)
+    degenerate = []
+    for w in range(window_means.shape[0]):
+        real = np.flatnonzero(window_mask[w])
+        if real.size < MIN_SCALED_WINDOW:
+            degenerate.append(w)
+            continue
+        block = np.asarray(window_means[w][np.ix_(real, real)], dtype=np.float64)
+        lo, hi = block.min(axis=0), block.max(axis=0)
+        with np.errstate(all="ignore"):
+            block = np.where(hi > lo, (block - lo) / (hi - lo), np.nan)
+            lo = np.nanmin(block, axis=1, keepdims=True, initial=np.inf)
+            hi = np.nanmax(block, axis=1, keepdims=True, initial=-np.inf)
+            block = np.where(hi > lo, (block - lo) / (hi - lo), np.nan)
+        scaled[w][np.ix_(real, real)] = block
+    return scaled, degenerate
+
+
 def column_ranges(blocks: list[np.ndarray] | np.ndarray, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-column (nan)min and (nan)max of a matrix read `block_rows` rows at a time."""
     lo = np.full(blocks.shape[1], np.inf)
@@ -83,19 +114,23 @@ def scale_block(block: np.ndarray, column_lo: np.ndarray | None, column_hi: np.n
 
 def top_partners(matrix: np.ndarray, row_names: list[str], column_names: list[str], self_column: np.ndarray,
                  top_k: int, *, scale_columns: bool = True, block_rows: int = 1024,
-                 label: str = "gene") -> pd.DataFrame:
+                 label: str = "gene", scaled_matrix: np.ndarray | None = None) -> pd.DataFrame:
     """Each row's `top_k` partners by the original's scaled score, itself excluded, block by block.
 
     `matrix` (rows x columns; an array or a np.memmap) holds the mean attention; `self_column[i]`
     is row i's own column (-1: none). Ranked by `scaled` (ties: the first column first), as the
-    original's fig5 tables are. Returns columns `label`, partner, rank, score, scaled. Memory: one block.
+    original's fig5 tables are; `scaled_matrix` (same shape) gives the scaled scores instead (NaN:
+    undefined, never listed). Returns columns `label`, partner, rank, score, scaled. Memory: one block.
     """
-    lo, hi = column_ranges(matrix, block_rows) if scale_columns else (None, None)
+    lo, hi = column_ranges(matrix, block_rows) if scale_columns and scaled_matrix is None else (None, None)
     k = max(0, min(top_k, matrix.shape[1] - 1))
     frames = []
     for start in range(0, matrix.shape[0], block_rows):
         raw = np.asarray(matrix[start:start + block_rows], dtype=np.float64)
-        scaled = scale_block(raw, lo, hi)
+        if scaled_matrix is None:
+            scaled = scale_block(raw, lo, hi)
+        else:
+            scaled = np.asarray(scaled_matrix[start:start + block_rows], dtype=np.float64)
         rows = np.arange(raw.shape[0])
         own = self_column[start:start + raw.shape[0]]
         key = np.where(np.isnan(scaled), -np.inf, scaled)

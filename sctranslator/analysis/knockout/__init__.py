@@ -44,7 +44,7 @@ from sctranslator.engine.sources.subset import select_cells
 from sctranslator.errors import InputDataError
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
-from sctranslator.options import IdType, KnockoutSemantics, Normalize, check_choices
+from sctranslator.options import IdType, KnockoutSemantics, Normalize, check_choices, check_sizes
 from sctranslator.outputs import claim_output, one_writer
 from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
 from sctranslator.util.progress import progress_bar
@@ -182,8 +182,7 @@ def knockout(data: Any, model: str | Path | TranslatorModel, genes: Sequence[str
     """
     check_choices(semantics=semantics, normalize=normalize, id_type=id_type)
     out_path = check_out_path(out)
-    if batch_size < 1 or block_cells < 1:
-        raise InputDataError("batch_size and block_cells must be >= 1")
+    check_sizes(batch_size=batch_size, block_cells=block_cells)
     claim_output(out_path, OUTPUT_KIND, inputs=(data, model), overwrite=overwrite, resumable=True,
                  siblings=output_siblings(out_path))
     loaded = model if isinstance(model, TranslatorModel) else load_model(model)
