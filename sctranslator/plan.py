@@ -355,10 +355,14 @@ def _panel_proteins(proteins: Sequence[str] | None, panel: dict[str, Any],
     extra_windows, extra_mask, extra_order, extra = _reference_proteins(outside, window_size)
     extra["window"] += windows.shape[0]
     ordered = pd.concat([table, extra], ignore_index=True)
-    # Keep the request's order in the output columns.
-    order = {name: i for i, name in enumerate(requested)}
+    # Keep the request's order in the output columns. The table names the panel's (or the reference
+    # path's) spelling of each protein, which may differ from the name asked for (NCAM1 -> CD56), so
+    # the rows are ordered by where each was asked: panel rows in request order, then the rest.
+    outside_set = set(outside)
+    asked_at = [i for i, name in enumerate(requested) if name not in outside_set]
+    asked_at += [i for i, name in enumerate(requested) if name in outside_set]
     index = np.r_[chosen, windows.size + extra_order]
-    rank = np.argsort([order[n] for n in ordered["name"]], kind="stable")
+    rank = np.argsort(asked_at, kind="stable")
     return (np.concatenate([windows, extra_windows]), np.concatenate([mask, extra_mask]), index[rank],
             ordered.iloc[rank].reset_index(drop=True), list(outside))
 

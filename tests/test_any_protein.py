@@ -107,3 +107,15 @@ def test_card_says_outside_panel_proteins_are_untrained(bundle: dict) -> None:
     card = (bundle["path"] / "card.md").read_text()
     line = next(line for line in card.splitlines() if "outside this panel" in line)
     assert "untrained" in line and "accuracy below does not cover them" in line and str(TINY_A) in line
+
+
+def test_a_panel_protein_by_gene_name_beside_an_outside_one_keeps_the_request_order() -> None:
+    """The demo's panel knows CD56; asked as its gene NCAM1 beside MS4A1 (outside the panel), the columns
+    come back in the order asked, each equal to its lone run (this used to raise KeyError: 'CD56')."""
+    rna = ad.read_h5ad(data_file(PBMC / "rna.h5ad"))[:16].copy()
+    asked = ["MS4A1", "NCAM1"]
+    both = sctranslator.translate(rna, "demo", asked, workers=1, quiet=True)
+    assert list(both.var_names) == ["MS4A1", "CD56"]
+    for column, name in enumerate(asked):
+        alone = sctranslator.translate(rna, "demo", [name], workers=1, quiet=True)
+        np.testing.assert_array_equal(np.asarray(both.X)[:, column], np.asarray(alone.X)[:, 0])
