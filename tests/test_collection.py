@@ -18,7 +18,7 @@ import torch
 import sctranslator
 from sctranslator.cli.entry import main
 from sctranslator.engine import collection as collection_module
-from sctranslator.engine.backends import registry
+from sctranslator.engine.backends import selection
 from sctranslator.engine.collection import read_collection, store_names
 from sctranslator.errors import CollectionMismatchError, OptionError
 from sctranslator.model import ModelConfig, TranslatorModel, save_model
@@ -67,7 +67,7 @@ def test_python_list_equals_each_input_alone_with_one_model_load_and_one_backend
         inputs: list[Path], model_path: Path, alone: list[np.ndarray], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     loads, builds = [], []
-    real_load, real_create = collection_module.load_model, registry.create_backend
+    real_load, real_create = collection_module.load_model, selection.create_backend
 
     def counting_load(*args: object, **kwargs: object) -> TranslatorModel:
         loads.append(args)
@@ -78,7 +78,7 @@ def test_python_list_equals_each_input_alone_with_one_model_load_and_one_backend
         return real_create(spec)
 
     monkeypatch.setattr(collection_module, "load_model", counting_load)
-    monkeypatch.setattr(registry, "create_backend", counting_create)
+    monkeypatch.setattr(selection, "create_backend", counting_create)
     out = tmp_path / "preds"
     results = sctranslator.translate([str(p) for p in inputs], str(model_path), PROTEINS, out=out, **OPTIONS)
     assert len(loads) == 1 and len(builds) == 1, (loads, builds)
