@@ -229,6 +229,22 @@ def test_requests_sharing_a_gene_layout_run_together(server: TritonServer, rna: 
     assert encoder_calls == executions  # one gene layout: one encoder call per execution
 
 
+@pytest.mark.triton
+def test_executions_over_the_decoders_max_batch_size_are_split(server: TritonServer, rna: ad.AnnData,
+                                                               tiny_a: TranslatorModel) -> None:
+    """6 merged requests of 40 cells (240 > 64, the decoder's max_batch_size) and one request of 150 cells."""
+    genes = list(rna.var_names)
+    big = np.tile(rna.X, (4, 1))[:150]
+    answers = _send_together(server, [_inputs(rna.X, genes, PROTEINS) for _ in range(6)])
+    (single,) = _send_together(server, [_inputs(big, genes, PROTEINS)])
+    expected = translated(tiny_a, big, genes, PROTEINS)
+    for answer in [*answers, single]:
+        assert isinstance(answer, np.ndarray), answer
+    for answer in answers:
+        assert relative_error(answer, expected[:40]) <= 1e-5
+    assert single.shape == (150, len(PROTEINS)) and relative_error(single, expected) <= 1e-5
+
+
 def test_an_export_is_reusable_only_for_the_same_model_precision_and_options(repo: Path, tiny_a: TranslatorModel,
                                                                               tmp_path: Path) -> None:
     settings = ServingSettings(name=NAME, backend="python", dynamic_batching=True, max_queue_delay_us=50_000,

@@ -34,6 +34,7 @@ from typing import Any
 from tritonclient.grpc import model_config_pb2 as mc
 
 from sctranslator.export.triton_config import (
+    PARAM_DECODER_MAX_BATCH,
     PARAM_DECODER_MODEL,
     PARAM_ENCODER_MODEL,
     ServingSettings,
@@ -98,7 +99,8 @@ def counts_config(settings: ServingSettings, parameters: dict[str, str]) -> mc.M
     batching.max_queue_delay_microseconds = settings.max_queue_delay_us or 0
     names = graph_model_names(settings.name)
     values = {**parameters, PARAM_ENCODER_MODEL: names["encoder"], PARAM_DECODER_MODEL: names["decoder"],
-              PARAM_FACTS_FILE: FACTS_FILE, PARAM_PACKAGE_DIR: PACKAGE_DIR}
+              PARAM_DECODER_MAX_BATCH: str(settings.max_batch_size), PARAM_FACTS_FILE: FACTS_FILE,
+              PARAM_PACKAGE_DIR: PACKAGE_DIR}
     values.update({f"input.{key}" if key != OUTPUT_NAME else f"output.{key}": text
                    for key, text in DESCRIPTIONS.items()})
     for key, value in sorted(values.items()):

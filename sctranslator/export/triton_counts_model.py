@@ -94,6 +94,8 @@ class TritonPythonModel:
         self.proteins = int(facts["config"]["max_proteins"])
         self.encoder_model = parameters["encoder_model"]
         self.decoder_model = parameters["decoder_model"]
+        # The decoder model's max_batch_size: merged requests can carry more cells, sent in several calls.
+        self.decoder_limit = int(parameters.get("decoder_max_batch_size") or 0)
         self.plans: OrderedDict[tuple, Any] = OrderedDict()
 
     # --- one request -------------------------------------------------------------------------------
@@ -142,7 +144,17 @@ class TritonPythonModel:
         return Prepared(index, runner.prepare(block.data), plan)
 
     # --- the graphs --------------------------------------------------------------------------------
-    def infer(self, model: str, feed: dict[str, np.ndarray], output: str) -> np.ndarray:
+    def infer(self, model: str, feed: dict[str, np.ndarray], output: str, limit: int = 0) -> np.ndarray:
+        """BLS calls to `model`, each of at most `limit` cells (its max_batch_size; 0: one call, as for the
+        encoder, whose max_batch_size 0 takes any batch), every input of `feed` split along its first axis
+        (cells). RuntimeError with the callee's message when a call fails."""
+        cells = next(iter(feed.values())).shape[0]
+        if limit <= 0 or cells <= limit:
+            return self.infer_once(model, feed, output)
+        return np.concatenate([self.infer_once(model, {name: array[lo:lo + limit] for name, array in feed.items()},
+                                               output) for lo in range(0, cells, limit)])
+
+    def infer_once(self, model: str, feed: dict[str, np.ndarray], output: str) -> np.ndarray:
         """One BLS call to `model`; RuntimeError with the callee's message when it fails."""
         request = pb_utils.InferenceRequest(model_name=model, requested_output_names=[output],
                                             inputs=[self.to_tensor(name, array) for name, array in feed.items()])
@@ -174,7 +186,7 @@ class TritonPythonModel:
             feed = {"translated": translated if len(members) == len(group) else translated[rows],
                     "protein_ids": np.ascontiguousarray(ids, dtype=np.int64),
                     "protein_mask": np.ascontiguousarray(mask, dtype=np.bool_)}
-            predicted = self.infer(self.decoder_model, feed, "predictions")
+            predicted = self.infer(self.decoder_model, feed, "predictions", self.decoder_limit)
             offsets = np.cumsum([0, *(sizes[k] for k in members)])
             for j, k in enumerate(members):
                 outputs[k].append(predicted[offsets[j]:offsets[j + 1]])
