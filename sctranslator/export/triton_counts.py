@@ -57,6 +57,16 @@ DESCRIPTIONS = {
     PROTEINS_INPUT: "BYTES [1, proteins]: antibody or gene names to predict (any number, order kept)",
     OUTPUT_NAME: "FP32 [1, cells, proteins]: predicted protein abundance, columns in protein_names order",
 }
+# The KServe v2 request parameters the model reads (triton_counts_model.request_options), as config
+# parameters `request.<name>` so a client finds them through the model-config API.
+REQUEST_PARAMETERS = {
+    "allow_low_coverage": "bool, default false: go on when fewer of the model's genes are present than "
+                          "min_coverage (translate's allow_low_coverage)",
+    "allow_empty_cells": "bool, default false: predict cells with no counts in the model's genes as constant "
+                         "cells (translate's allow_empty_cells)",
+    "min_coverage": f"number in 0..1, default {DEFAULT_MIN_COVERAGE}: the fraction of the model's genes (its panel, "
+                    "else the mapped input genes) below which a request is refused (translate's min_coverage)",
+}
 PARAM_FACTS_FILE = "facts_file"
 PARAM_PACKAGE_DIR = "package_dir"
 
@@ -103,6 +113,7 @@ def counts_config(settings: ServingSettings, parameters: dict[str, str]) -> mc.M
               PARAM_PACKAGE_DIR: PACKAGE_DIR}
     values.update({f"input.{key}" if key != OUTPUT_NAME else f"output.{key}": text
                    for key, text in DESCRIPTIONS.items()})
+    values.update({f"request.{key}": text for key, text in REQUEST_PARAMETERS.items()})
     for key, value in sorted(values.items()):
         config.parameters[key].string_value = value
     return config
