@@ -7,7 +7,9 @@ runs this. MODEL is `demo` or a checkpoint / bundle path. Steps:
      write perf_analyzer `--input-data` JSON for the prepared-input model and, when the repository
      has one, the names-in model `<name>_counts`;
   3. start a local tritonserver, check one request against in-process onnxruntime (<= 1e-5);
-  4. for each concurrency (1, 2, 4, 8): perf_analyzer at --cells-per-request cells per request,
+  4. for each concurrency (1, 2, 4, 8): perf_analyzer at --cells-per-request cells per request
+     (the prepared-input model with `-b N`, a batch of N cells; the names-in model with `-b 1`, one
+     request holding N cells, its requests/s times N reported as cells/s),
      and in-process onnxruntime (OnnxRuntimeBackend from as many threads, the same cells and cells
      per request, half its time before and half after the Triton runs, as the machine's load
      drifts); print throughput (cells/s), p50 and p99 per request, Triton's share of the
