@@ -167,8 +167,8 @@ def _send_together(server: TritonServer, requests: list) -> list[np.ndarray | st
 
     client = httpclient.InferenceServerClient(server.http_url, concurrency=len(requests), network_timeout=120)
     try:
-        pending = [client.async_infer(f"{NAME}_counts", *(item if isinstance(item, tuple) else (item, None)))
-                   for item in requests]
+        pairs = [item if isinstance(item, tuple) else (item, None) for item in requests]
+        pending = [client.async_infer(f"{NAME}_counts", inputs, parameters=parameters) for inputs, parameters in pairs]
         answers: list[np.ndarray | str] = []
         for handle in pending:
             try:
@@ -209,7 +209,7 @@ def test_bad_requests_get_translates_error_and_the_others_are_answered(server: T
         "coverage": _inputs(good[:, :20], [f"nonsense{i}" for i in range(15)] + genes[:5], PROTEINS),
         "good again": _inputs(rna.X[6:9], genes, PROTEINS[:3]),
         "coverage allowed": (_inputs(good[:, :20], [f"nonsense{i}" for i in range(15)] + genes[:5], PROTEINS),
-                             {"allow_low_coverage": True}),
+                             {"allow_low_coverage": True, "allow_empty_cells": True}),
         "bad parameter": (_inputs(good, genes, PROTEINS), {"min_coverage": 2}),
     }
     answers = dict(zip(requests, _send_together(server, list(requests.values())), strict=True))
@@ -224,7 +224,7 @@ def test_bad_requests_get_translates_error_and_the_others_are_answered(server: T
     assert '"allow_low_coverage": true' in server_words(str(coverage.value))
     assert "--allow-low-coverage" not in answers["coverage"]
     allowed = translated(tiny_a, good[:, :20], [f"nonsense{i}" for i in range(15)] + genes[:5], PROTEINS,
-                         allow_low_coverage=True)
+                         allow_low_coverage=True, allow_empty_cells=True)
     assert relative_error(answers["coverage allowed"], allowed) <= 1e-5
     expected_errors = {"unknown protein": f"UnknownProteinError: {unknown.value}",
                        "coverage": f"CoverageError: {server_words(str(coverage.value))}",
