@@ -7,7 +7,9 @@ runs this. MODEL is `demo` or a checkpoint / bundle path. Steps:
      write perf_analyzer `--input-data` JSON for the prepared-input model and, when the repository
      has one, the names-in model `<name>_counts`;
   3. start a local tritonserver, check one request against in-process onnxruntime (<= 1e-5);
-  4. for each concurrency (1, 2, 4, 8): perf_analyzer at --cells-per-request cells per request,
+  4. for each concurrency (1, 2, 4, 8): perf_analyzer at --cells-per-request cells per request
+     (the prepared-input model with `-b N`, a batch of N cells; the names-in model with `-b 1`, one
+     request holding N cells, its requests/s times N reported as cells/s),
      and in-process onnxruntime (OnnxRuntimeBackend from as many threads, the same cells and cells
      per request, half its time before and half after the Triton runs, as the machine's load
      drifts); print throughput (cells/s), p50 and p99 per request, Triton's share of the
@@ -74,10 +76,14 @@ class Row:
 
 
 def run_perf_analyzer(binary: Path, model: str, url: str, input_json: Path, cells_per_request: int,
-                      concurrency: int, interval_ms: int, requests: int, workdir: Path) -> Row:
-    """One perf_analyzer measurement; its CSV (-f) read back. Raises RuntimeError with its output."""
+                      concurrency: int, interval_ms: int, requests: int, workdir: Path,
+                      names_in: bool = False) -> Row:
+    """One perf_analyzer measurement; its CSV (-f) read back. Raises RuntimeError with its output.
+    The prepared-input model batches cells (`-b cells_per_request`); the names-in model takes a request
+    as one batch item holding its cells (`-b 1`, the JSON's entries hold cells_per_request cells)."""
     report = workdir / f"{model}-c{concurrency}.csv"
-    command = [str(binary), "-m", model, "-u", url, "-i", "grpc", "-b", str(cells_per_request),
+    per_item = cells_per_request if names_in else 1  # cells per batch item
+    command = [str(binary), "-m", model, "-u", url, "-i", "grpc", "-b", "1" if names_in else str(cells_per_request),
                "--input-data", str(input_json), "--concurrency-range", f"{concurrency}:{concurrency}",
                "--stability-percentage", "100", "--max-trials", "8", "-f", str(report), "--verbose-csv"]
     if requests:  # slow models: windows of a request count rather than of a time
@@ -92,8 +98,9 @@ def run_perf_analyzer(binary: Path, model: str, url: str, input_json: Path, cell
         (row,) = list(csv.DictReader(handle))[:1]
     server = next((line.strip() for line in done.stdout.splitlines() if "Execution count" in line), "")
     inference = next((line.strip() for line in done.stdout.splitlines() if "Inference count" in line), "")
-    stats = f"{inference.split(':')[-1].strip()} cells / {server.split(':')[-1].strip()} exec" if server else ""
-    return Row(model, "triton grpc (perf_analyzer)", concurrency, float(row["Inferences/Second"]),
+    unit = "requests" if names_in else "cells"
+    stats = f"{inference.split(':')[-1].strip()} {unit} / {server.split(':')[-1].strip()} exec" if server else ""
+    return Row(model, "triton grpc (perf_analyzer)", concurrency, float(row["Inferences/Second"]) * per_item,
                float(row["p50 latency"]) / 1e3, float(row["p99 latency"]) / 1e3, stats)
 
 
@@ -256,7 +263,8 @@ def main() -> None:
                 config = json.loads(json_format.MessageToJson(parse_config((counts_dir / "config.pbtxt").read_text()),
                                                               preserving_proto_field_name=True))
                 inputs[counts_dir.name] = write_input_data(workdir / "counts.json",
-                                                           counts_input_data(prepared, config))
+                                                           counts_input_data(prepared, config,
+                                                                             args.cells_per_request))
             error = check_served(server, args.name, prepared, local, args.cells_per_request)
             print(f"served predictions against in-process onnxruntime: {error:.1e} relative", flush=True)
             if error > 1e-5:
@@ -266,7 +274,8 @@ def main() -> None:
                 runs = {label: [in_process(backend, prepared, args.cells_per_request, concurrency, half)]
                         for label, backend in (("default", local), ("no spinning", quiet))}
                 served = [run_perf_analyzer(binary, name, server.grpc_url, json_path, args.cells_per_request,
-                                            concurrency, args.interval_ms, args.requests, workdir)
+                                            concurrency, args.interval_ms, args.requests, workdir,
+                                            names_in=name == counts_dir.name)
                           for name, json_path in inputs.items()]
                 for label, backend in (("no spinning", quiet), ("default", local)):
                     runs[label].append(in_process(backend, prepared, args.cells_per_request, concurrency, half))

@@ -201,29 +201,50 @@ def require_perf_analyzer() -> Path:
     pytest.skip(reason)
 
 
+def _perf_analyzer(binary: Path, model: str, url: str, json_file: Path, batch: int, report: Path,
+                   requests: int) -> dict[str, str]:
+    """One short perf_analyzer run at concurrency 2; its CSV row (the run must succeed)."""
+    done = subprocess.run([str(binary), "-m", model, "-u", url, "-i", "grpc", "-b", str(batch),
+                           "--input-data", str(json_file), "--concurrency-range", "2:2",
+                           "--measurement-mode", "count_windows", "--measurement-request-count", str(requests),
+                           # A smoke test, not a timing: any 3 windows within 11x of each other will do
+                           # on a loaded machine (max / min within 1000%).
+                           "--stability-percentage", "1000", "--max-trials", "10", "-f", str(report)],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    (row,) = list(csv.DictReader(report.open()))
+    assert float(row["Inferences/Second"]) > 0 and float(row["p99 latency"]) > 0
+    return row
+
+
 def test_perf_analyzer_runs_on_real_prepared_cells(server: TritonServer, prepared: PreparedCells,
                                                    tmp_path: Path) -> None:
-    """perf_analyzer 2.51 with the JSON of real cells: requests of 4 cells at concurrency 2, no errors,
-    and the server counts the cells it sent."""
+    """perf_analyzer 2.51 with the JSON of real cells, requests of 4 cells at concurrency 2, no errors, on
+    both models: the prepared-input model (`-b 4`, the server counts the cells sent) and the names-in
+    model (`-b 1`, entries of 4 cells: counts [4, genes] against its [-1, -1])."""
     binary = require_perf_analyzer()
     data = client_input_data(prepared)
     assert len(data["data"]) == prepared.cells and set(data["data"][0]) == {tensor.name for tensor in INPUTS}
     json_file = write_input_data(tmp_path / "cells.json", data)
-    report = tmp_path / "report.csv"
     before = settled_stats(server.http_url, [PERF_NAME], {})[PERF_NAME]
-    done = subprocess.run([str(binary), "-m", PERF_NAME, "-u", server.grpc_url, "-i", "grpc", "-b", "4",
-                           "--input-data", str(json_file), "--concurrency-range", "2:2",
-                           "--measurement-mode", "count_windows", "--measurement-request-count", "10",
-                           # A smoke test, not a timing: any 3 windows within 11x of each other will do
-                           # on a loaded machine (max / min within 1000%).
-                           "--stability-percentage", "1000", "--max-trials", "10", "-f", str(report)],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    (row,) = list(csv.DictReader(report.open()))
-    assert float(row["Inferences/Second"]) > 0 and float(row["p99 latency"]) > 0
+    _perf_analyzer(binary, PERF_NAME, server.grpc_url, json_file, 4, tmp_path / "report.csv", 10)
     after = settled_stats(server.http_url, [PERF_NAME], {PERF_NAME: before[0] + 40})[PERF_NAME]
     # At least the measured requests' cells (perf_analyzer also sends warm-up requests).
     assert after[0] - before[0] >= 40 and (after[0] - before[0]) % 4 == 0
+
+    from google.protobuf import json_format
+
+    from sctranslator.export.perf_data import counts_input_data
+    from sctranslator.export.triton_config import parse_config
+
+    counts_model = f"{PERF_NAME}_counts"
+    text = (server.repo / counts_model / "config.pbtxt").read_text()
+    config = json.loads(json_format.MessageToJson(parse_config(text), preserving_proto_field_name=True))
+    counts_json = write_input_data(tmp_path / "counts.json", counts_input_data(prepared, config, 4))
+    before = settled_stats(server.http_url, [counts_model], {})[counts_model]
+    _perf_analyzer(binary, counts_model, server.grpc_url, counts_json, 1, tmp_path / "counts.csv", 5)
+    after = settled_stats(server.http_url, [counts_model], {counts_model: before[0] + 15})[counts_model]
+    assert after[0] - before[0] >= 15  # requests (one batch item each), measured ones and warm-up
 
 
 def test_in_process_onnxruntime_without_spinning_gives_the_same_predictions(onnx_file: Path,
@@ -244,25 +265,24 @@ def test_in_process_onnxruntime_without_spinning_gives_the_same_predictions(onnx
 
 
 def test_names_in_model_json_follows_its_config() -> None:
-    """perf_analyzer JSON for a `<name>_counts` model: raw counts and names, shaped as its config says
-    (one entry of all cells without batching, one per cell with it); an input it cannot fill is named."""
+    """perf_analyzer JSON for a `<name>_counts` model: one entry per request of N cells with explicit
+    shapes (counts [N, genes], gene_names [genes], protein_names [proteins]; a leading 1 without a batch
+    axis); an input it cannot fill is named."""
     from sctranslator.export.perf_data import counts_input_data
 
-    counts = np.arange(6, dtype=np.float32).reshape(2, 3)
+    counts = np.arange(12, dtype=np.float32).reshape(4, 3)
     batch = Batch(values=counts, gene_ids=np.arange(3), gene_mask=np.ones(3, bool),
                   protein_ids=np.ones((1, 2), np.int64), protein_mask=np.ones((1, 2), bool))
     cells = PreparedCells(batch=batch, counts=counts, gene_names=["CD3E", "MS4A1", "LYZ"],
                           protein_names=["CD3", "CD19"])
     inputs = [{"name": "counts", "dims": ["-1", "-1"]}, {"name": "gene_names", "dims": ["-1"]},
               {"name": "protein_names", "dims": ["-1"]}]
-    (whole,) = counts_input_data(cells, {"max_batch_size": 0, "input": inputs})["data"]
-    assert whole["counts"] == {"content": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "shape": [2, 3]}
-    assert whole["gene_names"] == {"content": ["CD3E", "MS4A1", "LYZ"], "shape": [3]}
-    assert whole["protein_names"] == {"content": ["CD3", "CD19"], "shape": [2]}
-    per_cell = counts_input_data(cells, {"max_batch_size": 8, "input": [{"name": "counts", "dims": ["-1"]},
-                                                                        *inputs[1:]]})["data"]
-    assert [entry["counts"] for entry in per_cell] == [{"content": [0.0, 1.0, 2.0], "shape": [3]},
-                                                       {"content": [3.0, 4.0, 5.0], "shape": [3]}]
-    assert all(entry["gene_names"]["content"] == ["CD3E", "MS4A1", "LYZ"] for entry in per_cell)
+    requests = counts_input_data(cells, {"max_batch_size": 64, "input": inputs}, cells_per_request=2)["data"]
+    assert [entry["counts"] for entry in requests] == [{"content": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "shape": [2, 3]},
+                                                       {"content": [6.0, 7.0, 8.0, 9.0, 10.0, 11.0], "shape": [2, 3]}]
+    assert all(entry["gene_names"] == {"content": ["CD3E", "MS4A1", "LYZ"], "shape": [3]} for entry in requests)
+    assert all(entry["protein_names"] == {"content": ["CD3", "CD19"], "shape": [2]} for entry in requests)
+    (whole,) = counts_input_data(cells, {"max_batch_size": 0, "input": inputs}, cells_per_request=4)["data"]
+    assert whole["counts"]["shape"] == [1, 4, 3] and whole["gene_names"]["shape"] == [1, 3]
     with pytest.raises(ValueError, match=r"\['scale'\]"):
         counts_input_data(cells, {"input": [*inputs, {"name": "scale", "dims": ["1"]}]})

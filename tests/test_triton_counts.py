@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
@@ -28,7 +29,8 @@ from sctranslator.export.onnx import export_onnx
 from sctranslator.export.serve import ServeRequest, serve
 from sctranslator.export.triton import export_triton
 from sctranslator.export.triton_config import ServingSettings, parse_config
-from sctranslator.export.triton_counts import DESCRIPTIONS, FACTS_FILE, PACKAGE_DIR
+from sctranslator.export.triton_counts import DESCRIPTIONS, FACTS_FILE, PACKAGE_DIR, REQUEST_PARAMETERS
+from sctranslator.export.triton_counts_model import server_words
 from sctranslator.export.triton_reuse import export_mismatch
 from sctranslator.export.triton_server import TritonServer, free_port
 from sctranslator.model import TranslatorModel
@@ -70,6 +72,17 @@ def server(repo: Path) -> Iterator[TritonServer]:
         yield running
 
 
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TritonServer, TranslatorModel]]:
+    """A server of the demo model (what `sctranslator serve demo` serves), for the README's request."""
+    require_tritonserver()
+    demo = sctranslator.load_model("demo")
+    path = tmp_path_factory.mktemp("demo-repo")
+    export_triton(demo, path, ServingSettings(name=NAME, backend="python", intra_op_threads=1))
+    with running_server(path) as running:
+        yield running, demo
+
+
 def readme_request() -> dict:
     """The request JSON the README shows (the block after its counts-request marker)."""
     text = README.read_text()
@@ -78,10 +91,11 @@ def readme_request() -> dict:
     return json.loads(match.group(1))
 
 
-def translated(tiny_a: TranslatorModel, counts: np.ndarray, genes: list[str], proteins: list[str]) -> np.ndarray:
+def translated(model: TranslatorModel, counts: np.ndarray, genes: list[str], proteins: list[str],
+               **allowances: object) -> np.ndarray:
     cells = ad.AnnData(np.asarray(counts, dtype=np.float32), var={"name": genes})
     cells.var_names = genes
-    return np.asarray(sctranslator.translate(cells, tiny_a, proteins).X)
+    return np.asarray(sctranslator.translate(cells, model, proteins, **allowances).X)
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -101,6 +115,8 @@ def test_export_writes_a_self_describing_names_in_model(repo: Path) -> None:
         key = f"output.{tensor}" if tensor == "predictions" else f"input.{tensor}"
         assert config.parameters[key].string_value == text
     assert config.parameters["encoder_model"].string_value == f"{NAME}_encoder"
+    assert config.parameters["decoder_max_batch_size"].string_value == "64"
+    assert {key: config.parameters[f"request.{key}"].string_value for key in REQUEST_PARAMETERS} == REQUEST_PARAMETERS
     facts = json.loads((directory / "1" / FACTS_FILE).read_text())
     assert facts["gene_mapping"] == "original"  # a published checkpoint's
     assert facts["config"]["max_proteins"] == 16 and facts["fingerprint"]
@@ -110,8 +126,11 @@ def test_export_writes_a_self_describing_names_in_model(repo: Path) -> None:
 
 
 @pytest.mark.triton
-def test_readme_request_over_plain_http_matches_translate(server: TritonServer, tiny_a: TranslatorModel) -> None:
+def test_readme_request_over_plain_http_matches_translate(demo_server: tuple[TritonServer, TranslatorModel]) -> None:
+    """The README's JSON, parameters included, against the demo model, equals translate with the same allowances."""
+    server, demo = demo_server
     body = readme_request()
+    assert body["parameters"] == {"allow_low_coverage": True}  # 9 genes of the demo's 3,738-gene panel
     url = f"http://{server.http_url}/v2/models/{NAME}_counts/infer"
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
@@ -123,7 +142,7 @@ def test_readme_request_over_plain_http_matches_translate(server: TritonServer, 
     inputs = {tensor["name"]: tensor for tensor in body["inputs"]}
     counts = np.asarray(inputs["counts"]["data"], dtype=np.float32).reshape(inputs["counts"]["shape"])[0]
     proteins = inputs["protein_names"]["data"]
-    expected = translated(tiny_a, counts, inputs["gene_names"]["data"], proteins)
+    expected = translated(demo, counts, inputs["gene_names"]["data"], proteins, **body["parameters"])
     assert predictions.shape == (counts.shape[0], len(proteins))
     assert relative_error(predictions, expected) <= 1e-5
 
@@ -140,14 +159,16 @@ def _inputs(counts: np.ndarray, genes: list[str], proteins: list[str]) -> list:
     return tensors
 
 
-def _send_together(server: TritonServer, requests: list[list]) -> list[np.ndarray | str]:
-    """Send `requests` at once (one connection each); each answer's predictions, or its error text."""
+def _send_together(server: TritonServer, requests: list) -> list[np.ndarray | str]:
+    """Send `requests` (inputs, or (inputs, request parameters)) at once, one connection each; each
+    answer's predictions, or its error text."""
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
     client = httpclient.InferenceServerClient(server.http_url, concurrency=len(requests), network_timeout=120)
     try:
-        pending = [client.async_infer(f"{NAME}_counts", inputs) for inputs in requests]
+        pairs = [item if isinstance(item, tuple) else (item, None) for item in requests]
+        pending = [client.async_infer(f"{NAME}_counts", inputs, parameters=parameters) for inputs, parameters in pairs]
         answers: list[np.ndarray | str] = []
         for handle in pending:
             try:
@@ -187,6 +208,9 @@ def test_bad_requests_get_translates_error_and_the_others_are_answered(server: T
         "shape": _inputs(good[:, :-1], genes, PROTEINS),
         "coverage": _inputs(good[:, :20], [f"nonsense{i}" for i in range(15)] + genes[:5], PROTEINS),
         "good again": _inputs(rna.X[6:9], genes, PROTEINS[:3]),
+        "coverage allowed": (_inputs(good[:, :20], [f"nonsense{i}" for i in range(15)] + genes[:5], PROTEINS),
+                             {"allow_low_coverage": True, "allow_empty_cells": True}),
+        "bad parameter": (_inputs(good, genes, PROTEINS), {"min_coverage": 2}),
     }
     answers = dict(zip(requests, _send_together(server, list(requests.values())), strict=True))
     assert relative_error(answers["good"], translated(tiny_a, good, genes, PROTEINS)) <= 1e-5
@@ -196,14 +220,31 @@ def test_bad_requests_get_translates_error_and_the_others_are_answered(server: T
         translated(tiny_a, good, genes, ["CD3", "FOOBARPROTEIN"])
     with pytest.raises(CoverageError) as coverage:
         translated(tiny_a, good[:, :20], [f"nonsense{i}" for i in range(15)] + genes[:5], PROTEINS)
+    # The server names its request parameters where translate names CLI flags.
+    assert '"allow_low_coverage": true' in server_words(str(coverage.value))
+    assert "--allow-low-coverage" not in answers["coverage"]
+    allowed = translated(tiny_a, good[:, :20], [f"nonsense{i}" for i in range(15)] + genes[:5], PROTEINS,
+                         allow_low_coverage=True, allow_empty_cells=True)
+    assert relative_error(answers["coverage allowed"], allowed) <= 1e-5
     expected_errors = {"unknown protein": f"UnknownProteinError: {unknown.value}",
-                       "coverage": f"CoverageError: {coverage.value}",
+                       "coverage": f"CoverageError: {server_words(str(coverage.value))}",
+                       "bad parameter": "InputDataError: request parameter 'min_coverage' must be a number in 0..1",
                        "nan": "BadCellsError: the request's counts, rows 0..5: 1 NaN value(s)",
                        "negative": "BadCellsError: the request's counts, rows 0..5: 1 negative value(s)",
                        "shape": f"InputDataError: counts has shape [1, 6, {len(genes) - 1}]; expected [1, cells, "
                                 f"{len(genes)}]"}
     for name, text in expected_errors.items():
         assert isinstance(answers[name], str) and text in answers[name], (name, answers[name])
+    # A user error is HTTP 400, not a server fault (500).
+    body = {"inputs": [{"name": "counts", "datatype": "FP32", "shape": [1, 1, len(genes)],
+                        "data": good[0].tolist()},
+                       {"name": "gene_names", "datatype": "BYTES", "shape": [1, len(genes)], "data": genes},
+                       {"name": "protein_names", "datatype": "BYTES", "shape": [1, 1], "data": ["FOOBARPROTEIN"]}]}
+    request = urllib.request.Request(f"http://{server.http_url}/v2/models/{NAME}_counts/infer", method="POST",
+                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 400 and "UnknownProteinError" in refused.value.read().decode()
     # The stub survived: a later request is answered.
     (after,) = _send_together(server, [_inputs(good[:1], genes, ["CD14"])])
     assert isinstance(after, np.ndarray) and after.shape == (1, 1)
@@ -227,6 +268,22 @@ def test_requests_sharing_a_gene_layout_run_together(server: TritonServer, rna: 
     assert requests == n_requests
     assert executions < n_requests, (executions, n_requests)
     assert encoder_calls == executions  # one gene layout: one encoder call per execution
+
+
+@pytest.mark.triton
+def test_executions_over_the_decoders_max_batch_size_are_split(server: TritonServer, rna: ad.AnnData,
+                                                               tiny_a: TranslatorModel) -> None:
+    """6 merged requests of 40 cells (240 > 64, the decoder's max_batch_size) and one request of 150 cells."""
+    genes = list(rna.var_names)
+    big = np.tile(rna.X, (4, 1))[:150]
+    answers = _send_together(server, [_inputs(rna.X, genes, PROTEINS) for _ in range(6)])
+    (single,) = _send_together(server, [_inputs(big, genes, PROTEINS)])
+    expected = translated(tiny_a, big, genes, PROTEINS)
+    for answer in [*answers, single]:
+        assert isinstance(answer, np.ndarray), answer
+    for answer in answers:
+        assert relative_error(answer, expected[:40]) <= 1e-5
+    assert single.shape == (150, len(PROTEINS)) and relative_error(single, expected) <= 1e-5
 
 
 def test_an_export_is_reusable_only_for_the_same_model_precision_and_options(repo: Path, tiny_a: TranslatorModel,

@@ -3,13 +3,14 @@
 perf_analyzer's random inputs do not work for sctranslator models: the protein axis is
 variable-length (k x P) and random token ids fall outside the vocabulary. This module prepares
 real cells exactly as `translate` does (the plan's gene layout, normalisation and scaling, protein
-windows) and writes them in perf_analyzer's JSON format, one entry per cell (the models batch
-cells, so perf_analyzer's `-b N` sends N cells per request and the JSON gives one):
+windows) and writes them in perf_analyzer's JSON format:
 
-- the prepared-input (client-facing) model `<name>`: `values`, `gene_ids`, `gene_mask` (L,) and
+- the prepared-input (client-facing) model `<name>`, one entry per cell (its batch axis is cells,
+  so perf_analyzer's `-b N` sends N cells per request): `values`, `gene_ids`, `gene_mask` (L,) and
   `protein_ids`, `protein_mask` (k x P,);
-- the names-in model `<name>_counts`, when the repository has one: `counts` (the raw counts of
-  the cell's genes), `gene_names` and `protein_names` (BYTES), shaped as its config declares.
+- the names-in model `<name>_counts`, when the repository has one: one entry per request of N
+  cells, `counts` [N, genes] (raw counts), `gene_names` [genes] and `protein_names` [proteins]
+  (BYTES); a request is one item of its batch axis, so perf_analyzer sends it with `-b 1`.
 
 Used by benchmarks/perf_analyzer.py (and its smoke test).
 """
@@ -80,30 +81,30 @@ def client_input_data(prepared: PreparedCells) -> dict[str, Any]:
     return {"data": [{name: _entry(array[cell]) for name, array in inputs.items()} for cell in range(prepared.cells)]}
 
 
-def counts_input_data(prepared: PreparedCells, config: dict[str, Any]) -> dict[str, Any]:
-    """perf_analyzer JSON for the names-in model `<name>_counts` from its configuration (Triton's JSON
-    form of config.pbtxt): with max_batch_size > 0 one entry per cell, else one entry of all cells."""
-    batched = int(config.get("max_batch_size") or 0) > 0
-    arrays = {"counts": prepared.counts, "gene_names": np.array(prepared.gene_names, dtype=object),
-              "protein_names": np.array(prepared.protein_names, dtype=object)}
-    declared = {tensor["name"]: [int(d) for d in tensor.get("dims", [])] for tensor in config.get("input") or []}
-    unknown = sorted(set(declared) - set(arrays))
+def counts_input_data(prepared: PreparedCells, config: dict[str, Any], cells_per_request: int = 1) -> dict[str, Any]:
+    """perf_analyzer JSON for the names-in model `<name>_counts` (config: Triton's JSON form of its
+    config.pbtxt): one entry per request of `cells_per_request` cells, with explicit shapes, counts
+    [cells_per_request, genes], gene_names [genes], protein_names [proteins]. Each request is one item of
+    the model's batch axis, so perf_analyzer runs it with `-b 1` (not `-b cells_per_request`): the same
+    cells per request as the prepared-input model's table with `-b cells_per_request`. For a model
+    declared without a batch axis (max_batch_size 0) each shape gets its leading 1."""
+    if cells_per_request < 1:
+        raise ValueError(f"cells_per_request must be >= 1, got {cells_per_request}")
+    unbatched = int(config.get("max_batch_size") or 0) == 0
+    declared = {tensor["name"]: len(tensor.get("dims", [])) for tensor in config.get("input") or []}
+    fill = {"counts", "gene_names", "protein_names"}
+    unknown = sorted(set(declared) - fill)
     if unknown:
         raise ValueError(f"the names-in model takes inputs {unknown} this benchmark does not know how to fill")
-
-    def shaped(name: str, array: np.ndarray, cell: int | None) -> dict[str, Any]:
-        per_cell = array.ndim == 2
-        if cell is not None and per_cell:
-            array = array[cell]
-        elif cell is not None:  # a per-request input repeated for each batch element
-            array = array.reshape([1] * (len(declared[name]) - 1) + [-1]) if len(declared[name]) > 1 else array
-        return _entry(array) if array.dtype != object else {"content": array.reshape(-1).tolist(),
-                                                           "shape": list(array.shape)}
-
-    if batched:
-        return {"data": [{name: shaped(name, arrays[name], cell) for name in declared}
-                         for cell in range(prepared.cells)]}
-    return {"data": [{name: shaped(name, arrays[name], None) for name in declared}]}
+    lead = [1] if unbatched else []
+    names = {"gene_names": list(prepared.gene_names), "protein_names": list(prepared.protein_names)}
+    data = []
+    for lo in range(0, prepared.cells - cells_per_request + 1, cells_per_request) or [0]:
+        counts = prepared.counts[lo:lo + cells_per_request]
+        entry = {"counts": {"content": counts.reshape(-1).tolist(), "shape": [*lead, *counts.shape]}}
+        entry.update({name: {"content": items, "shape": [*lead, len(items)]} for name, items in names.items()})
+        data.append({name: entry[name] for name in declared})
+    return {"data": data}
 
 
 def write_input_data(path: str | Path, data: dict[str, Any]) -> Path:

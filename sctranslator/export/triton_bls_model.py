@@ -70,6 +70,8 @@ class TritonPythonModel:
         parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
         self.encoder_model = parameters["encoder_model"]
         self.decoder_model = parameters["decoder_model"]
+        # The decoder model's max_batch_size: merged requests can carry more cells, sent in several calls.
+        self.decoder_limit = int(parameters.get("decoder_max_batch_size") or 0)
         self.genes = int(parameters["sctranslator.max_genes"])
         self.proteins = int(parameters["sctranslator.max_proteins"])
         self.inputs = {tensor["name"]: CONFIG_DTYPES[tensor["data_type"]] for tensor in config.get("input") or []}
@@ -94,7 +96,17 @@ class TritonPythonModel:
                                  "as protein_ids")
         return arrays
 
-    def infer(self, model: str, feed: dict[str, np.ndarray], output: str) -> np.ndarray:
+    def infer(self, model: str, feed: dict[str, np.ndarray], output: str, limit: int = 0) -> np.ndarray:
+        """BLS calls to `model`, each of at most `limit` cells (its max_batch_size; 0: one call, as for the
+        encoder, whose max_batch_size 0 takes any batch), every input of `feed` split along its first axis
+        (cells). RuntimeError with the callee's message when a call fails."""
+        cells = next(iter(feed.values())).shape[0]
+        if limit <= 0 or cells <= limit:
+            return self.infer_once(model, feed, output)
+        return np.concatenate([self.infer_once(model, {name: array[lo:lo + limit] for name, array in feed.items()},
+                                               output) for lo in range(0, cells, limit)])
+
+    def infer_once(self, model: str, feed: dict[str, np.ndarray], output: str) -> np.ndarray:
         """One BLS call to `model`; RuntimeError with the callee's message when it fails."""
         request = pb_utils.InferenceRequest(model_name=model, requested_output_names=[output],
                                             inputs=[to_tensor(name, array) for name, array in feed.items()])
@@ -136,7 +148,7 @@ class TritonPythonModel:
                                                    for i in taking]),
                     "protein_mask": np.concatenate([group[i]["protein_mask"][:, lo:lo + self.proteins]
                                                     for i in taking])}
-            predicted = self.infer(self.decoder_model, feed, self.output)
+            predicted = self.infer(self.decoder_model, feed, self.output, self.decoder_limit)
             start = 0
             for i in taking:
                 outputs[i].append(predicted[start:start + sizes[i]])

@@ -50,6 +50,8 @@ PARAM_INTRA_OP_THREADS = "intra_op_threads"
 # Read by the BLS model.py: the models it calls.
 PARAM_ENCODER_MODEL = "encoder_model"
 PARAM_DECODER_MODEL = "decoder_model"
+# The most cells one call to the decoder model may carry (its max_batch_size); callers split beyond it.
+PARAM_DECODER_MAX_BATCH = "decoder_max_batch_size"
 
 
 
@@ -152,6 +154,7 @@ def client_config(settings: ServingSettings, max_genes: int, max_proteins: int,
     _dynamic_batching(config, settings)
     names = graph_model_names(settings.name)
     _parameters(config, {**parameters, PARAM_ENCODER_MODEL: names["encoder"], PARAM_DECODER_MODEL: names["decoder"],
+                         PARAM_DECODER_MAX_BATCH: str(settings.max_batch_size),
                          PARAM_MAX_GENES: str(max_genes), PARAM_MAX_PROTEINS: str(max_proteins)})
     return config
 

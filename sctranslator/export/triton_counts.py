@@ -34,6 +34,7 @@ from typing import Any
 from tritonclient.grpc import model_config_pb2 as mc
 
 from sctranslator.export.triton_config import (
+    PARAM_DECODER_MAX_BATCH,
     PARAM_DECODER_MODEL,
     PARAM_ENCODER_MODEL,
     ServingSettings,
@@ -55,6 +56,16 @@ DESCRIPTIONS = {
     GENES_INPUT: "BYTES [1, genes]: gene symbols, Ensembl or Entrez IDs of the counts' columns (detected)",
     PROTEINS_INPUT: "BYTES [1, proteins]: antibody or gene names to predict (any number, order kept)",
     OUTPUT_NAME: "FP32 [1, cells, proteins]: predicted protein abundance, columns in protein_names order",
+}
+# The KServe v2 request parameters the model reads (triton_counts_model.request_options), as config
+# parameters `request.<name>` so a client finds them through the model-config API.
+REQUEST_PARAMETERS = {
+    "allow_low_coverage": "bool, default false: go on when fewer of the model's genes are present than "
+                          "min_coverage (translate's allow_low_coverage)",
+    "allow_empty_cells": "bool, default false: predict cells with no counts in the model's genes as constant "
+                         "cells (translate's allow_empty_cells)",
+    "min_coverage": f"number in 0..1, default {DEFAULT_MIN_COVERAGE}: the fraction of the model's genes (its panel, "
+                    "else the mapped input genes) below which a request is refused (translate's min_coverage)",
 }
 PARAM_FACTS_FILE = "facts_file"
 PARAM_PACKAGE_DIR = "package_dir"
@@ -98,9 +109,11 @@ def counts_config(settings: ServingSettings, parameters: dict[str, str]) -> mc.M
     batching.max_queue_delay_microseconds = settings.max_queue_delay_us or 0
     names = graph_model_names(settings.name)
     values = {**parameters, PARAM_ENCODER_MODEL: names["encoder"], PARAM_DECODER_MODEL: names["decoder"],
-              PARAM_FACTS_FILE: FACTS_FILE, PARAM_PACKAGE_DIR: PACKAGE_DIR}
+              PARAM_DECODER_MAX_BATCH: str(settings.max_batch_size), PARAM_FACTS_FILE: FACTS_FILE,
+              PARAM_PACKAGE_DIR: PACKAGE_DIR}
     values.update({f"input.{key}" if key != OUTPUT_NAME else f"output.{key}": text
                    for key, text in DESCRIPTIONS.items()})
+    values.update({f"request.{key}": text for key, text in REQUEST_PARAMETERS.items()})
     for key, value in sorted(values.items()):
         config.parameters[key].string_value = value
     return config

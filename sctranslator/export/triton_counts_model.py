@@ -63,6 +63,66 @@ class _RequestSource:
         return "the request's counts"
 
 
+# The KServe v2 request parameters a client may send ("parameters": {...} in the request JSON), with
+# the meaning of translate's arguments of the same name; other parameters are Triton's or ignored.
+REQUEST_FLAGS = ("allow_low_coverage", "allow_empty_cells")
+# translate's advice names CLI flags; a client of the server sets request parameters instead.
+SERVER_WORDS = (
+    ("Check the identifier type (--id-type / --gene-column), or pass --allow-low-coverage to go on.",
+     'Check gene_names (symbols, Ensembl or Entrez IDs), or send the request parameter "allow_low_coverage": '
+     'true to go on.'),
+    ("pass --allow-empty-cells (allow_empty_cells=True) to", 'send the request parameter "allow_empty_cells": true to'),
+    ("--allow-low-coverage", 'the request parameter "allow_low_coverage": true'),
+    ("--min-coverage", 'the request parameter "min_coverage"'),
+)
+
+
+def server_words(message: str) -> str:
+    """translate's error text with its CLI flags replaced by the request parameters that do the same."""
+    for cli, parameter in SERVER_WORDS:
+        message = message.replace(cli, parameter)
+    return message
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """A request's allowances, as translate's arguments of the same names."""
+
+    allow_low_coverage: bool = False
+    allow_empty_cells: bool = False
+    min_coverage: float | None = None  # None: the model's default
+
+
+def request_options(text: str | None) -> RequestOptions:
+    """RequestOptions from a request's parameters (`request.parameters()`, a JSON object as text);
+    InputDataError naming the parameter when one has the wrong type or range."""
+    from sctranslator.errors import InputDataError
+
+    try:
+        given = json.loads(text or "{}")
+    except ValueError as exc:
+        raise InputDataError(f"the request's parameters are not a JSON object: {exc}") from exc
+    values: dict[str, Any] = {}
+    for name in REQUEST_FLAGS:
+        value = given.get(name, False)
+        if isinstance(value, str) and value.lower() in ("true", "false"):  # clients that send only strings
+            value = value.lower() == "true"
+        if not isinstance(value, bool):
+            raise InputDataError(f"request parameter {name!r} must be true or false, got {value!r}")
+        values[name] = value
+    if "min_coverage" in given:
+        value = given["min_coverage"]
+        try:
+            number = float(value) if not isinstance(value, bool) else float("nan")
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not 0.0 <= number <= 1.0:
+            raise InputDataError(f"request parameter 'min_coverage' must be a number in 0..1 (a fraction of the "
+                                 f"genes), got {value!r}")
+        values["min_coverage"] = number
+    return RequestOptions(**values)
+
+
 def _strings(array: np.ndarray) -> list[str]:
     return [item.decode("utf-8") if isinstance(item, bytes) else str(item) for item in np.ravel(array)]
 
@@ -94,19 +154,25 @@ class TritonPythonModel:
         self.proteins = int(facts["config"]["max_proteins"])
         self.encoder_model = parameters["encoder_model"]
         self.decoder_model = parameters["decoder_model"]
+        # The decoder model's max_batch_size: merged requests can carry more cells, sent in several calls.
+        self.decoder_limit = int(parameters.get("decoder_max_batch_size") or 0)
         self.plans: OrderedDict[tuple, Any] = OrderedDict()
 
     # --- one request -------------------------------------------------------------------------------
-    def plan_for(self, genes: list[str], proteins: list[str]) -> Any:
-        """The plan of (gene names, protein names), as translate builds it; cached per pair."""
-        key = (tuple(genes), tuple(proteins))
+    def plan_for(self, genes: list[str], proteins: list[str], options: RequestOptions | None = None) -> Any:
+        """The plan of (gene names, protein names), as translate builds it with the request's allowances;
+        cached per (genes, proteins, allowances)."""
+        options = options or RequestOptions()
+        min_coverage = float(self.facts["min_coverage"]) if options.min_coverage is None else options.min_coverage
+        key = (tuple(genes), tuple(proteins), options.allow_low_coverage, min_coverage)
         plan = self.plans.get(key)
         if plan is None:
             import pandas as pd
 
             plan = self.plan_module.build_plan(pd.DataFrame(index=pd.Index(genes)), self.model, proteins,
                                                gene_mapping=self.facts["gene_mapping"],
-                                               min_coverage=float(self.facts["min_coverage"]))
+                                               min_coverage=min_coverage,
+                                               allow_low_coverage=options.allow_low_coverage)
             self.plans[key] = plan
             if len(self.plans) > PLAN_CACHE:
                 self.plans.popitem(last=False)
@@ -136,13 +202,24 @@ class TritonPythonModel:
                                  "row per cell and one column per entry of gene_names")
         if counts.shape[0] == 0:
             raise InputDataError("counts has no cells (shape [1, 0, genes]); send at least one row")
-        plan = self.plan_for(genes, proteins)
-        runner = self.BlockRunner(_RequestSource(counts, genes), plan)
+        options = request_options(request.parameters() if hasattr(request, "parameters") else None)
+        plan = self.plan_for(genes, proteins, options)
+        runner = self.BlockRunner(_RequestSource(counts, genes), plan, allow_empty_cells=options.allow_empty_cells)
         block = runner.read(0, counts.shape[0])
         return Prepared(index, runner.prepare(block.data), plan)
 
     # --- the graphs --------------------------------------------------------------------------------
-    def infer(self, model: str, feed: dict[str, np.ndarray], output: str) -> np.ndarray:
+    def infer(self, model: str, feed: dict[str, np.ndarray], output: str, limit: int = 0) -> np.ndarray:
+        """BLS calls to `model`, each of at most `limit` cells (its max_batch_size; 0: one call, as for the
+        encoder, whose max_batch_size 0 takes any batch), every input of `feed` split along its first axis
+        (cells). RuntimeError with the callee's message when a call fails."""
+        cells = next(iter(feed.values())).shape[0]
+        if limit <= 0 or cells <= limit:
+            return self.infer_once(model, feed, output)
+        return np.concatenate([self.infer_once(model, {name: array[lo:lo + limit] for name, array in feed.items()},
+                                               output) for lo in range(0, cells, limit)])
+
+    def infer_once(self, model: str, feed: dict[str, np.ndarray], output: str) -> np.ndarray:
         """One BLS call to `model`; RuntimeError with the callee's message when it fails."""
         request = pb_utils.InferenceRequest(model_name=model, requested_output_names=[output],
                                             inputs=[self.to_tensor(name, array) for name, array in feed.items()])
@@ -174,7 +251,7 @@ class TritonPythonModel:
             feed = {"translated": translated if len(members) == len(group) else translated[rows],
                     "protein_ids": np.ascontiguousarray(ids, dtype=np.int64),
                     "protein_mask": np.ascontiguousarray(mask, dtype=np.bool_)}
-            predicted = self.infer(self.decoder_model, feed, "predictions")
+            predicted = self.infer(self.decoder_model, feed, "predictions", self.decoder_limit)
             offsets = np.cumsum([0, *(sizes[k] for k in members)])
             for j, k in enumerate(members):
                 outputs[k].append(predicted[offsets[j]:offsets[j + 1]])
@@ -187,8 +264,8 @@ class TritonPythonModel:
         for index, request in enumerate(requests):
             try:
                 item = self.prepare(request, index)
-            except Exception as exc:  # one bad request must not fail the others
-                responses[index] = self.error_response(f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # one bad request must not fail the others: a user error, HTTP 400
+                responses[index] = self.user_error(f"{type(exc).__name__}: {server_words(str(exc))}")
                 continue
             key = hashlib.sha1(item.plan.gene_ids.tobytes() + item.plan.position_real.tobytes()).digest()
             groups.setdefault(key, []).append(item)
@@ -203,6 +280,14 @@ class TritonPythonModel:
                 responses[item.index] = pb_utils.InferenceResponse(
                     output_tensors=[self.to_tensor("predictions", array[np.newaxis])])
         return responses
+
+    def user_error(self, message: str) -> Any:
+        """An error response for a bad request: INVALID_ARG (HTTP 400, gRPC INVALID_ARGUMENT) where the
+        Python backend has error codes (Triton 23.06 and later), else the default (500)."""
+        code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+        if code is None:
+            return self.error_response(message)
+        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
 
     def finalize(self) -> None:
         self.plans.clear()
