@@ -3,7 +3,7 @@
 - `<name>_encoder`: the encoder + translator graph (onnxruntime backend; python backend running
   the same ONNX for Triton builds without it), explicit shapes, no batching across requests;
 - `<name>_decoder`: the decoder graph, batchable;
-- `<name>`: the client-facing model with the contract's five inputs and one output (export/
+- `<name>`: the client-facing model with the contract's five inputs and one output (graph/
   contract.py INPUTS, OUTPUT), a Python-backend BLS model (triton_bls_model.py) that builds the
   token layout, calls the encoder once per execution and gene layout (requests Triton merged that
   share a layout run as one batch) and the decoder once per protein window. Its
