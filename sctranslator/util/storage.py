@@ -61,6 +61,25 @@ def is_url(location: Any) -> bool:
     return scheme_of(location) is not None
 
 
+# Schemes whose URLs pathlib folds unnoticed: Path("s3://b/k") is Path("s3:/b/k"), a local folder "s3:".
+_FOLDABLE = ("s3", "s3a", "gs", "gcs", "http", "https")
+
+
+def check_not_folded(location: Any, *, what: str = "the input") -> None:
+    """Refuse a `pathlib.Path` made from a URL (``Path("s3://b/k")`` is the local ``s3:/b/k``).
+
+    Raises UnsupportedStorageError naming the fix (pass the URL as a str); a no-op otherwise.
+    """
+    if not isinstance(location, os.PathLike) or isinstance(location, str):
+        return
+    parts = PurePosixPath(os.fspath(location)).parts
+    if parts and parts[0].endswith(":") and parts[0][:-1].lower() in _FOLDABLE:
+        url = f"{parts[0]}//{'/'.join(parts[1:])}"
+        raise UnsupportedStorageError(
+            f"{what} {location}: a pathlib.Path folds the URL's '//' (it would name a local folder "
+            f"'{parts[0]}'); pass the URL as a str: {url!r} (nothing was read or written)")
+
+
 def check_location(location: Any, *, write: bool = False, what: str = "the input") -> None:
     """Refuse, before any work, a URL this package cannot serve; a no-op for local paths.
 
@@ -71,6 +90,14 @@ def check_location(location: Any, *, write: bool = False, what: str = "the input
     if scheme is None:
         return
     known = {**WRITABLE, **READ_ONLY}
+    given = os.fspath(location).split("://", 1)
+    if scheme in known and given[0] != scheme:
+        # fsspec looks schemes up as written; one spelling keeps locks and records on one object.
+        raise UnsupportedStorageError(
+            f"{what} {location}: write the scheme in lower case: {scheme}://{given[1]}")
+    if write and scheme in WRITABLE and "/" not in given[1].strip("/"):
+        raise OptionError(f"{what} {location}: a bucket root is not an output; name a key inside the bucket, e.g. "
+                          f"{scheme}://{given[1].strip('/') or 'BUCKET'}/predictions.zarr")
     if scheme not in known:
         raise UnsupportedStorageError(
             f"{what} {location}: the scheme '{scheme}://' is not supported; use {SUPPORTED_TEXT}")
