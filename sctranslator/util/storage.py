@@ -65,19 +65,42 @@ def is_url(location: Any) -> bool:
 _FOLDABLE = ("s3", "s3a", "gs", "gcs", "http", "https")
 
 
+def folded_url(location: Any) -> str | None:
+    """The URL a `pathlib.Path` was made from (``Path("s3://b/k")`` is the local ``s3:/b/k``), or None."""
+    if not isinstance(location, os.PathLike) or isinstance(location, str):
+        return None
+    parts = PurePosixPath(os.fspath(location)).parts
+    if parts and parts[0].endswith(":") and parts[0][:-1].lower() in _FOLDABLE:
+        return f"{parts[0]}//{'/'.join(parts[1:])}"
+    return None
+
+
 def check_not_folded(location: Any, *, what: str = "the input") -> None:
-    """Refuse a `pathlib.Path` made from a URL (``Path("s3://b/k")`` is the local ``s3:/b/k``).
+    """Refuse a `pathlib.Path` made from a URL, which would name a local folder ``s3:``.
 
     Raises UnsupportedStorageError naming the fix (pass the URL as a str); a no-op otherwise.
     """
-    if not isinstance(location, os.PathLike) or isinstance(location, str):
-        return
-    parts = PurePosixPath(os.fspath(location)).parts
-    if parts and parts[0].endswith(":") and parts[0][:-1].lower() in _FOLDABLE:
-        url = f"{parts[0]}//{'/'.join(parts[1:])}"
+    url = folded_url(location)
+    if url is not None:
         raise UnsupportedStorageError(
             f"{what} {location}: a pathlib.Path folds the URL's '//' (it would name a local folder "
-            f"'{parts[0]}'); pass the URL as a str: {url!r} (nothing was read or written)")
+            f"'{url.split('//')[0]}'); pass the URL as a str: {url!r} (nothing was read or written)")
+
+
+def refuse_remote(command: str, **locations: Any) -> None:
+    """Refuse, before any work, URLs (or pathlib-folded URLs) given to a command that reads and writes
+    local files only; each keyword is a flag name (`pred`, `truth`, ...) and its value, or a list.
+
+    Raises UnsupportedStorageError naming the flag and what to do; a no-op for local paths and objects.
+    """
+    for name, given in locations.items():
+        flag = "--" + name.replace("_", "-")
+        for location in given if isinstance(given, list | tuple) else [given]:
+            url = folded_url(location) or (str(location) if is_url(location) else None)
+            if url is not None:
+                raise UnsupportedStorageError(
+                    f"{flag} {url}: {command} reads and writes local files only (object storage is supported "
+                    "by translate); copy it to a local path first (nothing was read or written)")
 
 
 def check_location(location: Any, *, write: bool = False, what: str = "the input") -> None:
