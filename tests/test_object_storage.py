@@ -20,7 +20,7 @@ import torch
 from datafiles import PBMC, TINY_A, data_file
 
 import sctranslator
-from sctranslator.errors import OutputConflictError, OutputLockedError
+from sctranslator.errors import OutputConflictError, OutputLockedError, StoreError, UnsupportedStorageError
 from sctranslator.model import ModelConfig, TranslatorModel, save_model
 
 PROTEINS = ["CD3", "CD4", "CD14", "CD19"]
@@ -28,7 +28,7 @@ COMMON = {"normalize": "total_log1p", "allow_empty_cells": True, "quiet": True}
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sctranslator.cli.entry", *args]
+    return [sys.executable, "-m", "sctranslator", *args]
 
 
 def run_cli(args: list[str], env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:  # noqa: ANN003
@@ -280,3 +280,72 @@ def test_interrupted_creation_is_rebuilt_and_overwrite_replaces(s3_server, local
     expected = sctranslator.translate(local_inputs["h5ad"], TINY_A, PROTEINS, **COMMON)
     np.testing.assert_array_equal(np.asarray(replaced.X), np.asarray(expected.X))
     assert list(replaced.var_names) == list(expected.var_names)
+
+
+def test_collection_reads_url_inputs_and_refuses_url_out(s3_server, local_inputs: dict[str, Path],  # noqa: ANN001
+                                                         tmp_path: Path) -> None:
+    """URL inputs of a collection stay URLs (stores named after their last component) with a local DIR;
+    --out URL, a URL pattern and a pathlib-folded URL are named errors before any work."""
+    bucket = s3_server.bucket("collect")
+    first = upload(s3_server, local_inputs["h5ad"], f"{bucket}/a.h5ad")
+    second = upload(s3_server, local_inputs["zarr"], f"{bucket}/b.zarr")
+    reference = sctranslator.translate(local_inputs["h5ad"], TINY_A, PROTEINS, out=tmp_path / "local.zarr", **COMMON)
+    results = sctranslator.translate([first, second], TINY_A, PROTEINS, out=tmp_path / "coll", **COMMON)
+    for result in results:
+        np.testing.assert_array_equal(np.asarray(result.X), np.asarray(reference.X))
+    record = json.loads((tmp_path / "coll" / "collection.json").read_text())
+    assert [e["input"] for e in record["inputs"]] == [first, second]
+    assert [e["store"] for e in record["inputs"]] == ["a.zarr", "b.zarr"]
+    assert not (tmp_path / "s3:").exists() and not Path("s3:").exists()
+    fs = s3_server.filesystem()
+    model = ["--model", str(TINY_A), "--proteins", "CD3"]
+    cases = [
+        (["translate", str(local_inputs["h5ad"]), first, "--out", f"{bucket}/coll2", *model],
+         "UnsupportedStorageError", "local directory only"),
+        (["translate", f"{bucket}/*.h5ad", "--out", "coll3", *model], "UnsupportedStorageError", "patterns"),
+        (["translate", str(local_inputs["h5ad"]), "--out", f"{bucket}/", *model], "OptionError", "bucket root"),
+        (["translate", str(local_inputs["h5ad"]), "--out", f"S3://{bucket.removeprefix('s3://')}/u.zarr", *model],
+         "UnsupportedStorageError", "lower case"),
+        (["evaluate", "--pred", f"{bucket}/x.zarr", "--truth", first], "UnsupportedStorageError",
+         "local files only"),
+        (["finetune", "--rna", first, "--config", "tiny", "--out", "bundle", "--steps", "1"],
+         "UnsupportedStorageError", "local files only"),
+        (["finetune", "--rna", str(local_inputs["h5ad"]), "--protein", first, "--config", "tiny", "--out", "bundle",
+          "--steps", "1"], "UnsupportedStorageError", "--protein"),
+    ]
+    run_dir = tmp_path / "cwd"
+    run_dir.mkdir()
+    for args, error, text in cases:
+        done = run_cli(args, s3_server.env, cwd=run_dir)
+        assert done.returncode == 2, (args, done.stderr)
+        assert f"error: {error}:" in done.stderr and text in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert os.listdir(run_dir) == [], f"{args} wrote {os.listdir(run_dir)}"
+    fs.invalidate_cache()
+    assert sorted(fs.ls(bucket)) == sorted(u.removeprefix("s3://") for u in (first, second))
+    # Python: a pathlib.Path made from a URL is refused, naming the fix, for inputs and outputs.
+    for data, out in ((local_inputs["h5ad"], Path(f"{bucket}/py2.zarr")), (Path(first), tmp_path / "p.zarr"),
+                      ([first, Path(second)], tmp_path / "coll4")):
+        with pytest.raises(UnsupportedStorageError, match="pass the URL as a str"):
+            sctranslator.translate(data, TINY_A, PROTEINS, out=out, **COMMON)
+    assert not (tmp_path / "p.zarr").exists() and not (tmp_path / "coll4").exists() and not Path("s3:").exists()
+
+
+def test_h5mu_with_userblock_is_read_from_s3(s3_server, cells: ad.AnnData, tmp_path: Path) -> None:  # noqa: ANN001
+    """mudata writes a 512-byte HDF5 userblock: the superblock is found where HDF5 looks for it."""
+    import mudata
+
+    path = tmp_path / "rna.h5mu"
+    mudata.MuData({"rna": cells[:100].copy()}).write_h5mu(path)
+    assert path.read_bytes()[:8] != b"\x89HDF\r\n\x1a\n"  # the case under test: a userblock first
+    bucket = s3_server.bucket("h5mu")
+    url = upload(s3_server, path, f"{bucket}/rna.h5mu")
+    expected = sctranslator.translate(cells[:100].copy(), TINY_A, PROTEINS, **COMMON)
+    result = sctranslator.translate(url, TINY_A, PROTEINS, out=tmp_path / "p.zarr", **COMMON)
+    np.testing.assert_array_equal(np.asarray(result.X), np.asarray(expected.X))
+    # Bytes that are not HDF5 at any of those offsets stay refused.
+    junk = tmp_path / "junk.h5mu"
+    junk.write_bytes(b"x" * 5000)
+    with pytest.raises(StoreError, match="not an HDF5 file"):
+        sctranslator.translate(upload(s3_server, junk, f"{bucket}/junk.h5mu"), TINY_A, PROTEINS,
+                               out=tmp_path / "j.zarr", **COMMON)

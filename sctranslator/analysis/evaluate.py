@@ -24,6 +24,7 @@ from sctranslator.modalities import pick_protein_modality
 from sctranslator.options import TARGET_SCALINGS, TargetScaling, check_choices  # noqa: F401  (re-exported)
 from sctranslator.outputs import claim_output, one_writer, write_identity
 from sctranslator.util.atomic import install_dir, staging_dir
+from sctranslator.util.storage import refuse_remote
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -177,6 +178,7 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
     from sctranslator.kernels import scale_targets
 
     check_choices(scaling=scaling)
+    refuse_remote("evaluate", pred=pred, truth=truth, baseline=baseline, out=out)
     if out is not None:
         claim_output(out, OUTPUT_KIND, inputs=(pred, truth, baseline), overwrite=overwrite)
     if not 0.0 <= float(min_matched) <= 1.0:

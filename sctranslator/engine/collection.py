@@ -51,12 +51,22 @@ from sctranslator.errors import (
     OutputLockedError,
     OutputWriteError,
     SctranslatorError,
+    UnsupportedStorageError,
 )
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
 from sctranslator.outputs import claim_output, read_identity, write_identity
 from sctranslator.util.atomic import atomic_write_text, install_dir, remove_path, staging_dir
 from sctranslator.util.progress import count_done, progress_bar
+from sctranslator.util.storage import (
+    WRITABLE,
+    check_location,
+    check_not_folded,
+    is_url,
+    name_of,
+    parse_storage_options,
+    scheme_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +136,8 @@ def is_collection(data: Any) -> bool:
         return True
     if isinstance(data, (str, Path)) and "://" not in str(data):
         return bool(_GLOB_CHARACTERS & set(str(data))) and not Path(data).expanduser().exists()
+    if scheme_of(data) in WRITABLE:  # an object-storage pattern: refused by expand_inputs
+        return bool({"*", "["} & set(str(data)))
     return False
 
 
@@ -165,7 +177,15 @@ def expand_inputs(data: Any) -> list[Any]:
             raise OptionError("an AnnCollection is not translated as one input (its files may have different genes, "
                               "and each needs its own plan); pass the files themselves: translate([path1, path2, "
                               "...], model, out=DIR)")
-        if isinstance(item, (str, Path)) and is_collection(item):
+        check_not_folded(item, what="the input")
+        if is_url(item):
+            if is_collection(item):
+                raise UnsupportedStorageError(
+                    f"the input {item}: patterns are not expanded in object storage; list the objects themselves "
+                    "(several inputs, or --inputs @list.txt with one URL per line)")
+            check_location(item, what="the input")
+            inputs.append(str(item).rstrip("/"))  # a URL stays a URL (pathlib would fold its '//')
+        elif isinstance(item, (str, Path)) and is_collection(item):
             matches = sorted(glob.glob(str(Path(item).expanduser()), recursive=True))
             if not matches:
                 raise OptionError(f"the pattern {str(item)!r} matches no files; check the path (quote it so that "
@@ -177,7 +197,7 @@ def expand_inputs(data: Any) -> list[Any]:
             inputs.append(item)
     if not inputs:
         raise OptionError("no inputs given; name one or more files, a glob, or --inputs @list.txt")
-    paths = [str(item) for item in inputs if isinstance(item, Path)]
+    paths = [str(item) for item in inputs if isinstance(item, (str, Path))]
     repeated = sorted({p for p in paths if paths.count(p) > 1})
     if repeated:
         raise OptionError(f"{repeated[0]} is listed more than once; give each input once")
@@ -188,6 +208,8 @@ def _stem(item: Any, index: int) -> str:
     uri = getattr(item, "uri", None) if is_soma_experiment_object(item) else None
     if uri:  # an open experiment is named after its URI, as its path would be
         item = Path(str(uri).removeprefix("file://").rstrip("/"))
+    if is_url(item):  # named after the URL's last component
+        item = Path(name_of(str(item)))
     if not isinstance(item, Path):
         return f"anndata-{index + 1}"
     name = item.name.rstrip("/") or "input"
@@ -214,7 +236,7 @@ def store_names(inputs: Sequence[Any]) -> list[str]:
 
 
 def _label(item: Any, index: int) -> str:
-    return str(item) if isinstance(item, Path) else f"<in-memory {type(item).__name__} #{index + 1}>"
+    return str(item) if isinstance(item, (str, Path)) else f"<in-memory {type(item).__name__} #{index + 1}>"
 
 
 def _identity(inputs: Sequence[Any], model: TranslatorModel, proteins: Sequence[str] | None,
@@ -368,20 +390,29 @@ def translate_collection(translate_one: Callable[..., Any], data: Any, model: An
         raise OptionError("--write-h5ad, --write-mudata, --key and inplace=True write one input back; with several "
                           "inputs, translate into --out DIR (one store per input) or run each input on its own to "
                           "write it back")
+    inputs = expand_inputs(data)  # bad inputs (a URL pattern, a folded URL) are named before --out
     if out is None:
         raise OptionError("several inputs need --out DIR (out=DIR): a directory that gets one store per input and "
                           "collection.json")
+    check_not_folded(out, what="--out")
+    if is_url(out):
+        # A collection's guarantees (DIR claimed whole, collection.json rewritten atomically, stores
+        # checked before they are reused) rest on local renames; nothing is written.
+        raise UnsupportedStorageError(
+            f"--out {out}: a collection of several inputs is written to a local directory only; give a local "
+            "--out DIR (the inputs may be URLs) and copy DIR afterwards, or translate each input on its own "
+            f"into its own URL (e.g. --out {str(out).rstrip('/')}/NAME.zarr)")
     out = Path(out).expanduser().absolute()
     if out.suffix.lower() in (".h5ad", ".h5mu", ".zarr", ".h5"):
         raise OptionError(f"--out {out}: several inputs are written to a directory of stores, one per input; give a "
                           f"directory name without a file suffix, e.g. --out {out.with_suffix('')}")
-    inputs = expand_inputs(data)
     loaded = model if isinstance(model, TranslatorModel) else load_model(model)  # loaded once for every input
     names, labels = store_names(inputs), [_label(item, i) for i, item in enumerate(inputs)]
     collection = _open_collection(out, _identity(inputs, loaded, proteins, settings), names, labels, overwrite,
                                   inputs)
     source_options = {k: settings[k] for k in ("layer", "use_raw", "modality", "missing_chunks") if k in settings}
-    skip = [entry["status"] == "done" and isinstance(item, Path) and _finished(out / entry["store"]) and
+    source_options["storage_options"] = parse_storage_options(settings.get("storage_options"))
+    skip = [entry["status"] == "done" and isinstance(item, (str, Path)) and _finished(out / entry["store"]) and
             not overwrite for entry, item in zip(collection.entries, inputs, strict=True)]
     estimates = [int(entry["cells"] or 0) if done else _estimate(item, source_options)
                  for entry, item, done in zip(collection.entries, inputs, skip, strict=True)]

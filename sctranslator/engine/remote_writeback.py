@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from sctranslator.util.atomic import require_space
-from sctranslator.util.storage import check_location, filesystem, is_url, parse_storage_options, remote_error
+from sctranslator.util.storage import (
+    check_location,
+    check_not_folded,
+    filesystem,
+    is_url,
+    parse_storage_options,
+    remote_error,
+)
 
 
 def check_locations(data: Any, out: Any, write_h5ad: Any, write_mudata: Any,
@@ -23,8 +30,10 @@ def check_locations(data: Any, out: Any, write_h5ad: Any, write_mudata: Any,
     """Refuse unsupported URLs (UnsupportedStorageError) and missing extras (MissingExtraError) among
     translate's input and outputs, before any work; returns the parsed storage options."""
     options = parse_storage_options(storage_options)
+    check_not_folded(data, what="the input")
     check_location(data, what="the input")
     for flag, path in (("--out", out), ("--write-h5ad", write_h5ad), ("--write-mudata", write_mudata)):
+        check_not_folded(path, what=flag)
         check_location(path, write=True, what=flag)
     return options
 

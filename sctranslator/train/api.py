@@ -42,6 +42,7 @@ from sctranslator.train.paired import PairedData, load_paired
 from sctranslator.train.presets import preset_config
 from sctranslator.train.split import Split, split_cells
 from sctranslator.util.atomic import install_dir, remove_path, staging_dir
+from sctranslator.util.storage import refuse_remote
 from sctranslator.vocab.genes import check_gene_mapping
 
 log = logging.getLogger(__name__)
@@ -219,6 +220,8 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
             saved with other data or settings.
     """
     data_options, train_options = _split_options(options)
+    refuse_remote("finetune", rna=_as_list(rna), protein=_as_list(protein) if protein is not None else [],
+                  init=init, out=out, work_dir=work_dir, metrics_log=metrics_log)
     out = Path(out)
     work = Path(work_dir) if work_dir else out.with_name(out.name + ".training")
     # Every process checks before any writes: the process group's start is the barrier after it.

@@ -61,6 +61,48 @@ def is_url(location: Any) -> bool:
     return scheme_of(location) is not None
 
 
+# Schemes whose URLs pathlib folds unnoticed: Path("s3://b/k") is Path("s3:/b/k"), a local folder "s3:".
+_FOLDABLE = ("s3", "s3a", "gs", "gcs", "http", "https")
+
+
+def folded_url(location: Any) -> str | None:
+    """The URL a `pathlib.Path` was made from (``Path("s3://b/k")`` is the local ``s3:/b/k``), or None."""
+    if not isinstance(location, os.PathLike) or isinstance(location, str):
+        return None
+    parts = PurePosixPath(os.fspath(location)).parts
+    if parts and parts[0].endswith(":") and parts[0][:-1].lower() in _FOLDABLE:
+        return f"{parts[0]}//{'/'.join(parts[1:])}"
+    return None
+
+
+def check_not_folded(location: Any, *, what: str = "the input") -> None:
+    """Refuse a `pathlib.Path` made from a URL, which would name a local folder ``s3:``.
+
+    Raises UnsupportedStorageError naming the fix (pass the URL as a str); a no-op otherwise.
+    """
+    url = folded_url(location)
+    if url is not None:
+        raise UnsupportedStorageError(
+            f"{what} {location}: a pathlib.Path folds the URL's '//' (it would name a local folder "
+            f"'{url.split('//')[0]}'); pass the URL as a str: {url!r} (nothing was read or written)")
+
+
+def refuse_remote(command: str, **locations: Any) -> None:
+    """Refuse, before any work, URLs (or pathlib-folded URLs) given to a command that reads and writes
+    local files only; each keyword is a flag name (`pred`, `truth`, ...) and its value, or a list.
+
+    Raises UnsupportedStorageError naming the flag and what to do; a no-op for local paths and objects.
+    """
+    for name, given in locations.items():
+        flag = "--" + name.replace("_", "-")
+        for location in given if isinstance(given, list | tuple) else [given]:
+            url = folded_url(location) or (str(location) if is_url(location) else None)
+            if url is not None:
+                raise UnsupportedStorageError(
+                    f"{flag} {url}: {command} reads and writes local files only (object storage is supported "
+                    "by translate); copy it to a local path first (nothing was read or written)")
+
+
 def check_location(location: Any, *, write: bool = False, what: str = "the input") -> None:
     """Refuse, before any work, a URL this package cannot serve; a no-op for local paths.
 
@@ -71,6 +113,14 @@ def check_location(location: Any, *, write: bool = False, what: str = "the input
     if scheme is None:
         return
     known = {**WRITABLE, **READ_ONLY}
+    given = os.fspath(location).split("://", 1)
+    if scheme in known and given[0] != scheme:
+        # fsspec looks schemes up as written; one spelling keeps locks and records on one object.
+        raise UnsupportedStorageError(
+            f"{what} {location}: write the scheme in lower case: {scheme}://{given[1]}")
+    if write and scheme in WRITABLE and "/" not in given[1].strip("/"):
+        raise OptionError(f"{what} {location}: a bucket root is not an output; name a key inside the bucket, e.g. "
+                          f"{scheme}://{given[1].strip('/') or 'BUCKET'}/predictions.zarr")
     if scheme not in known:
         raise UnsupportedStorageError(
             f"{what} {location}: the scheme '{scheme}://' is not supported; use {SUPPORTED_TEXT}")

@@ -69,6 +69,21 @@ class RemoteH5Source(H5Source):
             self._file = None
 
 
+def _has_hdf5_signature(handle: Any, size: int | None) -> bool:
+    """Whether the file holds an HDF5 superblock where HDF5 looks for one: at byte 0, or after a
+    userblock at 512, 1024, 2048, ... (mudata writes a 512-byte userblock into every .h5mu)."""
+    offset = 0
+    while size is None or offset + len(_HDF5_SIGNATURE) <= size:
+        handle.seek(offset)
+        head = handle.read(len(_HDF5_SIGNATURE))
+        if head == _HDF5_SIGNATURE:
+            return True
+        if len(head) < len(_HDF5_SIGNATURE):
+            return False
+        offset = 512 if offset == 0 else offset * 2
+    return False
+
+
 def open_remote(url: str, *, storage_options: dict[str, Any] | None = None,
                 **kwargs: Any) -> RemoteZarrSource | RemoteH5Source:
     """The source for the URL `url`: a Zarr store (zarr.json / .zgroup at its top) or an HDF5 file.
@@ -86,12 +101,12 @@ def open_remote(url: str, *, storage_options: dict[str, Any] | None = None,
             raise StoreError(f"{url}: no such object (nor a Zarr store with zarr.json or .zgroup at its top); "
                              "expected an .h5ad/.h5mu object or an AnnData Zarr store")
         with fs.open(path, "rb") as handle:
-            head = handle.read(len(_HDF5_SIGNATURE))
+            hdf5 = _has_hdf5_signature(handle, fs.size(path))
     except StoreError:
         raise
     except Exception as exc:  # noqa: BLE001 - credentials, endpoint, permissions
         raise remote_error(url, exc, "reading the input") from exc
-    if head != _HDF5_SIGNATURE:
+    if not hdf5:
         raise StoreError(f"{url}: not an HDF5 file nor a Zarr store (corrupted, or of an unsupported kind)")
     kwargs.pop("missing_chunks", None)
     return RemoteH5Source(url, storage_options=storage_options, **kwargs)
