@@ -78,7 +78,7 @@ def api_runner(model: TranslatorModel, path: Path, folder: Path, device: str,
 def cli_runner(bundle: Path, path: Path, folder: Path, device: str) -> Callable[[], tuple[float, np.ndarray, dict]]:
     def run() -> tuple[float, np.ndarray, dict]:
         out = folder / f"cli{next(RUNS)}.zarr"
-        command = [sys.executable, "-m", "sctranslator.cli.entry", "translate", str(path), "--model", str(bundle),
+        command = [sys.executable, "-m", "sctranslator", "translate", str(path), "--model", str(bundle),
                    "--proteins", ",".join(TEN), "--out", str(out)]
         if device != "cpu":
             command += ["--device", device]

@@ -16,7 +16,7 @@ DEMO_RNA = Path(str(resources.files("sctranslator") / "data" / "demo" / "rna.h5a
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sctranslator.cli.entry", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "sctranslator", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=600)
 
 

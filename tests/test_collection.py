@@ -257,7 +257,7 @@ def test_killed_collection_resumes_where_it_stopped(real: ad.AnnData, tmp_path: 
     many.obs_names = [f"cell{i}" for i in range(many.n_obs)]
     many.write_h5ad(big)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "sctranslator.cli.entry", "translate", str(small), str(big), "--out", str(out),
+    command = [sys.executable, "-m", "sctranslator", "translate", str(small), str(big), "--out", str(out),
                "--model", str(bundle), *CLI_OPTIONS[:2], "--allow-empty-cells", "--block-cells", "32",
                "--batch-size", "16", "--workers", "1", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

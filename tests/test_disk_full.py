@@ -22,7 +22,7 @@ PAGE = 4096
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sctranslator.cli.entry", *args]
+    return [sys.executable, "-m", "sctranslator", *args]
 
 
 def _translate(out: Path, *extra: str) -> subprocess.CompletedProcess:

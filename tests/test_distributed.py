@@ -139,7 +139,7 @@ def local(rna_path: Path) -> np.ndarray:
 
 def _command(rna_path: Path, scheduler: str, allow_empty: bool = True) -> list[str]:
     """The same translate command every time, with a RELATIVE --out (resolved in the client's directory)."""
-    return [sys.executable, "-m", "sctranslator.cli.entry", "translate", str(rna_path), "--model", str(TINY_A),
+    return [sys.executable, "-m", "sctranslator", "translate", str(rna_path), "--model", str(TINY_A),
             "--proteins", ",".join(PROTEINS), "--out", "out.zarr", "--block-cells", str(BLOCK), "--scheduler",
             scheduler, *(["--allow-empty-cells"] if allow_empty else []), "--quiet"]
 

@@ -215,7 +215,7 @@ def test_non_checkpoint_files_raise_checkpoint_error(tmp_path: Path) -> None:
 
 
 def test_cli_convert_prints_configuration(tmp_path: Path, fixtures_dir: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "sctranslator.cli.entry", "convert",
+    result = subprocess.run([sys.executable, "-m", "sctranslator", "convert",
                              str(fixtures_dir / "tiny_b_official.pt"), str(tmp_path / "b")],
                             capture_output=True, text=True, check=True)
     assert "translator_hidden        [47, 22]" in result.stdout

@@ -25,7 +25,7 @@ from sctranslator.util.output_lock import OutputLock, lock_path, process_start
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sctranslator.cli.entry", *args]
+    return [sys.executable, "-m", "sctranslator", *args]
 
 
 def _common(model: Path) -> list[str]:

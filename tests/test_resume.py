@@ -21,7 +21,7 @@ PROTEINS = "CD3,CD4,CD8a,CD14,CD16,CD19,CD45RA,PD-1,TIGIT,CD127"
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sctranslator.cli.entry", *args]
+    return [sys.executable, "-m", "sctranslator", *args]
 
 
 @pytest.mark.slow

@@ -331,7 +331,7 @@ def serve_process(repo: Path, onnx_path: Path, ports: dict[str, int], log: Path)
     """`sctranslator serve` as a user runs it, in a process of its own (its output in `log`)."""
     flags = [f"--{name.replace('_', '-')}={port}" for name, port in ports.items()]
     with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "sctranslator.cli.entry", "serve", str(data_file(FIXTURES /
+        return subprocess.Popen([sys.executable, "-m", "sctranslator", "serve", str(data_file(FIXTURES /
                                 "tiny_a_official.pt")), "--repo", str(repo), "--onnx", str(onnx_path), *flags],
                                 stdout=out, stderr=subprocess.STDOUT)
 
