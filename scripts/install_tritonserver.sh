@@ -22,12 +22,14 @@ fi
 # protein names) arrive as copies of their first byte. stub-env is a virtualenv layout whose python is
 # this venv's, with numpy<2 in its own site-packages and this venv's site-packages after it;
 # sctranslator.export.triton_server.server_env puts its bin/ first on the stubs' PATH.
+# $1: where the stub-env is built now; $2: where it will live (the .pth names that final place).
 install_stub_env() {
-    local env="$1/stub-env"
-    if [ -d "$env/site/numpy" ]; then return; fi
-    rm -rf "$env"
+    local env="$1/stub-env" final="${2:-$1}/stub-env"
     local site_rel
     site_rel="$("$PYTHON" -c 'import sys; print(f"lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages")')"
+    # Done when numpy is there and the .pth names a folder that exists (not a staging one).
+    if [ -d "$env/site/numpy" ] && [ -d "$(head -n 1 "$env/$site_rel/stub.pth" 2>/dev/null)" ]; then return; fi
+    rm -rf "$env"
     mkdir -p "$env/bin" "$env/$site_rel"
     ln -s "$(cd "$VENV" && pwd)/bin/python" "$env/bin/python"
     ln -s python "$env/bin/python3"
@@ -35,7 +37,8 @@ install_stub_env() {
     "$PYTHON" -m pip install -q --no-deps --no-compile --target "$env/site.partial" "numpy>=1.26,<2"
     mv "$env/site.partial" "$env/site"
     # numpy<2 first, then this venv's site-packages with its .pth files (editable installs).
-    printf '%s\nimport site; site.addsitedir(%s)\n' "$(cd "$env/site" && pwd)" \
+    mkdir -p "$(dirname "$final")"
+    printf '%s\nimport site; site.addsitedir(%s)\n' "$(cd "$(dirname "$final")" && pwd)/stub-env/site" \
         "'$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')'" > "$env/$site_rel/stub.pth"
 }
 if [ -x "$DEST/pkg/pytriton/tritonserver/bin/tritonserver" ] && [ "$(cat "$DEST/VERSION" 2>/dev/null)" = "$VERSION" ]; then
@@ -57,7 +60,7 @@ fi
 cp "$STUB" "$SERVER/backends/python/triton_python_backend_stub"
 chmod +x "$SERVER/bin/tritonserver" "$SERVER/backends/python/triton_python_backend_stub"
 echo "$VERSION" > "$STAGING/VERSION"
-install_stub_env "$STAGING"
+install_stub_env "$STAGING" "$DEST"
 rm -rf "$DEST"
 mv "$STAGING" "$DEST"
 echo "installed tritonserver (nvidia-pytriton $VERSION) in $DEST"
