@@ -78,7 +78,14 @@ def test_two_translates_on_one_out_give_exactly_one_success(rna: Path, tmp_path:
 def test_wait_runs_the_second_job_after_the_first(rna: Path, tmp_path: Path) -> None:
     out = tmp_path / "shared.zarr"
     model = data_file(TINY_A)
-    first = subprocess.Popen(cli("translate", str(rna), "--out", str(out), "--proteins", "CD3,CD4", *_common(model)),
+    # The first job must still hold its lock when the later processes have started (seconds on an idle
+    # machine): 8x the cells, 2 per call, keep it running well past their start-up.
+    cells = ad.read_h5ad(rna)
+    big = tmp_path / "big.h5ad"
+    ad.concat([cells] * 8, index_unique="-").write_h5ad(big)
+    rna = big
+    first = subprocess.Popen(cli("translate", str(rna), "--out", str(out), "--proteins", "CD3,CD4", *_common(model),
+                                 "--batch-size", "2"),
                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lock_path(out), first)
     assert lock_path(out).exists(), "the first job never locked its output"
