@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: install tritonserver perf-analyzer test test-all demo lint bench bench-triton clean
+.PHONY: install tritonserver perf-analyzer test test-all demo lint docs bench bench-triton clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ lint: install
 	$(BIN)/ruff check sctranslator tests benchmarks scripts
 	$(BIN)/lint-imports
 
+# The documentation site, warnings as errors; the tutorials execute (the Triton one starts a real server).
+docs: install tritonserver
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
 bench: install
 	$(BIN)/python benchmarks/bench_kernels.py
 	$(BIN)/python benchmarks/bench_engine.py
@@ -50,4 +54,4 @@ bench-triton: install tritonserver
 	$(BIN)/python benchmarks/bench_triton.py
 
 clean:
-	rm -rf $(VENV) .numba_cache .pytest_cache build *.egg-info
+	rm -rf $(VENV) .numba_cache .pytest_cache build *.egg-info docs/_build docs/jupyter_execute docs/api/generated
