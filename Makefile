@@ -54,4 +54,4 @@ bench-triton: install tritonserver
 	$(BIN)/python benchmarks/bench_triton.py
 
 clean:
-	rm -rf $(VENV) .numba_cache .pytest_cache build *.egg-info docs/_build docs/jupyter_execute docs/api/generated
+	rm -rf $(VENV) .numba_cache .pytest_cache build *.egg-info docs/_build docs/jupyter_execute docs/api/generated docs/_generated

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, in one command on a machine with a GPU and no internet (see README "GPU"):
+# The GPU check, in one command on a machine with a GPU and no internet (see docs/howto/gpu.md):
 #   bash benchmarks/gpu_check.sh            # full-size model on the GPU, one markdown table, < 8 minutes
 #   bash benchmarks/gpu_check.sh --dry-run  # the same code paths on CPU with a narrow model
 # It checks what the machine has (torch with CUDA, the package's dependencies) and says what is missing

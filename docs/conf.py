@@ -11,6 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# Our own build-time extension: the CLI reference and the module map, generated from the code.
+sys.path.insert(0, str(ROOT / "docs" / "_ext"))
 
 project = "sctranslator"
 author = "the sctranslator developers"
@@ -22,6 +24,7 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
+    "reference_pages",
 ]
 
 # One docstring style across the package: numpydoc sections, parsed by napoleon.
@@ -42,7 +45,8 @@ nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_merge_streams = True
 
-exclude_patterns = ["_build", "jupyter_execute", "**.ipynb_checkpoints"]
+# _generated/ holds the pages reference_pages writes; they are included by cli.md and architecture.md.
+exclude_patterns = ["_build", "jupyter_execute", "_generated", "**.ipynb_checkpoints"]
 html_theme = "sphinx_book_theme"
 html_title = "sctranslator"
 html_theme_options = {"show_toc_level": 2}

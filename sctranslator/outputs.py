@@ -372,7 +372,7 @@ def one_writer(func: F) -> F:
 # -- outputs in object storage (s3://, gs://) ----------------------------------------------------
 # The same four rules, checked on objects: a store's identity record is the object
 # URL/.sctranslator-output.json, a write-back file's its HDF5 root attribute read through fsspec;
-# the location is locked first (`storage.RemoteLock`). See README, "Object storage".
+# the location is locked first (`storage.RemoteLock`). See docs/guide/atlas.md, "Object storage".
 
 def exists(fs: Any, path: str) -> bool:
     """Whether an object, or any object under the prefix `path`, exists (listing caches dropped first)."""

@@ -1,8 +1,9 @@
 """The names-in Triton model `<name>_counts` (raw counts, gene names, protein names in) against a real server.
 
-The README's request JSON sent with the standard library, the predictions against `translate` on the
-same cells; bad requests in one batch each get translate's named error while the others are
-answered; requests sharing a gene layout run in fewer executions than requests.
+The request JSON of the serving guide (docs/guide/export-serving.md) sent with the standard library,
+the predictions against `translate` on the same cells; bad requests in one batch each get translate's
+named error while the others are answered; requests sharing a gene layout run in fewer executions than
+requests.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from sctranslator.export.triton_reuse import export_mismatch
 from sctranslator.export.triton_server import TritonServer, free_port
 from sctranslator.model import TranslatorModel
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-NAME = "sctranslator"  # the README's model name
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "guide" / "export-serving.md"
+NAME = "sctranslator"  # the model name the guide's request names
 # 20 proteins: two windows of the tiny model's P=16, the second one padded.
 PROTEINS = ["CD3", "CD4", "CD8a", "CD14", "CD16", "CD19", "CD45RA", "PD-1", "TIGIT", "CD127", "CD25", "CD56",
             "CD45RO", "CD28", "CD27", "CD11c", "HLA-DR", "CD15", "CD34", "CD86"]
@@ -74,7 +75,7 @@ def server(repo: Path) -> Iterator[TritonServer]:
 
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TritonServer, TranslatorModel]]:
-    """A server of the demo model (what `sctranslator serve demo` serves), for the README's request."""
+    """A server of the demo model (what `sctranslator serve demo` serves), for the guide's request."""
     require_tritonserver()
     demo = sctranslator.load_model("demo")
     path = tmp_path_factory.mktemp("demo-repo")
@@ -83,11 +84,11 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Trit
         yield running, demo
 
 
-def readme_request() -> dict:
-    """The request JSON the README shows (the block after its counts-request marker)."""
-    text = README.read_text()
+def guide_request() -> dict:
+    """The request JSON the serving guide shows (the block after its counts-request marker)."""
+    text = PAGE.read_text()
     match = re.search(r"<!-- counts-request -->\s*```json\n(.*?)```", text, re.S)
-    assert match, "README.md lost the names-in request example"
+    assert match, "docs/guide/export-serving.md lost the names-in request example"
     return json.loads(match.group(1))
 
 
@@ -126,10 +127,10 @@ def test_export_writes_a_self_describing_names_in_model(repo: Path) -> None:
 
 
 @pytest.mark.triton
-def test_readme_request_over_plain_http_matches_translate(demo_server: tuple[TritonServer, TranslatorModel]) -> None:
-    """The README's JSON, parameters included, against the demo model, equals translate with the same allowances."""
+def test_guide_request_over_plain_http_matches_translate(demo_server: tuple[TritonServer, TranslatorModel]) -> None:
+    """The guide's JSON, parameters included, against the demo model, equals translate with the same allowances."""
     server, demo = demo_server
-    body = readme_request()
+    body = guide_request()
     assert body["parameters"] == {"allow_low_coverage": True}  # 9 genes of the demo's 3,738-gene panel
     url = f"http://{server.http_url}/v2/models/{NAME}_counts/infer"
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",

@@ -260,7 +260,7 @@ def define_demo(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument("--out", type=Path, default=Path("sctranslator-demo"),
                         help="where predictions and the metrics table go (default: %(default)s)")
     parser.add_argument("--workers", type=int, help="concurrent blocks for translate (default: from the cores "
-                        "and the model size, never oversubscribed; see README 'Parallelism')")
+                        "and the model size, never oversubscribed; see docs/howto/clusters.md)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier demo output at --out (nothing else; default: off)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no INFO messages, no library "

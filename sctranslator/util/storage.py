@@ -13,7 +13,7 @@ Credentials and the endpoint come from the standard environment of each file sys
 ``GOOGLE_APPLICATION_CREDENTIALS``, ...) or from `storage_options` (``--storage-options JSON``),
 passed to fsspec as given.
 
-Object stores have no rename, so outputs there keep their guarantees another way (README,
+Object stores have no rename, so outputs there keep their guarantees another way (docs/guide/atlas.md,
 "Object storage"): every object is written by one PUT, which is all-or-nothing; a store's identity
 record is its first object and its job record its last at creation; a block's chunks are written
 before the block's marker object; the one-writer lock is an object created with a conditional put

@@ -58,8 +58,8 @@ class OnnxRuntimeBackend:
         reduced_precision_warning=(
             "the {precision} ONNX graphs round every activation to {precision} (a graph has no reference cell, "
             "unlike the torch backend): per-protein r against fp32 measured 0.997 (tiny_a, real cells) down to "
-            "0.92 (full-size random weights), below the 0.999 the torch backend keeps; see README 'Reduced "
-            "precision'"))
+            "0.92 (full-size random weights), below the 0.999 the torch backend keeps; see "
+            "docs/guide/backends.md, 'Reduced precision'"))
     supports_embeddings = capabilities.embeddings
 
     def __init__(self, onnx_path: str, device: str = "cpu", threads: int | None = None,
