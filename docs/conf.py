@@ -37,6 +37,8 @@ autodoc_member_order = "bysource"
 
 myst_enable_extensions = ["colon_fence", "deflist", "dollarmath"]
 myst_heading_anchors = 3
+# Flags in prose stay as typed: no "--name" turned into an en dash, no curly quotes in option values.
+smartquotes = False
 
 # Tutorials run on every build, so what they show is what the code does today.
 nb_execution_mode = "force"
