@@ -1,12 +1,15 @@
-"""The module map the documentation site generates: every module, under the layer pyproject.toml declares."""
+"""Reference pages of the documentation site: the generated module map, and the errors page naming every error."""
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import re
 import tomllib
 from pathlib import Path
+
+import sctranslator.errors as errors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,3 +42,11 @@ def test_module_map_lists_every_module_under_its_declared_layer() -> None:
         doc = ast.get_docstring(ast.parse(path.read_text())) or ""
         first = re.sub(r"\s+", " ", doc.strip().split("\n\n")[0]).replace("|", "\\|")
         assert f"| `{dotted}` | {first} |" in page
+
+
+def test_errors_page_names_every_named_error() -> None:
+    page = (ROOT / "docs" / "howto" / "errors.md").read_text()
+    named = [name for name, value in vars(errors).items()
+             if inspect.isclass(value) and issubclass(value, Exception) and value.__module__ == errors.__name__]
+    assert "SctranslatorError" in named and len(named) > 10
+    assert [name for name in named if f"`{name}`" not in page] == []
