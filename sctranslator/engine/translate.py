@@ -207,7 +207,7 @@ def translate(data: str | Path | ad.AnnData | Sequence[Any], model: str | Path |
         storage_options: fsspec options (credentials, endpoint) for inputs and outputs in object
             storage: `data`, `out`, `write_h5ad`, `write_mudata` may be s3:// or gs:// URLs (inputs
             also http(s)://); by default each file system reads its standard environment
-            (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...). See docs/guide/atlas.md, "Object storage".
+            (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...). See README, "Object storage".
         model: a bundle directory, an official .pt checkpoint (read without executing it), a model
             name (`demo`, or one added by `sctranslator convert --name`) or a TranslatorModel.
         proteins: antibody or gene names to predict (default: the model's protein panel).
@@ -223,7 +223,7 @@ def translate(data: str | Path | ad.AnnData | Sequence[Any], model: str | Path |
             gene_mapping: InputOptions.
         overwrite, write_h5ad, write_mudata, embeddings, quiet: OutputOptions.
         wait: when another job is writing one of the outputs, wait for it to end instead of
-            refusing (OutputLockedError); the outputs are then checked afresh (see docs/guide/translate.md, "Outputs").
+            refusing (OutputLockedError); the outputs are then checked afresh (see README, Outputs).
         inplace: also set the predictions on `data` (an AnnData / MuData object) and return None.
         key, replace_key: where write_h5ad / write_mudata / inplace put the predictions (below);
             an existing entry there is replaced only with an explicit `key` and `replace_key=True`.

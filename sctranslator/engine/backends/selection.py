@@ -40,7 +40,7 @@ def choose_backend(requested: str, *, device: str = "cpu", onnx_path: str | None
 
     auto: onnxruntime when an ONNX export is given (`onnx_path`: the user chose that graph);
     otherwise the torch backend, on CPU and CUDA alike: measured on the full-size model
-    (benchmarks/bench_fullsize.py, docs/performance.md) it is the fastest exact path at every gene
+    (benchmarks/bench_fullsize.py, README "Performance") it is the fastest exact path at every gene
     count on CPU, it needs no export (tens of seconds for a new model), it is the one with cell
     embeddings and the CUDA pipeline (memory-sized batches, overlapped copies). Triton is never
     chosen: it needs a server.
