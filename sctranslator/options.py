@@ -449,7 +449,8 @@ class EvaluateOptions(OptionGroup):
     plots: bool = option(True, "write report.json only, no figures", flag="--no-plots")
     min_matched: float = option(0.5, "least fraction of the smaller side's cells (predicted or measured) that "
                                 "must match by name; fewer is refused as a mix-up of datasets (0 accepts any)")
-    truth_modality: str | None = option(None, "MuData modality of --truth holding the measured proteins",
+    truth_modality: str | None = option(None, "MuData modality (or SOMA measurement) of --truth holding the "
+                                        "measured proteins",
                                         none_means="'prot', else the one modality named like proteins (protein, "
                                         "adt, cite, antibody)")
     model: str | None = option(None, "the model bundle that made the predictions, to tell training cells from "

@@ -136,3 +136,52 @@ def test_evaluate_from_s3_equals_local(s3_server, pair: dict[str, Path], bucket:
     with pytest.raises(UnsupportedStorageError, match="--out"):
         sctranslator.evaluate(f"{bucket}/pred.zarr", f"{bucket}/protein.h5ad", out=f"{bucket}/report")
     assert not fs.exists(f"{bucket}/report")
+
+
+@pytest.fixture(scope="module")
+def soma_experiment(pair: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A local TileDB-SOMA experiment of the same cells: ms['RNA'] written by from_anndata, and the
+    proteins as a second measurement ms['prot'] over the same obs (X['raw'], names in var_id)."""
+    import pyarrow as pa
+    import scipy.sparse as sp
+    import tiledbsoma
+    import tiledbsoma.io as soma_io
+
+    uri = str(tmp_path_factory.mktemp("soma") / "cite")
+    soma_io.from_h5ad(uri, str(pair["rna.h5ad"]), measurement_name="RNA", X_layer_name="raw")
+    protein = ad.read_h5ad(pair["protein.h5ad"])
+    counts = sp.coo_matrix(protein.X)
+    with tiledbsoma.Experiment.open(uri, "w") as experiment:
+        measurement = experiment.ms.add_new_collection("prot", tiledbsoma.Measurement)
+        var = pa.table({"soma_joinid": np.arange(protein.n_vars, dtype=np.int64),
+                        "var_id": [str(name) for name in protein.var_names]})
+        measurement.add_new_dataframe("var", schema=var.schema, index_column_names=["soma_joinid"],
+                                      domain=[(0, protein.n_vars - 1)]).write(var)
+        layer = measurement.add_new_collection("X").add_new_sparse_ndarray("raw", type=pa.float32(),
+                                                                            shape=protein.shape)
+        layer.write(pa.table({"soma_dim_0": counts.row.astype(np.int64), "soma_dim_1": counts.col.astype(np.int64),
+                              "soma_data": counts.data.astype(np.float32)}))
+    return uri
+
+
+def test_finetune_and_evaluate_read_a_soma_experiments_protein_measurement(pair: dict[str, Path], soma_experiment: str,
+                                                                          tmp_path: Path) -> None:
+    local = sctranslator.finetune(pair["rna.h5ad"], pair["protein.h5ad"], out=tmp_path / "local", **TRAIN)
+    # RNA and proteins from the experiment's two measurements, then RNA from it and proteins from a file.
+    both = sctranslator.finetune(soma_experiment, out=tmp_path / "soma", **TRAIN)
+    _assert_same_weights(_weights(both), _weights(local))
+    assert "measurement 'prot'" in (tmp_path / "soma" / "card.md").read_text()
+    mixed = sctranslator.finetune(soma_experiment, pair["protein.h5ad"], out=tmp_path / "mixed", **TRAIN)
+    _assert_same_weights(_weights(mixed), _weights(local))
+    # evaluate takes the measured proteins from the experiment as from the file.
+    pred = sctranslator.translate(pair["rna.h5ad"], TINY_A, ["CD3", "CD4", "CD14", "CD19"],
+                                  out=tmp_path / "pred.zarr", normalize="total_log1p", allow_empty_cells=True,
+                                  quiet=True)
+    assert pred.n_obs == N_CELLS
+    expected = sctranslator.evaluate(tmp_path / "pred.zarr", pair["protein.h5ad"], plots=False)
+    report = sctranslator.evaluate(tmp_path / "pred.zarr", soma_experiment, plots=False)
+    assert report["model"] == expected["model"] and report["cells"] == expected["cells"]
+    from sctranslator.errors import InputDataError
+
+    with pytest.raises(InputDataError, match="no modality 'ADT'"):
+        sctranslator.evaluate(tmp_path / "pred.zarr", soma_experiment, truth_modality="ADT", plots=False)
