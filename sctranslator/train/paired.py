@@ -152,16 +152,14 @@ def _root_group(location: str | os.PathLike, storage_options: dict[str, Any] | N
         fs, path = filesystem(url, storage_options)
         try:
             is_zarr = any(fs.exists(join(path, marker)) for marker in ("zarr.json", ".zgroup"))
-            if is_zarr:
-                import zarr
-
-                yield zarr.open_group(zarr_store(url, storage_options), mode="r")
-                return
-            handle = fs.open(path, "rb", block_size=BLOCK_BYTES, cache_type="blockcache")
-        except (InputDataError, StoreError):
-            raise
+            handle = None if is_zarr else fs.open(path, "rb", block_size=BLOCK_BYTES, cache_type="blockcache")
         except Exception as exc:  # noqa: BLE001 - credentials, endpoint, permissions
             raise remote_error(url, exc, "reading the input") from exc
+        if handle is None:
+            import zarr
+
+            yield zarr.open_group(zarr_store(url, storage_options), mode="r")
+            return
         try:
             with h5py.File(handle, "r") as group:
                 yield group
@@ -228,7 +226,7 @@ def _embedded_protein(rna: Data, source: Source, key: str, storage_options: dict
             raise InputDataError(f"no protein table given: pass protein=..., or keep it in obsm[{key!r}] "
                                  f"(this AnnData's obsm has {list(rna.obsm)})")
         return (*_table_from_obsm(rna.obsm[key], dict(rna.uns), key, source.obs_names), f"obsm[{key!r}]")
-    where = str(rna)
+    where = _describe(rna)
     with _root_group(rna, storage_options) as group:
         if "mod" in group:
             name = _protein_modality(list(group["mod"]), key, where)
@@ -252,10 +250,10 @@ def _stored_protein_modality(rna: Data, source: Source, key: str, missing_chunks
     with _root_group(rna, storage_options) as group:
         if "mod" not in group:
             return None, ""
-        name = _protein_modality(list(group["mod"]), key, str(rna))
+        name = _protein_modality(list(group["mod"]), key, _describe(rna))
     opened = open_source(rna if is_url(rna) else Path(rna), modality=name, missing_chunks=missing_chunks,
                          storage_options=storage_options)
-    return opened, f"modality {name!r} of {rna}"
+    return opened, f"modality {name!r} of {_describe(rna)}"
 
 
 def _soma_protein_measurement(uri: str, key: str, exclude: str | None) -> tuple[Source, str]:
@@ -422,7 +420,7 @@ def load_paired(rna: Data, protein: Data | None = None, *, protein_key: str = DE
             if not is_url(protein) and not Path(protein).exists():
                 raise StoreError(f"{protein}: no such protein file")
             protein_source = open_source(protein, missing_chunks=missing_chunks, storage_options=storage_options)
-            where = str(protein)
+            where = _describe(protein)
     else:
         raise InputDataError(f"cannot read proteins from a {type(protein).__name__}: pass a path or an AnnData")
     if protein_source is not None:
