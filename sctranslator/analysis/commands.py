@@ -83,18 +83,20 @@ def format_report(report: dict[str, Any]) -> str:
 def define_evaluate(parser: argparse.ArgumentParser) -> Handler:
     """`sctranslator evaluate --pred P --truth T [--out DIR] [--scaling S] [--baseline B]`."""
     parser.add_argument("--pred", required=True, help="predictions: translate's Zarr store, its --write-h5ad / "
-                        "--write-mudata file, or any cells x proteins .h5ad")
+                        "--write-mudata file, or any cells x proteins .h5ad; local or at an s3://, gs:// or "
+                        "http(s):// URL")
     parser.add_argument("--truth", required=True, help="measured proteins (cells x proteins, raw counts): .h5ad, "
-                        ".zarr, or a CITE-seq .h5mu (see --truth-modality)")
-    parser.add_argument("--out", help="directory for report.json and the PNG figures (default: print only)")
+                        ".zarr, a CITE-seq .h5mu (see --truth-modality), any of these at a URL, or a TileDB-SOMA "
+                        "experiment (its protein measurement)")
+    parser.add_argument("--out", help="local directory for report.json and the PNG figures (default: print only)")
     EvaluateOptions.add_cli_args(parser)
-    OutputOptions.add_cli_args(parser, only=("overwrite", "quiet"))
+    OutputOptions.add_cli_args(parser, only=("overwrite", "quiet", "storage_options"))
 
     def run(args: argparse.Namespace) -> int:
         from sctranslator.analysis.evaluate import evaluate
 
         report = evaluate(args.pred, args.truth, out=args.out, **EvaluateOptions.from_cli_args(args).as_kwargs(),
-                          **OutputOptions.from_cli_args(args).as_kwargs(("overwrite",)))
+                          **OutputOptions.from_cli_args(args).as_kwargs(("overwrite", "storage_options")))
         print(format_report(report))
         for path in report.get("files", []):
             print(f"wrote {path}")

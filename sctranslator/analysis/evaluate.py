@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ from sctranslator.modalities import pick_protein_modality
 from sctranslator.options import TARGET_SCALINGS, TargetScaling, check_choices  # noqa: F401  (re-exported)
 from sctranslator.outputs import claim_output, one_writer, write_identity
 from sctranslator.util.atomic import install_dir, staging_dir
-from sctranslator.util.storage import refuse_remote
+from sctranslator.util.storage import check_not_folded, is_url, parse_storage_options, refuse_remote
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -46,11 +47,24 @@ def _is_mudata_zarr(path: Path) -> bool:
     return root.attrs.get("encoding-type") == "MuData" or ("mod" in root and "X" not in root)
 
 
-def read_table(source: str | Path | ad.AnnData, what: str, modality: str | None = None) -> ad.AnnData:
+def read_table(source: str | Path | ad.AnnData, what: str, modality: str | None = None,
+               storage_options: dict[str, Any] | None = None) -> ad.AnnData:
     """An AnnData from an object, a Zarr store (.zarr directory), an .h5ad file, or a MuData (object,
-    .h5mu file or MuData Zarr store; its `modality`, default 'prot', else the one protein-named modality)."""
+    .h5mu file or MuData Zarr store; its `modality`, default 'prot', else the one protein-named modality);
+    any of these files or stores at an s3://, gs:// or http(s):// URL (read with `storage_options`);
+    or a TileDB-SOMA experiment (its protein measurement: `modality`, else the one named like proteins)."""
     import anndata as ad
 
+    from sctranslator.analysis.table_locations import read_soma_proteins, read_url_table
+    from sctranslator.engine.sources.soma import soma_uri
+
+    if isinstance(source, str | os.PathLike):
+        check_not_folded(source, what=what)
+        if is_url(source):
+            return read_table(read_url_table(str(source), what, storage_options), f"{what} {source}", modality)
+        uri = soma_uri(source)
+        if uri is not None:
+            return read_soma_proteins(uri, what, modality)
     if isinstance(source, ad.AnnData):
         if modality is not None:
             raise InputDataError(f"{what} is an AnnData, not a MuData: it has no modality {modality!r}; "
@@ -98,7 +112,7 @@ def _dense(matrix: Any) -> np.ndarray:
 
 
 def _as_baseline_table(baseline: str | Path | ad.AnnData | np.ndarray, pred: ad.AnnData, truth_names: Any,
-                       scaling: str) -> ad.AnnData:
+                       scaling: str, storage_options: dict[str, Any] | None = None) -> ad.AnnData:
     """The baseline's predictions, found as `pred`'s are; an array is taken in the prediction's order."""
     import anndata as ad
     import pandas as pd
@@ -106,7 +120,7 @@ def _as_baseline_table(baseline: str | Path | ad.AnnData | np.ndarray, pred: ad.
     from sctranslator.analysis.find_predictions import read_predictions
 
     if not isinstance(baseline, np.ndarray):
-        found = read_predictions(baseline, truth_names, what="baseline predictions")
+        found = read_predictions(baseline, truth_names, what="baseline predictions", storage_options=storage_options)
         if found.scaling is not None and found.scaling != scaling:
             log.warning("the baseline's outputs are on the %s scale (recorded by translate) but the measured counts "
                         "are scaled by %s; its RMSE, cosine and per-cell r compare values on different scales",
@@ -130,18 +144,22 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
              scaling: TargetScaling | None = None, plots: bool = True,
              baseline: str | Path | ad.AnnData | np.ndarray | None = None,
              cosine_batch_size: int | None = None, overwrite: bool = False, min_matched: float = 0.5,
-             truth_modality: str | None = None, model: str | Path | None = None) -> dict[str, Any]:
+             truth_modality: str | None = None, model: str | Path | None = None,
+             storage_options: str | dict[str, Any] | None = None) -> dict[str, Any]:
     """Compare predictions with measured proteins; return (and with `out`, write) the report.
 
     Parameters:
-        pred: translate's output: its Zarr store, the `--write-h5ad` file (obsm['protein_predicted'],
+        pred: translate's output (local, or at an s3://, gs:// or http(s):// URL): its Zarr store, the
+            `--write-h5ad` file (obsm['protein_predicted'],
             or the --key it was given), the `--write-mudata` file (modality 'prot_predicted', or the
             --key); or any cells x proteins AnnData / MuData.
             A gene expression matrix given here is refused (InputDataError).
         truth: measured protein counts (cells x proteins, raw counts) as .h5ad, .zarr or AnnData, or
-            a CITE-seq MuData (object, .h5mu or MuData Zarr store; its `truth_modality`); one that looks
-            already normalised / log-transformed (non-integer values) is warned about.
-        out: a directory for `report.json` and, if `plots`, `scatter.png` and `pearson.png`.
+            a CITE-seq MuData (object, .h5mu or MuData Zarr store; its `truth_modality`), any of these
+            files or stores at a URL, or a TileDB-SOMA experiment (its protein measurement:
+            `truth_modality`, else the one named like proteins); one that looks already normalised /
+            log-transformed (non-integer values) is warned about.
+        out: a local directory for `report.json` and, if `plots`, `scatter.png` and `pearson.png`.
         scaling: per-cell scaling applied to the truth before scoring, one of TARGET_SCALINGS
             (minmax: the original's training target; clr; log1p); None (default): the scale
             translate recorded for the model's outputs, else minmax.
@@ -158,7 +176,9 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
         model: the bundle that made the predictions (default: the one translate recorded, when it is
             still at that path). A bundle made by `finetune` records which cells it was trained and
             validated on; scored cells among its training cells are counted, warned about, and the
-            report is labelled (`report['training_cells']`).
+            report is labelled (`report['training_cells']`). A local path.
+        storage_options: fsspec options for URL inputs (a dict or a JSON object: credentials,
+            endpoint_url, anon, ...); default: the standard environment (AWS_ENDPOINT_URL, ...).
     Cells are matched by obs_names, proteins by name, spelling, or unique encoding gene (see
     `sctranslator.analysis.matching`); model and baseline are scored on the cells and proteins
     all three share. Returns the report (per-protein Pearson, Spearman, RMSE; summaries; cells and
@@ -170,6 +190,7 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
             duplicated obs names; a baseline array of the wrong shape; gene expression given as
             predictions; a MuData truth whose protein modality is not clear.
         StoreError: an input that cannot be read.
+        UnsupportedStorageError: a URL as `out` or `model`, or an input URL of an unsupported scheme.
         OutputConflictError: `out` holds something else, or is or overlaps an input.
     """
     from sctranslator.analysis.find_predictions import read_predictions
@@ -178,13 +199,18 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
     from sctranslator.kernels import scale_targets
 
     check_choices(scaling=scaling)
-    refuse_remote("evaluate", pred=pred, truth=truth, baseline=baseline, out=out)
+    storage_options = parse_storage_options(storage_options)
+    refuse_remote("evaluate", reason="evaluate writes its report to a local directory (inputs may be URLs); write "
+                  "it locally, then copy it with your storage tool", out=out)
+    refuse_remote("evaluate", reason="the model bundle is read from a local path; copy it to a local path first",
+                  model=model)
+    _check_input_locations(pred=pred, truth=truth, baseline=baseline)
     if out is not None:
         claim_output(out, OUTPUT_KIND, inputs=(pred, truth, baseline), overwrite=overwrite)
     if not 0.0 <= float(min_matched) <= 1.0:
         raise InputDataError(f"min_matched must be a fraction between 0 and 1; got {min_matched}")
-    truth_table = read_table(truth, "protein truth", truth_modality)
-    found = read_predictions(pred, truth_table.var_names)
+    truth_table = read_table(truth, "protein truth", truth_modality, storage_options)
+    found = read_predictions(pred, truth_table.var_names, storage_options=storage_options)
     pred_table = found.table
     scaling, scaling_source = _choose_scaling(scaling, found.scaling)
     log.info("predictions from %s; measured counts scaled by %s (%s)", found.found_in, scaling, scaling_source)
@@ -205,7 +231,7 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
     baseline_report: dict[str, Any] | None = None
     baseline_values = None
     if baseline is not None:
-        base_table = _as_baseline_table(baseline, pred_table, truth_table.var_names, scaling)
+        base_table = _as_baseline_table(baseline, pred_table, truth_table.var_names, scaling, storage_options)
         # Keep only what all three share, so model and baseline are scored on identical values.
         base_cells = match_cells(base_table.obs_names, pred_table.obs_names[pred_rows])
         base_proteins = match_proteins(base_table.var_names, names)
@@ -246,6 +272,17 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
     if out is not None:
         report["files"] = _write(Path(out), report, truth_scaled, pred_values, baseline_values, names, plots)
     return report
+
+
+def _check_input_locations(**inputs: Any) -> None:
+    """Refuse, before any work, an input URL of a scheme this package cannot read (or whose extra is
+    missing) and a pathlib.Path made from a URL; each keyword is a flag name and its value."""
+    from sctranslator.util.storage import check_location
+
+    for name, location in inputs.items():
+        if isinstance(location, str | os.PathLike):
+            check_not_folded(location, what=f"--{name}")
+            check_location(location, what=f"--{name}")
 
 
 def _enough_cells(cells: Any, min_matched: float) -> None:

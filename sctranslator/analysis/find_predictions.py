@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sctranslator.errors import InputDataError, StoreError
+from sctranslator.util.storage import is_url
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -125,8 +126,11 @@ def _predicted_modality(obj: Any, label: str) -> str:
                          "as an AnnData")
 
 
-def read_predictions(source: Any, truth_names: Any = None, what: str = "predictions") -> Predictions:
-    """The predictions inside `source` (path, AnnData or MuData); see the module docstring.
+def read_predictions(source: Any, truth_names: Any = None, what: str = "predictions",
+                     storage_options: dict[str, Any] | None = None) -> Predictions:
+    """The predictions inside `source` (path, URL, AnnData or MuData); see the module docstring.
+
+    A URL (s3://, gs://, http(s)://) is read with `storage_options` (fsspec options).
 
     `truth_names` (the measured proteins' names) lets a plain AnnData be recognised as gene
     expression: most of its columns match no measured protein and there are far more of them than
@@ -136,7 +140,12 @@ def read_predictions(source: Any, truth_names: Any = None, what: str = "predicti
     import anndata as ad
 
     label = str(source) if isinstance(source, str | Path) else f"the in-memory {what}"
-    obj = _read_file(Path(source), what) if isinstance(source, str | Path) else source
+    if isinstance(source, str) and is_url(source):
+        from sctranslator.analysis.table_locations import read_url_table
+
+        obj = read_url_table(source, what, storage_options)
+    else:
+        obj = _read_file(Path(source), what) if isinstance(source, str | Path) else source
     if hasattr(obj, "mod"):  # a MuData
         name = _predicted_modality(obj, label)
         prot = obj.mod[name]

@@ -4,7 +4,8 @@
 and `<repo>/<name>_decoder/1/model.py`, for Triton builds without the ONNX Runtime backend (such
 as the one bundled with nvidia-pytriton). The client-facing model calling them is triton_bls_model.py.
 It is self-contained: the Python environment of Triton's stub needs only numpy and onnxruntime
-(onnxruntime-gpu for KIND_GPU instances).
+(onnxruntime-gpu for KIND_GPU instances). Its stub-boundary helpers (`to_numpy`, `to_tensor`,
+`error_response`) and BLS calls (`bls_infer`) serve the client-facing models too.
 
 Under numpy 2 tensors cross the stub boundary through DLPack: the stub's `Tensor(name, ndarray)`
 and `as_numpy()` are compiled against numpy 1 and give empty outputs under numpy 2, while
@@ -72,6 +73,33 @@ def to_tensor(name: str, array: np.ndarray) -> Any:
 
 def error_response(message: str) -> Any:
     return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+
+
+def bls_infer(model: str, feed: dict[str, np.ndarray], output: str, limit: int = 0) -> np.ndarray:
+    """BLS calls to the Triton model `model`, each of at most `limit` cells (its max_batch_size; 0: one
+    call, as for the encoder, whose max_batch_size 0 takes any batch), every input of `feed` split along
+    its first axis (cells); `output` is the output tensor's name. Used by the client-facing models
+    (triton_bls_model.py, triton_counts_model.py).
+
+    Returns the outputs concatenated along the first axis. Raises RuntimeError with the callee's
+    message when a call fails.
+    """
+    cells = next(iter(feed.values())).shape[0]
+    if limit <= 0 or cells <= limit:
+        return bls_infer_once(model, feed, output)
+    return np.concatenate([bls_infer_once(model, {name: array[lo:lo + limit] for name, array in feed.items()},
+                                          output) for lo in range(0, cells, limit)])
+
+
+def bls_infer_once(model: str, feed: dict[str, np.ndarray], output: str) -> np.ndarray:
+    """One BLS call to `model` with the inputs `feed`: its `output` tensor as numpy; RuntimeError with the
+    callee's message when it fails."""
+    request = pb_utils.InferenceRequest(model_name=model, requested_output_names=[output],
+                                        inputs=[to_tensor(name, array) for name, array in feed.items()])
+    response = request.exec()
+    if response.has_error():
+        raise RuntimeError(f"{model}: {response.error().message()}")
+    return np.array(to_numpy(pb_utils.get_output_tensor_by_name(response, output)))
 
 
 def _providers(kind: str, device_id: int) -> list[Any]:

@@ -42,7 +42,7 @@ from sctranslator.train.paired import PairedData, load_paired
 from sctranslator.train.presets import preset_config
 from sctranslator.train.split import Split, split_cells
 from sctranslator.util.atomic import install_dir, remove_path, staging_dir
-from sctranslator.util.storage import refuse_remote
+from sctranslator.util.storage import check_location, check_not_folded, is_url, parse_storage_options, refuse_remote
 from sctranslator.vocab.genes import check_gene_mapping
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,8 @@ def _fingerprint(model: TranslatorModel, pairs: list[PairedData], splits: list[S
                  options: TrainOptions, world: int) -> str:
     """Identity of a run, so that resuming refuses other data or settings."""
     settings = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("quiet", "stop_after", "device")}
-    digest = hashlib.sha256(json.dumps({"train": settings, "data": dataclasses.asdict(data_options),
+    data = {k: v for k, v in dataclasses.asdict(data_options).items() if not (k == "measurement" and v is None)}
+    digest = hashlib.sha256(json.dumps({"train": settings, "data": data,
                                         "panel": model.panel, "world": world,
                                         "origin": [paired.origin for paired in pairs]},
                                        sort_keys=True, default=str).encode())
@@ -174,14 +175,17 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
              config_overrides: dict[str, Any] | None = None, feature_redraw_interval: int | None | str = KEEP,
              work_dir: str | os.PathLike | None = None, metrics_log: str | os.PathLike | None = None,
              resume: bool = False, workers: int | None = None, overwrite: bool = False,
-             **options: Any) -> TranslatorModel:
+             storage_options: str | dict[str, Any] | None = None, **options: Any) -> TranslatorModel:
     """Train a model on paired RNA + protein data and save it as a bundle at `out`.
 
-    rna: .h5ad, .h5mu (MuData with 'rna' and 'prot') or zarr store, or an AnnData (cells x genes);
-        or a list of them: several paired datasets, each with its own genes and proteins, trained on
-        together (the model's panels are their unions; see `sctranslator.train.datasets`).
-    protein: protein counts for the same cells (cells x proteins; default: inside `rna`, as a MuData
-        'prot' modality or obsm[protein_key]); with several `rna`, a list in the same order.
+    rna: .h5ad, .h5mu (MuData with 'rna' and 'prot') or zarr store (local, or at an s3://, gs:// or
+        http(s):// URL read with `storage_options`), a TileDB-SOMA experiment (RNA in `measurement`,
+        proteins in its protein measurement), or an AnnData (cells x genes); or a list of them:
+        several paired datasets, each with its own genes and proteins, trained on together (the
+        model's panels are their unions; see `sctranslator.train.datasets`).
+    protein: protein counts for the same cells (cells x proteins; a path, URL, SOMA experiment or
+        AnnData; default: inside `rna`, as a MuData 'prot' modality, a SOMA protein measurement or
+        obsm[protein_key]); with several `rna`, a list in the same order.
     The cells are streamed: read in blocks of `block_cells` through the engine's sources, in a
     seeded random block order shuffled within windows of `shuffle_blocks` blocks, prepared per
     micro-batch (`sctranslator.train.stream`); `gene_subset` trains each cell on that many panel
@@ -206,6 +210,9 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
     (predictions and targets: n_val x n_proteins, on the target scale). The bundle records its gene
     mapping (default: the init bundle's, else "extended"). Paired cells with no counts in any panel
     gene raise `BadCellsError` unless `allow_empty_cells` (their number then goes in the card).
+    `storage_options`: fsspec options for URL inputs (a dict or a JSON object: credentials,
+    endpoint_url, anon, ...; default: the standard environment, AWS_ENDPOINT_URL ...), never recorded.
+    The bundle, checkpoints and metrics log are written to local paths only.
     `overwrite` replaces an earlier finetune bundle at `out` and checkpoint folder at `work_dir`
     (`resume` continues them); anything else there, and an `out` or `work_dir` that is or overlaps
     an input, is refused before training starts (OutputConflictError, see `sctranslator.outputs`).
@@ -214,14 +221,21 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
         TypeError: an unknown keyword option.
         OptionError: a choice option (id_type, normalize, target_scaling, decay, precision, freeze)
             outside its choices.
+        UnsupportedStorageError: a URL as `out`, `work_dir`, `metrics_log` or `init`, or an input
+            URL of a scheme that is not supported (MissingExtraError: its extra is not installed).
         InputDataError: no length (steps/epochs), sizes < 1, both or neither of init and config, unusable
             data (unpaired cells, bad values, too few cells to split).
         CheckpointError: an unreadable `init`, an unknown preset, or `resume` with no saved run or one
             saved with other data or settings.
     """
     data_options, train_options = _split_options(options)
-    refuse_remote("finetune", rna=_as_list(rna), protein=_as_list(protein) if protein is not None else [],
-                  init=init, out=out, work_dir=work_dir, metrics_log=metrics_log)
+    storage_options = parse_storage_options(storage_options)
+    check_inputs(_as_list(rna) + (_as_list(protein) if protein is not None else []))
+    refuse_remote("finetune", reason="finetune writes the model bundle, its checkpoints and metrics log to local "
+                  "paths (inputs may be URLs); write them locally, then copy the bundle with your storage tool",
+                  out=out, work_dir=work_dir, metrics_log=metrics_log)
+    refuse_remote("finetune", reason="a model to start from is read from a local path; copy the bundle or "
+                  "checkpoint to a local path first", init=init)
     out = Path(out)
     work = Path(work_dir) if work_dir else out.with_name(out.name + ".training")
     # Every process checks before any writes: the process group's start is the barrier after it.
@@ -239,8 +253,9 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
                                  "its proteins)")
         pairs = [load_paired(r, p, protein_key=data_options.protein_key, layer=data_options.layer,
                              use_raw=data_options.use_raw, modality=data_options.modality,
-                             missing_chunks=data_options.missing_chunks) for r, p in zip(datasets, proteins_in,
-                                                                                         strict=True)]
+                             missing_chunks=data_options.missing_chunks, measurement=data_options.measurement,
+                             storage_options=storage_options)
+                 for r, p in zip(datasets, proteins_in, strict=True)]
         splits = [split_cells(paired.split_table(data_options.split_column),
                               val_fraction=data_options.val_fraction, val_count=data_options.val_count,
                               split_column=data_options.split_column, val_values=data_options.val_values,
@@ -297,6 +312,15 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
         return model
     finally:
         distributed.stop(processes)
+
+
+def check_inputs(locations: list[Any]) -> None:
+    """Refuse, before any work, an input URL this package cannot read (its scheme, or its extra not
+    installed) and a pathlib.Path made from a URL; a no-op for local paths and in-memory data."""
+    for location in locations:
+        check_not_folded(location, what="the input")
+        if is_url(location):
+            check_location(location, what="the input")
 
 
 def _claim_outputs(out: Path, work: Path, inputs: tuple[Any, ...], *, overwrite: bool, resume: bool) -> bool:

@@ -87,20 +87,21 @@ def check_not_folded(location: Any, *, what: str = "the input") -> None:
             f"'{url.split('//')[0]}'); pass the URL as a str: {url!r} (nothing was read or written)")
 
 
-def refuse_remote(command: str, **locations: Any) -> None:
+def refuse_remote(command: str, *, reason: str | None = None, **locations: Any) -> None:
     """Refuse, before any work, URLs (or pathlib-folded URLs) given to a command that reads and writes
     local files only; each keyword is a flag name (`pred`, `truth`, ...) and its value, or a list.
+    `reason` replaces the default explanation (what the command keeps local, and what to do).
 
     Raises UnsupportedStorageError naming the flag and what to do; a no-op for local paths and objects.
     """
+    why = reason or (f"{command} reads and writes local files only (object storage is supported by translate); "
+                     "copy it to a local path first")
     for name, given in locations.items():
         flag = "--" + name.replace("_", "-")
         for location in given if isinstance(given, list | tuple) else [given]:
             url = folded_url(location) or (str(location) if is_url(location) else None)
             if url is not None:
-                raise UnsupportedStorageError(
-                    f"{flag} {url}: {command} reads and writes local files only (object storage is supported "
-                    "by translate); copy it to a local path first (nothing was read or written)")
+                raise UnsupportedStorageError(f"{flag} {url}: {why} (nothing was read or written)")
 
 
 def check_location(location: Any, *, write: bool = False, what: str = "the input") -> None:
