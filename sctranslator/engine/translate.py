@@ -388,7 +388,8 @@ def plan_execution(options: TranslateOptions, backend: ChosenBackend, loaded: Tr
     flop = cell_flop(loaded.config, tokens)
     cpus, cpu_source = available_cpus()
     rule = choose_parallelism(remote=caps.remote, device=engine.device, flop_per_cell=flop, cpus=cpus,
-                              cpu_source=cpu_source, workers=engine.workers)
+                              cpu_source=cpu_source, workers=engine.workers,
+                              streams=caps.cpu_streams and bool(spec.options.get("cpu_streams", True)))
     spec.threads = rule.threads
     shared = active_collection()
     if shared is not None:  # an input of a collection: one backend and one progress bar for all
