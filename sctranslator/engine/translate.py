@@ -383,6 +383,9 @@ def plan_execution(options: TranslateOptions, backend: ChosenBackend, loaded: Tr
                        precision=engine.precision, options=dict(options.backend_options))
     if engine.compile:
         spec.options["compile"] = True
+    if "selected_outputs" in caps.options:
+        # translate reads the real proteins only: the decoder's padded positions need no last layer.
+        spec.options.setdefault("selected_outputs", True)
     # Concurrent blocks x intra-op threads never exceed the cores this process may use (engine.threads).
     tokens = encoder_tokens(plan, caps, spec)
     flop = cell_flop(loaded.config, tokens)

@@ -22,6 +22,7 @@ from sctranslator.errors import BackendError
 from sctranslator.model import TranslatorModel
 from sctranslator.model.collapse import PaddingCollapse
 from sctranslator.model.precision import compute_dtype, reduced_precision_copy, reference_values
+from sctranslator.model.selected_outputs import decode_selected, selected_outputs_apply
 from sctranslator.options import PRECISIONS
 
 
@@ -41,18 +42,21 @@ class TorchBackend:
     name = "torch"
     capabilities = BackendCapabilities(
         embeddings=True, precisions={"cpu": PRECISIONS, "cuda": PRECISIONS},
-        options=("collapse_padding", "compile", "cpu_streams"), optional_padding_collapse=True,
+        options=("collapse_padding", "compile", "cpu_streams", "selected_outputs"), optional_padding_collapse=True,
         memory_sized_batches=True, cpu_streams=True)
     supports_embeddings = capabilities.embeddings
 
     def __init__(self, model: TranslatorModel, device: str = "cpu", *, collapse_padding: bool = True,
                  precision: str = "fp32", compile: bool = False, threads: int | None = None,
-                 cpu_streams: bool = True):
+                 cpu_streams: bool = True, selected_outputs: bool = False):
         """`precision`: fp32 (exact), or bf16 / fp16 (see sctranslator.model.precision; BackendError
         where the device has no native arithmetic for it). `compile`: torch.compile the blocks.
         `threads`: CPU threads of one block (None: whatever the process has); on CPU with
         `cpu_streams` a block of several batches runs them as that many single-thread calls side by
-        side (engine.backends.cpu_streams), else each call uses them all."""
+        side (engine.backends.cpu_streams), else each call uses them all. `selected_outputs`: the
+        decoder's last layer computes only the real protein positions of each window (mask True;
+        model.selected_outputs), the padded ones come back NaN; for callers that read the real
+        proteins only (translate sets it)."""
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError(f"--device {device} asked for, but PyTorch sees no CUDA device")
         self.device = torch.device(device)
@@ -67,6 +71,7 @@ class TorchBackend:
         else:
             self.model = reduced_precision_copy(model, dtype).to(self.device).eval()
         self.collapse_padding = collapse_padding
+        self.selected_outputs = selected_outputs and not compile
         # CPU threads of one block (from_spec); None: whatever the process has.
         self.threads: int | None = threads
         self.streams = (StreamPool(threads) if cpu_streams and threads and threads > 1 and self.device.type == "cpu"
@@ -83,7 +88,8 @@ class TorchBackend:
             torch.set_num_threads(spec.threads)
         return cls(spec.load_model(), spec.device, collapse_padding=bool(spec.options.get("collapse_padding", True)),
                    precision=spec.precision, compile=bool(spec.options.get("compile", False)),
-                   threads=spec.threads or None, cpu_streams=bool(spec.options.get("cpu_streams", True)))
+                   threads=spec.threads or None, cpu_streams=bool(spec.options.get("cpu_streams", True)),
+                   selected_outputs=bool(spec.options.get("selected_outputs", False)))
 
     def _collapse_for(self, batch: Batch) -> PaddingCollapse | None:
         """The padding collapse of the batch's gene layout (built once per layout), if it applies.
@@ -183,8 +189,18 @@ class TorchBackend:
             encodings = self.model.encode(values, genes, gene_mask)
             translated = self.model.translate_sequence(encodings)
         outputs = []
+        selected = self.selected_outputs and not self.reduced and selected_outputs_apply(self.model)
         for window in range(batch.protein_ids.shape[0]):
             proteins = torch.from_numpy(batch.protein_ids[window]).to(device).expand(size, -1)
+            real = np.flatnonzero(batch.protein_mask[window])
+            if selected and 0 < real.size < batch.protein_mask.shape[1]:
+                # Only the real proteins' outputs are read: the padded positions' last layer is skipped.
+                keep = torch.from_numpy(real).to(device)
+                window_mask = torch.from_numpy(batch.protein_mask[window]).to(device)
+                out = torch.full((size, batch.protein_mask.shape[1]), float("nan"), device=device)
+                out[:, keep] = decode_selected(self.model, translated, proteins, window_mask, keep)
+                outputs.append(out)
+                continue
             protein_mask = torch.from_numpy(batch.protein_mask[window]).to(device).expand(size, -1)
             outputs.append(self.model.decode(translated, proteins, protein_mask))
         predictions = torch.cat(outputs, dim=1)
