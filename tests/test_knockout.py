@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 
 import sctranslator
 import sctranslator.analysis.knockout as knockout_module
 from sctranslator.analysis.knockout import knockout
 from sctranslator.errors import InputDataError, StoreError, VocabularyError
-from sctranslator.model import TranslatorModel
+from sctranslator.model import ModelConfig, TranslatorModel, save_model
 from sctranslator.plan import build_plan
 from sctranslator.vocab import map_genes
 
 PROTEINS = ["CD3", "CD4", "CD8a", "CD14", "CD19", "CD45RA", "HLA-DR", "CD11c"]
 N_CELLS = 40
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sctranslator", *args]
 
 
 @pytest.fixture(scope="module")
@@ -110,35 +120,72 @@ def test_group_statistics_and_files(drop_run, bmmc: ad.AnnData, chosen_genes: li
     np.testing.assert_allclose(written.layers["std"], result.std.to_numpy(), rtol=1e-6)
 
 
-def test_resume_after_interruption_gives_identical_results(bmmc: ad.AnnData, tiny: TranslatorModel,
-                                                           chosen_genes: list[str], tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    full = knockout(bmmc, tiny, chosen_genes, PROTEINS, out=tmp_path / "full.h5ad", block_cells=10, per_cell=True)
-    real = knockout_module._compute_block
-    calls = []
+@pytest.mark.slow
+def test_kill_9_then_rerun_resumes_and_equals_an_uninterrupted_run(data_dir: Path, tmp_path: Path) -> None:
+    """A real `sctranslator knockout` process killed with SIGKILL after some blocks are committed: the
+    re-run keeps those blocks (their files untouched) and its result equals an uninterrupted run's."""
+    torch.manual_seed(3)
+    # Big enough that the job takes seconds, so it can be killed half way (as tests/test_resume.py).
+    model = TranslatorModel(ModelConfig.sized(dim=32, enc_depth=2, dec_depth=1, enc_heads=4, dec_heads=2,
+                                              enc_dim_head=16, dec_dim_head=8, max_genes=1024, max_proteins=16))
+    bundle = save_model(model, tmp_path / "model")
+    rna = ad.read_h5ad(data_dir / "pbmc10k_cite_10x" / "rna.h5ad")
+    n_obs = 192
+    cells = ad.concat([rna] * -(-n_obs // rna.n_obs))[:n_obs].copy()
+    cells.obs_names = [f"cell{i}" for i in range(n_obs)]
+    data = tmp_path / "rna.h5ad"
+    cells.write_h5ad(data)
+    plan = build_plan(cells.var, model, ["CD3", "CD4"])
+    genes = ",".join(str(cells.var_names[int(np.flatnonzero(plan.column_slot == slot)[0])]) for slot in (2, 40))
+    common = ["--model", str(bundle), "--genes", genes, "--proteins", "CD3,CD4,CD8a,CD14", "--block-cells", "16",
+              "--batch-size", "8", "--workers", "1", "--per-cell", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "interrupted.h5ad"
+    process = subprocess.Popen(cli("knockout", str(data), "--out", str(out), *common), env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    blocks = tmp_path / f".{out.name}.knockout-job" / "blocks"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if blocks.is_dir() and len([n for n in os.listdir(blocks) if not n.startswith(".")]) >= 3:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the job finished before it could be killed; make it bigger"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    committed = {name: (blocks / name).stat().st_mtime_ns for name in os.listdir(blocks) if not name.startswith(".")}
+    n_blocks = n_obs // 16
+    assert 3 <= len(committed) < n_blocks and not out.exists()
 
-    def failing(job, start, stop):
-        calls.append(start)
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # killed during the third block
-        return real(job, start, stop)
+    rerun = subprocess.run(cli("knockout", str(data), "--out", str(out), *common), env=env, capture_output=True,
+                           text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resumed: {len(committed)} block(s) committed by an earlier run were kept, " \
+           f"{n_blocks - len(committed)} computed" in rerun.stdout
+    assert {name: (blocks / name).stat().st_mtime_ns for name in committed} == committed  # not recomputed
 
-    monkeypatch.setattr(knockout_module, "_compute_block", failing)
-    out = tmp_path / "resumed.h5ad"
-    with pytest.raises(KeyboardInterrupt):
-        knockout(bmmc, tiny, chosen_genes, PROTEINS, out=out, block_cells=10, per_cell=True)
-    calls.clear()
-    monkeypatch.setattr(knockout_module, "_compute_block", lambda job, a, b: (calls.append(a), real(job, a, b))[1])
-    resumed = knockout(bmmc, tiny, chosen_genes, PROTEINS, out=out, block_cells=10, per_cell=True)
-    assert calls == [20, 30]  # only the two blocks that were not committed
-    np.testing.assert_array_equal(resumed.adata.layers["mean"], full.adata.layers["mean"])
-    np.testing.assert_array_equal(resumed.adata.layers["std"], full.adata.layers["std"])
-    np.testing.assert_array_equal(resumed.per_cell.X, full.per_cell.X)
-    # Other settings on the same output are refused, unless asked to overwrite.
+    clean = tmp_path / "clean.h5ad"
+    subprocess.run(cli("knockout", str(data), "--out", str(clean), *common), env=env, check=True, capture_output=True)
+    resumed, uninterrupted = ad.read_h5ad(out), ad.read_h5ad(clean)
+    for key in ("mean", "std"):
+        np.testing.assert_array_equal(resumed.layers[key], uninterrupted.layers[key])
+    per_cell = [ad.read_h5ad(tmp_path / f"{name}_per_cell.h5ad") for name in ("interrupted", "clean")]
+    np.testing.assert_array_equal(per_cell[0].X, per_cell[1].X)
+    assert np.abs(per_cell[0].X).max() > 0
+
+
+def test_other_settings_on_the_same_output_are_refused_unless_overwrite(bmmc: ad.AnnData, tiny: TranslatorModel,
+                                                                         chosen_genes: list[str],
+                                                                         tmp_path: Path) -> None:
+    out = tmp_path / "ko.h5ad"
+    first = knockout(bmmc, tiny, chosen_genes, PROTEINS, out=out, block_cells=10, quiet=True)
+    assert first.run["blocks_computed"] == 4
+    again = knockout(bmmc, tiny, chosen_genes, PROTEINS, out=out, block_cells=10, quiet=True)
+    assert again.run == {**again.run, "blocks_computed": 0, "blocks_skipped": 4}  # all committed: nothing redone
+    np.testing.assert_array_equal(again.adata.layers["mean"], first.adata.layers["mean"])
     with pytest.raises(StoreError, match="different"):
         knockout(bmmc, tiny, chosen_genes[:1], PROTEINS, out=out, block_cells=10)
-    again = knockout(bmmc, tiny, chosen_genes[:1], PROTEINS, out=out, block_cells=10, overwrite=True)
-    assert again.mean.shape == (1, len(PROTEINS))
+    replaced = knockout(bmmc, tiny, chosen_genes[:1], PROTEINS, out=out, block_cells=10, overwrite=True, quiet=True)
+    assert replaced.mean.shape == (1, len(PROTEINS))
 
 
 def test_unknown_and_unmapped_genes_are_named(bmmc: ad.AnnData, tiny: TranslatorModel, tmp_path: Path) -> None:

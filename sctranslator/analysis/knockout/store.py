@@ -64,9 +64,15 @@ class KnockoutStore:
     def pending(self) -> list[int]:
         return self.ledger.pending()
 
+    def block_done(self, index: int) -> bool:
+        """Whether block `index` is committed (a task run again skips it)."""
+        return self.ledger.block_file(index).exists()
+
     def commit(self, index: int, arrays: dict[str, np.ndarray]) -> None:
+        """Store block `index`'s statistics atomically: the file exists complete or not at all."""
         self.ledger.commit(index, lambda handle: np.savez(handle, **arrays))
 
     def load(self, index: int) -> dict[str, np.ndarray]:
+        """The statistics committed for block `index`."""
         with np.load(self.ledger.block_file(index)) as data:
             return {key: data[key] for key in data.files}
