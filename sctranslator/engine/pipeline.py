@@ -42,7 +42,7 @@ class BlockSink(Protocol):
     """Where a job's blocks go: row ranges, which are committed (a ledger), and a path to name it by.
 
     `engine.sink.ZarrSink` (translate's output store) and the analyses' block stores
-    (`analysis.knockout.store.KnockoutStore`, `analysis.attention.store.AttentionStore`) are sinks.
+    (`engine.block_results.BlockResults`) are sinks.
     """
 
     n_obs: int
@@ -268,7 +268,11 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
                      for index in pending]
             # The next block is read while the current ones compute (one block ahead: memory stays bounded).
             with prefetching(job.runner, [blocks[i] for i in pending]):
-                outcomes = list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
+                # One worker computes in the calling thread (thread-local state, such as a torch
+                # dispatch mode or a debugger, sees the work); more share a thread pool.
+                scheduler_kind = {"scheduler": "synchronous"} if workers == 1 else {"scheduler": "threads",
+                                                                                    "num_workers": workers}
+                outcomes = list(dask.compute(*tasks, **scheduler_kind))
     except BadCellsError as error:
         # Blocks run concurrently: re-check the uncommitted blocks below the failed one, in order.
         unchecked = [blocks[i] for i in sink.pending()]
