@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -228,3 +229,46 @@ def test_command_line_handler(bmmc: ad.AnnData, tmp_path: Path, fixtures_dir: Pa
     assert handler(args) == 0
     assert "Knocked out 1 gene(s) (zero) in 8 cells" in capsys.readouterr().out
     assert ad.read_zarr(tmp_path / "ko.zarr").shape == (1, 2)
+
+
+@pytest.mark.parametrize("selection", [{"cells": "picked", "max_cells": 3}, {"obs_query": "group"}],
+                         ids=["cells+max_cells", "obs_query"])
+def test_cell_selection_is_translates(selection: dict, bmmc: ad.AnnData, tiny: TranslatorModel,
+                                      chosen_genes: list[str], tmp_path: Path) -> None:
+    """--cells / --obs-query / --max-cells pick the same cells for knockout and attention as for translate."""
+    labels = bmmc.obs["cell_type"].astype(str)
+    given = dict(selection)
+    if "cells" in given:
+        given["cells"] = [str(bmmc.obs_names[i]) for i in (31, 2, 17, 5, 22)]  # not in the input's order
+    if "obs_query" in given:
+        given["obs_query"] = f"cell_type == {labels.iloc[0]!r}"
+    translated = sctranslator.translate(bmmc, tiny, PROTEINS, quiet=True, **given)
+    names = list(translated.obs_names)
+    assert 0 < len(names) < N_CELLS
+    recorded = translated.uns["sctranslator"]["settings"]["cell_selection"]
+    ko = knockout(bmmc, tiny, chosen_genes[:1], PROTEINS, out=tmp_path / "ko.h5ad", per_cell=True, quiet=True,
+                  **given)
+    assert list(ko.per_cell.obs_names) == names
+    assert ko.adata.uns["sctranslator_knockout"]["cell_selection"] == recorded
+    attention = sctranslator.interactions(bmmc, tiny, PROTEINS, quiet=True, **given)
+    subset = sctranslator.interactions(bmmc[names].copy(), tiny, PROTEINS, quiet=True)
+    assert attention.n_cells["all"] == len(names)
+    assert attention.adata.uns["sctranslator_attention"]["cell_selection"] == recorded
+    np.testing.assert_allclose(attention.gene_to_protein.to_numpy(), subset.gene_to_protein.to_numpy(), rtol=1e-6)
+
+
+def test_progress_moves_per_batch_not_per_block(bmmc: ad.AnnData, fixtures_dir: Path, chosen_genes: list[str],
+                                                tmp_path: Path) -> None:
+    """One block of 12 cells in batches of 3, two genes (3 forwards per cell): the bar counts cells as their
+    forwards finish, batch by batch, within the block (a bar per block would jump from 0 to 12)."""
+    data = tmp_path / "rna.h5ad"
+    bmmc[:12].copy().write_h5ad(data)
+    env = {**os.environ, "TQDM_MININTERVAL": "0", "TQDM_MINITERS": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cli("knockout", str(data), "--model", str(fixtures_dir / "tiny_a_official.pt"), "--genes",
+                              ",".join(chosen_genes), "--proteins", "CD3,CD4", "--out", str(tmp_path / "ko.h5ad"),
+                              "--block-cells", "12", "--batch-size", "3", "--workers", "1"),
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    counts = [int(n) for n in re.findall(r"knockout x2:.*?\b(\d+)/12\b", done.stderr)]
+    assert counts[-1] == 12 and counts == sorted(counts)
+    assert set(range(1, 12)) <= set(counts), counts  # every cell counted as its batch finished
