@@ -130,9 +130,9 @@ def define_knockout(parser: argparse.ArgumentParser) -> Handler:
                         "are written beside it; re-running the same command resumes")
     AnalysisOptions.add_cli_args(parser, only=("semantics", "per_cell"))
     EngineOptions.add_cli_args(parser, only=KnockoutOptions.takes["engine"], helps={
-        "block_cells": "cells per block, the unit of work and resume (default: translate's block size for the "
-                       "model divided by the forwards per cell, genes + 1)",
-        "batch_size": "cells per model call (default: translate's for the model and device)"})
+        "block_cells": "cells per block, the unit of work and resume; by default translate's block size divided "
+                       "by the forwards per cell (genes + 1)",
+        "batch_size": "cells per model call, as translate's"})
     OutputOptions.add_cli_args(parser, only=("overwrite", "wait"))
 
     def run(args: argparse.Namespace) -> int:

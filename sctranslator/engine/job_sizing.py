@@ -28,6 +28,7 @@ class LocalExecution:
 
     spec: BackendSpec
     batch_size: int
+    auto_batch: bool  # the backend sizes its calls from free device memory (torch on CUDA), as translate's
     block_cells: int
     rule: Parallelism
     flop_per_cell: float
@@ -49,7 +50,8 @@ def local_execution(model: TranslatorModel, plan: Plan, n_obs: int, *, device: s
     device
         cpu, cuda or cuda:N.
     batch_size
-        Cells per model call (None: translate's default for the model and device).
+        Cells per model call (None: translate's default for the model and device; on CUDA the backend
+        sizes its calls from free device memory, as translate's).
     block_cells
         Cells per block (None: translate's default divided by `passes`).
     workers
@@ -73,4 +75,5 @@ def local_execution(model: TranslatorModel, plan: Plan, n_obs: int, *, device: s
         block_cells = max(1, default_block_cells(model) // max(1, passes))
         block_cells = min(block_cells, max(4, -(-n_obs // (4 * rule.workers))))
     return LocalExecution(spec=spec, batch_size=batch_size or default_batch_size(model, device),
-                          block_cells=block_cells, rule=rule, flop_per_cell=flop)
+                          auto_batch=batch_size is None and device.startswith("cuda"), block_cells=block_cells,
+                          rule=rule, flop_per_cell=flop)

@@ -122,7 +122,8 @@ def knockout(data: Any, model: str | Path | TranslatorModel, genes: Sequence[str
         Cells per block, the unit of work and resume (default: translate's block size divided by
         the forwards per cell, len(genes) + 1).
     batch_size
-        Cells per model call (default: translate's for the model and device).
+        Cells per model call (default: translate's for the model and device; on CUDA sized from free
+        device memory).
     workers
         Concurrent blocks (default: translate's rule for the model and the cores).
     groupby
@@ -228,7 +229,8 @@ def _run(source: Source, loaded: TranslatorModel, out_path: Path,
                                 block_cells=engine.block_cells, workers=engine.workers, passes=len(variants) + 1)
     job = KnockoutJob(source=source, plan=plan, backend=execution.spec, sink=None,  # type: ignore[arg-type]
                       batch_size=execution.batch_size, allow_empty_cells=given.allow_empty_cells,
-                      flop_per_cell=execution.flop_per_cell, compute_slots=execution.rule.compute_slots,
+                      auto_batch_size=execution.auto_batch, flop_per_cell=execution.flop_per_cell,
+                      compute_slots=execution.rule.compute_slots,
                       variants=variants, codes=codes, n_slots=len(group_names), per_cell=analysis.per_cell)
     identity = _identity(loaded, source, plan, job, chosen, analysis.groupby)
     job.sink = KnockoutStore.open(out_path, identity=identity, n_obs=source.n_obs,
