@@ -198,6 +198,9 @@ def define_attention(parser: argparse.ArgumentParser) -> Handler:
                 print(f"  {row.protein:<12s} top gene {row.gene:<12s} score {row.score:.4g}")
         for name, path in result.files.items():
             print(f"  {name:18s} {path}")
+        if result.run.get("blocks_skipped"):
+            print(f"  resumed: {result.run['blocks_skipped']} block(s) committed by an earlier run were kept, "
+                  f"{result.run['blocks_computed']} computed")
         return 0
 
     return run
