@@ -12,7 +12,7 @@ The ratio is knockout / translate (1.00 = the same cost per forward).
 
 Models: the bundled demo model (a fixed panel of 3,738 genes, no padding) and a larger random-weight
 configuration (dim 32, L = 20,000 published layout with padding collapse, drop semantics shifting the
-genes). Run: python benchmarks/bench_knockout.py [--cells 32] [--genes 10] [--repeats 3]
+genes). Run: python benchmarks/bench_knockout.py [--cells 32] [--genes 10] [--repeats 3] [--models both]
 """
 
 from __future__ import annotations
@@ -46,12 +46,16 @@ from sctranslator.plan import build_plan  # noqa: E402
 PROTEINS = ["CD3", "CD4", "CD8a", "CD14", "CD16", "CD19"]
 
 
-def models() -> list[tuple[str, TranslatorModel]]:
-    torch.manual_seed(0)
-    larger = TranslatorModel(ModelConfig.sized(dim=32, enc_depth=2, enc_heads=4, enc_dim_head=16, dec_depth=1,
-                                               dec_heads=4, dec_dim_head=16)).eval()
-    return [("demo (panel, L = 3,738)", sctranslator.load_model("demo")),
-            ("dim 32, L = 20,000 (collapsed)", larger)]
+def models(which: str) -> list[tuple[str, TranslatorModel]]:
+    found = []
+    if which in ("demo", "both"):
+        found.append(("demo (panel, L = 3,738)", sctranslator.load_model("demo")))
+    if which in ("larger", "both"):
+        torch.manual_seed(0)
+        larger = TranslatorModel(ModelConfig.sized(dim=32, enc_depth=2, enc_heads=4, enc_dim_head=16, dec_depth=1,
+                                                   dec_heads=4, dec_dim_head=16)).eval()
+        found.append(("dim 32, L = 20,000 (collapsed)", larger))
+    return found
 
 
 def measure(name: str, model: TranslatorModel, rna: ad.AnnData, cells: int, n_genes: int, repeats: int) -> str:
@@ -97,11 +101,12 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=32)
     parser.add_argument("--genes", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", choices=("demo", "larger", "both"), default="both")
     args = parser.parse_args()
     rna = ad.read_h5ad(DATASETS / "pbmc10k_cite_10x" / "rna.h5ad")[:args.cells].copy()
     print("| model | knockout | batch | translate s/forward | knockout s/forward | ratio | before s/forward | "
           "before ratio |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, model in models():
+    for name, model in models(args.models):
         print(measure(name, model, rna, args.cells, args.genes, args.repeats), flush=True)
 
 
