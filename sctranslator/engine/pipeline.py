@@ -80,6 +80,9 @@ class BlockJob:
     # at once in a process (None: all): the threads rule, applied again inside each dask worker.
     flop_per_cell: float = 0.0
     compute_slots: int | None = None
+    # With one local worker, run the blocks in order in the calling thread (attention: its tracing is
+    # thread-local torch state) instead of on dask's thread pool.
+    in_caller_thread: bool = False
     runner: BlockRunner = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -268,11 +271,11 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
                      for index in pending]
             # The next block is read while the current ones compute (one block ahead: memory stays bounded).
             with prefetching(job.runner, [blocks[i] for i in pending]):
-                # One worker computes in the calling thread (thread-local state, such as a torch
-                # dispatch mode or a debugger, sees the work); more share a thread pool.
-                scheduler_kind = {"scheduler": "synchronous"} if workers == 1 else {"scheduler": "threads",
-                                                                                    "num_workers": workers}
-                outcomes = list(dask.compute(*tasks, **scheduler_kind))
+                if workers == 1 and job.in_caller_thread:
+                    # In order, in this thread: thread-local state (a torch dispatch mode) sees the work.
+                    outcomes = [run_block(job, index, bar.update) for index in pending]
+                else:
+                    outcomes = list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
     except BadCellsError as error:
         # Blocks run concurrently: re-check the uncommitted blocks below the failed one, in order.
         unchecked = [blocks[i] for i in sink.pending()]

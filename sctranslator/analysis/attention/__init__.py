@@ -249,7 +249,8 @@ def _run(source: Source, loaded: TranslatorModel, out: Path | None, scratch: Pat
                      "window_size": int(plan.protein_windows.shape[1])}
     job = AttentionJob(source=source, plan=plan, backend=execution.spec, sink=None,  # type: ignore[arg-type]
                        batch_size=execution.batch_size, allow_empty_cells=given.allow_empty_cells,
-                       flop_per_cell=execution.flop_per_cell, compute_slots=1, model=loaded, positions=positions,
+                       flop_per_cell=execution.flop_per_cell, compute_slots=1, in_caller_thread=True, model=loaded,
+                       positions=positions,
                        codes=codes, n_slots=len(group_names), n_proteins=len(plan.proteins),
                        row_block=analysis.row_block, as_published=analysis.as_published, pair_settings=pair_settings)
     # A temporary ledger (no `out`) is never resumed: it needs no identity (nor the model's fingerprint).
