@@ -6,6 +6,7 @@ notebooks executed at build time on the bundled demo data.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 # Our own build-time extension: the CLI reference and the module map, generated from the code.
 sys.path.insert(0, str(ROOT / "docs" / "_ext"))
+# The tutorials' kernels, and the commands they run, import this checkout's package too.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
 
 project = "sctranslator"
 author = "the sctranslator developers"

@@ -759,43 +759,71 @@ class TranslateOptions(JobOptions):
 class KnockoutOptions(JobOptions):
     """Everything `knockout` takes besides the data and the model, from its keywords or its command.
 
-    Attributes: genes (to knock out), proteins, out; the groups engine (block_cells, batch_size,
-    device), input (as translate's, cell selection included, without obs_columns), analysis
-    (semantics, groupby, per_cell) and output (overwrite, quiet).
+    Built once (`from_kwargs` / `from_cli_args`), checked once, passed down to
+    `analysis.knockout.run_knockout`.
+
+    Attributes
+    ----------
+    genes : the genes to knock out.
+    proteins : names to predict (None: the model's panel).
+    out : the output .h5ad or .zarr.
+    engine : block_cells, batch_size, workers, device (None: translate's rules for the model).
+    input : as translate's, the cell selection included, without obs_columns.
+    analysis : semantics, groupby, per_cell.
+    output : overwrite, quiet, wait.
     """
 
     job: ClassVar[str] = "knockout"
     takes: ClassVar[dict[str, tuple[str, ...]]] = {
-        "engine": ("block_cells", "batch_size", "device"), "input": ANALYSIS_INPUTS,
-        "analysis": ("semantics", "groupby", "per_cell"), "output": ("overwrite", "quiet")}
-    defaults: ClassVar[dict[str, dict[str, Any]]] = {"engine": {"block_cells": 1024, "batch_size": 8}}
+        "engine": ("block_cells", "batch_size", "workers", "device"), "input": ANALYSIS_INPUTS,
+        "analysis": ("semantics", "groupby", "per_cell"), "output": ("overwrite", "quiet", "wait")}
 
     genes: Sequence[str] = ()
     proteins: Sequence[str] | None = None
     out: str | Path | None = None
-    engine: EngineOptions = field(default_factory=lambda: EngineOptions(block_cells=1024, batch_size=8))
+    engine: EngineOptions = field(default_factory=EngineOptions)
     input: InputOptions = field(default_factory=InputOptions)
     analysis: AnalysisOptions = field(default_factory=AnalysisOptions)
     output: OutputOptions = field(default_factory=OutputOptions)
 
     def check(self) -> None:
-        """OptionError for semantics, normalize or id_type outside its choices, or a size < 1 (named)."""
+        """Refuse, before anything is read, what is wrong in the values alone.
+
+        Raises
+        ------
+        OptionError
+            semantics, normalize or id_type outside its choices; a device that is not cpu, cuda or
+            cuda:N; block_cells, batch_size or workers < 1 (named).
+        """
         check_choices(semantics=self.analysis.semantics, normalize=self.input.normalize, id_type=self.input.id_type)
-        check_sizes(batch_size=self.engine.batch_size or 0, block_cells=self.engine.block_cells or 0)
+        check_device(self.engine.device)
+        check_sizes(batch_size=self.engine.batch_size, block_cells=self.engine.block_cells,
+                    workers=self.engine.workers)
 
 
 @dataclass
 class AttentionOptions(JobOptions):
     """Everything `interactions` (the attention command) takes besides the data and the model.
 
-    Attributes: proteins, out, kinds, genes; the groups engine (block_cells, batch_size), input (as
-    knockout's), analysis (top_k, groupby, as_published, row_block) and output (overwrite, quiet).
+    Built once (`from_kwargs` / `from_cli_args`), checked once, passed down to
+    `analysis.attention.run_interactions`.
+
+    Attributes
+    ----------
+    proteins : names to predict (None: the model's panel).
+    out : the output directory (None: nothing written).
+    kinds : gene-protein, gene-gene, protein-protein (analysis.attention.kinds).
+    genes : the query genes of gene-gene attention.
+    engine : block_cells, batch_size, workers.
+    input : as knockout's.
+    analysis : top_k, groupby, as_published, row_block.
+    output : overwrite, quiet, wait.
     """
 
     job: ClassVar[str] = "interactions"
     takes: ClassVar[dict[str, tuple[str, ...]]] = {
-        "engine": ("block_cells", "batch_size"), "input": ANALYSIS_INPUTS,
-        "analysis": ("top_k", "groupby", "as_published", "row_block"), "output": ("overwrite", "quiet")}
+        "engine": ("block_cells", "batch_size", "workers"), "input": ANALYSIS_INPUTS,
+        "analysis": ("top_k", "groupby", "as_published", "row_block"), "output": ("overwrite", "quiet", "wait")}
     defaults: ClassVar[dict[str, dict[str, Any]]] = {"engine": {"block_cells": 256, "batch_size": 1}}
 
     proteins: Sequence[str] | None = None
@@ -808,7 +836,14 @@ class AttentionOptions(JobOptions):
     genes: Sequence[str] | None = None  # the query genes of gene-gene attention
 
     def check(self) -> None:
-        """OptionError for normalize or id_type outside its choices, or a size < 1 (named)."""
+        """Refuse, before anything is read, what is wrong in the values alone.
+
+        Raises
+        ------
+        OptionError
+            normalize or id_type outside its choices; block_cells, batch_size, workers, row_block or
+            top_k < 1 (named).
+        """
         check_choices(normalize=self.input.normalize, id_type=self.input.id_type)
-        check_sizes(batch_size=self.engine.batch_size or 0, block_cells=self.engine.block_cells or 0,
-                    row_block=self.analysis.row_block or 0, top_k=self.analysis.top_k or 0)
+        check_sizes(batch_size=self.engine.batch_size, block_cells=self.engine.block_cells,
+                    workers=self.engine.workers, row_block=self.analysis.row_block, top_k=self.analysis.top_k)

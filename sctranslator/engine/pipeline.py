@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import dask
 import numpy as np
@@ -29,7 +29,6 @@ from sctranslator.engine.backends.selection import backend_capabilities, get_bac
 from sctranslator.engine.block_runner import BlockRunner
 from sctranslator.engine.gpus import gpu_cluster, threads_per_gpu
 from sctranslator.engine.prefetch import prefetching
-from sctranslator.engine.sink import ZarrSink
 from sctranslator.engine.sources import Source
 from sctranslator.engine.threads import Parallelism, available_cpus, choose_parallelism, compute_gate
 from sctranslator.errors import BadCellsError, ClusterError, OptionError
@@ -39,14 +38,38 @@ from sctranslator.util.progress import count_done, progress_bar
 log = logging.getLogger(__name__)
 
 
+class BlockSink(Protocol):
+    """Where a job's blocks go: row ranges, which are committed (a ledger), and a path to name it by.
+
+    `engine.sink.ZarrSink` (translate's output store) and the analyses' block stores
+    (`engine.block_results.BlockResults`) are sinks.
+    """
+
+    n_obs: int
+
+    @property
+    def path(self) -> str | os.PathLike[str]: ...
+
+    def blocks(self) -> list[tuple[int, int]]: ...
+
+    def pending(self) -> list[int]: ...
+
+    def block_done(self, index: int) -> bool: ...
+
+
 @dataclass
 class BlockJob:
-    """What every task needs; picklable so distributed workers can run it."""
+    """What every task needs; picklable so distributed workers can run it.
+
+    A job kind other than translate (knockout, attention) subclasses it and overrides `process`,
+    which computes one block and commits it to `sink`; the scheduling, resume, progress and
+    parallelism of `run_job` are the same for every kind.
+    """
 
     source: Source
     plan: Plan
     backend: BackendSpec
-    sink: ZarrSink
+    sink: BlockSink
     batch_size: int
     allow_empty_cells: bool = False
     embeddings: bool = False  # also write obsm['X_sctranslator'] (torch backend)
@@ -57,22 +80,115 @@ class BlockJob:
     # at once in a process (None: all): the threads rule, applied again inside each dask worker.
     flop_per_cell: float = 0.0
     compute_slots: int | None = None
+    # With one local worker, run the blocks in order in the calling thread (attention: its tracing is
+    # thread-local torch state) instead of on dask's thread pool.
+    in_caller_thread: bool = False
     runner: BlockRunner = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.runner = BlockRunner(self.source, self.plan, allow_empty_cells=self.allow_empty_cells)
 
+    def process(self, index: int, start: int, stop: int, progress: Callable[[int], object] | None = None, *,
+                threads: int | None = None, compute_slots: int | None = None) -> int:
+        """Compute block `index` (rows [start, stop)) and commit it to the sink; returns its empty cells.
+
+        Parameters
+        ----------
+        index, start, stop
+            The block and its input rows.
+        progress
+            Told the number of cells of every finished batch (local runs), or None.
+        threads, compute_slots
+            Override the job's (a dask worker applies the threads rule to its own cores).
+
+        Returns
+        -------
+        int
+            Empty cells predicted in the block (only when allowed).
+
+        Raises
+        ------
+        BadCellsError
+            Bad values, or empty cells when not allowed.
+        """
+        predictions, embeddings, n_empty = predict_block(self, start, stop, progress, threads=threads,
+                                                         compute_slots=compute_slots)
+        self.sink.write_block(index, predictions, embeddings)  # type: ignore[attr-defined]
+        return n_empty
+
 
 _THREAD_STATE = threading.local()
 
 
-def _values_buffer(rows: int, length: int) -> np.ndarray:
+def values_buffer(rows: int, length: int) -> np.ndarray:
     """A per-thread (rows, L) float32 buffer, reused across blocks: filling fresh pages of a new
     array costs more than the preparation itself."""
     buffer = getattr(_THREAD_STATE, "values", None)
     if buffer is None or buffer.shape[1] != length or buffer.shape[0] < rows:
         buffer = _THREAD_STATE.values = np.empty((rows, length), dtype=np.float32)
     return buffer[:rows]
+
+
+def backend_for(job: BlockJob, threads: int | None = None) -> Any:
+    """The process's backend for `job` (built once per spec), with `threads` intra-op threads if given."""
+    spec = job.backend
+    if threads is not None and threads != spec.threads:
+        spec = dataclasses.replace(spec, threads=threads)
+    return get_backend(spec)
+
+
+def predict_values(job: BlockJob, backend: Any, values: np.ndarray, gene_ids: np.ndarray, gene_mask: np.ndarray,
+                   progress: Callable[[int], object] | None = None, *, embeddings: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predictions (cells, n_outputs) float32 of prepared `values` (cells, L) with one gene layout, batch by batch.
+
+    Parameters
+    ----------
+    job
+        Supplies the plan's protein windows and output columns and the batch size.
+    backend
+        The backend that computes (see `backend_for`).
+    values
+        float32 (cells, L) model values (`BlockRunner.prepare`).
+    gene_ids, gene_mask
+        int64 (L,) and bool (L,): the layout every cell of `values` has (the plan's, or a knockout variant's).
+    progress
+        Told the cells of each finished batch.
+    embeddings
+        Also return cell embeddings (cells, dim) (torch backend).
+
+    Returns
+    -------
+    tuple
+        (predictions, embeddings or None). The arithmetic runs as the results are taken: callers
+        hold their compute gate around this call.
+    """
+    plan = job.plan
+    cells = values.shape[0]
+    out = np.empty((cells, plan.output_index.shape[0]), dtype=np.float32)
+    embedded: list[np.ndarray] = []
+
+    def batch_of(lo: int, hi: int) -> Batch:
+        return Batch(values[lo:hi], gene_ids, gene_mask, plan.protein_windows, plan.protein_window_mask)
+
+    size = job.batch_size
+    if job.auto_batch_size and hasattr(backend, "cells_per_call"):
+        size = backend.cells_per_call(batch_of(0, 1)) or size
+    ranges = [(lo, min(lo + size, cells)) for lo in range(0, cells, size)]
+    batches = (batch_of(lo, hi) for lo, hi in ranges)
+    if hasattr(backend, "predict_batches"):  # the torch backend pipelines a block's batches (copies overlap)
+        results = backend.predict_batches(batches, embeddings)
+    elif embeddings:
+        results = (backend.predict_with_embeddings(batch) for batch in batches)
+    else:
+        results = ((backend.predict(batch), None) for batch in batches)
+    for (lo, hi), (predictions, embedding) in zip(ranges, results, strict=True):
+        if embedding is not None:
+            embedded.append(embedding)
+        out[lo:hi] = predictions[:, plan.output_index]
+        if progress is not None:
+            progress(hi - lo)
+    return out, (np.concatenate(embedded) if embedded else None)
 
 
 def predict_block(job: BlockJob, start: int, stop: int, progress: Callable[[int], object] | None = None,
@@ -85,37 +201,12 @@ def predict_block(job: BlockJob, start: int, stop: int, progress: Callable[[int]
     the block is read and prepared freely, then computes only while it holds a compute slot.
     """
     plan = job.plan
-    block, values = job.runner.read_prepared(start, stop, out=_values_buffer(stop - start, plan.max_genes))
-    spec = job.backend
-    if threads is not None and threads != spec.threads:
-        spec = dataclasses.replace(spec, threads=threads)
-    backend = get_backend(spec)
-    out = np.empty((stop - start, plan.output_index.shape[0]), dtype=np.float32)
-    embedded: list[np.ndarray] = []
-
-    def batch_of(lo: int, hi: int) -> Batch:
-        return Batch(values[lo:hi], plan.gene_ids, plan.position_real, plan.protein_windows, plan.protein_window_mask)
-
-    size = job.batch_size
-    if job.auto_batch_size and hasattr(backend, "cells_per_call"):
-        size = backend.cells_per_call(batch_of(0, 1)) or size
-    ranges = [(lo, min(lo + size, stop - start)) for lo in range(0, stop - start, size)]
-    batches = (batch_of(lo, hi) for lo, hi in ranges)
-    if hasattr(backend, "predict_batches"):  # the torch backend pipelines a block's batches (copies overlap)
-        results = backend.predict_batches(batches, job.embeddings)
-    elif job.embeddings:
-        results = (backend.predict_with_embeddings(batch) for batch in batches)
-    else:
-        results = ((backend.predict(batch), None) for batch in batches)
-    # The results are lazy: the arithmetic happens inside the gate.
+    block, values = job.runner.read_prepared(start, stop, out=values_buffer(stop - start, plan.max_genes))
+    backend = backend_for(job, threads)
     with compute_gate(job.compute_slots if compute_slots is None else compute_slots):
-        for (lo, hi), (predictions, embedding) in zip(ranges, results, strict=True):
-            if embedding is not None:
-                embedded.append(embedding)
-            out[lo:hi] = predictions[:, plan.output_index]
-            if progress is not None:
-                progress(hi - lo)
-    return out, (np.concatenate(embedded) if embedded else None), block.n_empty
+        out, embedded = predict_values(job, backend, values, plan.gene_ids, plan.position_real, progress,
+                                       embeddings=job.embeddings)
+    return out, embedded, block.n_empty
 
 
 def run_block(job: BlockJob, index: int, progress: Callable[[int], object] | None = None, *,
@@ -132,14 +223,13 @@ def run_block(job: BlockJob, index: int, progress: Callable[[int], object] | Non
         if progress is not None:
             progress(stop - start)
         return stop - start, 0, False
-    predictions, embeddings, n_empty = predict_block(job, start, stop, progress, threads=threads,
-                                                     compute_slots=compute_slots)
-    job.sink.write_block(index, predictions, embeddings)
+    n_empty = job.process(index, start, stop, progress, threads=threads, compute_slots=compute_slots)
     return stop - start, n_empty, True
 
 
 def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None = None,
-            quiet: bool = False, gpus: Sequence[str] = (), bar: tqdm | None = None) -> dict[str, Any]:
+            quiet: bool = False, gpus: Sequence[str] = (), bar: tqdm | None = None,
+            desc: str = "translate") -> dict[str, Any]:
     """Run every pending block; returns timing and counts (`empty_cells`: empty cells predicted, when
     allowed). Bad cells raise the `BadCellsError` of the lowest bad row among the pending blocks,
     whichever block failed first. `workers`: concurrent local blocks (default: the
@@ -147,7 +237,8 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
     engine.gpus) and no scheduler, blocks run on a local cluster of one worker per GPU
     (`blocks_per_worker` says where they ran). On a cluster, a lost scheduler, no workers or a
     block whose workers keep dying raise `ClusterError`; committed blocks are kept for a re-run.
-    `bar`: a progress bar to advance (a collection's, over all its inputs; left open) instead of a new one.
+    `bar`: a progress bar to advance (a collection's, over all its inputs; left open) instead of a new one;
+    `desc`: the new bar's label. The bar counts cells and moves with every finished batch.
     """
     sink = job.sink
     pending = sink.pending()
@@ -156,7 +247,7 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
     done_cells = sum(stop - start for i, (start, stop) in enumerate(blocks) if i not in todo)
     own_bar = bar is None
     if bar is None:
-        bar = progress_bar(total=sink.n_obs, initial=done_cells, unit="cells", desc="translate", disable=quiet,
+        bar = progress_bar(total=sink.n_obs, initial=done_cells, unit="cells", desc=desc, disable=quiet,
                            dynamic_ncols=True, smoothing=0.1)
     else:
         count_done(bar, done_cells)
@@ -180,7 +271,11 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
                      for index in pending]
             # The next block is read while the current ones compute (one block ahead: memory stays bounded).
             with prefetching(job.runner, [blocks[i] for i in pending]):
-                outcomes = list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
+                if workers == 1 and job.in_caller_thread:
+                    # In order, in this thread: thread-local state (a torch dispatch mode) sees the work.
+                    outcomes = [run_block(job, index, bar.update) for index in pending]
+                else:
+                    outcomes = list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
     except BadCellsError as error:
         # Blocks run concurrently: re-check the uncommitted blocks below the failed one, in order.
         unchecked = [blocks[i] for i in sink.pending()]
@@ -295,7 +390,7 @@ def check_cluster(scheduler: str) -> dict[str, int]:
 
 def worker_paths(job: BlockJob) -> dict[str, str]:
     """Every filesystem path a worker opens for `job` (output store, input, model, ONNX file)."""
-    paths = {"output store": job.sink.path}
+    paths = {"output store": str(job.sink.path)}
     if getattr(job.source, "path", None):
         paths["input"] = str(job.source.path)
     if isinstance(job.backend.model, str | os.PathLike):

@@ -7,11 +7,17 @@ keep several threads busy runs single-threaded and several blocks run side by si
 already saturates every core (the full-size published model) gets every core, and one more block is
 read and prepared while it computes (a compute gate lets one block compute at a time). The same rule
 runs inside each dask.distributed worker with that worker's own `--nthreads` and cores.
+
+A backend that declares `cpu_streams` (torch) spends a computing block's threads as that many
+single-thread calls side by side, one batch each (`streams`), rather than one call on all of them:
+threads of one call wait for each other at every operator, streams never do (see
+engine/backends/cpu_streams.py). Cores in use stay the same: computing blocks x threads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import threading
@@ -34,8 +40,10 @@ class Parallelism:
     """The choice for one process: what runs concurrently and with how many threads.
 
     cpus: cores this process may use. workers: concurrent blocks (reading, preparing, computing).
-    threads: intra-op threads per backend call. compute_slots: blocks allowed to compute at once
+    threads: CPU threads of one computing block. compute_slots: blocks allowed to compute at once
     (None: every worker may compute). why: the reason, in words (recorded in provenance).
+    streams: how many single-thread backend calls a block's threads run as, side by side (1: one
+    call uses all `threads`).
     """
 
     cpus: int
@@ -43,10 +51,11 @@ class Parallelism:
     threads: int
     compute_slots: int | None
     why: str
+    streams: int = 1
 
     def record(self, batch_size: int | str) -> dict[str, Any]:
         """The provenance entry (`uns['sctranslator']['settings']['parallelism']`)."""
-        return {"cpus": self.cpus, "workers": self.workers, "threads": self.threads,
+        return {"cpus": self.cpus, "workers": self.workers, "threads": self.threads, "streams": self.streams,
                 "compute_slots": self.compute_slots or self.workers, "batch_size": batch_size, "why": self.why}
 
 
@@ -146,7 +155,7 @@ def cell_flop(config: Any, tokens: int) -> float:
 
 def choose_parallelism(*, remote: bool = False, device: str = "cpu", flop_per_cell: float = 0.0,
                        cpus: int | None = None, workers: int | None = None, concurrent: int | None = None,
-                       cpu_source: str = "") -> Parallelism:
+                       cpu_source: str = "", streams: bool = False) -> Parallelism:
     """The rule: concurrent computing blocks x intra-op threads <= `cpus` (see the module docstring).
 
     Parameters
@@ -159,11 +168,24 @@ def choose_parallelism(*, remote: bool = False, device: str = "cpu", flop_per_ce
     concurrent: concurrent blocks fixed by the runtime (a dask worker's `--nthreads`); computing is
         gated to what the cores allow.
     cpu_source: where `cpus` came from, for the reason.
+    streams: the backend runs a block's threads as single-thread calls side by side (its capabilities'
+        `cpu_streams`; CPU only).
 
     Returns
     -------
     Parallelism
     """
+    rule = _choose(remote=remote, device=device, flop_per_cell=flop_per_cell, cpus=cpus, workers=workers,
+                   concurrent=concurrent, cpu_source=cpu_source)
+    if streams and not remote and not device.startswith("cuda") and rule.threads > 1:
+        return dataclasses.replace(rule, streams=rule.threads, why=f"{rule.why}; each computing block runs "
+                                   f"{rule.threads} single-thread calls side by side (one batch each)")
+    return rule
+
+
+def _choose(*, remote: bool, device: str, flop_per_cell: float, cpus: int | None, workers: int | None,
+            concurrent: int | None, cpu_source: str) -> Parallelism:
+    """choose_parallelism without streams."""
     if cpus is None:
         cpus, cpu_source = available_cpus()
     cpus = max(1, int(cpus))

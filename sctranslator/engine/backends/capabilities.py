@@ -33,6 +33,8 @@ class BackendCapabilities:
     optional_padding_collapse : the padding collapse can be turned off (`collapse_padding`); without
         this the backend always collapses the padding.
     memory_sized_batches : on CUDA it sizes its calls from free device memory when batch_size is None.
+    cpu_streams : on CPU it splits a block's threads into single-thread calls that run side by side,
+        one batch each (the defaults rule records them as `streams`), instead of one call on them all.
     reduced_precision_warning : logged when fp16 / bf16 runs (how far it is from fp32), else None.
     settings_hint : what to do instead when --device or --precision is refused.
     """
@@ -46,6 +48,7 @@ class BackendCapabilities:
     remote: bool = False
     optional_padding_collapse: bool = False
     memory_sized_batches: bool = False
+    cpu_streams: bool = False
     reduced_precision_warning: str | None = None
     settings_hint: str = ""
 

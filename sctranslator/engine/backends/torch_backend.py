@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,13 +16,17 @@ import torch
 from sctranslator.engine.backends.base import BackendSpec, Batch
 from sctranslator.engine.backends.capabilities import BackendCapabilities
 from sctranslator.engine.backends.compiled import compiled_model
+from sctranslator.engine.backends.cpu_streams import StreamPool
 from sctranslator.engine.backends.cuda_staging import device_values, pipelined, stager_for
 from sctranslator.engine.backends.device_memory import batch_cells_for_device
 from sctranslator.errors import BackendError
 from sctranslator.model import TranslatorModel
 from sctranslator.model.collapse import PaddingCollapse
 from sctranslator.model.precision import compute_dtype, reduced_precision_copy, reference_values
+from sctranslator.model.selected_outputs import decode_selected, selected_outputs_apply
 from sctranslator.options import PRECISIONS
+
+_UNBUILT: Any = object()  # a layout whose collapse is not cached (None is cached: no collapse applies)
 
 
 def cell_embedding(encodings: torch.Tensor, gene_mask: torch.Tensor) -> torch.Tensor:
@@ -40,13 +45,21 @@ class TorchBackend:
     name = "torch"
     capabilities = BackendCapabilities(
         embeddings=True, precisions={"cpu": PRECISIONS, "cuda": PRECISIONS},
-        options=("collapse_padding", "compile"), optional_padding_collapse=True, memory_sized_batches=True)
+        options=("collapse_padding", "compile", "cpu_streams", "selected_outputs"), optional_padding_collapse=True,
+        memory_sized_batches=True, cpu_streams=True)
     supports_embeddings = capabilities.embeddings
 
     def __init__(self, model: TranslatorModel, device: str = "cpu", *, collapse_padding: bool = True,
-                 precision: str = "fp32", compile: bool = False):
+                 precision: str = "fp32", compile: bool = False, threads: int | None = None,
+                 cpu_streams: bool = True, selected_outputs: bool = False):
         """`precision`: fp32 (exact), or bf16 / fp16 (see sctranslator.model.precision; BackendError
-        where the device has no native arithmetic for it). `compile`: torch.compile the blocks."""
+        where the device has no native arithmetic for it). `compile`: torch.compile the blocks.
+        `threads`: CPU threads of one block (None: whatever the process has); on CPU with
+        `cpu_streams` a block of several batches runs them as that many single-thread calls side by
+        side (engine.backends.cpu_streams), else each call uses them all. `selected_outputs`: the
+        decoder's last layer computes only the real protein positions of each window (mask True;
+        model.selected_outputs), the padded ones come back NaN; for callers that read the real
+        proteins only (translate sets it)."""
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError(f"--device {device} asked for, but PyTorch sees no CUDA device")
         self.device = torch.device(device)
@@ -61,8 +74,11 @@ class TorchBackend:
         else:
             self.model = reduced_precision_copy(model, dtype).to(self.device).eval()
         self.collapse_padding = collapse_padding
-        # Intra-op threads this backend was given (from_spec); None: whatever the process has.
-        self.threads: int | None = None
+        self.selected_outputs = selected_outputs and not compile
+        # CPU threads of one block (from_spec); None: whatever the process has.
+        self.threads: int | None = threads
+        self.streams = (StreamPool(threads) if cpu_streams and threads and threads > 1 and self.device.type == "cpu"
+                        else None)
         self._collapses: dict[bytes, PaddingCollapse | None] = {}
         # -- GPU hooks (cuda_staging.py, compiled.py, device_memory.py) --
         self.stager = stager_for(self.device)
@@ -73,10 +89,10 @@ class TorchBackend:
     def from_spec(cls, spec: BackendSpec) -> TorchBackend:
         if spec.threads:
             torch.set_num_threads(spec.threads)
-        backend = cls(spec.load_model(), spec.device, collapse_padding=bool(spec.options.get("collapse_padding", True)),
-                      precision=spec.precision, compile=bool(spec.options.get("compile", False)))
-        backend.threads = spec.threads or None
-        return backend
+        return cls(spec.load_model(), spec.device, collapse_padding=bool(spec.options.get("collapse_padding", True)),
+                   precision=spec.precision, compile=bool(spec.options.get("compile", False)),
+                   threads=spec.threads or None, cpu_streams=bool(spec.options.get("cpu_streams", True)),
+                   selected_outputs=bool(spec.options.get("selected_outputs", False)))
 
     def _collapse_for(self, batch: Batch) -> PaddingCollapse | None:
         """The padding collapse of the batch's gene layout (built once per layout), if it applies.
@@ -88,14 +104,16 @@ class TorchBackend:
             return None
         key = hashlib.sha1(np.ascontiguousarray(batch.gene_ids).tobytes()
                            + np.ascontiguousarray(batch.gene_mask).tobytes()).digest()
-        if key not in self._collapses:
-            # A process serves few plans; never grow without bound (a reduced-precision layout
-            # holds its reference cell's layer values: hundreds of MB at L = 20,000).
+        collapse = self._collapses.get(key, _UNBUILT)
+        if collapse is _UNBUILT:
+            # A process serves few layouts; never grow without bound (a reduced-precision layout
+            # holds its reference cell's layer values: hundreds of MB at L = 20,000). Kept in a
+            # local: another thread (a knockout's blocks cycle through many layouts) may clear the cache.
+            collapse = self._prepare(PaddingCollapse.for_layout(self.model, batch.gene_ids, batch.gene_mask,
+                                                                dtype=self.dtype))
             if len(self._collapses) >= (2 if self.reduced else 8):
                 self._collapses.clear()
-            self._collapses[key] = self._prepare(PaddingCollapse.for_layout(
-                self.model, batch.gene_ids, batch.gene_mask, dtype=self.dtype))
-        collapse = self._collapses[key]
+            self._collapses[key] = collapse
         if collapse is not None and collapse.values_fit(batch.values):
             return collapse
         if not self.reduced:
@@ -125,9 +143,18 @@ class TorchBackend:
     @torch.inference_mode()
     def predict_batches(self, batches: Iterable[Batch], embeddings: bool = False
                         ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """predict_with_embeddings for each batch, in order; on CUDA batch k+1 is copied while batch k runs.
+        """predict_with_embeddings for each batch, in order; on CUDA batch k+1 is copied while batch k runs,
+        on CPU with streams several batches run side by side on one thread each (cpu_streams.py).
         (The decorator enters inference mode at each resumption of the generator only.)"""
+        if self.streams is not None:
+            yield from self.streams.run(self._call, batches, embeddings)
+            return
         yield from pipelined(self.forward, batches, embeddings, self.stager)
+
+    def _call(self, batch: Batch, embeddings: bool, threads: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """One batch on `threads` intra-op threads of the calling thread (a stream's pool thread)."""
+        with torch.inference_mode():
+            return self.stager.fetch(self.forward(batch, embeddings, threads=threads)).result()
 
     def cells_per_call(self, batch: Batch) -> int | None:
         """Cells per call that fit the device's free memory (CUDA), None elsewhere."""
@@ -137,12 +164,18 @@ class TorchBackend:
                                       precision=self.precision)
 
     @torch.inference_mode()
-    def forward(self, batch: Batch, embeddings: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Launch one batch: predictions (B, W * P) and embeddings (B, dim) or None, as device tensors."""
-        if self.threads and torch.get_num_threads() != self.threads:
+    def forward(self, batch: Batch, embeddings: bool, threads: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Launch one batch: predictions (B, W * P) and embeddings (B, dim) or None, as device tensors.
+
+        `threads`: intra-op threads for this call (default: the backend's); PyTorch keeps the count
+        per calling thread, so streams on their own threads may each run with one.
+        """
+        threads = threads or self.threads
+        if threads and torch.get_num_threads() != threads:
             # Numba's OpenMP kernels (prepare) share PyTorch's OpenMP runtime and reset its thread
             # count to every core: re-assert ours, or the blocks oversubscribe the cores.
-            torch.set_num_threads(self.threads)
+            torch.set_num_threads(threads)
         device = self.device
         collapse = self._collapse_for(batch)
         if collapse is not None:  # padded positions computed once (exact; see model.collapse)
@@ -161,8 +194,18 @@ class TorchBackend:
             encodings = self.model.encode(values, genes, gene_mask)
             translated = self.model.translate_sequence(encodings)
         outputs = []
+        selected = self.selected_outputs and not self.reduced and selected_outputs_apply(self.model)
         for window in range(batch.protein_ids.shape[0]):
             proteins = torch.from_numpy(batch.protein_ids[window]).to(device).expand(size, -1)
+            real = np.flatnonzero(batch.protein_mask[window])
+            if selected and 0 < real.size < batch.protein_mask.shape[1]:
+                # Only the real proteins' outputs are read: the padded positions' last layer is skipped.
+                keep = torch.from_numpy(real).to(device)
+                window_mask = torch.from_numpy(batch.protein_mask[window]).to(device)
+                out = torch.full((size, batch.protein_mask.shape[1]), float("nan"), device=device)
+                out[:, keep] = decode_selected(self.model, translated, proteins, window_mask, keep)
+                outputs.append(out)
+                continue
             protein_mask = torch.from_numpy(batch.protein_mask[window]).to(device).expand(size, -1)
             outputs.append(self.model.decode(translated, proteins, protein_mask))
         predictions = torch.cat(outputs, dim=1)
@@ -170,4 +213,6 @@ class TorchBackend:
         return predictions, embedding
 
     def close(self) -> None:
+        if self.streams is not None:
+            self.streams.close()
         self.model = None  # type: ignore[assignment]
