@@ -39,6 +39,7 @@ from sctranslator.engine.output_reader import open_predictions
 from sctranslator.engine.sink import JOB_DIR, OUTPUT_KIND
 from sctranslator.engine.sources import open_source
 from sctranslator.engine.sources.soma import is_soma_experiment_object
+from sctranslator.engine.sources.subset import select_cells
 from sctranslator.engine.threads import Parallelism
 from sctranslator.errors import (
     BackendError,
@@ -55,6 +56,7 @@ from sctranslator.errors import (
 )
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
+from sctranslator.options import parse_names
 from sctranslator.outputs import claim_output, read_identity, write_identity
 from sctranslator.util.atomic import atomic_write_text, install_dir, remove_path, staging_dir
 from sctranslator.util.progress import count_done, progress_bar
@@ -339,15 +341,18 @@ def _finished(store: Path) -> bool:
     return bool(record and record.get("complete"))
 
 
-def _estimate(item: Any, options: dict[str, Any]) -> int:
-    """An input's cells for the progress bar's total, before its plan is made (0 when unreadable:
-    translate then reports why)."""
+def _estimate(item: Any, options: dict[str, Any], selection: dict[str, Any]) -> int:
+    """An input's cells for the progress bar's total, before its plan is made: the size of its selection
+    (`cells`, `obs_query`, `max_cells`; a SOMA query counted through its pushed-down value filter), so
+    the total and the ETA are exact from the start (0 when unreadable: translate then reports why)."""
     try:
         source = open_source(item, **options)
     except SctranslatorError:
         return 0
     try:
-        return int(source.n_obs)
+        return int(select_cells(source, **selection).n_obs)
+    except SctranslatorError:
+        return 0
     finally:
         source.close()
 
@@ -410,22 +415,27 @@ def translate_collection(translate_one: Callable[..., Any], data: Any, model: An
     names, labels = store_names(inputs), [_label(item, i) for i, item in enumerate(inputs)]
     collection = _open_collection(out, _identity(inputs, loaded, proteins, settings), names, labels, overwrite,
                                   inputs)
-    source_options = {k: settings[k] for k in ("layer", "use_raw", "modality", "missing_chunks") if k in settings}
+    source_options = {k: settings[k] for k in ("layer", "use_raw", "modality", "missing_chunks", "measurement",
+                                               "gene_column") if settings.get(k) is not None}
     source_options["storage_options"] = parse_storage_options(settings.get("storage_options"))
+    selection = {k: settings.get(k) for k in ("cells", "obs_query", "max_cells")}
+    if isinstance(selection["cells"], str):  # '@file' or 'a,b' as the command line gives it
+        selection["cells"] = parse_names(selection["cells"])
     skip = [entry["status"] == "done" and isinstance(item, (str, Path)) and _finished(out / entry["store"]) and
             not overwrite for entry, item in zip(collection.entries, inputs, strict=True)]
-    estimates = [int(entry["cells"] or 0) if done else _estimate(item, source_options)
+    estimates = [int(entry["cells"] or 0) if done else _estimate(item, source_options, selection)
                  for entry, item, done in zip(collection.entries, inputs, skip, strict=True)]
     bar = progress_bar(total=sum(estimates), unit="cells", desc=f"translate {len(inputs)} inputs", disable=quiet,
                        dynamic_ncols=True, smoothing=0.1)
     run = CollectionRun(bar)
+    results: list[ad.AnnData | None] = [None] * len(inputs)  # translate's own results, not read twice
     try:
         for index, (entry, item) in enumerate(zip(collection.entries, inputs, strict=True)):
             if skip[index]:
                 count_done(bar, estimates[index])
                 continue
-            _translate_entry(translate_one, collection, entry, item, run, estimates[index], loaded, proteins,
-                             overwrite=overwrite, settings=settings)
+            results[index] = _translate_entry(translate_one, collection, entry, item, run, estimates[index], loaded,
+                                              proteins, overwrite=overwrite, settings=settings)
     finally:
         bar.close()
     failed = [entry for entry in collection.entries if entry["status"] == "failed"]
@@ -436,13 +446,15 @@ def translate_collection(translate_one: Callable[..., Any], data: Any, model: An
             f"{first['input']}: {first['error']['type']}: {first['error']['message']} -- every error is in "
             f"{collection.record_path}; fix the inputs (or drop them from the list) and re-run the same command",
             entries=collection.entries, record=collection.record_path)
-    return [open_predictions(out / entry["store"]) for entry in collection.entries]
+    return [open_predictions(out / entry["store"]) if result is None else result
+            for entry, result in zip(collection.entries, results, strict=True)]
 
 
 def _translate_entry(translate_one: Callable[..., Any], collection: _Collection, entry: dict[str, Any], item: Any,
                      run: CollectionRun, estimate: int, model: TranslatorModel, proteins: Sequence[str] | None,
-                     *, overwrite: bool, settings: dict[str, Any]) -> None:
-    """Translate one input into its store, recording its outcome; job-wide errors pass through."""
+                     *, overwrite: bool, settings: dict[str, Any]) -> ad.AnnData | None:
+    """Translate one input into its store, recording its outcome; job-wide errors pass through.
+    Returns translate's result (None for a failed input)."""
     entry.update(status="running", error=None)
     collection.save()
     run.expected, run.plan, run.cells = estimate, None, None
@@ -457,10 +469,12 @@ def _translate_entry(translate_one: Callable[..., Any], collection: _Collection,
         raise
     except SctranslatorError as error:
         _failed(collection, entry, run, error, progressed)
+        return None
     else:
         permitted = json.loads(json.dumps({k: settings.get(k) for k in PERMISSIONS if k in settings}, default=str))
         entry.update(status="done", cells=int(result.n_obs), plan=run.plan, permissions=permitted)
         collection.save()
+        return result
     finally:
         _ACTIVE.reset(token)
 
