@@ -297,3 +297,23 @@ def test_progress_total_is_the_selection_from_the_start(inputs: list[Path], mode
     totals = {int(total) for total in re.findall(r"\| *\d+/(\d+) \[", capsys.readouterr().err)}
     assert totals == {36}
     assert [e["cells"] for e in read_collection(out)["inputs"]] == [12, 12, 12]
+
+
+def test_store_metadata_is_zarrs_own_consolidation(tmp_path: Path) -> None:
+    # finish() merges the run record into .zmetadata instead of re-reading every node: the result must be
+    # what zarr's consolidate_metadata writes, and open through it (zarr groups siblings by adjacency).
+    import shutil
+
+    import zarr
+
+    demo = Path(sctranslator.__file__).parent / "data" / "demo"  # its provenance has siblings zarr once lost
+    cells = tmp_path / "demo.h5ad"
+    ad.read_h5ad(demo / "rna.h5ad")[:20].copy().write_h5ad(cells)
+    store = tmp_path / "one.zarr"
+    sctranslator.translate(cells, demo / "model", out=store, **OPTIONS)
+    merged = json.loads((store / ".zmetadata").read_text())
+    copy = Path(shutil.copytree(store, tmp_path / "copy.zarr"))
+    zarr.consolidate_metadata(str(copy))
+    assert merged == json.loads((copy / ".zmetadata").read_text())
+    run = zarr.open_group(str(store), mode="r")["uns/sctranslator/run"]  # through the consolidated metadata
+    assert sorted(run.keys()) == sorted(ad.read_zarr(store).uns["sctranslator"]["run"])

@@ -302,7 +302,9 @@ def _write_local_uns_entry(path: Path, key: str, value: dict[str, Any]) -> None:
     record = json.loads(consolidated.read_text())
     remove_path(path / prefix)  # an entry of an earlier attempt is replaced, as write_elem replaces it
     write_files(path, {name: data.to_bytes() for name, data in files.items() if name.startswith(prefix)})
-    record["metadata"] = {**{k: v for k, v in record["metadata"].items() if not k.startswith(prefix)}, **added}
+    merged = {**{k: v for k, v in record["metadata"].items() if not k.startswith(prefix)}, **added}
+    # In key order: zarr groups a node's children with itertools.groupby, so siblings must be adjacent.
+    record["metadata"] = dict(sorted(merged.items()))
     atomic_write_text(consolidated, json.dumps(record))
 
 
