@@ -4,7 +4,8 @@
 `--inputs @list.txt`) gives every input its own plan (its own gene layout: inputs are never
 joined, the model is positional) and its own output store `DIR/<stem>.zarr`, and keeps
 `DIR/collection.json`, rewritten atomically as inputs start and finish: each input, its store, its
-cells, its plan fingerprint, its status and, for a failed input, its named error.
+cells, its plan fingerprint, its status and, for a failed input, its named error. DIR is a local
+directory or an s3:// / gs:// prefix (`engine.collection_place` keeps the guarantees of each).
 
 The model is loaded once; `translate` is called once per input with the loaded model and consults
 the `CollectionRun` of this module (a context variable) to share what a collection shares: one
@@ -381,7 +382,7 @@ def translate_collection(translate_one: Callable[..., Any], data: Any, model: An
     model, proteins, overwrite, quiet, **settings
         As for `translate`; the settings apply to every input as if it were translated alone.
     out
-        The collection's directory (required).
+        The collection's directory (required): a local path, or an s3:// / gs:// prefix.
     write_h5ad, write_mudata, inplace, key, replace_key
         Not for collections (OptionError): translate each input on its own to write it back.
 
