@@ -224,3 +224,20 @@ def test_scaling_names_agree_with_the_kernels():
     from sctranslator.kernels import TARGET_SCALINGS as KERNEL_SCALINGS
 
     assert TARGET_SCALINGS == KERNEL_SCALINGS
+
+
+def test_quiet_turns_off_the_progress_bar_as_for_translate(store, truth, tmp_path, capsys):
+    # By default a bar on stderr counts evaluate's steps: truth, predictions, scaling, scores, files.
+    shown = evaluate(store, truth, out=tmp_path / "shown", plots=False)
+    bar = capsys.readouterr().err
+    assert "evaluate: 100%" in bar and "5/5" in bar
+    quiet = evaluate(store, truth, out=tmp_path / "quiet", plots=False, quiet=True)
+    assert capsys.readouterr().err == ""
+    assert quiet["model"]["summary"] == shown["model"]["summary"]
+    # The command's --quiet reaches it: the report is printed, no bar.
+    parser = argparse.ArgumentParser()
+    handler = define_evaluate(parser)
+    assert handler(parser.parse_args(["--pred", str(store), "--truth", str(PBMC / "protein.h5ad"), "--no-plots",
+                                      "--quiet"])) == 0
+    printed = capsys.readouterr()
+    assert "mean protein r" in printed.out and "evaluate:" not in printed.err

@@ -323,3 +323,36 @@ def test_an_open_experiment_in_a_collection_is_named_after_its_uri(experiment: s
     stem = Path(experiment).name
     # The open experiment and its path share a stem: the second gets the collision suffix.
     assert names == [f"{stem}.zarr", f"{stem}-2.zarr", f"{cells.stem}.zarr"]
+
+
+def test_plain_h5ad_experiment_names_genes_by_var_id_when_they_are_genes(data_dir: Path, tiny: TranslatorModel,
+                                                                         fixtures_dir: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    # tiledbsoma.io.from_h5ad of a plain h5ad (no feature_name) keeps its var names in var['var_id'].
+    plain = ad.read_h5ad(data_dir / "bmmc_cite_neurips2021" / "rna.h5ad")[:40].copy()
+    for kind, names in (("symbols", plain.var_names), ("ensembl", plain.var["gene_ids"])):
+        cells = plain.copy()
+        cells.var_names = names.astype(str).to_numpy()
+        cells.write_h5ad(tmp_path / f"{kind}.h5ad")
+        soma_io.from_h5ad(str(tmp_path / kind), str(tmp_path / f"{kind}.h5ad"), measurement_name="RNA")
+        source = open_source(str(tmp_path / kind))
+        assert source.gene_column == "var_id" and source.var.index.tolist() == cells.var_names.tolist()
+        got = sctranslator.translate(str(tmp_path / kind), tiny, PROTEINS, **COMMON)
+        np.testing.assert_allclose(predictions(got), predictions(sctranslator.translate(cells, tiny, PROTEINS,
+                                                                                        **COMMON)), atol=1e-5, rtol=0)
+    # var names that are no genes (a default integer index): the named error lists the columns, nothing written.
+    numbered = plain.copy()
+    numbered.var["symbol"] = numbered.var_names.astype(str)
+    numbered.var_names = [str(i) for i in range(numbered.n_vars)]
+    numbered.write_h5ad(tmp_path / "numbered.h5ad")
+    soma_io.from_h5ad(str(tmp_path / "numbered"), str(tmp_path / "numbered.h5ad"), measurement_name="RNA")
+    capsys.readouterr()
+    args = ["translate", str(tmp_path / "numbered"), "--model", str(fixtures_dir / "tiny_a_official.pt"), "--proteins",
+            ",".join(PROTEINS), "--out", str(tmp_path / "n.zarr"), "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "error: InputDataError:" in err and "'var_id' values (0, 1, 2, ...) are not gene symbols" in err
+    assert "--gene-column (var columns: var_id, gene_ids," in err and "symbol)" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "n.zarr").exists()
+    assert main([*args, "--gene-column", "symbol"]) == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import sys
 import types
 from pathlib import Path
@@ -530,12 +531,22 @@ def test_export_command_rejects_bad_options_before_exporting(tmp_path: Path) -> 
 
 
 def test_serve_without_a_binary_prints_the_docker_command(tiny_a: TranslatorModel, onnx_file: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(serve_module, "find_tritonserver", lambda: None)
     lines: list[str] = []
     request = serve_module.ServeRequest(model=tiny_a, repo=tmp_path / "repo", http_port=9000, onnx_path=onnx_file)
-    assert serve_module.serve(request, echo=lines.append) is None
+    with caplog.at_level(logging.DEBUG, logger=serve_module.__name__):
+        assert serve_module.serve(request, echo=lines.append) is None
     text = "\n".join(lines)
+    # A few lines: the repository and its models, not the ~170 files exported (those are in the DEBUG log, -v).
+    files = sorted(str(path) for path in (tmp_path / "repo").rglob("*") if path.is_file()
+                   and not path.name.startswith("."))
+    assert len(text.splitlines()) <= 5 and len(files) > 50
+    assert f"in {tmp_path / 'repo'} ({len(files)} files; -v lists them)" in text
+    assert not any(path in text for path in files)
+    debug = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
+    assert all(path in debug for path in files)
     assert (f"docker run --rm --gpus all -p9000:8000 -p8001:8001 -p8002:8002 -v {(tmp_path / 'repo').resolve()}:"
             "/models nvcr.io/nvidia/tritonserver:24.10-py3 tritonserver --model-repository=/models") in text
     # No local server: the repository is for NVIDIA's image, which has the ONNX Runtime backend.

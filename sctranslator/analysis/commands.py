@@ -97,7 +97,7 @@ def define_evaluate(parser: argparse.ArgumentParser) -> Handler:
         from sctranslator.analysis.evaluate import evaluate
 
         report = evaluate(args.pred, args.truth, out=args.out, **EvaluateOptions.from_cli_args(args).as_kwargs(),
-                          **OutputOptions.from_cli_args(args).as_kwargs(("overwrite", "storage_options")))
+                          **OutputOptions.from_cli_args(args).as_kwargs(("overwrite", "storage_options", "quiet")))
         print(format_report(report))
         for path in report.get("files", []):
             print(f"wrote {path}")

@@ -145,7 +145,7 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
              baseline: str | Path | ad.AnnData | np.ndarray | None = None,
              cosine_batch_size: int | None = None, overwrite: bool = False, min_matched: float = 0.5,
              truth_modality: str | None = None, model: str | Path | None = None,
-             storage_options: str | dict[str, Any] | None = None) -> dict[str, Any]:
+             storage_options: str | dict[str, Any] | None = None, quiet: bool = False) -> dict[str, Any]:
     """Compare predictions with measured proteins; return (and with `out`, write) the report.
 
     Parameters:
@@ -179,6 +179,8 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
             report is labelled (`report['training_cells']`). A local path.
         storage_options: fsspec options for URL inputs (a dict or a JSON object: credentials,
             endpoint_url, anon, ...); default: the standard environment (AWS_ENDPOINT_URL, ...).
+        quiet: no progress bar (as for `translate`); by default one on stderr (a widget in Jupyter)
+            counts the steps: reading the truth, reading the predictions, scaling, scoring, writing.
     Cells are matched by obs_names, proteins by name, spelling, or unique encoding gene (see
     `sctranslator.analysis.matching`); model and baseline are scored on the cells and proteins
     all three share. Returns the report (per-protein Pearson, Spearman, RMSE; summaries; cells and
@@ -193,11 +195,6 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
         UnsupportedStorageError: a URL as `out` or `model`, or an input URL of an unsupported scheme.
         OutputConflictError: `out` holds something else, or is or overlaps an input.
     """
-    from sctranslator.analysis.find_predictions import read_predictions
-    from sctranslator.analysis.matching import match_cells, match_proteins
-    from sctranslator.engine.input_checks import check_counts_table
-    from sctranslator.kernels import scale_targets
-
     check_choices(scaling=scaling)
     storage_options = parse_storage_options(storage_options)
     refuse_remote("evaluate", reason="evaluate writes its report to a local directory (inputs may be URLs); write "
@@ -209,8 +206,29 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
         claim_output(out, OUTPUT_KIND, inputs=(pred, truth, baseline), overwrite=overwrite)
     if not 0.0 <= float(min_matched) <= 1.0:
         raise InputDataError(f"min_matched must be a fraction between 0 and 1; got {min_matched}")
+    from sctranslator.util.progress import progress_bar
+
+    steps = 4 + (baseline is not None) + (out is not None)  # truth, predictions, [baseline], scaling, scores, [files]
+    with progress_bar(total=steps, desc="evaluate", unit="step", disable=quiet) as bar:
+        return _evaluate(pred, truth, bar, out=out, scaling=scaling, plots=plots, baseline=baseline,
+                         cosine_batch_size=cosine_batch_size, min_matched=min_matched, truth_modality=truth_modality,
+                         model=model, storage_options=storage_options)
+
+
+def _evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, bar: Any, *, out: str | Path | None,
+              scaling: TargetScaling | None, plots: bool, baseline: str | Path | ad.AnnData | np.ndarray | None,
+              cosine_batch_size: int | None, min_matched: float, truth_modality: str | None,
+              model: str | Path | None, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """evaluate's work once its options are checked and `out` is claimed; `bar` advances one step per stage."""
+    from sctranslator.analysis.find_predictions import read_predictions
+    from sctranslator.analysis.matching import match_cells, match_proteins
+    from sctranslator.engine.input_checks import check_counts_table
+    from sctranslator.kernels import scale_targets
+
     truth_table = read_table(truth, "protein truth", truth_modality, storage_options)
+    bar.update()
     found = read_predictions(pred, truth_table.var_names, storage_options=storage_options)
+    bar.update()
     pred_table = found.table
     scaling, scaling_source = _choose_scaling(scaling, found.scaling)
     log.info("predictions from %s; measured counts scaled by %s (%s)", found.found_in, scaling, scaling_source)
@@ -249,9 +267,11 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
         names = [names[k] for k in keep_proteins]
         baseline_values = _dense(base_table.X[base_rows][:, base_cols])
         baseline_report = {"cells": base_table.n_obs, "proteins": base_proteins.report()}
+        bar.update()
 
     truth_scaled = scale_targets(truth_table.X[truth_rows], scaling)[:, truth_cols].astype(np.float64)
     pred_values = _dense(pred_table.X[pred_rows][:, pred_cols])
+    bar.update()
     by_name = {p.pred: p for p in proteins.pairs}
     report: dict[str, Any] = {
         "scaling": scaling,
@@ -267,10 +287,12 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
         report["baseline"] = _scored(baseline_values, truth_scaled, names, by_name, cosine_batch_size)
         report["baseline"]["matching"] = baseline_report
         report["comparison"] = _comparison(report["model"], report["baseline"])
+    bar.update()
     log.info("evaluated %d cells (%d of %d prediction cells matched) x %d proteins", len(pred_rows),
              cells.n_matched, cells.n_pred, len(names))
     if out is not None:
         report["files"] = _write(Path(out), report, truth_scaled, pred_values, baseline_values, names, plots)
+        bar.update()
     return report
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sctranslator.errors import ServerError
-from sctranslator.export.triton import export_triton
+from sctranslator.export.triton import export_triton, model_dir_names
 from sctranslator.export.triton_config import DEFAULT_MODEL_NAME, ServingSettings
 from sctranslator.export.triton_reuse import export_mismatch
 from sctranslator.export.triton_server import (
@@ -74,7 +74,8 @@ def serve(request: ServeRequest, *, echo: Callable[[str], None] = print,
     With `block`, wait until interrupted and stop the server; otherwise return it running.
     request: the model (path or TranslatorModel), repository, model name, Triton backend (None: python
         for the pytriton build, else onnxruntime), host and ports, max_batch_size (cells), instances.
-    echo: where progress lines and the docker command go.
+    echo: where progress lines and the docker command go: a few lines (the repository, its models, the
+        URLs, "ready"); the exported files are listed in this module's DEBUG log (`serve -v`).
 
     The server runs in a process group of its own; on any exit of serve that it can observe (return,
     exception, SIGINT, SIGTERM, SIGHUP) the server and every Python-backend stub are killed, and a
@@ -105,10 +106,17 @@ def serve(request: ServeRequest, *, echo: Callable[[str], None] = print,
     # export takes minutes); otherwise serve replaces its own earlier export (never anything else).
     mismatch = export_mismatch(model, request.repo, settings)
     if mismatch is None:
-        echo(f"reusing the Triton repository {request.repo}: same model fingerprint, precision and options")
+        models = ", ".join(repr(name) for name in model_dir_names(request.name).values())
+        echo(f"reusing the Triton repository {request.repo} (models {models}): same model fingerprint, precision "
+             "and options")
     else:
         echo(f"exporting to {request.repo} ({mismatch})")
-        echo(str(export_triton(model, request.repo, settings, onnx_path=request.onnx_path, overwrite=True)))
+        exported = export_triton(model, request.repo, settings, onnx_path=request.onnx_path, overwrite=True)
+        files = exported.files()
+        # The file list (about 100 lines, mostly the names-in model's package copy) is for -v only.
+        echo(f"{exported.summary()} ({len(files)} files; -v lists them)")
+        log.debug("files of the Triton repository %s:\n%s", request.repo,
+                  "\n".join(f"  {path}" for path in files))
     if install is None:
         echo("No tritonserver binary here (scripts/install_tritonserver.sh installs one for the Python backend). "
              "Serve the repository with NVIDIA's Triton image:")

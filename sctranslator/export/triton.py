@@ -77,14 +77,33 @@ class TritonExport:
         return tuple(d for d in (self.model_dir, self.encoder_dir, self.decoder_dir, self.counts_dir)
                      if d is not None)
 
-    def __str__(self) -> str:
-        files = sorted(str(path) for directory in self.model_dirs for path in directory.rglob("*") if path.is_file()
-                       and not path.name.startswith("."))
-        listing = "\n".join(f"  {path}" for path in files)
+    def files(self) -> list[Path]:
+        """Every file the export wrote, sorted (the names-in model's package copy included).
+
+        Returns
+        -------
+        list of Path
+            The files under the model directories, hidden bookkeeping files left out.
+        """
+        return sorted(path for directory in self.model_dirs for path in directory.rglob("*") if path.is_file()
+                      and not path.name.startswith("."))
+
+    def summary(self) -> str:
+        """One line: the model names, their backend and the repository, without the file list.
+
+        Returns
+        -------
+        str
+            E.g. "Triton model 'sctranslator' (python backend): a BLS model calling ... in REPO".
+        """
         graphs = " and ".join(repr(d.name) for d in self.model_dirs[1:3])
         counts = f", and the names-in model {self.counts_dir.name!r}" if self.counts_dir else ""
         return (f"Triton model {self.settings.name!r} ({self.settings.backend} backend): a BLS model calling {graphs}"
-                f"{counts}, in {self.model_dir.parent}:\n{listing}")
+                f"{counts}, in {self.model_dir.parent}")
+
+    def __str__(self) -> str:
+        listing = "\n".join(f"  {path}" for path in self.files())
+        return f"{self.summary()}:\n{listing}"
 
 
 def _can_validate(precision: str) -> bool:

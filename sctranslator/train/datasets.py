@@ -95,13 +95,19 @@ def cell_hashes(pairs: list[PairedData], splits: list[Split], part: str) -> np.n
 
 
 def combined_origin(pairs: list[PairedData]) -> dict[str, Any]:
-    """The card's data summary: one dataset's origin, or the datasets' joined."""
+    """The card's data summary: one dataset's origin, or the datasets' joined.
+
+    Cells add up over datasets; genes and proteins do not (datasets share them), so with several
+    datasets `genes` and `proteins` are the per-dataset counts joined ("4000, 3000"), labelled as
+    such by the card, which reports the model's panels separately.
+    """
     if len(pairs) == 1:
         return dict(pairs[0].origin)
     origins = [p.origin for p in pairs]
     return {"rna": "; ".join(str(o["rna"]) for o in origins), "protein": "; ".join(str(o["protein"]) for o in origins),
-            **{key: sum(int(o[key]) for o in origins)
-               for key in ("rna_cells", "protein_cells", "paired_cells", "genes", "proteins")}}
+            **{key: sum(int(o[key]) for o in origins) for key in ("rna_cells", "protein_cells", "paired_cells")},
+            **{key: ", ".join(str(int(o[key])) for o in origins) for key in ("genes", "proteins")},
+            "datasets": len(origins)}
 
 
 def training_record(pairs: list[PairedData], options: TrainOptions) -> dict[str, Any]:

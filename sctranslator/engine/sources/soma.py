@@ -21,7 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sctranslator.engine.sources.base import Block, Source, hash_names
-from sctranslator.errors import InputDataError, OptionError, StoreError
+from sctranslator.errors import InputDataError, OptionError, SctranslatorError, StoreError
 from sctranslator.util.optional import import_optional
 
 DEFAULT_MEASUREMENT = "RNA"
@@ -31,6 +31,8 @@ DEFAULT_GENE_COLUMN = "feature_name"
 # The column tiledbsoma.io.from_h5ad writes the obs / var names into (its obs_id_name / var_id_name defaults).
 _OBS_NAME_COLUMN = "obs_id"
 _VAR_NAME_COLUMN = "var_id"
+# var_id is the default gene column only when at least this share of its values map to vocabulary tokens.
+_MIN_MAPPED_SHARE = 0.25
 # Marker files of a TileDB group directory (an experiment is one): v2 and v1 layouts.
 _TILEDB_GROUP_MARKERS = ("__group", "__tiledb_group.tdb")
 
@@ -79,7 +81,8 @@ class SomaSource(Source):
         The X layer (None: ``raw`` when present, else the only layer).
     gene_column
         The var column whose values name the genes (the var index of this source; None:
-        ``feature_name`` when present, else the names from_h5ad stored in ``var_id``).
+        ``feature_name`` when present, else the names from_h5ad stored in ``var_id`` when they are
+        gene symbols or Ensembl IDs the vocabulary maps, else an InputDataError listing the columns).
     obs_query
         A SOMA `value_filter` over obs, e.g. ``"cell_type == 'B cell' and tissue_general == 'blood'"``.
 
@@ -195,10 +198,16 @@ class SomaSource(Source):
         var = var.sort_values("soma_joinid", kind="stable")
         columns = [str(c) for c in var.columns if c != "soma_joinid"]
         if gene_column is None:
-            gene_column = next((c for c in (DEFAULT_GENE_COLUMN, _VAR_NAME_COLUMN) if c in columns), None)
-            if gene_column is None:
+            if DEFAULT_GENE_COLUMN in columns:
+                gene_column = DEFAULT_GENE_COLUMN
+            elif _VAR_NAME_COLUMN in columns and _names_genes(var[_VAR_NAME_COLUMN]):
+                gene_column = _VAR_NAME_COLUMN
+            else:
+                shown = ", ".join(map(str, var[_VAR_NAME_COLUMN].iloc[:3])) if _VAR_NAME_COLUMN in columns else ""
+                why = (f" and its '{_VAR_NAME_COLUMN}' values ({shown}, ...) are not gene symbols or Ensembl IDs "
+                       "the vocabulary maps") if shown else ""
                 raise InputDataError(f"{self.path}: ms['{self.measurement}'].var has no '{DEFAULT_GENE_COLUMN}' "
-                                     f"column; name the column holding the gene identifiers with --gene-column "
+                                     f"column{why}; name the column holding the gene identifiers with --gene-column "
                                      f"(var columns: {', '.join(columns) or 'none'})")
         elif gene_column not in columns:
             raise InputDataError(f"{self.path}: ms['{self.measurement}'].var has no column '{gene_column}' "
@@ -345,6 +354,18 @@ class SomaSource(Source):
             return np.where(dim1 < var_ids.size, dim1, -1)
         at = np.minimum(np.searchsorted(var_ids, dim1), max(var_ids.size - 1, 0))
         return np.where(var_ids[at] == dim1, at, -1) if var_ids.size else np.full(dim1.shape, -1)
+
+
+def _names_genes(values: pd.Series) -> bool:
+    """Whether `values` (from_h5ad's var_id: the h5ad's var names) are gene symbols or Ensembl IDs:
+    not plain numbers (a default integer index), and at least _MIN_MAPPED_SHARE of them map to tokens."""
+    from sctranslator.vocab.genes import map_genes
+
+    try:
+        mapping = map_genes(values.astype(str).to_numpy(), "auto", "extended")
+    except SctranslatorError:  # nothing to detect (empty names)
+        return False
+    return mapping.id_type != "entrez" and float(np.mean(mapping.token_ids > 0)) >= _MIN_MAPPED_SHARE
 
 
 def _pick_layer(layers: list[str], requested: str | None, *, where: str) -> str:
