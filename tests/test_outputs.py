@@ -179,8 +179,8 @@ def test_d_an_earlier_output_of_the_same_kind_is_replaced_only_with_overwrite(
     out = tmp_path / f"result{command.suffix}"
     assert command.run(world, out, overwrite=False) == 0, capsys.readouterr().err
     assert read_identity(out)["kind"] == command.kind
-    if command.kind in ("translate", "knockout"):
-        # Resumable jobs: the same command again resumes (it is the same job) ...
+    if command.kind in ("translate", "knockout", "attention"):
+        # Resumable jobs (block ledgers): the same command again resumes (it is the same job) ...
         assert command.run(world, out, overwrite=False) == 0, capsys.readouterr().err
     else:
         # ... the others refuse to replace it silently, and say how to.
@@ -193,7 +193,7 @@ def test_d_an_earlier_output_of_the_same_kind_is_replaced_only_with_overwrite(
     assert read_identity(out)["kind"] == command.kind
     assert not (out.is_dir() and stale.exists()), "the earlier output was not replaced whole"
     leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")
-                 and not p.name.endswith("knockout-job")]
+                 and not p.name.endswith(("knockout-job", "attention-job"))]
     assert not leftovers, leftovers
 
 
