@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import re
 import types
 import typing
@@ -388,7 +389,13 @@ class TritonOptions(OptionGroup):
                                            none_means="60 s with --backend triton")
 
     def given(self) -> dict[str, Any]:
-        """The options the user set (the backend_options to pass on)."""
+        """The options the user set, to pass on as translate's `backend_options`.
+
+        Returns
+        -------
+        dict
+            Option name -> value, for every field that is not None.
+        """
         return {name: value for name, value in self.as_kwargs().items() if value is not None}
 
 
@@ -541,6 +548,70 @@ class TrainOptions(OptionGroup):
             raise InputDataError("say how long to train: steps=... or epochs=...")
 
 
+
+# -- reference documentation, from the same declarations -----------------------------------------------
+
+def _type_text(hint: Any) -> str:
+    """A field's type as numpydoc writes it: ``{'a', 'b'}`` for a choice, ``str or None`` for an optional."""
+    inner, optional = _unwrap(hint)
+    if get_origin(inner) is Literal:
+        text = "{" + ", ".join(repr(value) for value in get_args(inner)) + "}"
+    elif isinstance(inner, type) and get_origin(inner) is None:
+        text = inner.__name__
+    else:
+        text = str(inner).replace("typing.", "")
+    return f"{text} or None" if optional else text
+
+
+def _field_entry(f: dataclasses.Field, hint: Any) -> str:
+    """One numpydoc Parameters entry: type, the help text, its default and its command-line flag."""
+    meta = f.metadata
+    text = meta.get("help", "").replace("%%", "%").strip().rstrip(".") + "."
+    default = _field_default(f)
+    flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+    if default is True and meta.get("cli", True):
+        # the declared flag (e.g. --no-plots) turns the field off, and its help says what that does
+        return f"{f.name} : {_type_text(hint)}\n    Default: ``True``. False (command line ``{flag}``): {text}"
+    if default is None or default == () or default == {}:
+        if meta.get("none_means"):
+            text += f" Default (None): {meta['none_means'].replace('%%', '%')}."
+    else:
+        text += f" Default: ``{default!r}``."
+    if meta.get("cli", True):
+        text += f" Command line: ``{flag}``."
+    else:
+        text += " Python only."
+    return f"{f.name} : {_type_text(hint)}\n    {text}"
+
+
+def document_fields(cls: type[OptionGroup]) -> type[OptionGroup]:
+    """Append a numpydoc Parameters section, built from the fields' declarations, to a group's docstring.
+
+    The help texts the command line shows are the one source of each option's documentation, so the
+    API reference and ``--help`` cannot disagree.
+
+    Parameters
+    ----------
+    cls : type
+        An option group (a dataclass whose fields are declared with `option`).
+
+    Returns
+    -------
+    type
+        The same class, its ``__doc__`` extended.
+    """
+    hints = typing.get_type_hints(cls)
+    entries = [_field_entry(f, hints[f.name]) for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    section = "Parameters\n----------\n" + "\n".join(entries)
+    cls.__doc__ = inspect.cleandoc(cls.__doc__ or "") + "\n\n" + section + "\n"
+    return cls
+
+
+for _group in (InputOptions, EngineOptions, TritonOptions, OutputOptions, AnalysisOptions, EvaluateOptions,
+               TrainDataOptions, TrainOptions):
+    document_fields(_group)
+del _group
+
 # Option name -> type, for check_choices() in API functions (one table, built from the groups).
 _CHOICE_HINTS: dict[str, Any] = {}
 for _group in (InputOptions, EngineOptions, TritonOptions, AnalysisOptions, EvaluateOptions):
@@ -687,13 +758,31 @@ class TranslateOptions(JobOptions):
     wrong from the values alone, and the engine resolves the rest (the backend and its declared
     capabilities) once.
 
-    Attributes
+    Parameters
     ----------
-    engine, input, output : the option groups (EngineOptions, InputOptions, OutputOptions).
-    proteins : names to predict (None: the model's panel).
-    out : the output Zarr store (None: a temporary one).
-    backend_options : per-backend settings (triton: url, model_name, protocol ...).
-    inplace : also set the predictions on the input object.
+    engine : EngineOptions
+        Where and how the model runs: backend, device, precision, batch and block sizes, workers.
+    input : InputOptions
+        How the input matrix is read, selected and mapped onto the model's genes.
+    output : OutputOptions
+        Write-backs, embeddings, overwrite, wait, progress and storage options.
+    proteins : sequence of str or None
+        Antibody or gene names to predict; None predicts the model's protein panel.
+    out : str or pathlib.Path or None
+        The output Zarr store (a directory or an s3:// / gs:// URL); None writes a temporary one.
+    backend_options : dict
+        Per-backend settings, for the triton backend its connection (url, model_name, protocol,
+        timeout_s, ready_timeout_s, max_in_flight, ...).
+    inplace : bool
+        Also set the predictions on the input AnnData / MuData object.
+
+    Examples
+    --------
+    >>> from sctranslator.options import TranslateOptions
+    >>> options = TranslateOptions.from_kwargs(device="cpu", batch_size=8, normalize="log1p")
+    >>> options.engine.batch_size, options.input.normalize
+    (8, 'log1p')
+    >>> options.check()
     """
 
     job: ClassVar[str] = "translate"
@@ -711,8 +800,22 @@ class TranslateOptions(JobOptions):
 
     @classmethod
     def from_cli_args(cls, namespace: argparse.Namespace, **own: Any) -> TranslateOptions:
-        """The options from the `translate` command's parsed arguments (the same object the API builds);
-        the Triton flags become `backend_options`."""
+        """The options from the `translate` command's parsed arguments: the same object the API builds.
+
+        The Triton flags (``--url``, ``--model-name``, ...) become `backend_options`.
+
+        Parameters
+        ----------
+        namespace : argparse.Namespace
+            The parsed arguments of ``sctranslator translate``.
+        **own
+            Values for the job's own fields (proteins, out, ...) that replace the namespace's.
+
+        Returns
+        -------
+        TranslateOptions
+            The options, not yet checked (call `check`).
+        """
         own.setdefault("backend_options", TritonOptions.from_cli_args(namespace).given())
         return super().from_cli_args(namespace, **own)
 
@@ -756,9 +859,22 @@ class TranslateOptions(JobOptions):
 class KnockoutOptions(JobOptions):
     """Everything `knockout` takes besides the data and the model, from its keywords or its command.
 
-    Attributes: genes (to knock out), proteins, out; the groups engine (block_cells, batch_size,
-    device), input (as translate's, cell selection included, without obs_columns), analysis
-    (semantics, groupby, per_cell) and output (overwrite, quiet).
+    Parameters
+    ----------
+    genes : sequence of str
+        The genes to knock out, one at a time.
+    proteins : sequence of str or None
+        Proteins whose predicted change is reported; None: the model's panel.
+    out : str or pathlib.Path or None
+        The output directory of the tables.
+    engine : EngineOptions
+        Of the engine options knockout takes block_cells (1024), batch_size (8) and device.
+    input : InputOptions
+        As translate's (cell selection included), without obs_columns.
+    analysis : AnalysisOptions
+        Of the analysis options knockout takes semantics, groupby and per_cell.
+    output : OutputOptions
+        Of the output options knockout takes overwrite and quiet.
     """
 
     job: ClassVar[str] = "knockout"
@@ -785,8 +901,24 @@ class KnockoutOptions(JobOptions):
 class AttentionOptions(JobOptions):
     """Everything `interactions` (the attention command) takes besides the data and the model.
 
-    Attributes: proteins, out, kinds, genes; the groups engine (block_cells, batch_size), input (as
-    knockout's), analysis (top_k, groupby, as_published, row_block) and output (overwrite, quiet).
+    Parameters
+    ----------
+    proteins : sequence of str or None
+        Proteins whose attention is read; None: the model's panel.
+    out : str or pathlib.Path or None
+        The output directory of the tables.
+    engine : EngineOptions
+        Of the engine options attention takes block_cells (256) and batch_size (1).
+    input : InputOptions
+        As knockout's.
+    analysis : AnalysisOptions
+        Of the analysis options attention takes top_k, groupby, as_published and row_block.
+    output : OutputOptions
+        Of the output options attention takes overwrite and quiet.
+    kinds : str or sequence of str or None
+        Which attention: gene-protein, gene-gene and/or protein-protein; None: the default kinds.
+    genes : sequence of str or None
+        The query genes of gene-gene attention.
     """
 
     job: ClassVar[str] = "interactions"
