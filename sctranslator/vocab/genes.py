@@ -63,7 +63,24 @@ def check_gene_mapping(mapping: str) -> str:
 
 @dataclass(frozen=True)
 class GeneMapping:
-    """Token id per input identifier (0 = unmapped), in input order, with its report."""
+    """Token id per input identifier (0 = unmapped), in input order, with its report.
+
+    Parameters
+    ----------
+    identifiers : numpy.ndarray
+        The input identifiers as strings, shape ``(n_genes,)``.
+    token_ids : numpy.ndarray
+        int64 model token of each identifier, shape ``(n_genes,)``; 0 where unmapped.
+    id_type : str
+        The identifier type used (detected when "auto" was asked).
+    report : MappingReport
+        Counts, unmapped identifiers, duplicates and copies.
+    mapping : {'original', 'extended'}
+        Which gene mapping made the tokens.
+    copy_of : numpy.ndarray or None
+        int64, shape ``(n_genes,)``: the input position an unmapped make_unique copy (``CD4-1``)
+        repeats, -1 for none.
+    """
 
     identifiers: np.ndarray  # the inputs as strings
     token_ids: np.ndarray  # int64
@@ -87,14 +104,37 @@ def map_genes(identifiers: Iterable[str | int] | pd.Index | pd.Series | np.ndarr
               id_type: str = "auto", mapping: str = "extended") -> GeneMapping:
     """Map gene identifiers onto model tokens.
 
-    id_type: "auto" (detected, see `detect_id_type`) or one of "symbol", "entrez", "ensembl",
-    "mouse_symbol", "mouse_ensembl".
-    mapping: "original" (what published checkpoints were trained with, see the module docstring)
-    or "extended" (symbols matched exactly first, then ignoring case, HGNC and MGI as well).
-    Two inputs landing on one token get that token both and are listed in `report.duplicates`;
-    an unmapped input named like a make_unique copy of another input (``CD4-1`` or ``CD4.1`` next to ``CD4``)
-    is listed in `report.copies` and `copy_of` (what happens to either is the plan's choice).
-    Raises VocabularyError for an unknown id_type or mapping.
+    Two inputs landing on one token both get that token and are listed in ``report.duplicates``;
+    an unmapped input named like a make_unique copy of another input (``CD4-1`` or ``CD4.1`` next
+    to ``CD4``) is listed in ``report.copies`` and ``copy_of`` (what happens to either is the
+    plan's choice).
+
+    Parameters
+    ----------
+    identifiers : iterable of str or int, pandas.Index, pandas.Series or numpy.ndarray
+        Gene identifiers, e.g. an AnnData's ``var_names``, shape ``(n_genes,)``.
+    id_type : {'auto', 'symbol', 'entrez', 'ensembl', 'mouse_symbol', 'mouse_ensembl'}
+        Kind of identifier; "auto" detects it (see `detect_id_type`).
+    mapping : {'extended', 'original'}
+        "original": the tables published checkpoints were trained with; "extended": symbols
+        matched exactly first, then ignoring case, through HGNC and MGI as well.
+
+    Returns
+    -------
+    GeneMapping
+        One token per identifier, in input order, with the mapping report.
+
+    Raises
+    ------
+    VocabularyError
+        An unknown `id_type` or `mapping`, or no non-empty identifier to detect the type from.
+
+    Examples
+    --------
+    >>> from sctranslator.vocab import map_genes
+    >>> genes = map_genes(["CD4", "CD8A", "not-a-gene"], id_type="symbol")
+    >>> genes.mapped.tolist()
+    [True, True, False]
     """
     check_gene_mapping(mapping)
     values = as_identifier_strings(identifiers)

@@ -19,22 +19,35 @@ from sctranslator.options import cli_flag
 class BackendCapabilities:
     """A backend's declared abilities (a class attribute `capabilities` of every backend).
 
-    Attributes
+    The engine asks these of a backend, never its name, to decide what a job may ask of it.
+
+    Parameters
     ----------
-    embeddings : returns cell embeddings (it sees the encoder's outputs).
-    windows_at_once : can compute every protein window in one call (else one call per window).
-    precisions : device kind ("cpu", "cuda") -> the compute precisions it runs there; its keys are
-        the devices `--device` may name (a server-side backend runs on the devices its server has,
+    embeddings : bool
+        It returns cell embeddings (it sees the encoder's outputs).
+    windows_at_once : bool
+        It computes every protein window in one call (else one call per window).
+    precisions : mapping of str to tuple of str
+        Device kind ("cpu", "cuda") -> the compute precisions it runs there; its keys are the
+        devices ``--device`` may name (a server-side backend runs on the devices its server has,
         and takes only "cpu", meaning no device here).
-    options : the `backend_options` it reads.
-    required_options : the `backend_options` it cannot run without (checked by `check_options`).
-    onnx_file : runs an ONNX export (given as `onnx_path`, else exported on demand and cached).
-    remote : computes elsewhere (a server): no local GPU workers, one CPU thread per block here.
-    optional_padding_collapse : the padding collapse can be turned off (`collapse_padding`); without
-        this the backend always collapses the padding.
-    memory_sized_batches : on CUDA it sizes its calls from free device memory when batch_size is None.
-    reduced_precision_warning : logged when fp16 / bf16 runs (how far it is from fp32), else None.
-    settings_hint : what to do instead when --device or --precision is refused.
+    options : tuple of str
+        The ``backend_options`` it reads.
+    required_options : tuple of str
+        The ``backend_options`` it cannot run without.
+    onnx_file : bool
+        It runs an ONNX export (given as ``onnx_path``, else exported on demand and cached).
+    remote : bool
+        It computes elsewhere (a server): no local GPU workers, one CPU thread per block here.
+    optional_padding_collapse : bool
+        The padding collapse can be turned off (``collapse_padding``); without this the backend
+        always collapses the padding.
+    memory_sized_batches : bool
+        On CUDA it sizes its calls from free device memory when batch_size is None.
+    reduced_precision_warning : str or None
+        Logged when fp16 / bf16 runs (how far it is from fp32).
+    settings_hint : str
+        What to do instead when ``--device`` or ``--precision`` is refused.
     """
 
     embeddings: bool = False
