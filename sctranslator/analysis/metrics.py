@@ -115,11 +115,42 @@ def _nan_summary(values: np.ndarray, reducer: Any) -> float | None:
 
 def compute_metrics(pred: np.ndarray, truth: np.ndarray, proteins: Sequence[str], *,
                     cosine_batch_size: int | None = None) -> dict[str, Any]:
-    """A JSON-able accuracy report: a per-protein table and summaries.
+    """Score predictions against measured proteins: a per-protein table and summaries, JSON-able.
 
     Summaries: mean / median per-protein Pearson, mean per-protein Spearman, mean per-cell Pearson,
     cosine score (see `cosine_score`), RMSE. Means skip NaN entries; the skipped proteins are listed
-    under `undefined_proteins` and the number of skipped cells under `undefined_cells`.
+    under ``undefined_proteins`` and the number of skipped cells under ``undefined_cells``.
+
+    Parameters
+    ----------
+    pred : numpy.ndarray
+        Predictions, ``(n_cells, n_proteins)``, on the same per-cell scale as `truth`.
+    truth : numpy.ndarray
+        Measured proteins, ``(n_cells, n_proteins)``, cells and proteins in the order of `pred`.
+    proteins : sequence of str
+        The name of each column, ``(n_proteins,)``.
+    cosine_batch_size : int or None
+        Cells per batch for the cosine score; None: all cells at once.
+
+    Returns
+    -------
+    dict
+        ``n_cells``, ``n_proteins``, ``summary`` (the scores above; undefined ones are None) and
+        ``per_protein`` (one record per protein: pearson, spearman, rmse, pred_mean, truth_mean).
+
+    Raises
+    ------
+    ValueError
+        `pred` and `truth` are not 2-D arrays of one shape, or `proteins` has another length.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sctranslator.analysis import compute_metrics
+    >>> truth = np.array([[0.0, 1.0], [0.5, 0.2], [1.0, 0.0]])
+    >>> report = compute_metrics(truth * 2, truth, ["CD4", "CD8"])
+    >>> report["summary"]["mean_protein_pearson"]
+    1.0
     """
     pred, truth = _pair(pred, truth)
     names = [str(p) for p in proteins]

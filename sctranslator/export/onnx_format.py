@@ -91,11 +91,24 @@ def graph_files(path: str | Path) -> tuple[Path, Path]:
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
-    """The sctranslator metadata of an exported ONNX file, JSON values decoded.
+    """The sctranslator metadata of an exported ONNX file, JSON values decoded; weights are not read.
 
-    Keys: config, panel, preprocessing, version, precision, format_version, inputs, output,
-    fingerprint, graph ("encoder" or "decoder"), decoder_file / encoder_file (the other graph's
-    file name) (the `sctranslator.` prefix dropped). Weights are not read.
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        An ONNX file written by `export_onnx`.
+
+    Returns
+    -------
+    dict
+        config, panel, preprocessing, version, precision, format_version, inputs, output,
+        fingerprint, graph ("encoder" or "decoder") and decoder_file / encoder_file (the other
+        graph's file name).
+
+    Raises
+    ------
+    CheckpointError
+        The file is missing, not ONNX, has no sctranslator metadata, or is of another format version.
     """
     path = Path(path)
     if not path.is_file():

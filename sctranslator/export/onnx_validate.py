@@ -29,7 +29,23 @@ BF16_ON_CPU_MESSAGE = (
 
 @dataclass(frozen=True)
 class ValidationResult:
-    """How far onnxruntime's predictions are from the float32 PyTorch model's on one batch."""
+    """How far onnxruntime's predictions are from the float32 PyTorch model's on one batch.
+
+    Parameters
+    ----------
+    label : str
+        Which batch (e.g. "random, padded").
+    precision : str
+        The graphs' compute dtype, which sets the tolerance.
+    batch_size : int
+        Cells in the batch.
+    max_abs_error : float
+        ``max |onnx - torch|``, on the model's output scale.
+    max_rel_error : float
+        ``max |onnx - torch| / max |torch|``.
+    tolerance : float
+        The largest relative error that passes for this precision.
+    """
 
     label: str
     precision: str
@@ -40,6 +56,7 @@ class ValidationResult:
 
     @property
     def passed(self) -> bool:
+        """Whether the relative error is finite and within the tolerance."""
         return bool(np.isfinite(self.max_rel_error)) and self.max_rel_error <= self.tolerance
 
     def __str__(self) -> str:
@@ -48,7 +65,18 @@ class ValidationResult:
                 f"max relative error {self.max_rel_error:.3g} (tolerance {self.tolerance:g}) {verdict}")
 
     def check(self) -> ValidationResult:
-        """Raise ExportValidationError when the error is above the tolerance; returns self otherwise."""
+        """Refuse a result above the tolerance.
+
+        Returns
+        -------
+        ValidationResult
+            This result, when it passed.
+
+        Raises
+        ------
+        ExportValidationError
+            The error is above the tolerance (or not finite).
+        """
         if not self.passed:
             raise ExportValidationError(f"ONNX predictions differ from PyTorch: {self}")
         return self
@@ -59,6 +87,21 @@ def random_inputs(config: ModelConfig, batch_size: int, *, seed: int = 0) -> dic
 
     The first cell is unpadded; the others keep a random length of at least half of L (and P),
     with padded positions set to id 0 and value 0 as the engine pads them.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        The model's sizes (L, P, vocabulary).
+    batch_size : int
+        Cells, B.
+    seed : int
+        Seed of the draw.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        The five client-contract inputs: values float32 ``(B, L)``, gene_ids int64 ``(B, L)``,
+        gene_mask bool ``(B, L)``, protein_ids int64 ``(B, P)``, protein_mask bool ``(B, P)``.
     """
     rng = np.random.default_rng(seed)
     genes, proteins = config.max_genes, config.max_proteins
@@ -109,9 +152,30 @@ def create_session(path: str | Path, *, providers: list[str] | None = None,
                    display_name: str | None = None, arena: bool = True) -> ort.InferenceSession:
     """An onnxruntime session with every graph optimisation and one intra-op thread per core.
 
-    `display_name` names the file in error messages (export validates a staged copy). `arena`:
-    onnxruntime's CPU memory arena, which keeps its largest run's memory for later runs (the
-    export's validation turns it off: it runs each size once and must stay within its memory budget).
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        An ONNX file.
+    providers : list of str or None
+        Execution providers; None: CPU (CUDA first for bf16 when available).
+    threads : int or None
+        Intra-op threads; None: one per core.
+    precision : str
+        The graph's compute dtype (bf16 on CPU gets its own error message).
+    display_name : str or None
+        The name of the file in error messages (export validates a staged copy).
+    arena : bool
+        onnxruntime's CPU memory arena, which keeps its largest run's memory for later runs.
+
+    Returns
+    -------
+    onnxruntime.InferenceSession
+        The loaded session.
+
+    Raises
+    ------
+    ExportError
+        onnxruntime cannot load the file with these providers (bf16 on the CPU provider among them).
     """
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = arena
@@ -208,10 +272,36 @@ def validate_onnx(path: str | Path, model: TranslatorModel, inputs: dict[str, np
                   providers: list[str] | None = None, expected: np.ndarray | None = None) -> ValidationResult:
     """Run `inputs` through the export's two graphs and the float32 PyTorch `model`; return the errors.
 
-    `path`: the export's encoder file (its decoder beside it). The result is not raised on; call
-    `.check()` for that. `precision` selects the tolerance (and the bf16 session error message).
-    Pass `graphs` (create_graphs) to reuse the sessions across several batches, and `expected`
-    (torch_predictions of the same inputs) to compare with predictions computed beforehand.
+    The result is not raised on; call its ``check()`` for that.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The export's encoder file (its decoder beside it).
+    model : TranslatorModel
+        The model the export was made from.
+    inputs : dict of str to numpy.ndarray
+        The five client-contract inputs of B cells (see `random_inputs`; masks optional).
+    precision : str
+        The export's compute dtype; it selects the tolerance.
+    label : str
+        Names the batch in the result.
+    graphs : SplitGraphs or None
+        Sessions to reuse across several batches; None loads `path`.
+    providers : list of str or None
+        onnxruntime execution providers; None: CPU.
+    expected : numpy.ndarray or None
+        PyTorch's predictions of the same inputs, computed beforehand; None computes them.
+
+    Returns
+    -------
+    ValidationResult
+        The largest absolute and relative errors and the tolerance.
+
+    Raises
+    ------
+    ExportError
+        An unknown precision, or onnxruntime cannot load or run the graphs.
     """
     check_precision(precision)
     feed = normalize_inputs(inputs, model.config)

@@ -57,7 +57,31 @@ PARAM_DECODER_MAX_BATCH = "decoder_max_batch_size"
 
 @dataclass(frozen=True)
 class ServingSettings:
-    """How Triton should serve the model: backend, batching and instances."""
+    """How Triton should serve the model: backend, batching and instances.
+
+    Parameters
+    ----------
+    name : str
+        The client-facing model's name in the repository.
+    backend : {'onnxruntime', 'tensorrt', 'python'}
+        The Triton backend of the two graph models.
+    max_batch_size : int
+        Cells per request.
+    instances : int
+        Model instances.
+    kind : {'gpu', 'cpu'} or None
+        Where instances run; None: gpu for onnxruntime / tensorrt, cpu for python.
+    dynamic_batching : bool
+        Let Triton merge requests.
+    preferred_batch_sizes : tuple of int
+        Batch sizes the dynamic batcher aims for (needs `dynamic_batching`).
+    max_queue_delay_us : int or None
+        Longest wait of a request for others to batch with, in microseconds.
+    precision : {'fp32', 'fp16', 'bf16'}
+        The graphs' compute dtype.
+    intra_op_threads : int or None
+        Python backend: onnxruntime threads per instance.
+    """
 
     name: str = DEFAULT_MODEL_NAME
     backend: str = "onnxruntime"
@@ -72,10 +96,18 @@ class ServingSettings:
 
     @property
     def instance_kind(self) -> str:
+        """Where instances run: `kind`, or its default for the backend."""
         return self.kind or ("cpu" if self.backend == "python" else "gpu")
 
     def check(self) -> None:
-        """ExportError for settings Triton would reject or that cannot work."""
+        """Refuse settings Triton would reject or that cannot work.
+
+        Raises
+        ------
+        ExportError
+            An unknown backend, kind or precision, an invalid name, sizes below 1, or batching
+            options without `dynamic_batching`.
+        """
         if self.backend not in SERVING_BACKENDS:
             raise ExportError(f"unknown Triton backend {self.backend!r}; choose one of {SERVING_BACKENDS}")
         if self.instance_kind not in INSTANCE_KINDS:

@@ -34,7 +34,26 @@ Data = str | os.PathLike | ad.AnnData | Any  # Any: a MuData (no mudata import n
 
 @dataclass
 class PairedData:
-    """Cells measured in both modalities, in RNA row order."""
+    """Cells measured in both modalities, in RNA row order (`load_paired` makes it).
+
+    Parameters
+    ----------
+    source : Source
+        The RNA matrix, served in row blocks.
+    rows : numpy.ndarray
+        int64 ``(n_cells,)``: the RNA source row of each paired cell, increasing.
+    protein_table : numpy.ndarray or None
+        float64 ``(n_cells, n_proteins)`` measured counts held in memory, or None when they are read
+        from `protein_source`.
+    protein_names : list of str
+        The protein columns.
+    origin : dict
+        Where each part came from and how many cells paired (for the model card).
+    protein_source : Source or None
+        The protein matrix, read in row blocks.
+    protein_rows : numpy.ndarray or None
+        int64 ``(n_cells,)``: the `protein_source` row of each paired cell.
+    """
 
     source: Source  # the RNA matrix, served in row blocks
     rows: np.ndarray  # int64 (n_cells,): RNA source row of each paired cell, increasing
@@ -46,6 +65,7 @@ class PairedData:
 
     @property
     def n_cells(self) -> int:
+        """Number of paired cells."""
         return int(self.rows.shape[0])
 
     @property
@@ -56,18 +76,51 @@ class PairedData:
         return obs
 
     def split_table(self, column: str | None) -> pd.DataFrame:
-        """What the split needs: obs[`column`] of the paired cells without their names, or no column."""
+        """What `split_cells` needs: the paired cells' obs without their names.
+
+        Parameters
+        ----------
+        column : str or None
+            The column the split reads; None gives a table with no columns (no obs is read).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per paired cell, a RangeIndex.
+        """
         if column is None:
             return pd.DataFrame(index=pd.RangeIndex(self.n_cells))
         # The whole table is read once (stored obs are read whole) and its names dropped at once.
         return self.source.read_obs().iloc[self.rows].reset_index(drop=True)
 
     def cell_names(self, positions: np.ndarray) -> np.ndarray:
-        """Names (object array) of the paired cells at `positions` (increasing), read by row."""
+        """Names of the paired cells at `positions`, read by row.
+
+        Parameters
+        ----------
+        positions : numpy.ndarray
+            int64 positions among the paired cells, increasing, ``(n,)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Object array of obs names, ``(n,)``.
+        """
         return names_at(self.source, self.rows[positions])
 
     def cell_hashes(self, positions: np.ndarray) -> np.ndarray:
-        """uint64 name hashes of the paired cells at `positions` (increasing), read block by block."""
+        """Name hashes of the paired cells at `positions`, read block by block.
+
+        Parameters
+        ----------
+        positions : numpy.ndarray
+            int64 positions among the paired cells, increasing, ``(n,)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            uint64 hashes, ``(n,)``.
+        """
         out = np.empty(positions.size, dtype=np.uint64)
         step = cellnames.NAME_BLOCK
         for lo in range(0, positions.size, step):  # rows mapped a block at a time: no per-cell temporary
@@ -80,7 +133,18 @@ class PairedData:
         return self.read_proteins(np.arange(self.n_cells, dtype=np.int64))
 
     def read_proteins(self, positions: np.ndarray) -> np.ndarray:
-        """Measured protein counts (float64) of the paired cells at `positions` (increasing)."""
+        """Measured protein counts of the paired cells at `positions`.
+
+        Parameters
+        ----------
+        positions : numpy.ndarray
+            int64 positions among the paired cells, increasing, ``(n,)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            float64 raw counts, ``(n, n_proteins)``.
+        """
         if self.protein_table is not None:
             return self.protein_table[positions]
         assert self.protein_source is not None and self.protein_rows is not None
@@ -311,14 +375,43 @@ def _match_cells(source: Source, protein_source: Source | None,
 def load_paired(rna: Data, protein: Data | None = None, *, protein_key: str = DEFAULT_PROTEIN_KEY,
                 layer: str | None = None, use_raw: bool = False, modality: str | None = None,
                 missing_chunks: str = "error") -> PairedData:
-    """Pair RNA with protein measurements.
+    """Pair RNA with protein measurements of the same cells.
 
-    `rna`: an .h5ad/.h5mu path, an AnnData or MuData zarr store, or an in-memory AnnData/MuData.
-    `protein`: a second .h5ad/zarr path or AnnData with the same cells; omitted when the proteins
-    travel with the RNA (MuData 'prot' modality, or obsm[`protein_key`] as a DataFrame or an array
-    with names in uns[f'{protein_key}_names']). Cells are paired by obs_names (identical lists
-    pair row by row); cells measured in only one table are left out. `layer`, `use_raw`, `modality`
-    and `missing_chunks` choose the RNA matrix as for `translate`.
+    Cells are paired by obs_names (identical lists pair row by row); cells measured in only one
+    table are left out. Nothing is loaded whole: the RNA is read in row blocks later.
+
+    Parameters
+    ----------
+    rna : str, os.PathLike, AnnData or MuData
+        An .h5ad / .h5mu path, an AnnData or MuData Zarr store, or an in-memory AnnData / MuData;
+        raw counts, cells x genes.
+    protein : str, os.PathLike, AnnData or None
+        A second .h5ad / Zarr path or AnnData with the same cells (raw counts, cells x proteins);
+        None when the proteins travel with the RNA (a MuData protein modality, or
+        ``obsm[protein_key]`` as a DataFrame or an array with names in ``uns[protein_key + '_names']``).
+    protein_key : str
+        The obsm key, or the MuData modality, holding embedded proteins.
+    layer : str or None
+        Read this RNA layer instead of X.
+    use_raw : bool
+        Read the RNA from ``.raw``.
+    modality : str or None
+        The MuData modality holding the RNA; None: 'rna', else the one RNA-like modality.
+    missing_chunks : {'error', 'zeros'}
+        What a chunk of X absent from a Zarr store means.
+
+    Returns
+    -------
+    PairedData
+        The paired cells, their rows in each table and the protein names.
+
+    Raises
+    ------
+    StoreError
+        A protein file does not exist.
+    InputDataError
+        No proteins are found, protein counts are negative or not finite, too few cells pair (the
+        tables look like different datasets), or repeated cell names.
     """
     source = open_source(rna, layer=layer, use_raw=use_raw, modality=modality, missing_chunks=missing_chunks)
     protein_source: Source | None = None
