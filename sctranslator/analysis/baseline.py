@@ -83,9 +83,28 @@ def _as_float_matrix(x: np.ndarray | sp.spmatrix | sp.sparray) -> np.ndarray | s
 
 def align_genes(counts: np.ndarray | sp.spmatrix | sp.sparray, genes: Sequence[str],
                 panel: Sequence[str]) -> np.ndarray | sp.csr_matrix:
-    """Columns of `counts` reordered to `panel` by name; panel genes absent from `genes` are 0.
+    """The columns of `counts` reordered to `panel` by name; panel genes absent from `genes` are 0.
 
     A duplicated input gene name uses its first column.
+
+    Parameters
+    ----------
+    counts : numpy.ndarray or scipy.sparse matrix or array
+        ``(n_cells, n_genes)`` counts.
+    genes : sequence of str
+        The name of each column, ``(n_genes,)``.
+    panel : sequence of str
+        The genes wanted, in order, ``(n_panel,)``.
+
+    Returns
+    -------
+    numpy.ndarray or scipy.sparse.csr_matrix
+        ``(n_cells, n_panel)``, float.
+
+    Raises
+    ------
+    InputDataError
+        The number of names differs from the number of columns.
     """
     counts = _as_float_matrix(counts)
     names = pd.Index([str(g) for g in genes])
@@ -121,11 +140,36 @@ def _sklearn(module: str):  # noqa: ANN202 - a module
 
 def fit_pca(x: np.ndarray | sp.csr_matrix, n_components: int, *, seed: int = 0
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(mean g, components k x g, singular values k, scores n x k) of the column-centred X.
+    """PCA of the column-centred X: mean, axes, singular values and scores.
 
-    `sklearn.decomposition.PCA`: ARPACK (seeded) for k < min(n, g), which accepts sparse X without
+    ``sklearn.decomposition.PCA``: ARPACK (seeded) for k < min(n, g), which accepts sparse X without
     densifying it, else the full SVD. Signs follow the largest loading of each axis (positive), so a
-    refit gives the same axes. Raises InputDataError when no component can be fitted.
+    refit gives the same axes.
+
+    Parameters
+    ----------
+    x : numpy.ndarray or scipy.sparse.csr_matrix
+        ``(n, g)`` log-normalised expression.
+    n_components : int
+        k, the axes kept (fewer when n or g is smaller).
+    seed : int
+        Seed of ARPACK's start vector.
+
+    Returns
+    -------
+    mean : numpy.ndarray
+        ``(g,)`` column means.
+    components : numpy.ndarray
+        ``(k, g)`` principal axes.
+    singular_values : numpy.ndarray
+        ``(k,)``.
+    scores : numpy.ndarray
+        ``(n, k)``.
+
+    Raises
+    ------
+    InputDataError
+        No component can be fitted, or scikit-learn is not installed.
     """
     n, g = x.shape
     k = min(n_components, n - 1, g)
@@ -153,10 +197,35 @@ def _ridge_coef(scores: np.ndarray, targets: np.ndarray, alpha: float) -> tuple[
 
 def cv_alpha(scores: np.ndarray, targets: np.ndarray, alphas: Sequence[float], *, folds: int = 5,
              seed: int = 0) -> tuple[float, dict[float, float]]:
-    """The alpha with the lowest k-fold mean squared error (ties: the larger alpha), and all errors.
+    """The ridge penalty with the lowest k-fold mean squared error (ties: the larger), and all errors.
 
-    `GridSearchCV(Ridge(), alphas, cv=KFold(folds, shuffle=True, random_state=seed))`; the error of an
-    alpha is the mean over folds of the mean squared error over all cells and proteins of the fold.
+    ``GridSearchCV(Ridge(), alphas, cv=KFold(folds, shuffle=True, random_state=seed))``; the error
+    of an alpha is the mean over folds of the mean squared error over all cells and proteins.
+
+    Parameters
+    ----------
+    scores : numpy.ndarray
+        ``(n, k)`` PC scores.
+    targets : numpy.ndarray
+        ``(n, p)`` scaled protein targets.
+    alphas : sequence of float
+        The penalties compared.
+    folds : int
+        k.
+    seed : int
+        Seed of the fold shuffle.
+
+    Returns
+    -------
+    alpha : float
+        The chosen penalty.
+    errors : dict of float to float
+        Penalty -> cross-validated mean squared error.
+
+    Raises
+    ------
+    InputDataError
+        scikit-learn is not installed.
     """
     n = scores.shape[0]
     folds = max(2, min(folds, n))
@@ -241,9 +310,7 @@ class RidgeBaseline:
         ------
         InputDataError
             Targets of another number of cells, NaN / Inf targets, negative counts, or names that do
-            not match the targets' columns.
-        MissingExtraError
-            scikit-learn is not installed.
+            not match the targets' columns; or scikit-learn (the ``analysis`` extra) is not installed.
         """
         targets = np.asarray(targets, dtype=np.float64)
         if targets.ndim != 2 or targets.shape[0] != rna_counts.shape[0]:

@@ -47,7 +47,25 @@ def detect_id_type(values: Iterable[str | int] | pd.Index | pd.Series | np.ndarr
 
 
 def detect_with_evidence(values: Iterable[str | int] | pd.Index | pd.Series | np.ndarray) -> tuple[str, str]:
-    """`detect_id_type` plus one line saying why, for the mapping report."""
+    """`detect_id_type` plus one line saying why, for the mapping report.
+
+    Parameters
+    ----------
+    values : iterable of str or int, pandas.Index, pandas.Series or numpy.ndarray
+        Gene identifiers.
+
+    Returns
+    -------
+    id_type : str
+        The detected type.
+    evidence : str
+        Why (shares of each shape, or table hits).
+
+    Raises
+    ------
+    VocabularyError
+        No non-empty identifier was given.
+    """
     strings = as_identifier_strings(values)
     text = pd.Series(strings[strings != ""], dtype=object)
     if text.empty:

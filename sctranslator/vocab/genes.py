@@ -55,7 +55,23 @@ _COPY_SUFFIX = r"^(?P<base>.+)[-.](?P<number>\d+)$"
 
 
 def check_gene_mapping(mapping: str) -> str:
-    """`mapping` if it names a gene mapping, else a VocabularyError listing them."""
+    """Check a gene mapping's name.
+
+    Parameters
+    ----------
+    mapping : str
+        "original" or "extended".
+
+    Returns
+    -------
+    str
+        `mapping`, unchanged.
+
+    Raises
+    ------
+    VocabularyError
+        Any other name (the message lists them).
+    """
     if mapping not in GENE_MAPPINGS:
         raise VocabularyError(f"unknown gene mapping {mapping!r}; use one of {', '.join(GENE_MAPPINGS)}")
     return mapping
@@ -254,7 +270,18 @@ def _unmerge_ambiguous(values: np.ndarray, tokens: np.ndarray, alternatives: np.
 
 
 def original_symbol_tokens(symbols: np.ndarray) -> np.ndarray:
-    """Token of each human symbol in scTranslator's own symbol table, exact match (0 where absent)."""
+    """Token of each human symbol in scTranslator's own symbol table, exact match.
+
+    Parameters
+    ----------
+    symbols : numpy.ndarray
+        Gene symbols (strings), ``(n,)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 ``(n,)``; 0 where the table lacks the symbol.
+    """
     table = gene_table("symbol")
     rows = table.rows(symbols.astype(object), fold_case=False)
     # The first rows of the symbol table are scTranslator's own (rank 0, see scripts/build_vocab.py).
@@ -344,7 +371,20 @@ def _ambiguous(values: np.ndarray, tokens: np.ndarray, alternatives: np.ndarray)
 
 
 def shared_tokens(inputs: np.ndarray | list[str], tokens: np.ndarray) -> dict[int, list[str]]:
-    """token -> inputs, for every non-zero token that two or more inputs landed on."""
+    """Every non-zero token that two or more inputs landed on, with those inputs.
+
+    Parameters
+    ----------
+    inputs : numpy.ndarray or list of str
+        The identifiers, ``(n,)``.
+    tokens : numpy.ndarray
+        int64 token of each identifier, ``(n,)``.
+
+    Returns
+    -------
+    dict of int to list of str
+        Token -> the inputs sharing it.
+    """
     frame = pd.DataFrame({"token": tokens, "input": np.asarray(inputs, dtype=object)})
     frame = frame[(frame["token"] > 0) & frame["token"].duplicated(keep=False)]
     grouped = frame.groupby("token", sort=False)["input"].agg(list)

@@ -38,7 +38,25 @@ _SOURCE_RANK = {name: rank for rank, name in enumerate(
 
 @dataclass(frozen=True)
 class ProteinMatch:
-    """How one panel name was resolved."""
+    """How one panel name was resolved.
+
+    Parameters
+    ----------
+    status : str
+        "mapped", "ambiguous", "control" or "unmapped".
+    gene : str or None
+        The HGNC symbol of the encoding gene.
+    token : int
+        Its model token; 0 when none.
+    source : str
+        The table that matched.
+    alternatives : tuple of str
+        Other genes the name could mean.
+    note : str
+        Why it is unmapped, ambiguous or a control.
+    matched : str
+        The spelling that matched.
+    """
 
     status: str
     gene: str | None = None
@@ -81,12 +99,29 @@ class ProteinMapping:
 
 
 def check_protein_list(names: Iterable[str], what: str = "the requested proteins") -> list[str]:
-    """The names as text, or `UnknownProteinError` when one protein is listed twice.
+    """The names as text, refusing a protein listed twice.
 
     Twice means the same name once Unicode look-alikes are spelled in ASCII and surrounding spaces
     dropped ("CD8α" and "CD8a", "CD4" and "CD4 "): both would be one output column under one name.
     Names spelled differently stay distinct ("PD-1 (CD279)" and "PD1 (CD279)" are two anti-PD-1
     clones in ECCITE-seq panels), as do antibodies for one gene (CD45RA, CD45RO).
+
+    Parameters
+    ----------
+    names : iterable of str
+        Protein names.
+    what : str
+        Names the list in the message.
+
+    Returns
+    -------
+    list of str
+        The names as strings, in order.
+
+    Raises
+    ------
+    UnknownProteinError
+        A protein is listed more than once.
     """
     texts = [str(name) for name in names]
     keys = pd.Series([ascii_name(text).strip() for text in texts], dtype=object)
