@@ -66,9 +66,25 @@ DEFAULT_TARGET_SUM = 1e4
 
 def check_choice(name: str, value: Any, choices: Any, *, optional: bool = False,
                  error: type[SctranslatorError] = OptionError) -> None:
-    """Raise `error` naming `name`, the value and the choices when `value` is not one of them.
+    """Refuse a value that is not one of its choices, naming the option, the value and the choices.
 
-    `choices` is a Literal type or a tuple of values; with `optional`, None is accepted too.
+    Parameters
+    ----------
+    name : str
+        The option's name, for the message.
+    value : object
+        The value given.
+    choices : Literal type or tuple
+        The allowed values.
+    optional : bool
+        Accept None as well.
+    error : type
+        The error raised.
+
+    Raises
+    ------
+    OptionError
+        (or `error`) `value` is not one of the choices.
     """
     allowed = get_args(choices) if get_origin(choices) is Literal else tuple(choices)
     if value is None and optional:
@@ -82,10 +98,23 @@ _BINARY_SIGNATURES = (b"\x89HDF\r\n\x1a\n", b"PK\x03\x04", b"\x1f\x8b")
 
 
 def parse_names(spec: str) -> list[str]:
-    """'A,B,C' or '@file' (a UTF-8 text file: one name per line, '#' comments) -> names.
+    """Names from a command-line list: 'A,B,C' or '@file' (UTF-8 text: one name per line, '#' comments).
 
-    Raises OptionError when the '@file' does not exist, is a directory (a Zarr store), is not UTF-8
-    text (an .h5ad / .h5mu, a zip or gzip file) or lists no name.
+    Parameters
+    ----------
+    spec : str
+        The list as typed.
+
+    Returns
+    -------
+    list of str
+        The names, in order, blanks dropped.
+
+    Raises
+    ------
+    OptionError
+        The @file does not exist, is a directory (a Zarr store), is not UTF-8 text (an .h5ad / .h5mu,
+        a zip or gzip file) or lists no name.
     """
     if not spec.startswith("@"):
         return [name.strip() for name in spec.split(",") if name.strip()]
@@ -118,8 +147,15 @@ _INPUT_KINDS = (".h5ad, AnnData .zarr store (v2/v3), .h5mu / MuData zarr (the RN
 
 
 def add_data_and_model_args(parser: argparse.ArgumentParser, *, several: bool = False) -> None:
-    """INPUT, --model and --proteins, as translate, knockout and attention take them; `several`: INPUT
-    may be repeated or a glob, and --inputs @list.txt names more (translate's collections)."""
+    """Add INPUT, --model and --proteins, as translate, knockout and attention take them.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The command's parser.
+    several : bool
+        INPUT may be repeated or a glob, and --inputs @list.txt names more (translate's collections).
+    """
     if several:
         parser.add_argument("input", nargs="*", help=f"{_INPUT_KINDS}; several, or a quoted glob, translate each "
                             "into its own store in --out DIR (a collection)")
@@ -138,13 +174,31 @@ def add_data_and_model_args(parser: argparse.ArgumentParser, *, several: bool = 
 def option(default: Any = None, help: str = "", *, none_means: str | None = None, flag: str | None = None,
            aliases: tuple[str, ...] = (), metavar: str | None = None, cli: bool = True,
            parse: Callable[[str], Any] | None = None) -> Any:
-    """A dataclass field with its command-line declaration.
+    """Declare a dataclass field together with its command-line form.
 
-    help: what the option does (the default and choices are appended to it on the command line).
-    none_means: what a None default stands for ("the model's own setting"), shown as the default.
-    flag / aliases: the option strings (default `--field-name`); a True boolean needs a `--no-...` flag.
-    parse: converts the command-line string (e.g. a name list) into the API's value.
-    cli: False keeps the option in the API only.
+    Parameters
+    ----------
+    default : object
+        The default value (lists, dicts and sets become a default factory).
+    help : str
+        What the option does; the command line appends the default and the choices.
+    none_means : str or None
+        What a None default stands for ("the model's own setting"), shown as the default.
+    flag : str or None
+        The option string; None: ``--field-name``. A True boolean needs a ``--no-...`` flag.
+    aliases : tuple of str
+        Further option strings.
+    metavar : str or None
+        The value's name in ``--help``.
+    cli : bool
+        False keeps the option in the Python API only.
+    parse : callable or None
+        Converts the command-line string (e.g. a name list) into the API's value.
+
+    Returns
+    -------
+    dataclasses.Field
+        The field, its declaration in ``metadata``.
     """
     metadata = {"help": help, "none_means": none_means, "flag": flag, "aliases": aliases, "metavar": metavar,
                 "cli": cli, "parse": parse}
@@ -196,7 +250,23 @@ class OptionGroup:
 
     @classmethod
     def cli_fields(cls, only: Iterable[str] | None = None) -> list[dataclasses.Field]:
-        """The fields offered on the command line (`only`: these, in this order)."""
+        """The fields offered on the command line.
+
+        Parameters
+        ----------
+        only : iterable of str or None
+            These fields, in this order; None: every field declared for the command line.
+
+        Returns
+        -------
+        list of dataclasses.Field
+            The fields.
+
+        Raises
+        ------
+        KeyError
+            A name in `only` that is not a field.
+        """
         fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         names = list(only) if only is not None else [n for n, f in fields.items() if f.metadata.get("cli", True)]
         unknown = [n for n in names if n not in fields]
@@ -209,8 +279,16 @@ class OptionGroup:
                      defaults: Mapping[str, Any] | None = None, helps: Mapping[str, str] | None = None) -> None:
         """Add one argument per field to `parser` (or an argument group).
 
-        only: the fields to add (default: every field declared for the CLI). defaults: this command's
-        default for some fields. helps: this command's help text for some fields.
+        Parameters
+        ----------
+        parser : argparse.ArgumentParser or argument group
+            Where the arguments go.
+        only : iterable of str or None
+            The fields to add; None: every field declared for the command line.
+        defaults : mapping or None
+            This command's default for some fields.
+        helps : mapping or None
+            This command's help text for some fields.
         """
         hints = cls._hints()
         for f in cls.cli_fields(only):
@@ -239,7 +317,20 @@ class OptionGroup:
 
     @classmethod
     def from_cli_args(cls: type[G], namespace: argparse.Namespace, **extra: Any) -> G:
-        """The group from a parsed namespace: fields the command did not offer keep their defaults."""
+        """The group from a parsed namespace: fields the command did not offer keep their defaults.
+
+        Parameters
+        ----------
+        namespace : argparse.Namespace
+            The parsed arguments.
+        **extra
+            Values that replace the namespace's.
+
+        Returns
+        -------
+        OptionGroup
+            An instance of the group's class, not yet checked.
+        """
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         values = {n: getattr(namespace, n) for n in names if hasattr(namespace, n)}
         values.update(extra)
@@ -253,7 +344,20 @@ class OptionGroup:
                 check_choice(name, getattr(self, name), inner, optional=optional)
 
     def as_kwargs(self, only: Iterable[str] | None = None, skip: Iterable[str] = ()) -> dict[str, Any]:
-        """The fields as keyword arguments (`only` / `skip` select them)."""
+        """The fields as keyword arguments.
+
+        Parameters
+        ----------
+        only : iterable of str or None
+            These fields; None: all.
+        skip : iterable of str
+            Fields left out.
+
+        Returns
+        -------
+        dict
+            Field name -> value.
+        """
         names = list(only) if only is not None else [f.name for f in dataclasses.fields(self)]  # type: ignore
         return {n: getattr(self, n) for n in names if n not in set(skip)}
 
@@ -277,9 +381,17 @@ def _scalar_type(hint: Any) -> Callable[[str], Any]:
 
 
 def check_choices(**values: Any) -> None:
-    """Check keyword values against the declared choices of options of the same name.
+    """Check keyword values against the declared choices of the options of the same names.
 
-    e.g. `check_choices(backend=backend, normalize=normalize)`; raises OptionError listing the choices.
+    Parameters
+    ----------
+    **values
+        Option name -> value, e.g. ``check_choices(backend=backend, normalize=normalize)``.
+
+    Raises
+    ------
+    OptionError
+        A value outside its option's choices (the message lists them).
     """
     for name, value in values.items():
         hint = _CHOICE_HINTS[name]
@@ -584,7 +696,7 @@ def _field_entry(f: dataclasses.Field, hint: Any) -> str:
     return f"{f.name} : {_type_text(hint)}\n    {text}"
 
 
-def document_fields(cls: type[OptionGroup]) -> type[OptionGroup]:
+def document_fields(group: type[OptionGroup]) -> type[OptionGroup]:
     """Append a numpydoc Parameters section, built from the fields' declarations, to a group's docstring.
 
     The help texts the command line shows are the one source of each option's documentation, so the
@@ -592,7 +704,7 @@ def document_fields(cls: type[OptionGroup]) -> type[OptionGroup]:
 
     Parameters
     ----------
-    cls : type
+    group : type
         An option group (a dataclass whose fields are declared with `option`).
 
     Returns
@@ -600,11 +712,11 @@ def document_fields(cls: type[OptionGroup]) -> type[OptionGroup]:
     type
         The same class, its ``__doc__`` extended.
     """
-    hints = typing.get_type_hints(cls)
-    entries = [_field_entry(f, hints[f.name]) for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    hints = typing.get_type_hints(group)
+    entries = [_field_entry(f, hints[f.name]) for f in dataclasses.fields(group)]  # type: ignore[arg-type]
     section = "Parameters\n----------\n" + "\n".join(entries)
-    cls.__doc__ = inspect.cleandoc(cls.__doc__ or "") + "\n\n" + section + "\n"
-    return cls
+    group.__doc__ = inspect.cleandoc(group.__doc__ or "") + "\n\n" + section + "\n"
+    return group
 
 
 for _group in (InputOptions, EngineOptions, TritonOptions, OutputOptions, AnalysisOptions, EvaluateOptions,
@@ -625,7 +737,18 @@ GROUPS: tuple[type[OptionGroup], ...] = (InputOptions, EngineOptions, TritonOpti
 
 
 def cli_flag(name: str) -> str:
-    """The command-line spelling of the option `name` (e.g. timeout_s -> --timeout), for messages."""
+    """The command-line spelling of an option, for messages (e.g. timeout_s -> --timeout).
+
+    Parameters
+    ----------
+    name : str
+        The option's field name.
+
+    Returns
+    -------
+    str
+        Its flag, or "backend option 'name'" for an option the command line does not offer.
+    """
     for group in GROUPS:
         for f in dataclasses.fields(group):  # type: ignore[arg-type]
             if f.name == name and f.metadata.get("cli", True):
@@ -634,9 +757,17 @@ def cli_flag(name: str) -> str:
 
 
 def check_sizes(**sizes: int | None) -> None:
-    """OptionError naming the first size below 1, e.g. `check_sizes(batch_size=0)` -> "--batch-size must be >= 1".
+    """Refuse the first size below 1, naming its flag (e.g. "--batch-size must be >= 1").
 
-    None means not given (a default applies). Options without a command-line flag are named by keyword.
+    Parameters
+    ----------
+    **sizes
+        Option name -> value; None means not given (a default applies).
+
+    Raises
+    ------
+    OptionError
+        A size below 1. Options without a command-line flag are named by keyword.
     """
     for name, value in sizes.items():
         if value is not None and value < 1:
@@ -647,7 +778,18 @@ def check_sizes(**sizes: int | None) -> None:
 
 
 def check_device(device: str) -> None:
-    """OptionError unless `device` is cpu, cuda or cuda:N."""
+    """Refuse a device that is not cpu, cuda or cuda:N.
+
+    Parameters
+    ----------
+    device : str
+        The device asked for.
+
+    Raises
+    ------
+    OptionError
+        Any other value.
+    """
     if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise OptionError(f"unknown device {device!r}; use cpu, cuda or cuda:N (for example cuda:1)")
 
@@ -656,7 +798,18 @@ _HDF5_SUFFIXES = (".h5ad", ".h5mu", ".h5", ".hdf5", ".loom")
 
 
 def check_out_path(out: str | Path | None) -> None:
-    """StoreError when translate's `out` names an HDF5 file: it is a resumable Zarr directory."""
+    """Refuse an `out` of translate that names an HDF5 file: translate writes a resumable Zarr directory.
+
+    Parameters
+    ----------
+    out : str, pathlib.Path or None
+        translate's `out`.
+
+    Raises
+    ------
+    StoreError
+        `out` ends in .h5ad, .h5mu, .h5, .hdf5 or .loom (the message names the write-back flag to use).
+    """
     if out is None or Path(out).suffix.lower() not in _HDF5_SUFFIXES:
         return
     stem = Path(out).with_suffix(".zarr")
@@ -672,11 +825,11 @@ def check_out_path(out: str | Path | None) -> None:
 # -- one options object per job kind -------------------------------------------------------------------
 
 class JobOptions:
-    """Base of the per-job options objects: option groups (fields typed as an OptionGroup) plus the
-    job's own fields, built from the API's keywords or from the command's parsed arguments alike.
+    """Base of the per-job options objects: option groups plus the job's own fields.
 
-    A subclass names the API function (`job`), the fields of each group the job takes (`takes`;
-    absent: all) and the job's own defaults for some of them (`defaults`).
+    Built from the API's keywords (`from_kwargs`) or from the command's parsed arguments
+    (`from_cli_args`) alike. A subclass names the API function (``job``), the fields of each group the
+    job takes (``takes``; absent: all) and the job's own defaults for some of them (``defaults``).
     """
 
     job: ClassVar[str] = "job"
@@ -692,7 +845,18 @@ class JobOptions:
 
     @classmethod
     def taken(cls, attribute: str) -> tuple[str, ...]:
-        """The fields of the group at `attribute` that this job takes."""
+        """The fields of the group at `attribute` that this job takes.
+
+        Parameters
+        ----------
+        attribute : str
+            The group's attribute ("engine", "input", ...).
+
+        Returns
+        -------
+        tuple of str
+            Field names.
+        """
         group = cls.groups()[attribute]
         return cls.takes.get(attribute) or tuple(f.name for f in dataclasses.fields(group))  # type: ignore[arg-type]
 
@@ -700,7 +864,20 @@ class JobOptions:
     def from_kwargs(cls: type[J], **kwargs: Any) -> J:
         """The options from the API function's keyword arguments (any subset; the rest keep their defaults).
 
-        Raises TypeError for a keyword the job does not take, as a Python call would.
+        Parameters
+        ----------
+        **kwargs
+            The job's keywords.
+
+        Returns
+        -------
+        JobOptions
+            An instance of the subclass, not yet checked.
+
+        Raises
+        ------
+        TypeError
+            A keyword the job does not take, as a Python call would.
         """
         groups = cls.groups()
         values = {attribute: dict(cls.defaults.get(attribute, {})) for attribute in groups}
@@ -717,7 +894,13 @@ class JobOptions:
         return cls(**{a: group(**values[a]) for a, group in groups.items()}, **own)
 
     def as_kwargs(self) -> dict[str, Any]:
-        """The API function's keywords that build this object again (``from_kwargs(**o.as_kwargs()) == o``)."""
+        """The API function's keywords that build this object again (``from_kwargs(**o.as_kwargs()) == o``).
+
+        Returns
+        -------
+        dict
+            Keyword -> value.
+        """
         groups = self.groups()
         kwargs = {name: getattr(getattr(self, attribute), name)
                   for attribute in groups for name in self.taken(attribute)}
@@ -729,8 +912,18 @@ class JobOptions:
     def from_cli_args(cls: type[J], namespace: argparse.Namespace, **own: Any) -> J:
         """The options from the command's parsed arguments: the same object the API builds.
 
-        Each group takes its fields from `namespace`; `own` gives the job's own fields (default: the
-        namespace's attributes of the same names, a name list such as --proteins parsed).
+        Parameters
+        ----------
+        namespace : argparse.Namespace
+            The parsed arguments; each group takes its fields from it.
+        **own
+            The job's own fields; by default the namespace's attributes of the same names (a name list
+            such as --proteins parsed).
+
+        Returns
+        -------
+        JobOptions
+            An instance of the subclass, not yet checked.
         """
         groups = cls.groups()
         values = {attribute: {**cls.defaults.get(attribute, {}),
