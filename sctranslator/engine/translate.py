@@ -63,8 +63,20 @@ log = logging.getLogger(__name__)
 WRITEBACK_KIND = "translate-writeback"
 
 def default_block_cells(model: TranslatorModel) -> int:
-    """Cells per block (the unit of work, commit and resume): about 4 M model values per block, so a
-    block of the full-size model (L = 20,000) is 209 cells and one of a tiny model up to 8,192."""
+    """Cells per block (the unit of work, commit and resume): about 4 M model values per block.
+
+    A block of the full-size model (L = 20,000) is 209 cells, one of a tiny model up to 8,192.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model.
+
+    Returns
+    -------
+    int
+        Between 16 and 8,192.
+    """
     return max(16, min(8192, 4_194_304 // model.config.max_genes))
 
 
@@ -79,15 +91,44 @@ def _versions() -> dict[str, str]:
 
 
 def default_batch_size(model: TranslatorModel, device: str) -> int:
-    """Cells per backend call: small models amortise call overhead over many cells; on CPU the
-    full-size model (L = 20,000) is fastest one cell at a time; GPUs like bigger batches."""
+    """Cells per backend call when none is given.
+
+    Small models amortise call overhead over many cells; on CPU the full-size model (L = 20,000) is
+    fastest one cell at a time; GPUs like bigger batches.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model.
+    device : str
+        "cpu", "cuda" or "cuda:N".
+
+    Returns
+    -------
+    int
+        Between 1 and 512.
+    """
     budget = 32_768 if device == "cpu" else 262_144
     return max(1, min(512, budget // model.config.max_genes))
 
 
 def encoder_tokens(plan: Plan, capabilities: BackendCapabilities, spec: BackendSpec) -> int:
-    """How many gene tokens the encoder computes per cell: L, or with the padding collapse the
-    real positions plus one shared padding token (recorded so a run says which path it took)."""
+    """How many gene tokens the encoder computes per cell, recorded so a run says which path it took.
+
+    Parameters
+    ----------
+    plan : Plan
+        The job's plan.
+    capabilities : BackendCapabilities
+        The backend's; one that cannot turn the padding collapse off always collapses.
+    spec : BackendSpec
+        The backend's spec (``options['collapse_padding']``).
+
+    Returns
+    -------
+    int
+        L, or with the padding collapse the real positions plus one shared padding token.
+    """
     # A backend that cannot turn the collapse off always collapses.
     collapsing = not capabilities.optional_padding_collapse or spec.options.get("collapse_padding", True)
     if not collapsing:
@@ -106,8 +147,18 @@ def _output_var(plan: Plan) -> pd.DataFrame:
 def output_scaling(model: TranslatorModel) -> str:
     """The per-cell scale the model's predictions are on: its training targets' scaling.
 
-    Bundles record it (`preprocessing.target_scaling`); published checkpoints were trained on
+    Bundles record it (``preprocessing.target_scaling``); published checkpoints were trained on
     per-cell min-max scaled proteins.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model.
+
+    Returns
+    -------
+    str
+        "minmax", "clr" or "log1p".
     """
     preprocessing = getattr(model, "preprocessing", None) or {}
     return str(preprocessing.get("target_scaling") or "minmax")
@@ -370,7 +421,26 @@ def run_translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorM
                   options: TranslateOptions) -> ad.AnnData | None:
     """`translate` from its options object: options -> claim outputs -> plan -> backend -> job -> outputs.
 
-    The one path of the Python API and the `translate` command (errors and result as `translate`).
+    The one path of the Python API and the ``translate`` command.
+
+    Parameters
+    ----------
+    data : str, pathlib.Path, AnnData, MuData or tiledbsoma.Experiment
+        One input (see `translate`).
+    model : str, pathlib.Path or TranslatorModel
+        The model (see `translate`).
+    options : TranslateOptions
+        The job's options.
+
+    Returns
+    -------
+    AnnData or None
+        As `translate`.
+
+    Raises
+    ------
+    SctranslatorError
+        As `translate`.
     """
     with writing(options.output.wait):
         options.check()
@@ -400,14 +470,47 @@ def run_translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorM
 
 
 def with_absolute_paths(options: TranslateOptions) -> TranslateOptions:
-    """The options with `out` and `onnx_path` absolute (~ expanded; URLs kept)."""
+    """The options with `out` and `onnx_path` absolute (~ expanded; URLs kept).
+
+    Parameters
+    ----------
+    options : TranslateOptions
+        The job's options.
+
+    Returns
+    -------
+    TranslateOptions
+        A copy.
+    """
     onnx_path = options.engine.onnx_path
     engine = replace(options.engine, onnx_path=None if onnx_path is None else str(_absolute(onnx_path)))
     return replace(options, out=_absolute(options.out), engine=engine)
 
 
 def open_input(data: Any, given: InputOptions, storage_options: dict[str, Any] | None = None) -> Source:
-    """The input as a Source, restricted to the selected cells: the one place an input is opened."""
+    """The input as a Source, restricted to the selected cells: the one place an input is opened.
+
+    Parameters
+    ----------
+    data : str, pathlib.Path, AnnData, MuData or tiledbsoma.Experiment
+        The input.
+    given : InputOptions
+        Layer, raw, modality, measurement, gene column and the cell selection.
+    storage_options : dict or None
+        fsspec options for an input in object storage.
+
+    Returns
+    -------
+    Source
+        Cells x genes, read in row blocks.
+
+    Raises
+    ------
+    StoreError
+        An unreadable input.
+    InputDataError
+        No such layer, raw or modality; a bad cell selection.
+    """
     return select_cells(open_source(data, layer=given.layer, use_raw=given.use_raw, modality=given.modality,
                                     missing_chunks=given.missing_chunks, measurement=given.measurement,
                                     gene_column=given.gene_column, storage_options=storage_options),
@@ -415,7 +518,26 @@ def open_input(data: Any, given: InputOptions, storage_options: dict[str, Any] |
 
 
 def check_write_targets(data: Any, source: Source, options: TranslateOptions) -> None:
-    """Refuse write-backs that would pair the wrong cells or replace what the input holds (writeback.check_keys)."""
+    """Refuse write-backs that would pair the wrong cells or replace what the input holds.
+
+    Parameters
+    ----------
+    data : object
+        The input as given.
+    source : Source
+        The opened input.
+    options : TranslateOptions
+        The job's options.
+
+    Raises
+    ------
+    InputDataError
+        Repeated cell names where cells are matched by name (MuData), or a write-back of a SOMA input.
+    KeyConflictError
+        A write-back target that exists (without `key` and `replace_key`).
+    OptionError
+        A bad `key`.
+    """
     output = options.output
     refuse_writeback(source, write_h5ad=output.write_h5ad, write_mudata=output.write_mudata)
     if output.write_mudata is not None or (options.inplace and not isinstance(data, ad.AnnData)):
@@ -427,7 +549,29 @@ def check_write_targets(data: Any, source: Source, options: TranslateOptions) ->
 
 
 def make_plan(source: Source, model: TranslatorModel, options: TranslateOptions) -> Plan:
-    """The plan of (input, model), its coverage and expression scale checked."""
+    """The plan of (input, model), its coverage and expression scale checked.
+
+    Parameters
+    ----------
+    source : Source
+        The opened input.
+    model : TranslatorModel
+        The model.
+    options : TranslateOptions
+        The job's options.
+
+    Returns
+    -------
+    Plan
+        The alignment and protein windows.
+
+    Raises
+    ------
+    CoverageError
+        Too few genes map.
+    SctranslatorError
+        As `build_plan` and `check_expression_scale`.
+    """
     given = options.input
     plan = build_plan(source.var, model, options.proteins, gene_column=given.gene_column, id_type=given.id_type,
                       normalize=given.normalize, target_sum=given.target_sum, min_coverage=given.min_coverage,
@@ -438,7 +582,31 @@ def make_plan(source: Source, model: TranslatorModel, options: TranslateOptions)
 
 @dataclass
 class Execution:
-    """How the job runs: the backend spec, call and block sizes, parallelism, GPUs and cluster workers."""
+    """How the job runs: the backend spec, call and block sizes, parallelism, GPUs and cluster workers.
+
+    Parameters
+    ----------
+    spec : BackendSpec
+        What each worker builds.
+    batch_size : int
+        Cells per backend call.
+    auto_batch : bool
+        The backend sizes its calls from free device memory.
+    block_cells : int
+        Cells per block.
+    gpus : list of str
+        The GPUs with a worker of their own (empty: none).
+    rule : Parallelism
+        Blocks in flight and intra-op threads.
+    parallelism : dict
+        The record of that choice for the provenance.
+    tokens : int
+        Gene tokens the encoder computes per cell.
+    flop : float
+        Estimated floating-point operations per cell.
+    cluster_workers : dict of str to int
+        A dask.distributed cluster's workers and their threads (empty: local).
+    """
 
     spec: BackendSpec
     batch_size: int
@@ -454,7 +622,35 @@ class Execution:
 
 def plan_execution(options: TranslateOptions, backend: ChosenBackend, loaded: TranslatorModel,
                    model_source: str | None, plan: Plan, n_obs: int, cluster_workers: dict[str, int]) -> Execution:
-    """The backend spec, sizes and parallelism of the run; the backend is built here when it runs in this process."""
+    """The backend spec, sizes and parallelism of the run; the backend is built here when it runs in-process.
+
+    Parameters
+    ----------
+    options : TranslateOptions
+        The job's options.
+    backend : ChosenBackend
+        The resolved backend.
+    loaded : TranslatorModel
+        The model.
+    model_source : str or None
+        Where it was loaded from (None: in memory).
+    plan : Plan
+        The job's plan.
+    n_obs : int
+        Cells to translate.
+    cluster_workers : dict of str to int
+        A cluster's workers (empty: local).
+
+    Returns
+    -------
+    Execution
+        How the job runs.
+
+    Raises
+    ------
+    BackendError
+        The backend cannot be built.
+    """
     engine, caps = options.engine, backend.capabilities
     auto_batch = engine.batch_size is None and caps.memory_sized_batches and engine.device.startswith("cuda")
     batch_size = engine.batch_size or default_batch_size(loaded, engine.device)
@@ -501,7 +697,30 @@ def plan_execution(options: TranslateOptions, backend: ChosenBackend, loaded: Tr
 
 def provenance(options: TranslateOptions, backend: ChosenBackend, loaded: TranslatorModel, model_source: str | None,
                source: Source, plan: Plan, execution: Execution) -> dict[str, Any]:
-    """uns['sctranslator']: the model, input, plan and settings of the run (the run's statistics come later)."""
+    """The record in ``uns['sctranslator']``: model, input, plan and settings (run statistics come later).
+
+    Parameters
+    ----------
+    options : TranslateOptions
+        The job's options.
+    backend : ChosenBackend
+        The resolved backend and why.
+    loaded : TranslatorModel
+        The model.
+    model_source : str or None
+        Where it was loaded from.
+    source : Source
+        The opened input.
+    plan : Plan
+        The plan.
+    execution : Execution
+        How the job runs.
+
+    Returns
+    -------
+    dict
+        JSON-able provenance.
+    """
     engine, given = options.engine, options.input
     return {"sctranslator": {
         "version": __version__,
@@ -570,7 +789,24 @@ def _run_and_write(data: Any, source: Source, options: TranslateOptions, backend
 
 
 def write_outputs(data: Any, source: Source, result: ad.AnnData, options: TranslateOptions) -> None:
-    """The write-back files (--write-h5ad / --write-mudata): the input with the predictions under keys of their own."""
+    """Write the write-back files: the input with the predictions under keys of their own.
+
+    Parameters
+    ----------
+    data : object
+        The input as given.
+    source : Source
+        The opened input.
+    result : AnnData
+        The predictions (cells x proteins).
+    options : TranslateOptions
+        The job's options.
+
+    Raises
+    ------
+    OutputWriteError
+        The write failed (full disk, no permission).
+    """
     output, modality = options.output, options.input.modality
     if output.write_h5ad:
         _write_back(output.write_h5ad, lambda tmp: write_h5ad_with_proteins(data, source, result, tmp, key=output.key,

@@ -151,7 +151,27 @@ class Backend(Protocol):
 
 
 def no_embeddings(backend: Backend, batch: Batch, embeddings: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """predict_with_embeddings for backends without embeddings: predictions only, BackendError if asked for them."""
+    """`predict_with_embeddings` for backends without embeddings: predictions only.
+
+    Parameters
+    ----------
+    backend : Backend
+        The backend.
+    batch : Batch
+        The model inputs.
+    embeddings : bool
+        Whether embeddings are asked for.
+
+    Returns
+    -------
+    tuple of (numpy.ndarray, None)
+        The predictions ``(B, W * P)`` and None.
+
+    Raises
+    ------
+    BackendError
+        `embeddings` is True.
+    """
     if embeddings:
         raise BackendError(f"the {backend.name} backend cannot return cell embeddings: they come from the encoder's "
                            "outputs, which only the torch backend exposes; use --backend torch with --embeddings")

@@ -69,7 +69,18 @@ class BackendCapabilities:
 
 
 def device_kind(device: str) -> str:
-    """'cuda:1' -> 'cuda'."""
+    """The kind of a device name: 'cuda:1' -> 'cuda'.
+
+    Parameters
+    ----------
+    device : str
+        "cpu", "cuda" or "cuda:N".
+
+    Returns
+    -------
+    str
+        "cpu" or "cuda".
+    """
     return device.split(":", 1)[0]
 
 
@@ -80,8 +91,29 @@ def check_backend_settings(kind: str, capabilities: BackendCapabilities, *, requ
                            others: Callable[[], Mapping[str, BackendCapabilities]] = dict) -> None:
     """Refuse every setting the backend `kind` (declaring `capabilities`) cannot honour, in one place.
 
-    requested: what the user asked for ("auto" is named in the message). others: every backend's
-    capabilities (asked only to name, in a message, the backends that would take the setting).
+    Parameters
+    ----------
+    kind : str
+        The backend.
+    capabilities : BackendCapabilities
+        What it declares.
+    requested : str or None
+        What the user asked for ("auto" is named in the message).
+    backend_options : mapping or None
+        The backend options given.
+    onnx_path : str or None
+        An ONNX export given.
+    compile : bool
+        torch.compile asked for.
+    precision : str
+        The compute dtype asked for.
+    device : str
+        The device asked for.
+    embeddings : bool
+        Cell embeddings asked for.
+    others : callable
+        Returns every backend's capabilities (asked only to name, in a message, the backends that
+        would take the setting).
 
     Raises
     ------

@@ -74,7 +74,20 @@ _FIXED_SECONDS = 10.0
 
 
 def export_cost(model: TranslatorModel) -> tuple[float, float]:
-    """A rough (seconds, GB) of exporting `model`: a fixed cost plus a share of the full-size measurement."""
+    """A rough cost of exporting `model`: a fixed cost plus a share of the full-size measurement.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model.
+
+    Returns
+    -------
+    seconds : float
+        Estimated export time.
+    gigabytes : float
+        Estimated peak memory.
+    """
     parameters, seconds, gigabytes = _FULL_SIZE
     share = model.n_parameters() / parameters
     return _FIXED_SECONDS + (seconds - _FIXED_SECONDS) * share, 0.5 + (gigabytes - 0.5) * share

@@ -31,9 +31,26 @@ META_FINGERPRINT, META_PRECISION = "sctranslator.fingerprint", "sctranslator.pre
 
 
 def check_export_matches(metadata: dict[str, str], path: str, model: TranslatorModel, precision: str) -> None:
-    """BackendError unless the export whose encoder metadata is `metadata` was made from `model` (same
-    weights fingerprint) at `precision`: another model's graphs would run without complaint and give
-    that model's numbers."""
+    """Refuse an export made from another model or at another precision.
+
+    Another model's graphs would run without complaint and give that model's numbers.
+
+    Parameters
+    ----------
+    metadata : dict of str to str
+        The encoder graph's metadata.
+    path : str
+        The export, for the message.
+    model : TranslatorModel
+        The job's model (its weights' fingerprint is compared).
+    precision : str
+        The precision asked for.
+
+    Raises
+    ------
+    BackendError
+        The fingerprint or precision differs.
+    """
     from sctranslator.model.identity import model_fingerprint
 
     recorded, expected = metadata.get(META_FINGERPRINT), model_fingerprint(model)

@@ -38,12 +38,26 @@ if set(BACKENDS) != {AUTO, *_IMPLEMENTATIONS}:  # a choice without an implementa
 def choose_backend(requested: str, *, device: str = "cpu", onnx_path: str | None = None) -> tuple[str, str]:
     """The backend to run and why: `requested` itself, or for "auto" the fastest exact path.
 
-    auto: onnxruntime when an ONNX export is given (`onnx_path`: the user chose that graph);
-    otherwise the torch backend, on CPU and CUDA alike: measured on the full-size model
-    (benchmarks/bench_fullsize.py, README "Performance") it is the fastest exact path at every gene
-    count on CPU, it needs no export (tens of seconds for a new model), it is the one with cell
-    embeddings and the CUDA pipeline (memory-sized batches, overlapped copies). Triton is never
-    chosen: it needs a server.
+    "auto" takes onnxruntime when an ONNX export is given (the user chose that graph), otherwise the
+    torch backend on CPU and CUDA alike: it is the fastest exact path at every gene count on CPU
+    (benchmarks/bench_fullsize.py), needs no export, has cell embeddings and the CUDA pipeline. Triton
+    is never chosen: it needs a server.
+
+    Parameters
+    ----------
+    requested : str
+        "auto", "torch", "onnxruntime" or "triton".
+    device : str
+        The device asked for.
+    onnx_path : str or None
+        An ONNX export given by the user.
+
+    Returns
+    -------
+    kind : str
+        The backend.
+    reason : str
+        Why, for the provenance.
     """
     if requested != AUTO:
         return requested, "asked for"
@@ -57,8 +71,22 @@ def choose_backend(requested: str, *, device: str = "cpu", onnx_path: str | None
 def backend_class(kind: str) -> type:
     """The class implementing backend `kind` (its module imported on first use).
 
-    Raises BackendError for an unknown kind; MissingExtraError when the backend's optional dependency
-    (tritonclient for triton) is not installed.
+    Parameters
+    ----------
+    kind : str
+        "torch", "onnxruntime" or "triton".
+
+    Returns
+    -------
+    type
+        The backend class.
+
+    Raises
+    ------
+    BackendError
+        An unknown kind.
+    MissingExtraError
+        The backend's optional dependency (tritonclient for triton) is not installed.
     """
     try:
         module, cls, requirement = _IMPLEMENTATIONS[kind]
@@ -95,7 +123,13 @@ def backend_capabilities(kind: str) -> BackendCapabilities:
 
 
 def all_capabilities() -> dict[str, BackendCapabilities]:
-    """Every installed backend's capabilities, by name (a backend whose extra is missing is left out)."""
+    """Every installed backend's capabilities, by name (a backend whose extra is missing is left out).
+
+    Returns
+    -------
+    dict of str to BackendCapabilities
+        Name -> capabilities.
+    """
     found = {}
     for kind in _IMPLEMENTATIONS:
         try:
@@ -107,7 +141,17 @@ def all_capabilities() -> dict[str, BackendCapabilities]:
 
 @dataclass(frozen=True)
 class ChosenBackend:
-    """The backend that runs (`kind`), why it was chosen (`reason`), and what it declares it can do."""
+    """The backend that runs, why it was chosen, and what it declares it can do.
+
+    Parameters
+    ----------
+    kind : str
+        The backend's name.
+    reason : str
+        Why it was chosen.
+    capabilities : BackendCapabilities
+        What it declares.
+    """
 
     kind: str
     reason: str

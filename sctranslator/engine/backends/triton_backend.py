@@ -143,7 +143,18 @@ class TritonConnection:
 
 
 def is_transient(error: BaseException) -> bool:
-    """Whether a failed request may pass if retried once the server is back."""
+    """Whether a failed request may pass if retried once the server is back.
+
+    Parameters
+    ----------
+    error : BaseException
+        What the request raised.
+
+    Returns
+    -------
+    bool
+        True for connection resets, timeouts and "unavailable" answers.
+    """
     from tritonclient.utils import InferenceServerException
 
     if isinstance(error, ConnectionError | TimeoutError):
