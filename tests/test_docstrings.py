@@ -41,6 +41,69 @@ PENDING_MODULES: tuple[str, ...] = (
     "sctranslator.train.api",
     "sctranslator.engine.backends.torch_backend",
     "sctranslator.model",
+    "sctranslator.engine.collection",
+    "sctranslator.engine.sources",
+    "sctranslator.engine.pipeline",
+    "sctranslator.engine.block_runner",
+    "sctranslator.engine.threads",
+)
+
+
+# Modules whose public functions are not yet converted to numpydoc: the package-wide check skips them.
+# Shrink this list; never add to it (a new module is written in numpydoc from the start).
+NOT_YET_CONVERTED: tuple[str, ...] = (
+    "sctranslator.analysis.commands",
+    "sctranslator.analysis.find_predictions",
+    "sctranslator.analysis.matching",
+    "sctranslator.analysis.plots",
+    "sctranslator.cli.demo",
+    "sctranslator.cli.entry",
+    "sctranslator.engine.backends.cuda_staging",
+    "sctranslator.engine.backends.device_memory",
+    "sctranslator.engine.gpus",
+    "sctranslator.engine.h5copy",
+    "sctranslator.engine.input_checks",
+    "sctranslator.engine.ledger",
+    "sctranslator.engine.obs_tables",
+    "sctranslator.engine.prefetch",
+    "sctranslator.engine.remote_sink",
+    "sctranslator.engine.remote_writeback",
+    "sctranslator.engine.sink",
+    "sctranslator.engine.writeback",
+    "sctranslator.export.command",
+    "sctranslator.export.onnx",
+    "sctranslator.export.onnx_format",
+    "sctranslator.export.onnx_graphs",
+    "sctranslator.export.onnx_validate",
+    "sctranslator.export.perf_data",
+    "sctranslator.export.serve",
+    "sctranslator.export.server_watchdog",
+    "sctranslator.export.triton",
+    "sctranslator.export.triton_bls_model",
+    "sctranslator.export.triton_config",
+    "sctranslator.export.triton_counts",
+    "sctranslator.export.triton_counts_model",
+    "sctranslator.export.triton_python_model",
+    "sctranslator.export.triton_reuse",
+    "sctranslator.export.triton_server",
+    "sctranslator.train.card",
+    "sctranslator.train.cellnames",
+    "sctranslator.train.checkpoint",
+    "sctranslator.train.command",
+    "sctranslator.train.datasets",
+    "sctranslator.train.distributed",
+    "sctranslator.train.inputs",
+    "sctranslator.train.loop",
+    "sctranslator.train.metrics_log",
+    "sctranslator.train.presets",
+    "sctranslator.train.schedule",
+    "sctranslator.train.stream",
+    "sctranslator.util.atomic",
+    "sctranslator.util.lazy",
+    "sctranslator.util.optional",
+    "sctranslator.util.output_lock",
+    "sctranslator.util.progress",
+    "sctranslator.util.storage",
 )
 
 
@@ -188,3 +251,40 @@ def misdocumented(counts, scale=1.0):
     return counts * scale
 ''')
     monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def package_objects() -> list[tuple[str, object]]:
+    """(dotted name, object) for every public function, class and class member the package defines."""
+    import pkgutil
+
+    import sctranslator
+
+    found = []
+    skipped = PENDING_MODULES + NOT_YET_CONVERTED
+    for info in pkgutil.walk_packages(sctranslator.__path__, "sctranslator."):
+        if any(info.name == name or info.name.startswith(name + ".") for name in skipped):
+            continue
+        module = importlib.import_module(info.name)
+        for attribute, obj in vars(module).items():
+            if attribute.startswith("_") or getattr(obj, "__module__", None) != info.name:
+                continue
+            if inspect.isfunction(obj):
+                found.append((f"{info.name}.{attribute}", obj))
+            elif inspect.isclass(obj):
+                found.append((f"{info.name}.{attribute}", obj))
+                if not issubclass(obj, BaseException):
+                    found += [(f"{info.name}.{attribute}.{name}", getattr(obj, name))
+                              for name in own_public_methods(obj)]
+    return found
+
+
+def test_package_docstrings_are_numpydoc() -> None:
+    # Beyond the API reference: every public function, class and method of the package, so that what the
+    # next engineer reads follows the same style.
+    offenders = []
+    for dotted, obj in package_objects():
+        found = problems(dotted, obj)
+        if found:
+            offenders.append(f"{dotted}: " + "; ".join(line.split()[0] for line in found))
+    assert not offenders, (f"{len(offenders)} public docstrings in the package break the house style "
+                           f"({', '.join(CHECKS)}):\n" + "\n".join(offenders))
