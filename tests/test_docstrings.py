@@ -98,12 +98,6 @@ NOT_YET_CONVERTED: tuple[str, ...] = (
     "sctranslator.train.presets",
     "sctranslator.train.schedule",
     "sctranslator.train.stream",
-    "sctranslator.util.atomic",
-    "sctranslator.util.lazy",
-    "sctranslator.util.optional",
-    "sctranslator.util.output_lock",
-    "sctranslator.util.progress",
-    "sctranslator.util.storage",
 )
 
 
