@@ -168,9 +168,23 @@ def _json(data: Any) -> str:
 
 def onnx_metadata(model: TranslatorModel, precision: str, graph: GraphSpec | None = None,
                   other_file: str | None = None) -> dict[str, str]:
-    """The metadata_props an export writes into a graph (read back by read_onnx_metadata).
+    """The metadata_props an export writes into a graph (read back by `read_onnx_metadata`).
 
-    `graph`: ENCODER or DECODER (default ENCODER); `other_file`: the other graph's file name beside it.
+    Parameters
+    ----------
+    model : TranslatorModel
+        The exported model.
+    precision : str
+        The graph's compute dtype.
+    graph : GraphSpec or None
+        ENCODER or DECODER; None: ENCODER.
+    other_file : str or None
+        The other graph's file name beside it.
+
+    Returns
+    -------
+    dict of str to str
+        Key -> JSON or text value, keys prefixed ``sctranslator.``.
     """
     graph = graph or ENCODER
     metadata = {
@@ -238,8 +252,23 @@ def _save_program(program: torch.onnx.ONNXProgram, destination: Path, external_d
 
 
 def validation_cases(config: ModelConfig, batch_sizes: Sequence[int]) -> list[tuple[str, dict[str, np.ndarray]]]:
-    """Random batches for each size: padded (one shared layout, half of L padding: the collapsed path),
-    unpadded (every position real) and partly padded (cells padded differently: the full layout)."""
+    """Random validation batches for each size: padded, unpadded and partly padded.
+
+    Padded: one shared layout with half of L padding (the collapsed path); unpadded: every position
+    real; partly padded: cells padded differently (the full layout).
+
+    Parameters
+    ----------
+    config : ModelConfig
+        The model's sizes.
+    batch_sizes : sequence of int
+        Cells per batch.
+
+    Returns
+    -------
+    list of tuple of (str, dict)
+        (label, the five client-contract inputs) per batch.
+    """
     cases = []
     for seed, size in enumerate(batch_sizes):
         mixed = random_inputs(config, size, seed=seed)  # its first cell is unpadded, the others not

@@ -121,7 +121,20 @@ def random_inputs(config: ModelConfig, batch_size: int, *, seed: int = 0) -> dic
 
 
 def normalize_inputs(inputs: dict[str, np.ndarray], config: ModelConfig) -> dict[str, np.ndarray]:
-    """The five graph inputs with the graph's dtypes; missing masks mean "no padding"."""
+    """The five graph inputs with the graph's dtypes; missing masks mean "no padding".
+
+    Parameters
+    ----------
+    inputs : dict of str to numpy.ndarray
+        The five client-contract inputs of B cells (masks optional).
+    config : ModelConfig
+        The model's sizes.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        All five inputs, C-contiguous.
+    """
     missing = [name for name in ("values", "gene_ids", "protein_ids") if name not in inputs]
     if missing:
         raise ExportError(f"validation inputs lack {missing}; expected keys {list(INPUT_NAMES)}")
@@ -141,7 +154,18 @@ def normalize_inputs(inputs: dict[str, np.ndarray], config: ModelConfig) -> dict
 
 
 def default_providers(precision: str = "fp32") -> list[str]:
-    """CPU, except bf16 which prefers CUDA when this onnxruntime build has it."""
+    """The onnxruntime execution providers to validate with: CPU, except bf16 prefers CUDA when available.
+
+    Parameters
+    ----------
+    precision : str
+        The graphs' compute dtype.
+
+    Returns
+    -------
+    list of str
+        Provider names, in order of preference.
+    """
     if precision == "bf16" and "CUDAExecutionProvider" in ort.get_available_providers():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
@@ -194,8 +218,31 @@ def create_graphs(path: str | Path, *, providers: list[str] | None = None, threa
                   precision: str = "fp32", display_name: str | None = None, arena: bool = True) -> SplitGraphs:
     """Sessions for an export's encoder (`path`) and decoder (named in `path`'s metadata, beside it).
 
-    ExportError when either cannot be loaded, or when `path` is not an encoder graph of this format
-    (an old single-graph export says so).
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The encoder's file.
+    providers : list of str or None
+        Execution providers; None: `default_providers`.
+    threads : int or None
+        Intra-op threads per session.
+    precision : str
+        The graphs' compute dtype.
+    display_name : str or None
+        The file's name in error messages.
+    arena : bool
+        onnxruntime's CPU memory arena.
+
+    Returns
+    -------
+    SplitGraphs
+        Both sessions.
+
+    Raises
+    ------
+    ExportError
+        Either graph cannot be loaded, or `path` is not an encoder graph of this format (an old
+        single-graph export says so).
     """
     name = display_name or str(path)
     encoder = create_session(path, providers=providers, threads=threads, precision=precision, display_name=name,
@@ -224,10 +271,22 @@ def create_graphs(path: str | Path, *, providers: list[str] | None = None, threa
 
 @torch.inference_mode()
 def torch_predictions(model: TranslatorModel, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """The PyTorch model's predictions (B, P) as float32 numpy, in eval mode, uncollapsed.
+    """The PyTorch model's predictions as float32 numpy, in eval mode, uncollapsed: the reference.
 
-    Runs cell by cell: the reference's memory stays one cell's (a full-size cell's attention
-    features are ~0.2 GB per tensor), and the model's output does not depend on the batch.
+    Runs cell by cell: the reference's memory stays one cell's (a full-size cell's attention features
+    are ~0.2 GB per tensor), and the model's output does not depend on the batch.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model.
+    inputs : dict of str to numpy.ndarray
+        The five client-contract inputs of B cells (masks optional).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(B, P)``.
     """
     device = next(model.parameters()).device
     was_training = model.training
@@ -244,9 +303,21 @@ def torch_predictions(model: TranslatorModel, inputs: dict[str, np.ndarray]) -> 
 
 
 def onnx_predictions(graphs: SplitGraphs, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """The two graphs' predictions (B, W * P) for client-contract inputs (graph/contract.py INPUTS).
+    """The two graphs' predictions for client-contract inputs.
 
     The token layout is collapsed when every cell shares one gene layout, the full layout otherwise.
+
+    Parameters
+    ----------
+    graphs : SplitGraphs
+        The sessions.
+    inputs : dict of str to numpy.ndarray
+        The five client-contract inputs of B cells (masks optional).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(B, W * P)``.
     """
     from sctranslator.graph.token_layout import TokenLayout
 
@@ -256,6 +327,24 @@ def onnx_predictions(graphs: SplitGraphs, inputs: dict[str, np.ndarray]) -> np.n
 
 
 def compare(label: str, precision: str, onnx_out: np.ndarray, torch_out: np.ndarray) -> ValidationResult:
+    """The errors of ONNX predictions against PyTorch's on one batch.
+
+    Parameters
+    ----------
+    label : str
+        Names the batch.
+    precision : str
+        The graphs' compute dtype (sets the tolerance).
+    onnx_out : numpy.ndarray
+        ONNX predictions, ``(B, P)``.
+    torch_out : numpy.ndarray
+        PyTorch predictions, ``(B, P)``.
+
+    Returns
+    -------
+    ValidationResult
+        Largest absolute and relative errors (infinite when ONNX gave a non-finite value).
+    """
     diff = np.abs(onnx_out.astype(np.float64) - torch_out.astype(np.float64))
     max_abs = float(diff.max()) if diff.size else 0.0
     if not np.all(np.isfinite(onnx_out)):

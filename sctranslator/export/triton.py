@@ -117,11 +117,24 @@ def _write(config_dir: Path, text: str, files: dict[str, Path]) -> Path:
 
 
 def write_model_dirs(staging: dict[str, Path], onnx_file: Path, settings: ServingSettings) -> Path:
-    """Fill the (staged) model directories, {model name: directory}, from an export at `onnx_file`: the
-    client-facing model, its encoder and decoder models, and the names-in model `<name>_counts` when
-    `staging` has its directory.
+    """Fill the staged model directories from an export at `onnx_file`.
 
-    Returns the client-facing model's config.pbtxt path.
+    The client-facing model, its encoder and decoder models, and the names-in model ``<name>_counts``
+    when `staging` has its directory.
+
+    Parameters
+    ----------
+    staging : dict of str to pathlib.Path
+        Model name -> staged directory.
+    onnx_file : pathlib.Path
+        The export's encoder file.
+    settings : ServingSettings
+        How the models are served.
+
+    Returns
+    -------
+    pathlib.Path
+        The client-facing model's config.pbtxt.
     """
     encoder_file, decoder_file = graph_files(onnx_file)
     metadata = read_onnx_metadata(decoder_file)  # the small file: the same model facts as the encoder's

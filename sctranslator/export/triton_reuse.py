@@ -41,7 +41,22 @@ from sctranslator.outputs import read_identity
 
 
 def export_mismatch(model: TranslatorModel, repo: str | Path, settings: ServingSettings) -> str | None:
-    """None when `repo` holds an export of `model` with `settings` that can be served as it is, else why not."""
+    """Why a repository's export cannot be served as it is for `model` and `settings`.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model to serve.
+    repo : str or pathlib.Path
+        The model repository.
+    settings : ServingSettings
+        How it should be served.
+
+    Returns
+    -------
+    str or None
+        None when the repository holds an export of `model` with `settings`, else the reason.
+    """
     repo = Path(repo)
     names = graph_model_names(settings.name)
     dirs = {"client": repo / settings.name, "encoder": repo / names["encoder"], "decoder": repo / names["decoder"],
