@@ -63,13 +63,10 @@ NOT_YET_CONVERTED: tuple[str, ...] = (
     "sctranslator.train.checkpoint",
     "sctranslator.train.command",
     "sctranslator.train.datasets",
-    "sctranslator.train.distributed",
     "sctranslator.train.inputs",
-    "sctranslator.train.loop",
     "sctranslator.train.metrics_log",
     "sctranslator.train.presets",
     "sctranslator.train.schedule",
-    "sctranslator.train.stream",
 )
 
 
