@@ -58,15 +58,6 @@ NOT_YET_CONVERTED: tuple[str, ...] = (
     "sctranslator.analysis.plots",
     "sctranslator.cli.demo",
     "sctranslator.cli.entry",
-    "sctranslator.train.card",
-    "sctranslator.train.cellnames",
-    "sctranslator.train.checkpoint",
-    "sctranslator.train.command",
-    "sctranslator.train.datasets",
-    "sctranslator.train.inputs",
-    "sctranslator.train.metrics_log",
-    "sctranslator.train.presets",
-    "sctranslator.train.schedule",
 )
 
 
