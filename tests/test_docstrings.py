@@ -54,10 +54,6 @@ PENDING_MODULES: tuple[str, ...] = (
 NOT_YET_CONVERTED: tuple[str, ...] = (
     "sctranslator.analysis.commands",
     "sctranslator.analysis.find_predictions",
-    "sctranslator.analysis.matching",
-    "sctranslator.analysis.plots",
-    "sctranslator.cli.demo",
-    "sctranslator.cli.entry",
 )
 
 
