@@ -160,6 +160,23 @@ def test_public_docstrings_are_numpydoc() -> None:
                            f"({', '.join(CHECKS)}):\n" + "\n".join(offenders))
 
 
+def test_reference_examples_run() -> None:
+    # The Examples sections of the reference run as doctests (those that need files say +SKIP).
+    import doctest
+
+    finder, runner = doctest.DocTestFinder(recurse=False), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    ran = 0
+    for dotted, obj in objects_to_check():
+        if is_pending(obj) or "Examples" not in (inspect.getdoc(obj) or ""):
+            continue
+        for test in finder.find(obj, dotted, globs={}):
+            runner.run(test)
+            ran += len(test.examples)
+    results = runner.summarize(verbose=False)
+    assert ran > 0, "no Examples section found in the reference"
+    assert results.failed == 0, f"{results.failed} of {results.attempted} reference examples failed (output above)"
+
+
 def test_checks_catch_a_bad_docstring() -> None:
     # The validation this file relies on fails a function that documents a parameter it lacks and leaves
     # out one it has, and passes the same function documented properly.
