@@ -675,10 +675,15 @@ def _type_text(hint: Any) -> str:
     return f"{text} or None" if optional else text
 
 
+def _literal_flags(text: str) -> str:
+    """Command-line flags in help text as literals (``--flag``), so the reference shows them as typed."""
+    return re.sub(r"(?<![`\w-])(--[a-z][\w-]*)", r"``\1``", text)
+
+
 def _field_entry(f: dataclasses.Field, hint: Any) -> str:
     """One numpydoc Parameters entry: type, the help text, its default and its command-line flag."""
     meta = f.metadata
-    text = meta.get("help", "").replace("%%", "%").strip().rstrip(".") + "."
+    text = _literal_flags(meta.get("help", "").replace("%%", "%").strip().rstrip(".") + ".")
     default = _field_default(f)
     flag = meta.get("flag") or "--" + f.name.replace("_", "-")
     if default is True and meta.get("cli", True):
@@ -686,7 +691,7 @@ def _field_entry(f: dataclasses.Field, hint: Any) -> str:
         return f"{f.name} : {_type_text(hint)}\n    Default: ``True``. False (command line ``{flag}``): {text}"
     if default is None or default == () or default == {}:
         if meta.get("none_means"):
-            text += f" Default (None): {meta['none_means'].replace('%%', '%')}."
+            text += f" Default (None): {_literal_flags(meta['none_means'].replace('%%', '%'))}."
     else:
         text += f" Default: ``{default!r}``."
     if meta.get("cli", True):
