@@ -67,6 +67,13 @@ def heldout_split(n_obs: int, n_heldout: int = 500, seed: int = 0) -> tuple[np.n
     ------
     InputDataError
         `n_heldout` is not between 1 and ``n_obs - 1``.
+
+    Examples
+    --------
+    >>> from sctranslator.analysis import heldout_split
+    >>> train, test = heldout_split(10, 3, seed=0)
+    >>> len(train), len(test), sorted({*train, *test}) == list(range(10))
+    (7, 3, True)
     """
     if not 0 < n_heldout < n_obs:
         raise InputDataError(f"cannot hold out {n_heldout} of {n_obs} cells")

@@ -53,6 +53,12 @@ def token_symbols(token_ids: Sequence[int] | np.ndarray) -> np.ndarray:
     ------
     VocabularyError
         Non-integer ids, or ids outside 0..N.
+
+    Examples
+    --------
+    >>> from sctranslator.vocab import map_genes, token_symbols
+    >>> token_symbols(map_genes(["CD4", "CD8A"], id_type="symbol").token_ids).tolist()
+    ['CD4', 'CD8A']
     """
     return token_table().symbols[_checked_ids(token_ids)]
 
