@@ -568,7 +568,8 @@ class EvaluateOptions(OptionGroup):
     plots: bool = option(True, "write report.json only, no figures", flag="--no-plots")
     min_matched: float = option(0.5, "least fraction of the smaller side's cells (predicted or measured) that "
                                 "must match by name; fewer is refused as a mix-up of datasets (0 accepts any)")
-    truth_modality: str | None = option(None, "MuData modality of --truth holding the measured proteins",
+    truth_modality: str | None = option(None, "MuData modality (or SOMA measurement) of --truth holding the "
+                                        "measured proteins",
                                         none_means="'prot', else the one modality named like proteins (protein, "
                                         "adt, cite, antibody)")
     model: str | None = option(None, "the model bundle that made the predictions, to tell training cells from "
@@ -583,12 +584,14 @@ class TrainDataOptions(OptionGroup):
                                               none_means="all but isotype controls", parse=_names_tuple)
     genes: tuple[str, ...] | None = option(None, "gene panel from these genes only", cli=False)
     protein_key: str = option("protein_expression", "obsm key of an embedded protein table, or the MuData "
-                              "modality holding the proteins (by default the one named like proteins: prot, "
-                              "protein, ADT, Antibody Capture..., any case)")
+                              "modality or SOMA measurement holding the proteins (by default the one named like "
+                              "proteins: prot, protein, ADT, Antibody Capture..., any case)")
     layer: str | None = option(None, "RNA layer to read instead of X", none_means="X")
     use_raw: bool = option(False, "read the RNA from adata.raw (its X and var) instead of X")
     modality: str | None = option(None, "MuData modality holding the RNA", none_means="'rna', else the one "
                                   "RNA-like modality")
+    measurement: str | None = option(None, "TileDB-SOMA experiment: the measurement holding the RNA (the proteins: "
+                                     "--protein-key, else the one named like proteins)", none_means="RNA")
     missing_chunks: MissingChunks = option(
         "error", "a chunk of X absent from a Zarr store: error refuses; zeros reads it as zeros")
     gene_column: str | None = option(None, "var column holding the gene identifiers", none_means="the var index")

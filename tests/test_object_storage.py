@@ -306,12 +306,13 @@ def test_collection_reads_url_inputs_and_refuses_url_out(s3_server, local_inputs
         (["translate", str(local_inputs["h5ad"]), "--out", f"{bucket}/", *model], "OptionError", "bucket root"),
         (["translate", str(local_inputs["h5ad"]), "--out", f"S3://{bucket.removeprefix('s3://')}/u.zarr", *model],
          "UnsupportedStorageError", "lower case"),
-        (["evaluate", "--pred", f"{bucket}/x.zarr", "--truth", first], "UnsupportedStorageError",
-         "local files only"),
-        (["finetune", "--rna", first, "--config", "tiny", "--out", "bundle", "--steps", "1"],
-         "UnsupportedStorageError", "local files only"),
-        (["finetune", "--rna", str(local_inputs["h5ad"]), "--protein", first, "--config", "tiny", "--out", "bundle",
-          "--steps", "1"], "UnsupportedStorageError", "--protein"),
+        # evaluate and finetune read URLs (tests/test_train_sources.py) but write local outputs only.
+        (["evaluate", "--pred", f"{bucket}/x.zarr", "--truth", first, "--out", f"{bucket}/report"],
+         "UnsupportedStorageError", "local directory"),
+        (["finetune", "--rna", first, "--config", "tiny", "--out", f"{bucket}/bundle", "--steps", "1"],
+         "UnsupportedStorageError", "local paths"),
+        (["finetune", "--rna", str(local_inputs["h5ad"]), "--protein", "ftp://host/p.h5ad", "--config", "tiny",
+          "--out", "bundle", "--steps", "1"], "UnsupportedStorageError", "ftp://"),
     ]
     run_dir = tmp_path / "cwd"
     run_dir.mkdir()

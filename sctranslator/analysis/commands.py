@@ -30,7 +30,18 @@ def _number(value: float | None, width: int = 8) -> str:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """A per-protein table and the summary lines, as printed by the command."""
+    """A per-protein table and the summary lines, as printed by the evaluate command.
+
+    Parameters
+    ----------
+    report : dict
+        `evaluate`'s report.
+
+    Returns
+    -------
+    str
+        The text.
+    """
     model = report["model"]
     base = report.get("baseline")
     header = f"{'protein':16s} {'truth name':18s} {'gene':9s} {'pearson':>8s} {'spearman':>8s} {'rmse':>8s}"
@@ -81,20 +92,33 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def define_evaluate(parser: argparse.ArgumentParser) -> Handler:
-    """`sctranslator evaluate --pred P --truth T [--out DIR] [--scaling S] [--baseline B]`."""
+    """Declare ``sctranslator evaluate --pred P --truth T [--out DIR] [--scaling S] [--baseline B]``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The command's parser.
+
+    Returns
+    -------
+    callable
+        The handler: parsed arguments -> exit status.
+    """
     parser.add_argument("--pred", required=True, help="predictions: translate's Zarr store, its --write-h5ad / "
-                        "--write-mudata file, or any cells x proteins .h5ad")
+                        "--write-mudata file, or any cells x proteins .h5ad; local or at an s3://, gs:// or "
+                        "http(s):// URL")
     parser.add_argument("--truth", required=True, help="measured proteins (cells x proteins, raw counts): .h5ad, "
-                        ".zarr, or a CITE-seq .h5mu (see --truth-modality)")
-    parser.add_argument("--out", help="directory for report.json and the PNG figures (default: print only)")
+                        ".zarr, a CITE-seq .h5mu (see --truth-modality), any of these at a URL, or a TileDB-SOMA "
+                        "experiment (its protein measurement)")
+    parser.add_argument("--out", help="local directory for report.json and the PNG figures (default: print only)")
     EvaluateOptions.add_cli_args(parser)
-    OutputOptions.add_cli_args(parser, only=("overwrite", "quiet"))
+    OutputOptions.add_cli_args(parser, only=("overwrite", "quiet", "storage_options"))
 
     def run(args: argparse.Namespace) -> int:
         from sctranslator.analysis.evaluate import evaluate
 
         report = evaluate(args.pred, args.truth, out=args.out, **EvaluateOptions.from_cli_args(args).as_kwargs(),
-                          **OutputOptions.from_cli_args(args).as_kwargs(("overwrite",)))
+                          **OutputOptions.from_cli_args(args).as_kwargs(("overwrite", "storage_options")))
         print(format_report(report))
         for path in report.get("files", []):
             print(f"wrote {path}")
@@ -115,7 +139,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def define_knockout(parser: argparse.ArgumentParser) -> Handler:
-    """`sctranslator knockout INPUT --model M --genes TP53,CD4 --out OUT.h5ad [...]`."""
+    """Declare ``sctranslator knockout INPUT --model M --genes TP53,CD4 --out OUT.h5ad [...]``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The command's parser.
+
+    Returns
+    -------
+    callable
+        The handler: parsed arguments -> exit status.
+    """
     _common(parser)
     parser.add_argument("--genes", required=True, help="genes to knock out: comma-separated names or @file")
     parser.add_argument("--out", required=True, help="output .h5ad or .zarr (genes x proteins); CSVs and a PNG "
@@ -146,7 +181,18 @@ def define_knockout(parser: argparse.ArgumentParser) -> Handler:
 
 
 def define_attention(parser: argparse.ArgumentParser) -> Handler:
-    """`sctranslator attention INPUT --model M --proteins ... --out DIR [--kind K,...] [--genes G,...] [--top-k K]`."""
+    """Declare ``sctranslator attention INPUT --model M --proteins ... --out DIR [...]``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The command's parser.
+
+    Returns
+    -------
+    callable
+        The handler: parsed arguments -> exit status.
+    """
     _common(parser)
     parser.add_argument("--out", required=True, help="output directory (h5ad, CSV tables, PNG)")
     parser.add_argument("--kind", default="gene-protein,protein-protein",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ from sctranslator.modalities import pick_protein_modality
 from sctranslator.options import TARGET_SCALINGS, TargetScaling, check_choices  # noqa: F401  (re-exported)
 from sctranslator.outputs import claim_output, one_writer, write_identity
 from sctranslator.util.atomic import install_dir, staging_dir
-from sctranslator.util.storage import refuse_remote
+from sctranslator.util.storage import check_not_folded, is_url, parse_storage_options, refuse_remote
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -46,11 +47,45 @@ def _is_mudata_zarr(path: Path) -> bool:
     return root.attrs.get("encoding-type") == "MuData" or ("mod" in root and "X" not in root)
 
 
-def read_table(source: str | Path | ad.AnnData, what: str, modality: str | None = None) -> ad.AnnData:
-    """An AnnData from an object, a Zarr store (.zarr directory), an .h5ad file, or a MuData (object,
-    .h5mu file or MuData Zarr store; its `modality`, default 'prot', else the one protein-named modality)."""
+def read_table(source: str | Path | ad.AnnData, what: str, modality: str | None = None,
+               storage_options: dict[str, Any] | None = None) -> ad.AnnData:
+    """An AnnData from an object, a Zarr store, an .h5ad file, or a MuData's protein modality.
+
+    Parameters
+    ----------
+    source : str, pathlib.Path or AnnData
+        An AnnData / MuData object, a .zarr directory, an .h5ad file, an .h5mu file or MuData Zarr store.
+    what : str
+        Names it in messages ("predictions", "truth").
+    modality : str or None
+        A MuData's modality; None: 'prot', else the one protein-named modality.
+    storage_options : dict or None
+        fsspec options for a URL.
+
+    Returns
+    -------
+    AnnData
+        The table.
+
+    Raises
+    ------
+    StoreError
+        It cannot be read.
+    InputDataError
+        A MuData whose protein modality is not clear.
+    """
     import anndata as ad
 
+    from sctranslator.analysis.table_locations import read_soma_proteins, read_url_table
+    from sctranslator.engine.sources.soma import soma_uri
+
+    if isinstance(source, str | os.PathLike):
+        check_not_folded(source, what=what)
+        if is_url(source):
+            return read_table(read_url_table(str(source), what, storage_options), f"{what} {source}", modality)
+        uri = soma_uri(source)
+        if uri is not None:
+            return read_soma_proteins(uri, what, modality)
     if isinstance(source, ad.AnnData):
         if modality is not None:
             raise InputDataError(f"{what} is an AnnData, not a MuData: it has no modality {modality!r}; "
@@ -98,7 +133,7 @@ def _dense(matrix: Any) -> np.ndarray:
 
 
 def _as_baseline_table(baseline: str | Path | ad.AnnData | np.ndarray, pred: ad.AnnData, truth_names: Any,
-                       scaling: str) -> ad.AnnData:
+                       scaling: str, storage_options: dict[str, Any] | None = None) -> ad.AnnData:
     """The baseline's predictions, found as `pred`'s are; an array is taken in the prediction's order."""
     import anndata as ad
     import pandas as pd
@@ -106,7 +141,7 @@ def _as_baseline_table(baseline: str | Path | ad.AnnData | np.ndarray, pred: ad.
     from sctranslator.analysis.find_predictions import read_predictions
 
     if not isinstance(baseline, np.ndarray):
-        found = read_predictions(baseline, truth_names, what="baseline predictions")
+        found = read_predictions(baseline, truth_names, what="baseline predictions", storage_options=storage_options)
         if found.scaling is not None and found.scaling != scaling:
             log.warning("the baseline's outputs are on the %s scale (recorded by translate) but the measured counts "
                         "are scaled by %s; its RMSE, cosine and per-cell r compare values on different scales",
@@ -130,47 +165,73 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
              scaling: TargetScaling | None = None, plots: bool = True,
              baseline: str | Path | ad.AnnData | np.ndarray | None = None,
              cosine_batch_size: int | None = None, overwrite: bool = False, min_matched: float = 0.5,
-             truth_modality: str | None = None, model: str | Path | None = None) -> dict[str, Any]:
+             truth_modality: str | None = None, model: str | Path | None = None,
+             storage_options: str | dict[str, Any] | None = None) -> dict[str, Any]:
     """Compare predictions with measured proteins; return (and with `out`, write) the report.
 
-    Parameters:
-        pred: translate's output: its Zarr store, the `--write-h5ad` file (obsm['protein_predicted'],
-            or the --key it was given), the `--write-mudata` file (modality 'prot_predicted', or the
-            --key); or any cells x proteins AnnData / MuData.
-            A gene expression matrix given here is refused (InputDataError).
-        truth: measured protein counts (cells x proteins, raw counts) as .h5ad, .zarr or AnnData, or
-            a CITE-seq MuData (object, .h5mu or MuData Zarr store; its `truth_modality`); one that looks
-            already normalised / log-transformed (non-integer values) is warned about.
-        out: a directory for `report.json` and, if `plots`, `scatter.png` and `pearson.png`.
-        scaling: per-cell scaling applied to the truth before scoring, one of TARGET_SCALINGS
-            (minmax: the original's training target; clr; log1p); None (default): the scale
-            translate recorded for the model's outputs, else minmax.
-        baseline: a second prediction to score side by side (AnnData/path matched by name, or an
-            array of the prediction's shape, cells x proteins in its order).
-        cosine_batch_size: cells per batch for the cosine score (default: all at once).
-        overwrite: replace an earlier evaluate report at `out` (nothing else is ever replaced).
-        min_matched: refuse (InputDataError, both counts named) when fewer than this fraction of the
-            smaller side's cells (predicted or measured) match by name: predictions of one dataset
-            scored against the measurements of another share only the barcodes that repeat by chance.
-            0 accepts any overlap.
-        truth_modality: the modality of a MuData `truth` holding the measured proteins (default:
-            'prot', else the one modality named like proteins).
-        model: the bundle that made the predictions (default: the one translate recorded, when it is
-            still at that path). A bundle made by `finetune` records which cells it was trained and
-            validated on; scored cells among its training cells are counted, warned about, and the
-            report is labelled (`report['training_cells']`).
     Cells are matched by obs_names, proteins by name, spelling, or unique encoding gene (see
-    `sctranslator.analysis.matching`); model and baseline are scored on the cells and proteins
-    all three share. Returns the report (per-protein Pearson, Spearman, RMSE; summaries; cells and
-    proteins matched or left out; the scaling and where it came from).
+    `sctranslator.analysis.matching`); model and baseline are scored on the cells and proteins all
+    three share.
 
-    Raises:
-        OptionError: `scaling` outside its choices.
-        InputDataError: no shared cells or proteins, or too few shared cells (`min_matched`);
-            duplicated obs names; a baseline array of the wrong shape; gene expression given as
-            predictions; a MuData truth whose protein modality is not clear.
-        StoreError: an input that cannot be read.
-        OutputConflictError: `out` holds something else, or is or overlaps an input.
+    Parameters
+    ----------
+    pred : str, pathlib.Path or AnnData
+        translate's output: its Zarr store, the ``--write-h5ad`` file (obsm['protein_predicted'], or
+        the key it was given), the ``--write-mudata`` file (modality 'prot_predicted', or the key); or
+        any cells x proteins AnnData / MuData. A gene expression matrix given here is refused.
+    truth : str, pathlib.Path or AnnData
+        Measured protein counts (cells x proteins, raw counts) as .h5ad, .zarr or AnnData, or a
+        CITE-seq MuData (object, .h5mu or MuData Zarr store; see `truth_modality`). One that looks
+        already normalised or log-transformed is warned about.
+    out : str, pathlib.Path or None
+        A directory for report.json and, with `plots`, scatter.png and pearson.png.
+    scaling : {'minmax', 'clr', 'log1p'} or None
+        Per-cell scaling of the truth before scoring; None: the scale translate recorded for the
+        model's outputs, else minmax (the original's training target).
+    plots : bool
+        Also write the figures.
+    baseline : str, pathlib.Path, AnnData, numpy.ndarray or None
+        A second prediction to score side by side (matched by name, or an array of the prediction's
+        shape, cells x proteins in its order).
+    cosine_batch_size : int or None
+        Cells per batch for the cosine score; None: all at once.
+    overwrite : bool
+        Replace an earlier evaluate report at `out` (nothing else is ever replaced).
+    min_matched : float
+        Least fraction of the smaller side's cells that must match by name (predictions of one dataset
+        scored against the measurements of another share only barcodes that repeat by chance); 0
+        accepts any overlap.
+    truth_modality : str or None
+        The modality of a MuData `truth` holding the measured proteins; None: 'prot', else the one
+        modality named like proteins.
+    model : str, pathlib.Path or None
+        The bundle that made the predictions; None: the one translate recorded, when it is still
+        there. Scored cells among its training cells are counted, warned about and labelled in the
+        report (``report['training_cells']``).
+    storage_options : str, dict or None
+        fsspec options (or their JSON) for `pred`, `truth` and `baseline` at s3://, gs:// or
+        http(s):// URLs; the report itself stays local.
+    wait : bool
+        When another job is writing `out`, wait for it instead of refusing.
+
+    Returns
+    -------
+    dict
+        The report: per-protein Pearson, Spearman and RMSE; summaries; the cells and proteins matched
+        or left out; the scaling and where it came from.
+
+    Raises
+    ------
+    OptionError
+        `scaling` outside its choices.
+    InputDataError
+        No shared cells or proteins, or too few shared cells (`min_matched`); duplicated obs names; a
+        baseline array of the wrong shape; gene expression given as predictions; a MuData truth whose
+        protein modality is not clear.
+    StoreError
+        An input that cannot be read.
+    OutputConflictError
+        `out` holds something else, or is or overlaps an input.
     """
     from sctranslator.analysis.find_predictions import read_predictions
     from sctranslator.analysis.matching import match_cells, match_proteins
@@ -178,13 +239,18 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
     from sctranslator.kernels import scale_targets
 
     check_choices(scaling=scaling)
-    refuse_remote("evaluate", pred=pred, truth=truth, baseline=baseline, out=out)
+    storage_options = parse_storage_options(storage_options)
+    refuse_remote("evaluate", reason="evaluate writes its report to a local directory (inputs may be URLs); write "
+                  "it locally, then copy it with your storage tool", out=out)
+    refuse_remote("evaluate", reason="the model bundle is read from a local path; copy it to a local path first",
+                  model=model)
+    _check_input_locations(pred=pred, truth=truth, baseline=baseline)
     if out is not None:
         claim_output(out, OUTPUT_KIND, inputs=(pred, truth, baseline), overwrite=overwrite)
     if not 0.0 <= float(min_matched) <= 1.0:
         raise InputDataError(f"min_matched must be a fraction between 0 and 1; got {min_matched}")
-    truth_table = read_table(truth, "protein truth", truth_modality)
-    found = read_predictions(pred, truth_table.var_names)
+    truth_table = read_table(truth, "protein truth", truth_modality, storage_options)
+    found = read_predictions(pred, truth_table.var_names, storage_options=storage_options)
     pred_table = found.table
     scaling, scaling_source = _choose_scaling(scaling, found.scaling)
     log.info("predictions from %s; measured counts scaled by %s (%s)", found.found_in, scaling, scaling_source)
@@ -205,7 +271,7 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
     baseline_report: dict[str, Any] | None = None
     baseline_values = None
     if baseline is not None:
-        base_table = _as_baseline_table(baseline, pred_table, truth_table.var_names, scaling)
+        base_table = _as_baseline_table(baseline, pred_table, truth_table.var_names, scaling, storage_options)
         # Keep only what all three share, so model and baseline are scored on identical values.
         base_cells = match_cells(base_table.obs_names, pred_table.obs_names[pred_rows])
         base_proteins = match_proteins(base_table.var_names, names)
@@ -248,6 +314,17 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
     return report
 
 
+def _check_input_locations(**inputs: Any) -> None:
+    """Refuse, before any work, an input URL of a scheme this package cannot read (or whose extra is
+    missing) and a pathlib.Path made from a URL; each keyword is a flag name and its value."""
+    from sctranslator.util.storage import check_location
+
+    for name, location in inputs.items():
+        if isinstance(location, str | os.PathLike):
+            check_not_folded(location, what=f"--{name}")
+            check_location(location, what=f"--{name}")
+
+
 def _enough_cells(cells: Any, min_matched: float) -> None:
     """Refuse a cell overlap too small to be the same cells (see `evaluate`'s `min_matched`)."""
     smaller = min(cells.n_pred, cells.n_truth)
@@ -262,10 +339,23 @@ def _enough_cells(cells: Any, min_matched: float) -> None:
 
 
 def training_overlap(names: Any, model: str | Path | None, record: dict[str, Any] | None) -> dict[str, Any]:
-    """How many of the scored cells (`names`) the model was trained or validated on, from its bundle.
+    """How many of the scored cells the model was trained or validated on, from its bundle.
 
-    The bundle is `model`, else the one translate recorded in the predictions (`record`, their
-    uns['sctranslator']) if it is still there. Warns when scored cells were training cells.
+    Warns when scored cells were training cells.
+
+    Parameters
+    ----------
+    names : sequence of str
+        The scored cells' names.
+    model : str, pathlib.Path or None
+        The bundle; None: the one translate recorded in `record`, if it is still there.
+    record : dict or None
+        The predictions' ``uns['sctranslator']``.
+
+    Returns
+    -------
+    dict
+        Counts of training and held-out cells among the scored ones, and the bundle used.
     """
     from sctranslator.model.bundle import CONFIG_FILE
     from sctranslator.model.cells import read_cells, seen_in

@@ -33,6 +33,7 @@ from sctranslator.export.triton_config import (
     model_parameters,
     render_config,
 )
+from sctranslator.export.triton_counts import MODEL_SOURCE as COUNTS_MODEL_SOURCE
 from sctranslator.export.triton_counts import counts_config, counts_model_name, write_counts_files
 from sctranslator.graph.contract import DECODER, ENCODER
 from sctranslator.model.network import TranslatorModel
@@ -45,6 +46,28 @@ PYTHON_MODEL_SOURCE = Path(__file__).with_name("triton_python_model.py")  # one 
 BLS_MODEL_SOURCE = Path(__file__).with_name("triton_bls_model.py")  # the client-facing model
 LAYOUT_SOURCE = Path(__file__).resolve().parents[1] / "graph" / "token_layout.py"
 BLS_HELPERS_FILE = "graph_model.py"  # triton_python_model.py beside the BLS model: its stub-boundary helpers
+# The Python files of each model directory (file name in <dir>/1 -> the package file it is a copy of):
+CLIENT_FILES = {PYTHON_FILE: BLS_MODEL_SOURCE, LAYOUT_FILE: LAYOUT_SOURCE, BLS_HELPERS_FILE: PYTHON_MODEL_SOURCE}
+PYTHON_GRAPH_FILES = {PYTHON_FILE: PYTHON_MODEL_SOURCE}  # the encoder and decoder models with --backend python
+COUNTS_FILES = {PYTHON_FILE: COUNTS_MODEL_SOURCE}  # the names-in model (with its package copy and facts)
+
+
+def model_dir_names(name: str) -> dict[str, str]:
+    """The export's model directories by role, for the Triton model `name`.
+
+    Parameters
+    ----------
+    name : str
+        The client-facing model's name.
+
+    Returns
+    -------
+    dict of str to str
+        Role (client, encoder, decoder, counts) -> model name.
+    """
+    graphs = graph_model_names(name)
+    return {"client": name, "encoder": graphs["encoder"], "decoder": graphs["decoder"],
+            "counts": counts_model_name(name)}
 
 
 @dataclass(frozen=True)
@@ -146,13 +169,9 @@ def write_model_dirs(staging: dict[str, Path], onnx_file: Path, settings: Servin
     parameters = model_parameters(metadata)
     names = graph_model_names(settings.name)
     client = client_config(settings, genes, proteins, parameters)
-    path = _write(staging[settings.name], render_config(client),
-                  {PYTHON_FILE: BLS_MODEL_SOURCE, LAYOUT_FILE: LAYOUT_SOURCE,
-                   BLS_HELPERS_FILE: PYTHON_MODEL_SOURCE})
+    path = _write(staging[settings.name], render_config(client), CLIENT_FILES)
     for spec, source in ((ENCODER, encoder_file), (DECODER, decoder_file)):
-        files = {ONNX_FILE: source}
-        if settings.backend == "python":
-            files[PYTHON_FILE] = PYTHON_MODEL_SOURCE
+        files = {ONNX_FILE: source, **(PYTHON_GRAPH_FILES if settings.backend == "python" else {})}
         _write(staging[names[spec.role]], render_config(graph_config(settings, spec, proteins, dim, parameters)),
                files)
     counts_dir = staging.get(counts_model_name(settings.name))
@@ -210,7 +229,7 @@ def export_triton(model: TranslatorModel, repo: str | Path, settings: ServingSet
     settings = settings or ServingSettings()
     settings.check()
     repo = Path(repo)
-    names = [settings.name, *graph_model_names(settings.name).values(), counts_model_name(settings.name)]
+    names = list(model_dir_names(settings.name).values())  # client, encoder, decoder, counts
     dirs = {name: repo / name for name in names}
     claim_output(dirs[settings.name], OUTPUT_KIND, inputs=(model, onnx_path), overwrite=overwrite,
                  siblings=[dirs[name] for name in names[1:]])

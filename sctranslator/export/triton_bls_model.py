@@ -45,11 +45,12 @@ def _sibling(file_name: str, package_module: str) -> Any:
 
 
 TokenLayout = _sibling("token_layout.py", "sctranslator.graph.token_layout").TokenLayout
-# The stub-boundary helpers (DLPack in and out, error responses, configuration dtypes) are the
-# graph model's, whose file is copied beside this one as graph_model.py.
+# The stub-boundary helpers (DLPack in and out, error responses, configuration dtypes) and the BLS
+# calls are the graph model's, whose file is copied beside this one as graph_model.py.
 _graph_model = _sibling("graph_model.py", "sctranslator.export.triton_python_model")
 CONFIG_DTYPES = _graph_model.CONFIG_DTYPES
 to_numpy, to_tensor, error_response = _graph_model.to_numpy, _graph_model.to_tensor, _graph_model.error_response
+bls_infer = _graph_model.bls_infer
 
 
 def layout_key(gene_ids: np.ndarray, gene_mask: np.ndarray) -> bytes | None:
@@ -128,66 +129,6 @@ class TritonPythonModel:
                                  "as protein_ids")
         return arrays
 
-    def infer(self, model: str, feed: dict[str, np.ndarray], output: str, limit: int = 0) -> np.ndarray:
-        """BLS calls to `model`, each of at most `limit` cells, every input split along its first axis.
-
-        Parameters
-        ----------
-        model : str
-            The called model (the encoder or decoder graph model).
-        feed : dict of str to numpy.ndarray
-            Its inputs; the first axis is cells.
-        output : str
-            The output to read back.
-        limit : int
-            Cells per call (the model's max_batch_size); 0: one call, as for the encoder, whose
-            max_batch_size 0 takes any batch.
-
-        Returns
-        -------
-        numpy.ndarray
-            The output of every call, concatenated along the first axis.
-
-        Raises
-        ------
-        RuntimeError
-            A call failed (with the callee's message).
-        """
-        cells = next(iter(feed.values())).shape[0]
-        if limit <= 0 or cells <= limit:
-            return self.infer_once(model, feed, output)
-        return np.concatenate([self.infer_once(model, {name: array[lo:lo + limit] for name, array in feed.items()},
-                                               output) for lo in range(0, cells, limit)])
-
-    def infer_once(self, model: str, feed: dict[str, np.ndarray], output: str) -> np.ndarray:
-        """One BLS call to `model`.
-
-        Parameters
-        ----------
-        model : str
-            The called model.
-        feed : dict of str to numpy.ndarray
-            Its inputs.
-        output : str
-            The output to read back.
-
-        Returns
-        -------
-        numpy.ndarray
-            That output.
-
-        Raises
-        ------
-        RuntimeError
-            The call failed (with the callee's message).
-        """
-        request = pb_utils.InferenceRequest(model_name=model, requested_output_names=[output],
-                                            inputs=[to_tensor(name, array) for name, array in feed.items()])
-        response = request.exec()
-        if response.has_error():
-            raise RuntimeError(f"{model}: {response.error().message()}")
-        return np.array(to_numpy(pb_utils.get_output_tensor_by_name(response, output)))
-
     def run(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         """Predict one request.
 
@@ -227,7 +168,7 @@ class TritonPythonModel:
 
         values, gene_ids, gene_mask = joined("values"), joined("gene_ids"), joined("gene_mask")
         layout = TokenLayout.for_batch(gene_ids, gene_mask, values)
-        translated = self.infer(self.encoder_model, layout.encoder_inputs(values, gene_ids, gene_mask),
+        translated = bls_infer(self.encoder_model, layout.encoder_inputs(values, gene_ids, gene_mask),
                                 "translated")
         bounds = np.cumsum([0, *sizes])
         outputs: list[list[np.ndarray]] = [[] for _ in group]
@@ -244,7 +185,7 @@ class TritonPythonModel:
                                                    for i in taking]),
                     "protein_mask": np.concatenate([group[i]["protein_mask"][:, lo:lo + self.proteins]
                                                     for i in taking])}
-            predicted = self.infer(self.decoder_model, feed, self.output, self.decoder_limit)
+            predicted = bls_infer(self.decoder_model, feed, self.output, self.decoder_limit)
             start = 0
             for i in taking:
                 outputs[i].append(predicted[start:start + sizes[i]])

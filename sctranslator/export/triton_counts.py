@@ -37,6 +37,7 @@ from sctranslator.export.triton_config import (
     PARAM_DECODER_MAX_BATCH,
     PARAM_DECODER_MODEL,
     PARAM_ENCODER_MODEL,
+    PYTHON_FILE,
     ServingSettings,
     graph_model_names,
 )
@@ -175,6 +176,6 @@ def write_counts_files(version_dir: Path, metadata: dict[str, Any]) -> None:
         `read_onnx_metadata`'s dict.
     """
     version_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(MODEL_SOURCE, version_dir / "model.py")
+    shutil.copyfile(MODEL_SOURCE, version_dir / PYTHON_FILE)
     (version_dir / FACTS_FILE).write_text(json.dumps(model_facts(metadata), sort_keys=True, indent=1))
     shutil.copytree(PACKAGE_SOURCE, version_dir / PACKAGE_DIR, ignore=PACKAGE_IGNORE, dirs_exist_ok=True)

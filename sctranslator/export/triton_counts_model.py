@@ -201,7 +201,7 @@ class TritonPythonModel:
 
         self.plan_module, self.BlockRunner, self.TokenLayout = plan_module, BlockRunner, TokenLayout
         self.to_numpy, self.to_tensor = graph_model.to_numpy, graph_model.to_tensor
-        self.error_response = graph_model.error_response
+        self.error_response, self.bls_infer = graph_model.error_response, graph_model.bls_infer
         self.model = SimpleNamespace(config=SimpleNamespace(**facts["config"]), panel=facts.get("panel"),
                                      preprocessing=facts.get("preprocessing"))
         self.facts = facts
@@ -304,66 +304,6 @@ class TritonPythonModel:
         return Prepared(index, runner.prepare(block.data), plan)
 
     # --- the graphs --------------------------------------------------------------------------------
-    def infer(self, model: str, feed: dict[str, np.ndarray], output: str, limit: int = 0) -> np.ndarray:
-        """BLS calls to `model`, each of at most `limit` cells, every input split along its first axis.
-
-        Parameters
-        ----------
-        model : str
-            The called model (the encoder or decoder graph model).
-        feed : dict of str to numpy.ndarray
-            Its inputs; the first axis is cells.
-        output : str
-            The output to read back.
-        limit : int
-            Cells per call (the model's max_batch_size); 0: one call, as for the encoder, whose
-            max_batch_size 0 takes any batch.
-
-        Returns
-        -------
-        numpy.ndarray
-            The output of every call, concatenated along the first axis.
-
-        Raises
-        ------
-        RuntimeError
-            A call failed (with the callee's message).
-        """
-        cells = next(iter(feed.values())).shape[0]
-        if limit <= 0 or cells <= limit:
-            return self.infer_once(model, feed, output)
-        return np.concatenate([self.infer_once(model, {name: array[lo:lo + limit] for name, array in feed.items()},
-                                               output) for lo in range(0, cells, limit)])
-
-    def infer_once(self, model: str, feed: dict[str, np.ndarray], output: str) -> np.ndarray:
-        """One BLS call to `model`.
-
-        Parameters
-        ----------
-        model : str
-            The called model.
-        feed : dict of str to numpy.ndarray
-            Its inputs.
-        output : str
-            The output to read back.
-
-        Returns
-        -------
-        numpy.ndarray
-            That output.
-
-        Raises
-        ------
-        RuntimeError
-            The call failed (with the callee's message).
-        """
-        request = pb_utils.InferenceRequest(model_name=model, requested_output_names=[output],
-                                            inputs=[self.to_tensor(name, array) for name, array in feed.items()])
-        response = request.exec()
-        if response.has_error():
-            raise RuntimeError(f"{model}: {response.error().message()}")
-        return np.array(self.to_numpy(pb_utils.get_output_tensor_by_name(response, output)))
-
     def run_group(self, group: list[Prepared]) -> list[np.ndarray]:
         """Predictions of requests sharing one gene layout: the encoder once, the decoder once per window.
 
@@ -382,7 +322,7 @@ class TritonPythonModel:
         layout = self.TokenLayout.for_layout(plan.gene_ids, plan.position_real)
         if not layout.fits(values):  # a padded-looking position holds a value: compute it as a token
             layout = self.TokenLayout.for_layout(plan.gene_ids, plan.position_real, values)
-        translated = self.infer(self.encoder_model,
+        translated = self.bls_infer(self.encoder_model,
                                 layout.encoder_inputs(values, plan.gene_ids, plan.position_real), "translated")
         sizes = [item.values.shape[0] for item in group]
         bounds = np.cumsum([0, *sizes])
@@ -398,7 +338,7 @@ class TritonPythonModel:
             feed = {"translated": translated if len(members) == len(group) else translated[rows],
                     "protein_ids": np.ascontiguousarray(ids, dtype=np.int64),
                     "protein_mask": np.ascontiguousarray(mask, dtype=np.bool_)}
-            predicted = self.infer(self.decoder_model, feed, "predictions", self.decoder_limit)
+            predicted = self.bls_infer(self.decoder_model, feed, "predictions", self.decoder_limit)
             offsets = np.cumsum([0, *(sizes[k] for k in members)])
             for j, k in enumerate(members):
                 outputs[k].append(predicted[offsets[j]:offsets[j + 1]])

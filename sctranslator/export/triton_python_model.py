@@ -4,7 +4,8 @@
 and `<repo>/<name>_decoder/1/model.py`, for Triton builds without the ONNX Runtime backend (such
 as the one bundled with nvidia-pytriton). The client-facing model calling them is triton_bls_model.py.
 It is self-contained: the Python environment of Triton's stub needs only numpy and onnxruntime
-(onnxruntime-gpu for KIND_GPU instances).
+(onnxruntime-gpu for KIND_GPU instances). Its stub-boundary helpers (`to_numpy`, `to_tensor`,
+`error_response`) and BLS calls (`bls_infer`) serve the client-facing models too.
 
 Under numpy 2 tensors cross the stub boundary through DLPack: the stub's `Tensor(name, ndarray)`
 and `as_numpy()` are compiled against numpy 1 and give empty outputs under numpy 2, while
@@ -121,6 +122,68 @@ def error_response(message: str) -> Any:
         The response.
     """
     return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+
+
+def bls_infer(model: str, feed: dict[str, np.ndarray], output: str, limit: int = 0) -> np.ndarray:
+    """BLS calls to the Triton model `model`, each of at most `limit` cells, every input split along its first axis.
+
+    Parameters
+    ----------
+    model : str
+        The called model (the encoder or decoder graph model).
+    feed : dict of str to numpy.ndarray
+        Its inputs; the first axis is cells.
+    output : str
+        The output to read back.
+    limit : int
+        Cells per call (the model's max_batch_size); 0: one call, as for the encoder, whose
+        max_batch_size 0 takes any batch.
+
+    Returns
+    -------
+    numpy.ndarray
+        The output of every call, concatenated along the first axis.
+
+    Raises
+    ------
+    RuntimeError
+        A call failed (with the callee's message).
+    """
+    cells = next(iter(feed.values())).shape[0]
+    if limit <= 0 or cells <= limit:
+        return bls_infer_once(model, feed, output)
+    return np.concatenate([bls_infer_once(model, {name: array[lo:lo + limit] for name, array in feed.items()},
+                                          output) for lo in range(0, cells, limit)])
+
+
+def bls_infer_once(model: str, feed: dict[str, np.ndarray], output: str) -> np.ndarray:
+    """One BLS call to `model`.
+
+    Parameters
+    ----------
+    model : str
+        The called model.
+    feed : dict of str to numpy.ndarray
+        Its inputs.
+    output : str
+        The output to read back.
+
+    Returns
+    -------
+    numpy.ndarray
+        That output.
+
+    Raises
+    ------
+    RuntimeError
+        The call failed (with the callee's message).
+    """
+    request = pb_utils.InferenceRequest(model_name=model, requested_output_names=[output],
+                                        inputs=[to_tensor(name, array) for name, array in feed.items()])
+    response = request.exec()
+    if response.has_error():
+        raise RuntimeError(f"{model}: {response.error().message()}")
+    return np.array(to_numpy(pb_utils.get_output_tensor_by_name(response, output)))
 
 
 def _providers(kind: str, device_id: int) -> list[Any]:

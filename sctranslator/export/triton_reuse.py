@@ -14,26 +14,22 @@ from pathlib import Path
 from sctranslator import __version__
 from sctranslator.export.onnx_format import read_onnx_metadata
 from sctranslator.export.triton import (
-    BLS_HELPERS_FILE,
-    BLS_MODEL_SOURCE,
-    LAYOUT_SOURCE,
+    CLIENT_FILES,
+    COUNTS_FILES,
     MODEL_VERSION,
     OUTPUT_KIND,
-    PYTHON_MODEL_SOURCE,
+    PYTHON_GRAPH_FILES,
+    model_dir_names,
 )
 from sctranslator.export.triton_config import (
-    LAYOUT_FILE,
     ONNX_FILE,
-    PYTHON_FILE,
     ServingSettings,
     client_config,
     graph_config,
-    graph_model_names,
     model_parameters,
     render_config,
 )
-from sctranslator.export.triton_counts import MODEL_SOURCE as COUNTS_MODEL_SOURCE
-from sctranslator.export.triton_counts import PACKAGE_DIR, PACKAGE_SOURCE, counts_config, counts_model_name
+from sctranslator.export.triton_counts import PACKAGE_DIR, PACKAGE_SOURCE, counts_config
 from sctranslator.graph.contract import DECODER, ENCODER
 from sctranslator.model.identity import model_fingerprint
 from sctranslator.model.network import TranslatorModel
@@ -58,9 +54,7 @@ def export_mismatch(model: TranslatorModel, repo: str | Path, settings: ServingS
         None when the repository holds an export of `model` with `settings`, else the reason.
     """
     repo = Path(repo)
-    names = graph_model_names(settings.name)
-    dirs = {"client": repo / settings.name, "encoder": repo / names["encoder"], "decoder": repo / names["decoder"],
-            "counts": repo / counts_model_name(settings.name)}
+    dirs = {role: repo / name for role, name in model_dir_names(settings.name).items()}
     for directory in dirs.values():
         if not (directory / "config.pbtxt").is_file():
             return f"{directory} has no config.pbtxt (no earlier export)"
@@ -92,11 +86,9 @@ def export_mismatch(model: TranslatorModel, repo: str | Path, settings: ServingS
     for role, wanted in expected.items():
         if (dirs[role] / "config.pbtxt").read_text() != render_config(wanted):
             return f"{dirs[role] / 'config.pbtxt'} differs from what these serving options write"
-    sources = {dirs["client"]: {PYTHON_FILE: BLS_MODEL_SOURCE, LAYOUT_FILE: LAYOUT_SOURCE,
-                                BLS_HELPERS_FILE: PYTHON_MODEL_SOURCE},
-               dirs["counts"]: {PYTHON_FILE: COUNTS_MODEL_SOURCE}}
+    sources = {dirs["client"]: CLIENT_FILES, dirs["counts"]: COUNTS_FILES}
     if settings.backend == "python":
-        sources[dirs["encoder"]] = sources[dirs["decoder"]] = {PYTHON_FILE: PYTHON_MODEL_SOURCE}
+        sources[dirs["encoder"]] = sources[dirs["decoder"]] = PYTHON_GRAPH_FILES
     for directory, files in sources.items():
         for name, source in files.items():
             copy = directory / MODEL_VERSION / name

@@ -42,7 +42,7 @@ from sctranslator.train.paired import PairedData, load_paired
 from sctranslator.train.presets import preset_config
 from sctranslator.train.split import Split, split_cells
 from sctranslator.util.atomic import install_dir, remove_path, staging_dir
-from sctranslator.util.storage import refuse_remote
+from sctranslator.util.storage import check_location, check_not_folded, is_url, parse_storage_options, refuse_remote
 from sctranslator.vocab.genes import check_gene_mapping
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,19 @@ DataOptions = TrainDataOptions  # the data options of finetune, declared in sctr
 
 @dataclass
 class Validation:
-    """The trainer's own held-out predictions for the returned weights (attached to the model)."""
+    """The trainer's own held-out predictions for the returned weights (attached to the model).
+
+    Parameters
+    ----------
+    obs_names : list of str
+        The held-out cells.
+    predictions : numpy.ndarray
+        ``(n_val, n_proteins)`` on the target scale.
+    targets : numpy.ndarray
+        ``(n_val, n_proteins)``; NaN where a cell's dataset did not measure the protein.
+    metrics : dict
+        The validation metrics.
+    """
 
     obs_names: list[str]
     predictions: np.ndarray  # (n_val, n_proteins), on the target scale
@@ -126,9 +138,23 @@ def inherit_preprocessing(options: DataOptions, init: TranslatorModel | None
                           ) -> tuple[DataOptions, dict[str, str]]:
     """Fill the preprocessing options left unset (None) from the starting model, else the defaults.
 
-    A model keeps the input normalisation and target scaling it was trained with unless the user
-    asks for others: a fine-tuned model otherwise predicts on another scale than its start without a
-    word. Returns the completed options and, per setting, where its value came from.
+    A model keeps the input normalisation and target scaling it was trained with unless the user asks
+    for others: a fine-tuned model would otherwise predict on another scale than its start without a
+    word.
+
+    Parameters
+    ----------
+    options : TrainDataOptions
+        The data options given.
+    init : TranslatorModel or None
+        The starting model; None: from scratch.
+
+    Returns
+    -------
+    options : TrainDataOptions
+        The completed options.
+    sources : dict of str to str
+        Per setting, where its value came from.
     """
     recorded = (getattr(init, "preprocessing", None) or {}) if init is not None else {}
     chosen: dict[str, Any] = {}
@@ -157,7 +183,8 @@ def _fingerprint(model: TranslatorModel, pairs: list[PairedData], splits: list[S
                  options: TrainOptions, world: int) -> str:
     """Identity of a run, so that resuming refuses other data or settings."""
     settings = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("quiet", "stop_after", "device")}
-    digest = hashlib.sha256(json.dumps({"train": settings, "data": dataclasses.asdict(data_options),
+    data = {k: v for k, v in dataclasses.asdict(data_options).items() if not (k == "measurement" and v is None)}
+    digest = hashlib.sha256(json.dumps({"train": settings, "data": data,
                                         "panel": model.panel, "world": world,
                                         "origin": [paired.origin for paired in pairs]},
                                        sort_keys=True, default=str).encode())
@@ -174,54 +201,87 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
              config_overrides: dict[str, Any] | None = None, feature_redraw_interval: int | None | str = KEEP,
              work_dir: str | os.PathLike | None = None, metrics_log: str | os.PathLike | None = None,
              resume: bool = False, workers: int | None = None, overwrite: bool = False,
-             **options: Any) -> TranslatorModel:
+             storage_options: str | dict[str, Any] | None = None, **options: Any) -> TranslatorModel:
     """Train a model on paired RNA + protein data and save it as a bundle at `out`.
 
-    rna: .h5ad, .h5mu (MuData with 'rna' and 'prot') or zarr store, or an AnnData (cells x genes);
-        or a list of them: several paired datasets, each with its own genes and proteins, trained on
-        together (the model's panels are their unions; see `sctranslator.train.datasets`).
-    protein: protein counts for the same cells (cells x proteins; default: inside `rna`, as a MuData
-        'prot' modality or obsm[protein_key]); with several `rna`, a list in the same order.
-    The cells are streamed: read in blocks of `block_cells` through the engine's sources, in a
-    seeded random block order shuffled within windows of `shuffle_blocks` blocks, prepared per
-    micro-batch (`sctranslator.train.stream`); `gene_subset` trains each cell on that many panel
-    genes drawn at random.
-    Start from `init` (a published .pt checkpoint, a bundle, or a TranslatorModel) or from scratch
-    with `config` (a preset name: "published", "small", "tiny"; or a ModelConfig) plus
-    `config_overrides` (ModelConfig fields). `feature_redraw_interval`: random-feature redraw every N
-    training forward calls, None = fixed, "model" = the starting model's setting. `workers`: CPU
-    threads per process.
+    The cells are streamed: read in blocks of ``block_cells`` through the engine's sources, in a seeded
+    random block order shuffled within windows of ``shuffle_blocks`` blocks, and prepared per
+    micro-batch. Under ``torchrun`` each process runs this same call (DDP). Nothing but an earlier
+    finetune bundle at `out` and its checkpoint folder is ever replaced.
 
-    `options` are the fields of `sctranslator.options.TrainDataOptions` (proteins, genes, protein_key,
-    layer, gene_column, id_type, gene_mapping, normalize, target_sum, target_scaling, val_fraction,
-    val_count, split_column + val_values, allow_low_coverage, allow_empty_cells) and `TrainOptions`
-    (steps or epochs, batch_size (cells per process per micro-batch), accumulation, lr, weight_decay,
-    warmup_steps, decay, min_lr_ratio, clip_norm, precision, freeze, seed, block_cells, shuffle_blocks,
-    gene_subset, val_every, patience, val_batch_size, keep_best,
-    checkpoint_every, stop_after, device, quiet); each documents its default and choices.
+    Parameters
+    ----------
+    rna : str, os.PathLike, AnnData, MuData, or a list of these
+        .h5ad, .h5mu (MuData with 'rna' and 'prot') or Zarr store, or an AnnData (cells x genes, raw
+        counts); a list is several paired datasets, each with its own genes and proteins, trained on
+        together (the model's panels are their unions).
+    protein : str, os.PathLike, AnnData, list or None
+        Protein counts of the same cells (cells x proteins); None: inside `rna` (a MuData 'prot'
+        modality or ``obsm[protein_key]``). With several `rna`, a list in the same order.
+    init : str, os.PathLike, TranslatorModel or None
+        Start from a published .pt checkpoint, a bundle or a model.
+    config : {'published', 'small', 'tiny'}, ModelConfig or None
+        Start from scratch with a preset or a configuration (exactly one of `init` and `config`).
+    out : str or os.PathLike
+        The bundle directory.
+    config_overrides : dict or None
+        ModelConfig fields to change with `config`.
+    feature_redraw_interval : int, None or 'model'
+        Random-feature redraw every N training forward calls; None: fixed; "model": the starting
+        model's setting.
+    work_dir : str, os.PathLike or None
+        Checkpoints and the metrics log; None: ``<out>.training``.
+    metrics_log : str, os.PathLike or None
+        The metrics file (.csv or JSON lines); None: in `work_dir`.
+    resume : bool
+        Continue a stopped run exactly.
+    workers : int or None
+        CPU threads per process.
+    overwrite : bool
+        Replace an earlier finetune bundle at `out` and checkpoint folder at `work_dir`.
+    storage_options : str, dict or None
+        fsspec options (or their JSON) for inputs at s3://, gs:// or http(s):// URLs; outputs stay
+        local.
+    wait : bool
+        When another job is writing the outputs, wait for it instead of refusing.
+    **options
+        The fields of `sctranslator.options.TrainDataOptions` (proteins, protein_key, layer,
+        gene_column, id_type, gene_mapping, normalize, target_sum, target_scaling, val_fraction,
+        val_count, split_column + val_values, allow_low_coverage, allow_empty_cells) and
+        `sctranslator.options.TrainOptions` (steps or epochs, batch_size, accumulation, lr, ...,
+        device, quiet); each documents its default and choices.
 
-    Checkpoints and the metrics log go to `work_dir` (default: `<out>.training`); `resume=True`
-    continues a stopped run exactly. Under `torchrun` each process runs this same call (DDP).
-    Returns the trained model (eval mode, on CPU) with its held-out predictions in `.validation`
-    (predictions and targets: n_val x n_proteins, on the target scale). The bundle records its gene
-    mapping (default: the init bundle's, else "extended"). Paired cells with no counts in any panel
-    gene raise `BadCellsError` unless `allow_empty_cells` (their number then goes in the card).
-    `overwrite` replaces an earlier finetune bundle at `out` and checkpoint folder at `work_dir`
-    (`resume` continues them); anything else there, and an `out` or `work_dir` that is or overlaps
-    an input, is refused before training starts (OutputConflictError, see `sctranslator.outputs`).
+    Returns
+    -------
+    TranslatorModel
+        The trained model (eval mode, on CPU) with its held-out predictions in ``.validation``.
 
-    Raises:
-        TypeError: an unknown keyword option.
-        OptionError: a choice option (id_type, normalize, target_scaling, decay, precision, freeze)
-            outside its choices.
-        InputDataError: no length (steps/epochs), sizes < 1, both or neither of init and config, unusable
-            data (unpaired cells, bad values, too few cells to split).
-        CheckpointError: an unreadable `init`, an unknown preset, or `resume` with no saved run or one
-            saved with other data or settings.
+    Raises
+    ------
+    TypeError
+        An unknown keyword option.
+    OptionError
+        A choice (id_type, normalize, target_scaling, decay, precision, freeze) outside its choices.
+    InputDataError
+        No length (steps / epochs), sizes below 1, both or neither of `init` and `config`, unusable
+        data (unpaired cells, too few cells to split).
+    BadCellsError
+        Paired cells with bad values, or with no counts in any panel gene unless
+        ``allow_empty_cells``.
+    CheckpointError
+        An unreadable `init`, an unknown preset, or `resume` with no saved run or one saved with other
+        data or settings.
+    OutputConflictError
+        `out` or `work_dir` holds something else, or is or overlaps an input.
     """
     data_options, train_options = _split_options(options)
-    refuse_remote("finetune", rna=_as_list(rna), protein=_as_list(protein) if protein is not None else [],
-                  init=init, out=out, work_dir=work_dir, metrics_log=metrics_log)
+    storage_options = parse_storage_options(storage_options)
+    check_inputs(_as_list(rna) + (_as_list(protein) if protein is not None else []))
+    refuse_remote("finetune", reason="finetune writes the model bundle, its checkpoints and metrics log to local "
+                  "paths (inputs may be URLs); write them locally, then copy the bundle with your storage tool",
+                  out=out, work_dir=work_dir, metrics_log=metrics_log)
+    refuse_remote("finetune", reason="a model to start from is read from a local path; copy the bundle or "
+                  "checkpoint to a local path first", init=init)
     out = Path(out)
     work = Path(work_dir) if work_dir else out.with_name(out.name + ".training")
     # Every process checks before any writes: the process group's start is the barrier after it.
@@ -239,8 +299,9 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
                                  "its proteins)")
         pairs = [load_paired(r, p, protein_key=data_options.protein_key, layer=data_options.layer,
                              use_raw=data_options.use_raw, modality=data_options.modality,
-                             missing_chunks=data_options.missing_chunks) for r, p in zip(datasets, proteins_in,
-                                                                                         strict=True)]
+                             missing_chunks=data_options.missing_chunks, measurement=data_options.measurement,
+                             storage_options=storage_options)
+                 for r, p in zip(datasets, proteins_in, strict=True)]
         splits = [split_cells(paired.split_table(data_options.split_column),
                               val_fraction=data_options.val_fraction, val_count=data_options.val_count,
                               split_column=data_options.split_column, val_values=data_options.val_values,
@@ -297,6 +358,29 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
         return model
     finally:
         distributed.stop(processes)
+
+
+def check_inputs(locations: list[Any]) -> None:
+    """Refuse, before any work, an input URL this package cannot read, and a pathlib.Path made from a URL.
+
+    A no-op for local paths and in-memory data.
+
+    Parameters
+    ----------
+    locations : list
+        The inputs.
+
+    Raises
+    ------
+    UnsupportedStorageError
+        A scheme that cannot be read, or a folded URL.
+    MissingExtraError
+        The scheme's file system package is not installed.
+    """
+    for location in locations:
+        check_not_folded(location, what="the input")
+        if is_url(location):
+            check_location(location, what="the input")
 
 
 def _claim_outputs(out: Path, work: Path, inputs: tuple[Any, ...], *, overwrite: bool, resume: bool) -> bool:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sctranslator.options import PRESETS, TrainDataOptions, TrainOptions
+from sctranslator.options import PRESETS, OutputOptions, TrainDataOptions, TrainOptions
 
 Handler = Callable[[argparse.Namespace], int]
 KEEP = "model"  # --redraw-interval: keep the starting model's setting (train.api.KEEP)
@@ -54,14 +54,17 @@ def define_finetune(parser: argparse.ArgumentParser) -> Handler:
     """
     data = parser.add_argument_group("data")
     data.add_argument("--rna", required=True, nargs="+", metavar="RNA",
-                      help="RNA: .h5ad, .h5mu (MuData with 'rna' + 'prot') or zarr store; several datasets (each "
-                      "with its own genes and proteins) are trained on together, their blocks mixed at random")
+                      help="RNA: .h5ad, .h5mu (MuData with 'rna' + 'prot'), zarr store, TileDB-SOMA experiment (see "
+                      "--measurement), or one of these files or stores at an s3://, gs:// or http(s):// URL; several "
+                      "datasets (each with its own genes and proteins) are trained on together, their blocks mixed "
+                      "at random")
     data.add_argument("--protein", nargs="+", metavar="PROTEIN",
-                      help="protein counts (.h5ad or zarr) for the same cells, one per --rna input in its order "
-                      "(default: in the RNA file, as a MuData protein modality (prot, ADT, Antibody Capture..., or "
-                      "--protein-key) or obsm[--protein-key])")
+                      help="protein counts (.h5ad, zarr, a SOMA experiment, or a URL) for the same cells, one per "
+                      "--rna input in its order (default: in the RNA file, as a MuData protein modality or SOMA "
+                      "measurement (prot, ADT, Antibody Capture..., or --protein-key) or obsm[--protein-key])")
+    OutputOptions.add_cli_args(data, only=("storage_options",))
     TrainDataOptions.add_cli_args(data, only=("protein_key", "proteins", "layer", "use_raw", "modality",
-                                              "missing_chunks", "gene_column", "id_type",
+                                              "measurement", "missing_chunks", "gene_column", "id_type",
                                               "gene_mapping", "normalize", "target_sum", "target_scaling",
                                               "allow_low_coverage", "allow_empty_cells"))
     split = parser.add_argument_group("held-out split")
@@ -105,7 +108,8 @@ def define_finetune(parser: argparse.ArgumentParser) -> Handler:
         model = finetune(rna, protein, init=args.init, config=args.config, out=args.out,
                          config_overrides=_overrides(args.set), feature_redraw_interval=args.redraw_interval,
                          work_dir=args.work_dir, metrics_log=args.metrics_log, resume=args.resume,
-                         workers=args.workers, overwrite=args.overwrite, **options)
+                         workers=args.workers, overwrite=args.overwrite,
+                         storage_options=OutputOptions.from_cli_args(args).storage_options, **options)
         outcome = model.training_outcome
         if outcome.interrupted:
             print(f"stopped at step {outcome.steps_done}; run again with --resume to finish")

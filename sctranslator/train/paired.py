@@ -5,11 +5,17 @@ table stored as a matrix of its own (a separate .h5ad/zarr, or a MuData modality
 behind a `Source` too and is read in the same blocks; one kept in obsm or given in memory is held
 (cells x proteins, small next to the RNA). Cell names are read in blocks to pair the cells and are
 not kept (`sctranslator.train.cellnames`): a pairing holds integer rows only.
+
+Every source `translate` reads serves paired cells: local files and stores, the same at an
+s3://, gs:// or http(s):// URL (`storage_options` go to fsspec), and a TileDB-SOMA experiment,
+whose proteins are a second measurement of the same experiment or a file of their own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +27,15 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sctranslator.engine.sources import Source, open_source
+from sctranslator.engine.sources.remote import BLOCK_BYTES
+from sctranslator.engine.sources.soma import SomaSource, soma_uri
 from sctranslator.errors import InputDataError, StoreError
-from sctranslator.modalities import pick_protein_modality
+from sctranslator.modalities import is_protein_modality, pick_protein_modality
 from sctranslator.model.cells import name_hashes
 from sctranslator.train import cellnames
 from sctranslator.train.cellnames import hashes_at, name_blocks, names_at, same_names, source_hashes
+from sctranslator.util.optional import import_optional
+from sctranslator.util.storage import filesystem, is_url, join, remote_error, zarr_store
 
 DEFAULT_PROTEIN_KEY = "protein_expression"
 
@@ -188,18 +198,48 @@ def _is_mudata(data: Any) -> bool:
 
 
 def _describe(data: Any) -> str:
+    """Where `data` came from, for the card: a path, a URL without credentials or query (a presigned
+    URL's signature stays out of the bundle), or the in-memory object's type."""
+    if is_url(data):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(str(data))
+        return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
     return str(data) if isinstance(data, str | os.PathLike) else f"in-memory {type(data).__name__}"
 
 
-def _open_group(path: Path) -> Any:
-    """The root group of an HDF5 file (h5ad/h5mu) or a zarr store, read-only."""
+@contextlib.contextmanager
+def _root_group(location: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> Iterator[Any]:
+    """The root group of an HDF5 file (h5ad/h5mu) or a Zarr store, local or at a URL, opened read-only."""
+    if is_url(location):
+        url = str(location).rstrip("/")
+        fs, path = filesystem(url, storage_options)
+        try:
+            is_zarr = any(fs.exists(join(path, marker)) for marker in ("zarr.json", ".zgroup"))
+            handle = None if is_zarr else fs.open(path, "rb", block_size=BLOCK_BYTES, cache_type="blockcache")
+        except Exception as exc:  # noqa: BLE001 - credentials, endpoint, permissions
+            raise remote_error(url, exc, "reading the input") from exc
+        if handle is None:
+            import zarr
+
+            yield zarr.open_group(zarr_store(url, storage_options), mode="r")
+            return
+        try:
+            with h5py.File(handle, "r") as group:
+                yield group
+        finally:
+            handle.close()
+        return
+    path = Path(location)
     if path.is_dir():
         import zarr
 
-        return zarr.open_group(str(path), mode="r")
+        yield zarr.open_group(str(path), mode="r")
+        return
     if not path.exists():
         raise StoreError(f"{path}: no such file or directory")
-    return h5py.File(path, "r")
+    with h5py.File(path, "r") as group:
+        yield group
 
 
 def _read_elem(group: Any, key: str) -> Any:
@@ -239,7 +279,8 @@ def _protein_modality(names: list[str], key: str, what: str) -> str:
                                  "--protein-key (protein_key=) naming the modality")
 
 
-def _embedded_protein(rna: Data, source: Source, key: str) -> tuple[np.ndarray, list[str], pd.Index, str]:
+def _embedded_protein(rna: Data, source: Source, key: str, storage_options: dict[str, Any] | None = None
+                      ) -> tuple[np.ndarray, list[str], pd.Index, str]:
     """The protein table stored with the RNA: a MuData modality, or an AnnData obsm entry."""
     if _is_mudata(rna):
         name = _protein_modality(list(rna.mod), key, "the MuData")
@@ -249,37 +290,53 @@ def _embedded_protein(rna: Data, source: Source, key: str) -> tuple[np.ndarray, 
             raise InputDataError(f"no protein table given: pass protein=..., or keep it in obsm[{key!r}] "
                                  f"(this AnnData's obsm has {list(rna.obsm)})")
         return (*_table_from_obsm(rna.obsm[key], dict(rna.uns), key, source.obs_names), f"obsm[{key!r}]")
-    path = Path(rna)
-    group = _open_group(path)
-    try:
+    where = _describe(rna)
+    with _root_group(rna, storage_options) as group:
         if "mod" in group:
-            name = _protein_modality(list(group["mod"]), key, str(path))
-            return (*_table_from_anndata(_read_elem(group, f"mod/{name}")), f"modality {name!r} of {path}")
+            name = _protein_modality(list(group["mod"]), key, where)
+            return (*_table_from_anndata(_read_elem(group, f"mod/{name}")), f"modality {name!r} of {where}")
         if "obsm" in group and key in group["obsm"]:
             uns = _read_elem(group, "uns") if "uns" in group else {}
             table = _table_from_obsm(_read_elem(group, f"obsm/{key}"), uns, key, source.obs_names)
-            return (*table, f"obsm[{key!r}] of {path}")
-        raise InputDataError(f"no protein table given and {path} holds none: pass protein=PATH, or keep the "
-                             f"proteins in obsm[{key!r}] or a MuData 'prot' modality")
-    finally:
-        if isinstance(group, h5py.File):
-            group.close()
+            return (*table, f"obsm[{key!r}] of {where}")
+    raise InputDataError(f"no protein table given and {where} holds none: pass protein=PATH, or keep the "
+                         f"proteins in obsm[{key!r}] or a MuData 'prot' modality")
 
 
-def _stored_protein_modality(rna: Data, key: str, missing_chunks: str) -> tuple[Source | None, str]:
-    """The protein modality of a MuData file or store, opened for block reads (None: not a stored MuData)."""
+def _stored_protein_modality(rna: Data, source: Source, key: str, missing_chunks: str,
+                             storage_options: dict[str, Any] | None = None) -> tuple[Source | None, str]:
+    """The protein modality of a MuData file or store (local or at a URL), or the protein measurement
+    of a TileDB-SOMA experiment, opened for block reads (None: neither)."""
+    if isinstance(source, SomaSource):
+        return _soma_protein_measurement(source.path, key, exclude=source.measurement)
     if not isinstance(rna, str | os.PathLike):
         return None, ""
-    path = Path(rna)
-    group = _open_group(path)
-    try:
+    with _root_group(rna, storage_options) as group:
         if "mod" not in group:
             return None, ""
-        name = _protein_modality(list(group["mod"]), key, str(path))
-    finally:
-        if isinstance(group, h5py.File):
-            group.close()
-    return open_source(path, modality=name, missing_chunks=missing_chunks), f"modality {name!r} of {path}"
+        name = _protein_modality(list(group["mod"]), key, _describe(rna))
+    opened = open_source(rna if is_url(rna) else Path(rna), modality=name, missing_chunks=missing_chunks,
+                         storage_options=storage_options)
+    return opened, f"modality {name!r} of {_describe(rna)}"
+
+
+def _soma_protein_measurement(uri: str, key: str, exclude: str | None) -> tuple[Source, str]:
+    """The measurement of the SOMA experiment `uri` holding the proteins: `key` when it names one,
+    else the one named like proteins (prot, protein, ADT, ...); `exclude` is the RNA's measurement.
+    An experiment's measurements share its obs, so they pair cell by cell."""
+    soma = import_optional("tiledbsoma", "soma", "reading TileDB-SOMA experiments")
+    try:
+        with soma.Experiment.open(uri) as experiment:
+            names = sorted(str(name) for name in experiment.ms if str(name) != exclude)
+    except Exception as exc:
+        raise StoreError(f"{uri}: cannot be opened as a TileDB-SOMA experiment ({type(exc).__name__})") from exc
+    if key not in names and not any(is_protein_modality(name) for name in names):
+        raise InputDataError(f"the SOMA experiment {uri} has no protein measurement (measurements"
+                             f"{' besides ' + repr(exclude) if exclude else ''}: {names or 'none'}); pass the "
+                             "proteins with --protein PATH (protein=...), or name the measurement with --protein-key")
+    name = pick_protein_modality(names, key if key in names else None, f"the SOMA experiment {uri}",
+                                 "--protein-key (protein_key=) naming the measurement")
+    return open_source(uri, measurement=name), f"measurement {name!r} of {uri}"
 
 
 def _names(source: Source | None, table_names: pd.Index | None, rows: np.ndarray) -> np.ndarray:
@@ -374,60 +431,60 @@ def _match_cells(source: Source, protein_source: Source | None,
 
 def load_paired(rna: Data, protein: Data | None = None, *, protein_key: str = DEFAULT_PROTEIN_KEY,
                 layer: str | None = None, use_raw: bool = False, modality: str | None = None,
-                missing_chunks: str = "error") -> PairedData:
-    """Pair RNA with protein measurements of the same cells.
-
-    Cells are paired by obs_names (identical lists pair row by row); cells measured in only one
-    table are left out. Nothing is loaded whole: the RNA is read in row blocks later.
+                missing_chunks: str = "error", measurement: str | None = None,
+                storage_options: dict[str, Any] | None = None) -> PairedData:
+    """Pair RNA with protein measurements.
 
     Parameters
     ----------
-    rna : str, os.PathLike, AnnData or MuData
-        An .h5ad / .h5mu path, an AnnData or MuData Zarr store, or an in-memory AnnData / MuData;
-        raw counts, cells x genes.
-    protein : str, os.PathLike, AnnData or None
-        A second .h5ad / Zarr path or AnnData with the same cells (raw counts, cells x proteins);
-        None when the proteins travel with the RNA (a MuData protein modality, or
-        ``obsm[protein_key]`` as a DataFrame or an array with names in ``uns[protein_key + '_names']``).
-    protein_key : str
-        The obsm key, or the MuData modality, holding embedded proteins.
-    layer : str or None
-        Read this RNA layer instead of X.
-    use_raw : bool
-        Read the RNA from ``.raw``.
-    modality : str or None
-        The MuData modality holding the RNA; None: 'rna', else the one RNA-like modality.
-    missing_chunks : {'error', 'zeros'}
-        What a chunk of X absent from a Zarr store means.
+    rna
+        An .h5ad/.h5mu path, an AnnData or MuData Zarr store, any of these at an s3://, gs:// or
+        http(s):// URL, a TileDB-SOMA experiment (its URI), or an in-memory AnnData/MuData.
+    protein
+        A second .h5ad/Zarr path or URL, a SOMA experiment, or an AnnData with the same cells;
+        omitted when the proteins travel with the RNA (MuData 'prot' modality, a SOMA experiment's
+        protein measurement, or obsm[`protein_key`] as a DataFrame or an array with names in
+        uns[f'{protein_key}_names']).
+    protein_key
+        The obsm key, MuData modality or SOMA measurement holding the proteins (default: the one
+        named like proteins).
+    layer, use_raw, modality, missing_chunks, measurement
+        Choose the RNA matrix as for `translate` (`measurement`: a SOMA experiment's RNA measurement).
+    storage_options
+        fsspec options for URL inputs (credentials, endpoint_url, anon, ...).
 
     Returns
     -------
     PairedData
-        The paired cells, their rows in each table and the protein names.
+        Cells paired by obs_names (identical lists pair row by row); cells measured in only one
+        table are left out.
 
     Raises
     ------
     StoreError
-        A protein file does not exist.
+        An input that cannot be found or read.
     InputDataError
-        No proteins are found, protein counts are negative or not finite, too few cells pair (the
-        tables look like different datasets), or repeated cell names.
+        No protein table, bad protein counts, repeated or unshared cell names.
     """
-    source = open_source(rna, layer=layer, use_raw=use_raw, modality=modality, missing_chunks=missing_chunks)
+    source = open_source(rna, layer=layer, use_raw=use_raw, modality=modality, missing_chunks=missing_chunks,
+                         measurement=measurement, storage_options=storage_options)
     protein_source: Source | None = None
     matrix: np.ndarray | None = None
     if protein is None:
-        protein_source, where = _stored_protein_modality(rna, protein_key, missing_chunks)
+        protein_source, where = _stored_protein_modality(rna, source, protein_key, missing_chunks, storage_options)
         if protein_source is None:
-            matrix, names, protein_obs, where = _embedded_protein(rna, source, protein_key)
+            matrix, names, protein_obs, where = _embedded_protein(rna, source, protein_key, storage_options)
     elif isinstance(protein, ad.AnnData):
         matrix, names, protein_obs = _table_from_anndata(protein)
         where = "in-memory AnnData"
     elif isinstance(protein, str | os.PathLike):
-        if not Path(protein).exists():
-            raise StoreError(f"{protein}: no such protein file")
-        protein_source = open_source(protein, missing_chunks=missing_chunks)
-        where = str(protein)
+        if soma_uri(protein) is not None:
+            protein_source, where = _soma_protein_measurement(soma_uri(protein), protein_key, exclude=None)
+        else:
+            if not is_url(protein) and not Path(protein).exists():
+                raise StoreError(f"{protein}: no such protein file")
+            protein_source = open_source(protein, missing_chunks=missing_chunks, storage_options=storage_options)
+            where = _describe(protein)
     else:
         raise InputDataError(f"cannot read proteins from a {type(protein).__name__}: pass a path or an AnnData")
     if protein_source is not None:

@@ -130,13 +130,15 @@ def check_not_folded(location: Any, *, what: str = "the input") -> None:
             f"'{url.split('//')[0]}'); pass the URL as a str: {url!r} (nothing was read or written)")
 
 
-def refuse_remote(command: str, **locations: Any) -> None:
+def refuse_remote(command: str, *, reason: str | None = None, **locations: Any) -> None:
     """Refuse, before any work, URLs given to a command that reads and writes local files only.
 
     Parameters
     ----------
     command : str
         The command, for the message.
+    reason : str or None
+        What the message says instead of the default (local files only).
     **locations
         Flag name (``pred``, ``truth``, ...) -> its value or a list of values.
 
@@ -145,14 +147,14 @@ def refuse_remote(command: str, **locations: Any) -> None:
     UnsupportedStorageError
         A URL (or pathlib-folded URL), naming the flag and what to do.
     """
+    why = reason or (f"{command} reads and writes local files only (object storage is supported by translate); "
+                     "copy it to a local path first")
     for name, given in locations.items():
         flag = "--" + name.replace("_", "-")
         for location in given if isinstance(given, list | tuple) else [given]:
             url = folded_url(location) or (str(location) if is_url(location) else None)
             if url is not None:
-                raise UnsupportedStorageError(
-                    f"{flag} {url}: {command} reads and writes local files only (object storage is supported "
-                    "by translate); copy it to a local path first (nothing was read or written)")
+                raise UnsupportedStorageError(f"{flag} {url}: {why} (nothing was read or written)")
 
 
 def check_location(location: Any, *, write: bool = False, what: str = "the input") -> None:
