@@ -7,18 +7,23 @@ same first --cells cells:
   the whole model once per protein window: our stand-in for the original implementation;
 - "`translate(...)`, no options": the Python API exactly as a user calls it, model loaded once;
 - "`translate(..., workers=1)`": the tuned path beside it (one block at a time, all threads);
+- "before issue 22's streams": `translate` with backend_options cpu_streams=False and
+  selected_outputs=False, i.e. one call at a time on every thread and the whole decoder, as the
+  default ran before (the same run, so its ratio shows what the change bought under this load);
 - "CLI `sctranslator translate`, no options": the command as a whole process (interpreter start,
   model bundle load, plan, output store), wall seconds over the cells.
-Seconds per cell are marginal for the API rows: (time of n cells - time of 1 cell) / (n - 1), so
+Seconds per cell are marginal for the API rows: (time of n cells - time of 2 cells) / (n - 2), so
 the fixed cost of a call (about 0.7 s: output store, plan, fingerprint) does not count as
 per-cell work. Every repetition times the reference and each candidate back to back, and the
 speed-ups are medians of the per-repetition ratios, so load from other processes on a shared
 machine hits both sides of a ratio alike. Threads and workers are what each run recorded in its
 provenance (`uns['sctranslator']['settings']`). Errors are the largest |difference| against the
-reference forward's predictions over the largest |prediction|. With CUDA present the same rows
-run again with `device="cuda"` (reference forward on the GPU too).
+reference forward's predictions over the largest |prediction|. "cpu s/cell" is the process's CPU
+seconds per cell (all threads, marginal like the wall time): on a machine shared with other work it
+shows spinning and waiting threads that wall time alone hides. The load average is printed before and
+after. With CUDA present the same rows run again with `device="cuda"` (reference forward on the GPU too).
 
-Run: python benchmarks/bench_defaults.py [--cells 4] [--repeats 3] [--shared ../shared] [--no-cli]
+Run: python benchmarks/bench_defaults.py [--cells 6] [--repeats 3] [--shared ../shared] [--no-cli] [--inputs 16k,4k]
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -56,39 +62,41 @@ def settings_of(result: ad.AnnData) -> dict:
 
 
 def chosen(settings: dict) -> str:
-    """threads / workers / batch size as the run recorded them ("?" where it recorded none)."""
+    """threads / streams / workers / batch size as the run recorded them ("?" where it recorded none)."""
     chosen_by_rule = dict(settings.get("parallelism") or {})  # the defaults rule's record (engine/threads.py)
-    keys = ("threads", "workers", "batch_size")
+    keys = ("threads", "streams", "workers", "batch_size")
     return " / ".join(str(chosen_by_rule.get(key, settings.get(key, "?"))) for key in keys)
 
 
 def api_runner(model: TranslatorModel, path: Path, folder: Path, device: str,
-               options: dict) -> Callable[[], tuple[float, np.ndarray, dict]]:
-    """The whole call `translate(path, model, TEN, **options)`: seconds, predictions, recorded settings."""
-    def run() -> tuple[float, np.ndarray, dict]:
+               options: dict) -> Callable[[], tuple[float, float, np.ndarray, dict]]:
+    """The whole call `translate(path, model, TEN, **options)`: seconds, CPU seconds, predictions, settings."""
+    def run() -> tuple[float, float, np.ndarray, dict]:
         out = folder / f"api{next(RUNS)}.zarr"
         extra = {} if device == "cpu" else {"device": device}
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         result = sctranslator.translate(str(path), model, TEN, out=out, **extra, **options)
-        seconds = time.perf_counter() - start
-        return seconds, np.asarray(result.X.compute()), settings_of(result)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        return seconds, cpu, np.asarray(result.X.compute()), settings_of(result)
     return run
 
 
-def cli_runner(bundle: Path, path: Path, folder: Path, device: str) -> Callable[[], tuple[float, np.ndarray, dict]]:
-    def run() -> tuple[float, np.ndarray, dict]:
+def cli_runner(bundle: Path, path: Path, folder: Path, device: str
+               ) -> Callable[[], tuple[float, float, np.ndarray, dict]]:
+    def run() -> tuple[float, float, np.ndarray, dict]:
         out = folder / f"cli{next(RUNS)}.zarr"
         command = [sys.executable, "-m", "sctranslator", "translate", str(path), "--model", str(bundle),
                    "--proteins", ",".join(TEN), "--out", str(out)]
         if device != "cpu":
             command += ["--device", device]
-        start = time.perf_counter()
+        start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
         if done.returncode:
             raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-        seconds = time.perf_counter() - start
+        seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         result = ad.read_zarr(out)
-        return seconds, np.asarray(result.X), settings_of(result)
+        return seconds, cpu, np.asarray(result.X), settings_of(result)
     return run
 
 
@@ -102,7 +110,9 @@ def bench_input(label: str, source: Path, model: TranslatorModel, bundle: Path, 
                 device: str) -> list[str]:
     n = args.cells
     many = subset(source, n, folder / f"{label[:5]}-{n}.h5ad")
-    one = subset(source, 1, folder / f"{label[:5]}-1.h5ad")
+    # Two cells, not one: a lone cell runs as one call on every thread, two already run as streams, so
+    # the difference counts the same kind of work on both sides.
+    one = subset(source, 2, folder / f"{label[:5]}-2.h5ad")
     batch, mapped = prepared(many, model, TEN, n)
     reference_model = model if device == "cpu" else _on(model, device)
     reference = per_window(plain_forward, reference_model) if device == "cpu" else _device_reference(reference_model,
@@ -113,6 +123,10 @@ def bench_input(label: str, source: Path, model: TranslatorModel, bundle: Path, 
         "`translate(..., workers=1)`": (api_runner(model, many, folder, device, {"workers": 1}),
                                         api_runner(model, one, folder, device, {"workers": 1})),
     }
+    if device == "cpu":
+        before = {"backend_options": {"cpu_streams": False, "selected_outputs": False}}
+        candidates["`translate(...)` before issue 22's streams (one call on all threads, whole decoder)"] = (
+            api_runner(model, many, folder, device, before), api_runner(model, one, folder, device, before))
     if args.cli:
         candidates["CLI `sctranslator translate`, no options (whole process)"] = (
             cli_runner(bundle, many, folder, device), None)
@@ -120,35 +134,41 @@ def bench_input(label: str, source: Path, model: TranslatorModel, bundle: Path, 
     for run, _ in candidates.values():
         run()
     ref_times: list[float] = []
+    ref_cpu: list[float] = []
     per_cell: dict[str, list[float]] = {name: [] for name in candidates}
+    cpu_per_cell: dict[str, list[float]] = {name: [] for name in candidates}
     ratios: dict[str, list[float]] = {name: [] for name in candidates}
     outputs: dict[str, np.ndarray] = {}
     recorded: dict[str, dict] = {}
     exact = None
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         exact = np.concatenate([reference(cell(batch, i)) for i in range(n)])
         ref = (time.perf_counter() - start) / n
         ref_times.append(ref)
+        ref_cpu.append((time.process_time() - cpu_start) / n)
         for name, (run_many, run_one) in candidates.items():
-            seconds, outputs[name], recorded[name] = run_many()
+            seconds, cpu, outputs[name], recorded[name] = run_many()
             if run_one is not None:
-                seconds = (seconds - run_one()[0]) / (n - 1)
+                one_seconds, one_cpu, *_ = run_one()
+                seconds, cpu = (seconds - one_seconds) / (n - 2), (cpu - one_cpu) / (n - 2)
             else:
-                seconds /= n
+                seconds, cpu = seconds / n, cpu / n
             if seconds > 0:  # a marginal time at or below zero is load noise (another process): not a sample
                 per_cell[name].append(seconds)
+                cpu_per_cell[name].append(cpu)
                 ratios[name].append(ref / seconds)
     assert exact is not None
     exact = exact[:, batch.protein_mask.reshape(-1)]  # the real proteins, as translate writes them
     scale = np.abs(exact).max()
     where = "CUDA" if device != "cpu" else f"{os.cpu_count()} CPU"
+    threads = torch.get_num_threads() if device == "cpu" else "-"
     rows = [f"| {label} | {mapped:,} | {where} | reference forward (original's formulas, batch 1, eager) | "
-            f"{statistics.median(ref_times):.3f} | 1.0x | 1 / - / 1 | |"]
+            f"{statistics.median(ref_times):.3f} | {statistics.median(ref_cpu):.3f} | 1.0x | {threads} / 1 / - / 1 | |"]
     for name in candidates:
         error = np.abs(outputs[name] - exact).max() / scale
-        timing = (f"{statistics.median(per_cell[name]):.3f} | {statistics.median(ratios[name]):.1f}x"
-                  if per_cell[name] else "noise | noise")
+        timing = (f"{statistics.median(per_cell[name]):.3f} | {statistics.median(cpu_per_cell[name]):.3f} | "
+                  f"{statistics.median(ratios[name]):.1f}x" if per_cell[name] else "noise | noise | noise")
         rows.append(f"| {label} | {mapped:,} | {where} | {name} | {timing} | {chosen(recorded[name])} | {error:.1e} |")
     return rows
 
@@ -175,25 +195,32 @@ def _device_reference(model: TranslatorModel, device: str) -> Callable:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cells", type=int, default=4, help="cells per run (at least 2: marginal s/cell)")
+    parser.add_argument("--cells", type=int, default=6, help="cells per run (at least 3: marginal s/cell)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions; medians reported")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument("--no-cli", dest="cli", action="store_false", help="skip the whole-process CLI row")
+    parser.add_argument("--inputs", default="16k,4k", help="which inputs: 16k (ECCITE PBMC), 4k (10x PBMC HVGs)")
     args = parser.parse_args()
-    if args.cells < 2:
-        parser.error("--cells must be at least 2")
+    if args.cells < 3:
+        parser.error("--cells must be at least 3")
     torch.manual_seed(0)
     model = TranslatorModel(ModelConfig()).eval()
     data = args.shared / "data"
-    cases = [("ECCITE PBMC", data / "pbmc_eccite_mimitou2019" / "rna.h5ad"),
-             ("10x PBMC 4k HVGs", data / "pbmc10k_cite_10x" / "rna.h5ad")]
+    known = {"16k": ("ECCITE PBMC", data / "pbmc_eccite_mimitou2019" / "rna.h5ad"),
+             "4k": ("10x PBMC 4k HVGs", data / "pbmc10k_cite_10x" / "rna.h5ad")}
+    wanted = [name.strip() for name in args.inputs.split(",") if name.strip()]
+    if not wanted or set(wanted) - set(known):
+        parser.error(f"--inputs takes a comma-separated subset of {', '.join(known)}")
+    cases = [known[name] for name in wanted]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"full-size model ({model.n_parameters():,} parameters, random weights), 10 proteins, first {args.cells} "
           f"cells of each input, {args.repeats} interleaved repetitions; s/cell: median marginal seconds per cell "
           f"(API: model loaded once; CLI: the whole process over the cells); x reference: median of per-repetition "
-          f"ratios; threads / workers / batch: as recorded in provenance\n")
-    print("| input | mapped genes | device | path | s/cell | x reference | threads / workers / batch | max rel. err |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          f"ratios; threads / streams / workers / batch: as recorded in provenance; load average at the start "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
+    print("| input | mapped genes | device | path | s/cell | cpu s/cell | x reference "
+          "| threads / streams / workers / batch | max rel. err |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as folder:
         bundle = Path(folder) / "bundle"
         save_model(model, bundle)
@@ -201,6 +228,7 @@ def main() -> None:
             for label, path in cases:
                 for row in bench_input(label, path, model, bundle, Path(folder), args, device):
                     print(row, flush=True)
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -37,13 +37,10 @@ CHECKS = {
 PENDING_MODULES: tuple[str, ...] = (
     "sctranslator.analysis.knockout",
     "sctranslator.analysis.attention",
-    "sctranslator.engine.backends.torch_backend",
-    "sctranslator.model",
     "sctranslator.engine.collection",
     "sctranslator.engine.sources",
     "sctranslator.engine.pipeline",
     "sctranslator.engine.block_runner",
-    "sctranslator.engine.threads",
 )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import anndata as ad
@@ -58,6 +60,37 @@ def test_same_seed_same_weights_other_seed_differs(pair, tmp_path):
     c = _quick(pair, tmp_path / "c", seed=4)
     assert _same_weights(a, b)
     assert not _same_weights(a, c)
+
+
+TWO_CALLS_ONE_PROCESS = """
+import hashlib, sys
+import anndata as ad, torch
+import sctranslator
+
+rna_path, protein_path, init, folder = sys.argv[1:]
+rna = ad.read_h5ad(rna_path)[:48].copy()
+protein = ad.read_h5ad(protein_path)[:48].copy()
+callers = torch.get_num_threads()
+for call in range(2):
+    model = sctranslator.finetune(rna, protein, init=init, out=f"{folder}/call{call}", steps=3, batch_size=8,
+                                  lr=1e-3, val_count=8, seed=5, workers=1, quiet=True)
+    digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in model.state_dict().values())).hexdigest()
+    print(digest, callers, torch.get_num_threads())
+"""
+
+
+def test_first_call_in_a_fresh_process_matches_later_calls(pair, tmp_path):
+    # Numba's first parallel kernel starts its OpenMP pool and resets this thread's intra-op count
+    # (shared with PyTorch) to Numba's; the first finetune of a process then trained with 2 threads.
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2"}  # 2 on any machine, so the reset is visible
+    result = subprocess.run([sys.executable, "-c", TWO_CALLS_ONE_PROCESS, str(pair["rna_path"]),
+                             str(pair["protein_path"]), str(TINY_A), str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (first, callers, after_first), (second, _, after_second) = (line.split() for line in
+                                                                result.stdout.splitlines()[-2:])
+    assert first == second  # bitwise equal weights
+    assert after_first == after_second == callers  # the caller's thread count comes back
 
 
 def test_resume_is_exact(pair, tmp_path):

@@ -661,12 +661,16 @@ def plan_execution(options: TranslateOptions, backend: ChosenBackend, loaded: Tr
                        precision=engine.precision, options=dict(options.backend_options))
     if engine.compile:
         spec.options["compile"] = True
+    if "selected_outputs" in caps.options:
+        # translate reads the real proteins only: the decoder's padded positions need no last layer.
+        spec.options.setdefault("selected_outputs", True)
     # Concurrent blocks x intra-op threads never exceed the cores this process may use (engine.threads).
     tokens = encoder_tokens(plan, caps, spec)
     flop = cell_flop(loaded.config, tokens)
     cpus, cpu_source = available_cpus()
     rule = choose_parallelism(remote=caps.remote, device=engine.device, flop_per_cell=flop, cpus=cpus,
-                              cpu_source=cpu_source, workers=engine.workers)
+                              cpu_source=cpu_source, workers=engine.workers,
+                              streams=caps.cpu_streams and bool(spec.options.get("cpu_streams", True)))
     spec.threads = rule.threads
     shared = active_collection()
     if shared is not None:  # an input of a collection: one backend and one progress bar for all

@@ -41,6 +41,7 @@ from sctranslator.train.metrics_log import MetricsLog
 from sctranslator.train.paired import PairedData, load_paired
 from sctranslator.train.presets import preset_config
 from sctranslator.train.split import Split, split_cells
+from sctranslator.train.training_threads import pin_training_threads
 from sctranslator.util.atomic import install_dir, remove_path, staging_dir
 from sctranslator.util.storage import check_location, check_not_folded, is_url, parse_storage_options, refuse_remote
 from sctranslator.vocab.genes import check_gene_mapping
@@ -288,9 +289,8 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
     inputs = (*_as_list(rna), *(_as_list(protein) if protein is not None else []), init)
     work_is_ours = _claim_outputs(out, work, inputs, overwrite=overwrite, resume=resume)
     processes = distributed.start(train_options.device)
+    callers_threads = pin_training_threads(workers)  # the same count in every call of this process
     try:
-        if workers:
-            torch.set_num_threads(int(workers))
         datasets = _as_list(rna)
         proteins_in = _as_list(protein) if protein is not None else [None] * len(datasets)
         if len(proteins_in) != len(datasets):
@@ -357,6 +357,7 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
         distributed.barrier(processes)
         return model
     finally:
+        torch.set_num_threads(callers_threads)
         distributed.stop(processes)
 
 

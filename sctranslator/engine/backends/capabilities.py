@@ -44,6 +44,9 @@ class BackendCapabilities:
         always collapses the padding.
     memory_sized_batches : bool
         On CUDA it sizes its calls from free device memory when batch_size is None.
+    cpu_streams : bool
+        On CPU it splits a block's threads into single-thread calls that run side by side, one batch
+        each (the defaults rule records them as ``streams``), instead of one call on them all.
     reduced_precision_warning : str or None
         Logged when fp16 / bf16 runs (how far it is from fp32).
     settings_hint : str
@@ -59,6 +62,7 @@ class BackendCapabilities:
     remote: bool = False
     optional_padding_collapse: bool = False
     memory_sized_batches: bool = False
+    cpu_streams: bool = False
     reduced_precision_warning: str | None = None
     settings_hint: str = ""
 

@@ -15,17 +15,32 @@ import torch
 from sctranslator.engine.backends.base import BackendSpec, Batch
 from sctranslator.engine.backends.capabilities import BackendCapabilities
 from sctranslator.engine.backends.compiled import compiled_model
+from sctranslator.engine.backends.cpu_streams import StreamPool
 from sctranslator.engine.backends.cuda_staging import device_values, pipelined, stager_for
 from sctranslator.engine.backends.device_memory import batch_cells_for_device
 from sctranslator.errors import BackendError
 from sctranslator.model import TranslatorModel
 from sctranslator.model.collapse import PaddingCollapse
 from sctranslator.model.precision import compute_dtype, reduced_precision_copy, reference_values
+from sctranslator.model.selected_outputs import decode_selected, selected_outputs_apply
 from sctranslator.options import PRECISIONS
 
 
 def cell_embedding(encodings: torch.Tensor, gene_mask: torch.Tensor) -> torch.Tensor:
-    """A cell's embedding: the mean of its encoder outputs over real gene tokens, (B, L, dim) -> (B, dim)."""
+    """Each cell's embedding: the mean of its encoder outputs over its real gene tokens.
+
+    Parameters
+    ----------
+    encodings : torch.Tensor
+        ``(B, L, dim)`` encoder outputs.
+    gene_mask : torch.Tensor
+        bool ``(B, L)`` or ``(L,)``: real gene positions.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, dim)``.
+    """
     weights = gene_mask.to(encodings.dtype).unsqueeze(-1)
     return (encodings * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
@@ -33,20 +48,55 @@ def cell_embedding(encodings: torch.Tensor, gene_mask: torch.Tensor) -> torch.Te
 class TorchBackend:
     """PyTorch in eval mode without autograd, on CPU or CUDA.
 
-    The encoder and translator do not depend on the proteins, so they run once per batch and
-    only the decoder runs once per protein window.
+    The encoder and translator do not depend on the proteins, so they run once per batch and only the
+    decoder runs once per protein window.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model (moved to `device`).
+    device : str
+        "cpu", "cuda" or "cuda:N".
+    collapse_padding : bool
+        Compute the padding positions of a cell once (exact; see `sctranslator.graph.token_layout`).
+    precision : {'fp32', 'bf16', 'fp16'}
+        fp32 is exact; bf16 / fp16 run the dense layers in that dtype (see
+        `sctranslator.model.precision`).
+    compile : bool
+        Run the model's blocks through torch.compile.
+    threads : int or None
+        CPU threads of one block; None: whatever the process has.
+    cpu_streams : bool
+        On CPU, run a block of several batches as that many single-thread calls side by side
+        (`sctranslator.engine.backends.cpu_streams`), else each call uses every thread.
+    selected_outputs : bool
+        The decoder's last layer computes only the real protein positions of each window (the
+        padded ones come back NaN), for callers that read the real proteins only (translate).
+
+    Raises
+    ------
+    BackendError
+        CUDA asked for without CUDA, or a precision the device has no native arithmetic for.
     """
 
     name = "torch"
     capabilities = BackendCapabilities(
         embeddings=True, precisions={"cpu": PRECISIONS, "cuda": PRECISIONS},
-        options=("collapse_padding", "compile"), optional_padding_collapse=True, memory_sized_batches=True)
+        options=("collapse_padding", "compile", "cpu_streams", "selected_outputs"), optional_padding_collapse=True,
+        memory_sized_batches=True, cpu_streams=True)
     supports_embeddings = capabilities.embeddings
 
     def __init__(self, model: TranslatorModel, device: str = "cpu", *, collapse_padding: bool = True,
-                 precision: str = "fp32", compile: bool = False):
+                 precision: str = "fp32", compile: bool = False, threads: int | None = None,
+                 cpu_streams: bool = True, selected_outputs: bool = False):
         """`precision`: fp32 (exact), or bf16 / fp16 (see sctranslator.model.precision; BackendError
-        where the device has no native arithmetic for it). `compile`: torch.compile the blocks."""
+        where the device has no native arithmetic for it). `compile`: torch.compile the blocks.
+        `threads`: CPU threads of one block (None: whatever the process has); on CPU with
+        `cpu_streams` a block of several batches runs them as that many single-thread calls side by
+        side (engine.backends.cpu_streams), else each call uses them all. `selected_outputs`: the
+        decoder's last layer computes only the real protein positions of each window (mask True;
+        model.selected_outputs), the padded ones come back NaN; for callers that read the real
+        proteins only (translate sets it)."""
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError(f"--device {device} asked for, but PyTorch sees no CUDA device")
         self.device = torch.device(device)
@@ -61,8 +111,11 @@ class TorchBackend:
         else:
             self.model = reduced_precision_copy(model, dtype).to(self.device).eval()
         self.collapse_padding = collapse_padding
-        # Intra-op threads this backend was given (from_spec); None: whatever the process has.
-        self.threads: int | None = None
+        self.selected_outputs = selected_outputs and not compile
+        # CPU threads of one block (from_spec); None: whatever the process has.
+        self.threads: int | None = threads
+        self.streams = (StreamPool(threads) if cpu_streams and threads and threads > 1 and self.device.type == "cpu"
+                        else None)
         self._collapses: dict[bytes, PaddingCollapse | None] = {}
         # -- GPU hooks (cuda_staging.py, compiled.py, device_memory.py) --
         self.stager = stager_for(self.device)
@@ -71,12 +124,31 @@ class TorchBackend:
 
     @classmethod
     def from_spec(cls, spec: BackendSpec) -> TorchBackend:
+        """Build the backend for `spec`: its model, device, precision and options.
+
+        Parameters
+        ----------
+        spec : BackendSpec
+            What to build (``options``: collapse_padding, compile).
+
+        Returns
+        -------
+        TorchBackend
+            The backend.
+
+        Raises
+        ------
+        BackendError
+            As the class.
+        CheckpointError
+            The model cannot be loaded.
+        """
         if spec.threads:
             torch.set_num_threads(spec.threads)
-        backend = cls(spec.load_model(), spec.device, collapse_padding=bool(spec.options.get("collapse_padding", True)),
-                      precision=spec.precision, compile=bool(spec.options.get("compile", False)))
-        backend.threads = spec.threads or None
-        return backend
+        return cls(spec.load_model(), spec.device, collapse_padding=bool(spec.options.get("collapse_padding", True)),
+                   precision=spec.precision, compile=bool(spec.options.get("compile", False)),
+                   threads=spec.threads or None, cpu_streams=bool(spec.options.get("cpu_streams", True)),
+                   selected_outputs=bool(spec.options.get("selected_outputs", False)))
 
     def _collapse_for(self, batch: Batch) -> PaddingCollapse | None:
         """The padding collapse of the batch's gene layout (built once per layout), if it applies.
@@ -114,35 +186,110 @@ class TorchBackend:
         return collapse
 
     def predict(self, batch: Batch) -> np.ndarray:
+        """Predict a batch's proteins.
+
+        Parameters
+        ----------
+        batch : Batch
+            The model inputs of B cells.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``(B, W * P)``.
+        """
         return self.predict_with_embeddings(batch, embeddings=False)[0]
 
     @torch.inference_mode()
     def predict_with_embeddings(self, batch: Batch, embeddings: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-        """Predictions (B, W * P) and, if asked, cell embeddings (B, dim): see `cell_embedding`."""
+        """Predict a batch and, if asked, the cells' embeddings (see `cell_embedding`).
+
+        Parameters
+        ----------
+        batch : Batch
+            The model inputs of B cells.
+        embeddings : bool
+            Also return the embeddings.
+
+        Returns
+        -------
+        tuple of (numpy.ndarray, numpy.ndarray or None)
+            Predictions ``(B, W * P)`` and embeddings ``(B, dim)`` or None.
+        """
         return self.stager.fetch(self.forward(batch, embeddings)).result()
 
     # -- GPU hooks: a block's batches pipelined (cuda_staging.py); cells per call from device memory --
     @torch.inference_mode()
     def predict_batches(self, batches: Iterable[Batch], embeddings: bool = False
                         ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """predict_with_embeddings for each batch, in order; on CUDA batch k+1 is copied while batch k runs.
-        (The decorator enters inference mode at each resumption of the generator only.)"""
+        """`predict_with_embeddings` for each batch, in order; on CUDA batch k+1 is copied while batch k runs.
+
+        The decorator enters inference mode at each resumption of the generator only.
+
+        Parameters
+        ----------
+        batches : iterable of Batch
+            The batches.
+        embeddings : bool
+            Also return embeddings.
+
+        Yields
+        ------
+        tuple of (numpy.ndarray, numpy.ndarray or None)
+            Each batch's predictions and embeddings (or None).
+        """
+        if self.streams is not None:
+            yield from self.streams.run(self._call, batches, embeddings)
+            return
         yield from pipelined(self.forward, batches, embeddings, self.stager)
 
+    def _call(self, batch: Batch, embeddings: bool, threads: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """One batch on `threads` intra-op threads of the calling thread (a stream's pool thread)."""
+        with torch.inference_mode():
+            return self.stager.fetch(self.forward(batch, embeddings, threads=threads)).result()
+
     def cells_per_call(self, batch: Batch) -> int | None:
-        """Cells per call that fit the device's free memory (CUDA), None elsewhere."""
+        """Cells per call that fit the device's free memory.
+
+        Parameters
+        ----------
+        batch : Batch
+            The model inputs of B cells.
+
+        Returns
+        -------
+        int or None
+            On CUDA the cells per call for this batch's gene layout; None elsewhere.
+        """
         if self.device.type != "cuda":
             return None
         return batch_cells_for_device(self.model, batch, self.device, collapsed=self._collapse_for(batch) is not None,
                                       precision=self.precision)
 
     @torch.inference_mode()
-    def forward(self, batch: Batch, embeddings: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Launch one batch: predictions (B, W * P) and embeddings (B, dim) or None, as device tensors."""
-        if self.threads and torch.get_num_threads() != self.threads:
+    def forward(self, batch: Batch, embeddings: bool, threads: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Launch one batch on the device, without waiting for it.
+
+        Parameters
+        ----------
+        batch : Batch
+            The model inputs of B cells.
+        embeddings : bool
+            Also compute embeddings.
+        threads : int or None
+            Intra-op threads for this call; None: the backend's.
+
+        Returns
+        -------
+        tuple of (torch.Tensor, torch.Tensor or None)
+            Predictions ``(B, W * P)`` and embeddings ``(B, dim)`` or None, as device tensors.
+        """
+        threads = threads or self.threads
+        if threads and torch.get_num_threads() != threads:
             # Numba's OpenMP kernels (prepare) share PyTorch's OpenMP runtime and reset its thread
             # count to every core: re-assert ours, or the blocks oversubscribe the cores.
-            torch.set_num_threads(self.threads)
+            torch.set_num_threads(threads)
         device = self.device
         collapse = self._collapse_for(batch)
         if collapse is not None:  # padded positions computed once (exact; see model.collapse)
@@ -161,8 +308,18 @@ class TorchBackend:
             encodings = self.model.encode(values, genes, gene_mask)
             translated = self.model.translate_sequence(encodings)
         outputs = []
+        selected = self.selected_outputs and not self.reduced and selected_outputs_apply(self.model)
         for window in range(batch.protein_ids.shape[0]):
             proteins = torch.from_numpy(batch.protein_ids[window]).to(device).expand(size, -1)
+            real = np.flatnonzero(batch.protein_mask[window])
+            if selected and 0 < real.size < batch.protein_mask.shape[1]:
+                # Only the real proteins' outputs are read: the padded positions' last layer is skipped.
+                keep = torch.from_numpy(real).to(device)
+                window_mask = torch.from_numpy(batch.protein_mask[window]).to(device)
+                out = torch.full((size, batch.protein_mask.shape[1]), float("nan"), device=device)
+                out[:, keep] = decode_selected(self.model, translated, proteins, window_mask, keep)
+                outputs.append(out)
+                continue
             protein_mask = torch.from_numpy(batch.protein_mask[window]).to(device).expand(size, -1)
             outputs.append(self.model.decode(translated, proteins, protein_mask))
         predictions = torch.cat(outputs, dim=1)
@@ -170,4 +327,7 @@ class TorchBackend:
         return predictions, embedding
 
     def close(self) -> None:
+        """Release the model and the CUDA staging buffers."""
+        if self.streams is not None:
+            self.streams.close()
         self.model = None  # type: ignore[assignment]
