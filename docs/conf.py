@@ -6,11 +6,14 @@ notebooks executed at build time on the bundled demo data.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The tutorials' kernels, and the commands they run, import this checkout's package too.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
 
 project = "sctranslator"
 author = "the sctranslator developers"

@@ -1060,72 +1060,88 @@ class TranslateOptions(JobOptions):
 class KnockoutOptions(JobOptions):
     """Everything `knockout` takes besides the data and the model, from its keywords or its command.
 
+    Built once (`from_kwargs` / `from_cli_args`), checked once, passed down to
+    `analysis.knockout.run_knockout`.
+
     Parameters
     ----------
     genes : sequence of str
         The genes to knock out, one at a time.
     proteins : sequence of str or None
-        Proteins whose predicted change is reported; None: the model's panel.
+        Proteins to predict; None: the model's panel.
     out : str or pathlib.Path or None
-        The output directory of the tables.
+        The output .h5ad or .zarr.
     engine : EngineOptions
-        Of the engine options knockout takes block_cells (1024), batch_size (8) and device.
+        Of the engine options knockout takes block_cells, batch_size, workers and device (None:
+        translate's rules for the model).
     input : InputOptions
-        As translate's (cell selection included), without obs_columns.
+        As translate's, the cell selection included, without obs_columns.
     analysis : AnalysisOptions
         Of the analysis options knockout takes semantics, groupby and per_cell.
     output : OutputOptions
-        Of the output options knockout takes overwrite and quiet.
+        Of the output options knockout takes overwrite, quiet and wait.
     """
 
     job: ClassVar[str] = "knockout"
     takes: ClassVar[dict[str, tuple[str, ...]]] = {
-        "engine": ("block_cells", "batch_size", "device"), "input": ANALYSIS_INPUTS,
-        "analysis": ("semantics", "groupby", "per_cell"), "output": ("overwrite", "quiet")}
-    defaults: ClassVar[dict[str, dict[str, Any]]] = {"engine": {"block_cells": 1024, "batch_size": 8}}
+        "engine": ("block_cells", "batch_size", "workers", "device"), "input": ANALYSIS_INPUTS,
+        "analysis": ("semantics", "groupby", "per_cell"), "output": ("overwrite", "quiet", "wait")}
 
     genes: Sequence[str] = ()
     proteins: Sequence[str] | None = None
     out: str | Path | None = None
-    engine: EngineOptions = field(default_factory=lambda: EngineOptions(block_cells=1024, batch_size=8))
+    engine: EngineOptions = field(default_factory=EngineOptions)
     input: InputOptions = field(default_factory=InputOptions)
     analysis: AnalysisOptions = field(default_factory=AnalysisOptions)
     output: OutputOptions = field(default_factory=OutputOptions)
 
     def check(self) -> None:
-        """OptionError for semantics, normalize or id_type outside its choices, or a size < 1 (named)."""
+        """Refuse, before anything is read, what is wrong in the values alone.
+
+        Raises
+        ------
+        OptionError
+            semantics, normalize or id_type outside its choices; a device that is not cpu, cuda or
+            cuda:N; block_cells, batch_size or workers < 1 (named).
+        """
         check_choices(semantics=self.analysis.semantics, normalize=self.input.normalize, id_type=self.input.id_type)
-        check_sizes(batch_size=self.engine.batch_size or 0, block_cells=self.engine.block_cells or 0)
+        check_device(self.engine.device)
+        check_sizes(batch_size=self.engine.batch_size, block_cells=self.engine.block_cells,
+                    workers=self.engine.workers)
 
 
 @dataclass
 class AttentionOptions(JobOptions):
     """Everything `interactions` (the attention command) takes besides the data and the model.
 
+    Built once (`from_kwargs` / `from_cli_args`), checked once, passed down to
+    `analysis.attention.run_interactions`.
+
     Parameters
     ----------
     proteins : sequence of str or None
-        Proteins whose attention is read; None: the model's panel.
+        Proteins to predict; None: the model's panel.
     out : str or pathlib.Path or None
-        The output directory of the tables.
+        The output directory; None: nothing written.
     engine : EngineOptions
-        Of the engine options attention takes block_cells (256) and batch_size (1).
+        Of the engine options attention takes block_cells, batch_size and workers.
     input : InputOptions
         As knockout's.
     analysis : AnalysisOptions
         Of the analysis options attention takes top_k, groupby, as_published and row_block.
     output : OutputOptions
-        Of the output options attention takes overwrite and quiet.
+        Of the output options attention takes overwrite, quiet and wait.
     kinds : str or sequence of str or None
-        Which attention: gene-protein, gene-gene and/or protein-protein; None: the default kinds.
+        gene-protein, gene-gene and/or protein-protein (`sctranslator.analysis.attention.kinds`);
+        None: the default kinds.
     genes : sequence of str or None
         The query genes of gene-gene attention.
     """
 
     job: ClassVar[str] = "interactions"
     takes: ClassVar[dict[str, tuple[str, ...]]] = {
-        "engine": ("block_cells", "batch_size"), "input": ANALYSIS_INPUTS,
-        "analysis": ("top_k", "groupby", "as_published", "row_block"), "output": ("overwrite", "quiet")}
+        "engine": ("block_cells", "batch_size", "workers"), "input": ANALYSIS_INPUTS,
+        "analysis": ("top_k", "groupby", "as_published", "row_block"), "output": ("overwrite", "quiet", "wait")}
     defaults: ClassVar[dict[str, dict[str, Any]]] = {"engine": {"block_cells": 256, "batch_size": 1}}
 
     proteins: Sequence[str] | None = None
@@ -1138,7 +1154,14 @@ class AttentionOptions(JobOptions):
     genes: Sequence[str] | None = None  # the query genes of gene-gene attention
 
     def check(self) -> None:
-        """OptionError for normalize or id_type outside its choices, or a size < 1 (named)."""
+        """Refuse, before anything is read, what is wrong in the values alone.
+
+        Raises
+        ------
+        OptionError
+            normalize or id_type outside its choices; block_cells, batch_size, workers, row_block or
+            top_k < 1 (named).
+        """
         check_choices(normalize=self.input.normalize, id_type=self.input.id_type)
-        check_sizes(batch_size=self.engine.batch_size or 0, block_cells=self.engine.block_cells or 0,
-                    row_block=self.analysis.row_block or 0, top_k=self.analysis.top_k or 0)
+        check_sizes(batch_size=self.engine.batch_size, block_cells=self.engine.block_cells,
+                    workers=self.engine.workers, row_block=self.analysis.row_block, top_k=self.analysis.top_k)

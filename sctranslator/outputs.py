@@ -198,7 +198,7 @@ def read_identity(path: str | Path) -> dict[str, Any] | None:
 
 
 # Kinds of output that may live in object storage (s3://, gs://); see `sctranslator.util.storage`.
-REMOTE_KINDS = ("translate", "translate-writeback")
+REMOTE_KINDS = ("translate", "translate-writeback", "translate-collection")
 # A URL that went through pathlib ("s3://b/k" -> "s3:/b/k"): written as given it would become a local
 # folder named "s3:"; refused like any URL a command cannot write.
 _MANGLED_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:/(?!/)")

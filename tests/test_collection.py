@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -285,3 +286,34 @@ def test_killed_collection_resumes_where_it_stopped(real: ad.AnnData, tmp_path: 
     for name, path in (("small.zarr", small), ("big.zarr", big)):
         single = sctranslator.translate(path, bundle, PROTEINS, **options)
         np.testing.assert_allclose(_store(out, name).X, np.asarray(single.X.compute()), rtol=0, atol=1e-6)
+
+
+def test_progress_total_is_the_selection_from_the_start(inputs: list[Path], model_path: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # 40 + 30 + 30 cells, at most 12 of each: the bar counts 36 from its first frame (not 100, corrected later).
+    out = tmp_path / "selected"
+    assert main(["translate", *map(str, inputs), "--out", str(out), "--model", str(model_path), *CLI_OPTIONS,
+                 "--max-cells", "12"]) == 0
+    totals = {int(total) for total in re.findall(r"\| *\d+/(\d+) \[", capsys.readouterr().err)}
+    assert totals == {36}
+    assert [e["cells"] for e in read_collection(out)["inputs"]] == [12, 12, 12]
+
+
+def test_store_metadata_is_zarrs_own_consolidation(tmp_path: Path) -> None:
+    # finish() merges the run record into .zmetadata instead of re-reading every node: the result must be
+    # what zarr's consolidate_metadata writes, and open through it (zarr groups siblings by adjacency).
+    import shutil
+
+    import zarr
+
+    demo = Path(sctranslator.__file__).parent / "data" / "demo"  # its provenance has siblings zarr once lost
+    cells = tmp_path / "demo.h5ad"
+    ad.read_h5ad(demo / "rna.h5ad")[:20].copy().write_h5ad(cells)
+    store = tmp_path / "one.zarr"
+    sctranslator.translate(cells, demo / "model", out=store, **OPTIONS)
+    merged = json.loads((store / ".zmetadata").read_text())
+    copy = Path(shutil.copytree(store, tmp_path / "copy.zarr"))
+    zarr.consolidate_metadata(str(copy))
+    assert merged == json.loads((copy / ".zmetadata").read_text())
+    run = zarr.open_group(str(store), mode="r")["uns/sctranslator/run"]  # through the consolidated metadata
+    assert sorted(run.keys()) == sorted(ad.read_zarr(store).uns["sctranslator"]["run"])

@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 
 import sctranslator
 import sctranslator.analysis.knockout as knockout_module
 from sctranslator.analysis.knockout import knockout
 from sctranslator.errors import InputDataError, StoreError, VocabularyError
-from sctranslator.model import TranslatorModel
+from sctranslator.model import ModelConfig, TranslatorModel, save_model
 from sctranslator.plan import build_plan
 from sctranslator.vocab import map_genes
 
 PROTEINS = ["CD3", "CD4", "CD8a", "CD14", "CD19", "CD45RA", "HLA-DR", "CD11c"]
 N_CELLS = 40
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sctranslator", *args]
 
 
 @pytest.fixture(scope="module")
@@ -110,35 +121,72 @@ def test_group_statistics_and_files(drop_run, bmmc: ad.AnnData, chosen_genes: li
     np.testing.assert_allclose(written.layers["std"], result.std.to_numpy(), rtol=1e-6)
 
 
-def test_resume_after_interruption_gives_identical_results(bmmc: ad.AnnData, tiny: TranslatorModel,
-                                                           chosen_genes: list[str], tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    full = knockout(bmmc, tiny, chosen_genes, PROTEINS, out=tmp_path / "full.h5ad", block_cells=10, per_cell=True)
-    real = knockout_module._compute_block
-    calls = []
+@pytest.mark.slow
+def test_kill_9_then_rerun_resumes_and_equals_an_uninterrupted_run(data_dir: Path, tmp_path: Path) -> None:
+    """A real `sctranslator knockout` process killed with SIGKILL after some blocks are committed: the
+    re-run keeps those blocks (their files untouched) and its result equals an uninterrupted run's."""
+    torch.manual_seed(3)
+    # Big enough that the job takes seconds, so it can be killed half way (as tests/test_resume.py).
+    model = TranslatorModel(ModelConfig.sized(dim=32, enc_depth=2, dec_depth=1, enc_heads=4, dec_heads=2,
+                                              enc_dim_head=16, dec_dim_head=8, max_genes=1024, max_proteins=16))
+    bundle = save_model(model, tmp_path / "model")
+    rna = ad.read_h5ad(data_dir / "pbmc10k_cite_10x" / "rna.h5ad")
+    n_obs = 192
+    cells = ad.concat([rna] * -(-n_obs // rna.n_obs))[:n_obs].copy()
+    cells.obs_names = [f"cell{i}" for i in range(n_obs)]
+    data = tmp_path / "rna.h5ad"
+    cells.write_h5ad(data)
+    plan = build_plan(cells.var, model, ["CD3", "CD4"])
+    genes = ",".join(str(cells.var_names[int(np.flatnonzero(plan.column_slot == slot)[0])]) for slot in (2, 40))
+    common = ["--model", str(bundle), "--genes", genes, "--proteins", "CD3,CD4,CD8a,CD14", "--block-cells", "16",
+              "--batch-size", "8", "--workers", "1", "--per-cell", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "interrupted.h5ad"
+    process = subprocess.Popen(cli("knockout", str(data), "--out", str(out), *common), env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    blocks = tmp_path / f".{out.name}.knockout-job" / "blocks"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if blocks.is_dir() and len([n for n in os.listdir(blocks) if not n.startswith(".")]) >= 3:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the job finished before it could be killed; make it bigger"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    committed = {name: (blocks / name).stat().st_mtime_ns for name in os.listdir(blocks) if not name.startswith(".")}
+    n_blocks = n_obs // 16
+    assert 3 <= len(committed) < n_blocks and not out.exists()
 
-    def failing(job, start, stop):
-        calls.append(start)
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # killed during the third block
-        return real(job, start, stop)
+    rerun = subprocess.run(cli("knockout", str(data), "--out", str(out), *common), env=env, capture_output=True,
+                           text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resumed: {len(committed)} block(s) committed by an earlier run were kept, " \
+           f"{n_blocks - len(committed)} computed" in rerun.stdout
+    assert {name: (blocks / name).stat().st_mtime_ns for name in committed} == committed  # not recomputed
 
-    monkeypatch.setattr(knockout_module, "_compute_block", failing)
-    out = tmp_path / "resumed.h5ad"
-    with pytest.raises(KeyboardInterrupt):
-        knockout(bmmc, tiny, chosen_genes, PROTEINS, out=out, block_cells=10, per_cell=True)
-    calls.clear()
-    monkeypatch.setattr(knockout_module, "_compute_block", lambda job, a, b: (calls.append(a), real(job, a, b))[1])
-    resumed = knockout(bmmc, tiny, chosen_genes, PROTEINS, out=out, block_cells=10, per_cell=True)
-    assert calls == [20, 30]  # only the two blocks that were not committed
-    np.testing.assert_array_equal(resumed.adata.layers["mean"], full.adata.layers["mean"])
-    np.testing.assert_array_equal(resumed.adata.layers["std"], full.adata.layers["std"])
-    np.testing.assert_array_equal(resumed.per_cell.X, full.per_cell.X)
-    # Other settings on the same output are refused, unless asked to overwrite.
+    clean = tmp_path / "clean.h5ad"
+    subprocess.run(cli("knockout", str(data), "--out", str(clean), *common), env=env, check=True, capture_output=True)
+    resumed, uninterrupted = ad.read_h5ad(out), ad.read_h5ad(clean)
+    for key in ("mean", "std"):
+        np.testing.assert_array_equal(resumed.layers[key], uninterrupted.layers[key])
+    per_cell = [ad.read_h5ad(tmp_path / f"{name}_per_cell.h5ad") for name in ("interrupted", "clean")]
+    np.testing.assert_array_equal(per_cell[0].X, per_cell[1].X)
+    assert np.abs(per_cell[0].X).max() > 0
+
+
+def test_other_settings_on_the_same_output_are_refused_unless_overwrite(bmmc: ad.AnnData, tiny: TranslatorModel,
+                                                                         chosen_genes: list[str],
+                                                                         tmp_path: Path) -> None:
+    out = tmp_path / "ko.h5ad"
+    first = knockout(bmmc, tiny, chosen_genes, PROTEINS, out=out, block_cells=10, quiet=True)
+    assert first.run["blocks_computed"] == 4
+    again = knockout(bmmc, tiny, chosen_genes, PROTEINS, out=out, block_cells=10, quiet=True)
+    assert again.run == {**again.run, "blocks_computed": 0, "blocks_skipped": 4}  # all committed: nothing redone
+    np.testing.assert_array_equal(again.adata.layers["mean"], first.adata.layers["mean"])
     with pytest.raises(StoreError, match="different"):
         knockout(bmmc, tiny, chosen_genes[:1], PROTEINS, out=out, block_cells=10)
-    again = knockout(bmmc, tiny, chosen_genes[:1], PROTEINS, out=out, block_cells=10, overwrite=True)
-    assert again.mean.shape == (1, len(PROTEINS))
+    replaced = knockout(bmmc, tiny, chosen_genes[:1], PROTEINS, out=out, block_cells=10, overwrite=True, quiet=True)
+    assert replaced.mean.shape == (1, len(PROTEINS))
 
 
 def test_unknown_and_unmapped_genes_are_named(bmmc: ad.AnnData, tiny: TranslatorModel, tmp_path: Path) -> None:
@@ -181,3 +229,46 @@ def test_command_line_handler(bmmc: ad.AnnData, tmp_path: Path, fixtures_dir: Pa
     assert handler(args) == 0
     assert "Knocked out 1 gene(s) (zero) in 8 cells" in capsys.readouterr().out
     assert ad.read_zarr(tmp_path / "ko.zarr").shape == (1, 2)
+
+
+@pytest.mark.parametrize("selection", [{"cells": "picked", "max_cells": 3}, {"obs_query": "group"}],
+                         ids=["cells+max_cells", "obs_query"])
+def test_cell_selection_is_translates(selection: dict, bmmc: ad.AnnData, tiny: TranslatorModel,
+                                      chosen_genes: list[str], tmp_path: Path) -> None:
+    """--cells / --obs-query / --max-cells pick the same cells for knockout and attention as for translate."""
+    labels = bmmc.obs["cell_type"].astype(str)
+    given = dict(selection)
+    if "cells" in given:
+        given["cells"] = [str(bmmc.obs_names[i]) for i in (31, 2, 17, 5, 22)]  # not in the input's order
+    if "obs_query" in given:
+        given["obs_query"] = f"cell_type == {labels.iloc[0]!r}"
+    translated = sctranslator.translate(bmmc, tiny, PROTEINS, quiet=True, **given)
+    names = list(translated.obs_names)
+    assert 0 < len(names) < N_CELLS
+    recorded = translated.uns["sctranslator"]["settings"]["cell_selection"]
+    ko = knockout(bmmc, tiny, chosen_genes[:1], PROTEINS, out=tmp_path / "ko.h5ad", per_cell=True, quiet=True,
+                  **given)
+    assert list(ko.per_cell.obs_names) == names
+    assert ko.adata.uns["sctranslator_knockout"]["cell_selection"] == recorded
+    attention = sctranslator.interactions(bmmc, tiny, PROTEINS, quiet=True, **given)
+    subset = sctranslator.interactions(bmmc[names].copy(), tiny, PROTEINS, quiet=True)
+    assert attention.n_cells["all"] == len(names)
+    assert attention.adata.uns["sctranslator_attention"]["cell_selection"] == recorded
+    np.testing.assert_allclose(attention.gene_to_protein.to_numpy(), subset.gene_to_protein.to_numpy(), rtol=1e-6)
+
+
+def test_progress_moves_per_batch_not_per_block(bmmc: ad.AnnData, fixtures_dir: Path, chosen_genes: list[str],
+                                                tmp_path: Path) -> None:
+    """One block of 12 cells in batches of 3, two genes (3 forwards per cell): the bar counts cells as their
+    forwards finish, batch by batch, within the block (a bar per block would jump from 0 to 12)."""
+    data = tmp_path / "rna.h5ad"
+    bmmc[:12].copy().write_h5ad(data)
+    env = {**os.environ, "TQDM_MININTERVAL": "0", "TQDM_MINITERS": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cli("knockout", str(data), "--model", str(fixtures_dir / "tiny_a_official.pt"), "--genes",
+                              ",".join(chosen_genes), "--proteins", "CD3,CD4", "--out", str(tmp_path / "ko.h5ad"),
+                              "--block-cells", "12", "--batch-size", "3", "--workers", "1"),
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    counts = [int(n) for n in re.findall(r"knockout x2:.*?\b(\d+)/12\b", done.stderr)]
+    assert counts[-1] == 12 and counts == sorted(counts)
+    assert set(range(1, 12)) <= set(counts), counts  # every cell counted as its batch finished

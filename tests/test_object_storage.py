@@ -282,10 +282,11 @@ def test_interrupted_creation_is_rebuilt_and_overwrite_replaces(s3_server, local
     assert list(replaced.var_names) == list(expected.var_names)
 
 
-def test_collection_reads_url_inputs_and_refuses_url_out(s3_server, local_inputs: dict[str, Path],  # noqa: ANN001
+def test_collection_reads_url_inputs_and_refuses_bad_url_out(s3_server, local_inputs: dict[str, Path],  # noqa: ANN001
                                                          tmp_path: Path) -> None:
     """URL inputs of a collection stay URLs (stores named after their last component) with a local DIR;
-    --out URL, a URL pattern and a pathlib-folded URL are named errors before any work."""
+    an --out URL with a store suffix or another scheme, a URL pattern and a pathlib-folded URL are named
+    errors before any work."""
     bucket = s3_server.bucket("collect")
     first = upload(s3_server, local_inputs["h5ad"], f"{bucket}/a.h5ad")
     second = upload(s3_server, local_inputs["zarr"], f"{bucket}/b.zarr")
@@ -300,8 +301,10 @@ def test_collection_reads_url_inputs_and_refuses_url_out(s3_server, local_inputs
     fs = s3_server.filesystem()
     model = ["--model", str(TINY_A), "--proteins", "CD3"]
     cases = [
-        (["translate", str(local_inputs["h5ad"]), first, "--out", f"{bucket}/coll2", *model],
-         "UnsupportedStorageError", "local directory only"),
+        (["translate", str(local_inputs["h5ad"]), first, "--out", f"{bucket}/coll2.zarr", *model],
+         "OptionError", "directory of stores"),
+        (["translate", str(local_inputs["h5ad"]), first, "--out", "ftp://host/coll2", *model],
+         "UnsupportedStorageError", "not supported"),
         (["translate", f"{bucket}/*.h5ad", "--out", "coll3", *model], "UnsupportedStorageError", "patterns"),
         (["translate", str(local_inputs["h5ad"]), "--out", f"{bucket}/", *model], "OptionError", "bucket root"),
         (["translate", str(local_inputs["h5ad"]), "--out", f"S3://{bucket.removeprefix('s3://')}/u.zarr", *model],
@@ -350,3 +353,98 @@ def test_h5mu_with_userblock_is_read_from_s3(s3_server, cells: ad.AnnData, tmp_p
     with pytest.raises(StoreError, match="not an HDF5 file"):
         sctranslator.translate(upload(s3_server, junk, f"{bucket}/junk.h5mu"), TINY_A, PROTEINS,
                                out=tmp_path / "j.zarr", **COMMON)
+
+
+def test_collection_out_on_s3_equals_local_and_respects_ownership(s3_server, local_inputs: dict[str, Path],  # noqa: ANN001
+                                                                   tmp_path: Path) -> None:
+    """`translate A B --out s3://bucket/dir`: one store per input under the prefix plus collection.json,
+    each equal to the local single-input run; a re-run skips the finished inputs; objects it did not
+    write (at the prefix, or where a store would go) are never replaced."""
+    bucket = s3_server.bucket("collout")
+    fs = s3_server.filesystem()
+    second = upload(s3_server, local_inputs["zarr"], f"{bucket}/in/b.zarr")
+    reference = np.asarray(sctranslator.translate(local_inputs["h5ad"], TINY_A, PROTEINS, out=tmp_path / "one.zarr",
+                                                  **COMMON).X)
+    out = f"{bucket}/preds"
+    args = ["translate", str(local_inputs["h5ad"]), second, "--out", out, "--model", str(TINY_A), "--proteins",
+            ",".join(PROTEINS), "--normalize", "total_log1p", "--allow-empty-cells", "--quiet"]
+    done = run_cli(args, s3_server.env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"Wrote 2 stores (600 cells) to {out}" in done.stdout
+    fs.invalidate_cache()
+    record = json.loads(fs.cat_file(f"{out}/collection.json"))
+    assert [(e["store"], e["status"], e["cells"]) for e in record["inputs"]] == [("rna.zarr", "done", 300),
+                                                                                 ("b.zarr", "done", 300)]
+    assert json.loads(fs.cat_file(f"{out}/.sctranslator-output.json"))["kind"] == "translate-collection"
+    for name in ("rna.zarr", "b.zarr"):
+        stored = sctranslator.engine.output_reader.open_predictions(f"{out}/{name}")
+        np.testing.assert_array_equal(np.asarray(stored.X), reference)
+    assert not (tmp_path / "s3:").exists()
+    job = f"{out}/b.zarr/.sctranslator-job/job.json"
+    before = fs.cat_file(job)
+    again = sctranslator.translate([str(local_inputs["h5ad"]), second], TINY_A, PROTEINS, out=out, **COMMON)
+    fs.invalidate_cache()
+    assert fs.cat_file(job) == before  # finished inputs are skipped, not recomputed
+    np.testing.assert_array_equal(np.asarray(again[1].X), reference)
+
+    # A prefix holding objects we did not write is refused and left as it was.
+    fs.pipe_file(f"{bucket}/theirs/data.csv", b"a,b\n")
+    refused = run_cli([*args[:3], "--out", f"{bucket}/theirs", *args[5:]], s3_server.env, cwd=tmp_path)
+    assert refused.returncode == 2 and "OutputConflictError" in refused.stderr, refused.stderr
+    fs.invalidate_cache()
+    assert fs.ls(f"{bucket}/theirs", detail=False) == [f"{bucket.removeprefix('s3://')}/theirs/data.csv"]
+    # A collection of ours whose store location holds a foreign object: that input fails, the object stays.
+    fs.pipe_file(f"{bucket}/mixed/b.zarr", b"not ours")
+    fs.pipe_file(f"{bucket}/mixed/.sctranslator-output.json", fs.cat_file(f"{out}/.sctranslator-output.json"))
+    mixed = run_cli([*args[:3], "--out", f"{bucket}/mixed", *args[5:]], s3_server.env, cwd=tmp_path)
+    assert mixed.returncode == 2 and "CollectionError: 1 of 2 inputs failed" in mixed.stderr, mixed.stderr
+    fs.invalidate_cache()
+    assert fs.cat_file(f"{bucket}/mixed/b.zarr") == b"not ours"
+    statuses = [e["status"] for e in json.loads(fs.cat_file(f"{bucket}/mixed/collection.json"))["inputs"]]
+    assert statuses == ["done", "failed"]
+
+
+@pytest.mark.slow
+def test_killed_collection_on_s3_resumes(s3_server, cells: ad.AnnData, tmp_path: Path) -> None:  # noqa: ANN001
+    bucket = s3_server.bucket("collresume")
+    torch.manual_seed(4)
+    model = TranslatorModel(ModelConfig.sized(dim=32, enc_depth=2, dec_depth=1, enc_heads=4, dec_heads=2,
+                                              enc_dim_head=16, dec_dim_head=8, max_genes=1024, max_proteins=16))
+    bundle = save_model(model, tmp_path / "model")
+    small, big = tmp_path / "small.h5ad", tmp_path / "big.h5ad"
+    cells[:60].write_h5ad(small)
+    many = ad.concat([cells] * 3)
+    many.obs_names = [f"cell{i}" for i in range(many.n_obs)]
+    many.write_h5ad(big)
+    out = f"{bucket}/coll"
+    common = ["--model", str(bundle), "--proteins", ",".join(PROTEINS), "--block-cells", "30", "--batch-size",
+              "15", "--workers", "1", "--quiet", "--normalize", "total_log1p", "--allow-empty-cells"]
+    command = ["translate", str(small), str(big), "--out", out, *common]
+    process = subprocess.Popen(cli(*command), env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    fs = s3_server.filesystem()
+    markers = f"{out}/big.zarr/.sctranslator-job/blocks"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        fs.invalidate_cache()
+        if fs.exists(markers) and len(fs.ls(markers, detail=False)) >= 3:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the job finished before it could be killed; make it bigger"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    fs.invalidate_cache()
+    committed = len(fs.ls(markers, detail=False))
+    assert [e["status"] for e in json.loads(fs.cat_file(f"{out}/collection.json"))["inputs"]] == ["done", "running"]
+    small_job = fs.cat_file(f"{out}/small.zarr/.sctranslator-job/job.json")
+    rerun = run_cli(command, {})
+    assert rerun.returncode == 0, rerun.stderr
+    fs.invalidate_cache()
+    assert [e["status"] for e in json.loads(fs.cat_file(f"{out}/collection.json"))["inputs"]] == ["done", "done"]
+    assert fs.cat_file(f"{out}/small.zarr/.sctranslator-job/job.json") == small_job  # not recomputed
+    job = json.loads(fs.cat_file(f"{out}/big.zarr/.sctranslator-job/job.json"))
+    assert job["last_run"]["blocks_skipped"] >= committed >= 3
+    for name, path in (("small.zarr", small), ("big.zarr", big)):
+        alone = sctranslator.translate(path, bundle, PROTEINS, block_cells=30, batch_size=15, **COMMON)
+        stored = sctranslator.engine.output_reader.open_predictions(f"{out}/{name}")
+        np.testing.assert_array_equal(np.asarray(stored.X), np.asarray(alone.X))

@@ -210,3 +210,21 @@ def test_knockout_and_attention_options_check_as_their_functions_do() -> None:
                                           "k.h5ad", "--semantics", "zero", "--block-cells", "64"])
     assert KnockoutOptions.from_cli_args(args) == KnockoutOptions.from_kwargs(
         genes=["CD4", "CD8A"], out="k.h5ad", semantics="zero", block_cells=64)
+
+
+def test_knockout_and_attention_take_translates_selection_and_workers_flags() -> None:
+    from sctranslator.options import AttentionOptions, KnockoutOptions
+
+    selection = ["--cells", "c1,c2", "--obs-query", "n_genes > 10", "--max-cells", "3", "--workers", "2"]
+    args = cli.build_parser().parse_args(["knockout", "in.h5ad", "--model", "demo", "--genes", "CD4", "--out",
+                                          "k.h5ad", *selection])
+    assert KnockoutOptions.from_cli_args(args) == KnockoutOptions.from_kwargs(
+        genes=["CD4"], out="k.h5ad", cells=("c1", "c2"), obs_query="n_genes > 10", max_cells=3, workers=2)
+    args = cli.build_parser().parse_args(["attention", "in.h5ad", "--model", "demo", "--out", "a", *selection])
+    assert AttentionOptions.from_cli_args(args, kinds=args.kind) == AttentionOptions.from_kwargs(
+        out="a", kinds="gene-protein,protein-protein", cells=("c1", "c2"), obs_query="n_genes > 10", max_cells=3,
+        workers=2)
+    with pytest.raises(OptionError, match="^--workers must be >= 1, got 0"):
+        KnockoutOptions.from_kwargs(genes=["CD4"], workers=0).check()
+    with pytest.raises(OptionError, match="unknown device 'gpu'"):
+        KnockoutOptions.from_kwargs(genes=["CD4"], device="gpu").check()

@@ -239,3 +239,57 @@ def test_unmatched_inputs_and_bad_stream_settings_are_named_errors(pair, tmp_pat
     with pytest.raises(OptionError, match="^--gene-subset must be >= 1, got 0"):
         finetune(pair["rna_path"], pair["protein_path"], init=TINY_A, out=tmp_path / "y", steps=1, gene_subset=0)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_mudata_given_as_protein_input_is_read_through_its_protein_modality(pair, tmp_path):
+    import argparse
+
+    import mudata
+
+    from sctranslator.errors import InputDataError
+    from sctranslator.train import finetune
+    from sctranslator.train.command import define_finetune
+
+    rna, protein = pair["rna"], pair["protein"]
+    paths = {"a": tmp_path / "a.h5ad", "pa": tmp_path / "pa.h5ad", "c": tmp_path / "c.h5mu"}
+    rna[:120, :100].copy().write_h5ad(paths["a"])
+    protein[:120, :10].copy().write_h5ad(paths["pa"])
+    mudata.MuData({"rna": rna[120:, 50:150].copy(), "prot": protein[120:, 4:].copy()}).write(str(paths["c"]))
+    parser = argparse.ArgumentParser()
+    handler = define_finetune(parser)
+    common = ["--config", "tiny", "--steps", "1", "--batch-size", "8", "--val-count", "10", "--block-cells", "32",
+              "--workers", "1", "--quiet"]
+    # The .h5mu as its own --protein entry, and as "-" (its proteins are in the RNA input).
+    for name, entry in (("given", str(paths["c"])), ("dash", "-")):
+        args = parser.parse_args(["--rna", str(paths["a"]), str(paths["c"]), "--protein", str(paths["pa"]), entry,
+                                  "--out", str(tmp_path / name), *common])
+        assert handler(args) == 0
+        record = json.loads((tmp_path / name / "config.json").read_text())["training_data"]["datasets"]
+        assert record[1]["protein"] == f"modality 'prot' of {paths['c']}"
+        assert record[1]["proteins"] == 10
+    card = (tmp_path / "given" / "card.md").read_text()
+    # Genes and proteins are counted per dataset, not summed; the panels are their unions.
+    assert "240 cells in 2 datasets; input genes per dataset: 100, 100)" in card
+    assert "(measured per dataset: 10, 10)" in card
+    assert "protein panel (14, in trained order)" in card
+    n_genes = len(json.loads((tmp_path / "given" / "panel.json").read_text())["genes"]["token_ids"])
+    assert f"gene panel: {n_genes} genes" in card and 100 < n_genes < 200
+    # Two modalities named like proteins: a named error listing them, nothing written.
+    mudata.MuData({"rna": rna[120:, :100].copy(), "prot": protein[120:].copy(),
+                   "adt": protein[120:].copy()}).write(str(tmp_path / "two.h5mu"))
+    with pytest.raises(InputDataError, match=r"modalities \['adt', 'prot', 'rna'\]|modalities \[.*'adt'.*'prot'"):
+        finetune(tmp_path / "two.h5mu", tmp_path / "two.h5mu", config="tiny", out=tmp_path / "amb", steps=1)
+    assert not (tmp_path / "amb").exists() and not (tmp_path / "amb.training").exists()
+
+
+def test_gene_subset_beyond_the_panel_keeps_every_gene_and_records_it(pair, tmp_path, caplog):
+    from sctranslator.train import finetune
+
+    with caplog.at_level("WARNING", logger="sctranslator.train.api"):
+        model = finetune(pair["rna_path"], pair["protein_path"], init=TINY_A, out=tmp_path / "m", steps=1,
+                         batch_size=8, val_count=10, gene_subset=999_999, quiet=True, workers=1)
+    n_panel = len(model.panel["genes"]["token_ids"])
+    assert f"--gene-subset 999999 exceeds the {n_panel}-gene panel" in caplog.text
+    record = json.loads((tmp_path / "m" / "config.json").read_text())["training_data"]
+    assert record["gene_subset"] == n_panel
+    assert f"gene_subset={n_panel}," in (tmp_path / "m" / "card.md").read_text()

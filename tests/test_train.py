@@ -279,3 +279,12 @@ def test_packaged_demo_runs_end_to_end(tmp_path):
     assert report["model_mean_r"] == pytest.approx(recorded["heldout"]["model_mean_r"], abs=1e-3)
     assert report["baseline_mean_r"] == pytest.approx(recorded["heldout"]["baseline_mean_r"], abs=1e-3)
     assert "mean" in format_table(report)
+
+
+def test_resume_with_nothing_saved_creates_nothing(pair, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "sctranslator", "finetune", "--rna", str(pair["rna_path"]),
+                             "--protein", str(pair["protein_path"]), "--init", str(TINY_A), "--steps", "1",
+                             "--out", str(tmp_path / "run"), "--resume"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "CheckpointError: nothing to resume" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither run/ nor run.training/

@@ -14,12 +14,13 @@ from sctranslator.analysis.find_predictions import cap_names  # numpy only: chea
 from sctranslator.options import (
     ANALYSIS_INPUTS,
     AnalysisOptions,
+    AttentionOptions,
     EngineOptions,
     EvaluateOptions,
     InputOptions,
+    KnockoutOptions,
     OutputOptions,
     add_data_and_model_args,
-    parse_names,
 )
 
 Handler = Callable[[argparse.Namespace], int]
@@ -127,10 +128,6 @@ def define_evaluate(parser: argparse.ArgumentParser) -> Handler:
     return run
 
 
-def _names(spec: str | None) -> list[str] | None:
-    return parse_names(spec) if spec else None
-
-
 def _common(parser: argparse.ArgumentParser) -> None:
     add_data_and_model_args(parser)
     AnalysisOptions.add_cli_args(parser, only=("groupby",))
@@ -139,35 +136,33 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def define_knockout(parser: argparse.ArgumentParser) -> Handler:
-    """Declare ``sctranslator knockout INPUT --model M --genes TP53,CD4 --out OUT.h5ad [...]``.
+    """`sctranslator knockout INPUT --model M --genes TP53,CD4 --out OUT.h5ad [...]`.
 
     Parameters
     ----------
-    parser : argparse.ArgumentParser
-        The command's parser.
+    parser
+        The sub-command's parser, filled from `KnockoutOptions`' groups.
 
     Returns
     -------
-    callable
-        The handler: parsed arguments -> exit status.
+    Handler
+        Builds `KnockoutOptions` from the parsed arguments and runs `run_knockout`; returns 0.
     """
     _common(parser)
     parser.add_argument("--genes", required=True, help="genes to knock out: comma-separated names or @file")
     parser.add_argument("--out", required=True, help="output .h5ad or .zarr (genes x proteins); CSVs and a PNG "
                         "are written beside it; re-running the same command resumes")
     AnalysisOptions.add_cli_args(parser, only=("semantics", "per_cell"))
-    EngineOptions.add_cli_args(parser, only=("block_cells", "batch_size", "device"),
-                               defaults={"block_cells": 1024, "batch_size": 8})
-    OutputOptions.add_cli_args(parser, only=("overwrite",))
+    EngineOptions.add_cli_args(parser, only=KnockoutOptions.takes["engine"], helps={
+        "block_cells": "cells per block, the unit of work and resume; by default translate's block size divided "
+                       "by the forwards per cell (genes + 1)",
+        "batch_size": "cells per model call, as translate's"})
+    OutputOptions.add_cli_args(parser, only=("overwrite", "wait"))
 
     def run(args: argparse.Namespace) -> int:
-        from sctranslator.analysis.knockout import knockout
+        from sctranslator.analysis.knockout import run_knockout
 
-        result = knockout(args.input, args.model, _names(args.genes) or [], _names(args.proteins), out=args.out,
-                          **AnalysisOptions.from_cli_args(args).as_kwargs(("semantics", "groupby", "per_cell")),
-                          **EngineOptions.from_cli_args(args).as_kwargs(("block_cells", "batch_size", "device")),
-                          **InputOptions.from_cli_args(args).as_kwargs(ANALYSIS_INPUTS),
-                          **OutputOptions.from_cli_args(args).as_kwargs(("overwrite", "quiet")))
+        result = run_knockout(args.input, args.model, KnockoutOptions.from_cli_args(args))
         print(f"Knocked out {result.mean.shape[0]} gene(s) ({result.semantics}) in {result.n_cells['all']} cells; "
               f"{result.mean.shape[1]} proteins")
         strongest = result.mean.abs().stack().sort_values(ascending=False).head(5)
@@ -175,26 +170,30 @@ def define_knockout(parser: argparse.ArgumentParser) -> Handler:
             print(f"  {gene:>12s} -> {protein:<12s} mean change {result.mean.at[gene, protein]:+.4g}")
         for name, path in result.files.items():
             print(f"  {name:10s} {path}")
+        if result.run.get("blocks_skipped"):
+            print(f"  resumed: {result.run['blocks_skipped']} block(s) committed by an earlier run were kept, "
+                  f"{result.run['blocks_computed']} computed")
         return 0
 
     return run
 
 
 def define_attention(parser: argparse.ArgumentParser) -> Handler:
-    """Declare ``sctranslator attention INPUT --model M --proteins ... --out DIR [...]``.
+    """`sctranslator attention INPUT --model M --proteins ... --out DIR [--kind K,...] [--genes G,...] [--top-k K]`.
 
     Parameters
     ----------
-    parser : argparse.ArgumentParser
-        The command's parser.
+    parser
+        The sub-command's parser, filled from `AttentionOptions`' groups.
 
     Returns
     -------
-    callable
-        The handler: parsed arguments -> exit status.
+    Handler
+        Builds `AttentionOptions` from the parsed arguments and runs `run_interactions`; returns 0.
     """
     _common(parser)
-    parser.add_argument("--out", required=True, help="output directory (h5ad, CSV tables, PNG)")
+    parser.add_argument("--out", required=True, help="output directory (h5ad, CSV tables, PNG); re-running the "
+                        "same command resumes")
     parser.add_argument("--kind", default="gene-protein,protein-protein",
                         help="which attention, comma-separated: gene-protein (translated encoder attention times "
                              "decoder attention), protein-protein (decoder self-attention, per window of P), "
@@ -204,22 +203,17 @@ def define_attention(parser: argparse.ArgumentParser) -> Handler:
                         help="gene-gene attention for these query genes only (comma-separated or @file; implies "
                              "gene-gene); without it gene-gene keeps every gene's --top-k partners")
     AnalysisOptions.add_cli_args(parser, only=("top_k",))
-    EngineOptions.add_cli_args(parser, only=("block_cells", "batch_size"), defaults={"block_cells": 256,
-                               "batch_size": 1}, helps={"block_cells": "cells read and prepared at a time",
-                                                        "batch_size": "cells traced together (memory grows "
-                                                                      "with it)"})
+    EngineOptions.add_cli_args(parser, only=AttentionOptions.takes["engine"],
+                               defaults=AttentionOptions.defaults["engine"],
+                               helps={"block_cells": "cells per block, the unit of work and resume",
+                                      "batch_size": "cells traced together (memory grows with it)"})
     AnalysisOptions.add_cli_args(parser, only=("as_published",))
-    OutputOptions.add_cli_args(parser, only=("overwrite",))
+    OutputOptions.add_cli_args(parser, only=("overwrite", "wait"))
 
     def run(args: argparse.Namespace) -> int:
-        from sctranslator.analysis.attention import interactions
+        from sctranslator.analysis.attention import run_interactions
 
-        result = interactions(args.input, args.model, _names(args.proteins), out=args.out,
-                              **AnalysisOptions.from_cli_args(args).as_kwargs(("top_k", "groupby", "as_published")),
-                              **EngineOptions.from_cli_args(args).as_kwargs(("block_cells", "batch_size")),
-                              **InputOptions.from_cli_args(args).as_kwargs(ANALYSIS_INPUTS),
-                              **OutputOptions.from_cli_args(args).as_kwargs(("overwrite", "quiet")),
-                              kinds=args.kind, genes=_names(args.genes))
+        result = run_interactions(args.input, args.model, AttentionOptions.from_cli_args(args, kinds=args.kind))
         print(f"Attention over {result.n_cells['all']} cells: {result.gene_attention.shape[0]} genes x "
               f"{result.protein_attention.shape[0]} proteins ({', '.join(result.kinds)})")
         if result.top_genes is not None:
@@ -228,6 +222,9 @@ def define_attention(parser: argparse.ArgumentParser) -> Handler:
                 print(f"  {row.protein:<12s} top gene {row.gene:<12s} score {row.score:.4g}")
         for name, path in result.files.items():
             print(f"  {name:18s} {path}")
+        if result.run.get("blocks_skipped"):
+            print(f"  resumed: {result.run['blocks_skipped']} block(s) committed by an earlier run were kept, "
+                  f"{result.run['blocks_computed']} computed")
         return 0
 
     return run

@@ -262,7 +262,7 @@ def _translate_collection(data: list[str], args: argparse.Namespace, options: Tr
     except CollectionError as error:
         print("\n".join(summary_lines(error.entries)))
         raise
-    entries = (read_collection(Path(args.out)) or {}).get("inputs", [])
+    entries = (read_collection(args.out, options.output.storage_options) or {}).get("inputs", [])
     print(f"Wrote {len(entries)} stores ({sum(int(e['cells']) for e in entries)} cells) to {args.out}:")
     print("\n".join(summary_lines(entries)))
     return 0

@@ -4,7 +4,8 @@
 `--inputs @list.txt`) gives every input its own plan (its own gene layout: inputs are never
 joined, the model is positional) and its own output store `DIR/<stem>.zarr`, and keeps
 `DIR/collection.json`, rewritten atomically as inputs start and finish: each input, its store, its
-cells, its plan fingerprint, its status and, for a failed input, its named error.
+cells, its plan fingerprint, its status and, for a failed input, its named error. DIR is a local
+directory or an s3:// / gs:// prefix (`engine.collection_place` keeps the guarantees of each).
 
 The model is loaded once; `translate` is called once per input with the loaded model and consults
 the `CollectionRun` of this module (a context variable) to share what a collection shares: one
@@ -29,16 +30,15 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import anndata as ad
 
-from sctranslator.engine.ledger import read_record
-from sctranslator.engine.output_reader import open_predictions
-from sctranslator.engine.sink import JOB_DIR, OUTPUT_KIND
+from sctranslator.engine.collection_place import LocalPlace, RemotePlace
 from sctranslator.engine.sources import open_source
 from sctranslator.engine.sources.soma import is_soma_experiment_object
+from sctranslator.engine.sources.subset import select_cells
 from sctranslator.engine.threads import Parallelism
 from sctranslator.errors import (
     BackendError,
@@ -55,8 +55,8 @@ from sctranslator.errors import (
 )
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
-from sctranslator.outputs import claim_output, read_identity, write_identity
-from sctranslator.util.atomic import atomic_write_text, install_dir, remove_path, staging_dir
+from sctranslator.options import parse_names
+from sctranslator.outputs import writing
 from sctranslator.util.progress import count_done, progress_bar
 from sctranslator.util.storage import (
     WRITABLE,
@@ -71,7 +71,6 @@ from sctranslator.util.storage import (
 log = logging.getLogger(__name__)
 
 COLLECTION_KIND = "translate-collection"
-RECORD_NAME = "collection.json"
 FORMAT = 1
 # Errors that would fail every input alike (a setting, the model, the backend, the cluster, the disk,
 # another job): they end the collection at once instead of being recorded against one input.
@@ -93,10 +92,18 @@ _GLOB_CHARACTERS = frozenset("*?[")
 class CollectionRun:
     """What the inputs of one collection share inside `translate` (see the module docstring).
 
-    bar: the one progress bar over every input's cells.
-    threads: intra-op threads, fixed by the first input that starts (None until then).
-    expected: the cells of the current input already counted in `bar.total`.
-    plan, cells: the current input's plan fingerprint and cell count, set by `started`.
+    Parameters
+    ----------
+    bar : tqdm
+        The one progress bar over every input's cells.
+    threads : int or None
+        Intra-op threads, fixed by the first input that starts (None until then).
+    expected : int
+        The cells of the current input already counted in the bar's total.
+    plan : str or None
+        The current input's plan fingerprint.
+    cells : int or None
+        The current input's cell count.
     """
 
     bar: Any
@@ -106,8 +113,24 @@ class CollectionRun:
     cells: int | None = None
 
     def started(self, plan: Any, cells: int, spec: Any, rule: Parallelism) -> Parallelism:
-        """Called by `translate` once an input's plan and backend spec are made, before any block runs;
-        returns the parallelism rule to record (with the collection's thread count)."""
+        """Record that an input's plan and backend spec are made, before any block runs.
+
+        Parameters
+        ----------
+        plan : Plan
+            The input's plan.
+        cells : int
+            Its cells.
+        spec : BackendSpec
+            Its backend spec.
+        rule : Parallelism
+            Its parallelism.
+
+        Returns
+        -------
+        Parallelism
+            The rule to record (with the collection's thread count).
+        """
         if self.threads is None:
             self.threads = spec.threads
         if spec.threads != self.threads:  # the same backend (registry cache key) for every input
@@ -125,13 +148,30 @@ _ACTIVE: ContextVar[CollectionRun | None] = ContextVar("sctranslator_collection"
 
 
 def active_collection() -> CollectionRun | None:
-    """The collection whose input `translate` is running in this context, or None."""
+    """The collection whose input `translate` is running in this context.
+
+    Returns
+    -------
+    CollectionRun or None
+        None outside a collection.
+    """
     return _ACTIVE.get()
 
 
 def is_collection(data: Any) -> bool:
-    """Whether `data` names several inputs: a list or tuple, or a path pattern with glob characters
-    that is not itself an existing path."""
+    """Whether `data` names several inputs.
+
+    Parameters
+    ----------
+    data : object
+        translate's input.
+
+    Returns
+    -------
+    bool
+        True for a list or tuple, or a path pattern with glob characters that is not itself an existing
+        path.
+    """
     if isinstance(data, (list, tuple)):
         return True
     if isinstance(data, (str, Path)) and "://" not in str(data):
@@ -142,10 +182,25 @@ def is_collection(data: Any) -> bool:
 
 
 def read_input_list(spec: str | Path) -> list[str]:
-    """The paths listed in a text file (`@list.txt` or `list.txt`): one per line, blank lines and text
-    after `#` ignored; relative paths are relative to the current directory.
+    """The paths listed in a text file (``@list.txt`` or ``list.txt``).
 
-    Raises OptionError for a missing, binary or empty list.
+    One per line, blank lines and text after ``#`` ignored; relative paths are relative to the current
+    directory.
+
+    Parameters
+    ----------
+    spec : str or pathlib.Path
+        The list file.
+
+    Returns
+    -------
+    list of str
+        The paths.
+
+    Raises
+    ------
+    OptionError
+        A missing, binary or empty list.
     """
     path = Path(str(spec)[1:] if str(spec).startswith("@") else spec).expanduser()
     try:
@@ -167,9 +222,23 @@ def read_input_list(spec: str | Path) -> list[str]:
 
 
 def expand_inputs(data: Any) -> list[Any]:
-    """The inputs of a collection in order: globs expanded (sorted), paths made absolute, AnnData
-    objects kept. OptionError for an empty list, a glob that matches nothing, a path listed twice or
-    an AnnCollection."""
+    """The inputs of a collection in order: globs expanded (sorted), paths made absolute, AnnData kept.
+
+    Parameters
+    ----------
+    data : list, tuple or str
+        The inputs, or a glob.
+
+    Returns
+    -------
+    list
+        The inputs.
+
+    Raises
+    ------
+    OptionError
+        An empty list, a glob that matches nothing, a path listed twice, or an AnnCollection.
+    """
     items = list(data) if isinstance(data, (list, tuple)) else [data]
     inputs: list[Any] = []
     for item in items:
@@ -220,8 +289,20 @@ def _stem(item: Any, index: int) -> str:
 
 
 def store_names(inputs: Sequence[Any]) -> list[str]:
-    """One store name per input, in order: `<stem>.zarr`, and for a stem seen before (compared without
-    case, as case-insensitive file systems do) `<stem>-2.zarr`, `<stem>-3.zarr`, ..."""
+    """One store name per input, in order: ``<stem>.zarr``, then ``<stem>-2.zarr``, ... for a repeated stem.
+
+    Stems are compared without case, as case-insensitive file systems do.
+
+    Parameters
+    ----------
+    inputs : sequence
+        The inputs.
+
+    Returns
+    -------
+    list of str
+        Store names.
+    """
     used: set[str] = set()
     names = []
     for index, item in enumerate(inputs):
@@ -274,80 +355,105 @@ def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 @dataclass
 class _Collection:
-    """DIR and its record: the entries, rewritten atomically after every change."""
+    """DIR (a local directory or an object-storage prefix, see `engine.collection_place`) and its record:
+    the entries, rewritten whole after every change."""
 
-    path: Path
+    place: LocalPlace | RemotePlace
     identity: dict[str, Any]
     entries: list[dict[str, Any]] = field(default_factory=list)
 
     @property
-    def record_path(self) -> Path:
-        return self.path / RECORD_NAME
+    def record_path(self) -> str:
+        return self.place.record_location
 
-    def save(self) -> None:
+    def text(self) -> str:
         counts = {status: sum(e["status"] == status for e in self.entries)
                   for status in ("done", "failed", "pending", "running")}
         record = {"format": FORMAT, "kind": COLLECTION_KIND, "identity": self.identity, "counts": counts,
                   "inputs": self.entries}
-        atomic_write_text(self.record_path, json.dumps(record, indent=2, default=str))
+        return json.dumps(record, indent=2, default=str)
+
+    def save(self) -> None:
+        self.place.write_record(self.text())
 
 
-def read_collection(path: str | Path) -> dict[str, Any] | None:
-    """The record `DIR/collection.json` of a collection, or None when there is none (or it is unreadable)."""
-    try:
-        return json.loads((Path(path) / RECORD_NAME).read_text())
-    except (OSError, ValueError):
-        return None
+def collection_place(out: str | Path, storage_options: dict[str, Any] | None = None) -> LocalPlace | RemotePlace:
+    """The place of a collection's DIR: a `RemotePlace` for an s3:// / gs:// URL, else a `LocalPlace`.
+
+    Parameters
+    ----------
+    out
+        The collection's directory (a local path) or prefix (a URL).
+    storage_options
+        fsspec options for a URL (see `sctranslator.util.storage`).
+
+    Returns
+    -------
+    LocalPlace or RemotePlace
+    """
+    if is_url(out):
+        return RemotePlace(str(out), storage_options)
+    return LocalPlace(Path(out).expanduser().absolute())
 
 
-def _open_collection(out: Path, identity: dict[str, Any], names: list[str], labels: list[str],
-                     overwrite: bool, inputs: Sequence[Any]) -> _Collection:
+def read_collection(path: str | Path, storage_options: dict[str, Any] | str | None = None) -> dict[str, Any] | None:
+    """The record ``DIR/collection.json`` of a collection.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The collection's directory.
+
+    Returns
+    -------
+    dict or None
+        None when there is none (or it is unreadable).
+    """
+    return collection_place(path, parse_storage_options(storage_options)).read_record()
+
+
+def _open_collection(place: LocalPlace | RemotePlace, identity: dict[str, Any], names: list[str],
+                     labels: list[str], overwrite: bool, inputs: Sequence[Any]) -> _Collection:
     """Claim DIR (a collection of ours, or free) and return its record: resumed, or new."""
-    paths = [item for item in inputs if isinstance(item, Path)]
-    ours = claim_output(out, COLLECTION_KIND, inputs=paths, overwrite=overwrite, resumable=True)
+    ours = place.claim(COLLECTION_KIND, list(inputs), overwrite)
     fresh = [{"input": label, "store": name, "cells": None, "plan": None, "status": "pending", "error": None}
              for label, name in zip(labels, names, strict=True)]
     if not ours:
-        # DIR appears whole, with its identity and its record, or not at all.
-        with staging_dir(out) as staging:
-            write_identity(staging, COLLECTION_KIND)
-            _Collection(staging, identity, fresh).save()
-            install_dir(staging, out)
-        return _Collection(out, identity, fresh)
-    record = read_collection(out)
+        collection = _Collection(place, identity, fresh)
+        place.create(COLLECTION_KIND, collection.text())  # local: appears whole; remote: identity first
+        return collection
+    record = place.read_record()
     if record is not None and _comparable(record.get("identity")) == identity and not overwrite:
-        log.info("resuming the collection in %s", out)
-        return _Collection(out, identity, list(record["inputs"]))
+        log.info("resuming the collection in %s", place)
+        return _Collection(place, identity, list(record["inputs"]))
     if record is not None and not overwrite:
         raise CollectionMismatchError(
-            f"{out} holds a collection of another job: {_difference(record.get('identity') or {}, identity)}. "
+            f"{place} holds a collection of another job: {_difference(record.get('identity') or {}, identity)}. "
             "Re-run the command that made it to resume it, choose another --out, or pass --overwrite to replace it")
     # --overwrite: stores of the old record that the new one does not name are removed (each is a
     # translate store of ours, checked by its identity record); the others are replaced by translate.
+    # (No record: a creation of ours interrupted before its record was written; it starts afresh.)
     for entry in (record or {}).get("inputs", []):
-        store = out / str(entry.get("store", ""))
-        if entry.get("store") not in names and store.parent == out and (read_identity(store) or {}).get(
-                "kind") == OUTPUT_KIND:
-            remove_path(store)
-    collection = _Collection(out, identity, fresh)
+        name = str(entry.get("store", ""))
+        if name and "/" not in name and name not in names:
+            place.remove_own_store(name)
+    collection = _Collection(place, identity, fresh)
     collection.save()
     return collection
 
 
-def _finished(store: Path) -> bool:
-    record = read_record(store / JOB_DIR)
-    return bool(record and record.get("complete"))
-
-
-def _estimate(item: Any, options: dict[str, Any]) -> int:
-    """An input's cells for the progress bar's total, before its plan is made (0 when unreadable:
-    translate then reports why)."""
+def _estimate(item: Any, options: dict[str, Any], selection: dict[str, Any]) -> int:
+    """An input's cells for the progress bar's total, before its plan is made: the size of its selection
+    (`cells`, `obs_query`, `max_cells`; a SOMA query counted through its pushed-down value filter), so
+    the total and the ETA are exact from the start (0 when unreadable: translate then reports why)."""
     try:
         source = open_source(item, **options)
     except SctranslatorError:
         return 0
     try:
-        return int(source.n_obs)
+        return int(select_cells(source, **selection).n_obs)
+    except SctranslatorError:
+        return 0
     finally:
         source.close()
 
@@ -368,7 +474,7 @@ def translate_collection(translate_one: Callable[..., Any], data: Any, model: An
     model, proteins, overwrite, quiet, **settings
         As for `translate`; the settings apply to every input as if it were translated alone.
     out
-        The collection's directory (required).
+        The collection's directory (required): a local path, or an s3:// / gs:// prefix.
     write_h5ad, write_mudata, inplace, key, replace_key
         Not for collections (OptionError): translate each input on its own to write it back.
 
@@ -395,72 +501,80 @@ def translate_collection(translate_one: Callable[..., Any], data: Any, model: An
         raise OptionError("several inputs need --out DIR (out=DIR): a directory that gets one store per input and "
                           "collection.json")
     check_not_folded(out, what="--out")
+    storage_options = parse_storage_options(settings.get("storage_options"))
     if is_url(out):
-        # A collection's guarantees (DIR claimed whole, collection.json rewritten atomically, stores
-        # checked before they are reused) rest on local renames; nothing is written.
-        raise UnsupportedStorageError(
-            f"--out {out}: a collection of several inputs is written to a local directory only; give a local "
-            "--out DIR (the inputs may be URLs) and copy DIR afterwards, or translate each input on its own "
-            f"into its own URL (e.g. --out {str(out).rstrip('/')}/NAME.zarr)")
-    out = Path(out).expanduser().absolute()
-    if out.suffix.lower() in (".h5ad", ".h5mu", ".zarr", ".h5"):
-        raise OptionError(f"--out {out}: several inputs are written to a directory of stores, one per input; give a "
-                          f"directory name without a file suffix, e.g. --out {out.with_suffix('')}")
-    loaded = model if isinstance(model, TranslatorModel) else load_model(model)  # loaded once for every input
-    names, labels = store_names(inputs), [_label(item, i) for i, item in enumerate(inputs)]
-    collection = _open_collection(out, _identity(inputs, loaded, proteins, settings), names, labels, overwrite,
-                                  inputs)
-    source_options = {k: settings[k] for k in ("layer", "use_raw", "modality", "missing_chunks") if k in settings}
-    source_options["storage_options"] = parse_storage_options(settings.get("storage_options"))
-    skip = [entry["status"] == "done" and isinstance(item, (str, Path)) and _finished(out / entry["store"]) and
-            not overwrite for entry, item in zip(collection.entries, inputs, strict=True)]
-    estimates = [int(entry["cells"] or 0) if done else _estimate(item, source_options)
-                 for entry, item, done in zip(collection.entries, inputs, skip, strict=True)]
-    bar = progress_bar(total=sum(estimates), unit="cells", desc=f"translate {len(inputs)} inputs", disable=quiet,
-                       dynamic_ncols=True, smoothing=0.1)
-    run = CollectionRun(bar)
-    try:
-        for index, (entry, item) in enumerate(zip(collection.entries, inputs, strict=True)):
-            if skip[index]:
-                count_done(bar, estimates[index])
-                continue
-            _translate_entry(translate_one, collection, entry, item, run, estimates[index], loaded, proteins,
-                             overwrite=overwrite, settings=settings)
-    finally:
-        bar.close()
-    failed = [entry for entry in collection.entries if entry["status"] == "failed"]
-    if failed:
-        first = failed[0]
-        raise CollectionError(
-            f"{len(failed)} of {len(inputs)} inputs failed (the others are complete in {out}); first: "
-            f"{first['input']}: {first['error']['type']}: {first['error']['message']} -- every error is in "
-            f"{collection.record_path}; fix the inputs (or drop them from the list) and re-run the same command",
-            entries=collection.entries, record=collection.record_path)
-    return [open_predictions(out / entry["store"]) for entry in collection.entries]
+        check_location(out, write=True, what="--out")  # a supported scheme and its extra, before any work
+    place = collection_place(out, storage_options)
+    suffix = PurePosixPath(str(place)).suffix
+    if suffix.lower() in (".h5ad", ".h5mu", ".zarr", ".h5"):
+        raise OptionError(f"--out {place}: several inputs are written to a directory of stores, one per input; give a "
+                          f"directory name without a file suffix, e.g. --out {str(place)[: -len(suffix)]}")
+    # One scope for the collection's claims (DIR, then each store): released when the job ends.
+    with writing(settings.get("wait")):
+        loaded = model if isinstance(model, TranslatorModel) else load_model(model)  # loaded once for every input
+        names, labels = store_names(inputs), [_label(item, i) for i, item in enumerate(inputs)]
+        collection = _open_collection(place, _identity(inputs, loaded, proteins, settings), names, labels, overwrite,
+                                      inputs)
+        source_options = {k: settings[k] for k in ("layer", "use_raw", "modality", "missing_chunks", "measurement",
+                                                   "gene_column") if settings.get(k) is not None}
+        source_options["storage_options"] = storage_options
+        selection = {k: settings.get(k) for k in ("cells", "obs_query", "max_cells")}
+        if isinstance(selection["cells"], str):  # '@file' or 'a,b' as the command line gives it
+            selection["cells"] = parse_names(selection["cells"])
+        skip = [entry["status"] == "done" and isinstance(item, (str, Path)) and place.finished(entry["store"]) and
+                not overwrite for entry, item in zip(collection.entries, inputs, strict=True)]
+        estimates = [int(entry["cells"] or 0) if done else _estimate(item, source_options, selection)
+                     for entry, item, done in zip(collection.entries, inputs, skip, strict=True)]
+        bar = progress_bar(total=sum(estimates), unit="cells", desc=f"translate {len(inputs)} inputs", disable=quiet,
+                           dynamic_ncols=True, smoothing=0.1)
+        run = CollectionRun(bar)
+        results: list[ad.AnnData | None] = [None] * len(inputs)  # translate's own results, not read twice
+        try:
+            for index, (entry, item) in enumerate(zip(collection.entries, inputs, strict=True)):
+                if skip[index]:
+                    count_done(bar, estimates[index])
+                    continue
+                results[index] = _translate_entry(translate_one, collection, entry, item, run, estimates[index], loaded,
+                                                  proteins, overwrite=overwrite, settings=settings)
+        finally:
+            bar.close()
+        failed = [entry for entry in collection.entries if entry["status"] == "failed"]
+        if failed:
+            first = failed[0]
+            raise CollectionError(
+                f"{len(failed)} of {len(inputs)} inputs failed (the others are complete in {place}); first: "
+                f"{first['input']}: {first['error']['type']}: {first['error']['message']} -- every error is in "
+                f"{collection.record_path}; fix the inputs (or drop them from the list) and re-run the same command",
+                entries=collection.entries, record=collection.record_path)
+        return [place.open_store(entry["store"]) if result is None else result
+                for entry, result in zip(collection.entries, results, strict=True)]
 
 
 def _translate_entry(translate_one: Callable[..., Any], collection: _Collection, entry: dict[str, Any], item: Any,
                      run: CollectionRun, estimate: int, model: TranslatorModel, proteins: Sequence[str] | None,
-                     *, overwrite: bool, settings: dict[str, Any]) -> None:
-    """Translate one input into its store, recording its outcome; job-wide errors pass through."""
+                     *, overwrite: bool, settings: dict[str, Any]) -> ad.AnnData | None:
+    """Translate one input into its store, recording its outcome; job-wide errors pass through.
+    Returns translate's result (None for a failed input)."""
     entry.update(status="running", error=None)
     collection.save()
     run.expected, run.plan, run.cells = estimate, None, None
     progressed = run.bar.n
     token = _ACTIVE.set(run)
     try:
-        result = translate_one(item, model, proteins, out=collection.path / entry["store"], overwrite=overwrite,
-                               **settings)
+        result = translate_one(item, model, proteins, out=collection.place.store(entry["store"]),
+                               overwrite=overwrite, **settings)
     except JOB_ERRORS:
         entry.update(status="pending", plan=run.plan, cells=run.cells)
         collection.save()
         raise
     except SctranslatorError as error:
         _failed(collection, entry, run, error, progressed)
+        return None
     else:
         permitted = json.loads(json.dumps({k: settings.get(k) for k in PERMISSIONS if k in settings}, default=str))
         entry.update(status="done", cells=int(result.n_obs), plan=run.plan, permissions=permitted)
         collection.save()
+        return result
     finally:
         _ACTIVE.reset(token)
 
@@ -478,7 +592,18 @@ def _failed(collection: _Collection, entry: dict[str, Any], run: CollectionRun, 
 
 
 def summary_lines(entries: Iterable[dict[str, Any]]) -> list[str]:
-    """One line per input for the command line: status, cells, store (and the error of a failed one)."""
+    """One line per input for the command line: status, cells, store (and the error of a failed one).
+
+    Parameters
+    ----------
+    entries : iterable of dict
+        The inputs' records.
+
+    Returns
+    -------
+    list of str
+        The lines.
+    """
     lines = []
     for entry in entries:
         cells = "?" if entry.get("cells") is None else str(entry["cells"])

@@ -12,7 +12,7 @@ computed again, never that a half-written block is taken as done. A re-run with 
 resumes from the committed blocks; a different identity is refused unless the caller replaces the
 job. The ledger directory itself is built under a temporary name and renamed into place, so it
 exists with its identity record or not at all. Used by `engine.sink.ZarrSink` and
-`analysis.knockout.store.KnockoutStore`.
+`engine.block_results.BlockResults` (knockout, attention).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import dask
 import numpy as np
@@ -29,7 +29,6 @@ from sctranslator.engine.backends.selection import backend_capabilities, get_bac
 from sctranslator.engine.block_runner import BlockRunner
 from sctranslator.engine.gpus import gpu_cluster, threads_per_gpu
 from sctranslator.engine.prefetch import prefetching
-from sctranslator.engine.sink import ZarrSink
 from sctranslator.engine.sources import Source
 from sctranslator.engine.threads import Parallelism, available_cpus, choose_parallelism, compute_gate
 from sctranslator.errors import BadCellsError, ClusterError, OptionError
@@ -39,14 +38,58 @@ from sctranslator.util.progress import count_done, progress_bar
 log = logging.getLogger(__name__)
 
 
+class BlockSink(Protocol):
+    """Where a job's blocks go: row ranges, which are committed (a ledger), and a path to name it by.
+
+    `engine.sink.ZarrSink` (translate's output store) and the analyses' block stores
+    (`engine.block_results.BlockResults`) are sinks.
+    """
+
+    n_obs: int
+
+    @property
+    def path(self) -> str | os.PathLike[str]: ...
+
+    def blocks(self) -> list[tuple[int, int]]: ...
+
+    def pending(self) -> list[int]: ...
+
+    def block_done(self, index: int) -> bool: ...
+
+
 @dataclass
 class BlockJob:
-    """What every task needs; picklable so distributed workers can run it."""
+    """What every block task needs; picklable so distributed workers can run it.
+
+    Parameters
+    ----------
+    source : Source
+        The input.
+    plan : Plan
+        The alignment onto the model.
+    backend : BackendSpec
+        What each worker builds.
+    sink : ZarrSink
+        Where predictions go.
+    batch_size : int
+        Cells per backend call.
+    allow_empty_cells : bool
+        Predict cells with no counts in the genes the model reads.
+    embeddings : bool
+        Also write obsm['X_sctranslator'] (torch backend).
+    auto_batch_size : bool
+        Let the backend size its calls from free device memory (torch on CUDA); `batch_size` is the
+        fallback.
+    flop_per_cell : float
+        The arithmetic of one cell's forward (the threads rule, applied again inside each Dask worker).
+    compute_slots : int or None
+        Blocks that may compute at once in a process; None: all.
+    """
 
     source: Source
     plan: Plan
     backend: BackendSpec
-    sink: ZarrSink
+    sink: BlockSink
     batch_size: int
     allow_empty_cells: bool = False
     embeddings: bool = False  # also write obsm['X_sctranslator'] (torch backend)
@@ -57,16 +100,47 @@ class BlockJob:
     # at once in a process (None: all): the threads rule, applied again inside each dask worker.
     flop_per_cell: float = 0.0
     compute_slots: int | None = None
+    # With one local worker, run the blocks in order in the calling thread (attention: its tracing is
+    # thread-local torch state) instead of on dask's thread pool.
+    in_caller_thread: bool = False
     runner: BlockRunner = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.runner = BlockRunner(self.source, self.plan, allow_empty_cells=self.allow_empty_cells)
 
+    def process(self, index: int, start: int, stop: int, progress: Callable[[int], object] | None = None, *,
+                threads: int | None = None, compute_slots: int | None = None) -> int:
+        """Compute block `index` (rows [start, stop)) and commit it to the sink; returns its empty cells.
+
+        Parameters
+        ----------
+        index, start, stop
+            The block and its input rows.
+        progress
+            Told the number of cells of every finished batch (local runs), or None.
+        threads, compute_slots
+            Override the job's (a dask worker applies the threads rule to its own cores).
+
+        Returns
+        -------
+        int
+            Empty cells predicted in the block (only when allowed).
+
+        Raises
+        ------
+        BadCellsError
+            Bad values, or empty cells when not allowed.
+        """
+        predictions, embeddings, n_empty = predict_block(self, start, stop, progress, threads=threads,
+                                                         compute_slots=compute_slots)
+        self.sink.write_block(index, predictions, embeddings)  # type: ignore[attr-defined]
+        return n_empty
+
 
 _THREAD_STATE = threading.local()
 
 
-def _values_buffer(rows: int, length: int) -> np.ndarray:
+def values_buffer(rows: int, length: int) -> np.ndarray:
     """A per-thread (rows, L) float32 buffer, reused across blocks: filling fresh pages of a new
     array costs more than the preparation itself."""
     buffer = getattr(_THREAD_STATE, "values", None)
@@ -75,79 +149,186 @@ def _values_buffer(rows: int, length: int) -> np.ndarray:
     return buffer[:rows]
 
 
-def predict_block(job: BlockJob, start: int, stop: int, progress: Callable[[int], object] | None = None,
-                  *, threads: int | None = None, compute_slots: int | None = None
-                  ) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """(predictions (stop - start, n_outputs), embeddings (stop - start, dim) if asked, empty cells)
-    for one block; bad cells raise `BadCellsError`.
-
-    `threads` / `compute_slots` override the job's (a dask worker applies the rule to its own cores):
-    the block is read and prepared freely, then computes only while it holds a compute slot.
-    """
-    plan = job.plan
-    block, values = job.runner.read_prepared(start, stop, out=_values_buffer(stop - start, plan.max_genes))
+def backend_for(job: BlockJob, threads: int | None = None) -> Any:
+    """The process's backend for `job` (built once per spec), with `threads` intra-op threads if given."""
     spec = job.backend
     if threads is not None and threads != spec.threads:
         spec = dataclasses.replace(spec, threads=threads)
-    backend = get_backend(spec)
-    out = np.empty((stop - start, plan.output_index.shape[0]), dtype=np.float32)
+    return get_backend(spec)
+
+
+def predict_values(job: BlockJob, backend: Any, values: np.ndarray, gene_ids: np.ndarray, gene_mask: np.ndarray,
+                   progress: Callable[[int], object] | None = None, *, embeddings: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predictions (cells, n_outputs) float32 of prepared `values` (cells, L) with one gene layout, batch by batch.
+
+    Parameters
+    ----------
+    job
+        Supplies the plan's protein windows and output columns and the batch size.
+    backend
+        The backend that computes (see `backend_for`).
+    values
+        float32 (cells, L) model values (`BlockRunner.prepare`).
+    gene_ids, gene_mask
+        int64 (L,) and bool (L,): the layout every cell of `values` has (the plan's, or a knockout variant's).
+    progress
+        Told the cells of each finished batch.
+    embeddings
+        Also return cell embeddings (cells, dim) (torch backend).
+
+    Returns
+    -------
+    tuple
+        (predictions, embeddings or None). The arithmetic runs as the results are taken: callers
+        hold their compute gate around this call.
+    """
+    plan = job.plan
+    cells = values.shape[0]
+    out = np.empty((cells, plan.output_index.shape[0]), dtype=np.float32)
     embedded: list[np.ndarray] = []
 
     def batch_of(lo: int, hi: int) -> Batch:
-        return Batch(values[lo:hi], plan.gene_ids, plan.position_real, plan.protein_windows, plan.protein_window_mask)
+        return Batch(values[lo:hi], gene_ids, gene_mask, plan.protein_windows, plan.protein_window_mask)
 
     size = job.batch_size
     if job.auto_batch_size and hasattr(backend, "cells_per_call"):
         size = backend.cells_per_call(batch_of(0, 1)) or size
-    ranges = [(lo, min(lo + size, stop - start)) for lo in range(0, stop - start, size)]
+    ranges = [(lo, min(lo + size, cells)) for lo in range(0, cells, size)]
     batches = (batch_of(lo, hi) for lo, hi in ranges)
     if hasattr(backend, "predict_batches"):  # the torch backend pipelines a block's batches (copies overlap)
-        results = backend.predict_batches(batches, job.embeddings)
-    elif job.embeddings:
+        results = backend.predict_batches(batches, embeddings)
+    elif embeddings:
         results = (backend.predict_with_embeddings(batch) for batch in batches)
     else:
         results = ((backend.predict(batch), None) for batch in batches)
-    # The results are lazy: the arithmetic happens inside the gate.
+    for (lo, hi), (predictions, embedding) in zip(ranges, results, strict=True):
+        if embedding is not None:
+            embedded.append(embedding)
+        out[lo:hi] = predictions[:, plan.output_index]
+        if progress is not None:
+            progress(hi - lo)
+    return out, (np.concatenate(embedded) if embedded else None)
+
+
+def predict_block(job: BlockJob, start: int, stop: int, progress: Callable[[int], object] | None = None,
+                  *, threads: int | None = None, compute_slots: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Predict one block; bad cells raise BadCellsError.
+
+    The block is read and prepared freely, then computes only while it holds a compute slot.
+
+    Parameters
+    ----------
+    job : BlockJob
+        The job.
+    start : int
+        First row.
+    stop : int
+        Row after the last.
+    progress : callable or None
+        Told the cells of every finished batch.
+    threads : int or None
+        Intra-op threads; None: the job's (a Dask worker applies the rule to its own cores).
+    compute_slots : int or None
+        Compute slots; None: the job's.
+
+    Returns
+    -------
+    predictions : numpy.ndarray
+        float32 ``(stop - start, n_outputs)``.
+    embeddings : numpy.ndarray or None
+        float32 ``(stop - start, dim)`` when asked.
+    n_empty : int
+        Empty cells predicted.
+
+    Raises
+    ------
+    BadCellsError
+        Bad values, or empty cells unless allowed.
+    """
+    plan = job.plan
+    block, values = job.runner.read_prepared(start, stop, out=values_buffer(stop - start, plan.max_genes))
+    backend = backend_for(job, threads)
     with compute_gate(job.compute_slots if compute_slots is None else compute_slots):
-        for (lo, hi), (predictions, embedding) in zip(ranges, results, strict=True):
-            if embedding is not None:
-                embedded.append(embedding)
-            out[lo:hi] = predictions[:, plan.output_index]
-            if progress is not None:
-                progress(hi - lo)
-    return out, (np.concatenate(embedded) if embedded else None), block.n_empty
+        out, embedded = predict_values(job, backend, values, plan.gene_ids, plan.position_real, progress,
+                                       embeddings=job.embeddings)
+    return out, embedded, block.n_empty
 
 
 def run_block(job: BlockJob, index: int, progress: Callable[[int], object] | None = None, *,
               threads: int | None = None, compute_slots: int | None = None) -> tuple[int, int, bool]:
-    """Predict and commit one block: (cells, empty cells among them, computed); `progress` (local runs)
-    is told about every finished batch.
+    """Predict and commit one block.
 
-    A block the ledger already holds returns at once, computed False: a task that Dask runs again
-    (its worker died after the commit, or the result never reached the client) never rewrites
-    committed rows.
+    A block the ledger already holds returns at once, computed False: a task that Dask runs again (its
+    worker died after the commit, or the result never reached the client) never rewrites committed rows.
+
+    Parameters
+    ----------
+    job : BlockJob
+        The job.
+    index : int
+        The block.
+    progress : callable or None
+        Told about every finished batch (local runs).
+    threads : int or None
+        Intra-op threads; None: the job's.
+    compute_slots : int or None
+        Compute slots; None: the job's.
+
+    Returns
+    -------
+    cells : int
+        Cells in the block.
+    n_empty : int
+        Empty cells among them.
+    computed : bool
+        False when the block was already committed.
     """
     start, stop = job.sink.blocks()[index]
     if job.sink.block_done(index):
         if progress is not None:
             progress(stop - start)
         return stop - start, 0, False
-    predictions, embeddings, n_empty = predict_block(job, start, stop, progress, threads=threads,
-                                                     compute_slots=compute_slots)
-    job.sink.write_block(index, predictions, embeddings)
+    n_empty = job.process(index, start, stop, progress, threads=threads, compute_slots=compute_slots)
     return stop - start, n_empty, True
 
 
 def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None = None,
-            quiet: bool = False, gpus: Sequence[str] = (), bar: tqdm | None = None) -> dict[str, Any]:
-    """Run every pending block; returns timing and counts (`empty_cells`: empty cells predicted, when
-    allowed). Bad cells raise the `BadCellsError` of the lowest bad row among the pending blocks,
-    whichever block failed first. `workers`: concurrent local blocks (default: the
-    `engine.threads` rule for the job's model). With 2+ `gpus` (CUDA_VISIBLE_DEVICES entries;
-    engine.gpus) and no scheduler, blocks run on a local cluster of one worker per GPU
-    (`blocks_per_worker` says where they ran). On a cluster, a lost scheduler, no workers or a
-    block whose workers keep dying raise `ClusterError`; committed blocks are kept for a re-run.
-    `bar`: a progress bar to advance (a collection's, over all its inputs; left open) instead of a new one.
+            quiet: bool = False, gpus: Sequence[str] = (), bar: tqdm | None = None,
+            desc: str = "translate") -> dict[str, Any]:
+    """Run every pending block of a job, locally or on a dask.distributed cluster.
+
+    With 2+ `gpus` and no scheduler, blocks run on a local cluster of one worker per GPU. Committed
+    blocks are kept for a re-run whatever fails.
+
+    Parameters
+    ----------
+    job : BlockJob
+        The job.
+    workers : int or None
+        Concurrent local blocks; None: the `sctranslator.engine.threads` rule for the job's model.
+    scheduler : str or None
+        A dask.distributed scheduler's address; None: local.
+    quiet : bool
+        No progress bar.
+    gpus : sequence of str
+        CUDA_VISIBLE_DEVICES entries, one worker each.
+    bar : tqdm or None
+        A progress bar to advance (a collection's, left open) instead of a new one.
+
+    Returns
+    -------
+    dict
+        Timing and counts (``empty_cells``: empty cells predicted; ``blocks_per_worker``: where blocks
+        ran).
+
+    Raises
+    ------
+    BadCellsError
+        The error of the lowest bad row among the pending blocks, whichever block failed first.
+    ClusterError
+        A lost scheduler, no workers, or a block whose workers keep dying.
     """
     sink = job.sink
     pending = sink.pending()
@@ -156,7 +337,7 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
     done_cells = sum(stop - start for i, (start, stop) in enumerate(blocks) if i not in todo)
     own_bar = bar is None
     if bar is None:
-        bar = progress_bar(total=sink.n_obs, initial=done_cells, unit="cells", desc="translate", disable=quiet,
+        bar = progress_bar(total=sink.n_obs, initial=done_cells, unit="cells", desc=desc, disable=quiet,
                            dynamic_ncols=True, smoothing=0.1)
     else:
         count_done(bar, done_cells)
@@ -180,7 +361,11 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
                      for index in pending]
             # The next block is read while the current ones compute (one block ahead: memory stays bounded).
             with prefetching(job.runner, [blocks[i] for i in pending]):
-                outcomes = list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
+                if workers == 1 and job.in_caller_thread:
+                    # In order, in this thread: thread-local state (a torch dispatch mode) sees the work.
+                    outcomes = [run_block(job, index, bar.update) for index in pending]
+                else:
+                    outcomes = list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
     except BadCellsError as error:
         # Blocks run concurrently: re-check the uncommitted blocks below the failed one, in order.
         unchecked = [blocks[i] for i in sink.pending()]
@@ -208,8 +393,13 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
 # -- dask.distributed ---------------------------------------------------------------------------
 
 def cluster_timeout() -> float:
-    """Seconds to wait for a scheduler to answer or a worker to join: dask's
-    `distributed.comm.timeouts.connect` (default 30 s; DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT)."""
+    """Seconds to wait for a scheduler to answer or a worker to join.
+
+    Returns
+    -------
+    float
+        dask's ``distributed.comm.timeouts.connect`` (default 30 s).
+    """
     from dask.utils import parse_timedelta
 
     return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect", "30s"), default="s"))
@@ -234,9 +424,21 @@ _SCHEDULER_PROTOCOLS = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
 
 
 def check_scheduler_address(scheduler: str | None) -> None:
-    """OptionError unless `scheduler` reads as a dask.distributed address (`tcp://host:port`,
-    `host:port`, `tls://`, `ucx://`, `ws(s)://` with a port, or `inproc://...`): checked before any
-    work, so a typo fails at once instead of after the data and model are read."""
+    """Refuse a scheduler address that does not read as a dask.distributed address, before any work.
+
+    Accepted: ``tcp://host:port``, ``host:port``, ``tls://``, ``ucx://``, ``ws(s)://`` with a port, or
+    ``inproc://...``; a typo then fails at once instead of after the data and model are read.
+
+    Parameters
+    ----------
+    scheduler : str or None
+        The address; None passes.
+
+    Raises
+    ------
+    OptionError
+        Not an address.
+    """
     if scheduler is None:
         return
     expected = ("expected a dask.distributed scheduler address such as tcp://host:8786 or host:8786 "
@@ -275,9 +477,25 @@ def _connect(cluster: Any) -> Any:
 
 
 def check_cluster(scheduler: str) -> dict[str, int]:
-    """The workers of the scheduler at `scheduler` (address -> nthreads), waiting up to
-    `cluster_timeout()` for one to join; ClusterError when the scheduler cannot be reached or no worker
-    joins. Called before the output store is created, so a cluster that cannot run leaves nothing."""
+    """The workers of a scheduler, waiting up to `cluster_timeout` for one to join.
+
+    Called before the output store is created, so a cluster that cannot run leaves nothing.
+
+    Parameters
+    ----------
+    scheduler : str
+        The address.
+
+    Returns
+    -------
+    dict of str to int
+        Worker address -> threads.
+
+    Raises
+    ------
+    ClusterError
+        The scheduler cannot be reached, or no worker joins.
+    """
     check_scheduler_address(scheduler)
     timeout = cluster_timeout()
     with _quiet_distributed():
@@ -294,8 +512,19 @@ def check_cluster(scheduler: str) -> dict[str, int]:
 
 
 def worker_paths(job: BlockJob) -> dict[str, str]:
-    """Every filesystem path a worker opens for `job` (output store, input, model, ONNX file)."""
-    paths = {"output store": job.sink.path}
+    """Every file system path a worker opens for a job (output store, input, model, ONNX file).
+
+    Parameters
+    ----------
+    job : BlockJob
+        The job.
+
+    Returns
+    -------
+    dict of str to str
+        Role -> path.
+    """
+    paths = {"output store": str(job.sink.path)}
     if getattr(job.source, "path", None):
         paths["input"] = str(job.source.path)
     if isinstance(job.backend.model, str | os.PathLike):

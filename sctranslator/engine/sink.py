@@ -9,8 +9,13 @@ record and its output identity (`sctranslator.outputs`) or not at all.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import pickle
 import warnings
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +31,7 @@ from sctranslator.engine.obs_tables import RENAMED_KEY, writable_obs
 from sctranslator.engine.output_reader import TemporaryStore, open_predictions
 from sctranslator.errors import StoreError
 from sctranslator.outputs import claim_output, write_identity
-from sctranslator.util.atomic import install_dir, staging_dir, write_errors
+from sctranslator.util.atomic import atomic_write_text, install_dir, remove_path, staging_dir, write_errors
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +141,8 @@ class ZarrSink:
                 obsm: dict[str, Any]) -> None:
         """Build the whole empty store aside, then rename it over `path` (which the caller may replace)."""
         with staging_dir(self.path) as staging:
-            for key, data in skeleton_files(obs, var, uns, self.n_obs, self.n_outputs, self.block_rows,
-                                            self.embedding_dim).items():
-                target = staging / key
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
+            write_files(staging, skeleton_files(obs, var, uns, self.n_obs, self.n_outputs, self.block_rows,
+                                                self.embedding_dim))
             carried = {key: array for key, array in obsm.items() if key != EMBEDDING_KEY}
             if carried:
                 _copy_obsm(staging, carried, self.block_rows)
@@ -261,7 +263,7 @@ class ZarrSink:
         ledger.require_complete(str(self.path))
         with write_errors(self.path, 1 << 20):
             if run is not None:
-                _write_uns_entry(self.path, "run", run)
+                _write_local_uns_entry(Path(self.path), "run", run)
             ledger.update_record({"complete": True, **(extra or {})})
 
     def read(self, owner: TemporaryStore | None = None) -> ad.AnnData:
@@ -313,13 +315,19 @@ def skeleton_files(obs: pd.DataFrame, var: pd.DataFrame, uns: dict[str, Any], n_
     obs, renamed = writable_obs(obs)
     if renamed:
         uns = {**uns, "sctranslator": {**uns["sctranslator"], RENAMED_KEY: renamed}}
-    skeleton = ad.AnnData(obs=obs, var=var, uns=uns)
+    provenance = uns.get("sctranslator")
+    cached = isinstance(provenance, dict) and all(isinstance(key, str) for key in provenance)
+    skeleton = ad.AnnData(obs=obs, var=var, uns={**uns, "sctranslator": {}} if cached else uns)
     skeleton.strings_to_categoricals()  # what writing does anyway, without anndata's note about it
     files: dict[str, Any] = {}
     store = zarr.storage.MemoryStore(files)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # anndata's note about the zarr v2 default
         skeleton.write_zarr(store)
+        if cached:
+            for key, value in provenance.items():
+                for name, data in _encoded_entry(key, value).items():
+                    files[f"uns/sctranslator/{key}/{name}"] = data
     root = zarr.open_group(store, mode="a")
     x = root.create_array("X", shape=(n_obs, n_outputs), chunks=(block_rows, n_outputs), dtype="float32",
                           fill_value=np.nan)
@@ -330,6 +338,38 @@ def skeleton_files(obs: pd.DataFrame, var: pd.DataFrame, uns: dict[str, Any], n_
         emb.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
     zarr.consolidate_metadata(store)
     return {key: data.to_bytes() for key, data in files.items()}
+
+
+_ENCODED: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
+_ENCODED_LIMIT = 64
+
+
+def _encoded_entry(key: str, value: Any) -> dict[str, Any]:
+    """The zarr files (keys relative to the entry, zarr buffers) anndata writes for `uns[...][key] = value`,
+    from a per-process cache keyed by the value's pickle (the same value encodes to the same files)."""
+    try:
+        digest = hashlib.sha256(pickle.dumps(value, protocol=5)).hexdigest()
+    except Exception:  # noqa: BLE001 - a value pickle cannot hold is encoded every time
+        digest = None
+    fmt = ad.settings.zarr_write_format
+    cache_key = (key, digest, fmt)
+    if digest is not None and cache_key in _ENCODED:
+        _ENCODED.move_to_end(cache_key)
+        return _ENCODED[cache_key]
+    try:
+        from anndata.io import write_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import write_elem
+
+    files: dict[str, Any] = {}
+    write_elem(zarr.open_group(zarr.storage.MemoryStore(files), mode="a", zarr_format=fmt), key, value)
+    prefix = f"{key}/"
+    encoded = {name[len(prefix):]: data for name, data in files.items() if name.startswith(prefix)}
+    if digest is not None:
+        _ENCODED[cache_key] = encoded
+        while len(_ENCODED) > _ENCODED_LIMIT:
+            _ENCODED.popitem(last=False)
+    return encoded
 
 
 def _store_like(store: Any) -> Any:
@@ -353,6 +393,50 @@ def _copy_obsm(store: Path | Any, arrays: dict[str, Any], block_rows: int) -> No
             target[start:stop] = np.asarray(source[start:stop], dtype=dtype)
     zarr.consolidate_metadata(_store_like(store))
     log.debug("carried obsm %s into %s", sorted(arrays), store)
+
+
+def write_files(root: Path, files: dict[str, bytes]) -> None:
+    """Write `files` ({key relative to `root`: bytes}, a store's small metadata and scalar files) under
+    `root`: the folders first, then the files from a few threads (each is a round trip to the file
+    system, which on a busy disk costs more than the bytes)."""
+    for folder in sorted({(root / key).parent for key in files}):
+        folder.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for written in pool.map(lambda item: (root / item[0]).write_bytes(item[1]), files.items()):
+            del written
+
+
+def _write_local_uns_entry(path: Path, key: str, value: dict[str, Any]) -> None:
+    """`_write_uns_entry` for a local store with zarr v2 consolidated metadata (`.zmetadata`, what
+    anndata writes by default): the entry is encoded in memory, its files written, and its metadata
+    merged into `.zmetadata` instead of re-reading every node of the store; other stores go through
+    `_write_uns_entry`."""
+    consolidated = path / ".zmetadata"
+    if not consolidated.is_file() or not (path / "uns" / "sctranslator" / ".zgroup").is_file():
+        _write_uns_entry(path, key, value)
+        return
+    clean = {name: (float(v) if isinstance(v, float | np.floating) else v) for name, v in value.items()}
+    files: dict[str, Any] = {}
+    memory = zarr.storage.MemoryStore(files)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # anndata's note about the zarr v2 default
+        parent = zarr.open_group(memory, mode="a", zarr_format=2).require_group("uns").require_group("sctranslator")
+        try:
+            from anndata.io import write_elem
+        except ImportError:  # anndata < 0.11
+            from anndata.experimental import write_elem
+        write_elem(parent, key, clean)
+        zarr.consolidate_metadata(memory)
+    prefix = f"uns/sctranslator/{key}/"
+    added = {name: entry for name, entry in json.loads(files[".zmetadata"].to_bytes())["metadata"].items()
+             if name.startswith(prefix)}
+    record = json.loads(consolidated.read_text())
+    remove_path(path / prefix)  # an entry of an earlier attempt is replaced, as write_elem replaces it
+    write_files(path, {name: data.to_bytes() for name, data in files.items() if name.startswith(prefix)})
+    merged = {**{k: v for k, v in record["metadata"].items() if not k.startswith(prefix)}, **added}
+    # In key order: zarr groups a node's children with itertools.groupby, so siblings must be adjacent.
+    record["metadata"] = dict(sorted(merged.items()))
+    atomic_write_text(consolidated, json.dumps(record))
 
 
 def _write_uns_entry(path: str | Path | Any, key: str, value: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sctranslator.errors import InputDataError, OutputConflictError
+from sctranslator.errors import CheckpointError, InputDataError, OutputConflictError
 from sctranslator.model import ModelConfig, TranslatorModel, load_model, save_model
 from sctranslator.model.cells import ancestor_cells, write_cell_hashes
 from sctranslator.model.identity import model_fingerprint
@@ -24,6 +24,7 @@ from sctranslator.options import DEFAULT_TARGET_SUM, Preset, TrainDataOptions
 from sctranslator.outputs import claim_output, one_writer, write_identity
 from sctranslator.train import distributed
 from sctranslator.train.card import model_card
+from sctranslator.train.checkpoint import STATE_FILE
 from sctranslator.train.datasets import (
     as_list as _as_list,
 )
@@ -277,6 +278,7 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
     """
     data_options, train_options = _split_options(options)
     storage_options = parse_storage_options(storage_options)
+    protein = _embedded_marks(protein)
     check_inputs(_as_list(rna) + (_as_list(protein) if protein is not None else []))
     refuse_remote("finetune", reason="finetune writes the model bundle, its checkpoints and metrics log to local "
                   "paths (inputs may be URLs); write them locally, then copy the bundle with your storage tool",
@@ -288,6 +290,10 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
     # Every process checks before any writes: the process group's start is the barrier after it.
     inputs = (*_as_list(rna), *(_as_list(protein) if protein is not None else []), init)
     work_is_ours = _claim_outputs(out, work, inputs, overwrite=overwrite, resume=resume)
+    if resume and not (work / STATE_FILE).exists():
+        # Refused before the work folder, its identity record or a metrics log is made.
+        raise CheckpointError(f"nothing to resume: {work / STATE_FILE} does not exist (start without --resume, "
+                              "or give the --work-dir of the run to continue)")
     processes = distributed.start(train_options.device)
     callers_threads = pin_training_threads(workers)  # the same count in every call of this process
     try:
@@ -325,6 +331,7 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
                                                "target_sum": float(data_options.target_sum),
                                                "target_scaling": data_options.target_scaling})
         apply_freeze(model, train_options.freeze)
+        train_options = effective_gene_subset(train_options, len(genes["token_ids"]))
         stream = build_stream(pairs, splits, model, protein_columns, protein_slots, data_options, train_options,
                               gene_mapping=genes["mapping"])
         n_empty = stream.scan()
@@ -359,6 +366,43 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
     finally:
         torch.set_num_threads(callers_threads)
         distributed.stop(processes)
+
+
+def _embedded_marks(protein: Any) -> Any:
+    """`protein` with each "-" entry as None: that dataset's proteins are inside its RNA input."""
+    if protein is None:
+        return None
+    if isinstance(protein, list | tuple):
+        return [None if isinstance(p, str) and p == "-" else p for p in protein]
+    return None if isinstance(protein, str) and protein == "-" else protein
+
+
+def effective_gene_subset(options: TrainOptions, n_panel: int) -> TrainOptions:
+    """The options with `gene_subset` capped at the gene panel's size.
+
+    The original's `SCDataset` samples N genes only from a cell with at least N genes and keeps a
+    shorter cell whole; likewise a subset at least as large as the panel keeps every panel gene.
+    A warning says so, and the effective N is what the card, config.json and the fingerprint record.
+
+    Parameters
+    ----------
+    options
+        The training options as asked.
+    n_panel
+        Number of genes in the model's gene panel.
+
+    Returns
+    -------
+    TrainOptions
+        `options` itself, or a copy with `gene_subset` = `n_panel`.
+    """
+    asked = options.gene_subset
+    if asked is None or asked <= n_panel:
+        return options
+    log.warning("--gene-subset %d exceeds the %d-gene panel: every training cell sees all %d panel genes (as the "
+                "original keeps a cell with fewer genes whole); gene_subset=%d is recorded", asked, n_panel,
+                n_panel, n_panel)
+    return dataclasses.replace(options, gene_subset=n_panel)
 
 
 def check_inputs(locations: list[Any]) -> None:

@@ -17,6 +17,17 @@ def _number(value: Any) -> str:
     return str(value)
 
 
+def _inputs(data: dict[str, Any]) -> list[str]:
+    """The card's RNA and protein input lines; several datasets give their gene and protein counts one
+    per dataset (the panels, their unions, have lines of their own)."""
+    if int(data.get("datasets", 1)) > 1:
+        return [f"- RNA: {data.get('rna')} ({data.get('rna_cells')} cells in {data.get('datasets')} datasets; "
+                f"input genes per dataset: {data.get('genes')})",
+                f"- proteins: {data.get('protein')} (measured per dataset: {data.get('proteins')})"]
+    return [f"- RNA: {data.get('rna')} ({data.get('rna_cells')} cells x {data.get('genes')} input genes)",
+            f"- proteins: {data.get('protein')} ({data.get('proteins')} measured)"]
+
+
 def model_card(model: TranslatorModel, *, init: str, data: dict[str, Any], split: str, n_train: int, n_val: int,
                options: TrainOptions, outcome: Outcome, world: int, inherited: dict[str, str] | None = None) -> str:
     """The model card (markdown) of a fine-tuned bundle.
@@ -57,8 +68,7 @@ def model_card(model: TranslatorModel, *, init: str, data: dict[str, Any], split
         "# sctranslator model card", "",
         f"Trained with sctranslator {__version__}, starting from {init}.", "",
         "## Data",
-        f"- RNA: {data.get('rna')} ({data.get('rna_cells')} cells x {data.get('genes')} genes)",
-        f"- proteins: {data.get('protein')} ({data.get('proteins')} measured)",
+        *_inputs(data),
         f"- paired cells: {data.get('paired_cells')}; training {n_train}, held out {n_val} ({split}); "
         f"empty cells (no counts in any panel gene, trained on as constant cells): {data.get('empty_cells', 0)}",
         f"- gene panel: {len(genes.get('token_ids', []))} genes at positions 0.. of L={model.config.max_genes}",

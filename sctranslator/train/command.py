@@ -60,8 +60,10 @@ def define_finetune(parser: argparse.ArgumentParser) -> Handler:
                       "at random")
     data.add_argument("--protein", nargs="+", metavar="PROTEIN",
                       help="protein counts (.h5ad, zarr, a SOMA experiment, or a URL) for the same cells, one per "
-                      "--rna input in its order (default: in the RNA file, as a MuData protein modality or SOMA "
-                      "measurement (prot, ADT, Antibody Capture..., or --protein-key) or obsm[--protein-key])")
+                      "--rna input in its order; a MuData (.h5mu or zarr) is read through its protein modality; '-': "
+                      "that dataset's proteins are in its RNA input (default: in the RNA file, as a MuData protein "
+                      "modality or SOMA measurement (prot, ADT, Antibody Capture..., or --protein-key) or "
+                      "obsm[--protein-key])")
     OutputOptions.add_cli_args(data, only=("storage_options",))
     TrainDataOptions.add_cli_args(data, only=("protein_key", "proteins", "layer", "use_raw", "modality",
                                               "measurement", "missing_chunks", "gene_column", "id_type",

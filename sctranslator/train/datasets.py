@@ -205,8 +205,9 @@ def combined_origin(pairs: list[PairedData]) -> dict[str, Any]:
         return dict(pairs[0].origin)
     origins = [p.origin for p in pairs]
     return {"rna": "; ".join(str(o["rna"]) for o in origins), "protein": "; ".join(str(o["protein"]) for o in origins),
-            **{key: sum(int(o[key]) for o in origins)
-               for key in ("rna_cells", "protein_cells", "paired_cells", "genes", "proteins")}}
+            **{key: sum(int(o[key]) for o in origins) for key in ("rna_cells", "protein_cells", "paired_cells")},
+            **{key: ", ".join(str(int(o[key])) for o in origins) for key in ("genes", "proteins")},
+            "datasets": len(origins)}
 
 
 def training_record(pairs: list[PairedData], options: TrainOptions) -> dict[str, Any]:

@@ -311,13 +311,22 @@ def _stored_protein_modality(rna: Data, source: Source, key: str, missing_chunks
         return _soma_protein_measurement(source.path, key, exclude=source.measurement)
     if not isinstance(rna, str | os.PathLike):
         return None, ""
-    with _root_group(rna, storage_options) as group:
+    return _mudata_protein_modality(rna, key, missing_chunks, storage_options)
+
+
+def _mudata_protein_modality(location: str | os.PathLike, key: str, missing_chunks: str,
+                             storage_options: dict[str, Any] | None = None) -> tuple[Source | None, str]:
+    """The protein modality of the MuData file or store at `location`, opened for block reads
+    (None: not a MuData). The modality is the one `key` names, else the one named like proteins
+    (the rule translate and evaluate use); InputDataError naming the modalities when none or
+    several qualify."""
+    with _root_group(location, storage_options) as group:
         if "mod" not in group:
             return None, ""
-        name = _protein_modality(list(group["mod"]), key, _describe(rna))
-    opened = open_source(rna if is_url(rna) else Path(rna), modality=name, missing_chunks=missing_chunks,
-                         storage_options=storage_options)
-    return opened, f"modality {name!r} of {_describe(rna)}"
+        name = _protein_modality(list(group["mod"]), key, _describe(location))
+    opened = open_source(location if is_url(location) else Path(location), modality=name,
+                         missing_chunks=missing_chunks, storage_options=storage_options)
+    return opened, f"modality {name!r} of {_describe(location)}"
 
 
 def _soma_protein_measurement(uri: str, key: str, exclude: str | None) -> tuple[Source, str]:
@@ -441,10 +450,11 @@ def load_paired(rna: Data, protein: Data | None = None, *, protein_key: str = DE
         An .h5ad/.h5mu path, an AnnData or MuData Zarr store, any of these at an s3://, gs:// or
         http(s):// URL, a TileDB-SOMA experiment (its URI), or an in-memory AnnData/MuData.
     protein
-        A second .h5ad/Zarr path or URL, a SOMA experiment, or an AnnData with the same cells;
-        omitted when the proteins travel with the RNA (MuData 'prot' modality, a SOMA experiment's
-        protein measurement, or obsm[`protein_key`] as a DataFrame or an array with names in
-        uns[f'{protein_key}_names']).
+        A second .h5ad/Zarr path or URL, a MuData .h5mu/Zarr (read through its protein modality, as
+        when it is `rna`: `protein_key`, else the one named like proteins), a SOMA experiment, or an
+        AnnData with the same cells; None (or "-") when the proteins travel with the RNA (MuData
+        'prot' modality, a SOMA experiment's protein measurement, or obsm[`protein_key`] as a
+        DataFrame or an array with names in uns[f'{protein_key}_names']).
     protein_key
         The obsm key, MuData modality or SOMA measurement holding the proteins (default: the one
         named like proteins).
@@ -466,6 +476,8 @@ def load_paired(rna: Data, protein: Data | None = None, *, protein_key: str = DE
     InputDataError
         No protein table, bad protein counts, repeated or unshared cell names.
     """
+    if isinstance(protein, str) and protein == "-":
+        protein = None
     source = open_source(rna, layer=layer, use_raw=use_raw, modality=modality, missing_chunks=missing_chunks,
                          measurement=measurement, storage_options=storage_options)
     protein_source: Source | None = None
@@ -483,8 +495,12 @@ def load_paired(rna: Data, protein: Data | None = None, *, protein_key: str = DE
         else:
             if not is_url(protein) and not Path(protein).exists():
                 raise StoreError(f"{protein}: no such protein file")
-            protein_source = open_source(protein, missing_chunks=missing_chunks, storage_options=storage_options)
-            where = _describe(protein)
+            # A MuData given as the protein input is read through its protein modality.
+            protein_source, where = _mudata_protein_modality(protein, protein_key, missing_chunks, storage_options)
+            if protein_source is None:
+                protein_source = open_source(protein, missing_chunks=missing_chunks,
+                                             storage_options=storage_options)
+                where = _describe(protein)
     else:
         raise InputDataError(f"cannot read proteins from a {type(protein).__name__}: pass a path or an AnnData")
     if protein_source is not None:

@@ -1,14 +1,19 @@
 """`interactions`: gene-protein, gene-gene and protein-protein attention, accumulated over cells.
 
 See `sctranslator.analysis.attention.passes` (gene-protein, received attention) and
-`sctranslator.analysis.attention.pairs` (gene-gene, protein-protein) for the exact definitions. Cells stream through the
-engine's source -> plan -> prepare path block by block; per cell the memory is O(L x (H1 + nb)),
-never L x L, so the full-size model (L = 20,000) runs on a laptop.
+`sctranslator.analysis.attention.pairs` (gene-gene, protein-protein) for the exact definitions. The
+input is opened the one way translate opens it (`engine.translate.open_input`: sources, cell
+selection) and the blocks run on the engine's Dask block pipeline (`engine.pipeline.run_job`:
+workers, a progress bar that moves per batch, resume after any interruption): each block's sums are
+committed (`attention_job.AttentionJob`) and the result is their sum. Per cell the memory is
+O(L x (H1 + nb)), never L x L, so the full-size model (L = 20,000) runs on a laptop.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +22,8 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
-import torch
 
+from sctranslator.analysis.attention.attention_job import Accumulator, AttentionJob
 from sctranslator.analysis.attention.attention_output import (
     MIN_RELATIVE_SPREAD,
     OUTPUT_KIND,
@@ -27,7 +32,7 @@ from sctranslator.analysis.attention.attention_output import (
     top_genes,
     write_interaction_files,
 )
-from sctranslator.analysis.attention.groups import add_by_group, group_codes
+from sctranslator.analysis.attention.groups import group_codes
 from sctranslator.analysis.attention.kinds import (
     GENE_PROTEIN,
     PairSums,
@@ -38,26 +43,56 @@ from sctranslator.analysis.attention.kinds import (
     query_rows,
     write_pair_files,
 )
-from sctranslator.analysis.attention.passes import decoder_pass, encoder_pass, gene_to_protein_block, translate_rows
-from sctranslator.engine.block_runner import BlockRunner
-from sctranslator.engine.input_checks import check_expression_scale
-from sctranslator.engine.sources import open_source
-from sctranslator.engine.sources.subset import select_cells
+from sctranslator.engine.block_results import BlockResults
+from sctranslator.engine.job_sizing import local_execution
+from sctranslator.engine.pipeline import run_job
+from sctranslator.engine.sources import Source
+from sctranslator.engine.translate import make_plan, open_input
 from sctranslator.model import TranslatorModel, load_model
-from sctranslator.options import IdType, Normalize, check_choices, check_sizes
-from sctranslator.outputs import claim_output, one_writer
-from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
-from sctranslator.util.progress import progress_bar
+from sctranslator.model.identity import model_fingerprint
+from sctranslator.options import AttentionOptions, IdType, MissingChunks, Normalize, TranslateOptions
+from sctranslator.outputs import claim_output, writing
+from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan
 from sctranslator.vocab import token_symbols
 
 log = logging.getLogger(__name__)
+
+__all__ = ["InteractionResult", "interactions", "position_names", "run_interactions"]
 
 DEFAULT_BLOCK_CELLS = 256
 
 
 @dataclass
 class InteractionResult:
-    """Means over cells; per-group tables have one column per group ('all' first)."""
+    """What `interactions` computed: means over cells, per-group tables with one column per group ('all' first).
+
+    Parameters
+    ----------
+    gene_to_protein : pandas.DataFrame or None
+        Genes x proteins mean interaction scores (gene-protein kind).
+    scaled : pandas.DataFrame or None
+        The same, scaled per protein.
+    gene_attention : pandas.DataFrame
+        Attention each gene receives, per group.
+    protein_attention : pandas.DataFrame
+        Attention each protein receives, per group.
+    top_genes : pandas.DataFrame or None
+        The `top_k` genes per protein.
+    group_gene_to_protein : dict of str to pandas.DataFrame
+        Group -> its genes x proteins means.
+    n_cells : dict of str to int
+        Cells per group.
+    adata : AnnData
+        Genes x proteins: X the mean score, layers 'scaled' and 'mean:<group>'.
+    files : dict of str to pathlib.Path
+        Files written (with `out`).
+    kinds : tuple of str
+        The kinds computed.
+    pairs : PairTables or None
+        Gene-gene and protein-protein pair tables.
+    run : dict
+        This run's blocks computed and skipped, and seconds.
+    """
 
     gene_to_protein: pd.DataFrame | None  # genes x proteins: mean G[i, j] (None: gene-protein not asked for)
     scaled: pd.DataFrame | None  # the same, min-max scaled per column then per row (the original's normalisation)
@@ -70,10 +105,24 @@ class InteractionResult:
     files: dict[str, Path] = field(default_factory=dict)
     kinds: tuple[str, ...] = ()
     pairs: PairTables | None = None  # gene-gene and protein-protein means and top-partner tables
+    run: dict[str, Any] = field(default_factory=dict)  # this run's blocks computed / skipped, seconds
 
 
 def position_names(plan: Plan, var_names: pd.Index) -> tuple[np.ndarray, list[str]]:
-    """Real model positions and a name for each: the input column that feeds it, else the token's symbol."""
+    """Real model positions and a name for each: the input column that feeds it, else the token's symbol.
+
+    Parameters
+    ----------
+    plan
+        The plan of (input, model).
+    var_names
+        The input's var names (one per column).
+
+    Returns
+    -------
+    tuple
+        (positions (n,) int64, names (n,) str).
+    """
     positions = np.flatnonzero(plan.position_real)
     names = np.asarray(token_symbols(plan.gene_ids[positions]), dtype=object)
     fed = plan.column_slot >= 0
@@ -84,68 +133,19 @@ def position_names(plan: Plan, var_names: pd.Index) -> tuple[np.ndarray, list[st
     return positions, [str(n) for n in names]
 
 
-class _Accumulator:
-    """Sums over cells, slot 0 = all cells, slots 1.. = obs groups (float64)."""
-
-    def __init__(self, n_slots: int, n_genes: int, n_proteins: int):
-        self.count = np.zeros(n_slots, dtype=np.int64)
-        self.gene_received = np.zeros((n_slots, n_genes))
-        self.protein_received = np.zeros((n_slots, n_proteins))
-        self.gene_to_protein = np.zeros((n_slots, n_genes, n_proteins))
-
-    def means(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            n = self.count.astype(np.float64)
-            return (self.gene_received / n[:, None], self.protein_received / n[:, None],
-                    self.gene_to_protein / n[:, None, None])
-
-
-def _batch_interactions(model: TranslatorModel, values: np.ndarray, plan: Plan, rows: torch.Tensor,
-                        codes: np.ndarray, acc: _Accumulator, *, row_block: int, as_published: bool,
-                        pairs: PairSums) -> None:
-    """One batch of cells: trace encoder and decoder windows, then gene rows block by block."""
-    batch = values.shape[0]
-    tensor = torch.from_numpy(values)
-    gene_ids = torch.from_numpy(plan.gene_ids).expand(batch, -1)
-    gene_mask = torch.from_numpy(plan.position_real).expand(batch, -1)
-    heads = model.enc.layers[0].attn.heads if len(model.enc.layers) else 1
-    enc = encoder_pass(model, tensor, gene_ids, gene_mask, rows, row_block=row_block, as_published=as_published,
-                       also=pairs.encoder_callback(heads, len(model.enc.layers)))
-    pairs.count += batch
-    translated = model.translate_sequence(enc.encodings)
-    del enc.encodings
-    decoders = [decoder_pass(model, translated, torch.from_numpy(ids).expand(batch, -1),
-                             torch.from_numpy(mask).expand(batch, -1), as_published=as_published)
-                for ids, mask in zip(plan.protein_windows, plan.protein_window_mask, strict=True)]
-    pairs.add_decoders([d.queries for d in decoders], [d.keys for d in decoders])
-    index = torch.from_numpy(plan.output_index)
-    protein_received = torch.cat([d.protein_received for d in decoders], dim=1)[:, index]
-    acc.count[0] += batch
-    for code in np.unique(codes[codes > 0]):
-        acc.count[code] += int((codes == code).sum())
-    add_by_group(acc.gene_received, enc.gene_received.double().numpy(), codes)
-    add_by_group(acc.protein_received, protein_received.double().numpy(), codes)
-    gene_protein_rows = rows.shape[0] if GENE_PROTEIN in pairs.kinds else 0  # else skip the translator rows
-    for lo in range(0, gene_protein_rows, row_block):
-        translated_rows = translate_rows(model, enc.first_layer[:, lo:lo + row_block])
-        block = gene_to_protein_block(translated_rows, decoders)[:, :, index]
-        add_by_group(acc.gene_to_protein[:, lo:lo + block.shape[1]], block.double().numpy(), codes)
-
-
-@one_writer
 def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Sequence[str] | None = None, *,
                  out: str | Path | None = None, top_k: int = 20, groupby: str | None = None,
-                 block_cells: int = DEFAULT_BLOCK_CELLS, batch_size: int = 1, row_block: int = 2048,
-                 normalize: Normalize | None = None, target_sum: float | None = None,
+                 block_cells: int = DEFAULT_BLOCK_CELLS, batch_size: int = 1, workers: int | None = None,
+                 row_block: int = 2048, normalize: Normalize | None = None, target_sum: float | None = None,
                  gene_column: str | None = None, id_type: IdType = "auto", layer: str | None = None,
                  min_coverage: float = DEFAULT_MIN_COVERAGE,
                  allow_low_coverage: bool = False, allow_empty_cells: bool = False, as_published: bool = False,
-                 overwrite: bool = False, quiet: bool = False, gene_mapping: str | None = None,
-             use_raw: bool = False, modality: str | None = None, missing_chunks: str = "error",
-             kinds: str | Sequence[str] | None = None, genes: Sequence[str] | None = None,
-             measurement: str | None = None, cells: Sequence[str] | None = None, obs_query: str | None = None,
-             max_cells: int | None = None) -> InteractionResult:
-    """Gene-to-protein interaction scores and received attention, averaged over the cells of `data`.
+                 overwrite: bool = False, quiet: bool = False, wait: bool = False, gene_mapping: str | None = None,
+                 use_raw: bool = False, modality: str | None = None, missing_chunks: MissingChunks = "error",
+                 kinds: str | Sequence[str] | None = None, genes: Sequence[str] | None = None,
+                 measurement: str | None = None, cells: Sequence[str] | None = None, obs_query: str | None = None,
+                 max_cells: int | None = None) -> InteractionResult:
+    """Gene-to-protein interaction scores and received attention, averaged over the (selected) cells of `data`.
 
     `kinds`: which matrices, any of "gene-protein", "gene-gene", "protein-protein" (a list or a
     comma-separated string; default gene-protein and protein-protein). `genes`: the query genes of
@@ -153,86 +153,173 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
     and keeps each gene's `top_k` partners (O(L^2) work per cell, as the original's dense matrix;
     sums over 256 MiB go to a temporary file). With `out`, gene-gene adds top_gene_pairs.csv (and,
     with `genes`, gene_to_gene.csv / .png and obsm['gene_to_gene']; without, top_gene_pairs.png);
-    protein-protein adds protein_to_protein.csv / .png, top_protein_pairs.csv and varp['protein_to_protein'(_scaled)].
-
-    Returns an `InteractionResult`; with `out` (a directory) also writes interactions.h5ad (genes x
+    protein-protein adds protein_to_protein.csv / .png, top_protein_pairs.csv and
+    varp['protein_to_protein'(_scaled)]. With `out` (a directory) also interactions.h5ad (genes x
     proteins; X = mean score, layers 'scaled' and 'mean:<group>', obs/var 'received:<group>'),
     gene_to_protein.csv, top_genes.csv (the `top_k` genes per protein), gene_attention.csv,
-    protein_attention.csv and gene_to_protein.png. `batch_size` cells are traced together (each
-    costs about L x (H1 + nb) floats); `row_block` genes at a time go through the translator.
-    `as_published` reproduces the original script's choice of hidden state for each layer's
-    attention (see `capture_features`). Torch on CPU; the model runs in eval mode without autograd.
+    protein_attention.csv and gene_to_protein.png. The keywords build one
+    `sctranslator.options.AttentionOptions` (the command line builds the same object), run by
+    `run_interactions`. Torch on CPU; the model runs in eval mode without autograd.
 
-    Parameters: `data`, `model` and `proteins` as for `translate`; `top_k`: genes listed per protein
-    (and partners per gene / protein in the pair tables);
-    `groupby`: an obs column whose groups are also averaged; `block_cells`: cells read and prepared at
-    a time. The input options (normalize, target_sum, gene_column, id_type, layer, min_coverage,
-    allow_low_coverage, allow_empty_cells, gene_mapping, measurement) and the cell selection (cells,
-    obs_query, max_cells: as for `translate`, recorded in uns['sctranslator_attention']['cell_selection'])
-    are those of `sctranslator.options.InputOptions`.
-    Empty cells (no counts in any gene the model reads) are refused unless `allow_empty_cells` (then
-    their number is in uns['sctranslator_attention']['empty_cells']). `overwrite` replaces an earlier
-    attention output at `out`; anything else there, and an `out` that is or overlaps an input, is
-    refused before any work.
+    Parameters
+    ----------
+    data, model, proteins
+        As for `translate`.
+    out
+        The output directory (None: nothing written). Its job ledger `.<name>.attention-job` sits
+        beside it: re-running the same call after an interruption resumes from the committed blocks.
+    top_k
+        Genes listed per protein (and partners per gene / protein in the pair tables).
+    groupby
+        An obs column whose groups are also averaged.
+    block_cells
+        Cells per block, the unit of work and resume.
+    batch_size
+        Cells traced together (each costs about L x (H1 + nb) floats).
+    workers
+        Concurrent blocks; one traces at a time (the hooks sit on the one model), the others read
+        and prepare (default: the `engine.threads` rule).
+    row_block
+        Genes at a time through the translator.
+    as_published
+        Reproduce the original script's choice of hidden state for each layer's attention (see
+        `capture_features`).
+    kinds, genes
+        See above.
+    normalize, target_sum, gene_column, id_type, layer, min_coverage, allow_low_coverage
+        The input options of `sctranslator.options.InputOptions`, as for `translate`.
+    allow_empty_cells, gene_mapping, use_raw, modality, missing_chunks, measurement
+        Likewise; empty cells are refused unless allowed (their number then goes in
+        uns['sctranslator_attention']['empty_cells']).
+    cells, obs_query, max_cells
+        The cell selection, exactly as `translate` makes it (recorded in
+        uns['sctranslator_attention']['cell_selection']).
+    overwrite
+        Replace an earlier attention output at `out`; anything else there, and an `out` that is or
+        overlaps an input, is refused before any work.
+    quiet
+        No progress bar.
+    wait
+        When another job writes `out`, wait for it instead of refusing.
 
-    Raises:
-        OptionError: normalize or id_type outside its choices.
-        OptionError: a size < 1 (named). BadCellsError: bad values in the matrix, or empty cells.
-        OutputConflictError: `out` holds something else, or is or overlaps an input.
-        CoverageError, VocabularyError, UnknownProteinError, CheckpointError: as for `translate`.
+    Returns
+    -------
+    InteractionResult
+
+    Raises
+    ------
+    OptionError
+        normalize or id_type outside its choices; a size < 1 (named); an unknown kind.
+    BadCellsError
+        Bad values in the matrix, or empty cells.
+    OutputConflictError
+        `out` holds something else, or is or overlaps an input.
+    StoreError
+        `out` was written with other settings (without `overwrite`).
+    CoverageError, VocabularyError, UnknownProteinError, CheckpointError
+        As for `translate`.
     """
-    check_choices(normalize=normalize, id_type=id_type)
-    chosen = parse_kinds(kinds, genes)
-    check_sizes(batch_size=batch_size, block_cells=block_cells, row_block=row_block, top_k=top_k)
-    if out is not None:
-        claim_output(out, OUTPUT_KIND, inputs=(data, model), overwrite=overwrite)
-    loaded = model if isinstance(model, TranslatorModel) else load_model(model)
-    loaded.eval()
-    source = open_source(data, layer=layer, use_raw=use_raw, modality=modality, missing_chunks=missing_chunks,
-                         measurement=measurement, gene_column=gene_column)
+    given = dict(locals())  # exactly the parameters
+    del given["data"], given["model"]
+    return run_interactions(data, model, AttentionOptions.from_kwargs(**given))
+
+
+def run_interactions(data: Any, model: str | Path | TranslatorModel, options: AttentionOptions) -> InteractionResult:
+    """`interactions` from its options object: options -> claim output -> input -> plan -> job -> outputs.
+
+    The one path of the Python API and the `attention` command.
+
+    Parameters
+    ----------
+    data, model
+        As for `interactions`.
+    options
+        The validated-once options (`AttentionOptions.from_kwargs` or `.from_cli_args`).
+
+    Returns
+    -------
+    InteractionResult
+
+    Raises
+    ------
+    SctranslatorError
+        As `interactions` lists.
+    """
+    with writing(options.output.wait):
+        options.check()
+        chosen = parse_kinds(options.kinds, options.genes)
+        out = None if options.out is None else Path(options.out)
+        if out is not None:
+            claim_output(out, OUTPUT_KIND, inputs=(data, model), overwrite=options.output.overwrite, resumable=True)
+        loaded = model if isinstance(model, TranslatorModel) else load_model(model)
+        loaded.eval()
+        source = open_input(data, options.input)
+        scratch = None if out is not None else Path(tempfile.mkdtemp(prefix="sctranslator-attention-"))
+        try:
+            return _run(source, loaded, out, scratch, chosen, options)
+        finally:
+            source.close()
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(source: Source, loaded: TranslatorModel, out: Path | None, scratch: Path | None, chosen: tuple[str, ...],
+         options: AttentionOptions) -> InteractionResult:
+    """Plan, job on the block pipeline, the summed blocks, the result (and its files with `out`)."""
+    given, analysis, engine = options.input, options.analysis, options.engine
+    plan = make_plan(source, loaded, TranslateOptions(input=given, proteins=options.proteins))
+    codes, group_names = group_codes(source.read_obs(), analysis.groupby)
+    positions, gene_names = position_names(plan, source.var.index)
+    query = query_rows(options.genes, _unique_genes(gene_names))
+    execution = local_execution(loaded, plan, source.n_obs, batch_size=engine.batch_size,
+                                block_cells=engine.block_cells, workers=engine.workers)
+    pair_settings = {"kinds": chosen, "query": query, "all_genes": not options.genes, "windows": plan.n_windows,
+                     "window_size": int(plan.protein_windows.shape[1])}
+    job = AttentionJob(source=source, plan=plan, backend=execution.spec, sink=None,  # type: ignore[arg-type]
+                       batch_size=execution.batch_size, allow_empty_cells=given.allow_empty_cells,
+                       flop_per_cell=execution.flop_per_cell, compute_slots=1, in_caller_thread=True, model=loaded,
+                       positions=positions,
+                       codes=codes, n_slots=len(group_names), n_proteins=len(plan.proteins),
+                       row_block=analysis.row_block, as_published=analysis.as_published, pair_settings=pair_settings)
+    # A temporary ledger (no `out`) is never resumed: it needs no identity (nor the model's fingerprint).
+    identity = {"scratch": str(scratch)} if out is None else {
+        "model": model_fingerprint(loaded), "input": source.fingerprint(), "plan": plan.fingerprint(),
+        "kinds": list(chosen), "query": query.tolist(), "groupby": analysis.groupby or "",
+        "as_published": analysis.as_published, "row_block": analysis.row_block}
+    target = out if out is not None else scratch / "attention"  # type: ignore[operator]
+    job.sink = BlockResults.open(target, identity=identity, n_obs=source.n_obs,
+                                 block_rows=max(1, min(execution.block_cells, source.n_obs or 1)),
+                                 overwrite=options.output.overwrite, kind="attention")
+    stats = run_job(job, workers=execution.rule.workers, quiet=options.output.quiet, desc="attention")
+    acc, pairs, n_empty = _summed(job)
     try:
-        source = select_cells(source, cells=cells, obs_query=obs_query, max_cells=max_cells)
-    except BaseException:
-        source.close()
-        raise
-    selection = getattr(source, "selection", "") or ""
-    try:
-        plan = build_plan(source.var, loaded, proteins, gene_column=gene_column, id_type=id_type,
-                          normalize=normalize, target_sum=target_sum, min_coverage=min_coverage,
-                          allow_low_coverage=allow_low_coverage, gene_mapping=gene_mapping)
-        check_expression_scale(source, plan)
-        runner = BlockRunner(source, plan, allow_empty_cells=allow_empty_cells)
-        codes, group_names = group_codes(source.read_obs(), groupby)
-        positions, gene_names = position_names(plan, source.var.index)
-        protein_names = plan.proteins["name"].astype(str).tolist()
-        acc = _Accumulator(len(group_names), positions.shape[0], len(protein_names))
-        query = query_rows(genes, _unique_genes(gene_names))
-        pairs = PairSums(chosen, positions, query, all_genes=not genes, windows=plan.n_windows,
-                         window_size=int(plan.protein_windows.shape[1]), row_block=row_block)
-        rows = torch.from_numpy(positions)
-        bar = progress_bar(total=source.n_obs, unit="cells", desc="attention", disable=quiet)
-        n_empty = 0
-        with torch.inference_mode():
-            for start in range(0, source.n_obs, block_cells):
-                stop = min(start + block_cells, source.n_obs)
-                block, values = runner.read_prepared(start, stop)
-                n_empty += block.n_empty
-                for lo in range(0, stop - start, batch_size):
-                    hi = min(lo + batch_size, stop - start)
-                    _batch_interactions(loaded, values[lo:hi], plan, rows, codes[start + lo:start + hi], acc,
-                                        row_block=row_block, as_published=as_published, pairs=pairs)
-                    bar.update(hi - lo)
-        bar.close()
+        result = _result(acc, gene_names, positions, plan, group_names, analysis.top_k, out, analysis.groupby,
+                         analysis.as_published, n_empty, pairs, getattr(source, "selection", "") or "")
     finally:
-        source.close()
+        pairs.close()
+    result.run = stats
+    return result
+
+
+def _summed(job: AttentionJob) -> tuple[Accumulator, PairSums, int]:
+    """The sums over every committed block, added in block order (a resumed run equals an uninterrupted one)."""
+    store: BlockResults = job.sink  # type: ignore[assignment]
+    store.ledger.require_complete(f"attention {store.path}")
+    acc, pairs = job.new_sums()
+    n_empty = 0
+    for index in range(len(store.blocks())):
+        part = store.load(index)
+        acc.add(part)
+        pairs.count += int(part["pair_count"])
+        n_empty += int(part["empty_cells"])
+        if pairs.gene_sums is not None:
+            pairs.gene_sums += part["gene_sums"].astype(pairs.gene_sums.dtype, copy=False)
+        if pairs.protein_sums is not None:
+            pairs.protein_sums += part["protein_sums"]
     if n_empty:
         log.warning("%d empty cell(s) (no counts in any gene the model reads) were included as constant cells, "
                     "as allowed", n_empty)
-    try:
-        return _result(acc, gene_names, positions, plan, group_names, top_k, out, groupby, as_published, n_empty,
-                       pairs, selection)
-    finally:
-        pairs.close()
+    return acc, pairs, n_empty
 
 
 def _unique_genes(gene_names: list[str]) -> pd.Index:
@@ -243,7 +330,7 @@ def _unique_genes(gene_names: list[str]) -> pd.Index:
     return gene_index
 
 
-def _result(acc: _Accumulator, gene_names: list[str], positions: np.ndarray, plan: Plan, group_names: list[str],
+def _result(acc: Accumulator, gene_names: list[str], positions: np.ndarray, plan: Plan, group_names: list[str],
             top_k: int, out: str | Path | None, groupby: str | None, as_published: bool,
             n_empty: int, pairs: PairSums, selection: str = "") -> InteractionResult:
     gene_mean, protein_mean, matrix_mean = acc.means()

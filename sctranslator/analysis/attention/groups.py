@@ -15,9 +15,25 @@ ALL_CELLS = "all"
 
 
 def group_codes(obs: pd.DataFrame, groupby: str | None) -> tuple[np.ndarray, list[str]]:
-    """(codes (n_obs,) int64, names): code 0 = no group, 1.. = the column's categories in order.
+    """Each cell's group slot from an obs column.
 
-    names[0] is "all"; names[i] for i >= 1 are the group labels.
+    Parameters
+    ----------
+    obs
+        The (selected) cells' obs table.
+    groupby
+        The obs column (None: no groups).
+
+    Returns
+    -------
+    tuple
+        (codes (n_obs,) int64: 0 = no group, 1.. = the column's categories in order; names: "all"
+        first, then the group labels).
+
+    Raises
+    ------
+    InputDataError
+        No such column, or a group named "all".
     """
     if groupby is None:
         return np.zeros(len(obs), dtype=np.int64), [ALL_CELLS]
@@ -35,12 +51,35 @@ def group_codes(obs: pd.DataFrame, groupby: str | None) -> tuple[np.ndarray, lis
 
 
 def add_by_group(target: np.ndarray, values: np.ndarray, codes: np.ndarray) -> None:
-    """target[0] += sum over cells; target[g] += sum over the cells of group g (axis 0 of values = cells)."""
+    """Add per-cell values into per-slot sums: target[0] over all cells, target[g] over group g's cells.
+
+    Parameters
+    ----------
+    target
+        (slots, ...) float64 sums, changed in place.
+    values
+        (cells, ...) one row per cell.
+    codes
+        (cells,) group codes (0: no group).
+    """
     target[0] += values.sum(axis=0)
     for code in np.unique(codes[codes > 0]):
         target[code] += values[codes == code].sum(axis=0)
 
 
 def layer_key(prefix: str, group: str) -> str:
-    """An AnnData layer / column name for a group; '/' would be read as a path inside h5ad and zarr stores."""
+    """An AnnData layer / column name for a group; '/' would be read as a path inside h5ad and zarr stores.
+
+    Parameters
+    ----------
+    prefix
+        "mean", "std", "received" ...
+    group
+        The group label.
+
+    Returns
+    -------
+    str
+        "<prefix>:<group>" with '/' replaced by '_'.
+    """
     return f"{prefix}:{group.replace('/', '_')}"

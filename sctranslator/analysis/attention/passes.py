@@ -30,6 +30,17 @@ from sctranslator.model import TranslatorModel
 
 @dataclass
 class EncoderPass:
+    """What one encoder pass leaves for the interaction scores.
+
+    Parameters
+    ----------
+    encodings : torch.Tensor
+        ``(B, L, dim)``.
+    gene_received : torch.Tensor
+        ``(B, n_rows)``: attention received by the traced gene rows.
+    first_layer : torch.Tensor
+        ``(B, n_rows, H1)``: ``W0 A_enc[i, :]^T`` for the traced rows, bias not added.
+    """
     encodings: torch.Tensor  # (B, L, dim)
     gene_received: torch.Tensor  # (B, n_rows): attention received by the traced gene rows
     first_layer: torch.Tensor  # (B, n_rows, H1): W0 A_enc[i, :]^T for the traced rows, bias not added
@@ -37,6 +48,17 @@ class EncoderPass:
 
 @dataclass
 class DecoderPass:
+    """What one decoder pass (one protein window) leaves for the interaction scores.
+
+    Parameters
+    ----------
+    protein_received : torch.Tensor
+        ``(B, P)``.
+    queries : torch.Tensor
+        ``(B, P, layers * H * nb)``: q'/D of every layer and head, concatenated.
+    keys : torch.Tensor
+        ``(B, P, layers * H * nb)``: k' likewise.
+    """
     protein_received: torch.Tensor  # (B, P)
     queries: torch.Tensor  # (B, P, layers * H * nb): q'/D of every layer and head, concatenated
     keys: torch.Tensor  # (B, P, layers * H * nb): k' likewise
@@ -47,7 +69,26 @@ def encoder_pass(model: TranslatorModel, values: torch.Tensor, gene_ids: torch.T
                  also: LayerCallback | None = None) -> EncoderPass:
     """Run the encoder, accumulating received attention and the translator's first layer for `rows`.
 
-    `also(layer, q', k')`, when given, sees each layer's features too (e.g. for gene-gene rows).
+    Parameters
+    ----------
+    model
+        The model (eval mode, under `torch.inference_mode`).
+    values, gene_ids, gene_mask
+        (B, L) prepared values, token ids and mask.
+    rows
+        (n_rows,) int64 the positions traced.
+    row_block
+        Rows at a time through the per-head products.
+    as_published
+        Features from the post-residual state (see `capture_features`).
+    also
+        `also(layer, q', k')`, when given, sees each layer's features too (e.g. for gene-gene rows).
+
+    Returns
+    -------
+    EncoderPass
+        The encodings (B, L, dim), received attention (B, n_rows) and the translator's first layer
+        (B, n_rows, H1), means over heads and layers.
     """
     stack = model.enc
     weight = model.translator.layer(0).weight  # (H1, L)
@@ -76,7 +117,24 @@ def encoder_pass(model: TranslatorModel, values: torch.Tensor, gene_ids: torch.T
 
 def decoder_pass(model: TranslatorModel, translated: torch.Tensor, protein_ids: torch.Tensor,
                  protein_mask: torch.Tensor, *, as_published: bool = False) -> DecoderPass:
-    """Run the decoder on one protein window, keeping its features for the gene-to-protein product."""
+    """Run the decoder on one protein window, keeping its features for the gene-to-protein product.
+
+    Parameters
+    ----------
+    model
+        The model (eval mode).
+    translated
+        (B, P, dim) the translator's output.
+    protein_ids, protein_mask
+        (B, P) the window's token ids and mask.
+    as_published
+        Features from the post-residual state.
+
+    Returns
+    -------
+    DecoderPass
+        Received attention (B, P) and the concatenated, pre-scaled query and key features.
+    """
     stack = model.dec
     received = torch.zeros(translated.shape[:2], dtype=torch.float32, device=translated.device)
     queries: list[torch.Tensor] = []
@@ -94,7 +152,20 @@ def decoder_pass(model: TranslatorModel, translated: torch.Tensor, protein_ids: 
 
 
 def translate_rows(model: TranslatorModel, first_layer: torch.Tensor) -> torch.Tensor:
-    """Finish the translator MLP from its first layer's pre-activation (bias added here): (..., H1) -> (..., P)."""
+    """Finish the translator MLP from its first layer's pre-activation (bias added here).
+
+    Parameters
+    ----------
+    model
+        The model.
+    first_layer
+        (..., H1) the first layer's product without its bias.
+
+    Returns
+    -------
+    torch.Tensor
+        (..., P) the translator's output.
+    """
     translator = model.translator
     x = first_layer + translator.layer(0).bias
     for i in range(1, translator.depth):
@@ -103,6 +174,19 @@ def translate_rows(model: TranslatorModel, first_layer: torch.Tensor) -> torch.T
 
 
 def gene_to_protein_block(translated_rows: torch.Tensor, decoders: list[DecoderPass]) -> torch.Tensor:
-    """G rows for one block of genes: (B, r, P) translated rows -> (B, r, W * P) over the protein windows."""
+    """G rows for one block of genes over every protein window.
+
+    Parameters
+    ----------
+    translated_rows
+        (B, r, P) the translated encoder attention rows of r genes.
+    decoders
+        One `DecoderPass` per protein window.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, r, W * P) gene-to-protein scores.
+    """
     return torch.cat([torch.matmul(torch.matmul(translated_rows, d.queries), d.keys.transpose(1, 2))
                       for d in decoders], dim=-1)

@@ -5,10 +5,13 @@ the column removed, as the original scTranslator script does; "zero": its expres
 The result is the change (knocked-out minus unperturbed) per gene x protein, as mean and sample
 standard deviation over cells, overall and per obs group, optionally per cell.
 
-Each block of cells is read and validated once and its unperturbed prediction made once; every
-gene's perturbed input is then built from the same in-memory block by the engine's Numba
-`prepare_values` kernel (O(cells x L), negligible next to the model) and predicted through the torch
-backend. Each finished block's statistics are committed atomically, so a re-run resumes.
+The job runs on translate's engine: the input is opened the one way translate opens it
+(`engine.translate.open_input`: sources, cell selection), and the blocks run on the Dask block
+pipeline (`engine.pipeline.run_job`: workers, a progress bar that moves per batch, resume after any
+interruption) with translate's backend, batch size and threads (`engine.job_sizing`). Each block is
+read and validated once and its unperturbed prediction made once; every gene's perturbed input is
+then built from the same in-memory block (`knockout_job.KnockoutJob`). Each finished block's
+statistics are committed atomically (`store.KnockoutStore`), so a re-run resumes.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from sctranslator.analysis.attention.groups import group_codes, layer_key
-from sctranslator.analysis.knockout.gene_columns import KnockoutVariant, default_semantics, knockout_variants
+from sctranslator.analysis.knockout.gene_columns import default_semantics, knockout_variants
+from sctranslator.analysis.knockout.knockout_job import KnockoutJob
 from sctranslator.analysis.knockout.knockout_output import (
     OUTPUT_KIND,
     check_out_path,
@@ -33,30 +36,57 @@ from sctranslator.analysis.knockout.knockout_output import (
     output_siblings,
     write_knockout_files,
 )
-from sctranslator.analysis.knockout.stats import block_stats, merge_stats, std_from
+from sctranslator.analysis.knockout.stats import merge_stats, std_from
 from sctranslator.analysis.knockout.store import KnockoutStore
-from sctranslator.engine.backends.base import Batch
-from sctranslator.engine.backends.torch_backend import TorchBackend
-from sctranslator.engine.block_runner import BlockRunner
-from sctranslator.engine.input_checks import check_expression_scale
-from sctranslator.engine.sources import Source, open_source
-from sctranslator.engine.sources.subset import select_cells
+from sctranslator.engine.job_sizing import local_execution
+from sctranslator.engine.pipeline import run_job
+from sctranslator.engine.sources import Source
+from sctranslator.engine.translate import make_plan, open_input
 from sctranslator.errors import InputDataError
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
-from sctranslator.options import IdType, KnockoutSemantics, Normalize, check_choices, check_sizes
-from sctranslator.outputs import claim_output, one_writer
-from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan, build_plan
-from sctranslator.util.progress import progress_bar
+from sctranslator.options import (
+    IdType,
+    KnockoutOptions,
+    KnockoutSemantics,
+    MissingChunks,
+    Normalize,
+    TranslateOptions,
+)
+from sctranslator.outputs import claim_output, writing
+from sctranslator.plan import DEFAULT_MIN_COVERAGE, Plan
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BLOCK_CELLS = 1024
+__all__ = ["KnockoutResult", "knockout", "run_knockout"]
 
 
 @dataclass
 class KnockoutResult:
-    """Effects of each knocked-out gene on each protein (knocked-out minus unperturbed prediction)."""
+    """Effects of each knocked-out gene on each protein (knocked-out minus unperturbed prediction).
+
+    Parameters
+    ----------
+    adata : AnnData
+        Genes x proteins: X the mean over all cells; layers mean, std, mean:<group>, std:<group>.
+    mean : pandas.DataFrame
+        Genes x proteins mean change, all cells.
+    std : pandas.DataFrame
+        Genes x proteins standard deviation (ddof = 1), all cells.
+    effects : pandas.DataFrame
+        Long table: gene, protein, group, n_cells, mean, std.
+    semantics : {'drop', 'zero'}
+        How genes were knocked out.
+    n_cells : dict of str to int
+        Cells per group.
+    per_cell : AnnData or None
+        Cells x (gene, protein) changes, obsm['baseline'] the unperturbed predictions (with
+        ``per_cell``).
+    files : dict of str to pathlib.Path
+        Files written.
+    run : dict
+        This run's blocks computed and skipped, and seconds.
+    """
 
     adata: ad.AnnData  # genes x proteins: X = mean over all cells; layers mean, std, mean:<group>, std:<group>
     mean: pd.DataFrame  # genes x proteins, all cells
@@ -66,170 +96,174 @@ class KnockoutResult:
     n_cells: dict[str, int]
     per_cell: ad.AnnData | None = None  # cells x (gene, protein) changes; obsm['baseline'] unperturbed predictions
     files: dict[str, Path] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)  # this run's blocks computed / skipped, seconds
 
 
-@dataclass
-class _Job:
-    runner: BlockRunner
-    variants: list[KnockoutVariant]
-    backend: TorchBackend
-    codes: np.ndarray
-    n_slots: int
-    batch_size: int
-    per_cell: bool
-
-    @property
-    def source(self) -> Source:
-        return self.runner.source
-
-    @property
-    def plan(self) -> Plan:
-        return self.runner.plan
-
-
-def _zeroed(block: Any, column: int) -> Any:
-    """A copy of the block with one column's values set to 0 (CSR: stored entries zeroed in place)."""
-    if sp.issparse(block):
-        copy = sp.csr_matrix(block, copy=True)
-        copy.data[copy.indices == column] = 0
-        return copy
-    copy = np.array(block, copy=True)
-    copy[:, column] = 0
-    return copy
-
-
-def _predict(job: _Job, values: np.ndarray, gene_ids: np.ndarray, gene_mask: np.ndarray) -> np.ndarray:
-    plan = job.plan
-    out = np.empty((values.shape[0], plan.output_index.shape[0]), dtype=np.float64)
-    for lo in range(0, values.shape[0], job.batch_size):
-        batch = Batch(values[lo:lo + job.batch_size], gene_ids, gene_mask, plan.protein_windows,
-                      plan.protein_window_mask)
-        out[lo:lo + job.batch_size] = job.backend.predict(batch)[:, plan.output_index]
-    return out
-
-
-def _compute_block(job: _Job, start: int, stop: int) -> dict[str, np.ndarray]:
-    """Unperturbed and every gene's knocked-out predictions for rows [start, stop) -> block statistics."""
-    plan, runner = job.plan, job.runner
-    block, values = runner.read_prepared(start, stop)
-    baseline = _predict(job, values, plan.gene_ids, plan.position_real)
-    deltas = np.empty((stop - start, len(job.variants), baseline.shape[1]), dtype=np.float64)
-    for g, variant in enumerate(job.variants):
-        data = _zeroed(block.data, variant.column) if variant.zero_column else block.data
-        runner.prepare(data, column_slot=variant.column_slot, position_real=variant.position_real, out=values)
-        deltas[:, g] = _predict(job, values, variant.gene_ids, variant.position_real) - baseline
-    codes = job.codes[start:stop]
-    arrays = {f"delta_{k}": v for k, v in block_stats(deltas, codes, job.n_slots).items()}
-    arrays.update({f"baseline_{k}": v for k, v in block_stats(baseline, codes, job.n_slots).items()})
-    arrays["empty_cells"] = np.asarray(block.n_empty, dtype=np.int64)
-    if job.per_cell:
-        arrays["per_cell_delta"] = deltas.astype(np.float32)
-        arrays["per_cell_baseline"] = baseline.astype(np.float32)
-    return arrays
-
-
-def _identity(model: TranslatorModel, source: Source, plan: Plan, variants: list[KnockoutVariant],
-              semantics: str, groupby: str | None, per_cell: bool) -> dict[str, Any]:
+def _identity(model: TranslatorModel, source: Source, plan: Plan, job: KnockoutJob, semantics: str,
+              groupby: str | None) -> dict[str, Any]:
     return {"model": model_fingerprint(model), "input": source.fingerprint(), "plan": plan.fingerprint(),
-            "genes": [[v.gene, v.column] for v in variants], "semantics": semantics, "groupby": groupby or "",
-            "per_cell": per_cell}
+            "genes": [[v.gene, v.column] for v in job.variants], "semantics": semantics, "groupby": groupby or "",
+            "per_cell": job.per_cell}
 
 
-@one_writer
 def knockout(data: Any, model: str | Path | TranslatorModel, genes: Sequence[str],
              proteins: Sequence[str] | None = None, *, out: str | Path, semantics: KnockoutSemantics | None = None,
-             block_cells: int = DEFAULT_BLOCK_CELLS, batch_size: int = 8, groupby: str | None = None,
-             per_cell: bool = False, normalize: Normalize | None = None, target_sum: float | None = None,
-             gene_column: str | None = None, id_type: IdType = "auto", layer: str | None = None,
-             min_coverage: float = DEFAULT_MIN_COVERAGE, allow_low_coverage: bool = False,
+             block_cells: int | None = None, batch_size: int | None = None, workers: int | None = None,
+             groupby: str | None = None, per_cell: bool = False, normalize: Normalize | None = None,
+             target_sum: float | None = None, gene_column: str | None = None, id_type: IdType = "auto",
+             layer: str | None = None, min_coverage: float = DEFAULT_MIN_COVERAGE, allow_low_coverage: bool = False,
              allow_empty_cells: bool = False, device: str = "cpu", overwrite: bool = False,
-             quiet: bool = False, gene_mapping: str | None = None,
-             use_raw: bool = False, modality: str | None = None, missing_chunks: str = "error",
+             quiet: bool = False, wait: bool = False, gene_mapping: str | None = None,
+             use_raw: bool = False, modality: str | None = None, missing_chunks: MissingChunks = "error",
              measurement: str | None = None, cells: Sequence[str] | None = None, obs_query: str | None = None,
              max_cells: int | None = None) -> KnockoutResult:
-    """Pseudo-knockout of `genes` on the predicted `proteins` of every cell of `data`.
+    """Pseudo-knockout of `genes` on the predicted `proteins` of every (selected) cell of `data`.
 
-    `semantics`: "drop" (default for published checkpoints, the original's) or "zero" (default for
-    models with a fixed gene panel). `out` (.h5ad or .zarr) receives a genes x proteins AnnData (X and
-    layer 'mean': mean change over cells, 'std': its sample standard deviation, 'mean:<group>' and
-    'std:<group>' per obs group; var 'baseline_mean': the mean unperturbed prediction), beside it
-    `<stem>_effects.csv` (long table), `<stem>_mean.csv`, `<stem>_heatmap.png`, and with `per_cell`
-    `<stem>_per_cell<suffix>` (cells x gene|protein changes, obsm['baseline'] = unperturbed predictions).
-    Interrupted runs resume from the committed blocks; other settings need `overwrite`.
+    `out` (.h5ad or .zarr) receives a genes x proteins AnnData (X and layer 'mean': mean change
+    over cells, 'std': its sample standard deviation, 'mean:<group>' and 'std:<group>' per obs
+    group; var 'baseline_mean': the mean unperturbed prediction), beside it `<stem>_effects.csv`
+    (long table), `<stem>_mean.csv`, `<stem>_heatmap.png`, and with `per_cell`
+    `<stem>_per_cell<suffix>` (cells x gene|protein changes, obsm['baseline'] = unperturbed
+    predictions). The keywords build one `sctranslator.options.KnockoutOptions` (the command line
+    builds the same object), run by `run_knockout`.
 
-    Parameters: `data` and `model` as for `translate`; `genes`: names (as in the data's gene column)
-    to knock out; `proteins`: as for `translate`. `block_cells`: cells per block (the unit of work
-    and resume); `batch_size`: cells per model call (each gene adds one call per batch); `groupby`:
-    an obs column whose groups are also summarised; `device`: cpu, cuda or cuda:N (torch). The input
-    options (normalize, target_sum, gene_column, id_type, layer, min_coverage, allow_low_coverage,
-    allow_empty_cells, gene_mapping, measurement) and the cell selection (cells, obs_query, max_cells: as for
-    `translate`, recorded in uns['sctranslator_knockout']['cell_selection']) are those of
-    `sctranslator.options.InputOptions`; empty cells
-    are refused unless `allow_empty_cells` (their number then goes in
-    uns['sctranslator_knockout']['empty_cells']). `overwrite` replaces only an earlier knockout
-    output (anything else at `out`, and an `out` that is or overlaps an input, is refused).
+    Parameters
+    ----------
+    data, model
+        As for `translate` (a file, store, SOMA experiment or in-memory AnnData / MuData; a bundle,
+        official checkpoint, model name or TranslatorModel).
+    genes
+        Names (as in the data's gene column, else its var names) to knock out.
+    proteins
+        As for `translate` (default: the model's panel).
+    out
+        The output .h5ad or .zarr.
+    semantics
+        "drop" (the column removed, as the original script; the default for published checkpoints)
+        or "zero" (expression set to 0; the default for models with a fixed gene panel).
+    block_cells
+        Cells per block, the unit of work and resume (default: translate's block size divided by
+        the forwards per cell, len(genes) + 1).
+    batch_size
+        Cells per model call (default: translate's for the model and device; on CUDA sized from free
+        device memory).
+    workers
+        Concurrent blocks (default: translate's rule for the model and the cores).
+    groupby
+        An obs column whose groups are also summarised.
+    per_cell
+        Also write every cell's changes.
+    device
+        cpu, cuda or cuda:N (torch).
+    normalize, target_sum, gene_column, id_type, layer, min_coverage, allow_low_coverage
+        The input options of `sctranslator.options.InputOptions`, as for `translate`.
+    allow_empty_cells, gene_mapping, use_raw, modality, missing_chunks, measurement
+        Likewise.
+    cells, obs_query, max_cells
+        The cell selection, exactly as `translate` makes it (recorded in
+        uns['sctranslator_knockout']['cell_selection']).
+    overwrite
+        Replace an earlier knockout output at `out` (anything else there, and an `out` that is or
+        overlaps an input, is refused).
+    quiet
+        No progress bar.
+    wait
+        When another job writes `out`, wait for it instead of refusing.
 
-    Returns a KnockoutResult (changes on the model's target scale; `files`: what was written).
+    Returns
+    -------
+    KnockoutResult
+        Changes on the model's target scale; `files`: what was written; `run`: this run's blocks
+        computed and skipped (an interrupted run resumes from the committed blocks).
 
-    Raises:
-        OptionError: semantics, normalize or id_type outside its choices.
-        InputDataError: an unusable `out` suffix, sizes < 1, no cells, a gene absent from the data
-            or outside the model's panel, bad values in the matrix.
-        CoverageError, VocabularyError, UnknownProteinError, CheckpointError: as for `translate`.
-        BadCellsError: NaN/Inf/negative values, or empty cells (see above).
-        StoreError: an output written with other settings (without `overwrite`).
-        OutputConflictError: `out` holds something sctranslator did not write, or overlaps an input.
+    Raises
+    ------
+    OptionError
+        semantics, normalize or id_type outside its choices; a device that is not cpu, cuda or
+        cuda:N; a size < 1 (named).
+    InputDataError
+        An unusable `out` suffix, no cells, a gene absent from the data or outside the model's
+        panel, listed twice.
+    CoverageError, VocabularyError, UnknownProteinError, CheckpointError
+        As for `translate`.
+    BadCellsError
+        NaN/Inf/negative values, or empty cells unless `allow_empty_cells` (their number then goes
+        in uns['sctranslator_knockout']['empty_cells']).
+    StoreError
+        An output written with other settings (without `overwrite`).
+    OutputConflictError
+        `out` holds something sctranslator did not write, or overlaps an input.
     """
-    check_choices(semantics=semantics, normalize=normalize, id_type=id_type)
-    out_path = check_out_path(out)
-    check_sizes(batch_size=batch_size, block_cells=block_cells)
-    claim_output(out_path, OUTPUT_KIND, inputs=(data, model), overwrite=overwrite, resumable=True,
-                 siblings=output_siblings(out_path))
-    loaded = model if isinstance(model, TranslatorModel) else load_model(model)
-    source = open_source(data, layer=layer, use_raw=use_raw, modality=modality, missing_chunks=missing_chunks,
-                         measurement=measurement, gene_column=gene_column)
-    try:
-        source = select_cells(source, cells=cells, obs_query=obs_query, max_cells=max_cells)
-    except BaseException:
-        source.close()
-        raise
-    try:
-        if source.n_obs == 0:
-            raise InputDataError(f"{source.describe()} has no cells to knock genes out in")
-        plan = build_plan(source.var, loaded, proteins, gene_column=gene_column, id_type=id_type, normalize=normalize,
-                          target_sum=target_sum, min_coverage=min_coverage, allow_low_coverage=allow_low_coverage,
-                          gene_mapping=gene_mapping)
-        chosen = semantics or default_semantics(plan)
-        variants = knockout_variants(source.var, loaded, plan, list(genes), chosen, gene_column=gene_column)
-        check_expression_scale(source, plan)
-        obs = source.read_obs()
-        codes, group_names = group_codes(obs, groupby)
-        identity = _identity(loaded, source, plan, variants, chosen, groupby, per_cell)
-        store = KnockoutStore.open(out_path, identity=identity, n_obs=source.n_obs,
-                                   block_rows=max(1, min(block_cells, source.n_obs or 1)), overwrite=overwrite)
-        runner = BlockRunner(source, plan, allow_empty_cells=allow_empty_cells)
-        job = _Job(runner, variants, TorchBackend(loaded, device), codes, len(group_names), batch_size, per_cell)
-        _run(job, store, quiet)
-        result = _assemble(job, store, obs, group_names, chosen, groupby)
-    finally:
-        source.close()
+    given = dict(locals())  # exactly the parameters
+    del given["data"], given["model"]
+    return run_knockout(data, model, KnockoutOptions.from_kwargs(**given))
+
+
+def run_knockout(data: Any, model: str | Path | TranslatorModel, options: KnockoutOptions) -> KnockoutResult:
+    """`knockout` from its options object: options -> claim output -> input -> plan -> job -> outputs.
+
+    The one path of the Python API and the `knockout` command.
+
+    Parameters
+    ----------
+    data, model
+        As for `knockout`.
+    options
+        The validated-once options (`KnockoutOptions.from_kwargs` or `.from_cli_args`).
+
+    Returns
+    -------
+    KnockoutResult
+
+    Raises
+    ------
+    SctranslatorError
+        As `knockout` lists.
+    """
+    with writing(options.output.wait):
+        options.check()
+        out_path = check_out_path(options.out)
+        claim_output(out_path, OUTPUT_KIND, inputs=(data, model), overwrite=options.output.overwrite,
+                     resumable=True, siblings=output_siblings(out_path))
+        loaded = model if isinstance(model, TranslatorModel) else load_model(model)
+        source = open_input(data, options.input)
+        try:
+            result, chosen = _run(source, loaded, out_path, options)
+        finally:
+            source.close()
     result.files = write_knockout_files(out_path, result.adata, result.effects, result.mean, result.per_cell,
                                         chosen)
     return result
 
 
-def _run(job: _Job, store: KnockoutStore, quiet: bool) -> None:
-    blocks, pending = store.blocks(), store.pending()
-    done = sum(stop - start for i, (start, stop) in enumerate(blocks) if i not in set(pending))
-    if done:
-        log.info("resuming knockout: %d of %d blocks already committed", len(blocks) - len(pending), len(blocks))
-    bar = progress_bar(total=store.n_obs, initial=done, unit="cells", desc=f"knockout x{len(job.variants)}",
-                       disable=quiet)
-    for index in pending:
-        start, stop = blocks[index]
-        store.commit(index, _compute_block(job, start, stop))
-        bar.update(stop - start)
-    bar.close()
+def _run(source: Source, loaded: TranslatorModel, out_path: Path,
+         options: KnockoutOptions) -> tuple[KnockoutResult, str]:
+    """Plan, variants, store and the job on the block pipeline; then the assembled result."""
+    if source.n_obs == 0:
+        raise InputDataError(f"{source.describe()} has no cells to knock genes out in")
+    analysis, engine, given = options.analysis, options.engine, options.input
+    plan = make_plan(source, loaded, TranslateOptions(input=given, proteins=options.proteins))
+    chosen = analysis.semantics or default_semantics(plan)
+    variants = knockout_variants(source.var, loaded, plan, list(options.genes), chosen,
+                                 gene_column=given.gene_column)
+    obs = source.read_obs()
+    codes, group_names = group_codes(obs, analysis.groupby)
+    execution = local_execution(loaded, plan, source.n_obs, device=engine.device, batch_size=engine.batch_size,
+                                block_cells=engine.block_cells, workers=engine.workers, passes=len(variants) + 1)
+    job = KnockoutJob(source=source, plan=plan, backend=execution.spec, sink=None,  # type: ignore[arg-type]
+                      batch_size=execution.batch_size, allow_empty_cells=given.allow_empty_cells,
+                      auto_batch_size=execution.auto_batch, flop_per_cell=execution.flop_per_cell,
+                      compute_slots=execution.rule.compute_slots,
+                      variants=variants, codes=codes, n_slots=len(group_names), per_cell=analysis.per_cell)
+    identity = _identity(loaded, source, plan, job, chosen, analysis.groupby)
+    job.sink = KnockoutStore.open(out_path, identity=identity, n_obs=source.n_obs,
+                                  block_rows=max(1, min(execution.block_cells, source.n_obs)),
+                                  overwrite=options.output.overwrite)
+    stats = run_job(job, workers=execution.rule.workers, quiet=options.output.quiet,
+                    desc=f"knockout x{len(variants)}")
+    result = _assemble(job, obs, group_names, chosen, analysis.groupby)
+    result.run = stats
+    return result, chosen
 
 
 def _merged(prefix: str, parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -241,8 +275,11 @@ def _merged(prefix: str, parts: list[dict[str, np.ndarray]]) -> dict[str, np.nda
     return total
 
 
-def _assemble(job: _Job, store: KnockoutStore, obs: pd.DataFrame, group_names: list[str], semantics: str,
+def _assemble(job: KnockoutJob, obs: pd.DataFrame, group_names: list[str], semantics: str,
               groupby: str | None) -> KnockoutResult:
+    """The result from every committed block's statistics, merged in block order."""
+    store: KnockoutStore = job.sink  # type: ignore[assignment]
+    store.ledger.require_complete(f"knockout {store.path}")
     parts = [store.load(i) for i in range(len(store.blocks()))]
     delta, baseline = _merged("delta", parts), _merged("baseline", parts)
     means = np.where(delta["count"][:, None, None] > 0, delta["mean"], np.nan)

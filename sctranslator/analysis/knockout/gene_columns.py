@@ -32,7 +32,23 @@ SEMANTICS = KNOCKOUT_SEMANTICS
 
 @dataclass(frozen=True)
 class KnockoutVariant:
-    """One knocked-out gene: its input column and the alignment its perturbed cells are prepared with."""
+    """One knocked-out gene: its input column and the alignment its perturbed cells are prepared with.
+
+    Parameters
+    ----------
+    gene : str
+        The gene as asked.
+    column : int
+        Its input column.
+    column_slot : numpy.ndarray
+        int64 ``(n_vars,)`` alignment of the perturbed cells.
+    position_real : numpy.ndarray
+        bool ``(L,)`` real positions of the perturbed cells.
+    gene_ids : numpy.ndarray
+        int64 ``(L,)`` tokens of the perturbed cells.
+    zero_column : bool
+        Zero the column (zero semantics) instead of dropping it.
+    """
 
     gene: str
     column: int
@@ -43,12 +59,47 @@ class KnockoutVariant:
 
 
 def default_semantics(plan: Plan) -> str:
-    """Published checkpoints: the original's drop; fixed-panel models: zero (a dropped panel gene reads 0 anyway)."""
+    """The default semantics for a plan: published checkpoints the original's drop, fixed-panel models zero.
+
+    Parameters
+    ----------
+    plan
+        The plan of (input, model).
+
+    Returns
+    -------
+    str
+        "drop" (a reference-mode plan) or "zero" (a panel: a dropped panel gene reads 0 anyway).
+    """
     return "drop" if plan.mode == "reference" else "zero"
 
 
 def resolve_columns(var: pd.DataFrame, genes: Sequence[str], plan: Plan, gene_column: str | None) -> list[int]:
-    """The input column of each gene (matched on the identifier column, then on var_names)."""
+    """The input column of each gene (matched on the identifier column, then on var_names).
+
+    Parameters
+    ----------
+    var
+        The input's var table.
+    genes
+        The genes to knock out, each once.
+    plan
+        The plan (which columns the model reads).
+    gene_column
+        The var column of gene identifiers (None: var_names).
+
+    Returns
+    -------
+    list of int
+        One input column per gene, in order.
+
+    Raises
+    ------
+    InputDataError
+        No genes, a gene listed twice, or a gene not in the data.
+    VocabularyError
+        A gene in the data that the model never reads.
+    """
     if not genes:
         raise InputDataError("no genes to knock out: pass gene names (--genes TP53,CD4 or @file)")
     duplicated = sorted({g for g in genes if list(genes).count(g) > 1})
@@ -75,7 +126,34 @@ def resolve_columns(var: pd.DataFrame, genes: Sequence[str], plan: Plan, gene_co
 
 def knockout_variants(var: pd.DataFrame, model: TranslatorModel, plan: Plan, genes: Sequence[str], semantics: str,
                       *, gene_column: str | None = None) -> list[KnockoutVariant]:
-    """One variant per gene, in the order asked (the plan's own column tokens, so its gene mapping)."""
+    """One variant per gene, in the order asked (the plan's own column tokens, so its gene mapping).
+
+    Parameters
+    ----------
+    var
+        The input's var table.
+    model
+        The model (its gene panel, for a panel plan; its L).
+    plan
+        The plan of (input, model).
+    genes
+        The genes to knock out.
+    semantics
+        "drop" or "zero".
+    gene_column
+        The var column of gene identifiers (None: var_names).
+
+    Returns
+    -------
+    list of KnockoutVariant
+        Each gene's column and the alignment (column slots, real positions, gene ids) its
+        knocked-out cells are prepared with.
+
+    Raises
+    ------
+    InputDataError, VocabularyError
+        As `resolve_columns`; an unknown semantics.
+    """
     if semantics not in SEMANTICS:
         raise InputDataError(f"unknown knockout semantics {semantics!r}; choose one of {SEMANTICS}")
     columns = resolve_columns(var, genes, plan, gene_column)

@@ -11,7 +11,22 @@ import numpy as np
 
 
 def block_stats(values: np.ndarray, codes: np.ndarray, n_slots: int) -> dict[str, np.ndarray]:
-    """values (n_cells, ...) float64 -> count (S,), mean (S, ...), m2 (S, ...)."""
+    """Per-slot count, mean and sum of squared deviations of a block's values.
+
+    Parameters
+    ----------
+    values
+        float64 (cells, ...): one row per cell.
+    codes
+        (cells,) int64 group codes (0: no group; slot 0 always takes every cell).
+    n_slots
+        1 + the number of groups.
+
+    Returns
+    -------
+    dict
+        count (S,) int64, mean (S, ...) and m2 (S, ...) float64.
+    """
     shape = (n_slots, *values.shape[1:])
     count = np.zeros(n_slots, dtype=np.int64)
     mean, m2 = np.zeros(shape), np.zeros(shape)
@@ -26,6 +41,18 @@ def block_stats(values: np.ndarray, codes: np.ndarray, n_slots: int) -> dict[str
 
 
 def merge_stats(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The statistics of two blocks together (Chan et al.'s pairwise update).
+
+    Parameters
+    ----------
+    a, b
+        `block_stats` results of the same shapes.
+
+    Returns
+    -------
+    dict
+        count, mean and m2 over the cells of both.
+    """
     count = a["count"] + b["count"]
     extra = (-1,) + (1,) * (a["mean"].ndim - 1)
     n_a, n_b = a["count"].reshape(extra).astype(np.float64), b["count"].reshape(extra).astype(np.float64)
@@ -37,7 +64,18 @@ def merge_stats(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str,
 
 
 def std_from(stats: dict[str, np.ndarray]) -> np.ndarray:
-    """Sample standard deviation (ddof = 1); NaN where a slot has fewer than two cells."""
+    """Sample standard deviation (ddof = 1); NaN where a slot has fewer than two cells.
+
+    Parameters
+    ----------
+    stats
+        count, mean and m2 (`block_stats` / `merge_stats`).
+
+    Returns
+    -------
+    numpy.ndarray
+        (S, ...) float64.
+    """
     extra = (-1,) + (1,) * (stats["mean"].ndim - 1)
     n = stats["count"].reshape(extra).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):

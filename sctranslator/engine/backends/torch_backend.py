@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,8 @@ from sctranslator.model.collapse import PaddingCollapse
 from sctranslator.model.precision import compute_dtype, reduced_precision_copy, reference_values
 from sctranslator.model.selected_outputs import decode_selected, selected_outputs_apply
 from sctranslator.options import PRECISIONS
+
+_UNBUILT: Any = object()  # a layout whose collapse is not cached (None is cached: no collapse applies)
 
 
 def cell_embedding(encodings: torch.Tensor, gene_mask: torch.Tensor) -> torch.Tensor:
@@ -160,14 +163,16 @@ class TorchBackend:
             return None
         key = hashlib.sha1(np.ascontiguousarray(batch.gene_ids).tobytes()
                            + np.ascontiguousarray(batch.gene_mask).tobytes()).digest()
-        if key not in self._collapses:
-            # A process serves few plans; never grow without bound (a reduced-precision layout
-            # holds its reference cell's layer values: hundreds of MB at L = 20,000).
+        collapse = self._collapses.get(key, _UNBUILT)
+        if collapse is _UNBUILT:
+            # A process serves few layouts; never grow without bound (a reduced-precision layout
+            # holds its reference cell's layer values: hundreds of MB at L = 20,000). Kept in a
+            # local: another thread (a knockout's blocks cycle through many layouts) may clear the cache.
+            collapse = self._prepare(PaddingCollapse.for_layout(self.model, batch.gene_ids, batch.gene_mask,
+                                                                dtype=self.dtype))
             if len(self._collapses) >= (2 if self.reduced else 8):
                 self._collapses.clear()
-            self._collapses[key] = self._prepare(PaddingCollapse.for_layout(
-                self.model, batch.gene_ids, batch.gene_mask, dtype=self.dtype))
-        collapse = self._collapses[key]
+            self._collapses[key] = collapse
         if collapse is not None and collapse.values_fit(batch.values):
             return collapse
         if not self.reduced:
