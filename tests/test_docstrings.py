@@ -43,10 +43,7 @@ NOT_YET_CONVERTED: tuple[str, ...] = (
     "sctranslator.analysis.attention.attention_job",
     "sctranslator.analysis.knockout.knockout_job",
     "sctranslator.engine.block_results",
-    "sctranslator.engine.collection",
-    "sctranslator.engine.job_sizing",
     "sctranslator.engine.pipeline",
-    "sctranslator.engine.sink",
 )
 
 

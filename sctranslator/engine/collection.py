@@ -402,7 +402,9 @@ def read_collection(path: str | Path, storage_options: dict[str, Any] | str | No
     Parameters
     ----------
     path : str or pathlib.Path
-        The collection's directory.
+        The collection's directory, or its s3:// / gs:// prefix.
+    storage_options : dict, str or None
+        fsspec options (or their JSON) for a prefix in object storage.
 
     Returns
     -------

@@ -396,9 +396,18 @@ def _copy_obsm(store: Path | Any, arrays: dict[str, Any], block_rows: int) -> No
 
 
 def write_files(root: Path, files: dict[str, bytes]) -> None:
-    """Write `files` ({key relative to `root`: bytes}, a store's small metadata and scalar files) under
-    `root`: the folders first, then the files from a few threads (each is a round trip to the file
-    system, which on a busy disk costs more than the bytes)."""
+    """Write a store's small metadata and scalar files under `root`: the folders first, then the files.
+
+    The files go out from a few threads: each is a round trip to the file system, which on a busy disk
+    costs more than the bytes.
+
+    Parameters
+    ----------
+    root : pathlib.Path
+        The store.
+    files : dict of str to bytes
+        Key relative to `root` -> content.
+    """
     for folder in sorted({(root / key).parent for key in files}):
         folder.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=8) as pool:
