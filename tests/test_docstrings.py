@@ -42,8 +42,6 @@ PENDING_MODULES: tuple[str, ...] = ()
 NOT_YET_CONVERTED: tuple[str, ...] = (
     "sctranslator.analysis.attention.attention_job",
     "sctranslator.analysis.knockout.knockout_job",
-    "sctranslator.engine.block_results",
-    "sctranslator.engine.pipeline",
 )
 
 

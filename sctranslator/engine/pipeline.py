@@ -48,13 +48,44 @@ class BlockSink(Protocol):
     n_obs: int
 
     @property
-    def path(self) -> str | os.PathLike[str]: ...
+    def path(self) -> str | os.PathLike[str]:
+        """The sink's location, for messages and workers."""
+        ...
 
-    def blocks(self) -> list[tuple[int, int]]: ...
+    def blocks(self) -> list[tuple[int, int]]:
+        """Row range of each block.
 
-    def pending(self) -> list[int]: ...
+        Returns
+        -------
+        list of tuple of int
+            ``[start, stop)`` per block.
+        """
+        ...
 
-    def block_done(self, index: int) -> bool: ...
+    def pending(self) -> list[int]:
+        """Blocks still to compute, in order.
+
+        Returns
+        -------
+        list of int
+            Block indices.
+        """
+        ...
+
+    def block_done(self, index: int) -> bool:
+        """Whether block `index` is committed.
+
+        Parameters
+        ----------
+        index : int
+            The block.
+
+        Returns
+        -------
+        bool
+            True when committed.
+        """
+        ...
 
 
 @dataclass
@@ -84,6 +115,8 @@ class BlockJob:
         The arithmetic of one cell's forward (the threads rule, applied again inside each Dask worker).
     compute_slots : int or None
         Blocks that may compute at once in a process; None: all.
+    in_caller_thread : bool
+        With one local worker, run the blocks in the calling thread (no scheduler thread).
     """
 
     source: Source
@@ -141,8 +174,20 @@ _THREAD_STATE = threading.local()
 
 
 def values_buffer(rows: int, length: int) -> np.ndarray:
-    """A per-thread (rows, L) float32 buffer, reused across blocks: filling fresh pages of a new
-    array costs more than the preparation itself."""
+    """A per-thread float32 buffer, reused across blocks (fresh pages cost more than preparing).
+
+    Parameters
+    ----------
+    rows : int
+        Cells.
+    length : int
+        L.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(rows, length)``, contents undefined.
+    """
     buffer = getattr(_THREAD_STATE, "values", None)
     if buffer is None or buffer.shape[1] != length or buffer.shape[0] < rows:
         buffer = _THREAD_STATE.values = np.empty((rows, length), dtype=np.float32)
@@ -150,7 +195,20 @@ def values_buffer(rows: int, length: int) -> np.ndarray:
 
 
 def backend_for(job: BlockJob, threads: int | None = None) -> Any:
-    """The process's backend for `job` (built once per spec), with `threads` intra-op threads if given."""
+    """The process's backend for `job` (built once per spec), with `threads` intra-op threads if given.
+
+    Parameters
+    ----------
+    job : BlockJob
+        The job.
+    threads : int or None
+        Intra-op threads; None: the backend's.
+
+    Returns
+    -------
+    Backend
+        The backend.
+    """
     spec = job.backend
     if threads is not None and threads != spec.threads:
         spec = dataclasses.replace(spec, threads=threads)
@@ -316,6 +374,8 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
         CUDA_VISIBLE_DEVICES entries, one worker each.
     bar : tqdm or None
         A progress bar to advance (a collection's, left open) instead of a new one.
+    desc : str
+        The progress bar's label.
 
     Returns
     -------
