@@ -92,10 +92,18 @@ _GLOB_CHARACTERS = frozenset("*?[")
 class CollectionRun:
     """What the inputs of one collection share inside `translate` (see the module docstring).
 
-    bar: the one progress bar over every input's cells.
-    threads: intra-op threads, fixed by the first input that starts (None until then).
-    expected: the cells of the current input already counted in `bar.total`.
-    plan, cells: the current input's plan fingerprint and cell count, set by `started`.
+    Parameters
+    ----------
+    bar : tqdm
+        The one progress bar over every input's cells.
+    threads : int or None
+        Intra-op threads, fixed by the first input that starts (None until then).
+    expected : int
+        The cells of the current input already counted in the bar's total.
+    plan : str or None
+        The current input's plan fingerprint.
+    cells : int or None
+        The current input's cell count.
     """
 
     bar: Any
@@ -105,8 +113,24 @@ class CollectionRun:
     cells: int | None = None
 
     def started(self, plan: Any, cells: int, spec: Any, rule: Parallelism) -> Parallelism:
-        """Called by `translate` once an input's plan and backend spec are made, before any block runs;
-        returns the parallelism rule to record (with the collection's thread count)."""
+        """Record that an input's plan and backend spec are made, before any block runs.
+
+        Parameters
+        ----------
+        plan : Plan
+            The input's plan.
+        cells : int
+            Its cells.
+        spec : BackendSpec
+            Its backend spec.
+        rule : Parallelism
+            Its parallelism.
+
+        Returns
+        -------
+        Parallelism
+            The rule to record (with the collection's thread count).
+        """
         if self.threads is None:
             self.threads = spec.threads
         if spec.threads != self.threads:  # the same backend (registry cache key) for every input
@@ -124,13 +148,30 @@ _ACTIVE: ContextVar[CollectionRun | None] = ContextVar("sctranslator_collection"
 
 
 def active_collection() -> CollectionRun | None:
-    """The collection whose input `translate` is running in this context, or None."""
+    """The collection whose input `translate` is running in this context.
+
+    Returns
+    -------
+    CollectionRun or None
+        None outside a collection.
+    """
     return _ACTIVE.get()
 
 
 def is_collection(data: Any) -> bool:
-    """Whether `data` names several inputs: a list or tuple, or a path pattern with glob characters
-    that is not itself an existing path."""
+    """Whether `data` names several inputs.
+
+    Parameters
+    ----------
+    data : object
+        translate's input.
+
+    Returns
+    -------
+    bool
+        True for a list or tuple, or a path pattern with glob characters that is not itself an existing
+        path.
+    """
     if isinstance(data, (list, tuple)):
         return True
     if isinstance(data, (str, Path)) and "://" not in str(data):
@@ -141,10 +182,25 @@ def is_collection(data: Any) -> bool:
 
 
 def read_input_list(spec: str | Path) -> list[str]:
-    """The paths listed in a text file (`@list.txt` or `list.txt`): one per line, blank lines and text
-    after `#` ignored; relative paths are relative to the current directory.
+    """The paths listed in a text file (``@list.txt`` or ``list.txt``).
 
-    Raises OptionError for a missing, binary or empty list.
+    One per line, blank lines and text after ``#`` ignored; relative paths are relative to the current
+    directory.
+
+    Parameters
+    ----------
+    spec : str or pathlib.Path
+        The list file.
+
+    Returns
+    -------
+    list of str
+        The paths.
+
+    Raises
+    ------
+    OptionError
+        A missing, binary or empty list.
     """
     path = Path(str(spec)[1:] if str(spec).startswith("@") else spec).expanduser()
     try:
@@ -166,9 +222,23 @@ def read_input_list(spec: str | Path) -> list[str]:
 
 
 def expand_inputs(data: Any) -> list[Any]:
-    """The inputs of a collection in order: globs expanded (sorted), paths made absolute, AnnData
-    objects kept. OptionError for an empty list, a glob that matches nothing, a path listed twice or
-    an AnnCollection."""
+    """The inputs of a collection in order: globs expanded (sorted), paths made absolute, AnnData kept.
+
+    Parameters
+    ----------
+    data : list, tuple or str
+        The inputs, or a glob.
+
+    Returns
+    -------
+    list
+        The inputs.
+
+    Raises
+    ------
+    OptionError
+        An empty list, a glob that matches nothing, a path listed twice, or an AnnCollection.
+    """
     items = list(data) if isinstance(data, (list, tuple)) else [data]
     inputs: list[Any] = []
     for item in items:
@@ -219,8 +289,20 @@ def _stem(item: Any, index: int) -> str:
 
 
 def store_names(inputs: Sequence[Any]) -> list[str]:
-    """One store name per input, in order: `<stem>.zarr`, and for a stem seen before (compared without
-    case, as case-insensitive file systems do) `<stem>-2.zarr`, `<stem>-3.zarr`, ..."""
+    """One store name per input, in order: ``<stem>.zarr``, then ``<stem>-2.zarr``, ... for a repeated stem.
+
+    Stems are compared without case, as case-insensitive file systems do.
+
+    Parameters
+    ----------
+    inputs : sequence
+        The inputs.
+
+    Returns
+    -------
+    list of str
+        Store names.
+    """
     used: set[str] = set()
     names = []
     for index, item in enumerate(inputs):
@@ -315,8 +397,20 @@ def collection_place(out: str | Path, storage_options: dict[str, Any] | None = N
 
 
 def read_collection(path: str | Path, storage_options: dict[str, Any] | str | None = None) -> dict[str, Any] | None:
-    """The record `DIR/collection.json` of a collection (a local path or a URL), or None when there is none
-    (or it is unreadable)."""
+    """The record ``DIR/collection.json`` of a collection.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The collection's directory, or its s3:// / gs:// prefix.
+    storage_options : dict, str or None
+        fsspec options (or their JSON) for a prefix in object storage.
+
+    Returns
+    -------
+    dict or None
+        None when there is none (or it is unreadable).
+    """
     return collection_place(path, parse_storage_options(storage_options)).read_record()
 
 
@@ -500,7 +594,18 @@ def _failed(collection: _Collection, entry: dict[str, Any], run: CollectionRun, 
 
 
 def summary_lines(entries: Iterable[dict[str, Any]]) -> list[str]:
-    """One line per input for the command line: status, cells, store (and the error of a failed one)."""
+    """One line per input for the command line: status, cells, store (and the error of a failed one).
+
+    Parameters
+    ----------
+    entries : iterable of dict
+        The inputs' records.
+
+    Returns
+    -------
+    list of str
+        The lines.
+    """
     lines = []
     for entry in entries:
         cells = "?" if entry.get("cells") is None else str(entry["cells"])
