@@ -449,6 +449,22 @@ def lock_output(path: str | Path, storage_options: dict[str, Any] | None = None)
     remove_leftovers(output)  # only the lock holder may: no live writer of ours is using them
 
 
+def hand_over_locks(thread: int) -> None:
+    """Make the output locks that thread `thread` holds held by the calling thread (which goes on
+    writing what `thread` prepared: engine.collection prepares the next input in a helper thread).
+
+    Parameters
+    ----------
+    thread
+        The `threading.get_ident()` of the thread that took the locks.
+    """
+    me = threading.get_ident()
+    with _HELD_GUARD:
+        for output, (lock, owner) in list(_HELD.items()):
+            if owner == thread:
+                _HELD[output] = (lock, me)
+
+
 def _release_ambient() -> None:
     _release(_AMBIENT.locks)
 

@@ -271,3 +271,30 @@ def test_finetune_bundle_and_checkpoint_folder_are_claimed_before_training(
                "--overwrite", "--quiet"])
     assert "did not write" in _refused(capsys, rc)
     assert (work / "state.pt").read_bytes() == b"someone's state" and not (tmp_path / "bundle").exists()
+
+
+def test_locks_taken_in_a_helper_thread_pass_to_the_caller(tmp_path: Path) -> None:
+    """A collection prepares its next input in a helper thread; the caller then writes that store."""
+    import threading
+    from contextvars import copy_context
+
+    from sctranslator.errors import OutputLockedError
+    from sctranslator.outputs import hand_over_locks, lock_output, writing
+
+    out = tmp_path / "next.zarr"
+    helper: list[int] = []
+
+    def prepare() -> None:
+        helper.append(threading.get_ident())
+        lock_output(out)
+
+    with writing():
+        thread = threading.Thread(target=copy_context().run, args=(prepare,))  # in this job's scope
+        thread.start()
+        thread.join()
+        with pytest.raises(OutputLockedError):  # held by the helper thread, not by this one
+            lock_output(out)
+        hand_over_locks(helper[0])
+        lock_output(out)  # now this thread's own lock: a no-op
+        assert (tmp_path / ".next.zarr.sctranslator-lock").exists()
+    assert not (tmp_path / ".next.zarr.sctranslator-lock").exists()  # released with the scope

@@ -27,8 +27,10 @@ import glob
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
-from contextvars import ContextVar
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import ContextVar, copy_context
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -56,7 +58,7 @@ from sctranslator.errors import (
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
 from sctranslator.options import parse_names
-from sctranslator.outputs import writing
+from sctranslator.outputs import hand_over_locks, writing
 from sctranslator.util.progress import count_done, progress_bar
 from sctranslator.util.storage import (
     WRITABLE,
@@ -111,6 +113,7 @@ class CollectionRun:
     expected: int = 0
     plan: str | None = None
     cells: int | None = None
+    counting: bool = True  # False while an input is prepared ahead: its turn counts it (`adopt`)
 
     def started(self, plan: Any, cells: int, spec: Any, rule: Parallelism) -> Parallelism:
         """Record that an input's plan and backend spec are made, before any block runs.
@@ -138,10 +141,20 @@ class CollectionRun:
             rule = dataclasses.replace(rule, threads=self.threads, why=f"{rule.why}; {self.threads} thread(s) "
                                        "per call as for the collection's first input (one backend serves all)")
         self.plan, self.cells = plan.fingerprint(), int(cells)
-        self.bar.total = (self.bar.total or 0) + self.cells - self.expected
-        self.expected = self.cells
-        self.bar.refresh()
+        if self.counting:
+            self._count()
         return rule
+
+    def _count(self) -> None:
+        self.bar.total = (self.bar.total or 0) + int(self.cells or 0) - self.expected
+        self.expected = int(self.cells or 0)
+        self.bar.refresh()
+
+    def adopt(self, ahead: CollectionRun) -> None:
+        """At an input's turn, take what preparing it ahead (under `ahead`) found: its plan and cells."""
+        self.plan, self.cells = ahead.plan, ahead.cells
+        if self.cells is not None:
+            self._count()
 
 
 _ACTIVE: ContextVar[CollectionRun | None] = ContextVar("sctranslator_collection", default=None)
@@ -470,7 +483,8 @@ def translate_collection(translate_one: Callable[..., Any], data: Any, model: An
     Parameters
     ----------
     translate_one
-        `sctranslator.translate` itself (passed in, so that this module does not import it).
+        `engine.translate.prepare_input` (passed in, so that this module does not import it): prepares one
+        input from `translate`'s keywords; its `run()` computes it.
     data
         A list of inputs (paths, globs, AnnData objects) or one glob pattern.
     model, proteins, overwrite, quiet, **settings
@@ -531,14 +545,16 @@ def translate_collection(translate_one: Callable[..., Any], data: Any, model: An
                            dynamic_ncols=True, smoothing=0.1)
         run = CollectionRun(bar)
         results: list[ad.AnnData | None] = [None] * len(inputs)  # translate's own results, not read twice
+        ahead = _Ahead(translate_one, collection, inputs, loaded, proteins, overwrite, settings)
         try:
-            for index, (entry, item) in enumerate(zip(collection.entries, inputs, strict=True)):
+            for index, entry in enumerate(collection.entries):
                 if skip[index]:
                     count_done(bar, estimates[index])
                     continue
-                results[index] = _translate_entry(translate_one, collection, entry, item, run, estimates[index], loaded,
-                                                  proteins, overwrite=overwrite, settings=settings)
+                following = next((i for i in range(index + 1, len(inputs)) if not skip[i]), None)
+                results[index] = _translate_entry(ahead, index, following, collection, entry, run, estimates[index])
         finally:
+            ahead.close()
             bar.close()
         failed = [entry for entry in collection.entries if entry["status"] == "failed"]
         if failed:
@@ -552,10 +568,70 @@ def translate_collection(translate_one: Callable[..., Any], data: Any, model: An
                 for entry, result in zip(collection.entries, results, strict=True)]
 
 
-def _translate_entry(translate_one: Callable[..., Any], collection: _Collection, entry: dict[str, Any], item: Any,
-                     run: CollectionRun, estimate: int, model: TranslatorModel, proteins: Sequence[str] | None,
-                     *, overwrite: bool, settings: dict[str, Any]) -> ad.AnnData | None:
+class _Ahead:
+    """Prepares the next input (claim its store, open it, plan, build its store) in one background thread
+    while the current one computes. Its claims go to the collection's scope; its failure is raised at
+    that input's turn, exactly as if it were prepared then."""
+
+    def __init__(self, prepare: Callable[..., Any], collection: _Collection, inputs: Sequence[Any], model: Any,
+                 proteins: Sequence[str] | None, overwrite: bool, settings: dict[str, Any]) -> None:
+        self._prepare, self._collection, self._inputs = prepare, collection, inputs
+        self._model, self._proteins, self._overwrite, self.settings = model, proteins, overwrite, settings
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: tuple[int, CollectionRun, Future] | None = None
+        self._thread: int | None = None  # the helper thread, whose output locks pass to the caller
+
+    def prepare(self, index: int) -> Any:
+        """Prepare input `index` now (in this thread and context)."""
+        entry = self._collection.entries[index]
+        return self._prepare(self._inputs[index], self._model, self._proteins,
+                             out=self._collection.place.store(entry["store"]), overwrite=self._overwrite,
+                             **self.settings)
+
+    def start(self, index: int, run: CollectionRun) -> None:
+        """Begin preparing input `index` in the background (its bar counting waits for its turn)."""
+        shadow = CollectionRun(run.bar, threads=run.threads, counting=False)
+        context = copy_context()  # the collection's output scope; this input's own collection view
+
+        def work() -> Any:
+            self._thread = threading.get_ident()
+            _ACTIVE.set(shadow)
+            return self.prepare(index)
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="sctranslator-prepare")
+        self._pending = (index, shadow, self._pool.submit(context.run, work))
+
+    def take(self, index: int, run: CollectionRun) -> Any:
+        """Input `index` prepared: the background result (or its error), else prepared now."""
+        if self._pending is None or self._pending[0] != index:
+            return self.prepare(index)
+        _, shadow, future = self._pending
+        self._pending = None
+        try:
+            return future.result()
+        finally:
+            if self._thread is not None:
+                hand_over_locks(self._thread)
+            run.adopt(shadow)
+
+    def close(self) -> None:
+        """Wait for an input prepared ahead and never reached (the collection stopped) and close it."""
+        if self._pending is not None:
+            future = self._pending[2]
+            self._pending = None
+            try:
+                future.result().close()
+            except BaseException:  # noqa: BLE001 - its turn never comes; nothing to report it against
+                log.debug("an input prepared ahead was not reached", exc_info=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+def _translate_entry(ahead: _Ahead, index: int, following: int | None, collection: _Collection,
+                     entry: dict[str, Any], run: CollectionRun, estimate: int) -> ad.AnnData | None:
     """Translate one input into its store, recording its outcome; job-wide errors pass through.
+    Once it is prepared, the `following` input is prepared in the background while it computes.
     Returns translate's result (None for a failed input)."""
     entry.update(status="running", error=None)
     collection.save()
@@ -563,8 +639,10 @@ def _translate_entry(translate_one: Callable[..., Any], collection: _Collection,
     progressed = run.bar.n
     token = _ACTIVE.set(run)
     try:
-        result = translate_one(item, model, proteins, out=collection.place.store(entry["store"]),
-                               overwrite=overwrite, **settings)
+        prepared = ahead.take(index, run)
+        if following is not None:
+            ahead.start(following, run)
+        result = prepared.run()
     except JOB_ERRORS:
         entry.update(status="pending", plan=run.plan, cells=run.cells)
         collection.save()
@@ -573,6 +651,7 @@ def _translate_entry(translate_one: Callable[..., Any], collection: _Collection,
         _failed(collection, entry, run, error, progressed)
         return None
     else:
+        settings = ahead.settings
         permitted = json.loads(json.dumps({k: settings.get(k) for k in PERMISSIONS if k in settings}, default=str))
         entry.update(status="done", cells=int(result.n_obs), plan=run.plan, permissions=permitted)
         collection.save()

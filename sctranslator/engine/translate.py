@@ -410,7 +410,7 @@ def translate(data: str | Path | ad.AnnData | Sequence[Any], model: str | Path |
     >>> pred.X[:100].compute()  # doctest: +SKIP
     """
     if is_collection(data):  # several inputs: one store each in `out` (engine.collection)
-        return translate_collection(translate, **locals())
+        return translate_collection(prepare_input, **locals())
     # Every keyword goes into one options object, checked once; the command line builds the same object.
     given = dict(locals())  # exactly the parameters
     del given["data"], given["model"]
@@ -443,30 +443,80 @@ def run_translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorM
         As `translate`.
     """
     with writing(options.output.wait):
-        options.check()
-        output = options.output
-        # URLs: a supported scheme and its extra, before any work; the options every file system then uses.
-        storage = check_locations(data, options.out, output.write_h5ad, output.write_mudata, output.storage_options)
-        options = replace(options, output=replace(output, storage_options=storage))
-        check_scheduler_address(options.engine.scheduler)
-        backend = resolve_backend(options.engine, options.backend_options, embeddings=options.output.embeddings)
-        options = with_absolute_paths(options)  # dask workers resolve paths in their own directories
-        target = _inplace_target(data) if options.inplace else None
-        inputs = (data, model, options.engine.onnx_path)
-        _claim_outputs(options.out, options.output.write_h5ad, options.output.write_mudata, inputs,
-                       options.output.overwrite, storage)
-        scheduler = options.engine.scheduler
-        cluster_workers = check_cluster(scheduler) if scheduler else {}  # before any store exists
-        source = open_input(data, options.input, storage)
+        return prepare_translate(data, model, options).run()
+
+
+def prepare_input(data: Any, model: str | Path | TranslatorModel, proteins: Sequence[str] | None = None,
+                  **kwargs: Any) -> PreparedTranslate:
+    """`prepare_translate` from `translate`'s keywords (an input of a collection: engine.collection).
+
+    The claims go to the enclosing `writing` scope (the collection's).
+    """
+    return prepare_translate(data, model, TranslateOptions.from_kwargs(proteins=proteins, **kwargs))
+
+
+@dataclass
+class PreparedTranslate:
+    """An input ready to compute: its outputs claimed, its source open, its plan, backend and store made.
+
+    `run()` computes it and writes its outputs (closing the source); `close()` drops it unrun.
+    """
+
+    data: Any
+    source: Source
+    options: TranslateOptions
+    plan: Plan
+    execution: Execution
+    sink: Any
+    owner: TemporaryStore | None
+    target: Any
+
+    def run(self) -> ad.AnnData | None:
+        """The job into the output store, then the write-backs (errors as `translate`)."""
         try:
-            check_write_targets(data, source, options)
-            loaded, model_source = _resolve_model(model)
-            plan = make_plan(source, loaded, options)
-            execution = plan_execution(options, backend, loaded, model_source, plan, source.n_obs, cluster_workers)
-            return _run_and_write(data, source, options, backend, loaded, model_source, plan, execution, inputs,
-                                  target)
+            return _run_and_write(self.data, self.source, self.options, self.execution, self.sink, self.owner,
+                                  self.plan, self.target)
         finally:
-            source.close()
+            self.source.close()
+
+    def close(self) -> None:
+        """Close the input without computing it (its store stays resumable; a temporary one is removed)."""
+        self.source.close()
+        if self.owner is not None:
+            self.owner.remove()
+
+
+def prepare_translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel,
+                      options: TranslateOptions) -> PreparedTranslate:
+    """Everything of `run_translate` before the blocks compute: checks, claims, source, plan, backend.
+
+    Claims go to the enclosing `writing` scope. Raises as `translate`; the source is closed on failure.
+    """
+    options.check()
+    output = options.output
+    # URLs: a supported scheme and its extra, before any work; the options every file system then uses.
+    storage = check_locations(data, options.out, output.write_h5ad, output.write_mudata, output.storage_options)
+    options = replace(options, output=replace(output, storage_options=storage))
+    check_scheduler_address(options.engine.scheduler)
+    backend = resolve_backend(options.engine, options.backend_options, embeddings=options.output.embeddings)
+    options = with_absolute_paths(options)  # dask workers resolve paths in their own directories
+    target = _inplace_target(data) if options.inplace else None
+    inputs = (data, model, options.engine.onnx_path)
+    _claim_outputs(options.out, options.output.write_h5ad, options.output.write_mudata, inputs,
+                   options.output.overwrite, storage)
+    scheduler = options.engine.scheduler
+    cluster_workers = check_cluster(scheduler) if scheduler else {}  # before any store exists
+    source = open_input(data, options.input, storage)
+    try:
+        check_write_targets(data, source, options)
+        loaded, model_source = _resolve_model(model)
+        plan = make_plan(source, loaded, options)
+        execution = plan_execution(options, backend, loaded, model_source, plan, source.n_obs, cluster_workers)
+        sink, owner = _open_output(source, options, backend, loaded, model_source, plan, execution, inputs)
+    except BaseException:
+        source.close()
+        raise
+    return PreparedTranslate(data, source, options, plan, execution, sink, owner, target)
 
 
 def with_absolute_paths(options: TranslateOptions) -> TranslateOptions:
@@ -749,11 +799,11 @@ def provenance(options: TranslateOptions, backend: ChosenBackend, loaded: Transl
     }}
 
 
-def _run_and_write(data: Any, source: Source, options: TranslateOptions, backend: ChosenBackend,
-                   loaded: TranslatorModel, model_source: str | None, plan: Plan, execution: Execution,
-                   inputs: tuple[Any, ...], target: Any) -> ad.AnnData | None:
-    """The job into the output store (a temporary one without `out`), then the write-backs / in-place result."""
-    output, engine = options.output, options.engine
+def _open_output(source: Source, options: TranslateOptions, backend: ChosenBackend, loaded: TranslatorModel,
+                 model_source: str | None, plan: Plan, execution: Execution,
+                 inputs: tuple[Any, ...]) -> tuple[Any, TemporaryStore | None]:
+    """The output store (a temporary one, with its owner, without `out`), created or resumed."""
+    output = options.output
     identity = {"model": model_fingerprint(loaded), "input": source.fingerprint(), "plan": plan.fingerprint(),
                 "embeddings": bool(output.embeddings)}
     if options.input.obs_columns is not None:  # the output's obs differs: a resume must not keep another choice's
@@ -770,6 +820,18 @@ def _run_and_write(data: Any, source: Source, options: TranslateOptions, backend
                          overwrite=output.overwrite, inputs=inputs,
                          embedding_dim=loaded.config.dim if output.embeddings else 0, obsm=source.obsm_arrays(),
                          storage_options=output.storage_options)
+    except BaseException:
+        if owner is not None:
+            owner.remove()
+        raise
+    return sink, owner
+
+
+def _run_and_write(data: Any, source: Source, options: TranslateOptions, execution: Execution, sink: Any,
+                   owner: TemporaryStore | None, plan: Plan, target: Any) -> ad.AnnData | None:
+    """The job into the output store (removed, when temporary, on failure), then the write-backs / in-place result."""
+    output, engine = options.output, options.engine
+    try:
         job = BlockJob(source=source, plan=plan, backend=execution.spec, sink=sink, batch_size=execution.batch_size,
                        allow_empty_cells=options.input.allow_empty_cells, embeddings=output.embeddings,
                        auto_batch_size=execution.auto_batch, flop_per_cell=execution.flop,
