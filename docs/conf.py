@@ -35,6 +35,7 @@ napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_rtype = False
 autosummary_generate = True
+templates_path = ["api/_templates"]  # the API reference's class page: members and bases
 autodoc_typehints = "description"
 autodoc_member_order = "bysource"
 

@@ -35,8 +35,13 @@ class InputDataError(SctranslatorError):
 class BadCellsError(InputDataError):
     """Cells hold NaN/Inf/negative values, or no counts in any gene the model uses (empty cells).
 
-    `first_row` is the input row of the first bad cell named in the message, so that a job whose
-    blocks run concurrently can report the lowest one whichever block failed first.
+    Parameters
+    ----------
+    message : str
+        What was wrong and what to do.
+    first_row : int
+        The input row of the first bad cell named in the message, so that a job whose blocks run
+        concurrently can report the lowest one whichever block failed first.
     """
 
     def __init__(self, message: str, first_row: int):
@@ -61,19 +66,27 @@ class StoreError(SctranslatorError):
 
 
 class OutputConflictError(StoreError):
-    """An output path is an input, lies inside or around one, or holds something that is not a
-    sctranslator output of the same kind; nothing was written or deleted."""
+    """An output path is an input, lies in or around one, or holds something sctranslator did not write.
+
+    Something that is not an sctranslator output of the same kind is never replaced; nothing was
+    written or deleted.
+    """
 
 
 class OutputLockedError(StoreError):
-    """Another live sctranslator job is writing the same output (the message names its host, PID and
-    start time); wait for it with --wait / wait=True, or choose another output path."""
+    """Another live sctranslator job is writing the same output.
+
+    The message names its host, PID and start time; wait for it with ``--wait`` / ``wait=True``, or
+    choose another output path.
+    """
 
 
 class OutputWriteError(StoreError):
-    """The operating system refused a write (full disk or quota, read-only file system, no permission);
-    the message names the path and, for a full disk, about how much more space is needed. Temporary
-    files were removed and nothing incomplete was committed: re-run once the cause is fixed."""
+    """The operating system refused a write (full disk or quota, read-only file system, no permission).
+
+    The message names the path and, for a full disk, about how much more space is needed. Temporary
+    files were removed and nothing incomplete was committed: re-run once the cause is fixed.
+    """
 
 
 class DiskFullError(OutputWriteError):
@@ -81,8 +94,11 @@ class DiskFullError(OutputWriteError):
 
 
 class UnsupportedStorageError(StoreError):
-    """A location names a URL scheme that sctranslator cannot read or write (or a read-only one, such as
-    http(s)://, as an output); the message lists the supported ones. Refused before any work."""
+    """A location names a URL scheme that sctranslator cannot read or write, refused before any work.
+
+    Also a read-only scheme, such as http(s)://, given as an output; the message lists the
+    supported ones.
+    """
 
 
 class BackendError(SctranslatorError):
@@ -114,23 +130,43 @@ class MissingExtraError(SctranslatorError, ImportError):
 
 
 class KeyConflictError(SctranslatorError):
-    """A write-back would replace an entry the data already holds (an obsm key, a uns entry, a MuData
-    modality): refused unless that key is named explicitly together with the replace flag."""
+    """A write-back would replace an entry the data already holds (an obsm key, a uns entry, a modality).
+
+    Refused unless that key is named explicitly together with the replace flag (``--key KEY
+    --replace-key``, ``key=..., replace_key=True``).
+    """
 
 
 class ClusterError(SctranslatorError):
-    """A dask.distributed cluster could not run the job: its scheduler is unreachable or was lost, it has
-    no workers, or workers died running the same block; committed blocks are kept and the same command resumes."""
+    """A dask.distributed cluster could not run the job.
+
+    Its scheduler is unreachable or was lost, it has no workers, or workers died running the same
+    block; committed blocks are kept and the same command resumes.
+    """
 
 
 class CollectionMismatchError(StoreError):
-    """A collection's output directory holds the collection of another input list, model or settings;
-    nothing was written: re-run the command that made it, choose another --out, or pass --overwrite."""
+    """A collection's output directory holds the collection of another input list, model or settings.
+
+    Nothing was written: re-run the command that made it, choose another ``--out``, or pass
+    ``--overwrite``.
+    """
 
 
 class CollectionError(SctranslatorError):
-    """Some inputs of a collection failed (each with its named error in DIR/collection.json); the others
-    are complete. `entries`: every input's record; `record`: the path of collection.json."""
+    """Some inputs of a collection failed; the others are complete.
+
+    Each failed input's named error is recorded in DIR/collection.json.
+
+    Parameters
+    ----------
+    message : str
+        Which inputs failed and why.
+    entries : list or None
+        Every input's record (input, store, cells, status, error), kept as ``error.entries``.
+    record : object
+        The path of collection.json, kept as ``error.record``.
+    """
 
     def __init__(self, message: str, entries: list | None = None, record: object = None):
         super().__init__(message)

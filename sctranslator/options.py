@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import re
 import types
 import typing
@@ -65,9 +66,25 @@ DEFAULT_TARGET_SUM = 1e4
 
 def check_choice(name: str, value: Any, choices: Any, *, optional: bool = False,
                  error: type[SctranslatorError] = OptionError) -> None:
-    """Raise `error` naming `name`, the value and the choices when `value` is not one of them.
+    """Refuse a value that is not one of its choices, naming the option, the value and the choices.
 
-    `choices` is a Literal type or a tuple of values; with `optional`, None is accepted too.
+    Parameters
+    ----------
+    name : str
+        The option's name, for the message.
+    value : object
+        The value given.
+    choices : Literal type or tuple
+        The allowed values.
+    optional : bool
+        Accept None as well.
+    error : type
+        The error raised.
+
+    Raises
+    ------
+    OptionError
+        (or `error`) `value` is not one of the choices.
     """
     allowed = get_args(choices) if get_origin(choices) is Literal else tuple(choices)
     if value is None and optional:
@@ -81,10 +98,23 @@ _BINARY_SIGNATURES = (b"\x89HDF\r\n\x1a\n", b"PK\x03\x04", b"\x1f\x8b")
 
 
 def parse_names(spec: str) -> list[str]:
-    """'A,B,C' or '@file' (a UTF-8 text file: one name per line, '#' comments) -> names.
+    """Names from a command-line list: 'A,B,C' or '@file' (UTF-8 text: one name per line, '#' comments).
 
-    Raises OptionError when the '@file' does not exist, is a directory (a Zarr store), is not UTF-8
-    text (an .h5ad / .h5mu, a zip or gzip file) or lists no name.
+    Parameters
+    ----------
+    spec : str
+        The list as typed.
+
+    Returns
+    -------
+    list of str
+        The names, in order, blanks dropped.
+
+    Raises
+    ------
+    OptionError
+        The @file does not exist, is a directory (a Zarr store), is not UTF-8 text (an .h5ad / .h5mu,
+        a zip or gzip file) or lists no name.
     """
     if not spec.startswith("@"):
         return [name.strip() for name in spec.split(",") if name.strip()]
@@ -117,8 +147,15 @@ _INPUT_KINDS = (".h5ad, AnnData .zarr store (v2/v3), .h5mu / MuData zarr (the RN
 
 
 def add_data_and_model_args(parser: argparse.ArgumentParser, *, several: bool = False) -> None:
-    """INPUT, --model and --proteins, as translate, knockout and attention take them; `several`: INPUT
-    may be repeated or a glob, and --inputs @list.txt names more (translate's collections)."""
+    """Add INPUT, --model and --proteins, as translate, knockout and attention take them.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The command's parser.
+    several : bool
+        INPUT may be repeated or a glob, and --inputs @list.txt names more (translate's collections).
+    """
     if several:
         parser.add_argument("input", nargs="*", help=f"{_INPUT_KINDS}; several, or a quoted glob, translate each "
                             "into its own store in --out DIR (a collection)")
@@ -137,13 +174,31 @@ def add_data_and_model_args(parser: argparse.ArgumentParser, *, several: bool = 
 def option(default: Any = None, help: str = "", *, none_means: str | None = None, flag: str | None = None,
            aliases: tuple[str, ...] = (), metavar: str | None = None, cli: bool = True,
            parse: Callable[[str], Any] | None = None) -> Any:
-    """A dataclass field with its command-line declaration.
+    """Declare a dataclass field together with its command-line form.
 
-    help: what the option does (the default and choices are appended to it on the command line).
-    none_means: what a None default stands for ("the model's own setting"), shown as the default.
-    flag / aliases: the option strings (default `--field-name`); a True boolean needs a `--no-...` flag.
-    parse: converts the command-line string (e.g. a name list) into the API's value.
-    cli: False keeps the option in the API only.
+    Parameters
+    ----------
+    default : object
+        The default value (lists, dicts and sets become a default factory).
+    help : str
+        What the option does; the command line appends the default and the choices.
+    none_means : str or None
+        What a None default stands for ("the model's own setting"), shown as the default.
+    flag : str or None
+        The option string; None: ``--field-name``. A True boolean needs a ``--no-...`` flag.
+    aliases : tuple of str
+        Further option strings.
+    metavar : str or None
+        The value's name in ``--help``.
+    cli : bool
+        False keeps the option in the Python API only.
+    parse : callable or None
+        Converts the command-line string (e.g. a name list) into the API's value.
+
+    Returns
+    -------
+    dataclasses.Field
+        The field, its declaration in ``metadata``.
     """
     metadata = {"help": help, "none_means": none_means, "flag": flag, "aliases": aliases, "metavar": metavar,
                 "cli": cli, "parse": parse}
@@ -195,7 +250,23 @@ class OptionGroup:
 
     @classmethod
     def cli_fields(cls, only: Iterable[str] | None = None) -> list[dataclasses.Field]:
-        """The fields offered on the command line (`only`: these, in this order)."""
+        """The fields offered on the command line.
+
+        Parameters
+        ----------
+        only : iterable of str or None
+            These fields, in this order; None: every field declared for the command line.
+
+        Returns
+        -------
+        list of dataclasses.Field
+            The fields.
+
+        Raises
+        ------
+        KeyError
+            A name in `only` that is not a field.
+        """
         fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         names = list(only) if only is not None else [n for n, f in fields.items() if f.metadata.get("cli", True)]
         unknown = [n for n in names if n not in fields]
@@ -208,8 +279,16 @@ class OptionGroup:
                      defaults: Mapping[str, Any] | None = None, helps: Mapping[str, str] | None = None) -> None:
         """Add one argument per field to `parser` (or an argument group).
 
-        only: the fields to add (default: every field declared for the CLI). defaults: this command's
-        default for some fields. helps: this command's help text for some fields.
+        Parameters
+        ----------
+        parser : argparse.ArgumentParser or argument group
+            Where the arguments go.
+        only : iterable of str or None
+            The fields to add; None: every field declared for the command line.
+        defaults : mapping or None
+            This command's default for some fields.
+        helps : mapping or None
+            This command's help text for some fields.
         """
         hints = cls._hints()
         for f in cls.cli_fields(only):
@@ -238,7 +317,20 @@ class OptionGroup:
 
     @classmethod
     def from_cli_args(cls: type[G], namespace: argparse.Namespace, **extra: Any) -> G:
-        """The group from a parsed namespace: fields the command did not offer keep their defaults."""
+        """The group from a parsed namespace: fields the command did not offer keep their defaults.
+
+        Parameters
+        ----------
+        namespace : argparse.Namespace
+            The parsed arguments.
+        **extra
+            Values that replace the namespace's.
+
+        Returns
+        -------
+        OptionGroup
+            An instance of the group's class, not yet checked.
+        """
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         values = {n: getattr(namespace, n) for n in names if hasattr(namespace, n)}
         values.update(extra)
@@ -252,7 +344,20 @@ class OptionGroup:
                 check_choice(name, getattr(self, name), inner, optional=optional)
 
     def as_kwargs(self, only: Iterable[str] | None = None, skip: Iterable[str] = ()) -> dict[str, Any]:
-        """The fields as keyword arguments (`only` / `skip` select them)."""
+        """The fields as keyword arguments.
+
+        Parameters
+        ----------
+        only : iterable of str or None
+            These fields; None: all.
+        skip : iterable of str
+            Fields left out.
+
+        Returns
+        -------
+        dict
+            Field name -> value.
+        """
         names = list(only) if only is not None else [f.name for f in dataclasses.fields(self)]  # type: ignore
         return {n: getattr(self, n) for n in names if n not in set(skip)}
 
@@ -276,9 +381,17 @@ def _scalar_type(hint: Any) -> Callable[[str], Any]:
 
 
 def check_choices(**values: Any) -> None:
-    """Check keyword values against the declared choices of options of the same name.
+    """Check keyword values against the declared choices of the options of the same names.
 
-    e.g. `check_choices(backend=backend, normalize=normalize)`; raises OptionError listing the choices.
+    Parameters
+    ----------
+    **values
+        Option name -> value, e.g. ``check_choices(backend=backend, normalize=normalize)``.
+
+    Raises
+    ------
+    OptionError
+        A value outside its option's choices (the message lists them).
     """
     for name, value in values.items():
         hint = _CHOICE_HINTS[name]
@@ -388,7 +501,13 @@ class TritonOptions(OptionGroup):
                                            none_means="60 s with --backend triton")
 
     def given(self) -> dict[str, Any]:
-        """The options the user set (the backend_options to pass on)."""
+        """The options the user set, to pass on as translate's `backend_options`.
+
+        Returns
+        -------
+        dict
+            Option name -> value, for every field that is not None.
+        """
         return {name: value for name, value in self.as_kwargs().items() if value is not None}
 
 
@@ -544,6 +663,75 @@ class TrainOptions(OptionGroup):
             raise InputDataError("say how long to train: steps=... or epochs=...")
 
 
+
+# -- reference documentation, from the same declarations -----------------------------------------------
+
+def _type_text(hint: Any) -> str:
+    """A field's type as numpydoc writes it: ``{'a', 'b'}`` for a choice, ``str or None`` for an optional."""
+    inner, optional = _unwrap(hint)
+    if get_origin(inner) is Literal:
+        text = "{" + ", ".join(repr(value) for value in get_args(inner)) + "}"
+    elif isinstance(inner, type) and get_origin(inner) is None:
+        text = inner.__name__
+    else:
+        text = str(inner).replace("typing.", "")
+    return f"{text} or None" if optional else text
+
+
+def _literal_flags(text: str) -> str:
+    """Command-line flags in help text as literals (``--flag``), so the reference shows them as typed."""
+    return re.sub(r"(?<![`\w-])(--[a-z][\w-]*)", r"``\1``", text)
+
+
+def _field_entry(f: dataclasses.Field, hint: Any) -> str:
+    """One numpydoc Parameters entry: type, the help text, its default and its command-line flag."""
+    meta = f.metadata
+    text = _literal_flags(meta.get("help", "").replace("%%", "%").strip().rstrip(".") + ".")
+    default = _field_default(f)
+    flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+    if default is True and meta.get("cli", True):
+        # the declared flag (e.g. --no-plots) turns the field off, and its help says what that does
+        return f"{f.name} : {_type_text(hint)}\n    Default: ``True``. False (command line ``{flag}``): {text}"
+    if default is None or default == () or default == {}:
+        if meta.get("none_means"):
+            text += f" Default (None): {_literal_flags(meta['none_means'].replace('%%', '%'))}."
+    else:
+        text += f" Default: ``{default!r}``."
+    if meta.get("cli", True):
+        text += f" Command line: ``{flag}``."
+    else:
+        text += " Python only."
+    return f"{f.name} : {_type_text(hint)}\n    {text}"
+
+
+def document_fields(group: type[OptionGroup]) -> type[OptionGroup]:
+    """Append a numpydoc Parameters section, built from the fields' declarations, to a group's docstring.
+
+    The help texts the command line shows are the one source of each option's documentation, so the
+    API reference and ``--help`` cannot disagree.
+
+    Parameters
+    ----------
+    group : type
+        An option group (a dataclass whose fields are declared with `option`).
+
+    Returns
+    -------
+    type
+        The same class, its ``__doc__`` extended.
+    """
+    hints = typing.get_type_hints(group)
+    entries = [_field_entry(f, hints[f.name]) for f in dataclasses.fields(group)]  # type: ignore[arg-type]
+    section = "Parameters\n----------\n" + "\n".join(entries)
+    group.__doc__ = inspect.cleandoc(group.__doc__ or "") + "\n\n" + section + "\n"
+    return group
+
+
+for _group in (InputOptions, EngineOptions, TritonOptions, OutputOptions, AnalysisOptions, EvaluateOptions,
+               TrainDataOptions, TrainOptions):
+    document_fields(_group)
+del _group
+
 # Option name -> type, for check_choices() in API functions (one table, built from the groups).
 _CHOICE_HINTS: dict[str, Any] = {}
 for _group in (InputOptions, EngineOptions, TritonOptions, AnalysisOptions, EvaluateOptions):
@@ -557,7 +745,18 @@ GROUPS: tuple[type[OptionGroup], ...] = (InputOptions, EngineOptions, TritonOpti
 
 
 def cli_flag(name: str) -> str:
-    """The command-line spelling of the option `name` (e.g. timeout_s -> --timeout), for messages."""
+    """The command-line spelling of an option, for messages (e.g. timeout_s -> --timeout).
+
+    Parameters
+    ----------
+    name : str
+        The option's field name.
+
+    Returns
+    -------
+    str
+        Its flag, or "backend option 'name'" for an option the command line does not offer.
+    """
     for group in GROUPS:
         for f in dataclasses.fields(group):  # type: ignore[arg-type]
             if f.name == name and f.metadata.get("cli", True):
@@ -566,9 +765,17 @@ def cli_flag(name: str) -> str:
 
 
 def check_sizes(**sizes: int | None) -> None:
-    """OptionError naming the first size below 1, e.g. `check_sizes(batch_size=0)` -> "--batch-size must be >= 1".
+    """Refuse the first size below 1, naming its flag (e.g. "--batch-size must be >= 1").
 
-    None means not given (a default applies). Options without a command-line flag are named by keyword.
+    Parameters
+    ----------
+    **sizes
+        Option name -> value; None means not given (a default applies).
+
+    Raises
+    ------
+    OptionError
+        A size below 1. Options without a command-line flag are named by keyword.
     """
     for name, value in sizes.items():
         if value is not None and value < 1:
@@ -579,7 +786,18 @@ def check_sizes(**sizes: int | None) -> None:
 
 
 def check_device(device: str) -> None:
-    """OptionError unless `device` is cpu, cuda or cuda:N."""
+    """Refuse a device that is not cpu, cuda or cuda:N.
+
+    Parameters
+    ----------
+    device : str
+        The device asked for.
+
+    Raises
+    ------
+    OptionError
+        Any other value.
+    """
     if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise OptionError(f"unknown device {device!r}; use cpu, cuda or cuda:N (for example cuda:1)")
 
@@ -588,7 +806,18 @@ _HDF5_SUFFIXES = (".h5ad", ".h5mu", ".h5", ".hdf5", ".loom")
 
 
 def check_out_path(out: str | Path | None) -> None:
-    """StoreError when translate's `out` names an HDF5 file: it is a resumable Zarr directory."""
+    """Refuse an `out` of translate that names an HDF5 file: translate writes a resumable Zarr directory.
+
+    Parameters
+    ----------
+    out : str, pathlib.Path or None
+        translate's `out`.
+
+    Raises
+    ------
+    StoreError
+        `out` ends in .h5ad, .h5mu, .h5, .hdf5 or .loom (the message names the write-back flag to use).
+    """
     if out is None or Path(out).suffix.lower() not in _HDF5_SUFFIXES:
         return
     stem = Path(out).with_suffix(".zarr")
@@ -604,11 +833,11 @@ def check_out_path(out: str | Path | None) -> None:
 # -- one options object per job kind -------------------------------------------------------------------
 
 class JobOptions:
-    """Base of the per-job options objects: option groups (fields typed as an OptionGroup) plus the
-    job's own fields, built from the API's keywords or from the command's parsed arguments alike.
+    """Base of the per-job options objects: option groups plus the job's own fields.
 
-    A subclass names the API function (`job`), the fields of each group the job takes (`takes`;
-    absent: all) and the job's own defaults for some of them (`defaults`).
+    Built from the API's keywords (`from_kwargs`) or from the command's parsed arguments
+    (`from_cli_args`) alike. A subclass names the API function (``job``), the fields of each group the
+    job takes (``takes``; absent: all) and the job's own defaults for some of them (``defaults``).
     """
 
     job: ClassVar[str] = "job"
@@ -624,7 +853,18 @@ class JobOptions:
 
     @classmethod
     def taken(cls, attribute: str) -> tuple[str, ...]:
-        """The fields of the group at `attribute` that this job takes."""
+        """The fields of the group at `attribute` that this job takes.
+
+        Parameters
+        ----------
+        attribute : str
+            The group's attribute ("engine", "input", ...).
+
+        Returns
+        -------
+        tuple of str
+            Field names.
+        """
         group = cls.groups()[attribute]
         return cls.takes.get(attribute) or tuple(f.name for f in dataclasses.fields(group))  # type: ignore[arg-type]
 
@@ -632,7 +872,20 @@ class JobOptions:
     def from_kwargs(cls: type[J], **kwargs: Any) -> J:
         """The options from the API function's keyword arguments (any subset; the rest keep their defaults).
 
-        Raises TypeError for a keyword the job does not take, as a Python call would.
+        Parameters
+        ----------
+        **kwargs
+            The job's keywords.
+
+        Returns
+        -------
+        JobOptions
+            An instance of the subclass, not yet checked.
+
+        Raises
+        ------
+        TypeError
+            A keyword the job does not take, as a Python call would.
         """
         groups = cls.groups()
         values = {attribute: dict(cls.defaults.get(attribute, {})) for attribute in groups}
@@ -649,7 +902,13 @@ class JobOptions:
         return cls(**{a: group(**values[a]) for a, group in groups.items()}, **own)
 
     def as_kwargs(self) -> dict[str, Any]:
-        """The API function's keywords that build this object again (``from_kwargs(**o.as_kwargs()) == o``)."""
+        """The API function's keywords that build this object again (``from_kwargs(**o.as_kwargs()) == o``).
+
+        Returns
+        -------
+        dict
+            Keyword -> value.
+        """
         groups = self.groups()
         kwargs = {name: getattr(getattr(self, attribute), name)
                   for attribute in groups for name in self.taken(attribute)}
@@ -661,8 +920,18 @@ class JobOptions:
     def from_cli_args(cls: type[J], namespace: argparse.Namespace, **own: Any) -> J:
         """The options from the command's parsed arguments: the same object the API builds.
 
-        Each group takes its fields from `namespace`; `own` gives the job's own fields (default: the
-        namespace's attributes of the same names, a name list such as --proteins parsed).
+        Parameters
+        ----------
+        namespace : argparse.Namespace
+            The parsed arguments; each group takes its fields from it.
+        **own
+            The job's own fields; by default the namespace's attributes of the same names (a name list
+            such as --proteins parsed).
+
+        Returns
+        -------
+        JobOptions
+            An instance of the subclass, not yet checked.
         """
         groups = cls.groups()
         values = {attribute: {**cls.defaults.get(attribute, {}),
@@ -690,13 +959,31 @@ class TranslateOptions(JobOptions):
     wrong from the values alone, and the engine resolves the rest (the backend and its declared
     capabilities) once.
 
-    Attributes
+    Parameters
     ----------
-    engine, input, output : the option groups (EngineOptions, InputOptions, OutputOptions).
-    proteins : names to predict (None: the model's panel).
-    out : the output Zarr store (None: a temporary one).
-    backend_options : per-backend settings (triton: url, model_name, protocol ...).
-    inplace : also set the predictions on the input object.
+    engine : EngineOptions
+        Where and how the model runs: backend, device, precision, batch and block sizes, workers.
+    input : InputOptions
+        How the input matrix is read, selected and mapped onto the model's genes.
+    output : OutputOptions
+        Write-backs, embeddings, overwrite, wait, progress and storage options.
+    proteins : sequence of str or None
+        Antibody or gene names to predict; None predicts the model's protein panel.
+    out : str or pathlib.Path or None
+        The output Zarr store (a directory or an s3:// / gs:// URL); None writes a temporary one.
+    backend_options : dict
+        Per-backend settings, for the triton backend its connection (url, model_name, protocol,
+        timeout_s, ready_timeout_s, max_in_flight, ...).
+    inplace : bool
+        Also set the predictions on the input AnnData / MuData object.
+
+    Examples
+    --------
+    >>> from sctranslator.options import TranslateOptions
+    >>> options = TranslateOptions.from_kwargs(device="cpu", batch_size=8, normalize="log1p")
+    >>> options.engine.batch_size, options.input.normalize
+    (8, 'log1p')
+    >>> options.check()
     """
 
     job: ClassVar[str] = "translate"
@@ -714,8 +1001,22 @@ class TranslateOptions(JobOptions):
 
     @classmethod
     def from_cli_args(cls, namespace: argparse.Namespace, **own: Any) -> TranslateOptions:
-        """The options from the `translate` command's parsed arguments (the same object the API builds);
-        the Triton flags become `backend_options`."""
+        """The options from the `translate` command's parsed arguments: the same object the API builds.
+
+        The Triton flags (``--url``, ``--model-name``, ...) become `backend_options`.
+
+        Parameters
+        ----------
+        namespace : argparse.Namespace
+            The parsed arguments of ``sctranslator translate``.
+        **own
+            Values for the job's own fields (proteins, out, ...) that replace the namespace's.
+
+        Returns
+        -------
+        TranslateOptions
+            The options, not yet checked (call `check`).
+        """
         own.setdefault("backend_options", TritonOptions.from_cli_args(namespace).given())
         return super().from_cli_args(namespace, **own)
 
@@ -762,15 +1063,23 @@ class KnockoutOptions(JobOptions):
     Built once (`from_kwargs` / `from_cli_args`), checked once, passed down to
     `analysis.knockout.run_knockout`.
 
-    Attributes
+    Parameters
     ----------
-    genes : the genes to knock out.
-    proteins : names to predict (None: the model's panel).
-    out : the output .h5ad or .zarr.
-    engine : block_cells, batch_size, workers, device (None: translate's rules for the model).
-    input : as translate's, the cell selection included, without obs_columns.
-    analysis : semantics, groupby, per_cell.
-    output : overwrite, quiet, wait.
+    genes : sequence of str
+        The genes to knock out, one at a time.
+    proteins : sequence of str or None
+        Proteins to predict; None: the model's panel.
+    out : str or pathlib.Path or None
+        The output .h5ad or .zarr.
+    engine : EngineOptions
+        Of the engine options knockout takes block_cells, batch_size, workers and device (None:
+        translate's rules for the model).
+    input : InputOptions
+        As translate's, the cell selection included, without obs_columns.
+    analysis : AnalysisOptions
+        Of the analysis options knockout takes semantics, groupby and per_cell.
+    output : OutputOptions
+        Of the output options knockout takes overwrite, quiet and wait.
     """
 
     job: ClassVar[str] = "knockout"
@@ -808,16 +1117,25 @@ class AttentionOptions(JobOptions):
     Built once (`from_kwargs` / `from_cli_args`), checked once, passed down to
     `analysis.attention.run_interactions`.
 
-    Attributes
+    Parameters
     ----------
-    proteins : names to predict (None: the model's panel).
-    out : the output directory (None: nothing written).
-    kinds : gene-protein, gene-gene, protein-protein (analysis.attention.kinds).
-    genes : the query genes of gene-gene attention.
-    engine : block_cells, batch_size, workers.
-    input : as knockout's.
-    analysis : top_k, groupby, as_published, row_block.
-    output : overwrite, quiet, wait.
+    proteins : sequence of str or None
+        Proteins to predict; None: the model's panel.
+    out : str or pathlib.Path or None
+        The output directory; None: nothing written.
+    engine : EngineOptions
+        Of the engine options attention takes block_cells, batch_size and workers.
+    input : InputOptions
+        As knockout's.
+    analysis : AnalysisOptions
+        Of the analysis options attention takes top_k, groupby, as_published and row_block.
+    output : OutputOptions
+        Of the output options attention takes overwrite, quiet and wait.
+    kinds : str or sequence of str or None
+        gene-protein, gene-gene and/or protein-protein (`sctranslator.analysis.attention.kinds`);
+        None: the default kinds.
+    genes : sequence of str or None
+        The query genes of gene-gene attention.
     """
 
     job: ClassVar[str] = "interactions"

@@ -79,7 +79,20 @@ def _article(noun: str) -> str:
 
 
 def identity_record(kind: str, **extra: Any) -> dict[str, Any]:
-    """The record that marks an output of `kind` (one of KINDS) as ours; `extra` adds JSON fields."""
+    """The record that marks an output of `kind` as ours.
+
+    Parameters
+    ----------
+    kind : str
+        The kind of output (one of KINDS: translate, knockout, export, ...).
+    **extra
+        Further JSON fields.
+
+    Returns
+    -------
+    dict
+        format, kind, version and the extra fields.
+    """
     if kind not in KINDS:
         raise ValueError(f"unknown output kind {kind!r}; one of {sorted(KINDS)}")
     from sctranslator import __version__
@@ -88,15 +101,37 @@ def identity_record(kind: str, **extra: Any) -> dict[str, Any]:
 
 
 def identity_json(kind: str, **extra: Any) -> str:
-    """The record as JSON text (for ONNX metadata_props and HDF5 attributes)."""
+    """The identity record as JSON text (for ONNX metadata_props and HDF5 attributes).
+
+    Parameters
+    ----------
+    kind : str
+        The kind of output (one of KINDS: translate, knockout, export, ...).
+    **extra
+        Further JSON fields.
+
+    Returns
+    -------
+    str
+        JSON.
+    """
     return json.dumps(identity_record(kind, **extra), default=str)
 
 
 def write_identity(path: str | Path, kind: str, **extra: Any) -> None:
     """Mark the (staged) output at `path` as a sctranslator output of `kind`.
 
-    Directories get `.sctranslator-output.json`; HDF5 files a root attribute. ONNX files carry
-    the record in their metadata: exporters add `{IDENTITY_KEY: identity_json(kind)}` themselves.
+    Directories get ``.sctranslator-output.json``; HDF5 files a root attribute. ONNX files carry the
+    record in their metadata: exporters add ``{IDENTITY_KEY: identity_json(kind)}`` themselves.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The output.
+    kind : str
+        The kind of output (one of KINDS: translate, knockout, export, ...).
+    **extra
+        Further JSON fields.
     """
     from sctranslator.util.atomic import atomic_write_text
 
@@ -123,7 +158,18 @@ def _decoded(text: Any) -> dict[str, Any] | None:
 
 
 def read_identity(path: str | Path) -> dict[str, Any] | None:
-    """Our identity record of the output at `path`, or None when it has none (it is not ours)."""
+    """Our identity record of the output at `path`.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        A directory, HDF5 file or ONNX file.
+
+    Returns
+    -------
+    dict or None
+        The record, or None when it has none (it is not ours).
+    """
     path = Path(path)
     if path.is_symlink() or not path.exists():
         return None
@@ -173,9 +219,19 @@ def _overlap(output: Path, candidate: Path) -> str | None:
 
 
 def check_not_input(path: str | Path, inputs: Iterable[Any]) -> None:
-    """OutputConflictError when `path` is, lies inside, or contains one of `inputs`.
+    """Refuse an output path that is, lies inside, or contains one of the command's inputs.
 
-    inputs: paths, or objects with a `source` path (a loaded TranslatorModel); others are ignored.
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The output.
+    inputs : iterable
+        Input paths, or objects with a ``source`` path (a loaded TranslatorModel); others are ignored.
+
+    Raises
+    ------
+    OutputConflictError
+        `path` overlaps an input.
     """
     remote = is_url(path)
     output = Path(str(path).rstrip("/")) if remote else _real(path)
@@ -194,6 +250,20 @@ def check_not_input(path: str | Path, inputs: Iterable[Any]) -> None:
 
 
 def foreign_output_error(path: Path, why: str) -> OutputConflictError:
+    """The error for an output path that holds something sctranslator did not write.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The path.
+    why : str
+        What is there, for the message.
+
+    Returns
+    -------
+    OutputConflictError
+        To raise.
+    """
     return OutputConflictError(
         f"{path} {why}: it holds something sctranslator did not write, so it is left untouched. "
         "Choose another output path, or remove it yourself if you no longer need it")
@@ -204,17 +274,37 @@ def claim_output(path: str | Path, kind: str, *, inputs: Iterable[Any] = (), ove
                  storage_options: dict[str, Any] | None = None) -> bool:
     """Check that a command may write its output of `kind` at `path`; touches nothing.
 
-    inputs: the command's input paths (non-path items, e.g. an in-memory AnnData, are skipped).
-    overwrite: the user asked to replace an earlier output of the same kind.
-    resumable: the command resumes its own earlier output when its job record matches, so an
-        existing output of this kind is allowed without `overwrite` (the job checks the rest).
-    siblings: further files the command writes beside `path` (e.g. knockout's CSV tables); they
-        belong to the output when it is ours, and must not exist when `path` does not.
-    storage_options: for an object-storage output (s3://, gs://; translate's outputs only), the
-        fsspec options; see `sctranslator.util.storage`.
-    Returns True when an output of ours is there (to resume or replace), False when the path is free.
-    Raises OutputConflictError (a StoreError) in every other case, as the module docstring says;
-    UnsupportedStorageError for a URL this kind of output cannot be written to.
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The output.
+    kind : str
+        The kind of output (one of KINDS: translate, knockout, export, ...).
+    inputs : iterable
+        The command's input paths (non-path items, e.g. an in-memory AnnData, are skipped).
+    overwrite : bool
+        The user asked to replace an earlier output of the same kind.
+    resumable : bool
+        The command resumes its own earlier output when its job record matches, so an existing output
+        of this kind is allowed without `overwrite` (the job checks the rest).
+    siblings : iterable of str or pathlib.Path
+        Further files the command writes beside `path` (e.g. knockout's CSV tables); they belong to the
+        output when it is ours, and must not exist when `path` does not.
+    storage_options : dict or None
+        fsspec options for an object-storage output (s3://, gs://; translate's outputs only).
+
+    Returns
+    -------
+    bool
+        True when an output of ours is there (to resume or replace), False when the path is free.
+
+    Raises
+    ------
+    OutputConflictError
+        In every other case: an input, something we did not write, an output of another kind, or one
+        of ours without `overwrite` (when not resumable).
+    UnsupportedStorageError
+        A URL this kind of output cannot be written to.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown output kind {kind!r}; one of {sorted(KINDS)}")
@@ -273,10 +363,22 @@ _AMBIENT = _Scope(wait=False)  # claims made outside any scope: held until the p
 def writing(wait: bool | None = None) -> Iterator[None]:
     """A job's scope: the outputs it claims (`claim_output`) stay locked until the scope ends.
 
-    wait: when another job holds an output, wait for it (True) or refuse with OutputLockedError
+    Parameters
+    ----------
+    wait : bool or None
+        When another job holds an output, wait for it (True) or refuse with OutputLockedError
         (False); None inherits the enclosing scope's choice (False at the top).
-    Raises OutputLockedError at the end when a lock was taken over meanwhile (this job's holder
-    was judged dead), so that the job does not report success for an output another one changed.
+
+    Yields
+    ------
+    None
+        Inside the scope.
+
+    Raises
+    ------
+    OutputLockedError
+        At the end, when a lock was taken over meanwhile (this job's holder was judged dead), so that
+        the job does not report success for an output another one changed.
     """
     outer = _SCOPE.get()
     scope = _Scope(wait=bool(outer.wait if (wait is None and outer is not None) else wait))
@@ -308,8 +410,19 @@ def _release(locks: list[OutputLock]) -> Exception | None:
 def lock_output(path: str | Path, storage_options: dict[str, Any] | None = None) -> None:
     """Lock `path` for the current scope (see `writing`); a no-op when this thread holds it already.
 
-    Raises OutputLockedError (another live job writes it) or OutputWriteError (the lock file cannot
-    be created: read-only file system, no permission, full disk).
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The output.
+    storage_options : dict or None
+        fsspec options for an object-storage output.
+
+    Raises
+    ------
+    OutputLockedError
+        Another live job writes it (and the scope does not wait).
+    OutputWriteError
+        The lock file cannot be created: read-only file system, no permission, full disk.
     """
     if os.environ.get("RANK", "0") not in ("", "0"):
         # A torch.distributed process other than rank 0 is part of rank 0's job, which holds the
@@ -336,6 +449,22 @@ def lock_output(path: str | Path, storage_options: dict[str, Any] | None = None)
     remove_leftovers(output)  # only the lock holder may: no live writer of ours is using them
 
 
+def hand_over_locks(thread: int) -> None:
+    """Make the output locks that thread `thread` holds held by the calling thread (which goes on
+    writing what `thread` prepared: engine.collection prepares the next input in a helper thread).
+
+    Parameters
+    ----------
+    thread
+        The `threading.get_ident()` of the thread that took the locks.
+    """
+    me = threading.get_ident()
+    with _HELD_GUARD:
+        for output, (lock, owner) in list(_HELD.items()):
+            if owner == thread:
+                _HELD[output] = (lock, me)
+
+
 def _release_ambient() -> None:
     _release(_AMBIENT.locks)
 
@@ -348,8 +477,18 @@ F = TypeVar("F", bound=Callable[..., Any])
 def one_writer(func: F) -> F:
     """Give an API function that writes outputs a keyword `wait` and run it in its own `writing` scope.
 
-    wait: when another job is writing the same output, wait for it to finish (True) and then check
-    the output afresh, or refuse at once with OutputLockedError (False, the default).
+    The added keyword `wait`: when another job is writing the same output, wait for it to finish
+    (True) and then check the output afresh, or refuse at once with OutputLockedError (False).
+
+    Parameters
+    ----------
+    func : callable
+        The API function.
+
+    Returns
+    -------
+    callable
+        The wrapped function, its signature showing `wait`.
     """
     signature = inspect.signature(func)
     has_wait = "wait" in signature.parameters
@@ -375,13 +514,39 @@ def one_writer(func: F) -> F:
 # the location is locked first (`storage.RemoteLock`). See docs/guide/atlas.md, "Object storage".
 
 def exists(fs: Any, path: str) -> bool:
-    """Whether an object, or any object under the prefix `path`, exists (listing caches dropped first)."""
+    """Whether an object, or any object under the prefix `path`, exists (listing caches dropped first).
+
+    Parameters
+    ----------
+    fs : fsspec.AbstractFileSystem
+        The file system.
+    path : str
+        The object or prefix.
+
+    Returns
+    -------
+    bool
+        True when something is there.
+    """
     fs.invalidate_cache(path)
     return bool(fs.exists(path))
 
 
 def read_remote_identity(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """Our identity record of the object-storage output at `url`, or None when it carries none."""
+    """Our identity record of the object-storage output at `url`.
+
+    Parameters
+    ----------
+    url : str
+        An s3:// or gs:// location.
+    storage_options : dict or None
+        fsspec options.
+
+    Returns
+    -------
+    dict or None
+        The record, or None when it carries none.
+    """
     fs, path = filesystem(url, storage_options, what="the output")
     try:
         if fs.isfile(path):
@@ -400,7 +565,33 @@ def read_remote_identity(url: str, storage_options: dict[str, Any] | None = None
 
 def claim_remote_output(url: str, kind: str, *, inputs: Iterable[Any] = (), overwrite: bool = False,
                         resumable: bool = False, storage_options: dict[str, Any] | None = None) -> bool:
-    """`claim_output` for a URL: True when an output of ours is there, False when the location is free."""
+    """`claim_output` for a URL.
+
+    Parameters
+    ----------
+    url : str
+        An s3:// or gs:// location.
+    kind : str
+        The kind of output (one of KINDS: translate, knockout, export, ...).
+    inputs : iterable
+        The command's inputs.
+    overwrite : bool
+        Replace an earlier output of the same kind.
+    resumable : bool
+        An existing output of this kind may be resumed.
+    storage_options : dict or None
+        fsspec options.
+
+    Returns
+    -------
+    bool
+        True when an output of ours is there, False when the location is free.
+
+    Raises
+    ------
+    OutputConflictError
+        As `claim_output`.
+    """
     check_not_input(url, inputs)
     fs, path = filesystem(url, storage_options, write=True, what="the output")
     bucket = path.split("/", 1)[0]
@@ -434,5 +625,16 @@ def claim_remote_output(url: str, kind: str, *, inputs: Iterable[Any] = (), over
 
 
 def identity_bytes(kind: str) -> bytes:
-    """The identity record object of a store of `kind`."""
+    """The identity record object of a store of `kind`, as bytes to upload.
+
+    Parameters
+    ----------
+    kind : str
+        The kind of output (one of KINDS: translate, knockout, export, ...).
+
+    Returns
+    -------
+    bytes
+        JSON text, UTF-8.
+    """
     return json.dumps(identity_record(kind), indent=2, default=str).encode()

@@ -34,6 +34,46 @@ COLLISION_EXAMPLES = 20  # examples of input columns sharing a token kept in the
 
 @dataclass
 class Plan:
+    """How one dataset is aligned to one model: which input column goes where, and which proteins.
+
+    Made once per job by `build_plan`; its fingerprint is recorded so a resumed job can tell it is
+    computing the same numbers.
+
+    Parameters
+    ----------
+    mode : {'reference', 'panel'}
+        "reference" for published checkpoints (mapped genes in the dataset's order), "panel" for
+        bundles with a fixed gene panel.
+    column_slot : numpy.ndarray
+        int64 ``(n_vars,)``: the model position of each input column, -1 (ignored) or -2 (beyond L:
+        scaling only).
+    position_real : numpy.ndarray
+        bool ``(L,)``: which model positions hold a real gene.
+    gene_ids : numpy.ndarray
+        int64 ``(L,)``: the gene token at each position (0 = padding).
+    protein_windows : numpy.ndarray
+        int64 ``(W, P)``: the requested protein tokens, in windows of the model's P.
+    protein_window_mask : numpy.ndarray
+        bool ``(W, P)``: which window positions are real.
+    output_index : numpy.ndarray
+        int64 ``(n_out,)``: flat index of each output protein into the ``(W * P)`` window predictions.
+    proteins : pandas.DataFrame
+        One row per output protein: name, gene, token_id, window, position.
+    normalize : str
+        The normalisation applied before scaling.
+    target_sum : float
+        Counts per cell for the "total" normalisations.
+    coverage : dict
+        How many of the dataset's and the model's genes map (the coverage report).
+    gene_mapping : {'original', 'extended'}
+        How identifiers became tokens.
+    column_tokens : numpy.ndarray or None
+        int64 ``(n_vars,)``: the token each input column was given.
+    collisions : dict
+        Input columns sharing a token, and the rule applied to them.
+    untrained_proteins : list of str
+        Proteins asked of a panel-trained model that are not in its panel (the decoder answers anyway).
+    """
     mode: str  # "reference" (published checkpoint) or "panel" (bundle with a fixed gene panel)
     column_slot: np.ndarray  # int64 (n_vars,)
     position_real: np.ndarray  # bool (L,)
@@ -53,14 +93,22 @@ class Plan:
 
     @property
     def max_genes(self) -> int:
+        """The model's L: positions per cell."""
         return int(self.position_real.shape[0])
 
     @property
     def n_windows(self) -> int:
+        """W: the number of protein windows."""
         return int(self.protein_windows.shape[0])
 
     def fingerprint(self) -> str:
-        """Identity of everything that decides the numbers written (not how fast they are made)."""
+        """Identity of everything that decides the numbers written (not how fast they are made).
+
+        Returns
+        -------
+        str
+            A hex SHA-256 digest.
+        """
         digest = hashlib.sha256()
         for array in (self.column_slot, self.position_real, self.gene_ids, self.protein_windows,
                       self.protein_window_mask, self.output_index):
@@ -71,7 +119,13 @@ class Plan:
         return digest.hexdigest()
 
     def summary(self) -> dict[str, Any]:
-        """JSON-able record for the output's provenance."""
+        """JSON-able record of the plan for the output's provenance.
+
+        Returns
+        -------
+        dict
+            Mode, mapping, normalisation, sizes, windows, coverage, collisions and the fingerprint.
+        """
         return {
             "mode": self.mode,
             "gene_mapping": self.gene_mapping,
@@ -90,7 +144,25 @@ class Plan:
 
 
 def gene_identifiers(var: pd.DataFrame, column: str | None) -> pd.Index:
-    """The gene identifiers as strings; InputDataError when some are missing (NaN, None or empty)."""
+    """The gene identifiers of a var table as strings.
+
+    Parameters
+    ----------
+    var : pandas.DataFrame
+        The input's var table.
+    column : str or None
+        The column holding the identifiers; None: the index.
+
+    Returns
+    -------
+    pandas.Index
+        One string per gene.
+
+    Raises
+    ------
+    InputDataError
+        `column` is not in var, or some identifiers are missing (NaN, None or empty).
+    """
     if column is None:
         _check_present(var.index, "var_names", var.index)
         return pd.Index(var.index.astype(str))
@@ -130,8 +202,21 @@ def _check_unique(identifiers: pd.Index) -> None:
 
 
 def default_gene_mapping(model: TranslatorModel) -> str:
-    """The mapping a model was trained with: a bundle's gene panel records it (bundles made before it was
-    recorded used the extended mapping); a model without a gene panel is a published checkpoint."""
+    """The gene mapping a model was trained with.
+
+    A bundle's gene panel records it (bundles made before it was recorded used the extended mapping);
+    a model without a gene panel is a published checkpoint (original).
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model.
+
+    Returns
+    -------
+    str
+        "original" or "extended".
+    """
     genes = (model.panel or {}).get("genes")
     if genes:
         return str(genes.get("mapping", "extended"))
@@ -139,7 +224,25 @@ def default_gene_mapping(model: TranslatorModel) -> str:
 
 
 def resolve_gene_mapping(model: TranslatorModel, requested: str | None) -> str:
-    """`requested` if given (a warning if the model was trained with the other one), else the model's own."""
+    """The gene mapping to use: `requested` if given (with a warning when it differs from the model's).
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model.
+    requested : str or None
+        "original", "extended", or None for the model's own.
+
+    Returns
+    -------
+    str
+        "original" or "extended".
+
+    Raises
+    ------
+    VocabularyError
+        An unknown mapping name.
+    """
     recorded = default_gene_mapping(model)
     if requested is None:
         return recorded
@@ -151,7 +254,20 @@ def resolve_gene_mapping(model: TranslatorModel, requested: str | None) -> str:
 
 
 def column_tokens(genes: GeneMapping, merge_copies: bool) -> np.ndarray:
-    """Token of each input column; with `merge_copies`, a make_unique copy ("CD4-1") takes its original's."""
+    """The token of each input column.
+
+    Parameters
+    ----------
+    genes : GeneMapping
+        The mapping of the input's identifiers.
+    merge_copies : bool
+        A make_unique copy ("CD4-1") takes its original's token.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 ``(n_vars,)``; 0 where unmapped.
+    """
     tokens = np.asarray(genes.token_ids, dtype=np.int64).copy()
     if merge_copies and genes.copy_of is not None:
         copies = np.flatnonzero(genes.copy_of >= 0)
@@ -160,7 +276,24 @@ def column_tokens(genes: GeneMapping, merge_copies: bool) -> np.ndarray:
 
 
 def collision_report(identifiers: pd.Index, genes: GeneMapping, tokens: np.ndarray, rule: str) -> dict[str, Any]:
-    """Input columns that share one token, and make_unique copies: counts, the rule applied, examples."""
+    """Input columns that share one token, and make_unique copies: counts, the rule applied, examples.
+
+    Parameters
+    ----------
+    identifiers : pandas.Index
+        The input's gene identifiers.
+    genes : GeneMapping
+        Their mapping.
+    tokens : numpy.ndarray
+        int64 ``(n_vars,)`` token per column (see `column_tokens`).
+    rule : str
+        What the plan does with them (kept apart, added up, dropped), for the record.
+
+    Returns
+    -------
+    dict
+        JSON-able counts and up to COLLISION_EXAMPLES examples.
+    """
     frame = pd.DataFrame({"token": tokens, "input": np.asarray(identifiers, dtype=object)})
     shared = frame[(frame["token"] > 0) & frame["token"].duplicated(keep=False)]
     groups = shared.groupby("token", sort=False)["input"].agg(list)
@@ -218,11 +351,29 @@ def _enforce_coverage(coverage: dict[str, Any], min_coverage: float, allow_low: 
 
 def reference_alignment(tokens: np.ndarray, max_genes: int,
                         merge: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Published checkpoints: mapped genes in the dataset's order, unmapped dropped, first L kept.
+    """Published checkpoints: mapped genes in the dataset's order, unmapped dropped, the first L kept.
 
     Without `merge` (the original pipeline) every mapped column is one position, also when several
     columns share a token. With `merge` the columns of one token share the position of its first
     column (the kernels add them up); a token beyond the first L gives all its columns TRUNCATED_SLOT.
+
+    Parameters
+    ----------
+    tokens : numpy.ndarray
+        int64 ``(n_vars,)`` token per input column (0: unmapped).
+    max_genes : int
+        The model's L.
+    merge : bool
+        Give the columns of one token one position.
+
+    Returns
+    -------
+    column_slot : numpy.ndarray
+        int64 ``(n_vars,)`` position per column.
+    position_real : numpy.ndarray
+        bool ``(L,)``.
+    gene_ids : numpy.ndarray
+        int64 ``(L,)`` token per position.
     """
     mapped_columns = np.flatnonzero(tokens > 0)
     column_slot = np.full(tokens.shape[0], UNMAPPED_SLOT, dtype=np.int64)
@@ -251,6 +402,24 @@ def panel_alignment(tokens: np.ndarray, panel_tokens: np.ndarray,
     """Fixed-panel bundles: each input column goes to its gene's panel position.
 
     Several input columns on one panel gene all get its position: the kernels add them up.
+
+    Parameters
+    ----------
+    tokens : numpy.ndarray
+        int64 ``(n_vars,)`` token per input column.
+    panel_tokens : numpy.ndarray
+        int64 tokens of the model's gene panel, in panel order.
+    max_genes : int
+        The model's L.
+
+    Returns
+    -------
+    column_slot : numpy.ndarray
+        int64 ``(n_vars,)`` position per column (-1: not in the panel).
+    position_real : numpy.ndarray
+        bool ``(L,)``.
+    gene_ids : numpy.ndarray
+        int64 ``(L,)`` token per position.
     """
     lookup = pd.Series(np.arange(panel_tokens.shape[0]), index=panel_tokens)
     lookup = lookup[~lookup.index.duplicated()]
@@ -373,13 +542,51 @@ def build_plan(var: pd.DataFrame, model: TranslatorModel, proteins: Sequence[str
                allow_low_coverage: bool = False, gene_mapping: str | None = None) -> Plan:
     """Align a dataset's genes and a protein request to `model`.
 
-    gene_mapping: "original" or "extended" (see `sctranslator.vocab.genes`); None = the model's own
-    (published checkpoints: original; bundles: the one recorded in their gene panel).
     Input columns that share a token: with the original mapping on a published checkpoint each stays
     its own position (as the original pipeline), make_unique copies ("CD4-1") are dropped (the
     original's table does not know them) and identical identifiers are refused; otherwise (extended
     mapping, or a model with a gene panel) the columns of one gene, copies included, are added up.
-    Either way they are counted in `Plan.collisions` and logged.
+    Either way they are counted in ``Plan.collisions`` and logged.
+
+    Parameters
+    ----------
+    var : pandas.DataFrame
+        The input's var table (genes).
+    model : TranslatorModel
+        The model.
+    proteins : sequence of str or None
+        Antibody or gene names to predict; None: the model's panel.
+    gene_column : str or None
+        The var column holding the gene identifiers; None: the index.
+    id_type : str
+        Kind of identifier, or "auto".
+    normalize : str or None
+        The normalisation; None: the model's recorded one ("none" for published checkpoints).
+    target_sum : float or None
+        Counts per cell for the "total" modes; None: the model's, else 10,000.
+    min_coverage : float
+        Least fraction of genes that must map (0.5 = 50%).
+    allow_low_coverage : bool
+        Go on, with a warning, below `min_coverage`.
+    gene_mapping : str or None
+        "original" or "extended"; None: the model's own.
+
+    Returns
+    -------
+    Plan
+        The alignment, protein windows and coverage.
+
+    Raises
+    ------
+    InputDataError
+        Missing or repeated identifiers, or an unknown gene column.
+    CoverageError
+        Fewer than `min_coverage` of the genes map, unless `allow_low_coverage`.
+    UnknownProteinError
+        No proteins, a protein that maps to no token, one listed twice, or none named for a model
+        without a panel.
+    VocabularyError
+        An unknown identifier type or mapping.
     """
     config = model.config
     panel = model.panel or {}

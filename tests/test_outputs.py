@@ -179,8 +179,8 @@ def test_d_an_earlier_output_of_the_same_kind_is_replaced_only_with_overwrite(
     out = tmp_path / f"result{command.suffix}"
     assert command.run(world, out, overwrite=False) == 0, capsys.readouterr().err
     assert read_identity(out)["kind"] == command.kind
-    if command.kind in ("translate", "knockout"):
-        # Resumable jobs: the same command again resumes (it is the same job) ...
+    if command.kind in ("translate", "knockout", "attention"):
+        # Resumable jobs (block ledgers): the same command again resumes (it is the same job) ...
         assert command.run(world, out, overwrite=False) == 0, capsys.readouterr().err
     else:
         # ... the others refuse to replace it silently, and say how to.
@@ -193,7 +193,7 @@ def test_d_an_earlier_output_of_the_same_kind_is_replaced_only_with_overwrite(
     assert read_identity(out)["kind"] == command.kind
     assert not (out.is_dir() and stale.exists()), "the earlier output was not replaced whole"
     leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")
-                 and not p.name.endswith("knockout-job")]
+                 and not p.name.endswith(("knockout-job", "attention-job"))]
     assert not leftovers, leftovers
 
 
@@ -271,3 +271,30 @@ def test_finetune_bundle_and_checkpoint_folder_are_claimed_before_training(
                "--overwrite", "--quiet"])
     assert "did not write" in _refused(capsys, rc)
     assert (work / "state.pt").read_bytes() == b"someone's state" and not (tmp_path / "bundle").exists()
+
+
+def test_locks_taken_in_a_helper_thread_pass_to_the_caller(tmp_path: Path) -> None:
+    """A collection prepares its next input in a helper thread; the caller then writes that store."""
+    import threading
+    from contextvars import copy_context
+
+    from sctranslator.errors import OutputLockedError
+    from sctranslator.outputs import hand_over_locks, lock_output, writing
+
+    out = tmp_path / "next.zarr"
+    helper: list[int] = []
+
+    def prepare() -> None:
+        helper.append(threading.get_ident())
+        lock_output(out)
+
+    with writing():
+        thread = threading.Thread(target=copy_context().run, args=(prepare,))  # in this job's scope
+        thread.start()
+        thread.join()
+        with pytest.raises(OutputLockedError):  # held by the helper thread, not by this one
+            lock_output(out)
+        hand_over_locks(helper[0])
+        lock_output(out)  # now this thread's own lock: a no-op
+        assert (tmp_path / ".next.zarr.sctranslator-lock").exists()
+    assert not (tmp_path / ".next.zarr.sctranslator-lock").exists()  # released with the scope

@@ -42,10 +42,38 @@ FORMAT_VERSION = 1
 
 
 def heldout_split(n_obs: int, n_heldout: int = 500, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(train_idx, test_idx): `n_heldout` cells drawn at random with a seeded generator, both sorted.
+    """Hold out `n_heldout` cells drawn at random with a seeded generator.
 
-    Same draw as `sctranslator.train.split.split_cells(obs, val_count=n_heldout, seed=seed)`, so the
+    The same draw as ``sctranslator.train.split_cells(obs, val_count=n_heldout, seed=seed)``, so the
     baseline and the trained model are scored on the same cells.
+
+    Parameters
+    ----------
+    n_obs : int
+        Number of cells.
+    n_heldout : int
+        Number of cells held out, between 1 and ``n_obs - 1``.
+    seed : int
+        Seed of the draw.
+
+    Returns
+    -------
+    train_idx : numpy.ndarray
+        int64 positions of the training cells, sorted.
+    test_idx : numpy.ndarray
+        int64 positions of the held-out cells, sorted.
+
+    Raises
+    ------
+    InputDataError
+        `n_heldout` is not between 1 and ``n_obs - 1``.
+
+    Examples
+    --------
+    >>> from sctranslator.analysis import heldout_split
+    >>> train, test = heldout_split(10, 3, seed=0)
+    >>> len(train), len(test), sorted({*train, *test}) == list(range(10))
+    (7, 3, True)
     """
     if not 0 < n_heldout < n_obs:
         raise InputDataError(f"cannot hold out {n_heldout} of {n_obs} cells")
@@ -62,9 +90,28 @@ def _as_float_matrix(x: np.ndarray | sp.spmatrix | sp.sparray) -> np.ndarray | s
 
 def align_genes(counts: np.ndarray | sp.spmatrix | sp.sparray, genes: Sequence[str],
                 panel: Sequence[str]) -> np.ndarray | sp.csr_matrix:
-    """Columns of `counts` reordered to `panel` by name; panel genes absent from `genes` are 0.
+    """The columns of `counts` reordered to `panel` by name; panel genes absent from `genes` are 0.
 
     A duplicated input gene name uses its first column.
+
+    Parameters
+    ----------
+    counts : numpy.ndarray or scipy.sparse matrix or array
+        ``(n_cells, n_genes)`` counts.
+    genes : sequence of str
+        The name of each column, ``(n_genes,)``.
+    panel : sequence of str
+        The genes wanted, in order, ``(n_panel,)``.
+
+    Returns
+    -------
+    numpy.ndarray or scipy.sparse.csr_matrix
+        ``(n_cells, n_panel)``, float.
+
+    Raises
+    ------
+    InputDataError
+        The number of names differs from the number of columns.
     """
     counts = _as_float_matrix(counts)
     names = pd.Index([str(g) for g in genes])
@@ -100,11 +147,36 @@ def _sklearn(module: str):  # noqa: ANN202 - a module
 
 def fit_pca(x: np.ndarray | sp.csr_matrix, n_components: int, *, seed: int = 0
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(mean g, components k x g, singular values k, scores n x k) of the column-centred X.
+    """PCA of the column-centred X: mean, axes, singular values and scores.
 
-    `sklearn.decomposition.PCA`: ARPACK (seeded) for k < min(n, g), which accepts sparse X without
+    ``sklearn.decomposition.PCA``: ARPACK (seeded) for k < min(n, g), which accepts sparse X without
     densifying it, else the full SVD. Signs follow the largest loading of each axis (positive), so a
-    refit gives the same axes. Raises InputDataError when no component can be fitted.
+    refit gives the same axes.
+
+    Parameters
+    ----------
+    x : numpy.ndarray or scipy.sparse.csr_matrix
+        ``(n, g)`` log-normalised expression.
+    n_components : int
+        k, the axes kept (fewer when n or g is smaller).
+    seed : int
+        Seed of ARPACK's start vector.
+
+    Returns
+    -------
+    mean : numpy.ndarray
+        ``(g,)`` column means.
+    components : numpy.ndarray
+        ``(k, g)`` principal axes.
+    singular_values : numpy.ndarray
+        ``(k,)``.
+    scores : numpy.ndarray
+        ``(n, k)``.
+
+    Raises
+    ------
+    InputDataError
+        No component can be fitted, or scikit-learn is not installed.
     """
     n, g = x.shape
     k = min(n_components, n - 1, g)
@@ -132,10 +204,35 @@ def _ridge_coef(scores: np.ndarray, targets: np.ndarray, alpha: float) -> tuple[
 
 def cv_alpha(scores: np.ndarray, targets: np.ndarray, alphas: Sequence[float], *, folds: int = 5,
              seed: int = 0) -> tuple[float, dict[float, float]]:
-    """The alpha with the lowest k-fold mean squared error (ties: the larger alpha), and all errors.
+    """The ridge penalty with the lowest k-fold mean squared error (ties: the larger), and all errors.
 
-    `GridSearchCV(Ridge(), alphas, cv=KFold(folds, shuffle=True, random_state=seed))`; the error of an
-    alpha is the mean over folds of the mean squared error over all cells and proteins of the fold.
+    ``GridSearchCV(Ridge(), alphas, cv=KFold(folds, shuffle=True, random_state=seed))``; the error
+    of an alpha is the mean over folds of the mean squared error over all cells and proteins.
+
+    Parameters
+    ----------
+    scores : numpy.ndarray
+        ``(n, k)`` PC scores.
+    targets : numpy.ndarray
+        ``(n, p)`` scaled protein targets.
+    alphas : sequence of float
+        The penalties compared.
+    folds : int
+        k.
+    seed : int
+        Seed of the fold shuffle.
+
+    Returns
+    -------
+    alpha : float
+        The chosen penalty.
+    errors : dict of float to float
+        Penalty -> cross-validated mean squared error.
+
+    Raises
+    ------
+    InputDataError
+        scikit-learn is not installed.
     """
     n = scores.shape[0]
     folds = max(2, min(folds, n))
@@ -152,7 +249,27 @@ def cv_alpha(scores: np.ndarray, targets: np.ndarray, alphas: Sequence[float], *
 
 
 class RidgeBaseline:
-    """PCA + ridge regression from RNA counts to per-cell scaled protein targets (see module doc)."""
+    """PCA + ridge regression from RNA counts to per-cell scaled protein targets: a reference to beat.
+
+    Library-size normalisation and log1p over the training genes, the top principal axes, then
+    ridge regression (alpha chosen by cross-validation) to the targets. Fitting needs scikit-learn
+    (the ``analysis`` extra); predicting and loading a saved model do not.
+
+    Parameters
+    ----------
+    n_components : int
+        Principal axes kept.
+    alpha : float
+        Ridge penalty, used as given when `cv_alphas` is None.
+    target_sum : float
+        Library size each cell is normalised to before log1p.
+    cv_alphas : sequence of float or None
+        Penalties compared by k-fold cross-validation on the training cells; None: use `alpha`.
+    cv_folds : int
+        Folds of the cross-validation.
+    seed : int
+        Seed of the PCA start vector and the folds.
+    """
 
     def __init__(self, n_components: int = 50, alpha: float = 1.0, target_sum: float = 1e4, *,
                  cv_alphas: Sequence[float] | None = DEFAULT_CV_ALPHAS, cv_folds: int = 5, seed: int = 0) -> None:
@@ -177,7 +294,31 @@ class RidgeBaseline:
 
     def fit(self, rna_counts: np.ndarray | sp.spmatrix | sp.sparray, targets: np.ndarray, genes: Sequence[str],
             proteins: Sequence[str] | None = None) -> RidgeBaseline:
-        """Fit on raw RNA counts (cells x genes, names `genes`) and scaled targets (cells x proteins)."""
+        """Fit on raw RNA counts and per-cell scaled protein targets of the same cells.
+
+        Parameters
+        ----------
+        rna_counts : numpy.ndarray or scipy.sparse matrix
+            Raw RNA counts, ``(n_cells, n_genes)`` (normalised and log1p here; never negative).
+        genes : sequence of str
+            The gene name of each column, ``(n_genes,)``; matched to the training genes by name
+            (training genes missing here count as 0).
+        targets : numpy.ndarray
+            Scaled protein targets, ``(n_cells, n_proteins)``, finite.
+        proteins : sequence of str or None
+            The target columns' names; None: protein_0, protein_1, ...
+
+        Returns
+        -------
+        RidgeBaseline
+            This model, fitted.
+
+        Raises
+        ------
+        InputDataError
+            Targets of another number of cells, NaN / Inf targets, negative counts, or names that do
+            not match the targets' columns; or scikit-learn (the ``analysis`` extra) is not installed.
+        """
         targets = np.asarray(targets, dtype=np.float64)
         if targets.ndim != 2 or targets.shape[0] != rna_counts.shape[0]:
             raise InputDataError(f"targets {targets.shape} do not match the RNA's {rna_counts.shape[0]} cells")
@@ -205,23 +346,93 @@ class RidgeBaseline:
             raise InputDataError("this RidgeBaseline is not fitted; call fit() or RidgeBaseline.load() first")
 
     def transform(self, rna_counts: np.ndarray | sp.spmatrix | sp.sparray, genes: Sequence[str]) -> np.ndarray:
-        """PC scores (cells x n_components) of new cells, genes aligned by name."""
+        """Project new cells onto the fitted principal axes, genes aligned by name.
+
+        Parameters
+        ----------
+        rna_counts : numpy.ndarray or scipy.sparse matrix
+            Raw RNA counts, ``(n_cells, n_genes)`` (normalised and log1p here; never negative).
+        genes : sequence of str
+            The gene name of each column, ``(n_genes,)``; matched to the training genes by name
+            (training genes missing here count as 0).
+
+        Returns
+        -------
+        numpy.ndarray
+            PC scores, ``(n_cells, n_components)``.
+
+        Raises
+        ------
+        InputDataError
+            The model is not fitted, or counts are negative.
+        """
         self._check_fitted()
         x = self._log_normalised(rna_counts, genes)
         return _centered_product(x, self.mean_, self.components_.T)
 
     def predict(self, rna_counts: np.ndarray | sp.spmatrix | sp.sparray, genes: Sequence[str]) -> np.ndarray:
-        """Predicted targets (cells x proteins, float32) for raw RNA counts with gene names `genes`."""
+        """Predict the protein targets of new cells from their raw RNA counts.
+
+        Parameters
+        ----------
+        rna_counts : numpy.ndarray or scipy.sparse matrix
+            Raw RNA counts, ``(n_cells, n_genes)`` (normalised and log1p here; never negative).
+        genes : sequence of str
+            The gene name of each column, ``(n_genes,)``; matched to the training genes by name
+            (training genes missing here count as 0).
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 predictions, ``(n_cells, n_proteins)``, on the targets' scale.
+
+        Raises
+        ------
+        InputDataError
+            The model is not fitted, or counts are negative.
+        """
         return (self.transform(rna_counts, genes) @ self.coef_ + self.intercept_).astype(np.float32)
 
     def gene_coverage(self, genes: Sequence[str]) -> float:
-        """Fraction of the training genes present in `genes` (missing ones are predicted from 0)."""
+        """Fraction of the training genes present in `genes` (missing ones are predicted from 0).
+
+        Parameters
+        ----------
+        genes : sequence of str
+            Gene names of a dataset to predict.
+
+        Returns
+        -------
+        float
+            Between 0 and 1.
+
+        Raises
+        ------
+        InputDataError
+            The model is not fitted.
+        """
         self._check_fitted()
         return float(np.isin(self.genes_, np.asarray([str(g) for g in genes])).mean())
 
     # -- persistence (plain .npz, no pickle) --------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the fitted model to an .npz (arrays and strings only; loads with allow_pickle=False)."""
+        """Write the fitted model to an .npz (arrays and strings only; loads with allow_pickle=False).
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The file; ``.npz`` is appended when it has another suffix.
+
+        Returns
+        -------
+        pathlib.Path
+            The file written.
+
+        Raises
+        ------
+        InputDataError
+            The model is not fitted.
+        """
         self._check_fitted()
         path = Path(path)
         if path.suffix != ".npz":
@@ -237,7 +448,23 @@ class RidgeBaseline:
 
     @classmethod
     def load(cls, path: str | Path) -> RidgeBaseline:
-        """Read a model written by `save`."""
+        """Read a model written by `save`.
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The .npz file.
+
+        Returns
+        -------
+        RidgeBaseline
+            The fitted model.
+
+        Raises
+        ------
+        StoreError
+            The file does not exist, is not a readable .npz, or is of another format version.
+        """
         path = Path(path)
         if not path.is_file():
             raise StoreError(f"baseline model {path} does not exist")

@@ -31,7 +31,18 @@ def _number(value: float | None, width: int = 8) -> str:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """A per-protein table and the summary lines, as printed by the command."""
+    """A per-protein table and the summary lines, as printed by the evaluate command.
+
+    Parameters
+    ----------
+    report : dict
+        `evaluate`'s report.
+
+    Returns
+    -------
+    str
+        The text.
+    """
     model = report["model"]
     base = report.get("baseline")
     header = f"{'protein':16s} {'truth name':18s} {'gene':9s} {'pearson':>8s} {'spearman':>8s} {'rmse':>8s}"
@@ -82,7 +93,18 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def define_evaluate(parser: argparse.ArgumentParser) -> Handler:
-    """`sctranslator evaluate --pred P --truth T [--out DIR] [--scaling S] [--baseline B]`."""
+    """Declare ``sctranslator evaluate --pred P --truth T [--out DIR] [--scaling S] [--baseline B]``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The command's parser.
+
+    Returns
+    -------
+    callable
+        The handler: parsed arguments -> exit status.
+    """
     parser.add_argument("--pred", required=True, help="predictions: translate's Zarr store, its --write-h5ad / "
                         "--write-mudata file, or any cells x proteins .h5ad; local or at an s3://, gs:// or "
                         "http(s):// URL")

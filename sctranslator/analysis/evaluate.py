@@ -49,10 +49,31 @@ def _is_mudata_zarr(path: Path) -> bool:
 
 def read_table(source: str | Path | ad.AnnData, what: str, modality: str | None = None,
                storage_options: dict[str, Any] | None = None) -> ad.AnnData:
-    """An AnnData from an object, a Zarr store (.zarr directory), an .h5ad file, or a MuData (object,
-    .h5mu file or MuData Zarr store; its `modality`, default 'prot', else the one protein-named modality);
-    any of these files or stores at an s3://, gs:// or http(s):// URL (read with `storage_options`);
-    or a TileDB-SOMA experiment (its protein measurement: `modality`, else the one named like proteins)."""
+    """An AnnData from an object, a Zarr store, an .h5ad file, or a MuData's protein modality.
+
+    Parameters
+    ----------
+    source : str, pathlib.Path or AnnData
+        An AnnData / MuData object, a .zarr directory, an .h5ad file, an .h5mu file or MuData Zarr store.
+    what : str
+        Names it in messages ("predictions", "truth").
+    modality : str or None
+        A MuData's modality; None: 'prot', else the one protein-named modality.
+    storage_options : dict or None
+        fsspec options for a URL.
+
+    Returns
+    -------
+    AnnData
+        The table.
+
+    Raises
+    ------
+    StoreError
+        It cannot be read.
+    InputDataError
+        A MuData whose protein modality is not clear.
+    """
     import anndata as ad
 
     from sctranslator.analysis.table_locations import read_soma_proteins, read_url_table
@@ -148,52 +169,73 @@ def evaluate(pred: str | Path | ad.AnnData, truth: str | Path | ad.AnnData, *, o
              storage_options: str | dict[str, Any] | None = None, quiet: bool = False) -> dict[str, Any]:
     """Compare predictions with measured proteins; return (and with `out`, write) the report.
 
-    Parameters:
-        pred: translate's output (local, or at an s3://, gs:// or http(s):// URL): its Zarr store, the
-            `--write-h5ad` file (obsm['protein_predicted'],
-            or the --key it was given), the `--write-mudata` file (modality 'prot_predicted', or the
-            --key); or any cells x proteins AnnData / MuData.
-            A gene expression matrix given here is refused (InputDataError).
-        truth: measured protein counts (cells x proteins, raw counts) as .h5ad, .zarr or AnnData, or
-            a CITE-seq MuData (object, .h5mu or MuData Zarr store; its `truth_modality`), any of these
-            files or stores at a URL, or a TileDB-SOMA experiment (its protein measurement:
-            `truth_modality`, else the one named like proteins); one that looks already normalised /
-            log-transformed (non-integer values) is warned about.
-        out: a local directory for `report.json` and, if `plots`, `scatter.png` and `pearson.png`.
-        scaling: per-cell scaling applied to the truth before scoring, one of TARGET_SCALINGS
-            (minmax: the original's training target; clr; log1p); None (default): the scale
-            translate recorded for the model's outputs, else minmax.
-        baseline: a second prediction to score side by side (AnnData/path matched by name, or an
-            array of the prediction's shape, cells x proteins in its order).
-        cosine_batch_size: cells per batch for the cosine score (default: all at once).
-        overwrite: replace an earlier evaluate report at `out` (nothing else is ever replaced).
-        min_matched: refuse (InputDataError, both counts named) when fewer than this fraction of the
-            smaller side's cells (predicted or measured) match by name: predictions of one dataset
-            scored against the measurements of another share only the barcodes that repeat by chance.
-            0 accepts any overlap.
-        truth_modality: the modality of a MuData `truth` holding the measured proteins (default:
-            'prot', else the one modality named like proteins).
-        model: the bundle that made the predictions (default: the one translate recorded, when it is
-            still at that path). A bundle made by `finetune` records which cells it was trained and
-            validated on; scored cells among its training cells are counted, warned about, and the
-            report is labelled (`report['training_cells']`). A local path.
-        storage_options: fsspec options for URL inputs (a dict or a JSON object: credentials,
-            endpoint_url, anon, ...); default: the standard environment (AWS_ENDPOINT_URL, ...).
-        quiet: no progress bar (as for `translate`); by default one on stderr (a widget in Jupyter)
-            counts the steps: reading the truth, reading the predictions, scaling, scoring, writing.
     Cells are matched by obs_names, proteins by name, spelling, or unique encoding gene (see
-    `sctranslator.analysis.matching`); model and baseline are scored on the cells and proteins
-    all three share. Returns the report (per-protein Pearson, Spearman, RMSE; summaries; cells and
-    proteins matched or left out; the scaling and where it came from).
+    `sctranslator.analysis.matching`); model and baseline are scored on the cells and proteins all
+    three share.
 
-    Raises:
-        OptionError: `scaling` outside its choices.
-        InputDataError: no shared cells or proteins, or too few shared cells (`min_matched`);
-            duplicated obs names; a baseline array of the wrong shape; gene expression given as
-            predictions; a MuData truth whose protein modality is not clear.
-        StoreError: an input that cannot be read.
-        UnsupportedStorageError: a URL as `out` or `model`, or an input URL of an unsupported scheme.
-        OutputConflictError: `out` holds something else, or is or overlaps an input.
+    Parameters
+    ----------
+    pred : str, pathlib.Path or AnnData
+        translate's output: its Zarr store, the ``--write-h5ad`` file (obsm['protein_predicted'], or
+        the key it was given), the ``--write-mudata`` file (modality 'prot_predicted', or the key); or
+        any cells x proteins AnnData / MuData. A gene expression matrix given here is refused.
+    truth : str, pathlib.Path or AnnData
+        Measured protein counts (cells x proteins, raw counts) as .h5ad, .zarr or AnnData, or a
+        CITE-seq MuData (object, .h5mu or MuData Zarr store; see `truth_modality`), any of these at
+        an s3://, gs:// or http(s):// URL, or a TileDB-SOMA experiment (its protein measurement). One
+        that looks already normalised or log-transformed is warned about.
+    out : str, pathlib.Path or None
+        A directory for report.json and, with `plots`, scatter.png and pearson.png.
+    scaling : {'minmax', 'clr', 'log1p'} or None
+        Per-cell scaling of the truth before scoring; None: the scale translate recorded for the
+        model's outputs, else minmax (the original's training target).
+    plots : bool
+        Also write the figures.
+    baseline : str, pathlib.Path, AnnData, numpy.ndarray or None
+        A second prediction to score side by side (matched by name, or an array of the prediction's
+        shape, cells x proteins in its order).
+    cosine_batch_size : int or None
+        Cells per batch for the cosine score; None: all at once.
+    overwrite : bool
+        Replace an earlier evaluate report at `out` (nothing else is ever replaced).
+    min_matched : float
+        Least fraction of the smaller side's cells that must match by name (predictions of one dataset
+        scored against the measurements of another share only barcodes that repeat by chance); 0
+        accepts any overlap.
+    truth_modality : str or None
+        The modality of a MuData `truth` holding the measured proteins; None: 'prot', else the one
+        modality named like proteins.
+    model : str, pathlib.Path or None
+        The bundle that made the predictions; None: the one translate recorded, when it is still
+        there. Scored cells among its training cells are counted, warned about and labelled in the
+        report (``report['training_cells']``).
+    storage_options : str, dict or None
+        fsspec options (or their JSON) for `pred`, `truth` and `baseline` at s3://, gs:// or
+        http(s):// URLs; the report itself stays local.
+    wait : bool
+        When another job is writing `out`, wait for it instead of refusing.
+    quiet : bool
+        No progress bar (as for `translate`); by default one on stderr counts the steps (reading the
+        truth and the predictions, scaling, scoring, writing).
+
+    Returns
+    -------
+    dict
+        The report: per-protein Pearson, Spearman and RMSE; summaries; the cells and proteins matched
+        or left out; the scaling and where it came from.
+
+    Raises
+    ------
+    OptionError
+        `scaling` outside its choices.
+    InputDataError
+        No shared cells or proteins, or too few shared cells (`min_matched`); duplicated obs names; a
+        baseline array of the wrong shape; gene expression given as predictions; a MuData truth whose
+        protein modality is not clear.
+    StoreError
+        An input that cannot be read.
+    OutputConflictError
+        `out` holds something else, or is or overlaps an input.
     """
     check_choices(scaling=scaling)
     storage_options = parse_storage_options(storage_options)
@@ -321,10 +363,23 @@ def _enough_cells(cells: Any, min_matched: float) -> None:
 
 
 def training_overlap(names: Any, model: str | Path | None, record: dict[str, Any] | None) -> dict[str, Any]:
-    """How many of the scored cells (`names`) the model was trained or validated on, from its bundle.
+    """How many of the scored cells the model was trained or validated on, from its bundle.
 
-    The bundle is `model`, else the one translate recorded in the predictions (`record`, their
-    uns['sctranslator']) if it is still there. Warns when scored cells were training cells.
+    Warns when scored cells were training cells.
+
+    Parameters
+    ----------
+    names : sequence of str
+        The scored cells' names.
+    model : str, pathlib.Path or None
+        The bundle; None: the one translate recorded in `record`, if it is still there.
+    record : dict or None
+        The predictions' ``uns['sctranslator']``.
+
+    Returns
+    -------
+    dict
+        Counts of training and held-out cells among the scored ones, and the bundle used.
     """
     from sctranslator.model.bundle import CONFIG_FILE
     from sctranslator.model.cells import read_cells, seen_in

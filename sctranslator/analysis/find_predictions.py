@@ -40,7 +40,19 @@ _MIN_UNMATCHED_GENES = 100
 
 @dataclass
 class Predictions:
-    """A cells x proteins AnnData, where it was found, and the scale its values are on (if recorded)."""
+    """A cells x proteins AnnData, where it was found, and the scale its values are on (if recorded).
+
+    Parameters
+    ----------
+    table : AnnData
+        Cells x proteins.
+    found_in : str
+        Where in the input it was found (X of a store, obsm[key], a modality).
+    scaling : str or None
+        The per-cell scale translate recorded; None: unknown.
+    record : dict or None
+        translate's provenance, when present.
+    """
 
     table: ad.AnnData
     found_in: str
@@ -128,14 +140,31 @@ def _predicted_modality(obj: Any, label: str) -> str:
 
 def read_predictions(source: Any, truth_names: Any = None, what: str = "predictions",
                      storage_options: dict[str, Any] | None = None) -> Predictions:
-    """The predictions inside `source` (path, URL, AnnData or MuData); see the module docstring.
+    """The predictions inside `source` (see the module docstring for where they are looked for).
 
-    A URL (s3://, gs://, http(s)://) is read with `storage_options` (fsspec options).
+    Parameters
+    ----------
+    source : str, pathlib.Path, AnnData or MuData
+        translate's output or a write-back file (a path or URL), or any cells x proteins table.
+    truth_names : sequence of str or None
+        The measured proteins' names: they let a plain AnnData be recognised as gene expression (most
+        of its columns match no measured protein and there are far more of them than proteins).
+    what : str
+        Names the input in messages.
+    storage_options : dict or None
+        fsspec options for a URL (s3://, gs://, http(s)://).
 
-    `truth_names` (the measured proteins' names) lets a plain AnnData be recognised as gene
-    expression: most of its columns match no measured protein and there are far more of them than
-    proteins. Raises StoreError (unreadable) and InputDataError (no predictions found, or gene
-    expression given as predictions).
+    Returns
+    -------
+    Predictions
+        The table and where it was found.
+
+    Raises
+    ------
+    StoreError
+        An unreadable input.
+    InputDataError
+        No predictions found, or gene expression given as predictions.
     """
     import anndata as ad
 
@@ -203,7 +232,20 @@ def _refuse_gene_expression(table: ad.AnnData, truth_names: Any, label: str) -> 
 
 
 def cap_names(names: list[str], limit: int = 20) -> str:
-    """'A, B, C' for short lists; the first `limit` names and '... and N more' for long ones."""
+    """Names for a message: 'A, B, C' for short lists; the first `limit` and '... and N more' for long ones.
+
+    Parameters
+    ----------
+    names : list of str
+        The names.
+    limit : int
+        Most names shown.
+
+    Returns
+    -------
+    str
+        The text.
+    """
     if len(names) <= limit:
         return ", ".join(names)
     return f"{', '.join(names[:limit])} ... and {len(names) - limit:,} more"

@@ -27,7 +27,19 @@ from sctranslator.vocab.names import name_key
 
 @dataclass(frozen=True)
 class CellMatch:
-    """Positions of the shared cells in each table, in the prediction's order."""
+    """Positions of the shared cells in each table, in the prediction's order.
+
+    Parameters
+    ----------
+    pred : numpy.ndarray
+        int64 rows of the shared cells in the predictions.
+    truth : numpy.ndarray
+        int64 rows of the same cells in the measured table.
+    n_pred : int
+        Cells in the predictions.
+    n_truth : int
+        Cells in the measured table.
+    """
 
     pred: np.ndarray
     truth: np.ndarray
@@ -36,11 +48,29 @@ class CellMatch:
 
     @property
     def n_matched(self) -> int:
+        """Number of shared cells."""
         return int(self.pred.size)
 
 
 @dataclass(frozen=True)
 class ProteinPair:
+    """One predicted protein paired with one measured protein.
+
+    Parameters
+    ----------
+    pred : str
+        The predicted protein's name.
+    truth : str
+        The measured protein's name.
+    pred_index : int
+        Its column in the predictions.
+    truth_index : int
+        Its column in the measured table.
+    gene : str or None
+        The encoding gene both map to.
+    by : {'name', 'key', 'gene'}
+        What paired them: the same name, the same spelling key, or the one encoding gene.
+    """
     pred: str
     truth: str
     pred_index: int
@@ -51,13 +81,32 @@ class ProteinPair:
 
 @dataclass(frozen=True)
 class ProteinMatch:
+    """How the predicted and measured proteins were paired.
+
+    Parameters
+    ----------
+    pairs : list of ProteinPair
+        The pairs.
+    unmatched_pred : list of str
+        Predicted proteins without a partner.
+    unmatched_truth : list of str
+        Measured proteins without a partner.
+    ambiguous : list of dict
+        Proteins left unpaired because several partners fit.
+    """
     pairs: list[ProteinPair]
     unmatched_pred: list[str]
     unmatched_truth: list[str]
     ambiguous: list[dict[str, object]] = field(default_factory=list)
 
     def report(self) -> dict[str, object]:
-        """JSON-able description of how every protein was (or was not) paired."""
+        """JSON-able description of how every protein was (or was not) paired.
+
+        Returns
+        -------
+        dict
+            Pairs, unmatched and ambiguous proteins.
+        """
         return {
             "matched": [{"pred": p.pred, "truth": p.truth, "gene": p.gene, "by": p.by} for p in self.pairs],
             "unmatched_pred": self.unmatched_pred,
@@ -79,7 +128,25 @@ _CELL_FIX = ("give every cell a unique name the same way in both files, e.g. pre
 
 
 def match_cells(pred_names: Sequence[str], truth_names: Sequence[str]) -> CellMatch:
-    """Cells present on both sides, by name; raises InputDataError if there are none."""
+    """The cells present on both sides, by name.
+
+    Parameters
+    ----------
+    pred_names : sequence of str
+        The predictions' cell names.
+    truth_names : sequence of str
+        The measured table's cell names.
+
+    Returns
+    -------
+    CellMatch
+        Positions of the shared cells.
+
+    Raises
+    ------
+    InputDataError
+        No shared cell, or repeated names.
+    """
     pred_index, truth_index = pd.Index(pred_names).astype(str), pd.Index(truth_names).astype(str)
     _unique_names(pred_index, "the prediction's obs_names", _CELL_FIX)
     _unique_names(truth_index, "the truth's obs_names", _CELL_FIX)
@@ -115,7 +182,20 @@ def _pair_unique(left: dict[int, str], right: dict[int, str], key_of: dict[str, 
 
 
 def match_proteins(pred_names: Sequence[str], truth_names: Sequence[str]) -> ProteinMatch:
-    """Pair prediction and truth proteins by name, then spelling key, then unique encoding gene."""
+    """Pair prediction and truth proteins by name, then spelling key, then unique encoding gene.
+
+    Parameters
+    ----------
+    pred_names : sequence of str
+        The predictions' protein names.
+    truth_names : sequence of str
+        The measured table's protein names.
+
+    Returns
+    -------
+    ProteinMatch
+        The pairs and the proteins left over.
+    """
     pred_names, truth_names = [str(n) for n in pred_names], [str(n) for n in truth_names]
     _unique_names(pd.Index(pred_names), "the prediction's protein names", "rename or drop the repeated columns")
     _unique_names(pd.Index(truth_names), "the truth's protein names", "rename or drop the repeated columns")

@@ -37,7 +37,25 @@ def _nonfinite(pred: np.ndarray, truth: np.ndarray, axis: int) -> np.ndarray:
 
 
 def pearson_per_protein(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Pearson r over cells, one per protein (NaN where a column is constant or has a NaN/Inf)."""
+    """Pearson r over cells, one per protein.
+
+    Parameters
+    ----------
+    pred : numpy.ndarray
+        Predictions, ``(n_cells, n_proteins)``.
+    truth : numpy.ndarray
+        Measured values on the same scale, ``(n_cells, n_proteins)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(n_proteins,)``; NaN where a column is constant or has a NaN/Inf.
+
+    Raises
+    ------
+    ValueError
+        `pred` and `truth` are not 2-D arrays of one shape.
+    """
     pred, truth = _pair(pred, truth)
     r = pearson_columns(pred, truth)
     # The kernel's clip to [-1, 1] turns a NaN sum into -1, so non-finite columns are masked here.
@@ -46,7 +64,25 @@ def pearson_per_protein(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def spearman_per_protein(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Spearman rho over cells, one per protein: Pearson of average ranks (ties share their mean rank)."""
+    """Spearman rho over cells, one per protein: Pearson of average ranks.
+
+    Parameters
+    ----------
+    pred : numpy.ndarray
+        Predictions, ``(n_cells, n_proteins)``.
+    truth : numpy.ndarray
+        Measured values on the same scale, ``(n_cells, n_proteins)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(n_proteins,)``; ties share their mean rank; NaN where undefined.
+
+    Raises
+    ------
+    ValueError
+        `pred` and `truth` are not 2-D arrays of one shape.
+    """
     pred, truth = _pair(pred, truth)
     if pred.shape[0] == 0:
         return np.full(pred.shape[1], np.nan)
@@ -57,7 +93,25 @@ def spearman_per_protein(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def pearson_per_cell(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Pearson r over proteins, one per cell (NaN where a row is constant, has a NaN/Inf or < 2 proteins)."""
+    """Pearson r over proteins, one per cell.
+
+    Parameters
+    ----------
+    pred : numpy.ndarray
+        Predictions, ``(n_cells, n_proteins)``.
+    truth : numpy.ndarray
+        Measured values on the same scale, ``(n_cells, n_proteins)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(n_cells,)``; NaN where a row is constant, has a NaN/Inf or fewer than 2 proteins.
+
+    Raises
+    ------
+    ValueError
+        `pred` and `truth` are not 2-D arrays of one shape.
+    """
     pred, truth = _pair(pred, truth)
     r = pearson_rows(pred, truth)
     r[_nonfinite(pred, truth, axis=1)] = np.nan
@@ -67,9 +121,28 @@ def pearson_per_cell(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 def cosine_score(pred: np.ndarray, truth: np.ndarray, batch_size: int | None = None) -> float:
     """Mean over batches of the cosine similarity of the batch's flattened values (the original's "ccc").
 
-    Batches are consecutive runs of `batch_size` cells in the given order (None: one batch of all
-    cells); the last batch may be smaller and counts as much as the others, as in the original.
-    A batch whose values are all zero on either side has no cosine and is skipped.
+    Batches are consecutive runs of `batch_size` cells in the given order; the last batch may be
+    smaller and counts as much as the others, as in the original. A batch whose values are all zero
+    on either side has no cosine and is skipped.
+
+    Parameters
+    ----------
+    pred : numpy.ndarray
+        Predictions, ``(n_cells, n_proteins)``.
+    truth : numpy.ndarray
+        Measured values on the same scale, ``(n_cells, n_proteins)``.
+    batch_size : int or None
+        Cells per batch; None: one batch of all cells.
+
+    Returns
+    -------
+    float
+        The mean cosine; NaN when no batch has one.
+
+    Raises
+    ------
+    ValueError
+        `pred` and `truth` are not 2-D arrays of one shape.
     """
     pred, truth = _pair(pred, truth)
     n = pred.shape[0]
@@ -89,13 +162,49 @@ def cosine_score(pred: np.ndarray, truth: np.ndarray, batch_size: int | None = N
 
 
 def rmse(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Root mean squared error over all (cell, protein) values."""
+    """Root mean squared error over all (cell, protein) values.
+
+    Parameters
+    ----------
+    pred : numpy.ndarray
+        Predictions, ``(n_cells, n_proteins)``.
+    truth : numpy.ndarray
+        Measured values on the same scale, ``(n_cells, n_proteins)``.
+
+    Returns
+    -------
+    float
+        On the predictions' scale.
+
+    Raises
+    ------
+    ValueError
+        `pred` and `truth` are not 2-D arrays of one shape.
+    """
     pred, truth = _pair(pred, truth)
     return float(np.sqrt(np.mean((pred - truth) ** 2))) if pred.size else math.nan
 
 
 def rmse_per_protein(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Root mean squared error over cells, one per protein."""
+    """Root mean squared error over cells, one per protein.
+
+    Parameters
+    ----------
+    pred : numpy.ndarray
+        Predictions, ``(n_cells, n_proteins)``.
+    truth : numpy.ndarray
+        Measured values on the same scale, ``(n_cells, n_proteins)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(n_proteins,)``; NaN for no cells.
+
+    Raises
+    ------
+    ValueError
+        `pred` and `truth` are not 2-D arrays of one shape.
+    """
     pred, truth = _pair(pred, truth)
     if pred.shape[0] == 0:
         return np.full(pred.shape[1], np.nan)
@@ -115,11 +224,42 @@ def _nan_summary(values: np.ndarray, reducer: Any) -> float | None:
 
 def compute_metrics(pred: np.ndarray, truth: np.ndarray, proteins: Sequence[str], *,
                     cosine_batch_size: int | None = None) -> dict[str, Any]:
-    """A JSON-able accuracy report: a per-protein table and summaries.
+    """Score predictions against measured proteins: a per-protein table and summaries, JSON-able.
 
     Summaries: mean / median per-protein Pearson, mean per-protein Spearman, mean per-cell Pearson,
     cosine score (see `cosine_score`), RMSE. Means skip NaN entries; the skipped proteins are listed
-    under `undefined_proteins` and the number of skipped cells under `undefined_cells`.
+    under ``undefined_proteins`` and the number of skipped cells under ``undefined_cells``.
+
+    Parameters
+    ----------
+    pred : numpy.ndarray
+        Predictions, ``(n_cells, n_proteins)``, on the same per-cell scale as `truth`.
+    truth : numpy.ndarray
+        Measured proteins, ``(n_cells, n_proteins)``, cells and proteins in the order of `pred`.
+    proteins : sequence of str
+        The name of each column, ``(n_proteins,)``.
+    cosine_batch_size : int or None
+        Cells per batch for the cosine score; None: all cells at once.
+
+    Returns
+    -------
+    dict
+        ``n_cells``, ``n_proteins``, ``summary`` (the scores above; undefined ones are None) and
+        ``per_protein`` (one record per protein: pearson, spearman, rmse, pred_mean, truth_mean).
+
+    Raises
+    ------
+    ValueError
+        `pred` and `truth` are not 2-D arrays of one shape, or `proteins` has another length.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sctranslator.analysis import compute_metrics
+    >>> truth = np.array([[0.0, 1.0], [0.5, 0.2], [1.0, 0.0]])
+    >>> report = compute_metrics(truth * 2, truth, ["CD4", "CD8"])
+    >>> report["summary"]["mean_protein_pearson"]
+    1.0
     """
     pred, truth = _pair(pred, truth)
     names = [str(p) for p in proteins]

@@ -28,11 +28,21 @@ def _save(figure: Figure, path: Path, dpi: int = 110) -> Path:
 
 
 def texts_outside(figure: Figure) -> list[str]:
-    """What a PNG of `figure` would clip: [] when every drawn artist (texts included) lies on the canvas.
+    """What a PNG of `figure` would clip.
 
-    Uses the same extent matplotlib computes for `bbox_inches="tight"`, so ticks outside the view
-    and invisible artists do not count. Otherwise, one line per side that overflows, and the texts
-    found there.
+    Uses the same extent matplotlib computes for ``bbox_inches="tight"``, so ticks outside the view
+    and invisible artists do not count.
+
+    Parameters
+    ----------
+    figure : matplotlib.figure.Figure
+        The figure.
+
+    Returns
+    -------
+    list of str
+        [] when every drawn artist (texts included) lies on the canvas; otherwise one line per side
+        that overflows, with the texts found there.
     """
     canvas = FigureCanvasAgg(figure)
     renderer = canvas.get_renderer()
@@ -55,7 +65,20 @@ def texts_outside(figure: Figure) -> list[str]:
 
 
 def fit_to_text(figure: Figure, attempts: int = 6) -> Figure:
-    """Grow `figure` until nothing reaches outside its canvas (the layout engine reflows each time)."""
+    """Grow `figure` until nothing reaches outside its canvas (the layout engine reflows each time).
+
+    Parameters
+    ----------
+    figure : matplotlib.figure.Figure
+        The figure, changed in place.
+    attempts : int
+        Most enlargements.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        `figure`.
+    """
     canvas = FigureCanvasAgg(figure)
     for _ in range(attempts):
         renderer = canvas.get_renderer()
@@ -92,10 +115,27 @@ def _panel(axes, pred: np.ndarray, truth: np.ndarray, title: str, seed: int) -> 
 
 def scatter_grid(path: Path, truth: np.ndarray, panels: Sequence[tuple[str, np.ndarray, Sequence[float | None]]],
                  proteins: Sequence[str], columns: int = 4, scaling: str = "minmax") -> Path:
-    """One panel per (protein, predictor): measured on x, predicted on y; a predictor's panels sit side by side.
+    """Measured against predicted, one panel per (protein, predictor); a predictor's panels sit side by side.
 
-    `panels`: (label, predictions cells x proteins, per-protein Pearson) per predictor. `scaling`
-    names the per-cell scaling of the measured values in the axis labels.
+    Parameters
+    ----------
+    path : pathlib.Path
+        The PNG to write.
+    truth : numpy.ndarray
+        Measured values, ``(n_cells, n_proteins)``.
+    panels : sequence of tuple
+        Per predictor: (label, predictions ``(n_cells, n_proteins)``, per-protein Pearson r).
+    proteins : sequence of str
+        The protein names.
+    columns : int
+        Panels per row.
+    scaling : str
+        The per-cell scaling of the measured values, for the axis labels.
+
+    Returns
+    -------
+    pathlib.Path
+        `path`.
     """
     n_panels = len(proteins) * len(panels)
     per_row = max(len(panels), columns - columns % len(panels))
@@ -119,7 +159,26 @@ def scatter_grid(path: Path, truth: np.ndarray, panels: Sequence[tuple[str, np.n
 
 def correlation_bars(path: Path, proteins: Sequence[str], series: Sequence[tuple[str, Sequence[float | None]]],
                      metric: str = "Pearson r", scaling: str | None = None) -> Path:
-    """Per-protein correlation bars, sorted by the first series (best first); series side by side."""
+    """Per-protein correlation bars, sorted by the first series (best first); series side by side.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The PNG to write.
+    proteins : sequence of str
+        The protein names.
+    series : sequence of tuple
+        Per predictor: (label, per-protein values; None where undefined).
+    metric : str
+        The axis label.
+    scaling : str or None
+        The per-cell scaling, for the title.
+
+    Returns
+    -------
+    pathlib.Path
+        `path`.
+    """
     first = np.array([np.nan if v is None else v for v in series[0][1]], dtype=float)
     order = np.argsort(-np.nan_to_num(first, nan=-np.inf), kind="stable")
     width = 0.8 / len(series)
@@ -142,7 +201,24 @@ def correlation_bars(path: Path, proteins: Sequence[str], series: Sequence[tuple
 
 
 def heatmap_figure(matrix: pd.DataFrame, *, title: str, colorbar: str, diverging: bool = False) -> Figure:
-    """Rows x columns heatmap with every label inside the canvas; `diverging` centres red-blue on 0."""
+    """A rows x columns heatmap with every label inside the canvas.
+
+    Parameters
+    ----------
+    matrix : pandas.DataFrame
+        The values, labelled.
+    title : str
+        The title.
+    colorbar : str
+        The colour bar's label.
+    diverging : bool
+        Centre a red-blue scale on 0.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure.
+    """
     values = matrix.to_numpy(dtype=np.float64)
     n_rows, n_cols = values.shape
     longest_row = max((len(str(r)) for r in matrix.index), default=1)
@@ -168,5 +244,24 @@ def heatmap_figure(matrix: pd.DataFrame, *, title: str, colorbar: str, diverging
 
 def save_heatmap(matrix: pd.DataFrame, path: str | Path, *, title: str, colorbar: str,
                  diverging: bool = False) -> Path:
-    """Write `heatmap_figure(...)` as a PNG at `path`; returns the path."""
+    """Write `heatmap_figure` as a PNG.
+
+    Parameters
+    ----------
+    matrix : pandas.DataFrame
+        The values, labelled.
+    path : str or pathlib.Path
+        The PNG.
+    title : str
+        The title.
+    colorbar : str
+        The colour bar's label.
+    diverging : bool
+        Centre a red-blue scale on 0.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
     return _save(heatmap_figure(matrix, title=title, colorbar=colorbar, diverging=diverging), Path(path), dpi=120)

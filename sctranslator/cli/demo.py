@@ -33,7 +33,13 @@ OUTPUT_KIND = "demo"
 
 @contextlib.contextmanager
 def demo_root() -> Iterator[Path]:
-    """The packaged demo folder as a real directory (copied out only if the package is zipped)."""
+    """The packaged demo folder as a real directory (copied out only if the package is zipped).
+
+    Yields
+    ------
+    pathlib.Path
+        The folder, valid inside the context.
+    """
     root = resources.files("sctranslator") / "data" / "demo"
     if not root.is_dir() or not (root / MODEL_DIR).is_dir():
         raise StoreError("the demo data is missing from this installation (sctranslator/data/demo); "
@@ -65,10 +71,33 @@ def _baseline_predictions(root: Path, rna: ad.AnnData, proteins: list[str]) -> n
 @one_writer
 def run_demo(out: str | Path, *, workers: int | None = None, overwrite: bool = False,
              quiet: bool = False) -> dict[str, Any]:
-    """Translate the demo cells into `out`/demo_predictions.zarr and score model and baseline.
+    """Translate the demo cells into ``out/demo_predictions.zarr`` and score the model and the baseline.
 
-    `out` is written aside and renamed into place whole; `overwrite` replaces an earlier demo
-    output there, nothing else (OutputConflictError, see `sctranslator.outputs`). `quiet`: no progress bar.
+    `out` is written aside and renamed into place whole; nothing but an earlier demo output is ever
+    replaced.
+
+    Parameters
+    ----------
+    out : str or pathlib.Path
+        The demo's output directory.
+    workers : int or None
+        Blocks in flight; None: from the cores.
+    overwrite : bool
+        Replace an earlier demo output at `out`.
+    quiet : bool
+        No progress bar.
+    wait : bool
+        When another job is writing `out`, wait for it instead of refusing.
+
+    Returns
+    -------
+    dict
+        The evaluation report (per-protein and summary scores of model and baseline).
+
+    Raises
+    ------
+    OutputConflictError
+        `out` holds something that is not a demo output (or `overwrite` is not given).
     """
     import sctranslator
     from sctranslator.analysis.metrics import pearson_per_protein
@@ -104,7 +133,18 @@ def run_demo(out: str | Path, *, workers: int | None = None, overwrite: bool = F
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """The per-protein table with means, as the demo prints it."""
+    """The per-protein table with means, as the demo prints it.
+
+    Parameters
+    ----------
+    report : dict
+        `run_demo`'s report.
+
+    Returns
+    -------
+    str
+        The table.
+    """
     table = report["table"]
     lines = [f"Demo: {report['n_cells']} held-out PBMCs (10x CITE-seq), per-protein Pearson r on "
              f"per-cell {report['target_scaling']}-scaled protein counts", "",

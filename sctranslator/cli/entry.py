@@ -31,7 +31,20 @@ _COMMANDS: dict[str, tuple[str, Definer]] = {}
 
 
 def command(name: str, help_text: str) -> Callable[[Definer], Definer]:
-    """Register a sub-command: the decorated function fills its parser and returns the handler."""
+    """Register a sub-command: the decorated function fills its parser and returns the handler.
+
+    Parameters
+    ----------
+    name : str
+        The sub-command.
+    help_text : str
+        Its one-line help.
+
+    Returns
+    -------
+    callable
+        The decorator.
+    """
 
     def register(define: Definer) -> Definer:
         _COMMANDS[name] = (help_text, define)
@@ -256,7 +269,18 @@ def _translate_collection(data: list[str], args: argparse.Namespace, options: Tr
 
 
 def define_demo(parser: argparse.ArgumentParser) -> Handler:
-    """`sctranslator demo [--out DIR]`: the bundled model on 500 held-out PBMCs, against the baseline."""
+    """Declare ``sctranslator demo [--out DIR]``: the bundled model on 500 held-out PBMCs, against the baseline.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The ``demo`` command's parser.
+
+    Returns
+    -------
+    callable
+        The handler: parsed arguments -> exit status.
+    """
     parser.add_argument("--out", type=Path, default=Path("sctranslator-demo"),
                         help="where predictions and the metrics table go (default: %(default)s)")
     parser.add_argument("--workers", type=int, help="concurrent blocks for translate (default: from the cores "
@@ -399,6 +423,13 @@ def _add_wait(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``sctranslator`` command line with every sub-command.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser.
+    """
     _register_external()
     from sctranslator import __version__
 
@@ -417,6 +448,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line: a named error is one line on stderr and exit status 2.
+
+    Parameters
+    ----------
+    argv : sequence of str or None
+        The arguments; None: ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        The exit status: the handler's (0 on success), 2 for an error a user can fix, 130 when
+        interrupted (committed work is kept).
+    """
     try:
         # option values are converted while parsing (e.g. `--cells @names.txt` reads the file)
         args = build_parser().parse_args(argv)
@@ -437,6 +481,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def print_json(data: object) -> None:
+    """Print `data` as indented JSON (what is not JSON as its str).
+
+    Parameters
+    ----------
+    data : object
+        JSON-able data.
+    """
     print(json.dumps(data, indent=2, default=str))
 
 

@@ -24,13 +24,32 @@ BLOCK_SUFFIX = ".npz"
 
 
 def job_dir_for(out: Path, kind: str = "knockout") -> Path:
-    """The job directory of the output `out` of a `kind` job: `.<name>.<kind>-job` beside it."""
+    """The job directory of the output `out` of a `kind` job: ``.<name>.<kind>-job`` beside it.
+
+    Parameters
+    ----------
+    out : pathlib.Path
+        The job's output.
+    kind : str
+        The job's kind.
+
+    Returns
+    -------
+    pathlib.Path
+        The directory.
+    """
     return out.parent / f".{out.name}.{kind}-job"
 
 
 @dataclass
 class BlockResults:
-    """The block ledger of an analysis job whose blocks store arrays (a `engine.pipeline.BlockSink`)."""
+    """The block ledger of an analysis job whose blocks store arrays (a `engine.pipeline.BlockSink`).
+
+    Parameters
+    ----------
+    ledger : Ledger
+        The job's ledger (blocks stored as .npz).
+    """
 
     ledger: Ledger
 
@@ -89,22 +108,64 @@ class BlockResults:
         return cls(ledger)
 
     def blocks(self) -> list[tuple[int, int]]:
-        """Row range [start, stop) of each block."""
+        """Row range of each block.
+
+        Returns
+        -------
+        list of tuple of int
+            ``[start, stop)`` per block.
+        """
         return self.ledger.blocks()
 
     def pending(self) -> list[int]:
-        """The blocks still to compute, in order."""
+        """The blocks still to compute, in order.
+
+        Returns
+        -------
+        list of int
+            Block indices.
+        """
         return self.ledger.pending()
 
     def block_done(self, index: int) -> bool:
-        """Whether block `index` is committed (a task run again skips it)."""
+        """Whether block `index` is committed (a task run again skips it).
+
+        Parameters
+        ----------
+        index : int
+            The block.
+
+        Returns
+        -------
+        bool
+            True when committed.
+        """
         return self.ledger.block_file(index).exists()
 
     def commit(self, index: int, arrays: dict[str, np.ndarray]) -> None:
-        """Store block `index`'s statistics atomically: the file exists complete or not at all."""
+        """Store a block's statistics atomically: the file exists complete or not at all.
+
+        Parameters
+        ----------
+        index : int
+            The block.
+        arrays : dict of str to numpy.ndarray
+            Its statistics.
+        """
         self.ledger.commit(index, lambda handle: np.savez(handle, **arrays))
 
     def load(self, index: int) -> dict[str, np.ndarray]:
-        """The statistics committed for block `index`."""
+        """The statistics committed for a block.
+
+        Parameters
+        ----------
+        index : int
+            The block.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            Its statistics.
+        """
         with np.load(self.ledger.block_file(index)) as data:
             return {key: data[key] for key in data.files}

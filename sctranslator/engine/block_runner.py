@@ -32,9 +32,19 @@ LISTED_EMPTY_CELLS = 5  # empty cells named in a message
 class CheckedBlock:
     """Rows of the input that passed the checks, as read (CSR matrix or C-ordered ndarray).
 
-    `rows` holds the input row of each row of `data` when a subset of [start, stop) was read, else
-    None (row i of `data` is input row start + i). `n_empty` counts the empty cells it holds (only
-    ever non-zero when empty cells are allowed).
+    Parameters
+    ----------
+    start : int
+        First input row of the range read.
+    stop : int
+        Input row after the last.
+    data : scipy.sparse.csr_matrix or numpy.ndarray
+        The rows, cells x genes.
+    rows : numpy.ndarray or None
+        The input row of each row of `data` when a subset of ``[start, stop)`` was read; None: row i is
+        input row ``start + i``.
+    n_empty : int
+        Empty cells among them (non-zero only when empty cells are allowed).
     """
 
     start: int
@@ -45,16 +55,21 @@ class CheckedBlock:
 
     @property
     def n_cells(self) -> int:
+        """Cells in the block."""
         return int(self.data.shape[0])
 
 
 class BlockRunner:
-    """Reads, checks and prepares blocks of one source for one plan (picklable: it is shipped to
-    dask.distributed workers with the job).
+    """Reads, checks and prepares blocks of one source for one plan (picklable: shipped to Dask workers).
 
-    Parameters: `source`, the input; `plan`, the alignment and normalisation of `source`'s columns
-    onto the model; `allow_empty_cells`, accept (and count) cells with no counts in the genes the
-    model reads instead of raising `BadCellsError`.
+    Parameters
+    ----------
+    source : Source
+        The input.
+    plan : Plan
+        The alignment and normalisation of the source's columns onto the model.
+    allow_empty_cells : bool
+        Accept (and count) cells with no counts in the genes the model reads instead of refusing them.
     """
 
     def __init__(self, source: Source, plan: Plan, *, allow_empty_cells: bool = False) -> None:
@@ -68,18 +83,55 @@ class BlockRunner:
         return {**self.__dict__, "prefetcher": None}
 
     def read(self, start: int, stop: int, rows: np.ndarray | None = None) -> CheckedBlock:
-        """Read and check input rows [start, stop), or only `rows` (sorted input rows within it).
+        """Read and check input rows; whole blocks come from the read-ahead thread when one runs.
 
-        Raises `BadCellsError` for NaN/Inf/negative values anywhere in the rows read, and for empty
-        cells unless allowed; the source's own errors (`StoreError`, ...) pass through. Whole blocks
-        come from the read-ahead thread when one runs (`engine.prefetch`).
+        Parameters
+        ----------
+        start : int
+            First input row.
+        stop : int
+            Input row after the last.
+        rows : numpy.ndarray or None
+            Only these sorted input rows within ``[start, stop)``; None: all of them.
+
+        Returns
+        -------
+        CheckedBlock
+            The checked rows.
+
+        Raises
+        ------
+        BadCellsError
+            NaN / Inf / negative values anywhere in the rows read, or empty cells unless allowed.
+        StoreError
+            The source's own errors pass through.
         """
         if self.prefetcher is not None and rows is None:
             return self.prefetcher.take(start, stop)
         return self.read_unprefetched(start, stop, rows)
 
     def read_unprefetched(self, start: int, stop: int, rows: np.ndarray | None = None) -> CheckedBlock:
-        """`read`, always from the source in this thread."""
+        """`read`, always from the source in this thread.
+
+        Parameters
+        ----------
+        start : int
+            First input row.
+        stop : int
+            Input row after the last.
+        rows : numpy.ndarray or None
+            Only these sorted input rows within ``[start, stop)``; None: all of them.
+
+        Returns
+        -------
+        CheckedBlock
+            The checked rows.
+
+        Raises
+        ------
+        BadCellsError
+            As `read`.
+        """
         data = self.source.read_block(start, stop)
         if rows is not None:
             rows = np.asarray(rows, dtype=np.int64)
@@ -88,7 +140,29 @@ class BlockRunner:
         return CheckedBlock(int(start), int(stop), data, rows, n_empty)
 
     def check(self, data: Any, start: int, stop: int, rows: np.ndarray | None = None) -> int:
-        """Check a block read from rows [start, stop) (`rows`: see `read`); returns its empty cells."""
+        """Check a block read from rows ``[start, stop)``.
+
+        Parameters
+        ----------
+        data : scipy.sparse.csr_matrix or numpy.ndarray
+            The rows read.
+        start : int
+            First input row.
+        stop : int
+            Input row after the last.
+        rows : numpy.ndarray or None
+            Only these sorted input rows within ``[start, stop)``; None: all of them.
+
+        Returns
+        -------
+        int
+            The empty cells in it (when allowed).
+
+        Raises
+        ------
+        BadCellsError
+            Bad values, or empty cells unless allowed.
+        """
         scan = scan_block(data, self.used_columns)
         if scan.n_nan or scan.n_inf or scan.n_negative or (scan.n_empty_rows and not self.allow_empty_cells):
             raise self._error(scan, start, stop, rows)
@@ -96,10 +170,23 @@ class BlockRunner:
 
     def prepare(self, data: Any, *, out: np.ndarray | None = None, column_slot: np.ndarray | None = None,
                 position_real: np.ndarray | None = None) -> np.ndarray:
-        """Model values (n_cells, L) float32 of a checked block's `data`, with the plan's normalisation.
+        """Model values of a checked block's rows, with the plan's normalisation and scaling.
 
-        `column_slot` / `position_real` replace the plan's alignment (knockout variants); `out`, a
-        C-contiguous float32 (n_cells, L) array, is filled and returned instead of a new array.
+        Parameters
+        ----------
+        data : scipy.sparse.csr_matrix or numpy.ndarray
+            Checked rows, cells x genes.
+        out : numpy.ndarray or None
+            A C-contiguous float32 ``(n_cells, L)`` array to fill and return.
+        column_slot : numpy.ndarray or None
+            Replaces the plan's alignment (knockout variants).
+        position_real : numpy.ndarray or None
+            Replaces the plan's real positions.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``(n_cells, L)``.
         """
         plan = self.plan
         return prepare_values(data, plan.column_slot if column_slot is None else column_slot,
@@ -108,16 +195,52 @@ class BlockRunner:
 
     def read_prepared(self, start: int, stop: int, rows: np.ndarray | None = None,
                       out: np.ndarray | None = None) -> tuple[CheckedBlock, np.ndarray]:
-        """`read` then `prepare`: (the checked block, its model values)."""
+        """`read`, then `prepare`.
+
+        Parameters
+        ----------
+        start : int
+            First input row.
+        stop : int
+            Input row after the last.
+        rows : numpy.ndarray or None
+            Only these sorted input rows within ``[start, stop)``; None: all of them.
+        out : numpy.ndarray or None
+            A float32 ``(n_cells, L)`` array to fill.
+
+        Returns
+        -------
+        block : CheckedBlock
+            The checked rows.
+        values : numpy.ndarray
+            Their model values.
+
+        Raises
+        ------
+        BadCellsError
+            As `read`.
+        """
         block = self.read(start, stop, rows)
         return block, self.prepare(block.data, out=out)
 
     def lowest_error(self, error: BadCellsError, ranges: Iterable[tuple[int, int]]) -> BadCellsError:
         """The error naming the lowest bad input row: `error`, or one from a range below its first row.
 
-        When blocks run concurrently, the first block to fail need not hold the first bad cell.
-        `ranges` are the row ranges that may not have been checked yet; those that end at or before
-        `error.first_row` are checked again in order (a failed run pays for reading at most those).
+        When blocks run concurrently, the first block to fail need not hold the first bad cell; the ranges
+        that end at or before ``error.first_row`` are checked again in order (a failed run pays for reading
+        at most those).
+
+        Parameters
+        ----------
+        error : BadCellsError
+            The error raised first.
+        ranges : iterable of tuple of int
+            Row ranges that may not have been checked yet.
+
+        Returns
+        -------
+        BadCellsError
+            The error of the lowest bad row.
         """
         for start, stop in sorted(ranges):
             if stop > error.first_row:

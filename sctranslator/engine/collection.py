@@ -27,8 +27,10 @@ import glob
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
-from contextvars import ContextVar
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import ContextVar, copy_context
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -56,7 +58,7 @@ from sctranslator.errors import (
 from sctranslator.model import TranslatorModel, load_model
 from sctranslator.model.identity import model_fingerprint
 from sctranslator.options import parse_names
-from sctranslator.outputs import writing
+from sctranslator.outputs import hand_over_locks, writing
 from sctranslator.util.progress import count_done, progress_bar
 from sctranslator.util.storage import (
     WRITABLE,
@@ -92,10 +94,18 @@ _GLOB_CHARACTERS = frozenset("*?[")
 class CollectionRun:
     """What the inputs of one collection share inside `translate` (see the module docstring).
 
-    bar: the one progress bar over every input's cells.
-    threads: intra-op threads, fixed by the first input that starts (None until then).
-    expected: the cells of the current input already counted in `bar.total`.
-    plan, cells: the current input's plan fingerprint and cell count, set by `started`.
+    Parameters
+    ----------
+    bar : tqdm
+        The one progress bar over every input's cells.
+    threads : int or None
+        Intra-op threads, fixed by the first input that starts (None until then).
+    expected : int
+        The cells of the current input already counted in the bar's total.
+    plan : str or None
+        The current input's plan fingerprint.
+    cells : int or None
+        The current input's cell count.
     """
 
     bar: Any
@@ -103,10 +113,27 @@ class CollectionRun:
     expected: int = 0
     plan: str | None = None
     cells: int | None = None
+    counting: bool = True  # False while an input is prepared ahead: its turn counts it (`adopt`)
 
     def started(self, plan: Any, cells: int, spec: Any, rule: Parallelism) -> Parallelism:
-        """Called by `translate` once an input's plan and backend spec are made, before any block runs;
-        returns the parallelism rule to record (with the collection's thread count)."""
+        """Record that an input's plan and backend spec are made, before any block runs.
+
+        Parameters
+        ----------
+        plan : Plan
+            The input's plan.
+        cells : int
+            Its cells.
+        spec : BackendSpec
+            Its backend spec.
+        rule : Parallelism
+            Its parallelism.
+
+        Returns
+        -------
+        Parallelism
+            The rule to record (with the collection's thread count).
+        """
         if self.threads is None:
             self.threads = spec.threads
         if spec.threads != self.threads:  # the same backend (registry cache key) for every input
@@ -114,23 +141,50 @@ class CollectionRun:
             rule = dataclasses.replace(rule, threads=self.threads, why=f"{rule.why}; {self.threads} thread(s) "
                                        "per call as for the collection's first input (one backend serves all)")
         self.plan, self.cells = plan.fingerprint(), int(cells)
-        self.bar.total = (self.bar.total or 0) + self.cells - self.expected
-        self.expected = self.cells
-        self.bar.refresh()
+        if self.counting:
+            self._count()
         return rule
+
+    def _count(self) -> None:
+        self.bar.total = (self.bar.total or 0) + int(self.cells or 0) - self.expected
+        self.expected = int(self.cells or 0)
+        self.bar.refresh()
+
+    def adopt(self, ahead: CollectionRun) -> None:
+        """At an input's turn, take what preparing it ahead (under `ahead`) found: its plan and cells."""
+        self.plan, self.cells = ahead.plan, ahead.cells
+        if self.cells is not None:
+            self._count()
 
 
 _ACTIVE: ContextVar[CollectionRun | None] = ContextVar("sctranslator_collection", default=None)
 
 
 def active_collection() -> CollectionRun | None:
-    """The collection whose input `translate` is running in this context, or None."""
+    """The collection whose input `translate` is running in this context.
+
+    Returns
+    -------
+    CollectionRun or None
+        None outside a collection.
+    """
     return _ACTIVE.get()
 
 
 def is_collection(data: Any) -> bool:
-    """Whether `data` names several inputs: a list or tuple, or a path pattern with glob characters
-    that is not itself an existing path."""
+    """Whether `data` names several inputs.
+
+    Parameters
+    ----------
+    data : object
+        translate's input.
+
+    Returns
+    -------
+    bool
+        True for a list or tuple, or a path pattern with glob characters that is not itself an existing
+        path.
+    """
     if isinstance(data, (list, tuple)):
         return True
     if isinstance(data, (str, Path)) and "://" not in str(data):
@@ -141,10 +195,25 @@ def is_collection(data: Any) -> bool:
 
 
 def read_input_list(spec: str | Path) -> list[str]:
-    """The paths listed in a text file (`@list.txt` or `list.txt`): one per line, blank lines and text
-    after `#` ignored; relative paths are relative to the current directory.
+    """The paths listed in a text file (``@list.txt`` or ``list.txt``).
 
-    Raises OptionError for a missing, binary or empty list.
+    One per line, blank lines and text after ``#`` ignored; relative paths are relative to the current
+    directory.
+
+    Parameters
+    ----------
+    spec : str or pathlib.Path
+        The list file.
+
+    Returns
+    -------
+    list of str
+        The paths.
+
+    Raises
+    ------
+    OptionError
+        A missing, binary or empty list.
     """
     path = Path(str(spec)[1:] if str(spec).startswith("@") else spec).expanduser()
     try:
@@ -166,9 +235,23 @@ def read_input_list(spec: str | Path) -> list[str]:
 
 
 def expand_inputs(data: Any) -> list[Any]:
-    """The inputs of a collection in order: globs expanded (sorted), paths made absolute, AnnData
-    objects kept. OptionError for an empty list, a glob that matches nothing, a path listed twice or
-    an AnnCollection."""
+    """The inputs of a collection in order: globs expanded (sorted), paths made absolute, AnnData kept.
+
+    Parameters
+    ----------
+    data : list, tuple or str
+        The inputs, or a glob.
+
+    Returns
+    -------
+    list
+        The inputs.
+
+    Raises
+    ------
+    OptionError
+        An empty list, a glob that matches nothing, a path listed twice, or an AnnCollection.
+    """
     items = list(data) if isinstance(data, (list, tuple)) else [data]
     inputs: list[Any] = []
     for item in items:
@@ -219,8 +302,20 @@ def _stem(item: Any, index: int) -> str:
 
 
 def store_names(inputs: Sequence[Any]) -> list[str]:
-    """One store name per input, in order: `<stem>.zarr`, and for a stem seen before (compared without
-    case, as case-insensitive file systems do) `<stem>-2.zarr`, `<stem>-3.zarr`, ..."""
+    """One store name per input, in order: ``<stem>.zarr``, then ``<stem>-2.zarr``, ... for a repeated stem.
+
+    Stems are compared without case, as case-insensitive file systems do.
+
+    Parameters
+    ----------
+    inputs : sequence
+        The inputs.
+
+    Returns
+    -------
+    list of str
+        Store names.
+    """
     used: set[str] = set()
     names = []
     for index, item in enumerate(inputs):
@@ -315,8 +410,20 @@ def collection_place(out: str | Path, storage_options: dict[str, Any] | None = N
 
 
 def read_collection(path: str | Path, storage_options: dict[str, Any] | str | None = None) -> dict[str, Any] | None:
-    """The record `DIR/collection.json` of a collection (a local path or a URL), or None when there is none
-    (or it is unreadable)."""
+    """The record ``DIR/collection.json`` of a collection.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The collection's directory, or its s3:// / gs:// prefix.
+    storage_options : dict, str or None
+        fsspec options (or their JSON) for a prefix in object storage.
+
+    Returns
+    -------
+    dict or None
+        None when there is none (or it is unreadable).
+    """
     return collection_place(path, parse_storage_options(storage_options)).read_record()
 
 
@@ -376,7 +483,8 @@ def translate_collection(translate_one: Callable[..., Any], data: Any, model: An
     Parameters
     ----------
     translate_one
-        `sctranslator.translate` itself (passed in, so that this module does not import it).
+        `engine.translate.prepare_input` (passed in, so that this module does not import it): prepares one
+        input from `translate`'s keywords; its `run()` computes it.
     data
         A list of inputs (paths, globs, AnnData objects) or one glob pattern.
     model, proteins, overwrite, quiet, **settings
@@ -437,14 +545,16 @@ def translate_collection(translate_one: Callable[..., Any], data: Any, model: An
                            dynamic_ncols=True, smoothing=0.1)
         run = CollectionRun(bar)
         results: list[ad.AnnData | None] = [None] * len(inputs)  # translate's own results, not read twice
+        ahead = _Ahead(translate_one, collection, inputs, loaded, proteins, overwrite, settings)
         try:
-            for index, (entry, item) in enumerate(zip(collection.entries, inputs, strict=True)):
+            for index, entry in enumerate(collection.entries):
                 if skip[index]:
                     count_done(bar, estimates[index])
                     continue
-                results[index] = _translate_entry(translate_one, collection, entry, item, run, estimates[index], loaded,
-                                                  proteins, overwrite=overwrite, settings=settings)
+                following = next((i for i in range(index + 1, len(inputs)) if not skip[i]), None)
+                results[index] = _translate_entry(ahead, index, following, collection, entry, run, estimates[index])
         finally:
+            ahead.close()
             bar.close()
         failed = [entry for entry in collection.entries if entry["status"] == "failed"]
         if failed:
@@ -458,10 +568,70 @@ def translate_collection(translate_one: Callable[..., Any], data: Any, model: An
                 for entry, result in zip(collection.entries, results, strict=True)]
 
 
-def _translate_entry(translate_one: Callable[..., Any], collection: _Collection, entry: dict[str, Any], item: Any,
-                     run: CollectionRun, estimate: int, model: TranslatorModel, proteins: Sequence[str] | None,
-                     *, overwrite: bool, settings: dict[str, Any]) -> ad.AnnData | None:
+class _Ahead:
+    """Prepares the next input (claim its store, open it, plan, build its store) in one background thread
+    while the current one computes. Its claims go to the collection's scope; its failure is raised at
+    that input's turn, exactly as if it were prepared then."""
+
+    def __init__(self, prepare: Callable[..., Any], collection: _Collection, inputs: Sequence[Any], model: Any,
+                 proteins: Sequence[str] | None, overwrite: bool, settings: dict[str, Any]) -> None:
+        self._prepare, self._collection, self._inputs = prepare, collection, inputs
+        self._model, self._proteins, self._overwrite, self.settings = model, proteins, overwrite, settings
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: tuple[int, CollectionRun, Future] | None = None
+        self._thread: int | None = None  # the helper thread, whose output locks pass to the caller
+
+    def prepare(self, index: int) -> Any:
+        """Prepare input `index` now (in this thread and context)."""
+        entry = self._collection.entries[index]
+        return self._prepare(self._inputs[index], self._model, self._proteins,
+                             out=self._collection.place.store(entry["store"]), overwrite=self._overwrite,
+                             **self.settings)
+
+    def start(self, index: int, run: CollectionRun) -> None:
+        """Begin preparing input `index` in the background (its bar counting waits for its turn)."""
+        shadow = CollectionRun(run.bar, threads=run.threads, counting=False)
+        context = copy_context()  # the collection's output scope; this input's own collection view
+
+        def work() -> Any:
+            self._thread = threading.get_ident()
+            _ACTIVE.set(shadow)
+            return self.prepare(index)
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="sctranslator-prepare")
+        self._pending = (index, shadow, self._pool.submit(context.run, work))
+
+    def take(self, index: int, run: CollectionRun) -> Any:
+        """Input `index` prepared: the background result (or its error), else prepared now."""
+        if self._pending is None or self._pending[0] != index:
+            return self.prepare(index)
+        _, shadow, future = self._pending
+        self._pending = None
+        try:
+            return future.result()
+        finally:
+            if self._thread is not None:
+                hand_over_locks(self._thread)
+            run.adopt(shadow)
+
+    def close(self) -> None:
+        """Wait for an input prepared ahead and never reached (the collection stopped) and close it."""
+        if self._pending is not None:
+            future = self._pending[2]
+            self._pending = None
+            try:
+                future.result().close()
+            except BaseException:  # noqa: BLE001 - its turn never comes; nothing to report it against
+                log.debug("an input prepared ahead was not reached", exc_info=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+def _translate_entry(ahead: _Ahead, index: int, following: int | None, collection: _Collection,
+                     entry: dict[str, Any], run: CollectionRun, estimate: int) -> ad.AnnData | None:
     """Translate one input into its store, recording its outcome; job-wide errors pass through.
+    Once it is prepared, the `following` input is prepared in the background while it computes.
     Returns translate's result (None for a failed input)."""
     entry.update(status="running", error=None)
     collection.save()
@@ -469,8 +639,10 @@ def _translate_entry(translate_one: Callable[..., Any], collection: _Collection,
     progressed = run.bar.n
     token = _ACTIVE.set(run)
     try:
-        result = translate_one(item, model, proteins, out=collection.place.store(entry["store"]),
-                               overwrite=overwrite, **settings)
+        prepared = ahead.take(index, run)
+        if following is not None:
+            ahead.start(following, run)
+        result = prepared.run()
     except JOB_ERRORS:
         entry.update(status="pending", plan=run.plan, cells=run.cells)
         collection.save()
@@ -479,6 +651,7 @@ def _translate_entry(translate_one: Callable[..., Any], collection: _Collection,
         _failed(collection, entry, run, error, progressed)
         return None
     else:
+        settings = ahead.settings
         permitted = json.loads(json.dumps({k: settings.get(k) for k in PERMISSIONS if k in settings}, default=str))
         entry.update(status="done", cells=int(result.n_obs), plan=run.plan, permissions=permitted)
         collection.save()
@@ -500,7 +673,18 @@ def _failed(collection: _Collection, entry: dict[str, Any], run: CollectionRun, 
 
 
 def summary_lines(entries: Iterable[dict[str, Any]]) -> list[str]:
-    """One line per input for the command line: status, cells, store (and the error of a failed one)."""
+    """One line per input for the command line: status, cells, store (and the error of a failed one).
+
+    Parameters
+    ----------
+    entries : iterable of dict
+        The inputs' records.
+
+    Returns
+    -------
+    list of str
+        The lines.
+    """
     lines = []
     for entry in entries:
         cells = "?" if entry.get("cells") is None else str(entry["cells"])

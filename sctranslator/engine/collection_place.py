@@ -38,7 +38,13 @@ RECORD_NAME = "collection.json"
 
 
 class LocalPlace:
-    """A collection in the local directory `path`."""
+    """A collection in a local directory.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The collection's directory.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -52,50 +58,137 @@ class LocalPlace:
         return str(self.path / RECORD_NAME)
 
     def claim(self, kind: str, inputs: list[Any], overwrite: bool) -> bool:
-        """Whether a collection of ours is there (True) or the directory is free (False); see `claim_output`."""
+        """Whether a collection of ours is there or the directory is free (see `claim_output`).
+
+        Parameters
+        ----------
+        kind : str
+            The output kind of a collection.
+        inputs : list
+            The collection's inputs (paths are checked against the folder).
+        overwrite : bool
+            Replace a collection of ours of other inputs or settings.
+
+        Returns
+        -------
+        bool
+            True when a collection of ours is there, False when the location is free.
+
+        Raises
+        ------
+        OutputConflictError
+            Something that is not a collection of ours, or one that overlaps an input.
+        """
         return claim_output(self.path, kind, inputs=[i for i in inputs if isinstance(i, Path)], overwrite=overwrite,
                             resumable=True)
 
     def create(self, kind: str, record: str) -> None:
-        """The directory with its identity and its record, appearing whole or not at all."""
+        """Create the directory with its identity and its record, appearing whole or not at all.
+
+        Parameters
+        ----------
+        kind : str
+            The output kind of a collection.
+        record : str
+            collection.json's text.
+        """
         with staging_dir(self.path) as staging:
             write_local_identity(staging, kind)
             atomic_write_text(staging / RECORD_NAME, record)
             install_dir(staging, self.path)
 
     def read_record(self) -> dict[str, Any] | None:
-        """collection.json, or None when there is none (or it is unreadable)."""
+        """The collection's collection.json.
+
+        Returns
+        -------
+        dict or None
+            None when there is none or it is unreadable.
+        """
         try:
             return json.loads((self.path / RECORD_NAME).read_text())
         except (OSError, ValueError):
             return None
 
     def write_record(self, record: str) -> None:
-        """Replace collection.json atomically."""
+        """Replace collection.json atomically.
+
+        Parameters
+        ----------
+        record : str
+            collection.json's text.
+        """
         atomic_write_text(self.path / RECORD_NAME, record)
 
     def store(self, name: str) -> Path:
-        """The location of the store `name` (what translate gets as `out`)."""
+        """The location of a store of the collection (what translate gets as `out`).
+
+        Parameters
+        ----------
+        name : str
+            The store's name inside the collection.
+
+        Returns
+        -------
+        pathlib.Path
+            The store's path.
+        """
         return self.path / name
 
     def finished(self, name: str) -> bool:
-        """Whether the store `name` holds a complete translate job."""
+        """Whether a store holds a complete translate job.
+
+        Parameters
+        ----------
+        name : str
+            The store's name inside the collection.
+
+        Returns
+        -------
+        bool
+            True when its job record says complete.
+        """
         record = read_record(self.path / name / JOB_DIR)
         return bool(record and record.get("complete"))
 
     def remove_own_store(self, name: str) -> None:
-        """Delete the store `name` when it is a translate store of ours (checked by its identity record)."""
+        """Delete a store when it is a translate store of ours (checked by its identity record).
+
+        Parameters
+        ----------
+        name : str
+            The store's name inside the collection.
+        """
         store = self.path / name
         if store.parent == self.path and (read_identity(store) or {}).get("kind") == OUTPUT_KIND:
             remove_path(store)
 
     def open_store(self, name: str) -> ad.AnnData:
-        """The finished store `name`, read lazily (`open_predictions`)."""
+        """A finished store, read lazily (`open_predictions`).
+
+        Parameters
+        ----------
+        name : str
+            The store's name inside the collection.
+
+        Returns
+        -------
+        AnnData
+            Cells x proteins, X lazy.
+        """
         return open_predictions(self.path / name)
 
 
 class RemotePlace:
-    """A collection under the object-storage prefix `url` (s3:// or gs://); see the module docstring."""
+    """A collection under an object-storage prefix (s3:// or gs://); see the module docstring.
+
+    Parameters
+    ----------
+    url : str
+        The prefix.
+    storage_options : dict or None
+        fsspec options.
+    """
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None) -> None:
         self.url = url.rstrip("/")
@@ -113,7 +206,27 @@ class RemotePlace:
         return join(self.url, RECORD_NAME)
 
     def claim(self, kind: str, inputs: list[Any], overwrite: bool) -> bool:
-        """As `LocalPlace.claim`, for the prefix (its bucket must exist)."""
+        """As `LocalPlace.claim`, for the prefix (its bucket must exist).
+
+        Parameters
+        ----------
+        kind : str
+            The output kind of a collection.
+        inputs : list
+            The collection's inputs (paths are checked against the folder).
+        overwrite : bool
+            Replace a collection of ours of other inputs or settings.
+
+        Returns
+        -------
+        bool
+            True when a collection of ours is there, False when the location is free.
+
+        Raises
+        ------
+        OutputConflictError
+            Something that is not a collection of ours, or one that overlaps an input.
+        """
         return claim_output(self.url, kind, inputs=[i for i in inputs if isinstance(i, str | Path)],
                             overwrite=overwrite, resumable=True, storage_options=self.storage_options)
 
@@ -125,12 +238,31 @@ class RemotePlace:
             raise remote_error(self.url, exc, f"writing {name} of") from exc
 
     def create(self, kind: str, record: str) -> None:
-        """The identity record first (the prefix is ours from then on), then collection.json."""
+        """Write the identity record first (the prefix is ours from then on), then collection.json.
+
+        Parameters
+        ----------
+        kind : str
+            The output kind of a collection.
+        record : str
+            collection.json's text.
+
+        Raises
+        ------
+        StoreError
+            A write failed (permissions, quota, endpoint).
+        """
         self._put(IDENTITY_FILE, identity_bytes(kind))
         self.write_record(record)
 
     def read_record(self) -> dict[str, Any] | None:
-        """collection.json, or None when there is none (an interrupted creation) or it is unreadable."""
+        """The collection's collection.json (absent after an interrupted creation).
+
+        Returns
+        -------
+        dict or None
+            None when there is none or it is unreadable.
+        """
         fs, path = self._fs()
         key = join(path, RECORD_NAME)
         try:
@@ -140,15 +272,48 @@ class RemotePlace:
             return None
 
     def write_record(self, record: str) -> None:
-        """Replace collection.json by one PUT (all or nothing)."""
+        """Replace collection.json by one PUT (all or nothing).
+
+        Parameters
+        ----------
+        record : str
+            collection.json's text.
+
+        Raises
+        ------
+        StoreError
+            The write failed.
+        """
         self._put(RECORD_NAME, record.encode())
 
     def store(self, name: str) -> str:
-        """The URL of the store `name` (what translate gets as `out`)."""
+        """The URL of a store of the collection (what translate gets as `out`).
+
+        Parameters
+        ----------
+        name : str
+            The store's name inside the collection.
+
+        Returns
+        -------
+        str
+            The store's URL.
+        """
         return join(self.url, name)
 
     def finished(self, name: str) -> bool:
-        """Whether the store `name` holds a complete translate job (its job record says so)."""
+        """Whether a store holds a complete translate job (its job record says so).
+
+        Parameters
+        ----------
+        name : str
+            The store's name inside the collection.
+
+        Returns
+        -------
+        bool
+            True when its job record says complete.
+        """
         fs, path = self._fs()
         key = join(path, name, JOB_DIR, JOB_FILE)
         try:
@@ -159,7 +324,18 @@ class RemotePlace:
         return bool(isinstance(record, dict) and record.get("complete"))
 
     def remove_own_store(self, name: str) -> None:
-        """Delete the objects of the store `name` when it is a translate store of ours."""
+        """Delete the objects of a store when it is a translate store of ours.
+
+        Parameters
+        ----------
+        name : str
+            The store's name inside the collection.
+
+        Raises
+        ------
+        StoreError
+            The removal failed.
+        """
         if (read_remote_identity(self.store(name), self.storage_options) or {}).get("kind") != OUTPUT_KIND:
             return
         fs, path = self._fs()
@@ -172,5 +348,16 @@ class RemotePlace:
         fs.invalidate_cache(path)
 
     def open_store(self, name: str) -> ad.AnnData:
-        """The finished store `name`, read lazily from object storage (`open_predictions`)."""
+        """A finished store, read lazily from object storage (`open_predictions`).
+
+        Parameters
+        ----------
+        name : str
+            The store's name inside the collection.
+
+        Returns
+        -------
+        AnnData
+            Cells x proteins, X lazy.
+        """
         return open_predictions(self.store(name), storage_options=self.storage_options)

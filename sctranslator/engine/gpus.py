@@ -21,11 +21,24 @@ WORKER_PREFIX = "gpu-"
 
 
 def visible_gpus(device: str, *, count: int | None = None, visible: str | None = None) -> list[str]:
-    """The GPUs a run on `device` spreads over, as CUDA_VISIBLE_DEVICES names them; [] for one GPU or none.
+    """The GPUs a run on `device` spreads over, as CUDA_VISIBLE_DEVICES names them.
 
-    Only `device == "cuda"` spreads (`cuda:N` names one GPU). count: devices PyTorch sees (default:
-    torch.cuda.device_count()); visible: the CUDA_VISIBLE_DEVICES to honour (default: this
-    process's), whose entries (indices or UUIDs) are handed on as they are written.
+    Only ``device == "cuda"`` spreads (``cuda:N`` names one GPU).
+
+    Parameters
+    ----------
+    device : str
+        The device asked for.
+    count : int or None
+        Devices PyTorch sees; None: ``torch.cuda.device_count()``.
+    visible : str or None
+        The CUDA_VISIBLE_DEVICES to honour; None: this process's. Its entries (indices or UUIDs) are
+        handed on as written.
+
+    Returns
+    -------
+    list of str
+        One entry per GPU; [] for one GPU or none.
     """
     if device != "cuda":
         return []
@@ -46,15 +59,43 @@ def visible_gpus(device: str, *, count: int | None = None, visible: str | None =
 
 
 def threads_per_gpu(gpus: int, workers: int | None, cpus: int | None = None) -> int:
-    """Threads (concurrent blocks) per GPU worker: `workers` (or the CPUs) shared out, at least 2 so
-    one block is read and prepared while another computes."""
+    """Concurrent blocks per GPU worker: `workers` (or the CPUs) shared out, at least 2.
+
+    Two, so that one block is read and prepared while another computes.
+
+    Parameters
+    ----------
+    gpus : int
+        GPU workers.
+    workers : int or None
+        Blocks in flight asked for in all; None: from the CPUs.
+    cpus : int or None
+        CPUs to share; None: those this process may use.
+
+    Returns
+    -------
+    int
+        Threads per worker.
+    """
     total = workers or cpus or available_cpus()[0]
     return max(2, total // max(1, gpus))
 
 
 def worker_specs(gpu_ids: Sequence[str], threads: int) -> dict[str, dict[str, Any]]:
-    """SpecCluster worker specs: one Nanny per GPU, its worker process started with
-    CUDA_VISIBLE_DEVICES=<that GPU>, named `gpu-<id>`."""
+    """SpecCluster worker specs: one Nanny per GPU, its process started with CUDA_VISIBLE_DEVICES=that GPU.
+
+    Parameters
+    ----------
+    gpu_ids : sequence of str
+        The GPUs, as CUDA_VISIBLE_DEVICES names them.
+    threads : int
+        Threads per worker.
+
+    Returns
+    -------
+    dict
+        Worker name (``gpu-<id>``) -> spec.
+    """
     from distributed import Nanny
 
     return {f"{WORKER_PREFIX}{gpu}": {"cls": Nanny, "options": {
@@ -65,7 +106,20 @@ def worker_specs(gpu_ids: Sequence[str], threads: int) -> dict[str, dict[str, An
 
 @contextlib.contextmanager
 def gpu_cluster(gpu_ids: Sequence[str], threads: int) -> Iterator[Any]:
-    """A local SpecCluster with one worker per GPU (see `worker_specs`), closed on exit."""
+    """A local SpecCluster with one worker per GPU (see `worker_specs`), closed on exit.
+
+    Parameters
+    ----------
+    gpu_ids : sequence of str
+        The GPUs.
+    threads : int
+        Threads per worker.
+
+    Yields
+    ------
+    distributed.SpecCluster
+        The running cluster.
+    """
     from distributed import Scheduler, SpecCluster
 
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}

@@ -35,20 +35,68 @@ _NUMERIC = "biuf"
 
 
 def slab_rows(shape: tuple[int, ...], itemsize: int, align: int = 1) -> int:
-    """Rows per slab: about SLAB_BYTES, a multiple of `align` (the source's chunk rows), at least 1."""
+    """Rows per slab: about SLAB_BYTES, a multiple of `align` (the source's chunk rows), at least 1.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The array's shape.
+    itemsize : int
+        Bytes per element.
+    align : int
+        Rows to align to.
+
+    Returns
+    -------
+    int
+        Rows per slab.
+    """
     row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * itemsize)
     rows = max(1, SLAB_BYTES // row_bytes)
     return max(align, rows // align * align)
 
 
 def slabs(n: int, rows: int) -> Iterator[tuple[int, int]]:
+    """Consecutive row ranges of `rows` rows covering `n` rows.
+
+    Parameters
+    ----------
+    n : int
+        Rows.
+    rows : int
+        Rows per slab.
+
+    Yields
+    ------
+    tuple of int
+        ``(start, stop)``.
+    """
     for start in range(0, n, rows):
         yield start, min(n, start + rows)
 
 
 def create_rows_dataset(parent: h5py.Group, key: str, shape: tuple[int, ...], dtype: Any,
                         rows: int) -> h5py.Dataset:
-    """An uncompressed float/int dataset chunked by `rows`, tagged as an anndata array."""
+    """An uncompressed float/int dataset chunked by `rows`, tagged as an anndata array.
+
+    Parameters
+    ----------
+    parent : h5py.Group
+        Where.
+    key : str
+        Its name.
+    shape : tuple of int
+        Its shape.
+    dtype : numpy.dtype
+        Its element type.
+    rows : int
+        Rows per chunk.
+
+    Returns
+    -------
+    h5py.Dataset
+        The empty dataset.
+    """
     chunks = (max(1, min(rows, shape[0])), *shape[1:]) if shape[0] and all(shape[1:]) else None
     dataset = parent.create_dataset(key, shape=shape, dtype=dtype, chunks=chunks)
     dataset.attrs.update(ARRAY_ATTRS)
@@ -56,7 +104,19 @@ def create_rows_dataset(parent: h5py.Group, key: str, shape: tuple[int, ...], dt
 
 
 def copy_rows(source: Any, parent: h5py.Group, key: str, attrs: dict[str, Any] | None = None) -> None:
-    """Copy an array-like (zarr array, h5py dataset, dask array) into `parent[key]` slab by slab."""
+    """Copy an array-like (zarr array, h5py dataset, dask array) into ``parent[key]`` slab by slab.
+
+    Parameters
+    ----------
+    source : array-like
+        The array.
+    parent : h5py.Group
+        Where.
+    key : str
+        The dataset's name.
+    attrs : dict or None
+        Attributes to set on it.
+    """
     shape = tuple(int(n) for n in source.shape)
     dtype = np.dtype(source.dtype)
     align = int(source.chunks[0]) if getattr(source, "chunks", None) and isinstance(source.chunks[0], int) else 1
@@ -82,9 +142,16 @@ def _set_attrs(target: Any, attrs: Any) -> None:
 
 
 def copy_group(source: Any, target: h5py.Group, skip: set[str] = frozenset()) -> None:
-    """Copy every element of an AnnData (or dict-like) group into `target`, except `skip` paths.
+    """Copy every element of an AnnData (or dict-like) group into `target`, except the `skip` paths.
 
-    `source` is an h5py or zarr group; `skip` holds paths relative to it ("obsm/protein_expression").
+    Parameters
+    ----------
+    source : h5py.Group or zarr.Group
+        The group.
+    target : h5py.Group
+        Where.
+    skip : set of str
+        Paths relative to `source` left out ("obsm/protein_expression").
     """
     _set_attrs(target, source.attrs)
     for key in source:
@@ -123,9 +190,23 @@ def _copy_zarr(member: Any, target: h5py.Group, key: str) -> None:
 def write_anndata_elements(adata: ad.AnnData, target: h5py.Group, skip: set[str] = frozenset()) -> dict[str, str]:
     """Write an in-memory (or backed) AnnData's elements into `target` without copying the object.
 
-    X of a backed AnnData is copied from its file by HDF5; everything else comes from memory. obs
-    goes through `tables.writable_obs` (missing values kept, '/' in column names escaped); returns
-    its {stored name: column name} for the renamed columns.
+    X of a backed AnnData is copied from its file by HDF5; everything else comes from memory. obs goes
+    through `sctranslator.engine.obs_tables.writable_obs` (missing values kept, '/' in column names
+    escaped).
+
+    Parameters
+    ----------
+    adata : AnnData
+        The AnnData.
+    target : h5py.Group
+        Where.
+    skip : set of str
+        Element paths left out.
+
+    Returns
+    -------
+    dict of str to str
+        Stored name -> column name, for the renamed obs columns.
     """
     _set_attrs(target, ANNDATA_ATTRS)
     renamed: dict[str, str] = {}
@@ -155,10 +236,23 @@ def write_anndata_elements(adata: ad.AnnData, target: h5py.Group, skip: set[str]
 
 def write_frame_columns(parent: h5py.Group, key: str, matrix: Any, index: pd.Index,
                         columns: pd.Index) -> None:
-    """Write the cells x columns `matrix` (dask/zarr/numpy) as an anndata DataFrame, one column per dataset.
+    """Write a cells x columns matrix as an anndata DataFrame, one dataset per column, in row slabs.
 
-    This is what `pd.DataFrame(matrix, index, columns)` written by anndata looks like, made in row
-    slabs so that the whole matrix is never in memory.
+    This is what ``pd.DataFrame(matrix, index, columns)`` written by anndata looks like, made so
+    that the whole matrix is never in memory.
+
+    Parameters
+    ----------
+    parent : h5py.Group
+        Where.
+    key : str
+        The DataFrame's name.
+    matrix : dask, zarr or numpy array
+        ``(n_cells, n_columns)``.
+    index : pandas.Index
+        The cells.
+    columns : pandas.Index
+        The column names.
     """
     names = [str(name) for name in columns]
     bad = [name for name in names if "/" in name or name == "_index"]

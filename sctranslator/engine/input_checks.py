@@ -30,7 +30,19 @@ NON_INTEGER_FRACTION = 0.01  # at least this share of non-zero values not intege
 
 @dataclass(frozen=True)
 class ValueProfile:
-    """The finite non-zero values of a sample: how many, the share that is not an integer, the max."""
+    """The finite non-zero values of a sample: how many, the share that is not an integer, the max.
+
+    Parameters
+    ----------
+    n_cells : int
+        Cells sampled.
+    n_values : int
+        Finite non-zero values among them.
+    non_integer_fraction : float
+        Share of those values that are not integers.
+    max : float
+        The largest value.
+    """
 
     n_cells: int
     n_values: int
@@ -39,13 +51,22 @@ class ValueProfile:
 
     @property
     def looks_like_counts(self) -> bool:
+        """Whether the values look like raw counts: integers, some above the raw-count bound."""
         return self.n_values > 0 and self.non_integer_fraction == 0 and self.max > RAW_COUNT_MAX
 
     @property
     def looks_transformed(self) -> bool:
+        """Whether the values look normalised or log-transformed: many are not integers."""
         return self.n_values > 0 and self.non_integer_fraction >= NON_INTEGER_FRACTION
 
     def describe(self) -> str:
+        """What the values look like, for a warning.
+
+        Returns
+        -------
+        str
+            One phrase naming the evidence.
+        """
         if self.looks_transformed:
             kind = "log-transformed" if self.max <= LOG_SCALE_MAX else "normalised"
             return (f"already {kind} ({self.non_integer_fraction:.0%} of the non-zero values are not integers, "
@@ -54,7 +75,18 @@ class ValueProfile:
 
 
 def profile_values(block: Any) -> ValueProfile:
-    """Profile a CSR/dense block (NaN/Inf are left to the block checks)."""
+    """Profile a CSR or dense block (NaN and Inf are left to the block checks).
+
+    Parameters
+    ----------
+    block : numpy.ndarray or scipy.sparse matrix
+        Cells x genes.
+
+    Returns
+    -------
+    ValueProfile
+        The block's value profile.
+    """
     values = block.data if hasattr(block, "tocsr") else np.asarray(block).ravel()
     values = values[np.isfinite(values) & (values != 0)]
     if values.size == 0:
@@ -64,7 +96,20 @@ def profile_values(block: Any) -> ValueProfile:
 
 
 def sample_source(source: Source, cells: int = SAMPLE_CELLS) -> Any:
-    """Up to `cells` rows of the source: a slice each from its start, middle and end."""
+    """Up to `cells` rows of the source: a slice each from its start, middle and end.
+
+    Parameters
+    ----------
+    source : Source
+        The input.
+    cells : int
+        Rows to read at most.
+
+    Returns
+    -------
+    numpy.ndarray or scipy.sparse matrix
+        The sampled rows.
+    """
     import scipy.sparse as sp
 
     n = source.n_obs
@@ -84,10 +129,24 @@ def sample_source(source: Source, cells: int = SAMPLE_CELLS) -> Any:
 
 
 def check_expression_scale(source: Source, plan: Plan, *, what: str = "X") -> str | None:
-    """Warn (logging) when the input's expression does not look like what `plan`'s model expects.
+    """Warn (logging) when the input's expression does not look like what the plan's model expects.
 
-    A model that normalises itself (`plan.normalize` is not 'none') expects counts; one that takes
-    X as stored should not get raw counts. Returns the warning's text, or None when all looks right.
+    A model that normalises itself (``plan.normalize`` is not 'none') expects counts; one that takes X
+    as stored should not get raw counts.
+
+    Parameters
+    ----------
+    source : Source
+        The input.
+    plan : Plan
+        The job's plan.
+    what : str
+        Names the matrix in the message.
+
+    Returns
+    -------
+    str or None
+        The warning's text, or None when all looks right.
     """
     if source.n_obs == 0:
         return None
@@ -111,7 +170,19 @@ def check_expression_scale(source: Source, plan: Plan, *, what: str = "X") -> st
 def check_counts_table(matrix: Any, *, what: str, advice: str) -> str | None:
     """Warn (logging) when a table that should hold raw counts (measured proteins) looks transformed.
 
-    `what` names the table in the message, `advice` says what to do. Returns the text, or None.
+    Parameters
+    ----------
+    matrix : numpy.ndarray or scipy.sparse matrix
+        The table.
+    what : str
+        Names the table in the message.
+    advice : str
+        What to do.
+
+    Returns
+    -------
+    str or None
+        The warning's text, or None.
     """
     rows = min(int(matrix.shape[0]), SAMPLE_CELLS)
     profile = profile_values(matrix[:rows])

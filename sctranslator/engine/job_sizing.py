@@ -24,7 +24,23 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LocalExecution:
-    """How a local block job runs: the backend spec (threads set), sizes and the parallelism rule."""
+    """How a local block job runs: the backend spec (threads set), sizes and the parallelism rule.
+
+    Parameters
+    ----------
+    spec : BackendSpec
+        What each worker builds.
+    batch_size : int
+        Cells per backend call.
+    auto_batch : bool
+        The backend sizes its calls from free device memory (torch on CUDA), as translate's.
+    block_cells : int
+        Cells per block.
+    rule : Parallelism
+        Blocks in flight and threads.
+    flop_per_cell : float
+        The arithmetic of one cell's forward.
+    """
 
     spec: BackendSpec
     batch_size: int

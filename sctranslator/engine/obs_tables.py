@@ -29,7 +29,18 @@ RENAMED_KEY = "obs_columns_renamed"
 
 
 def escape_name(name: str) -> str:
-    """`name` with '%' and '/' percent-encoded, the one character HDF5 and Zarr keys cannot hold."""
+    """`name` with '%' and '/' percent-encoded ('/' is the one character HDF5 and Zarr keys cannot hold).
+
+    Parameters
+    ----------
+    name : str
+        A column name.
+
+    Returns
+    -------
+    str
+        The stored name.
+    """
     return name.replace("%", "%25").replace("/", "%2F")
 
 
@@ -55,8 +66,21 @@ def _is_nullable_string(column: pd.Series) -> bool:
 
 
 def writable_var(table: pd.DataFrame) -> pd.DataFrame:
-    """`table` (obs or var) with its columns of missing-value objects and nullable strings in dtypes
-    anndata writes with the missing values kept (a copy when anything changed); names untouched."""
+    """A table (obs or var) whose columns anndata can write with their missing values kept.
+
+    Columns of missing-value objects and nullable strings get dtypes anndata writes; names are
+    untouched.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        obs or var.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy when anything changed, else `table`.
+    """
     changed = table
     for name in table.columns:
         column = table[name]
@@ -73,9 +97,19 @@ def writable_var(table: pd.DataFrame) -> pd.DataFrame:
 def writable_obs(obs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
     """`obs` as anndata can write it to HDF5 and Zarr with every value and name kept.
 
-    Returns the table (a copy when anything changed) and {stored column name: original name} for
-    the columns renamed because their names hold '/'. Raises nothing: every table anndata holds in
-    memory has a writable form.
+    Every table anndata holds in memory has a writable form, so nothing is refused.
+
+    Parameters
+    ----------
+    obs : pandas.DataFrame
+        The cells' obs.
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        A copy when anything changed.
+    renamed : dict of str to str
+        Stored column name -> original name, for the columns renamed because their names hold '/'.
     """
     changed = writable_var(obs)
     taken = {str(n) for n in obs.columns}
@@ -95,7 +129,20 @@ def writable_obs(obs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
 
 
 def restore_names(obs: pd.DataFrame, renamed: dict[str, str] | None) -> pd.DataFrame:
-    """Undo `writable_obs`'s renaming, given the mapping it returned (as recorded in the store)."""
+    """Undo `writable_obs`'s renaming, given the mapping it returned (as recorded in the store).
+
+    Parameters
+    ----------
+    obs : pandas.DataFrame
+        The stored obs.
+    renamed : dict of str to str or None
+        Stored name -> original name.
+
+    Returns
+    -------
+    pandas.DataFrame
+        obs with the original column names.
+    """
     if not renamed:
         return obs
     return obs.rename(columns={stored: original for stored, original in dict(renamed).items()

@@ -38,6 +38,11 @@ class TemporaryStore:
 
     Every lazy array over the store holds a reference (through its dask graph), so the directory
     lives exactly as long as some view of the result does, or until the interpreter exits.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The directory to remove.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -45,6 +50,7 @@ class TemporaryStore:
         self._finalizer = weakref.finalize(self, shutil.rmtree, self.path, True)
 
     def remove(self) -> None:
+        """Remove the directory now (at most once)."""
         self._finalizer()
 
 
@@ -124,21 +130,22 @@ def open_predictions(path: str | Path, *, owner: TemporaryStore | None = None,
 
     Parameters
     ----------
-    path
-        An output store written by `translate` (an AnnData-layout Zarr directory).
-    owner
+    path : str or pathlib.Path
+        An output store written by `translate` (an AnnData-layout Zarr directory), or its s3:// /
+        gs:// URL.
+    owner : TemporaryStore or None
         For a temporary store: the object that removes it; the returned arrays keep it alive.
-    allow_incomplete
+    allow_incomplete : bool
         Read a store whose translate job did not finish (unwritten blocks are NaN); refused otherwise.
-    storage_options
-        fsspec options for a store in object storage (`path` an s3:// or gs:// URL).
+    storage_options : dict or None
+        fsspec options for a store in object storage.
 
     Returns
     -------
-    AnnData (cells x proteins) whose `X` is a float32 `dask.array.Array` over the store's chunks
-    (`result.X.compute()` or `np.asarray(result.X)` gives a numpy array; `result.to_memory()` an
-    in-memory AnnData), whose `obsm` arrays are dask arrays likewise, and whose obs, var and uns are
-    in memory.
+    AnnData
+        Cells x proteins. ``X`` is a float32 ``dask.array.Array`` over the store's chunks
+        (``X.compute()`` or ``np.asarray(X)`` gives a numpy array; ``to_memory()`` an in-memory
+        AnnData), the ``obsm`` arrays are dask arrays likewise, and obs, var and uns are in memory.
 
     Raises
     ------

@@ -48,22 +48,75 @@ class BlockSink(Protocol):
     n_obs: int
 
     @property
-    def path(self) -> str | os.PathLike[str]: ...
+    def path(self) -> str | os.PathLike[str]:
+        """The sink's location, for messages and workers."""
+        ...
 
-    def blocks(self) -> list[tuple[int, int]]: ...
+    def blocks(self) -> list[tuple[int, int]]:
+        """Row range of each block.
 
-    def pending(self) -> list[int]: ...
+        Returns
+        -------
+        list of tuple of int
+            ``[start, stop)`` per block.
+        """
+        ...
 
-    def block_done(self, index: int) -> bool: ...
+    def pending(self) -> list[int]:
+        """Blocks still to compute, in order.
+
+        Returns
+        -------
+        list of int
+            Block indices.
+        """
+        ...
+
+    def block_done(self, index: int) -> bool:
+        """Whether block `index` is committed.
+
+        Parameters
+        ----------
+        index : int
+            The block.
+
+        Returns
+        -------
+        bool
+            True when committed.
+        """
+        ...
 
 
 @dataclass
 class BlockJob:
-    """What every task needs; picklable so distributed workers can run it.
+    """What every block task needs; picklable so distributed workers can run it.
 
-    A job kind other than translate (knockout, attention) subclasses it and overrides `process`,
-    which computes one block and commits it to `sink`; the scheduling, resume, progress and
-    parallelism of `run_job` are the same for every kind.
+    Parameters
+    ----------
+    source : Source
+        The input.
+    plan : Plan
+        The alignment onto the model.
+    backend : BackendSpec
+        What each worker builds.
+    sink : ZarrSink
+        Where predictions go.
+    batch_size : int
+        Cells per backend call.
+    allow_empty_cells : bool
+        Predict cells with no counts in the genes the model reads.
+    embeddings : bool
+        Also write obsm['X_sctranslator'] (torch backend).
+    auto_batch_size : bool
+        Let the backend size its calls from free device memory (torch on CUDA); `batch_size` is the
+        fallback.
+    flop_per_cell : float
+        The arithmetic of one cell's forward (the threads rule, applied again inside each Dask worker).
+    compute_slots : int or None
+        Blocks that may compute at once in a process; None: all.
+    in_caller_thread : bool
+        With one local worker, run the blocks in the calling thread (no scheduler thread).
     """
 
     source: Source
@@ -121,8 +174,20 @@ _THREAD_STATE = threading.local()
 
 
 def values_buffer(rows: int, length: int) -> np.ndarray:
-    """A per-thread (rows, L) float32 buffer, reused across blocks: filling fresh pages of a new
-    array costs more than the preparation itself."""
+    """A per-thread float32 buffer, reused across blocks (fresh pages cost more than preparing).
+
+    Parameters
+    ----------
+    rows : int
+        Cells.
+    length : int
+        L.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(rows, length)``, contents undefined.
+    """
     buffer = getattr(_THREAD_STATE, "values", None)
     if buffer is None or buffer.shape[1] != length or buffer.shape[0] < rows:
         buffer = _THREAD_STATE.values = np.empty((rows, length), dtype=np.float32)
@@ -130,7 +195,20 @@ def values_buffer(rows: int, length: int) -> np.ndarray:
 
 
 def backend_for(job: BlockJob, threads: int | None = None) -> Any:
-    """The process's backend for `job` (built once per spec), with `threads` intra-op threads if given."""
+    """The process's backend for `job` (built once per spec), with `threads` intra-op threads if given.
+
+    Parameters
+    ----------
+    job : BlockJob
+        The job.
+    threads : int or None
+        Intra-op threads; None: the backend's.
+
+    Returns
+    -------
+    Backend
+        The backend.
+    """
     spec = job.backend
     if threads is not None and threads != spec.threads:
         spec = dataclasses.replace(spec, threads=threads)
@@ -194,11 +272,38 @@ def predict_values(job: BlockJob, backend: Any, values: np.ndarray, gene_ids: np
 def predict_block(job: BlockJob, start: int, stop: int, progress: Callable[[int], object] | None = None,
                   *, threads: int | None = None, compute_slots: int | None = None
                   ) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """(predictions (stop - start, n_outputs), embeddings (stop - start, dim) if asked, empty cells)
-    for one block; bad cells raise `BadCellsError`.
+    """Predict one block; bad cells raise BadCellsError.
 
-    `threads` / `compute_slots` override the job's (a dask worker applies the rule to its own cores):
-    the block is read and prepared freely, then computes only while it holds a compute slot.
+    The block is read and prepared freely, then computes only while it holds a compute slot.
+
+    Parameters
+    ----------
+    job : BlockJob
+        The job.
+    start : int
+        First row.
+    stop : int
+        Row after the last.
+    progress : callable or None
+        Told the cells of every finished batch.
+    threads : int or None
+        Intra-op threads; None: the job's (a Dask worker applies the rule to its own cores).
+    compute_slots : int or None
+        Compute slots; None: the job's.
+
+    Returns
+    -------
+    predictions : numpy.ndarray
+        float32 ``(stop - start, n_outputs)``.
+    embeddings : numpy.ndarray or None
+        float32 ``(stop - start, dim)`` when asked.
+    n_empty : int
+        Empty cells predicted.
+
+    Raises
+    ------
+    BadCellsError
+        Bad values, or empty cells unless allowed.
     """
     plan = job.plan
     block, values = job.runner.read_prepared(start, stop, out=values_buffer(stop - start, plan.max_genes))
@@ -211,12 +316,32 @@ def predict_block(job: BlockJob, start: int, stop: int, progress: Callable[[int]
 
 def run_block(job: BlockJob, index: int, progress: Callable[[int], object] | None = None, *,
               threads: int | None = None, compute_slots: int | None = None) -> tuple[int, int, bool]:
-    """Predict and commit one block: (cells, empty cells among them, computed); `progress` (local runs)
-    is told about every finished batch.
+    """Predict and commit one block.
 
-    A block the ledger already holds returns at once, computed False: a task that Dask runs again
-    (its worker died after the commit, or the result never reached the client) never rewrites
-    committed rows.
+    A block the ledger already holds returns at once, computed False: a task that Dask runs again (its
+    worker died after the commit, or the result never reached the client) never rewrites committed rows.
+
+    Parameters
+    ----------
+    job : BlockJob
+        The job.
+    index : int
+        The block.
+    progress : callable or None
+        Told about every finished batch (local runs).
+    threads : int or None
+        Intra-op threads; None: the job's.
+    compute_slots : int or None
+        Compute slots; None: the job's.
+
+    Returns
+    -------
+    cells : int
+        Cells in the block.
+    n_empty : int
+        Empty cells among them.
+    computed : bool
+        False when the block was already committed.
     """
     start, stop = job.sink.blocks()[index]
     if job.sink.block_done(index):
@@ -230,15 +355,40 @@ def run_block(job: BlockJob, index: int, progress: Callable[[int], object] | Non
 def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None = None,
             quiet: bool = False, gpus: Sequence[str] = (), bar: tqdm | None = None,
             desc: str = "translate") -> dict[str, Any]:
-    """Run every pending block; returns timing and counts (`empty_cells`: empty cells predicted, when
-    allowed). Bad cells raise the `BadCellsError` of the lowest bad row among the pending blocks,
-    whichever block failed first. `workers`: concurrent local blocks (default: the
-    `engine.threads` rule for the job's model). With 2+ `gpus` (CUDA_VISIBLE_DEVICES entries;
-    engine.gpus) and no scheduler, blocks run on a local cluster of one worker per GPU
-    (`blocks_per_worker` says where they ran). On a cluster, a lost scheduler, no workers or a
-    block whose workers keep dying raise `ClusterError`; committed blocks are kept for a re-run.
-    `bar`: a progress bar to advance (a collection's, over all its inputs; left open) instead of a new one;
-    `desc`: the new bar's label. The bar counts cells and moves with every finished batch.
+    """Run every pending block of a job, locally or on a dask.distributed cluster.
+
+    With 2+ `gpus` and no scheduler, blocks run on a local cluster of one worker per GPU. Committed
+    blocks are kept for a re-run whatever fails.
+
+    Parameters
+    ----------
+    job : BlockJob
+        The job.
+    workers : int or None
+        Concurrent local blocks; None: the `sctranslator.engine.threads` rule for the job's model.
+    scheduler : str or None
+        A dask.distributed scheduler's address; None: local.
+    quiet : bool
+        No progress bar.
+    gpus : sequence of str
+        CUDA_VISIBLE_DEVICES entries, one worker each.
+    bar : tqdm or None
+        A progress bar to advance (a collection's, left open) instead of a new one.
+    desc : str
+        The progress bar's label.
+
+    Returns
+    -------
+    dict
+        Timing and counts (``empty_cells``: empty cells predicted; ``blocks_per_worker``: where blocks
+        ran).
+
+    Raises
+    ------
+    BadCellsError
+        The error of the lowest bad row among the pending blocks, whichever block failed first.
+    ClusterError
+        A lost scheduler, no workers, or a block whose workers keep dying.
     """
     sink = job.sink
     pending = sink.pending()
@@ -303,8 +453,13 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
 # -- dask.distributed ---------------------------------------------------------------------------
 
 def cluster_timeout() -> float:
-    """Seconds to wait for a scheduler to answer or a worker to join: dask's
-    `distributed.comm.timeouts.connect` (default 30 s; DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT)."""
+    """Seconds to wait for a scheduler to answer or a worker to join.
+
+    Returns
+    -------
+    float
+        dask's ``distributed.comm.timeouts.connect`` (default 30 s).
+    """
     from dask.utils import parse_timedelta
 
     return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect", "30s"), default="s"))
@@ -329,9 +484,21 @@ _SCHEDULER_PROTOCOLS = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
 
 
 def check_scheduler_address(scheduler: str | None) -> None:
-    """OptionError unless `scheduler` reads as a dask.distributed address (`tcp://host:port`,
-    `host:port`, `tls://`, `ucx://`, `ws(s)://` with a port, or `inproc://...`): checked before any
-    work, so a typo fails at once instead of after the data and model are read."""
+    """Refuse a scheduler address that does not read as a dask.distributed address, before any work.
+
+    Accepted: ``tcp://host:port``, ``host:port``, ``tls://``, ``ucx://``, ``ws(s)://`` with a port, or
+    ``inproc://...``; a typo then fails at once instead of after the data and model are read.
+
+    Parameters
+    ----------
+    scheduler : str or None
+        The address; None passes.
+
+    Raises
+    ------
+    OptionError
+        Not an address.
+    """
     if scheduler is None:
         return
     expected = ("expected a dask.distributed scheduler address such as tcp://host:8786 or host:8786 "
@@ -370,9 +537,25 @@ def _connect(cluster: Any) -> Any:
 
 
 def check_cluster(scheduler: str) -> dict[str, int]:
-    """The workers of the scheduler at `scheduler` (address -> nthreads), waiting up to
-    `cluster_timeout()` for one to join; ClusterError when the scheduler cannot be reached or no worker
-    joins. Called before the output store is created, so a cluster that cannot run leaves nothing."""
+    """The workers of a scheduler, waiting up to `cluster_timeout` for one to join.
+
+    Called before the output store is created, so a cluster that cannot run leaves nothing.
+
+    Parameters
+    ----------
+    scheduler : str
+        The address.
+
+    Returns
+    -------
+    dict of str to int
+        Worker address -> threads.
+
+    Raises
+    ------
+    ClusterError
+        The scheduler cannot be reached, or no worker joins.
+    """
     check_scheduler_address(scheduler)
     timeout = cluster_timeout()
     with _quiet_distributed():
@@ -389,7 +572,18 @@ def check_cluster(scheduler: str) -> dict[str, int]:
 
 
 def worker_paths(job: BlockJob) -> dict[str, str]:
-    """Every filesystem path a worker opens for `job` (output store, input, model, ONNX file)."""
+    """Every file system path a worker opens for a job (output store, input, model, ONNX file).
+
+    Parameters
+    ----------
+    job : BlockJob
+        The job.
+
+    Returns
+    -------
+    dict of str to str
+        Role -> path.
+    """
     paths = {"output store": str(job.sink.path)}
     if getattr(job.source, "path", None):
         paths["input"] = str(job.source.path)

@@ -17,7 +17,17 @@ from typing import Any
 
 
 class Prefetcher:
-    """Reads `ranges` (in the order tasks will ask for them) one step ahead through `read(start, stop)`."""
+    """Reads row ranges one step ahead, in the order tasks will ask for them.
+
+    Parameters
+    ----------
+    read : callable
+        ``read(start, stop)`` reads rows ``[start, stop)``.
+    ranges : sequence of tuple of int
+        The ranges, in the order they will be taken.
+    ahead : int
+        Reads in flight ahead of the consumer.
+    """
 
     def __init__(self, read: Any, ranges: Sequence[tuple[int, int]], ahead: int = 1) -> None:
         self._read = read
@@ -30,7 +40,20 @@ class Prefetcher:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="sctranslator-prefetch")
 
     def take(self, start: int, stop: int) -> Any:
-        """Rows [start, stop) as `read` gives them: the prefetched result, or read now; then the next is queued."""
+        """Rows ``[start, stop)`` as `read` gives them: the prefetched result, or read now; the next is queued.
+
+        Parameters
+        ----------
+        start : int
+            First row.
+        stop : int
+            Row after the last.
+
+        Returns
+        -------
+        object
+            What `read` returns.
+        """
         key = (int(start), int(stop))
         with self._guard:
             self._taken.add(key)
@@ -56,7 +79,22 @@ class Prefetcher:
 
 @contextlib.contextmanager
 def prefetching(runner: Any, ranges: Sequence[tuple[int, int]], ahead: int = 1) -> Iterator[None]:
-    """Let `runner` (a `BlockRunner`) serve whole-block reads of `ranges` through a `Prefetcher` in this scope."""
+    """Let a block runner serve whole-block reads of `ranges` through a `Prefetcher` in this scope.
+
+    Parameters
+    ----------
+    runner : BlockRunner
+        The runner whose reads are prefetched.
+    ranges : sequence of tuple of int
+        The blocks' row ranges, in the order they will run.
+    ahead : int
+        Reads in flight ahead.
+
+    Yields
+    ------
+    None
+        Inside the scope.
+    """
     prefetcher = Prefetcher(runner.read_unprefetched, ranges, ahead)
     runner.prefetcher = prefetcher
     try:

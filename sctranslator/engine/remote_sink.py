@@ -49,8 +49,20 @@ log = logging.getLogger(__name__)
 
 
 def open_sink(path: str | Any, **kwargs: Any) -> ZarrSink:
-    """`ZarrSink.open` for a local path, `RemoteZarrSink.open_remote` for an s3:// or gs:// URL (same keywords,
-    plus `storage_options`)."""
+    """Open the output store: `ZarrSink.open` for a local path, `RemoteZarrSink.open_remote` for a URL.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        A local store, or an s3:// or gs:// URL.
+    **kwargs
+        As `ZarrSink.open`, plus ``storage_options`` for a URL.
+
+    Returns
+    -------
+    ZarrSink
+        The sink.
+    """
     if is_url(path):
         return RemoteZarrSink.open_remote(str(path), **kwargs)
     kwargs.pop("storage_options", None)
@@ -59,13 +71,36 @@ def open_sink(path: str | Any, **kwargs: Any) -> ZarrSink:
 
 @dataclass
 class RemoteZarrSink(ZarrSink):
-    """A `ZarrSink` whose store is a URL in object storage. Picklable: a URL, sizes and options."""
+    """A `ZarrSink` whose store is a URL in object storage. Picklable: a URL, sizes and options.
+
+    Parameters
+    ----------
+    path : str
+        The store's URL.
+    n_obs : int
+        Cells.
+    n_outputs : int
+        Proteins.
+    block_rows : int
+        Cells per block.
+    embedding_dim : int
+        Width of the embeddings; 0: none.
+    storage_options : dict or None
+        fsspec options.
+    """
 
     storage_options: dict[str, Any] | None = None
 
     # -- locations -----------------------------------------------------------------------------
     @property
     def ledger(self) -> Any:
+        """Not available: a store in object storage keeps its ledger as objects.
+
+        Raises
+        ------
+        StoreError
+            Always; use blocks(), committed(), block_done() and write_block().
+        """
         # The local Ledger would read and write a folder named like the URL on this machine.
         raise StoreError(f"{self.path}: a store in object storage keeps its ledger as objects; use the sink's "
                          "blocks(), committed(), block_done() and write_block()")
@@ -104,7 +139,45 @@ class RemoteZarrSink(ZarrSink):
                     uns: dict[str, Any], block_rows: int, overwrite: bool = False, embedding_dim: int = 0,
                     inputs: tuple[Any, ...] = (), obsm: dict[str, Any] | None = None,
                     storage_options: dict[str, Any] | None = None) -> RemoteZarrSink:
-        """`ZarrSink.open` for a URL: create the store, or reopen it for resume when the same job made it."""
+        """`ZarrSink.open` for a URL: create the store, or reopen it for resume when the same job made it.
+
+        Parameters
+        ----------
+        url : str
+            The store's URL.
+        identity : dict
+            What decides the job's results.
+        obs : pandas.DataFrame
+            The cells' obs.
+        var : pandas.DataFrame
+            The proteins' var.
+        uns : dict
+            The provenance.
+        block_rows : int
+            Cells per block.
+        overwrite : bool
+            Replace a translate store of another job.
+        embedding_dim : int
+            Width of the embeddings; 0: none.
+        inputs : tuple
+            The job's inputs.
+        obsm : dict or None
+            The input's obsm arrays to carry.
+        storage_options : dict or None
+            fsspec options.
+
+        Returns
+        -------
+        RemoteZarrSink
+            The sink.
+
+        Raises
+        ------
+        OutputConflictError
+            A location that is not a translate store of ours.
+        StoreError
+            A store of another job (unless `overwrite`), or a failed object-storage call.
+        """
         url = url.rstrip("/")
         ours = claim_output(url, OUTPUT_KIND, inputs=inputs, overwrite=overwrite, resumable=True,
                             storage_options=storage_options)
@@ -155,9 +228,23 @@ class RemoteZarrSink(ZarrSink):
 
     # -- blocks --------------------------------------------------------------------------------
     def blocks(self) -> list[tuple[int, int]]:
+        """Row range of each block.
+
+        Returns
+        -------
+        list of tuple of int
+            ``[start, stop)`` per block.
+        """
         return block_ranges(self.n_obs, self.block_rows)
 
     def committed(self) -> set[int]:
+        """Indices of the committed blocks (their marker objects exist).
+
+        Returns
+        -------
+        set of int
+            Block indices.
+        """
         fs, _ = self._fs()
         where = self._key(JOB_DIR, BLOCKS_DIR)
         fs.invalidate_cache(where)
@@ -168,14 +255,49 @@ class RemoteZarrSink(ZarrSink):
         return {int(name) for name in names if name.isdigit()}
 
     def pending(self) -> list[int]:
+        """Indices of the blocks still to compute, in order.
+
+        Returns
+        -------
+        list of int
+            Block indices.
+        """
         done = self.committed()
         return [i for i in range(len(self.blocks())) if i not in done]
 
     def block_done(self, index: int) -> bool:
+        """Whether block `index` is committed (a re-run task skips it).
+
+        Parameters
+        ----------
+        index : int
+            The block.
+
+        Returns
+        -------
+        bool
+            True when committed.
+        """
         fs, _ = self._fs()
         return exists(fs, self._key(JOB_DIR, BLOCKS_DIR, f"{index:09d}"))
 
     def write_block(self, index: int, predictions: np.ndarray, embeddings: np.ndarray | None = None) -> None:
+        """Upload one block's chunks, then its marker object.
+
+        Parameters
+        ----------
+        index : int
+            The block.
+        predictions : numpy.ndarray
+            float32 ``(block cells, n_outputs)``.
+        embeddings : numpy.ndarray or None
+            float32 ``(block cells, embedding_dim)``.
+
+        Raises
+        ------
+        StoreError
+            Mis-shaped arrays, or a failed upload.
+        """
         start, stop = self.blocks()[index]
         if predictions.shape != (stop - start, self.n_outputs):
             raise StoreError(f"block {index} has shape {predictions.shape}, expected {(stop - start, self.n_outputs)}")
@@ -194,9 +316,30 @@ class RemoteZarrSink(ZarrSink):
         self._put(self._key(JOB_DIR, BLOCKS_DIR, f"{index:09d}"), f"{start} {stop}\n".encode())
 
     def bytes_pending(self) -> int:
+        """Uncompressed bytes of the blocks not yet committed.
+
+        Returns
+        -------
+        int
+            Bytes.
+        """
         return 0  # object storage reports no free space to compare with
 
     def finish(self, extra: dict[str, Any] | None = None, run: dict[str, Any] | None = None) -> None:
+        """Mark the store complete and record this run's statistics in it.
+
+        Parameters
+        ----------
+        extra : dict or None
+            Further fields for ``uns['sctranslator']``.
+        run : dict or None
+            This run's statistics.
+
+        Raises
+        ------
+        StoreError
+            Some block is not committed, or an upload failed.
+        """
         missing = self.pending()
         if missing:
             raise StoreError(f"{self.path}: blocks {missing[:10]} are not committed; re-run the same command")
@@ -212,4 +355,16 @@ class RemoteZarrSink(ZarrSink):
         self._put(self._key(JOB_DIR, JOB_FILE), json.dumps(record, indent=2, default=str).encode())
 
     def read(self, owner: TemporaryStore | None = None) -> Any:
+        """The finished store as an AnnData whose X stays in object storage (see `open_predictions`).
+
+        Parameters
+        ----------
+        owner : TemporaryStore or None
+            The object that removes a temporary store; the arrays keep it alive.
+
+        Returns
+        -------
+        AnnData
+            Cells x proteins, X lazy.
+        """
         return open_predictions(self.path, owner=owner, storage_options=self.storage_options)

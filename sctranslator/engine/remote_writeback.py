@@ -27,8 +27,35 @@ from sctranslator.util.storage import (
 
 def check_locations(data: Any, out: Any, write_h5ad: Any, write_mudata: Any,
                     storage_options: dict[str, Any] | str | None) -> dict[str, Any] | None:
-    """Refuse unsupported URLs (UnsupportedStorageError) and missing extras (MissingExtraError) among
-    translate's input and outputs, before any work; returns the parsed storage options."""
+    """Refuse unsupported URLs and missing extras among translate's input and outputs, before any work.
+
+    Parameters
+    ----------
+    data : object
+        translate's input.
+    out : object
+        The output store.
+    write_h5ad : object
+        The h5ad write-back.
+    write_mudata : object
+        The MuData write-back.
+    storage_options : dict, str or None
+        fsspec options, or their JSON.
+
+    Returns
+    -------
+    dict or None
+        The parsed storage options.
+
+    Raises
+    ------
+    UnsupportedStorageError
+        A scheme that cannot be read or written.
+    MissingExtraError
+        The scheme's file system package is not installed.
+    OptionError
+        Bad storage options.
+    """
     options = parse_storage_options(storage_options)
     check_not_folded(data, what="the input")
     check_location(data, what="the input")
@@ -40,7 +67,26 @@ def check_locations(data: Any, out: Any, write_h5ad: Any, write_mudata: Any,
 
 def upload_write_back(url: str, write: Callable[[Path], Any], needed: int | None,
                       storage_options: dict[str, Any] | None) -> None:
-    """`write(tmp)` a local temporary file, then upload it to `url` as one object."""
+    """Write a write-back file locally, then upload it to `url` as one object.
+
+    Parameters
+    ----------
+    url : str
+        The object's URL.
+    write : callable
+        ``write(tmp)`` writes the file.
+    needed : int or None
+        Bytes it needs locally.
+    storage_options : dict or None
+        fsspec options.
+
+    Raises
+    ------
+    StoreError
+        The upload failed.
+    OutputWriteError
+        The local temporary cannot be written.
+    """
     assert is_url(url)
     fs, path = filesystem(url, storage_options, write=True, what="the output")
     folder = Path(tempfile.mkdtemp(prefix="sctranslator-upload-"))

@@ -44,7 +44,21 @@ __all__ = ["EMBEDDING_KEY", "JOB_DIR", "OUTPUT_KIND", "ZarrSink", "block_ranges"
 
 @dataclass
 class ZarrSink:
-    """Where predictions go. Picklable: holds only paths and sizes."""
+    """Where predictions go: an AnnData-layout Zarr store written block by block. Picklable.
+
+    Parameters
+    ----------
+    path : str
+        The store.
+    n_obs : int
+        Cells.
+    n_outputs : int
+        Proteins.
+    block_rows : int
+        Cells per block (one chunk row of X per block).
+    embedding_dim : int
+        Width of obsm['X_sctranslator']; 0: no embeddings.
+    """
 
     path: str
     n_obs: int
@@ -54,6 +68,7 @@ class ZarrSink:
 
     @property
     def job_dir(self) -> Path:
+        """The store's job directory (record and committed-block markers)."""
         return Path(self.path) / JOB_DIR
 
     @property
@@ -68,12 +83,43 @@ class ZarrSink:
              inputs: tuple[Any, ...] = (), obsm: dict[str, Any] | None = None) -> ZarrSink:
         """Create the store, or reopen it for resume when it was made by the same job.
 
-        `inputs`: the job's input paths; the store may not be one, lie inside one or contain one.
-        `obsm`: the input's obsm arrays to carry into the store (row-sliceable, one row per cell;
-        see `Source.obsm_arrays`), copied in row slabs; `X_sctranslator` is ours and never carried.
-        (A store in object storage: `engine.remote_sink.open_sink`.)
-        Raises OutputConflictError for a path that is not a translate store of ours (see
-        `sctranslator.outputs`), StoreError for one of another job unless `overwrite`.
+        A store in object storage: `sctranslator.engine.remote_sink.open_sink`.
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The store.
+        identity : dict
+            What decides the job's results; a store of another identity is not resumed.
+        obs : pandas.DataFrame
+            The cells' obs.
+        var : pandas.DataFrame
+            The proteins' var.
+        uns : dict
+            The provenance.
+        block_rows : int
+            Cells per block.
+        overwrite : bool
+            Replace a translate store of another job.
+        embedding_dim : int
+            Width of the embeddings; 0: none.
+        inputs : tuple
+            The job's input paths; the store may not be one, lie inside one or contain one.
+        obsm : dict or None
+            The input's obsm arrays to carry into the store (row-sliceable, one row per cell), copied in
+            row slabs; ``X_sctranslator`` is ours and never carried.
+
+        Returns
+        -------
+        ZarrSink
+            The sink, its skeleton written.
+
+        Raises
+        ------
+        OutputConflictError
+            A path that is not a translate store of ours.
+        StoreError
+            A store of another job, unless `overwrite`.
         """
         path = Path(path)
         ours = claim_output(path, OUTPUT_KIND, inputs=inputs, overwrite=overwrite, resumable=True)
@@ -107,19 +153,69 @@ class ZarrSink:
 
     # -- blocks --------------------------------------------------------------------------------
     def blocks(self) -> list[tuple[int, int]]:
+        """Row range of each block.
+
+        Returns
+        -------
+        list of tuple of int
+            ``[start, stop)`` per block.
+        """
         return self.ledger.blocks()
 
     def committed(self) -> set[int]:
+        """Indices of the committed blocks.
+
+        Returns
+        -------
+        set of int
+            Block indices.
+        """
         return self.ledger.committed()
 
     def pending(self) -> list[int]:
+        """Indices of the blocks still to compute, in order.
+
+        Returns
+        -------
+        list of int
+            Block indices.
+        """
         return self.ledger.pending()
 
     def block_done(self, index: int) -> bool:
-        """Whether block `index` is committed (a re-run task skips it)."""
+        """Whether block `index` is committed (a re-run task skips it).
+
+        Parameters
+        ----------
+        index : int
+            The block.
+
+        Returns
+        -------
+        bool
+            True when committed.
+        """
         return self.ledger.block_file(index).exists()
 
     def write_block(self, index: int, predictions: np.ndarray, embeddings: np.ndarray | None = None) -> None:
+        """Write one block's predictions (and embeddings) into the store, then commit it.
+
+        Parameters
+        ----------
+        index : int
+            The block.
+        predictions : numpy.ndarray
+            float32 ``(block cells, n_outputs)``.
+        embeddings : numpy.ndarray or None
+            float32 ``(block cells, embedding_dim)``, required when the store has embeddings.
+
+        Raises
+        ------
+        StoreError
+            Mis-shaped predictions or embeddings.
+        OutputWriteError
+            The write failed (full disk, no permission).
+        """
         start, stop = self.blocks()[index]
         if predictions.shape != (stop - start, self.n_outputs):
             raise StoreError(f"block {index} has shape {predictions.shape}, expected {(stop - start, self.n_outputs)}")
@@ -136,14 +232,33 @@ class ZarrSink:
             self.ledger.commit(index)
 
     def bytes_pending(self) -> int:
-        """Uncompressed bytes of the blocks not yet committed (an upper bound of the space they need)."""
+        """Uncompressed bytes of the blocks not yet committed (an upper bound of the space they need).
+
+        Returns
+        -------
+        int
+            Bytes.
+        """
         row_bytes = 4 * (self.n_outputs + self.embedding_dim)
         blocks = self.blocks()
         return sum((blocks[i][1] - blocks[i][0]) * row_bytes for i in self.pending())
 
     def finish(self, extra: dict[str, Any] | None = None, run: dict[str, Any] | None = None) -> None:
-        """Mark the store complete; `run` (this run's statistics: blocks, cells, empty cells, speed) also
-        goes into the store's uns['sctranslator']['run'], so that it travels with the predictions."""
+        """Mark the store complete and record this run's statistics in it.
+
+        Parameters
+        ----------
+        extra : dict or None
+            Further fields for ``uns['sctranslator']``.
+        run : dict or None
+            This run's statistics (blocks, cells, empty cells, speed); they go into
+            ``uns['sctranslator']['run']`` so that they travel with the predictions.
+
+        Raises
+        ------
+        StoreError
+            Some block is not committed.
+        """
         ledger = self.ledger
         ledger.require_complete(str(self.path))
         with write_errors(self.path, 1 << 20):
@@ -152,34 +267,50 @@ class ZarrSink:
             ledger.update_record({"complete": True, **(extra or {})})
 
     def read(self, owner: TemporaryStore | None = None) -> ad.AnnData:
-        """The finished store as an AnnData whose X stays on disk (see `open_predictions`)."""
+        """The finished store as an AnnData whose X stays on disk (see `open_predictions`).
+
+        Parameters
+        ----------
+        owner : TemporaryStore or None
+            For a temporary store, the object that removes it.
+
+        Returns
+        -------
+        AnnData
+            Cells x proteins, X lazy.
+        """
         return open_predictions(self.path, owner=owner)
 
 
 def skeleton_files(obs: pd.DataFrame, var: pd.DataFrame, uns: dict[str, Any], n_obs: int, n_outputs: int,
                    block_rows: int, embedding_dim: int = 0) -> dict[str, bytes]:
-    """The empty output store as {key: bytes}: obs, var, uns, an unwritten X (NaN fill, one chunk row
-    per block) and obsm['X_sctranslator'] when `embedding_dim`, with consolidated metadata.
+    """The empty output store as {key: bytes}, with consolidated metadata.
 
-    Built in memory: zarr's per-element round trips to disk (or to an object store) made creating
-    the (small) skeleton cost about a second per translate call. The provenance entries of
-    `uns['sctranslator']` (model, settings, versions, ...) are encoded once per process and value
-    (`_encoded_entry`): most of them are the same for every input of a collection, and anndata
-    writes each of their ~100 scalars as an array of its own.
+    obs, var, uns, an unwritten X (NaN fill, one chunk row per block) and obsm['X_sctranslator'] when
+    `embedding_dim`. Built in memory: zarr's per-element round trips to disk (or an object store) made
+    creating the small skeleton cost about a second per translate call.
 
     Parameters
     ----------
-    obs, var
-        The store's obs (one row per cell) and var (one row per output).
-    uns
-        The store's uns; `uns['sctranslator']` (a dict) is the provenance.
-    n_obs, n_outputs, block_rows, embedding_dim
-        X's shape, its chunk rows, and the embedding width (0: no embeddings).
+    obs : pandas.DataFrame
+        The cells' obs.
+    var : pandas.DataFrame
+        The proteins' var.
+    uns : dict
+        The provenance.
+    n_obs : int
+        Cells.
+    n_outputs : int
+        Proteins.
+    block_rows : int
+        Cells per block.
+    embedding_dim : int
+        Width of the embeddings; 0: none.
 
     Returns
     -------
     dict of str to bytes
-        Store keys (relative to the store's root) and their contents.
+        Store key -> content.
     """
     obs, renamed = writable_obs(obs)
     if renamed:
@@ -265,9 +396,18 @@ def _copy_obsm(store: Path | Any, arrays: dict[str, Any], block_rows: int) -> No
 
 
 def write_files(root: Path, files: dict[str, bytes]) -> None:
-    """Write `files` ({key relative to `root`: bytes}, a store's small metadata and scalar files) under
-    `root`: the folders first, then the files from a few threads (each is a round trip to the file
-    system, which on a busy disk costs more than the bytes)."""
+    """Write a store's small metadata and scalar files under `root`: the folders first, then the files.
+
+    The files go out from a few threads: each is a round trip to the file system, which on a busy disk
+    costs more than the bytes.
+
+    Parameters
+    ----------
+    root : pathlib.Path
+        The store.
+    files : dict of str to bytes
+        Key relative to `root` -> content.
+    """
     for folder in sorted({(root / key).parent for key in files}):
         folder.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=8) as pool:

@@ -37,13 +37,22 @@ SELF_CGROUP = Path("/proc/self/cgroup")
 
 @dataclass(frozen=True)
 class Parallelism:
-    """The choice for one process: what runs concurrently and with how many threads.
+    """The parallelism chosen for one process: what runs concurrently and with how many threads.
 
-    cpus: cores this process may use. workers: concurrent blocks (reading, preparing, computing).
-    threads: CPU threads of one computing block. compute_slots: blocks allowed to compute at once
-    (None: every worker may compute). why: the reason, in words (recorded in provenance).
-    streams: how many single-thread backend calls a block's threads run as, side by side (1: one
-    call uses all `threads`).
+    Parameters
+    ----------
+    cpus : int
+        Cores this process may use.
+    workers : int
+        Concurrent blocks (reading, preparing, computing).
+    threads : int
+        Intra-op threads per backend call.
+    compute_slots : int or None
+        Blocks allowed to compute at once; None: every worker may compute.
+    why : str
+        The reason, in words (recorded in the provenance).
+    streams : int
+        Single-thread calls a computing block runs side by side (1: one call on all its threads).
     """
 
     cpus: int
@@ -54,7 +63,18 @@ class Parallelism:
     streams: int = 1
 
     def record(self, batch_size: int | str) -> dict[str, Any]:
-        """The provenance entry (`uns['sctranslator']['settings']['parallelism']`)."""
+        """The provenance entry (``uns['sctranslator']['settings']['parallelism']``).
+
+        Parameters
+        ----------
+        batch_size : int or str
+            Cells per call (or how they were sized).
+
+        Returns
+        -------
+        dict
+            JSON-able record.
+        """
         return {"cpus": self.cpus, "workers": self.workers, "threads": self.threads, "streams": self.streams,
                 "compute_slots": self.compute_slots or self.workers, "batch_size": batch_size, "why": self.why}
 
@@ -67,12 +87,23 @@ def _read(path: Path) -> str | None:
 
 
 def cgroup_cpu_limit(root: str | Path = CGROUP_ROOT, self_cgroup: str | Path = SELF_CGROUP) -> float | None:
-    """The CPU quota in cores of this process's cgroup (the smallest along its path), or None if unlimited.
+    """The CPU quota, in cores, of this process's cgroup (the smallest along its path).
 
-    cgroup v2: `<root>/<path>/cpu.max` ("QUOTA PERIOD" or "max PERIOD"); cgroup v1:
-    `<root>/cpu[,cpuacct]/<path>/cpu.cfs_quota_us` / `cpu.cfs_period_us` (quota -1: unlimited).
-    `self_cgroup` is /proc/self/cgroup (which cgroup the process is in); where that path does not
-    exist under `root` (a container sees its own cgroup as the root), the root's files are read.
+    cgroup v2: ``<root>/<path>/cpu.max``; cgroup v1: ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``.
+    Where the process's cgroup path does not exist under `root` (a container sees its own cgroup as
+    the root), the root's files are read.
+
+    Parameters
+    ----------
+    root : str or pathlib.Path
+        The cgroup file system.
+    self_cgroup : str or pathlib.Path
+        /proc/self/cgroup (which cgroup the process is in).
+
+    Returns
+    -------
+    float or None
+        Cores; None when unlimited.
     """
     root = Path(root)
     text = _read(Path(self_cgroup)) or ""
@@ -113,10 +144,26 @@ def cgroup_cpu_limit(root: str | Path = CGROUP_ROOT, self_cgroup: str | Path = S
 
 def available_cpus(affinity: set[int] | None = None, root: str | Path = CGROUP_ROOT,
                    self_cgroup: str | Path = SELF_CGROUP) -> tuple[int, str]:
-    """(cores this process may use, where that number came from).
+    """The cores this process may use, and where that number came from.
 
-    The CPUs in the affinity mask (`os.sched_getaffinity`, else `os.cpu_count`), capped by the
+    The CPUs in the affinity mask (``os.sched_getaffinity``, else ``os.cpu_count``), capped by the
     cgroup quota rounded down (a 1.5-core quota is 1 busy thread, never 2 throttled ones), at least 1.
+
+    Parameters
+    ----------
+    affinity : set of int or None
+        The affinity mask; None: this process's.
+    root : str or pathlib.Path
+        The cgroup file system.
+    self_cgroup : str or pathlib.Path
+        /proc/self/cgroup.
+
+    Returns
+    -------
+    cpus : int
+        Cores.
+    source : str
+        Where the number came from.
     """
     if affinity is None:
         try:
@@ -134,9 +181,20 @@ def cell_flop(config: Any, tokens: int) -> float:
     """Rough floating-point operations of one cell's forward over `tokens` encoder tokens.
 
     Counts the matrix products (encoder projections, random-feature maps, feed-forward; the
-    translator's dense layers; the decoder over the protein panel): enough to tell a forward that
-    keeps many cores busy from one that does not, which is all the rule needs. Batching more cells per
-    call multiplies the work but not the size of each matrix product, so the rule reads one cell's.
+    translator's dense layers; the decoder over the protein panel): enough to tell a forward that keeps
+    many cores busy from one that does not.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        The model's sizes.
+    tokens : int
+        Encoder tokens per cell.
+
+    Returns
+    -------
+    float
+        Operations.
     """
     def layer(width: int, heads: int, head_dim: int, features: int, length: int) -> float:
         inner = heads * head_dim
@@ -160,20 +218,29 @@ def choose_parallelism(*, remote: bool = False, device: str = "cpu", flop_per_ce
 
     Parameters
     ----------
-    remote, device: where the arithmetic runs: `remote` (a backend whose capabilities say it computes on a
-        server, e.g. triton) there, else on `device` (cuda: the GPU; cpu: here).
-    flop_per_cell: the arithmetic of one cell's forward (`cell_flop`), which sets the threads a call deserves.
-    cpus: cores this process may use (default: `available_cpus()`).
-    workers: concurrent blocks the user asked for (threads then share the cores among them).
-    concurrent: concurrent blocks fixed by the runtime (a dask worker's `--nthreads`); computing is
-        gated to what the cores allow.
-    cpu_source: where `cpus` came from, for the reason.
-    streams: the backend runs a block's threads as single-thread calls side by side (its capabilities'
-        `cpu_streams`; CPU only).
+    remote : bool
+        The arithmetic runs on a server (a backend whose capabilities say so, e.g. triton).
+    device : str
+        Otherwise where it runs: "cuda" (the GPU) or "cpu" (here).
+    flop_per_cell : float
+        The arithmetic of one cell's forward (`cell_flop`), which sets the threads a call deserves.
+    cpus : int or None
+        Cores this process may use; None: `available_cpus`.
+    workers : int or None
+        Concurrent blocks the user asked for (threads then share the cores among them).
+    concurrent : int or None
+        Concurrent blocks fixed by the runtime (a Dask worker's ``--nthreads``); computing is gated to
+        what the cores allow.
+    cpu_source : str
+        Where `cpus` came from, for the reason.
+    streams : bool
+        The backend declares ``cpu_streams``: on CPU a computing block's threads become that many
+        single-thread calls side by side.
 
     Returns
     -------
     Parallelism
+        The choice.
     """
     rule = _choose(remote=remote, device=device, flop_per_cell=flop_per_cell, cpus=cpus, workers=workers,
                    concurrent=concurrent, cpu_source=cpu_source)
@@ -230,7 +297,18 @@ _GATES_LOCK = threading.Lock()
 
 @contextlib.contextmanager
 def compute_gate(slots: int | None) -> Iterator[None]:
-    """Hold one of this process's `slots` compute slots while inside (no limit for None)."""
+    """Hold one of this process's compute slots while inside (no limit for None).
+
+    Parameters
+    ----------
+    slots : int or None
+        The process's compute slots.
+
+    Yields
+    ------
+    None
+        While the slot is held.
+    """
     if not slots:
         yield
         return

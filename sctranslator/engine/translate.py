@@ -63,8 +63,20 @@ log = logging.getLogger(__name__)
 WRITEBACK_KIND = "translate-writeback"
 
 def default_block_cells(model: TranslatorModel) -> int:
-    """Cells per block (the unit of work, commit and resume): about 4 M model values per block, so a
-    block of the full-size model (L = 20,000) is 209 cells and one of a tiny model up to 8,192."""
+    """Cells per block (the unit of work, commit and resume): about 4 M model values per block.
+
+    A block of the full-size model (L = 20,000) is 209 cells, one of a tiny model up to 8,192.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model.
+
+    Returns
+    -------
+    int
+        Between 16 and 8,192.
+    """
     return max(16, min(8192, 4_194_304 // model.config.max_genes))
 
 
@@ -79,15 +91,44 @@ def _versions() -> dict[str, str]:
 
 
 def default_batch_size(model: TranslatorModel, device: str) -> int:
-    """Cells per backend call: small models amortise call overhead over many cells; on CPU the
-    full-size model (L = 20,000) is fastest one cell at a time; GPUs like bigger batches."""
+    """Cells per backend call when none is given.
+
+    Small models amortise call overhead over many cells; on CPU the full-size model (L = 20,000) is
+    fastest one cell at a time; GPUs like bigger batches.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model.
+    device : str
+        "cpu", "cuda" or "cuda:N".
+
+    Returns
+    -------
+    int
+        Between 1 and 512.
+    """
     budget = 32_768 if device == "cpu" else 262_144
     return max(1, min(512, budget // model.config.max_genes))
 
 
 def encoder_tokens(plan: Plan, capabilities: BackendCapabilities, spec: BackendSpec) -> int:
-    """How many gene tokens the encoder computes per cell: L, or with the padding collapse the
-    real positions plus one shared padding token (recorded so a run says which path it took)."""
+    """How many gene tokens the encoder computes per cell, recorded so a run says which path it took.
+
+    Parameters
+    ----------
+    plan : Plan
+        The job's plan.
+    capabilities : BackendCapabilities
+        The backend's; one that cannot turn the padding collapse off always collapses.
+    spec : BackendSpec
+        The backend's spec (``options['collapse_padding']``).
+
+    Returns
+    -------
+    int
+        L, or with the padding collapse the real positions plus one shared padding token.
+    """
     # A backend that cannot turn the collapse off always collapses.
     collapsing = not capabilities.optional_padding_collapse or spec.options.get("collapse_padding", True)
     if not collapsing:
@@ -106,8 +147,18 @@ def _output_var(plan: Plan) -> pd.DataFrame:
 def output_scaling(model: TranslatorModel) -> str:
     """The per-cell scale the model's predictions are on: its training targets' scaling.
 
-    Bundles record it (`preprocessing.target_scaling`); published checkpoints were trained on
+    Bundles record it (``preprocessing.target_scaling``); published checkpoints were trained on
     per-cell min-max scaled proteins.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model.
+
+    Returns
+    -------
+    str
+        "minmax", "clr" or "log1p".
     """
     preprocessing = getattr(model, "preprocessing", None) or {}
     return str(preprocessing.get("target_scaling") or "minmax")
@@ -192,92 +243,174 @@ def translate(data: str | Path | ad.AnnData | Sequence[Any], model: str | Path |
               storage_options: dict[str, Any] | None = None) -> ad.AnnData | list[ad.AnnData] | None:
     """Predict protein abundance for every cell of `data` with `model`.
 
-    Parameters (the option groups of `sctranslator.options` document each one and its choices):
-        data: .h5ad, AnnData .zarr store (v2/v3), .h5mu (see `modality`), a TileDB-SOMA experiment
-            (its URI or an open `tiledbsoma.Experiment`; see `measurement`) or an in-memory AnnData /
-            MuData; cells x genes, read block by block. A list of them (or a glob such as
-            "atlas/*.h5ad") is a collection: each input is translated as if alone into its own store
-            in `out` (a directory, with collection.json); a list of AnnData is returned, and
-            CollectionError is raised at the end when some inputs failed (engine.collection).
-            For a SOMA experiment `obs_query` is a SOMA value_filter, evaluated by TileDB.
-        measurement: the SOMA experiment's measurement (default RNA); `layer` is its X layer (default
-            raw, else the only one) and `gene_column` its var column (default feature_name).
-        obs_columns: only these obs columns go into the output's obs (default all; a SOMA
-            experiment's soma_joinid always does).
-        storage_options: fsspec options (credentials, endpoint) for inputs and outputs in object
-            storage: `data`, `out`, `write_h5ad`, `write_mudata` may be s3:// or gs:// URLs (inputs
-            also http(s)://); by default each file system reads its standard environment
-            (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...). See README, "Object storage".
-        model: a bundle directory, an official .pt checkpoint (read without executing it), a model
-            name (`demo`, or one added by `sctranslator convert --name`) or a TranslatorModel.
-        proteins: antibody or gene names to predict (default: the model's protein panel).
-        out: the output Zarr store (default: a temporary one, removed once the result is dropped).
-        backend, device, precision, batch_size (cells per model call), block_cells (cells per block,
-            the unit of work and resume), workers (concurrent blocks), scheduler (a dask.distributed
-            address), onnx_path, compile (torch.compile the torch backend's blocks), backend_options
-            (triton: url, model_name, protocol): EngineOptions. On CUDA the torch backend sizes its
-            calls from free device memory unless batch_size is given, and `device="cuda"` with several
-            GPUs visible (and no scheduler) runs one worker process per GPU (engine.gpus).
-        normalize, target_sum, gene_column, id_type, layer, use_raw, modality, missing_chunks,
-            min_coverage (a fraction, 0.5 = 50%), allow_low_coverage, allow_empty_cells,
-            gene_mapping: InputOptions.
-        overwrite, write_h5ad, write_mudata, embeddings, quiet: OutputOptions.
-        wait: when another job is writing one of the outputs, wait for it to end instead of
-            refusing (OutputLockedError); the outputs are then checked afresh (see README, Outputs).
-        inplace: also set the predictions on `data` (an AnnData / MuData object) and return None.
-        key, replace_key: where write_h5ad / write_mudata / inplace put the predictions (below);
-            an existing entry there is replaced only with an explicit `key` and `replace_key=True`.
-        cells, obs_query, max_cells: translate only the named cells, the cells where a pandas
-            expression over obs holds, and/or the first N of them (in the input's order; recorded in
-            provenance). Not with write_h5ad / write_mudata / inplace, which write the whole input.
+    The input is read block by block (never loaded whole) and the predictions are written block by
+    block into an AnnData-layout Zarr store: re-running the same call after an interruption resumes.
+    Every keyword is one option of `sctranslator.options.TranslateOptions` (its groups document the
+    choices and defaults); the ``sctranslator translate`` command takes the same options as flags.
 
-    Returns an AnnData (cells x proteins) read lazily from the output store: `X` is a float32
-    `dask.array.Array` over the store's chunks (on the model's target scale), so the predictions are
-    never all in memory; obs, var and uns are in memory. For a numpy array use `result.X.compute()`
-    (or `np.asarray(result.X)`, `result.X[:100].compute()` for some rows); `result.to_memory()` gives
-    an in-memory AnnData (for results that fit). `uns['sctranslator']` records the model, settings
-    (the output scaling among them), plan, coverage and run. With `out`, the result is an
-    AnnData-layout Zarr store there, written block by block: re-running the same call after an
-    interruption resumes. With `embeddings`, obsm['X_sctranslator'] (a dask array likewise, cells x
-    model dim) holds each cell's embedding: the mean of the encoder's outputs over the cell's real
-    gene tokens (torch backend). `write_h5ad` / `write_mudata` also write the input with the
-    predictions under keys of their own (see `engine.writeback`), streamed element by element:
-    `obsm[key]` (a DataFrame, proteins as columns; default key 'protein_predicted'), `uns[key]`
-    (provenance) and `obsm['X_' + key]` (embeddings) in an AnnData; a new modality `key` (default
-    'prot_predicted') in a MuData, beside every modality of a MuData input. With `inplace=True`
-    the same go onto `data` (an AnnData; a MuData gets the new modality); nothing is returned then.
-    `obsm['protein_expression']` and a `prot` modality, where scvi-tools and CITE-seq files keep
-    MEASURED proteins, are never written unless named as `key` with `replace_key=True`.
+    Parameters
+    ----------
+    data : str, pathlib.Path, AnnData, MuData, tiledbsoma.Experiment, or a sequence of these
+        Cells x genes: an .h5ad file, an AnnData .zarr store (v2/v3), an .h5mu file or MuData store
+        (see `modality`), a TileDB-SOMA experiment (its URI or an open ``tiledbsoma.Experiment``;
+        see `measurement`), an in-memory AnnData / MuData, or any of these files at an s3://, gs://
+        or http(s):// URL. A list of them (or a glob such as ``"atlas/*.h5ad"``) is a collection: each
+        input is translated as if alone into its own store in `out` (a directory, with
+        collection.json) and a list of AnnData is returned.
+    model : str, pathlib.Path or TranslatorModel
+        A bundle directory, a published .pt checkpoint (read without executing it), a model name
+        ("demo", or one added by ``sctranslator convert --name``) or a loaded model.
+    proteins : sequence of str or None
+        Antibody or gene names to predict; None: the model's protein panel.
+    out : str, pathlib.Path or None
+        The output Zarr store (or a directory for a collection); None: a temporary store, removed
+        once the result is dropped.
+    backend : {'auto', 'torch', 'onnxruntime', 'triton'}
+        The inference backend; "auto" picks the fastest exact one for the device and model and
+        records why.
+    device : str
+        "cpu", "cuda" or "cuda:N". ``"cuda"`` with several GPUs visible (and no `scheduler`) runs one
+        worker process per GPU.
+    batch_size : int or None
+        Cells per model call; None: from free device memory on CUDA (torch), else from the model size.
+    block_cells : int or None
+        Cells per block, the unit of work, commit and resume; None: from the model size.
+    workers : int or None
+        Blocks in flight on the local scheduler; None: from the cores this process may use.
+    scheduler : str or None
+        Address of a running dask.distributed scheduler; None: a local one.
+    normalize : {'none', 'log1p', 'total', 'total_log1p'} or None
+        Library-size normalisation and/or log1p of the counts before the per-cell scaling; None: as
+        the model was trained (a bundle records it), X as stored for published checkpoints.
+    target_sum : float or None
+        Library size (counts per cell) for "total" / "total_log1p"; None: the model's, else 10,000.
+    gene_column : str or None
+        The var column holding the gene identifiers; None: the var index (SOMA: feature_name).
+    id_type : {'auto', 'symbol', 'entrez', 'ensembl', 'mouse_symbol', 'mouse_ensembl'}
+        Kind of gene identifier; "auto" detects it.
+    layer : str or None
+        Read this layer instead of X (SOMA: the X layer, by default raw, else the only one).
+    use_raw : bool
+        Read ``.raw.X`` with ``.raw.var`` (e.g. the counts scanpy keeps in ``.raw``).
+    modality : str or None
+        The MuData modality holding the RNA; None: "rna", else the one RNA-like modality.
+    missing_chunks : {'error', 'zeros'}
+        What a chunk of X absent from a Zarr store means: refuse, or zeros.
+    min_coverage : float
+        Least fraction (0.5 = 50%) of the model's genes found in the data (published checkpoints:
+        of the dataset's genes that map onto the vocabulary).
+    allow_low_coverage : bool
+        Go on, with a warning, below `min_coverage`.
+    allow_empty_cells : bool
+        Predict cells with no counts in any gene the model reads instead of refusing them.
+    overwrite : bool
+        Replace an earlier translate store (or write-back file) at the same path; nothing else is
+        ever replaced.
+    onnx_path : str or None
+        onnxruntime backend: run this export; None: export on demand and cache it.
+    precision : {'fp32', 'fp16', 'bf16'}
+        Compute dtype; fp32 is exact, bf16 / fp16 are opt-in and recorded.
+    compile : bool
+        torch backend: run the model's blocks through torch.compile.
+    backend_options : dict or None
+        Per-backend settings; triton: url, model_name, protocol, timeout_s, ready_timeout_s,
+        max_in_flight, retry_timeout_s, ... (see `sctranslator.engine.backends.TritonConnection`).
+    write_h5ad : str, pathlib.Path or None
+        Also write a copy of the input with the predictions in ``obsm[key]`` (a DataFrame, proteins
+        as columns) and provenance in ``uns[key]``.
+    write_mudata : str, pathlib.Path or None
+        Also write a MuData (.h5mu): the input's modalities and the predictions as modality `key`.
+    embeddings : bool
+        Also write ``obsm['X_sctranslator']``, each cell's embedding (cells x model dim): the mean of
+        the encoder's outputs over its real gene tokens (torch backend only).
+    quiet : bool
+        No progress bar.
+    gene_mapping : {'original', 'extended'} or None
+        How gene identifiers become tokens: "original" (the published pipeline's, the default for
+        published checkpoints) or "extended" (wider tables); None: the model's own setting.
+    inplace : bool
+        Also set the predictions on `data` (an AnnData: ``obsm[key]``; a MuData: a new modality);
+        nothing is returned then.
+    cells : sequence of str or None
+        Translate only these cells (obs names), in the input's order.
+    obs_query : str or None
+        Translate only the cells where this pandas expression over obs holds (SOMA: a
+        value_filter evaluated by TileDB).
+    max_cells : int or None
+        Translate only the first N cells (of the selection).
+    key : str or None
+        Where `write_h5ad`, `write_mudata` and `inplace` put the predictions; None:
+        "protein_predicted" (AnnData obsm) or "prot_predicted" (MuData modality).
+    replace_key : bool
+        Replace what the input already holds under `key` (needs an explicit `key`). Measured
+        proteins (``obsm['protein_expression']``, a ``prot`` modality) are never replaced otherwise.
+    wait : bool
+        When another job is writing one of the outputs, wait for it to end (then check the outputs
+        afresh) instead of refusing.
+    measurement : str or None
+        TileDB-SOMA experiment: the measurement holding the RNA; None: "RNA".
+    obs_columns : sequence of str or None
+        Only these obs columns go into the output's obs; None: all (SOMA: soma_joinid always does).
+    storage_options : dict or None
+        fsspec options (credentials, endpoint_url, anon, ...) for inputs and outputs in object
+        storage; None: each file system's standard environment (AWS_ENDPOINT_URL, ...).
 
-    Which matrix is read: X, or ``layers[layer]``, or with `use_raw` ``.raw.X`` with ``.raw.var``.
-    `modality` names the MuData modality (None: `rna`, else the one RNA-like modality).
-    `missing_chunks` ("error" or "zeros") says what an absent chunk of a dense zarr X means.
-    `gene_mapping`: "original" (the published pipeline's, default for published checkpoints) or
-    "extended" (wider; see `sctranslator.vocab.genes`); default: the one the model was trained with.
-    `overwrite` replaces an earlier translate store (or write-back file) at the same path; nothing
-    else is ever replaced.
+    Returns
+    -------
+    AnnData, list of AnnData, or None
+        Cells x proteins, read lazily from the output store: ``X`` is a float32
+        ``dask.array.Array`` on the model's target scale (per-cell min-max for published
+        checkpoints), so the predictions are never all in memory; obs, var and uns are in memory.
+        ``X.compute()`` gives a numpy array and ``to_memory()`` an in-memory AnnData.
+        ``uns['sctranslator']`` records the model, settings, output scaling, plan, coverage and run.
+        With `embeddings`, ``obsm['X_sctranslator']`` is a lazy ``(n_cells, dim)`` array. A list,
+        one per input, for a collection; None with ``inplace=True``.
 
-    Raises:
-        OptionError: a choice option (backend, normalize, id_type, precision, ...) outside its choices;
-            `replace_key` without `key`, `key` without a write-back, a `key` with '/'.
-        BackendOptionError: an option the chosen backend does not use (backend_options such as url,
-            onnx_path, compile, a precision or device with triton), or one it needs and lacks (triton's
-            url); asked of the backend's declared capabilities (engine.backends.capabilities).
-        BackendError: embeddings from a backend that declares none (only torch has them); a precision
-            the backend has no kernels for on the device; a backend that cannot start or fails.
-        InputDataError: batch_size or block_cells < 1; no `.raw`, layer or modality as asked;
-            `inplace` without an AnnData. KeyConflictError: a write-back target that exists (without
-            an explicit `key` and `replace_key`). BadCellsError: NaN/Inf/negative values (naming the lowest
-            bad row); empty cells (no counts in any gene the model reads) unless `allow_empty_cells`.
-        CoverageError: fewer than `min_coverage` of the genes map (without allow_low_coverage).
-        VocabularyError / UnknownProteinError: identifiers or proteins that do not map.
-        CheckpointError: an unreadable model. StoreError: an unreadable input, a missing zarr chunk
-            (with missing_chunks="error"), an `out` naming an HDF5 file, or an output written by
-            another job (without overwrite). OutputConflictError: an output path that holds something
-            sctranslator did not write, or that is or overlaps an input.
+    Raises
+    ------
+    OptionError
+        A choice (backend, normalize, id_type, precision, ...) outside its choices, a device that is
+        not cpu / cuda / cuda:N, a size below 1, `replace_key` without `key`, `key` without a
+        write-back, a `key` with "/".
+    BackendOptionError
+        An option the chosen backend does not use (url without triton, onnx_path, compile, a
+        precision or device with triton), or one it needs and lacks (triton's url).
+    BackendError
+        Embeddings from a backend that declares none; a precision the backend cannot run on the
+        device; a backend that cannot start or fails.
+    InputDataError
+        No ``.raw``, layer or modality as asked; `inplace` without an AnnData; a cell selection with
+        a write-back.
+    BadCellsError
+        NaN / Inf / negative values (naming the lowest bad row), or empty cells unless
+        `allow_empty_cells`.
+    CoverageError
+        Fewer than `min_coverage` of the genes map, unless `allow_low_coverage`.
+    VocabularyError
+        Identifiers that cannot be mapped as asked; UnknownProteinError for a protein outside the
+        vocabulary or the model's panel.
+    KeyConflictError
+        A write-back target that already exists (without `key` and `replace_key`).
+    CheckpointError
+        An unreadable or unsafe model.
+    StoreError
+        An unreadable input, a missing Zarr chunk (with ``missing_chunks="error"``), an `out` naming
+        an HDF5 file, or an output written by another job (without `overwrite`).
+    OutputConflictError
+        An output path that holds something sctranslator did not write, or overlaps an input.
+    OutputLockedError
+        Another job is writing the same output and `wait` is False.
+    CollectionError
+        Some inputs of a collection failed (the others are complete).
+
+    Examples
+    --------
+    >>> import sctranslator
+    >>> pred = sctranslator.translate("pbmc.h5ad", "demo", ["CD3", "CD4"], out="pbmc.zarr")  # doctest: +SKIP
+    >>> pred.X[:100].compute()  # doctest: +SKIP
     """
     if is_collection(data):  # several inputs: one store each in `out` (engine.collection)
-        return translate_collection(translate, **locals())
+        return translate_collection(prepare_input, **locals())
     # Every keyword goes into one options object, checked once; the command line builds the same object.
     given = dict(locals())  # exactly the parameters
     del given["data"], given["model"]
@@ -288,44 +421,146 @@ def run_translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorM
                   options: TranslateOptions) -> ad.AnnData | None:
     """`translate` from its options object: options -> claim outputs -> plan -> backend -> job -> outputs.
 
-    The one path of the Python API and the `translate` command (errors and result as `translate`).
+    The one path of the Python API and the ``translate`` command.
+
+    Parameters
+    ----------
+    data : str, pathlib.Path, AnnData, MuData or tiledbsoma.Experiment
+        One input (see `translate`).
+    model : str, pathlib.Path or TranslatorModel
+        The model (see `translate`).
+    options : TranslateOptions
+        The job's options.
+
+    Returns
+    -------
+    AnnData or None
+        As `translate`.
+
+    Raises
+    ------
+    SctranslatorError
+        As `translate`.
     """
     with writing(options.output.wait):
-        options.check()
-        output = options.output
-        # URLs: a supported scheme and its extra, before any work; the options every file system then uses.
-        storage = check_locations(data, options.out, output.write_h5ad, output.write_mudata, output.storage_options)
-        options = replace(options, output=replace(output, storage_options=storage))
-        check_scheduler_address(options.engine.scheduler)
-        backend = resolve_backend(options.engine, options.backend_options, embeddings=options.output.embeddings)
-        options = with_absolute_paths(options)  # dask workers resolve paths in their own directories
-        target = _inplace_target(data) if options.inplace else None
-        inputs = (data, model, options.engine.onnx_path)
-        _claim_outputs(options.out, options.output.write_h5ad, options.output.write_mudata, inputs,
-                       options.output.overwrite, storage)
-        scheduler = options.engine.scheduler
-        cluster_workers = check_cluster(scheduler) if scheduler else {}  # before any store exists
-        source = open_input(data, options.input, storage)
+        return prepare_translate(data, model, options).run()
+
+
+def prepare_input(data: Any, model: str | Path | TranslatorModel, proteins: Sequence[str] | None = None,
+                  **kwargs: Any) -> PreparedTranslate:
+    """`prepare_translate` from `translate`'s keywords (an input of a collection: engine.collection).
+
+    The claims go to the enclosing `writing` scope (the collection's).
+    """
+    return prepare_translate(data, model, TranslateOptions.from_kwargs(proteins=proteins, **kwargs))
+
+
+@dataclass
+class PreparedTranslate:
+    """An input ready to compute: its outputs claimed, its source open, its plan, backend and store made.
+
+    `run()` computes it and writes its outputs (closing the source); `close()` drops it unrun.
+    """
+
+    data: Any
+    source: Source
+    options: TranslateOptions
+    plan: Plan
+    execution: Execution
+    sink: Any
+    owner: TemporaryStore | None
+    target: Any
+
+    def run(self) -> ad.AnnData | None:
+        """The job into the output store, then the write-backs (errors as `translate`)."""
         try:
-            check_write_targets(data, source, options)
-            loaded, model_source = _resolve_model(model)
-            plan = make_plan(source, loaded, options)
-            execution = plan_execution(options, backend, loaded, model_source, plan, source.n_obs, cluster_workers)
-            return _run_and_write(data, source, options, backend, loaded, model_source, plan, execution, inputs,
-                                  target)
+            return _run_and_write(self.data, self.source, self.options, self.execution, self.sink, self.owner,
+                                  self.plan, self.target)
         finally:
-            source.close()
+            self.source.close()
+
+    def close(self) -> None:
+        """Close the input without computing it (its store stays resumable; a temporary one is removed)."""
+        self.source.close()
+        if self.owner is not None:
+            self.owner.remove()
+
+
+def prepare_translate(data: str | Path | ad.AnnData, model: str | Path | TranslatorModel,
+                      options: TranslateOptions) -> PreparedTranslate:
+    """Everything of `run_translate` before the blocks compute: checks, claims, source, plan, backend.
+
+    Claims go to the enclosing `writing` scope. Raises as `translate`; the source is closed on failure.
+    """
+    options.check()
+    output = options.output
+    # URLs: a supported scheme and its extra, before any work; the options every file system then uses.
+    storage = check_locations(data, options.out, output.write_h5ad, output.write_mudata, output.storage_options)
+    options = replace(options, output=replace(output, storage_options=storage))
+    check_scheduler_address(options.engine.scheduler)
+    backend = resolve_backend(options.engine, options.backend_options, embeddings=options.output.embeddings)
+    options = with_absolute_paths(options)  # dask workers resolve paths in their own directories
+    target = _inplace_target(data) if options.inplace else None
+    inputs = (data, model, options.engine.onnx_path)
+    _claim_outputs(options.out, options.output.write_h5ad, options.output.write_mudata, inputs,
+                   options.output.overwrite, storage)
+    scheduler = options.engine.scheduler
+    cluster_workers = check_cluster(scheduler) if scheduler else {}  # before any store exists
+    source = open_input(data, options.input, storage)
+    try:
+        check_write_targets(data, source, options)
+        loaded, model_source = _resolve_model(model)
+        plan = make_plan(source, loaded, options)
+        execution = plan_execution(options, backend, loaded, model_source, plan, source.n_obs, cluster_workers)
+        sink, owner = _open_output(source, options, backend, loaded, model_source, plan, execution, inputs)
+    except BaseException:
+        source.close()
+        raise
+    return PreparedTranslate(data, source, options, plan, execution, sink, owner, target)
 
 
 def with_absolute_paths(options: TranslateOptions) -> TranslateOptions:
-    """The options with `out` and `onnx_path` absolute (~ expanded; URLs kept)."""
+    """The options with `out` and `onnx_path` absolute (~ expanded; URLs kept).
+
+    Parameters
+    ----------
+    options : TranslateOptions
+        The job's options.
+
+    Returns
+    -------
+    TranslateOptions
+        A copy.
+    """
     onnx_path = options.engine.onnx_path
     engine = replace(options.engine, onnx_path=None if onnx_path is None else str(_absolute(onnx_path)))
     return replace(options, out=_absolute(options.out), engine=engine)
 
 
 def open_input(data: Any, given: InputOptions, storage_options: dict[str, Any] | None = None) -> Source:
-    """The input as a Source, restricted to the selected cells: the one place an input is opened."""
+    """The input as a Source, restricted to the selected cells: the one place an input is opened.
+
+    Parameters
+    ----------
+    data : str, pathlib.Path, AnnData, MuData or tiledbsoma.Experiment
+        The input.
+    given : InputOptions
+        Layer, raw, modality, measurement, gene column and the cell selection.
+    storage_options : dict or None
+        fsspec options for an input in object storage.
+
+    Returns
+    -------
+    Source
+        Cells x genes, read in row blocks.
+
+    Raises
+    ------
+    StoreError
+        An unreadable input.
+    InputDataError
+        No such layer, raw or modality; a bad cell selection.
+    """
     return select_cells(open_source(data, layer=given.layer, use_raw=given.use_raw, modality=given.modality,
                                     missing_chunks=given.missing_chunks, measurement=given.measurement,
                                     gene_column=given.gene_column, storage_options=storage_options),
@@ -333,7 +568,26 @@ def open_input(data: Any, given: InputOptions, storage_options: dict[str, Any] |
 
 
 def check_write_targets(data: Any, source: Source, options: TranslateOptions) -> None:
-    """Refuse write-backs that would pair the wrong cells or replace what the input holds (writeback.check_keys)."""
+    """Refuse write-backs that would pair the wrong cells or replace what the input holds.
+
+    Parameters
+    ----------
+    data : object
+        The input as given.
+    source : Source
+        The opened input.
+    options : TranslateOptions
+        The job's options.
+
+    Raises
+    ------
+    InputDataError
+        Repeated cell names where cells are matched by name (MuData), or a write-back of a SOMA input.
+    KeyConflictError
+        A write-back target that exists (without `key` and `replace_key`).
+    OptionError
+        A bad `key`.
+    """
     output = options.output
     refuse_writeback(source, write_h5ad=output.write_h5ad, write_mudata=output.write_mudata)
     if output.write_mudata is not None or (options.inplace and not isinstance(data, ad.AnnData)):
@@ -345,7 +599,29 @@ def check_write_targets(data: Any, source: Source, options: TranslateOptions) ->
 
 
 def make_plan(source: Source, model: TranslatorModel, options: TranslateOptions) -> Plan:
-    """The plan of (input, model), its coverage and expression scale checked."""
+    """The plan of (input, model), its coverage and expression scale checked.
+
+    Parameters
+    ----------
+    source : Source
+        The opened input.
+    model : TranslatorModel
+        The model.
+    options : TranslateOptions
+        The job's options.
+
+    Returns
+    -------
+    Plan
+        The alignment and protein windows.
+
+    Raises
+    ------
+    CoverageError
+        Too few genes map.
+    SctranslatorError
+        As `build_plan` and `check_expression_scale`.
+    """
     given = options.input
     plan = build_plan(source.var, model, options.proteins, gene_column=given.gene_column, id_type=given.id_type,
                       normalize=given.normalize, target_sum=given.target_sum, min_coverage=given.min_coverage,
@@ -356,7 +632,31 @@ def make_plan(source: Source, model: TranslatorModel, options: TranslateOptions)
 
 @dataclass
 class Execution:
-    """How the job runs: the backend spec, call and block sizes, parallelism, GPUs and cluster workers."""
+    """How the job runs: the backend spec, call and block sizes, parallelism, GPUs and cluster workers.
+
+    Parameters
+    ----------
+    spec : BackendSpec
+        What each worker builds.
+    batch_size : int
+        Cells per backend call.
+    auto_batch : bool
+        The backend sizes its calls from free device memory.
+    block_cells : int
+        Cells per block.
+    gpus : list of str
+        The GPUs with a worker of their own (empty: none).
+    rule : Parallelism
+        Blocks in flight and intra-op threads.
+    parallelism : dict
+        The record of that choice for the provenance.
+    tokens : int
+        Gene tokens the encoder computes per cell.
+    flop : float
+        Estimated floating-point operations per cell.
+    cluster_workers : dict of str to int
+        A dask.distributed cluster's workers and their threads (empty: local).
+    """
 
     spec: BackendSpec
     batch_size: int
@@ -372,7 +672,35 @@ class Execution:
 
 def plan_execution(options: TranslateOptions, backend: ChosenBackend, loaded: TranslatorModel,
                    model_source: str | None, plan: Plan, n_obs: int, cluster_workers: dict[str, int]) -> Execution:
-    """The backend spec, sizes and parallelism of the run; the backend is built here when it runs in this process."""
+    """The backend spec, sizes and parallelism of the run; the backend is built here when it runs in-process.
+
+    Parameters
+    ----------
+    options : TranslateOptions
+        The job's options.
+    backend : ChosenBackend
+        The resolved backend.
+    loaded : TranslatorModel
+        The model.
+    model_source : str or None
+        Where it was loaded from (None: in memory).
+    plan : Plan
+        The job's plan.
+    n_obs : int
+        Cells to translate.
+    cluster_workers : dict of str to int
+        A cluster's workers (empty: local).
+
+    Returns
+    -------
+    Execution
+        How the job runs.
+
+    Raises
+    ------
+    BackendError
+        The backend cannot be built.
+    """
     engine, caps = options.engine, backend.capabilities
     auto_batch = engine.batch_size is None and caps.memory_sized_batches and engine.device.startswith("cuda")
     batch_size = engine.batch_size or default_batch_size(loaded, engine.device)
@@ -423,7 +751,30 @@ def plan_execution(options: TranslateOptions, backend: ChosenBackend, loaded: Tr
 
 def provenance(options: TranslateOptions, backend: ChosenBackend, loaded: TranslatorModel, model_source: str | None,
                source: Source, plan: Plan, execution: Execution) -> dict[str, Any]:
-    """uns['sctranslator']: the model, input, plan and settings of the run (the run's statistics come later)."""
+    """The record in ``uns['sctranslator']``: model, input, plan and settings (run statistics come later).
+
+    Parameters
+    ----------
+    options : TranslateOptions
+        The job's options.
+    backend : ChosenBackend
+        The resolved backend and why.
+    loaded : TranslatorModel
+        The model.
+    model_source : str or None
+        Where it was loaded from.
+    source : Source
+        The opened input.
+    plan : Plan
+        The plan.
+    execution : Execution
+        How the job runs.
+
+    Returns
+    -------
+    dict
+        JSON-able provenance.
+    """
     engine, given = options.engine, options.input
     return {"sctranslator": {
         "version": __version__,
@@ -448,11 +799,11 @@ def provenance(options: TranslateOptions, backend: ChosenBackend, loaded: Transl
     }}
 
 
-def _run_and_write(data: Any, source: Source, options: TranslateOptions, backend: ChosenBackend,
-                   loaded: TranslatorModel, model_source: str | None, plan: Plan, execution: Execution,
-                   inputs: tuple[Any, ...], target: Any) -> ad.AnnData | None:
-    """The job into the output store (a temporary one without `out`), then the write-backs / in-place result."""
-    output, engine = options.output, options.engine
+def _open_output(source: Source, options: TranslateOptions, backend: ChosenBackend, loaded: TranslatorModel,
+                 model_source: str | None, plan: Plan, execution: Execution,
+                 inputs: tuple[Any, ...]) -> tuple[Any, TemporaryStore | None]:
+    """The output store (a temporary one, with its owner, without `out`), created or resumed."""
+    output = options.output
     identity = {"model": model_fingerprint(loaded), "input": source.fingerprint(), "plan": plan.fingerprint(),
                 "embeddings": bool(output.embeddings)}
     if options.input.obs_columns is not None:  # the output's obs differs: a resume must not keep another choice's
@@ -469,6 +820,18 @@ def _run_and_write(data: Any, source: Source, options: TranslateOptions, backend
                          overwrite=output.overwrite, inputs=inputs,
                          embedding_dim=loaded.config.dim if output.embeddings else 0, obsm=source.obsm_arrays(),
                          storage_options=output.storage_options)
+    except BaseException:
+        if owner is not None:
+            owner.remove()
+        raise
+    return sink, owner
+
+
+def _run_and_write(data: Any, source: Source, options: TranslateOptions, execution: Execution, sink: Any,
+                   owner: TemporaryStore | None, plan: Plan, target: Any) -> ad.AnnData | None:
+    """The job into the output store (removed, when temporary, on failure), then the write-backs / in-place result."""
+    output, engine = options.output, options.engine
+    try:
         job = BlockJob(source=source, plan=plan, backend=execution.spec, sink=sink, batch_size=execution.batch_size,
                        allow_empty_cells=options.input.allow_empty_cells, embeddings=output.embeddings,
                        auto_batch_size=execution.auto_batch, flop_per_cell=execution.flop,
@@ -492,7 +855,24 @@ def _run_and_write(data: Any, source: Source, options: TranslateOptions, backend
 
 
 def write_outputs(data: Any, source: Source, result: ad.AnnData, options: TranslateOptions) -> None:
-    """The write-back files (--write-h5ad / --write-mudata): the input with the predictions under keys of their own."""
+    """Write the write-back files: the input with the predictions under keys of their own.
+
+    Parameters
+    ----------
+    data : object
+        The input as given.
+    source : Source
+        The opened input.
+    result : AnnData
+        The predictions (cells x proteins).
+    options : TranslateOptions
+        The job's options.
+
+    Raises
+    ------
+    OutputWriteError
+        The write failed (full disk, no permission).
+    """
     output, modality = options.output, options.input.modality
     if output.write_h5ad:
         _write_back(output.write_h5ad, lambda tmp: write_h5ad_with_proteins(data, source, result, tmp, key=output.key,

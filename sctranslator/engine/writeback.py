@@ -53,12 +53,34 @@ PROVENANCE_KEY = "sctranslator"  # inside the predictions' own MuData modality (
 
 
 def embedding_key(key: str) -> str:
-    """The obsm key of the embeddings that go with the predictions in obsm[key]."""
+    """The obsm key of the embeddings that go with the predictions in ``obsm[key]``.
+
+    Parameters
+    ----------
+    key : str
+        The predictions' key.
+
+    Returns
+    -------
+    str
+        ``'X_' + key``.
+    """
     return f"X_{key}"
 
 
 def check_key_name(key: str | None) -> None:
-    """OptionError for a key no AnnData/MuData file can hold."""
+    """Refuse a key no AnnData or MuData file can hold.
+
+    Parameters
+    ----------
+    key : str or None
+        The key asked for; None passes.
+
+    Raises
+    ------
+    OptionError
+        An empty key, or one holding '/'.
+    """
     if key is None:
         return
     if not isinstance(key, str) or not key.strip() or "/" in key or key != key.strip():
@@ -67,7 +89,20 @@ def check_key_name(key: str | None) -> None:
 
 
 def anndata_targets(key: str, embeddings: bool) -> list[str]:
-    """Paths a write-back into an AnnData sets (relative to the AnnData)."""
+    """The paths a write-back into an AnnData sets, relative to the AnnData.
+
+    Parameters
+    ----------
+    key : str
+        The predictions' key.
+    embeddings : bool
+        Whether embeddings are written too.
+
+    Returns
+    -------
+    list of str
+        ``obsm/<key>``, ``uns/<key>`` and, with embeddings, ``obsm/X_<key>``.
+    """
     return [f"obsm/{key}", f"uns/{key}"] + ([f"obsm/{embedding_key(key)}"] if embeddings else [])
 
 
@@ -113,7 +148,20 @@ def _modalities(root: Any) -> dict[str, Any]:
 
 
 def rna_modality(root: Any, modality: str | None) -> str | None:
-    """The modality translate read (None for an AnnData input), chosen as the sources choose it."""
+    """The modality translate read, chosen as the sources choose it.
+
+    Parameters
+    ----------
+    root : object
+        The input's root group (h5py or zarr) or in-memory object.
+    modality : str or None
+        The modality asked for.
+
+    Returns
+    -------
+    str or None
+        The modality; None for an AnnData input.
+    """
     names = _modalities(root)
     return pick_modality(names, modality, where="the MuData") if names else None
 
@@ -136,10 +184,35 @@ def check_keys(data: Any, source: Source, *, modality: str | None, key: str | No
                embeddings: bool, h5ad: bool, mudata: bool, inplace: bool) -> None:
     """Refuse, before any work, a write-back that would replace something the input holds.
 
-    `key` None means the defaults (DEFAULT_KEY in an AnnData, DEFAULT_MODALITY in a MuData); an
-    existing target is replaced only when `key` is given and `replace` is set. Raises OptionError
-    for `replace` without `key` or a key that cannot be stored, KeyConflictError for a target
-    that exists.
+    An existing target is replaced only when `key` is given and `replace` is set.
+
+    Parameters
+    ----------
+    data : object
+        The input as given.
+    source : Source
+        The opened input.
+    modality : str or None
+        The MuData modality translate reads.
+    key : str or None
+        Where the predictions go; None: DEFAULT_KEY in an AnnData, DEFAULT_MODALITY in a MuData.
+    replace : bool
+        Replace what is there under `key`.
+    embeddings : bool
+        Embeddings are written too.
+    h5ad : bool
+        An h5ad write-back is asked for.
+    mudata : bool
+        A MuData write-back is asked for.
+    inplace : bool
+        The predictions go onto `data`.
+
+    Raises
+    ------
+    OptionError
+        `replace` without `key`, a key without a write-back, or a key that cannot be stored.
+    KeyConflictError
+        A target that exists (measured proteins included), or a key naming the RNA modality.
     """
     check_key_name(key)
     if replace and key is None:
@@ -186,7 +259,18 @@ def _table(rna: Any, key: str) -> pd.DataFrame:
 
 
 def protein_frame(predictions: ad.AnnData) -> pd.DataFrame:
-    """Cells x proteins DataFrame (in memory), proteins as columns (the layout of obsm[key])."""
+    """The predictions as an in-memory cells x proteins DataFrame (the layout of ``obsm[key]``).
+
+    Parameters
+    ----------
+    predictions : AnnData
+        translate's result.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Proteins as columns, cells as the index.
+    """
     return pd.DataFrame(predictions.X.compute() if hasattr(predictions.X, "compute") else predictions.X,
                         index=predictions.obs_names.astype(str), columns=predictions.var_names.astype(str))
 
@@ -212,12 +296,35 @@ def write_h5ad_with_proteins(data: Any, source: Source, predictions: ad.AnnData,
                              key: str | None = None, modality: str | None = None) -> Path:
     """Write the input RNA as an .h5ad with the predictions under keys of their own.
 
-    obsm[key] holds the predictions (a DataFrame, proteins as columns; key default
-    'protein_predicted'), uns[key] the provenance and obsm['X_' + key] the embeddings when the
-    predictions carry them. Everything else is copied, measured proteins included; an existing
-    entry of those names is replaced (`check_keys` refused that up front unless asked). `modality`:
-    the MuData modality translate read (None: as the sources choose it).
-    Raises StoreError when the input cannot be read back or a protein name cannot be stored.
+    ``obsm[key]`` holds the predictions (a DataFrame, proteins as columns), ``uns[key]`` the provenance
+    and ``obsm['X_' + key]`` the embeddings when the predictions carry them. Everything else is
+    copied, measured proteins included; an existing entry of those names is replaced (`check_keys`
+    refused that up front unless asked).
+
+    Parameters
+    ----------
+    data : object
+        The input as given.
+    source : Source
+        The opened input.
+    predictions : AnnData
+        translate's result.
+    path : str or pathlib.Path
+        The .h5ad to write (a staged temporary; the caller installs it).
+    key : str or None
+        The predictions' key; None: 'protein_predicted'.
+    modality : str or None
+        The MuData modality translate read; None: as the sources choose it.
+
+    Returns
+    -------
+    pathlib.Path
+        `path`.
+
+    Raises
+    ------
+    StoreError
+        The input cannot be read back, or a protein name cannot be stored.
     """
     path = Path(path)
     key = key or DEFAULT_KEY
@@ -250,7 +357,20 @@ def write_h5ad_with_proteins(data: Any, source: Source, predictions: ad.AnnData,
 
 
 def protein_var(predictions: ad.AnnData, modality: str = DEFAULT_MODALITY) -> pd.DataFrame:
-    """The predictions' modality var: '<modality>:<protein>' as the index, the bare names in 'name'."""
+    """The predictions' modality var: ``'<modality>:<protein>'`` as the index, the bare names in 'name'.
+
+    Parameters
+    ----------
+    predictions : AnnData
+        translate's result.
+    modality : str
+        The modality's name.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per protein.
+    """
     var = predictions.var.copy()
     names = predictions.var_names.astype(str)
     var.insert(0, "name", pd.Categorical(names))
@@ -262,7 +382,24 @@ def protein_var(predictions: ad.AnnData, modality: str = DEFAULT_MODALITY) -> pd
 
 def predictions_modality(predictions: ad.AnnData, obs_names: pd.Index, name: str, *,
                          with_values: bool) -> ad.AnnData:
-    """The predictions as a MuData modality: X (when `with_values`), var, embeddings, provenance."""
+    """The predictions as a MuData modality: X (when `with_values`), var, embeddings, provenance.
+
+    Parameters
+    ----------
+    predictions : AnnData
+        translate's result.
+    obs_names : pandas.Index
+        The MuData's cell names.
+    name : str
+        The modality's name.
+    with_values : bool
+        Include X (else it is added to the file afterwards, in place).
+
+    Returns
+    -------
+    AnnData
+        The modality.
+    """
     x = None
     obsm = {}
     if with_values:
@@ -320,14 +457,37 @@ def write_mudata_with_proteins(data: Any, source: Source, predictions: ad.AnnDat
                                key: str | None = None, modality: str | None = None) -> Path:
     """Write a MuData (.h5mu): the input's modalities and the predictions as a new modality `key`.
 
-    An AnnData input becomes modality 'rna'; a MuData input keeps every modality under its own
-    name (a measured 'prot' included) and its global uns/obsm/obsp. The predictions' modality
-    (default 'prot_predicted') holds them as X (cells x proteins, float32); its var_names are
-    '<key>:<protein>' (mudata needs names unique across modalities; the bare names are in
-    var['name']), obsm['X_sctranslator'] the embeddings when computed, uns['sctranslator'] the
-    provenance. The file is made with mudata's writer (global obs/var and maps) and the matrices
-    added in place; read it with `mudata.set_options(pull_on_update=False)` (mudata's coming
-    default) to read it without warnings.
+    An AnnData input becomes modality 'rna'; a MuData input keeps every modality under its own name (a
+    measured 'prot' included) and its global uns/obsm/obsp. The predictions' modality holds them as X
+    (cells x proteins, float32); its var_names are ``'<key>:<protein>'`` (mudata needs names unique
+    across modalities; the bare names are in var['name']), obsm['X_sctranslator'] the embeddings when
+    computed, uns['sctranslator'] the provenance. Read it with
+    ``mudata.set_options(pull_on_update=False)`` to read it without warnings.
+
+    Parameters
+    ----------
+    data : object
+        The input as given.
+    source : Source
+        The opened input.
+    predictions : AnnData
+        translate's result.
+    path : str or pathlib.Path
+        The .h5mu to write.
+    key : str or None
+        The new modality's name; None: 'prot_predicted'.
+    modality : str or None
+        The MuData modality translate read.
+
+    Returns
+    -------
+    pathlib.Path
+        `path`.
+
+    Raises
+    ------
+    StoreError
+        The input cannot be read back.
     """
     import mudata
 
@@ -370,8 +530,22 @@ def write_mudata_with_proteins(data: Any, source: Source, predictions: ad.AnnDat
 
 
 def set_inplace(data: Any, predictions: ad.AnnData, *, key: str | None = None, modality: str | None = None) -> None:
-    """Put the predictions on the caller's object: an AnnData gets obsm[key] (a DataFrame), uns[key]
-    and obsm['X_' + key] with embeddings; a MuData a new modality `key` (default 'prot_predicted')."""
+    """Put the predictions on the caller's object.
+
+    An AnnData gets ``obsm[key]`` (a DataFrame), ``uns[key]`` and, with embeddings,
+    ``obsm['X_' + key]``; a MuData gets a new modality `key`.
+
+    Parameters
+    ----------
+    data : AnnData or MuData
+        The caller's object.
+    predictions : AnnData
+        translate's result.
+    key : str or None
+        Where; None: 'protein_predicted' (AnnData) or 'prot_predicted' (MuData).
+    modality : str or None
+        The MuData modality translate read.
+    """
     if _is_mudata(data):
         import mudata
 

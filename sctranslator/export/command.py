@@ -66,7 +66,18 @@ def _run_triton(args: argparse.Namespace) -> int:
 
 
 def define_export(parser: argparse.ArgumentParser) -> Handler:
-    """`export onnx MODEL --out FILE` (or `MODEL FILE`) and `export triton MODEL --repo DIR`."""
+    """Declare ``export onnx MODEL --out FILE`` (or ``MODEL FILE``) and ``export triton MODEL --repo DIR``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The ``export`` command's parser.
+
+    Returns
+    -------
+    callable
+        The handler: parsed arguments -> exit status.
+    """
     formats = parser.add_subparsers(dest="export_format", required=True, metavar="FORMAT")
 
     onnx = formats.add_parser("onnx", help="export the encoder and decoder ONNX graphs and check them against PyTorch",
@@ -125,7 +136,18 @@ def define_export(parser: argparse.ArgumentParser) -> Handler:
 
 
 def define_serve(parser: argparse.ArgumentParser) -> Handler:
-    """`serve MODEL`: export a repository and run tritonserver on it (or print the docker command)."""
+    """Declare ``serve MODEL``: export a repository and run tritonserver on it (or print the docker command).
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The ``serve`` command's parser.
+
+    Returns
+    -------
+    callable
+        The handler: parsed arguments -> exit status.
+    """
     parser.add_argument("model", help="bundle directory or official .pt checkpoint")
     parser.add_argument("--repo", type=Path, default=DEFAULT_REPO, help="model repository (default: %(default)s)")
     parser.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name on the server (default: %(default)s)")

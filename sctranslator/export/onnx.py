@@ -90,7 +90,29 @@ EXPORTER = f"torch.onnx dynamo (torch {torch.__version__})"
 
 @dataclass(frozen=True)
 class ExportReport:
-    """What export_onnx wrote and how well it matched PyTorch."""
+    """What `export_onnx` wrote and how well it matched PyTorch.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The encoder + translator graph (the file asked for; its metadata names the decoder).
+    precision : str
+        The compute dtype inside the graphs ("fp32", "fp16", "bf16").
+    opset : int
+        The ONNX opset.
+    exporter : str
+        Which exporter wrote it (torch.onnx dynamo and the torch version).
+    external_data : bool
+        Whether the weights lie in external data files beside the graphs (large models).
+    file_bytes : int
+        Size of both graphs together, in bytes.
+    export_seconds : float
+        Wall time of the export, in seconds.
+    validations : tuple of ValidationResult
+        Each validation batch's errors against PyTorch (empty when not validated).
+    decoder_path : pathlib.Path or None
+        The decoder graph beside `path`.
+    """
 
     path: Path  # the encoder + translator graph (the file asked for; its metadata names the decoder)
     precision: str
@@ -104,10 +126,12 @@ class ExportReport:
 
     @property
     def files(self) -> tuple[Path, ...]:
+        """The graph files written: the encoder, then the decoder."""
         return (self.path,) if self.decoder_path is None else (self.path, self.decoder_path)
 
     @property
     def max_rel_error(self) -> float | None:
+        """The largest relative error of any validation batch; None when not validated."""
         return max((v.max_rel_error for v in self.validations), default=None)
 
     def __str__(self) -> str:
@@ -144,9 +168,23 @@ def _json(data: Any) -> str:
 
 def onnx_metadata(model: TranslatorModel, precision: str, graph: GraphSpec | None = None,
                   other_file: str | None = None) -> dict[str, str]:
-    """The metadata_props an export writes into a graph (read back by read_onnx_metadata).
+    """The metadata_props an export writes into a graph (read back by `read_onnx_metadata`).
 
-    `graph`: ENCODER or DECODER (default ENCODER); `other_file`: the other graph's file name beside it.
+    Parameters
+    ----------
+    model : TranslatorModel
+        The exported model.
+    precision : str
+        The graph's compute dtype.
+    graph : GraphSpec or None
+        ENCODER or DECODER; None: ENCODER.
+    other_file : str or None
+        The other graph's file name beside it.
+
+    Returns
+    -------
+    dict of str to str
+        Key -> JSON or text value, keys prefixed ``sctranslator.``.
     """
     graph = graph or ENCODER
     metadata = {
@@ -214,8 +252,23 @@ def _save_program(program: torch.onnx.ONNXProgram, destination: Path, external_d
 
 
 def validation_cases(config: ModelConfig, batch_sizes: Sequence[int]) -> list[tuple[str, dict[str, np.ndarray]]]:
-    """Random batches for each size: padded (one shared layout, half of L padding: the collapsed path),
-    unpadded (every position real) and partly padded (cells padded differently: the full layout)."""
+    """Random validation batches for each size: padded, unpadded and partly padded.
+
+    Padded: one shared layout with half of L padding (the collapsed path); unpadded: every position
+    real; partly padded: cells padded differently (the full layout).
+
+    Parameters
+    ----------
+    config : ModelConfig
+        The model's sizes.
+    batch_sizes : sequence of int
+        Cells per batch.
+
+    Returns
+    -------
+    list of tuple of (str, dict)
+        (label, the five client-contract inputs) per batch.
+    """
     cases = []
     for seed, size in enumerate(batch_sizes):
         mixed = random_inputs(config, size, seed=seed)  # its first cell is unpadded, the others not
@@ -266,26 +319,53 @@ def export_onnx(model: TranslatorModel, path: str | Path, *, precision: str = "f
                 providers: list[str] | None = None, overwrite: bool = False) -> ExportReport:
     """Write `model` as two ONNX graphs, `path` and a decoder beside it, and (by default) check them.
 
-    Graphs (graph/contract.py ENCODER, DECODER; model/graphs.py): `path` holds the encoder +
-    translator over a collapsed token layout -> translated (B, P, dim); the decoder graph, written
-    beside it as `decoder_file_name(path)` (model.onnx -> model.decoder.onnx) and named in `path`'s
-    metadata, maps translated, protein ids and mask to predictions (B, P). Runtimes run the
-    encoder once per batch and the decoder once per window of P proteins. `precision` ("fp32",
-    "fp16", "bf16") sets the internal compute dtype; inputs and outputs stay float32. `opset`: the
-    ONNX opset (default: the exporter's). Validation runs the two graphs composed, in onnxruntime
-    (`providers`, default: CPU), against the float32 PyTorch model on padded, unpadded and partly
-    padded random batches of each of `validation_batch_sizes` cells, and on `validation_inputs`
-    (a dict of the five client-contract arrays; masks optional); above the precision's tolerance
-    it raises ExportValidationError and writes nothing. bf16 cannot run on onnxruntime's CPU
-    provider: validate it on a GPU provider or pass validate=False.
-    Returns an ExportReport (paths, size, seconds, each validation's max absolute / relative error).
+    `path` holds the encoder + translator over a collapsed token layout, giving the translated
+    ``(B, P, dim)``; the decoder graph, written beside it (model.onnx -> model.decoder.onnx) and
+    named in `path`'s metadata, maps translated, protein ids and mask to predictions ``(B, P)``.
+    Runtimes run the encoder once per batch and the decoder once per window of P proteins. Inputs
+    and outputs are float32 whatever the compute precision. Both files carry their output identity
+    in their metadata; nothing but an earlier export at `path` is ever replaced.
 
-    Raises:
-        ExportError: not a TranslatorModel, an unknown precision, or torch.onnx failing to export.
-        ExportValidationError: the exported graphs differ from PyTorch beyond the tolerance.
-    Both files carry their output identity in their metadata; `overwrite` replaces an earlier export
-    at `path` (both of its files), and nothing else is ever replaced (OutputConflictError, see
-    `sctranslator.outputs`).
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model to export.
+    path : str or pathlib.Path
+        The encoder graph's file (e.g. model.onnx); not a name ending in .decoder.onnx.
+    precision : {'fp32', 'fp16', 'bf16'}
+        The compute dtype inside the graphs.
+    opset : int or None
+        The ONNX opset; None: the exporter's.
+    validate : bool
+        Run the two graphs composed, in onnxruntime, against the float32 PyTorch model, and write
+        nothing when they differ beyond the precision's tolerance. bf16 cannot run on
+        onnxruntime's CPU provider: validate it on a GPU provider or pass False.
+    validation_inputs : dict of str to numpy.ndarray or None
+        A batch of the five client-contract arrays (masks optional) validated as well.
+    validation_batch_sizes : sequence of int
+        Cells per random validation batch (padded, unpadded and partly padded batches of each).
+    providers : list of str or None
+        onnxruntime execution providers for the validation; None: CPU.
+    overwrite : bool
+        Replace an earlier export at `path` (both of its files).
+    wait : bool
+        When another job is writing `path`, wait for it instead of refusing.
+
+    Returns
+    -------
+    ExportReport
+        The files, their size, the export time and each validation's errors.
+
+    Raises
+    ------
+    ExportError
+        Not a TranslatorModel, an unknown precision, a .decoder.onnx name, or torch.onnx failing.
+    ExportValidationError
+        The exported graphs differ from PyTorch beyond the tolerance (nothing is written).
+    OutputConflictError
+        `path` holds something that is not an earlier export (or `overwrite` is not given).
+    OutputLockedError
+        Another job is writing `path` and `wait` is False.
     """
     if not isinstance(model, TranslatorModel):
         raise ExportError(f"export_onnx needs a TranslatorModel, got {type(model).__name__}")

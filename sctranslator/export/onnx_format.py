@@ -52,7 +52,23 @@ _REQUIRED_KEYS = (META_CONFIG, META_VERSION, META_PRECISION, META_FORMAT_VERSION
 
 
 def check_precision(precision: str) -> torch.dtype:
-    """The torch dtype for a precision name; ExportError for anything else."""
+    """The torch dtype for a precision name.
+
+    Parameters
+    ----------
+    precision : str
+        "fp32", "fp16" or "bf16".
+
+    Returns
+    -------
+    torch.dtype
+        The dtype.
+
+    Raises
+    ------
+    ExportError
+        Any other name.
+    """
     try:
         return PRECISIONS[precision]
     except KeyError:
@@ -60,23 +76,60 @@ def check_precision(precision: str) -> torch.dtype:
 
 
 def format_version_problem(path: str, found: str) -> str:
-    """The message for a file of another format version (format 1: the single whole-model graph)."""
+    """The message for a file of another export format version (format 1: the single whole-model graph).
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    found : str
+        Its format version.
+
+    Returns
+    -------
+    str
+        What is wrong and what to do (export again).
+    """
     what = " (one whole-model graph, from an earlier sctranslator)" if found == "1" else ""
     return (f"{path} uses sctranslator ONNX format {found}{what}; this version reads format {FORMAT_VERSION} "
             f"(an encoder graph and a decoder graph); {REEXPORT_HINT}")
 
 
 def decoder_file_name(path: str | Path) -> str:
-    """The decoder graph's file name an export to `path` writes beside it: model.onnx -> model.decoder.onnx."""
+    """The decoder graph's file name an export to `path` writes beside it: model.onnx -> model.decoder.onnx.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The encoder's file.
+
+    Returns
+    -------
+    str
+        A file name (no directory).
+    """
     path = Path(path)
     suffix = path.suffix or ".onnx"
     return f"{path.stem if path.suffix else path.name}.decoder{suffix}"
 
 
 def graph_files(path: str | Path) -> tuple[Path, Path]:
-    """(encoder file, decoder file) of an export at `path`, the decoder named by the encoder's metadata.
+    """The encoder and decoder files of an export, the decoder named by the encoder's metadata.
 
-    Raises CheckpointError when `path` is not an encoder file of this format, or its decoder is missing.
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The encoder's file.
+
+    Returns
+    -------
+    tuple of pathlib.Path
+        (encoder file, decoder file).
+
+    Raises
+    ------
+    CheckpointError
+        `path` is not an encoder file of this format, or its decoder is missing.
     """
     path = Path(path)
     metadata = read_onnx_metadata(path)
@@ -91,11 +144,24 @@ def graph_files(path: str | Path) -> tuple[Path, Path]:
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
-    """The sctranslator metadata of an exported ONNX file, JSON values decoded.
+    """The sctranslator metadata of an exported ONNX file, JSON values decoded; weights are not read.
 
-    Keys: config, panel, preprocessing, version, precision, format_version, inputs, output,
-    fingerprint, graph ("encoder" or "decoder"), decoder_file / encoder_file (the other graph's
-    file name) (the `sctranslator.` prefix dropped). Weights are not read.
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        An ONNX file written by `export_onnx`.
+
+    Returns
+    -------
+    dict
+        config, panel, preprocessing, version, precision, format_version, inputs, output,
+        fingerprint, graph ("encoder" or "decoder") and decoder_file / encoder_file (the other
+        graph's file name).
+
+    Raises
+    ------
+    CheckpointError
+        The file is missing, not ONNX, has no sctranslator metadata, or is of another format version.
     """
     path = Path(path)
     if not path.is_file():

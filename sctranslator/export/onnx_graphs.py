@@ -20,10 +20,28 @@ _LEGACY_INPUTS = {"values", "gene_ids", "gene_mask", "protein_ids", "protein_mas
 
 def check_graph(session: Any, spec: GraphSpec, path: str, proteins: int | None = None,
                 dim: int | None = None) -> None:
-    """BackendError unless `session`'s graph has `spec`'s tensors (graph/contract.py ENCODER / DECODER).
+    """Refuse a session whose graph lacks `spec`'s tensors (graph/contract.py ENCODER / DECODER).
 
-    Checks names, element types, ranks and the fixed axes P and dim (when given: the model's). Names
-    the likely cause: an old single-graph export, or the other graph of the pair.
+    Checks names, element types, ranks and the fixed axes P and dim, and names the likely cause: an
+    old single-graph export, or the other graph of the pair.
+
+    Parameters
+    ----------
+    session : onnxruntime.InferenceSession
+        The loaded graph.
+    spec : GraphSpec
+        What it must be.
+    path : str
+        Its file, for the message.
+    proteins : int or None
+        The model's P; None: not checked.
+    dim : int or None
+        The model's dim; None: not checked.
+
+    Raises
+    ------
+    BackendError
+        The graph breaks the contract.
     """
     found = {arg.name: arg for arg in [*session.get_inputs(), *session.get_outputs()]}
     if spec is ENCODER and set(found) >= _LEGACY_INPUTS and "token_counts" not in found:
@@ -52,7 +70,15 @@ def check_graph(session: Any, spec: GraphSpec, path: str, proteins: int | None =
 
 
 class SplitGraphs:
-    """An export's encoder and decoder sessions, and how a batch runs through them."""
+    """An export's encoder and decoder sessions, and how a batch runs through them.
+
+    Parameters
+    ----------
+    encoder : onnxruntime.InferenceSession
+        The encoder + translator graph.
+    decoder : onnxruntime.InferenceSession
+        The decoder graph.
+    """
 
     def __init__(self, encoder: Any, decoder: Any):
         self.encoder = encoder
@@ -60,12 +86,44 @@ class SplitGraphs:
 
     def encode(self, layout: TokenLayout, values: np.ndarray, gene_ids: np.ndarray,
                gene_mask: np.ndarray) -> np.ndarray:
-        """translated (B, P, dim) float32: values (B, L), gene_ids / gene_mask (L,) or (B, L), one layout."""
+        """Run the encoder + translator graph on one batch of one gene layout.
+
+        Parameters
+        ----------
+        layout : TokenLayout
+            The batch's token layout.
+        values : numpy.ndarray
+            float32 ``(B, L)``.
+        gene_ids : numpy.ndarray
+            int64 ``(L,)`` or ``(B, L)``.
+        gene_mask : numpy.ndarray
+            bool ``(L,)`` or ``(B, L)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 translated sequence ``(B, P, dim)``.
+        """
         feed = layout.encoder_inputs(values, gene_ids, gene_mask)
         return self.encoder.run([ENCODER.output_names[0]], feed)[0]
 
     def decode(self, translated: np.ndarray, protein_ids: np.ndarray, protein_mask: np.ndarray) -> np.ndarray:
-        """predictions (B, P) float32 for one window: protein_ids, protein_mask (P,) or (B, P)."""
+        """Run the decoder graph for one window of P proteins.
+
+        Parameters
+        ----------
+        translated : numpy.ndarray
+            float32 ``(B, P, dim)`` from `encode`.
+        protein_ids : numpy.ndarray
+            int64 ``(P,)`` or ``(B, P)``.
+        protein_mask : numpy.ndarray
+            bool ``(P,)`` or ``(B, P)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 predictions ``(B, P)``.
+        """
         batch, proteins = translated.shape[0], translated.shape[1]
         feed = {"translated": translated,
                 "protein_ids": np.ascontiguousarray(np.broadcast_to(protein_ids, (batch, proteins)), dtype=np.int64),
@@ -74,10 +132,28 @@ class SplitGraphs:
 
     def predict(self, layout: TokenLayout, values: np.ndarray, gene_ids: np.ndarray, gene_mask: np.ndarray,
                 protein_ids: np.ndarray, protein_mask: np.ndarray) -> np.ndarray:
-        """(B, W * P) float32: the encoder once, then the decoder per window of P proteins.
+        """Predict a batch: the encoder once, then the decoder per window of P proteins.
 
-        protein_ids, protein_mask: (B, W * P) per cell, or (1, W * P) shared by the batch (a (W, P)
-        table of windows reshaped to one row).
+        Parameters
+        ----------
+        layout : TokenLayout
+            The batch's token layout.
+        values : numpy.ndarray
+            float32 ``(B, L)``.
+        gene_ids : numpy.ndarray
+            int64 ``(L,)`` or ``(B, L)``.
+        gene_mask : numpy.ndarray
+            bool ``(L,)`` or ``(B, L)``.
+        protein_ids : numpy.ndarray
+            int64 ``(B, W * P)`` per cell, or ``(1, W * P)`` shared by the batch (a ``(W, P)`` table of
+            windows reshaped to one row).
+        protein_mask : numpy.ndarray
+            bool, the shape of `protein_ids`.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``(B, W * P)``.
         """
         translated = self.encode(layout, values, gene_ids, gene_mask)
         proteins = translated.shape[1]

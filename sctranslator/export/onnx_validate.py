@@ -29,7 +29,23 @@ BF16_ON_CPU_MESSAGE = (
 
 @dataclass(frozen=True)
 class ValidationResult:
-    """How far onnxruntime's predictions are from the float32 PyTorch model's on one batch."""
+    """How far onnxruntime's predictions are from the float32 PyTorch model's on one batch.
+
+    Parameters
+    ----------
+    label : str
+        Which batch (e.g. "random, padded").
+    precision : str
+        The graphs' compute dtype, which sets the tolerance.
+    batch_size : int
+        Cells in the batch.
+    max_abs_error : float
+        ``max |onnx - torch|``, on the model's output scale.
+    max_rel_error : float
+        ``max |onnx - torch| / max |torch|``.
+    tolerance : float
+        The largest relative error that passes for this precision.
+    """
 
     label: str
     precision: str
@@ -40,6 +56,7 @@ class ValidationResult:
 
     @property
     def passed(self) -> bool:
+        """Whether the relative error is finite and within the tolerance."""
         return bool(np.isfinite(self.max_rel_error)) and self.max_rel_error <= self.tolerance
 
     def __str__(self) -> str:
@@ -48,7 +65,18 @@ class ValidationResult:
                 f"max relative error {self.max_rel_error:.3g} (tolerance {self.tolerance:g}) {verdict}")
 
     def check(self) -> ValidationResult:
-        """Raise ExportValidationError when the error is above the tolerance; returns self otherwise."""
+        """Refuse a result above the tolerance.
+
+        Returns
+        -------
+        ValidationResult
+            This result, when it passed.
+
+        Raises
+        ------
+        ExportValidationError
+            The error is above the tolerance (or not finite).
+        """
         if not self.passed:
             raise ExportValidationError(f"ONNX predictions differ from PyTorch: {self}")
         return self
@@ -59,6 +87,21 @@ def random_inputs(config: ModelConfig, batch_size: int, *, seed: int = 0) -> dic
 
     The first cell is unpadded; the others keep a random length of at least half of L (and P),
     with padded positions set to id 0 and value 0 as the engine pads them.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        The model's sizes (L, P, vocabulary).
+    batch_size : int
+        Cells, B.
+    seed : int
+        Seed of the draw.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        The five client-contract inputs: values float32 ``(B, L)``, gene_ids int64 ``(B, L)``,
+        gene_mask bool ``(B, L)``, protein_ids int64 ``(B, P)``, protein_mask bool ``(B, P)``.
     """
     rng = np.random.default_rng(seed)
     genes, proteins = config.max_genes, config.max_proteins
@@ -78,7 +121,20 @@ def random_inputs(config: ModelConfig, batch_size: int, *, seed: int = 0) -> dic
 
 
 def normalize_inputs(inputs: dict[str, np.ndarray], config: ModelConfig) -> dict[str, np.ndarray]:
-    """The five graph inputs with the graph's dtypes; missing masks mean "no padding"."""
+    """The five graph inputs with the graph's dtypes; missing masks mean "no padding".
+
+    Parameters
+    ----------
+    inputs : dict of str to numpy.ndarray
+        The five client-contract inputs of B cells (masks optional).
+    config : ModelConfig
+        The model's sizes.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        All five inputs, C-contiguous.
+    """
     missing = [name for name in ("values", "gene_ids", "protein_ids") if name not in inputs]
     if missing:
         raise ExportError(f"validation inputs lack {missing}; expected keys {list(INPUT_NAMES)}")
@@ -98,7 +154,18 @@ def normalize_inputs(inputs: dict[str, np.ndarray], config: ModelConfig) -> dict
 
 
 def default_providers(precision: str = "fp32") -> list[str]:
-    """CPU, except bf16 which prefers CUDA when this onnxruntime build has it."""
+    """The onnxruntime execution providers to validate with: CPU, except bf16 prefers CUDA when available.
+
+    Parameters
+    ----------
+    precision : str
+        The graphs' compute dtype.
+
+    Returns
+    -------
+    list of str
+        Provider names, in order of preference.
+    """
     if precision == "bf16" and "CUDAExecutionProvider" in ort.get_available_providers():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
@@ -109,9 +176,30 @@ def create_session(path: str | Path, *, providers: list[str] | None = None,
                    display_name: str | None = None, arena: bool = True) -> ort.InferenceSession:
     """An onnxruntime session with every graph optimisation and one intra-op thread per core.
 
-    `display_name` names the file in error messages (export validates a staged copy). `arena`:
-    onnxruntime's CPU memory arena, which keeps its largest run's memory for later runs (the
-    export's validation turns it off: it runs each size once and must stay within its memory budget).
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        An ONNX file.
+    providers : list of str or None
+        Execution providers; None: CPU (CUDA first for bf16 when available).
+    threads : int or None
+        Intra-op threads; None: one per core.
+    precision : str
+        The graph's compute dtype (bf16 on CPU gets its own error message).
+    display_name : str or None
+        The name of the file in error messages (export validates a staged copy).
+    arena : bool
+        onnxruntime's CPU memory arena, which keeps its largest run's memory for later runs.
+
+    Returns
+    -------
+    onnxruntime.InferenceSession
+        The loaded session.
+
+    Raises
+    ------
+    ExportError
+        onnxruntime cannot load the file with these providers (bf16 on the CPU provider among them).
     """
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = arena
@@ -130,8 +218,31 @@ def create_graphs(path: str | Path, *, providers: list[str] | None = None, threa
                   precision: str = "fp32", display_name: str | None = None, arena: bool = True) -> SplitGraphs:
     """Sessions for an export's encoder (`path`) and decoder (named in `path`'s metadata, beside it).
 
-    ExportError when either cannot be loaded, or when `path` is not an encoder graph of this format
-    (an old single-graph export says so).
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The encoder's file.
+    providers : list of str or None
+        Execution providers; None: `default_providers`.
+    threads : int or None
+        Intra-op threads per session.
+    precision : str
+        The graphs' compute dtype.
+    display_name : str or None
+        The file's name in error messages.
+    arena : bool
+        onnxruntime's CPU memory arena.
+
+    Returns
+    -------
+    SplitGraphs
+        Both sessions.
+
+    Raises
+    ------
+    ExportError
+        Either graph cannot be loaded, or `path` is not an encoder graph of this format (an old
+        single-graph export says so).
     """
     name = display_name or str(path)
     encoder = create_session(path, providers=providers, threads=threads, precision=precision, display_name=name,
@@ -160,10 +271,22 @@ def create_graphs(path: str | Path, *, providers: list[str] | None = None, threa
 
 @torch.inference_mode()
 def torch_predictions(model: TranslatorModel, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """The PyTorch model's predictions (B, P) as float32 numpy, in eval mode, uncollapsed.
+    """The PyTorch model's predictions as float32 numpy, in eval mode, uncollapsed: the reference.
 
-    Runs cell by cell: the reference's memory stays one cell's (a full-size cell's attention
-    features are ~0.2 GB per tensor), and the model's output does not depend on the batch.
+    Runs cell by cell: the reference's memory stays one cell's (a full-size cell's attention features
+    are ~0.2 GB per tensor), and the model's output does not depend on the batch.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model.
+    inputs : dict of str to numpy.ndarray
+        The five client-contract inputs of B cells (masks optional).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(B, P)``.
     """
     device = next(model.parameters()).device
     was_training = model.training
@@ -180,9 +303,21 @@ def torch_predictions(model: TranslatorModel, inputs: dict[str, np.ndarray]) -> 
 
 
 def onnx_predictions(graphs: SplitGraphs, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """The two graphs' predictions (B, W * P) for client-contract inputs (graph/contract.py INPUTS).
+    """The two graphs' predictions for client-contract inputs.
 
     The token layout is collapsed when every cell shares one gene layout, the full layout otherwise.
+
+    Parameters
+    ----------
+    graphs : SplitGraphs
+        The sessions.
+    inputs : dict of str to numpy.ndarray
+        The five client-contract inputs of B cells (masks optional).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(B, W * P)``.
     """
     from sctranslator.graph.token_layout import TokenLayout
 
@@ -192,6 +327,24 @@ def onnx_predictions(graphs: SplitGraphs, inputs: dict[str, np.ndarray]) -> np.n
 
 
 def compare(label: str, precision: str, onnx_out: np.ndarray, torch_out: np.ndarray) -> ValidationResult:
+    """The errors of ONNX predictions against PyTorch's on one batch.
+
+    Parameters
+    ----------
+    label : str
+        Names the batch.
+    precision : str
+        The graphs' compute dtype (sets the tolerance).
+    onnx_out : numpy.ndarray
+        ONNX predictions, ``(B, P)``.
+    torch_out : numpy.ndarray
+        PyTorch predictions, ``(B, P)``.
+
+    Returns
+    -------
+    ValidationResult
+        Largest absolute and relative errors (infinite when ONNX gave a non-finite value).
+    """
     diff = np.abs(onnx_out.astype(np.float64) - torch_out.astype(np.float64))
     max_abs = float(diff.max()) if diff.size else 0.0
     if not np.all(np.isfinite(onnx_out)):
@@ -208,10 +361,36 @@ def validate_onnx(path: str | Path, model: TranslatorModel, inputs: dict[str, np
                   providers: list[str] | None = None, expected: np.ndarray | None = None) -> ValidationResult:
     """Run `inputs` through the export's two graphs and the float32 PyTorch `model`; return the errors.
 
-    `path`: the export's encoder file (its decoder beside it). The result is not raised on; call
-    `.check()` for that. `precision` selects the tolerance (and the bf16 session error message).
-    Pass `graphs` (create_graphs) to reuse the sessions across several batches, and `expected`
-    (torch_predictions of the same inputs) to compare with predictions computed beforehand.
+    The result is not raised on; call its ``check()`` for that.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The export's encoder file (its decoder beside it).
+    model : TranslatorModel
+        The model the export was made from.
+    inputs : dict of str to numpy.ndarray
+        The five client-contract inputs of B cells (see `random_inputs`; masks optional).
+    precision : str
+        The export's compute dtype; it selects the tolerance.
+    label : str
+        Names the batch in the result.
+    graphs : SplitGraphs or None
+        Sessions to reuse across several batches; None loads `path`.
+    providers : list of str or None
+        onnxruntime execution providers; None: CPU.
+    expected : numpy.ndarray or None
+        PyTorch's predictions of the same inputs, computed beforehand; None computes them.
+
+    Returns
+    -------
+    ValidationResult
+        The largest absolute and relative errors and the tolerance.
+
+    Raises
+    ------
+    ExportError
+        An unknown precision, or onnxruntime cannot load or run the graphs.
     """
     check_precision(precision)
     feed = normalize_inputs(inputs, model.config)

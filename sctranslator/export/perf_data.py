@@ -31,7 +31,19 @@ from sctranslator.model import TranslatorModel
 
 @dataclass(frozen=True)
 class PreparedCells:
-    """Real cells prepared for a model, and the raw counts and names they came from."""
+    """Real cells prepared for a model, and the raw counts and names they came from.
+
+    Parameters
+    ----------
+    batch : Batch
+        The model inputs.
+    counts : numpy.ndarray
+        float32 raw counts, ``(n_cells, n_genes)``.
+    gene_names : list of str
+        The counts' genes.
+    protein_names : list of str
+        The requested proteins.
+    """
 
     batch: Batch  # values (B, L); gene_ids, gene_mask (L,); protein windows (W, P)
     counts: np.ndarray  # float32 (B, G): the raw counts as read
@@ -40,18 +52,48 @@ class PreparedCells:
 
     @property
     def cells(self) -> int:
+        """Number of cells."""
         return int(self.batch.values.shape[0])
 
     def client_inputs(self) -> dict[str, np.ndarray]:
-        """The client-facing model's five inputs for every cell: (B, L) genes, (B, W * P) proteins."""
+        """The client-facing model's five inputs for every cell.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            ``(B, L)`` gene inputs, ``(B, W * P)`` protein inputs.
+        """
         return self.batch.all_windows()
 
 
 def prepare_cells(data: str | Path, model: TranslatorModel, cells: int,
                   proteins: Sequence[str] | None = None) -> PreparedCells:
-    """The first `cells` cells of the AnnData at `data`, prepared for `model` as `translate` prepares them
-    (its gene mapping, normalisation, scaling and protein windows; cells without counts in the model's
-    genes are kept)."""
+    """The first `cells` cells of an AnnData, prepared for `model` as `translate` prepares them.
+
+    Its gene mapping, normalisation, scaling and protein windows; cells without counts in the
+    model's genes are kept.
+
+    Parameters
+    ----------
+    data : str or pathlib.Path
+        An .h5ad file.
+    model : TranslatorModel
+        The model.
+    cells : int
+        How many cells.
+    proteins : sequence of str or None
+        Proteins to predict; None: the model's panel.
+
+    Returns
+    -------
+    PreparedCells
+        The prepared cells.
+
+    Raises
+    ------
+    SctranslatorError
+        As `translate`'s planning (coverage, unknown proteins, unreadable input).
+    """
     from sctranslator.engine.block_runner import BlockRunner
     from sctranslator.engine.sources import open_source
     from sctranslator.plan import build_plan
@@ -76,18 +118,44 @@ def _entry(array: np.ndarray) -> dict[str, Any]:
 
 
 def client_input_data(prepared: PreparedCells) -> dict[str, Any]:
-    """perf_analyzer JSON for the client-facing model: one entry per cell (the model batches cells)."""
+    """perf_analyzer JSON for the client-facing model: one entry per cell (the model batches cells).
+
+    Parameters
+    ----------
+    prepared : PreparedCells
+        The cells.
+
+    Returns
+    -------
+    dict
+        perf_analyzer's ``--input-data`` JSON.
+    """
     inputs = prepared.client_inputs()
     return {"data": [{name: _entry(array[cell]) for name, array in inputs.items()} for cell in range(prepared.cells)]}
 
 
 def counts_input_data(prepared: PreparedCells, config: dict[str, Any], cells_per_request: int = 1) -> dict[str, Any]:
-    """perf_analyzer JSON for the names-in model `<name>_counts` (config: Triton's JSON form of its
-    config.pbtxt): one entry per request of `cells_per_request` cells, with explicit shapes, counts
-    [cells_per_request, genes], gene_names [genes], protein_names [proteins]. Each request is one item of
-    the model's batch axis, so perf_analyzer runs it with `-b 1` (not `-b cells_per_request`): the same
-    cells per request as the prepared-input model's table with `-b cells_per_request`. For a model
-    declared without a batch axis (max_batch_size 0) each shape gets its leading 1."""
+    """perf_analyzer JSON for the names-in model ``<name>_counts``: one entry per request.
+
+    Each entry has explicit shapes: counts ``[cells_per_request, genes]``, gene_names ``[genes]``,
+    protein_names ``[proteins]``. Each request is one item of the model's batch axis, so perf_analyzer
+    runs it with ``-b 1``. For a model declared without a batch axis (max_batch_size 0) each shape gets
+    its leading 1.
+
+    Parameters
+    ----------
+    prepared : PreparedCells
+        The cells.
+    config : dict
+        Triton's JSON form of the model's config.pbtxt.
+    cells_per_request : int
+        Cells per request.
+
+    Returns
+    -------
+    dict
+        perf_analyzer's ``--input-data`` JSON.
+    """
     if cells_per_request < 1:
         raise ValueError(f"cells_per_request must be >= 1, got {cells_per_request}")
     unbatched = int(config.get("max_batch_size") or 0) == 0
@@ -108,7 +176,20 @@ def counts_input_data(prepared: PreparedCells, config: dict[str, Any], cells_per
 
 
 def write_input_data(path: str | Path, data: dict[str, Any]) -> Path:
-    """Write perf_analyzer JSON to `path` (float32 values rounded to what float32 holds)."""
+    """Write perf_analyzer JSON to `path` (float32 values rounded to what float32 holds).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The file.
+    data : dict
+        The JSON.
+
+    Returns
+    -------
+    pathlib.Path
+        `path`.
+    """
     path = Path(path)
     path.write_text(json.dumps(data))
     return path

@@ -34,7 +34,35 @@ DEFAULT_REPO = Path("sctranslator-triton-repo")
 
 @dataclass(frozen=True)
 class ServeRequest:
-    """What `sctranslator serve` was asked for."""
+    """What ``sctranslator serve`` was asked for.
+
+    Parameters
+    ----------
+    model : str, pathlib.Path or TranslatorModel
+        The model.
+    repo : pathlib.Path
+        The Triton model repository.
+    name : str
+        The client-facing model's name.
+    backend : str or None
+        The Triton backend of the graph models; None: python for the pytriton build, else onnxruntime.
+    host : str
+        Address the server listens on.
+    http_port : int
+        HTTP port.
+    grpc_port : int
+        gRPC port.
+    metrics_port : int
+        Metrics port.
+    max_batch_size : int
+        Cells per request.
+    instances : int
+        Model instances.
+    ready_timeout_s : float
+        Seconds to wait for the server to be ready.
+    onnx_path : pathlib.Path or None
+        Reuse this ONNX export.
+    """
 
     model: str | Path | TranslatorModel
     repo: Path = DEFAULT_REPO
@@ -51,7 +79,20 @@ class ServeRequest:
 
 
 def has_backend(install: TritonInstall, backend: str) -> bool:
-    """Whether the server has a backend (onnxruntime serves the tensorrt variant too)."""
+    """Whether the server has a backend (onnxruntime serves the tensorrt variant too).
+
+    Parameters
+    ----------
+    install : TritonInstall
+        The tritonserver installation.
+    backend : str
+        The backend.
+
+    Returns
+    -------
+    bool
+        True when installed.
+    """
     if install.backend_dir is None:  # NVIDIA's images: every backend under /opt/tritonserver/backends
         return True
     directory = "onnxruntime" if backend == "tensorrt" else backend
@@ -59,6 +100,20 @@ def has_backend(install: TritonInstall, backend: str) -> bool:
 
 
 def choose_server_backend(requested: str | None, install: TritonInstall | None) -> str:
+    """The Triton backend to serve with: `requested`, else onnxruntime when installed, else python.
+
+    Parameters
+    ----------
+    requested : str or None
+        The backend asked for.
+    install : TritonInstall or None
+        The tritonserver installation found (None: none here).
+
+    Returns
+    -------
+    str
+        The backend.
+    """
     if requested:
         return requested
     if install is not None and not has_backend(install, "onnxruntime"):
@@ -68,26 +123,42 @@ def choose_server_backend(requested: str | None, install: TritonInstall | None) 
 
 def serve(request: ServeRequest, *, echo: Callable[[str], None] = print,
           block: bool = True) -> TritonServer | None:
-    """Write the repository (or reuse it: see `triton_reuse.export_mismatch`), then start tritonserver on it
-    (None when there is no binary here).
+    """Write the model repository (or reuse it), then start tritonserver on it.
 
-    With `block`, wait until interrupted and stop the server; otherwise return it running.
-    request: the model (path or TranslatorModel), repository, model name, Triton backend (None: python
-        for the pytriton build, else onnxruntime), host and ports, max_batch_size (cells), instances.
-    echo: where progress lines and the docker command go: a few lines (the repository, its models, the
-        URLs, "ready"); the exported files are listed in this module's DEBUG log (`serve -v`).
+    The repository is reused when it holds this export already (see
+    `sctranslator.export.triton_reuse.export_mismatch`). The server runs in a process group of its own;
+    on any exit of serve that it can observe (return, exception, SIGINT, SIGTERM, SIGHUP) the server and
+    every Python-backend stub are killed, and a watchdog process does the same if serve is killed with
+    SIGKILL. The server is recorded in REPO/.sctranslator-serve.json; a later serve of the same
+    repository refuses while that serve lives, and otherwise kills what it left behind.
 
-    The server runs in a process group of its own; on any exit of serve that it can observe (return,
-    exception, SIGINT, SIGTERM, SIGHUP) the server and every Python-backend stub are killed, and a
-    watchdog process does the same if serve is killed with SIGKILL. The server is recorded in
-    REPO/.sctranslator-serve.json; a later serve of the same repository refuses while that serve
-    lives, and otherwise kills what it left behind.
+    Parameters
+    ----------
+    request : ServeRequest
+        The model, repository, name, backend, host and ports, batch size and instances.
+    echo : callable
+        Where progress lines and the docker command go: a few lines (the repository, its models, the
+        URLs, "ready"); the exported files are listed in this module's DEBUG log (``serve -v``).
+    block : bool
+        Wait until interrupted and stop the server; otherwise return it running.
 
-    Raises:
-        CheckpointError: an unreadable model. ExportError / ExportValidationError: as export_triton.
-        PortInUseError: a port is held by another process (named, with its command line).
-        ServerError: the repository is served by another live serve; the server lacks the backend,
-            fails to start, or is not ready in time.
+    Returns
+    -------
+    TritonServer or None
+        The server: running without `block`, stopped after an interrupted blocking run; None when
+        there is no tritonserver binary here (the docker command is echoed instead).
+
+    Raises
+    ------
+    CheckpointError
+        An unreadable model.
+    ExportError
+        As `export_triton` (ExportValidationError for a failed validation).
+    PortInUseError
+        A port is held by another process (named, with its command line).
+    ServerError
+        The repository is served by another live serve; the server lacks the backend, fails to start,
+        or is not ready in time.
     """
     install = find_tritonserver()
     backend = choose_server_backend(request.backend, install)

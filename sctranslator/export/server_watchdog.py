@@ -37,13 +37,37 @@ def _stat_fields(pid: int) -> list[str] | None:
 
 
 def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (tells a process from a later one with its PID)."""
+    """The process's start time in clock ticks since boot (tells a process from a later one with its PID).
+
+    Parameters
+    ----------
+    pid : int
+        A process id.
+
+    Returns
+    -------
+    int or None
+        None when there is no such process.
+    """
     fields = _stat_fields(pid)
     return int(fields[19]) if fields else None
 
 
 def is_alive(pid: int, started: int | None = None) -> bool:
-    """Whether `pid` runs (not a zombie) and, given `started`, is the process that started then."""
+    """Whether `pid` runs (not a zombie) and, given `started`, is the process that started then.
+
+    Parameters
+    ----------
+    pid : int
+        A process id.
+    started : int or None
+        Its recorded start time; None: not checked.
+
+    Returns
+    -------
+    bool
+        True when alive.
+    """
     fields = _stat_fields(pid)
     if fields is None or fields[0] in ("Z", "X"):
         return False
@@ -51,6 +75,18 @@ def is_alive(pid: int, started: int | None = None) -> bool:
 
 
 def command_line(pid: int) -> list[str]:
+    """A process's command line, from /proc.
+
+    Parameters
+    ----------
+    pid : int
+        A process id.
+
+    Returns
+    -------
+    list of str
+        The arguments; [] when unreadable.
+    """
     try:
         return [arg.decode(errors="replace") for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if arg]
     except OSError:
@@ -58,7 +94,18 @@ def command_line(pid: int) -> list[str]:
 
 
 def group_members(pgid: int) -> list[int]:
-    """Live processes of process group `pgid` (Linux /proc; zombies excluded)."""
+    """Live processes of process group `pgid` (Linux /proc; zombies excluded).
+
+    Parameters
+    ----------
+    pgid : int
+        The group.
+
+    Returns
+    -------
+    list of int
+        PIDs.
+    """
     members = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -70,15 +117,40 @@ def group_members(pgid: int) -> list[int]:
 
 
 def is_triton_process(pid: int) -> bool:
-    """A tritonserver or one of its Python-backend stubs (to kill nothing else under a reused group id)."""
+    """Whether a process is a tritonserver or one of its Python-backend stubs.
+
+    Used to kill nothing else under a reused group id.
+
+    Parameters
+    ----------
+    pid : int
+        A process id.
+
+    Returns
+    -------
+    bool
+        True for Triton's processes.
+    """
     return any(Path(arg).name in ("tritonserver", STUB_NAME) for arg in command_line(pid)[:1])
 
 
 def end_group(pgid: int, *, only_triton: bool = False, wait_s: float = 5.0) -> list[int]:
-    """SIGKILL every process of group `pgid` and free the stubs' shared memory; returns the PIDs killed.
+    """SIGKILL every process of group `pgid` and free the stubs' shared memory.
 
-    only_triton: kill only tritonserver and stub processes (for a group recorded by an earlier run,
-    whose id may since have been reused).
+    Parameters
+    ----------
+    pgid : int
+        The group.
+    only_triton : bool
+        Kill only tritonserver and stub processes (for a group recorded by an earlier run, whose id may
+        since have been reused).
+    wait_s : float
+        Seconds to wait for them to exit.
+
+    Returns
+    -------
+    list of int
+        The PIDs killed.
     """
     killed = []
     for pid in group_members(pgid):
@@ -98,7 +170,15 @@ def end_group(pgid: int, *, only_triton: bool = False, wait_s: float = 5.0) -> l
 
 
 def remove_pid_file(pid_file: Path, server: int) -> None:
-    """Remove `pid_file` if it still records `server` (a later run may have written its own)."""
+    """Remove `pid_file` if it still records `server` (a later run may have written its own).
+
+    Parameters
+    ----------
+    pid_file : pathlib.Path
+        The record.
+    server : int
+        The server's PID.
+    """
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         if int(json.loads(pid_file.read_text())["server_pid"]) == server:
             pid_file.unlink()
@@ -107,9 +187,20 @@ def remove_pid_file(pid_file: Path, server: int) -> None:
 def watch(owner: int, owner_start: int, server: int, pid_file: Path | None) -> None:
     """Return once the owner is gone, after ending the server's group and removing the pid file.
 
-    The server going first is no reason to return: a dying owner's death signal kills the server
-    before the owner itself is gone, and the stubs and the pid file are still to be removed. An
-    owner that stops the server normally terminates this watchdog itself.
+    The server going first is no reason to return: a dying owner's death signal kills the server before
+    the owner itself is gone, and the stubs and the pid file are still to be removed. An owner that
+    stops the server normally terminates this watchdog itself.
+
+    Parameters
+    ----------
+    owner : int
+        The serve process's PID.
+    owner_start : int
+        Its start time.
+    server : int
+        The server's PID (its process group).
+    pid_file : pathlib.Path or None
+        The record to remove.
     """
     try:
         handle: int | None = os.pidfd_open(owner)  # readable once the owner exits: no polling delay
@@ -126,6 +217,18 @@ def watch(owner: int, owner_start: int, server: int, pid_file: Path | None) -> N
 
 
 def main(argv: list[str]) -> int:
+    """The watchdog process's entry point.
+
+    Parameters
+    ----------
+    argv : list of str
+        OWNER_PID OWNER_START SERVER_PID [PID_FILE].
+
+    Returns
+    -------
+    int
+        Exit status 0.
+    """
     owner, owner_start, server = (int(arg) for arg in argv[:3])
     pid_file = Path(argv[3]) if len(argv) > 3 and argv[3] else None
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is for the owner, which stops the server

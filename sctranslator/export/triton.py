@@ -53,7 +53,18 @@ COUNTS_FILES = {PYTHON_FILE: COUNTS_MODEL_SOURCE}  # the names-in model (with it
 
 
 def model_dir_names(name: str) -> dict[str, str]:
-    """The export's model directories by role (client, encoder, decoder, counts), for the Triton model `name`."""
+    """The export's model directories by role, for the Triton model `name`.
+
+    Parameters
+    ----------
+    name : str
+        The client-facing model's name.
+
+    Returns
+    -------
+    dict of str to str
+        Role (client, encoder, decoder, counts) -> model name.
+    """
     graphs = graph_model_names(name)
     return {"client": name, "encoder": graphs["encoder"], "decoder": graphs["decoder"],
             "counts": counts_model_name(name)}
@@ -61,7 +72,27 @@ def model_dir_names(name: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class TritonExport:
-    """What export_triton wrote."""
+    """What `export_triton` wrote.
+
+    Parameters
+    ----------
+    model_dir : pathlib.Path
+        The client-facing model's directory.
+    config_path : pathlib.Path
+        Its config.pbtxt.
+    onnx_path : pathlib.Path
+        The encoder model's model.onnx.
+    settings : ServingSettings
+        How the models are served.
+    onnx_report : ExportReport or None
+        The ONNX export's report; None when an existing export was reused.
+    encoder_dir : pathlib.Path or None
+        The encoder graph model's directory.
+    decoder_dir : pathlib.Path or None
+        The decoder graph model's directory.
+    counts_dir : pathlib.Path or None
+        The names-in model's directory (raw counts and gene names in).
+    """
 
     model_dir: Path  # the client-facing model's directory
     config_path: Path
@@ -74,6 +105,7 @@ class TritonExport:
 
     @property
     def model_dirs(self) -> tuple[Path, ...]:
+        """Every model directory written, the client-facing one first."""
         return tuple(d for d in (self.model_dir, self.encoder_dir, self.decoder_dir, self.counts_dir)
                      if d is not None)
 
@@ -127,11 +159,24 @@ def _write(config_dir: Path, text: str, files: dict[str, Path]) -> Path:
 
 
 def write_model_dirs(staging: dict[str, Path], onnx_file: Path, settings: ServingSettings) -> Path:
-    """Fill the (staged) model directories, {model name: directory}, from an export at `onnx_file`: the
-    client-facing model, its encoder and decoder models, and the names-in model `<name>_counts` when
-    `staging` has its directory.
+    """Fill the staged model directories from an export at `onnx_file`.
 
-    Returns the client-facing model's config.pbtxt path.
+    The client-facing model, its encoder and decoder models, and the names-in model ``<name>_counts``
+    when `staging` has its directory.
+
+    Parameters
+    ----------
+    staging : dict of str to pathlib.Path
+        Model name -> staged directory.
+    onnx_file : pathlib.Path
+        The export's encoder file.
+    settings : ServingSettings
+        How the models are served.
+
+    Returns
+    -------
+    pathlib.Path
+        The client-facing model's config.pbtxt.
     """
     encoder_file, decoder_file = graph_files(onnx_file)
     metadata = read_onnx_metadata(decoder_file)  # the small file: the same model facts as the encoder's
@@ -159,22 +204,46 @@ def write_model_dirs(staging: dict[str, Path], onnx_file: Path, settings: Servin
 def export_triton(model: TranslatorModel, repo: str | Path, settings: ServingSettings | None = None, *,
                   onnx_path: str | Path | None = None, validate: bool = True,
                   overwrite: bool = False) -> TritonExport:
-    """Export `model` as Triton models `settings.name`, `<name>_encoder` and `<name>_decoder` in `repo`.
+    """Export `model` into a Triton model repository, ready for ``tritonserver --model-repository``.
 
-    Each model directory is written aside and moved into place whole. `overwrite` replaces an
-    earlier export of the same name (its three directories); the repository's other models are
-    never touched, and a directory of those names that sctranslator did not write is refused
-    (OutputConflictError, see `sctranslator.outputs`). `onnx_path` reuses an export from
-    `export_onnx` (its encoder file; the decoder beside it) instead of exporting again. `validate`
-    checks a fresh export against PyTorch (see export_onnx).
-    settings: name, backend (onnxruntime | tensorrt | python, for the two graph models), max_batch_size
-        (cells), instances, kind (gpu | cpu), dynamic batching, precision (default: ServingSettings()).
-    Returns a TritonExport (model directories, the client model's config.pbtxt, the encoder's
-    model.onnx, the ONNX report).
+    Writes the client-facing model ``settings.name`` (which calls the graph models
+    ``<name>_encoder`` and ``<name>_decoder``) and the names-in model ``<name>_counts``. Each model
+    directory is written aside and moved into place whole; the repository's other models are never
+    touched.
 
-    Raises:
-        ExportError: inconsistent settings (checked before exporting), or an export failure.
-        ExportValidationError: the fresh ONNX graphs differ from PyTorch beyond the tolerance.
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model to serve.
+    repo : str or pathlib.Path
+        The model repository (created when absent).
+    settings : ServingSettings or None
+        Model name, serving backend, max batch size (cells), instances, instance kind, dynamic
+        batching, precision; None: ``ServingSettings()``.
+    onnx_path : str or pathlib.Path or None
+        Reuse an export from `export_onnx` (its encoder file, the decoder beside it) instead of
+        exporting again.
+    validate : bool
+        Check a fresh export against PyTorch (see `export_onnx`).
+    overwrite : bool
+        Replace an earlier export of the same name (all its directories).
+    wait : bool
+        When another job is writing the repository's models, wait for it instead of refusing.
+
+    Returns
+    -------
+    TritonExport
+        The model directories, the client model's config.pbtxt, the encoder's model.onnx and the
+        ONNX report.
+
+    Raises
+    ------
+    ExportError
+        Inconsistent settings (checked before exporting), or an export failure.
+    ExportValidationError
+        The fresh ONNX graphs differ from PyTorch beyond the tolerance.
+    OutputConflictError
+        A directory of those names that sctranslator did not write.
     """
     settings = settings or ServingSettings()
     settings.check()

@@ -54,9 +54,21 @@ bls_infer = _graph_model.bls_infer
 
 
 def layout_key(gene_ids: np.ndarray, gene_mask: np.ndarray) -> bytes | None:
-    """What requests must share to run as one batch: the bytes of their one gene layout (ids and mask of
-    every cell alike), or None for a request whose cells differ (it runs on the full layout, uncollapsed,
-    with every other such request)."""
+    """What requests must share to run as one batch: the bytes of their one gene layout.
+
+    Parameters
+    ----------
+    gene_ids : numpy.ndarray
+        int64 ``(B, L)``.
+    gene_mask : numpy.ndarray
+        bool ``(B, L)``.
+
+    Returns
+    -------
+    bytes or None
+        The layout's bytes when every cell has the same ids and mask; None for a request whose cells
+        differ (it runs on the full layout, uncollapsed, with every other such request).
+    """
     ids, mask = np.asarray(gene_ids), np.asarray(gene_mask, dtype=bool)
     if ids.shape[0] == 0 or not ((ids == ids[:1]).all() and (mask == mask[:1]).all()):
         return None
@@ -67,6 +79,14 @@ class TritonPythonModel:
     """Per call (the requests Triton merged): encoder once per gene layout, decoder once per protein window."""
 
     def initialize(self, args: dict[str, str]) -> None:
+        """Load what the model serves (Triton calls this once per instance).
+
+        Parameters
+        ----------
+        args : dict of str to str
+            Triton's arguments: model_config (JSON), model_repository, model_version, model_instance_kind,
+            model_instance_device_id, ...
+        """
         config = json.loads(args["model_config"])
         parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
         self.encoder_model = parameters["encoder_model"]
@@ -79,6 +99,18 @@ class TritonPythonModel:
         self.output = config["output"][0]["name"]
 
     def read_request(self, request: Any) -> dict[str, np.ndarray]:
+        """A request's input tensors as numpy arrays.
+
+        Parameters
+        ----------
+        request : pb_utils.InferenceRequest
+            The request.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            Input name -> array.
+        """
         arrays = {}
         for name, dtype in self.inputs.items():
             tensor = pb_utils.get_input_tensor_by_name(request, name)
@@ -98,13 +130,36 @@ class TritonPythonModel:
         return arrays
 
     def run(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        """predictions (B, k * P) float32 for one request's arrays."""
+        """Predict one request.
+
+        Parameters
+        ----------
+        arrays : dict of str to numpy.ndarray
+            The request's five client-contract inputs.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 predictions ``(B, k * P)``.
+        """
         return self.run_group([arrays])[0]
 
     def run_group(self, group: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
-        """predictions (B_i, k_i * P) float32 of each request of `group`, requests that share one gene
-        layout (or all take the full layout): their cells go through ONE encoder call and ONE decoder
-        call per window, and the outputs are split back per request."""
+        """Predict requests that share one gene layout (or all take the full layout) together.
+
+        Their cells go through one encoder call and one decoder call per window, and the outputs are
+        split back per request.
+
+        Parameters
+        ----------
+        group : list of dict of str to numpy.ndarray
+            The requests' inputs.
+
+        Returns
+        -------
+        list of numpy.ndarray
+            float32 ``(B_i, k_i * P)`` per request, in order.
+        """
         sizes = [arrays["values"].shape[0] for arrays in group]
         widths = [arrays["protein_ids"].shape[1] for arrays in group]
 
@@ -138,7 +193,18 @@ class TritonPythonModel:
         return [np.concatenate(parts, axis=1).astype(np.float32, copy=False) for parts in outputs]
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        """Answer the requests Triton merged into this call: grouped by gene layout, one group at a time."""
+        """Answer a list of requests (Triton calls this with the requests it batched together).
+
+        Parameters
+        ----------
+        requests : list of pb_utils.InferenceRequest
+            The requests.
+
+        Returns
+        -------
+        list of pb_utils.InferenceResponse
+            One response per request, in order; a bad request gets an error response.
+        """
         responses: list[Any] = [None] * len(requests)
         groups: dict[bytes | None, list[tuple[int, dict[str, np.ndarray]]]] = {}
         for index, request in enumerate(requests):
@@ -160,4 +226,5 @@ class TritonPythonModel:
         return responses
 
     def finalize(self) -> None:
+        """Release what `initialize` loaded (Triton calls this when unloading the model)."""
         pass

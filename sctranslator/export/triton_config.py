@@ -57,7 +57,31 @@ PARAM_DECODER_MAX_BATCH = "decoder_max_batch_size"
 
 @dataclass(frozen=True)
 class ServingSettings:
-    """How Triton should serve the model: backend, batching and instances."""
+    """How Triton should serve the model: backend, batching and instances.
+
+    Parameters
+    ----------
+    name : str
+        The client-facing model's name in the repository.
+    backend : {'onnxruntime', 'tensorrt', 'python'}
+        The Triton backend of the two graph models.
+    max_batch_size : int
+        Cells per request.
+    instances : int
+        Model instances.
+    kind : {'gpu', 'cpu'} or None
+        Where instances run; None: gpu for onnxruntime / tensorrt, cpu for python.
+    dynamic_batching : bool
+        Let Triton merge requests.
+    preferred_batch_sizes : tuple of int
+        Batch sizes the dynamic batcher aims for (needs `dynamic_batching`).
+    max_queue_delay_us : int or None
+        Longest wait of a request for others to batch with, in microseconds.
+    precision : {'fp32', 'fp16', 'bf16'}
+        The graphs' compute dtype.
+    intra_op_threads : int or None
+        Python backend: onnxruntime threads per instance.
+    """
 
     name: str = DEFAULT_MODEL_NAME
     backend: str = "onnxruntime"
@@ -72,10 +96,18 @@ class ServingSettings:
 
     @property
     def instance_kind(self) -> str:
+        """Where instances run: `kind`, or its default for the backend."""
         return self.kind or ("cpu" if self.backend == "python" else "gpu")
 
     def check(self) -> None:
-        """ExportError for settings Triton would reject or that cannot work."""
+        """Refuse settings Triton would reject or that cannot work.
+
+        Raises
+        ------
+        ExportError
+            An unknown backend, kind or precision, an invalid name, sizes below 1, or batching
+            options without `dynamic_batching`.
+        """
         if self.backend not in SERVING_BACKENDS:
             raise ExportError(f"unknown Triton backend {self.backend!r}; choose one of {SERVING_BACKENDS}")
         if self.instance_kind not in INSTANCE_KINDS:
@@ -101,7 +133,18 @@ class ServingSettings:
 
 
 def model_parameters(metadata: dict[str, Any]) -> dict[str, str]:
-    """Config parameters from the ONNX file's sctranslator metadata (read_onnx_metadata's dict)."""
+    """Config parameters from the ONNX file's sctranslator metadata.
+
+    Parameters
+    ----------
+    metadata : dict
+        `read_onnx_metadata`'s dict.
+
+    Returns
+    -------
+    dict of str to str
+        Parameter -> value (config, panel, fingerprint, precision, ...).
+    """
     config = metadata["config"]
     return {
         PARAM_CONFIG: json.dumps(config, sort_keys=True),
@@ -115,7 +158,18 @@ def model_parameters(metadata: dict[str, Any]) -> dict[str, str]:
 
 
 def graph_model_names(name: str) -> dict[str, str]:
-    """{role: Triton model name} of the encoder and decoder models behind client-facing model `name`."""
+    """The Triton names of the encoder and decoder models behind a client-facing model.
+
+    Parameters
+    ----------
+    name : str
+        The client-facing model's name.
+
+    Returns
+    -------
+    dict of str to str
+        Role ("encoder", "decoder") -> model name.
+    """
     return {"encoder": name + ENCODER_SUFFIX, "decoder": name + DECODER_SUFFIX}
 
 
@@ -140,8 +194,26 @@ def _parameters(config: mc.ModelConfig, parameters: dict[str, str]) -> None:
 
 def client_config(settings: ServingSettings, max_genes: int, max_proteins: int,
                   parameters: dict[str, str]) -> mc.ModelConfig:
-    """The client-facing BLS model `settings.name`: the contract's tensors (graph/contract.py INPUTS,
-    OUTPUT), genes (B, L), proteins (B, k * P) for any k >= 1 (all windows of a cell at once)."""
+    """The client-facing BLS model's configuration: the client contract's tensors.
+
+    Genes ``(B, L)``, proteins ``(B, k * P)`` for any k >= 1 (all windows of a cell at once).
+
+    Parameters
+    ----------
+    settings : ServingSettings
+        How the models are served.
+    max_genes : int
+        L.
+    max_proteins : int
+        P.
+    parameters : dict of str to str
+        Config parameters (see `model_parameters`).
+
+    Returns
+    -------
+    ModelConfig
+        Triton's model configuration message.
+    """
     settings.check()
     config = mc.ModelConfig(name=settings.name, max_batch_size=settings.max_batch_size, backend="python")
     # dims exclude the batch axis: Triton adds it because max_batch_size > 0.
@@ -161,7 +233,26 @@ def client_config(settings: ServingSettings, max_genes: int, max_proteins: int,
 
 def graph_config(settings: ServingSettings, spec: GraphSpec, max_proteins: int, dim: int,
                  parameters: dict[str, str]) -> mc.ModelConfig:
-    """The model serving one graph (ENCODER or DECODER, graph/contract.py), named as graph_model_names says."""
+    """The configuration of the model serving one graph (ENCODER or DECODER).
+
+    Parameters
+    ----------
+    settings : ServingSettings
+        How the models are served.
+    spec : GraphSpec
+        The graph.
+    max_proteins : int
+        P.
+    dim : int
+        The model's embedding width.
+    parameters : dict of str to str
+        Config parameters (see `model_parameters`).
+
+    Returns
+    -------
+    ModelConfig
+        Triton's model configuration message.
+    """
     settings.check()
     name = graph_model_names(settings.name)[spec.role]
     config = mc.ModelConfig(name=name)
@@ -207,7 +298,26 @@ def graph_config(settings: ServingSettings, spec: GraphSpec, max_proteins: int, 
 
 def build_configs(settings: ServingSettings, max_genes: int, max_proteins: int, dim: int,
                   parameters: dict[str, str]) -> dict[str, mc.ModelConfig]:
-    """{model name: config} of the three models a repository serves for `settings.name` (module docstring)."""
+    """The configurations of the three models a repository serves for ``settings.name``.
+
+    Parameters
+    ----------
+    settings : ServingSettings
+        How the models are served.
+    max_genes : int
+        L.
+    max_proteins : int
+        P.
+    dim : int
+        The model's embedding width.
+    parameters : dict of str to str
+        Config parameters (see `model_parameters`).
+
+    Returns
+    -------
+    dict of str to ModelConfig
+        Model name -> configuration.
+    """
     configs = [client_config(settings, max_genes, max_proteins, parameters),
                graph_config(settings, ENCODER, max_proteins, dim, parameters),
                graph_config(settings, DECODER, max_proteins, dim, parameters)]
@@ -215,12 +325,39 @@ def build_configs(settings: ServingSettings, max_genes: int, max_proteins: int, 
 
 
 def render_config(config: mc.ModelConfig) -> str:
-    """config.pbtxt text for a ModelConfig message."""
+    """config.pbtxt text for a model configuration.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        Triton's model configuration message.
+
+    Returns
+    -------
+    str
+        Protobuf text format.
+    """
     return text_format.MessageToString(config)
 
 
 def parse_config(text: str) -> mc.ModelConfig:
-    """A config.pbtxt parsed back with Triton's definitions (ExportError when it does not parse)."""
+    """A config.pbtxt parsed back with Triton's definitions.
+
+    Parameters
+    ----------
+    text : str
+        Protobuf text format.
+
+    Returns
+    -------
+    ModelConfig
+        The message.
+
+    Raises
+    ------
+    ExportError
+        The text does not parse.
+    """
     try:
         return text_format.Parse(text, mc.ModelConfig())
     except text_format.ParseError as exc:

@@ -73,18 +73,51 @@ PARAM_PACKAGE_DIR = "package_dir"
 
 
 def counts_model_name(name: str) -> str:
-    """The names-in model's Triton name for the export named `name`."""
+    """The names-in model's Triton name for the export named `name`.
+
+    Parameters
+    ----------
+    name : str
+        The client-facing model's name.
+
+    Returns
+    -------
+    str
+        ``<name>_counts``.
+    """
     return name + COUNTS_SUFFIX
 
 
 def model_gene_mapping(panel: dict[str, Any] | None) -> str:
-    """The gene mapping a model was trained with (as plan.default_gene_mapping, from its panel)."""
+    """The gene mapping a model was trained with (as `plan.default_gene_mapping`, from its panel).
+
+    Parameters
+    ----------
+    panel : dict or None
+        The model's panel metadata; None: a published checkpoint.
+
+    Returns
+    -------
+    str
+        "original" or "extended".
+    """
     genes = (panel or {}).get("genes")
     return str(genes.get("mapping", "extended")) if genes else "original"
 
 
 def model_facts(metadata: dict[str, Any]) -> dict[str, Any]:
-    """What the names-in model needs to plan a request, from the ONNX metadata (read_onnx_metadata)."""
+    """What the names-in model needs to plan a request, from the ONNX metadata.
+
+    Parameters
+    ----------
+    metadata : dict
+        `read_onnx_metadata`'s dict.
+
+    Returns
+    -------
+    dict
+        Sizes, panel, preprocessing and gene mapping, JSON-able.
+    """
     config = metadata["config"]
     return {"config": config, "panel": metadata.get("panel"), "preprocessing": metadata.get("preprocessing"),
             "gene_mapping": model_gene_mapping(metadata.get("panel")), "min_coverage": DEFAULT_MIN_COVERAGE,
@@ -93,8 +126,20 @@ def model_facts(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 def counts_config(settings: ServingSettings, parameters: dict[str, str]) -> mc.ModelConfig:
-    """config.pbtxt of `<name>_counts` (module docstring): Python backend, one request per batch item,
-    ragged dynamic batching."""
+    """config.pbtxt of ``<name>_counts``: Python backend, one request per batch item, ragged batching.
+
+    Parameters
+    ----------
+    settings : ServingSettings
+        How the models are served.
+    parameters : dict of str to str
+        Config parameters.
+
+    Returns
+    -------
+    ModelConfig
+        Triton's model configuration message.
+    """
     settings.check()
     config = mc.ModelConfig(name=counts_model_name(settings.name), backend="python",
                             max_batch_size=settings.max_batch_size)
@@ -121,7 +166,15 @@ def counts_config(settings: ServingSettings, parameters: dict[str, str]) -> mc.M
 
 
 def write_counts_files(version_dir: Path, metadata: dict[str, Any]) -> None:
-    """model.py, model_facts.json and the package copy (module docstring) into `version_dir`."""
+    """Write model.py, model_facts.json and the package copy into the names-in model's version directory.
+
+    Parameters
+    ----------
+    version_dir : pathlib.Path
+        The model's version directory (``<repo>/<name>_counts/1``).
+    metadata : dict
+        `read_onnx_metadata`'s dict.
+    """
     version_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(MODEL_SOURCE, version_dir / PYTHON_FILE)
     (version_dir / FACTS_FILE).write_text(json.dumps(model_facts(metadata), sort_keys=True, indent=1))

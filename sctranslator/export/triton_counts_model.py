@@ -39,7 +39,17 @@ PLAN_CACHE = 16  # plans kept per instance: a service sees few (gene names, prot
 
 @dataclass
 class Prepared:
-    """One request, checked and prepared: model values and the plan's layout and windows."""
+    """One request, checked and prepared: model values and the plan's layout and windows.
+
+    Parameters
+    ----------
+    index : int
+        Its position in `execute`'s request list.
+    values : numpy.ndarray
+        float32 ``(B, L)`` model values.
+    plan : Plan
+        The request's plan.
+    """
 
     index: int  # position in execute()'s request list
     values: np.ndarray  # float32 (B, L)
@@ -78,7 +88,18 @@ SERVER_WORDS = (
 
 
 def server_words(message: str) -> str:
-    """translate's error text with its CLI flags replaced by the request parameters that do the same."""
+    """translate's error text with its command-line flags replaced by the request parameters that do the same.
+
+    Parameters
+    ----------
+    message : str
+        An error message.
+
+    Returns
+    -------
+    str
+        The message as a Triton client should read it.
+    """
     for cli, parameter in SERVER_WORDS:
         message = message.replace(cli, parameter)
     return message
@@ -86,7 +107,17 @@ def server_words(message: str) -> str:
 
 @dataclass(frozen=True)
 class RequestOptions:
-    """A request's allowances, as translate's arguments of the same names."""
+    """A request's allowances, as translate's arguments of the same names.
+
+    Parameters
+    ----------
+    allow_low_coverage : bool
+        Go on below the minimum gene coverage.
+    allow_empty_cells : bool
+        Predict cells without counts in the model's genes.
+    min_coverage : float or None
+        The minimum coverage; None: the model's default.
+    """
 
     allow_low_coverage: bool = False
     allow_empty_cells: bool = False
@@ -94,8 +125,23 @@ class RequestOptions:
 
 
 def request_options(text: str | None) -> RequestOptions:
-    """RequestOptions from a request's parameters (`request.parameters()`, a JSON object as text);
-    InputDataError naming the parameter when one has the wrong type or range."""
+    """A request's allowances from its parameters.
+
+    Parameters
+    ----------
+    text : str or None
+        ``request.parameters()``: a JSON object as text.
+
+    Returns
+    -------
+    RequestOptions
+        The allowances (defaults for those not given).
+
+    Raises
+    ------
+    InputDataError
+        A parameter of the wrong type or range (named).
+    """
     from sctranslator.errors import InputDataError
 
     try:
@@ -131,6 +177,14 @@ class TritonPythonModel:
     """Plans, checks and prepares each request; encoder once per gene layout, decoder once per window."""
 
     def initialize(self, args: dict[str, str]) -> None:
+        """Load what the model serves (Triton calls this once per instance).
+
+        Parameters
+        ----------
+        args : dict of str to str
+            Triton's arguments: model_config (JSON), model_repository, model_version, model_instance_kind,
+            model_instance_device_id, ...
+        """
         config = json.loads(args["model_config"])
         parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
         here = os.path.join(args["model_repository"], args["model_version"])
@@ -160,8 +214,29 @@ class TritonPythonModel:
 
     # --- one request -------------------------------------------------------------------------------
     def plan_for(self, genes: list[str], proteins: list[str], options: RequestOptions | None = None) -> Any:
-        """The plan of (gene names, protein names), as translate builds it with the request's allowances;
-        cached per (genes, proteins, allowances)."""
+        """The plan of (gene names, protein names), as translate builds it with the request's allowances.
+
+        Cached per (genes, proteins, allowances).
+
+        Parameters
+        ----------
+        genes : list of str
+            The request's gene names.
+        proteins : list of str
+            The proteins asked for.
+        options : RequestOptions or None
+            The request's allowances.
+
+        Returns
+        -------
+        Plan
+            The plan.
+
+        Raises
+        ------
+        SctranslatorError
+            As `build_plan` (coverage, unknown proteins).
+        """
         options = options or RequestOptions()
         min_coverage = float(self.facts["min_coverage"]) if options.min_coverage is None else options.min_coverage
         key = (tuple(genes), tuple(proteins), options.allow_low_coverage, min_coverage)
@@ -181,7 +256,27 @@ class TritonPythonModel:
         return plan
 
     def prepare(self, request: Any, index: int) -> Prepared:
-        """Read, plan, check and prepare one request (an SctranslatorError / ValueError when it is bad)."""
+        """Read, plan, check and prepare one request.
+
+        Parameters
+        ----------
+        request : pb_utils.InferenceRequest
+            The request.
+        index : int
+            Its position in the list.
+
+        Returns
+        -------
+        Prepared
+            The model values and plan.
+
+        Raises
+        ------
+        SctranslatorError
+            A bad request (unknown proteins, low coverage, bad cells).
+        ValueError
+            Malformed tensors.
+        """
         arrays = {}
         for name in ("counts", "gene_names", "protein_names"):
             tensor = pb_utils.get_input_tensor_by_name(request, name)
@@ -210,7 +305,18 @@ class TritonPythonModel:
 
     # --- the graphs --------------------------------------------------------------------------------
     def run_group(self, group: list[Prepared]) -> list[np.ndarray]:
-        """Predictions of requests sharing one gene layout: the encoder once, the decoder once per window."""
+        """Predictions of requests sharing one gene layout: the encoder once, the decoder once per window.
+
+        Parameters
+        ----------
+        group : list of Prepared
+            The requests.
+
+        Returns
+        -------
+        list of numpy.ndarray
+            float32 ``(B_i, n_proteins_i)`` per request, in order.
+        """
         plan = group[0].plan
         values = np.concatenate([item.values for item in group]) if len(group) > 1 else group[0].values
         layout = self.TokenLayout.for_layout(plan.gene_ids, plan.position_real)
@@ -240,6 +346,18 @@ class TritonPythonModel:
                 for parts, item in zip(outputs, group, strict=True)]
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        """Answer a list of requests (Triton calls this with the requests it batched together).
+
+        Parameters
+        ----------
+        requests : list of pb_utils.InferenceRequest
+            The requests.
+
+        Returns
+        -------
+        list of pb_utils.InferenceResponse
+            One response per request, in order; a bad request gets an error response.
+        """
         responses: list[Any] = [None] * len(requests)
         groups: dict[bytes, list[Prepared]] = {}
         for index, request in enumerate(requests):
@@ -263,12 +381,26 @@ class TritonPythonModel:
         return responses
 
     def user_error(self, message: str) -> Any:
-        """An error response for a bad request: INVALID_ARG (HTTP 400, gRPC INVALID_ARGUMENT) where the
-        Python backend has error codes (Triton 23.06 and later), else the default (500)."""
+        """An error response for a bad request.
+
+        INVALID_ARG (HTTP 400, gRPC INVALID_ARGUMENT) where the Python backend has error codes (Triton
+        23.06 and later), else the default (500).
+
+        Parameters
+        ----------
+        message : str
+            What was wrong.
+
+        Returns
+        -------
+        pb_utils.InferenceResponse
+            The response.
+        """
         code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
         if code is None:
             return self.error_response(message)
         return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
 
     def finalize(self) -> None:
+        """Release what `initialize` loaded (Triton calls this when unloading the model)."""
         self.plans.clear()

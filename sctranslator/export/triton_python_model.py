@@ -39,8 +39,20 @@ CONFIG_DTYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_INT64":
 
 
 def graph_io(config: dict[str, Any]) -> tuple[dict[str, type[np.generic]], str]:
-    """The model's inputs (name -> numpy dtype, in config order) and its one output name, from the
-    model configuration as Triton passes it (JSON of config.pbtxt)."""
+    """The model's inputs and its one output, from the configuration Triton passes (JSON of config.pbtxt).
+
+    Parameters
+    ----------
+    config : dict
+        The model configuration.
+
+    Returns
+    -------
+    inputs : dict of str to type
+        Input name -> numpy dtype, in config order.
+    output : str
+        The output's name.
+    """
     inputs, outputs = config.get("input") or [], config.get("output") or []
     if not inputs or len(outputs) != 1:
         raise ValueError(f"the model configuration must declare the graph's inputs and one output; it declares "
@@ -53,7 +65,18 @@ def graph_io(config: dict[str, Any]) -> tuple[dict[str, type[np.generic]], str]:
 
 
 def to_numpy(tensor: Any) -> np.ndarray:
-    """A pb_utils input tensor as numpy, zero-copy through DLPack when the stub supports it."""
+    """A pb_utils input tensor as numpy, zero-copy through DLPack when the stub supports it.
+
+    Parameters
+    ----------
+    tensor : pb_utils.Tensor
+        An input tensor.
+
+    Returns
+    -------
+    numpy.ndarray
+        Its values.
+    """
     if NUMPY_1:  # the stub's own conversion works with the numpy it was compiled against
         return tensor.as_numpy()
     try:
@@ -63,6 +86,20 @@ def to_numpy(tensor: Any) -> np.ndarray:
 
 
 def to_tensor(name: str, array: np.ndarray) -> Any:
+    """A pb_utils output tensor holding `array` (through DLPack when the stub and numpy allow it).
+
+    Parameters
+    ----------
+    name : str
+        The output's name.
+    array : numpy.ndarray
+        Its values.
+
+    Returns
+    -------
+    pb_utils.Tensor
+        The tensor.
+    """
     array = np.ascontiguousarray(array)
     if not array.flags.writeable:  # views of request tensors: DLPack (before 1.0) cannot export read-only arrays
         array = array.copy()
@@ -72,17 +109,45 @@ def to_tensor(name: str, array: np.ndarray) -> Any:
 
 
 def error_response(message: str) -> Any:
+    """An inference response carrying only an error.
+
+    Parameters
+    ----------
+    message : str
+        What went wrong.
+
+    Returns
+    -------
+    pb_utils.InferenceResponse
+        The response.
+    """
     return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
 
 
 def bls_infer(model: str, feed: dict[str, np.ndarray], output: str, limit: int = 0) -> np.ndarray:
-    """BLS calls to the Triton model `model`, each of at most `limit` cells (its max_batch_size; 0: one
-    call, as for the encoder, whose max_batch_size 0 takes any batch), every input of `feed` split along
-    its first axis (cells); `output` is the output tensor's name. Used by the client-facing models
-    (triton_bls_model.py, triton_counts_model.py).
+    """BLS calls to the Triton model `model`, each of at most `limit` cells, every input split along its first axis.
 
-    Returns the outputs concatenated along the first axis. Raises RuntimeError with the callee's
-    message when a call fails.
+    Parameters
+    ----------
+    model : str
+        The called model (the encoder or decoder graph model).
+    feed : dict of str to numpy.ndarray
+        Its inputs; the first axis is cells.
+    output : str
+        The output to read back.
+    limit : int
+        Cells per call (the model's max_batch_size); 0: one call, as for the encoder, whose
+        max_batch_size 0 takes any batch.
+
+    Returns
+    -------
+    numpy.ndarray
+        The output of every call, concatenated along the first axis.
+
+    Raises
+    ------
+    RuntimeError
+        A call failed (with the callee's message).
     """
     cells = next(iter(feed.values())).shape[0]
     if limit <= 0 or cells <= limit:
@@ -92,8 +157,27 @@ def bls_infer(model: str, feed: dict[str, np.ndarray], output: str, limit: int =
 
 
 def bls_infer_once(model: str, feed: dict[str, np.ndarray], output: str) -> np.ndarray:
-    """One BLS call to `model` with the inputs `feed`: its `output` tensor as numpy; RuntimeError with the
-    callee's message when it fails."""
+    """One BLS call to `model`.
+
+    Parameters
+    ----------
+    model : str
+        The called model.
+    feed : dict of str to numpy.ndarray
+        Its inputs.
+    output : str
+        The output to read back.
+
+    Returns
+    -------
+    numpy.ndarray
+        That output.
+
+    Raises
+    ------
+    RuntimeError
+        The call failed (with the callee's message).
+    """
     request = pb_utils.InferenceRequest(model_name=model, requested_output_names=[output],
                                         inputs=[to_tensor(name, array) for name, array in feed.items()])
     response = request.exec()
@@ -112,10 +196,21 @@ def _providers(kind: str, device_id: int) -> list[Any]:
 
 
 class TritonPythonModel:
-    """Runs requests through the graph: with max_batch_size 0 (the encoder: a call's cells share one
-    token layout) one request at a time; else concatenated into one batch and split back."""
+    """Runs requests through one exported graph with onnxruntime inside Triton's Python backend.
+
+    With max_batch_size 0 (the encoder: a call's cells share one token layout) one request at a time;
+    else the requests are concatenated into one batch and split back.
+    """
 
     def initialize(self, args: dict[str, str]) -> None:
+        """Load what the model serves (Triton calls this once per instance).
+
+        Parameters
+        ----------
+        args : dict of str to str
+            Triton's arguments: model_config (JSON), model_repository, model_version, model_instance_kind,
+            model_instance_device_id, ...
+        """
         import onnxruntime as ort
 
         config = json.loads(args["model_config"])
@@ -135,6 +230,18 @@ class TritonPythonModel:
         self.inputs, self.output = graph_io(config)
 
     def read_request(self, request: Any) -> dict[str, np.ndarray]:
+        """A request's input tensors as numpy arrays.
+
+        Parameters
+        ----------
+        request : pb_utils.InferenceRequest
+            The request.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            Input name -> array.
+        """
         feed = {}
         for name, dtype in self.inputs.items():
             tensor = pb_utils.get_input_tensor_by_name(request, name)
@@ -147,14 +254,50 @@ class TritonPythonModel:
         return feed
 
     def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """Run the graph on one feed.
+
+        Parameters
+        ----------
+        feed : dict of str to numpy.ndarray
+            The graph's inputs.
+
+        Returns
+        -------
+        numpy.ndarray
+            The graph's output.
+        """
         return self.session.run([self.output], feed)[0].astype(np.float32, copy=False)
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        """Answer a list of requests (Triton calls this with the requests it batched together).
+
+        Parameters
+        ----------
+        requests : list of pb_utils.InferenceRequest
+            The requests.
+
+        Returns
+        -------
+        list of pb_utils.InferenceResponse
+            One response per request, in order; a bad request gets an error response.
+        """
         if self.max_batch_size == 0:  # explicit shapes: requests are never merged
             return [self.execute_batch([request])[0] for request in requests]
         return self.execute_batch(requests)
 
     def execute_batch(self, requests: list[Any]) -> list[Any]:
+        """Answer requests as one concatenated batch, split back per request.
+
+        Parameters
+        ----------
+        requests : list of pb_utils.InferenceRequest
+            The requests.
+
+        Returns
+        -------
+        list of pb_utils.InferenceResponse
+            One per request, in order.
+        """
         responses: list[Any] = [None] * len(requests)
         batch: list[tuple[int, dict[str, np.ndarray]]] = []
         for index, request in enumerate(requests):
@@ -176,4 +319,5 @@ class TritonPythonModel:
         return responses
 
     def finalize(self) -> None:
+        """Release what `initialize` loaded (Triton calls this when unloading the model)."""
         self.session = None

@@ -37,7 +37,22 @@ from sctranslator.outputs import read_identity
 
 
 def export_mismatch(model: TranslatorModel, repo: str | Path, settings: ServingSettings) -> str | None:
-    """None when `repo` holds an export of `model` with `settings` that can be served as it is, else why not."""
+    """Why a repository's export cannot be served as it is for `model` and `settings`.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model to serve.
+    repo : str or pathlib.Path
+        The model repository.
+    settings : ServingSettings
+        How it should be served.
+
+    Returns
+    -------
+    str or None
+        None when the repository holds an export of `model` with `settings`, else the reason.
+    """
     repo = Path(repo)
     dirs = {role: repo / name for role, name in model_dir_names(settings.name).items()}
     for directory in dirs.values():

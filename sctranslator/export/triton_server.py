@@ -46,7 +46,20 @@ _PR_SET_PDEATHSIG = 1
 
 @dataclass(frozen=True)
 class TritonInstall:
-    """A tritonserver binary and what it needs to run outside its own image."""
+    """A tritonserver binary and what it needs to run outside its own image.
+
+    Parameters
+    ----------
+    binary : pathlib.Path
+        The tritonserver executable.
+    backend_dir : pathlib.Path or None
+        Its backends; None: the binary's built-in default (/opt/tritonserver/backends).
+    lib_dirs : tuple of pathlib.Path
+        Shared-library directories it needs on LD_LIBRARY_PATH.
+    stub_env : pathlib.Path or None
+        A virtualenv layout for the Python-backend stubs with numpy<2 before this venv's packages (the
+        pytriton build's stub is compiled against numpy 1; scripts/install_tritonserver.sh makes it).
+    """
 
     binary: Path
     backend_dir: Path | None = None  # None: the binary's built-in default (/opt/tritonserver/backends)
@@ -58,7 +71,18 @@ class TritonInstall:
 
     @classmethod
     def from_pytriton_dir(cls, package_dir: Path) -> TritonInstall:
-        """The layout inside the nvidia-pytriton wheel: pytriton/tritonserver/{bin,backends}."""
+        """The layout inside the nvidia-pytriton wheel: pytriton/tritonserver/{bin,backends}.
+
+        Parameters
+        ----------
+        package_dir : pathlib.Path
+            The installed pytriton package.
+
+        Returns
+        -------
+        TritonInstall
+            Its tritonserver.
+        """
         root = package_dir / "tritonserver"
         libs = package_dir.parent / "nvidia_pytriton.libs"
         env = package_dir.parent.parent / STUB_ENV_NAME  # <venv>/tritonserver/stub-env
@@ -97,7 +121,18 @@ def _pytriton_package() -> Path | None:
 
 
 def find_tritonserver() -> TritonInstall | None:
-    """The tritonserver to run here, or None when there is none."""
+    """The tritonserver to run here.
+
+    Returns
+    -------
+    TritonInstall or None
+        $SCTRANSLATOR_TRITONSERVER, one on PATH, or the pytriton wheel's; None when there is none.
+
+    Raises
+    ------
+    ServerError
+        $SCTRANSLATOR_TRITONSERVER names no file.
+    """
     explicit = os.environ.get(ENV_BINARY)
     if explicit:
         path = Path(explicit)
@@ -120,9 +155,19 @@ def find_tritonserver() -> TritonInstall | None:
 def server_env(install: TritonInstall) -> dict[str, str]:
     """Environment for the server and its Python-backend stubs.
 
-    The stub embeds libpython: it must load *this* interpreter's libpython (not a system one of
-    the same version) and find this virtualenv's python first on PATH, so that `import numpy,
-    onnxruntime` inside Triton sees the packages installed here.
+    The stub embeds libpython: it must load *this* interpreter's libpython (not a system one of the same
+    version) and find this virtualenv's python first on PATH, so that ``import numpy, onnxruntime``
+    inside Triton sees the packages installed here.
+
+    Parameters
+    ----------
+    install : TritonInstall
+        The server.
+
+    Returns
+    -------
+    dict of str to str
+        The environment.
     """
     env = os.environ.copy()
     libdir = sysconfig.get_config_var("LIBDIR")
@@ -138,6 +183,18 @@ def server_env(install: TritonInstall) -> dict[str, str]:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now (the operating system's choice).
+
+    Parameters
+    ----------
+    host : str
+        The address.
+
+    Returns
+    -------
+    int
+        The port.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
@@ -145,20 +202,48 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @dataclass(frozen=True)
 class PortOwner:
-    """The process listening on a port (pid None: a socket whose process this user cannot see)."""
+    """The process listening on a port.
+
+    Parameters
+    ----------
+    port : int
+        The port.
+    pid : int or None
+        Its process; None: a socket whose process this user cannot see.
+    command : str
+        Its command line.
+    """
 
     port: int
     pid: int | None
     command: str
 
     def describe(self) -> str:
+        """The owner, for messages.
+
+        Returns
+        -------
+        str
+            PID and command line, or why they are unknown.
+        """
         if self.pid is None:
             return "a process this user cannot see (another user's, or another container's)"
         return f"PID {self.pid} ({self.command or 'command line unreadable'})"
 
 
 def port_owner(port: int) -> PortOwner | None:
-    """Who listens on TCP `port` (any address), from /proc/net/tcp{,6} and /proc/*/fd; None: nobody."""
+    """Who listens on TCP `port` (any address), from /proc/net/tcp{,6} and /proc/*/fd.
+
+    Parameters
+    ----------
+    port : int
+        The port.
+
+    Returns
+    -------
+    PortOwner or None
+        None: nobody.
+    """
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -187,10 +272,22 @@ def port_owner(port: int) -> PortOwner | None:
 
 
 def check_ports_free(host: str, ports: dict[str, int]) -> None:
-    """PortInUseError naming the process that holds any of `ports` (flag -> port) on `host`.
+    """Refuse to start a server on ports another process holds.
 
-    Checked before a server starts: otherwise an old server still answering on the port would
-    look like the new one being ready.
+    Checked before a server starts: otherwise an old server still answering on the port would look
+    like the new one being ready.
+
+    Parameters
+    ----------
+    host : str
+        The address.
+    ports : dict of str to int
+        Flag -> port.
+
+    Raises
+    ------
+    PortInUseError
+        A port is held (the message names the process).
     """
     seen: dict[int, str] = {}
     for flag, port in ports.items():
@@ -230,7 +327,26 @@ def _die_with_parent(parent: int) -> Callable[[], None] | None:
 
 def docker_command(repo: str | Path, *, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
                    image: str = TRITON_IMAGE) -> str:
-    """The `docker run` line that serves `repo` with NVIDIA's Triton image on a GPU."""
+    """The ``docker run`` line that serves `repo` with NVIDIA's Triton image on a GPU.
+
+    Parameters
+    ----------
+    repo : str or pathlib.Path
+        The model repository.
+    http_port : int
+        HTTP port.
+    grpc_port : int
+        gRPC port.
+    metrics_port : int
+        Metrics port.
+    image : str
+        The Triton image.
+
+    Returns
+    -------
+    str
+        The command line.
+    """
     repo = Path(repo).resolve()
     return (f"docker run --rm --gpus all -p{http_port}:8000 -p{grpc_port}:8001 -p{metrics_port}:8002 "
             f"-v {repo}:/models {image} tritonserver --model-repository=/models")
@@ -238,7 +354,33 @@ def docker_command(repo: str | Path, *, http_port: int = 8000, grpc_port: int = 
 
 @dataclass
 class TritonServer:
-    """A tritonserver child process serving `repo` on 127.0.0.1 (or `host`); stop() or use as a context."""
+    """A tritonserver child process serving `repo` on 127.0.0.1 (or `host`); stop() or use as a context.
+
+    Parameters
+    ----------
+    repo : pathlib.Path
+        The model repository.
+    http_port : int
+        HTTP port; 0: a free one.
+    grpc_port : int
+        gRPC port; 0: a free one.
+    metrics_port : int or None
+        Metrics port; None: metrics off.
+    host : str
+        The address it listens on.
+    install : TritonInstall or None
+        The server; None: `find_tritonserver`.
+    log_path : pathlib.Path or None
+        Its log file; None: a temporary file.
+    exit_timeout_s : int
+        Seconds Triton waits for in-flight requests on exit.
+    extra_args : tuple of str
+        Further tritonserver arguments.
+    pid_file : pathlib.Path or None
+        Where the running server is recorded (see `pid_file_for`).
+    watchdog : bool
+        Start a watchdog that ends the server if this process is killed.
+    """
 
     repo: Path
     http_port: int = 0  # 0: a free port
@@ -269,13 +411,22 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
+        """HOST:PORT of the HTTP endpoint."""
         return f"{self.host}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
+        """HOST:PORT of the gRPC endpoint."""
         return f"{self.host}:{self.grpc_port}"
 
     def command(self) -> list[str]:
+        """The tritonserver command line.
+
+        Returns
+        -------
+        list of str
+            The arguments.
+        """
         assert self.install is not None
         args = [str(self.install.binary), f"--model-repository={self.repo}",
                 f"--http-address={self.host}", f"--http-port={self.http_port}",
@@ -290,7 +441,13 @@ class TritonServer:
         return args + list(self.extra_args)
 
     def ports(self) -> dict[str, int]:
-        """The ports this server listens on, by the `serve` flag that sets each."""
+        """The ports this server listens on, by the ``serve`` flag that sets each.
+
+        Returns
+        -------
+        dict of str to int
+            Flag -> port.
+        """
         ports = {"--http-port": self.http_port, "--grpc-port": self.grpc_port}
         if self.metrics_port is not None:
             ports["--metrics-port"] = self.metrics_port
@@ -347,6 +504,13 @@ class TritonServer:
 
     @property
     def running(self) -> bool:
+        """Whether the server process is running.
+
+        Returns
+        -------
+        bool
+            False before start and after it exits.
+        """
         return self.process is not None and self.process.poll() is None
 
     def check_own_ports(self) -> None:
@@ -362,6 +526,13 @@ class TritonServer:
                                      f"the tritonserver just started; stop it, or choose another {flag}")
 
     def is_ready(self) -> bool:
+        """Whether the server answers ready on its HTTP health endpoint.
+
+        Returns
+        -------
+        bool
+            True once every model is loaded.
+        """
         try:
             with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as response:
                 return response.status == 200
@@ -369,12 +540,37 @@ class TritonServer:
             return False
 
     def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the server's log.
+
+        Parameters
+        ----------
+        lines : int
+            How many.
+
+        Returns
+        -------
+        str
+            The lines; "" without a log.
+        """
         if self.log_path is None or not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
-        """Block until every model is loaded and the server answers ready; ServerError otherwise."""
+        """Block until every model is loaded and the server answers ready.
+
+        Parameters
+        ----------
+        timeout_s : float
+            Seconds to wait.
+
+        Raises
+        ------
+        ServerError
+            The server exits or is not ready in time (the message ends with its log).
+        PortInUseError
+            Another process holds one of its ports.
+        """
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.running:
@@ -389,8 +585,15 @@ class TritonServer:
                           f"ends:\n{self.log_tail()}")
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Terminate (graceful: in-flight requests finish), then kill after `timeout_s`; end the stubs,
-        the watchdog and the pid file."""
+        """Stop the server gracefully (in-flight requests finish), then kill it after `timeout_s`.
+
+        The stubs, the watchdog and the pid file are ended too.
+
+        Parameters
+        ----------
+        timeout_s : float
+            Seconds to wait before killing.
+        """
         process = self.process
         if process is None:
             return
@@ -440,16 +643,41 @@ def _end_orphaned_stubs(pgid: int) -> None:
 
 
 def pid_file_for(repo: str | Path) -> Path:
-    """Where `serve` records the server that serves `repo` (absolute: the watchdog may remove it)."""
+    """Where ``serve`` records the server that serves `repo` (absolute: the watchdog may remove it).
+
+    Parameters
+    ----------
+    repo : str or pathlib.Path
+        The model repository.
+
+    Returns
+    -------
+    pathlib.Path
+        REPO/.sctranslator-serve.json.
+    """
     return Path(repo).resolve() / PID_FILE_NAME
 
 
 def clear_leftover(pid_file: Path) -> str | None:
-    """Deal with the server an earlier `serve` recorded in `pid_file`, before serving again.
+    """Deal with the server an earlier ``serve`` recorded in `pid_file`, before serving again.
 
-    Still served by a live `serve`: ServerError naming it. Left behind by one that died (kill -9
-    before its watchdog could act, or the watchdog killed too): its tritonserver and stubs are
-    killed and the file removed; returns a line saying so. Nothing recorded: None.
+    A server left behind by a serve that died (kill -9 before its watchdog could act) is killed with
+    its stubs and the file removed.
+
+    Parameters
+    ----------
+    pid_file : pathlib.Path
+        The record.
+
+    Returns
+    -------
+    str or None
+        A line saying what was cleared; None when nothing was recorded.
+
+    Raises
+    ------
+    ServerError
+        The repository is still served by a live ``serve`` (named).
     """
     try:
         record = json.loads(pid_file.read_text())

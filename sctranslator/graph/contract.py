@@ -55,7 +55,21 @@ PRECISION_NAMES = ("fp32", "fp16", "bf16")
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One graph tensor: name, element type in each runtime's spelling, and its second axis."""
+    """One tensor of the client graph contract: name, element type in each runtime's spelling, second axis.
+
+    Parameters
+    ----------
+    name : str
+        The tensor's name.
+    dtype : type
+        Its numpy element type.
+    onnx_type : str
+        Its ONNX element type.
+    triton_type : str
+        Its Triton element type.
+    axis : str
+        What its second axis counts: genes (L) or proteins (P).
+    """
 
     name: str
     dtype: type[np.generic]  # numpy scalar type
@@ -69,11 +83,39 @@ class TensorSpec:
         return f"TYPE_{self.triton_type}"
 
     def width(self, genes: int, proteins: int) -> int:
-        """The second axis' length for a model with L = `genes` and P = `proteins`."""
+        """The second axis' length for a model with L = `genes` and P = `proteins`.
+
+        Parameters
+        ----------
+        genes : int
+            L.
+        proteins : int
+            P.
+
+        Returns
+        -------
+        int
+            L or P.
+        """
         return genes if self.axis == GENES else proteins
 
     def shape(self, batch: int, genes: int, proteins: int) -> tuple[int, int]:
-        """(batch, L) or (batch, P)."""
+        """The tensor's shape for a batch.
+
+        Parameters
+        ----------
+        batch : int
+            Cells, B.
+        genes : int
+            L.
+        proteins : int
+            P.
+
+        Returns
+        -------
+        tuple of int
+            ``(B, L)`` or ``(B, P)``.
+        """
         return batch, self.width(genes, proteins)
 
 
@@ -95,8 +137,19 @@ TENSORS: dict[str, TensorSpec] = {tensor.name: tensor for tensor in (*INPUTS, OU
 class GraphTensor:
     """One tensor of the encoder or decoder graph: name, element type per runtime, and its axes.
 
-    axes name each dimension: BATCH_AXIS and TOKENS_AXIS are dynamic, PROTEINS and DIM are fixed
-    by the model (P, dim).
+    Parameters
+    ----------
+    name : str
+        The tensor's name.
+    dtype : type
+        Its numpy element type.
+    onnx_type : str
+        Its ONNX element type.
+    triton_type : str
+        Its Triton element type.
+    axes : tuple of str
+        Each dimension's name: BATCH_AXIS and TOKENS_AXIS are dynamic, PROTEINS and DIM are fixed by
+        the model (P, dim).
     """
 
     name: str
@@ -107,21 +160,51 @@ class GraphTensor:
 
     @property
     def triton_config_type(self) -> str:
+        """The element type as a Triton config.pbtxt spells it (TYPE_FP32, ...)."""
         return f"TYPE_{self.triton_type}"
 
     def dims(self, proteins: int, dim: int) -> list[int | str]:
-        """The shape as ONNX declares it: dynamic axes by name, P and dim as numbers."""
+        """The shape as ONNX declares it: dynamic axes by name, P and dim as numbers.
+
+        Parameters
+        ----------
+        proteins : int
+            P.
+        dim : int
+            The model's embedding width.
+
+        Returns
+        -------
+        list of int or str
+            One entry per axis.
+        """
         sizes: dict[str, int | str] = {PROTEINS: proteins, DIM: dim}
         return [sizes.get(axis, axis) for axis in self.axes]
 
     def dynamic_axes(self) -> dict[int, str]:
-        """{axis index: name} of the dynamic axes (batch, tokens), for the exporter."""
+        """The dynamic axes (batch, tokens), for the exporter.
+
+        Returns
+        -------
+        dict of int to str
+            Axis index -> name.
+        """
         return {i: axis for i, axis in enumerate(self.axes) if axis in (BATCH_AXIS, TOKENS_AXIS)}
 
 
 @dataclass(frozen=True)
 class GraphSpec:
-    """One exported graph: its role and its tensors in order."""
+    """One exported graph: its role and its tensors in order.
+
+    Parameters
+    ----------
+    role : str
+        "encoder" or "decoder".
+    inputs : tuple of GraphTensor
+        The graph's inputs, in order.
+    outputs : tuple of GraphTensor
+        The graph's outputs, in order.
+    """
 
     role: str  # "encoder" or "decoder"
     inputs: tuple[GraphTensor, ...]
@@ -129,10 +212,12 @@ class GraphSpec:
 
     @property
     def input_names(self) -> tuple[str, ...]:
+        """The inputs' names, in order."""
         return tuple(tensor.name for tensor in self.inputs)
 
     @property
     def output_names(self) -> tuple[str, ...]:
+        """The outputs' names, in order."""
         return tuple(tensor.name for tensor in self.outputs)
 
 

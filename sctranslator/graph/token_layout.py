@@ -25,7 +25,20 @@ import numpy as np
 
 @dataclass(frozen=True)
 class TokenLayout:
-    """Which positions of an L-wide layout are computed, and how many positions each stands for."""
+    """Which positions of an L-wide layout the encoder computes, and how many positions each stands for.
+
+    The padding collapse: every padding position of a cell (id 0, mask False, value 0) computes the
+    same thing, so one token stands for all of them.
+
+    Parameters
+    ----------
+    positions : numpy.ndarray
+        int64 ``(N,)``: the computed positions, ascending.
+    counts : numpy.ndarray
+        int64 ``(N,)``: how many positions each token stands for (1, except a shared padding token).
+    length : int
+        L.
+    """
 
     positions: np.ndarray  # int64 (N,): position of each token; the last one is a representative
     counts: np.ndarray  # float32 (N,): 1 for every token but the last; the last: L - (N - 1)
@@ -33,6 +46,7 @@ class TokenLayout:
 
     @property
     def tokens(self) -> int:
+        """N: the tokens computed per cell."""
         return int(self.positions.shape[0])
 
     @property
@@ -48,17 +62,53 @@ class TokenLayout:
         return np.flatnonzero(keep)
 
     def fits(self, values: np.ndarray) -> bool:
-        """True when every cell of `values` (B, L) is 0 wherever the last token stands for several
-        positions (they are all padding); a padded-looking position holding a value does not fit."""
+        """Whether the layout holds for a batch's values.
+
+        Parameters
+        ----------
+        values : numpy.ndarray
+            ``(B, L)`` model values.
+
+        Returns
+        -------
+        bool
+            True when every cell is 0 wherever the last token stands for several positions (they are all
+            padding); a padded-looking position holding a value does not fit.
+        """
         return not self.collapsed or not np.any(np.asarray(values)[:, self.represented])
 
     def gather(self, row_or_rows: np.ndarray) -> np.ndarray:
-        """The tokens' entries of an (L,) or (B, L) array (values, gene ids, masks), as (N,) or (B, N)."""
+        """The tokens' entries of a per-position array (values, gene ids, masks).
+
+        Parameters
+        ----------
+        row_or_rows : numpy.ndarray
+            ``(L,)`` or ``(B, L)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(N,)`` or ``(B, N)``.
+        """
         return np.ascontiguousarray(np.take(row_or_rows, self.positions, axis=-1))
 
     def encoder_inputs(self, values: np.ndarray, gene_ids: np.ndarray, gene_mask: np.ndarray) -> dict[str, np.ndarray]:
-        """The encoder graph's five inputs (graph/contract.py ENCODER) for values (B, L) and gene_ids,
-        gene_mask of shape (L,) (shared by the batch) or (B, L): (B, N) arrays plus counts and positions."""
+        """The encoder graph's five inputs for a batch.
+
+        Parameters
+        ----------
+        values : numpy.ndarray
+            float32 ``(B, L)`` model values.
+        gene_ids : numpy.ndarray
+            int64 ``(L,)`` (shared by the batch) or ``(B, L)``.
+        gene_mask : numpy.ndarray
+            bool ``(L,)`` or ``(B, L)``.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            ``(B, N)`` values, gene ids and mask, plus the token counts and positions.
+        """
         values = np.asarray(values)
         batch = values.shape[0]
         tokens = self.tokens
@@ -73,14 +123,40 @@ class TokenLayout:
 
     @classmethod
     def full(cls, length: int) -> TokenLayout:
-        """Every position its own token (no collapse)."""
+        """Every position its own token (no collapse).
+
+        Parameters
+        ----------
+        length : int
+            L.
+
+        Returns
+        -------
+        TokenLayout
+            N = L tokens.
+        """
         return cls(positions=np.arange(length, dtype=np.int64), counts=np.ones(length, dtype=np.float32),
                    length=length)
 
     @classmethod
     def for_batch(cls, gene_ids: np.ndarray, gene_mask: np.ndarray, values: np.ndarray) -> TokenLayout:
-        """The layout of a batch whose gene_ids, gene_mask are (B, L) (or (L,)): `for_layout` when every
-        cell has the same ids and mask, else the full layout (cells padded differently share no pad token)."""
+        """The layout of a batch whose gene ids and mask may differ per cell.
+
+        Parameters
+        ----------
+        gene_ids : numpy.ndarray
+            int64 ``(B, L)`` or ``(L,)``.
+        gene_mask : numpy.ndarray
+            bool ``(B, L)`` or ``(L,)``.
+        values : numpy.ndarray
+            ``(B, L)`` model values.
+
+        Returns
+        -------
+        TokenLayout
+            `for_layout` when every cell has the same ids and mask, else the full layout (cells padded
+            differently share no pad token).
+        """
         gene_ids = np.asarray(gene_ids)
         gene_mask = np.asarray(gene_mask, dtype=bool)
         if gene_ids.ndim == 1 and gene_mask.ndim == 1:
@@ -93,9 +169,22 @@ class TokenLayout:
 
     @classmethod
     def for_layout(cls, gene_ids: np.ndarray, gene_mask: np.ndarray, values: np.ndarray | None = None) -> TokenLayout:
-        """The layout of gene_ids (L,), gene_mask (L,): padding is mask False and id 0 (and, with
-        `values` (B, L) given, value 0 in every cell; a padded-looking position holding a value is
-        computed as its own token). Without padding, every position is its own token.
+        """The layout of one gene layout: padding (mask False, id 0) collapses into one token.
+
+        Parameters
+        ----------
+        gene_ids : numpy.ndarray
+            int64 ``(L,)``.
+        gene_mask : numpy.ndarray
+            bool ``(L,)``.
+        values : numpy.ndarray or None
+            ``(B, L)``: padding must also be 0 in every cell; a padded-looking position holding a value is
+            computed as its own token.
+
+        Returns
+        -------
+        TokenLayout
+            Every position its own token when there is no padding.
         """
         gene_ids = np.asarray(gene_ids)
         gene_mask = np.asarray(gene_mask, dtype=bool)

@@ -25,13 +25,27 @@ TRUNCATED = -2
 
 @dataclass(frozen=True)
 class Alignment:
-    """Derived, validated form of (column_slot, position_real).
+    """Derived, validated form of a plan's (column_slot, position_real), ready for the kernels.
 
-    `real_template` is 1.0 at real positions and 0.0 at padding, so that a kernel can fill an
-    output row with "scaled value of zero" at real positions and exact zeros at padding in one
-    vectorisable loop. `n_scaling` is the size of the per-cell scaling set (columns with slot
-    >= 0 or -2); `zero_in_set` is True when some real position has no column (a fixed-panel gene
-    missing from the dataset), which puts a 0 into every cell's min/max.
+    Parameters
+    ----------
+    column_slot : numpy.ndarray
+        int64 ``(n_columns,)``: the model position each input column writes, -1 (ignored) or -2
+        (beyond L: enters the per-cell min/max only).
+    real_template : numpy.ndarray
+        float32 ``(L,)``: 1.0 at real positions, 0.0 at padding, so a kernel fills a row with "scaled
+        value of zero" at real positions and exact zeros at padding in one vectorisable loop.
+    n_scaling : int
+        Size of the per-cell scaling set (columns with slot >= 0 or -2).
+    zero_in_set : bool
+        Some real position has no column (a fixed-panel gene missing from the dataset), which puts a
+        0 into every cell's min/max.
+    scaling_columns : numpy.ndarray
+        int64 positions of the columns in the scaling set.
+    written_columns : numpy.ndarray
+        int64 positions of the columns that write a model position.
+    written_slots : numpy.ndarray
+        int64 model position of each written column.
     """
 
     column_slot: np.ndarray  # int64[n_columns]
@@ -44,14 +58,32 @@ class Alignment:
 
     @property
     def length(self) -> int:
+        """The model's L (positions per cell)."""
         return int(self.real_template.shape[0])
 
 
 def build_alignment(column_slot: np.ndarray, position_real: np.ndarray, n_columns: int) -> Alignment:
-    """Validate the plan against a block with `n_columns` columns; O(n_columns + L).
+    """Validate a plan's alignment against a block with `n_columns` columns; O(n_columns + L).
 
-    Raises ValueError for an inconsistent plan: wrong length, slot codes other than -1/-2 or
-    a valid position, two columns writing one position, or a column writing to padding.
+    Parameters
+    ----------
+    column_slot : numpy.ndarray
+        int64 ``(n_columns,)``: a model position, -1 (ignored) or -2 (scaling only) per column.
+    position_real : numpy.ndarray
+        bool ``(L,)``: which model positions hold a real gene.
+    n_columns : int
+        Columns of the blocks the alignment will serve.
+
+    Returns
+    -------
+    Alignment
+        The checked alignment with its derived arrays.
+
+    Raises
+    ------
+    ValueError
+        An inconsistent plan: wrong length, slot codes other than -1/-2 or a valid position, two
+        columns writing one position, or a column writing to padding.
     """
     slots = np.asarray(column_slot)
     if slots.ndim != 1 or not np.issubdtype(slots.dtype, np.integer):
@@ -87,16 +119,38 @@ def build_alignment(column_slot: np.ndarray, position_real: np.ndarray, n_column
 
 
 def shares_slots(column_slot: np.ndarray) -> bool:
-    """True when two or more columns write one position (they are to be added up)."""
+    """Whether two or more columns write one position (they are to be added up).
+
+    Parameters
+    ----------
+    column_slot : numpy.ndarray
+        int64 ``(n_columns,)`` model position per column (negative: none).
+
+    Returns
+    -------
+    bool
+        True when some position >= 0 is written by more than one column.
+    """
     written = np.asarray(column_slot)[np.asarray(column_slot) >= 0]
     return bool(written.size) and np.unique(written).size < written.size
 
 
 def merge_matrix(column_slot: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
-    """(M, slots) such that `block @ M` adds up the columns that share a slot >= 0.
+    """A sparse matrix that adds up the columns sharing a slot >= 0: ``block @ M``.
 
-    M is (n_columns, n_kept) with one 1 per row: every column goes to the first column of its slot
-    (or stays itself), so row totals are unchanged. `slots` is the column_slot of the kept columns.
+    Every column goes to the first column of its slot (or stays itself), so row totals are unchanged.
+
+    Parameters
+    ----------
+    column_slot : numpy.ndarray
+        int64 ``(n_columns,)`` model position per column.
+
+    Returns
+    -------
+    M : scipy.sparse.csr_matrix
+        ``(n_columns, n_kept)`` with one 1 per row.
+    slots : numpy.ndarray
+        int64 ``(n_kept,)``: the column_slot of the kept columns.
     """
     slots = np.asarray(column_slot, dtype=np.int64)
     target = np.arange(slots.shape[0])

@@ -20,7 +20,19 @@ _NATIVE_INDICES = (np.dtype(np.int32), np.dtype(np.int64))
 
 @dataclass(frozen=True)
 class CsrArrays:
-    """The three arrays of a CSR block plus its shape (rows are cells, columns are genes)."""
+    """The three arrays of a CSR block plus its shape (rows are cells, columns are genes).
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        float32 or float64 stored values, ``(nnz,)``.
+    indices : numpy.ndarray
+        int32 or int64 column of each stored value, ``(nnz,)``.
+    indptr : numpy.ndarray
+        Row starts into `data`, ``(n_cells + 1,)``.
+    shape : tuple of int
+        ``(n_cells, n_genes)``.
+    """
 
     data: np.ndarray
     indices: np.ndarray
@@ -29,7 +41,23 @@ class CsrArrays:
 
 
 def kernel_float_dtype(dtype: np.dtype) -> np.dtype:
-    """The float dtype the kernels will see for input of `dtype` (raises for non-numeric data)."""
+    """The float dtype the kernels see for input of `dtype`: float32 or float64.
+
+    Parameters
+    ----------
+    dtype : numpy.dtype
+        The stored dtype of the expression values.
+
+    Returns
+    -------
+    numpy.dtype
+        float32 for float32 and float16, float64 for float64, integers and booleans.
+
+    Raises
+    ------
+    InputDataError
+        A dtype that is not a real number type (strings, complex, objects).
+    """
     if dtype in _NATIVE_FLOATS:
         return dtype
     if dtype == np.float16:
@@ -43,13 +71,29 @@ def kernel_float_dtype(dtype: np.dtype) -> np.dtype:
 
 
 def as_csr_arrays(block: sp.spmatrix | sp.sparray, *, canonical: bool) -> CsrArrays:
-    """Return the CSR arrays of a scipy sparse block, converting only when needed.
+    """The CSR arrays of a scipy sparse block, converting only when needed.
 
-    Cost of conversions (each is one O(nnz) copy): non-CSR formats (CSC, COO, ...) are
-    converted with `.tocsr()`; data of a dtype other than float32/float64 is cast; indices of
-    a type other than int32/int64 are cast to int64. With `canonical=True`, a CSR block that
-    may hold duplicate entries is copied and summed, because the min-max kernels read each
-    stored entry as one gene's value.
+    Each conversion is one O(nnz) copy: non-CSR formats (CSC, COO, ...) go through ``.tocsr()``;
+    data of a dtype other than float32/float64 is cast; indices of a type other than int32/int64 are
+    cast to int64. With `canonical`, a CSR block that may hold duplicate entries is copied and summed,
+    because the min-max kernels read each stored entry as one gene's value.
+
+    Parameters
+    ----------
+    block : scipy.sparse matrix or array
+        Cells x genes.
+    canonical : bool
+        Sum duplicate entries (copying the block) when it may have some.
+
+    Returns
+    -------
+    CsrArrays
+        The block's data, indices, indptr and shape.
+
+    Raises
+    ------
+    InputDataError
+        A block that is not 2-D, or values of a non-numeric dtype.
     """
     if block.ndim != 2:
         raise InputDataError(f"expected a 2-D (cells x genes) matrix, got {block.ndim} dimensions")
@@ -72,10 +116,25 @@ def as_csr_arrays(block: sp.spmatrix | sp.sparray, *, canonical: bool) -> CsrArr
 
 
 def as_dense_array(block: np.ndarray) -> np.ndarray:
-    """Return `block` as a C-ordered float32/float64 2-D array.
+    """The block as a C-ordered float32/float64 2-D array.
 
-    No copy for C-ordered float32/float64 input; Fortran-ordered or strided input is copied
-    into C order, other numeric dtypes are cast (float16 -> float32, integers -> float64).
+    No copy for C-ordered float32/float64 input; Fortran-ordered or strided input is copied into C
+    order, other numeric dtypes are cast (float16 -> float32, integers -> float64).
+
+    Parameters
+    ----------
+    block : numpy.ndarray
+        Cells x genes.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_cells, n_genes)``, float32 or float64, C-contiguous.
+
+    Raises
+    ------
+    InputDataError
+        A block that is not 2-D, or values of a non-numeric dtype.
     """
     array = np.asarray(block)
     if array.ndim != 2:
@@ -85,5 +144,16 @@ def as_dense_array(block: np.ndarray) -> np.ndarray:
 
 
 def is_sparse(block: object) -> bool:
-    """True for any scipy sparse matrix or array."""
+    """Whether `block` is a scipy sparse matrix or array.
+
+    Parameters
+    ----------
+    block : object
+        Anything.
+
+    Returns
+    -------
+    bool
+        True for any scipy sparse matrix or array.
+    """
     return sp.issparse(block)

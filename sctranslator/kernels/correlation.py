@@ -101,9 +101,19 @@ def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pearson_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson r of each column of `a` with the same column of `b` -> float64[p].
+    """Pearson r of each column of `a` with the same column of `b`.
 
-    NaN where either column is constant or there are fewer than 2 rows.
+    Parameters
+    ----------
+    a : numpy.ndarray
+        ``(n, p)`` values.
+    b : numpy.ndarray
+        ``(n, p)`` values.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(p,)``; NaN where either column is constant or there are fewer than 2 rows.
     """
     a, b = _pair(a, b)
     out = np.full(a.shape[1], np.nan)
@@ -113,9 +123,19 @@ def pearson_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson r of each row of `a` with the same row of `b` -> float64[n].
+    """Pearson r of each row of `a` with the same row of `b`.
 
-    NaN where either row is constant or there are fewer than 2 columns.
+    Parameters
+    ----------
+    a : numpy.ndarray
+        ``(n, p)`` values.
+    b : numpy.ndarray
+        ``(n, p)`` values.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(n,)``; NaN where either row is constant or there are fewer than 2 columns.
     """
     a, b = _pair(a, b)
     out = np.full(a.shape[0], np.nan)

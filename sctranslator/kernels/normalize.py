@@ -24,7 +24,25 @@ from sctranslator.options import Normalize as NormalizeMode
 
 
 def normalize_flags(normalize: str, target_sum: float) -> tuple[bool, bool]:
-    """(divide by total, take log1p) for a mode name; raises ValueError for unknown modes."""
+    """What a normalisation mode does: (divide by the total, take log1p).
+
+    Parameters
+    ----------
+    normalize : str
+        "none", "log1p", "total" or "total_log1p".
+    target_sum : float
+        Library size after dividing by the total; must be positive and finite.
+
+    Returns
+    -------
+    tuple of bool
+        (divide by total, take log1p).
+
+    Raises
+    ------
+    ValueError
+        An unknown mode, or a `target_sum` that is not a positive finite number.
+    """
     if normalize not in NORMALIZE_MODES:
         raise ValueError(f"normalize must be one of {', '.join(NORMALIZE_MODES)}; got {normalize!r}")
     do_total = normalize in ("total", "total_log1p")
@@ -40,14 +58,35 @@ def normalize_block(
     target_sum: float = 1e4,
     inplace: bool = False,
 ) -> np.ndarray | sp.csr_matrix | sp.csr_array:
-    """Return the normalised block (CSR for sparse input, C-ordered ndarray for dense input).
+    """Library-size normalise and/or log1p a block of raw counts.
 
-    Float32 data stays float32 (computed in float64, rounded once); other dtypes become
-    float32/float64 as in `blocks`. The caller's arrays are not modified unless `inplace=True`
-    and the block is already a float32/float64 CSR or C-ordered array, in which case its values
-    are overwritten and the same object is returned (otherwise `inplace` is ignored and a new
-    block is returned). Sparse structure (indices, indptr) is shared
-    with the input, not copied.
+    Float32 data stays float32 (computed in float64, rounded once); other dtypes become float32 or
+    float64 as in `sctranslator.kernels.coerce`. Sparse structure (indices, indptr) is shared with
+    the input, not copied.
+
+    Parameters
+    ----------
+    block : numpy.ndarray or scipy.sparse matrix or array
+        ``(n_cells, n_genes)`` raw counts.
+    normalize : {'none', 'log1p', 'total', 'total_log1p'}
+        The mode.
+    target_sum : float
+        Counts per cell after dividing by the total.
+    inplace : bool
+        Overwrite the values of a float32/float64 CSR or C-ordered block and return it; ignored
+        (a new block is returned) for any other block.
+
+    Returns
+    -------
+    numpy.ndarray or scipy.sparse.csr_matrix or scipy.sparse.csr_array
+        CSR for sparse input, a C-ordered array for dense input, ``(n_cells, n_genes)``.
+
+    Raises
+    ------
+    ValueError
+        An unknown mode or a bad `target_sum`.
+    InputDataError
+        A block that is not 2-D, or values of a non-numeric dtype.
     """
     do_total, do_log = normalize_flags(normalize, target_sum)
     if is_sparse(block):

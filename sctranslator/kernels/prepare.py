@@ -32,22 +32,42 @@ def prepare_values(
 ) -> np.ndarray:
     """Normalise (optionally), min-max scale per cell and place genes at their model positions.
 
-    Per cell, over the scaling set S (columns with ``column_slot >= 0`` or ``-2``, plus a 0 when
-    some real position has no column, plus a 0 for implicit zeros of a sparse row):
-    ``v = 1e-8 + (x - min_S) / (max_S - min_S) * (1 - 1e-8)``, computed in float64, stored as
-    float32. Column c with ``column_slot[c] = p >= 0`` lands at position p; a real position no
-    column writes to gets the scaled value of 0; padding (``position_real`` False) is exactly 0.
+    Per cell, over the scaling set S (columns with ``column_slot >= 0`` or ``-2``, plus a 0 when some
+    real position has no column, plus a 0 for implicit zeros of a sparse row):
+    ``v = 1e-8 + (x - min_S) / (max_S - min_S) * (1 - 1e-8)``, computed in float64, stored as float32.
+    Column c with ``column_slot[c] = p >= 0`` lands at position p; a real position no column writes
+    to gets the scaled value of 0; padding is exactly 0. A constant cell (an all-zero cell included)
+    gets 1e-8 at every real position, never NaN (the original divides 0 by 0 here). Columns that
+    share a slot are added up first. Dense and CSR blocks give the same result; caller arrays are
+    never modified.
 
-    Constant cell (max == min, an all-zero cell included): every real position gets 1e-8, never
-    NaN (the original code divides 0 by 0 here).
+    Parameters
+    ----------
+    block : numpy.ndarray or scipy.sparse matrix or array
+        ``(n_cells, n_columns)`` expression values, finite (check with `scan_block`).
+    column_slot : numpy.ndarray
+        int64 ``(n_columns,)``: model position per column, -1 (ignored) or -2 (scaling only).
+    position_real : numpy.ndarray
+        bool ``(L,)``: which model positions hold a real gene.
+    normalize : {'none', 'log1p', 'total', 'total_log1p'}
+        Applied before scaling (see `normalize_block`).
+    target_sum : float
+        Counts per cell for the "total" modes.
+    out : numpy.ndarray or None
+        A C-contiguous float32 ``(n_cells, L)`` array to overwrite and return (saves allocating a
+        new output per block).
 
-    `normalize` is applied before scaling, see `sctranslator.kernels.normalize`. The block must
-    hold finite values (check with `scan_block`). Dense blocks and CSR blocks give the same
-    result; other sparse formats are converted to CSR first (an O(nnz) copy per block), as are
-    CSR blocks with duplicate entries. Columns that share a slot are added up first (one gene under
-    several names; an O(nnz) sparse product, only when there are such columns). `out`, if given,
-    must be a C-contiguous float32 array of shape (n_cells, L); it is overwritten and returned
-    (saves allocating and page-faulting a new output per block). Caller arrays are never modified.
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(n_cells, L)`` model values in [1e-8, 1] at real positions, 0 at padding.
+
+    Raises
+    ------
+    ValueError
+        An inconsistent alignment (see `build_alignment`), a bad `out`, or a bad normalisation.
+    InputDataError
+        A block that is not 2-D, or values of a non-numeric dtype.
     """
     do_total, do_log = normalize_flags(normalize, target_sum)
     target = float(target_sum)

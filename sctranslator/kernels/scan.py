@@ -61,11 +61,35 @@ def _scan_dense_kernel(x, used, counts, first_column, empty):
 
 @dataclass(frozen=True)
 class BlockScan:
-    """What a scan found. ``first_*`` are (row, column) within the block, or None if none found.
+    """What a scan of one block found.
 
     An empty row is one whose total over the scanned columns (all, or the `used_columns` given to
-    `scan_block`) is exactly 0 (a NaN total is not); `empty_rows` lists them all, ascending.
-    `n_negative` counts finite negative values; -Inf is counted in `n_inf` only.
+    `scan_block`) is exactly 0 (a NaN total is not).
+
+    Parameters
+    ----------
+    n_rows : int
+        Cells in the block.
+    n_columns : int
+        Genes in the block.
+    n_nan : int
+        NaN values found.
+    n_inf : int
+        +Inf and -Inf values found.
+    n_negative : int
+        Finite negative values found (-Inf counts in `n_inf` only).
+    n_empty_rows : int
+        Empty rows found.
+    first_nan : tuple of int or None
+        (row, column) within the block of the first NaN, or None.
+    first_inf : tuple of int or None
+        (row, column) of the first Inf, or None.
+    first_negative : tuple of int or None
+        (row, column) of the first negative value, or None.
+    first_empty_row : int or None
+        The first empty row, or None.
+    empty_rows : numpy.ndarray
+        int64 positions of every empty row, ascending.
     """
 
     n_rows: int
@@ -86,7 +110,20 @@ class BlockScan:
         return not (self.n_nan or self.n_inf or self.n_negative or self.n_empty_rows)
 
     def problems(self, *, allow_negative: bool = False, allow_empty_rows: bool = False) -> list[str]:
-        """One human-readable sentence per kind of problem found, naming the first position."""
+        """One human-readable sentence per kind of problem found, naming the first position.
+
+        Parameters
+        ----------
+        allow_negative : bool
+            Do not report negative values.
+        allow_empty_rows : bool
+            Do not report empty rows.
+
+        Returns
+        -------
+        list of str
+            Empty when the block is clean.
+        """
         found = []
         if self.n_nan:
             found.append(f"{self.n_nan} NaN value(s), first at {_where(self.first_nan)}")
@@ -114,13 +151,29 @@ def _first(counts: np.ndarray, first_column: np.ndarray, kind: int) -> tuple[int
 
 
 def scan_block(block: np.ndarray | sp.spmatrix | sp.sparray, used_columns: np.ndarray | None = None) -> BlockScan:
-    """Scan a CSR/dense block (other sparse formats are converted to CSR: one O(nnz) copy).
+    """Scan a CSR or dense block for NaN, Inf, negative values and empty rows in one parallel pass.
 
-    One parallel pass over the stored values; for CSR only stored entries can be NaN/Inf/negative,
-    so implicit zeros cost nothing. NaN/Inf/negative values are found in every column; a row is
-    empty when its values in `used_columns` (a bool mask over the columns; default all) sum to 0:
-    the engine passes the columns the model reads, so a cell whose counts all fall in genes the
-    model does not use is as empty as an all-zero cell.
+    For CSR only stored entries can be NaN/Inf/negative, so implicit zeros cost nothing; other
+    sparse formats are converted to CSR (one O(nnz) copy). The engine passes as `used_columns` the
+    columns the model reads, so a cell whose counts all fall in genes the model does not use is as
+    empty as an all-zero cell.
+
+    Parameters
+    ----------
+    block : numpy.ndarray or scipy.sparse matrix or array
+        Cells x genes.
+    used_columns : numpy.ndarray or None
+        bool ``(n_genes,)``: the columns whose total decides whether a row is empty; None: all.
+
+    Returns
+    -------
+    BlockScan
+        Counts and first positions of each problem.
+
+    Raises
+    ------
+    InputDataError
+        A block that is not 2-D, or values of a non-numeric dtype.
     """
     if is_sparse(block):
         arrays = as_csr_arrays(block, canonical=False)

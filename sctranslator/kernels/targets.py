@@ -22,10 +22,21 @@ def _dense(matrix: np.ndarray | sp.spmatrix | sp.sparray) -> np.ndarray:
 
 
 def minmax_rows(x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """The reference's per-cell min-max: 1e-8 + (x - min) / (max - min) * (1 - 1e-8).
+    """The original's per-cell min-max: ``1e-8 + (x - min) / (max - min) * (1 - 1e-8)``.
 
-    `mask` (same shape, bool) limits min/max to the True entries; other entries come out as 0.
-    A constant row gets 1e-8 everywhere (the reference would give NaN).
+    A constant row gets 1e-8 everywhere (the original would give NaN).
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        ``(n_cells, n)`` values.
+    mask : numpy.ndarray or None
+        bool, the shape of `x`: limits min and max to the True entries; other entries come out as 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, the shape of `x`, in [1e-8, 1] per row.
     """
     x = np.asarray(x, dtype=np.float64)
     valid = np.ones_like(x, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
@@ -41,14 +52,43 @@ def minmax_rows(x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
 
 
 def clr_rows(x: np.ndarray) -> np.ndarray:
-    """Seurat's per-cell centred log-ratio: log1p(x / exp(mean over proteins of log1p(x)))."""
+    """Seurat's per-cell centred log-ratio: ``log1p(x / exp(mean over proteins of log1p(x)))``.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        ``(n_cells, n_proteins)`` raw counts.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, the shape of `x`.
+    """
     x = np.asarray(x, dtype=np.float64)
     geometric = np.exp(np.log1p(x).mean(axis=1, keepdims=True))
     return np.log1p(x / geometric)
 
 
 def scale_targets(matrix: np.ndarray | sp.spmatrix | sp.sparray, method: TargetScaling = "minmax") -> np.ndarray:
-    """Cells x proteins counts -> float32 targets scaled per cell by `method`."""
+    """Scale a cells x proteins count matrix per cell into training or scoring targets.
+
+    Parameters
+    ----------
+    matrix : numpy.ndarray or scipy.sparse matrix or array
+        ``(n_cells, n_proteins)`` raw protein counts, finite and non-negative.
+    method : {'minmax', 'clr', 'log1p'}
+        Per-cell min-max (the published models' targets), centred log-ratio, or log1p.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(n_cells, n_proteins)``.
+
+    Raises
+    ------
+    InputDataError
+        A matrix that is not 2-D, counts that are negative or not finite, or an unknown `method`.
+    """
     x = _dense(matrix)
     if not np.isfinite(x).all() or (x < 0).any():
         raise InputDataError("protein counts must be finite and non-negative")

@@ -18,11 +18,27 @@ FEATURE_EPS = 1e-4
 
 def orthogonal_random_features(nb_features: int, dim_head: int, *, generator: torch.Generator | None = None,
                                device: torch.device | str | None = None) -> torch.Tensor:
-    """A (nb_features, dim_head) Gaussian orthogonal random matrix with Gaussian-norm rows.
+    """A Gaussian orthogonal random matrix with Gaussian-norm rows, for FAVOR+ attention.
 
-    Rows come in orthogonal blocks of dim_head (QR of a square Gaussian); each row is then
-    rescaled by the norm of an independent Gaussian vector, so rows are distributed like
-    Gaussian rows but mutually orthogonal within a block.
+    Rows come in orthogonal blocks of dim_head (QR of a square Gaussian); each row is then rescaled by
+    the norm of an independent Gaussian vector, so rows are distributed like Gaussian rows but mutually
+    orthogonal within a block.
+
+    Parameters
+    ----------
+    nb_features : int
+        Rows.
+    dim_head : int
+        Columns.
+    generator : torch.Generator or None
+        The random source.
+    device : torch.device, str or None
+        Where to make it.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(nb_features, dim_head)``.
     """
     blocks = []
     remaining = nb_features
@@ -56,25 +72,61 @@ def _positive_features(x: torch.Tensor, projection: torch.Tensor, max_dims: tupl
 
 
 def query_features(q: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
-    """Positive random features of queries (..., N, d) -> (..., N, nb), stabilised per token."""
+    """Positive random features of queries, stabilised per token.
+
+    Parameters
+    ----------
+    q : torch.Tensor
+        ``(..., N, d)`` queries.
+    projection : torch.Tensor
+        ``(nb, d)`` random features.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., N, nb)``.
+    """
     return _positive_features(q, projection, (-1,))
 
 
 def key_features(k: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
-    """Positive random features of keys (B, H, N, d) -> (B, H, N, nb).
+    """Positive random features of keys; the stabilising maximum runs over every token and feature of a (cell, head).
 
-    The stabilising maximum runs over every token and feature of a (cell, head).
+    Parameters
+    ----------
+    k : torch.Tensor
+        ``(B, H, N, d)`` keys.
+    projection : torch.Tensor
+        ``(nb, d)`` random features.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, H, N, nb)``.
     """
     return _positive_features(k, projection, (-1, -2))
 
 
 def linear_attention(q_feat: torch.Tensor, k_feat: torch.Tensor, v: torch.Tensor,
                      key_counts: torch.Tensor | None = None) -> torch.Tensor:
-    """out_n = (q'_n C) / (q'_n . sum_m k'_m) with C = sum_m k'_m (outer) v_m.
+    """Linear attention: ``out_n = (q'_n C) / (q'_n . sum_m k'_m)`` with ``C = sum_m k'_m (outer) v_m``.
 
-    `key_counts` (N,): how many identical tokens each position stands for (padding collapse, see
-    sctranslator.model.collapse). They weight the key sum only: a collapsed position is always a
-    padded one, whose value vector is zero, so it adds nothing to C however often it counts.
+    Parameters
+    ----------
+    q_feat : torch.Tensor
+        ``(B, H, N, nb)`` query features.
+    k_feat : torch.Tensor
+        ``(B, H, N, nb)`` key features.
+    v : torch.Tensor
+        ``(B, H, N, d)`` values.
+    key_counts : torch.Tensor or None
+        ``(N,)``: how many identical tokens each position stands for (padding collapse). They weight
+        the key sum only: a collapsed position is always a padded one, whose value vector is zero.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, H, N, d)``.
     """
     if key_counts is None:
         key_sum = k_feat.sum(dim=-2)  # (B, H, nb)
@@ -86,7 +138,21 @@ def linear_attention(q_feat: torch.Tensor, k_feat: torch.Tensor, v: torch.Tensor
 
 
 class FavorSelfAttention(nn.Module):
-    """Multi-head FAVOR+ self-attention with biased q/k/v/out projections."""
+    """Multi-head FAVOR+ self-attention with biased q/k/v/out projections.
+
+    Parameters
+    ----------
+    dim : int
+        Model width.
+    heads : int
+        Heads, H.
+    dim_head : int
+        Head width, d.
+    nb_features : int
+        Random features per head.
+    dropout : float
+        Dropout on the output in training.
+    """
 
     def __init__(self, dim: int, heads: int, dim_head: int, nb_features: int, dropout: float = 0.0):
         super().__init__()
@@ -105,11 +171,36 @@ class FavorSelfAttention(nn.Module):
         self.capture: Callable[[torch.Tensor, torch.Tensor], None] | None = None
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, N, H * d)`` -> ``(B, H, N, d)``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(B, N, H * d)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, H, N, d)``, a view.
+        """
         batch, length, _ = x.shape
         return x.view(batch, length, self.heads, self.dim_head).transpose(1, 2)
 
     def project(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-head q, k, v (B, H, N, d); v zeroed at padded positions (mask False)."""
+        """Per-head queries, keys and values; values zeroed at padded positions.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(B, N, dim)``.
+        mask : torch.Tensor
+            bool ``(B, N)`` or ``(N,)``: real positions.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            q, k, v, each ``(B, H, N, d)``.
+        """
         q = self.split_heads(self.to_q(x))
         k = self.split_heads(self.to_k(x))
         v = self.split_heads(self.to_v(x))
@@ -126,6 +217,22 @@ class FavorSelfAttention(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, key_counts: torch.Tensor | None = None) -> torch.Tensor:
+        """Self-attention over the tokens of each cell.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(B, N, dim)``.
+        mask : torch.Tensor
+            bool ``(B, N)`` or ``(N,)``: real positions.
+        key_counts : torch.Tensor or None
+            ``(N,)`` tokens each position stands for (padding collapse); None: one each.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, N, dim)``.
+        """
         q, k, v = self.project(x, mask)
         # A bf16/fp16 model runs its projections in that dtype, but the feature maps, their maxima
         # and the key and context sums over all (up to 20,000) tokens in float32: exp() of a
@@ -142,5 +249,12 @@ class FavorSelfAttention(nn.Module):
 
     @torch.no_grad()
     def redraw_features(self, generator: torch.Generator | None = None) -> None:
+        """Draw new random features (training's feature redraw).
+
+        Parameters
+        ----------
+        generator : torch.Generator or None
+            The random source.
+        """
         fresh = orthogonal_random_features(self.projection_matrix.shape[0], self.dim_head, generator=generator)
         self.projection_matrix.copy_(fresh)

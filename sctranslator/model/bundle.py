@@ -29,10 +29,32 @@ def _write_json(path: Path, data: Any) -> None:
 
 def save_model(model: TranslatorModel, directory: str | Path, *, card: str | None = None,
                extra: dict[str, Any] | None = None) -> Path:
-    """Write `model` as a bundle directory; returns its path.
+    """Write `model` as a bundle directory.
 
-    `model.preprocessing` (how inputs and targets were scaled) goes into config.json, the gene and
-    protein panels (`model.panel`) into panel.json, and `card` (markdown) into card.md.
+    ``model.preprocessing`` (how inputs and targets were scaled) goes into config.json, the gene and
+    protein panels (``model.panel``) into panel.json, the weights into safetensors, and `card`
+    (markdown) into card.md. Each file is written atomically.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model.
+    directory : str or pathlib.Path
+        The bundle directory (created when absent).
+    card : str or None
+        A model card, markdown.
+    extra : dict or None
+        Further fields for config.json.
+
+    Returns
+    -------
+    pathlib.Path
+        The bundle directory.
+
+    Raises
+    ------
+    OutputWriteError
+        A file cannot be written (full disk, no permission).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -62,6 +84,23 @@ def save_model(model: TranslatorModel, directory: str | Path, *, card: str | Non
 
 
 def read_bundle_config(directory: str | Path) -> dict[str, Any]:
+    """The config.json of a bundle, checked to describe a sctranslator bundle of a format this version reads.
+
+    Parameters
+    ----------
+    directory : str or pathlib.Path
+        The bundle directory.
+
+    Returns
+    -------
+    dict
+        The configuration (architecture, preprocessing, training record).
+
+    Raises
+    ------
+    CheckpointError
+        No config.json, invalid JSON, not a sctranslator bundle, or another format version.
+    """
     path = Path(directory) / CONFIG_FILE
     try:
         config = json.loads(path.read_text())
@@ -79,6 +118,25 @@ def read_bundle_config(directory: str | Path) -> dict[str, Any]:
 
 
 def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> TranslatorModel:
+    """Load a bundle directory written by `save_model`.
+
+    Parameters
+    ----------
+    directory : str or pathlib.Path
+        The bundle directory.
+    device : str or torch.device
+        Where the weights go.
+
+    Returns
+    -------
+    TranslatorModel
+        In eval mode, with its panels and preprocessing attached.
+
+    Raises
+    ------
+    CheckpointError
+        A missing or corrupted config, weights or panel file, or weights that do not fit the config.
+    """
     directory = Path(directory)
     config = read_bundle_config(directory)
     model = TranslatorModel(ModelConfig.from_dict(config["model"]))
@@ -101,7 +159,22 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Tr
 
 
 def load_state_strictly(model: TranslatorModel, state: dict[str, torch.Tensor], where: str) -> None:
-    """Load weights, failing with a readable message on missing, unexpected or mis-shaped tensors."""
+    """Load weights into `model`, failing with a readable message on missing, unexpected or mis-shaped tensors.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model, changed in place.
+    state : dict of str to torch.Tensor
+        The weights.
+    where : str
+        Where they came from, for the message.
+
+    Raises
+    ------
+    CheckpointError
+        Missing, unexpected or mis-shaped tensors.
+    """
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -32,35 +32,94 @@ ANCESTOR = "ancestor_"  # prefix of the inherited splits in cells.npz
 
 
 def name_hashes(names: Sequence[str] | pd.Index | np.ndarray) -> np.ndarray:
-    """64-bit hash of each obs name (as text), in input order."""
+    """A 64-bit hash of each obs name (as text), in input order.
+
+    Parameters
+    ----------
+    names : sequence of str, pandas.Index or numpy.ndarray
+        Obs names.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint64 ``(n,)``.
+    """
     values = pd.Index(names).astype(str).to_numpy(dtype=object)
     return pd.util.hash_array(values, categorize=False).astype(np.uint64)
 
 
 def split_summary(names: Sequence[str] | pd.Index | np.ndarray) -> dict[str, Any]:
-    """{'cells': count, 'sha256': digest of the sorted name hashes}: the split's fingerprint."""
+    """The fingerprint of a split: its size and a digest of its sorted name hashes.
+
+    Parameters
+    ----------
+    names : sequence of str, pandas.Index or numpy.ndarray
+        Obs names.
+
+    Returns
+    -------
+    dict
+        ``{'cells': count, 'sha256': digest}``.
+    """
     return hash_summary(name_hashes(names))
 
 
 def hash_summary(hashes: np.ndarray) -> dict[str, Any]:
-    """`split_summary` from the names' hashes (`name_hashes`), so that no name list is needed."""
+    """`split_summary` from the names' hashes (`name_hashes`), so that no name list is needed.
+
+    Parameters
+    ----------
+    hashes : numpy.ndarray
+        uint64 name hashes.
+
+    Returns
+    -------
+    dict
+        ``{'cells': count, 'sha256': digest}``.
+    """
     ordered = np.sort(np.asarray(hashes, dtype="<u8"))
     return {"cells": int(ordered.size), "sha256": hashlib.sha256(memoryview(ordered)).hexdigest()}
 
 
 def write_cells(directory: str | Path, splits: dict[str, Sequence[str] | pd.Index],
                 ancestors: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """Write `cells.npz` (sorted name hashes per split) into a bundle; return config.json's summary.
+    """Write ``cells.npz`` (sorted name hashes per split) into a bundle.
 
-    ancestors: the inherited hashes `ancestor_cells` gives for the init bundle (kept as they are).
+    Parameters
+    ----------
+    directory : str or pathlib.Path
+        The bundle directory.
+    splits : dict
+        Split name ("train", "val") -> obs names.
+    ancestors : dict or None
+        The inherited hashes `ancestor_cells` gives for the init bundle (kept as they are).
+
+    Returns
+    -------
+    dict
+        config.json's summary of the splits.
     """
     return write_cell_hashes(directory, {split: name_hashes(names) for split, names in splits.items()}, ancestors)
 
 
 def write_cell_hashes(directory: str | Path, splits: dict[str, np.ndarray],
                       ancestors: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """`write_cells` from the names' hashes (uint64 per cell, `name_hashes`; sorted in place): what finetune
-    uses, since it keeps no names of its cells."""
+    """`write_cells` from the names' hashes: what finetune uses, since it keeps no names of its cells.
+
+    Parameters
+    ----------
+    directory : str or pathlib.Path
+        The bundle directory.
+    splits : dict of str to numpy.ndarray
+        Split name -> uint64 hashes (sorted in place).
+    ancestors : dict or None
+        The inherited hashes.
+
+    Returns
+    -------
+    dict
+        config.json's summary of the splits.
+    """
     summary, arrays = {}, {}
     for split, hashes in splits.items():
         ordered = np.asarray(hashes, dtype="<u8")
@@ -86,8 +145,19 @@ def write_cell_hashes(directory: str | Path, splits: dict[str, np.ndarray],
 
 
 def ancestor_cells(source: str | Path | None) -> dict[str, np.ndarray] | None:
-    """What a bundle fine-tuned from the bundle at `source` inherits: {'ancestor_train', 'ancestor_val'},
-    each the union of that bundle's own split and of its own ancestors'; None when it records none."""
+    """What a bundle fine-tuned from the bundle at `source` inherits.
+
+    Parameters
+    ----------
+    source : str, pathlib.Path or None
+        The init bundle.
+
+    Returns
+    -------
+    dict or None
+        ``{'ancestor_train', 'ancestor_val'}``, each the union of that bundle's own split and of its
+        own ancestors'; None when it records none.
+    """
     if source is None or not Path(source).is_dir():
         return None
     splits = read_cells(source)
@@ -99,8 +169,18 @@ def ancestor_cells(source: str | Path | None) -> dict[str, np.ndarray] | None:
 
 
 def read_cells(directory: str | Path) -> dict[str, np.ndarray] | None:
-    """The sorted name hashes per split of a bundle, or None when it records none (older bundles,
-    published checkpoints, the demo model)."""
+    """The sorted name hashes per split of a bundle.
+
+    Parameters
+    ----------
+    directory : str or pathlib.Path
+        The bundle directory.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray or None
+        None when it records none (older bundles, published checkpoints, the demo model).
+    """
     path = Path(directory) / CELLS_FILE
     if not path.is_file():
         return None
@@ -112,7 +192,20 @@ def read_cells(directory: str | Path) -> dict[str, np.ndarray] | None:
 
 
 def seen_in(names: Sequence[str] | pd.Index | np.ndarray, hashes: np.ndarray) -> np.ndarray:
-    """Boolean mask: which of `names` hash to one of the sorted `hashes`."""
+    """Which of `names` hash to one of the sorted `hashes`.
+
+    Parameters
+    ----------
+    names : sequence of str, pandas.Index or numpy.ndarray
+        Obs names.
+    hashes : numpy.ndarray
+        Sorted uint64 hashes.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool ``(n,)``.
+    """
     mine = name_hashes(names)
     if hashes.size == 0:
         return np.zeros(len(mine), dtype=bool)

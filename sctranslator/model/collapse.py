@@ -27,7 +27,29 @@ from sctranslator.model.precision import DeltaLinear
 
 @dataclass(frozen=True)
 class PaddingCollapse:
-    """The collapse for one gene layout (one plan): which positions stay, how many pads, fc0's columns."""
+    """The padding collapse for one gene layout (one plan): which positions stay, how many pads, fc0's columns.
+
+    Parameters
+    ----------
+    real_positions : torch.Tensor
+        int64 ``(n,)``: the positions that are not padding, in order.
+    gene_ids : torch.Tensor
+        int64 ``(n,)``: their tokens.
+    gene_mask : torch.Tensor
+        bool ``(n,)``: their mask (False only for valued "padding" in reduced precision).
+    pad_count : int
+        L - n: how many padded positions the last token stands for (0: no pad token).
+    first_weight : torch.Tensor
+        ``(fc0 out, tokens)``: fc0's columns of the real positions, then the pads' sum.
+    key_counts : torch.Tensor
+        ``(tokens,)``: 1 per real token, L - n for the pad token.
+    pad_positions : numpy.ndarray
+        int64 ``(L - n,)``: the collapsed positions.
+    first_layer : DeltaLinear or None
+        A reduced-precision model's fc0 over this layout; None: fp32.
+    references : dict
+        Its reference cell's layer values, filled by the backend.
+    """
 
     real_positions: torch.Tensor  # (n,) int64: the positions that are not padding, in order
     gene_ids: torch.Tensor  # (n,) int64: their token ids
@@ -42,22 +64,52 @@ class PaddingCollapse:
     references: dict = field(default_factory=dict)
 
     def values_fit(self, values: np.ndarray) -> bool:
-        """True when every cell of `values` (B, L) is 0 at the collapsed positions (they are padding)."""
+        """Whether every cell is 0 at the collapsed positions (they are padding).
+
+        Parameters
+        ----------
+        values : numpy.ndarray
+            ``(B, L)`` model values.
+
+        Returns
+        -------
+        bool
+            True when the collapse holds for this batch.
+        """
         return not np.any(np.asarray(values)[:, self.pad_positions])
 
     @property
     def tokens(self) -> int:
+        """Tokens computed per cell: the real positions plus one pad token when there is padding."""
         return int(self.real_positions.numel()) + (1 if self.pad_count else 0)
 
     @classmethod
     def for_layout(cls, model: TranslatorModel, gene_ids: np.ndarray, gene_mask: np.ndarray,
                    values: np.ndarray | None = None, *, dtype: torch.dtype | None = None) -> PaddingCollapse | None:
-        """The collapse of a gene layout (gene_ids (L,), gene_mask (L,)), or None when it has no padding.
+        """The collapse of a gene layout, or None when it has no padding.
 
-        Padding = mask False and gene id 0; with `values` (B, L) given, those positions must also
-        be 0 in every cell (else None: the tokens would differ and nothing may be collapsed).
-        With a reduced `dtype` (bf16 / fp16) a layout is always returned, with or without padding,
-        and its fc0 computes in that dtype around a reference cell (sctranslator.model.precision).
+        Padding is mask False and gene id 0; with `values` given, those positions must also be 0 in every
+        cell (else None: the tokens would differ and nothing may be collapsed). With a reduced `dtype` a
+        layout is always returned, with or without padding, and its fc0 computes in that dtype around a
+        reference cell (`sctranslator.model.precision`).
+
+        Parameters
+        ----------
+        model : TranslatorModel
+            The model.
+        gene_ids : numpy.ndarray
+            int64 ``(L,)``.
+        gene_mask : numpy.ndarray
+            bool ``(L,)``.
+        values : numpy.ndarray or None
+            ``(B, L)`` model values to check.
+        dtype : torch.dtype or None
+            bf16 / fp16 for reduced precision; None: fp32.
+
+        Returns
+        -------
+        PaddingCollapse or None
+            The collapse.
         """
         gene_ids = np.asarray(gene_ids)
         gene_mask = np.asarray(gene_mask, dtype=bool)
@@ -92,12 +144,38 @@ class PaddingCollapse:
                    pad_positions=np.flatnonzero(padded), first_layer=first_layer)
 
     def encode(self, model: TranslatorModel, values: torch.Tensor) -> torch.Tensor:
-        """Encoder output (B, tokens, dim) from full-width values (B, L): real tokens, then the pad token."""
+        """Encoder output from full-width values: real tokens, then the pad token.
+
+        Parameters
+        ----------
+        model : TranslatorModel
+            The model.
+        values : torch.Tensor
+            ``(B, L)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, tokens, dim)``.
+        """
         real_values = values.index_select(1, self.real_positions)
         return self.encode_real(model, real_values)
 
     def encode_real(self, model: TranslatorModel, real_values: torch.Tensor) -> torch.Tensor:
-        """Encoder output (B, tokens, dim) from the real positions' values (B, n) only."""
+        """Encoder output from the real positions' values only.
+
+        Parameters
+        ----------
+        model : TranslatorModel
+            The model.
+        real_values : torch.Tensor
+            ``(B, n)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, tokens, dim)``.
+        """
         batch = real_values.shape[0]
         dtype = model.enc.to_vector.weight.dtype
         h = model.enc.to_vector(real_values.to(dtype).unsqueeze(-1)) + model.enc.pos_emb(self.gene_ids)
@@ -109,7 +187,20 @@ class PaddingCollapse:
         return model.enc.run_blocks(h, mask, model.config.feature_redraw_interval, self.key_counts)
 
     def translate(self, model: TranslatorModel, encodings: torch.Tensor) -> torch.Tensor:
-        """(B, tokens, dim) collapsed encodings -> (B, P, dim), as the full translator would give."""
+        """Collapsed encodings -> the protein sequence, as the full translator would give.
+
+        Parameters
+        ----------
+        model : TranslatorModel
+            The model.
+        encodings : torch.Tensor
+            ``(B, tokens, dim)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, P, dim)``.
+        """
         channels = encodings.transpose(1, 2)
         if self.first_layer is not None:
             first = self.first_layer(channels)
@@ -118,5 +209,16 @@ class PaddingCollapse:
         return model.translator.after_first(first).transpose(1, 2)
 
     def real_encodings(self, encodings: torch.Tensor) -> torch.Tensor:
-        """The real tokens' rows (B, n, dim) of collapsed encodings (for cell embeddings)."""
+        """The real tokens' rows of collapsed encodings (for cell embeddings).
+
+        Parameters
+        ----------
+        encodings : torch.Tensor
+            ``(B, tokens, dim)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, n, dim)``.
+        """
         return encodings[:, : self.real_positions.numel()]

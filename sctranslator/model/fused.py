@@ -52,7 +52,13 @@ _state = threading.local()
 
 @contextlib.contextmanager
 def eager_blocks() -> Iterator[None]:
-    """Within this context (this thread), Performer blocks run eagerly even in inference mode."""
+    """Within this context (this thread), Performer blocks run eagerly even in inference mode.
+
+    Yields
+    ------
+    None
+        Inside the context.
+    """
     previous = getattr(_state, "disabled", False)
     _state.disabled = True
     try:
@@ -62,7 +68,20 @@ def eager_blocks() -> Iterator[None]:
 
 
 def applies(block: PerformerBlock, h: torch.Tensor) -> bool:
-    """True when `block` may run chunked on `h` (see the module docstring for the conditions)."""
+    """Whether `block` may run chunked on `h` (see the module docstring for the conditions).
+
+    Parameters
+    ----------
+    block : PerformerBlock
+        The block.
+    h : torch.Tensor
+        ``(B, N, dim)`` hidden states.
+
+    Returns
+    -------
+    bool
+        True when the fused path applies.
+    """
     if getattr(_state, "disabled", False) or block.training or not torch.is_inference_mode_enabled():
         return False
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or h.dim() != 3 or h.shape[1] < MIN_TOKENS:
@@ -124,9 +143,25 @@ def _key_context(attn: nn.Module, a: torch.Tensor, value_weights: torch.Tensor, 
 
 def fused_block(block: PerformerBlock, h: torch.Tensor, mask: torch.Tensor,
                 key_counts: torch.Tensor | None = None, *, chunk: int = CHUNK_TOKENS) -> torch.Tensor:
-    """h + Attn(LN1(h)); then + FF(LN2(.)), as PerformerBlock.forward, computed chunk by chunk.
+    """``h + Attn(LN1(h))``, then ``+ FF(LN2(.))``, as PerformerBlock.forward, computed chunk by chunk.
 
-    h (B, N, dim) float32, mask (B, N) bool, key_counts (N,) or None. Returns a new tensor.
+    Parameters
+    ----------
+    block : PerformerBlock
+        The block.
+    h : torch.Tensor
+        float32 ``(B, N, dim)``.
+    mask : torch.Tensor
+        bool ``(B, N)``.
+    key_counts : torch.Tensor or None
+        ``(N,)`` tokens each position stands for.
+    chunk : int
+        Tokens per chunk.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, N, dim)``, a new tensor.
     """
     attn = block.attn
     heads, d = attn.heads, attn.dim_head

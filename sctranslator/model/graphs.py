@@ -23,7 +23,13 @@ from sctranslator.model.network import TranslatorModel
 
 
 class EncoderGraph(nn.Module):
-    """Encoder blocks over a collapsed token layout, then the sequence-axis translator."""
+    """The exported encoder graph: encoder blocks over a collapsed token layout, then the translator.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model.
+    """
 
     def __init__(self, model: TranslatorModel):
         super().__init__()
@@ -38,6 +44,26 @@ class EncoderGraph(nn.Module):
 
     def forward(self, values: torch.Tensor, gene_ids: torch.Tensor, gene_mask: torch.Tensor,
                 token_counts: torch.Tensor, token_positions: torch.Tensor) -> torch.Tensor:
+        """Encode a batch over its token layout and translate it to the protein sequence.
+
+        Parameters
+        ----------
+        values : torch.Tensor
+            float32 ``(B, N)`` token values.
+        gene_ids : torch.Tensor
+            int64 ``(B, N)``.
+        gene_mask : torch.Tensor
+            bool ``(B, N)``.
+        token_counts : torch.Tensor
+            int64 ``(N,)`` positions each token stands for.
+        token_positions : torch.Tensor
+            int64 ``(N,)`` each token's position in L.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, P, dim)`` translated sequence.
+        """
         enc = self.model.enc
         dtype = enc.to_vector.weight.dtype
         h = enc.to_vector(values.to(dtype).unsqueeze(-1)) + enc.pos_emb(gene_ids)
@@ -52,12 +78,34 @@ class EncoderGraph(nn.Module):
 
 
 class DecoderGraph(nn.Module):
-    """Protein embeddings added to the translated sequence, decoder blocks, one value per protein."""
+    """The exported decoder graph: protein embeddings plus the translated sequence, decoder blocks, outputs.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model.
+    """
 
     def __init__(self, model: TranslatorModel):
         super().__init__()
         self.model = model
 
     def forward(self, translated: torch.Tensor, protein_ids: torch.Tensor, protein_mask: torch.Tensor) -> torch.Tensor:
+        """Decode one window of P proteins.
+
+        Parameters
+        ----------
+        translated : torch.Tensor
+            ``(B, P, dim)``.
+        protein_ids : torch.Tensor
+            int64 ``(B, P)``.
+        protein_mask : torch.Tensor
+            bool ``(B, P)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, P)`` predictions.
+        """
         dtype = self.model.dec.pos_emb.weight.dtype
         return self.model.decode(translated.to(dtype), protein_ids, protein_mask).float()

@@ -13,10 +13,19 @@ from sctranslator.model.network import TranslatorModel
 def model_fingerprint(model: TranslatorModel) -> str:
     """sha256 over the configuration and every tensor's bytes, in key order (about 1 s per 0.5 GB).
 
-    Computed once per model object and state: hashing the full-size model's 470 MB on every call
-    would be most of translate's fixed cost. The cache is keyed by each tensor's storage and
-    version counter (which in-place updates, such as an optimiser step, increment), so changed
-    weights are hashed again.
+    Computed once per model object and state: the cache is keyed by each tensor's storage and version
+    counter (which in-place updates, such as an optimiser step, increment), so changed weights are
+    hashed again.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model.
+
+    Returns
+    -------
+    str
+        A hex digest.
     """
     header = (json.dumps(model.config.to_dict(), sort_keys=True)
               + json.dumps(model.panel, sort_keys=True, default=str))

@@ -14,6 +14,27 @@ from sctranslator.model.registry import known_model_name, resolve_model, resolve
 
 
 def model_from_official(path: str | Path, device: str | torch.device = "cpu") -> TranslatorModel:
+    """A model from a published-format ``.pt`` checkpoint, read without executing its pickle.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The checkpoint.
+    device : str or torch.device
+        Where the weights go.
+
+    Returns
+    -------
+    TranslatorModel
+        In eval mode; ``model.source`` is `path`.
+
+    Raises
+    ------
+    CheckpointError
+        A file that does not hold a scTranslator model.
+    UnsafeCheckpointError
+        The pickle names a global outside the allow-list (nothing executed).
+    """
     checkpoint = load_official_checkpoint(path)
     model = TranslatorModel(checkpoint.config)
     load_state_strictly(model, checkpoint.state_dict, str(path))
@@ -22,19 +43,37 @@ def model_from_official(path: str | Path, device: str | torch.device = "cpu") ->
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> TranslatorModel:
-    """Load a bundle directory, a published-format `.pt` checkpoint or a named model, in eval mode.
+    """Load a bundle directory, a published-format ``.pt`` checkpoint or a named model, in eval mode.
 
-    path: a bundle directory (config.json + safetensors weights), an official `.pt` file (its pickle
-        is read by an allow-list reader and never executed), or a model name (`demo`, or one added
-        by `sctranslator convert --name`) when nothing exists at that path.
-    device: where the weights go ("cpu", "cuda", "cuda:N" or a torch.device).
-    Returns a TranslatorModel; `model.source` is the path it came from.
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        A bundle directory (config.json + safetensors weights), an official ``.pt`` file (its pickle is
+        read by an allow-list reader and never executed), or a model name ("demo", or one added by
+        ``sctranslator convert --name``) when nothing exists at that path.
+    device : str or torch.device
+        Where the weights go: "cpu", "cuda", "cuda:N" or a torch.device.
 
-    Raises:
-        CheckpointError: the path is missing and no model has that name, a directory without
-            config.json, or a file that does not hold a scTranslator model (wrong or missing
-            tensors; empty, truncated or corrupted files say which).
-        UnsafeCheckpointError: the pickle names a global outside the allow-list (nothing executed).
+    Returns
+    -------
+    TranslatorModel
+        The model in eval mode; ``model.source`` is the path it came from.
+
+    Raises
+    ------
+    CheckpointError
+        The path is missing and no model has that name, a directory without config.json, or a file
+        that does not hold a scTranslator model (wrong or missing tensors; empty, truncated or
+        corrupted files say which).
+    UnsafeCheckpointError
+        The pickle names a global outside the allow-list (nothing executed).
+
+    Examples
+    --------
+    >>> import sctranslator
+    >>> model = sctranslator.load_model("demo")
+    >>> model.config.max_genes > 0
+    True
     """
     given = str(path)
     path = resolve_model(path)

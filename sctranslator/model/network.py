@@ -21,9 +21,13 @@ def _full_mask(like: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 class TranslatorModel(nn.Module):
     """The scTranslator network, faithful to the published checkpoints.
 
-    forward(values (B, L), gene_ids (B, L), protein_ids (B, P), masks) -> predictions (B, P).
-    L and P may be shorter than the configured maxima only for the encoder/decoder blocks;
-    the translator is positional, so inputs are always padded to exactly L and P.
+    Inputs are always padded to exactly L genes and P proteins: the translator between encoder and
+    decoder is positional.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        The sizes.
     """
 
     def __init__(self, config: ModelConfig):
@@ -43,19 +47,60 @@ class TranslatorModel(nn.Module):
 
     def encode(self, values: torch.Tensor, gene_ids: torch.Tensor,
                gene_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Encoder output (B, L, dim)."""
+        """Run the gene encoder.
+
+        Parameters
+        ----------
+        values : torch.Tensor
+            float32 ``(B, L)`` prepared expression values.
+        gene_ids : torch.Tensor
+            int64 ``(B, L)`` gene tokens.
+        gene_mask : torch.Tensor or None
+            bool ``(B, L)``: real positions; None: all.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, L, dim)`` encodings.
+        """
         mask = _full_mask(gene_ids, gene_mask)
         h = self.enc.to_vector(values.to(self.enc.to_vector.weight.dtype).unsqueeze(-1))
         h = h + self.enc.pos_emb(gene_ids)
         return self.enc.run_blocks(h, mask, self.config.feature_redraw_interval)
 
     def translate_sequence(self, encodings: torch.Tensor) -> torch.Tensor:
-        """(B, L, dim) -> (B, P, dim) along the sequence axis."""
+        """Map the gene sequence onto the protein sequence along the sequence axis.
+
+        Parameters
+        ----------
+        encodings : torch.Tensor
+            ``(B, L, dim)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, P, dim)``.
+        """
         return self.translator(encodings.transpose(1, 2)).transpose(1, 2)
 
     def decode(self, translated: torch.Tensor, protein_ids: torch.Tensor,
                protein_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Decoder output (B, P): the predicted relative protein abundance."""
+        """Run the protein decoder.
+
+        Parameters
+        ----------
+        translated : torch.Tensor
+            ``(B, P, dim)`` from `translate_sequence`.
+        protein_ids : torch.Tensor
+            int64 ``(B, P)`` protein tokens.
+        protein_mask : torch.Tensor or None
+            bool ``(B, P)``: real positions; None: all.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, P)`` predicted relative protein abundance.
+        """
         mask = _full_mask(protein_ids, protein_mask)
         h = translated + self.dec.pos_emb(protein_ids)
         h = self.dec.run_blocks(h, mask, self.config.feature_redraw_interval)
@@ -64,8 +109,35 @@ class TranslatorModel(nn.Module):
     def forward(self, values: torch.Tensor, gene_ids: torch.Tensor, protein_ids: torch.Tensor,
                 gene_mask: torch.Tensor | None = None,
                 protein_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict proteins from genes: `encode`, `translate_sequence`, `decode`.
+
+        Parameters
+        ----------
+        values : torch.Tensor
+            float32 ``(B, L)`` prepared expression values (per-cell min-max scaled).
+        gene_ids : torch.Tensor
+            int64 ``(B, L)``.
+        protein_ids : torch.Tensor
+            int64 ``(B, P)``.
+        gene_mask : torch.Tensor or None
+            bool ``(B, L)``; None: all real.
+        protein_mask : torch.Tensor or None
+            bool ``(B, P)``; None: all real.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, P)`` predictions on the model's target scale.
+        """
         encodings = self.encode(values, gene_ids, gene_mask)
         return self.decode(self.translate_sequence(encodings), protein_ids, protein_mask)
 
     def n_parameters(self) -> int:
+        """Number of parameters.
+
+        Returns
+        -------
+        int
+            All parameters, trainable or not.
+        """
         return sum(p.numel() for p in self.parameters())

@@ -67,7 +67,19 @@ class _StorageType:
 
 @dataclass
 class OfficialCheckpoint:
-    """What a published checkpoint holds, in our own terms."""
+    """What a published checkpoint holds, in our own terms.
+
+    Parameters
+    ----------
+    state_dict : dict of str to torch.Tensor
+        The weights under our key names.
+    config : ModelConfig
+        The architecture inferred from the tensor shapes.
+    dropped_keys : list of str
+        Official keys left out (shared duplicates, unused heads).
+    source : str
+        The file it was read from.
+    """
 
     state_dict: dict[str, torch.Tensor]
     config: ModelConfig
@@ -236,7 +248,20 @@ _DROPPED = re.compile(r"^(enc|dec)\.performer\.proj_updater\.")
 
 
 def normalise_official_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Official key names -> ours; `module.` prefixes stripped, shared duplicates dropped."""
+    """Official key names -> ours: ``module.`` prefixes stripped, shared duplicates dropped.
+
+    Parameters
+    ----------
+    state : dict of str to torch.Tensor
+        The official state dict.
+
+    Returns
+    -------
+    state : dict of str to torch.Tensor
+        Under our names.
+    dropped : list of str
+        The keys left out.
+    """
     renamed: dict[str, torch.Tensor] = {}
     dropped: list[str] = []
     for key, tensor in state.items():
@@ -260,7 +285,25 @@ def _shape(state: dict[str, torch.Tensor], key: str) -> tuple[int, ...]:
 
 
 def infer_config(state: dict[str, torch.Tensor], **training: Any) -> ModelConfig:
-    """The architecture implied by the tensor shapes of a (normalised) state dict."""
+    """The architecture implied by the tensor shapes of a (normalised) state dict.
+
+    Parameters
+    ----------
+    state : dict of str to torch.Tensor
+        Weights under our key names.
+    **training
+        Settings the shapes cannot tell (e.g. feature_redraw_interval).
+
+    Returns
+    -------
+    ModelConfig
+        The configuration.
+
+    Raises
+    ------
+    CheckpointError
+        Tensors missing or of unexpected shapes.
+    """
     dim = _shape(state, "enc.to_vector.weight")[0]
     vocab = _shape(state, "enc.pos_emb.weight")[0]
     sides: dict[str, Any] = {}
@@ -288,7 +331,28 @@ def infer_config(state: dict[str, torch.Tensor], **training: Any) -> ModelConfig
 
 
 def load_official_checkpoint(path: str | Path) -> OfficialCheckpoint:
-    """Read a published-format `.pt` file safely; returns our state dict and the inferred config."""
+    """Read a published-format ``.pt`` file safely: our state dict and the inferred configuration.
+
+    The pickle is read by an allow-list unpickler and never executed; tensors are read from the zip
+    archive directly.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The checkpoint.
+
+    Returns
+    -------
+    OfficialCheckpoint
+        Weights under our key names and the configuration.
+
+    Raises
+    ------
+    CheckpointError
+        A missing, empty, truncated or corrupted file, or one that holds no scTranslator model.
+    UnsafeCheckpointError
+        The pickle names a global outside the allow-list (nothing executed).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")

@@ -10,7 +10,17 @@ from sctranslator.model.attention import FavorSelfAttention
 
 
 class FeedForward(nn.Module):
-    """dim -> mult*dim -> dim with exact (erf) GELU."""
+    """The feed-forward layer: dim -> mult * dim -> dim with exact (erf) GELU.
+
+    Parameters
+    ----------
+    dim : int
+        Model width.
+    mult : int
+        Hidden width as a multiple of `dim`.
+    dropout : float
+        Dropout in training.
+    """
 
     def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
         super().__init__()
@@ -20,11 +30,37 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(dim * mult, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer to every token.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(B, N, dim)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, N, dim)``.
+        """
         return self.w2(self.dropout(self.act(self.w1(x))))
 
 
 class PerformerBlock(nn.Module):
-    """h = h + Attn(LN(h), mask); h = h + FF(LN(h))."""
+    """One Performer block: ``h = h + Attn(LN(h), mask)``, then ``h = h + FF(LN(h))``.
+
+    Parameters
+    ----------
+    dim : int
+        Model width.
+    heads : int
+        Attention heads.
+    dim_head : int
+        Head width.
+    nb_features : int
+        Random features per head.
+    ff_mult : int
+        Feed-forward width as a multiple of `dim`.
+    """
 
     def __init__(self, dim: int, heads: int, dim_head: int, nb_features: int, ff_mult: int = 4):
         super().__init__()
@@ -34,6 +70,22 @@ class PerformerBlock(nn.Module):
         self.ff = FeedForward(dim, ff_mult)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor, key_counts: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply the block.
+
+        Parameters
+        ----------
+        h : torch.Tensor
+            ``(B, N, dim)`` hidden states.
+        mask : torch.Tensor
+            bool ``(B, N)`` or ``(N,)``: real tokens.
+        key_counts : torch.Tensor or None
+            ``(N,)`` tokens each position stands for (padding collapse).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, N, dim)``.
+        """
         if fused.applies(self, h):  # inference: the same block computed chunk by chunk (model.fused)
             return fused.fused_block(self, h, mask, key_counts)
         h = h + self.attn(self.attn_norm(h), mask, key_counts)
@@ -43,9 +95,26 @@ class PerformerBlock(nn.Module):
 class PerformerStack(nn.Module):
     """Token embedding + Performer blocks, shared by the encoder (genes) and decoder (proteins).
 
-    `to_vector` lifts a scalar value to `dim` (used by the encoder), `pos_emb` embeds token ids,
-    `to_out` maps each token back to a scalar (used by the decoder). Each side carries the
-    other's unused layer too, as the published checkpoints do, so conversions keep every tensor.
+    ``to_vector`` lifts a scalar value to `dim` (used by the encoder), ``pos_emb`` embeds token ids,
+    ``to_out`` maps each token back to a scalar (used by the decoder). Each side carries the other's
+    unused layer too, as the published checkpoints do, so conversions keep every tensor.
+
+    Parameters
+    ----------
+    dim : int
+        Model width.
+    depth : int
+        Blocks.
+    heads : int
+        Attention heads.
+    dim_head : int
+        Head width.
+    nb_features : int
+        Random features per head.
+    vocab_size : int
+        Rows of the token embedding.
+    ff_mult : int
+        Feed-forward width as a multiple of `dim`.
     """
 
     def __init__(self, *, dim: int, depth: int, heads: int, dim_head: int, nb_features: int,
@@ -60,10 +129,35 @@ class PerformerStack(nn.Module):
         self.forward_calls = 0
 
     def attention_layers(self) -> list[FavorSelfAttention]:
+        """The attention layer of every block, in order.
+
+        Returns
+        -------
+        list of FavorSelfAttention
+            One per block.
+        """
         return [block.attn for block in self.layers]
 
     def run_blocks(self, h: torch.Tensor, mask: torch.Tensor, redraw_interval: int | None,
                    key_counts: torch.Tensor | None = None) -> torch.Tensor:
+        """Run every block, redrawing the random features every `redraw_interval` training calls.
+
+        Parameters
+        ----------
+        h : torch.Tensor
+            ``(B, N, dim)``.
+        mask : torch.Tensor
+            bool ``(B, N)`` or ``(N,)``.
+        redraw_interval : int or None
+            Training forward calls between redraws; None: never.
+        key_counts : torch.Tensor or None
+            ``(N,)`` tokens each position stands for.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, N, dim)``.
+        """
         if self.training and redraw_interval is not None:
             # The reference counts forward calls in training mode and redraws all random
             # features of the stack once the count reaches the interval.

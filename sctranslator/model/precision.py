@@ -39,11 +39,27 @@ _active = threading.local()
 
 
 def compute_dtype(precision: str, device: torch.device | str = "cpu") -> torch.dtype:
-    """The torch dtype for `precision` on `device`.
+    """The torch dtype for a precision name on a device.
 
-    BackendError for an unknown name, or a reduced precision the device cannot run natively: on
-    CPU bf16 needs AVX512-BF16 / AMX and fp16 AVX512-FP16 / AMX (as oneDNN reports them); on
-    CUDA bf16 needs compute capability 8.0 or newer.
+    On CPU bf16 needs AVX512-BF16 / AMX and fp16 AVX512-FP16 / AMX (as oneDNN reports them); on CUDA
+    bf16 needs compute capability 8.0 or newer.
+
+    Parameters
+    ----------
+    precision : {'fp32', 'bf16', 'fp16'}
+        The precision.
+    device : torch.device or str
+        Where it runs.
+
+    Returns
+    -------
+    torch.dtype
+        The dtype.
+
+    Raises
+    ------
+    BackendError
+        An unknown name, or a reduced precision the device cannot run natively.
     """
     try:
         dtype = DTYPES[precision]
@@ -64,9 +80,18 @@ def compute_dtype(precision: str, device: torch.device | str = "cpu") -> torch.d
 
 
 class DeltaLinear(nn.Module):
-    """A dense layer computed in reduced precision around a reference input: y_ref + W_low (x - x_ref).
+    """A dense layer computed in reduced precision around a reference input: ``y_ref + W_low (x - x_ref)``.
 
     Outside `reference_values` (no reference active) it is the plain fp32 layer.
+
+    Parameters
+    ----------
+    weight : torch.Tensor
+        The fp32 weight ``(out, in)``.
+    bias : torch.Tensor or None
+        The fp32 bias.
+    dtype : torch.dtype
+        bf16 or fp16.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
@@ -76,6 +101,18 @@ class DeltaLinear(nn.Module):
         self.register_buffer("low_weight", weight.detach().to(dtype), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(..., in)`` fp32.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(..., out)`` fp32.
+        """
         references = getattr(_active, "references", None)
         if references is None or getattr(_active, "recording", False):
             y = functional.linear(x, self.weight, self.bias)
@@ -89,7 +126,20 @@ class DeltaLinear(nn.Module):
 @contextlib.contextmanager
 def reference_values(references: dict[DeltaLinear, tuple[torch.Tensor, torch.Tensor]],
                      recording: bool = False) -> Iterator[None]:
-    """Within the block, this thread's DeltaLinear layers use (or, `recording`, fill) `references`."""
+    """Within the block, this thread's DeltaLinear layers use (or, `recording`, fill) `references`.
+
+    Parameters
+    ----------
+    references : dict
+        DeltaLinear -> (x_ref, y_ref).
+    recording : bool
+        Fill `references` from the reference cell's pass instead of using them.
+
+    Yields
+    ------
+    None
+        Inside the block.
+    """
     previous = getattr(_active, "references", None), getattr(_active, "recording", False)
     _active.references, _active.recording = references, recording
     try:
@@ -99,9 +149,23 @@ def reference_values(references: dict[DeltaLinear, tuple[torch.Tensor, torch.Ten
 
 
 def reduced_precision_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """A copy of a TranslatorModel whose encoder dense layers are DeltaLinear in `dtype` (the
-    translator's first layer is built per gene layout, see model.collapse); the caller's model is
-    untouched. For fp32, a plain copy."""
+    """A copy of a TranslatorModel whose encoder dense layers are DeltaLinear in `dtype`.
+
+    The translator's first layer is built per gene layout (see `sctranslator.model.collapse`); the
+    caller's model is untouched. For fp32, a plain copy.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A TranslatorModel.
+    dtype : torch.dtype
+        fp32, bf16 or fp16.
+
+    Returns
+    -------
+    torch.nn.Module
+        The copy.
+    """
     converted = copy.deepcopy(model)
     if dtype == torch.float32:
         return converted

@@ -25,7 +25,13 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def model_home() -> Path:
-    """Where converted models are kept (not created until something is written there)."""
+    """Where converted models are kept (not created until something is written there).
+
+    Returns
+    -------
+    pathlib.Path
+        $SCTRANSLATOR_MODELS, else $XDG_DATA_HOME/sctranslator/models (~/.local/share by default).
+    """
     explicit = os.environ.get("SCTRANSLATOR_MODELS")
     if explicit:
         return Path(explicit).expanduser()
@@ -34,13 +40,40 @@ def model_home() -> Path:
 
 
 def bundled_model_path(name: str) -> Path:
-    """The directory of a model shipped inside the package."""
+    """The directory of a model shipped inside the package.
+
+    Parameters
+    ----------
+    name : str
+        A model name.
+
+    Returns
+    -------
+    pathlib.Path
+        The directory (it may not exist).
+    """
     root = resources.files("sctranslator") / "data" / name / "model"
     return Path(str(root))
 
 
 def check_model_name(name: str) -> str:
-    """`name` if it is usable as a model name (letters, digits, '.', '_', '-'); CheckpointError otherwise."""
+    """Check that `name` is usable as a model name: letters, digits, '.', '_' and '-'.
+
+    Parameters
+    ----------
+    name : str
+        A model name.
+
+    Returns
+    -------
+    str
+        `name`.
+
+    Raises
+    ------
+    CheckpointError
+        Any other name.
+    """
     if not _NAME.match(name) or name in (".", ".."):
         raise CheckpointError(f"{name!r} is not a valid model name: use letters, digits, '.', '_' or '-' "
                               "(at most 64 characters, starting with a letter or digit)")
@@ -48,7 +81,18 @@ def check_model_name(name: str) -> str:
 
 
 def resolve_model_name(name: str) -> Path | None:
-    """The bundle directory of a model name (bundled first, then converted); None for an unknown name."""
+    """The bundle directory of a model name: bundled first, then converted.
+
+    Parameters
+    ----------
+    name : str
+        A model name.
+
+    Returns
+    -------
+    pathlib.Path or None
+        None for an unknown name.
+    """
     if not _NAME.match(name):
         return None
     if name in BUNDLED:
@@ -58,14 +102,38 @@ def resolve_model_name(name: str) -> Path | None:
 
 
 def known_model_name(name: str) -> bool:
+    """Whether `name` names a bundled or converted model.
+
+    Parameters
+    ----------
+    name : str
+        A model name.
+
+    Returns
+    -------
+    bool
+        True when known.
+    """
     return resolve_model_name(name) is not None
 
 
 def resolve_model(spec: str | Path) -> Path:
     """The file or bundle directory that `spec` (a path or a model name) stands for.
 
-    Raises CheckpointError naming the known models when `spec` is neither an existing path nor a
-    known name.
+    Parameters
+    ----------
+    spec : str or pathlib.Path
+        A path, or a model name when nothing exists at that path.
+
+    Returns
+    -------
+    pathlib.Path
+        The checkpoint file or bundle directory.
+
+    Raises
+    ------
+    CheckpointError
+        Neither an existing path nor a known name (the message names the known models).
     """
     path = Path(spec).expanduser()
     if path.exists():
@@ -81,7 +149,29 @@ def resolve_model(spec: str | Path) -> Path:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One named model, as `sctranslator models` shows it."""
+    """One named model, as ``sctranslator models`` shows it.
+
+    Parameters
+    ----------
+    name : str
+        The model's name.
+    origin : {'bundled', 'converted'}
+        Shipped with the package, or converted by the user.
+    path : pathlib.Path
+        Its bundle directory.
+    parameters : int or None
+        Its parameter count.
+    max_genes : int or None
+        Its L.
+    genes_in_panel : int or None
+        Genes in its panel; None: a published vocabulary model (no gene panel).
+    proteins_in_panel : int or None
+        Proteins in its panel; None: it queries any protein.
+    size_bytes : int
+        Size on disk.
+    note : str
+        A remark (e.g. why it could not be read).
+    """
 
     name: str
     origin: str  # "bundled" or "converted"
@@ -94,6 +184,13 @@ class ModelEntry:
     note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
+        """The entry as JSON-able values.
+
+        Returns
+        -------
+        dict
+            Field -> value.
+        """
         return {"name": self.name, "origin": self.origin, "path": str(self.path), "parameters": self.parameters,
                 "max_genes": self.max_genes, "genes_in_panel": self.genes_in_panel,
                 "proteins_in_panel": self.proteins_in_panel, "size_bytes": self.size_bytes, "note": self.note}
@@ -142,7 +239,13 @@ def _count_parameters(weights: Path) -> int | None:
 
 
 def list_models() -> list[ModelEntry]:
-    """The bundled models, then the converted ones in the model home (sorted by name)."""
+    """The bundled models, then the converted ones in the model home (sorted by name).
+
+    Returns
+    -------
+    list of ModelEntry
+        One entry per model.
+    """
     entries = [entry for name, note in BUNDLED.items()
                if (entry := _describe(name, "bundled", bundled_model_path(name), note)) is not None]
     home = model_home()

@@ -24,11 +24,13 @@ def selected_outputs_apply(model: TranslatorModel) -> bool:
 
     Parameters
     ----------
-    model : the model whose decoder would run.
+    model : TranslatorModel
+        The model whose decoder would run.
 
     Returns
     -------
     bool
+        True in eval mode, float32, without analysis hooks.
     """
     if model.training or model.dec.to_out.weight.dtype != torch.float32:
         return False
@@ -45,11 +47,16 @@ def decode_selected(model: TranslatorModel, translated: torch.Tensor, protein_id
 
     Parameters
     ----------
-    model : the model (see `selected_outputs_apply` for when this holds).
-    translated : (B, P, dim) float32, the translator's output.
-    protein_ids : (B, P) int64 protein token ids.
-    protein_mask : (P,) bool, the real protein positions, the same for every cell.
-    keep : (K,) int64, the positions whose outputs are wanted.
+    model : TranslatorModel
+        The model (see `selected_outputs_apply` for when this holds).
+    translated : torch.Tensor
+        ``(B, P, dim)`` float32, the translator's output.
+    protein_ids : torch.Tensor
+        ``(B, P)`` int64 protein token ids.
+    protein_mask : torch.Tensor
+        ``(P,)`` bool, the real protein positions, the same for every cell.
+    keep : torch.Tensor
+        ``(K,)`` int64, the positions whose outputs are wanted.
 
     Returns
     -------

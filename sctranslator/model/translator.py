@@ -9,11 +9,23 @@ from torch import nn
 
 
 def dropout_rates(depth: int, initial: float) -> list[float]:
-    """Dropout after each hidden layer, as the reference schedules it (training only).
+    """Dropout after each hidden layer, as the original schedules it (training only).
 
-    The first hidden layer uses `initial`; middle layer i uses 1.1^(i+1) * initial in the
-    first half and 1.1^(depth-1-i) * initial in the second half, falling back to `initial`
-    whenever the scaled rate would reach 1.
+    The first hidden layer uses `initial`; middle layer i uses ``1.1^(i+1) * initial`` in the first half
+    and ``1.1^(depth-1-i) * initial`` in the second half, falling back to `initial` whenever the scaled
+    rate would reach 1.
+
+    Parameters
+    ----------
+    depth : int
+        Layers.
+    initial : float
+        The first rate.
+
+    Returns
+    -------
+    list of float
+        One rate per hidden layer.
     """
     rates = [initial] if depth > 1 else []
     for i in range(1, depth - 1):
@@ -26,9 +38,16 @@ def dropout_rates(depth: int, initial: float) -> list[float]:
 
 
 class SequenceTranslator(nn.Module):
-    """Linear layers fc0, fc1, ... along the sequence axis with ReLU between, none after the last.
+    """Linear layers fc0, fc1, ... along the sequence axis, with ReLU between and none after the last.
 
-    Input (B, C, L) -> output (B, C, P); the same MLP is applied to every channel.
+    Input ``(B, C, L)`` -> output ``(B, C, P)``; the same MLP is applied to every channel.
+
+    Parameters
+    ----------
+    widths : tuple of int
+        L, the hidden widths, P.
+    initial_dropout : float
+        The first hidden layer's dropout (see `dropout_rates`).
     """
 
     def __init__(self, widths: tuple[int, ...], initial_dropout: float = 0.1):
@@ -40,13 +59,48 @@ class SequenceTranslator(nn.Module):
         self.act = nn.ReLU()
 
     def layer(self, i: int) -> nn.Linear:
+        """The i-th linear layer.
+
+        Parameters
+        ----------
+        i : int
+            Its index.
+
+        Returns
+        -------
+        torch.nn.Linear
+            fc{i}.
+        """
         return getattr(self, f"fc{i}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map the sequence axis from L to P.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(B, C, L)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, C, P)``.
+        """
         return self.after_first(self.layer(0)(x))
 
     def after_first(self, x: torch.Tensor) -> torch.Tensor:
-        """Every step after fc0's affine map: (B, C, fc0 out) -> (B, C, P)."""
+        """Every step after fc0's affine map.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(B, C, fc0 out)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, C, P)``.
+        """
         for i in range(1, self.depth):
             x = self.layer(i)(self.act(self.dropouts[i - 1](x)))
         return x

@@ -59,7 +59,19 @@ DataOptions = TrainDataOptions  # the data options of finetune, declared in sctr
 
 @dataclass
 class Validation:
-    """The trainer's own held-out predictions for the returned weights (attached to the model)."""
+    """The trainer's own held-out predictions for the returned weights (attached to the model).
+
+    Parameters
+    ----------
+    obs_names : list of str
+        The held-out cells.
+    predictions : numpy.ndarray
+        ``(n_val, n_proteins)`` on the target scale.
+    targets : numpy.ndarray
+        ``(n_val, n_proteins)``; NaN where a cell's dataset did not measure the protein.
+    metrics : dict
+        The validation metrics.
+    """
 
     obs_names: list[str]
     predictions: np.ndarray  # (n_val, n_proteins), on the target scale
@@ -128,9 +140,23 @@ def inherit_preprocessing(options: DataOptions, init: TranslatorModel | None
                           ) -> tuple[DataOptions, dict[str, str]]:
     """Fill the preprocessing options left unset (None) from the starting model, else the defaults.
 
-    A model keeps the input normalisation and target scaling it was trained with unless the user
-    asks for others: a fine-tuned model otherwise predicts on another scale than its start without a
-    word. Returns the completed options and, per setting, where its value came from.
+    A model keeps the input normalisation and target scaling it was trained with unless the user asks
+    for others: a fine-tuned model would otherwise predict on another scale than its start without a
+    word.
+
+    Parameters
+    ----------
+    options : TrainDataOptions
+        The data options given.
+    init : TranslatorModel or None
+        The starting model; None: from scratch.
+
+    Returns
+    -------
+    options : TrainDataOptions
+        The completed options.
+    sources : dict of str to str
+        Per setting, where its value came from.
     """
     recorded = (getattr(init, "preprocessing", None) or {}) if init is not None else {}
     chosen: dict[str, Any] = {}
@@ -180,57 +206,75 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
              storage_options: str | dict[str, Any] | None = None, **options: Any) -> TranslatorModel:
     """Train a model on paired RNA + protein data and save it as a bundle at `out`.
 
-    rna: .h5ad, .h5mu (MuData with 'rna' and 'prot') or zarr store (local, or at an s3://, gs:// or
-        http(s):// URL read with `storage_options`), a TileDB-SOMA experiment (RNA in `measurement`,
-        proteins in its protein measurement), or an AnnData (cells x genes); or a list of them:
-        several paired datasets, each with its own genes and proteins, trained on together (the
-        model's panels are their unions; see `sctranslator.train.datasets`).
-    protein: protein counts for the same cells (cells x proteins; a path, URL, SOMA experiment or
-        AnnData; a MuData file or store is read through its protein modality); None or "-": inside
-        `rna`, as a MuData protein modality, a SOMA protein measurement or obsm[protein_key]. With
-        several `rna`, a list in the same order ("-" or None for a dataset whose RNA input holds its
-        proteins).
-    The cells are streamed: read in blocks of `block_cells` through the engine's sources, in a
-    seeded random block order shuffled within windows of `shuffle_blocks` blocks, prepared per
-    micro-batch (`sctranslator.train.stream`); `gene_subset` trains each cell on that many panel
-    genes drawn at random.
-    Start from `init` (a published .pt checkpoint, a bundle, or a TranslatorModel) or from scratch
-    with `config` (a preset name: "published", "small", "tiny"; or a ModelConfig) plus
-    `config_overrides` (ModelConfig fields). `feature_redraw_interval`: random-feature redraw every N
-    training forward calls, None = fixed, "model" = the starting model's setting. `workers`: CPU
-    threads per process.
+    The cells are streamed: read in blocks of ``block_cells`` through the engine's sources, in a seeded
+    random block order shuffled within windows of ``shuffle_blocks`` blocks, and prepared per
+    micro-batch. Under ``torchrun`` each process runs this same call (DDP). Nothing but an earlier
+    finetune bundle at `out` and its checkpoint folder is ever replaced.
 
-    `options` are the fields of `sctranslator.options.TrainDataOptions` (proteins, genes, protein_key,
-    layer, gene_column, id_type, gene_mapping, normalize, target_sum, target_scaling, val_fraction,
-    val_count, split_column + val_values, allow_low_coverage, allow_empty_cells) and `TrainOptions`
-    (steps or epochs, batch_size (cells per process per micro-batch), accumulation, lr, weight_decay,
-    warmup_steps, decay, min_lr_ratio, clip_norm, precision, freeze, seed, block_cells, shuffle_blocks,
-    gene_subset, val_every, patience, val_batch_size, keep_best,
-    checkpoint_every, stop_after, device, quiet); each documents its default and choices.
+    Parameters
+    ----------
+    rna : str, os.PathLike, AnnData, MuData, or a list of these
+        .h5ad, .h5mu (MuData with 'rna' and 'prot') or Zarr store, or an AnnData (cells x genes, raw
+        counts); a list is several paired datasets, each with its own genes and proteins, trained on
+        together (the model's panels are their unions).
+    protein : str, os.PathLike, AnnData, list or None
+        Protein counts of the same cells (cells x proteins); None: inside `rna` (a MuData 'prot'
+        modality or ``obsm[protein_key]``). With several `rna`, a list in the same order.
+    init : str, os.PathLike, TranslatorModel or None
+        Start from a published .pt checkpoint, a bundle or a model.
+    config : {'published', 'small', 'tiny'}, ModelConfig or None
+        Start from scratch with a preset or a configuration (exactly one of `init` and `config`).
+    out : str or os.PathLike
+        The bundle directory.
+    config_overrides : dict or None
+        ModelConfig fields to change with `config`.
+    feature_redraw_interval : int, None or 'model'
+        Random-feature redraw every N training forward calls; None: fixed; "model": the starting
+        model's setting.
+    work_dir : str, os.PathLike or None
+        Checkpoints and the metrics log; None: ``<out>.training``.
+    metrics_log : str, os.PathLike or None
+        The metrics file (.csv or JSON lines); None: in `work_dir`.
+    resume : bool
+        Continue a stopped run exactly.
+    workers : int or None
+        CPU threads per process.
+    overwrite : bool
+        Replace an earlier finetune bundle at `out` and checkpoint folder at `work_dir`.
+    storage_options : str, dict or None
+        fsspec options (or their JSON) for inputs at s3://, gs:// or http(s):// URLs; outputs stay
+        local.
+    wait : bool
+        When another job is writing the outputs, wait for it instead of refusing.
+    **options
+        The fields of `sctranslator.options.TrainDataOptions` (proteins, protein_key, layer,
+        gene_column, id_type, gene_mapping, normalize, target_sum, target_scaling, val_fraction,
+        val_count, split_column + val_values, allow_low_coverage, allow_empty_cells) and
+        `sctranslator.options.TrainOptions` (steps or epochs, batch_size, accumulation, lr, ...,
+        device, quiet); each documents its default and choices.
 
-    Checkpoints and the metrics log go to `work_dir` (default: `<out>.training`); `resume=True`
-    continues a stopped run exactly. Under `torchrun` each process runs this same call (DDP).
-    Returns the trained model (eval mode, on CPU) with its held-out predictions in `.validation`
-    (predictions and targets: n_val x n_proteins, on the target scale). The bundle records its gene
-    mapping (default: the init bundle's, else "extended"). Paired cells with no counts in any panel
-    gene raise `BadCellsError` unless `allow_empty_cells` (their number then goes in the card).
-    `storage_options`: fsspec options for URL inputs (a dict or a JSON object: credentials,
-    endpoint_url, anon, ...; default: the standard environment, AWS_ENDPOINT_URL ...), never recorded.
-    The bundle, checkpoints and metrics log are written to local paths only.
-    `overwrite` replaces an earlier finetune bundle at `out` and checkpoint folder at `work_dir`
-    (`resume` continues them); anything else there, and an `out` or `work_dir` that is or overlaps
-    an input, is refused before training starts (OutputConflictError, see `sctranslator.outputs`).
+    Returns
+    -------
+    TranslatorModel
+        The trained model (eval mode, on CPU) with its held-out predictions in ``.validation``.
 
-    Raises:
-        TypeError: an unknown keyword option.
-        OptionError: a choice option (id_type, normalize, target_scaling, decay, precision, freeze)
-            outside its choices.
-        UnsupportedStorageError: a URL as `out`, `work_dir`, `metrics_log` or `init`, or an input
-            URL of a scheme that is not supported (MissingExtraError: its extra is not installed).
-        InputDataError: no length (steps/epochs), sizes < 1, both or neither of init and config, unusable
-            data (unpaired cells, bad values, too few cells to split).
-        CheckpointError: an unreadable `init`, an unknown preset, or `resume` with no saved run or one
-            saved with other data or settings.
+    Raises
+    ------
+    TypeError
+        An unknown keyword option.
+    OptionError
+        A choice (id_type, normalize, target_scaling, decay, precision, freeze) outside its choices.
+    InputDataError
+        No length (steps / epochs), sizes below 1, both or neither of `init` and `config`, unusable
+        data (unpaired cells, too few cells to split).
+    BadCellsError
+        Paired cells with bad values, or with no counts in any panel gene unless
+        ``allow_empty_cells``.
+    CheckpointError
+        An unreadable `init`, an unknown preset, or `resume` with no saved run or one saved with other
+        data or settings.
+    OutputConflictError
+        `out` or `work_dir` holds something else, or is or overlaps an input.
     """
     data_options, train_options = _split_options(options)
     storage_options = parse_storage_options(storage_options)
@@ -362,8 +406,22 @@ def effective_gene_subset(options: TrainOptions, n_panel: int) -> TrainOptions:
 
 
 def check_inputs(locations: list[Any]) -> None:
-    """Refuse, before any work, an input URL this package cannot read (its scheme, or its extra not
-    installed) and a pathlib.Path made from a URL; a no-op for local paths and in-memory data."""
+    """Refuse, before any work, an input URL this package cannot read, and a pathlib.Path made from a URL.
+
+    A no-op for local paths and in-memory data.
+
+    Parameters
+    ----------
+    locations : list
+        The inputs.
+
+    Raises
+    ------
+    UnsupportedStorageError
+        A scheme that cannot be read, or a folded URL.
+    MissingExtraError
+        The scheme's file system package is not installed.
+    """
     for location in locations:
         check_not_folded(location, what="the input")
         if is_url(location):

@@ -30,7 +30,36 @@ def _inputs(data: dict[str, Any]) -> list[str]:
 
 def model_card(model: TranslatorModel, *, init: str, data: dict[str, Any], split: str, n_train: int, n_val: int,
                options: TrainOptions, outcome: Outcome, world: int, inherited: dict[str, str] | None = None) -> str:
-    """The card's markdown; `inherited` names the preprocessing settings not asked for and where they came from."""
+    """The model card (markdown) of a fine-tuned bundle.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The trained model.
+    init : str
+        What training started from (a model or a preset).
+    data : dict
+        Where the data came from and how many cells paired.
+    split : str
+        How the held-out cells were chosen.
+    n_train : int
+        Training cells.
+    n_val : int
+        Held-out cells.
+    options : TrainOptions
+        How it was trained.
+    outcome : Outcome
+        What the run left behind.
+    world : int
+        Processes.
+    inherited : dict of str to str or None
+        Preprocessing settings not asked for, and where they came from.
+
+    Returns
+    -------
+    str
+        Markdown.
+    """
     panel = model.panel or {}
     proteins = panel.get("proteins", {})
     genes = panel.get("genes", {})

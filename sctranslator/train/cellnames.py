@@ -19,14 +19,38 @@ NAME_BLOCK = 65_536  # names read (and hashed) at a time
 
 
 def name_blocks(source: Source, block: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """(first row, names) of `source`'s obs names, `block` (default NAME_BLOCK) rows at a time."""
+    """A source's obs names, a block of rows at a time.
+
+    Parameters
+    ----------
+    source : Source
+        The matrix whose obs names are read.
+    block : int or None
+        Rows per block; None: NAME_BLOCK.
+
+    Yields
+    ------
+    tuple of (int, numpy.ndarray)
+        The block's first row and its names.
+    """
     block = block or NAME_BLOCK
     for start in range(0, int(source.n_obs), block):
         yield start, source.obs_names_block(start, min(start + block, int(source.n_obs)))
 
 
 def source_hashes(source: Source) -> np.ndarray:
-    """uint64 hash of every obs name of `source`, in row order (8 bytes a cell)."""
+    """A hash of every obs name of a source, in row order (8 bytes a cell).
+
+    Parameters
+    ----------
+    source : Source
+        The matrix whose obs names are read.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint64 ``(n_obs,)``.
+    """
     out = np.empty(int(source.n_obs), dtype=np.uint64)
     for start, names in name_blocks(source):
         out[start:start + names.size] = name_hashes(names)
@@ -34,7 +58,20 @@ def source_hashes(source: Source) -> np.ndarray:
 
 
 def same_names(first: Source, second: Source) -> bool:
-    """True when both sources list the same names in the same order, compared block by block."""
+    """Whether two sources list the same names in the same order, compared block by block.
+
+    Parameters
+    ----------
+    first : Source
+        One matrix.
+    second : Source
+        The other.
+
+    Returns
+    -------
+    bool
+        True when identical.
+    """
     if int(first.n_obs) != int(second.n_obs):
         return False
     return all(np.array_equal(names, second.obs_names_block(start, start + names.size))
@@ -42,7 +79,20 @@ def same_names(first: Source, second: Source) -> bool:
 
 
 def names_at(source: Source, rows: np.ndarray) -> np.ndarray:
-    """Obs names (object array) of `source` at `rows` (increasing), reading only the blocks that hold them."""
+    """Obs names of a source at some rows, reading only the blocks that hold them.
+
+    Parameters
+    ----------
+    source : Source
+        The matrix whose obs names are read.
+    rows : numpy.ndarray
+        int64 rows, increasing.
+
+    Returns
+    -------
+    numpy.ndarray
+        Object array of names.
+    """
     rows = np.asarray(rows, dtype=np.int64)
     out = np.empty(rows.size, dtype=object)
     lo = 0
@@ -55,7 +105,20 @@ def names_at(source: Source, rows: np.ndarray) -> np.ndarray:
 
 
 def hashes_at(source: Source, rows: np.ndarray) -> np.ndarray:
-    """uint64 name hashes of `source` at `rows` (increasing), hashed block by block."""
+    """Name hashes of a source at some rows, hashed block by block.
+
+    Parameters
+    ----------
+    source : Source
+        The matrix whose obs names are read.
+    rows : numpy.ndarray
+        int64 rows, increasing.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint64 hashes.
+    """
     rows = np.asarray(rows, dtype=np.int64)
     out = np.empty(rows.size, dtype=np.uint64)
     lo = 0

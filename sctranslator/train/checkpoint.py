@@ -20,6 +20,13 @@ FORMAT = "sctranslator-training-state"
 
 
 def rng_state() -> dict[str, Any]:
+    """The random generators' states (torch, and CUDA when it is in use).
+
+    Returns
+    -------
+    dict
+        State per generator.
+    """
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -27,12 +34,38 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the random generators' states.
+
+    Parameters
+    ----------
+    state : dict
+        As `rng_state` returned it.
+    """
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_state(directory: Path, state: dict[str, Any]) -> Path:
+    """Write a run's training state atomically.
+
+    Parameters
+    ----------
+    directory : pathlib.Path
+        The run's work directory (created when absent).
+    state : dict
+        The state (see `Trainer.state`).
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+
+    Raises
+    ------
+    OutputWriteError
+        The file cannot be written.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / STATE_FILE
     atomic_write(path, lambda handle: torch.save({"format": FORMAT, **state}, handle))
@@ -40,7 +73,25 @@ def save_state(directory: Path, state: dict[str, Any]) -> Path:
 
 
 def load_state(directory: Path, fingerprint: str) -> dict[str, Any]:
-    """The saved state of a run; refuses a state written for other data or settings."""
+    """The saved state of a run.
+
+    Parameters
+    ----------
+    directory : pathlib.Path
+        The run's work directory.
+    fingerprint : str
+        The run's identity; a state written for other data or settings is refused.
+
+    Returns
+    -------
+    dict
+        The state.
+
+    Raises
+    ------
+    CheckpointError
+        No state, a damaged one, or one of another run.
+    """
     path = directory / STATE_FILE
     if not path.exists():
         raise CheckpointError(f"nothing to resume: {path} does not exist (start without resume)")

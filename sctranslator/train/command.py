@@ -40,7 +40,18 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def define_finetune(parser: argparse.ArgumentParser) -> Handler:
-    """`sctranslator finetune --rna R [--protein P] (--init MODEL | --config NAME) --out BUNDLE ...`."""
+    """Declare ``sctranslator finetune --rna R [--protein P] (--init MODEL | --config NAME) --out BUNDLE ...``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The ``finetune`` command's parser.
+
+    Returns
+    -------
+    callable
+        The handler: parsed arguments -> exit status.
+    """
     data = parser.add_argument_group("data")
     data.add_argument("--rna", required=True, nargs="+", metavar="RNA",
                       help="RNA: .h5ad, .h5mu (MuData with 'rna' + 'prot'), zarr store, TileDB-SOMA experiment (see "

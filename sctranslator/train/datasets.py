@@ -28,15 +28,49 @@ MIXING_RULE = ("every block of every dataset once per epoch, in one seeded rando
 
 
 def as_list(value: Any) -> list[Any]:
-    """One input or a list/tuple of inputs, as a list."""
+    """One input or a list/tuple of inputs, as a list.
+
+    Parameters
+    ----------
+    value : object
+        An input, or several.
+
+    Returns
+    -------
+    list
+        The inputs.
+    """
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
 def union_protein_panel(names: Sequence[Sequence[str]], wanted: Sequence[str] | None
                         ) -> tuple[dict[str, list], list[np.ndarray], list[np.ndarray]]:
-    """(shared protein panel, per dataset: its trained columns, their slots in the shared panel).
+    """The shared protein panel of several datasets, and where each dataset's trained columns go in it.
 
     The shared panel lists each protein once, in the order of first appearance over the datasets.
+
+    Parameters
+    ----------
+    names : sequence of sequence of str
+        Each dataset's protein names.
+    wanted : sequence of str or None
+        Train on these proteins only; None: all but isotype controls.
+
+    Returns
+    -------
+    panel : dict
+        The shared panel (names, token ids, genes).
+    columns : list of numpy.ndarray
+        Per dataset: its trained columns.
+    slots : list of numpy.ndarray
+        Per dataset: their positions in the shared panel.
+
+    Raises
+    ------
+    UnknownProteinError
+        A wanted protein in none of the tables, or names that map to no gene.
+    InputDataError
+        A dataset that measures none of the chosen proteins.
     """
     if len(names) == 1:
         panel, columns = protein_panel(names[0], wanted)
@@ -67,7 +101,37 @@ def union_protein_panel(names: Sequence[Sequence[str]], wanted: Sequence[str] | 
 def build_stream(pairs: list[PairedData], splits: list[Split], model: TranslatorModel,
                  protein_columns: list[np.ndarray], protein_slots: list[np.ndarray], data: TrainDataOptions,
                  options: TrainOptions, *, gene_mapping: str | None) -> TrainStream:
-    """The training stream over all datasets, each read through its own plan onto the model's panels."""
+    """The training stream over all datasets, each read through its own plan onto the model's panels.
+
+    Parameters
+    ----------
+    pairs : list of PairedData
+        The paired datasets.
+    splits : list of Split
+        Each dataset's split.
+    model : TranslatorModel
+        The model, its panels attached.
+    protein_columns : list of numpy.ndarray
+        Per dataset: its trained protein columns.
+    protein_slots : list of numpy.ndarray
+        Per dataset: their panel positions.
+    data : TrainDataOptions
+        How the data are read and scaled.
+    options : TrainOptions
+        Block sizes, shuffle windows, seed and gene subsets.
+    gene_mapping : str or None
+        The gene mapping; None: the model's.
+
+    Returns
+    -------
+    TrainStream
+        The stream.
+
+    Raises
+    ------
+    CoverageError
+        A dataset whose genes cover too little of the panel (unless allowed).
+    """
     sets = []
     plan = None
     for paired, split, columns, slots in zip(pairs, splits, protein_columns, protein_slots, strict=True):
@@ -84,22 +148,58 @@ def build_stream(pairs: list[PairedData], splits: list[Split], model: Translator
 
 
 def cell_names(pairs: list[PairedData], splits: list[Split], part: str) -> pd.Index:
-    """Obs names of the training or held-out cells of all datasets, in dataset then cell order (read by row)."""
+    """Obs names of the training or held-out cells of all datasets, in dataset then cell order.
+
+    Parameters
+    ----------
+    pairs : list of PairedData
+        The paired datasets.
+    splits : list of Split
+        Each dataset's split.
+    part : {'train', 'val'}
+        Which cells.
+
+    Returns
+    -------
+    pandas.Index
+        The names (read by row).
+    """
     return pd.Index(np.concatenate([p.cell_names(getattr(s, part)) for p, s in zip(pairs, splits, strict=True)]))
 
 
 def cell_hashes(pairs: list[PairedData], splits: list[Split], part: str) -> np.ndarray:
-    """uint64 name hashes of the training or held-out cells of all datasets (8 bytes a cell, no names kept)."""
+    """Name hashes of the training or held-out cells of all datasets (8 bytes a cell, no names kept).
+
+    Parameters
+    ----------
+    pairs : list of PairedData
+        The paired datasets.
+    splits : list of Split
+        Each dataset's split.
+    part : {'train', 'val'}
+        Which cells.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint64, in dataset then cell order.
+    """
     parts = [p.cell_hashes(getattr(s, part)) for p, s in zip(pairs, splits, strict=True)]
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def combined_origin(pairs: list[PairedData]) -> dict[str, Any]:
-    """The card's data summary: one dataset's origin, or the datasets' joined.
+    """The model card's data summary: one dataset's origin, or the datasets' joined.
 
-    Cells add up over datasets; genes and proteins do not (datasets share them), so with several
-    datasets `genes` and `proteins` are the per-dataset counts joined ("4000, 3000"), labelled as
-    such by the card, which reports the model's panels separately.
+    Parameters
+    ----------
+    pairs : list of PairedData
+        The datasets.
+
+    Returns
+    -------
+    dict
+        Where the data came from and how many cells paired.
     """
     if len(pairs) == 1:
         return dict(pairs[0].origin)
@@ -111,6 +211,19 @@ def combined_origin(pairs: list[PairedData]) -> dict[str, Any]:
 
 
 def training_record(pairs: list[PairedData], options: TrainOptions) -> dict[str, Any]:
-    """What the bundle's config records about the training data and its order."""
+    """What the bundle's config records about the training data and its order.
+
+    Parameters
+    ----------
+    pairs : list of PairedData
+        The datasets.
+    options : TrainOptions
+        The training options.
+
+    Returns
+    -------
+    dict
+        JSON-able record.
+    """
     return {"datasets": [p.origin for p in pairs], "mixing": MIXING_RULE, "block_cells": options.block_cells,
             "shuffle_blocks": options.shuffle_blocks, "gene_subset": options.gene_subset, "seed": options.seed}

@@ -12,6 +12,19 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class Processes:
+    """This process's place in a torchrun group (rank 0 of 1 when running alone).
+
+    Parameters
+    ----------
+    rank : int
+        This process's rank.
+    world : int
+        Processes in the group.
+    device : torch.device
+        This process's device.
+    owns_group : bool
+        This process created the group (and destroys it in `stop`).
+    """
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
@@ -19,10 +32,12 @@ class Processes:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0, the process that writes."""
         return self.rank == 0
 
     @property
     def active(self) -> bool:
+        """Whether a process group of more than one process runs."""
         return self.world > 1
 
 
@@ -30,6 +45,16 @@ def start(device: str = "cpu") -> Processes:
     """Join the process group that torchrun describes in the environment (WORLD_SIZE > 1), if any.
 
     gloo on CPU, nccl on CUDA; each process takes the GPU of its LOCAL_RANK.
+
+    Parameters
+    ----------
+    device : str
+        "cpu", "cuda" or "cuda:N".
+
+    Returns
+    -------
+    Processes
+        This process's place.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 and not dist.is_initialized():
@@ -47,7 +72,20 @@ def start(device: str = "cpu") -> Processes:
 
 
 def gather_objects(processes: Processes, value: Any) -> list[Any]:
-    """Every process's `value`, in rank order (just [value] when running alone)."""
+    """Every process's `value`, in rank order.
+
+    Parameters
+    ----------
+    processes : Processes
+        This process's place in the group.
+    value : object
+        A picklable value.
+
+    Returns
+    -------
+    list
+        One value per rank ([value] when running alone).
+    """
     if not processes.active:
         return [value]
     gathered: list[Any] = [None] * processes.world
@@ -56,7 +94,20 @@ def gather_objects(processes: Processes, value: Any) -> list[Any]:
 
 
 def any_process(processes: Processes, flag: bool) -> bool:
-    """True when `flag` is True in at least one process (keeps stop decisions in step)."""
+    """Whether `flag` is True in at least one process (keeps stop decisions in step).
+
+    Parameters
+    ----------
+    processes : Processes
+        This process's place in the group.
+    flag : bool
+        This process's flag.
+
+    Returns
+    -------
+    bool
+        The flags OR-ed over the group.
+    """
     if not processes.active:
         return flag
     tensor = torch.tensor([1.0 if flag else 0.0])
@@ -65,10 +116,24 @@ def any_process(processes: Processes, flag: bool) -> bool:
 
 
 def barrier(processes: Processes) -> None:
+    """Wait until every process gets here (a no-op when running alone).
+
+    Parameters
+    ----------
+    processes : Processes
+        This process's place in the group.
+    """
     if processes.active:
         dist.barrier()
 
 
 def stop(processes: Processes) -> None:
+    """Leave the process group, when this process created it.
+
+    Parameters
+    ----------
+    processes : Processes
+        This process's place in the group.
+    """
     if processes.owns_group and dist.is_initialized():
         dist.destroy_process_group()

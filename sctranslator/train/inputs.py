@@ -32,10 +32,29 @@ PREPARE_BLOCK_CELLS = 1024
 
 @dataclass
 class TrainingArrays:
-    """Prepared values and targets of all paired cells, held in memory (held out ones included).
+    """Prepared values and targets of all paired cells, held in memory (held-out ones included).
 
-    The trainer streams (`sctranslator.train.stream`); this whole-data form is the in-memory
-    reference the tests compare the stream with, and a convenience for small data.
+    The trainer streams (`sctranslator.train.stream`); this whole-data form is the in-memory reference
+    the tests compare the stream with, and a convenience for small data.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        float32 ``(n_cells, K)``: prepared values of the K panel genes (positions 0..K-1).
+    targets : numpy.ndarray
+        float32 ``(n_cells, n_proteins)``, scaled per cell.
+    gene_ids : numpy.ndarray
+        int64 ``(L,)``.
+    gene_mask : numpy.ndarray
+        bool ``(L,)``.
+    protein_ids : numpy.ndarray
+        int64 ``(P,)``.
+    protein_mask : numpy.ndarray
+        bool ``(P,)``.
+    plan : Plan
+        The data's plan.
+    n_empty_cells : int
+        Paired cells with no counts in any panel gene (when allowed).
     """
 
     values: np.ndarray  # float32 (n_cells, K): prepared values of the K panel genes (positions 0..K-1)
@@ -50,9 +69,32 @@ class TrainingArrays:
 
 def data_gene_tokens(var: pd.DataFrame, *, gene_column: str | None = None, id_type: str = "auto",
                      only: Sequence[str] | None = None, gene_mapping: str = "extended") -> np.ndarray:
-    """Token id of each input column (0 = unmapped, or not among the genes in `only`).
+    """The token id of each input column, for building a gene panel from the data.
 
     make_unique copies ("CD4-1") take their gene's token: the plan adds them up into it.
+
+    Parameters
+    ----------
+    var : pandas.DataFrame
+        The RNA's var table.
+    gene_column : str or None
+        The column holding the identifiers; None: the index.
+    id_type : str
+        Kind of identifier, or "auto".
+    only : sequence of str or None
+        Keep only these genes; None: all mapped ones.
+    gene_mapping : str
+        "original" or "extended".
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 ``(n_vars,)``; 0 where unmapped or not among `only`.
+
+    Raises
+    ------
+    InputDataError
+        Genes of `only` missing from the data, or none of the genes mapping.
     """
     identifiers = gene_identifiers(var, gene_column)
     tokens = column_tokens(map_genes(identifiers, id_type=id_type, mapping=gene_mapping), merge_copies=True)
@@ -68,8 +110,24 @@ def data_gene_tokens(var: pd.DataFrame, *, gene_column: str | None = None, id_ty
 
 def gene_panel_from_data(tokens: np.ndarray, max_genes: int | None = None,
                          gene_mapping: str = "extended") -> dict[str, Any]:
-    """The mapped genes in the dataset's order, each once, the first `max_genes` kept; records the
-    gene mapping that gave the tokens (a bundle's translate runs reuse it)."""
+    """A gene panel from the data: the mapped genes in the dataset's order, each once, the first L kept.
+
+    It records the gene mapping that gave the tokens (a bundle's translate runs reuse it).
+
+    Parameters
+    ----------
+    tokens : numpy.ndarray
+        int64 token per input column (see `data_gene_tokens`).
+    max_genes : int or None
+        L: the most genes kept; None: all.
+    gene_mapping : str
+        The mapping that gave the tokens.
+
+    Returns
+    -------
+    dict
+        token_ids, symbols and gene_mapping of the panel.
+    """
     mapped = tokens[tokens > 0]
     unique = pd.unique(mapped)[:max_genes] if max_genes else pd.unique(mapped)
     if unique.size == 0:
@@ -81,10 +139,29 @@ def gene_panel_from_data(tokens: np.ndarray, max_genes: int | None = None,
 
 
 def protein_panel(names: Sequence[str], wanted: Sequence[str] | None = None) -> tuple[dict[str, list], np.ndarray]:
-    """(panel, column index of each panel protein in the measured table).
+    """A protein panel from a measured table, and where each panel protein is in it.
 
-    Isotype controls / blanks are left out (they are not proteins to predict); any other name that
+    Isotype controls and blanks are left out (they are not proteins to predict); any other name that
     maps to no gene is an error, unless `wanted` selects the proteins to train on.
+
+    Parameters
+    ----------
+    names : sequence of str
+        The measured table's protein names.
+    wanted : sequence of str or None
+        Train on these only.
+
+    Returns
+    -------
+    panel : dict
+        names, token_ids and genes of the panel.
+    columns : numpy.ndarray
+        int64 column of each panel protein in the measured table.
+
+    Raises
+    ------
+    UnknownProteinError
+        A wanted name not in the table, names that map to no gene, or no protein left.
     """
     names = check_protein_list(names, "the measured protein table's columns")
     if wanted is not None:
@@ -116,7 +193,24 @@ def protein_panel(names: Sequence[str], wanted: Sequence[str] | None = None) -> 
 
 def attach_panels(model: TranslatorModel, genes: dict[str, list], proteins: dict[str, list],
                   preprocessing: dict[str, Any]) -> None:
-    """Record the panels and preprocessing on the model: the bundle persists them, the plan reads them."""
+    """Record the panels and preprocessing on the model: the bundle persists them, the plan reads them.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model, changed in place.
+    genes : dict
+        The gene panel.
+    proteins : dict
+        The protein panel.
+    preprocessing : dict
+        normalize, target_sum and target_scaling.
+
+    Raises
+    ------
+    InputDataError
+        A panel larger than the model's L or P.
+    """
     if len(genes["token_ids"]) > model.config.max_genes:
         raise InputDataError(f"the gene panel has {len(genes['token_ids'])} genes but the model takes "
                              f"L={model.config.max_genes}")
@@ -133,9 +227,40 @@ def prepare_arrays(data: PairedData, model: TranslatorModel, protein_columns: np
                    gene_mapping: str | None = None) -> TrainingArrays:
     """Model values and scaled targets of every paired cell, through the engine's plan and block runner.
 
-    Raises `BadCellsError` for NaN/Inf/negative RNA values and, unless `allow_empty_cells`, for
-    paired cells with no counts in any panel gene; warns when the RNA or protein values do not look
-    like the counts the preprocessing expects.
+    Warns when the RNA or protein values do not look like the counts the preprocessing expects.
+
+    Parameters
+    ----------
+    data : PairedData
+        The paired cells.
+    model : TranslatorModel
+        The model, its panels attached.
+    protein_columns : numpy.ndarray
+        int64 trained protein columns.
+    gene_column : str or None
+        The var column of gene identifiers.
+    id_type : str
+        Kind of identifier, or "auto".
+    target_scaling : str
+        Per-cell scaling of the targets.
+    allow_low_coverage : bool
+        Go on when few genes map.
+    allow_empty_cells : bool
+        Keep cells with no counts in any panel gene.
+    gene_mapping : str or None
+        The gene mapping; None: the model's.
+
+    Returns
+    -------
+    TrainingArrays
+        Values, targets and panels.
+
+    Raises
+    ------
+    BadCellsError
+        NaN / Inf / negative RNA values, or empty cells unless `allow_empty_cells`.
+    CoverageError
+        Too few genes map, unless `allow_low_coverage`.
     """
     plan = build_plan(data.source.var, model, gene_column=gene_column, id_type=id_type,
                       allow_low_coverage=allow_low_coverage, gene_mapping=gene_mapping)

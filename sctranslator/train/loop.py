@@ -30,7 +30,27 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Outcome:
-    """What a finished run leaves behind (besides the weights)."""
+    """What a finished run leaves behind (besides the weights).
+
+    Parameters
+    ----------
+    steps_done : int
+        Optimizer steps taken.
+    stopped_early : bool
+        Stopped by patience.
+    interrupted : bool
+        Stopped by stop_after; resume to finish.
+    best_step : int or None
+        The step of the best validation.
+    val_metrics : dict
+        Validation metrics of the weights returned.
+    val_predictions : numpy.ndarray or None
+        ``(n_val, n_proteins)`` predictions of the weights returned.
+    val_targets : numpy.ndarray or None
+        ``(n_val, n_proteins)`` targets; NaN where the cell's dataset did not measure the protein.
+    seconds : float
+        Wall time of the run.
+    """
 
     steps_done: int
     stopped_early: bool
@@ -43,6 +63,22 @@ class Outcome:
 
 
 def total_steps(options: TrainOptions, n_train: int, world: int) -> int:
+    """Optimizer steps of a run: `steps`, or `epochs` over the training cells.
+
+    Parameters
+    ----------
+    options : TrainOptions
+        The training options.
+    n_train : int
+        Training cells.
+    world : int
+        Processes.
+
+    Returns
+    -------
+    int
+        At least 1.
+    """
     if options.steps is not None:
         return int(options.steps)
     per_step = options.batch_size * options.accumulation * world
@@ -50,7 +86,15 @@ def total_steps(options: TrainOptions, n_train: int, world: int) -> int:
 
 
 def apply_freeze(model: TranslatorModel, freeze: tuple[str, ...]) -> None:
-    """Stop gradients to the chosen parts; the unused value/output heads are never trained."""
+    """Stop gradients to the chosen parts; the unused value/output heads are never trained.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model, changed in place.
+    freeze : tuple of str
+        Parts: embeddings, encoder, translator, decoder.
+    """
     parts = {
         "embeddings": [model.enc.pos_emb, model.dec.pos_emb],
         "encoder": [model.enc],
@@ -70,12 +114,51 @@ def apply_freeze(model: TranslatorModel, freeze: tuple[str, ...]) -> None:
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over real protein positions (the reference's loss)."""
+    """Mean squared error over real protein positions (the original's loss).
+
+    Parameters
+    ----------
+    pred : torch.Tensor
+        ``(n, P)`` predictions.
+    target : torch.Tensor
+        ``(n, P)`` scaled targets.
+    mask : torch.Tensor
+        bool ``(n, P)``: real, measured positions.
+
+    Returns
+    -------
+    torch.Tensor
+        A scalar.
+    """
     weight = mask.to(pred.dtype)
     return ((pred - target) ** 2 * weight).sum() / weight.sum().clamp_min(1)
 
 
 class Trainer:
+    """One training run: optimizer, schedule, validation, checkpoints and early stopping.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model to train (moved to the processes' device).
+    stream : TrainStream
+        The training and held-out cells.
+    options : TrainOptions
+        How to train.
+    processes : Processes
+        This process's rank, world and device.
+    work_dir : pathlib.Path
+        Where checkpoints go.
+    metrics : MetricsLog
+        Where each validation's metrics go.
+    fingerprint : str
+        Identity of the run's inputs and settings (a checkpoint of another run is refused).
+
+    Raises
+    ------
+    InputDataError
+        Fewer training cells than one batch.
+    """
     def __init__(self, model: TranslatorModel, stream: TrainStream, options: TrainOptions, processes: Processes,
                  work_dir: Path, metrics: MetricsLog, fingerprint: str):
         self.model = model.to(processes.device)
@@ -117,17 +200,41 @@ class Trainer:
 
     @property
     def epoch(self) -> int:
+        """The current epoch (0-based)."""
         return self.stream.epoch
 
     # --- data order --------------------------------------------------------------------------
     def next_micro_batch(self, micro: int) -> Batch:
-        """This process's share of the next micro-batch (the partial tail of an epoch is skipped)."""
+        """This process's share of the next micro-batch (the partial tail of an epoch is skipped).
+
+        Parameters
+        ----------
+        micro : int
+            The micro-batch's index within the optimizer step.
+
+        Returns
+        -------
+        Batch
+            The cells' inputs and targets.
+        """
         lo = self.processes.rank * self.options.batch_size
         # Gene subsets follow (seed, step, micro-batch, rank): the same on resume.
         rng = np.random.default_rng([self.options.seed, self.step, micro, self.processes.rank, 7])
         return self.stream.take(self.micro_cells, lo, lo + self.options.batch_size, rng)
 
     def batch_tensors(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        """A batch as tensors on the training device.
+
+        Parameters
+        ----------
+        batch : Batch
+            The cells.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            values, gene ids, protein ids, gene mask, protein mask, targets.
+        """
         stream = self.stream
         size = batch.values.shape[0]
         device = self.device
@@ -145,9 +252,23 @@ class Trainer:
 
     # --- steps -------------------------------------------------------------------------------
     def autocast(self) -> Any:
+        """The autocast context of the training precision (bf16 on CUDA, else off).
+
+        Returns
+        -------
+        torch.autocast
+            The context manager.
+        """
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.options.precision == "bf16")
 
     def train_step(self) -> float:
+        """One optimizer step over `accumulation` micro-batches.
+
+        Returns
+        -------
+        float
+            The step's mean training loss.
+        """
         self.wrapped.train()
         accumulation = self.options.accumulation
         total = 0.0
@@ -172,8 +293,15 @@ class Trainer:
 
     @torch.no_grad()
     def predict_val(self) -> tuple[np.ndarray, np.ndarray]:
-        """Held-out (predictions, targets) in fp32 eval mode, as `translate` computes them; targets of
-        proteins a cell's dataset did not measure are NaN."""
+        """Held-out predictions and targets in fp32 eval mode, as `translate` computes them.
+
+        Returns
+        -------
+        predictions : numpy.ndarray
+            ``(n_val, n_proteins)``.
+        targets : numpy.ndarray
+            ``(n_val, n_proteins)``; NaN for proteins a cell's dataset did not measure.
+        """
         self.model.eval()
         n, p = self.stream.n_val, self.n_proteins
         out = np.empty((n, p), dtype=np.float32)
@@ -190,6 +318,17 @@ class Trainer:
         return out, truth
 
     def validate(self) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+        """Score the held-out cells.
+
+        Returns
+        -------
+        metrics : dict
+            val_loss, val_pearson and per-protein figures.
+        predictions : numpy.ndarray
+            ``(n_val, n_proteins)``.
+        targets : numpy.ndarray
+            ``(n_val, n_proteins)``.
+        """
         pred, truth = self.predict_val()
         measured = np.isfinite(truth)
         if measured.all():
@@ -204,6 +343,13 @@ class Trainer:
 
     # --- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        """Everything a checkpoint holds: weights, optimizer, schedule, RNG states, data position, progress.
+
+        Returns
+        -------
+        dict
+            The state (every process takes part: RNG states are gathered).
+        """
         return {
             "fingerprint": self.fingerprint,
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
@@ -218,12 +364,23 @@ class Trainer:
         }
 
     def save(self) -> None:
+        """Write a checkpoint (the main process writes; every process takes part)."""
         state = self.state()  # every process takes part (RNG states are gathered)
         if self.processes.is_main:
             checkpoint.save_state(self.work_dir, state)
         barrier(self.processes)
 
     def restore(self) -> None:
+        """Continue from the checkpoint in the work directory.
+
+        A checkpoint written by another number of processes resumes with a warning (the random
+        streams differ).
+
+        Raises
+        ------
+        CheckpointError
+            No checkpoint, a damaged one, or one of another run (another fingerprint).
+        """
         state = checkpoint.load_state(self.work_dir, self.fingerprint)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -245,6 +402,18 @@ class Trainer:
 
     # --- the run -----------------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> Outcome:
+        """Train until the last step, patience or stop_after.
+
+        Parameters
+        ----------
+        resume : bool
+            Continue from the checkpoint in the work directory.
+
+        Returns
+        -------
+        Outcome
+            What the run leaves behind.
+        """
         options = self.options
         torch.manual_seed(options.seed * 1000 + 17 + self.processes.rank)  # dropout streams; restored on resume
         if resume:
@@ -278,6 +447,20 @@ class Trainer:
         return self.finish(stopped_early, interrupted, last_val, time.perf_counter() - started)
 
     def after_validation(self, started: float) -> tuple[dict[str, Any], np.ndarray]:
+        """Validate, log the metrics, keep the best weights and count validations without improvement.
+
+        Parameters
+        ----------
+        started : float
+            The run's start (``time.perf_counter()``), for the log.
+
+        Returns
+        -------
+        metrics : dict
+            This validation's metrics.
+        predictions : numpy.ndarray or None
+            Its held-out predictions (None without held-out cells).
+        """
         if self.stream.n_val:
             metrics, pred, self.val_truth = self.validate()
         else:
@@ -301,10 +484,35 @@ class Trainer:
         return metrics, pred
 
     def should_stop(self) -> bool:
+        """Whether patience has run out.
+
+        Returns
+        -------
+        bool
+            True after more than `patience` validations without improvement.
+        """
         return self.options.patience is not None and self.bad_validations > self.options.patience
 
     def finish(self, stopped_early: bool, interrupted: bool, last_val: tuple[dict[str, Any], np.ndarray] | None,
                seconds: float) -> Outcome:
+        """Put the weights to return in place (the best, unless last weights were asked) and describe the run.
+
+        Parameters
+        ----------
+        stopped_early : bool
+            Stopped by patience.
+        interrupted : bool
+            Stopped by stop_after.
+        last_val : tuple or None
+            The last validation's (metrics, predictions).
+        seconds : float
+            Wall time.
+
+        Returns
+        -------
+        Outcome
+            What the run leaves behind.
+        """
         outcome = Outcome(steps_done=self.step, stopped_early=stopped_early, interrupted=interrupted,
                           best_step=self.best_step, seconds=seconds)
         if interrupted:

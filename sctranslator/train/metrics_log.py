@@ -20,7 +20,15 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsLog:
-    """Appends records to `path` (.csv -> CSV with fixed columns; anything else -> JSON lines)."""
+    """Appends records to a file: CSV with fixed columns for a .csv, JSON lines otherwise.
+
+    Parameters
+    ----------
+    path : str, pathlib.Path or None
+        The file; None: records are dropped.
+    append : bool
+        Keep what the file holds (a resumed run); otherwise it is started afresh.
+    """
 
     def __init__(self, path: str | Path | None, *, append: bool = False):
         self.path = Path(path) if path else None
@@ -33,9 +41,22 @@ class MetricsLog:
 
     @property
     def is_csv(self) -> bool:
+        """Whether records are written as CSV."""
         return self.path is not None and self.path.suffix.lower() == ".csv"
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append one record.
+
+        Parameters
+        ----------
+        record : dict
+            Column -> value.
+
+        Raises
+        ------
+        OutputWriteError
+            The file cannot be written.
+        """
         if self.path is None:
             return
         with write_errors(self.path), self.path.open("a", newline="") as fh:

@@ -44,7 +44,26 @@ Data = str | os.PathLike | ad.AnnData | Any  # Any: a MuData (no mudata import n
 
 @dataclass
 class PairedData:
-    """Cells measured in both modalities, in RNA row order."""
+    """Cells measured in both modalities, in RNA row order (`load_paired` makes it).
+
+    Parameters
+    ----------
+    source : Source
+        The RNA matrix, served in row blocks.
+    rows : numpy.ndarray
+        int64 ``(n_cells,)``: the RNA source row of each paired cell, increasing.
+    protein_table : numpy.ndarray or None
+        float64 ``(n_cells, n_proteins)`` measured counts held in memory, or None when they are read
+        from `protein_source`.
+    protein_names : list of str
+        The protein columns.
+    origin : dict
+        Where each part came from and how many cells paired (for the model card).
+    protein_source : Source or None
+        The protein matrix, read in row blocks.
+    protein_rows : numpy.ndarray or None
+        int64 ``(n_cells,)``: the `protein_source` row of each paired cell.
+    """
 
     source: Source  # the RNA matrix, served in row blocks
     rows: np.ndarray  # int64 (n_cells,): RNA source row of each paired cell, increasing
@@ -56,6 +75,7 @@ class PairedData:
 
     @property
     def n_cells(self) -> int:
+        """Number of paired cells."""
         return int(self.rows.shape[0])
 
     @property
@@ -66,18 +86,51 @@ class PairedData:
         return obs
 
     def split_table(self, column: str | None) -> pd.DataFrame:
-        """What the split needs: obs[`column`] of the paired cells without their names, or no column."""
+        """What `split_cells` needs: the paired cells' obs without their names.
+
+        Parameters
+        ----------
+        column : str or None
+            The column the split reads; None gives a table with no columns (no obs is read).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per paired cell, a RangeIndex.
+        """
         if column is None:
             return pd.DataFrame(index=pd.RangeIndex(self.n_cells))
         # The whole table is read once (stored obs are read whole) and its names dropped at once.
         return self.source.read_obs().iloc[self.rows].reset_index(drop=True)
 
     def cell_names(self, positions: np.ndarray) -> np.ndarray:
-        """Names (object array) of the paired cells at `positions` (increasing), read by row."""
+        """Names of the paired cells at `positions`, read by row.
+
+        Parameters
+        ----------
+        positions : numpy.ndarray
+            int64 positions among the paired cells, increasing, ``(n,)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Object array of obs names, ``(n,)``.
+        """
         return names_at(self.source, self.rows[positions])
 
     def cell_hashes(self, positions: np.ndarray) -> np.ndarray:
-        """uint64 name hashes of the paired cells at `positions` (increasing), read block by block."""
+        """Name hashes of the paired cells at `positions`, read block by block.
+
+        Parameters
+        ----------
+        positions : numpy.ndarray
+            int64 positions among the paired cells, increasing, ``(n,)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            uint64 hashes, ``(n,)``.
+        """
         out = np.empty(positions.size, dtype=np.uint64)
         step = cellnames.NAME_BLOCK
         for lo in range(0, positions.size, step):  # rows mapped a block at a time: no per-cell temporary
@@ -90,7 +143,18 @@ class PairedData:
         return self.read_proteins(np.arange(self.n_cells, dtype=np.int64))
 
     def read_proteins(self, positions: np.ndarray) -> np.ndarray:
-        """Measured protein counts (float64) of the paired cells at `positions` (increasing)."""
+        """Measured protein counts of the paired cells at `positions`.
+
+        Parameters
+        ----------
+        positions : numpy.ndarray
+            int64 positions among the paired cells, increasing, ``(n,)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            float64 raw counts, ``(n, n_proteins)``.
+        """
         if self.protein_table is not None:
             return self.protein_table[positions]
         assert self.protein_source is not None and self.protein_rows is not None

@@ -24,13 +24,30 @@ def preset_config(name: Preset, *, n_genes: int | None = None, n_proteins: int |
                   **overrides: Any) -> ModelConfig:
     """The preset `name` sized for a panel of `n_genes` genes and `n_proteins` proteins.
 
-    name: "published", "small" or "tiny" (`sctranslator.options.PRESETS`).
-    n_genes, n_proteins: the panel sizes L and P of "small" and "tiny" (ignored by "published",
-        which keeps the published L = 20,000, P = 1,000 and the 85,500-row embeddings, so its
-        weights can be swapped with a published checkpoint's). The smaller presets also get an
-        embedding table just large enough for the vocabulary (smaller bundles).
-    overrides: ModelConfig fields to change (e.g. dim=16; max_genes / max_proteins also size them).
-    Raises CheckpointError for an unknown name, or a small preset without its panel sizes.
+    "published" keeps the published L = 20,000, P = 1,000 and the 85,500-row embeddings, so its
+    weights can be swapped with a published checkpoint's; the smaller presets get an embedding table
+    just large enough for the vocabulary (smaller bundles).
+
+    Parameters
+    ----------
+    name : {'published', 'small', 'tiny'}
+        The preset.
+    n_genes : int or None
+        L of "small" and "tiny" (ignored by "published").
+    n_proteins : int or None
+        P of "small" and "tiny" (ignored by "published").
+    **overrides
+        ModelConfig fields to change (e.g. ``dim=16``).
+
+    Returns
+    -------
+    ModelConfig
+        The configuration.
+
+    Raises
+    ------
+    CheckpointError
+        An unknown name, or a small preset without its panel sizes.
     """
     check_choice("model configuration", name, Preset, error=CheckpointError)
     settings = dict(PRESETS[name])

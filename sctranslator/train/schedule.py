@@ -11,7 +11,24 @@ from sctranslator.options import DECAYS
 
 def lr_factor(total_steps: int, warmup_steps: int, decay: str = "cosine",
               min_ratio: float = 0.0) -> Callable[[int], float]:
-    """Multiplier of the base learning rate at optimizer step `step` (0-based), for LambdaLR."""
+    """The learning-rate multiplier per optimizer step, for ``LambdaLR``: linear warm-up, then decay.
+
+    Parameters
+    ----------
+    total_steps : int
+        Steps of the run.
+    warmup_steps : int
+        Steps of linear warm-up.
+    decay : {'cosine', 'linear', 'constant'}
+        The decay after the warm-up.
+    min_ratio : float
+        The final multiplier.
+
+    Returns
+    -------
+    callable
+        step (0-based) -> multiplier of the base learning rate.
+    """
     if decay not in DECAYS:
         raise InputDataError(f"unknown learning-rate decay {decay!r}; choose one of {DECAYS}")
     warmup_steps = max(0, min(warmup_steps, total_steps))

@@ -13,6 +13,18 @@ from sctranslator.errors import InputDataError
 
 @dataclass(frozen=True)
 class Split:
+    """Which paired cells train and which are held out for validation.
+
+    Parameters
+    ----------
+    train : numpy.ndarray
+        int64 positions of the training cells among the paired cells, increasing.
+    val : numpy.ndarray
+        int64 positions of the held-out cells, increasing.
+    description : str
+        How they were chosen, for the model card.
+    """
+
     train: np.ndarray  # int64 positions into the paired cells, increasing
     val: np.ndarray
     description: str
@@ -21,11 +33,37 @@ class Split:
 def split_cells(obs: pd.DataFrame, *, val_fraction: float = 0.1, val_count: int | None = None,
                 split_column: str | None = None, val_values: Sequence[str] | None = None,
                 seed: int = 0) -> Split:
-    """Choose held-out cells.
+    """Choose the held-out cells: by an obs column's values, or a seeded random draw.
 
-    With `split_column`, cells whose obs[split_column] is one of `val_values` are held out (e.g. a
-    donor or batch). Otherwise `val_count` cells (or `val_fraction` of them) are drawn with a
+    With `split_column`, cells whose ``obs[split_column]`` is one of `val_values` are held out (e.g.
+    a donor or batch). Otherwise `val_count` cells (or `val_fraction` of them) are drawn with a
     generator seeded by `seed`, so the same seed always holds out the same cells.
+
+    Parameters
+    ----------
+    obs : pandas.DataFrame
+        One row per paired cell (only `split_column` is read, and the number of rows).
+    val_fraction : float
+        Fraction of cells held out, when neither `val_count` nor `split_column` is given.
+    val_count : int or None
+        Number of cells held out; overrides `val_fraction`.
+    split_column : str or None
+        Obs column to split by.
+    val_values : sequence of str or None
+        Values of `split_column` held out; needed with it.
+    seed : int
+        Seed of the random draw.
+
+    Returns
+    -------
+    Split
+        Training and held-out positions, with a description.
+
+    Raises
+    ------
+    InputDataError
+        `split_column` is not in obs, has none of `val_values` or is given without them; more cells
+        held out than exist; or no training cell is left.
     """
     n = len(obs)
     if split_column is not None:

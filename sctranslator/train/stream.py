@@ -34,7 +34,25 @@ _SCAN_CELLS = 16_384  # most cells one read of the checking pass takes (CSR inpu
 
 @dataclass
 class StreamSet:
-    """One paired dataset as the stream reads it."""
+    """One paired dataset as the stream reads it.
+
+    Parameters
+    ----------
+    paired : PairedData
+        The paired cells.
+    runner : BlockRunner
+        Reads and prepares its RNA blocks for the model.
+    protein_columns : numpy.ndarray
+        int64: the dataset's protein columns used as targets.
+    protein_slots : numpy.ndarray
+        int64: the model panel position of each such column.
+    train : numpy.ndarray
+        int64 positions of its training cells.
+    val : numpy.ndarray
+        int64 positions of its held-out cells.
+    target_scaling : str
+        Per-cell scaling of the protein targets.
+    """
 
     paired: PairedData
     runner: BlockRunner  # the dataset's own plan onto the model's gene panel
@@ -47,7 +65,21 @@ class StreamSet:
 
 @dataclass
 class Batch:
-    """Model inputs of some cells: values (n, L) float32, targets / protein_mask (n, P)."""
+    """Model inputs and targets of some cells.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        float32 ``(n, L)``.
+    targets : numpy.ndarray
+        float32 ``(n, P)`` scaled targets.
+    protein_mask : numpy.ndarray
+        bool ``(n, P)``: measured panel positions.
+    gene_ids : numpy.ndarray or None
+        int64 ``(n, L)`` per cell, with a random gene subset; None: the panel's.
+    gene_mask : numpy.ndarray or None
+        bool ``(n, L)`` per cell; None: the panel's.
+    """
 
     values: np.ndarray
     targets: np.ndarray
@@ -71,14 +103,25 @@ class TrainStream:
 
     Parameters
     ----------
-    sets: the datasets, each with its plan and split.
-    gene_ids, gene_mask: the model's gene panel (L,) shared by all datasets.
-    protein_ids, protein_mask: the model's protein panel (P,) (per-dataset masks come from `protein_slots`).
-    seed: seeds the block order and the shuffle windows.
-    block_cells: paired cells per block read.
-    shuffle_blocks: blocks per shuffle window (the buffer: at most two windows are held, unprepared).
-    gene_subset: when set, each training cell sees `gene_subset` of the panel genes drawn at random
-        (the original's random gene sampling); validation always sees the whole panel.
+    sets : list of StreamSet
+        The datasets, each with its plan and split.
+    gene_ids : numpy.ndarray
+        int64 ``(L,)``: the model's gene panel, shared by all datasets.
+    gene_mask : numpy.ndarray
+        bool ``(L,)``.
+    protein_ids : numpy.ndarray
+        int64 ``(P,)``: the model's protein panel.
+    protein_mask : numpy.ndarray
+        bool ``(P,)`` (per-dataset masks come from ``protein_slots``).
+    seed : int
+        Seeds the block order and the shuffle windows.
+    block_cells : int
+        Paired cells per block read.
+    shuffle_blocks : int
+        Blocks per shuffle window (at most two windows are held, unprepared).
+    gene_subset : int or None
+        Each training cell sees this many panel genes drawn at random (the original's random gene
+        sampling); validation always sees the whole panel.
     """
 
     def __init__(self, sets: list[StreamSet], *, gene_ids: np.ndarray, gene_mask: np.ndarray,
@@ -155,10 +198,25 @@ class TrainStream:
 
     # --- training batches ----------------------------------------------------------------------
     def take(self, count: int, lo: int, hi: int, rng: np.random.Generator | None = None) -> Batch:
-        """Advance by `count` cells (a micro-batch of all processes) and prepare cells [lo, hi) of them.
+        """Advance by `count` cells (a micro-batch of all processes) and prepare cells ``[lo, hi)`` of them.
 
         An epoch whose remaining cells are fewer than `count` ends there: the next epoch starts.
-        `rng` draws the random gene subsets (when `gene_subset` is set).
+
+        Parameters
+        ----------
+        count : int
+            Cells of the micro-batch over all processes.
+        lo : int
+            First of this process's cells.
+        hi : int
+            End of this process's cells.
+        rng : numpy.random.Generator or None
+            Draws the random gene subsets (with `gene_subset`).
+
+        Returns
+        -------
+        Batch
+            This process's cells.
         """
         if self.offset + count > self.n_train:
             self.epoch += 1
@@ -212,7 +270,18 @@ class TrainStream:
 
     # --- held-out cells ------------------------------------------------------------------------
     def val_batches(self, size: int) -> Iterator[Batch]:
-        """The held-out cells of every dataset, in dataset then cell order, `size` cells at a time."""
+        """The held-out cells of every dataset, in dataset then cell order, `size` cells at a time.
+
+        Parameters
+        ----------
+        size : int
+            Cells per batch.
+
+        Yields
+        ------
+        Batch
+            The next held-out cells.
+        """
         for index, item in enumerate(self.sets):
             # A read spans a bounded range of paired cells (held-out cells are sparse among them).
             step = self._span(item)
@@ -228,8 +297,18 @@ class TrainStream:
 
     # --- checks and state ----------------------------------------------------------------------
     def scan(self) -> int:
-        """Read every paired cell once, in blocks, before training: bad values raise the engine's
-        `BadCellsError` now rather than mid-run; returns the number of empty cells (when allowed)."""
+        """Read every paired cell once, in blocks, before training, so bad values fail now rather than mid-run.
+
+        Returns
+        -------
+        int
+            The number of empty cells (when allowed).
+
+        Raises
+        ------
+        BadCellsError
+            NaN, Inf or negative values, or empty cells unless allowed.
+        """
         empty = 0
         for item in self.sets:
             check_expression_scale(item.paired.source, item.runner.plan, what="the RNA")
@@ -254,10 +333,23 @@ class TrainStream:
         return step
 
     def state(self) -> dict[str, int]:
-        """The position in the data order (all a checkpoint needs: the rest follows from the seed)."""
+        """The position in the data order (all a checkpoint needs: the rest follows from the seed).
+
+        Returns
+        -------
+        dict of str to int
+            Epoch and position.
+        """
         return {"epoch": self.epoch, "offset": self.offset}
 
     def restore(self, state: dict[str, int]) -> None:
+        """Return to a position recorded by `state`.
+
+        Parameters
+        ----------
+        state : dict of str to int
+            The recorded position.
+        """
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
         self._windows = {}
 

@@ -34,7 +34,18 @@ Needed = int | Callable[[], int] | None
 
 
 def format_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB'."""
+    """A byte count for people: 1536 -> '1.5 KiB'.
+
+    Parameters
+    ----------
+    n : float
+        Bytes.
+
+    Returns
+    -------
+    str
+        With a binary unit (B, KiB, MiB, GiB, TiB).
+    """
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
@@ -58,7 +69,18 @@ def _errno_of(exc: BaseException) -> int | None:
 
 
 def free_bytes(path: str | Path) -> int | None:
-    """Free bytes on the file system of `path` (its nearest existing parent), or None if unknown."""
+    """Free bytes on the file system of `path` (its nearest existing parent).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Any path, existing or not.
+
+    Returns
+    -------
+    int or None
+        Bytes available to this user, or None if unknown.
+    """
     path = Path(os.path.abspath(path))
     for candidate in (path, *path.parents):
         if candidate.exists():
@@ -70,9 +92,22 @@ def free_bytes(path: str | Path) -> int | None:
 
 
 def write_error(exc: BaseException, path: str | Path, needed: Needed = None) -> OutputWriteError | None:
-    """The named error for an OS write failure `exc` while writing `path`, or None for other errors.
+    """The named error for an OS write failure while writing `path`.
 
-    needed: bytes the write still needs (or a function giving them), for the full-disk message.
+    Parameters
+    ----------
+    exc : BaseException
+        What the write raised.
+    path : str or pathlib.Path
+        What was being written.
+    needed : int, callable or None
+        Bytes the write still needs (or a function giving them), for the full-disk message.
+
+    Returns
+    -------
+    OutputWriteError or None
+        DiskFullError for ENOSPC / EDQUOT, OutputWriteError for a read-only file system or no
+        permission, None for other errors.
     """
     code = _errno_of(exc)
     if code is None:
@@ -97,9 +132,25 @@ def write_error(exc: BaseException, path: str | Path, needed: Needed = None) -> 
 
 
 def require_space(path: str | Path, needed: int | None, margin: float = 0.1) -> None:
-    """DiskFullError before writing `path` when its file system has less free space than `needed`
-    bytes plus `margin` (a fraction, at least 1 MiB). For writers that cannot fail cleanly part-way:
-    the HDF5 library can crash the process when the disk fills up during an object copy."""
+    """Refuse to start writing `path` when its file system lacks the space.
+
+    For writers that cannot fail cleanly part-way: the HDF5 library can crash the process when the disk
+    fills up during an object copy.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        What will be written.
+    needed : int or None
+        Bytes it needs; None: no check.
+    margin : float
+        Extra space asked for, as a fraction of `needed` (at least 1 MiB).
+
+    Raises
+    ------
+    DiskFullError
+        Less free space than `needed` plus the margin.
+    """
     if not needed:
         return
     free = free_bytes(path)
@@ -113,7 +164,25 @@ def require_space(path: str | Path, needed: int | None, margin: float = 0.1) -> 
 
 @contextlib.contextmanager
 def write_errors(path: str | Path, needed: Needed = None) -> Iterator[None]:
-    """Turn OS write failures inside the block into OutputWriteError / DiskFullError naming `path`."""
+    """Turn OS write failures inside the block into OutputWriteError / DiskFullError naming `path`.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        What the block writes.
+    needed : int, callable or None
+        Bytes it needs, for the full-disk message.
+
+    Yields
+    ------
+    None
+        Inside the block.
+
+    Raises
+    ------
+    OutputWriteError
+        The block failed to write (DiskFullError for a full disk or quota).
+    """
     try:
         yield
     except DiskFullError as exc:
@@ -129,9 +198,22 @@ def write_errors(path: str | Path, needed: Needed = None) -> Iterator[None]:
 
 
 def remove_leftovers(path: str | Path) -> list[Path]:
-    """Remove the hidden temporaries (`.NAME.tmp-*`, `.NAME.partial-*`, `.NAME.old-*`, and those of
-    writers that stage inside a temporary: `..NAME.tmp-*...`) that a killed writer of `path` left
-    beside it. Only the holder of `path`'s lock may call this (no live writer then uses them)."""
+    """Remove the hidden temporaries that a killed writer of `path` left beside it.
+
+    Those are ``.NAME.tmp-*``, ``.NAME.partial-*``, ``.NAME.old-*``, and those of writers that stage
+    inside a temporary (``..NAME.tmp-*...``). Only the holder of `path`'s lock may call this (no live
+    writer then uses them).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The output.
+
+    Returns
+    -------
+    list of pathlib.Path
+        What was removed.
+    """
     path = Path(os.path.abspath(path))
     pattern = re.compile(r"^\.+" + re.escape(path.name) + r"\.(" + "|".join(TEMPORARY_TAGS) + r")-\d+-?")
     removed = []
@@ -149,9 +231,21 @@ def remove_leftovers(path: str | Path) -> list[Path]:
 
 
 def temporary_sibling(path: str | Path, tag: str = "tmp") -> Path:
-    """A hidden name beside `path` (`.<name>.<tag>-<pid>-<random><suffix>`) that nothing else uses.
+    """A hidden name beside `path` that nothing else uses: ``.<name>.<tag>-<pid>-<random><suffix>``.
 
     The suffix is kept because some writers choose the format from it (anndata, numpy).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The final file or directory.
+    tag : str
+        What the temporary is for (tmp, partial, old).
+
+    Returns
+    -------
+    pathlib.Path
+        The name; nothing is created.
     """
     path = Path(path)
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{tag}-{os.getpid()}-",
@@ -167,11 +261,28 @@ def _fsync_file(path: Path) -> None:
 
 
 def atomic_write_path(path: str | Path, write: Callable[[Path], None], needed: Needed = None) -> Path:
-    """Like `atomic_write`, for writers that want a file name (safetensors, anndata, h5py).
+    """Write `path` through a writer that wants a file name, then rename it into place.
 
-    `write(tmp)` must create the file `tmp` (same suffix as `path`). An OS write failure (full disk,
-    read-only file system, no permission) raises OutputWriteError naming `path` (with `needed`, the
-    bytes the whole file needs, in a full-disk message); the temporary file is removed either way.
+    For safetensors, anndata, h5py and the like; the temporary file is removed either way.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The final file.
+    write : callable
+        ``write(tmp)`` creates the file `tmp` (same suffix as `path`).
+    needed : int, callable or None
+        Bytes the whole file needs, for a full-disk message.
+
+    Returns
+    -------
+    pathlib.Path
+        `path`.
+
+    Raises
+    ------
+    OutputWriteError
+        An OS write failure (full disk, read-only file system, no permission), naming `path`.
     """
     path = Path(path)
     tmp = None
@@ -190,10 +301,27 @@ def atomic_write_path(path: str | Path, write: Callable[[Path], None], needed: N
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Write `path` through `write(handle)` on a binary file handle, then rename it into place.
+    """Write `path` through ``write(handle)`` on a binary file handle, then rename it into place.
 
-    A handle (not a name) is given so that writers such as numpy add no suffix of their own.
-    On any exception the temporary file is removed and `path` is left as it was.
+    A handle (not a name) is given so that writers such as numpy add no suffix of their own. On any
+    exception the temporary file is removed and `path` is left as it was.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The final file.
+    write : callable
+        Writes the content to the handle it is given.
+
+    Returns
+    -------
+    pathlib.Path
+        `path`.
+
+    Raises
+    ------
+    OutputWriteError
+        An OS write failure, naming `path`.
     """
     def by_name(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
@@ -203,16 +331,46 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write a text file (UTF-8) atomically."""
+    """Write a text file (UTF-8) atomically.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The final file.
+    text : str
+        The content.
+
+    Returns
+    -------
+    pathlib.Path
+        `path`.
+
+    Raises
+    ------
+    OutputWriteError
+        An OS write failure, naming `path`.
+    """
     return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def install_dir(staging: str | Path, final: str | Path) -> Path:
     """Move the complete directory `staging` to `final`, replacing what `final` held.
 
-    The old `final` is first renamed aside and deleted only once the new one is in place, so a
-    crash leaves either version whole (plus, at worst, a hidden `.<name>.old-*` to delete). The
-    caller decides beforehand that `final` may be replaced (see `sctranslator.outputs`).
+    The old `final` is first renamed aside and deleted only once the new one is in place, so a crash
+    leaves either version whole (plus, at worst, a hidden ``.<name>.old-*`` to delete). The caller
+    decides beforehand that `final` may be replaced (see `sctranslator.outputs`).
+
+    Parameters
+    ----------
+    staging : str or pathlib.Path
+        The finished directory.
+    final : str or pathlib.Path
+        Where it goes.
+
+    Returns
+    -------
+    pathlib.Path
+        `final`.
     """
     staging, final = Path(staging), Path(final)
     old = None
@@ -226,7 +384,20 @@ def install_dir(staging: str | Path, final: str | Path) -> Path:
 
 
 def install_file(staging: str | Path, final: str | Path) -> Path:
-    """Move a complete file `staging` to `final` (atomic rename over any previous file)."""
+    """Move a complete file `staging` to `final` (an atomic rename over any previous file).
+
+    Parameters
+    ----------
+    staging : str or pathlib.Path
+        The finished file.
+    final : str or pathlib.Path
+        Where it goes.
+
+    Returns
+    -------
+    pathlib.Path
+        `final`.
+    """
     os.replace(staging, final)
     return Path(final)
 
@@ -235,7 +406,17 @@ def install_file(staging: str | Path, final: str | Path) -> Path:
 def staging_dir(final: str | Path) -> Iterator[Path]:
     """A fresh hidden directory beside `final` to build an output in; removed if the block fails.
 
-    The caller installs it with `install_dir(staging, final)` before leaving the block.
+    The caller installs it with ``install_dir(staging, final)`` before leaving the block.
+
+    Parameters
+    ----------
+    final : str or pathlib.Path
+        Where the output will go.
+
+    Yields
+    ------
+    pathlib.Path
+        The staging directory.
     """
     final = Path(final)
     staging = None
@@ -251,7 +432,13 @@ def staging_dir(final: str | Path) -> Iterator[Path]:
 
 
 def remove_path(path: str | Path) -> None:
-    """Delete a file, link or directory tree that this package wrote (never call it on anything else)."""
+    """Delete a file, link or directory tree that this package wrote (never call it on anything else).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        What to delete; absent paths are fine.
+    """
     path = Path(path)
     if path.is_symlink() or path.is_file():
         path.unlink()

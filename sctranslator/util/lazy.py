@@ -8,7 +8,20 @@ from typing import Any
 
 
 def lazy_getattr(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
-    """A module-level `__getattr__` resolving `name` from the module `exports[name]` on first use."""
+    """A module-level ``__getattr__`` resolving `name` from the module ``exports[name]`` on first use.
+
+    Parameters
+    ----------
+    package : str
+        The package's name, for error messages.
+    exports : dict of str to str
+        Exported name -> the module defining it.
+
+    Returns
+    -------
+    callable
+        The ``__getattr__``; it raises AttributeError for other names.
+    """
 
     def __getattr__(name: str) -> Any:
         module = exports.get(name)

@@ -9,9 +9,26 @@ from sctranslator.errors import MissingExtraError
 
 
 def import_optional(module: str, extra: str, purpose: str) -> ModuleType:
-    """`module`, imported; MissingExtraError naming `pip install 'sctranslator[extra]'` if it is absent.
+    """Import an optional dependency, naming the pip extra that provides it when it is absent.
 
-    `purpose` completes "... is needed for {purpose}" in the message.
+    Parameters
+    ----------
+    module : str
+        The module to import.
+    extra : str
+        The sctranslator extra that installs it.
+    purpose : str
+        Completes "... is needed for {purpose}" in the message.
+
+    Returns
+    -------
+    types.ModuleType
+        The module.
+
+    Raises
+    ------
+    MissingExtraError
+        The module is not installed (the message names ``pip install 'sctranslator[extra]'``).
     """
     try:
         return import_module(module)

@@ -46,7 +46,13 @@ TAKEOVER_STALE_S = 30.0  # a take-over guard is held for milliseconds; older mea
 
 
 def stale_after_s() -> float:
-    """Seconds without a heartbeat after which another host's lock counts as abandoned."""
+    """Seconds without a heartbeat after which another host's lock counts as abandoned.
+
+    Returns
+    -------
+    float
+        From $SCTRANSLATOR_LOCK_STALE_S when set, else the default.
+    """
     try:
         return max(3 * HEARTBEAT_S, float(os.environ.get("SCTRANSLATOR_LOCK_STALE_S", DEFAULT_STALE_S)))
     except ValueError:
@@ -54,7 +60,18 @@ def stale_after_s() -> float:
 
 
 def lock_path(output: str | Path) -> Path:
-    """The lock file of `output`: a hidden sibling, `.NAME.sctranslator-lock`."""
+    """The lock file of `output`: a hidden sibling, ``.NAME.sctranslator-lock``.
+
+    Parameters
+    ----------
+    output : str or pathlib.Path
+        The output.
+
+    Returns
+    -------
+    pathlib.Path
+        The lock file's path.
+    """
     output = Path(os.path.abspath(Path(output).expanduser()))
     return output.with_name(f".{output.name}{LOCK_SUFFIX}")
 
@@ -67,9 +84,20 @@ def _boot_id() -> str:
 
 
 def process_start(pid: int) -> str | None:
-    """The start time of process `pid` in clock ticks since boot (/proc/PID/stat field 22), or None
-    when there is no such process or it has exited (a zombie its parent has not reaped yet); ""
-    where /proc is not available (then only liveness is known)."""
+    """The start time of process `pid`, to tell a live holder from a reused PID.
+
+    Parameters
+    ----------
+    pid : int
+        A process id on this host.
+
+    Returns
+    -------
+    str or None
+        Clock ticks since boot (/proc/PID/stat field 22); None when there is no such process or it has
+        exited (a zombie its parent has not reaped yet); "" where /proc is not available (then only
+        liveness is known).
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
@@ -115,7 +143,20 @@ def _read(path: Path) -> tuple[dict[str, Any] | None, float | None]:
 
 
 def why_stale(record: dict[str, Any] | None, mtime: float) -> str | None:
-    """Why the lock with `record` (file mtime `mtime`) is abandoned, or None while its holder lives."""
+    """Why a lock is abandoned, or None while its holder lives.
+
+    Parameters
+    ----------
+    record : dict or None
+        The lock's record (host, PID, start, token); None while it is being written.
+    mtime : float
+        The lock file's modification time (its last heartbeat), in seconds since the epoch.
+
+    Returns
+    -------
+    str or None
+        The reason, for the log; None when the lock is live.
+    """
     age = time.time() - mtime
     if record is None:  # created but never filled: its writer died between open and write
         return f"an unreadable lock {age:.0f} s old" if age > TAKEOVER_STALE_S else None
@@ -136,13 +177,35 @@ def why_stale(record: dict[str, Any] | None, mtime: float) -> str | None:
 
 
 def describe(record: dict[str, Any] | None) -> str:
+    """Who holds a lock, for messages: host, PID and start time.
+
+    Parameters
+    ----------
+    record : dict or None
+        The lock's record.
+
+    Returns
+    -------
+    str
+        One phrase.
+    """
     if record is None:
         return "a job whose lock record is still being written"
     return f"host {record.get('host')}, PID {record.get('pid')}, started {record.get('started')}"
 
 
 class OutputLock:
-    """The lock on one output, held by this process. Create with `acquire`; `release` when done."""
+    """The lock on one output, held by this process. Create with `acquire`; `release` when done.
+
+    Parameters
+    ----------
+    output : pathlib.Path
+        The locked output.
+    path : pathlib.Path
+        The lock file.
+    record : dict
+        This lock's record (host, PID, start, token).
+    """
 
     def __init__(self, output: Path, path: Path, record: dict[str, Any]):
         self.output = output
@@ -157,8 +220,26 @@ class OutputLock:
     def acquire(cls, output: str | Path, *, wait: bool = False, timeout_s: float | None = None) -> OutputLock:
         """Lock `output` for this process, taking over a stale lock; with `wait`, poll until it is free.
 
-        Raises OutputLockedError when another live job holds it (and `wait` is False or `timeout_s`
-        passed). OSError from creating the lock file (read-only or full file system) propagates.
+        Parameters
+        ----------
+        output : str or pathlib.Path
+            The output.
+        wait : bool
+            Poll while another live job holds it.
+        timeout_s : float or None
+            Give up waiting after this many seconds; None: wait as long as it takes.
+
+        Returns
+        -------
+        OutputLock
+            The held lock (its heartbeat runs in a thread).
+
+        Raises
+        ------
+        OutputLockedError
+            Another live job holds it (and `wait` is False or `timeout_s` passed).
+        OSError
+            The lock file cannot be created (read-only or full file system).
         """
         output = Path(os.path.abspath(Path(output).expanduser()))
         path = lock_path(output)
@@ -201,7 +282,13 @@ class OutputLock:
                     os.utime(self.path)
 
     def still_held(self) -> bool:
-        """True while the lock file still carries this lock's token."""
+        """Whether the lock file still carries this lock's token.
+
+        Returns
+        -------
+        bool
+            False once another job took the lock over.
+        """
         held, _ = _read(self.path)
         return held is not None and held.get("token") == self.record["token"]
 

@@ -39,8 +39,17 @@ def progress_bar(*, total: int | None, desc: str, unit: str, disable: bool = Fal
 
 
 def count_done(bar: text_tqdm, cells: int) -> None:
-    """Show `cells` finished before this run as done on `bar`, without counting them as speed (so the
-    rate and ETA reflect only what this run computes)."""
+    """Show cells finished before this run as done on a progress bar, without counting them as speed.
+
+    The rate and ETA then reflect only what this run computes.
+
+    Parameters
+    ----------
+    bar : tqdm
+        The progress bar.
+    cells : int
+        Cells already done.
+    """
     if not cells:
         return
     bar.n += cells

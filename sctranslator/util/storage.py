@@ -49,7 +49,18 @@ SUPPORTED_TEXT = "s3:// and gs:// (read and write), http(s):// (read only), or a
 
 
 def scheme_of(location: Any) -> str | None:
-    """The lower-case URL scheme of `location` ('s3', 'gs', ...), or None for a local path or an object."""
+    """The lower-case URL scheme of `location` ('s3', 'gs', ...).
+
+    Parameters
+    ----------
+    location : object
+        A path, URL or object.
+
+    Returns
+    -------
+    str or None
+        None for a local path or an object.
+    """
     if not isinstance(location, str | os.PathLike):
         return None
     found = _URL.match(os.fspath(location)) if isinstance(os.fspath(location), str) else None
@@ -57,7 +68,18 @@ def scheme_of(location: Any) -> str | None:
 
 
 def is_url(location: Any) -> bool:
-    """True when `location` is a ``scheme://...`` string (object storage or any other URL)."""
+    """Whether `location` is a ``scheme://...`` string (object storage or any other URL).
+
+    Parameters
+    ----------
+    location : object
+        A path, URL or object.
+
+    Returns
+    -------
+    bool
+        True for a URL.
+    """
     return scheme_of(location) is not None
 
 
@@ -66,7 +88,18 @@ _FOLDABLE = ("s3", "s3a", "gs", "gcs", "http", "https")
 
 
 def folded_url(location: Any) -> str | None:
-    """The URL a `pathlib.Path` was made from (``Path("s3://b/k")`` is the local ``s3:/b/k``), or None."""
+    """The URL a `pathlib.Path` was made from (``Path("s3://b/k")`` is the local ``s3:/b/k``).
+
+    Parameters
+    ----------
+    location : object
+        A path, URL or object.
+
+    Returns
+    -------
+    str or None
+        The URL, or None when `location` is no such path.
+    """
     if not isinstance(location, os.PathLike) or isinstance(location, str):
         return None
     parts = PurePosixPath(os.fspath(location)).parts
@@ -78,7 +111,17 @@ def folded_url(location: Any) -> str | None:
 def check_not_folded(location: Any, *, what: str = "the input") -> None:
     """Refuse a `pathlib.Path` made from a URL, which would name a local folder ``s3:``.
 
-    Raises UnsupportedStorageError naming the fix (pass the URL as a str); a no-op otherwise.
+    Parameters
+    ----------
+    location : object
+        A path, URL or object.
+    what : str
+        Names it in the message.
+
+    Raises
+    ------
+    UnsupportedStorageError
+        A folded URL (the message says to pass the URL as a str).
     """
     url = folded_url(location)
     if url is not None:
@@ -88,11 +131,21 @@ def check_not_folded(location: Any, *, what: str = "the input") -> None:
 
 
 def refuse_remote(command: str, *, reason: str | None = None, **locations: Any) -> None:
-    """Refuse, before any work, URLs (or pathlib-folded URLs) given to a command that reads and writes
-    local files only; each keyword is a flag name (`pred`, `truth`, ...) and its value, or a list.
-    `reason` replaces the default explanation (what the command keeps local, and what to do).
+    """Refuse, before any work, URLs given to a command that reads and writes local files only.
 
-    Raises UnsupportedStorageError naming the flag and what to do; a no-op for local paths and objects.
+    Parameters
+    ----------
+    command : str
+        The command, for the message.
+    reason : str or None
+        What the message says instead of the default (local files only).
+    **locations
+        Flag name (``pred``, ``truth``, ...) -> its value or a list of values.
+
+    Raises
+    ------
+    UnsupportedStorageError
+        A URL (or pathlib-folded URL), naming the flag and what to do.
     """
     why = reason or (f"{command} reads and writes local files only (object storage is supported by translate); "
                      "copy it to a local path first")
@@ -107,8 +160,23 @@ def refuse_remote(command: str, *, reason: str | None = None, **locations: Any) 
 def check_location(location: Any, *, write: bool = False, what: str = "the input") -> None:
     """Refuse, before any work, a URL this package cannot serve; a no-op for local paths.
 
-    Raises UnsupportedStorageError for another scheme (or writing to http), MissingExtraError when
-    the scheme's file system package (a pip extra) is not installed.
+    Parameters
+    ----------
+    location : object
+        A path, URL or object.
+    write : bool
+        It will be written (http(s) is read-only).
+    what : str
+        Names it in the message.
+
+    Raises
+    ------
+    UnsupportedStorageError
+        Another scheme, or writing to http(s).
+    MissingExtraError
+        The scheme's file system package (a pip extra) is not installed.
+    OptionError
+        A bucket root given as an output.
     """
     scheme = scheme_of(location)
     if scheme is None:
@@ -133,7 +201,23 @@ def check_location(location: Any, *, write: bool = False, what: str = "the input
 
 
 def parse_storage_options(text: str | dict[str, Any] | None) -> dict[str, Any] | None:
-    """--storage-options JSON -> a dict (passed to fsspec); OptionError for anything but a JSON object."""
+    """The ``--storage-options`` JSON as a dict for fsspec.
+
+    Parameters
+    ----------
+    text : str, dict or None
+        JSON text, or a dict already.
+
+    Returns
+    -------
+    dict or None
+        The options; None for None.
+
+    Raises
+    ------
+    OptionError
+        Invalid JSON, or JSON that is not an object.
+    """
     if text is None or isinstance(text, dict):
         return text
     try:
@@ -149,7 +233,33 @@ def parse_storage_options(text: str | dict[str, Any] | None) -> dict[str, Any] |
 
 def filesystem(location: str, storage_options: dict[str, Any] | None = None, *, write: bool = False,
                what: str = "the input") -> tuple[Any, str]:
-    """(fsspec file system, path inside it) for the URL `location`, after `check_location`."""
+    """The fsspec file system and the path inside it for a URL, after `check_location`.
+
+    Parameters
+    ----------
+    location : str
+        An s3://, gs:// or http(s):// URL.
+    storage_options : dict or None
+        fsspec options (credentials, endpoint_url, anon, ...).
+    write : bool
+        It will be written.
+    what : str
+        Names it in messages.
+
+    Returns
+    -------
+    fs : fsspec.AbstractFileSystem
+        The file system.
+    path : str
+        The path inside it.
+
+    Raises
+    ------
+    UnsupportedStorageError
+        As `check_location`.
+    OptionError
+        The file system refused the storage options.
+    """
     check_location(location, write=write, what=what)
     import fsspec
 
@@ -161,17 +271,61 @@ def filesystem(location: str, storage_options: dict[str, Any] | None = None, *, 
 
 
 def join(location: str, *parts: str) -> str:
-    """`location`/part/part (URLs always use '/')."""
+    """`location`/part/part; URLs always use '/'.
+
+    Parameters
+    ----------
+    location : str
+        A URL or path.
+    *parts : str
+        Path elements.
+
+    Returns
+    -------
+    str
+        The joined location.
+    """
     return "/".join([str(location).rstrip("/"), *(p.strip("/") for p in parts)])
 
 
 def name_of(location: str) -> str:
-    """The last path element of a URL."""
+    """The last path element of a URL.
+
+    Parameters
+    ----------
+    location : str
+        A URL.
+
+    Returns
+    -------
+    str
+        Its last element.
+    """
     return PurePosixPath(str(location).rstrip("/")).name
 
 
 def zarr_store(location: str, storage_options: dict[str, Any] | None = None, *, read_only: bool = True) -> Any:
-    """zarr's FsspecStore over the URL `location` (asynchronous file systems: s3fs, gcsfs, http)."""
+    """zarr's FsspecStore over a URL (asynchronous file systems: s3fs, gcsfs, http).
+
+    Parameters
+    ----------
+    location : str
+        The store's URL.
+    storage_options : dict or None
+        fsspec options.
+    read_only : bool
+        Open it read-only.
+
+    Returns
+    -------
+    zarr.storage.FsspecStore
+        The store.
+
+    Raises
+    ------
+    StoreError
+        It cannot be opened as a Zarr store.
+    """
     check_location(location, write=not read_only)
     from zarr.storage import FsspecStore
 
@@ -187,7 +341,22 @@ def zarr_store(location: str, storage_options: dict[str, Any] | None = None, *, 
 
 
 def remote_error(location: str, exc: BaseException, doing: str) -> StoreError:
-    """One named error for a failed object-storage call (permissions, missing bucket, unreachable endpoint)."""
+    """One named error for a failed object-storage call (permissions, missing bucket, unreachable endpoint).
+
+    Parameters
+    ----------
+    location : str
+        The URL.
+    exc : BaseException
+        What the call raised.
+    doing : str
+        What was being done, for the message.
+
+    Returns
+    -------
+    StoreError
+        To raise.
+    """
     endpoint = os.environ.get("AWS_ENDPOINT_URL") if scheme_of(location) in ("s3", "s3a") else None
     where = f" (endpoint {endpoint})" if endpoint else ""
     return StoreError(f"{doing} {location}{where} failed: {type(exc).__name__}: {exc}. Check the bucket exists, the "
@@ -198,11 +367,22 @@ def remote_error(location: str, exc: BaseException, doing: str) -> StoreError:
 class RemoteLock:
     """The lock on one object-storage output: the object ``PARENT/.NAME.sctranslator-lock``.
 
-    Created with a conditional put (``If-None-Match: *``: S3, and GCS's ``ifGenerationMatch=0``),
-    so of two jobs exactly one creates it. Its record and staleness rule are those of local locks
-    (`sctranslator.util.output_lock`): the holder rewrites it every HEARTBEAT_S seconds, and a lock not rewritten
-    for `stale_after_s()` (or whose same-host PID is gone) is taken over through a second
+    Created with a conditional put (``If-None-Match: *``: S3, and GCS's ``ifGenerationMatch=0``), so of
+    two jobs exactly one creates it. Its record and staleness rule are those of local locks
+    (`sctranslator.util.output_lock`): the holder rewrites it every HEARTBEAT_S seconds, and a lock not
+    rewritten for ``stale_after_s()`` (or whose same-host PID is gone) is taken over through a second
     conditionally-created object, ``...sctranslator-lock.takeover``. Same interface as `OutputLock`.
+
+    Parameters
+    ----------
+    output : str
+        The locked output's URL.
+    fs : fsspec.AbstractFileSystem
+        Its file system.
+    path : str
+        The lock object's path in `fs`.
+    record : dict
+        This lock's record.
     """
 
     def __init__(self, output: str, fs: Any, path: str, record: dict[str, Any]) -> None:
@@ -217,13 +397,49 @@ class RemoteLock:
 
     @staticmethod
     def lock_location(output: str) -> str:
+        """The lock object's URL for an output.
+
+        Parameters
+        ----------
+        output : str
+            The output's URL.
+
+        Returns
+        -------
+        str
+            ``PARENT/.NAME.sctranslator-lock``.
+        """
         parent, _, name = str(output).rstrip("/").rpartition("/")
         return f"{parent}/.{name}.sctranslator-lock"
 
     @classmethod
     def acquire(cls, output: str, *, wait: bool = False, timeout_s: float | None = None,
                 storage_options: dict[str, Any] | None = None) -> RemoteLock:
-        """Lock `output` for this process (see the class); OutputLockedError while another live job holds it."""
+        """Lock `output` for this process (see the class), taking over a stale lock.
+
+        Parameters
+        ----------
+        output : str
+            The output's URL.
+        wait : bool
+            Poll while another live job holds it.
+        timeout_s : float or None
+            Give up waiting after this many seconds; None: no limit.
+        storage_options : dict or None
+            fsspec options.
+
+        Returns
+        -------
+        RemoteLock
+            The held lock (its heartbeat runs in a thread).
+
+        Raises
+        ------
+        OutputLockedError
+            Another live job holds it.
+        StoreError
+            The lock object cannot be created (permissions, missing bucket).
+        """
         url = cls.lock_location(output)
         fs, path = filesystem(url, storage_options, write=True, what="the output")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -263,6 +479,13 @@ class RemoteLock:
                     self.fs.pipe_file(self.path, json.dumps(self.record).encode())
 
     def still_held(self) -> bool:
+        """Whether the lock object still carries this lock's token.
+
+        Returns
+        -------
+        bool
+            False once another job took the lock over.
+        """
         held, _ = _read(self.fs, self.path)
         return held is not None and held.get("token") == self.record["token"]
 

@@ -16,17 +16,56 @@ _SHAPE_MAJORITY = 0.5
 
 
 def detect_id_type(values: Iterable[str | int] | pd.Index | pd.Series | np.ndarray) -> str:
-    """The identifier type of `values`: "symbol", "entrez", "ensembl", "mouse_symbol" or "mouse_ensembl".
+    """Detect the kind of gene identifier in `values`.
 
     Entrez and Ensembl IDs are recognised by their shape (digits; ENSG / ENSMUSG). Symbols are told
     apart by how many hit each symbol table exactly (case matters: human "CD4" vs mouse "Cd4"); if
     neither table knows any of them, the case pattern decides (mostly "Xxxx" means mouse).
+
+    Parameters
+    ----------
+    values : iterable of str or int, pandas.Index, pandas.Series or numpy.ndarray
+        Gene identifiers, shape ``(n_genes,)``.
+
+    Returns
+    -------
+    str
+        "symbol", "entrez", "ensembl", "mouse_symbol" or "mouse_ensembl".
+
+    Raises
+    ------
+    VocabularyError
+        No non-empty identifier was given.
+
+    Examples
+    --------
+    >>> from sctranslator.vocab import detect_id_type
+    >>> detect_id_type(["ENSG00000010610", "ENSG00000153563"])
+    'ensembl'
     """
     return detect_with_evidence(values)[0]
 
 
 def detect_with_evidence(values: Iterable[str | int] | pd.Index | pd.Series | np.ndarray) -> tuple[str, str]:
-    """`detect_id_type` plus one line saying why, for the mapping report."""
+    """`detect_id_type` plus one line saying why, for the mapping report.
+
+    Parameters
+    ----------
+    values : iterable of str or int, pandas.Index, pandas.Series or numpy.ndarray
+        Gene identifiers.
+
+    Returns
+    -------
+    id_type : str
+        The detected type.
+    evidence : str
+        Why (shares of each shape, or table hits).
+
+    Raises
+    ------
+    VocabularyError
+        No non-empty identifier was given.
+    """
     strings = as_identifier_strings(values)
     text = pd.Series(strings[strings != ""], dtype=object)
     if text.empty:

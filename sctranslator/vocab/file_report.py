@@ -47,15 +47,36 @@ def _var_names(path: str | Path, column: str | None = None) -> np.ndarray:
 def mapping_report_for_file(path: str | Path | Any, *, column: str | None = None, id_type: str = "auto",
                             proteins: str | Path | Sequence[str] | Any | None = None,
                             gene_mapping: str = "original") -> str:
-    """Map a dataset's genes (var index, or var[column]) and optionally a protein panel.
+    """Report how a dataset's genes (var index, or var[column]) and a protein panel map.
 
-    path: an RNA .h5ad file, or anything with a `var` table: an AnnData, or the `Source` that
-        `sctranslator.engine.sources.open_source` makes of any input translate reads (.zarr stores,
-        a MuData's RNA modality, ...; the `vocab` command does that).
-    proteins: a protein .h5ad (its var names are the panel), an object with a `var` table, or a
-        list of panel names.
-    gene_mapping: "original" (what published checkpoints see, the default) or "extended".
-    Returns the printable report.
+    Parameters
+    ----------
+    path : str, pathlib.Path or object with a ``var`` table
+        An RNA .h5ad file, or anything with a `var` table: an AnnData, or the source
+        `sctranslator.engine.sources.open_source` makes of any input translate reads (.zarr
+        stores, a MuData's RNA modality, ...; the ``vocab`` command does that).
+    column : str or None
+        The var column holding the gene identifiers; None: the var index.
+    id_type : str
+        Kind of gene identifier, or "auto" to detect it.
+    proteins : str, pathlib.Path, sequence of str, object with a ``var`` table, or None
+        A protein .h5ad (its var names are the panel), an object with a `var` table, or a list of
+        panel names; None: genes only.
+    gene_mapping : {'original', 'extended'}
+        "original" (what published checkpoints see) or "extended".
+
+    Returns
+    -------
+    str
+        The printable report, one section for the genes and one for the proteins.
+
+    Raises
+    ------
+    VocabularyError
+        An unknown `id_type` or `gene_mapping`, no identifiers, or `column` is not a var column.
+    InputDataError
+        `path` does not exist, or is a Zarr store or MuData file given as a path (give the command
+        or an opened source instead).
     """
     where = f"var[{column!r}]" if column else "var index"
     if hasattr(path, "var"):

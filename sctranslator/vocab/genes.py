@@ -55,7 +55,23 @@ _COPY_SUFFIX = r"^(?P<base>.+)[-.](?P<number>\d+)$"
 
 
 def check_gene_mapping(mapping: str) -> str:
-    """`mapping` if it names a gene mapping, else a VocabularyError listing them."""
+    """Check a gene mapping's name.
+
+    Parameters
+    ----------
+    mapping : str
+        "original" or "extended".
+
+    Returns
+    -------
+    str
+        `mapping`, unchanged.
+
+    Raises
+    ------
+    VocabularyError
+        Any other name (the message lists them).
+    """
     if mapping not in GENE_MAPPINGS:
         raise VocabularyError(f"unknown gene mapping {mapping!r}; use one of {', '.join(GENE_MAPPINGS)}")
     return mapping
@@ -63,7 +79,24 @@ def check_gene_mapping(mapping: str) -> str:
 
 @dataclass(frozen=True)
 class GeneMapping:
-    """Token id per input identifier (0 = unmapped), in input order, with its report."""
+    """Token id per input identifier (0 = unmapped), in input order, with its report.
+
+    Parameters
+    ----------
+    identifiers : numpy.ndarray
+        The input identifiers as strings, shape ``(n_genes,)``.
+    token_ids : numpy.ndarray
+        int64 model token of each identifier, shape ``(n_genes,)``; 0 where unmapped.
+    id_type : str
+        The identifier type used (detected when "auto" was asked).
+    report : MappingReport
+        Counts, unmapped identifiers, duplicates and copies.
+    mapping : {'original', 'extended'}
+        Which gene mapping made the tokens.
+    copy_of : numpy.ndarray or None
+        int64, shape ``(n_genes,)``: the input position an unmapped make_unique copy (``CD4-1``)
+        repeats, -1 for none.
+    """
 
     identifiers: np.ndarray  # the inputs as strings
     token_ids: np.ndarray  # int64
@@ -87,14 +120,37 @@ def map_genes(identifiers: Iterable[str | int] | pd.Index | pd.Series | np.ndarr
               id_type: str = "auto", mapping: str = "extended") -> GeneMapping:
     """Map gene identifiers onto model tokens.
 
-    id_type: "auto" (detected, see `detect_id_type`) or one of "symbol", "entrez", "ensembl",
-    "mouse_symbol", "mouse_ensembl".
-    mapping: "original" (what published checkpoints were trained with, see the module docstring)
-    or "extended" (symbols matched exactly first, then ignoring case, HGNC and MGI as well).
-    Two inputs landing on one token get that token both and are listed in `report.duplicates`;
-    an unmapped input named like a make_unique copy of another input (``CD4-1`` or ``CD4.1`` next to ``CD4``)
-    is listed in `report.copies` and `copy_of` (what happens to either is the plan's choice).
-    Raises VocabularyError for an unknown id_type or mapping.
+    Two inputs landing on one token both get that token and are listed in ``report.duplicates``;
+    an unmapped input named like a make_unique copy of another input (``CD4-1`` or ``CD4.1`` next
+    to ``CD4``) is listed in ``report.copies`` and ``copy_of`` (what happens to either is the
+    plan's choice).
+
+    Parameters
+    ----------
+    identifiers : iterable of str or int, pandas.Index, pandas.Series or numpy.ndarray
+        Gene identifiers, e.g. an AnnData's ``var_names``, shape ``(n_genes,)``.
+    id_type : {'auto', 'symbol', 'entrez', 'ensembl', 'mouse_symbol', 'mouse_ensembl'}
+        Kind of identifier; "auto" detects it (see `detect_id_type`).
+    mapping : {'extended', 'original'}
+        "original": the tables published checkpoints were trained with; "extended": symbols
+        matched exactly first, then ignoring case, through HGNC and MGI as well.
+
+    Returns
+    -------
+    GeneMapping
+        One token per identifier, in input order, with the mapping report.
+
+    Raises
+    ------
+    VocabularyError
+        An unknown `id_type` or `mapping`, or no non-empty identifier to detect the type from.
+
+    Examples
+    --------
+    >>> from sctranslator.vocab import map_genes
+    >>> genes = map_genes(["CD4", "CD8A", "not-a-gene"], id_type="symbol")
+    >>> genes.mapped.tolist()
+    [True, True, False]
     """
     check_gene_mapping(mapping)
     values = as_identifier_strings(identifiers)
@@ -214,7 +270,18 @@ def _unmerge_ambiguous(values: np.ndarray, tokens: np.ndarray, alternatives: np.
 
 
 def original_symbol_tokens(symbols: np.ndarray) -> np.ndarray:
-    """Token of each human symbol in scTranslator's own symbol table, exact match (0 where absent)."""
+    """Token of each human symbol in scTranslator's own symbol table, exact match.
+
+    Parameters
+    ----------
+    symbols : numpy.ndarray
+        Gene symbols (strings), ``(n,)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 ``(n,)``; 0 where the table lacks the symbol.
+    """
     table = gene_table("symbol")
     rows = table.rows(symbols.astype(object), fold_case=False)
     # The first rows of the symbol table are scTranslator's own (rank 0, see scripts/build_vocab.py).
@@ -304,7 +371,20 @@ def _ambiguous(values: np.ndarray, tokens: np.ndarray, alternatives: np.ndarray)
 
 
 def shared_tokens(inputs: np.ndarray | list[str], tokens: np.ndarray) -> dict[int, list[str]]:
-    """token -> inputs, for every non-zero token that two or more inputs landed on."""
+    """Every non-zero token that two or more inputs landed on, with those inputs.
+
+    Parameters
+    ----------
+    inputs : numpy.ndarray or list of str
+        The identifiers, ``(n,)``.
+    tokens : numpy.ndarray
+        int64 token of each identifier, ``(n,)``.
+
+    Returns
+    -------
+    dict of int to list of str
+        Token -> the inputs sharing it.
+    """
     frame = pd.DataFrame({"token": tokens, "input": np.asarray(inputs, dtype=object)})
     frame = frame[(frame["token"] > 0) & frame["token"].duplicated(keep=False)]
     grouped = frame.groupby("token", sort=False)["input"].agg(list)

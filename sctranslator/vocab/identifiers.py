@@ -17,16 +17,43 @@ _ENSEMBL_DECORATION = r"(?:\.\d+)?(?:_PAR_Y)?$"
 
 
 def check_id_type(id_type: str) -> str:
+    """Check an identifier type's name.
+
+    Parameters
+    ----------
+    id_type : str
+        "auto", "symbol", "entrez", "ensembl", "mouse_symbol" or "mouse_ensembl".
+
+    Returns
+    -------
+    str
+        `id_type`, unchanged.
+
+    Raises
+    ------
+    VocabularyError
+        Any other name.
+    """
     if id_type not in ID_TYPES:
         raise VocabularyError(f"unknown id_type {id_type!r}; use 'auto' or one of {', '.join(ID_TYPES)}")
     return id_type
 
 
 def as_identifier_strings(identifiers: Iterable[str | int] | pd.Index | pd.Series | np.ndarray) -> np.ndarray:
-    """An object array of stripped strings, one per input; missing values become ''.
+    """The identifiers as stripped strings, missing values as ''.
 
     Integer inputs (Entrez IDs) become their decimal text, and integral floats (7157.0, as pandas
     makes of an int column with gaps) lose the '.0'.
+
+    Parameters
+    ----------
+    identifiers : iterable of str or int, pandas.Index, pandas.Series or numpy.ndarray
+        Gene identifiers, ``(n,)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Object array of strings, ``(n,)``.
     """
     if isinstance(identifiers, str):
         raise VocabularyError("identifiers must be a sequence of names/IDs, not a single string")
@@ -46,7 +73,20 @@ def as_identifier_strings(identifiers: Iterable[str | int] | pd.Index | pd.Serie
 
 
 def lookup_keys(values: np.ndarray, id_type: str) -> np.ndarray:
-    """The table key of each identifier: Ensembl IDs lose their version / PAR suffix."""
+    """The table key of each identifier: Ensembl IDs lose their version and PAR suffix.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        Identifier strings, ``(n,)``.
+    id_type : str
+        Their type.
+
+    Returns
+    -------
+    numpy.ndarray
+        Object array of keys, ``(n,)``.
+    """
     if id_type in ("ensembl", "mouse_ensembl"):
         return pd.Series(values, dtype=object).str.replace(_ENSEMBL_DECORATION, "", regex=True).to_numpy(
             dtype=object)

@@ -27,11 +27,22 @@ _LOOK_ALIKES = {**dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2043\u221
 def ascii_spellings(name: str) -> tuple[list[str], str]:
     """ASCII spellings of a name written with Unicode look-alikes, and what could not be spelled.
 
-    NFKC first (fullwidth "ＣＤ４" -> "CD4", the micro sign -> μ, superscripts), then dashes and
-    minus signs -> "-", Greek letters -> their Latin letter (either case), accents dropped. μ gives two
-    spellings ("m" and "u"); every other name one. The second element holds the characters left
-    without an ASCII equivalent ("" when none): such a name must not be matched by its ASCII part
-    alone. An ASCII name comes back unchanged.
+    NFKC first (fullwidth "ＣＤ４" -> "CD4", the micro sign -> μ, superscripts), then dashes and minus
+    signs -> "-", Greek letters -> their Latin letter (either case), accents dropped. An ASCII name
+    comes back unchanged.
+
+    Parameters
+    ----------
+    name : str
+        A marker or gene name.
+
+    Returns
+    -------
+    spellings : list of str
+        μ gives two spellings ("m" and "u"); every other name one.
+    unspelled : str
+        The characters left without an ASCII equivalent ("" when none): such a name must not be
+        matched by its ASCII part alone.
     """
     if name.isascii():
         return [name], ""
@@ -55,7 +66,18 @@ def ascii_spellings(name: str) -> tuple[list[str], str]:
 
 
 def ascii_name(name: str) -> str:
-    """The first ASCII spelling of `name` (see `ascii_spellings`); characters without one are kept."""
+    """The first ASCII spelling of `name` (see `ascii_spellings`); characters without one are kept.
+
+    Parameters
+    ----------
+    name : str
+        A marker or gene name.
+
+    Returns
+    -------
+    str
+        The spelling.
+    """
     return ascii_spellings(name)[0][0]
 
 
@@ -73,8 +95,21 @@ def _separator_to_key(match: re.Match[str]) -> str:
 
 
 def name_key(name: str) -> str:
-    """The lookup key of a marker or gene name: Unicode look-alikes spelled in ASCII (see
-    `ascii_spellings`), upper case, separators dropped except between digits."""
+    """The lookup key of a marker or gene name.
+
+    Unicode look-alikes are spelled in ASCII (see `ascii_spellings`), the name upper-cased and
+    separators dropped except between digits.
+
+    Parameters
+    ----------
+    name : str
+        A marker or gene name.
+
+    Returns
+    -------
+    str
+        The key.
+    """
     return _SEPARATOR_RUN.sub(_separator_to_key, ascii_name(name).strip().upper())
 
 
@@ -94,7 +129,18 @@ _SUFFIXES = re.compile(
 
 
 def strip_decorations(name: str) -> str:
-    """Remove assay prefixes/suffixes (ADT_, _TotalSeqB, barcodes) until none is left."""
+    """Remove assay prefixes and suffixes (ADT_, _TotalSeqB, barcodes) until none is left.
+
+    Parameters
+    ----------
+    name : str
+        A panel name.
+
+    Returns
+    -------
+    str
+        The bare name.
+    """
     previous = None
     text = name.strip()
     while text != previous:
@@ -120,7 +166,18 @@ _CONTROL_KEY = re.compile(
 
 
 def is_control_key(key: str) -> bool:
-    """True for isotype controls, blanks/unmapped barcodes and sample hashtags: names that are no protein."""
+    """Whether a key names no protein: isotype controls, blanks, unmapped barcodes and sample hashtags.
+
+    Parameters
+    ----------
+    key : str
+        A lookup key (see `name_key`).
+
+    Returns
+    -------
+    bool
+        True for a control.
+    """
     return key == "" or _CONTROL_KEY.match(key) is not None
 
 
@@ -131,8 +188,16 @@ _TRAILING_NUMBER = re.compile(r"[\s\-_.]\d{1,2}$")
 def candidate_spellings(name: str) -> list[list[str]]:
     """Spellings to try for one panel name, most faithful first.
 
-    Each element is a group: the spellings of one group are equally faithful (the two halves of
-    "B7-H1 (PD-L1)"), and the resolver chooses between them by how trustworthy the match is.
+    Parameters
+    ----------
+    name : str
+        A panel name.
+
+    Returns
+    -------
+    list of list of str
+        Groups of spellings; the spellings of one group are equally faithful (the two halves of
+        "B7-H1 (PD-L1)"), and the resolver chooses between them by how trustworthy the match is.
     """
     text = strip_decorations(name)
     groups: list[list[str]] = [[text]]

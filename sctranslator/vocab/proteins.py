@@ -38,7 +38,25 @@ _SOURCE_RANK = {name: rank for rank, name in enumerate(
 
 @dataclass(frozen=True)
 class ProteinMatch:
-    """How one panel name was resolved."""
+    """How one panel name was resolved.
+
+    Parameters
+    ----------
+    status : str
+        "mapped", "ambiguous", "control" or "unmapped".
+    gene : str or None
+        The HGNC symbol of the encoding gene.
+    token : int
+        Its model token; 0 when none.
+    source : str
+        The table that matched.
+    alternatives : tuple of str
+        Other genes the name could mean.
+    note : str
+        Why it is unmapped, ambiguous or a control.
+    matched : str
+        The spelling that matched.
+    """
 
     status: str
     gene: str | None = None
@@ -51,7 +69,22 @@ class ProteinMatch:
 
 @dataclass(frozen=True)
 class ProteinMapping:
-    """Per input name: token id (0 for controls/unmapped), HGNC symbol of the gene, and status."""
+    """Per input name: token id (0 for controls/unmapped), HGNC symbol of the gene, and status.
+
+    Parameters
+    ----------
+    names : list of str
+        The panel names as given.
+    token_ids : numpy.ndarray
+        int64 token of the gene encoding each protein, shape ``(n_proteins,)``; 0 for controls and
+        unmapped names.
+    genes : list of str or None
+        HGNC symbol of each protein's gene (None where unmapped).
+    status : list of str
+        "mapped", "ambiguous", "control" or "unmapped" per name.
+    report : MappingReport
+        Counts, unmapped names with reasons, controls and duplicates.
+    """
 
     names: list[str]
     token_ids: np.ndarray  # int64
@@ -66,12 +99,29 @@ class ProteinMapping:
 
 
 def check_protein_list(names: Iterable[str], what: str = "the requested proteins") -> list[str]:
-    """The names as text, or `UnknownProteinError` when one protein is listed twice.
+    """The names as text, refusing a protein listed twice.
 
     Twice means the same name once Unicode look-alikes are spelled in ASCII and surrounding spaces
     dropped ("CD8α" and "CD8a", "CD4" and "CD4 "): both would be one output column under one name.
     Names spelled differently stay distinct ("PD-1 (CD279)" and "PD1 (CD279)" are two anti-PD-1
     clones in ECCITE-seq panels), as do antibodies for one gene (CD45RA, CD45RO).
+
+    Parameters
+    ----------
+    names : iterable of str
+        Protein names.
+    what : str
+        Names the list in the message.
+
+    Returns
+    -------
+    list of str
+        The names as strings, in order.
+
+    Raises
+    ------
+    UnknownProteinError
+        A protein is listed more than once.
     """
     texts = [str(name) for name in names]
     keys = pd.Series([ascii_name(text).strip() for text in texts], dtype=object)
@@ -89,7 +139,28 @@ def map_proteins(names: Iterable[str] | pd.Index | pd.Series | np.ndarray, *,
                  strict: bool = False) -> ProteinMapping:
     """Map antibody/marker names onto the tokens of the genes that encode them.
 
-    strict: raise `UnknownProteinError` if a name (controls aside) maps to no token.
+    Parameters
+    ----------
+    names : iterable of str, pandas.Index, pandas.Series or numpy.ndarray
+        Panel names (antibody names, CD names or gene symbols), shape ``(n_proteins,)``.
+    strict : bool
+        Refuse names (controls aside) that map to no token.
+
+    Returns
+    -------
+    ProteinMapping
+        One token per name, in input order, with the mapping report.
+
+    Raises
+    ------
+    UnknownProteinError
+        With `strict`, when a name other than an isotype control or blank maps to no token.
+
+    Examples
+    --------
+    >>> from sctranslator.vocab import map_proteins
+    >>> map_proteins(["CD4", "CD19", "IgG1 isotype"]).status
+    ['mapped', 'mapped', 'control']
     """
     texts = ["" if name is None or (isinstance(name, float) and np.isnan(name)) else str(name)
              for name in (names.tolist() if isinstance(names, pd.Index | pd.Series | np.ndarray) else names)]
@@ -106,12 +177,23 @@ def map_proteins(names: Iterable[str] | pd.Index | pd.Series | np.ndarray, *,
 
 @lru_cache(maxsize=65536)
 def resolve_protein_name(name: str) -> ProteinMatch:
-    """Resolve one panel name (cached: panels repeat across calls).
+    """Resolve one panel name to the gene that encodes the protein (cached: panels repeat).
 
     A name written with Greek letters or other Unicode look-alikes ("TCR_Vδ2", "PD‐1" with a Unicode
     hyphen, fullwidth "ＣＤ４") resolves exactly as its ASCII spelling does ("TCR_Vd2", "PD-1", "CD4").
     Where it has two spellings (μ: "m" or "u") that reach different genes, or characters with no ASCII
     equivalent, it is left unmapped with the reason: never matched by a part of it to a third gene.
+
+    Parameters
+    ----------
+    name : str
+        One antibody or marker name.
+
+    Returns
+    -------
+    ProteinMatch
+        The status ("mapped", "ambiguous", "control", "unmapped"), gene, token, the table that
+        matched, alternatives and a note.
     """
     if not name.isascii():
         return _resolve_unicode(name)

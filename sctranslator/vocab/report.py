@@ -15,8 +15,39 @@ from sctranslator.vocab.tokens import token_symbols
 class MappingReport:
     """Outcome of one `map_genes` / `map_proteins` call.
 
-    `duplicates` lists every token that two or more inputs landed on (aliases of one gene, the same
-    identifier twice, isoform antibodies); nothing is dropped here, the caller decides.
+    Nothing is dropped here; the caller decides what to do with duplicates, copies and controls.
+
+    Parameters
+    ----------
+    kind : {'genes', 'proteins'}
+        What was mapped.
+    id_type : str
+        The identifier type used.
+    n_inputs : int
+        Number of identifiers given.
+    n_mapped : int
+        Number that got a token.
+    unmapped : list of str
+        The identifiers that got none.
+    unmapped_reasons : dict
+        Identifier -> why it is unmapped, where a reason is known.
+    ambiguous : dict
+        Identifier -> the chosen gene, the alternatives and a note.
+    duplicates : dict
+        Token id -> every input that landed on it (aliases of one gene, the same identifier twice,
+        isoform antibodies).
+    copies : dict
+        Unmapped make_unique copy (``X-1``) -> the input it copies (``X``).
+    controls : list of str
+        Isotype controls, blanks and hashtags (proteins only).
+    sources : dict
+        Lookup table -> number of inputs it mapped.
+    genes : dict
+        Proteins only: panel name -> the symbol of its encoding gene.
+    not_merged : dict
+        Extended gene mapping: input -> why it was not added into the gene another input names.
+    notes : list of str
+        Free-text remarks for the report.
     """
 
     kind: str  # "genes" or "proteins"
@@ -37,10 +68,12 @@ class MappingReport:
 
     @property
     def n_unmapped(self) -> int:
+        """Number of inputs that got no token."""
         return len(self.unmapped)
 
     @property
     def n_controls(self) -> int:
+        """Number of inputs recognised as isotype controls, blanks or hashtags."""
         return len(self.controls)
 
     @property
@@ -55,7 +88,13 @@ class MappingReport:
         return self.n_mapped / real if real else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable summary (duplicates keyed by token id as a string)."""
+        """A JSON-serialisable summary (duplicates keyed by token id as a string).
+
+        Returns
+        -------
+        dict
+            Counts, coverage, unmapped and duplicate examples, ready for `json.dumps`.
+        """
         tokens = np.array(sorted(self.duplicates), dtype=np.int64)
         labels = dict(zip(tokens.tolist(), token_symbols(tokens).tolist(), strict=True))
         return {
@@ -81,7 +120,18 @@ class MappingReport:
         }
 
     def to_text(self, max_items: int = 15) -> str:
-        """A readable summary table, with up to `max_items` examples of each problem."""
+        """A readable summary table, with up to `max_items` examples of each problem.
+
+        Parameters
+        ----------
+        max_items : int
+            Examples listed per problem (unmapped, duplicates, ...).
+
+        Returns
+        -------
+        str
+            The report, several lines.
+        """
         title = "Gene" if self.kind == "genes" else "Protein"
         lines = [f"{title} mapping ({self.kind}, identifier type: {self.id_type})"]
         rows = [("inputs", f"{self.n_inputs:,}", ""),

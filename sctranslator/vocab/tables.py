@@ -23,12 +23,39 @@ _LOAD_LOCK = threading.Lock()
 
 
 def data_file(name: str) -> Traversable:
-    """A file of the package data (a Traversable; works from a wheel as well as a checkout)."""
+    """A file of the package data; works from a wheel as well as a checkout.
+
+    Parameters
+    ----------
+    name : str
+        The file's name in sctranslator/vocab/data.
+
+    Returns
+    -------
+    importlib.resources.abc.Traversable
+        The file.
+    """
     return resources.files("sctranslator.vocab").joinpath("data", name)
 
 
 def read_table(name: str) -> pd.DataFrame:
-    """One table of `vocab_tables.npz` (members "<table>__<column>", text ones "...__utf8")."""
+    """One table of the bundled vocabulary tables (members "<table>__<column>", text ones "...__utf8").
+
+    Parameters
+    ----------
+    name : str
+        The table.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Its columns.
+
+    Raises
+    ------
+    VocabularyError
+        The tables file is missing or has no such table (rebuild it with scripts/build_vocab.py).
+    """
     path = data_file(TABLES_FILE)
     if not path.is_file():
         raise VocabularyError(
@@ -53,7 +80,23 @@ def read_table(name: str) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class KeyTable:
-    """One resolved lookup table: key -> value (token id or gene symbol), source, alternatives."""
+    """One resolved lookup table: key -> value (token id or gene symbol), source, alternatives.
+
+    Parameters
+    ----------
+    keys : pandas.Index
+        The lookup keys.
+    values : numpy.ndarray
+        The value of each key.
+    sources : numpy.ndarray
+        Which source table each key came from.
+    alternatives : numpy.ndarray
+        Other values a key could mean ('' when none).
+    folded_keys : pandas.Index
+        Case-folded keys, best-ranked row first, for a case-insensitive retry.
+    folded_rows : numpy.ndarray
+        The row of each folded key.
+    """
 
     keys: pd.Index
     values: np.ndarray
@@ -64,6 +107,20 @@ class KeyTable:
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, values: np.ndarray) -> KeyTable:
+        """Build a table from a frame of keys, sources and alternatives, best source first.
+
+        Parameters
+        ----------
+        frame : pandas.DataFrame
+            Columns key, source and alternatives, one row per key, best-ranked first.
+        values : numpy.ndarray
+            The value of each row.
+
+        Returns
+        -------
+        KeyTable
+            The table with its case-folded index.
+        """
         # Rows are stored best source first, so keeping the first of each folded key keeps priority.
         folded = frame["key"].str.upper()
         unique_rows = np.flatnonzero(~folded.duplicated(keep="first").to_numpy())
@@ -77,7 +134,20 @@ class KeyTable:
         )
 
     def rows(self, keys: np.ndarray, *, fold_case: bool = True) -> np.ndarray:
-        """Row of each key (-1 where absent): exact match first, then, if asked, ignoring case."""
+        """The row of each key: an exact match first, then, if asked, ignoring case.
+
+        Parameters
+        ----------
+        keys : numpy.ndarray
+            Keys to look up, ``(n,)``.
+        fold_case : bool
+            Retry the keys without an exact match ignoring case.
+
+        Returns
+        -------
+        numpy.ndarray
+            int64 ``(n,)``; -1 where absent.
+        """
         rows = self.keys.get_indexer(keys)
         missing = np.flatnonzero(rows < 0)
         if fold_case and missing.size:
@@ -95,7 +165,18 @@ def _gene_table(name: str) -> KeyTable:
 
 
 def gene_table(id_type: str) -> KeyTable:
-    """The key -> token table of one identifier type ("symbol", "ensembl", "mouse_symbol", ...)."""
+    """The key -> token table of one identifier type.
+
+    Parameters
+    ----------
+    id_type : str
+        "symbol", "entrez", "ensembl", "mouse_symbol" or "mouse_ensembl".
+
+    Returns
+    -------
+    KeyTable
+        Loaded on first use and cached.
+    """
     names = {"symbol": "human_symbol", "ensembl": "human_ensembl", "mouse_symbol": "mouse_symbol",
              "mouse_ensembl": "mouse_ensembl"}
     return _gene_table(names[id_type])
@@ -120,7 +201,17 @@ def protein_name_table() -> KeyTable:
 
 @dataclass(frozen=True)
 class TokenTable:
-    """Token id -> Entrez ID and display symbol; position i describes token i (0 = padding)."""
+    """Token id -> Entrez ID and display symbol; position i describes token i (0 = padding).
+
+    Parameters
+    ----------
+    entrez_ids : numpy.ndarray
+        int64 Entrez ID per token.
+    symbols : numpy.ndarray
+        Display symbol per token.
+    token_of_entrez : pandas.Index
+        Entrez IDs in token order: position + 1 is the token of that ID.
+    """
 
     entrez_ids: np.ndarray
     symbols: np.ndarray
@@ -128,6 +219,7 @@ class TokenTable:
 
     @property
     def size(self) -> int:
+        """Number of real tokens (the padding token 0 aside)."""
         return len(self.entrez_ids) - 1
 
 

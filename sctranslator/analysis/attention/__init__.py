@@ -64,7 +64,35 @@ DEFAULT_BLOCK_CELLS = 256
 
 @dataclass
 class InteractionResult:
-    """Means over cells; per-group tables have one column per group ('all' first)."""
+    """What `interactions` computed: means over cells, per-group tables with one column per group ('all' first).
+
+    Parameters
+    ----------
+    gene_to_protein : pandas.DataFrame or None
+        Genes x proteins mean interaction scores (gene-protein kind).
+    scaled : pandas.DataFrame or None
+        The same, scaled per protein.
+    gene_attention : pandas.DataFrame
+        Attention each gene receives, per group.
+    protein_attention : pandas.DataFrame
+        Attention each protein receives, per group.
+    top_genes : pandas.DataFrame or None
+        The `top_k` genes per protein.
+    group_gene_to_protein : dict of str to pandas.DataFrame
+        Group -> its genes x proteins means.
+    n_cells : dict of str to int
+        Cells per group.
+    adata : AnnData
+        Genes x proteins: X the mean score, layers 'scaled' and 'mean:<group>'.
+    files : dict of str to pathlib.Path
+        Files written (with `out`).
+    kinds : tuple of str
+        The kinds computed.
+    pairs : PairTables or None
+        Gene-gene and protein-protein pair tables.
+    run : dict
+        This run's blocks computed and skipped, and seconds.
+    """
 
     gene_to_protein: pd.DataFrame | None  # genes x proteins: mean G[i, j] (None: gene-protein not asked for)
     scaled: pd.DataFrame | None  # the same, min-max scaled per column then per row (the original's normalisation)

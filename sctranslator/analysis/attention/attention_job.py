@@ -107,8 +107,47 @@ def batch_interactions(model: TranslatorModel, values: np.ndarray, plan: Plan, r
 class AttentionJob(BlockJob):
     """Attention over the blocks of `source`: `sink` is a `BlockResults` ledger of per-block sums.
 
-    model: the model traced (eval mode); positions: the real positions traced; codes: each cell's obs
-    group; n_slots: 1 + groups; pair_settings: the `PairSums` keywords (kinds, query, ...).
+    Parameters
+    ----------
+    source : Source
+        The input.
+    plan : Plan
+        The alignment onto the model.
+    backend : BackendSpec
+        What each worker builds.
+    sink : BlockSink
+        The block results ledger.
+    batch_size : int
+        Cells per backend call.
+    allow_empty_cells : bool
+        Predict cells with no counts in the genes the model reads.
+    embeddings : bool
+        Also write obsm['X_sctranslator'] (torch backend).
+    auto_batch_size : bool
+        Let the backend size its calls from free device memory (torch on CUDA); `batch_size` is the
+        fallback.
+    flop_per_cell : float
+        The arithmetic of one cell's forward (the threads rule, applied again inside each Dask worker).
+    compute_slots : int or None
+        Blocks that may compute at once in a process; None: all.
+    in_caller_thread : bool
+        With one local worker, run the blocks in the calling thread (no scheduler thread).
+    model : TranslatorModel or None
+        The model traced (eval mode).
+    positions : numpy.ndarray
+        int64 real positions traced.
+    codes : numpy.ndarray
+        int64 obs group of each cell (0: none).
+    n_slots : int
+        1 + the number of groups.
+    n_proteins : int
+        Output proteins.
+    row_block : int
+        Genes at a time through the translator.
+    as_published : bool
+        Take each layer's attention as the original script did.
+    pair_settings : dict
+        Settings of the gene-gene / protein-protein sums.
     """
 
     model: TranslatorModel | None = None

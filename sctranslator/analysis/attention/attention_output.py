@@ -18,7 +18,18 @@ OUTPUT_KIND = "attention"
 
 
 def minmax_columns_then_rows(matrix: pd.DataFrame) -> pd.DataFrame:
-    """The original's `attention_normalize`: min-max scale each column, then each row (constant -> 0)."""
+    """The original's ``attention_normalize``: min-max scale each column, then each row (constant -> 0).
+
+    Parameters
+    ----------
+    matrix : pandas.DataFrame
+        Genes x proteins.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The scaled matrix.
+    """
     values = matrix.to_numpy(dtype=np.float64)
 
     def scale(x: np.ndarray, axis: int) -> np.ndarray:
@@ -35,13 +46,26 @@ MIN_RELATIVE_SPREAD = 1e-3
 
 
 def top_genes(matrix: pd.DataFrame, scaled: pd.DataFrame, top_k: int) -> pd.DataFrame:
-    """Long table: for each protein, its `top_k` genes by gene-to-protein score (highest first).
+    """For each protein, its `top_k` genes by gene-to-protein score (highest first), as a long table.
 
-    Besides the raw `score` and the original's min-max `scaled` value, `fold_over_mean` is the score
-    relative to the protein's mean score over all genes (1.0 = an average gene; NaN where that mean
-    is not positive), and
-    `separates_genes` is False for every row of a protein whose top-k scores lie within
-    MIN_RELATIVE_SPREAD of each other: such a ranking is an ordering of near-ties.
+    Besides the raw score and the original's min-max scaled value, ``fold_over_mean`` is the score
+    relative to the protein's mean score over all genes (1.0 = an average gene; NaN where that mean is
+    not positive), and ``separates_genes`` is False for every row of a protein whose top-k scores lie
+    within MIN_RELATIVE_SPREAD of each other: such a ranking is an ordering of near-ties.
+
+    Parameters
+    ----------
+    matrix : pandas.DataFrame
+        Genes x proteins mean scores.
+    scaled : pandas.DataFrame
+        The same, scaled.
+    top_k : int
+        Genes per protein.
+
+    Returns
+    -------
+    pandas.DataFrame
+        protein, gene, rank, score, scaled, fold_over_mean, separates_genes.
     """
     rows = []
     k = min(top_k, matrix.shape[0])
@@ -65,7 +89,32 @@ def top_genes(matrix: pd.DataFrame, scaled: pd.DataFrame, top_k: int) -> pd.Data
 def interaction_anndata(matrix: pd.DataFrame | None, scaled: pd.DataFrame | None, gene_received: pd.DataFrame,
                         protein_received: pd.DataFrame, group_matrices: dict[str, np.ndarray],
                         gene_obs: pd.DataFrame, protein_var: pd.DataFrame, uns: dict) -> ad.AnnData:
-    """Genes x proteins: X = mean gene-to-protein score, layers 'scaled' and 'mean:<group>' (no X without it)."""
+    """The interactions AnnData: genes x proteins, X the mean score, layers 'scaled' and 'mean:<group>'.
+
+    Parameters
+    ----------
+    matrix : pandas.DataFrame or None
+        Genes x proteins mean scores (no X without it).
+    scaled : pandas.DataFrame or None
+        The same, scaled.
+    gene_received : pandas.DataFrame
+        Attention received per gene, per group.
+    protein_received : pandas.DataFrame
+        Attention received per protein, per group.
+    group_matrices : dict of str to numpy.ndarray
+        Group -> its mean scores.
+    gene_obs : pandas.DataFrame
+        The genes' annotations.
+    protein_var : pandas.DataFrame
+        The proteins' annotations.
+    uns : dict
+        Provenance.
+
+    Returns
+    -------
+    AnnData
+        Genes x proteins.
+    """
     obs = gene_obs.copy()
     for column in gene_received.columns:
         obs[layer_key("received", column)] = gene_received[column].to_numpy()
@@ -82,13 +131,35 @@ def interaction_anndata(matrix: pd.DataFrame | None, scaled: pd.DataFrame | None
 def write_interaction_files(directory: str | Path, adata: ad.AnnData, matrix: pd.DataFrame | None,
                             top: pd.DataFrame | None, gene_received: pd.DataFrame, protein_received: pd.DataFrame,
                             top_k: int, extra: Callable[[Path], dict[str, str]] | None = None) -> dict[str, Path]:
-    """interactions.h5ad, gene_to_protein.csv, top_genes.csv, gene_attention.csv, protein_attention.csv, PNG.
+    """Write interactions.h5ad, gene_to_protein.csv, top_genes.csv, gene_attention.csv, protein_attention.csv and a PNG.
 
-    Without a gene-protein `matrix` its three files are left out; `extra(staging)` writes more files
-    into the folder before it is installed and returns their names by key.
+    The folder is written aside, marked as an attention output and renamed into place whole (over an
+    earlier attention output the caller has claimed). Without a gene-protein `matrix` its three files
+    are left out.
 
-    The folder is written aside, marked as an attention output and renamed into place whole (over
-    an earlier attention output the caller has claimed, see `sctranslator.outputs`).
+    Parameters
+    ----------
+    directory : str or pathlib.Path
+        The output folder.
+    adata : AnnData
+        The interactions AnnData.
+    matrix : pandas.DataFrame or None
+        Genes x proteins mean scores.
+    top : pandas.DataFrame or None
+        The top_genes table.
+    gene_received : pandas.DataFrame
+        Attention received per gene.
+    protein_received : pandas.DataFrame
+        Attention received per protein.
+    top_k : int
+        Genes per protein.
+    extra : callable or None
+        ``extra(staging)`` writes more files into the folder and returns their names by key.
+
+    Returns
+    -------
+    dict of str to pathlib.Path
+        Key -> file written.
     """
     directory = Path(directory)
     names = {

@@ -45,7 +45,26 @@ IN_MEMORY_BYTES = 256 * 2**20
 
 
 def parse_kinds(kinds: str | Sequence[str] | None, genes: Sequence[str] | None) -> tuple[str, ...]:
-    """The selected kinds in canonical order; `genes` adds gene-gene. OptionError for unknown names."""
+    """The selected attention kinds in canonical order.
+
+    Parameters
+    ----------
+    kinds : str, sequence of str or None
+        Any of gene-protein, gene-gene, protein-protein (comma-separated or a list); None: the
+        defaults.
+    genes : sequence of str or None
+        Query genes; given, they add gene-gene.
+
+    Returns
+    -------
+    tuple of str
+        The kinds.
+
+    Raises
+    ------
+    OptionError
+        Unknown or no names.
+    """
     if kinds is None:
         chosen = list(DEFAULT_KINDS)
     else:
@@ -61,7 +80,25 @@ def parse_kinds(kinds: str | Sequence[str] | None, genes: Sequence[str] | None) 
 
 
 def query_rows(genes: Sequence[str] | None, gene_index: pd.Index) -> np.ndarray:
-    """Rows (indices into the model's real positions) for the `--genes` list; all positions when None."""
+    """The rows (indices into the model's real positions) of the ``--genes`` list.
+
+    Parameters
+    ----------
+    genes : sequence of str or None
+        The query genes; None: all positions.
+    gene_index : pandas.Index
+        The name of each real position.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 rows.
+
+    Raises
+    ------
+    VocabularyError
+        A gene the model does not read, or one listed twice.
+    """
     if not genes:
         return np.arange(len(gene_index), dtype=np.int64)
     names = [str(g) for g in genes]
@@ -81,7 +118,33 @@ def query_rows(genes: Sequence[str] | None, gene_index: pd.Index) -> np.ndarray:
 
 @dataclass
 class PairSums:
-    """Sums over cells of the encoder rows A_enc[query, :] and the decoder windows' A_dec."""
+    """Sums over cells of the encoder rows ``A_enc[query, :]`` and the decoder windows' ``A_dec``.
+
+    Parameters
+    ----------
+    kinds : tuple of str
+        The kinds computed.
+    positions : numpy.ndarray
+        Real model positions (columns of gene-gene).
+    query : numpy.ndarray
+        Rows: indices into `positions`.
+    all_genes : bool
+        Gene-gene over every gene (no ``--genes``).
+    windows : int
+        Decoder windows, W.
+    window_size : int
+        P.
+    row_block : int
+        Rows at a time through the translator.
+    count : int
+        Cells summed so far.
+    gene_sums : numpy.ndarray or None
+        Gene-gene sums, ``(n_query, n_positions)`` (a memory map when large).
+    protein_sums : numpy.ndarray or None
+        Protein-protein sums, ``(W, P, P)``.
+    _spill : tempfile.TemporaryDirectory or None
+        Where large gene-gene sums spill to (set by the object itself).
+    """
 
     kinds: tuple[str, ...]
     positions: np.ndarray  # real model positions (columns of gene-gene)
@@ -108,7 +171,20 @@ class PairSums:
             self.protein_sums = np.zeros((self.windows, self.window_size, self.window_size))
 
     def encoder_callback(self, n_heads: int, n_layers: int) -> LayerCallback | None:
-        """The per-layer hook for `encoder_pass(also=...)`, or None when gene-gene is not wanted."""
+        """The per-layer hook for ``encoder_pass(also=...)``, or None when gene-gene is not wanted.
+
+        Parameters
+        ----------
+        n_heads : int
+            Encoder heads.
+        n_layers : int
+            Encoder layers.
+
+        Returns
+        -------
+        callable or None
+            ``hook(layer, q', k')``.
+        """
         if self.gene_sums is None:
             return None
         sums = self.gene_sums
@@ -124,13 +200,22 @@ class PairSums:
         return add
 
     def add_decoders(self, queries: list[torch.Tensor], keys: list[torch.Tensor]) -> None:
-        """Add one batch's decoder windows (the `DecoderPass` features, already scaled to the mean)."""
+        """Add one batch's decoder windows (the `DecoderPass` features, already scaled to the mean).
+
+        Parameters
+        ----------
+        queries : list of torch.Tensor
+            Per window, ``(B, P, layers * H * nb)``.
+        keys : list of torch.Tensor
+            Per window, likewise.
+        """
         if self.protein_sums is None:
             return
         for w, (q, k) in enumerate(zip(queries, keys, strict=True)):
             self.protein_sums[w] += window_attention(q, k).sum(dim=0).double().numpy()
 
     def close(self) -> None:
+        """Remove the temporary file that large gene-gene sums spill to."""
         if self._spill is not None:
             self.gene_sums = None
             self._spill.cleanup()
@@ -139,7 +224,23 @@ class PairSums:
 
 @dataclass
 class PairTables:
-    """Mean gene-gene / protein-protein attention and the tables the original's tutorials derive."""
+    """Mean gene-gene / protein-protein attention and the tables the original's tutorials derive.
+
+    Parameters
+    ----------
+    gene_to_gene : pandas.DataFrame or None
+        Query genes x genes (with ``--genes``; None over all genes).
+    gene_pairs : pandas.DataFrame or None
+        gene, partner, rank, score, scaled (the original's GRN table).
+    protein_to_protein : pandas.DataFrame or None
+        Proteins x proteins, NaN across decoder windows.
+    protein_scaled : pandas.DataFrame or None
+        The same, scaled per window.
+    protein_pairs : pandas.DataFrame or None
+        protein, partner, rank, score, scaled (the original's PPI table).
+    unscaled_proteins : list of str
+        Proteins in windows too small to scale (NaN).
+    """
 
     gene_to_gene: pd.DataFrame | None  # query genes x genes (the `--genes` rows; None over all genes)
     gene_pairs: pd.DataFrame | None  # gene, partner, rank, score, scaled (the original's GRN table)
@@ -151,10 +252,30 @@ class PairTables:
 
 def pair_tables(sums: PairSums, gene_index: pd.Index, protein_index: pd.Index, output_index: np.ndarray,
                 top_k: int, window_mask: np.ndarray | None = None) -> PairTables:
-    """Means over the `sums.count` cells, scaled and ranked as the original does.
+    """Means over the summed cells, scaled and ranked as the original does.
 
-    Protein-protein scores are scaled over each decoder window the model ran (`window_mask`, the
-    plan's `protein_window_mask`; None: every position real), then the requested proteins reported.
+    Protein-protein scores are scaled over each decoder window the model ran, then the requested
+    proteins reported.
+
+    Parameters
+    ----------
+    sums : PairSums
+        The sums.
+    gene_index : pandas.Index
+        The name of each real position.
+    protein_index : pandas.Index
+        The output proteins.
+    output_index : numpy.ndarray
+        int64 flat index of each output protein into the ``(W * P)`` windows.
+    top_k : int
+        Partners listed per gene / protein.
+    window_mask : numpy.ndarray or None
+        bool ``(W, P)``, the plan's protein_window_mask; None: every position real.
+
+    Returns
+    -------
+    PairTables
+        The tables.
     """
     n = max(1, sums.count)
     gene_frame = gene_pairs = protein_frame = protein_scaled = protein_pairs = None
@@ -191,7 +312,17 @@ def pair_tables(sums: PairSums, gene_index: pd.Index, protein_index: pd.Index, o
 
 
 def annotate(adata: ad.AnnData, tables: PairTables, kinds: tuple[str, ...]) -> None:
-    """Put the matrices into the interactions AnnData: varp for protein pairs, obsm for gene rows."""
+    """Put the pair matrices into the interactions AnnData: varp for protein pairs, obsm for gene rows.
+
+    Parameters
+    ----------
+    adata : AnnData
+        Genes x proteins, changed in place.
+    tables : PairTables
+        The tables.
+    kinds : tuple of str
+        The kinds computed.
+    """
     if tables.protein_to_protein is not None:
         adata.varp["protein_to_protein"] = tables.protein_to_protein.to_numpy(dtype=np.float32)
         adata.varp["protein_to_protein_scaled"] = tables.protein_scaled.to_numpy(dtype=np.float32)
@@ -207,9 +338,21 @@ def annotate(adata: ad.AnnData, tables: PairTables, kinds: tuple[str, ...]) -> N
 def top_edge_matrix(gene_pairs: pd.DataFrame, n_edges: int = PLOTTED_EDGES) -> pd.DataFrame:
     """The `n_edges` rows of top_gene_pairs with the highest raw score, as a gene x partner matrix.
 
-    Rows and columns are the genes those edges involve; an entry is the edge's mean attention
-    (`score`), NaN where the table lists no such edge. Ranked by raw score, not `scaled`: every
-    gene's first partner scales to 1, so the scaled score cannot order edges across genes.
+    Ranked by raw score, not scaled: every gene's first partner scales to 1, so the scaled score cannot
+    order edges across genes.
+
+    Parameters
+    ----------
+    gene_pairs : pandas.DataFrame
+        The top_gene_pairs table.
+    n_edges : int
+        Edges kept.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The genes those edges involve, both ways; an entry is the edge's mean attention, NaN where the
+        table lists no such edge.
     """
     edges = gene_pairs.dropna(subset=["score"]).sort_values(["score", "scaled"], ascending=False, kind="stable")
     edges = edges.head(n_edges)
@@ -221,7 +364,22 @@ def top_edge_matrix(gene_pairs: pd.DataFrame, n_edges: int = PLOTTED_EDGES) -> p
 
 
 def write_pair_files(staging: Path, tables: PairTables, top_k: int) -> dict[str, str]:
-    """gene_to_gene.csv, top_gene_pairs.csv, protein_to_protein.csv, top_protein_pairs.csv and heatmaps."""
+    """Write gene_to_gene.csv, top_gene_pairs.csv, protein_to_protein.csv, top_protein_pairs.csv and heatmaps.
+
+    Parameters
+    ----------
+    staging : pathlib.Path
+        The staged output folder.
+    tables : PairTables
+        The tables.
+    top_k : int
+        Partners listed.
+
+    Returns
+    -------
+    dict of str to str
+        Key -> file name, for the files written.
+    """
     from sctranslator.analysis.plots import save_heatmap
 
     names: dict[str, str] = {}

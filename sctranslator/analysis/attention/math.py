@@ -12,16 +12,41 @@ import torch
 
 
 def row_normalisers(q_feat: torch.Tensor, k_feat: torch.Tensor) -> torch.Tensor:
-    """D (..., N): each query's normaliser q'_n . sum_m k'_m (all keys, padded ones included, as the model does)."""
+    """Each query's normaliser ``D_n = q'_n . sum_m k'_m`` (all keys, padded ones included, as the model does).
+
+    Parameters
+    ----------
+    q_feat : torch.Tensor
+        ``(..., N, nb)``.
+    k_feat : torch.Tensor
+        ``(..., N, nb)``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., N)``.
+    """
     key_sum = k_feat.sum(dim=-2)
     return torch.matmul(q_feat, key_sum.unsqueeze(-1)).squeeze(-1)
 
 
 def received_attention(q_feat: torch.Tensor, k_feat: torch.Tensor, query_weights: torch.Tensor) -> torch.Tensor:
-    """received_m = sum_n w_n A[n, m] = k'_m . (sum_n w_n q'_n / D_n), shape (..., N).
+    """Attention each key receives: ``received_m = sum_n w_n A[n, m] = k'_m . (sum_n w_n q'_n / D_n)``.
 
-    `query_weights` (..., N) selects and weights the queries (1 for real tokens, 0 for padding)
-    and broadcasts over the head axis.
+    Parameters
+    ----------
+    q_feat : torch.Tensor
+        ``(..., N, nb)``.
+    k_feat : torch.Tensor
+        ``(..., N, nb)``.
+    query_weights : torch.Tensor
+        ``(..., N)``: selects and weights the queries (1 for real tokens, 0 for padding); broadcasts
+        over the head axis.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., N)``.
     """
     weights = query_weights.to(q_feat.dtype) / row_normalisers(q_feat, k_feat)
     pooled = torch.matmul(weights.unsqueeze(-2), q_feat)  # (..., 1, nb): no (N, nb) temporary
@@ -29,11 +54,35 @@ def received_attention(q_feat: torch.Tensor, k_feat: torch.Tensor, query_weights
 
 
 def normalised_queries(q_feat: torch.Tensor, k_feat: torch.Tensor) -> torch.Tensor:
-    """q'_n / D_n (..., N, nb): then A = normalised_queries @ k'^T."""
+    """``q'_n / D_n``, so that ``A = normalised_queries @ k'^T``.
+
+    Parameters
+    ----------
+    q_feat : torch.Tensor
+        ``(..., N, nb)``.
+    k_feat : torch.Tensor
+        ``(..., N, nb)``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., N, nb)``.
+    """
     return q_feat / row_normalisers(q_feat, k_feat).unsqueeze(-1)
 
 
 def concat_heads(features: torch.Tensor) -> torch.Tensor:
-    """(B, H, N, nb) -> (B, N, H * nb): sum_h X_h Y_h^T = concat(X) concat(Y)^T, one matmul for all heads."""
+    """``(B, H, N, nb)`` -> ``(B, N, H * nb)``: ``sum_h X_h Y_h^T = concat(X) concat(Y)^T``, one matmul for all heads.
+
+    Parameters
+    ----------
+    features : torch.Tensor
+        ``(B, H, N, nb)``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, N, H * nb)``.
+    """
     batch, heads, length, nb = features.shape
     return features.permute(0, 2, 1, 3).reshape(batch, length, heads * nb)

@@ -25,10 +25,26 @@ from sctranslator.analysis.attention.math import concat_heads, normalised_querie
 
 def attention_rows(q_feat: torch.Tensor, k_feat: torch.Tensor, rows: torch.Tensor,
                    columns: torch.Tensor) -> torch.Tensor:
-    """sum_h A_h[rows, columns] for one layer: (B, H, N, nb) features -> (B, len(rows), len(columns)).
+    """``sum_h A_h[rows, columns]`` for one layer.
 
-    The normaliser D runs over all N keys, as in the model. Divide by H (and the number of layers)
-    for the original's mean.
+    The normaliser D runs over all N keys, as in the model. Divide by H (and the number of layers) for
+    the original's mean.
+
+    Parameters
+    ----------
+    q_feat : torch.Tensor
+        ``(B, H, N, nb)`` query features.
+    k_feat : torch.Tensor
+        ``(B, H, N, nb)`` key features.
+    rows : torch.Tensor
+        int64 query positions.
+    columns : torch.Tensor
+        int64 key positions.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, len(rows), len(columns))``.
     """
     queries = concat_heads(normalised_queries(q_feat[:, :, rows], k_feat))
     keys = concat_heads(k_feat[:, :, columns])
@@ -36,14 +52,41 @@ def attention_rows(q_feat: torch.Tensor, k_feat: torch.Tensor, rows: torch.Tenso
 
 
 def window_attention(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """The decoder's mean attention (B, P, P) from concatenated, pre-scaled features (see `DecoderPass`)."""
+    """The decoder's mean attention from concatenated, pre-scaled features (see `DecoderPass`).
+
+    Parameters
+    ----------
+    queries : torch.Tensor
+        ``(B, P, layers * H * nb)``.
+    keys : torch.Tensor
+        ``(B, P, layers * H * nb)``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, P, P)``.
+    """
     return torch.matmul(queries, keys.transpose(1, 2))
 
 
 def protein_pair_matrix(window_sums: np.ndarray, output_index: np.ndarray, window_size: int) -> np.ndarray:
-    """(W, P, P) per-window sums -> (n_out, n_out) over the output proteins; NaN across windows.
+    """Per-window sums -> a matrix over the output proteins; NaN across windows.
 
     Proteins in different decoder windows never attend to each other, so their entry is undefined.
+
+    Parameters
+    ----------
+    window_sums : numpy.ndarray
+        ``(W, P, P)``.
+    output_index : numpy.ndarray
+        int64 flat index of each output protein into the windows.
+    window_size : int
+        P.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_out, n_out)``.
     """
     window = output_index // window_size
     position = output_index % window_size
@@ -58,12 +101,25 @@ MIN_SCALED_WINDOW = 3
 
 
 def scale_windows(window_means: np.ndarray, window_mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """The original's `attention_normalize` over each decoder window's real proteins, as the model ran them.
+    """The original's ``attention_normalize`` over each decoder window's real proteins, as the model ran them.
 
-    `window_means` (W, P, P) and `window_mask` (W, P). The scaling uses every protein in the window
-    (for a panel model its whole panel window), so a pair's scaled value does not depend on which
-    proteins were asked for. NaN where it is undefined: padding, a constant column or row, and whole
-    windows of fewer than MIN_SCALED_WINDOW proteins, whose indices are returned.
+    The scaling uses every protein in the window (for a panel model its whole panel window), so a pair's
+    scaled value does not depend on which proteins were asked for.
+
+    Parameters
+    ----------
+    window_means : numpy.ndarray
+        ``(W, P, P)``.
+    window_mask : numpy.ndarray
+        bool ``(W, P)``.
+
+    Returns
+    -------
+    scaled : numpy.ndarray
+        ``(W, P, P)``; NaN where undefined: padding, a constant column or row, and whole windows of
+        fewer than MIN_SCALED_WINDOW proteins.
+    unscaled : list of int
+        The indices of those small windows.
     """
     scaled = np.full(window_means.shape, np.nan)
     degenerate = []
@@ -84,7 +140,22 @@ def scale_windows(window_means: np.ndarray, window_mask: np.ndarray) -> tuple[np
 
 
 def column_ranges(blocks: list[np.ndarray] | np.ndarray, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column (nan)min and (nan)max of a matrix read `block_rows` rows at a time."""
+    """Per-column (nan)min and (nan)max of a matrix read `block_rows` rows at a time.
+
+    Parameters
+    ----------
+    blocks : list of numpy.ndarray or numpy.ndarray
+        The matrix, whole or in row blocks.
+    block_rows : int
+        Rows per block.
+
+    Returns
+    -------
+    lo : numpy.ndarray
+        Column minima.
+    hi : numpy.ndarray
+        Column maxima.
+    """
     lo = np.full(blocks.shape[1], np.inf)
     hi = np.full(blocks.shape[1], -np.inf)
     for start in range(0, blocks.shape[0], block_rows):
@@ -96,10 +167,23 @@ def column_ranges(blocks: list[np.ndarray] | np.ndarray, block_rows: int) -> tup
 
 
 def scale_block(block: np.ndarray, column_lo: np.ndarray | None, column_hi: np.ndarray | None) -> np.ndarray:
-    """The original's `attention_normalize` on a block of rows: columns by the given ranges, then rows.
+    """The original's ``attention_normalize`` on a block of rows: columns by the given ranges, then rows.
 
-    Constant columns or rows scale to 0 (the original divides by zero there). NaN stays NaN.
-    `column_lo=None` skips the column step (a subset of rows cannot know a column's range).
+    Constant columns or rows scale to 0 (the original divides by zero there); NaN stays NaN.
+
+    Parameters
+    ----------
+    block : numpy.ndarray
+        Rows x columns.
+    column_lo : numpy.ndarray or None
+        Column minima; None skips the column step (a subset of rows cannot know a column's range).
+    column_hi : numpy.ndarray or None
+        Column maxima.
+
+    Returns
+    -------
+    numpy.ndarray
+        The scaled block.
     """
     values = np.asarray(block, dtype=np.float64)
     if column_lo is not None and column_hi is not None:
@@ -117,10 +201,34 @@ def top_partners(matrix: np.ndarray, row_names: list[str], column_names: list[st
                  label: str = "gene", scaled_matrix: np.ndarray | None = None) -> pd.DataFrame:
     """Each row's `top_k` partners by the original's scaled score, itself excluded, block by block.
 
-    `matrix` (rows x columns; an array or a np.memmap) holds the mean attention; `self_column[i]`
-    is row i's own column (-1: none). Ranked by `scaled` (ties: the first column first), as the
-    original's fig5 tables are; `scaled_matrix` (same shape) gives the scaled scores instead (NaN:
-    undefined, never listed). Returns columns `label`, partner, rank, score, scaled. Memory: one block.
+    Ranked by scaled (ties: the first column first), as the original's fig5 tables are. Memory: one
+    block.
+
+    Parameters
+    ----------
+    matrix : numpy.ndarray
+        Rows x columns mean attention (an array or a memory map).
+    row_names : list of str
+        The rows' names.
+    column_names : list of str
+        The columns' names.
+    self_column : numpy.ndarray
+        Row i's own column (-1: none).
+    top_k : int
+        Partners per row.
+    scale_columns : bool
+        Scale columns before rows.
+    block_rows : int
+        Rows per block.
+    label : str
+        The first column's name ("gene", "protein").
+    scaled_matrix : numpy.ndarray or None
+        The scaled scores, given instead (NaN: undefined, never listed).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns `label`, partner, rank, score, scaled.
     """
     lo, hi = column_ranges(matrix, block_rows) if scale_columns and scaled_matrix is None else (None, None)
     k = max(0, min(top_k, matrix.shape[1] - 1))

@@ -30,6 +30,17 @@ from sctranslator.model import TranslatorModel
 
 @dataclass
 class EncoderPass:
+    """What one encoder pass leaves for the interaction scores.
+
+    Parameters
+    ----------
+    encodings : torch.Tensor
+        ``(B, L, dim)``.
+    gene_received : torch.Tensor
+        ``(B, n_rows)``: attention received by the traced gene rows.
+    first_layer : torch.Tensor
+        ``(B, n_rows, H1)``: ``W0 A_enc[i, :]^T`` for the traced rows, bias not added.
+    """
     encodings: torch.Tensor  # (B, L, dim)
     gene_received: torch.Tensor  # (B, n_rows): attention received by the traced gene rows
     first_layer: torch.Tensor  # (B, n_rows, H1): W0 A_enc[i, :]^T for the traced rows, bias not added
@@ -37,6 +48,17 @@ class EncoderPass:
 
 @dataclass
 class DecoderPass:
+    """What one decoder pass (one protein window) leaves for the interaction scores.
+
+    Parameters
+    ----------
+    protein_received : torch.Tensor
+        ``(B, P)``.
+    queries : torch.Tensor
+        ``(B, P, layers * H * nb)``: q'/D of every layer and head, concatenated.
+    keys : torch.Tensor
+        ``(B, P, layers * H * nb)``: k' likewise.
+    """
     protein_received: torch.Tensor  # (B, P)
     queries: torch.Tensor  # (B, P, layers * H * nb): q'/D of every layer and head, concatenated
     keys: torch.Tensor  # (B, P, layers * H * nb): k' likewise

@@ -24,12 +24,25 @@ LayerCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 @contextmanager
 def capture_features(stack: PerformerStack, on_layer: LayerCallback, *, as_published: bool = False) -> Iterator[None]:
-    """While active, each forward pass through `stack` calls `on_layer(index, q', k')` per layer.
+    """While active, each forward pass through `stack` calls ``on_layer(index, q', k')`` per layer.
 
     `as_published` reproduces a quirk of the original attention script: it records each layer's
-    attention from a second call made on the hidden state *after* that layer's attention residual,
-    LN(h + Attn(LN(h))), rather than from the attention's actual input LN(h). Those features are
-    computed from the block's input and the attention's output, captured by forward hooks.
+    attention from a second call made on the hidden state after that layer's attention residual,
+    ``LN(h + Attn(LN(h)))``, rather than from the attention's actual input ``LN(h)``.
+
+    Parameters
+    ----------
+    stack : PerformerStack
+        The encoder or decoder.
+    on_layer : callable
+        ``on_layer(index, q', k')``.
+    as_published : bool
+        Reproduce the original script's choice of hidden state.
+
+    Yields
+    ------
+    None
+        Inside the context.
     """
     handles: list[torch.utils.hooks.RemovableHandle] = []
     layers = list(stack.layers)

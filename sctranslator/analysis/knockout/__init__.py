@@ -63,7 +63,30 @@ __all__ = ["KnockoutResult", "knockout", "run_knockout"]
 
 @dataclass
 class KnockoutResult:
-    """Effects of each knocked-out gene on each protein (knocked-out minus unperturbed prediction)."""
+    """Effects of each knocked-out gene on each protein (knocked-out minus unperturbed prediction).
+
+    Parameters
+    ----------
+    adata : AnnData
+        Genes x proteins: X the mean over all cells; layers mean, std, mean:<group>, std:<group>.
+    mean : pandas.DataFrame
+        Genes x proteins mean change, all cells.
+    std : pandas.DataFrame
+        Genes x proteins standard deviation (ddof = 1), all cells.
+    effects : pandas.DataFrame
+        Long table: gene, protein, group, n_cells, mean, std.
+    semantics : {'drop', 'zero'}
+        How genes were knocked out.
+    n_cells : dict of str to int
+        Cells per group.
+    per_cell : AnnData or None
+        Cells x (gene, protein) changes, obsm['baseline'] the unperturbed predictions (with
+        ``per_cell``).
+    files : dict of str to pathlib.Path
+        Files written.
+    run : dict
+        This run's blocks computed and skipped, and seconds.
+    """
 
     adata: ad.AnnData  # genes x proteins: X = mean over all cells; layers mean, std, mean:<group>, std:<group>
     mean: pd.DataFrame  # genes x proteins, all cells

@@ -32,7 +32,23 @@ SEMANTICS = KNOCKOUT_SEMANTICS
 
 @dataclass(frozen=True)
 class KnockoutVariant:
-    """One knocked-out gene: its input column and the alignment its perturbed cells are prepared with."""
+    """One knocked-out gene: its input column and the alignment its perturbed cells are prepared with.
+
+    Parameters
+    ----------
+    gene : str
+        The gene as asked.
+    column : int
+        Its input column.
+    column_slot : numpy.ndarray
+        int64 ``(n_vars,)`` alignment of the perturbed cells.
+    position_real : numpy.ndarray
+        bool ``(L,)`` real positions of the perturbed cells.
+    gene_ids : numpy.ndarray
+        int64 ``(L,)`` tokens of the perturbed cells.
+    zero_column : bool
+        Zero the column (zero semantics) instead of dropping it.
+    """
 
     gene: str
     column: int

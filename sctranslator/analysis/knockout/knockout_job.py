@@ -69,8 +69,39 @@ class PassCounter:
 class KnockoutJob(BlockJob):
     """A knockout over the blocks of `source`: `sink` is a `KnockoutStore`.
 
-    variants: the knocked-out genes' alignments; codes: each cell's obs group (0: none);
-    n_slots: 1 + groups; per_cell: also keep every cell's changes.
+    Parameters
+    ----------
+    source : Source
+        The input.
+    plan : Plan
+        The alignment onto the model.
+    backend : BackendSpec
+        What each worker builds.
+    sink : BlockSink
+        The knockout's block store.
+    batch_size : int
+        Cells per backend call.
+    allow_empty_cells : bool
+        Predict cells with no counts in the genes the model reads.
+    embeddings : bool
+        Also write obsm['X_sctranslator'] (torch backend).
+    auto_batch_size : bool
+        Let the backend size its calls from free device memory (torch on CUDA); `batch_size` is the
+        fallback.
+    flop_per_cell : float
+        The arithmetic of one cell's forward (the threads rule, applied again inside each Dask worker).
+    compute_slots : int or None
+        Blocks that may compute at once in a process; None: all.
+    in_caller_thread : bool
+        With one local worker, run the blocks in the calling thread (no scheduler thread).
+    variants : list of KnockoutVariant
+        The knocked-out genes' alignments.
+    codes : numpy.ndarray
+        int64 obs group of each cell (0: none).
+    n_slots : int
+        1 + the number of groups.
+    per_cell : bool
+        Also keep every cell's changes.
     """
 
     variants: list[KnockoutVariant] = field(default_factory=list)

@@ -19,24 +19,38 @@ from sctranslator.options import cli_flag
 class BackendCapabilities:
     """A backend's declared abilities (a class attribute `capabilities` of every backend).
 
-    Attributes
+    The engine asks these of a backend, never its name, to decide what a job may ask of it.
+
+    Parameters
     ----------
-    embeddings : returns cell embeddings (it sees the encoder's outputs).
-    windows_at_once : can compute every protein window in one call (else one call per window).
-    precisions : device kind ("cpu", "cuda") -> the compute precisions it runs there; its keys are
-        the devices `--device` may name (a server-side backend runs on the devices its server has,
+    embeddings : bool
+        It returns cell embeddings (it sees the encoder's outputs).
+    windows_at_once : bool
+        It computes every protein window in one call (else one call per window).
+    precisions : mapping of str to tuple of str
+        Device kind ("cpu", "cuda") -> the compute precisions it runs there; its keys are the
+        devices ``--device`` may name (a server-side backend runs on the devices its server has,
         and takes only "cpu", meaning no device here).
-    options : the `backend_options` it reads.
-    required_options : the `backend_options` it cannot run without (checked by `check_options`).
-    onnx_file : runs an ONNX export (given as `onnx_path`, else exported on demand and cached).
-    remote : computes elsewhere (a server): no local GPU workers, one CPU thread per block here.
-    optional_padding_collapse : the padding collapse can be turned off (`collapse_padding`); without
-        this the backend always collapses the padding.
-    memory_sized_batches : on CUDA it sizes its calls from free device memory when batch_size is None.
-    cpu_streams : on CPU it splits a block's threads into single-thread calls that run side by side,
-        one batch each (the defaults rule records them as `streams`), instead of one call on them all.
-    reduced_precision_warning : logged when fp16 / bf16 runs (how far it is from fp32), else None.
-    settings_hint : what to do instead when --device or --precision is refused.
+    options : tuple of str
+        The ``backend_options`` it reads.
+    required_options : tuple of str
+        The ``backend_options`` it cannot run without.
+    onnx_file : bool
+        It runs an ONNX export (given as ``onnx_path``, else exported on demand and cached).
+    remote : bool
+        It computes elsewhere (a server): no local GPU workers, one CPU thread per block here.
+    optional_padding_collapse : bool
+        The padding collapse can be turned off (``collapse_padding``); without this the backend
+        always collapses the padding.
+    memory_sized_batches : bool
+        On CUDA it sizes its calls from free device memory when batch_size is None.
+    cpu_streams : bool
+        On CPU it splits a block's threads into single-thread calls that run side by side, one batch
+        each (the defaults rule records them as ``streams``), instead of one call on them all.
+    reduced_precision_warning : str or None
+        Logged when fp16 / bf16 runs (how far it is from fp32).
+    settings_hint : str
+        What to do instead when ``--device`` or ``--precision`` is refused.
     """
 
     embeddings: bool = False
@@ -59,7 +73,18 @@ class BackendCapabilities:
 
 
 def device_kind(device: str) -> str:
-    """'cuda:1' -> 'cuda'."""
+    """The kind of a device name: 'cuda:1' -> 'cuda'.
+
+    Parameters
+    ----------
+    device : str
+        "cpu", "cuda" or "cuda:N".
+
+    Returns
+    -------
+    str
+        "cpu" or "cuda".
+    """
     return device.split(":", 1)[0]
 
 
@@ -70,8 +95,29 @@ def check_backend_settings(kind: str, capabilities: BackendCapabilities, *, requ
                            others: Callable[[], Mapping[str, BackendCapabilities]] = dict) -> None:
     """Refuse every setting the backend `kind` (declaring `capabilities`) cannot honour, in one place.
 
-    requested: what the user asked for ("auto" is named in the message). others: every backend's
-    capabilities (asked only to name, in a message, the backends that would take the setting).
+    Parameters
+    ----------
+    kind : str
+        The backend.
+    capabilities : BackendCapabilities
+        What it declares.
+    requested : str or None
+        What the user asked for ("auto" is named in the message).
+    backend_options : mapping or None
+        The backend options given.
+    onnx_path : str or None
+        An ONNX export given.
+    compile : bool
+        torch.compile asked for.
+    precision : str
+        The compute dtype asked for.
+    device : str
+        The device asked for.
+    embeddings : bool
+        Cell embeddings asked for.
+    others : callable
+        Returns every backend's capabilities (asked only to name, in a message, the backends that
+        would take the setting).
 
     Raises
     ------

@@ -16,9 +16,22 @@ from sctranslator.model import TranslatorModel
 
 
 def compiled_model(model: TranslatorModel, *, owned: bool = False) -> TranslatorModel:
-    """`model` (or, unless `owned`, a copy of it: compiling changes modules in place) with its
-    Performer blocks and sequence translator compiled by torch.compile. Compilation itself happens
-    on the first call of each block (the first batch is slow)."""
+    """The model with its Performer blocks and sequence translator compiled by torch.compile.
+
+    Compilation itself happens on the first call of each block (the first batch is slow).
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model.
+    owned : bool
+        Compile `model` itself; otherwise a copy (compiling changes modules in place).
+
+    Returns
+    -------
+    TranslatorModel
+        The compiled model.
+    """
     target = model if owned else copy.deepcopy(model)
     for stack in (target.enc, target.dec):
         for block in stack.layers:
@@ -28,7 +41,18 @@ def compiled_model(model: TranslatorModel, *, owned: bool = False) -> Translator
 
 
 def is_compiled(model: TranslatorModel) -> bool:
-    """True when `model`'s blocks go through torch.compile."""
+    """Whether `model`'s blocks go through torch.compile.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model.
+
+    Returns
+    -------
+    bool
+        True when compiled.
+    """
     return getattr(model.enc.layers[0], "_compiled_call_impl", None) is not None
 
 

@@ -27,7 +27,13 @@ Call = Callable[[Batch, bool, int], Results]
 
 
 class StreamPool:
-    """`streams` pool threads (started on first use) that run one batch each with one intra-op thread."""
+    """Pool threads (started on first use) that run one batch each with one intra-op thread.
+
+    Parameters
+    ----------
+    streams : int
+        Threads in the pool (at least 1).
+    """
 
     def __init__(self, streams: int):
         self.streams = max(1, int(streams))
@@ -41,17 +47,21 @@ class StreamPool:
             return self._pool
 
     def run(self, call: Call, batches: Iterable[Batch], embeddings: bool) -> Iterator[Results]:
-        """(predictions, embeddings or None) for each batch, in order, at most `streams` computing at once.
+        """Run each batch, in order, at most `streams` computing at once.
 
         Parameters
         ----------
-        call : run(batch, embeddings, threads) for one batch, on `threads` intra-op threads.
-        batches : the block's batches (read lazily: a batch is taken when a stream is free for it).
-        embeddings : whether each call also returns cell embeddings.
+        call : callable
+            ``call(batch, embeddings, threads)`` runs one batch on `threads` intra-op threads.
+        batches : iterable of Batch
+            The block's batches (read lazily: a batch is taken when a stream is free for it).
+        embeddings : bool
+            Whether each call also returns cell embeddings.
 
-        Returns
-        -------
-        Iterator of (predictions (B, outputs), embeddings (B, dim) or None), in the batches' order.
+        Yields
+        ------
+        tuple of (numpy.ndarray, numpy.ndarray or None)
+            Predictions ``(B, outputs)`` and embeddings ``(B, dim)`` or None, in the batches' order.
         """
         source = iter(batches)
         first = list(itertools.islice(source, 2))

@@ -33,17 +33,49 @@ Results = tuple[np.ndarray, np.ndarray | None]
 
 @dataclass
 class StagedBatch(Batch):
-    """A Batch whose values are also on the device (or on their way there, until `ready`)."""
+    """A Batch whose values are also on the device (or on their way there, until `ready`).
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        float32 ``(B, L)`` on the host.
+    gene_ids : numpy.ndarray
+        int64 ``(L,)``.
+    gene_mask : numpy.ndarray
+        bool ``(L,)``.
+    protein_ids : numpy.ndarray
+        int64 ``(W, P)``.
+    protein_mask : numpy.ndarray
+        bool ``(W, P)``.
+    device_values : torch.Tensor or None
+        The values on the device.
+    ready : torch.cuda.Event or None
+        Recorded once the copy is done.
+    """
 
     device_values: torch.Tensor | None = None  # float32 (B, L) on the device
     ready: torch.cuda.Event | None = None  # recorded on the copy stream after the copy
 
 
 def device_values(batch: Batch, device: torch.device, columns: torch.Tensor | None = None) -> torch.Tensor:
-    """The batch's float32 values (B, L), or their `columns` (B, n) (an int64 index on `device`), on `device`.
+    """The batch's float32 values on `device`, all of them or some columns.
 
-    A StagedBatch's device copy is used when it lives on `device`: the current stream waits for
-    its copy, without blocking the host; anything else is copied from the host here.
+    A StagedBatch's device copy is used when it lives on `device`: the current stream waits for its
+    copy, without blocking the host; anything else is copied from the host here.
+
+    Parameters
+    ----------
+    batch : Batch
+        The batch.
+    device : torch.device
+        Where.
+    columns : torch.Tensor or None
+        An int64 index of columns on `device`; None: all.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, L)``, or ``(B, n)`` for `columns`.
     """
     staged = getattr(batch, "device_values", None)
     if staged is not None and staged.device.type == "cuda" and _same_device(staged.device, device):
@@ -66,13 +98,28 @@ def _same_device(actual: torch.device, wanted: torch.device) -> bool:
 
 
 class Pending:
-    """Results on their way to the host; `result()` waits for them (a no-op once they are there)."""
+    """Results on their way to the host; `result` waits for them (a no-op once they are there).
+
+    Parameters
+    ----------
+    tensors : tuple
+        The predictions ``(B, W * P)`` and embeddings ``(B, dim)`` or None.
+    done : torch.cuda.Event or None
+        Recorded once the copies are done; None: already on the host.
+    """
 
     def __init__(self, tensors: Outputs, done: torch.cuda.Event | None = None):
         self._tensors = tensors
         self._done = done
 
     def result(self) -> Results:
+        """Wait for the copies and give the results as numpy arrays.
+
+        Returns
+        -------
+        tuple of (numpy.ndarray, numpy.ndarray or None)
+            The predictions and the embeddings (or None).
+        """
         if self._done is not None:
             self._done.synchronize()
         predictions, embeddings = self._tensors
@@ -86,15 +133,45 @@ class HostStager:
         self.lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
 
     def stage(self, batch: Batch | None) -> Batch | None:
+        """A CPU batch needs no staging.
+
+        Parameters
+        ----------
+        batch : Batch or None
+            The batch.
+
+        Returns
+        -------
+        Batch or None
+            `batch` itself.
+        """
         return batch
 
     def fetch(self, outputs: Outputs) -> Pending:
+        """CPU results are already on the host.
+
+        Parameters
+        ----------
+        outputs : tuple
+            The predictions and embeddings tensors.
+
+        Returns
+        -------
+        Pending
+            Done at once.
+        """
         predictions, embeddings = outputs
         return Pending((predictions.float().cpu(), embeddings.float().cpu() if embeddings is not None else None))
 
 
 class CudaStager:
-    """CUDA: values through pinned buffers on a side stream; results back into pinned buffers."""
+    """CUDA: values go through pinned buffers on a side stream; results come back into pinned buffers.
+
+    Parameters
+    ----------
+    device : torch.device
+        The CUDA device.
+    """
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -102,7 +179,18 @@ class CudaStager:
         self.lock: contextlib.AbstractContextManager[Any] = threading.Lock()
 
     def stage(self, batch: Batch | None) -> StagedBatch | None:
-        """Start copying `batch`'s values to the device; returns at once (the copy runs on the side stream)."""
+        """Start copying a batch's values to the device; returns at once (the copy runs on the side stream).
+
+        Parameters
+        ----------
+        batch : Batch or None
+            The batch; None passes through.
+
+        Returns
+        -------
+        StagedBatch or None
+            The batch with its device copy on the way.
+        """
         if batch is None:
             return None
         # PyTorch's caching host allocator recycles pinned blocks, and keeps one until the copies
@@ -118,7 +206,18 @@ class CudaStager:
                            device_values=on_device, ready=ready)
 
     def fetch(self, outputs: Outputs) -> Pending:
-        """Queue the copies of `outputs` into pinned host memory on the current stream; no waiting."""
+        """Queue the copies of `outputs` into pinned host memory on the current stream; no waiting.
+
+        Parameters
+        ----------
+        outputs : tuple
+            The predictions and embeddings tensors on the device.
+
+        Returns
+        -------
+        Pending
+            The results on their way.
+        """
         host = []
         for tensor in outputs:
             if tensor is None:
@@ -136,17 +235,43 @@ Stager = HostStager | CudaStager
 
 
 def stager_for(device: torch.device) -> Stager:
-    """The stager for `device`: CudaStager on CUDA, HostStager elsewhere."""
+    """The stager for `device`: CudaStager on CUDA, HostStager elsewhere.
+
+    Parameters
+    ----------
+    device : torch.device
+        The backend's device.
+
+    Returns
+    -------
+    HostStager or CudaStager
+        The stager.
+    """
     return CudaStager(device) if device.type == "cuda" else HostStager()
 
 
 def pipelined(forward: Callable[[Batch, bool], Outputs], batches: Iterable[Batch], embeddings: bool,
               stager: Stager) -> Iterator[Results]:
-    """(predictions, embeddings or None) as numpy arrays for each batch, in order.
+    """Run batches with copies overlapped: batch k+1 is staged while batch k computes.
 
-    forward(batch, embeddings) launches one batch and returns its outputs as device tensors (it reads
-    its values with `device_values`). Batch k+1 is staged while batch k computes, and batch k's
-    results are waited for only after batch k+1 has been launched.
+    Batch k's results are waited for only after batch k+1 has been launched.
+
+    Parameters
+    ----------
+    forward : callable
+        ``forward(batch, embeddings)`` launches one batch and returns its outputs as device tensors
+        (it reads its values with `device_values`).
+    batches : iterable of Batch
+        The batches, in order.
+    embeddings : bool
+        Ask for embeddings too.
+    stager : HostStager or CudaStager
+        How values and results move.
+
+    Yields
+    ------
+    tuple of (numpy.ndarray, numpy.ndarray or None)
+        Each batch's predictions and embeddings (or None), in order.
     """
     source = iter(batches)
     upcoming = stager.stage(next(source, None))

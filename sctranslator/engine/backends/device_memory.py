@@ -52,7 +52,21 @@ def _block_elements(tokens: int, dim: int, heads: int, dim_head: int, nb_feature
 
 @dataclass(frozen=True)
 class ForwardMemory:
-    """Per-cell device bytes of one forward pass, by stage (see the module docstring)."""
+    """Per-cell device bytes of one forward pass, by stage (see the module docstring).
+
+    Parameters
+    ----------
+    encoder_input : int
+        Peak bytes of the encoder's input stage (gene embeddings and their sum).
+    encoder_block : int
+        Peak bytes inside one encoder block.
+    translator : int
+        Peak bytes of the sequence translator.
+    decoder_block : int
+        Peak bytes inside one decoder block.
+    inputs : int
+        Bytes of the staged ``(B, L)`` float32 values.
+    """
 
     encoder_input: int
     encoder_block: int
@@ -67,11 +81,27 @@ class ForwardMemory:
 
 
 def forward_memory(config: ModelConfig, tokens: int, precision: str = "fp32") -> ForwardMemory:
-    """The per-cell memory of the torch forward with `tokens` encoder tokens computed.
+    """The per-cell device memory of the torch forward with `tokens` encoder tokens computed.
 
-    tokens: N, the encoder's computed tokens: `TokenLayout.tokens` (n real + 1 with padding), or
-        config.max_genes without the collapse. precision: fp32, fp16 or bf16 (the activations' dtype).
-    Raises InputDataError for tokens outside 1..max_genes or an unknown precision.
+    Parameters
+    ----------
+    config : ModelConfig
+        The model's sizes.
+    tokens : int
+        N, the encoder's computed tokens: ``TokenLayout.tokens`` (n real + 1 with padding), or L
+        without the collapse.
+    precision : str
+        fp32, fp16 or bf16 (the activations' dtype).
+
+    Returns
+    -------
+    ForwardMemory
+        Bytes per cell, by stage.
+
+    Raises
+    ------
+    InputDataError
+        `tokens` outside 1..L, or an unknown precision.
     """
     if precision not in BYTES_PER_ELEMENT:
         raise InputDataError(f"unknown precision {precision!r}; choose one of {', '.join(BYTES_PER_ELEMENT)}")
@@ -97,8 +127,30 @@ def cells_per_call(config: ModelConfig, tokens: int, precision: str, available_b
                    limit: int = MAX_CELLS_PER_CALL) -> int:
     """Cells per model call that fit `available_bytes` of device memory (at least 1, at most `limit`).
 
-    Uses `margin` of what is left after `reserve_bytes`; one forward is on the device at a time
-    (the torch backend launches forwards under a lock), plus the next batch's staged inputs.
+    One forward is on the device at a time (the torch backend launches forwards under a lock), plus the
+    next batch's staged inputs.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        The model's sizes.
+    tokens : int
+        Encoder tokens per cell.
+    precision : str
+        The compute precision.
+    available_bytes : int
+        Free device memory.
+    margin : float
+        Share of what is left after `reserve_bytes` that may be used.
+    reserve_bytes : int
+        Bytes kept free.
+    limit : int
+        Most cells per call.
+
+    Returns
+    -------
+    int
+        Cells per call.
     """
     per_cell = forward_memory(config, tokens, precision).per_cell
     usable = margin * max(0, available_bytes - reserve_bytes)
@@ -106,8 +158,21 @@ def cells_per_call(config: ModelConfig, tokens: int, precision: str, available_b
 
 
 def available_device_bytes(device: str) -> int:
-    """Bytes a new forward can use on a CUDA `device`: the driver's free memory plus what PyTorch's
-    caching allocator holds reserved but unused (mem_get_info does not count that as free)."""
+    """Bytes a new forward can use on a CUDA device.
+
+    The driver's free memory plus what PyTorch's caching allocator holds reserved but unused
+    (mem_get_info does not count that as free).
+
+    Parameters
+    ----------
+    device : str
+        "cuda" or "cuda:N".
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
     import torch
 
     index = torch.device(device).index
@@ -117,10 +182,25 @@ def available_device_bytes(device: str) -> int:
 
 
 def batch_cells_for_device(model: Any, batch: Any, device: Any, *, collapsed: bool, precision: str = "fp32") -> int:
-    """Cells per call for `model` (a TranslatorModel) on a CUDA `device`, for the gene layout of `batch`.
+    """Cells per call for a model on a CUDA device, for the gene layout of `batch`.
 
-    collapsed: whether the backend computes the padding once (then N = the layout's tokens, else L).
-    precision: the backend's compute precision.
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model.
+    batch : Batch
+        A batch of the job (its gene layout sets N).
+    device : torch.device or str
+        The CUDA device.
+    collapsed : bool
+        The backend computes the padding once (N = the layout's tokens, else L).
+    precision : str
+        The backend's compute precision.
+
+    Returns
+    -------
+    int
+        Cells per call.
     """
     from sctranslator.graph.token_layout import TokenLayout
 

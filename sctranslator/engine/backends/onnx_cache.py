@@ -17,13 +17,30 @@ log = logging.getLogger(__name__)
 
 
 def onnx_file_for(spec: BackendSpec, model: TranslatorModel) -> str:
-    """The export to run (its encoder file): `spec.onnx_path`, or one exported from `model` (cached by
-    weights' hash).
+    """The ONNX export to run: ``spec.onnx_path``, or one exported from `model` and cached.
 
-    The cache lives in `spec.onnx_cache_dir`, else $SCTRANSLATOR_CACHE, else ~/.cache/sctranslator;
+    The cache lives in ``spec.onnx_cache_dir``, else $SCTRANSLATOR_CACHE, else ~/.cache/sctranslator;
     files are named by the model's fingerprint, the precision and the export format, each export
-    two files (model-....onnx and model-....decoder.onnx). BackendError when a given `onnx_path`
-    does not exist.
+    two files (model-....onnx and model-....decoder.onnx).
+
+    Parameters
+    ----------
+    spec : BackendSpec
+        Its ``onnx_path``, ``onnx_cache_dir`` and ``precision`` are read.
+    model : TranslatorModel
+        The model to export when no file is given.
+
+    Returns
+    -------
+    str
+        The path of the encoder graph (the decoder graph lies beside it).
+
+    Raises
+    ------
+    BackendError
+        A given ``onnx_path`` does not exist.
+    ExportError
+        The on-demand export failed.
     """
     if spec.onnx_path:
         if not Path(spec.onnx_path).is_file():
@@ -57,7 +74,20 @@ _FIXED_SECONDS = 10.0
 
 
 def export_cost(model: TranslatorModel) -> tuple[float, float]:
-    """A rough (seconds, GB) of exporting `model`: a fixed cost plus a share of the full-size measurement."""
+    """A rough cost of exporting `model`: a fixed cost plus a share of the full-size measurement.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model.
+
+    Returns
+    -------
+    seconds : float
+        Estimated export time.
+    gigabytes : float
+        Estimated peak memory.
+    """
     parameters, seconds, gigabytes = _FULL_SIZE
     share = model.n_parameters() / parameters
     return _FIXED_SECONDS + (seconds - _FIXED_SECONDS) * share, 0.5 + (gigabytes - 0.5) * share

@@ -31,9 +31,26 @@ META_FINGERPRINT, META_PRECISION = "sctranslator.fingerprint", "sctranslator.pre
 
 
 def check_export_matches(metadata: dict[str, str], path: str, model: TranslatorModel, precision: str) -> None:
-    """BackendError unless the export whose encoder metadata is `metadata` was made from `model` (same
-    weights fingerprint) at `precision`: another model's graphs would run without complaint and give
-    that model's numbers."""
+    """Refuse an export made from another model or at another precision.
+
+    Another model's graphs would run without complaint and give that model's numbers.
+
+    Parameters
+    ----------
+    metadata : dict of str to str
+        The encoder graph's metadata.
+    path : str
+        The export, for the message.
+    model : TranslatorModel
+        The job's model (its weights' fingerprint is compared).
+    precision : str
+        The precision asked for.
+
+    Raises
+    ------
+    BackendError
+        The fingerprint or precision differs.
+    """
     from sctranslator.model.identity import model_fingerprint
 
     recorded, expected = metadata.get(META_FINGERPRINT), model_fingerprint(model)
@@ -48,7 +65,31 @@ def check_export_matches(metadata: dict[str, str], path: str, model: TranslatorM
 
 
 class OnnxRuntimeBackend:
-    """ONNX Runtime on CPU, or with the CUDA / TensorRT execution providers when present."""
+    """ONNX Runtime on CPU, or with the CUDA / TensorRT execution providers when present.
+
+    Parameters
+    ----------
+    onnx_path : str
+        The export's encoder graph; its decoder graph is named in its metadata and lies beside it.
+    device : str
+        "cpu", "cuda" or "cuda:N".
+    threads : int or None
+        Intra-op threads; None: onnxruntime's default.
+    genes : int or None
+        The model's L, checked against every batch.
+    proteins : int or None
+        The model's P, checked against the graphs.
+    spinning : bool
+        False stops idle intra-op threads from spinning (they take the cores from other processes).
+
+    Raises
+    ------
+    BackendError
+        A graph cannot be loaded or breaks the graph contract (an old single-graph export is named as
+        such), or `device` is CUDA without a CUDA provider.
+    MissingExtraError
+        onnxruntime is not installed.
+    """
 
     name = "onnxruntime"
     capabilities = BackendCapabilities(
@@ -64,12 +105,7 @@ class OnnxRuntimeBackend:
 
     def __init__(self, onnx_path: str, device: str = "cpu", threads: int | None = None,
                  genes: int | None = None, proteins: int | None = None, spinning: bool = True):
-        """Load the export at `onnx_path` (the encoder graph; its decoder graph is named in its metadata
-        and lies beside it). BackendError if either cannot be loaded, if `device` is CUDA without a
-        CUDA provider, or if a graph breaks the contract (`check_graph`, with the model's P=`proteins`);
-        an old single-graph export is named as such. `genes`: the model's L, checked against batches.
-        `spinning`: False stops idle intra-op threads from spinning (they take the cores from other
-        processes; benchmarks/perf_analyzer.py measures both)."""
+        """Load both graphs of the export at `onnx_path` and check them (see the class docstring)."""
         from sctranslator.util.optional import import_optional
 
         ort = import_optional("onnxruntime", "cpu", "the onnxruntime backend (or sctranslator[gpu] on CUDA)")
@@ -119,6 +155,23 @@ class OnnxRuntimeBackend:
 
     @classmethod
     def from_spec(cls, spec: BackendSpec) -> OnnxRuntimeBackend:
+        """Build the backend for `spec`: its ONNX file, or one exported from its model and cached.
+
+        Parameters
+        ----------
+        spec : BackendSpec
+            The model, device, threads, precision and optional onnx_path.
+
+        Returns
+        -------
+        OnnxRuntimeBackend
+            The backend, its export checked against the model (weights, L, P, precision).
+
+        Raises
+        ------
+        BackendError
+            The export is missing, broken or made from another model.
+        """
         model = spec.load_model()
         path = onnx_file_for(spec, model)
         backend = cls(path, spec.device, spec.threads, model.config.max_genes, model.config.max_proteins)
@@ -126,8 +179,20 @@ class OnnxRuntimeBackend:
         return backend
 
     def layout_for(self, batch: Batch) -> TokenLayout:
-        """The batch's token layout: built once per gene layout, checked against the batch's values
-        (a padded-looking position holding a value in some cell is a token of its own)."""
+        """The batch's token layout, built once per gene layout and checked against its values.
+
+        A padded-looking position that holds a value in some cell is a token of its own.
+
+        Parameters
+        ----------
+        batch : Batch
+            The model inputs of B cells.
+
+        Returns
+        -------
+        TokenLayout
+            The positions the encoder computes for this batch.
+        """
         key = hashlib.sha1(np.ascontiguousarray(batch.gene_ids).tobytes()
                            + np.ascontiguousarray(batch.gene_mask).tobytes()).digest()
         layout = self._layouts.get(key)
@@ -140,7 +205,23 @@ class OnnxRuntimeBackend:
         return layout
 
     def predict(self, batch: Batch) -> np.ndarray:
-        """(B, W * P): the encoder once for the batch, the decoder once per protein window."""
+        """Predict a batch: the encoder once, the decoder once per protein window.
+
+        Parameters
+        ----------
+        batch : Batch
+            The model inputs of B cells.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``(B, W * P)`` predictions.
+
+        Raises
+        ------
+        BackendError
+            The batch's L differs from the graph's.
+        """
         if self.genes is not None and batch.values.shape[1] != self.genes:
             raise BackendError(f"the batch has L={batch.values.shape[1]} genes per cell; the graph takes "
                                f"L={self.genes}")
@@ -149,7 +230,27 @@ class OnnxRuntimeBackend:
                                    batch.protein_ids.reshape(1, -1), batch.protein_mask.reshape(1, -1))
 
     def predict_with_embeddings(self, batch: Batch, embeddings: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions and, when asked, cell embeddings (this backend has none).
+
+        Parameters
+        ----------
+        batch : Batch
+            The model inputs of B cells.
+        embeddings : bool
+            Whether embeddings are asked for; this backend refuses them.
+
+        Returns
+        -------
+        tuple of (numpy.ndarray, None)
+            The predictions, float32 ``(B, W * P)``, and None.
+
+        Raises
+        ------
+        BackendError
+            `embeddings` is True.
+        """
         return no_embeddings(self, batch, embeddings)
 
     def close(self) -> None:
+        """Drop the onnxruntime sessions."""
         self.graphs = None  # type: ignore[assignment]

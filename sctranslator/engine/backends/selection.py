@@ -38,12 +38,26 @@ if set(BACKENDS) != {AUTO, *_IMPLEMENTATIONS}:  # a choice without an implementa
 def choose_backend(requested: str, *, device: str = "cpu", onnx_path: str | None = None) -> tuple[str, str]:
     """The backend to run and why: `requested` itself, or for "auto" the fastest exact path.
 
-    auto: onnxruntime when an ONNX export is given (`onnx_path`: the user chose that graph);
-    otherwise the torch backend, on CPU and CUDA alike: measured on the full-size model
-    (benchmarks/bench_fullsize.py, README "Performance") it is the fastest exact path at every gene
-    count on CPU, it needs no export (tens of seconds for a new model), it is the one with cell
-    embeddings and the CUDA pipeline (memory-sized batches, overlapped copies). Triton is never
-    chosen: it needs a server.
+    "auto" takes onnxruntime when an ONNX export is given (the user chose that graph), otherwise the
+    torch backend on CPU and CUDA alike: it is the fastest exact path at every gene count on CPU
+    (benchmarks/bench_fullsize.py), needs no export, has cell embeddings and the CUDA pipeline. Triton
+    is never chosen: it needs a server.
+
+    Parameters
+    ----------
+    requested : str
+        "auto", "torch", "onnxruntime" or "triton".
+    device : str
+        The device asked for.
+    onnx_path : str or None
+        An ONNX export given by the user.
+
+    Returns
+    -------
+    kind : str
+        The backend.
+    reason : str
+        Why, for the provenance.
     """
     if requested != AUTO:
         return requested, "asked for"
@@ -57,8 +71,22 @@ def choose_backend(requested: str, *, device: str = "cpu", onnx_path: str | None
 def backend_class(kind: str) -> type:
     """The class implementing backend `kind` (its module imported on first use).
 
-    Raises BackendError for an unknown kind; MissingExtraError when the backend's optional dependency
-    (tritonclient for triton) is not installed.
+    Parameters
+    ----------
+    kind : str
+        "torch", "onnxruntime" or "triton".
+
+    Returns
+    -------
+    type
+        The backend class.
+
+    Raises
+    ------
+    BackendError
+        An unknown kind.
+    MissingExtraError
+        The backend's optional dependency (tritonclient for triton) is not installed.
     """
     try:
         module, cls, requirement = _IMPLEMENTATIONS[kind]
@@ -71,13 +99,37 @@ def backend_class(kind: str) -> type:
 
 
 def backend_capabilities(kind: str) -> BackendCapabilities:
-    """What backend `kind` declares it can do (its class's `capabilities`); errors as `backend_class`."""
+    """What backend `kind` declares it can do (its class's `capabilities`), without building it.
+
+    Parameters
+    ----------
+    kind : str
+        "torch", "onnxruntime" or "triton".
+
+    Returns
+    -------
+    BackendCapabilities
+        The class attribute ``capabilities`` of that backend.
+
+    Raises
+    ------
+    BackendError
+        An unknown `kind`.
+    MissingExtraError
+        The backend's optional dependency is not installed.
+    """
     capabilities: BackendCapabilities = backend_class(kind).capabilities  # type: ignore[attr-defined]
     return capabilities
 
 
 def all_capabilities() -> dict[str, BackendCapabilities]:
-    """Every installed backend's capabilities, by name (a backend whose extra is missing is left out)."""
+    """Every installed backend's capabilities, by name (a backend whose extra is missing is left out).
+
+    Returns
+    -------
+    dict of str to BackendCapabilities
+        Name -> capabilities.
+    """
     found = {}
     for kind in _IMPLEMENTATIONS:
         try:
@@ -89,7 +141,17 @@ def all_capabilities() -> dict[str, BackendCapabilities]:
 
 @dataclass(frozen=True)
 class ChosenBackend:
-    """The backend that runs (`kind`), why it was chosen (`reason`), and what it declares it can do."""
+    """The backend that runs, why it was chosen, and what it declares it can do.
+
+    Parameters
+    ----------
+    kind : str
+        The backend's name.
+    reason : str
+        Why it was chosen.
+    capabilities : BackendCapabilities
+        What it declares.
+    """
 
     kind: str
     reason: str
@@ -98,10 +160,30 @@ class ChosenBackend:
 
 def resolve_backend(engine: EngineOptions, backend_options: Mapping[str, Any] | None = None, *,
                     embeddings: bool = False) -> ChosenBackend:
-    """The backend to run, why it was chosen and what it declares, with every setting checked against it.
+    """Choose the backend to run and check every setting against what it declares.
 
-    Raises BackendOptionError / BackendError as `capabilities.check_backend_settings`; MissingExtraError
-    when the chosen backend's extra is not installed.
+    Parameters
+    ----------
+    engine : EngineOptions
+        The job's engine options (backend, device, precision, onnx_path, compile).
+    backend_options : mapping or None
+        The ``backend_options`` given (triton: url, ...).
+    embeddings : bool
+        Whether the job asks for cell embeddings.
+
+    Returns
+    -------
+    ChosenBackend
+        The backend's name (``kind``), why it was chosen (``reason``) and its capabilities.
+
+    Raises
+    ------
+    BackendOptionError
+        An option the chosen backend does not use (e.g. ``url`` without triton).
+    BackendError
+        A device, precision or embeddings request the backend cannot serve.
+    MissingExtraError
+        The chosen backend's extra is not installed.
     """
     kind, reason = choose_backend(engine.backend, device=engine.device, onnx_path=engine.onnx_path)
     capabilities = backend_capabilities(kind)
@@ -114,10 +196,25 @@ def resolve_backend(engine: EngineOptions, backend_options: Mapping[str, Any] | 
 
 
 def create_backend(spec: BackendSpec) -> Backend:
-    """A new backend of kind `spec.kind` (whatever building it raises passes through).
+    """Build a new backend of kind ``spec.kind``.
 
-    BackendError for an unknown kind; MissingExtraError when the backend's optional dependency
-    (tritonclient for triton) is not installed.
+    Parameters
+    ----------
+    spec : BackendSpec
+        What to build.
+
+    Returns
+    -------
+    Backend
+        A new backend; close it when done.
+
+    Raises
+    ------
+    BackendError
+        An unknown kind, or the backend cannot be built (each backend's own errors pass through:
+        ServerError for an unreachable Triton server, CheckpointError for a bad model, ...).
+    MissingExtraError
+        The backend's optional dependency (tritonclient for triton) is not installed.
     """
     backend: Backend = backend_class(spec.kind).from_spec(spec)  # type: ignore[attr-defined]
     return backend
@@ -128,7 +225,23 @@ _BACKENDS_LOCK = threading.Lock()
 
 
 def get_backend(spec: BackendSpec) -> Backend:
-    """The backend for `spec` in this process: built on first use, then shared by every block."""
+    """The backend for `spec` in this process: built on first use, then shared by every block.
+
+    Parameters
+    ----------
+    spec : BackendSpec
+        What to build; equal specs (``spec.key()``) share one backend.
+
+    Returns
+    -------
+    Backend
+        The cached backend (`release_backends` closes it).
+
+    Raises
+    ------
+    BackendError
+        As `create_backend`.
+    """
     key = spec.key()
     with _BACKENDS_LOCK:
         backend = _BACKENDS.get(key)

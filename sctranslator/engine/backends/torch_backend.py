@@ -30,7 +30,20 @@ _UNBUILT: Any = object()  # a layout whose collapse is not cached (None is cache
 
 
 def cell_embedding(encodings: torch.Tensor, gene_mask: torch.Tensor) -> torch.Tensor:
-    """A cell's embedding: the mean of its encoder outputs over real gene tokens, (B, L, dim) -> (B, dim)."""
+    """Each cell's embedding: the mean of its encoder outputs over its real gene tokens.
+
+    Parameters
+    ----------
+    encodings : torch.Tensor
+        ``(B, L, dim)`` encoder outputs.
+    gene_mask : torch.Tensor
+        bool ``(B, L)`` or ``(L,)``: real gene positions.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, dim)``.
+    """
     weights = gene_mask.to(encodings.dtype).unsqueeze(-1)
     return (encodings * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
@@ -38,8 +51,35 @@ def cell_embedding(encodings: torch.Tensor, gene_mask: torch.Tensor) -> torch.Te
 class TorchBackend:
     """PyTorch in eval mode without autograd, on CPU or CUDA.
 
-    The encoder and translator do not depend on the proteins, so they run once per batch and
-    only the decoder runs once per protein window.
+    The encoder and translator do not depend on the proteins, so they run once per batch and only the
+    decoder runs once per protein window.
+
+    Parameters
+    ----------
+    model : TranslatorModel
+        The model (moved to `device`).
+    device : str
+        "cpu", "cuda" or "cuda:N".
+    collapse_padding : bool
+        Compute the padding positions of a cell once (exact; see `sctranslator.graph.token_layout`).
+    precision : {'fp32', 'bf16', 'fp16'}
+        fp32 is exact; bf16 / fp16 run the dense layers in that dtype (see
+        `sctranslator.model.precision`).
+    compile : bool
+        Run the model's blocks through torch.compile.
+    threads : int or None
+        CPU threads of one block; None: whatever the process has.
+    cpu_streams : bool
+        On CPU, run a block of several batches as that many single-thread calls side by side
+        (`sctranslator.engine.backends.cpu_streams`), else each call uses every thread.
+    selected_outputs : bool
+        The decoder's last layer computes only the real protein positions of each window (the
+        padded ones come back NaN), for callers that read the real proteins only (translate).
+
+    Raises
+    ------
+    BackendError
+        CUDA asked for without CUDA, or a precision the device has no native arithmetic for.
     """
 
     name = "torch"
@@ -87,6 +127,25 @@ class TorchBackend:
 
     @classmethod
     def from_spec(cls, spec: BackendSpec) -> TorchBackend:
+        """Build the backend for `spec`: its model, device, precision and options.
+
+        Parameters
+        ----------
+        spec : BackendSpec
+            What to build (``options``: collapse_padding, compile).
+
+        Returns
+        -------
+        TorchBackend
+            The backend.
+
+        Raises
+        ------
+        BackendError
+            As the class.
+        CheckpointError
+            The model cannot be loaded.
+        """
         if spec.threads:
             torch.set_num_threads(spec.threads)
         return cls(spec.load_model(), spec.device, collapse_padding=bool(spec.options.get("collapse_padding", True)),
@@ -132,20 +191,58 @@ class TorchBackend:
         return collapse
 
     def predict(self, batch: Batch) -> np.ndarray:
+        """Predict a batch's proteins.
+
+        Parameters
+        ----------
+        batch : Batch
+            The model inputs of B cells.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``(B, W * P)``.
+        """
         return self.predict_with_embeddings(batch, embeddings=False)[0]
 
     @torch.inference_mode()
     def predict_with_embeddings(self, batch: Batch, embeddings: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-        """Predictions (B, W * P) and, if asked, cell embeddings (B, dim): see `cell_embedding`."""
+        """Predict a batch and, if asked, the cells' embeddings (see `cell_embedding`).
+
+        Parameters
+        ----------
+        batch : Batch
+            The model inputs of B cells.
+        embeddings : bool
+            Also return the embeddings.
+
+        Returns
+        -------
+        tuple of (numpy.ndarray, numpy.ndarray or None)
+            Predictions ``(B, W * P)`` and embeddings ``(B, dim)`` or None.
+        """
         return self.stager.fetch(self.forward(batch, embeddings)).result()
 
     # -- GPU hooks: a block's batches pipelined (cuda_staging.py); cells per call from device memory --
     @torch.inference_mode()
     def predict_batches(self, batches: Iterable[Batch], embeddings: bool = False
                         ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """predict_with_embeddings for each batch, in order; on CUDA batch k+1 is copied while batch k runs,
-        on CPU with streams several batches run side by side on one thread each (cpu_streams.py).
-        (The decorator enters inference mode at each resumption of the generator only.)"""
+        """`predict_with_embeddings` for each batch, in order; on CUDA batch k+1 is copied while batch k runs.
+
+        The decorator enters inference mode at each resumption of the generator only.
+
+        Parameters
+        ----------
+        batches : iterable of Batch
+            The batches.
+        embeddings : bool
+            Also return embeddings.
+
+        Yields
+        ------
+        tuple of (numpy.ndarray, numpy.ndarray or None)
+            Each batch's predictions and embeddings (or None).
+        """
         if self.streams is not None:
             yield from self.streams.run(self._call, batches, embeddings)
             return
@@ -157,7 +254,18 @@ class TorchBackend:
             return self.stager.fetch(self.forward(batch, embeddings, threads=threads)).result()
 
     def cells_per_call(self, batch: Batch) -> int | None:
-        """Cells per call that fit the device's free memory (CUDA), None elsewhere."""
+        """Cells per call that fit the device's free memory.
+
+        Parameters
+        ----------
+        batch : Batch
+            The model inputs of B cells.
+
+        Returns
+        -------
+        int or None
+            On CUDA the cells per call for this batch's gene layout; None elsewhere.
+        """
         if self.device.type != "cuda":
             return None
         return batch_cells_for_device(self.model, batch, self.device, collapsed=self._collapse_for(batch) is not None,
@@ -166,10 +274,21 @@ class TorchBackend:
     @torch.inference_mode()
     def forward(self, batch: Batch, embeddings: bool, threads: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Launch one batch: predictions (B, W * P) and embeddings (B, dim) or None, as device tensors.
+        """Launch one batch on the device, without waiting for it.
 
-        `threads`: intra-op threads for this call (default: the backend's); PyTorch keeps the count
-        per calling thread, so streams on their own threads may each run with one.
+        Parameters
+        ----------
+        batch : Batch
+            The model inputs of B cells.
+        embeddings : bool
+            Also compute embeddings.
+        threads : int or None
+            Intra-op threads for this call; None: the backend's.
+
+        Returns
+        -------
+        tuple of (torch.Tensor, torch.Tensor or None)
+            Predictions ``(B, W * P)`` and embeddings ``(B, dim)`` or None, as device tensors.
         """
         threads = threads or self.threads
         if threads and torch.get_num_threads() != threads:
@@ -213,6 +332,7 @@ class TorchBackend:
         return predictions, embedding
 
     def close(self) -> None:
+        """Release the model and the CUDA staging buffers."""
         if self.streams is not None:
             self.streams.close()
         self.model = None  # type: ignore[assignment]

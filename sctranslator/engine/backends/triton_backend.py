@@ -55,6 +55,37 @@ _TRANSIENT = ("unavailable", "connection", "connect", "reset", "refused", "broke
 
 @dataclass(frozen=True)
 class TritonConnection:
+    """How the triton backend reaches its server: the ``backend_options`` of ``backend="triton"``.
+
+    Parameters
+    ----------
+    url : str
+        The server, HOST:PORT (gRPC 8001 or HTTP 8000 by default); a grpc:// or http(s):// prefix
+        is dropped.
+    model_name : str
+        The served model.
+    model_version : str
+        Its version; "" for the server's latest.
+    protocol : {'grpc', 'http'}
+        The client protocol.
+    max_in_flight : int
+        Concurrent requests.
+    max_batch : int or None
+        Cells per request; None: the served model's max_batch_size.
+    timeout_s : float
+        Seconds one request may take before it is retried.
+    ready_timeout_s : float
+        Seconds to wait for the server and model to report ready.
+    retry_timeout_s : float
+        Seconds a failing request is retried before ServerError.
+    backoff_s : float
+        First wait between retries, in seconds (doubled each time).
+    max_backoff_s : float
+        Longest wait between retries, in seconds.
+    check_fingerprint : bool
+        Refuse a served model whose weight fingerprint differs from the job's model.
+    """
+
     url: str
     model_name: str = "sctranslator"
     model_version: str = ""
@@ -70,6 +101,23 @@ class TritonConnection:
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> TritonConnection:
+        """The connection from ``backend_options``; None values keep their defaults.
+
+        Parameters
+        ----------
+        options : dict
+            Field name -> value; ``url`` is required.
+
+        Returns
+        -------
+        TritonConnection
+            The checked settings.
+
+        Raises
+        ------
+        ServerError
+            An unknown option, no url, an unknown protocol, or max_in_flight < 1.
+        """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
@@ -87,7 +135,7 @@ class TritonConnection:
 
     @property
     def address(self) -> str:
-        # tritonclient wants HOST:PORT without a scheme.
+        """The server as tritonclient takes it: HOST:PORT without a scheme."""
         for scheme in ("grpc://", "http://", "https://"):
             if self.url.startswith(scheme):
                 return self.url[len(scheme):].rstrip("/")
@@ -95,7 +143,18 @@ class TritonConnection:
 
 
 def is_transient(error: BaseException) -> bool:
-    """Whether a failed request may pass if retried once the server is back."""
+    """Whether a failed request may pass if retried once the server is back.
+
+    Parameters
+    ----------
+    error : BaseException
+        What the request raised.
+
+    Returns
+    -------
+    bool
+        True for connection resets, timeouts and "unavailable" answers.
+    """
     from tritonclient.utils import InferenceServerException
 
     if isinstance(error, ConnectionError | TimeoutError):
@@ -144,7 +203,29 @@ def _describe(error: BaseException) -> str:
 
 
 class TritonBackend:
-    """Implements the Backend protocol against a Triton server."""
+    """The Backend protocol against a Triton server: the served graph runs there, batches go by request.
+
+    Building it waits for the server and model to be ready and checks the served model against the
+    job's (inputs, outputs, L, P and the weight fingerprint).
+
+    Parameters
+    ----------
+    options : TritonConnection
+        Where the server is and how to talk to it.
+    expected_genes : int or None
+        The job's model L; None skips the check.
+    expected_proteins : int or None
+        The job's model P; None skips the check.
+    expected_fingerprint : str or None
+        The job's model weight fingerprint; None skips the check.
+
+    Raises
+    ------
+    ServerError
+        The server or model is not ready by ``ready_timeout_s``, or serves a different model.
+    MissingExtraError
+        tritonclient is not installed.
+    """
 
     name = "triton"
     capabilities = BackendCapabilities(
@@ -173,6 +254,24 @@ class TritonBackend:
 
     @classmethod
     def from_spec(cls, spec: BackendSpec) -> TritonBackend:
+        """Build the backend for `spec`: its ``options`` are the connection, its model the expectation.
+
+        Parameters
+        ----------
+        spec : BackendSpec
+            ``spec.options`` holds the connection (see `TritonConnection`); ``spec.model``, when
+            given, is checked against the served model.
+
+        Returns
+        -------
+        TritonBackend
+            A backend whose server is ready and serves the job's model.
+
+        Raises
+        ------
+        ServerError
+            As `TritonConnection.from_dict` and the class.
+        """
         options = TritonConnection.from_dict(spec.options)
         if spec.model is None:
             return cls(options)
@@ -203,7 +302,13 @@ class TritonBackend:
         return {"client_timeout": self.options.timeout_s} if self.options.protocol == "grpc" else {}
 
     def client(self) -> Any:
-        """This thread's client (gRPC: one client shared by all threads)."""
+        """This thread's client (gRPC: one client shared by all threads).
+
+        Returns
+        -------
+        tritonclient.grpc.InferenceServerClient or tritonclient.http.InferenceServerClient
+            A client of the configured protocol.
+        """
         if self.options.protocol == "grpc":
             with self._clients_lock:
                 if self._shared_client is None:
@@ -292,9 +397,26 @@ class TritonBackend:
 
     def check_model(self, genes: int | None, proteins: int | None,
                     fingerprint: str | None) -> tuple[int, int, int]:
-        """ServerError unless the served model takes (B, L) genes and (B, P) proteins as the plan's model.
+        """Check that the served model takes ``(B, L)`` genes and ``(B, P)`` proteins as the job's model.
 
-        Returns (max cells per request, L, P).
+        Parameters
+        ----------
+        genes : int or None
+            The expected L; None accepts the served one.
+        proteins : int or None
+            The expected P; None accepts the served one.
+        fingerprint : str or None
+            The expected weight fingerprint; None skips the check.
+
+        Returns
+        -------
+        tuple of int
+            (max cells per request, L, P) of the served model.
+
+        Raises
+        ------
+        ServerError
+            The served model is not an sctranslator model or differs from the job's.
         """
         metadata, config = self._with_retries("reading the model metadata", self._metadata_and_config)
         where = f"model {self.options.model_name!r} on {self.options.address}"
@@ -392,9 +514,28 @@ class TritonBackend:
                                   lambda: self._infer_once(inputs))
 
     def predict(self, batch: Batch) -> np.ndarray:
-        """(B, W * P) predictions; one request per chunk of max_batch cells carrying all W protein windows
-        (the served model runs the encoder at most once per request), or, for a model that takes one window of
-        P proteins (an export from an earlier version), one request per window and chunk."""
+        """Predict a batch on the server, requests in flight concurrently.
+
+        One request per chunk of max_batch cells carries all W protein windows (the served model runs
+        the encoder at most once per request); a model that takes one window of P proteins (an export
+        from an earlier version) gets one request per window and chunk.
+
+        Parameters
+        ----------
+        batch : Batch
+            The model inputs of B cells.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``(B, W * P)`` predictions.
+
+        Raises
+        ------
+        ServerError
+            The batch's L or P differs from the served model's, or a request still fails after
+            ``retry_timeout_s``.
+        """
         cells, genes = batch.values.shape
         if genes != self.genes or batch.protein_ids.shape[1] != self.proteins:
             raise ServerError(f"the batch has L={genes}, P={batch.protein_ids.shape[1]}; the served model takes "
@@ -412,9 +553,29 @@ class TritonBackend:
         return np.concatenate(columns, axis=1)
 
     def predict_with_embeddings(self, batch: Batch, embeddings: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions and, when asked, cell embeddings (this backend has none).
+
+        Parameters
+        ----------
+        batch : Batch
+            The model inputs of B cells.
+        embeddings : bool
+            Whether embeddings are asked for; this backend refuses them.
+
+        Returns
+        -------
+        tuple of (numpy.ndarray, None)
+            The predictions, float32 ``(B, W * P)``, and None.
+
+        Raises
+        ------
+        BackendError
+            `embeddings` is True.
+        """
         return no_embeddings(self, batch, embeddings)
 
     def close(self) -> None:
+        """Wait for requests in flight, then close every client."""
         self._pool.shutdown(wait=True)
         with self._clients_lock:
             for client in self._clients:

@@ -20,7 +20,20 @@ __all__ = ["read_dataframe", "read_elem", "sparse_dataset"]
 
 
 def read_dataframe(node: Any, *, is_array: bool) -> pd.DataFrame:
-    """An obs/var table as anndata reads it, current (group) or pre-0.7 (structured array) layout."""
+    """An obs / var table as anndata reads it, current (group) or pre-0.7 (structured array) layout.
+
+    Parameters
+    ----------
+    node : h5py or zarr group or array
+        The stored table.
+    is_array : bool
+        The pre-0.7 layout (a structured array).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table.
+    """
     if not is_array:
         frame = read_elem(node)
         return frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)

@@ -50,11 +50,26 @@ class Source:
 
     @property
     def obs_names(self) -> pd.Index:
+        """The cells' names, in row order (read once and kept)."""
         raise NotImplementedError
 
     def obs_names_block(self, start: int, stop: int) -> np.ndarray:
-        """Names (str, object array) of rows start..stop; stored sources read only that slice of the
-        obs index, so that a pass over all names in blocks never holds them all (training)."""
+        """Names of rows ``[start, stop)``; stored sources read only that slice of the obs index.
+
+        A pass over all names in blocks then never holds them all (training).
+
+        Parameters
+        ----------
+        start : int
+            First row.
+        stop : int
+            Row after the last.
+
+        Returns
+        -------
+        numpy.ndarray
+            Object array of names.
+        """
         return np.asarray(self.obs_names[start:stop].astype(str), dtype=object)
 
     def release_obs_names(self) -> None:
@@ -67,24 +82,69 @@ class Source:
         raise NotImplementedError
 
     def obs_table(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
-        """obs with only `columns` (None: all), for the output's obs (`--obs-columns`); sources that
-        can read single columns (SOMA) override it. Raises InputDataError naming unknown columns."""
+        """obs with only `columns`, for the output's obs (``--obs-columns``).
+
+        Parameters
+        ----------
+        columns : sequence of str or None
+            The columns; None: all.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per cell.
+
+        Raises
+        ------
+        InputDataError
+            Unknown columns (named).
+        """
         return pick_obs_columns(self.read_obs(), columns, self.describe())
 
     def obsm_arrays(self) -> dict[str, Any]:
-        """The input's numeric, dense obsm arrays with one row per cell (`spatial`, `X_pca`, ...), as
-        row-sliceable array-likes (numpy, h5py, zarr) read on demand; others (sparse, tables) are left out."""
+        """The input's numeric, dense obsm arrays with one row per cell (``spatial``, ``X_pca``, ...).
+
+        Sparse matrices and tables are left out.
+
+        Returns
+        -------
+        dict
+            Key -> row-sliceable array-like (numpy, h5py, zarr) read on demand.
+        """
         return {}
 
     def describe(self) -> str:
-        """How to name this input in a message."""
+        """How to name this input in a message.
+
+        Returns
+        -------
+        str
+            A short description (the path, or the object's kind).
+        """
         return self.path or f"the in-memory {self.kind} input"
 
     # --- data -----------------------------------------------------------------------------------
     def read_block(self, start: int, stop: int) -> Block:
-        """Rows [start, stop) as a CSR matrix (sparse inputs) or a C-ordered ndarray (dense inputs).
+        """Rows ``[start, stop)`` of the matrix.
 
         The returned arrays are owned by the caller: modifying them never touches the input.
+
+        Parameters
+        ----------
+        start : int
+            First row.
+        stop : int
+            Row after the last.
+
+        Returns
+        -------
+        scipy.sparse.csr_matrix or numpy.ndarray
+            ``(stop - start, n_vars)``: CSR for sparse inputs, a C-ordered array for dense ones.
+
+        Raises
+        ------
+        StoreError
+            A missing or corrupted chunk, or an indptr that cannot describe these rows.
         """
         start, stop = self._check_range(start, stop)
         block = self._read_rows(start, stop)
@@ -104,7 +164,13 @@ class Source:
 
     # --- identity -------------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
-        """A JSON-able identity used to refuse resuming a job against different input data."""
+        """A JSON-able identity, used to refuse resuming a job against different input data.
+
+        Returns
+        -------
+        dict
+            Kind, location, shape and a hash of the names.
+        """
         if self._fingerprint is None:
             self._fingerprint = {
                 "kind": self.kind,
@@ -161,7 +227,27 @@ def require_unique_cell_names(names: pd.Index, where: str, why: str) -> None:
 
 
 def pick_obs_columns(obs: pd.DataFrame, columns: Sequence[str] | None, where: str) -> pd.DataFrame:
-    """`obs` restricted to `columns` (None: all of them); InputDataError listing obs's columns for unknown ones."""
+    """`obs` restricted to `columns`.
+
+    Parameters
+    ----------
+    obs : pandas.DataFrame
+        The obs table.
+    columns : sequence of str or None
+        The columns; None: all.
+    where : str
+        Names the input in the message.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The selected columns.
+
+    Raises
+    ------
+    InputDataError
+        Unknown columns (the message lists obs's columns).
+    """
     if columns is None:
         return obs
     unknown = [str(c) for c in columns if c not in obs.columns]
@@ -172,15 +258,38 @@ def pick_obs_columns(obs: pd.DataFrame, columns: Sequence[str] | None, where: st
 
 
 def block_dtype(dtype: np.dtype) -> np.dtype:
-    """The dtype a block of stored `dtype` is served in: float32 for float16 (exact: every float16 value
-    is a float32 value), the stored dtype otherwise."""
+    """The dtype a block of stored `dtype` is served in.
+
+    Parameters
+    ----------
+    dtype : numpy.dtype
+        The stored dtype.
+
+    Returns
+    -------
+    numpy.dtype
+        float32 for float16 (exact: every float16 value is a float32 value), the stored dtype otherwise.
+    """
     dtype = np.dtype(dtype)
     return np.dtype(np.float32) if dtype == np.float16 else dtype
 
 
 def carried_obsm(group: Any, n_obs: int) -> dict[str, Any]:
-    """The members of an obsm mapping or group that travel into the output: numeric dense arrays
-    with `n_obs` rows (scipy matrices, DataFrames and groups such as sparse matrices stay behind)."""
+    """The members of an obsm mapping or group that travel into the output.
+
+    Parameters
+    ----------
+    group : mapping, h5py.Group or zarr.Group
+        obsm.
+    n_obs : int
+        Cells.
+
+    Returns
+    -------
+    dict
+        Numeric dense arrays with `n_obs` rows (scipy matrices, DataFrames and groups such as sparse
+        matrices stay behind).
+    """
     found = {}
     for key in list(group.keys()) if group is not None else []:
         member = group[key]
@@ -194,7 +303,18 @@ def carried_obsm(group: Any, n_obs: int) -> dict[str, Any]:
 
 
 def hash_names(names: Iterable[Any]) -> str:
-    """sha256 of the names, NUL-separated (names cannot contain NUL in any store we read)."""
+    """sha256 of the names, NUL-separated (names cannot contain NUL in any store we read).
+
+    Parameters
+    ----------
+    names : iterable
+        The names.
+
+    Returns
+    -------
+    str
+        A hex digest.
+    """
     values = np.asarray(pd.Index(names).astype(str))
     digest = hashlib.sha256()
     for lo in range(0, len(values), _HASH_SLICE):
@@ -207,8 +327,26 @@ def hash_names(names: Iterable[Any]) -> str:
 def check_indptr(indptr: np.ndarray, nnz: int, *, where: str, first_row: int, n_obs: int) -> None:
     """Refuse an indptr slice that cannot describe rows of a CSR matrix with `nnz` stored entries.
 
-    Checked before data/indices are read: a corrupt indptr would otherwise ask for absurd ranges, or
-    silently shift entries between rows.
+    Checked before data and indices are read: a corrupt indptr would otherwise ask for absurd ranges,
+    or silently shift entries between rows.
+
+    Parameters
+    ----------
+    indptr : numpy.ndarray
+        The slice for the rows read (one more entry than rows).
+    nnz : int
+        Stored entries of the whole matrix.
+    where : str
+        Names the input in the message.
+    first_row : int
+        The slice's first row.
+    n_obs : int
+        Rows of the matrix.
+
+    Raises
+    ------
+    StoreError
+        A decreasing, negative or out-of-range indptr.
     """
     last_row = first_row + len(indptr) - 2
     rows = f"rows {first_row}..{last_row}"
@@ -227,9 +365,30 @@ def check_indptr(indptr: np.ndarray, nnz: int, *, where: str, first_row: int, n_
 
 
 def check_csr_block(block: Any, expected: int, n_vars: int, *, where: str, first_row: int) -> sp.csr_matrix:
-    """Check a CSR row block read by anndata against its indptr slice; return it as a csr_matrix.
+    """Check a CSR row block read by anndata against its indptr slice.
 
-    `expected` is the number of entries the (already checked) indptr slice gives these rows.
+    Parameters
+    ----------
+    block : scipy.sparse matrix
+        The block.
+    expected : int
+        Entries the (already checked) indptr slice gives these rows.
+    n_vars : int
+        Columns.
+    where : str
+        Names the input in the message.
+    first_row : int
+        The block's first row.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        The block.
+
+    Raises
+    ------
+    StoreError
+        Another number of entries, or column indices out of range.
     """
     block = block if isinstance(block, sp.csr_matrix) else sp.csr_matrix(block)
     rows = f"rows {first_row}..{first_row + block.shape[0] - 1}"

@@ -16,7 +16,19 @@ _CHUNK_CACHE_BYTES = 16 * 1024 * 1024
 
 
 class H5Source(StoredSource):
-    """An .h5ad file, or the modality of an .h5mu file (`mod/<modality>`)."""
+    """An .h5ad file, or the modality of an .h5mu file (``mod/<modality>``).
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    layer : str or None
+        Serve ``layers[layer]`` instead of X.
+    modality : str or None
+        The MuData modality; None: "rna", else the one RNA-like modality.
+    use_raw : bool
+        Serve ``raw/X`` with ``raw/var``.
+    """
 
     def _open(self) -> h5py.File:
         try:

@@ -15,11 +15,25 @@ from sctranslator.errors import InputDataError
 
 
 class AnnDataSource(Source):
-    """Rows of an AnnData's X (or a layer). Pickles with its matrix, since that is where the data lives.
+    """Rows of an in-memory AnnData's X (or a layer); pickles with its matrix, since that is where the data lives.
 
-    A backed AnnData (``anndata.read_h5ad(path, backed="r")``) is read through its file with the
-    h5py reader, which is picklable and much faster than anndata's backed slicing; its obs and var
-    come from the object, so renamed var_names are honoured.
+    A backed AnnData (``anndata.read_h5ad(path, backed="r")``) is read through its file with the h5py
+    reader, which is picklable and much faster than anndata's backed slicing; its obs and var come from
+    the object, so renamed var_names are honoured.
+
+    Parameters
+    ----------
+    adata : AnnData
+        The AnnData.
+    layer : str or None
+        Serve ``layers[layer]`` instead of X.
+    use_raw : bool
+        Serve ``.raw.X`` with ``.raw.var``.
+
+    Raises
+    ------
+    InputDataError
+        A missing layer or raw, or an unusable matrix.
     """
 
     kind = "anndata"
@@ -71,16 +85,34 @@ class AnnDataSource(Source):
 
     @property
     def var(self) -> pd.DataFrame:
+        """The genes: the var table whose index (or gene column) names them."""
         return self._var
 
     @property
     def obs_names(self) -> pd.Index:
+        """The cells' names, in row order (read once and kept)."""
         return self._obs.index
 
     def read_obs(self) -> pd.DataFrame:
+        """The full obs table, for copying into the output.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per cell.
+        """
         return self._obs.copy()
 
     def obsm_arrays(self) -> dict[str, Any]:
+        """The input's numeric, dense obsm arrays with one row per cell (``spatial``, ``X_pca``, ...).
+
+        Sparse matrices and tables are left out.
+
+        Returns
+        -------
+        dict
+            Key -> row-sliceable array-like (numpy, h5py, zarr) read on demand.
+        """
         return dict(self._obsm)
 
     def _element_name(self) -> str:
@@ -101,6 +133,7 @@ class AnnDataSource(Source):
         return _as_block(block, fresh=block is not matrix)
 
     def close(self) -> None:
+        """Release open file handles; the source reopens them if it is read again."""
         if self._file is not None:
             self._file.close()
 

@@ -11,11 +11,28 @@ RNA_LIKE = frozenset({"rna", "gex", "gene expression", "gene_expression", "genee
 
 
 def pick_modality(names: Iterable[str], requested: str | None, *, where: str) -> str:
-    """The modality to read among `names`.
+    """The MuData modality to read among `names`.
 
-    `requested` is used as given (an InputDataError lists the modalities when absent); with None,
-    `rna` if present, else the unique modality whose name is RNA-like (rna, RNA, gex, GEX,
-    'Gene Expression', ...), else an InputDataError listing the modalities and naming the option.
+    Parameters
+    ----------
+    names : iterable of str
+        The modalities.
+    requested : str or None
+        Used as given; None: "rna" if present, else the unique modality whose name is RNA-like (rna,
+        RNA, gex, GEX, 'Gene Expression', ...).
+    where : str
+        Names the input in messages.
+
+    Returns
+    -------
+    str
+        The modality.
+
+    Raises
+    ------
+    InputDataError
+        `requested` is absent, or no single RNA-like modality (the message lists them and names the
+        option).
     """
     names = [str(n) for n in names]
     listed = ", ".join(sorted(names)) or "none"

@@ -34,20 +34,39 @@ def open_source(data: Any, *, layer: str | None = None, modality: str | None = N
 
     Parameters
     ----------
-    data: a path (.h5ad, .h5mu, AnnData/MuData zarr store), an AnnData or MuData, or a Source (returned as is).
-    layer: serve ``layers[layer]`` instead of X.
-    modality: the MuData modality (ignored for AnnData inputs); None picks `rna`, else the one
-        RNA-like modality (rna, RNA, gex, GEX, 'Gene Expression'), else raises InputDataError listing them.
-    use_raw: serve ``.raw.X`` with ``.raw.var`` (obs stays the AnnData's).
-    missing_chunks: what an absent chunk of a dense zarr X means: "error" (default) raises a StoreError
-        naming the array, chunk and rows; "zeros" reads it as zeros (zarr omits all-zero chunks when
-        written with write_empty_chunks=False). A missing chunk of a CSR component is always an error.
-    measurement, gene_column: for a TileDB-SOMA experiment (a URI, or an open tiledbsoma.Experiment), the
-        measurement (None: RNA) and the var column naming the genes (None: feature_name when present);
-        `layer` is then the X layer (None: raw when present, else the only one). See `sources.soma`.
-    storage_options: fsspec options for a URL input (s3://, gs://, http(s)://; `engine.sources.remote`).
+    data : str, pathlib.Path, AnnData, MuData, tiledbsoma.Experiment or Source
+        A path or URL (.h5ad, .h5mu, AnnData / MuData Zarr store, TileDB-SOMA experiment), an AnnData
+        or MuData, or a Source (returned as is).
+    layer : str or None
+        Serve ``layers[layer]`` instead of X (a SOMA experiment: the X layer; None: raw when present,
+        else the only one).
+    modality : str or None
+        The MuData modality (ignored for AnnData inputs); None picks "rna", else the one RNA-like
+        modality.
+    use_raw : bool
+        Serve ``.raw.X`` with ``.raw.var`` (obs stays the AnnData's).
+    missing_chunks : {'error', 'zeros'}
+        What an absent chunk of a dense Zarr X means: refuse (naming the array, chunk and rows), or
+        zeros (zarr omits all-zero chunks written with write_empty_chunks=False). A missing chunk of a
+        CSR component is always an error.
+    measurement : str or None
+        A SOMA experiment's measurement; None: "RNA".
+    gene_column : str or None
+        A SOMA experiment's var column naming the genes; None: feature_name when present.
+    storage_options : dict or None
+        fsspec options for a URL input (s3://, gs://, http(s)://).
 
-    Raises StoreError for unreadable/damaged inputs and InputDataError for a missing layer, raw or modality.
+    Returns
+    -------
+    Source
+        A picklable source of cells x genes.
+
+    Raises
+    ------
+    StoreError
+        An unreadable or damaged input.
+    InputDataError
+        A missing layer, raw or modality, or an input of an unknown kind.
     """
     uri = data if is_soma_experiment_object(data) else soma_uri(data)
     if uri is not None:

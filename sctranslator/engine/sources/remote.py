@@ -23,7 +23,17 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 class RemoteZarrSource(ZarrSource):
-    """An AnnData (or MuData) Zarr store at a URL; `storage_options` go to fsspec."""
+    """An AnnData (or MuData) Zarr store at a URL.
+
+    Parameters
+    ----------
+    url : str
+        The store's s3://, gs:// or http(s):// URL.
+    storage_options : dict or None
+        fsspec options (credentials, endpoint_url, anon, ...).
+    **kwargs
+        layer, modality, use_raw, missing_chunks: as for a local file.
+    """
 
     def __init__(self, url: str, *, storage_options: dict[str, Any] | None = None, **kwargs: Any) -> None:
         self.storage_options = storage_options
@@ -40,7 +50,17 @@ class RemoteZarrSource(ZarrSource):
 
 
 class RemoteH5Source(H5Source):
-    """An .h5ad / .h5mu file at a URL, read by h5py through an fsspec file object in blocks."""
+    """An .h5ad / .h5mu file at a URL, read by h5py through an fsspec file object in blocks.
+
+    Parameters
+    ----------
+    url : str
+        The file's URL.
+    storage_options : dict or None
+        fsspec options (credentials, endpoint_url, anon, ...).
+    **kwargs
+        layer, modality, use_raw, missing_chunks: as for a local file.
+    """
 
     _TRANSIENT = (*H5Source._TRANSIENT, "_file")
 
@@ -86,10 +106,30 @@ def _has_hdf5_signature(handle: Any, size: int | None) -> bool:
 
 def open_remote(url: str, *, storage_options: dict[str, Any] | None = None,
                 **kwargs: Any) -> RemoteZarrSource | RemoteH5Source:
-    """The source for the URL `url`: a Zarr store (zarr.json / .zgroup at its top) or an HDF5 file.
+    """The source for a URL: a Zarr store (zarr.json / .zgroup at its top) or an HDF5 file.
 
-    Raises UnsupportedStorageError / MissingExtraError (see `storage.check_location`) and StoreError
-    for a location that holds neither, cannot be found, or cannot be read.
+    Parameters
+    ----------
+    url : str
+        The location.
+    storage_options : dict or None
+        fsspec options (credentials, endpoint_url, anon, ...).
+    **kwargs
+        layer, modality, use_raw, missing_chunks: as for a local file.
+
+    Returns
+    -------
+    RemoteZarrSource or RemoteH5Source
+        The source.
+
+    Raises
+    ------
+    UnsupportedStorageError
+        A scheme that cannot be read.
+    MissingExtraError
+        The scheme's file system package is not installed.
+    StoreError
+        A location that holds neither, cannot be found, or cannot be read.
     """
     url = str(url).rstrip("/")
     fs, path = filesystem(url, storage_options)

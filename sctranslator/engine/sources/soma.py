@@ -42,13 +42,34 @@ def _tiledbsoma() -> Any:
 
 
 def is_soma_experiment_object(data: Any) -> bool:
-    """True for an open `tiledbsoma.Experiment` (checked without importing tiledbsoma)."""
+    """Whether `data` is an open ``tiledbsoma.Experiment`` (checked without importing tiledbsoma).
+
+    Parameters
+    ----------
+    data : object
+        translate's input.
+
+    Returns
+    -------
+    bool
+        True for an open experiment.
+    """
     return type(data).__name__ == "Experiment" and type(data).__module__.startswith("tiledbsoma")
 
 
 def soma_uri(data: Any) -> str | None:
-    """The URI to open when `data` names a TileDB-SOMA experiment (a TileDB group directory or a
-    tiledb:// URI), else None; other paths are left to the other readers."""
+    """The URI to open when `data` names a TileDB-SOMA experiment.
+
+    Parameters
+    ----------
+    data : object
+        translate's input.
+
+    Returns
+    -------
+    str or None
+        A TileDB group directory or tiledb:// URI; None for anything else (left to the other readers).
+    """
     if not isinstance(data, str | os.PathLike):
         return None
     text = os.fspath(data)
@@ -72,23 +93,29 @@ class SomaSource(Source):
 
     Parameters
     ----------
-    experiment
-        An experiment URI (a local directory or any URI tiledbsoma opens), or an open
-        `tiledbsoma.Experiment` (e.g. ``cellxgene_census.open_soma()["census_data"]["homo_sapiens"]``).
-    measurement
-        The measurement holding the RNA (None: ``RNA``).
-    layer
-        The X layer (None: ``raw`` when present, else the only layer).
-    gene_column
-        The var column whose values name the genes (the var index of this source; None:
-        ``feature_name`` when present, else the names from_h5ad stored in ``var_id`` when they are
-        gene symbols or Ensembl IDs the vocabulary maps, else an InputDataError listing the columns).
-    obs_query
-        A SOMA `value_filter` over obs, e.g. ``"cell_type == 'B cell' and tissue_general == 'blood'"``.
+    experiment : str or tiledbsoma.Experiment
+        An experiment URI (a local directory or any URI tiledbsoma opens), or an open experiment
+        (e.g. ``cellxgene_census.open_soma()["census_data"]["homo_sapiens"]``).
+    measurement : str or None
+        The measurement holding the RNA; None: "RNA".
+    layer : str or None
+        The X layer; None: "raw" when present, else the only layer.
+    gene_column : str or None
+        The var column naming the genes; None: "feature_name" when present, else the names
+        ``from_h5ad`` stored in ``var_id`` when they are gene symbols or Ensembl IDs the vocabulary
+        maps, else an InputDataError listing the columns.
+    obs_query : str or None
+        A SOMA value_filter over obs, e.g. ``"cell_type == 'B cell' and tissue_general == 'blood'"``.
 
-    Raises MissingExtraError without tiledbsoma, StoreError when the experiment cannot be opened,
-    and InputDataError for a missing measurement, layer or gene column, a non-sparse layer, or a
-    query that cannot be evaluated or selects no cell.
+    Raises
+    ------
+    MissingExtraError
+        tiledbsoma is not installed.
+    StoreError
+        The experiment cannot be opened.
+    InputDataError
+        A missing measurement, layer or gene column, a non-sparse layer, or a query that cannot be
+        evaluated or selects no cell.
     """
 
     kind = "soma"
@@ -181,6 +208,7 @@ class SomaSource(Source):
             return self._layer_array
 
     def close(self) -> None:
+        """Release open file handles; the source reopens them if it is read again."""
         with self._lock:
             if self._experiment is not None and self._owned:
                 self._experiment.close()
@@ -236,6 +264,7 @@ class SomaSource(Source):
 
     @property
     def var(self) -> pd.DataFrame:
+        """The genes: the var table whose index (or gene column) names them."""
         if self._var is None:
             with self._lock:
                 self._array()  # opens the experiment in this process
@@ -244,17 +273,42 @@ class SomaSource(Source):
 
     @property
     def obs_names(self) -> pd.Index:
+        """The cells' names, in row order (read once and kept)."""
         if self._obs_names is None:
             self._obs_names = self.obs_table([]).index
         return self._obs_names
 
     def read_obs(self) -> pd.DataFrame:
+        """The full obs table, for copying into the output.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per cell.
+        """
         return self.obs_table(None)
 
     def obs_table(self, columns: Sequence[str] | None) -> pd.DataFrame:
-        """obs of the selected cells in soma_joinid order, only `columns` (None: all) read, plus
-        `soma_joinid` (always kept, so results join back); indexed by from_h5ad's obs_id when the
-        experiment has one, else by the soma_joinid as text (Census)."""
+        """obs of the selected cells in soma_joinid order, only `columns` read, plus ``soma_joinid``.
+
+        ``soma_joinid`` is always kept, so results join back; the index is from_h5ad's obs_id when the
+        experiment has one, else the soma_joinid as text (Census).
+
+        Parameters
+        ----------
+        columns : sequence of str or None
+            The columns; None: all.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per selected cell.
+
+        Raises
+        ------
+        InputDataError
+            Unknown columns.
+        """
         with self._lock:
             self._array()
             obs = self._experiment.obs
@@ -283,6 +337,13 @@ class SomaSource(Source):
         return frame[[c for c in wanted if c in frame.columns]]
 
     def describe(self) -> str:
+        """How to name this input in a message.
+
+        Returns
+        -------
+        str
+            A short description (the path, or the object's kind).
+        """
         where = f"the SOMA experiment {self.path} (ms['{self.measurement}'].X['{self.layer}']"
         return where + (f", obs {self.obs_query!r})" if self.obs_query else ")")
 
@@ -290,8 +351,23 @@ class SomaSource(Source):
         return f"ms/{self.measurement}/X/{self.layer}"
 
     def filtered(self, obs_query: str) -> SomaSource:
-        """This source restricted to the cells where the SOMA value filter `obs_query` holds (pushed down
-        to TileDB; combined with an earlier filter by `and`)."""
+        """This source restricted to the cells where a SOMA value filter holds (pushed down to TileDB).
+
+        Parameters
+        ----------
+        obs_query : str
+            The value filter; combined with an earlier one by ``and``.
+
+        Returns
+        -------
+        SomaSource
+            A new source.
+
+        Raises
+        ------
+        InputDataError
+            A filter that cannot be evaluated or selects no cell.
+        """
         query = obs_query if not self.obs_query else f"({self.obs_query}) and ({obs_query})"
         with self._lock:
             self._array()
@@ -310,6 +386,13 @@ class SomaSource(Source):
         return f"{self.n_obs} cells: SOMA obs value_filter {self.obs_query!r}" if self.obs_query else ""
 
     def fingerprint(self) -> dict[str, Any]:
+        """A JSON-able identity, used to refuse resuming a job against different input data.
+
+        Returns
+        -------
+        dict
+            Kind, location, shape and a hash of the names.
+        """
         if self._fingerprint is None:
             # The cells by joinid (Census has no cell names) and the query that chose them; the layer's count of
             # stored entries changes when cells are appended to or removed from the experiment.
@@ -384,7 +467,35 @@ def _pick_layer(layers: list[str], requested: str | None, *, where: str) -> str:
 
 def open_soma(data: Any, *, measurement: str | None, layer: str | None, gene_column: str | None,
               obs_query: str | None, use_raw: bool, modality: str | None) -> SomaSource:
-    """A SomaSource for `data` (a URI or an open Experiment), refusing the options of AnnData files."""
+    """A SomaSource for `data` (a URI or an open Experiment), refusing the options of AnnData files.
+
+    Parameters
+    ----------
+    data : str or tiledbsoma.Experiment
+        The experiment.
+    measurement : str or None
+        The measurement holding the RNA.
+    layer : str or None
+        The X layer.
+    gene_column : str or None
+        The var column naming the genes.
+    obs_query : str or None
+        A value filter over obs.
+    use_raw : bool
+        Refused: an experiment has no ``.raw``.
+    modality : str or None
+        Refused: an experiment has measurements, not MuData modalities.
+
+    Returns
+    -------
+    SomaSource
+        The source.
+
+    Raises
+    ------
+    OptionError
+        `use_raw` or `modality` given.
+    """
     if use_raw:
         raise OptionError("--use-raw reads AnnData's .raw; a SOMA experiment has none: choose the X layer with "
                           "--layer (default raw)")
@@ -395,8 +506,24 @@ def open_soma(data: Any, *, measurement: str | None, layer: str | None, gene_col
 
 
 def refuse_writeback(source: Source, *, write_h5ad: Any, write_mudata: Any) -> None:
-    """OptionError when a write-back (a copy of the input with the predictions) is asked of a SOMA input:
-    there is no AnnData file to copy; the output store's obs keeps soma_joinid to join back instead."""
+    """Refuse a write-back (a copy of the input with the predictions) of a SOMA input.
+
+    There is no AnnData file to copy; the output store's obs keeps soma_joinid to join back instead.
+
+    Parameters
+    ----------
+    source : Source
+        The opened input.
+    write_h5ad : object
+        The h5ad write-back asked for (None: none).
+    write_mudata : object
+        The MuData write-back asked for (None: none).
+
+    Raises
+    ------
+    OptionError
+        A write-back of a SOMA input.
+    """
     base = getattr(source, "base", source)
     if isinstance(base, SomaSource) and (write_h5ad is not None or write_mudata is not None):
         flag = "--write-h5ad" if write_h5ad is not None else "--write-mudata"

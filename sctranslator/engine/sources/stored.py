@@ -41,12 +41,25 @@ _CONVERT_HINT = ("convert it once, e.g. `adata = anndata.read_h5ad(path); adata.
 
 
 class StoredSource(Source):
-    """A source backed by an h5ad/h5mu file or a zarr store, opened lazily once per process.
+    """A source backed by an h5ad / h5mu file or a Zarr store, opened lazily once per process.
 
-    Parameters: `path` of the file or store; `layer` serves ``layers[layer]`` instead of X;
-    `modality` names the MuData modality (None: `rna`, else the one RNA-like modality); `use_raw`
-    serves ``raw/X`` with ``raw/var`` (and the main obs). Raises StoreError for damaged stores and
-    InputDataError for a missing layer/modality/raw.
+    Parameters
+    ----------
+    path : str
+        The file or store.
+    layer : str or None
+        Serve ``layers[layer]`` instead of X.
+    modality : str or None
+        The MuData modality; None: "rna", else the one RNA-like modality.
+    use_raw : bool
+        Serve ``raw/X`` with ``raw/var`` (and the main obs).
+
+    Raises
+    ------
+    StoreError
+        A damaged file or store.
+    InputDataError
+        A missing layer, modality or raw.
     """
 
     # Attributes that are per-process state and never pickled.
@@ -133,6 +146,7 @@ class StoredSource(Source):
         return dataset
 
     def close(self) -> None:
+        """Release open file handles; the source reopens them if it is read again."""
         with self._lock:
             if self._handle is not None and self._pid == os.getpid():
                 self._close_handle(self._handle)
@@ -240,6 +254,7 @@ class StoredSource(Source):
     # --- metadata tables (anndata's readers) ----------------------------------------------------
     @property
     def var(self) -> pd.DataFrame:
+        """The genes: the var table whose index (or gene column) names them."""
         if self._var is None:
             with self._reading(self._where(self._var_key)):
                 node = self._group()[self._var_key]
@@ -248,6 +263,7 @@ class StoredSource(Source):
 
     @property
     def obs_names(self) -> pd.Index:
+        """The cells' names, in row order (read once and kept)."""
         if self._obs_names is None:
             with self._reading("obs names"):
                 obs = self._group()["obs"]
@@ -259,6 +275,22 @@ class StoredSource(Source):
         return self._obs_names
 
     def obs_names_block(self, start: int, stop: int) -> np.ndarray:
+        """Names of rows ``[start, stop)``; stored sources read only that slice of the obs index.
+
+        A pass over all names in blocks then never holds them all (training).
+
+        Parameters
+        ----------
+        start : int
+            First row.
+        stop : int
+            Row after the last.
+
+        Returns
+        -------
+        numpy.ndarray
+            Object array of names.
+        """
         if self._obs_names is None:
             with self._reading("obs names"):
                 obs = self._group()["obs"]
@@ -272,11 +304,27 @@ class StoredSource(Source):
         return super().obs_names_block(start, stop)
 
     def read_obs(self) -> pd.DataFrame:
+        """The full obs table, for copying into the output.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per cell.
+        """
         with self._reading("obs"):
             obs = self._group()["obs"]
             return read_dataframe(obs, is_array=self._is_array(obs))
 
     def obsm_arrays(self) -> dict[str, Any]:
+        """The input's numeric, dense obsm arrays with one row per cell (``spatial``, ``X_pca``, ...).
+
+        Sparse matrices and tables are left out.
+
+        Returns
+        -------
+        dict
+            Key -> row-sliceable array-like (numpy, h5py, zarr) read on demand.
+        """
         with self._reading("obsm"):
             group = self._group()
             obsm = group["obsm"] if "obsm" in group and not self._is_array(group["obsm"]) else None

@@ -21,7 +21,17 @@ _MERGE_GAP = 32
 
 
 class RowSubset(Source):
-    """The rows `rows` (sorted, unique) of `base`, served as rows 0..len(rows)-1."""
+    """The rows `rows` (sorted, unique) of `base`, served as rows 0..len(rows)-1.
+
+    Parameters
+    ----------
+    base : Source
+        The whole input.
+    rows : numpy.ndarray
+        int64 rows of `base`, sorted and unique.
+    description : str
+        How the selection was made (for messages and provenance).
+    """
 
     def __init__(self, base: Source, rows: np.ndarray, description: str) -> None:
         super().__init__()
@@ -40,28 +50,77 @@ class RowSubset(Source):
 
     @property
     def var(self) -> pd.DataFrame:
+        """The genes: the var table whose index (or gene column) names them."""
         return self.base.var
 
     @property
     def obs_names(self) -> pd.Index:
+        """The cells' names, in row order (read once and kept)."""
         return self.base.obs_names[self.rows]
 
     def read_obs(self) -> pd.DataFrame:
+        """The full obs table, for copying into the output.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per cell.
+        """
         return self.base.read_obs().iloc[self.rows]
 
     def obs_table(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """obs with only `columns`, for the output's obs (``--obs-columns``).
+
+        Parameters
+        ----------
+        columns : sequence of str or None
+            The columns; None: all.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per cell.
+
+        Raises
+        ------
+        InputDataError
+            Unknown columns (named).
+        """
         return self.base.obs_table(columns).iloc[self.rows]
 
     def obsm_arrays(self) -> dict[str, Any]:
+        """The input's numeric, dense obsm arrays with one row per cell (``spatial``, ``X_pca``, ...).
+
+        Sparse matrices and tables are left out.
+
+        Returns
+        -------
+        dict
+            Key -> row-sliceable array-like (numpy, h5py, zarr) read on demand.
+        """
         return {key: _SelectedRows(array, self.rows) for key, array in self.base.obsm_arrays().items()}
 
     def describe(self) -> str:
+        """How to name this input in a message.
+
+        Returns
+        -------
+        str
+            A short description (the path, or the object's kind).
+        """
         return f"{self.base.describe()} ({self.selection})"
 
     def _element_name(self) -> str:
         return self.base._element_name()
 
     def fingerprint(self) -> dict[str, Any]:
+        """A JSON-able identity, used to refuse resuming a job against different input data.
+
+        Returns
+        -------
+        dict
+            Kind, location, shape and a hash of the names.
+        """
         if self._fingerprint is None:
             identity = self.base.fingerprint()
             identity.update({"n_obs": self.n_obs, "nnz": None, "selection": self.selection,
@@ -84,6 +143,7 @@ class RowSubset(Source):
         return np.ascontiguousarray(np.concatenate(pieces, axis=0))
 
     def close(self) -> None:
+        """Release open file handles; the source reopens them if it is read again."""
         self.base.close()
 
 
@@ -119,14 +179,32 @@ def _hash_rows(rows: np.ndarray) -> str:
 
 def select_cells(source: Source, *, cells: Sequence[str] | None = None, obs_query: str | None = None,
                  max_cells: int | None = None) -> Source:
-    """`source` restricted to the named `cells`, then to the obs rows where `obs_query` holds, then to
-    the first `max_cells` of what is left; `source` itself when nothing is asked.
+    """`source` restricted to named cells, then to the obs rows where a query holds, then to the first N.
 
-    cells: obs names (any order; the input's order is kept). obs_query: a pandas `DataFrame.query`
-    expression over the obs columns, e.g. "cell_type == 'B cell' and n_genes > 500".
-    Raises InputDataError for unknown cell names, a query that fails or selects nothing, or
-    max_cells < 1. A source with a `filtered(obs_query)` method (SomaSource) applies `obs_query`
-    itself, as a pushed-down value filter in its own syntax, before `cells` and `max_cells`.
+    A source with a ``filtered(obs_query)`` method (SomaSource) applies `obs_query` itself, as a
+    pushed-down value filter in its own syntax, before `cells` and `max_cells`.
+
+    Parameters
+    ----------
+    source : Source
+        The input.
+    cells : sequence of str or None
+        Obs names (any order; the input's order is kept).
+    obs_query : str or None
+        A pandas ``DataFrame.query`` expression over the obs columns, e.g.
+        ``"cell_type == 'B cell' and n_genes > 500"``.
+    max_cells : int or None
+        Keep the first N of what is left.
+
+    Returns
+    -------
+    Source
+        A RowSubset, or `source` itself when nothing is asked.
+
+    Raises
+    ------
+    InputDataError
+        Unknown cell names, a query that fails or selects nothing, or `max_cells` below 1.
     """
     if obs_query is not None and hasattr(source, "filtered"):
         # Sources with a query engine of their own (SOMA: TileDB value filters) evaluate it where the data is.

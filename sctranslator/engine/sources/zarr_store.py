@@ -26,10 +26,20 @@ MISSING_CHUNK_POLICIES = ("error", "zeros")
 
 
 class ZarrSource(StoredSource):
-    """An AnnData zarr store directory, or the modality of a MuData zarr store.
+    """An AnnData Zarr store directory, or the modality of a MuData Zarr store.
 
-    `missing_chunks` ("error" or "zeros") says what an absent chunk of a dense X means; see
-    MISSING_CHUNK_POLICIES. Other parameters as StoredSource.
+    Parameters
+    ----------
+    path : str
+        The store.
+    layer : str or None
+        Serve ``layers[layer]`` instead of X.
+    modality : str or None
+        The MuData modality; None: "rna", else the one RNA-like modality.
+    use_raw : bool
+        Serve ``raw/X`` with ``raw/var``.
+    missing_chunks : {'error', 'zeros'}
+        What an absent chunk of a dense X means (see MISSING_CHUNK_POLICIES).
     """
 
     _TRANSIENT = (*StoredSource._TRANSIENT, "_present")
@@ -89,7 +99,22 @@ class ZarrSource(StoredSource):
 
 
 def chunk_keys(array: Any, lo: int, hi: int) -> list[str]:
-    """Store keys of the chunks (shards, when sharded) that hold rows [lo, hi) of `array`, all columns."""
+    """Store keys of the chunks (shards, when sharded) that hold rows ``[lo, hi)`` of an array, all columns.
+
+    Parameters
+    ----------
+    array : zarr.Array
+        The array.
+    lo : int
+        First row.
+    hi : int
+        Row after the last.
+
+    Returns
+    -------
+    list of str
+        The keys.
+    """
     if hi <= lo or array.shape[0] == 0:
         return []
     grid = getattr(array, "shards", None) or array.chunks
@@ -102,6 +127,20 @@ def chunk_keys(array: Any, lo: int, hi: int) -> list[str]:
 
 
 def chunk_exists(array: Any, key: str) -> bool:
+    """Whether a chunk key exists in an array's store.
+
+    Parameters
+    ----------
+    array : zarr.Array
+        The array.
+    key : str
+        A chunk key (see `chunk_keys`).
+
+    Returns
+    -------
+    bool
+        True when present.
+    """
     if not hasattr(array, "metadata"):  # zarr 2: the chunk store is a mapping of full keys
         return key in array.chunk_store
     store = array.store
