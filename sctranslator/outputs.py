@@ -450,8 +450,10 @@ def lock_output(path: str | Path, storage_options: dict[str, Any] | None = None)
 
 
 def hand_over_locks(thread: int) -> None:
-    """Make the output locks that thread `thread` holds held by the calling thread (which goes on
-    writing what `thread` prepared: engine.collection prepares the next input in a helper thread).
+    """Hand the output locks that thread `thread` holds to the calling thread.
+
+    The caller goes on writing what `thread` prepared (engine.collection prepares the next input in a
+    helper thread).
 
     Parameters
     ----------

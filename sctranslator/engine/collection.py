@@ -106,6 +106,9 @@ class CollectionRun:
         The current input's plan fingerprint.
     cells : int or None
         The current input's cell count.
+    counting : bool
+        Whether this run counts its input's cells in the bar now (False while the input is prepared
+        ahead of its turn).
     """
 
     bar: Any
@@ -151,7 +154,13 @@ class CollectionRun:
         self.bar.refresh()
 
     def adopt(self, ahead: CollectionRun) -> None:
-        """At an input's turn, take what preparing it ahead (under `ahead`) found: its plan and cells."""
+        """At an input's turn, take what preparing it ahead (under `ahead`) found: its plan and cells.
+
+        Parameters
+        ----------
+        ahead : CollectionRun
+            The run the input was prepared under, in the helper thread.
+        """
         self.plan, self.cells = ahead.plan, ahead.cells
         if self.cells is not None:
             self._count()

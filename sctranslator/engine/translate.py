@@ -451,6 +451,22 @@ def prepare_input(data: Any, model: str | Path | TranslatorModel, proteins: Sequ
     """`prepare_translate` from `translate`'s keywords (an input of a collection: engine.collection).
 
     The claims go to the enclosing `writing` scope (the collection's).
+
+    Parameters
+    ----------
+    data : str, pathlib.Path or AnnData
+        The input, as `translate` takes it.
+    model : str, pathlib.Path or TranslatorModel
+        The model, as `translate` takes it.
+    proteins : sequence of str or None
+        The proteins to predict; None: the model's panel.
+    **kwargs
+        `translate`'s other keywords.
+
+    Returns
+    -------
+    PreparedTranslate
+        The input ready to compute.
     """
     return prepare_translate(data, model, TranslateOptions.from_kwargs(proteins=proteins, **kwargs))
 
@@ -460,6 +476,25 @@ class PreparedTranslate:
     """An input ready to compute: its outputs claimed, its source open, its plan, backend and store made.
 
     `run()` computes it and writes its outputs (closing the source); `close()` drops it unrun.
+
+    Parameters
+    ----------
+    data : Any
+        The input as given.
+    source : Source
+        The input opened and restricted to the selected cells.
+    options : TranslateOptions
+        The job's options, paths made absolute and storage options resolved.
+    plan : Plan
+        The gene layout and protein windows.
+    execution : Execution
+        The backend and parallelism chosen for the job.
+    sink : Any
+        The output store the blocks are written into.
+    owner : TemporaryStore or None
+        The temporary store to remove afterwards, when there is no `out`.
+    target : Any
+        The AnnData or MuData written into in place, or None.
     """
 
     data: Any
@@ -472,7 +507,13 @@ class PreparedTranslate:
     target: Any
 
     def run(self) -> ad.AnnData | None:
-        """The job into the output store, then the write-backs (errors as `translate`)."""
+        """The job into the output store, then the write-backs (errors as `translate`).
+
+        Returns
+        -------
+        AnnData or None
+            The predictions (cells x proteins, X lazy), or None when written in place.
+        """
         try:
             return _run_and_write(self.data, self.source, self.options, self.execution, self.sink, self.owner,
                                   self.plan, self.target)
@@ -491,6 +532,20 @@ def prepare_translate(data: str | Path | ad.AnnData, model: str | Path | Transla
     """Everything of `run_translate` before the blocks compute: checks, claims, source, plan, backend.
 
     Claims go to the enclosing `writing` scope. Raises as `translate`; the source is closed on failure.
+
+    Parameters
+    ----------
+    data : str, pathlib.Path or AnnData
+        The input, as `translate` takes it.
+    model : str, pathlib.Path or TranslatorModel
+        The model, as `translate` takes it.
+    options : TranslateOptions
+        The validated options.
+
+    Returns
+    -------
+    PreparedTranslate
+        The input ready to compute (`run()`), or to drop (`close()`).
     """
     options.check()
     output = options.output
