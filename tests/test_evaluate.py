@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import anndata as ad
@@ -226,18 +228,29 @@ def test_scaling_names_agree_with_the_kernels():
     assert TARGET_SCALINGS == KERNEL_SCALINGS
 
 
-def test_quiet_turns_off_the_progress_bar_as_for_translate(store, truth, tmp_path, capsys):
-    # By default a bar on stderr counts evaluate's steps: truth, predictions, scaling, scores, files.
-    shown = evaluate(store, truth, out=tmp_path / "shown", plots=False)
-    bar = capsys.readouterr().err
-    assert "evaluate: 100%" in bar and "5/5" in bar
-    quiet = evaluate(store, truth, out=tmp_path / "quiet", plots=False, quiet=True)
-    assert capsys.readouterr().err == ""
-    assert quiet["model"]["summary"] == shown["model"]["summary"]
+def test_quiet_turns_off_the_progress_bar_as_for_translate(store, truth, tmp_path):
+    # In a fresh interpreter, so no bar state left by earlier tests (tqdm instances, captured streams)
+    # decides what is drawn. By default a bar on stderr counts evaluate's steps: truth, predictions,
+    # scaling, scores, files.
+    truth_file = tmp_path / "truth.h5ad"
+    truth.write_h5ad(truth_file)
+    script = (
+        "import json, sys\n"
+        "from sctranslator.analysis import evaluate\n"
+        "quiet = sys.argv[4] == 'quiet'\n"
+        "report = evaluate(sys.argv[1], sys.argv[2], out=sys.argv[3], plots=False, quiet=quiet)\n"
+        "print(json.dumps(report['model']['summary'], sort_keys=True))\n")
+    runs = {}
+    for mode in ("shown", "quiet"):
+        runs[mode] = subprocess.run([sys.executable, "-c", script, str(store), str(truth_file),
+                                     str(tmp_path / mode), mode], capture_output=True, text=True, timeout=600)
+        assert runs[mode].returncode == 0, runs[mode].stderr
+    assert "evaluate: 100%" in runs["shown"].stderr and "5/5" in runs["shown"].stderr, runs["shown"].stderr
+    assert "evaluate:" not in runs["quiet"].stderr, runs["quiet"].stderr
+    assert runs["quiet"].stdout == runs["shown"].stdout
     # The command's --quiet reaches it: the report is printed, no bar.
-    parser = argparse.ArgumentParser()
-    handler = define_evaluate(parser)
-    assert handler(parser.parse_args(["--pred", str(store), "--truth", str(PBMC / "protein.h5ad"), "--no-plots",
-                                      "--quiet"])) == 0
-    printed = capsys.readouterr()
-    assert "mean protein r" in printed.out and "evaluate:" not in printed.err
+    command = subprocess.run([sys.executable, "-m", "sctranslator", "evaluate", "--pred", str(store), "--truth",
+                              str(PBMC / "protein.h5ad"), "--no-plots", "--quiet"],
+                             capture_output=True, text=True, timeout=600)
+    assert command.returncode == 0, command.stderr
+    assert "mean protein r" in command.stdout and "evaluate:" not in command.stderr
