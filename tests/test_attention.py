@@ -18,7 +18,7 @@ from sctranslator.analysis.attention.math import received_attention
 from sctranslator.analysis.attention.trace import capture_features
 from sctranslator.kernels import prepare_values
 from sctranslator.model import ModelConfig, TranslatorModel
-from sctranslator.model.attention import key_features, query_features
+from sctranslator.model.favor_attention import key_features, query_features
 from sctranslator.plan import build_plan
 
 PROTEINS = ["CD3", "CD4", "CD8a", "CD14", "CD16", "CD19", "CD45RA", "HLA-DR", "CD11c", "CD56",

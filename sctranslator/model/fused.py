@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from sctranslator.model.attention import FEATURE_EPS
+from sctranslator.model.favor_attention import FEATURE_EPS
 
 if TYPE_CHECKING:
     from sctranslator.model.performer_blocks import PerformerBlock

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from sctranslator.model import fused
-from sctranslator.model.attention import FavorSelfAttention
+from sctranslator.model.favor_attention import FavorSelfAttention
 
 
 class FeedForward(nn.Module):

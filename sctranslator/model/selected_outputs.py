@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sctranslator.model.attention import key_features, query_features
+from sctranslator.model.favor_attention import key_features, query_features
 from sctranslator.model.network import TranslatorModel
 
 

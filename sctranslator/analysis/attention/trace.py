@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sctranslator.model.attention import key_features, query_features
+from sctranslator.model.favor_attention import key_features, query_features
 from sctranslator.model.performer_blocks import PerformerBlock, PerformerStack
 
 # (layer index, q' (B, H, N, nb), k' (B, H, N, nb)) -> None; must not modify the tensors.

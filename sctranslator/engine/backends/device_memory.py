@@ -2,7 +2,7 @@
 
 The model counts, per cell, the activation elements that are alive at once at the peak of each
 stage of `TorchBackend`'s forward (encoder input, encoder block, translator, decoder block), read
-off the code in model/performer_blocks.py, model/attention.py and model/translator.py. With N encoder
+off the code in model/performer_blocks.py, model/favor_attention.py and model/translator.py. With N encoder
 tokens (the padding collapse computes n real tokens + 1; sctranslator.graph.token_layout), D = dim,
 I = heads x dim_head, F = random features per head, M = ff_mult x D:
 
