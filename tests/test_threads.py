@@ -113,3 +113,19 @@ def test_translate_records_and_uses_the_rule(tmp_path: Path) -> None:
     settings = given.uns["sctranslator"]["settings"]["parallelism"]
     assert (settings["workers"], settings["threads"]) == (1, cpus)
     assert torch.get_num_threads() == cpus
+
+
+def test_a_dask_worker_divides_only_the_cores_its_nthreads_give_it():
+    # `dask worker --nworkers N --nthreads 1` on an N-core host: each worker must compute on one thread,
+    # not assume the whole host is its own (N workers x N threads).
+    from types import SimpleNamespace
+
+    from sctranslator.engine.pipeline import _worker_parallelism
+
+    job = SimpleNamespace(backend=SimpleNamespace(kind="torch", device="cpu"), flop_per_cell=84e9)
+    alone = _worker_parallelism(job, 1)
+    assert alone.threads == 1 and alone.cpus == 1
+    host = available_cpus()[0]
+    shared = _worker_parallelism(job, 2)
+    assert shared.cpus == min(2, host)
+    assert shared.threads * (shared.compute_slots or shared.workers) <= min(2, host)

@@ -608,10 +608,17 @@ _WORKER_RULES: dict[tuple[Any, ...], Parallelism] = {}
 
 
 def _worker_parallelism(job: BlockJob, nthreads: int) -> Parallelism:
-    """The `engine.threads` rule applied inside a worker process to its own nthreads and cores (once)."""
+    """The `engine.threads` rule applied inside a worker process to its own nthreads and cores (once).
+
+    A worker's ``--nthreads`` is the share of the host its operator gave it (several workers may share
+    one host, e.g. ``dask worker --nworkers 4 --nthreads 1``), so it caps the cores the rule divides.
+    """
     key = (job.backend.kind, job.backend.device, job.flop_per_cell, nthreads)
     if key not in _WORKER_RULES:
-        cpus, source = available_cpus()
+        host, source = available_cpus()
+        cpus = max(1, min(host, nthreads))
+        if cpus < host:
+            source = f"this worker's --nthreads {nthreads} of {host} ({source})"
         _WORKER_RULES[key] = choose_parallelism(remote=backend_capabilities(job.backend.kind).remote,
                                                 device=job.backend.device,
                                                 flop_per_cell=job.flop_per_cell, cpus=cpus, cpu_source=source,

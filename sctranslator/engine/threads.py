@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import os
 import threading
@@ -25,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 # A forward with about 0.25 GFLOP per thread keeps each intra-op thread busy for milliseconds per
 # call, long enough that splitting it pays for the fork/join; below that, more threads only add overhead.
@@ -272,6 +275,10 @@ def _choose(*, remote: bool, device: str, flop_per_cell: float, cpus: int | None
     if workers:
         threads = max(1, cpus // workers)
         note = "" if workers * threads <= cpus else f"; {workers} workers asked for exceed the cores"
+        if note:  # the user's choice is kept, but they should know it oversubscribes
+            log.warning("--workers %d is more than the %d core(s) this process may use (%s): blocks will compete "
+                        "for the cores; leave --workers unset to let sctranslator choose", workers, cpus,
+                        cpu_source or "affinity")
         return Parallelism(cpus, workers, threads, None, f"{workers} workers asked for, {threads} thread(s) each on "
                            f"{where}{note}")
     wanted = max(1, min(cpus, int(flop_per_cell // FLOP_PER_THREAD)))
@@ -284,7 +291,8 @@ def _choose(*, remote: bool, device: str, flop_per_cell: float, cpus: int | None
                            f"{size}: {concurrent} concurrent tasks (worker nthreads), at most {slots} computing with "
                            f"{threads} thread(s) each on {where}")
     if slots == 1:
-        return Parallelism(cpus, 2, threads, 1, f"{size}, enough to keep every core busy: one block computes with "
+        busy = "one core" if cpus == 1 else "enough to keep every core busy"
+        return Parallelism(cpus, 2, threads, 1, f"{size}, {busy}: one block computes with "
                            f"{threads} thread(s) while the next is read and prepared, on {where}")
     count = min(slots, MAX_LOCAL_WORKERS)
     return Parallelism(cpus, count, threads, None, f"{size}: {count} blocks at once with {threads} thread(s) each "

@@ -784,7 +784,8 @@ def plan_execution(options: TranslateOptions, backend: ChosenBackend, loaded: Tr
     if engine.scheduler or gpus:
         where = (f"the {len(cluster_workers)} worker(s) of {engine.scheduler}" if engine.scheduler
                  else f"{len(gpus)} GPU workers")
-        parallelism.update(workers=sum(cluster_workers.values()) or None, threads=None, compute_slots=None,
+        parallelism.update(workers=sum(cluster_workers.values()) or None, threads=None, streams=None,
+                           compute_slots=None,
                            why=f"on {where}: each worker applies the rule to its own --nthreads and cores "
                                "(run['threads_per_worker'] records what each used)")
         log.info("parallelism: %s", parallelism["why"])
