@@ -182,6 +182,25 @@ def test_a_knockout_rerun_does_not_delete_a_file_put_inside_its_zarr_output(
     assert (out / "mine.txt").read_text() == "kept"
 
 
+def test_a_collection_overwrite_does_not_delete_a_users_file_inside_a_store_it_drops(
+        world: dict[str, Path], tmp_path: Path) -> None:
+    rna = ad.read_h5ad(world["rna"])
+    first, second = tmp_path / "first.h5ad", tmp_path / "second.h5ad"
+    rna[:20].copy().write_h5ad(first)
+    rna[20:].copy().write_h5ad(second)
+    atlas = tmp_path / "atlas"
+    sctranslator.translate([first, second], world["model"], PROTEINS, out=atlas, workers=1, quiet=True)
+    notes = atlas / "first.zarr" / "notes.txt"
+    notes.write_text("mine")
+    # --overwrite with the second input only drops first.zarr, but not with a file of someone's inside it.
+    with pytest.raises(OutputConflictError, match="notes.txt"):
+        sctranslator.translate([second], world["model"], PROTEINS, out=atlas, overwrite=True, workers=1, quiet=True)
+    assert notes.read_text() == "mine"
+    notes.unlink()
+    sctranslator.translate([second], world["model"], PROTEINS, out=atlas, overwrite=True, workers=1, quiet=True)
+    assert sorted(p.name for p in atlas.glob("*.zarr")) == ["second.zarr"]
+
+
 # -- B: the ledger of a deleted output ------------------------------------------------------------
 
 

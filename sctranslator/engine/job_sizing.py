@@ -50,8 +50,11 @@ class LocalExecution:
     flop_per_cell: float
 
     def announce(self) -> None:
-        """Log the parallelism chosen; the job calls it once its input and output checks have passed, so
-        that a refusal stays the only line it prints."""
+        """Log the parallelism chosen (at INFO).
+
+        The job calls it once its input and output checks have passed, so that a refusal stays the
+        only line it prints.
+        """
         log.info("parallelism: %s", self.rule.why)
 
 
