@@ -256,6 +256,12 @@ def test_an_unfinished_ledger_or_one_holding_foreign_files_is_kept(world: dict[s
     assert sorted(p.name for p in (ledger / "blocks").iterdir()) == blocks
     # ... and the same settings resume it.
     assert _interactions(world, out, "gene-protein").run["blocks_computed"] == 0
+    # A complete ledger of an older version (no kind, no mark) whose output is gone counts as finished.
+    shutil.rmtree(out)
+    record = read_record(ledger)
+    del record["finished"], record["kind"]
+    (ledger / JOB_FILE).write_text(json.dumps(record))
+    assert _interactions(world, out, "protein-protein").run["blocks_skipped"] == 0
 
 
 # -- D: refusals are one line and create nothing; attention's --device -------------------------------

@@ -10,7 +10,9 @@ The job's result is assembled from every block's file once all are committed.
 Once the output is written, the ledger is marked finished (`mark_finished`). A finished ledger whose
 output is gone (its user deleted it) protects nothing: the next run removes it and starts afresh,
 whatever its settings. An unfinished one (an interrupted run: no output yet) is resumed by the same
-settings and refused to others, so that its committed blocks are not lost by accident.
+settings and refused to others, so that its committed blocks are not lost by accident. A ledger
+written before ledgers were marked (no kind in its record) counts as finished when every block is
+committed.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ class BlockResults:
         if recorded is None and (path.exists() or path.is_symlink()):
             raise foreign_output_error(path, f"exists but holds no {kind} job record")
         present = out.exists() or out.is_symlink()
-        if recorded is not None and recorded.get("finished") and not present:
+        if recorded is not None and not present and _finished(path, recorded):
             _remove_stale(path, kind)  # its output was deleted: nothing left to protect or resume
             recorded = None
         if not overwrite and recorded is not None and recorded.get("identity") != identity:
@@ -196,6 +198,19 @@ class BlockResults:
         """
         with np.load(self.ledger.block_file(index)) as data:
             return {key: data[key] for key in data.files}
+
+
+def _finished(path: Path, recorded: dict[str, Any]) -> bool:
+    """Whether the ledger's output was written: marked so, or (a ledger from before outputs were marked,
+    with no kind in its record) every block committed."""
+    if recorded.get("finished"):
+        return True
+    if "kind" in recorded:
+        return False  # this version marks a written output; complete but unmarked: killed while writing it
+    try:
+        return not Ledger.reopen(path, suffix=BLOCK_SUFFIX).pending()
+    except (StoreError, OSError, KeyError, TypeError, ValueError):
+        return False
 
 
 def _check_ours(path: Path, kind: str) -> None:
