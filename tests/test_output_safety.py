@@ -136,6 +136,27 @@ def test_our_finished_outputs_hold_only_our_entries(world: dict[str, Path]) -> N
     assert foreign_entry(world["pred"], markers=(".sctranslator-output.json", ".sctranslator-job")) is None
 
 
+@pytest.mark.filterwarnings("ignore:Consolidated metadata:UserWarning")  # zarr's note on v3 consolidation
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_zarr_store_is_judged_by_its_own_metadata(zarr_format: int, tmp_path: Path) -> None:
+    import numpy as np
+    import zarr
+
+    store = tmp_path / "store.zarr"
+    root = zarr.open_group(str(store), mode="w", zarr_format=zarr_format)
+    root.create_group("obs").create_array("codes", shape=(6,), chunks=(2,), dtype="int64")[:] = np.arange(6)
+    root.create_array("X", shape=(6, 3), chunks=(2, 3), dtype="float32")[:] = 1.0
+    zarr.consolidate_metadata(str(store))
+    assert foreign_entry(store) is None
+    # Another store copied in is not named by this one's metadata, though it looks like a zarr group.
+    zarr.open_group(str(store / "copied"), mode="w", zarr_format=zarr_format).create_array(
+        "y", shape=(2,), dtype="int64")[:] = 1
+    assert foreign_entry(store) == store / "copied"
+    shutil.rmtree(store / "copied")
+    (store / "obs" / "codes" / "notes").write_text("mine")
+    assert foreign_entry(store) == store / "obs" / "codes" / "notes"
+
+
 def test_overwrite_of_a_translate_store_deletes_nothing_it_did_not_write(
         world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = Path(shutil.copytree(world["pred"], tmp_path / "pbmc.zarr"))
