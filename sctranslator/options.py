@@ -1124,7 +1124,7 @@ class AttentionOptions(JobOptions):
     out : str or pathlib.Path or None
         The output directory; None: nothing written.
     engine : EngineOptions
-        Of the engine options attention takes block_cells, batch_size and workers.
+        Of the engine options attention takes block_cells, batch_size, workers and device.
     input : InputOptions
         As knockout's.
     analysis : AnalysisOptions
@@ -1140,7 +1140,7 @@ class AttentionOptions(JobOptions):
 
     job: ClassVar[str] = "interactions"
     takes: ClassVar[dict[str, tuple[str, ...]]] = {
-        "engine": ("block_cells", "batch_size", "workers"), "input": ANALYSIS_INPUTS,
+        "engine": ("block_cells", "batch_size", "workers", "device"), "input": ANALYSIS_INPUTS,
         "analysis": ("top_k", "groupby", "as_published", "row_block"), "output": ("overwrite", "quiet", "wait")}
     defaults: ClassVar[dict[str, dict[str, Any]]] = {"engine": {"block_cells": 256, "batch_size": 1}}
 
@@ -1159,9 +1159,10 @@ class AttentionOptions(JobOptions):
         Raises
         ------
         OptionError
-            normalize or id_type outside its choices; block_cells, batch_size, workers, row_block or
-            top_k < 1 (named).
+            normalize or id_type outside its choices; a device that is not cpu, cuda or cuda:N;
+            block_cells, batch_size, workers, row_block or top_k < 1 (named).
         """
         check_choices(normalize=self.input.normalize, id_type=self.input.id_type)
+        check_device(self.engine.device)
         check_sizes(batch_size=self.engine.batch_size, block_cells=self.engine.block_cells,
                     workers=self.engine.workers, row_block=self.analysis.row_block, top_k=self.analysis.top_k)

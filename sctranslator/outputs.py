@@ -10,6 +10,16 @@ export onnx/triton, demo, convert):
    with `overwrite` (or resumed, for resumable jobs whose job record matches).
 4. Anything else is refused and left untouched, `overwrite` or not: a path holding something
    sctranslator did not write, a symbolic link, or a sctranslator output of another kind.
+5. No output inside another: a path that lies inside a sctranslator output (or a job ledger beside
+   one) is refused, since replacing or removing that output would take it along. The one exception
+   is a translate collection folder, which holds its own per-input translate stores.
+6. Replacing a folder of ours (`overwrite`, or knockout / attention, which rebuild their output on
+   every run) first checks that everything inside it is ours: the entries its identity record lists
+   (`util.folder_contents.manifest`), or for a Zarr store the groups and arrays its metadata names and
+   their chunks, plus our markers and hidden temporaries. A file someone put inside is refused,
+   named, and nothing is deleted.
+Rules 5 and 6 are checked for local paths only (in object storage each parent or object would cost a
+round trip).
 
 The identity record of an output:
 - a directory (Zarr store, bundle, report folder, Triton model directory): the file
@@ -17,7 +27,9 @@ The identity record of an output:
 - an HDF5 file (.h5ad, .h5mu): the same JSON text in the root attribute `sctranslator-output`;
 - an ONNX file: the same JSON text in the model's metadata_props under `sctranslator-output`.
 Records are written into the staged output before it is renamed into place, so an output carries
-its record from the moment it exists (see `sctranslator.util.atomic`).
+its record from the moment it exists (see `sctranslator.util.atomic`). A folder's record also lists
+what the folder holds at that moment ("contents"), plus the entries its writer adds later; a Zarr
+store lists nothing, its metadata describes it.
 
 One writer per output: `claim_output` first locks the output (`sctranslator.util.output_lock`: a hidden
 `.NAME.sctranslator-lock` file beside it), then checks it, so no two jobs can both find a path free
@@ -48,6 +60,7 @@ from typing import Any, TypeVar
 
 from sctranslator.errors import OutputConflictError, OutputLockedError, StoreError, UnsupportedStorageError
 from sctranslator.util.atomic import remove_leftovers, write_errors
+from sctranslator.util.folder_contents import foreign_entry, is_zarr_store, manifest
 from sctranslator.util.output_lock import OutputLock
 from sctranslator.util.storage import RemoteLock, filesystem, is_url, join, remote_error
 
@@ -55,6 +68,14 @@ IDENTITY_FILE = ".sctranslator-output.json"
 IDENTITY_KEY = "sctranslator-output"  # HDF5 root attribute / ONNX metadata key
 FORMAT = "sctranslator-output"
 HDF5_SUFFIXES = (".h5ad", ".h5mu", ".h5")
+LEDGER_DIR = ".sctranslator-job"  # a translate store's block ledger, inside the store
+COLLECTION_KIND = "translate-collection"
+# Outputs rebuilt whole at the end of every run, a resumed one included (their ledgers live beside them).
+REBUILT_KINDS = ("knockout", "attention")
+# A folder kept across --overwrite (its record is rewritten, its own stores replaced one by one).
+KEPT_KINDS = (COLLECTION_KIND,)
+# The ledger of a knockout / attention output: .<name>.<kind>-job beside it (engine.block_results).
+_SIDE_LEDGER = re.compile(r"^\..+\.(knockout|attention)-job$")
 ONNX_SUFFIXES = (".onnx",)
 
 # Kind -> what it is, for messages.
@@ -70,7 +91,7 @@ KINDS: dict[str, str] = {
     "export-triton": "exported Triton model directory",
     "demo": "demo output folder",
     "bundle": "converted model bundle",
-    "translate-collection": "translate collection folder (several inputs, one store each)",
+    COLLECTION_KIND: "translate collection folder (several inputs, one store each)",
 }
 
 
@@ -118,11 +139,12 @@ def identity_json(kind: str, **extra: Any) -> str:
     return json.dumps(identity_record(kind, **extra), default=str)
 
 
-def write_identity(path: str | Path, kind: str, **extra: Any) -> None:
+def write_identity(path: str | Path, kind: str, *, later: Iterable[str] = (), **extra: Any) -> None:
     """Mark the (staged) output at `path` as a sctranslator output of `kind`.
 
-    Directories get ``.sctranslator-output.json``; HDF5 files a root attribute. ONNX files carry the
-    record in their metadata: exporters add ``{IDENTITY_KEY: identity_json(kind)}`` themselves.
+    Directories get ``.sctranslator-output.json``, listing what they hold now ("contents"; not for a
+    Zarr store, whose metadata says it); HDF5 files a root attribute. ONNX files carry the record in
+    their metadata: exporters add ``{IDENTITY_KEY: identity_json(kind)}`` themselves.
 
     Parameters
     ----------
@@ -130,6 +152,9 @@ def write_identity(path: str | Path, kind: str, **extra: Any) -> None:
         The output.
     kind : str
         The kind of output (one of KINDS: translate, knockout, export, ...).
+    later : iterable of str
+        Entries (relative paths) a directory's writer adds after marking it, e.g. a checkpoint; they
+        are its own when it is replaced.
     **extra
         Further JSON fields.
     """
@@ -137,6 +162,8 @@ def write_identity(path: str | Path, kind: str, **extra: Any) -> None:
 
     path = Path(path)
     if path.is_dir():
+        if not is_zarr_store(path):
+            extra["contents"] = sorted({*manifest(path, skip=(IDENTITY_FILE,)), *later})
         atomic_write_text(path / IDENTITY_FILE, json.dumps(identity_record(kind, **extra), indent=2, default=str))
     elif path.suffix in HDF5_SUFFIXES:
         import h5py
@@ -249,6 +276,75 @@ def check_not_input(path: str | Path, inputs: Iterable[Any]) -> None:
                 "Choose an output path outside every input (nothing was changed)")
 
 
+def check_not_nested(path: str | Path, kind: str) -> None:
+    """Refuse an output that lies inside a sctranslator output or beside-ledger (rule 5).
+
+    Walks the path's parents looking for identity records, so it costs a few file checks. A translate
+    store directly inside a translate collection folder is the collection's own.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        A local output path.
+    kind : str
+        The kind of output to be written there.
+
+    Raises
+    ------
+    OutputConflictError
+        A parent is a sctranslator output (or a knockout / attention job ledger).
+    """
+    output = _real(path)
+    for parent in output.parents:
+        ledger = _SIDE_LEDGER.match(parent.name)
+        if ledger and (parent / "job.json").is_file():
+            raise OutputConflictError(
+                f"the output {path} lies inside {parent}, the job ledger of a sctranslator {ledger.group(1)} "
+                "output; it would be deleted with that job. Choose an output path outside it (nothing was changed)")
+        record = read_identity(parent)
+        if record is None:
+            continue
+        found = str(record.get("kind"))
+        if kind == "translate" and found == COLLECTION_KIND and parent == output.parent:
+            continue  # a collection's own per-input stores
+        raise OutputConflictError(
+            f"the output {path} lies inside {parent}, {_article('sctranslator ' + KINDS.get(found, found))}; "
+            "replacing or removing that output would delete this one with it. Choose an output path outside every "
+            "sctranslator output (nothing was changed)")
+
+
+def check_only_ours(path: Path, record: dict[str, Any]) -> None:
+    """Refuse to replace the output folder `path` when it holds something sctranslator did not write (rule 6).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        An output folder of ours.
+    record : dict
+        Its identity record (its "contents" list what it held when it was written).
+
+    Raises
+    ------
+    OutputConflictError
+        Naming the first foreign entry; nothing is deleted.
+    """
+    listed = record.get("contents")
+    entry = foreign_entry(path, markers=(IDENTITY_FILE, LEDGER_DIR),
+                          listed=[str(p) for p in listed] if isinstance(listed, list) else None)
+    if entry is None:
+        return
+    other = read_identity(entry)
+    if other is not None:
+        found = str(other.get("kind"))
+        what = f"{_article('sctranslator ' + KINDS.get(found, found))} of another job"
+    else:
+        what = f"{'a folder' if entry.is_dir() else 'a file'} sctranslator did not write there"
+    raise OutputConflictError(
+        f"{path} holds {entry.relative_to(path)}, {what}; replacing {path} would delete it, so nothing was "
+        f"changed. Move {entry.name} out of {path} (or remove {path} yourself), then run the command again, "
+        "or choose another output path")
+
+
 def foreign_output_error(path: Path, why: str) -> OutputConflictError:
     """The error for an output path that holds something sctranslator did not write.
 
@@ -315,12 +411,15 @@ def claim_output(path: str | Path, kind: str, *, inputs: Iterable[Any] = (), ove
                     f"{target}: {_article(KINDS[kind])} is written to a local path only; object storage (s3://, "
                     "gs://) is supported for translate's --out, --write-h5ad and --write-mudata. Write it locally "
                     "and copy it (nothing was written)")
+            # Rules 5 and 6 are checked for local paths only: in object storage, reading every parent prefix's
+            # record and listing every object of a store would cost round trips; URL outputs skip them.
             return claim_remote_output(str(path), kind, inputs=inputs, overwrite=overwrite, resumable=resumable,
                                        storage_options=storage_options)
     path = Path(path)
     siblings = [Path(s) for s in siblings]
     for target in (path, *siblings):
         check_not_input(target, inputs)
+    check_not_nested(path, kind)  # siblings lie in the same folder
     lock_output(path)  # before looking: what is seen stays true until this job's scope ends
     if path.is_symlink():
         raise foreign_output_error(path, "is a symbolic link")
@@ -341,6 +440,10 @@ def claim_output(path: str | Path, kind: str, *, inputs: Iterable[Any] = (), ove
         raise OutputConflictError(
             f"{path} already holds {_article(KINDS[kind])} from an earlier run. Pass --overwrite (overwrite=True) "
             "to replace it, or choose another output path")
+    if kind not in KEPT_KINDS and (overwrite or kind in REBUILT_KINDS):
+        for target in (path, *siblings):  # what will be replaced whole (knockout's per-cell store too)
+            if target.is_dir() and not target.is_symlink():
+                check_only_ours(target, read_identity(target) or {})
     return True
 
 

@@ -3,7 +3,8 @@
 For each command: (a) output == input refused and the input unchanged byte for byte, (b) output
 inside an input / an input inside the output refused, (c) a user's folder or file at the output
 refused even with --overwrite, without suggesting --overwrite, and untouched, (d) an earlier output
-of the same kind replaced with --overwrite (and only with it), (e) an output of another kind refused.
+of the same kind replaced with --overwrite (and only with it, and never with a file of someone else's
+inside it), (e) an output of another kind refused.
 """
 
 from __future__ import annotations
@@ -185,13 +186,19 @@ def test_d_an_earlier_output_of_the_same_kind_is_replaced_only_with_overwrite(
     else:
         # ... the others refuse to replace it silently, and say how to.
         assert "--overwrite" in _refused(capsys, command.run(world, out, overwrite=False))
-    stale = out.parent / f"{out.name}.stale" if out.is_file() else out / "stale-file-from-the-last-run"
     if out.is_dir():
-        stale.write_text("left by the earlier run")
+        # A file someone put inside the folder: --overwrite would delete it with the folder, so it refuses,
+        # names it and deletes nothing.
+        mine = out / "notes-of-mine.txt"
+        mine.write_text("not sctranslator's")
+        before = checksums(out)
+        err = _refused(capsys, command.run(world, out, overwrite=True))
+        assert "notes-of-mine.txt" in err and "nothing was changed" in err, err
+        assert checksums(out) == before
+        mine.unlink()
     capsys.readouterr()
     assert command.run(world, out, overwrite=True) == 0, capsys.readouterr().err
     assert read_identity(out)["kind"] == command.kind
-    assert not (out.is_dir() and stale.exists()), "the earlier output was not replaced whole"
     leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")
                  and not p.name.endswith(("knockout-job", "attention-job"))]
     assert not leftovers, leftovers

@@ -29,7 +29,14 @@ import anndata as ad
 from sctranslator.engine.ledger import JOB_FILE, read_record
 from sctranslator.engine.output_reader import open_predictions
 from sctranslator.engine.sink import JOB_DIR, OUTPUT_KIND
-from sctranslator.outputs import IDENTITY_FILE, claim_output, identity_bytes, read_identity, read_remote_identity
+from sctranslator.outputs import (
+    IDENTITY_FILE,
+    check_only_ours,
+    claim_output,
+    identity_bytes,
+    read_identity,
+    read_remote_identity,
+)
 from sctranslator.outputs import write_identity as write_local_identity
 from sctranslator.util.atomic import atomic_write_text, install_dir, remove_path, staging_dir
 from sctranslator.util.storage import filesystem, join, remote_error
@@ -158,9 +165,16 @@ class LocalPlace:
         ----------
         name : str
             The store's name inside the collection.
+
+        Raises
+        ------
+        OutputConflictError
+            The store holds something sctranslator did not write (nothing is deleted).
         """
         store = self.path / name
-        if store.parent == self.path and (read_identity(store) or {}).get("kind") == OUTPUT_KIND:
+        record = read_identity(store) or {}
+        if store.parent == self.path and record.get("kind") == OUTPUT_KIND:
+            check_only_ours(store, record)  # a file someone put inside is refused, not deleted
             remove_path(store)
 
     def open_store(self, name: str) -> ad.AnnData:

@@ -16,8 +16,39 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sctranslator.engine.threads import available_cpus
+from sctranslator.errors import BackendError
 
 WORKER_PREFIX = "gpu-"
+
+
+def require_device(device: str, *, count: int | None = None) -> None:
+    """Refuse a CUDA device PyTorch cannot see, before a job creates anything.
+
+    Parameters
+    ----------
+    device : str
+        cpu, cuda or cuda:N (already checked for its form, `options.check_device`).
+    count : int or None
+        CUDA devices PyTorch sees; None: ``torch.cuda.device_count()`` (0 without CUDA).
+
+    Raises
+    ------
+    BackendError
+        `device` names a CUDA device and there is none, or not that many.
+    """
+    if not device.startswith("cuda"):
+        return
+    if count is None:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if count == 0:
+        raise BackendError(f"--device {device} asked for, but PyTorch sees no CUDA device; use --device cpu "
+                           "(nothing was written)")
+    if index >= count:
+        raise BackendError(f"--device {device} asked for, but PyTorch sees {count} CUDA device(s) (cuda:0 to "
+                           f"cuda:{count - 1}); choose one of them (nothing was written)")
 
 
 def visible_gpus(device: str, *, count: int | None = None, visible: str | None = None) -> list[str]:

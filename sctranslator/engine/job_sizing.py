@@ -49,6 +49,14 @@ class LocalExecution:
     rule: Parallelism
     flop_per_cell: float
 
+    def announce(self) -> None:
+        """Log the parallelism chosen (at INFO).
+
+        The job calls it once its input and output checks have passed, so that a refusal stays the
+        only line it prints.
+        """
+        log.info("parallelism: %s", self.rule.why)
+
 
 def local_execution(model: TranslatorModel, plan: Plan, n_obs: int, *, device: str = "cpu",
                     batch_size: int | None = None, block_cells: int | None = None, workers: int | None = None,
@@ -78,6 +86,7 @@ def local_execution(model: TranslatorModel, plan: Plan, n_obs: int, *, device: s
     Returns
     -------
     LocalExecution
+        Not yet announced (see `LocalExecution.announce`).
     """
     spec = BackendSpec(kind="torch", model=model, device=device)
     tokens = encoder_tokens(plan, backend_capabilities("torch"), spec)
@@ -86,7 +95,6 @@ def local_execution(model: TranslatorModel, plan: Plan, n_obs: int, *, device: s
     # Threads follow one call's arithmetic, which is a translate call's: the same rule, the same threads.
     rule = choose_parallelism(device=device, flop_per_cell=flop, cpus=cpus, cpu_source=cpu_source, workers=workers)
     spec.threads = rule.threads
-    log.info("parallelism: %s", rule.why)
     if block_cells is None:
         block_cells = max(1, default_block_cells(model) // max(1, passes))
         block_cells = min(block_cells, max(4, -(-n_obs // (4 * rule.workers))))

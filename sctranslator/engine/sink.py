@@ -30,12 +30,12 @@ from sctranslator.engine.ledger import Ledger, block_ranges, read_record
 from sctranslator.engine.obs_tables import RENAMED_KEY, writable_obs
 from sctranslator.engine.output_reader import TemporaryStore, open_predictions
 from sctranslator.errors import StoreError
-from sctranslator.outputs import claim_output, write_identity
+from sctranslator.outputs import LEDGER_DIR, claim_output, write_identity
 from sctranslator.util.atomic import atomic_write_text, install_dir, remove_path, staging_dir, write_errors
 
 log = logging.getLogger(__name__)
 
-JOB_DIR = ".sctranslator-job"
+JOB_DIR = LEDGER_DIR  # ours inside the store: kept through the content check of --overwrite
 EMBEDDING_KEY = "X_sctranslator"
 OUTPUT_KIND = "translate"
 

@@ -568,6 +568,7 @@ def prepare_translate(data: str | Path | ad.AnnData, model: str | Path | Transla
         plan = make_plan(source, loaded, options)
         execution = plan_execution(options, backend, loaded, model_source, plan, source.n_obs, cluster_workers)
         sink, owner = _open_output(source, options, backend, loaded, model_source, plan, execution, inputs)
+        log.info("parallelism: %s", execution.parallelism["why"])
     except BaseException:
         source.close()
         raise
@@ -788,9 +789,7 @@ def plan_execution(options: TranslateOptions, backend: ChosenBackend, loaded: Tr
                            compute_slots=None,
                            why=f"on {where}: each worker applies the rule to its own --nthreads and cores "
                                "(run['threads_per_worker'] records what each used)")
-        log.info("parallelism: %s", parallelism["why"])
-    else:
-        log.info("parallelism: %s", rule.why)
+    # Logged by prepare_translate once the output store is open: a refusal stays the only line printed.
     block_cells = engine.block_cells
     if block_cells is None:  # also keep every worker busy on small datasets
         block_cells = min(default_block_cells(loaded), max(16, -(-n_obs // (4 * rule.workers))))

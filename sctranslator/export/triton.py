@@ -37,7 +37,14 @@ from sctranslator.export.triton_counts import MODEL_SOURCE as COUNTS_MODEL_SOURC
 from sctranslator.export.triton_counts import counts_config, counts_model_name, write_counts_files
 from sctranslator.graph.contract import DECODER, ENCODER
 from sctranslator.model.network import TranslatorModel
-from sctranslator.outputs import claim_output, foreign_output_error, one_writer, read_identity, write_identity
+from sctranslator.outputs import (
+    check_only_ours,
+    claim_output,
+    foreign_output_error,
+    one_writer,
+    read_identity,
+    write_identity,
+)
 from sctranslator.util.atomic import install_dir, staging_dir
 
 MODEL_VERSION = "1"
@@ -258,6 +265,7 @@ def export_triton(model: TranslatorModel, repo: str | Path, settings: ServingSet
             if record is None or record.get("kind") != OUTPUT_KIND:
                 raise foreign_output_error(dirs[name], f"is where the export of Triton model {settings.name!r} puts "
                                                        "a graph model, but it was not written by an export")
+            check_only_ours(dirs[name], record)  # replaced whole below: only when all it holds is ours
     repo.mkdir(parents=True, exist_ok=True)
     with staging_dir(dirs[names[0]]) as first, staging_dir(dirs[names[1]]) as second, \
             staging_dir(dirs[names[2]]) as third, staging_dir(dirs[names[3]]) as fourth:

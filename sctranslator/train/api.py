@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 OUTPUT_KIND = "finetune"
 WORK_KIND = "finetune-work"
+METRICS_FILE = "metrics.jsonl"  # the metrics log's default place, in the checkpoint folder
 KEEP = "model"  # feature_redraw_interval: keep the starting model's setting
 
 
@@ -342,7 +343,7 @@ def finetune(rna: Any, protein: Any = None, *, init: str | os.PathLike | Transla
             _prepare_work_dir(work, replace=work_is_ours and not resume)
         distributed.barrier(processes)
         fingerprint = _fingerprint(model, pairs, splits, data_options, train_options, processes.world)
-        metrics = MetricsLog((metrics_log or work / "metrics.jsonl") if processes.is_main else None, append=resume)
+        metrics = MetricsLog((metrics_log or work / METRICS_FILE) if processes.is_main else None, append=resume)
         trainer = Trainer(model, stream, train_options, processes, work, metrics, fingerprint)
         outcome = trainer.run(resume=resume)
         model = trainer.model.to("cpu").eval()
@@ -442,7 +443,8 @@ def _prepare_work_dir(work: Path, *, replace: bool) -> None:
     if replace:
         remove_path(work)
     work.mkdir(parents=True, exist_ok=True)
-    write_identity(work, WORK_KIND)
+    # What training adds later is ours too when --overwrite replaces the folder.
+    write_identity(work, WORK_KIND, later=(STATE_FILE, METRICS_FILE))
 
 
 def _save_bundle(model: TranslatorModel, out: Path, card: str, cells: dict[str, np.ndarray],

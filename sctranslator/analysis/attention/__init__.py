@@ -23,7 +23,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from sctranslator.analysis.attention.attention_job import Accumulator, AttentionJob
+from sctranslator.analysis.attention.attention_job import Accumulator, AttentionJob, traced_model
 from sctranslator.analysis.attention.attention_output import (
     MIN_RELATIVE_SPREAD,
     OUTPUT_KIND,
@@ -44,6 +44,7 @@ from sctranslator.analysis.attention.kinds import (
     write_pair_files,
 )
 from sctranslator.engine.block_results import BlockResults
+from sctranslator.engine.gpus import require_device
 from sctranslator.engine.job_sizing import local_execution
 from sctranslator.engine.pipeline import run_job
 from sctranslator.engine.sources import Source
@@ -144,7 +145,7 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
                  use_raw: bool = False, modality: str | None = None, missing_chunks: MissingChunks = "error",
                  kinds: str | Sequence[str] | None = None, genes: Sequence[str] | None = None,
                  measurement: str | None = None, cells: Sequence[str] | None = None, obs_query: str | None = None,
-                 max_cells: int | None = None) -> InteractionResult:
+                 max_cells: int | None = None, device: str = "cpu") -> InteractionResult:
     """Gene-to-protein interaction scores and received attention, averaged over the (selected) cells of `data`.
 
     `kinds`: which matrices, any of "gene-protein", "gene-gene", "protein-protein" (a list or a
@@ -159,7 +160,8 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
     gene_to_protein.csv, top_genes.csv (the `top_k` genes per protein), gene_attention.csv,
     protein_attention.csv and gene_to_protein.png. The keywords build one
     `sctranslator.options.AttentionOptions` (the command line builds the same object), run by
-    `run_interactions`. Torch on CPU; the model runs in eval mode without autograd.
+    `run_interactions`. Torch on `device` (a copy of the model moves there; the sums are kept on the
+    CPU in float64); the model runs in eval mode without autograd.
 
     Parameters
     ----------
@@ -184,6 +186,8 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
     as_published
         Reproduce the original script's choice of hidden state for each layer's attention (see
         `capture_features`).
+    device
+        cpu, cuda or cuda:N (torch), as for `knockout`; checked before anything is written.
     kinds, genes
         See above.
     normalize, target_sum, gene_column, id_type, layer, min_coverage, allow_low_coverage
@@ -209,7 +213,10 @@ def interactions(data: Any, model: str | Path | TranslatorModel, proteins: Seque
     Raises
     ------
     OptionError
-        normalize or id_type outside its choices; a size < 1 (named); an unknown kind.
+        normalize or id_type outside its choices; a size < 1 (named); an unknown kind; a device that
+        is not cpu, cuda or cuda:N.
+    BackendError
+        A CUDA device PyTorch does not see.
     BadCellsError
         Bad values in the matrix, or empty cells.
     OutputConflictError
@@ -247,6 +254,7 @@ def run_interactions(data: Any, model: str | Path | TranslatorModel, options: At
     """
     with writing(options.output.wait):
         options.check()
+        require_device(options.engine.device)  # before anything is created
         chosen = parse_kinds(options.kinds, options.genes)
         out = None if options.out is None else Path(options.out)
         if out is not None:
@@ -271,13 +279,14 @@ def _run(source: Source, loaded: TranslatorModel, out: Path | None, scratch: Pat
     codes, group_names = group_codes(source.read_obs(), analysis.groupby)
     positions, gene_names = position_names(plan, source.var.index)
     query = query_rows(options.genes, _unique_genes(gene_names))
-    execution = local_execution(loaded, plan, source.n_obs, batch_size=engine.batch_size,
+    execution = local_execution(loaded, plan, source.n_obs, device=engine.device, batch_size=engine.batch_size,
                                 block_cells=engine.block_cells, workers=engine.workers)
     pair_settings = {"kinds": chosen, "query": query, "all_genes": not options.genes, "windows": plan.n_windows,
                      "window_size": int(plan.protein_windows.shape[1])}
     job = AttentionJob(source=source, plan=plan, backend=execution.spec, sink=None,  # type: ignore[arg-type]
                        batch_size=execution.batch_size, allow_empty_cells=given.allow_empty_cells,
-                       flop_per_cell=execution.flop_per_cell, compute_slots=1, in_caller_thread=True, model=loaded,
+                       flop_per_cell=execution.flop_per_cell, compute_slots=1, in_caller_thread=True,
+                       model=traced_model(loaded, engine.device),
                        positions=positions,
                        codes=codes, n_slots=len(group_names), n_proteins=len(plan.proteins),
                        row_block=analysis.row_block, as_published=analysis.as_published, pair_settings=pair_settings)
@@ -287,9 +296,11 @@ def _run(source: Source, loaded: TranslatorModel, out: Path | None, scratch: Pat
         "kinds": list(chosen), "query": query.tolist(), "groupby": analysis.groupby or "",
         "as_published": analysis.as_published, "row_block": analysis.row_block}
     target = out if out is not None else scratch / "attention"  # type: ignore[operator]
-    job.sink = BlockResults.open(target, identity=identity, n_obs=source.n_obs,
-                                 block_rows=max(1, min(execution.block_cells, source.n_obs or 1)),
-                                 overwrite=options.output.overwrite, kind="attention")
+    store = BlockResults.open(target, identity=identity, n_obs=source.n_obs,
+                              block_rows=max(1, min(execution.block_cells, source.n_obs or 1)),
+                              overwrite=options.output.overwrite, kind="attention")
+    job.sink = store
+    execution.announce()  # only once every check has passed: a refusal is one line
     stats = run_job(job, workers=execution.rule.workers, quiet=options.output.quiet, desc="attention")
     acc, pairs, n_empty = _summed(job)
     try:
@@ -297,6 +308,8 @@ def _run(source: Source, loaded: TranslatorModel, out: Path | None, scratch: Pat
                          analysis.as_published, n_empty, pairs, getattr(source, "selection", "") or "")
     finally:
         pairs.close()
+    if out is not None:
+        store.mark_finished()  # from now on, a deleted output leaves a stale ledger, removed by the next run
     result.run = stats
     return result
 

@@ -10,6 +10,7 @@ and prepare the next blocks meanwhile.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,26 @@ class Accumulator:
             value += arrays[name]
 
 
+def traced_model(model: TranslatorModel, device: str) -> TranslatorModel:
+    """The model to trace on `device`: itself on the CPU, else a copy moved there (the caller's stays put).
+
+    Parameters
+    ----------
+    model
+        The loaded model, in eval mode.
+    device
+        cpu, cuda or cuda:N.
+
+    Returns
+    -------
+    TranslatorModel
+        In eval mode, on `device`.
+    """
+    if torch.device(device) == next(model.parameters()).device:
+        return model
+    return copy.deepcopy(model).to(device).eval()
+
+
 def batch_interactions(model: TranslatorModel, values: np.ndarray, plan: Plan, rows: torch.Tensor,
                        codes: np.ndarray, acc: Accumulator, *, row_block: int, as_published: bool,
                        pairs: PairSums) -> None:
@@ -76,31 +97,33 @@ def batch_interactions(model: TranslatorModel, values: np.ndarray, plan: Plan, r
         As for `interactions`.
     """
     batch = values.shape[0]
-    tensor = torch.from_numpy(values)
-    gene_ids = torch.from_numpy(plan.gene_ids).expand(batch, -1)
-    gene_mask = torch.from_numpy(plan.position_real).expand(batch, -1)
+    device = next(model.parameters()).device
+    tensor = torch.from_numpy(values).to(device)
+    gene_ids = torch.from_numpy(plan.gene_ids).to(device).expand(batch, -1)
+    gene_mask = torch.from_numpy(plan.position_real).to(device).expand(batch, -1)
+    rows = rows.to(device)
     heads = model.enc.layers[0].attn.heads if len(model.enc.layers) else 1
     enc = encoder_pass(model, tensor, gene_ids, gene_mask, rows, row_block=row_block, as_published=as_published,
                        also=pairs.encoder_callback(heads, len(model.enc.layers)))
     pairs.count += batch
     translated = model.translate_sequence(enc.encodings)
     del enc.encodings
-    decoders = [decoder_pass(model, translated, torch.from_numpy(ids).expand(batch, -1),
-                             torch.from_numpy(mask).expand(batch, -1), as_published=as_published)
+    decoders = [decoder_pass(model, translated, torch.from_numpy(ids).to(device).expand(batch, -1),
+                             torch.from_numpy(mask).to(device).expand(batch, -1), as_published=as_published)
                 for ids, mask in zip(plan.protein_windows, plan.protein_window_mask, strict=True)]
     pairs.add_decoders([d.queries for d in decoders], [d.keys for d in decoders])
-    index = torch.from_numpy(plan.output_index)
+    index = torch.from_numpy(plan.output_index).to(device)
     protein_received = torch.cat([d.protein_received for d in decoders], dim=1)[:, index]
     acc.count[0] += batch
     for code in np.unique(codes[codes > 0]):
         acc.count[code] += int((codes == code).sum())
-    add_by_group(acc.gene_received, enc.gene_received.double().numpy(), codes)
-    add_by_group(acc.protein_received, protein_received.double().numpy(), codes)
+    add_by_group(acc.gene_received, enc.gene_received.double().cpu().numpy(), codes)
+    add_by_group(acc.protein_received, protein_received.double().cpu().numpy(), codes)
     gene_protein_rows = rows.shape[0] if GENE_PROTEIN in pairs.kinds else 0  # else skip the translator rows
     for lo in range(0, gene_protein_rows, row_block):
         translated_rows = translate_rows(model, enc.first_layer[:, lo:lo + row_block])
         block = gene_to_protein_block(translated_rows, decoders)[:, :, index]
-        add_by_group(acc.gene_to_protein[:, lo:lo + block.shape[1]], block.double().numpy(), codes)
+        add_by_group(acc.gene_to_protein[:, lo:lo + block.shape[1]], block.double().cpu().numpy(), codes)
 
 
 @dataclass

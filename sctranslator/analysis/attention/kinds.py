@@ -193,9 +193,11 @@ class PairSums:
         scale = 1.0 / (n_heads * max(1, n_layers))
 
         def add(_: int, q_feat: torch.Tensor, k_feat: torch.Tensor) -> None:
-            for lo in range(0, rows.shape[0], self.row_block):
-                block = attention_rows(q_feat, k_feat, rows[lo:lo + self.row_block], columns).sum(dim=0)
-                sums[lo:lo + block.shape[0]] += (block.double() * scale).numpy().astype(sums.dtype, copy=False)
+            on = q_feat.device  # the model's (the sums stay on the CPU)
+            here, wanted = rows.to(on), columns.to(on)
+            for lo in range(0, here.shape[0], self.row_block):
+                block = attention_rows(q_feat, k_feat, here[lo:lo + self.row_block], wanted).sum(dim=0)
+                sums[lo:lo + block.shape[0]] += (block.double() * scale).cpu().numpy().astype(sums.dtype, copy=False)
 
         return add
 
@@ -212,7 +214,7 @@ class PairSums:
         if self.protein_sums is None:
             return
         for w, (q, k) in enumerate(zip(queries, keys, strict=True)):
-            self.protein_sums[w] += window_attention(q, k).sum(dim=0).double().numpy()
+            self.protein_sums[w] += window_attention(q, k).sum(dim=0).double().cpu().numpy()
 
     def close(self) -> None:
         """Remove the temporary file that large gene-gene sums spill to."""

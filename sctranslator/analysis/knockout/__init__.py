@@ -38,6 +38,7 @@ from sctranslator.analysis.knockout.knockout_output import (
 )
 from sctranslator.analysis.knockout.stats import merge_stats, std_from
 from sctranslator.analysis.knockout.store import KnockoutStore
+from sctranslator.engine.gpus import require_device
 from sctranslator.engine.job_sizing import local_execution
 from sctranslator.engine.pipeline import run_job
 from sctranslator.engine.sources import Source
@@ -222,22 +223,24 @@ def run_knockout(data: Any, model: str | Path | TranslatorModel, options: Knocko
     """
     with writing(options.output.wait):
         options.check()
+        require_device(options.engine.device)  # before anything is created
         out_path = check_out_path(options.out)
         claim_output(out_path, OUTPUT_KIND, inputs=(data, model), overwrite=options.output.overwrite,
                      resumable=True, siblings=output_siblings(out_path))
         loaded = model if isinstance(model, TranslatorModel) else load_model(model)
         source = open_input(data, options.input)
         try:
-            result, chosen = _run(source, loaded, out_path, options)
+            result, chosen, store = _run(source, loaded, out_path, options)
         finally:
             source.close()
-    result.files = write_knockout_files(out_path, result.adata, result.effects, result.mean, result.per_cell,
-                                        chosen)
+        result.files = write_knockout_files(out_path, result.adata, result.effects, result.mean, result.per_cell,
+                                            chosen)
+        store.mark_finished()  # from now on, a deleted output leaves a stale ledger, removed by the next run
     return result
 
 
 def _run(source: Source, loaded: TranslatorModel, out_path: Path,
-         options: KnockoutOptions) -> tuple[KnockoutResult, str]:
+         options: KnockoutOptions) -> tuple[KnockoutResult, str, KnockoutStore]:
     """Plan, variants, store and the job on the block pipeline; then the assembled result."""
     if source.n_obs == 0:
         raise InputDataError(f"{source.describe()} has no cells to knock genes out in")
@@ -256,14 +259,16 @@ def _run(source: Source, loaded: TranslatorModel, out_path: Path,
                       compute_slots=execution.rule.compute_slots,
                       variants=variants, codes=codes, n_slots=len(group_names), per_cell=analysis.per_cell)
     identity = _identity(loaded, source, plan, job, chosen, analysis.groupby)
-    job.sink = KnockoutStore.open(out_path, identity=identity, n_obs=source.n_obs,
-                                  block_rows=max(1, min(execution.block_cells, source.n_obs)),
-                                  overwrite=options.output.overwrite)
+    store = KnockoutStore.open(out_path, identity=identity, n_obs=source.n_obs,
+                               block_rows=max(1, min(execution.block_cells, source.n_obs)),
+                               overwrite=options.output.overwrite)
+    job.sink = store
+    execution.announce()  # only once every check has passed: a refusal is one line
     stats = run_job(job, workers=execution.rule.workers, quiet=options.output.quiet,
                     desc=f"knockout x{len(variants)}")
     result = _assemble(job, obs, group_names, chosen, analysis.groupby)
     result.run = stats
-    return result, chosen
+    return result, chosen, store
 
 
 def _merged(prefix: str, parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
