@@ -29,6 +29,7 @@ from sctranslator.engine.h5copy import slab_rows, slabs
 from sctranslator.engine.ledger import Ledger, block_ranges, read_record
 from sctranslator.engine.obs_tables import RENAMED_KEY, writable_obs
 from sctranslator.engine.output_reader import TemporaryStore, open_predictions
+from sctranslator.engine.stored_uns import NotStorable, as_stored
 from sctranslator.errors import StoreError
 from sctranslator.outputs import claim_output, write_identity
 from sctranslator.util.atomic import atomic_write_text, install_dir, remove_path, staging_dir, write_errors
@@ -39,7 +40,7 @@ JOB_DIR = ".sctranslator-job"
 EMBEDDING_KEY = "X_sctranslator"
 OUTPUT_KIND = "translate"
 
-__all__ = ["EMBEDDING_KEY", "JOB_DIR", "OUTPUT_KIND", "ZarrSink", "block_ranges"]
+__all__ = ["EMBEDDING_KEY", "JOB_DIR", "OUTPUT_KIND", "ZarrSink", "block_ranges", "skeleton", "skeleton_files"]
 
 
 @dataclass
@@ -140,9 +141,9 @@ class ZarrSink:
     def _create(self, identity: dict[str, Any], obs: pd.DataFrame, var: pd.DataFrame, uns: dict[str, Any],
                 obsm: dict[str, Any]) -> None:
         """Build the whole empty store aside, then rename it over `path` (which the caller may replace)."""
+        files, written = skeleton(obs, var, uns, self.n_obs, self.n_outputs, self.block_rows, self.embedding_dim)
         with staging_dir(self.path) as staging:
-            write_files(staging, skeleton_files(obs, var, uns, self.n_obs, self.n_outputs, self.block_rows,
-                                                self.embedding_dim))
+            write_files(staging, files)
             carried = {key: array for key, array in obsm.items() if key != EMBEDDING_KEY}
             if carried:
                 _copy_obsm(staging, carried, self.block_rows)
@@ -150,6 +151,7 @@ class ZarrSink:
                           extra={"n_outputs": self.n_outputs, "complete": False})
             write_identity(staging, OUTPUT_KIND)
             install_dir(staging, self.path)
+        self._written_uns = written
 
     # -- blocks --------------------------------------------------------------------------------
     def blocks(self) -> list[tuple[int, int]]:
@@ -264,7 +266,39 @@ class ZarrSink:
         with write_errors(self.path, 1 << 20):
             if run is not None:
                 _write_local_uns_entry(Path(self.path), "run", run)
+                self._wrote_run(run)
             ledger.update_record({"complete": True, **(extra or {})})
+
+    def _wrote_run(self, run: dict[str, Any]) -> None:
+        """Keep the written uns in step with the store: its run record is now there too."""
+        written = getattr(self, "_written_uns", None)
+        record = written.get("sctranslator") if isinstance(written, dict) else None
+        if isinstance(record, dict):
+            self._written_uns = {**written, "sctranslator": {**record, "run": run}}
+
+    def known_uns(self) -> dict[str, Any] | None:
+        """The store's uns as a fresh read returns it, from what this sink wrote (no read).
+
+        Returns
+        -------
+        dict or None
+            None when this sink did not create the store (a resumed one holds an earlier run's
+            provenance) or holds a value whose stored form `as_stored` does not derive: read it then.
+        """
+        written = getattr(self, "_written_uns", None)
+        if written is None:
+            return None
+        try:
+            return as_stored(written)
+        except NotStorable as why:
+            log.debug("reading uns back from %s: %s", self.path, why)
+            return None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Workers get the sink without the provenance: only the process that created the store reads it.
+        state = dict(self.__dict__)
+        state.pop("_written_uns", None)
+        return state
 
     def read(self, owner: TemporaryStore | None = None) -> ad.AnnData:
         """The finished store as an AnnData whose X stays on disk (see `open_predictions`).
@@ -279,12 +313,41 @@ class ZarrSink:
         AnnData
             Cells x proteins, X lazy.
         """
-        return open_predictions(self.path, owner=owner)
+        return open_predictions(self.path, owner=owner, uns=self.known_uns())
 
 
 def skeleton_files(obs: pd.DataFrame, var: pd.DataFrame, uns: dict[str, Any], n_obs: int, n_outputs: int,
                    block_rows: int, embedding_dim: int = 0) -> dict[str, bytes]:
-    """The empty output store as {key: bytes}, with consolidated metadata.
+    """The empty output store as {key: bytes}: `skeleton`'s files.
+
+    Parameters
+    ----------
+    obs : pandas.DataFrame
+        The cells' obs.
+    var : pandas.DataFrame
+        The proteins' var.
+    uns : dict
+        The provenance.
+    n_obs : int
+        Cells.
+    n_outputs : int
+        Proteins.
+    block_rows : int
+        Cells per block.
+    embedding_dim : int
+        Width of the embeddings; 0: none.
+
+    Returns
+    -------
+    dict of str to bytes
+        Store key -> content.
+    """
+    return skeleton(obs, var, uns, n_obs, n_outputs, block_rows, embedding_dim)[0]
+
+
+def skeleton(obs: pd.DataFrame, var: pd.DataFrame, uns: dict[str, Any], n_obs: int, n_outputs: int,
+             block_rows: int, embedding_dim: int = 0) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The empty output store as {key: bytes}, with consolidated metadata, and the uns it holds.
 
     obs, var, uns, an unwritten X (NaN fill, one chunk row per block) and obsm['X_sctranslator'] when
     `embedding_dim`. Built in memory: zarr's per-element round trips to disk (or an object store) made
@@ -309,8 +372,10 @@ def skeleton_files(obs: pd.DataFrame, var: pd.DataFrame, uns: dict[str, Any], n_
 
     Returns
     -------
-    dict of str to bytes
+    files : dict of str to bytes
         Store key -> content.
+    uns : dict
+        The uns written (`uns`, with the record of renamed obs columns when there are any).
     """
     obs, renamed = writable_obs(obs)
     if renamed:
@@ -337,7 +402,7 @@ def skeleton_files(obs: pd.DataFrame, var: pd.DataFrame, uns: dict[str, Any], n_
                                         chunks=(block_rows, embedding_dim), dtype="float32", fill_value=np.nan)
         emb.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
     zarr.consolidate_metadata(store)
-    return {key: data.to_bytes() for key, data in files.items()}
+    return {key: data.to_bytes() for key, data in files.items()}, uns
 
 
 _ENCODED: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
