@@ -29,6 +29,7 @@ from sctranslator.engine.h5copy import slab_rows, slabs
 from sctranslator.engine.ledger import Ledger, block_ranges, read_record
 from sctranslator.engine.obs_tables import RENAMED_KEY, writable_obs
 from sctranslator.engine.output_reader import TemporaryStore, open_predictions
+from sctranslator.engine.scalar_entries import scalar_entry_files
 from sctranslator.engine.stored_uns import NotStorable, as_stored
 from sctranslator.errors import StoreError
 from sctranslator.outputs import claim_output, write_identity
@@ -490,27 +491,42 @@ def _write_local_uns_entry(path: Path, key: str, value: dict[str, Any]) -> None:
         _write_uns_entry(path, key, value)
         return
     clean = {name: (float(v) if isinstance(v, float | np.floating) else v) for name, v in value.items()}
-    files: dict[str, Any] = {}
-    memory = zarr.storage.MemoryStore(files)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # anndata's note about the zarr v2 default
-        parent = zarr.open_group(memory, mode="a", zarr_format=2).require_group("uns").require_group("sctranslator")
-        try:
-            from anndata.io import write_elem
-        except ImportError:  # anndata < 0.11
-            from anndata.experimental import write_elem
-        write_elem(parent, key, clean)
-        zarr.consolidate_metadata(memory)
     prefix = f"uns/sctranslator/{key}/"
-    added = {name: entry for name, entry in json.loads(files[".zmetadata"].to_bytes())["metadata"].items()
-             if name.startswith(prefix)}
+    files, added = _entry_files(prefix, clean)
     record = json.loads(consolidated.read_text())
     remove_path(path / prefix)  # an entry of an earlier attempt is replaced, as write_elem replaces it
-    write_files(path, {name: data.to_bytes() for name, data in files.items() if name.startswith(prefix)})
+    write_files(path, files)
     merged = {**{k: v for k, v in record["metadata"].items() if not k.startswith(prefix)}, **added}
     # In key order: zarr groups a node's children with itertools.groupby, so siblings must be adjacent.
     record["metadata"] = dict(sorted(merged.items()))
     atomic_write_text(consolidated, json.dumps(record))
+
+
+def _entry_files(prefix: str, value: dict[str, Any]) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The zarr v2 files of ``write_elem`` for the uns entry at `prefix` (``uns/sctranslator/KEY/``) and
+    their consolidated-metadata entries: from per-type templates for a dict of numbers (the run record,
+    see `engine.scalar_entries`), else by ``write_elem`` into memory."""
+    made = scalar_entry_files(value)
+    if made is not None:
+        return ({prefix + name: data for name, data in made[0].items()},
+                {prefix + name: entry for name, entry in made[1].items()})
+    files: dict[str, Any] = {}
+    memory = zarr.storage.MemoryStore(files)
+    parent_path, key = prefix.rstrip("/").rsplit("/", 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # anndata's note about the zarr v2 default
+        parent = zarr.open_group(memory, mode="a", zarr_format=2)
+        for part in parent_path.split("/"):
+            parent = parent.require_group(part)
+        try:
+            from anndata.io import write_elem
+        except ImportError:  # anndata < 0.11
+            from anndata.experimental import write_elem
+        write_elem(parent, key, value)
+        zarr.consolidate_metadata(memory)
+    added = {name: entry for name, entry in json.loads(files[".zmetadata"].to_bytes())["metadata"].items()
+             if name.startswith(prefix)}
+    return {name: data.to_bytes() for name, data in files.items() if name.startswith(prefix)}, added
 
 
 def _write_uns_entry(path: str | Path | Any, key: str, value: dict[str, Any]) -> None:
