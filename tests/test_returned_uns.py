@@ -132,3 +132,17 @@ def test_values_without_a_derived_form_are_read_from_the_store(tmp_path: Path) -
     sink.finish()
     pd.testing.assert_frame_equal(open_predictions(sink.path).uns["sctranslator"]["table"], table)
     pd.testing.assert_frame_equal(sink.read().uns["sctranslator"]["table"], table)
+
+
+def test_recorded_versions_are_the_installed_ones_and_each_record_its_own(cells: ad.AnnData, model_path: Path,
+                                                                         tmp_path: Path) -> None:
+    from importlib import metadata
+
+    from sctranslator.engine import translate as translate_module
+
+    sctranslator.translate(cells, model_path, PROTEINS, **OPTIONS)
+    translate_module._versions()["anndata"] = "changed by a caller"  # the versions are found once, handed out copied
+    second = sctranslator.translate(cells, model_path, PROTEINS, **OPTIONS)
+    versions = second.uns["sctranslator"]["versions"]
+    assert versions["anndata"] == metadata.version("anndata") and versions["zarr"] == metadata.version("zarr")
+    assert versions["sctranslator"] == sctranslator.__version__
