@@ -16,7 +16,8 @@ reader. Prints markdown tables.
 A third table (`--sources-cells`, 0 skips it) is cells/s of `translate` with the tiny model on the same
 cells from every kind of source: an h5ad, an AnnData Zarr store, the Zarr store and the h5ad on a
 local S3 API server (moto_server on 127.0.0.1), a local TileDB-SOMA experiment and a collection of 4
-files. Sources whose support is not on this branch print "n/a" with the reason.
+files. Sources whose support is not on this branch print "n/a" with the reason. `--sources
+zarr,collection` times only those rows (local Zarr, the reference of the ratios, always).
 """
 
 from __future__ import annotations
@@ -148,8 +149,17 @@ def _moto_server() -> tuple[subprocess.Popen, str]:
     return process, endpoint
 
 
-def _sources_table(data: Path, root: Path, n_cells: int, repeats: int) -> None:
-    """cells/s of translate (tiny_a, all cells) from every kind of source holding the same cells."""
+# --sources names the rows to time: short key -> the table's row
+SOURCE_KEYS = {"h5ad": "h5ad (local)", "zarr": "AnnData Zarr (local)", "soma": "TileDB-SOMA experiment (local)",
+               "collection": "collection of 4 h5ad files", "s3-zarr": "Zarr on S3 (local moto_server)",
+               "s3-h5ad": "h5ad on S3 (local moto_server)"}
+
+
+def _sources_table(data: Path, root: Path, n_cells: int, repeats: int, only: list[str] | None = None) -> None:
+    """cells/s of translate (tiny_a, all cells) from every kind of source holding the same cells
+    (`only`: these rows of SOURCE_KEYS; local Zarr is always timed, the ratios' reference)."""
+    wanted = {SOURCE_KEYS[key] for key in (only or SOURCE_KEYS)} | {SOURCE_KEYS["zarr"]}
+    remote = any(name.endswith("(local moto_server)") for name in wanted)
     model = data.parent / "fixtures" / "reference_model" / "tiny_a_official.pt"
     base = ad.read_h5ad(data / "pbmc10k_cite_10x" / "rna.h5ad")
     cells = ad.AnnData(sp.vstack([base.X] * -(-n_cells // base.n_obs)).tocsr()[:n_cells], var=base.var)
@@ -168,14 +178,15 @@ def _sources_table(data: Path, root: Path, n_cells: int, repeats: int) -> None:
     loaded = sctranslator.load_model(model)
     proteins = ["CD3", "CD4", "CD8a", "CD14", "CD19"]
     options = {"normalize": "total_log1p", "allow_empty_cells": True, "quiet": True}
-    server, endpoint = _moto_server()
+    server = _moto_server()[0] if remote else None
     try:
-        import s3fs
+        if remote:
+            import s3fs
 
-        fs = s3fs.S3FileSystem(skip_instance_cache=True)
-        fs.mkdir("bench")
-        fs.put(str(store), "bench/cells.zarr", recursive=True)
-        fs.put_file(str(h5ad), "bench/cells.h5ad")
+            fs = s3fs.S3FileSystem(skip_instance_cache=True)
+            fs.mkdir("bench")
+            fs.put(str(store), "bench/cells.zarr", recursive=True)
+            fs.put_file(str(h5ad), "bench/cells.h5ad")
 
         def soma() -> str:
             import tiledbsoma.io
@@ -190,6 +201,7 @@ def _sources_table(data: Path, root: Path, n_cells: int, repeats: int) -> None:
                    "collection of 4 h5ad files": lambda: [str(p) for p in parts],
                    "Zarr on S3 (local moto_server)": lambda: "s3://bench/cells.zarr",
                    "h5ad on S3 (local moto_server)": lambda: "s3://bench/cells.h5ad"}
+        sources = {name: make for name, make in sources.items() if name in wanted}
         rates: dict[str, float | str] = {}
         times: dict[str, list[float]] = {name: [] for name in sources}
         reference = None
@@ -219,8 +231,9 @@ def _sources_table(data: Path, root: Path, n_cells: int, repeats: int) -> None:
             if not isinstance(rates.get(name), str):
                 rates[name] = n_cells / statistics.median(taken)
     finally:
-        server.terminate()
-        server.wait()
+        if server is not None:
+            server.terminate()
+            server.wait()
     zarr_rate = rates["AnnData Zarr (local)"]
     print(f"\n| source ({n_cells:,} cells, tiny_a, {repeats} runs, median) | cells/s | time / local Zarr's |")
     print("| --- | ---: | ---: |")
@@ -275,10 +288,16 @@ def main() -> None:
     parser.add_argument("--sources-cells", type=int, default=20_000,
                         help="cells for the table of every source kind (0: skip)")
     parser.add_argument("--only-sources", action="store_true", help="print only the table of every source kind")
+    parser.add_argument("--sources", type=lambda text: [key.strip() for key in text.split(",") if key.strip()],
+                        default=None, help=f"comma-separated rows of that table ({', '.join(SOURCE_KEYS)}; "
+                                           "default: all); local Zarr, the reference, is always timed")
     args = parser.parse_args()
+    unknown = sorted(set(args.sources or ()) - set(SOURCE_KEYS))
+    if unknown:
+        parser.error(f"--sources: unknown {unknown}; choose from {', '.join(SOURCE_KEYS)}")
     if args.only_sources:
         with tempfile.TemporaryDirectory() as tmp:
-            _sources_table(args.data, Path(tmp), args.sources_cells, args.repeats)
+            _sources_table(args.data, Path(tmp), args.sources_cells, args.repeats, args.sources)
         return
     with tempfile.TemporaryDirectory() as tmp:
         stores = _stores(args.data, Path(tmp))
@@ -303,7 +322,7 @@ def main() -> None:
         if args.cells:
             _end_to_end(args.data, Path(tmp), args.cells, args.repeats)
         if args.sources_cells:
-            _sources_table(args.data, Path(tmp), args.sources_cells, args.repeats)
+            _sources_table(args.data, Path(tmp), args.sources_cells, args.repeats, args.sources)
     print(f"\n{args.passes} passes over every block, anndata {ad.__version__}, scipy {sp_version}, "
           f"zarr {zarr.__version__}, h5py {h5py.__version__}")
 

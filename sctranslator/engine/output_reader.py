@@ -125,7 +125,8 @@ def _refuse_unfinished(path: Path | str, allow_incomplete: bool, storage_options
 
 
 def open_predictions(path: str | Path, *, owner: TemporaryStore | None = None,
-                     allow_incomplete: bool = False, storage_options: dict[str, Any] | None = None) -> ad.AnnData:
+                     allow_incomplete: bool = False, storage_options: dict[str, Any] | None = None,
+                     uns: dict[str, Any] | None = None) -> ad.AnnData:
     """The AnnData of a translate output store, with X (and obsm arrays) read lazily.
 
     Parameters
@@ -139,6 +140,9 @@ def open_predictions(path: str | Path, *, owner: TemporaryStore | None = None,
         Read a store whose translate job did not finish (unwritten blocks are NaN); refused otherwise.
     storage_options : dict or None
         fsspec options for a store in object storage.
+    uns : dict or None
+        The store's uns exactly as a read returns it, known to the caller that just wrote it
+        (`engine.stored_uns`); None: read from the store.
 
     Returns
     -------
@@ -157,7 +161,8 @@ def open_predictions(path: str | Path, *, owner: TemporaryStore | None = None,
     try:
         root = _open_root(path, storage_options)
         obs, var = read_elem(root["obs"]), read_elem(root["var"])
-        uns = read_elem(root["uns"]) if "uns" in root else {}
+        if uns is None:  # the caller that wrote the store passes what this read would give
+            uns = read_elem(root["uns"]) if "uns" in root else {}
         x = _lazy(path, "X", owner, storage_options)
         obsm = {}
         if "obsm" in root:

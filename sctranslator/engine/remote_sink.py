@@ -39,7 +39,7 @@ from sctranslator.engine.sink import (
     ZarrSink,
     _copy_obsm,
     _write_uns_entry,
-    skeleton_files,
+    skeleton,
 )
 from sctranslator.errors import StoreError
 from sctranslator.outputs import IDENTITY_FILE, claim_output, exists, identity_bytes
@@ -212,7 +212,7 @@ class RemoteZarrSink(ZarrSink):
         """Write the empty store in the order the module docstring gives (identity first, job record last)."""
         fs, path = self._fs()
         self._put(join(path, IDENTITY_FILE), identity_bytes(OUTPUT_KIND))
-        files = skeleton_files(obs, var, uns, self.n_obs, self.n_outputs, self.block_rows, self.embedding_dim)
+        files, written = skeleton(obs, var, uns, self.n_obs, self.n_outputs, self.block_rows, self.embedding_dim)
         try:
             fs.pipe({join(path, key): data for key, data in files.items()})
             carried = {key: array for key, array in obsm.items() if key != EMBEDDING_KEY}
@@ -225,6 +225,7 @@ class RemoteZarrSink(ZarrSink):
         record = {"identity": identity, "block_rows": int(self.block_rows), "n_obs": int(self.n_obs),
                   "n_outputs": self.n_outputs, "complete": False}
         self._put(self._key(JOB_DIR, JOB_FILE), json.dumps(record, indent=2, default=str).encode())
+        self._written_uns = written
 
     # -- blocks --------------------------------------------------------------------------------
     def blocks(self) -> list[tuple[int, int]]:
@@ -348,6 +349,7 @@ class RemoteZarrSink(ZarrSink):
                 _write_uns_entry(self._store(), "run", run)
             except Exception as exc:  # noqa: BLE001
                 raise remote_error(self.path, exc, "writing the run record of") from exc
+            self._wrote_run(run)
         record = self._record()
         if record is None:
             raise StoreError(f"{self.path}: its job record is missing; start the job afresh")
@@ -367,4 +369,4 @@ class RemoteZarrSink(ZarrSink):
         AnnData
             Cells x proteins, X lazy.
         """
-        return open_predictions(self.path, owner=owner, storage_options=self.storage_options)
+        return open_predictions(self.path, owner=owner, storage_options=self.storage_options, uns=self.known_uns())

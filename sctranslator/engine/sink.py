@@ -29,6 +29,8 @@ from sctranslator.engine.h5copy import slab_rows, slabs
 from sctranslator.engine.ledger import Ledger, block_ranges, read_record
 from sctranslator.engine.obs_tables import RENAMED_KEY, writable_obs
 from sctranslator.engine.output_reader import TemporaryStore, open_predictions
+from sctranslator.engine.scalar_entries import scalar_entry_files
+from sctranslator.engine.stored_uns import NotStorable, as_stored
 from sctranslator.errors import StoreError
 from sctranslator.outputs import LEDGER_DIR, claim_output, write_identity
 from sctranslator.util.atomic import atomic_write_text, install_dir, remove_path, staging_dir, write_errors
@@ -39,7 +41,7 @@ JOB_DIR = LEDGER_DIR  # ours inside the store: kept through the content check of
 EMBEDDING_KEY = "X_sctranslator"
 OUTPUT_KIND = "translate"
 
-__all__ = ["EMBEDDING_KEY", "JOB_DIR", "OUTPUT_KIND", "ZarrSink", "block_ranges"]
+__all__ = ["EMBEDDING_KEY", "JOB_DIR", "OUTPUT_KIND", "ZarrSink", "block_ranges", "skeleton", "skeleton_files"]
 
 
 @dataclass
@@ -140,9 +142,9 @@ class ZarrSink:
     def _create(self, identity: dict[str, Any], obs: pd.DataFrame, var: pd.DataFrame, uns: dict[str, Any],
                 obsm: dict[str, Any]) -> None:
         """Build the whole empty store aside, then rename it over `path` (which the caller may replace)."""
+        files, written = skeleton(obs, var, uns, self.n_obs, self.n_outputs, self.block_rows, self.embedding_dim)
         with staging_dir(self.path) as staging:
-            write_files(staging, skeleton_files(obs, var, uns, self.n_obs, self.n_outputs, self.block_rows,
-                                                self.embedding_dim))
+            write_files(staging, files)
             carried = {key: array for key, array in obsm.items() if key != EMBEDDING_KEY}
             if carried:
                 _copy_obsm(staging, carried, self.block_rows)
@@ -150,6 +152,7 @@ class ZarrSink:
                           extra={"n_outputs": self.n_outputs, "complete": False})
             write_identity(staging, OUTPUT_KIND)
             install_dir(staging, self.path)
+        self._written_uns = written
 
     # -- blocks --------------------------------------------------------------------------------
     def blocks(self) -> list[tuple[int, int]]:
@@ -264,7 +267,39 @@ class ZarrSink:
         with write_errors(self.path, 1 << 20):
             if run is not None:
                 _write_local_uns_entry(Path(self.path), "run", run)
+                self._wrote_run(run)
             ledger.update_record({"complete": True, **(extra or {})})
+
+    def _wrote_run(self, run: dict[str, Any]) -> None:
+        """Keep the written uns in step with the store: its run record is now there too."""
+        written = getattr(self, "_written_uns", None)
+        record = written.get("sctranslator") if isinstance(written, dict) else None
+        if isinstance(record, dict):
+            self._written_uns = {**written, "sctranslator": {**record, "run": run}}
+
+    def known_uns(self) -> dict[str, Any] | None:
+        """The store's uns as a fresh read returns it, from what this sink wrote (no read).
+
+        Returns
+        -------
+        dict or None
+            None when this sink did not create the store (a resumed one holds an earlier run's
+            provenance) or holds a value whose stored form `as_stored` does not derive: read it then.
+        """
+        written = getattr(self, "_written_uns", None)
+        if written is None:
+            return None
+        try:
+            return as_stored(written)
+        except NotStorable as why:
+            log.debug("reading uns back from %s: %s", self.path, why)
+            return None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Workers get the sink without the provenance: only the process that created the store reads it.
+        state = dict(self.__dict__)
+        state.pop("_written_uns", None)
+        return state
 
     def read(self, owner: TemporaryStore | None = None) -> ad.AnnData:
         """The finished store as an AnnData whose X stays on disk (see `open_predictions`).
@@ -279,12 +314,41 @@ class ZarrSink:
         AnnData
             Cells x proteins, X lazy.
         """
-        return open_predictions(self.path, owner=owner)
+        return open_predictions(self.path, owner=owner, uns=self.known_uns())
 
 
 def skeleton_files(obs: pd.DataFrame, var: pd.DataFrame, uns: dict[str, Any], n_obs: int, n_outputs: int,
                    block_rows: int, embedding_dim: int = 0) -> dict[str, bytes]:
-    """The empty output store as {key: bytes}, with consolidated metadata.
+    """The empty output store as {key: bytes}: `skeleton`'s files.
+
+    Parameters
+    ----------
+    obs : pandas.DataFrame
+        The cells' obs.
+    var : pandas.DataFrame
+        The proteins' var.
+    uns : dict
+        The provenance.
+    n_obs : int
+        Cells.
+    n_outputs : int
+        Proteins.
+    block_rows : int
+        Cells per block.
+    embedding_dim : int
+        Width of the embeddings; 0: none.
+
+    Returns
+    -------
+    dict of str to bytes
+        Store key -> content.
+    """
+    return skeleton(obs, var, uns, n_obs, n_outputs, block_rows, embedding_dim)[0]
+
+
+def skeleton(obs: pd.DataFrame, var: pd.DataFrame, uns: dict[str, Any], n_obs: int, n_outputs: int,
+             block_rows: int, embedding_dim: int = 0) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The empty output store as {key: bytes}, with consolidated metadata, and the uns it holds.
 
     obs, var, uns, an unwritten X (NaN fill, one chunk row per block) and obsm['X_sctranslator'] when
     `embedding_dim`. Built in memory: zarr's per-element round trips to disk (or an object store) made
@@ -309,8 +373,10 @@ def skeleton_files(obs: pd.DataFrame, var: pd.DataFrame, uns: dict[str, Any], n_
 
     Returns
     -------
-    dict of str to bytes
+    files : dict of str to bytes
         Store key -> content.
+    uns : dict
+        The uns written (`uns`, with the record of renamed obs columns when there are any).
     """
     obs, renamed = writable_obs(obs)
     if renamed:
@@ -337,7 +403,7 @@ def skeleton_files(obs: pd.DataFrame, var: pd.DataFrame, uns: dict[str, Any], n_
                                         chunks=(block_rows, embedding_dim), dtype="float32", fill_value=np.nan)
         emb.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
     zarr.consolidate_metadata(store)
-    return {key: data.to_bytes() for key, data in files.items()}
+    return {key: data.to_bytes() for key, data in files.items()}, uns
 
 
 _ENCODED: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
@@ -425,27 +491,42 @@ def _write_local_uns_entry(path: Path, key: str, value: dict[str, Any]) -> None:
         _write_uns_entry(path, key, value)
         return
     clean = {name: (float(v) if isinstance(v, float | np.floating) else v) for name, v in value.items()}
-    files: dict[str, Any] = {}
-    memory = zarr.storage.MemoryStore(files)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # anndata's note about the zarr v2 default
-        parent = zarr.open_group(memory, mode="a", zarr_format=2).require_group("uns").require_group("sctranslator")
-        try:
-            from anndata.io import write_elem
-        except ImportError:  # anndata < 0.11
-            from anndata.experimental import write_elem
-        write_elem(parent, key, clean)
-        zarr.consolidate_metadata(memory)
     prefix = f"uns/sctranslator/{key}/"
-    added = {name: entry for name, entry in json.loads(files[".zmetadata"].to_bytes())["metadata"].items()
-             if name.startswith(prefix)}
+    files, added = _entry_files(prefix, clean)
     record = json.loads(consolidated.read_text())
     remove_path(path / prefix)  # an entry of an earlier attempt is replaced, as write_elem replaces it
-    write_files(path, {name: data.to_bytes() for name, data in files.items() if name.startswith(prefix)})
+    write_files(path, files)
     merged = {**{k: v for k, v in record["metadata"].items() if not k.startswith(prefix)}, **added}
     # In key order: zarr groups a node's children with itertools.groupby, so siblings must be adjacent.
     record["metadata"] = dict(sorted(merged.items()))
     atomic_write_text(consolidated, json.dumps(record))
+
+
+def _entry_files(prefix: str, value: dict[str, Any]) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The zarr v2 files of ``write_elem`` for the uns entry at `prefix` (``uns/sctranslator/KEY/``) and
+    their consolidated-metadata entries: from per-type templates for a dict of numbers (the run record,
+    see `engine.scalar_entries`), else by ``write_elem`` into memory."""
+    made = scalar_entry_files(value)
+    if made is not None:
+        return ({prefix + name: data for name, data in made[0].items()},
+                {prefix + name: entry for name, entry in made[1].items()})
+    files: dict[str, Any] = {}
+    memory = zarr.storage.MemoryStore(files)
+    parent_path, key = prefix.rstrip("/").rsplit("/", 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # anndata's note about the zarr v2 default
+        parent = zarr.open_group(memory, mode="a", zarr_format=2)
+        for part in parent_path.split("/"):
+            parent = parent.require_group(part)
+        try:
+            from anndata.io import write_elem
+        except ImportError:  # anndata < 0.11
+            from anndata.experimental import write_elem
+        write_elem(parent, key, value)
+        zarr.consolidate_metadata(memory)
+    added = {name: entry for name, entry in json.loads(files[".zmetadata"].to_bytes())["metadata"].items()
+             if name.startswith(prefix)}
+    return {name: data.to_bytes() for name, data in files.items() if name.startswith(prefix)}, added
 
 
 def _write_uns_entry(path: str | Path | Any, key: str, value: dict[str, Any]) -> None:

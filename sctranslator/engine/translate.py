@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 import tempfile
@@ -81,6 +82,13 @@ def default_block_cells(model: TranslatorModel) -> int:
 
 
 def _versions() -> dict[str, str]:
+    return dict(_installed_versions())  # a copy: the provenance is the caller's to change
+
+
+@functools.cache
+def _installed_versions() -> dict[str, str]:
+    """Found once per process: each lookup parses a package's metadata file (milliseconds per input of a
+    collection), and the modules this process imported do not change while it runs."""
     found = {"sctranslator": __version__, "python": platform.python_version()}
     for package in ("torch", "numpy", "numba", "anndata", "zarr", "dask", "onnxruntime"):
         try:

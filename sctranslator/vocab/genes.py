@@ -24,6 +24,10 @@ Two mappings (`GENE_MAPPINGS`):
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -154,6 +158,37 @@ def map_genes(identifiers: Iterable[str | int] | pd.Index | pd.Series | np.ndarr
     """
     check_gene_mapping(mapping)
     values = as_identifier_strings(identifiers)
+    key = (_digest(values), id_type, mapping)
+    with _RECENT_LOCK:
+        known = _RECENT.get(key)
+        if known is not None:
+            _RECENT.move_to_end(key)
+    if known is not None:  # the same identifiers again (a collection's files with one gene layout)
+        return copy.deepcopy(known)
+    genes = _map_genes(values, id_type, mapping)
+    with _RECENT_LOCK:
+        _RECENT[key] = copy.deepcopy(genes)  # callers get copies: nothing they change reaches the cache
+        while len(_RECENT) > _RECENT_LIMIT:
+            _RECENT.popitem(last=False)
+    return genes
+
+
+# The last few mappings, by (identifiers, id_type, mapping): a pure function of these and the packaged
+# tables. A collection's inputs often share one gene layout; the mapping is most of a plan's cost.
+_RECENT: OrderedDict[tuple[str, str, str], GeneMapping] = OrderedDict()
+_RECENT_LIMIT = 4
+_RECENT_LOCK = threading.Lock()  # inputs of a collection are prepared in a helper thread
+
+
+def _digest(values: np.ndarray) -> str:
+    """sha256 of the identifiers, unambiguous (each one's length, then their text)."""
+    digest = hashlib.sha256(np.fromiter(map(len, values), dtype=np.int64, count=len(values)).tobytes())
+    digest.update("".join(values).encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+def _map_genes(values: np.ndarray, id_type: str, mapping: str) -> GeneMapping:
+    """`map_genes` of identifiers already made strings (`as_identifier_strings`)."""
     notes: list[str] = []
     if id_type == "auto":
         id_type, evidence = detect_with_evidence(values)
