@@ -139,7 +139,7 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Tr
     """
     directory = Path(directory)
     config = read_bundle_config(directory)
-    model = TranslatorModel(ModelConfig.from_dict(config["model"]))
+    model = TranslatorModel.skeleton(ModelConfig.from_dict(config["model"]))
     try:
         state = load_file(str(directory / WEIGHTS_FILE), device="cpu")
     except FileNotFoundError:
@@ -160,6 +160,9 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Tr
 
 def load_state_strictly(model: TranslatorModel, state: dict[str, torch.Tensor], where: str) -> None:
     """Load weights into `model`, failing with a readable message on missing, unexpected or mis-shaped tensors.
+
+    A `TranslatorModel.skeleton` takes the tensors themselves (converted to the model's dtype where
+    they differ), so the weights are neither initialised nor copied; a model with weights copies them in.
 
     Parameters
     ----------
@@ -189,5 +192,7 @@ def load_state_strictly(model: TranslatorModel, state: dict[str, torch.Tensor], 
             shapes = [(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in wrong[:3]]
             details.append(f"shape mismatch (name, file, model) {shapes}")
         raise CheckpointError(f"weights in {where} do not fit the configured model: " + "; ".join(details))
+    skeleton = any(t.is_meta for t in expected.values())
     with torch.no_grad():
-        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True,
+                              assign=skeleton)
