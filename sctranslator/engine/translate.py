@@ -32,6 +32,7 @@ from sctranslator.engine.sources.base import Source, require_unique_cell_names
 from sctranslator.engine.sources.soma import refuse_writeback
 from sctranslator.engine.sources.subset import select_cells
 from sctranslator.engine.threads import Parallelism, available_cpus, cell_flop, choose_parallelism
+from sctranslator.engine.warmup import warm_up_in_background
 from sctranslator.engine.writeback import (
     check_keys,
     set_inplace,
@@ -800,8 +801,9 @@ def plan_execution(options: TranslateOptions, backend: ChosenBackend, loaded: Tr
         spec.onnx_path = str(Path(onnx_file_for(spec, loaded)).absolute())
     if engine.scheduler is None and not gpus:
         # Built here, before the output store exists: a device, file or server that cannot serve
-        # fails without leaving an unfinished store behind. The run's workers reuse this backend.
-        get_backend(spec)
+        # fails without leaving an unfinished store behind. The run's workers reuse this backend,
+        # whose preparation of the plan's gene layout runs beside the store's creation.
+        warm_up_in_background(get_backend(spec), plan)
     return Execution(spec=spec, batch_size=batch_size, auto_batch=auto_batch, block_cells=block_cells, gpus=gpus,
                      rule=rule, parallelism=parallelism, tokens=tokens, flop=flop, cluster_workers=cluster_workers)
 
