@@ -128,3 +128,31 @@ def test_a_local_translate_never_imports_dask_distributed(tmp_path: Path) -> Non
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "0 False"
+
+
+WARM_KERNELS = """
+import sys
+from sctranslator.engine.translate import prepare_translate
+from sctranslator.kernels import _preprocess_numba as pre, scan
+from sctranslator.options import TranslateOptions
+from sctranslator.outputs import writing
+
+kernels = (scan._scan_csr_kernel, scan._scan_dense_kernel, pre.scale_align_csr_kernel, pre.scale_align_dense_kernel)
+before = sum(len(k.signatures) for k in kernels)
+with writing(False):
+    prepared = prepare_translate(sys.argv[1], "demo", TranslateOptions.from_kwargs(out=sys.argv[2], quiet=True))
+    prepared.warming.join(timeout=120)
+    after = sum(len(k.signatures) for k in kernels)
+    prepared.close()
+print(before, after, prepared.source._handle is None)
+"""
+
+
+def test_the_first_rows_kernels_are_loaded_before_the_run_and_the_source_closes(tmp_path: Path) -> None:
+    """prepare_translate reads, checks and prepares the first row in the background (scan + scale/align
+    kernels loaded), and closing the prepared input waits for that read, so the file is not reopened."""
+    result = subprocess.run([sys.executable, "-c", WARM_KERNELS, str(data_file(PBMC / "rna.h5ad")),
+                             str(tmp_path / "out.zarr")], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    before, after, closed = result.stdout.split()
+    assert before == "0" and int(after) >= 2 and closed == "True"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import platform
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from importlib import metadata
@@ -32,7 +33,7 @@ from sctranslator.engine.sources.base import Source, require_unique_cell_names
 from sctranslator.engine.sources.soma import refuse_writeback
 from sctranslator.engine.sources.subset import select_cells
 from sctranslator.engine.threads import Parallelism, available_cpus, cell_flop, choose_parallelism
-from sctranslator.engine.warmup import warm_up_in_background
+from sctranslator.engine.warmup import warm_kernels_in_background, warm_up_in_background
 from sctranslator.engine.writeback import (
     check_keys,
     set_inplace,
@@ -496,6 +497,9 @@ class PreparedTranslate:
         The temporary store to remove afterwards, when there is no `out`.
     target : Any
         The AnnData or MuData written into in place, or None.
+    warming : threading.Thread or None
+        The read of the first row that loads the kernels early (`engine.warmup`), joined before the
+        source closes.
     """
 
     data: Any
@@ -506,6 +510,7 @@ class PreparedTranslate:
     sink: Any
     owner: TemporaryStore | None
     target: Any
+    warming: threading.Thread | None = None
 
     def run(self) -> ad.AnnData | None:
         """The job into the output store, then the write-backs (errors as `translate`).
@@ -519,11 +524,11 @@ class PreparedTranslate:
             return _run_and_write(self.data, self.source, self.options, self.execution, self.sink, self.owner,
                                   self.plan, self.target)
         finally:
-            self.source.close()
+            _close_source(self.source, self.warming)
 
     def close(self) -> None:
         """Close the input without computing it (its store stays resumable; a temporary one is removed)."""
-        self.source.close()
+        _close_source(self.source, self.warming)
         if self.owner is not None:
             self.owner.remove()
 
@@ -563,6 +568,7 @@ def prepare_translate(data: str | Path | ad.AnnData, model: str | Path | Transla
     scheduler = options.engine.scheduler
     cluster_workers = check_cluster(scheduler) if scheduler else {}  # before any store exists
     source = open_input(data, options.input, storage)
+    warming = None
     try:
         check_write_targets(data, source, options)
         loaded, model_source = _resolve_model(model)
@@ -570,11 +576,20 @@ def prepare_translate(data: str | Path | ad.AnnData, model: str | Path | Transla
         fingerprint_in_background(loaded)
         plan = make_plan(source, loaded, options)
         execution = plan_execution(options, backend, loaded, model_source, plan, source.n_obs, cluster_workers)
+        if scheduler is None and not execution.gpus:  # the blocks run in this process
+            warming = warm_kernels_in_background(source, plan)
         sink, owner = _open_output(source, options, backend, loaded, model_source, plan, execution, inputs)
     except BaseException:
-        source.close()
+        _close_source(source, warming)
         raise
-    return PreparedTranslate(data, source, options, plan, execution, sink, owner, target)
+    return PreparedTranslate(data, source, options, plan, execution, sink, owner, target, warming)
+
+
+def _close_source(source: Source, warming: threading.Thread | None) -> None:
+    """Close the input once the warm-up's read of it is over (a read after closing would reopen it)."""
+    if warming is not None:
+        warming.join()
+    source.close()
 
 
 def with_absolute_paths(options: TranslateOptions) -> TranslateOptions:
