@@ -65,6 +65,8 @@ def test_a_bundle_loads_its_weights_without_drawing_any(tmp_path: Path) -> None:
     state, saved = loaded.state_dict(), model.state_dict()
     assert sorted(state) == sorted(saved)
     assert all(not t.is_meta and torch.equal(t, saved[k]) for k, t in state.items())
+    # in PyTorch's own (64-byte aligned) memory, not read in place from the file: matmul results depend on it
+    assert all(t.is_contiguous() and t.data_ptr() % 64 == 0 for t in state.values())
     assert all(p.requires_grad for p in loaded.parameters()) and not loaded.training
     with torch.no_grad():  # the loaded weights are the model's own: writable, as training needs them
         loaded.dec.to_out.bias.add_(1.0)
