@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import dask
+import dask.threaded
 import numpy as np
 from tqdm import tqdm
 
@@ -425,7 +426,9 @@ def run_job(job: BlockJob, *, workers: int | None = None, scheduler: str | None 
                     # In order, in this thread: thread-local state (a torch dispatch mode) sees the work.
                     outcomes = [run_block(job, index, bar.update) for index in pending]
                 else:
-                    outcomes = list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
+                    # The threaded scheduler itself: named by its string, dask first imports
+                    # dask.distributed (about a second) to look for a client.
+                    outcomes = list(dask.compute(*tasks, scheduler=dask.threaded.get, num_workers=workers))
     except BadCellsError as error:
         # Blocks run concurrently: re-check the uncommitted blocks below the failed one, in order.
         unchecked = [blocks[i] for i in sink.pending()]

@@ -6,6 +6,7 @@ import functools
 import logging
 import platform
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from importlib import metadata
@@ -33,6 +34,7 @@ from sctranslator.engine.sources.base import Source, require_unique_cell_names
 from sctranslator.engine.sources.soma import refuse_writeback
 from sctranslator.engine.sources.subset import select_cells
 from sctranslator.engine.threads import Parallelism, available_cpus, cell_flop, choose_parallelism
+from sctranslator.engine.warmup import warm_kernels_in_background, warm_up_in_background
 from sctranslator.engine.writeback import (
     check_keys,
     set_inplace,
@@ -42,7 +44,7 @@ from sctranslator.engine.writeback import (
 from sctranslator.errors import InputDataError, OutputConflictError
 from sctranslator.graph.token_layout import TokenLayout
 from sctranslator.model import TranslatorModel, load_model
-from sctranslator.model.identity import model_fingerprint
+from sctranslator.model.identity import fingerprint_in_background, model_fingerprint
 from sctranslator.options import (
     BackendName,
     GeneMappingMode,
@@ -503,6 +505,9 @@ class PreparedTranslate:
         The temporary store to remove afterwards, when there is no `out`.
     target : Any
         The AnnData or MuData written into in place, or None.
+    warming : threading.Thread or None
+        The read of the first row that loads the kernels early (`engine.warmup`), joined before the
+        source closes.
     """
 
     data: Any
@@ -513,6 +518,7 @@ class PreparedTranslate:
     sink: Any
     owner: TemporaryStore | None
     target: Any
+    warming: threading.Thread | None = None
 
     def run(self) -> ad.AnnData | None:
         """The job into the output store, then the write-backs (errors as `translate`).
@@ -526,11 +532,11 @@ class PreparedTranslate:
             return _run_and_write(self.data, self.source, self.options, self.execution, self.sink, self.owner,
                                   self.plan, self.target)
         finally:
-            self.source.close()
+            _close_source(self.source, self.warming)
 
     def close(self) -> None:
         """Close the input without computing it (its store stays resumable; a temporary one is removed)."""
-        self.source.close()
+        _close_source(self.source, self.warming)
         if self.owner is not None:
             self.owner.remove()
 
@@ -570,17 +576,29 @@ def prepare_translate(data: str | Path | ad.AnnData, model: str | Path | Transla
     scheduler = options.engine.scheduler
     cluster_workers = check_cluster(scheduler) if scheduler else {}  # before any store exists
     source = open_input(data, options.input, storage)
+    warming = None
     try:
         check_write_targets(data, source, options)
         loaded, model_source = _resolve_model(model)
+        # The output's identity needs the weights' hash (~1 s per 0.5 GB): it runs beside the planning.
+        fingerprint_in_background(loaded)
         plan = make_plan(source, loaded, options)
         execution = plan_execution(options, backend, loaded, model_source, plan, source.n_obs, cluster_workers)
+        if scheduler is None and not execution.gpus:  # the blocks run in this process
+            warming = warm_kernels_in_background(source, plan)
         sink, owner = _open_output(source, options, backend, loaded, model_source, plan, execution, inputs)
         log.info("parallelism: %s", execution.parallelism["why"])
     except BaseException:
-        source.close()
+        _close_source(source, warming)
         raise
-    return PreparedTranslate(data, source, options, plan, execution, sink, owner, target)
+    return PreparedTranslate(data, source, options, plan, execution, sink, owner, target, warming)
+
+
+def _close_source(source: Source, warming: threading.Thread | None) -> None:
+    """Close the input once the warm-up's read of it is over (a read after closing would reopen it)."""
+    if warming is not None:
+        warming.join()
+    source.close()
 
 
 def with_absolute_paths(options: TranslateOptions) -> TranslateOptions:
@@ -806,8 +824,9 @@ def plan_execution(options: TranslateOptions, backend: ChosenBackend, loaded: Tr
         spec.onnx_path = str(Path(onnx_file_for(spec, loaded)).absolute())
     if engine.scheduler is None and not gpus:
         # Built here, before the output store exists: a device, file or server that cannot serve
-        # fails without leaving an unfinished store behind. The run's workers reuse this backend.
-        get_backend(spec)
+        # fails without leaving an unfinished store behind. The run's workers reuse this backend,
+        # whose preparation of the plan's gene layout runs beside the store's creation.
+        warm_up_in_background(get_backend(spec), plan)
     return Execution(spec=spec, batch_size=batch_size, auto_batch=auto_batch, block_cells=block_cells, gpus=gpus,
                      rule=rule, parallelism=parallelism, tokens=tokens, flop=flop, cluster_workers=cluster_workers)
 

@@ -139,7 +139,7 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Tr
     """
     directory = Path(directory)
     config = read_bundle_config(directory)
-    model = TranslatorModel(ModelConfig.from_dict(config["model"]))
+    model = TranslatorModel.skeleton(ModelConfig.from_dict(config["model"]))
     try:
         state = load_file(str(directory / WEIGHTS_FILE), device="cpu")
     except FileNotFoundError:
@@ -160,6 +160,10 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Tr
 
 def load_state_strictly(model: TranslatorModel, state: dict[str, torch.Tensor], where: str) -> None:
     """Load weights into `model`, failing with a readable message on missing, unexpected or mis-shaped tensors.
+
+    A `TranslatorModel.skeleton` takes the tensors (converted to the model's dtype where they differ,
+    copied to 64-byte aligned memory where they are not: see `aligned`), so no weight is initialised
+    only to be overwritten; a model with weights copies them in.
 
     Parameters
     ----------
@@ -189,5 +193,31 @@ def load_state_strictly(model: TranslatorModel, state: dict[str, torch.Tensor], 
             shapes = [(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in wrong[:3]]
             details.append(f"shape mismatch (name, file, model) {shapes}")
         raise CheckpointError(f"weights in {where} do not fit the configured model: " + "; ".join(details))
+    skeleton = any(t.is_meta for t in expected.values())
     with torch.no_grad():
-        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+        state = {k: v.to(expected[k].dtype) for k, v in state.items()}
+        if skeleton:
+            state = {k: aligned(v) for k, v in state.items()}
+        model.load_state_dict(state, strict=True, assign=skeleton)
+
+
+def aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` itself when contiguous at a 64-byte boundary (as PyTorch allocates), else a contiguous copy there.
+
+    The matrix-multiply kernels choose their code path by the operands' alignment: a weight read in
+    place from the safetensors file (8-byte aligned) gives results that differ in the last bit from the
+    same weight in PyTorch's own memory, where a model built with weights always held them.
+
+    Parameters
+    ----------
+    tensor : torch.Tensor
+        A CPU tensor.
+
+    Returns
+    -------
+    torch.Tensor
+        The same values, contiguous and 64-byte aligned.
+    """
+    if tensor.is_contiguous() and tensor.data_ptr() % 64 == 0:
+        return tensor
+    return tensor.clone(memory_format=torch.contiguous_format)

@@ -16,6 +16,22 @@ from torch import nn
 FEATURE_EPS = 1e-4
 
 
+def is_meta(device: torch.device | str | None) -> bool:
+    """Whether `device` is the meta device (tensors with shapes and no data).
+
+    Parameters
+    ----------
+    device : torch.device, str or None
+        A device; None: the default (not meta).
+
+    Returns
+    -------
+    bool
+        True for "meta".
+    """
+    return device is not None and torch.device(device).type == "meta"
+
+
 def orthogonal_random_features(nb_features: int, dim_head: int, *, generator: torch.Generator | None = None,
                                device: torch.device | str | None = None) -> torch.Tensor:
     """A Gaussian orthogonal random matrix with Gaussian-norm rows, for FAVOR+ attention.
@@ -152,19 +168,26 @@ class FavorSelfAttention(nn.Module):
         Random features per head.
     dropout : float
         Dropout on the output in training.
+    device : torch.device, str or None
+        Where the weights are made; "meta": shapes only, nothing drawn (a skeleton to load weights into).
     """
 
-    def __init__(self, dim: int, heads: int, dim_head: int, nb_features: int, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, dim_head: int, nb_features: int, dropout: float = 0.0, *,
+                 device: torch.device | str | None = None):
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
         self.dim_head = dim_head
-        self.to_q = nn.Linear(dim, inner)
-        self.to_k = nn.Linear(dim, inner)
-        self.to_v = nn.Linear(dim, inner)
-        self.to_out = nn.Linear(inner, dim)
+        self.to_q = nn.Linear(dim, inner, device=device)
+        self.to_k = nn.Linear(dim, inner, device=device)
+        self.to_v = nn.Linear(dim, inner, device=device)
+        self.to_out = nn.Linear(inner, dim, device=device)
         self.dropout = nn.Dropout(dropout)
-        self.register_buffer("projection_matrix", orthogonal_random_features(nb_features, dim_head))
+        if is_meta(device):  # a QR on the meta device costs a second of torch imports; loading replaces it
+            features = torch.empty((nb_features, dim_head), device=device)
+        else:
+            features = orthogonal_random_features(nb_features, dim_head, device=device)
+        self.register_buffer("projection_matrix", features)
         # Analysis hook, None in normal use: when set, every forward call hands it the query and key
         # features (B, H, N, nb) it computed, so tracing attention shares the model's own forward
         # pass (see sctranslator.analysis.attention.trace). The callback must not modify them.

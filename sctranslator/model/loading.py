@@ -36,7 +36,7 @@ def model_from_official(path: str | Path, device: str | torch.device = "cpu") ->
         The pickle names a global outside the allow-list (nothing executed).
     """
     checkpoint = load_official_checkpoint(path)
-    model = TranslatorModel(checkpoint.config)
+    model = TranslatorModel.skeleton(checkpoint.config)
     load_state_strictly(model, checkpoint.state_dict, str(path))
     model.source = str(path)
     return model.to(device).eval()

@@ -28,22 +28,43 @@ class TranslatorModel(nn.Module):
     ----------
     config : ModelConfig
         The sizes.
+    device : torch.device, str or None
+        Where the weights are made, randomly initialised; "meta": shapes only (see `skeleton`).
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, *, device: torch.device | str | None = None):
         super().__init__()
         self.config = config
         self.enc = PerformerStack(dim=config.dim, depth=config.enc_depth, heads=config.enc_heads,
                                   dim_head=config.enc_dim_head, nb_features=config.enc_nb_features,
-                                  vocab_size=config.vocab_size, ff_mult=config.ff_mult)
-        self.translator = SequenceTranslator(config.translator_layer_widths, config.initial_dropout)
+                                  vocab_size=config.vocab_size, ff_mult=config.ff_mult, device=device)
+        self.translator = SequenceTranslator(config.translator_layer_widths, config.initial_dropout, device=device)
         self.dec = PerformerStack(dim=config.dim, depth=config.dec_depth, heads=config.dec_heads,
                                   dim_head=config.dec_dim_head, nb_features=config.dec_nb_features,
-                                  vocab_size=config.vocab_size, ff_mult=config.ff_mult)
+                                  vocab_size=config.vocab_size, ff_mult=config.ff_mult, device=device)
         # Gene and protein panels (token ids) when the model was trained on fixed panels; set by
         # checkpoint I/O and the trainer, read by the engine's plan. None for published checkpoints.
         self.panel: dict[str, Any] | None = None
         self.eval()
+
+    @classmethod
+    def skeleton(cls, config: ModelConfig) -> TranslatorModel:
+        """The network's structure without weights (on the meta device), to load a checkpoint into.
+
+        Nothing is allocated or drawn: initialising 117 M parameters only to overwrite them took about
+        as long as loading them. `sctranslator.model.bundle.load_state_strictly` fills it.
+
+        Parameters
+        ----------
+        config : ModelConfig
+            The sizes.
+
+        Returns
+        -------
+        TranslatorModel
+            In eval mode, every parameter and buffer on the meta device.
+        """
+        return cls(config, device="meta")
 
     def encode(self, values: torch.Tensor, gene_ids: torch.Tensor,
                gene_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from sctranslator.model import fused
-from sctranslator.model.favor_attention import FavorSelfAttention
+from sctranslator.model.favor_attention import FavorSelfAttention, is_meta
 
 
 class FeedForward(nn.Module):
@@ -20,14 +20,16 @@ class FeedForward(nn.Module):
         Hidden width as a multiple of `dim`.
     dropout : float
         Dropout in training.
+    device : torch.device, str or None
+        Where the weights are made ("meta": shapes only).
     """
 
-    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0, *, device: torch.device | str | None = None):
         super().__init__()
-        self.w1 = nn.Linear(dim, dim * mult)
+        self.w1 = nn.Linear(dim, dim * mult, device=device)
         self.act = nn.GELU()
         self.dropout = nn.Dropout(dropout)
-        self.w2 = nn.Linear(dim * mult, dim)
+        self.w2 = nn.Linear(dim * mult, dim, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the layer to every token.
@@ -60,14 +62,17 @@ class PerformerBlock(nn.Module):
         Random features per head.
     ff_mult : int
         Feed-forward width as a multiple of `dim`.
+    device : torch.device, str or None
+        Where the weights are made ("meta": shapes only).
     """
 
-    def __init__(self, dim: int, heads: int, dim_head: int, nb_features: int, ff_mult: int = 4):
+    def __init__(self, dim: int, heads: int, dim_head: int, nb_features: int, ff_mult: int = 4, *,
+                 device: torch.device | str | None = None):
         super().__init__()
-        self.attn_norm = nn.LayerNorm(dim)
-        self.attn = FavorSelfAttention(dim, heads, dim_head, nb_features)
-        self.ff_norm = nn.LayerNorm(dim)
-        self.ff = FeedForward(dim, ff_mult)
+        self.attn_norm = nn.LayerNorm(dim, device=device)
+        self.attn = FavorSelfAttention(dim, heads, dim_head, nb_features, device=device)
+        self.ff_norm = nn.LayerNorm(dim, device=device)
+        self.ff = FeedForward(dim, ff_mult, device=device)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor, key_counts: torch.Tensor | None = None) -> torch.Tensor:
         """Apply the block.
@@ -115,17 +120,24 @@ class PerformerStack(nn.Module):
         Rows of the token embedding.
     ff_mult : int
         Feed-forward width as a multiple of `dim`.
+    device : torch.device, str or None
+        Where the weights are made ("meta": shapes only).
     """
 
     def __init__(self, *, dim: int, depth: int, heads: int, dim_head: int, nb_features: int,
-                 vocab_size: int, ff_mult: int = 4):
+                 vocab_size: int, ff_mult: int = 4, device: torch.device | str | None = None):
         super().__init__()
-        self.to_vector = nn.Linear(1, dim)
-        self.pos_emb = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.to_vector = nn.Linear(1, dim, device=device)
+        if is_meta(device):
+            # nn.Embedding zeroes its padding row, which on the meta device costs seconds of torch imports
+            self.pos_emb = nn.Embedding(vocab_size, dim, padding_idx=0, _weight=torch.empty((vocab_size, dim),
+                                                                                           device=device))
+        else:
+            self.pos_emb = nn.Embedding(vocab_size, dim, padding_idx=0, device=device)
         self.layers = nn.ModuleList(
-            PerformerBlock(dim, heads, dim_head, nb_features, ff_mult) for _ in range(depth)
+            PerformerBlock(dim, heads, dim_head, nb_features, ff_mult, device=device) for _ in range(depth)
         )
-        self.to_out = nn.Linear(dim, 1)
+        self.to_out = nn.Linear(dim, 1, device=device)
         self.forward_calls = 0
 
     def attention_layers(self) -> list[FavorSelfAttention]:

@@ -48,13 +48,16 @@ class SequenceTranslator(nn.Module):
         L, the hidden widths, P.
     initial_dropout : float
         The first hidden layer's dropout (see `dropout_rates`).
+    device : torch.device, str or None
+        Where the weights are made ("meta": shapes only).
     """
 
-    def __init__(self, widths: tuple[int, ...], initial_dropout: float = 0.1):
+    def __init__(self, widths: tuple[int, ...], initial_dropout: float = 0.1, *,
+                 device: torch.device | str | None = None):
         super().__init__()
         self.depth = len(widths) - 1
         for i in range(self.depth):
-            self.add_module(f"fc{i}", nn.Linear(widths[i], widths[i + 1]))
+            self.add_module(f"fc{i}", nn.Linear(widths[i], widths[i + 1], device=device))
         self.dropouts = nn.ModuleList(nn.Dropout(p) for p in dropout_rates(self.depth, initial_dropout))
         self.act = nn.ReLU()
 
