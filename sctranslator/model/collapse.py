@@ -252,6 +252,8 @@ def _packed_translator_applies(model: TranslatorModel, encodings: torch.Tensor) 
     translator = model.translator
     if translator.training or not torch.is_inference_mode_enabled() or not enabled(encodings.device):
         return False
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
     if encodings.dtype != torch.float32 or type(translator.act) is not nn.ReLU:
         return False
     if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
