@@ -71,3 +71,15 @@ def test_the_packed_translator_equals_the_plain_one() -> None:
     assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
     if packed_linear.enabled(torch.device("cpu")):
         assert collapse.packed_first  # it took the packed path
+
+
+@needs_onednn
+def test_a_layer_first_used_with_onednn_off_is_packed_once_it_is_on() -> None:
+    layer = nn.Linear(8, 4)
+    with torch.inference_mode():
+        torch.backends.mkldnn.enabled = False
+        try:
+            assert not packed_linear.packed(layer).weight.is_mkldnn
+        finally:
+            torch.backends.mkldnn.enabled = True
+        assert packed_linear.packed(layer).weight.is_mkldnn

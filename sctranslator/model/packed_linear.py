@@ -123,7 +123,7 @@ class PackedLinear:
 
 
 def tensors_key(*tensors: torch.Tensor | None) -> tuple:
-    """Identity, storage and version of each tensor: changes when any of them is replaced or modified.
+    """Identity, storage and version of each tensor, and whether oneDNN runs now: what a packed weight depends on.
 
     Parameters
     ----------
@@ -136,7 +136,10 @@ def tensors_key(*tensors: torch.Tensor | None) -> tuple:
         A comparable key.
     """
     # Inference tensors (made under inference mode) have no version counter and cannot change in place later.
-    return tuple((id(t), t.data_ptr(), 0 if t.is_inference() else t._version) for t in tensors if t is not None)
+    present = [t for t in tensors if t is not None]
+    # Whether oneDNN runs now is part of the key: a layer packed while it was off is packed again once it is on.
+    running = bool(present) and enabled(present[0].device)
+    return (running, *((id(t), t.data_ptr(), 0 if t.is_inference() else t._version) for t in present))
 
 
 def pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> PackedLinear:
