@@ -1,6 +1,6 @@
 """GFLOP/s per stage of one collapsed full-size cell against the matrix-multiply rates of that stage's shapes.
 
-One thread, CPU seconds of this thread (`resource.RUSAGE_THREAD`), the smallest of --repeats runs: on a
+One thread, CPU seconds of this thread (`time.thread_time()`), the smallest of --repeats runs: on a
 machine shared with other work that is the figure least disturbed by the others (wall time is not).
 Stages, as the default path runs them on the first cell of the input (published configuration,
 random weights, 10 proteins): one encoder block (chunked attention + feed-forward, model/fused.py),
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,8 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def thread_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_THREAD)
-    return usage.ru_utime + usage.ru_stime
+    return time.thread_time()  # CLOCK_THREAD_CPUTIME_ID: finer than getrusage's RUSAGE_THREAD ticks
 
 
 def least_cpu(run: Callable[[], object], repeats: int) -> float:
@@ -96,6 +95,7 @@ def main() -> None:
     data = args.shared / "data"
     path = data / ("pbmc10k_cite_10x" if args.input == "4k" else "pbmc_eccite_mimitou2019") / "rna.h5ad"
     batch, _ = prepared(path, model, TEN, 1)
+    torch.set_num_threads(1)  # again: Numba's preparation kernels reset the OpenMP threads oneDNN uses
     backend = TorchBackend(model, selected_outputs=True)  # as translate builds it
     collapse = backend._collapse_for(batch)
     assert collapse is not None

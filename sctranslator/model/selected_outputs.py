@@ -8,6 +8,10 @@ position depends only on that position's query and residual and on sums over all
 the last layer computes keys for every token, values for the real ones, and queries, the output
 projection, the feed-forward and `to_out` for the chosen positions only: for 10 proteins that is
 about 40% of the decoder's arithmetic fewer, with the same formulas (sums over zero rows dropped).
+
+In inference mode on CPU with oneDNN (sctranslator.model.packed_linear) the layers before the last
+run as model.fused's chunked block (one chunk of all P tokens) and the last layer with the same
+packed products, per cell; otherwise the eager blocks and products.
 """
 
 from __future__ import annotations
