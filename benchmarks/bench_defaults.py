@@ -11,7 +11,8 @@ same first --cells cells:
   matrix product runs on `torch.mm` (MKL) as before model/packed_linear.py;
 - "before issue 22's streams": `translate` with backend_options cpu_streams=False and
   selected_outputs=False, i.e. one call at a time on every thread and the whole decoder, as the
-  default ran before (the same run, so its ratio shows what the change bought under this load);
+  default ran before (the same run, so its ratio shows what the change bought under this load;
+  its products run through oneDNN like the default's);
 - "CLI `sctranslator translate`, no options": the command as a whole process (interpreter start,
   model bundle load, plan, output store), wall seconds over the cells.
 Seconds per cell are marginal for the API rows: (time of n cells - time of 2 cells) / (n - 2), so
