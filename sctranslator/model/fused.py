@@ -24,7 +24,8 @@ features are still in cache:
   feature; exp() arguments are raised to -87 first (a smaller result is below eps's rounding, and
   denormal results take a 25x slower path);
 - the key pass rescales its running sums only when a chunk raises a head's maximum, and adds each
-  chunk's product into them in place.
+  chunk's product into them in place; the query pass runs head by head, each head's features and
+  its product with that head's context (packed per cell) on contiguous rows.
 
 Used only in inference mode (`torch.inference_mode()`, as the backends run), in eval mode, on
 float32 weights held in plain nn.Linear layers, with no attention capture hook and no module hooks
@@ -253,7 +254,6 @@ def fused_block(block: PerformerBlock, h: torch.Tensor, mask: torch.Tensor,
     attn = block.attn
     heads, d = attn.heads, attn.dim_head
     constants = prepared(block)
-    padded = constants.features.plain.shape[0]
     half = 0.5 * d**-0.5
     batch, length, _ = h.shape
     a = block.attn_norm(h)
@@ -265,18 +265,22 @@ def fused_block(block: PerformerBlock, h: torch.Tensor, mask: torch.Tensor,
         value_weights[:, d] = counts
         context = _key_context(block, constants, a[b], value_weights, chunk)  # (H, nb_pad, d + 1)
         # q' = r (exp(u - s - max_f u) + eps); r cancels in the ratio, and the eps part of q' C is
-        # eps * (column sums of C): added to the product's result instead of to every feature.
-        floor = context.sum(dim=1, keepdim=True).mul_(FEATURE_EPS)  # (H, 1, d + 1)
+        # eps * (column sums of C): the bias of each head's product instead of added to every feature.
+        floor = context.sum(dim=1).mul_(FEATURE_EPS)  # (H, d + 1)
+        # Each head's q' C and q' . sum k' as one packed linear layer (weight C^T) over that head's
+        # own contiguous features: ~1.3x faster per chunk here than one batched MKL product over all heads.
+        per_head = [pack(context[i].T, floor[i]) for i in range(heads)]
         for start in range(0, length, chunk):
             stop = min(start + chunk, length)
             t = stop - start
-            q = constants.to_q(a[b, start:stop])
-            u = constants.features(q.view(-1, d)).view(t, heads, padded)  # (t, H, nb_pad)
-            offset = q.view(t, heads, d).pow(2).sum(dim=-1, keepdim=True).mul_(half)
-            u.sub_(offset.add_(u.amax(dim=-1, keepdim=True))).clamp_min_(EXP_FLOOR).exp_()
-            both = torch.baddbmm(floor, u.transpose(0, 1), context)  # (H, t, d + 1): q' C and q' . sum k'
+            q = constants.to_q(a[b, start:stop]).view(t, heads, d)
+            half_norms = q.pow(2).sum(dim=-1, keepdim=True).mul_(half)  # (t, H, 1)
             merged = torch.empty(t, heads, d, dtype=h.dtype, device=h.device)
-            torch.div(both[..., :d], both[..., d:], out=merged.transpose(0, 1))
+            for i, layer in enumerate(per_head):
+                u = constants.features(q[:, i])  # (t, nb_pad)
+                u.sub_(half_norms[:, i].add(u.amax(dim=-1, keepdim=True))).clamp_min_(EXP_FLOOR).exp_()
+                both = layer(u)  # (t, d + 1): q' C and q' . sum k'
+                torch.div(both[:, :d], both[:, d:], out=merged[:, i])
             x = constants.to_out(merged.view(t, heads * d)).add_(h[b, start:stop])
             out[b, start:stop] = constants.w2(constants.w1(block.ff_norm(x), gelu=True)).add_(x)
     return out
