@@ -7,9 +7,12 @@ same first --cells cells:
   the whole model once per protein window: our stand-in for the original implementation;
 - "`translate(...)`, no options": the Python API exactly as a user calls it, model loaded once;
 - "`translate(..., workers=1)`": the tuned path beside it (one block at a time, all threads);
+- "before issue 22's oneDNN products": `translate` with `torch.backends.mkldnn` off, so every
+  matrix product runs on `torch.mm` (MKL) as before model/packed_linear.py;
 - "before issue 22's streams": `translate` with backend_options cpu_streams=False and
   selected_outputs=False, i.e. one call at a time on every thread and the whole decoder, as the
-  default ran before (the same run, so its ratio shows what the change bought under this load);
+  default ran before (the same run, so its ratio shows what the change bought under this load;
+  its products run through oneDNN like the default's);
 - "CLI `sctranslator translate`, no options": the command as a whole process (interpreter start,
   model bundle load, plan, output store), wall seconds over the cells; and the same command once
   started (the compute seconds its run record holds, over the cells), which is what a long job sees.
@@ -70,13 +73,20 @@ def chosen(settings: dict) -> str:
 
 
 def api_runner(model: TranslatorModel, path: Path, folder: Path, device: str,
-               options: dict) -> Callable[[], tuple[float, float, np.ndarray, dict]]:
-    """The whole call `translate(path, model, TEN, **options)`: seconds, CPU seconds, predictions, settings."""
+               options: dict, onednn: bool = True) -> Callable[[], tuple[float, float, np.ndarray, dict]]:
+    """The whole call `translate(path, model, TEN, **options)`: seconds, CPU seconds, predictions, settings.
+
+    `onednn=False`: with `torch.backends.mkldnn` turned off, so every product runs on `torch.mm` (MKL)
+    as before issue 22's packed linear layers (model/packed_linear.py)."""
     def run() -> tuple[float, float, np.ndarray, dict]:
         out = folder / f"api{next(RUNS)}.zarr"
         extra = {} if device == "cpu" else {"device": device}
         start, cpu = time.perf_counter(), time.process_time()
-        result = sctranslator.translate(str(path), model, TEN, out=out, **extra, **options)
+        torch.backends.mkldnn.enabled = onednn
+        try:
+            result = sctranslator.translate(str(path), model, TEN, out=out, **extra, **options)
+        finally:
+            torch.backends.mkldnn.enabled = True
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         return seconds, cpu, np.asarray(result.X.compute()), settings_of(result)
     return run
@@ -130,6 +140,9 @@ def bench_input(label: str, source: Path, model: TranslatorModel, bundle: Path, 
                                         api_runner(model, one, folder, device, {"workers": 1})),
     }
     if device == "cpu":
+        candidates["`translate(...)` before issue 22's oneDNN products (every product on MKL)"] = (
+            api_runner(model, many, folder, device, {}, onednn=False),
+            api_runner(model, one, folder, device, {}, onednn=False))
         before = {"backend_options": {"cpu_streams": False, "selected_outputs": False}}
         candidates["`translate(...)` before issue 22's streams (one call on all threads, whole decoder)"] = (
             api_runner(model, many, folder, device, before), api_runner(model, one, folder, device, before))

@@ -1,13 +1,15 @@
-"""GFLOP/s per stage of one collapsed full-size cell against the matrix-multiply rate of that stage's shapes.
+"""GFLOP/s per stage of one collapsed full-size cell against the matrix-multiply rates of that stage's shapes.
 
-One thread, CPU seconds of this thread (`resource.RUSAGE_THREAD`), the smallest of --repeats runs: on a
+One thread, CPU seconds of this thread (`time.thread_time()`), the smallest of --repeats runs: on a
 machine shared with other work that is the figure least disturbed by the others (wall time is not).
 Stages, as the default path runs them on the first cell of the input (published configuration,
 random weights, 10 proteins): one encoder block (chunked attention + feed-forward, model/fused.py),
 the translator (fc0 over the collapsed tokens, then fc1), the decoder (whole, and at the 10 real
-proteins only, model/selected_outputs.py). Beside each, the rate of plain `torch.mm` on the stage's
-main matrix shapes, measured the same way in the same run: the ceiling that stage could reach with
-this BLAS on one core.
+proteins only, model/selected_outputs.py). Each stage runs twice, interleaved: as the default path
+runs it (linear layers through oneDNN with packed weights, model/packed_linear.py) and with those
+products back on `torch.mm` (MKL; `plain_matmuls()`). Beside them, the rates of `torch.mm` and of
+oneDNN's linear on the stage's main matrix shapes, measured the same way in the same run: the
+ceilings that stage could reach with each library on one core.
 
 Run: python benchmarks/bench_stages.py [--input 4k|16k] [--repeats 5] [--shared ../shared]
 """
@@ -16,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,15 +31,14 @@ import torch  # noqa: E402
 from bench_fullsize import TEN, cell, prepared  # noqa: E402
 
 from sctranslator.engine.backends import TorchBackend  # noqa: E402
-from sctranslator.model import ModelConfig, TranslatorModel  # noqa: E402
+from sctranslator.model import ModelConfig, TranslatorModel, packed_linear  # noqa: E402
 from sctranslator.model.selected_outputs import decode_selected  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def thread_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_THREAD)
-    return usage.ru_utime + usage.ru_stime
+    return time.thread_time()  # CLOCK_THREAD_CPUTIME_ID: finer than getrusage's RUSAGE_THREAD ticks
 
 
 def least_cpu(run: Callable[[], object], repeats: int) -> float:
@@ -65,6 +66,22 @@ def mm_rate(shapes: list[tuple[int, int, int]], repeats: int) -> float:
     return flop / least_cpu(lambda: [a @ b for a, b in pairs], repeats) / 1e9
 
 
+def onednn_rate(shapes: list[tuple[int, int, int]], repeats: int) -> float:
+    """GFLOP/s of oneDNN's linear with a packed weight over (m, k, n) shapes together (NaN without oneDNN)."""
+    if not packed_linear.enabled(torch.device("cpu")):
+        return float("nan")
+    layers = [(torch.randn(m, k), packed_linear.pack(torch.randn(n, k))) for m, k, n in shapes]
+    flop = sum(2 * m * k * n for m, k, n in shapes)
+    return flop / least_cpu(lambda: [layer(x) for x, layer in layers], repeats) / 1e9
+
+
+def without_onednn(run: Callable[[], object]) -> Callable[[], object]:
+    def plain() -> object:
+        with packed_linear.plain_matmuls():
+            return run()
+    return plain
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", choices=("4k", "16k"), default="4k")
@@ -78,7 +95,8 @@ def main() -> None:
     data = args.shared / "data"
     path = data / ("pbmc10k_cite_10x" if args.input == "4k" else "pbmc_eccite_mimitou2019") / "rna.h5ad"
     batch, _ = prepared(path, model, TEN, 1)
-    backend = TorchBackend(model)
+    torch.set_num_threads(1)  # again: Numba's preparation kernels reset the OpenMP threads oneDNN uses
+    backend = TorchBackend(model, selected_outputs=True)  # as translate builds it
     collapse = backend._collapse_for(batch)
     assert collapse is not None
     one = cell(batch, 0)
@@ -119,16 +137,20 @@ def main() -> None:
              [(config.max_proteins, config.dim, inner)] * 4),
         ]
         whole = least_cpu(lambda: backend.predict(one), args.repeats)
+        whole_plain = least_cpu(without_onednn(lambda: backend.predict(one)), args.repeats)
         for name, flop, run, shapes in stages:
             seconds = least_cpu(run, args.repeats)
+            plain = least_cpu(without_onednn(run), args.repeats)
             rate = flop / seconds / 1e9
-            ceiling = mm_rate(shapes, args.repeats)
-            rows.append(f"| {name} | {flop / 1e9:.2f} | {seconds:.3f} | {rate:.0f} | {ceiling:.0f} | "
-                        f"{rate / ceiling:.0%} |")
+            ceiling, onednn = mm_rate(shapes, args.repeats), onednn_rate(shapes, args.repeats)
+            rows.append(f"| {name} | {flop / 1e9:.2f} | {seconds:.3f} | {rate:.0f} | {plain:.3f} | {ceiling:.0f} | "
+                        f"{onednn:.0f} | {rate / max(ceiling, onednn):.0%} |")
     print(f"{args.input} input, 1 thread, smallest CPU seconds of {args.repeats}; the whole default forward of one "
-          f"cell: {whole:.3f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
-    print("| stage | GFLOP | CPU s | GFLOP/s | torch.mm rate of its shapes, GFLOP/s | share |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          f"cell: {whole:.3f} s ({whole_plain:.3f} s with MKL products); load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs\n")
+    print("| stage | GFLOP | CPU s | GFLOP/s | CPU s, MKL products | torch.mm (MKL) rate of its shapes, GFLOP/s | "
+          "oneDNN rate of its shapes, GFLOP/s | share of the better rate |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         print(row)
 

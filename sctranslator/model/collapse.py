@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from sctranslator.model.network import TranslatorModel
+from sctranslator.model.packed_linear import enabled, pack, packed, tensors_key
 from sctranslator.model.precision import DeltaLinear
 
 
@@ -49,6 +50,8 @@ class PaddingCollapse:
         A reduced-precision model's fc0 over this layout; None: fp32.
     references : dict
         Its reference cell's layer values, filled by the backend.
+    packed_first : dict
+        `first_weight` packed for oneDNN, made on first use (sctranslator.model.packed_linear).
     """
 
     real_positions: torch.Tensor  # (n,) int64: the positions that are not padding, in order
@@ -62,6 +65,8 @@ class PaddingCollapse:
     first_layer: DeltaLinear | None = None
     # Its reference cell's layer values (DeltaLinear -> (x_ref, y_ref)), filled by the backend
     references: dict = field(default_factory=dict)
+    # first_weight packed for oneDNN (sctranslator.model.packed_linear), made on first use
+    packed_first: dict = field(default_factory=dict, compare=False, repr=False)
 
     def values_fit(self, values: np.ndarray) -> bool:
         """Whether every cell is 0 at the collapsed positions (they are padding).
@@ -201,12 +206,30 @@ class PaddingCollapse:
         torch.Tensor
             ``(B, P, dim)``.
         """
+        if self.first_layer is None and _packed_translator_applies(model, encodings):
+            return self._translate_packed(model, encodings)
         channels = encodings.transpose(1, 2)
         if self.first_layer is not None:
             first = self.first_layer(channels)
         else:
             first = nn.functional.linear(channels, self.first_weight, model.translator.layer(0).bias)
         return model.translator.after_first(first).transpose(1, 2)
+
+    def _translate_packed(self, model: TranslatorModel, encodings: torch.Tensor) -> torch.Tensor:
+        """`translate` with the layers' products through oneDNN (inference, float32, CPU)."""
+        translator = model.translator
+        bias = translator.layer(0).bias
+        key = tensors_key(self.first_weight, bias)
+        first = self.packed_first.get(key)
+        if first is None:
+            first = pack(self.first_weight, bias)
+            self.packed_first.clear()
+            self.packed_first[key] = first
+        batch, tokens, dim = encodings.shape
+        x = first(encodings.transpose(1, 2).reshape(batch * dim, tokens))  # (B * dim, fc0 out)
+        for i in range(1, translator.depth):
+            x = packed(translator.layer(i))(x.relu_())
+        return x.view(batch, dim, -1).transpose(1, 2)
 
     def real_encodings(self, encodings: torch.Tensor) -> torch.Tensor:
         """The real tokens' rows of collapsed encodings (for cell embeddings).
@@ -222,3 +245,19 @@ class PaddingCollapse:
             ``(B, n, dim)``.
         """
         return encodings[:, : self.real_positions.numel()]
+
+
+def _packed_translator_applies(model: TranslatorModel, encodings: torch.Tensor) -> bool:
+    """The translator's layers may run packed: inference mode, eval, float32 nn.Linear layers, ReLU, no hooks."""
+    translator = model.translator
+    if translator.training or not torch.is_inference_mode_enabled() or not enabled(encodings.device):
+        return False
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    if encodings.dtype != torch.float32 or type(translator.act) is not nn.ReLU:
+        return False
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        return False
+    layers = [translator.layer(i) for i in range(translator.depth)]
+    return all(type(layer) is nn.Linear and layer.weight.dtype == torch.float32
+               and not (layer._forward_hooks or layer._forward_pre_hooks) for layer in layers)
