@@ -25,6 +25,8 @@ from sctranslator.model.network import TranslatorModel
 from sctranslator.model.packed_linear import enabled
 from sctranslator.model.performer_blocks import PerformerBlock
 
+PACKED_MAX_CELLS = 4  # cells per call up to which the decoder runs cell by cell on packed products
+
 
 def selected_outputs_apply(model: TranslatorModel) -> bool:
     """True when `decode_selected` gives what `model.decode` gives: eval mode, float32, no analysis hooks.
@@ -74,7 +76,11 @@ def decode_selected(model: TranslatorModel, translated: torch.Tensor, protein_id
     mask = protein_mask.expand(batch, -1)
     h = translated + model.dec.pos_emb(protein_ids)
     *earlier, last = model.dec.layers
-    packed_path = all(fused.applies(block, h, min_tokens=0) for block in model.dec.layers) and enabled(h.device)
+    # The packed path works cell by cell: it pays for a few large cells (the default CPU path gives
+    # each stream one cell), not for hundreds of small ones, where the per-cell loop costs more than
+    # oneDNN saves (a tiny model at batch 512 ran 4x slower).
+    packed_path = (batch <= PACKED_MAX_CELLS and enabled(h.device)
+                   and all(fused.applies(block, h, min_tokens=0) for block in model.dec.layers))
     for block in earlier:
         # One chunk of all P tokens: the chunked block's arithmetic with oneDNN's products (model.fused).
         h = fused.fused_block(block, h, mask, chunk=h.shape[1]) if packed_path else block(h, mask)
