@@ -36,7 +36,6 @@ exports, reduced precision, attention analysis) runs the eager block. `eager_blo
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -46,6 +45,7 @@ from torch import nn
 
 from sctranslator.model.favor_attention import FEATURE_EPS
 from sctranslator.model.packed_linear import PackedLinear, cached_for, pack, packed, tensors_key
+from sctranslator.util.thread_switch import ThreadSwitch
 
 if TYPE_CHECKING:
     from sctranslator.model.performer_blocks import PerformerBlock
@@ -66,7 +66,7 @@ _FEATURE_ALIGN = 16
 # a feature that small is lost beside the eps = 1e-4 added to every feature anyway.
 EXP_FLOOR = -87.0
 
-_state = threading.local()
+_switch = ThreadSwitch()  # off inside `eager_blocks()`, per thread
 
 
 @contextlib.contextmanager
@@ -78,12 +78,8 @@ def eager_blocks() -> Iterator[None]:
     None
         Inside the context.
     """
-    previous = getattr(_state, "disabled", False)
-    _state.disabled = True
-    try:
+    with _switch.off():
         yield
-    finally:
-        _state.disabled = previous
 
 
 def applies(block: PerformerBlock, h: torch.Tensor, min_tokens: int = MIN_TOKENS) -> bool:
@@ -103,7 +99,7 @@ def applies(block: PerformerBlock, h: torch.Tensor, min_tokens: int = MIN_TOKENS
     bool
         True when the fused path applies.
     """
-    if getattr(_state, "disabled", False) or block.training or not torch.is_inference_mode_enabled():
+    if _switch.is_off or block.training or not torch.is_inference_mode_enabled():
         return False
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or h.dim() != 3 or h.shape[1] < min_tokens:
         return False

@@ -26,9 +26,11 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from sctranslator.util.thread_switch import ThreadSwitch
+
 T = TypeVar("T")
 
-_state = threading.local()
+_switch = ThreadSwitch()  # off inside `plain_matmuls()`, per thread
 # Packed weights per layer, kept off the modules themselves (a module holding an mkldnn tensor could no
 # longer be deep-copied or pickled, as reduced-precision copies and Dask workers do).
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -54,12 +56,8 @@ def plain_matmuls() -> Iterator[None]:
     None
         Inside the context.
     """
-    previous = getattr(_state, "disabled", False)
-    _state.disabled = True
-    try:
+    with _switch.off():
         yield
-    finally:
-        _state.disabled = previous
 
 
 def enabled(device: torch.device) -> bool:
@@ -76,7 +74,7 @@ def enabled(device: torch.device) -> bool:
         True on CPU with oneDNN available and enabled, outside `plain_matmuls()`.
     """
     return (device.type == "cpu" and _LINEAR is not None and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled and not getattr(_state, "disabled", False))
+            and torch.backends.mkldnn.enabled and not _switch.is_off)
 
 
 @dataclass(frozen=True)
